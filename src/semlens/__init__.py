@@ -1,0 +1,47 @@
+"""semlens: turn a model's components into a searchable, auditable map of what they encode.
+
+Build a Lens (one pass over probe data, then the foundation model over the concept examples)::
+
+    from semlens import BuildConfig, build_lens
+
+    lens = build_lens(BuildConfig(model="zoo:efficientnet-lite0", layers=["_conv_head", "_fc"],
+                                  data="folder:./images", foundation="conse"), out="my.lens")
+    lens.theta("_fc")                         # [units, d] semantic embeddings
+    lens.concept_examples("_fc/281")          # top samples of a unit, with crop boxes
+"""
+
+__version__ = "0.1.0"
+
+from .build import BuildConfig, BuildSummary, build_lens
+from .collect import Collector, TopK, collect_topk
+from .data import ImageData, list_datasets, load_data
+from .errors import SemlensError
+from .foundation import FoundationModel, list_foundation_models, load_foundation_model
+from .lens import ConceptExample, Lens
+from .models import LoadedModel, list_models, load_model
+from .preprocess import Preprocessing
+from .units import LayerSpec, list_layers
+
+__all__ = [
+    "BuildConfig",
+    "BuildSummary",
+    "Collector",
+    "ConceptExample",
+    "FoundationModel",
+    "ImageData",
+    "LayerSpec",
+    "Lens",
+    "LoadedModel",
+    "Preprocessing",
+    "SemlensError",
+    "TopK",
+    "build_lens",
+    "collect_topk",
+    "list_datasets",
+    "list_foundation_models",
+    "list_layers",
+    "list_models",
+    "load_data",
+    "load_foundation_model",
+    "load_model",
+]

@@ -1,0 +1,380 @@
+"""Building a Lens: model + layers + probe data + foundation model -> a Lens directory.
+
+Two stages, each skipped when its inputs are unchanged and resumed when it was interrupted:
+
+1. ``collect``: one pass of the model over the data with hooks on every chosen layer, keeping the
+   top-k samples (and their activation maps) per unit; checkpointed every few seconds.
+2. ``embed``: crop every unit's top samples, deduplicate the crops across all units, embed each
+   distinct crop once with the foundation model (in checkpointed chunks), average to theta.
+
+The manifest records what each stage was computed from; reusing a directory built from other inputs
+is an error that names what changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .collect import EMPTY_ID, Collector, TopK
+from .crops import CROP_MODES, boxes_from_maps, full_boxes
+from .data import ImageData, load_data
+from .data.base import DecodingDataset, collate_decoded
+from .devices import pick_device
+from .embed import CropTable, chunks, cut_crops, mean_embeddings, plan_crops
+from .errors import DataError, SemlensError, StaleLensError
+from .fingerprint import hash_json
+from .foundation import FoundationModel, load_foundation_model
+from .models import LoadedModel, load_model
+from .progress import progress_bar
+from .store import FORMAT, FORMAT_VERSION, LensStore, layer_file
+from .units import LayerSpec, resolve_module, unit_names
+
+COLLECT_PARTIAL = "collect.partial.safetensors"
+EMBED_PARTIAL = "embed.partial"
+
+
+@dataclass
+class BuildConfig:
+    """Everything a Lens is built from; also the schema of ``semlens run --config FILE.toml``."""
+
+    model: str
+    layers: list[str]
+    data: str
+    foundation: str = "conse"
+    k: int = 30
+    pool: str = "mean"
+    crop: str = "activation"
+    crop_threshold: float = 0.01
+    max_map_side: int = 32
+    batch_size: int = 32
+    embed_batch_size: int = 64
+    device: str = "auto"
+    workers: int | None = None
+    checkpoint_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise SemlensError("no layers given; name at least one (see `semlens layers MODEL`)")
+        if self.crop not in CROP_MODES:
+            raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
+        if self.k < 1 or self.batch_size < 1 or self.embed_batch_size < 1:
+            raise SemlensError("k, batch_size and embed_batch_size must be positive integers")
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> BuildConfig:
+        """Read a TOML file whose keys are this class's fields; ``overrides`` (not None) win."""
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover
+            import tomli as tomllib
+        try:
+            values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise SemlensError(f"cannot read config {path}: {error}") from error
+        known = {item.name for item in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise SemlensError(f"config {path}: unknown keys {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)
+
+
+@dataclass
+class LayerSummary:
+    name: str
+    units: int
+    inactive_units: int
+    output: str
+
+
+@dataclass
+class BuildSummary:
+    """What ``build_lens`` did, for the CLI's closing table and ``--json``."""
+
+    path: str
+    samples: int
+    failed: int
+    layers: list[LayerSummary] = field(default_factory=list)
+    example_slots: int = 0
+    distinct_crops: int = 0
+    stages: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LensBuilder:
+    """Runs the stages of one build; ``build_lens`` is the one-call entry point."""
+
+    def __init__(self, config: BuildConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> None:
+        self.config, self.progress = config, progress
+        self.store = LensStore(out)
+        self.device = pick_device(config.device)
+        self.model: LoadedModel = load_model(config.model)
+        self.data: ImageData = load_data(config.data)
+        self.specs = [LayerSpec.parse(text, config.pool) for text in config.layers]
+        for spec in self.specs:
+            resolve_module(self.model.module, spec.name)
+        self.identity = self._identity()
+        if overwrite:
+            self.store.clear()
+        self.manifest = self._open_manifest()
+
+    # -- identity and manifest ------------------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "model": {"spec": self.model.spec, "fingerprint": self.model.fingerprint},
+            "data": {"spec": self.data.spec, "fingerprint": self.data.fingerprint(), "samples": len(self.data)},
+            "layers": [spec.fingerprint_fields() for spec in self.specs],
+            "preprocessing": asdict(self.model.preprocessing),
+            "collect": {"k": config.k, "max_map_side": config.max_map_side},
+            "embed": {"foundation": config.foundation, "crop": config.crop, "crop_threshold": config.crop_threshold},
+        }
+
+    def _open_manifest(self) -> dict[str, Any]:
+        if self.store.has_manifest():
+            manifest = self.store.read_manifest()
+            changed = [key for key, value in self.identity.items() if manifest["identity"].get(key) != value]
+            if changed:
+                details = "; ".join(
+                    f"{key}: was {manifest['identity'].get(key)}, now {self.identity[key]}" for key in changed
+                )
+                raise StaleLensError(
+                    f"the Lens at {self.store.root} was built from other inputs ({details}). "
+                    "Use another output directory, or --overwrite to rebuild it."
+                )
+            return manifest
+        if self.store.root.exists() and any(self.store.root.iterdir()):
+            raise SemlensError(f"{self.store.root} exists, is not empty and is not a Lens; choose another output directory")
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": {"semlens": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "identity": self.identity,
+            "settings": asdict(self.config),
+            "classes": self.data.classes,
+            "model_classes": self.model.classes,
+            "layers": {},
+            "stages": {},
+        }
+        self.store.write_manifest(manifest)
+        return manifest
+
+    def _stage_key(self, stage: str) -> str:
+        parts = ["model", "data", "layers", "preprocessing", "collect"] + (["embed"] if stage == "embed" else [])
+        return hash_json({part: self.identity[part] for part in parts})
+
+    def _stage_done(self, stage: str) -> bool:
+        record = self.manifest["stages"].get(stage, {})
+        return record.get("complete", False) and record.get("fingerprint") == self._stage_key(stage)
+
+    def _finish_stage(self, stage: str, seconds: float, **info: Any) -> None:
+        self.manifest["stages"][stage] = {"fingerprint": self._stage_key(stage), "complete": True, "seconds": round(seconds, 3), **info}
+        self.store.write_manifest(self.manifest)
+
+    # -- stage 1: collect -----------------------------------------------------------------------
+
+    def collect(self) -> None:
+        if self._stage_done("collect"):
+            return
+        started = time.perf_counter()
+        key = self._stage_key("collect")
+        state, next_index, failures = self._load_collect_checkpoint(key)
+        model = self.model.module.to(self.device).eval()
+        dataset = DecodingDataset(self.data, self.model.preprocessing, range(next_index, len(self.data)))
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=self.config.batch_size,
+            num_workers=self._workers(),
+            collate_fn=collate_decoded,
+            pin_memory=self.device.type == "cuda",
+        )
+        last_save = time.monotonic()
+        with Collector(model, self.specs, self.config.k, self.config.max_map_side, state) as collector:
+            with progress_bar("collect", len(self.data), self.progress, completed=next_index) as advance:
+                for pixels, ids, failed in loader:
+                    if pixels is not None:
+                        collector.update(pixels.to(self.device, non_blocking=True), ids.to(self.device))
+                    failures.extend(failed)
+                    next_index += len(ids) + len(failed)
+                    advance(len(ids) + len(failed))
+                    if time.monotonic() - last_save >= self.config.checkpoint_seconds and next_index < len(self.data):
+                        self._save_collect_checkpoint(key, collector.results, next_index, failures)
+                        last_save = time.monotonic()
+            results = {name: topk.to("cpu") for name, topk in collector.results.items()}
+        self._write_collect_results(results, failures)
+        self.store.remove(COLLECT_PARTIAL)
+        self._finish_stage("collect", time.perf_counter() - started, failed=len(failures))
+
+    def _workers(self) -> int:
+        if self.config.workers is not None:
+            return self.config.workers
+        return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+    def _save_collect_checkpoint(self, key: str, results: dict[str, TopK], next_index: int, failures: list) -> None:
+        tensors: dict[str, torch.Tensor] = {}
+        for position, spec in enumerate(self.specs):
+            if spec.name in results:
+                tensors.update(results[spec.name].state(prefix=f"{position}."))
+        metadata = {"fingerprint": key, "next_index": str(next_index), "failures": json.dumps(failures)}
+        self.store.write_tensors(COLLECT_PARTIAL, tensors, metadata)
+
+    def _load_collect_checkpoint(self, key: str) -> tuple[dict[str, TopK], int, list]:
+        if not self.store.path(COLLECT_PARTIAL).is_file():
+            return {}, 0, []
+        metadata = self.store.read_metadata(COLLECT_PARTIAL)
+        if metadata.get("fingerprint") != key:
+            self.store.remove(COLLECT_PARTIAL)  # progress of other inputs: useless, never mixed in
+            return {}, 0, []
+        tensors = self.store.read_tensors(COLLECT_PARTIAL)
+        state = {}
+        for position, spec in enumerate(self.specs):
+            if f"{position}.scores" in tensors:
+                state[spec.name] = TopK.from_state(tensors, prefix=f"{position}.").to(self.device)
+        failures = [tuple(item) for item in json.loads(metadata["failures"])]
+        return state, int(metadata["next_index"]), failures
+
+    def _write_collect_results(self, results: dict[str, TopK], failures: list) -> None:
+        if len(failures) == len(self.data):
+            examples = "; ".join(error for _, error in failures[:3])
+            raise DataError(f"none of the {len(self.data)} samples of {self.data.spec} could be decoded ({examples})")
+        self.store.write_json("failures.json", [{"sample": index, "error": error} for index, error in failures])
+        for spec in self.specs:
+            topk = results[spec.name]
+            # a unit whose k kept scores are all equal never told samples apart: its examples are arbitrary
+            inactive = topk.scores[:, 0] == topk.scores[:, -1]
+            self.store.write_tensors(layer_file(spec.name, "topk"), {**topk.state(), "inactive": inactive})
+            base_units = topk.units // 2 if spec.signed else topk.units
+            self.manifest["layers"][spec.name] = {
+                "units": topk.units,
+                "unit_names": "signed" if spec.signed else "index",
+                "base_units": base_units,
+                "output": "spatial" if topk.maps is not None else "vector",
+                "map_shape": None if topk.maps is None else list(topk.maps.shape[2:]),
+                "inactive_units": int(inactive.sum()),
+                "spec": asdict(spec),
+            }
+        referenced = torch.unique(torch.cat([results[spec.name].ids.reshape(-1) for spec in self.specs]))
+        referenced = [index for index in referenced.tolist() if index != EMPTY_ID]
+        self.store.write_json(
+            "samples.json",
+            {
+                "root": str(getattr(self.data, "root", "")),
+                "ids": referenced,
+                "paths": [self.data.describe(index) for index in referenced],
+                "labels": [self.data.label(index) for index in referenced],
+            },
+        )
+
+    # -- stage 2: embed -------------------------------------------------------------------------
+
+    def embed(self) -> None:
+        if self._stage_done("embed"):
+            return
+        started = time.perf_counter()
+        foundation = load_foundation_model(self.config.foundation, device=self.device)
+        foundation.batch_size = self.config.embed_batch_size
+        recorded = self.manifest.get("foundation", {}).get("id")
+        if recorded and recorded != foundation.id:
+            raise StaleLensError(
+                f"foundation model {self.config.foundation} now has id {foundation.id}, but this Lens was "
+                f"embedded with {recorded} (its weights changed); use another directory or --overwrite"
+            )
+        self.manifest["foundation"] = {"spec": self.config.foundation, "id": foundation.id, "dim": foundation.dim}
+        self.store.write_manifest(self.manifest)
+        table = self._plan()
+        embeddings = self._embed_table(foundation, table)
+        self.store.write_tensors(
+            "crops.safetensors",
+            {"samples": table.samples, "boxes": table.boxes, "embeddings": embeddings.half()},
+        )
+        for spec in self.specs:
+            index = table.index[spec.name]
+            theta = mean_embeddings(embeddings, index)
+            boxes = torch.where((index >= 0)[..., None], table.boxes[index.clamp_min(0)], -1)
+            self.store.write_tensors(layer_file(spec.name, "embed"), {"crop_index": index, "boxes": boxes, "theta": theta})
+        self.store.remove(EMBED_PARTIAL)
+        slots = sum(int((index >= 0).sum()) for index in table.index.values())
+        self._finish_stage("embed", time.perf_counter() - started, example_slots=slots, distinct_crops=table.rows.shape[0])
+
+    def _plan(self) -> CropTable:
+        size = self.model.preprocessing.input_size
+        samples, boxes = {}, {}
+        for spec in self.specs:
+            stored = self.store.read_tensors(layer_file(spec.name, "topk"))
+            ids, maps, inactive = stored["ids"], stored.get("maps"), stored["inactive"]
+            if self.config.crop == "activation" and maps is not None:
+                layer_boxes = boxes_from_maps(maps.reshape(-1, *maps.shape[2:]), (size, size), self.config.crop_threshold)
+                layer_boxes = layer_boxes.reshape(*ids.shape, 4)
+                layer_boxes[inactive] = full_boxes(1, (size, size))  # arbitrary examples: no crop to trust
+            else:
+                layer_boxes = full_boxes(ids.numel(), (size, size)).reshape(*ids.shape, 4)
+            samples[spec.name], boxes[spec.name] = ids, layer_boxes
+        return plan_crops(samples, boxes)
+
+    def _embed_table(self, foundation: FoundationModel, table: CropTable) -> torch.Tensor:
+        """Embed all distinct crops in checkpointed chunks; a resumed run skips finished chunks."""
+        partial = f"{EMBED_PARTIAL}/{self._stage_key('embed')}-{foundation.id.replace('/', '_').replace(':', '_')}"
+        total, size = table.rows.shape[0], max(self.config.embed_batch_size * 4, 64)
+        done: list[torch.Tensor] = []
+        for begin, end in chunks(total, size):
+            name = f"{partial}/{begin:09d}.safetensors"
+            if not self.store.path(name).is_file():
+                break
+            done.append(self.store.read_tensors(name)["embeddings"])
+        start = sum(part.shape[0] for part in done)
+        view = self.model.preprocessing.view
+        with progress_bar("embed", total, self.progress, completed=start) as advance:
+            for begin, end in chunks(total, size, start):
+                crops = list(cut_crops(table.rows[begin:end], lambda index: view(self.data.load(index))))
+                part = foundation.encode_images(crops)
+                self.store.write_tensors(f"{partial}/{begin:09d}.safetensors", {"embeddings": part})
+                done.append(part)
+                advance(end - begin)
+        return torch.cat(done) if done else torch.empty(0, foundation.dim)
+
+    # -- all ------------------------------------------------------------------------------------
+
+    def run(self) -> BuildSummary:
+        for stage in ("collect", "embed"):
+            getattr(self, stage)()
+        return self.summary()
+
+    def summary(self) -> BuildSummary:
+        stages = self.manifest["stages"]
+        summary = BuildSummary(
+            path=str(self.store.root),
+            samples=len(self.data),
+            failed=stages.get("collect", {}).get("failed", 0),
+            example_slots=stages.get("embed", {}).get("example_slots", 0),
+            distinct_crops=stages.get("embed", {}).get("distinct_crops", 0),
+            stages={name: "done" if record.get("complete") else "pending" for name, record in stages.items()},
+            seconds={name: record.get("seconds", 0.0) for name, record in stages.items()},
+        )
+        for name, layer in self.manifest["layers"].items():
+            summary.layers.append(LayerSummary(name, layer["units"], layer["inactive_units"], layer["output"]))
+        return summary
+
+
+def build_lens(config: BuildConfig, out: str | Path, overwrite: bool = False, progress: bool = True):
+    """Build (or resume, or reuse) the Lens at ``out`` and return it opened."""
+    from .lens import Lens
+
+    LensBuilder(config, out, overwrite=overwrite, progress=progress).run()
+    return Lens.open(out)
+

@@ -1,0 +1,204 @@
+"""The ``semlens`` command line: parse, call the Python API, print (rich tables or ``--json``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import SemlensError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Understand and validate what a model's units encode.")
+console = Console()
+errors = Console(stderr=True)
+
+
+def friendly(command: Callable) -> Callable:
+    """Print a SemlensError as one clear line (exit code 2) instead of a traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except SemlensError as error:
+            errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=1, default=str) + "\n")
+
+
+@app.command()
+@friendly
+def run(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with the build settings (flags override it)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec, e.g. zoo:efficientnet-lite0, py:pkg.mod:factory."),
+    layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Layer NAME[:key=value,...]; repeat for several."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Data spec, e.g. folder:./images."),
+    foundation: Optional[str] = typer.Option(None, "--foundation", "-f", help="Foundation model spec (default conse)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Lens directory to write (resumed if interrupted)."),
+    k: Optional[int] = typer.Option(None, "-k", help="Concept examples per unit (default 30)."),
+    pool: Optional[str] = typer.Option(None, help="Spatial/token pooling: mean (default) or max."),
+    crop: Optional[str] = typer.Option(None, help="Crop mode: activation (default) or none."),
+    batch_size: Optional[int] = typer.Option(None, help="Model batch size (default 32)."),
+    embed_batch_size: Optional[int] = typer.Option(None, help="Foundation model batch size (default 64)."),
+    device: Optional[str] = typer.Option(None, help="auto (default), cpu, cuda or cuda:N."),
+    workers: Optional[int] = typer.Option(None, help="Data loader worker processes (default: cores - 1, at most 4)."),
+    checkpoint_seconds: Optional[float] = typer.Option(None, help="Seconds between resume checkpoints (default 30)."),
+    overwrite: bool = typer.Option(False, help="Delete an existing Lens at --out and rebuild it."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Build a Lens: collect top-k concept examples per unit, embed them, store them."""
+    from .build import BuildConfig, LensBuilder
+
+    options = dict(
+        model=model,
+        layers=layer or None,
+        data=data,
+        foundation=foundation,
+        k=k,
+        pool=pool,
+        crop=crop,
+        batch_size=batch_size,
+        embed_batch_size=embed_batch_size,
+        device=device,
+        workers=workers,
+        checkpoint_seconds=checkpoint_seconds,
+    )
+    if config is not None:
+        settings = BuildConfig.from_toml(config, **options)
+    else:
+        missing = [name for name in ("model", "layers", "data") if options[name] is None]
+        if missing:
+            raise SemlensError(f"missing {', '.join('--' + name.rstrip('s') for name in missing)} (or give --config FILE.toml)")
+        settings = BuildConfig(**{key: value for key, value in options.items() if value is not None})
+    summary = LensBuilder(settings, out, overwrite=overwrite, progress=progress and not as_json).run()
+    if as_json:
+        emit_json(summary.to_dict())
+        return
+    print_summary(summary)
+
+
+def print_summary(summary: Any) -> None:
+    table = Table(title=f"Lens at {summary.path}")
+    for column in ("layer", "units", "inactive", "output"):
+        table.add_column(column, justify="right" if column in ("units", "inactive") else "left")
+    for layer in summary.layers:
+        table.add_row(layer.name, str(layer.units), str(layer.inactive_units), layer.output)
+    console.print(table)
+    console.print(
+        f"{summary.samples} samples ({summary.failed} failed to decode and were skipped); "
+        f"{summary.example_slots} concept examples from {summary.distinct_crops} distinct crops; "
+        + ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in summary.seconds.items())
+    )
+    inactive = [layer for layer in summary.layers if layer.inactive_units]
+    for layer in inactive:
+        note = "never fired on this data" if layer.inactive_units == layer.units else "never told samples apart"
+        errors.print(
+            f"[yellow]warning:[/] layer {layer.name}: {layer.inactive_units} of {layer.units} units {note} "
+            "(all top-k scores equal); their concept examples are arbitrary and marked inactive"
+        )
+
+
+@app.command()
+@friendly
+def layers(
+    model: str = typer.Argument(..., help="Model spec, e.g. zoo:efficientnet-lite0."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """List a model's layers with their output shapes and unit counts."""
+    from dataclasses import asdict
+
+    from .models import load_model
+    from .units import list_layers
+
+    loaded = load_model(model)
+    infos = list_layers(loaded.module, loaded.example_input())
+    if as_json:
+        emit_json([asdict(info) for info in infos])
+        return
+    table = Table(title=f"{model}: {len(infos)} layers (input 1x3x{loaded.preprocessing.input_size}x{loaded.preprocessing.input_size})")
+    for column in ("layer", "type", "output", "units"):
+        table.add_column(column)
+    for info in infos:
+        table.add_row(info.name, info.type, info.shape, "" if info.units is None else str(info.units))
+    console.print(table)
+
+
+@app.command()
+@friendly
+def info(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Describe a Lens: model, data, foundation model, layers."""
+    from .lens import Lens
+
+    opened = Lens.open(lens)
+    manifest = opened.manifest
+    if as_json:
+        emit_json(manifest)
+        return
+    identity = manifest["identity"]
+    console.print(f"[bold]{opened.path}[/]")
+    console.print(f"model       {identity['model']['spec']} (weights {identity['model']['fingerprint']})")
+    console.print(f"data        {identity['data']['spec']} ({identity['data']['samples']} samples)")
+    console.print(f"foundation  {manifest['foundation']['id']} (dim {manifest['foundation']['dim']})")
+    console.print(f"k           {opened.k}, crop {identity['embed']['crop']}")
+    table = Table()
+    for column in ("layer", "units", "inactive", "output"):
+        table.add_column(column)
+    for name, layer in manifest["layers"].items():
+        table.add_row(name, str(layer["units"]), str(layer["inactive_units"]), layer["output"])
+    console.print(table)
+
+
+@app.command("list")
+def list_specs(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """List the spec forms for models, data and foundation models."""
+    from .data import DATASETS
+    from .foundation import FOUNDATION_MODELS
+    from .models import MODELS
+
+    registries = {"model": MODELS, "data": DATASETS, "foundation model": FOUNDATION_MODELS}
+    if as_json:
+        emit_json({kind: [{"usage": f.usage, "summary": f.summary} for f in r.forms()] for kind, r in registries.items()})
+        return
+    table = Table(title="spec forms")
+    for column in ("kind", "spec", "what"):
+        table.add_column(column)
+    for kind, registry in registries.items():
+        for form in registry.forms():
+            table.add_row(kind, form.usage, form.summary)
+    console.print(table)
+
+
+@app.command()
+@friendly
+def demo(
+    out: Path = typer.Option(Path("semlens-demo"), "--out", "-o", help="Folder for the demo photos and Lens."),
+    k: int = typer.Option(10, "-k", help="Concept examples per unit."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Build a Lens of the bundled ImageNet EfficientNet-Lite0 on bundled photos, offline, and show it."""
+    from .demo import run_demo
+
+    run_demo(out, k=k, progress=progress, console=console)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

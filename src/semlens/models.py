@@ -1,0 +1,147 @@
+"""Models under study, selected by spec strings, with the preprocessing they expect.
+
+=========================================  ===============================================================
+``zoo:efficientnet-lite0``                 bundled ImageNet EfficientNet-Lite0 (also lite1, lite2)
+``py:package.module:factory``              your callable returning an ``nn.Module`` or a LoadedModel
+``torchvision:NAME[:WEIGHTS]``             torchvision model; WEIGHTS an enum name (default DEFAULT),
+                                           ``none`` or a state-dict file (extra ``semlens[torchvision]``)
+``timm:NAME[:pretrained|none|PATH]``       timm model (extra ``semlens[timm]``)
+=========================================  ===============================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import SpecError
+from .fingerprint import hash_module_weights
+from .imagenet import imagenet_classes
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from .specs import SpecForm, SpecRegistry
+from .utils import import_object
+from .zoo.efficientnet_lite import VARIANTS as LITE_VARIANTS
+from .zoo.efficientnet_lite import efficientnet_lite
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode, its input preprocessing, and class names when it is a classifier."""
+
+    module: nn.Module
+    spec: str
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    classes: list[str] | None = None
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hash of the weights: a Lens records it to detect a changed model."""
+        return hash_module_weights(self.module)
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        size = self.preprocessing.input_size
+        return torch.zeros(batch, 3, size, size)
+
+
+MODELS: SpecRegistry[LoadedModel] = SpecRegistry("model")
+
+
+@MODELS.register("zoo", "zoo:NAME", f"bundled pretrained models: {', '.join(LITE_VARIANTS)}")
+def _zoo(rest: str) -> LoadedModel:
+    module, preprocessing = efficientnet_lite(rest)
+    return LoadedModel(module, f"zoo:{rest}", preprocessing, imagenet_classes())
+
+
+@MODELS.register("py", "py:package.module:factory", "your callable returning an nn.Module (ImageNet preprocessing)")
+def _python(rest: str) -> LoadedModel:
+    made = import_object(rest, "model")()
+    if isinstance(made, LoadedModel):
+        return made
+    if not isinstance(made, nn.Module):
+        raise SpecError(f"py:{rest} returned {type(made).__name__}, not an nn.Module or semlens.LoadedModel")
+    return LoadedModel(made.eval(), f"py:{rest}")
+
+
+@MODELS.register("torchvision", "torchvision:NAME[:WEIGHTS]", "torchvision model; WEIGHTS DEFAULT, an enum name, none or a file")
+def _torchvision(rest: str) -> LoadedModel:
+    name, _, weights = rest.partition(":")
+    try:
+        import torchvision.models as tv_models
+    except ImportError as error:
+        raise SpecError(f"torchvision:{rest} needs torchvision: pip install 'semlens[torchvision]' ({error})") from error
+    if name not in tv_models.list_models():
+        raise SpecError(f"torchvision has no model {name!r}; see torchvision.models.list_models()")
+    weights = weights or "DEFAULT"
+    if weights.lower() == "none" or Path(weights).is_file():
+        module = tv_models.get_model(name, weights=None)
+        preprocessing, classes = Preprocessing(), None
+        if Path(weights).is_file():
+            _load_state_file(module, weights)
+    else:
+        try:
+            enum = tv_models.get_model_weights(name)[weights] if weights != "DEFAULT" else tv_models.get_model_weights(name).DEFAULT
+        except KeyError:
+            valid = ", ".join(member.name for member in tv_models.get_model_weights(name))
+            raise SpecError(f"torchvision model {name} has no weights {weights!r}; valid: DEFAULT, none, a file, {valid}") from None
+        module = tv_models.get_model(name, weights=enum)
+        transform = enum.transforms()
+        preprocessing = Preprocessing(
+            input_size=int(transform.crop_size[0]),
+            resize=int(transform.resize_size[0]),
+            mean=tuple(transform.mean),
+            std=tuple(transform.std),
+        )
+        classes = list(enum.meta.get("categories") or []) or None
+    return LoadedModel(module.eval(), f"torchvision:{rest}", preprocessing, classes)
+
+
+@MODELS.register("timm", "timm:NAME[:pretrained|none|PATH]", "timm model (default pretrained)")
+def _timm(rest: str) -> LoadedModel:
+    name, _, weights = rest.partition(":")
+    try:
+        import timm
+    except ImportError as error:
+        raise SpecError(f"timm:{rest} needs timm: pip install 'semlens[timm]' ({error})") from error
+    if not timm.is_model(name):
+        raise SpecError(f"timm has no model {name!r}; see timm.list_models('*pattern*')")
+    weights = weights or "pretrained"
+    module = timm.create_model(name, pretrained=weights == "pretrained")
+    if weights not in ("pretrained", "none"):
+        _load_state_file(module, weights)
+    config = timm.data.resolve_data_config({}, model=module)
+    size = int(config["input_size"][-1])
+    preprocessing = Preprocessing(
+        input_size=size,
+        resize=int(round(size / config.get("crop_pct", 0.875))),
+        mean=tuple(config.get("mean", IMAGENET_MEAN)),
+        std=tuple(config.get("std", IMAGENET_STD)),
+    )
+    classes = imagenet_classes() if getattr(module, "num_classes", None) == 1000 else None
+    return LoadedModel(module.eval(), f"timm:{rest}", preprocessing, classes)
+
+
+def _load_state_file(module: nn.Module, path: str) -> None:
+    """Load weights from a safetensors file or a tensors-only torch file (never unpickles objects)."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types for non-tensor pickles
+            raise SpecError(f"cannot load weights from {path} safely (tensors only): {error}") from error
+    module.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+
+
+def load_model(spec: str) -> LoadedModel:
+    """Build the model a spec names (see the module docstring for the forms)."""
+    return MODELS.resolve(spec)
+
+
+def list_models() -> list[SpecForm[LoadedModel]]:
+    return MODELS.forms()

@@ -1,0 +1,47 @@
+"""Image geometry and normalisation for the model under study.
+
+The model sees a *view* of each image: shorter side resized to ``resize``, centre crop of
+``input_size`` (the paper's ImageNet default: 256 then 224). Crop boxes live in the view's pixel
+coordinates, and the foundation model later embeds crops of the same view with its own
+preprocessing, so the two models always look at the same pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize, centre-crop and normalise; ``mean``/``std`` apply to pixels scaled to [0, 1]."""
+
+    input_size: int = 224
+    resize: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def view(self, image: Image.Image) -> Image.Image:
+        """The square image the model sees, before normalisation."""
+        image = image.convert("RGB")
+        width, height = image.size
+        scale = self.resize / min(width, height)
+        resized = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BICUBIC)
+        left = (resized.width - self.input_size) // 2
+        top = (resized.height - self.input_size) // 2
+        return resized.crop((left, top, left + self.input_size, top + self.input_size))
+
+    def normalise(self, view: Image.Image) -> torch.Tensor:
+        pixels = torch.from_numpy(np.asarray(view, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (pixels - mean) / std
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalise(self.view(image))

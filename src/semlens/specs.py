@@ -1,0 +1,62 @@
+"""Spec strings such as ``zoo:efficientnet-lite0`` or ``hf:openai/clip-vit-base-patch32``.
+
+Each kind of object (model, data, foundation model) has one :class:`SpecRegistry`: a prefix before
+the first ``:`` picks a factory, which receives the rest of the string. A bad spec fails with the list
+of valid forms, so the error message doubles as documentation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
+
+from .errors import SpecError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SpecForm(Generic[T]):
+    """One registered form: ``prefix`` selects it, ``usage`` shows how to write it."""
+
+    prefix: str
+    usage: str
+    summary: str
+    factory: Callable[..., T]
+
+
+class SpecRegistry(Generic[T]):
+    """Maps spec prefixes to factories; ``resolve`` turns a spec string into an object."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._forms: dict[str, SpecForm[T]] = {}
+
+    def register(self, prefix: str, usage: str, summary: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator registering ``factory(rest, **options)`` under ``prefix``."""
+
+        def decorate(factory: Callable[..., T]) -> Callable[..., T]:
+            self._forms[prefix] = SpecForm(prefix, usage, summary, factory)
+            return factory
+
+        return decorate
+
+    def forms(self) -> list[SpecForm[T]]:
+        return list(self._forms.values())
+
+    def help(self) -> str:
+        return "; ".join(f"{form.usage} ({form.summary})" for form in self._forms.values())
+
+    def split(self, spec: str) -> tuple[SpecForm[T], str]:
+        """Return the form a spec selects and the part after its prefix."""
+        if not isinstance(spec, str) or not spec.strip():
+            raise SpecError(f"empty {self.kind} spec; valid forms: {self.help()}")
+        prefix, _, rest = spec.strip().partition(":")
+        form = self._forms.get(prefix)
+        if form is None:
+            raise SpecError(f"unknown {self.kind} spec {spec!r}; valid forms: {self.help()}")
+        return form, rest
+
+    def resolve(self, spec: str, **options: Any) -> T:
+        form, rest = self.split(spec)
+        return form.factory(rest, **options)

@@ -1,0 +1,115 @@
+"""The Lens directory on disk: a JSON manifest plus safetensors arrays, written atomically.
+
+Layout::
+
+    manifest.json                 versions, fingerprints, layers, settings, stage status
+    samples.json                  the samples that appear as concept examples (paths, labels)
+    failures.json                 images that failed to decode (skipped, counted)
+    layers/<layer>.topk.safetensors   per unit: top-k scores, sample ids, activation maps
+    layers/<layer>.embed.safetensors  per unit: crop boxes, rows into crops, theta
+    crops.safetensors             every distinct (sample, box) crop and its embedding (float16)
+
+Every file is written to a temporary name and renamed into place, so a killed run never leaves a
+half-written file behind; partial progress lives in ``*.partial*`` files that a resumed run reads.
+No pickle anywhere: the directory is safe to receive from someone else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .errors import SemlensError
+
+FORMAT = "semlens-lens"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through ``write(temporary_path)``, flush to disk, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+class LensStore:
+    """Reads and writes the files of one Lens directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def has_manifest(self) -> bool:
+        return self.path(MANIFEST).is_file()
+
+    def read_manifest(self) -> dict[str, Any]:
+        try:
+            manifest = self.read_json(MANIFEST)
+        except FileNotFoundError:
+            raise SemlensError(f"{self.root} is not a Lens directory (no {MANIFEST}); build one with `semlens run`") from None
+        if manifest.get("format") != FORMAT:
+            raise SemlensError(f"{self.root / MANIFEST} is not a semlens Lens manifest")
+        if manifest.get("format_version", 0) > FORMAT_VERSION:
+            raise SemlensError(
+                f"Lens at {self.root} has format version {manifest['format_version']}, newer than this semlens "
+                f"reads ({FORMAT_VERSION}); upgrade semlens"
+            )
+        return manifest
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        self.write_json(MANIFEST, manifest)
+
+    def write_json(self, name: str, value: Any) -> None:
+        text = json.dumps(value, indent=1, sort_keys=False)
+        atomic_write(self.path(name), lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+    def read_json(self, name: str) -> Any:
+        return json.loads(self.path(name).read_text(encoding="utf-8"))
+
+    def write_tensors(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+        contiguous = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
+        atomic_write(self.path(name), lambda temporary: save_file(contiguous, str(temporary), metadata=metadata))
+
+    def read_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        return load_file(str(self.path(name)))
+
+    def read_metadata(self, name: str) -> dict[str, str]:
+        with safe_open(str(self.path(name)), framework="pt") as handle:
+            return handle.metadata() or {}
+
+    def remove(self, name: str) -> None:
+        target = self.path(name)
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Delete a Lens directory's content (``--overwrite``); refuses on anything but a Lens."""
+        if not self.root.exists():
+            return
+        if not self.has_manifest() and any(self.root.iterdir()):
+            raise SemlensError(f"{self.root} is not empty and holds no Lens manifest; refusing to delete it")
+        shutil.rmtree(self.root)
+
+
+def layer_file(layer: str, kind: str) -> str:
+    """File name of a layer's arrays; module paths use only characters safe in file names."""
+    safe = "".join(char if char.isalnum() or char in "._-" else "_" for char in layer)
+    return f"layers/{safe}.{kind}.safetensors"

@@ -1,0 +1,322 @@
+"""Units: naming layers by module path and turning a layer's output into per-unit scores.
+
+A *unit* is one component of a layer: a conv channel, a linear neuron, a token feature dimension or a
+sparse-autoencoder feature. For every sample it gets one score (the spatial or token map pooled by
+``mean`` or ``max``) and, where the layer has spatial structure, a small activation map kept for
+cropping. A signed layer doubles its units: unit ``i`` collects the most positive samples, unit
+``i-`` the most negative ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import LayerError
+from .fingerprint import hash_file
+
+POOLINGS = ("mean", "max")
+SPEC_KEYS = ("pool", "token", "pick", "signed", "sae", "prefix_tokens")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Which module to read and how to turn its output into units.
+
+    Written on the command line as ``NAME[:key=value,...]``, for example ``features.7``,
+    ``encoder.layers.5:token=0,signed=true`` or ``blocks.3:sae=sae.safetensors``.
+
+    Parameters
+    ----------
+    name: module path, as in ``model.named_modules()``.
+    pool: ``mean`` (default) or ``max`` over space or tokens.
+    token: read this token (e.g. 0 for CLS) of an ``N,L,C`` output instead of pooling tokens.
+    pick: tuple index or dict key of the tensor to read when the module returns several
+        (default: the first tensor).
+    signed: also collect the most negative samples of each unit, as unit ``i-``.
+    sae: safetensors file with a sparse-autoencoder encoder (``W_enc``, ``b_enc``, optional
+        ``b_dec`` and ``threshold``); its features become the units.
+    prefix_tokens: tokens before the patch grid (CLS, registers); guessed when not given.
+    """
+
+    name: str
+    pool: str = "mean"
+    token: int | None = None
+    pick: str | None = None
+    signed: bool = False
+    sae: str | None = None
+    prefix_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLINGS:
+            raise LayerError(f"layer {self.name!r}: pool={self.pool!r} is not one of {', '.join(POOLINGS)}")
+
+    @classmethod
+    def parse(cls, text: str, default_pool: str = "mean") -> LayerSpec:
+        """Parse ``NAME[:key=value,...]``; keys: pool, token, pick, signed, sae, prefix_tokens."""
+        name, _, options = text.strip().partition(":")
+        if not name:
+            raise LayerError(f"layer spec {text!r} has no module name; write NAME[:key=value,...]")
+        values: dict[str, Any] = {"pool": default_pool}
+        for item in filter(None, (part.strip() for part in options.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or key not in SPEC_KEYS:
+                raise LayerError(
+                    f"layer spec {text!r}: bad option {item!r}; write key=value with key one of {', '.join(SPEC_KEYS)}"
+                )
+            values[key] = _parse_option(text, key, value)
+        return cls(name=name, **values)
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """Everything that changes the units' scores, including the SAE file's content."""
+        fields = asdict(self)
+        if self.sae:
+            fields["sae"] = hash_file(self.sae)
+        return fields
+
+
+def _parse_option(text: str, key: str, value: str) -> Any:
+    if key in ("token", "prefix_tokens"):
+        try:
+            return int(value)
+        except ValueError:
+            raise LayerError(f"layer spec {text!r}: {key} must be an integer, got {value!r}") from None
+    if key == "signed":
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise LayerError(f"layer spec {text!r}: signed must be true or false, got {value!r}")
+        return value.lower() in ("true", "1", "yes")
+    return value
+
+
+def unit_names(count: int, signed: bool) -> list[str]:
+    """Unit names of a layer: ``0..count-1``, then ``0-..count-1-`` for signed layers."""
+    names = [str(index) for index in range(count)]
+    return names + [f"{index}-" for index in range(count)] if signed else names
+
+
+# ----------------------------------------------------------------------------------------------
+# finding modules
+
+
+def resolve_module(model: nn.Module, name: str) -> nn.Module:
+    """The submodule at a dotted path, or an error that lists the closest valid names."""
+    modules = dict(model.named_modules())
+    if name in modules and name:
+        return modules[name]
+    names = [candidate for candidate in modules if candidate]
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    hint = f"closest: {', '.join(close)}" if close else f"for example: {', '.join(names[:8])}"
+    raise LayerError(
+        f"model has no layer {name!r} ({hint}); run `semlens layers MODEL` to list all {len(names)} layers"
+    )
+
+
+@dataclass
+class LayerInfo:
+    """What ``semlens layers`` shows for one module."""
+
+    name: str
+    type: str
+    shape: str
+    units: int | None
+
+
+def list_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
+    """Run one forward pass on ``example`` and record every module's output shape and unit count."""
+    infos: dict[str, LayerInfo] = {}
+
+    def recorder(name: str, module: nn.Module):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if name in infos:  # a module called twice keeps its first output
+                return
+            try:
+                tensor = select_output(output, None, name)
+                units = tensor.shape[-1] if tensor.dim() in (2, 3) else tensor.shape[1] if tensor.dim() == 4 else None
+                shape = "x".join(str(size) for size in tensor.shape)
+            except LayerError:
+                units, shape = None, type(output).__name__
+            if not isinstance(output, torch.Tensor) and units is not None:
+                shape = f"{type(output).__name__}[0]: {shape}"
+            infos[name] = LayerInfo(name, type(module).__name__, shape, units)
+
+        return hook
+
+    handles = [module.register_forward_hook(recorder(name, module)) for name, module in model.named_modules() if name]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    order = [name for name, _ in model.named_modules() if name in infos]
+    return [infos[name] for name in order]
+
+
+# ----------------------------------------------------------------------------------------------
+# from a layer output to unit scores
+
+
+def select_output(output: Any, pick: str | None, layer: str) -> torch.Tensor:
+    """The tensor to read from a module output (a tensor, a tuple or a dict-like output)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if pick is not None:
+        try:
+            if isinstance(output, dict) or hasattr(output, "keys"):
+                chosen = output[pick] if not pick.isdigit() else list(output.values())[int(pick)]
+            else:
+                chosen = output[int(pick)]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise LayerError(f"layer {layer!r}: pick={pick!r} does not select an output; {_describe(output)}") from None
+        if not isinstance(chosen, torch.Tensor):
+            raise LayerError(f"layer {layer!r}: pick={pick!r} selects a {type(chosen).__name__}, not a tensor")
+        return chosen
+    values = output.values() if hasattr(output, "values") else output if isinstance(output, (tuple, list)) else ()
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            return value
+    raise LayerError(f"layer {layer!r} returns {type(output).__name__} with no tensor to read")
+
+
+def _describe(output: Any) -> str:
+    if hasattr(output, "keys"):
+        return "valid keys: " + ", ".join(map(str, output.keys()))
+    return f"valid indices: 0..{len(output) - 1}"
+
+
+@dataclass
+class SparseAutoencoder:
+    """The encoder half of an SAE: features = act((x - b_dec) @ W_enc + b_enc).
+
+    ``W_enc`` is ``[d_in, d_sae]`` (SAELens convention) or ``[d_sae, d_in]``; a ``threshold``
+    tensor makes the activation JumpReLU, otherwise it is ReLU.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    decoder_bias: torch.Tensor | None = None
+    threshold: torch.Tensor | None = None
+
+    @classmethod
+    def load(cls, path: str | Path, d_in: int) -> SparseAutoencoder:
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except (OSError, RuntimeError) as error:
+            raise LayerError(f"cannot read SAE weights from {path}: {error}") from error
+        missing = {"W_enc", "b_enc"} - set(tensors)
+        if missing:
+            raise LayerError(f"SAE file {path} lacks {', '.join(sorted(missing))}; it has {', '.join(sorted(tensors))}")
+        weight = tensors["W_enc"].float()
+        if weight.shape[0] != d_in:
+            if weight.shape[1] != d_in:
+                raise LayerError(f"SAE W_enc {tuple(weight.shape)} in {path} does not fit the layer's {d_in} channels")
+            weight = weight.T
+        decoder_bias, threshold = tensors.get("b_dec"), tensors.get("threshold")
+        return cls(
+            weight.contiguous(),
+            tensors["b_enc"].float(),
+            None if decoder_bias is None else decoder_bias.float(),
+            None if threshold is None else threshold.float(),
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode the last dimension of ``x``."""
+        weight = self.weight.to(x.device)
+        if self.decoder_bias is not None:
+            x = x - self.decoder_bias.to(x.device)
+        pre = x @ weight + self.bias.to(x.device)
+        if self.threshold is not None:
+            return pre * (pre > self.threshold.to(x.device))
+        return F.relu(pre)
+
+
+@dataclass
+class UnitReader:
+    """Turns one layer's output batch into per-unit scores ``[N, U]`` and maps ``[N, U, h, w]``.
+
+    Maps are kept only for spatial outputs (conv, patch tokens) and shrunk to at most
+    ``max_map_side`` per side by max pooling, so cropping needs no second forward pass while the
+    memory stays bounded by units x k x max_map_side².
+    """
+
+    spec: LayerSpec
+    max_map_side: int = 32
+    _sae: SparseAutoencoder | None = field(default=None, init=False, repr=False)
+
+    def __call__(self, output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = select_output(output, self.spec.pick, self.spec.name).detach()
+        if x.dim() == 4:
+            channels_last = x.permute(0, 2, 3, 1)  # N,H,W,C
+            scores, maps = self._spatial(self._encode(channels_last))
+        elif x.dim() == 3:
+            scores, maps = self._tokens(self._encode(x))
+        elif x.dim() == 2:
+            scores, maps = self._encode(x).float(), None
+        else:
+            raise LayerError(
+                f"layer {self.spec.name!r} outputs shape {tuple(x.shape)}; semlens reads N,C,H,W (conv), "
+                "N,L,C (tokens) or N,C (linear) outputs; pick another layer or output with pick="
+            )
+        if self.spec.signed:
+            scores = torch.cat([scores, -scores], dim=1)
+            maps = None if maps is None else torch.cat([maps, -maps], dim=1)
+        return scores, maps
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.sae is None:
+            return x.float()
+        if self._sae is None:
+            self._sae = SparseAutoencoder.load(self.spec.sae, x.shape[-1])
+        return self._sae.encode(x.float())
+
+    def _spatial(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``features`` is N,H,W,U."""
+        maps = features.permute(0, 3, 1, 2)
+        scores = maps.mean(dim=(2, 3)) if self.spec.pool == "mean" else maps.amax(dim=(2, 3))
+        return scores, self._shrink(maps)
+
+    def _tokens(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``features`` is N,L,U."""
+        length = features.shape[1]
+        if self.spec.token is not None:
+            if not -length <= self.spec.token < length:
+                raise LayerError(f"layer {self.spec.name!r}: token={self.spec.token} outside its {length} tokens")
+            scores = features[:, self.spec.token]
+        else:
+            scores = features.mean(dim=1) if self.spec.pool == "mean" else features.amax(dim=1)
+        prefix = self.spec.prefix_tokens if self.spec.prefix_tokens is not None else guess_prefix_tokens(length)
+        if prefix is None:
+            return scores, None
+        side = math.isqrt(length - prefix)
+        if side * side != length - prefix:
+            raise LayerError(
+                f"layer {self.spec.name!r}: {length} tokens minus prefix_tokens={prefix} is not a square patch grid"
+            )
+        grid = features[:, prefix:].reshape(features.shape[0], side, side, -1).permute(0, 3, 1, 2)
+        return scores, self._shrink(grid)
+
+    def _shrink(self, maps: torch.Tensor) -> torch.Tensor:
+        height, width = maps.shape[-2:]
+        if max(height, width) <= self.max_map_side:
+            return maps.contiguous()
+        target = (min(height, self.max_map_side), min(width, self.max_map_side))
+        return F.adaptive_max_pool2d(maps, target)
+
+
+def guess_prefix_tokens(length: int, most: int = 8) -> int | None:
+    """Tokens before a square patch grid: 0 (no CLS), 1 (CLS), up to ``most`` (CLS + registers)."""
+    for prefix in range(most + 1):
+        side = math.isqrt(max(length - prefix, 0))
+        if side > 1 and side * side == length - prefix:
+            return prefix
+    return None
+

@@ -1,0 +1,24 @@
+"""Small helpers shared by several registries."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import SpecError
+
+
+def import_object(path: str, kind: str) -> Any:
+    """Import ``package.module:attribute`` (the ``py:`` spec form) with a clear error."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise SpecError(f"py:{path} is not of the form py:package.module:factory (the {kind} factory)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise SpecError(f"py:{path}: cannot import module {module_name!r} ({error}); is it on PYTHONPATH?") from error
+    try:
+        return getattr(module, attribute)
+    except AttributeError as error:
+        public = sorted(name for name in vars(module) if not name.startswith("_"))
+        raise SpecError(f"py:{path}: module {module_name!r} has no {attribute!r}; it has: {', '.join(public)}") from error

@@ -1,0 +1,281 @@
+"""The transformers and open_clip foundation model backends, on tiny random models built offline.
+
+Each transformers model is saved with ``save_pretrained`` together with its image processor and a
+tokenizer made from a small letter vocabulary, so the real ``from_pretrained`` loading code runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semlens.errors import SpecError, TextNotSupportedError
+from semlens.foundation import load_foundation_model
+from semlens.foundation.hf import HFFoundationModel
+from semlens.foundation.open_clip import OpenCLIPFoundationModel
+
+transformers = pytest.importorskip("transformers")
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+MAX_TOKENS = 16
+PROJECTION_DIM = 24  # differs from the hidden size, so the CLIP test sees the projected space
+TEXTS = ["a cat", "a photo of a dog", "a very long caption " * 8]
+OPEN_CLIP_ARCH = "ViT-S-32-alt"  # the smallest built-in open_clip architecture
+
+
+def _images() -> list[Image.Image]:
+    """Three random RGB images of different sizes and aspect ratios."""
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(40, 40), (30, 60), (64, 24)]]
+
+
+GEMMA_IDS = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
+
+
+def _gemma_vocab() -> dict[str, int]:
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
+    for piece in LETTERS + "▁":
+        vocab[piece] = len(vocab)
+    return vocab
+
+
+def _save_clip(directory: Path) -> None:
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for letter in LETTERS:
+        vocab[letter] = len(vocab)
+        vocab[letter + "</w>"] = len(vocab)
+    tokenizer = transformers.CLIPTokenizer(vocab=vocab, merges=[])
+    text = transformers.CLIPTextConfig(
+        vocab_size=len(vocab), max_position_embeddings=MAX_TOKENS, bos_token_id=0, eos_token_id=1, pad_token_id=1, **TINY
+    )
+    vision = transformers.CLIPVisionConfig(image_size=32, patch_size=8, **TINY)
+    config = transformers.CLIPConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=PROJECTION_DIM
+    )
+    transformers.CLIPModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    transformers.CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(directory)
+
+
+def _save_siglip(directory: Path) -> None:
+    vocab = _gemma_vocab()
+    # The original SigLIP tokenizer needs sentencepiece; SigLIP 2's fixed-resolution models use Gemma's.
+    tokenizer = transformers.GemmaTokenizer(vocab=vocab, merges=[])
+    text = transformers.SiglipTextConfig(
+        vocab_size=len(vocab), max_position_embeddings=MAX_TOKENS, **GEMMA_IDS, **TINY
+    )
+    vision = transformers.SiglipVisionConfig(image_size=32, patch_size=8, **TINY)
+    config = transformers.SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
+    transformers.SiglipModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    transformers.SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
+
+
+def _save_siglip2(directory: Path) -> None:
+    vocab = _gemma_vocab()
+    tokenizer = transformers.Siglip2Tokenizer(vocab=vocab, merges=[])
+    text = transformers.Siglip2TextConfig(
+        vocab_size=len(vocab), max_position_embeddings=MAX_TOKENS, **GEMMA_IDS, **TINY
+    )
+    vision = transformers.Siglip2VisionConfig(num_patches=16, patch_size=8, **TINY)
+    config = transformers.Siglip2Config(text_config=text.to_dict(), vision_config=vision.to_dict())
+    transformers.Siglip2Model(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    transformers.Siglip2ImageProcessor(patch_size=8, max_num_patches=16).save_pretrained(directory)
+
+
+def _bit_processor() -> object:
+    return transformers.BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+def _save_dinov2(directory: Path) -> None:
+    transformers.Dinov2Model(transformers.Dinov2Config(image_size=32, patch_size=8, mlp_ratio=2, **TINY)).save_pretrained(
+        directory
+    )
+    _bit_processor().save_pretrained(directory)
+
+
+def _save_dinov2_with_registers(directory: Path) -> None:
+    config = transformers.Dinov2WithRegistersConfig(
+        image_size=32, patch_size=8, mlp_ratio=2, num_register_tokens=2, **TINY
+    )
+    transformers.Dinov2WithRegistersModel(config).save_pretrained(directory)
+    _bit_processor().save_pretrained(directory)
+
+
+SAVERS: dict[str, Callable[[Path], None]] = {
+    "clip": _save_clip,
+    "siglip": _save_siglip,
+    "siglip2": _save_siglip2,
+    "dinov2": _save_dinov2,
+    "dinov2_with_registers": _save_dinov2_with_registers,
+}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, int], Path]:
+    """Save (once per kind and seed) a tiny random model directory; different seeds, different weights."""
+    cache: dict[tuple[str, int], Path] = {}
+
+    def save(kind: str, seed: int = 0) -> Path:
+        if (kind, seed) not in cache:
+            directory = tmp_path_factory.mktemp(f"{kind}-{seed}")
+            torch.manual_seed(seed)
+            SAVERS[kind](directory)
+            cache[kind, seed] = directory
+        return cache[kind, seed]
+
+    return save
+
+
+def _assert_unit_rows(embeddings: torch.Tensor, count: int, dim: int) -> None:
+    assert embeddings.shape == (count, dim)
+    assert embeddings.dtype == torch.float32
+    assert embeddings.device.type == "cpu"
+    torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(count))
+
+
+@pytest.mark.parametrize(("kind", "dim"), [("clip", PROJECTION_DIM), ("siglip", 32), ("siglip2", 32)])
+def test_image_text_models_embed_unit_rows_deterministically(saved, kind: str, dim: int) -> None:
+    model = load_foundation_model("hf:" + str(saved(kind)), device="cpu")
+    assert isinstance(model, HFFoundationModel)
+    assert model.supports_text and model.dim == dim
+    images = model.encode_images(_images())
+    texts = model.encode_texts(TEXTS)  # the last one is longer than the model's context: truncated
+    _assert_unit_rows(images, 3, dim)
+    _assert_unit_rows(texts, 3, dim)
+    assert torch.equal(model.encode_images(_images()), images)
+    assert torch.equal(model.encode_texts(TEXTS), texts)
+    model.batch_size = 2  # batching must not change a row
+    torch.testing.assert_close(model.encode_images(_images()), images)
+    torch.testing.assert_close(model.encode_texts(TEXTS), texts)
+
+
+def test_clip_embeddings_equal_the_transformers_forward_pass(saved) -> None:
+    directory = saved("clip")
+    model = HFFoundationModel(str(directory), device="cpu")
+    reference = transformers.CLIPModel.from_pretrained(directory).eval()
+    processor = transformers.AutoImageProcessor.from_pretrained(directory)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    with torch.no_grad():
+        output = reference(
+            **tokenizer(TEXTS[:2], padding=True, return_tensors="pt"),
+            **processor(images=_images(), return_tensors="pt"),
+        )
+    torch.testing.assert_close(model.encode_images(_images()), output.image_embeds)
+    torch.testing.assert_close(model.encode_texts(TEXTS[:2]), output.text_embeds)
+
+
+def test_siglip2_embeds_an_image_alike_alone_and_among_other_aspect_ratios(saved) -> None:
+    model = HFFoundationModel(str(saved("siglip2")), device="cpu")
+    images = _images()
+    together = model.encode_images(images)
+    for index, image in enumerate(images):
+        torch.testing.assert_close(model.encode_images([image])[0], together[index])
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "dinov2_with_registers"])
+def test_image_only_models_embed_the_cls_token_and_refuse_texts(saved, kind: str) -> None:
+    directory = saved(kind)
+    model = HFFoundationModel(str(directory), device="cpu")
+    assert not model.supports_text and model.dim == TINY["hidden_size"]
+    images = model.encode_images(_images())
+    _assert_unit_rows(images, 3, model.dim)
+    assert torch.equal(model.encode_images(_images()), images)
+    reference = transformers.AutoModel.from_pretrained(directory).eval()
+    pixels = transformers.AutoImageProcessor.from_pretrained(directory)(images=_images(), return_tensors="pt")
+    with torch.no_grad():
+        cls = reference(**pixels).last_hidden_state[:, 0]
+    torch.testing.assert_close(images, torch.nn.functional.normalize(cls, dim=-1))
+    with pytest.raises(TextNotSupportedError, match="images only"):
+        model.encode_texts(["a cat"])
+
+
+def test_ids_name_the_model_and_change_with_its_weights(saved) -> None:
+    first = HFFoundationModel(str(saved("dinov2", 0)), device="cpu")
+    again = HFFoundationModel(str(saved("dinov2", 0)), device="cpu")
+    other = HFFoundationModel(str(saved("dinov2", 1)), device="cpu")
+    assert first.id.startswith(f"hf:{saved('dinov2', 0).name}@")  # the folder name: the id survives moving it
+    assert first.id == again.id
+    assert first.id.split("@")[1] != other.id.split("@")[1]
+
+
+def test_unsupported_model_type_is_a_spec_error(tmp_path: Path) -> None:
+    transformers.ViTConfig(image_size=32, patch_size=8, **TINY).save_pretrained(tmp_path)
+    with pytest.raises(SpecError, match="'vit' model.*clip, siglip, siglip2, dinov2"):
+        HFFoundationModel(str(tmp_path), device="cpu")
+
+
+def test_missing_or_incomplete_paths_are_spec_errors(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="no such directory"):
+        load_foundation_model("hf:" + str(tmp_path / "missing"))
+    with pytest.raises(SpecError, match="cannot load its config"):
+        load_foundation_model("hf:" + str(tmp_path))  # a directory without config.json
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(SpecError, match="is a file"):
+        load_foundation_model("hf:" + str(tmp_path / "weights.bin"))
+
+
+def test_a_model_without_its_image_processor_is_a_spec_error(saved, tmp_path: Path) -> None:
+    transformers.Dinov2Model.from_pretrained(saved("dinov2")).save_pretrained(tmp_path)
+    with pytest.raises(SpecError, match="cannot load its image processor"):
+        HFFoundationModel(str(tmp_path), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def open_clip_model() -> OpenCLIPFoundationModel:
+    pytest.importorskip("open_clip")
+    return OpenCLIPFoundationModel(OPEN_CLIP_ARCH, "none", device="cpu")
+
+
+def test_open_clip_embeds_unit_rows(open_clip_model: OpenCLIPFoundationModel) -> None:
+    assert open_clip_model.id.startswith(f"open_clip:{OPEN_CLIP_ARCH}:none@")
+    assert open_clip_model.dim == 256
+    images = open_clip_model.encode_images(_images())
+    texts = open_clip_model.encode_texts(TEXTS)
+    _assert_unit_rows(images, 3, 256)
+    _assert_unit_rows(texts, 3, 256)
+    assert torch.equal(open_clip_model.encode_images(_images()), images)
+    assert torch.equal(open_clip_model.encode_texts(TEXTS), texts)
+
+
+def test_open_clip_loads_a_weights_file_and_a_local_dir(open_clip_model, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    import open_clip
+
+    weights = tmp_path / "open_clip_model.safetensors"
+    save_file({name: value.contiguous() for name, value in open_clip_model.model.state_dict().items()}, weights)
+    (tmp_path / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": open_clip.get_model_config(OPEN_CLIP_ARCH), "preprocess_cfg": {}})
+    )
+    expected = open_clip_model.encode_images(_images())
+    digest = open_clip_model.id.split("@")[1]
+    from_file = load_foundation_model(f"open_clip:{OPEN_CLIP_ARCH}:{weights}", device="cpu")
+    from_dir = load_foundation_model(f"open_clip:local-dir:{tmp_path}", device="cpu")
+    for model in (from_file, from_dir):
+        assert model.id.split("@")[1] == digest
+        torch.testing.assert_close(model.encode_images(_images()), expected)
+    fresh = OpenCLIPFoundationModel(OPEN_CLIP_ARCH, "none", device="cpu")  # new random weights
+    assert fresh.id.split("@")[1] != digest
+
+
+def test_open_clip_spec_errors_name_the_valid_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("open_clip")
+    with pytest.raises(SpecError, match="unknown open_clip architecture 'ViT-Nope'.*ViT-B-32.*list_models"):
+        load_foundation_model("open_clip:ViT-Nope:none")
+    with pytest.raises(SpecError, match="neither a pretrained tag.*openai"):
+        load_foundation_model("open_clip:ViT-B-32:no-such-tag")
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # makes `import open_clip` fail
+    with pytest.raises(SpecError, match=r'pip install "semlens\[open_clip\]"'):
+        load_foundation_model(f"open_clip:{OPEN_CLIP_ARCH}:none")
