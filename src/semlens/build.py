@@ -127,7 +127,7 @@ class LensBuilder:
         self.specs = [LayerSpec.parse(text, config.pool) for text in config.layers]
         for spec in self.specs:
             resolve_module(self.model.module, spec.name)
-        self.identity = self._identity()
+        self.identity = json.loads(json.dumps(self._identity()))  # compare as stored: tuples become lists
         if overwrite:
             self.store.clear()
         self.manifest = self._open_manifest()
@@ -330,7 +330,7 @@ class LensBuilder:
     def _embed_table(self, foundation: FoundationModel, table: CropTable) -> torch.Tensor:
         """Embed all distinct crops in checkpointed chunks; a resumed run skips finished chunks."""
         partial = f"{EMBED_PARTIAL}/{self._stage_key('embed')}-{foundation.id.replace('/', '_').replace(':', '_')}"
-        total, size = table.rows.shape[0], max(self.config.embed_batch_size * 4, 64)
+        total, size = table.rows.shape[0], self.config.embed_batch_size * 4
         done: list[torch.Tensor] = []
         for begin, end in chunks(total, size):
             name = f"{partial}/{begin:09d}.safetensors"

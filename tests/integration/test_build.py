@@ -1,0 +1,112 @@
+"""End to end, offline: a tiny CNN and a tiny random CLIP (saved to disk) into a Lens, and back."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import tiny_models
+
+from semlens import BuildConfig, Lens, LayerSpec, build_lens, collect_topk, load_data, load_model
+from semlens.errors import StaleLensError
+from semlens.store import layer_file
+
+LAYERS = ["features.0", "features.3:pool=max", "head:signed=true"]
+
+
+def config(folder, clip, **overrides) -> BuildConfig:
+    settings = dict(
+        model="py:tiny_models:tiny_cnn",
+        layers=LAYERS,
+        data=f"folder:{folder}",
+        foundation=f"hf:{clip}",
+        k=5,
+        batch_size=7,
+        workers=0,
+    )
+    settings.update(overrides)
+    return BuildConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, colour_folder, tiny_clip_dir) -> Lens:
+    return build_lens(config(colour_folder, tiny_clip_dir), tmp_path_factory.mktemp("lens") / "tiny.lens", progress=False)
+
+
+def test_lens_has_every_layer_with_its_units_and_embeddings(built: Lens) -> None:
+    assert built.layers == ["features.0", "features.3", "head"]
+    assert built.units("head") == ["0", "1", "2", "0-", "1-", "2-"]
+    dim = built.manifest["foundation"]["dim"]
+    for layer, units in [("features.0", 8), ("features.3", 6), ("head", 6)]:
+        assert built.theta(layer).shape == (units, dim)
+        examples = built.example_embeddings(layer)
+        assert examples.shape == (units, 5, dim)
+        # theta is the mean of the examples' embeddings (stored in half precision)
+        torch.testing.assert_close(examples.mean(dim=1), built.theta(layer), atol=2e-3, rtol=0)
+    assert built.maps("features.0").shape[:2] == (8, 5) and built.maps("head") is None
+
+
+def test_topk_equals_brute_force_over_the_same_pipeline(built: Lens, colour_folder) -> None:
+    model, data = load_model("py:tiny_models:tiny_cnn"), load_data(f"folder:{colour_folder}")
+    pixels = torch.stack([model.preprocessing(data.load(index)) for index in range(len(data))])
+    outputs = {}
+    hooks = [
+        model.module.features[0].register_forward_hook(lambda m, i, o: outputs.__setitem__("features.0", o.mean((2, 3)))),
+        model.module.features[3].register_forward_hook(lambda m, i, o: outputs.__setitem__("features.3", o.amax((2, 3)))),
+    ]
+    with torch.no_grad():
+        head = model.module(pixels)
+    for hook in hooks:
+        hook.remove()
+    outputs["head"] = torch.cat([head, -head], dim=1)
+    for layer, scores in outputs.items():
+        for unit in range(scores.shape[1]):
+            expected = sorted(range(len(data)), key=lambda i: (-scores[i, unit].item(), i))[:5]
+            assert built.samples(layer)[unit].tolist() == expected, (layer, unit)
+
+
+def test_concept_examples_point_at_the_data(built: Lens, colour_folder) -> None:
+    examples = built.concept_examples("head/0")
+    assert [example.rank for example in examples] == list(range(5))
+    for example in examples:
+        assert (colour_folder / example.source).is_file()
+        x0, y0, x1, y1 = example.box
+        assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32 and x1 - x0 == y1 - y0
+
+
+def test_reopening_gives_identical_arrays(built: Lens) -> None:
+    again = Lens.open(built.path)
+    for layer in built.layers:
+        for name in ("scores", "samples", "theta", "boxes", "example_embeddings", "inactive"):
+            assert torch.equal(getattr(again, name)(layer).nan_to_num(), getattr(built, name)(layer).nan_to_num()), (layer, name)
+
+
+def test_a_second_run_skips_finished_stages_and_a_changed_one_is_refused(built, colour_folder, tiny_clip_dir) -> None:
+    before = {path: path.stat().st_mtime_ns for path in built.path.rglob("*.safetensors")}
+    build_lens(config(colour_folder, tiny_clip_dir), built.path, progress=False)
+    assert {path: path.stat().st_mtime_ns for path in built.path.rglob("*.safetensors")} == before
+    with pytest.raises(StaleLensError, match="collect: was .*'k': 5.* now .*'k': 6"):
+        build_lens(config(colour_folder, tiny_clip_dir, k=6), built.path, progress=False)
+
+
+def test_each_distinct_crop_is_embedded_once(tmp_path, colour_folder, tiny_clip_dir, monkeypatch) -> None:
+    monkeypatch.setenv("SEMLENS_TEST_CLIP", str(tiny_clip_dir))
+    tiny_models.EMBEDDED.clear()
+    lens = build_lens(
+        config(colour_folder, tiny_clip_dir, foundation="py:tiny_models:tiny_clip", crop="none"), tmp_path / "l", progress=False
+    )
+    stage = lens.manifest["stages"]["embed"]
+    distinct_samples = torch.unique(torch.cat([lens.samples(layer).reshape(-1) for layer in lens.layers]))
+    assert stage["distinct_crops"] == len(distinct_samples) < stage["example_slots"] == (8 + 6 + 6) * 5
+    assert sum(tiny_models.EMBEDDED) == stage["distinct_crops"]
+
+
+def test_collect_topk_api_reads_a_model_directly() -> None:
+    model = tiny_models.TinyCNN().eval()
+    data = torch.randn(20, 3, 32, 32)
+    from semlens.collect import iterate_batches
+
+    result = collect_topk(model, [LayerSpec.parse("head")], iterate_batches(data, 6), k=3)["head"]
+    expected = model(data).detach().T.topk(3, dim=1)
+    assert torch.equal(result.ids, expected.indices)

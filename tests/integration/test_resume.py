@@ -1,0 +1,81 @@
+"""A run killed with SIGKILL (mid-collection, then mid-embedding) and started again gives the same Lens."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from semlens import BuildConfig, Lens, build_lens
+from semlens.store import LensStore
+
+LAYERS = ["features.0", "features.3", "head"]
+OPTIONS = dict(k=4, batch_size=4, embed_batch_size=2, workers=0)
+
+
+def command(out: Path, clip: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "semlens.cli", "run",
+        "--model", "py:tiny_models:tiny_cnn", "--data", "py:tiny_models:slow_colours",
+        "--foundation", "py:tiny_models:tiny_clip", "--out", str(out),
+        *[part for layer in LAYERS for part in ("--layer", layer)],
+        "-k", "4", "--batch-size", "4", "--embed-batch-size", "2", "--workers", "0",
+        "--checkpoint-seconds", "0", "--no-progress",
+    ]  # fmt: skip
+
+
+def kill_when(process: subprocess.Popen, ready, timeout: float = 120.0) -> None:
+    """SIGKILL ``process`` as soon as ``ready()`` holds; fail if it ends or times out first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, f"run ended before it could be killed:\n{process.stderr.read()}"
+        assert time.monotonic() < deadline, "run never reached the point to kill it"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_sigkill_mid_collect_and_mid_embed_then_resume_equals_uninterrupted(tmp_path, tiny_clip_dir, monkeypatch):
+    monkeypatch.setenv("SEMLENS_TEST_CLIP", str(tiny_clip_dir))
+    out = tmp_path / "resumed.lens"
+    slow = {**os.environ, "SEMLENS_TEST_DELAY": "0.05"}
+
+    first = subprocess.Popen(command(out, tiny_clip_dir), env=slow, stderr=subprocess.PIPE, text=True)
+    kill_when(first, lambda: (out / "collect.partial.safetensors").is_file())
+    assert not LensStore(out).read_manifest()["stages"].get("collect", {}).get("complete")
+
+    second = subprocess.Popen(command(out, tiny_clip_dir), env=slow, stderr=subprocess.PIPE, text=True)
+    kill_when(second, lambda: any((out / "embed.partial").glob("*/*.safetensors")))
+    stages = LensStore(out).read_manifest()["stages"]
+    assert stages["collect"]["complete"] and not stages.get("embed", {}).get("complete")
+
+    finished = subprocess.run(command(out, tiny_clip_dir), stderr=subprocess.PIPE, text=True)
+    assert finished.returncode == 0, finished.stderr
+    assert not (out / "collect.partial.safetensors").exists() and not (out / "embed.partial").exists()
+
+    reference = build_lens(
+        BuildConfig(
+            model="py:tiny_models:tiny_cnn",
+            layers=LAYERS,
+            data="py:tiny_models:slow_colours",
+            foundation="py:tiny_models:tiny_clip",
+            **OPTIONS,
+        ),
+        tmp_path / "reference.lens",
+        progress=False,
+    )
+    resumed = Lens.open(out)
+    assert resumed.manifest["identity"] == reference.manifest["identity"]
+    assert resumed.manifest["layers"] == reference.manifest["layers"]
+    for layer in reference.layers:
+        for name in ("scores", "samples", "maps", "inactive", "boxes", "theta", "example_embeddings"):
+            ours, theirs = getattr(resumed, name)(layer), getattr(reference, name)(layer)
+            if ours is None:
+                assert theirs is None
+                continue
+            assert torch.equal(ours.nan_to_num(), theirs.nan_to_num()), (layer, name)

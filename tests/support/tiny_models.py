@@ -1,0 +1,99 @@
+"""Tiny models and data sets that tests reach through ``py:`` specs (this folder is on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from semlens import LoadedModel, Preprocessing
+
+
+class TinyCNN(nn.Module):
+    """Two conv stages and a linear head over 32 px inputs; weights fixed by the seed."""
+
+    def __init__(self, seed: int = 0, classes: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 6, 3, padding=1), nn.ReLU()
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+TINY_PREPROCESSING = Preprocessing(input_size=32, resize=36)
+
+
+def tiny_cnn() -> LoadedModel:
+    return LoadedModel(TinyCNN().eval(), "py:tiny_models:tiny_cnn", TINY_PREPROCESSING, ["red", "green", "blue"])
+
+
+def dead_cnn() -> LoadedModel:
+    """A TinyCNN whose first conv never fires (ReLU of a large negative bias)."""
+    model = TinyCNN().eval()
+    with torch.no_grad():
+        model.features[0].bias.fill_(-1e6)
+    return LoadedModel(model, "py:tiny_models:dead_cnn", TINY_PREPROCESSING)
+
+
+def colour_images(count: int, size: int = 40, seed: int = 0) -> list[tuple[Image.Image, int]]:
+    """Noisy images, each dominated by one of three colours in a random square: (image, colour label)."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for index in range(count):
+        label = index % 3
+        pixels = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+        side = int(rng.integers(8, size // 2))
+        top, left = rng.integers(0, size - side, 2)
+        pixels[top : top + side, left : left + side, label] = 255
+        items.append((Image.fromarray(pixels), label))
+    return items
+
+
+class SlowColours:
+    """``colour_images`` that take ``SEMLENS_TEST_DELAY`` seconds each to load, so a test can kill a run midway."""
+
+    classes = ["red", "green", "blue"]
+
+    def __init__(self, count: int = 48) -> None:
+        self.items = colour_images(count)
+        self.delay = float(os.environ.get("SEMLENS_TEST_DELAY", "0"))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        time.sleep(self.delay)
+        return self.items[index]
+
+    def fingerprint(self) -> str:
+        return f"slow-colours-{len(self.items)}"
+
+
+def slow_colours() -> SlowColours:
+    return SlowColours()
+
+
+def tiny_clip(device: str | None = None):
+    """The tiny random CLIP saved at ``SEMLENS_TEST_CLIP``; sleeps ``SEMLENS_TEST_DELAY`` s per batch
+    and counts the images it embeds in ``EMBEDDED`` (to check that each distinct crop is embedded once)."""
+    from semlens.foundation.hf import HFFoundationModel
+
+    class CountingCLIP(HFFoundationModel):
+        def _embed_pixels(self, pixels):
+            time.sleep(float(os.environ.get("SEMLENS_TEST_DELAY", "0")))
+            EMBEDDED.append(pixels["pixel_values"].shape[0])
+            return super()._embed_pixels(pixels)
+
+    return CountingCLIP(os.environ["SEMLENS_TEST_CLIP"], device=device)
+
+
+EMBEDDED: list[int] = []
