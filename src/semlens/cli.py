@@ -101,13 +101,13 @@ def print_summary(summary: Any) -> None:
         f"{summary.example_slots} concept examples from {summary.distinct_crops} distinct crops; "
         + ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in summary.seconds.items())
     )
-    inactive = [layer for layer in summary.layers if layer.inactive_units]
-    for layer in inactive:
-        note = "never fired on this data" if layer.inactive_units == layer.units else "never told samples apart"
-        errors.print(
-            f"[yellow]warning:[/] layer {layer.name}: {layer.inactive_units} of {layer.units} units {note} "
-            "(all top-k scores equal); their concept examples are arbitrary and marked inactive"
-        )
+    for layer in summary.layers:
+        if layer.inactive_units:
+            errors.print(
+                f"[yellow]warning:[/] layer {layer.name}: {layer.inactive_units} of {layer.units} units gave the same "
+                "score to all their top-k samples (never fired, or constant on this data); their concept examples "
+                "are arbitrary and marked inactive"
+            )
 
 
 @app.command()

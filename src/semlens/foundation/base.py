@@ -91,6 +91,13 @@ class FoundationModel(ABC):
         return f"{type(self).__name__}(id={self.id!r}, dim={self.dim}, device={self.device})"
 
 
+def silence_transformers_progress() -> None:
+    """transformers draws a bar per weight file loaded; semlens draws its own bars for long work."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def _normalise(embeddings: torch.Tensor) -> torch.Tensor:
     embeddings = embeddings.float().cpu()
     return embeddings / embeddings.norm(dim=-1, keepdim=True).clamp_min(1e-12)

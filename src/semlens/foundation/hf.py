@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..errors import SpecError, one_line
 from ..fingerprint import hash_module_weights
-from .base import FoundationModel
+from .base import FoundationModel, silence_transformers_progress
 
 T = TypeVar("T")
 
@@ -45,6 +45,8 @@ class HFFoundationModel(FoundationModel):
     def __init__(self, name_or_path: str, device: str | torch.device | None = None) -> None:
         super().__init__(device)
         from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+
+        silence_transformers_progress()
 
         source = _source(name_or_path)
         config = _load(AutoConfig.from_pretrained, source, name_or_path, "its config")

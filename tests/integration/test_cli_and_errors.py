@@ -1,0 +1,153 @@
+"""The CLI and its errors: bad input gets one clear line (exit code 2), never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from semlens.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def run_args(folder: Path, clip: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "run", "--model", "py:tiny_models:tiny_cnn", "--data", f"folder:{folder}", "--foundation", f"hf:{clip}",
+        "--out", str(out), "-k", "3", "--workers", "0", "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def assert_clear_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.output, result.output
+
+
+def test_layers_lists_modules_with_shapes_and_units() -> None:
+    result = invoke("layers", "py:tiny_models:tiny_cnn", "--json")
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["features.0"]["shape"] == "1x8x32x32" and rows["features.0"]["units"] == 8
+    assert rows["head"]["units"] == 3
+
+
+def test_run_prints_json_summary_and_info_reads_it_back(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    out = tmp_path / "cli.lens"
+    result = invoke(*run_args(colour_folder, tiny_clip_dir, out, "--layer", "features.3", "--layer", "head", "--json"))
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert [layer["name"] for layer in summary["layers"]] == ["features.3", "head"]
+    assert summary["samples"] == 30 and summary["failed"] == 0
+    info = json.loads(invoke("info", out, "--json").stdout)
+    assert info["identity"]["collect"]["k"] == 3
+
+
+def test_config_file_with_flag_override(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    config = tmp_path / "build.toml"
+    config.write_text(
+        f'model = "py:tiny_models:tiny_cnn"\nlayers = ["head"]\ndata = "folder:{colour_folder}"\n'
+        f'foundation = "hf:{tiny_clip_dir}"\nk = 4\nworkers = 0\n'
+    )
+    result = invoke("run", "--config", config, "-k", "2", "--out", tmp_path / "toml.lens", "--json", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert json.loads(invoke("info", tmp_path / "toml.lens", "--json").stdout)["identity"]["collect"]["k"] == 2
+    config.write_text('model = "x"\nlayerz = ["head"]\n')
+    assert_clear_error(invoke("run", "--config", config, "--out", tmp_path / "bad.lens"), "unknown keys layerz")
+
+
+def test_unknown_layer_names_close_matches(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    result = invoke(*run_args(colour_folder, tiny_clip_dir, tmp_path / "x", "--layer", "feature.0"))
+    assert_clear_error(result, "no layer 'feature.0'", "features.0", "semlens layers")
+
+
+@pytest.mark.parametrize(
+    "flag,value,fragments",
+    [
+        ("--model", "zooo:efficientnet-lite0", ["unknown model spec", "zoo:NAME", "py:package.module:factory"]),
+        ("--model", "zoo:resnet", ["unknown EfficientNet-Lite", "efficientnet-lite0"]),
+        ("--foundation", "clip", ["unknown foundation model spec", "conse", "hf:NAME_OR_PATH", "open_clip:"]),
+        ("--foundation", "hf:/no/such/model", ["no such directory"]),
+        ("--data", "folders:x", ["unknown data spec", "folder:PATH"]),
+        ("--data", "py:nowhere_module:items", ["cannot import module 'nowhere_module'"]),
+        ("--layer", "head:pool=median", ["pool='median'", "mean, max"]),
+        ("--layer", "head:colour=red", ["bad option 'colour=red'", "pool, token, pick, signed, sae"]),
+        ("--crop", "relevance", ["crop='relevance'", "activation, none"]),
+        ("--device", "tpu", ["unknown device 'tpu'"]),
+    ],
+)
+def test_bad_specs_and_options_list_the_valid_ones(tmp_path, colour_folder, tiny_clip_dir, flag, value, fragments):
+    args = run_args(colour_folder, tiny_clip_dir, tmp_path / "x")
+    if flag in args:
+        position = args.index(flag)
+        args[position + 1] = value
+    else:
+        args += [flag, value]
+    if "--layer" not in args:
+        args += ["--layer", "head"]
+    assert_clear_error(invoke(*args), *fragments)
+
+
+def test_empty_data_folder(tmp_path, tiny_clip_dir) -> None:
+    (tmp_path / "empty").mkdir()
+    result = invoke(*run_args(tmp_path / "empty", tiny_clip_dir, tmp_path / "x", "--layer", "head"))
+    assert_clear_error(result, "holds no images")
+
+
+def test_corrupt_images_are_skipped_counted_and_reported(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    folder = tmp_path / "mixed"
+    for path in sorted(colour_folder.rglob("*.png")):
+        target = folder / path.relative_to(colour_folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    (folder / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    (folder / "green" / "empty.jpg").write_bytes(b"")
+    result = invoke(*run_args(folder, tiny_clip_dir, tmp_path / "m.lens", "--layer", "head"))
+    assert result.exit_code == 0, result.output
+    assert "32 samples (2 failed to decode and were skipped)" in " ".join(result.output.split())
+    failures = json.loads((tmp_path / "m.lens" / "failures.json").read_text())
+    assert sorted(item["error"].split(":")[0] for item in failures) == [
+        "cannot decode green/empty.jpg",
+        "cannot decode red/broken.png",
+    ]
+
+
+def test_all_images_corrupt_is_an_error(tmp_path, tiny_clip_dir) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"garbage")
+    result = invoke(*run_args(folder, tiny_clip_dir, tmp_path / "x", "--layer", "head"))
+    assert_clear_error(result, "none of the 1 samples", "could be decoded")
+
+
+def test_a_layer_that_never_fires_is_reported(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    args = run_args(colour_folder, tiny_clip_dir, tmp_path / "dead.lens", "--layer", "features.1", "--layer", "head")
+    args[args.index("py:tiny_models:tiny_cnn")] = "py:tiny_models:dead_cnn"
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "layer features.1: 8 of 8 units gave the same score to all their top-k samples" in text
+    assert "layer head: 3 of 3 units gave the same score" in text  # constant downstream of the dead layer
+
+
+def test_existing_lens_built_from_other_inputs_is_refused_then_overwritten(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    out = tmp_path / "o.lens"
+    assert invoke(*run_args(colour_folder, tiny_clip_dir, out, "--layer", "head")).exit_code == 0
+    changed = invoke(*run_args(colour_folder, tiny_clip_dir, out, "--layer", "features.3"))
+    assert_clear_error(changed, "built from other inputs", "layers: was", "--overwrite")
+    assert invoke(*run_args(colour_folder, tiny_clip_dir, out, "--layer", "features.3", "--overwrite")).exit_code == 0
+
+
+def test_non_lens_directories_are_left_alone(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    result = invoke(*run_args(colour_folder, tiny_clip_dir, tmp_path / "busy", "--layer", "head", "--overwrite"))
+    assert_clear_error(result, "not empty and holds no Lens manifest")
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    assert_clear_error(invoke("info", tmp_path / "busy"), "is not a Lens directory")
