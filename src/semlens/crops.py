@@ -18,7 +18,8 @@ def boxes_from_maps(
 ) -> torch.Tensor:
     """Square crop boxes ``[M, 4]`` (x0, y0, x1, y1; pixels, end exclusive) for maps ``[M, h, w]``.
 
-    A map whose maximum is not positive (the unit did not fire on that sample) keeps the whole image.
+    A map whose maximum is not positive (the unit did not fire on that sample) keeps the whole image
+    (on a non-square image: its largest centred square).
     """
     height, width = size
     boxes = torch.empty((maps.shape[0], 4), dtype=torch.int64)

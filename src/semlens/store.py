@@ -63,7 +63,9 @@ class LensStore:
             manifest = self.read_json(MANIFEST)
         except FileNotFoundError:
             raise SemlensError(f"{self.root} is not a Lens directory (no {MANIFEST}); build one with `semlens run`") from None
-        if manifest.get("format") != FORMAT:
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            manifest = None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise SemlensError(f"{self.root / MANIFEST} is not a semlens Lens manifest")
         if manifest.get("format_version", 0) > FORMAT_VERSION:
             raise SemlensError(

@@ -62,6 +62,7 @@ class LayerSpec:
     def parse(cls, text: str, default_pool: str = "mean") -> LayerSpec:
         """Parse ``NAME[:key=value,...]``; keys: pool, token, pick, signed, sae, prefix_tokens."""
         name, _, options = text.strip().partition(":")
+        name = name.strip()
         if not name:
             raise LayerError(f"layer spec {text!r} has no module name; write NAME[:key=value,...]")
         values: dict[str, Any] = {"pool": default_pool}
@@ -136,14 +137,15 @@ def list_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if name in infos:  # a module called twice keeps its first output
                 return
-            try:
-                tensor = select_output(output, None, name)
-                units = tensor.shape[-1] if tensor.dim() in (2, 3) else tensor.shape[1] if tensor.dim() == 4 else None
-                shape = "x".join(str(size) for size in tensor.shape)
-            except LayerError:
-                units, shape = None, type(output).__name__
-            if not isinstance(output, torch.Tensor) and units is not None:
-                shape = f"{type(output).__name__}[0]: {shape}"
+            found = first_tensor(output)
+            if found is None:
+                infos[name] = LayerInfo(name, type(module).__name__, type(output).__name__, None)
+                return
+            key, tensor = found
+            units = tensor.shape[-1] if tensor.dim() in (2, 3) else tensor.shape[1] if tensor.dim() == 4 else None
+            shape = "x".join(str(size) for size in tensor.shape)
+            if key is not None:
+                shape = f"{type(output).__name__}[{key}]: {shape}"
             infos[name] = LayerInfo(name, type(module).__name__, shape, units)
 
         return hook
@@ -178,11 +180,23 @@ def select_output(output: Any, pick: str | None, layer: str) -> torch.Tensor:
         if not isinstance(chosen, torch.Tensor):
             raise LayerError(f"layer {layer!r}: pick={pick!r} selects a {type(chosen).__name__}, not a tensor")
         return chosen
-    values = output.values() if hasattr(output, "values") else output if isinstance(output, (tuple, list)) else ()
-    for value in values:
-        if isinstance(value, torch.Tensor):
-            return value
-    raise LayerError(f"layer {layer!r} returns {type(output).__name__} with no tensor to read")
+    found = first_tensor(output)
+    if found is None:
+        raise LayerError(f"layer {layer!r} returns {type(output).__name__} with no tensor to read")
+    return found[1]
+
+
+def first_tensor(output: Any) -> tuple[str | None, torch.Tensor] | None:
+    """The tensor read by default, with its key or index (None for a plain tensor output)."""
+    if isinstance(output, torch.Tensor):
+        return None, output
+    if hasattr(output, "items"):
+        entries = [(str(key), value) for key, value in output.items()]
+    elif isinstance(output, (tuple, list)):
+        entries = [(str(index), value) for index, value in enumerate(output)]
+    else:
+        entries = []
+    return next(((key, value) for key, value in entries if isinstance(value, torch.Tensor)), None)
 
 
 def _describe(output: Any) -> str:
@@ -208,10 +222,12 @@ class SparseAutoencoder:
     def load(cls, path: str | Path, d_in: int) -> SparseAutoencoder:
         from safetensors.torch import load_file
 
+        from safetensors import SafetensorError
+
         try:
             tensors = load_file(str(path))
-        except (OSError, RuntimeError) as error:
-            raise LayerError(f"cannot read SAE weights from {path}: {error}") from error
+        except (OSError, RuntimeError, SafetensorError) as error:
+            raise LayerError(f"cannot read SAE weights from {path} (a safetensors file is expected): {error}") from error
         missing = {"W_enc", "b_enc"} - set(tensors)
         if missing:
             raise LayerError(f"SAE file {path} lacks {', '.join(sorted(missing))}; it has {', '.join(sorted(tensors))}")
@@ -221,6 +237,10 @@ class SparseAutoencoder:
                 raise LayerError(f"SAE W_enc {tuple(weight.shape)} in {path} does not fit the layer's {d_in} channels")
             weight = weight.T
         decoder_bias, threshold = tensors.get("b_dec"), tensors.get("threshold")
+        expected = {"b_enc": weight.shape[1], "b_dec": d_in, "threshold": weight.shape[1]}
+        for name, size in expected.items():
+            if name in tensors and tuple(tensors[name].shape) != (size,):
+                raise LayerError(f"SAE {name} in {path} has shape {tuple(tensors[name].shape)}; expected ({size},)")
         return cls(
             weight.contiguous(),
             tensors["b_enc"].float(),
@@ -255,21 +275,21 @@ class UnitReader:
     def __call__(self, output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = select_output(output, self.spec.pick, self.spec.name).detach()
         if x.dim() == 4:
-            channels_last = x.permute(0, 2, 3, 1)  # N,H,W,C
-            scores, maps = self._spatial(self._encode(channels_last))
-        elif x.dim() == 3:
-            scores, maps = self._tokens(self._encode(x))
-        elif x.dim() == 2:
-            scores, maps = self._encode(x).float(), None
-        else:
-            raise LayerError(
-                f"layer {self.spec.name!r} outputs shape {tuple(x.shape)}; semlens reads N,C,H,W (conv), "
-                "N,L,C (tokens) or N,C (linear) outputs; pick another layer or output with pick="
-            )
-        if self.spec.signed:
-            scores = torch.cat([scores, -scores], dim=1)
-            maps = None if maps is None else torch.cat([maps, -maps], dim=1)
-        return scores, maps
+            return self._spatial(self._features(x.permute(0, 2, 3, 1)))  # channels last: N,H,W,C
+        if x.dim() == 3:
+            return self._tokens(self._features(x))
+        if x.dim() == 2:
+            return self._features(x), None
+        raise LayerError(
+            f"layer {self.spec.name!r} outputs shape {tuple(x.shape)}; semlens reads N,C,H,W (conv), "
+            "N,L,C (tokens) or N,C (linear) outputs; pick another layer or output with pick="
+        )
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit activations along the last dimension: SAE-encoded, and negated copies appended when
+        signed (before any pooling, so that ``i-`` ranks samples by their most negative activation)."""
+        features = self._encode(x)
+        return torch.cat([features, -features], dim=-1) if self.spec.signed else features
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         if self.spec.sae is None:
@@ -313,10 +333,10 @@ class UnitReader:
 
 
 def guess_prefix_tokens(length: int, most: int = 8) -> int | None:
-    """Tokens before a square patch grid: 0 (no CLS), 1 (CLS), up to ``most`` (CLS + registers)."""
+    """Tokens before a square patch grid (at least 3x3): 0 (no CLS), 1 (CLS), up to ``most`` (CLS + registers)."""
     for prefix in range(most + 1):
         side = math.isqrt(max(length - prefix, 0))
-        if side > 1 and side * side == length - prefix:
+        if side > 2 and side * side == length - prefix:
             return prefix
     return None
 

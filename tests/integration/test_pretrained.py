@@ -1,0 +1,60 @@
+"""Real architectures: the bundled ImageNet EfficientNet-Lite0 on natural photos, and the optional
+``torchvision:`` / ``timm:`` model specs on random weights (no download is possible here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from semlens import Lens, LayerSpec, collect_topk, list_layers, load_model
+from semlens.cli import app
+from semlens.collect import iterate_batches
+from semlens.data.photos import write_photo_folder
+from semlens.imagenet import find_imagenet_class
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_with_conse_finds_the_cat(tmp_path) -> None:
+    photos = write_photo_folder(tmp_path / "photos", per_photo=15)
+    assert len(list(photos.rglob("*.jpg"))) >= 200
+    out = tmp_path / "effnet.lens"
+    result = CliRunner().invoke(
+        app,
+        [
+            "run", "--model", "zoo:efficientnet-lite0", "--layer", "_blocks.15", "--layer", "_fc",
+            "--data", f"folder:{photos}", "--foundation", "conse", "-k", "10", "--out", str(out), "--json",
+        ],  # fmt: skip
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert {layer["name"]: layer["units"] for layer in summary["layers"]} == {"_blocks.15": 320, "_fc": 1000}
+    lens = Lens.open(out)
+    tabby = find_imagenet_class("tabby cat")
+    sources = [example.source for example in lens.concept_examples(f"_fc/{tabby}")]
+    assert "cat/cat-000.jpg" in sources  # the whole cat photo
+    assert all(source.startswith("cat/") for source in sources[:5])
+    # the conse space agrees: the tabby unit's theta is closer to "a cat" than to "a rocket"
+    from semlens.foundation import load_foundation_model
+
+    texts = load_foundation_model("conse").encode_texts(["a cat", "a rocket"])
+    similarity = torch.nn.functional.normalize(lens.theta("_fc")[tabby], dim=0) @ texts.T
+    assert similarity[0] > similarity[1]
+
+
+@pytest.mark.parametrize(
+    "spec,layer,units",
+    [("torchvision:resnet18:none", "layer4.1", 512), ("timm:resnet18:none", "layer4.1", 512), ("timm:vit_tiny_patch16_224:none", "blocks.11", 192)],
+)
+def test_optional_model_specs_load_and_collect(spec, layer, units) -> None:
+    model = load_model(spec)
+    assert model.preprocessing.input_size == 224
+    infos = {info.name: info for info in list_layers(model.module, model.example_input())}
+    assert infos[layer].units == units
+    data = torch.randn(6, 3, 224, 224)
+    topk = collect_topk(model.module, [LayerSpec.parse(layer)], iterate_batches(data, 3), k=2)[layer]
+    assert topk.scores.shape == (units, 2)
+    if spec.startswith("timm:vit"):
+        assert topk.maps.shape[2:] == (14, 14)  # CLS token dropped, 14x14 patch grid kept for cropping

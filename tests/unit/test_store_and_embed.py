@@ -1,0 +1,214 @@
+"""The Lens directory on disk (atomic writes, manifest checks) and the crop table that feeds embedding."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from semlens.embed import cut_crops, mean_embeddings, plan_crops
+from semlens.errors import SemlensError
+from semlens.store import FORMAT, FORMAT_VERSION, MANIFEST, LensStore, atomic_write, layer_file
+
+# ----------------------------------------------------------------------------------------------
+# LensStore
+
+
+def test_tensors_round_trip_with_dtypes_and_metadata(tmp_path):
+    store = LensStore(tmp_path / "lens")
+    tensors = {
+        "scores": torch.randn(3, 4),
+        "half": torch.randn(5).half(),
+        "brain": torch.randn(2, 2).bfloat16(),
+        "ids": torch.arange(6, dtype=torch.int64).reshape(2, 3) - 1,
+        "inactive": torch.tensor([True, False]),
+        "transposed": torch.arange(6.0).reshape(2, 3).T,  # not contiguous
+    }
+    store.write_tensors("layers/a.topk.safetensors", tensors, metadata={"fingerprint": "abc", "next_index": "7"})
+    loaded = store.read_tensors("layers/a.topk.safetensors")
+    assert loaded.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert loaded[name].dtype == tensor.dtype
+        assert torch.equal(loaded[name], tensor)
+    assert store.read_metadata("layers/a.topk.safetensors") == {"fingerprint": "abc", "next_index": "7"}
+    store.write_tensors("plain.safetensors", {"x": torch.zeros(1)})
+    assert store.read_metadata("plain.safetensors") == {}
+
+
+def test_json_round_trip(tmp_path):
+    store = LensStore(tmp_path)
+    value = {"ids": [3, 1], "paths": ["a/ü.png", None], "nested": {"x": 1.5, "flag": True}}
+    store.write_json("samples.json", value)
+    assert store.read_json("samples.json") == value
+    assert json.loads((tmp_path / "samples.json").read_text(encoding="utf-8")) == value
+
+
+def test_atomic_write_replaces_the_file(tmp_path):
+    target = tmp_path / "sub" / "file.txt"
+    atomic_write(target, lambda temporary: temporary.write_text("first"))
+    atomic_write(target, lambda temporary: temporary.write_text("second"))
+    assert target.read_text() == "second"
+    assert [path.name for path in target.parent.iterdir()] == ["file.txt"]
+
+
+def test_atomic_write_keeps_the_old_file_and_no_temporary_when_the_writer_fails(tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("old content")
+
+    def half_then_fail(temporary):
+        temporary.write_text("half of the new con")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, half_then_fail)
+    assert target.read_text() == "old content"
+    assert [path.name for path in tmp_path.iterdir()] == ["file.txt"]
+
+
+def test_clear_removes_a_lens_directory(tmp_path):
+    store = LensStore(tmp_path / "lens")
+    store.write_manifest({"format": FORMAT, "format_version": FORMAT_VERSION})
+    store.write_tensors(layer_file("conv", "topk"), {"x": torch.zeros(1)})
+    store.clear()
+    assert not store.root.exists()
+    store.clear()  # a missing directory is fine too
+
+
+def test_clear_removes_an_empty_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    LensStore(tmp_path / "empty").clear()
+    assert not (tmp_path / "empty").exists()
+
+
+def test_clear_refuses_a_non_empty_directory_without_manifest(tmp_path):
+    (tmp_path / "photos.txt").write_text("precious")
+    with pytest.raises(SemlensError, match="not empty and holds no Lens manifest; refusing"):
+        LensStore(tmp_path).clear()
+    assert (tmp_path / "photos.txt").read_text() == "precious"
+
+
+def test_manifest_round_trip(tmp_path):
+    store = LensStore(tmp_path)
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "layers": {"conv": {"units": 4}}}
+    store.write_manifest(manifest)
+    assert store.has_manifest()
+    assert store.read_manifest() == manifest
+
+
+def test_read_manifest_of_a_directory_without_one_says_how_to_build(tmp_path):
+    store = LensStore(tmp_path)
+    assert not store.has_manifest()
+    with pytest.raises(SemlensError, match="is not a Lens directory \\(no manifest.json\\).*semlens run"):
+        store.read_manifest()
+
+
+@pytest.mark.parametrize("manifest", [{"format": "something-else", "format_version": 1}, {"layers": {}}])
+def test_read_manifest_rejects_another_format(tmp_path, manifest):
+    store = LensStore(tmp_path)
+    store.write_json(MANIFEST, manifest)
+    with pytest.raises(SemlensError, match="is not a semlens Lens manifest"):
+        store.read_manifest()
+
+
+def test_read_manifest_rejects_a_newer_format_version(tmp_path):
+    store = LensStore(tmp_path)
+    store.write_manifest({"format": FORMAT, "format_version": FORMAT_VERSION + 1})
+    with pytest.raises(SemlensError, match=f"format version {FORMAT_VERSION + 1}, newer .*upgrade semlens"):
+        store.read_manifest()
+
+
+@pytest.mark.parametrize("text", ["{truncated", "[1, 2]"])
+def test_read_manifest_rejects_a_manifest_that_is_not_a_json_object(tmp_path, text):
+    (tmp_path / MANIFEST).write_text(text)
+    with pytest.raises(SemlensError, match="not a semlens Lens manifest"):
+        LensStore(tmp_path).read_manifest()
+
+
+@pytest.mark.parametrize(
+    "layer,kind,name",
+    [
+        ("features.7", "topk", "layers/features.7.topk.safetensors"),
+        ("blocks.0-a_b", "embed", "layers/blocks.0-a_b.embed.safetensors"),
+        ("encoder/layers[3]:x", "topk", "layers/encoder_layers_3__x.topk.safetensors"),
+    ],
+)
+def test_layer_file_names_keep_module_paths_and_replace_unsafe_characters(layer, kind, name):
+    assert layer_file(layer, kind) == name
+
+
+# ----------------------------------------------------------------------------------------------
+# crop table
+
+
+WHOLE, LEFT, RIGHT = [0, 0, 8, 8], [0, 0, 4, 4], [4, 4, 8, 8]  # boxes: x0, y0, x1, y1
+
+
+def test_plan_crops_deduplicates_sample_box_pairs_across_units_and_layers():
+    samples = {
+        "conv": torch.tensor([[7, 2, -1], [2, 7, 7]]),
+        "head": torch.tensor([[2, 5, -1]]),
+    }
+    boxes = {
+        "conv": torch.tensor([[LEFT, WHOLE, RIGHT], [WHOLE, LEFT, RIGHT]]),
+        "head": torch.tensor([[WHOLE, WHOLE, LEFT]]),  # the empty slot's box matches a real one: still ignored
+    }
+    table = plan_crops(samples, boxes)
+    assert table.rows.tolist() == [[2, *WHOLE], [5, *WHOLE], [7, *LEFT], [7, *RIGHT]]
+    assert table.index["conv"].tolist() == [[2, 0, -1], [0, 2, 3]]
+    assert table.index["head"].tolist() == [[0, 1, -1]]
+    assert torch.equal(table.samples, torch.tensor([2, 5, 7, 7]))
+    assert table.boxes.tolist() == [WHOLE, WHOLE, LEFT, RIGHT]
+
+
+def test_plan_crops_on_random_input_points_every_slot_at_its_own_distinct_row_sorted_by_sample():
+    torch.manual_seed(0)
+    samples = {name: torch.randint(-1, 20, (6, 5)) for name in ("a", "b")}
+    boxes = {name: torch.randint(0, 3, (6, 5, 1)).repeat(1, 1, 4) for name in ("a", "b")}
+    table = plan_crops(samples, boxes)
+    assert torch.equal(table.samples, table.samples.sort().values)
+    assert table.rows.unique(dim=0).shape == table.rows.shape  # every row distinct
+    used = set()
+    for layer, ids in samples.items():
+        for unit in range(ids.shape[0]):
+            for slot in range(ids.shape[1]):
+                row = table.index[layer][unit, slot].item()
+                if ids[unit, slot] < 0:
+                    assert row == -1
+                else:
+                    assert table.rows[row].tolist() == [ids[unit, slot].item(), *boxes[layer][unit, slot].tolist()]
+                    used.add(row)
+    assert used == set(range(table.rows.shape[0]))  # no row that no slot needs
+
+
+def test_plan_crops_with_only_empty_slots_has_no_rows():
+    table = plan_crops({"conv": torch.full((2, 3), -1)}, {"conv": torch.zeros(2, 3, 4, dtype=torch.int64)})
+    assert table.rows.shape == (0, 5)
+    assert table.index["conv"].tolist() == [[-1, -1, -1]] * 2
+
+
+def test_cut_crops_decodes_each_sample_once_and_crops_its_boxes():
+    images = {
+        sample: Image.frombytes("RGB", (8, 8), bytes((sample * 40 + i) % 256 for i in range(8 * 8 * 3)))
+        for sample in (2, 5, 7)
+    }
+    loaded = []
+
+    def load_view(sample):
+        loaded.append(sample)
+        return images[sample]
+
+    rows = torch.tensor([[2, *WHOLE], [5, *WHOLE], [5, *RIGHT], [7, *LEFT], [7, *RIGHT], [7, 1, 2, 4, 5]])
+    crops = list(cut_crops(rows, load_view))
+    assert loaded == [2, 5, 7]
+    assert len(crops) == 6
+    for crop, (sample, *corners) in zip(crops, rows.tolist()):
+        assert crop.size == (corners[2] - corners[0], corners[3] - corners[1])
+        assert crop.tobytes() == images[sample].crop(tuple(corners)).tobytes()
+
+
+def test_mean_embeddings_average_the_filled_slots_only():
+    embeddings = torch.tensor([[1.0, 0.0], [0.0, 2.0], [4.0, 4.0]])
+    index = torch.tensor([[0, 1, -1], [2, -1, -1], [-1, -1, -1], [2, 0, 1]])
+    theta = mean_embeddings(embeddings, index)
+    expected = torch.tensor([[0.5, 1.0], [4.0, 4.0], [0.0, 0.0], [5 / 3, 2.0]])  # a unit with no example: zeros
+    torch.testing.assert_close(theta, expected)
