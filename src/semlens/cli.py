@@ -33,6 +33,17 @@ def friendly(command: Callable) -> Callable:
     return wrapper
 
 
+def table(title: str | None, columns: tuple[str, ...], rows: list[tuple]) -> Table:
+    """A rich table; numbers are right-aligned."""
+    numeric = [all(isinstance(row[i], (int, float)) for row in rows) and bool(rows) for i in range(len(columns))]
+    result = Table(title=title)
+    for column, right in zip(columns, numeric):
+        result.add_column(column, justify="right" if right else "left")
+    for row in rows:
+        result.add_row(*(str(value) for value in row))
+    return result
+
+
 def emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=1, default=str) + "\n")
 
@@ -90,12 +101,8 @@ def run(
 
 
 def print_summary(summary: Any) -> None:
-    table = Table(title=f"Lens at {summary.path}")
-    for column in ("layer", "units", "inactive", "output"):
-        table.add_column(column, justify="right" if column in ("units", "inactive") else "left")
-    for layer in summary.layers:
-        table.add_row(layer.name, str(layer.units), str(layer.inactive_units), layer.output)
-    console.print(table)
+    rows = [(layer.name, layer.units, layer.inactive_units, layer.output) for layer in summary.layers]
+    console.print(table(f"Lens at {summary.path}", ("layer", "units", "inactive", "output"), rows))
     console.print(
         f"{summary.samples} samples ({summary.failed} failed to decode and were skipped); "
         f"{summary.example_slots} concept examples from {summary.distinct_crops} distinct crops; "
@@ -127,12 +134,9 @@ def layers(
     if as_json:
         emit_json([asdict(info) for info in infos])
         return
-    table = Table(title=f"{model}: {len(infos)} layers (input 1x3x{loaded.preprocessing.input_size}x{loaded.preprocessing.input_size})")
-    for column in ("layer", "type", "output", "units"):
-        table.add_column(column)
-    for info in infos:
-        table.add_row(info.name, info.type, info.shape, "" if info.units is None else str(info.units))
-    console.print(table)
+    size = loaded.preprocessing.input_size
+    rows = [(info.name, info.type, info.shape, "" if info.units is None else info.units) for info in infos]
+    console.print(table(f"{model}: {len(infos)} layers (input 1x3x{size}x{size})", ("layer", "type", "output", "units"), rows))
 
 
 @app.command()
@@ -155,12 +159,8 @@ def info(
     console.print(f"data        {identity['data']['spec']} ({identity['data']['samples']} samples)")
     console.print(f"foundation  {manifest['foundation']['id']} (dim {manifest['foundation']['dim']})")
     console.print(f"k           {opened.k}, crop {identity['embed']['crop']}")
-    table = Table()
-    for column in ("layer", "units", "inactive", "output"):
-        table.add_column(column)
-    for name, layer in manifest["layers"].items():
-        table.add_row(name, str(layer["units"]), str(layer["inactive_units"]), layer["output"])
-    console.print(table)
+    rows = [(name, layer["units"], layer["inactive_units"], layer["output"]) for name, layer in manifest["layers"].items()]
+    console.print(table(None, ("layer", "units", "inactive", "output"), rows))
 
 
 @app.command("list")
@@ -174,13 +174,8 @@ def list_specs(as_json: bool = typer.Option(False, "--json", help="Print as JSON
     if as_json:
         emit_json({kind: [{"usage": f.usage, "summary": f.summary} for f in r.forms()] for kind, r in registries.items()})
         return
-    table = Table(title="spec forms")
-    for column in ("kind", "spec", "what"):
-        table.add_column(column)
-    for kind, registry in registries.items():
-        for form in registry.forms():
-            table.add_row(kind, form.usage, form.summary)
-    console.print(table)
+    rows = [(kind, form.usage, form.summary) for kind, registry in registries.items() for form in registry.forms()]
+    console.print(table("spec forms", ("kind", "spec", "what"), rows))
 
 
 @app.command()

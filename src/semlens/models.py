@@ -23,7 +23,7 @@ from .fingerprint import hash_module_weights
 from .imagenet import imagenet_classes
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .specs import SpecForm, SpecRegistry
-from .utils import import_object
+from .utils import import_object, import_optional
 from .zoo.efficientnet_lite import VARIANTS as LITE_VARIANTS
 from .zoo.efficientnet_lite import efficientnet_lite
 
@@ -69,10 +69,7 @@ def _python(rest: str) -> LoadedModel:
 @MODELS.register("torchvision", "torchvision:NAME[:WEIGHTS]", "torchvision model; WEIGHTS DEFAULT, an enum name, none or a file")
 def _torchvision(rest: str) -> LoadedModel:
     name, _, weights = rest.partition(":")
-    try:
-        import torchvision.models as tv_models
-    except ImportError as error:
-        raise SpecError(f"torchvision:{rest} needs torchvision: pip install 'semlens[torchvision]' ({error})") from error
+    tv_models = import_optional("torchvision.models", "torchvision", f"torchvision:{rest}")
     if name not in tv_models.list_models():
         raise SpecError(f"torchvision has no model {name!r}; see torchvision.models.list_models()")
     weights = weights or "DEFAULT"
@@ -102,17 +99,14 @@ def _torchvision(rest: str) -> LoadedModel:
 @MODELS.register("timm", "timm:NAME[:pretrained|none|PATH]", "timm model (default pretrained)")
 def _timm(rest: str) -> LoadedModel:
     name, _, weights = rest.partition(":")
-    try:
-        import timm
-    except ImportError as error:
-        raise SpecError(f"timm:{rest} needs timm: pip install 'semlens[timm]' ({error})") from error
+    timm = import_optional("timm", "timm", f"timm:{rest}")
     if not timm.is_model(name):
         raise SpecError(f"timm has no model {name!r}; see timm.list_models('*pattern*')")
     weights = weights or "pretrained"
     module = timm.create_model(name, pretrained=weights == "pretrained")
     if weights not in ("pretrained", "none"):
         _load_state_file(module, weights)
-    config = timm.data.resolve_data_config({}, model=module)
+    config = import_optional("timm.data", "timm", f"timm:{rest}").resolve_data_config({}, model=module)
     size = int(config["input_size"][-1])
     preprocessing = Preprocessing(
         input_size=size,

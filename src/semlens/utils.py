@@ -22,3 +22,11 @@ def import_object(path: str, kind: str) -> Any:
     except AttributeError as error:
         public = sorted(name for name in vars(module) if not name.startswith("_"))
         raise SpecError(f"py:{path}: module {module_name!r} has no {attribute!r}; it has: {', '.join(public)}") from error
+
+
+def import_optional(module_name: str, extra: str, needed_for: str) -> Any:
+    """Import a module of an optional extra, or fail saying which extra to install."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as error:
+        raise SpecError(f"{needed_for} needs {module_name}: pip install 'semlens[{extra}]' ({error})") from error

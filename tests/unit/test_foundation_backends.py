@@ -189,5 +189,5 @@ def test_open_clip_spec_errors_name_the_valid_choices(monkeypatch: pytest.Monkey
     with pytest.raises(SpecError, match="neither a pretrained tag.*openai"):
         load_foundation_model("open_clip:ViT-B-32:no-such-tag")
     monkeypatch.setitem(sys.modules, "open_clip", None)  # makes `import open_clip` fail
-    with pytest.raises(SpecError, match=r'pip install "semlens\[open_clip\]"'):
+    with pytest.raises(SpecError, match=r"pip install 'semlens\[open_clip\]'"):
         load_foundation_model(f"open_clip:{OPEN_CLIP_ARCH}:none")

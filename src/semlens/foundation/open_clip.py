@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..errors import SpecError, one_line
 from ..fingerprint import hash_module_weights
+from ..utils import import_optional
 from .base import FoundationModel
 
 #: open_clip's model-name schemas; with them the weights come from the named repository or directory
@@ -45,7 +46,7 @@ class OpenCLIPFoundationModel(FoundationModel):
 
     def __init__(self, arch: str, pretrained: str, device: str | torch.device | None = None) -> None:
         super().__init__(device)
-        open_clip = _import_open_clip()
+        open_clip = import_optional("open_clip", "open_clip", "open_clip foundation models")
         if arch in SCHEMAS:
             model_name, weights = f"{arch}:{pretrained}", None
         else:
@@ -76,16 +77,6 @@ class OpenCLIPFoundationModel(FoundationModel):
 
     def _embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(list(texts)).to(self.device))
-
-
-def _import_open_clip() -> ModuleType:
-    try:
-        import open_clip
-    except ImportError as error:
-        raise SpecError(
-            f'open_clip foundation models need open_clip; install it with pip install "semlens[open_clip]" ({error})'
-        ) from error
-    return open_clip
 
 
 def _check_arch(open_clip: ModuleType, arch: str) -> None:
