@@ -163,6 +163,119 @@ def info(
     console.print(table(None, ("layer", "units", "inactive", "output"), rows))
 
 
+@app.command()
+@friendly
+def search(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    query: Optional[list[str]] = typer.Argument(None, help="Text prompt(s); several are averaged."),
+    image: Optional[list[Path]] = typer.Option(None, "--image", "-i", help="Image probe file(s); averaged."),
+    layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable)."),
+    top: int = typer.Option(10, "--top", "-n", help="How many units to show."),
+    as_json: bool = typer.Option(False, "--json", help="Print the hits as JSON."),
+) -> None:
+    """Rank units of all (or chosen) layers by alignment with a text and/or image probe."""
+    from .lens import Lens
+
+    hits = Lens.open(lens).search(query or None, image or (), layer or None, top)
+    if as_json:
+        emit_json([hit.to_dict() for hit in hits])
+        return
+    rows = [(hit.unit, round(hit.score, 4), hit.label or "", ", ".join(hit.examples)) for hit in hits]
+    title = f"units aligned with {' + '.join(map(repr, query or []))}{' + images' if image else ''}"
+    console.print(table(title, ("unit", "alignment", "label", "top concept examples"), rows))
+
+
+@app.command()
+@friendly
+def show(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    unit: str = typer.Argument(..., help="Unit as layer/index, e.g. _fc/281."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: UNIT.png here)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the concept examples as JSON."),
+) -> None:
+    """Write a PNG grid of a unit's concept examples (crops) with their scores."""
+    from dataclasses import asdict
+
+    from .lens import Lens
+    from .report.figures import concept_grid
+
+    opened = Lens.open(lens)
+    examples = opened.concept_examples(unit)
+    target = out or Path(unit.replace("/", "_") + ".png")
+    label = opened.label_of(unit)
+    title = f"{unit}" + (f"  label: {label}" if label else "")
+    grid = concept_grid([opened.example_image(example) for example in examples], [f"{e.score:.3g}" for e in examples], title)
+    grid.save(target)
+    if as_json:
+        emit_json({"unit": unit, "label": label, "png": str(target), "examples": [asdict(e) for e in examples]})
+        return
+    console.print(f"wrote {target} ({len(examples)} concept examples of {unit})")
+
+
+@app.command()
+@friendly
+def label(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    vocabulary: Optional[Path] = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in."),
+    threshold: float = typer.Option(0.025, help="Minimum alignment for a label; weaker units stay unlabelled."),
+    as_json: bool = typer.Option(False, "--json", help="Print every unit's labels as JSON."),
+) -> None:
+    """Label every unit with its best concept (and runner-ups); stored in the Lens."""
+    from .lens import Lens
+
+    opened = Lens.open(lens)
+    results = opened.label(str(vocabulary) if vocabulary else None, threshold)
+    concepts = opened.vocabulary.concepts
+    if as_json:
+        emit_json(
+            {
+                layer: [
+                    {
+                        "unit": f"{layer}/{name}",
+                        "label": concepts[int(labels.concepts[row, 0])] if bool(labels.labelled[row]) else None,
+                        "candidates": [
+                            {"concept": concepts[int(c)], "alignment": round(float(a), 5)}
+                            for c, a in zip(labels.concepts[row], labels.scores[row])
+                        ],
+                    }
+                    for row, name in enumerate(opened.units(layer))
+                ]
+                for layer, labels in results.items()
+            }
+        )
+        return
+    rows = []
+    for layer, labels in results.items():
+        counts: dict[str, int] = {}
+        for concept in labels.concepts[labels.labelled, 0].tolist():
+            counts[concepts[concept]] = counts.get(concepts[concept], 0) + 1
+        common = ", ".join(f"{name} ({count})" for name, count in sorted(counts.items(), key=lambda item: -item[1])[:6])
+        rows.append((layer, int(labels.labelled.sum()), int((~labels.labelled).sum()), common))
+    console.print(table(f"labels from vocabulary {opened.vocabulary.name!r} (threshold {threshold})", ("layer", "labelled", "unlabelled", "most common labels"), rows))
+
+
+@app.command()
+@friendly
+def dissect(
+    lens: Path = typer.Argument(..., help="Lens directory (labelled with `semlens label` first)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bar chart PNG to write (default: dissect.png here)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+) -> None:
+    """Count units per label category per layer; table and bar chart."""
+    from .lens import Lens
+    from .report.figures import dissection_png
+
+    counts = Lens.open(lens).dissect()
+    target = dissection_png(counts, out or Path("dissect.png"))
+    if as_json:
+        emit_json({"png": str(target), "counts": counts})
+        return
+    categories = list(next(iter(counts.values())))
+    rows = [(category, *(counts[layer][category] for layer in counts)) for category in categories]
+    console.print(table("units per concept category", ("category", *counts), rows))
+    console.print(f"bar chart: {target}")
+
+
 @app.command("list")
 def list_specs(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """List the spec forms for models, data and foundation models."""

@@ -8,10 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
+from .analysis.label import DEFAULT_THRESHOLD, Labels, dissect, label_units
+from .analysis.probes import alignment
+from .analysis.vocabulary import Vocabulary, load_vocabulary
 from .errors import SemlensError
 from .store import LensStore, layer_file
 from .units import unit_names
+
+LABELS = "labels.json"
 
 STAGES = ("collect", "embed")
 
@@ -26,6 +32,21 @@ class ConceptExample:
     box: tuple[int, int, int, int]
     source: str
     label: int | None
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """A unit found by a probe: its alignment, label (if labelled) and best concept examples."""
+
+    unit: str
+    layer: str
+    index: int
+    score: float
+    label: str | None
+    examples: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 class Lens:
@@ -150,14 +171,143 @@ class Lens:
                 examples.append(ConceptExample(rank, sample, score, tuple(box), source, label))
         return examples
 
-    @property
-    def data_root(self) -> Path | None:
+    @cached_property
+    def _data(self):
+        """The probe data, reopened from the data root recorded at build time (or its spec)."""
+        from .data import FolderData, load_data
+
         root = self.store.read_json("samples.json")["root"]
-        return Path(root) if root else None
+        if root and Path(root).is_dir():
+            return FolderData(root)
+        return load_data(self.manifest["identity"]["data"]["spec"])
+
+    def example_image(self, example: ConceptExample, crop: bool = True) -> Image.Image:
+        """A concept example as the model saw it (its input view), cropped to its box unless ``crop=False``."""
+        from .preprocess import Preprocessing
+
+        view = Preprocessing(**self.manifest["identity"]["preprocessing"]).view(self._data.load(example.sample))
+        return view.crop(example.box) if crop else view
 
     def failures(self) -> list[dict[str, Any]]:
         """Samples that failed to decode during collection (skipped)."""
         return self.store.read_json("failures.json")
+
+    # -- the foundation model and probes ------------------------------------------------------
+
+    @cached_property
+    def foundation(self):
+        """The foundation model the Lens was embedded with (loaded on first use, id checked)."""
+        from .foundation import load_foundation_model
+
+        recorded = self.manifest["foundation"]
+        model = load_foundation_model(recorded["spec"])
+        if model.id != recorded["id"]:
+            raise SemlensError(
+                f"foundation model {recorded['spec']} now loads as {model.id}, but this Lens was embedded with "
+                f"{recorded['id']}; its weights changed, so probes would not match the stored embeddings"
+            )
+        return model
+
+    @cached_property
+    def probes(self):
+        """Probe encoder with an on-disk cache in this Lens."""
+        from .probing import ProbeEncoder
+
+        return ProbeEncoder(self.foundation, self.store)
+
+    def _layers(self, layers: list[str] | None) -> list[str]:
+        for layer in layers or []:
+            self._layer(layer)
+        return list(layers) if layers else self.layers
+
+    def probe(
+        self, text: str | list[str] | None = None, images: list[str | Path] = (), templates: str | list[str] = "search"
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A probe ``[d]`` and its null (None for image-only probes): texts and images averaged."""
+        texts = [text] if isinstance(text, str) else list(text or [])
+        if not texts and not images:
+            raise SemlensError("give a text query, an image probe, or both")
+        parts = []
+        if texts:
+            parts.append(self.probes.query(texts, templates))
+        if images:
+            parts.append(self.probes.images(images))
+        null = self.probes.null(templates) if texts else None
+        return torch.stack(parts).mean(dim=0), null
+
+    def search(
+        self,
+        text: str | list[str] | None = None,
+        images: list[str | Path] = (),
+        layers: list[str] | None = None,
+        top: int = 10,
+        templates: str | list[str] = "search",
+    ) -> list[SearchHit]:
+        """Units of all (or the given) layers ranked by alignment with a text and/or image probe."""
+        probe, null = self.probe(text, images, templates)
+        chosen = self._layers(layers)
+        scores = torch.cat([alignment(self.theta(layer), probe[None], null)[:, 0] for layer in chosen])
+        owners = [(layer, row) for layer in chosen for row in range(self.theta(layer).shape[0])]
+        order = torch.sort(scores, descending=True, stable=True).indices[:top]  # ties: earlier layer, lower unit
+        return [self._hit(*owners[position], float(scores[position])) for position in order.tolist()]
+
+    def _hit(self, layer: str, row: int, score: float) -> SearchHit:
+        unit = f"{layer}/{self.units(layer)[row]}"
+        sources = [example.source for example in self.concept_examples(unit)[:3]]
+        return SearchHit(unit, layer, row, score, self.label_of(unit), sources)
+
+    # -- labels ---------------------------------------------------------------------------------
+
+    def label(
+        self,
+        vocabulary: Vocabulary | str | Path | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+        templates: str | list[str] = "label",
+        top: int = 3,
+    ) -> dict[str, Labels]:
+        """Label every unit with its best concepts; stored in the Lens for the other tools."""
+        vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
+        concepts = self.probes.concepts(vocab.concepts, templates)
+        null = self.probes.null(templates)
+        results = {}
+        for layer in self.layers:
+            labels = label_units(self.theta(layer), concepts, null, threshold, top)
+            self.store.write_tensors(layer_file(layer, "labels"), {"concepts": labels.concepts, "scores": labels.scores})
+            self._arrays.pop(f"{layer}.labels", None)
+            results[layer] = labels
+        self.store.write_json(LABELS, {"vocabulary": vocab.to_dict(), "threshold": threshold, "templates": templates})
+        self.__dict__.pop("vocabulary", None)
+        return results
+
+    @cached_property
+    def vocabulary(self) -> Vocabulary | None:
+        """The vocabulary of the stored labels, or None before ``label`` ran."""
+        if not self.store.path(LABELS).is_file():
+            return None
+        stored = self.store.read_json(LABELS)["vocabulary"]
+        return Vocabulary(stored["name"], tuple(stored["concepts"]), tuple(stored["categories"]))
+
+    def labels(self, layer: str) -> Labels | None:
+        """The stored labels of a layer, or None before ``label`` ran."""
+        if self.vocabulary is None:
+            return None
+        arrays = self._read(layer, "labels")
+        return Labels(arrays["concepts"], arrays["scores"], self.store.read_json(LABELS)["threshold"])
+
+    def label_of(self, unit: str) -> str | None:
+        """A unit's stored label, or None when unlabelled (or before ``label`` ran)."""
+        layer, row = self.unit_index(unit)
+        labels = self.labels(layer)
+        if labels is None or not bool(labels.labelled[row]):
+            return None
+        return self.vocabulary.concepts[int(labels.concepts[row, 0])]
+
+    def dissect(self) -> dict[str, dict[str, int]]:
+        """Units per label category per layer (from the stored labels; run ``label`` first)."""
+        if self.vocabulary is None:
+            raise SemlensError("this Lens has no labels yet: run `semlens label LENS` (or Lens.label()) first")
+        categories = self.vocabulary.category_names()
+        return {layer: dissect(self.labels(layer), categories, self.vocabulary.categories) for layer in self.layers}
 
     def __repr__(self) -> str:
         units = sum(layer["units"] for layer in self.manifest["layers"].values())

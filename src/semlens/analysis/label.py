@@ -1,0 +1,49 @@
+"""Labelling and dissection: each unit's best concept from a vocabulary, and counts per category.
+
+A unit gets its most aligned concept (Eq. 4 alignment), with runner-ups, or no label when even the
+best alignment is under a threshold (0.025 in the paper's dissection): those are the "unexpected"
+units, the ones worth a look.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .probes import alignment
+
+DEFAULT_THRESHOLD = 0.025
+
+
+@dataclass
+class Labels:
+    """Per unit the ``top`` best concepts (indices into the vocabulary) and their alignments, best first."""
+
+    concepts: torch.Tensor  # [U, top] int64
+    scores: torch.Tensor  # [U, top] float32
+    threshold: float
+
+    @property
+    def labelled(self) -> torch.Tensor:
+        """True where the best alignment reaches the threshold."""
+        return self.scores[:, 0] >= self.threshold
+
+
+def label_units(
+    theta: torch.Tensor, concepts: torch.Tensor, null: torch.Tensor | None, threshold: float = DEFAULT_THRESHOLD, top: int = 3
+) -> Labels:
+    """Rank the vocabulary's concept embeddings ``[C, d]`` for every unit ``theta`` ``[U, d]``."""
+    scores = alignment(theta, concepts, null)
+    best = scores.topk(min(top, concepts.shape[0]), dim=1)
+    return Labels(best.indices, best.values, threshold)
+
+
+def dissect(labels: Labels, categories: list[str], concept_categories: tuple[str, ...]) -> dict[str, int]:
+    """Units per parent category of their label; unlabelled units under ``"unlabelled"``."""
+    counts = dict.fromkeys(categories, 0)
+    for concept, labelled in zip(labels.concepts[:, 0].tolist(), labels.labelled.tolist()):
+        if labelled:
+            counts[concept_categories[concept]] += 1
+    counts["unlabelled"] = int((~labels.labelled).sum())
+    return counts

@@ -1,0 +1,189 @@
+"""Human-interpretability measures (paper Sec. 3.5) and knowledge overlap between models (Sec. 4.1.3).
+
+Pure torch over whole layers at once: ``examples`` are ``[U, n, d]`` (each unit's n concept-example
+embeddings, NaN rows in empty slots, as ``Lens.example_embeddings`` gives them), thetas are
+``[U, d]``. Everything runs in float32 on the inputs' device and never modifies the inputs. A vector
+without a direction (NaN, infinite or zero) takes part in nothing; a measure left with nothing to
+work on is NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Similarities held at once when matching units: 2**26 float32 = 256 MiB, whatever the layer sizes.
+_BLOCK_ELEMENTS = 2**26
+
+
+def _unit_rows(vectors: Tensor) -> Tensor:
+    """Rows scaled to unit length in float32; rows without a direction become NaN (0/0, inf/inf)."""
+    vectors = vectors.float()
+    return vectors / vectors.norm(dim=-1, keepdim=True)
+
+
+def _directions(examples: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Unit-length examples with zeros in unusable slots, so that sums skip them, and the usable mask."""
+    units = _unit_rows(examples)
+    usable = torch.isfinite(units).all(dim=-1)
+    if valid is not None:
+        usable &= valid.to(device=units.device, dtype=torch.bool)
+    return torch.where(usable.unsqueeze(-1), units, 0.0), usable
+
+
+def clarity(examples: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Mean pairwise cosine similarity of each unit's concept examples (Eq. 7).
+
+    Uses the paper's closed form ``|V|/(|V|-1) * (||mean_i v_i/||v_i|| ||^2 - 1/|V|)``, i.e.
+    ``(||sum_i u_i||^2 - |V|) / (|V|(|V|-1))`` with ``u_i`` the unit-length examples, so no ``n x n``
+    similarity matrix is formed.
+
+    Parameters
+    ----------
+    examples : Tensor ``[U, n, d]``
+    valid : Tensor ``[U, n]`` of bool, optional
+        Slots to use; by default every row without NaN. Rows without a direction are never used.
+
+    Returns
+    -------
+    Tensor ``[U]`` in ``[-1/(|V|-1), 1]``; NaN for units with fewer than two usable examples.
+    """
+    units, usable = _directions(examples, valid)
+    count = usable.sum(dim=-1).float()
+    value = (units.sum(dim=-2).pow(2).sum(dim=-1) - count) / (count * (count - 1))
+    return value.masked_fill(count < 2, float("nan"))
+
+
+def _farthest(units: Tensor, usable: Tensor, reference: Tensor) -> Tensor:
+    """Each unit's usable example farthest from ``reference [U, d]`` (first one on ties).
+
+    For unit-length examples ``||u - r||^2 = 1 + ||r||^2 - 2 u.r``: the farthest has the least ``u.r``.
+    """
+    closeness = (units @ reference.unsqueeze(-1)).squeeze(-1).masked_fill(~usable, float("inf"))
+    return torch.take_along_dim(units, closeness.argmin(dim=-1)[:, None, None], dim=-2).squeeze(-2)
+
+
+def _nearest(units: Tensor, usable: Tensor, centroids: Tensor) -> Tensor:
+    """k-means assignment step for h = 2: True where an example is strictly nearer the second centroid."""
+    distances = centroids.pow(2).sum(dim=-1).unsqueeze(-2) - 2 * units @ centroids.transpose(-1, -2)
+    return (distances[..., 1] < distances[..., 0]) & usable
+
+
+def _cluster_means(
+    units: Tensor, usable: Tensor, second: Tensor, previous: Tensor
+) -> tuple[Tensor, Tensor]:
+    """k-means update step: means ``[U, 2, d]`` and sizes ``[U, 2]``; an empty cluster keeps its centroid."""
+    members = torch.stack([usable & ~second, second], dim=-2).float()
+    sizes = members.sum(dim=-1)
+    means = members @ units / sizes.clamp_min(1).unsqueeze(-1)
+    return torch.where((sizes > 0).unsqueeze(-1), means, previous), sizes
+
+
+def polysemanticity(examples: Tensor, valid: Tensor | None = None, iterations: int = 20) -> Tensor:
+    """How far apart the two semantic directions in each unit's concept examples are (Eq. 10, h = 2).
+
+    The unit-length examples of all units are split into two clusters at once by k-means: it starts
+    from the example farthest from the unit's mean and the example farthest from that one (so the
+    result is deterministic), then runs Lloyd iterations until no assignment changes. The measure is
+    ``1 - clarity({cluster means})``, which for two clusters is ``1 - cos(c1, c2)``.
+
+    Parameters
+    ----------
+    examples : Tensor ``[U, n, d]``
+    valid : Tensor ``[U, n]`` of bool, optional
+        As for :func:`clarity`.
+    iterations : int
+        Most Lloyd iterations.
+
+    Returns
+    -------
+    Tensor ``[U]`` in ``[0, 2]``: 0 when the examples do not split (one cluster would be empty, e.g.
+    identical examples); NaN for units with fewer than two usable examples.
+    """
+    units, usable = _directions(examples, valid)
+    first = _farthest(units, usable, units.sum(dim=-2))
+    centroids = torch.stack([first, _farthest(units, usable, first)], dim=-2)
+    second = _nearest(units, usable, centroids)
+    for _ in range(iterations):
+        centroids = _cluster_means(units, usable, second, centroids)[0]
+        update = _nearest(units, usable, centroids)
+        if torch.equal(update, second):
+            break
+        second = update
+    means, sizes = _cluster_means(units, usable, second, centroids)
+    value = (1 - clarity(means)).masked_fill(sizes.min(dim=-1).values == 0, 0.0)
+    return value.masked_fill(usable.sum(dim=-1) < 2, float("nan"))
+
+
+def similarity(theta_a: Tensor, theta_b: Tensor) -> Tensor:
+    """Cosine similarity of every pair of concepts ``[A, B]`` (Eq. 8); NaN for a theta without direction."""
+    return _unit_rows(theta_a) @ _unit_rows(theta_b).T
+
+
+def _best_match(
+    theta_a: Tensor, theta_b: Tensor, exclude_self: bool, chunk_rows: int | None
+) -> tuple[Tensor, Tensor]:
+    """For each row of ``theta_a``: the most similar row of ``theta_b`` (first on ties) and its similarity.
+
+    Works through ``theta_a`` in blocks of rows so that the full ``[A, B]`` matrix never exists at once.
+    Rows without a direction match nothing (index -1, similarity NaN) and are never matched.
+    ``exclude_self`` skips the diagonal, for ``theta_b`` being ``theta_a``.
+    """
+    a, b = _unit_rows(theta_a), _unit_rows(theta_b)
+    best = torch.full((a.shape[0],), float("nan"), device=a.device)
+    index = torch.full((a.shape[0],), -1, dtype=torch.int64, device=a.device)
+    if b.shape[0] == 0:
+        return index, best
+    rows = chunk_rows or max(1, _BLOCK_ELEMENTS // b.shape[0])
+    for start in range(0, a.shape[0], rows):
+        block = a[start : start + rows] @ b.T
+        block.masked_fill_(block.isnan(), float("-inf"))
+        if exclude_self:
+            own = torch.arange(block.shape[0], device=a.device)
+            block[own, start + own] = float("-inf")
+        values, indices = block.max(dim=-1)
+        found = values > float("-inf")
+        best[start : start + rows] = values.masked_fill(~found, float("nan"))
+        index[start : start + rows] = indices.masked_fill(~found, -1)
+    return index, best
+
+
+def redundancy(theta: Tensor, chunk_rows: int | None = None) -> Tensor:
+    """Each concept's similarity to its most similar other concept in the set (the summand of Eq. 9).
+
+    Returns
+    -------
+    Tensor ``[m]``; NaN for a theta without direction or without another concept to compare with.
+    """
+    return _best_match(theta, theta, exclude_self=True, chunk_rows=chunk_rows)[1]
+
+
+def layer_redundancy(theta: Tensor) -> float:
+    """Redundancy of a set of concepts (Eq. 9): the mean of :func:`redundancy` over units that have one."""
+    return redundancy(theta).nanmean().item()
+
+
+def knowledge_overlap(
+    theta_m: Tensor, theta_n: Tensor, chunk_rows: int | None = None
+) -> tuple[float, Tensor, Tensor]:
+    """How much of model M's knowledge model N also has (Eq. 5): ``S_{M->N}``, not symmetric.
+
+    Parameters
+    ----------
+    theta_m : Tensor ``[M, d]``
+    theta_n : Tensor ``[N, d]``
+        Concepts of any two layers or models embedded by the same foundation model.
+    chunk_rows : int, optional
+        Units of M compared at once; by default as many as keep one block at 2**26 similarities.
+
+    Returns
+    -------
+    score : float
+        Mean over units of M (those with a theta) of the best similarity in N.
+    index : Tensor ``[M]`` of int64
+        Each unit of M's best match in N (-1 if none).
+    best : Tensor ``[M]``
+        Its similarity (NaN if none).
+    """
+    index, best = _best_match(theta_m, theta_n, exclude_self=False, chunk_rows=chunk_rows)
+    return best.nanmean().item(), index, best

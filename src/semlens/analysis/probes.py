@@ -1,0 +1,55 @@
+"""Probes: text prompts (with templates) and images, embedded and compared with units' theta.
+
+Alignment (the paper's Eq. 4) subtracts what every prompt shares: a(theta, probe) = s(theta, probe) -
+s(theta, null), where null is the embedding of the empty template(s).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import SemlensError
+
+#: the paper's template sets (Sec. 3.2, D.1, F): "{}" stands for the concept
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "search": ("{}", "a {}", "an image of a close up of {}"),
+    "label": ("{}", "{}-like", "a {}", "an image of a close up of {}"),
+    "audit": ("{}", "an image of {}"),
+}
+
+
+def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
+    """A named template set or custom templates, each holding ``{}`` once."""
+    if isinstance(templates, str):
+        if templates in TEMPLATES:
+            return TEMPLATES[templates]
+        templates = (templates,)
+    bad = [template for template in templates if template.count("{}") != 1]
+    if bad or not templates:
+        raise SemlensError(
+            f"templates must each contain '{{}}' once, or name a set ({', '.join(TEMPLATES)}); got {list(templates)}"
+        )
+    return tuple(templates)
+
+
+def fill(concept: str, templates: Sequence[str]) -> list[str]:
+    return [template.format(concept).strip() for template in templates]
+
+
+def null_prompts(templates: Sequence[str]) -> list[str]:
+    """The templates with an empty concept (``"a {}"`` becomes ``"a"``, ``"{}"`` the empty string)."""
+    return fill("", templates)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise cosine similarity ``[A, B]`` of rows (Eq. 3)."""
+    return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
+
+
+def alignment(theta: torch.Tensor, probes: torch.Tensor, null: torch.Tensor | None) -> torch.Tensor:
+    """a = s(theta, probe) - s(theta, null), ``[U, P]``; without a null (image probes) just s."""
+    scores = cosine(theta, probes)
+    return scores if null is None else scores - cosine(theta, null.reshape(1, -1))

@@ -1,0 +1,79 @@
+"""Label vocabularies: concepts grouped under parent categories (for dissection counts)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ..errors import SemlensError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CUSTOM = "custom"
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Concepts and, for each, its parent category; ``name`` identifies it in stored labels."""
+
+    name: str
+    concepts: tuple[str, ...]
+    categories: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.concepts:
+            raise SemlensError(f"vocabulary {self.name!r} has no concepts")
+        if len(set(self.concepts)) != len(self.concepts):
+            duplicates = sorted({c for c in self.concepts if self.concepts.count(c) > 1})
+            raise SemlensError(f"vocabulary {self.name!r} lists concepts twice: {', '.join(duplicates)}")
+
+    @classmethod
+    def from_mapping(cls, name: str, mapping: dict[str, list[str]]) -> Vocabulary:
+        concepts, categories = [], []
+        for category, members in mapping.items():
+            if not isinstance(members, list) or not all(isinstance(member, str) for member in members):
+                raise SemlensError(f"vocabulary {name!r}: category {category!r} must map to a list of concept strings")
+            concepts += [member.strip() for member in members if member.strip()]
+            categories += [category] * len([member for member in members if member.strip()])
+        return cls(name, tuple(concepts), tuple(categories))
+
+    def category_names(self) -> list[str]:
+        return list(dict.fromkeys(self.categories))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "concepts": list(self.concepts), "categories": list(self.categories)}
+
+
+def builtin_vocabulary() -> Vocabulary:
+    """The paper-style concept set shipped with semlens (colours, textures, objects, animals, ...)."""
+    text = resources.files("semlens.assets").joinpath("vocabulary.toml").read_text(encoding="utf-8")
+    return Vocabulary.from_mapping("builtin", tomllib.loads(text))
+
+
+def load_vocabulary(source: str | Path | None = None) -> Vocabulary:
+    """The built-in vocabulary (``None`` or ``"builtin"``), or a file: ``.txt`` with one concept per line
+    (category ``custom``), or ``.toml`` / ``.json`` mapping category -> list of concepts."""
+    if source is None or str(source) == "builtin":
+        return builtin_vocabulary()
+    path = Path(source)
+    if not path.is_file():
+        raise SemlensError(f"vocabulary file {path} not found; give a .txt (one concept per line), .toml or .json file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            return Vocabulary.from_mapping(path.stem, tomllib.loads(text))
+        if path.suffix == ".json":
+            mapping = json.loads(text)
+            if not isinstance(mapping, dict):
+                raise SemlensError(f"vocabulary {path} must be a JSON object of category -> list of concepts")
+            return Vocabulary.from_mapping(path.stem, mapping)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        raise SemlensError(f"cannot parse vocabulary {path}: {error}") from error
+    concepts = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return Vocabulary(path.stem, tuple(concepts), (CUSTOM,) * len(concepts))
