@@ -276,6 +276,33 @@ def dissect(
     console.print(f"bar chart: {target}")
 
 
+@app.command("map")
+@friendly
+def overview_map(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (default: all)."),
+    clusters: Optional[int] = typer.Option(None, help="Number of k-means clusters (default grows with the units)."),
+    out: Path = typer.Option(Path("overview.html"), "--out", "-o", help="Interactive HTML to write (works offline)."),
+    png: Optional[Path] = typer.Option(None, help="Also write a PNG (default: next to the HTML)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the map (positions, clusters, categories) as JSON."),
+) -> None:
+    """UMAP overview map of the units, clustered and named; interactive HTML and PNG."""
+    from .lens import Lens
+    from .report.figures import overview_figure, overview_png
+
+    opened = Lens.open(lens)
+    overview = opened.overview(layer or None, clusters)
+    labels = {unit: opened.label_of(unit) for unit in overview.units}
+    overview_figure(overview, labels).write_html(str(out), include_plotlyjs=True, full_html=True)
+    picture = overview_png(overview, png or out.with_suffix(".png"))
+    if as_json:
+        emit_json({"html": str(out), "png": str(picture), **overview.to_dict()})
+        return
+    rows = [(name, int((overview.cluster == index).sum())) for index, name in enumerate(overview.cluster_names)]
+    console.print(table(f"{len(overview.units)} units in {len(rows)} clusters", ("cluster (two best labels)", "units"), rows))
+    console.print(f"map: {out} and {picture}")
+
+
 @app.command("list")
 def list_specs(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """List the spec forms for models, data and foundation models."""

@@ -309,6 +309,22 @@ class Lens:
         categories = self.vocabulary.category_names()
         return {layer: dissect(self.labels(layer), categories, self.vocabulary.categories) for layer in self.layers}
 
+    def overview(self, layers: list[str] | None = None, clusters: int | None = None, seed: int = 0):
+        """UMAP map of the units of the given (default: all) layers, k-means clusters named by their two
+        best labels, units coloured by the category they align with best (see analysis.overview)."""
+        from .analysis.overview import build_overview
+
+        chosen = self._layers(layers)
+        vocabulary = self.vocabulary or load_vocabulary(None)
+        concepts = self.probes.concepts(vocabulary.concepts, "label")
+        categories = vocabulary.category_names()
+        members = torch.tensor([categories.index(category) for category in vocabulary.categories])
+        category_probes = torch.stack([concepts[members == index].mean(dim=0) for index in range(len(categories))])
+        units = [f"{layer}/{name}" for layer in chosen for name in self.units(layer)]
+        theta = torch.cat([self.theta(layer) for layer in chosen])
+        null = self.probes.null("label")
+        return build_overview(units, theta, concepts, list(vocabulary.concepts), category_probes, categories, null, clusters, seed)
+
     def __repr__(self) -> str:
         units = sum(layer["units"] for layer in self.manifest["layers"].values())
         return f"Lens({str(self.path)!r}, layers={len(self.layers)}, units={units}, foundation={self.foundation_id!r})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 TILE = 128
@@ -60,3 +61,54 @@ def dissection_figure(counts: dict[str, dict[str, int]]):
     figure = go.Figure([go.Bar(name=category, x=layers, y=[counts[layer][category] for layer in layers]) for category in categories])
     figure.update_layout(barmode="stack", title="units per concept category", yaxis_title="units")
     return figure
+
+
+def overview_figure(overview, labels: dict[str, str | None] | None = None):
+    """Interactive scatter of the overview map: colour = category, hover = unit, label, cluster."""
+    import plotly.graph_objects as go
+
+    labels = labels or {}
+    figure = go.Figure()
+    for index, category in enumerate(overview.category_names):
+        members = np.flatnonzero(overview.category == index)
+        if not len(members):
+            continue
+        hover = [
+            f"{overview.units[i]}<br>label: {labels.get(overview.units[i]) or '-'}<br>cluster: {overview.cluster_names[overview.cluster[i]]}"
+            for i in members
+        ]
+        figure.add_trace(
+            go.Scattergl(
+                x=overview.xy[members, 0], y=overview.xy[members, 1], mode="markers", name=category,
+                text=hover, hoverinfo="text", customdata=[overview.units[i] for i in members], marker={"size": 6},
+            )
+        )  # fmt: skip
+    centres = [overview.xy[overview.cluster == c].mean(axis=0) for c in range(len(overview.cluster_names))]
+    for centre, name in zip(centres, overview.cluster_names):
+        figure.add_annotation(x=centre[0], y=centre[1], text=name, showarrow=False, font={"size": 9}, opacity=0.8)
+    figure.update_layout(title="overview map (UMAP of unit embeddings)", xaxis={"visible": False}, yaxis={"visible": False})
+    return figure
+
+
+def overview_png(overview, path: str | Path) -> Path:
+    """The overview map as a static picture, cluster names at the cluster centres."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(9, 7))
+    for index, category in enumerate(overview.category_names):
+        members = overview.category == index
+        if members.any():
+            axes.scatter(overview.xy[members, 0], overview.xy[members, 1], s=8, label=category)
+    for cluster, name in enumerate(overview.cluster_names):
+        centre = overview.xy[overview.cluster == cluster].mean(axis=0)
+        axes.annotate(name, centre, fontsize=7, ha="center", alpha=0.8)
+    axes.set_axis_off()
+    axes.legend(fontsize=8, markerscale=2, loc="best")
+    axes.set_title("overview map (UMAP of unit embeddings)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)

@@ -1,0 +1,82 @@
+"""The overview map: all units of one or more layers in 2-D (UMAP of theta), clustered and named.
+
+Clusters come from k-means on the normalised theta (k grows with the number of units, as in the
+paper's 60..160 for thousands of units); each cluster is named by the two concepts best aligned with
+its mean theta, and every unit is coloured by the category probe it aligns with best.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .probes import alignment
+
+
+@dataclass
+class OverviewMap:
+    """Positions, clusters and categories of units; ``units[i]`` sits at ``xy[i]``."""
+
+    units: list[str]
+    xy: np.ndarray  # [n, 2]
+    cluster: np.ndarray  # [n] int
+    cluster_names: list[str]
+    category: np.ndarray  # [n] int, index into category_names
+    category_names: list[str]
+
+    def to_dict(self) -> dict:
+        return {
+            "units": self.units,
+            "x": self.xy[:, 0].round(4).tolist(),
+            "y": self.xy[:, 1].round(4).tolist(),
+            "cluster": self.cluster.tolist(),
+            "cluster_names": self.cluster_names,
+            "category": [self.category_names[index] for index in self.category.tolist()],
+        }
+
+
+def cluster_count(units: int) -> int:
+    """k for k-means: about sqrt(units / 2), at least 2, at most 160 (and never more than units)."""
+    return max(1, min(units, 160, max(2, round(math.sqrt(units / 2)))))
+
+
+def embed_2d(theta: torch.Tensor, seed: int = 0) -> np.ndarray:
+    """UMAP (cosine) of theta; PCA when there are too few units for a neighbourhood graph."""
+    points = F.normalize(theta.float(), dim=-1).numpy()
+    if points.shape[0] < 8:
+        centred = points - points.mean(axis=0)
+        _, _, components = np.linalg.svd(centred, full_matrices=False)
+        projected = centred @ components[:2].T
+        return np.pad(projected, ((0, 0), (0, 2 - projected.shape[1])))
+    import umap
+
+    reducer = umap.UMAP(n_neighbors=min(15, points.shape[0] - 1), metric="cosine", random_state=seed, n_jobs=1)
+    return reducer.fit_transform(points)
+
+
+def build_overview(
+    units: list[str],
+    theta: torch.Tensor,
+    concepts: torch.Tensor,
+    concept_names: list[str],
+    category_probes: torch.Tensor,
+    category_names: list[str],
+    null: torch.Tensor | None,
+    clusters: int | None = None,
+    seed: int = 0,
+) -> OverviewMap:
+    """Lay out, cluster, name and colour the units whose theta is given."""
+    from sklearn.cluster import KMeans
+
+    k = clusters or cluster_count(len(units))
+    normalised = F.normalize(theta.float(), dim=-1)
+    assignment = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(normalised.numpy())
+    means = torch.stack([normalised[torch.from_numpy(assignment == c)].mean(dim=0) for c in range(k)])
+    best = alignment(means, concepts, null).topk(min(2, len(concept_names)), dim=1).indices
+    names = [" / ".join(concept_names[i] for i in row) for row in best.tolist()]
+    category = alignment(theta, category_probes, null).argmax(dim=1).numpy()
+    return OverviewMap(units, embed_2d(theta, seed), assignment, names, category, category_names)
