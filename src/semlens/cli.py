@@ -303,6 +303,86 @@ def overview_map(
     console.print(f"map: {out} and {picture}")
 
 
+@app.command()
+@friendly
+def measures(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (default: all)."),
+    worst: int = typer.Option(5, help="How many least clear / most polysemantic units to list per layer."),
+    as_json: bool = typer.Option(False, "--json", help="Print per-unit measures and layer summaries as JSON."),
+) -> None:
+    """Interpretability measures: clarity, polysemanticity, redundancy, per unit and per layer."""
+    from .lens import Lens
+
+    opened = Lens.open(lens)
+    result = {}
+    for name in layer or opened.layers:
+        values = opened.measures(name)
+        units = opened.units(name)
+        result[name] = {
+            "summary": {measure: round(float(tensor.nanmean()), 5) for measure, tensor in values.items()},
+            "units": {
+                f"{name}/{unit}": {measure: round(float(tensor[row]), 5) for measure, tensor in values.items()}
+                for row, unit in enumerate(units)
+            },
+        }
+    if as_json:
+        emit_json(result)
+        return
+    rows = [(name, *(entry["summary"][m] for m in ("clarity", "polysemanticity", "redundancy"))) for name, entry in result.items()]
+    console.print(table("layer means", ("layer", "clarity", "polysemanticity", "redundancy"), rows))
+    for name, entry in result.items():
+        ranked = sorted(entry["units"].items(), key=lambda item: item[1]["clarity"])[:worst]
+        poly = sorted(entry["units"].items(), key=lambda item: -item[1]["polysemanticity"])[:worst]
+        console.print(f"[bold]{name}[/] least clear: " + ", ".join(f"{u} ({v['clarity']:.3f})" for u, v in ranked))
+        console.print(f"[bold]{name}[/] most polysemantic: " + ", ".join(f"{u} ({v['polysemanticity']:.3f})" for u, v in poly))
+
+
+@app.command()
+@friendly
+def similar(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    unit: str = typer.Argument(..., help="Unit as layer/index."),
+    other: Optional[Path] = typer.Option(None, help="Search this other Lens (same foundation model) instead."),
+    top: int = typer.Option(10, "--top", "-n", help="How many units to show."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """The units most similar to a unit (cosine of theta), in this Lens or another one."""
+    from .lens import Lens
+
+    opened = Lens.open(lens)
+    target = Lens.open(other) if other else opened
+    hits = target.search_similar(opened, unit, top)
+    if as_json:
+        emit_json([hit.to_dict() for hit in hits])
+        return
+    rows = [(hit.unit, round(hit.score, 4), hit.label or "", ", ".join(hit.examples)) for hit in hits]
+    console.print(table(f"units similar to {unit}", ("unit", "similarity", "label", "top concept examples"), rows))
+
+
+@app.command()
+@friendly
+def compare(
+    lens_a: Path = typer.Argument(..., help="First Lens (M)."),
+    lens_b: Path = typer.Argument(..., help="Second Lens (N), embedded by the same foundation model."),
+    vocabulary: Optional[Path] = typer.Option(None, "--vocabulary", "-v", help="Concepts for shared/unique labels."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """Compare two Lenses: S_{M->N} and S_{N->M} per layer pair, best matches, shared and unique concepts."""
+    from .lens import Lens
+
+    comparison = Lens.open(lens_a).compare(Lens.open(lens_b), str(vocabulary) if vocabulary else None)
+    if as_json:
+        emit_json(comparison.to_dict())
+        return
+    for title, matrix in (("S_{A->B}: how much of A's units B also has", comparison.a_to_b), ("S_{B->A}", comparison.b_to_a)):
+        rows = [(layer, *(round(value, 3) for value in row)) for layer, row in zip(comparison.layers_a, matrix)]
+        console.print(table(title, ("A \\ B", *comparison.layers_b), rows))
+    console.print(f"shared concepts ({len(comparison.shared_concepts)}): {', '.join(comparison.shared_concepts)}")
+    console.print(f"only in A ({len(comparison.only_a)}): {', '.join(comparison.only_a)}")
+    console.print(f"only in B ({len(comparison.only_b)}): {', '.join(comparison.only_b)}")
+
+
 @app.command("list")
 def list_specs(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """List the spec forms for models, data and foundation models."""

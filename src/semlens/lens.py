@@ -251,6 +251,19 @@ class Lens:
         order = torch.sort(scores, descending=True, stable=True).indices[:top]  # ties: earlier layer, lower unit
         return [self._hit(*owners[position], float(scores[position])) for position in order.tolist()]
 
+    def search_similar(self, source: Lens, unit: str, top: int = 10) -> list[SearchHit]:
+        """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one)."""
+        if source.foundation_id != self.foundation_id:
+            raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
+        layer, row = source.unit_index(unit)
+        probe = source.theta(layer)[row]
+        scores = torch.cat([alignment(self.theta(name), probe[None], None)[:, 0] for name in self.layers])
+        owners = [(name, index) for name in self.layers for index in range(self.theta(name).shape[0])]
+        if source is self:
+            scores[owners.index((layer, row))] = float("-inf")  # not itself
+        order = torch.sort(scores, descending=True, stable=True).indices[:top]
+        return [self._hit(*owners[position], float(scores[position])) for position in order.tolist()]
+
     def _hit(self, layer: str, row: int, score: float) -> SearchHit:
         unit = f"{layer}/{self.units(layer)[row]}"
         sources = [example.source for example in self.concept_examples(unit)[:3]]
@@ -315,7 +328,7 @@ class Lens:
         from .analysis.overview import build_overview
 
         chosen = self._layers(layers)
-        vocabulary = self.vocabulary or load_vocabulary(None)
+        vocabulary = self._vocabulary_or(None)
         concepts = self.probes.concepts(vocabulary.concepts, "label")
         categories = vocabulary.category_names()
         members = torch.tensor([categories.index(category) for category in vocabulary.categories])
@@ -324,6 +337,69 @@ class Lens:
         theta = torch.cat([self.theta(layer) for layer in chosen])
         null = self.probes.null("label")
         return build_overview(units, theta, concepts, list(vocabulary.concepts), category_probes, categories, null, clusters, seed)
+
+    # -- comparing and measuring --------------------------------------------------------------
+
+    def all_units(self, layers: list[str] | None = None) -> tuple[list[str], torch.Tensor]:
+        """Unit names and their theta over the given (default: all) layers, in layer order."""
+        chosen = self._layers(layers)
+        names = [f"{layer}/{name}" for layer in chosen for name in self.units(layer)]
+        return names, torch.cat([self.theta(layer) for layer in chosen])
+
+    def concept_labels(self, vocabulary: Vocabulary) -> set[str]:
+        """The set of labels this Lens's units get from ``vocabulary`` (not stored)."""
+        concepts = self.probes.concepts(vocabulary.concepts, "label")
+        found = set()
+        for layer in self.layers:
+            labels = label_units(self.theta(layer), concepts, self.probes.null("label"))
+            found |= {vocabulary.concepts[index] for index in labels.concepts[labels.labelled, 0].tolist()}
+        return found
+
+    def compare(self, other: Lens, vocabulary: Vocabulary | str | Path | None = None):
+        """S_{M->N} / S_{N->M} per layer pair, best matches, and shared and unique concepts."""
+        from .analysis.compare import Comparison, best_matches, concept_sets, overlap_matrices
+
+        if self.foundation_id != other.foundation_id:
+            raise SemlensError(
+                f"cannot compare Lenses embedded by different foundation models ({self.foundation_id} vs "
+                f"{other.foundation_id}); rebuild one of them with the other's foundation model"
+            )
+        a_to_b, b_to_a = overlap_matrices(
+            {layer: self.theta(layer) for layer in self.layers}, {layer: other.theta(layer) for layer in other.layers}
+        )
+        units_a, theta_a = self.all_units()
+        units_b, theta_b = other.all_units()
+        vocab = self._vocabulary_or(vocabulary)
+        shared, only_a, only_b = concept_sets(self.concept_labels(vocab), other.concept_labels(vocab))
+        return Comparison(self.layers, other.layers, a_to_b, b_to_a, best_matches(units_a, theta_a, units_b, theta_b), shared, only_a, only_b)
+
+    def _vocabulary_or(self, vocabulary: Vocabulary | str | Path | None) -> Vocabulary:
+        """The given vocabulary, else the stored labels' one, else the built-in one."""
+        if isinstance(vocabulary, Vocabulary):
+            return vocabulary
+        if vocabulary is None and self.vocabulary is not None:
+            return self.vocabulary
+        return load_vocabulary(vocabulary)
+
+    def measures(self, layer: str) -> dict[str, torch.Tensor]:
+        """Per unit: clarity, polysemanticity (Eq. 7, 10) and redundancy within the layer (Eq. 9)."""
+        from .analysis.measures import clarity, polysemanticity, redundancy
+
+        examples = self.example_embeddings(layer)
+        return {
+            "clarity": clarity(examples),
+            "polysemanticity": polysemanticity(examples),
+            "redundancy": redundancy(self.theta(layer)),
+        }
+
+    def similarity(self, unit: str, other_unit: str, other: Lens | None = None) -> float:
+        """Cosine similarity of two units' theta (Eq. 8), in this Lens or across two Lenses."""
+        other = other or self
+        if other.foundation_id != self.foundation_id:
+            raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
+        layer, row = self.unit_index(unit)
+        other_layer, other_row = other.unit_index(other_unit)
+        return float(alignment(self.theta(layer)[row : row + 1], other.theta(other_layer)[other_row : other_row + 1], None))
 
     def __repr__(self) -> str:
         units = sum(layer["units"] for layer in self.manifest["layers"].values())
