@@ -1,0 +1,102 @@
+"""Every question command on a Lens of the tiny models: runs, and its --json output parses back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from semlens import BuildConfig, Lens, build_lens
+from semlens.cli import app
+
+runner = CliRunner()
+
+
+def ask(*args) -> object:
+    result = runner.invoke(app, [str(arg) for arg in args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def lens_path(tmp_path_factory, colour_folder, tiny_clip_dir):
+    out = tmp_path_factory.mktemp("ask") / "tiny.lens"
+    config = BuildConfig(
+        model="py:tiny_models:tiny_cnn", layers=["features.3", "head:signed=true"], data=f"folder:{colour_folder}",
+        foundation=f"hf:{tiny_clip_dir}", k=5, workers=0,
+    )  # fmt: skip
+    build_lens(config, out, progress=False)
+    return out
+
+
+def test_search_ranks_units_by_alignment(lens_path, tmp_path) -> None:
+    hits = ask("search", lens_path, "red", "--top", "4", "--json")
+    assert len(hits) == 4 and [hit["score"] for hit in hits] == sorted((hit["score"] for hit in hits), reverse=True)
+    assert set(hits[0]) == {"unit", "layer", "index", "score", "label", "examples"}
+    only_head = ask("search", lens_path, "red", "--layer", "head", "--json")
+    assert {hit["layer"] for hit in only_head} == {"head"} and len(only_head) == 6
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "red.png")
+    assert len(ask("search", lens_path, "--image", tmp_path / "red.png", "--top", "3", "--json")) == 3
+    lens = Lens.open(lens_path)
+    assert lens.store.path("probes.safetensors").is_file()  # prompts cached for the next query
+
+
+def test_show_writes_a_grid_png(lens_path, tmp_path) -> None:
+    shown = ask("show", lens_path, "head/0-", "--out", tmp_path / "unit.png", "--json")
+    assert Image.open(shown["png"]).size[0] > 0 and len(shown["examples"]) == 5
+    assert set(shown["examples"][0]) == {"rank", "sample", "score", "box", "source", "label"}
+
+
+def test_label_dissect_and_their_storage(lens_path, tmp_path) -> None:
+    vocabulary = tmp_path / "vocab.toml"
+    vocabulary.write_text('colours = ["red", "green", "blue"]\nshapes = ["square", "noise"]\n')
+    labels = ask("label", lens_path, "--vocabulary", vocabulary, "--threshold", "-1", "--json")
+    assert set(labels) == {"features.3", "head"} and len(labels["head"]) == 6
+    entry = labels["head"][0]
+    assert entry["unit"] == "head/0" and entry["label"] in {"red", "green", "blue", "square", "noise"}
+    assert len(entry["candidates"]) == 3
+    assert Lens.open(lens_path).label_of("head/0") == entry["label"]
+    dissected = ask("dissect", lens_path, "--out", tmp_path / "d.png", "--json")
+    assert sum(dissected["counts"]["head"].values()) == 6 and set(dissected["counts"]["head"]) == {"colours", "shapes", "unlabelled"}
+    assert (tmp_path / "d.png").is_file()
+    strict = ask("label", lens_path, "--vocabulary", vocabulary, "--threshold", "5", "--json")
+    assert all(entry["label"] is None for entry in strict["head"])  # nothing passes an alignment of 5
+
+
+def test_measures_similar_and_map(lens_path, tmp_path) -> None:
+    measured = ask("measures", lens_path, "--json")
+    assert set(measured["head"]["summary"]) == {"clarity", "polysemanticity", "redundancy"}
+    assert len(measured["head"]["units"]) == 6
+    similar = ask("similar", lens_path, "features.3/0", "--top", "3", "--json")
+    assert len(similar) == 3 and all(hit["unit"] != "features.3/0" for hit in similar)
+    mapped = ask("map", lens_path, "--out", tmp_path / "map.html", "--json")
+    assert len(mapped["units"]) == len(mapped["x"]) == 12
+    assert "<script" in (tmp_path / "map.html").read_text()[:5_000_000] and (tmp_path / "map.png").is_file()
+
+
+def test_compare_two_lenses_and_refuse_other_foundation_models(lens_path, tmp_path, colour_folder, tiny_clip_dir) -> None:
+    other = tmp_path / "other.lens"
+    build_lens(
+        BuildConfig(model="py:tiny_models:dead_cnn", layers=["head"], data=f"folder:{colour_folder}", foundation=f"hf:{tiny_clip_dir}", k=5, workers=0),
+        other,
+        progress=False,
+    )
+    compared = ask("compare", lens_path, other, "--json")
+    assert compared["layers_a"] == ["features.3", "head"] and compared["layers_b"] == ["head"]
+    assert len(compared["s_a_to_b"]) == 2 and len(compared["s_a_to_b"][0]) == 1
+    assert set(compared["best_match"]["head/0"]) == {"unit", "similarity"}
+    assert {"shared_concepts", "only_a", "only_b"} <= set(compared)
+
+    from tiny_foundation import SAVERS
+
+    SAVERS["clip"](tmp_path / "clip-2")  # other random weights: another foundation model id
+    third = tmp_path / "third.lens"
+    build_lens(
+        BuildConfig(model="py:tiny_models:tiny_cnn", layers=["head"], data=f"folder:{colour_folder}", foundation=f"hf:{tmp_path / 'clip-2'}", k=5, workers=0),
+        third,
+        progress=False,
+    )
+    refused = runner.invoke(app, ["compare", str(lens_path), str(third)])
+    assert refused.exit_code == 2 and "different foundation models" in refused.output

@@ -1,0 +1,113 @@
+"""Known answers for the Lens analyses: templates, alignment with null subtraction, labels, dissection,
+vocabularies, compare and the overview's cluster count."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from semlens.analysis.compare import best_matches, concept_sets, overlap_matrices
+from semlens.analysis.label import dissect, label_units
+from semlens.analysis.overview import build_overview, cluster_count
+from semlens.analysis.probes import TEMPLATES, alignment, cosine, fill, null_prompts, resolve_templates
+from semlens.analysis.vocabulary import Vocabulary, builtin_vocabulary, load_vocabulary
+from semlens.errors import SemlensError
+
+E = torch.eye(4)
+
+
+def test_templates_are_the_papers_and_null_prompts_drop_the_concept():
+    assert TEMPLATES["search"] == ("{}", "a {}", "an image of a close up of {}")
+    assert TEMPLATES["label"] == ("{}", "{}-like", "a {}", "an image of a close up of {}")
+    assert TEMPLATES["audit"] == ("{}", "an image of {}")
+    assert fill("dog", TEMPLATES["search"]) == ["dog", "a dog", "an image of a close up of dog"]
+    assert null_prompts(TEMPLATES["label"]) == ["", "-like", "a", "an image of a close up of"]
+    assert resolve_templates("photograph of a {}") == ("photograph of a {}",)
+    with pytest.raises(SemlensError, match="contain '\\{\\}' once"):
+        resolve_templates(["no placeholder"])
+
+
+def test_alignment_subtracts_the_null_similarity():
+    theta = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    probe = torch.tensor([[1.0, 0.0, 0.0]])
+    null = torch.tensor([0.0, 1.0, 0.0])
+    # unit 0: cos(theta, probe) = 1/sqrt2, cos(theta, null) = 1/sqrt2 -> 0; unit 1: 0 - 1 = -1
+    torch.testing.assert_close(alignment(theta, probe, null), torch.tensor([[0.0], [-1.0]]))
+    torch.testing.assert_close(alignment(theta, probe, None), torch.tensor([[1 / math.sqrt(2)], [0.0]]))
+    assert torch.allclose(cosine(theta * 5, probe * 0.1), cosine(theta, probe))  # scale-free
+
+
+def test_labels_take_the_best_concept_and_respect_the_threshold():
+    concepts = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    null = torch.tensor([1.0, 1.0, 1.0])
+    theta = torch.tensor([[0.0, 2.0, 0.1], [1.0, 1.0, 1.0]])  # unit 1 is the null itself: aligns with nothing
+    labels = label_units(theta, concepts, null, threshold=0.025, top=2)
+    assert labels.concepts[0].tolist() == [1, 2]
+    assert labels.labelled.tolist() == [True, False]
+    assert float(labels.scores[1, 0]) == pytest.approx(1 / math.sqrt(3) - 1)  # cos(theta, e_i) - cos(theta, null)
+    assert label_units(theta, concepts, null, threshold=-1.0).labelled.tolist() == [True, True]
+
+
+def test_dissect_counts_units_per_category_and_unlabelled():
+    concepts = torch.eye(3)
+    theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0.9, 0.1], [0, 0, 1.0], [1.0, 1.0, 1.0]])
+    labels = label_units(theta, concepts, torch.ones(3), threshold=0.025)
+    counts = dissect(labels, ["colors", "animals"], ("colors", "animals", "animals"))
+    assert counts == {"colors": 1, "animals": 3, "unlabelled": 1}
+
+
+def test_vocabularies_builtin_text_toml_json_and_errors(tmp_path):
+    builtin = builtin_vocabulary()
+    assert {"colors", "textures", "objects", "animals", "animal_parts", "object_parts", "scenes", "vegetation", "food"} == set(
+        builtin.category_names()
+    )
+    assert builtin.categories[builtin.concepts.index("dog")] == "animals"
+    (tmp_path / "mine.txt").write_text("# comment\nwatermark\n\nruler\n")
+    assert load_vocabulary(tmp_path / "mine.txt").concepts == ("watermark", "ruler")
+    (tmp_path / "mine.toml").write_text('artefacts = ["watermark", "ruler"]\nshapes = ["circle"]\n')
+    assert load_vocabulary(tmp_path / "mine.toml").categories == ("artefacts", "artefacts", "shapes")
+    (tmp_path / "mine.json").write_text('{"shapes": ["circle", "star"]}')
+    assert load_vocabulary(tmp_path / "mine.json").concepts == ("circle", "star")
+    (tmp_path / "bad.json").write_text('["circle"]')
+    with pytest.raises(SemlensError, match="JSON object"):
+        load_vocabulary(tmp_path / "bad.json")
+    with pytest.raises(SemlensError, match="not found"):
+        load_vocabulary(tmp_path / "missing.txt")
+    with pytest.raises(SemlensError, match="twice: red"):
+        Vocabulary("v", ("red", "red"), ("c", "c"))
+
+
+def test_compare_known_answers():
+    a = {"x": torch.stack([E[0], E[1]])}
+    b = {"y": torch.stack([E[0], (E[1] + E[2]) / math.sqrt(2)])}
+    a_to_b, b_to_a = overlap_matrices(a, b)
+    assert a_to_b[0][0] == pytest.approx((1 + 1 / math.sqrt(2)) / 2)
+    assert b_to_a[0][0] == pytest.approx((1 + 1 / math.sqrt(2)) / 2)
+    c = {"z": torch.stack([E[0], E[0], E[3]])}
+    assert overlap_matrices(a, c)[0][0][0] == pytest.approx(0.5)  # e1 found, e2 not: (1 + 0) / 2
+    assert overlap_matrices(a, c)[1][0][0] == pytest.approx(2 / 3)  # e1, e1 found, e4 not
+    matches = best_matches(["x/0", "x/1"], a["x"], ["y/0", "y/1"], b["y"])
+    assert matches["x/0"] == ("y/0", pytest.approx(1.0)) and matches["x/1"][0] == "y/1"
+    assert concept_sets({"cat", "dog"}, {"dog", "car"}) == (["dog"], ["cat"], ["car"])
+
+
+def test_cluster_count_grows_with_units():
+    assert [cluster_count(n) for n in (1, 3, 8, 200, 5000, 100000)] == [1, 2, 2, 10, 50, 160]
+
+
+def test_overview_clusters_and_names_well_separated_groups():
+    torch.manual_seed(0)
+    centres = torch.eye(6)[:3] * 4
+    theta = torch.cat([centre + 0.05 * torch.randn(10, 6) for centre in centres])
+    concepts = torch.eye(6)[:3]
+    overview = build_overview(
+        [f"l/{i}" for i in range(30)], theta, concepts, ["red", "dog", "sky"], concepts, ["colors", "animals", "scenes"], None, clusters=3
+    )
+    assert overview.xy.shape == (30, 2)
+    for group in range(3):
+        members = overview.cluster[group * 10 : (group + 1) * 10]
+        assert len(set(members.tolist())) == 1  # each group is one cluster
+        assert overview.cluster_names[members[0]].startswith(["red", "dog", "sky"][group])
+    assert overview.category.tolist() == [0] * 10 + [1] * 10 + [2] * 10
