@@ -383,6 +383,24 @@ def compare(
     console.print(f"only in B ({len(comparison.only_b)}): {', '.join(comparison.only_b)}")
 
 
+@app.command()
+@friendly
+def report(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write (self-contained, offline)."),
+    as_json: bool = typer.Option(False, "--json", help="Print {\"html\": PATH} as JSON."),
+) -> None:
+    """Write one self-contained HTML report: map, dissection, measures, least clear and unexpected units."""
+    from .lens import Lens
+    from .report.html import write_report
+
+    target = write_report(Lens.open(lens), out)
+    if as_json:
+        emit_json({"html": str(target)})
+        return
+    console.print(f"report: {target}")
+
+
 @app.command("list")
 def list_specs(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """List the spec forms for models, data and foundation models."""

@@ -1,0 +1,115 @@
+"""``semlens report``: one self-contained HTML page about a Lens (plotly inlined, images as data URIs).
+
+It works offline and can be mailed around: no CDN, no external file. Sections: the overview map, the
+dissection chart, measure distributions, the least clear and most polysemantic units, and the
+unexpected (unlabelled) units, each unit with its concept examples.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from ..lens import Lens
+from .figures import dissection_figure, overview_figure
+
+THUMBNAIL = 96
+EXAMPLES_SHOWN = 6
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
+table.meta td { padding: 2px 12px 2px 0; }
+.unit { display: flex; align-items: center; gap: 10px; margin: 6px 0; }
+.unit .name { width: 260px; font-family: monospace; font-size: 0.9em; }
+.unit img { width: 72px; height: 72px; border-radius: 3px; }
+"""
+
+
+def _figure_html(figure, include_plotlyjs: bool) -> str:
+    return figure.to_html(full_html=False, include_plotlyjs=include_plotlyjs)
+
+
+def _thumbnail(image) -> str:
+    buffer = io.BytesIO()
+    image.convert("RGB").resize((THUMBNAIL, THUMBNAIL)).save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _unit_rows(lens: Lens, units: list[tuple[str, str]]) -> str:
+    """One line per unit: name, a note (label, measure), and its first concept examples."""
+    rows = []
+    for unit, note in units:
+        images = "".join(
+            f'<img src="{_thumbnail(lens.example_image(example))}" title="{html.escape(example.source)} ({example.score:.3g})">'
+            for example in lens.concept_examples(unit)[:EXAMPLES_SHOWN]
+        )
+        rows.append(f'<div class="unit"><span class="name">{html.escape(unit)}<br><small>{html.escape(note)}</small></span>{images}</div>')
+    return "\n".join(rows)
+
+
+def _histograms(measures: dict[str, dict[str, list[float]]]):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names = ("clarity", "polysemanticity", "redundancy")
+    figure = make_subplots(rows=1, cols=3, subplot_titles=names)
+    for column, name in enumerate(names, start=1):
+        for layer, values in measures.items():
+            figure.add_trace(go.Histogram(x=values[name], name=layer, legendgroup=layer, showlegend=column == 1, opacity=0.7), 1, column)
+    figure.update_layout(barmode="overlay", title="interpretability measures per unit")
+    return figure
+
+
+def write_report(lens: Lens, out: str | Path, worst: int = 8, unexpected: int = 12) -> Path:
+    """Write the report; labels the Lens with the built-in vocabulary first if it has no labels."""
+    if lens.vocabulary is None:
+        lens.label()
+    overview = lens.overview()
+    labels = {unit: lens.label_of(unit) for unit in overview.units}
+    measures, least_clear, most_poly, unlabelled = {}, [], [], []
+    for layer in lens.layers:
+        values = lens.measures(layer)
+        units = [f"{layer}/{name}" for name in lens.units(layer)]
+        measures[layer] = {name: [float(v) for v in tensor.nan_to_num(0).tolist()] for name, tensor in values.items()}
+        order = values["clarity"].nan_to_num(float("inf")).argsort()[:worst].tolist()
+        least_clear += [(units[i], f"clarity {float(values['clarity'][i]):.3f}") for i in order]
+        order = values["polysemanticity"].nan_to_num(float("-inf")).argsort(descending=True)[:worst].tolist()
+        most_poly += [(units[i], f"polysemanticity {float(values['polysemanticity'][i]):.3f}") for i in order]
+        layer_labels = lens.labels(layer)
+        missing = (~layer_labels.labelled).nonzero().flatten()[:unexpected].tolist()
+        unlabelled += [(units[i], f"best alignment {float(layer_labels.scores[i, 0]):.3f}") for i in missing]
+    identity = lens.manifest["identity"]
+    meta = "".join(
+        f"<tr><td>{key}</td><td>{html.escape(str(value))}</td></tr>"
+        for key, value in [
+            ("model", f"{identity['model']['spec']} (weights {identity['model']['fingerprint']})"),
+            ("data", f"{identity['data']['spec']} ({identity['data']['samples']} samples)"),
+            ("foundation model", lens.foundation_id),
+            ("layers", ", ".join(f"{layer} ({info['units']} units)" for layer, info in lens.manifest["layers"].items())),
+            ("labels", f"vocabulary {lens.vocabulary.name!r}, {len(lens.vocabulary.concepts)} concepts"),
+        ]
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>semlens report: {html.escape(lens.path.name)}</title>
+<style>{STYLE}</style></head><body>
+<h1>semlens report: {html.escape(lens.path.name)}</h1>
+<table class="meta">{meta}</table>
+<h2>Overview map</h2>
+{_figure_html(overview_figure(overview, labels), include_plotlyjs=True)}
+<h2>Dissection: units per concept category</h2>
+{_figure_html(dissection_figure(lens.dissect()), include_plotlyjs=False)}
+<h2>Interpretability measures</h2>
+{_figure_html(_histograms(measures), include_plotlyjs=False)}
+<h2>Least clear units</h2>
+{_unit_rows(lens, least_clear)}
+<h2>Most polysemantic units</h2>
+{_unit_rows(lens, most_poly)}
+<h2>Unexpected units (no label passes the threshold)</h2>
+{_unit_rows(lens, unlabelled) or "<p>none: every unit has a label</p>"}
+</body></html>
+"""
+    target = Path(out)
+    target.write_text(page, encoding="utf-8")
+    return target
