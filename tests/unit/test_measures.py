@@ -2,10 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from semlens.analysis import measures
 from semlens.analysis.measures import (
     clarity,
     knowledge_overlap,
@@ -140,7 +142,7 @@ def test_polysemanticity_vectorised_equals_one_unit_at_a_time():
 def test_polysemanticity_agrees_with_scikit_learn_kmeans_on_separated_clusters():
     KMeans = pytest.importorskip("sklearn.cluster").KMeans
     generator = torch.Generator().manual_seed(6)
-    units, n = 30, 25
+    units, n = 20, 25
     examples = two_clusters(generator, units, n, 32, noise=0.05)
     examples[:, [0, -1]] = NAN  # masked slots, one from each cluster
     expected = []
@@ -151,6 +153,21 @@ def test_polysemanticity_agrees_with_scikit_learn_kmeans_on_separated_clusters()
     expected = torch.tensor(expected, dtype=torch.float32)
     assert expected.min() > 0.3  # the clusters really point apart, so a wrong partition would show
     torch.testing.assert_close(polysemanticity(examples), expected, atol=1e-5, rtol=0)
+
+
+def test_polysemanticity_runs_the_same_lloyd_iterations_as_scikit_learn_from_the_same_start():
+    KMeans = pytest.importorskip("sklearn.cluster").KMeans
+    examples = torch.randn(40, 20, 8, generator=torch.Generator().manual_seed(9))  # noise: several steps needed
+    expected = []
+    for unit in F.normalize(examples.double(), dim=-1).numpy():
+        first = unit[(unit @ unit.sum(0)).argmin()]  # the documented start: farthest from the mean,
+        start = np.stack([first, unit[(unit @ first).argmin()]])  # then farthest from that one
+        labels = KMeans(n_clusters=2, init=start, n_init=1, algorithm="lloyd", tol=0).fit(unit).labels_
+        a, b = unit[labels == 0].mean(0), unit[labels == 1].mean(0)
+        expected.append(1 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    expected = torch.tensor(expected, dtype=torch.float32)
+    torch.testing.assert_close(polysemanticity(examples), expected, atol=1e-5, rtol=0)
+    assert (polysemanticity(examples, iterations=1) - expected).abs().max() > 0.01  # one step is not enough
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,8 +221,9 @@ def test_knowledge_overlap_skips_thetas_without_direction():
     assert math.isnan(score) and index.tolist() == [-1, -1, -1]
 
 
-@pytest.mark.parametrize("chunk_rows", [1, 4, 7, 37])
-def test_chunking_gives_the_same_as_one_block(chunk_rows):
+@pytest.mark.parametrize("chunk_rows", [None, 1, 4, 7, 37])
+def test_chunking_gives_the_same_as_one_block(chunk_rows, monkeypatch):
+    monkeypatch.setattr(measures, "_BLOCK_ELEMENTS", 100)  # the automatic size: blocks of 100 // 23 = 4 rows
     generator = torch.Generator().manual_seed(8)
     m, n = torch.randn(37, 10, generator=generator), torch.randn(23, 10, generator=generator)
     m[5] = NAN

@@ -16,19 +16,24 @@ from torch import Tensor
 _BLOCK_ELEMENTS = 2**26
 
 
-def _unit_rows(vectors: Tensor) -> Tensor:
-    """Rows scaled to unit length in float32; rows without a direction become NaN (0/0, inf/inf)."""
-    vectors = vectors.float()
-    return vectors / vectors.norm(dim=-1, keepdim=True)
-
-
 def _directions(examples: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Unit-length examples with zeros in unusable slots, so that sums skip them, and the usable mask."""
-    units = _unit_rows(examples)
-    usable = torch.isfinite(units).all(dim=-1)
+    """Unit-length rows in float32, zeros where unusable (so that sums skip them), and the usable mask.
+
+    A row is usable if its norm is finite and non-zero (and ``valid`` allows it). Masking before
+    dividing keeps this to a few passes over what may be gigabytes of examples.
+    """
+    x = examples.float()
+    norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    usable = torch.isfinite(norms) & (norms > 0)
     if valid is not None:
-        usable &= valid.to(device=units.device, dtype=torch.bool)
-    return torch.where(usable.unsqueeze(-1), units, 0.0), usable
+        usable &= valid.to(device=x.device, dtype=torch.bool).unsqueeze(-1)
+    return x.masked_fill(~usable, 0.0).div_(norms.masked_fill(~usable, 1.0)), usable.squeeze(-1)
+
+
+def _unit_rows(theta: Tensor) -> Tensor:
+    """Unit-length rows, NaN for rows without a direction, so that their similarities are NaN."""
+    units, usable = _directions(theta, None)
+    return units.masked_fill(~usable.unsqueeze(-1), float("nan"))
 
 
 def clarity(examples: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -55,7 +60,7 @@ def clarity(examples: Tensor, valid: Tensor | None = None) -> Tensor:
 
 
 def _farthest(units: Tensor, usable: Tensor, reference: Tensor) -> Tensor:
-    """Each unit's usable example farthest from ``reference [U, d]`` (first one on ties).
+    """Each unit's usable example farthest from ``reference [U, d]`` or any positive multiple (first on ties).
 
     For unit-length examples ``||u - r||^2 = 1 + ||r||^2 - 2 u.r``: the farthest has the least ``u.r``.
     """
@@ -65,13 +70,11 @@ def _farthest(units: Tensor, usable: Tensor, reference: Tensor) -> Tensor:
 
 def _nearest(units: Tensor, usable: Tensor, centroids: Tensor) -> Tensor:
     """k-means assignment step for h = 2: True where an example is strictly nearer the second centroid."""
-    distances = centroids.pow(2).sum(dim=-1).unsqueeze(-2) - 2 * units @ centroids.transpose(-1, -2)
+    distances = centroids.pow(2).sum(dim=-1).unsqueeze(-2) - 2 * (units @ centroids.transpose(-1, -2))
     return (distances[..., 1] < distances[..., 0]) & usable
 
 
-def _cluster_means(
-    units: Tensor, usable: Tensor, second: Tensor, previous: Tensor
-) -> tuple[Tensor, Tensor]:
+def _cluster_means(units: Tensor, usable: Tensor, second: Tensor, previous: Tensor) -> tuple[Tensor, Tensor]:
     """k-means update step: means ``[U, 2, d]`` and sizes ``[U, 2]``; an empty cluster keeps its centroid."""
     members = torch.stack([usable & ~second, second], dim=-2).float()
     sizes = members.sum(dim=-1)
@@ -120,9 +123,7 @@ def similarity(theta_a: Tensor, theta_b: Tensor) -> Tensor:
     return _unit_rows(theta_a) @ _unit_rows(theta_b).T
 
 
-def _best_match(
-    theta_a: Tensor, theta_b: Tensor, exclude_self: bool, chunk_rows: int | None
-) -> tuple[Tensor, Tensor]:
+def _best_match(theta_a: Tensor, theta_b: Tensor, exclude_self: bool, chunk_rows: int | None) -> tuple[Tensor, Tensor]:
     """For each row of ``theta_a``: the most similar row of ``theta_b`` (first on ties) and its similarity.
 
     Works through ``theta_a`` in blocks of rows so that the full ``[A, B]`` matrix never exists at once.
@@ -163,9 +164,7 @@ def layer_redundancy(theta: Tensor) -> float:
     return redundancy(theta).nanmean().item()
 
 
-def knowledge_overlap(
-    theta_m: Tensor, theta_n: Tensor, chunk_rows: int | None = None
-) -> tuple[float, Tensor, Tensor]:
+def knowledge_overlap(theta_m: Tensor, theta_n: Tensor, chunk_rows: int | None = None) -> tuple[float, Tensor, Tensor]:
     """How much of model M's knowledge model N also has (Eq. 5): ``S_{M->N}``, not symmetric.
 
     Parameters
