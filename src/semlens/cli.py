@@ -171,12 +171,15 @@ def search(
     image: Optional[list[Path]] = typer.Option(None, "--image", "-i", help="Image probe file(s); averaged."),
     layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable)."),
     top: int = typer.Option(10, "--top", "-n", help="How many units to show."),
+    template: Optional[list[str]] = typer.Option(
+        None, "--template", "-t", help="Template set (search, label, audit) or custom templates with {} (repeatable)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the hits as JSON."),
 ) -> None:
     """Rank units of all (or chosen) layers by alignment with a text and/or image probe."""
     from .lens import Lens
 
-    hits = Lens.open(lens).search(query or None, image or (), layer or None, top)
+    hits = Lens.open(lens).search(query or None, image or (), layer or None, top, template or "search")
     if as_json:
         emit_json([hit.to_dict() for hit in hits])
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -28,8 +29,9 @@ def test_report_renders_offline_without_errors(tmp_path, colour_folder, tiny_cli
     )  # fmt: skip
     build_lens(config, lens, progress=False)
     report = tmp_path / "report.html"
-    result = CliRunner().invoke(app, ["report", str(lens), "--out", str(report)])
+    result = CliRunner().invoke(app, ["report", str(lens), "--out", str(report), "--json"])
     assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"html": str(report)}
 
     errors, requests = [], []
     with playwright_api.sync_playwright() as playwright:

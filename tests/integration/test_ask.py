@@ -41,6 +41,9 @@ def test_search_ranks_units_by_alignment(lens_path, tmp_path) -> None:
     assert len(ask("search", lens_path, "--image", tmp_path / "red.png", "--top", "3", "--json")) == 3
     lens = Lens.open(lens_path)
     assert lens.store.path("probes.safetensors").is_file()  # prompts cached for the next query
+    custom = ask("search", lens_path, "red", "-t", "photograph of a {}", "-t", "{}", "--top", "2", "--json")
+    audit = ask("search", lens_path, "red", "-t", "audit", "--top", "2", "--json")
+    assert len(custom) == len(audit) == 2
 
 
 def test_show_writes_a_grid_png(lens_path, tmp_path) -> None:

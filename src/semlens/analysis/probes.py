@@ -22,11 +22,11 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 
 
 def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
-    """A named template set or custom templates, each holding ``{}`` once."""
+    """A named template set (alone, or as the only item of a list) or custom templates, each holding ``{}`` once."""
     if isinstance(templates, str):
-        if templates in TEMPLATES:
-            return TEMPLATES[templates]
         templates = (templates,)
+    if len(templates) == 1 and templates[0] in TEMPLATES:
+        return TEMPLATES[templates[0]]
     bad = [template for template in templates if template.count("{}") != 1]
     if bad or not templates:
         raise SemlensError(
