@@ -245,24 +245,24 @@ class Lens:
     ) -> list[SearchHit]:
         """Units of all (or the given) layers ranked by alignment with a text and/or image probe."""
         probe, null = self.probe(text, images, templates)
-        chosen = self._layers(layers)
-        scores = torch.cat([alignment(self.theta(layer), probe[None], null)[:, 0] for layer in chosen])
-        owners = [(layer, row) for layer in chosen for row in range(self.theta(layer).shape[0])]
-        order = torch.sort(scores, descending=True, stable=True).indices[:top]  # ties: earlier layer, lower unit
-        return [self._hit(*owners[position], float(scores[position])) for position in order.tolist()]
+        return self._rank(probe, null, self._layers(layers), top)
 
     def search_similar(self, source: Lens, unit: str, top: int = 10) -> list[SearchHit]:
         """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one)."""
         if source.foundation_id != self.foundation_id:
             raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
         layer, row = source.unit_index(unit)
-        probe = source.theta(layer)[row]
-        scores = torch.cat([alignment(self.theta(name), probe[None], None)[:, 0] for name in self.layers])
-        owners = [(name, index) for name in self.layers for index in range(self.theta(name).shape[0])]
-        if source is self:
-            scores[owners.index((layer, row))] = float("-inf")  # not itself
-        order = torch.sort(scores, descending=True, stable=True).indices[:top]
-        return [self._hit(*owners[position], float(scores[position])) for position in order.tolist()]
+        return self._rank(source.theta(layer)[row], None, self.layers, top, exclude=(layer, row) if source is self else None)
+
+    def _rank(
+        self, probe: torch.Tensor, null: torch.Tensor | None, layers: list[str], top: int, exclude: tuple[str, int] | None = None
+    ) -> list[SearchHit]:
+        """The ``top`` units of ``layers`` by alignment with ``probe``; ties go to the earlier layer, lower unit."""
+        scores = torch.cat([alignment(self.theta(layer), probe[None], null)[:, 0] for layer in layers])
+        owners = [(layer, row) for layer in layers for row in range(self.theta(layer).shape[0])]
+        order = torch.sort(scores, descending=True, stable=True).indices[: top + 1].tolist()
+        order = [position for position in order if owners[position] != exclude][:top]
+        return [self._hit(*owners[position], float(scores[position])) for position in order]
 
     def _hit(self, layer: str, row: int, score: float) -> SearchHit:
         unit = f"{layer}/{self.units(layer)[row]}"

@@ -74,6 +74,8 @@ def test_measures_similar_and_map(lens_path, tmp_path) -> None:
     assert len(measured["head"]["units"]) == 6
     similar = ask("similar", lens_path, "features.3/0", "--top", "3", "--json")
     assert len(similar) == 3 and all(hit["unit"] != "features.3/0" for hit in similar)
+    everyone = ask("similar", lens_path, "features.3/0", "--top", "50", "--json")
+    assert len(everyone) == 11 and "features.3/0" not in {hit["unit"] for hit in everyone}
     mapped = ask("map", lens_path, "--out", tmp_path / "map.html", "--json")
     assert len(mapped["units"]) == len(mapped["x"]) == 12
     assert "<script" in (tmp_path / "map.html").read_text()[:5_000_000] and (tmp_path / "map.png").is_file()
