@@ -41,6 +41,8 @@ from .store import FORMAT, FORMAT_VERSION, LensStore, layer_file
 from .units import LayerSpec, resolve_module, unit_names
 
 COLLECT_PARTIAL = "collect.partial.safetensors"
+#: crop=auto computes CRP heatmaps on a CPU only up to this many (unit, example) pairs
+CPU_RELEVANCE_PAIRS = 4096
 EMBED_PARTIAL = "embed.partial"
 
 
@@ -54,8 +56,11 @@ class BuildConfig:
     foundation: str = "conse"
     k: int = 30
     pool: str = "mean"
-    crop: str = "activation"
+    crop: str = "auto"
     crop_threshold: float = 0.01
+    class_relevance: bool = True
+    relevance_data: str | None = None
+    relevance_batch_size: int = 16
     max_map_side: int = 32
     batch_size: int = 32
     embed_batch_size: int = 64
@@ -128,6 +133,7 @@ class LensBuilder:
         for spec in self.specs:
             resolve_module(self.model.module, spec.name)
         self.identity = json.loads(json.dumps(self._identity()))  # compare as stored: tuples become lists
+        self._relevance = None
         if overwrite:
             self.store.clear()
         self.manifest = self._open_manifest()
@@ -143,6 +149,7 @@ class LensBuilder:
             "preprocessing": asdict(self.model.preprocessing),
             "collect": {"k": config.k, "max_map_side": config.max_map_side},
             "embed": {"foundation": config.foundation, "crop": config.crop, "crop_threshold": config.crop_threshold},
+            "relevance": {"enabled": config.class_relevance, "data": config.relevance_data},
         }
 
     def _open_manifest(self) -> dict[str, Any]:
@@ -176,7 +183,8 @@ class LensBuilder:
         return manifest
 
     def _stage_key(self, stage: str) -> str:
-        parts = ["model", "data", "layers", "preprocessing", "collect"] + (["embed"] if stage == "embed" else [])
+        parts = ["model", "data", "layers", "preprocessing", "collect"]
+        parts += {"collect": [], "embed": ["embed"], "relevance": ["relevance"]}[stage]
         return hash_json({part: self.identity[part] for part in parts})
 
     def _stage_done(self, stage: str) -> bool:
@@ -313,19 +321,93 @@ class LensBuilder:
         self._finish_stage("embed", time.perf_counter() - started, example_slots=slots, distinct_crops=table.rows.shape[0])
 
     def _plan(self) -> CropTable:
-        size = self.model.preprocessing.input_size
         samples, boxes = {}, {}
         for spec in self.specs:
             stored = self.store.read_tensors(layer_file(spec.name, "topk"))
-            ids, maps, inactive = stored["ids"], stored.get("maps"), stored["inactive"]
-            if self.config.crop == "activation" and maps is not None:
-                layer_boxes = boxes_from_maps(maps.reshape(-1, *maps.shape[2:]), (size, size), self.config.crop_threshold)
-                layer_boxes = layer_boxes.reshape(*ids.shape, 4)
-                layer_boxes[inactive] = full_boxes(1, (size, size))  # arbitrary examples: no crop to trust
-            else:
-                layer_boxes = full_boxes(ids.numel(), (size, size)).reshape(*ids.shape, 4)
-            samples[spec.name], boxes[spec.name] = ids, layer_boxes
+            samples[spec.name] = stored["ids"]
+            boxes[spec.name] = self._layer_boxes(spec, stored)
         return plan_crops(samples, boxes)
+
+    def _crop_mode(self, spec: LayerSpec, has_maps: bool) -> tuple[str, str]:
+        """The crop mode a layer gets, and why (auto picks relevance where LRP supports it)."""
+        mode = self.config.crop
+        if mode in ("auto", "relevance"):
+            report = self.relevance_support()
+            problem = None if report.supported else report.reason
+            if problem is None and spec.sae:
+                problem = "CRP through a sparse autoencoder is not supported"
+            pairs = sum(self.manifest["layers"][other.name]["units"] for other in self.specs) * self.config.k
+            if problem is None and mode == "auto" and self.device.type != "cuda" and pairs > CPU_RELEVANCE_PAIRS:
+                problem = f"{pairs} unit-example pairs are too many backward passes on a CPU; pass crop=relevance to insist"
+            if problem is None:
+                return "relevance", report.reason
+            if mode == "relevance":
+                raise SemlensError(f"crop=relevance is not possible for layer {spec.name}: {problem}; use crop=activation")
+            mode, why = "activation", f"relevance not possible ({problem})"
+            return (mode, why) if has_maps else ("none", why + "; no activation map either")
+        if mode == "activation" and not has_maps:
+            return "none", "the layer has no spatial map"
+        return mode, "as asked"
+
+    def _layer_boxes(self, spec: LayerSpec, stored: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, maps, inactive = stored["ids"], stored.get("maps"), stored["inactive"]
+        size = self.model.preprocessing.input_size
+        mode, why = self._crop_mode(spec, maps is not None)
+        self.manifest["layers"][spec.name]["crop"] = {"mode": mode, "why": why}
+        if mode == "relevance":
+            layer_boxes = self._relevance_boxes(spec, ids)
+        elif mode == "activation":
+            layer_boxes = boxes_from_maps(maps.reshape(-1, *maps.shape[2:]), (size, size), self.config.crop_threshold)
+            layer_boxes = layer_boxes.reshape(*ids.shape, 4)
+        else:
+            layer_boxes = full_boxes(ids.numel(), (size, size)).reshape(*ids.shape, 4)
+        layer_boxes[inactive] = full_boxes(1, (size, size))  # arbitrary examples: no crop to trust
+        return layer_boxes
+
+    def relevance_support(self):
+        """Whether LRP/CRP can explain this model (checked once, recorded in the manifest)."""
+        if self._relevance is None:
+            from .relevance.lrp import RelevanceModel
+
+            size = self.model.preprocessing.input_size
+            probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))  # zeros explain nothing
+            self._relevance = RelevanceModel(self.model.module.to(self.device), probe.to(self.device))
+            report = self._relevance.check()
+            self.manifest["relevance_support"] = {"supported": report.supported, "reason": report.reason}
+        return self._relevance.check()
+
+    def _relevance_boxes(self, spec: LayerSpec, ids: torch.Tensor) -> torch.Tensor:
+        """CRP crop boxes ``[U, k, 4]``: each unit's heatmap on each of its samples, many pairs per backward
+        pass; stored per layer so that an interrupted run does not redo finished layers."""
+        from .relevance.lrp import crp_heatmaps
+
+        name = layer_file(spec.name, "crops")
+        key = self._stage_key("embed")
+        if self.store.path(name).is_file() and self.store.read_metadata(name).get("fingerprint") == key:
+            return self.store.read_tensors(name)["boxes"]
+        size = self.model.preprocessing.input_size
+        units, k = ids.shape
+        base = self.manifest["layers"][spec.name]["base_units"]
+        unit_of = torch.arange(units).repeat_interleave(k)
+        flat_ids = ids.reshape(-1)
+        valid = (flat_ids != EMPTY_ID).nonzero().flatten()
+        order = valid[torch.argsort(flat_ids[valid], stable=True)]  # by sample: each image decoded once per batch
+        boxes = full_boxes(units * k, (size, size))
+        batch = self.config.relevance_batch_size
+        with self._relevance.attributing() as modified, progress_bar(f"relevance crops {spec.name}", len(order), self.progress) as advance:
+            for begin, end in chunks(len(order), batch):
+                positions = order[begin:end]
+                samples = flat_ids[positions].tolist()
+                views = {sample: self.model.preprocessing(self.data.load(sample)) for sample in set(samples)}
+                inputs = torch.stack([views[sample] for sample in samples]).to(self.device)
+                channels = unit_of[positions] % base
+                signs = torch.where(unit_of[positions] >= base, -1.0, 1.0)
+                heat = crp_heatmaps(modified, inputs, spec.name, channels.to(self.device), signs.to(self.device), spec.pick)
+                boxes[positions] = boxes_from_maps(heat.detach().cpu(), (size, size), self.config.crop_threshold)
+                advance(len(positions))
+        boxes = boxes.reshape(units, k, 4)
+        self.store.write_tensors(name, {"boxes": boxes}, {"fingerprint": key})
+        return boxes
 
     def _embed_table(self, foundation: FoundationModel, table: CropTable) -> torch.Tensor:
         """Embed all distinct crops in checkpointed chunks; a resumed run skips finished chunks."""
@@ -348,10 +430,70 @@ class LensBuilder:
                 advance(end - begin)
         return torch.cat(done) if done else torch.empty(0, foundation.dim)
 
+    # -- stage 3: class relevance ----------------------------------------------------------------
+
+    def relevance(self) -> None:
+        """Per unit and class: max and mean LRP relevance share over a labelled (or predicted) test set."""
+        if not self.config.class_relevance or self._stage_done("relevance"):
+            return
+        started = time.perf_counter()
+        report = self.relevance_support()
+        if not report.supported:
+            self._finish_stage("relevance", 0.0, skipped=f"LRP does not support this model: {report.reason}")
+            return
+        from .relevance.classes import ClassRelevance, relevance_shares
+        from .relevance.lrp import unit_relevance
+
+        data = load_data(self.config.relevance_data) if self.config.relevance_data else self.data
+        mapping, targets_from = self._class_mapping(data)
+        layers = [spec for spec in self.specs if not spec.sae]
+        dataset = DecodingDataset(data, self.model.preprocessing, range(len(data)))
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.config.relevance_batch_size, num_workers=self._workers(), collate_fn=collate_decoded
+        )
+        stats: dict[str, ClassRelevance] = {}
+        with self._relevance.attributing() as modified, progress_bar("class relevance", len(data), self.progress) as advance:
+            for pixels, ids, failed in loader:
+                advance(len(ids) + len(failed))
+                if pixels is None:
+                    continue
+                pixels = pixels.to(self.device)
+                if mapping is None:
+                    with torch.no_grad():
+                        targets = self.model.module(pixels).argmax(dim=1)
+                else:
+                    targets = torch.tensor([mapping[data.label(index)] for index in ids.tolist()], device=self.device)
+                outputs, relevance = unit_relevance(modified, pixels, targets, [spec.name for spec in layers], {s.name: s.pick for s in layers})
+                for spec in layers:
+                    shares = relevance_shares(relevance[spec.name])
+                    stats.setdefault(spec.name, ClassRelevance(shares.shape[1], outputs.shape[1])).update(shares, targets, ids)
+        for name, accumulator in stats.items():
+            self.store.write_tensors(layer_file(name, "relevance"), accumulator.state())
+        self.manifest["relevance"] = {"data": data.spec, "targets": targets_from, "layers": list(stats)}
+        self._finish_stage("relevance", time.perf_counter() - started)
+
+    def _class_mapping(self, data: ImageData) -> tuple[dict[int, int] | None, str]:
+        """Data label -> model output, when the data's class names match the model's (else: predicted)."""
+        if data.classes is None:
+            return None, "predicted classes (the data has no labels)"
+        names = self.model.classes
+        if names is None:
+            with torch.no_grad():
+                outputs = self.model.module(self.model.example_input().to(self.device)).shape[1]
+            if outputs == len(data.classes):
+                return dict(enumerate(range(outputs))), "labels (by index: the model has no class names)"
+            return None, f"predicted classes ({len(data.classes)} data classes, {outputs} model outputs)"
+        lookup = {name.lower(): index for index, name in enumerate(names)}
+        mapping = {label: lookup.get(name.lower()) for label, name in enumerate(data.classes)}
+        if None in mapping.values():
+            missing = [data.classes[label] for label, index in mapping.items() if index is None]
+            return None, f"predicted classes (data classes not among the model's: {', '.join(missing[:5])})"
+        return mapping, "labels"
+
     # -- all ------------------------------------------------------------------------------------
 
     def run(self) -> BuildSummary:
-        for stage in ("collect", "embed"):
+        for stage in ("collect", "embed", "relevance"):
             getattr(self, stage)()
         return self.summary()
 

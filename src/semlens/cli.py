@@ -59,7 +59,13 @@ def run(
     out: Path = typer.Option(..., "--out", "-o", help="Lens directory to write (resumed if interrupted)."),
     k: Optional[int] = typer.Option(None, "-k", help="Concept examples per unit (default 30)."),
     pool: Optional[str] = typer.Option(None, help="Spatial/token pooling: mean (default) or max."),
-    crop: Optional[str] = typer.Option(None, help="Crop mode: activation (default) or none."),
+    crop: Optional[str] = typer.Option(
+        None, help="Crop mode: auto (default: relevance where LRP supports the model and it is affordable), relevance, activation or none."
+    ),
+    class_relevance: Optional[bool] = typer.Option(
+        None, "--class-relevance/--no-class-relevance", help="Compute per-class LRP relevance of every unit (default on)."
+    ),
+    relevance_data: Optional[str] = typer.Option(None, help="Labelled data spec for class relevance (default: --data)."),
     batch_size: Optional[int] = typer.Option(None, help="Model batch size (default 32)."),
     embed_batch_size: Optional[int] = typer.Option(None, help="Foundation model batch size (default 64)."),
     device: Optional[str] = typer.Option(None, help="auto (default), cpu, cuda or cuda:N."),
@@ -80,6 +86,8 @@ def run(
         k=k,
         pool=pool,
         crop=crop,
+        class_relevance=class_relevance,
+        relevance_data=relevance_data,
         batch_size=batch_size,
         embed_batch_size=embed_batch_size,
         device=device,

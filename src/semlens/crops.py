@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-CROP_MODES = ("activation", "none")
+#: auto = relevance where LRP supports the model, else activation
+CROP_MODES = ("auto", "relevance", "activation", "none")
 
 
 def boxes_from_maps(

@@ -78,7 +78,7 @@ def test_unknown_layer_names_close_matches(tmp_path, colour_folder, tiny_clip_di
         ("--data", "py:nowhere_module:items", ["cannot import module 'nowhere_module'"]),
         ("--layer", "head:pool=median", ["pool='median'", "mean, max"]),
         ("--layer", "head:colour=red", ["bad option 'colour=red'", "pool, token, pick, signed, sae"]),
-        ("--crop", "relevance", ["crop='relevance'", "activation, none"]),
+        ("--crop", "heatmap", ["crop='heatmap'", "auto, relevance, activation, none"]),
         ("--device", "tpu", ["unknown device 'tpu'"]),
     ],
 )

@@ -1,0 +1,1 @@
+"""Relevance: LRP/CRP on zennit (composites, canonizers, conditional heatmaps, class relevance)."""

@@ -1,0 +1,109 @@
+"""Canonizers: rewrite a model (temporarily) into a form whose LRP rules conserve relevance.
+
+- batch norms are merged into the convolution or linear layer that feeds them, found by tracing one
+  forward pass (so it works for any architecture where a batch norm directly follows its layer);
+- residual additions become zennit ``Sum`` modules, which split relevance in proportion to the
+  summands: torchvision ResNet blocks (zennit's own canonizers) and EfficientNet-Lite MBConv blocks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from zennit.canonizers import AttributeCanonizer, Canonizer, NamedMergeBatchNorm
+from zennit.layer import Sum
+
+LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def traced_batch_norm_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[list[str], str]]:
+    """(linear layer names, batch norm name) for every batch norm whose input is a linear layer's output."""
+    producers: dict[int, str] = {}
+    pairs: list[tuple[list[str], str]] = []
+    unmatched: list[str] = []
+
+    def remember(name: str):
+        def hook(_module, _inputs, output):
+            producers[id(output)] = name
+
+        return hook
+
+    def match(name: str):
+        def hook(_module, inputs):
+            source = producers.get(id(inputs[0]))
+            if source is None:
+                unmatched.append(name)
+            elif all(pair[1] != name for pair in pairs):
+                pairs.append(([source], name))
+
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, LINEAR):
+            handles.append(module.register_forward_hook(remember(name)))
+        elif isinstance(module, BATCH_NORMS):
+            handles.append(module.register_forward_pre_hook(match(name)))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if unmatched:
+        raise UnsupportedModelError(
+            f"batch norm(s) {', '.join(sorted(set(unmatched)))} do not directly follow a convolution or linear layer, "
+            "so they cannot be merged for LRP"
+        )
+    return pairs
+
+
+class UnsupportedModelError(Exception):
+    """The model holds something LRP cannot explain faithfully here (the pipeline falls back)."""
+
+
+class MBConvResidualCanonizer(AttributeCanonizer):
+    """EfficientNet(-Lite) MBConv blocks: the skip connection becomes a relevance-splitting ``Sum``."""
+
+    def __init__(self) -> None:
+        super().__init__(self._attribute_map)
+
+    @classmethod
+    def _attribute_map(cls, name: str, module: nn.Module):
+        if type(module).__name__ == "MBConvBlock" and hasattr(module, "_project_conv"):
+            return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
+        return None
+
+    @staticmethod
+    def forward(self, inputs, drop_connect_rate=None):  # noqa: ARG004 (eval mode: no drop connect)
+        x = inputs
+        if self._block_args.expand_ratio != 1:
+            x = self._swish(self._bn0(self._expand_conv(inputs)))
+        x = self._swish(self._bn1(self._depthwise_conv(x)))
+        if self.has_se:
+            raise UnsupportedModelError("squeeze-and-excitation gates (EfficientNet, not -Lite) have no LRP rule here")
+        x = self._bn2(self._project_conv(x))
+        args = self._block_args
+        if self.id_skip and args.stride == 1 and args.input_filters == args.output_filters:
+            x = self.canonizer_sum(torch.stack([x, inputs], dim=-1))
+        return x
+
+
+def canonizers_for(model: nn.Module, example: torch.Tensor) -> list[Canonizer]:
+    """The canonizers a model needs: batch-norm merging plus the residual rewrites of known blocks."""
+    canonizers: list[Canonizer] = []
+    kinds = {type(module).__name__ for module in model.modules()}
+    torchvision_blocks = {
+        type(module).__name__ for module in model.modules() if type(module).__module__.startswith("torchvision.models.resnet")
+    }
+    if torchvision_blocks & {"BasicBlock", "Bottleneck"}:
+        from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+
+        canonizers += [ResNetBasicBlockCanonizer(), ResNetBottleneckCanonizer()]
+    if "MBConvBlock" in kinds:
+        canonizers.append(MBConvResidualCanonizer())
+    pairs = traced_batch_norm_pairs(model, example)
+    if pairs:
+        canonizers.append(NamedMergeBatchNorm(pairs))
+    return canonizers

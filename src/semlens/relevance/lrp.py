@@ -1,0 +1,199 @@
+"""LRP and CRP with zennit: the composite εz⁺♭ (EpsilonPlusFlat) plus the canonizers a model needs.
+
+Relevance travels backwards as zennit's modified gradient: the "gradient" that reaches a layer's
+output is that layer's relevance. Concept Relevance Propagation conditions the backward pass on units
+by masking that relevance at a layer. A model is supported when every module with parameters or a
+non-linearity has a rule here *and* relevance is conserved on a probe input; otherwise semlens says
+why and the pipeline keeps activation-map crops: never a wrong heatmap.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from ..units import resolve_module, select_output
+from .canonizers import UnsupportedModelError, canonizers_for
+
+#: leaf modules with an LRP rule (or that pass relevance unchanged and exactly)
+SUPPORTED_LEAVES = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, nn.ZeroPad2d,
+)  # fmt: skip
+#: parameter-free pass-through modules that libraries define themselves (e.g. EfficientNet-Lite's Identity)
+SUPPORTED_NAMES = {"Identity", "Sum"}
+CONSERVATION_TOLERANCE = 0.05
+
+
+class _Stop(Exception):
+    """Raised by a hook to end the forward pass once the conditioning layer has run."""
+
+
+@dataclass
+class SupportReport:
+    supported: bool
+    reason: str
+
+
+class RelevanceModel:
+    """A model prepared for LRP/CRP; ``check()`` tells whether its heatmaps can be trusted."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, epsilon: float = 1e-6) -> None:
+        from zennit.composites import EpsilonPlusFlat
+
+        self.model = model.eval()
+        self.example, self.epsilon = example, epsilon
+        self._report: SupportReport | None = None
+        try:
+            unsupported = sorted(
+                {
+                    type(m).__name__
+                    for m in model.modules()
+                    if not list(m.children()) and not isinstance(m, SUPPORTED_LEAVES) and type(m).__name__ not in SUPPORTED_NAMES
+                }
+            )
+            if unsupported:
+                raise UnsupportedModelError(f"no LRP rule here for {', '.join(unsupported)}")
+            self.composite = EpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers_for(model, example))
+        except UnsupportedModelError as error:
+            self._report = SupportReport(False, str(error))
+
+    @contextmanager
+    def attributing(self) -> Iterator[nn.Module]:
+        """The model with zennit's rules and canonizers applied (removed on exit)."""
+        if self._report is not None and not self._report.supported:
+            raise UnsupportedModelError(self._report.reason)
+        with self.composite.context(self.model) as modified:
+            yield modified
+
+    def check(self) -> SupportReport:
+        """Supported when the rules exist and relevance is conserved from the output to the input.
+
+        Biases (and batch-norm shifts) absorb relevance by design, so conservation is checked on a
+        bias-free copy of the model: what remains to lose relevance is a missing rule or canonizer
+        (an unhandled residual sum, an op LRP does not know), exactly what makes heatmaps wrong.
+        """
+        if self._report is None:
+            try:
+                probe = RelevanceModel(_bias_free_copy(self.model), self.example, self.epsilon)
+                with torch.no_grad():
+                    outputs = probe.model(self.example)
+                target = outputs.argmax(dim=1)
+                relevance = probe.input_relevance(self.example, lambda out: _one_hot_logit(out, target))
+                explained = _one_hot_logit(outputs, target).sum(dim=1)
+                ratio = (relevance.flatten(1).sum(dim=1) / explained).tolist()
+                if all(abs(value - 1) <= CONSERVATION_TOLERANCE for value in ratio):
+                    self._report = SupportReport(True, f"relevance conserved (input sums / output: {_fmt(ratio)})")
+                else:
+                    self._report = SupportReport(False, f"relevance not conserved (input sums / output: {_fmt(ratio)})")
+            except UnsupportedModelError as error:
+                self._report = SupportReport(False, str(error))
+        return self._report
+
+    def input_relevance(self, inputs: torch.Tensor, initial: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Relevance of the inputs ``[N, C, H, W]`` for the output relevance ``initial(outputs)``."""
+        inputs = inputs.detach().clone().requires_grad_(True)
+        with self.attributing() as modified, torch.enable_grad():
+            outputs = modified(inputs)
+            (relevance,) = torch.autograd.grad(outputs, inputs, grad_outputs=initial(outputs))
+        return relevance
+
+
+def crp_heatmaps(
+    modified: nn.Module, inputs: torch.Tensor, layer: str, channels: torch.Tensor, signs: torch.Tensor, pick: str | None = None
+) -> torch.Tensor:
+    """CRP heatmaps ``[N, H, W]``: row i explains unit ``channels[i]`` of ``layer`` on ``inputs[i]``.
+
+    ``modified`` is the model inside ``RelevanceModel.attributing()``. The backward pass starts at
+    ``layer`` from that unit's own activation (times ``signs[i]``, so the negative copy of a signed
+    unit is explained too), every other unit masked out; the forward pass stops at ``layer``.
+    """
+    captured: list[torch.Tensor] = []
+
+    def stop(_module, _inputs, output):
+        captured.append(select_output(output, pick, layer))
+        raise _Stop
+
+    inputs = inputs.detach().clone().requires_grad_(True)
+    handle = resolve_module(modified, layer).register_forward_hook(stop)
+    try:
+        with torch.enable_grad():
+            modified(inputs)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    activation = captured[0]
+    mask = torch.zeros_like(activation)
+    mask[torch.arange(len(channels)), channels] = 1.0
+    view = (-1,) + (1,) * (activation.dim() - 1)
+    initial = activation * mask * signs.to(activation.dtype).view(view)
+    (relevance,) = torch.autograd.grad(activation, inputs, grad_outputs=initial)
+    return relevance.sum(dim=1)
+
+
+def unit_relevance(
+    modified: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layers: list[str], picks: dict[str, str | None] | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Relevance ``[N, C]`` of every unit of ``layers`` for the target logits, and the logits ``[N, K]``.
+
+    ``modified`` is the model inside ``RelevanceModel.attributing()``.
+    """
+    captured: dict[str, torch.Tensor] = {}
+    picks = picks or {}
+
+    def keep(name: str):
+        def hook(_module, _inputs, output):
+            captured.setdefault(name, select_output(output, picks.get(name), name))
+
+        return hook
+
+    inputs = inputs.detach().clone().requires_grad_(True)
+    handles = [resolve_module(modified, name).register_forward_hook(keep(name)) for name in layers]
+    try:
+        with torch.enable_grad():
+            outputs = modified(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    grads = torch.autograd.grad(outputs, [captured[name] for name in layers], grad_outputs=_one_hot_logit(outputs, targets))
+    return outputs.detach(), {name: _per_unit(grad) for name, grad in zip(layers, grads)}
+
+
+def _bias_free_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every bias and batch-norm shift set to zero."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for module in clone.modules():
+            if isinstance(getattr(module, "bias", None), torch.Tensor):
+                module.bias.zero_()
+            if isinstance(getattr(module, "running_mean", None), torch.Tensor):
+                module.running_mean.zero_()
+    return clone
+
+
+def _one_hot_logit(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Initial relevance: the target class's logit, every other output zero."""
+    mask = torch.zeros_like(outputs)
+    mask[torch.arange(outputs.shape[0]), targets] = 1.0
+    return outputs * mask
+
+
+def _per_unit(relevance: torch.Tensor) -> torch.Tensor:
+    """Sum a layer's relevance over space or tokens: ``[N, C, ...]`` or ``[N, L, C]`` to ``[N, C]``."""
+    if relevance.dim() == 3:
+        return relevance.sum(dim=1)
+    return relevance.flatten(2).sum(dim=2) if relevance.dim() > 2 else relevance
+
+
+def _fmt(values: list[float]) -> str:
+    return ", ".join(f"{value:.3f}" for value in values[:4])
