@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -35,10 +34,11 @@ from .embed import CropTable, chunks, cut_crops, mean_embeddings, plan_crops
 from .errors import DataError, SemlensError, StaleLensError
 from .fingerprint import hash_json
 from .foundation import FoundationModel, load_foundation_model
-from .models import LoadedModel, load_model
+from .models import LoadedModel, class_mapping, load_model
 from .progress import progress_bar
 from .store import FORMAT, FORMAT_VERSION, LensStore, layer_file
 from .units import LayerSpec, resolve_module, unit_names
+from .utils import read_toml
 
 COLLECT_PARTIAL = "collect.partial.safetensors"
 #: crop=auto computes CRP heatmaps on a CPU only up to this many (unit, example) pairs
@@ -79,14 +79,7 @@ class BuildConfig:
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> BuildConfig:
         """Read a TOML file whose keys are this class's fields; ``overrides`` (not None) win."""
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover
-            import tomli as tomllib
-        try:
-            values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as error:
-            raise SemlensError(f"cannot read config {path}: {error}") from error
+        values = read_toml(path, "config")
         known = {item.name for item in fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -445,7 +438,7 @@ class LensBuilder:
         from .relevance.lrp import unit_relevance
 
         data = load_data(self.config.relevance_data) if self.config.relevance_data else self.data
-        mapping, targets_from = self._class_mapping(data)
+        mapping, targets_from = class_mapping(self.model, data)
         layers = [spec for spec in self.specs if not spec.sae]
         dataset = DecodingDataset(data, self.model.preprocessing, range(len(data)))
         loader = torch.utils.data.DataLoader(
@@ -471,24 +464,6 @@ class LensBuilder:
             self.store.write_tensors(layer_file(name, "relevance"), accumulator.state())
         self.manifest["relevance"] = {"data": data.spec, "targets": targets_from, "layers": list(stats)}
         self._finish_stage("relevance", time.perf_counter() - started)
-
-    def _class_mapping(self, data: ImageData) -> tuple[dict[int, int] | None, str]:
-        """Data label -> model output, when the data's class names match the model's (else: predicted)."""
-        if data.classes is None:
-            return None, "predicted classes (the data has no labels)"
-        names = self.model.classes
-        if names is None:
-            with torch.no_grad():
-                outputs = self.model.module(self.model.example_input().to(self.device)).shape[1]
-            if outputs == len(data.classes):
-                return dict(enumerate(range(outputs))), "labels (by index: the model has no class names)"
-            return None, f"predicted classes ({len(data.classes)} data classes, {outputs} model outputs)"
-        lookup = {name.lower(): index for index, name in enumerate(names)}
-        mapping = {label: lookup.get(name.lower()) for label, name in enumerate(data.classes)}
-        if None in mapping.values():
-            missing = [data.classes[label] for label, index in mapping.items() if index is None]
-            return None, f"predicted classes (data classes not among the model's: {', '.join(missing[:5])})"
-        return mapping, "labels"
 
     # -- all ------------------------------------------------------------------------------------
 

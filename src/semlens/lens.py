@@ -401,6 +401,183 @@ class Lens:
         other_layer, other_row = other.unit_index(other_unit)
         return float(alignment(self.theta(layer)[row : row + 1], other.theta(other_layer)[other_row : other_row + 1], None))
 
+    # -- relevance and audits -------------------------------------------------------------------
+
+    @property
+    def classes(self) -> list[str] | None:
+        """The model's class names (None when it has none)."""
+        return self.manifest.get("model_classes")
+
+    def class_index(self, name: str | int) -> int:
+        """A class given by name (case-insensitive) or index, as the model's output index."""
+        if isinstance(name, int) or str(name).isdigit():
+            return int(name)
+        names = [candidate.lower() for candidate in self.classes or []]
+        if str(name).lower() in names:
+            return names.index(str(name).lower())
+        hint = f"e.g. {', '.join((self.classes or [])[:5])}" if self.classes else "this model has no class names"
+        raise SemlensError(f"unknown class {name!r}; give a class index or a class name ({hint})")
+
+    def class_relevance(self, layer: str) -> dict[str, torch.Tensor] | None:
+        """Per unit and class: ``max_share`` and ``mean_share`` ``[U, K]`` of the layer's relevance, ``count``
+        ``[K]``, and ``top_samples``/``top_shares`` ``[K_seen, U, m]`` for ``seen_classes``; None if not computed.
+        The negative copy of a signed unit shares its channel's relevance."""
+        info = self._layer(layer)
+        if not self.store.path(layer_file(layer, "relevance")).is_file():
+            return None
+        arrays = self._read(layer, "relevance")
+        if info["unit_names"] != "signed":
+            return arrays
+        doubled = {name: torch.cat([arrays[name], arrays[name]]) for name in ("max_share", "mean_share")}
+        doubled.update({name: torch.cat([arrays[name], arrays[name]], dim=1) for name in ("top_samples", "top_shares")})
+        return {**arrays, **doubled}
+
+    def _alignments(self, concepts: list[str], images: list[str | Path], templates: str | list[str]) -> list[torch.Tensor]:
+        """Per probe (each text concept, each image), the alignment of every unit of every layer ``[U_all]``."""
+        theta = torch.cat([self.theta(layer) for layer in self.layers])
+        results = []
+        if concepts:
+            embedded = self.probes.concepts(concepts, templates)
+            results += list(alignment(theta, embedded, self.probes.null(templates)).T)
+        for image in images:
+            results.append(alignment(theta, self.probes.images([image])[None], None)[:, 0])
+        return results
+
+    def audit(
+        self,
+        class_name: str | int,
+        valid: list[str] = (),
+        spurious: list[str] = (),
+        valid_images: list[str | Path] = (),
+        spurious_images: list[str | Path] = (),
+        cut: float | None = None,
+        layers: list[str] | None = None,
+        templates: str | list[str] = "audit",
+    ):
+        """Audit one class: verdicts for its relevant units and the class's relevance by verdict."""
+        from .analysis.audit import DEFAULT_CUT, audit_units
+
+        if not (valid or valid_images) or not (spurious or spurious_images):
+            raise SemlensError("an audit needs at least one valid and one spurious concept (text or image)")
+        index = self.class_index(class_name)
+        chosen = self._layers(layers)
+        missing = [layer for layer in chosen if self.class_relevance(layer) is None]
+        if missing:
+            reason = self.manifest["stages"].get("relevance", {}).get("skipped", "class relevance was not computed")
+            raise SemlensError(f"no class relevance for layer(s) {', '.join(missing)} ({reason}); rebuild with class relevance on")
+        units = [f"{layer}/{name}" for layer in chosen for name in self.units(layer)]
+        owners = [layer in chosen for layer in self.layers for _ in self.units(layer)]
+        keep = torch.tensor(owners)
+        a_valid = torch.stack(self._alignments(list(valid), list(valid_images), templates)).amax(dim=0)[keep]
+        a_spur = torch.stack(self._alignments(list(spurious), list(spurious_images), templates)).amax(dim=0)[keep]
+        max_share = torch.cat([self.class_relevance(layer)["max_share"][:, index] for layer in chosen])
+        mean_share = torch.cat([self.class_relevance(layer)["mean_share"][:, index] for layer in chosen])
+        name = self.classes[index] if self.classes else str(index)
+        result = audit_units(
+            name, units, max_share, mean_share, a_valid, a_spur,
+            list(valid) + [str(p) for p in valid_images], list(spurious) + [str(p) for p in spurious_images],
+            DEFAULT_CUT if cut is None else cut,
+        )  # fmt: skip
+        for audited in result.units:
+            audited.examples = [example.source for example in self.concept_examples(audited.unit)[:3]]
+        return result
+
+    def audit_classes(self, spurious: list[str], cut: float | None = None, spurious_images: list[str | Path] = ()) -> list:
+        """Audit every class seen in the class-relevance data, each with its own name as the valid concept;
+        returns the audits ranked by spurious share (highest first)."""
+        if not self.classes:
+            raise SemlensError("auditing all classes needs class names (this model has none); audit one class with --valid")
+        seen = self.class_relevance(self.layers[-1])
+        if seen is None:
+            raise SemlensError("no class relevance in this Lens; rebuild with class relevance on")
+        audits = [
+            self.audit(int(index), [self.classes[int(index)]], spurious, spurious_images=spurious_images, cut=cut)
+            for index in seen["seen_classes"].tolist()
+        ]
+        return sorted(audits, key=lambda audit: -audit.shares["spurious"])
+
+    def model(self):
+        """The model under study, reloaded from its spec and checked against the recorded weights."""
+        from .models import load_model
+
+        recorded = self.manifest["identity"]["model"]
+        model = load_model(recorded["spec"])
+        if model.fingerprint != recorded["fingerprint"]:
+            raise SemlensError(
+                f"model {recorded['spec']} now has weights {model.fingerprint}, but this Lens was built from "
+                f"{recorded['fingerprint']}; tests of its findings would test another model"
+            )
+        return model
+
+    def attribution_graph(
+        self, class_name: str | int, layers: list[str] | None = None, cut: float | None = None, samples: int = 32
+    ):
+        """The concepts behind a class between two or more layers (lowest first): relevant units grouped by
+        label (threshold 0.01, "?" when unlabelled), edges weighted by CRP relevance conditioned on the
+        upper group. Computed on the class's samples with the highest relevance (from class relevance)."""
+        from .relevance.graph import DEFAULT_CUT, AttributionGraph, Node, conditional_relevance, edges_between, group_units
+        from .relevance.lrp import RelevanceModel, unit_relevance
+
+        cut = DEFAULT_CUT if cut is None else cut
+        chosen = self._layers(layers)
+        if len(chosen) < 2:
+            raise SemlensError("an attribution graph needs at least two layers")
+        if any(self._layer(layer)["unit_names"] == "signed" or self._layer(layer)["spec"].get("sae") for layer in chosen):
+            raise SemlensError("attribution graphs need plain layers (not signed, not SAE)")
+        index = self.class_index(class_name)
+        relevance = self.class_relevance(chosen[-1])
+        if relevance is None:
+            raise SemlensError("no class relevance in this Lens; rebuild with class relevance on")
+        seen = relevance["seen_classes"].tolist()
+        if index not in seen:
+            raise SemlensError(f"class {class_name} has no samples in the class-relevance data")
+        ids = relevance["top_samples"][seen.index(index)].flatten()
+        ids = [int(i) for i in torch.unique(ids[ids >= 0])][:samples]
+        model = self.model()
+        inputs = torch.stack([model.preprocessing(self._data.load(i)) for i in ids])
+        targets = torch.full((len(ids),), index)
+        lrp = RelevanceModel(model.module, inputs[:2])
+        if not lrp.check().supported:
+            raise SemlensError(f"LRP does not support this model: {lrp.check().reason}")
+        if self.vocabulary is None:
+            self.label()
+        labels = {layer: self._graph_labels(layer) for layer in chosen}
+        units = {layer: [f"{layer}/{name}" for name in self.units(layer)] for layer in chosen}
+        graph = AttributionGraph(self.classes[index] if self.classes else str(index))
+        with lrp.attributing() as modified:
+            _, plain = unit_relevance(modified, inputs, targets, chosen)
+            shares = {layer: (plain[layer] / plain[layer].abs().sum(1, keepdim=True).clamp_min(1e-12)).mean(0) for layer in chosen}
+            groups = {layer: group_units(layer, units[layer], shares[layer], labels[layer], cut) for layer in chosen}
+            for layer in chosen:
+                for label, members in groups[layer].items():
+                    graph.nodes.append(Node(f"{layer}:{label}", layer, label, [units[layer][i] for i in members], float(shares[layer][members].sum())))
+            for lower, upper in zip(chosen, chosen[1:]):
+                flows = {}
+                for label, members in groups[upper].items():
+                    keep = torch.zeros(len(units[upper]), dtype=torch.bool)
+                    keep[members] = True
+                    flows[label] = conditional_relevance(modified, inputs, targets, upper, lower, keep).mean(0)
+                total = float(plain[lower].mean(0).abs().sum())
+                for source, target, weight in edges_between(groups[upper], groups[lower], flows, total):
+                    graph.edges.append({"source": f"{upper}:{source}", "target": f"{lower}:{target}", "weight": weight})
+        return graph
+
+    def _graph_labels(self, layer: str, threshold: float = 0.01) -> list[str | None]:
+        """Labels for attribution graphs: the paper's lower threshold of 0.01."""
+        labels = self.labels(layer)
+        return [
+            self.vocabulary.concepts[int(concept)] if float(score) >= threshold else None
+            for concept, score in zip(labels.concepts[:, 0], labels.scores[:, 0])
+        ]
+
+    def channels(self, units: list[str]) -> dict[str, list[int]]:
+        """Units (``layer/index``, ``layer/index-``) as channels per layer, for pruning."""
+        grouped: dict[str, list[int]] = {}
+        for unit in units:
+            layer, row = self.unit_index(unit)
+            grouped.setdefault(layer, []).append(row % self._layer(layer)["base_units"])
+        return {layer: sorted(set(channels)) for layer, channels in grouped.items()}
+
     def __repr__(self) -> str:
         units = sum(layer["units"] for layer in self.manifest["layers"].values())
         return f"Lens({str(self.path)!r}, layers={len(self.layers)}, units={units}, foundation={self.foundation_id!r})"

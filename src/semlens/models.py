@@ -132,6 +132,25 @@ def _load_state_file(module: nn.Module, path: str) -> None:
     module.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
 
 
+def class_mapping(model: LoadedModel, data) -> tuple[dict[int, int] | None, str]:
+    """Data label -> model output index when the data's class names are the model's (case-insensitive),
+    or by index when the model has no names but as many outputs; else None (use predicted classes)."""
+    if data.classes is None:
+        return None, "predicted classes (the data has no labels)"
+    if model.classes is None:
+        with torch.no_grad():
+            outputs = model.module(model.example_input().to(next(model.module.parameters()).device)).shape[1]
+        if outputs == len(data.classes):
+            return dict(enumerate(range(outputs))), "labels (by index: the model has no class names)"
+        return None, f"predicted classes ({len(data.classes)} data classes, {outputs} model outputs)"
+    lookup = {name.lower(): index for index, name in enumerate(model.classes)}
+    mapping = {label: lookup.get(name.lower()) for label, name in enumerate(data.classes)}
+    if None in mapping.values():
+        missing = [data.classes[label] for label, index in mapping.items() if index is None]
+        return None, f"predicted classes (data classes not among the model's: {', '.join(missing[:5])})"
+    return mapping, "labels"
+
+
 def load_model(spec: str) -> LoadedModel:
     """Build the model a spec names (see the module docstring for the forms)."""
     return MODELS.resolve(spec)

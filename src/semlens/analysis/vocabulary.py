@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from ..errors import SemlensError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from ..utils import parse_toml
 
 CUSTOM = "custom"
 
@@ -53,7 +48,7 @@ class Vocabulary:
 def builtin_vocabulary() -> Vocabulary:
     """The paper-style concept set shipped with semlens (colours, textures, objects, animals, ...)."""
     text = resources.files("semlens.assets").joinpath("vocabulary.toml").read_text(encoding="utf-8")
-    return Vocabulary.from_mapping("builtin", tomllib.loads(text))
+    return Vocabulary.from_mapping("builtin", parse_toml(text, "the built-in vocabulary"))
 
 
 def load_vocabulary(source: str | Path | None = None) -> Vocabulary:
@@ -65,15 +60,15 @@ def load_vocabulary(source: str | Path | None = None) -> Vocabulary:
     if not path.is_file():
         raise SemlensError(f"vocabulary file {path} not found; give a .txt (one concept per line), .toml or .json file")
     text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".toml":
-            return Vocabulary.from_mapping(path.stem, tomllib.loads(text))
-        if path.suffix == ".json":
+    if path.suffix == ".toml":
+        return Vocabulary.from_mapping(path.stem, parse_toml(text, f"vocabulary {path}"))
+    if path.suffix == ".json":
+        try:
             mapping = json.loads(text)
-            if not isinstance(mapping, dict):
-                raise SemlensError(f"vocabulary {path} must be a JSON object of category -> list of concepts")
-            return Vocabulary.from_mapping(path.stem, mapping)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
-        raise SemlensError(f"cannot parse vocabulary {path}: {error}") from error
+        except json.JSONDecodeError as error:
+            raise SemlensError(f"cannot parse vocabulary {path}: {error}") from error
+        if not isinstance(mapping, dict):
+            raise SemlensError(f"vocabulary {path} must be a JSON object of category -> list of concepts")
+        return Vocabulary.from_mapping(path.stem, mapping)
     concepts = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     return Vocabulary(path.stem, tuple(concepts), (CUSTOM,) * len(concepts))

@@ -112,3 +112,23 @@ def overview_png(overview, path: str | Path) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return Path(path)
+
+
+def graph_figure(graph):
+    """The attribution graph as a Sankey diagram: upper layers on the left, flows to the concepts below."""
+    import plotly.graph_objects as go
+
+    ids = [node.id for node in graph.nodes]
+    hover = [f"{node.layer}: {node.label}<br>relevance {node.relevance:.3f}<br>{', '.join(node.units[:8])}" for node in graph.nodes]
+    figure = go.Figure(
+        go.Sankey(
+            node={"label": [f"{node.label} ({node.layer})" for node in graph.nodes], "customdata": hover, "hovertemplate": "%{customdata}<extra></extra>"},
+            link={
+                "source": [ids.index(edge["source"]) for edge in graph.edges],
+                "target": [ids.index(edge["target"]) for edge in graph.edges],
+                "value": [edge["weight"] for edge in graph.edges],
+            },
+        )
+    )
+    figure.update_layout(title=f"attribution graph of class {graph.class_name}")
+    return figure

@@ -113,3 +113,76 @@ def write_report(lens: Lens, out: str | Path, worst: int = 8, unexpected: int = 
     target = Path(out)
     target.write_text(page, encoding="utf-8")
     return target
+
+
+VERDICT_COLOURS = {"valid": "#2ca02c", "spurious": "#d62728", "both": "#ff7f0e", "unexpected": "#7f7f7f"}
+HOVER_SCRIPT = """
+<script>
+document.querySelectorAll('.js-plotly-plot').forEach(function (plot) {
+  plot.on('plotly_hover', function (event) {
+    var point = event.points[0];
+    document.getElementById('hovered').innerHTML = point.customdata[0] + point.customdata[1];
+  });
+});
+</script>
+"""
+
+
+def audit_figure(lens: Lens, audit):
+    """Scatter of the audited units: x valid alignment, y spurious alignment, size relevance, colour verdict;
+    each point carries its unit's thumbnails for the hover panel."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    largest = max([unit.relevance for unit in audit.units] + [1e-9])
+    for verdict, colour in VERDICT_COLOURS.items():
+        members = [unit for unit in audit.units if unit.verdict == verdict]
+        if not members:
+            continue
+        hover = [
+            [
+                f"<b>{html.escape(unit.unit)}</b> ({verdict}, relevance {unit.relevance:.3f})<br>",
+                "".join(f'<img src="{_thumbnail(lens.example_image(example))}">' for example in lens.concept_examples(unit.unit)[:EXAMPLES_SHOWN]),
+            ]
+            for unit in members
+        ]
+        figure.add_trace(
+            go.Scatter(
+                x=[unit.a_valid for unit in members], y=[unit.a_spur for unit in members], mode="markers", name=verdict,
+                marker={"color": colour, "size": [8 + 40 * unit.relevance / largest for unit in members], "opacity": 0.75},
+                text=[unit.unit for unit in members], customdata=hover,
+                hovertemplate="%{text}<br>valid %{x:.3f}, spurious %{y:.3f}<extra></extra>",
+            )
+        )  # fmt: skip
+    figure.add_hline(y=0, line_dash="dot", line_color="gray")
+    figure.add_vline(x=0, line_dash="dot", line_color="gray")
+    figure.update_layout(
+        title=f"audit of class {audit.class_name}", xaxis_title="alignment with valid concepts", yaxis_title="alignment with spurious concepts"
+    )
+    return figure
+
+
+def write_audit_html(lens: Lens, audit, out: str | Path) -> Path:
+    """A self-contained page: the audit scatter with a hover panel of concept examples, shares and the table."""
+    shares = " · ".join(f"{verdict} {share:.1%}" for verdict, share in audit.shares.items())
+    rows = "".join(
+        f"<tr><td>{html.escape(unit.unit)}</td><td>{unit.verdict}</td><td>{unit.relevance:.3f}</td>"
+        f"<td>{unit.a_valid:.3f}</td><td>{unit.a_spur:.3f}</td></tr>"
+        for unit in audit.units
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>audit: {html.escape(audit.class_name)}</title>
+<style>{STYLE} #hovered img {{ width: 72px; margin: 2px; }} td {{ padding: 2px 10px; }}</style></head><body>
+<h1>Audit of class {html.escape(audit.class_name)}</h1>
+<p>valid: {html.escape(", ".join(audit.valid))}<br>spurious: {html.escape(", ".join(audit.spurious))}<br>
+units with more than {audit.cut:.1%} of their layer's relevance: {len(audit.units)}</p>
+<p><b>relevance by verdict:</b> {shares}</p>
+{_figure_html(audit_figure(lens, audit), include_plotlyjs=True)}
+<div id="hovered"><i>hover a point to see the unit's concept examples</i></div>
+<h2>Units</h2><table><tr><th>unit</th><th>verdict</th><th>relevance</th><th>a_valid</th><th>a_spur</th></tr>{rows}</table>
+{HOVER_SCRIPT}
+</body></html>
+"""
+    target = Path(out)
+    target.write_text(page, encoding="utf-8")
+    return target

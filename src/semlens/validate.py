@@ -1,0 +1,168 @@
+"""Testing an audit's finding: does the spurious concept move the output, and does pruning help?
+
+Three experiments from the paper (Sec. 4.2, F.1, F.2.3):
+- artefact insertion: overlay an artefact on clean images, D' = D * (1 - M) + A * M (or tint them,
+  pixel -> 0.7 pixel + 0.3 colour), and measure how the class probability and the accuracy change;
+- separation AUC: how well the class logit separates real class images from images that carry only
+  the spurious features (lower AUC = more reliance on the spurious features);
+- pruning: switch units off with forward hooks and measure clean and artefact accuracy again.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import ImageData
+from .errors import SemlensError
+from .models import LoadedModel, class_mapping
+from .units import resolve_module
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An artefact to insert: an image pasted at ``position`` through ``mask``, or a colour tint."""
+
+    image: Image.Image | None = None
+    mask: Image.Image | None = None
+    position: tuple[int, int] = (0, 0)
+    tint: tuple[int, int, int] | None = None
+    strength: float = 0.3
+
+    @classmethod
+    def from_files(
+        cls, image: str | Path | None = None, mask: str | Path | None = None, position: tuple[int, int] = (0, 0),
+        tint: tuple[int, int, int] | None = None,
+    ) -> Artifact:  # fmt: skip
+        if (image is None) == (tint is None):
+            raise SemlensError("give exactly one artefact: an image (optionally with a mask) or a tint colour R,G,B")
+        try:
+            loaded = None if image is None else Image.open(image).convert("RGBA")
+            mask_image = None if mask is None else Image.open(mask).convert("L")
+        except OSError as error:
+            raise SemlensError(f"cannot read artefact: {error}") from error
+        return cls(loaded, mask_image, position, tint)
+
+    def apply(self, view: Image.Image) -> Image.Image:
+        """The view with the artefact inserted (D' = D * (1 - M) + A * M, or the tint)."""
+        pixels = np.asarray(view.convert("RGB"), dtype=np.float32)
+        if self.tint is not None:
+            blended = (1 - self.strength) * pixels + self.strength * np.asarray(self.tint, dtype=np.float32)
+            return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))
+        artefact = np.zeros_like(pixels)
+        mask = np.zeros(pixels.shape[:2], dtype=np.float32)
+        alpha = self.mask if self.mask is not None else self.image.getchannel("A")
+        x, y = self.position
+        height, width = pixels.shape[:2]
+        w, h = min(self.image.width, width - x), min(self.image.height, height - y)
+        artefact[y : y + h, x : x + w] = np.asarray(self.image.convert("RGB"), dtype=np.float32)[:h, :w]
+        mask[y : y + h, x : x + w] = np.asarray(alpha, dtype=np.float32)[:h, :w] / 255.0
+        blended = pixels * (1 - mask[..., None]) + artefact * mask[..., None]
+        return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))
+
+
+@torch.no_grad()
+def predict(model: LoadedModel, views: Sequence[Image.Image], batch_size: int = 32) -> torch.Tensor:
+    """Logits ``[N, K]`` for images that already are model views (resized and centre-cropped)."""
+    device = next(model.module.parameters()).device
+    outputs = [torch.empty(0)]
+    for start in range(0, len(views), batch_size):
+        pixels = torch.stack([model.preprocessing.normalise(view) for view in views[start : start + batch_size]])
+        outputs.append(model.module(pixels.to(device)).float().cpu())
+    return torch.cat(outputs) if len(outputs) > 1 else torch.empty(0, 0)
+
+
+def load_views(model: LoadedModel, data: ImageData) -> tuple[list[Image.Image], list[int | None]]:
+    """The model's view of every decodable sample, and its label (failures are skipped)."""
+    views, labels = [], []
+    for index in range(len(data)):
+        try:
+            views.append(model.preprocessing.view(data.load(index)))
+        except SemlensError:
+            continue
+        labels.append(data.label(index))
+    if not views:
+        raise SemlensError(f"no decodable images in {data.spec}")
+    return views, labels
+
+
+def _targets(model: LoadedModel, data: ImageData, labels: list[int | None]) -> torch.Tensor | None:
+    mapping, _ = class_mapping(model, data)
+    if mapping is None or any(label is None for label in labels):
+        return None
+    return torch.tensor([mapping[label] for label in labels])
+
+
+def _summary(logits: torch.Tensor, class_index: int | None, targets: torch.Tensor | None) -> dict[str, float | None]:
+    """Accuracy (None without labels) and, for a class, its mean probability and how often it is predicted."""
+    predicted = logits.argmax(dim=1)
+    summary: dict[str, float | None] = {"accuracy": None if targets is None else float((predicted == targets).float().mean())}
+    if class_index is not None:
+        summary["class_probability"] = float(logits.softmax(dim=1)[:, class_index].mean())
+        summary["predicted_as_class"] = float((predicted == class_index).float().mean())
+    return summary
+
+
+def artifact_effect(model: LoadedModel, data: ImageData, class_index: int, artifact: Artifact) -> dict:
+    """Class probability, share predicted as the class and accuracy, on clean and artefact images."""
+    views, labels = load_views(model, data)
+    targets = _targets(model, data, labels)
+    clean = _summary(predict(model, views), class_index, targets)
+    inserted = _summary(predict(model, [artifact.apply(view) for view in views]), class_index, targets)
+    change = {key: None if clean[key] is None else inserted[key] - clean[key] for key in clean}
+    return {"samples": len(views), "clean": clean, "artifact": inserted, "change": change}
+
+
+def separation_auc(model: LoadedModel, class_index: int, real: ImageData, spurious_only: ImageData) -> float:
+    """AUC of the class logit separating real class images (positives) from spurious-only images."""
+    from sklearn.metrics import roc_auc_score
+
+    real_logits = predict(model, load_views(model, real)[0])[:, class_index]
+    spurious_logits = predict(model, load_views(model, spurious_only)[0])[:, class_index]
+    truth = np.r_[np.ones(len(real_logits)), np.zeros(len(spurious_logits))]
+    return float(roc_auc_score(truth, torch.cat([real_logits, spurious_logits]).numpy()))
+
+
+@contextmanager
+def pruned(model: LoadedModel, units: dict[str, list[int]]) -> Iterator[LoadedModel]:
+    """The model with the given channels of the given layers set to zero (forward hooks, removed on exit)."""
+
+    def zero(channels: list[int]):
+        def hook(_module, _inputs, output):
+            output = output.clone()
+            if output.dim() == 3:  # tokens N,L,C: units are the last dimension
+                output[..., channels] = 0
+            else:
+                output[:, channels] = 0
+            return output
+
+        return hook
+
+    handles = [resolve_module(model.module, layer).register_forward_hook(zero(channels)) for layer, channels in units.items()]
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def pruning_effect(
+    model: LoadedModel, data: ImageData, units: dict[str, list[int]], class_index: int | None = None, artifact: Artifact | None = None
+) -> dict:
+    """Accuracy (and, with a class, its probability) on clean and artefact images, before and after pruning."""
+    views, labels = load_views(model, data)
+    targets = _targets(model, data, labels)
+    sets = {"clean": views} | ({"artifact": [artifact.apply(view) for view in views]} if artifact else {})
+    result = {"samples": len(views), "pruned": {layer: channels for layer, channels in units.items()}}
+    for name, images in sets.items():
+        before = _summary(predict(model, images), class_index, targets)
+        with pruned(model, units):
+            after = _summary(predict(model, images), class_index, targets)
+        result[name] = {"before": before, "after": after}
+    return result
