@@ -74,7 +74,7 @@ def conditional_relevance(
         for handle in handles:
             handle.remove()
     (grad,) = torch.autograd.grad(outputs, captured[lower], grad_outputs=_one_hot_logit(outputs, targets))
-    return _per_unit(grad)
+    return _per_unit(grad).detach()
 
 
 def edges_between(

@@ -164,7 +164,7 @@ def unit_relevance(
         for handle in handles:
             handle.remove()
     grads = torch.autograd.grad(outputs, [captured[name] for name in layers], grad_outputs=_one_hot_logit(outputs, targets))
-    return outputs.detach(), {name: _per_unit(grad) for name, grad in zip(layers, grads)}
+    return outputs.detach(), {name: _per_unit(grad).detach() for name, grad in zip(layers, grads)}
 
 
 def _bias_free_copy(model: nn.Module) -> nn.Module:

@@ -1,0 +1,93 @@
+"""Acceptance: a model trained where the "red" class always carries a watermark relies on it; the audit
+marks the watermark unit spurious with a large share of relevance; inserting the watermark raises the
+class probability; pruning that unit lowers the effect. Numbers are printed into the test output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import artefact_world as world
+from semlens import BuildConfig, Lens, build_lens
+from semlens.cli import app
+
+runner = CliRunner()
+
+
+def ask(*args):
+    result = runner.invoke(app, [str(arg) for arg in args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    root = tmp_path_factory.mktemp("artefact")
+    model = world.train(world.dataset(240, seed=1))
+    save_file(model.state_dict(), str(root / "weights.safetensors"))
+    world.write_folder(root / "probe", world.dataset(120, seed=4))
+    # clean test images of the other classes, true colours, no watermark: where the artefact could fool the model
+    others = [item for item in world.dataset(90, seed=5, watermark_class=None, colour_reliability=1.0) if item[1] != 0]
+    world.write_folder(root / "others", others)
+    Image.fromarray(np.full((6, 6, 4), 255, dtype=np.uint8)).save(root / "watermark.png")
+    return root
+
+
+def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, monkeypatch, capsys):
+    monkeypatch.setenv("SEMLENS_TEST_WEIGHTS", str(setting / "weights.safetensors"))
+    config = BuildConfig(
+        model="py:artefact_world:trained_model", layers=["features.3", "head"], data=f"folder:{setting / 'probe'}",
+        foundation="py:artefact_world:oracle", k=8, workers=0,
+    )  # fmt: skip
+    lens = build_lens(config, setting / "world.lens", progress=False)
+    assert lens.manifest["layers"]["features.3"]["crop"]["mode"] == "relevance"
+
+    audit = ask("audit", lens.path, "--class", "red", "--valid", "red", "--spurious", "watermark", "--layer", "features.3",
+                "--cut", "0.05", "--out", setting / "audit.html", "--json")  # fmt: skip
+    spurious = [unit for unit in audit["units"] if unit["verdict"] == "spurious"]
+    assert spurious, audit
+    top = spurious[0]
+    assert top["relevance"] > 0.25 and audit["shares"]["spurious"] > 0.3
+    # it really is the watermark unit: it fires far more on the watermark alone than on a plain image
+    layer, channel = top["unit"].split("/")
+    model = Lens.open(lens.path).model()
+    plain = Image.fromarray(np.full((32, 32, 3), 75, dtype=np.uint8))
+    marked = world.render(1, True, np.random.default_rng(0))
+    activations = {}
+    handle = model.module.features[3].register_forward_hook(lambda m, i, o: activations.setdefault("x", o))
+    with torch.no_grad():
+        model.module(torch.stack([model.preprocessing(plain), model.preprocessing(marked)]))
+    handle.remove()
+    responses = activations["x"][:, int(channel)].mean(dim=(1, 2))
+    assert responses[1] > 2 * responses[0] + 1e-3
+
+    inserted = ask("test-artifact", lens.path, "--class", "red", "--data", f"folder:{setting / 'others'}",
+                   "--artifact", setting / "watermark.png", "--at", "1,1", "--json")["insertion"]  # fmt: skip
+    assert inserted["change"]["class_probability"] > 0.1
+
+    pruned = ask("prune", lens.path, "--unit", top["unit"], "--data", f"folder:{setting / 'others'}", "--class", "red",
+                 "--artifact", setting / "watermark.png", "--at", "1,1", "--json")  # fmt: skip
+    before, after = pruned["artifact"]["before"], pruned["artifact"]["after"]
+    assert after["predicted_as_class"] < before["predicted_as_class"]
+    assert after["class_probability"] < before["class_probability"]
+
+    graph = ask("graph", lens.path, "--class", "red", "--layer", "features.3", "--layer", "head", "--cut", "0.05",
+                "--out", setting / "graph.html", "--json")  # fmt: skip
+    assert any(node["layer"] == "features.3" for node in graph["nodes"]) and graph["edges"]
+    with capsys.disabled():
+        print(
+            f"\n[artefact audit] spurious unit {top['unit']}: relevance share {top['relevance']:.3f}, a_spur "
+            f"{top['a_spur']:.3f}, a_valid {top['a_valid']:.3f}; class relevance by verdict {audit['shares']}\n"
+            f"[artefact insertion] red probability on green/blue images {inserted['clean']['class_probability']:.3f} -> "
+            f"{inserted['artifact']['class_probability']:.3f}\n"
+            f"[pruning {top['unit']}] with watermark: predicted red {before['predicted_as_class']:.3f} -> "
+            f"{after['predicted_as_class']:.3f}, red probability {before['class_probability']:.3f} -> "
+            f"{after['class_probability']:.3f}; clean accuracy {pruned['clean']['before']['accuracy']:.3f} -> "
+            f"{pruned['clean']['after']['accuracy']:.3f}"
+        )
