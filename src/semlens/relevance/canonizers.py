@@ -19,19 +19,20 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 def traced_batch_norm_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[list[str], str]]:
     """(linear layer names, batch norm name) for every batch norm whose input is a linear layer's output."""
-    producers: dict[int, str] = {}
+    producers: dict[int, tuple[str, torch.Tensor]] = {}  # holding the tensor keeps its id from being reused
     pairs: list[tuple[list[str], str]] = []
     unmatched: list[str] = []
 
     def remember(name: str):
         def hook(_module, _inputs, output):
-            producers[id(output)] = name
+            producers[id(output)] = (name, output)
 
         return hook
 
     def match(name: str):
         def hook(_module, inputs):
-            source = producers.get(id(inputs[0]))
+            entry = producers.get(id(inputs[0]))
+            source = entry[0] if entry is not None and entry[1] is inputs[0] else None
             if source is None:
                 unmatched.append(name)
             elif all(pair[1] != name for pair in pairs):
@@ -90,6 +91,16 @@ class MBConvResidualCanonizer(AttributeCanonizer):
         return x
 
 
+class ExactMergeBatchNorm(NamedMergeBatchNorm):
+    """zennit's merge leaves the batch norm as (x - 0) / sqrt(1 + eps): set its variance to 1 - eps so that
+    the merged model computes exactly what the original does."""
+
+    @staticmethod
+    def merge_batch_norm(modules, batch_norm):
+        NamedMergeBatchNorm.merge_batch_norm(modules, batch_norm)
+        batch_norm.running_var.data = torch.full_like(batch_norm.running_var.data, 1.0 - batch_norm.eps)
+
+
 def canonizers_for(model: nn.Module, example: torch.Tensor) -> list[Canonizer]:
     """The canonizers a model needs: batch-norm merging plus the residual rewrites of known blocks."""
     canonizers: list[Canonizer] = []
@@ -105,5 +116,5 @@ def canonizers_for(model: nn.Module, example: torch.Tensor) -> list[Canonizer]:
         canonizers.append(MBConvResidualCanonizer())
     pairs = traced_batch_norm_pairs(model, example)
     if pairs:
-        canonizers.append(NamedMergeBatchNorm(pairs))
+        canonizers.append(ExactMergeBatchNorm(pairs))
     return canonizers

@@ -132,11 +132,14 @@ def crp_heatmaps(
         handle.remove()
     activation = captured[0]
     mask = torch.zeros_like(activation)
-    mask[torch.arange(len(channels)), channels] = 1.0
+    if activation.dim() == 3:  # tokens N,L,C: units are the last dimension
+        mask[torch.arange(len(channels)), :, channels] = 1.0
+    else:
+        mask[torch.arange(len(channels)), channels] = 1.0
     view = (-1,) + (1,) * (activation.dim() - 1)
     initial = activation * mask * signs.to(activation.dtype).view(view)
     (relevance,) = torch.autograd.grad(activation, inputs, grad_outputs=initial)
-    return relevance.sum(dim=1)
+    return relevance.sum(dim=1).detach()
 
 
 def unit_relevance(

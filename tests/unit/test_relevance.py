@@ -1,0 +1,357 @@
+"""LRP/CRP on zennit: conservation on each model family, honest refusals, and hand-computed answers.
+
+Conservation is the property that makes a heatmap trustworthy: with biases and batch-norm shifts at
+zero nothing may absorb relevance, so the input relevance must sum to the explained logit. The CRP
+and unit-relevance answers are computed here in plain torch from the rule definitions (zennit's
+``ZPlus``, ``Flat``, ``Epsilon`` and ``Pass`` in ``zennit/rules.py``), independent of zennit's hooks.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet18, vgg11_bn
+from torchvision.models.resnet import Bottleneck, ResNet
+
+from semlens.relevance.canonizers import UnsupportedModelError
+from semlens.relevance.classes import ClassRelevance, relevance_shares
+from semlens.relevance.lrp import RelevanceModel, crp_heatmaps, unit_relevance
+
+#: RelevanceModel's default epsilon; zennit's ZPlus and Flat default to the same stabilizer
+EPSILON = 1e-6
+
+
+def stabilize(z: torch.Tensor) -> torch.Tensor:
+    """zennit's stabilizer: add epsilon with the sign of each entry (zero counts as positive)."""
+    return z + EPSILON * torch.where(z >= 0, 1.0, -1.0)
+
+
+def one_hot_logit(targets: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Initial relevance: each row's target logit, every other output zero."""
+    return lambda outputs: outputs * F.one_hot(targets, outputs.shape[1]).to(outputs.dtype)
+
+
+# -- conservation per model family -------------------------------------------------------------
+
+
+def without_shifts(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Biases and batch-norm shifts at zero (they absorb relevance by design); batch norms get random
+    scales and running variances so that merging them into the convolutions is really exercised."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(getattr(module, "bias", None), torch.Tensor):
+                module.bias.zero_()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.running_mean.zero_()
+                module.weight.copy_(0.5 + 1.5 * torch.rand(module.weight.shape, generator=generator))
+                module.running_var.copy_(0.5 + 1.5 * torch.rand(module.running_var.shape, generator=generator))
+    return model.eval()
+
+
+def plain_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16 * 4 * 4, 5),
+    )  # fmt: skip
+
+
+def small_vgg() -> nn.Module:
+    """vgg11_bn with one small linear head (its adaptive pool takes 32x32 inputs)."""
+    model = vgg11_bn()
+    model.classifier = nn.Linear(512 * 7 * 7, 10)
+    return model
+
+
+def efficientnet_lite0() -> nn.Module:
+    """Random EfficientNet-Lite0. PyTorch's default init shrinks activations through 50 layers to
+    logits of ~1e-6, where epsilon swamps everything; He init keeps them of order one. Its batch-norm
+    eps of 1e-3 is made negligible: merged batch norms keep it (see the xfail test below), which
+    changes the logits by several percent and would hide what this test is about."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0", num_classes=10, image_size=64)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps = 1e-9
+    return model
+
+
+FAMILIES: dict[str, tuple[Callable[[], nn.Module], int]] = {
+    "plain-conv": (plain_net, 16),
+    "vgg11_bn": (small_vgg, 32),
+    "resnet18-basicblock": (lambda: resnet18(num_classes=10), 32),
+    "resnet-bottleneck": (lambda: ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10), 32),
+    "efficientnet-lite0": (efficientnet_lite0, 64),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_input_relevance_sums_to_the_explained_logit(family: str) -> None:
+    build, size = FAMILIES[family]
+    torch.manual_seed(0)
+    model = without_shifts(build())
+    inputs = torch.rand(2, 3, size, size)
+    relevance = RelevanceModel(model, inputs)
+    report = relevance.check()
+    assert report.supported, report.reason
+    with torch.no_grad():
+        logits = model(inputs)
+    targets = logits.argmax(dim=1)
+    explained = logits[torch.arange(2), targets]
+    assert explained.abs().min() > 1e-3  # far above epsilon: a vanishing logit makes any ratio meaningless
+    ratio = relevance.input_relevance(inputs, one_hot_logit(targets)).flatten(1).sum(dim=1) / explained
+    torch.testing.assert_close(ratio, torch.ones(2), atol=0.02, rtol=0)
+
+
+# -- models LRP cannot explain here --------------------------------------------------------------
+
+
+def test_vision_transformer_is_refused_naming_the_modules_without_rules() -> None:
+    import timm
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    relevance = RelevanceModel(model, torch.rand(1, 3, 224, 224))
+    report = relevance.check()
+    assert not report.supported
+    assert "GELU" in report.reason and "LayerNorm" in report.reason
+    with pytest.raises(UnsupportedModelError):
+        with relevance.attributing():
+            pass
+
+
+class OwnResidual(nn.Module):
+    """A residual sum ``x + f(x)`` written in forward: no canonizer turns it into a zennit ``Sum``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv, self.relu = nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.relu(self.conv(x))
+
+
+def test_uncanonized_residual_sum_is_refused_for_not_conserving() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), OwnResidual(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    )
+    report = RelevanceModel(model, torch.rand(2, 3, 8, 8)).check()
+    assert not report.supported
+    assert "not conserved" in report.reason
+
+
+def batch_norm_net(position: int, eps: float) -> nn.Sequential:
+    """conv, ReLU, max pool and a batch norm with non-trivial statistics at ``position`` (1: right
+    after the conv, 3: after the pool), then a linear head."""
+    layers: list[nn.Module] = [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+    norm = nn.BatchNorm2d(4, eps=eps)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+        norm.running_mean.uniform_(-1.0, 1.0)
+        norm.running_var.uniform_(0.5, 2.0)
+    layers.insert(position, norm)
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(64, 3)).eval()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="traced_batch_norm_pairs pairs a batch norm with the linear layer whose output has the same id(); "
+    "once the conv output is freed, CPython reuses its object for the max-pool output, so a batch norm after "
+    "conv-ReLU-maxpool is merged into the conv across the ReLU and the pool, and the model inside attributing() "
+    "computes other logits (check() may still pass: on its bias-free copy a positive scale commutes with both)",
+)
+def test_batch_norm_after_relu_and_pool_is_refused_or_left_exact() -> None:
+    torch.manual_seed(0)
+    model = batch_norm_net(position=3, eps=1e-5)
+    inputs = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(inputs)
+    for _ in range(10):  # the pairing depends on the allocator, so give it several chances to go wrong
+        try:
+            with torch.no_grad(), RelevanceModel(model, inputs).attributing() as modified:
+                torch.testing.assert_close(modified(inputs), expected)
+        except UnsupportedModelError:
+            pass  # refusing the model is a right answer too
+
+
+def test_merging_a_batch_norm_leaves_the_model_function_unchanged() -> None:
+    torch.manual_seed(0)
+    model = batch_norm_net(position=1, eps=1e-3)
+    inputs = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(inputs)
+        with RelevanceModel(model, inputs).attributing() as modified:
+            torch.testing.assert_close(modified(inputs), expected)
+
+
+# -- CRP heatmaps: a known answer ---------------------------------------------------------------
+
+
+def crp_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        OrderedDict(conv1=nn.Conv2d(3, 4, 3, padding=1), relu1=nn.ReLU(), conv2=nn.Conv2d(4, 3, 1), relu2=nn.ReLU())
+    ).eval()
+
+
+def reference_crp(
+    net: nn.Sequential, inputs: torch.Tensor, channels: torch.Tensor, signs: torch.Tensor
+) -> torch.Tensor:
+    """CRP from conv2's output down to the input by the rule definitions: ZPlus at conv2, Pass at the
+    ReLU, Flat at the first layer; the sum over input channels is the heatmap ``[N, H, W]``."""
+    with torch.no_grad():
+        hidden = F.relu(net.conv1(inputs))
+        activation = net.conv2(hidden)
+        mask = torch.zeros_like(activation)
+        mask[torch.arange(len(channels)), channels] = 1.0
+        relevance = activation * mask * signs.view(-1, 1, 1, 1)
+        # ZPlus: z+ from positive inputs, positive weights and the positive part of the bias; the negative
+        # inputs' term (with negative weights) vanishes because the hidden layer is a ReLU output.
+        positive = net.conv2.weight.clamp(min=0)
+        z_plus = F.conv2d(hidden, positive, net.conv2.bias.clamp(min=0))
+        relevance = hidden * F.conv_transpose2d(relevance / stabilize(z_plus), positive)
+        # Pass through relu1, then Flat: inputs and weights are ones, the bias is dropped.
+        ones = torch.ones_like(net.conv1.weight)
+        z_flat = F.conv2d(torch.ones_like(inputs), ones, padding=1)
+        relevance = F.conv_transpose2d(relevance / stabilize(z_flat), ones, padding=1)
+    return relevance.sum(dim=1)
+
+
+def heatmaps(net: nn.Module, inputs: torch.Tensor, channels: list[int], signs: list[float]) -> torch.Tensor:
+    with RelevanceModel(net, inputs).attributing() as modified:
+        maps = crp_heatmaps(modified, inputs, "conv2", torch.tensor(channels), torch.tensor(signs))
+    return maps.detach()
+
+
+def test_crp_heatmaps_match_the_rules_computed_by_hand() -> None:
+    net = crp_net()
+    inputs = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    for channels, signs in (([0, 2], [1.0, -1.0]), ([1, 1], [1.0, 1.0]), ([2, 0], [-1.0, 1.0])):
+        expected = reference_crp(net, inputs, torch.tensor(channels), torch.tensor(signs))
+        assert expected.abs().amax() > 1e-2
+        torch.testing.assert_close(heatmaps(net, inputs, channels, signs), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_crp_masks_partition_the_layer_relevance() -> None:
+    """One unit per mask: the heatmaps of all channels add up to the unconditioned heatmap of the layer."""
+    net = crp_net()
+    inputs = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(2))
+    total = sum(heatmaps(net, inputs, [channel] * 2, [1.0, 1.0]) for channel in range(3))
+    truncated = nn.Sequential(net.conv1, net.relu1, net.conv2)  # the layer's whole output as initial relevance
+    unconditioned = RelevanceModel(truncated, inputs).input_relevance(inputs, lambda outputs: outputs).sum(dim=1)
+    torch.testing.assert_close(total, unconditioned, rtol=1e-4, atol=1e-6)
+
+
+def test_crp_rows_of_one_batch_equal_separate_calls() -> None:
+    net = crp_net()
+    first, second = torch.rand(2, 1, 3, 6, 6, generator=torch.Generator().manual_seed(3))
+    batch = heatmaps(net, torch.cat([first, first, second]), [0, 2, 1], [1.0, -1.0, 1.0])
+    separate = torch.cat(
+        [heatmaps(net, first, [0], [1.0]), heatmaps(net, first, [2], [-1.0]), heatmaps(net, second, [1], [1.0])]
+    )
+    torch.testing.assert_close(batch, separate, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(batch[0], batch[1])
+
+
+class PatchMLP(nn.Module):
+    """Patch embedding, then a per-token linear layer with ``[N, L, C]`` output, as in a transformer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.mix = nn.Conv2d(3, 6, 4, stride=4), nn.Linear(6, 5)
+        self.relu, self.head = nn.ReLU(), nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)  # 8x8 inputs: 4 tokens of 6 features
+        return self.head(self.relu(self.mix(tokens)).mean(dim=1))
+
+
+def test_crp_on_a_token_layer_conditions_on_its_feature_units() -> None:
+    """The units of an ``[N, L, C]`` layer are its C features: their heatmaps add up to the layer's."""
+    torch.manual_seed(0)
+    model = PatchMLP().eval()
+    inputs = torch.rand(2, 3, 8, 8)
+    relevance = RelevanceModel(model, inputs)
+    assert relevance.check().supported
+    with relevance.attributing() as modified:
+        total = sum(crp_heatmaps(modified, inputs, "mix", torch.full((2,), unit), torch.ones(2)) for unit in range(5))
+    captured: list[torch.Tensor] = []  # the mix layer's whole output as initial relevance
+    grad_inputs = inputs.clone().requires_grad_(True)
+    with relevance.attributing() as modified:
+        handle = modified.mix.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
+        modified(grad_inputs)
+        handle.remove()
+        (unconditioned,) = torch.autograd.grad(captured[0], grad_inputs, grad_outputs=captured[0])
+    torch.testing.assert_close(total.detach(), unconditioned.sum(dim=1), rtol=1e-4, atol=1e-6)
+
+
+# -- unit relevance: a known answer -------------------------------------------------------------
+
+
+def test_unit_relevance_splits_the_target_logit_by_the_epsilon_rule() -> None:
+    """At the last linear layer's inputs: R_j = a_j w_tj z_t / (z_t + eps); they sum to z_t minus the bias b_t."""
+    torch.manual_seed(0)
+    net = nn.Sequential(OrderedDict(fc1=nn.Linear(5, 6), relu=nn.ReLU(), fc2=nn.Linear(6, 4))).eval()
+    first, second = torch.randn(2, 1, 5)
+    inputs = torch.cat([first, first, second])  # one sample twice: only the target differs
+    targets = torch.tensor([2, 0, 3])
+    with RelevanceModel(net, inputs).attributing() as modified:
+        logits, relevance = unit_relevance(modified, inputs, targets, ["relu"])
+    with torch.no_grad():
+        torch.testing.assert_close(logits, net(inputs))
+        hidden = F.relu(net.fc1(inputs))
+        explained = logits[torch.arange(3), targets]
+        expected = hidden * net.fc2.weight[targets] * (explained / stabilize(explained)).unsqueeze(1)
+        torch.testing.assert_close(relevance["relu"], expected)
+        absorbed = net.fc2.bias[targets]
+        torch.testing.assert_close(relevance["relu"].sum(dim=1), explained - absorbed, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(relevance["relu"][0], relevance["relu"][1])
+
+
+def test_unit_relevance_of_a_conv_layer_is_per_channel_and_conserved() -> None:
+    torch.manual_seed(0)
+    model = without_shifts(plain_net())
+    inputs = torch.rand(3, 3, 16, 16)
+    targets = torch.tensor([0, 3, 4])
+    with RelevanceModel(model, inputs).attributing() as modified:
+        logits, relevance = unit_relevance(modified, inputs, targets, ["0", "4"])
+    for layer, channels in (("0", 8), ("4", 16)):
+        assert relevance[layer].shape == (3, channels)
+        torch.testing.assert_close(relevance[layer].sum(dim=1), logits[torch.arange(3), targets], rtol=0.02, atol=1e-4)
+
+
+# -- class relevance statistics -----------------------------------------------------------------
+
+
+def test_relevance_shares_divide_by_the_summed_absolute_relevance() -> None:
+    shares = relevance_shares(torch.tensor([[1.0, -3.0], [0.0, 0.0]]))
+    assert shares.tolist() == [[0.25, -0.75], [0.0, 0.0]]
+
+
+def test_class_relevance_known_answers() -> None:
+    stats = ClassRelevance(units=2, classes=4, top=3)
+    first = torch.tensor([[0.5, -0.125], [0.25, 0.375], [0.125, 0.125]])
+    stats.update(first, torch.tensor([0, 0, 2]), torch.tensor([10, 11, 12]))
+    stats.update(torch.tensor([[0.5, 0.0], [0.375, -0.25]]), torch.tensor([0, 2]), torch.tensor([13, 5]))
+    state = stats.state()
+    nan = float("nan")
+    expected_max = torch.tensor([[0.5, nan, 0.375, nan], [0.375, nan, 0.125, nan]])
+    torch.testing.assert_close(state["max_share"], expected_max, equal_nan=True)
+    expected_mean = torch.tensor([[1.25 / 3, nan, 0.25, nan], [0.25 / 3, nan, -0.0625, nan]])
+    torch.testing.assert_close(state["mean_share"], expected_mean, equal_nan=True)
+    assert state["count"].tolist() == [3, 0, 2, 0]
+    assert state["seen_classes"].tolist() == [0, 2]
+    # per seen class and unit, best share first; the tie at 0.5 goes to the lower id; an unfilled slot is -1
+    assert state["top_samples"].tolist() == [[[10, 13, 11], [11, 13, 10]], [[5, 12, -1], [12, 5, -1]]]
+    inf = float("inf")
+    expected_top = [[[0.5, 0.5, 0.25], [0.375, 0.0, -0.125]], [[0.375, 0.125, -inf], [0.125, -0.25, -inf]]]
+    assert state["top_shares"].tolist() == expected_top
