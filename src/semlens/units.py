@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import difflib
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +104,17 @@ def unit_names(count: int, signed: bool) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# finding modules
+# finding and hooking modules
+
+
+@contextmanager
+def hooks(handles: list[torch.utils.hooks.RemovableHandle]) -> Iterator[None]:
+    """Keep hooks for the duration of a block; they are removed on exit, errors included."""
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def resolve_module(model: nn.Module, name: str) -> nn.Module:
@@ -151,12 +162,8 @@ def list_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
         return hook
 
     handles = [module.register_forward_hook(recorder(name, module)) for name, module in model.named_modules() if name]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooks(handles), torch.no_grad():
+        model(example)
     order = [name for name, _ in model.named_modules() if name in infos]
     return [infos[name] for name in order]
 

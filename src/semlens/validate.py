@@ -22,7 +22,7 @@ from PIL import Image
 from .data import ImageData
 from .errors import SemlensError
 from .models import LoadedModel, class_mapping
-from .units import resolve_module
+from .units import hooks, resolve_module
 
 
 @dataclass(frozen=True)
@@ -145,11 +145,8 @@ def pruned(model: LoadedModel, units: dict[str, list[int]]) -> Iterator[LoadedMo
         return hook
 
     handles = [resolve_module(model.module, layer).register_forward_hook(zero(channels)) for layer, channels in units.items()]
-    try:
+    with hooks(handles):
         yield model
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def pruning_effect(

@@ -13,6 +13,8 @@ from torch import nn
 from zennit.canonizers import AttributeCanonizer, Canonizer, NamedMergeBatchNorm
 from zennit.layer import Sum
 
+from ..units import hooks
+
 LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -46,12 +48,8 @@ def traced_batch_norm_pairs(model: nn.Module, example: torch.Tensor) -> list[tup
             handles.append(module.register_forward_hook(remember(name)))
         elif isinstance(module, BATCH_NORMS):
             handles.append(module.register_forward_pre_hook(match(name)))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooks(handles), torch.no_grad():
+        model(example)
     if unmatched:
         raise UnsupportedModelError(
             f"batch norm(s) {', '.join(sorted(set(unmatched)))} do not directly follow a convolution or linear layer, "

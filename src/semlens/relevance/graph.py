@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..units import resolve_module, select_output
+from ..units import hooks, resolve_module, select_output
 from .lrp import _one_hot_logit, _per_unit
 
 UNLABELLED = "?"
@@ -67,12 +67,8 @@ def conditional_relevance(
         return hook
 
     handles = [resolve_module(modified, name).register_forward_hook(capture(name)) for name in (upper, lower)]
-    try:
-        with torch.enable_grad():
-            outputs = modified(inputs.detach().clone().requires_grad_(True))
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooks(handles), torch.enable_grad():
+        outputs = modified(inputs.detach().clone().requires_grad_(True))
     (grad,) = torch.autograd.grad(outputs, captured[lower], grad_outputs=_one_hot_logit(outputs, targets))
     return _per_unit(grad).detach()
 

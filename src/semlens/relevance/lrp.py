@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from ..units import resolve_module, select_output
+from ..units import hooks, resolve_module, select_output
 from .canonizers import UnsupportedModelError, canonizers_for
 
 #: leaf modules with an LRP rule (or that pass relevance unchanged and exactly)
@@ -122,14 +122,11 @@ def crp_heatmaps(
         raise _Stop
 
     inputs = inputs.detach().clone().requires_grad_(True)
-    handle = resolve_module(modified, layer).register_forward_hook(stop)
     try:
-        with torch.enable_grad():
+        with hooks([resolve_module(modified, layer).register_forward_hook(stop)]), torch.enable_grad():
             modified(inputs)
     except _Stop:
         pass
-    finally:
-        handle.remove()
     activation = captured[0]
     mask = torch.zeros_like(activation)
     if activation.dim() == 3:  # tokens N,L,C: units are the last dimension
@@ -160,12 +157,8 @@ def unit_relevance(
 
     inputs = inputs.detach().clone().requires_grad_(True)
     handles = [resolve_module(modified, name).register_forward_hook(keep(name)) for name in layers]
-    try:
-        with torch.enable_grad():
-            outputs = modified(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooks(handles), torch.enable_grad():
+        outputs = modified(inputs)
     grads = torch.autograd.grad(outputs, [captured[name] for name in layers], grad_outputs=_one_hot_logit(outputs, targets))
     return outputs.detach(), {name: _per_unit(grad).detach() for name, grad in zip(layers, grads)}
 
