@@ -23,7 +23,10 @@ def run_demo(out: Path, k: int = 10, progress: bool = True, console: Console | N
     photos = out / "photos"
     if not photos.is_dir():
         write_photo_folder(photos)
-    config = BuildConfig(model="zoo:efficientnet-lite0", layers=DEMO_LAYERS, data=f"folder:{photos}", foundation="conse", k=k)
+    # class relevance over 240 photos takes about a minute on 2 CPU cores: the demo leaves it out
+    config = BuildConfig(
+        model="zoo:efficientnet-lite0", layers=DEMO_LAYERS, data=f"folder:{photos}", foundation="conse", k=k, class_relevance=False
+    )
     builder = LensBuilder(config, out / "lens", progress=progress)
     from .cli import print_summary
 
