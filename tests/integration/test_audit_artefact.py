@@ -36,6 +36,14 @@ def setting(tmp_path_factory):
     others = [item for item in world.dataset(90, seed=5, watermark_class=None, colour_reliability=1.0) if item[1] != 0]
     world.write_folder(root / "others", others)
     Image.fromarray(np.full((6, 6, 4), 255, dtype=np.uint8)).save(root / "watermark.png")
+    rng = np.random.default_rng(6)
+    real_red = [item for item in world.dataset(60, seed=7, watermark_class=None, colour_reliability=1.0) if item[1] == 0]
+    world.write_folder(root / "real", real_red)
+    for index in range(20):  # only the spurious feature: noise and the watermark, no blob
+        pixels = rng.integers(40, 110, (32, 32, 3)).astype(np.uint8)
+        pixels[1:7, 1:7] = 255
+        (root / "watermark-only").mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(root / "watermark-only" / f"{index:03d}.png")
     return root
 
 
@@ -70,6 +78,9 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     inserted = ask("test-artifact", lens.path, "--class", "red", "--data", f"folder:{setting / 'others'}",
                    "--artifact", setting / "watermark.png", "--at", "1,1", "--json")["insertion"]  # fmt: skip
     assert inserted["change"]["class_probability"] > 0.1
+    auc = ask("test-artifact", lens.path, "--class", "red", "--data", f"folder:{setting / 'real'}",
+              "--spurious-only", f"folder:{setting / 'watermark-only'}", "--json")["separation_auc"]  # fmt: skip
+    assert auc < 0.5  # the watermark alone scores higher than real red images without it: strong reliance
 
     pruned = ask("prune", lens.path, "--unit", top["unit"], "--data", f"folder:{setting / 'others'}", "--class", "red",
                  "--artifact", setting / "watermark.png", "--at", "1,1", "--json")  # fmt: skip
@@ -85,7 +96,7 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
             f"\n[artefact audit] spurious unit {top['unit']}: relevance share {top['relevance']:.3f}, a_spur "
             f"{top['a_spur']:.3f}, a_valid {top['a_valid']:.3f}; class relevance by verdict {audit['shares']}\n"
             f"[artefact insertion] red probability on green/blue images {inserted['clean']['class_probability']:.3f} -> "
-            f"{inserted['artifact']['class_probability']:.3f}\n"
+            f"{inserted['artifact']['class_probability']:.3f}; separation AUC real red vs watermark-only {auc:.3f}\n"
             f"[pruning {top['unit']}] with watermark: predicted red {before['predicted_as_class']:.3f} -> "
             f"{after['predicted_as_class']:.3f}, red probability {before['class_probability']:.3f} -> "
             f"{after['class_probability']:.3f}; clean accuracy {pruned['clean']['before']['accuracy']:.3f} -> "
