@@ -1,0 +1,17 @@
+"""Where semlens keeps models it trains itself (the concept world's classifier and foundation model).
+
+``SEMLENS_CACHE`` overrides the default ``~/.cache/semlens``. Entries are named by a hash of
+everything that determines them, so a changed config trains anew instead of reusing a stale model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir(*parts: str) -> Path:
+    root = Path(os.environ.get("SEMLENS_CACHE") or Path.home() / ".cache" / "semlens")
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
