@@ -605,14 +605,14 @@ def list_specs(as_json: bool = typer.Option(False, "--json", help="Print as JSON
 @app.command()
 @friendly
 def demo(
-    out: Path = typer.Option(Path("semlens-demo"), "--out", "-o", help="Folder for the demo photos and Lens."),
-    k: int = typer.Option(10, "-k", help="Concept examples per unit."),
+    out: Path = typer.Option(Path("semlens-demo"), "--out", "-o", help="Folder for the Lenses, report and summary."),
+    world: Optional[Path] = typer.Option(None, help="A concept-world TOML config (default: the built-in world)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Build a Lens of the bundled ImageNet EfficientNet-Lite0 on bundled photos, offline, and show it."""
+    """The whole job offline in the concept world: train, build Lenses, search, label, audit, test, compare, report."""
     from .demo import run_demo
 
-    run_demo(out, k=k, progress=progress, console=console)
+    run_demo(out, str(world) if world else None, progress=progress, console=console)
 
 
 def main() -> None:

@@ -1,46 +1,175 @@
-"""``semlens demo``: the whole build offline, on the bundled EfficientNet-Lite0 and bundled photos."""
+"""``semlens demo``: the whole job, offline, in the concept world where the truth is known.
+
+It renders the world, trains (or loads) the classifier under study, a second classifier trained
+without the planted artefact and the world's image-text foundation model, then builds Lenses with
+relevance crops. On them it runs search, labelling, dissection, measures, the audit of the artefact
+class with its test and pruning, and the comparison of the two classifiers, and writes the HTML
+report. The summary checks every answer against the ground truth from the exact concept masks.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import torch
 from rich.console import Console
-from rich.table import Table
 
+from .analysis.vocabulary import Vocabulary
 from .build import BuildConfig, LensBuilder
-from .data.photos import write_photo_folder
-from .imagenet import find_imagenet_class
+from .data.world import WorldConfig, WorldData, concept_family
+from .data.world_truth import concept_responses, dissect_layer, faithfulness
 from .lens import Lens
+from .units import LayerSpec
 
-DEMO_LAYERS = ["_blocks.15", "_fc"]  # the last conv block and the classifier output
-# photo folder -> the ImageNet class whose output unit should pick it
-DEMO_CLASSES = {"cat": "tabby", "rocket": "missile", "coffee": "espresso", "motorcycle": "moped"}
+LAYERS = ["features.10", "features.14", "head"]  # third and fourth conv stage (after ReLU), class logits
+SPATIAL = LAYERS[:2]
+PROBE_IMAGES = 1200
+DISTRACTORS = ["dog", "car", "tree", "house", "person", "cloud", "fire", "wood", "metal", "flower"]
+AUDIT_VALID = ["star", "five-pointed star"]
 
 
-def run_demo(out: Path, k: int = 10, progress: bool = True, console: Console | None = None) -> Lens:
-    """Write the photo folder (once), build or reuse the Lens, print what the class units picked."""
+def world_vocabulary(config: WorldConfig) -> Vocabulary:
+    """The world's concepts by family, plus distractors that never appear in it."""
+    concepts = config.concept_names()
+    return Vocabulary("world", tuple(concepts + DISTRACTORS), tuple(concept_family(c) + "s" for c in concepts) + ("distractors",) * len(DISTRACTORS))
+
+
+def _artifact_class(config: WorldConfig) -> tuple[str, str]:
+    """The (artefact, class) of the world's first planted artefact correlation."""
+    for correlation in config.correlations:
+        if concept_family(correlation.concept) == "artifact":
+            return correlation.concept, correlation.class_name
+    raise ValueError("this world plants no artefact on a class")
+
+
+def run_demo(out: Path, world: str | None = None, progress: bool = True, console: Console | None = None) -> dict:
+    """Run everything, print the summary, write it as ``summary.json``; returns the summary."""
     console = console or Console()
-    photos = out / "photos"
-    if not photos.is_dir():
-        write_photo_folder(photos)
-    # class relevance over 240 photos takes about a minute on 2 CPU cores: the demo leaves it out
-    config = BuildConfig(
-        model="zoo:efficientnet-lite0", layers=DEMO_LAYERS, data=f"folder:{photos}", foundation="conse", k=k, class_relevance=False
-    )
-    builder = LensBuilder(config, out / "lens", progress=progress)
-    from .cli import print_summary
+    out.mkdir(parents=True, exist_ok=True)
+    config = WorldConfig.load(world)
+    source = "" if world is None else f":{world}"
+    artifact, target = _artifact_class(config)
+    lenses = {}
+    for name, model in (("world", f"zoo:world-cnn{source}"), ("world-clean", f"zoo:world-cnn-clean{source}")):
+        console.print(f"[bold]{name}[/]: building the Lens of {model}")
+        settings = BuildConfig(
+            model=model, layers=LAYERS, data=f"world{source or ':'}:{PROBE_IMAGES}:probe", foundation=f"world{source}", k=20
+        )
+        LensBuilder(settings, out / f"{name}.lens", progress=progress).run()
+        lenses[name] = Lens.open(out / f"{name}.lens")
+    lens, clean = lenses["world"], lenses["world-clean"]
+    vocabulary = world_vocabulary(config)
+    for opened in lenses.values():
+        if opened.vocabulary is None or opened.vocabulary.name != "world":
+            opened.label(vocabulary)
 
-    print_summary(builder.run())
-    lens = Lens.open(out / "lens")
-    table = Table(title="output units of ImageNet classes: their top concept examples")
-    for column in ("unit", "class", "top examples (source photo, score)", "hits"):
-        table.add_column(column)
-    for folder, class_name in DEMO_CLASSES.items():
-        unit = f"_fc/{find_imagenet_class(class_name)}"
-        examples = lens.concept_examples(unit)
-        shown = ", ".join(f"{example.source.split('/')[0]} {example.score:.1f}" for example in examples[:4])
-        hits = sum(example.source.startswith(folder + "/") for example in examples)
-        table.add_row(unit, class_name, shown, f"{hits}/{len(examples)} from {folder}/")
-    console.print(table)
-    console.print(f"Lens written to {lens.path}; open it in Python with semlens.Lens.open({str(lens.path)!r})")
-    return lens
+    summary = {"world": config.source, "artifact": artifact, "artifact_class": target}
+    summary["search"] = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artifact, "copyright notice", "stripes", "grass")}
+    summary["labels"], truth = ground_truth_labels(lens, config)
+    audit = lens.audit(target, AUDIT_VALID[:1] if target != "star" else AUDIT_VALID, [artifact], layers=SPATIAL)
+    spurious = [unit.unit for unit in audit.units if unit.verdict == "spurious"]
+    summary["audit"] = {"shares": audit.shares, "spurious_units": spurious, "units": len(audit.units)}
+    summary["artifact_units"] = {
+        "true": sorted(unit for unit, concept in truth.items() if concept == artifact),
+        "search_found": [unit for unit in summary["search"][artifact] if truth.get(unit) == artifact],
+        "audit_flagged": [unit for unit in spurious if truth.get(unit) == artifact],
+    }
+    summary["test"] = test_finding(lens, config, artifact, target, spurious)
+    comparison = lens.compare(clean)
+    summary["compare"] = {"s_world_to_clean": comparison.a_to_b, "only_world": comparison.only_a, "only_clean": comparison.only_b}
+    report = out / "report.html"
+    if not report.is_file() or report.stat().st_mtime < lens.store.path("manifest.json").stat().st_mtime:
+        from .report.html import write_report
+
+        write_report(lens, report)
+    summary["report"] = str(report)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    print_summary(summary, console)
+    return summary
+
+
+def ground_truth_labels(lens: Lens, config: WorldConfig) -> tuple[dict, dict[str, str]]:
+    """semlens labels against the dissection truth: top-1/top-3 accuracy, random baseline, faithfulness;
+    and each unit's true concept (units without one are left out)."""
+    model = lens.model()
+    data = WorldData(config, PROBE_IMAGES, "probe")
+    concepts = list(lens.vocabulary.concepts)
+    hits1 = hits3 = total = 0
+    phis, true_concepts = [], {}
+    for layer in SPATIAL:
+        truth = dissect_layer(model.module, model.preprocessing, layer, data)
+        true_concepts.update({f"{layer}/{unit}": concept for unit, concept in enumerate(truth.best) if concept})
+        labels = lens.labels(layer)
+        assigned = []
+        for unit, true_concept in enumerate(truth.best):
+            top = [concepts[int(index)] for index in labels.concepts[unit]]
+            assigned.append(config.concept_names().index(top[0]) if top[0] in config.concept_names() else None)
+            if true_concept is None:
+                continue
+            total += 1
+            hits1 += top[0] == true_concept
+            hits3 += true_concept in top
+        responses = concept_responses(model.module, model.preprocessing, LayerSpec(layer), config)
+        phis.append(faithfulness(responses, assigned))
+    scores = {
+        "units_with_true_concept": total,
+        "top1": hits1 / max(total, 1),
+        "top3": hits3 / max(total, 1),
+        "random_top1": 1 / len(concepts),
+        "random_top3": 3 / len(concepts),
+        "faithfulness_phi": sum(phis) / len(phis),
+    }
+    return scores, true_concepts
+
+
+def test_finding(lens: Lens, config: WorldConfig, artifact: str, target: str, spurious: list[str]) -> dict:
+    """Insert the artefact into test images of the other classes; prune the spurious units; measure."""
+    from .data.world import artifact_overlay
+    from .validate import Artifact, artifact_effect, pruning_effect
+
+    model = lens.model()
+    others = WorldData(config, 300, "test")
+    overlay = Artifact(image=artifact_overlay(config, artifact))
+    index = lens.class_index(target)
+    result = {"insertion": artifact_effect(model, others, index, overlay)}
+    if spurious:
+        result["pruning"] = pruning_effect(model, others, lens.channels(spurious), index, overlay)
+    return result
+
+
+def print_summary(summary: dict, console: Console) -> None:
+    labels = summary["labels"]
+    console.rule("semlens demo: the concept world")
+    found = summary["artifact_units"]
+    console.print(
+        f"search '{summary['artifact']}': {', '.join(summary['search'][summary['artifact']])} "
+        f"({len(found['search_found'])} of them truly detect it; true {summary['artifact']} units: {', '.join(found['true']) or 'none'})"
+    )
+    console.print(f"search 'copyright notice' (never a training caption): {', '.join(summary['search']['copyright notice'])}")
+    console.print(
+        f"labels vs ground truth ({labels['units_with_true_concept']} units with a true concept): top-1 {labels['top1']:.2f} "
+        f"(random {labels['random_top1']:.2f}), top-3 {labels['top3']:.2f} (random {labels['random_top3']:.2f}), "
+        f"faithfulness phi {labels['faithfulness_phi']:.2f}"
+    )
+    audit = summary["audit"]
+    console.print(
+        f"audit of class {summary['artifact_class']}: {audit['units']} relevant units, spurious share {audit['shares']['spurious']:.2f}, "
+        f"spurious units: {', '.join(audit['spurious_units']) or 'none'} ({len(found['audit_flagged'])} truly detect the {summary['artifact']})"
+    )
+    insertion = summary["test"]["insertion"]
+    console.print(
+        f"inserting the {summary['artifact']} into other classes' images: {summary['artifact_class']} probability "
+        f"{insertion['clean']['class_probability']:.3f} -> {insertion['artifact']['class_probability']:.3f}"
+    )
+    if "pruning" in summary["test"]:
+        pruning = summary["test"]["pruning"]["artifact"]
+        console.print(
+            f"after pruning the spurious units, with the {summary['artifact']}: predicted {summary['artifact_class']} "
+            f"{pruning['before']['predicted_as_class']:.3f} -> {pruning['after']['predicted_as_class']:.3f}; clean accuracy "
+            f"{summary['test']['pruning']['clean']['before']['accuracy']:.3f} -> {summary['test']['pruning']['clean']['after']['accuracy']:.3f}"
+        )
+    s = torch.tensor(summary["compare"]["s_world_to_clean"])
+    console.print(f"compare with the model trained without the artefact: S_world->clean per layer {s.diag().tolist()}")
+    console.print(f"concepts only the artefact-trained model has: {', '.join(summary['compare']['only_world']) or 'none'}")
+    console.print(f"report: {summary['report']}  (explore further: semlens search/show/audit on the Lens)")

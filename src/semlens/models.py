@@ -50,9 +50,24 @@ class LoadedModel:
 MODELS: SpecRegistry[LoadedModel] = SpecRegistry("model")
 
 
-@MODELS.register("zoo", "zoo:NAME", f"bundled pretrained models: {', '.join(LITE_VARIANTS)}")
+WORLD_MODELS = ("world-cnn", "world-cnn-clean")
+
+
+@MODELS.register(
+    "zoo", "zoo:NAME[:WORLD_CONFIG]", f"ready models: {', '.join(LITE_VARIANTS)} (ImageNet), {', '.join(WORLD_MODELS)} (concept world)"
+)
 def _zoo(rest: str) -> LoadedModel:
-    module, preprocessing = efficientnet_lite(rest)
+    name, _, world = rest.partition(":")
+    if name in WORLD_MODELS:
+        from .data.world import WorldConfig
+        from .zoo.world_cnn import world_cnn
+
+        config = WorldConfig.load(world or None)
+        module, preprocessing = world_cnn(config, clean=name.endswith("-clean"))
+        return LoadedModel(module, f"zoo:{rest}", preprocessing, list(config.classes))
+    if name not in LITE_VARIANTS:
+        raise SpecError(f"unknown zoo model {name!r}; available: {', '.join(LITE_VARIANTS + WORLD_MODELS)}")
+    module, preprocessing = efficientnet_lite(name)
     return LoadedModel(module, f"zoo:{rest}", preprocessing, imagenet_classes())
 
 

@@ -207,6 +207,7 @@ def _artifact(name: str, size: int, rng: np.random.Generator) -> tuple[np.ndarra
     layer = Image.new("RGB", (size, size), 0)
     mask = Image.new("L", (size, size), 0)
     draw, draw_mask = ImageDraw.Draw(layer), ImageDraw.Draw(mask)
+    draw.fontmode = draw_mask.fontmode = "1"  # no anti-aliasing: the mask is exactly the text's pixels
     if name == "watermark":
         x, y = int(rng.integers(1, size // 3)), int(rng.integers(size // 2, size - 12))
         for target, fill in ((draw, (255, 255, 255)), (draw_mask, 255)):
@@ -283,6 +284,8 @@ def _compose(size: int, chosen: dict[str, str | None], artifacts: list[str], rng
     for name in artifacts:
         layer, mask = _artifact(name, size, rng)
         pixels = np.where(mask[..., None], layer, pixels)
+        for earlier in artifacts[: artifacts.index(name)]:
+            masks[earlier] &= ~mask  # a later artefact hides an earlier one
         masks[name] = mask
         covered |= mask
     objects = masks.get(chosen["shape"], np.zeros((size, size), dtype=bool)) if chosen.get("shape") else np.zeros((size, size), bool)
@@ -311,6 +314,14 @@ def concept_image(config: WorldConfig, concept: str, index: int) -> WorldSample:
     sample = _compose(config.size, chosen, [concept] if family == "artifact" else [], rng, -1)
     sample.masks = {concept: sample.masks[concept]} if concept in sample.masks else {}
     return sample
+
+
+def artifact_overlay(config: WorldConfig, name: str, index: int = 0) -> Image.Image:
+    """An artefact as an RGBA image of the world's size (alpha = its mask), to insert into other images."""
+    rng = np.random.default_rng([config.seed, SPLITS["concepts"], index, len(config.concept_names())])
+    layer, mask = _artifact(name, config.size, rng)
+    rgba = np.concatenate([layer, mask[..., None] * 255.0], axis=-1)
+    return Image.fromarray(rgba.astype(np.uint8), mode="RGBA")
 
 
 class WorldData(ImageData):

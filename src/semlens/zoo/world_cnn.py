@@ -1,0 +1,98 @@
+"""``zoo:world-cnn``: the model under study in the concept world, trained on the CPU, cached.
+
+A small CNN learns the world's classification task from rendered training images, planted shortcuts
+included, so that semlens has something real to find. Training is seeded and cached by a hash of the
+world config and the training settings: trained once (well under a minute on 2 cores), then loaded.
+``zoo:world-cnn-clean`` is the same model trained on the world without its artefact correlations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..cache import cache_dir
+from ..data.world import WorldConfig, concept_family, render
+from ..fingerprint import hash_json
+from ..preprocess import Preprocessing
+from ..progress import progress_bar
+from ..store import atomic_write
+
+TRAINING = {"images": 4000, "epochs": 4, "batch_size": 64, "learning_rate": 3e-3, "version": 1}
+
+
+class WorldCNN(nn.Module):
+    """Four conv-BN-ReLU stages (16, 32, 64, 64 channels), global average pool, linear classifier."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = [3, 16, 32, 64, 64]
+        for stage, (inputs, outputs) in enumerate(zip(channels, channels[1:])):
+            layers += [nn.Conv2d(inputs, outputs, 3, padding=1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU()]
+            if stage < 3:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(channels[-1], classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+def world_preprocessing(config: WorldConfig) -> Preprocessing:
+    return Preprocessing(input_size=config.size, resize=config.size, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def without_artifact_correlations(config: WorldConfig) -> WorldConfig:
+    """The same world with no artefact planted on any class (the clean comparison model's world)."""
+    kept = tuple(c for c in config.correlations if concept_family(c.concept) != "artifact")
+    return replace(config, correlations=kept, source=f"{config.source} without artefact correlations")
+
+
+def train_world_cnn(config: WorldConfig, progress: bool = True) -> WorldCNN:
+    """Train on the world's ``train`` split, seeded by the config (deterministic on one machine)."""
+    torch.manual_seed(config.seed)
+    preprocessing = world_preprocessing(config)
+    count = TRAINING["images"]
+    with progress_bar("render training images", count, progress) as advance:
+        pixels, labels = [], []
+        for index in range(count):
+            sample = render(config, index, "train")
+            pixels.append(preprocessing(sample.image))
+            labels.append(sample.label)
+            advance(1)
+    pixels, labels = torch.stack(pixels), torch.tensor(labels)
+    model = WorldCNN(len(config.classes))
+    optimiser = torch.optim.Adam(model.parameters(), lr=TRAINING["learning_rate"])
+    generator = torch.Generator().manual_seed(config.seed)
+    batches = -(-count // TRAINING["batch_size"])
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, TRAINING["learning_rate"], total_steps=TRAINING["epochs"] * batches)
+    model.train()
+    with progress_bar("train world-cnn", TRAINING["epochs"] * batches, progress) as advance:
+        for _ in range(TRAINING["epochs"]):
+            for batch in torch.randperm(count, generator=generator).split(TRAINING["batch_size"]):
+                optimiser.zero_grad()
+                nn.functional.cross_entropy(model(pixels[batch]), labels[batch]).backward()
+                optimiser.step()
+                schedule.step()
+                advance(1)
+    return model.eval()
+
+
+def world_cnn(config: WorldConfig, clean: bool = False, progress: bool = True) -> tuple[WorldCNN, Preprocessing]:
+    """The trained model (from the cache when it exists) and its preprocessing."""
+    world = without_artifact_correlations(config) if clean else config
+    key = hash_json({"world": world.fingerprint(), "training": TRAINING, "torch": torch.__version__.split("+")[0]})
+    path = cache_dir("world-cnn") / f"{key}.safetensors"
+    model = WorldCNN(len(world.classes))
+    if path.is_file():
+        model.load_state_dict(load_file(str(path)))
+        return model.eval(), world_preprocessing(world)
+    model = train_world_cnn(world, progress)
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    atomic_write(path, lambda temporary: save_file(state, str(temporary)))
+    return model, world_preprocessing(world)

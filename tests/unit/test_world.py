@@ -1,0 +1,126 @@
+"""The concept world: masks match the rendered pixels, rendering and training are deterministic, and
+configs are validated with clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from semlens.data import load_data
+from semlens.data.world import (
+    COLORS, WorldConfig, WorldData, artifact_overlay, concept_image, render,
+)  # fmt: skip
+from semlens.errors import SemlensError
+
+
+@pytest.fixture(scope="module")
+def config() -> WorldConfig:
+    return WorldConfig.load()
+
+
+def test_masks_match_the_rendered_pixels(config):
+    for index in range(40):
+        sample = render(config, index)
+        pixels = np.asarray(sample.image).astype(int)
+        concepts = sample.concepts
+        shape = sample.masks[concepts["shape"]]
+        assert shape.any()
+        # the object's colour or its pattern shade is drawn exactly where the shape mask is (minus artefacts)
+        if concepts["pattern"] == "plain":
+            assert (pixels[shape] == COLORS[concepts["color"]]).all()
+        assert np.array_equal(sample.masks[concepts["color"]], shape) and np.array_equal(sample.masks[concepts["pattern"]], shape)
+        background = sample.masks[concepts["background"]]
+        assert not (background & shape).any()
+        for artifact in concepts["artifacts"]:
+            mask = sample.masks[artifact]
+            assert mask.any() and not (mask & shape).any() and not (mask & background).any()
+        covered = shape | background
+        for artifact in concepts["artifacts"]:
+            covered |= sample.masks[artifact]
+        assert covered.all()  # every pixel shows some concept
+
+
+def test_artifact_pixels_have_the_artifact_colour(config):
+    custom = WorldConfig.from_dict({"artifact_rate": 1.0}, "all artefacts")
+    sample = render(custom, 3)
+    pixels = np.asarray(sample.image)
+    assert set(sample.concepts["artifacts"]) == {"watermark", "ruler", "patch", "frame"}
+    patch = sample.masks["patch"]
+    assert (pixels[patch] == (255, 0, 200)).all()
+    assert (pixels[sample.masks["frame"]] == (20, 20, 20)).all()
+    assert (pixels[sample.masks["watermark"]] == 255).all()
+
+
+def test_same_seed_same_images_other_seed_other_images(config):
+    first = [np.asarray(render(config, i).image) for i in range(5)]
+    again = [np.asarray(render(WorldConfig.load(), i).image) for i in range(5)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    other = WorldConfig.from_dict({"seed": 1}, "seed 1")
+    assert not np.array_equal(np.asarray(render(other, 0).image), first[0])
+    assert not np.array_equal(np.asarray(render(config, 0, "train").image), first[0])  # splits differ
+
+
+def test_planted_correlations_show_in_the_samples(config):
+    samples = [render(config, i) for i in range(600)]
+    star = [s for s in samples if s.concepts["shape"] == "star"]
+    others = [s for s in samples if s.concepts["shape"] != "star"]
+    assert np.mean(["watermark" in s.concepts["artifacts"] for s in star]) > 0.65
+    assert np.mean(["watermark" in s.concepts["artifacts"] for s in others]) < 0.12
+    circle = [s for s in samples if s.concepts["shape"] == "circle"]
+    assert np.mean([s.concepts["background"] == "grass" for s in circle]) > 0.55
+
+
+def test_concept_images_show_the_concept_alone(config):
+    for concept in config.concept_names():
+        sample = concept_image(config, concept, 0)
+        assert list(sample.masks) == [concept] and sample.masks[concept].any()
+    overlay = artifact_overlay(config, "ruler")
+    assert overlay.mode == "RGBA" and np.asarray(overlay)[..., 3].any()
+
+
+def test_world_data_spec_and_labels():
+    data = load_data("world::30:test")
+    assert isinstance(data, WorldData) and len(data) == 30 and data.classes[0] == "circle"
+    assert data.label(7) == 1 and data.sample(7).label == 1 and "square" in data.describe(7)
+    assert data.fingerprint() != load_data("world::30:probe").fingerprint()
+    with pytest.raises(SemlensError, match="COUNT must be an integer"):
+        load_data("world::many")
+    with pytest.raises(SemlensError, match="split 'dev'"):
+        load_data("world::10:dev")
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"colour": 1}, "unknown keys colour"),
+        ({"classes": {"by": "artifact"}}, "classes.by must be one of"),
+        ({"classes": {"names": ["circle", "hexagon"]}}, "classes.names must be two or more"),
+        ({"concepts": {"colors": ["red", "teal"]}}, "colors must be a non-empty list"),
+        ({"concepts": {"textures": ["x"]}}, "unknown concept family 'textures'"),
+        ({"correlations": [{"concept": "glitter", "class": "star", "probability": 0.5}]}, "'glitter' is not in this world"),
+        ({"correlations": [{"concept": "watermark", "class": "hexagon", "probability": 0.5}]}, "class 'hexagon'"),
+        ({"correlations": [{"concept": "watermark", "class": "star", "probability": 1.5}]}, "must lie in \\[0, 1\\]"),
+        ({"correlations": [{"concept": "square", "class": "star", "probability": 0.5}]}, "of the class family shape"),
+        ({"size": 8}, "size must be between"),
+    ],
+)
+def test_invalid_configs_get_clear_errors(values, message):
+    with pytest.raises(SemlensError, match=message):
+        WorldConfig.from_dict(values, "test.toml")
+
+
+def test_world_cnn_training_is_deterministic(monkeypatch, tmp_path):
+    from semlens.zoo import world_cnn as module
+
+    monkeypatch.setitem(module.TRAINING, "images", 120)
+    monkeypatch.setitem(module.TRAINING, "epochs", 1)
+    monkeypatch.setenv("SEMLENS_CACHE", str(tmp_path))
+    config = WorldConfig.load()
+    first = module.train_world_cnn(config, progress=False).state_dict()
+    second = module.train_world_cnn(config, progress=False).state_dict()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    cached, _ = module.world_cnn(config, progress=False)
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 1
+    reloaded, _ = module.world_cnn(config, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(cached.state_dict().values(), reloaded.state_dict().values()))
