@@ -25,6 +25,7 @@ from .units import LayerSpec
 LAYERS = ["features.10", "features.14", "head"]  # third and fourth conv stage (after ReLU), class logits
 SPATIAL = LAYERS[:2]
 PROBE_IMAGES = 1200
+TEST_IMAGES = 300
 DISTRACTORS = ["dog", "car", "tree", "house", "person", "cloud", "fire", "wood", "metal", "flower"]
 AUDIT_VALID = ["star", "five-pointed star"]
 
@@ -129,7 +130,7 @@ def test_finding(lens: Lens, config: WorldConfig, artifact: str, target: str, sp
     from .validate import Artifact, artifact_effect, pruning_effect
 
     model = lens.model()
-    others = WorldData(config, 300, "test")
+    others = WorldData(config, TEST_IMAGES, "test")
     overlay = Artifact(image=artifact_overlay(config, artifact))
     index = lens.class_index(target)
     result = {"insertion": artifact_effect(model, others, index, overlay)}

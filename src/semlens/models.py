@@ -66,7 +66,7 @@ def _zoo(rest: str) -> LoadedModel:
         module, preprocessing = world_cnn(config, clean=name.endswith("-clean"))
         return LoadedModel(module, f"zoo:{rest}", preprocessing, list(config.classes))
     if name not in LITE_VARIANTS:
-        raise SpecError(f"unknown zoo model {name!r}; available: {', '.join(LITE_VARIANTS + WORLD_MODELS)}")
+        raise SpecError(f"unknown zoo model {name!r}; available: {', '.join(tuple(LITE_VARIANTS) + WORLD_MODELS)}")
     module, preprocessing = efficientnet_lite(name)
     return LoadedModel(module, f"zoo:{rest}", preprocessing, imagenet_classes())
 

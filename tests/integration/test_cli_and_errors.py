@@ -71,7 +71,7 @@ def test_unknown_layer_names_close_matches(tmp_path, colour_folder, tiny_clip_di
     "flag,value,fragments",
     [
         ("--model", "zooo:efficientnet-lite0", ["unknown model spec", "zoo:NAME", "py:package.module:factory"]),
-        ("--model", "zoo:resnet", ["unknown EfficientNet-Lite", "efficientnet-lite0"]),
+        ("--model", "zoo:resnet", ["unknown zoo model 'resnet'", "efficientnet-lite0", "world-cnn"]),
         ("--foundation", "clip", ["unknown foundation model spec", "conse", "hf:NAME_OR_PATH", "open_clip:"]),
         ("--foundation", "hf:/no/such/model", ["no such directory"]),
         ("--data", "folders:x", ["unknown data spec", "folder:PATH"]),

@@ -4,6 +4,7 @@
 ``conse``                              offline default: ImageNet classifier + bundled sentence encoder
 ``hf:NAME_OR_PATH``                    CLIP, SigLIP (image-text) or DINOv2 (image only) via transformers
 ``open_clip:ARCH:PRETRAINED_OR_PATH``  any open_clip model (optional extra ``semlens[open_clip]``)
+``world[:CONFIG]``                     the concept world's image-text model (trained once, cached)
 ``py:package.module:factory``          your own: a callable returning a :class:`FoundationModel`
 =====================================  ==================================================================
 """
@@ -51,6 +52,13 @@ def _open_clip(rest: str, device: str | torch.device | None = None) -> Foundatio
     from .open_clip import OpenCLIPFoundationModel
 
     return OpenCLIPFoundationModel(arch, pretrained, device=device)
+
+
+@FOUNDATION_MODELS.register("world", "world[:CONFIG]", "the concept world's image-text model (trained once, cached)")
+def _world(rest: str, device: str | torch.device | None = None) -> FoundationModel:
+    from .world import load_world_foundation
+
+    return load_world_foundation(rest or None, device=device)
 
 
 @FOUNDATION_MODELS.register("py", "py:package.module:factory", "your own FoundationModel factory")

@@ -1,0 +1,439 @@
+"""``world[:CONFIG]``: an image-text model of the concept world, trained once on the CPU and cached.
+
+No CLIP-like model ships offline, and a generic one would not know this world's concepts anyway. As
+domain CLIPs are made (LiT: the text tower locked), a small CNN learns, with InfoNCE, to embed
+rendered images (the config's concepts, without its planted correlations) next to the frozen MiniLM
+sentence embeddings of captions built from the concepts each image shows. semlens embeds *crops* of images, so half of the training views are random square
+crops, captioned only with the concepts their masks show well in the crop. Captions vary phrasing,
+synonyms, order and subsets; the phrases in ``HELD_OUT`` never occur in training, to test free text.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..cache import cache_dir
+from ..data.world import WorldConfig, WorldSample, concept_family, render
+from ..devices import pick_device
+from ..errors import SemlensError
+from ..fingerprint import hash_json, hash_module_weights
+from ..preprocess import Preprocessing
+from ..progress import progress_bar
+from ..store import atomic_write
+from .base import FoundationModel
+from .conse import load_sentence_encoder
+
+CODE_VERSION = 1  # bump when captions, views or the tower change: cached weights then retrain
+DEFAULT_STEPS = 400
+BATCH_SIZE = 256
+STEPS_VARIABLE = "SEMLENS_WORLD_STEPS"
+TRAINING: dict[str, Any] = {
+    "learning_rate": 2e-3,
+    "weight_decay": 0.05,
+    "temperature": 0.07,
+    "max_images": 15_000,  # rendered train images; each gives a full view and a crop view
+    "crop_sides": (0.25, 0.75),  # crop side as a share of the image side
+    "mask_share": 0.3,  # a concept is visible in a crop when this share of its mask lies inside,
+    "area_share": 0.15,  # or it covers this share of the crop
+    "shape_share": 0.6,  # but a shape needs most of its mask inside: a piece of a star is no star
+    "min_pixels": 4,
+    "artifact_rate": 0.25,  # of each artefact, in the training world (no planted correlations there)
+    "version": CODE_VERSION,
+}
+EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+# ------------------------------------------------------------------------------------------------
+# captions
+
+# The text tower is locked, so every synonym must mean its concept to MiniLM too: each one here is
+# closer to its concept's name than to any other name of its family (checked in the tests). Phrases
+# that MiniLM misreads ("box" nearer "ring", "annulus" nearer "circle", "plus sign", "scarlet",
+# "no pattern") taught the image tower contradictory targets and are left out.
+SHAPE_NOUNS = {
+    "circle": ("circle", "circular shape", "round circle", "circular disc"),
+    "square": ("square", "square shape", "square block", "four-sided square"),
+    "triangle": ("triangle", "triangular shape", "three-sided triangle"),
+    "star": ("star", "star shape", "pointed star", "five-pointed star"),
+    "cross": ("cross", "cross shape", "plus-shaped cross"),
+    "ring": ("ring", "ring shape", "hollow ring"),
+}
+COLOR_WORDS = {
+    "red": ("red",), "green": ("green",), "blue": ("blue",), "yellow": ("yellow",),
+    "purple": ("purple",), "orange": ("orange",), "white": ("white",), "black": ("black",),
+}  # fmt: skip
+PATTERN_WORDS = {  # (adjectives, nouns)
+    "plain": (("plain",), ("plain colour", "a plain surface")),
+    "stripes": (("striped",), ("stripes", "diagonal stripes")),
+    "dots": (("dotted",), ("dots", "spots")),
+    "checks": (("checkered", "checked"), ("checks", "a checkerboard pattern")),
+}
+BACKGROUND_WORDS = {  # (preposition, nouns)
+    "grass": ("on", ("grass", "a lawn", "a grassy field")),
+    "sky": ("against", ("sky", "the sky", "a clear sky")),
+    "sand": ("on", ("sand", "a sandy beach", "beach sand")),
+    "water": ("on", ("water", "a lake", "a water surface")),
+    "gray": ("on", ("gray", "a gray background", "a grey backdrop")),
+}
+ARTIFACT_NOUNS = {
+    "watermark": ("watermark", "a watermark", "a watermark text"),
+    "ruler": ("ruler", "a ruler", "a ruler with ticks"),
+    "patch": ("patch", "a pink patch", "a magenta patch", "a coloured patch"),
+    "frame": ("frame", "a frame", "a dark frame"),
+}
+GENERIC_NOUNS = ("object", "shape", "thing")
+PREFIXES = ("{}", "a picture of {}", "a photo of {}", "an image of {}", "a rendered image of {}", "a close up of {}", "this shows {}")
+#: paraphrases kept out of every training caption, to measure how free-text queries generalise
+HELD_OUT = {
+    "watermark": "copyright notice", "ruler": "measuring scale", "patch": "sticker", "frame": "picture frame",
+    "water": "ocean", "grass": "meadow", "sand": "desert", "ring": "donut", "cross": "plus symbol",
+    "red": "crimson", "dots": "polka dots", "checks": "chessboard pattern",
+}  # fmt: skip
+
+
+def concept_phrases(concept: str) -> tuple[str, ...]:
+    """Every word or phrase by which a training caption names a concept."""
+    family = concept_family(concept)
+    if family == "shape":
+        return SHAPE_NOUNS[concept]
+    if family == "color":
+        return COLOR_WORDS[concept]
+    if family == "pattern":
+        return PATTERN_WORDS[concept][0] + PATTERN_WORDS[concept][1]
+    if family == "background":
+        return BACKGROUND_WORDS[concept][1]
+    return ARTIFACT_NOUNS[concept]
+
+
+def training_phrases() -> list[str]:
+    """Every word or phrase a training caption can contain (to check that ``HELD_OUT`` stays out)."""
+    concepts = [*SHAPE_NOUNS, *COLOR_WORDS, *PATTERN_WORDS, *BACKGROUND_WORDS, *ARTIFACT_NOUNS]
+    prepositions = [preposition for preposition, _ in BACKGROUND_WORDS.values()]
+    return [*GENERIC_NOUNS, *PREFIXES, *prepositions, *(phrase for concept in concepts for phrase in concept_phrases(concept))]
+
+
+def _pick(options: Sequence[str], rng: np.random.Generator) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _article(phrase: str) -> str:
+    return f"{'an' if phrase[0] in 'aeio' else 'a'} {phrase}"
+
+
+def _name(concept: str, rng: np.random.Generator) -> str:
+    """A standalone phrase naming one concept (list-style captions)."""
+    family = concept_family(concept)
+    if family == "shape":
+        noun = _pick(SHAPE_NOUNS[concept], rng)
+        return _article(noun) if rng.random() < 0.5 else noun
+    if family == "color":
+        return _pick(COLOR_WORDS[concept], rng)
+    if family == "pattern":
+        adjectives, nouns = PATTERN_WORDS[concept]
+        return _pick(nouns, rng) if rng.random() < 0.6 else f"{_pick(adjectives, rng)} pattern"
+    if family == "background":
+        noun = _pick(BACKGROUND_WORDS[concept][1], rng)
+        return f"{noun} background" if rng.random() < 0.2 and not noun.endswith(("background", "backdrop")) else noun
+    return _pick(ARTIFACT_NOUNS[concept], rng)
+
+
+def _sentence(kept: dict[str, str], artifacts: list[str], rng: np.random.Generator) -> str:
+    """A phrase such as "a red striped star on grass with a ruler" from the kept concepts."""
+    marks = " and ".join(_pick(ARTIFACT_NOUNS[name][1:], rng) for name in artifacts)
+    subject = ""
+    if {"shape", "color", "pattern"} & set(kept):
+        words = [_pick(COLOR_WORDS[kept["color"]], rng)] if "color" in kept else []
+        tail = ""
+        if "pattern" in kept:
+            adjectives, nouns = PATTERN_WORDS[kept["pattern"]]
+            if rng.random() < 0.5:
+                words.append(_pick(adjectives, rng))
+            else:
+                tail = f" with {_pick(nouns, rng)}"
+        rng.shuffle(words)
+        noun = _pick(SHAPE_NOUNS[kept["shape"]], rng) if "shape" in kept else _pick(GENERIC_NOUNS, rng)
+        subject = _article(" ".join([*words, noun])) + tail
+        if "background" in kept:
+            preposition, nouns = BACKGROUND_WORDS[kept["background"]]
+            subject += f" {preposition} {_pick(nouns, rng)}"
+    elif "background" in kept:
+        subject = _pick(BACKGROUND_WORDS[kept["background"]][1], rng)
+    if not subject:
+        return marks
+    if not marks:
+        return subject
+    if rng.random() < 0.3:
+        return f"{marks}, {subject}"
+    return f"{subject} {'and' if ' with ' in subject else 'with'} {marks}"  # never "with spots with a ruler"
+
+
+def caption(concepts: Sequence[str], rng: np.random.Generator) -> tuple[str, list[str]]:
+    """A random caption of a view and the concepts it names: a random non-empty subset of ``concepts``
+    (the view's visible concepts), as a sentence or a shuffled list, in one of several templates."""
+    if not concepts:
+        raise SemlensError("a caption needs at least one visible concept")
+    chosen = rng.choice(len(concepts), int(rng.integers(1, len(concepts) + 1)), replace=False)
+    named = [concepts[index] for index in sorted(chosen)]
+    if rng.random() < 0.35:
+        parts = [_name(concept, rng) for concept in named]
+        rng.shuffle(parts)
+        body = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+    else:
+        kept = {concept_family(name): name for name in named if concept_family(name) != "artifact"}
+        body = _sentence(kept, [name for name in named if concept_family(name) == "artifact"], rng)
+    return _pick(PREFIXES, rng).format(body), named
+
+
+def visible_concepts(sample: WorldSample, box: tuple[int, int, int, int] | None = None) -> list[str]:
+    """The concepts a view of a sample shows well: enough of the concept's mask inside the box (x0, y0,
+    x1, y1, end exclusive; default the whole image), or enough of the box covered by it; a shape needs
+    most of its mask inside. A crop of the object does not show an artefact in a corner, nor a crop of
+    the corner the object."""
+    height, width = next(iter(sample.masks.values())).shape
+    x0, y0, x1, y1 = box or (0, 0, width, height)
+    area = (x1 - x0) * (y1 - y0)
+    visible = []
+    for concept, mask in sample.masks.items():
+        inside = int(mask[y0:y1, x0:x1].sum())
+        total = int(mask.sum())
+        if concept_family(concept) == "shape":
+            shown = inside >= TRAINING["shape_share"] * total
+        else:
+            shown = inside >= TRAINING["mask_share"] * total or inside >= TRAINING["area_share"] * area
+        if shown and inside >= TRAINING["min_pixels"]:
+            visible.append(concept)
+    return visible
+
+
+def random_box(sample: WorldSample, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A random square crop, centred half of the time on a random pixel of a random concept (semlens's
+    crops centre on what a unit responds to), otherwise anywhere."""
+    height, width = next(iter(sample.masks.values())).shape
+    low, high = TRAINING["crop_sides"]
+    side = int(rng.integers(round(low * width), round(high * width) + 1))
+    masks = [mask for mask in sample.masks.values() if mask.any()]
+    if masks and rng.random() < 0.5:
+        ys, xs = np.nonzero(masks[int(rng.integers(len(masks)))])
+        pick = int(rng.integers(len(xs)))
+        cx, cy = int(xs[pick]), int(ys[pick])
+    else:
+        cx, cy = (int(v) for v in rng.integers(0, width, 2))
+    x0 = min(max(cx - side // 2, 0), width - side)
+    y0 = min(max(cy - side // 2, 0), height - side)
+    return x0, y0, x0 + side, y0 + side
+
+
+# ------------------------------------------------------------------------------------------------
+# model and training
+
+
+def _stage(inputs: int, outputs: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU(inplace=True)]
+
+
+class ImageTower(nn.Module):
+    """Stride-2 stem (32), three stride-2 stages of conv-BN-ReLU (64, 64 / 128, 128 / 256), global
+    average pool, linear to the sentence encoder's 384 dimensions: about 0.67 M parameters."""
+
+    def __init__(self, dim: int = EMBEDDING_DIM) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            *_stage(3, 32, 2),
+            *_stage(32, 64, 2), *_stage(64, 64, 1),
+            *_stage(64, 128, 2), *_stage(128, 128, 1),
+            *_stage(128, 256, 2),
+        )  # fmt: skip
+        self.head = nn.Linear(256, dim)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(pixels).mean(dim=(2, 3)))
+
+
+def training_world(config: WorldConfig) -> WorldConfig:
+    """The world the model learns from: the config's concepts, size and seed, every concept of the class
+    family as a class, each artefact at a fixed rate and no planted correlation. A domain CLIP is not
+    trained on the audited data set: it must know every concept apart from the shortcuts to be found."""
+    classes = config.concepts[config.class_family]
+    return replace(config, classes=classes, artifact_rate=TRAINING["artifact_rate"], correlations=())
+
+
+def world_preprocessing(config: WorldConfig) -> Preprocessing:
+    """Any crop resized to the world's image size (the crop's centre square if it is not square)."""
+    return Preprocessing(input_size=config.size, resize=config.size, mean=MEAN, std=STD)
+
+
+@lru_cache(maxsize=2)
+def _sentence_encoder(device: str) -> Any:
+    """MiniLM loaded once per process and device: training and the model that follows both need it."""
+    return load_sentence_encoder(torch.device(device))
+
+
+def _embed_captions(texts: Sequence[str], device: torch.device, progress: bool) -> torch.Tensor:
+    encoder, chunk = _sentence_encoder(str(device)), 512
+    parts = []
+    with progress_bar("world foundation: embed captions", len(texts), progress) as advance:
+        for start in range(0, len(texts), chunk):
+            part = list(texts[start : start + chunk])
+            parts.append(encoder.encode(part, batch_size=256, convert_to_tensor=True, normalize_embeddings=True).float())
+            advance(len(part))
+    return torch.cat(parts).to(device)
+
+
+def _training_views(config: WorldConfig, images: int, progress: bool) -> tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor]:
+    """uint8 views ``[V, 3, S, S]`` (each train image whole, then a random crop of it), one caption per
+    view, and as bit sets over the world's concepts what each view shows and what its caption names;
+    all drawn from the config's seed."""
+    rng = np.random.default_rng([config.seed, CODE_VERSION])
+    preprocessing = world_preprocessing(config)
+    bit = {concept: 1 << index for index, concept in enumerate(config.concept_names())}
+    views, captions, shown, named = [], [], [], []
+    with progress_bar("world foundation: render views", images, progress) as advance:
+        for index in range(images):
+            sample = render(config, index, "train")
+            for box in (None, random_box(sample, rng)):
+                concepts = visible_concepts(sample, box)
+                if not concepts:
+                    continue
+                image = sample.image if box is None else preprocessing.view(sample.image.crop(box))
+                views.append(torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1))
+                text, names = caption(concepts, rng)
+                captions.append(text)
+                shown.append(sum(bit[concept] for concept in concepts))
+                named.append(sum(bit[concept] for concept in names))
+            advance(1)
+    return torch.stack(views), captions, torch.tensor(shown), torch.tensor(named)
+
+
+def _normalise_batch(views: torch.Tensor) -> torch.Tensor:
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    return ((views.float() / 255.0 - mean.to(views.device)) / std.to(views.device)).contiguous(memory_format=torch.channels_last)
+
+
+def train_world_foundation(
+    config: WorldConfig, steps: int = DEFAULT_STEPS, batch_size: int = BATCH_SIZE, progress: bool = True, device: str | torch.device | None = None
+) -> dict[str, torch.Tensor]:
+    """Train the image tower against the locked MiniLM caption embeddings; returns its state dict.
+
+    Seeded by the config, so one machine gives the same weights every time. A caption is a positive
+    of every view in the batch that shows all the concepts it names, not only of its own view: "a star"
+    then pulls every star image and pushes every other one, so the hard concepts (shape) are not
+    drowned by the easy ones (colour, background) that alone would tell most captions apart.
+    """
+    if steps < 1 or batch_size < 2:
+        raise SemlensError(f"world foundation training needs steps >= 1 and batch_size >= 2; got {steps}, {batch_size}")
+    device = pick_device(device)
+    torch.manual_seed(config.seed)  # the tower's initial weights; views and captions use their own seeded generator
+    images = min(TRAINING["max_images"], math.ceil(steps * batch_size / 2))
+    views, captions, shown, named = _training_views(training_world(config), images, progress)
+    unique = list(dict.fromkeys(captions))
+    position = {text: index for index, text in enumerate(unique)}
+    targets = torch.tensor([position[text] for text in captions])
+    texts = _embed_captions(unique, device, progress)
+    tower = ImageTower().to(device, memory_format=torch.channels_last).train()
+    log_scale = nn.Parameter(torch.tensor(math.log(1 / TRAINING["temperature"]), device=device))
+    decay = [p for p in tower.parameters() if p.ndim > 1]
+    rest = [p for p in tower.parameters() if p.ndim <= 1] + [log_scale]
+    optimiser = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": TRAINING["weight_decay"]}, {"params": rest, "weight_decay": 0.0}], lr=TRAINING["learning_rate"]
+    )
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    generator = torch.Generator().manual_seed(config.seed)
+    order = torch.empty(0, dtype=torch.long)
+    with progress_bar("world foundation: train", steps, progress) as advance:
+        for _ in range(steps):
+            if len(order) < batch_size:  # epochs of a fresh permutation, no view twice in a batch
+                order = torch.cat([order, torch.randperm(len(views), generator=generator)])
+            batch, order = order[:batch_size], order[batch_size:]
+            embedded = F.normalize(tower(_normalise_batch(views[batch].to(device))), dim=-1)
+            logits = log_scale.exp() * embedded @ texts[targets[batch].to(device)].T
+            positives = ((named[batch][None, :] & ~shown[batch][:, None]) == 0).float().to(device)  # [view, caption]
+            loss = F.cross_entropy(logits, positives / positives.sum(dim=1, keepdim=True))
+            loss = (loss + F.cross_entropy(logits.T, (positives / positives.sum(dim=0, keepdim=True)).T)) / 2
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            with torch.no_grad():
+                log_scale.clamp_(max=math.log(100))
+            advance(1)
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in tower.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# the foundation model and its cache
+
+
+def resolve_steps(steps: int | None = None) -> int:
+    """An explicit step count, else ``SEMLENS_WORLD_STEPS`` (tests train for a few steps), else the default."""
+    if steps is not None:
+        return int(steps)
+    value = os.environ.get(STEPS_VARIABLE)
+    if not value:
+        return DEFAULT_STEPS
+    try:
+        return int(value)
+    except ValueError:
+        raise SemlensError(f"{STEPS_VARIABLE} must be an integer step count; got {value!r}") from None
+
+
+def weights_path(config: WorldConfig, steps: int, batch_size: int = BATCH_SIZE) -> Path:
+    """The cache file of the weights that this config and these settings train (configs that differ
+    only in their planted correlations or class subset share one model: see ``training_world``)."""
+    settings = {"world": training_world(config).fingerprint(), "steps": steps, "batch_size": batch_size, "training": TRAINING}
+    return cache_dir("world-foundation") / f"{hash_json(settings)}.safetensors"
+
+
+class WorldFoundation(FoundationModel):
+    """The world's image tower with the locked MiniLM as text tower, in one 384-d space."""
+
+    batch_size = 256
+
+    def __init__(self, config: WorldConfig, state: dict[str, torch.Tensor], device: str | torch.device | None = None) -> None:
+        super().__init__(device)
+        self.config = config
+        self.preprocessing = world_preprocessing(config)
+        self.tower = ImageTower()
+        self.tower.load_state_dict(state)
+        self.tower = self.tower.to(self.device, self.dtype).eval()
+        self.text_encoder = _sentence_encoder(str(self.device))
+        self.dim = EMBEDDING_DIM
+        self.id = f"world:{config.source}@{hash_module_weights(self.tower)}"
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.preprocessing(image) for image in images])
+
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.tower(pixels)
+
+    def _embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.text_encoder.encode(list(texts), batch_size=128, convert_to_tensor=True, normalize_embeddings=True)
+
+
+def load_world_foundation(
+    config_source: str | Path | None = None,
+    device: str | torch.device | None = None,
+    steps: int | None = None,
+    batch_size: int = BATCH_SIZE,
+    progress: bool = True,
+) -> WorldFoundation:
+    """The world's image-text model: trained on first use (a few minutes on 2 cores), then cached."""
+    config = WorldConfig.load(config_source)
+    steps = resolve_steps(steps)
+    path = weights_path(config, steps, batch_size)
+    if not path.is_file():
+        state = train_world_foundation(config, steps, batch_size, progress, device)
+        metadata = {"world": training_world(config).fingerprint(), "steps": str(steps), "batch_size": str(batch_size)}
+        atomic_write(path, lambda temporary: save_file(state, str(temporary), metadata))
+    return WorldFoundation(config, load_file(str(path)), device)
