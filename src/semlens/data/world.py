@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import SemlensError
+from ..preprocess import Preprocessing
 from ..utils import parse_toml, read_toml
 from .base import ImageData
 
@@ -322,6 +323,14 @@ def artifact_overlay(config: WorldConfig, name: str, index: int = 0) -> Image.Im
     layer, mask = _artifact(name, config.size, rng)
     rgba = np.concatenate([layer, mask[..., None] * 255.0], axis=-1)
     return Image.fromarray(rgba.astype(np.uint8), mode="RGBA")
+
+
+WORLD_MEAN, WORLD_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def world_preprocessing(config: WorldConfig) -> Preprocessing:
+    """The world's models see images at the world's size (no crop), scaled around mid-gray."""
+    return Preprocessing(input_size=config.size, resize=config.size, mean=WORLD_MEAN, std=WORLD_STD)
 
 
 class WorldData(ImageData):

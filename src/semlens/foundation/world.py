@@ -25,11 +25,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..cache import cache_dir
-from ..data.world import WorldConfig, WorldSample, concept_family, render
+from ..data.world import WORLD_MEAN, WORLD_STD, WorldConfig, WorldSample, concept_family, render, world_preprocessing
 from ..devices import pick_device
 from ..errors import SemlensError
 from ..fingerprint import hash_json, hash_module_weights
-from ..preprocess import Preprocessing
 from ..progress import progress_bar
 from ..store import atomic_write
 from .base import FoundationModel
@@ -53,7 +52,6 @@ TRAINING: dict[str, Any] = {
     "version": CODE_VERSION,
 }
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
-MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 # ------------------------------------------------------------------------------------------------
 # captions
@@ -269,11 +267,6 @@ def training_world(config: WorldConfig) -> WorldConfig:
     return replace(config, classes=classes, artifact_rate=TRAINING["artifact_rate"], correlations=())
 
 
-def world_preprocessing(config: WorldConfig) -> Preprocessing:
-    """Any crop resized to the world's image size (the crop's centre square if it is not square)."""
-    return Preprocessing(input_size=config.size, resize=config.size, mean=MEAN, std=STD)
-
-
 @lru_cache(maxsize=2)
 def _sentence_encoder(device: str) -> Any:
     """MiniLM loaded once per process and device: training and the model that follows both need it."""
@@ -317,7 +310,7 @@ def _training_views(config: WorldConfig, images: int, progress: bool) -> tuple[t
 
 
 def _normalise_batch(views: torch.Tensor) -> torch.Tensor:
-    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    mean, std = torch.tensor(WORLD_MEAN).view(1, 3, 1, 1), torch.tensor(WORLD_STD).view(1, 3, 1, 1)
     return ((views.float() / 255.0 - mean.to(views.device)) / std.to(views.device)).contiguous(memory_format=torch.channels_last)
 
 

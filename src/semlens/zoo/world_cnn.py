@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..cache import cache_dir
-from ..data.world import WorldConfig, concept_family, render
+from ..data.world import WorldConfig, concept_family, render, world_preprocessing
 from ..fingerprint import hash_json
 from ..preprocess import Preprocessing
 from ..progress import progress_bar
@@ -41,10 +41,6 @@ class WorldCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)).flatten(1))
-
-
-def world_preprocessing(config: WorldConfig) -> Preprocessing:
-    return Preprocessing(input_size=config.size, resize=config.size, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
 def without_artifact_correlations(config: WorldConfig) -> WorldConfig:
