@@ -144,14 +144,11 @@ class Lens:
         """Each unit's semantic embedding ``[U, d]``: the mean of its concept examples' embeddings."""
         return self._read(layer, "embed")["theta"]
 
-    @cached_property
-    def _crops(self) -> dict[str, torch.Tensor]:
-        return self.store.read_tensors("crops.safetensors")
-
     def example_embeddings(self, layer: str) -> torch.Tensor:
-        """Per-example embeddings ``[U, k, d]`` (float32; NaN rows in empty slots)."""
+        """Per-example embeddings ``[U, k, d]`` (float32; NaN rows in empty slots), read from the float16
+        crop table on disk: only this layer's rows, so memory follows the layer, not the data set."""
         index = self._read(layer, "embed")["crop_index"]
-        embeddings = self._crops["embeddings"].float()[index.clamp_min(0)]
+        embeddings = self.store.read_rows("crops.safetensors", "embeddings", index.clamp_min(0)).float()
         embeddings[index < 0] = float("nan")
         return embeddings
 

@@ -7,7 +7,7 @@ Layout::
     failures.json                 images that failed to decode (skipped, counted)
     layers/<layer>.topk.safetensors   per unit: top-k scores, sample ids, activation maps
     layers/<layer>.embed.safetensors  per unit: crop boxes, rows into crops, theta
-    crops.safetensors             every distinct (sample, box) crop and its embedding (float16)
+    crops.safetensors             every distinct (sample, box) crop and its embedding (float16, read by rows)
 
 Every file is written to a temporary name and renamed into place, so a killed run never leaves a
 half-written file behind; partial progress lives in ``*.partial*`` files that a resumed run reads.
@@ -90,6 +90,16 @@ class LensStore:
 
     def read_tensors(self, name: str) -> dict[str, torch.Tensor]:
         return load_file(str(self.path(name)))
+
+    def read_rows(self, name: str, key: str, rows: torch.Tensor) -> torch.Tensor:
+        """``array[rows]`` of one stored array, reading only those rows off the disk (``rows`` of any
+        shape): a layer's examples come out of a crop table built for millions of samples."""
+        wanted, inverse = torch.unique(rows.reshape(-1), return_inverse=True)
+        runs = torch.tensor_split(wanted, (wanted.diff() != 1).nonzero().flatten() + 1) if wanted.numel() else []
+        with safe_open(str(self.path(name)), framework="pt") as handle:
+            array = handle.get_slice(key)
+            parts = [array[0:0]] + [array[int(run[0]) : int(run[-1]) + 1] for run in runs]
+        return torch.cat(parts)[inverse].reshape(*rows.shape, *parts[0].shape[1:])
 
     def read_metadata(self, name: str) -> dict[str, str]:
         with safe_open(str(self.path(name)), framework="pt") as handle:
