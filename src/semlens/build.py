@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import time
+from itertools import chain
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,18 +30,19 @@ from .collect import EMPTY_ID, Collector, TopK
 from .crops import CROP_MODES, boxes_from_maps, full_boxes
 from .data import ImageData, load_data
 from .data.base import DecodingDataset, collate_decoded
-from .devices import pick_device
-from .embed import CropTable, chunks, cut_crops, mean_embeddings, plan_crops
+from .devices import PRECISIONS, autocast_dtype, pick_device
+from .embed import CropChunks, CropTable, chunks, mean_embeddings, plan_crops
 from .errors import DataError, SemlensError, StaleLensError
 from .fingerprint import hash_json
 from .foundation import FoundationModel, load_foundation_model
 from .models import LoadedModel, class_mapping, load_model
+from .parallel import Ranks, Shard, connect
 from .progress import progress_bar
 from .store import FORMAT, FORMAT_VERSION, LensStore, layer_file
 from .units import LayerSpec, resolve_module, unit_names
 from .utils import read_toml
 
-COLLECT_PARTIAL = "collect.partial.safetensors"
+COLLECT_PARTIAL = "collect.partial.safetensors"  # of a single process; ranks add their rank
 #: crop=auto computes CRP heatmaps on a CPU only up to this many (unit, example) pairs
 CPU_RELEVANCE_PAIRS = 4096
 EMBED_PARTIAL = "embed.partial"
@@ -65,8 +67,10 @@ class BuildConfig:
     batch_size: int = 32
     embed_batch_size: int = 64
     device: str = "auto"
+    precision: str = "auto"
     workers: int | None = None
     checkpoint_seconds: float = 30.0
+    shard: str | None = None
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -75,6 +79,10 @@ class BuildConfig:
             raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
         if self.k < 1 or self.batch_size < 1 or self.embed_batch_size < 1:
             raise SemlensError("k, batch_size and embed_batch_size must be positive integers")
+        if self.precision not in PRECISIONS:
+            raise SemlensError(f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.shard is not None:
+            Shard.parse(self.shard)
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> BuildConfig:
@@ -114,28 +122,39 @@ class BuildSummary:
 
 
 class LensBuilder:
-    """Runs the stages of one build; ``build_lens`` is the one-call entry point."""
+    """Runs the stages of one build; ``build_lens`` is the one-call entry point.
+
+    Under ``torchrun`` every rank runs it: each collects its block of the samples and embeds its
+    block of the distinct crops, results are merged exactly across ranks, and rank 0 writes the Lens.
+    With ``config.shard`` (``"i/n"``) it runs the collect stage on that shard only, for ``semlens merge``.
+    """
 
     def __init__(self, config: BuildConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> None:
-        self.config, self.progress = config, progress
+        connect()
+        self.ranks = Ranks()
+        self.config, self.progress = config, progress and self.ranks.is_main
         self.store = LensStore(out)
-        self.device = pick_device(config.device)
+        self.device = self.ranks.place(pick_device(config.device))
+        self.autocast = autocast_dtype(config.precision, self.device)
+        self.shard = Shard.parse(config.shard) if config.shard else None
         self.model: LoadedModel = load_model(config.model)
         self.data: ImageData = load_data(config.data)
         self.specs = [LayerSpec.parse(text, config.pool) for text in config.layers]
         for spec in self.specs:
             resolve_module(self.model.module, spec.name)
+        self.rows = (self.shard or Shard()).split(range(len(self.data)), config.batch_size)
+        if self.shard and not self.rows:
+            batches = -(-len(self.data) // config.batch_size)
+            raise SemlensError(f"shard {self.shard} holds no samples: the data makes only {batches} batches; use at most {batches} shards")
         self.identity = json.loads(json.dumps(self._identity()))  # compare as stored: tuples become lists
         self._relevance = None
-        if overwrite:
-            self.store.clear()
-        self.manifest = self._open_manifest()
+        self.manifest = self.ranks.on_main(lambda: self._open_manifest(overwrite))
 
     # -- identity and manifest ------------------------------------------------------------------
 
     def _identity(self) -> dict[str, Any]:
         config = self.config
-        return {
+        identity = {
             "model": {"spec": self.model.spec, "fingerprint": self.model.fingerprint},
             "data": {"spec": self.data.spec, "fingerprint": self.data.fingerprint(), "samples": len(self.data)},
             "layers": [spec.fingerprint_fields() for spec in self.specs],
@@ -144,8 +163,15 @@ class LensBuilder:
             "embed": {"foundation": config.foundation, "crop": config.crop, "crop_threshold": config.crop_threshold},
             "relevance": {"enabled": config.class_relevance, "data": config.relevance_data},
         }
+        if self.autocast is not None:  # float32 adds nothing, so Lenses built before this setting stay valid
+            identity["collect"]["autocast"] = str(self.autocast).removeprefix("torch.")
+        if self.shard is not None:
+            identity["shard"] = {"index": self.shard.index, "count": self.shard.count, "samples": [self.rows.start, self.rows.stop]}
+        return identity
 
-    def _open_manifest(self) -> dict[str, Any]:
+    def _open_manifest(self, overwrite: bool) -> dict[str, Any]:
+        if overwrite:
+            self.store.clear()
         if self.store.has_manifest():
             manifest = self.store.read_manifest()
             changed = [key for key, value in self.identity.items() if manifest["identity"].get(key) != value]
@@ -176,11 +202,11 @@ class LensBuilder:
         return manifest
 
     def _stage_key(self, stage: str) -> str:
-        parts = ["model", "data", "layers", "preprocessing", "collect"]
+        parts = ["model", "data", "layers", "preprocessing", "collect", *(["shard"] if self.shard else [])]
         parts += {"collect": [], "embed": ["embed"], "relevance": ["relevance"]}[stage]
         return hash_json({part: self.identity[part] for part in parts})
 
-    def _stage_done(self, stage: str) -> bool:
+    def stage_done(self, stage: str) -> bool:
         record = self.manifest["stages"].get(stage, {})
         return record.get("complete", False) and record.get("fingerprint") == self._stage_key(stage)
 
@@ -191,13 +217,15 @@ class LensBuilder:
     # -- stage 1: collect -----------------------------------------------------------------------
 
     def collect(self) -> None:
-        if self._stage_done("collect"):
+        if self.stage_done("collect"):
             return
         started = time.perf_counter()
-        key = self._stage_key("collect")
-        state, next_index, failures = self._load_collect_checkpoint(key)
+        rows = self.ranks.shard.split(self.rows, self.config.batch_size)  # this rank's whole batches
+        key = hash_json([self._stage_key("collect"), rows.start, rows.stop])
+        checkpoint = COLLECT_PARTIAL if self.ranks.world == 1 else f"collect.partial.rank{self.ranks.rank}of{self.ranks.world}.safetensors"
+        state, next_index, failures = self._load_collect_checkpoint(checkpoint, key, rows.start)
         model = self.model.module.to(self.device).eval()
-        dataset = DecodingDataset(self.data, self.model.preprocessing, range(next_index, len(self.data)))
+        dataset = DecodingDataset(self.data, self.model.preprocessing, range(next_index, rows.stop))
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=self.config.batch_size,
@@ -206,43 +234,52 @@ class LensBuilder:
             pin_memory=self.device.type == "cuda",
         )
         last_save = time.monotonic()
-        with Collector(model, self.specs, self.config.k, self.config.max_map_side, state) as collector:
-            with progress_bar("collect", len(self.data), self.progress, completed=next_index) as advance:
+        with Collector(model, self.specs, self.config.k, self.config.max_map_side, state, self.autocast) as collector:
+            with progress_bar("collect", len(rows), self.progress, completed=next_index - rows.start) as advance:
                 for pixels, ids, failed in loader:
                     if pixels is not None:
                         collector.update(pixels.to(self.device, non_blocking=True), ids.to(self.device))
                     failures.extend(failed)
                     next_index += len(ids) + len(failed)
                     advance(len(ids) + len(failed))
-                    if time.monotonic() - last_save >= self.config.checkpoint_seconds and next_index < len(self.data):
-                        self._save_collect_checkpoint(key, collector.results, next_index, failures)
+                    if time.monotonic() - last_save >= self.config.checkpoint_seconds and next_index < rows.stop:
+                        self._save_collect_checkpoint(checkpoint, key, collector.results, next_index, failures)
                         last_save = time.monotonic()
-            results = {name: topk.to("cpu") for name, topk in collector.results.items()}
+            results = self.ranks.merge_topk({name: topk.to("cpu") for name, topk in collector.results.items()})
+        failures = sorted(chain.from_iterable(self.ranks.gather_objects(failures)))
+        seconds = time.perf_counter() - started
+        self.manifest = self.ranks.on_main(lambda: self.finish_collect(results, failures, seconds, ranks=self.ranks.world))
+
+    def finish_collect(self, results: dict[str, TopK], failures: list, seconds: float, **info: Any) -> dict[str, Any]:
+        """Store the collect stage's results (from this run, or merged from shards) and mark it done."""
         self._write_collect_results(results, failures)
-        self.store.remove(COLLECT_PARTIAL)
-        self._finish_stage("collect", time.perf_counter() - started, failed=len(failures))
+        for checkpoint in self.store.root.glob("collect.partial*"):  # every rank's, of any earlier world size
+            checkpoint.unlink()
+        self._finish_stage("collect", seconds, failed=len(failures), **info)
+        return self.manifest
 
     def _workers(self) -> int:
+        """Data loader processes: the cores a rank may use, less one for the model, at most 4."""
         if self.config.workers is not None:
             return self.config.workers
-        return min(4, max(0, (os.cpu_count() or 1) - 1))
+        return min(4, max(0, (os.cpu_count() or 1) // self.ranks.world - 1))
 
-    def _save_collect_checkpoint(self, key: str, results: dict[str, TopK], next_index: int, failures: list) -> None:
+    def _save_collect_checkpoint(self, name: str, key: str, results: dict[str, TopK], next_index: int, failures: list) -> None:
         tensors: dict[str, torch.Tensor] = {}
         for position, spec in enumerate(self.specs):
             if spec.name in results:
                 tensors.update(results[spec.name].state(prefix=f"{position}."))
         metadata = {"fingerprint": key, "next_index": str(next_index), "failures": json.dumps(failures)}
-        self.store.write_tensors(COLLECT_PARTIAL, tensors, metadata)
+        self.store.write_tensors(name, tensors, metadata)
 
-    def _load_collect_checkpoint(self, key: str) -> tuple[dict[str, TopK], int, list]:
-        if not self.store.path(COLLECT_PARTIAL).is_file():
-            return {}, 0, []
-        metadata = self.store.read_metadata(COLLECT_PARTIAL)
+    def _load_collect_checkpoint(self, name: str, key: str, start: int) -> tuple[dict[str, TopK], int, list]:
+        if not self.store.path(name).is_file():
+            return {}, start, []
+        metadata = self.store.read_metadata(name)
         if metadata.get("fingerprint") != key:
-            self.store.remove(COLLECT_PARTIAL)  # progress of other inputs: useless, never mixed in
-            return {}, 0, []
-        tensors = self.store.read_tensors(COLLECT_PARTIAL)
+            self.store.remove(name)  # progress of other inputs or another split: useless, never mixed in
+            return {}, start, []
+        tensors = self.store.read_tensors(name)
         state = {}
         for position, spec in enumerate(self.specs):
             if f"{position}.scores" in tensors:
@@ -251,9 +288,9 @@ class LensBuilder:
         return state, int(metadata["next_index"]), failures
 
     def _write_collect_results(self, results: dict[str, TopK], failures: list) -> None:
-        if len(failures) == len(self.data):
+        if len(failures) == len(self.rows):
             examples = "; ".join(error for _, error in failures[:3])
-            raise DataError(f"none of the {len(self.data)} samples of {self.data.spec} could be decoded ({examples})")
+            raise DataError(f"none of the {len(self.rows)} samples of {self.data.spec} could be decoded ({examples})")
         self.store.write_json("failures.json", [{"sample": index, "error": error} for index, error in failures])
         for spec in self.specs:
             topk = results[spec.name]
@@ -285,7 +322,7 @@ class LensBuilder:
     # -- stage 2: embed -------------------------------------------------------------------------
 
     def embed(self) -> None:
-        if self._stage_done("embed"):
+        if self.stage_done("embed"):
             return
         started = time.perf_counter()
         foundation = load_foundation_model(self.config.foundation, device=self.device)
@@ -297,9 +334,12 @@ class LensBuilder:
                 f"embedded with {recorded} (its weights changed); use another directory or --overwrite"
             )
         self.manifest["foundation"] = {"spec": self.config.foundation, "id": foundation.id, "dim": foundation.dim}
-        self.store.write_manifest(self.manifest)
+        self.ranks.on_main(lambda: self.store.write_manifest(self.manifest))
         table = self._plan()
         embeddings = self._embed_table(foundation, table)
+        self.manifest = self.ranks.on_main(lambda: self._store_embeddings(table, embeddings, started))
+
+    def _store_embeddings(self, table: CropTable, embeddings: torch.Tensor, started: float) -> dict[str, Any]:
         self.store.write_tensors(
             "crops.safetensors",
             {"samples": table.samples, "boxes": table.boxes, "embeddings": embeddings.half()},
@@ -312,6 +352,7 @@ class LensBuilder:
         self.store.remove(EMBED_PARTIAL)
         slots = sum(int((index >= 0).sum()) for index in table.index.values())
         self._finish_stage("embed", time.perf_counter() - started, example_slots=slots, distinct_crops=table.rows.shape[0])
+        return self.manifest
 
     def _plan(self) -> CropTable:
         samples, boxes = {}, {}
@@ -371,7 +412,8 @@ class LensBuilder:
 
     def _relevance_boxes(self, spec: LayerSpec, ids: torch.Tensor) -> torch.Tensor:
         """CRP crop boxes ``[U, k, 4]``: each unit's heatmap on each of its samples, many pairs per backward
-        pass; stored per layer so that an interrupted run does not redo finished layers."""
+        pass, split into blocks of whole batches across ranks; stored per layer so that an interrupted
+        run does not redo finished layers."""
         from .relevance.lrp import crp_heatmaps
 
         name = layer_file(spec.name, "crops")
@@ -385,10 +427,11 @@ class LensBuilder:
         flat_ids = ids.reshape(-1)
         valid = (flat_ids != EMPTY_ID).nonzero().flatten()
         order = valid[torch.argsort(flat_ids[valid], stable=True)]  # by sample: each image decoded once per batch
-        boxes = full_boxes(units * k, (size, size))
         batch = self.config.relevance_batch_size
-        with self._relevance.attributing() as modified, progress_bar(f"relevance crops {spec.name}", len(order), self.progress) as advance:
-            for begin, end in chunks(len(order), batch):
+        mine = self.ranks.shard.split(range(len(order)), batch)
+        found = torch.empty(len(mine), 4, dtype=torch.int64)
+        with self._relevance.attributing() as modified, progress_bar(f"relevance crops {spec.name}", len(mine), self.progress) as advance:
+            for begin, end in chunks(mine.stop, batch, mine.start):
                 positions = order[begin:end]
                 samples = flat_ids[positions].tolist()
                 views = {sample: self.model.preprocessing(self.data.load(sample)) for sample in set(samples)}
@@ -396,38 +439,47 @@ class LensBuilder:
                 channels = unit_of[positions] % base
                 signs = torch.where(unit_of[positions] >= base, -1.0, 1.0)
                 heat = crp_heatmaps(modified, inputs, spec.name, channels.to(self.device), signs.to(self.device), spec.pick)
-                boxes[positions] = boxes_from_maps(heat.detach().cpu(), (size, size), self.config.crop_threshold)
+                found[begin - mine.start : end - mine.start] = boxes_from_maps(heat.detach().cpu(), (size, size), self.config.crop_threshold)
                 advance(len(positions))
+        boxes = full_boxes(units * k, (size, size))
+        boxes[order] = self.ranks.concat(found)
         boxes = boxes.reshape(units, k, 4)
-        self.store.write_tensors(name, {"boxes": boxes}, {"fingerprint": key})
+        self.ranks.on_main(lambda: self.store.write_tensors(name, {"boxes": boxes}, {"fingerprint": key}))
         return boxes
 
     def _embed_table(self, foundation: FoundationModel, table: CropTable) -> torch.Tensor:
-        """Embed all distinct crops in checkpointed chunks; a resumed run skips finished chunks."""
+        """Embed all distinct crops in checkpointed chunks, each rank its block of chunks, while data
+        loader workers decode and cut the next chunks; a resumed run skips finished chunks."""
         partial = f"{EMBED_PARTIAL}/{self._stage_key('embed')}-{foundation.id.replace('/', '_').replace(':', '_')}"
-        total, size = table.rows.shape[0], self.config.embed_batch_size * 4
-        done: list[torch.Tensor] = []
-        for begin, end in chunks(total, size):
-            name = f"{partial}/{begin:09d}.safetensors"
-            if not self.store.path(name).is_file():
-                break
-            done.append(self.store.read_tensors(name)["embeddings"])
-        start = sum(part.shape[0] for part in done)
-        view = self.model.preprocessing.view
-        with progress_bar("embed", total, self.progress, completed=start) as advance:
-            for begin, end in chunks(total, size, start):
-                crops = list(cut_crops(table.rows[begin:end], lambda index: view(self.data.load(index))))
-                part = foundation.encode_images(crops)
+        spans = list(chunks(table.rows.shape[0], self.config.embed_batch_size * 4))
+        mine = [spans[position] for position in self.ranks.shard.split(range(len(spans)))]
+        done = {
+            begin: self.store.read_tensors(f"{partial}/{begin:09d}.safetensors")["embeddings"]
+            for begin, _ in mine
+            if self.store.path(f"{partial}/{begin:09d}.safetensors").is_file()
+        }
+        pending = [span for span in mine if span[0] not in done]
+        crops = CropChunks(table.rows, pending, self.data, self.model.preprocessing.view)
+        loader = torch.utils.data.DataLoader(crops, batch_size=None, num_workers=min(self._workers(), len(pending)))
+        total = sum(end - begin for begin, end in mine)
+        with progress_bar("embed", total, self.progress, completed=total - sum(end - begin for begin, end in pending)) as advance:
+            for (begin, end), images in zip(pending, loader):
+                part = foundation.encode_images(images)
                 self.store.write_tensors(f"{partial}/{begin:09d}.safetensors", {"embeddings": part})
-                done.append(part)
+                done[begin] = part
                 advance(end - begin)
-        return torch.cat(done) if done else torch.empty(0, foundation.dim)
+        local = torch.cat([torch.empty(0, foundation.dim), *(done[begin] for begin, _ in mine)])
+        return self.ranks.concat(local)
 
     # -- stage 3: class relevance ----------------------------------------------------------------
 
     def relevance(self) -> None:
-        """Per unit and class: max and mean LRP relevance share over a labelled (or predicted) test set."""
-        if not self.config.class_relevance or self._stage_done("relevance"):
+        """Per unit and class: max and mean LRP relevance share over a labelled (or predicted) test set.
+
+        Only rank 0 computes it (the other ranks are done): its float64 sums, split across ranks, would
+        be added in another order and differ in the last bits from a single-process run.
+        """
+        if not self.config.class_relevance or self.stage_done("relevance") or not self.ranks.is_main:
             return
         started = time.perf_counter()
         report = self.relevance_support()
@@ -468,7 +520,8 @@ class LensBuilder:
     # -- all ------------------------------------------------------------------------------------
 
     def run(self) -> BuildSummary:
-        for stage in ("collect", "embed", "relevance"):
+        """Every stage; only the collect stage for a shard (``semlens merge`` runs the others)."""
+        for stage in ("collect",) if self.shard else ("collect", "embed", "relevance"):
             getattr(self, stage)()
         return self.summary()
 

@@ -69,13 +69,21 @@ def run(
     batch_size: Optional[int] = typer.Option(None, help="Model batch size (default 32)."),
     embed_batch_size: Optional[int] = typer.Option(None, help="Foundation model batch size (default 64)."),
     device: Optional[str] = typer.Option(None, help="auto (default), cpu, cuda or cuda:N."),
+    precision: Optional[str] = typer.Option(
+        None, help="Model forward pass while collecting: auto (default: bfloat16 autocast on CUDA, float32 on CPU), float32, bfloat16, float16."
+    ),
     workers: Optional[int] = typer.Option(None, help="Data loader worker processes (default: cores - 1, at most 4)."),
     checkpoint_seconds: Optional[float] = typer.Option(None, help="Seconds between resume checkpoints (default 30)."),
+    shard: Optional[str] = typer.Option(
+        None, help="i/n: collect only shard i of n of the data into a partial Lens (job arrays); combine with `semlens merge`."
+    ),
     overwrite: bool = typer.Option(False, help="Delete an existing Lens at --out and rebuild it."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Build a Lens: collect top-k concept examples per unit, embed them, store them."""
+    """Build a Lens: collect top-k concept examples per unit, embed them, store them.
+
+    Under `torchrun --nproc_per_node N -m semlens.cli run ...` the N processes share the work."""
     from .build import BuildConfig, LensBuilder
 
     options = dict(
@@ -91,8 +99,10 @@ def run(
         batch_size=batch_size,
         embed_batch_size=embed_batch_size,
         device=device,
+        precision=precision,
         workers=workers,
         checkpoint_seconds=checkpoint_seconds,
+        shard=shard,
     )
     if config is not None:
         settings = BuildConfig.from_toml(config, **options)
@@ -101,11 +111,39 @@ def run(
         if missing:
             raise SemlensError(f"missing {', '.join('--' + name.rstrip('s') for name in missing)} (or give --config FILE.toml)")
         settings = BuildConfig(**{key: value for key, value in options.items() if value is not None})
-    summary = LensBuilder(settings, out, overwrite=overwrite, progress=progress and not as_json).run()
+    builder = LensBuilder(settings, out, overwrite=overwrite, progress=progress and not as_json)
+    summary = builder.run()
+    if builder.ranks.is_main:
+        report_summary(summary, as_json)
+
+
+@app.command()
+@friendly
+def merge(
+    out: Path = typer.Argument(..., help="Lens directory to write."),
+    parts: list[Path] = typer.Argument(..., help="The partial Lenses of `semlens run --shard i/n`, every shard once."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: as the shards recorded)."),
+    precision: Optional[str] = typer.Option(None, help="The precision the shards were collected in, when this machine's auto differs."),
+    workers: Optional[int] = typer.Option(None, help="Data loader worker processes."),
+    embed_batch_size: Optional[int] = typer.Option(None, help="Foundation model batch size."),
+    overwrite: bool = typer.Option(False, help="Delete an existing Lens at OUT and rebuild it."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Merge shards into one Lens (exactly the Lens one `semlens run` gives) and run its remaining stages."""
+    from .merge import merge_shards
+
+    summary = merge_shards(
+        parts, out, overwrite, progress and not as_json, device=device, precision=precision, workers=workers, embed_batch_size=embed_batch_size
+    )
+    report_summary(summary, as_json)
+
+
+def report_summary(summary: Any, as_json: bool) -> None:
     if as_json:
         emit_json(summary.to_dict())
-        return
-    print_summary(summary)
+    else:
+        print_summary(summary)
 
 
 def print_summary(summary: Any) -> None:

@@ -8,7 +8,7 @@ answer as one pass. Memory is units x k (plus units x k small maps), whatever th
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -126,6 +126,7 @@ class Collector:
         k: int = 30,
         max_map_side: int = 32,
         state: dict[str, TopK] | None = None,
+        autocast: torch.dtype | None = None,
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -135,6 +136,8 @@ class Collector:
         self.readers = {spec.name: UnitReader(spec, max_map_side) for spec in self.specs}
         self.modules = {spec.name: resolve_module(model, spec.name) for spec in self.specs}
         self.results: dict[str, TopK] = dict(state or {})
+        self.autocast = autocast
+        self._device_type = "cpu"
         self._batch_ids: torch.Tensor | None = None
         self._seen: set[str] = set()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -154,7 +157,8 @@ class Collector:
             if self._batch_ids is None or name in self._seen:
                 return  # outside update(), or a module called twice in one forward
             self._seen.add(name)
-            scores, maps = self.readers[name](output)
+            with self._precision(enabled=False):
+                scores, maps = self.readers[name](output)
             if name not in self.results:
                 map_shape = None if maps is None else tuple(maps.shape[2:])
                 self.results[name] = TopK.empty(scores.shape[1], self.k, map_shape, scores.device)
@@ -166,8 +170,10 @@ class Collector:
     def update(self, inputs: torch.Tensor, ids: torch.Tensor) -> None:
         """Run the model on a batch whose samples have dataset indices ``ids``."""
         self._batch_ids, self._seen = ids.to(inputs.device), set()
+        self._device_type = inputs.device.type
         try:
-            self.model(inputs)
+            with self._precision(enabled=True):
+                self.model(inputs)
         finally:
             self._batch_ids = None
         missing = set(self.modules) - self._seen
@@ -178,15 +184,24 @@ class Collector:
             )
 
 
+    def _precision(self, enabled: bool) -> AbstractContextManager:
+        """Autocast for the model's forward pass when asked for; unit scores, pooling and SAE encoding
+        always run in float32 on the layer's output, so only the model's own arithmetic is reduced."""
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(self._device_type, dtype=self.autocast, enabled=enabled)
+
+
 def collect_topk(
     model: nn.Module,
     specs: Iterable[LayerSpec],
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     k: int = 30,
     max_map_side: int = 32,
+    autocast: torch.dtype | None = None,
 ) -> dict[str, TopK]:
     """One pass over ``(inputs, sample_ids)`` batches; returns the top-k of every layer's units."""
-    with Collector(model, specs, k, max_map_side) as collector:
+    with Collector(model, specs, k, max_map_side, autocast=autocast) as collector:
         for inputs, ids in batches:
             collector.update(inputs, ids)
     return {name: topk.to("cpu") for name, topk in collector.results.items()}

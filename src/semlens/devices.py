@@ -23,3 +23,24 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 def inference_dtype(device: torch.device) -> torch.dtype:
     """Half precision on GPUs (fast, and embeddings tolerate it), full precision on the CPU."""
     return torch.float16 if device.type == "cuda" else torch.float32
+
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The reduced precision the model's forward pass runs in while collecting, or None for float32.
+
+    ``auto`` is bfloat16 autocast on CUDA GPUs that support it: about twice the speed, and bfloat16
+    has float32's range, so no activation overflows (float16 can, giving inf scores; it is used only
+    when asked for). Top-k stays exact for the scores the model computes in that precision; samples
+    whose scores differ by less than bfloat16 resolves may swap places with a float32 run, which is
+    why the precision is part of the Lens's identity. The CPU keeps float32 (autocast rarely pays
+    there, and results stay bit for bit reproducible).
+    """
+    if precision not in PRECISIONS:
+        raise SemlensError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        fast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if fast else None
+    return None if precision == "float32" else getattr(torch, precision)

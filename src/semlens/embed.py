@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from .collect import EMPTY_ID
+from .data.base import ImageData
 
 
 @dataclass
@@ -71,3 +72,21 @@ def mean_embeddings(embeddings: torch.Tensor, index: torch.Tensor) -> torch.Tens
 def chunks(total: int, size: int, start: int = 0) -> Iterable[tuple[int, int]]:
     for begin in range(start, total, size):
         yield begin, min(begin + size, total)
+
+
+class CropChunks(torch.utils.data.Dataset):
+    """Spans of crop-table rows as lists of crop images, so that DataLoader workers decode and cut
+    the next chunks while the foundation model embeds this one (the GPU then waits less on PIL)."""
+
+    def __init__(self, rows: torch.Tensor, spans: list[tuple[int, int]], data: ImageData, view: Callable[[Image.Image], Image.Image]) -> None:
+        self.rows, self.spans, self.data, self.view = rows, spans, data, view
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def __getitem__(self, position: int) -> list[Image.Image]:
+        begin, end = self.spans[position]
+        return list(cut_crops(self.rows[begin:end], self._load_view))
+
+    def _load_view(self, index: int) -> Image.Image:
+        return self.view(self.data.load(index))

@@ -64,6 +64,12 @@ class Lens:
     def open(cls, path: str | Path) -> Lens:
         store = LensStore(path)
         manifest = store.read_manifest()
+        shard = manifest["identity"].get("shard")
+        if shard is not None:
+            raise SemlensError(
+                f"{store.root} is shard {shard['index']}/{shard['count']} of a Lens, not a Lens; "
+                "combine all shards with `semlens merge OUT PART...`"
+            )
         pending = [stage for stage in STAGES if not manifest["stages"].get(stage, {}).get("complete")]
         if pending:
             raise SemlensError(

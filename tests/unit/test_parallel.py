@@ -1,0 +1,63 @@
+"""Splitting work (shards, ranks) and the precision of the collection pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import tiny_models
+
+from semlens import LayerSpec, collect_topk
+from semlens.collect import iterate_batches
+from semlens.devices import autocast_dtype
+from semlens.errors import SemlensError
+from semlens.parallel import Ranks, Shard
+
+
+@pytest.mark.parametrize("total, step, count", [(30, 7, 2), (30, 7, 3), (5, 7, 3), (100, 1, 7), (0, 4, 2)])
+def test_shards_cover_every_index_once_in_whole_steps(total: int, step: int, count: int) -> None:
+    blocks = [Shard(index, count).split(range(total), step) for index in range(count)]
+    assert [i for block in blocks for i in block] == list(range(total))
+    assert all(block.start % step == 0 for block in blocks if len(block))
+
+
+def test_shards_nest_inside_shards() -> None:
+    outer = Shard(1, 3).split(range(100), 8)
+    inner = [Shard(rank, 2).split(outer, 8) for rank in range(2)]
+    assert [i for block in inner for i in block] == list(outer)
+    assert all(block.start % 8 == 0 for block in inner)
+
+
+@pytest.mark.parametrize("text", ["3/3", "1", "a/2", "-1/2", "1/0"])
+def test_bad_shard_specs_are_refused(text: str) -> None:
+    with pytest.raises(SemlensError, match="i/n"):
+        Shard.parse(text)
+
+
+def test_one_process_is_rank_zero_of_one() -> None:
+    ranks = Ranks()
+    rows = torch.arange(6).reshape(3, 2)
+    assert (ranks.rank, ranks.world, ranks.is_main) == (0, 1, True)
+    assert ranks.concat(rows) is rows and ranks.gather_objects("x") == ["x"] and ranks.on_main(lambda: 5) == 5
+
+
+def test_precision_auto_keeps_float32_on_the_cpu() -> None:
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("float32", cpu) is None
+    assert autocast_dtype("bfloat16", cpu) is torch.bfloat16
+    with pytest.raises(SemlensError, match="precision"):
+        autocast_dtype("int8", cpu)
+
+
+def test_autocast_topk_is_exact_for_what_the_model_computes() -> None:
+    """Under bfloat16 autocast the top-k equals a brute-force ranking of the same autocast forward
+    pass, and scores stay float32 (pooled after the layer, outside autocast)."""
+    model = tiny_models.TinyCNN().eval()
+    data = torch.randn(40, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    result = collect_topk(model, [LayerSpec.parse("head")], iterate_batches(data, 8), k=4, autocast=torch.bfloat16)["head"]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = torch.cat([model(batch) for batch, _ in iterate_batches(data, 8)]).float()
+    assert result.scores.dtype == torch.float32
+    for unit in range(outputs.shape[1]):
+        expected = sorted(range(len(data)), key=lambda i: (-outputs[i, unit].item(), i))[:4]
+        assert result.ids[unit].tolist() == expected
+        assert torch.equal(result.scores[unit], outputs[expected, unit])
