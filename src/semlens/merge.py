@@ -19,7 +19,7 @@ from .errors import SemlensError
 from .store import LensStore, layer_file
 
 
-def _part_identity(store: LensStore) -> dict[str, Any]:
+def _shard_manifest(store: LensStore) -> dict[str, Any]:
     """A part's manifest, checked to be a finished shard."""
     manifest = store.read_manifest()
     shard = manifest["identity"].get("shard")
@@ -32,12 +32,20 @@ def _part_identity(store: LensStore) -> dict[str, Any]:
     return manifest
 
 
+def _common_identity(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a shard was built from, less which shard it is: equal for all shards of one build."""
+    return {key: value for key, value in manifest["identity"].items() if key != "shard"}
+
+
+def _differences(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
+    return sorted(key for key in first.keys() | second.keys() if first.get(key) != second.get(key))
+
+
 def _check_parts(stores: list[LensStore], manifests: list[dict[str, Any]]) -> None:
     """Same inputs in every part, and each of the n shards exactly once."""
-    first = {key: value for key, value in manifests[0]["identity"].items() if key != "shard"}
+    first = _common_identity(manifests[0])
     for store, manifest in zip(stores[1:], manifests[1:]):
-        identity = {key: value for key, value in manifest["identity"].items() if key != "shard"}
-        changed = sorted(key for key in first.keys() | identity.keys() if first.get(key) != identity.get(key))
+        changed = _differences(first, _common_identity(manifest))
         if changed:
             raise SemlensError(
                 f"{store.root} was built from other inputs than {stores[0].root} ({', '.join(changed)} differ); "
@@ -77,15 +85,14 @@ def merge_shards(
     if not parts:
         raise SemlensError("give the shard Lenses to merge")
     stores = [LensStore(part) for part in parts]
-    manifests = [_part_identity(store) for store in stores]
+    manifests = [_shard_manifest(store) for store in stores]
     _check_parts(stores, manifests)
     recorded = {**manifests[0]["settings"], "shard": None}
     config = BuildConfig(**{**recorded, **{key: value for key, value in settings.items() if value is not None}})
     fresh = overwrite or not LensStore(out).has_manifest()
     builder = LensBuilder(config, out, overwrite=overwrite, progress=progress)
-    expected = {key: value for key, value in manifests[0]["identity"].items() if key != "shard"}
-    if builder.identity != expected:
-        changed = sorted(key for key in expected.keys() | builder.identity.keys() if expected.get(key) != builder.identity.get(key))
+    changed = _differences(_common_identity(manifests[0]), builder.identity)
+    if changed:
         if fresh:
             builder.store.clear()  # leave no empty Lens behind that a corrected merge would find stale
         raise SemlensError(
