@@ -14,6 +14,7 @@ from .analysis.label import DEFAULT_THRESHOLD, Labels, dissect, label_units
 from .analysis.probes import alignment
 from .analysis.vocabulary import Vocabulary, load_vocabulary
 from .errors import SemlensError
+from .index import UnitTable, open_index
 from .store import LensStore, layer_file
 from .units import unit_names
 
@@ -261,11 +262,17 @@ class Lens:
         self, probe: torch.Tensor, null: torch.Tensor | None, layers: list[str], top: int, exclude: tuple[str, int] | None = None
     ) -> list[SearchHit]:
         """The ``top`` units of ``layers`` by alignment with ``probe``; ties go to the earlier layer, lower unit."""
-        scores = torch.cat([alignment(self.theta(layer), probe[None], null)[:, 0] for layer in layers])
-        owners = [(layer, row) for layer in layers for row in range(self.theta(layer).shape[0])]
-        order = torch.sort(scores, descending=True, stable=True).indices[: top + 1].tolist()
-        order = [position for position in order if owners[position] != exclude][:top]
-        return [self._hit(*owners[position], float(scores[position])) for position in order]
+        table = self._units if layers == self.layers else UnitTable.stack({layer: self.theta(layer) for layer in layers})
+        rows, scores = table.top(probe, null, top + 1)
+        found = [(table.locate(row), score) for row, score in zip(rows.tolist(), scores.tolist())]
+        return [self._hit(*owner, score) for owner, score in found if owner != exclude][:top]
+
+    @cached_property
+    def _units(self) -> UnitTable:
+        """All units stacked for search, with an index from ``INDEX_MIN_UNITS`` units on (see semlens.index)."""
+        table = UnitTable.stack({layer: self.theta(layer) for layer in self.layers})
+        table.index = open_index(self.store, table.vectors, self.manifest["stages"]["embed"]["fingerprint"])
+        return table
 
     def _hit(self, layer: str, row: int, score: float) -> SearchHit:
         unit = f"{layer}/{self.units(layer)[row]}"

@@ -1,0 +1,146 @@
+"""Ranking all units of a Lens by alignment with a probe: exact, or through an index when there are very many.
+
+Alignment a(theta, p) = s(theta, p) - s(theta, null) equals theta^ . (p^ - null^) (Eq. 4 with unit
+vectors), so a search is a maximum-inner-product search over the normalised theta of all units. Brute
+force reads every theta for every query: about 0.3 s for 1 000 000 units x 512 dims on 2 CPU cores.
+From ``INDEX_MIN_UNITS`` units on, a faiss index (optional extra ``semlens[index]``) proposes
+candidates instead. It is product quantisation with 4-bit fast-scan codes, two dimensions per code
+(d/4 bytes per unit), and it scans *every* unit, so its recall does not depend on theta being
+clustered (an IVF or graph index would). The candidates are re-scored exactly: returned scores are
+exact, only the choice of candidates is approximate (recall@10 is measured in benchmarks/search.py).
+The index is built on first use and kept in the Lens directory in faiss's own format, with the
+fingerprint of the theta it was built from.
+"""
+
+from __future__ import annotations
+
+import bisect
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .errors import SpecError
+from .fingerprint import hash_json
+from .store import LensStore, atomic_write
+from .utils import import_optional
+
+#: below this many units brute force is fast enough (about 30 ms at 512 dims on 2 cores) and exact
+INDEX_MIN_UNITS = 100_000
+#: candidates proposed per wanted result, then re-scored exactly
+CANDIDATE_FACTOR = 100
+#: units the product quantiser is trained on (a seeded random subset)
+TRAINING_UNITS = 50_000
+INDEX_FILE = "index/units.faiss"
+INDEX_INFO = "index/units.json"
+
+
+def top_positions(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Positions of the ``count`` highest scores, ties to the lower position: the head of a stable
+    descending sort, without sorting all scores."""
+    if count < scores.numel():
+        threshold = torch.topk(scores, count).values[-1]
+        tied_or_better = (scores >= threshold).nonzero().flatten()
+        order = torch.sort(scores[tied_or_better], descending=True, stable=True).indices
+        return tied_or_better[order][:count]
+    return torch.sort(scores, descending=True, stable=True).indices
+
+
+class UnitIndex:
+    """A faiss fast-scan product-quantisation index over normalised unit vectors."""
+
+    def __init__(self, index) -> None:
+        self.index = index
+
+    @staticmethod
+    def _faiss():
+        return import_optional("faiss", "index", "an index over many units")
+
+    @classmethod
+    def build(cls, vectors: torch.Tensor, seed: int = 0) -> UnitIndex:
+        """Train the quantiser on a random subset of ``vectors`` ``[N, d]`` and encode all of them."""
+        faiss = cls._faiss()
+        units, dim = vectors.shape
+        index = faiss.IndexPQFastScan(dim, dim // 2 if dim % 2 == 0 else dim, 4, faiss.METRIC_INNER_PRODUCT)
+        array = vectors.float().contiguous().numpy()
+        training = torch.randperm(units, generator=torch.Generator().manual_seed(seed))[:TRAINING_UNITS]
+        index.train(array[torch.sort(training).values.numpy()])
+        index.add(array)
+        return cls(index)
+
+    def candidates(self, query: torch.Tensor, count: int) -> torch.Tensor:
+        """Rows of the (about) ``count`` units with the highest inner product with ``query`` ``[d]``."""
+        _, ids = self.index.search(query.float().reshape(1, -1).contiguous().numpy(), min(count, self.index.ntotal))
+        found = torch.from_numpy(ids[0])
+        return found[found >= 0]
+
+    def save(self, path: Path) -> None:
+        atomic_write(path, lambda temporary: self._faiss().write_index(self.index, str(temporary)))
+
+    @classmethod
+    def load(cls, path: Path) -> UnitIndex:
+        return cls(cls._faiss().read_index(str(path)))
+
+
+@dataclass
+class UnitTable:
+    """The normalised theta of several layers stacked, so that one query ranks all their units."""
+
+    layers: list[str]
+    vectors: torch.Tensor
+    offsets: list[int]
+    index: UnitIndex | None = None
+
+    @classmethod
+    def stack(cls, thetas: dict[str, torch.Tensor]) -> UnitTable:
+        offsets = [0]
+        for theta in thetas.values():
+            offsets.append(offsets[-1] + theta.shape[0])
+        vectors = F.normalize(torch.cat([theta.float() for theta in thetas.values()]), dim=-1)
+        return cls(list(thetas), vectors, offsets)
+
+    def locate(self, row: int) -> tuple[str, int]:
+        """(layer, row within the layer) of a stacked row."""
+        position = bisect.bisect_right(self.offsets, row) - 1
+        return self.layers[position], row - self.offsets[position]
+
+    def _align(self, rows: torch.Tensor | None, probe: torch.Tensor, null: torch.Tensor | None) -> torch.Tensor:
+        vectors = self.vectors if rows is None else self.vectors[rows]
+        scores = vectors @ F.normalize(probe.float(), dim=-1)
+        return scores if null is None else scores - vectors @ F.normalize(null.float().reshape(-1), dim=-1)
+
+    def top(self, probe: torch.Tensor, null: torch.Tensor | None, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows and alignments of the ``count`` best-aligned units, best first, ties to the lower row."""
+        if self.index is None:
+            scores = self._align(None, probe, null)
+            rows = top_positions(scores, count)
+            return rows, scores[rows]
+        query = F.normalize(probe.float(), dim=-1)
+        if null is not None:
+            query = query - F.normalize(null.float().reshape(-1), dim=-1)
+        rows = torch.sort(self.index.candidates(query, count * CANDIDATE_FACTOR)).values
+        scores = self._align(rows, probe, null)
+        best = top_positions(scores, count)
+        return rows[best], scores[best]
+
+
+def open_index(store: LensStore, vectors: torch.Tensor, fingerprint: str) -> UnitIndex | None:
+    """The index of a Lens with at least ``INDEX_MIN_UNITS`` units: read from the Lens directory when it
+    was built from the same theta, else built and saved. None (brute force) below that size, or with a
+    warning when faiss is not installed."""
+    if vectors.shape[0] < INDEX_MIN_UNITS:
+        return None
+    try:
+        UnitIndex._faiss()
+    except SpecError as error:
+        warnings.warn(f"searching {vectors.shape[0]} units by brute force: {error}", stacklevel=3)
+        return None
+    key = hash_json([fingerprint, list(vectors.shape), "pq-fastscan-4bit"])
+    if store.path(INDEX_INFO).is_file() and store.read_json(INDEX_INFO).get("fingerprint") == key:
+        return UnitIndex.load(store.path(INDEX_FILE))
+    index = UnitIndex.build(vectors)
+    index.save(store.path(INDEX_FILE))
+    store.write_json(INDEX_INFO, {"fingerprint": key, "units": vectors.shape[0], "dim": vectors.shape[1]})
+    return index

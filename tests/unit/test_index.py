@@ -1,0 +1,84 @@
+"""Search over all units: exact ranking with stable ties, the faiss index's recall against brute force,
+its cache in the Lens directory, and brute force when faiss is missing."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from semlens import BuildConfig, Lens, build_lens
+from semlens import index as index_module
+from semlens.analysis.probes import alignment
+from semlens.index import INDEX_FILE, UnitIndex, UnitTable, open_index, top_positions
+
+pytest.importorskip("faiss")
+
+
+def clustered_units(units: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """Units around 50 concepts, as the theta of a real model's units are."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(50, dim, generator=generator)
+    return centres[torch.randint(0, 50, (units,), generator=generator)] + 0.7 * torch.randn(units, dim, generator=generator)
+
+
+def test_top_positions_is_a_stable_descending_sort() -> None:
+    scores = torch.tensor([0.1, 0.5, 0.5, 0.2, 0.5, 0.0])
+    assert top_positions(scores, 2).tolist() == [1, 2]
+    assert top_positions(scores, 4).tolist() == [1, 2, 4, 3]
+    assert top_positions(scores, 10).tolist() == torch.sort(scores, descending=True, stable=True).indices.tolist()
+
+
+def test_brute_force_table_equals_alignment_per_layer() -> None:
+    thetas = {"a": torch.randn(30, 16), "b": torch.randn(20, 16)}
+    probe, null = torch.randn(16), torch.randn(16)
+    table = UnitTable.stack(thetas)
+    rows, scores = table.top(probe, null, 5)
+    expected = torch.cat([alignment(theta, probe[None], null)[:, 0] for theta in thetas.values()])
+    assert rows.tolist() == torch.sort(expected, descending=True, stable=True).indices[:5].tolist()
+    torch.testing.assert_close(scores, expected[rows])
+    assert table.locate(29) == ("a", 29) and table.locate(30) == ("b", 0)
+
+
+def test_index_recall_against_brute_force() -> None:
+    vectors = F.normalize(clustered_units(20_000, 64), dim=-1)
+    exact, indexed = UnitTable(["all"], vectors, [0, len(vectors)]), UnitTable(["all"], vectors, [0, len(vectors)])
+    indexed.index = UnitIndex.build(vectors)
+    queries = clustered_units(20, 64, seed=1)
+    found = sum(len(set(exact.top(q, None, 10)[0].tolist()) & set(indexed.top(q, None, 10)[0].tolist())) for q in queries)
+    assert found / (10 * len(queries)) >= 0.9
+    rows, scores = indexed.top(queries[0], None, 10)
+    torch.testing.assert_close(scores, vectors[rows] @ F.normalize(queries[0], dim=-1))  # re-scored exactly
+
+
+def test_index_is_cached_by_fingerprint_and_skipped_without_faiss(tmp_path, monkeypatch) -> None:
+    from semlens.store import LensStore
+
+    monkeypatch.setattr(index_module, "INDEX_MIN_UNITS", 100)
+    store, vectors = LensStore(tmp_path), F.normalize(clustered_units(500, 32), dim=-1)
+    assert open_index(store, vectors[:99], "theta-1") is None  # small: brute force
+    open_index(store, vectors, "theta-1")
+    written = store.path(INDEX_FILE).stat().st_mtime_ns
+    assert open_index(store, vectors, "theta-1") is not None and store.path(INDEX_FILE).stat().st_mtime_ns == written
+    open_index(store, vectors, "theta-2")  # other theta: rebuilt
+    assert store.path(INDEX_FILE).stat().st_mtime_ns != written
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now fails
+    with pytest.warns(UserWarning, match="brute force"):
+        assert open_index(store, vectors, "theta-2") is None
+
+
+def test_lens_search_through_the_index_matches_brute_force(tmp_path, monkeypatch, colour_folder, tiny_clip_dir) -> None:
+    config = BuildConfig(
+        model="py:tiny_models:tiny_cnn", layers=["features.0", "features.3", "head:signed=true"],
+        data=f"folder:{colour_folder}", foundation=f"hf:{tiny_clip_dir}", k=3, crop="none", workers=0,
+        class_relevance=False,
+    )  # fmt: skip
+    path = tmp_path / "tiny.lens"
+    build_lens(config, path, progress=False)
+    exact = [(hit.unit, round(hit.score, 5)) for hit in Lens.open(path).search("red", top=5)]
+    monkeypatch.setattr(index_module, "INDEX_MIN_UNITS", 1)
+    indexed = Lens.open(path)
+    assert [(hit.unit, round(hit.score, 5)) for hit in indexed.search("red", top=5)] == exact
+    assert indexed._units.index is not None and (path / INDEX_FILE).is_file()
