@@ -70,11 +70,13 @@ def test_two_gloo_ranks_under_torchrun_equal_one_process(tmp_path, reference, co
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, colour_folder, tiny_clip_dir) -> list[Path]:
-    """The collect stage in 3 shards, each a partial Lens."""
+    """The collect stage in 3 shards, each a partial Lens, as a job array would run them."""
     root = tmp_path_factory.mktemp("shards")
     parts = [root / f"part{index}.lens" for index in range(3)]
     for index, part in enumerate(parts):
-        LensBuilder(config(colour_folder, tiny_clip_dir, shard=f"{index}/3"), part, progress=False).run()
+        result = CliRunner().invoke(app, run_args(colour_folder, tiny_clip_dir, part, "--shard", f"{index}/3", "--json"))
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["stages"] == {"collect": "done"}
     return parts
 
 
