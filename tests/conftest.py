@@ -38,3 +38,22 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-clip")
     SAVERS["clip"](directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def explorer_lenses(tmp_path_factory: pytest.TempPathFactory, colour_folder: Path, tiny_clip_dir: Path) -> list[Path]:
+    """Two tiny Lenses with class relevance for the explorer's tests: ``tiny.lens`` (three plain layers,
+    labelled) and ``other.lens`` (a signed head, left unlabelled so the explorer labels it itself)."""
+    from semlens import BuildConfig, build_lens
+
+    root = tmp_path_factory.mktemp("explorer")
+    paths = []
+    for name, layers in (("tiny", ["features.0", "features.3", "head"]), ("other", ["features.3", "head:signed=true"])):
+        config = BuildConfig(
+            model="py:tiny_models:tiny_cnn", layers=layers, data=f"folder:{colour_folder}", foundation=f"hf:{tiny_clip_dir}", k=5, workers=0
+        )
+        lens = build_lens(config, root / f"{name}.lens", progress=False)
+        if name == "tiny":
+            lens.label()
+        paths.append(lens.path)
+    return paths

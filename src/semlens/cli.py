@@ -625,6 +625,20 @@ def graph(
     console.print(f"graph: {out}")
 
 
+@app.command()
+@friendly
+def serve(
+    lens: list[Path] = typer.Argument(..., help="One or more Lens directories."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; the default lets only this machine connect."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the explorer in the web browser."),
+) -> None:
+    """The explorer: a local web app to search, browse, audit and compare Lenses (needs semlens[web])."""
+    from .web import serve as serve_explorer
+
+    serve_explorer(lens, host, port, open_browser)
+
+
 @app.command("list")
 def list_specs(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """List the spec forms for models, data and foundation models."""

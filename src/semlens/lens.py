@@ -225,9 +225,12 @@ class Lens:
         return list(layers) if layers else self.layers
 
     def probe(
-        self, text: str | list[str] | None = None, images: list[str | Path] = (), templates: str | list[str] = "search"
+        self,
+        text: str | list[str] | None = None,
+        images: list[str | Path | Image.Image] = (),
+        templates: str | list[str] = "search",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A probe ``[d]`` and its null (None for image-only probes): texts and images averaged."""
+        """A probe ``[d]`` and its null (None for image-only probes): texts and images (files or decoded) averaged."""
         texts = [text] if isinstance(text, str) else list(text or [])
         if not texts and not images:
             raise SemlensError("give a text query, an image probe, or both")
@@ -242,7 +245,7 @@ class Lens:
     def search(
         self,
         text: str | list[str] | None = None,
-        images: list[str | Path] = (),
+        images: list[str | Path | Image.Image] = (),
         layers: list[str] | None = None,
         top: int = 10,
         templates: str | list[str] = "search",
@@ -324,6 +327,28 @@ class Lens:
         if labels is None or not bool(labels.labelled[row]):
             return None
         return self.vocabulary.concepts[int(labels.concepts[row, 0])]
+
+    def label_candidates(self, unit: str) -> list[tuple[str, float]]:
+        """A unit's best concepts with their alignments, best first, the label's runner-ups included
+        (empty before ``label`` ran)."""
+        layer, row = self.unit_index(unit)
+        labels = self.labels(layer)
+        if labels is None:
+            return []
+        return [(self.vocabulary.concepts[int(c)], float(a)) for c, a in zip(labels.concepts[row], labels.scores[row])]
+
+    def category_units(self, layer: str, category: str) -> list[str]:
+        """The units behind one bar of ``dissect``: a layer's units labelled in ``category`` (or "unlabelled")."""
+        self._layer(layer)
+        counts = self.dissect()[layer]
+        if category not in counts:
+            raise SemlensError(f"unknown category {category!r}; the categories are {', '.join(counts)}")
+        labels = self.labels(layer)
+        owners = [
+            self.vocabulary.categories[concept] if labelled else "unlabelled"
+            for concept, labelled in zip(labels.concepts[:, 0].tolist(), labels.labelled.tolist())
+        ]
+        return [f"{layer}/{name}" for name, owner in zip(self.units(layer), owners) if owner == category]
 
     def dissect(self) -> dict[str, dict[str, int]]:
         """Units per label category per layer (from the stored labels; run ``label`` first)."""
@@ -420,8 +445,11 @@ class Lens:
 
     def class_index(self, name: str | int) -> int:
         """A class given by name (case-insensitive) or index, as the model's output index."""
-        if isinstance(name, int) or str(name).isdigit():
-            return int(name)
+        if isinstance(name, int) or str(name).isdecimal():
+            index = int(name)
+            if self.classes and not 0 <= index < len(self.classes):
+                raise SemlensError(f"class index {index} is out of range: this model has {len(self.classes)} classes")
+            return index
         names = [candidate.lower() for candidate in self.classes or []]
         if str(name).lower() in names:
             return names.index(str(name).lower())
@@ -441,6 +469,19 @@ class Lens:
         doubled = {name: torch.cat([arrays[name], arrays[name]]) for name in ("max_share", "mean_share")}
         doubled.update({name: torch.cat([arrays[name], arrays[name]], dim=1) for name in ("top_samples", "top_shares")})
         return {**arrays, **doubled}
+
+    def relevant_classes(self, unit: str, top: int = 5) -> list[tuple[str, int, float, float]]:
+        """The classes a unit matters most for, as (name, index, max share, mean share), highest mean share
+        first; classes never seen in the class-relevance data are left out, and all of them without it."""
+        layer, row = self.unit_index(unit)
+        relevance = self.class_relevance(layer)
+        if relevance is None:
+            return []
+        mean = relevance["mean_share"][row]
+        order = torch.argsort(mean.nan_to_num(float("-inf")), descending=True, stable=True)
+        chosen = order[~mean[order].isnan()][:top].tolist()
+        names = self.classes or [str(index) for index in range(mean.numel())]
+        return [(names[i], i, float(relevance["max_share"][row, i]), float(mean[i])) for i in chosen]
 
     def _alignments(self, concepts: list[str], images: list[str | Path], templates: str | list[str]) -> list[torch.Tensor]:
         """Per probe (each text concept, each image), the alignment of every unit of every layer ``[U_all]``."""

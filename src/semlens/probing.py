@@ -7,6 +7,7 @@ model by construction; every distinct prompt string is embedded once, ever.
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -28,6 +29,7 @@ class ProbeEncoder:
     def __init__(self, foundation: FoundationModel, store: LensStore | None = None) -> None:
         self.foundation, self.store = foundation, store
         self._cache: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()  # the explorer embeds probes from several request threads at once
         if store is not None and store.path(CACHE).is_file():
             if store.read_metadata(CACHE).get("foundation") == foundation.id:
                 self._cache = store.read_tensors(CACHE)
@@ -38,13 +40,14 @@ class ProbeEncoder:
 
     def texts(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised embeddings ``[n, d]`` of raw strings, from the cache where possible."""
-        missing = list(dict.fromkeys(text for text in texts if self._key(text) not in self._cache))
-        if missing:
-            for text, embedding in zip(missing, self.foundation.encode_texts(missing)):
-                self._cache[self._key(text)] = embedding
-            if self.store is not None:
-                self.store.write_tensors(CACHE, self._cache, {"foundation": self.foundation.id})
-        return torch.stack([self._cache[self._key(text)] for text in texts])
+        with self._lock:
+            missing = list(dict.fromkeys(text for text in texts if self._key(text) not in self._cache))
+            if missing:
+                for text, embedding in zip(missing, self.foundation.encode_texts(missing)):
+                    self._cache[self._key(text)] = embedding
+                if self.store is not None:
+                    self.store.write_tensors(CACHE, self._cache, {"foundation": self.foundation.id})
+            return torch.stack([self._cache[self._key(text)] for text in texts])
 
     def concepts(self, concepts: Sequence[str], templates: str | Sequence[str]) -> torch.Tensor:
         """One embedding per concept ``[C, d]``: the mean over its templated prompts."""
@@ -60,10 +63,13 @@ class ProbeEncoder:
         """The null embedding ``[d]``: the mean of the empty templates."""
         return self.texts(null_prompts(resolve_templates(templates))).mean(dim=0)
 
-    def images(self, paths: Sequence[str | Path]) -> torch.Tensor:
-        """One probe ``[d]`` from image files: the mean of their embeddings."""
+    def images(self, paths: Sequence[str | Path | Image.Image]) -> torch.Tensor:
+        """One probe ``[d]`` from image files (or images already decoded): the mean of their embeddings."""
         images = []
         for path in paths:
+            if isinstance(path, Image.Image):
+                images.append(path.convert("RGB"))
+                continue
             try:
                 with Image.open(path) as image:
                     images.append(image.convert("RGB"))

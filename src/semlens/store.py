@@ -121,7 +121,11 @@ class LensStore:
         shutil.rmtree(self.root)
 
 
+def safe_name(layer: str) -> str:
+    """A layer name with only characters safe in file names (module paths mostly are already)."""
+    return "".join(char if char.isalnum() or char in "._-" else "_" for char in layer)
+
+
 def layer_file(layer: str, kind: str) -> str:
-    """File name of a layer's arrays; module paths use only characters safe in file names."""
-    safe = "".join(char if char.isalnum() or char in "._-" else "_" for char in layer)
-    return f"layers/{safe}.{kind}.safetensors"
+    """File name of a layer's arrays."""
+    return f"layers/{safe_name(layer)}.{kind}.safetensors"

@@ -63,11 +63,13 @@ def dissection_figure(counts: dict[str, dict[str, int]]):
     return figure
 
 
-def overview_figure(overview, labels: dict[str, str | None] | None = None):
-    """Interactive scatter of the overview map: colour = category, hover = unit, label, cluster."""
+def overview_figure(overview, labels: dict[str, str | None] | None = None, webgl: bool = True):
+    """Interactive scatter of the overview map: colour = category, hover = unit, label, cluster.
+    ``webgl=False`` draws SVG points instead: slower for many units, but clickable element by element."""
     import plotly.graph_objects as go
 
     labels = labels or {}
+    scatter = go.Scattergl if webgl else go.Scatter
     figure = go.Figure()
     for index, category in enumerate(overview.category_names):
         members = np.flatnonzero(overview.category == index)
@@ -78,7 +80,7 @@ def overview_figure(overview, labels: dict[str, str | None] | None = None):
             for i in members
         ]
         figure.add_trace(
-            go.Scattergl(
+            scatter(
                 x=overview.xy[members, 0], y=overview.xy[members, 1], mode="markers", name=category,
                 text=hover, hoverinfo="text", customdata=[overview.units[i] for i in members], marker={"size": 6},
             )

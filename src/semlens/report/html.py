@@ -128,9 +128,10 @@ document.querySelectorAll('.js-plotly-plot').forEach(function (plot) {
 """
 
 
-def audit_figure(lens: Lens, audit):
+def audit_figure(lens: Lens, audit, thumbnails: bool = True):
     """Scatter of the audited units: x valid alignment, y spurious alignment, size relevance, colour verdict;
-    each point carries its unit's thumbnails for the hover panel."""
+    each point carries its unit's thumbnails for the hover panel (unless ``thumbnails=False``: the explorer
+    fetches them when a point is hovered)."""
     import plotly.graph_objects as go
 
     figure = go.Figure()
@@ -142,7 +143,9 @@ def audit_figure(lens: Lens, audit):
         hover = [
             [
                 f"<b>{html.escape(unit.unit)}</b> ({verdict}, relevance {unit.relevance:.3f})<br>",
-                "".join(f'<img src="{_thumbnail(lens.example_image(example))}">' for example in lens.concept_examples(unit.unit)[:EXAMPLES_SHOWN]),
+                "".join(f'<img src="{_thumbnail(lens.example_image(example))}">' for example in lens.concept_examples(unit.unit)[:EXAMPLES_SHOWN])
+                if thumbnails
+                else "",
             ]
             for unit in members
         ]

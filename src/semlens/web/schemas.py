@@ -1,0 +1,191 @@
+"""The explorer's JSON shapes: they document the API (OpenAPI) and bound what a client may send.
+
+Units are ``layer/index`` strings everywhere; ``thumbnails`` are URLs of the unit's first concept
+examples, served by the app itself. Plotly figures are sent as plotly JSON (``data`` and ``layout``),
+drawn by the bundled plotly.js.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_TEXT = 200
+MAX_CONCEPTS = 20
+
+Concept = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT)]
+
+
+class Problem(BaseModel):
+    """Why a request was refused (4xx), with the valid choices where there is a list of them."""
+
+    detail: str
+
+
+class LayerInfo(BaseModel):
+    name: str
+    units: int
+    signed: bool
+
+
+class LensInfo(BaseModel):
+    id: int = Field(description="Index of the Lens in the order given to `semlens serve`; usable in URLs, as its name is.")
+    name: str
+    model: str
+    data: str
+    samples: int
+    foundation: str
+    k: int
+    layers: list[LayerInfo]
+    classes: list[str]
+    labelled: bool
+    class_relevance: bool
+
+
+class UnitRef(BaseModel):
+    """A unit with what it takes to show it: its label and a few thumbnails."""
+
+    lens: int
+    unit: str
+    layer: str
+    index: int = Field(description="Row of the unit in its layer.")
+    label: str | None
+    thumbnails: list[str]
+
+
+class Hit(UnitRef):
+    score: float = Field(description="Alignment with the probe (search), or cosine similarity (similar units).")
+
+
+class Example(BaseModel):
+    rank: int
+    sample: int
+    score: float | None
+    box: list[int] = Field(description="Crop box x0, y0, x1, y1 in the model's input view (the full image).")
+    source: str
+    label: int | None
+    thumbnail: str
+    image: str = Field(description="URL of the full input view, on demand.")
+
+
+class Candidate(BaseModel):
+    concept: str
+    alignment: float
+
+
+class ClassShare(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_name: str = Field(alias="class")
+    index: int
+    max_share: float
+    mean_share: float
+
+
+class SimilarUnits(BaseModel):
+    lens: int
+    lens_name: str
+    hits: list[Hit]
+    note: str | None = Field(None, description="Why there are no hits (e.g. another foundation model).")
+
+
+class UnitPage(UnitRef):
+    lens_name: str
+    candidates: list[Candidate]
+    clarity: float | None
+    polysemanticity: float | None
+    redundancy: float | None
+    inactive: bool
+    examples: list[Example]
+    classes: list[ClassShare]
+    similar: list[SimilarUnits]
+
+
+class MapOut(BaseModel):
+    layer: str | None = Field(description="The layer mapped, or null for all layers together.")
+    units: list[str]
+    x: list[float]
+    y: list[float]
+    cluster: list[int]
+    cluster_names: list[str]
+    category: list[str]
+    labels: list[str | None]
+    figure: dict[str, Any]
+
+
+class DissectOut(BaseModel):
+    counts: dict[str, dict[str, int]] = Field(description="layer -> category -> units (unlabelled included)")
+    figure: dict[str, Any]
+
+
+class CategoryOut(BaseModel):
+    layer: str
+    category: str
+    units: list[UnitRef]
+
+
+class AuditRequest(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_name: Concept = Field(alias="class", description="Class name or index.")
+    valid: list[Concept] = Field(min_length=1, max_length=MAX_CONCEPTS)
+    spurious: list[Concept] = Field(min_length=1, max_length=MAX_CONCEPTS)
+    cut: float | None = Field(None, ge=0, le=1, description="Relevance share above which a unit is audited.")
+    layers: list[Concept] | None = Field(None, max_length=64)
+
+
+class AuditedUnit(UnitRef):
+    relevance: float
+    mean_relevance: float
+    a_valid: float
+    a_spur: float
+    verdict: str
+
+
+class AuditOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_name: str = Field(alias="class")
+    cut: float
+    valid: list[str]
+    spurious: list[str]
+    shares: dict[str, float]
+    units: list[AuditedUnit]
+    figure: dict[str, Any]
+
+
+class GraphNode(BaseModel):
+    id: str
+    layer: str
+    label: str
+    units: list[str]
+    relevance: float
+
+
+class GraphOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_name: str = Field(alias="class")
+    nodes: list[GraphNode]
+    edges: list[dict[str, Any]] = Field(description="{source, target, weight}: relevance flowing down")
+    figure: dict[str, Any]
+
+
+class Match(BaseModel):
+    unit: UnitRef
+    match: UnitRef
+    similarity: float
+
+
+class CompareOut(BaseModel):
+    a: int
+    b: int
+    layers_a: list[str]
+    layers_b: list[str]
+    s_a_to_b: list[list[float]]
+    s_b_to_a: list[list[float]]
+    matches: list[Match] = Field(description="Units of A with their best match in B, most similar first.")
+    shared_concepts: list[str]
+    only_a: list[str]
+    only_b: list[str]

@@ -1,0 +1,147 @@
+"""The Lenses one explorer serves: found by index or name, each with its thumbnails and remembered results.
+
+Request threads share these objects. What a Lens sets up on first use (the foundation model and its
+probe cache, stored labels) is made once under a lock; slow results (maps, measures, comparisons,
+graphs) are computed once per key, even when several requests ask for them at the same time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Hashable, Sequence
+from urllib.parse import quote
+
+from ..errors import SemlensError
+from ..lens import ConceptExample, Lens
+from .thumbnails import ThumbnailCache
+
+THUMBNAILS = 4  # concept examples shown next to a unit in lists
+REMEMBERED = 64  # results kept per Lens
+
+
+class NotFound(SemlensError):
+    """A Lens, layer, unit or example that a request names does not exist (HTTP 404)."""
+
+
+class Served:
+    """One Lens as the explorer serves it."""
+
+    def __init__(self, id: int, name: str, lens: Lens) -> None:
+        self.id, self.name, self.lens = id, name, lens
+        self.thumbnails = ThumbnailCache(lens)
+        self._setup = threading.RLock()
+        self._guard = threading.Lock()
+        self._computing: dict[Hashable, threading.Lock] = {}
+        self._results: OrderedDict[Hashable, Any] = OrderedDict()
+
+    # -- set-up shared by request threads -------------------------------------------------------
+
+    def labelled(self) -> Lens:
+        """The Lens with stored labels: labelled with the built-in vocabulary first when it has none."""
+        with self._setup:
+            if self.lens.vocabulary is None:
+                self.ready()
+        return self.lens
+
+    def ready(self) -> Lens:
+        """The Lens labelled and with its probe encoder loaded, ready for probes: one encoder (and one writer
+        of its cache) for all threads."""
+        with self._setup:
+            self.lens.probes  # noqa: B018 (a cached property: loads the foundation model once)
+            if self.lens.vocabulary is None:
+                self.lens.label()
+        return self.lens
+
+    def remember(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per key (concurrent askers wait for the first); failures are not remembered."""
+        with self._guard:
+            if key in self._results:
+                self._results.move_to_end(key)
+                return self._results[key]
+            lock = self._computing.setdefault(key, threading.Lock())
+        with lock:
+            with self._guard:
+                if key in self._results:
+                    return self._results[key]
+            result = compute()
+            with self._guard:
+                self._results[key] = result
+                while len(self._results) > REMEMBERED:
+                    self._results.popitem(last=False)
+                self._computing.pop(key, None)
+            return result
+
+    # -- names from requests --------------------------------------------------------------------
+
+    def layer(self, layer: str) -> str:
+        if layer not in self.lens.layers:
+            raise NotFound(f"Lens {self.name} has no layer {layer!r}; its layers: {', '.join(self.lens.layers)}")
+        return layer
+
+    def unit(self, layer: str, name: str) -> tuple[str, int]:
+        """``layer/name`` and its row, or NotFound naming the valid units."""
+        try:
+            return f"{self.layer(layer)}/{name}", self.lens.unit_index(f"{layer}/{name}")[1]
+        except NotFound:
+            raise
+        except SemlensError as error:
+            raise NotFound(str(error)) from None
+
+    def example(self, unit: str, rank: int) -> ConceptExample:
+        examples = self.lens.concept_examples(unit)
+        for example in examples:
+            if example.rank == rank:
+                return example
+        raise NotFound(f"unit {unit} has no concept example of rank {rank}; its ranks: {', '.join(str(e.rank) for e in examples)}")
+
+    # -- what pages show -------------------------------------------------------------------------
+
+    def example_url(self, unit: str, rank: int, kind: str = "thumbnail") -> str:
+        layer, _, name = unit.rpartition("/")
+        return f"/api/lenses/{self.id}/layers/{quote(layer, safe='')}/units/{quote(name, safe='')}/examples/{rank}/{kind}"
+
+    def ref(self, unit: str) -> dict[str, Any]:
+        """A unit with its label and first thumbnails (the ``UnitRef`` shape)."""
+        layer, row = self.lens.unit_index(unit)
+        ranks = [example.rank for example in self.lens.concept_examples(unit)[:THUMBNAILS]]
+        return {
+            "lens": self.id, "unit": unit, "layer": layer, "index": row, "label": self.lens.label_of(unit),
+            "thumbnails": [self.example_url(unit, rank) for rank in ranks],
+        }  # fmt: skip
+
+    def info(self) -> dict[str, Any]:
+        """The ``LensInfo`` shape."""
+        lens, identity = self.lens, self.lens.manifest["identity"]
+        return {
+            "id": self.id, "name": self.name, "model": identity["model"]["spec"], "data": identity["data"]["spec"],
+            "samples": identity["data"]["samples"], "foundation": lens.foundation_id, "k": lens.k,
+            "layers": [
+                {"name": name, "units": info["units"], "signed": info["unit_names"] == "signed"}
+                for name, info in lens.manifest["layers"].items()
+            ],
+            "classes": lens.classes or [], "labelled": lens.vocabulary is not None,
+            "class_relevance": lens.class_relevance(lens.layers[-1]) is not None,
+        }  # fmt: skip
+
+
+class Explorer:
+    """The served Lenses, addressed by index (``0``) or directory name (``world.lens``)."""
+
+    def __init__(self, lenses: Sequence[Lens]) -> None:
+        if not lenses:
+            raise SemlensError("give at least one Lens to serve")
+        names: list[str] = []
+        for lens in lenses:
+            name, copy = lens.path.name, 2
+            while name in names:
+                name, copy = f"{lens.path.name}-{copy}", copy + 1
+            names.append(name)
+        self.served = [Served(index, name, lens) for index, (name, lens) in enumerate(zip(names, lenses))]
+
+    def get(self, key: str) -> Served:
+        for served in self.served:
+            if key in (str(served.id), served.name):
+                return served
+        loaded = ", ".join(f"{served.id} ({served.name})" for served in self.served)
+        raise NotFound(f"no Lens {key!r} is served; give its index or name: {loaded}")

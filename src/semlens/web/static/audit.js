@@ -1,0 +1,52 @@
+// Audit: pick a class, edit its valid and spurious concepts, see the scatter, the verdicts and the shares.
+"use strict";
+
+(async () => {
+  const { el, fill, api, run, nav, currentLens, params, options, plot, preview, unitHref, unitCells, fmt, download } = Semlens;
+  await nav("audit");
+  const lens = await run("loading…", currentLens);
+  if (!lens) return;
+  if (!lens.class_relevance) {
+    Semlens.status("this Lens has no class relevance: rebuild it with class relevance on to audit its classes", true);
+    return;
+  }
+  const classSelect = document.getElementById("class"), valid = document.getElementById("valid"), spurious = document.getElementById("spurious");
+  const cut = document.getElementById("cut"), exportButton = document.getElementById("export");
+  options(classSelect, lens.classes.map((name, i) => [name, `${i}: ${name}`]), params.get("class") || lens.classes[0]);
+  const lines = (text) => text.split("\n").map((line) => line.trim()).filter(Boolean);
+  valid.value = params.getAll("valid").join("\n") || classSelect.value;
+  spurious.value = params.getAll("spurious").join("\n");
+  classSelect.addEventListener("change", () => { valid.value = classSelect.value; });
+  let audit = null;
+
+  async function runAudit() {
+    const request = { class: classSelect.value, valid: lines(valid.value), spurious: lines(spurious.value) };
+    if (cut.value) request.cut = Number(cut.value);
+    const result = await run("auditing…", () => api(`/api/lenses/${lens.id}/audit`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(request),
+    }));
+    if (!result) return;
+    audit = result;
+    exportButton.disabled = false;
+    fill(document.getElementById("shares"), "relevance by verdict: ",
+      Object.entries(result.shares).map(([verdict, share]) => el("span", { class: `verdict-${verdict}` }, `${verdict} ${(100 * share).toFixed(1)}%`)),
+      el("span", {}, `${result.units.length} units above ${(100 * result.cut).toFixed(1)}% relevance`));
+    const scatter = document.getElementById("scatter"), aside = document.getElementById("preview");
+    await plot(scatter, result.figure);
+    const labels = new Map(result.units.map((unit) => [unit.unit, unit.label]));
+    scatter.on("plotly_hover", (event) => { const unit = event.points[0].text; preview(aside, lens.id, unit, labels.get(unit)); });
+    scatter.on("plotly_click", (event) => { location.href = unitHref(lens.id, event.points[0].text); });
+    fill(document.getElementById("verdicts"), 
+      el("tr", {}, ["unit", "label", "examples", "verdict", "relevance", "a_valid", "a_spur"].map((name) => el("th", {}, name))),
+      result.units.map((unit) => el("tr", {}, ...unitCells(unit), el("td", { class: `verdict-${unit.verdict}` }, unit.verdict),
+        el("td", { class: "num" }, fmt(unit.relevance)), el("td", { class: "num" }, fmt(unit.a_valid)), el("td", { class: "num" }, fmt(unit.a_spur)))));
+    scatter.dataset.ready = "true";
+  }
+
+  document.getElementById("form").addEventListener("submit", (event) => { event.preventDefault(); runAudit(); });
+  exportButton.addEventListener("click", () => {
+    const { figure, ...exported } = audit;
+    download(`audit-${exported.class}.json`, { lens: lens.name, ...exported });
+  });
+  if (spurious.value) runAudit();
+})();

@@ -1,0 +1,152 @@
+// semlens explorer: helpers shared by every page (navigation, API calls, unit links, thumbnails).
+// Pages build their DOM with el(): text from the server is never parsed as HTML.
+"use strict";
+
+const Semlens = (() => {
+  const params = new URLSearchParams(location.search);
+  const PAGES = [
+    ["map", "/", "Map"], ["search", "search.html", "Search"], ["dissect", "dissect.html", "Dissect"],
+    ["audit", "audit.html", "Audit"], ["graph", "graph.html", "Graph"], ["compare", "compare.html", "Compare"],
+    ["api", "api.html", "API"],
+  ];
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs)) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else if (key === "class") node.className = value;
+      else node.setAttribute(key, value === true ? "" : value);
+    }
+    return fill(node, ...children);
+  }
+
+  // Replaces a node's children; arrays are flattened, null/undefined/false skipped, the rest added as text.
+  function fill(node, ...children) {
+    node.replaceChildren();
+    for (const child of children.flat(Infinity)) {
+      if (child !== null && child !== undefined && child !== false) node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  async function api(path, options) {
+    const response = await fetch(path, options);
+    const json = (response.headers.get("content-type") || "").includes("json") ? await response.json() : null;
+    if (!response.ok) {
+      const detail = json && json.detail;
+      throw new Error(typeof detail === "string" ? detail : detail ? JSON.stringify(detail) : `${response.status} ${response.statusText}`);
+    }
+    return json;
+  }
+
+  function status(message, isError = false) {
+    const node = document.getElementById("status");
+    node.textContent = message || "";
+    node.classList.toggle("error", isError);
+  }
+
+  // Runs an async step with a status line; errors are shown on the page, not thrown at the console.
+  async function run(message, step) {
+    status(message);
+    try {
+      const result = await step();
+      status("");
+      return result;
+    } catch (error) {
+      status(error.message, true);
+      return null;
+    }
+  }
+
+  let lensList = null;
+  async function lenses() {
+    lensList = lensList || (await api("/api/lenses"));
+    return lensList;
+  }
+
+  const lensKey = params.get("lens") || "0";
+  async function currentLens() {
+    const all = await lenses();
+    const found = all.find((lens) => String(lens.id) === lensKey || lens.name === lensKey);
+    if (!found) throw new Error(`no Lens ${lensKey}; served: ${all.map((lens) => `${lens.id} (${lens.name})`).join(", ")}`);
+    return found;
+  }
+
+  function pageHref(page, extra = {}) {
+    const [, path] = PAGES.find(([name]) => name === page);
+    const query = new URLSearchParams({ lens: lensKey, ...extra });
+    return `${path}?${query}`;
+  }
+
+  function unitHref(lens, unit) {
+    return `unit.html?${new URLSearchParams({ lens: String(lens), unit })}`;
+  }
+
+  function unitLink(lens, unit, text) {
+    return el("a", { href: unitHref(lens, unit), class: "unit-link" }, text || unit);
+  }
+
+  function thumbs(urls, title = "") {
+    return el("span", { class: "thumbs" }, urls.map((url) => el("img", { src: url, alt: title, width: 56, height: 56 })));
+  }
+
+  // A UnitRef as table cells: link, label, thumbnails.
+  function unitCells(ref) {
+    return [el("td", {}, unitLink(ref.lens, ref.unit)), el("td", {}, ref.label || el("i", { class: "muted" }, "unlabelled")), el("td", {}, thumbs(ref.thumbnails, ref.unit))];
+  }
+
+  function fmt(value, digits = 3) {
+    return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
+  }
+
+  function splitUnit(unit) {
+    const cut = unit.lastIndexOf("/");
+    return [unit.slice(0, cut), unit.slice(cut + 1)];
+  }
+
+  function unitApi(lens, unit) {
+    const [layer, name] = splitUnit(unit);
+    return `/api/lenses/${encodeURIComponent(lens)}/layers/${encodeURIComponent(layer)}/units/${encodeURIComponent(name)}`;
+  }
+
+  // Hover preview: a unit's name, label and first concept examples in an aside (examples fetched once).
+  const previews = new Map();
+  async function preview(aside, lens, unit, label) {
+    aside.replaceChildren(el("h3", {}, unitLink(lens, unit)), el("p", {}, label || el("i", { class: "muted" }, "unlabelled")));
+    const key = `${lens}|${unit}`;
+    if (!previews.has(key)) previews.set(key, api(`${unitApi(lens, unit)}/examples`).catch(() => []));
+    const examples = await previews.get(key);
+    if (aside.querySelector("h3 a").textContent !== unit) return; // the pointer moved on
+    aside.append(el("div", {}, examples.slice(0, 9).map((example) => el("img", { src: example.thumbnail, alt: unit, title: example.source }))));
+  }
+
+  function plot(node, figure, layout = {}) {
+    return Plotly.newPlot(node, figure.data, { ...figure.layout, autosize: true, ...layout }, { displaylogo: false, responsive: true });
+  }
+
+  function options(select, values, chosen) {
+    select.replaceChildren(...values.map(([value, text]) => el("option", { value, selected: String(value) === String(chosen) }, text)));
+  }
+
+  async function nav(active) {
+    const links = PAGES.map(([name, , title]) => el("a", { href: pageHref(name), class: name === active ? "active" : null }, title));
+    const select = el("select", { "aria-label": "Lens", onchange: () => { location.search = `?lens=${select.value}`; } });
+    document.getElementById("nav").replaceChildren(el("span", { class: "brand" }, "semlens explorer"), ...links, select);
+    try {
+      options(select, (await lenses()).map((lens) => [lens.id, `${lens.id}: ${lens.name}`]), (await currentLens()).id);
+    } catch (error) {
+      status(error.message, true);
+    }
+  }
+
+  function download(name, value) {
+    const blob = new Blob([JSON.stringify(value, null, 1)], { type: "application/json" });
+    const link = el("a", { href: URL.createObjectURL(blob), download: name });
+    document.body.append(link);
+    link.click();
+    link.remove();
+  }
+
+  return { params, el, fill, api, status, run, lenses, currentLens, pageHref, unitHref, unitLink, thumbs, unitCells, fmt, splitUnit, unitApi, preview, plot, options, nav, download };
+})();

@@ -1,0 +1,49 @@
+// Search: units of all (or chosen) layers ranked by alignment with a text, or by similarity to an image.
+"use strict";
+
+(async () => {
+  const { el, fill, api, run, nav, currentLens, params, fmt, unitCells } = Semlens;
+  await nav("search");
+  const lens = await run("loading…", currentLens);
+  if (!lens) return;
+  const form = document.getElementById("form"), q = document.getElementById("q"), file = document.getElementById("image");
+  const top = document.getElementById("top"), results = document.getElementById("results");
+  const boxes = lens.layers.map((layer) => el("input", { type: "checkbox", value: layer.name, checked: true }));
+  fill(document.getElementById("layers"), "layers: ", ...lens.layers.map((layer, i) => el("label", { class: "check" }, boxes[i], layer.name)));
+  q.value = params.get("q") || "";
+
+  function query() {
+    const chosen = boxes.filter((box) => box.checked).map((box) => box.value);
+    const layers = chosen.length === boxes.length ? [] : chosen;
+    return new URLSearchParams([["top", top.value], ...layers.map((layer) => ["layer", layer])]);
+  }
+
+  function show(hits, what) {
+    fill(results, el("caption", {}, `units ranked by ${what}`),
+      el("tr", {}, ["#", "unit", "label", "examples", "layer", "score"].map((name) => el("th", {}, name))),
+      hits.map((hit, i) => el("tr", { class: "hit" }, el("td", {}, i + 1), ...unitCells(hit), el("td", {}, hit.layer), el("td", { class: "num" }, fmt(hit.score, 4)))));
+    results.dataset.ready = "true";
+  }
+
+  async function search() {
+    delete results.dataset.ready;
+    if (q.value.trim()) {
+      history.replaceState(null, "", `?lens=${lens.id}&q=${encodeURIComponent(q.value)}`);
+      const parameters = query();
+      parameters.set("q", q.value);
+      const hits = await run("searching…", () => api(`/api/lenses/${lens.id}/search?${parameters}`));
+      if (hits) show(hits, `alignment with “${q.value}”`);
+    } else if (file.files.length) {
+      const body = new FormData();
+      body.append("image", file.files[0]);
+      const hits = await run("searching…", () => api(`/api/lenses/${lens.id}/search/image?${query()}`, { method: "POST", body }));
+      if (hits) show(hits, `similarity to ${file.files[0].name}`);
+    } else {
+      Semlens.status("type a text or choose an image", true);
+    }
+  }
+
+  form.addEventListener("submit", (event) => { event.preventDefault(); search(); });
+  file.addEventListener("change", () => { q.value = ""; search(); });
+  if (q.value) search();
+})();

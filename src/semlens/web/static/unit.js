@@ -1,0 +1,54 @@
+// Unit: concept examples (full image on demand), labels, measures, classes, similar units everywhere.
+"use strict";
+
+(async () => {
+  const { el, fill, api, run, nav, params, fmt, unitApi, unitCells, pageHref, thumbs } = Semlens;
+  await nav("");
+  const unit = params.get("unit") || "";
+  const lensKey = params.get("lens") || "0";
+  const data = await run("loading…", () => api(unitApi(lensKey, unit)));
+  if (!data) return;
+  document.title = `semlens · ${data.unit}`;
+  fill(document.getElementById("title"), el("code", {}, data.unit), " ", el("span", { class: "muted" }, `in ${data.lens_name}`));
+
+  const full = el("div", { id: "full" });
+  function showFull(example) {
+    const image = el("img", { src: example.image, alt: `full image of example ${example.rank}` });
+    const box = el("div", { class: "box" });
+    image.addEventListener("load", () => {
+      const [x0, y0, x1, y1] = example.box, w = image.naturalWidth, h = image.naturalHeight;
+      Object.assign(box.style, { left: `${(100 * x0) / w}%`, top: `${(100 * y0) / h}%`, width: `${(100 * (x1 - x0)) / w}%`, height: `${(100 * (y1 - y0)) / h}%` });
+    });
+    fill(full, el("h3", {}, `example ${example.rank}: ${example.source}`), el("div", { class: "full" }, image, box),
+      el("p", { class: "muted" }, `score ${fmt(example.score)}, crop box ${example.box.join(", ")} (red) in the model's input view`));
+  }
+  const examples = el("div", { class: "examples", id: "examples" }, data.examples.map((example) =>
+    el("figure", { onclick: () => showFull(example), title: "click for the full image" },
+      el("img", { src: example.thumbnail, alt: `example ${example.rank}` }),
+      el("figcaption", {}, `#${example.rank} · ${fmt(example.score, 2)} · ${example.source.split("/").pop()}`))));
+
+  const candidates = el("table", {}, el("tr", {}, el("th", {}, "concept"), el("th", { class: "num" }, "alignment")),
+    data.candidates.map((c, i) => el("tr", {}, el("td", {}, i === 0 && data.label ? el("b", {}, c.concept) : c.concept), el("td", { class: "num" }, fmt(c.alignment, 4)))));
+  const measures = el("table", {}, [["clarity", data.clarity], ["polysemanticity", data.polysemanticity], ["redundancy", data.redundancy]].map(([name, value]) =>
+    el("tr", {}, el("td", {}, name), el("td", { class: "num" }, fmt(value)))));
+  const classes = data.classes.length
+    ? el("table", {}, el("tr", {}, el("th", {}, "class"), el("th", { class: "num" }, "max share"), el("th", { class: "num" }, "mean share"), el("th", {}, "")),
+        data.classes.map((c) => el("tr", {}, el("td", {}, c.class), el("td", { class: "num" }, fmt(c.max_share)), el("td", { class: "num" }, fmt(c.mean_share)),
+          el("td", {}, el("a", { href: pageHref("audit", { class: c.class }) }, "audit"), " · ", el("a", { href: pageHref("graph", { class: c.class }) }, "graph")))))
+    : el("p", { class: "muted" }, "no class relevance in this Lens");
+  const similar = data.similar.map((group) => [
+    el("h3", {}, `in ${group.lens_name}`),
+    group.note ? el("p", { class: "muted" }, group.note)
+      : el("table", {}, group.hits.map((hit) => el("tr", {}, ...unitCells(hit), el("td", { class: "num" }, fmt(hit.score))))),
+  ]);
+
+  fill(document.getElementById("unit"), 
+    el("p", {}, "label: ", data.label ? el("b", { id: "label" }, data.label) : el("i", { id: "label", class: "muted" }, "unlabelled (no concept passes the threshold)"),
+      data.inactive ? el("span", { class: "muted" }, " · inactive: its examples are arbitrary") : null),
+    el("h2", {}, "Concept examples"), examples, full,
+    el("div", { class: "grid2" }, el("div", {}, el("h2", {}, "Label and runner-ups"), candidates, el("h2", {}, "Measures"), measures),
+      el("div", {}, el("h2", {}, "Most relevant for"), classes)),
+    el("h2", {}, "Most similar units"), similar,
+  );
+  document.getElementById("unit").dataset.ready = "true";
+})();
