@@ -1,0 +1,187 @@
+"""The explorer in headless Chromium against tiny Lenses served by uvicorn: map → unit page, search, audit, and
+every other page; no script or console error, no request leaves 127.0.0.1. A screenshot of each page is kept
+in tests/output/screenshots/ (CI's artifact)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+playwright_api = pytest.importorskip("playwright.sync_api")
+from live_server import live_server  # noqa: E402
+
+from semlens.web.app import create_app  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+LAUNCH_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+SCREENSHOTS = Path(__file__).parents[1] / "output" / "screenshots"
+SLOW = 120_000  # ms: the first map pays for UMAP's compilation
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def base_url(explorer_lenses):
+    with live_server(create_app(explorer_lenses)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def problems() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def page(browser, base_url, problems):
+    """A page that records script errors, console errors and any request that is not to the test server."""
+    context = browser.new_context(viewport={"width": 1300, "height": 900}, accept_downloads=True)
+    opened = context.new_page()
+    opened.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    opened.on("console", lambda message: problems.append(f"console: {message.text}") if message.type == "error" else None)
+
+    def only_local(route) -> None:
+        if route.request.url.startswith((base_url, "data:", "blob:")):
+            route.continue_()
+        else:
+            problems.append(f"request: {route.request.url}")
+            route.abort()
+
+    opened.route("**/*", only_local)
+    opened.set_default_timeout(30_000)
+    yield opened
+    context.close()
+    assert problems == []
+
+
+def goto(page, base_url: str, path: str) -> None:
+    page.goto(f"{base_url}/{path}")
+
+
+def shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def images_loaded(page, selector: str) -> int:
+    """How many images match ``selector``, after asserting that every one of them has decoded."""
+    page.wait_for_function(f"[...document.querySelectorAll({selector!r})].every(i => i.complete)")
+    sizes = page.eval_on_selector_all(selector, "images => images.map(i => i.naturalWidth)")
+    assert sizes and all(size > 0 for size in sizes), sizes
+    return len(sizes)
+
+
+def test_map_point_click_opens_its_unit_page_with_images(page, base_url) -> None:
+    goto(page, base_url, "?lens=0")
+    page.wait_for_selector("#map[data-ready]", timeout=SLOW)
+    points = page.locator("#map .scatterlayer .point")
+    assert points.count() == 17
+    box = points.first.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.wait_for_selector("#preview img")  # hover shows the unit's examples
+    images_loaded(page, "#preview img")
+    shot(page, "map")
+    hovered = page.inner_text("#preview h3")
+    page.mouse.click(x, y)
+    page.wait_for_url("**/unit.html?**")
+    page.wait_for_selector("#unit[data-ready]")
+    assert page.inner_text("#title code") == hovered
+    assert images_loaded(page, "#examples img") == 5
+    assert images_loaded(page, "#unit .thumbs img") > 0  # similar units, in both Lenses
+    assert page.locator("#unit h3").all_inner_texts()[:2] == ["in tiny.lens", "in other.lens"]
+    page.click("#examples figure >> nth=0")  # the full image, on demand, with its crop box
+    images_loaded(page, "#full img")
+    assert page.locator("#full .box").is_visible()
+    shot(page, "unit")
+
+
+def test_search_a_word_ranks_units_with_thumbnails(page, base_url) -> None:
+    goto(page, base_url, "search.html?lens=0")
+    page.fill("#q", "red")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#results[data-ready]")
+    rows = page.locator("#results tr.hit")
+    assert rows.count() == 17
+    scores = [float(text) for text in page.locator("#results tr.hit td.num").all_inner_texts()]
+    assert scores == sorted(scores, reverse=True)
+    assert images_loaded(page, "#results img") == 17 * 4
+    shot(page, "search")
+    page.uncheck("#layers input[value='features.0']")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#results[data-ready]")
+    assert rows.count() == 9 and "features.0" not in page.inner_text("#results")
+    page.locator("#results a.unit-link").first.click()
+    page.wait_for_selector("#unit[data-ready]")
+
+
+def test_audit_shows_the_scatter_verdicts_and_exports_json(page, base_url) -> None:
+    goto(page, base_url, "audit.html?lens=0")
+    page.wait_for_selector("#class option", state="attached")
+    page.select_option("#class", "red")
+    assert page.input_value("#valid") == "red"
+    page.fill("#spurious", "noise\ntext")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#scatter[data-ready]")
+    assert page.locator("#scatter .scatterlayer .point").count() > 0
+    verdicts = page.locator("#verdicts tr").count() - 1
+    assert verdicts == page.locator("#scatter .scatterlayer .point").count()
+    assert "spurious" in page.inner_text("#shares") and images_loaded(page, "#verdicts img") > 0
+    shot(page, "audit")
+    with page.expect_download() as download:
+        page.click("#export")
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert exported["class"] == "red" and exported["spurious"] == ["noise", "text"] and "figure" not in exported
+    assert len(exported["units"]) == verdicts
+
+
+def test_dissect_graph_compare_and_api_pages(page, base_url) -> None:
+    goto(page, base_url, "dissect.html?lens=0")
+    page.wait_for_selector("#chart[data-ready]")
+    bar = page.locator("#chart .bars .point path").first
+    box = bar.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_selector("#units a.unit-link")
+    assert "units" in page.inner_text("#listTitle")
+    shot(page, "dissect")
+
+    goto(page, base_url, "graph.html?lens=0&class=red")
+    page.wait_for_selector("#graph[data-ready]")
+    assert page.locator("#graph .sankey-node").count() > 1 and page.locator("#nodes a.unit-link").count() > 0
+    shot(page, "graph")
+
+    goto(page, base_url, "compare.html?lens=0")
+    page.wait_for_selector("#matches[data-ready]")
+    assert page.locator("#ab .heatmaplayer image").count() == page.locator("#ba .heatmaplayer image").count() == 1
+    assert page.locator("#matches a.unit-link").count() == 2 * 17
+    images_loaded(page, "#matches img")
+    shot(page, "compare")
+
+    goto(page, base_url, "api.html")
+    page.wait_for_selector("#endpoints code")
+    assert page.locator("#endpoints tr").count() == 15
+    shot(page, "api")
+
+
+def test_bad_addresses_show_a_message_not_a_broken_page(page, base_url, problems) -> None:
+    goto(page, base_url, "unit.html?lens=0&unit=head/99")
+    page.wait_for_selector("#status.error")
+    assert "has no unit '99'" in page.inner_text("#status")
+    assert len(problems) == 1 and "404" in problems.pop()  # Chromium logs the refused request itself
+    goto(page, base_url, "search.html?lens=9")
+    page.wait_for_selector("#status.error")
+    assert "tiny.lens" in page.inner_text("#status")
