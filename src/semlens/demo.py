@@ -174,3 +174,4 @@ def print_summary(summary: dict, console: Console) -> None:
     console.print(f"compare with the model trained without the artefact: S_world->clean per layer {s.diag().tolist()}")
     console.print(f"concepts only the artefact-trained model has: {', '.join(summary['compare']['only_world']) or 'none'}")
     console.print(f"report: {summary['report']}  (explore further: semlens search/show/audit on the Lens)")
+    console.print(f"open the explorer: semlens serve {Path(summary['report']).parent / 'world.lens'} {Path(summary['report']).parent / 'world-clean.lens'}")
