@@ -9,7 +9,9 @@ Texts are the bare concept names through a semlens template set, as semlens's la
 embed them, with the null prompt subtracted where it matters (per-image rankings):
 
 - shape, colour, pattern, background: accuracy of the best-aligned concept name of the family, over
-  the views that show the family (the null shifts every name of a view alike, so argmax ignores it);
+  the views that show the family (the null shifts every name of a view alike, so argmax ignores it),
+  and the share of those views whose true concept aligns above the null (a > 0: what labels and audits
+  need, since they threshold the null-subtracted alignment);
 - artefacts: presence AUC of each artefact's name over all views, plain and minus the null;
 - paraphrases never used in training (``HELD_OUT``): presence AUC of the paraphrase for its concept.
 
@@ -75,16 +77,17 @@ def main() -> None:
     null = probes.null(args.templates)
 
     print(f"\nzero-shot accuracy ({args.images} test images; n = views showing the family)")
-    print(f"{'family':<12}{'full':>8}{'n':>6}{'crops':>8}{'n':>6}")
+    print(f"{'family':<12}{'full':>8}{'a>0':>6}{'n':>6}{'crops':>8}{'a>0':>6}{'n':>6}")
     for family in FAMILIES:
         names = list(model.config.concepts[family])
         texts = probes.concepts(names, args.templates)
         row = f"{family:<12}"
         for embeddings, truth in views.values():
             shown = [i for i, concepts in enumerate(truth) if concepts & set(names)]
-            guesses = cosine(embeddings[shown], texts).argmax(dim=1)
-            correct = [names[int(g)] in truth[i] for i, g in zip(shown, guesses)]
-            row += f"{np.mean(correct):>8.3f}{len(shown):>6d}" if shown else f"{'-':>8}{0:>6d}"
+            aligned = cosine(embeddings[shown], texts) - cosine(embeddings[shown], null[None])
+            correct = [names[int(g)] in truth[i] for i, g in zip(shown, aligned.argmax(dim=1))]
+            above = [bool(aligned[row_, names.index(c)] > 0) for row_, i in enumerate(shown) for c in truth[i] & set(names)]
+            row += f"{np.mean(correct):>8.3f}{np.mean(above):>6.2f}{len(shown):>6d}" if shown else f"{'-':>8}{'-':>6}{0:>6d}"
         print(row)
 
     def presence_rows(queries: list[tuple[str, str]]) -> None:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import semlens.foundation.world as world_foundation
-from semlens.data.world import WorldConfig, WorldSample, render
+from semlens.data.world import FAMILIES, WorldConfig, WorldSample, render
 from semlens.errors import SemlensError
 from semlens.foundation import load_foundation_model
 from semlens.foundation.world import (
@@ -99,6 +99,16 @@ def test_a_crop_of_the_object_shows_the_object_not_the_artefact_outside() -> Non
 def test_held_out_paraphrases_never_occur_in_training_captions() -> None:
     phrases = [phrase.lower() for phrase in training_phrases()]
     assert not [held for held in HELD_OUT.values() if any(held in phrase for phrase in phrases)]
+
+
+def test_every_synonym_means_its_concept_to_the_locked_text_tower(model: WorldFoundation) -> None:
+    """A synonym that MiniLM reads as another concept would teach the image tower a wrong target."""
+    for members in FAMILIES.values():
+        names = model.encode_texts(list(members))
+        for index, concept in enumerate(members):
+            phrases = concept_phrases(concept)
+            nearest = (model.encode_texts(phrases) @ names.T).argmax(dim=1)
+            assert nearest.tolist() == [index] * len(phrases), (concept, phrases, [members[int(i)] for i in nearest])
 
 
 def test_the_training_world_shows_every_concept_without_planted_correlations() -> None:
