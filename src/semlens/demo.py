@@ -26,6 +26,7 @@ LAYERS = ["features.10", "features.14", "head"]  # third and fourth conv stage (
 SPATIAL = LAYERS[:2]
 PROBE_IMAGES = 1200
 TEST_IMAGES = 300
+K = 20  # concept examples per unit
 DISTRACTORS = ["dog", "car", "tree", "house", "person", "cloud", "fire", "wood", "metal", "flower"]
 AUDIT_VALID = ["star", "five-pointed star"]
 
@@ -55,7 +56,7 @@ def run_demo(out: Path, world: str | None = None, progress: bool = True, console
     for name, model in (("world", f"zoo:world-cnn{source}"), ("world-clean", f"zoo:world-cnn-clean{source}")):
         console.print(f"[bold]{name}[/]: building the Lens of {model}")
         settings = BuildConfig(
-            model=model, layers=LAYERS, data=f"world{source or ':'}:{PROBE_IMAGES}:probe", foundation=f"world{source}", k=20
+            model=model, layers=LAYERS, data=f"world{source or ':'}:{PROBE_IMAGES}:probe", foundation=f"world{source}", k=K
         )
         LensBuilder(settings, out / f"{name}.lens", progress=progress).run()
         lenses[name] = Lens.open(out / f"{name}.lens")

@@ -366,10 +366,10 @@ def train_world_foundation(
 
     Contrastive terms of equal weight share the temperature. Captions: a caption is a positive of
     every view in the batch that shows all the concepts it names, not only of its own view. Names
-    (UniCL: labels as prompts), one term per family, in the bare words semlens probes with. Without
-    them shape stays weak (zero-shot 0.47 after 400 steps; 0.74 with them), drowned by the easy
-    concepts (colour, background) that alone tell most captions apart; without the artefacts' term,
-    the other families' terms crowd the artefacts out. Seeded by the config: one machine, same weights.
+    (UniCL: labels as prompts), one term per family, in the bare words semlens probes with: without
+    them shape stays weak, drowned by the easy concepts (colour, background) that alone tell most
+    captions apart. The null prompts are negatives of every view: semlens subtracts the null from
+    every alignment, so what a crop shows must align above it. Seeded by the config: one machine, same weights.
     """
     if steps < 1 or batch_size < 2:
         raise SemlensError(f"world foundation training needs steps >= 1 and batch_size >= 2; got {steps}, {batch_size}")

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..cache import cache_dir
+from ..cache import trained_path
 from ..data.world import WorldConfig, concept_family, render, world_preprocessing
 from ..fingerprint import hash_json
 from ..preprocess import Preprocessing
@@ -83,7 +83,7 @@ def world_cnn(config: WorldConfig, clean: bool = False, progress: bool = True) -
     """The trained model (from the cache when it exists) and its preprocessing."""
     world = without_artifact_correlations(config) if clean else config
     key = hash_json({"world": world.fingerprint(), "training": TRAINING, "torch": torch.__version__.split("+")[0]})
-    path = cache_dir("world-cnn") / f"{key}.safetensors"
+    path = trained_path("world-cnn", key)
     model = WorldCNN(len(world.classes))
     if path.is_file():
         model.load_state_dict(load_file(str(path)))
