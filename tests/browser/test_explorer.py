@@ -52,7 +52,9 @@ def page(browser, base_url, problems):
     context = browser.new_context(viewport={"width": 1300, "height": 900}, accept_downloads=True)
     opened = context.new_page()
     opened.on("pageerror", lambda error: problems.append(f"script error: {error}"))
-    opened.on("console", lambda message: problems.append(f"console: {message.text}") if message.type == "error" else None)
+    opened.on(
+        "console", lambda message: problems.append(f"console: {message.text}") if message.type == "error" else None
+    )
 
     def only_local(route) -> None:
         if route.request.url.startswith((base_url, "data:", "blob:")):

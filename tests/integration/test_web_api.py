@@ -17,11 +17,11 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 import schemathesis  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from live_server import live_server  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
+from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from semlens import Lens  # noqa: E402
@@ -65,22 +65,42 @@ def test_lenses_by_index_and_name(client) -> None:
 
 def test_unit_page_examples_thumbnails_and_full_images(client, explorer_lenses) -> None:
     unit = client.get("/api/lenses/0/layers/features.3/units/2").json()
-    assert (unit["unit"], unit["layer"], unit["index"], unit["lens_name"]) == ("features.3/2", "features.3", 2, "tiny.lens")
+    assert (unit["unit"], unit["layer"], unit["index"], unit["lens_name"]) == (
+        "features.3/2",
+        "features.3",
+        2,
+        "tiny.lens",
+    )
     assert [example["rank"] for example in unit["examples"]] == [0, 1, 2, 3, 4]
     assert len(unit["candidates"]) == 3 and unit["candidates"][0]["alignment"] >= unit["candidates"][1]["alignment"]
     assert all(unit[name] is not None for name in ("clarity", "polysemanticity", "redundancy"))
-    assert [c["mean_share"] for c in unit["classes"]] == sorted((c["mean_share"] for c in unit["classes"]), reverse=True)
+    assert [c["mean_share"] for c in unit["classes"]] == sorted(
+        (c["mean_share"] for c in unit["classes"]), reverse=True
+    )
     assert {c["class"] for c in unit["classes"]} <= {"red", "green", "blue"}
     mine, other = unit["similar"]
-    assert mine["lens_name"] == "tiny.lens" and len(mine["hits"]) == 8 and "features.3/2" not in {h["unit"] for h in mine["hits"]}
+    assert (
+        mine["lens_name"] == "tiny.lens"
+        and len(mine["hits"]) == 8
+        and "features.3/2" not in {h["unit"] for h in mine["hits"]}
+    )
     assert other["lens"] == 1 and other["hits"] and other["note"] is None
 
     thumbnail = client.get(unit["examples"][0]["thumbnail"])
-    assert thumbnail.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(thumbnail.content)).size == (128, 128)
-    assert (explorer_lenses[0] / "thumbnails" / "features.3" / "2_0.jpg").read_bytes() == thumbnail.content  # made once, kept
+    assert thumbnail.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(thumbnail.content)).size == (
+        128,
+        128,
+    )
+    assert (
+        explorer_lenses[0] / "thumbnails" / "features.3" / "2_0.jpg"
+    ).read_bytes() == thumbnail.content  # made once, kept
     full = Image.open(io.BytesIO(client.get(unit["examples"][0]["image"]).content))
     assert full.size == (32, 32)  # the tiny model's input view; the example's box lies in it
-    assert client.get("/api/lenses/1/layers/head/units/0-/examples").json()[0]["thumbnail"].endswith("/units/0-/examples/0/thumbnail")
+    assert (
+        client.get("/api/lenses/1/layers/head/units/0-/examples")
+        .json()[0]["thumbnail"]
+        .endswith("/units/0-/examples/0/thumbnail")
+    )
 
 
 def test_bad_lenses_layers_units_and_ranks_are_4xx_with_the_valid_choices(client) -> None:
@@ -103,16 +123,29 @@ def test_search_by_text_and_image_with_layer_filter_and_bounds(client) -> None:
     for bad in ({"q": ""}, {"q": "x" * 201}, {"q": "red", "top": 0}, {"q": "red", "top": 101}, {}):
         assert client.get("/api/lenses/0/search", params=bad).status_code == 422
 
-    found = client.post("/api/lenses/1/search/image", params={"top": 3}, files={"image": ("red.png", png(), "image/png")})
+    found = client.post(
+        "/api/lenses/1/search/image", params={"top": 3}, files={"image": ("red.png", png(), "image/png")}
+    )
     assert found.status_code == 200 and len(found.json()) == 3
-    refused(client.post("/api/lenses/0/search/image", files={"image": ("x.png", b"not an image", "image/png")}), 400, "not an image")
+    refused(
+        client.post("/api/lenses/0/search/image", files={"image": ("x.png", b"not an image", "image/png")}),
+        400,
+        "not an image",
+    )
     assert client.post("/api/lenses/0/search/image").status_code == 422
-    refused(client.post("/api/lenses/0/search/image", files={"image": ("big.png", b"0" * (9 * 2**20), "image/png")}), 413, "MiB")
+    refused(
+        client.post("/api/lenses/0/search/image", files={"image": ("big.png", b"0" * (9 * 2**20), "image/png")}),
+        413,
+        "MiB",
+    )
 
 
 def test_map_of_all_layers_and_of_one(client) -> None:
     everything = client.get("/api/lenses/0/map").json()
-    assert len(everything["units"]) == len(everything["x"]) == len(everything["labels"]) == 17 and everything["layer"] is None
+    assert (
+        len(everything["units"]) == len(everything["x"]) == len(everything["labels"]) == 17
+        and everything["layer"] is None
+    )
     assert everything["figure"]["data"] and all(trace["type"] == "scatter" for trace in everything["figure"]["data"])
     head = client.get("/api/lenses/0/map", params={"layer": "head"}).json()
     assert head["units"] == ["head/0", "head/1", "head/2"]
@@ -123,21 +156,38 @@ def test_dissect_and_the_units_of_a_bar(client) -> None:
     counts = client.get("/api/lenses/0/dissect").json()["counts"]
     assert {layer: sum(c.values()) for layer, c in counts.items()} == {"features.0": 8, "features.3": 6, "head": 3}
     for category, count in counts["features.0"].items():
-        units = client.get("/api/lenses/0/dissect/units", params={"layer": "features.0", "category": category}).json()["units"]
+        units = client.get("/api/lenses/0/dissect/units", params={"layer": "features.0", "category": category}).json()[
+            "units"
+        ]
         assert len(units) == count and all(unit["layer"] == "features.0" for unit in units)
-    refused(client.get("/api/lenses/0/dissect/units", params={"layer": "head", "category": "nope"}), 400, "colors", "unlabelled")
+    refused(
+        client.get("/api/lenses/0/dissect/units", params={"layer": "head", "category": "nope"}),
+        400,
+        "colors",
+        "unlabelled",
+    )
 
 
 def test_audit_its_export_and_bad_requests(client) -> None:
-    audit = client.post("/api/lenses/0/audit", json={"class": "red", "valid": ["red"], "spurious": ["noise", "text"]}).json()
+    audit = client.post(
+        "/api/lenses/0/audit", json={"class": "red", "valid": ["red"], "spurious": ["noise", "text"]}
+    ).json()
     assert audit["class"] == "red" and audit["valid"] == ["red"] and audit["cut"] == 0.028
     assert set(audit["shares"]) == {"valid", "spurious", "both", "unexpected"} and audit["units"]
     assert {"unit", "relevance", "a_valid", "a_spur", "verdict", "thumbnails"} <= set(audit["units"][0])
     assert audit["figure"]["data"]
-    by_index = client.post("/api/lenses/0/audit", json={"class": "0", "valid": ["red"], "spurious": ["noise"], "cut": 0.5}).json()
+    by_index = client.post(
+        "/api/lenses/0/audit", json={"class": "0", "valid": ["red"], "spurious": ["noise"], "cut": 0.5}
+    ).json()
     assert by_index["class"] == "red" and all(unit["relevance"] > 0.5 for unit in by_index["units"])
-    refused(client.post("/api/lenses/0/audit", json={"class": "purple", "valid": ["x"], "spurious": ["y"]}), 400, "red, green, blue")
-    refused(client.post("/api/lenses/0/audit", json={"class": "7", "valid": ["x"], "spurious": ["y"]}), 400, "3 classes")
+    refused(
+        client.post("/api/lenses/0/audit", json={"class": "purple", "valid": ["x"], "spurious": ["y"]}),
+        400,
+        "red, green, blue",
+    )
+    refused(
+        client.post("/api/lenses/0/audit", json={"class": "7", "valid": ["x"], "spurious": ["y"]}), 400, "3 classes"
+    )
     for bad in ({"class": "red", "valid": [], "spurious": ["y"]}, {"class": "red", "valid": ["x"] * 21, "spurious": ["y"]},
                 {"class": "red", "valid": ["x"], "spurious": ["y"], "cut": 2}, {"valid": ["x"], "spurious": ["y"]}):  # fmt: skip
         assert client.post("/api/lenses/0/audit", json=bad).status_code == 422
@@ -145,9 +195,15 @@ def test_audit_its_export_and_bad_requests(client) -> None:
 
 def test_attribution_graph(client) -> None:
     graph = client.get("/api/lenses/0/graph", params={"class": "red"}).json()
-    assert graph["class"] == "red" and {node["layer"] for node in graph["nodes"]} <= {"features.0", "features.3", "head"}
+    assert graph["class"] == "red" and {node["layer"] for node in graph["nodes"]} <= {
+        "features.0",
+        "features.3",
+        "head",
+    }
     assert graph["edges"] and graph["figure"]["data"][0]["type"] == "sankey"
-    two = client.get("/api/lenses/0/graph", params=[("class", "red"), ("layer", "head"), ("layer", "features.3")]).json()
+    two = client.get(
+        "/api/lenses/0/graph", params=[("class", "red"), ("layer", "head"), ("layer", "features.3")]
+    ).json()
     assert {node["layer"] for node in two["nodes"]} <= {"features.3", "head"}
     refused(client.get("/api/lenses/0/graph", params={"class": "red", "layer": "head"}), 400, "at least two layers")
     refused(client.get("/api/lenses/1/graph", params={"class": "red"}), 400, "signed")
@@ -168,7 +224,9 @@ def test_compare_two_lenses(client) -> None:
 
 def test_an_unlabelled_lens_is_labelled_when_a_page_needs_labels(explorer_lenses, tmp_path) -> None:
     copy = tmp_path / "copy.lens"
-    shutil.copytree(explorer_lenses[1], copy, ignore=shutil.ignore_patterns("labels.json", "*.labels.safetensors", "thumbnails"))
+    shutil.copytree(
+        explorer_lenses[1], copy, ignore=shutil.ignore_patterns("labels.json", "*.labels.safetensors", "thumbnails")
+    )
     client = TestClient(create_app([copy]))
     assert client.get("/api/lenses/0").json()["labelled"] is False
     assert sum(client.get("/api/lenses/0/dissect").json()["counts"]["head"].values()) == 6
@@ -178,7 +236,12 @@ def test_an_unlabelled_lens_is_labelled_when_a_page_needs_labels(explorer_lenses
 def test_files_only_from_the_package_and_the_lenses(client) -> None:
     assert client.get("/").headers["content-type"].startswith("text/html")
     assert client.get("/vendor/plotly.min.js").headers["content-type"].startswith("text/javascript")
-    for path in ("/../pyproject.toml", "/%2e%2e/%2e%2e/pyproject.toml", "/static/../../../../etc/passwd", "/..%2f..%2fetc/passwd"):
+    for path in (
+        "/../pyproject.toml",
+        "/%2e%2e/%2e%2e/pyproject.toml",
+        "/static/../../../../etc/passwd",
+        "/..%2f..%2fetc/passwd",
+    ):
         assert client.get(path).status_code == 404, path
     headers = client.get("/api/lenses").headers
     assert "default-src 'self'" in headers["content-security-policy"] and headers["x-content-type-options"] == "nosniff"
@@ -186,10 +249,14 @@ def test_files_only_from_the_package_and_the_lenses(client) -> None:
 
 
 def test_bodies_are_bounded_and_hosts_checked(explorer_lenses) -> None:
-    guarded = TestClient(create_app(explorer_lenses[:1], allowed_hosts=["127.0.0.1", "localhost"]), base_url="http://127.0.0.1")
+    guarded = TestClient(
+        create_app(explorer_lenses[:1], allowed_hosts=["127.0.0.1", "localhost"]), base_url="http://127.0.0.1"
+    )
     assert guarded.get("/api/lenses").status_code == 200
     assert guarded.get("/api/lenses", headers={"Host": "evil.example"}).status_code == 400
-    chunked = guarded.post("/api/lenses/0/audit", content=iter([b'{"class": "red"}']), headers={"Content-Type": "application/json"})
+    chunked = guarded.post(
+        "/api/lenses/0/audit", content=iter([b'{"class": "red"}']), headers={"Content-Type": "application/json"}
+    )
     refused(chunked, 411, "Content-Length")
 
 
@@ -209,7 +276,12 @@ def test_keeps_answering_while_a_slow_request_runs(explorer_lenses) -> None:
         slow.start()
         assert started.wait(30)
         begin = time.monotonic()
-        for path in ("/api/lenses", "/api/lenses/0/layers/head/units/1", "/api/lenses/0/layers/head/units/1/examples/0/thumbnail", "/"):
+        for path in (
+            "/api/lenses",
+            "/api/lenses/0/layers/head/units/1",
+            "/api/lenses/0/layers/head/units/1/examples/0/thumbnail",
+            "/",
+        ):
             assert httpx.get(url + path, timeout=10).status_code == 200
         answered = time.monotonic() - begin
         release.set()
@@ -251,7 +323,9 @@ def test_property_based_requests_never_get_a_server_error(app) -> None:
         for fixed in runs:
 
             @given(case=operation.as_strategy(**fixed))
-            @settings(max_examples=10, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=10, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+            )
             def check(case) -> None:
                 case.call_and_validate(excluded_checks=[positive_data_acceptance], timeout=120)
 
@@ -261,4 +335,6 @@ def test_property_based_requests_never_get_a_server_error(app) -> None:
 def test_openapi_documents_every_endpoint(client) -> None:
     paths = client.get("/api/openapi.json").json()["paths"]
     operations = [operation for methods in paths.values() for operation in methods.values()]
-    assert len(operations) == 14 and all(operation["summary"] and {"400", "404"} <= set(operation["responses"]) for operation in operations)
+    assert len(operations) == 14 and all(
+        operation["summary"] and {"400", "404"} <= set(operation["responses"]) for operation in operations
+    )

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import threading
 import webbrowser
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import SemlensError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def serve(lenses: Sequence[str | Path], host: str = "127.0.0.1", port: int = 8000, open_browser: bool = False, say=print) -> None:
+def serve(
+    lenses: Sequence[str | Path], host: str = "127.0.0.1", port: int = 8000, open_browser: bool = False, say=print
+) -> None:
     """Serve ``lenses`` until interrupted; binds this machine only unless ``host`` says otherwise."""
     try:
         import uvicorn

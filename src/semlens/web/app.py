@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import io
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any
 
 import plotly
-from fastapi import FastAPI, File, HTTPException, Path as PathParam, Query, Request, UploadFile
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -28,8 +31,19 @@ from ..lens import ConceptExample, Lens
 from ..report.figures import dissection_figure, graph_figure, overview_figure
 from ..report.html import audit_figure
 from .schemas import (
-    MAX_TEXT, AuditOut, AuditRequest, CategoryOut, CompareOut, DissectOut, Example, GraphOut, Hit, LensInfo, MapOut,
-    Problem, UnitPage,
+    MAX_TEXT,
+    AuditOut,
+    AuditRequest,
+    CategoryOut,
+    CompareOut,
+    DissectOut,
+    Example,
+    GraphOut,
+    Hit,
+    LensInfo,
+    MapOut,
+    Problem,
+    UnitPage,
 )  # fmt: skip
 from .state import Explorer, NotFound, Served
 
@@ -52,9 +66,14 @@ IMAGE = {200: {"content": {"image/jpeg": {}}, "description": "A JPEG image."}}
 
 LensKey = Annotated[str, PathParam(max_length=MAX_TEXT, description="Lens index or directory name.")]
 LayerName = Annotated[str, PathParam(max_length=MAX_TEXT, description="Layer (module path), e.g. features.3.")]
-UnitName = Annotated[str, PathParam(max_length=32, description="Unit index in its layer, e.g. 7 (7- for a signed layer's negative half).")]
+UnitName = Annotated[
+    str,
+    PathParam(max_length=32, description="Unit index in its layer, e.g. 7 (7- for a signed layer's negative half)."),
+]
 Rank = Annotated[int, PathParam(ge=0, le=100_000, description="Rank of the concept example (0 = best).")]
-Layers = Annotated[list[str] | None, Query(max_length=64, description="Only these layers (repeat the parameter); default all.")]
+Layers = Annotated[
+    list[str] | None, Query(max_length=64, description="Only these layers (repeat the parameter); default all.")
+]
 Top = Annotated[int, Query(ge=1, le=100, description="How many units.")]
 
 
@@ -76,11 +95,15 @@ class Guard:
         elif int(length) > MAX_BODY:
             refusal = (413, f"the request body is larger than {MAX_BODY // 2**20} MiB")
         if refusal:
-            return await JSONResponse({"detail": refusal[1]}, status_code=refusal[0], headers=HEADERS)(scope, receive, send)
+            return await JSONResponse({"detail": refusal[1]}, status_code=refusal[0], headers=HEADERS)(
+                scope, receive, send
+            )
 
         async def send_with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + [(k.lower().encode(), v.encode()) for k, v in HEADERS.items()]
+                message["headers"] = list(message.get("headers", [])) + [
+                    (k.lower().encode(), v.encode()) for k, v in HEADERS.items()
+                ]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -94,21 +117,21 @@ def plotly_json(figure: Any) -> dict[str, Any]:
 def finite(value: float) -> float | None:
     """A float for JSON: NaN and infinities (empty slots, inactive units) become null."""
     value = float(value)
-    return value if value == value and abs(value) != float("inf") else None
+    return value if math.isfinite(value) else None
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """An uploaded image probe, decoded and bounded; anything else is the client's error (400)."""
-    if len(data) > MAX_BODY:
-        raise HTTPException(413, f"the image is larger than {MAX_BODY // 2**20} MiB")
+    """An uploaded image probe, decoded (its size bounded by ``Guard``, its pixels here); bytes that are not an
+    image are the client's error (400)."""
     try:
         picture = Image.open(io.BytesIO(data))
-        size = picture.width * picture.height
-        if size <= MAX_PIXELS:
-            return picture.convert("RGB")
+        pixels = picture.width * picture.height
+        decoded = picture.convert("RGB") if pixels <= MAX_PIXELS else None
     except Exception as error:  # every decoder failure on untrusted bytes means "not a readable image"
         raise SemlensError(f"the upload is not an image this server can read ({one_line(error)})") from None
-    raise SemlensError(f"the image has {size} pixels; at most {MAX_PIXELS} are accepted")
+    if decoded is None:
+        raise SemlensError(f"the image has {pixels} pixels; at most {MAX_PIXELS} are accepted")
+    return decoded
 
 
 def example_out(served: Served, unit: str, example: ConceptExample) -> dict[str, Any]:
@@ -134,7 +157,11 @@ def create_app(lenses: Sequence[Lens | str | Path], allowed_hosts: Sequence[str]
         openapi_url="/api/openapi.json",
         docs_url=None,  # the interactive docs load their scripts from a CDN; the explorer has an offline API page
         redoc_url=None,
-        responses={400: {"model": Problem}, 404: {"model": Problem}, 422: {"description": "A parameter fails validation."}},
+        responses={
+            400: {"model": Problem},
+            404: {"model": Problem},
+            422: {"description": "A parameter fails validation."},
+        },
     )
     app.add_middleware(Guard)
     if allowed_hosts:
@@ -163,7 +190,9 @@ def create_app(lenses: Sequence[Lens | str | Path], allowed_hosts: Sequence[str]
     def lens_info(lens: LensKey) -> dict[str, Any]:
         return explorer.get(lens).info()
 
-    @app.get("/api/lenses/{lens}/layers/{layer}/units/{unit}", response_model=UnitPage, summary="Everything about one unit")
+    @app.get(
+        "/api/lenses/{lens}/layers/{layer}/units/{unit}", response_model=UnitPage, summary="Everything about one unit"
+    )
     def unit_page(lens: LensKey, layer: LayerName, unit: UnitName) -> dict[str, Any]:
         """Concept examples, label with runner-ups, clarity, polysemanticity, redundancy, the classes the unit is
         most relevant for, and its most similar units in every served Lens."""
@@ -174,7 +203,9 @@ def create_app(lenses: Sequence[Lens | str | Path], allowed_hosts: Sequence[str]
         return {
             **served.ref(name),
             "lens_name": served.name,
-            "candidates": [{"concept": concept, "alignment": score} for concept, score in opened.label_candidates(name)],
+            "candidates": [
+                {"concept": concept, "alignment": score} for concept, score in opened.label_candidates(name)
+            ],
             **{measure: finite(values[row]) for measure, values in measures.items()},
             "inactive": bool(opened.inactive(layer)[row]),
             "examples": [example_out(served, name, example) for example in opened.concept_examples(name)],
@@ -191,7 +222,11 @@ def create_app(lenses: Sequence[Lens | str | Path], allowed_hosts: Sequence[str]
             return {**entry, "note": f"embedded by another foundation model ({other.lens.foundation_id})"}
         return {**entry, "hits": hits_out(other, other.labelled().search_similar(source.lens, unit, SIMILAR))}
 
-    @app.get("/api/lenses/{lens}/layers/{layer}/units/{unit}/examples", response_model=list[Example], summary="A unit's concept examples")
+    @app.get(
+        "/api/lenses/{lens}/layers/{layer}/units/{unit}/examples",
+        response_model=list[Example],
+        summary="A unit's concept examples",
+    )
     def unit_examples(lens: LensKey, layer: LayerName, unit: UnitName) -> list[dict[str, Any]]:
         served = explorer.get(lens)
         name, _ = served.unit(layer, unit)
@@ -221,23 +256,36 @@ def create_app(lenses: Sequence[Lens | str | Path], allowed_hosts: Sequence[str]
 
     @app.get("/api/lenses/{lens}/search", response_model=list[Hit], summary="Units ranked by alignment with a text")
     def search(
-        lens: LensKey, q: Annotated[str, Query(min_length=1, max_length=MAX_TEXT, description="What to look for.")], layer: Layers = None, top: Top = 10
+        lens: LensKey,
+        q: Annotated[str, Query(min_length=1, max_length=MAX_TEXT, description="What to look for.")],
+        layer: Layers = None,
+        top: Top = 10,
     ) -> list[dict[str, Any]]:
         served = explorer.get(lens)
         return hits_out(served, served.ready().search(q, layers=layers_of(served, layer), top=top))
 
-    @app.post("/api/lenses/{lens}/search/image", response_model=list[Hit], summary="Units ranked by similarity to an image")
+    @app.post(
+        "/api/lenses/{lens}/search/image", response_model=list[Hit], summary="Units ranked by similarity to an image"
+    )
     def search_image(
-        lens: LensKey, image: Annotated[UploadFile, File(description="The image probe (PNG, JPEG, ...).")], layer: Layers = None, top: Top = 10
+        lens: LensKey,
+        image: Annotated[UploadFile, File(description="The image probe (PNG, JPEG, ...).")],
+        layer: Layers = None,
+        top: Top = 10,
     ) -> list[dict[str, Any]]:
         served = explorer.get(lens)
-        picture = decode_image(image.file.read(MAX_BODY + 1))
+        picture = decode_image(image.file.read())
         return hits_out(served, served.ready().search(images=[picture], layers=layers_of(served, layer), top=top))
 
     # -- map and dissection -----------------------------------------------------------------------
 
-    @app.get("/api/lenses/{lens}/map", response_model=MapOut, summary="UMAP overview of a layer's units (or of all layers)")
-    def overview_map(lens: LensKey, layer: Annotated[str | None, Query(max_length=MAX_TEXT, description="Default: all layers.")] = None) -> dict[str, Any]:
+    @app.get(
+        "/api/lenses/{lens}/map", response_model=MapOut, summary="UMAP overview of a layer's units (or of all layers)"
+    )
+    def overview_map(
+        lens: LensKey,
+        layer: Annotated[str | None, Query(max_length=MAX_TEXT, description="Default: all layers.")] = None,
+    ) -> dict[str, Any]:
         """Positions, k-means clusters named by their two best labels, the category each unit aligns with best,
         and the plotly figure; computed once per layer (UMAP is slow), then remembered."""
         served = explorer.get(lens)
@@ -248,7 +296,12 @@ def create_app(lenses: Sequence[Lens | str | Path], allowed_hosts: Sequence[str]
             overview = opened.overview(layers)
             labels = {unit: opened.label_of(unit) for unit in overview.units}
             figure = overview_figure(overview, labels, webgl=len(overview.units) >= WEBGL_FROM)
-            return {**overview.to_dict(), "layer": layer, "labels": list(labels.values()), "figure": plotly_json(figure)}
+            return {
+                **overview.to_dict(),
+                "layer": layer,
+                "labels": list(labels.values()),
+                "figure": plotly_json(figure),
+            }
 
         return served.remember(("map", layer), compute)
 
@@ -270,25 +323,44 @@ def create_app(lenses: Sequence[Lens | str | Path], allowed_hosts: Sequence[str]
 
     # -- audit and attribution graph ----------------------------------------------------------------
 
-    @app.post("/api/lenses/{lens}/audit", response_model=AuditOut, summary="Audit a class against valid and spurious concepts")
+    @app.post(
+        "/api/lenses/{lens}/audit", response_model=AuditOut, summary="Audit a class against valid and spurious concepts"
+    )
     def audit(lens: LensKey, request: AuditRequest) -> dict[str, Any]:
         """Verdicts of the class's relevant units, its relevance by verdict, and the scatter (x valid, y spurious
         alignment, size relevance). Export: the response itself."""
         served = explorer.get(lens)
         opened = served.ready()
-        result = opened.audit(request.class_name, request.valid, request.spurious, cut=request.cut, layers=layers_of(served, request.layers))
+        result = opened.audit(
+            request.class_name,
+            request.valid,
+            request.spurious,
+            cut=request.cut,
+            layers=layers_of(served, request.layers),
+        )
         units = [
-            {**served.ref(unit.unit), **{key: getattr(unit, key) for key in ("relevance", "mean_relevance", "a_valid", "a_spur", "verdict")}}
+            {
+                **served.ref(unit.unit),
+                **{key: getattr(unit, key) for key in ("relevance", "mean_relevance", "a_valid", "a_spur", "verdict")},
+            }
             for unit in result.units
         ]
-        return {**result.to_dict(), "units": units, "figure": plotly_json(audit_figure(opened, result, thumbnails=False))}
+        return {
+            **result.to_dict(),
+            "units": units,
+            "figure": plotly_json(audit_figure(opened, result, thumbnails=False)),
+        }
 
     @app.get("/api/lenses/{lens}/graph", response_model=GraphOut, summary="Attribution graph of a class")
     def attribution_graph(
         lens: LensKey,
-        class_name: Annotated[str, Query(alias="class", min_length=1, max_length=MAX_TEXT, description="Class name or index.")],
+        class_name: Annotated[
+            str, Query(alias="class", min_length=1, max_length=MAX_TEXT, description="Class name or index.")
+        ],
         layer: Layers = None,
-        cut: Annotated[float | None, Query(ge=0, le=1, description="Relevance share to enter the graph (default 0.01).")] = None,
+        cut: Annotated[
+            float | None, Query(ge=0, le=1, description="Relevance share to enter the graph (default 0.01).")
+        ] = None,
     ) -> dict[str, Any]:
         """Concept groups per layer and the CRP relevance flowing between them (needs the model and the probe
         data on this machine); computed once per class, layers and cut."""
@@ -316,7 +388,8 @@ def create_app(lenses: Sequence[Lens | str | Path], allowed_hosts: Sequence[str]
             result = first.ready().compare(second.ready()).to_dict()
             matches = sorted(result.pop("best_match").items(), key=lambda item: -item[1]["similarity"])[:MATCHES]
             result["matches"] = [
-                {"unit": first.ref(unit), "match": second.ref(match["unit"]), "similarity": match["similarity"]} for unit, match in matches
+                {"unit": first.ref(unit), "match": second.ref(match["unit"]), "similarity": match["similarity"]}
+                for unit, match in matches
             ]
             return {**result, "a": first.id, "b": second.id}
 

@@ -30,7 +30,9 @@ class LayerInfo(BaseModel):
 
 
 class LensInfo(BaseModel):
-    id: int = Field(description="Index of the Lens in the order given to `semlens serve`; usable in URLs, as its name is.")
+    id: int = Field(
+        description="Index of the Lens in the order given to `semlens serve`; usable in URLs, as its name is."
+    )
     name: str
     model: str
     data: str

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
 from urllib.parse import quote
 
 from ..errors import SemlensError
@@ -93,13 +94,17 @@ class Served:
         for example in examples:
             if example.rank == rank:
                 return example
-        raise NotFound(f"unit {unit} has no concept example of rank {rank}; its ranks: {', '.join(str(e.rank) for e in examples)}")
+        raise NotFound(
+            f"unit {unit} has no concept example of rank {rank}; its ranks: {', '.join(str(e.rank) for e in examples)}"
+        )
 
     # -- what pages show -------------------------------------------------------------------------
 
     def example_url(self, unit: str, rank: int, kind: str = "thumbnail") -> str:
         layer, _, name = unit.rpartition("/")
-        return f"/api/lenses/{self.id}/layers/{quote(layer, safe='')}/units/{quote(name, safe='')}/examples/{rank}/{kind}"
+        return (
+            f"/api/lenses/{self.id}/layers/{quote(layer, safe='')}/units/{quote(name, safe='')}/examples/{rank}/{kind}"
+        )
 
     def ref(self, unit: str) -> dict[str, Any]:
         """A unit with its label and first thumbnails (the ``UnitRef`` shape)."""
