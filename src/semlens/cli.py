@@ -633,7 +633,7 @@ def serve(
     port: int = typer.Option(8000, help="Port to listen on."),
     open_browser: bool = typer.Option(False, "--open", help="Open the explorer in the web browser."),
 ) -> None:
-    """The explorer: a local web app to search, browse, audit and compare Lenses (needs semlens[web])."""
+    """The explorer: a local web app to search, browse, audit and compare Lenses (needs the web extra)."""
     from .web import serve as serve_explorer
 
     serve_explorer(lens, host, port, open_browser)
