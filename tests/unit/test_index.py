@@ -21,7 +21,9 @@ def clustered_units(units: int, dim: int, seed: int = 0) -> torch.Tensor:
     """Units around 50 concepts, as the theta of a real model's units are."""
     generator = torch.Generator().manual_seed(seed)
     centres = torch.randn(50, dim, generator=generator)
-    return centres[torch.randint(0, 50, (units,), generator=generator)] + 0.7 * torch.randn(units, dim, generator=generator)
+    return centres[torch.randint(0, 50, (units,), generator=generator)] + 0.7 * torch.randn(
+        units, dim, generator=generator
+    )
 
 
 def test_top_positions_is_a_stable_descending_sort() -> None:
@@ -47,7 +49,9 @@ def test_index_recall_against_brute_force() -> None:
     exact, indexed = UnitTable(["all"], vectors, [0, len(vectors)]), UnitTable(["all"], vectors, [0, len(vectors)])
     indexed.index = UnitIndex.build(vectors)
     queries = clustered_units(20, 64, seed=1)
-    found = sum(len(set(exact.top(q, None, 10)[0].tolist()) & set(indexed.top(q, None, 10)[0].tolist())) for q in queries)
+    found = sum(
+        len(set(exact.top(q, None, 10)[0].tolist()) & set(indexed.top(q, None, 10)[0].tolist())) for q in queries
+    )
     assert found / (10 * len(queries)) >= 0.9
     rows, scores = indexed.top(queries[0], None, 10)
     torch.testing.assert_close(scores, vectors[rows] @ F.normalize(queries[0], dim=-1))  # re-scored exactly
