@@ -1,8 +1,10 @@
 """How right are semlens's answers in the concept world? Labels, faithfulness, artefact search and audit,
 pruning, for several seeds and world configs, against the ground truth from the exact concept masks.
 
-Each (config, seed) trains its own classifiers and world foundation model (cached), builds the Lenses
-and runs the demo's checks. The first run of a new (config, seed) takes several minutes on 2 cores.
+Each (config, seed) trains its own classifiers (cached), builds the Lenses and runs the demo's checks.
+All share one foundation model, the default world's (``--foundation``), as one domain CLIP serves many
+data sets: the seed changes the rendered images and the classifiers, not the concepts. The first run
+of a new (config, seed) takes several minutes on 2 cores.
 
     python benchmarks/ground_truth.py [--seeds 0 1] [--worlds default benchmarks/worlds/patch-on-cross.toml]
 """
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--worlds", nargs="+", default=["default", "benchmarks/worlds/patch-on-cross.toml"])
     parser.add_argument("--out", type=Path, default=Path("ground-truth-runs"))
+    parser.add_argument("--foundation", default="world", help="foundation model spec of every run (default: the default world's)")
     args = parser.parse_args()
     console = Console()
     table = Table(title="semlens against the concept world's ground truth")
@@ -48,7 +51,7 @@ def main() -> None:
         for world in args.worlds:
             for seed in args.seeds:
                 config = seeded_world(world, seed, Path(folder))
-                summary = run_demo(args.out / f"{Path(world).stem}-seed{seed}", config, progress=False, console=Console(quiet=True))
+                summary = run_demo(args.out / f"{Path(world).stem}-seed{seed}", config, progress=False, console=Console(quiet=True), foundation=args.foundation)
                 labels, found, test = summary["labels"], summary["artifact_units"], summary["test"]
                 pruning = test.get("pruning", {}).get("artifact", {})
                 table.add_row(

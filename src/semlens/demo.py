@@ -45,8 +45,13 @@ def _artifact_class(config: WorldConfig) -> tuple[str, str]:
     raise ValueError("this world plants no artefact on a class")
 
 
-def run_demo(out: Path, world: str | None = None, progress: bool = True, console: Console | None = None) -> dict:
-    """Run everything, print the summary, write it as ``summary.json``; returns the summary."""
+def run_demo(
+    out: Path, world: str | None = None, progress: bool = True, console: Console | None = None, foundation: str | None = None
+) -> dict:
+    """Run everything, print the summary, write it as ``summary.json``; returns the summary.
+
+    ``foundation`` defaults to the world's own foundation model (``world:CONFIG``); worlds of the same
+    concepts can share one, as a domain CLIP serves many data sets."""
     console = console or Console()
     out.mkdir(parents=True, exist_ok=True)
     config = WorldConfig.load(world)
@@ -56,7 +61,7 @@ def run_demo(out: Path, world: str | None = None, progress: bool = True, console
     for name, model in (("world", f"zoo:world-cnn{source}"), ("world-clean", f"zoo:world-cnn-clean{source}")):
         console.print(f"[bold]{name}[/]: building the Lens of {model}")
         settings = BuildConfig(
-            model=model, layers=LAYERS, data=f"world{source or ':'}:{PROBE_IMAGES}:probe", foundation=f"world{source}", k=K
+            model=model, layers=LAYERS, data=f"world{source or ':'}:{PROBE_IMAGES}:probe", foundation=foundation or f"world{source}", k=K
         )
         LensBuilder(settings, out / f"{name}.lens", progress=progress).run()
         lenses[name] = Lens.open(out / f"{name}.lens")

@@ -3,10 +3,13 @@ configs are validated with clear errors."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+import semlens
 from semlens.data import load_data
 from semlens.data.world import (
     COLORS, WorldConfig, WorldData, artifact_overlay, concept_image, render,
@@ -124,3 +127,16 @@ def test_world_cnn_training_is_deterministic(monkeypatch, tmp_path):
     assert len(list(tmp_path.rglob("*.safetensors"))) == 1
     reloaded, _ = module.world_cnn(config, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(cached.state_dict().values(), reloaded.state_dict().values()))
+
+
+def test_the_default_worlds_models_ship_with_semlens():
+    """The demo's first run loads them instead of training for minutes. A change to a training recipe
+    changes their names: retrain (run the demo once) and copy the new files from the cache to the assets."""
+    from semlens.foundation import world as foundation
+    from semlens.zoo import world_cnn as module
+
+    config = WorldConfig.load()
+    paths = [module.weights_path(config), module.weights_path(module.without_artifact_correlations(config))]
+    paths.append(foundation.weights_path(config, foundation.DEFAULT_STEPS))
+    assets = Path(semlens.__file__).parent / "assets" / "trained"
+    assert all(path.is_relative_to(assets) and path.is_file() for path in paths), paths

@@ -13,6 +13,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import semlens.foundation.world as world_foundation
@@ -163,3 +164,13 @@ def test_the_step_count_comes_from_the_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv(STEPS_VARIABLE, "many")
     with pytest.raises(SemlensError, match=STEPS_VARIABLE):
         resolve_steps()
+
+
+def test_presence_loss_is_low_exactly_when_the_null_separates_shown_from_absent_concepts() -> None:
+    """a = s(view, concept) - s(view, null): the loss wants a > 0 for shown concepts, a < 0 for the rest."""
+    probes = torch.eye(3)[None, :2]  # one template set, concepts along e0 and e1
+    nulls = F.normalize(torch.tensor([[1.0, 1.0, 1.0]]), dim=-1)  # the null at 0.577 of each axis
+    view = F.normalize(torch.tensor([[1.0, 0.1, 0.0]]), dim=-1)  # shows concept 0 (a = +0.36), not 1 (a = -0.53)
+    right = world_foundation._presence_loss(torch.tensor(20.0), view, probes, nulls, torch.tensor([[1.0, 0.0]]))
+    wrong = world_foundation._presence_loss(torch.tensor(20.0), view, probes, nulls, torch.tensor([[0.0, 1.0]]))
+    assert right < 1e-3 < 8 < wrong

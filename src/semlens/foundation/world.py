@@ -4,7 +4,7 @@ No CLIP-like model ships offline, and a generic one would not know this world's 
 domain CLIPs are made (LiT: the text tower locked), a small CNN learns, with InfoNCE, to embed
 rendered images (the config's concepts, without its planted correlations) next to the frozen MiniLM
 sentence embeddings of captions built from the concepts each image shows, and of the concepts' bare
-names (UniCL). semlens embeds *crops* of images, so half of the training views are random square
+names (UniCL), with semlens's null prompt as the threshold of presence. semlens embeds *crops* of images, so half of the training views are random square
 crops, captioned only with the concepts their masks show well in the crop. Captions vary phrasing,
 synonyms, order and subsets; the phrases in ``HELD_OUT`` never occur in training, to test free text.
 """
@@ -25,7 +25,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..analysis.probes import TEMPLATES, null_prompts
+from ..analysis.probes import TEMPLATES, fill, null_prompts
 from ..cache import trained_path
 from ..data.world import WORLD_MEAN, WORLD_STD, WorldConfig, WorldSample, concept_family, render, world_preprocessing
 from ..devices import pick_device
@@ -36,7 +36,7 @@ from ..store import atomic_write
 from .base import FoundationModel
 from .conse import load_sentence_encoder
 
-CODE_VERSION = 4  # bump when captions, views or the tower change: cached weights then retrain
+CODE_VERSION = 5  # bump when captions, views or the tower change: cached weights then retrain
 DEFAULT_STEPS = 400
 BATCH_SIZE = 256
 STEPS_VARIABLE = "SEMLENS_WORLD_STEPS"
@@ -55,8 +55,6 @@ TRAINING: dict[str, Any] = {
 }
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
 NAMED_FAMILIES = ("shape", "color", "pattern", "background")  # one concept of each per image
-#: what semlens subtracts as the null (its template sets with an empty concept): negatives of every view
-NULL_PROMPTS = tuple(dict.fromkeys(prompt for templates in TEMPLATES.values() for prompt in null_prompts(templates)))
 
 # ------------------------------------------------------------------------------------------------
 # captions
@@ -333,11 +331,9 @@ def _family_labels(config: WorldConfig, shown: torch.Tensor) -> dict[str, torch.
     return labels
 
 
-def _names_loss(
-    scale: torch.Tensor, embedded: torch.Tensor, names: dict[str, torch.Tensor], nulls: torch.Tensor, labels: dict[str, torch.Tensor]
-) -> torch.Tensor:
-    """Each view against the names of each family's concepts and the null prompts (which one it shows),
-    and each artefact's name against the views (which of them show it): one term per family."""
+def _names_loss(scale: torch.Tensor, embedded: torch.Tensor, names: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each view against the names of each family's concepts (which one it shows), and each artefact's
+    name against the views (which of them show it): one term per family."""
     loss = embedded.new_zeros(())
     for family, label in labels.items():
         if family == "artifact":
@@ -346,15 +342,31 @@ def _names_loss(
                 logits = scale * names[family][label.any(dim=0)] @ embedded.T
                 loss = loss + F.cross_entropy(logits, present / present.sum(dim=1, keepdim=True))
         elif (label >= 0).any():  # a batch of crops may show no shape at all
-            shown = embedded[label >= 0]
-            loss = loss + F.cross_entropy(scale * shown @ torch.cat([names[family], nulls]).T, label[label >= 0])
+            loss = loss + F.cross_entropy(scale * embedded[label >= 0] @ names[family].T, label[label >= 0])
     return loss
 
 
-def _contrastive_loss(logits: torch.Tensor, positives: torch.Tensor, null_logits: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over ``logits [view, caption]`` with several positives per row and column; the
-    null prompts are negatives of every view, so that a view is closer to what it shows than to the null."""
-    to_captions = F.cross_entropy(torch.cat([logits, null_logits], dim=1), F.pad(positives / positives.sum(dim=1, keepdim=True), (0, null_logits.shape[1])))
+def _semlens_probes(config: WorldConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every concept's probe ``[S, C, d]`` and the null ``[S, d]`` per semlens template set, as semlens
+    embeds them (the mean over a set's templates)."""
+    concepts, probes, nulls = config.concept_names(), [], []
+    for templates in TEMPLATES.values():
+        filled = _embed_captions([prompt for concept in concepts for prompt in fill(concept, templates)], device, False)
+        probes.append(filled.reshape(len(concepts), len(templates), -1).mean(dim=1))
+        nulls.append(_embed_captions(null_prompts(templates), device, False).mean(dim=0))
+    return F.normalize(torch.stack(probes), dim=-1), F.normalize(torch.stack(nulls), dim=-1)
+
+
+def _presence_loss(scale: torch.Tensor, embedded: torch.Tensor, probes: torch.Tensor, nulls: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy on semlens's alignment a = s(view, concept) - s(view, null), per template set:
+    the null becomes the decision threshold, a > 0 exactly for the concepts a view shows."""
+    aligned = torch.einsum("vd,scd->vsc", embedded, probes) - (embedded @ nulls.T)[:, :, None]
+    return F.binary_cross_entropy_with_logits(scale * aligned, present[:, None, :].expand_as(aligned))
+
+
+def _contrastive_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over ``logits [view, caption]`` with several positives per row and column."""
+    to_captions = F.cross_entropy(logits, positives / positives.sum(dim=1, keepdim=True))
     to_views = F.cross_entropy(logits.T, (positives / positives.sum(dim=0, keepdim=True)).T)
     return (to_captions + to_views) / 2
 
@@ -368,8 +380,8 @@ def train_world_foundation(
     every view in the batch that shows all the concepts it names, not only of its own view. Names
     (UniCL: labels as prompts), one term per family, in the bare words semlens probes with: without
     them shape stays weak, drowned by the easy concepts (colour, background) that alone tell most
-    captions apart. The null prompts are negatives of every view: semlens subtracts the null from
-    every alignment, so what a crop shows must align above it. Seeded by the config: one machine, same weights.
+    captions apart. Presence: semlens thresholds alignments with the null subtracted (labels, audits),
+    so the null is trained to sit below what a view shows and above what it does not. Seeded by the config: one machine, same weights.
     """
     if steps < 1 or batch_size < 2:
         raise SemlensError(f"world foundation training needs steps >= 1 and batch_size >= 2; got {steps}, {batch_size}")
@@ -384,7 +396,8 @@ def train_world_foundation(
     texts = _embed_captions(unique, device, progress)
     names = {family: _embed_captions(world.concepts[family], device, False) for family in (*NAMED_FAMILIES, "artifact")}
     labels = _family_labels(world, shown)
-    nulls = _embed_captions(NULL_PROMPTS, device, False)
+    probes, nulls = _semlens_probes(world, device)
+    concept_bits = torch.arange(len(world.concept_names()))
     tower = ImageTower().to(device, memory_format=torch.channels_last).train()
     log_scale = nn.Parameter(torch.tensor(math.log(1 / TRAINING["temperature"]), device=device))
     decay = [p for p in tower.parameters() if p.ndim > 1]
@@ -403,9 +416,10 @@ def train_world_foundation(
             embedded = F.normalize(tower(_normalise_batch(views[batch].to(device))), dim=-1)
             scale = log_scale.exp()
             positives = ((named[batch][None, :] & ~shown[batch][:, None]) == 0).float().to(device)  # [view, caption]
-            loss = _contrastive_loss(scale * embedded @ texts[targets[batch].to(device)].T, positives, scale * embedded @ nulls.T)
-            batch_labels = {family: label[batch].to(device) for family, label in labels.items()}
-            loss = loss + _names_loss(scale, embedded, names, nulls, batch_labels)
+            loss = _contrastive_loss(scale * embedded @ texts[targets[batch].to(device)].T, positives)
+            loss = loss + _names_loss(scale, embedded, names, {family: label[batch].to(device) for family, label in labels.items()})
+            present = ((shown[batch][:, None] >> concept_bits) & 1).float().to(device)  # [view, concept]
+            loss = loss + _presence_loss(scale, embedded, probes, nulls, present)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

@@ -9,6 +9,7 @@ world config and the training settings: trained once (well under a minute on 2 c
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -79,11 +80,15 @@ def train_world_cnn(config: WorldConfig, progress: bool = True) -> WorldCNN:
     return model.eval()
 
 
+def weights_path(world: WorldConfig) -> Path:
+    """The weights that this world and these training settings give (bundled, cached, or yet to train)."""
+    return trained_path("world-cnn", hash_json({"world": world.fingerprint(), "training": TRAINING, "torch": torch.__version__.split("+")[0]}))
+
+
 def world_cnn(config: WorldConfig, clean: bool = False, progress: bool = True) -> tuple[WorldCNN, Preprocessing]:
-    """The trained model (from the cache when it exists) and its preprocessing."""
+    """The trained model (bundled or cached when it exists, else trained now) and its preprocessing."""
     world = without_artifact_correlations(config) if clean else config
-    key = hash_json({"world": world.fingerprint(), "training": TRAINING, "torch": torch.__version__.split("+")[0]})
-    path = trained_path("world-cnn", key)
+    path = weights_path(world)
     model = WorldCNN(len(world.classes))
     if path.is_file():
         model.load_state_dict(load_file(str(path)))
