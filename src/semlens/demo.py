@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from rich.console import Console
@@ -20,6 +21,7 @@ from .build import BuildConfig, LensBuilder
 from .data.world import WorldConfig, WorldData, concept_family
 from .data.world_truth import concept_responses, dissect_layer, faithfulness
 from .lens import Lens
+from .store import atomic_write
 from .units import LayerSpec
 
 LAYERS = ["features.10", "features.14", "head"]  # third and fourth conv stage (after ReLU), class logits
@@ -73,7 +75,7 @@ def run_demo(
 
     summary = {"world": config.source, "artifact": artifact, "artifact_class": target}
     summary["search"] = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artifact, "copyright notice", "stripes", "grass")}
-    summary["labels"], truth = ground_truth_labels(lens, config)
+    summary["labels"], truth = ground_truth_labels(lens, config, out)
     audit = lens.audit(target, AUDIT_VALID[:1] if target != "star" else AUDIT_VALID, [artifact], layers=SPATIAL)
     spurious = [unit.unit for unit in audit.units if unit.verdict == "spurious"]
     summary["audit"] = {"shares": audit.shares, "spurious_units": spurious, "units": len(audit.units)}
@@ -82,7 +84,8 @@ def run_demo(
         "search_found": [unit for unit in summary["search"][artifact] if truth.get(unit) == artifact],
         "audit_flagged": [unit for unit in spurious if truth.get(unit) == artifact],
     }
-    summary["test"] = test_finding(lens, config, artifact, target, spurious)
+    identity = {"model": lens.manifest["identity"]["model"]["fingerprint"], "world": config.fingerprint(), "images": TEST_IMAGES}
+    summary["test"] = _memo(out / "test.json", {**identity, "spurious": spurious}, lambda: test_finding(lens, config, artifact, target, spurious))
     comparison = lens.compare(clean)
     summary["compare"] = {"s_world_to_clean": comparison.a_to_b, "only_world": comparison.only_a, "only_clean": comparison.only_b}
     report = out / "report.html"
@@ -96,20 +99,46 @@ def run_demo(
     return summary
 
 
-def ground_truth_labels(lens: Lens, config: WorldConfig) -> tuple[dict, dict[str, str]]:
-    """semlens labels against the dissection truth: top-1/top-3 accuracy, random baseline, faithfulness;
-    and each unit's true concept (units without one are left out)."""
+def _memo(path: Path, key: dict, compute: Callable[[], Any]) -> Any:
+    """The JSON result stored at ``path`` if it was computed for ``key``, else computed now and stored:
+    a re-run of the demo skips the passes over the probe and test images."""
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("key") == key:
+            return stored["value"]
+    value = compute()
+    atomic_write(path, lambda temporary: temporary.write_text(json.dumps({"key": key, "value": value}), encoding="utf-8"))
+    return value
+
+
+def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
+    """Per spatial layer, each unit's true concept by dissection (None: none passes the IoU threshold)
+    and its mean response to each concept's concept images."""
     model = lens.model()
     data = WorldData(config, PROBE_IMAGES, "probe")
+    return {
+        layer: {
+            "best": dissect_layer(model.module, model.preprocessing, layer, data).best,
+            "responses": concept_responses(model.module, model.preprocessing, LayerSpec(layer), config).tolist(),
+        }
+        for layer in SPATIAL
+    }
+
+
+def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dict, dict[str, str]]:
+    """semlens labels against the dissection truth: top-1/top-3 accuracy, random baseline, faithfulness;
+    and each unit's true concept (units without one are left out)."""
+    identity = {"model": lens.manifest["identity"]["model"]["fingerprint"], "world": config.fingerprint(), "images": PROBE_IMAGES}
+    truths = _memo(out / "truth.json", identity, lambda: unit_truth(lens, config))
     concepts = list(lens.vocabulary.concepts)
     hits1 = hits3 = total = 0
     phis, true_concepts = [], {}
     for layer in SPATIAL:
-        truth = dissect_layer(model.module, model.preprocessing, layer, data)
-        true_concepts.update({f"{layer}/{unit}": concept for unit, concept in enumerate(truth.best) if concept})
+        best = truths[layer]["best"]
+        true_concepts.update({f"{layer}/{unit}": concept for unit, concept in enumerate(best) if concept})
         labels = lens.labels(layer)
         assigned = []
-        for unit, true_concept in enumerate(truth.best):
+        for unit, true_concept in enumerate(best):
             top = [concepts[int(index)] for index in labels.concepts[unit]]
             assigned.append(config.concept_names().index(top[0]) if top[0] in config.concept_names() else None)
             if true_concept is None:
@@ -117,8 +146,7 @@ def ground_truth_labels(lens: Lens, config: WorldConfig) -> tuple[dict, dict[str
             total += 1
             hits1 += top[0] == true_concept
             hits3 += true_concept in top
-        responses = concept_responses(model.module, model.preprocessing, LayerSpec(layer), config)
-        phis.append(faithfulness(responses, assigned))
+        phis.append(faithfulness(torch.tensor(truths[layer]["responses"]), assigned))
     scores = {
         "units_with_true_concept": total,
         "top1": hits1 / max(total, 1),
