@@ -7,6 +7,7 @@ three small methods; batching, ``no_grad``, device placement and L2 normalisatio
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from typing import Dict, Iterator, Sequence, TypeVar, Union
 
 import torch
@@ -67,8 +68,9 @@ class FoundationModel(ABC):
         """Embed images in batches; returns L2-normalised float32 rows on the CPU."""
         chunks = [torch.empty(0, self.dim)]
         for chunk in batched(list(images), self.batch_size):
-            pixels = self._to_device(self.preprocess([image.convert("RGB") for image in chunk]))
-            chunks.append(_normalise(self._embed_pixels(pixels)))
+            with _one_thread():
+                pixels = self.preprocess([image.convert("RGB") for image in chunk])
+            chunks.append(_normalise(self._embed_pixels(self._to_device(pixels))))
         return torch.cat(chunks)
 
     @torch.no_grad()
@@ -96,6 +98,19 @@ def silence_transformers_progress() -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run per-image preprocessing on one thread: it is many small tensor operations, and on several
+    threads each one waits for the others (30-50 ms per image on a busy 2-core machine for open_clip's
+    transforms, against 1-2 ms on one thread; benchmarks/reference.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _normalise(embeddings: torch.Tensor) -> torch.Tensor:
