@@ -29,6 +29,7 @@ SPATIAL = LAYERS[:2]
 PROBE_IMAGES = 1200
 TEST_IMAGES = 300
 K = 20  # concept examples per unit
+CROP = "auto"  # relevance crops where LRP supports the model (it does the world CNN)
 DISTRACTORS = ["dog", "car", "tree", "house", "person", "cloud", "fire", "wood", "metal", "flower"]
 AUDIT_VALID = ["star", "five-pointed star"]
 
@@ -63,7 +64,7 @@ def run_demo(
     for name, model in (("world", f"zoo:world-cnn{source}"), ("world-clean", f"zoo:world-cnn-clean{source}")):
         console.print(f"[bold]{name}[/]: building the Lens of {model}")
         settings = BuildConfig(
-            model=model, layers=LAYERS, data=f"world{source or ':'}:{PROBE_IMAGES}:probe", foundation=foundation or f"world{source}", k=K
+            model=model, layers=LAYERS, data=f"world{source or ':'}:{PROBE_IMAGES}:probe", foundation=foundation or f"world{source}", k=K, crop=CROP
         )
         LensBuilder(settings, out / f"{name}.lens", progress=progress).run()
         lenses[name] = Lens.open(out / f"{name}.lens")

@@ -23,6 +23,7 @@ def test_demo_on_another_world(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "PROBE_IMAGES", 90)
     monkeypatch.setattr(demo, "TEST_IMAGES", 60)
     monkeypatch.setattr(demo, "K", 5)
+    monkeypatch.setattr(demo, "CROP", "activation")  # CRP crops are tested on their own; here they would take most of the time
     summary = demo.run_demo(tmp_path / "out", str(WORLD), progress=False)
     assert summary["artifact"] == "patch" and summary["artifact_class"] == "cross"
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["artifact"] == "patch"
