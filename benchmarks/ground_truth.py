@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("ground-truth-runs"))
     parser.add_argument("--foundation", default="world", help="foundation model spec of every run (default: the default world's)")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=220)  # the table is wide; do not cut it to the terminal
     table = Table(title="semlens against the concept world's ground truth")
     for column in ("world", "seed", "units w/ truth", "top-1", "random", "top-3", "random", "phi", "artefact by search",
                    "flagged spurious (true)", "spurious share", "artefact: class prob.", "after pruning"):  # fmt: skip
