@@ -12,6 +12,10 @@ Build a Lens (one pass over probe data, then the foundation model over the conce
 
 __version__ = "0.1.0"
 
+from ._torchvision_compat import patch_torchvision_ops
+
+patch_torchvision_ops()  # before anything imports transformers (which imports torchvision)
+
 from .build import BuildConfig, BuildSummary, build_lens
 from .collect import Collector, TopK, collect_topk
 from .data import ImageData, list_datasets, load_data

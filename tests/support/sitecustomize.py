@@ -1,31 +1,17 @@
 """Make a CUDA build of torchvision importable next to the CPU build of torch (test machines only).
 
-The torchvision wheel that matches torch 2.13.0 here is a CUDA build: its compiled ops fail to load,
-and its Python side then dies registering meta kernels for ``torchvision::nms``. Defining the two op
-schemas first lets torchvision (and timm, open_clip, transformers, which import it) load; compiled
-ops stay unavailable. Users with a consistent install never need this. It lives on ``PYTHONPATH`` as
-``sitecustomize`` so that CLI subprocesses started by the tests get it too.
+``import semlens`` applies the same fix, but tests also import torchvision, timm and open_clip before
+semlens, and start CLI subprocesses: on ``PYTHONPATH`` as ``sitecustomize`` it runs first everywhere.
+The fix's module is loaded by its path, so that starting Python does not import all of semlens.
 """
 
 import importlib.util
-import os
+from pathlib import Path
 
-_LIBRARY = None  # kept alive for the whole process: the schemas vanish with it
-
-
-def _patch_torchvision_ops() -> None:
-    global _LIBRARY
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or spec.origin is None:
-        return
-    import torch
-
-    try:
-        torch.ops.load_library(os.path.join(os.path.dirname(spec.origin), "_C.so"))
-    except (OSError, RuntimeError):
-        _LIBRARY = torch.library.Library("torchvision", "DEF")
-        _LIBRARY.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _LIBRARY.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-
-
-_patch_torchvision_ops()
+_package = importlib.util.find_spec("semlens")
+if _package is not None and _package.submodule_search_locations:
+    _path = Path(list(_package.submodule_search_locations)[0]) / "_torchvision_compat.py"
+    _spec = importlib.util.spec_from_file_location("semlens_torchvision_compat", _path)
+    _compat = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_compat)
+    _compat.patch_torchvision_ops()
