@@ -85,8 +85,8 @@ def run_demo(
         "search_found": [unit for unit in summary["search"][artifact] if truth.get(unit) == artifact],
         "audit_flagged": [unit for unit in spurious if truth.get(unit) == artifact],
     }
-    identity = {"model": lens.manifest["identity"]["model"]["fingerprint"], "world": config.fingerprint(), "images": TEST_IMAGES}
-    summary["test"] = _memo(out / "test.json", {**identity, "spurious": spurious}, lambda: test_finding(lens, config, artifact, target, spurious))
+    key = {**_identity(lens, config, TEST_IMAGES), "spurious": spurious}
+    summary["test"] = _memo(out / "test.json", key, lambda: test_finding(lens, config, artifact, target, spurious))
     comparison = lens.compare(clean)
     summary["compare"] = {"s_world_to_clean": comparison.a_to_b, "only_world": comparison.only_a, "only_clean": comparison.only_b}
     report = out / "report.html"
@@ -112,6 +112,11 @@ def _memo(path: Path, key: dict, compute: Callable[[], Any]) -> Any:
     return value
 
 
+def _identity(lens: Lens, config: WorldConfig, images: int) -> dict:
+    """What a pass of the Lens's model over ``images`` images of the world depends on."""
+    return {"model": lens.manifest["identity"]["model"]["fingerprint"], "world": config.fingerprint(), "images": images}
+
+
 def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
     """Per spatial layer, each unit's true concept by dissection (None: none passes the IoU threshold)
     and its mean response to each concept's concept images."""
@@ -129,8 +134,7 @@ def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
 def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dict, dict[str, str]]:
     """semlens labels against the dissection truth: top-1/top-3 accuracy, random baseline, faithfulness;
     and each unit's true concept (units without one are left out)."""
-    identity = {"model": lens.manifest["identity"]["model"]["fingerprint"], "world": config.fingerprint(), "images": PROBE_IMAGES}
-    truths = _memo(out / "truth.json", identity, lambda: unit_truth(lens, config))
+    truths = _memo(out / "truth.json", _identity(lens, config, PROBE_IMAGES), lambda: unit_truth(lens, config))
     concepts = list(lens.vocabulary.concepts)
     hits1 = hits3 = total = 0
     phis, true_concepts = [], {}

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .analysis.label import DEFAULT_THRESHOLD, Labels, dissect, label_units
+from .analysis.label import DEFAULT_THRESHOLD, Labels, dissect, label_units, unit_categories
 from .analysis.probes import alignment
 from .analysis.vocabulary import Vocabulary, load_vocabulary
 from .errors import SemlensError
@@ -343,11 +343,7 @@ class Lens:
         counts = self.dissect()[layer]
         if category not in counts:
             raise SemlensError(f"unknown category {category!r}; the categories are {', '.join(counts)}")
-        labels = self.labels(layer)
-        owners = [
-            self.vocabulary.categories[concept] if labelled else "unlabelled"
-            for concept, labelled in zip(labels.concepts[:, 0].tolist(), labels.labelled.tolist())
-        ]
+        owners = unit_categories(self.labels(layer), self.vocabulary.categories)
         return [f"{layer}/{name}" for name, owner in zip(self.units(layer), owners) if owner == category]
 
     def dissect(self) -> dict[str, dict[str, int]]:

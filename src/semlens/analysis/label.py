@@ -39,11 +39,17 @@ def label_units(
     return Labels(best.indices, best.values, threshold)
 
 
+def unit_categories(labels: Labels, concept_categories: tuple[str, ...]) -> list[str]:
+    """Each unit's parent category of its label; ``"unlabelled"`` for units without one."""
+    return [
+        concept_categories[concept] if labelled else "unlabelled"
+        for concept, labelled in zip(labels.concepts[:, 0].tolist(), labels.labelled.tolist())
+    ]
+
+
 def dissect(labels: Labels, categories: list[str], concept_categories: tuple[str, ...]) -> dict[str, int]:
     """Units per parent category of their label; unlabelled units under ``"unlabelled"``."""
-    counts = dict.fromkeys(categories, 0)
-    for concept, labelled in zip(labels.concepts[:, 0].tolist(), labels.labelled.tolist()):
-        if labelled:
-            counts[concept_categories[concept]] += 1
-    counts["unlabelled"] = int((~labels.labelled).sum())
+    counts = {**dict.fromkeys(categories, 0), "unlabelled": 0}
+    for category in unit_categories(labels, concept_categories):
+        counts[category] += 1
     return counts
