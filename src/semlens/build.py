@@ -39,7 +39,7 @@ from .models import LoadedModel, class_mapping, load_model
 from .parallel import Ranks, Shard, connect
 from .progress import progress_bar
 from .store import FORMAT, FORMAT_VERSION, LensStore, layer_file
-from .units import LayerSpec, resolve_module, unit_names
+from .units import LayerSpec, resolve_module
 from .utils import read_toml
 
 COLLECT_PARTIAL = "collect.partial.safetensors"  # of a single process; ranks add their rank
@@ -225,7 +225,7 @@ class LensBuilder:
         checkpoint = COLLECT_PARTIAL if self.ranks.world == 1 else f"collect.partial.rank{self.ranks.rank}of{self.ranks.world}.safetensors"
         state, next_index, failures = self._load_collect_checkpoint(checkpoint, key, rows.start)
         model = self.model.module.to(self.device).eval()
-        dataset = DecodingDataset(self.data, self.model.preprocessing, range(next_index, rows.stop))
+        dataset = DecodingDataset(self.data, self.model.preprocessing.pixels, range(next_index, rows.stop))
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=self.config.batch_size,
@@ -238,7 +238,7 @@ class LensBuilder:
             with progress_bar("collect", len(rows), self.progress, completed=next_index - rows.start) as advance:
                 for pixels, ids, failed in loader:
                     if pixels is not None:
-                        collector.update(pixels.to(self.device, non_blocking=True), ids.to(self.device))
+                        collector.update(self._model_input(pixels), ids.to(self.device))
                     failures.extend(failed)
                     next_index += len(ids) + len(failed)
                     advance(len(ids) + len(failed))
@@ -257,6 +257,10 @@ class LensBuilder:
             checkpoint.unlink()
         self._finish_stage("collect", seconds, failed=len(failures), **info)
         return self.manifest
+
+    def _model_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """A loaded uint8 batch on the device, normalised there (4x fewer bytes to move than float32)."""
+        return self.model.preprocessing.normalise_pixels(pixels.to(self.device, non_blocking=True))
 
     def _workers(self) -> int:
         """Data loader processes: the cores a rank may use, less one for the model, at most 4."""
@@ -449,7 +453,7 @@ class LensBuilder:
 
     def _embed_table(self, foundation: FoundationModel, table: CropTable) -> torch.Tensor:
         """Embed all distinct crops in checkpointed chunks, each rank its block of chunks, while data
-        loader workers decode and cut the next chunks; a resumed run skips finished chunks."""
+        loader workers decode, cut and preprocess the next chunks; a resumed run skips finished chunks."""
         partial = f"{EMBED_PARTIAL}/{self._stage_key('embed')}-{foundation.id.replace('/', '_').replace(':', '_')}"
         spans = list(chunks(table.rows.shape[0], self.config.embed_batch_size * 4))
         mine = [spans[position] for position in self.ranks.shard.split(range(len(spans)))]
@@ -459,12 +463,16 @@ class LensBuilder:
             if self.store.path(f"{partial}/{begin:09d}.safetensors").is_file()
         }
         pending = [span for span in mine if span[0] not in done]
-        crops = CropChunks(table.rows, pending, self.data, self.model.preprocessing.view)
-        loader = torch.utils.data.DataLoader(crops, batch_size=None, num_workers=min(self._workers(), len(pending)))
+        crops = CropChunks(
+            table.rows, pending, self.data, self.model.preprocessing.view, foundation.image_preprocessor, foundation.batch_size
+        )
+        loader = torch.utils.data.DataLoader(
+            crops, batch_size=None, num_workers=min(self._workers(), len(pending)), pin_memory=self.device.type == "cuda"
+        )
         total = sum(end - begin for begin, end in mine)
         with progress_bar("embed", total, self.progress, completed=total - sum(end - begin for begin, end in pending)) as advance:
-            for (begin, end), images in zip(pending, loader):
-                part = foundation.encode_images(images)
+            for (begin, end), batches in zip(pending, loader):
+                part = torch.cat([foundation.embed_pixels(pixels) for pixels in batches])
                 self.store.write_tensors(f"{partial}/{begin:09d}.safetensors", {"embeddings": part})
                 done[begin] = part
                 advance(end - begin)
@@ -492,9 +500,13 @@ class LensBuilder:
         data = load_data(self.config.relevance_data) if self.config.relevance_data else self.data
         mapping, targets_from = class_mapping(self.model, data)
         layers = [spec for spec in self.specs if not spec.sae]
-        dataset = DecodingDataset(data, self.model.preprocessing, range(len(data)))
+        dataset = DecodingDataset(data, self.model.preprocessing.pixels, range(len(data)))
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self.config.relevance_batch_size, num_workers=self._workers(), collate_fn=collate_decoded
+            dataset,
+            batch_size=self.config.relevance_batch_size,
+            num_workers=self._workers(),
+            collate_fn=collate_decoded,
+            pin_memory=self.device.type == "cuda",
         )
         stats: dict[str, ClassRelevance] = {}
         with self._relevance.attributing() as modified, progress_bar("class relevance", len(data), self.progress) as advance:
@@ -502,7 +514,7 @@ class LensBuilder:
                 advance(len(ids) + len(failed))
                 if pixels is None:
                     continue
-                pixels = pixels.to(self.device)
+                pixels = self._model_input(pixels)
                 if mapping is None:
                     with torch.no_grad():
                         targets = self.model.module(pixels).argmax(dim=1)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from .errors import SemlensError
@@ -44,3 +47,16 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         fast = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if fast else None
     return None if precision == "float32" else getattr(torch, precision)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run per-image preprocessing on one thread: it is many small tensor operations, and on several
+    threads each one waits for the others (30-50 ms per image on a busy 2-core machine for open_clip's
+    transforms, against 1-2 ms on one thread; benchmarks/reference.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

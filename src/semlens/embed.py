@@ -8,13 +8,15 @@ and each sample image is decoded once for all of its crops.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from PIL import Image
 
 from .collect import EMPTY_ID
 from .data.base import ImageData
+from .devices import one_thread
+from .foundation.base import Pixels
 
 
 @dataclass
@@ -75,18 +77,33 @@ def chunks(total: int, size: int, start: int = 0) -> Iterable[tuple[int, int]]:
 
 
 class CropChunks(torch.utils.data.Dataset):
-    """Spans of crop-table rows as lists of crop images, so that DataLoader workers decode and cut
-    the next chunks while the foundation model embeds this one (the GPU then waits less on PIL)."""
+    """Spans of crop-table rows as the foundation model's input batches (``batch_size`` crops each),
+    so that DataLoader workers decode, cut and preprocess the next spans while the foundation model
+    embeds this one (the model, CPU or GPU, then waits less on PIL)."""
 
-    def __init__(self, rows: torch.Tensor, spans: list[tuple[int, int]], data: ImageData, view: Callable[[Image.Image], Image.Image]) -> None:
+    def __init__(
+        self,
+        rows: torch.Tensor,
+        spans: list[tuple[int, int]],
+        data: ImageData,
+        view: Callable[[Image.Image], Image.Image],
+        preprocess: Callable[[Sequence[Image.Image]], Pixels],
+        batch_size: int,
+    ) -> None:
         self.rows, self.spans, self.data, self.view = rows, spans, data, view
+        self.preprocess, self.batch_size = preprocess, batch_size
 
     def __len__(self) -> int:
         return len(self.spans)
 
-    def __getitem__(self, position: int) -> list[Image.Image]:
+    def __getitem__(self, position: int) -> list[Pixels]:
         begin, end = self.spans[position]
-        return list(cut_crops(self.rows[begin:end], self._load_view))
+        crops = list(cut_crops(self.rows[begin:end], self._load_view))
+        with one_thread():
+            return [
+                self.preprocess(crops[start : start + self.batch_size])
+                for start in range(0, len(crops), self.batch_size)
+            ]
 
     def _load_view(self, index: int) -> Image.Image:
         return self.view(self.data.load(index))

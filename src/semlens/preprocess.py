@@ -38,10 +38,22 @@ class Preprocessing:
         return resized.crop((left, top, left + self.input_size, top + self.input_size))
 
     def normalise(self, view: Image.Image) -> torch.Tensor:
-        pixels = torch.from_numpy(np.asarray(view, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (pixels - mean) / std
+        return self.normalise_pixels(_channels_first(view))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.normalise(self.view(image))
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """The view as uint8 ``[3, H, W]``: what data-loader workers hand over, a quarter of float32's
+        bytes and no arithmetic; :meth:`normalise_pixels` finishes it batched, on the model's device."""
+        return _channels_first(self.view(image))
+
+    def normalise_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[..., 3, H, W]`` on any device -> the model's float32 input (the same numbers on every device)."""
+        mean = torch.tensor(self.mean, device=pixels.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=pixels.device).view(3, 1, 1)
+        return (pixels.float() / 255.0 - mean) / std
+
+
+def _channels_first(view: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(view, dtype=np.uint8)).permute(2, 0, 1)

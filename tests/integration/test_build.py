@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -10,7 +9,6 @@ import tiny_models
 
 from semlens import BuildConfig, Lens, LayerSpec, build_lens, collect_topk, load_data, load_model
 from semlens.errors import StaleLensError
-from semlens.store import layer_file
 
 LAYERS = ["features.0", "features.3:pool=max", "head:signed=true"]
 

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from semlens import FoundationModel, LoadedModel, Preprocessing
+from semlens.foundation import StackedTransform
 
 CLASSES = ["red", "green", "blue"]
 PREPROCESSING = Preprocessing(input_size=32, resize=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
@@ -100,9 +101,9 @@ class OracleFoundation(FoundationModel):
     dim = 4
     id = "oracle-world-v1"
 
-    def preprocess(self, images):
-        resized = [image.convert("RGB").resize((32, 32), Image.NEAREST) for image in images]
-        return torch.stack([torch.from_numpy(np.asarray(image, dtype=np.float32) / 255) for image in resized])
+    @property
+    def image_preprocessor(self):
+        return StackedTransform(_oracle_pixels)
 
     def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Fractions of pixels that are strongly red, green, blue, or watermark-white."""
@@ -118,6 +119,10 @@ class OracleFoundation(FoundationModel):
             hits = [index for word, index in KEYWORDS.items() if word in text]
             rows.append(torch.eye(4)[hits[0]] if hits else torch.full((4,), 0.5))
         return torch.stack(rows)
+
+
+def _oracle_pixels(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.resize((32, 32), Image.NEAREST), dtype=np.float32) / 255)
 
 
 def oracle(device=None) -> OracleFoundation:

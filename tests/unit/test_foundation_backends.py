@@ -7,6 +7,7 @@ tokenizer made from a small letter vocabulary, so the real ``from_pretrained`` l
 from __future__ import annotations
 
 import json
+import pickle
 import sys
 from pathlib import Path
 from typing import Callable
@@ -20,7 +21,7 @@ from semlens.errors import SpecError, TextNotSupportedError
 from semlens.foundation import load_foundation_model
 from semlens.foundation.hf import HFFoundationModel
 from semlens.foundation.open_clip import OpenCLIPFoundationModel
-from tiny_foundation import MAX_TOKENS, PROJECTION_DIM, SAVERS, TINY
+from tiny_foundation import PROJECTION_DIM, SAVERS, TINY
 
 transformers = pytest.importorskip("transformers")
 
@@ -159,6 +160,20 @@ def test_open_clip_embeds_unit_rows(open_clip_model: OpenCLIPFoundationModel) ->
     _assert_unit_rows(texts, 3, 256)
     assert torch.equal(open_clip_model.encode_images(_images()), images)
     assert torch.equal(open_clip_model.encode_texts(TEXTS), texts)
+
+
+@pytest.mark.parametrize("backend", ["clip", "siglip2", "open_clip"])
+def test_worker_side_preprocessing_pickles_without_weights_and_embeds_as_encode_images(
+    saved, open_clip_model, backend
+) -> None:
+    """The build's data-loader workers run ``image_preprocessor`` (pickled to them where processes spawn);
+    embedding its batch must give what ``encode_images`` gives."""
+    model = open_clip_model if backend == "open_clip" else load_foundation_model(f"hf:{saved(backend)}", device="cpu")
+    preprocessor = pickle.loads(pickle.dumps(model.image_preprocessor))
+    weights = sum(tensor.numel() * tensor.element_size() for tensor in model.model.state_dict().values())
+    assert len(pickle.dumps(model.image_preprocessor)) < weights / 4
+    images = [image.convert("RGB") for image in _images()]
+    assert torch.equal(model.embed_pixels(preprocessor(images)), model.encode_images(images))
 
 
 def test_open_clip_loads_a_weights_file_and_a_local_dir(open_clip_model, tmp_path: Path) -> None:

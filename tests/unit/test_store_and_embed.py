@@ -2,11 +2,13 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from semlens.embed import cut_crops, mean_embeddings, plan_crops
+from semlens.embed import CropChunks, cut_crops, mean_embeddings, plan_crops
+from semlens.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from semlens.errors import SemlensError
 from semlens.store import FORMAT, FORMAT_VERSION, MANIFEST, LensStore, atomic_write, layer_file
 
@@ -204,6 +206,43 @@ def test_cut_crops_decodes_each_sample_once_and_crops_its_boxes():
     for crop, (sample, *corners) in zip(crops, rows.tolist()):
         assert crop.size == (corners[2] - corners[0], corners[3] - corners[1])
         assert crop.tobytes() == images[sample].crop(tuple(corners)).tobytes()
+
+
+def test_crop_chunks_hand_over_the_foundation_models_batches_of_each_spans_crops():
+    views = {
+        sample: Image.frombytes("RGB", (8, 8), bytes((sample * 40 + i) % 256 for i in range(192)))
+        for sample in (2, 5, 7)
+    }
+
+    class Views:
+        def load(self, sample):
+            return views[sample]
+
+    rows = torch.tensor([[2, *WHOLE], [5, *WHOLE], [5, *RIGHT], [7, *LEFT], [7, *RIGHT]])
+    chunks = CropChunks(
+        rows, [(0, 3), (3, 5)], Views(), lambda image: image, lambda crops: [crop.size for crop in crops], 2
+    )
+    assert len(chunks) == 2
+    assert chunks[0] == [[(8, 8), (8, 8)], [(4, 4)]]  # spans split into batches of 2 crops
+    assert chunks[1] == [[(4, 4), (4, 4)]]
+
+
+def test_the_uint8_hand_over_normalises_to_the_same_numbers_as_per_image_preprocessing():
+    """Workers hand over uint8 views; the model's device normalises whole batches: bit for bit the same."""
+    preprocessing = Preprocessing(input_size=24, resize=28)
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(40, 30), (28, 28), (31, 77)]
+    ]
+    batch = torch.stack([preprocessing.pixels(image) for image in images])
+    assert batch.dtype == torch.uint8 and batch.shape == (3, 3, 24, 24)
+    expected = torch.stack([preprocessing(image) for image in images])
+    view = np.asarray(preprocessing.view(images[0]), dtype=np.float32) / 255.0  # the formula, written out
+    formula = (torch.from_numpy(view).permute(2, 0, 1) - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(
+        IMAGENET_STD
+    )[:, None, None]
+    assert torch.equal(expected[0], formula)
+    assert torch.equal(preprocessing.normalise_pixels(batch), expected)
 
 
 def test_mean_embeddings_average_the_filled_slots_only():

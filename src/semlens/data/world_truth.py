@@ -48,7 +48,6 @@ def dissect_layer(model: torch.nn.Module, preprocessing, layer: str, data: World
     concepts = data.config.concept_names()
     size = data.config.size
     batches = [range(start, min(start + batch_size, len(data))) for start in range(0, len(data), batch_size)]
-    samples = {}
 
     def batch_of(indices: range):
         rendered = [data.sample(index) for index in indices]

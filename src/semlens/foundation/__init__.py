@@ -16,7 +16,7 @@ import torch
 from ..errors import SpecError
 from ..specs import SpecForm, SpecRegistry
 from ..utils import import_object
-from .base import FoundationModel
+from .base import FoundationModel, StackedTransform
 
 FOUNDATION_MODELS: SpecRegistry[FoundationModel] = SpecRegistry("foundation model")
 
@@ -79,4 +79,10 @@ def list_foundation_models() -> list[SpecForm[FoundationModel]]:
     return FOUNDATION_MODELS.forms()
 
 
-__all__ = ["FoundationModel", "load_foundation_model", "list_foundation_models", "FOUNDATION_MODELS"]
+__all__ = [
+    "FoundationModel",
+    "StackedTransform",
+    "load_foundation_model",
+    "list_foundation_models",
+    "FOUNDATION_MODELS",
+]

@@ -7,13 +7,12 @@ three small methods; batching, ``no_grad``, device placement and L2 normalisatio
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
-from typing import Dict, Iterator, Sequence, TypeVar, Union
+from typing import Callable, Dict, Iterator, Sequence, TypeVar, Union
 
 import torch
 from PIL import Image
 
-from ..devices import inference_dtype, pick_device
+from ..devices import inference_dtype, one_thread, pick_device
 from ..errors import TextNotSupportedError
 
 T = TypeVar("T")
@@ -48,10 +47,18 @@ class FoundationModel(ABC):
         self.device = pick_device(device)
         self.dtype = inference_dtype(self.device)
 
+    @property
     @abstractmethod
+    def image_preprocessor(self) -> Callable[[Sequence[Image.Image]], Pixels]:
+        """Turns RGB images into the input batch of the image tower (on the CPU): a tensor, or a dict of
+        tensors for towers with several inputs (e.g. SigLIP 2's patches, patch mask and grid).
+
+        A small picklable object without the tower's weights, so that data-loader workers can run it
+        while the tower embeds the previous batch."""
+
     def preprocess(self, images: Sequence[Image.Image]) -> Pixels:
-        """Turn RGB images into the input batch of the image tower (on the CPU): a tensor, or a dict of
-        tensors for towers with several inputs (e.g. SigLIP 2's patches, patch mask and grid)."""
+        with one_thread():
+            return self.image_preprocessor([image.convert("RGB") for image in images])
 
     @abstractmethod
     def _embed_pixels(self, pixels: Pixels) -> torch.Tensor:
@@ -68,10 +75,13 @@ class FoundationModel(ABC):
         """Embed images in batches; returns L2-normalised float32 rows on the CPU."""
         chunks = [torch.empty(0, self.dim)]
         for chunk in batched(list(images), self.batch_size):
-            with _one_thread():
-                pixels = self.preprocess([image.convert("RGB") for image in chunk])
-            chunks.append(_normalise(self._embed_pixels(self._to_device(pixels))))
+            chunks.append(self.embed_pixels(self.preprocess(chunk)))
         return torch.cat(chunks)
+
+    @torch.no_grad()
+    def embed_pixels(self, pixels: Pixels) -> torch.Tensor:
+        """Embed a batch made by :attr:`image_preprocessor`; L2-normalised float32 rows on the CPU."""
+        return _normalise(self._embed_pixels(self._to_device(pixels)))
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
@@ -93,24 +103,21 @@ class FoundationModel(ABC):
         return f"{type(self).__name__}(id={self.id!r}, dim={self.dim}, device={self.device})"
 
 
+class StackedTransform:
+    """An image preprocessor from a per-image transform to a tensor: applied to each image, stacked."""
+
+    def __init__(self, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.transform = transform
+
+    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.transform(image) for image in images]).float()
+
+
 def silence_transformers_progress() -> None:
     """transformers draws a bar per weight file loaded; semlens draws its own bars for long work."""
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run per-image preprocessing on one thread: it is many small tensor operations, and on several
-    threads each one waits for the others (30-50 ms per image on a busy 2-core machine for open_clip's
-    transforms, against 1-2 ms on one thread; benchmarks/reference.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _normalise(embeddings: torch.Tensor) -> torch.Tensor:

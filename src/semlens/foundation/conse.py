@@ -12,13 +12,12 @@ import os
 from typing import Sequence
 
 import torch
-from PIL import Image
 
 from ..errors import SpecError
 from ..fingerprint import hash_module_weights
 from ..imagenet import imagenet_synonyms
 from ..zoo.efficientnet_lite import efficientnet_lite
-from .base import FoundationModel, silence_transformers_progress
+from .base import FoundationModel, StackedTransform, silence_transformers_progress
 
 TOP_CLASSES = 10
 SYNONYMS_PER_CLASS = 3  # "tabby, tabby cat": the bare names embed more distinctly than templated ones
@@ -55,8 +54,9 @@ class ConSE(FoundationModel):
             f"+all-MiniLM-L6-v2@{hash_module_weights(self.text_encoder)}"
         )
 
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.preprocessing(image) for image in images])
+    @property
+    def image_preprocessor(self) -> StackedTransform:
+        return StackedTransform(self.preprocessing)
 
     def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         probabilities = self.classifier(pixels).float().softmax(dim=-1)

@@ -71,10 +71,9 @@ class HFFoundationModel(FoundationModel):
             self.max_text_tokens: int = config.text_config.max_position_embeddings
         self.dim = _embedding_dim(config, name_or_path)
 
-    def preprocess(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
-        """``pixel_values``, plus SigLIP 2's patch mask and patch grid shapes."""
-        batch = self.image_processor(images=list(images), return_tensors="pt")
-        return {name: batch[name] for name in ("pixel_values", "pixel_attention_mask", "spatial_shapes") if name in batch}
+    @property
+    def image_preprocessor(self) -> ProcessorPixels:
+        return ProcessorPixels(self.image_processor)
 
     def _embed_pixels(self, pixels: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.supports_text:
@@ -96,6 +95,19 @@ class HFFoundationModel(FoundationModel):
         if not siglip and "attention_mask" in tokens:
             inputs["attention_mask"] = tokens["attention_mask"].to(self.device)
         return _pooled(self.model.get_text_features(**inputs))
+
+
+class ProcessorPixels:
+    """An image processor's ``pixel_values``, plus SigLIP 2's patch mask and patch grid shapes."""
+
+    NAMES = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        batch = self.processor(images=list(images), return_tensors="pt")
+        return {name: batch[name] for name in self.NAMES if name in batch}
 
 
 def _source(name_or_path: str) -> str:
@@ -150,4 +162,3 @@ def _embedding_dim(config: Any, name_or_path: str) -> int:
 def _pooled(output: Any) -> torch.Tensor:
     """The embedding from a model output (transformers 5 wraps it; earlier versions return a tensor)."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
-

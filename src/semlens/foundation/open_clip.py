@@ -14,12 +14,11 @@ from types import ModuleType
 from typing import Sequence
 
 import torch
-from PIL import Image
 
 from ..errors import SpecError, one_line
 from ..fingerprint import hash_module_weights
 from ..utils import import_optional
-from .base import FoundationModel
+from .base import FoundationModel, StackedTransform
 
 #: open_clip's model-name schemas; with them the weights come from the named repository or directory
 SCHEMAS = ("hf-hub", "local-dir")
@@ -69,8 +68,9 @@ class OpenCLIPFoundationModel(FoundationModel):
         with torch.no_grad():  # architectures store the embedding size in different places: measure it
             self.dim = int(self._embed_texts([""]).shape[-1])
 
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.transform(image) for image in images]).float()
+    @property
+    def image_preprocessor(self) -> StackedTransform:
+        return StackedTransform(self.transform)
 
     def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
@@ -86,7 +86,7 @@ def _check_arch(open_clip: ModuleType, arch: str) -> None:
         raise SpecError(
             f"unknown open_clip architecture {arch!r}; {len(names)} are known, e.g. "
             f"{', '.join(names[:SHOWN_ARCHS])}; see all with "
-            "python -c \"import open_clip; print(open_clip.list_models())\", or use hf-hub:ORG/REPO"
+            'python -c "import open_clip; print(open_clip.list_models())", or use hf-hub:ORG/REPO'
         )
 
 
@@ -102,4 +102,3 @@ def _check_weights(open_clip: ModuleType, arch: str, pretrained: str) -> str:
         f"open_clip:{arch}:{pretrained}: {pretrained!r} is neither a pretrained tag of {arch} nor a weights file; "
         f"tags: {', '.join(tags) or 'none published'}; or 'none' for random weights"
     )
-

@@ -21,7 +21,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -33,7 +32,7 @@ from ..errors import SemlensError
 from ..fingerprint import hash_json, hash_module_weights
 from ..progress import progress_bar
 from ..store import atomic_write
-from .base import FoundationModel
+from .base import FoundationModel, StackedTransform
 from .conse import load_sentence_encoder
 
 CODE_VERSION = 5  # bump when captions, views or the tower change: cached weights then retrain
@@ -470,8 +469,9 @@ class WorldFoundation(FoundationModel):
         self.dim = EMBEDDING_DIM
         self.id = f"world:{config.source}@{hash_module_weights(self.tower)}"
 
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.preprocessing(image) for image in images])
+    @property
+    def image_preprocessor(self) -> StackedTransform:
+        return StackedTransform(self.preprocessing)
 
     def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.tower(pixels)
