@@ -53,9 +53,9 @@ def main() -> None:
     queries = torch.randn(args.queries, 2, args.dim, generator=generator)  # (probe, null) pairs
 
     start = time.perf_counter()
-    index = UnitIndex.build(table.vectors)
+    index = UnitIndex.build(table)
     build_s = time.perf_counter() - start
-    indexed = UnitTable(table.layers, table.vectors, table.offsets, index)
+    indexed = UnitTable(table.layers, table.thetas, table.offsets, table.norms, index)
 
     latencies(table, queries[:2], args.top)  # warm-up
     latencies(indexed, queries[:2], args.top)

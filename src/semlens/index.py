@@ -2,7 +2,7 @@
 
 Alignment a(theta, p) = s(theta, p) - s(theta, null) equals theta^ . (p^ - null^) (Eq. 4 with unit
 vectors), so a search is a maximum-inner-product search over the normalised theta of all units. Brute
-force reads every theta for every query: about 0.3 s for 1 000 000 units x 512 dims on 2 CPU cores.
+force reads every theta for every query: about 0.2 s for 1 000 000 units x 512 dims on 2 CPU cores.
 From ``INDEX_MIN_UNITS`` units on, a faiss index (optional extra ``semlens[index]``) proposes
 candidates instead. It is product quantisation with 4-bit fast-scan codes, two dimensions per code
 (d/4 bytes per unit), and it scans *every* unit, so its recall does not depend on theta being
@@ -34,6 +34,10 @@ INDEX_MIN_UNITS = 100_000
 CANDIDATE_FACTOR = 100
 #: units the product quantiser is trained on (a seeded random subset)
 TRAINING_UNITS = 50_000
+#: units encoded per call while building the index
+ADD_BLOCK = 65_536
+#: F.normalize's floor on a norm (an all-zero theta stays zero)
+NORM_EPSILON = 1e-12
 INDEX_FILE = "index/units.faiss"
 INDEX_INFO = "index/units.json"
 
@@ -60,15 +64,16 @@ class UnitIndex:
         return import_optional("faiss", "index", "an index over many units")
 
     @classmethod
-    def build(cls, vectors: torch.Tensor, seed: int = 0) -> UnitIndex:
-        """Train the quantiser on a random subset of ``vectors`` ``[N, d]`` and encode all of them."""
+    def build(cls, table: UnitTable, seed: int = 0) -> UnitIndex:
+        """Train the quantiser on a random subset of the table's units, then encode all of them a block
+        at a time, so that the normalised vectors never exist all at once beside the Lens's theta."""
         faiss = cls._faiss()
-        units, dim = vectors.shape
+        units, dim = table.shape
         index = faiss.IndexPQFastScan(dim, dim // 2 if dim % 2 == 0 else dim, 4, faiss.METRIC_INNER_PRODUCT)
-        array = vectors.float().contiguous().numpy()
         training = torch.randperm(units, generator=torch.Generator().manual_seed(seed))[:TRAINING_UNITS]
-        index.train(array[torch.sort(training).values.numpy()])
-        index.add(array)
+        index.train(table.normalised(torch.sort(training).values).numpy())
+        for begin in range(0, units, ADD_BLOCK):
+            index.add(table.normalised(torch.arange(begin, min(begin + ADD_BLOCK, units))).numpy())
         return cls(index)
 
     def candidates(self, query: torch.Tensor, count: int) -> torch.Tensor:
@@ -87,11 +92,16 @@ class UnitIndex:
 
 @dataclass
 class UnitTable:
-    """The normalised theta of several layers stacked, so that one query ranks all their units."""
+    """The theta of several layers ranked as one table, so that one query ranks all their units.
+
+    It holds the layers' own arrays (no copy: at a million units theta alone is 2 GB) and each unit's
+    norm; an inner product with a normalised theta is the inner product with theta over its norm.
+    """
 
     layers: list[str]
-    vectors: torch.Tensor
+    thetas: list[torch.Tensor]
     offsets: list[int]
+    norms: torch.Tensor
     index: UnitIndex | None = None
 
     @classmethod
@@ -99,21 +109,38 @@ class UnitTable:
         offsets = [0]
         for theta in thetas.values():
             offsets.append(offsets[-1] + theta.shape[0])
-        vectors = F.normalize(torch.cat([theta.float() for theta in thetas.values()]), dim=-1)
-        return cls(list(thetas), vectors, offsets)
+        arrays = [theta.float() for theta in thetas.values()]
+        norms = torch.cat([theta.norm(dim=-1) for theta in arrays]).clamp_min(NORM_EPSILON)  # as F.normalize
+        return cls(list(thetas), arrays, offsets, norms)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.offsets[-1], self.thetas[0].shape[1]
 
     def locate(self, row: int) -> tuple[str, int]:
         """(layer, row within the layer) of a stacked row."""
         position = bisect.bisect_right(self.offsets, row) - 1
         return self.layers[position], row - self.offsets[position]
 
+    def normalised(self, rows: torch.Tensor) -> torch.Tensor:
+        """The unit vectors of stacked ``rows`` ``[n]`` as ``[n, d]`` (gathered in numpy, single-threaded:
+        see the re-scoring in :meth:`top`)."""
+        wanted = rows.numpy()
+        layer_of = np.searchsorted(self.offsets[1:-1], wanted, side="right")
+        vectors = np.empty((len(wanted), self.shape[1]), dtype=np.float32)
+        for position, theta in enumerate(self.thetas):
+            mine = layer_of == position
+            vectors[mine] = theta.numpy()[wanted[mine] - self.offsets[position]]
+        return torch.from_numpy(vectors / self.norms.numpy()[wanted, None])
+
     def top(self, probe: torch.Tensor, null: torch.Tensor | None, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows and alignments of the ``count`` best-aligned units, best first, ties to the lower row."""
         directions = [F.normalize(probe.float().reshape(-1), dim=-1)]
         if null is not None:
             directions.append(F.normalize(null.float().reshape(-1), dim=-1))
-        if self.index is None:
-            scores = alignment([self.vectors @ direction for direction in directions])
+        if self.index is None:  # one pass over every theta for probe and null together
+            dots = torch.cat([theta @ torch.stack(directions, dim=1) for theta in self.thetas]) / self.norms[:, None]
+            scores = alignment(list(dots.T))
             rows = top_positions(scores, count)
             return rows, scores[rows]
         query = directions[0] - directions[1] if null is not None else directions[0]
@@ -121,7 +148,7 @@ class UnitTable:
         # A thousand candidates are re-scored in numpy's single-threaded einsum: for so little work,
         # waking a thread pool (torch's, or BLAS's) costs more than the work itself, about 10 ms per
         # operation on a busy 2-core machine.
-        candidates = self.vectors.numpy()[rows.numpy()]
+        candidates = self.normalised(rows).numpy()
         dots = [np.einsum("ij,j->i", candidates, direction.numpy()) for direction in directions]
         scores = alignment([torch.from_numpy(dot) for dot in dots])
         best = top_positions(scores, count)
@@ -133,21 +160,22 @@ def alignment(dots: list[torch.Tensor]) -> torch.Tensor:
     return dots[0] - dots[1] if len(dots) > 1 else dots[0]
 
 
-def open_index(store: LensStore, vectors: torch.Tensor, fingerprint: str) -> UnitIndex | None:
+def open_index(store: LensStore, table: UnitTable, fingerprint: str) -> UnitIndex | None:
     """The index of a Lens with at least ``INDEX_MIN_UNITS`` units: read from the Lens directory when it
     was built from the same theta, else built and saved. None (brute force) below that size, or with a
     warning when faiss is not installed."""
-    if vectors.shape[0] < INDEX_MIN_UNITS:
+    units, dim = table.shape
+    if units < INDEX_MIN_UNITS:
         return None
     try:
         UnitIndex._faiss()
     except SpecError as error:
-        warnings.warn(f"searching {vectors.shape[0]} units by brute force: {error}", stacklevel=3)
+        warnings.warn(f"searching {units} units by brute force: {error}", stacklevel=3)
         return None
-    key = hash_json([fingerprint, list(vectors.shape), "pq-fastscan-4bit"])
+    key = hash_json([fingerprint, [units, dim], "pq-fastscan-4bit"])
     if store.path(INDEX_INFO).is_file() and store.read_json(INDEX_INFO).get("fingerprint") == key:
         return UnitIndex.load(store.path(INDEX_FILE))
-    index = UnitIndex.build(vectors)
+    index = UnitIndex.build(table)
     index.save(store.path(INDEX_FILE))
-    store.write_json(INDEX_INFO, {"fingerprint": key, "units": vectors.shape[0], "dim": vectors.shape[1]})
+    store.write_json(INDEX_INFO, {"fingerprint": key, "units": units, "dim": dim})
     return index

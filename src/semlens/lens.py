@@ -274,7 +274,7 @@ class Lens:
     def _units(self) -> UnitTable:
         """All units stacked for search, with an index from ``INDEX_MIN_UNITS`` units on (see semlens.index)."""
         table = UnitTable.stack({layer: self.theta(layer) for layer in self.layers})
-        table.index = open_index(self.store, table.vectors, self.manifest["stages"]["embed"]["fingerprint"])
+        table.index = open_index(self.store, table, self.manifest["stages"]["embed"]["fingerprint"])
         return table
 
     def _hit(self, layer: str, row: int, score: float) -> SearchHit:

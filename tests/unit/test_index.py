@@ -45,11 +45,21 @@ def test_brute_force_table_equals_alignment_per_layer() -> None:
     assert table.locate(29) == ("a", 29) and table.locate(30) == ("b", 0)
 
 
+def test_the_table_keeps_the_layers_arrays_and_gathers_normalised_rows_across_layers() -> None:
+    thetas = {"a": torch.randn(30, 16), "b": torch.randn(20, 16), "c": torch.zeros(5, 16)}
+    table = UnitTable.stack(thetas)
+    assert all(kept is theta for kept, theta in zip(table.thetas, thetas.values()))  # no copy of theta
+    everything = F.normalize(torch.cat(list(thetas.values())), dim=-1)
+    rows = torch.tensor([54, 0, 31, 29, 30, 7, 50])
+    torch.testing.assert_close(table.normalised(rows), everything[rows])
+    assert table.shape == (55, 16)
+
+
 @needs_faiss
 def test_index_recall_against_brute_force() -> None:
     vectors = F.normalize(clustered_units(20_000, 64), dim=-1)
-    exact, indexed = UnitTable(["all"], vectors, [0, len(vectors)]), UnitTable(["all"], vectors, [0, len(vectors)])
-    indexed.index = UnitIndex.build(vectors)
+    exact, indexed = UnitTable.stack({"all": vectors}), UnitTable.stack({"all": vectors})
+    indexed.index = UnitIndex.build(indexed)
     queries = clustered_units(20, 64, seed=1)
     found = sum(
         len(set(exact.top(q, None, 10)[0].tolist()) & set(indexed.top(q, None, 10)[0].tolist())) for q in queries
@@ -64,12 +74,12 @@ def test_index_is_cached_by_fingerprint(tmp_path, monkeypatch) -> None:
     from semlens.store import LensStore
 
     monkeypatch.setattr(index_module, "INDEX_MIN_UNITS", 100)
-    store, vectors = LensStore(tmp_path), F.normalize(clustered_units(500, 32), dim=-1)
-    assert open_index(store, vectors[:99], "theta-1") is None  # small: brute force
-    open_index(store, vectors, "theta-1")
+    store, table = LensStore(tmp_path), UnitTable.stack({"all": clustered_units(500, 32)})
+    assert open_index(store, UnitTable.stack({"all": clustered_units(99, 32)}), "theta-1") is None  # small: brute force
+    open_index(store, table, "theta-1")
     written = store.path(INDEX_FILE).stat().st_mtime_ns
-    assert open_index(store, vectors, "theta-1") is not None and store.path(INDEX_FILE).stat().st_mtime_ns == written
-    open_index(store, vectors, "theta-2")  # other theta: rebuilt
+    assert open_index(store, table, "theta-1") is not None and store.path(INDEX_FILE).stat().st_mtime_ns == written
+    open_index(store, table, "theta-2")  # other theta: rebuilt
     assert store.path(INDEX_FILE).stat().st_mtime_ns != written
 
 
@@ -79,7 +89,7 @@ def test_without_faiss_search_falls_back_to_brute_force(tmp_path, monkeypatch) -
     monkeypatch.setattr(index_module, "INDEX_MIN_UNITS", 100)
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now fails
     with pytest.warns(UserWarning, match="brute force"):
-        assert open_index(LensStore(tmp_path), torch.randn(200, 16), "theta") is None
+        assert open_index(LensStore(tmp_path), UnitTable.stack({"all": torch.randn(200, 16)}), "theta") is None
 
 
 @needs_faiss
