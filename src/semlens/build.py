@@ -453,7 +453,7 @@ class LensBuilder:
 
     def _embed_table(self, foundation: FoundationModel, table: CropTable) -> torch.Tensor:
         """Embed all distinct crops in checkpointed chunks, each rank its block of chunks, while data
-        loader workers decode, cut and preprocess the next chunks; a resumed run skips finished chunks."""
+        loader workers decode and cut the next chunks; a resumed run skips finished chunks."""
         partial = f"{EMBED_PARTIAL}/{self._stage_key('embed')}-{foundation.id.replace('/', '_').replace(':', '_')}"
         spans = list(chunks(table.rows.shape[0], self.config.embed_batch_size * 4))
         mine = [spans[position] for position in self.ranks.shard.split(range(len(spans)))]
@@ -463,16 +463,19 @@ class LensBuilder:
             if self.store.path(f"{partial}/{begin:09d}.safetensors").is_file()
         }
         pending = [span for span in mine if span[0] not in done]
+        in_workers = preprocess_in_workers(self.device)
         crops = CropChunks(
-            table.rows, pending, self.data, self.model.preprocessing.view, foundation.image_preprocessor, foundation.batch_size
-        )
+            table.rows, pending, self.data, self.model.preprocessing.view,
+            foundation.image_preprocessor if in_workers else list, foundation.batch_size,
+        )  # fmt: skip
         loader = torch.utils.data.DataLoader(
             crops, batch_size=None, num_workers=min(self._workers(), len(pending)), pin_memory=self.device.type == "cuda"
         )
         total = sum(end - begin for begin, end in mine)
         with progress_bar("embed", total, self.progress, completed=total - sum(end - begin for begin, end in pending)) as advance:
             for (begin, end), batches in zip(pending, loader):
-                part = torch.cat([foundation.embed_pixels(pixels) for pixels in batches])
+                pixels = batches if in_workers else [foundation.preprocess(crops) for crops in batches]
+                part = torch.cat([foundation.embed_pixels(batch) for batch in pixels])
                 self.store.write_tensors(f"{partial}/{begin:09d}.safetensors", {"embeddings": part})
                 done[begin] = part
                 advance(end - begin)
@@ -551,6 +554,16 @@ class LensBuilder:
         for name, layer in self.manifest["layers"].items():
             summary.layers.append(LayerSummary(name, layer["units"], layer["inactive_units"], layer["output"]))
         return summary
+
+
+def preprocess_in_workers(device: torch.device) -> bool:
+    """Whether data-loader workers run the foundation model's preprocessing as well as cutting crops.
+
+    With the foundation model on a GPU they do, or the GPU would wait on the main process's PIL
+    work. On a CPU they only cut: preprocessing beside the model's threads slows them more than it
+    saves (benchmarks/embedding.py). The embeddings are the same either way.
+    """
+    return device.type == "cuda"
 
 
 def build_lens(config: BuildConfig, out: str | Path, overwrite: bool = False, progress: bool = True):

@@ -7,6 +7,7 @@ import pytest
 import torch
 import tiny_models
 
+import semlens.build as build_module
 from semlens import BuildConfig, Lens, LayerSpec, build_lens, collect_topk, load_data, load_model
 from semlens.errors import StaleLensError
 
@@ -98,6 +99,14 @@ def test_each_distinct_crop_is_embedded_once(tmp_path, colour_folder, tiny_clip_
     distinct_samples = torch.unique(torch.cat([lens.samples(layer).reshape(-1) for layer in lens.layers]))
     assert stage["distinct_crops"] == len(distinct_samples) < stage["example_slots"] == (8 + 6 + 6) * 5
     assert sum(tiny_models.EMBEDDED) == stage["distinct_crops"]
+
+
+def test_preprocessing_in_the_loader_workers_as_on_a_gpu_gives_the_same_lens(built, tmp_path, colour_folder, tiny_clip_dir, monkeypatch) -> None:
+    monkeypatch.setattr(build_module, "preprocess_in_workers", lambda device: True)
+    again = build_lens(config(colour_folder, tiny_clip_dir, workers=1), tmp_path / "workers.lens", progress=False)
+    for layer in built.layers:
+        assert torch.equal(again.theta(layer), built.theta(layer))
+        assert torch.equal(again.example_embeddings(layer).nan_to_num(), built.example_embeddings(layer).nan_to_num())
 
 
 def test_collect_topk_api_reads_a_model_directly() -> None:
