@@ -30,7 +30,7 @@ from .collect import EMPTY_ID, Collector, TopK
 from .crops import CROP_MODES, boxes_from_maps, full_boxes
 from .data import ImageData, load_data
 from .data.base import DecodingDataset, collate_decoded
-from .devices import PRECISIONS, autocast_dtype, pick_device
+from .devices import autocast_dtype, check_precision, pick_device
 from .embed import CropChunks, CropTable, chunks, mean_embeddings, plan_crops
 from .errors import DataError, SemlensError, StaleLensError
 from .fingerprint import hash_json
@@ -79,8 +79,7 @@ class BuildConfig:
             raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
         if self.k < 1 or self.batch_size < 1 or self.embed_batch_size < 1:
             raise SemlensError("k, batch_size and embed_batch_size must be positive integers")
-        if self.precision not in PRECISIONS:
-            raise SemlensError(f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         if self.shard is not None:
             Shard.parse(self.shard)
 
@@ -225,14 +224,7 @@ class LensBuilder:
         checkpoint = COLLECT_PARTIAL if self.ranks.world == 1 else f"collect.partial.rank{self.ranks.rank}of{self.ranks.world}.safetensors"
         state, next_index, failures = self._load_collect_checkpoint(checkpoint, key, rows.start)
         model = self.model.module.to(self.device).eval()
-        dataset = DecodingDataset(self.data, self.model.preprocessing.pixels, range(next_index, rows.stop))
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=self.config.batch_size,
-            num_workers=self._workers(),
-            collate_fn=collate_decoded,
-            pin_memory=self.device.type == "cuda",
-        )
+        loader = self._image_loader(self.data, range(next_index, rows.stop), self.config.batch_size)
         last_save = time.monotonic()
         with Collector(model, self.specs, self.config.k, self.config.max_map_side, state, self.autocast) as collector:
             with progress_bar("collect", len(rows), self.progress, completed=next_index - rows.start) as advance:
@@ -257,6 +249,17 @@ class LensBuilder:
             checkpoint.unlink()
         self._finish_stage("collect", seconds, failed=len(failures), **info)
         return self.manifest
+
+    def _image_loader(self, data: ImageData, indices: range, batch_size: int) -> torch.utils.data.DataLoader:
+        """Batches ``(uint8 views or None, ids, failures)`` of ``data[indices]``, decoded by worker processes;
+        :meth:`_model_input` turns a batch into the model's input."""
+        return torch.utils.data.DataLoader(
+            DecodingDataset(data, self.model.preprocessing.pixels, indices),
+            batch_size=batch_size,
+            num_workers=self._workers(),
+            collate_fn=collate_decoded,
+            pin_memory=self.device.type == "cuda",
+        )
 
     def _model_input(self, pixels: torch.Tensor) -> torch.Tensor:
         """A loaded uint8 batch on the device, normalised there (4x fewer bytes to move than float32)."""
@@ -503,14 +506,7 @@ class LensBuilder:
         data = load_data(self.config.relevance_data) if self.config.relevance_data else self.data
         mapping, targets_from = class_mapping(self.model, data)
         layers = [spec for spec in self.specs if not spec.sae]
-        dataset = DecodingDataset(data, self.model.preprocessing.pixels, range(len(data)))
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=self.config.relevance_batch_size,
-            num_workers=self._workers(),
-            collate_fn=collate_decoded,
-            pin_memory=self.device.type == "cuda",
-        )
+        loader = self._image_loader(data, range(len(data)), self.config.relevance_batch_size)
         stats: dict[str, ClassRelevance] = {}
         with self._relevance.attributing() as modified, progress_bar("class relevance", len(data), self.progress) as advance:
             for pixels, ids, failed in loader:

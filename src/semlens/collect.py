@@ -183,7 +183,6 @@ class Collector:
                 "choose modules that forward() calls (see `semlens layers MODEL`)"
             )
 
-
     def _precision(self, enabled: bool) -> AbstractContextManager:
         """Autocast for the model's forward pass when asked for; unit scores, pooling and SAE encoding
         always run in float32 on the layer's output, so only the model's own arithmetic is reduced."""

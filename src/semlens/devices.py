@@ -31,6 +31,11 @@ def inference_dtype(device: torch.device) -> torch.dtype:
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise SemlensError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The reduced precision the model's forward pass runs in while collecting, or None for float32.
 
@@ -41,8 +46,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     why the precision is part of the Lens's identity. The CPU keeps float32 (autocast rarely pays
     there, and results stay bit for bit reproducible).
     """
-    if precision not in PRECISIONS:
-        raise SemlensError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     if precision == "auto":
         fast = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if fast else None

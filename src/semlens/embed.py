@@ -7,8 +7,8 @@ and each sample image is decoded once for all of its crops.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
