@@ -15,7 +15,7 @@ import time
 import torch
 
 from semlens import LayerSpec, list_layers, load_model
-from semlens.collect import Collector, iterate_batches
+from semlens.build.collect import Collector, iterate_batches
 
 
 def timed(function) -> float:

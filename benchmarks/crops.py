@@ -23,8 +23,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from semlens.crops import boxes_from_maps
-from semlens.embed import chunks
+from semlens.build.crops import boxes_from_maps
+from semlens.build.embed import chunks
 from semlens.relevance.lrp import RelevanceModel, crp_heatmaps
 
 LAYER = "relu4"

@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from semlens.demo import run_demo
+from semlens.world.demo import run_demo
 
 
 def seeded_world(world: str, seed: int, folder: Path) -> str:

@@ -2,7 +2,7 @@
 
 The units are random Gaussian vectors, the hardest case for an approximate index (no clusters to
 exploit; real theta are clustered). Each query is a text probe with its null, as in ``Lens.search``;
-both paths go through ``semlens.index.UnitTable.top``, which re-scores the index's candidates exactly.
+both paths go through ``semlens.lens.index.UnitTable.top``, which re-scores the index's candidates exactly.
 
     python benchmarks/search.py [--units 1000000] [--dim 512] [--queries 50] [--threads 2]
 """
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from semlens.index import CANDIDATE_FACTOR, UnitIndex, UnitTable
+from semlens.lens.index import CANDIDATE_FACTOR, UnitIndex, UnitTable
 
 
 def latencies(table: UnitTable, queries: torch.Tensor, top: int) -> tuple[list[float], list[set[int]]]:

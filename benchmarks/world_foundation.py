@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from semlens.analysis.probes import cosine
-from semlens.data.world import render
-from semlens.foundation.world import (
+from semlens.analysis.alignment import cosine
+from semlens.world.render import render
+from semlens.world.foundation import (
     HELD_OUT,
     load_world_foundation,
     random_box,
@@ -38,7 +38,7 @@ from semlens.foundation.world import (
     visible_concepts,
     weights_path,
 )
-from semlens.probing import ProbeEncoder
+from semlens.lens.probes import ProbeEncoder
 
 FAMILIES = ("shape", "color", "pattern", "background")
 

@@ -12,19 +12,19 @@ Build a Lens (one pass over probe data, then the foundation model over the conce
 
 __version__ = "0.1.0"
 
-from ._torchvision_compat import patch_torchvision_ops
+from ._util.torchvision_compat import patch_torchvision_ops
 
 patch_torchvision_ops()  # before anything imports transformers (which imports torchvision)
 
-from .build import BuildConfig, BuildSummary, build_lens
-from .collect import Collector, TopK, collect_topk
+from .build.builder import BuildConfig, BuildSummary, build_lens
+from .build.collect import Collector, TopK, collect_topk
 from .data import ImageData, list_datasets, load_data
-from .errors import SemlensError
+from ._util.errors import SemlensError
 from .foundation import FoundationModel, list_foundation_models, load_foundation_model
-from .lens import ConceptExample, Lens
-from .models import LoadedModel, list_models, load_model
-from .preprocess import Preprocessing
-from .units import LayerSpec, list_layers
+from .lens.lens import ConceptExample, Lens
+from .model.loading import LoadedModel, list_models, load_model
+from .model.preprocess import Preprocessing
+from .model.units import LayerSpec, list_layers
 
 __all__ = [
     "BuildConfig",

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import SemlensError
+from ._util.errors import SemlensError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Understand and validate what a model's units encode.")
 console = Console()
@@ -84,7 +84,7 @@ def run(
     """Build a Lens: collect top-k concept examples per unit, embed them, store them.
 
     Under `torchrun --nproc_per_node N -m semlens.cli run ...` the N processes share the work."""
-    from .build import BuildConfig, LensBuilder
+    from .build.builder import BuildConfig, LensBuilder
 
     options = dict(
         model=model,
@@ -131,7 +131,7 @@ def merge(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Merge shards into one Lens (exactly the Lens one `semlens run` gives) and run its remaining stages."""
-    from .merge import merge_shards
+    from .build.merge import merge_shards
 
     summary = merge_shards(
         parts, out, overwrite, progress and not as_json, device=device, precision=precision, workers=workers, embed_batch_size=embed_batch_size
@@ -172,8 +172,8 @@ def layers(
     """List a model's layers with their output shapes and unit counts."""
     from dataclasses import asdict
 
-    from .models import load_model
-    from .units import list_layers
+    from .model.loading import load_model
+    from .model.units import list_layers
 
     loaded = load_model(model)
     infos = list_layers(loaded.module, loaded.example_input())
@@ -192,7 +192,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Describe a Lens: model, data, foundation model, layers."""
-    from .lens import Lens
+    from .lens.lens import Lens
 
     opened = Lens.open(lens)
     manifest = opened.manifest
@@ -223,7 +223,7 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print the hits as JSON."),
 ) -> None:
     """Rank units of all (or chosen) layers by alignment with a text and/or image probe."""
-    from .lens import Lens
+    from .lens.lens import Lens
 
     hits = Lens.open(lens).search(query or None, image or (), layer or None, top, template or "search")
     if as_json:
@@ -245,7 +245,7 @@ def show(
     """Write a PNG grid of a unit's concept examples (crops) with their scores."""
     from dataclasses import asdict
 
-    from .lens import Lens
+    from .lens.lens import Lens
     from .report.figures import concept_grid
 
     opened = Lens.open(lens)
@@ -270,7 +270,7 @@ def label(
     as_json: bool = typer.Option(False, "--json", help="Print every unit's labels as JSON."),
 ) -> None:
     """Label every unit with its best concept (and runner-ups); stored in the Lens."""
-    from .lens import Lens
+    from .lens.lens import Lens
 
     opened = Lens.open(lens)
     results = opened.label(str(vocabulary) if vocabulary else None, threshold)
@@ -311,7 +311,7 @@ def dissect(
     as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
 ) -> None:
     """Count units per label category per layer; table and bar chart."""
-    from .lens import Lens
+    from .lens.lens import Lens
     from .report.figures import dissection_png
 
     counts = Lens.open(lens).dissect()
@@ -336,7 +336,7 @@ def overview_map(
     as_json: bool = typer.Option(False, "--json", help="Print the map (positions, clusters, categories) as JSON."),
 ) -> None:
     """UMAP overview map of the units, clustered and named; interactive HTML and PNG."""
-    from .lens import Lens
+    from .lens.lens import Lens
     from .report.figures import overview_figure, overview_png
 
     opened = Lens.open(lens)
@@ -361,7 +361,7 @@ def measures(
     as_json: bool = typer.Option(False, "--json", help="Print per-unit measures and layer summaries as JSON."),
 ) -> None:
     """Interpretability measures: clarity, polysemanticity, redundancy, per unit and per layer."""
-    from .lens import Lens
+    from .lens.lens import Lens
 
     opened = Lens.open(lens)
     result = {}
@@ -397,7 +397,7 @@ def similar(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """The units most similar to a unit (cosine of theta), in this Lens or another one."""
-    from .lens import Lens
+    from .lens.lens import Lens
 
     opened = Lens.open(lens)
     target = Lens.open(other) if other else opened
@@ -418,7 +418,7 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Compare two Lenses: S_{M->N} and S_{N->M} per layer pair, best matches, shared and unique concepts."""
-    from .lens import Lens
+    from .lens.lens import Lens
 
     comparison = Lens.open(lens_a).compare(Lens.open(lens_b), str(vocabulary) if vocabulary else None)
     if as_json:
@@ -440,7 +440,7 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="Print {\"html\": PATH} as JSON."),
 ) -> None:
     """Write one self-contained HTML report: map, dissection, measures, least clear and unexpected units."""
-    from .lens import Lens
+    from .lens.lens import Lens
     from .report.html import write_report
 
     target = write_report(Lens.open(lens), out)
@@ -467,7 +467,7 @@ def audit(
     as_json: bool = typer.Option(False, "--json", help="Print the audit as JSON."),
 ) -> None:
     """Audit a class: are the units it relies on aligned with valid or with spurious concepts?"""
-    from .lens import Lens
+    from .lens.lens import Lens
 
     opened = Lens.open(lens)
     settings = _audit_settings(config) if config else {}
@@ -504,7 +504,7 @@ def audit(
 
 
 def _audit_settings(path: Path) -> dict:
-    from .utils import read_toml
+    from ._util.tomlfiles import read_toml
 
     settings = read_toml(path, "audit config")
     known = {"class", "valid", "spurious", "valid_images", "spurious_images", "cut"}
@@ -514,7 +514,7 @@ def _audit_settings(path: Path) -> dict:
 
 
 def _artifact(artifact: Optional[Path], mask: Optional[Path], at: str, tint: Optional[str]):
-    from .validate import Artifact
+    from .analysis.interventions import Artifact
 
     if artifact is None and tint is None:
         return None
@@ -542,8 +542,8 @@ def test_artifact(
 ) -> None:
     """Insert an artefact into clean images and measure the class probability and accuracy change (and the AUC)."""
     from .data import load_data
-    from .lens import Lens
-    from .validate import artifact_effect, separation_auc
+    from .lens.lens import Lens
+    from .analysis.interventions import artifact_effect, separation_auc
 
     opened = Lens.open(lens)
     model, index = opened.model(), opened.class_index(class_name)
@@ -581,8 +581,8 @@ def prune(
 ) -> None:
     """Switch units off and compare accuracy (clean and with the artefact) before and after."""
     from .data import load_data
-    from .lens import Lens
-    from .validate import pruning_effect
+    from .lens.lens import Lens
+    from .analysis.interventions import pruning_effect
 
     opened = Lens.open(lens)
     index = None if class_name is None else opened.class_index(class_name)
@@ -610,7 +610,7 @@ def graph(
     as_json: bool = typer.Option(False, "--json", help="Print the graph as JSON."),
 ) -> None:
     """Attribution graph of a class: concept groups per layer and the CRP relevance flowing between them."""
-    from .lens import Lens
+    from .lens.lens import Lens
     from .report.figures import graph_figure
 
     result = Lens.open(lens).attribution_graph(class_name, layer or None, cut)
@@ -644,7 +644,7 @@ def list_specs(as_json: bool = typer.Option(False, "--json", help="Print as JSON
     """List the spec forms for models, data and foundation models."""
     from .data import DATASETS
     from .foundation import FOUNDATION_MODELS
-    from .models import MODELS
+    from .model.loading import MODELS
 
     registries = {"model": MODELS, "data": DATASETS, "foundation model": FOUNDATION_MODELS}
     if as_json:
@@ -662,7 +662,7 @@ def demo(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """The whole job offline in the concept world: train, build Lenses, search, label, audit, test, compare, report."""
-    from .demo import run_demo
+    from .world.demo import run_demo
 
     run_demo(out, str(world) if world else None, progress=progress, console=console)
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 import tiny_models
 
-import semlens.build as build_module
+import semlens.build.builder as build_module
 from semlens import BuildConfig, Lens, LayerSpec, build_lens, collect_topk, load_data, load_model
-from semlens.errors import StaleLensError
+from semlens._util.errors import StaleLensError
 
 LAYERS = ["features.0", "features.3:pool=max", "head:signed=true"]
 
@@ -112,7 +112,7 @@ def test_preprocessing_in_the_loader_workers_as_on_a_gpu_gives_the_same_lens(bui
 def test_collect_topk_api_reads_a_model_directly() -> None:
     model = tiny_models.TinyCNN().eval()
     data = torch.randn(20, 3, 32, 32)
-    from semlens.collect import iterate_batches
+    from semlens.build.collect import iterate_batches
 
     result = collect_topk(model, [LayerSpec.parse("head")], iterate_batches(data, 6), k=3)["head"]
     expected = model(data).detach().T.topk(3, dim=1)

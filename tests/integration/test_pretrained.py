@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from semlens import Lens, LayerSpec, collect_topk, list_layers, load_model
 from semlens.cli import app
-from semlens.collect import iterate_batches
+from semlens.build.collect import iterate_batches
 from semlens.data.photos import write_photo_folder
-from semlens.imagenet import find_imagenet_class
+from semlens.model.imagenet import find_imagenet_class
 
 
 @pytest.mark.slow

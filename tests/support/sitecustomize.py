@@ -10,7 +10,7 @@ all of semlens.
 import importlib.util
 from pathlib import Path
 
-_path = Path(__file__).resolve().parents[2] / "src" / "semlens" / "_torchvision_compat.py"
+_path = Path(__file__).resolve().parents[2] / "src" / "semlens" / "_util" / "torchvision_compat.py"
 _spec = importlib.util.spec_from_file_location("semlens_torchvision_compat", _path)
 _compat = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_compat)

@@ -11,9 +11,9 @@ import torch
 from semlens.analysis.compare import best_matches, concept_sets, overlap_matrices
 from semlens.analysis.label import dissect, label_units
 from semlens.analysis.overview import build_overview, cluster_count
-from semlens.analysis.probes import TEMPLATES, alignment, cosine, fill, null_prompts, resolve_templates
+from semlens.analysis.alignment import TEMPLATES, alignment, cosine, fill, null_prompts, resolve_templates
 from semlens.analysis.vocabulary import Vocabulary, builtin_vocabulary, load_vocabulary
-from semlens.errors import SemlensError
+from semlens._util.errors import SemlensError
 
 E = torch.eye(4)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semlens.crops import boxes_from_maps, full_boxes
+from semlens.build.crops import boxes_from_maps, full_boxes
 
 
 def reference_box(grid: torch.Tensor, height: int, width: int, threshold: float = 0.01) -> list[int]:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from semlens.errors import SpecError, TextNotSupportedError
+from semlens._util.errors import SpecError, TextNotSupportedError
 from semlens.foundation import load_foundation_model
 from semlens.foundation.hf import HFFoundationModel
 from semlens.foundation.open_clip import OpenCLIPFoundationModel

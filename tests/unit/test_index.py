@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from semlens import BuildConfig, Lens, build_lens
-from semlens import index as index_module
-from semlens.analysis.probes import alignment
-from semlens.index import INDEX_FILE, UnitIndex, UnitTable, open_index, top_positions
+from semlens.lens import index as index_module
+from semlens.analysis.alignment import alignment
+from semlens.lens.index import INDEX_FILE, UnitIndex, UnitTable, open_index, top_positions
 
 needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="faiss is not installed")
 
@@ -71,7 +71,7 @@ def test_index_recall_against_brute_force() -> None:
 
 @needs_faiss
 def test_index_is_cached_by_fingerprint(tmp_path, monkeypatch) -> None:
-    from semlens.store import LensStore
+    from semlens.lens.store import LensStore
 
     monkeypatch.setattr(index_module, "INDEX_MIN_UNITS", 100)
     store, table = LensStore(tmp_path), UnitTable.stack({"all": clustered_units(500, 32)})
@@ -84,7 +84,7 @@ def test_index_is_cached_by_fingerprint(tmp_path, monkeypatch) -> None:
 
 
 def test_without_faiss_search_falls_back_to_brute_force(tmp_path, monkeypatch) -> None:
-    from semlens.store import LensStore
+    from semlens.lens.store import LensStore
 
     monkeypatch.setattr(index_module, "INDEX_MIN_UNITS", 100)
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now fails

@@ -7,10 +7,10 @@ import torch
 import tiny_models
 
 from semlens import LayerSpec, collect_topk
-from semlens.collect import iterate_batches
-from semlens.devices import autocast_dtype
-from semlens.errors import SemlensError
-from semlens.parallel import Ranks, Shard
+from semlens.build.collect import iterate_batches
+from semlens._util.devices import autocast_dtype
+from semlens._util.errors import SemlensError
+from semlens.build.parallel import Ranks, Shard
 
 
 @pytest.mark.parametrize("total, step, count", [(30, 7, 2), (30, 7, 3), (5, 7, 3), (100, 1, 7), (0, 4, 2)])

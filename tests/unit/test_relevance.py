@@ -19,7 +19,7 @@ from torchvision.models import resnet18, vgg11_bn
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from semlens.relevance.canonizers import UnsupportedModelError
-from semlens.relevance.classes import ClassRelevance, relevance_shares
+from semlens.build.class_relevance import ClassRelevance, relevance_shares
 from semlens.relevance.lrp import RelevanceModel, crp_heatmaps, unit_relevance
 
 #: RelevanceModel's default epsilon; zennit's ZPlus and Flat default to the same stabilizer

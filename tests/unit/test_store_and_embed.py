@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from semlens.embed import CropChunks, cut_crops, mean_embeddings, plan_crops
-from semlens.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from semlens.errors import SemlensError
-from semlens.store import FORMAT, FORMAT_VERSION, MANIFEST, LensStore, atomic_write, layer_file
+from semlens.build.embed import CropChunks, cut_crops, mean_embeddings, plan_crops
+from semlens.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from semlens._util.errors import SemlensError
+from semlens.lens.store import FORMAT, FORMAT_VERSION, MANIFEST, LensStore, atomic_write, layer_file
 
 # ----------------------------------------------------------------------------------------------
 # LensStore

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from semlens.errors import LayerError
-from semlens.units import (
+from semlens._util.errors import LayerError
+from semlens.model.units import (
     SPEC_KEYS,
     LayerSpec,
     UnitReader,

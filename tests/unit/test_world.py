@@ -11,10 +11,10 @@ import torch
 
 import semlens
 from semlens.data import load_data
-from semlens.data.world import (
+from semlens.world.render import (
     COLORS, WorldConfig, WorldData, artifact_overlay, concept_image, render,
 )  # fmt: skip
-from semlens.errors import SemlensError
+from semlens._util.errors import SemlensError
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_invalid_configs_get_clear_errors(values, message):
 
 
 def test_world_cnn_training_is_deterministic(monkeypatch, tmp_path):
-    from semlens.zoo import world_cnn as module
+    from semlens.world import classifier as module
 
     monkeypatch.setitem(module.TRAINING, "images", 120)
     monkeypatch.setitem(module.TRAINING, "epochs", 1)
@@ -132,8 +132,8 @@ def test_world_cnn_training_is_deterministic(monkeypatch, tmp_path):
 def test_the_default_worlds_models_ship_with_semlens():
     """The demo's first run loads them instead of training for minutes. A change to a training recipe
     changes their names: retrain (run the demo once) and copy the new files from the cache to the assets."""
-    from semlens.foundation import world as foundation
-    from semlens.zoo import world_cnn as module
+    from semlens.world import foundation
+    from semlens.world import classifier as module
 
     config = WorldConfig.load()
     paths = [module.weights_path(config), module.weights_path(module.without_artifact_correlations(config))]

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import semlens.foundation.world as world_foundation
-from semlens.data.world import FAMILIES, WorldConfig, WorldSample, render
-from semlens.errors import SemlensError
+import semlens.world.foundation as world_foundation
+from semlens.world.render import FAMILIES, WorldConfig, WorldSample, render
+from semlens._util.errors import SemlensError
 from semlens.foundation import load_foundation_model
-from semlens.foundation.world import (
+from semlens.world.foundation import (
     HELD_OUT,
     STEPS_VARIABLE,
     WorldFoundation,

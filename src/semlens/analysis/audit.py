@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 VERDICTS = ("valid", "spurious", "both", "unexpected")
-DEFAULT_CUT = 0.028  # the paper's example: units with more than 2.8 % of a layer's relevance
+AUDIT_CUT = 0.028  # the paper's example: units with more than 2.8 % of a layer's relevance
 
 
 def verdict(valid: bool, spurious: bool) -> str:
@@ -82,7 +82,7 @@ def audit_units(
     a_spur: torch.Tensor,
     valid: list[str],
     spurious: list[str],
-    cut: float = DEFAULT_CUT,
+    cut: float = AUDIT_CUT,
     margin: float = 0.0,
 ) -> Audit:
     """Audit the units whose max relevance share for the class exceeds ``cut`` (most relevant first)."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .probes import alignment
+from .alignment import alignment
 
 DEFAULT_THRESHOLD = 0.025
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .probes import alignment
+from .alignment import alignment
 
 
 @dataclass

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ..errors import SemlensError
-from ..utils import parse_toml
+from .._util.errors import SemlensError
+from .._util.tomlfiles import parse_toml
 
 CUSTOM = "custom"
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..specs import SpecForm, SpecRegistry
-from ..errors import SpecError
-from ..utils import import_object
+from .._util.specs import SpecForm, SpecRegistry
+from .._util.errors import SpecError
+from .._util.imports import import_object
 from .base import ImageData
 from .folder import FolderData
 from .sequence import SequenceData
@@ -27,7 +27,7 @@ def _python(rest: str) -> ImageData:
 
 @DATASETS.register("world", "world:[CONFIG][:COUNT][:SPLIT]", "the rendered concept world (default config, 2000 probe images)")
 def _world(rest: str) -> ImageData:
-    from .world import parse_world_spec
+    from ..world.render import parse_world_spec
 
     return parse_world_spec(rest)
 

@@ -2,7 +2,7 @@
 
 Sample indices are the identity of a sample everywhere (top-k ids, crops, the Lens), so an adapter
 must list its samples in a stable order. Images that fail to decode are skipped and counted, never
-fatal: ``load`` raises :class:`~semlens.errors.DataError`, and the loader reports the failures.
+fatal: ``load`` raises :class:`~semlens._util.errors.DataError`, and the loader reports the failures.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from ..errors import DataError
+from .._util.errors import DataError
 
 
 class ImageData(ABC):

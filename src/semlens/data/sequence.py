@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import DataError
-from ..fingerprint import hash_json
+from .._util.errors import DataError
+from .._util.fingerprint import hash_json
 from .base import ImageData
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import SpecError
-from ..specs import SpecForm, SpecRegistry
-from ..utils import import_object
+from .._util.errors import SpecError
+from .._util.specs import SpecForm, SpecRegistry
+from .._util.imports import import_object
 from .base import FoundationModel, StackedTransform
 
 FOUNDATION_MODELS: SpecRegistry[FoundationModel] = SpecRegistry("foundation model")
@@ -56,7 +56,7 @@ def _open_clip(rest: str, device: str | torch.device | None = None) -> Foundatio
 
 @FOUNDATION_MODELS.register("world", "world[:CONFIG]", "the concept world's image-text model (trained once, cached)")
 def _world(rest: str, device: str | torch.device | None = None) -> FoundationModel:
-    from .world import load_world_foundation
+    from ..world.foundation import load_world_foundation
 
     return load_world_foundation(rest or None, device=device)
 

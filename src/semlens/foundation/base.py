@@ -12,8 +12,8 @@ from typing import Callable, Dict, Iterator, Sequence, TypeVar, Union
 import torch
 from PIL import Image
 
-from ..devices import inference_dtype, one_thread, pick_device
-from ..errors import TextNotSupportedError
+from .._util.devices import inference_dtype, one_thread, pick_device
+from .._util.errors import TextNotSupportedError
 
 T = TypeVar("T")
 Pixels = Union[torch.Tensor, Dict[str, torch.Tensor]]

@@ -13,10 +13,10 @@ from typing import Sequence
 
 import torch
 
-from ..errors import SpecError
-from ..fingerprint import hash_module_weights
-from ..imagenet import imagenet_synonyms
-from ..zoo.efficientnet_lite import efficientnet_lite
+from .._util.errors import SpecError
+from .._util.fingerprint import hash_module_weights
+from ..model.imagenet import imagenet_synonyms
+from ..model.zoo import efficientnet_lite
 from .base import FoundationModel, StackedTransform, silence_transformers_progress
 
 TOP_CLASSES = 10

@@ -13,8 +13,8 @@ from typing import Any, Callable, Sequence, TypeVar
 import torch
 from PIL import Image
 
-from ..errors import SpecError, one_line
-from ..fingerprint import hash_module_weights
+from .._util.errors import SpecError, one_line
+from .._util.fingerprint import hash_module_weights
 from .base import FoundationModel, silence_transformers_progress
 
 T = TypeVar("T")

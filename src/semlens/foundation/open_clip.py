@@ -15,9 +15,9 @@ from typing import Sequence
 
 import torch
 
-from ..errors import SpecError, one_line
-from ..fingerprint import hash_module_weights
-from ..utils import import_optional
+from .._util.errors import SpecError, one_line
+from .._util.fingerprint import hash_module_weights
+from .._util.imports import import_optional
 from .base import FoundationModel, StackedTransform
 
 #: open_clip's model-name schemas; with them the weights come from the named repository or directory

@@ -13,7 +13,7 @@ from torch import nn
 from zennit.canonizers import AttributeCanonizer, Canonizer, NamedMergeBatchNorm
 from zennit.layer import Sum
 
-from ..units import hooks
+from ..model.units import hooks
 
 LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..units import hooks, resolve_module, select_output
+from ..model.units import hooks, resolve_module, select_output
 from .lrp import _one_hot_logit, _per_unit
 
 UNLABELLED = "?"
-DEFAULT_CUT = 0.01
+GRAPH_CUT = 0.01
 
 
 @dataclass
@@ -40,7 +40,7 @@ class AttributionGraph:
 
 
 def group_units(
-    layer: str, units: list[str], shares: torch.Tensor, labels: list[str | None], cut: float = DEFAULT_CUT
+    layer: str, units: list[str], shares: torch.Tensor, labels: list[str | None], cut: float = GRAPH_CUT
 ) -> dict[str, list[int]]:
     """Indices of the units above ``cut``, grouped by label (``?`` for unlabelled), most relevant group first."""
     groups: dict[str, list[int]] = {}

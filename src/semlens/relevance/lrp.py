@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from ..units import hooks, resolve_module, select_output
+from ..model.units import hooks, resolve_module, select_output
 from .canonizers import UnsupportedModelError, canonizers_for
 
 #: leaf modules with an LRP rule (or that pass relevance unchanged and exactly)

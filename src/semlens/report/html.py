@@ -12,7 +12,7 @@ import html
 import io
 from pathlib import Path
 
-from ..lens import Lens
+from ..lens.lens import Lens
 from .figures import dissection_figure, overview_figure
 
 THUMBNAIL = 96

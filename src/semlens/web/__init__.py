@@ -10,7 +10,7 @@ import webbrowser
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import SemlensError
+from .._util.errors import SemlensError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

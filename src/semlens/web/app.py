@@ -26,8 +26,8 @@ from PIL import Image
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import __version__
-from ..errors import SemlensError, one_line
-from ..lens import ConceptExample, Lens
+from .._util.errors import SemlensError, one_line
+from ..lens.lens import ConceptExample, Lens
 from ..report.figures import dissection_figure, graph_figure, overview_figure
 from ..report.html import audit_figure
 from .schemas import (

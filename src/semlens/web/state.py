@@ -13,8 +13,8 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import SemlensError
-from ..lens import ConceptExample, Lens
+from .._util.errors import SemlensError
+from ..lens.lens import ConceptExample, Lens
 from .thumbnails import ThumbnailCache
 
 THUMBNAILS = 4  # concept examples shown next to a unit in lists

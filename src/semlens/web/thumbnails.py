@@ -12,8 +12,8 @@ import io
 import threading
 from pathlib import Path
 
-from ..lens import ConceptExample, Lens
-from ..store import atomic_write, safe_name
+from ..lens.lens import ConceptExample, Lens
+from ..lens.store import atomic_write, safe_name
 
 SIZE = 128
 QUALITY = 85

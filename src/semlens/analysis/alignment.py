@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import SemlensError
+from .._util.errors import SemlensError
 
 #: the paper's template sets (Sec. 3.2, D.1, F): "{}" stands for the concept
 TEMPLATES: dict[str, tuple[str, ...]] = {

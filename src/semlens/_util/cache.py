@@ -20,5 +20,5 @@ def cache_dir(*parts: str) -> Path:
 def trained_path(kind: str, key: str) -> Path:
     """Where the weights named ``key`` live: bundled with semlens (the default world's models, trained by
     this code and shipped so that the demo's first run loads instead of training), else in the cache."""
-    bundled = Path(__file__).parent / "assets" / "trained" / kind / f"{key}.safetensors"
+    bundled = Path(__file__).parents[1] / "assets" / "trained" / kind / f"{key}.safetensors"
     return bundled if bundled.is_file() else cache_dir(kind) / f"{key}.safetensors"

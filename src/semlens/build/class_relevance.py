@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..collect import TopK
+from .collect import TopK
 
 TOP_SAMPLES = 5
 

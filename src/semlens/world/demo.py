@@ -16,13 +16,13 @@ from typing import Any, Callable
 import torch
 from rich.console import Console
 
-from .analysis.vocabulary import Vocabulary
-from .build import BuildConfig, LensBuilder
-from .data.world import WorldConfig, WorldData, concept_family
-from .data.world_truth import concept_responses, dissect_layer, faithfulness
-from .lens import Lens
-from .store import atomic_write
-from .units import LayerSpec
+from ..analysis.vocabulary import Vocabulary
+from ..build.builder import BuildConfig, LensBuilder
+from .render import WorldConfig, WorldData, concept_family
+from .truth import concept_responses, dissect_layer, faithfulness
+from ..lens.lens import Lens
+from ..lens.store import atomic_write
+from ..model.units import LayerSpec
 
 LAYERS = ["features.10", "features.14", "head"]  # third and fourth conv stage (after ReLU), class logits
 SPATIAL = LAYERS[:2]
@@ -91,7 +91,7 @@ def run_demo(
     summary["compare"] = {"s_world_to_clean": comparison.a_to_b, "only_world": comparison.only_a, "only_clean": comparison.only_b}
     report = out / "report.html"
     if not report.is_file() or report.stat().st_mtime < lens.store.path("manifest.json").stat().st_mtime:
-        from .report.html import write_report
+        from ..report.html import write_report
 
         write_report(lens, report)
     summary["report"] = str(report)
@@ -165,8 +165,8 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
 
 def test_finding(lens: Lens, config: WorldConfig, artifact: str, target: str, spurious: list[str]) -> dict:
     """Insert the artefact into test images of the other classes; prune the spurious units; measure."""
-    from .data.world import artifact_overlay
-    from .validate import Artifact, artifact_effect, pruning_effect
+    from .render import artifact_overlay
+    from ..analysis.interventions import Artifact, artifact_effect, pruning_effect
 
     model = lens.model()
     others = WorldData(config, TEST_IMAGES, "test")

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import LayerError
-from .fingerprint import hash_file
+from .._util.errors import LayerError
+from .._util.fingerprint import hash_file
 
 POOLINGS = ("mean", "max")
 SPEC_KEYS = ("pool", "token", "pick", "signed", "sae", "prefix_tokens")

@@ -1,19 +1,11 @@
-"""Small helpers shared by several registries."""
+"""Importing code named by ``py:`` specs and optional extras, with errors that say what to do."""
 
 from __future__ import annotations
 
 import importlib
-import sys
-from pathlib import Path
 from typing import Any
 
-from .errors import SemlensError, SpecError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
+from .errors import SpecError
 
 def import_object(path: str, kind: str) -> Any:
     """Import ``package.module:attribute`` (the ``py:`` spec form) with a clear error."""
@@ -37,20 +29,3 @@ def import_optional(module_name: str, extra: str, needed_for: str) -> Any:
         return importlib.import_module(module_name)
     except ImportError as error:
         raise SpecError(f"{needed_for} needs {module_name}: pip install 'semlens[{extra}]' ({error})") from error
-
-
-def parse_toml(text: str, source: str) -> dict[str, Any]:
-    """Parse TOML text; a syntax error names its source."""
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise SemlensError(f"cannot parse {source}: {error}") from error
-
-
-def read_toml(path: str | Path, what: str) -> dict[str, Any]:
-    """Read a TOML file (``what`` names it in errors: "config", "vocabulary", ...)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise SemlensError(f"cannot read {what} {path}: {error}") from error
-    return parse_toml(text, f"{what} {path}")

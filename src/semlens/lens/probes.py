@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from .analysis.probes import fill, null_prompts, resolve_templates
-from .errors import SemlensError
-from .foundation import FoundationModel
+from ..analysis.alignment import fill, null_prompts, resolve_templates
+from .._util.errors import SemlensError
+from ..foundation import FoundationModel
 from .store import LensStore
 
 CACHE = "probes.safetensors"

@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import SpecError
-from .fingerprint import hash_module_weights
+from .._util.errors import SpecError
+from .._util.fingerprint import hash_module_weights
 from .imagenet import imagenet_classes
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from .specs import SpecForm, SpecRegistry
-from .utils import import_object, import_optional
-from .zoo.efficientnet_lite import VARIANTS as LITE_VARIANTS
-from .zoo.efficientnet_lite import efficientnet_lite
+from .._util.specs import SpecForm, SpecRegistry
+from .._util.imports import import_object, import_optional
+from .zoo import VARIANTS as LITE_VARIANTS
+from .zoo import efficientnet_lite
 
 
 @dataclass
@@ -59,8 +59,8 @@ WORLD_MODELS = ("world-cnn", "world-cnn-clean")
 def _zoo(rest: str) -> LoadedModel:
     name, _, world = rest.partition(":")
     if name in WORLD_MODELS:
-        from .data.world import WorldConfig
-        from .zoo.world_cnn import world_cnn
+        from ..world.render import WorldConfig
+        from ..world.classifier import world_cnn
 
         config = WorldConfig.load(world or None)
         module, preprocessing = world_cnn(config, clean=name.endswith("-clean"))

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..errors import SemlensError
-from ..preprocess import Preprocessing
-from ..utils import parse_toml, read_toml
-from .base import ImageData
+from .._util.errors import SemlensError
+from ..model.preprocess import Preprocessing
+from .._util.tomlfiles import parse_toml, read_toml
+from ..data.base import ImageData
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
 COLORS = {

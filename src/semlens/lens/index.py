@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import SpecError
-from .fingerprint import hash_json
+from .._util.errors import SpecError
+from .._util.fingerprint import hash_json
 from .store import LensStore, atomic_write
-from .utils import import_optional
+from .._util.imports import import_optional
 
 #: below this many units brute force is fast enough (about 30 ms at 512 dims on 2 cores) and exact
 INDEX_MIN_UNITS = 100_000
@@ -140,7 +140,7 @@ class UnitTable:
             directions.append(F.normalize(null.float().reshape(-1), dim=-1))
         if self.index is None:  # one pass over every theta for probe and null together
             dots = torch.cat([theta @ torch.stack(directions, dim=1) for theta in self.thetas]) / self.norms[:, None]
-            scores = alignment(list(dots.T))
+            scores = null_subtracted(list(dots.T))
             rows = top_positions(scores, count)
             return rows, scores[rows]
         query = directions[0] - directions[1] if null is not None else directions[0]
@@ -150,12 +150,12 @@ class UnitTable:
         # operation on a busy 2-core machine.
         candidates = self.normalised(rows).numpy()
         dots = [np.einsum("ij,j->i", candidates, direction.numpy()) for direction in directions]
-        scores = alignment([torch.from_numpy(dot) for dot in dots])
+        scores = null_subtracted([torch.from_numpy(dot) for dot in dots])
         best = top_positions(scores, count)
         return rows[best], scores[best]
 
 
-def alignment(dots: list[torch.Tensor]) -> torch.Tensor:
+def null_subtracted(dots: list[torch.Tensor]) -> torch.Tensor:
     """Eq. 4 from the inner products with the normalised probe and, when there is one, null."""
     return dots[0] - dots[1] if len(dots) > 1 else dots[0]
 

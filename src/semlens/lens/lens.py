@@ -10,13 +10,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .analysis.label import DEFAULT_THRESHOLD, Labels, dissect, label_units, unit_categories
-from .analysis.probes import alignment
-from .analysis.vocabulary import Vocabulary, load_vocabulary
-from .errors import SemlensError
+from ..analysis.label import DEFAULT_THRESHOLD, Labels, dissect, label_units, unit_categories
+from ..analysis.alignment import alignment
+from ..analysis.vocabulary import Vocabulary, load_vocabulary
+from .._util.errors import SemlensError
 from .index import UnitTable, open_index
 from .store import LensStore, layer_file
-from .units import unit_names
+from ..model.units import unit_names
 
 LABELS = "labels.json"
 
@@ -178,7 +178,7 @@ class Lens:
     @cached_property
     def _data(self):
         """The probe data, reopened from the data root recorded at build time (or its spec)."""
-        from .data import FolderData, load_data
+        from ..data import FolderData, load_data
 
         root = self.store.read_json("samples.json")["root"]
         if root and Path(root).is_dir():
@@ -187,7 +187,7 @@ class Lens:
 
     def example_image(self, example: ConceptExample, crop: bool = True) -> Image.Image:
         """A concept example as the model saw it (its input view), cropped to its box unless ``crop=False``."""
-        from .preprocess import Preprocessing
+        from ..model.preprocess import Preprocessing
 
         view = Preprocessing(**self.manifest["identity"]["preprocessing"]).view(self._data.load(example.sample))
         return view.crop(example.box) if crop else view
@@ -201,7 +201,7 @@ class Lens:
     @cached_property
     def foundation(self):
         """The foundation model the Lens was embedded with (loaded on first use, id checked)."""
-        from .foundation import load_foundation_model
+        from ..foundation import load_foundation_model
 
         recorded = self.manifest["foundation"]
         model = load_foundation_model(recorded["spec"])
@@ -215,7 +215,7 @@ class Lens:
     @cached_property
     def probes(self):
         """Probe encoder with an on-disk cache in this Lens."""
-        from .probing import ProbeEncoder
+        from .probes import ProbeEncoder
 
         return ProbeEncoder(self.foundation, self.store)
 
@@ -272,7 +272,7 @@ class Lens:
 
     @cached_property
     def _units(self) -> UnitTable:
-        """All units stacked for search, with an index from ``INDEX_MIN_UNITS`` units on (see semlens.index)."""
+        """All units stacked for search, with an index from ``INDEX_MIN_UNITS`` units on (see semlens.lens.index)."""
         table = UnitTable.stack({layer: self.theta(layer) for layer in self.layers})
         table.index = open_index(self.store, table, self.manifest["stages"]["embed"]["fingerprint"])
         return table
@@ -356,7 +356,7 @@ class Lens:
     def overview(self, layers: list[str] | None = None, clusters: int | None = None, seed: int = 0):
         """UMAP map of the units of the given (default: all) layers, k-means clusters named by their two
         best labels, units coloured by the category they align with best (see analysis.overview)."""
-        from .analysis.overview import build_overview
+        from ..analysis.overview import build_overview
 
         chosen = self._layers(layers)
         vocabulary = self._vocabulary_or(None)
@@ -388,7 +388,7 @@ class Lens:
 
     def compare(self, other: Lens, vocabulary: Vocabulary | str | Path | None = None):
         """S_{M->N} / S_{N->M} per layer pair, best matches, and shared and unique concepts."""
-        from .analysis.compare import Comparison, best_matches, concept_sets, overlap_matrices
+        from ..analysis.compare import Comparison, best_matches, concept_sets, overlap_matrices
 
         if self.foundation_id != other.foundation_id:
             raise SemlensError(
@@ -414,7 +414,7 @@ class Lens:
 
     def measures(self, layer: str) -> dict[str, torch.Tensor]:
         """Per unit: clarity, polysemanticity (Eq. 7, 10) and redundancy within the layer (Eq. 9)."""
-        from .analysis.measures import clarity, polysemanticity, redundancy
+        from ..analysis.measures import clarity, polysemanticity, redundancy
 
         examples = self.example_embeddings(layer)
         return {
@@ -502,7 +502,7 @@ class Lens:
         templates: str | list[str] = "audit",
     ):
         """Audit one class: verdicts for its relevant units and the class's relevance by verdict."""
-        from .analysis.audit import DEFAULT_CUT, audit_units
+        from ..analysis.audit import AUDIT_CUT, audit_units
 
         if not (valid or valid_images) or not (spurious or spurious_images):
             raise SemlensError("an audit needs at least one valid and one spurious concept (text or image)")
@@ -523,7 +523,7 @@ class Lens:
         result = audit_units(
             name, units, max_share, mean_share, a_valid, a_spur,
             list(valid) + [str(p) for p in valid_images], list(spurious) + [str(p) for p in spurious_images],
-            DEFAULT_CUT if cut is None else cut,
+            AUDIT_CUT if cut is None else cut,
         )  # fmt: skip
         for audited in result.units:
             audited.examples = [example.source for example in self.concept_examples(audited.unit)[:3]]
@@ -545,7 +545,7 @@ class Lens:
 
     def model(self):
         """The model under study, reloaded from its spec and checked against the recorded weights."""
-        from .models import load_model
+        from ..model.loading import load_model
 
         recorded = self.manifest["identity"]["model"]
         model = load_model(recorded["spec"])
@@ -562,10 +562,10 @@ class Lens:
         """The concepts behind a class between two or more layers (lowest first): relevant units grouped by
         label (threshold 0.01, "?" when unlabelled), edges weighted by CRP relevance conditioned on the
         upper group. Computed on the class's samples with the highest relevance (from class relevance)."""
-        from .relevance.graph import DEFAULT_CUT, AttributionGraph, Node, conditional_relevance, edges_between, group_units
-        from .relevance.lrp import RelevanceModel, unit_relevance
+        from ..relevance.graph import GRAPH_CUT, AttributionGraph, Node, conditional_relevance, edges_between, group_units
+        from ..relevance.lrp import RelevanceModel, unit_relevance
 
-        cut = DEFAULT_CUT if cut is None else cut
+        cut = GRAPH_CUT if cut is None else cut
         chosen = self._layers(layers)
         if len(chosen) < 2:
             raise SemlensError("an attribution graph needs at least two layers")

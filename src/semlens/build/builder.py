@@ -25,22 +25,22 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from .. import __version__
 from .collect import EMPTY_ID, Collector, TopK
 from .crops import CROP_MODES, boxes_from_maps, full_boxes
-from .data import ImageData, load_data
-from .data.base import DecodingDataset, collate_decoded
-from .devices import autocast_dtype, check_precision, pick_device
+from ..data import ImageData, load_data
+from ..data.base import DecodingDataset, collate_decoded
+from .._util.devices import autocast_dtype, check_precision, pick_device
 from .embed import CropChunks, CropTable, chunks, mean_embeddings, plan_crops
-from .errors import DataError, SemlensError, StaleLensError
-from .fingerprint import hash_json
-from .foundation import FoundationModel, load_foundation_model
-from .models import LoadedModel, class_mapping, load_model
+from .._util.errors import DataError, SemlensError, StaleLensError
+from .._util.fingerprint import hash_json
+from ..foundation import FoundationModel, load_foundation_model
+from ..model.loading import LoadedModel, class_mapping, load_model
 from .parallel import Ranks, Shard, connect
-from .progress import progress_bar
-from .store import FORMAT, FORMAT_VERSION, LensStore, layer_file
-from .units import LayerSpec, resolve_module
-from .utils import read_toml
+from .._util.progress import progress_bar
+from ..lens.store import FORMAT, FORMAT_VERSION, LensStore, layer_file
+from ..model.units import LayerSpec, resolve_module
+from .._util.tomlfiles import read_toml
 
 COLLECT_PARTIAL = "collect.partial.safetensors"  # of a single process; ranks add their rank
 #: crop=auto computes CRP heatmaps on a CPU only up to this many (unit, example) pairs
@@ -408,7 +408,7 @@ class LensBuilder:
     def relevance_support(self):
         """Whether LRP/CRP can explain this model (checked once, recorded in the manifest)."""
         if self._relevance is None:
-            from .relevance.lrp import RelevanceModel
+            from ..relevance.lrp import RelevanceModel
 
             size = self.model.preprocessing.input_size
             probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))  # zeros explain nothing
@@ -421,7 +421,7 @@ class LensBuilder:
         """CRP crop boxes ``[U, k, 4]``: each unit's heatmap on each of its samples, many pairs per backward
         pass, split into blocks of whole batches across ranks; stored per layer so that an interrupted
         run does not redo finished layers."""
-        from .relevance.lrp import crp_heatmaps
+        from ..relevance.lrp import crp_heatmaps
 
         name = layer_file(spec.name, "crops")
         key = self._stage_key("embed")
@@ -500,8 +500,8 @@ class LensBuilder:
         if not report.supported:
             self._finish_stage("relevance", 0.0, skipped=f"LRP does not support this model: {report.reason}")
             return
-        from .relevance.classes import ClassRelevance, relevance_shares
-        from .relevance.lrp import unit_relevance
+        from .class_relevance import ClassRelevance, relevance_shares
+        from ..relevance.lrp import unit_relevance
 
         data = load_data(self.config.relevance_data) if self.config.relevance_data else self.data
         mapping, targets_from = class_mapping(self.model, data)
@@ -564,7 +564,7 @@ def preprocess_in_workers(device: torch.device) -> bool:
 
 def build_lens(config: BuildConfig, out: str | Path, overwrite: bool = False, progress: bool = True):
     """Build (or resume, or reuse) the Lens at ``out`` and return it opened."""
-    from .lens import Lens
+    from ..lens.lens import Lens
 
     LensBuilder(config, out, overwrite=overwrite, progress=progress).run()
     return Lens.open(out)

@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import SemlensError
+from .._util.errors import SemlensError
 
 FORMAT = "semlens-lens"
 FORMAT_VERSION = 1

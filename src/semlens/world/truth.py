@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..units import LayerSpec, UnitReader, hooks, resolve_module
-from .world import WorldConfig, WorldData, concept_image
+from ..model.units import LayerSpec, UnitReader, hooks, resolve_module
+from .render import WorldConfig, WorldData, concept_image
 
 QUANTILE = 0.995
 IOU_THRESHOLD = 0.04

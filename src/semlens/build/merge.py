@@ -13,10 +13,10 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
-from .build import BuildConfig, BuildSummary, LensBuilder
+from .builder import BuildConfig, BuildSummary, LensBuilder
 from .collect import TopK
-from .errors import SemlensError
-from .store import LensStore, layer_file
+from .._util.errors import SemlensError
+from ..lens.store import LensStore, layer_file
 
 
 def _shard_manifest(store: LensStore) -> dict[str, Any]:

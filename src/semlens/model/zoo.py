@@ -6,8 +6,8 @@ import importlib
 
 import torch
 
-from ..errors import SpecError
-from ..preprocess import Preprocessing
+from .._util.errors import SpecError
+from .preprocess import Preprocessing
 
 # name -> (weights package, its locator class, input size)
 VARIANTS = {

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from .collect import EMPTY_ID
-from .data.base import ImageData
-from .devices import one_thread
-from .foundation.base import Pixels
+from ..data.base import ImageData
+from .._util.devices import one_thread
+from ..foundation.base import Pixels
 
 
 @dataclass

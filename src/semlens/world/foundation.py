@@ -24,16 +24,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..analysis.probes import TEMPLATES, fill, null_prompts
-from ..cache import trained_path
-from ..data.world import WORLD_MEAN, WORLD_STD, WorldConfig, WorldSample, concept_family, render, world_preprocessing
-from ..devices import pick_device
-from ..errors import SemlensError
-from ..fingerprint import hash_json, hash_module_weights
-from ..progress import progress_bar
-from ..store import atomic_write
-from .base import FoundationModel, StackedTransform
-from .conse import load_sentence_encoder
+from ..analysis.alignment import TEMPLATES, fill, null_prompts
+from .._util.cache import trained_path
+from .render import WORLD_MEAN, WORLD_STD, WorldConfig, WorldSample, concept_family, render, world_preprocessing
+from .._util.devices import pick_device
+from .._util.errors import SemlensError
+from .._util.fingerprint import hash_json, hash_module_weights
+from .._util.progress import progress_bar
+from ..lens.store import atomic_write
+from ..foundation.base import FoundationModel, StackedTransform
+from ..foundation.conse import load_sentence_encoder
 
 CODE_VERSION = 5  # bump when captions, views or the tower change: cached weights then retrain
 DEFAULT_STEPS = 400

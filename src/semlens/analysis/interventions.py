@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import ImageData
-from .errors import SemlensError
-from .models import LoadedModel, class_mapping
-from .units import hooks, resolve_module
+from ..data import ImageData
+from .._util.errors import SemlensError
+from ..model.loading import LoadedModel, class_mapping
+from ..model.units import hooks, resolve_module
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from .errors import LayerError
-from .units import LayerSpec, UnitReader, resolve_module
+from .._util.errors import LayerError
+from ..model.units import LayerSpec, UnitReader, resolve_module
 
 EMPTY_ID = -1
 _ID_SPAN = 1 << 32  # sample ids must be below 2**32

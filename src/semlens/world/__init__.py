@@ -1,0 +1,3 @@
+"""The concept world: rendered images with known concepts, their ground truth, the world's
+classifier and foundation model, and the offline demo that checks semlens against that truth.
+"""
