@@ -28,17 +28,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from semlens.analysis.alignment import cosine
-from semlens.world.render import render
-from semlens.world.foundation import (
-    HELD_OUT,
-    load_world_foundation,
-    random_box,
-    resolve_steps,
-    training_world,
-    visible_concepts,
-    weights_path,
-)
 from semlens.lens.probes import ProbeEncoder
+from semlens.world.captions import HELD_OUT, random_box, visible_concepts
+from semlens.world.foundation import load_world_foundation, resolve_steps, training_world, weights_path
+from semlens.world.render import render
 
 FAMILIES = ("shape", "color", "pattern", "background")
 

@@ -17,23 +17,19 @@ import torch.nn.functional as F
 from PIL import Image
 
 import semlens.world.foundation as world_foundation
-from semlens.world.render import FAMILIES, WorldConfig, WorldSample, render
 from semlens._util.errors import SemlensError
 from semlens.foundation import load_foundation_model
+from semlens.world.captions import HELD_OUT, caption, concept_phrases, training_phrases, visible_concepts
 from semlens.world.foundation import (
-    HELD_OUT,
     STEPS_VARIABLE,
     WorldFoundation,
-    caption,
-    concept_phrases,
     load_world_foundation,
     resolve_steps,
     train_world_foundation,
-    training_phrases,
     training_world,
-    visible_concepts,
     weights_path,
 )
+from semlens.world.render import FAMILIES, WorldConfig, WorldSample, render
 
 STEPS = 3
 CONFIG = WorldConfig.load()

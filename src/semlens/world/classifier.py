@@ -16,11 +16,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._util.cache import trained_path
-from .render import WorldConfig, concept_family, render, world_preprocessing
 from .._util.fingerprint import hash_json
-from ..model.preprocess import Preprocessing
 from .._util.progress import progress_bar
 from ..lens.store import atomic_write
+from ..model.preprocess import Preprocessing
+from .render import WorldConfig, concept_family, render, world_preprocessing
 
 TRAINING = {"images": 4000, "epochs": 4, "batch_size": 64, "learning_rate": 3e-3, "version": 1}
 

@@ -18,11 +18,11 @@ from rich.console import Console
 
 from ..analysis.vocabulary import Vocabulary
 from ..build.builder import BuildConfig, LensBuilder
-from .render import WorldConfig, WorldData, concept_family
-from .truth import concept_responses, dissect_layer, faithfulness
 from ..lens.lens import Lens
 from ..lens.store import atomic_write
 from ..model.units import LayerSpec
+from .render import WorldConfig, WorldData, concept_family
+from .truth import concept_responses, dissect_layer, faithfulness
 
 LAYERS = ["features.10", "features.14", "head"]  # third and fourth conv stage (after ReLU), class logits
 SPATIAL = LAYERS[:2]
@@ -165,8 +165,8 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
 
 def test_finding(lens: Lens, config: WorldConfig, artifact: str, target: str, spurious: list[str]) -> dict:
     """Insert the artefact into test images of the other classes; prune the spurious units; measure."""
-    from .render import artifact_overlay
     from ..analysis.interventions import Artifact, artifact_effect, pruning_effect
+    from .render import artifact_overlay
 
     model = lens.model()
     others = WorldData(config, TEST_IMAGES, "test")

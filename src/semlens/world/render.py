@@ -20,9 +20,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .._util.errors import SemlensError
-from ..model.preprocess import Preprocessing
 from .._util.tomlfiles import parse_toml, read_toml
 from ..data.base import ImageData
+from ..model.preprocess import Preprocessing
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
 COLORS = {
