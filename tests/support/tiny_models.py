@@ -36,6 +36,11 @@ def tiny_cnn() -> LoadedModel:
     return LoadedModel(TinyCNN().eval(), "py:tiny_models:tiny_cnn", TINY_PREPROCESSING, ["red", "green", "blue"])
 
 
+def tiny_cnn_module() -> nn.Module:
+    """The same network as a bare module: semlens gives it ImageNet preprocessing."""
+    return TinyCNN()
+
+
 def dead_cnn() -> LoadedModel:
     """A TinyCNN whose first conv never fires (ReLU of a large negative bias)."""
     model = TinyCNN().eval()

@@ -11,10 +11,19 @@ from .._util.errors import DataError
 from .base import ImageData
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+#: folders that archivers and operating systems add beside the data; never images or classes
+SYSTEM_FOLDERS = {"__MACOSX"}
+
+
+def is_data_file(relative: Path) -> bool:
+    """An image file that is not hidden and not inside a hidden or system folder (``.git``, ``__MACOSX``,
+    macOS's ``._name`` resource forks): those would become classes or undecodable samples."""
+    hidden = any(part.startswith(".") or part in SYSTEM_FOLDERS for part in relative.parts)
+    return not hidden and relative.suffix.lower() in IMAGE_SUFFIXES
 
 
 class FolderData(ImageData):
-    """Every image file under ``root`` (recursively), sorted by relative path.
+    """Every image file under ``root`` (recursively, hidden files and folders left out), sorted by relative path.
 
     When images sit in subfolders, the first path component is the class name (ImageNet-style
     ``root/class/xxx.jpg``); images directly in ``root`` then have no label.
@@ -28,7 +37,7 @@ class FolderData(ImageData):
         self.files = sorted(
             path.relative_to(self.root).as_posix()
             for path in self.root.rglob("*")
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+            if is_data_file(path.relative_to(self.root)) and path.is_file()
         )
         if not self.files:
             raise DataError(

@@ -2,7 +2,7 @@
 
 =========================================  ===============================================================
 ``zoo:efficientnet-lite0``                 bundled ImageNet EfficientNet-Lite0 (also lite1, lite2)
-``py:package.module:factory``              your callable returning an ``nn.Module`` or a LoadedModel
+``py:package.module:factory[:SIZE]``       your callable returning an ``nn.Module`` or a LoadedModel
 ``torchvision:NAME[:WEIGHTS]``             torchvision model; WEIGHTS an enum name (default DEFAULT),
                                            ``none`` or a state-dict file (extra ``semlens[torchvision]``)
 ``timm:NAME[:pretrained|none|PATH]``       timm model (extra ``semlens[timm]``)
@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -71,14 +71,30 @@ def _zoo(rest: str) -> LoadedModel:
     return LoadedModel(module, f"zoo:{rest}", preprocessing, imagenet_classes())
 
 
-@MODELS.register("py", "py:package.module:factory", "your callable returning an nn.Module (ImageNet preprocessing)")
+@MODELS.register(
+    "py", "py:package.module:factory[:SIZE]", "your callable returning an nn.Module (ImageNet preprocessing) or a LoadedModel; SIZE: input side (resize 256/224 of it)"
+)
 def _python(rest: str) -> LoadedModel:
-    made = import_object(rest, "model")()
-    if isinstance(made, LoadedModel):
-        return made
-    if not isinstance(made, nn.Module):
+    target, size = _python_input_size(rest)
+    made = import_object(target, "model")()
+    if isinstance(made, nn.Module):
+        made = LoadedModel(made.eval(), f"py:{rest}")
+    if not isinstance(made, LoadedModel):
         raise SpecError(f"py:{rest} returned {type(made).__name__}, not an nn.Module or semlens.LoadedModel")
-    return LoadedModel(made.eval(), f"py:{rest}")
+    if size is None:
+        return made
+    resized = replace(made.preprocessing, input_size=size, resize=round(size * 256 / 224))
+    return replace(made, spec=f"py:{rest}", preprocessing=resized)
+
+
+def _python_input_size(rest: str) -> tuple[str, int | None]:
+    """``package.module:factory[:SIZE]`` split into the import path and the input side (None: the default)."""
+    target, separator, size = rest.rpartition(":")
+    if not separator or ":" not in target:
+        return rest, None
+    if not size.isdecimal() or int(size) < 1:
+        raise SpecError(f"py:{rest}: the input size after the factory must be a positive integer (e.g. py:pkg.models:net:128)")
+    return target, int(size)
 
 
 @MODELS.register("torchvision", "torchvision:NAME[:WEIGHTS]", "torchvision model; WEIGHTS DEFAULT, an enum name, none or a file")
