@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 from .._util.errors import SpecError
-from .._util.specs import SpecForm, SpecRegistry
 from .._util.imports import import_object
+from .._util.specs import SpecForm, SpecRegistry
 from .base import FoundationModel, StackedTransform
 
 FOUNDATION_MODELS: SpecRegistry[FoundationModel] = SpecRegistry("foundation model")
@@ -74,6 +76,13 @@ def load_foundation_model(spec: str, device: str | torch.device | None = None) -
     return FOUNDATION_MODELS.resolve(spec, device=device)
 
 
+@lru_cache(maxsize=4)
+def shared_foundation_model(spec: str, device: str | None = None) -> FoundationModel:
+    """One loaded foundation model per spec and device for the whole process: Lenses embedded by the same
+    model (an explorer serving several, a comparison, the demo) share it instead of reloading its weights."""
+    return load_foundation_model(spec, device)
+
+
 def list_foundation_models() -> list[SpecForm[FoundationModel]]:
     """The registered spec forms, with usage and a one-line summary each."""
     return FOUNDATION_MODELS.forms()
@@ -83,6 +92,7 @@ __all__ = [
     "FoundationModel",
     "StackedTransform",
     "load_foundation_model",
+    "shared_foundation_model",
     "list_foundation_models",
     "FOUNDATION_MODELS",
 ]
