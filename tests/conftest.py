@@ -3,11 +3,14 @@ for end-to-end builds (a folder of small images, a tiny random CLIP on disk)."""
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 SUPPORT = Path(__file__).parent / "support"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Caches (probe embeddings, trained world models) go to a fresh folder, never the user's.
+os.environ["SEMLENS_CACHE"] = tempfile.mkdtemp(prefix="semlens-test-cache-")
 # CLI subprocesses started by the tests need the same torchvision fix: pass it on via PYTHONPATH.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(SUPPORT))

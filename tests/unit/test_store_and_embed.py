@@ -10,6 +10,9 @@ from PIL import Image
 from semlens.build.embed import CropChunks, cut_crops, mean_embeddings, plan_crops
 from semlens.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from semlens._util.errors import SemlensError
+from semlens.foundation import FoundationModel
+from semlens.lens import probes as probes_module
+from semlens.lens.probes import ProbeEncoder, read_probe_cache
 from semlens.lens.store import FORMAT, FORMAT_VERSION, MANIFEST, LensStore, atomic_write, layer_file
 
 # ----------------------------------------------------------------------------------------------
@@ -251,3 +254,38 @@ def test_mean_embeddings_average_the_filled_slots_only():
     theta = mean_embeddings(embeddings, index)
     expected = torch.tensor([[0.5, 1.0], [4.0, 4.0], [0.0, 0.0], [5 / 3, 2.0]])  # a unit with no example: zeros
     torch.testing.assert_close(theta, expected)
+
+
+class _CountingTexts(FoundationModel):
+    """A text-only stand-in that embeds each string as a fixed random vector and counts what it embeds."""
+
+    id = "counting-texts@1"
+    dim = 4
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.embedded: list[str] = []
+
+    image_preprocessor = None  # texts only
+    _embed_pixels = None
+
+    def _embed_texts(self, texts):
+        self.embedded += list(texts)
+        return torch.stack([torch.randn(4, generator=torch.Generator().manual_seed(len(text))) for text in texts])
+
+
+def test_probe_cache_is_shared_per_foundation_model_and_bounded(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(probes_module, "MAX_CACHED_PROMPTS", 3)
+    path = tmp_path / "probes.safetensors"
+    first = ProbeEncoder(_CountingTexts(), path)
+    embedded = first.texts(["a", "bb", "ccc", "dddd"])
+    assert first.foundation.embedded == ["a", "bb", "ccc", "dddd"]
+    again = ProbeEncoder(_CountingTexts(), path)  # a second Lens of the same foundation model
+    torch.testing.assert_close(again.texts(["bb", "ccc", "dddd"]), embedded[1:])
+    assert again.foundation.embedded == []  # all three read from the cache; the oldest prompt was dropped
+    assert again.texts(["a"]) is not None and again.foundation.embedded == ["a"]
+    other = _CountingTexts()
+    other.id = "another-model@2"
+    assert read_probe_cache(path, other.id) == {}  # another model's prompts are never reused
+    path.write_bytes(b"not a safetensors file")
+    assert read_probe_cache(path, first.foundation.id) == {}  # a damaged cache is embedded again, not an error

@@ -214,10 +214,10 @@ class Lens:
 
     @cached_property
     def probes(self):
-        """Probe encoder with an on-disk cache in this Lens."""
-        from .probes import ProbeEncoder
+        """Probe encoder with an on-disk cache per foundation model in the user cache (not in this Lens)."""
+        from .probes import ProbeEncoder, probe_cache_path
 
-        return ProbeEncoder(self.foundation, self.store)
+        return ProbeEncoder(self.foundation, probe_cache_path(self.foundation_id))
 
     def _layers(self, layers: list[str] | None) -> list[str]:
         for layer in layers or []:

@@ -1,7 +1,9 @@
 """Embedding probes for a Lens: texts through templates, images, the null prompt; cached on disk.
 
-The cache lives in the Lens directory (``probes.safetensors``), so it belongs to the Lens's foundation
-model by construction; every distinct prompt string is embedded once, ever.
+The cache is one file per foundation model in the user cache (``SEMLENS_CACHE/probes``), not in the
+Lens: asking a question never writes into the Lens (it may be read-only or received from someone
+else), Lenses embedded by the same model share their prompts, and every distinct prompt string is
+embedded once per foundation model. The file is bounded to ``MAX_CACHED_PROMPTS`` (oldest dropped).
 """
 
 from __future__ import annotations
@@ -14,25 +16,33 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-from ..analysis.alignment import fill, null_prompts, resolve_templates
+from .._util.cache import cache_dir
 from .._util.errors import SemlensError
+from .._util.fingerprint import hash_json
+from ..analysis.alignment import fill, null_prompts, resolve_templates
 from ..foundation import FoundationModel
-from .store import LensStore
+from .store import atomic_write
 
-CACHE = "probes.safetensors"
+MAX_CACHED_PROMPTS = 20_000  # about 60 MB of 768-d float32 embeddings per foundation model
+
+
+def probe_cache_path(foundation_id: str) -> Path:
+    """The user-cache file of one foundation model's prompt embeddings."""
+    return cache_dir("probes") / f"{hash_json(foundation_id)}.safetensors"
 
 
 class ProbeEncoder:
     """Embeds probes with a foundation model and remembers every prompt it has embedded."""
 
-    def __init__(self, foundation: FoundationModel, store: LensStore | None = None) -> None:
-        self.foundation, self.store = foundation, store
+    def __init__(self, foundation: FoundationModel, cache: Path | None = None) -> None:
+        self.foundation, self.cache = foundation, cache
         self._cache: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()  # the explorer embeds probes from several request threads at once
-        if store is not None and store.path(CACHE).is_file():
-            if store.read_metadata(CACHE).get("foundation") == foundation.id:
-                self._cache = store.read_tensors(CACHE)
+        if cache is not None and cache.is_file():
+            self._cache = read_probe_cache(cache, foundation.id)
 
     @staticmethod
     def _key(text: str) -> str:
@@ -45,9 +55,16 @@ class ProbeEncoder:
             if missing:
                 for text, embedding in zip(missing, self.foundation.encode_texts(missing)):
                     self._cache[self._key(text)] = embedding
-                if self.store is not None:
-                    self.store.write_tensors(CACHE, self._cache, {"foundation": self.foundation.id})
-            return torch.stack([self._cache[self._key(text)] for text in texts])
+            embedded = torch.stack([self._cache[self._key(text)] for text in texts])
+            if missing and self.cache is not None:
+                self._save()
+            return embedded
+
+    def _save(self) -> None:
+        """Write the cache atomically, keeping the newest ``MAX_CACHED_PROMPTS`` prompts."""
+        for key in list(self._cache)[: max(0, len(self._cache) - MAX_CACHED_PROMPTS)]:
+            del self._cache[key]
+        atomic_write(self.cache, lambda temporary: save_file(self._cache, str(temporary), {"foundation": self.foundation.id}))
 
     def concepts(self, concepts: Sequence[str], templates: str | Sequence[str]) -> torch.Tensor:
         """One embedding per concept ``[C, d]``: the mean over its templated prompts."""
@@ -76,3 +93,15 @@ class ProbeEncoder:
             except (OSError, UnidentifiedImageError) as error:
                 raise SemlensError(f"cannot read image probe {path}: {error}") from error
         return F.normalize(self.foundation.encode_images(images), dim=-1).mean(dim=0)
+
+
+def read_probe_cache(path: Path, foundation_id: str) -> dict[str, torch.Tensor]:
+    """The cached prompt embeddings of ``foundation_id``; empty when the file belongs to another model or
+    cannot be read (a cache is never worth an error: its prompts are embedded again)."""
+    try:
+        with safe_open(str(path), "pt") as handle:
+            if (handle.metadata() or {}).get("foundation") != foundation_id:
+                return {}
+            return {key: handle.get_tensor(key) for key in handle.keys()}
+    except (OSError, SafetensorError):
+        return {}
