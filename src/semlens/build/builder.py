@@ -15,7 +15,7 @@ import platform
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -37,6 +37,14 @@ from .parallel import Ranks, Shard, connect
 
 if TYPE_CHECKING:
     from ..relevance.lrp import SupportReport
+
+
+class Stage(Protocol):
+    """A step of the build that skips itself when its record in the manifest is up to date."""
+
+    name: str
+
+    def run(self) -> None: ...
 
 
 class LensBuilder:
@@ -68,11 +76,17 @@ class LensBuilder:
         self.context = BuildContext(
             config, self.store, self.ranks, device, autocast, shard, model, data, self.specs, rows, progress and self.ranks.is_main
         )
-        self.identity = self.context.identity = json.loads(json.dumps(self._identity()))  # compare as stored: tuples become lists
+        self.context.identity = json.loads(json.dumps(self._identity()))  # compare as stored: tuples become lists
         self.context.manifest = self.ranks.on_main(lambda: self._open_manifest(overwrite))
         self.collect_stage = CollectStage(self.context)
         self.embed_stage = EmbedStage(self.context, CropStage(self.context))
-        self.stages = [self.collect_stage] if shard else [self.collect_stage, self.embed_stage, ClassRelevanceStage(self.context)]
+        self.stages: list[Stage] = [self.collect_stage]
+        if shard is None:  # a shard runs only the collect stage; `semlens merge` runs the others
+            self.stages += [self.embed_stage, ClassRelevanceStage(self.context)]
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.context.identity
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -149,7 +163,7 @@ class LensBuilder:
         self.embed_stage.run()
 
     def run(self) -> BuildSummary:
-        """Every stage; only the collect stage for a shard (``semlens merge`` runs the others)."""
+        """Every stage in order; then the summary."""
         for stage in self.stages:
             stage.run()
         return self.summary()
