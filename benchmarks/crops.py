@@ -2,7 +2,7 @@
 
 A small random CNN (four convolutions, the last one with ``--units`` channels) on random images.
 Each unit's ``--samples`` examples are the images where it fires most (mean activation), as the
-collection pass would pick them. The batched side does what ``Build._relevance_boxes`` does: order
+collection pass would pick them. The batched side does what ``CropStage._relevance_boxes`` does: order
 the pairs by sample, take ``--batch`` of them per ``crp_heatmaps`` call and cut boxes with
 ``boxes_from_maps``. The one-at-a-time side makes one call per pair; it runs on the first
 ``--subset`` pairs of the same order and its time is scaled linearly to all pairs for the ratio

@@ -7,7 +7,7 @@ import pytest
 import torch
 import tiny_models
 
-import semlens.build.builder as build_module
+import semlens.build.embed_stage as embed_stage_module
 from semlens import BuildConfig, Lens, LayerSpec, build_lens, collect_topk, load_data, load_model
 from semlens._util.errors import StaleLensError
 
@@ -102,7 +102,7 @@ def test_each_distinct_crop_is_embedded_once(tmp_path, colour_folder, tiny_clip_
 
 
 def test_preprocessing_in_the_loader_workers_as_on_a_gpu_gives_the_same_lens(built, tmp_path, colour_folder, tiny_clip_dir, monkeypatch) -> None:
-    monkeypatch.setattr(build_module, "preprocess_in_workers", lambda device: True)
+    monkeypatch.setattr(embed_stage_module, "preprocess_in_workers", lambda device: True)
     again = build_lens(config(colour_folder, tiny_clip_dir, workers=1), tmp_path / "workers.lens", progress=False)
     for layer in built.layers:
         assert torch.equal(again.theta(layer), built.theta(layer))

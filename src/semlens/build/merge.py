@@ -13,10 +13,11 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
-from .builder import BuildConfig, BuildSummary, LensBuilder
-from .collect import TopK
 from .._util.errors import SemlensError
 from ..lens.store import LensStore, layer_file
+from .builder import LensBuilder
+from .collect import TopK
+from .config import BuildConfig, BuildSummary
 
 
 def _shard_manifest(store: LensStore) -> dict[str, Any]:

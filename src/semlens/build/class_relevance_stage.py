@@ -1,0 +1,68 @@
+"""The class relevance stage: per unit and class, the max and mean LRP relevance share over a
+labelled (or predicted) test set, and the samples with the highest share."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .._util.progress import progress_bar
+from ..data import load_data
+from ..lens.store import layer_file
+from ..model.loading import class_mapping
+from .class_relevance import ClassRelevance, relevance_shares
+from .context import BuildContext
+
+
+class ClassRelevanceStage:
+    """Inputs: the model, the layers (those without a sparse autoencoder) and ``config.relevance_data``
+    (or the probe data). Outputs: ``layers/<layer>.relevance`` and the data and targets it used in the
+    manifest; only a stage record when LRP does not support the model. Resume: done when the stage's
+    fingerprint is unchanged (it keeps no checkpoint: it is one pass).
+
+    Only rank 0 computes it (the other ranks are done): its float64 sums, split across ranks, would
+    be added in another order and differ in the last bits from a single-process run.
+    """
+
+    name = "relevance"
+
+    def __init__(self, context: BuildContext) -> None:
+        self.context = context
+
+    def run(self) -> None:
+        context = self.context
+        if not context.config.class_relevance or context.stage_done(self.name) or not context.ranks.is_main:
+            return
+        started = time.perf_counter()
+        report = context.relevance_support()
+        if not report.supported:
+            context.finish_stage(self.name, 0.0, skipped=f"LRP does not support this model: {report.reason}")
+            return
+        from ..relevance.lrp import unit_relevance
+
+        model = context.model
+        data = load_data(context.config.relevance_data) if context.config.relevance_data else context.data
+        mapping, targets_from = class_mapping(model, data)
+        layers = [spec for spec in context.specs if not spec.sae]
+        loader = context.image_loader(data, range(len(data)), context.config.relevance_batch_size)
+        stats: dict[str, ClassRelevance] = {}
+        with context.relevance.attributing() as modified, progress_bar("class relevance", len(data), context.progress) as advance:
+            for pixels, ids, failed in loader:
+                advance(len(ids) + len(failed))
+                if pixels is None:
+                    continue
+                pixels = context.model_input(pixels)
+                if mapping is None:
+                    with torch.no_grad():
+                        targets = model.module(pixels).argmax(dim=1)
+                else:
+                    targets = torch.tensor([mapping[data.label(index)] for index in ids.tolist()], device=context.device)
+                outputs, relevance = unit_relevance(modified, pixels, targets, [spec.name for spec in layers], {s.name: s.pick for s in layers})
+                for spec in layers:
+                    shares = relevance_shares(relevance[spec.name])
+                    stats.setdefault(spec.name, ClassRelevance(shares.shape[1], outputs.shape[1])).update(shares, targets, ids)
+        for name, accumulator in stats.items():
+            context.store.write_tensors(layer_file(name, "relevance"), accumulator.state())
+        context.manifest["relevance"] = {"data": data.spec, "targets": targets_from, "layers": list(stats)}
+        context.finish_stage(self.name, time.perf_counter() - started)

@@ -1,0 +1,129 @@
+"""The collect stage: one pass of the model over the data with hooks on every chosen layer, keeping
+the top-k samples (and their activation maps) per unit; checkpointed every few seconds."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from itertools import chain
+from typing import Any
+
+import torch
+
+from .._util.errors import DataError
+from .._util.fingerprint import hash_json
+from .._util.progress import progress_bar
+from ..lens.store import layer_file
+from .collect import EMPTY_ID, Collector, TopK
+from .context import BuildContext
+
+COLLECT_PARTIAL = "collect.partial.safetensors"  # of a single process; ranks add their rank
+
+
+class CollectStage:
+    """Inputs: the model, the layers and the samples ``context.rows`` (each rank its block of whole
+    batches). Outputs: ``layers/<layer>.topk`` (scores, ids, maps, inactive units), ``samples.json``,
+    ``failures.json`` and the layers' records in the manifest. Resume: done when the stage's
+    fingerprint is unchanged; an interrupted run goes on from its rank's ``collect.partial*``
+    checkpoint if that was taken of the same inputs and split."""
+
+    name = "collect"
+
+    def __init__(self, context: BuildContext) -> None:
+        self.context = context
+
+    def run(self) -> None:
+        context = self.context
+        if context.stage_done(self.name):
+            return
+        started = time.perf_counter()
+        ranks, config = context.ranks, context.config
+        rows = ranks.shard.split(context.rows, config.batch_size)  # this rank's whole batches
+        key = hash_json([context.stage_key(self.name), rows.start, rows.stop])
+        checkpoint = COLLECT_PARTIAL if ranks.world == 1 else f"collect.partial.rank{ranks.rank}of{ranks.world}.safetensors"
+        state, next_index, failures = self._load_checkpoint(checkpoint, key, rows.start)
+        model = context.model.module.to(context.device).eval()
+        loader = context.image_loader(context.data, range(next_index, rows.stop), config.batch_size)
+        last_save = time.monotonic()
+        with Collector(model, context.specs, config.k, config.max_map_side, state, context.autocast) as collector:
+            with progress_bar("collect", len(rows), context.progress, completed=next_index - rows.start) as advance:
+                for pixels, ids, failed in loader:
+                    if pixels is not None:
+                        collector.update(context.model_input(pixels), ids.to(context.device))
+                    failures.extend(failed)
+                    next_index += len(ids) + len(failed)
+                    advance(len(ids) + len(failed))
+                    if time.monotonic() - last_save >= config.checkpoint_seconds and next_index < rows.stop:
+                        self._save_checkpoint(checkpoint, key, collector.results, next_index, failures)
+                        last_save = time.monotonic()
+            results = ranks.merge_topk({name: topk.to("cpu") for name, topk in collector.results.items()})
+        failures = sorted(chain.from_iterable(ranks.gather_objects(failures)))
+        seconds = time.perf_counter() - started
+        context.manifest = ranks.on_main(lambda: self.finish(results, failures, seconds, ranks=ranks.world))
+
+    def finish(self, results: dict[str, TopK], failures: list, seconds: float, **info: Any) -> dict[str, Any]:
+        """Store the stage's results (from this run, or merged from shards) and mark it done."""
+        self._write_results(results, failures)
+        for checkpoint in self.context.store.root.glob("collect.partial*"):  # every rank's, of any earlier world size
+            checkpoint.unlink()
+        self.context.finish_stage(self.name, seconds, failed=len(failures), **info)
+        return self.context.manifest
+
+    def _save_checkpoint(self, name: str, key: str, results: dict[str, TopK], next_index: int, failures: list) -> None:
+        tensors: dict[str, torch.Tensor] = {}
+        for position, spec in enumerate(self.context.specs):
+            if spec.name in results:
+                tensors.update(results[spec.name].state(prefix=f"{position}."))
+        metadata = {"fingerprint": key, "next_index": str(next_index), "failures": json.dumps(failures)}
+        self.context.store.write_tensors(name, tensors, metadata)
+
+    def _load_checkpoint(self, name: str, key: str, start: int) -> tuple[dict[str, TopK], int, list]:
+        store = self.context.store
+        if not store.path(name).is_file():
+            return {}, start, []
+        metadata = store.read_metadata(name)
+        if metadata.get("fingerprint") != key:
+            store.remove(name)  # progress of other inputs or another split: useless, never mixed in
+            return {}, start, []
+        tensors = store.read_tensors(name)
+        state = {}
+        for position, spec in enumerate(self.context.specs):
+            if f"{position}.scores" in tensors:
+                state[spec.name] = TopK.from_state(tensors, prefix=f"{position}.").to(self.context.device)
+        failures = [tuple(item) for item in json.loads(metadata["failures"])]
+        return state, int(metadata["next_index"]), failures
+
+    def _write_results(self, results: dict[str, TopK], failures: list) -> None:
+        context = self.context
+        store, data = context.store, context.data
+        if len(failures) == len(context.rows):
+            examples = "; ".join(error for _, error in failures[:3])
+            raise DataError(f"none of the {len(context.rows)} samples of {data.spec} could be decoded ({examples})")
+        store.write_json("failures.json", [{"sample": index, "error": error} for index, error in failures])
+        for spec in context.specs:
+            topk = results[spec.name]
+            # a unit whose k kept scores are all equal never told samples apart: its examples are arbitrary
+            inactive = topk.scores[:, 0] == topk.scores[:, -1]
+            store.write_tensors(layer_file(spec.name, "topk"), {**topk.state(), "inactive": inactive})
+            base_units = topk.units // 2 if spec.signed else topk.units
+            context.manifest["layers"][spec.name] = {
+                "units": topk.units,
+                "unit_names": "signed" if spec.signed else "index",
+                "base_units": base_units,
+                "output": "spatial" if topk.maps is not None else "vector",
+                "map_shape": None if topk.maps is None else list(topk.maps.shape[2:]),
+                "inactive_units": int(inactive.sum()),
+                "spec": asdict(spec),
+            }
+        referenced = torch.unique(torch.cat([results[spec.name].ids.reshape(-1) for spec in context.specs]))
+        referenced = [index for index in referenced.tolist() if index != EMPTY_ID]
+        store.write_json(
+            "samples.json",
+            {
+                "root": str(getattr(data, "root", "")),
+                "ids": referenced,
+                "paths": [data.describe(index) for index in referenced],
+                "labels": [data.label(index) for index in referenced],
+            },
+        )

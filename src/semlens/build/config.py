@@ -1,0 +1,86 @@
+"""What a build is made from (``BuildConfig``, also the schema of ``semlens run --config``) and what it
+reports when it is done (``BuildSummary``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .._util.devices import check_precision
+from .._util.errors import SemlensError
+from .._util.tomlfiles import read_toml
+from .crops import CROP_MODES
+from .parallel import Shard
+
+
+@dataclass
+class BuildConfig:
+    """Everything a Lens is built from; also the schema of ``semlens run --config FILE.toml``."""
+
+    model: str
+    layers: list[str]
+    data: str
+    foundation: str = "conse"
+    k: int = 30
+    pool: str = "mean"
+    crop: str = "auto"
+    crop_threshold: float = 0.01
+    class_relevance: bool = True
+    relevance_data: str | None = None
+    relevance_batch_size: int = 16
+    max_map_side: int = 32
+    batch_size: int = 32
+    embed_batch_size: int = 64
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | None = None
+    checkpoint_seconds: float = 30.0
+    shard: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise SemlensError("no layers given; name at least one (see `semlens layers MODEL`)")
+        if self.crop not in CROP_MODES:
+            raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
+        if self.k < 1 or self.batch_size < 1 or self.embed_batch_size < 1:
+            raise SemlensError("k, batch_size and embed_batch_size must be positive integers")
+        check_precision(self.precision)
+        if self.shard is not None:
+            Shard.parse(self.shard)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> BuildConfig:
+        """Read a TOML file whose keys are this class's fields; ``overrides`` (not None) win."""
+        values = read_toml(path, "config")
+        known = {item.name for item in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise SemlensError(f"config {path}: unknown keys {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)
+
+
+@dataclass
+class LayerSummary:
+    name: str
+    units: int
+    inactive_units: int
+    output: str
+
+
+@dataclass
+class BuildSummary:
+    """What ``build_lens`` did, for the CLI's closing table and ``--json``."""
+
+    path: str
+    samples: int
+    failed: int
+    layers: list[LayerSummary] = field(default_factory=list)
+    example_slots: int = 0
+    distinct_crops: int = 0
+    stages: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,113 @@
+"""The crop stage: a square crop box per (unit, example), from the unit's CRP relevance heatmap on
+the example where LRP supports the model, else from its activation map, else the whole image; and
+the distinct crops of all layers, which the embed stage embeds once each."""
+
+from __future__ import annotations
+
+import torch
+
+from .._util.errors import SemlensError
+from .._util.progress import progress_bar
+from ..lens.store import layer_file
+from ..model.units import LayerSpec
+from .collect import EMPTY_ID
+from .context import BuildContext
+from .crops import boxes_from_maps, full_boxes
+from .embed import CropTable, chunks, plan_crops
+
+#: crop=auto computes CRP heatmaps on a CPU only up to this many (unit, example) pairs
+CPU_RELEVANCE_PAIRS = 4096
+
+
+class CropStage:
+    """Inputs: the collect stage's ``layers/<layer>.topk`` and ``config.crop``. Outputs: the crop
+    table of all layers (in memory, for the embed stage), each layer's crop mode and why in the
+    manifest, and ``layers/<layer>.crops`` for relevance crops. Resume: it runs within the embed
+    stage and shares its fingerprint; a layer's relevance crops of that fingerprint are reused."""
+
+    def __init__(self, context: BuildContext) -> None:
+        self.context = context
+
+    def run(self) -> CropTable:
+        samples, boxes = {}, {}
+        for spec in self.context.specs:
+            stored = self.context.store.read_tensors(layer_file(spec.name, "topk"))
+            samples[spec.name] = stored["ids"]
+            boxes[spec.name] = self._layer_boxes(spec, stored)
+        return plan_crops(samples, boxes)
+
+    def _crop_mode(self, spec: LayerSpec, has_maps: bool) -> tuple[str, str]:
+        """The crop mode a layer gets, and why (auto picks relevance where LRP supports it)."""
+        context = self.context
+        mode = context.config.crop
+        if mode in ("auto", "relevance"):
+            report = context.relevance_support()
+            problem = None if report.supported else report.reason
+            if problem is None and spec.sae:
+                problem = "CRP through a sparse autoencoder is not supported"
+            pairs = sum(context.manifest["layers"][other.name]["units"] for other in context.specs) * context.config.k
+            if problem is None and mode == "auto" and context.device.type != "cuda" and pairs > CPU_RELEVANCE_PAIRS:
+                problem = f"{pairs} unit-example pairs are too many backward passes on a CPU; pass crop=relevance to insist"
+            if problem is None:
+                return "relevance", report.reason
+            if mode == "relevance":
+                raise SemlensError(f"crop=relevance is not possible for layer {spec.name}: {problem}; use crop=activation")
+            mode, why = "activation", f"relevance not possible ({problem})"
+            return (mode, why) if has_maps else ("none", why + "; no activation map either")
+        if mode == "activation" and not has_maps:
+            return "none", "the layer has no spatial map"
+        return mode, "as asked"
+
+    def _layer_boxes(self, spec: LayerSpec, stored: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, maps, inactive = stored["ids"], stored.get("maps"), stored["inactive"]
+        size = self.context.model.preprocessing.input_size
+        mode, why = self._crop_mode(spec, maps is not None)
+        self.context.manifest["layers"][spec.name]["crop"] = {"mode": mode, "why": why}
+        if mode == "relevance":
+            layer_boxes = self._relevance_boxes(spec, ids)
+        elif mode == "activation":
+            layer_boxes = boxes_from_maps(maps.reshape(-1, *maps.shape[2:]), (size, size), self.context.config.crop_threshold)
+            layer_boxes = layer_boxes.reshape(*ids.shape, 4)
+        else:
+            layer_boxes = full_boxes(ids.numel(), (size, size)).reshape(*ids.shape, 4)
+        layer_boxes[inactive] = full_boxes(1, (size, size))  # arbitrary examples: no crop to trust
+        return layer_boxes
+
+    def _relevance_boxes(self, spec: LayerSpec, ids: torch.Tensor) -> torch.Tensor:
+        """CRP crop boxes ``[U, k, 4]``: each unit's heatmap on each of its samples, many pairs per backward
+        pass, split into blocks of whole batches across ranks; stored per layer so that an interrupted
+        run does not redo finished layers."""
+        from ..relevance.lrp import crp_heatmaps
+
+        context = self.context
+        store, ranks, model = context.store, context.ranks, context.model
+        name = layer_file(spec.name, "crops")
+        key = context.stage_key("embed")
+        if store.path(name).is_file() and store.read_metadata(name).get("fingerprint") == key:
+            return store.read_tensors(name)["boxes"]
+        size = model.preprocessing.input_size
+        units, k = ids.shape
+        base = context.manifest["layers"][spec.name]["base_units"]
+        unit_of = torch.arange(units).repeat_interleave(k)
+        flat_ids = ids.reshape(-1)
+        valid = (flat_ids != EMPTY_ID).nonzero().flatten()
+        order = valid[torch.argsort(flat_ids[valid], stable=True)]  # by sample: each image decoded once per batch
+        batch = context.config.relevance_batch_size
+        mine = ranks.shard.split(range(len(order)), batch)
+        found = torch.empty(len(mine), 4, dtype=torch.int64)
+        with context.relevance.attributing() as modified, progress_bar(f"relevance crops {spec.name}", len(mine), context.progress) as advance:
+            for begin, end in chunks(mine.stop, batch, mine.start):
+                positions = order[begin:end]
+                samples = flat_ids[positions].tolist()
+                views = {sample: model.preprocessing(context.data.load(sample)) for sample in set(samples)}
+                inputs = torch.stack([views[sample] for sample in samples]).to(context.device)
+                channels = unit_of[positions] % base
+                signs = torch.where(unit_of[positions] >= base, -1.0, 1.0)
+                heat = crp_heatmaps(modified, inputs, spec.name, channels.to(context.device), signs.to(context.device), spec.pick)
+                found[begin - mine.start : end - mine.start] = boxes_from_maps(heat.detach().cpu(), (size, size), context.config.crop_threshold)
+                advance(len(positions))
+        boxes = full_boxes(units * k, (size, size))
+        boxes[order] = ranks.concat(found)
+        boxes = boxes.reshape(units, k, 4)
+        ranks.on_main(lambda: store.write_tensors(name, {"boxes": boxes}, {"fingerprint": key}))
+        return boxes

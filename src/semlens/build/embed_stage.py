@@ -1,0 +1,111 @@
+"""The embed stage: every distinct crop of the crop stage embedded once by the foundation model (in
+checkpointed chunks), the embeddings stored by rows and averaged per unit to theta."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from .._util.errors import StaleLensError
+from .._util.progress import progress_bar
+from ..foundation import FoundationModel, load_foundation_model
+from ..lens.store import layer_file
+from .context import BuildContext
+from .crop_stage import CropStage
+from .embed import CropChunks, CropTable, chunks, mean_embeddings
+
+EMBED_PARTIAL = "embed.partial"
+
+
+def preprocess_in_workers(device: torch.device) -> bool:
+    """Whether data-loader workers run the foundation model's preprocessing as well as cutting crops.
+
+    With the foundation model on a GPU they do, or the GPU would wait on the main process's PIL
+    work. On a CPU they only cut: preprocessing beside the model's threads slows them more than it
+    saves (benchmarks/embedding.py). The embeddings are the same either way.
+    """
+    return device.type == "cuda"
+
+
+class EmbedStage:
+    """Inputs: the crop table of :class:`CropStage` and the foundation model. Outputs:
+    ``crops.safetensors`` (every distinct crop and its float16 embedding), ``layers/<layer>.embed``
+    (crop rows, boxes and theta per unit) and the foundation model's id in the manifest. Resume: done
+    when the stage's fingerprint is unchanged; an interrupted run reuses the chunks embedded under
+    ``embed.partial/`` with the same fingerprint and foundation model id. A foundation model whose id
+    changed since the Lens was embedded makes it stale."""
+
+    name = "embed"
+
+    def __init__(self, context: BuildContext, crops: CropStage) -> None:
+        self.context, self.crops = context, crops
+
+    def run(self) -> None:
+        context = self.context
+        if context.stage_done(self.name):
+            return
+        started = time.perf_counter()
+        foundation = load_foundation_model(context.config.foundation, device=context.device)
+        foundation.batch_size = context.config.embed_batch_size
+        recorded = context.manifest.get("foundation", {}).get("id")
+        if recorded and recorded != foundation.id:
+            raise StaleLensError(
+                f"foundation model {context.config.foundation} now has id {foundation.id}, but this Lens was "
+                f"embedded with {recorded} (its weights changed); use another directory or --overwrite"
+            )
+        context.manifest["foundation"] = {"spec": context.config.foundation, "id": foundation.id, "dim": foundation.dim}
+        context.ranks.on_main(lambda: context.store.write_manifest(context.manifest))
+        table = self.crops.run()
+        embeddings = self._embed_table(foundation, table)
+        context.manifest = context.ranks.on_main(lambda: self._store(table, embeddings, started))
+
+    def _store(self, table: CropTable, embeddings: torch.Tensor, started: float) -> dict[str, Any]:
+        store = self.context.store
+        store.write_tensors(
+            "crops.safetensors",
+            {"samples": table.samples, "boxes": table.boxes, "embeddings": embeddings.half()},
+        )
+        for spec in self.context.specs:
+            index = table.index[spec.name]
+            theta = mean_embeddings(embeddings, index)
+            boxes = torch.where((index >= 0)[..., None], table.boxes[index.clamp_min(0)], -1)
+            store.write_tensors(layer_file(spec.name, "embed"), {"crop_index": index, "boxes": boxes, "theta": theta})
+        store.remove(EMBED_PARTIAL)
+        slots = sum(int((index >= 0).sum()) for index in table.index.values())
+        self.context.finish_stage(self.name, time.perf_counter() - started, example_slots=slots, distinct_crops=table.rows.shape[0])
+        return self.context.manifest
+
+    def _embed_table(self, foundation: FoundationModel, table: CropTable) -> torch.Tensor:
+        """Embed all distinct crops in checkpointed chunks, each rank its block of chunks, while data
+        loader workers decode and cut the next chunks; a resumed run skips finished chunks."""
+        context = self.context
+        store, device = context.store, context.device
+        partial = f"{EMBED_PARTIAL}/{context.stage_key(self.name)}-{foundation.id.replace('/', '_').replace(':', '_')}"
+        spans = list(chunks(table.rows.shape[0], context.config.embed_batch_size * 4))
+        mine = [spans[position] for position in context.ranks.shard.split(range(len(spans)))]
+        done = {
+            begin: store.read_tensors(f"{partial}/{begin:09d}.safetensors")["embeddings"]
+            for begin, _ in mine
+            if store.path(f"{partial}/{begin:09d}.safetensors").is_file()
+        }
+        pending = [span for span in mine if span[0] not in done]
+        in_workers = preprocess_in_workers(device)
+        crops = CropChunks(
+            table.rows, pending, context.data, context.model.preprocessing.view,
+            foundation.image_preprocessor if in_workers else list, foundation.batch_size,
+        )  # fmt: skip
+        loader = torch.utils.data.DataLoader(
+            crops, batch_size=None, num_workers=min(context.workers(), len(pending)), pin_memory=device.type == "cuda"
+        )
+        total = sum(end - begin for begin, end in mine)
+        with progress_bar("embed", total, context.progress, completed=total - sum(end - begin for begin, end in pending)) as advance:
+            for (begin, end), batches in zip(pending, loader):
+                pixels = batches if in_workers else [foundation.preprocess(crops) for crops in batches]
+                part = torch.cat([foundation.embed_pixels(batch) for batch in pixels])
+                store.write_tensors(f"{partial}/{begin:09d}.safetensors", {"embeddings": part})
+                done[begin] = part
+                advance(end - begin)
+        local = torch.cat([torch.empty(0, foundation.dim), *(done[begin] for begin, _ in mine)])
+        return context.ranks.concat(local)
