@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from semlens import BuildConfig
+from semlens.build.builder import LensBuilder
 from semlens.cli import app
 
 runner = CliRunner()
@@ -151,3 +153,14 @@ def test_non_lens_directories_are_left_alone(tmp_path, colour_folder, tiny_clip_
     assert_clear_error(result, "not empty and holds no Lens manifest")
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
     assert_clear_error(invoke("info", tmp_path / "busy"), "is not a Lens directory")
+
+
+def test_a_module_given_twice_is_refused_with_both_specs(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    result = invoke(*run_args(colour_folder, tiny_clip_dir, tmp_path / "x", "--layer", "head", "--layer", "head:signed=true"))
+    assert_clear_error(result, "layer 'head' is given twice", "'head'", "'head:signed=true'")
+
+
+def test_k_larger_than_the_data_is_said(tmp_path, colour_folder) -> None:
+    config = BuildConfig(model="py:tiny_models:tiny_cnn", layers=["head"], data=f"folder:{colour_folder}", k=500)
+    with pytest.warns(UserWarning, match="k=500 but the data has only 30 samples"):
+        LensBuilder(config, tmp_path / "x", progress=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import platform
+import warnings
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,9 +67,15 @@ class LensBuilder:
         shard = Shard.parse(config.shard) if config.shard else None
         model: LoadedModel = load_model(config.model)
         data: ImageData = load_data(config.data)
-        self.specs = [LayerSpec.parse(text, config.pool) for text in config.layers]
+        self.specs = parse_layers(config.layers, config.pool)
         for spec in self.specs:
             resolve_module(model.module, spec.name)
+        if config.k > len(data):
+            warnings.warn(
+                f"k={config.k} but the data has only {len(data)} samples: every unit keeps at most {len(data)} "
+                "concept examples (the other slots stay empty)",
+                stacklevel=2,
+            )
         rows = (shard or Shard()).split(range(len(data)), config.batch_size)
         if shard and not rows:
             batches = -(-len(data) // config.batch_size)
@@ -182,6 +189,21 @@ class LensBuilder:
         for name, layer in self.manifest["layers"].items():
             summary.layers.append(LayerSummary(name, layer["units"], layer["inactive_units"], layer["output"]))
         return summary
+
+
+def parse_layers(texts: list[str], pool: str) -> list[LayerSpec]:
+    """Layer specs, one per module: the same module twice (e.g. with other options) would silently keep
+    only one of them, so it is refused with both spellings named."""
+    specs = [LayerSpec.parse(text, pool) for text in texts]
+    first: dict[str, str] = {}
+    for text, spec in zip(texts, specs):
+        if spec.name in first:
+            raise SemlensError(
+                f"layer {spec.name!r} is given twice ({first[spec.name]!r} and {text!r}); give each module once, "
+                "with all its options in one spec (NAME:key=value,...)"
+            )
+        first[spec.name] = text
+    return specs
 
 
 def build_lens(config: BuildConfig, out: str | Path, overwrite: bool = False, progress: bool = True):
