@@ -210,7 +210,7 @@ def print_summary(summary: dict, console: Console) -> None:
             f"{summary['test']['pruning']['clean']['before']['accuracy']:.3f} -> {summary['test']['pruning']['clean']['after']['accuracy']:.3f}"
         )
     s = torch.tensor(summary["compare"]["s_world_to_clean"])
-    console.print(f"compare with the model trained without the artefact: S_world->clean per layer {s.diag().tolist()}")
+    console.print(f"compare with the model trained without the artefact: S_world->clean per layer {', '.join(f'{value:.2f}' for value in s.diag().tolist())}")
     console.print(f"concepts only the artefact-trained model has: {', '.join(summary['compare']['only_world']) or 'none'}")
     console.print(f"report: {summary['report']}  (explore further: semlens search/show/audit on the Lens)")
     console.print(f"open the explorer: semlens serve {Path(summary['report']).parent / 'world.lens'} {Path(summary['report']).parent / 'world-clean.lens'}")
