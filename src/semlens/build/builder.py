@@ -25,6 +25,7 @@ from .._util.devices import autocast_dtype, pick_device
 from .._util.errors import SemlensError, StaleLensError
 from ..data import ImageData, load_data
 from ..lens.store import FORMAT, FORMAT_VERSION, LensStore
+from ..lens.trust import new_build_id, remember_trusted
 from ..model.loading import LoadedModel, load_model
 from ..model.units import LayerSpec, resolve_module
 from .class_relevance_stage import ClassRelevanceStage
@@ -140,6 +141,7 @@ class LensBuilder:
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "build_id": new_build_id(),
             "versions": {"semlens": __version__, "torch": torch.__version__, "python": platform.python_version()},
             "identity": self.identity,
             "settings": asdict(self.config),
@@ -173,7 +175,17 @@ class LensBuilder:
         """Every stage in order; then the summary."""
         for stage in self.stages:
             stage.run()
+        if self.context.shard is None and self.ranks.is_main:
+            self._seal()
         return self.summary()
+
+    def _seal(self) -> None:
+        """Record the array files' sizes and hashes in the manifest and trust the Lens on this machine:
+        it was built from this user's own specs (see ``lens.trust``)."""
+        self.manifest.setdefault("build_id", new_build_id())  # a Lens built before build ids
+        self.manifest["arrays"] = self.store.record_arrays()
+        self.store.write_manifest(self.manifest)
+        remember_trusted(self.manifest)
 
     def summary(self) -> BuildSummary:
         stages = self.manifest["stages"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -10,17 +11,33 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..analysis.label import DEFAULT_THRESHOLD, Labels, dissect, label_units, unit_categories
-from ..analysis.alignment import alignment
-from ..analysis.vocabulary import Vocabulary, load_vocabulary
+from .._util.cache import cache_dir
 from .._util.errors import SemlensError
+from ..analysis.alignment import alignment
+from ..analysis.label import DEFAULT_THRESHOLD, Labels, dissect, label_units, unit_categories
+from ..analysis.vocabulary import Vocabulary, load_vocabulary
+from ..model.units import unit_names
 from .index import UnitTable, open_index
 from .store import LensStore, layer_file
-from ..model.units import unit_names
+from .trust import check_spec, is_trusted, lens_key
 
 LABELS = "labels.json"
 
 STAGES = ("collect", "embed")
+
+
+@dataclass(frozen=True)
+class LensAccess:
+    """What the user allows or names when opening a Lens (see ``semlens.lens.trust``)."""
+
+    trust: bool = False
+    data: str | None = None  # a folder or a data spec
+    foundation: str | None = None
+
+    def data_spec(self) -> str | None:
+        if self.data is None:
+            return None
+        return self.data if ":" in self.data and not Path(self.data).exists() else f"folder:{self.data}"
 
 
 @dataclass(frozen=True)
@@ -57,14 +74,20 @@ class Lens:
     layer). Open with :meth:`Lens.open`; nothing but the manifest is read until asked for.
     """
 
-    def __init__(self, store: LensStore, manifest: dict[str, Any]) -> None:
+    def __init__(self, store: LensStore, manifest: dict[str, Any], access: LensAccess | None = None) -> None:
         self.store, self.manifest = store, manifest
+        self.access = access or LensAccess()
+        self.trusted = self.access.trust or is_trusted(manifest)
         self._arrays: dict[str, dict[str, torch.Tensor]] = {}
 
     @classmethod
-    def open(cls, path: str | Path) -> Lens:
-        store = LensStore(path)
-        manifest = store.read_manifest()
+    def open(cls, path: str | Path, trust: bool = False, data: str | Path | None = None, foundation: str | None = None) -> Lens:
+        """Open a built Lens. It never runs code or reads files that its own files name unless it is trusted
+        (``trust=True``, or built on this machine: see ``semlens.lens.trust``); ``data`` (a folder or a data
+        spec) and ``foundation`` (a spec) name them instead, as the user's own choice."""
+        manifest = LensStore(path).read_manifest()
+        store = LensStore(path, manifest.get("arrays"))
+        store.check_sizes()
         shard = manifest["identity"].get("shard")
         if shard is not None:
             raise SemlensError(
@@ -77,7 +100,15 @@ class Lens:
                 f"the Lens at {store.root} is incomplete (stage {', '.join(pending)} not finished); "
                 "run the same `semlens run` again to resume it"
             )
-        return cls(store, manifest)
+        return cls(store, manifest, LensAccess(trust, None if data is None else str(data), foundation))
+
+    @cached_property
+    def derived(self) -> LensStore:
+        """Where results derived after the build (labels, the search index) are kept: the Lens itself when
+        it is writable, else a user-cache folder of this Lens, so that a read-only Lens answers everything."""
+        if os.access(self.store.root, os.W_OK):
+            return self.store
+        return LensStore(cache_dir("lenses", lens_key(self.manifest)))
 
     # -- what is in it --------------------------------------------------------------------------
 
@@ -124,7 +155,8 @@ class Lens:
         self._layer(layer)
         key = f"{layer}.{kind}"
         if key not in self._arrays:
-            self._arrays[key] = self.store.read_tensors(layer_file(layer, kind))
+            store = self.derived if kind == "labels" else self.store
+            self._arrays[key] = store.read_tensors(layer_file(layer, kind))
         return self._arrays[key]
 
     def scores(self, layer: str) -> torch.Tensor:
@@ -177,13 +209,20 @@ class Lens:
 
     @cached_property
     def _data(self):
-        """The probe data, reopened from the data root recorded at build time (or its spec)."""
-        from ..data import FolderData, load_data
+        """The probe data: what the user named, else (trusted Lenses only) the spec recorded at build time;
+        checked against the recorded fingerprint, so that a changed folder shows no wrong images."""
+        from ..data import load_data
 
-        root = self.store.read_json("samples.json")["root"]
-        if root and Path(root).is_dir():
-            return FolderData(root)
-        return load_data(self.manifest["identity"]["data"]["spec"])
+        recorded = self.manifest["identity"]["data"]
+        spec = self.access.data_spec() or check_spec(recorded["spec"], "probe data", self.trusted, "data=FOLDER, --data FOLDER")
+        data = load_data(spec)
+        if data.fingerprint() != recorded["fingerprint"]:
+            raise SemlensError(
+                f"the probe data {spec} is not what this Lens was built from (fingerprint {data.fingerprint()}, "
+                f"recorded {recorded['fingerprint']}): its concept examples would show the wrong images. "
+                "Give the data the Lens was built from (data=..., --data)"
+            )
+        return data
 
     def example_image(self, example: ConceptExample, crop: bool = True) -> Image.Image:
         """A concept example as the model saw it (its input view), cropped to its box unless ``crop=False``."""
@@ -201,13 +240,14 @@ class Lens:
     @cached_property
     def foundation(self):
         """The foundation model the Lens was embedded with (loaded on first use, id checked)."""
-        from ..foundation import load_foundation_model
+        from ..foundation import shared_foundation_model
 
         recorded = self.manifest["foundation"]
-        model = load_foundation_model(recorded["spec"])
+        spec = self.access.foundation or check_spec(recorded["spec"], "foundation model", self.trusted, "foundation=SPEC, --foundation")
+        model = shared_foundation_model(spec)
         if model.id != recorded["id"]:
             raise SemlensError(
-                f"foundation model {recorded['spec']} now loads as {model.id}, but this Lens was embedded with "
+                f"foundation model {spec} now loads as {model.id}, but this Lens was embedded with "
                 f"{recorded['id']}; its weights changed, so probes would not match the stored embeddings"
             )
         return model
@@ -274,7 +314,7 @@ class Lens:
     def _units(self) -> UnitTable:
         """All units stacked for search, with an index from ``INDEX_MIN_UNITS`` units on (see semlens.lens.index)."""
         table = UnitTable.stack({layer: self.theta(layer) for layer in self.layers})
-        table.index = open_index(self.store, table, self.manifest["stages"]["embed"]["fingerprint"])
+        table.index = open_index(self.derived, table, self.manifest["stages"]["embed"]["fingerprint"])
         return table
 
     def _hit(self, layer: str, row: int, score: float) -> SearchHit:
@@ -298,19 +338,19 @@ class Lens:
         results = {}
         for layer in self.layers:
             labels = label_units(self.theta(layer), concepts, null, threshold, top)
-            self.store.write_tensors(layer_file(layer, "labels"), {"concepts": labels.concepts, "scores": labels.scores})
+            self.derived.write_tensors(layer_file(layer, "labels"), {"concepts": labels.concepts, "scores": labels.scores})
             self._arrays.pop(f"{layer}.labels", None)
             results[layer] = labels
-        self.store.write_json(LABELS, {"vocabulary": vocab.to_dict(), "threshold": threshold, "templates": templates})
+        self.derived.write_json(LABELS, {"vocabulary": vocab.to_dict(), "threshold": threshold, "templates": templates})
         self.__dict__.pop("vocabulary", None)
         return results
 
     @cached_property
     def vocabulary(self) -> Vocabulary | None:
         """The vocabulary of the stored labels, or None before ``label`` ran."""
-        if not self.store.path(LABELS).is_file():
+        if not self.derived.path(LABELS).is_file():
             return None
-        stored = self.store.read_json(LABELS)["vocabulary"]
+        stored = self.derived.read_json(LABELS)["vocabulary"]
         return Vocabulary(stored["name"], tuple(stored["concepts"]), tuple(stored["categories"]))
 
     def labels(self, layer: str) -> Labels | None:
@@ -318,7 +358,7 @@ class Lens:
         if self.vocabulary is None:
             return None
         arrays = self._read(layer, "labels")
-        return Labels(arrays["concepts"], arrays["scores"], self.store.read_json(LABELS)["threshold"])
+        return Labels(arrays["concepts"], arrays["scores"], self.derived.read_json(LABELS)["threshold"])
 
     def label_of(self, unit: str) -> str | None:
         """A unit's stored label, or None when unlabelled (or before ``label`` ran)."""
@@ -548,7 +588,7 @@ class Lens:
         from ..model.loading import load_model
 
         recorded = self.manifest["identity"]["model"]
-        model = load_model(recorded["spec"])
+        model = load_model(check_spec(recorded["spec"], "model", self.trusted, "trust=True, --trust"))
         if model.fingerprint != recorded["fingerprint"]:
             raise SemlensError(
                 f"model {recorded['spec']} now has weights {model.fingerprint}, but this Lens was built from "
@@ -562,7 +602,14 @@ class Lens:
         """The concepts behind a class between two or more layers (lowest first): relevant units grouped by
         label (threshold 0.01, "?" when unlabelled), edges weighted by CRP relevance conditioned on the
         upper group. Computed on the class's samples with the highest relevance (from class relevance)."""
-        from ..relevance.graph import GRAPH_CUT, AttributionGraph, Node, conditional_relevance, edges_between, group_units
+        from ..relevance.graph import (
+            GRAPH_CUT,
+            AttributionGraph,
+            Node,
+            conditional_relevance,
+            edges_between,
+            group_units,
+        )
         from ..relevance.lrp import RelevanceModel, unit_relevance
 
         cut = GRAPH_CUT if cut is None else cut

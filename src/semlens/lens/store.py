@@ -11,7 +11,10 @@ Layout::
 
 Every file is written to a temporary name and renamed into place, so a killed run never leaves a
 half-written file behind; partial progress lives in ``*.partial*`` files that a resumed run reads.
-No pickle anywhere: the directory is safe to receive from someone else.
+No pickle anywhere. The manifest records each array file's size and SHA-256 (``arrays``) when the
+build ends; a Lens opened for questions checks the sizes at once and each file's hash before its
+first read, so a damaged or altered file gets one clear error instead of wrong answers. What a Lens
+may make semlens load or read beyond its own files is decided in ``trust.py``.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .._util.errors import SemlensError
+from .._util.fingerprint import hash_file
 
 FORMAT = "semlens-lens"
 FORMAT_VERSION = 1
@@ -46,11 +50,21 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         temporary.unlink(missing_ok=True)
 
 
-class LensStore:
-    """Reads and writes the files of one Lens directory."""
+class DamagedLensError(SemlensError):
+    """An array file of a Lens is missing, truncated or not what the build wrote."""
 
-    def __init__(self, root: str | Path) -> None:
+
+class LensStore:
+    """Reads and writes the files of one Lens directory.
+
+    ``expected`` maps array files to the ``{"bytes", "sha256"}`` recorded at build time; a file listed
+    there is checked once, before its first read.
+    """
+
+    def __init__(self, root: str | Path, expected: dict[str, dict[str, Any]] | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
+        self.expected = expected or {}
+        self._verified: set[str] = set()
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -89,21 +103,69 @@ class LensStore:
         atomic_write(self.path(name), lambda temporary: save_file(contiguous, str(temporary), metadata=metadata))
 
     def read_tensors(self, name: str) -> dict[str, torch.Tensor]:
-        return load_file(str(self.path(name)))
+        self.verify(name)
+        try:
+            return load_file(str(self.path(name)))
+        except (SafetensorError, OSError) as error:
+            raise self._damaged(name, str(error)) from None
+
+    def record_arrays(self) -> dict[str, dict[str, Any]]:
+        """Size and SHA-256 of every array file the build wrote (for the manifest's ``arrays``); labels are
+        left out because ``label`` rewrites them after the build."""
+        names = sorted(
+            name
+            for name in (path.relative_to(self.root).as_posix() for path in self.root.rglob("*.safetensors"))
+            if ".labels." not in name and "partial" not in name
+        )
+        return {name: {"bytes": self.path(name).stat().st_size, "sha256": hash_file(self.path(name))} for name in names}
+
+    def check_sizes(self) -> None:
+        """Every recorded array file is there with its recorded size (cheap: catches truncation at open)."""
+        for name, record in self.expected.items():
+            path = self.path(name)
+            if not path.is_file():
+                raise self._damaged(name, "the file is missing")
+            if path.stat().st_size != record["bytes"]:
+                raise self._damaged(name, f"{path.stat().st_size} bytes, {record['bytes']} recorded")
+
+    def verify(self, name: str) -> None:
+        """Check a recorded file's hash once per store (files not recorded, e.g. labels, are not checked)."""
+        record = self.expected.get(name)
+        if record is None or name in self._verified:
+            return
+        if not self.path(name).is_file():
+            raise self._damaged(name, "the file is missing")
+        if hash_file(self.path(name)) != record["sha256"]:
+            raise self._damaged(name, "its content is not what the build wrote (SHA-256 differs)")
+        self._verified.add(name)
+
+    def _damaged(self, name: str, reason: str) -> DamagedLensError:
+        return DamagedLensError(
+            f"the Lens at {self.root} is damaged: {name}: {reason}. Copy it again from its source or rebuild it "
+            "with the same `semlens run` (--overwrite)"
+        )
 
     def read_rows(self, name: str, key: str, rows: torch.Tensor) -> torch.Tensor:
         """``array[rows]`` of one stored array, reading only those rows off the disk (``rows`` of any
         shape): a layer's examples come out of a crop table built for millions of samples."""
+        self.verify(name)
         wanted, inverse = torch.unique(rows.reshape(-1), return_inverse=True)
         runs = torch.tensor_split(wanted, (wanted.diff() != 1).nonzero().flatten() + 1) if wanted.numel() else []
-        with safe_open(str(self.path(name)), framework="pt") as handle:
-            array = handle.get_slice(key)
-            parts = [array[0:0]] + [array[int(run[0]) : int(run[-1]) + 1] for run in runs]
+        try:
+            with safe_open(str(self.path(name)), framework="pt") as handle:
+                array = handle.get_slice(key)
+                parts = [array[0:0]] + [array[int(run[0]) : int(run[-1]) + 1] for run in runs]
+        except (SafetensorError, OSError) as error:
+            raise self._damaged(name, str(error)) from None
         return torch.cat(parts)[inverse].reshape(*rows.shape, *parts[0].shape[1:])
 
     def read_metadata(self, name: str) -> dict[str, str]:
-        with safe_open(str(self.path(name)), framework="pt") as handle:
-            return handle.metadata() or {}
+        self.verify(name)
+        try:
+            with safe_open(str(self.path(name)), framework="pt") as handle:
+                return handle.metadata() or {}
+        except (SafetensorError, OSError) as error:
+            raise self._damaged(name, str(error)) from None
 
     def remove(self, name: str) -> None:
         target = self.path(name)

@@ -1,0 +1,107 @@
+"""The trust model: what a Lens may make semlens do on its own, and how a user grants more.
+
+A Lens directory can come from anyone. Its manifest names the model, the probe data and the
+foundation model it was built from as spec strings, and some spec forms run code (``py:``) or read
+files on this machine (a local folder or weights file). Opening, searching, serving or reporting a
+Lens therefore never follows such a spec by itself: it loads only *inert* specs (a hub name, a
+built-in model) unless the Lens is trusted. A Lens is trusted when
+
+- the call says so (``Lens.open(path, trust=True)``, ``--trust`` on the command line), or
+- it was built on this machine by this user: the builder records the Lens's build id (a random
+  nonce in its manifest) in the user's trust file, outside any Lens, so a Lens cannot vouch for
+  itself; ``semlens trust LENS`` adds one by hand.
+
+The user can always name the model, data or foundation model themselves instead (``data=``,
+``foundation=``, ``--data``, ``--foundation``): what the user names is trusted like any command line.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+from .._util.cache import cache_dir
+from .._util.errors import SemlensError
+from .._util.fingerprint import hash_json
+from .store import atomic_write
+
+TRUST_FILE = "trusted-lenses.json"
+FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".toml", ".json", ".npz")
+
+
+class UntrustedSpecError(SemlensError):
+    """A Lens names code or local files, and nobody said to trust it."""
+
+
+def new_build_id() -> str:
+    """The nonce that identifies one build of a Lens in the user's trust file."""
+    return secrets.token_hex(16)
+
+
+def lens_key(manifest: dict[str, Any]) -> str:
+    """What the trust file records of a Lens: its build id with its identity (older Lenses have no build
+    id and are never found there)."""
+    return hash_json([manifest.get("build_id"), manifest.get("identity")])
+
+
+def _trust_path() -> Path:
+    return cache_dir("trust") / TRUST_FILE
+
+
+def trusted_keys() -> set[str]:
+    path = _trust_path()
+    try:
+        return set(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
+def remember_trusted(manifest: dict[str, Any]) -> None:
+    """Record a Lens as trusted by this user (the builder does it for the Lenses it builds)."""
+    keys = sorted(trusted_keys() | {lens_key(manifest)})
+    atomic_write(_trust_path(), lambda temporary: temporary.write_text(json.dumps(keys), encoding="utf-8"))
+
+
+def is_trusted(manifest: dict[str, Any]) -> bool:
+    return manifest.get("build_id") is not None and lens_key(manifest) in trusted_keys()
+
+
+def _looks_like_path(text: str) -> bool:
+    if not text:
+        return False
+    if text.startswith(("/", "~", ".", "\\")) or text.lower().endswith(FILE_SUFFIXES):
+        return True
+    try:
+        return Path(text).expanduser().exists()
+    except (OSError, ValueError):
+        return True
+
+
+def spec_risk(spec: str) -> str | None:
+    """Why following ``spec`` is more than loading a named, published model (None when it is inert):
+    ``py:`` imports and runs code, and a local path makes semlens read files on this machine."""
+    form, _, rest = spec.partition(":")
+    if form == "py":
+        return "imports and runs Python code"
+    if form == "folder":
+        return "reads a folder on this machine"
+    parts = rest.split(":")
+    if form == "hf":
+        parts = [rest]  # a hub id has one slash; a local save_pretrained folder is a path
+    if any(_looks_like_path(part) for part in parts):
+        return "reads files on this machine"
+    return None
+
+
+def check_spec(spec: str, what: str, trusted: bool, option: str) -> str:
+    """``spec`` when it may be followed; else an error that says why and what the user can do."""
+    risk = None if trusted else spec_risk(spec)
+    if risk is not None:
+        raise UntrustedSpecError(
+            f"this Lens names its {what} as {spec!r}, which {risk}; a Lens received from someone else never "
+            f"does that by itself. Name the {what} yourself ({option}) or, if you trust this Lens, pass "
+            "trust=True (command line: --trust)"
+        )
+    return spec
