@@ -20,9 +20,9 @@ from pathlib import Path
 
 from semlens import BuildConfig, load_foundation_model, load_model
 from semlens.build.builder import LensBuilder
+from semlens.build.embed import chunks
 from semlens.data import FolderData
 from semlens.data.photos import SKIMAGE_PHOTOS, SKLEARN_PHOTOS, write_photo_folder
-from semlens.build.embed import chunks
 
 
 def embed_every_image(foundation_spec: str, model_spec: str, folder: Path, batch: int) -> float:

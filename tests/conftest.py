@@ -14,9 +14,8 @@ os.environ["SEMLENS_CACHE"] = tempfile.mkdtemp(prefix="semlens-test-cache-")
 # CLI subprocesses started by the tests need the same torchvision fix: pass it on via PYTHONPATH.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(SUPPORT))
-import sitecustomize  # noqa: E402,F401  (the torchvision fix; harmless without torchvision)
-
 import pytest  # noqa: E402
+import sitecustomize  # noqa: E402,F401  (the torchvision fix; harmless without torchvision)
 from tiny_foundation import SAVERS  # noqa: E402
 from tiny_models import colour_images  # noqa: E402
 

@@ -16,10 +16,10 @@ from ._util.torchvision_compat import patch_torchvision_ops
 
 patch_torchvision_ops()  # before anything imports transformers (which imports torchvision)
 
+from ._util.errors import SemlensError
 from .build.builder import BuildConfig, BuildSummary, build_lens
 from .build.collect import Collector, TopK, collect_topk
 from .data import ImageData, list_datasets, load_data
-from ._util.errors import SemlensError
 from .foundation import FoundationModel, list_foundation_models, load_foundation_model
 from .lens.lens import ConceptExample, Lens
 from .model.loading import LoadedModel, list_models, load_model

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import artefact_world as world
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,6 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-import artefact_world as world
 from semlens import BuildConfig, Lens, build_lens
 from semlens.cli import app
 

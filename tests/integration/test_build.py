@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import pytest
-import torch
 import tiny_models
+import torch
 
 import semlens.build.embed_stage as embed_stage_module
-from semlens import BuildConfig, Lens, LayerSpec, build_lens, collect_topk, load_data, load_model
+from semlens import BuildConfig, LayerSpec, Lens, build_lens, collect_topk, load_data, load_model
 from semlens._util.errors import StaleLensError
 
 LAYERS = ["features.0", "features.3:pool=max", "head:signed=true"]

@@ -12,10 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 from semlens import BuildConfig, Lens, build_lens
-from semlens.build.builder import LensBuilder
-from semlens.cli import app
 from semlens._util.errors import SemlensError
+from semlens.build.builder import LensBuilder
 from semlens.build.merge import merge_shards
+from semlens.cli import app
 
 LAYERS = ["features.0", "features.3:pool=max", "head:signed=true"]
 # 30 images in 5 batches of 7 and relevance crops in batches of 16 split unevenly over 2 ranks; 4 embedding chunks of 16

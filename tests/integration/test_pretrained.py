@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from semlens import Lens, LayerSpec, collect_topk, list_layers, load_model
-from semlens.cli import app
+from semlens import LayerSpec, Lens, collect_topk, list_layers, load_model
 from semlens.build.collect import iterate_batches
+from semlens.cli import app
 from semlens.data.photos import write_photo_folder
 from semlens.model.imagenet import find_imagenet_class
 

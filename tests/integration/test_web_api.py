@@ -91,9 +91,9 @@ def test_unit_page_examples_thumbnails_and_full_images(client, explorer_lenses) 
         128,
         128,
     )
-    assert (
-        explorer_lenses[0] / "thumbnails" / "features.3" / "2_0.jpg"
-    ).read_bytes() == thumbnail.content  # made once, kept
+    cached = Lens.open(explorer_lenses[0]).cache.root / "thumbnails" / "features.3" / "2_0.jpg"
+    assert cached.read_bytes() == thumbnail.content  # made once, kept in the user cache
+    assert not (explorer_lenses[0] / "thumbnails").exists()  # never in the Lens
     full = Image.open(io.BytesIO(client.get(unit["examples"][0]["image"]).content))
     assert full.size == (32, 32)  # the tiny model's input view; the example's box lies in it
     assert (
@@ -222,7 +222,7 @@ def test_compare_two_lenses(client) -> None:
     assert client.get("/api/compare", params={"a": 0}).status_code == 422
 
 
-def test_an_unlabelled_lens_is_labelled_when_a_page_needs_labels(explorer_lenses, tmp_path) -> None:
+def test_an_unlabelled_lens_is_labelled_in_memory_when_a_page_needs_labels(explorer_lenses, tmp_path) -> None:
     copy = tmp_path / "copy.lens"
     shutil.copytree(
         explorer_lenses[1], copy, ignore=shutil.ignore_patterns("labels.json", "*.labels.safetensors", "thumbnails")
@@ -230,7 +230,8 @@ def test_an_unlabelled_lens_is_labelled_when_a_page_needs_labels(explorer_lenses
     client = TestClient(create_app([copy]))
     assert client.get("/api/lenses/0").json()["labelled"] is False
     assert sum(client.get("/api/lenses/0/dissect").json()["counts"]["head"].values()) == 6
-    assert client.get("/api/lenses/0").json()["labelled"] is True and Lens.open(copy).vocabulary is not None
+    assert client.get("/api/lenses/0").json()["labelled"] is True
+    assert Lens.open(copy).vocabulary is None  # a GET writes nothing
 
 
 def test_files_only_from_the_package_and_the_lenses(client) -> None:

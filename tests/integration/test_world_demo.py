@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from semlens.world import demo
 from semlens.world import classifier as world_cnn
+from semlens.world import demo
 
 WORLD = Path(__file__).resolve().parents[2] / "benchmarks" / "worlds" / "patch-on-cross.toml"
 

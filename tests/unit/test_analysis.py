@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
+from semlens._util.errors import SemlensError
+from semlens.analysis.alignment import TEMPLATES, alignment, cosine, fill, null_prompts, resolve_templates
 from semlens.analysis.compare import best_matches, concept_sets, overlap_matrices
 from semlens.analysis.label import dissect, label_units
 from semlens.analysis.overview import build_overview, cluster_count
-from semlens.analysis.alignment import TEMPLATES, alignment, cosine, fill, null_prompts, resolve_templates
 from semlens.analysis.vocabulary import Vocabulary, builtin_vocabulary, load_vocabulary
-from semlens._util.errors import SemlensError
 
 E = torch.eye(4)
 

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_foundation import PROJECTION_DIM, SAVERS, TINY
 
 from semlens._util.errors import SpecError, TextNotSupportedError
 from semlens.foundation import load_foundation_model
 from semlens.foundation.hf import HFFoundationModel
 from semlens.foundation.open_clip import OpenCLIPFoundationModel
-from tiny_foundation import PROJECTION_DIM, SAVERS, TINY
 
 transformers = pytest.importorskip("transformers")
 
@@ -177,9 +177,8 @@ def test_worker_side_preprocessing_pickles_without_weights_and_embeds_as_encode_
 
 
 def test_open_clip_loads_a_weights_file_and_a_local_dir(open_clip_model, tmp_path: Path) -> None:
-    from safetensors.torch import save_file
-
     import open_clip
+    from safetensors.torch import save_file
 
     weights = tmp_path / "open_clip_model.safetensors"
     save_file({name: value.contiguous() for name, value in open_clip_model.model.state_dict().items()}, weights)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import torch
 import tiny_models
+import torch
 
 from semlens import LayerSpec, collect_topk
-from semlens.build.collect import iterate_batches
 from semlens._util.devices import autocast_dtype
 from semlens._util.errors import SemlensError
+from semlens.build.collect import iterate_batches
 from semlens.build.parallel import Ranks, Shard
 
 

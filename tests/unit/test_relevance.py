@@ -18,8 +18,8 @@ from torch import nn
 from torchvision.models import resnet18, vgg11_bn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from semlens.relevance.canonizers import UnsupportedModelError
 from semlens.build.class_relevance import ClassRelevance, relevance_shares
+from semlens.relevance.canonizers import UnsupportedModelError
 from semlens.relevance.lrp import RelevanceModel, crp_heatmaps, unit_relevance
 
 #: RelevanceModel's default epsilon; zennit's ZPlus and Flat default to the same stabilizer

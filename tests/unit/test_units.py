@@ -481,3 +481,26 @@ def test_fingerprint_fields_follow_the_sae_file_content(tmp_path):
     }
     plain = LayerSpec.parse("head:signed=true")
     assert plain.fingerprint_fields() == asdict(plain)
+
+
+def test_pruning_sae_features_takes_their_decoded_share_out_of_the_layer(tmp_path):
+    from types import SimpleNamespace
+
+    from semlens.analysis.interventions import pruned
+
+    tensors = {**sae_tensors(5), "W_dec": torch.randn(D_SAE, D_IN, generator=torch.Generator().manual_seed(9))}
+    path = write_sae(tmp_path / "sae.safetensors", tensors)
+    module = nn.Sequential(nn.Conv2d(3, D_IN, 1))
+    x = torch.randn(2, 3, 4, 4)
+    plain = module(x).detach()
+    with pruned(SimpleNamespace(module=module), {"0": [1, 4]}, {"0": path}):
+        after = module(x).detach()
+    channels_last = plain.movedim(1, -1)
+    codes = expected_features(channels_last, tensors)[..., [1, 4]]
+    torch.testing.assert_close(after, (channels_last - codes @ tensors["W_dec"][[1, 4]]).movedim(-1, 1))
+    torch.testing.assert_close(module(x), plain)  # the hook is gone
+    assert not torch.equal(after[:, 1], torch.zeros_like(after[:, 1]))  # not the raw channel with that index zeroed
+
+    no_decoder = write_sae(tmp_path / "encoder-only.safetensors", sae_tensors(5))
+    with pytest.raises(LayerError, match="has no W_dec"), pruned(SimpleNamespace(module=module), {"0": [1]}, {"0": no_decoder}):
+        module(x)

@@ -10,11 +10,16 @@ import pytest
 import torch
 
 import semlens
+from semlens._util.errors import SemlensError
 from semlens.data import load_data
 from semlens.world.render import (
-    COLORS, WorldConfig, WorldData, artifact_overlay, concept_image, render,
+    COLORS,
+    WorldConfig,
+    WorldData,
+    artifact_overlay,
+    concept_image,
+    render,
 )  # fmt: skip
-from semlens._util.errors import SemlensError
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +137,8 @@ def test_world_cnn_training_is_deterministic(monkeypatch, tmp_path):
 def test_the_default_worlds_models_ship_with_semlens():
     """The demo's first run loads them instead of training for minutes. A change to a training recipe
     changes their names: retrain (run the demo once) and copy the new files from the cache to the assets."""
-    from semlens.world import foundation
     from semlens.world import classifier as module
+    from semlens.world import foundation
 
     config = WorldConfig.load()
     paths = [module.weights_path(config), module.weights_path(module.without_artifact_correlations(config))]

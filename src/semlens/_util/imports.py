@@ -7,6 +7,7 @@ from typing import Any
 
 from .errors import SpecError
 
+
 def import_object(path: str, kind: str) -> Any:
     """Import ``package.module:attribute`` (the ``py:`` spec form) with a clear error."""
     module_name, _, attribute = path.partition(":")

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import ImageData
 from .._util.errors import SemlensError
+from ..data import ImageData
 from ..model.loading import LoadedModel, class_mapping
-from ..model.units import hooks, resolve_module
+from ..model.units import SparseAutoencoder, hooks, resolve_module
 
 
 @dataclass(frozen=True)
@@ -130,27 +130,44 @@ def separation_auc(model: LoadedModel, class_index: int, real: ImageData, spurio
 
 
 @contextmanager
-def pruned(model: LoadedModel, units: dict[str, list[int]]) -> Iterator[LoadedModel]:
-    """The model with the given channels of the given layers set to zero (forward hooks, removed on exit)."""
+def pruned(model: LoadedModel, units: dict[str, list[int]], saes: dict[str, str] | None = None) -> Iterator[LoadedModel]:
+    """The model with the given units of the given layers switched off (forward hooks, removed on exit):
+    channels set to zero, or, for layers read through an SAE (``saes``: layer -> SAE file), those SAE
+    features taken out of the layer's output (reconstruction without them plus the SAE's error)."""
+    saes = saes or {}
 
-    def zero(channels: list[int]):
+    def switch_off(layer: str, units: list[int]):
+        encoder: list[SparseAutoencoder] = []
+
         def hook(_module, _inputs, output):
-            output = output.clone()
-            if output.dim() == 3:  # tokens N,L,C: units are the last dimension
-                output[..., channels] = 0
-            else:
-                output[:, channels] = 0
-            return output
+            if layer not in saes:
+                output = output.clone()
+                if output.dim() == 3:  # tokens N,L,C: units are the last dimension
+                    output[..., units] = 0
+                else:
+                    output[:, units] = 0
+                return output
+            channels_first = output.dim() == 4
+            x = output.movedim(1, -1) if channels_first else output
+            if not encoder:
+                encoder.append(SparseAutoencoder.load(saes[layer], x.shape[-1]))
+            x = encoder[0].without(x, units)
+            return x.movedim(-1, 1) if channels_first else x
 
         return hook
 
-    handles = [resolve_module(model.module, layer).register_forward_hook(zero(channels)) for layer, channels in units.items()]
+    handles = [resolve_module(model.module, layer).register_forward_hook(switch_off(layer, chosen)) for layer, chosen in units.items()]
     with hooks(handles):
         yield model
 
 
 def pruning_effect(
-    model: LoadedModel, data: ImageData, units: dict[str, list[int]], class_index: int | None = None, artifact: Artifact | None = None
+    model: LoadedModel,
+    data: ImageData,
+    units: dict[str, list[int]],
+    class_index: int | None = None,
+    artifact: Artifact | None = None,
+    saes: dict[str, str] | None = None,
 ) -> dict:
     """Accuracy (and, with a class, its probability) on clean and artefact images, before and after pruning."""
     views, labels = load_views(model, data)
@@ -159,7 +176,7 @@ def pruning_effect(
     result = {"samples": len(views), "pruned": {layer: channels for layer, channels in units.items()}}
     for name, images in sets.items():
         before = _summary(predict(model, images), class_index, targets)
-        with pruned(model, units):
+        with pruned(model, units, saes):
             after = _summary(predict(model, images), class_index, targets)
         result[name] = {"before": before, "after": after}
     return result

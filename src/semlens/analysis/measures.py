@@ -9,6 +9,8 @@ work on is NaN.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -186,3 +188,33 @@ def knowledge_overlap(theta_m: Tensor, theta_n: Tensor, chunk_rows: int | None =
     """
     index, best = _best_match(theta_m, theta_n, exclude_self=False, chunk_rows=chunk_rows)
     return best.nanmean().item(), index, best
+
+
+@dataclass
+class Measures:
+    """Clarity, polysemanticity and redundancy per unit of several layers (``layer -> measure -> [U]``)."""
+
+    values: dict[str, dict[str, Tensor]]
+    units: dict[str, list[str]]
+
+    def summary(self, layer: str) -> dict[str, float]:
+        """Layer means, NaN (units without usable examples) left out."""
+        return {measure: round(float(tensor.nanmean()), 5) for measure, tensor in self.values[layer].items()}
+
+    def extremes(self, layer: str, measure: str, count: int, highest: bool) -> list[tuple[str, float]]:
+        """The ``count`` units with the lowest (or highest) value of ``measure``, NaN last."""
+        values = self.values[layer][measure]
+        order = values.nan_to_num(float("-inf") if highest else float("inf")).argsort(descending=highest, stable=True)
+        return [(f"{layer}/{self.units[layer][i]}", float(values[i])) for i in order[:count].tolist()]
+
+    def to_dict(self) -> dict:
+        return {
+            layer: {
+                "summary": self.summary(layer),
+                "units": {
+                    f"{layer}/{unit}": {measure: round(float(tensor[row]), 5) for measure, tensor in values.items()}
+                    for row, unit in enumerate(self.units[layer])
+                },
+            }
+            for layer, values in self.values.items()
+        }

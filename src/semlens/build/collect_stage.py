@@ -103,8 +103,9 @@ class CollectStage:
         store.write_json("failures.json", [{"sample": index, "error": error} for index, error in failures])
         for spec in context.specs:
             topk = results[spec.name]
-            # a unit whose k kept scores are all equal never told samples apart: its examples are arbitrary
-            inactive = topk.scores[:, 0] == topk.scores[:, -1]
+            # a unit that never fired (no positive score on any sample) or whose k kept scores are all equal
+            # never told samples apart: its examples are arbitrary
+            inactive = (topk.scores[:, 0] <= 0) | (topk.scores[:, 0] == topk.scores[:, -1])
             store.write_tensors(layer_file(spec.name, "topk"), {**topk.state(), "inactive": inactive})
             base_units = topk.units // 2 if spec.signed else topk.units
             context.manifest["layers"][spec.name] = {

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from .collect import EMPTY_ID
-from ..data.base import ImageData
 from .._util.devices import one_thread
+from ..data.base import ImageData
 from ..foundation.base import Pixels
+from .collect import EMPTY_ID
 
 
 @dataclass

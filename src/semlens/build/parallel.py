@@ -18,8 +18,8 @@ from typing import Any, Callable, TypeVar
 import torch
 import torch.distributed as dist
 
-from .collect import TopK
 from .._util.errors import SemlensError
+from .collect import TopK
 
 T = TypeVar("T")
 

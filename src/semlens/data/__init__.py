@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .._util.specs import SpecForm, SpecRegistry
 from .._util.errors import SpecError
 from .._util.imports import import_object
+from .._util.specs import SpecForm, SpecRegistry
 from .base import ImageData
 from .folder import FolderData
 from .sequence import SequenceData

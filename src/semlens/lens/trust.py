@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,22 @@ from .store import atomic_write
 
 TRUST_FILE = "trusted-lenses.json"
 FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".toml", ".json", ".npz")
+
+
+@dataclass(frozen=True)
+class LensAccess:
+    """What the user allows or names when opening a Lens: trust, or the data, foundation model and model
+    to use instead of the specs the Lens records."""
+
+    trust: bool = False
+    data: str | None = None  # a folder or a data spec
+    foundation: str | None = None
+    model: str | None = None
+
+    def data_spec(self) -> str | None:
+        if self.data is None:
+            return None
+        return self.data if ":" in self.data and not Path(self.data).exists() else f"folder:{self.data}"
 
 
 class UntrustedSpecError(SemlensError):

@@ -20,10 +20,10 @@ from torch import nn
 
 from .._util.errors import SpecError
 from .._util.fingerprint import hash_module_weights
+from .._util.imports import import_object, import_optional
+from .._util.specs import SpecForm, SpecRegistry
 from .imagenet import imagenet_classes
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from .._util.specs import SpecForm, SpecRegistry
-from .._util.imports import import_object, import_optional
 from .zoo import VARIANTS as LITE_VARIANTS
 from .zoo import efficientnet_lite
 
@@ -59,8 +59,8 @@ WORLD_MODELS = ("world-cnn", "world-cnn-clean")
 def _zoo(rest: str) -> LoadedModel:
     name, _, world = rest.partition(":")
     if name in WORLD_MODELS:
-        from ..world.render import WorldConfig
         from ..world.classifier import world_cnn
+        from ..world.render import WorldConfig
 
         config = WorldConfig.load(world or None)
         module, preprocessing = world_cnn(config, clean=name.endswith("-clean"))

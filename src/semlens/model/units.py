@@ -139,6 +139,9 @@ class LayerInfo:
     shape: str
     units: int | None
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 def list_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     """Run one forward pass on ``example`` and record every module's output shape and unit count."""
@@ -214,22 +217,24 @@ def _describe(output: Any) -> str:
 
 @dataclass
 class SparseAutoencoder:
-    """The encoder half of an SAE: features = act((x - b_dec) @ W_enc + b_enc).
+    """A sparse autoencoder: features = act((x - b_dec) @ W_enc + b_enc), and its decoder ``W_dec`` when the
+    file has one (needed to switch a feature off in the model).
 
-    ``W_enc`` is ``[d_in, d_sae]`` (SAELens convention) or ``[d_sae, d_in]``; a ``threshold``
-    tensor makes the activation JumpReLU, otherwise it is ReLU.
+    ``W_enc`` is ``[d_in, d_sae]`` (SAELens convention) or ``[d_sae, d_in]``, ``W_dec`` either way round;
+    a ``threshold`` tensor makes the activation JumpReLU, otherwise it is ReLU.
     """
 
     weight: torch.Tensor
     bias: torch.Tensor
     decoder_bias: torch.Tensor | None = None
     threshold: torch.Tensor | None = None
+    decoder: torch.Tensor | None = None  # [d_sae, d_in]
+    path: str = ""
 
     @classmethod
     def load(cls, path: str | Path, d_in: int) -> SparseAutoencoder:
-        from safetensors.torch import load_file
-
         from safetensors import SafetensorError
+        from safetensors.torch import load_file
 
         try:
             tensors = load_file(str(path))
@@ -248,11 +253,18 @@ class SparseAutoencoder:
         for name, size in expected.items():
             if name in tensors and tuple(tensors[name].shape) != (size,):
                 raise LayerError(f"SAE {name} in {path} has shape {tuple(tensors[name].shape)}; expected ({size},)")
+        decoder = tensors.get("W_dec")
+        if decoder is not None:
+            if tuple(decoder.shape) not in ((weight.shape[1], d_in), (d_in, weight.shape[1])):
+                raise LayerError(f"SAE W_dec {tuple(decoder.shape)} in {path} does not fit W_enc {tuple(weight.shape)}")
+            decoder = (decoder if decoder.shape[0] == weight.shape[1] else decoder.T).float().contiguous()
         return cls(
             weight.contiguous(),
             tensors["b_enc"].float(),
             None if decoder_bias is None else decoder_bias.float(),
             None if threshold is None else threshold.float(),
+            decoder,
+            str(path),
         )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -264,6 +276,14 @@ class SparseAutoencoder:
         if self.threshold is not None:
             return pre * (pre > self.threshold.to(x.device))
         return F.relu(pre)
+
+    def without(self, x: torch.Tensor, features: list[int]) -> torch.Tensor:
+        """``x`` (last dimension ``d_in``) with ``features`` switched off in SAE space: the reconstruction
+        without them plus the SAE's error, i.e. ``x`` minus those features' decoded share."""
+        if self.decoder is None:
+            raise LayerError(f"switching SAE features off needs the SAE's decoder, but {self.path} has no W_dec")
+        codes = self.encode(x.float())[..., features]
+        return (x.float() - codes @ self.decoder[features].to(x.device)).to(x.dtype)
 
 
 @dataclass

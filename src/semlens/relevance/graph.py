@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..model.units import hooks, resolve_module, select_output
-from .lrp import _one_hot_logit, _per_unit
+from .lrp import RelevanceModel, _one_hot_logit, _per_unit, unit_relevance
 
 UNLABELLED = "?"
 GRAPH_CUT = 0.01
@@ -86,3 +86,36 @@ def edges_between(
             if weight > 0:
                 edges.append((upper_label, lower_label, weight))
     return edges
+
+
+def build_graph(
+    lrp: RelevanceModel,
+    inputs: torch.Tensor,
+    class_index: int,
+    class_name: str,
+    layers: list[str],
+    units: dict[str, list[str]],
+    labels: dict[str, list[str | None]],
+    cut: float = GRAPH_CUT,
+) -> AttributionGraph:
+    """The attribution graph of one class over ``layers`` (lowest first): per layer, the units above ``cut``
+    grouped by label; edges weighted by the lower groups' relevance conditioned on each upper group."""
+    targets = torch.full((len(inputs),), class_index)
+    graph = AttributionGraph(class_name)
+    with lrp.attributing() as modified:
+        _, plain = unit_relevance(modified, inputs, targets, layers)
+        shares = {layer: (plain[layer] / plain[layer].abs().sum(1, keepdim=True).clamp_min(1e-12)).mean(0) for layer in layers}
+        groups = {layer: group_units(layer, units[layer], shares[layer], labels[layer], cut) for layer in layers}
+        for layer in layers:
+            for label, members in groups[layer].items():
+                graph.nodes.append(Node(f"{layer}:{label}", layer, label, [units[layer][i] for i in members], float(shares[layer][members].sum())))
+        for lower, upper in zip(layers, layers[1:]):
+            flows = {}
+            for label, members in groups[upper].items():
+                keep = torch.zeros(len(units[upper]), dtype=torch.bool)
+                keep[members] = True
+                flows[label] = conditional_relevance(modified, inputs, targets, upper, lower, keep).mean(0)
+            total = float(plain[lower].mean(0).abs().sum())
+            for source, target, weight in edges_between(groups[upper], groups[lower], flows, total):
+                graph.edges.append({"source": f"{upper}:{source}", "target": f"{lower}:{target}", "weight": weight})
+    return graph

@@ -1,6 +1,6 @@
 """The explorer (``semlens serve``): a local web app to search, browse, audit and compare Lenses.
 
-It needs the ``web`` extra (FastAPI, uvicorn); ``import semlens`` never imports it.
+FastAPI and uvicorn come with semlens; ``import semlens`` never imports them.
 """
 
 from __future__ import annotations
@@ -9,22 +9,26 @@ import threading
 import webbrowser
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._util.errors import SemlensError
+
+if TYPE_CHECKING:
+    from ..lens.lens import Lens
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def serve(
-    lenses: Sequence[str | Path], host: str = "127.0.0.1", port: int = 8000, open_browser: bool = False, say=print
+    lenses: Sequence[Lens | str | Path], host: str = "127.0.0.1", port: int = 8000, open_browser: bool = False, say=print
 ) -> None:
-    """Serve ``lenses`` until interrupted; binds this machine only unless ``host`` says otherwise."""
+    """Serve ``lenses`` (opened Lenses or their directories) until interrupted; binds this machine only unless ``host`` says otherwise."""
     try:
         import uvicorn
 
         from .app import create_app
     except ModuleNotFoundError as error:
-        raise SemlensError(f"`semlens serve` needs {error.name}: pip install 'semlens[web]'") from None
+        raise SemlensError(f"`semlens serve` needs {error.name}, which semlens installs: pip install --force-reinstall semlens") from None
     local = host in LOOPBACK
     app = create_app(lenses, allowed_hosts=[*LOOPBACK, "[::1]"] if local else None)
     shown = "127.0.0.1" if host == "0.0.0.0" else f"[{host}]" if ":" in host else host

@@ -39,7 +39,8 @@ class Served:
     # -- set-up shared by request threads -------------------------------------------------------
 
     def labelled(self) -> Lens:
-        """The Lens with stored labels: labelled with the built-in vocabulary first when it has none."""
+        """The Lens with labels: labelled with the built-in vocabulary first when it has none (kept in memory:
+        a request never writes into a Lens)."""
         with self._setup:
             if self.lens.vocabulary is None:
                 self.ready()
@@ -51,7 +52,7 @@ class Served:
         with self._setup:
             self.lens.probes  # noqa: B018 (a cached property: loads the foundation model once)
             if self.lens.vocabulary is None:
-                self.lens.label()
+                self.lens.label(save=False)
         return self.lens
 
     def remember(self, key: Hashable, compute: Callable[[], Any]) -> Any:

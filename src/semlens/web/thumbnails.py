@@ -1,9 +1,10 @@
-"""Concept-example images for the explorer, made once and kept in the Lens directory.
+"""Concept-example images for the explorer, made once and kept in the Lens's user-cache folder.
 
 Decoding a sample and cropping it costs far more than sending a small JPEG, and the same examples
 show up on every page (map, unit, search, audit), so each one is written once under
-``<lens>/thumbnails/<layer>/`` (atomically) and read from there afterwards. A read-only Lens still
-works: the images are then made on every request.
+``<cache>/thumbnails/<layer>/`` (atomically) and read from there afterwards: at most two images per
+concept example, and never inside the Lens, so that serving a Lens changes nothing in it. Where the
+cache cannot be written, the images are made on every request.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class ThumbnailCache:
 
     def __init__(self, lens: Lens) -> None:
         self.lens = lens
-        self.root = lens.path / "thumbnails"
+        self.root = lens.cache.root / "thumbnails"
         self._guard = threading.Lock()
         self._making: dict[Path, threading.Lock] = {}
 
@@ -45,7 +46,7 @@ class ThumbnailCache:
             try:
                 atomic_write(target, lambda temporary: temporary.write_bytes(data))
             except OSError:
-                pass  # a read-only Lens: serve without caching
+                pass  # no writable cache: serve without caching
             with self._guard:
                 self._making.pop(target, None)
             return data

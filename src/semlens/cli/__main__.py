@@ -1,0 +1,5 @@
+"""``python -m semlens.cli`` (what ``torchrun ... -m semlens.cli run`` starts)."""
+
+from . import main
+
+main()

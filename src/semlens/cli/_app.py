@@ -1,0 +1,80 @@
+"""What every command shares: the typer app, the consoles, the options that open a Lens, one-line errors,
+tables and JSON output (commands print ``result.to_dict()``; they assemble no JSON of their own)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .._util.errors import SemlensError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Understand and validate what a model's units encode.")
+console = Console()
+errors = Console(stderr=True)
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+Trust = Annotated[
+    bool,
+    typer.Option(
+        "--trust",
+        help="Follow the specs this Lens records even where they run code or read local files (only for Lenses you trust; "
+        "Lenses built on this machine are trusted already).",
+    ),
+]
+ProbeData = Annotated[
+    Optional[str],
+    typer.Option("--probe-data", help="The probe data the Lens was built from (folder or data spec), instead of its recorded spec."),
+]
+Foundation = Annotated[
+    Optional[str], typer.Option("--foundation", "-f", help="The Lens's foundation model (spec), instead of its recorded spec.")
+]
+Model = Annotated[Optional[str], typer.Option("--model", "-m", help="The Lens's model (spec), instead of its recorded spec.")]
+
+
+def open_lens(path: Path, trust: bool = False, data: str | None = None, foundation: str | None = None, model: str | None = None):
+    """``Lens.open`` with what the user named on the command line."""
+    from ..lens.lens import Lens
+
+    return Lens.open(path, trust=trust, data=data, foundation=foundation, model=model)
+
+
+def friendly(command: Callable) -> Callable:
+    """Print a SemlensError as one clear line (exit code 2) instead of a traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except SemlensError as error:
+            errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def table(title: str | None, columns: tuple[str, ...], rows: list[tuple]) -> Table:
+    """A rich table; numbers are right-aligned; cell text is shown as written (no markup)."""
+    numeric = [all(isinstance(row[i], (int, float)) for row in rows) and bool(rows) for i in range(len(columns))]
+    result = Table(title=None if title is None else escape(title))
+    for column, right in zip(columns, numeric):
+        result.add_column(escape(column), justify="right" if right else "left")
+    for row in rows:
+        result.add_row(*(escape(str(value)) for value in row))
+    return result
+
+
+def say(text: str) -> None:
+    """Print a line whose values may hold brackets (paths, labels): no markup."""
+    console.print(text, markup=False, highlight=False)
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=1, default=str) + "\n")

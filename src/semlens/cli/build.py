@@ -1,0 +1,172 @@
+"""Commands that make Lenses and show what goes into them: run, merge, layers, list, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .._util.errors import SemlensError
+from ._app import AsJson, app, console, emit_json, errors, friendly, table
+
+
+@app.command()
+@friendly
+def run(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with the build settings (flags override it)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec, e.g. zoo:efficientnet-lite0, py:pkg.mod:factory."),
+    layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Layer NAME[:key=value,...]; repeat for several."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Data spec, e.g. folder:./images."),
+    foundation: Optional[str] = typer.Option(None, "--foundation", "-f", help="Foundation model spec (default conse)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Lens directory to write (resumed if interrupted)."),
+    k: Optional[int] = typer.Option(None, "-k", help="Concept examples per unit (default 30)."),
+    pool: Optional[str] = typer.Option(None, help="Spatial/token pooling: mean (default) or max."),
+    crop: Optional[str] = typer.Option(
+        None, help="Crop mode: auto (default: relevance where LRP supports the model and it is affordable), relevance, activation or none."
+    ),
+    crop_threshold: Optional[float] = typer.Option(
+        None, help="Share of a heatmap's peak that a crop keeps (default 0.01, the paper's 1 % rule); 0 < t < 1."
+    ),
+    class_relevance: Optional[bool] = typer.Option(
+        None, "--class-relevance/--no-class-relevance", help="Compute per-class LRP relevance of every unit (default on)."
+    ),
+    relevance_data: Optional[str] = typer.Option(None, help="Labelled data spec for class relevance (default: --data)."),
+    batch_size: Optional[int] = typer.Option(None, help="Model batch size (default 32)."),
+    embed_batch_size: Optional[int] = typer.Option(None, help="Foundation model batch size (default 64)."),
+    device: Optional[str] = typer.Option(None, help="auto (default), cpu, cuda or cuda:N."),
+    precision: Optional[str] = typer.Option(
+        None, help="Model forward pass while collecting: auto (default: bfloat16 autocast on CUDA, float32 on CPU), float32, bfloat16, float16."
+    ),
+    workers: Optional[int] = typer.Option(None, help="Data loader worker processes (default: cores - 1, at most 4)."),
+    checkpoint_seconds: Optional[float] = typer.Option(None, help="Seconds between resume checkpoints (default 30)."),
+    shard: Optional[str] = typer.Option(
+        None, help="i/n: collect only shard i of n of the data into a partial Lens (job arrays); combine with `semlens merge`."
+    ),
+    overwrite: bool = typer.Option(False, help="Delete an existing Lens at --out and rebuild it."),
+    as_json: AsJson = False,
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Build a Lens: collect top-k concept examples per unit, embed them, store them.
+
+    Under `torchrun --nproc_per_node N -m semlens.cli run ...` the N processes share the work."""
+    from ..build.builder import BuildConfig, LensBuilder
+
+    options = dict(
+        model=model,
+        layers=layer or None,
+        data=data,
+        foundation=foundation,
+        k=k,
+        pool=pool,
+        crop=crop,
+        crop_threshold=crop_threshold,
+        class_relevance=class_relevance,
+        relevance_data=relevance_data,
+        batch_size=batch_size,
+        embed_batch_size=embed_batch_size,
+        device=device,
+        precision=precision,
+        workers=workers,
+        checkpoint_seconds=checkpoint_seconds,
+        shard=shard,
+    )
+    if config is not None:
+        settings = BuildConfig.from_toml(config, **options)
+    else:
+        missing = [name for name in ("model", "layers", "data") if options[name] is None]
+        if missing:
+            raise SemlensError(f"missing {', '.join('--' + name.rstrip('s') for name in missing)} (or give --config FILE.toml)")
+        settings = BuildConfig(**{key: value for key, value in options.items() if value is not None})
+    builder = LensBuilder(settings, out, overwrite=overwrite, progress=progress and not as_json)
+    summary = builder.run()
+    if builder.ranks.is_main:
+        report_summary(summary, as_json)
+
+
+@app.command()
+@friendly
+def merge(
+    out: Path = typer.Argument(..., help="Lens directory to write."),
+    parts: list[Path] = typer.Argument(..., help="The partial Lenses of `semlens run --shard i/n`, every shard once."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: as the shards recorded)."),
+    precision: Optional[str] = typer.Option(None, help="The precision the shards were collected in, when this machine's auto differs."),
+    workers: Optional[int] = typer.Option(None, help="Data loader worker processes."),
+    embed_batch_size: Optional[int] = typer.Option(None, help="Foundation model batch size."),
+    overwrite: bool = typer.Option(False, help="Delete an existing Lens at OUT and rebuild it."),
+    as_json: AsJson = False,
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Merge shards into one Lens (exactly the Lens one `semlens run` gives) and run its remaining stages."""
+    from ..build.merge import merge_shards
+
+    summary = merge_shards(
+        parts, out, overwrite, progress and not as_json, device=device, precision=precision, workers=workers, embed_batch_size=embed_batch_size
+    )
+    report_summary(summary, as_json)
+
+
+def report_summary(summary: Any, as_json: bool) -> None:
+    if as_json:
+        emit_json(summary.to_dict())
+        return
+    rows = [(layer.name, layer.units, layer.inactive_units, layer.output) for layer in summary.layers]
+    console.print(table(f"Lens at {summary.path}", ("layer", "units", "inactive", "output"), rows))
+    console.print(
+        f"{summary.samples} samples ({summary.failed} failed to decode and were skipped); "
+        f"{summary.example_slots} concept examples from {summary.distinct_crops} distinct crops; "
+        + ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in summary.seconds.items()),
+        markup=False,
+    )
+    for layer in summary.layers:
+        if layer.inactive_units:
+            errors.print(
+                f"[yellow]warning:[/] layer {layer.name}: {layer.inactive_units} of {layer.units} units never fired or were "
+                "constant on this data (their top-k scores are all equal or none is positive); their concept examples "
+                "are arbitrary and marked inactive"
+            )
+
+
+@app.command()
+@friendly
+def layers(model: str = typer.Argument(..., help="Model spec, e.g. zoo:efficientnet-lite0."), as_json: AsJson = False) -> None:
+    """List a model's layers with their output shapes and unit counts."""
+    from ..model.loading import load_model
+    from ..model.units import list_layers
+
+    loaded = load_model(model)
+    infos = list_layers(loaded.module, loaded.example_input())
+    if as_json:
+        emit_json([info.to_dict() for info in infos])
+        return
+    size = loaded.preprocessing.input_size
+    rows = [(info.name, info.type, info.shape, "" if info.units is None else info.units) for info in infos]
+    console.print(table(f"{model}: {len(infos)} layers (input 1x3x{size}x{size})", ("layer", "type", "output", "units"), rows))
+
+
+@app.command("list")
+def list_specs(as_json: AsJson = False) -> None:
+    """List the spec forms for models, data and foundation models."""
+    from ..data import DATASETS
+    from ..foundation import FOUNDATION_MODELS
+    from ..model.loading import MODELS
+
+    registries = {"model": MODELS, "data": DATASETS, "foundation model": FOUNDATION_MODELS}
+    if as_json:
+        emit_json({kind: [{"usage": f.usage, "summary": f.summary} for f in r.forms()] for kind, r in registries.items()})
+        return
+    rows = [(kind, form.usage, form.summary) for kind, registry in registries.items() for form in registry.forms()]
+    console.print(table("spec forms", ("kind", "spec", "what"), rows))
+
+
+@app.command()
+@friendly
+def demo(
+    out: Path = typer.Option(Path("semlens-demo"), "--out", "-o", help="Folder for the Lenses, report and summary."),
+    world: Optional[Path] = typer.Option(None, help="A concept-world TOML config (default: the built-in world)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """The whole job offline in the concept world: train, build Lenses, search, label, audit, test, compare, report."""
+    from ..world.demo import run_demo
+
+    run_demo(out, str(world) if world else None, progress=progress, console=console)

@@ -1,0 +1,298 @@
+"""Commands that ask a Lens: info, search, similar, show, label, dissect, map, measures, compare, report,
+export, serve, trust."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._app import AsJson, Foundation, ProbeData, Trust, app, console, emit_json, friendly, open_lens, say, table
+
+Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in.")
+Layers = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable; default all).")
+
+
+@app.command()
+@friendly
+def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJson = False) -> None:
+    """Describe a Lens: model, data, foundation model, layers."""
+    opened = open_lens(lens)
+    manifest = opened.manifest
+    if as_json:
+        emit_json(manifest)
+        return
+    identity = manifest["identity"]
+    say(str(opened.path))
+    say(f"model       {identity['model']['spec']} (weights {identity['model']['fingerprint']})")
+    say(f"data        {identity['data']['spec']} ({identity['data']['samples']} samples)")
+    say(f"foundation  {manifest['foundation']['id']} (dim {manifest['foundation']['dim']})")
+    say(f"k           {opened.k}, crop {identity['embed']['crop']}")
+    say(f"trusted     {'yes' if opened.trusted else 'no (it runs no code and reads no files it names; see `semlens trust`)'}")
+    rows = [(name, layer["units"], layer["inactive_units"], layer["output"]) for name, layer in manifest["layers"].items()]
+    console.print(table(None, ("layer", "units", "inactive", "output"), rows))
+
+
+def print_hits(hits: list, title: str, score: str, as_json: bool) -> None:
+    if as_json:
+        emit_json([hit.to_dict() for hit in hits])
+        return
+    rows = [(hit.unit, round(hit.score, 4), hit.label or "", ", ".join(hit.examples)) for hit in hits]
+    console.print(table(title, ("unit", score, "label", "top concept examples"), rows))
+
+
+@app.command()
+@friendly
+def search(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    query: Optional[list[str]] = typer.Argument(None, help="Text prompt(s); several are averaged."),
+    image: Optional[list[Path]] = typer.Option(None, "--image", "-i", help="Image probe file(s); averaged."),
+    layer: Optional[list[str]] = Layers,
+    top: int = typer.Option(10, "--top", "-n", help="How many units to show."),
+    template: Optional[list[str]] = typer.Option(
+        None, "--template", "-t", help="Template set (search, label, audit) or custom templates with {} (repeatable)."
+    ),
+    trust: Trust = False,
+    foundation: Foundation = None,
+    as_json: AsJson = False,
+) -> None:
+    """Rank units of all (or chosen) layers by alignment with a text and/or image probe."""
+    hits = open_lens(lens, trust, foundation=foundation).search(query or None, image or (), layer or None, top, template or "search")
+    title = f"units aligned with {' + '.join(map(repr, query or []))}{' + images' if image else ''}"
+    print_hits(hits, title, "alignment", as_json)
+
+
+@app.command()
+@friendly
+def similar(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    unit: str = typer.Argument(..., help="Unit as layer/index."),
+    other: Optional[Path] = typer.Option(None, help="Search this other Lens (same foundation model) instead."),
+    top: int = typer.Option(10, "--top", "-n", help="How many units to show."),
+    as_json: AsJson = False,
+) -> None:
+    """The units most similar to a unit (cosine of theta), in this Lens or another one."""
+    opened = open_lens(lens)
+    target = open_lens(other) if other else opened
+    print_hits(target.search_similar(opened, unit, top), f"units similar to {unit}", "similarity", as_json)
+
+
+@app.command()
+@friendly
+def show(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    unit: str = typer.Argument(..., help="Unit as layer/index, e.g. _fc/281."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: UNIT.png here)."),
+    trust: Trust = False,
+    probe_data: ProbeData = None,
+    as_json: AsJson = False,
+) -> None:
+    """Write a PNG grid of a unit's concept examples (crops) with their scores."""
+    from ..report.figures import concept_grid
+
+    opened = open_lens(lens, trust, data=probe_data)
+    examples = opened.concept_examples(unit)
+    target = out or Path(unit.replace("/", "_") + ".png")
+    label = opened.label_of(unit)
+    title = f"{unit}" + (f"  label: {label}" if label else "")
+    grid = concept_grid([opened.example_image(example) for example in examples], [f"{e.score:.3g}" for e in examples], title)
+    grid.save(target)
+    if as_json:
+        emit_json({"unit": unit, "label": label, "png": str(target), "examples": [asdict(e) for e in examples]})
+        return
+    say(f"wrote {target} ({len(examples)} concept examples of {unit})")
+
+
+@app.command()
+@friendly
+def label(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    vocabulary: Optional[Path] = Vocabulary,
+    threshold: float = typer.Option(0.025, help="Minimum alignment for a label; weaker units stay unlabelled."),
+    trust: Trust = False,
+    foundation: Foundation = None,
+    as_json: AsJson = False,
+) -> None:
+    """Label every unit with its best concept (and runner-ups); stored with the Lens."""
+    results = open_lens(lens, trust, foundation=foundation).label(str(vocabulary) if vocabulary else None, threshold)
+    if as_json:
+        emit_json(results.to_dict())
+        return
+    rows = [
+        (layer, int(labels.labelled.sum()), int((~labels.labelled).sum()), ", ".join(f"{name} ({count})" for name, count in results.most_common(layer)))
+        for layer, labels in results.items()
+    ]
+    title = f"labels from vocabulary {results.vocabulary.name!r} (threshold {threshold})"
+    console.print(table(title, ("layer", "labelled", "unlabelled", "most common labels"), rows))
+
+
+@app.command()
+@friendly
+def dissect(
+    lens: Path = typer.Argument(..., help="Lens directory (labelled with `semlens label` first)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bar chart PNG to write (default: dissect.png here)."),
+    as_json: AsJson = False,
+) -> None:
+    """Count units per label category per layer; table and bar chart."""
+    from ..report.figures import dissection_png
+
+    counts = open_lens(lens).dissect()
+    target = dissection_png(counts, out or Path("dissect.png"))
+    if as_json:
+        emit_json({"png": str(target), "counts": counts})
+        return
+    categories = list(next(iter(counts.values())))
+    rows = [(category, *(counts[layer][category] for layer in counts)) for category in categories]
+    console.print(table("units per concept category", ("category", *counts), rows))
+    say(f"bar chart: {target}")
+
+
+@app.command("map")
+@friendly
+def overview_map(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    layer: Optional[list[str]] = Layers,
+    clusters: Optional[int] = typer.Option(None, help="Number of k-means clusters (default grows with the units)."),
+    out: Path = typer.Option(Path("overview.html"), "--out", "-o", help="Interactive HTML to write (works offline)."),
+    png: Optional[Path] = typer.Option(None, help="Also write a PNG (default: next to the HTML)."),
+    trust: Trust = False,
+    foundation: Foundation = None,
+    as_json: AsJson = False,
+) -> None:
+    """UMAP overview map of the units, clustered and named; interactive HTML and PNG."""
+    from ..report.figures import overview_figure, overview_png
+
+    opened = open_lens(lens, trust, foundation=foundation)
+    overview = opened.overview(layer or None, clusters)
+    labels = {unit: opened.label_of(unit) for unit in overview.units}
+    overview_figure(overview, labels).write_html(str(out), include_plotlyjs=True, full_html=True)
+    picture = overview_png(overview, png or out.with_suffix(".png"))
+    if as_json:
+        emit_json({"html": str(out), "png": str(picture), **overview.to_dict()})
+        return
+    rows = [(name, int((overview.cluster == index).sum())) for index, name in enumerate(overview.cluster_names)]
+    console.print(table(f"{len(overview.units)} units in {len(rows)} clusters", ("cluster (two best labels)", "units"), rows))
+    say(f"map: {out} and {picture}")
+
+
+@app.command()
+@friendly
+def measures(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    layer: Optional[list[str]] = Layers,
+    worst: int = typer.Option(5, help="How many least clear / most polysemantic units to list per layer."),
+    as_json: AsJson = False,
+) -> None:
+    """Interpretability measures: clarity, polysemanticity, redundancy, per unit and per layer."""
+    from ..analysis.measures import Measures
+
+    opened = open_lens(lens)
+    chosen = opened.checked_layers(layer or None)
+    result = Measures({name: opened.measures(name) for name in chosen}, {name: opened.units(name) for name in chosen})
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    rows = [(name, *(result.summary(name)[m] for m in ("clarity", "polysemanticity", "redundancy"))) for name in chosen]
+    console.print(table("layer means", ("layer", "clarity", "polysemanticity", "redundancy"), rows))
+    for name in chosen:
+        for title, measure, highest in (("least clear", "clarity", False), ("most polysemantic", "polysemanticity", True)):
+            units = result.extremes(name, measure, worst, highest)
+            say(f"{name} {title}: " + ", ".join(f"{unit} ({value:.3f})" for unit, value in units))
+
+
+@app.command()
+@friendly
+def compare(
+    lens_a: Path = typer.Argument(..., help="First Lens (M)."),
+    lens_b: Path = typer.Argument(..., help="Second Lens (N), embedded by the same foundation model."),
+    vocabulary: Optional[Path] = Vocabulary,
+    trust: Trust = False,
+    foundation: Foundation = None,
+    as_json: AsJson = False,
+) -> None:
+    """Compare two Lenses: S_{M->N} and S_{N->M} per layer pair, best matches, shared and unique concepts."""
+    first = open_lens(lens_a, trust, foundation=foundation)
+    comparison = first.compare(open_lens(lens_b, trust, foundation=foundation), str(vocabulary) if vocabulary else None)
+    if as_json:
+        emit_json(comparison.to_dict())
+        return
+    for title, matrix in (("S_{A->B}: how much of A's units B also has", comparison.a_to_b), ("S_{B->A}", comparison.b_to_a)):
+        rows = [(layer, *(round(value, 3) for value in row)) for layer, row in zip(comparison.layers_a, matrix)]
+        console.print(table(title, ("A \\ B", *comparison.layers_b), rows))
+    for title, concepts in (("shared concepts", comparison.shared_concepts), ("only in A", comparison.only_a), ("only in B", comparison.only_b)):
+        say(f"{title} ({len(concepts)}): {', '.join(concepts)}")
+
+
+@app.command()
+@friendly
+def export(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the tables into."),
+    format: str = typer.Option("parquet", "--format", help="parquet or csv (theta is always written as safetensors arrays)."),
+    as_json: AsJson = False,
+) -> None:
+    """Export units, labels, measures and concept examples as tables, and theta as arrays, for your own tools."""
+    from ..lens.export import export_lens
+
+    result = export_lens(open_lens(lens), out, format)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    console.print(table(f"exported to {result.directory}", ("file", "rows"), [(str(path), result.rows.get(name, "")) for name, path in result.files.items()]))
+
+
+@app.command()
+@friendly
+def serve(
+    lens: list[Path] = typer.Argument(..., help="One or more Lens directories."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; the default lets only this machine connect."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the explorer in the web browser."),
+    trust: Trust = False,
+    probe_data: ProbeData = None,
+    foundation: Foundation = None,
+) -> None:
+    """The explorer: a local web app to search, browse, audit and compare Lenses."""
+    from .._util.errors import SemlensError
+    from ..web import serve as serve_explorer
+
+    if probe_data is not None and len(lens) > 1:
+        raise SemlensError("--probe-data names the data of one Lens: serve that Lens on its own")
+    serve_explorer([open_lens(path, trust, probe_data, foundation) for path in lens], host, port, open_browser)
+
+
+@app.command("trust")
+@friendly
+def trust_lens(lens: Path = typer.Argument(..., help="Lens directory you received and trust.")) -> None:
+    """Trust a Lens: from now on it may load the model, data and foundation model it names, even by code or
+    local path (Lenses built on this machine are trusted already). Only for Lenses from people you trust."""
+    from .._util.errors import SemlensError
+    from ..lens.trust import remember_trusted
+
+    opened = open_lens(lens)
+    if opened.manifest.get("build_id") is None:
+        raise SemlensError(f"{opened.path} was built before Lenses had build ids: pass --trust to each command instead")
+    remember_trusted(opened.manifest)
+    say(f"trusted {opened.path}: model {opened.manifest['identity']['model']['spec']}, data {opened.manifest['identity']['data']['spec']}")
+
+
+@app.command()
+@friendly
+def report(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write (self-contained, offline)."),
+    trust: Trust = False,
+    foundation: Foundation = None,
+    probe_data: ProbeData = None,
+    as_json: AsJson = False,
+) -> None:
+    """Write one self-contained HTML report: map, dissection, measures, least clear and unexpected units."""
+    from ..report.html import write_report
+
+    target = write_report(open_lens(lens, trust, probe_data, foundation), out)
+    if as_json:
+        emit_json({"html": str(target)})
+        return
+    say(f"report: {target}")

@@ -1,0 +1,205 @@
+"""Commands that test what a Lens found: audit, graph, test-artifact, prune."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .._util.errors import SemlensError
+from ._app import AsJson, Foundation, Model, ProbeData, Trust, app, console, emit_json, friendly, open_lens, say, table
+
+AUDIT_KEYS = {"class", "valid", "spurious", "valid_images", "spurious_images", "cut"}
+
+
+@app.command()
+@friendly
+def audit(
+    lens: Path = typer.Argument(..., help="Lens directory (built with class relevance)."),
+    class_name: Optional[str] = typer.Option(None, "--class", "-c", help="Class name or index to audit."),
+    valid: Optional[list[str]] = typer.Option(None, "--valid", help="A valid concept for the class (repeatable)."),
+    spurious: Optional[list[str]] = typer.Option(None, "--spurious", help="A spurious concept (repeatable)."),
+    valid_image: Optional[list[Path]] = typer.Option(None, help="Image probe of a valid concept (repeatable)."),
+    spurious_image: Optional[list[Path]] = typer.Option(None, help="Image probe of a spurious concept (repeatable)."),
+    config: Optional[Path] = typer.Option(None, help="TOML with class, valid, spurious, valid_images, spurious_images, cut."),
+    cut: Optional[float] = typer.Option(None, help="Relevance share above which a unit counts as relevant (default 0.028)."),
+    layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (default: all)."),
+    all_classes: bool = typer.Option(False, "--all", help="Audit every class (valid concept: its own name) and rank by spurious share."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML page with the scatter plot (one class)."),
+    trust: Trust = False,
+    foundation: Foundation = None,
+    probe_data: ProbeData = None,
+    as_json: AsJson = False,
+) -> None:
+    """Audit a class: are the units it relies on aligned with valid or with spurious concepts?"""
+    opened = open_lens(lens, trust, probe_data, foundation)
+    settings = _audit_settings(config) if config else {}
+    valid = valid or settings.get("valid", [])
+    spurious = spurious or settings.get("spurious", [])
+    valid_image = valid_image or settings.get("valid_images", [])
+    spurious_image = spurious_image or settings.get("spurious_images", [])
+    cut = cut if cut is not None else settings.get("cut")
+    if all_classes:
+        audits = opened.audit_classes(spurious, cut, spurious_image)
+        if as_json:
+            emit_json([result.to_dict() for result in audits])
+            return
+        rows = [(a.class_name, len(a.units), *(round(a.shares[v], 3) for v in ("valid", "spurious", "both", "unexpected"))) for a in audits]
+        console.print(table("classes ranked by spurious share", ("class", "relevant units", "valid", "spurious", "both", "unexpected"), rows))
+        return
+    class_name = class_name or settings.get("class")
+    if class_name is None:
+        raise SemlensError("give --class (or `class` in --config), or --all")
+    result = opened.audit(class_name, valid, spurious, valid_image, spurious_image, cut, layer or None)
+    page = None
+    if out is not None:
+        from ..report.html import write_audit_html
+
+        page = str(write_audit_html(opened, result, out))
+    if as_json:
+        emit_json({**result.to_dict(), "html": page})
+        return
+    say("relevance by verdict: " + ", ".join(f"{v} {share:.1%}" for v, share in result.shares.items()))
+    rows = [(u.unit, u.verdict, round(u.relevance, 3), round(u.a_valid, 3), round(u.a_spur, 3), ", ".join(u.examples)) for u in result.units]
+    console.print(table(f"audit of {result.class_name}", ("unit", "verdict", "relevance", "a_valid", "a_spur", "examples"), rows))
+    if page:
+        say(f"scatter plot: {page}")
+
+
+def _audit_settings(path: Path) -> dict:
+    from .._util.tomlfiles import read_toml
+
+    settings = read_toml(path, "audit config")
+    if set(settings) - AUDIT_KEYS:
+        raise SemlensError(f"audit config {path}: unknown keys {', '.join(sorted(set(settings) - AUDIT_KEYS))}; valid: {', '.join(sorted(AUDIT_KEYS))}")
+    return settings
+
+
+@app.command()
+@friendly
+def graph(
+    lens: Path = typer.Argument(..., help="Lens directory (built with class relevance)."),
+    class_name: str = typer.Option(..., "--class", "-c", help="Class name or index."),
+    layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Two or more layers, lowest first (default: all)."),
+    cut: Optional[float] = typer.Option(None, help="Relevance share above which a unit enters the graph (default 0.01)."),
+    out: Path = typer.Option(Path("graph.html"), "--out", "-o", help="Interactive HTML (Sankey) to write."),
+    trust: Trust = False,
+    model: Model = None,
+    probe_data: ProbeData = None,
+    foundation: Foundation = None,
+    as_json: AsJson = False,
+) -> None:
+    """Attribution graph of a class: concept groups per layer and the CRP relevance flowing between them
+    (labels the Lens with the built-in vocabulary first when it has no labels)."""
+    from ..report.figures import graph_figure
+
+    opened = open_lens(lens, trust, probe_data, foundation, model)
+    if opened.vocabulary is None:
+        opened.label()
+    result = opened.attribution_graph(class_name, layer or None, cut)
+    graph_figure(result).write_html(str(out), include_plotlyjs=True, full_html=True)
+    if as_json:
+        emit_json({**result.to_dict(), "html": str(out)})
+        return
+    rows = [(node.layer, node.label, round(node.relevance, 3), len(node.units)) for node in result.nodes]
+    console.print(table(f"attribution graph of {result.class_name}", ("layer", "concept", "relevance", "units"), rows))
+    rows = [(edge["source"], edge["target"], round(edge["weight"], 3)) for edge in result.edges]
+    console.print(table("edges (relevance flowing down)", ("from", "to", "weight"), rows))
+    say(f"graph: {out}")
+
+
+def _artifact(artifact: Optional[Path], mask: Optional[Path], at: str, tint: Optional[str]):
+    from ..analysis.interventions import Artifact
+
+    if artifact is None and tint is None:
+        return None
+    try:
+        position = tuple(int(value) for value in at.split(","))
+        colour = None if tint is None else tuple(int(value) for value in tint.split(","))
+    except ValueError:
+        raise SemlensError(f"--at takes X,Y and --tint R,G,B integers; got --at {at!r} --tint {tint!r}") from None
+    return Artifact.from_files(artifact, mask, position, colour)
+
+
+ArtifactImage = typer.Option(None, help="Artefact image (RGBA: its alpha is the mask).")
+ArtifactMask = typer.Option(None, help="Mask image (white = artefact) instead of the alpha channel.")
+ArtifactAt = typer.Option("0,0", help="Top-left X,Y of the artefact in the model's input view.")
+ArtifactTint = typer.Option(None, help="Instead of an image: tint every pixel towards R,G,B (0.7 p + 0.3 c).")
+
+
+@app.command("test-artifact")
+@friendly
+def test_artifact(
+    lens: Path = typer.Argument(..., help="Lens directory (its model is reloaded and checked)."),
+    class_name: str = typer.Option(..., "--class", "-c", help="Class whose probability the artefact may raise."),
+    data: str = typer.Option(..., "--data", "-d", help="Clean images (data spec), ideally of other classes."),
+    artifact: Optional[Path] = ArtifactImage,
+    mask: Optional[Path] = ArtifactMask,
+    at: str = ArtifactAt,
+    tint: Optional[str] = ArtifactTint,
+    spurious_only: Optional[str] = typer.Option(None, help="Data spec of images with only the spurious features: report the AUC."),
+    real: Optional[str] = typer.Option(None, help="Data spec of real class images, for the AUC."),
+    trust: Trust = False,
+    model: Model = None,
+    as_json: AsJson = False,
+) -> None:
+    """Insert an artefact into clean images and measure the class probability and accuracy change (and the AUC)."""
+    from ..analysis.interventions import artifact_effect, separation_auc
+    from ..data import load_data
+
+    opened = open_lens(lens, trust, model=model)
+    loaded, index = opened.model(), opened.class_index(class_name)
+    result: dict = {"class": class_name, "class_index": index}
+    chosen = _artifact(artifact, mask, at, tint)
+    if chosen is not None:
+        result["insertion"] = artifact_effect(loaded, load_data(data), index, chosen)
+    if spurious_only is not None:
+        result["separation_auc"] = separation_auc(loaded, index, load_data(real or data), load_data(spurious_only))
+    if len(result) == 2:
+        raise SemlensError("give an --artifact or --tint to insert, and/or --spurious-only images for the AUC")
+    if as_json:
+        emit_json(result)
+        return
+    insertion = result.get("insertion")
+    if insertion:
+        rows = [(key, *(None if insertion[part][key] is None else round(insertion[part][key], 4) for part in ("clean", "artifact", "change"))) for key in insertion["clean"]]
+        console.print(table(f"artefact insertion on {insertion['samples']} images (class {class_name})", ("measure", "clean", "artefact", "change"), rows))
+    if "separation_auc" in result:
+        say(f"separation AUC of the {class_name} logit, real vs spurious-only images: {result['separation_auc']:.3f}")
+
+
+@app.command()
+@friendly
+def prune(
+    lens: Path = typer.Argument(..., help="Lens directory (its model is reloaded and checked)."),
+    unit: list[str] = typer.Option(..., "--unit", "-u", help="Unit to switch off, layer/index (repeatable)."),
+    data: str = typer.Option(..., "--data", "-d", help="Labelled test data (data spec)."),
+    class_name: Optional[str] = typer.Option(None, "--class", "-c", help="Class whose probability to report."),
+    artifact: Optional[Path] = ArtifactImage,
+    mask: Optional[Path] = ArtifactMask,
+    at: str = ArtifactAt,
+    tint: Optional[str] = ArtifactTint,
+    trust: Trust = False,
+    model: Model = None,
+    as_json: AsJson = False,
+) -> None:
+    """Switch units off and compare accuracy (clean and with the artefact) before and after."""
+    from ..analysis.interventions import pruning_effect
+    from ..data import load_data
+
+    opened = open_lens(lens, trust, model=model)
+    index = None if class_name is None else opened.class_index(class_name)
+    channels = opened.channels(unit)
+    chosen = _artifact(artifact, mask, at, tint)
+    result = pruning_effect(opened.model(), load_data(data), channels, index, chosen, opened.sae_files(list(channels)))
+    if as_json:
+        emit_json(result)
+        return
+    rows = []
+    for name in ("clean", "artifact"):
+        if name in result:
+            for key in result[name]["before"]:
+                before, after = result[name]["before"][key], result[name]["after"][key]
+                rows.append((name, key, None if before is None else round(before, 4), None if after is None else round(after, 4)))
+    console.print(table(f"pruning {', '.join(unit)} ({result['samples']} images)", ("images", "measure", "before", "after"), rows))

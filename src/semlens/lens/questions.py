@@ -1,0 +1,175 @@
+"""The questions a Lens answers beyond search and labels: each gathers the Lens's arrays and probes and
+hands them to a pure function in ``semlens.analysis`` or ``semlens.relevance`` (``Lens`` delegates here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .._util.errors import SemlensError
+from ..analysis.alignment import alignment
+from ..analysis.label import label_units
+from ..analysis.vocabulary import Vocabulary
+
+if TYPE_CHECKING:
+    from ..analysis.audit import ClassAudit
+    from ..analysis.compare import Comparison
+    from ..analysis.overview import Overview
+    from ..relevance.graph import AttributionGraph
+    from .lens import Lens
+
+
+def overview(lens: Lens, layers: list[str] | None, clusters: int | None, seed: int) -> Overview:
+    from ..analysis.overview import build_overview
+
+    vocabulary = lens.vocabulary_or(None)
+    concepts = lens.probes.concepts(vocabulary.concepts, "label")
+    categories = vocabulary.category_names()
+    members = torch.tensor([categories.index(category) for category in vocabulary.categories])
+    category_probes = torch.stack([concepts[members == index].mean(dim=0) for index in range(len(categories))])
+    units, theta = lens.all_units(layers)
+    null = lens.probes.null("label")
+    return build_overview(units, theta, concepts, list(vocabulary.concepts), category_probes, categories, null, clusters, seed)
+
+
+def concept_labels(lens: Lens, vocabulary: Vocabulary) -> set[str]:
+    """The labels the Lens's units get from ``vocabulary`` (not stored)."""
+    concepts = lens.probes.concepts(vocabulary.concepts, "label")
+    found = set()
+    for layer in lens.layers:
+        labels = label_units(lens.theta(layer), concepts, lens.probes.null("label"))
+        found |= {vocabulary.concepts[index] for index in labels.concepts[labels.labelled, 0].tolist()}
+    return found
+
+
+def compare(lens: Lens, other: Lens, vocabulary: Vocabulary | str | Path | None) -> Comparison:
+    from ..analysis.compare import Comparison, best_matches, concept_sets, overlap_matrices
+
+    if lens.foundation_id != other.foundation_id:
+        raise SemlensError(
+            f"cannot compare Lenses embedded by different foundation models ({lens.foundation_id} vs "
+            f"{other.foundation_id}); rebuild one of them with the other's foundation model"
+        )
+    a_to_b, b_to_a = overlap_matrices(
+        {layer: lens.theta(layer) for layer in lens.layers}, {layer: other.theta(layer) for layer in other.layers}
+    )
+    units_a, theta_a = lens.all_units()
+    units_b, theta_b = other.all_units()
+    vocab = lens.vocabulary_or(vocabulary)
+    shared, only_a, only_b = concept_sets(concept_labels(lens, vocab), concept_labels(other, vocab))
+    return Comparison(lens.layers, other.layers, a_to_b, b_to_a, best_matches(units_a, theta_a, units_b, theta_b), shared, only_a, only_b)
+
+
+def measures(lens: Lens, layer: str) -> dict[str, torch.Tensor]:
+    from ..analysis.measures import clarity, polysemanticity, redundancy
+
+    examples = lens.example_embeddings(layer)
+    return {"clarity": clarity(examples), "polysemanticity": polysemanticity(examples), "redundancy": redundancy(lens.theta(layer))}
+
+
+def relevant_classes(lens: Lens, unit: str, top: int) -> list[tuple[str, int, float, float]]:
+    layer, row = lens.unit_index(unit)
+    relevance = lens.class_relevance(layer)
+    if relevance is None:
+        return []
+    mean = relevance["mean_share"][row]
+    order = torch.argsort(mean.nan_to_num(float("-inf")), descending=True, stable=True)
+    chosen = order[~mean[order].isnan()][:top].tolist()
+    names = lens.classes or [str(index) for index in range(mean.numel())]
+    return [(names[i], i, float(relevance["max_share"][row, i]), float(mean[i])) for i in chosen]
+
+
+def _alignments(lens: Lens, concepts: list[str], images: list[str | Path], templates: str | list[str]) -> list[torch.Tensor]:
+    """Per probe (each text concept, each image), the alignment of every unit of every layer ``[U_all]``."""
+    theta = torch.cat([lens.theta(layer) for layer in lens.layers])
+    results = []
+    if concepts:
+        embedded = lens.probes.concepts(concepts, templates)
+        results += list(alignment(theta, embedded, lens.probes.null(templates)).T)
+    for image in images:
+        results.append(alignment(theta, lens.probes.images([image])[None], None)[:, 0])
+    return results
+
+
+def audit(
+    lens: Lens,
+    class_name: str | int,
+    valid: list[str],
+    spurious: list[str],
+    valid_images: list[str | Path],
+    spurious_images: list[str | Path],
+    cut: float | None,
+    layers: list[str] | None,
+    templates: str | list[str],
+) -> ClassAudit:
+    from ..analysis.audit import AUDIT_CUT, audit_units
+
+    if not (valid or valid_images) or not (spurious or spurious_images):
+        raise SemlensError("an audit needs at least one valid and one spurious concept (text or image)")
+    index = lens.class_index(class_name)
+    chosen = lens.checked_layers(layers)
+    missing = [layer for layer in chosen if lens.class_relevance(layer) is None]
+    if missing:
+        reason = lens.manifest["stages"].get("relevance", {}).get("skipped", "class relevance was not computed")
+        raise SemlensError(f"no class relevance for layer(s) {', '.join(missing)} ({reason}); rebuild with class relevance on")
+    units = [f"{layer}/{name}" for layer in chosen for name in lens.units(layer)]
+    keep = torch.tensor([layer in chosen for layer in lens.layers for _ in lens.units(layer)])
+    a_valid = torch.stack(_alignments(lens, list(valid), list(valid_images), templates)).amax(dim=0)[keep]
+    a_spur = torch.stack(_alignments(lens, list(spurious), list(spurious_images), templates)).amax(dim=0)[keep]
+    max_share = torch.cat([lens.class_relevance(layer)["max_share"][:, index] for layer in chosen])
+    mean_share = torch.cat([lens.class_relevance(layer)["mean_share"][:, index] for layer in chosen])
+    name = lens.classes[index] if lens.classes else str(index)
+    result = audit_units(
+        name, units, max_share, mean_share, a_valid, a_spur,
+        list(valid) + [str(p) for p in valid_images], list(spurious) + [str(p) for p in spurious_images],
+        AUDIT_CUT if cut is None else cut,
+    )  # fmt: skip
+    for audited in result.units:
+        audited.examples = [example.source for example in lens.concept_examples(audited.unit)[:3]]
+    return result
+
+
+def audit_classes(lens: Lens, spurious: list[str], cut: float | None, spurious_images: list[str | Path]) -> list[ClassAudit]:
+    if not lens.classes:
+        raise SemlensError("auditing all classes needs class names (this model has none); audit one class with --valid")
+    seen = lens.class_relevance(lens.layers[-1])
+    if seen is None:
+        raise SemlensError("no class relevance in this Lens; rebuild with class relevance on")
+    audits = [
+        audit(lens, int(index), [lens.classes[int(index)]], spurious, [], spurious_images, cut, None, "audit")
+        for index in seen["seen_classes"].tolist()
+    ]
+    return sorted(audits, key=lambda result: -result.shares["spurious"])
+
+
+def attribution_graph(lens: Lens, class_name: str | int, layers: list[str] | None, cut: float | None, samples: int) -> AttributionGraph:
+    from ..relevance.graph import GRAPH_CUT, build_graph
+    from ..relevance.lrp import RelevanceModel
+
+    chosen = lens.checked_layers(layers)
+    if len(chosen) < 2:
+        raise SemlensError("an attribution graph needs at least two layers")
+    if any(lens.manifest["layers"][layer]["unit_names"] == "signed" or lens.manifest["layers"][layer]["spec"].get("sae") for layer in chosen):
+        raise SemlensError("attribution graphs need plain layers (not signed, not SAE)")
+    index = lens.class_index(class_name)
+    relevance = lens.class_relevance(chosen[-1])
+    if relevance is None:
+        raise SemlensError("no class relevance in this Lens; rebuild with class relevance on")
+    seen = relevance["seen_classes"].tolist()
+    if index not in seen:
+        raise SemlensError(f"class {class_name} has no samples in the class-relevance data")
+    ids = relevance["top_samples"][seen.index(index)].flatten()
+    ids = [int(i) for i in torch.unique(ids[ids >= 0])][:samples]
+    model = lens.model()
+    inputs = torch.stack([model.preprocessing(lens.probe_data.load(i)) for i in ids])
+    lrp = RelevanceModel(model.module, inputs[:2])
+    if not lrp.check().supported:
+        raise SemlensError(f"LRP does not support this model: {lrp.check().reason}")
+    if lens.vocabulary is None:
+        raise SemlensError("an attribution graph groups units by label: run `semlens label LENS` (or Lens.label()) first")
+    units = {layer: [f"{layer}/{name}" for name in lens.units(layer)] for layer in chosen}
+    labels = {layer: lens.label_store.graph_labels(layer) for layer in chosen}
+    title = lens.classes[index] if lens.classes else str(index)
+    return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut)

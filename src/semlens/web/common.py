@@ -1,0 +1,82 @@
+"""What the explorer's routes share: path and query parameters, the served Lenses as a dependency, and
+the shapes of units, hits and concept examples in responses."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Annotated, Any
+
+from fastapi import Depends, Query, Request
+from fastapi import Path as PathParam
+from PIL import Image
+
+from .._util.errors import SemlensError, one_line
+from ..lens.lens import ConceptExample
+from .schemas import MAX_TEXT
+from .state import Explorer, Served
+
+MAX_PIXELS = 40_000_000
+IMAGE = {200: {"content": {"image/jpeg": {}}, "description": "A JPEG image."}}
+
+
+def served_lenses(request: Request) -> Explorer:
+    return request.app.state.explorer
+
+
+ExplorerDep = Annotated[Explorer, Depends(served_lenses)]
+LensKey = Annotated[str, PathParam(max_length=MAX_TEXT, description="Lens index or directory name.")]
+LayerName = Annotated[str, PathParam(max_length=MAX_TEXT, description="Layer (module path), e.g. features.3.")]
+UnitName = Annotated[
+    str,
+    PathParam(max_length=32, description="Unit index in its layer, e.g. 7 (7- for a signed layer's negative half)."),
+]
+Rank = Annotated[int, PathParam(ge=0, le=100_000, description="Rank of the concept example (0 = best).")]
+Layers = Annotated[
+    list[str] | None, Query(max_length=64, description="Only these layers (repeat the parameter); default all.")
+]
+Top = Annotated[int, Query(ge=1, le=100, description="How many units.")]
+
+
+def plotly_json(figure: Any) -> dict[str, Any]:
+    """A plotly figure as plain JSON (``data``, ``layout``) for plotly.js."""
+    return json.loads(figure.to_json())
+
+
+def finite(value: float) -> float | None:
+    """A float for JSON: NaN and infinities (empty slots, inactive units) become null."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """An uploaded image probe, decoded (its size bounded by ``Guard``, its pixels here); bytes that are not an
+    image are the client's error (400)."""
+    try:
+        picture = Image.open(io.BytesIO(data))
+        pixels = picture.width * picture.height
+        decoded = picture.convert("RGB") if pixels <= MAX_PIXELS else None
+    except Exception as error:  # every decoder failure on untrusted bytes means "not a readable image"
+        raise SemlensError(f"the upload is not an image this server can read ({one_line(error)})") from None
+    if decoded is None:
+        raise SemlensError(f"the image has {pixels} pixels; at most {MAX_PIXELS} are accepted")
+    return decoded
+
+
+def example_out(served: Served, unit: str, example: ConceptExample) -> dict[str, Any]:
+    return {
+        "rank": example.rank, "sample": example.sample, "score": finite(example.score), "box": list(example.box),
+        "source": example.source, "label": example.label,
+        "thumbnail": served.example_url(unit, example.rank), "image": served.example_url(unit, example.rank, "image"),
+    }  # fmt: skip
+
+
+def layers_of(served: Served, requested: list[str] | None) -> list[str] | None:
+    """Requested layers checked, without repeats, in the Lens's order (lowest first); None for all."""
+    chosen = {served.layer(layer) for layer in requested or []}
+    return [layer for layer in served.lens.layers if layer in chosen] or None
+
+
+def hits_out(served: Served, hits: list) -> list[dict[str, Any]]:
+    return [{**served.ref(hit.unit), "score": hit.score} for hit in hits]

@@ -1,0 +1,62 @@
+"""The overview map and the dissection."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from ...report.figures import dissection_figure, overview_figure
+from ..common import MAX_TEXT, ExplorerDep, LensKey, plotly_json
+from ..schemas import CategoryOut, DissectOut, MapOut
+
+WEBGL_FROM = 3000  # units on a map before points are drawn with WebGL instead of SVG
+
+router = APIRouter()
+
+
+@router.get(
+    "/api/lenses/{lens}/map", response_model=MapOut, summary="UMAP overview of a layer's units (or of all layers)"
+)
+def overview_map(
+    explorer: ExplorerDep,
+    lens: LensKey,
+    layer: Annotated[str | None, Query(max_length=MAX_TEXT, description="Default: all layers.")] = None,
+) -> dict[str, Any]:
+    """Positions, k-means clusters named by their two best labels, the category each unit aligns with best,
+    and the plotly figure; computed once per layer (UMAP is slow), then remembered."""
+    served = explorer.get(lens)
+    layers = [served.layer(layer)] if layer else None
+
+    def compute() -> dict[str, Any]:
+        opened = served.ready()
+        overview = opened.overview(layers)
+        labels = {unit: opened.label_of(unit) for unit in overview.units}
+        figure = overview_figure(overview, labels, webgl=len(overview.units) >= WEBGL_FROM)
+        return {
+            **overview.to_dict(),
+            "layer": layer,
+            "labels": list(labels.values()),
+            "figure": plotly_json(figure),
+        }
+
+    return served.remember(("map", layer), compute)
+
+
+@router.get("/api/lenses/{lens}/dissect", response_model=DissectOut, summary="Units per label category per layer")
+def dissect(explorer: ExplorerDep, lens: LensKey) -> dict[str, Any]:
+    counts = explorer.get(lens).labelled().dissect()
+    return {"counts": counts, "figure": plotly_json(dissection_figure(counts))}
+
+
+@router.get("/api/lenses/{lens}/dissect/units", response_model=CategoryOut, summary="The units of one dissection bar")
+def category_units(
+    explorer: ExplorerDep,
+    lens: LensKey,
+    layer: Annotated[str, Query(max_length=MAX_TEXT)],
+    category: Annotated[str, Query(max_length=MAX_TEXT, description="A label category, or unlabelled.")],
+    top: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> dict[str, Any]:
+    served = explorer.get(lens)
+    units = served.labelled().category_units(served.layer(layer), category)
+    return {"layer": layer, "category": category, "units": [served.ref(unit) for unit in units[:top]]}

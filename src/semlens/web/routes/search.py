@@ -1,0 +1,39 @@
+"""Search units by a text or an uploaded image."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Query, UploadFile
+
+from ..common import MAX_TEXT, ExplorerDep, Layers, LensKey, Top, decode_image, hits_out, layers_of
+from ..schemas import Hit
+
+router = APIRouter()
+
+
+@router.get("/api/lenses/{lens}/search", response_model=list[Hit], summary="Units ranked by alignment with a text")
+def search(
+    explorer: ExplorerDep,
+    lens: LensKey,
+    q: Annotated[str, Query(min_length=1, max_length=MAX_TEXT, description="What to look for.")],
+    layer: Layers = None,
+    top: Top = 10,
+) -> list[dict[str, Any]]:
+    served = explorer.get(lens)
+    return hits_out(served, served.ready().search(q, layers=layers_of(served, layer), top=top))
+
+
+@router.post(
+    "/api/lenses/{lens}/search/image", response_model=list[Hit], summary="Units ranked by similarity to an image"
+)
+def search_image(
+    explorer: ExplorerDep,
+    lens: LensKey,
+    image: Annotated[UploadFile, File(description="The image probe (PNG, JPEG, ...).")],
+    layer: Layers = None,
+    top: Top = 10,
+) -> list[dict[str, Any]]:
+    served = explorer.get(lens)
+    picture = decode_image(image.file.read())
+    return hits_out(served, served.ready().search(images=[picture], layers=layers_of(served, layer), top=top))

@@ -1,0 +1,94 @@
+"""The Lenses, their units and concept-example images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from ..common import IMAGE, ExplorerDep, LayerName, LensKey, Rank, UnitName, example_out, finite, hits_out
+from ..schemas import Example, LensInfo, UnitPage
+from ..state import Explorer, Served
+
+SIMILAR = 8  # similar units shown per served Lens
+
+router = APIRouter()
+
+
+@router.get("/api/lenses", response_model=list[LensInfo], summary="The served Lenses")
+def list_lenses(explorer: ExplorerDep) -> list[dict[str, Any]]:
+    return [served.info() for served in explorer.served]
+
+
+@router.get("/api/lenses/{lens}", response_model=LensInfo, summary="One Lens: model, data, layers, classes")
+def lens_info(explorer: ExplorerDep, lens: LensKey) -> dict[str, Any]:
+    return explorer.get(lens).info()
+
+
+@router.get(
+    "/api/lenses/{lens}/layers/{layer}/units/{unit}", response_model=UnitPage, summary="Everything about one unit"
+)
+def unit_page(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName) -> dict[str, Any]:
+    """Concept examples, label with runner-ups, clarity, polysemanticity, redundancy, the classes the unit is
+    most relevant for, and its most similar units in every served Lens."""
+    served = explorer.get(lens)
+    name, row = served.unit(layer, unit)
+    opened = served.labelled()
+    measures = served.remember(("measures", layer), lambda: opened.measures(layer))
+    return {
+        **served.ref(name),
+        "lens_name": served.name,
+        "candidates": [
+            {"concept": concept, "alignment": score} for concept, score in opened.label_candidates(name)
+        ],
+        **{measure: finite(values[row]) for measure, values in measures.items()},
+        "inactive": bool(opened.inactive(layer)[row]),
+        "examples": [example_out(served, name, example) for example in opened.concept_examples(name)],
+        "classes": [
+            {"class": title, "index": index, "max_share": finite(top), "mean_share": finite(mean)}
+            for title, index, top, mean in opened.relevant_classes(name)
+        ],
+        "similar": [similar_in(other, served, name) for other in explorer.served],
+    }
+
+
+def similar_in(other: Served, source: Served, unit: str) -> dict[str, Any]:
+    entry = {"lens": other.id, "lens_name": other.name, "hits": [], "note": None}
+    if other.lens.foundation_id != source.lens.foundation_id:
+        return {**entry, "note": f"embedded by another foundation model ({other.lens.foundation_id})"}
+    return {**entry, "hits": hits_out(other, other.labelled().search_similar(source.lens, unit, SIMILAR))}
+
+
+@router.get(
+    "/api/lenses/{lens}/layers/{layer}/units/{unit}/examples",
+    response_model=list[Example],
+    summary="A unit's concept examples",
+)
+def unit_examples(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName) -> list[dict[str, Any]]:
+    served = explorer.get(lens)
+    name, _ = served.unit(layer, unit)
+    return [example_out(served, name, example) for example in served.lens.concept_examples(name)]
+
+
+def example_jpeg(explorer: Explorer, lens: str, layer: str, unit: str, rank: int, full: bool) -> Response:
+    served = explorer.get(lens)
+    name, row = served.unit(layer, unit)
+    data = served.thumbnails.jpeg(layer, row, served.example(name, rank), full)
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get(
+    "/api/lenses/{lens}/layers/{layer}/units/{unit}/examples/{rank}/thumbnail",
+    response_class=Response, responses=IMAGE, summary="A concept example's crop (JPEG, made once, cached)",
+)  # fmt: skip
+def thumbnail(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank) -> Response:
+    return example_jpeg(explorer, lens, layer, unit, rank, full=False)
+
+
+@router.get(
+    "/api/lenses/{lens}/layers/{layer}/units/{unit}/examples/{rank}/image",
+    response_class=Response, responses=IMAGE, summary="A concept example's full input view (JPEG); its box is in the example",
+)  # fmt: skip
+def full_image(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank) -> Response:
+    return example_jpeg(explorer, lens, layer, unit, rank, full=True)

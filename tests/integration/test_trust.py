@@ -1,0 +1,167 @@
+"""A Lens from a stranger: tampered specs run no code, tampered roots and changed folders show no wrong or
+foreign images, damaged arrays get one clear message, a read-only Lens answers everything and nothing
+(neither a command nor an explorer GET) writes into a Lens."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from semlens import BuildConfig, Lens, SemlensError, build_lens
+from semlens.cli import app
+from semlens.lens.store import DamagedLensError
+from semlens.lens.trust import UntrustedSpecError
+from semlens.web.app import create_app
+
+runner = CliRunner()
+MARKER_MODULE = """
+from pathlib import Path
+Path({marker!r}).write_text("imported")
+def factory(*args, **kwargs):
+    Path({marker!r}).write_text("called")
+"""
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, colour_folder, tiny_clip_dir) -> Path:
+    out = tmp_path_factory.mktemp("trust") / "tiny.lens"
+    config = BuildConfig(
+        model="py:tiny_models:tiny_cnn", layers=["features.3", "head"], data=f"folder:{colour_folder}",
+        foundation=f"hf:{tiny_clip_dir}", k=4, workers=0, class_relevance=False,
+    )  # fmt: skip
+    build_lens(config, out, progress=False)
+    return out
+
+
+@pytest.fixture
+def stranger(monkeypatch, tmp_path):
+    """A user who built none of the test's Lenses: an empty trust file, an empty cache."""
+    monkeypatch.setenv("SEMLENS_CACHE", str(tmp_path / "stranger-cache"))
+
+
+def received(built: Path, tmp_path: Path, **specs: str) -> Path:
+    """A copy of ``built`` whose manifest names ``specs`` (model, data, foundation) instead."""
+    copy = tmp_path / "received.lens"
+    shutil.copytree(built, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for kind, spec in specs.items():
+        target = manifest["foundation"] if kind == "foundation" else manifest["identity"][kind]
+        target["spec"] = spec
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def files_of(root: Path) -> dict[str, int]:
+    return {str(path.relative_to(root)): path.stat().st_mtime_ns for path in root.rglob("*")}
+
+
+def test_a_tampered_lens_runs_no_code_in_any_command_or_route(built, tmp_path, monkeypatch, stranger) -> None:
+    marker = tmp_path / "ran"
+    (tmp_path / "evil.py").write_text(MARKER_MODULE.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    copy = received(built, tmp_path, model="py:evil:factory", data="py:evil:factory", foundation="py:evil:factory")
+    lens = Lens.open(copy)
+    assert not lens.trusted
+    for question in (lambda: lens.search("red"), lambda: lens.label(), lambda: lens.model()):
+        with pytest.raises(UntrustedSpecError, match="imports and runs Python code"):
+            question()
+    with pytest.raises(UntrustedSpecError, match="--probe-data"):
+        lens.example_image(lens.concept_examples("head/0")[0])
+    for command in (["search", copy, "red"], ["show", copy, "head/0", "-o", tmp_path / "u.png"], ["label", copy], ["map", copy]):
+        result = runner.invoke(app, [str(part) for part in command])
+        assert result.exit_code == 2 and "--trust" in " ".join(result.output.split()), result.output
+    client = TestClient(create_app([copy]))
+    unit = client.get("/api/lenses/0/layers/head/units/0/examples").json()[0]
+    for url in ("/api/lenses/0/search?q=red", unit["thumbnail"], unit["image"], "/api/lenses/0/map", "/api/lenses/0/dissect"):
+        response = client.get(url)
+        assert response.status_code == 400 and "trust" in response.json()["detail"], url
+    assert not marker.exists()
+
+
+def test_the_user_names_what_an_untrusted_lens_may_not(built, tmp_path, colour_folder, tiny_clip_dir, stranger) -> None:
+    copy = received(built, tmp_path)  # its specs name local folders: not followed without trust
+    with pytest.raises(UntrustedSpecError, match="reads"):
+        Lens.open(copy).search("red")
+    lens = Lens.open(copy, foundation=f"hf:{tiny_clip_dir}", data=colour_folder)
+    assert lens.search("red", top=3) and lens.example_image(lens.concept_examples("head/0")[0]).size[0] > 0
+    result = runner.invoke(app, ["search", str(copy), "red", "--foundation", f"hf:{tiny_clip_dir}", "--json"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["show", str(copy), "head/0", "--probe-data", str(colour_folder), "-o", str(tmp_path / "u.png")])
+    assert result.exit_code == 0, result.output
+    assert Lens.open(copy, trust=True).search("red", top=1)
+    assert runner.invoke(app, ["trust", str(copy)]).exit_code == 0
+    assert Lens.open(copy).trusted and Lens.open(copy).search("red", top=1)
+
+
+def test_samples_json_names_no_files_that_are_shown(built, tmp_path, colour_folder) -> None:
+    copy = received(built, tmp_path)
+    table = json.loads((copy / "samples.json").read_text())
+    original = Lens.open(built)
+    example = original.concept_examples("head/0")[0]
+    table["root"] = "/"
+    table["paths"] = ["etc/passwd" for _ in table["paths"]]
+    (copy / "samples.json").write_text(json.dumps(table))
+    tampered = Lens.open(copy, data=colour_folder)
+    shown = tampered.example_image(tampered.concept_examples("head/0")[0])
+    assert list(shown.getdata()) == list(original.example_image(example).getdata())
+
+
+def test_a_changed_probe_folder_is_reported_not_shown(built, tmp_path, colour_folder) -> None:
+    changed = tmp_path / "changed"
+    shutil.copytree(colour_folder, changed)
+    first = sorted(path for path in changed.rglob("*.png"))[0]
+    Image.new("RGB", (40, 40), "white").save(first)
+    lens = Lens.open(built, data=changed)
+    with pytest.raises(SemlensError, match="not what this Lens was built from"):
+        lens.example_image(lens.concept_examples("head/0")[0])
+
+
+def test_damaged_arrays_get_one_clear_message(built, tmp_path) -> None:
+    overwritten = received(built, tmp_path)
+    theta = next(overwritten.glob("layers/head.embed.safetensors"))
+    data = bytearray(theta.read_bytes())
+    data[-8:] = b"\x00" * 8
+    theta.write_bytes(bytes(data))
+    with pytest.raises(DamagedLensError, match="head.embed"):
+        Lens.open(overwritten).theta("head")
+    truncated = tmp_path / "truncated.lens"
+    shutil.copytree(built, truncated)
+    crops = truncated / "crops.safetensors"
+    crops.write_bytes(crops.read_bytes()[:100])
+    with pytest.raises(DamagedLensError, match="crops.safetensors"):
+        Lens.open(truncated)
+
+
+def test_a_read_only_lens_answers_everything_and_nothing_writes_into_a_lens(built, tmp_path, monkeypatch) -> None:
+    copy = received(built, tmp_path)
+    before = files_of(copy)
+    monkeypatch.setattr("semlens.lens.lens.writable", lambda _folder: False)  # as for a read-only mount (root may write anyway)
+    lens = Lens.open(copy)
+    labels = lens.label()
+    assert lens.label_of("head/0") == Lens.open(copy).label_of("head/0") and set(labels) == {"features.3", "head"}
+    assert lens.search("red", top=2) and lens.dissect()
+    client = TestClient(create_app([copy]))
+    unit = client.get("/api/lenses/0/layers/head/units/0").json()
+    for url in ("/api/lenses/0/search?q=red", unit["examples"][0]["thumbnail"], unit["examples"][0]["image"], "/api/lenses/0/dissect"):
+        assert client.get(url).status_code == 200, url
+    for command in (["search", copy, "red"], ["label", copy], ["measures", copy], ["export", copy, "-o", tmp_path / "export"]):
+        result = runner.invoke(app, [str(part) for part in command])
+        assert result.exit_code == 0, result.output
+    assert files_of(copy) == before
+
+
+def test_explorer_gets_write_nothing_into_a_writable_lens(built, tmp_path) -> None:
+    copy = received(built, tmp_path)
+    (copy / "labels.json").unlink(missing_ok=True)
+    before = files_of(copy)
+    client = TestClient(create_app([copy]))
+    unit = client.get("/api/lenses/0/layers/head/units/0").json()
+    for url in ("/api/lenses/0/search?q=red", unit["examples"][0]["thumbnail"], "/api/lenses/0/dissect", "/api/lenses/0/map"):
+        assert client.get(url).status_code == 200, url
+    assert files_of(copy) == before
