@@ -18,15 +18,19 @@ from ..analysis.label import DEFAULT_THRESHOLD, Labels
 from ..analysis.vocabulary import Vocabulary
 from ..model.units import unit_names
 from . import questions
-from .index import UnitTable, open_index
 from .labels import Labelling, LensLabels
+from .search import LensSearch, SearchHit
+from .sources import LensSources
 from .store import LensStore, layer_file
-from .trust import LensAccess, UntrustedSpecError, check_spec, is_trusted, lens_key
+from .trust import LensAccess, is_trusted, lens_key
 
 if TYPE_CHECKING:
     from ..analysis.audit import ClassAudit
     from ..analysis.compare import Comparison
     from ..analysis.overview import Overview
+    from ..data import ImageData
+    from ..foundation import FoundationModel
+    from ..model.loading import LoadedModel
     from ..relevance.graph import AttributionGraph
 
 STAGES = ("collect", "embed")
@@ -46,21 +50,6 @@ class ConceptExample:
     box: tuple[int, int, int, int]
     source: str
     label: int | None
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    """A unit found by a probe: its alignment, label (if labelled) and best concept examples."""
-
-    unit: str
-    layer: str
-    index: int
-    score: float
-    label: str | None
-    examples: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 class Lens:
@@ -214,21 +203,14 @@ class Lens:
         return examples
 
     @cached_property
-    def probe_data(self):
+    def sources(self) -> LensSources:
+        return LensSources(self.manifest, self.access, self.trusted)
+
+    @property
+    def probe_data(self) -> ImageData:
         """The probe data: what the user named, else (trusted Lenses only) the spec recorded at build time;
         checked against the recorded fingerprint, so that a changed folder shows no wrong images."""
-        from ..data import load_data
-
-        recorded = self.manifest["identity"]["data"]
-        spec = self.access.data_spec() or check_spec(recorded["spec"], "probe data", self.trusted, "data=FOLDER, --probe-data FOLDER")
-        data = load_data(spec)
-        if data.fingerprint() != recorded["fingerprint"]:
-            raise SemlensError(
-                f"the probe data {spec} is not what this Lens was built from (fingerprint {data.fingerprint()}, "
-                f"recorded {recorded['fingerprint']}): its concept examples would show the wrong images. "
-                "Give the data the Lens was built from (data=..., --data)"
-            )
-        return data
+        return self.sources.probe_data
 
     def example_image(self, example: ConceptExample, crop: bool = True) -> Image.Image:
         """A concept example as the model saw it (its input view), cropped to its box unless ``crop=False``."""
@@ -243,20 +225,10 @@ class Lens:
 
     # -- the foundation model and probes ------------------------------------------------------
 
-    @cached_property
-    def foundation(self):
-        """The foundation model the Lens was embedded with (loaded on first use, id checked)."""
-        from ..foundation import shared_foundation_model
-
-        recorded = self.manifest["foundation"]
-        spec = self.access.foundation or check_spec(recorded["spec"], "foundation model", self.trusted, "foundation=SPEC, --foundation")
-        model = shared_foundation_model(spec)
-        if model.id != recorded["id"]:
-            raise SemlensError(
-                f"foundation model {spec} now loads as {model.id}, but this Lens was embedded with "
-                f"{recorded['id']}; its weights changed, so probes would not match the stored embeddings"
-            )
-        return model
+    @property
+    def foundation(self) -> FoundationModel:
+        """The foundation model the Lens was embedded with (the user's, else the trusted recorded one; id checked)."""
+        return self.sources.foundation
 
     @cached_property
     def probes(self):
@@ -271,23 +243,15 @@ class Lens:
             self._layer(layer)
         return list(layers) if layers else self.layers
 
+    @cached_property
+    def _search(self) -> LensSearch:
+        return LensSearch(self)
+
     def probe(
-        self,
-        text: str | list[str] | None = None,
-        images: list[str | Path | Image.Image] = (),
-        templates: str | list[str] = "search",
+        self, text: str | list[str] | None = None, images: list[str | Path | Image.Image] = (), templates: str | list[str] = "search"
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A probe ``[d]`` and its null (None for image-only probes): texts and images (files or decoded) averaged."""
-        texts = [text] if isinstance(text, str) else list(text or [])
-        if not texts and not images:
-            raise SemlensError("give a text query, an image probe, or both")
-        parts = []
-        if texts:
-            parts.append(self.probes.query(texts, templates))
-        if images:
-            parts.append(self.probes.images(images))
-        null = self.probes.null(templates) if texts else None
-        return torch.stack(parts).mean(dim=0), null
+        return self._search.probe(text, images, templates)
 
     def search(
         self,
@@ -298,36 +262,11 @@ class Lens:
         templates: str | list[str] = "search",
     ) -> list[SearchHit]:
         """Units of all (or the given) layers ranked by alignment with a text and/or image probe."""
-        probe, null = self.probe(text, images, templates)
-        return self._rank(probe, null, self.checked_layers(layers), top)
+        return self._search.search(text, images, layers, top, templates)
 
     def search_similar(self, source: Lens, unit: str, top: int = 10) -> list[SearchHit]:
         """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one)."""
-        if source.foundation_id != self.foundation_id:
-            raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
-        layer, row = source.unit_index(unit)
-        return self._rank(source.theta(layer)[row], None, self.layers, top, exclude=(layer, row) if source is self else None)
-
-    def _rank(
-        self, probe: torch.Tensor, null: torch.Tensor | None, layers: list[str], top: int, exclude: tuple[str, int] | None = None
-    ) -> list[SearchHit]:
-        """The ``top`` units of ``layers`` by alignment with ``probe``; ties go to the earlier layer, lower unit."""
-        table = self._units if layers == self.layers else UnitTable.stack({layer: self.theta(layer) for layer in layers})
-        rows, scores = table.top(probe, null, top + 1)
-        found = [(table.locate(row), score) for row, score in zip(rows.tolist(), scores.tolist())]
-        return [self._hit(*owner, score) for owner, score in found if owner != exclude][:top]
-
-    @cached_property
-    def _units(self) -> UnitTable:
-        """All units stacked for search, with an index from ``INDEX_MIN_UNITS`` units on (see semlens.lens.index)."""
-        table = UnitTable.stack({layer: self.theta(layer) for layer in self.layers})
-        table.index = open_index(self.cache, table, self.manifest["stages"]["embed"]["fingerprint"])
-        return table
-
-    def _hit(self, layer: str, row: int, score: float) -> SearchHit:
-        unit = f"{layer}/{self.units(layer)[row]}"
-        sources = [example.source for example in self.concept_examples(unit)[:3]]
-        return SearchHit(unit, layer, row, score, self.label_of(unit), sources)
+        return self._search.search_similar(source, unit, top)
 
     # -- labels (stored by semlens.lens.labels) -------------------------------------------------
 
@@ -473,41 +412,14 @@ class Lens:
         needs labels, the model and the probe data."""
         return questions.attribution_graph(self, class_name, layers, cut, samples)
 
-    def model(self):
+    def model(self) -> LoadedModel:
         """The model under study: the one the user named (``model=``, ``--model``), else (trusted Lenses only)
         reloaded from its recorded spec; checked against the recorded weights either way."""
-        from ..model.loading import load_model
-
-        recorded = self.manifest["identity"]["model"]
-        model = load_model(self.access.model or check_spec(recorded["spec"], "model", self.trusted, "model=SPEC, --model"))
-        if model.fingerprint != recorded["fingerprint"]:
-            raise SemlensError(
-                f"model {recorded['spec']} now has weights {model.fingerprint}, but this Lens was built from "
-                f"{recorded['fingerprint']}; tests of its findings would test another model"
-            )
-        return model
+        return self.sources.model()
 
     def sae_files(self, layers: list[str]) -> dict[str, str]:
-        """The SAE file of each of ``layers`` read through one (for pruning in SAE space): only for a trusted
-        Lens (a file it names), and only while the file is the one the Lens was built with."""
-        from .._util.fingerprint import hash_file
-
-        files = {}
-        for layer in layers:
-            spec = self._layer(layer)["spec"]
-            if not spec.get("sae"):
-                continue
-            path = spec["sae"]
-            if not self.trusted:
-                raise UntrustedSpecError(
-                    f"layer {layer} of this Lens is read through the SAE file {path!r}; a Lens received from someone "
-                    "else never makes semlens read files it names. If you trust it, pass trust=True (command line: --trust)"
-                )
-            recorded = next(entry["sae"] for entry in self.manifest["identity"]["layers"] if entry["name"] == layer)
-            if not Path(path).is_file() or hash_file(path) != recorded:
-                raise SemlensError(f"the SAE file {path} of layer {layer} is missing or not the one this Lens was built with")
-            files[layer] = path
-        return files
+        """The SAE file of each of ``layers`` that is read through one (trusted Lenses only; hash checked)."""
+        return self.sources.sae_files(layers)
 
     def channels(self, units: list[str]) -> dict[str, list[int]]:
         """Units (``layer/index``, ``layer/index-``) as channels (SAE features for SAE layers) per layer, for pruning."""

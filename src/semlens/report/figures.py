@@ -1,7 +1,9 @@
-"""Figures: a unit's concept-example grid (PIL) and the dissection bar chart (matplotlib PNG, plotly HTML)."""
+"""Figures: a unit's concept-example grid (PIL), the dissection chart and overview map (matplotlib PNG,
+plotly HTML), the attribution graph and the knowledge-overlap heatmaps (plotly)."""
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Sequence
 
@@ -63,9 +65,33 @@ def dissection_figure(counts: dict[str, dict[str, int]]):
     return figure
 
 
+# Qualitative colours by category index, the same in the HTML and the PNG map; the white box keeps cluster
+# names legible on top of dense points.
+CATEGORY_COLOURS = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#393b79", "#e7969c", "#637939", "#ad494a", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363",
+]  # fmt: skip
+LABEL_BOX = "rgba(255,255,255,0.8)"
+
+
+def category_colour(index: int) -> str:
+    return CATEGORY_COLOURS[index % len(CATEGORY_COLOURS)]
+
+
+def _lines(*lines: str) -> str:
+    """Plotly reads text as HTML: escape each line, then join with line breaks."""
+    return "<br>".join(html.escape(line) for line in lines)
+
+
+def _cluster_centres(overview) -> list[np.ndarray]:
+    return [overview.xy[overview.cluster == c].mean(axis=0) for c in range(len(overview.cluster_names))]
+
+
 def overview_figure(overview, labels: dict[str, str | None] | None = None, webgl: bool = True):
-    """Interactive scatter of the overview map: colour = category, hover = unit, label, cluster.
-    ``webgl=False`` draws SVG points instead: slower for many units, but clickable element by element."""
+    """Interactive scatter of the overview map: one trace (and legend entry) per concept category, hover =
+    unit, label, cluster; cluster names boxed at the cluster centres. Names are escaped: they come from
+    vocabularies and models someone else may have written. ``webgl=False`` draws SVG points instead:
+    slower for many units, but clickable element by element."""
     import plotly.graph_objects as go
 
     labels = labels or {}
@@ -76,39 +102,57 @@ def overview_figure(overview, labels: dict[str, str | None] | None = None, webgl
         if not len(members):
             continue
         hover = [
-            f"{overview.units[i]}<br>label: {labels.get(overview.units[i]) or '-'}<br>cluster: {overview.cluster_names[overview.cluster[i]]}"
+            _lines(
+                overview.units[i],
+                f"label: {labels.get(overview.units[i]) or '-'}",
+                f"cluster: {overview.cluster_names[overview.cluster[i]]}",
+            )
             for i in members
         ]
         figure.add_trace(
             scatter(
-                x=overview.xy[members, 0], y=overview.xy[members, 1], mode="markers", name=category,
-                text=hover, hoverinfo="text", customdata=[overview.units[i] for i in members], marker={"size": 6},
+                x=overview.xy[members, 0], y=overview.xy[members, 1], mode="markers", name=html.escape(category), legendgroup=category,
+                text=hover, hoverinfo="text", customdata=[overview.units[i] for i in members],
+                marker={"size": 6, "color": category_colour(index)},
             )
         )  # fmt: skip
-    centres = [overview.xy[overview.cluster == c].mean(axis=0) for c in range(len(overview.cluster_names))]
-    for centre, name in zip(centres, overview.cluster_names):
-        figure.add_annotation(x=centre[0], y=centre[1], text=name, showarrow=False, font={"size": 9}, opacity=0.8)
-    figure.update_layout(title="overview map (UMAP of unit embeddings)", xaxis={"visible": False}, yaxis={"visible": False})
+    for centre, name in zip(_cluster_centres(overview), overview.cluster_names):
+        figure.add_annotation(
+            x=centre[0], y=centre[1], text=html.escape(name), showarrow=False, font={"size": 12, "color": "#222"},
+            bgcolor=LABEL_BOX, bordercolor="#888", borderwidth=1, borderpad=2,
+        )  # fmt: skip
+    figure.update_layout(
+        title="overview map (UMAP of unit embeddings)", legend={"title": {"text": "concept category"}},
+        xaxis={"visible": False}, yaxis={"visible": False},
+    )  # fmt: skip
     return figure
 
 
+def _literal(text: str) -> str:
+    """Matplotlib reads ``$...$`` as mathtext (and fails on bad TeX): show dollar signs as they are."""
+    return text.replace("$", r"\$")
+
+
 def overview_png(overview, path: str | Path) -> Path:
-    """The overview map as a static picture, cluster names at the cluster centres."""
+    """The overview map as a static picture: a legend by category, cluster names boxed at the cluster centres."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(9, 7))
+    figure, axes = plt.subplots(figsize=(11, 7))
     for index, category in enumerate(overview.category_names):
         members = overview.category == index
         if members.any():
-            axes.scatter(overview.xy[members, 0], overview.xy[members, 1], s=8, label=category)
-    for cluster, name in enumerate(overview.cluster_names):
-        centre = overview.xy[overview.cluster == cluster].mean(axis=0)
-        axes.annotate(name, centre, fontsize=7, ha="center", alpha=0.8)
+            colour = category_colour(index)
+            axes.scatter(overview.xy[members, 0], overview.xy[members, 1], s=14, color=colour, label=_literal(category))
+    for centre, name in zip(_cluster_centres(overview), overview.cluster_names):
+        axes.annotate(
+            _literal(name), centre, fontsize=10, color="#222", ha="center", va="center",
+            bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "#888", "alpha": 0.8},
+        )  # fmt: skip
     axes.set_axis_off()
-    axes.legend(fontsize=8, markerscale=2, loc="best")
+    axes.legend(title="concept category", fontsize=8, markerscale=2, bbox_to_anchor=(1.01, 1), loc="upper left")
     axes.set_title("overview map (UMAP of unit embeddings)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -116,15 +160,46 @@ def overview_png(overview, path: str | Path) -> Path:
     return Path(path)
 
 
+def overlap_figure(comparison, name_a: str, name_b: str):
+    """S_{A->B} and S_{B->A} side by side as heatmaps (layers of A down, layers of B across), values written in."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    a, b = html.escape(name_a), html.escape(name_b)
+    rows = [html.escape(layer) for layer in comparison.layers_a]
+    columns = [html.escape(layer) for layer in comparison.layers_b]
+    titles = (f"S(A→B): how much of what {a} encodes {b} encodes", f"S(B→A): how much of what {b} encodes {a} encodes")
+    figure = make_subplots(rows=1, cols=2, subplot_titles=titles)
+    for column, matrix in enumerate((comparison.a_to_b, comparison.b_to_a), start=1):
+        figure.add_trace(
+            go.Heatmap(
+                z=matrix, x=columns, y=rows, coloraxis="coloraxis", texttemplate="%{z:.3f}",
+                hovertemplate="A %{y} / B %{x}: %{z:.3f}<extra></extra>",
+            ), 1, column,
+        )  # fmt: skip
+        figure.update_xaxes(title_text=f"layer of B ({b})", type="category", row=1, col=column)
+        figure.update_yaxes(title_text=f"layer of A ({a})", type="category", autorange="reversed", row=1, col=column)
+    colours = {"colorscale": "Viridis", "colorbar": {"title": {"text": "S"}}}
+    figure.update_layout(title="knowledge overlap per layer pair", coloraxis=colours)
+    return figure
+
+
 def graph_figure(graph):
     """The attribution graph as a Sankey diagram: upper layers on the left, flows to the concepts below."""
     import plotly.graph_objects as go
 
     ids = [node.id for node in graph.nodes]
-    hover = [f"{node.layer}: {node.label}<br>relevance {node.relevance:.3f}<br>{', '.join(node.units[:8])}" for node in graph.nodes]
+    hover = [
+        _lines(f"{node.layer}: {node.label}", f"relevance {node.relevance:.3f}", ", ".join(node.units[:8]))
+        for node in graph.nodes
+    ]
     figure = go.Figure(
         go.Sankey(
-            node={"label": [f"{node.label} ({node.layer})" for node in graph.nodes], "customdata": hover, "hovertemplate": "%{customdata}<extra></extra>"},
+            node={
+                "label": [html.escape(f"{node.label} ({node.layer})") for node in graph.nodes],
+                "customdata": hover,
+                "hovertemplate": "%{customdata}<extra></extra>",
+            },
             link={
                 "source": [ids.index(edge["source"]) for edge in graph.edges],
                 "target": [ids.index(edge["target"]) for edge in graph.edges],
@@ -132,5 +207,5 @@ def graph_figure(graph):
             },
         )
     )
-    figure.update_layout(title=f"attribution graph of class {graph.class_name}")
+    figure.update_layout(title=f"attribution graph of class {html.escape(graph.class_name)}")
     return figure

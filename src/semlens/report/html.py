@@ -2,7 +2,8 @@
 
 It works offline and can be mailed around: no CDN, no external file. Sections: the overview map, the
 dissection chart, measure distributions, the least clear and most polysemantic units, and the
-unexpected (unlabelled) units, each unit with its concept examples.
+unexpected (unlabelled) units, each unit with its concept examples; then, when given, class audits,
+a comparison with another Lens and attribution graphs (``semlens.report.sections``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,16 @@ import base64
 import html
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from ..lens.lens import Lens
 from .figures import dissection_figure, overview_figure
+from .sections import audit_section, comparison_section, flagged_units, graph_section
+
+if TYPE_CHECKING:
+    from ..analysis.audit import Audit
+    from ..analysis.compare import Comparison
+    from ..relevance.graph import AttributionGraph
 
 THUMBNAIL = 96
 EXAMPLES_SHOWN = 6
@@ -24,6 +32,7 @@ table.meta td { padding: 2px 12px 2px 0; }
 .unit { display: flex; align-items: center; gap: 10px; margin: 6px 0; }
 .unit .name { width: 260px; font-family: monospace; font-size: 0.9em; }
 .unit img { width: 72px; height: 72px; border-radius: 3px; }
+table.verdicts td, table.verdicts th, table.concepts td { padding: 2px 12px 2px 0; text-align: left; vertical-align: top; }
 """
 
 
@@ -62,8 +71,19 @@ def _histograms(measures: dict[str, dict[str, list[float]]]):
     return figure
 
 
-def write_report(lens: Lens, out: str | Path, worst: int = 8, unexpected: int = 12) -> Path:
-    """Write the report; labels the Lens with the built-in vocabulary first if it has no labels."""
+def write_report(
+    lens: Lens,
+    out: str | Path,
+    worst: int = 8,
+    unexpected: int = 12,
+    audits: Sequence[Audit] = (),
+    comparison: Comparison | None = None,
+    graphs: Sequence[AttributionGraph] = (),
+    other_name: str | None = None,
+) -> Path:
+    """Write the report; labels the Lens with the built-in vocabulary first if it has no labels. ``audits``
+    (from ``Lens.audit``), ``comparison`` (``Lens.compare`` against the Lens called ``other_name``) and
+    ``graphs`` (``Lens.attribution_graph``) each add their sections at the end."""
     if lens.vocabulary is None:
         lens.label()
     overview = lens.overview()
@@ -108,11 +128,33 @@ def write_report(lens: Lens, out: str | Path, worst: int = 8, unexpected: int = 
 {_unit_rows(lens, most_poly)}
 <h2>Unexpected units (no label passes the threshold)</h2>
 {_unit_rows(lens, unlabelled) or "<p>none: every unit has a label</p>"}
+{_extra_sections(lens, audits, comparison, graphs, other_name)}
 </body></html>
 """
     target = Path(out)
     target.write_text(page, encoding="utf-8")
     return target
+
+
+def _extra_sections(
+    lens: Lens,
+    audits: Sequence[Audit],
+    comparison: Comparison | None,
+    graphs: Sequence[AttributionGraph],
+    other_name: str | None,
+) -> str:
+    parts = [
+        audit_section(
+            audit,
+            _figure_html(audit_figure(lens, audit, thumbnails=True), include_plotlyjs=False),
+            _unit_rows(lens, flagged_units(audit)),
+        )
+        for audit in audits
+    ]
+    if comparison is not None:
+        parts.append(comparison_section(comparison, lens.path.name, other_name or "the other Lens"))
+    parts += [graph_section(graph) for graph in graphs]
+    return "\n".join(parts)
 
 
 VERDICT_COLOURS = {"valid": "#2ca02c", "spurious": "#d62728", "both": "#ff7f0e", "unexpected": "#7f7f7f"}
@@ -160,7 +202,9 @@ def audit_figure(lens: Lens, audit, thumbnails: bool = True):
     figure.add_hline(y=0, line_dash="dot", line_color="gray")
     figure.add_vline(x=0, line_dash="dot", line_color="gray")
     figure.update_layout(
-        title=f"audit of class {audit.class_name}", xaxis_title="alignment with valid concepts", yaxis_title="alignment with spurious concepts"
+        title=f"audit of class {html.escape(audit.class_name)}",
+        xaxis_title="alignment with valid concepts",
+        yaxis_title="alignment with spurious concepts",
     )
     return figure
 

@@ -1,0 +1,98 @@
+"""Search: units ranked by alignment with a text or image probe, or by similarity to another unit; all
+units stacked once, with an approximate index from ``INDEX_MIN_UNITS`` units on (see semlens.lens.index)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from PIL import Image
+
+from .._util.errors import SemlensError
+from .index import UnitTable, open_index
+
+if TYPE_CHECKING:
+    from .lens import Lens
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """A unit found by a probe: its alignment, label (if labelled) and best concept examples."""
+
+    unit: str
+    layer: str
+    index: int
+    score: float
+    label: str | None
+    examples: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class LensSearch:
+    """Probes and rankings over one Lens (``Lens.search`` and ``Lens.search_similar`` delegate here)."""
+
+    def __init__(self, lens: Lens) -> None:
+        self.lens = lens
+
+    def probe(
+        self,
+        text: str | list[str] | None = None,
+        images: list[str | Path | Image.Image] = (),
+        templates: str | list[str] = "search",
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A probe ``[d]`` and its null (None for image-only probes): texts and images (files or decoded) averaged."""
+        texts = [text] if isinstance(text, str) else list(text or [])
+        if not texts and not images:
+            raise SemlensError("give a text query, an image probe, or both")
+        parts = []
+        if texts:
+            parts.append(self.lens.probes.query(texts, templates))
+        if images:
+            parts.append(self.lens.probes.images(images))
+        null = self.lens.probes.null(templates) if texts else None
+        return torch.stack(parts).mean(dim=0), null
+
+    def search(
+        self,
+        text: str | list[str] | None = None,
+        images: list[str | Path | Image.Image] = (),
+        layers: list[str] | None = None,
+        top: int = 10,
+        templates: str | list[str] = "search",
+    ) -> list[SearchHit]:
+        """Units of all (or the given) layers ranked by alignment with a text and/or image probe."""
+        probe, null = self.probe(text, images, templates)
+        return self._rank(probe, null, self.lens.checked_layers(layers), top)
+
+    def search_similar(self, source: Lens, unit: str, top: int = 10) -> list[SearchHit]:
+        """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one)."""
+        if source.foundation_id != self.lens.foundation_id:
+            raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
+        layer, row = source.unit_index(unit)
+        return self._rank(source.theta(layer)[row], None, self.lens.layers, top, exclude=(layer, row) if source is self.lens else None)
+
+    def _rank(
+        self, probe: torch.Tensor, null: torch.Tensor | None, layers: list[str], top: int, exclude: tuple[str, int] | None = None
+    ) -> list[SearchHit]:
+        """The ``top`` units of ``layers`` by alignment with ``probe``; ties go to the earlier layer, lower unit."""
+        table = self._units if layers == self.lens.layers else UnitTable.stack({layer: self.lens.theta(layer) for layer in layers})
+        rows, scores = table.top(probe, null, top + 1)
+        found = [(table.locate(row), score) for row, score in zip(rows.tolist(), scores.tolist())]
+        return [self._hit(*owner, score) for owner, score in found if owner != exclude][:top]
+
+    @cached_property
+    def _units(self) -> UnitTable:
+        """All units stacked for search, with an index from ``INDEX_MIN_UNITS`` units on (see semlens.lens.index)."""
+        table = UnitTable.stack({layer: self.lens.theta(layer) for layer in self.lens.layers})
+        table.index = open_index(self.lens.cache, table, self.lens.manifest["stages"]["embed"]["fingerprint"])
+        return table
+
+    def _hit(self, layer: str, row: int, score: float) -> SearchHit:
+        unit = f"{layer}/{self.lens.units(layer)[row]}"
+        sources = [example.source for example in self.lens.concept_examples(unit)[:3]]
+        return SearchHit(unit, layer, row, score, self.lens.label_of(unit), sources)

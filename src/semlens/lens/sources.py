@@ -1,0 +1,92 @@
+"""What a Lens names outside itself (its probe data, foundation model, model and SAE files), resolved under
+the trust model (``semlens.lens.trust``): the user's own choice first, the recorded spec only where it is
+inert or the Lens is trusted, and each checked against the fingerprint recorded at build time."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._util.errors import SemlensError
+from .trust import LensAccess, UntrustedSpecError, check_spec
+
+if TYPE_CHECKING:
+    from ..data import ImageData
+    from ..foundation import FoundationModel
+    from ..model.loading import LoadedModel
+
+
+class LensSources:
+    """Loads, on first use, what one Lens's manifest names; ``Lens`` exposes these as its own attributes."""
+
+    def __init__(self, manifest: dict[str, Any], access: LensAccess, trusted: bool) -> None:
+        self.manifest, self.access, self.trusted = manifest, access, trusted
+
+    @cached_property
+    def probe_data(self) -> ImageData:
+        """The probe data: what the user named, else (trusted Lenses only) the spec recorded at build time;
+        checked against the recorded fingerprint, so that a changed folder shows no wrong images."""
+        from ..data import load_data
+
+        recorded = self.manifest["identity"]["data"]
+        spec = self.access.data_spec() or check_spec(recorded["spec"], "probe data", self.trusted, "data=FOLDER, --probe-data FOLDER")
+        data = load_data(spec)
+        if data.fingerprint() != recorded["fingerprint"]:
+            raise SemlensError(
+                f"the probe data {spec} is not what this Lens was built from (fingerprint {data.fingerprint()}, "
+                f"recorded {recorded['fingerprint']}): its concept examples would show the wrong images. "
+                "Give the data the Lens was built from (data=..., --probe-data)"
+            )
+        return data
+
+    @cached_property
+    def foundation(self) -> FoundationModel:
+        """The foundation model the Lens was embedded with (loaded on first use, id checked)."""
+        from ..foundation import shared_foundation_model
+
+        recorded = self.manifest["foundation"]
+        spec = self.access.foundation or check_spec(recorded["spec"], "foundation model", self.trusted, "foundation=SPEC, --foundation")
+        model = shared_foundation_model(spec)
+        if model.id != recorded["id"]:
+            raise SemlensError(
+                f"foundation model {spec} now loads as {model.id}, but this Lens was embedded with "
+                f"{recorded['id']}; its weights changed, so probes would not match the stored embeddings"
+            )
+        return model
+
+    def model(self) -> LoadedModel:
+        """The model under study: the one the user named (``model=``, ``--model``), else (trusted Lenses only)
+        reloaded from its recorded spec; checked against the recorded weights either way."""
+        from ..model.loading import load_model
+
+        recorded = self.manifest["identity"]["model"]
+        model = load_model(self.access.model or check_spec(recorded["spec"], "model", self.trusted, "model=SPEC, --model"))
+        if model.fingerprint != recorded["fingerprint"]:
+            raise SemlensError(
+                f"model {recorded['spec']} now has weights {model.fingerprint}, but this Lens was built from "
+                f"{recorded['fingerprint']}; tests of its findings would test another model"
+            )
+        return model
+
+    def sae_files(self, layers: list[str]) -> dict[str, str]:
+        """The SAE file of each of ``layers`` read through one (for pruning in SAE space): only for a trusted
+        Lens (a file it names), and only while the file is the one the Lens was built with."""
+        from .._util.fingerprint import hash_file
+
+        files = {}
+        for layer in layers:
+            spec = self.manifest["layers"][layer]["spec"]
+            if not spec.get("sae"):
+                continue
+            path = spec["sae"]
+            if not self.trusted:
+                raise UntrustedSpecError(
+                    f"layer {layer} of this Lens is read through the SAE file {path!r}; a Lens received from someone "
+                    "else never makes semlens read files it names. If you trust it, pass trust=True (command line: --trust)"
+                )
+            recorded = next(entry["sae"] for entry in self.manifest["identity"]["layers"] if entry["name"] == layer)
+            if not Path(path).is_file() or hash_file(path) != recorded:
+                raise SemlensError(f"the SAE file {path} of layer {layer} is missing or not the one this Lens was built with")
+            files[layer] = path
+        return files
