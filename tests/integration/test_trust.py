@@ -165,3 +165,5 @@ def test_explorer_gets_write_nothing_into_a_writable_lens(built, tmp_path) -> No
     for url in ("/api/lenses/0/search?q=red", unit["examples"][0]["thumbnail"], "/api/lenses/0/dissect", "/api/lenses/0/map"):
         assert client.get(url).status_code == 200, url
     assert files_of(copy) == before
+    served = client.get("/api/lenses").json()[0]
+    assert served["data"].startswith("folder:") and "/" not in served["data"]  # where the data lives is not shown

@@ -112,6 +112,16 @@ def spec_risk(spec: str) -> str | None:
     return None
 
 
+def display_spec(spec: str) -> str:
+    """``spec`` with each local path cut to its last component, for pages others may see (the explorer):
+    where a Lens was built says nothing about it, and it may say something about its author."""
+    form, _, rest = spec.partition(":")
+    if spec_risk(spec) is None or form == "py":
+        return spec
+    parts = [Path(part).name if _looks_like_path(part) else part for part in ([rest] if form == "hf" else rest.split(":"))]
+    return f"{form}:{':'.join(parts)}"
+
+
 def check_spec(spec: str, what: str, trusted: bool, option: str) -> str:
     """``spec`` when it may be followed; else an error that says why and what the user can do."""
     risk = None if trusted else spec_risk(spec)

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from .._util.errors import SemlensError
 from ..lens.lens import ConceptExample, Lens
+from ..lens.trust import display_spec
 from .thumbnails import ThumbnailCache
 
 THUMBNAILS = 4  # concept examples shown next to a unit in lists
@@ -120,7 +121,8 @@ class Served:
         """The ``LensInfo`` shape."""
         lens, identity = self.lens, self.lens.manifest["identity"]
         return {
-            "id": self.id, "name": self.name, "model": identity["model"]["spec"], "data": identity["data"]["spec"],
+            "id": self.id, "name": self.name,
+            "model": display_spec(identity["model"]["spec"]), "data": display_spec(identity["data"]["spec"]),
             "samples": identity["data"]["samples"], "foundation": lens.foundation_id, "k": lens.k,
             "layers": [
                 {"name": name, "units": info["units"], "signed": info["unit_names"] == "signed"}
