@@ -107,3 +107,20 @@ def test_compare_two_lenses_and_refuse_other_foundation_models(lens_path, tmp_pa
     )
     refused = runner.invoke(app, ["compare", str(lens_path), str(third)])
     assert refused.exit_code == 2 and "different foundation models" in refused.output
+
+
+def test_report_with_audit_graph_and_comparison_sections(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    lens = tmp_path / "plain.lens"
+    config = BuildConfig(
+        model="py:tiny_models:tiny_cnn", layers=["features.3", "head"], data=f"folder:{colour_folder}",
+        foundation=f"hf:{tiny_clip_dir}", k=4, workers=0,
+    )  # fmt: skip
+    build_lens(config, lens, progress=False)
+    out = tmp_path / "report.html"
+    made = ask("report", lens, "--out", out, "--class", "red", "--spurious", "noise", "--graph", "--compare", lens, "--json")
+    page = out.read_text()
+    assert made["html"] == str(out) and made["graphs"] == 1 and made["audits"][0]["class"] == "red"
+    for heading in ("Audit of class red", "Attribution graph of class red", "Comparison with plain.lens"):
+        assert heading in page, heading
+    refused = runner.invoke(app, ["report", str(lens), "--out", str(out), "--class", "red"])
+    assert refused.exit_code == 2 and "--spurious" in refused.output

@@ -4,6 +4,8 @@ overview map has one coloured trace per concept category and boxed, readable clu
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
@@ -31,6 +33,15 @@ def lenses(explorer_lenses) -> tuple[Lens, Lens]:
     return Lens.open(explorer_lenses[0]), Lens.open(explorer_lenses[1])
 
 
+def escaped(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def unescaped_json(page: str) -> str:
+    """The page with plotly's JSON escapes (``\\u003c`` for ``<``...) undone: the text plotly renders as HTML."""
+    return re.sub(r"\\u([0-9a-fA-F]{4})", lambda match: chr(int(match[1], 16)), page)
+
+
 def hostile_audit(unit: str) -> Audit:
     flagged = AuditedUnit(unit, 0.4, 0.3, -0.1, 0.2, "spurious")
     shares = {"valid": 0.0, "spurious": 1.0, "both": 0.0, "unexpected": 0.0}
@@ -38,7 +49,10 @@ def hostile_audit(unit: str) -> Audit:
 
 
 def hostile_graph() -> AttributionGraph:
-    nodes = [Node(f"head:{HOSTILE}", "head", HOSTILE, ["head/0"], 1.0), Node("features.3:?", "features.3", "?", ["features.3/1"], 0.5)]
+    nodes = [
+        Node(f"head:{HOSTILE}", "head", HOSTILE, ["head/0"], 1.0),
+        Node("features.3:?", "features.3", "?", ["features.3/1"], 0.5),
+    ]
     return AttributionGraph(HOSTILE, nodes, [{"source": nodes[0].id, "target": nodes[1].id, "weight": 0.5}])
 
 
@@ -56,8 +70,14 @@ def test_report_with_audits_comparison_and_graphs(lenses, tmp_path) -> None:
     comparison.shared_concepts.append(HOSTILE)
     unit = f"features.3/{lens.units('features.3')[0]}"
     page = write_report(
-        lens, tmp_path / "report.html", audits=[audit, hostile_audit(unit)], comparison=comparison, graphs=[hostile_graph()], other_name=HOSTILE
+        lens,
+        tmp_path / "report.html",
+        audits=[audit, hostile_audit(unit)],
+        comparison=comparison,
+        graphs=[hostile_graph()],
+        other_name=HOSTILE,
     ).read_text()
+    page = unescaped_json(page)
 
     assert "<script>alert" not in page and "<b>logo" not in page  # not even inside the plotly JSON
     assert page.count(PLOTLY_JS) == 1  # the overview map carries plotly.js; the new figures do not
@@ -70,15 +90,11 @@ def test_report_with_audits_comparison_and_graphs(lenses, tmp_path) -> None:
     assert "watermark &amp; &lt;b&gt;logo&lt;/b&gt;" in flagged
 
     comparing = page.split(f"<h2>Comparison with {escaped(HOSTILE)}</h2>")[1].split("<h2>")[0]
-    assert comparing.count('"type":"heatmap"') == 2 and lens.path.name in comparing
+    assert comparing.count('"texttemplate":"%{z:.3f}"') == 2 and lens.path.name in comparing  # the two S heatmaps
     assert f"shared ({len(comparison.shared_concepts)})" in comparing and escaped(HOSTILE) in comparing
 
     graphed = page.split(f"<h2>Attribution graph of class {escaped(HOSTILE)}</h2>")[1]
-    assert '"type":"sankey"' in graphed
-
-
-def escaped(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    assert '"type":"sankey"' in graphed and f"{escaped(HOSTILE)} (head)" in graphed
 
 
 def test_overlap_figure_shows_both_matrices_annotated(lenses) -> None:
@@ -89,7 +105,7 @@ def test_overlap_figure_shows_both_matrices_annotated(lenses) -> None:
     assert [list(map(list, trace.z)) for trace in figure.data] == [comparison.a_to_b, comparison.b_to_a]
     assert list(figure.data[0].y) == comparison.layers_a and list(figure.data[0].x) == comparison.layers_b
     assert all(trace.texttemplate for trace in figure.data)
-    assert HOSTILE not in figure.to_json()
+    assert HOSTILE not in unescaped_json(figure.to_json())
 
 
 def overview_map() -> OverviewMap:
@@ -117,7 +133,7 @@ def test_overview_figure_one_trace_per_category_and_boxed_cluster_names(webgl: b
     for annotation in annotations:
         assert annotation.bgcolor == "rgba(255,255,255,0.8)" and annotation.bordercolor and annotation.font.size >= 12
         assert annotation.opacity in (None, 1)
-    assert HOSTILE not in figure.to_json()
+    assert HOSTILE not in unescaped_json(figure.to_json())
 
 
 def test_overview_figure_of_a_lens_uses_its_categories(lenses) -> None:
@@ -132,10 +148,12 @@ def test_overview_figure_of_a_lens_uses_its_categories(lenses) -> None:
 def test_overview_png_has_a_category_legend_and_boxed_cluster_names(tmp_path, monkeypatch) -> None:
     drawn: list[Figure] = []
     save = Figure.savefig
-    monkeypatch.setattr(Figure, "savefig", lambda figure, *args, **kwargs: (drawn.append(figure), save(figure, *args, **kwargs))[1])
+    monkeypatch.setattr(
+        Figure, "savefig", lambda figure, *args, **kwargs: (drawn.append(figure), save(figure, *args, **kwargs))[1]
+    )
     picture = overview_png(overview_map(), tmp_path / "map.png")
     assert picture.stat().st_size > 0
     axes = drawn[0].axes[0]
     assert [text.get_text() for text in axes.get_legend().get_texts()] == ["textures", "objects", "colours"]
-    names = [text for text in axes.texts]
+    names = axes.texts
     assert len(names) == 3 and all(text.get_bbox_patch() is not None and text.get_fontsize() >= 10 for text in names)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from ._app import AsJson, Foundation, ProbeData, Trust, app, console, emit_json, friendly, open_lens, say, table
+from ._app import AsJson, Foundation, Model, ProbeData, Trust, app, console, emit_json, friendly, open_lens, say, table
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in.")
 Layers = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable; default all).")
@@ -283,16 +283,36 @@ def trust_lens(lens: Path = typer.Argument(..., help="Lens directory you receive
 def report(
     lens: Path = typer.Argument(..., help="Lens directory."),
     out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write (self-contained, offline)."),
+    class_name: Optional[list[str]] = typer.Option(
+        None, "--class", "-c", help="Add an audit and an attribution graph of this class (repeatable; needs class relevance)."
+    ),
+    valid: Optional[list[str]] = typer.Option(None, "--valid", help="Valid concept for the audits (default: the class's own name)."),
+    spurious: Optional[list[str]] = typer.Option(None, "--spurious", help="Spurious concept for the audits (repeatable)."),
+    graph: bool = typer.Option(False, "--graph", help="Also add each --class's attribution graph (runs LRP: needs the model and probe data)."),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="Add a comparison with this other Lens."),
     trust: Trust = False,
     foundation: Foundation = None,
     probe_data: ProbeData = None,
+    model: Model = None,
     as_json: AsJson = False,
 ) -> None:
-    """Write one self-contained HTML report: map, dissection, measures, least clear and unexpected units."""
+    """Write one self-contained HTML report: map, dissection, measures, least clear and unexpected units; with
+    --class and --spurious, class audits (and --graph their attribution graphs); with --compare, a comparison."""
+    from .._util.errors import SemlensError
     from ..report.html import write_report
 
-    target = write_report(open_lens(lens, trust, probe_data, foundation), out)
+    opened = open_lens(lens, trust, probe_data, foundation, model)
+    classes = class_name or []
+    if classes and not spurious:
+        raise SemlensError("an audit in the report needs --spurious CONCEPT (and optionally --valid)")
+    if opened.vocabulary is None:
+        opened.label()
+    audits = [opened.audit(name, valid or [opened.classes[opened.class_index(name)] if opened.classes else name], spurious) for name in classes]
+    graphs = [opened.attribution_graph(name) for name in classes] if graph else []
+    other = open_lens(compare, trust, foundation=foundation) if compare else None
+    comparison = opened.compare(other) if other else None
+    target = write_report(opened, out, audits=audits, comparison=comparison, graphs=graphs, other_name=other.path.name if other else None)
     if as_json:
-        emit_json({"html": str(target)})
+        emit_json({"html": str(target), "audits": [audit.to_dict() for audit in audits], "graphs": len(graphs), "compared_with": str(compare) if compare else None})
         return
     say(f"report: {target}")

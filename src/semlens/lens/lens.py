@@ -25,9 +25,9 @@ from .store import LensStore, layer_file
 from .trust import LensAccess, is_trusted, lens_key
 
 if TYPE_CHECKING:
-    from ..analysis.audit import ClassAudit
+    from ..analysis.audit import Audit
     from ..analysis.compare import Comparison
-    from ..analysis.overview import Overview
+    from ..analysis.overview import OverviewMap
     from ..data import ImageData
     from ..foundation import FoundationModel
     from ..model.loading import LoadedModel
@@ -317,7 +317,7 @@ class Lens:
 
     # -- maps, measures, comparisons (semlens.lens.questions) ----------------------------------
 
-    def overview(self, layers: list[str] | None = None, clusters: int | None = None, seed: int = 0) -> Overview:
+    def overview(self, layers: list[str] | None = None, clusters: int | None = None, seed: int = 0) -> OverviewMap:
         """UMAP map of the units of the given (default: all) layers, k-means clusters named by their two
         best labels, units coloured by the category they align with best (see analysis.overview)."""
         return questions.overview(self, layers, clusters, seed)
@@ -394,11 +394,11 @@ class Lens:
         cut: float | None = None,
         layers: list[str] | None = None,
         templates: str | list[str] = "audit",
-    ) -> ClassAudit:
+    ) -> Audit:
         """Audit one class: verdicts for its relevant units and the class's relevance by verdict."""
         return questions.audit(self, class_name, valid, spurious, valid_images, spurious_images, cut, layers, templates)
 
-    def audit_classes(self, spurious: list[str], cut: float | None = None, spurious_images: list[str | Path] = ()) -> list[ClassAudit]:
+    def audit_classes(self, spurious: list[str], cut: float | None = None, spurious_images: list[str | Path] = ()) -> list[Audit]:
         """Audit every class seen in the class-relevance data, each with its own name as the valid concept;
         returns the audits ranked by spurious share (highest first)."""
         return questions.audit_classes(self, spurious, cut, list(spurious_images))

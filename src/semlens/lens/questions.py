@@ -14,14 +14,14 @@ from ..analysis.label import label_units
 from ..analysis.vocabulary import Vocabulary
 
 if TYPE_CHECKING:
-    from ..analysis.audit import ClassAudit
+    from ..analysis.audit import Audit
     from ..analysis.compare import Comparison
-    from ..analysis.overview import Overview
+    from ..analysis.overview import OverviewMap
     from ..relevance.graph import AttributionGraph
     from .lens import Lens
 
 
-def overview(lens: Lens, layers: list[str] | None, clusters: int | None, seed: int) -> Overview:
+def overview(lens: Lens, layers: list[str] | None, clusters: int | None, seed: int) -> OverviewMap:
     from ..analysis.overview import build_overview
 
     vocabulary = lens.vocabulary_or(None)
@@ -103,7 +103,7 @@ def audit(
     cut: float | None,
     layers: list[str] | None,
     templates: str | list[str],
-) -> ClassAudit:
+) -> Audit:
     from ..analysis.audit import AUDIT_CUT, audit_units
 
     if not (valid or valid_images) or not (spurious or spurious_images):
@@ -131,7 +131,7 @@ def audit(
     return result
 
 
-def audit_classes(lens: Lens, spurious: list[str], cut: float | None, spurious_images: list[str | Path]) -> list[ClassAudit]:
+def audit_classes(lens: Lens, spurious: list[str], cut: float | None, spurious_images: list[str | Path]) -> list[Audit]:
     if not lens.classes:
         raise SemlensError("auditing all classes needs class names (this model has none); audit one class with --valid")
     seen = lens.class_relevance(lens.layers[-1])
