@@ -13,7 +13,6 @@ from PIL import Image
 
 from .._util.cache import cache_dir
 from .._util.errors import SemlensError
-from ..analysis.alignment import alignment
 from ..analysis.label import DEFAULT_THRESHOLD, Labels
 from ..analysis.vocabulary import Vocabulary
 from ..model.units import unit_names
@@ -338,12 +337,7 @@ class Lens:
 
     def similarity(self, unit: str, other_unit: str, other: Lens | None = None) -> float:
         """Cosine similarity of two units' theta (Eq. 8), in this Lens or across two Lenses."""
-        other = other or self
-        if other.foundation_id != self.foundation_id:
-            raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
-        layer, row = self.unit_index(unit)
-        other_layer, other_row = other.unit_index(other_unit)
-        return float(alignment(self.theta(layer)[row : row + 1], other.theta(other_layer)[other_row : other_row + 1], None))
+        return questions.similarity(self, unit, other_unit, other or self)
 
     # -- relevance, audits and the model ----------------------------------------------------------
 
@@ -354,16 +348,7 @@ class Lens:
 
     def class_index(self, name: str | int) -> int:
         """A class given by name (case-insensitive) or index, as the model's output index."""
-        if isinstance(name, int) or str(name).isdecimal():
-            index = int(name)
-            if self.classes and not 0 <= index < len(self.classes):
-                raise SemlensError(f"class index {index} is out of range: this model has {len(self.classes)} classes")
-            return index
-        names = [candidate.lower() for candidate in self.classes or []]
-        if str(name).lower() in names:
-            return names.index(str(name).lower())
-        hint = f"e.g. {', '.join((self.classes or [])[:5])}" if self.classes else "this model has no class names"
-        raise SemlensError(f"unknown class {name!r}; give a class index or a class name ({hint})")
+        return questions.class_index(self.classes, name)
 
     def class_relevance(self, layer: str) -> dict[str, torch.Tensor] | None:
         """Per unit and class: ``max_share`` and ``mean_share`` ``[U, K]`` of the layer's relevance, ``count``
@@ -423,11 +408,7 @@ class Lens:
 
     def channels(self, units: list[str]) -> dict[str, list[int]]:
         """Units (``layer/index``, ``layer/index-``) as channels (SAE features for SAE layers) per layer, for pruning."""
-        grouped: dict[str, list[int]] = {}
-        for unit in units:
-            layer, row = self.unit_index(unit)
-            grouped.setdefault(layer, []).append(row % self._layer(layer)["base_units"])
-        return {layer: sorted(set(channels)) for layer, channels in grouped.items()}
+        return questions.channels(self, units)
 
     def __repr__(self) -> str:
         units = sum(layer["units"] for layer in self.manifest["layers"].values())

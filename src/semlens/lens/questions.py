@@ -173,3 +173,32 @@ def attribution_graph(lens: Lens, class_name: str | int, layers: list[str] | Non
     labels = {layer: lens.label_store.graph_labels(layer) for layer in chosen}
     title = lens.classes[index] if lens.classes else str(index)
     return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut)
+
+
+def similarity(lens: Lens, unit: str, other_unit: str, other: Lens) -> float:
+    if other.foundation_id != lens.foundation_id:
+        raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
+    layer, row = lens.unit_index(unit)
+    other_layer, other_row = other.unit_index(other_unit)
+    return float(alignment(lens.theta(layer)[row : row + 1], other.theta(other_layer)[other_row : other_row + 1], None))
+
+
+def class_index(classes: list[str] | None, name: str | int) -> int:
+    if isinstance(name, int) or str(name).isdecimal():
+        index = int(name)
+        if classes and not 0 <= index < len(classes):
+            raise SemlensError(f"class index {index} is out of range: this model has {len(classes)} classes")
+        return index
+    names = [candidate.lower() for candidate in classes or []]
+    if str(name).lower() in names:
+        return names.index(str(name).lower())
+    hint = f"e.g. {', '.join((classes or [])[:5])}" if classes else "this model has no class names"
+    raise SemlensError(f"unknown class {name!r}; give a class index or a class name ({hint})")
+
+
+def channels(lens: Lens, units: list[str]) -> dict[str, list[int]]:
+    grouped: dict[str, list[int]] = {}
+    for unit in units:
+        layer, row = lens.unit_index(unit)
+        grouped.setdefault(layer, []).append(row % lens.manifest["layers"][layer]["base_units"])
+    return {layer: sorted(set(members)) for layer, members in grouped.items()}
