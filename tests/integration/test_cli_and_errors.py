@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
-from semlens import BuildConfig
+from semlens import BuildConfig, Lens
 from semlens.build.builder import LensBuilder
 from semlens.cli import app
 
@@ -164,3 +165,30 @@ def test_k_larger_than_the_data_is_said(tmp_path, colour_folder) -> None:
     config = BuildConfig(model="py:tiny_models:tiny_cnn", layers=["head"], data=f"folder:{colour_folder}", k=500)
     with pytest.warns(UserWarning, match="k=500 but the data has only 30 samples"):
         LensBuilder(config, tmp_path / "x", progress=False)
+
+
+def test_crop_threshold_on_the_command_line(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    out = tmp_path / "threshold.lens"
+    args = run_args(colour_folder, tiny_clip_dir, out, "--layer", "features.3", "--crop", "activation", "--crop-threshold", "0.5")
+    assert invoke(*args).exit_code == 0
+    loose = run_args(colour_folder, tiny_clip_dir, tmp_path / "loose.lens", "--layer", "features.3", "--crop", "activation")
+    assert invoke(*loose).exit_code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["identity"]["embed"]["crop_threshold"] == 0.5
+    area = lambda lens: (lambda b: ((b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])).float().mean())(Lens.open(lens).boxes("features.3"))  # noqa: E731
+    assert area(out) <= area(tmp_path / "loose.lens")  # a higher threshold keeps less of each map
+    result = invoke(*run_args(colour_folder, tiny_clip_dir, tmp_path / "bad.lens", "--layer", "features.3", "--crop-threshold", "1.5"))
+    assert result.exit_code == 2 and "between 0 and 1" in result.output
+
+
+def test_errors_print_brackets_as_written(capsys) -> None:
+    from semlens._util.errors import SemlensError
+    from semlens.cli._app import friendly
+
+    @friendly
+    def fails() -> None:
+        raise SemlensError("pip install 'semlens[web]'")
+
+    with pytest.raises(typer.Exit):
+        fails()
+    assert "semlens[web]" in capsys.readouterr().err

@@ -119,3 +119,19 @@ def test_collect_matches_brute_force_for_each_layout(spec, reference):
         expected_scores, expected_ids = brute_force(reference(model, data), 5)
     assert torch.equal(result.ids, expected_ids)
     torch.testing.assert_close(result.scores, expected_scores)
+
+
+def test_units_that_never_fire_or_never_differ_are_inactive() -> None:
+    from semlens.build.collect_stage import inactive_units
+
+    scores = torch.tensor(
+        [
+            [3.0, 2.0, 1.0],  # fires and ranks samples: active
+            [-0.5, -1.0, -2.0],  # negative on every sample (it varies, but never fires): inactive
+            [0.0, 0.0, 0.0],  # dead: inactive
+            [1.5, 1.5, 1.5],  # constant: inactive
+            [0.2, -1.0, -3.0],  # positive on one sample: active
+            [2.0, 1.0, float("-inf")],  # fewer samples than k: active
+        ]
+    )
+    assert inactive_units(scores).tolist() == [False, True, True, True, False, False]

@@ -21,6 +21,12 @@ from .context import BuildContext
 COLLECT_PARTIAL = "collect.partial.safetensors"  # of a single process; ranks add their rank
 
 
+def inactive_units(scores: torch.Tensor) -> torch.Tensor:
+    """Units whose top-k ``scores`` ``[U, k]`` never told samples apart, so that their examples are arbitrary:
+    they never fired (no positive score on any sample) or their kept scores are all equal."""
+    return (scores[:, 0] <= 0) | (scores[:, 0] == scores[:, -1])
+
+
 class CollectStage:
     """Inputs: the model, the layers and the samples ``context.rows`` (each rank its block of whole
     batches). Outputs: ``layers/<layer>.topk`` (scores, ids, maps, inactive units), ``samples.json``,
@@ -103,9 +109,7 @@ class CollectStage:
         store.write_json("failures.json", [{"sample": index, "error": error} for index, error in failures])
         for spec in context.specs:
             topk = results[spec.name]
-            # a unit that never fired (no positive score on any sample) or whose k kept scores are all equal
-            # never told samples apart: its examples are arbitrary
-            inactive = (topk.scores[:, 0] <= 0) | (topk.scores[:, 0] == topk.scores[:, -1])
+            inactive = inactive_units(topk.scores)
             store.write_tensors(layer_file(spec.name, "topk"), {**topk.state(), "inactive": inactive})
             base_units = topk.units // 2 if spec.signed else topk.units
             context.manifest["layers"][spec.name] = {

@@ -43,6 +43,8 @@ class BuildConfig:
             raise SemlensError("no layers given; name at least one (see `semlens layers MODEL`)")
         if self.crop not in CROP_MODES:
             raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
+        if not 0 < self.crop_threshold < 1:
+            raise SemlensError(f"crop_threshold={self.crop_threshold} must lie between 0 and 1 (a share of the heatmap's peak, e.g. 0.01)")
         if self.k < 1 or self.batch_size < 1 or self.embed_batch_size < 1:
             raise SemlensError("k, batch_size and embed_batch_size must be positive integers")
         check_precision(self.precision)
