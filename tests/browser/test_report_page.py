@@ -31,7 +31,7 @@ def test_report_renders_offline_without_errors(tmp_path, colour_folder, tiny_cli
     report = tmp_path / "report.html"
     result = CliRunner().invoke(app, ["report", str(lens), "--out", str(report), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"html": str(report)}
+    assert json.loads(result.stdout)["html"] == str(report)
 
     errors, requests = [], []
     with playwright_api.sync_playwright() as playwright:
