@@ -145,3 +145,49 @@ def test_the_default_worlds_models_ship_with_semlens():
     paths.append(foundation.weights_path(config, foundation.DEFAULT_STEPS))
     assets = Path(semlens.__file__).parent / "assets" / "trained"
     assert all(path.is_relative_to(assets) and path.is_file() for path in paths), paths
+
+
+def test_random_worlds_are_deterministic_valid_and_reach_every_axis():
+    from semlens.world.random_world import CLASS_FAMILIES, describe, random_worlds
+
+    worlds = random_worlds(40, controls=10, seed=3)
+    assert [w.toml for w in worlds] == [w.toml for w in random_worlds(40, controls=10, seed=3)]
+    assert [w.toml for w in worlds] != [w.toml for w in random_worlds(40, controls=10, seed=4)]
+    assert len({w.name for w in worlds}) == 40
+    described = [describe(world.config()) for world in worlds]  # every drawn config passes validation
+    assert {d["class_family"] for d in described} == set(CLASS_FAMILIES)
+    assert {d["artifact"] for d in described} == {"watermark", "ruler", "patch", "frame"}
+    assert sum(d["control"] for d in described) == 10
+    assert all(4 <= len(d["classes"]) <= 6 for d in described)
+    assert any(len(world.config().correlations) == 2 for world in worlds)  # a second planted concept
+    planted = [d["probability"] for d in described if not d["control"]]
+    assert min(planted) >= 0.5 and max(planted) <= 0.9
+    assert sum(d["control"] for d in map(describe, (w.config() for w in random_worlds(2, seed=0)))) == 1
+    with pytest.raises(SemlensError, match="controls"):
+        random_worlds(3, controls=4)
+
+
+def _artifact_rates(config: WorldConfig, artifact: str, images: int = 600) -> np.ndarray:
+    shown = np.zeros(len(config.classes))
+    for index in range(images):
+        sample = render(config, index, "train")
+        shown[sample.label] += artifact in sample.concepts["artifacts"]
+    return shown / (images / len(config.classes))
+
+
+def test_a_control_worlds_artifact_tells_nothing_about_the_class_and_a_planted_one_does():
+    from semlens.world.random_world import describe, random_world
+
+    rng = np.random.default_rng(0)
+    control, planted = random_world(rng, control=True), random_world(rng, control=False)
+    for world, is_control in ((control, True), (planted, False)):
+        config = world.config()
+        facts = describe(config)
+        assert facts["control"] is is_control
+        rates = _artifact_rates(config, facts["artifact"])
+        target = config.classes.index(facts["artifact_class"])
+        others = np.delete(rates, target)
+        if is_control:  # one probability for all classes: rates within sampling noise of each other
+            assert rates.max() - rates.min() < 0.15 and 0.05 < rates.mean() < 0.4, rates
+        else:
+            assert rates[target] > others.max() + 0.3 and others.max() < 0.15, rates
