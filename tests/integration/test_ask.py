@@ -37,7 +37,8 @@ def test_search_ranks_units_by_alignment(lens_path, tmp_path) -> None:
     assert len(hits) == 4 and [hit["score"] for hit in hits] == sorted((hit["score"] for hit in hits), reverse=True)
     assert set(hits[0]) == {"unit", "layer", "index", "score", "label", "examples"}
     only_head = ask("search", lens_path, "red", "--layer", "head", "--json")
-    assert {hit["layer"] for hit in only_head} == {"head"} and len(only_head) == 6
+    valid_head = int(Lens.open(lens_path).valid("head").sum())  # inactive and tied units are never ranked
+    assert {hit["layer"] for hit in only_head} == {"head"} and len(only_head) == valid_head
     Image.new("RGB", (40, 40), "red").save(tmp_path / "red.png")
     assert len(ask("search", lens_path, "--image", tmp_path / "red.png", "--top", "3", "--json")) == 3
     lens = Lens.open(lens_path)
@@ -59,12 +60,16 @@ def test_label_dissect_and_their_storage(lens_path, tmp_path) -> None:
     vocabulary.write_text('colours = ["red", "green", "blue"]\nshapes = ["square", "noise"]\n')
     labels = ask("label", lens_path, "--vocabulary", vocabulary, "--threshold", "-1", "--json")
     assert set(labels) == {"features.3", "head"} and len(labels["head"]) == 6
-    entry = labels["head"][0]
-    assert entry["unit"] == "head/0" and entry["label"] in {"red", "green", "blue", "square", "noise"}
+    valid = Lens.open(lens_path).valid("head").tolist()
+    entry = labels["head"][valid.index(True)]  # units without examples of their own get no label
+    assert entry["label"] in {"red", "green", "blue", "square", "noise"} and entry["valid"]
+    assert [e["label"] is not None for e in labels["head"]] == valid
     assert len(entry["candidates"]) == 3
-    assert Lens.open(lens_path).label_of("head/0") == entry["label"]
+    assert Lens.open(lens_path).label_of(entry["unit"]) == entry["label"]
     dissected = ask("dissect", lens_path, "--out", tmp_path / "d.png", "--json")
-    assert sum(dissected["counts"]["head"].values()) == 6 and set(dissected["counts"]["head"]) == {"colours", "shapes", "unlabelled"}
+    assert sum(dissected["counts"]["head"].values()) == 6
+    assert set(dissected["counts"]["head"]) == {"colours", "shapes", "unlabelled", "inactive or tied"}
+    assert dissected["counts"]["head"]["inactive or tied"] == valid.count(False)
     assert (tmp_path / "d.png").is_file()
     strict = ask("label", lens_path, "--vocabulary", vocabulary, "--threshold", "5", "--json")
     assert all(entry["label"] is None for entry in strict["head"])  # nothing passes an alignment of 5
@@ -74,26 +79,30 @@ def test_measures_similar_and_map(lens_path, tmp_path) -> None:
     measured = ask("measures", lens_path, "--json")
     assert set(measured["head"]["summary"]) == {"clarity", "polysemanticity", "redundancy"}
     assert len(measured["head"]["units"]) == 6
-    similar = ask("similar", lens_path, "features.3/0", "--top", "3", "--json")
-    assert len(similar) == 3 and all(hit["unit"] != "features.3/0" for hit in similar)
-    everyone = ask("similar", lens_path, "features.3/0", "--top", "50", "--json")
-    assert len(everyone) == 11 and "features.3/0" not in {hit["unit"] for hit in everyone}
+    lens = Lens.open(lens_path)
+    valid = lens.all_units()[0]  # names of the units with examples of their own
+    similar = ask("similar", lens_path, valid[0], "--top", "3", "--json")
+    assert len(similar) == 3 and all(hit["unit"] != valid[0] for hit in similar)
+    everyone = ask("similar", lens_path, valid[0], "--top", "50", "--json")
+    assert {hit["unit"] for hit in everyone} == set(valid[1:])  # every other valid unit, no inactive or tied one
     mapped = ask("map", lens_path, "--out", tmp_path / "map.html", "--json")
-    assert len(mapped["units"]) == len(mapped["x"]) == 12
+    assert mapped["units"] == valid and len(mapped["x"]) == len(valid)
     assert "<script" in (tmp_path / "map.html").read_text()[:5_000_000] and (tmp_path / "map.png").is_file()
 
 
 def test_compare_two_lenses_and_refuse_other_foundation_models(lens_path, tmp_path, colour_folder, tiny_clip_dir) -> None:
     other = tmp_path / "other.lens"
     build_lens(
-        BuildConfig(model="py:tiny_models:dead_cnn", layers=["head"], data=f"folder:{colour_folder}", foundation=f"hf:{tiny_clip_dir}", k=5, workers=0),
+        BuildConfig(model="py:tiny_models:tiny_cnn", layers=["head"], data=f"folder:{colour_folder}", foundation=f"hf:{tiny_clip_dir}", k=5, workers=0),
         other,
         progress=False,
     )
     compared = ask("compare", lens_path, other, "--json")
     assert compared["layers_a"] == ["features.3", "head"] and compared["layers_b"] == ["head"]
     assert len(compared["s_a_to_b"]) == 2 and len(compared["s_a_to_b"][0]) == 1
-    assert set(compared["best_match"]["head/0"]) == {"unit", "similarity"}
+    lens = Lens.open(lens_path)
+    valid = lens.all_units()[0]  # names of the units with examples of their own
+    assert list(compared["best_match"]) == valid and set(compared["best_match"][valid[0]]) == {"unit", "similarity"}
     assert {"shared_concepts", "only_a", "only_b"} <= set(compared)
 
     from tiny_foundation import SAVERS

@@ -49,6 +49,16 @@ def dead_cnn() -> LoadedModel:
     return LoadedModel(model, "py:tiny_models:dead_cnn", TINY_PREPROCESSING)
 
 
+def twin_cnn() -> LoadedModel:
+    """A TinyCNN whose second conv has two identical channels (2 and 3): the same examples, so unit 3 is tied to 2."""
+    model = TinyCNN().eval()
+    with torch.no_grad():
+        conv = model.features[3]
+        conv.weight[3] = conv.weight[2]
+        conv.bias[3] = conv.bias[2]
+    return LoadedModel(model, "py:tiny_models:twin_cnn", TINY_PREPROCESSING, ["red", "green", "blue"])
+
+
 def colour_images(count: int, size: int = 40, seed: int = 0) -> list[tuple[Image.Image, int]]:
     """Noisy images, each dominated by one of three colours in a random square: (image, colour label)."""
     rng = np.random.default_rng(seed)

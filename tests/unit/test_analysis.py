@@ -55,7 +55,38 @@ def test_dissect_counts_units_per_category_and_unlabelled():
     theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0.9, 0.1], [0, 0, 1.0], [1.0, 1.0, 1.0]])
     labels = label_units(theta, concepts, torch.ones(3), threshold=0.025)
     counts = dissect(labels, ["colors", "animals"], ("colors", "animals", "animals"))
-    assert counts == {"colors": 1, "animals": 3, "unlabelled": 1}
+    assert counts == {"colors": 1, "animals": 3, "unlabelled": 1, "inactive or tied": 0}
+
+
+def test_units_without_examples_of_their_own_get_no_label_and_count_apart():
+    concepts = torch.eye(3)
+    theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 1.0]])
+    valid = torch.tensor([True, False, True, False])
+    labels = label_units(theta, concepts, torch.ones(3), threshold=0.025, valid=valid)
+    assert labels.concepts[:, 0].tolist()[:3] == [0, 1, 2]  # still ranked, for whoever looks
+    assert labels.labelled.tolist() == [True, False, True, False]
+    counts = dissect(labels, ["colors", "animals"], ("colors", "animals", "animals"))
+    assert counts == {"colors": 1, "animals": 1, "unlabelled": 0, "inactive or tied": 2}
+
+
+def test_tied_units_are_those_with_an_earlier_units_crops_and_inactive_units_never_tie():
+    from semlens.analysis.validity import tied_units
+
+    indices = {
+        "a": torch.tensor([[0, 1, 2], [2, 1, 0], [3, 4, 5], [0, 1, 2], [7, 7, 7]]),  # rows 1, 3 repeat row 0's set
+        "b": torch.tensor([[5, 4, 3], [8, 9, -1], [7, 7, 7], [6, 6, 6]]),  # row 0 repeats a/2; row 2 repeats a/4
+    }
+    inactive = {"a": torch.tensor([False, False, False, False, True]), "b": torch.tensor([False, False, False, True])}
+    tied = tied_units(indices, inactive)
+    assert tied["a"].tolist() == [False, True, False, True, False]
+    assert tied["b"].tolist() == [True, False, False, False]  # b/2's only twin (a/4) is inactive: b/2 is the first
+    brute = {}  # brute force: a unit is tied when an earlier active unit has the same set of crops
+    rows = [(layer, r) for layer in indices for r in range(len(indices[layer]))]
+    for position, (layer, r) in enumerate(rows):
+        mine = sorted(indices[layer][r].tolist())
+        earlier = [sorted(indices[l][q].tolist()) for l, q in rows[:position] if not inactive[l][q]]
+        brute.setdefault(layer, []).append(not bool(inactive[layer][r]) and mine in earlier)
+    assert {layer: mask.tolist() for layer, mask in tied.items()} == brute
 
 
 def test_vocabularies_builtin_text_toml_json_and_errors(tmp_path):

@@ -48,3 +48,20 @@ def test_graph_edges_are_shares_of_the_lower_layers_relevance():
     edges = edges_between(upper, lower, flows, total=1.0)
     assert edges == [("zebra", "stripes", pytest.approx(0.4)), ("?", "stripes", pytest.approx(0.1)), ("?", "grass", pytest.approx(0.5))]
     assert edges_between(upper, lower, flows, total=0.0) == []
+
+
+def test_graph_samples_are_those_the_classes_relevant_units_matter_most_on():
+    from semlens.relevance.graph import relevant_samples
+
+    top_samples = torch.tensor([[3, 9, -1], [9, 5, 1], [2, 3, 4]])
+    top_shares = torch.tensor([[0.5, 0.2, float("-inf")], [0.4, 0.3, 0.1], [0.9, 0.8, 0.7]])
+    weights = torch.tensor([1.0, 0.5, -2.0])  # unit 2 works against the class: its samples do not count
+    # 3: 0.5; 9: 0.2 + 0.2 = 0.4; 5: 0.15; 1: 0.05; 2 and 4: 0 (they come last, in id order)
+    assert relevant_samples(top_samples, top_shares, weights, 4) == [3, 9, 5, 1]
+    assert relevant_samples(top_samples, top_shares, weights, 10) == [3, 9, 5, 1, 2, 4]
+
+
+def test_graph_leaves_out_units_without_examples_of_their_own():
+    shares = torch.tensor([0.5, 0.3, 0.2])
+    groups = group_units("l", ["l/0", "l/1", "l/2"], shares, ["dog", "dog", None], cut=0.1, valid=torch.tensor([True, False, True]))
+    assert groups == {"dog": [0], "?": [2]}

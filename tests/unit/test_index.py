@@ -55,6 +55,23 @@ def test_the_table_keeps_the_layers_arrays_and_gathers_normalised_rows_across_la
     assert table.shape == (55, 16)
 
 
+def test_excluded_units_are_never_ranked_by_brute_force_or_index() -> None:
+    vectors = F.normalize(clustered_units(3000, 32), dim=-1)
+    excluded = torch.zeros(3000, dtype=torch.bool)
+    query = clustered_units(1, 32, seed=1)[0]
+    best = UnitTable.stack({"all": vectors}).top(query, None, 20)[0]
+    excluded[best[::2]] = True  # every other of the best 20
+    for with_index in (False, True):
+        table = UnitTable.stack({"a": vectors[:1000], "b": vectors[1000:]}, {"a": excluded[:1000], "b": excluded[1000:]})
+        if with_index and importlib.util.find_spec("faiss") is not None:
+            table.index = UnitIndex.build(table)
+        rows, _ = table.top(query, None, 10)
+        assert not excluded[rows].any()
+        assert rows.tolist() == best[1::2].tolist()  # the rest of the ranking is unchanged
+    small = UnitTable.stack({"a": vectors[:4]}, {"a": torch.tensor([True, False, True, True])})
+    assert small.top(query, None, 10)[0].tolist() == [1]  # asking for more than there are valid units
+
+
 @needs_faiss
 def test_index_recall_against_brute_force() -> None:
     vectors = F.normalize(clustered_units(20_000, 64), dim=-1)

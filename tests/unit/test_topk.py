@@ -122,7 +122,7 @@ def test_collect_matches_brute_force_for_each_layout(spec, reference):
 
 
 def test_units_that_never_fire_or_never_differ_are_inactive() -> None:
-    from semlens.build.collect_stage import inactive_units
+    from semlens.analysis.validity import inactive_units
 
     scores = torch.tensor(
         [

@@ -49,7 +49,9 @@ def overlap_matrices(
 
 
 def best_matches(units_a: list[str], theta_a: torch.Tensor, units_b: list[str], theta_b: torch.Tensor) -> dict[str, tuple[str, float]]:
-    """For every unit of A, its most similar unit of B (over all of B's layers)."""
+    """For every unit of A, its most similar unit of B (over all of B's layers); none when B has no units."""
+    if not units_b:
+        return {}
     _, index, similarity = knowledge_overlap(theta_a, theta_b)
     return {unit: (units_b[int(i)], float(s)) for unit, i, s in zip(units_a, index.tolist(), similarity.tolist())}
 

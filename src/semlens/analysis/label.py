@@ -14,6 +14,7 @@ import torch
 from .alignment import alignment
 
 DEFAULT_THRESHOLD = 0.025
+LEFT_OUT = "inactive or tied"  # dissection's name for units without examples of their own
 
 
 @dataclass
@@ -23,33 +24,43 @@ class Labels:
     concepts: torch.Tensor  # [U, top] int64
     scores: torch.Tensor  # [U, top] float32
     threshold: float
+    valid: torch.Tensor | None = None  # [U] bool: units with examples of their own (the others get no label)
 
     @property
     def labelled(self) -> torch.Tensor:
-        """True where the best alignment reaches the threshold."""
-        return self.scores[:, 0] >= self.threshold
+        """True where the best alignment reaches the threshold (valid units only)."""
+        reached = self.scores[:, 0] >= self.threshold
+        return reached if self.valid is None else reached & self.valid
 
 
 def label_units(
-    theta: torch.Tensor, concepts: torch.Tensor, null: torch.Tensor | None, threshold: float = DEFAULT_THRESHOLD, top: int = 3
+    theta: torch.Tensor,
+    concepts: torch.Tensor,
+    null: torch.Tensor | None,
+    threshold: float = DEFAULT_THRESHOLD,
+    top: int = 3,
+    valid: torch.Tensor | None = None,
 ) -> Labels:
-    """Rank the vocabulary's concept embeddings ``[C, d]`` for every unit ``theta`` ``[U, d]``."""
+    """Rank the vocabulary's concept embeddings ``[C, d]`` for every unit ``theta`` ``[U, d]``; units not
+    ``valid`` (no examples of their own) are ranked too but never labelled."""
     scores = alignment(theta, concepts, null)
     best = scores.topk(min(top, concepts.shape[0]), dim=1)
-    return Labels(best.indices, best.values, threshold)
+    return Labels(best.indices, best.values, threshold, valid)
 
 
 def unit_categories(labels: Labels, concept_categories: tuple[str, ...]) -> list[str]:
-    """Each unit's parent category of its label; ``"unlabelled"`` for units without one."""
+    """Each unit's parent category of its label; ``"unlabelled"`` for valid units without one and
+    ``LEFT_OUT`` for units without examples of their own."""
+    valid = [True] * len(labels.labelled) if labels.valid is None else labels.valid.tolist()
     return [
-        concept_categories[concept] if labelled else "unlabelled"
-        for concept, labelled in zip(labels.concepts[:, 0].tolist(), labels.labelled.tolist())
+        concept_categories[concept] if labelled else "unlabelled" if ok else LEFT_OUT
+        for concept, labelled, ok in zip(labels.concepts[:, 0].tolist(), labels.labelled.tolist(), valid)
     ]
 
 
 def dissect(labels: Labels, categories: list[str], concept_categories: tuple[str, ...]) -> dict[str, int]:
-    """Units per parent category of their label; unlabelled units under ``"unlabelled"``."""
-    counts = {**dict.fromkeys(categories, 0), "unlabelled": 0}
+    """Units per parent category of their label; then ``"unlabelled"`` and ``LEFT_OUT`` units."""
+    counts = {**dict.fromkeys(categories, 0), "unlabelled": 0, LEFT_OUT: 0}
     for category in unit_categories(labels, concept_categories):
         counts[category] += 1
     return counts

@@ -69,9 +69,12 @@ def build_overview(
     clusters: int | None = None,
     seed: int = 0,
 ) -> OverviewMap:
-    """Lay out, cluster, name and colour the units whose theta is given."""
+    """Lay out, cluster, name and colour the units whose theta is given (an empty map for none)."""
     from sklearn.cluster import KMeans
 
+    if not units:
+        nothing = np.zeros(0, dtype=np.int64)
+        return OverviewMap([], np.zeros((0, 2)), nothing, [], nothing, category_names)
     k = clusters or cluster_count(len(units))
     normalised = F.normalize(theta.float(), dim=-1)
     assignment = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(normalised.numpy())

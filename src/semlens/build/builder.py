@@ -199,8 +199,25 @@ class LensBuilder:
             seconds={name: record.get("seconds", 0.0) for name, record in stages.items()},
         )
         for name, layer in self.manifest["layers"].items():
-            summary.layers.append(LayerSummary(name, layer["units"], layer["inactive_units"], layer["output"]))
+            summary.layers.append(LayerSummary(name, layer["units"], layer["inactive_units"], layer.get("tied_units", 0), layer["output"]))
+        summary.fallbacks = fallbacks(self.manifest)
         return summary
+
+
+def fallbacks(manifest: dict[str, Any]) -> list[str]:
+    """What the build did instead of what was asked, as recorded in the manifest: crop modes other than the
+    one asked for (``auto`` asks for relevance) and a skipped class-relevance stage."""
+    asked = manifest["identity"]["embed"]["crop"]
+    wanted = "relevance" if asked == "auto" else asked
+    found = []
+    for name, layer in manifest["layers"].items():
+        crop = layer.get("crop")
+        if crop and crop["mode"] != wanted:
+            found.append(f"layer {name}: {crop['mode']} crops instead of {wanted} crops ({crop['why']})")
+    skipped = manifest["stages"].get("relevance", {}).get("skipped")
+    if skipped:
+        found.append(f"no class relevance ({skipped}): audits and attribution graphs need it")
+    return found
 
 
 def parse_layers(texts: list[str], pool: str) -> list[LayerSpec]:

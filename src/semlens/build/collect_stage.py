@@ -14,17 +14,12 @@ import torch
 from .._util.errors import DataError
 from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
+from ..analysis.validity import inactive_units
 from ..lens.store import layer_file
 from .collect import EMPTY_ID, Collector, TopK
 from .context import BuildContext
 
 COLLECT_PARTIAL = "collect.partial.safetensors"  # of a single process; ranks add their rank
-
-
-def inactive_units(scores: torch.Tensor) -> torch.Tensor:
-    """Units whose top-k ``scores`` ``[U, k]`` never told samples apart, so that their examples are arbitrary:
-    they never fired (no positive score on any sample) or their kept scores are all equal."""
-    return (scores[:, 0] <= 0) | (scores[:, 0] == scores[:, -1])
 
 
 class CollectStage:

@@ -68,6 +68,7 @@ class LayerSummary:
     name: str
     units: int
     inactive_units: int
+    tied_units: int
     output: str
 
 
@@ -83,6 +84,7 @@ class BuildSummary:
     distinct_crops: int = 0
     stages: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    fallbacks: list[str] = field(default_factory=list)  # what was done instead of what was asked, and why
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

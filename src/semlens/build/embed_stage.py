@@ -10,6 +10,7 @@ import torch
 
 from .._util.errors import StaleLensError
 from .._util.progress import progress_bar
+from ..analysis.validity import tied_units
 from ..foundation import FoundationModel, load_foundation_model
 from ..lens.store import layer_file
 from .context import BuildContext
@@ -63,6 +64,8 @@ class EmbedStage:
 
     def _store(self, table: CropTable, embeddings: torch.Tensor, started: float) -> dict[str, Any]:
         store = self.context.store
+        inactive = {spec.name: store.read_tensors(layer_file(spec.name, "topk"))["inactive"] for spec in self.context.specs}
+        tied = tied_units(table.index, inactive)
         store.write_tensors(
             "crops.safetensors",
             {"samples": table.samples, "boxes": table.boxes, "embeddings": embeddings.half()},
@@ -71,7 +74,10 @@ class EmbedStage:
             index = table.index[spec.name]
             theta = mean_embeddings(embeddings, index)
             boxes = torch.where((index >= 0)[..., None], table.boxes[index.clamp_min(0)], -1)
-            store.write_tensors(layer_file(spec.name, "embed"), {"crop_index": index, "boxes": boxes, "theta": theta})
+            store.write_tensors(
+                layer_file(spec.name, "embed"), {"crop_index": index, "boxes": boxes, "theta": theta, "tied": tied[spec.name]}
+            )
+            self.context.manifest["layers"][spec.name]["tied_units"] = int(tied[spec.name].sum())
         store.remove(EMBED_PARTIAL)
         slots = sum(int((index >= 0).sum()) for index in table.index.values())
         self.context.finish_stage(self.name, time.perf_counter() - started, example_slots=slots, distinct_crops=table.rows.shape[0])

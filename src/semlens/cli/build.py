@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
 from .._util.errors import SemlensError
 from ._app import AsJson, app, console, emit_json, errors, friendly, table
@@ -110,20 +111,28 @@ def report_summary(summary: Any, as_json: bool) -> None:
     if as_json:
         emit_json(summary.to_dict())
         return
-    rows = [(layer.name, layer.units, layer.inactive_units, layer.output) for layer in summary.layers]
-    console.print(table(f"Lens at {summary.path}", ("layer", "units", "inactive", "output"), rows))
+    rows = [(layer.name, layer.units, layer.inactive_units, layer.tied_units, layer.output) for layer in summary.layers]
+    console.print(table(f"Lens at {summary.path}", ("layer", "units", "inactive", "tied", "output"), rows))
     console.print(
         f"{summary.samples} samples ({summary.failed} failed to decode and were skipped); "
         f"{summary.example_slots} concept examples from {summary.distinct_crops} distinct crops; "
         + ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in summary.seconds.items()),
         markup=False,
     )
+    for fallback in summary.fallbacks:
+        errors.print(f"[yellow]warning:[/] {escape(fallback)}")
     for layer in summary.layers:
         if layer.inactive_units:
             errors.print(
                 f"[yellow]warning:[/] layer {layer.name}: {layer.inactive_units} of {layer.units} units never fired or were "
                 "constant on this data (their top-k scores are all equal or none is positive); their concept examples "
                 "are arbitrary and marked inactive"
+            )
+        if layer.tied_units:
+            errors.print(
+                f"[yellow]warning:[/] layer {layer.name}: {layer.tied_units} of {layer.units} units have the same concept "
+                "examples as another unit (marked tied); like inactive units they are left out of search, labels, the map, "
+                "measures, audits and graphs"
             )
 
 

@@ -31,8 +31,15 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
     say(f"foundation  {manifest['foundation']['id']} (dim {manifest['foundation']['dim']})")
     say(f"k           {opened.k}, crop {identity['embed']['crop']}")
     say(f"trusted     {'yes' if opened.trusted else 'no (it runs no code and reads no files it names; see `semlens trust`)'}")
-    rows = [(name, layer["units"], layer["inactive_units"], layer["output"]) for name, layer in manifest["layers"].items()]
-    console.print(table(None, ("layer", "units", "inactive", "output"), rows))
+    rows = [
+        (name, layer["units"], layer["inactive_units"], int(opened.tied(name).sum()), layer["output"], layer.get("crop", {}).get("mode", "-"))
+        for name, layer in manifest["layers"].items()
+    ]
+    console.print(table(None, ("layer", "units", "inactive", "tied", "output", "crops"), rows))
+    from ..build.builder import fallbacks
+
+    for fallback in fallbacks(manifest):
+        say(f"note: {fallback}")
 
 
 def print_hits(hits: list, title: str, score: str, as_json: bool) -> None:
@@ -120,12 +127,13 @@ def label(
     if as_json:
         emit_json(results.to_dict())
         return
-    rows = [
-        (layer, int(labels.labelled.sum()), int((~labels.labelled).sum()), ", ".join(f"{name} ({count})" for name, count in results.most_common(layer)))
-        for layer, labels in results.items()
-    ]
+    rows = []
+    for layer, labels in results.items():
+        left_out = 0 if labels.valid is None else int((~labels.valid).sum())
+        common = ", ".join(f"{name} ({count})" for name, count in results.most_common(layer))
+        rows.append((layer, int(labels.labelled.sum()), len(labels.labelled) - int(labels.labelled.sum()) - left_out, left_out, common))
     title = f"labels from vocabulary {results.vocabulary.name!r} (threshold {threshold})"
-    console.print(table(title, ("layer", "labelled", "unlabelled", "most common labels"), rows))
+    console.print(table(title, ("layer", "labelled", "unlabelled", "inactive or tied", "most common labels"), rows))
 
 
 @app.command()

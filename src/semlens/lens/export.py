@@ -26,6 +26,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "layer": "string",
         "index": "int64",
         "inactive": "bool",
+        "tied": "bool",
         "label": "string",
         "label_alignment": "double",
         "clarity": "double",
@@ -108,6 +109,7 @@ def _units(lens: Lens) -> Columns:
         columns["layer"] += [layer] * len(names)
         columns["index"] += list(range(len(names)))
         columns["inactive"] += lens.inactive(layer).tolist()
+        columns["tied"] += lens.tied(layer).tolist()
         labels = lens.labels(layer)
         if labels is None:
             columns["label"] += [None] * len(names)

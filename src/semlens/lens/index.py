@@ -45,6 +45,8 @@ INDEX_INFO = "index/units.json"
 def top_positions(scores: torch.Tensor, count: int) -> torch.Tensor:
     """Positions of the ``count`` highest scores, ties to the lower position: the head of a stable
     descending sort, without sorting all scores."""
+    if count <= 0:
+        return torch.empty(0, dtype=torch.int64)
     if count < scores.numel():
         threshold = torch.topk(scores, count).values[-1]
         tied_or_better = (scores >= threshold).nonzero().flatten()
@@ -102,20 +104,26 @@ class UnitTable:
     thetas: list[torch.Tensor]
     offsets: list[int]
     norms: torch.Tensor
+    excluded: torch.Tensor | None = None  # [units] bool: never ranked (e.g. units without examples of their own)
     index: UnitIndex | None = None
 
     @classmethod
-    def stack(cls, thetas: dict[str, torch.Tensor]) -> UnitTable:
+    def stack(cls, thetas: dict[str, torch.Tensor], excluded: dict[str, torch.Tensor] | None = None) -> UnitTable:
         offsets = [0]
         for theta in thetas.values():
             offsets.append(offsets[-1] + theta.shape[0])
         arrays = [theta.float() for theta in thetas.values()]
         norms = torch.cat([theta.norm(dim=-1) for theta in arrays]).clamp_min(NORM_EPSILON)  # as F.normalize
-        return cls(list(thetas), arrays, offsets, norms)
+        mask = torch.cat([excluded[layer] for layer in thetas]) if excluded is not None else None
+        return cls(list(thetas), arrays, offsets, norms, mask)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.offsets[-1], self.thetas[0].shape[1]
+
+    @property
+    def _excluded_count(self) -> int:
+        return 0 if self.excluded is None else int(self.excluded.sum())
 
     def locate(self, row: int) -> tuple[str, int]:
         """(layer, row within the layer) of a stacked row."""
@@ -141,10 +149,14 @@ class UnitTable:
         if self.index is None:  # one pass over every theta for probe and null together
             dots = torch.cat([theta @ torch.stack(directions, dim=1) for theta in self.thetas]) / self.norms[:, None]
             scores = null_subtracted(list(dots.T))
-            rows = top_positions(scores, count)
+            if self.excluded is not None:
+                scores = scores.masked_fill(self.excluded, float("-inf"))
+            rows = top_positions(scores, min(count, self.shape[0] - self._excluded_count))
             return rows, scores[rows]
         query = directions[0] - directions[1] if null is not None else directions[0]
-        rows = torch.sort(self.index.candidates(query, count * CANDIDATE_FACTOR)).values
+        rows = torch.sort(self.index.candidates(query, (count + self._excluded_count) * CANDIDATE_FACTOR)).values
+        if self.excluded is not None:
+            rows = rows[~self.excluded[rows]]
         # A thousand candidates are re-scored in numpy's single-threaded einsum: for so little work,
         # waking a thread pool (torch's, or BLAS's) costs more than the work itself, about 10 ms per
         # operation on a busy 2-core machine.

@@ -50,6 +50,7 @@ class Labelling(Mapping[str, Labels]):
                 {
                     "unit": f"{layer}/{name}",
                     "label": concepts[int(labels.concepts[row, 0])] if bool(labels.labelled[row]) else None,
+                    "valid": labels.valid is None or bool(labels.valid[row]),
                     "candidates": [
                         {"concept": concepts[int(c)], "alignment": round(float(a), 5)}
                         for c, a in zip(labels.concepts[row], labels.scores[row])
@@ -75,7 +76,7 @@ class LensLabels:
         vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
         concepts = lens.probes.concepts(vocab.concepts, templates)
         null = lens.probes.null(templates)
-        results = {layer: label_units(lens.theta(layer), concepts, null, threshold, top) for layer in lens.layers}
+        results = {layer: label_units(lens.theta(layer), concepts, null, threshold, top, lens.valid(layer)) for layer in lens.layers}
         if save:
             for layer, labels in results.items():
                 lens.derived.write_tensors(layer_file(layer, "labels"), {"concepts": labels.concepts, "scores": labels.scores})
@@ -89,7 +90,10 @@ class LensLabels:
             stored = self.lens.derived.read_json(LABELS)
             vocab = Vocabulary(stored["vocabulary"]["name"], tuple(stored["vocabulary"]["concepts"]), tuple(stored["vocabulary"]["categories"]))
             arrays = {layer: self.lens.derived.read_tensors(layer_file(layer, "labels")) for layer in self.lens.layers}
-            self._held = (vocab, {layer: Labels(a["concepts"], a["scores"], stored["threshold"]) for layer, a in arrays.items()})
+            self._held = (
+                vocab,
+                {layer: Labels(a["concepts"], a["scores"], stored["threshold"], self.lens.valid(layer)) for layer, a in arrays.items()},
+            )
         return self._held
 
     @property

@@ -166,8 +166,25 @@ class Lens:
         return self._read(layer, "topk").get("maps")
 
     def inactive(self, layer: str) -> torch.Tensor:
-        """True for units whose top-k scores are all equal: their examples say nothing."""
+        """True for units that never fired or whose top-k scores are all equal: their examples are arbitrary."""
         return self._read(layer, "topk")["inactive"]
+
+    def tied(self, layer: str) -> torch.Tensor:
+        """True for units whose examples are the same crops as an earlier unit's (so is their theta)."""
+        stored = self._read(layer, "embed")
+        return stored["tied"] if "tied" in stored else self._tied_without_record[layer]
+
+    @cached_property
+    def _tied_without_record(self) -> dict[str, torch.Tensor]:
+        """Ties of a Lens built before they were recorded, found as the build finds them."""
+        from ..analysis.validity import tied_units
+
+        return tied_units({layer: self._read(layer, "embed")["crop_index"] for layer in self.layers}, {layer: self.inactive(layer) for layer in self.layers})
+
+    def valid(self, layer: str) -> torch.Tensor:
+        """True for units with examples of their own: neither inactive nor tied. Search, labels, the map,
+        measures, audits, graphs and comparisons leave the others out."""
+        return ~(self.inactive(layer) | self.tied(layer))
 
     def boxes(self, layer: str) -> torch.Tensor:
         """Crop boxes ``[U, k, 4]`` (x0, y0, x1, y1) in the model's input view."""
@@ -322,10 +339,10 @@ class Lens:
         return questions.overview(self, layers, clusters, seed)
 
     def all_units(self, layers: list[str] | None = None) -> tuple[list[str], torch.Tensor]:
-        """Unit names and their theta over the given (default: all) layers, in layer order."""
+        """Names and theta of the valid units (``valid``) of the given (default: all) layers, in layer order."""
         chosen = self.checked_layers(layers)
-        names = [f"{layer}/{name}" for layer in chosen for name in self.units(layer)]
-        return names, torch.cat([self.theta(layer) for layer in chosen])
+        names = [f"{layer}/{name}" for layer in chosen for name, ok in zip(self.units(layer), self.valid(layer).tolist()) if ok]
+        return names, torch.cat([self.theta(layer)[self.valid(layer)] for layer in chosen])
 
     def compare(self, other: Lens, vocabulary: Vocabulary | str | Path | None = None) -> Comparison:
         """S_{M->N} / S_{N->M} per layer pair, best matches, and shared and unique concepts."""

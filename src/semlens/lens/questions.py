@@ -39,7 +39,7 @@ def concept_labels(lens: Lens, vocabulary: Vocabulary) -> set[str]:
     concepts = lens.probes.concepts(vocabulary.concepts, "label")
     found = set()
     for layer in lens.layers:
-        labels = label_units(lens.theta(layer), concepts, lens.probes.null("label"))
+        labels = label_units(lens.theta(layer), concepts, lens.probes.null("label"), valid=lens.valid(layer))
         found |= {vocabulary.concepts[index] for index in labels.concepts[labels.labelled, 0].tolist()}
     return found
 
@@ -53,7 +53,8 @@ def compare(lens: Lens, other: Lens, vocabulary: Vocabulary | str | Path | None)
             f"{other.foundation_id}); rebuild one of them with the other's foundation model"
         )
     a_to_b, b_to_a = overlap_matrices(
-        {layer: lens.theta(layer) for layer in lens.layers}, {layer: other.theta(layer) for layer in other.layers}
+        {layer: lens.theta(layer)[lens.valid(layer)] for layer in lens.layers},
+        {layer: other.theta(layer)[other.valid(layer)] for layer in other.layers},
     )
     units_a, theta_a = lens.all_units()
     units_b, theta_b = other.all_units()
@@ -65,8 +66,10 @@ def compare(lens: Lens, other: Lens, vocabulary: Vocabulary | str | Path | None)
 def measures(lens: Lens, layer: str) -> dict[str, torch.Tensor]:
     from ..analysis.measures import clarity, polysemanticity, redundancy
 
-    examples = lens.example_embeddings(layer)
-    return {"clarity": clarity(examples), "polysemanticity": polysemanticity(examples), "redundancy": redundancy(lens.theta(layer))}
+    left_out = ~lens.valid(layer)
+    examples = lens.example_embeddings(layer).masked_fill(left_out[:, None, None], float("nan"))
+    theta = lens.theta(layer).masked_fill(left_out[:, None], float("nan"))  # takes part in no unit's redundancy
+    return {"clarity": clarity(examples), "polysemanticity": polysemanticity(examples), "redundancy": redundancy(theta)}
 
 
 def relevant_classes(lens: Lens, unit: str, top: int) -> list[tuple[str, int, float, float]]:
@@ -145,7 +148,7 @@ def audit_classes(lens: Lens, spurious: list[str], cut: float | None, spurious_i
 
 
 def attribution_graph(lens: Lens, class_name: str | int, layers: list[str] | None, cut: float | None, samples: int) -> AttributionGraph:
-    from ..relevance.graph import GRAPH_CUT, build_graph
+    from ..relevance.graph import GRAPH_CUT, build_graph, relevant_samples
     from ..relevance.lrp import RelevanceModel
 
     chosen = lens.checked_layers(layers)
@@ -160,8 +163,9 @@ def attribution_graph(lens: Lens, class_name: str | int, layers: list[str] | Non
     seen = relevance["seen_classes"].tolist()
     if index not in seen:
         raise SemlensError(f"class {class_name} has no samples in the class-relevance data")
-    ids = relevance["top_samples"][seen.index(index)].flatten()
-    ids = [int(i) for i in torch.unique(ids[ids >= 0])][:samples]
+    weights = relevance["mean_share"][:, index].masked_fill(~lens.valid(chosen[-1]), 0.0)
+    row = seen.index(index)
+    ids = relevant_samples(relevance["top_samples"][row], relevance["top_shares"][row], weights, samples)
     model = lens.model()
     inputs = torch.stack([model.preprocessing(lens.probe_data.load(i)) for i in ids])
     lrp = RelevanceModel(model.module, inputs[:2])
@@ -172,7 +176,8 @@ def attribution_graph(lens: Lens, class_name: str | int, layers: list[str] | Non
     units = {layer: [f"{layer}/{name}" for name in lens.units(layer)] for layer in chosen}
     labels = {layer: lens.label_store.graph_labels(layer) for layer in chosen}
     title = lens.classes[index] if lens.classes else str(index)
-    return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut)
+    valid = {layer: lens.valid(layer) for layer in chosen}
+    return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid)
 
 
 def similarity(lens: Lens, unit: str, other_unit: str, other: Lens) -> float:

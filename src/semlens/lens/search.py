@@ -1,5 +1,6 @@
-"""Search: units ranked by alignment with a text or image probe, or by similarity to another unit; all
-units stacked once, with an approximate index from ``INDEX_MIN_UNITS`` units on (see semlens.lens.index)."""
+"""Search: units ranked by alignment with a text or image probe, or by similarity to another unit; all valid
+units (``Lens.valid``) stacked once, with an approximate index from ``INDEX_MIN_UNITS`` units on (see
+semlens.lens.index)."""
 
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ class LensSearch:
         self, probe: torch.Tensor, null: torch.Tensor | None, layers: list[str], top: int, exclude: tuple[str, int] | None = None
     ) -> list[SearchHit]:
         """The ``top`` units of ``layers`` by alignment with ``probe``; ties go to the earlier layer, lower unit."""
-        table = self._units if layers == self.lens.layers else UnitTable.stack({layer: self.lens.theta(layer) for layer in layers})
+        table = self._units if layers == self.lens.layers else self._stack(layers)
         rows, scores = table.top(probe, null, top + 1)
         found = [(table.locate(row), score) for row, score in zip(rows.tolist(), scores.tolist())]
         return [self._hit(*owner, score) for owner, score in found if owner != exclude][:top]
@@ -88,9 +89,13 @@ class LensSearch:
     @cached_property
     def _units(self) -> UnitTable:
         """All units stacked for search, with an index from ``INDEX_MIN_UNITS`` units on (see semlens.lens.index)."""
-        table = UnitTable.stack({layer: self.lens.theta(layer) for layer in self.lens.layers})
+        table = self._stack(self.lens.layers)
         table.index = open_index(self.lens.cache, table, self.lens.manifest["stages"]["embed"]["fingerprint"])
         return table
+
+    def _stack(self, layers: list[str]) -> UnitTable:
+        """The layers' units as one table; units without examples of their own (``Lens.valid``) are never ranked."""
+        return UnitTable.stack({layer: self.lens.theta(layer) for layer in layers}, {layer: ~self.lens.valid(layer) for layer in layers})
 
     def _hit(self, layer: str, row: int, score: float) -> SearchHit:
         unit = f"{layer}/{self.lens.units(layer)[row]}"

@@ -34,17 +34,42 @@ class AttributionGraph:
     class_name: str
     nodes: list[Node] = field(default_factory=list)
     edges: list[dict] = field(default_factory=list)  # {"source", "target", "weight"}
+    left_out: dict[str, float] = field(default_factory=dict)  # per layer: share of inactive or tied units above the cut
 
     def to_dict(self) -> dict:
-        return {"class": self.class_name, "nodes": [node.__dict__ for node in self.nodes], "edges": self.edges}
+        nodes = [node.__dict__ for node in self.nodes]
+        return {"class": self.class_name, "nodes": nodes, "edges": self.edges, "left_out": self.left_out}
+
+
+def relevant_samples(top_samples: torch.Tensor, top_shares: torch.Tensor, weights: torch.Tensor, count: int) -> list[int]:
+    """The ``count`` samples of a class on which its relevant units matter most, best first.
+
+    ``top_samples``/``top_shares`` ``[U, top]`` are each unit's samples of the class with the highest
+    relevance share (-1: none); a sample scores the sum of its shares weighted by each unit's mean share
+    for the class ``weights`` ``[U]`` (negative weights count as 0), so the graph is drawn on samples the
+    class's decision rests on, not on the lowest sample ids.
+    """
+    ids, scores = top_samples.reshape(-1), (top_shares * weights.nan_to_num(0).clamp_min(0)[:, None]).reshape(-1)
+    keep = (ids >= 0) & scores.isfinite()
+    distinct, inverse = torch.unique(ids[keep], return_inverse=True)
+    totals = torch.zeros(len(distinct), dtype=torch.float64).index_add_(0, inverse, scores[keep].double())
+    order = torch.sort(totals, descending=True, stable=True).indices[:count]
+    return distinct[order].tolist()
 
 
 def group_units(
-    layer: str, units: list[str], shares: torch.Tensor, labels: list[str | None], cut: float = GRAPH_CUT
+    layer: str,
+    units: list[str],
+    shares: torch.Tensor,
+    labels: list[str | None],
+    cut: float = GRAPH_CUT,
+    valid: torch.Tensor | None = None,
 ) -> dict[str, list[int]]:
-    """Indices of the units above ``cut``, grouped by label (``?`` for unlabelled), most relevant group first."""
+    """Indices of the units above ``cut``, grouped by label (``?`` for unlabelled), most relevant group first;
+    units not ``valid`` (no examples of their own, so no trustworthy label) are left out."""
     groups: dict[str, list[int]] = {}
-    for index in (shares > cut).nonzero().flatten().tolist():
+    chosen = shares > cut if valid is None else (shares > cut) & valid
+    for index in chosen.nonzero().flatten().tolist():
         groups.setdefault(labels[index] or UNLABELLED, []).append(index)
     return dict(sorted(groups.items(), key=lambda item: -float(shares[item[1]].sum())))
 
@@ -97,15 +122,19 @@ def build_graph(
     units: dict[str, list[str]],
     labels: dict[str, list[str | None]],
     cut: float = GRAPH_CUT,
+    valid: dict[str, torch.Tensor] | None = None,
 ) -> AttributionGraph:
-    """The attribution graph of one class over ``layers`` (lowest first): per layer, the units above ``cut``
-    grouped by label; edges weighted by the lower groups' relevance conditioned on each upper group."""
+    """The attribution graph of one class over ``layers`` (lowest first): per layer, the valid units above
+    ``cut`` grouped by label; edges weighted by the lower groups' relevance conditioned on each upper group.
+    The relevance share of the invalid units above ``cut`` is reported per layer as ``left_out``."""
     targets = torch.full((len(inputs),), class_index)
     graph = AttributionGraph(class_name)
     with lrp.attributing() as modified:
         _, plain = unit_relevance(modified, inputs, targets, layers)
         shares = {layer: (plain[layer] / plain[layer].abs().sum(1, keepdim=True).clamp_min(1e-12)).mean(0) for layer in layers}
-        groups = {layer: group_units(layer, units[layer], shares[layer], labels[layer], cut) for layer in layers}
+        valid = valid or {layer: torch.ones(len(units[layer]), dtype=torch.bool) for layer in layers}
+        groups = {layer: group_units(layer, units[layer], shares[layer], labels[layer], cut, valid[layer]) for layer in layers}
+        graph.left_out = {layer: float(shares[layer][(shares[layer] > cut) & ~valid[layer]].sum()) for layer in layers}
         for layer in layers:
             for label, members in groups[layer].items():
                 graph.nodes.append(Node(f"{layer}:{label}", layer, label, [units[layer][i] for i in members], float(shares[layer][members].sum())))

@@ -10,6 +10,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..analysis.label import LEFT_OUT
+
 TILE = 128
 CAPTION = 16
 
@@ -42,7 +44,7 @@ def dissection_png(counts: dict[str, dict[str, int]], path: str | Path) -> Path:
     bottoms = [0] * len(layers)
     for category in categories:
         values = [counts[layer][category] for layer in layers]
-        color = "lightgray" if category == "unlabelled" else None
+        color = {"unlabelled": "lightgray", LEFT_OUT: "whitesmoke"}.get(category)
         axes.bar(layers, values, bottom=bottoms, label=category, color=color)
         bottoms = [bottom + value for bottom, value in zip(bottoms, values)]
     axes.set_ylabel("units")

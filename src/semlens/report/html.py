@@ -98,7 +98,7 @@ def write_report(
         order = values["polysemanticity"].nan_to_num(float("-inf")).argsort(descending=True)[:worst].tolist()
         most_poly += [(units[i], f"polysemanticity {float(values['polysemanticity'][i]):.3f}") for i in order]
         layer_labels = lens.labels(layer)
-        missing = (~layer_labels.labelled).nonzero().flatten()[:unexpected].tolist()
+        missing = (~layer_labels.labelled & lens.valid(layer)).nonzero().flatten()[:unexpected].tolist()
         unlabelled += [(units[i], f"best alignment {float(layer_labels.scores[i, 0]):.3f}") for i in missing]
     identity = lens.manifest["identity"]
     meta = "".join(
@@ -108,6 +108,10 @@ def write_report(
             ("data", f"{identity['data']['spec']} ({identity['data']['samples']} samples)"),
             ("foundation model", lens.foundation_id),
             ("layers", ", ".join(f"{layer} ({info['units']} units)" for layer, info in lens.manifest["layers"].items())),
+            (
+                "left out",
+                ", ".join(f"{layer}: {int(lens.inactive(layer).sum())} inactive, {int(lens.tied(layer).sum())} tied" for layer in lens.layers),
+            ),
             ("labels", f"vocabulary {lens.vocabulary.name!r}, {len(lens.vocabulary.concepts)} concepts"),
         ]
     )

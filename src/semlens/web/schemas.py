@@ -99,6 +99,7 @@ class UnitPage(UnitRef):
     polysemanticity: float | None
     redundancy: float | None
     inactive: bool
+    tied: bool = Field(description="its examples are the same crops as another unit's")
     examples: list[Example]
     classes: list[ClassShare]
     similar: list[SimilarUnits]
@@ -185,8 +186,8 @@ class CompareOut(BaseModel):
     b: int
     layers_a: list[str]
     layers_b: list[str]
-    s_a_to_b: list[list[float]]
-    s_b_to_a: list[list[float]]
+    s_a_to_b: list[list[float | None]] = Field(description="per layer pair; null where a layer has no valid units")
+    s_b_to_a: list[list[float | None]]
     matches: list[Match] = Field(description="Units of A with their best match in B, most similar first.")
     shared_concepts: list[str]
     only_a: list[str]

@@ -44,6 +44,7 @@ def unit_page(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: Unit
         ],
         **{measure: finite(values[row]) for measure, values in measures.items()},
         "inactive": bool(opened.inactive(layer)[row]),
+        "tied": bool(opened.tied(layer)[row]),
         "examples": [example_out(served, name, example) for example in opened.concept_examples(name)],
         "classes": [
             {"class": title, "index": index, "max_share": finite(top), "mean_share": finite(mean)}

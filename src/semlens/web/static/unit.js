@@ -44,7 +44,8 @@
 
   fill(document.getElementById("unit"), 
     el("p", {}, "label: ", data.label ? el("b", { id: "label" }, data.label) : el("i", { id: "label", class: "muted" }, "unlabelled (no concept passes the threshold)"),
-      data.inactive ? el("span", { class: "muted" }, " · inactive: its examples are arbitrary") : null),
+      data.inactive ? el("span", { class: "muted" }, " · inactive: its examples are arbitrary") : null,
+      data.tied ? el("span", { class: "muted" }, " · tied: its examples are another unit's, so it is left out of search, labels and maps") : null),
     el("h2", {}, "Concept examples"), examples, full,
     el("div", { class: "grid2" }, el("div", {}, el("h2", {}, "Label and runner-ups"), candidates, el("h2", {}, "Measures"), measures),
       el("div", {}, el("h2", {}, "Most relevant for"), classes)),

@@ -1,0 +1,66 @@
+"""Units without examples of their own (inactive or tied) are recorded at build time, counted in every
+summary and left out of search, labels, the map, measures, comparisons and exports' validity columns."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from typer.testing import CliRunner
+
+from semlens import BuildConfig, Lens, build_lens
+from semlens.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def twin_lens(tmp_path_factory, colour_folder, tiny_clip_dir):
+    path = tmp_path_factory.mktemp("twin") / "twin.lens"
+    config = BuildConfig(
+        model="py:tiny_models:twin_cnn", layers=["features.3", "head"], data=f"folder:{colour_folder}",
+        foundation=f"hf:{tiny_clip_dir}", k=5, workers=0, crop="activation",
+    )  # fmt: skip
+    build_lens(config, path, progress=False)
+    return path
+
+
+def test_tied_units_are_recorded_and_counted(twin_lens) -> None:
+    lens = Lens.open(twin_lens)
+    inactive = lens.inactive("features.3")  # this conv's output (before its ReLU) is never positive for some units
+    assert not inactive[2] and not inactive[3]
+    assert lens.tied("features.3").tolist() == [False, False, False, True, False, False]
+    assert torch.equal(lens.theta("features.3")[2], lens.theta("features.3")[3])
+    assert lens.valid("features.3").tolist() == (~inactive & torch.tensor([True, True, True, False, True, True])).tolist()
+    assert lens.manifest["layers"]["features.3"]["tied_units"] == 1
+    shown = runner.invoke(app, ["info", str(twin_lens)])
+    assert shown.exit_code == 0 and "tied" in shown.output
+
+
+def test_invalid_units_are_left_out_of_every_analysis(twin_lens, tmp_path) -> None:
+    lens = Lens.open(twin_lens)
+    valid = lens.valid("features.3")
+    count = int(valid.sum()) + int(lens.valid("head").sum())
+    twin = "features.3/3"
+    # search: the twin's theta equals unit 0's, so a probe made of that theta would rank both first
+    probe = lens.theta("features.3")[2]
+    found = [hit.unit for hit in lens.search_similar(lens, "features.3/2", top=12)]
+    assert twin not in found and len(found) == count - 1
+    assert twin not in {hit.unit for hit in lens.search("red", top=12)}
+    assert len(lens.search("red", top=12)) == count
+    labelling = lens.label(threshold=-1.0, save=False)  # every valid unit gets a label at this threshold
+    assert labelling["features.3"].labelled.tolist() == valid.tolist()
+    assert labelling.to_dict()["features.3"][3]["valid"] is False
+    assert lens.dissect()["features.3"]["inactive or tied"] == 6 - int(valid.sum())
+    units, theta = lens.all_units()
+    assert twin not in units and len(units) == theta.shape[0] == count
+    assert twin not in lens.overview().units
+    measured = lens.measures("features.3")
+    assert all(math.isnan(float(values[3])) for values in measured.values())
+    theta = torch.nn.functional.normalize(lens.theta("features.3").float(), dim=-1)
+    others = [row for row in range(6) if row != 2 and bool(valid[row])]  # not its own copy, unit 3
+    expected = max(float(theta[2] @ theta[row]) for row in others)
+    assert float(measured["redundancy"][2]) == pytest.approx(expected, abs=1e-5)
+    assert twin not in lens.compare(lens).to_dict()["best_match"]
