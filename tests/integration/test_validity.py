@@ -64,3 +64,23 @@ def test_invalid_units_are_left_out_of_every_analysis(twin_lens, tmp_path) -> No
     expected = max(float(theta[2] @ theta[row]) for row in others)
     assert float(measured["redundancy"][2]) == pytest.approx(expected, abs=1e-5)
     assert twin not in lens.compare(lens).to_dict()["best_match"]
+
+
+def test_fallbacks_name_what_was_done_instead_of_what_was_asked() -> None:
+    from semlens.build.builder import fallbacks
+
+    manifest = {
+        "identity": {"embed": {"crop": "auto"}},
+        "layers": {
+            "a": {"crop": {"mode": "relevance", "why": "relevance conserved"}},
+            "b": {"crop": {"mode": "activation", "why": "relevance not possible (no LRP rule here for GELU)"}},
+        },
+        "stages": {"relevance": {"skipped": "LRP does not support this model"}},
+    }
+    found = fallbacks(manifest)
+    assert len(found) == 2 and "layer b: activation crops instead of relevance crops" in found[0] and "GELU" in found[0]
+    assert "no class relevance" in found[1]
+    manifest["identity"]["embed"]["crop"] = "activation"
+    manifest["layers"] = {"b": {"crop": {"mode": "activation", "why": "as asked"}}}
+    manifest["stages"] = {}
+    assert fallbacks(manifest) == []
