@@ -34,6 +34,38 @@ def boxes_from_maps(
     return boxes
 
 
+def boxes_by_share(maps: torch.Tensor, size: tuple[int, int], share: float = 0.8, grid: int = 32) -> torch.Tensor:
+    """The smallest square boxes ``[M, 4]`` holding ``share`` of each map's positive mass, for maps ``[M, h, w]``.
+
+    Unlike the peak rule, a faint but wide spread of relevance does not stretch the box to the whole
+    image: the box follows where most of the evidence is. Maps are pooled to at most ``grid`` cells a
+    side (area averages keep the mass), the square is found there, by the largest window sum for each
+    side length (ties to the top left), and scaled to the image. A map without positive mass keeps the
+    whole image.
+    """
+    height, width = size
+    positive = maps.float().clamp_min(0)
+    if max(positive.shape[1:]) > grid:
+        positive = F.adaptive_avg_pool2d(positive[:, None], (min(grid, positive.shape[1]), min(grid, positive.shape[2])))[:, 0]
+    cells_y, cells_x = positive.shape[1:]
+    total = positive.sum(dim=(1, 2))
+    found = torch.full((maps.shape[0],), -1, dtype=torch.int64)
+    corner = torch.zeros(maps.shape[0], 2, dtype=torch.int64)
+    for side in range(1, min(cells_y, cells_x) + 1):
+        sums = F.avg_pool2d(positive[:, None], side, stride=1)[:, 0] * side * side
+        best, where = sums.flatten(1).max(dim=1)
+        newly = (found < 0) & (best >= share * total) & (total > 0)
+        found[newly] = side
+        corner[newly] = torch.stack([where // sums.shape[2], where % sums.shape[2]], dim=1)[newly]
+    side = found.clamp_min(1)
+    scale_y, scale_x = height / cells_y, width / cells_x
+    y0, x0 = (corner[:, 0] * scale_y).floor(), (corner[:, 1] * scale_x).floor()
+    y1, x1 = ((corner[:, 0] + side) * scale_y).ceil(), ((corner[:, 1] + side) * scale_x).ceil()
+    boxes = _square(torch.stack([x0, y0, x1, y1], dim=1).long(), height, width)
+    boxes[found < 0] = _square(full_boxes(1, size), height, width)[0]  # the whole image (its centred square)
+    return boxes
+
+
 def _bounding_boxes(mask: torch.Tensor) -> torch.Tensor:
     """Tight boxes around the True pixels of each mask ``[M, H, W]``."""
     rows, cols = mask.any(dim=2), mask.any(dim=1)
