@@ -12,15 +12,19 @@ from collections import OrderedDict
 from typing import Callable
 
 import pytest
+import residual_models
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18, vgg11_bn
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from semlens import BuildConfig, build_lens
 from semlens.build.class_relevance import ClassRelevance, relevance_shares
-from semlens.relevance.canonizers import UnsupportedModelError
+from semlens.model.units import resolve_module
+from semlens.relevance.canonizers import UnsupportedModelError, canonizers_for
 from semlens.relevance.lrp import RelevanceModel, crp_heatmaps, unit_relevance
+from semlens.relevance.residual import FxResidualCanonizer, trace_residuals
 
 #: RelevanceModel's default epsilon; zennit's ZPlus and Flat default to the same stabilizer
 EPSILON = 1e-6
@@ -83,12 +87,28 @@ def efficientnet_lite0() -> nn.Module:
     return model
 
 
+def mobilenet_v2() -> nn.Module:
+    """torchvision's MobileNetV2: no dedicated canonizer, torch.fx rewrites its 10 skip connections. He init,
+    negligible batch-norm eps, as for EfficientNet-Lite."""
+    from torchvision.models import mobilenet_v2
+
+    model = mobilenet_v2(num_classes=10)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps = 1e-9
+    return model
+
+
 FAMILIES: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "plain-conv": (plain_net, 16),
     "vgg11_bn": (small_vgg, 32),
     "resnet18-basicblock": (lambda: resnet18(num_classes=10), 32),
     "resnet-bottleneck": (lambda: ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10), 32),
     "efficientnet-lite0": (efficientnet_lite0, 64),
+    "mobilenet_v2-fx": (mobilenet_v2, 32),
+    "custom-residual-fx": (residual_models.ResidualCNN, 16),
 }
 
 
@@ -126,25 +146,168 @@ def test_vision_transformer_is_refused_naming_the_modules_without_rules() -> Non
             pass
 
 
-class OwnResidual(nn.Module):
-    """A residual sum ``x + f(x)`` written in forward: no canonizer turns it into a zennit ``Sum``."""
+# -- residual models no dedicated canonizer knows: torch.fx ---------------------------------------
 
-    def __init__(self, channels: int) -> None:
+
+def relevance_ratio(model: nn.Module, inputs: torch.Tensor, canonizers: list) -> torch.Tensor:
+    """Input relevance sums / explained target logit under EpsilonPlusFlat with exactly these canonizers."""
+    from zennit.composites import EpsilonPlusFlat
+
+    with torch.no_grad():
+        logits = model(inputs)
+    targets = logits.argmax(dim=1)
+    grad_inputs = inputs.clone().requires_grad_(True)
+    with EpsilonPlusFlat(epsilon=EPSILON, canonizers=canonizers).context(model) as modified:
+        outputs = modified(grad_inputs)
+        (relevance,) = torch.autograd.grad(outputs, grad_inputs, grad_outputs=one_hot_logit(targets)(outputs))
+    return relevance.flatten(1).sum(dim=1) / logits[torch.arange(len(inputs)), targets]
+
+
+def test_fx_rewrites_each_residual_sum_once_and_leaves_concatenations_and_offsets() -> None:
+    model = residual_models.ResidualCNN().eval()
+    traced = trace_residuals(model, lambda module: False)
+    rewritten = {type(module).__name__: list(rewrite.sums) for module, rewrite in traced.rewrites.items()}
+    # one Sum each for `+ x`, `+=` and torch.add; not the `+ self.offset` after it, nothing in the cat block
+    assert rewritten == {name: ["canonizer_sum_0"] for name in ("PlusBlock", "InPlaceBlock", "TorchAddBlock")}
+    assert traced.untraced == {} and traced.unsupported == []
+
+
+def test_blocks_with_their_own_canonizer_are_not_rewritten_again() -> None:
+    model = resnet18(num_classes=10).eval()
+    canonizers = canonizers_for(model, torch.rand(1, 3, 32, 32))
+    (fx_canonizer,) = [canonizer for canonizer in canonizers if isinstance(canonizer, FxResidualCanonizer)]
+    assert fx_canonizer.traced.rewrites == {}  # zennit's ResNet canonizers own every BasicBlock's sum
+
+
+def test_custom_residual_model_conserves_relevance_after_the_fx_rewrite_and_not_before() -> None:
+    model = without_shifts(residual_models.ResidualCNN())
+    inputs = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    relevance = RelevanceModel(model, inputs)
+    report = relevance.check()
+    assert report.supported, report.reason
+    canonizers = canonizers_for(model, inputs)
+    with torch.no_grad():
+        assert model(inputs).amax(dim=1).min() > 1e-1
+    torch.testing.assert_close(relevance_ratio(model, inputs, canonizers), torch.ones(2), atol=0.02, rtol=0)
+    # without the rewrite each of the three skip connections hands its full relevance to both summands: 2^3
+    old = relevance_ratio(model, inputs, [c for c in canonizers if not isinstance(c, FxResidualCanonizer)])
+    torch.testing.assert_close(old, torch.full((2,), 8.0), atol=0.1, rtol=0)
+
+
+def test_heatmaps_of_the_traced_model_equal_those_of_the_same_model_written_with_sum() -> None:
+    traced = residual_models.ResidualCNN().eval()
+    by_hand = residual_models.HandSumResidualCNN().eval()
+    by_hand.load_state_dict(traced.state_dict())
+    inputs = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    channels, signs = torch.tensor([1, 4]), torch.tensor([1.0, -1.0])
+    for layer in ("blocks.0", "blocks.1.branch.conv2", "blocks.2", "blocks.3"):
+        with RelevanceModel(by_hand, inputs).attributing() as modified:
+            expected = crp_heatmaps(modified, inputs, layer, channels, signs)
+        with RelevanceModel(traced, inputs).attributing() as modified:
+            actual = crp_heatmaps(modified, inputs, layer, channels, signs)
+        assert expected.abs().amax() > 1e-2
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    targets = torch.tensor([0, 2])
+    expected = RelevanceModel(by_hand, inputs).input_relevance(inputs, one_hot_logit(targets))
+    torch.testing.assert_close(RelevanceModel(traced, inputs).input_relevance(inputs, one_hot_logit(targets)), expected)
+
+
+def test_hooks_on_blocks_and_their_layers_fire_in_the_rewritten_model() -> None:
+    model = residual_models.ResidualCNN().eval()
+    inputs = torch.rand(2, 3, 16, 16)
+    layers = ["blocks.0", "blocks.1", "blocks.2.branch.conv2", "blocks.2"]
+
+    def outputs_at(net: nn.Module) -> dict[str, torch.Tensor]:
+        seen: dict[str, torch.Tensor] = {}
+        handles = [
+            resolve_module(net, name).register_forward_hook(
+                lambda _m, _i, out, name=name: seen.setdefault(name, out.detach())
+            )
+            for name in layers
+        ]
+        with torch.no_grad():
+            net(inputs)
+        for handle in handles:
+            handle.remove()
+        return seen
+
+    expected = outputs_at(model)
+    with RelevanceModel(model, inputs).attributing() as modified:
+        assert type(modified.blocks[0].forward.__self__).__name__ == "GraphModule"  # the rewrite is in place here
+        actual = outputs_at(modified)
+    assert list(actual) == layers
+    for name in layers:
+        torch.testing.assert_close(actual[name], expected[name])
+
+
+def test_the_users_model_is_left_as_it_was() -> None:
+    model = residual_models.ResidualCNN().eval()
+    inputs = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        before = model(inputs)
+    structure = [(name, type(module)) for name, module in model.named_modules()]
+    weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    relevance = RelevanceModel(model, inputs)
+    assert relevance.check().supported
+    with relevance.attributing() as modified:
+        crp_heatmaps(modified, inputs, "blocks.2", torch.tensor([0, 1]), torch.ones(2))
+    relevance.input_relevance(inputs, lambda outputs: outputs)
+    assert type(model) is residual_models.ResidualCNN
+    assert [(name, type(module)) for name, module in model.named_modules()] == structure
+    for module in model.modules():
+        assert "forward" not in vars(module)
+        for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            assert not getattr(module, hooks), (module, hooks)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, weights[name], rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs), before, rtol=0, atol=0)
+
+
+def test_a_gated_block_is_refused_naming_the_block_and_its_product() -> None:
+    report = RelevanceModel(residual_models.GatedCNN().eval(), torch.rand(2, 3, 16, 16)).check()
+    assert not report.supported
+    assert "blocks.1 (GatedBlock): elementwise product `mul` of two computed tensors (x, sigmoid)" in report.reason
+    assert "blocks.0" not in report.reason
+
+
+def test_an_untraceable_residual_is_refused_naming_the_block_where_relevance_doubles() -> None:
+    """Its skip connection sends the block's output relevance to its input twice over (known answer 2)."""
+    report = RelevanceModel(residual_models.UntraceableCNN().eval(), torch.rand(2, 3, 16, 16)).check()
+    assert not report.supported
+    expected = "relevance not conserved at blocks.1 (UntraceableBlock): input/output 2.00 (torch.fx could not trace it"
+    assert report.reason.startswith(expected), report.reason
+    assert "TraceError" in report.reason and "input sums / output: 2.0" in report.reason
+
+
+class Doubled(nn.Module):
+    """Every module conserves relevance; the model's own forward doubles it (``2 * head``)."""
+
+    def __init__(self) -> None:
         super().__init__()
-        self.conv, self.relu = nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU()
+        self.conv, self.relu, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Linear(4, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.relu(self.conv(x))
+        return 2 * self.head(self.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
-def test_uncanonized_residual_sum_is_refused_for_not_conserving() -> None:
+def test_a_loss_in_the_models_own_forward_is_named_as_such() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), OwnResidual(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
-    )
-    report = RelevanceModel(model, torch.rand(2, 3, 8, 8)).check()
+    report = RelevanceModel(Doubled().eval(), torch.rand(2, 3, 8, 8)).check()
     assert not report.supported
-    assert "not conserved" in report.reason
+    assert report.reason.startswith(
+        "relevance not conserved in the model's own forward (Doubled); input sums / output: 2.0"
+    )
+
+
+def test_a_lens_of_a_custom_residual_model_gets_relevance_crops(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    config = BuildConfig(
+        model="py:residual_models:residual_cnn", layers=["blocks.0", "blocks.3"], data=f"folder:{colour_folder}",
+        foundation=f"hf:{tiny_clip_dir}", k=3, batch_size=8, workers=0, crop="auto",
+    )  # fmt: skip
+    lens = build_lens(config, tmp_path / "residual.lens", progress=False)
+    assert lens.manifest["relevance_support"]["supported"], lens.manifest["relevance_support"]
+    assert {layer["crop"]["mode"] for layer in lens.manifest["layers"].values()} == {"relevance"}
 
 
 def batch_norm_net(position: int, eps: float) -> nn.Sequential:

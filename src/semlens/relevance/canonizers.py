@@ -3,7 +3,8 @@
 - batch norms are merged into the convolution or linear layer that feeds them, found by tracing one
   forward pass (so it works for any architecture where a batch norm directly follows its layer);
 - residual additions become zennit ``Sum`` modules, which split relevance in proportion to the
-  summands: torchvision ResNet blocks (zennit's own canonizers) and EfficientNet-Lite MBConv blocks.
+  summands: torchvision ResNet blocks (zennit's own canonizers), EfficientNet-Lite MBConv blocks, and
+  every other module whose own forward torch.fx can trace (``residual.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from zennit.canonizers import AttributeCanonizer, Canonizer, NamedMergeBatchNorm
 from zennit.layer import Sum
 
 from ..model.units import hooks
+from .residual import FxResidualCanonizer, trace_residuals
 
 LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -68,9 +70,13 @@ class MBConvResidualCanonizer(AttributeCanonizer):
     def __init__(self) -> None:
         super().__init__(self._attribute_map)
 
+    @staticmethod
+    def applies(module: nn.Module) -> bool:
+        return type(module).__name__ == "MBConvBlock" and hasattr(module, "_project_conv")
+
     @classmethod
     def _attribute_map(cls, name: str, module: nn.Module):
-        if type(module).__name__ == "MBConvBlock" and hasattr(module, "_project_conv"):
+        if cls.applies(module):
             return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
         return None
 
@@ -100,18 +106,30 @@ class ExactMergeBatchNorm(NamedMergeBatchNorm):
 
 
 def canonizers_for(model: nn.Module, example: torch.Tensor) -> list[Canonizer]:
-    """The canonizers a model needs: batch-norm merging plus the residual rewrites of known blocks."""
+    """The canonizers a model needs: batch-norm merging, the residual rewrites of known blocks, and
+    torch.fx's rewrite of the residual sums in every other module (refusing ops without a rule)."""
     canonizers: list[Canonizer] = []
     kinds = {type(module).__name__ for module in model.modules()}
     torchvision_blocks = {
         type(module).__name__ for module in model.modules() if type(module).__module__.startswith("torchvision.models.resnet")
     }
+    handled: tuple[type, ...] = ()  # blocks whose residual sums those canonizers rewrite: torch.fx leaves them alone
     if torchvision_blocks & {"BasicBlock", "Bottleneck"}:
-        from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+        from zennit.torchvision import (
+            ResNetBasicBlock,
+            ResNetBasicBlockCanonizer,
+            ResNetBottleneck,
+            ResNetBottleneckCanonizer,
+        )
 
         canonizers += [ResNetBasicBlockCanonizer(), ResNetBottleneckCanonizer()]
+        handled += (ResNetBasicBlock, ResNetBottleneck)
     if "MBConvBlock" in kinds:
         canonizers.append(MBConvResidualCanonizer())
+    traced = trace_residuals(model, lambda block: isinstance(block, handled) or MBConvResidualCanonizer.applies(block))
+    if traced.unsupported:
+        raise UnsupportedModelError(f"no LRP rule here for {'; '.join(traced.unsupported)}")
+    canonizers.append(FxResidualCanonizer(traced))
     pairs = traced_batch_norm_pairs(model, example)
     if pairs:
         canonizers.append(ExactMergeBatchNorm(pairs))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterator
 
 import torch
@@ -18,6 +19,8 @@ from torch import nn
 
 from ..model.units import hooks, resolve_module, select_output
 from .canonizers import UnsupportedModelError, canonizers_for
+from .conservation import find_leak
+from .residual import FxResidualCanonizer
 
 #: leaf modules with an LRP rule (or that pass relevance unchanged and exactly)
 SUPPORTED_LEAVES = (
@@ -78,21 +81,25 @@ class RelevanceModel:
 
         Biases (and batch-norm shifts) absorb relevance by design, so conservation is checked on a
         bias-free copy of the model: what remains to lose relevance is a missing rule or canonizer
-        (an unhandled residual sum, an op LRP does not know), exactly what makes heatmaps wrong.
+        (an unhandled residual sum, an op LRP does not know), exactly what makes heatmaps wrong. When
+        it fails, the reason names the module where relevance is lost, so the user knows what to fix.
         """
         if self._report is None:
             try:
                 probe = RelevanceModel(_bias_free_copy(self.model), self.example, self.epsilon)
                 with torch.no_grad():
                     outputs = probe.model(self.example)
-                target = outputs.argmax(dim=1)
-                relevance = probe.input_relevance(self.example, lambda out: _one_hot_logit(out, target))
-                explained = _one_hot_logit(outputs, target).sum(dim=1)
+                initial = partial(_one_hot_logit, targets=outputs.argmax(dim=1))
+                relevance = probe.input_relevance(self.example, initial)
+                explained = initial(outputs).sum(dim=1)
                 ratio = (relevance.flatten(1).sum(dim=1) / explained).tolist()
                 if all(abs(value - 1) <= CONSERVATION_TOLERANCE for value in ratio):
                     self._report = SupportReport(True, f"relevance conserved (input sums / output: {_fmt(ratio)})")
                 else:
-                    self._report = SupportReport(False, f"relevance not conserved (input sums / output: {_fmt(ratio)})")
+                    (fx,) = [c for c in probe.composite.canonizers if isinstance(c, FxResidualCanonizer)]
+                    tolerance, untraced = CONSERVATION_TOLERANCE, fx.traced.untraced
+                    leak = find_leak(probe.model, probe.attributing, self.example, initial, tolerance, untraced)
+                    self._report = SupportReport(False, f"{leak}; input sums / output: {_fmt(ratio)}")
             except UnsupportedModelError as error:
                 self._report = SupportReport(False, str(error))
         return self._report

@@ -1,0 +1,145 @@
+"""Custom residual networks that no dedicated canonizer knows (torch.fx rewrites them), the same networks
+written by hand with zennit's ``Sum``, and blocks that LRP cannot explain (a gate, an untraceable sum)."""
+
+from __future__ import annotations
+
+import torch
+from tiny_models import TINY_PREPROCESSING
+from torch import nn
+from zennit.layer import Sum
+
+from semlens import LoadedModel
+
+WIDTH = 6
+
+
+class Branch(nn.Module):
+    """conv, ReLU, conv: the residual branch of every block here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.relu, self.conv2 = (
+            nn.Conv2d(WIDTH, WIDTH, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(WIDTH, WIDTH, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.relu(self.conv1(x)))
+
+
+class PlusBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.branch, self.relu = Branch(), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.branch(x) + x)
+
+
+class InPlaceBlock(PlusBlock):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branch(x)
+        out += x
+        return self.relu(out)
+
+
+class TorchAddBlock(PlusBlock):
+    """``torch.add`` of two computed tensors, then a learned per-channel offset (bias-like: no residual)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = nn.Parameter(torch.full((1, WIDTH, 1, 1), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(torch.add(self.branch(x), x) + self.offset)
+
+
+class CatBlock(nn.Module):
+    """Concatenation, then a 1x1 conv: conserves relevance under gradients as it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.branch, self.mix = Branch(), nn.Conv2d(2 * WIDTH, WIDTH, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(torch.cat([self.branch(x), x], dim=1))
+
+
+class ResidualCNN(nn.Module):
+    """A stem, the four blocks above, a linear head; He-initialised so that logits are of order one."""
+
+    blocks_of = (PlusBlock, InPlaceBlock, TorchAddBlock, CatBlock)
+
+    def __init__(self, classes: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.stem, self.relu = nn.Conv2d(3, WIDTH, 3, padding=1), nn.ReLU()
+        self.blocks = nn.Sequential(*(block() for block in self.blocks_of))
+        self.pool, self.head = nn.AdaptiveAvgPool2d(1), nn.Linear(WIDTH, classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.blocks(self.relu(self.stem(x)))).flatten(1))
+
+
+class SumPlusBlock(PlusBlock):
+    """``PlusBlock`` with its sum written as zennit's ``Sum`` by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sum = Sum()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.sum(torch.stack([self.branch(x), x], dim=-1)))
+
+
+class SumTorchAddBlock(TorchAddBlock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sum = Sum()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.sum(torch.stack([self.branch(x), x], dim=-1)) + self.offset)
+
+
+class HandSumResidualCNN(ResidualCNN):
+    """``ResidualCNN`` with hand-written ``Sum`` modules (load its state dict: ``Sum`` has no parameters)."""
+
+    blocks_of = (SumPlusBlock, SumPlusBlock, SumTorchAddBlock, CatBlock)
+
+
+class GatedBlock(nn.Module):
+    """``x * sigmoid(conv(x))``: a product of two computed tensors, which no LRP rule here explains."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = nn.Conv2d(WIDTH, WIDTH, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.gate(x))
+
+
+class UntraceableBlock(PlusBlock):
+    """A residual sum behind control flow on a tensor's value: torch.fx cannot trace it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() < 0:  # never true after a ReLU
+            return x
+        return self.relu(self.branch(x) + x)
+
+
+class GatedCNN(ResidualCNN):
+    blocks_of = (PlusBlock, GatedBlock)
+
+
+class UntraceableCNN(ResidualCNN):
+    blocks_of = (PlusBlock, UntraceableBlock)
+
+
+def residual_cnn() -> LoadedModel:
+    return LoadedModel(
+        ResidualCNN().eval(), "py:residual_models:residual_cnn", TINY_PREPROCESSING, ["red", "green", "blue"]
+    )
