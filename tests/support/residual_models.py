@@ -131,6 +131,27 @@ class UntraceableBlock(PlusBlock):
         return self.relu(self.branch(x) + x)
 
 
+class InputMutatingBlock(nn.Module):
+    """Adds in place to its own input (``x += f(x)``): torch.fx records a new tensor, so the caller,
+    which reads ``x`` again, would see the old one in the rewritten model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.branch = Branch()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x += self.branch(x)
+        return x
+
+
+class InputMutatingCNN(ResidualCNN):
+    blocks_of = (InputMutatingBlock,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.relu(self.stem(x))
+        return self.head(self.pool(self.blocks(hidden) + hidden).flatten(1))
+
+
 class GatedCNN(ResidualCNN):
     blocks_of = (PlusBlock, GatedBlock)
 

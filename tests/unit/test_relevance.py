@@ -280,6 +280,19 @@ def test_an_untraceable_residual_is_refused_naming_the_block_where_relevance_dou
     assert "TraceError" in report.reason and "input sums / output: 2.0" in report.reason
 
 
+def test_a_rewrite_that_changes_the_models_outputs_is_refused() -> None:
+    model = residual_models.InputMutatingCNN().eval()
+    inputs = torch.rand(2, 3, 16, 16)
+    relevance = RelevanceModel(model, inputs)
+    with torch.no_grad():
+        expected = model(inputs)
+        with relevance.attributing() as modified:
+            assert not torch.allclose(modified(inputs), expected, rtol=1e-3)  # what the check must catch
+    report = relevance.check()
+    assert not report.supported
+    assert report.reason.startswith("the model prepared for LRP computes other outputs than the model"), report.reason
+
+
 class Doubled(nn.Module):
     """Every module conserves relevance; the model's own forward doubles it (``2 * head``)."""
 

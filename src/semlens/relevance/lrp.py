@@ -33,6 +33,8 @@ SUPPORTED_LEAVES = (
 #: parameter-free pass-through modules that libraries define themselves (e.g. EfficientNet-Lite's Identity)
 SUPPORTED_NAMES = {"Identity", "Sum"}
 CONSERVATION_TOLERANCE = 0.05
+#: largest change of the outputs by the canonizers, relative to the largest output (float error of merged batch norms)
+FUNCTION_TOLERANCE = 1e-4
 
 
 class _Stop(Exception):
@@ -83,9 +85,21 @@ class RelevanceModel:
         bias-free copy of the model: what remains to lose relevance is a missing rule or canonizer
         (an unhandled residual sum, an op LRP does not know), exactly what makes heatmaps wrong. When
         it fails, the reason names the module where relevance is lost, so the user knows what to fix.
+        First, the canonized model must compute what the model does: a torch.fx rewrite cannot follow,
+        e.g., a block that adds in place to its own input, which its caller then reads.
         """
         if self._report is None:
             try:
+                with torch.no_grad():
+                    expected = self.model(self.example)
+                    with self.attributing() as modified:
+                        changed = float((modified(self.example) - expected).abs().amax())
+                if changed > FUNCTION_TOLERANCE * max(float(expected.abs().amax()), 1.0):
+                    raise UnsupportedModelError(
+                        f"the model prepared for LRP computes other outputs than the model (largest difference "
+                        f"{changed:.3g}): a canonizer could not follow its forward (e.g. an in-place change of a "
+                        "block's input)"
+                    )
                 probe = RelevanceModel(_bias_free_copy(self.model), self.example, self.epsilon)
                 with torch.no_grad():
                     outputs = probe.model(self.example)
