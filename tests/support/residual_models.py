@@ -152,6 +152,15 @@ class InputMutatingCNN(ResidualCNN):
         return self.head(self.pool(self.blocks(hidden) + hidden).flatten(1))
 
 
+class UntraceableRootCNN(ResidualCNN):
+    """Control flow on a tensor's value in the model's own forward: its blocks are still traced, one by one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.amin() < 0:
+            raise ValueError("inputs must be non-negative")
+        return super().forward(x)
+
+
 class GatedCNN(ResidualCNN):
     blocks_of = (PlusBlock, GatedBlock)
 

@@ -172,6 +172,15 @@ def test_fx_rewrites_each_residual_sum_once_and_leaves_concatenations_and_offset
     assert traced.untraced == {} and traced.unsupported == []
 
 
+def test_blocks_are_rewritten_when_the_model_itself_cannot_be_traced() -> None:
+    model = without_shifts(residual_models.UntraceableRootCNN())
+    traced = trace_residuals(model, lambda module: False)
+    assert list(traced.untraced) == [""] and traced.untraced[""].startswith("TraceError")
+    assert len(traced.rewrites) == 3
+    report = RelevanceModel(model, torch.rand(2, 3, 16, 16)).check()
+    assert report.supported, report.reason
+
+
 def test_blocks_with_their_own_canonizer_are_not_rewritten_again() -> None:
     model = resnet18(num_classes=10).eval()
     canonizers = canonizers_for(model, torch.rand(1, 3, 32, 32))
