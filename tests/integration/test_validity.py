@@ -84,3 +84,20 @@ def test_fallbacks_name_what_was_done_instead_of_what_was_asked() -> None:
     manifest["layers"] = {"b": {"crop": {"mode": "activation", "why": "as asked"}}}
     manifest["stages"] = {}
     assert fallbacks(manifest) == []
+
+
+def test_heatmaps_follow_the_crop_mode_and_the_explorer_draws_them(twin_lens) -> None:
+    from fastapi.testclient import TestClient
+
+    from semlens.web.app import create_app
+
+    lens = Lens.open(twin_lens, trust=True)
+    assert lens.heatmaps("features.3") is lens.maps("features.3")  # activation crops: cut from the activation maps
+    assert lens.heatmaps("head") is None  # no map: whole images
+    client = TestClient(create_app([lens]))
+    spatial = client.get("/api/lenses/0/layers/features.3/units/2/examples").json()[0]
+    assert client.get(spatial["heatmap"]).headers["content-type"] == "image/jpeg"
+    whole = client.get("/api/lenses/0/layers/head/units/0/examples").json()[0]
+    assert whole["heatmap"] is None
+    missing = client.get(whole["image"].replace("/image", "/heatmap"))
+    assert missing.status_code == 404 and "whole images" in missing.json()["detail"]

@@ -142,3 +142,25 @@ def test_overview_clusters_and_names_well_separated_groups():
         assert len(set(members.tolist())) == 1  # each group is one cluster
         assert overview.cluster_names[members[0]].startswith(["red", "dog", "sky"][group])
     assert overview.category.tolist() == [0] * 10 + [1] * 10 + [2] * 10
+
+
+def test_slots_kept_by_chance_at_a_tied_cut_off_are_arbitrary():
+    from semlens.analysis.validity import arbitrary_slots
+
+    inf = float("inf")
+    scores = torch.tensor(
+        [
+            [5.0, 3.0, 0.0, 0.0, 0.0],  # fired on two samples: the zeros are any three of the others
+            [5.0, 3.0, 2.0, 1.0, 0.5],  # no tie: every slot earned
+            [5.0, 3.0, 1.0, 1.0, 1.0],  # tied at the cut-off, not at zero: still chance
+            [4.0, 4.0, 4.0, 4.0, 4.0],  # constant: inactive, left out whole (its slots are kept)
+            [5.0, 2.0, 2.0, 1.0, -inf],  # fewer samples than k: the empty slot is not a tie; 2.0 is not at the cut
+        ]
+    )
+    assert arbitrary_slots(scores).int().tolist() == [
+        [0, 0, 1, 1, 1],
+        [0, 0, 0, 0, 0],
+        [0, 0, 1, 1, 1],
+        [0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0],
+    ]

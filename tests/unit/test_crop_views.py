@@ -47,3 +47,22 @@ def test_share_box_on_large_maps_and_non_square_images() -> None:
     assert x0 <= 30 and y0 <= 100 and x1 >= 50 and y1 >= 120 and x1 - x0 <= 35
     whole = boxes_by_share(torch.zeros(1, 4, 6), (40, 60), share=0.8)[0].tolist()
     assert whole == [10, 0, 50, 40]  # no mass: the largest centred square
+
+
+def test_heat_overlay_reddens_where_the_heat_is_and_outlines_the_box() -> None:
+    import numpy as np
+    from PIL import Image
+
+    from semlens.report.figures import BOX_COLOUR, HEAT_COLOUR, HEAT_OPACITY, heat_overlay
+
+    view = Image.new("RGB", (64, 64), (0, 0, 255))
+    heat = np.zeros((8, 8), dtype=np.float32)
+    heat[0:2, 0:2] = 2.0  # top-left 16 px: the peak
+    heat[6:8, 6:8] = -5.0  # negative evidence is not drawn
+    pixels = np.asarray(heat_overlay(view, heat, (32, 32, 64, 64)), dtype=np.float32)
+    expected = np.array((0, 0, 255)) * (1 - HEAT_OPACITY) + np.array(HEAT_COLOUR) * HEAT_OPACITY
+    assert np.abs(pixels[4, 4] - expected).max() <= 1  # at the peak: the heat colour at full opacity
+    assert pixels[52, 52].tolist() == [0, 0, 255]  # negative heat and no heat leave the view as it was
+    assert pixels[32, 40].tolist() == list(BOX_COLOUR) and pixels[63, 40].tolist() == list(BOX_COLOUR)  # box edges
+    flat = np.asarray(heat_overlay(view, np.zeros((8, 8)), (0, 0, 64, 64)), dtype=np.float32)
+    assert flat[20, 20].tolist() == [0, 0, 255]  # no positive heat: nothing drawn

@@ -1,6 +1,7 @@
-"""Which units have concept examples of their own. An inactive unit never told samples apart, so its top-k
-examples are arbitrary; a tied unit's examples are the same crops as another unit's, so its theta is a
-copy. Both are recorded at build time and left out of every analysis by default (``Lens.valid``)."""
+"""Which units, and which of their examples, say something of their own. An inactive unit never told
+samples apart, so its top-k examples are arbitrary; a tied unit's examples are the same crops as
+another unit's, so its theta is a copy. Both are recorded at build time and left out of every analysis
+by default (``Lens.valid``). Within a valid unit, slots kept by chance at a tied cut-off are dropped."""
 
 from __future__ import annotations
 
@@ -11,6 +12,16 @@ def inactive_units(scores: torch.Tensor) -> torch.Tensor:
     """Units whose top-k ``scores`` ``[U, k]`` never told samples apart, so that their examples are arbitrary:
     they never fired (no positive score on any sample) or their kept scores are all equal."""
     return (scores[:, 0] <= 0) | (scores[:, 0] == scores[:, -1])
+
+
+def arbitrary_slots(scores: torch.Tensor) -> torch.Tensor:
+    """Slots ``[U, k]`` whose sample was kept by chance: the unit's last kept score is shared by two or more
+    slots, so more samples may share it and which of them were kept is arbitrary (typically a rectified
+    unit that fired on fewer than k samples, its other slots filled with zeros). These slots take no part
+    in theta or the concept examples. Inactive units keep theirs (they are left out whole)."""
+    last = scores[:, -1:]
+    at_cut = (scores == last) & torch.isfinite(last)
+    return at_cut & (at_cut.sum(dim=1, keepdim=True) >= 2) & ~inactive_units(scores)[:, None]
 
 
 def tied_units(indices: dict[str, torch.Tensor], inactive: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -113,6 +113,8 @@ class LensBuilder:
             "embed": {"foundation": config.foundation, "crop": config.crop, "crop_threshold": config.crop_threshold},
             "relevance": {"enabled": config.class_relevance, "data": config.relevance_data},
         }
+        if config.crop_rule != "peak":  # the paper's rule adds nothing, so Lenses built before this setting stay valid
+            identity["embed"].update(crop_rule=config.crop_rule, crop_share=config.crop_share)
         if context.autocast is not None:  # float32 adds nothing, so Lenses built before this setting stay valid
             identity["collect"]["autocast"] = str(context.autocast).removeprefix("torch.")
         if context.shard is not None:

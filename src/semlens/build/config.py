@@ -10,7 +10,7 @@ from typing import Any
 from .._util.devices import check_precision
 from .._util.errors import SemlensError
 from .._util.tomlfiles import read_toml
-from .crops import CROP_MODES
+from .crops import CROP_MODES, CROP_RULES
 from .parallel import Shard
 
 
@@ -26,6 +26,8 @@ class BuildConfig:
     pool: str = "mean"
     crop: str = "auto"
     crop_threshold: float = 0.01
+    crop_rule: str = "peak"
+    crop_share: float = 0.8
     class_relevance: bool = True
     relevance_data: str | None = None
     relevance_batch_size: int = 16
@@ -43,6 +45,10 @@ class BuildConfig:
             raise SemlensError("no layers given; name at least one (see `semlens layers MODEL`)")
         if self.crop not in CROP_MODES:
             raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
+        if self.crop_rule not in CROP_RULES:
+            raise SemlensError(f"crop_rule={self.crop_rule!r} is not one of {', '.join(CROP_RULES)}")
+        if not 0 < self.crop_share <= 1:
+            raise SemlensError(f"crop_share={self.crop_share} must lie in (0, 1] (a share of the heatmap's positive mass, e.g. 0.8)")
         if not 0 < self.crop_threshold < 1:
             raise SemlensError(f"crop_threshold={self.crop_threshold} must lie between 0 and 1 (a share of the heatmap's peak, e.g. 0.01)")
         if self.k < 1 or self.batch_size < 1 or self.embed_batch_size < 1:

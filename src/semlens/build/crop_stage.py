@@ -8,11 +8,12 @@ import torch
 
 from .._util.errors import SemlensError
 from .._util.progress import progress_bar
+from ..analysis.validity import arbitrary_slots
 from ..lens.store import layer_file
 from ..model.units import LayerSpec
 from .collect import EMPTY_ID
 from .context import BuildContext
-from .crops import boxes_from_maps, full_boxes
+from .crops import crop_boxes, full_boxes, pool_heatmaps
 from .embed import CropTable, chunks, plan_crops
 
 #: crop=auto computes CRP heatmaps on a CPU only up to this many (unit, example) pairs
@@ -32,7 +33,7 @@ class CropStage:
         samples, boxes = {}, {}
         for spec in self.context.specs:
             stored = self.context.store.read_tensors(layer_file(spec.name, "topk"))
-            samples[spec.name] = stored["ids"]
+            samples[spec.name] = stored["ids"].masked_fill(arbitrary_slots(stored["scores"]), EMPTY_ID)
             boxes[spec.name] = self._layer_boxes(spec, stored)
         return plan_crops(samples, boxes)
 
@@ -66,12 +67,17 @@ class CropStage:
         if mode == "relevance":
             layer_boxes = self._relevance_boxes(spec, ids)
         elif mode == "activation":
-            layer_boxes = boxes_from_maps(maps.reshape(-1, *maps.shape[2:]), (size, size), self.context.config.crop_threshold)
+            layer_boxes = self._boxes(maps.reshape(-1, *maps.shape[2:]))
             layer_boxes = layer_boxes.reshape(*ids.shape, 4)
         else:
             layer_boxes = full_boxes(ids.numel(), (size, size)).reshape(*ids.shape, 4)
         layer_boxes[inactive] = full_boxes(1, (size, size))  # arbitrary examples: no crop to trust
         return layer_boxes
+
+    def _boxes(self, maps: torch.Tensor) -> torch.Tensor:
+        """Crop boxes for heatmaps ``[M, h, w]`` by the build's crop rule."""
+        config, size = self.context.config, self.context.model.preprocessing.input_size
+        return crop_boxes(maps, (size, size), config.crop_rule, config.crop_threshold, config.crop_share)
 
     def _relevance_boxes(self, spec: LayerSpec, ids: torch.Tensor) -> torch.Tensor:
         """CRP crop boxes ``[U, k, 4]``: each unit's heatmap on each of its samples, many pairs per backward
@@ -95,6 +101,8 @@ class CropStage:
         batch = context.config.relevance_batch_size
         mine = ranks.shard.split(range(len(order)), batch)
         found = torch.empty(len(mine), 4, dtype=torch.int64)
+        side = min(size, context.config.max_map_side)
+        pooled = torch.zeros(len(mine), side, side, dtype=torch.float16)
         with context.relevance.attributing() as modified, progress_bar(f"relevance crops {spec.name}", len(mine), context.progress) as advance:
             for begin, end in chunks(mine.stop, batch, mine.start):
                 positions = order[begin:end]
@@ -104,10 +112,15 @@ class CropStage:
                 channels = unit_of[positions] % base
                 signs = torch.where(unit_of[positions] >= base, -1.0, 1.0)
                 heat = crp_heatmaps(modified, inputs, spec.name, channels.to(context.device), signs.to(context.device), spec.pick)
-                found[begin - mine.start : end - mine.start] = boxes_from_maps(heat.detach().cpu(), (size, size), context.config.crop_threshold)
+                heat = heat.detach().cpu()
+                found[begin - mine.start : end - mine.start] = self._boxes(heat)
+                pooled[begin - mine.start : end - mine.start] = pool_heatmaps(heat, context.config.max_map_side)
                 advance(len(positions))
         boxes = full_boxes(units * k, (size, size))
         boxes[order] = ranks.concat(found)
         boxes = boxes.reshape(units, k, 4)
-        ranks.on_main(lambda: store.write_tensors(name, {"boxes": boxes}, {"fingerprint": key}))
+        heat = torch.zeros(units * k, side, side, dtype=torch.float16)
+        heat[order] = ranks.concat(pooled)
+        heat = heat.reshape(units, k, side, side)
+        ranks.on_main(lambda: store.write_tensors(name, {"boxes": boxes, "heat": heat}, {"fingerprint": key}))
         return boxes

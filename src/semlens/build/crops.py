@@ -1,4 +1,4 @@
-"""From a unit's activation (or, later, relevance) map on a sample to the square crop that shows it.
+"""From a unit's relevance or activation map on a sample to the square crop that shows it.
 
 The paper crops concept examples to the part that matters: drop input regions below 1 % of the
 map's maximum and take a square box around the rest. Here the map is up-sampled bilinearly to the
@@ -12,6 +12,16 @@ import torch.nn.functional as F
 
 #: auto = relevance where LRP supports the model, else activation
 CROP_MODES = ("auto", "relevance", "activation", "none")
+#: how a box is cut from a heatmap: around everything above a share of its peak (the paper's rule), or the
+#: smallest square holding a share of its positive mass
+CROP_RULES = ("peak", "share")
+
+
+def crop_boxes(maps: torch.Tensor, size: tuple[int, int], rule: str = "peak", threshold: float = 0.01, share: float = 0.8) -> torch.Tensor:
+    """Square crop boxes ``[M, 4]`` for heatmaps ``[M, h, w]`` by ``rule`` (one of ``CROP_RULES``)."""
+    if rule == "share":
+        return boxes_by_share(maps, size, share)
+    return boxes_from_maps(maps, size, threshold)
 
 
 def boxes_from_maps(
@@ -64,6 +74,14 @@ def boxes_by_share(maps: torch.Tensor, size: tuple[int, int], share: float = 0.8
     boxes = _square(torch.stack([x0, y0, x1, y1], dim=1).long(), height, width)
     boxes[found < 0] = _square(full_boxes(1, size), height, width)[0]  # the whole image (its centred square)
     return boxes
+
+
+def pool_heatmaps(maps: torch.Tensor, side: int) -> torch.Tensor:
+    """Heatmaps ``[M, H, W]`` kept in the Lens at most ``side`` cells a side (area averages, float16): enough
+    to show where an example's evidence lies and to derive other crop views, at units x k x side² cost."""
+    if max(maps.shape[1:]) > side:
+        maps = F.adaptive_avg_pool2d(maps.float()[:, None], (min(side, maps.shape[1]), min(side, maps.shape[2])))[:, 0]
+    return maps.half()
 
 
 def _bounding_boxes(mask: torch.Tensor) -> torch.Tensor:

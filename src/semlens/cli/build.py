@@ -29,6 +29,12 @@ def run(
     crop_threshold: Optional[float] = typer.Option(
         None, help="Share of a heatmap's peak that a crop keeps (default 0.01, the paper's 1 % rule); 0 < t < 1."
     ),
+    crop_rule: Optional[str] = typer.Option(
+        None, help="How a box is cut from a heatmap: peak (default: everything above --crop-threshold of the peak) or share."
+    ),
+    crop_share: Optional[float] = typer.Option(
+        None, help="With --crop-rule share: the smallest square holding this share of the heatmap's positive mass (default 0.8)."
+    ),
     class_relevance: Optional[bool] = typer.Option(
         None, "--class-relevance/--no-class-relevance", help="Compute per-class LRP relevance of every unit (default on)."
     ),
@@ -62,6 +68,8 @@ def run(
         pool=pool,
         crop=crop,
         crop_threshold=crop_threshold,
+        crop_rule=crop_rule,
+        crop_share=crop_share,
         class_relevance=class_relevance,
         relevance_data=relevance_data,
         batch_size=batch_size,

@@ -13,6 +13,9 @@ from PIL import Image, ImageDraw
 from ..analysis.label import LEFT_OUT
 
 TILE = 128
+HEAT_COLOUR = (255, 32, 0)
+HEAT_OPACITY = 0.7
+BOX_COLOUR = (255, 221, 0)
 CAPTION = 16
 
 
@@ -29,6 +32,20 @@ def concept_grid(images: Sequence[Image.Image], captions: Sequence[str], title: 
         grid.paste(image.convert("RGB").resize((TILE, TILE), Image.BICUBIC), (x, y))
         draw.text((x + 3, y + TILE + 2), caption, fill="black")
     return grid
+
+
+def heat_overlay(view: Image.Image, heat, box: Sequence[int]) -> Image.Image:
+    """The input view with a heatmap ``[h, w]`` over it (red, opaque in proportion to the positive part's
+    share of its peak) and the crop box outlined: where the example's evidence lies, and what was cut."""
+    values = np.nan_to_num(np.asarray(heat, dtype=np.float32)).clip(min=0)
+    peak = float(values.max()) if values.size else 0.0
+    scaled = Image.fromarray(values / peak if peak > 0 else values, mode="F").resize(view.size, Image.BILINEAR)
+    alpha = np.asarray(scaled, dtype=np.float32).clip(0, 1)[..., None] * HEAT_OPACITY
+    pixels = np.asarray(view.convert("RGB"), dtype=np.float32)
+    blended = pixels * (1 - alpha) + np.array(HEAT_COLOUR, dtype=np.float32) * alpha
+    image = Image.fromarray(blended.round().astype(np.uint8))
+    ImageDraw.Draw(image).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=BOX_COLOUR, width=max(1, view.size[0] // 64))
+    return image
 
 
 def dissection_png(counts: dict[str, dict[str, int]], path: str | Path) -> Path:

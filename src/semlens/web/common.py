@@ -69,6 +69,7 @@ def example_out(served: Served, unit: str, example: ConceptExample) -> dict[str,
         "rank": example.rank, "sample": example.sample, "score": finite(example.score), "box": list(example.box),
         "source": example.source, "label": example.label,
         "thumbnail": served.example_url(unit, example.rank), "image": served.example_url(unit, example.rank, "image"),
+        "heatmap": served.example_url(unit, example.rank, "heatmap") if served.has_heatmaps(unit) else None,
     }  # fmt: skip
 
 

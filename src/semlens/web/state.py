@@ -102,6 +102,10 @@ class Served:
 
     # -- what pages show -------------------------------------------------------------------------
 
+    def has_heatmaps(self, unit: str) -> bool:
+        """Whether the unit's examples were cut from heatmaps (relevance or activation), not whole images."""
+        return self.lens.heatmaps(unit.rpartition("/")[0]) is not None
+
     def example_url(self, unit: str, rank: int, kind: str = "thumbnail") -> str:
         layer, _, name = unit.rpartition("/")
         return (

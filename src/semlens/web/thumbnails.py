@@ -2,9 +2,9 @@
 
 Decoding a sample and cropping it costs far more than sending a small JPEG, and the same examples
 show up on every page (map, unit, search, audit), so each one is written once under
-``<cache>/thumbnails/<layer>/`` (atomically) and read from there afterwards: at most two images per
-concept example, and never inside the Lens, so that serving a Lens changes nothing in it. Where the
-cache cannot be written, the images are made on every request.
+``<cache>/thumbnails/<layer>/`` (atomically) and read from there afterwards: at most three images per
+concept example (crop, full view, heatmap overlay), and never inside the Lens, so that serving a Lens
+changes nothing in it. Where the cache cannot be written, the images are made on every request.
 """
 
 from __future__ import annotations
@@ -15,13 +15,17 @@ from pathlib import Path
 
 from ..lens.lens import ConceptExample, Lens
 from ..lens.store import atomic_write, safe_name
+from ..report.figures import heat_overlay
 
 SIZE = 128
 QUALITY = 85
 
 
+KINDS = ("thumbnail", "image", "heatmap")  # the crop, the full input view, the view with the example's heatmap
+
+
 class ThumbnailCache:
-    """JPEG crops (``SIZE`` px square) and full input views of a Lens's concept examples."""
+    """JPEG crops (``SIZE`` px square), full input views and heatmap overlays of a Lens's concept examples."""
 
     def __init__(self, lens: Lens) -> None:
         self.lens = lens
@@ -29,12 +33,12 @@ class ThumbnailCache:
         self._guard = threading.Lock()
         self._making: dict[Path, threading.Lock] = {}
 
-    def path(self, layer: str, row: int, rank: int, full: bool) -> Path:
-        return self.root / safe_name(layer) / f"{row}_{rank}{'_full' if full else ''}.jpg"
+    def path(self, layer: str, row: int, rank: int, kind: str) -> Path:
+        return self.root / safe_name(layer) / f"{row}_{rank}{'' if kind == 'thumbnail' else '_' + kind}.jpg"
 
-    def jpeg(self, layer: str, row: int, example: ConceptExample, full: bool = False) -> bytes:
-        """The example's crop (or its full input view), from the cache or made and cached now."""
-        target = self.path(layer, row, example.rank, full)
+    def jpeg(self, layer: str, row: int, example: ConceptExample, kind: str = "thumbnail") -> bytes:
+        """The example's image of ``kind`` (one of ``KINDS``), from the cache or made and cached now."""
+        target = self.path(layer, row, example.rank, kind)
         if target.is_file():
             return target.read_bytes()
         with self._guard:
@@ -42,7 +46,7 @@ class ThumbnailCache:
         with lock:  # two pages asking for the same new image make it once
             if target.is_file():
                 return target.read_bytes()
-            data = self._encode(example, full)
+            data = self._encode(layer, row, example, kind)
             try:
                 atomic_write(target, lambda temporary: temporary.write_bytes(data))
             except OSError:
@@ -51,10 +55,12 @@ class ThumbnailCache:
                 self._making.pop(target, None)
             return data
 
-    def _encode(self, example: ConceptExample, full: bool) -> bytes:
-        image = self.lens.example_image(example, crop=not full).convert("RGB")
-        if not full:
+    def _encode(self, layer: str, row: int, example: ConceptExample, kind: str) -> bytes:
+        image = self.lens.example_image(example, crop=kind == "thumbnail").convert("RGB")
+        if kind == "thumbnail":
             image = image.resize((SIZE, SIZE))
+        elif kind == "heatmap":
+            image = heat_overlay(image, self.lens.heatmaps(layer)[row, example.rank].float().numpy(), example.box)
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=QUALITY)
         return buffer.getvalue()

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from ..common import IMAGE, ExplorerDep, LayerName, LensKey, Rank, UnitName, example_out, finite, hits_out
 from ..schemas import Example, LensInfo, UnitPage
-from ..state import Explorer, Served
+from ..state import Explorer, NotFound, Served
 
 SIMILAR = 8  # similar units shown per served Lens
 
@@ -72,10 +72,12 @@ def unit_examples(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: 
     return [example_out(served, name, example) for example in served.lens.concept_examples(name)]
 
 
-def example_jpeg(explorer: Explorer, lens: str, layer: str, unit: str, rank: int, full: bool) -> Response:
+def example_jpeg(explorer: Explorer, lens: str, layer: str, unit: str, rank: int, kind: str) -> Response:
     served = explorer.get(lens)
     name, row = served.unit(layer, unit)
-    data = served.thumbnails.jpeg(layer, row, served.example(name, rank), full)
+    if kind == "heatmap" and served.lens.heatmaps(layer) is None:
+        raise NotFound(f"layer {layer}'s concept examples are whole images (crop mode none): they have no heatmap")
+    data = served.thumbnails.jpeg(layer, row, served.example(name, rank), kind)
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
@@ -84,7 +86,7 @@ def example_jpeg(explorer: Explorer, lens: str, layer: str, unit: str, rank: int
     response_class=Response, responses=IMAGE, summary="A concept example's crop (JPEG, made once, cached)",
 )  # fmt: skip
 def thumbnail(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank) -> Response:
-    return example_jpeg(explorer, lens, layer, unit, rank, full=False)
+    return example_jpeg(explorer, lens, layer, unit, rank, "thumbnail")
 
 
 @router.get(
@@ -92,4 +94,13 @@ def thumbnail(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: Unit
     response_class=Response, responses=IMAGE, summary="A concept example's full input view (JPEG); its box is in the example",
 )  # fmt: skip
 def full_image(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank) -> Response:
-    return example_jpeg(explorer, lens, layer, unit, rank, full=True)
+    return example_jpeg(explorer, lens, layer, unit, rank, "image")
+
+
+@router.get(
+    "/api/lenses/{lens}/layers/{layer}/units/{unit}/examples/{rank}/heatmap",
+    response_class=Response, responses=IMAGE,
+    summary="A concept example's full input view with the heatmap its crop was cut from (JPEG; relevance or activation)",
+)  # fmt: skip
+def heatmap_image(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank) -> Response:
+    return example_jpeg(explorer, lens, layer, unit, rank, "heatmap")

@@ -19,8 +19,10 @@
       const [x0, y0, x1, y1] = example.box, w = image.naturalWidth, h = image.naturalHeight;
       Object.assign(box.style, { left: `${(100 * x0) / w}%`, top: `${(100 * y0) / h}%`, width: `${(100 * (x1 - x0)) / w}%`, height: `${(100 * (y1 - y0)) / h}%` });
     });
-    fill(full, el("h3", {}, `example ${example.rank}: ${example.source}`), el("div", { class: "full" }, image, box),
-      el("p", { class: "muted" }, `score ${fmt(example.score)}, crop box ${example.box.join(", ")} (red) in the model's input view`));
+    const heat = example.heatmap ? el("div", { class: "full" }, el("img", { src: example.heatmap, alt: `heatmap of example ${example.rank}` })) : null;
+    fill(full, el("h3", {}, `example ${example.rank}: ${example.source}`), el("div", { class: "pair" }, el("div", { class: "full" }, image, box), heat),
+      el("p", { class: "muted" }, `score ${fmt(example.score)}, crop box ${example.box.join(", ")} (red) in the model's input view`
+        + (heat ? "; right: the heatmap the crop was cut from (red: where the unit's evidence lies; yellow: the box)" : "")));
   }
   const examples = el("div", { class: "examples", id: "examples" }, data.examples.map((example) =>
     el("figure", { onclick: () => showFull(example), title: "click for the full image" },
