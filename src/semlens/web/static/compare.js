@@ -13,7 +13,7 @@
 
   function heatmap(node, title, matrix, result) {
     Plotly.newPlot(node, [{ type: "heatmap", z: matrix, x: result.layers_b, y: result.layers_a, zmin: 0, zmax: 1, colorscale: "Viridis",
-      text: matrix.map((row) => row.map((value) => value.toFixed(3))), texttemplate: "%{text}", hovertemplate: "A %{y} · B %{x}: %{z:.3f}<extra></extra>" }],
+      text: matrix.map((row) => row.map((value) => (value === null ? "no valid units" : fmt(value)))), texttemplate: "%{text}", hovertemplate: "A %{y} · B %{x}: %{z:.3f}<extra></extra>" }],
       { title: { text: title }, xaxis: { title: { text: "layer of B" }, type: "category" }, yaxis: { title: { text: "layer of A" }, type: "category" }, margin: { l: 110 } },
       { displaylogo: false, responsive: true });
   }
