@@ -1,70 +1,217 @@
-"""How right are semlens's answers in the concept world? Labels, faithfulness, artefact search and audit,
-pruning, for several seeds and world configs, against the ground truth from the exact concept masks.
+"""How right are semlens's answers in the concept world? One record per (world, seed), against the truth
+from the exact concept masks, over worlds written by hand (``--worlds``) or drawn at random (``--random``).
 
-Each (config, seed) trains its own classifiers (cached), builds the Lenses and runs the demo's checks.
-All share one foundation model, the default world's (``--foundation``), as one domain CLIP serves many
-data sets: the seed changes the rendered images and the classifiers, not the concepts. The first run
-of a new (config, seed) takes several minutes on 2 cores.
+Per (world, seed) the classifier is trained (cached), its Lens built on the world's probe images with
+relevance crops and labelled with the world's vocabulary; then, through the Lens's public API:
+
+- truth per unit: by dissection (IoU of the unit's top-quantile map with a concept's masks, at least
+  ``truth.IOU_THRESHOLD``; the same IoU with each image's maps paired with the next image's masks is
+  recorded as the chance level) and by response (AUC of its response to a concept's concept images
+  against every other concept's, at least ``truth.RESPONSE_AUC``);
+- labels: top-1 / top-3 against dissection with chance, top-1 against the response truth, phi, and a
+  CoSy-style AUC (a unit's response to its label's concept images against the others', 0.5 = chance);
+- search: true artefact units in the top 5 for the artefact's name and for a paraphrase never used in
+  training (``captions.HELD_OUT``);
+- audit of the artefact's class (valid: the class name; spurious: the artefact): units flagged
+  spurious, precision and recall against the true artefact units (recall over the true artefact units
+  the audit examined, i.e. relevant to the class; also with the units judged "both"), spurious share
+  of the class's relevance;
+- reliance, measured: the class probability with each artefact pasted into test images minus without,
+  on the class's own images and on the others'; and pruning the flagged units (artefact images
+  predicted as the class, clean accuracy, before and after).
+
+A control world (``random_world``) shows its artefact at one rate for every class: the audit should flag
+little there and reliance should be near zero. Every run uses one foundation model, the default
+world's (``--foundation``), as one domain CLIP serves many data sets; random worlds keep its concepts.
 
     python benchmarks/ground_truth.py [--seeds 0 1] [--worlds default benchmarks/worlds/patch-on-cross.toml]
+    python benchmarks/ground_truth.py --random 6 --seed 0 [--controls 1] [--seeds 0 1] --json records.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
-import tempfile
+import time
 from importlib import resources
 from pathlib import Path
+from statistics import mean
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from semlens.world.demo import run_demo
+from semlens.world.captions import HELD_OUT
+from semlens.world.demo import (
+    PROBE_IMAGES,
+    SPATIAL,
+    TEST_IMAGES,
+    build_world_lens,
+    ground_truth_labels,
+    identity,
+    memo,
+    test_finding,
+    unit_truths,
+)
+from semlens.world.random_world import planted_artifact, random_worlds
+from semlens.world.render import WorldConfig
+from semlens.world.truth import IOU_THRESHOLD, artifact_reliance
+
+#: per column of the summary rows: +1 higher is better, -1 lower is better; control worlds flip the audit
+#: and reliance columns (there the artefact tells nothing about the class)
+BETTER = {
+    "top1": 1, "top3": 1, "top1_response": 1, "phi": 1, "cosy_auc": 1, "search_hits_at5": 1, "search_hits_at5_paraphrase": 1,
+    "audit_precision": 1, "audit_recall": 1, "spurious_share": 1, "reliance": 1, "units_with_truth": 1,
+}  # fmt: skip
+CONTROL_LOWER = ("spurious_share", "reliance", "audit_flagged")
 
 
-def seeded_world(world: str, seed: int, folder: Path) -> str:
-    """A copy of a world config with ``seed = SEED`` (as a TOML file the demo and the zoo can read)."""
-    if world == "default":
-        text = resources.files("semlens.assets").joinpath("world.toml").read_text(encoding="utf-8")
-    else:
-        text = Path(world).read_text(encoding="utf-8")
+def seeded_world(text: str, seed: int, path: Path) -> str:
+    """Write a world config's TOML with ``seed = SEED`` to ``path`` (the demo and the zoo read files)."""
     body = re.sub(r"(?m)^seed\s*=.*$\n?", "", text)
-    path = folder / f"{Path(world).stem}-seed{seed}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"seed = {seed}\n{body}", encoding="utf-8")
     return str(path)
 
 
+def world_texts(worlds: list[str]) -> list[tuple[str, str]]:
+    """(name, TOML text) of each world given by file (or ``default``)."""
+    texts = []
+    for world in worlds:
+        if world == "default":
+            texts.append(("default", resources.files("semlens.assets").joinpath("world.toml").read_text(encoding="utf-8")))
+        else:
+            texts.append((Path(world).stem, Path(world).read_text(encoding="utf-8")))
+    return texts
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def evaluate(name: str, seed: int, config_path: str, out: Path, foundation: str, console: Console) -> dict[str, Any]:
+    """One (world, seed): build or open the Lens, compute the truth, ask semlens, score its answers."""
+    start = time.perf_counter()
+    config = WorldConfig.load(config_path)
+    artifact, target, control = planted_artifact(config)
+    lens = build_world_lens(out / "world.lens", f"zoo:world-cnn:{config_path}", config_path, foundation, False, console)
+    labels, truth = ground_truth_labels(lens, config, out)
+    truths = unit_truths(lens, config, out)
+    true_units = {unit for unit, concept in truth.items() if concept == artifact}
+    paraphrase = HELD_OUT[artifact]
+    hits = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artifact, paraphrase)}
+
+    audit = lens.audit(target, [target], [artifact], layers=SPATIAL).to_dict()  # fields may grow: read by key
+    examined = {unit["unit"] for unit in audit["units"]}
+    flagged = [unit["unit"] for unit in audit["units"] if unit["verdict"] == "spurious"]
+    both = [unit["unit"] for unit in audit["units"] if unit["verdict"] == "both"]
+    right = [unit for unit in flagged if unit in true_units]
+
+    model_key = identity(lens, config, TEST_IMAGES)
+    reliance = memo(out / "reliance.json", model_key, lambda: artifact_reliance(lens.model(), config, TEST_IMAGES))
+    test = memo(out / "test.json", {**model_key, "spurious": flagged}, lambda: test_finding(lens, config, artifact, target, flagged))
+    index = list(config.classes).index(target)
+    pruning = test.get("pruning")
+    null_iou = sorted(value for layer in SPATIAL for value in truths[layer]["null_best_iou"])
+    return {
+        "world": name, "seed": seed, "control": control, "class_family": config.class_family, "classes": list(config.classes),
+        "artifact": artifact, "artifact_class": target, "paraphrase": paraphrase,
+        "units_with_truth": labels["units_with_true_concept"], "units": sum(len(truths[layer]["best"]) for layer in SPATIAL),
+        "top1": labels["top1"], "top3": labels["top3"], "random_top1": labels["random_top1"], "random_top3": labels["random_top3"],
+        "units_with_response_truth": labels["units_with_response_truth"], "top1_response": labels["top1_response"],
+        "phi": labels["faithfulness_phi"], "cosy_auc": labels["cosy_auc"],
+        "iou_threshold": IOU_THRESHOLD, "null_iou_max": null_iou[-1], "null_units_over_threshold": sum(v >= IOU_THRESHOLD for v in null_iou),
+        "artefact_units": len(true_units), "artefact_unit_names": sorted(true_units),
+        "search_hits_at5": sum(unit in true_units for unit in hits[artifact]),
+        "search_hits_at5_paraphrase": sum(unit in true_units for unit in hits[paraphrase]),
+        "audit_units": len(examined), "audit_flagged": len(flagged), "audit_flagged_units": flagged,
+        "audit_precision": _share(len(right), len(flagged)), "audit_recall": _share(len(right), len(true_units & examined)),
+        "artefact_units_examined": len(true_units & examined), "spurious_share": audit["shares"]["spurious"],
+        "audit_both": len(both), "audit_recall_with_both": _share(len(true_units & set(flagged + both)), len(true_units & examined)),
+        "reliance": reliance[artifact]["others"][index], "reliance_own": reliance[artifact]["own"][index],
+        "reliance_max_other_class": max(reliance[artifact]["others"][:index] + reliance[artifact]["others"][index + 1 :]),
+        "reliance_all": reliance,
+        "pruned_predicted_as_class": [pruning["artifact"]["before"]["predicted_as_class"], pruning["artifact"]["after"]["predicted_as_class"]] if pruning else None,
+        "pruned_clean_accuracy": [pruning["clean"]["before"]["accuracy"], pruning["clean"]["after"]["accuracy"]] if pruning else None,
+        "probe_images": PROBE_IMAGES, "test_images": TEST_IMAGES, "seconds": round(time.perf_counter() - start, 1),
+    }  # fmt: skip
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+COLUMNS = {  # header: record key
+    "units w/ truth": "units_with_truth", "top-1": "top1", "top-3": "top3", "top-1 resp.": "top1_response", "phi": "phi",
+    "CoSy AUC": "cosy_auc", "artefact units": "artefact_units", "search@5": "search_hits_at5",
+    "paraphrase@5": "search_hits_at5_paraphrase", "flagged": "audit_flagged", "precision": "audit_precision",
+    "recall": "audit_recall", "spurious share": "spurious_share", "reliance": "reliance",
+}  # fmt: skip
+
+
+def summary_rows(records: list[dict[str, Any]], control: bool) -> list[tuple[str, dict[str, Any]]]:
+    """Mean and worst of each column over the planted (or control) runs; None values are left out."""
+    chosen = [record for record in records if record["control"] == control]
+    if not chosen:
+        return []
+    means, worst = {}, {}
+    for key in COLUMNS.values():
+        values = [record[key] for record in chosen if record[key] is not None]
+        if not values:
+            continue
+        means[key] = mean(values)
+        direction = -1 if control and key in CONTROL_LOWER else BETTER.get(key, 1)
+        worst[key] = min(values) if direction > 0 else max(values)
+    label = "control" if control else "planted"
+    return [(f"mean ({label}, {len(chosen)})", means), (f"worst ({label})", worst)]
+
+
+def print_table(records: list[dict[str, Any]], console: Console) -> None:
+    table = Table(title="semlens against the concept world's ground truth (one row per world and seed)")
+    for column in ("world", "seed", "artefact on class", *COLUMNS, "pruning: predicted as class", "clean acc."):
+        table.add_column(column)
+    for record in records:
+        pruned, clean = record["pruned_predicted_as_class"], record["pruned_clean_accuracy"]
+        table.add_row(
+            record["world"], str(record["seed"]), f"{record['artifact']} on {record['artifact_class']}" + (" (control)" if record["control"] else ""),
+            *(_number(record[key]) for key in COLUMNS.values()),
+            f"{pruned[0]:.2f} -> {pruned[1]:.2f}" if pruned else "-", f"{clean[0]:.2f} -> {clean[1]:.2f}" if clean else "-",
+        )  # fmt: skip
+    for control in (False, True):
+        for title, values in summary_rows(records, control):
+            table.add_row(title, "", "", *(_number(values.get(key)) for key in COLUMNS.values()), "", "")
+    console.print(table)
+    console.print(f"chance: top-1 {records[0]['random_top1']:.2f}, top-3 {records[0]['random_top3']:.2f}, CoSy AUC 0.50")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--worlds", nargs="+", default=["default", "benchmarks/worlds/patch-on-cross.toml"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every world (images, classifier)")
+    parser.add_argument("--worlds", nargs="+", default=None, help="world configs (default: default and patch-on-cross unless --random)")
+    parser.add_argument("--random", type=int, default=0, metavar="N", help="also draw N random worlds (random_world)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random worlds drawn")
+    parser.add_argument("--controls", type=int, default=None, metavar="M", help="control worlds among the N (default 1 when N >= 2)")
     parser.add_argument("--out", type=Path, default=Path("ground-truth-runs"))
+    parser.add_argument("--json", type=Path, default=None, help="write one record per (world, seed) to this file")
     parser.add_argument("--foundation", default="world", help="foundation model spec of every run (default: the default world's)")
     args = parser.parse_args()
-    console = Console(width=220)  # the table is wide; do not cut it to the terminal
-    table = Table(title="semlens against the concept world's ground truth")
-    for column in ("world", "seed", "units w/ truth", "top-1", "random", "top-3", "random", "phi", "artefact by search",
-                   "flagged spurious (true)", "spurious share", "artefact: class prob.", "after pruning"):  # fmt: skip
-        table.add_column(column)
-    with tempfile.TemporaryDirectory() as folder:
-        for world in args.worlds:
-            for seed in args.seeds:
-                config = seeded_world(world, seed, Path(folder))
-                summary = run_demo(args.out / f"{Path(world).stem}-seed{seed}", config, progress=False, console=Console(quiet=True), foundation=args.foundation)
-                labels, found, test = summary["labels"], summary["artifact_units"], summary["test"]
-                pruning = test.get("pruning", {}).get("artifact", {})
-                table.add_row(
-                    Path(world).stem, str(seed), str(labels["units_with_true_concept"]),
-                    f"{labels['top1']:.2f}", f"{labels['random_top1']:.2f}", f"{labels['top3']:.2f}", f"{labels['random_top3']:.2f}",
-                    f"{labels['faithfulness_phi']:.2f}",
-                    f"{len(found['search_found'])}/5 (of {len(found['true'])} true)",
-                    f"{len(summary['audit']['spurious_units'])} ({len(found['audit_flagged'])})",
-                    f"{summary['audit']['shares']['spurious']:.2f}",
-                    f"{test['insertion']['clean']['class_probability']:.2f} -> {test['insertion']['artifact']['class_probability']:.2f}",
-                    f"{pruning['before']['class_probability']:.2f} -> {pruning['after']['class_probability']:.2f}" if pruning else "-",
-                )  # fmt: skip
-    console.print(table)
+    worlds = world_texts(args.worlds if args.worlds is not None else ([] if args.random else ["default", "benchmarks/worlds/patch-on-cross.toml"]))
+    worlds += [(world.name, world.toml) for world in (random_worlds(args.random, args.controls, args.seed) if args.random else [])]
+    console = Console(width=320)  # the table is wide; do not cut it to the terminal
+    records, start = [], time.perf_counter()
+    for name, text in worlds:
+        for seed in args.seeds:
+            folder = args.out / f"{name}-seed{seed}"
+            config = seeded_world(text, seed, folder / "world.toml")
+            records.append(evaluate(name, seed, config, folder, args.foundation, Console(quiet=True)))
+            console.print(f"{name} seed {seed}: {records[-1]['seconds']:.0f} s")
+            if args.json:  # after every run: a long benchmark leaves what it has
+                args.json.write_text(json.dumps(records, indent=1), encoding="utf-8")
+    print_table(records, console)
+    console.print(f"{len(records)} runs in {(time.perf_counter() - start) / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -191,3 +191,67 @@ def test_a_control_worlds_artifact_tells_nothing_about_the_class_and_a_planted_o
             assert rates.max() - rates.min() < 0.15 and 0.05 < rates.mean() < 0.4, rates
         else:
             assert rates[target] > others.max() + 0.3 and others.max() < 0.15, rates
+
+
+def test_response_auc_and_response_truth_single_out_the_concept_a_unit_answers():
+    from semlens.world.truth import RESPONSE_AUC, response_auc, response_truth
+
+    responses = torch.zeros(2, 3, 4)  # unit 0 fires on concept 1's images only; unit 1 on nothing
+    responses[0, 1] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    auc = response_auc(responses)
+    torch.testing.assert_close(auc[0], torch.tensor([0.25, 1.0, 0.25], dtype=auc.dtype))  # ties count half
+    torch.testing.assert_close(auc[1], torch.full((3,), 0.5, dtype=auc.dtype))
+    assert response_truth(auc, ["a", "b", "c"]) == ["b", None] and RESPONSE_AUC > 0.5
+
+
+class _PatchDetector(torch.nn.Module):
+    """One unit that fires where a pixel is as magenta as the patch artefact (normalised r - g > 3.5)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 1), torch.nn.ReLU())
+        with torch.no_grad():
+            self.features[0].weight.copy_(torch.tensor([1.0, -1.0, 0.0]).view(1, 3, 1, 1))
+            self.features[0].bias.fill_(-3.5)
+
+    def forward(self, x):
+        return self.features(x)
+
+
+def test_dissection_names_the_concept_a_unit_detects_and_chance_pairing_does_not():
+    from semlens.world.render import world_preprocessing
+    from semlens.world.truth import IOU_THRESHOLD, dissect_layer
+
+    # the patch on about 1 image in 5 covers under 0.5 % of the pixels: the unit's top quantile is its firing
+    config = WorldConfig.from_dict({"concepts": {"artifacts": ["patch"]}, "artifact_rate": 0.2}, "patch world")
+    data = WorldData(config, 60, "probe")
+    truth = dissect_layer(_PatchDetector(), world_preprocessing(config), "features.1", data)
+    null = dissect_layer(_PatchDetector(), world_preprocessing(config), "features.1", data, null=True)
+    assert truth.best == ["patch"] and float(truth.best_iou[0]) > 0.9
+    assert null.best == [None] and float(null.best_iou[0]) < IOU_THRESHOLD
+
+
+class _PatchVoter(torch.nn.Module):
+    """Two classes: the first one's logit is 20 times the patch detector's strongest response."""
+
+    def __init__(self):
+        super().__init__()
+        self.detector = _PatchDetector()
+
+    def forward(self, x):
+        evidence = 20 * self.detector(x).amax(dim=(2, 3))
+        return torch.cat([evidence, torch.zeros_like(evidence)], dim=1)
+
+
+def test_reliance_is_the_class_probability_an_inserted_artefact_adds():
+    from semlens.model.loading import LoadedModel
+    from semlens.world.render import world_preprocessing
+    from semlens.world.truth import artifact_reliance
+
+    config = WorldConfig.from_dict({"classes": {"names": ["circle", "square"]}, "concepts": {"artifacts": ["patch", "frame"]}}, "two")
+    model = LoadedModel(_PatchVoter().eval(), "test", world_preprocessing(config), ["circle", "square"])
+    reliance = artifact_reliance(model, config, 40)
+    # no image carries a patch (artifact_rate 0): both classes at 1/2, then "circle" at 1 once it is pasted
+    for where in ("own", "others"):
+        np.testing.assert_allclose(reliance["patch"][where], [0.5, -0.5], atol=1e-3)
+        np.testing.assert_allclose(reliance["frame"][where], [0.0, 0.0], atol=1e-6)  # a dark frame is no magenta

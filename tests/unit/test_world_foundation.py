@@ -6,6 +6,7 @@ trained model knows is measured by ``benchmarks/world_foundation.py``.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 from typing import Iterator
@@ -13,13 +14,12 @@ from typing import Iterator
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import semlens.world.foundation as world_foundation
 from semlens._util.errors import SemlensError
 from semlens.foundation import load_foundation_model
-from semlens.world.captions import HELD_OUT, caption, concept_phrases, training_phrases, visible_concepts
+from semlens.world.captions import HELD_OUT, PREFIXES, caption, concept_phrases, training_phrases, visible_concepts
 from semlens.world.foundation import (
     STEPS_VARIABLE,
     WorldFoundation,
@@ -162,11 +162,44 @@ def test_the_step_count_comes_from_the_environment(monkeypatch: pytest.MonkeyPat
         resolve_steps()
 
 
-def test_presence_loss_is_low_exactly_when_the_null_separates_shown_from_absent_concepts() -> None:
-    """a = s(view, concept) - s(view, null): the loss wants a > 0 for shown concepts, a < 0 for the rest."""
-    probes = torch.eye(3)[None, :2]  # one template set, concepts along e0 and e1
-    nulls = F.normalize(torch.tensor([[1.0, 1.0, 1.0]]), dim=-1)  # the null at 0.577 of each axis
-    view = F.normalize(torch.tensor([[1.0, 0.1, 0.0]]), dim=-1)  # shows concept 0 (a = +0.36), not 1 (a = -0.53)
-    right = world_foundation._presence_loss(torch.tensor(20.0), view, probes, nulls, torch.tensor([[1.0, 0.0]]))
-    wrong = world_foundation._presence_loss(torch.tensor(20.0), view, probes, nulls, torch.tensor([[0.0, 1.0]]))
-    assert right < 1e-3 < 8 < wrong
+def test_the_contrastive_loss_is_symmetric_infonce_with_every_true_caption_a_positive() -> None:
+    """Two views, two captions: low when each view is nearest its captions, about log 2 at chance, and a
+    caption true of both views (the third column) pulls neither view away from the other's caption."""
+    positives = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    right = world_foundation._contrastive_loss(torch.tensor([[20.0, 0.0], [0.0, 20.0]]), positives)
+    chance = world_foundation._contrastive_loss(torch.zeros(2, 2), positives)
+    wrong = world_foundation._contrastive_loss(torch.tensor([[0.0, 20.0], [20.0, 0.0]]), positives)
+    assert right < 1e-6 and abs(float(chance) - math.log(2)) < 1e-6 and wrong > 19
+    shared = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    logits = torch.tensor([[20.0, 0.0, 20.0], [0.0, 20.0, 20.0]])
+    # views to captions: each view's target and softmax are 1/2 on its two true captions (log 2 each);
+    # captions to views: the shared caption's target and softmax are 1/2 per view (log 2), the others 0
+    expected = (math.log(2) + math.log(2) / 3) / 2
+    assert abs(float(world_foundation._contrastive_loss(logits, shared)) - expected) < 1e-6
+
+
+def test_captions_use_none_of_semlens_prompt_templates() -> None:
+    """The world's model must not be fitted to the prompts semlens probes with: no caption prefix is one
+    of semlens's templates, and no caption carries their particular wording."""
+    from semlens.analysis.alignment import TEMPLATES
+
+    templates = {template for group in TEMPLATES.values() for template in group}
+    assert not (set(PREFIXES) - {"{}"}) & templates  # a bare phrase is a caption, not a template
+    rng = np.random.default_rng(0)
+    concepts = CONFIG.concept_names()
+    texts = [caption(list(rng.choice(concepts, 4, replace=False)), rng)[0] for _ in range(3000)]
+    for wording in ("-like", "close up", "an image of"):
+        assert not [text for text in texts if wording in text], wording
+
+
+def test_world_training_imports_nothing_of_semlens_analysis() -> None:
+    import ast
+    import inspect
+
+    from semlens.world import captions as captions_module
+
+    for module in (world_foundation, captions_module):
+        tree = ast.parse(inspect.getsource(module))
+        imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        assert not [name for name in imported if "analysis" in name], (module.__name__, imported)

@@ -2,6 +2,9 @@
 
 Captions name the concepts a view shows well (whole image or random crop), with varied phrasing,
 synonyms, order and subsets; the phrases in ``HELD_OUT`` never occur in training, to test free text.
+The phrasings are the world's own, as alt texts would be: none is one of semlens's prompt templates
+(``analysis.alignment.TEMPLATES``, checked in the tests), so a model trained on them is not fitted to
+the prompts semlens probes with.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ VIEW_RULES = {
     "shape_share": 0.6,  # but a shape needs most of its mask inside: a piece of a star is no star
     "min_pixels": 4,
 }
-NAMED_FAMILIES = ("shape", "color", "pattern", "background")  # one concept of each per image
 
 # The text tower is locked, so every synonym must mean its concept to MiniLM too: each one here is
 # closer to its concept's name than to any other name of its family (checked in the tests). Phrases
@@ -58,7 +60,7 @@ ARTIFACT_NOUNS = {
     "frame": ("frame", "a frame", "a dark frame"),
 }
 GENERIC_NOUNS = ("object", "shape", "thing")
-PREFIXES = ("{}", "a picture of {}", "a photo of {}", "an image of {}", "a rendered image of {}", "a close up of {}", "this shows {}")
+PREFIXES = ("{}", "a picture of {}", "a photo of {}", "a rendering of {}", "a small drawing of {}", "this shows {}", "{}, in a rendered scene")
 #: paraphrases kept out of every training caption, to measure how free-text queries generalise
 HELD_OUT = {
     "watermark": "copyright notice", "ruler": "measuring scale", "patch": "sticker", "frame": "picture frame",

@@ -21,8 +21,10 @@ from ..build.builder import BuildConfig, LensBuilder
 from ..lens.lens import Lens
 from ..lens.store import atomic_write
 from ..model.units import LayerSpec
+from .captions import HELD_OUT
+from .random_world import planted_artifact
 from .render import WorldConfig, WorldData, concept_family
-from .truth import concept_responses, dissect_layer, faithfulness
+from .truth import concept_responses, dissect_layer, faithfulness, response_auc, response_truth
 
 LAYERS = ["features.10", "features.14", "head"]  # third and fourth conv stage (after ReLU), class logits
 SPATIAL = LAYERS[:2]
@@ -31,21 +33,13 @@ TEST_IMAGES = 300
 K = 20  # concept examples per unit
 CROP = "auto"  # relevance crops where LRP supports the model (it does the world CNN)
 DISTRACTORS = ["dog", "car", "tree", "house", "person", "cloud", "fire", "wood", "metal", "flower"]
-AUDIT_VALID = ["star", "five-pointed star"]
+TRUTH_VERSION = 2  # bump when unit_truth stores other things: stored truths are then computed again
 
 
 def world_vocabulary(config: WorldConfig) -> Vocabulary:
     """The world's concepts by family, plus distractors that never appear in it."""
     concepts = config.concept_names()
     return Vocabulary("world", tuple(concepts + DISTRACTORS), tuple(concept_family(c) + "s" for c in concepts) + ("distractors",) * len(DISTRACTORS))
-
-
-def _artifact_class(config: WorldConfig) -> tuple[str, str]:
-    """The (artefact, class) of the world's first planted artefact correlation."""
-    for correlation in config.correlations:
-        if concept_family(correlation.concept) == "artifact":
-            return correlation.concept, correlation.class_name
-    raise ValueError("this world plants no artefact on a class")
 
 
 def run_demo(
@@ -59,25 +53,18 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     config = WorldConfig.load(world)
     source = "" if world is None else f":{world}"
-    artifact, target = _artifact_class(config)
-    lenses = {}
-    for name, model in (("world", f"zoo:world-cnn{source}"), ("world-clean", f"zoo:world-cnn-clean{source}")):
-        console.print(f"[bold]{name}[/]: building the Lens of {model}")
-        settings = BuildConfig(
-            model=model, layers=LAYERS, data=f"world{source or ':'}:{PROBE_IMAGES}:probe", foundation=foundation or f"world{source}", k=K, crop=CROP
-        )
-        LensBuilder(settings, out / f"{name}.lens", progress=progress).run()
-        lenses[name] = Lens.open(out / f"{name}.lens")
+    artifact, target, _ = planted_artifact(config)
+    lenses = {
+        name: build_world_lens(out / f"{name}.lens", f"{zoo}{source}", world, foundation, progress, console)
+        for name, zoo in (("world", "zoo:world-cnn"), ("world-clean", "zoo:world-cnn-clean"))
+    }
     lens, clean = lenses["world"], lenses["world-clean"]
-    vocabulary = world_vocabulary(config)
-    for opened in lenses.values():
-        if opened.vocabulary is None or opened.vocabulary.name != "world":
-            opened.label(vocabulary)
 
-    summary = {"world": config.source, "artifact": artifact, "artifact_class": target}
-    summary["search"] = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artifact, "copyright notice", "stripes", "grass")}
+    summary = {"world": config.source, "artifact": artifact, "artifact_class": target, "paraphrase": HELD_OUT[artifact]}
+    queries = (artifact, HELD_OUT[artifact], "stripes", "grass")
+    summary["search"] = {query: [hit.unit for hit in lens.search(query, top=5)] for query in queries}
     summary["labels"], truth = ground_truth_labels(lens, config, out)
-    audit = lens.audit(target, AUDIT_VALID[:1] if target != "star" else AUDIT_VALID, [artifact], layers=SPATIAL)
+    audit = lens.audit(target, [target], [artifact], layers=SPATIAL)
     spurious = [unit.unit for unit in audit.units if unit.verdict == "spurious"]
     summary["audit"] = {"shares": audit.shares, "spurious_units": spurious, "units": len(audit.units)}
     summary["artifact_units"] = {
@@ -85,8 +72,8 @@ def run_demo(
         "search_found": [unit for unit in summary["search"][artifact] if truth.get(unit) == artifact],
         "audit_flagged": [unit for unit in spurious if truth.get(unit) == artifact],
     }
-    key = {**_identity(lens, config, TEST_IMAGES), "spurious": spurious}
-    summary["test"] = _memo(out / "test.json", key, lambda: test_finding(lens, config, artifact, target, spurious))
+    key = {**identity(lens, config, TEST_IMAGES), "spurious": spurious}
+    summary["test"] = memo(out / "test.json", key, lambda: test_finding(lens, config, artifact, target, spurious))
     comparison = lens.compare(clean)
     summary["compare"] = {"s_world_to_clean": comparison.a_to_b, "only_world": comparison.only_a, "only_clean": comparison.only_b}
     report = out / "report.html"
@@ -100,7 +87,24 @@ def run_demo(
     return summary
 
 
-def _memo(path: Path, key: dict, compute: Callable[[], Any]) -> Any:
+def build_world_lens(
+    path: Path, model: str, world: str | None, foundation: str | None, progress: bool, console: Console
+) -> Lens:
+    """The Lens of a world model (``zoo:world-cnn[:CONFIG]``) on the world's probe images, with relevance
+    crops, labelled with the world's vocabulary (built once: a re-run opens it)."""
+    source = "" if world is None else f":{world}"
+    console.print(f"[bold]{path.stem}[/]: building the Lens of {model}")
+    settings = BuildConfig(
+        model=model, layers=LAYERS, data=f"world{source or ':'}:{PROBE_IMAGES}:probe", foundation=foundation or f"world{source}", k=K, crop=CROP
+    )
+    LensBuilder(settings, path, progress=progress).run()
+    lens = Lens.open(path)
+    if lens.vocabulary is None or lens.vocabulary.name != "world":
+        lens.label(world_vocabulary(WorldConfig.load(world)))
+    return lens
+
+
+def memo(path: Path, key: dict, compute: Callable[[], Any]) -> Any:
     """The JSON result stored at ``path`` if it was computed for ``key``, else computed now and stored:
     a re-run of the demo skips the passes over the probe and test images."""
     if path.is_file():
@@ -112,46 +116,62 @@ def _memo(path: Path, key: dict, compute: Callable[[], Any]) -> Any:
     return value
 
 
-def _identity(lens: Lens, config: WorldConfig, images: int) -> dict:
+def identity(lens: Lens, config: WorldConfig, images: int) -> dict:
     """What a pass of the Lens's model over ``images`` images of the world depends on."""
     return {"model": lens.manifest["identity"]["model"]["fingerprint"], "world": config.fingerprint(), "images": images}
 
 
 def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
-    """Per spatial layer, each unit's true concept by dissection (None: none passes the IoU threshold)
-    and its mean response to each concept's concept images."""
+    """Per spatial layer, each unit's true concept by dissection (None: none passes the IoU threshold),
+    its best IoU, its best IoU when maps meet the next image's masks (chance), and its responses
+    ``[U, C, n]`` to each concept's concept images."""
     model = lens.model()
     data = WorldData(config, PROBE_IMAGES, "probe")
-    return {
-        layer: {
-            "best": dissect_layer(model.module, model.preprocessing, layer, data).best,
+    truths = {}
+    for layer in SPATIAL:
+        dissected = dissect_layer(model.module, model.preprocessing, layer, data)
+        truths[layer] = {
+            "best": dissected.best,
+            "best_iou": dissected.best_iou.tolist(),
+            "null_best_iou": dissect_layer(model.module, model.preprocessing, layer, data, null=True).best_iou.tolist(),
             "responses": concept_responses(model.module, model.preprocessing, LayerSpec(layer), config).tolist(),
         }
-        for layer in SPATIAL
-    }
+    return truths
+
+
+def unit_truths(lens: Lens, config: WorldConfig, out: Path) -> dict[str, dict]:
+    """``unit_truth``, stored in ``out`` for this model, world and truth version."""
+    key = {**identity(lens, config, PROBE_IMAGES), "truth": TRUTH_VERSION}
+    return memo(out / "truth.json", key, lambda: unit_truth(lens, config))
 
 
 def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dict, dict[str, str]]:
-    """semlens labels against the dissection truth: top-1/top-3 accuracy, random baseline, faithfulness;
-    and each unit's true concept (units without one are left out)."""
-    truths = _memo(out / "truth.json", _identity(lens, config, PROBE_IMAGES), lambda: unit_truth(lens, config))
-    concepts = list(lens.vocabulary.concepts)
-    hits1 = hits3 = total = 0
-    phis, true_concepts = [], {}
+    """semlens labels against the truth: top-1/top-3 accuracy against dissection, with the random
+    baseline; top-1 against the concept-image response truth; faithfulness phi; and a CoSy-style AUC
+    (the unit's response to its label's concept images against all other concepts', 0.5 = chance).
+    Also each unit's true concept by dissection (units without one are left out)."""
+    truths = unit_truths(lens, config, out)
+    concepts, world_concepts = list(lens.vocabulary.concepts), config.concept_names()
+    hits1 = hits3 = total = response_hits = response_total = 0
+    phis, aucs, true_concepts = [], [], {}
     for layer in SPATIAL:
         best = truths[layer]["best"]
+        responses = torch.tensor(truths[layer]["responses"])
+        auc = response_auc(responses)
+        by_response = response_truth(auc, world_concepts)
         true_concepts.update({f"{layer}/{unit}": concept for unit, concept in enumerate(best) if concept})
-        labels = lens.labels(layer)
-        assigned = []
+        top = [[concepts[int(index)] for index in row] for row in lens.labels(layer).concepts.tolist()]
+        assigned = [world_concepts.index(row[0]) if row[0] in world_concepts else None for row in top]
+        aucs += [float(auc[unit, concept]) for unit, concept in enumerate(assigned) if concept is not None]
         for unit, true_concept in enumerate(best):
-            top = [concepts[int(index)] for index in labels.concepts[unit]]
-            assigned.append(config.concept_names().index(top[0]) if top[0] in config.concept_names() else None)
-            if true_concept is None:
-                continue
-            total += 1
-            hits1 += top[0] == true_concept
-            hits3 += true_concept in top
-        phis.append(faithfulness(torch.tensor(truths[layer]["responses"]), assigned))
+            if true_concept is not None:
+                total += 1
+                hits1 += top[unit][0] == true_concept
+                hits3 += true_concept in top[unit]
+            if by_response[unit] is not None:
+                response_total += 1
+                response_hits += top[unit][0] == by_response[unit]
+        phis.append(faithfulness(responses.mean(dim=2), assigned))
     scores = {
         "units_with_true_concept": total,
         "top1": hits1 / max(total, 1),
@@ -159,12 +179,15 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
         "random_top1": 1 / len(concepts),
         "random_top3": 3 / len(concepts),
         "faithfulness_phi": sum(phis) / len(phis),
+        "units_with_response_truth": response_total,
+        "top1_response": response_hits / max(response_total, 1),
+        "cosy_auc": sum(aucs) / max(len(aucs), 1),
     }
     return scores, true_concepts
 
 
 def test_finding(lens: Lens, config: WorldConfig, artifact: str, target: str, spurious: list[str]) -> dict:
-    """Insert the artefact into test images of the other classes; prune the spurious units; measure."""
+    """Insert the artefact into the test images (every class); prune the spurious units; measure."""
     from ..analysis.interventions import Artifact, artifact_effect, pruning_effect
     from .render import artifact_overlay
 
@@ -186,7 +209,7 @@ def print_summary(summary: dict, console: Console) -> None:
         f"search '{summary['artifact']}': {', '.join(summary['search'][summary['artifact']])} "
         f"({len(found['search_found'])} of them truly detect it; true {summary['artifact']} units: {', '.join(found['true']) or 'none'})"
     )
-    console.print(f"search 'copyright notice' (never a training caption): {', '.join(summary['search']['copyright notice'])}")
+    console.print(f"search '{summary['paraphrase']}' (never a training caption): {', '.join(summary['search'][summary['paraphrase']])}")
     console.print(
         f"labels vs ground truth ({labels['units_with_true_concept']} units with a true concept): top-1 {labels['top1']:.2f} "
         f"(random {labels['random_top1']:.2f}), top-3 {labels['top3']:.2f} (random {labels['random_top3']:.2f}), "
@@ -199,7 +222,7 @@ def print_summary(summary: dict, console: Console) -> None:
     )
     insertion = summary["test"]["insertion"]
     console.print(
-        f"inserting the {summary['artifact']} into other classes' images: {summary['artifact_class']} probability "
+        f"inserting the {summary['artifact']} into test images: {summary['artifact_class']} probability "
         f"{insertion['clean']['class_probability']:.3f} -> {insertion['artifact']['class_probability']:.3f}"
     )
     if "pruning" in summary["test"]:

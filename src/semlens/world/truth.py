@@ -1,9 +1,12 @@
-"""Ground truth in the concept world: what each unit really detects, from the exact concept masks.
+"""Ground truth in the concept world: what each unit really detects, and what the model relies on.
 
 Network-Dissection style: a unit's activation map, up-sampled to the image, is thresholded at its
 top quantile over the probe set; its IoU with each concept's mask, summed over the set, names the
-concept it detects (when the best IoU passes a threshold). Label faithfulness (phi) uses the world's
-concept images: a unit's mean activation on each concept alone, min-max normalised over concepts.
+concept it detects (when the best IoU passes a threshold). A second truth comes from the world's
+concept images (each concept alone): a unit's response AUC for a concept's images against every
+other concept's. Label faithfulness (phi) is its mean activation on each concept alone, min-max
+normalised over concepts. Reliance is measured, not inferred: the class probabilities with an
+artefact pasted into test images minus without.
 """
 
 from __future__ import annotations
@@ -12,12 +15,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from scipy.stats import rankdata
 
+from ..model.loading import LoadedModel
 from ..model.units import LayerSpec, UnitReader, hooks, resolve_module
 from .render import WorldConfig, WorldData, concept_image
 
 QUANTILE = 0.995
+# A unit detects a concept when its IoU reaches 0.04: chance IoU, measured by pairing each image's maps
+# with the masks of the next image (``dissect_layer(null=True)``), stays below it (see the README's
+# quality benchmark for the measured null and trained distributions).
 IOU_THRESHOLD = 0.04
+RESPONSE_AUC = 0.9  # a unit's response truth: its best concept by concept-image AUC, when this high
 CONCEPT_IMAGES = 8
 
 
@@ -43,28 +52,30 @@ def _layer_maps(model: torch.nn.Module, layer: str, pixels: torch.Tensor) -> tor
     return maps.float()
 
 
-def dissect_layer(model: torch.nn.Module, preprocessing, layer: str, data: WorldData, batch_size: int = 100) -> UnitTruth:
-    """IoU of every unit's thresholded, up-sampled map with every concept's mask over ``data``."""
+def dissect_layer(
+    model: torch.nn.Module, preprocessing, layer: str, data: WorldData, batch_size: int = 100, null: bool = False
+) -> UnitTruth:
+    """IoU of every unit's thresholded, up-sampled map with every concept's mask over ``data``; ``null``
+    pairs each image's maps with the next image's masks, for the IoU that chance alone reaches."""
     concepts = data.config.concept_names()
     size = data.config.size
     batches = [range(start, min(start + batch_size, len(data))) for start in range(0, len(data), batch_size)]
 
-    def batch_of(indices: range):
-        rendered = [data.sample(index) for index in indices]
-        pixels = torch.stack([preprocessing(sample.image) for sample in rendered])
+    def masks_of(indices: range) -> torch.Tensor:
+        rendered = [data.sample((index + 1) % len(data) if null else index) for index in indices]
         masks = torch.zeros(len(rendered), len(concepts), size * size)
         for row, sample in enumerate(rendered):
             for name, mask in sample.masks.items():
                 masks[row, concepts.index(name)] = torch.from_numpy(mask.reshape(-1)).float()
-        return pixels, masks
+        return masks
 
-    maps = torch.cat([_layer_maps(model, layer, batch_of(indices)[0]) for indices in batches])
+    maps = torch.cat([_layer_maps(model, layer, torch.stack([preprocessing(data.load(i)) for i in indices])) for indices in batches])
     thresholds = torch.quantile(maps.transpose(0, 1).flatten(1), QUANTILE, dim=1)  # per unit
     intersection = torch.zeros(maps.shape[1], len(concepts))
     unit_area = torch.zeros(maps.shape[1], 1)
     concept_area = torch.zeros(1, len(concepts))
     for indices in batches:
-        _, masks = batch_of(indices)
+        masks = masks_of(indices)
         up = F.interpolate(maps[indices.start : indices.stop], size=(size, size), mode="bilinear", align_corners=False)
         fired = (up > thresholds.view(1, -1, 1, 1)).flatten(2).float()  # [B, U, HW]
         intersection += torch.einsum("bup,bcp->uc", fired, masks)
@@ -77,18 +88,32 @@ def dissect_layer(model: torch.nn.Module, preprocessing, layer: str, data: World
 
 
 def concept_responses(model: torch.nn.Module, preprocessing, spec: LayerSpec, config: WorldConfig) -> torch.Tensor:
-    """Mean pooled activation ``[U, C]`` of each unit on each concept's concept images."""
+    """Pooled activation ``[U, C, n]`` of each unit on each concept's ``n`` concept images."""
     reader = UnitReader(spec)
     concepts = config.concept_names()
-    responses = []
-    for concept in concepts:
-        pixels = torch.stack([preprocessing(concept_image(config, concept, index).image) for index in range(CONCEPT_IMAGES)])
-        captured = {}
-        handle = resolve_module(model, spec.name).register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
-        with hooks([handle]), torch.no_grad():
-            model(pixels)
-        responses.append(reader(captured["out"])[0].mean(dim=0))
-    return torch.stack(responses, dim=1)
+    pixels = torch.stack(
+        [preprocessing(concept_image(config, concept, index).image) for concept in concepts for index in range(CONCEPT_IMAGES)]
+    )
+    captured = {}
+    handle = resolve_module(model, spec.name).register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    with hooks([handle]), torch.no_grad():
+        model(pixels)
+    pooled = reader(captured["out"])[0]  # [C * n, U]
+    return pooled.T.reshape(pooled.shape[1], len(concepts), CONCEPT_IMAGES)
+
+
+def response_auc(responses: torch.Tensor) -> torch.Tensor:
+    """``[U, C]``: per unit, the AUC of its responses to a concept's images against all other concepts'
+    images (``responses [U, C, n]``; ties count half), from ranks: (rank sum - n(n+1)/2) / (n (N - n))."""
+    units, concepts, n = responses.shape
+    ranks = torch.from_numpy(rankdata(responses.reshape(units, -1).double().numpy(), axis=1)).reshape(units, concepts, n)
+    return (ranks.sum(dim=2) - n * (n + 1) / 2) / (n * (concepts * n - n))
+
+
+def response_truth(auc: torch.Tensor, concepts: list[str]) -> list[str | None]:
+    """Per unit, the concept its concept-image responses single out best (None below ``RESPONSE_AUC``)."""
+    best_auc, best = auc.max(dim=1)
+    return [concepts[int(index)] if value >= RESPONSE_AUC else None for index, value in zip(best.tolist(), best_auc.tolist())]
 
 
 def faithfulness(responses: torch.Tensor, assigned: list[int | None]) -> float:
@@ -97,3 +122,24 @@ def faithfulness(responses: torch.Tensor, assigned: list[int | None]) -> float:
     phi = (responses - low[:, None]) / (high - low).clamp_min(1e-12)[:, None]
     values = [float(phi[unit, concept]) for unit, concept in enumerate(assigned) if concept is not None]
     return sum(values) / len(values) if values else float("nan")
+
+
+def artifact_reliance(model: LoadedModel, config: WorldConfig, images: int) -> dict[str, dict[str, list[float]]]:
+    """Per artefact of the world, how much the model relies on it: the mean change of each class's
+    probability when the artefact is pasted into ``images`` test images, on the class's own images
+    (``own``, one value per class) and on the other classes' images (``others``)."""
+    from ..analysis.interventions import Artifact, load_views, predict
+    from .render import artifact_overlay
+
+    views, labels = load_views(model, WorldData(config, images, "test"))
+    own = F.one_hot(torch.tensor(labels), len(config.classes)).float()  # [N, K]
+    clean = predict(model, views).softmax(dim=1)
+    reliance = {}
+    for name in config.concepts["artifact"]:
+        overlay = Artifact(image=artifact_overlay(config, name))
+        change = predict(model, [overlay.apply(view) for view in views]).softmax(dim=1) - clean
+        reliance[name] = {
+            "own": ((change * own).sum(dim=0) / own.sum(dim=0).clamp_min(1)).tolist(),
+            "others": ((change * (1 - own)).sum(dim=0) / (1 - own).sum(dim=0).clamp_min(1)).tolist(),
+        }
+    return reliance
