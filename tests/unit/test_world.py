@@ -255,3 +255,14 @@ def test_reliance_is_the_class_probability_an_inserted_artefact_adds():
     for where in ("own", "others"):
         np.testing.assert_allclose(reliance["patch"][where], [0.5, -0.5], atol=1e-3)
         np.testing.assert_allclose(reliance["frame"][where], [0.0, 0.0], atol=1e-6)  # a dark frame is no magenta
+
+
+def test_faithfulness_phi_of_labelled_units_only():
+    import torch
+
+    from semlens.world.truth import faithfulness
+
+    responses = torch.tensor([[0.0, 2.0, 4.0], [1.0, 1.0, 3.0], [5.0, 0.0, 0.0]])  # units x concepts
+    # unit 0 labelled with concept 1 (halfway), unit 1 with its best concept (1.0), unit 2 unlabelled
+    assert faithfulness(responses, [1, 2, None]) == [0.5, 1.0]
+    assert faithfulness(responses, [None, None, None]) == []

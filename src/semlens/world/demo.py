@@ -161,7 +161,8 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
         by_response = response_truth(auc, world_concepts)
         true_concepts.update({f"{layer}/{unit}": concept for unit, concept in enumerate(best) if concept})
         top = [[concepts[int(index)] for index in row] for row in lens.labels(layer).concepts.tolist()]
-        assigned = [world_concepts.index(row[0]) if row[0] in world_concepts else None for row in top]
+        labelled = lens.labels(layer).labelled.tolist()  # phi and AUC judge the labels semlens gives, nothing below the threshold
+        assigned = [world_concepts.index(row[0]) if ok and row[0] in world_concepts else None for row, ok in zip(top, labelled)]
         aucs += [float(auc[unit, concept]) for unit, concept in enumerate(assigned) if concept is not None]
         for unit, true_concept in enumerate(best):
             if true_concept is not None:
@@ -171,14 +172,15 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
             if by_response[unit] is not None:
                 response_total += 1
                 response_hits += top[unit][0] == by_response[unit]
-        phis.append(faithfulness(responses.mean(dim=2), assigned))
+        phis += faithfulness(responses.mean(dim=2), assigned)
     scores = {
         "units_with_true_concept": total,
         "top1": hits1 / max(total, 1),
         "top3": hits3 / max(total, 1),
         "random_top1": 1 / len(concepts),
         "random_top3": 3 / len(concepts),
-        "faithfulness_phi": sum(phis) / len(phis),
+        "faithfulness_phi": sum(phis) / len(phis) if phis else float("nan"),  # over labelled units, pooled
+        "labelled_units": len(phis),
         "units_with_response_truth": response_total,
         "top1_response": response_hits / max(response_total, 1),
         "cosy_auc": sum(aucs) / max(len(aucs), 1),

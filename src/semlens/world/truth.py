@@ -116,12 +116,12 @@ def response_truth(auc: torch.Tensor, concepts: list[str]) -> list[str | None]:
     return [concepts[int(index)] if value >= RESPONSE_AUC else None for index, value in zip(best.tolist(), best_auc.tolist())]
 
 
-def faithfulness(responses: torch.Tensor, assigned: list[int | None]) -> float:
-    """Mean over labelled units of phi(i, k) = (a_i(k) - min_t a_i(t)) / (max_t a_i(t) - min_t a_i(t))."""
+def faithfulness(responses: torch.Tensor, assigned: list[int | None]) -> list[float]:
+    """phi(i, k) = (a_i(k) - min_t a_i(t)) / (max_t a_i(t) - min_t a_i(t)) of each unit i with a label k
+    (``assigned``: None for units without one): 1 when the label's concept images move the unit most."""
     low, high = responses.min(dim=1).values, responses.max(dim=1).values
     phi = (responses - low[:, None]) / (high - low).clamp_min(1e-12)[:, None]
-    values = [float(phi[unit, concept]) for unit, concept in enumerate(assigned) if concept is not None]
-    return sum(values) / len(values) if values else float("nan")
+    return [float(phi[unit, concept]) for unit, concept in enumerate(assigned) if concept is not None]
 
 
 def artifact_reliance(model: LoadedModel, config: WorldConfig, images: int) -> dict[str, dict[str, list[float]]]:
