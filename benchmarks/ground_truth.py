@@ -26,6 +26,7 @@ world's (``--foundation``), as one domain CLIP serves many data sets; random wor
 
     python benchmarks/ground_truth.py [--seeds 0 1] [--worlds default benchmarks/worlds/patch-on-cross.toml]
     python benchmarks/ground_truth.py --random 6 --seed 0 [--controls 1] [--seeds 0 1] --json records.json
+    python benchmarks/ground_truth.py --crop-rule share --crop-share 0.8 ...   # other crop views, in Lenses of their own
 """
 
 from __future__ import annotations
@@ -90,12 +91,16 @@ def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def evaluate(name: str, seed: int, config_path: str, out: Path, foundation: str, console: Console) -> dict[str, Any]:
-    """One (world, seed): build or open the Lens, compute the truth, ask semlens, score its answers."""
+def evaluate(
+    name: str, seed: int, config_path: str, out: Path, foundation: str, console: Console, build: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One (world, seed): build or open the Lens (``build``: other build settings, in a Lens of their own
+    beside the default one; the truth is shared), compute the truth, ask semlens, score its answers."""
     start = time.perf_counter()
     config = WorldConfig.load(config_path)
     artifact, target, control = planted_artifact(config)
-    lens = build_world_lens(out / "world.lens", f"zoo:world-cnn:{config_path}", config_path, foundation, False, console)
+    suffix = "".join(f"-{key}={value}" for key, value in sorted((build or {}).items()))
+    lens = build_world_lens(out / f"world{suffix}.lens", f"zoo:world-cnn:{config_path}", config_path, foundation, False, console, build)
     labels, truth = ground_truth_labels(lens, config, out)
     truths = unit_truths(lens, config, out)
     true_units = {unit for unit, concept in truth.items() if concept == artifact}
@@ -115,7 +120,7 @@ def evaluate(name: str, seed: int, config_path: str, out: Path, foundation: str,
     pruning = test.get("pruning")
     null_iou = sorted(value for layer in SPATIAL for value in truths[layer]["null_best_iou"])
     return {
-        "world": name, "seed": seed, "control": control, "class_family": config.class_family, "classes": list(config.classes),
+        "world": name, "seed": seed, "control": control, "build": build or {}, "class_family": config.class_family, "classes": list(config.classes),
         "artifact": artifact, "artifact_class": target, "paraphrase": paraphrase,
         "units_with_truth": labels["units_with_true_concept"], "units": sum(len(truths[layer]["best"]) for layer in SPATIAL),
         "top1": labels["top1"], "top3": labels["top3"], "random_top1": labels["random_top1"], "random_top3": labels["random_top3"],
@@ -197,7 +202,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("ground-truth-runs"))
     parser.add_argument("--json", type=Path, default=None, help="write one record per (world, seed) to this file")
     parser.add_argument("--foundation", default="world", help="foundation model spec of every run (default: the default world's)")
+    parser.add_argument("--crop", default=None, help="crop mode of the Lenses (default: the demo's, relevance)")
+    parser.add_argument("--crop-rule", default=None, help="crop rule: peak (the paper's, default) or share")
+    parser.add_argument("--crop-share", type=float, default=None, help="with --crop-rule share: the share of positive mass kept")
     args = parser.parse_args()
+    build = {key: value for key, value in (("crop", args.crop), ("crop_rule", args.crop_rule), ("crop_share", args.crop_share)) if value is not None}
     worlds = world_texts(args.worlds if args.worlds is not None else ([] if args.random else ["default", "benchmarks/worlds/patch-on-cross.toml"]))
     worlds += [(world.name, world.toml) for world in (random_worlds(args.random, args.controls, args.seed) if args.random else [])]
     console = Console(width=320)  # the table is wide; do not cut it to the terminal
@@ -206,7 +215,7 @@ def main() -> None:
         for seed in args.seeds:
             folder = args.out / f"{name}-seed{seed}"
             config = seeded_world(text, seed, folder / "world.toml")
-            records.append(evaluate(name, seed, config, folder, args.foundation, Console(quiet=True)))
+            records.append(evaluate(name, seed, config, folder, args.foundation, Console(quiet=True), build))
             console.print(f"{name} seed {seed}: {records[-1]['seconds']:.0f} s")
             if args.json:  # after every run: a long benchmark leaves what it has
                 args.json.write_text(json.dumps(records, indent=1), encoding="utf-8")

@@ -88,15 +88,25 @@ def run_demo(
 
 
 def build_world_lens(
-    path: Path, model: str, world: str | None, foundation: str | None, progress: bool, console: Console
+    path: Path,
+    model: str,
+    world: str | None,
+    foundation: str | None,
+    progress: bool,
+    console: Console,
+    build: dict[str, Any] | None = None,
 ) -> Lens:
     """The Lens of a world model (``zoo:world-cnn[:CONFIG]``) on the world's probe images, with relevance
-    crops, labelled with the world's vocabulary (built once: a re-run opens it)."""
+    crops (``build``: other BuildConfig settings, e.g. the crop rule), labelled with the world's vocabulary
+    (built once: a re-run opens it)."""
     source = "" if world is None else f":{world}"
     console.print(f"[bold]{path.stem}[/]: building the Lens of {model}")
     settings = BuildConfig(
-        model=model, layers=LAYERS, data=f"world{source or ':'}:{PROBE_IMAGES}:probe", foundation=foundation or f"world{source}", k=K, crop=CROP
-    )
+        **{
+            "model": model, "layers": LAYERS, "data": f"world{source or ':'}:{PROBE_IMAGES}:probe",
+            "foundation": foundation or f"world{source}", "k": K, "crop": CROP, **(build or {}),
+        }
+    )  # fmt: skip
     LensBuilder(settings, path, progress=progress).run()
     lens = Lens.open(path)
     if lens.vocabulary is None or lens.vocabulary.name != "world":
