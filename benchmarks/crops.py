@@ -1,31 +1,41 @@
-"""CRP crop boxes batched (many unit-sample pairs per backward pass) against one pair per pass.
+"""What a CRP relevance crop costs: per (unit, example) pair, as a multiple of one no-grad forward pass
+of the whole model on the same images, at several pairs per backward pass and input sizes.
 
-A small random CNN (four convolutions, the last one with ``--units`` channels) on random images.
-Each unit's ``--samples`` examples are the images where it fires most (mean activation), as the
-collection pass would pick them. The batched side does what ``CropStage._relevance_boxes`` does: order
-the pairs by sample, take ``--batch`` of them per ``crp_heatmaps`` call and cut boxes with
-``boxes_from_maps``. The one-at-a-time side makes one call per pair; it runs on the first
-``--subset`` pairs of the same order and its time is scaled linearly to all pairs for the ratio
-(``--subset 0``: all pairs). Both sides run in this process, inside one ``attributing()`` context,
-after a warm-up call each. On the pairs both sides computed, boxes and heatmaps are compared: with
-random weights and the build's 1 % threshold most boxes are the whole image, so the heatmaps are
-the stronger check that batching changes nothing.
+A small random CNN (four convolutions, the last one, ``relu4``, with ``--units`` channels, then a
+linear head) on random images. Each unit's ``--samples`` examples are the images where it fires most
+(mean activation), as the collection pass picks them, and the pairs are ordered by sample as
+``CropStage`` orders them. For each input size and each ``--batches`` value B, one round times
+``crp_heatmaps`` on the first ``--pairs`` pairs, B per call, then the whole model (no grad) on the
+same images, B per call: the ratio is batch-matched. Rounds alternate ``--repeats`` times and the
+medians are printed, so a load that changes during the run touches both sides alike. The regime
+(cores, torch threads, load average before and after) is printed with the figures.
 
-    python benchmarks/crops.py [--units 512] [--samples 30] [--batch 16] [--size 64] [--subset 1024]
+``--shared`` also times one forward per distinct sample shared by that sample's pairs: the pairs'
+backward passes batched with ``torch.autograd.grad(is_grads_batched=True)`` (vmap). Its heatmaps
+are exact, but on a CPU vmap runs the convolutions' backward once per pair, so it is slower; the
+build keeps one forward per pair.
+
+Exactness: the batched heatmaps of the first ``--check`` pairs are compared with one pair per call
+(max |difference| / max |map|).
+
+    PYTHONPATH=tests/support python benchmarks/crops.py [--sizes 64 128] [--batches 16 64 256] [--pairs 512]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import statistics
 import time
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from semlens.build.crops import boxes_from_maps
 from semlens.build.embed import chunks
-from semlens.relevance.lrp import RelevanceModel, crp_heatmaps
+from semlens.model.units import hooks, resolve_module
+from semlens.relevance.lrp import RelevanceModel, _Stop, crp_heatmaps
 
 LAYER = "relu4"
 
@@ -51,73 +61,96 @@ def top_samples(model: nn.Sequential, images: torch.Tensor, samples: int) -> tor
     return activation.mean(dim=(2, 3)).T.topk(samples, dim=1).indices
 
 
+def shared_forward_heatmaps(modified: nn.Module, images: torch.Tensor, samples: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    """``crp_heatmaps`` with one forward per distinct sample: round r backpropagates the r-th pair of
+    every sample, all rounds in one vmapped backward pass (``samples`` sorted)."""
+    distinct, slot = torch.unique_consecutive(samples, return_inverse=True)
+    counts = torch.bincount(slot)
+    rank = torch.arange(len(samples)) - (torch.cumsum(counts, 0) - counts)[slot]
+    captured: list[torch.Tensor] = []
+
+    def stop(_module, _inputs, output):
+        captured.append(output)
+        raise _Stop
+
+    inputs = images[distinct].requires_grad_(True)
+    try:
+        with hooks([resolve_module(modified, LAYER).register_forward_hook(stop)]), torch.enable_grad():
+            modified(inputs)
+    except _Stop:
+        pass
+    activation = captured[0]
+    initial = torch.zeros(int(counts.max()), *activation.shape)
+    initial[rank, slot, channels] = activation[slot, channels].detach()
+    (relevance,) = torch.autograd.grad(activation, inputs, grad_outputs=initial, is_grads_batched=True)
+    return relevance[rank, slot].sum(dim=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--units", type=int, default=512)
     parser.add_argument("--samples", type=int, default=30, help="examples per unit")
     parser.add_argument("--images", type=int, default=256, help="random images the examples are picked from")
-    parser.add_argument("--batch", type=int, default=16, help="pairs per backward pass (the build's default)")
-    parser.add_argument("--size", type=int, default=64, help="input side in pixels")
-    parser.add_argument("--subset", type=int, default=1024, help="pairs run one at a time (0: all)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="input sides in pixels")
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256], help="pairs per backward pass")
+    parser.add_argument("--pairs", type=int, default=512, help="pairs timed per setting (the first, in sample order)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating rounds; medians are printed")
+    parser.add_argument("--check", type=int, default=64, help="pairs compared with one pair per call")
+    parser.add_argument("--shared", action="store_true", help="also time one shared forward per distinct sample (vmap)")
     args = parser.parse_args()
 
-    generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    model = small_cnn(args.units)
-    images = torch.rand(args.images, 3, args.size, args.size, generator=generator)
-    ids = top_samples(model, images, args.samples)
-    unit_of = torch.arange(args.units).repeat_interleave(args.samples)
-    flat_ids = ids.reshape(-1)
-    order = torch.argsort(flat_ids, stable=True)  # by sample, as the build orders them
-    pairs = len(order)
-    subset = pairs if args.subset <= 0 else min(args.subset, pairs)
-    size = (args.size, args.size)
-
-    def heat_and_boxes(modified: nn.Module, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Heatmaps and boxes of the pairs at ``positions``, all in one backward pass."""
-        inputs = images[flat_ids[positions]]
-        heat = crp_heatmaps(modified, inputs, LAYER, unit_of[positions], torch.ones(len(positions))).detach()
-        return heat, boxes_from_maps(heat, size)
-
-    relevance = RelevanceModel(model, images[:2])
-    report = relevance.check()
-    assert report.supported, report.reason
-    batched = torch.empty(pairs, 4, dtype=torch.int64)
-    single = torch.empty(subset, 4, dtype=torch.int64)
-    batched_heat = torch.empty(subset, *size)  # the maps of the pairs both sides compute, to compare
-    single_heat = torch.empty(subset, *size)
-    with relevance.attributing() as modified:
-        heat_and_boxes(modified, order[: args.batch]), heat_and_boxes(modified, order[:1])  # warm-up
-        start = time.perf_counter()
-        for begin, end in chunks(pairs, args.batch):
-            heat, batched[order[begin:end]] = heat_and_boxes(modified, order[begin:end])
-            if begin < subset:
-                batched_heat[begin : min(end, subset)] = heat[: subset - begin]
-        batched_s = time.perf_counter() - start
-        start = time.perf_counter()
-        for index in range(subset):
-            heat, boxes = heat_and_boxes(modified, order[index : index + 1])
-            single_heat[index], single[index] = heat[0], boxes[0]
-        single_s = time.perf_counter() - start
-
-    scaled_s = single_s * pairs / subset
-    same = (batched[order[:subset]] == single).all(dim=1)
     print(
-        f"{args.units} units x {args.samples} samples = {pairs} pairs, {args.size}x{args.size} inputs, layer {LAYER}, "
-        f"{torch.get_num_threads()} torch threads; LRP support: {report.reason}"
+        f"regime: CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
+        f"torch threads, torch {torch.__version__}; load average {os.getloadavg()[0]:.1f} before; small CNN "
+        f"({args.units} units at {LAYER}), {args.samples} samples per unit from {args.images} random images"
     )
-    print(f"batched ({args.batch} pairs per backward pass): {batched_s:.1f} s for all {pairs} pairs")
-    scaling = "" if subset == pairs else f", scaled x{pairs / subset:g} to all {pairs} pairs: {scaled_s:.1f} s"
-    print(f"one pair per backward pass: {single_s:.1f} s for {subset} pairs{scaling}")
-    print(f"ratio one-at-a-time{' (scaled)' if subset < pairs else ''} / batched = {scaled_s / batched_s:.1f}")
-    peak = single_heat.abs().flatten(1).amax(1).clamp_min(1e-30)  # a unit that never fired has an all-zero map
-    gap = ((batched_heat - single_heat).abs().flatten(1).amax(1) / peak).max()
-    sides = (batched[:, 2] - batched[:, 0]).float()
-    print(
-        f"on the {subset} pairs both sides computed: boxes identical for {int(same.sum())}, "
-        f"heatmaps max |difference| / max |map| = {gap:.1e}"
-    )
-    print(f"boxes: mean side {sides.mean():.1f} px, {int((sides == args.size).sum())} of {pairs} the whole image")
+    print("size  pairs/pass  distinct/pass  relevance ms/pair  forward ms/image  ratio" + ("  shared ms/pair  ratio" * args.shared))
+    for size in args.sizes:
+        model = small_cnn(args.units)
+        images = torch.rand(args.images, 3, size, size)
+        ids = top_samples(model, images, args.samples)
+        unit_of = torch.arange(args.units).repeat_interleave(args.samples)
+        flat_ids = ids.reshape(-1)
+        order = torch.argsort(flat_ids, stable=True)[: args.pairs]  # by sample, as the build orders them
+        samples, channels = flat_ids[order], unit_of[order]
+        relevance = RelevanceModel(model, images[:2])
+        assert relevance.check().supported, relevance.check().reason
+        times: dict[tuple[str, int], list[float]] = {}
+
+        def timed(kind: str, batch: int, run) -> None:
+            start = time.perf_counter()
+            for begin, end in chunks(len(order), batch):
+                run(begin, end)
+            times.setdefault((kind, batch), []).append((time.perf_counter() - start) / len(order))
+
+        with relevance.attributing() as modified:
+            crp_heatmaps(modified, images[samples[:2]], LAYER, channels[:2], torch.ones(2))  # warm-up
+            for _ in range(args.repeats):
+                for batch in args.batches:
+                    ones = torch.ones(batch)
+                    timed("relevance", batch, lambda b, e: crp_heatmaps(modified, images[samples[b:e]], LAYER, channels[b:e], ones[: e - b]))
+                    with torch.no_grad():
+                        timed("forward", batch, lambda b, e: model(images[samples[b:e]]))
+                    if args.shared:
+                        timed("shared", batch, lambda b, e: shared_forward_heatmaps(modified, images, samples[b:e], channels[b:e]))
+            check = min(args.check, len(order))
+            batched = crp_heatmaps(modified, images[samples[:check]], LAYER, channels[:check], torch.ones(check))
+            single = torch.cat([crp_heatmaps(modified, images[samples[i : i + 1]], LAYER, channels[i : i + 1], torch.ones(1)) for i in range(check)])
+            shared = shared_forward_heatmaps(modified, images, samples[:check], channels[:check]) if args.shared else batched
+        for batch in args.batches:
+            per_pair, per_image = (statistics.median(times[kind, batch]) for kind in ("relevance", "forward"))
+            distinct = sum(len(torch.unique(samples[b:e])) for b, e in chunks(len(order), batch)) / len(range(0, len(order), batch))
+            row = f"{size:4d}  {batch:10d}  {distinct:13.1f}  {per_pair * 1e3:17.2f}  {per_image * 1e3:16.2f}  {per_pair / per_image:5.1f}"
+            if args.shared:
+                shared_pair = statistics.median(times["shared", batch])
+                row += f"  {shared_pair * 1e3:14.2f}  {shared_pair / per_image:5.1f}"
+            print(row, flush=True)
+        peak = single.abs().flatten(1).amax(1).clamp_min(1e-30)  # a unit that never fired has an all-zero map
+        gaps = [float(((other - single).abs().flatten(1).amax(1) / peak).max()) for other in (batched, shared)]
+        print(f"{size:4d}  heatmaps of {check} pairs against one pair per call: max |difference| / max |map| = "
+              f"{gaps[0]:.1e} batched" + (f", {gaps[1]:.1e} shared forward" if args.shared else ""))  # fmt: skip
+    print(f"load average {os.getloadavg()[0]:.1f} after; {len(order)} pairs timed per setting, medians of {args.repeats} rounds")
 
 
 if __name__ == "__main__":

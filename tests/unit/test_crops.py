@@ -120,3 +120,52 @@ def test_full_boxes_cover_the_image_width_then_height():
     assert boxes.dtype == torch.int64
     assert boxes.tolist() == [[0, 0, 40, 24]] * 3
     assert full_boxes(0, (8, 8)).shape == (0, 4)
+
+
+def test_relevance_crops_of_a_build_equal_one_pair_per_call(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    """The crop stage batches pairs (ordered by sample, each sample decoded once per batch, 7 pairs a
+    pass so batches cut through a sample's pairs); each heatmap and box must be what one pair per call gives,
+    for plain units and for the negative copies of signed ones."""
+    from tiny_models import tiny_cnn
+
+    from semlens import BuildConfig, build_lens, load_data
+    from semlens.build.crops import pool_heatmaps
+    from semlens.lens.store import layer_file
+    from semlens.relevance.lrp import RelevanceModel, crp_heatmaps
+
+    layers = {"features.3": None, "head": "head:signed=true"}
+    config = BuildConfig(
+        model="py:tiny_models:tiny_cnn", layers=[spec or name for name, spec in layers.items()], data=f"folder:{colour_folder}",
+        foundation=f"hf:{tiny_clip_dir}", k=4, crop="relevance", relevance_batch_size=7, workers=0,
+        class_relevance=False,
+    )  # fmt: skip
+    lens = build_lens(config, tmp_path / "l", progress=False)
+    model, data = tiny_cnn(), load_data(f"folder:{colour_folder}")
+    relevance = RelevanceModel(model.module, torch.rand(2, 3, 32, 32))
+    with relevance.attributing() as modified:
+        for layer in layers:
+            assert lens.manifest["layers"][layer]["crop"]["mode"] == "relevance"
+            ids, heat = lens.samples(layer), lens.heatmaps(layer)
+            boxes = lens.store.read_tensors(layer_file(layer, "crops"))["boxes"]
+            base = lens.manifest["layers"][layer]["base_units"]
+            checked = 0
+            for unit, slot in torch.nonzero((ids >= 0) & ~lens.inactive(layer)[:, None]).tolist():
+                image = model.preprocessing(data.load(int(ids[unit, slot])))[None]
+                sign = torch.tensor([-1.0 if unit >= base else 1.0])
+                single = crp_heatmaps(modified, image, layer, torch.tensor([unit % base]), sign)
+                assert torch.allclose(heat[unit, slot].float(), pool_heatmaps(single, 32)[0].float(), rtol=1e-3, atol=1e-6)
+                assert boxes[unit, slot].tolist() == boxes_from_maps(single, (32, 32))[0].tolist()
+                checked += 1
+            assert checked >= 12 and (heat.float().abs().amax(dim=(2, 3)) > 0).any()
+
+
+def test_relevance_batch_is_sized_by_input_pixels_unless_given() -> None:
+    from semlens import BuildConfig
+    from semlens._util.errors import SemlensError
+
+    auto = BuildConfig(model="m", layers=["l"], data="d")
+    # 16 * 224**2 pixels a pass: 16 pairs at 224 px, 49 at 128, 196 at 64, capped at 256, at least 1
+    assert [auto.relevance_batch(side) for side in (224, 128, 64, 32, 1000)] == [16, 49, 196, 256, 1]
+    assert BuildConfig(model="m", layers=["l"], data="d", relevance_batch_size=5).relevance_batch(64) == 5
+    with pytest.raises(SemlensError, match="relevance_batch_size=0 must be a positive integer"):
+        BuildConfig(model="m", layers=["l"], data="d", relevance_batch_size=0)

@@ -45,7 +45,7 @@ class ClassRelevanceStage:
         data = load_data(context.config.relevance_data) if context.config.relevance_data else context.data
         mapping, targets_from = class_mapping(model, data)
         layers = [spec for spec in context.specs if not spec.sae]
-        loader = context.image_loader(data, range(len(data)), context.config.relevance_batch_size)
+        loader = context.image_loader(data, range(len(data)), context.config.relevance_batch(model.preprocessing.input_size))
         stats: dict[str, ClassRelevance] = {}
         with context.relevance.attributing() as modified, progress_bar("class relevance", len(data), context.progress) as advance:
             for pixels, ids, failed in loader:

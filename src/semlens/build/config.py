@@ -13,6 +13,12 @@ from .._util.tomlfiles import read_toml
 from .crops import CROP_MODES, CROP_RULES
 from .parallel import Shard
 
+#: input pixels per relevance pass when relevance_batch_size is not set: the memory of the former 16 pairs
+#: at 224 px, so 16 pairs at 224 px, 49 at 128 px, 196 at 64 px. On a CPU larger passes cost little less
+#: per pair than 16 (benchmarks/crops.py); small inputs gain most, from fewer Python calls per pair
+RELEVANCE_PIXELS = 16 * 224 * 224
+MAX_RELEVANCE_BATCH = 256
+
 
 @dataclass
 class BuildConfig:
@@ -30,7 +36,7 @@ class BuildConfig:
     crop_share: float = 0.8
     class_relevance: bool = True
     relevance_data: str | None = None
-    relevance_batch_size: int = 16
+    relevance_batch_size: int | None = None  # None: sized by input pixels (relevance_batch)
     max_map_side: int = 32
     batch_size: int = 32
     embed_batch_size: int = 64
@@ -53,9 +59,19 @@ class BuildConfig:
             raise SemlensError(f"crop_threshold={self.crop_threshold} must lie between 0 and 1 (a share of the heatmap's peak, e.g. 0.01)")
         if self.k < 1 or self.batch_size < 1 or self.embed_batch_size < 1:
             raise SemlensError("k, batch_size and embed_batch_size must be positive integers")
+        if self.relevance_batch_size is not None and self.relevance_batch_size < 1:
+            raise SemlensError(f"relevance_batch_size={self.relevance_batch_size} must be a positive integer (or left out: sized by input pixels)")
         check_precision(self.precision)
         if self.shard is not None:
             Shard.parse(self.shard)
+
+    def relevance_batch(self, input_size: int) -> int:
+        """Pairs (crop stage) or images (class relevance) per backward pass: ``relevance_batch_size``, or
+        as many inputs of side ``input_size`` as hold RELEVANCE_PIXELS pixels (between 1 and
+        MAX_RELEVANCE_BATCH): small inputs get more pairs per pass, memory stays what 16 took at 224 px."""
+        if self.relevance_batch_size is not None:
+            return self.relevance_batch_size
+        return max(1, min(MAX_RELEVANCE_BATCH, RELEVANCE_PIXELS // (input_size * input_size)))
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> BuildConfig:

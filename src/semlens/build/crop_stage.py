@@ -4,20 +4,20 @@ the distinct crops of all layers, which the embed stage embeds once each."""
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 from .._util.errors import SemlensError
 from .._util.progress import progress_bar
 from ..analysis.validity import arbitrary_slots
+from ..data.base import DecodingDataset, collate_decoded
 from ..lens.store import layer_file
 from ..model.units import LayerSpec
 from .collect import EMPTY_ID
 from .context import BuildContext
 from .crops import crop_boxes, full_boxes, pool_heatmaps
 from .embed import CropTable, chunks, plan_crops
-
-#: crop=auto computes CRP heatmaps on a CPU only up to this many (unit, example) pairs
-CPU_RELEVANCE_PAIRS = 4096
 
 
 class CropStage:
@@ -38,7 +38,8 @@ class CropStage:
         return plan_crops(samples, boxes)
 
     def _crop_mode(self, spec: LayerSpec, has_maps: bool) -> tuple[str, str]:
-        """The crop mode a layer gets, and why (auto picks relevance where LRP supports it)."""
+        """The crop mode a layer gets, and why: auto picks relevance wherever LRP supports the model, on any
+        device (on a CPU a pair costs about six forward passes of the model: benchmarks/crops.py)."""
         context = self.context
         mode = context.config.crop
         if mode in ("auto", "relevance"):
@@ -46,9 +47,6 @@ class CropStage:
             problem = None if report.supported else report.reason
             if problem is None and spec.sae:
                 problem = "CRP through a sparse autoencoder is not supported"
-            pairs = sum(context.manifest["layers"][other.name]["units"] for other in context.specs) * context.config.k
-            if problem is None and mode == "auto" and context.device.type != "cuda" and pairs > CPU_RELEVANCE_PAIRS:
-                problem = f"{pairs} unit-example pairs are too many backward passes on a CPU; pass crop=relevance to insist"
             if problem is None:
                 return "relevance", report.reason
             if mode == "relevance":
@@ -82,7 +80,8 @@ class CropStage:
     def _relevance_boxes(self, spec: LayerSpec, ids: torch.Tensor) -> torch.Tensor:
         """CRP crop boxes ``[U, k, 4]``: each unit's heatmap on each of its samples, many pairs per backward
         pass, split into blocks of whole batches across ranks; stored per layer so that an interrupted
-        run does not redo finished layers."""
+        run does not redo finished layers. Pairs are ordered by sample, and data-loader workers decode
+        each distinct sample of the next batches once while the model explains this one."""
         from ..relevance.lrp import crp_heatmaps
 
         context = self.context
@@ -98,17 +97,15 @@ class CropStage:
         flat_ids = ids.reshape(-1)
         valid = (flat_ids != EMPTY_ID).nonzero().flatten()
         order = valid[torch.argsort(flat_ids[valid], stable=True)]  # by sample: each image decoded once per batch
-        batch = context.config.relevance_batch_size
+        batch = context.config.relevance_batch(size)
         mine = ranks.shard.split(range(len(order)), batch)
+        spans = list(chunks(mine.stop, batch, mine.start))
         found = torch.empty(len(mine), 4, dtype=torch.int64)
         side = min(size, context.config.max_map_side)
         pooled = torch.zeros(len(mine), side, side, dtype=torch.float16)
         with context.relevance.attributing() as modified, progress_bar(f"relevance crops {spec.name}", len(mine), context.progress) as advance:
-            for begin, end in chunks(mine.stop, batch, mine.start):
+            for (begin, end), inputs in zip(spans, self._pair_inputs(flat_ids, order, spans)):
                 positions = order[begin:end]
-                samples = flat_ids[positions].tolist()
-                views = {sample: model.preprocessing(context.data.load(sample)) for sample in set(samples)}
-                inputs = torch.stack([views[sample] for sample in samples]).to(context.device)
                 channels = unit_of[positions] % base
                 signs = torch.where(unit_of[positions] >= base, -1.0, 1.0)
                 heat = crp_heatmaps(modified, inputs, spec.name, channels.to(context.device), signs.to(context.device), spec.pick)
@@ -124,3 +121,25 @@ class CropStage:
         heat = heat.reshape(units, k, side, side)
         ranks.on_main(lambda: store.write_tensors(name, {"boxes": boxes, "heat": heat}, {"fingerprint": key}))
         return boxes
+
+    def _pair_inputs(self, flat_ids: torch.Tensor, order: torch.Tensor, spans: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
+        """The model's input for each span of ``order`` (one row per pair), on the device; each span's
+        distinct samples are decoded once, by data-loader workers, ahead of the model."""
+        context = self.context
+        distinct = [torch.unique(flat_ids[order[begin:end]]) for begin, end in spans]
+        starts = torch.tensor([0] + [len(samples) for samples in distinct]).cumsum(0).tolist()
+        loader = torch.utils.data.DataLoader(
+            DecodingDataset(context.data, context.model.preprocessing.pixels, torch.cat([torch.empty(0, dtype=torch.int64), *distinct]).tolist()),
+            batch_sampler=[range(start, stop) for start, stop in zip(starts, starts[1:])],
+            num_workers=min(context.workers(), len(spans)),
+            collate_fn=collate_decoded,
+            pin_memory=context.device.type == "cuda",
+        )  # fmt: skip
+        for (begin, end), samples, (pixels, _, failed) in zip(spans, distinct, loader):
+            if failed:
+                index, error = failed[0]
+                raise SemlensError(
+                    f"sample {index} ({error}) cannot be decoded for its relevance crop, though it was when the top "
+                    "examples were collected: the data changed; rebuild with --overwrite"
+                )
+            yield context.model_input(pixels)[torch.searchsorted(samples, flat_ids[order[begin:end]]).to(context.device)]
