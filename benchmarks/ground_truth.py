@@ -5,11 +5,13 @@ Per (world, seed) the classifier is trained (cached), its Lens built on the worl
 relevance crops and labelled with the world's vocabulary; then, through the Lens's public API:
 
 - truth per unit: by dissection (IoU of the unit's top-quantile map with a concept's masks, at least
-  ``truth.IOU_THRESHOLD``; the same IoU with each image's maps paired with the next image's masks is
-  recorded as the chance level) and by response (AUC of its response to a concept's concept images
+  ``truth.IOU_THRESHOLD`` and at least the best IoU any unit of its layer reaches by chance, with each
+  image's maps paired with the next image's masks; both recorded) and by response (AUC of its response to a concept's concept images
   against every other concept's, at least ``truth.RESPONSE_AUC``);
 - labels: top-1 / top-3 against dissection with chance, top-1 against the response truth, phi, and a
   CoSy-style AUC (a unit's response to its label's concept images against the others', 0.5 = chance);
+  the share of labels that are distractors (words the world never shows), and top-1 with the world's
+  concepts as the only candidates;
 - search: true artefact units in the top 5 for the artefact's name and for a paraphrase never used in
   training (``captions.HELD_OUT``);
 - audit of the artefact's class (valid: the class name; spurious: the artefact): units flagged
@@ -43,6 +45,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from semlens.analysis.vocabulary import Vocabulary
+from semlens.lens.lens import Lens
 from semlens.world.captions import HELD_OUT
 from semlens.world.demo import (
     PROBE_IMAGES,
@@ -54,15 +58,16 @@ from semlens.world.demo import (
     memo,
     test_finding,
     unit_truths,
+    world_vocabulary,
 )
 from semlens.world.random_world import planted_artifact, random_worlds
 from semlens.world.render import WorldConfig
-from semlens.world.truth import IOU_THRESHOLD, artifact_reliance
+from semlens.world.truth import IOU_THRESHOLD, artifact_reliance, layer_threshold
 
 #: per column of the summary rows: +1 higher is better, -1 lower is better; control worlds flip the audit
 #: and reliance columns (there the artefact tells nothing about the class)
 BETTER = {
-    "top1": 1, "top3": 1, "top1_response": 1, "phi": 1, "cosy_auc": 1, "search_hits_at5": 1, "search_hits_at5_paraphrase": 1,
+    "top1": 1, "top3": 1, "top1_world_concepts": 1, "distractor_label_share": -1, "top1_response": 1, "phi": 1, "cosy_auc": 1, "search_hits_at5": 1, "search_hits_at5_paraphrase": 1,
     "audit_precision": 1, "audit_recall": 1, "spurious_share": 1, "reliance": 1, "units_with_truth": 1,
 }  # fmt: skip
 CONTROL_LOWER = ("spurious_share", "reliance", "audit_flagged")
@@ -89,6 +94,23 @@ def world_texts(worlds: list[str]) -> list[tuple[str, str]]:
 
 def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
+
+
+def distractor_labels(lens: Lens, config: WorldConfig, truth: dict[str, str]) -> dict[str, float | None]:
+    """The share of labelled units whose best label is a distractor (a concept the world never shows),
+    and top-1 against dissection when only the world's concepts are candidates (labels kept in this
+    process only): a foundation model that puts unrelated words near the units' crops costs labels
+    here, not semlens's ranking of the world's concepts."""
+    full = world_vocabulary(config)
+    names = set(config.concept_names())
+    labelled = [row[0] for layer in SPATIAL for row, ok in zip(lens.labels(layer).concepts.tolist(), lens.labels(layer).labelled.tolist()) if ok]
+    distractors = sum(full.concepts[index] not in names for index in labelled)
+    categories = tuple(category for category, concept in zip(full.categories, full.concepts) if concept in names)
+    world_only = Vocabulary("world-only", tuple(config.concept_names()), categories)
+    labelling = lens.label(world_only, save=False)
+    top = {f"{layer}/{unit}": world_only.concepts[int(row[0])] for layer in SPATIAL for unit, row in enumerate(labelling[layer].concepts.tolist())}
+    hits = [top[unit] == concept for unit, concept in truth.items()]
+    return {"distractor_label_share": _share(distractors, len(labelled)), "top1_world_concepts": _share(sum(hits), len(hits))}
 
 
 def evaluate(
@@ -118,6 +140,7 @@ def evaluate(
     test = memo(out / "test.json", {**model_key, "spurious": flagged}, lambda: test_finding(lens, config, artifact, target, flagged))
     index = list(config.classes).index(target)
     pruning = test.get("pruning")
+    distractors = distractor_labels(lens, config, truth)  # last: it replaces the Lens's labels in this process
     null_iou = sorted(value for layer in SPATIAL for value in truths[layer]["null_best_iou"])
     return {
         "world": name, "seed": seed, "control": control, "build": build or {}, "class_family": config.class_family, "classes": list(config.classes),
@@ -125,8 +148,9 @@ def evaluate(
         "units_with_truth": labels["units_with_true_concept"], "units": sum(len(truths[layer]["best"]) for layer in SPATIAL),
         "top1": labels["top1"], "top3": labels["top3"], "random_top1": labels["random_top1"], "random_top3": labels["random_top3"],
         "units_with_response_truth": labels["units_with_response_truth"], "top1_response": labels["top1_response"],
-        "phi": labels["faithfulness_phi"], "cosy_auc": labels["cosy_auc"],
-        "iou_threshold": IOU_THRESHOLD, "null_iou_max": null_iou[-1], "null_units_over_threshold": sum(v >= IOU_THRESHOLD for v in null_iou),
+        "phi": labels["faithfulness_phi"], "cosy_auc": labels["cosy_auc"], **distractors,
+        "iou_thresholds": {layer: layer_threshold(truths[layer]["null_best_iou"]) for layer in SPATIAL},
+        "null_units_over_base_threshold": sum(v >= IOU_THRESHOLD for v in null_iou),
         "artefact_units": len(true_units), "artefact_unit_names": sorted(true_units),
         "search_hits_at5": sum(unit in true_units for unit in hits[artifact]),
         "search_hits_at5_paraphrase": sum(unit in true_units for unit in hits[paraphrase]),
@@ -150,7 +174,8 @@ def _number(value: Any) -> str:
 
 
 COLUMNS = {  # header: record key
-    "units w/ truth": "units_with_truth", "top-1": "top1", "top-3": "top3", "top-1 resp.": "top1_response", "phi": "phi",
+    "units w/ truth": "units_with_truth", "top-1": "top1", "top-3": "top3", "top-1 world": "top1_world_concepts",
+    "distractor labels": "distractor_label_share", "top-1 resp.": "top1_response", "phi": "phi",
     "CoSy AUC": "cosy_auc", "artefact units": "artefact_units", "search@5": "search_hits_at5",
     "paraphrase@5": "search_hits_at5_paraphrase", "flagged": "audit_flagged", "precision": "audit_precision",
     "recall": "audit_recall", "spurious share": "spurious_share", "reliance": "reliance",

@@ -266,3 +266,9 @@ def test_faithfulness_phi_of_labelled_units_only():
     # unit 0 labelled with concept 1 (halfway), unit 1 with its best concept (1.0), unit 2 unlabelled
     assert faithfulness(responses, [1, 2, None]) == [0.5, 1.0]
     assert faithfulness(responses, [None, None, None]) == []
+
+
+def test_the_layer_threshold_rises_to_what_chance_reaches():
+    from semlens.world.truth import IOU_THRESHOLD, layer_threshold
+
+    assert layer_threshold([0.01, 0.02]) == IOU_THRESHOLD and layer_threshold([0.01, 0.055]) == 0.055

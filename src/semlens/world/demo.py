@@ -24,7 +24,7 @@ from ..model.units import LayerSpec
 from .captions import HELD_OUT
 from .random_world import planted_artifact
 from .render import WorldConfig, WorldData, concept_family
-from .truth import concept_responses, dissect_layer, faithfulness, response_auc, response_truth
+from .truth import concept_responses, dissect_layer, faithfulness, layer_threshold, response_auc, response_truth
 
 LAYERS = ["features.10", "features.14", "head"]  # third and fourth conv stage (after ReLU), class logits
 SPATIAL = LAYERS[:2]
@@ -132,8 +132,9 @@ def identity(lens: Lens, config: WorldConfig, images: int) -> dict:
 
 
 def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
-    """Per spatial layer, each unit's true concept by dissection (None: none passes the IoU threshold),
-    its best IoU, its best IoU when maps meet the next image's masks (chance), and its responses
+    """Per spatial layer, each unit's best concept by dissection (None: under ``IOU_THRESHOLD``; the
+    layer's chance threshold is applied on reading), its best IoU, its best IoU when maps meet the next
+    image's masks (chance), and its responses
     ``[U, C, n]`` to each concept's concept images."""
     model = lens.model()
     data = WorldData(config, PROBE_IMAGES, "probe")
@@ -159,13 +160,15 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     """semlens labels against the truth: top-1/top-3 accuracy against dissection, with the random
     baseline; top-1 against the concept-image response truth; faithfulness phi; and a CoSy-style AUC
     (the unit's response to its label's concept images against all other concepts', 0.5 = chance).
-    Also each unit's true concept by dissection (units without one are left out)."""
+    Also each unit's true concept by dissection (units under their layer's chance threshold, see
+    ``truth.layer_threshold``, are left out)."""
     truths = unit_truths(lens, config, out)
     concepts, world_concepts = list(lens.vocabulary.concepts), config.concept_names()
     hits1 = hits3 = total = response_hits = response_total = 0
     phis, aucs, true_concepts = [], [], {}
     for layer in SPATIAL:
-        best = truths[layer]["best"]
+        threshold = layer_threshold(truths[layer]["null_best_iou"])
+        best = [concept if iou >= threshold else None for concept, iou in zip(truths[layer]["best"], truths[layer]["best_iou"])]
         responses = torch.tensor(truths[layer]["responses"])
         auc = response_auc(responses)
         by_response = response_truth(auc, world_concepts)
