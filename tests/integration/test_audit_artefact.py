@@ -1,6 +1,8 @@
 """Acceptance: a model trained where the "red" class always carries a watermark relies on it; the audit
-marks the watermark unit spurious with a large share of relevance; inserting the watermark raises the
-class probability; pruning that unit lowers the effect. Numbers are printed into the test output."""
+marks the watermark units spurious against their layer's null, with a large share of relevance, and its
+concept test confirms them (the watermark raises them, zeroing them takes reliance away); inserting the
+watermark raises the class probability; pruning those units lowers the effect. Numbers are printed into
+the test output."""
 
 from __future__ import annotations
 
@@ -57,11 +59,27 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     assert lens.manifest["layers"]["features.3"]["crop"]["mode"] == "relevance"
 
     audit = ask("audit", lens.path, "--class", "red", "--valid", "red", "--spurious", "watermark", "--layer", "features.3",
-                "--cut", "0.05", "--out", setting / "audit.html", "--json")  # fmt: skip
+                "--cut", "0.05", "--out", setting / "audit.html", "--test-data", f"folder:{setting / 'others'}",
+                "--artifact", setting / "watermark.png", "--at", "1,1", "--json")  # fmt: skip
     spurious = [unit for unit in audit["units"] if unit["verdict"] == "spurious"]
     assert spurious, audit
     top = spurious[0]
-    assert top["relevance"] > 0.25 and audit["shares"]["spurious"] > 0.3
+    assert top["z_spur"] > 3 and top["z_spur"] - top["z_valid"] > 1 and audit["shares"]["spurious"] > 0.3
+    # the concept test: the class relies on the watermark, and every spurious unit carries part of it
+    assert audit["reliance"]["relies"] and audit["reliance"]["effect"] > 0.5
+    assert audit["confirmed"] == [unit["unit"] for unit in spurious] and not audit["unconfirmed"]
+    assert all(unit["test"]["activation_auc"] > 0.9 for unit in spurious)
+    # an image probe of the watermark ranks the same units first (with the oracle's four dimensions and 8 units
+    # in the null it stays under z 3); a generic image (noise, no watermark) flags none
+    plain = setting / "plain.png"
+    Image.fromarray(np.random.default_rng(8).integers(40, 110, (32, 32, 3)).astype(np.uint8)).save(plain)
+    by_image = ask("audit", lens.path, "--class", "red", "--valid", "red", "--spurious-image", setting / "watermark.png",
+                   "--layer", "features.3", "--cut", "0.05", "--json")  # fmt: skip
+    ranked = sorted(by_image["units"], key=lambda unit: -unit["z_spur"])
+    assert {unit["unit"] for unit in ranked[: len(spurious)]} == {unit["unit"] for unit in spurious}
+    generic = ask("audit", lens.path, "--class", "red", "--valid", "red", "--spurious-image", plain,
+                  "--layer", "features.3", "--cut", "0.05", "--json")  # fmt: skip
+    assert not [u for u in generic["units"] if u["verdict"] in ("spurious", "both")], generic
     # it really is the watermark unit: it fires far more on the watermark alone than on a plain image
     layer, channel = top["unit"].split("/")
     model = Lens.open(lens.path).model()
@@ -82,8 +100,9 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
               "--spurious-only", f"folder:{setting / 'watermark-only'}", "--json")["separation_auc"]  # fmt: skip
     assert auc < 0.5  # the watermark alone scores higher than real red images without it: strong reliance
 
-    pruned = ask("prune", lens.path, "--unit", top["unit"], "--data", f"folder:{setting / 'others'}", "--class", "red",
-                 "--artifact", setting / "watermark.png", "--at", "1,1", "--json")  # fmt: skip
+    pruned = ask("prune", lens.path, *(arg for unit in spurious for arg in ("--unit", unit["unit"])), "--data",
+                 f"folder:{setting / 'others'}", "--class", "red", "--artifact", setting / "watermark.png", "--at", "1,1",
+                 "--json")  # fmt: skip
     before, after = pruned["artifact"]["before"], pruned["artifact"]["after"]
     assert after["predicted_as_class"] < before["predicted_as_class"]
     assert after["class_probability"] < before["class_probability"]
@@ -93,11 +112,12 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     assert any(node["layer"] == "features.3" for node in graph["nodes"]) and graph["edges"]
     with capsys.disabled():
         print(
-            f"\n[artefact audit] spurious unit {top['unit']}: relevance share {top['relevance']:.3f}, a_spur "
-            f"{top['a_spur']:.3f}, a_valid {top['a_valid']:.3f}; class relevance by verdict {audit['shares']}\n"
+            f"\n[artefact audit] spurious units {[unit['unit'] for unit in spurious]}; top {top['unit']}: relevance share "
+            f"{top['relevance']:.3f}, z_spur {top['z_spur']:.2f}, z_valid {top['z_valid']:.2f}; class relevance by verdict "
+            f"{audit['shares']}; reliance {audit['reliance']}; confirmed {audit['confirmed']}\n"
             f"[artefact insertion] red probability on green/blue images {inserted['clean']['class_probability']:.3f} -> "
             f"{inserted['artifact']['class_probability']:.3f}; separation AUC real red vs watermark-only {auc:.3f}\n"
-            f"[pruning {top['unit']}] with watermark: predicted red {before['predicted_as_class']:.3f} -> "
+            f"[pruning the spurious units] with watermark: predicted red {before['predicted_as_class']:.3f} -> "
             f"{after['predicted_as_class']:.3f}, red probability {before['class_probability']:.3f} -> "
             f"{after['class_probability']:.3f}; clean accuracy {pruned['clean']['before']['accuracy']:.3f} -> "
             f"{pruned['clean']['after']['accuracy']:.3f}"

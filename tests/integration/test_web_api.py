@@ -178,8 +178,15 @@ def test_audit_its_export_and_bad_requests(client) -> None:
         "/api/lenses/0/audit", json={"class": "red", "valid": ["red"], "spurious": ["noise", "text"]}
     ).json()
     assert audit["class"] == "red" and audit["valid"] == ["red"] and audit["cut"] == 0.028
-    assert set(audit["shares"]) == {"valid", "spurious", "both", "unexpected"} and audit["units"]
-    assert {"unit", "relevance", "a_valid", "a_spur", "verdict", "thumbnails"} <= set(audit["units"][0])
+    assert set(audit["shares"]) == {"valid", "spurious", "both", "unexpected", "spurious_or_both"} and audit["units"]
+    assert {"unit", "relevance", "a_valid", "a_spur", "z_valid", "z_spur", "verdict", "copies", "thumbnails"} <= set(audit["units"][0])
+    assert audit["rule"]["z"] == 3.0 and audit["rule"]["margin"] == 1.0 and "null" in audit["rule"]
+    loose = client.post(
+        "/api/lenses/0/audit", json={"class": "red", "valid": ["red"], "spurious": ["noise", "text"], "z": 0, "margin": 0}
+    ).json()  # every unit above its layer's median is aligned: fewer unexpected verdicts
+    assert loose["rule"]["z"] == 0 and sum(u["verdict"] == "unexpected" for u in loose["units"]) <= sum(
+        u["verdict"] == "unexpected" for u in audit["units"]
+    )
     assert audit["figure"]["data"]
     by_index = client.post(
         "/api/lenses/0/audit", json={"class": "0", "valid": ["red"], "spurious": ["noise"], "cut": 0.5}
@@ -194,7 +201,8 @@ def test_audit_its_export_and_bad_requests(client) -> None:
         client.post("/api/lenses/0/audit", json={"class": "7", "valid": ["x"], "spurious": ["y"]}), 400, "3 classes"
     )
     for bad in ({"class": "red", "valid": [], "spurious": ["y"]}, {"class": "red", "valid": ["x"] * 21, "spurious": ["y"]},
-                {"class": "red", "valid": ["x"], "spurious": ["y"], "cut": 2}, {"valid": ["x"], "spurious": ["y"]}):  # fmt: skip
+                {"class": "red", "valid": ["x"], "spurious": ["y"], "cut": 2}, {"valid": ["x"], "spurious": ["y"]},
+                {"class": "red", "valid": ["x"], "spurious": ["y"], "margin": -1}):  # fmt: skip
         assert client.post("/api/lenses/0/audit", json=bad).status_code == 422
 
 

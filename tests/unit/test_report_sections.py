@@ -43,9 +43,11 @@ def unescaped_json(page: str) -> str:
 
 
 def hostile_audit(unit: str) -> Audit:
-    flagged = AuditedUnit(unit, 0.4, 0.3, -0.1, 0.2, "spurious")
-    shares = {"valid": 0.0, "spurious": 1.0, "both": 0.0, "unexpected": 0.0}
-    return Audit(HOSTILE, 0.01, [HOSTILE], ["watermark & <b>logo</b>"], [flagged], shares)
+    test = {"activation_auc": 0.9, "drop_with": 0.2, "drop_without": 0.05, "reliance_removed": 0.5, "confirmed": True}
+    flagged = AuditedUnit(unit, 0.4, 0.3, -0.1, 0.2, 0.5, 6.0, "spurious", test=test)
+    shares = {"valid": 0.0, "spurious": 1.0, "both": 0.0, "unexpected": 0.0, "spurious_or_both": 1.0}
+    reliance = {"samples": [20, 20], "paired": True, "without": 0.1, "with": 0.4, "effect": 0.3, "log_odds": 1.8, "relies": True}
+    return Audit(HOSTILE, 0.01, [HOSTILE], ["watermark & <b>logo</b>"], [flagged], shares, left_out=[HOSTILE], reliance=reliance)
 
 
 def hostile_graph() -> AttributionGraph:
@@ -85,9 +87,13 @@ def test_report_with_audits_comparison_and_graphs(lenses, tmp_path) -> None:
     assert "<h2>Audit of class red</h2>" in page and f"<h2>Audit of class {escaped(HOSTILE)}</h2>" in page
     assert page.count('<table class="verdicts">') == 2
     assert "<tr><td>spurious</td><td>1</td><td>100.0%</td></tr>" in page  # the hostile audit's shares
+    assert "<tr><td>spurious or both</td><td>1</td><td>100.0%</td></tr>" in page and "aligned: z &gt; 3" in page
+    assert "class probability 0.100 without, 0.400 with (+0.300" in page and "reliance not measured" in page  # red: no test
     flagged = page.split(f"<h2>Audit of class {escaped(HOSTILE)}</h2>")[1].split("<h2>")[0]
     assert "Flagged units" in flagged and unit in flagged and 'src="data:image/jpeg;base64,' in flagged
     assert "watermark &amp; &lt;b&gt;logo&lt;/b&gt;" in flagged
+    assert f"confirmed findings: {unit}" in flagged and "concept test: confirmed (activation AUC 0.90" in flagged
+    assert f"left out (no examples of their own): {escaped(HOSTILE)}" in flagged
 
     comparing = page.split(f"<h2>Comparison with {escaped(HOSTILE)}</h2>")[1].split("<h2>")[0]
     assert comparing.count('"texttemplate":"%{z:.3f}"') == 2 and lens.path.name in comparing  # the two S heatmaps

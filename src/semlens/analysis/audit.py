@@ -1,10 +1,14 @@
 """Auditing a class (the paper's Sec. 3.4 and 4.2): do the units it relies on encode valid concepts?
 
 For the units relevant to a class (highest relevance share above a cut), a_valid is the best
-alignment with any valid concept and a_spur with any spurious one (null-subtracted). Ideally every
-relevant unit has a_valid > 0 and a_spur <= 0. A unit aligned with a spurious concept only is
-"spurious", with both "both", with neither "unexpected" (inspect it). The class's relevance is split
-by verdict to say how much of the decision rests on what.
+alignment with any valid concept and a_spur with any spurious one (null-subtracted, Eq. 4). A bare
+``a > 0`` flags far too much: every unit aligns a little with most prompts. So each alignment is
+calibrated against a null distribution: the alignment of every unit of the same layer with the same
+probe. z is the unit's robust z-score in that null, (a - median) / (1.4826 MAD), and a unit counts as
+aligned with a probe when z > ``Z_CUT``. The verdict compares the two with a margin: "spurious" when
+z_spur beats z_valid by more than ``MARGIN`` and is aligned, "valid" likewise, "both" when the better one
+is aligned but the two are within the margin, "unexpected" when neither is aligned (inspect it). The
+class's relevance is split by verdict; "both" counts with "spurious" in ``spurious_or_both``.
 """
 
 from __future__ import annotations
@@ -14,20 +18,52 @@ from dataclasses import dataclass, field
 import torch
 
 VERDICTS = ("valid", "spurious", "both", "unexpected")
+FLAGGED = ("spurious", "both")
 AUDIT_CUT = 0.028  # the paper's example: units with more than 2.8 % of a layer's relevance
+Z_CUT = 3.0  # robust z above which a unit counts as aligned with a probe (see README: Audit)
+MARGIN = 1.0  # z units by which one kind of concept must beat the other for a one-sided verdict
+SCALE_FLOOR = 1e-3  # cosine differences below this are float16 storage noise, not a spread
+MIN_NULL = 10  # a null of fewer units gives rough z-scores: the audit says so
+NULL_RULE = "robust z of the alignment among the units of its layer: (a - median) / (1.4826 MAD)"
 
 
-def verdict(valid: bool, spurious: bool) -> str:
-    if valid and spurious:
-        return "both"
-    if valid:
-        return "valid"
-    return "spurious" if spurious else "unexpected"
+@dataclass(frozen=True)
+class AlignmentRule:
+    """When a unit counts as aligned (z > ``z``) and by how much one kind must beat the other (``margin``)."""
+
+    z: float = Z_CUT
+    margin: float = MARGIN
+
+    def to_dict(self) -> dict:
+        return {"null": NULL_RULE, "z": self.z, "margin": self.margin}
 
 
-def verdicts(a_valid: torch.Tensor, a_spur: torch.Tensor, margin: float = 0.0) -> list[str]:
-    """Per unit: valid (only a_valid > margin), spurious (only a_spur > margin), both, or unexpected."""
-    return [verdict(v, s) for v, s in zip((a_valid > margin).tolist(), (a_spur > margin).tolist())]
+def null_z(alignments: torch.Tensor, groups: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Robust z ``[U, P]`` of each unit's alignment with each probe against its group's null (``groups``
+    ``[U]``: the layer of each unit; ``members`` ``[U]``: the units that make up the null, e.g. those with
+    examples of their own). NaN for groups with no member."""
+    z = torch.full_like(alignments, float("nan"))
+    for group in torch.unique(groups).tolist():
+        rows = groups == group
+        null = alignments[rows & members]
+        if not len(null):
+            continue
+        median = null.quantile(0.5, dim=0)
+        scale = (1.4826 * (null - median).abs().quantile(0.5, dim=0)).clamp_min(SCALE_FLOOR)
+        z[rows] = (alignments[rows] - median) / scale
+    return z
+
+
+def verdicts(z_valid: torch.Tensor, z_spur: torch.Tensor, rule: AlignmentRule = AlignmentRule()) -> list[str]:
+    """Per unit: spurious (z_spur > rule.z and beats z_valid by more than the margin), valid (likewise),
+    both (the better one is aligned, the two within the margin), or unexpected (neither aligned; NaN too)."""
+    gap = z_spur - z_valid
+    aligned = torch.maximum(z_valid, z_spur) > rule.z
+    kinds = torch.full(gap.shape, 3)  # unexpected
+    kinds[aligned & (gap.abs() <= rule.margin)] = 2
+    kinds[aligned & (gap > rule.margin)] = 1
+    kinds[aligned & (gap < -rule.margin)] = 0
+    return [VERDICTS[kind] for kind in kinds.tolist()]
 
 
 @dataclass
@@ -37,13 +73,18 @@ class AuditedUnit:
     mean_relevance: float  # mean share over samples of the class
     a_valid: float
     a_spur: float
+    z_valid: float  # a_valid calibrated: robust z among the units of its layer (best valid probe)
+    z_spur: float
     verdict: str
+    copies: list[str] = field(default_factory=list)  # a signed layer's other copy of the same channel
     examples: list[str] = field(default_factory=list)
+    test: dict | None = None  # the concept test of a flagged unit (interventions.concept_tests)
 
 
 @dataclass
 class Audit:
-    """One class's audit; ``shares`` splits the relevant units' mean relevance by verdict."""
+    """One class's audit; ``shares`` splits the relevant units' mean relevance by verdict, ``reliance`` is
+    the measured effect of the spurious concept on the class (None unless a concept test was asked for)."""
 
     class_name: str
     cut: float
@@ -51,6 +92,27 @@ class Audit:
     spurious: list[str]
     units: list[AuditedUnit]
     shares: dict[str, float]
+    rule: AlignmentRule = AlignmentRule()
+    left_out: list[str] = field(default_factory=list)  # relevant units without examples of their own
+    null_units: dict[str, int] = field(default_factory=dict)  # per layer, the units its null is made of
+    reliance: dict | None = None
+
+    @property
+    def small_nulls(self) -> dict[str, int]:
+        """Layers whose null has fewer than ``MIN_NULL`` units: their z-scores are rough."""
+        return {layer: count for layer, count in self.null_units.items() if count < MIN_NULL}
+
+    @property
+    def flagged(self) -> list[AuditedUnit]:
+        return [unit for unit in self.units if unit.verdict in FLAGGED]
+
+    @property
+    def confirmed(self) -> list[str]:
+        return [unit.unit for unit in self.flagged if unit.test and unit.test["confirmed"]]
+
+    @property
+    def unconfirmed(self) -> list[str]:
+        return [unit.unit for unit in self.flagged if unit.test and not unit.test["confirmed"]]
 
     def to_dict(self) -> dict:
         return {
@@ -58,19 +120,41 @@ class Audit:
             "cut": self.cut,
             "valid": self.valid,
             "spurious": self.spurious,
+            "rule": self.rule.to_dict(),
+            "null_units": self.null_units,
             "shares": self.shares,
+            "reliance": self.reliance,
+            "confirmed": self.confirmed,
+            "unconfirmed": self.unconfirmed,
+            "left_out": self.left_out,
             "units": [unit.__dict__ for unit in self.units],
         }
 
 
 def relevance_by_verdict(relevance: torch.Tensor, unit_verdicts: list[str]) -> dict[str, float]:
-    """Fractions of the (non-negative part of the) relevance carried by each verdict; sum to 1."""
+    """Fractions of the (non-negative part of the) relevance carried by each verdict (they sum to 1), and
+    ``spurious_or_both``: what the audit flags."""
     weights = relevance.clamp_min(0)
     total = float(weights.sum())
-    return {
+    shares = {
         verdict: (float(weights[[v == verdict for v in unit_verdicts]].sum()) / total if total > 0 else 0.0)
         for verdict in VERDICTS
     }
+    return {**shares, "spurious_or_both": shares["spurious"] + shares["both"]}
+
+
+def merge_copies(channel: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Merge units that are copies of one channel (``channel`` ``[U]``, equal for the positive and negative
+    copy of a signed unit): per channel, the index of its first unit, each unit's channel number (0..C-1)
+    and the highest of each of ``values`` over its copies (NaN only where every copy is NaN)."""
+    _, inverse = torch.unique(channel, return_inverse=True)
+    count = int(inverse.max()) + 1 if len(inverse) else 0
+    first = torch.full((count,), len(channel)).scatter_reduce(0, inverse, torch.arange(len(channel)), reduce="amin")
+    merged = []
+    for value in values:
+        best = torch.full((count,), float("-inf")).scatter_reduce(0, inverse, value.nan_to_num(float("-inf"), posinf=float("inf")), reduce="amax")
+        merged.append(best.masked_fill(best == float("-inf"), float("nan")))
+    return first, inverse, merged
 
 
 def audit_units(
@@ -80,18 +164,44 @@ def audit_units(
     mean_share: torch.Tensor,
     a_valid: torch.Tensor,
     a_spur: torch.Tensor,
+    z_valid: torch.Tensor,
+    z_spur: torch.Tensor,
     valid: list[str],
     spurious: list[str],
     cut: float = AUDIT_CUT,
-    margin: float = 0.0,
+    rule: AlignmentRule = AlignmentRule(),
+    channel: torch.Tensor | None = None,
+    examples: torch.Tensor | None = None,
 ) -> Audit:
-    """Audit the units whose max relevance share for the class exceeds ``cut`` (most relevant first)."""
-    relevant = (max_share.nan_to_num(float("-inf")) > cut).nonzero().flatten()
-    relevant = relevant[torch.argsort(mean_share[relevant].nan_to_num(0), descending=True, stable=True)]
-    unit_verdicts = verdicts(a_valid[relevant], a_spur[relevant], margin)
-    audited = [
-        AuditedUnit(units[i], float(max_share[i]), float(mean_share[i]), float(a_valid[i]), float(a_spur[i]), verdict)
-        for i, verdict in zip(relevant.tolist(), unit_verdicts)
-    ]
-    shares = relevance_by_verdict(mean_share[relevant].nan_to_num(0), unit_verdicts)
-    return Audit(class_name, cut, list(valid), list(spurious), audited, shares)
+    """Audit the units whose max relevance share for the class exceeds ``cut`` (most relevant first).
+
+    ``channel`` ``[U]`` names the channel of each unit: the two copies of a signed unit share their
+    channel's relevance, so they are merged into one audited unit (relevance counted once; alignments:
+    the better copy's, which also names it). ``examples`` ``[U]``: False for units without examples of
+    their own (inactive, tied); they are listed as ``left_out`` instead of audited."""
+    count = len(units)
+    channel = torch.arange(count) if channel is None else channel
+    examples = torch.ones(count, dtype=torch.bool) if examples is None else examples
+    hidden = ~examples  # a copy without examples lends no alignment to its channel
+    z_v, z_s = z_valid.masked_fill(hidden, float("nan")), z_spur.masked_fill(hidden, float("nan"))
+    best_copy = torch.maximum(z_v.nan_to_num(float("-inf")), z_s.nan_to_num(float("-inf")))
+    first, inverse, (m_max, m_mean, m_av, m_as, m_zv, m_zs, m_best) = merge_copies(
+        channel, max_share, mean_share, a_valid.masked_fill(hidden, float("nan")),
+        a_spur.masked_fill(hidden, float("nan")), z_v, z_s, best_copy,
+    )  # fmt: skip
+    has_examples = torch.zeros(len(first), dtype=torch.bool).scatter_reduce(0, inverse, examples, reduce="amax")
+    relevant = (m_max.nan_to_num(float("-inf")) > cut).nonzero().flatten()
+    left_out = [units[int(first[i])] for i in relevant.tolist() if not has_examples[i]]
+    relevant = relevant[has_examples[relevant]]
+    relevant = relevant[torch.argsort(m_mean[relevant].nan_to_num(0), descending=True, stable=True)]
+    unit_verdicts = verdicts(m_zv[relevant], m_zs[relevant], rule)
+    audited = []
+    for i, verdict in zip(relevant.tolist(), unit_verdicts):
+        members = (inverse == i).nonzero().flatten().tolist()
+        named = next((m for m in members if float(best_copy[m]) == float(m_best[i])), members[0])
+        audited.append(AuditedUnit(
+            units[named], float(m_max[i]), float(m_mean[i]), float(m_av[i]), float(m_as[i]), float(m_zv[i]),
+            float(m_zs[i]), verdict, [units[m] for m in members if m != named],
+        ))  # fmt: skip
+    shares = relevance_by_verdict(m_mean[relevant].nan_to_num(0), unit_verdicts)
+    return Audit(class_name, cut, list(valid), list(spurious), audited, shares, rule, left_out)

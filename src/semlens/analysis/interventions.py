@@ -6,10 +6,14 @@ Three experiments from the paper (Sec. 4.2, F.1, F.2.3):
 - separation AUC: how well the class logit separates real class images from images that carry only
   the spurious features (lower AUC = more reliance on the spurious features);
 - pruning: switch units off with forward hooks and measure clean and artefact accuracy again.
+And the concept test of an audit's flagged units: does the concept raise the unit's activation, and does
+zeroing the unit cost the class more where the concept is shown? Beside it, the class's reliance on the
+concept (its probability with the concept minus without).
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +26,7 @@ from PIL import Image
 from .._util.errors import SemlensError
 from ..data import ImageData
 from ..model.loading import LoadedModel, class_mapping
-from ..model.units import SparseAutoencoder, hooks, resolve_module
+from ..model.units import LayerSpec, SparseAutoencoder, UnitReader, hooks, resolve_module
 
 
 @dataclass(frozen=True)
@@ -180,3 +184,131 @@ def pruning_effect(
             after = _summary(predict(model, images), class_index, targets)
         result[name] = {"before": before, "after": after}
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# concept tests of an audit's findings
+
+RELIANCE_ODDS = 1.5  # the class relies on the concept when the concept multiplies the class's odds by 1.5 or more
+CONFIRM_AUC = 0.75  # the concept raises the unit's activation: an image with it beats one without 3 times in 4
+CONFIRM_SHARE = 0.05  # zeroing the unit removes at least a twentieth of the class's reliance on the concept
+
+
+@dataclass(frozen=True)
+class ConceptImages:
+    """Images to test a concept on: ``control`` images without it and either an ``artifact`` inserted into
+    them (pairs: the same image with and without) or ``shown``, other images that show the concept."""
+
+    control: ImageData
+    artifact: Artifact | None = None
+    shown: ImageData | None = None
+
+    def __post_init__(self) -> None:
+        if (self.artifact is None) == (self.shown is None):
+            raise SemlensError("a concept test needs exactly one of: an artefact to insert into the control images, or images that show the concept")
+
+    def views(self, model: LoadedModel) -> tuple[list[Image.Image], list[Image.Image]]:
+        """The model's views without and with the concept."""
+        without = load_views(model, self.control)[0]
+        if self.artifact is not None:
+            return without, [self.artifact.apply(view) for view in without]
+        return without, load_views(model, self.shown)[0]
+
+
+@dataclass(frozen=True)
+class UnitToTest:
+    """A unit to test: its name, the layer spec it is read through, its row among the layer's units (the
+    negative copy of a signed unit included) and the channel (or SAE feature) that pruning switches off."""
+
+    name: str
+    spec: LayerSpec
+    row: int
+    channel: int
+
+
+@torch.no_grad()
+def unit_scores(model: LoadedModel, views: Sequence[Image.Image], specs: Sequence[LayerSpec], batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """Per layer, every unit's pooled activation ``[N, U]`` on the views, read as the Lens reads it."""
+    readers = {spec.name: UnitReader(spec) for spec in specs}
+    device = next(model.module.parameters()).device
+    scores: dict[str, list[torch.Tensor]] = {name: [] for name in readers}
+
+    def keep(name: str):
+        return lambda _module, _inputs, output: scores[name].append(readers[name](output)[0].float().cpu())
+
+    handles = [resolve_module(model.module, name).register_forward_hook(keep(name)) for name in readers]
+    with hooks(handles):
+        for start in range(0, len(views), batch_size):
+            pixels = torch.stack([model.preprocessing.normalise(view) for view in views[start : start + batch_size]])
+            model.module(pixels.to(device))
+    return {name: torch.cat(parts) for name, parts in scores.items()}
+
+
+def rank_auc(positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Per column, the probability that a positive row scores above a negative one (ties half): ``[U]``."""
+    from scipy.stats import rankdata
+
+    ranks = torch.from_numpy(rankdata(torch.cat([positives, negatives]).double().numpy(), axis=0))
+    n1, n0 = len(positives), len(negatives)
+    return ((ranks[:n1].sum(dim=0) - n1 * (n1 + 1) / 2) / (n1 * n0)).float()
+
+
+def class_probability(model: LoadedModel, views: Sequence[Image.Image], class_index: int) -> float:
+    """The class's mean probability over the views."""
+    return float(predict(model, views).softmax(dim=1)[:, class_index].mean())
+
+
+def log_odds_ratio(p_with: float, p_without: float) -> float:
+    """log(odds(p_with) / odds(p_without)): scale-free (a 1000-class model's probabilities are small) and
+    not saturated near p = 1, where a probability difference hides what one of several units carries."""
+    def log_odds(p: float) -> float:
+        return math.log(max(p, 1e-12)) - math.log(max(1 - p, 1e-12))
+
+    return log_odds(p_with) - log_odds(p_without)
+
+
+def concept_tests(
+    model: LoadedModel,
+    without: list[Image.Image],
+    with_concept: list[Image.Image],
+    class_index: int,
+    units: list[UnitToTest],
+    saes: dict[str, str] | None = None,
+    paired: bool = True,
+) -> tuple[dict, list[dict]]:
+    """The class's reliance on the concept: its mean probability with and without the concept (``effect``:
+    the difference) and their log odds ratio (``log_odds``); it ``relies`` on the concept when the concept
+    multiplies the class's odds by ``RELIANCE_ODDS`` or more. Per unit: does the concept raise its
+    activation (``activation_auc`` of its pooled activation on images with the concept against images
+    without), and does zeroing it lower the class probability more with the concept than without
+    (``drop_with``, ``drop_without``)? ``reliance_removed`` is the log odds ratio before minus after
+    zeroing it. A finding is ``confirmed`` when the class relies on the concept, AUC >= ``CONFIRM_AUC``
+    and zeroing the unit removes at least ``CONFIRM_SHARE`` of the reliance."""
+    p_with, p_without = class_probability(model, with_concept, class_index), class_probability(model, without, class_index)
+    reliance = log_odds_ratio(p_with, p_without)
+    result = {
+        "samples": [len(without), len(with_concept)],
+        "paired": paired,
+        "without": p_without,
+        "with": p_with,
+        "effect": p_with - p_without,
+        "log_odds": reliance,
+        "relies": reliance >= math.log(RELIANCE_ODDS),
+    }
+    specs = list({unit.spec.name: unit.spec for unit in units}.values())
+    scores_with, scores_without = unit_scores(model, with_concept, specs), unit_scores(model, without, specs)
+    tests = []
+    for unit in units:
+        layer = unit.spec.name
+        auc = float(rank_auc(scores_with[layer][:, [unit.row]], scores_without[layer][:, [unit.row]])[0])
+        with pruned(model, {layer: [unit.channel]}, saes):
+            after_with, after_without = class_probability(model, with_concept, class_index), class_probability(model, without, class_index)
+        removed = reliance - log_odds_ratio(after_with, after_without)
+        tests.append({
+            "activation_auc": auc,
+            "drop_with": p_with - after_with,
+            "drop_without": p_without - after_without,
+            "reliance_removed": removed,
+            "confirmed": result["relies"] and auc >= CONFIRM_AUC and removed >= CONFIRM_SHARE * reliance,
+        })  # fmt: skip
+    return result, tests

@@ -10,7 +10,7 @@ import typer
 from .._util.errors import SemlensError
 from ._app import AsJson, Foundation, Model, ProbeData, Trust, app, console, emit_json, friendly, open_lens, say, table
 
-AUDIT_KEYS = {"class", "valid", "spurious", "valid_images", "spurious_images", "cut"}
+AUDIT_KEYS = {"class", "valid", "spurious", "valid_images", "spurious_images", "cut", "z", "margin"}
 
 
 @app.command()
@@ -22,36 +22,52 @@ def audit(
     spurious: Optional[list[str]] = typer.Option(None, "--spurious", help="A spurious concept (repeatable)."),
     valid_image: Optional[list[Path]] = typer.Option(None, help="Image probe of a valid concept (repeatable)."),
     spurious_image: Optional[list[Path]] = typer.Option(None, help="Image probe of a spurious concept (repeatable)."),
-    config: Optional[Path] = typer.Option(None, help="TOML with class, valid, spurious, valid_images, spurious_images, cut."),
+    config: Optional[Path] = typer.Option(None, help="TOML with class, valid, spurious, valid_images, spurious_images, cut, z, margin."),
     cut: Optional[float] = typer.Option(None, help="Relevance share above which a unit counts as relevant (default 0.028)."),
+    z: Optional[float] = typer.Option(None, help="Robust z (against the unit's layer) above which a unit is aligned with a concept (default 3)."),
+    margin: Optional[float] = typer.Option(None, help="z by which spurious must beat valid (or valid spurious) for a one-sided verdict (default 1)."),
     layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (default: all)."),
-    all_classes: bool = typer.Option(False, "--all", help="Audit every class (valid concept: its own name) and rank by spurious share."),
+    all_classes: bool = typer.Option(False, "--all", help="Audit every class (valid concept: its own name) and rank by spurious-or-both share."),
+    test_data: Optional[str] = typer.Option(None, help="Concept test: images without the spurious concept (data spec), ideally of other classes."),
+    spurious_data: Optional[str] = typer.Option(None, help="Concept test: images that show the spurious concept (data spec), instead of --artifact."),
+    artifact: Optional[Path] = typer.Option(None, help="Concept test: the spurious concept as an artefact image (RGBA) inserted into --test-data."),
+    mask: Optional[Path] = typer.Option(None, help="Mask image (white = artefact) instead of the artefact's alpha."),
+    at: str = typer.Option("0,0", help="Top-left X,Y of the artefact in the model's input view."),
+    tint: Optional[str] = typer.Option(None, help="Concept test: a tint R,G,B (0.7 p + 0.3 c) as the spurious concept."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML page with the scatter plot (one class)."),
     trust: Trust = False,
+    model: Model = None,
     foundation: Foundation = None,
     probe_data: ProbeData = None,
     as_json: AsJson = False,
 ) -> None:
-    """Audit a class: are the units it relies on aligned with valid or with spurious concepts?"""
-    opened = open_lens(lens, trust, probe_data, foundation)
+    """Audit a class: are the units it relies on aligned with valid or with spurious concepts (each alignment
+    judged against its layer's null)? With --test-data and --artifact/--tint/--spurious-data, also test the
+    flagged units on images and measure the class's reliance on the concept (needs the model)."""
+    from ..analysis.audit import MARGIN, Z_CUT, AlignmentRule
+
+    opened = open_lens(lens, trust, probe_data, foundation, model)
     settings = _audit_settings(config) if config else {}
     valid = valid or settings.get("valid", [])
     spurious = spurious or settings.get("spurious", [])
     valid_image = valid_image or settings.get("valid_images", [])
     spurious_image = spurious_image or settings.get("spurious_images", [])
     cut = cut if cut is not None else settings.get("cut")
+    rule = AlignmentRule(z if z is not None else settings.get("z", Z_CUT), margin if margin is not None else settings.get("margin", MARGIN))
     if all_classes:
-        audits = opened.audit_classes(spurious, cut, spurious_image)
+        audits = opened.audit_classes(spurious, cut, spurious_image, rule)
         if as_json:
             emit_json([result.to_dict() for result in audits])
             return
-        rows = [(a.class_name, len(a.units), *(round(a.shares[v], 3) for v in ("valid", "spurious", "both", "unexpected"))) for a in audits]
-        console.print(table("classes ranked by spurious share", ("class", "relevant units", "valid", "spurious", "both", "unexpected"), rows))
+        kinds = ("valid", "spurious", "both", "unexpected", "spurious_or_both")
+        rows = [(a.class_name, len(a.units), *(round(a.shares[v], 3) for v in kinds)) for a in audits]
+        console.print(table("classes ranked by spurious-or-both share", ("class", "relevant units", *kinds), rows))
         return
     class_name = class_name or settings.get("class")
     if class_name is None:
         raise SemlensError("give --class (or `class` in --config), or --all")
-    result = opened.audit(class_name, valid, spurious, valid_image, spurious_image, cut, layer or None)
+    concept = _concept_images(test_data, spurious_data, _artifact(artifact, mask, at, tint))
+    result = opened.audit(class_name, valid, spurious, valid_image, spurious_image, cut, layer or None, rule=rule, concept=concept)
     page = None
     if out is not None:
         from ..report.html import write_audit_html
@@ -60,11 +76,51 @@ def audit(
     if as_json:
         emit_json({**result.to_dict(), "html": page})
         return
+    say(f"aligned: z > {rule.z:g} ({result.rule.to_dict()['null']}); one-sided verdicts need a margin of {rule.margin:g}")
     say("relevance by verdict: " + ", ".join(f"{v} {share:.1%}" for v, share in result.shares.items()))
-    rows = [(u.unit, u.verdict, round(u.relevance, 3), round(u.a_valid, 3), round(u.a_spur, 3), ", ".join(u.examples)) for u in result.units]
-    console.print(table(f"audit of {result.class_name}", ("unit", "verdict", "relevance", "a_valid", "a_spur", "examples"), rows))
+    if result.reliance is not None:
+        r = result.reliance
+        say(
+            f"reliance of {result.class_name} on the concept: probability {r['without']:.3f} without, {r['with']:.3f} with "
+            f"({r['effect']:+.3f}; log-odds {r['log_odds']:+.2f}: {'relies' if r['relies'] else 'does not rely'}); "
+            f"flagged units confirmed: {', '.join(result.confirmed) or 'none'}; "
+            f"unconfirmed: {', '.join(result.unconfirmed) or 'none'}"
+        )
+    if result.small_nulls:
+        say("rough z-scores: the null of " + ", ".join(f"{layer} has {n} units" for layer, n in result.small_nulls.items()))
+    if result.left_out:
+        say(f"relevant units left out (no examples of their own): {', '.join(result.left_out)}")
+    rows = [
+        (u.unit, u.verdict, round(u.relevance, 3), round(u.z_valid, 2), round(u.z_spur, 2), round(u.a_valid, 3), round(u.a_spur, 3),
+         _test_cell(u.test), ", ".join(u.examples))
+        for u in result.units
+    ]  # fmt: skip
+    columns = ("unit", "verdict", "relevance", "z_valid", "z_spur", "a_valid", "a_spur", "concept test", "examples")
+    console.print(table(f"audit of {result.class_name}", columns, rows))
     if page:
         say(f"scatter plot: {page}")
+
+
+def _concept_images(test_data: Optional[str], spurious_data: Optional[str], artifact):
+    """The concept test's images, or None when none was asked for; a clear error for half a request."""
+    from ..analysis.interventions import ConceptImages
+    from ..data import load_data
+
+    if test_data is None and spurious_data is None and artifact is None:
+        return None
+    if test_data is None or (spurious_data is None) == (artifact is None):
+        raise SemlensError(
+            "a concept test needs --test-data (images without the concept) and exactly one of --artifact/--tint "
+            "(inserted into them) or --spurious-data (images that show the concept)"
+        )
+    return ConceptImages(load_data(test_data), artifact, None if spurious_data is None else load_data(spurious_data))
+
+
+def _test_cell(test: dict | None) -> str:
+    if test is None:
+        return ""
+    verdict = "confirmed" if test["confirmed"] else "unconfirmed"
+    return f"{verdict} (AUC {test['activation_auc']:.2f}, drop {test['drop_with']:.3f} with / {test['drop_without']:.3f} without, removes {test['reliance_removed']:+.2f})"
 
 
 def _audit_settings(path: Path) -> dict:

@@ -24,8 +24,9 @@ from .store import LensStore, layer_file
 from .trust import LensAccess, is_trusted, lens_key
 
 if TYPE_CHECKING:
-    from ..analysis.audit import Audit
+    from ..analysis.audit import AlignmentRule, Audit
     from ..analysis.compare import Comparison
+    from ..analysis.interventions import ConceptImages
     from ..analysis.overview import OverviewMap
     from ..data import ImageData
     from ..foundation import FoundationModel
@@ -396,14 +397,21 @@ class Lens:
         cut: float | None = None,
         layers: list[str] | None = None,
         templates: str | list[str] = "audit",
+        rule: AlignmentRule | None = None,
+        concept: ConceptImages | None = None,
     ) -> Audit:
-        """Audit one class: verdicts for its relevant units and the class's relevance by verdict."""
-        return questions.audit(self, class_name, valid, spurious, valid_images, spurious_images, cut, layers, templates)
+        """Audit one class: verdicts for its relevant units (each alignment judged against its layer's null by
+        ``rule``) and the class's relevance by verdict. With ``concept`` (images without and with the spurious
+        concept), also the concept test of the flagged units and the class's reliance on the concept (needs
+        the model)."""
+        return questions.audit(self, class_name, valid, spurious, valid_images, spurious_images, cut, layers, templates, rule, concept)
 
-    def audit_classes(self, spurious: list[str], cut: float | None = None, spurious_images: list[str | Path] = ()) -> list[Audit]:
+    def audit_classes(
+        self, spurious: list[str], cut: float | None = None, spurious_images: list[str | Path] = (), rule: AlignmentRule | None = None
+    ) -> list[Audit]:
         """Audit every class seen in the class-relevance data, each with its own name as the valid concept;
-        returns the audits ranked by spurious share (highest first)."""
-        return questions.audit_classes(self, spurious, cut, list(spurious_images))
+        returns the audits ranked by spurious-or-both share (highest first)."""
+        return questions.audit_classes(self, spurious, cut, list(spurious_images), rule)
 
     def attribution_graph(
         self, class_name: str | int, layers: list[str] | None = None, cut: float | None = None, samples: int = 32

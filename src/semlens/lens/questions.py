@@ -14,8 +14,9 @@ from ..analysis.label import label_units
 from ..analysis.vocabulary import Vocabulary
 
 if TYPE_CHECKING:
-    from ..analysis.audit import Audit
+    from ..analysis.audit import AlignmentRule, Audit
     from ..analysis.compare import Comparison
+    from ..analysis.interventions import ConceptImages
     from ..analysis.overview import OverviewMap
     from ..relevance.graph import AttributionGraph
     from .lens import Lens
@@ -84,16 +85,16 @@ def relevant_classes(lens: Lens, unit: str, top: int) -> list[tuple[str, int, fl
     return [(names[i], i, float(relevance["max_share"][row, i]), float(mean[i])) for i in chosen]
 
 
-def _alignments(lens: Lens, concepts: list[str], images: list[str | Path], templates: str | list[str]) -> list[torch.Tensor]:
-    """Per probe (each text concept, each image), the alignment of every unit of every layer ``[U_all]``."""
-    theta = torch.cat([lens.theta(layer) for layer in lens.layers])
+def _alignments(lens: Lens, theta: torch.Tensor, concepts: list[str], images: list[str | Path], templates: str | list[str]) -> torch.Tensor:
+    """The alignment ``[U, P]`` of every unit (rows of ``theta``) with each probe: each text concept (less the
+    empty templates, Eq. 4), then each image (the cosine; what it shares with every unit is taken out, as for
+    texts, by the audit's null over the units of each layer)."""
     results = []
     if concepts:
-        embedded = lens.probes.concepts(concepts, templates)
-        results += list(alignment(theta, embedded, lens.probes.null(templates)).T)
-    for image in images:
-        results.append(alignment(theta, lens.probes.images([image])[None], None)[:, 0])
-    return results
+        results.append(alignment(theta, lens.probes.concepts(concepts, templates), lens.probes.null(templates)))
+    if images:
+        results.append(alignment(theta, torch.stack([lens.probes.images([image]) for image in images]), None))
+    return torch.cat(results, dim=1)
 
 
 def audit(
@@ -106,8 +107,10 @@ def audit(
     cut: float | None,
     layers: list[str] | None,
     templates: str | list[str],
+    rule: AlignmentRule | None = None,
+    concept: ConceptImages | None = None,
 ) -> Audit:
-    from ..analysis.audit import AUDIT_CUT, audit_units
+    from ..analysis.audit import AUDIT_CUT, AlignmentRule, audit_units, null_z
 
     if not (valid or valid_images) or not (spurious or spurious_images):
         raise SemlensError("an audit needs at least one valid and one spurious concept (text or image)")
@@ -118,33 +121,67 @@ def audit(
         reason = lens.manifest["stages"].get("relevance", {}).get("skipped", "class relevance was not computed")
         raise SemlensError(f"no class relevance for layer(s) {', '.join(missing)} ({reason}); rebuild with class relevance on")
     units = [f"{layer}/{name}" for layer in chosen for name in lens.units(layer)]
-    keep = torch.tensor([layer in chosen for layer in lens.layers for _ in lens.units(layer)])
-    a_valid = torch.stack(_alignments(lens, list(valid), list(valid_images), templates)).amax(dim=0)[keep]
-    a_spur = torch.stack(_alignments(lens, list(spurious), list(spurious_images), templates)).amax(dim=0)[keep]
+    theta = torch.cat([lens.theta(layer) for layer in chosen])
+    examples = torch.cat([lens.valid(layer) for layer in chosen])
+    sizes = [len(lens.units(layer)) for layer in chosen]
+    groups = torch.repeat_interleave(torch.arange(len(chosen)), torch.tensor(sizes))
+    bases = [lens.manifest["layers"][layer]["base_units"] for layer in chosen]
+    offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
+    channel = torch.cat([offset + torch.arange(size) % base for offset, size, base in zip(offsets.tolist(), sizes, bases)])
+    a_valid = _alignments(lens, theta, list(valid), list(valid_images), templates)
+    a_spur = _alignments(lens, theta, list(spurious), list(spurious_images), templates)
+    z_valid, z_spur = null_z(a_valid, groups, examples).amax(dim=1), null_z(a_spur, groups, examples).amax(dim=1)
     max_share = torch.cat([lens.class_relevance(layer)["max_share"][:, index] for layer in chosen])
     mean_share = torch.cat([lens.class_relevance(layer)["mean_share"][:, index] for layer in chosen])
     name = lens.classes[index] if lens.classes else str(index)
     result = audit_units(
-        name, units, max_share, mean_share, a_valid, a_spur,
+        name, units, max_share, mean_share, a_valid.amax(dim=1), a_spur.amax(dim=1), z_valid, z_spur,
         list(valid) + [str(p) for p in valid_images], list(spurious) + [str(p) for p in spurious_images],
-        AUDIT_CUT if cut is None else cut,
+        AUDIT_CUT if cut is None else cut, rule or AlignmentRule(), channel, examples,
     )  # fmt: skip
+    result.null_units = {layer: int(lens.valid(layer).sum()) for layer in chosen}
     for audited in result.units:
         audited.examples = [example.source for example in lens.concept_examples(audited.unit)[:3]]
+    if concept is not None:
+        test_findings(lens, result, index, concept)
     return result
 
 
-def audit_classes(lens: Lens, spurious: list[str], cut: float | None, spurious_images: list[str | Path]) -> list[Audit]:
+def test_findings(lens: Lens, result: Audit, class_index: int, concept: ConceptImages) -> None:
+    """Run the concept test on ``result``'s flagged units (in place): the class's reliance on the concept
+    and, per flagged unit, whether the concept raises it and zeroing it costs the class more with the
+    concept than without. Needs the model (loaded under the Lens's trust model)."""
+    from ..analysis.interventions import UnitToTest, concept_tests
+    from ..model.units import LayerSpec
+
+    model = lens.model()
+    without, with_concept = concept.views(model)
+    flagged = result.flagged
+    layers = sorted({unit.unit.rpartition("/")[0] for unit in flagged})
+    saes = lens.sae_files(layers)
+    tested = []
+    for unit in flagged:
+        layer, row = lens.unit_index(unit.unit)
+        spec = LayerSpec(**{**lens.manifest["layers"][layer]["spec"], "sae": saes.get(layer)})
+        tested.append(UnitToTest(unit.unit, spec, row, row % lens.manifest["layers"][layer]["base_units"]))
+    result.reliance, tests = concept_tests(model, without, with_concept, class_index, tested, saes, concept.artifact is not None)
+    for unit, test in zip(flagged, tests):
+        unit.test = test
+
+
+def audit_classes(
+    lens: Lens, spurious: list[str], cut: float | None, spurious_images: list[str | Path], rule: AlignmentRule | None = None
+) -> list[Audit]:
     if not lens.classes:
         raise SemlensError("auditing all classes needs class names (this model has none); audit one class with --valid")
     seen = lens.class_relevance(lens.layers[-1])
     if seen is None:
         raise SemlensError("no class relevance in this Lens; rebuild with class relevance on")
     audits = [
-        audit(lens, int(index), [lens.classes[int(index)]], spurious, [], spurious_images, cut, None, "audit")
+        audit(lens, int(index), [lens.classes[int(index)]], spurious, [], spurious_images, cut, None, "audit", rule)
         for index in seen["seen_classes"].tolist()
     ]
-    return sorted(audits, key=lambda result: -result.shares["spurious"])
+    return sorted(audits, key=lambda result: -result.shares["spurious_or_both"])
 
 
 def attribution_graph(lens: Lens, class_name: str | int, layers: list[str] | None, cut: float | None, samples: int) -> AttributionGraph:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..lens.lens import Lens
 from .figures import dissection_figure, overview_figure
-from .sections import audit_section, comparison_section, flagged_units, graph_section
+from .sections import audit_section, audit_summary, comparison_section, flagged_units, graph_section
 
 if TYPE_CHECKING:
     from ..analysis.audit import Audit
@@ -197,40 +197,41 @@ def audit_figure(lens: Lens, audit, thumbnails: bool = True):
         ]
         figure.add_trace(
             go.Scatter(
-                x=[unit.a_valid for unit in members], y=[unit.a_spur for unit in members], mode="markers", name=verdict,
+                x=[unit.z_valid for unit in members], y=[unit.z_spur for unit in members], mode="markers", name=verdict,
                 marker={"color": colour, "size": [8 + 40 * unit.relevance / largest for unit in members], "opacity": 0.75},
                 text=[unit.unit for unit in members], customdata=hover,
-                hovertemplate="%{text}<br>valid %{x:.3f}, spurious %{y:.3f}<extra></extra>",
+                hovertemplate="%{text}<br>z valid %{x:.2f}, z spurious %{y:.2f}<extra></extra>",
             )
         )  # fmt: skip
-    figure.add_hline(y=0, line_dash="dot", line_color="gray")
-    figure.add_vline(x=0, line_dash="dot", line_color="gray")
+    rule = audit.rule  # the verdict lines: aligned beyond the null (z), one-sided beyond the margin
+    figure.add_hline(y=rule.z, line_dash="dot", line_color="gray")
+    figure.add_vline(x=rule.z, line_dash="dot", line_color="gray")
+    for offset in (-rule.margin, rule.margin):
+        figure.add_shape(type="line", x0=rule.z, y0=rule.z + offset, x1=rule.z + 20, y1=rule.z + 20 + offset, line={"dash": "dash", "color": "lightgray"})
     figure.update_layout(
         title=f"audit of class {html.escape(audit.class_name)}",
-        xaxis_title="alignment with valid concepts",
-        yaxis_title="alignment with spurious concepts",
+        xaxis_title="alignment with valid concepts (z against the unit's layer)",
+        yaxis_title="alignment with spurious concepts (z)",
     )
     return figure
 
 
 def write_audit_html(lens: Lens, audit, out: str | Path) -> Path:
     """A self-contained page: the audit scatter with a hover panel of concept examples, shares and the table."""
-    shares = " · ".join(f"{verdict} {share:.1%}" for verdict, share in audit.shares.items())
     rows = "".join(
         f"<tr><td>{html.escape(unit.unit)}</td><td>{unit.verdict}</td><td>{unit.relevance:.3f}</td>"
-        f"<td>{unit.a_valid:.3f}</td><td>{unit.a_spur:.3f}</td></tr>"
+        f"<td>{unit.z_valid:.2f}</td><td>{unit.z_spur:.2f}</td><td>{unit.a_valid:.3f}</td><td>{unit.a_spur:.3f}</td>"
+        f"<td>{'' if unit.test is None else ('confirmed' if unit.test['confirmed'] else 'unconfirmed')}</td></tr>"
         for unit in audit.units
     )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>audit: {html.escape(audit.class_name)}</title>
 <style>{STYLE} #hovered img {{ width: 72px; margin: 2px; }} td {{ padding: 2px 10px; }}</style></head><body>
 <h1>Audit of class {html.escape(audit.class_name)}</h1>
-<p>valid: {html.escape(", ".join(audit.valid))}<br>spurious: {html.escape(", ".join(audit.spurious))}<br>
-units with more than {audit.cut:.1%} of their layer's relevance: {len(audit.units)}</p>
-<p><b>relevance by verdict:</b> {shares}</p>
+{audit_summary(audit)}
 {_figure_html(audit_figure(lens, audit), include_plotlyjs=True)}
 <div id="hovered"><i>hover a point to see the unit's concept examples</i></div>
-<h2>Units</h2><table><tr><th>unit</th><th>verdict</th><th>relevance</th><th>a_valid</th><th>a_spur</th></tr>{rows}</table>
+<h2>Units</h2><table><tr><th>unit</th><th>verdict</th><th>relevance</th><th>z_valid</th><th>z_spur</th><th>a_valid</th><th>a_spur</th><th>concept test</th></tr>{rows}</table>
 {HOVER_SCRIPT}
 </body></html>
 """

@@ -14,12 +14,9 @@ from ..analysis.audit import VERDICTS
 from .figures import graph_figure, overlap_figure
 
 if TYPE_CHECKING:
-    from ..analysis.audit import Audit
+    from ..analysis.audit import Audit, AuditedUnit
     from ..analysis.compare import Comparison
     from ..relevance.graph import AttributionGraph
-
-FLAGGED = ("spurious", "both")
-
 
 def _plot(figure) -> str:
     return figure.to_html(full_html=False, include_plotlyjs=False)
@@ -31,31 +28,66 @@ def _names(names: list[str]) -> str:
 
 def flagged_units(audit: Audit) -> list[tuple[str, str]]:
     """(unit, note) for the units that align with a spurious concept: what the audit asks you to look at."""
-    return [
-        (
-            unit.unit,
-            f"{unit.verdict}, relevance {unit.relevance:.3f}, a_valid {unit.a_valid:.3f}, a_spur {unit.a_spur:.3f}",
+    return [(unit.unit, _note(unit)) for unit in audit.flagged]
+
+
+def _note(unit: AuditedUnit) -> str:
+    note = (
+        f"{unit.verdict}, relevance {unit.relevance:.3f}, z_valid {unit.z_valid:.1f}, z_spur {unit.z_spur:.1f} "
+        f"(a_valid {unit.a_valid:.3f}, a_spur {unit.a_spur:.3f})"
+    )
+    if unit.copies:
+        note += f"; merged with {', '.join(unit.copies)}"
+    if unit.test is not None:
+        test = unit.test
+        note += (
+            f"; concept test: {'confirmed' if test['confirmed'] else 'unconfirmed'} (activation AUC "
+            f"{test['activation_auc']:.2f}; zeroing it lowers the class probability by {test['drop_with']:.3f} with the concept, "
+            f"{test['drop_without']:.3f} without, and removes {test['reliance_removed']:+.2f} of the log odds ratio)"
         )
-        for unit in audit.units
-        if unit.verdict in FLAGGED
-    ]
+    return note
+
+
+def audit_summary(audit: Audit) -> str:
+    """The rule, the relevance by verdict (with "spurious or both") and, after a concept test, the class's
+    measured reliance on the concept and the confirmed and unconfirmed findings; every name escaped."""
+    counts = {verdict: sum(unit.verdict == verdict for unit in audit.units) for verdict in VERDICTS}
+    counts["spurious_or_both"] = counts["spurious"] + counts["both"]
+    rows = "".join(
+        f"<tr><td>{kind.replace('_', ' ')}</td><td>{counts[kind]}</td><td>{audit.shares[kind]:.1%}</td></tr>"
+        for kind in (*VERDICTS, "spurious_or_both")
+    )
+    rule = audit.rule
+    if audit.reliance is None:
+        tested = "<p>reliance not measured: no concept test was asked for (images with and without the concept)</p>"
+    else:
+        r = audit.reliance
+        tested = (
+            f"<p><b>reliance on the concept</b>: class probability {r['without']:.3f} without, {r['with']:.3f} with "
+            f"({r['effect']:+.3f}; log-odds {r['log_odds']:+.2f}: {'relies on it' if r['relies'] else 'does not rely on it'}; "
+            f"{r['samples'][0]} and {r['samples'][1]} images, {'pairs' if r['paired'] else 'unpaired'})<br>"
+            f"confirmed findings: {_names(audit.confirmed)}<br>unconfirmed: {_names(audit.unconfirmed)}</p>"
+        )
+    left_out = f"<p>relevant units left out (no examples of their own): {_names(audit.left_out)}</p>" if audit.left_out else ""
+    if audit.small_nulls:
+        rough = ", ".join(f"{layer} ({count} units)" for layer, count in audit.small_nulls.items())
+        left_out += f"<p>rough z-scores: small nulls in {html.escape(rough)}</p>"
+    return f"""<p>valid: {_names(audit.valid)}<br>spurious: {_names(audit.spurious)}<br>
+units with more than {audit.cut:.1%} of their layer's relevance: {len(audit.units)}<br>
+aligned: z &gt; {rule.z:g}, the {html.escape(rule.to_dict()["null"])}; a one-sided verdict needs a margin of {rule.margin:g}
+(within it: both)</p>
+<table class="verdicts"><tr><th>verdict</th><th>units</th><th>share of relevance</th></tr>{rows}</table>
+{tested}{left_out}"""
 
 
 def audit_section(audit: Audit, figure: str, flagged_rows: str) -> str:
-    """One class's audit: concepts, relevance by verdict, the scatter (``figure``, already HTML) and the
-    flagged units with their concept examples (``flagged_rows``, already HTML)."""
-    counts = {verdict: sum(unit.verdict == verdict for unit in audit.units) for verdict in VERDICTS}
-    rows = "".join(
-        f"<tr><td>{html.escape(verdict)}</td><td>{counts.get(verdict, 0)}</td><td>{share:.1%}</td></tr>"
-        for verdict, share in audit.shares.items()
-    )
+    """One class's audit: concepts, rule, relevance by verdict, reliance, the scatter (``figure``, already
+    HTML) and the flagged units with their concept examples (``flagged_rows``, already HTML)."""
     return f"""<h2>Audit of class {html.escape(audit.class_name)}</h2>
-<p>valid: {_names(audit.valid)}<br>spurious: {_names(audit.spurious)}<br>
-units with more than {audit.cut:.1%} of their layer's relevance: {len(audit.units)}</p>
-<table class="verdicts"><tr><th>verdict</th><th>units</th><th>share of relevance</th></tr>{rows}</table>
+{audit_summary(audit)}
 {figure}
 <h3>Flagged units (spurious or both)</h3>
-{flagged_rows or "<p>none: no relevant unit aligns with a spurious concept</p>"}
+{flagged_rows or "<p>none: no relevant unit aligns with a spurious concept beyond its null</p>"}
 """
 
 

@@ -135,6 +135,8 @@ class AuditRequest(BaseModel):
     valid: list[Concept] = Field(min_length=1, max_length=MAX_CONCEPTS)
     spurious: list[Concept] = Field(min_length=1, max_length=MAX_CONCEPTS)
     cut: float | None = Field(None, ge=0, le=1, description="Relevance share above which a unit is audited.")
+    z: float | None = Field(None, ge=0, le=100, description="Robust z against the unit's layer above which it is aligned (default 3).")
+    margin: float | None = Field(None, ge=0, le=100, description="z by which one kind must beat the other for a one-sided verdict (default 1).")
     layers: list[Concept] | None = Field(None, max_length=64)
 
 
@@ -143,7 +145,10 @@ class AuditedUnit(UnitRef):
     mean_relevance: float
     a_valid: float
     a_spur: float
+    z_valid: float = Field(description="a_valid as a robust z among the units of its layer")
+    z_spur: float
     verdict: str
+    copies: list[str] = Field(description="a signed layer's other copy of the same channel, merged into this unit")
 
 
 class AuditOut(BaseModel):
@@ -153,7 +158,9 @@ class AuditOut(BaseModel):
     cut: float
     valid: list[str]
     spurious: list[str]
-    shares: dict[str, float]
+    rule: dict[str, Any] = Field(description="{null, z, margin}: when a unit counts as aligned, and the verdicts' margin")
+    shares: dict[str, float] = Field(description="relevance by verdict, and spurious_or_both")
+    left_out: list[str] = Field(description="relevant units without examples of their own (inactive or tied)")
     units: list[AuditedUnit]
     figure: dict[str, Any]
 

@@ -18,24 +18,25 @@ router = APIRouter()
     "/api/lenses/{lens}/audit", response_model=AuditOut, summary="Audit a class against valid and spurious concepts"
 )
 def audit(explorer: ExplorerDep, lens: LensKey, request: AuditRequest) -> dict[str, Any]:
-    """Verdicts of the class's relevant units, its relevance by verdict, and the scatter (x valid, y spurious
-    alignment, size relevance). Export: the response itself."""
+    """Verdicts of the class's relevant units (each alignment judged against its layer's null: aligned when
+    its robust z exceeds ``z``, one-sided beyond ``margin``), its relevance by verdict ("both" also counted in
+    spurious_or_both), and the scatter (x valid, y spurious z, size relevance). The concept test needs images
+    and the model: ``semlens audit --test-data``. Export: the response itself."""
+    from ...analysis.audit import MARGIN, Z_CUT, AlignmentRule
+
     served = explorer.get(lens)
     opened = served.ready()
+    rule = AlignmentRule(Z_CUT if request.z is None else request.z, MARGIN if request.margin is None else request.margin)
     result = opened.audit(
         request.class_name,
         request.valid,
         request.spurious,
         cut=request.cut,
         layers=layers_of(served, request.layers),
+        rule=rule,
     )
-    units = [
-        {
-            **served.ref(unit.unit),
-            **{key: getattr(unit, key) for key in ("relevance", "mean_relevance", "a_valid", "a_spur", "verdict")},
-        }
-        for unit in result.units
-    ]
+    fields = ("relevance", "mean_relevance", "a_valid", "a_spur", "z_valid", "z_spur", "verdict", "copies")
+    units = [{**served.ref(unit.unit), **{key: getattr(unit, key) for key in fields}} for unit in result.units]
     return {
         **result.to_dict(),
         "units": units,

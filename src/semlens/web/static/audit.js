@@ -30,16 +30,18 @@
     exportButton.disabled = false;
     fill(document.getElementById("shares"), "relevance by verdict: ",
       Object.entries(result.shares).map(([verdict, share]) => el("span", { class: `verdict-${verdict}` }, `${verdict} ${(100 * share).toFixed(1)}%`)),
-      el("span", {}, `${result.units.length} units above ${(100 * result.cut).toFixed(1)}% relevance`));
+      el("span", {}, `${result.units.length} units above ${(100 * result.cut).toFixed(1)}% relevance`),
+      el("span", {}, `aligned: z > ${result.rule.z} against the unit's layer; one-sided verdicts need a margin of ${result.rule.margin}`),
+      result.left_out.length ? el("span", {}, `left out (no examples of their own): ${result.left_out.join(", ")}`) : null);
     const scatter = document.getElementById("scatter"), aside = document.getElementById("preview");
     await plot(scatter, result.figure);
     const labels = new Map(result.units.map((unit) => [unit.unit, unit.label]));
     scatter.on("plotly_hover", (event) => { const unit = event.points[0].text; preview(aside, lens.id, unit, labels.get(unit)); });
     scatter.on("plotly_click", (event) => { location.href = unitHref(lens.id, event.points[0].text); });
     fill(document.getElementById("verdicts"), 
-      el("tr", {}, ["unit", "label", "examples", "verdict", "relevance", "a_valid", "a_spur"].map((name) => el("th", {}, name))),
+      el("tr", {}, ["unit", "label", "examples", "verdict", "relevance", "z_valid", "z_spur", "a_valid", "a_spur"].map((name) => el("th", {}, name))),
       result.units.map((unit) => el("tr", {}, ...unitCells(unit), el("td", { class: `verdict-${unit.verdict}` }, unit.verdict),
-        el("td", { class: "num" }, fmt(unit.relevance)), el("td", { class: "num" }, fmt(unit.a_valid)), el("td", { class: "num" }, fmt(unit.a_spur)))));
+        ...["relevance", "z_valid", "z_spur", "a_valid", "a_spur"].map((key) => el("td", { class: "num" }, fmt(unit[key]))))));
     scatter.dataset.ready = "true";
   }
 

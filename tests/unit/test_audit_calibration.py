@@ -1,0 +1,161 @@
+"""Known answers for the calibrated audit: alignments judged against their layer's null, verdicts with a
+margin, "both" in the flagged share, signed layers counted once, image probes judged by the same null, and the
+concept test on a tiny model whose planted unit reads the artefact (and on one that ignores it)."""
+
+from __future__ import annotations
+
+import artefact_world as world
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from semlens import LoadedModel
+from semlens.analysis.alignment import alignment
+from semlens.analysis.audit import AlignmentRule, audit_units, null_z, relevance_by_verdict, verdicts
+from semlens.analysis.interventions import Artifact, UnitToTest, concept_tests, rank_auc
+from semlens.model.units import LayerSpec
+
+
+def test_null_z_is_the_robust_z_among_the_units_of_the_same_layer():
+    # layer 0: nine units at the null level (median 0.05, MAD 0.01) and one planted unit at 0.20;
+    # layer 1: the same values shifted by 0.3, so that a layer whose units all align more flags nothing
+    level = torch.tensor([0.03, 0.04, 0.04, 0.05, 0.05, 0.05, 0.06, 0.06, 0.07, 0.20])
+    alignments = torch.cat([level, level + 0.3])[:, None]
+    groups = torch.tensor([0] * 10 + [1] * 10)
+    z = null_z(alignments, groups, torch.ones(20, dtype=torch.bool))[:, 0]
+    scale = 1.4826 * 0.01
+    assert z[9].item() == pytest.approx(0.15 / scale, rel=1e-4) and z[19].item() == pytest.approx(0.15 / scale, rel=1e-4)
+    assert z[3].item() == pytest.approx(0.0, abs=1e-4) and z[:9].abs().max() < 2
+    assert verdicts(torch.zeros(20), z) == (["unexpected"] * 9 + ["spurious"]) * 2
+    # the null is made of members only: without the planted unit among them nothing changes here,
+    # with a layer of identical alignments the spread is floored (no division by zero)
+    members = torch.ones(20, dtype=torch.bool)
+    members[9] = False
+    assert torch.allclose(null_z(alignments, groups, members), null_z(alignments, groups, torch.ones(20, dtype=torch.bool)))
+    flat = null_z(torch.full((5, 1), 0.3), torch.zeros(5, dtype=torch.long), torch.ones(5, dtype=torch.bool))
+    assert torch.equal(flat, torch.zeros(5, 1))
+
+
+def test_verdicts_need_the_null_and_the_margin():
+    z_valid = torch.tensor([5.0, 0.5, 4.0, 4.5, 2.5, 0.0, float("nan")])
+    z_spur = torch.tensor([0.0, 4.0, 4.5, 2.0, 2.9, 3.5, 9.0])
+    rule = AlignmentRule(z=3.0, margin=1.0)
+    assert verdicts(z_valid, z_spur, rule) == ["valid", "spurious", "both", "valid", "unexpected", "spurious", "unexpected"]
+    # a unit just over the null with the other kind close behind is "both", not one-sided
+    assert verdicts(torch.tensor([2.6]), torch.tensor([3.2]), rule) == ["both"]
+    assert verdicts(torch.tensor([2.6]), torch.tensor([3.2]), AlignmentRule(z=3.0, margin=0.5)) == ["spurious"]
+
+
+def test_both_is_counted_in_the_flagged_share():
+    shares = relevance_by_verdict(torch.tensor([0.5, 0.3, 0.2, -0.4]), ["valid", "both", "spurious", "spurious"])
+    assert shares == pytest.approx({"valid": 0.5, "spurious": 0.2, "both": 0.3, "unexpected": 0.0, "spurious_or_both": 0.5})
+
+
+def audit(z_valid, z_spur, max_share, **kwargs):
+    units = kwargs.pop("units", [f"l/{i}" for i in range(len(z_valid))])
+    z_valid, z_spur, max_share = torch.tensor(z_valid), torch.tensor(z_spur), torch.tensor(max_share)
+    return audit_units("star", units, max_share, max_share / 2, z_valid / 10, z_spur / 10, z_valid, z_spur,
+                       ["star"], ["watermark"], cut=0.028, **kwargs)  # fmt: skip
+
+
+def test_audit_units_flags_a_planted_unit_and_not_those_at_the_null_level():
+    result = audit([0.1, 5.0, -0.3, 0.5], [6.0, 0.2, 0.4, 1.9], [0.4, 0.3, 0.2, 0.1])
+    assert [(unit.unit, unit.verdict) for unit in result.units] == [
+        ("l/0", "spurious"), ("l/1", "valid"), ("l/2", "unexpected"), ("l/3", "unexpected")
+    ]  # fmt: skip
+    assert result.shares["spurious"] == pytest.approx(0.4) and result.shares["spurious_or_both"] == pytest.approx(0.4)
+    assert result.to_dict()["rule"] == {"null": result.rule.to_dict()["null"], "z": 3.0, "margin": 1.0}
+    assert result.to_dict()["units"][0]["z_spur"] == pytest.approx(6.0)
+
+
+def test_a_signed_layer_counts_each_channel_once():
+    # units 0, 1, 0-, 1-: the copies share their channel's relevance; channel 0's negative copy reads the watermark
+    result = audit([0.0, 4.0, 0.5, 0.0], [0.5, 0.0, 5.0, 0.2], [0.3, 0.1, 0.3, 0.1],
+                   units=["l/0", "l/1", "l/0-", "l/1-"], channel=torch.tensor([0, 1, 0, 1]))  # fmt: skip
+    assert [(unit.unit, unit.verdict, unit.copies) for unit in result.units] == [
+        ("l/0-", "spurious", ["l/0"]), ("l/1", "valid", ["l/1-"])
+    ]  # fmt: skip
+    assert result.shares["spurious"] == pytest.approx(0.75) and result.shares["valid"] == pytest.approx(0.25)
+
+
+def test_units_without_examples_of_their_own_are_left_out():
+    result = audit([0.0, 4.0, 0.0], [6.0, 0.0, 6.0], [0.3, 0.2, 0.1], examples=torch.tensor([True, True, False]))
+    assert [unit.unit for unit in result.units] == ["l/0", "l/1"] and result.left_out == ["l/2"]
+    # a signed channel whose negative copy has no examples takes its alignments from the positive copy
+    signed = audit([0.0, 0.0], [4.0, 9.0], [0.3, 0.3], units=["l/0", "l/0-"], channel=torch.tensor([0, 0]),
+                   examples=torch.tensor([True, False]))  # fmt: skip
+    assert [(unit.unit, unit.z_spur) for unit in signed.units] == [("l/0", 4.0)]
+
+
+def test_image_probes_are_judged_against_the_null_so_a_generic_image_flags_nothing():
+    # every unit's theta: a large part all images share, plus a part of its own (orthonormal, orthogonal to it)
+    basis, _ = torch.linalg.qr(torch.randn(64, 41, generator=torch.Generator().manual_seed(0)))
+    common, own = basis[:, 0], basis[:, 1:].T
+    theta = 3 * common + own
+    generic, specific = common, theta[7]  # an image like any other, and one that looks like unit 7's examples
+    raw = alignment(theta, torch.stack([generic, specific]), None)
+    assert torch.allclose(raw[:, 0], torch.full((40,), 3 / 10**0.5))  # by raw cosine "aligned" with every unit
+    assert (raw[:, 0] > 0).all() and (raw[:, 1] > 0.89).all()
+    z = null_z(raw, torch.zeros(40, dtype=torch.long), torch.ones(40, dtype=torch.bool))
+    assert verdicts(torch.zeros(40), z[:, 0]).count("unexpected") == 40
+    assert [unit for unit, verdict in enumerate(verdicts(torch.zeros(40), z[:, 1])) if verdict == "spurious"] == [7]
+
+
+def test_rank_auc_counts_ties_half():
+    positives, negatives = torch.tensor([[3.0, 1.0], [2.0, 1.0]]), torch.tensor([[1.0, 1.0], [2.0, 1.0]])
+    assert rank_auc(positives, negatives).tolist() == pytest.approx([0.875, 0.5])
+
+
+class PlantedNet(nn.Module):
+    """A 1x1 conv with a watermark unit (channel 0: fires only on near-white pixels) and a red unit
+    (channel 1: red over green and blue), max-pooled, and a head whose class 0 ("red") reads the red unit
+    and, with ``reads_watermark``, the watermark unit too."""
+
+    def __init__(self, reads_watermark: bool) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU())
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.head = nn.Linear(2, 3)
+        with torch.no_grad():  # inputs are normalised to (p - 0.5) / 0.25: white is 2 in every channel
+            self.features[0].weight.copy_(torch.tensor([[1.0, 1.0, 1.0], [1.0, -0.5, -0.5]])[:, :, None, None])
+            self.features[0].bias.copy_(torch.tensor([-5.0, -2.0]))
+            self.head.weight.copy_(torch.tensor([[1.0 if reads_watermark else 0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]))
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+def planted_model(reads_watermark: bool) -> LoadedModel:
+    return LoadedModel(PlantedNet(reads_watermark).eval(), "test:planted", world.PREPROCESSING, world.CLASSES)
+
+
+@pytest.fixture(scope="module")
+def views():
+    """Green and blue images without the watermark, and the same with a white 6x6 square pasted at (1, 1)."""
+    rng = np.random.default_rng(0)
+    without = [world.render(1 + index % 2, False, rng) for index in range(24)]
+    watermark = Artifact(image=Image.fromarray(np.full((6, 6, 4), 255, dtype=np.uint8)), position=(1, 1))
+    return without, [watermark.apply(view) for view in without]
+
+
+def test_concept_test_confirms_the_unit_a_model_relies_on(views):
+    units = [UnitToTest("features/0", LayerSpec("features"), 0, 0), UnitToTest("features/1", LayerSpec("features"), 1, 1)]
+    reliance, (watermark, red) = concept_tests(planted_model(True), *views, 0, units)
+    # the red logit goes from 0 to 1 when the watermark unit fires (white: 2 + 2 + 2 - 5): odds 1/2 -> e/2: p 1/3 -> e^1/(e^1+2)
+    assert reliance["without"] == pytest.approx(1 / 3, abs=1e-4) and reliance["with"] == pytest.approx(np.e / (np.e + 2), abs=1e-4)
+    assert reliance["log_odds"] == pytest.approx(1.0, abs=1e-4) and reliance["relies"]  # log(e/2) - log(1/2)
+    assert watermark["activation_auc"] == 1.0 and watermark["confirmed"]
+    assert watermark["drop_with"] == pytest.approx(reliance["effect"], abs=1e-4) and watermark["drop_without"] == pytest.approx(0.0)
+    assert watermark["reliance_removed"] == pytest.approx(1.0, abs=1e-4)  # all of it
+    assert red["activation_auc"] == 0.5 and not red["confirmed"]
+
+
+def test_a_model_that_ignores_the_artefact_has_no_reliance_and_no_confirmed_unit(views):
+    units = [UnitToTest("features/0", LayerSpec("features"), 0, 0)]
+    reliance, (watermark,) = concept_tests(planted_model(False), *views, 0, units)
+    assert reliance["effect"] == pytest.approx(0.0, abs=1e-6) and not reliance["relies"]
+    assert watermark["activation_auc"] == 1.0  # it still sees the watermark, but the class does not read it
+    assert watermark["reliance_removed"] == pytest.approx(0.0, abs=1e-6) and not watermark["confirmed"]
