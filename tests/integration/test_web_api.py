@@ -101,6 +101,11 @@ def test_unit_page_examples_thumbnails_and_full_images(client, explorer_lenses) 
     assert not (explorer_lenses[0] / "thumbnails").exists()  # never in the Lens
     full = Image.open(io.BytesIO(client.get(unit["examples"][0]["image"]).content))
     assert full.size == (32, 32)  # the tiny model's input view; the example's box lies in it
+    heat = Lens.open(explorer_lenses[0], trust=True).heatmaps("features.3")  # CRP relevance, pooled, kept in the Lens
+    assert heat is not None and heat.shape[:2] == (6, 5) and heat[2, 0].float().abs().sum() > 0
+    overlay = client.get(unit["examples"][0]["heatmap"])
+    assert overlay.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(overlay.content)).size == (32, 32)
+    assert Image.open(io.BytesIO(overlay.content)).tobytes() != full.tobytes()  # the heat is drawn over the view
     assert (
         client.get("/api/lenses/1/layers/head/units/0-/examples")
         .json()[0]["thumbnail"]
@@ -349,6 +354,6 @@ def test_property_based_requests_never_get_a_server_error(app) -> None:
 def test_openapi_documents_every_endpoint(client) -> None:
     paths = client.get("/api/openapi.json").json()["paths"]
     operations = [operation for methods in paths.values() for operation in methods.values()]
-    assert len(operations) == 14 and all(
+    assert len(operations) == 15 and all(
         operation["summary"] and {"400", "404"} <= set(operation["responses"]) for operation in operations
     )

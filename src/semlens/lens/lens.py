@@ -187,6 +187,14 @@ class Lens:
         measures, audits, graphs and comparisons leave the others out."""
         return ~(self.inactive(layer) | self.tied(layer))
 
+    def heatmaps(self, layer: str) -> torch.Tensor | None:
+        """The maps each example's crop box was cut from ``[U, k, h, w]``: CRP relevance (pooled) for relevance
+        crops, the activation maps for activation crops; None where examples are whole images."""
+        mode = self._layer(layer).get("crop", {}).get("mode")
+        if mode == "relevance":
+            return self._read(layer, "crops").get("heat")
+        return self.maps(layer) if mode == "activation" else None
+
     def boxes(self, layer: str) -> torch.Tensor:
         """Crop boxes ``[U, k, 4]`` (x0, y0, x1, y1) in the model's input view."""
         return self._read(layer, "embed")["boxes"]
@@ -214,7 +222,7 @@ class Lens:
         scores, ids, boxes = self.scores(layer)[row], self.samples(layer)[row], self.boxes(layer)[row]
         examples = []
         for rank, (score, sample, box) in enumerate(zip(scores.tolist(), ids.tolist(), boxes.tolist())):
-            if sample >= 0:
+            if sample >= 0 and box[0] >= 0:  # not an empty slot, nor one kept by chance (no crop: see arbitrary_slots)
                 source, label = self.sample_table[sample]
                 examples.append(ConceptExample(rank, sample, score, tuple(box), source, label))
         return examples

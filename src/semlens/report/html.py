@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from ..lens.lens import Lens
-from .figures import dissection_figure, overview_figure
+from .figures import dissection_figure, heat_overlay, overview_figure
 from .sections import audit_section, audit_summary, comparison_section, flagged_units, graph_section
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 THUMBNAIL = 96
 EXAMPLES_SHOWN = 6
+OVERLAYS_SHOWN = 3  # heatmaps over the full view, beside the crops (yellow outline)
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
@@ -32,6 +33,7 @@ table.meta td { padding: 2px 12px 2px 0; }
 .unit { display: flex; align-items: center; gap: 10px; margin: 6px 0; }
 .unit .name { width: 260px; font-family: monospace; font-size: 0.9em; }
 .unit img { width: 72px; height: 72px; border-radius: 3px; }
+.unit img.heat { outline: 2px solid #ffdd00; }
 table.verdicts td, table.verdicts th, table.concepts td { padding: 2px 12px 2px 0; text-align: left; vertical-align: top; }
 """
 
@@ -47,13 +49,21 @@ def _thumbnail(image) -> str:
 
 
 def _unit_rows(lens: Lens, units: list[tuple[str, str]]) -> str:
-    """One line per unit: name, a note (label, measure), and its first concept examples."""
+    """One line per unit: name, a note (label, measure), its first concept examples and, where the crops
+    were cut from heatmaps, the first examples' heatmaps over their full views."""
     rows = []
     for unit, note in units:
-        images = "".join(
-            f'<img src="{_thumbnail(lens.example_image(example))}" title="{html.escape(example.source)} ({example.score:.3g})">'
-            for example in lens.concept_examples(unit)[:EXAMPLES_SHOWN]
-        )
+        layer, row = lens.unit_index(unit)
+        heatmaps = lens.heatmaps(layer)
+        crops, overlays = [], []
+        for example in lens.concept_examples(unit)[:EXAMPLES_SHOWN]:
+            view = lens.example_image(example, crop=False)
+            title = f'title="{html.escape(example.source)} ({example.score:.3g})"'
+            crops.append(f'<img src="{_thumbnail(view.crop(example.box))}" {title}>')
+            if heatmaps is not None and len(overlays) < OVERLAYS_SHOWN:
+                overlay = heat_overlay(view, heatmaps[row, example.rank].float().numpy(), example.box)
+                overlays.append(f'<img class="heat" src="{_thumbnail(overlay)}" {title}>')
+        images = "".join(crops) + "".join(overlays)
         rows.append(f'<div class="unit"><span class="name">{html.escape(unit)}<br><small>{html.escape(note)}</small></span>{images}</div>')
     return "\n".join(rows)
 

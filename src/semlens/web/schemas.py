@@ -69,6 +69,7 @@ class Example(BaseModel):
     label: int | None
     thumbnail: str
     image: str = Field(description="URL of the full input view, on demand.")
+    heatmap: str | None = Field(description="URL of the full view with the heatmap the crop was cut from; null for whole-image crops.")
 
 
 class Candidate(BaseModel):
