@@ -69,6 +69,9 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     assert audit["reliance"]["relies"] and audit["reliance"]["effect"] > 0.5
     assert audit["confirmed"] == [unit["unit"] for unit in spurious] and not audit["unconfirmed"]
     assert all(unit["test"]["activation_auc"] > 0.9 for unit in spurious)
+    half = runner.invoke(app, ["audit", str(lens.path), "--class", "red", "--valid", "red", "--spurious", "watermark",
+                               "--test-data", f"folder:{setting / 'others'}"])  # fmt: skip
+    assert half.exit_code != 0 and "exactly one of --artifact/--tint" in half.output
     # an image probe of the watermark ranks the same units first (with the oracle's four dimensions and 8 units
     # in the null it stays under z 3); a generic image (noise, no watermark) flags none
     plain = setting / "plain.png"

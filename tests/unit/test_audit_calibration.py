@@ -80,6 +80,12 @@ def test_a_signed_layer_counts_each_channel_once():
     assert result.shares["spurious"] == pytest.approx(0.75) and result.shares["valid"] == pytest.approx(0.25)
 
 
+def test_small_nulls_are_named():
+    result = audit([0.0], [4.0], [0.3])
+    result.null_units = {"features.3": 8, "features.10": 64}
+    assert result.small_nulls == {"features.3": 8} and result.to_dict()["null_units"] == result.null_units
+
+
 def test_units_without_examples_of_their_own_are_left_out():
     result = audit([0.0, 4.0, 0.0], [6.0, 0.0, 6.0], [0.3, 0.2, 0.1], examples=torch.tensor([True, True, False]))
     assert [unit.unit for unit in result.units] == ["l/0", "l/1"] and result.left_out == ["l/2"]
