@@ -21,7 +21,8 @@ from .build.builder import BuildConfig, BuildSummary, build_lens
 from .build.collect import Collector, TopK, collect_topk
 from .data import ImageData, list_datasets, load_data
 from .foundation import FoundationModel, list_foundation_models, load_foundation_model
-from .lens.lens import ConceptExample, Lens
+from .lens.examples import ConceptExample
+from .lens.lens import Lens
 from .model.loading import LoadedModel, list_models, load_model
 from .model.preprocess import Preprocessing
 from .model.units import LayerSpec, list_layers

@@ -1,3 +1,3 @@
-"""The Lens directory (store, manifest, fingerprints), its probes and search index, and ``Lens``:
-loading plus short delegations to the analyses.
+"""The Lens directory (store, manifest, fingerprints, trust), its probes and search index, and ``Lens``:
+loading (lens.py) plus one module per topic of questions (arrays, examples, search, labels, measures, audits).
 """

@@ -1,22 +1,24 @@
-"""A Lens's stored labels: written by ``Lens.label`` beside the Lens (or in the user cache when the Lens
-is read-only), read by search hits, maps, audits, graphs, the explorer and the report."""
+"""A Lens's labels: made by ``Lens.label``, stored beside the Lens (or in the user cache when the Lens is
+read-only), read by search hits, maps, audits, graphs, the explorer and the report."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._util.errors import SemlensError
-from ..analysis.label import Labels, dissect, label_units, unit_categories
+from ..analysis.label import DEFAULT_THRESHOLD, Labels, dissect, label_units, unit_categories
 from ..analysis.vocabulary import Vocabulary, load_vocabulary
 from .store import layer_file
 
 if TYPE_CHECKING:
     from .lens import Lens
 
+StoredLabels = tuple[Vocabulary, dict[str, Labels]]
+
 LABELS = "labels.json"
-GRAPH_THRESHOLD = 0.01  # the paper's lower labelling threshold for attribution graphs
 
 
 class Labelling(Mapping[str, Labels]):
@@ -62,85 +64,103 @@ class Labelling(Mapping[str, Labels]):
         }
 
 
-class LensLabels:
-    """Reads and writes one Lens's labels (``Lens`` delegates its label methods here)."""
+class LabelStore:
+    """One Lens's labels on disk, read once and held for this process (``Lens.label`` replaces them)."""
 
     def __init__(self, lens: Lens) -> None:
         self.lens = lens
-        self._held: tuple[Vocabulary, dict[str, Labels]] | None = None
+        self._held: StoredLabels | None = None
 
-    def label(
-        self, vocabulary: Vocabulary | str | Path | None, threshold: float, templates: str | list[str], top: int, save: bool
-    ) -> Labelling:
-        lens = self.lens
-        vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
-        concepts = lens.probes.concepts(vocab.concepts, templates)
-        null = lens.probes.null(templates)
-        results = {layer: label_units(lens.theta(layer), concepts, null, threshold, top, lens.valid(layer)) for layer in lens.layers}
-        if save:
-            for layer, labels in results.items():
-                lens.derived.write_tensors(layer_file(layer, "labels"), {"concepts": labels.concepts, "scores": labels.scores})
-            lens.derived.write_json(LABELS, {"vocabulary": vocab.to_dict(), "threshold": threshold, "templates": templates})
-        self._held = (vocab, results)
-        return Labelling(results, {layer: lens.units(layer) for layer in lens.layers}, vocab)
-
-    def _stored(self) -> tuple[Vocabulary, dict[str, Labels]] | None:
-        """The labels ``label`` made in this process, else those stored with the Lens (read once), else None."""
-        if self._held is None and self.lens.derived.path(LABELS).is_file():
-            stored = self.lens.derived.read_json(LABELS)
+    def read(self) -> StoredLabels | None:
+        """The labels ``Lens.label`` made in this process, else those stored with the Lens (read once), else None."""
+        derived = self.lens.derived
+        if self._held is None and derived.path(LABELS).is_file():
+            stored = derived.read_json(LABELS)
             vocab = Vocabulary(stored["vocabulary"]["name"], tuple(stored["vocabulary"]["concepts"]), tuple(stored["vocabulary"]["categories"]))
-            arrays = {layer: self.lens.derived.read_tensors(layer_file(layer, "labels")) for layer in self.lens.layers}
+            arrays = {layer: derived.read_tensors(layer_file(layer, "labels")) for layer in self.lens.layers}
             self._held = (
                 vocab,
                 {layer: Labels(a["concepts"], a["scores"], stored["threshold"], self.lens.valid(layer)) for layer, a in arrays.items()},
             )
         return self._held
 
+    def replace(self, vocab: Vocabulary, results: dict[str, Labels], threshold: float, templates: str | list[str], save: bool) -> None:
+        """Hold new labels for this process and, with ``save``, store them for the other tools."""
+        if save:
+            derived = self.lens.derived
+            for layer, labels in results.items():
+                derived.write_tensors(layer_file(layer, "labels"), {"concepts": labels.concepts, "scores": labels.scores})
+            derived.write_json(LABELS, {"vocabulary": vocab.to_dict(), "threshold": threshold, "templates": templates})
+        self._held = (vocab, results)
+
+
+class LensLabels:
+    """Part of ``Lens``: labelling its units with a vocabulary, and what the labels say about each unit and layer."""
+
+    @cached_property
+    def label_store(self: Lens) -> LabelStore:
+        return LabelStore(self)
+
+    def label(
+        self: Lens,
+        vocabulary: Vocabulary | str | Path | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+        templates: str | list[str] = "label",
+        top: int = 3,
+        save: bool = True,
+    ) -> Labelling:
+        """Label every unit with its best concepts; stored with the Lens for the other tools (``save=False``:
+        kept in this process only)."""
+        vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
+        concepts = self.probes.concepts(vocab.concepts, templates)
+        null = self.probes.null(templates)
+        results = {layer: label_units(self.theta(layer), concepts, null, threshold, top, self.valid(layer)) for layer in self.layers}
+        self.label_store.replace(vocab, results, threshold, templates, save)
+        return Labelling(results, {layer: self.units(layer) for layer in self.layers}, vocab)
+
     @property
     def vocabulary(self) -> Vocabulary | None:
-        stored = self._stored()
+        """The vocabulary of the stored labels, or None before ``label`` ran."""
+        stored = self.label_store.read()
         return None if stored is None else stored[0]
 
-    def labels(self, layer: str) -> Labels | None:
-        self.lens.units(layer)  # a clear error for an unknown layer
-        stored = self._stored()
+    def labels(self: Lens, layer: str) -> Labels | None:
+        """The stored labels of a layer, or None before ``label`` ran."""
+        self.units(layer)  # a clear error for an unknown layer
+        stored = self.label_store.read()
         return None if stored is None else stored[1][layer]
 
-    def label_of(self, unit: str) -> str | None:
-        layer, row = self.lens.unit_index(unit)
+    def label_of(self: Lens, unit: str) -> str | None:
+        """A unit's stored label, or None when unlabelled (or before ``label`` ran)."""
+        layer, row = self.unit_index(unit)
         labels = self.labels(layer)
         if labels is None or not bool(labels.labelled[row]):
             return None
         return self.vocabulary.concepts[int(labels.concepts[row, 0])]
 
-    def candidates(self, unit: str) -> list[tuple[str, float]]:
-        layer, row = self.lens.unit_index(unit)
+    def label_candidates(self: Lens, unit: str) -> list[tuple[str, float]]:
+        """A unit's best concepts with their alignments, best first (empty before ``label`` ran)."""
+        layer, row = self.unit_index(unit)
         labels = self.labels(layer)
         if labels is None:
             return []
         return [(self.vocabulary.concepts[int(c)], float(a)) for c, a in zip(labels.concepts[row], labels.scores[row])]
 
-    def dissect(self) -> dict[str, dict[str, int]]:
+    def dissect(self: Lens) -> dict[str, dict[str, int]]:
+        """Units per label category per layer (from the stored labels; run ``label`` first)."""
         if self.vocabulary is None:
             raise SemlensError("this Lens has no labels yet: run `semlens label LENS` (or Lens.label()) first")
         categories = self.vocabulary.category_names()
-        return {layer: dissect(self.labels(layer), categories, self.vocabulary.categories) for layer in self.lens.layers}
+        return {layer: dissect(self.labels(layer), categories, self.vocabulary.categories) for layer in self.layers}
 
-    def category_units(self, layer: str, category: str) -> list[str]:
-        self.lens.units(layer)  # a clear error for an unknown layer
+    def category_units(self: Lens, layer: str, category: str) -> list[str]:
+        """The units behind one bar of ``dissect``: a layer's units labelled in ``category`` (or "unlabelled")."""
+        self.units(layer)  # a clear error for an unknown layer
         counts = self.dissect()[layer]
         if category not in counts:
             raise SemlensError(f"unknown category {category!r}; the categories are {', '.join(counts)}")
         owners = unit_categories(self.labels(layer), self.vocabulary.categories)
-        return [f"{layer}/{name}" for name, owner in zip(self.lens.units(layer), owners) if owner == category]
-
-    def graph_labels(self, layer: str) -> list[str | None]:
-        """Labels for attribution graphs, at the paper's lower threshold."""
-        labels = self.labels(layer)
-        return [
-            self.vocabulary.concepts[int(concept)] if float(score) >= GRAPH_THRESHOLD else None
-            for concept, score in zip(labels.concepts[:, 0], labels.scores[:, 0])
-        ]
+        return [f"{layer}/{name}" for name, owner in zip(self.units(layer), owners) if owner == category]
 
     def vocabulary_or(self, vocabulary: Vocabulary | str | Path | None) -> Vocabulary:
         """The given vocabulary, else the stored labels' one, else the built-in one."""

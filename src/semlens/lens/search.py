@@ -35,13 +35,10 @@ class SearchHit:
 
 
 class LensSearch:
-    """Probes and rankings over one Lens (``Lens.search`` and ``Lens.search_similar`` delegate here)."""
-
-    def __init__(self, lens: Lens) -> None:
-        self.lens = lens
+    """Part of ``Lens``: probes and rankings over its units (and another Lens's, for ``search_similar``)."""
 
     def probe(
-        self,
+        self: Lens,
         text: str | list[str] | None = None,
         images: list[str | Path | Image.Image] = (),
         templates: str | list[str] = "search",
@@ -52,14 +49,14 @@ class LensSearch:
             raise SemlensError("give a text query, an image probe, or both")
         parts = []
         if texts:
-            parts.append(self.lens.probes.query(texts, templates))
+            parts.append(self.probes.query(texts, templates))
         if images:
-            parts.append(self.lens.probes.images(images))
-        null = self.lens.probes.null(templates) if texts else None
+            parts.append(self.probes.images(images))
+        null = self.probes.null(templates) if texts else None
         return torch.stack(parts).mean(dim=0), null
 
     def search(
-        self,
+        self: Lens,
         text: str | list[str] | None = None,
         images: list[str | Path | Image.Image] = (),
         layers: list[str] | None = None,
@@ -68,36 +65,36 @@ class LensSearch:
     ) -> list[SearchHit]:
         """Units of all (or the given) layers ranked by alignment with a text and/or image probe."""
         probe, null = self.probe(text, images, templates)
-        return self._rank(probe, null, self.lens.checked_layers(layers), top)
+        return self._rank(probe, null, self.checked_layers(layers), top)
 
-    def search_similar(self, source: Lens, unit: str, top: int = 10) -> list[SearchHit]:
+    def search_similar(self: Lens, source: Lens, unit: str, top: int = 10) -> list[SearchHit]:
         """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one)."""
-        if source.foundation_id != self.lens.foundation_id:
+        if source.foundation_id != self.foundation_id:
             raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
         layer, row = source.unit_index(unit)
-        return self._rank(source.theta(layer)[row], None, self.lens.layers, top, exclude=(layer, row) if source is self.lens else None)
+        return self._rank(source.theta(layer)[row], None, self.layers, top, exclude=(layer, row) if source is self else None)
 
     def _rank(
-        self, probe: torch.Tensor, null: torch.Tensor | None, layers: list[str], top: int, exclude: tuple[str, int] | None = None
+        self: Lens, probe: torch.Tensor, null: torch.Tensor | None, layers: list[str], top: int, exclude: tuple[str, int] | None = None
     ) -> list[SearchHit]:
         """The ``top`` units of ``layers`` by alignment with ``probe``; ties go to the earlier layer, lower unit."""
-        table = self._units if layers == self.lens.layers else self._stack(layers)
+        table = self._search_table if layers == self.layers else self._unit_table(layers)
         rows, scores = table.top(probe, null, top + 1)
         found = [(table.locate(row), score) for row, score in zip(rows.tolist(), scores.tolist())]
-        return [self._hit(*owner, score) for owner, score in found if owner != exclude][:top]
+        return [self._search_hit(*owner, score) for owner, score in found if owner != exclude][:top]
 
     @cached_property
-    def _units(self) -> UnitTable:
+    def _search_table(self: Lens) -> UnitTable:
         """All units stacked for search, with an index from ``INDEX_MIN_UNITS`` units on (see semlens.lens.index)."""
-        table = self._stack(self.lens.layers)
-        table.index = open_index(self.lens.cache, table, self.lens.manifest["stages"]["embed"]["fingerprint"])
+        table = self._unit_table(self.layers)
+        table.index = open_index(self.cache, table, self.manifest["stages"]["embed"]["fingerprint"])
         return table
 
-    def _stack(self, layers: list[str]) -> UnitTable:
+    def _unit_table(self: Lens, layers: list[str]) -> UnitTable:
         """The layers' units as one table; units without examples of their own (``Lens.valid``) are never ranked."""
-        return UnitTable.stack({layer: self.lens.theta(layer) for layer in layers}, {layer: ~self.lens.valid(layer) for layer in layers})
+        return UnitTable.stack({layer: self.theta(layer) for layer in layers}, {layer: ~self.valid(layer) for layer in layers})
 
-    def _hit(self, layer: str, row: int, score: float) -> SearchHit:
-        unit = f"{layer}/{self.lens.units(layer)[row]}"
-        sources = [example.source for example in self.lens.concept_examples(unit)[:3]]
-        return SearchHit(unit, layer, row, score, self.lens.label_of(unit), sources)
+    def _search_hit(self: Lens, layer: str, row: int, score: float) -> SearchHit:
+        unit = f"{layer}/{self.units(layer)[row]}"
+        sources = [example.source for example in self.concept_examples(unit)[:3]]
+        return SearchHit(unit, layer, row, score, self.label_of(unit), sources)

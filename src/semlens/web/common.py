@@ -13,7 +13,7 @@ from fastapi import Path as PathParam
 from PIL import Image
 
 from .._util.errors import SemlensError, one_line
-from ..lens.lens import ConceptExample
+from ..lens.examples import ConceptExample
 from .schemas import MAX_TEXT
 from .state import Explorer, Served
 

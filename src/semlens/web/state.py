@@ -14,7 +14,8 @@ from typing import Any
 from urllib.parse import quote
 
 from .._util.errors import SemlensError
-from ..lens.lens import ConceptExample, Lens
+from ..lens.examples import ConceptExample
+from ..lens.lens import Lens
 from ..lens.trust import display_spec
 from .thumbnails import ThumbnailCache
 

@@ -13,7 +13,8 @@ import io
 import threading
 from pathlib import Path
 
-from ..lens.lens import ConceptExample, Lens
+from ..lens.examples import ConceptExample
+from ..lens.lens import Lens
 from ..lens.store import atomic_write, safe_name
 from ..report.figures import heat_overlay
 

@@ -1,0 +1,199 @@
+"""The model's classes and the units they rely on: a unit's relevant classes, audits of a class's units
+(with the concept test) and attribution graphs; the part of ``Lens`` that hands class relevance, theta and
+probes to ``semlens.analysis`` and ``semlens.relevance``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .._util.errors import SemlensError
+from ..analysis.alignment import alignment
+
+if TYPE_CHECKING:
+    from ..analysis.audit import AlignmentRule, Audit
+    from ..analysis.interventions import ConceptImages
+    from ..relevance.graph import AttributionGraph
+    from .lens import Lens
+
+GRAPH_THRESHOLD = 0.01  # the paper's lower labelling threshold for attribution graphs
+
+
+class LensAudits:
+    """Part of ``Lens``: questions about the model's classes, answered from its class relevance."""
+
+    def class_index(self: Lens, name: str | int) -> int:
+        """A class given by name (case-insensitive) or index, as the model's output index."""
+        classes = self.classes
+        if isinstance(name, int) or str(name).isdecimal():
+            index = int(name)
+            if classes and not 0 <= index < len(classes):
+                raise SemlensError(f"class index {index} is out of range: this model has {len(classes)} classes")
+            return index
+        names = [candidate.lower() for candidate in classes or []]
+        if str(name).lower() in names:
+            return names.index(str(name).lower())
+        hint = f"e.g. {', '.join((classes or [])[:5])}" if classes else "this model has no class names"
+        raise SemlensError(f"unknown class {name!r}; give a class index or a class name ({hint})")
+
+    def relevant_classes(self: Lens, unit: str, top: int = 5) -> list[tuple[str, int, float, float]]:
+        """The classes a unit matters most for, as (name, index, max share, mean share), highest mean share
+        first; classes never seen in the class-relevance data are left out, and all of them without it."""
+        layer, row = self.unit_index(unit)
+        relevance = self.class_relevance(layer)
+        if relevance is None:
+            return []
+        mean = relevance["mean_share"][row]
+        order = torch.argsort(mean.nan_to_num(float("-inf")), descending=True, stable=True)
+        chosen = order[~mean[order].isnan()][:top].tolist()
+        names = self.classes or [str(index) for index in range(mean.numel())]
+        return [(names[i], i, float(relevance["max_share"][row, i]), float(mean[i])) for i in chosen]
+
+    def audit(
+        self: Lens,
+        class_name: str | int,
+        valid: list[str] = (),
+        spurious: list[str] = (),
+        valid_images: list[str | Path] = (),
+        spurious_images: list[str | Path] = (),
+        cut: float | None = None,
+        layers: list[str] | None = None,
+        templates: str | list[str] = "audit",
+        rule: AlignmentRule | None = None,
+        concept: ConceptImages | None = None,
+    ) -> Audit:
+        """Audit one class: verdicts for its relevant units (each alignment judged against its layer's null by
+        ``rule``) and the class's relevance by verdict. With ``concept`` (images without and with the spurious
+        concept), also the concept test of the flagged units and the class's reliance on the concept (needs
+        the model)."""
+        from ..analysis.audit import AUDIT_CUT, AlignmentRule, audit_units, null_z
+
+        if not (valid or valid_images) or not (spurious or spurious_images):
+            raise SemlensError("an audit needs at least one valid and one spurious concept (text or image)")
+        index = self.class_index(class_name)
+        chosen = self.checked_layers(layers)
+        missing = [layer for layer in chosen if self.class_relevance(layer) is None]
+        if missing:
+            reason = self.manifest["stages"].get("relevance", {}).get("skipped", "class relevance was not computed")
+            raise SemlensError(f"no class relevance for layer(s) {', '.join(missing)} ({reason}); rebuild with class relevance on")
+        units = [f"{layer}/{name}" for layer in chosen for name in self.units(layer)]
+        theta = torch.cat([self.theta(layer) for layer in chosen])
+        examples = torch.cat([self.valid(layer) for layer in chosen])
+        sizes = [len(self.units(layer)) for layer in chosen]
+        groups = torch.repeat_interleave(torch.arange(len(chosen)), torch.tensor(sizes))
+        bases = [self.manifest["layers"][layer]["base_units"] for layer in chosen]
+        offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
+        channel = torch.cat([offset + torch.arange(size) % base for offset, size, base in zip(offsets.tolist(), sizes, bases)])
+        a_valid = self._alignments(theta, list(valid), list(valid_images), templates)
+        a_spur = self._alignments(theta, list(spurious), list(spurious_images), templates)
+        z_valid, z_spur = null_z(a_valid, groups, examples).amax(dim=1), null_z(a_spur, groups, examples).amax(dim=1)
+        max_share = torch.cat([self.class_relevance(layer)["max_share"][:, index] for layer in chosen])
+        mean_share = torch.cat([self.class_relevance(layer)["mean_share"][:, index] for layer in chosen])
+        name = self.classes[index] if self.classes else str(index)
+        result = audit_units(
+            name, units, max_share, mean_share, a_valid.amax(dim=1), a_spur.amax(dim=1), z_valid, z_spur,
+            list(valid) + [str(p) for p in valid_images], list(spurious) + [str(p) for p in spurious_images],
+            AUDIT_CUT if cut is None else cut, rule or AlignmentRule(), channel, examples,
+        )  # fmt: skip
+        result.null_units = {layer: int(self.valid(layer).sum()) for layer in chosen}
+        for audited in result.units:
+            audited.examples = [example.source for example in self.concept_examples(audited.unit)[:3]]
+        if concept is not None:
+            self._test_findings(result, index, concept)
+        return result
+
+    def _alignments(self: Lens, theta: torch.Tensor, concepts: list[str], images: list[str | Path], templates: str | list[str]) -> torch.Tensor:
+        """The alignment ``[U, P]`` of every unit (rows of ``theta``) with each probe: each text concept (less the
+        empty templates, Eq. 4), then each image (the cosine; what it shares with every unit is taken out, as for
+        texts, by the audit's null over the units of each layer)."""
+        results = []
+        if concepts:
+            results.append(alignment(theta, self.probes.concepts(concepts, templates), self.probes.null(templates)))
+        if images:
+            results.append(alignment(theta, torch.stack([self.probes.images([image]) for image in images]), None))
+        return torch.cat(results, dim=1)
+
+    def _test_findings(self: Lens, result: Audit, class_index: int, concept: ConceptImages) -> None:
+        """Run the concept test on ``result``'s flagged units (in place): the class's reliance on the concept
+        and, per flagged unit, whether the concept raises it and zeroing it costs the class more with the
+        concept than without. Needs the model (loaded under the Lens's trust model)."""
+        from ..analysis.interventions import UnitToTest, concept_tests
+        from ..model.units import LayerSpec
+
+        model = self.model()
+        without, with_concept = concept.views(model)
+        flagged = result.flagged
+        layers = sorted({unit.unit.rpartition("/")[0] for unit in flagged})
+        saes = self.sae_files(layers)
+        tested = []
+        for unit in flagged:
+            layer, row = self.unit_index(unit.unit)
+            spec = LayerSpec(**{**self.manifest["layers"][layer]["spec"], "sae": saes.get(layer)})
+            tested.append(UnitToTest(unit.unit, spec, row, row % self.manifest["layers"][layer]["base_units"]))
+        result.reliance, tests = concept_tests(model, without, with_concept, class_index, tested, saes, concept.artifact is not None)
+        for unit, test in zip(flagged, tests):
+            unit.test = test
+
+    def audit_classes(
+        self: Lens, spurious: list[str], cut: float | None = None, spurious_images: list[str | Path] = (), rule: AlignmentRule | None = None
+    ) -> list[Audit]:
+        """Audit every class seen in the class-relevance data, each with its own name as the valid concept;
+        returns the audits ranked by spurious-or-both share (highest first)."""
+        if not self.classes:
+            raise SemlensError("auditing all classes needs class names (this model has none); audit one class with --valid")
+        seen = self.class_relevance(self.layers[-1])
+        if seen is None:
+            raise SemlensError("no class relevance in this Lens; rebuild with class relevance on")
+        audits = [
+            self.audit(int(index), [self.classes[int(index)]], spurious, [], list(spurious_images), cut, None, "audit", rule)
+            for index in seen["seen_classes"].tolist()
+        ]
+        return sorted(audits, key=lambda result: -result.shares["spurious_or_both"])
+
+    def attribution_graph(
+        self: Lens, class_name: str | int, layers: list[str] | None = None, cut: float | None = None, samples: int = 32
+    ) -> AttributionGraph:
+        """The concepts behind a class between two or more layers (lowest first): relevant units grouped by
+        label (threshold 0.01, "?" when unlabelled), edges weighted by CRP relevance conditioned on the
+        upper group. Computed on the class's samples with the highest relevance (from class relevance);
+        needs labels, the model and the probe data."""
+        from ..relevance.graph import GRAPH_CUT, build_graph, relevant_samples
+        from ..relevance.lrp import RelevanceModel
+
+        chosen = self.checked_layers(layers)
+        if len(chosen) < 2:
+            raise SemlensError("an attribution graph needs at least two layers")
+        if any(self.manifest["layers"][layer]["unit_names"] == "signed" or self.manifest["layers"][layer]["spec"].get("sae") for layer in chosen):
+            raise SemlensError("attribution graphs need plain layers (not signed, not SAE)")
+        index = self.class_index(class_name)
+        relevance = self.class_relevance(chosen[-1])
+        if relevance is None:
+            raise SemlensError("no class relevance in this Lens; rebuild with class relevance on")
+        seen = relevance["seen_classes"].tolist()
+        if index not in seen:
+            raise SemlensError(f"class {class_name} has no samples in the class-relevance data")
+        weights = relevance["mean_share"][:, index].masked_fill(~self.valid(chosen[-1]), 0.0)
+        row = seen.index(index)
+        ids = relevant_samples(relevance["top_samples"][row], relevance["top_shares"][row], weights, samples)
+        model = self.model()
+        inputs = torch.stack([model.preprocessing(self.probe_data.load(i)) for i in ids])
+        lrp = RelevanceModel(model.module, inputs[:2])
+        if not lrp.check().supported:
+            raise SemlensError(f"LRP does not support this model: {lrp.check().reason}")
+        if self.vocabulary is None:
+            raise SemlensError("an attribution graph groups units by label: run `semlens label LENS` (or Lens.label()) first")
+        units = {layer: [f"{layer}/{name}" for name in self.units(layer)] for layer in chosen}
+        labels = {layer: self._graph_labels(layer) for layer in chosen}
+        title = self.classes[index] if self.classes else str(index)
+        valid = {layer: self.valid(layer) for layer in chosen}
+        return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid)
+
+    def _graph_labels(self: Lens, layer: str) -> list[str | None]:
+        """Labels for attribution graphs, at the paper's lower threshold."""
+        labels = self.labels(layer)
+        return [
+            self.vocabulary.concepts[int(concept)] if float(score) >= GRAPH_THRESHOLD else None
+            for concept, score in zip(labels.concepts[:, 0], labels.scores[:, 0])
+        ]
