@@ -1,24 +1,27 @@
 """What a CRP relevance crop costs: per (unit, example) pair, as a multiple of one no-grad forward pass
-of the whole model on the same images, at several pairs per backward pass and input sizes.
+of the whole model on the same images, at several pairs per backward pass and input sizes, with
+semlens' composite (``relevance/rules.py``) and zennit's own ``EpsilonPlusFlat`` side by side.
 
-A small random CNN (four convolutions, the last one, ``relu4``, with ``--units`` channels, then a
-linear head) on random images. Each unit's ``--samples`` examples are the images where it fires most
-(mean activation), as the collection pass picks them, and the pairs are ordered by sample as
-``CropStage`` orders them. For each input size and each ``--batches`` value B, one round times
-``crp_heatmaps`` on the first ``--pairs`` pairs, B per call, then the whole model (no grad) on the
-same images, B per call: the ratio is batch-matched. Rounds alternate ``--repeats`` times and the
-medians are printed, so a load that changes during the run touches both sides alike. The regime
-(cores, torch threads, load average before and after) is printed with the figures.
+``--model small-cnn``: four convolutions, the last one, ``relu4``, with ``--units`` channels, then a
+linear head. ``--model resnet18``: torchvision's ResNet-18 (random weights), units at ``layer4`` (512).
+Random images; each unit's ``--samples`` examples are the images where it fires most (mean
+activation), as the collection pass picks them, and the pairs are ordered by sample as ``CropStage``
+orders them. For each input size and each ``--batches`` value B, one round times ``crp_heatmaps`` on
+the first ``--pairs`` pairs, B per call, with each rule, then the whole model (no grad) on the same
+images, B per call: the ratio is batch-matched. Rounds alternate ``--repeats`` times and the medians
+are printed, so a load that changes during the run touches all sides alike. The regime (cores, torch
+threads, load average before and after) is printed with the figures.
 
-``--shared`` also times one forward per distinct sample shared by that sample's pairs: the pairs'
-backward passes batched with ``torch.autograd.grad(is_grads_batched=True)`` (vmap). Its heatmaps
-are exact, but on a CPU vmap runs the convolutions' backward once per pair, so it is slower; the
-build keeps one forward per pair.
+``--shared`` also times one forward per distinct sample shared by that sample's pairs, with the first
+of ``--rules``: the pairs' backward passes batched with ``torch.autograd.grad(is_grads_batched=True)``
+(vmap). Its heatmaps are exact, but on a CPU vmap runs the convolutions' backward once per pair, so it
+is slower; the build keeps one forward per pair.
 
-Exactness: the batched heatmaps of the first ``--check`` pairs are compared with one pair per call
-(max |difference| / max |map|).
+Exactness: semlens' heatmaps of the first ``--check`` pairs are compared with zennit's, and the
+batched heatmaps with one pair per call (max |difference| / max |map|).
 
-    PYTHONPATH=tests/support python benchmarks/crops.py [--sizes 64 128] [--batches 16 64 256] [--pairs 512]
+    PYTHONPATH=tests/support python benchmarks/crops.py [--model small-cnn|resnet18] [--sizes 64 128]
+        [--batches 16 64 256] [--pairs 512] [--rules semlens zennit]
 """
 
 from __future__ import annotations
@@ -29,15 +32,15 @@ import platform
 import statistics
 import time
 from collections import OrderedDict
+from typing import Callable
 
 import torch
 from torch import nn
+from zennit.composites import EpsilonPlusFlat
 
 from semlens.build.embed import chunks
 from semlens.model.units import hooks, resolve_module
 from semlens.relevance.lrp import RelevanceModel, _Stop, crp_heatmaps
-
-LAYER = "relu4"
 
 
 def small_cnn(units: int) -> nn.Sequential:
@@ -53,15 +56,27 @@ def small_cnn(units: int) -> nn.Sequential:
     ).eval()
 
 
-def top_samples(model: nn.Sequential, images: torch.Tensor, samples: int) -> torch.Tensor:
+def resnet(units: int) -> nn.Module:  # noqa: ARG001 (layer4 has 512 units)
+    from torchvision.models import resnet18
+
+    return resnet18(num_classes=10).eval()
+
+
+#: model name: (builder from --units, the CRP layer)
+MODELS: dict[str, tuple[Callable[[int], nn.Module], str]] = {"small-cnn": (small_cnn, "relu4"), "resnet18": (resnet, "layer4")}
+
+
+def top_samples(model: nn.Module, layer: str, images: torch.Tensor, samples: int) -> torch.Tensor:
     """``[U, samples]`` ids: per unit of the CRP layer, the images with the highest mean activation."""
-    with torch.no_grad():
-        names = [name for name, _ in model.named_children()]
-        activation = model[: names.index(LAYER) + 1](images)
-    return activation.mean(dim=(2, 3)).T.topk(samples, dim=1).indices
+    captured: list[torch.Tensor] = []
+    with hooks([resolve_module(model, layer).register_forward_hook(lambda _m, _i, output: captured.append(output))]), torch.no_grad():
+        model(images)
+    return captured[0].mean(dim=(2, 3)).T.topk(samples, dim=1).indices
 
 
-def shared_forward_heatmaps(modified: nn.Module, images: torch.Tensor, samples: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+def shared_forward_heatmaps(
+    modified: nn.Module, layer: str, images: torch.Tensor, samples: torch.Tensor, channels: torch.Tensor
+) -> torch.Tensor:
     """``crp_heatmaps`` with one forward per distinct sample: round r backpropagates the r-th pair of
     every sample, all rounds in one vmapped backward pass (``samples`` sorted)."""
     distinct, slot = torch.unique_consecutive(samples, return_inverse=True)
@@ -75,7 +90,7 @@ def shared_forward_heatmaps(modified: nn.Module, images: torch.Tensor, samples: 
 
     inputs = images[distinct].requires_grad_(True)
     try:
-        with hooks([resolve_module(modified, LAYER).register_forward_hook(stop)]), torch.enable_grad():
+        with hooks([resolve_module(modified, layer).register_forward_hook(stop)]), torch.enable_grad():
             modified(inputs)
     except _Stop:
         pass
@@ -88,68 +103,85 @@ def shared_forward_heatmaps(modified: nn.Module, images: torch.Tensor, samples: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--units", type=int, default=512)
+    parser.add_argument("--model", choices=MODELS, default="small-cnn")
+    parser.add_argument("--units", type=int, default=512, help="channels of the small CNN's CRP layer")
     parser.add_argument("--samples", type=int, default=30, help="examples per unit")
     parser.add_argument("--images", type=int, default=256, help="random images the examples are picked from")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="input sides in pixels")
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256], help="pairs per backward pass")
     parser.add_argument("--pairs", type=int, default=512, help="pairs timed per setting (the first, in sample order)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds; medians are printed")
-    parser.add_argument("--check", type=int, default=64, help="pairs compared with one pair per call")
+    parser.add_argument("--check", type=int, default=64, help="pairs compared across rules and with one pair per call")
+    parser.add_argument("--rules", nargs="+", choices=["semlens", "zennit"], default=["semlens", "zennit"])
     parser.add_argument("--shared", action="store_true", help="also time one shared forward per distinct sample (vmap)")
     args = parser.parse_args()
 
+    build, layer = MODELS[args.model]
     torch.manual_seed(0)
     print(
         f"regime: CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
-        f"torch threads, torch {torch.__version__}; load average {os.getloadavg()[0]:.1f} before; small CNN "
-        f"({args.units} units at {LAYER}), {args.samples} samples per unit from {args.images} random images"
+        f"torch threads, torch {torch.__version__}; load average {os.getloadavg()[0]:.1f} before; {args.model} "
+        f"(units at {layer}), {args.samples} samples per unit from {args.images} random images"
     )
-    print("size  pairs/pass  distinct/pass  relevance ms/pair  forward ms/image  ratio" + ("  shared ms/pair  ratio" * args.shared))
+    print("size  pairs/pass  distinct/pass  forward ms/image" + "".join(f"  {rule} ms/pair  ratio" for rule in args.rules) + ("  shared ms/pair  ratio" * args.shared))
     for size in args.sizes:
-        model = small_cnn(args.units)
+        model = build(args.units)
         images = torch.rand(args.images, 3, size, size)
-        ids = top_samples(model, images, args.samples)
-        unit_of = torch.arange(args.units).repeat_interleave(args.samples)
+        ids = top_samples(model, layer, images, args.samples)
+        unit_of = torch.arange(ids.shape[0]).repeat_interleave(args.samples)
         flat_ids = ids.reshape(-1)
         order = torch.argsort(flat_ids, stable=True)[: args.pairs]  # by sample, as the build orders them
         samples, channels = flat_ids[order], unit_of[order]
         relevance = RelevanceModel(model, images[:2])
         assert relevance.check().supported, relevance.check().reason
+        composites = {"semlens": relevance.composite, "zennit": EpsilonPlusFlat(epsilon=relevance.epsilon, canonizers=relevance.composite.canonizers)}
         times: dict[tuple[str, int], list[float]] = {}
 
-        def timed(kind: str, batch: int, run) -> None:
+        def timed(kind: str, batch: int, run: Callable[[int, int], object]) -> None:
             start = time.perf_counter()
             for begin, end in chunks(len(order), batch):
                 run(begin, end)
             times.setdefault((kind, batch), []).append((time.perf_counter() - start) / len(order))
 
-        with relevance.attributing() as modified:
-            crp_heatmaps(modified, images[samples[:2]], LAYER, channels[:2], torch.ones(2))  # warm-up
-            for _ in range(args.repeats):
-                for batch in args.batches:
-                    ones = torch.ones(batch)
-                    timed("relevance", batch, lambda b, e: crp_heatmaps(modified, images[samples[b:e]], LAYER, channels[b:e], ones[: e - b]))
-                    with torch.no_grad():
-                        timed("forward", batch, lambda b, e: model(images[samples[b:e]]))
-                    if args.shared:
-                        timed("shared", batch, lambda b, e: shared_forward_heatmaps(modified, images, samples[b:e], channels[b:e]))
-            check = min(args.check, len(order))
-            batched = crp_heatmaps(modified, images[samples[:check]], LAYER, channels[:check], torch.ones(check))
-            single = torch.cat([crp_heatmaps(modified, images[samples[i : i + 1]], LAYER, channels[i : i + 1], torch.ones(1)) for i in range(check)])
-            shared = shared_forward_heatmaps(modified, images, samples[:check], channels[:check]) if args.shared else batched
+        def heatmaps(modified: nn.Module, begin: int, end: int) -> torch.Tensor:
+            return crp_heatmaps(modified, images[samples[begin:end]], layer, channels[begin:end], torch.ones(end - begin))
+
+        check = min(args.check, len(order))
+        maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for rule in args.rules:
+            with composites[rule].context(model) as modified:
+                heatmaps(modified, 0, 2)  # warm-up
+                single = torch.cat([heatmaps(modified, i, i + 1) for i in range(check)])
+                maps[rule] = (heatmaps(modified, 0, check), single)
+                if args.shared and rule == args.rules[0]:
+                    maps["shared"] = (shared_forward_heatmaps(modified, layer, images, samples[:check], channels[:check]), single)
+        for _ in range(args.repeats):
+            for batch in args.batches:
+                for rule in args.rules:
+                    with composites[rule].context(model) as modified:
+                        timed(rule, batch, lambda b, e: heatmaps(modified, b, e))
+                        if args.shared and rule == args.rules[0]:
+                            timed("shared", batch, lambda b, e: shared_forward_heatmaps(modified, layer, images, samples[b:e], channels[b:e]))
+                with torch.no_grad():
+                    timed("forward", batch, lambda b, e: model(images[samples[b:e]]))
         for batch in args.batches:
-            per_pair, per_image = (statistics.median(times[kind, batch]) for kind in ("relevance", "forward"))
+            per_image = statistics.median(times["forward", batch])
             distinct = sum(len(torch.unique(samples[b:e])) for b, e in chunks(len(order), batch)) / len(range(0, len(order), batch))
-            row = f"{size:4d}  {batch:10d}  {distinct:13.1f}  {per_pair * 1e3:17.2f}  {per_image * 1e3:16.2f}  {per_pair / per_image:5.1f}"
-            if args.shared:
-                shared_pair = statistics.median(times["shared", batch])
-                row += f"  {shared_pair * 1e3:14.2f}  {shared_pair / per_image:5.1f}"
+            row = f"{size:4d}  {batch:10d}  {distinct:13.1f}  {per_image * 1e3:16.2f}"
+            for rule in args.rules + ["shared"] * args.shared:
+                per_pair = statistics.median(times[rule, batch])
+                row += f"  {per_pair * 1e3:{len(rule) + 8}.2f}  {per_pair / per_image:5.2f}"
             print(row, flush=True)
-        peak = single.abs().flatten(1).amax(1).clamp_min(1e-30)  # a unit that never fired has an all-zero map
-        gaps = [float(((other - single).abs().flatten(1).amax(1) / peak).max()) for other in (batched, shared)]
-        print(f"{size:4d}  heatmaps of {check} pairs against one pair per call: max |difference| / max |map| = "
-              f"{gaps[0]:.1e} batched" + (f", {gaps[1]:.1e} shared forward" if args.shared else ""))  # fmt: skip
+        reference = maps[args.rules[-1]][1]
+        peak = reference.abs().flatten(1).amax(1).clamp_min(1e-30)  # a unit that never fired has an all-zero map
+        gaps = {
+            f"{rule} {kind}": float(((heat - reference).abs().flatten(1).amax(1) / peak).max())
+            for rule, (batched, single) in maps.items()
+            for kind, heat in (("batched", batched), ("one per call", single))
+            if rule != "shared" or kind == "batched"
+        }
+        print(f"{size:4d}  heatmaps of {check} pairs against {args.rules[-1]}'s one pair per call: max |difference| / max |map| = "
+              + ", ".join(f"{gap:.1e} {name}" for name, gap in gaps.items()))  # fmt: skip
     print(f"load average {os.getloadavg()[0]:.1f} after; {len(order)} pairs timed per setting, medians of {args.repeats} rounds")
 
 

@@ -58,8 +58,9 @@ def find_leak(
     """The innermost module, first in forward order, whose input and output relevance differ by more
     than ``tolerance`` times the explained total; the model itself when every module conserves.
 
-    ``attributing`` prepares ``model`` for LRP (``RelevanceModel.attributing``); the hooks here are
-    registered before it, so that zennit's rules see the cloned inputs. ``untraced`` gives, per module
+    ``attributing`` prepares ``model`` for LRP (``RelevanceModel.attributing``); the hooks on inputs are
+    registered before it, so that its rules see the cloned inputs, and those on outputs after it, so that
+    they see the outputs its rules hand on (``rules.py`` replaces a layer's output). ``untraced`` gives, per module
     name, why torch.fx could not trace it: the likely cause when that module is the one named.
     """
     flows: dict[str, _Flow] = {}
@@ -80,13 +81,11 @@ def find_leak(
 
         return hook
 
-    handles = []
-    for name, module in model.named_modules():
-        if name:
-            handles += [module.register_forward_pre_hook(enter(name)), module.register_forward_hook(leave(name))]
+    named = [(name, module) for name, module in model.named_modules() if name]
     inputs = inputs.detach().clone().requires_grad_(True)
-    with hooks(handles), attributing() as modified, torch.enable_grad():
-        outputs = modified(inputs)
+    with hooks([module.register_forward_pre_hook(enter(name)) for name, module in named]), attributing() as modified:
+        with hooks([module.register_forward_hook(leave(name)) for name, module in named]), torch.enable_grad():
+            outputs = modified(inputs)
         start = initial(outputs)
         tensors = [tensor for flow in flows.values() for tensor in flow.inputs + flow.outputs]
         grads = iter(torch.autograd.grad(outputs, tensors, grad_outputs=start, allow_unused=True))

@@ -1,4 +1,5 @@
-"""LRP and CRP with zennit: the composite εz⁺♭ (EpsilonPlusFlat) plus the canonizers a model needs.
+"""LRP and CRP with zennit: the composite εz⁺♭ (EpsilonPlusFlat, with the lean rules of ``rules.py``) plus
+the canonizers a model needs.
 
 Relevance travels backwards as zennit's modified gradient: the "gradient" that reaches a layer's
 output is that layer's relevance. Concept Relevance Propagation conditions the backward pass on units
@@ -21,6 +22,7 @@ from ..model.units import hooks, resolve_module, select_output
 from .canonizers import UnsupportedModelError, canonizers_for
 from .conservation import find_leak
 from .residual import FxResidualCanonizer
+from .rules import LeanEpsilonPlusFlat
 
 #: leaf modules with an LRP rule (or that pass relevance unchanged and exactly)
 SUPPORTED_LEAVES = (
@@ -51,8 +53,6 @@ class RelevanceModel:
     """A model prepared for LRP/CRP; ``check()`` tells whether its heatmaps can be trusted."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor, epsilon: float = 1e-6) -> None:
-        from zennit.composites import EpsilonPlusFlat
-
         self.model = model.eval()
         self.example, self.epsilon = example, epsilon
         self._report: SupportReport | None = None
@@ -66,7 +66,7 @@ class RelevanceModel:
             )
             if unsupported:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(unsupported)}")
-            self.composite = EpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers_for(model, example))
+            self.composite = LeanEpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers_for(model, example))
         except UnsupportedModelError as error:
             self._report = SupportReport(False, str(error))
 
