@@ -116,3 +116,60 @@ def test_collect_topk_api_reads_a_model_directly() -> None:
     result = collect_topk(model, [LayerSpec.parse("head")], iterate_batches(data, 6), k=3)["head"]
     expected = model(data).detach().T.topk(3, dim=1)
     assert torch.equal(result.ids, expected.indices)
+
+
+@pytest.mark.parametrize("crop", ["relevance", "activation"])
+def test_a_masked_build_embeds_each_example_faded_by_its_own_heatmap(built, tmp_path, colour_folder, tiny_clip_dir, crop) -> None:
+    from semlens.build.crops import masked_crop
+    from semlens.foundation import load_foundation_model
+
+    masked = build_lens(config(colour_folder, tiny_clip_dir, crop=crop, crop_view="masked", class_relevance=False), tmp_path / "m.lens", progress=False)
+    assert masked.manifest["identity"]["embed"]["crop_view"] == "masked"
+    model, data = load_model("py:tiny_models:tiny_cnn"), load_data(f"folder:{colour_folder}")
+    foundation = load_foundation_model(f"hf:{tiny_clip_dir}")
+    faded = 0
+    for layer in masked.layers:
+        if crop == "relevance":  # the same boxes as the box view of the same rule: only what is embedded differs
+            assert torch.equal(masked.boxes(layer), built.boxes(layer))
+        heat, ids, inactive = masked.heatmaps(layer), masked.samples(layer), masked.inactive(layer)
+        crops, slots = [], torch.nonzero(ids >= 0).tolist()
+        for unit, slot in slots:
+            view, box = model.preprocessing.view(data.load(int(ids[unit, slot]))), tuple(masked.boxes(layer)[unit, slot].tolist())
+            fires = heat is not None and not inactive[unit] and float(heat[unit, slot].max()) > 0
+            crops.append(masked_crop(view, box, heat[unit, slot]) if fires else view.crop(box))
+            faded += fires
+        expected = foundation.encode_images(crops)
+        found = masked.example_embeddings(layer)[tuple(torch.tensor(slots).T)]
+        torch.testing.assert_close(found, expected, atol=3e-3, rtol=0)
+    assert faded >= 40
+    boxed = built.manifest["stages"]["embed"]["distinct_crops"]
+    assert masked.manifest["stages"]["embed"]["distinct_crops"] > boxed  # masked slots are not shared across units
+    with pytest.raises(StaleLensError, match="crop_view"):  # a Lens of another view is never reused
+        build_lens(config(colour_folder, tiny_clip_dir, crop_view="masked"), built.path, progress=False)
+
+
+def test_another_crop_rule_reuses_the_heatmaps_and_another_model_or_data_does_not(built, tmp_path, colour_folder, tiny_clip_dir, monkeypatch) -> None:
+    import shutil
+
+    import semlens.relevance.lrp as lrp
+    from semlens.lens.store import LensStore
+
+    calls = []
+    original = lrp.crp_heatmaps
+    monkeypatch.setattr(lrp, "crp_heatmaps", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    source = str(built.path)
+    quantile = build_lens(config(colour_folder, tiny_clip_dir, crop_rule="quantile", heatmaps_from=source, class_relevance=False), tmp_path / "q.lens", progress=False)
+    assert not calls
+    for layer in built.layers:
+        assert quantile.manifest["layers"][layer]["crop"]["heatmaps"] == f"reused from {LensStore(source).root}"
+        assert torch.equal(quantile.heatmaps(layer), built.heatmaps(layer))
+    assert any(not torch.equal(quantile.boxes(layer), built.boxes(layer)) for layer in built.layers)  # cut by another rule
+
+    fewer = tmp_path / "fewer"
+    shutil.copytree(colour_folder, fewer)
+    next(fewer.rglob("*.png")).unlink()
+    for name, overrides in {"model": dict(model="py:tiny_models:twin_cnn"), "data": dict(data=f"folder:{fewer}")}.items():
+        calls.clear()
+        other = build_lens(config(colour_folder, tiny_clip_dir, heatmaps_from=source, class_relevance=False, **overrides), tmp_path / f"{name}.lens", progress=False)
+        assert calls, name
+        assert {other.manifest["layers"][layer]["crop"]["heatmaps"] for layer in other.layers} == {"computed"}, name

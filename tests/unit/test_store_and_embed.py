@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from semlens._util.errors import SemlensError
-from semlens.build.embed import CropChunks, cut_crops, mean_embeddings, plan_crops
+from semlens.build.embed import CropChunks, CropTable, cut_crops, mean_embeddings, plan_crops
 from semlens.foundation import FoundationModel
 from semlens.lens import probes as probes_module
 from semlens.lens.probes import ProbeEncoder, read_probe_cache
@@ -223,7 +223,7 @@ def test_crop_chunks_hand_over_the_foundation_models_batches_of_each_spans_crops
 
     rows = torch.tensor([[2, *WHOLE], [5, *WHOLE], [5, *RIGHT], [7, *LEFT], [7, *RIGHT]])
     chunks = CropChunks(
-        rows, [(0, 3), (3, 5)], Views(), lambda image: image, lambda crops: [crop.size for crop in crops], 2
+        CropTable(rows, {}), [(0, 3), (3, 5)], Views(), lambda image: image, lambda crops: [crop.size for crop in crops], 2
     )
     assert len(chunks) == 2
     assert chunks[0] == [[(8, 8), (8, 8)], [(4, 4)]]  # spans split into batches of 2 crops

@@ -114,7 +114,10 @@ class LensBuilder:
             "relevance": {"enabled": config.class_relevance, "data": config.relevance_data},
         }
         if config.crop_rule != "peak":  # the paper's rule adds nothing, so Lenses built before this setting stay valid
-            identity["embed"].update(crop_rule=config.crop_rule, crop_share=config.crop_share)
+            setting = {"share": "crop_share", "quantile": "crop_quantile"}[config.crop_rule]
+            identity["embed"].update({"crop_rule": config.crop_rule, setting: getattr(config, setting)})
+        if config.crop_view != "box":  # likewise the plain box view
+            identity["embed"]["crop_view"] = config.crop_view
         if context.autocast is not None:  # float32 adds nothing, so Lenses built before this setting stay valid
             identity["collect"]["autocast"] = str(context.autocast).removeprefix("torch.")
         if context.shard is not None:

@@ -10,7 +10,7 @@ from typing import Any
 from .._util.devices import check_precision
 from .._util.errors import SemlensError
 from .._util.tomlfiles import read_toml
-from .crops import CROP_MODES, CROP_RULES
+from .crops import CROP_MODES, CROP_QUANTILE, CROP_RULES, CROP_VIEWS
 from .parallel import Shard
 
 #: input pixels per relevance pass when relevance_batch_size is not set: the memory of the former 16 pairs
@@ -34,6 +34,9 @@ class BuildConfig:
     crop_threshold: float = 0.01
     crop_rule: str = "peak"
     crop_share: float = 0.8
+    crop_quantile: float = CROP_QUANTILE
+    crop_view: str = "box"
+    heatmaps_from: str | None = None  # a Lens whose CRP heatmaps to reuse where computed from the same inputs
     class_relevance: bool = True
     relevance_data: str | None = None
     relevance_batch_size: int | None = None  # None: sized by input pixels (relevance_batch)
@@ -53,6 +56,10 @@ class BuildConfig:
             raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
         if self.crop_rule not in CROP_RULES:
             raise SemlensError(f"crop_rule={self.crop_rule!r} is not one of {', '.join(CROP_RULES)}")
+        if self.crop_view not in CROP_VIEWS:
+            raise SemlensError(f"crop_view={self.crop_view!r} is not one of {', '.join(CROP_VIEWS)}")
+        if not 0 < self.crop_quantile < 1:
+            raise SemlensError(f"crop_quantile={self.crop_quantile} must lie between 0 and 1 (a quantile of a unit's map values, e.g. {CROP_QUANTILE})")
         if not 0 < self.crop_share <= 1:
             raise SemlensError(f"crop_share={self.crop_share} must lie in (0, 1] (a share of the heatmap's positive mass, e.g. 0.8)")
         if not 0 < self.crop_threshold < 1:

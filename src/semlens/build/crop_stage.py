@@ -1,6 +1,10 @@
 """The crop stage: a square crop box per (unit, example), from the unit's CRP relevance heatmap on
 the example where LRP supports the model, else from its activation map, else the whole image; and
-the distinct crops of all layers, which the embed stage embeds once each."""
+the distinct crops of all layers, which the embed stage embeds once each.
+
+Boxes (and masked views) are derived from the heatmaps as the Lens stores them. The heatmaps depend
+on the model, the layer, the data and the top-k, not on the crop rule or view: they are keyed by
+those alone, so a Lens built with another rule or view reuses them (``heatmaps_from``)."""
 
 from __future__ import annotations
 
@@ -9,33 +13,41 @@ from typing import Iterator
 import torch
 
 from .._util.errors import SemlensError
+from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
 from ..analysis.validity import arbitrary_slots
 from ..data.base import DecodingDataset, collate_decoded
-from ..lens.store import layer_file
+from ..lens.store import LensStore, layer_file
 from ..model.units import LayerSpec
 from .collect import EMPTY_ID
 from .context import BuildContext
 from .crops import crop_boxes, full_boxes, pool_heatmaps
-from .embed import CropTable, chunks, plan_crops
+from .embed import CropTable, HeatSource, chunks, plan_crops
+
+HEAT_KEY = "heatmaps"  # metadata key of a layer's ``.crops`` file: the fingerprint its heatmaps were computed for
 
 
 class CropStage:
     """Inputs: the collect stage's ``layers/<layer>.topk`` and ``config.crop``. Outputs: the crop
     table of all layers (in memory, for the embed stage), each layer's crop mode and why in the
-    manifest, and ``layers/<layer>.crops`` for relevance crops. Resume: it runs within the embed
-    stage and shares its fingerprint; a layer's relevance crops of that fingerprint are reused."""
+    manifest, and ``layers/<layer>.crops`` (the CRP heatmaps) for relevance crops. Resume: it runs
+    within the embed stage; a layer's heatmaps are reused from ``.crops`` files computed for the same
+    model, layer, data and top-k, in this Lens (an interrupted run) or in ``config.heatmaps_from``."""
 
     def __init__(self, context: BuildContext) -> None:
         self.context = context
 
     def run(self) -> CropTable:
-        samples, boxes = {}, {}
+        samples, boxes, masked = {}, {}, {}
         for spec in self.context.specs:
             stored = self.context.store.read_tensors(layer_file(spec.name, "topk"))
             samples[spec.name] = stored["ids"].masked_fill(arbitrary_slots(stored["scores"]), EMPTY_ID)
-            boxes[spec.name] = self._layer_boxes(spec, stored)
-        return plan_crops(samples, boxes)
+            heat, source = self._heatmaps(spec, stored)
+            boxes[spec.name] = self._boxes(heat, stored)
+            if heat is not None and self.context.config.crop_view == "masked":
+                fired = heat.flatten(2).amax(dim=2) > 0  # nothing to fade by where the unit did not fire
+                masked[spec.name] = (source, fired & ~stored["inactive"][:, None])
+        return plan_crops(samples, boxes, masked)
 
     def _crop_mode(self, spec: LayerSpec, has_maps: bool) -> tuple[str, str]:
         """The crop mode a layer gets, and why: auto picks relevance wherever LRP supports the model, on any
@@ -57,39 +69,75 @@ class CropStage:
             return "none", "the layer has no spatial map"
         return mode, "as asked"
 
-    def _layer_boxes(self, spec: LayerSpec, stored: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids, maps, inactive = stored["ids"], stored.get("maps"), stored["inactive"]
-        size = self.context.model.preprocessing.input_size
-        mode, why = self._crop_mode(spec, maps is not None)
-        self.context.manifest["layers"][spec.name]["crop"] = {"mode": mode, "why": why}
+    def _heatmaps(self, spec: LayerSpec, stored: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, HeatSource | None]:
+        """The layer's heatmaps ``[U, k, h, w]`` the crops are cut from, and where the Lens stores them:
+        CRP relevance, the activation maps, or none (whole images); the mode and why go in the manifest."""
+        mode, why = self._crop_mode(spec, stored.get("maps") is not None)
+        record = self.context.manifest["layers"][spec.name]["crop"] = {"mode": mode, "why": why}
         if mode == "relevance":
-            layer_boxes = self._relevance_boxes(spec, ids)
-        elif mode == "activation":
-            layer_boxes = self._boxes(maps.reshape(-1, *maps.shape[2:]))
-            layer_boxes = layer_boxes.reshape(*ids.shape, 4)
-        else:
-            layer_boxes = full_boxes(ids.numel(), (size, size)).reshape(*ids.shape, 4)
-        layer_boxes[inactive] = full_boxes(1, (size, size))  # arbitrary examples: no crop to trust
-        return layer_boxes
+            heat, record["heatmaps"] = self._relevance_heatmaps(spec, stored["ids"])
+            return heat, HeatSource(layer_file(spec.name, "crops"), "heat")
+        if mode == "activation":
+            return stored["maps"], HeatSource(layer_file(spec.name, "topk"), "maps")
+        return None, None
 
-    def _boxes(self, maps: torch.Tensor) -> torch.Tensor:
-        """Crop boxes for heatmaps ``[M, h, w]`` by the build's crop rule."""
+    def _boxes(self, heat: torch.Tensor | None, stored: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Crop boxes ``[U, k, 4]`` by the build's crop rule; whole images without heatmaps and for inactive
+        units (their examples are arbitrary: no crop to trust)."""
         config, size = self.context.config, self.context.model.preprocessing.input_size
-        return crop_boxes(maps, (size, size), config.crop_rule, config.crop_threshold, config.crop_share)
+        units, k = stored["ids"].shape
+        if heat is None:
+            return full_boxes(units * k, (size, size)).reshape(units, k, 4)
+        boxes = crop_boxes(heat, (size, size), config.crop_rule, config.crop_threshold, config.crop_share, config.crop_quantile)
+        boxes[stored["inactive"]] = full_boxes(1, (size, size))
+        return boxes
 
-    def _relevance_boxes(self, spec: LayerSpec, ids: torch.Tensor) -> torch.Tensor:
-        """CRP crop boxes ``[U, k, 4]``: each unit's heatmap on each of its samples, many pairs per backward
-        pass, split into blocks of whole batches across ranks; stored per layer so that an interrupted
-        run does not redo finished layers. Pairs are ordered by sample, and data-loader workers decode
-        each distinct sample of the next batches once while the model explains this one."""
+    def heat_key(self, spec: LayerSpec) -> str:
+        """What a layer's CRP heatmaps depend on: the model, its input, the data, the top-k and this layer."""
+        identity = self.context.identity
+        parts = {part: identity[part] for part in ("model", "data", "preprocessing", "collect")}
+        return hash_json({**parts, "layer": spec.fingerprint_fields()})
+
+    def _relevance_heatmaps(self, spec: LayerSpec, ids: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """The layer's CRP heatmaps ``[U, k, h, w]`` (pooled, float16) and where they came from: this Lens's
+        ``.crops`` file or ``heatmaps_from``'s when computed for the same inputs (and the same top-k
+        samples), else computed now; stored in this Lens with their key and origin."""
+        context = self.context
+        name, key = layer_file(spec.name, "crops"), self.heat_key(spec)
+        kept = self._stored(context.store, name, key)
+        if kept is not None:
+            return kept
+        origin = context.config.heatmaps_from
+        found = None
+        if origin is not None:
+            other = LensStore(origin)
+            if not other.has_manifest():
+                raise SemlensError(f"heatmaps_from={origin} is not a Lens directory (no manifest.json); give a Lens built from the same model and data")
+            found = self._stored(other, name, key, ids, layer_file(spec.name, "topk"))
+        heat, source = (found[0], f"reused from {LensStore(origin).root}") if found else (self._compute_heatmaps(spec, ids), "computed")
+        context.ranks.on_main(lambda: context.store.write_tensors(name, {"heat": heat}, {HEAT_KEY: key, "origin": source}))
+        return heat, source
+
+    @staticmethod
+    def _stored(store: LensStore, name: str, key: str, ids: torch.Tensor | None = None, topk: str = "") -> tuple[torch.Tensor, str] | None:
+        """The heatmaps in ``store``'s file ``name`` and their origin, if computed for ``key`` (and, from
+        another Lens, for the same top-k samples ``ids`` in its file ``topk``: ties may rank otherwise)."""
+        if not store.path(name).is_file():
+            return None
+        metadata = store.read_metadata(name)
+        if metadata.get(HEAT_KEY) != key or (ids is not None and not torch.equal(store.read_tensors(topk)["ids"], ids)):
+            return None
+        return store.read_tensors(name)["heat"], metadata.get("origin", "computed")
+
+    def _compute_heatmaps(self, spec: LayerSpec, ids: torch.Tensor) -> torch.Tensor:
+        """CRP heatmaps ``[U, k, h, w]``: each unit's heatmap on each of its samples, pooled as the Lens stores
+        them; many pairs per backward pass, split into blocks of whole batches across ranks. Pairs are
+        ordered by sample, and data-loader workers decode each distinct sample of the next batches once
+        while the model explains this one."""
         from ..relevance.lrp import crp_heatmaps
 
         context = self.context
-        store, ranks, model = context.store, context.ranks, context.model
-        name = layer_file(spec.name, "crops")
-        key = context.stage_key("embed")
-        if store.path(name).is_file() and store.read_metadata(name).get("fingerprint") == key:
-            return store.read_tensors(name)["boxes"]
+        ranks, model = context.ranks, context.model
         size = model.preprocessing.input_size
         units, k = ids.shape
         base = context.manifest["layers"][spec.name]["base_units"]
@@ -100,7 +148,6 @@ class CropStage:
         batch = context.config.relevance_batch(size)
         mine = ranks.shard.split(range(len(order)), batch)
         spans = list(chunks(mine.stop, batch, mine.start))
-        found = torch.empty(len(mine), 4, dtype=torch.int64)
         side = min(size, context.config.max_map_side)
         pooled = torch.zeros(len(mine), side, side, dtype=torch.float16)
         with context.relevance.attributing() as modified, progress_bar(f"relevance crops {spec.name}", len(mine), context.progress) as advance:
@@ -109,18 +156,11 @@ class CropStage:
                 channels = unit_of[positions] % base
                 signs = torch.where(unit_of[positions] >= base, -1.0, 1.0)
                 heat = crp_heatmaps(modified, inputs, spec.name, channels.to(context.device), signs.to(context.device), spec.pick)
-                heat = heat.detach().cpu()
-                found[begin - mine.start : end - mine.start] = self._boxes(heat)
-                pooled[begin - mine.start : end - mine.start] = pool_heatmaps(heat, context.config.max_map_side)
+                pooled[begin - mine.start : end - mine.start] = pool_heatmaps(heat.detach().cpu(), context.config.max_map_side)
                 advance(len(positions))
-        boxes = full_boxes(units * k, (size, size))
-        boxes[order] = ranks.concat(found)
-        boxes = boxes.reshape(units, k, 4)
         heat = torch.zeros(units * k, side, side, dtype=torch.float16)
         heat[order] = ranks.concat(pooled)
-        heat = heat.reshape(units, k, side, side)
-        ranks.on_main(lambda: store.write_tensors(name, {"boxes": boxes, "heat": heat}, {"fingerprint": key}))
-        return boxes
+        return heat.reshape(units, k, side, side)
 
     def _pair_inputs(self, flat_ids: torch.Tensor, order: torch.Tensor, spans: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
         """The model's input for each span of ``order`` (one row per pair), on the device; each span's

@@ -2,7 +2,8 @@
 
 Many units share samples (and, without cropping, whole images), so the (sample, box) pairs of all
 units of all layers are deduplicated first; the foundation model sees each distinct crop exactly once,
-and each sample image is decoded once for all of its crops.
+and each sample image is decoded once for all of its crops. A masked crop depends on its unit's
+heatmap too, so it is a row of its own, keyed by (layer, unit, slot).
 """
 
 from __future__ import annotations
@@ -12,22 +13,37 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 from .._util.devices import one_thread
 from ..data.base import ImageData
 from ..foundation.base import Pixels
 from .collect import EMPTY_ID
+from .crops import masked_crop
+
+
+@dataclass(frozen=True)
+class HeatSource:
+    """Where a layer's heatmaps ``[U, k, h, w]`` lie in the Lens being built (file and key): the masked
+    view reads each crop's map from there in the loader workers, so memory stays one span's maps."""
+
+    file: str
+    key: str
 
 
 @dataclass
 class CropTable:
     """Distinct crops ``rows`` ``[M, 5]`` (sample, x0, y0, x1, y1), sorted by sample.
 
-    ``index[layer]`` maps each (unit, slot) to its row (``-1`` for an empty slot).
+    ``index[layer]`` maps each (unit, slot) to its row (``-1`` for an empty slot). With masked crops,
+    ``masks`` ``[M, 3]`` names each row's heatmap (position in ``sources``, unit, slot; ``-1`` for a
+    row shown unmasked).
     """
 
     rows: torch.Tensor
     index: dict[str, torch.Tensor]
+    masks: torch.Tensor | None = None
+    sources: tuple[HeatSource, ...] = ()
 
     @property
     def samples(self) -> torch.Tensor:
@@ -38,12 +54,26 @@ class CropTable:
         return self.rows[:, 1:]
 
 
-def plan_crops(samples: dict[str, torch.Tensor], boxes: dict[str, torch.Tensor]) -> CropTable:
-    """Deduplicate the (sample, box) pairs of every layer; ``samples[l]`` is ``[U, k]``, ``boxes[l]`` ``[U, k, 4]``."""
+def plan_crops(
+    samples: dict[str, torch.Tensor], boxes: dict[str, torch.Tensor], masked: dict[str, tuple[HeatSource, torch.Tensor]] | None = None
+) -> CropTable:
+    """Deduplicate the (sample, box) pairs of every layer; ``samples[l]`` is ``[U, k]``, ``boxes[l]`` ``[U, k, 4]``.
+
+    ``masked[l]`` (the layer's heatmaps and which slots ``[U, k]`` are faded by them) makes those slots
+    rows of their own; the other slots share rows as before.
+    """
+    masked = masked or {}
+    sources = tuple(dict.fromkeys(source for source, _ in masked.values()))
     flat = []
     for layer, ids in samples.items():
-        flat.append(torch.cat([ids.reshape(-1, 1), boxes[layer].reshape(-1, 4)], dim=1))
-    everything = torch.cat(flat) if flat else torch.empty(0, 5, dtype=torch.int64)
+        units, k = ids.shape
+        mask = torch.full((units, k, 3), -1, dtype=torch.int64)
+        if layer in masked:
+            source, faded = masked[layer]
+            unit, slot = torch.meshgrid(torch.arange(units), torch.arange(k), indexing="ij")
+            mask[faded] = torch.stack([torch.full_like(unit, sources.index(source)), unit, slot], dim=-1)[faded]
+        flat.append(torch.cat([ids.reshape(-1, 1), boxes[layer].reshape(-1, 4), mask.reshape(-1, 3)], dim=1))
+    everything = torch.cat(flat) if flat else torch.empty(0, 8, dtype=torch.int64)
     valid = everything[:, 0] != EMPTY_ID
     rows, inverse = torch.unique(everything[valid], dim=0, return_inverse=True)  # sorted by sample first
     rows_of_all = torch.full((everything.shape[0],), -1, dtype=torch.int64)
@@ -52,16 +82,36 @@ def plan_crops(samples: dict[str, torch.Tensor], boxes: dict[str, torch.Tensor])
     for layer, ids in samples.items():
         index[layer] = rows_of_all[start : start + ids.numel()].reshape(ids.shape)
         start += ids.numel()
-    return CropTable(rows, index)
+    return CropTable(rows[:, :5], index, rows[:, 5:] if sources else None, sources)
 
 
-def cut_crops(rows: torch.Tensor, load_view: Callable[[int], Image.Image]) -> Iterator[Image.Image]:
-    """Crop images for consecutive table rows, decoding each sample once."""
+def cut_crops(
+    rows: torch.Tensor, load_view: Callable[[int], Image.Image], heat: Sequence[torch.Tensor | None] | None = None
+) -> Iterator[Image.Image]:
+    """Crop images for consecutive table rows, decoding each sample once; a row with a heatmap in
+    ``heat`` is faded by it (the masked view)."""
     current, view = None, None
-    for sample, x0, y0, x1, y1 in rows.tolist():
+    for position, (sample, x0, y0, x1, y1) in enumerate(rows.tolist()):
         if sample != current:
             current, view = sample, load_view(sample)
-        yield view.crop((x0, y0, x1, y1))
+        row_heat = None if heat is None else heat[position]
+        yield view.crop((x0, y0, x1, y1)) if row_heat is None else masked_crop(view, (x0, y0, x1, y1), row_heat)
+
+
+def read_heatmaps(root: str, sources: Sequence[HeatSource], masks: torch.Tensor) -> list[torch.Tensor | None]:
+    """The heatmap of each row of ``masks`` ``[M, 3]`` (source, unit, slot; None where unmasked), each read
+    alone off the disk (files under ``root``)."""
+    found: list[torch.Tensor | None] = [None] * masks.shape[0]
+    for position, source in enumerate(sources):
+        wanted = (masks[:, 0] == position).nonzero().flatten().tolist()
+        if not wanted:
+            continue
+        with safe_open(f"{root}/{source.file}", framework="pt") as handle:
+            array = handle.get_slice(source.key)
+            for row in wanted:
+                unit, slot = masks[row, 1:].tolist()
+                found[row] = array[unit : unit + 1, slot : slot + 1][0, 0]
+    return found
 
 
 def mean_embeddings(embeddings: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -78,19 +128,22 @@ def chunks(total: int, size: int, start: int = 0) -> Iterable[tuple[int, int]]:
 
 class CropChunks(torch.utils.data.Dataset):
     """Spans of crop-table rows as the foundation model's input batches (``batch_size`` crops each),
-    so that DataLoader workers decode, cut and preprocess the next spans while the foundation model
-    embeds this one (the model, CPU or GPU, then waits less on PIL)."""
+    so that DataLoader workers decode, cut (and fade, for masked rows, reading their heatmaps from the
+    Lens at ``root``) and preprocess the next spans while the foundation model embeds this one (the
+    model, CPU or GPU, then waits less on PIL)."""
 
     def __init__(
         self,
-        rows: torch.Tensor,
+        table: CropTable,
         spans: list[tuple[int, int]],
         data: ImageData,
         view: Callable[[Image.Image], Image.Image],
         preprocess: Callable[[Sequence[Image.Image]], Pixels],
         batch_size: int,
+        root: str = "",
     ) -> None:
-        self.rows, self.spans, self.data, self.view = rows, spans, data, view
+        self.rows, self.masks, self.sources, self.root = table.rows, table.masks, table.sources, root
+        self.spans, self.data, self.view = spans, data, view
         self.preprocess, self.batch_size = preprocess, batch_size
 
     def __len__(self) -> int:
@@ -98,7 +151,8 @@ class CropChunks(torch.utils.data.Dataset):
 
     def __getitem__(self, position: int) -> list[Pixels]:
         begin, end = self.spans[position]
-        crops = list(cut_crops(self.rows[begin:end], self._load_view))
+        heat = None if self.masks is None else read_heatmaps(self.root, self.sources, self.masks[begin:end])
+        crops = list(cut_crops(self.rows[begin:end], self._load_view, heat))
         with one_thread():
             return [
                 self.preprocess(crops[start : start + self.batch_size])

@@ -99,8 +99,8 @@ class EmbedStage:
         pending = [span for span in mine if span[0] not in done]
         in_workers = preprocess_in_workers(device)
         crops = CropChunks(
-            table.rows, pending, context.data, context.model.preprocessing.view,
-            foundation.image_preprocessor if in_workers else list, foundation.batch_size,
+            table, pending, context.data, context.model.preprocessing.view,
+            foundation.image_preprocessor if in_workers else list, foundation.batch_size, str(store.root),
         )  # fmt: skip
         loader = torch.utils.data.DataLoader(
             crops, batch_size=None, num_workers=min(context.workers(), len(pending)), pin_memory=device.type == "cuda"

@@ -30,10 +30,20 @@ def run(
         None, help="Share of a heatmap's peak that a crop keeps (default 0.01, the paper's 1 % rule); 0 < t < 1."
     ),
     crop_rule: Optional[str] = typer.Option(
-        None, help="How a box is cut from a heatmap: peak (default: everything above --crop-threshold of the peak) or share."
+        None,
+        help="How a box is cut from a heatmap: peak (default: everything above --crop-threshold of the peak), share or quantile.",
     ),
     crop_share: Optional[float] = typer.Option(
         None, help="With --crop-rule share: the smallest square holding this share of the heatmap's positive mass (default 0.8)."
+    ),
+    crop_quantile: Optional[float] = typer.Option(
+        None, help="With --crop-rule quantile: the box around cells above this quantile of the unit's values over its k maps (default 0.95)."
+    ),
+    crop_view: Optional[str] = typer.Option(
+        None, help="What is embedded: box (default: the crop's pixels) or masked (the crop faded to grey where the unit's heatmap is low)."
+    ),
+    heatmaps_from: Optional[str] = typer.Option(
+        None, help="A Lens of the same model, layers and data whose CRP heatmaps to reuse (e.g. to compare crop rules and views)."
     ),
     class_relevance: Optional[bool] = typer.Option(
         None, "--class-relevance/--no-class-relevance", help="Compute per-class LRP relevance of every unit (default on)."
@@ -70,6 +80,9 @@ def run(
         crop_threshold=crop_threshold,
         crop_rule=crop_rule,
         crop_share=crop_share,
+        crop_quantile=crop_quantile,
+        crop_view=crop_view,
+        heatmaps_from=heatmaps_from,
         class_relevance=class_relevance,
         relevance_data=relevance_data,
         batch_size=batch_size,
