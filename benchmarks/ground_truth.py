@@ -29,6 +29,11 @@ world's (``--foundation``), as one domain CLIP serves many data sets; random wor
     python benchmarks/ground_truth.py [--seeds 0 1] [--worlds default benchmarks/worlds/patch-on-cross.toml]
     python benchmarks/ground_truth.py --random 6 --seed 0 [--controls 1] [--seeds 0 1] --json records.json
     python benchmarks/ground_truth.py --crop-rule share --crop-share 0.8 ...   # other crop views, in Lenses of their own
+    python benchmarks/ground_truth.py --views peak share quantile masked --worlds default --seeds 0 --json views.json
+
+``--views`` compares crop views on the same worlds and seeds: one Lens per view (``RULE``, ``masked`` or
+``RULE+masked``), all sharing the first view's CRP heatmaps (``heatmaps_from``) and the truth; one
+record per (world, seed, view) and a table of each view's means.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from rich.console import Console
 from rich.table import Table
 
 from semlens.analysis.vocabulary import Vocabulary
+from semlens.build.crops import CROP_RULES, CROP_VIEWS
 from semlens.lens.lens import Lens
 from semlens.world.captions import HELD_OUT
 from semlens.world.demo import (
@@ -113,16 +119,46 @@ def distractor_labels(lens: Lens, config: WorldConfig, truth: dict[str, str]) ->
     return {"distractor_label_share": _share(distractors, len(labelled)), "top1_world_concepts": _share(sum(hits), len(hits))}
 
 
+def view_settings(view: str, share: float | None, quantile: float | None) -> dict[str, Any]:
+    """Build settings of a crop view named ``RULE``, ``masked`` or ``RULE+masked`` (rules: CROP_RULES), only
+    those that differ from the defaults, so that ``peak`` is the plain Lens."""
+    settings: dict[str, Any] = {}
+    for part in view.split("+"):
+        if part in CROP_RULES and "crop_rule" not in settings:
+            settings["crop_rule"] = part
+        elif part in CROP_VIEWS and "crop_view" not in settings:
+            settings["crop_view"] = part
+        else:
+            raise SystemExit(f"view {view!r}: {part!r} is not a crop rule ({', '.join(CROP_RULES)}) or view ({', '.join(CROP_VIEWS)}), or is given twice")
+    extra = {"share": ("crop_share", share), "quantile": ("crop_quantile", quantile)}.get(settings.get("crop_rule", ""))
+    if extra and extra[1] is not None:
+        settings[extra[0]] = extra[1]
+    return {key: value for key, value in settings.items() if value not in ("peak", "box")}
+
+
+def lens_path(out: Path, build: dict[str, Any]) -> Path:
+    """The Lens of these build settings (none: the default one, ``world.lens``)."""
+    return out / ("world" + "".join(f"-{key}={value}" for key, value in sorted(build.items())) + ".lens")
+
+
 def evaluate(
-    name: str, seed: int, config_path: str, out: Path, foundation: str, console: Console, build: dict[str, Any] | None = None
+    name: str,
+    seed: int,
+    config_path: str,
+    out: Path,
+    foundation: str,
+    console: Console,
+    build: dict[str, Any] | None = None,
+    heatmaps_from: Path | None = None,
 ) -> dict[str, Any]:
     """One (world, seed): build or open the Lens (``build``: other build settings, in a Lens of their own
-    beside the default one; the truth is shared), compute the truth, ask semlens, score its answers."""
+    beside the default one, with the CRP heatmaps of the Lens ``heatmaps_from`` where they fit; the truth
+    is shared), compute the truth, ask semlens, score its answers."""
     start = time.perf_counter()
     config = WorldConfig.load(config_path)
     artifact, target, control = planted_artifact(config)
-    suffix = "".join(f"-{key}={value}" for key, value in sorted((build or {}).items()))
-    lens = build_world_lens(out / f"world{suffix}.lens", f"zoo:world-cnn:{config_path}", config_path, foundation, False, console, build)
+    settings = {**(build or {}), **({"heatmaps_from": str(heatmaps_from)} if heatmaps_from else {})}
+    lens = build_world_lens(lens_path(out, build or {}), f"zoo:world-cnn:{config_path}", config_path, foundation, False, console, settings)
     labels, truth = ground_truth_labels(lens, config, out)
     truths = unit_truths(lens, config, out)
     true_units = {unit for unit, concept in truth.items() if concept == artifact}
@@ -201,20 +237,40 @@ def summary_rows(records: list[dict[str, Any]], control: bool) -> list[tuple[str
 
 def print_table(records: list[dict[str, Any]], console: Console) -> None:
     table = Table(title="semlens against the concept world's ground truth (one row per world and seed)")
-    for column in ("world", "seed", "artefact on class", *COLUMNS, "pruning: predicted as class", "clean acc."):
+    for column in ("world", "seed", "view", "artefact on class", *COLUMNS, "pruning: predicted as class", "clean acc."):
         table.add_column(column)
     for record in records:
         pruned, clean = record["pruned_predicted_as_class"], record["pruned_clean_accuracy"]
         table.add_row(
-            record["world"], str(record["seed"]), f"{record['artifact']} on {record['artifact_class']}" + (" (control)" if record["control"] else ""),
+            record["world"], str(record["seed"]), record["view"], f"{record['artifact']} on {record['artifact_class']}" + (" (control)" if record["control"] else ""),
             *(_number(record[key]) for key in COLUMNS.values()),
             f"{pruned[0]:.2f} -> {pruned[1]:.2f}" if pruned else "-", f"{clean[0]:.2f} -> {clean[1]:.2f}" if clean else "-",
         )  # fmt: skip
     for control in (False, True):
+        if len({record["view"] for record in records}) > 1:
+            break  # means over several views would mix them: print_views has each view's
         for title, values in summary_rows(records, control):
-            table.add_row(title, "", "", *(_number(values.get(key)) for key in COLUMNS.values()), "", "")
+            table.add_row(title, "", "", "", *(_number(values.get(key)) for key in COLUMNS.values()), "", "")
     console.print(table)
     console.print(f"chance: top-1 {records[0]['random_top1']:.2f}, top-3 {records[0]['random_top3']:.2f}, CoSy AUC 0.50")
+
+
+VIEW_COLUMNS = {  # header: record key, for the comparison of crop views
+    "top-1": "top1", "top-3": "top3", "top-1 world": "top1_world_concepts", "top-1 resp.": "top1_response", "phi": "phi",
+    "CoSy AUC": "cosy_auc", "artefact units": "artefact_units", "search@5": "search_hits_at5", "paraphrase@5": "search_hits_at5_paraphrase",
+}  # fmt: skip
+
+
+def print_views(records: list[dict[str, Any]], console: Console) -> None:
+    """One row per crop view: the mean of each column over its runs (every world and seed)."""
+    table = Table(title="crop views on the same worlds and seeds (mean over runs)")
+    for column in ("view", "runs", *VIEW_COLUMNS):
+        table.add_column(column)
+    for view in dict.fromkeys(record["view"] for record in records):
+        chosen = [record for record in records if record["view"] == view]
+        means = [mean(values) if (values := [r[key] for r in chosen if r[key] is not None]) else None for key in VIEW_COLUMNS.values()]
+        table.add_row(view, str(len(chosen)), *(_number(value) for value in means))
+    console.print(table)
 
 
 def main() -> None:
@@ -230,8 +286,17 @@ def main() -> None:
     parser.add_argument("--crop", default=None, help="crop mode of the Lenses (default: the demo's, relevance)")
     parser.add_argument("--crop-rule", default=None, help="crop rule: peak (the paper's, default) or share")
     parser.add_argument("--crop-share", type=float, default=None, help="with --crop-rule share: the share of positive mass kept")
+    parser.add_argument("--crop-quantile", type=float, default=None, help="with the quantile rule: the quantile of a unit's map values")
+    parser.add_argument(
+        "--views", nargs="+", default=None, metavar="VIEW",
+        help="compare crop views (RULE, masked or RULE+masked, e.g. peak share quantile masked): one Lens each, sharing the first's heatmaps",
+    )  # fmt: skip
     args = parser.parse_args()
-    build = {key: value for key, value in (("crop", args.crop), ("crop_rule", args.crop_rule), ("crop_share", args.crop_share)) if value is not None}
+    asked = {"crop": args.crop, "crop_rule": args.crop_rule, "crop_share": args.crop_share, "crop_quantile": args.crop_quantile}
+    build = {key: value for key, value in asked.items() if value is not None}
+    views = {"as built": build}
+    if args.views:
+        views = {view: {**build, **view_settings(view, args.crop_share, args.crop_quantile)} for view in args.views}
     worlds = world_texts(args.worlds if args.worlds is not None else ([] if args.random else ["default", "benchmarks/worlds/patch-on-cross.toml"]))
     worlds += [(world.name, world.toml) for world in (random_worlds(args.random, args.controls, args.seed) if args.random else [])]
     console = Console(width=320)  # the table is wide; do not cut it to the terminal
@@ -240,11 +305,16 @@ def main() -> None:
         for seed in args.seeds:
             folder = args.out / f"{name}-seed{seed}"
             config = seeded_world(text, seed, folder / "world.toml")
-            records.append(evaluate(name, seed, config, folder, args.foundation, Console(quiet=True), build))
-            console.print(f"{name} seed {seed}: {records[-1]['seconds']:.0f} s")
-            if args.json:  # after every run: a long benchmark leaves what it has
-                args.json.write_text(json.dumps(records, indent=1), encoding="utf-8")
+            first = None  # the first view's Lens computes the CRP heatmaps, the others reuse them
+            for view, settings in views.items():
+                records.append({**evaluate(name, seed, config, folder, args.foundation, Console(quiet=True), settings, first), "view": view})
+                first = first or lens_path(folder, settings)
+                console.print(f"{name} seed {seed} {view}: {records[-1]['seconds']:.0f} s")
+                if args.json:  # after every run: a long benchmark leaves what it has
+                    args.json.write_text(json.dumps(records, indent=1), encoding="utf-8")
     print_table(records, console)
+    if args.views:
+        print_views(records, console)
     console.print(f"{len(records)} runs in {(time.perf_counter() - start) / 60:.1f} min")
 
 

@@ -123,7 +123,8 @@ def test_a_masked_build_embeds_each_example_faded_by_its_own_heatmap(built, tmp_
     from semlens.build.crops import masked_crop
     from semlens.foundation import load_foundation_model
 
-    masked = build_lens(config(colour_folder, tiny_clip_dir, crop=crop, crop_view="masked", class_relevance=False), tmp_path / "m.lens", progress=False)
+    settings = config(colour_folder, tiny_clip_dir, crop=crop, crop_view="masked", class_relevance=False)
+    masked = build_lens(settings, tmp_path / "m.lens", progress=False)
     assert masked.manifest["identity"]["embed"]["crop_view"] == "masked"
     model, data = load_model("py:tiny_models:tiny_cnn"), load_data(f"folder:{colour_folder}")
     foundation = load_foundation_model(f"hf:{tiny_clip_dir}")
@@ -158,7 +159,8 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_or_data_does_no
     original = lrp.crp_heatmaps
     monkeypatch.setattr(lrp, "crp_heatmaps", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
     source = str(built.path)
-    quantile = build_lens(config(colour_folder, tiny_clip_dir, crop_rule="quantile", heatmaps_from=source, class_relevance=False), tmp_path / "q.lens", progress=False)
+    settings = config(colour_folder, tiny_clip_dir, crop_rule="quantile", heatmaps_from=source, class_relevance=False)
+    quantile = build_lens(settings, tmp_path / "q.lens", progress=False)
     assert not calls
     for layer in built.layers:
         assert quantile.manifest["layers"][layer]["crop"]["heatmaps"] == f"reused from {LensStore(source).root}"
@@ -170,6 +172,7 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_or_data_does_no
     next(fewer.rglob("*.png")).unlink()
     for name, overrides in {"model": dict(model="py:tiny_models:twin_cnn"), "data": dict(data=f"folder:{fewer}")}.items():
         calls.clear()
-        other = build_lens(config(colour_folder, tiny_clip_dir, heatmaps_from=source, class_relevance=False, **overrides), tmp_path / f"{name}.lens", progress=False)
+        settings = config(colour_folder, tiny_clip_dir, heatmaps_from=source, class_relevance=False, **overrides)
+        other = build_lens(settings, tmp_path / f"{name}.lens", progress=False)
         assert calls, name
         assert {other.manifest["layers"][layer]["crop"]["heatmaps"] for layer in other.layers} == {"computed"}, name

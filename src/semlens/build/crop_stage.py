@@ -92,7 +92,7 @@ class CropStage:
         boxes[stored["inactive"]] = full_boxes(1, (size, size))
         return boxes
 
-    def heat_key(self, spec: LayerSpec) -> str:
+    def _heat_key(self, spec: LayerSpec) -> str:
         """What a layer's CRP heatmaps depend on: the model, its input, the data, the top-k and this layer."""
         identity = self.context.identity
         parts = {part: identity[part] for part in ("model", "data", "preprocessing", "collect")}
@@ -103,7 +103,7 @@ class CropStage:
         ``.crops`` file or ``heatmaps_from``'s when computed for the same inputs (and the same top-k
         samples), else computed now; stored in this Lens with their key and origin."""
         context = self.context
-        name, key = layer_file(spec.name, "crops"), self.heat_key(spec)
+        name, key = layer_file(spec.name, "crops"), self._heat_key(spec)
         kept = self._stored(context.store, name, key)
         if kept is not None:
             return kept
@@ -112,7 +112,9 @@ class CropStage:
         if origin is not None:
             other = LensStore(origin)
             if not other.has_manifest():
-                raise SemlensError(f"heatmaps_from={origin} is not a Lens directory (no manifest.json); give a Lens built from the same model and data")
+                raise SemlensError(
+                    f"heatmaps_from={origin} is not a Lens directory (no manifest.json); give a Lens built from the same model and data"
+                )
             found = self._stored(other, name, key, ids, layer_file(spec.name, "topk"))
         heat, source = (found[0], f"reused from {LensStore(origin).root}") if found else (self._compute_heatmaps(spec, ids), "computed")
         context.ranks.on_main(lambda: context.store.write_tensors(name, {"heat": heat}, {HEAT_KEY: key, "origin": source}))
