@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from semlens.build.crops import FADE_GREY, boxes_by_quantile, boxes_by_share, boxes_from_maps, crop_boxes, masked_crop
+from semlens.build.crops import boxes_by_quantile, boxes_by_share, boxes_from_maps, crop_boxes, masked_crop
 from semlens.build.embed import CropChunks, HeatSource, cut_crops, plan_crops
 
 
@@ -115,19 +115,19 @@ def test_quantile_boxes_equal_a_cell_by_cell_search_per_unit() -> None:
             assert boxes[unit, example].tolist() == expected, (unit, example)
 
 
-def test_masked_crop_fades_to_grey_by_the_square_root_of_the_heat_over_its_peak() -> None:
+def test_masked_crop_fades_to_the_crops_mean_colour_by_the_square_root_of_the_heat_over_its_peak() -> None:
     view = Image.new("RGB", (8, 8), (200, 100, 0))
+    view.paste((0, 100, 200), (4, 0, 8, 8))  # right half: the crops below are half and half, mean (100, 100, 100)
     heat = torch.zeros(8, 8)  # the view's own size: the bilinear up-sampling changes nothing
     heat[1, 1] = 4.0  # the peak: kept as it is
-    heat[5, 5] = 1.0  # a quarter of the peak: half the contrast
-    heat[6, 6] = -2.0  # negative evidence: grey, as no evidence
+    heat[5, 5] = 1.0  # a quarter of the peak: half the contrast to the mean
+    heat[6, 6] = -2.0  # negative evidence: the mean, as no evidence
     whole = np.asarray(masked_crop(view, (0, 0, 8, 8), heat), dtype=np.int64)
     assert whole[1, 1].tolist() == [200, 100, 0]
-    half = [round(FADE_GREY + (value - FADE_GREY) * 0.5) for value in (200, 100, 0)]
-    assert whole[5, 5].tolist() == half == [164, 114, 64]
-    assert whole[0, 0].tolist() == whole[6, 6].tolist() == [128, 128, 128]
-    corner = np.asarray(masked_crop(view, (4, 4, 8, 8), heat), dtype=np.int64)
-    assert corner.shape == (4, 4, 3) and corner[1, 1].tolist() == half  # the crop keeps the view's mask
+    assert whole[5, 5].tolist() == [50, 100, 150]  # 100 + (0 - 100) / 2, 100, 100 + (200 - 100) / 2
+    assert whole[0, 0].tolist() == whole[6, 6].tolist() == [100, 100, 100]
+    middle = np.asarray(masked_crop(view, (2, 2, 6, 6), heat), dtype=np.int64)
+    assert middle.shape == (4, 4, 3) and middle[3, 3].tolist() == [50, 100, 150]  # the crop keeps the view's mask
     unfired = masked_crop(view, (2, 2, 6, 6), torch.full((8, 8), -1.0))
     assert unfired.tobytes() == view.crop((2, 2, 6, 6)).tobytes()  # no positive evidence: nothing faded
 

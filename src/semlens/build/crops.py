@@ -19,10 +19,9 @@ CROP_MODES = ("auto", "relevance", "activation", "none")
 #: smallest square holding a share of its positive mass, or around the cells above the unit's quantile
 #: over all of its k maps (NetDissect-style)
 CROP_RULES = ("peak", "share", "quantile")
-#: what is embedded of the box: its pixels, or its pixels faded to grey where the unit's heatmap is low
+#: what is embedded of the box: its pixels, or its pixels faded to the crop's mean colour where the
+#: unit's heatmap is low
 CROP_VIEWS = ("box", "masked")
-#: the masked view fades toward this grey (the middle of the 0..255 range)
-FADE_GREY = 127.5
 #: quantile rule default: the top 5 % of a unit's map cells over its k maps. NetDissect's threshold is
 #: the top 0.5 % over the whole data set; on the concept world's CNN (1200 probe images, k = 20) that
 #: threshold keeps a median 2.7 % of the top-k cells of a 16 x 16 layer and 9 % of an 8 x 8 one
@@ -139,13 +138,15 @@ def fade_mask(heat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def masked_crop(view: Image.Image, box: tuple[int, int, int, int], heat: torch.Tensor) -> Image.Image:
-    """The crop ``box`` of ``view`` faded toward ``FADE_GREY`` where the example's heatmap ``heat`` is low:
-    ``grey + (pixel - grey) * fade_mask``, so the foundation model sees what the unit responds to, not
-    the rest of the box."""
+    """The crop ``box`` of ``view`` faded toward the crop's mean colour where the example's heatmap ``heat``
+    is low: ``mean + (pixel - mean) * fade_mask``, so the foundation model sees what the unit responds
+    to, not the rest of the box. The mean, not a fixed grey: on the concept world a grey fade made most
+    units' crops look like its gray background (labels "gray"; benchmarks/ground_truth.py --views)."""
     x0, y0, x1, y1 = box
     keep = fade_mask(heat, (view.height, view.width))[y0:y1, x0:x1, None]
     pixels = torch.from_numpy(np.asarray(view.convert("RGB").crop(box), dtype=np.float32))
-    faded = FADE_GREY + (pixels - FADE_GREY) * keep
+    mean = pixels.mean(dim=(0, 1))
+    faded = mean + (pixels - mean) * keep
     return Image.fromarray(faded.round().clamp(0, 255).to(torch.uint8).numpy())
 
 

@@ -40,7 +40,7 @@ def run(
         None, help="With --crop-rule quantile: the box around cells above this quantile of the unit's values over its k maps (default 0.95)."
     ),
     crop_view: Optional[str] = typer.Option(
-        None, help="What is embedded: box (default: the crop's pixels) or masked (the crop faded to grey where the unit's heatmap is low)."
+        None, help="What is embedded: box (default: the crop's pixels) or masked (the crop faded to its mean colour where the unit's heatmap is low)."
     ),
     heatmaps_from: Optional[str] = typer.Option(
         None, help="A Lens of the same model, layers and data whose CRP heatmaps to reuse (e.g. to compare crop rules and views)."
