@@ -8,17 +8,33 @@ load), top-k by mean-pooled activation, whole images as concept examples (semant
 embeds every probe image; semlens embeds each distinct top-k sample once. Afterwards the two results
 are compared: top-k sample ids per unit and theta.
 
+``--crops`` also builds semlens Lenses with cropped concept examples (``activation``, ``relevance``:
+CRP heatmaps, the paper's method, which semanticlens' activation visualizer does not compute), each
+timed in its own process like the others, so the cost of crops shows next to the whole-image build.
+``--label`` times text probing after the builds: both sides label every unit of the built result
+with semlens' built-in vocabulary and label templates (semanticlens: ``text_probing`` with the same
+concepts and templates), twice in one process, then again in a fresh process (semlens reads the
+prompt embeddings the first process cached on disk; semanticlens has no cache and embeds them again).
+
 Models: ``timm:mobilenetv3_small_100`` (default; random weights, one file both load), whose forward
 pass costs little next to the foundation model's, as when a ResNet is studied through a large CLIP;
-or ``zoo:efficientnet-lite0`` (ImageNet weights), which on a CPU costs about as much as ViT-B-32.
+``zoo:efficientnet-lite0`` (ImageNet weights), which on a CPU costs about as much as ViT-B-32; or
+``py:reference:seeded_resnet18:SIZE``, timm's ResNet-18 with seeded random weights at SIZE pixels,
+which LRP supports (MobileNetV3's hard-swish has no LRP rule), for relevance crops.
 
 Set up the reference environment once (``benchmarks/reference_env.sh``), then:
 
-    PYTHONPATH=tests/support .venv/bin/python benchmarks/reference.py [--images 2000] [--k 5]
+    PYTHONPATH=tests/support .venv-test/bin/python benchmarks/reference.py [--images 2000] [--k 5] \
+        [--crops none activation relevance] [--label]
 
 ``tests/support`` puts the project's ``sitecustomize`` on the path: it makes the CUDA build of
 torchvision importable next to the CPU torch (see ENVIRONMENT notes), which open_clip needs in both
 environments. This file runs in both environments: the reference side imports nothing from semlens.
+The semlens side imports semlens from the ``src`` beside this file, so that a snapshot of one commit
+(``git archive COMMIT | tar -x -C DIR``, then ``DIR/benchmarks/reference.py --reference-python
+.venv-ref/bin/python``) measures that commit, whatever else is being edited in the working tree.
+Each line of the output states its regime; the load average before and after every process is
+recorded, and CPU times depend less on other jobs sharing the machine than wall-clock times do.
 """
 
 from __future__ import annotations
@@ -42,6 +58,7 @@ FOUNDATION_ARCH = "ViT-B-32"
 DEFAULT_LAYERS = {
     "timm:mobilenetv3_small_100": ["blocks.3", "blocks.4"],
     "zoo:efficientnet-lite0": ["_blocks.10", "_blocks.15"],
+    "py:reference:seeded_resnet18": ["layer1"],
 }
 
 
@@ -49,11 +66,19 @@ def load_preprocessing_module():
     """semlens' preprocessing (pure torch/PIL/numpy), loaded by path, so that both sides see the same views."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("semlens_preprocess", ROOT / "src" / "semlens" / "preprocess.py")
+    spec = importlib.util.spec_from_file_location("semlens_preprocess", ROOT / "src" / "semlens" / "model" / "preprocess.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look the module up while building the class
     spec.loader.exec_module(module)
     return module
+
+
+def seeded_resnet18() -> torch.nn.Module:
+    """timm's ResNet-18 with random weights from seed 0: the same in both environments (same torch and timm)."""
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("resnet18", pretrained=False).eval()
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -114,6 +139,37 @@ def run_reference(job: dict) -> dict:
     return {"build_seconds": seconds, "embed_seconds": embedding["seconds"], "embedded": len(files)}, results
 
 
+def reference_labels(foundation, theta: dict[str, torch.Tensor], job: dict) -> None:
+    """semanticlens' text probing of every unit with the job's concepts and templates; the best concept per unit."""
+    import semanticlens as sl
+
+    scores = sl.lens.text_probing(foundation, job["concepts"], theta, templates=job["templates"])
+    return {layer: values.argmax(dim=0) for layer, values in scores.items()}
+
+
+def run_reference_label(job: dict) -> tuple[dict, dict]:
+    """A process that only labels, twice: load the foundation model and the built theta (timed as
+    ``load``), then probe every unit (``label_first``, ``label_second``)."""
+    import semanticlens as sl
+    from safetensors.torch import load_file
+
+    def load():
+        stored = load_file(str(Path(job["workdir"]) / "reference.safetensors"))
+        foundation = sl.foundation_models.OpenClip(url=FOUNDATION_ARCH, device="cpu", pretrained=job["weights"])
+        return foundation, {layer: stored[f"{layer}.theta"] for layer in job["layers"]}
+
+    load_seconds, (foundation, theta) = timed(load)
+    first, second = (timed(reference_labels, foundation, theta, job)[0] for _ in range(2))
+    return {"load": load_seconds, "label_first": first, "label_second": second}, {}
+
+
+def timed(function, *args):
+    """Seconds ``function(*args)`` took, and what it returned."""
+    start = time.perf_counter()
+    result = function(*args)
+    return time.perf_counter() - start, result
+
+
 # -- the semlens side (runs in .venv) --------------------------------------------------------------
 
 
@@ -123,11 +179,11 @@ def run_semlens(job: dict) -> dict:
     started = time.perf_counter()
     config = BuildConfig(
         model=semlens_model(job["model"], job["model_weights"]), layers=job["layers"], data=f"folder:{job['folder']}",
-        foundation=f"open_clip:{FOUNDATION_ARCH}:{job['weights']}", k=job["k"], pool="mean", crop="none",
+        foundation=f"open_clip:{FOUNDATION_ARCH}:{job['weights']}", k=job["k"], pool="mean", crop=job["crop"],
         class_relevance=False, batch_size=job["batch"], embed_batch_size=job["batch"], device="cpu",
         workers=job["workers"],
     )  # fmt: skip
-    lens = build_lens(config, Path(job["workdir"]) / "semlens.lens", overwrite=True, progress=False)
+    lens = build_lens(config, Path(job["workdir"]) / f"semlens-{job['crop']}.lens", overwrite=True, progress=False)
     seconds = time.perf_counter() - started
     stages = lens.manifest["stages"]
     results = {}
@@ -138,8 +194,29 @@ def run_semlens(job: dict) -> dict:
         "build_seconds": seconds,
         "embed_seconds": stages["embed"]["seconds"],
         "embedded": stages["embed"]["distinct_crops"],
+        "units": sum(len(lens.units(layer)) for layer in job["layers"]),
+        "distinct_samples": len(torch.unique(torch.cat([lens.samples(layer).flatten() for layer in job["layers"]]))),
+        "crop_modes": sorted({lens.manifest["layers"][layer]["crop"]["mode"] for layer in job["layers"]}),
     }
     return info, results
+
+
+def run_semlens_label(job: dict) -> tuple[dict, dict]:
+    """A process that only labels the built Lens, twice (prompt embeddings cached in memory and on disk)."""
+    from semlens import Lens
+    from semlens.analysis.vocabulary import Vocabulary
+
+    def load():
+        lens = Lens.open(Path(job["workdir"]) / f"semlens-{job['crop']}.lens")
+        lens.probes  # loads the foundation model (and the prompt cache on disk, when there is one)
+        for layer in lens.layers:
+            lens.theta(layer)
+        return lens
+
+    load_seconds, lens = timed(load)
+    vocabulary = Vocabulary("benchmark", tuple(job["concepts"]), ("concepts",) * len(job["concepts"]))
+    first, second = (timed(lambda: lens.label(vocabulary, templates=job["templates"], save=False))[0] for _ in range(2))
+    return {"load": load_seconds, "label_first": first, "label_second": second}, {}
 
 
 def reference_model(spec: str, weights: str | None) -> torch.nn.Module:
@@ -155,25 +232,27 @@ def reference_model(spec: str, weights: str | None) -> torch.nn.Module:
         import timm
         from safetensors.torch import load_file
 
+        if spec.startswith("py:reference:seeded_resnet18"):
+            return seeded_resnet18()
         model = timm.create_model(spec.removeprefix("timm:"), pretrained=False)
         model.load_state_dict(load_file(weights))
     model.eval().name = spec
     return model
 
 
-SIDES = {"reference": run_reference, "semlens": run_semlens}
+SIDES = {"reference": run_reference, "semlens": run_semlens, "reference-label": run_reference_label, "semlens-label": run_semlens_label}
 
 
 def run_side(side: str, job_file: Path) -> None:
-    """Entry point of a side's process: run, then write its timing (JSON) and arrays (safetensors)."""
+    """Entry point of a side's process: run, then write its timing (JSON) and arrays (safetensors), named
+    by the job's run name."""
     from safetensors.torch import save_file
 
     job = json.loads(job_file.read_text())
     info, results = SIDES[side](job)
-    save_file(
-        {key: value.contiguous() for key, value in results.items()}, str(job_file.with_name(f"{side}.safetensors"))
-    )
-    job_file.with_name(f"{side}.json").write_text(json.dumps(info))
+    if results:
+        save_file({key: value.contiguous() for key, value in results.items()}, str(job_file.with_name(f"{job['run']}.safetensors")))
+    job_file.with_name(f"{job['run']}.json").write_text(json.dumps(info))
 
 
 # -- the orchestrator (runs in .venv) -------------------------------------------------------------
@@ -213,7 +292,9 @@ def run_process(command: list[str]) -> dict[str, float]:
     """Run one side's process; its wall-clock and CPU seconds (the CPU time of a process depends less
     on other jobs sharing the machine than its wall-clock time does)."""
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "tests" / "support")})
+    # src: the semlens of the tree this file is in (a snapshot of a commit measures that commit); benchmarks: py:reference:…
+    paths = os.pathsep.join(str(path) for path in (ROOT / "tests" / "support", ROOT / "src", ROOT / "benchmarks"))
+    subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": paths})
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"wall": wall, "cpu": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)}
 
@@ -247,56 +328,117 @@ def main() -> None:
     parser.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--model", default="timm:mobilenetv3_small_100", choices=list(DEFAULT_LAYERS))
+    parser.add_argument("--model", default="timm:mobilenetv3_small_100", help=f"one of {', '.join(DEFAULT_LAYERS)} (py: with :SIZE)")
     parser.add_argument("--layers", nargs="*", help="default: two conv stages of the model")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating")
     parser.add_argument("--workers", type=int, default=1, help="data loader workers, both libraries")
+    parser.add_argument("--crops", nargs="+", default=["none"], choices=["none", "activation", "relevance"], help="semlens crop modes")
+    parser.add_argument("--label", action="store_true", help="also time text probing (twice in one process, once fresh)")
+    parser.add_argument("--concepts", type=int, help="label with the first N concepts of the built-in vocabulary (default: all)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/semlens-reference"))
     parser.add_argument("--reference-python", type=Path, default=REFERENCE_PYTHON)
     args = parser.parse_args()
     if args.side:
         run_side(args.side, args.job)
         return
+    sys.path.insert(0, str(ROOT / "src"))  # as in the sides' processes: this tree's semlens
     if not args.reference_python.is_file():
         sys.exit(f"no reference environment at {args.reference_python}: run benchmarks/reference_env.sh first")
+    known = [key for key in DEFAULT_LAYERS if args.model == key or args.model.startswith(f"{key}:")]
+    if not known:
+        sys.exit(f"--model {args.model}: not one of {', '.join(DEFAULT_LAYERS)}")
+
+    import shutil
 
     from safetensors.torch import load_file
 
     from semlens import load_model
+    from semlens.analysis.alignment import resolve_templates
+    from semlens.analysis.vocabulary import load_vocabulary
 
     args.workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["SEMLENS_CACHE"] = str(args.workdir / "cache")  # the probe cache the fresh label process reads
     folder, weights, model_weights = prepare(args.workdir, args.images, args.model)
-    layers = args.layers or DEFAULT_LAYERS[args.model]
+    layers = args.layers or DEFAULT_LAYERS[known[0]]
     model_weights = str(model_weights) if model_weights else None
-    preprocessing = load_model(semlens_model(args.model, model_weights)).preprocessing
+    loaded = load_model(semlens_model(args.model, model_weights))
     job = {
         "folder": str(folder), "weights": str(weights), "layers": layers, "model": args.model,
         "model_weights": model_weights, "k": args.k, "batch": args.batch,
-        "workers": args.workers, "workdir": str(args.workdir), "preprocessing": preprocessing.__dict__,
+        "workers": args.workers, "workdir": str(args.workdir), "preprocessing": loaded.preprocessing.__dict__,
+        "concepts": list(load_vocabulary().concepts[: args.concepts]), "templates": list(resolve_templates("label")), "crop": args.crops[0],
     }  # fmt: skip
-    job_file = args.workdir / "job.json"
-    job_file.write_text(json.dumps(job))
-    pythons = {"semlens": Path(sys.executable), "reference": args.reference_python}
-    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
-    for repeat in range(args.repeats):  # alternating order, so that a busy spell hits both sides alike
-        for side in ("reference", "semlens") if repeat % 2 == 0 else ("semlens", "reference"):
-            runs[side].append(run_process([str(pythons[side]), __file__, "--side", side, "--job", str(job_file)]))
-            runs[side][-1].update(json.loads((args.workdir / f"{side}.json").read_text()))
-    arrays = {side: load_file(str(args.workdir / f"{side}.safetensors")) for side in SIDES}
+    runs: dict[str, list[dict]] = {}
 
-    print(f"{args.model}, layers {' '.join(layers)}, {len(image_files(folder))} probe images, k {args.k}, "
-          f"mean pooling, whole images; foundation open_clip {FOUNDATION_ARCH} (random weights, one file); "
+    def run(side: str, name: str, **changes) -> None:
+        job_file = args.workdir / f"{name}.job.json"
+        job_file.write_text(json.dumps({**job, **changes, "run": name}))
+        python = args.reference_python if side.startswith("reference") else Path(sys.executable)
+        load = os.getloadavg()[0]
+        runs.setdefault(name, []).append(run_process([str(python), __file__, "--side", side, "--job", str(job_file)]))
+        runs[name][-1].update(json.loads((args.workdir / f"{name}.json").read_text()), load_before=load, load_after=os.getloadavg()[0])
+
+    load_before = os.getloadavg()[0]
+    for repeat in range(args.repeats):  # alternating order, so that a busy spell hits both sides alike
+        builds = [("reference", "reference", {})] + [("semlens", f"semlens-{crop}", {"crop": crop}) for crop in args.crops]
+        for side, name, changes in builds if repeat % 2 == 0 else builds[::-1]:
+            run(side, name, **changes)
+        if not args.label:
+            continue
+        shutil.rmtree(args.workdir / "cache" / "probes", ignore_errors=True)  # the first label process embeds every prompt
+        pair = ["reference-label", "semlens-label"]
+        for side in pair if repeat % 2 == 0 else pair[::-1]:
+            run(side, side)
+        for side in pair[::-1] if repeat % 2 == 0 else pair:  # fresh: semlens reads the prompts cached on disk
+            run(side, f"{side}-fresh")
+    load_after = os.getloadavg()[0]
+
+    median = {
+        name: {key: statistics.median(run[key] for run in items) for key in items[0] if key != "crop_modes"} for name, items in runs.items()
+    }  # fmt: skip
+    images = len(image_files(folder))
+    units = median[f"semlens-{args.crops[0]}"]["units"]
+    loads = [value for items in runs.values() for run in items for value in (run["load_before"], run["load_after"])]
+    print(f"regime: {args.model}, {loaded.preprocessing.input_size} px, layers {' '.join(layers)} ({units:.0f} units), "
+          f"k {args.k}, {images} probe images, mean pooling; foundation open_clip {FOUNDATION_ARCH} "
+          f"(random weights, one file); CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; load "
+          f"average {load_before:.1f} before, {load_after:.1f} after (each process: {min(loads):.1f} to {max(loads):.1f}); "
           f"median of {args.repeats} runs each, alternating")  # fmt: skip
-    median = {side: {key: statistics.median(run[key] for run in runs[side]) for key in runs[side][0]} for side in SIDES}
-    for side in ("reference", "semlens"):
-        row = median[side]
-        print(f"{side:<10} end to end {row['wall']:7.1f} s wall, {row['cpu']:7.1f} s CPU;  "
-              f"embedding {row['embed_seconds']:7.1f} s ({row['embedded']:.0f} images embedded)")  # fmt: skip
-    for key, name in (("wall", "wall-clock"), ("cpu", "CPU time")):
-        print(f"ratio reference / semlens, end to end {name} = {median['reference'][key] / median['semlens'][key]:.2f}")
-    print(agreement(layers, arrays["semlens"], arrays["reference"]))
+    for name, row in median.items():
+        if "-label" in name:
+            continue
+        crops = "whole images" if name == "reference" else f"crops: {', '.join(runs[name][0]['crop_modes'])}"
+        distinct = f", distinct examples {row['distinct_samples']:.0f} ({row['distinct_samples'] / images:.2f} of the images)" if "distinct_samples" in row else ""
+        print(f"{name:<19} end to end {row['wall']:7.1f} s wall, {row['cpu']:7.1f} s CPU; embedding {row['embed_seconds']:7.1f} s "
+              f"({row['embedded']:.0f} crops embedded{distinct}; {crops})")  # fmt: skip
+    for name in median:
+        if name.startswith("semlens-") and "-label" not in name:
+            ratios = ", ".join(f"{label} {median['reference'][key] / median[name][key]:.2f}" for key, label in (("wall", "wall"), ("cpu", "CPU time")))
+            print(f"ratio reference / {name}, end to end: {ratios}")
+    if args.label:
+        prompts = len(job["concepts"]) * len(job["templates"])
+        print(f"text probing: {len(job['concepts'])} concepts x {len(job['templates'])} templates ({prompts} prompts "
+              f"and {len(job['templates'])} empty ones), {units:.0f} units; load = foundation model and theta")  # fmt: skip
+        for side in ("reference", "semlens"):
+            cold, fresh = median[f"{side}-label"], median[f"{side}-label-fresh"]
+            print(f"  {side:<9} load {cold['load']:5.2f} s, label {cold['label_first']:6.2f} s, again in the same process "
+                  f"{cold['label_second']:5.2f} s; whole process {cold['wall']:5.1f} s wall, {cold['cpu']:5.1f} s CPU; "
+                  f"a fresh process: load {fresh['load']:5.2f} s, label {fresh['label_first']:6.2f} s, whole "
+                  f"{fresh['wall']:5.1f} s wall, {fresh['cpu']:5.1f} s CPU")  # fmt: skip
+        ref, ours = median["reference-label"], median["semlens-label"]
+        for what, a, b in (
+            ("label call, foundation model loaded", ref["label_first"], ours["label_first"]),
+            ("load + label", ref["load"] + ref["label_first"], ours["load"] + ours["label_first"]),
+            ("whole process, wall", ref["wall"], ours["wall"]),
+            ("whole process, CPU", ref["cpu"], ours["cpu"]),
+            ("fresh process (semlens: prompts cached), wall", median["reference-label-fresh"]["wall"], median["semlens-label-fresh"]["wall"]),
+        ):
+            print(f"  ratio reference / semlens, {what}: {a / b:.2f}")
+    arrays = {name: load_file(str(args.workdir / f"{name}.safetensors")) for name in ("reference", "semlens-none") if name in runs}
+    if len(arrays) == 2:
+        print(agreement(layers, arrays["semlens-none"], arrays["reference"]))
 
 
 if __name__ == "__main__":
