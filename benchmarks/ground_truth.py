@@ -262,13 +262,17 @@ VIEW_COLUMNS = {  # header: record key, for the comparison of crop views
 
 
 def print_views(records: list[dict[str, Any]], console: Console) -> None:
-    """One row per crop view: the mean of each column over its runs (every world and seed)."""
+    """One row per crop view: the mean of each column over its runs (every world and seed); top-1 and top-3
+    over the runs with units whose concept dissection knows (a world without any scores 0 there)."""
     table = Table(title="crop views on the same worlds and seeds (mean over runs)")
     for column in ("view", "runs", *VIEW_COLUMNS):
         table.add_column(column)
     for view in dict.fromkeys(record["view"] for record in records):
         chosen = [record for record in records if record["view"] == view]
-        means = [mean(values) if (values := [r[key] for r in chosen if r[key] is not None]) else None for key in VIEW_COLUMNS.values()]
+        means = []
+        for key in VIEW_COLUMNS.values():
+            values = [r[key] for r in chosen if r[key] is not None and (r["units_with_truth"] or key not in ("top1", "top3"))]
+            means.append(mean(values) if values else None)
         table.add_row(view, str(len(chosen)), *(_number(value) for value in means))
     console.print(table)
 
