@@ -4,7 +4,8 @@ Each model is explained twice with the same canonizers, once with semlens' compo
 zennit's, and the heatmaps must agree to float rounding: on a ReLU CNN (every convolution after the
 first sees non-negative inputs, so ZPlus takes its one-branch path), on models where convolutions see
 negative inputs (the two-branch path: a convolution after a batch norm without ReLU, and the custom
-residual CNN whose concatenation feeds a convolution a residual branch's raw output), and on a ResNet-18.
+residual CNN whose concatenation feeds a convolution a residual branch's raw output), on a ResNet-18,
+and on EfficientNet-Lite0 (convolutions with their own padding forward, depthwise convolutions).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 from zennit.composites import EpsilonPlusFlat
-from zennit.rules import ZPlus
+from zennit.layer import Sum
+from zennit.rules import Flat, Norm, ZPlus
 
 from semlens.model.units import resolve_module
 from semlens.relevance.lrp import RelevanceModel, crp_heatmaps
-from semlens.relevance.rules import LeanZPlus
+from semlens.relevance.rules import LeanFlat, LeanNorm, LeanZPlus
 
 TOLERANCE = 1e-5
 
@@ -53,12 +55,25 @@ def negative_input_cnn() -> nn.Module:
     return model.eval()
 
 
+def efficientnet_lite0() -> nn.Module:
+    """Random EfficientNet-Lite0 (static "same" padding, depthwise convolutions, ReLU6, MBConv sums), He
+    initialised so that its activations neither vanish nor explode."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0", num_classes=10, image_size=64)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model.eval()
+
+
 #: model, input side, CRP layers (a layer after ReLU and a convolution itself), a ZPlus layer with negative inputs
 MODELS = {
     "relu-cnn": (relu_cnn, 16, ["relu3", "conv2"], None),
     "bn-without-relu": (negative_input_cnn, 16, ["relu3", "relu2"], "conv2"),
     "residual-cnn": (residual_models.ResidualCNN, 16, ["blocks.3.mix", "blocks.2"], "blocks.3.mix"),
     "resnet18": (lambda: resnet18(num_classes=10), 64, ["layer4.1.conv2", "layer2"], None),
+    "efficientnet-lite0": (efficientnet_lite0, 64, ["_blocks.10"], None),
 }
 
 
@@ -109,19 +124,82 @@ def test_lean_composite_keeps_the_conservation_check() -> None:
     assert report.supported, report.reason
 
 
-def test_one_branch_is_exact_only_without_negative_inputs() -> None:
-    """LeanZPlus alone equals ZPlus on non-negative inputs; on inputs with negatives, the negative
-    branch carries relevance that the one-branch path would lose, and LeanZPlus keeps it."""
+class SamePaddedConv(nn.Conv2d):
+    """A convolution with its own forward (EfficientNet's static "same" padding): the rules must run it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(nn.functional.pad(x, (2, 1, 2, 1)))
+
+
+def rule_relevance(rule, module: nn.Module, inputs: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """A rule's relevance at the inputs of ``module`` for the relevance ``grad`` at its output."""
+    rule.stored_tensors["input"] = (inputs,)
+    return rule.backward(module, (inputs,), (grad,))[0].detach()
+
+
+def sparse(grad: torch.Tensor, channels: list[int]) -> torch.Tensor:
+    """``grad`` on ``channels`` only (as below a CRP layer), zero elsewhere."""
+    kept = torch.zeros_like(grad)
+    kept[:, channels] = grad[:, channels]
+    return kept
+
+
+@pytest.mark.parametrize("inputs", ["non-negative", "mixed"])
+@pytest.mark.parametrize("relevance", ["dense", "two channels", "none"])
+@pytest.mark.parametrize("layer", ["conv", "same-padded conv"])
+def test_lean_zplus_is_zplus_on_each_path(inputs: str, relevance: str, layer: str) -> None:
     torch.manual_seed(0)
-    conv = nn.Conv2d(4, 6, 3, padding=1)
-    grad = torch.rand(2, 6, 8, 8)
+    conv = nn.Conv2d(4, 6, 3, padding=1) if layer == "conv" else SamePaddedConv(4, 6, 4)
+    x = torch.rand(2, 4, 8, 8) if inputs == "non-negative" else torch.randn(2, 4, 8, 8)
+    grad = {"dense": lambda g: g, "two channels": lambda g: sparse(g, [1, 4]), "none": torch.zeros_like}[relevance](
+        torch.rand(2, 6, 8, 8)
+    )
+    lean, reference = rule_relevance(LeanZPlus(), conv, x, grad), rule_relevance(ZPlus(), conv, x, grad)
+    assert torch.equal(lean, torch.zeros_like(lean)) if relevance == "none" else gap(lean, reference) < TOLERANCE
 
-    def relevance(rule, inputs: torch.Tensor) -> torch.Tensor:
-        rule.stored_tensors["input"] = (inputs,)
-        return rule.backward(conv, (inputs,), (grad,))[0]
 
-    positive, mixed = torch.rand(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
-    assert gap(relevance(LeanZPlus(), positive), relevance(ZPlus(), positive)) < TOLERANCE
-    assert gap(relevance(LeanZPlus(), mixed), relevance(ZPlus(), mixed)) < TOLERANCE
-    one_branch = relevance(LeanZPlus(), mixed.clamp(min=0))
-    assert gap(one_branch, relevance(ZPlus(), mixed)) > 0.1
+def test_one_branch_alone_would_lose_the_negative_inputs_share() -> None:
+    """What LeanZPlus must not do on an input with negatives: the one-branch path (as on the input's
+    positive part) differs from ZPlus, so the tests above see it if it were taken."""
+    torch.manual_seed(0)
+    conv, x, grad = nn.Conv2d(4, 6, 3, padding=1), torch.randn(2, 4, 8, 8), torch.rand(2, 6, 8, 8)
+    one_branch = rule_relevance(LeanZPlus(), conv, x.clamp(min=0), grad)
+    assert gap(one_branch, rule_relevance(ZPlus(), conv, x, grad)) > 0.1
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.Conv2d(3, 8, 5, dilation=2, padding=3, padding_mode="reflect"),
+        nn.Conv1d(3, 8, 4, stride=3),
+        nn.Conv2d(4, 8, 3, groups=2),  # zennit's own Flat
+        SamePaddedConv(3, 8, 4, stride=2),  # zennit's own Flat
+        nn.Linear(12, 8),  # zennit's own Flat
+    ],
+)
+def test_lean_flat_is_flat(layer: nn.Module) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(2, 12) if isinstance(layer, nn.Linear) else torch.rand(2, layer.in_channels, *(16,) * (layer.weight.dim() - 2))
+    grad = torch.randn_like(layer(x))
+    assert gap(rule_relevance(LeanFlat(), layer, x, grad), rule_relevance(Flat(), layer, x, grad)) < TOLERANCE
+
+
+@pytest.mark.parametrize("layer", [Sum(), nn.AvgPool2d(2)])
+def test_lean_norm_is_norm(layer: nn.Module) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, 2) if isinstance(layer, Sum) else torch.randn(2, 4, 8, 8)
+    x[0, 0, 0] = 0.0  # outputs of exactly zero take +ε
+    grad = torch.randn_like(layer(x))
+    assert torch.allclose(rule_relevance(LeanNorm(), layer, x, grad), rule_relevance(Norm(), layer, x, grad), rtol=1e-6, atol=0)
+
+
+def test_lean_stabilizer_is_zennits_bit_for_bit() -> None:
+    from zennit.core import stabilize
+
+    from semlens.relevance.rules import _stabilize
+
+    z = torch.randn(1000)
+    z[:3] = torch.tensor([0.0, -0.0, float("nan")])
+    for dtype in (torch.float32, torch.float16, torch.float64):
+        assert torch.equal(_stabilize(z.to(dtype), 1e-6).nan_to_num(7.0), stabilize(z.to(dtype), 1e-6).nan_to_num(7.0))

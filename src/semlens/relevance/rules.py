@@ -2,18 +2,22 @@
 
 zennit computes a layer's relevance in a hook that runs *after* autograd has computed the layer's
 own input gradient, which the hook then throws away (a convolution's vector-Jacobian product, a
-ReLU's mask); and its ``ZPlus`` runs two modified forwards and two vector-Jacobian products per
-layer, one for the positive and one for the negative inputs. Here every rule's layer returns its
-output through an autograd function whose backward *is* the rule, so the gradient is never computed;
-and ``ZPlus`` skips its negative branch when the layer's input has no negative entry (every layer
-after a ReLU): that branch's input is zero, and so is its share. The relevance is zennit's, up to
-the sign of zeros (``tests/unit/test_relevance_rules.py``).
+ReLU's mask). Here every rule's layer returns its output through an autograd function whose
+backward *is* the rule, so that gradient is never computed. Each rule then does less than zennit's
+where the result is provably the same: ``ZPlus`` skips its negative branch when the layer's input
+has no negative entry (every layer after a ReLU: that branch's input is zero, and so is its share)
+and computes only the output channels that carry relevance (below a CRP layer, the masked units);
+``Flat`` runs on one channel; ``Norm`` skips zennit's copy of its input. The relevance is zennit's up
+to float rounding and the sign of zeros (``tests/unit/test_relevance_rules.py``).
 """
 
 from __future__ import annotations
 
+from functools import reduce
+
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 from zennit.canonizers import Canonizer
 from zennit.composites import SpecialFirstLayerMapComposite
 from zennit.core import Hook
@@ -54,7 +58,9 @@ class _Direct:
         self.stored_tensors["pending"] = input
         return tuple(tensor.detach() for tensor in input)
 
-    def post_forward(self, module: nn.Module, input: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
+    def post_forward(
+        self, module: nn.Module, input: tuple[torch.Tensor, ...], output: torch.Tensor
+    ) -> torch.Tensor | None:
         inputs = self.stored_tensors.pop("pending", None)
         return None if inputs is None else _Rule.apply(self, module, output, *inputs)
 
@@ -69,7 +75,34 @@ class LeanPass(_Direct, Pass):
 
 
 class LeanNorm(_Direct, Norm):
-    """zennit's ``Norm`` without the discarded gradient."""
+    """zennit's ``Norm`` (a residual sum, an average pool) without the discarded gradient, without zennit's
+    copy of the input, with a faster stabilizer, and a residual ``Sum`` recomputed as additions (torch's
+    sum over a last dimension of two is several times slower than adding its two halves)."""
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        super().__init__(stabilizer=stabilizer)
+        self.stabilizer = stabilizer
+
+    def copy(self) -> LeanNorm:
+        return LeanNorm(self.stabilizer)
+
+    def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple[torch.Tensor | None, ...]:
+        input = self.stored_tensors["input"][0].detach().requires_grad_()
+        with torch.enable_grad():
+            output = reduce(torch.add, input.unbind(module.dim)) if isinstance(module, Sum) else module.forward(input)
+        (gradient,) = torch.autograd.grad(
+            output,
+            input,
+            grad_outputs=grad_output[0] / _stabilize(output, self.stabilizer),
+            create_graph=grad_output[0].requires_grad,
+        )
+        return (input * gradient,)
+
+
+def _stabilize(output: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """zennit's stabilizer, bit for bit (``output`` plus ε with the sign of each entry, zero counted
+    positive), in three fast operations instead of its six."""
+    return torch.add(output, output.detach().sign().add_(0.5).sign_(), alpha=epsilon)
 
 
 class LeanEpsilon(_Direct, Epsilon):
@@ -77,43 +110,100 @@ class LeanEpsilon(_Direct, Epsilon):
 
 
 class LeanFlat(_Direct, Flat):
-    """zennit's ``Flat`` without the discarded gradient."""
+    """zennit's ``Flat`` without the discarded gradient, and on one channel for a convolution.
+
+    Flat is the gradient of the layer with all weights one and no bias, on an input of ones, at
+    ``R / stabilize(z)``: every input channel gets the same relevance, that of a one-channel
+    convolution at the sum over output channels of ``R / stabilize(z)``, where ``z`` is the number of
+    inputs in the receptive field (a whole number, ``C_in`` times that convolution on ones: exact).
+    """
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        super().__init__(stabilizer=stabilizer)
+        self.stabilizer = stabilizer
+
+    def copy(self) -> LeanFlat:
+        return LeanFlat(self.stabilizer)
+
+    def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple[torch.Tensor | None, ...]:
+        input = self.stored_tensors["input"][0]
+        if not _plain_convolution(module):
+            return super().backward(module, grad_input, grad_output)
+        like = {"dtype": input.dtype, "device": input.device}
+        ones = torch.ones((len(input), 1, *input.shape[2:]), **like, requires_grad=True)
+        with torch.enable_grad():
+            count = module._conv_forward(ones, torch.ones((1, 1, *module.kernel_size), **like), None)
+        total = (grad_output[0] / (count * input.shape[1] + self.stabilizer)).sum(dim=1, keepdim=True)
+        (relevance,) = torch.autograd.grad(
+            count, ones, grad_outputs=total, create_graph=grad_output[0].requires_grad
+        )
+        return (relevance.expand_as(input),)
 
 
 class LeanZPlus(_Direct, ZPlus):
-    """zennit's ``ZPlus`` without the discarded gradient, and with one branch where the input is non-negative.
+    """zennit's ``ZPlus`` without the discarded gradient, with one branch where the input is non-negative,
+    and, for a convolution, only over the output channels that carry relevance.
 
-    There ``z = W⁺x + b⁺ ≥ 0``, so zennit's stabilizer (ε with the sign of each entry, zero counted
-    positive) is ``z + ε``.
+    With a non-negative input, ``z = W⁺x + b⁺ ≥ 0``, so zennit's stabilizer (ε with the sign of each
+    entry, zero counted positive) is ``z + ε``. An output channel without relevance anywhere in the
+    batch adds exact zeros to the inputs' relevance: right below a CRP layer, where each pair keeps one
+    unit, the convolution is computed for the pairs' units alone, a few channels of hundreds.
     """
 
-    def __init__(self, stabilizer: float = 1e-6, zero_params: list[str] | None = None) -> None:
-        super().__init__(stabilizer=stabilizer, zero_params=zero_params)
-        self.stabilizer, self.zero_params = stabilizer, zero_params
-        self.positive = ClampMod(min=0.0, zero_params=zero_params)
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        super().__init__(stabilizer=stabilizer)
+        self.stabilizer = stabilizer
+        self.positive = ClampMod(min=0.0)
 
     def copy(self) -> LeanZPlus:
-        return LeanZPlus(self.stabilizer, self.zero_params)
+        return LeanZPlus(self.stabilizer)
 
     def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple[torch.Tensor | None, ...]:
         input = self.stored_tensors["input"][0]
         if bool(input.min() < 0):
             return super().backward(module, grad_input, grad_output)
-        input = input.detach().requires_grad_()
+        input, grad = input.detach().requires_grad_(), grad_output[0]
         with self.positive(module) as positive, torch.enable_grad():
-            output = positive.forward(input)
+            channels = _active_channels(module, grad)
+            if channels is None:
+                output = positive.forward(input)
+            else:
+                bias = None if positive.bias is None else positive.bias[channels]
+                output, grad = module._conv_forward(input, positive.weight[channels], bias), grad[:, channels]
         (gradient,) = torch.autograd.grad(
-            output, input, grad_outputs=grad_output[0] / (output + self.stabilizer), create_graph=grad_output[0].requires_grad
+            output, input, grad_outputs=grad / (output + self.stabilizer), create_graph=grad.requires_grad
         )
-        relevance = input * gradient
-        return tuple(relevance if original.shape == relevance.shape else None for original in grad_input)
+        return (input * gradient,)
+
+
+def _active_channels(module: nn.Module, grad: torch.Tensor) -> torch.Tensor | None:
+    """The output channels of a convolution with relevance anywhere in ``grad``, where they are at most
+    half of them; ``None`` otherwise (or for a convolution other than a plain one)."""
+    if not _plain_convolution(module):
+        return None
+    spatial = tuple(range(2, grad.dim()))
+    if 2 * int(torch.any(grad[0], dim=tuple(d - 1 for d in spatial)).sum()) > grad.shape[1]:
+        return None  # the first row alone has relevance in most channels: no need to read the others
+    active = torch.any(grad, dim=(0, *spatial))
+    active[0] |= ~active.any()  # a convolution needs one channel; one without relevance adds zeros
+    channels = active.nonzero().flatten()
+    return channels if 2 * len(channels) <= len(active) else None
+
+
+def _plain_convolution(module: nn.Module) -> bool:
+    """Whether ``module`` is torch's ``Conv1d``/``2d``/``3d`` forward (``_conv_forward``) with one group:
+    a subclass with its own forward (EfficientNet's static "same" padding) computes something else."""
+    plain = (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
+    return isinstance(module, _ConvNd) and type(module).forward in plain and module.groups == 1
 
 
 class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
     """zennit's ``EpsilonPlusFlat`` (Flat for the first linear layer, ZPlus for the other convolutions,
     Epsilon for the other linear layers, zennit's base map for the rest) with the lean rules above."""
 
-    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, canonizers: list[Canonizer] | None = None) -> None:
+    def __init__(
+        self, epsilon: float = 1e-6, stabilizer: float = 1e-6, canonizers: list[Canonizer] | None = None
+    ) -> None:
         layer_map = [
             (Activation, LeanPass()),
             (Sum, LeanNorm(stabilizer=stabilizer)),
@@ -122,4 +212,5 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
             (Convolution, LeanZPlus(stabilizer=stabilizer)),
             (nn.Linear, LeanEpsilon(epsilon=epsilon)),
         ]
-        super().__init__(layer_map=layer_map, first_map=[(AnyLinear, LeanFlat(stabilizer=stabilizer))], canonizers=canonizers)
+        first_map = [(AnyLinear, LeanFlat(stabilizer=stabilizer))]
+        super().__init__(layer_map=layer_map, first_map=first_map, canonizers=canonizers)
