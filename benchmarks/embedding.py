@@ -1,10 +1,17 @@
-"""What deduplicated embedding saves: distinct crops embedded against (unit, example) slots, and the
-embed stage against embedding every probe image with the same foundation model, in one run.
+"""What deduplicated embedding saves, and what the embed stage's speed options buy, in one run.
 
 The reference library embeds every probe image (or, with cropping, every slot); semlens embeds each
 distinct (sample, box) once. Both timings use the same foundation model, batch size and model views.
 
+``--variants`` times the embed stage (loading the foundation model, compiling it if asked, embedding
+every distinct crop, storing theta) once per variant per repeat, the variants alternating, on the
+crops of one collect stage; each variant's theta is compared with the first's. A variant is ``+``-joined
+options: ``plain`` (none), ``channels_last``, ``compile``, a precision (``float32``, ``bfloat16``,
+``float16``) and ``batch=N``; an option left out is off, the precision float32 on the CPU.
+
     PYTHONPATH=tests/support python benchmarks/embedding.py [--images 640] [--k 5] [--crop activation|none]
+    PYTHONPATH=tests/support python benchmarks/embedding.py --no-every-image --repeats 3 \\
+        --variants plain channels_last compile channels_last+compile
 
 (``tests/support`` makes the dev environment's CUDA torchvision importable, which ``conse`` meets
 through transformers; see tests/support/sitecustomize.py.)
@@ -14,15 +21,24 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
+import semlens.build.embed_stage as embed_stage
 from semlens import BuildConfig, load_foundation_model, load_model
+from semlens._util.devices import PRECISIONS
 from semlens.build.builder import LensBuilder
 from semlens.build.embed import chunks
 from semlens.data import FolderData
 from semlens.data.photos import SKIMAGE_PHOTOS, SKLEARN_PHOTOS, write_photo_folder
+from semlens.lens.store import layer_file
 
 
 def embed_every_image(foundation_spec: str, model_spec: str, folder: Path, batch: int) -> float:
@@ -37,6 +53,53 @@ def embed_every_image(foundation_spec: str, model_spec: str, folder: Path, batch
     return time.perf_counter() - start
 
 
+def variant_config(config: BuildConfig, variant: str) -> BuildConfig:
+    """The build settings of a ``+``-joined variant such as ``channels_last+compile+batch=128``."""
+    options = {"embed_channels_last": False, "embed_compile": False, "embed_precision": "float32"}
+    for option in variant.split("+"):
+        if option == "channels_last":
+            options["embed_channels_last"] = True
+        elif option == "compile":
+            options["embed_compile"] = True
+        elif option in PRECISIONS:
+            options["embed_precision"] = option
+        elif option.startswith("batch="):
+            options["embed_batch_size"] = int(option.removeprefix("batch="))
+        elif option != "plain":
+            raise SystemExit(f"unknown variant option {option!r}: plain, channels_last, compile, batch=N or one of {', '.join(PRECISIONS)}")
+    return replace(config, **options)
+
+
+def run_variant(builder: LensBuilder, config: BuildConfig) -> tuple[float, float, dict[str, torch.Tensor], dict]:
+    """The embed stage under ``config``'s embed settings: its seconds, the seconds of loading the
+    foundation model within them, theta per layer and the stage's record."""
+    loading = []
+
+    def timed_load(*args, **kwargs):
+        start = time.perf_counter()
+        model = load_foundation_model(*args, **kwargs)
+        loading.append(time.perf_counter() - start)
+        return model
+
+    builder.context.config = config
+    builder.manifest["stages"].pop("embed", None)  # the crops of the crop stage stay; embedding runs again
+    embed_stage.load_foundation_model = timed_load
+    try:
+        builder.embed()
+    finally:
+        embed_stage.load_foundation_model = load_foundation_model
+    record = builder.manifest["stages"]["embed"]
+    theta = {spec.name: builder.store.read_tensors(layer_file(spec.name, "embed"))["theta"] for spec in builder.specs}
+    return record["seconds"], loading[0], theta, record
+
+
+def compare(theta: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """Largest absolute difference and smallest cosine of theta against the reference, over all units."""
+    diff = max(float((theta[layer] - reference[layer]).abs().max()) for layer in theta)
+    cosine = min(float(F.cosine_similarity(theta[layer], reference[layer]).min()) for layer in theta)
+    return diff, cosine
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="zoo:efficientnet-lite0")
@@ -46,7 +109,11 @@ def main() -> None:
     parser.add_argument("--crop", default="activation", choices=["activation", "none"])
     parser.add_argument("--foundation", default="conse")
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--variants", nargs="+", default=["channels_last"], help="embed settings to time, alternating")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of every variant")
+    parser.add_argument("--no-every-image", action="store_true", help="skip timing the embedding of every probe image")
     args = parser.parse_args()
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
     with tempfile.TemporaryDirectory() as tmp:
         per_photo = math.ceil(args.images / (len(SKIMAGE_PHOTOS) + len(SKLEARN_PHOTOS)))
@@ -55,25 +122,55 @@ def main() -> None:
             model=args.model, layers=args.layers, data=f"folder:{folder}", foundation=args.foundation, k=args.k,
             crop=args.crop, class_relevance=False, embed_batch_size=args.batch, device="cpu",
         )  # fmt: skip
-        load_foundation_model(args.foundation)  # imports and file caches warm for both timings alike
+        load_foundation_model(args.foundation)  # imports and file caches warm for every timing alike
         builder = LensBuilder(config, Path(tmp) / "bench.lens", progress=False)
         builder.collect()
-        start = time.perf_counter()
-        builder.embed()
-        embed_s = time.perf_counter() - start
+        seconds: dict[str, list[float]] = {variant: [] for variant in args.variants}
+        embedding = {variant: [] for variant in args.variants}  # the stage less loading the model
+        agreement, records = {}, {}
+        for _ in range(args.repeats):
+            reference = None
+            for variant in args.variants:
+                took, load, theta, records[variant] = run_variant(builder, variant_config(config, variant))
+                seconds[variant].append(took)
+                embedding[variant].append(took - load)
+                reference = reference or theta
+                agreement.setdefault(variant, compare(theta, reference))
         summary = builder.summary()
-        every_s = embed_every_image(args.foundation, args.model, folder, args.batch)
+        every_s = None if args.no_every_image else embed_every_image(args.foundation, args.model, folder, args.batch)
 
     units = sum(layer.units for layer in summary.layers)
     print(f"model {args.model}, layers {' '.join(args.layers)} ({units} units), k {args.k}, crop {args.crop}")
-    print(f"probe images {summary.samples}, foundation {args.foundation}, batch {args.batch}")
+    print(f"probe images {summary.samples}, foundation {args.foundation}, batch {args.batch}, torch threads {torch.get_num_threads()}")
+    print(f"load average before / after: {load_before} / {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"(unit, example) slots      {summary.example_slots}")
     print(f"distinct crops embedded    {summary.distinct_crops}")
     print(f"ratio slots / distinct = {summary.example_slots / summary.distinct_crops:.2f}")
     print(f"ratio probe images / distinct = {summary.samples / summary.distinct_crops:.2f}")
-    print(f"embed stage (distinct crops)    {embed_s:.1f} s")
-    print(f"embed every probe image         {every_s:.1f} s")
-    print(f"ratio every image / embed stage = {every_s / embed_s:.2f}")
+    first, first_embedding = statistics.median(seconds[args.variants[0]]), statistics.median(embedding[args.variants[0]])
+    print(f"\nembed stage per variant ({args.repeats} runs each, alternating; theta against {args.variants[0]};")
+    print("'embedding' is the stage less loading the foundation model, compiling included):")
+    print(
+        f"{'variant':<24} {'stage runs (s)':<22} {'stage':>6} {'ratio':>6} {'embedding runs (s)':<22} {'embed':>6} {'ratio':>6}"
+        f" {'max |dtheta|':>12} {'min cos':>9}  applied"
+    )
+    for variant in args.variants:
+        median, (diff, cosine), record = statistics.median(seconds[variant]), agreement[variant], records[variant]
+        embedded = statistics.median(embedding[variant])
+        runs = " ".join(f"{value:.1f}" for value in seconds[variant])
+        embedding_runs = " ".join(f"{value:.1f}" for value in embedding[variant])
+        applied = f"channels_last={record['channels_last']} compiled={record['compiled']}"
+        if record.get("compile_fallback"):
+            applied += f" ({record['compile_fallback']})"
+        print(
+            f"{variant:<24} {runs:<22} {median:6.1f} {median / first:6.2f} {embedding_runs:<22} {embedded:6.1f}"
+            f" {embedded / first_embedding:6.2f} {diff:12.2e} {cosine:9.6f}  {applied}"
+        )
+    if every_s is not None:
+        embed_s = statistics.median(seconds[args.variants[0]])
+        print(f"\nembed stage (distinct crops, {args.variants[0]})   {embed_s:.1f} s")
+        print(f"embed every probe image         {every_s:.1f} s")
+        print(f"ratio every image / embed stage = {every_s / embed_s:.2f}")
 
 
 if __name__ == "__main__":

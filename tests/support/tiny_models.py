@@ -112,3 +112,19 @@ def tiny_clip(device: str | None = None):
 
 
 EMBEDDED: list[int] = []
+
+
+def conv_foundation(device: str | None = None, dtype: torch.dtype | None = None):
+    """The concept world's small CNN image tower with seeded random weights (no training) and MiniLM for
+    texts: a convolutional foundation model for the tests of channels-last, compiling and precision. Its
+    head's bias centres its outputs over the colour images: a random ReLU tower alone maps every image
+    to nearly one direction, and units' thetas would then agree to a cosine of 0.9996."""
+    from semlens.world.foundation import ImageTower, WorldFoundation
+    from semlens.world.render import WorldConfig, world_preprocessing
+
+    torch.manual_seed(0)
+    config, tower = WorldConfig.load(), ImageTower().eval()
+    pixels = torch.stack([world_preprocessing(config)(image) for image, _ in colour_images(30)])
+    with torch.no_grad():
+        tower.head.bias -= tower(pixels).mean(dim=0)
+    return WorldFoundation(config, tower.state_dict(), device, dtype)

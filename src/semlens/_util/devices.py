@@ -1,4 +1,4 @@
-"""Where and in which precision models run: CUDA when present, half precision there."""
+"""Where and in which precision models run: CUDA when present, reduced precision there."""
 
 from __future__ import annotations
 
@@ -23,17 +23,44 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return chosen
 
 
-def inference_dtype(device: torch.device) -> torch.dtype:
-    """Half precision on GPUs (fast, and embeddings tolerate it), full precision on the CPU."""
-    return torch.float16 if device.type == "cuda" else torch.float32
+def inference_dtype(device: torch.device, tower: torch.nn.Module | None = None) -> torch.dtype:
+    """The dtype a foundation model runs in by default: float32 on the CPU; on a GPU float16 for a
+    convolutional image ``tower``, else bfloat16 (float16 on GPUs without it).
+
+    Half precision halves a GPU's memory and time; which half trades range against mantissa.
+    Transformer towers (CLIP, SigLIP, DINOv2 ViTs, text encoders) carry a few activations orders of
+    magnitude above the rest, and products of them in attention and MLPs can pass float16's 65504,
+    turning an embedding into inf/NaN; bfloat16 keeps float32's range. Batch-normalised CNNs have no
+    such outliers (EfficientNet-Lite's ReLU6 clips its activations at 6), and there bfloat16's 8-bit
+    mantissa costs what float16's 11 bits do not: conse's theta in bfloat16 reaches a cosine of only
+    0.98 with float32's, in float16 0.999 (the worst unit; benchmarks/embedding.py, on the CPU). The
+    CPU keeps float32: results stay bit for bit reproducible there.
+    """
+    if device.type != "cuda":
+        return torch.float32
+    if tower is not None and convolutional(tower):
+        return torch.float16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def convolutional(module: torch.nn.Module) -> bool:
+    """More than one 2-d convolution: a CNN, not a ViT whose patch embedding is its only one."""
+    return sum(isinstance(part, torch.nn.Conv2d) for part in module.modules()) > 1
 
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
-def check_precision(precision: str) -> None:
+def check_precision(precision: str, name: str = "precision") -> None:
     if precision not in PRECISIONS:
-        raise SemlensError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise SemlensError(f"{name}={precision!r} is not one of {', '.join(PRECISIONS)}")
+
+
+def embed_dtype(precision: str) -> torch.dtype | None:
+    """The dtype ``embed_precision`` asks the foundation model for; None for ``auto``, the backend's own
+    choice (:func:`inference_dtype`). Half precisions work on the CPU too."""
+    check_precision(precision, "embed_precision")
+    return None if precision == "auto" else getattr(torch, precision)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

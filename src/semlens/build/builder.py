@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from .. import __version__
-from .._util.devices import autocast_dtype, pick_device
+from .._util.devices import autocast_dtype, inference_dtype, pick_device
 from .._util.errors import SemlensError, StaleLensError
 from ..data import ImageData, load_data
 from ..lens.store import FORMAT, FORMAT_VERSION, LensStore
@@ -120,6 +120,11 @@ class LensBuilder:
             identity["embed"]["crop_view"] = config.crop_view
         if context.autocast is not None:  # float32 adds nothing, so Lenses built before this setting stay valid
             identity["collect"]["autocast"] = str(context.autocast).removeprefix("torch.")
+        precision = config.embed_precision
+        if precision == "auto" and inference_dtype(context.device) == torch.float32:
+            precision = "float32"
+        if precision != "float32":  # likewise; "auto" on a GPU: the backend's half (inference_dtype)
+            identity["embed"]["precision"] = precision
         if context.shard is not None:
             shard, rows = context.shard, context.rows
             identity["shard"] = {"index": shard.index, "count": shard.count, "samples": [rows.start, rows.stop]}
@@ -211,7 +216,8 @@ class LensBuilder:
 
 def fallbacks(manifest: dict[str, Any]) -> list[str]:
     """What the build did instead of what was asked, as recorded in the manifest: crop modes other than the
-    one asked for (``auto`` asks for relevance) and a skipped class-relevance stage."""
+    one asked for (``auto`` asks for relevance), an embedding that could not be compiled and a skipped
+    class-relevance stage."""
     asked = manifest["identity"]["embed"]["crop"]
     wanted = "relevance" if asked == "auto" else asked
     found = []
@@ -219,6 +225,8 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
         crop = layer.get("crop")
         if crop and crop["mode"] != wanted:
             found.append(f"layer {name}: {crop['mode']} crops instead of {wanted} crops ({crop['why']})")
+    if manifest["stages"].get("embed", {}).get("compile_fallback"):
+        found.append(manifest["stages"]["embed"]["compile_fallback"])
     skipped = manifest["stages"].get("relevance", {}).get("skipped")
     if skipped:
         found.append(f"no class relevance ({skipped}): audits and attribution graphs need it")

@@ -43,6 +43,9 @@ class BuildConfig:
     max_map_side: int = 32
     batch_size: int = 32
     embed_batch_size: int = 64
+    embed_precision: str = "auto"  # foundation model dtype; auto: float32 on CPU; on CUDA float16 for CNN towers, else bfloat16
+    embed_channels_last: bool = True  # convolutional towers only: same numbers up to rounding, faster (FoundationModel.speed_up)
+    embed_compile: bool = False  # torch.compile the image tower's forward; falls back, recorded, if compiling fails
     device: str = "auto"
     precision: str = "auto"
     workers: int | None = None
@@ -69,6 +72,7 @@ class BuildConfig:
         if self.relevance_batch_size is not None and self.relevance_batch_size < 1:
             raise SemlensError(f"relevance_batch_size={self.relevance_batch_size} must be a positive integer (or left out: sized by input pixels)")
         check_precision(self.precision)
+        check_precision(self.embed_precision, "embed_precision")
         if self.shard is not None:
             Shard.parse(self.shard)
 

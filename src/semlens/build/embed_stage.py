@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .._util.devices import embed_dtype
 from .._util.errors import StaleLensError
 from .._util.progress import progress_bar
 from ..analysis.validity import tied_units
@@ -36,7 +37,15 @@ class EmbedStage:
     (crop rows, boxes and theta per unit) and the foundation model's id in the manifest. Resume: done
     when the stage's fingerprint is unchanged; an interrupted run reuses the chunks embedded under
     ``embed.partial/`` with the same fingerprint and foundation model id. A foundation model whose id
-    changed since the Lens was embedded makes it stale."""
+    changed since the Lens was embedded makes it stale.
+
+    The fingerprint holds ``embed_precision`` unless it is float32 (as ``auto`` is on the CPU): another
+    precision gives other embeddings (conse's theta in float16 reaches a cosine of 0.999 with float32's,
+    in bfloat16 0.98), so a Lens built in one is not resumed in another; the dtype the model ran in is
+    recorded with its id and keys the embedded chunks. ``embed_channels_last`` and ``embed_compile``
+    are left out: they compute the same function, theta differing by float rounding (max abs diff
+    < 1e-4, tests/unit/test_embed_options.py), so a build may resume with them switched. The stage
+    record says which speed-ups ran, and why compiling was given up if it was."""
 
     name = "embed"
 
@@ -48,21 +57,28 @@ class EmbedStage:
         if context.stage_done(self.name):
             return
         started = time.perf_counter()
-        foundation = load_foundation_model(context.config.foundation, device=context.device)
-        foundation.batch_size = context.config.embed_batch_size
+        config = context.config
+        foundation = load_foundation_model(config.foundation, device=context.device, dtype=embed_dtype(config.embed_precision))
+        foundation.batch_size = config.embed_batch_size
+        foundation.speed_up(config.embed_channels_last, config.embed_compile)
         recorded = context.manifest.get("foundation", {}).get("id")
         if recorded and recorded != foundation.id:
             raise StaleLensError(
                 f"foundation model {context.config.foundation} now has id {foundation.id}, but this Lens was "
                 f"embedded with {recorded} (its weights changed); use another directory or --overwrite"
             )
-        context.manifest["foundation"] = {"spec": context.config.foundation, "id": foundation.id, "dim": foundation.dim}
+        dtype = str(foundation.dtype).removeprefix("torch.")
+        context.manifest["foundation"] = {"spec": config.foundation, "id": foundation.id, "dim": foundation.dim, "dtype": dtype}
         context.ranks.on_main(lambda: context.store.write_manifest(context.manifest))
         table = self.crops.run()
         embeddings = self._embed_table(foundation, table)
-        context.manifest = context.ranks.on_main(lambda: self._store(table, embeddings, started))
+        compiled = config.embed_compile and not foundation.compile_fallback
+        speed_ups: dict[str, Any] = {"channels_last": foundation.channels_last, "compiled": compiled}
+        if foundation.compile_fallback:
+            speed_ups["compile_fallback"] = foundation.compile_fallback
+        context.manifest = context.ranks.on_main(lambda: self._store(table, embeddings, started, speed_ups))
 
-    def _store(self, table: CropTable, embeddings: torch.Tensor, started: float) -> dict[str, Any]:
+    def _store(self, table: CropTable, embeddings: torch.Tensor, started: float, speed_ups: dict[str, Any]) -> dict[str, Any]:
         store = self.context.store
         inactive = {spec.name: store.read_tensors(layer_file(spec.name, "topk"))["inactive"] for spec in self.context.specs}
         tied = tied_units(table.index, inactive)
@@ -80,7 +96,9 @@ class EmbedStage:
             self.context.manifest["layers"][spec.name]["tied_units"] = int(tied[spec.name].sum())
         store.remove(EMBED_PARTIAL)
         slots = sum(int((index >= 0).sum()) for index in table.index.values())
-        self.context.finish_stage(self.name, time.perf_counter() - started, example_slots=slots, distinct_crops=table.rows.shape[0])
+        self.context.finish_stage(
+            self.name, time.perf_counter() - started, example_slots=slots, distinct_crops=table.rows.shape[0], **speed_ups
+        )
         return self.context.manifest
 
     def _embed_table(self, foundation: FoundationModel, table: CropTable) -> torch.Tensor:
@@ -88,7 +106,8 @@ class EmbedStage:
         loader workers decode and cut the next chunks; a resumed run skips finished chunks."""
         context = self.context
         store, device = context.store, context.device
-        partial = f"{EMBED_PARTIAL}/{context.stage_key(self.name)}-{foundation.id.replace('/', '_').replace(':', '_')}"
+        model = f"{foundation.id.replace('/', '_').replace(':', '_')}-{context.manifest['foundation']['dtype']}"
+        partial = f"{EMBED_PARTIAL}/{context.stage_key(self.name)}-{model}"
         spans = list(chunks(table.rows.shape[0], context.config.embed_batch_size * 4))
         mine = [spans[position] for position in context.ranks.shard.split(range(len(spans)))]
         done = {

@@ -51,6 +51,16 @@ def run(
     relevance_data: Optional[str] = typer.Option(None, help="Labelled data spec for class relevance (default: --data)."),
     batch_size: Optional[int] = typer.Option(None, help="Model batch size (default 32)."),
     embed_batch_size: Optional[int] = typer.Option(None, help="Foundation model batch size (default 64)."),
+    embed_precision: Optional[str] = typer.Option(
+        None,
+        help="Foundation model dtype: auto (default: float32 on CPU; on CUDA float16 for CNN towers, bfloat16 for ViTs), float32, bfloat16, float16.",
+    ),
+    embed_channels_last: Optional[bool] = typer.Option(
+        None, "--embed-channels-last/--no-embed-channels-last", help="Channels-last convolutional foundation towers (default on; same numbers up to rounding)."
+    ),
+    embed_compile: Optional[bool] = typer.Option(
+        None, "--embed-compile/--no-embed-compile", help="torch.compile the foundation model's image tower (default off; falls back, with a warning, if compiling fails)."
+    ),
     device: Optional[str] = typer.Option(None, help="auto (default), cpu, cuda or cuda:N."),
     precision: Optional[str] = typer.Option(
         None, help="Model forward pass while collecting: auto (default: bfloat16 autocast on CUDA, float32 on CPU), float32, bfloat16, float16."
@@ -87,6 +97,9 @@ def run(
         relevance_data=relevance_data,
         batch_size=batch_size,
         embed_batch_size=embed_batch_size,
+        embed_precision=embed_precision,
+        embed_channels_last=embed_channels_last,
+        embed_compile=embed_compile,
         device=device,
         precision=precision,
         workers=workers,

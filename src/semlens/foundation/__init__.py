@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import inspect
 from functools import lru_cache
 
 import torch
@@ -24,27 +25,27 @@ FOUNDATION_MODELS: SpecRegistry[FoundationModel] = SpecRegistry("foundation mode
 
 
 @FOUNDATION_MODELS.register("conse", "conse", "offline: ImageNet EfficientNet-Lite2 classes embedded by MiniLM")
-def _conse(rest: str, device: str | torch.device | None = None) -> FoundationModel:
+def _conse(rest: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> FoundationModel:
     if rest:
         raise SpecError(f"'conse' takes no arguments, got 'conse:{rest}'")
     from .conse import ConSE
 
-    return ConSE(device=device)
+    return ConSE(device=device, dtype=dtype)
 
 
 @FOUNDATION_MODELS.register("hf", "hf:NAME_OR_PATH", "CLIP, SigLIP or DINOv2 via transformers; hub name or local dir")
-def _hf(rest: str, device: str | torch.device | None = None) -> FoundationModel:
+def _hf(rest: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> FoundationModel:
     if not rest:
         raise SpecError("hf: needs a model, e.g. hf:openai/clip-vit-base-patch32 or hf:/path/to/saved/model")
     from .hf import HFFoundationModel
 
-    return HFFoundationModel(rest, device=device)
+    return HFFoundationModel(rest, device=device, dtype=dtype)
 
 
 @FOUNDATION_MODELS.register(
     "open_clip", "open_clip:ARCH:PRETRAINED_OR_PATH", "open_clip model; PRETRAINED a tag, a weights file or 'none'"
 )
-def _open_clip(rest: str, device: str | torch.device | None = None) -> FoundationModel:
+def _open_clip(rest: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> FoundationModel:
     arch, _, pretrained = rest.partition(":")
     if not arch or not pretrained:
         raise SpecError(
@@ -53,27 +54,41 @@ def _open_clip(rest: str, device: str | torch.device | None = None) -> Foundatio
         )
     from .open_clip import OpenCLIPFoundationModel
 
-    return OpenCLIPFoundationModel(arch, pretrained, device=device)
+    return OpenCLIPFoundationModel(arch, pretrained, device=device, dtype=dtype)
 
 
 @FOUNDATION_MODELS.register("world", "world[:CONFIG]", "the concept world's image-text model (trained once, cached)")
-def _world(rest: str, device: str | torch.device | None = None) -> FoundationModel:
+def _world(rest: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> FoundationModel:
     from ..world.foundation import load_world_foundation
 
-    return load_world_foundation(rest or None, device=device)
+    return load_world_foundation(rest or None, device=device, dtype=dtype)
 
 
 @FOUNDATION_MODELS.register("py", "py:package.module:factory", "your own FoundationModel factory")
-def _python(rest: str, device: str | torch.device | None = None) -> FoundationModel:
-    model = import_object(rest, "foundation model")(device=device)
+def _python(rest: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> FoundationModel:
+    """``factory(device=...)``; ``dtype=`` too when one is asked for, which the factory must then take."""
+    factory = import_object(rest, "foundation model")
+    options = {"device": device}
+    if dtype is not None:
+        parameters = inspect.signature(factory).parameters.values()
+        if not any(p.name == "dtype" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            raise SpecError(
+                f"py:{rest} takes no dtype argument, so it cannot embed in {str(dtype).removeprefix('torch.')}; "
+                "give the factory a dtype parameter (passed on to FoundationModel.__init__) or use embed_precision=auto"
+            )
+        options["dtype"] = dtype
+    model = factory(**options)
     if not isinstance(model, FoundationModel):
         raise SpecError(f"py:{rest} returned {type(model).__name__}, not a semlens.foundation.FoundationModel")
     return model
 
 
-def load_foundation_model(spec: str, device: str | torch.device | None = None) -> FoundationModel:
-    """Build the foundation model a spec names (see the module docstring for the forms)."""
-    return FOUNDATION_MODELS.resolve(spec, device=device)
+def load_foundation_model(
+    spec: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> FoundationModel:
+    """Build the foundation model a spec names (see the module docstring for the forms), in ``dtype``
+    (default: :func:`~semlens._util.devices.inference_dtype` of the device)."""
+    return FOUNDATION_MODELS.resolve(spec, device=device, dtype=dtype)
 
 
 @lru_cache(maxsize=4)

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from .._util.devices import inference_dtype
 from .._util.errors import SpecError
 from .._util.fingerprint import hash_module_weights
 from ..model.imagenet import imagenet_synonyms
@@ -40,19 +41,26 @@ class ConSE(FoundationModel):
 
     batch_size = 32
 
-    def __init__(self, device: str | torch.device | None = None, top_classes: int = TOP_CLASSES) -> None:
-        super().__init__(device)
-        self.classifier, self.preprocessing = efficientnet_lite("efficientnet-lite2")
-        self.classifier = self.classifier.to(self.device, self.dtype)
+    def __init__(
+        self, device: str | torch.device | None = None, top_classes: int = TOP_CLASSES, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__(device, dtype)
+        classifier, self.preprocessing = efficientnet_lite("efficientnet-lite2")
         self.text_encoder = load_sentence_encoder(self.device)
+        self.id = (  # the float32 weights: the same id on every device and in every precision
+            f"conse:efficientnet-lite2@{hash_module_weights(classifier)}"
+            f"+all-MiniLM-L6-v2@{hash_module_weights(self.text_encoder)}"
+        )
+        self.dtype = dtype or inference_dtype(self.device, classifier)
+        self.classifier = classifier.to(self.device, self.dtype)
         self.top_classes = top_classes
         self.dim = self.text_encoder.get_embedding_dimension()
         names = [", ".join(synonyms[:SYNONYMS_PER_CLASS]) for synonyms in imagenet_synonyms()]
         self.class_embeddings = self._embed_texts(names).to(self.device, torch.float32)
-        self.id = (
-            f"conse:efficientnet-lite2@{hash_module_weights(self.classifier)}"
-            f"+all-MiniLM-L6-v2@{hash_module_weights(self.text_encoder)}"
-        )
+
+    @property
+    def image_tower(self) -> torch.nn.Module:
+        return self.classifier
 
     @property
     def image_preprocessor(self) -> StackedTransform:

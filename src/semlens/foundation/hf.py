@@ -42,8 +42,10 @@ class HFFoundationModel(FoundationModel):
 
     batch_size = 32
 
-    def __init__(self, name_or_path: str, device: str | torch.device | None = None) -> None:
-        super().__init__(device)
+    def __init__(
+        self, name_or_path: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__(device, dtype)
         from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
         silence_transformers_progress()
@@ -70,6 +72,10 @@ class HFFoundationModel(FoundationModel):
             self.tokenizer = _load(AutoTokenizer.from_pretrained, source, name_or_path, "its tokenizer")
             self.max_text_tokens: int = config.text_config.max_position_embeddings
         self.dim = _embedding_dim(config, name_or_path)
+
+    @property
+    def image_tower(self) -> torch.nn.Module:
+        return self.model
 
     @property
     def image_preprocessor(self) -> ProcessorPixels:

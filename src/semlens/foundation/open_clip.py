@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from .._util.devices import inference_dtype
 from .._util.errors import SpecError, one_line
 from .._util.fingerprint import hash_module_weights
 from .._util.imports import import_optional
@@ -43,8 +44,10 @@ class OpenCLIPFoundationModel(FoundationModel):
 
     batch_size = 64
 
-    def __init__(self, arch: str, pretrained: str, device: str | torch.device | None = None) -> None:
-        super().__init__(device)
+    def __init__(
+        self, arch: str, pretrained: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__(device, dtype)
         open_clip = import_optional("open_clip", "open_clip", "open_clip foundation models")
         if arch in SCHEMAS:
             model_name, weights = f"{arch}:{pretrained}", None
@@ -64,9 +67,14 @@ class OpenCLIPFoundationModel(FoundationModel):
                 "needs the network on first use; a weights file must match the architecture"
             ) from error
         self.id = f"open_clip:{arch}:{pretrained}@{hash_module_weights(model)}"
+        self.dtype = dtype or inference_dtype(self.device, model.visual)
         self.model = model.to(self.device, self.dtype).eval()
         with torch.no_grad():  # architectures store the embedding size in different places: measure it
             self.dim = int(self._embed_texts([""]).shape[-1])
+
+    @property
+    def image_tower(self) -> torch.nn.Module:
+        return self.model.visual
 
     @property
     def image_preprocessor(self) -> StackedTransform:

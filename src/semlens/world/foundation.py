@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._util.cache import trained_path
-from .._util.devices import pick_device
+from .._util.devices import inference_dtype, pick_device
 from .._util.errors import SemlensError
 from .._util.fingerprint import hash_json, hash_module_weights
 from .._util.progress import progress_bar
@@ -219,16 +219,27 @@ class WorldFoundation(FoundationModel):
 
     batch_size = 256
 
-    def __init__(self, config: WorldConfig, state: dict[str, torch.Tensor], device: str | torch.device | None = None) -> None:
-        super().__init__(device)
+    def __init__(
+        self,
+        config: WorldConfig,
+        state: dict[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(device, dtype)
         self.config = config
         self.preprocessing = world_preprocessing(config)
-        self.tower = ImageTower()
-        self.tower.load_state_dict(state)
-        self.tower = self.tower.to(self.device, self.dtype).eval()
+        tower = ImageTower()
+        tower.load_state_dict(state)
+        self.id = f"world:{config.source}@{hash_module_weights(tower)}"  # float32: one id on every device, in any dtype
+        self.dtype = dtype or inference_dtype(self.device, tower)
+        self.tower = tower.to(self.device, self.dtype).eval()
         self.text_encoder = _sentence_encoder(str(self.device))
         self.dim = EMBEDDING_DIM
-        self.id = f"world:{config.source}@{hash_module_weights(self.tower)}"
+
+    @property
+    def image_tower(self) -> torch.nn.Module:
+        return self.tower
 
     @property
     def image_preprocessor(self) -> StackedTransform:
@@ -247,6 +258,7 @@ def load_world_foundation(
     steps: int | None = None,
     batch_size: int = BATCH_SIZE,
     progress: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> WorldFoundation:
     """The world's image-text model: trained on first use (a few minutes on 2 cores), then cached."""
     config = WorldConfig.load(config_source)
@@ -256,4 +268,4 @@ def load_world_foundation(
         state = train_world_foundation(config, steps, batch_size, progress, device)
         metadata = {"world": training_world(config).fingerprint(), "steps": str(steps), "batch_size": str(batch_size)}
         atomic_write(path, lambda temporary: save_file(state, str(temporary), metadata))
-    return WorldFoundation(config, load_file(str(path)), device)
+    return WorldFoundation(config, load_file(str(path)), device, dtype)
