@@ -113,10 +113,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds; medians are printed")
     parser.add_argument("--check", type=int, default=64, help="pairs compared across rules and with one pair per call")
     parser.add_argument("--rules", nargs="+", choices=["semlens", "zennit"], default=["semlens", "zennit"])
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 is steadier on a shared machine")
     parser.add_argument("--shared", action="store_true", help="also time one shared forward per distinct sample (vmap)")
     args = parser.parse_args()
 
     build, layer = MODELS[args.model]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(
         f"regime: CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
