@@ -76,8 +76,9 @@ class LeanPass(_Direct, Pass):
 
 class LeanNorm(_Direct, Norm):
     """zennit's ``Norm`` (a residual sum, an average pool) without the discarded gradient, without zennit's
-    copy of the input, with a faster stabilizer, and a residual ``Sum`` recomputed as additions (torch's
-    sum over a last dimension of two is several times slower than adding its two halves)."""
+    copy of the input, with a faster stabilizer, and for a residual ``Sum`` without autograd: its output
+    recomputed as additions (torch's sum over a last dimension of two is several times slower than adding
+    the two halves) and its gradient, the relevance ratio repeated along the summed dimension, by hand."""
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
         super().__init__(stabilizer=stabilizer)
@@ -87,15 +88,15 @@ class LeanNorm(_Direct, Norm):
         return LeanNorm(self.stabilizer)
 
     def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple[torch.Tensor | None, ...]:
-        input = self.stored_tensors["input"][0].detach().requires_grad_()
+        input = self.stored_tensors["input"][0].detach()
+        if isinstance(module, Sum):  # its gradient repeats the relevance ratio along the summed dimension
+            ratio = grad_output[0] / _stabilize(reduce(torch.add, input.unbind(module.dim)), self.stabilizer)
+            return (input * ratio.unsqueeze(module.dim),)
+        input.requires_grad_()
         with torch.enable_grad():
-            output = reduce(torch.add, input.unbind(module.dim)) if isinstance(module, Sum) else module.forward(input)
-        (gradient,) = torch.autograd.grad(
-            output,
-            input,
-            grad_outputs=grad_output[0] / _stabilize(output, self.stabilizer),
-            create_graph=grad_output[0].requires_grad,
-        )
+            output = module.forward(input)
+        ratio = grad_output[0] / _stabilize(output, self.stabilizer)
+        (gradient,) = torch.autograd.grad(output, input, grad_outputs=ratio, create_graph=ratio.requires_grad)
         return (input * gradient,)
 
 
@@ -113,9 +114,10 @@ class LeanFlat(_Direct, Flat):
     """zennit's ``Flat`` without the discarded gradient, and on one channel for a convolution.
 
     Flat is the gradient of the layer with all weights one and no bias, on an input of ones, at
-    ``R / stabilize(z)``: every input channel gets the same relevance, that of a one-channel
-    convolution at the sum over output channels of ``R / stabilize(z)``, where ``z`` is the number of
-    inputs in the receptive field (a whole number, ``C_in`` times that convolution on ones: exact).
+    ``R / stabilize(z)``, where ``z``, the same for every output channel, is the number of inputs in the
+    receptive field (a whole number: ``C_in`` times a one-channel convolution of ones, exact). So every
+    input channel gets the same relevance, that one-channel convolution's gradient at
+    ``sum over output channels of R / stabilize(z)``.
     """
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
@@ -133,7 +135,7 @@ class LeanFlat(_Direct, Flat):
         ones = torch.ones((len(input), 1, *input.shape[2:]), **like, requires_grad=True)
         with torch.enable_grad():
             count = module._conv_forward(ones, torch.ones((1, 1, *module.kernel_size), **like), None)
-        total = (grad_output[0] / (count * input.shape[1] + self.stabilizer)).sum(dim=1, keepdim=True)
+        total = grad_output[0].sum(dim=1, keepdim=True) / (count * input.shape[1] + self.stabilizer)
         (relevance,) = torch.autograd.grad(
             count, ones, grad_outputs=total, create_graph=grad_output[0].requires_grad
         )
