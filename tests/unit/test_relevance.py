@@ -185,7 +185,7 @@ def test_blocks_with_their_own_canonizer_are_not_rewritten_again() -> None:
     model = resnet18(num_classes=10).eval()
     canonizers = canonizers_for(model, torch.rand(1, 3, 32, 32))
     (fx_canonizer,) = [canonizer for canonizer in canonizers if isinstance(canonizer, FxResidualCanonizer)]
-    assert fx_canonizer.traced.rewrites == {}  # zennit's ResNet canonizers own every BasicBlock's sum
+    assert fx_canonizer.traced.rewrites == {}  # the ResNet canonizer owns every BasicBlock's sum
 
 
 def test_custom_residual_model_conserves_relevance_after_the_fx_rewrite_and_not_before() -> None:

@@ -1,11 +1,12 @@
 """The lean rules (``semlens/relevance/rules.py``) give zennit's ``EpsilonPlusFlat`` relevance.
 
-Each model is explained twice with the same canonizers, once with semlens' composite and once with
-zennit's, and the heatmaps must agree to float rounding: on a ReLU CNN (every convolution after the
-first sees non-negative inputs, so ZPlus takes its one-branch path), on models where convolutions see
-negative inputs (the two-branch path: a convolution after a batch norm without ReLU, and the custom
-residual CNN whose concatenation feeds a convolution a residual branch's raw output), on a ResNet-18,
-and on EfficientNet-Lite0 (convolutions with their own padding forward, depthwise convolutions).
+Each model is explained twice, once with semlens' composite and once with zennit's (with the same
+canonizers, but zennit's own for ResNet blocks), and the heatmaps must agree to float rounding: on a
+ReLU CNN (every convolution after the first sees non-negative inputs, so ZPlus takes its one-branch
+path), on models where convolutions see negative inputs (the two-branch path: a convolution after a
+batch norm without ReLU, and the custom residual CNN whose concatenation feeds a convolution a residual
+branch's raw output), on ResNets (basic blocks and bottlenecks) and on EfficientNet-Lite0 (convolutions
+with their own padding forward, depthwise convolutions). Then each rule alone, on each of its paths.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import residual_models
 import torch
 from torch import nn
 from torchvision.models import resnet18
+from torchvision.models.resnet import Bottleneck, ResNet
 from zennit.composites import EpsilonPlusFlat
 from zennit.layer import Sum
 from zennit.rules import Flat, Norm, ZPlus
+from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
 from semlens.model.units import resolve_module
+from semlens.relevance.canonizers import ResNetResidualCanonizer
 from semlens.relevance.lrp import RelevanceModel, crp_heatmaps
 from semlens.relevance.rules import LeanFlat, LeanNorm, LeanZPlus
 
@@ -73,6 +77,7 @@ MODELS = {
     "bn-without-relu": (negative_input_cnn, 16, ["relu3", "relu2"], "conv2"),
     "residual-cnn": (residual_models.ResidualCNN, 16, ["blocks.3.mix", "blocks.2"], "blocks.3.mix"),
     "resnet18": (lambda: resnet18(num_classes=10), 64, ["layer4.1.conv2", "layer2"], None),
+    "resnet-bottleneck": (lambda: ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10), 32, ["layer3"], None),
     "efficientnet-lite0": (efficientnet_lite0, 64, ["_blocks.10"], None),
 }
 
@@ -86,9 +91,14 @@ def explain(relevance: RelevanceModel, inputs: torch.Tensor, layer: str) -> torc
 
 
 def zennit_twin(relevance: RelevanceModel) -> RelevanceModel:
-    """The same model and canonizers under zennit's own ``EpsilonPlusFlat``."""
+    """The same model under zennit's own ``EpsilonPlusFlat``, with the same canonizers except zennit's own
+    for ResNet blocks (which stack the summands on a last axis)."""
     twin = RelevanceModel(relevance.model, relevance.example, relevance.epsilon)
-    twin.composite = EpsilonPlusFlat(epsilon=relevance.epsilon, canonizers=relevance.composite.canonizers)
+    canonizers = []
+    for canonizer in relevance.composite.canonizers:
+        resnet = isinstance(canonizer, ResNetResidualCanonizer)
+        canonizers += [ResNetBasicBlockCanonizer(), ResNetBottleneckCanonizer()] if resnet else [canonizer]
+    twin.composite = EpsilonPlusFlat(epsilon=relevance.epsilon, canonizers=canonizers)
     return twin
 
 

@@ -3,8 +3,10 @@
 - batch norms are merged into the convolution or linear layer that feeds them, found by tracing one
   forward pass (so it works for any architecture where a batch norm directly follows its layer);
 - residual additions become zennit ``Sum`` modules, which split relevance in proportion to the
-  summands: torchvision ResNet blocks (zennit's own canonizers), EfficientNet-Lite MBConv blocks, and
-  every other module whose own forward torch.fx can trace (``residual.py``).
+  summands: torchvision ResNet blocks (zennit's canonizers' rewrite), EfficientNet-Lite MBConv blocks,
+  and every other module whose own forward torch.fx can trace (``residual.py``). The summands are
+  stacked on a leading axis (``summands``), where zennit's canonizers stack them on a last one: the same
+  sums, several times faster.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 from zennit.canonizers import AttributeCanonizer, Canonizer, NamedMergeBatchNorm
-from zennit.layer import Sum
 
 from ..model.units import hooks
-from .residual import FxResidualCanonizer, trace_residuals
+from .residual import FxResidualCanonizer, residual_sum, summands, trace_residuals
 
 LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -77,7 +78,7 @@ class MBConvResidualCanonizer(AttributeCanonizer):
     @classmethod
     def _attribute_map(cls, name: str, module: nn.Module):
         if cls.applies(module):
-            return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
+            return {"forward": cls.forward.__get__(module), "canonizer_sum": residual_sum()}
         return None
 
     @staticmethod
@@ -91,8 +92,35 @@ class MBConvResidualCanonizer(AttributeCanonizer):
         x = self._bn2(self._project_conv(x))
         args = self._block_args
         if self.id_skip and args.stride == 1 and args.input_filters == args.output_filters:
-            x = self.canonizer_sum(torch.stack([x, inputs], dim=-1))
+            x = self.canonizer_sum(summands(x, inputs))
         return x
+
+
+class ResNetResidualCanonizer(AttributeCanonizer):
+    """torchvision ResNet blocks (``BasicBlock``, ``Bottleneck``): zennit's ``ResNetBasicBlockCanonizer`` and
+    ``ResNetBottleneckCanonizer`` (the skip connection becomes a ``Sum``, the block's modules called in the
+    same order), on ``summands``."""
+
+    def __init__(self) -> None:
+        super().__init__(self._attribute_map)
+
+    @classmethod
+    def _attribute_map(cls, name: str, module: nn.Module):
+        from torchvision.models.resnet import BasicBlock, Bottleneck
+
+        if isinstance(module, (BasicBlock, Bottleneck)):
+            return {"forward": cls.forward.__get__(module), "canonizer_sum": residual_sum()}
+        return None
+
+    @staticmethod
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        if hasattr(self, "conv3"):  # Bottleneck
+            out = self.bn3(self.conv3(self.relu(self.bn2(self.conv2(out)))))
+        else:
+            out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.canonizer_sum(summands(identity, out)))
 
 
 class ExactMergeBatchNorm(NamedMergeBatchNorm):
@@ -115,15 +143,10 @@ def canonizers_for(model: nn.Module, example: torch.Tensor) -> list[Canonizer]:
     }
     handled: tuple[type, ...] = ()  # blocks whose residual sums those canonizers rewrite: torch.fx leaves them alone
     if torchvision_blocks & {"BasicBlock", "Bottleneck"}:
-        from zennit.torchvision import (
-            ResNetBasicBlock,
-            ResNetBasicBlockCanonizer,
-            ResNetBottleneck,
-            ResNetBottleneckCanonizer,
-        )
+        from torchvision.models.resnet import BasicBlock, Bottleneck
 
-        canonizers += [ResNetBasicBlockCanonizer(), ResNetBottleneckCanonizer()]
-        handled += (ResNetBasicBlock, ResNetBottleneck)
+        canonizers.append(ResNetResidualCanonizer())
+        handled += (BasicBlock, Bottleneck)
     if "MBConvBlock" in kinds:
         canonizers.append(MBConvResidualCanonizer())
     traced = trace_residuals(model, lambda block: isinstance(block, handled) or MBConvResidualCanonizer.applies(block))

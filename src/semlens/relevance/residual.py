@@ -38,8 +38,14 @@ SHAPE_CALLS = {"size", "dim", "numel", "getattr"}
 
 
 def summands(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a`` and ``b`` stacked on a new last axis for ``Sum`` (broadcast first, as ``a + b`` would)."""
-    return torch.stack(torch.broadcast_tensors(a, b), dim=-1)
+    """``a`` and ``b`` stacked on a new leading axis for ``residual_sum()`` (broadcast first, as ``a + b``
+    would): two contiguous blocks, which torch stacks and sums several times faster than on a last axis."""
+    return torch.stack(torch.broadcast_tensors(a, b))
+
+
+def residual_sum() -> Sum:
+    """The ``Sum`` of ``summands``: over their leading axis."""
+    return Sum(dim=0)
 
 
 class _EveryModuleALeaf(fx.Tracer):
@@ -158,7 +164,7 @@ def _replace_adds(graph: fx.Graph, computed: set[fx.Node]) -> dict[str, Sum]:
         if _op_name(node) not in ADDS or not plain or len(_computed_operands(node, computed)) != 2:
             continue
         target = f"canonizer_sum_{len(sums)}"
-        sums[target] = Sum()
+        sums[target] = residual_sum()
         with graph.inserting_after(node):
             stacked = graph.call_function(summands, node.args)
             with graph.inserting_after(stacked):
