@@ -12,6 +12,12 @@ images, B per call: the ratio is batch-matched. Rounds alternate ``--repeats`` t
 are printed, so a load that changes during the run touches all sides alike. The regime (cores, torch
 threads, load average before and after) is printed with the figures.
 
+Measured on the 2-core development CPU, one torch thread (``--threads 1``: on this shared machine two
+threads wait on each other whenever another process runs, which swamps the figures), load average 3 to
+4, medians of 3 rounds: a pair costs, in forward passes, for the small CNN (512 pairs) 2.2 to 2.9 with
+semlens' rules against 5.9 to 7.1 with zennit's; for ResNet-18 at 128 px (``layer4``, 256 pairs) 2.9
+to 3.1 at 16 and 64 pairs per pass, 3.5 at 256 (the build passes 49 at 128 px), against 7.2 to 8.9.
+
 ``--shared`` also times one forward per distinct sample shared by that sample's pairs, with the first
 of ``--rules``: the pairs' backward passes batched with ``torch.autograd.grad(is_grads_batched=True)``
 (vmap). Its heatmaps are exact, but on a CPU vmap runs the convolutions' backward once per pair, so it
@@ -21,7 +27,7 @@ Exactness: semlens' heatmaps of the first ``--check`` pairs are compared with ze
 batched heatmaps with one pair per call (max |difference| / max |map|).
 
     PYTHONPATH=tests/support python benchmarks/crops.py [--model small-cnn|resnet18] [--sizes 64 128]
-        [--batches 16 64 256] [--pairs 512] [--rules semlens zennit]
+        [--batches 16 64 256] [--pairs 512] [--rules semlens zennit] [--threads 1]
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ class CropStage:
 
     def _crop_mode(self, spec: LayerSpec, has_maps: bool) -> tuple[str, str]:
         """The crop mode a layer gets, and why: auto picks relevance wherever LRP supports the model, on any
-        device (on a CPU a pair costs about six forward passes of the model: benchmarks/crops.py)."""
+        device (on a CPU a pair costs about three forward passes of the model or less: benchmarks/crops.py)."""
         context = self.context
         mode = context.config.crop
         if mode in ("auto", "relevance"):
