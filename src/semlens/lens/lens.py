@@ -13,6 +13,7 @@ from ..model.units import unit_names
 from .arrays import LensArrays
 from .audits import LensAudits
 from .examples import LensExamples
+from .explain import LensExplain
 from .labels import LensLabels
 from .measures import LensMeasures
 from .search import LensSearch
@@ -33,7 +34,7 @@ def writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-class Lens(LensArrays, LensExamples, LensSearch, LensLabels, LensMeasures, LensAudits):
+class Lens(LensArrays, LensExamples, LensSearch, LensLabels, LensMeasures, LensAudits, LensExplain):
     """A model's units embedded in a foundation model's space, with their concept examples.
 
     Units are addressed as ``"layer/index"`` (``"layer/index-"`` for the negative half of a signed

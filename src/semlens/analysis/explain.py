@@ -1,0 +1,129 @@
+"""The concepts behind one prediction (the paper's Fig. 1, step 3): which units carried the class's
+relevance on one image, grouped by their labels, and where in the image (their conditional heatmaps).
+
+A unit's share is its relevance for the class on this image divided by the summed absolute relevance
+of its layer (as in class relevance, ``build/class_relevance.py``), so the absolute shares of a layer
+sum to 1; a negative share speaks against the class. A signed layer's two copies of a channel share
+the channel's relevance: the channel is counted once, under the copy that fires more on this image
+(the concept the image shows). Units without examples of their own (inactive, tied) are never listed;
+their part of the relevance is reported as ``left_out``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+PREDICTION_TOP = 5  # classes listed with their probabilities
+
+
+@dataclass
+class ExplainedUnit:
+    """One unit on this image: its share of its layer's relevance for the class, its score (activation,
+    pooled as at collection), label, concept examples (``ConceptExample``) and conditional heatmap
+    ``[H, W]`` in the model's input view (not in ``to_dict``)."""
+
+    unit: str
+    share: float
+    score: float
+    label: str | None
+    examples: list[Any] = field(default_factory=list)
+    heatmap: torch.Tensor | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unit": self.unit, "share": self.share, "score": self.score, "label": self.label, "examples": [asdict(e) for e in self.examples]}
+
+
+@dataclass
+class ConceptGroup:
+    """Units with the same label (an unlabelled unit is a group of its own) and their summed share."""
+
+    label: str | None
+    share: float
+    units: list[ExplainedUnit]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "share": self.share, "units": [unit.to_dict() for unit in self.units]}
+
+
+@dataclass
+class LayerExplanation:
+    """One layer: its concept groups (most relevant first), its total relevance for the class on this
+    image, and the share carried by units without examples of their own (``left_out``)."""
+
+    layer: str
+    groups: list[ConceptGroup]
+    relevance: float
+    left_out: float
+
+    @property
+    def units(self) -> list[ExplainedUnit]:
+        return [unit for group in self.groups for unit in group.units]
+
+    def to_dict(self) -> dict[str, Any]:
+        groups = [group.to_dict() for group in self.groups]
+        return {"layer": self.layer, "relevance": self.relevance, "left_out": self.left_out, "groups": groups}
+
+
+@dataclass
+class Explanation:
+    """One image's prediction and the concepts behind the explained class, per layer. ``view`` is the
+    image as the model saw it (the heatmaps' frame; not in ``to_dict``)."""
+
+    image: str
+    class_name: str
+    class_index: int
+    predicted: bool  # the explained class is the model's prediction (no class was given)
+    prediction: list[dict[str, Any]]
+    layers: list[LayerExplanation]
+    view: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "class": self.class_name,
+            "class_index": self.class_index,
+            "predicted": self.predicted,
+            "prediction": self.prediction,
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+
+def top_classes(probabilities: torch.Tensor, names: list[str] | None, top: int = PREDICTION_TOP) -> list[dict[str, Any]]:
+    """The ``top`` most probable classes as ``{"class", "index", "probability"}``, most probable first."""
+    values, indices = probabilities.topk(min(top, probabilities.numel()))
+    return [
+        {"class": names[i] if names else str(i), "index": i, "probability": float(p)} for p, i in zip(values.tolist(), indices.tolist())
+    ]
+
+
+def channel_units(scores: torch.Tensor, channels: int) -> torch.Tensor:
+    """Per channel ``[C]``, the row of the unit that stands for it on this image: the channel itself, or in a
+    signed layer (``scores`` ``[2C]``) the copy that scores higher (``i-`` where the channel is negative)."""
+    plain = torch.arange(channels)
+    if scores.numel() == channels:
+        return plain
+    return torch.where(scores[channels:] > scores[:channels], plain + channels, plain)
+
+
+def relevance_shares(relevance: torch.Tensor) -> torch.Tensor:
+    """Each channel's share ``[..., C]`` of its layer's summed absolute relevance ``relevance`` ``[..., C]``."""
+    return relevance / relevance.abs().sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def rank_channels(shares: torch.Tensor, valid: torch.Tensor, top: int) -> torch.Tensor:
+    """The ``top`` channels with the highest share among the ``valid`` ones ``[C]``, highest first."""
+    candidates = valid.nonzero().flatten()
+    order = torch.argsort(shares[candidates], descending=True, stable=True)
+    return candidates[order[:top]]
+
+
+def group_by_label(units: list[ExplainedUnit]) -> list[ConceptGroup]:
+    """Units grouped by label, unlabelled units each in a group of its own; highest summed share first."""
+    groups: dict[Any, list[ExplainedUnit]] = {}
+    for unit in units:
+        groups.setdefault(unit.label if unit.label is not None else ("unlabelled", unit.unit), []).append(unit)
+    made = [ConceptGroup(members[0].label, sum(member.share for member in members), members) for members in groups.values()]
+    return sorted(made, key=lambda group: -group.share)

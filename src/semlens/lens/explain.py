@@ -1,0 +1,113 @@
+"""One prediction explained with the Lens's concepts: the part of ``Lens`` that runs the model on one image
+(``semlens.relevance.explain``), ranks its units (``semlens.analysis.explain``) and adds their labels and
+concept examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image, UnidentifiedImageError
+
+from .._util.errors import SemlensError
+
+if TYPE_CHECKING:
+    from ..analysis.explain import Explanation, LayerExplanation
+    from ..relevance.explain import ImageRelevance
+    from .lens import Lens
+
+EXPLAIN_TOP = 6  # units listed per layer
+EXAMPLES = 4  # concept examples per listed unit
+
+
+class LensExplain:
+    """Part of ``Lens``: the concepts behind the model's prediction on one image."""
+
+    def explain(
+        self: Lens,
+        image: str | Path | Image.Image | int,
+        class_name: str | int | None = None,
+        layers: list[str] | None = None,
+        top: int = EXPLAIN_TOP,
+    ) -> Explanation:
+        """Explain the model's prediction on ``image`` (a file, a PIL image, or a probe sample's index): its most
+        probable classes and, for the predicted class (or ``class_name``), per layer (default: every layer
+        without a sparse autoencoder) the ``top`` units with the highest share of the layer's relevance,
+        grouped by label, each with its conditional heatmap (CRP) and concept examples. Needs the model
+        (loaded under the Lens's trust model) and LRP support for it."""
+        from ..analysis.explain import Explanation, top_classes
+        from ..model.preprocess import Preprocessing
+        from ..model.units import LayerSpec
+        from ..relevance.explain import image_relevance
+        from ..relevance.lrp import RelevanceModel
+
+        if top < 1:
+            raise SemlensError(f"top must be at least 1 (got {top})")
+        chosen = self._explainable_layers(layers)
+        picture, described = self._explained_image(image)
+        model = self.model()
+        preprocessing = Preprocessing(**self.manifest["identity"]["preprocessing"])
+        view = preprocessing.view(picture)
+        inputs = preprocessing.normalise(view)[None]
+        lrp = RelevanceModel(model.module, inputs)
+        if not lrp.check().supported:
+            raise SemlensError(f"explaining a prediction needs LRP, which does not support this model: {lrp.check().reason}")
+        target = None if class_name is None else self.class_index(class_name)
+        specs = [LayerSpec(**self.manifest["layers"][layer]["spec"]) for layer in chosen]
+        result = image_relevance(lrp, inputs, target, specs)
+        names = self.classes or model.classes
+        explained = [self._explain_layer(lrp, inputs, result, spec, top) for spec in specs]
+        title = names[result.target] if names else str(result.target)
+        return Explanation(described, title, result.target, target is None, top_classes(result.probabilities, names), explained, view)
+
+    def _explain_layer(self: Lens, lrp, inputs, result: ImageRelevance, spec, top: int) -> LayerExplanation:
+        """One layer's top units on the image, with heatmaps, labels and examples, grouped by label."""
+        from ..analysis.explain import ExplainedUnit, LayerExplanation, channel_units, group_by_label, rank_channels, relevance_shares
+        from ..relevance.explain import conditional_heatmaps
+
+        layer, relevance = spec.name, result.relevance[spec.name]
+        shares = relevance_shares(relevance)
+        rows = channel_units(result.scores[layer], len(relevance))
+        valid = self.valid(layer)[rows]
+        channels = rank_channels(shares, valid, top).tolist()
+        heatmaps = conditional_heatmaps(lrp, inputs, result.target, layer, channels, spec.pick)
+        names = self.units(layer)
+        units = []
+        for channel, heatmap in zip(channels, heatmaps):
+            unit = f"{layer}/{names[int(rows[channel])]}"
+            score = float(result.scores[layer][rows[channel]])
+            units.append(ExplainedUnit(unit, float(shares[channel]), score, self.label_of(unit), self.concept_examples(unit)[:EXAMPLES], heatmap))
+        return LayerExplanation(layer, group_by_label(units), float(relevance.sum()), float(shares[~valid].sum()))
+
+    def _explainable_layers(self: Lens, layers: list[str] | None) -> list[str]:
+        """The given layers (checked: LRP explains no sparse-autoencoder features here), else all without one."""
+        sae = [layer for layer in self.layers if self.manifest["layers"][layer]["spec"].get("sae")]
+        if layers:
+            chosen = self.checked_layers(layers)
+            refused = [layer for layer in chosen if layer in sae]
+            if refused:
+                usable = ", ".join(layer for layer in self.layers if layer not in sae) or "none"
+                raise SemlensError(f"cannot explain with SAE layer(s) {', '.join(refused)} (no LRP through SAE features); layers that work: {usable}")
+            return chosen
+        chosen = [layer for layer in self.layers if layer not in sae]
+        if not chosen:
+            raise SemlensError("every layer of this Lens is read through a sparse autoencoder: explain needs a plain layer")
+        return chosen
+
+    def _explained_image(self: Lens, image: str | Path | Image.Image | int) -> tuple[Image.Image, str]:
+        """The image to explain and how to name it: a PIL image, a file, or a probe sample by index."""
+        if isinstance(image, Image.Image):
+            return image.convert("RGB"), "image"
+        if isinstance(image, int) or (isinstance(image, str) and image.isdecimal() and not Path(image).exists()):
+            index, data = int(image), self.probe_data
+            if not 0 <= index < len(data):
+                raise SemlensError(f"probe sample {index} does not exist: the probe data has samples 0..{len(data) - 1}")
+            return data.load(index), f"sample {index} ({data.describe(index)})"
+        path = Path(image)
+        if not path.is_file():
+            raise SemlensError(f"no image file {path}; give an image file, a PIL image or a probe sample's index")
+        try:
+            with Image.open(path) as opened:
+                return opened.convert("RGB"), str(path)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
+            raise SemlensError(f"cannot read image {path}: {error}") from error

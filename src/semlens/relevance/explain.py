@@ -1,0 +1,101 @@
+"""One prediction explained by LRP/CRP: the model's output on one image, every unit's relevance for a
+class on it, and conditional heatmaps (CRP) of the class's relevance that flows through chosen units.
+
+The conditional heatmap of unit c is CRP's: the backward pass starts from the class logit as usual and
+the relevance reaching the unit's layer is masked to unit c, so the heatmap is the part of the
+class's input relevance that passes through c (summed over pixels it is, up to what biases absorb,
+the unit's relevance). All units of a layer are explained in one batched backward pass per chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .._util.errors import SemlensError
+from ..model.units import LayerSpec, UnitReader, hooks, resolve_module, select_output
+from .lrp import RelevanceModel, _one_hot_logit, unit_relevance
+
+HEATMAP_BATCH = 16  # copies of the image per backward pass when conditioning on units
+
+
+@dataclass
+class ImageRelevance:
+    """One image through the model: ``logits`` ``[K]``, the explained class ``target``, per layer each
+    channel's relevance ``[C]`` for it and each unit's score ``[U]`` (pooled as at collection; ``U = 2C``
+    for a signed layer, whose copy ``i-`` scores the negated channel)."""
+
+    logits: torch.Tensor
+    target: int
+    relevance: dict[str, torch.Tensor]
+    scores: dict[str, torch.Tensor]
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        return self.logits.softmax(dim=0)
+
+
+def unit_scores(module: nn.Module, inputs: torch.Tensor, specs: list[LayerSpec]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The model's logits ``[N, K]`` and every unit's score ``[N, U]`` in the layers of ``specs``, from one
+    forward pass (scores as ``UnitReader`` makes them at collection)."""
+    readers = {spec.name: UnitReader(spec) for spec in specs}
+    scores: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(_module, _inputs, output):
+            scores.setdefault(name, readers[name](output)[0])
+
+        return hook
+
+    handles = [resolve_module(module, spec.name).register_forward_hook(keep(spec.name)) for spec in specs]
+    with hooks(handles), torch.no_grad():
+        logits = module(inputs)
+    return logits.detach(), scores
+
+
+def image_relevance(lrp: RelevanceModel, inputs: torch.Tensor, target: int | None, specs: list[LayerSpec]) -> ImageRelevance:
+    """Logits, unit scores and channel relevance of one image ``inputs`` ``[1, C, H, W]`` for class ``target``
+    (None: the predicted class)."""
+    logits, scores = unit_scores(lrp.model, inputs, specs)
+    if target is not None and not 0 <= target < logits.shape[1]:
+        raise SemlensError(f"class index {target} is out of range: the model has {logits.shape[1]} outputs")
+    chosen = int(logits[0].argmax()) if target is None else target
+    with lrp.attributing() as modified:
+        _, relevance = unit_relevance(
+            modified, inputs, torch.tensor([chosen]), [spec.name for spec in specs], {spec.name: spec.pick for spec in specs}
+        )
+    return ImageRelevance(logits[0], chosen, {name: value[0] for name, value in relevance.items()}, {name: value[0] for name, value in scores.items()})
+
+
+def conditional_heatmaps(
+    lrp: RelevanceModel, inputs: torch.Tensor, target: int, layer: str, channels: list[int], pick: str | None = None
+) -> torch.Tensor:
+    """Heatmaps ``[M, H, W]``: row i is class ``target``'s input relevance on ``inputs`` ``[1, C, H, W]``
+    that flows through channel ``channels[i]`` of ``layer`` (CRP, relevance at ``layer`` masked to it)."""
+    rows = []
+    with lrp.attributing() as modified:
+        for chunk in torch.tensor(channels, dtype=torch.long).split(HEATMAP_BATCH):
+            rows.append(_through_channels(modified, inputs, target, layer, chunk, pick))
+    height, width = inputs.shape[-2:]
+    return torch.cat(rows) if rows else torch.zeros(0, height, width)
+
+
+def _through_channels(modified: nn.Module, inputs: torch.Tensor, target: int, layer: str, channels: torch.Tensor, pick: str | None) -> torch.Tensor:
+    """One chunk of ``conditional_heatmaps``: the image repeated once per channel, each copy's relevance at
+    ``layer`` masked to its own channel on the way back."""
+    count = len(channels)
+    copies = inputs.detach().expand(count, *inputs.shape[1:]).clone().requires_grad_(True)
+
+    def mask(_module, _inputs, output):
+        tensor = select_output(output, pick, layer)
+        keep = torch.zeros(count, tensor.shape[-1] if tensor.dim() == 3 else tensor.shape[1], dtype=tensor.dtype, device=tensor.device)
+        keep[torch.arange(count), channels] = 1.0
+        shape = (count, 1, -1) if tensor.dim() == 3 else (count, -1) + (1,) * (tensor.dim() - 2)
+        tensor.register_hook(lambda grad: grad * keep.view(shape))
+
+    with hooks([resolve_module(modified, layer).register_forward_hook(mask)]), torch.enable_grad():
+        outputs = modified(copies)
+        (relevance,) = torch.autograd.grad(outputs, copies, grad_outputs=_one_hot_logit(outputs, torch.full((count,), target)))
+    return relevance.sum(dim=1).detach()
