@@ -5,7 +5,8 @@ A unit's share is its relevance for the class on this image divided by the summe
 of its layer (as in class relevance, ``build/class_relevance.py``), so the absolute shares of a layer
 sum to 1; a negative share speaks against the class. A signed layer's two copies of a channel share
 the channel's relevance: the channel is counted once, under the copy that fires more on this image
-(the concept the image shows). Units without examples of their own (inactive, tied) are never listed;
+(the concept the image shows). Only units with a positive share are listed (they drove the class;
+negative shares are evidence against it). Units without examples of their own (inactive, tied) are never listed;
 their part of the relevance is reported as ``left_out``.
 """
 
@@ -114,8 +115,9 @@ def relevance_shares(relevance: torch.Tensor) -> torch.Tensor:
 
 
 def rank_channels(shares: torch.Tensor, valid: torch.Tensor, top: int) -> torch.Tensor:
-    """The ``top`` channels with the highest share among the ``valid`` ones ``[C]``, highest first."""
-    candidates = valid.nonzero().flatten()
+    """The ``top`` channels with the highest positive share among the ``valid`` ones ``[C]``, highest first
+    (units that carried none of the class's relevance did not drive it)."""
+    candidates = (valid & (shares > 0)).nonzero().flatten()
     order = torch.argsort(shares[candidates], descending=True, stable=True)
     return candidates[order[:top]]
 

@@ -34,9 +34,9 @@ def concept_grid(images: Sequence[Image.Image], captions: Sequence[str], title: 
     return grid
 
 
-def heat_overlay(view: Image.Image, heat, box: Sequence[int]) -> Image.Image:
+def heat_overlay(view: Image.Image, heat, box: Sequence[int] | None = None) -> Image.Image:
     """The input view with a heatmap ``[h, w]`` over it (red, opaque in proportion to the positive part's
-    share of its peak) and the crop box outlined: where the example's evidence lies, and what was cut."""
+    share of its peak) and the crop box outlined, if any: where the example's evidence lies, and what was cut."""
     values = np.nan_to_num(np.asarray(heat, dtype=np.float32)).clip(min=0)
     peak = float(values.max()) if values.size else 0.0
     scaled = Image.fromarray(values / peak if peak > 0 else values, mode="F").resize(view.size, Image.BILINEAR)
@@ -44,7 +44,8 @@ def heat_overlay(view: Image.Image, heat, box: Sequence[int]) -> Image.Image:
     pixels = np.asarray(view.convert("RGB"), dtype=np.float32)
     blended = pixels * (1 - alpha) + np.array(HEAT_COLOUR, dtype=np.float32) * alpha
     image = Image.fromarray(blended.round().astype(np.uint8))
-    ImageDraw.Draw(image).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=BOX_COLOUR, width=max(1, view.size[0] // 64))
+    if box is not None:
+        ImageDraw.Draw(image).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=BOX_COLOUR, width=max(1, view.size[0] // 64))
     return image
 
 

@@ -1,0 +1,49 @@
+"""The ``explain`` command: the concepts behind the model's prediction on one image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._app import AsJson, Model, ProbeData, Trust, app, console, emit_json, friendly, open_lens, say, table
+
+
+@app.command()
+@friendly
+def explain(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    image: str = typer.Argument(..., help="Image file, or the index of a probe sample."),
+    class_name: Optional[str] = typer.Option(None, "--class", "-c", help="Class (name or index) to explain; default: the predicted one."),
+    layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable; default: all without an SAE)."),
+    top: int = typer.Option(6, "--top", "-n", help="Units listed per layer."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the input view and each unit's heatmap overlay (PNG)."),
+    trust: Trust = False,
+    model: Model = None,
+    probe_data: ProbeData = None,
+    as_json: AsJson = False,
+) -> None:
+    """Explain one prediction: the model's top classes and, for the predicted (or given) class, per layer the
+    units with the highest share of the layer's relevance on this image, grouped by label, with their concept
+    examples and (with --out) where in the image each one's relevance lies (CRP heatmaps)."""
+    from ..report.explain import write_overlays
+
+    result = open_lens(lens, trust, probe_data, model=model).explain(image, class_name, layer or None, top)
+    files = write_overlays(result, out) if out else {}
+    if as_json:
+        emit_json({**result.to_dict(), "files": files})
+        return
+    odds = ", ".join(f"{entry['class']} {entry['probability']:.3f}" for entry in result.prediction)
+    say(f"{result.image}: {odds}")
+    say(f"explaining class {result.class_name} ({'predicted' if result.predicted else 'given'})")
+    for explained in result.layers:
+        rows = [
+            (group.label or "(unlabelled)", round(group.share, 4), unit.unit, round(unit.share, 4), ", ".join(e.source for e in unit.examples[:3]))
+            for group in explained.groups
+            for unit in group.units
+        ]
+        title = f"{explained.layer}: relevance {explained.relevance:.4g}, left out (no examples of their own) {explained.left_out:.3f}"
+        console.print(table(title, ("concept", "group share", "unit", "share", "concept examples"), rows))
+    if files:
+        say(f"wrote {len(files)} images to {out}")
