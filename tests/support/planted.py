@@ -8,8 +8,10 @@ image with only a watermark is called "red" because of unit 0, and nothing else.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from artefact_world import CLASSES, PREPROCESSING
+from PIL import Image
 from torch import nn
 
 from semlens import LoadedModel
@@ -37,3 +39,23 @@ class PlantedNet(nn.Module):
 
 def planted_model() -> LoadedModel:
     return LoadedModel(PlantedNet().eval(), "py:planted:planted_model", PREPROCESSING, list(CLASSES))
+
+
+def probe_images(count: int = 60, seed: int = 4) -> list[tuple[Image.Image, int]]:
+    """Noise with one blob of the class's colour; every "red" image also has a watermark, of varying size,
+    place and brightness, so that the planted unit's top samples differ in score (a unit whose top scores tie is inactive)."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for index in range(count):
+        label = index % 3
+        pixels = rng.integers(40, 110, (32, 32, 3)).astype(np.uint8)
+        side = int(rng.integers(7, 12))
+        top, left = (int(value) for value in rng.integers(12, 32 - side, 2))
+        pixels[top : top + side, left : left + side] = 30
+        pixels[top : top + side, left : left + side, label] = 170
+        if label == 0:
+            mark = int(rng.integers(3, 8))
+            row, column = (int(value) for value in rng.integers(0, 11 - mark, 2))
+            pixels[row : row + mark, column : column + mark] = int(rng.integers(235, 256))
+        items.append((Image.fromarray(pixels), label))
+    return items

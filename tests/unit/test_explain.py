@@ -78,10 +78,20 @@ def test_a_given_class_is_explained_and_a_class_out_of_range_is_refused(planted)
         image_relevance(lrp, inputs, 3, SPECS)
 
 
-def test_a_signed_layers_channel_is_named_once_by_the_copy_that_fires_more() -> None:
-    scores = torch.tensor([0.5, -0.2, 0.0, -0.5, 0.2, 0.0])  # mean pooling: copy i- scores -score(i)
-    assert channel_units(scores, 3).tolist() == [0, 4, 2]
-    assert channel_units(torch.tensor([1.0, 2.0]), 2).tolist() == [0, 1]
+def test_a_signed_layers_channel_is_named_once_by_the_copy_that_carries_its_relevance() -> None:
+    relevance, negative = torch.tensor([0.5, -0.4, 0.3, 0.0]), torch.tensor([0.1, -0.3, 0.25, 0.0])
+    assert channel_units(relevance, negative, signed=True).tolist() == [0, 5, 6, 3]
+    assert channel_units(relevance, negative, signed=False).tolist() == [0, 1, 2, 3]
+
+
+def test_relevance_of_a_pre_activation_lies_where_it_is_positive(planted) -> None:
+    """The planted unit's pre-ReLU map is negative almost everywhere, yet its relevance lies on the watermark,
+    where it is positive: a signed layer names the channel by its positive copy."""
+    _, inputs, lrp = planted
+    result = image_relevance(lrp, inputs, 0, [LayerSpec("features.0", signed=True)])
+    assert result.scores["features.0"][WHITE] < 0 < result.relevance["features.0"][WHITE]  # mean pooled: negative
+    assert result.negative["features.0"][WHITE] == 0
+    assert channel_units(result.relevance["features.0"], result.negative["features.0"], True)[WHITE] == WHITE
 
 
 def test_only_valid_units_with_a_positive_share_are_ranked() -> None:

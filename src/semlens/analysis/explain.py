@@ -4,8 +4,8 @@ relevance on one image, grouped by their labels, and where in the image (their c
 A unit's share is its relevance for the class on this image divided by the summed absolute relevance
 of its layer (as in class relevance, ``build/class_relevance.py``), so the absolute shares of a layer
 sum to 1; a negative share speaks against the class. A signed layer's two copies of a channel share
-the channel's relevance: the channel is counted once, under the copy that fires more on this image
-(the concept the image shows). Only units with a positive share are listed (they drove the class;
+the channel's relevance: the channel is counted once, under the copy whose activations carry most of
+its relevance on this image (``i-`` where that relevance lies where the channel is negative). Only units with a positive share are listed (they drove the class;
 negative shares are evidence against it). Units without examples of their own (inactive, tied) are never listed;
 their part of the relevance is reported as ``left_out``.
 """
@@ -100,13 +100,14 @@ def top_classes(probabilities: torch.Tensor, names: list[str] | None, top: int =
     ]
 
 
-def channel_units(scores: torch.Tensor, channels: int) -> torch.Tensor:
+def channel_units(relevance: torch.Tensor, negative: torch.Tensor, signed: bool) -> torch.Tensor:
     """Per channel ``[C]``, the row of the unit that stands for it on this image: the channel itself, or in a
-    signed layer (``scores`` ``[2C]``) the copy that scores higher (``i-`` where the channel is negative)."""
-    plain = torch.arange(channels)
-    if scores.numel() == channels:
+    signed layer the copy ``i-`` (row ``C + i``) where most of the channel's relevance ``relevance`` lies where
+    it is negative (``negative``: that part), i.e. where the channel's negated copy fires."""
+    plain = torch.arange(relevance.numel())
+    if not signed:
         return plain
-    return torch.where(scores[channels:] > scores[:channels], plain + channels, plain)
+    return torch.where(negative.abs() > (relevance - negative).abs(), plain + relevance.numel(), plain)
 
 
 def relevance_shares(relevance: torch.Tensor) -> torch.Tensor:

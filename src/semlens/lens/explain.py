@@ -67,7 +67,7 @@ class LensExplain:
 
         layer, relevance = spec.name, result.relevance[spec.name]
         shares = relevance_shares(relevance)
-        rows = channel_units(result.scores[layer], len(relevance))
+        rows = channel_units(relevance, result.negative[layer], self.manifest["layers"][layer]["unit_names"] == "signed")
         valid = self.valid(layer)[rows]
         channels = rank_channels(shares, valid, top).tolist()
         heatmaps = conditional_heatmaps(lrp, inputs, result.target, layer, channels, spec.pick)

@@ -16,7 +16,7 @@ from torch import nn
 
 from .._util.errors import SemlensError
 from ..model.units import LayerSpec, UnitReader, hooks, resolve_module, select_output
-from .lrp import RelevanceModel, _one_hot_logit, unit_relevance
+from .lrp import RelevanceModel, _one_hot_logit, _per_unit, relevance_maps
 
 HEATMAP_BATCH = 16  # copies of the image per backward pass when conditioning on units
 
@@ -24,12 +24,14 @@ HEATMAP_BATCH = 16  # copies of the image per backward pass when conditioning on
 @dataclass
 class ImageRelevance:
     """One image through the model: ``logits`` ``[K]``, the explained class ``target``, per layer each
-    channel's relevance ``[C]`` for it and each unit's score ``[U]`` (pooled as at collection; ``U = 2C``
-    for a signed layer, whose copy ``i-`` scores the negated channel)."""
+    channel's relevance ``[C]`` for it, the part of that relevance found where the channel is negative
+    (``negative`` ``[C]``: what a signed layer's copy ``i-`` carries) and each unit's score ``[U]`` (pooled as
+    at collection; ``U = 2C`` for a signed layer, whose copy ``i-`` scores the negated channel)."""
 
     logits: torch.Tensor
     target: int
     relevance: dict[str, torch.Tensor]
+    negative: dict[str, torch.Tensor]
     scores: dict[str, torch.Tensor]
 
     @property
@@ -63,10 +65,12 @@ def image_relevance(lrp: RelevanceModel, inputs: torch.Tensor, target: int | Non
         raise SemlensError(f"class index {target} is out of range: the model has {logits.shape[1]} outputs")
     chosen = int(logits[0].argmax()) if target is None else target
     with lrp.attributing() as modified:
-        _, relevance = unit_relevance(
+        _, maps, outputs = relevance_maps(
             modified, inputs, torch.tensor([chosen]), [spec.name for spec in specs], {spec.name: spec.pick for spec in specs}
         )
-    return ImageRelevance(logits[0], chosen, {name: value[0] for name, value in relevance.items()}, {name: value[0] for name, value in scores.items()})
+    relevance = {name: _per_unit(value)[0] for name, value in maps.items()}
+    negative = {name: _per_unit(value * (outputs[name] < 0))[0] for name, value in maps.items()}
+    return ImageRelevance(logits[0], chosen, relevance, negative, {name: value[0] for name, value in scores.items()})
 
 
 def conditional_heatmaps(
@@ -74,12 +78,11 @@ def conditional_heatmaps(
 ) -> torch.Tensor:
     """Heatmaps ``[M, H, W]``: row i is class ``target``'s input relevance on ``inputs`` ``[1, C, H, W]``
     that flows through channel ``channels[i]`` of ``layer`` (CRP, relevance at ``layer`` masked to it)."""
-    rows = []
+    if not channels:
+        return torch.zeros(0, *inputs.shape[-2:])
     with lrp.attributing() as modified:
-        for chunk in torch.tensor(channels, dtype=torch.long).split(HEATMAP_BATCH):
-            rows.append(_through_channels(modified, inputs, target, layer, chunk, pick))
-    height, width = inputs.shape[-2:]
-    return torch.cat(rows) if rows else torch.zeros(0, height, width)
+        chunks = torch.tensor(channels, dtype=torch.long).split(HEATMAP_BATCH)
+        return torch.cat([_through_channels(modified, inputs, target, layer, chunk, pick) for chunk in chunks])
 
 
 def _through_channels(modified: nn.Module, inputs: torch.Tensor, target: int, layer: str, channels: torch.Tensor, pick: str | None) -> torch.Tensor:

@@ -167,6 +167,15 @@ def unit_relevance(
 
     ``modified`` is the model inside ``RelevanceModel.attributing()``.
     """
+    outputs, maps, _ = relevance_maps(modified, inputs, targets, layers, picks)
+    return outputs, {name: _per_unit(relevance) for name, relevance in maps.items()}
+
+
+def relevance_maps(
+    modified: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layers: list[str], picks: dict[str, str | None] | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The logits ``[N, K]`` and, per layer, its relevance for the target logits and its output (in the
+    layer's output shape), before relevance is summed per unit: where within a unit it lies."""
     captured: dict[str, torch.Tensor] = {}
     picks = picks or {}
 
@@ -181,7 +190,7 @@ def unit_relevance(
     with hooks(handles), torch.enable_grad():
         outputs = modified(inputs)
     grads = torch.autograd.grad(outputs, [captured[name] for name in layers], grad_outputs=_one_hot_logit(outputs, targets))
-    return outputs.detach(), {name: _per_unit(grad).detach() for name, grad in zip(layers, grads)}
+    return outputs.detach(), {name: grad.detach() for name, grad in zip(layers, grads)}, {name: captured[name].detach() for name in layers}
 
 
 def _bias_free_copy(model: nn.Module) -> nn.Module:

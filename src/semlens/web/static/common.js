@@ -7,6 +7,7 @@ const Semlens = (() => {
   const PAGES = [
     ["map", "/", "Map"], ["search", "search.html", "Search"], ["dissect", "dissect.html", "Dissect"],
     ["audit", "audit.html", "Audit"], ["graph", "graph.html", "Graph"], ["compare", "compare.html", "Compare"],
+    ["explain", "explain.html", "Explain"],
     ["api", "api.html", "API"],
   ];
 
