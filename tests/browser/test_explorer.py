@@ -187,7 +187,7 @@ def test_dissect_graph_compare_and_api_pages(page, base_url, valid) -> None:
 
     goto(page, base_url, "api.html")
     page.wait_for_selector("#endpoints code")
-    assert page.locator("#endpoints tr").count() == 16
+    assert page.locator("#endpoints tr").count() == 18
     shot(page, "api")
 
 
@@ -199,3 +199,18 @@ def test_bad_addresses_show_a_message_not_a_broken_page(page, base_url, problems
     goto(page, base_url, "search.html?lens=9")
     page.wait_for_selector("#status.error")
     assert "tiny.lens" in page.inner_text("#status")
+
+
+def test_explain_page_for_a_probe_sample_and_an_upload(page, base_url, tmp_path) -> None:
+    goto(page, base_url, "explain.html?lens=0&sample=0")
+    page.wait_for_selector("#result[data-ready]")
+    assert "explaining class" in page.inner_text("#result") and page.locator("#result h2").count() == 3
+    assert images_loaded(page, "#result img.overlay") > 1 and page.locator("#result a.unit-link").count() > 0
+    shot(page, "explain")
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), "blue").save(tmp_path / "blue.png")
+    page.select_option("#class", "green")
+    page.set_input_files("#image", str(tmp_path / "blue.png"))
+    page.wait_for_selector("#result[data-ready]")
+    assert "green (given)" in page.inner_text("#result")

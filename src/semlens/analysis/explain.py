@@ -3,11 +3,11 @@ relevance on one image, grouped by their labels, and where in the image (their c
 
 A unit's share is its relevance for the class on this image divided by the summed absolute relevance
 of its layer (as in class relevance, ``build/class_relevance.py``), so the absolute shares of a layer
-sum to 1; a negative share speaks against the class. A signed layer's two copies of a channel share
-the channel's relevance: the channel is counted once, under the copy whose activations carry most of
-its relevance on this image (``i-`` where that relevance lies where the channel is negative). Only units with a positive share are listed (they drove the class;
-negative shares are evidence against it). Units without examples of their own (inactive, tied) are never listed;
-their part of the relevance is reported as ``left_out``.
+sum to 1; a negative share speaks against the class. Only units with a positive share are listed:
+they drove the class. A signed layer's two copies of a channel share the channel's relevance: the
+channel is counted once, under the copy whose activations carry most of its relevance on this image
+(``i-`` where that relevance lies where the channel is negative). Units without examples of their
+own (inactive, tied) are never listed; their part of the relevance is reported as ``left_out``.
 """
 
 from __future__ import annotations

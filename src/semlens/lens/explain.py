@@ -4,20 +4,50 @@ concept examples."""
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from .._util.errors import SemlensError
 
 if TYPE_CHECKING:
     from ..analysis.explain import Explanation, LayerExplanation
+    from ..model.loading import LoadedModel
+    from ..model.units import LayerSpec
     from ..relevance.explain import ImageRelevance
+    from ..relevance.lrp import RelevanceModel
     from .lens import Lens
 
 EXPLAIN_TOP = 6  # units listed per layer
 EXAMPLES = 4  # concept examples per listed unit
+
+
+@dataclass
+class Explainer:
+    """The model under study (loaded once, under the trust model), prepared for LRP on first use, and the lock
+    that keeps two threads (the explorer's requests) from attributing with it at the same time."""
+
+    model: LoadedModel
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    lrp: RelevanceModel | None = None
+
+    def prepared(self, inputs: torch.Tensor) -> RelevanceModel:
+        """The model prepared for LRP; its support is checked on the first image it explains (zeros explain
+        nothing), and kept once it passes."""
+        if self.lrp is None:
+            from ..relevance.lrp import RelevanceModel
+
+            lrp = RelevanceModel(self.model.module, inputs)
+            report = lrp.check()
+            if not report.supported:
+                raise SemlensError(f"explaining a prediction needs LRP, which does not support this model: {report.reason}")
+            self.lrp = lrp
+        return self.lrp
 
 
 class LensExplain:
@@ -39,28 +69,32 @@ class LensExplain:
         from ..model.preprocess import Preprocessing
         from ..model.units import LayerSpec
         from ..relevance.explain import image_relevance
-        from ..relevance.lrp import RelevanceModel
 
         if top < 1:
             raise SemlensError(f"top must be at least 1 (got {top})")
         chosen = self._explainable_layers(layers)
         picture, described = self._explained_image(image)
-        model = self.model()
+        target = None if class_name is None else self.class_index(class_name)
         preprocessing = Preprocessing(**self.manifest["identity"]["preprocessing"])
         view = preprocessing.view(picture)
         inputs = preprocessing.normalise(view)[None]
-        lrp = RelevanceModel(model.module, inputs)
-        if not lrp.check().supported:
-            raise SemlensError(f"explaining a prediction needs LRP, which does not support this model: {lrp.check().reason}")
-        target = None if class_name is None else self.class_index(class_name)
         specs = [LayerSpec(**self.manifest["layers"][layer]["spec"]) for layer in chosen]
-        result = image_relevance(lrp, inputs, target, specs)
-        names = self.classes or model.classes
-        explained = [self._explain_layer(lrp, inputs, result, spec, top) for spec in specs]
+        explainer = self._explainer
+        with explainer.lock:  # LRP's rules are hooks on the one model: one explanation at a time
+            lrp = explainer.prepared(inputs)
+            result = image_relevance(lrp, inputs, target, specs)
+            explained = [self._explain_layer(lrp, inputs, result, spec, top) for spec in specs]
+        names = self.classes or explainer.model.classes
         title = names[result.target] if names else str(result.target)
         return Explanation(described, title, result.target, target is None, top_classes(result.probabilities, names), explained, view)
 
-    def _explain_layer(self: Lens, lrp, inputs, result: ImageRelevance, spec, top: int) -> LayerExplanation:
+    @cached_property
+    def _explainer(self: Lens) -> Explainer:
+        return Explainer(self.model())
+
+    def _explain_layer(
+        self: Lens, lrp: RelevanceModel, inputs: torch.Tensor, result: ImageRelevance, spec: LayerSpec, top: int
+    ) -> LayerExplanation:
         """One layer's top units on the image, with heatmaps, labels and examples, grouped by label."""
         from ..analysis.explain import ExplainedUnit, LayerExplanation, channel_units, group_by_label, rank_channels, relevance_shares
         from ..relevance.explain import conditional_heatmaps

@@ -45,7 +45,7 @@
             if (i === 0) row.prepend(el("td", { rowspan: group.units.length }, group.label || el("i", { class: "muted" }, "unlabelled")),
               el("td", { rowspan: group.units.length, class: "num" }, fmt(group.share)));
             return row;
-          }))) : el("p", {}, el("i", { class: "muted" }, "no unit of this layer carried relevance for the class")),
+          }))) : el("p", {}, el("i", { class: "muted" }, layer.left_out ? "here the class's relevance lies on units without examples of their own" : "no unit of this layer carried relevance for the class")),
       ]));
     result.dataset.ready = "true";
   }
