@@ -76,7 +76,8 @@ class LensAudits:
         chosen = self.checked_layers(layers)
         missing = [layer for layer in chosen if self.class_relevance(layer) is None]
         if missing:
-            reason = self.manifest["stages"].get("relevance", {}).get("skipped", "class relevance was not computed")
+            reasons = self.manifest.get("relevance", {}).get("left_out", {})
+            reason = reasons.get(missing[0]) or self.manifest["stages"].get("relevance", {}).get("skipped", "class relevance was not computed")
             raise SemlensError(f"no class relevance for layer(s) {', '.join(missing)} ({reason}); rebuild with class relevance on")
         units = [f"{layer}/{name}" for layer in chosen for name in self.units(layer)]
         theta = torch.cat([self.theta(layer) for layer in chosen])
@@ -165,8 +166,8 @@ class LensAudits:
         chosen = self.checked_layers(layers)
         if len(chosen) < 2:
             raise SemlensError("an attribution graph needs at least two layers")
-        if any(self.manifest["layers"][layer]["unit_names"] == "signed" or self.manifest["layers"][layer]["spec"].get("sae") for layer in chosen):
-            raise SemlensError("attribution graphs need plain layers (not signed, not SAE)")
+        if any(self.manifest["layers"][layer]["unit_names"] == "signed" for layer in chosen):
+            raise SemlensError("attribution graphs need unsigned layers (channels or SAE features)")
         index = self.class_index(class_name)
         relevance = self.class_relevance(chosen[-1])
         if relevance is None:
@@ -188,7 +189,8 @@ class LensAudits:
         labels = {layer: self._graph_labels(layer) for layer in chosen}
         title = self.classes[index] if self.classes else str(index)
         valid = {layer: self.valid(layer) for layer in chosen}
-        return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid)
+        saes: dict = self.sae_files(chosen)  # paths, loaded on first use
+        return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid, saes)
 
     def _graph_labels(self: Lens, layer: str) -> list[str | None]:
         """Labels for attribution graphs, at the paper's lower threshold."""

@@ -18,11 +18,13 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from ..model.sae import SparseAutoencoder
 from ..model.units import hooks, resolve_module, select_output
 from .canonizers import UnsupportedModelError, canonizers_for
 from .conservation import find_leak
 from .residual import FxResidualCanonizer
 from .rules import LeanEpsilonPlusFlat
+from .sae import unit_tensors
 
 #: leaf modules with an LRP rule (or that pass relevance unchanged and exactly)
 SUPPORTED_LEAVES = (
@@ -161,26 +163,22 @@ def crp_heatmaps(
 
 
 def unit_relevance(
-    modified: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layers: list[str], picks: dict[str, str | None] | None = None
+    modified: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    layers: list[str],
+    picks: dict[str, str | None] | None = None,
+    saes: dict[str, SparseAutoencoder | str] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Relevance ``[N, C]`` of every unit of ``layers`` for the target logits, and the logits ``[N, K]``.
 
-    ``modified`` is the model inside ``RelevanceModel.attributing()``.
+    ``modified`` is the model inside ``RelevanceModel.attributing()``; the units of the layers in ``saes``
+    are their SAE features (``semlens.relevance.sae``).
     """
-    captured: dict[str, torch.Tensor] = {}
-    picks = picks or {}
-
-    def keep(name: str):
-        def hook(_module, _inputs, output):
-            captured.setdefault(name, select_output(output, picks.get(name), name))
-
-        return hook
-
     inputs = inputs.detach().clone().requires_grad_(True)
-    handles = [resolve_module(modified, name).register_forward_hook(keep(name)) for name in layers]
-    with hooks(handles), torch.enable_grad():
+    with unit_tensors(modified, layers, picks, saes) as reader, torch.enable_grad():
         outputs = modified(inputs)
-    grads = torch.autograd.grad(outputs, [captured[name] for name in layers], grad_outputs=_one_hot_logit(outputs, targets))
+    grads = torch.autograd.grad(outputs, [reader.units[name] for name in layers], grad_outputs=_one_hot_logit(outputs, targets))
     return outputs.detach(), {name: _per_unit(grad).detach() for name, grad in zip(layers, grads)}
 
 
