@@ -94,16 +94,18 @@ class SparseAutoencoder:
         return self.weight.shape[1]
 
     @classmethod
-    def load(cls, path: str | Path, d_in: int) -> SparseAutoencoder:
+    def load(cls, path: str | Path, d_in: int | None = None) -> SparseAutoencoder:
         """The SAE at ``path`` (SAELens directory or ``cfg.json``, or a semlens safetensors file) for a
-        layer with ``d_in`` channels."""
-        if Path(path).is_dir() or Path(path).name == SAELENS_CONFIG:
+        layer with ``d_in`` channels (None: whatever the SAE reads)."""
+        if sae_files(path)[0].name == SAELENS_CONFIG:
             return _load_saelens(Path(path), d_in)
         tensors = _read_tensors(path, Path(path))
         missing = {"W_enc", "b_enc"} - set(tensors)
         if missing:
             raise LayerError(f"SAE file {path} lacks {', '.join(sorted(missing))}; it has {', '.join(sorted(tensors))}")
         weight = tensors["W_enc"].float()
+        if d_in is None:  # b_enc's length is d_sae; W_enc's other side is d_in
+            d_in = weight.shape[0] if weight.shape[1] == tensors["b_enc"].shape[0] else weight.shape[1]
         if weight.shape[0] != d_in:
             if weight.shape[1] != d_in:
                 raise LayerError(f"SAE W_enc {tuple(weight.shape)} in {path} does not fit the layer's {d_in} channels")
@@ -121,6 +123,7 @@ class SparseAutoencoder:
         return {
             "architecture": self.architecture, "d_in": self.weight.shape[0], "d_sae": self.d_sae, "k": self.k,
             "decoder": self.decoder is not None, "hook_name": self.hook_name,
+            "format": "saelens" if sae_files(self.path)[0].name == SAELENS_CONFIG else "semlens",
         }  # fmt: skip
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +174,7 @@ def _read_tensors(path: str | Path, file: Path) -> dict[str, torch.Tensor]:
         raise LayerError(f"cannot read SAE weights from {path} (a safetensors file is expected): {error}") from error
 
 
-def _load_saelens(path: Path, d_in: int) -> SparseAutoencoder:
+def _load_saelens(path: Path, d_in: int | None) -> SparseAutoencoder:
     """A SAELens directory: ``cfg.json`` (the fields of SAELens 3 to 6) and ``sae_weights.safetensors``."""
     folder = path if path.is_dir() else path.parent
     try:
@@ -198,7 +201,7 @@ def _load_saelens(path: Path, d_in: int) -> SparseAutoencoder:
         tensors["W_dec"], str(path), architecture, k, bool(config.get("apply_b_dec_to_input", True)),
         config.get("hook_name") or metadata.get("hook_name"),
     )  # fmt: skip
-    sae = _checked(sae, d_in)
+    sae = _checked(sae, declared[0] if d_in is None else d_in)
     if config.get("rescale_acts_by_decoder_norm"):
         _fold_decoder_norm(sae)
     return sae

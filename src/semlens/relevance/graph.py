@@ -90,6 +90,7 @@ def conditional_relevance(
     with unit_tensors(modified, [upper, lower], None, saes) as reader, torch.enable_grad():
         outputs = modified(inputs.detach().clone().requires_grad_(True))
     tensor = reader.units[upper]
+    reader.condition(upper)
     shape = (1, -1) + (1,) * (tensor.dim() - 2) if tensor.dim() != 3 else (1, 1, -1)
     tensor.register_hook(lambda grad: grad * keep.to(grad.dtype).view(shape))
     (grad,) = torch.autograd.grad(outputs, reader.units[lower], grad_outputs=_one_hot_logit(outputs, targets))

@@ -28,10 +28,12 @@ from ..model.units import hooks, resolve_module, select_output
 
 
 class _Relay:
-    """What the decoder's backward hands to the encoder's: ``s`` and the unconditioned feature relevance."""
+    """What the decoder's backward hands to the encoder's: ``s`` and the unconditioned feature relevance;
+    ``keep_error`` False when relevance is conditioned on features (then the error's share stays behind)."""
 
     share: torch.Tensor
     features: torch.Tensor
+    keep_error: bool = True
 
 
 class _Encode(torch.autograd.Function):
@@ -73,7 +75,7 @@ class _Decode(torch.autograd.Function):
         error = (x - codes @ decoder) * share
         ctx.relay.share, ctx.relay.features = share, features
         ctx.errors.append(error.detach().flatten(1).sum(dim=1))
-        return error, features, None, None, None, None
+        return error if ctx.relay.keep_error else torch.zeros_like(error), features, None, None, None, None
 
 
 class SaeRelevance:
@@ -86,6 +88,13 @@ class SaeRelevance:
         self.saes, self.epsilon = saes, epsilon
         self.units: dict[str, torch.Tensor] = {}
         self.errors: dict[str, list[torch.Tensor]] = {layer: [] for layer in saes}
+        self._relays: dict[str, _Relay] = {}
+
+    def condition(self, layer: str) -> None:
+        """Relevance at ``layer`` is about to be masked to some units: for an SAE layer, the error's share then
+        does not travel down either (only the kept features' shares of the output do)."""
+        if layer in self._relays:
+            self._relays[layer].keep_error = False
 
     def rewrite(self, layer: str, output: Any) -> torch.Tensor:
         """The layer's output routed through its SAE (same values); the features become ``units[layer]``."""
@@ -99,7 +108,7 @@ class SaeRelevance:
         decoder = sae.checked_decoder(f"relevance through the SAE of layer {layer}").to(output.device)
         with torch.no_grad():
             codes = sae.encode(x.float()).to(x.dtype)
-        relay = _Relay()
+        relay = self._relays[layer] = _Relay()
         features = _Encode.apply(x, codes, decoder.to(x.dtype), relay)
         units = features.movedim(-1, 1) if channels_first else features
         self.units.setdefault(layer, units)
