@@ -101,23 +101,92 @@ def write_saelens(folder, sae: SparseAutoencoder, architecture: str, k: int | No
     return str(folder)
 
 
-def test_a_lens_with_an_sae_layer_has_class_relevance_audits_and_graphs(tmp_path, colour_folder, tiny_clip_dir):
-    sae = planted_sae()
-    folder = write_saelens(tmp_path / "planted", sae, "topk", k=4)
+@pytest.fixture(scope="module")
+def sae_lens(tmp_path_factory, colour_folder, tiny_clip_dir):
+    """A Lens of the tiny CNN with its last ReLU read through a planted TopK SAE in SAELens format."""
+    root = tmp_path_factory.mktemp("sae-lens")
+    folder = write_saelens(root / "planted", planted_sae(), "topk", k=4)
     config = BuildConfig(
         model="py:tiny_models:tiny_cnn", layers=["features.1", f"{LAYER}:sae={folder}"], data=f"folder:{colour_folder}",
         foundation=f"hf:{tiny_clip_dir}", k=3, workers=0,
     )  # fmt: skip
-    lens = build_lens(config, tmp_path / "sae.lens", progress=False)
-    assert lens.manifest["layers"][LAYER]["sae"] == {
+    lens = build_lens(config, root / "sae.lens", progress=False)
+    lens.label()
+    return lens, folder
+
+
+def test_a_lens_with_an_sae_layer_has_class_relevance_audits_and_graphs(sae_lens):
+    lens, _ = sae_lens
+    assert lens.sae(LAYER) == {
         "architecture": "topk", "d_in": CHANNELS, "d_sae": 8, "k": 4, "decoder": True, "hook_name": None, "format": "saelens"
     }  # fmt: skip
+    assert lens.sae("features.1") is None
     relevance = lens.class_relevance(LAYER)
     assert relevance is not None and relevance["mean_share"].shape == (8, 3)
     assert relevance["max_share"][3].nan_to_num(0).abs().max() > 0  # the planted feature carries relevance
-    lens.label()
     audit = lens.audit("red", ["red"], ["stripes"], cut=0.0, layers=[LAYER])
     assert audit.units and all(unit.unit.startswith(f"{LAYER}/") for unit in audit.units)
     graph = lens.attribution_graph("red", ["features.1", LAYER], cut=0.0)
     assert {node.layer for node in graph.nodes} == {"features.1", LAYER}
     assert graph.edges
+
+
+def test_cli_shows_the_sae_and_audits_graphs_and_prunes_its_features(sae_lens, tmp_path, colour_folder):
+    from typer.testing import CliRunner
+
+    from semlens.cli import app
+
+    lens, folder = sae_lens
+    runner = CliRunner(env={"COLUMNS": "200"})
+    info = runner.invoke(app, ["info", str(lens.path)])
+    assert info.exit_code == 0 and "topk SAE, d_sae 8, k 4" in info.output, info.output
+    listed = runner.invoke(app, ["layers", "py:tiny_models:tiny_cnn", "--sae", f"{LAYER}={folder}", "--json"])
+    row = next(item for item in json.loads(listed.output) if item["name"] == LAYER)
+    assert row["units"] == 8 and row["sae"]["architecture"] == "topk"
+    wrong = runner.invoke(app, ["layers", "py:tiny_models:tiny_cnn", "--sae", f"features.1={folder}"])
+    assert wrong.exit_code != 0 and "does not fit the layer's 8 channels" in wrong.output
+    audit = runner.invoke(app, ["audit", str(lens.path), "-c", "red", "--valid", "red", "--spurious", "stripes", "-l", LAYER, "--json"])
+    assert audit.exit_code == 0, audit.output
+    graph = runner.invoke(app, ["graph", str(lens.path), "-c", "red", "-l", "features.1", "-l", LAYER, "--cut", "0",
+                                "-o", str(tmp_path / "g.html"), "--trust", "--json"])  # fmt: skip
+    assert graph.exit_code == 0, graph.output
+    assert any(node["layer"] == LAYER for node in json.loads(graph.output)["nodes"])
+    pruned = runner.invoke(app, ["prune", str(lens.path), "-u", f"{LAYER}/3", "-d", f"folder:{colour_folder}", "--trust", "--json"])
+    assert pruned.exit_code == 0, pruned.output
+    assert json.loads(pruned.output)["pruned"] == {LAYER: [3]}
+
+
+def test_the_sae_is_read_only_for_a_trusted_lens_and_only_while_unchanged(sae_lens, monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from semlens import Lens
+    from semlens._util.errors import SemlensError
+    from semlens.lens.trust import UntrustedSpecError
+
+    lens, folder = sae_lens
+    config = Path(folder) / "cfg.json"
+    original = config.read_text()
+    try:
+        config.write_text(original.replace('"k": 4', '"k": 5'))
+        with pytest.raises(SemlensError, match="not the one this Lens was built with"):
+            Lens.open(lens.path, trust=True).sae_files([LAYER])
+    finally:
+        config.write_text(original)
+    assert Lens.open(lens.path, trust=True).sae_files([LAYER, "features.1"]) == {LAYER: folder}
+    monkeypatch.setenv("SEMLENS_CACHE", str(tmp_path / "stranger-cache"))  # a user who did not build it
+    with pytest.raises(UntrustedSpecError, match="--trust"):
+        Lens.open(lens.path).sae_files([LAYER])
+
+
+def test_explorer_shows_that_a_layer_is_an_sae(sae_lens):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from semlens.web.app import create_app
+
+    lens, _ = sae_lens
+    client = TestClient(create_app([lens.path]))
+    layers = client.get("/api/lenses/0").json()["layers"]
+    assert layers[0]["sae"] is None and layers[1]["sae"]["architecture"] == "topk" and layers[1]["sae"]["k"] == 4
+    unit = client.get(f"/api/lenses/0/layers/{LAYER}/units/3").json()
+    assert unit["sae"]["d_sae"] == 8

@@ -14,7 +14,8 @@ from ..analysis.alignment import alignment
 
 if TYPE_CHECKING:
     from ..analysis.audit import AlignmentRule, Audit
-    from ..analysis.interventions import ConceptImages
+    from ..analysis.interventions import Artifact, ConceptImages
+    from ..data import ImageData
     from ..relevance.graph import AttributionGraph
     from .lens import Lens
 
@@ -136,6 +137,18 @@ class LensAudits:
         result.reliance, tests = concept_tests(model, without, with_concept, class_index, tested, saes, concept.artifact is not None)
         for unit, test in zip(flagged, tests):
             unit.test = test
+
+    def pruning_effect(
+        self: Lens, units: list[str], data: ImageData, class_name: str | int | None = None, artifact: Artifact | None = None
+    ) -> dict:
+        """Accuracy (and the class's probability) on ``data``, clean and with ``artifact``, before and after
+        switching ``units`` off: channels zeroed, or for SAE layers the features' decoded shares taken out of
+        the layer's output (needs the model and, for SAE layers, a trusted Lens)."""
+        from ..analysis.interventions import pruning_effect
+
+        channels = self.channels(units)
+        index = None if class_name is None else self.class_index(class_name)
+        return pruning_effect(self.model(), data, channels, index, artifact, self.sae_files(list(channels)))
 
     def audit_classes(
         self: Lens, spurious: list[str], cut: float | None = None, spurious_images: list[str | Path] = (), rule: AlignmentRule | None = None

@@ -70,6 +70,13 @@ def has_decoder(path: str | Path) -> bool:
         raise LayerError(f"cannot read SAE weights from {path} (a safetensors file is expected): {error}") from error
 
 
+def sae_summary(description: dict[str, Any] | None) -> str:
+    """One table cell for ``describe()``: ``topk SAE, d_sae 16384, k 64``; ``-`` for a plain layer."""
+    if description is None:
+        return "-"
+    return f"{description['architecture']} SAE, d_sae {description['d_sae']}" + (f", k {description['k']}" if description.get("k") else "")
+
+
 @dataclass
 class SparseAutoencoder:
     """An SAE's weights and architecture; ``encode`` gives the features, ``decode`` the reconstruction.

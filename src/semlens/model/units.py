@@ -138,13 +138,15 @@ class LayerInfo:
     type: str
     shape: str
     units: int | None
+    sae: dict[str, Any] | None = None  # the SAE it is read through (its features are the units)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def list_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
-    """Run one forward pass on ``example`` and record every module's output shape and unit count."""
+def list_layers(model: nn.Module, example: torch.Tensor, saes: dict[str, str] | None = None) -> list[LayerInfo]:
+    """Run one forward pass on ``example`` and record every module's output shape and unit count; the layers
+    in ``saes`` (layer -> SAE path) count their SAE's features, checked to fit the layer."""
     infos: dict[str, LayerInfo] = {}
 
     def recorder(name: str, module: nn.Module):
@@ -167,6 +169,15 @@ def list_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     handles = [module.register_forward_hook(recorder(name, module)) for name, module in model.named_modules() if name]
     with hooks(handles), torch.no_grad():
         model(example)
+    for name, path in (saes or {}).items():
+        if name not in infos:
+            resolve_module(model, name)  # an unknown name: the error that lists the closest ones
+            raise LayerError(f"layer {name!r} did not run in the model's forward pass")
+        info = infos[name]
+        if info.units is None:
+            raise LayerError(f"layer {name!r} outputs {info.shape}: no channels to read through the SAE {path}")
+        info.sae = SparseAutoencoder.load(path, info.units).describe()
+        info.units = info.sae["d_sae"]
     order = [name for name, _ in model.named_modules() if name in infos]
     return [infos[name] for name in order]
 
