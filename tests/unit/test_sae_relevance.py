@@ -14,7 +14,7 @@ from tiny_models import TinyCNN
 from semlens import BuildConfig, build_lens
 from semlens.model.sae import SparseAutoencoder
 from semlens.relevance.graph import conditional_relevance
-from semlens.relevance.lrp import RelevanceModel, _bias_free_copy, _one_hot_logit, _per_unit, unit_relevance
+from semlens.relevance.lrp import RelevanceModel, _bias_free_copy, _one_hot_logit, _per_unit, crp_heatmaps, unit_relevance
 from semlens.relevance.sae import unit_tensors
 
 LAYER, LOWER, CHANNELS = "features.4", "features.1", 6  # the second conv's ReLU and the first's
@@ -92,6 +92,21 @@ def test_crp_conditioned_on_features_sends_down_only_their_shares(model_and_inpu
     assert none.abs().max() == 0
 
 
+def test_crp_of_a_planted_feature_is_the_crp_of_its_channel(model_and_inputs):
+    model, inputs, _ = model_and_inputs
+    channel, feature = 4, 3
+    signs = torch.ones(len(inputs))
+    with RelevanceModel(model, inputs).attributing() as modified:
+        plain = crp_heatmaps(modified, inputs, LAYER, torch.full((len(inputs),), channel), signs)
+        features = torch.tensor([feature, feature, 0, feature])
+        through = crp_heatmaps(modified, inputs, LAYER, features, signs, None, planted_sae(feature, channel))
+        other = crp_heatmaps(modified, inputs, LAYER, torch.full((len(inputs),), (channel + 1) % CHANNELS), signs)
+    assert plain.abs().amax() > 0
+    torch.testing.assert_close(through[[0, 1, 3]], plain[[0, 1, 3]])
+    assert not torch.allclose(through[2], plain[2])  # row 2 explains another feature
+    assert not torch.allclose(through[0], other[0])
+
+
 def write_saelens(folder, sae: SparseAutoencoder, architecture: str, k: int | None = None) -> str:
     folder.mkdir()
     config = {"d_in": CHANNELS, "d_sae": sae.d_sae, "architecture": architecture, "apply_b_dec_to_input": True, "normalize_activations": "none"}
@@ -121,6 +136,7 @@ def test_a_lens_with_an_sae_layer_has_class_relevance_audits_and_graphs(sae_lens
         "architecture": "topk", "d_in": CHANNELS, "d_sae": 8, "k": 4, "decoder": True, "hook_name": None, "format": "saelens"
     }  # fmt: skip
     assert lens.sae("features.1") is None
+    assert lens.manifest["layers"][LAYER]["crop"]["mode"] == "relevance"  # CRP from each feature's decoded share
     relevance = lens.class_relevance(LAYER)
     assert relevance is not None and relevance["mean_share"].shape == (8, 3)
     assert relevance["max_share"][3].nan_to_num(0).abs().max() > 0  # the planted feature carries relevance

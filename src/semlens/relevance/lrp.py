@@ -24,7 +24,7 @@ from .canonizers import UnsupportedModelError, canonizers_for
 from .conservation import find_leak
 from .residual import FxResidualCanonizer
 from .rules import LeanEpsilonPlusFlat
-from .sae import unit_tensors
+from .sae import decoded_share, unit_tensors
 
 #: leaf modules with an LRP rule (or that pass relevance unchanged and exactly)
 SUPPORTED_LEAVES = (
@@ -130,13 +130,21 @@ class RelevanceModel:
 
 
 def crp_heatmaps(
-    modified: nn.Module, inputs: torch.Tensor, layer: str, channels: torch.Tensor, signs: torch.Tensor, pick: str | None = None
+    modified: nn.Module,
+    inputs: torch.Tensor,
+    layer: str,
+    channels: torch.Tensor,
+    signs: torch.Tensor,
+    pick: str | None = None,
+    sae: SparseAutoencoder | None = None,
 ) -> torch.Tensor:
     """CRP heatmaps ``[N, H, W]``: row i explains unit ``channels[i]`` of ``layer`` on ``inputs[i]``.
 
     ``modified`` is the model inside ``RelevanceModel.attributing()``. The backward pass starts at
     ``layer`` from that unit's own activation (times ``signs[i]``, so the negative copy of a signed
-    unit is explained too), every other unit masked out; the forward pass stops at ``layer``.
+    unit is explained too), every other unit masked out; the forward pass stops at ``layer``. With
+    ``sae``, the units are its features and feature j starts from its decoded share ``c_j W_dec[j]`` of
+    the layer's output (what LRP through the SAE hands feature j when the layer's relevance is its output).
     """
     captured: list[torch.Tensor] = []
 
@@ -151,12 +159,16 @@ def crp_heatmaps(
     except _Stop:
         pass
     activation = captured[0]
+    view = (-1,) + (1,) * (activation.dim() - 1)
+    if sae is not None:
+        initial = decoded_share(sae, activation, channels) * signs.to(activation.dtype).view(view)
+        (relevance,) = torch.autograd.grad(activation, inputs, grad_outputs=initial)
+        return relevance.sum(dim=1).detach()
     mask = torch.zeros_like(activation)
     if activation.dim() == 3:  # tokens N,L,C: units are the last dimension
         mask[torch.arange(len(channels)), :, channels] = 1.0
     else:
         mask[torch.arange(len(channels)), channels] = 1.0
-    view = (-1,) + (1,) * (activation.dim() - 1)
     initial = activation * mask * signs.to(activation.dtype).view(view)
     (relevance,) = torch.autograd.grad(activation, inputs, grad_outputs=initial)
     return relevance.sum(dim=1).detach()

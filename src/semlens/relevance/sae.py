@@ -116,6 +116,20 @@ class SaeRelevance:
         return y.movedim(-1, 1) if channels_first else y
 
 
+def decoded_share(sae: SparseAutoencoder, output: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Row i of a layer's ``output`` (``N,C,H,W``, ``N,L,C`` or ``N,C``) reduced to feature ``features[i]``'s
+    decoded share ``c W_dec[j]`` at every position: the start of CRP for an SAE feature."""
+    channels_first = output.dim() == 4
+    x = (output.movedim(1, -1) if channels_first else output).detach()
+    decoder = sae.checked_decoder("CRP through an SAE").to(x.device)
+    with torch.no_grad():
+        codes = sae.encode(x.float())
+        rows = torch.arange(len(features), device=x.device)
+        chosen = codes.reshape(len(x), -1, codes.shape[-1])[rows, :, features].reshape(x.shape[:-1])
+        share = (chosen[..., None] * decoder[features].reshape((len(x),) + (1,) * (x.dim() - 2) + (-1,))).to(x.dtype)
+    return share.movedim(-1, 1) if channels_first else share
+
+
 @contextmanager
 def unit_tensors(
     modified: nn.Module,
