@@ -11,7 +11,8 @@ and ``Σ_j R_j + R_err = Σ_d R_d · x_d / stabilize(x_d)``: relevance is conser
 feature ``j`` hands ``c_j W_dec[j, d] s_d`` back to coordinate ``d`` and the error ``err_d s_d``, which adds
 up to ``R_d`` again, so layers below see what they see without the SAE. When the relevance arriving at the
 features is changed (CRP masks it to some features), each feature's pieces are scaled by the same factor
-(its relevance over the unconditioned one), so only the kept features' shares of ``x`` travel down.
+(its relevance over the unconditioned one) and the error's share stays behind, so only the kept
+features' shares of ``x`` travel down.
 """
 
 from __future__ import annotations
