@@ -8,6 +8,7 @@ artefact class. Prints the SAE's fraction of variance explained, the error term'
 layer's relevance, and the audit's flagged features with their shares.
 
     python benchmarks/sae_world.py --out /tmp/sae-world [--layer features.14] [--d-sae 256] [--k 8]
+                                   [--steps 1000] [--train-images 300] [--probe-images 1200]
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def activations(layer: str, images: int) -> torch.Tensor:
     return torch.cat(captured)
 
 
-def train_topk(x: torch.Tensor, d_sae: int, k: int, steps: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def train_topk(x: torch.Tensor, d_sae: int, k: int, steps: int, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """A TopK SAE fitted to ``x`` by Adam on the reconstruction error (unit-norm decoder rows)."""
     generator = torch.Generator().manual_seed(seed)
     decoder = torch.randn(d_sae, x.shape[1], generator=generator)
@@ -46,11 +47,11 @@ def train_topk(x: torch.Tensor, d_sae: int, k: int, steps: int, seed: int = 0) -
     bias, decoder_bias = torch.nn.Parameter(torch.zeros(d_sae)), torch.nn.Parameter(x.mean(0).clone())
     optimiser = torch.optim.Adam([decoder, encoder, bias, decoder_bias], lr=2e-3)
     for _ in range(steps):
-        batch = x[torch.randint(len(x), (1024,), generator=generator)]
-        pre = (batch - decoder_bias) @ encoder + bias
+        rows = x[torch.randint(len(x), (batch,), generator=generator)]
+        pre = (rows - decoder_bias) @ encoder + bias
         values, indices = pre.topk(k, dim=1)
         codes = torch.zeros_like(pre).scatter(1, indices, values.relu())
-        loss = ((codes @ decoder + decoder_bias - batch) ** 2).sum(1).mean()
+        loss = ((codes @ decoder + decoder_bias - rows) ** 2).sum(1).mean()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -65,13 +66,15 @@ def main() -> None:
     parser.add_argument("--layer", default="features.14")
     parser.add_argument("--d-sae", type=int, default=256)
     parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--train-images", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--train-images", type=int, default=300)
+    parser.add_argument("--probe-images", type=int, default=PROBE_IMAGES)
     args = parser.parse_args()
     torch.manual_seed(0)
 
     x = activations(args.layer, args.train_images)
-    weights = train_topk(x, args.d_sae, args.k, args.steps)
+    weights = train_topk(x, args.d_sae, args.k, args.steps, args.batch)
     folder = args.out / "sae"
     folder.mkdir(parents=True, exist_ok=True)
     config = {"architecture": "topk", "d_in": x.shape[1], "d_sae": args.d_sae, "k": args.k, "apply_b_dec_to_input": True,
@@ -84,10 +87,10 @@ def main() -> None:
     sae = SparseAutoencoder.load(folder)
     residual = x - sae.decode(sae.encode(x))
     explained = 1 - float(residual.pow(2).sum() / (x - x.mean(0)).pow(2).sum())
-    print(f"SAE {args.layer}: topk, d_sae {args.d_sae}, k {args.k}; variance explained {explained:.3f} on {len(x)} positions")
+    print(f"SAE {args.layer}: topk, d_sae {args.d_sae}, k {args.k}; variance explained {explained:.3f} on {len(x)} positions", flush=True)
 
     settings = BuildConfig(model="zoo:world-cnn", layers=["features.10", f"{args.layer}:sae={folder}"],
-                           data=f"world::{PROBE_IMAGES}:probe", foundation="world", k=K)  # fmt: skip
+                           data=f"world::{args.probe_images}:probe", foundation="world", k=K)  # fmt: skip
     lens = build_lens(settings, args.out / "sae.lens", progress=False)
     lens.label(world_vocabulary(WorldConfig.load(None)))
     valid = lens.valid(args.layer)
