@@ -38,8 +38,8 @@ class _Relay:
 
 
 class _Encode(torch.autograd.Function):
-    """Forward: the codes (computed outside); backward: each feature's relevance back to ``x`` along its
-    decoded share of every coordinate."""
+    """Forward: the codes (computed outside; ``x`` is an input only so that the backward reaches it);
+    backward: each feature's relevance back to ``x`` along its decoded share of every coordinate."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, codes: torch.Tensor, decoder: torch.Tensor, relay: _Relay) -> torch.Tensor:
@@ -106,14 +106,15 @@ class SaeRelevance:
         sae = self.saes[layer]
         if not isinstance(sae, SparseAutoencoder):
             sae = self.saes[layer] = SparseAutoencoder.load(sae, x.shape[-1])
-        decoder = sae.checked_decoder(f"relevance through the SAE of layer {layer}").to(output.device)
+        decoder = sae.checked_decoder(f"relevance through the SAE of layer {layer}").to(output.device, x.dtype)
         with torch.no_grad():
             codes = sae.encode(x.float()).to(x.dtype)
         relay = self._relays[layer] = _Relay()
-        features = _Encode.apply(x, codes, decoder.to(x.dtype), relay)
+        features = _Encode.apply(x, codes, decoder, relay)
         units = features.movedim(-1, 1) if channels_first else features
         self.units.setdefault(layer, units)
-        y = _Decode.apply(x, units.movedim(1, -1) if channels_first else units, decoder.to(x.dtype), relay, self.epsilon, self.errors[layer])
+        codes_again = units.movedim(1, -1) if channels_first else units  # through the unit tensor, so that masks on it act
+        y = _Decode.apply(x, codes_again, decoder, relay, self.epsilon, self.errors[layer])
         return y.movedim(-1, 1) if channels_first else y
 
 
