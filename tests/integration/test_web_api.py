@@ -61,8 +61,8 @@ def png(colour: str = "red", size: int = 40) -> bytes:
 def test_lenses_by_index_and_name(client) -> None:
     lenses = client.get("/api/lenses").json()
     assert [lens["name"] for lens in lenses] == ["tiny.lens", "other.lens"]
-    assert lenses[0]["layers"][0] == {"name": "features.0", "units": 8, "signed": False}
-    assert lenses[1]["layers"][1] == {"name": "head", "units": 6, "signed": True}
+    assert lenses[0]["layers"][0] == {"name": "features.0", "units": 8, "signed": False, "sae": None}
+    assert lenses[1]["layers"][1] == {"name": "head", "units": 6, "signed": True, "sae": None}
     assert lenses[0]["classes"] == ["red", "green", "blue"] and lenses[0]["class_relevance"]
     assert client.get("/api/lenses/tiny.lens").json() == client.get("/api/lenses/0").json() == lenses[0]
     refused(client.get("/api/lenses/2"), 404, "0 (tiny.lens)", "1 (other.lens)")

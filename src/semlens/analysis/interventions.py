@@ -26,7 +26,8 @@ from PIL import Image
 from .._util.errors import SemlensError
 from ..data import ImageData
 from ..model.loading import LoadedModel, class_mapping
-from ..model.units import LayerSpec, SparseAutoencoder, UnitReader, hooks, resolve_module
+from ..model.sae import SparseAutoencoder
+from ..model.units import LayerSpec, UnitReader, hooks, resolve_module
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,16 @@ from .._util.progress import progress_bar
 from ..data import load_data
 from ..lens.store import layer_file
 from ..model.loading import class_mapping
+from ..model.sae import has_decoder
 from .class_relevance import ClassRelevance, relevance_shares
 from .context import BuildContext
 
 
 class ClassRelevanceStage:
-    """Inputs: the model, the layers (those without a sparse autoencoder) and ``config.relevance_data``
-    (or the probe data). Outputs: ``layers/<layer>.relevance`` and the data and targets it used in the
-    manifest; only a stage record when LRP does not support the model. Resume: done when the stage's
+    """Inputs: the model, the layers (SAE layers through their features, those whose SAE has a decoder) and
+    ``config.relevance_data`` (or the probe data). Outputs: ``layers/<layer>.relevance`` and the data and
+    targets it used (and the layers left out, with why) in the manifest; only a stage record when LRP does
+    not support the model. Resume: done when the stage's
     fingerprint is unchanged (it keeps no checkpoint: it is one pass).
 
     Only rank 0 computes it (the other ranks are done): its float64 sums, split across ranks, would
@@ -44,7 +46,10 @@ class ClassRelevanceStage:
         model = context.model
         data = load_data(context.config.relevance_data) if context.config.relevance_data else context.data
         mapping, targets_from = class_mapping(model, data)
-        layers = [spec for spec in context.specs if not spec.sae]
+        left_out = {spec.name: "its SAE has no decoder (W_dec)" for spec in context.specs if spec.sae and not has_decoder(spec.sae)}
+        layers = [spec for spec in context.specs if spec.name not in left_out]
+        saes: dict = {spec.name: spec.sae for spec in layers if spec.sae}  # paths, loaded on first use
+        picks = {spec.name: spec.pick for spec in layers}
         loader = context.image_loader(data, range(len(data)), context.config.relevance_batch(model.preprocessing.input_size))
         stats: dict[str, ClassRelevance] = {}
         with context.relevance.attributing() as modified, progress_bar("class relevance", len(data), context.progress) as advance:
@@ -58,11 +63,11 @@ class ClassRelevanceStage:
                         targets = model.module(pixels).argmax(dim=1)
                 else:
                     targets = torch.tensor([mapping[data.label(index)] for index in ids.tolist()], device=context.device)
-                outputs, relevance = unit_relevance(modified, pixels, targets, [spec.name for spec in layers], {s.name: s.pick for s in layers})
+                outputs, relevance = unit_relevance(modified, pixels, targets, [spec.name for spec in layers], picks, saes)
                 for spec in layers:
                     shares = relevance_shares(relevance[spec.name])
                     stats.setdefault(spec.name, ClassRelevance(shares.shape[1], outputs.shape[1])).update(shares, targets, ids)
         for name, accumulator in stats.items():
             context.store.write_tensors(layer_file(name, "relevance"), accumulator.state())
-        context.manifest["relevance"] = {"data": data.spec, "targets": targets_from, "layers": list(stats)}
+        context.manifest["relevance"] = {"data": data.spec, "targets": targets_from, "layers": list(stats), "left_out": left_out}
         context.finish_stage(self.name, time.perf_counter() - started)

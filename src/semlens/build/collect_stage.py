@@ -16,6 +16,7 @@ from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
 from ..analysis.validity import inactive_units
 from ..lens.store import layer_file
+from ..model.sae import SparseAutoencoder
 from .collect import EMPTY_ID, Collector, TopK
 from .context import BuildContext
 
@@ -116,6 +117,8 @@ class CollectStage:
                 "inactive_units": int(inactive.sum()),
                 "spec": asdict(spec),
             }
+            if spec.sae:
+                context.manifest["layers"][spec.name]["sae"] = SparseAutoencoder.load(spec.sae).describe()
         referenced = torch.unique(torch.cat([results[spec.name].ids.reshape(-1) for spec in context.specs]))
         referenced = [index for index in referenced.tolist() if index != EMPTY_ID]
         store.write_json(

@@ -18,6 +18,7 @@ from .._util.progress import progress_bar
 from ..analysis.validity import arbitrary_slots
 from ..data.base import DecodingDataset, collate_decoded
 from ..lens.store import LensStore, layer_file
+from ..model.sae import SparseAutoencoder, has_decoder
 from ..model.units import LayerSpec
 from .collect import EMPTY_ID
 from .context import BuildContext
@@ -57,8 +58,8 @@ class CropStage:
         if mode in ("auto", "relevance"):
             report = context.relevance_support()
             problem = None if report.supported else report.reason
-            if problem is None and spec.sae:
-                problem = "CRP through a sparse autoencoder is not supported"
+            if problem is None and spec.sae and not has_decoder(spec.sae):
+                problem = "CRP through a sparse autoencoder needs its decoder (W_dec)"
             if problem is None:
                 return "relevance", report.reason
             if mode == "relevance":
@@ -140,6 +141,7 @@ class CropStage:
 
         context = self.context
         ranks, model = context.ranks, context.model
+        sae = SparseAutoencoder.load(spec.sae) if spec.sae else None
         size = model.preprocessing.input_size
         units, k = ids.shape
         base = context.manifest["layers"][spec.name]["base_units"]
@@ -157,7 +159,7 @@ class CropStage:
                 positions = order[begin:end]
                 channels = unit_of[positions] % base
                 signs = torch.where(unit_of[positions] >= base, -1.0, 1.0)
-                heat = crp_heatmaps(modified, inputs, spec.name, channels.to(context.device), signs.to(context.device), spec.pick)
+                heat = crp_heatmaps(modified, inputs, spec.name, channels.to(context.device), signs.to(context.device), spec.pick, sae)
                 pooled[begin - mine.start : end - mine.start] = pool_heatmaps(heat.detach().cpu(), context.config.max_map_side)
                 advance(len(positions))
         heat = torch.zeros(units * k, side, side, dtype=torch.float16)

@@ -172,19 +172,27 @@ def report_summary(summary: Any, as_json: bool) -> None:
 
 @app.command()
 @friendly
-def layers(model: str = typer.Argument(..., help="Model spec, e.g. zoo:efficientnet-lite0."), as_json: AsJson = False) -> None:
-    """List a model's layers with their output shapes and unit counts."""
+def layers(
+    model: str = typer.Argument(..., help="Model spec, e.g. zoo:efficientnet-lite0."),
+    sae: Optional[list[str]] = typer.Option(None, "--sae", help="LAYER=PATH: read LAYER through this SAE (SAELens directory or safetensors file); repeatable."),
+    as_json: AsJson = False,
+) -> None:
+    """List a model's layers with their output shapes and unit counts (SAE features for layers given --sae)."""
     from ..model.loading import load_model
+    from ..model.sae import sae_summary
     from ..model.units import list_layers
 
+    saes = dict(item.partition("=")[::2] for item in sae or [])
+    if any(not name or not path for name, path in saes.items()):
+        raise SemlensError(f"--sae takes LAYER=PATH, got {', '.join(sae)}")
     loaded = load_model(model)
-    infos = list_layers(loaded.module, loaded.example_input())
+    infos = list_layers(loaded.module, loaded.example_input(), saes)
     if as_json:
         emit_json([info.to_dict() for info in infos])
         return
     size = loaded.preprocessing.input_size
-    rows = [(info.name, info.type, info.shape, "" if info.units is None else info.units) for info in infos]
-    console.print(table(f"{model}: {len(infos)} layers (input 1x3x{size}x{size})", ("layer", "type", "output", "units"), rows))
+    rows = [(info.name, info.type, info.shape, "" if info.units is None else info.units, sae_summary(info.sae)) for info in infos]
+    console.print(table(f"{model}: {len(infos)} layers (input 1x3x{size}x{size})", ("layer", "type", "output", "units", "sae"), rows))
 
 
 @app.command("list")

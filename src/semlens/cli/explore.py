@@ -31,11 +31,14 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
     say(f"foundation  {manifest['foundation']['id']} (dim {manifest['foundation']['dim']})")
     say(f"k           {opened.k}, crop {identity['embed']['crop']}")
     say(f"trusted     {'yes' if opened.trusted else 'no (it runs no code and reads no files it names; see `semlens trust`)'}")
+    from ..model.sae import sae_summary
+
     rows = [
-        (name, layer["units"], layer["inactive_units"], int(opened.tied(name).sum()), layer["output"], layer.get("crop", {}).get("mode", "-"))
+        (name, layer["units"], layer["inactive_units"], int(opened.tied(name).sum()), layer["output"],
+         layer.get("crop", {}).get("mode", "-"), sae_summary(opened.sae(name)))
         for name, layer in manifest["layers"].items()
-    ]
-    console.print(table(None, ("layer", "units", "inactive", "tied", "output", "crops"), rows))
+    ]  # fmt: skip
+    console.print(table(None, ("layer", "units", "inactive", "tied", "output", "crops", "sae"), rows))
     from ..build.builder import fallbacks
 
     for fallback in fallbacks(manifest):

@@ -241,14 +241,10 @@ def prune(
     as_json: AsJson = False,
 ) -> None:
     """Switch units off and compare accuracy (clean and with the artefact) before and after."""
-    from ..analysis.interventions import pruning_effect
     from ..data import load_data
 
     opened = open_lens(lens, trust, model=model)
-    index = None if class_name is None else opened.class_index(class_name)
-    channels = opened.channels(unit)
-    chosen = _artifact(artifact, mask, at, tint)
-    result = pruning_effect(opened.model(), load_data(data), channels, index, chosen, opened.sae_files(list(channels)))
+    result = opened.pruning_effect(unit, load_data(data), class_name, _artifact(artifact, mask, at, tint))
     if as_json:
         emit_json(result)
         return

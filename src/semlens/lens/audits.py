@@ -14,7 +14,8 @@ from ..analysis.alignment import alignment
 
 if TYPE_CHECKING:
     from ..analysis.audit import AlignmentRule, Audit
-    from ..analysis.interventions import ConceptImages
+    from ..analysis.interventions import Artifact, ConceptImages
+    from ..data import ImageData
     from ..relevance.graph import AttributionGraph
     from .lens import Lens
 
@@ -76,7 +77,8 @@ class LensAudits:
         chosen = self.checked_layers(layers)
         missing = [layer for layer in chosen if self.class_relevance(layer) is None]
         if missing:
-            reason = self.manifest["stages"].get("relevance", {}).get("skipped", "class relevance was not computed")
+            reasons = self.manifest.get("relevance", {}).get("left_out", {})
+            reason = reasons.get(missing[0]) or self.manifest["stages"].get("relevance", {}).get("skipped", "class relevance was not computed")
             raise SemlensError(f"no class relevance for layer(s) {', '.join(missing)} ({reason}); rebuild with class relevance on")
         units = [f"{layer}/{name}" for layer in chosen for name in self.units(layer)]
         theta = torch.cat([self.theta(layer) for layer in chosen])
@@ -136,6 +138,18 @@ class LensAudits:
         for unit, test in zip(flagged, tests):
             unit.test = test
 
+    def pruning_effect(
+        self: Lens, units: list[str], data: ImageData, class_name: str | int | None = None, artifact: Artifact | None = None
+    ) -> dict:
+        """Accuracy (and the class's probability) on ``data``, clean and with ``artifact``, before and after
+        switching ``units`` off: channels zeroed, or for SAE layers the features' decoded shares taken out of
+        the layer's output (needs the model and, for SAE layers, a trusted Lens)."""
+        from ..analysis.interventions import pruning_effect
+
+        channels = self.channels(units)
+        index = None if class_name is None else self.class_index(class_name)
+        return pruning_effect(self.model(), data, channels, index, artifact, self.sae_files(list(channels)))
+
     def audit_classes(
         self: Lens, spurious: list[str], cut: float | None = None, spurious_images: list[str | Path] = (), rule: AlignmentRule | None = None
     ) -> list[Audit]:
@@ -165,8 +179,8 @@ class LensAudits:
         chosen = self.checked_layers(layers)
         if len(chosen) < 2:
             raise SemlensError("an attribution graph needs at least two layers")
-        if any(self.manifest["layers"][layer]["unit_names"] == "signed" or self.manifest["layers"][layer]["spec"].get("sae") for layer in chosen):
-            raise SemlensError("attribution graphs need plain layers (not signed, not SAE)")
+        if any(self.manifest["layers"][layer]["unit_names"] == "signed" for layer in chosen):
+            raise SemlensError("attribution graphs need unsigned layers (channels or SAE features)")
         index = self.class_index(class_name)
         relevance = self.class_relevance(chosen[-1])
         if relevance is None:
@@ -188,7 +202,8 @@ class LensAudits:
         labels = {layer: self._graph_labels(layer) for layer in chosen}
         title = self.classes[index] if self.classes else str(index)
         valid = {layer: self.valid(layer) for layer in chosen}
-        return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid)
+        saes: dict = self.sae_files(chosen)  # paths, loaded on first use
+        return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid, saes)
 
     def _graph_labels(self: Lens, layer: str) -> list[str | None]:
         """Labels for attribution graphs, at the paper's lower threshold."""

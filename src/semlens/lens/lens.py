@@ -135,6 +135,10 @@ class Lens(LensArrays, LensExamples, LensSearch, LensLabels, LensMeasures, LensA
             grouped.setdefault(layer, []).append(row % self._layer(layer)["base_units"])
         return {layer: sorted(set(members)) for layer, members in grouped.items()}
 
+    def sae(self, layer: str) -> dict[str, Any] | None:
+        """The SAE a layer's units are the features of (architecture, d_in, d_sae, k, format, hook_name), or None."""
+        return self._layer(layer).get("sae")
+
     def checked_layers(self, layers: list[str] | None) -> list[str]:
         """The given layers (each checked), or all layers when None."""
         for layer in layers or []:

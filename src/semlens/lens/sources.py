@@ -5,7 +5,6 @@ inert or the Lens is trusted, and each checked against the fingerprint recorded 
 from __future__ import annotations
 
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._util.errors import SemlensError
@@ -70,9 +69,11 @@ class LensSources:
         return model
 
     def sae_files(self, layers: list[str]) -> dict[str, str]:
-        """The SAE file of each of ``layers`` read through one (for pruning in SAE space): only for a trusted
-        Lens (a file it names), and only while the file is the one the Lens was built with."""
-        from .._util.fingerprint import hash_file
+        """The SAE (file or SAELens directory) of each of ``layers`` read through one (for relevance and pruning
+        in SAE space): only for a trusted Lens (a path it names), and only while every file it reads is the one
+        the Lens was built with."""
+        from .._util.errors import LayerError
+        from ..model.sae import sae_fingerprint
 
         files = {}
         for layer in layers:
@@ -86,7 +87,11 @@ class LensSources:
                     "else never makes semlens read files it names. If you trust it, pass trust=True (command line: --trust)"
                 )
             recorded = next(entry["sae"] for entry in self.manifest["identity"]["layers"] if entry["name"] == layer)
-            if not Path(path).is_file() or hash_file(path) != recorded:
-                raise SemlensError(f"the SAE file {path} of layer {layer} is missing or not the one this Lens was built with")
+            try:
+                unchanged = sae_fingerprint(path) == recorded
+            except LayerError:
+                unchanged = False
+            if not unchanged:
+                raise SemlensError(f"the SAE {path} of layer {layer} is missing or not the one this Lens was built with")
             files[layer] = path
         return files

@@ -13,7 +13,6 @@ import difflib
 import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._util.errors import LayerError
-from .._util.fingerprint import hash_file
+from .sae import SparseAutoencoder, sae_fingerprint
 
 POOLINGS = ("mean", "max")
 SPEC_KEYS = ("pool", "token", "pick", "signed", "sae", "prefix_tokens")
@@ -42,8 +41,8 @@ class LayerSpec:
     pick: tuple index or dict key of the tensor to read when the module returns several
         (default: the first tensor).
     signed: also collect the most negative samples of each unit, as unit ``i-``.
-    sae: safetensors file with a sparse-autoencoder encoder (``W_enc``, ``b_enc``, optional
-        ``b_dec`` and ``threshold``); its features become the units.
+    sae: a sparse autoencoder whose features become the units: a SAELens directory (or its
+        ``cfg.json``) or a semlens safetensors file (see ``semlens.model.sae``).
     prefix_tokens: tokens before the patch grid (CLS, registers); guessed when not given.
     """
 
@@ -77,10 +76,10 @@ class LayerSpec:
         return cls(name=name, **values)
 
     def fingerprint_fields(self) -> dict[str, Any]:
-        """Everything that changes the units' scores, including the SAE file's content."""
+        """Everything that changes the units' scores, including the content of every SAE file read."""
         fields = asdict(self)
         if self.sae:
-            fields["sae"] = hash_file(self.sae)
+            fields["sae"] = sae_fingerprint(self.sae)
         return fields
 
 
@@ -138,13 +137,15 @@ class LayerInfo:
     type: str
     shape: str
     units: int | None
+    sae: dict[str, Any] | None = None  # the SAE it is read through (its features are the units)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def list_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
-    """Run one forward pass on ``example`` and record every module's output shape and unit count."""
+def list_layers(model: nn.Module, example: torch.Tensor, saes: dict[str, str] | None = None) -> list[LayerInfo]:
+    """Run one forward pass on ``example`` and record every module's output shape and unit count; the layers
+    in ``saes`` (layer -> SAE path) count their SAE's features, checked to fit the layer."""
     infos: dict[str, LayerInfo] = {}
 
     def recorder(name: str, module: nn.Module):
@@ -167,6 +168,15 @@ def list_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     handles = [module.register_forward_hook(recorder(name, module)) for name, module in model.named_modules() if name]
     with hooks(handles), torch.no_grad():
         model(example)
+    for name, path in (saes or {}).items():
+        if name not in infos:
+            resolve_module(model, name)  # an unknown name: the error that lists the closest ones
+            raise LayerError(f"layer {name!r} did not run in the model's forward pass")
+        info = infos[name]
+        if info.units is None:
+            raise LayerError(f"layer {name!r} outputs {info.shape}: no channels to read through the SAE {path}")
+        info.sae = SparseAutoencoder.load(path, info.units).describe()
+        info.units = info.sae["d_sae"]
     order = [name for name, _ in model.named_modules() if name in infos]
     return [infos[name] for name in order]
 
@@ -213,77 +223,6 @@ def _describe(output: Any) -> str:
     if hasattr(output, "keys"):
         return "valid keys: " + ", ".join(map(str, output.keys()))
     return f"valid indices: 0..{len(output) - 1}"
-
-
-@dataclass
-class SparseAutoencoder:
-    """A sparse autoencoder: features = act((x - b_dec) @ W_enc + b_enc), and its decoder ``W_dec`` when the
-    file has one (needed to switch a feature off in the model).
-
-    ``W_enc`` is ``[d_in, d_sae]`` (SAELens convention) or ``[d_sae, d_in]``, ``W_dec`` either way round;
-    a ``threshold`` tensor makes the activation JumpReLU, otherwise it is ReLU.
-    """
-
-    weight: torch.Tensor
-    bias: torch.Tensor
-    decoder_bias: torch.Tensor | None = None
-    threshold: torch.Tensor | None = None
-    decoder: torch.Tensor | None = None  # [d_sae, d_in]
-    path: str = ""
-
-    @classmethod
-    def load(cls, path: str | Path, d_in: int) -> SparseAutoencoder:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            tensors = load_file(str(path))
-        except (OSError, RuntimeError, SafetensorError) as error:
-            raise LayerError(f"cannot read SAE weights from {path} (a safetensors file is expected): {error}") from error
-        missing = {"W_enc", "b_enc"} - set(tensors)
-        if missing:
-            raise LayerError(f"SAE file {path} lacks {', '.join(sorted(missing))}; it has {', '.join(sorted(tensors))}")
-        weight = tensors["W_enc"].float()
-        if weight.shape[0] != d_in:
-            if weight.shape[1] != d_in:
-                raise LayerError(f"SAE W_enc {tuple(weight.shape)} in {path} does not fit the layer's {d_in} channels")
-            weight = weight.T
-        decoder_bias, threshold = tensors.get("b_dec"), tensors.get("threshold")
-        expected = {"b_enc": weight.shape[1], "b_dec": d_in, "threshold": weight.shape[1]}
-        for name, size in expected.items():
-            if name in tensors and tuple(tensors[name].shape) != (size,):
-                raise LayerError(f"SAE {name} in {path} has shape {tuple(tensors[name].shape)}; expected ({size},)")
-        decoder = tensors.get("W_dec")
-        if decoder is not None:
-            if tuple(decoder.shape) not in ((weight.shape[1], d_in), (d_in, weight.shape[1])):
-                raise LayerError(f"SAE W_dec {tuple(decoder.shape)} in {path} does not fit W_enc {tuple(weight.shape)}")
-            decoder = (decoder if decoder.shape[0] == weight.shape[1] else decoder.T).float().contiguous()
-        return cls(
-            weight.contiguous(),
-            tensors["b_enc"].float(),
-            None if decoder_bias is None else decoder_bias.float(),
-            None if threshold is None else threshold.float(),
-            decoder,
-            str(path),
-        )
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Encode the last dimension of ``x``."""
-        weight = self.weight.to(x.device)
-        if self.decoder_bias is not None:
-            x = x - self.decoder_bias.to(x.device)
-        pre = x @ weight + self.bias.to(x.device)
-        if self.threshold is not None:
-            return pre * (pre > self.threshold.to(x.device))
-        return F.relu(pre)
-
-    def without(self, x: torch.Tensor, features: list[int]) -> torch.Tensor:
-        """``x`` (last dimension ``d_in``) with ``features`` switched off in SAE space: the reconstruction
-        without them plus the SAE's error, i.e. ``x`` minus those features' decoded share."""
-        if self.decoder is None:
-            raise LayerError(f"switching SAE features off needs the SAE's decoder, but {self.path} has no W_dec")
-        codes = self.encode(x.float())[..., features]
-        return (x.float() - codes @ self.decoder[features].to(x.device)).to(x.dtype)
 
 
 @dataclass

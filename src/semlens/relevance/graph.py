@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..model.units import hooks, resolve_module, select_output
+from ..model.sae import SparseAutoencoder
 from .lrp import RelevanceModel, _one_hot_logit, _per_unit, unit_relevance
+from .sae import unit_tensors
 
 UNLABELLED = "?"
 GRAPH_CUT = 0.01
@@ -75,26 +76,24 @@ def group_units(
 
 
 def conditional_relevance(
-    modified: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, upper: str, lower: str, keep: torch.Tensor
+    modified: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    upper: str,
+    lower: str,
+    keep: torch.Tensor,
+    saes: dict[str, SparseAutoencoder | str] | None = None,
 ) -> torch.Tensor:
     """Relevance ``[N, U_lower]`` reaching ``lower`` when relevance at ``upper`` is masked to units ``keep``
-    (a boolean ``[U_upper]``): the class logit's CRP through one group of upper units."""
-    captured: dict[str, torch.Tensor] = {}
-
-    def capture(name: str):
-        def hook(_module, _inputs, output):
-            tensor = select_output(output, None, name)
-            captured.setdefault(name, tensor)
-            if name == upper:
-                shape = (1, -1) + (1,) * (tensor.dim() - 2) if tensor.dim() != 3 else (1, 1, -1)
-                tensor.register_hook(lambda grad: grad * keep.to(grad.dtype).view(shape))
-
-        return hook
-
-    handles = [resolve_module(modified, name).register_forward_hook(capture(name)) for name in (upper, lower)]
-    with hooks(handles), torch.enable_grad():
+    (a boolean ``[U_upper]``): the class logit's CRP through one group of upper units (SAE features for
+    the layers in ``saes``)."""
+    with unit_tensors(modified, [upper, lower], None, saes) as reader, torch.enable_grad():
         outputs = modified(inputs.detach().clone().requires_grad_(True))
-    (grad,) = torch.autograd.grad(outputs, captured[lower], grad_outputs=_one_hot_logit(outputs, targets))
+    tensor = reader.units[upper]
+    reader.condition(upper)
+    shape = (1, -1) + (1,) * (tensor.dim() - 2) if tensor.dim() != 3 else (1, 1, -1)
+    tensor.register_hook(lambda grad: grad * keep.to(grad.dtype).view(shape))
+    (grad,) = torch.autograd.grad(outputs, reader.units[lower], grad_outputs=_one_hot_logit(outputs, targets))
     return _per_unit(grad).detach()
 
 
@@ -123,14 +122,16 @@ def build_graph(
     labels: dict[str, list[str | None]],
     cut: float = GRAPH_CUT,
     valid: dict[str, torch.Tensor] | None = None,
+    saes: dict[str, SparseAutoencoder | str] | None = None,
 ) -> AttributionGraph:
     """The attribution graph of one class over ``layers`` (lowest first): per layer, the valid units above
     ``cut`` grouped by label; edges weighted by the lower groups' relevance conditioned on each upper group.
-    The relevance share of the invalid units above ``cut`` is reported per layer as ``left_out``."""
+    The relevance share of the invalid units above ``cut`` is reported per layer as ``left_out``. The units of
+    the layers in ``saes`` are their SAE features."""
     targets = torch.full((len(inputs),), class_index)
     graph = AttributionGraph(class_name)
     with lrp.attributing() as modified:
-        _, plain = unit_relevance(modified, inputs, targets, layers)
+        _, plain = unit_relevance(modified, inputs, targets, layers, None, saes)
         shares = {layer: (plain[layer] / plain[layer].abs().sum(1, keepdim=True).clamp_min(1e-12)).mean(0) for layer in layers}
         valid = valid or {layer: torch.ones(len(units[layer]), dtype=torch.bool) for layer in layers}
         groups = {layer: group_units(layer, units[layer], shares[layer], labels[layer], cut, valid[layer]) for layer in layers}
@@ -143,7 +144,7 @@ def build_graph(
             for label, members in groups[upper].items():
                 keep = torch.zeros(len(units[upper]), dtype=torch.bool)
                 keep[members] = True
-                flows[label] = conditional_relevance(modified, inputs, targets, upper, lower, keep).mean(0)
+                flows[label] = conditional_relevance(modified, inputs, targets, upper, lower, keep, saes).mean(0)
             total = float(plain[lower].mean(0).abs().sum())
             for source, target, weight in edges_between(groups[upper], groups[lower], flows, total):
                 graph.edges.append({"source": f"{upper}:{source}", "target": f"{lower}:{target}", "weight": weight})

@@ -18,11 +18,13 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from ..model.sae import SparseAutoencoder
 from ..model.units import hooks, resolve_module, select_output
 from .canonizers import UnsupportedModelError, canonizers_for
 from .conservation import find_leak
 from .residual import FxResidualCanonizer
 from .rules import LeanEpsilonPlusFlat
+from .sae import decoded_share, unit_tensors
 
 #: leaf modules with an LRP rule (or that pass relevance unchanged and exactly)
 SUPPORTED_LEAVES = (
@@ -128,13 +130,21 @@ class RelevanceModel:
 
 
 def crp_heatmaps(
-    modified: nn.Module, inputs: torch.Tensor, layer: str, channels: torch.Tensor, signs: torch.Tensor, pick: str | None = None
+    modified: nn.Module,
+    inputs: torch.Tensor,
+    layer: str,
+    channels: torch.Tensor,
+    signs: torch.Tensor,
+    pick: str | None = None,
+    sae: SparseAutoencoder | None = None,
 ) -> torch.Tensor:
     """CRP heatmaps ``[N, H, W]``: row i explains unit ``channels[i]`` of ``layer`` on ``inputs[i]``.
 
     ``modified`` is the model inside ``RelevanceModel.attributing()``. The backward pass starts at
     ``layer`` from that unit's own activation (times ``signs[i]``, so the negative copy of a signed
-    unit is explained too), every other unit masked out; the forward pass stops at ``layer``.
+    unit is explained too), every other unit masked out; the forward pass stops at ``layer``. With
+    ``sae``, the units are its features and feature j starts from its decoded share ``c_j W_dec[j]`` of
+    the layer's output (what LRP through the SAE hands feature j when the layer's relevance is its output).
     """
     captured: list[torch.Tensor] = []
 
@@ -149,48 +159,55 @@ def crp_heatmaps(
     except _Stop:
         pass
     activation = captured[0]
+    view = (-1,) + (1,) * (activation.dim() - 1)
+    if sae is not None:
+        initial = decoded_share(sae, activation, channels) * signs.to(activation.dtype).view(view)
+        (relevance,) = torch.autograd.grad(activation, inputs, grad_outputs=initial)
+        return relevance.sum(dim=1).detach()
     mask = torch.zeros_like(activation)
     if activation.dim() == 3:  # tokens N,L,C: units are the last dimension
         mask[torch.arange(len(channels)), :, channels] = 1.0
     else:
         mask[torch.arange(len(channels)), channels] = 1.0
-    view = (-1,) + (1,) * (activation.dim() - 1)
     initial = activation * mask * signs.to(activation.dtype).view(view)
     (relevance,) = torch.autograd.grad(activation, inputs, grad_outputs=initial)
     return relevance.sum(dim=1).detach()
 
 
 def unit_relevance(
-    modified: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layers: list[str], picks: dict[str, str | None] | None = None
+    modified: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    layers: list[str],
+    picks: dict[str, str | None] | None = None,
+    saes: dict[str, SparseAutoencoder | str] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Relevance ``[N, C]`` of every unit of ``layers`` for the target logits, and the logits ``[N, K]``.
 
-    ``modified`` is the model inside ``RelevanceModel.attributing()``.
+    ``modified`` is the model inside ``RelevanceModel.attributing()``; the units of the layers in ``saes``
+    are their SAE features (``semlens.relevance.sae``).
     """
-    outputs, maps, _ = relevance_maps(modified, inputs, targets, layers, picks)
+    outputs, maps, _ = relevance_maps(modified, inputs, targets, layers, picks, saes)
     return outputs, {name: _per_unit(relevance) for name, relevance in maps.items()}
 
 
 def relevance_maps(
-    modified: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layers: list[str], picks: dict[str, str | None] | None = None
+    modified: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    layers: list[str],
+    picks: dict[str, str | None] | None = None,
+    saes: dict[str, SparseAutoencoder | str] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The logits ``[N, K]`` and, per layer, its relevance for the target logits and its output (in the
-    layer's output shape), before relevance is summed per unit: where within a unit it lies."""
-    captured: dict[str, torch.Tensor] = {}
-    picks = picks or {}
-
-    def keep(name: str):
-        def hook(_module, _inputs, output):
-            captured.setdefault(name, select_output(output, picks.get(name), name))
-
-        return hook
-
+    """The logits ``[N, K]`` and, per layer, its relevance for the target logits and its unit tensor (in the
+    layer's output shape; SAE features for the layers in ``saes``), before relevance is summed per unit:
+    where within a unit it lies."""
     inputs = inputs.detach().clone().requires_grad_(True)
-    handles = [resolve_module(modified, name).register_forward_hook(keep(name)) for name in layers]
-    with hooks(handles), torch.enable_grad():
+    with unit_tensors(modified, layers, picks, saes) as reader, torch.enable_grad():
         outputs = modified(inputs)
-    grads = torch.autograd.grad(outputs, [captured[name] for name in layers], grad_outputs=_one_hot_logit(outputs, targets))
-    return outputs.detach(), {name: grad.detach() for name, grad in zip(layers, grads)}, {name: captured[name].detach() for name in layers}
+    units = [reader.units[name] for name in layers]
+    grads = torch.autograd.grad(outputs, units, grad_outputs=_one_hot_logit(outputs, targets))
+    return outputs.detach(), {name: grad.detach() for name, grad in zip(layers, grads)}, {name: unit.detach() for name, unit in zip(layers, units)}
 
 
 def _bias_free_copy(model: nn.Module) -> nn.Module:

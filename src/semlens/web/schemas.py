@@ -23,10 +23,23 @@ class Problem(BaseModel):
     detail: str
 
 
+class SaeInfo(BaseModel):
+    """The sparse autoencoder a layer is read through: its features are the layer's units."""
+
+    architecture: str = Field(description="standard (ReLU), jumprelu or topk")
+    d_in: int
+    d_sae: int
+    k: int | None = Field(None, description="features kept per position (topk only)")
+    format: str = Field(description="saelens (cfg.json + sae_weights.safetensors) or semlens (one safetensors file)")
+    hook_name: str | None = None
+    decoder: bool = Field(description="it has W_dec (needed for class relevance and pruning)")
+
+
 class LayerInfo(BaseModel):
     name: str
     units: int
     signed: bool
+    sae: SaeInfo | None = None
 
 
 class LensInfo(BaseModel):
@@ -95,6 +108,7 @@ class SimilarUnits(BaseModel):
 
 class UnitPage(UnitRef):
     lens_name: str
+    sae: SaeInfo | None = Field(None, description="the SAE whose feature this unit is, for SAE layers")
     candidates: list[Candidate]
     clarity: float | None
     polysemanticity: float | None

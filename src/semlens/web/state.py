@@ -130,7 +130,7 @@ class Served:
             "model": display_spec(identity["model"]["spec"]), "data": display_spec(identity["data"]["spec"]),
             "samples": identity["data"]["samples"], "foundation": lens.foundation_id, "k": lens.k,
             "layers": [
-                {"name": name, "units": info["units"], "signed": info["unit_names"] == "signed"}
+                {"name": name, "units": info["units"], "signed": info["unit_names"] == "signed", "sae": info.get("sae")}
                 for name, info in lens.manifest["layers"].items()
             ],
             "classes": lens.classes or [], "labelled": lens.vocabulary is not None,

@@ -212,7 +212,8 @@ def test_finding(lens: Lens, config: WorldConfig, artifact: str, target: str, sp
     index = lens.class_index(target)
     result = {"insertion": artifact_effect(model, others, index, overlay)}
     if spurious:
-        result["pruning"] = pruning_effect(model, others, lens.channels(spurious), index, overlay)
+        channels = lens.channels(spurious)
+        result["pruning"] = pruning_effect(model, others, channels, index, overlay, lens.sae_files(list(channels)))
     return result
 
 

@@ -39,6 +39,7 @@ def unit_page(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: Unit
     return {
         **served.ref(name),
         "lens_name": served.name,
+        "sae": opened.sae(layer),
         "candidates": [
             {"concept": concept, "alignment": score} for concept, score in opened.label_candidates(name)
         ],

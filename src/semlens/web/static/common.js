@@ -93,6 +93,12 @@ const Semlens = (() => {
   }
 
   // A UnitRef as table cells: link, label, thumbnails.
+  // A layer's name, with its SAE (architecture, d_sae, k) when its units are SAE features.
+  function layerTitle(layer) {
+    const sae = layer.sae;
+    return sae ? `${layer.name} (${sae.architecture} SAE, d_sae ${sae.d_sae}${sae.k ? `, k ${sae.k}` : ""})` : layer.name;
+  }
+
   function unitCells(ref) {
     return [el("td", {}, unitLink(ref.lens, ref.unit)), el("td", {}, ref.label || el("i", { class: "muted" }, "unlabelled")), el("td", {}, thumbs(ref.thumbnails, ref.unit))];
   }
@@ -149,5 +155,5 @@ const Semlens = (() => {
     link.remove();
   }
 
-  return { params, el, fill, api, status, run, lenses, currentLens, pageHref, unitHref, unitLink, thumbs, unitCells, fmt, splitUnit, unitApi, preview, plot, options, nav, download };
+  return { params, el, fill, api, status, run, lenses, currentLens, pageHref, unitHref, unitLink, thumbs, unitCells, layerTitle, fmt, splitUnit, unitApi, preview, plot, options, nav, download };
 })();

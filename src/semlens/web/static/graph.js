@@ -13,7 +13,7 @@
   const classSelect = document.getElementById("class");
   options(classSelect, lens.classes.map((name, i) => [name, `${i}: ${name}`]), params.get("class") || lens.classes[0]);
   const boxes = lens.layers.map((layer) => el("input", { type: "checkbox", value: layer.name, checked: true }));
-  fill(document.getElementById("layers"), "layers: ", ...lens.layers.map((layer, i) => el("label", { class: "check" }, boxes[i], layer.name)));
+  fill(document.getElementById("layers"), "layers: ", ...lens.layers.map((layer, i) => el("label", { class: "check" }, boxes[i], Semlens.layerTitle(layer))));
 
   async function draw() {
     const query = new URLSearchParams([["class", classSelect.value], ...boxes.filter((box) => box.checked).map((box) => ["layer", box.value])]);

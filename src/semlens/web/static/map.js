@@ -7,7 +7,7 @@
   const lens = await run("loading…", currentLens);
   if (!lens) return;
   const select = document.getElementById("layer");
-  options(select, [["", "all layers"], ...lens.layers.map((layer) => [layer.name, `${layer.name} (${layer.units} units)`])], params.get("layer") || "");
+  options(select, [["", "all layers"], ...lens.layers.map((layer) => [layer.name, `${Semlens.layerTitle(layer)}: ${layer.units} units`])], params.get("layer") || "");
   select.addEventListener("change", () => { location.search = `?lens=${lens.id}&layer=${encodeURIComponent(select.value)}`; });
 
   const query = select.value ? `?layer=${encodeURIComponent(select.value)}` : "";

@@ -9,7 +9,7 @@
   const form = document.getElementById("form"), q = document.getElementById("q"), file = document.getElementById("image");
   const top = document.getElementById("top"), results = document.getElementById("results");
   const boxes = lens.layers.map((layer) => el("input", { type: "checkbox", value: layer.name, checked: true }));
-  fill(document.getElementById("layers"), "layers: ", ...lens.layers.map((layer, i) => el("label", { class: "check" }, boxes[i], layer.name)));
+  fill(document.getElementById("layers"), "layers: ", ...lens.layers.map((layer, i) => el("label", { class: "check" }, boxes[i], Semlens.layerTitle(layer))));
   q.value = params.get("q") || "";
 
   function query() {

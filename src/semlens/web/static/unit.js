@@ -10,6 +10,10 @@
   if (!data) return;
   document.title = `semlens · ${data.unit}`;
   fill(document.getElementById("title"), el("code", {}, data.unit), " ", el("span", { class: "muted" }, `in ${data.lens_name}`));
+  const sae = data.sae
+    ? el("p", { class: "muted", id: "sae" }, `feature ${data.index % data.sae.d_sae} of a ${data.sae.architecture} sparse autoencoder on ${data.layer} `
+        + `(d_sae ${data.sae.d_sae}${data.sae.k ? `, k ${data.sae.k}` : ""}, ${data.sae.format} format)`)
+    : null;
 
   const full = el("div", { id: "full" });
   function showFull(example) {
@@ -44,7 +48,7 @@
       : el("table", {}, group.hits.map((hit) => el("tr", {}, ...unitCells(hit), el("td", { class: "num" }, fmt(hit.score))))),
   ]);
 
-  fill(document.getElementById("unit"), 
+  fill(document.getElementById("unit"), sae,
     el("p", {}, "label: ", data.label ? el("b", { id: "label" }, data.label) : el("i", { id: "label", class: "muted" }, "unlabelled (no concept passes the threshold)"),
       data.inactive ? el("span", { class: "muted" }, " · inactive: its examples are arbitrary") : null,
       data.tied ? el("span", { class: "muted" }, " · tied: its examples are another unit's, so it is left out of search, labels and maps") : null),
