@@ -106,6 +106,15 @@ def polysemanticity(examples: Tensor, valid: Tensor | None = None, iterations: i
     identical examples); NaN for units with fewer than two usable examples.
     """
     units, usable = _directions(examples, valid)
+    _, means, sizes = _two_means(units, usable, iterations)
+    value = (1 - clarity(means)).masked_fill(sizes.min(dim=-1).values == 0, 0.0)
+    return value.masked_fill(usable.sum(dim=-1) < 2, float("nan"))
+
+
+def _two_means(units: Tensor, usable: Tensor, iterations: int) -> tuple[Tensor, Tensor, Tensor]:
+    """k-means with h = 2 on every unit's unit-length examples at once, started deterministically (see
+    :func:`polysemanticity`): which examples are in the second cluster ``[U, n]``, the means ``[U, 2, d]``
+    and the sizes ``[U, 2]``."""
     first = _farthest(units, usable, units.sum(dim=-2))
     centroids = torch.stack([first, _farthest(units, usable, first)], dim=-2)
     second = _nearest(units, usable, centroids)
@@ -116,8 +125,38 @@ def polysemanticity(examples: Tensor, valid: Tensor | None = None, iterations: i
             break
         second = update
     means, sizes = _cluster_means(units, usable, second, centroids)
-    value = (1 - clarity(means)).masked_fill(sizes.min(dim=-1).values == 0, 0.0)
-    return value.masked_fill(usable.sum(dim=-1) < 2, float("nan"))
+    return second, means, sizes
+
+
+def concept_clusters(examples: Tensor, valid: Tensor | None = None, iterations: int = 20) -> tuple[Tensor, Tensor]:
+    """The concepts in each unit's examples: the two clusters of :func:`polysemanticity`, kept apart only where
+    they are two concepts, i.e. where their mean directions are less alike than an example is, on average, to
+    its own cluster's mean direction. A split of one concept's examples along their noise fails this (its means
+    are alike; tests/unit/test_clusters.py); no threshold to tune.
+
+    Parameters
+    ----------
+    examples : Tensor ``[U, n, d]``
+    valid : Tensor ``[U, n]`` of bool, optional
+        As for :func:`clarity`.
+
+    Returns
+    -------
+    members : Tensor ``[U, n]`` of int64
+        Each example's cluster, 0 or 1 (1 only in units with two concepts); -1 for unusable examples.
+    means : Tensor ``[U, 2, d]``
+        Each cluster's mean of the unit-length examples (zeros for a cluster without members).
+    """
+    units, usable = _directions(examples, valid)
+    second, means, sizes = _two_means(units, usable, iterations)
+    directions = _directions(means, None)[0]
+    between = (directions[..., 0, :] * directions[..., 1, :]).sum(dim=-1)
+    own = torch.where(second.unsqueeze(-1), directions[..., 1:, :], directions[..., :1, :])
+    within = (units * own).sum(dim=-1).masked_fill(~usable, 0).sum(dim=-1) / usable.sum(dim=-1).clamp_min(1)
+    split = (between < within) & (sizes.min(dim=-1).values > 0)
+    second &= split.unsqueeze(-1)
+    members = torch.where(usable, second.long(), -1)
+    return members, _cluster_means(units, usable, second, torch.zeros_like(means))[0]
 
 
 def similarity(theta_a: Tensor, theta_b: Tensor) -> Tensor:
