@@ -131,8 +131,9 @@ def _two_means(units: Tensor, usable: Tensor, iterations: int) -> tuple[Tensor, 
 def concept_clusters(examples: Tensor, valid: Tensor | None = None, iterations: int = 20) -> tuple[Tensor, Tensor]:
     """The concepts in each unit's examples: the two clusters of :func:`polysemanticity`, kept apart only where
     they are two concepts, i.e. where their mean directions are less alike than an example is, on average, to
-    its own cluster's mean direction. A split of one concept's examples along their noise fails this (its means
-    are alike; tests/unit/test_clusters.py); no threshold to tune.
+    the mean direction of the other examples of its cluster (none for a cluster of one: it is no concept). A
+    split of one concept's examples along their noise fails this (its means are alike;
+    tests/unit/test_clusters.py); no threshold to tune.
 
     Parameters
     ----------
@@ -151,9 +152,12 @@ def concept_clusters(examples: Tensor, valid: Tensor | None = None, iterations: 
     second, means, sizes = _two_means(units, usable, iterations)
     directions = _directions(means, None)[0]
     between = (directions[..., 0, :] * directions[..., 1, :]).sum(dim=-1)
-    own = torch.where(second.unsqueeze(-1), directions[..., 1:, :], directions[..., :1, :])
-    within = (units * own).sum(dim=-1).masked_fill(~usable, 0).sum(dim=-1) / usable.sum(dim=-1).clamp_min(1)
-    split = (between < within) & (sizes.min(dim=-1).values > 0)
+    own = torch.where(second.unsqueeze(-1), means[..., 1:, :] * sizes[..., 1:, None], means[..., :1, :] * sizes[..., :1, None])
+    dot = (units * own).sum(dim=-1)  # with the sum of its cluster; less its own 1 below: with the others'
+    others = (own.pow(2).sum(dim=-1) - 2 * dot + 1).clamp_min(0).sqrt()
+    alike = torch.where(others > 1e-6, (dot - 1) / others.clamp_min(1e-6), 0.0).masked_fill(~usable, 0)
+    within = alike.sum(dim=-1) / usable.sum(dim=-1).clamp_min(1)
+    split = (between < within) & (sizes.min(dim=-1).values > 1)
     second &= split.unsqueeze(-1)
     members = torch.where(usable, second.long(), -1)
     return members, _cluster_means(units, usable, second, torch.zeros_like(means))[0]

@@ -12,6 +12,7 @@ from .._util.errors import SemlensError
 from ..model.units import unit_names
 from .arrays import LensArrays
 from .audits import LensAudits
+from .clusters import LensClusters
 from .example_sets import LensExampleSets
 from .examples import LensExamples
 from .labels import LensLabels
@@ -34,7 +35,7 @@ def writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-class Lens(LensArrays, LensExampleSets, LensExamples, LensSearch, LensLabels, LensMeasures, LensAudits):
+class Lens(LensArrays, LensExampleSets, LensExamples, LensSearch, LensLabels, LensMeasures, LensClusters, LensAudits):
     """A model's units embedded in a foundation model's space, with their concept examples.
 
     Units are addressed as ``"layer/index"`` (``"layer/index-"`` for the negative half of a signed
