@@ -233,6 +233,9 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
     skipped = manifest["stages"].get("relevance", {}).get("skipped")
     if skipped:
         found.append(f"no class relevance ({skipped}): audits and attribution graphs need it")
+    skipped = manifest["stages"].get("examples", {}).get("skipped")
+    if skipped:
+        found.append(f"no relevance examples ({skipped})")
     return found
 
 

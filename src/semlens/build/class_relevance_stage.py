@@ -11,10 +11,10 @@ import time
 import torch
 
 from .._util.progress import progress_bar
+from ..analysis.validity import inactive_units
 from ..data import load_data
 from ..lens.store import layer_file
 from ..model.loading import class_mapping
-from ..analysis.validity import inactive_units
 from .class_relevance import ClassRelevance, relevance_shares
 from .collect import TopK
 from .collect_stage import write_sample_table

@@ -130,7 +130,6 @@ class RelevanceExamplesStage(EmbedStage):
             store.write_tensors(layer_file(layer, "relevance_embed"), {"crop_index": index, "boxes": boxes, "theta": theta, "tied": tied[layer]})
         store.remove(EMBED_PARTIAL)
         slots = sum(int((index >= 0).sum()) for index in table.index.values())
-        self.context.finish_stage(
-            self.name, time.perf_counter() - started, example_slots=slots, distinct_crops=table.rows.shape[0], shared_crops=self.crops.shared, **speed_ups
-        )
+        seconds, crops = time.perf_counter() - started, table.rows.shape[0]
+        self.context.finish_stage(self.name, seconds, example_slots=slots, distinct_crops=crops, shared_crops=self.crops.shared, **speed_ups)
         return self.context.manifest

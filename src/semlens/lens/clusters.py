@@ -70,7 +70,9 @@ class LensClusters:
             unit, examples, None if math.isnan(value) else round(value, 5), bool(self.valid_of(layer, examples)[row]), vocab, clusters
         )
 
-    def _cluster_names(self: Lens, means: torch.Tensor, vocabulary: Vocabulary | str | Path | None) -> list[tuple[str | None, float | None, str | None]]:
+    def _cluster_names(
+        self: Lens, means: torch.Tensor, vocabulary: Vocabulary | str | Path | None
+    ) -> list[tuple[str | None, float | None, str | None]]:
         """Per cluster mean: the best concept, its alignment and the label (the concept if it reaches the stored
         labels' threshold, else the default one); all None without a vocabulary given or stored."""
         if vocabulary is None and self.vocabulary is None:
