@@ -135,3 +135,42 @@ def test_the_cli_shows_relevance_examples(built: Lens, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)["examples"]
     assert [item["sample"] for item in shown] == [e.sample for e in built.concept_examples("features.3/1", by="relevance")]
+
+
+def relevance_arrays(lens: Lens) -> dict[str, torch.Tensor]:
+    found = {"crops": lens.store.read_tensors("relevance_crops.safetensors")["embeddings"]}
+    for layer in lens.layers:
+        for kind in ("relevance_topk", "relevance_embed"):
+            for key, value in lens.store.read_tensors(f"layers/{layer}.{kind}.safetensors").items():
+                found[f"{layer}.{kind}.{key}"] = value
+    return found
+
+
+def test_two_ranks_and_merged_shards_equal_one_process(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from semlens.build.merge import merge_shards
+    from semlens.cli import app
+
+    args = [
+        "--model", "py:tiny_models:tiny_cnn", "--data", f"folder:{colour_folder}", "--foundation", f"hf:{tiny_clip_dir}",
+        "-k", "5", "--batch-size", "7", "--embed-batch-size", "4", "--workers", "0", "--no-progress", "--relevance-examples",
+        *[part for layer in LAYERS for part in ("--layer", layer)],
+    ]  # fmt: skip
+    assert CliRunner().invoke(app, ["run", *args, "--out", str(tmp_path / "one.lens")]).exit_code == 0
+    reference = relevance_arrays(Lens.open(tmp_path / "one.lens"))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "semlens.cli", "run"]
+    finished = subprocess.run([*command, *args, "--out", str(tmp_path / "ranks.lens")], capture_output=True, text=True, timeout=400)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    parts = [tmp_path / f"part{index}.lens" for index in range(2)]
+    for index, part in enumerate(parts):
+        assert CliRunner().invoke(app, ["run", *args, "--out", str(part), "--shard", f"{index}/2"]).exit_code == 0
+    merge_shards(parts, tmp_path / "merged.lens", progress=False)
+    for other in ("ranks.lens", "merged.lens"):
+        found = relevance_arrays(Lens.open(tmp_path / other))
+        assert found.keys() == reference.keys()
+        for key, value in reference.items():
+            assert torch.equal(found[key], value), (other, key)

@@ -61,23 +61,19 @@ class LensClusters:
         members, means = concept_clusters(embeddings)
         ranks = [[rank for rank, member in enumerate(members[0].tolist()) if member == cluster] for cluster in (0, 1)]
         used = [cluster for cluster in (0, 1) if ranks[cluster]]
-        names = self._cluster_names(means[0, used], vocabulary)
+        vocab = None if vocabulary is None and self.vocabulary is None else self.vocabulary_or(vocabulary)
+        names = self._cluster_names(means[0, used], vocab) if vocab is not None and used else [(None, None, None)] * len(used)
         clusters = [ConceptCluster(ranks[cluster], len(ranks[cluster]), *name) for cluster, name in zip(used, names)]
         clusters.sort(key=lambda cluster: (-cluster.size, cluster.ranks))
         value = float(polysemanticity(embeddings)[0])
-        vocab = None if names[0][0] is None and vocabulary is None else self.vocabulary_or(vocabulary).name
         return UnitClusters(
-            unit, examples, None if math.isnan(value) else round(value, 5), bool(self.valid_of(layer, examples)[row]), vocab, clusters
-        )
+            unit, examples, None if math.isnan(value) else round(value, 5), bool(self.valid_of(layer, examples)[row]),
+            None if vocab is None else vocab.name, clusters,
+        )  # fmt: skip
 
-    def _cluster_names(
-        self: Lens, means: torch.Tensor, vocabulary: Vocabulary | str | Path | None
-    ) -> list[tuple[str | None, float | None, str | None]]:
-        """Per cluster mean: the best concept, its alignment and the label (the concept if it reaches the stored
-        labels' threshold, else the default one); all None without a vocabulary given or stored."""
-        if vocabulary is None and self.vocabulary is None:
-            return [(None, None, None)] * means.shape[0]
-        vocab = self.vocabulary_or(vocabulary)
+    def _cluster_names(self: Lens, means: torch.Tensor, vocab: Vocabulary) -> list[tuple[str, float, str | None]]:
+        """Per cluster mean: the best concept of ``vocab``, its alignment and the label (the concept if it reaches
+        the stored labels' threshold, else the default one)."""
         stored = self.label_store.read()
         threshold = DEFAULT_THRESHOLD if stored is None else next(iter(stored[1].values())).threshold
         labels = label_units(means, self.probes.concepts(vocab.concepts, "label"), self.probes.null("label"), threshold, top=1)

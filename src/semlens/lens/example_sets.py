@@ -5,6 +5,7 @@ example embeddings and which units have examples of their own."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -54,29 +55,29 @@ class LensExampleSets:
             doubled["tied"] = torch.cat([arrays["tied"], torch.ones_like(arrays["tied"])])
         return doubled
 
+    def _set_array(
+        self: Lens, layer: str, examples: str, activation: Callable[[str], torch.Tensor], kind: str, key: str
+    ) -> torch.Tensor:
+        """``activation(layer)`` for the activation examples, else the relevance examples' array ``key`` of ``kind``."""
+        if check_example_set(examples) == "activation":
+            return activation(layer)
+        return self._relevance_file(layer, kind)[key]
+
     def example_scores(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
         """Scores ``[U, k]`` of a set, best first: activations, or relevance shares of the sample's class."""
-        if check_example_set(examples) == "activation":
-            return self.scores(layer)
-        return self._relevance_file(layer, "relevance_topk")["scores"]
+        return self._set_array(layer, examples, self.scores, "relevance_topk", "scores")
 
     def example_samples(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
         """Sample ids ``[U, k]`` of a set (-1 in empty slots)."""
-        if check_example_set(examples) == "activation":
-            return self.samples(layer)
-        return self._relevance_file(layer, "relevance_topk")["ids"]
+        return self._set_array(layer, examples, self.samples, "relevance_topk", "ids")
 
     def example_boxes(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
         """Crop boxes ``[U, k, 4]`` of a set (-1 where a slot has no crop)."""
-        if check_example_set(examples) == "activation":
-            return self.boxes(layer)
-        return self._relevance_file(layer, "relevance_embed")["boxes"]
+        return self._set_array(layer, examples, self.boxes, "relevance_embed", "boxes")
 
     def theta_of(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
         """Each unit's theta ``[U, d]`` from a set: the mean of its examples' embeddings."""
-        if check_example_set(examples) == "activation":
-            return self.theta(layer)
-        return self._relevance_file(layer, "relevance_embed")["theta"]
+        return self._set_array(layer, examples, self.theta, "relevance_embed", "theta")
 
     def valid_of(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
         """Units with examples of their own in a set (neither inactive nor tied; see ``Lens.valid``)."""
