@@ -34,7 +34,7 @@
   api(`${unitApi(lensKey, unit)}/clusters`).then((found) => fill(clusters,
     el("p", { class: "muted" }, found.clusters.length > 1 ? `two concepts (polysemanticity ${fmt(found.polysemanticity)})` : "one concept"),
     found.clusters.map((cluster, i) => el("div", { class: "cluster" },
-      el("h3", {}, `cluster ${i + 1} · ${cluster.size} examples · `, cluster.concept
+      el("h4", {}, `cluster ${i + 1} · ${cluster.size} examples · `, cluster.concept
         ? el("span", {}, cluster.label ? el("b", {}, cluster.concept) : cluster.concept, ` (alignment ${fmt(cluster.alignment, 4)})`)
         : el("i", { class: "muted" }, "unnamed")),
       el("div", { class: "examples" }, cluster.examples.map((example) =>
