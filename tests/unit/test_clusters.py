@@ -57,3 +57,10 @@ def test_empty_slots_belong_to_no_cluster_and_identical_examples_to_one() -> Non
     assert len(set(zip(members[0, kept].tolist(), truth[0, kept].tolist()))) == 2  # the clusters are the groups
     same = torch.ones(1, 5, 8)
     assert (concept_clusters(same)[0] == 0).all()
+
+
+def test_all_but_identical_examples_are_one_concept_below_the_minimum_separation() -> None:
+    examples, truth = planted(units=20, n=30, d=256, cosine=0.99, noise=0.01, seed=3)  # means 1 - cos = 0.01 apart
+    assert (concept_clusters(examples)[0] == 0).all()
+    members, _ = concept_clusters(examples, min_separation=0.0)  # the structure is there: the groups, exactly
+    assert ((members == truth.long()).all(dim=1) | (members == (~truth).long()).all(dim=1)).all()

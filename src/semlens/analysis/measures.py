@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+# Cluster means whose cosine is above 1 - this are one concept (concept_clusters): two halves of one concept's
+# examples in an image-text space lie far closer, two concepts far apart (the world CNN's split units: 0.25 to 0.63).
+MIN_SEPARATION = 0.05
 # Similarities held at once when matching units: 2**26 float32 = 256 MiB, whatever the layer sizes.
 _BLOCK_ELEMENTS = 2**26
 
@@ -128,12 +131,16 @@ def _two_means(units: Tensor, usable: Tensor, iterations: int) -> tuple[Tensor, 
     return second, means, sizes
 
 
-def concept_clusters(examples: Tensor, valid: Tensor | None = None, iterations: int = 20) -> tuple[Tensor, Tensor]:
+def concept_clusters(
+    examples: Tensor, valid: Tensor | None = None, min_separation: float = MIN_SEPARATION, iterations: int = 20
+) -> tuple[Tensor, Tensor]:
     """The concepts in each unit's examples: the two clusters of :func:`polysemanticity`, kept apart only where
     they are two concepts, i.e. where their mean directions are less alike than an example is, on average, to
     the mean direction of the other examples of its cluster (none for a cluster of one: it is no concept). A
     split of one concept's examples along their noise fails this (its means are alike;
-    tests/unit/test_clusters.py); no threshold to tune.
+    tests/unit/test_clusters.py). The test is relative to the examples' spread, so examples that are all but
+    identical would still split on a trace of structure: means closer than ``min_separation`` (the unit's
+    polysemanticity, 1 - cosine) are one concept whatever the spread.
 
     Parameters
     ----------
@@ -157,7 +164,7 @@ def concept_clusters(examples: Tensor, valid: Tensor | None = None, iterations: 
     others = (own.pow(2).sum(dim=-1) - 2 * dot + 1).clamp_min(0).sqrt()
     alike = torch.where(others > 1e-6, (dot - 1) / others.clamp_min(1e-6), 0.0).masked_fill(~usable, 0)
     within = alike.sum(dim=-1) / usable.sum(dim=-1).clamp_min(1)
-    split = (between < within) & (sizes.min(dim=-1).values > 1)
+    split = (between < within) & (1 - between >= min_separation) & (sizes.min(dim=-1).values > 1)
     second &= split.unsqueeze(-1)
     members = torch.where(usable, second.long(), -1)
     return members, _cluster_means(units, usable, second, torch.zeros_like(means))[0]
