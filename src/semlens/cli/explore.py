@@ -32,7 +32,7 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
     say(f"model       {identity['model']['spec']} (weights {identity['model']['fingerprint']})")
     say(f"data        {identity['data']['spec']} ({identity['data']['samples']} samples)")
     say(f"foundation  {manifest['foundation']['id']} (dim {manifest['foundation']['dim']})")
-    say(f"k           {opened.k}, crop {identity['embed']['crop']}")
+    say(f"k           {opened.k}, crop {identity['embed']['crop']}{', relevance examples too' if opened.has_relevance_examples else ''}")
     say(f"trusted     {'yes' if opened.trusted else 'no (it runs no code and reads no files it names; see `semlens trust`)'}")
     rows = [
         (name, layer["units"], layer["inactive_units"], int(opened.tied(name).sum()), layer["output"], layer.get("crop", {}).get("mode", "-"))

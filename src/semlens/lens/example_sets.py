@@ -40,6 +40,8 @@ class LensExampleSets:
         self._layer(layer)
         if not self.has_relevance_examples:
             skipped = self.manifest["stages"].get("examples", {}).get("skipped")
+            if self.manifest["identity"]["relevance"].get("examples") and not skipped:
+                raise SemlensError("this Lens's relevance examples are unfinished: run the same `semlens run` again to resume it")
             why = f"they could not be computed ({skipped})" if skipped else "it was built without them"
             raise SemlensError(
                 f"this Lens has no relevance examples: {why}. Rebuild it with `semlens run ... --relevance-examples "
