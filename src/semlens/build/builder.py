@@ -36,6 +36,7 @@ from .context import BuildContext
 from .crop_stage import CropStage
 from .embed_stage import EmbedStage
 from .parallel import Ranks, Shard, connect
+from .relevance_examples_stage import RelevanceExamplesStage
 
 if TYPE_CHECKING:
     from ..relevance.lrp import SupportReport
@@ -90,7 +91,7 @@ class LensBuilder:
         self.embed_stage = EmbedStage(self.context, CropStage(self.context))
         self.stages: list[Stage] = [self.collect_stage]
         if shard is None:  # a shard runs only the collect stage; `semlens merge` runs the others
-            self.stages += [self.embed_stage, ClassRelevanceStage(self.context)]
+            self.stages += [self.embed_stage, ClassRelevanceStage(self.context), RelevanceExamplesStage(self.context)]
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -113,6 +114,8 @@ class LensBuilder:
             "embed": {"foundation": config.foundation, "crop": config.crop, "crop_threshold": config.crop_threshold},
             "relevance": {"enabled": config.class_relevance, "data": config.relevance_data},
         }
+        if config.relevance_examples:  # left out when off, so Lenses built before this setting stay valid
+            identity["relevance"]["examples"] = True
         if config.crop_rule != "peak":  # the paper's rule adds nothing, so Lenses built before this setting stay valid
             setting = {"share": "crop_share", "quantile": "crop_quantile"}[config.crop_rule]
             identity["embed"].update({"crop_rule": config.crop_rule, setting: getattr(config, setting)})
@@ -230,6 +233,9 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
     skipped = manifest["stages"].get("relevance", {}).get("skipped")
     if skipped:
         found.append(f"no class relevance ({skipped}): audits and attribution graphs need it")
+    skipped = manifest["stages"].get("examples", {}).get("skipped")
+    if skipped:
+        found.append(f"no relevance examples ({skipped})")
     return found
 
 

@@ -1,5 +1,8 @@
 """The class relevance stage: per unit and class, the max and mean LRP relevance share over a
-labelled (or predicted) test set, and the samples with the highest share."""
+labelled (or predicted) test set, and the samples with the highest share; with
+``config.relevance_examples`` also each unit's top-k samples by share over all classes (zennit-crp's
+relevance-based reference sampling: the samples on which the unit matters most for the model's
+output), exact by the same :class:`TopK` as the collect stage."""
 
 from __future__ import annotations
 
@@ -8,23 +11,28 @@ import time
 import torch
 
 from .._util.progress import progress_bar
+from ..analysis.validity import inactive_units
 from ..data import load_data
 from ..lens.store import layer_file
 from ..model.loading import class_mapping
 from ..model.sae import has_decoder
 from .class_relevance import ClassRelevance, relevance_shares
+from .collect import TopK
+from .collect_stage import write_sample_table
 from .context import BuildContext
 
 
 class ClassRelevanceStage:
     """Inputs: the model, the layers (SAE layers through their features, those whose SAE has a decoder) and
-    ``config.relevance_data`` (or the probe data). Outputs: ``layers/<layer>.relevance`` and the data and
-    targets it used (and the layers left out, with why) in the manifest; only a stage record when LRP does
-    not support the model. Resume: done when the stage's
+    ``config.relevance_data`` (or the probe data). Outputs: ``layers/<layer>.relevance``, with ``relevance_examples``
+    also ``layers/<layer>.relevance_topk`` (layers without an SAE; their samples join ``samples.json``), and the
+    data and targets it used (and the layers left out, with why) in the manifest; only a stage record when LRP
+    does not support the model. Resume: done when the stage's
     fingerprint is unchanged (it keeps no checkpoint: it is one pass).
 
     Only rank 0 computes it (the other ranks are done): its float64 sums, split across ranks, would
-    be added in another order and differ in the last bits from a single-process run.
+    be added in another order and differ in the last bits from a single-process run. Shards never
+    run it (``semlens merge`` does, on the merged Lens), so its top-k needs no merge across processes.
     """
 
     name = "relevance"
@@ -52,6 +60,7 @@ class ClassRelevanceStage:
         picks = {spec.name: spec.pick for spec in layers}
         loader = context.image_loader(data, range(len(data)), context.config.relevance_batch(model.preprocessing.input_size))
         stats: dict[str, ClassRelevance] = {}
+        examples: dict[str, TopK] = {}  # per layer the top-k samples by share (config.relevance_examples)
         with context.relevance.attributing() as modified, progress_bar("class relevance", len(data), context.progress) as advance:
             for pixels, ids, failed in loader:
                 advance(len(ids) + len(failed))
@@ -67,7 +76,13 @@ class ClassRelevanceStage:
                 for spec in layers:
                     shares = relevance_shares(relevance[spec.name])
                     stats.setdefault(spec.name, ClassRelevance(shares.shape[1], outputs.shape[1])).update(shares, targets, ids)
+                    if context.config.relevance_examples and not spec.sae:  # CRP crops of SAE features: see relevance_examples_stage
+                        examples.setdefault(spec.name, TopK.empty(shares.shape[1], context.config.k)).update(shares.float().cpu(), ids.cpu())
         for name, accumulator in stats.items():
             context.store.write_tensors(layer_file(name, "relevance"), accumulator.state())
-        context.manifest["relevance"] = {"data": data.spec, "targets": targets_from, "layers": list(stats), "left_out": left_out}
+        for name, topk in examples.items():
+            context.store.write_tensors(layer_file(name, "relevance_topk"), {**topk.state(), "inactive": inactive_units(topk.scores)})
+        if examples:
+            write_sample_table(context.store, data, [topk.ids for topk in examples.values()], keep=True)
+        context.manifest["relevance"] = {"data": data.spec, "targets": targets_from, "layers": list(stats), "example_layers": list(examples), "left_out": left_out}
         context.finish_stage(self.name, time.perf_counter() - started)

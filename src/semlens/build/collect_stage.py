@@ -15,7 +15,8 @@ from .._util.errors import DataError
 from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
 from ..analysis.validity import inactive_units
-from ..lens.store import layer_file
+from ..data import ImageData
+from ..lens.store import LensStore, layer_file
 from ..model.sae import SparseAutoencoder
 from .collect import EMPTY_ID, Collector, TopK
 from .context import BuildContext
@@ -119,14 +120,22 @@ class CollectStage:
             }
             if spec.sae:
                 context.manifest["layers"][spec.name]["sae"] = SparseAutoencoder.load(spec.sae).describe()
-        referenced = torch.unique(torch.cat([results[spec.name].ids.reshape(-1) for spec in context.specs]))
-        referenced = [index for index in referenced.tolist() if index != EMPTY_ID]
-        store.write_json(
-            "samples.json",
-            {
-                "root": str(getattr(data, "root", "")),
-                "ids": referenced,
-                "paths": [data.describe(index) for index in referenced],
-                "labels": [data.label(index) for index in referenced],
-            },
-        )
+        write_sample_table(store, data, [results[spec.name].ids for spec in context.specs])
+
+
+def write_sample_table(store: LensStore, data: ImageData, ids: list[torch.Tensor], keep: bool = False) -> None:
+    """``samples.json``: path and label of every sample that ``ids`` (top-k id arrays, -1 empty) name;
+    ``keep`` adds those already listed (a later stage's examples join the collect stage's)."""
+    referenced = set(torch.unique(torch.cat([tensor.reshape(-1) for tensor in ids])).tolist()) - {EMPTY_ID}
+    if keep:
+        referenced |= set(store.read_json("samples.json")["ids"])
+    ordered = sorted(referenced)
+    store.write_json(
+        "samples.json",
+        {
+            "root": str(getattr(data, "root", "")),
+            "ids": ordered,
+            "paths": [data.describe(index) for index in ordered],
+            "labels": [data.label(index) for index in ordered],
+        },
+    )

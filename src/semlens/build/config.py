@@ -39,6 +39,7 @@ class BuildConfig:
     heatmaps_from: str | None = None  # a Lens whose CRP heatmaps to reuse where computed from the same inputs
     class_relevance: bool = True
     relevance_data: str | None = None
+    relevance_examples: bool = False  # also keep, crop and embed each unit's top-k samples by relevance (zennit-crp's reference sampling)
     relevance_batch_size: int | None = None  # None: sized by input pixels (relevance_batch)
     max_map_side: int = 32
     batch_size: int = 32
@@ -71,6 +72,13 @@ class BuildConfig:
             raise SemlensError("k, batch_size and embed_batch_size must be positive integers")
         if self.relevance_batch_size is not None and self.relevance_batch_size < 1:
             raise SemlensError(f"relevance_batch_size={self.relevance_batch_size} must be a positive integer (or left out: sized by input pixels)")
+        if self.relevance_examples and not self.class_relevance:
+            raise SemlensError("relevance_examples needs class_relevance: the relevance pass is where they are collected")
+        if self.relevance_examples and self.relevance_data not in (None, self.data):
+            raise SemlensError(
+                f"relevance_examples are samples of the probe data, but relevance_data={self.relevance_data!r} is other data; "
+                "leave relevance_data out (the probe data) to collect them"
+            )
         check_precision(self.precision)
         check_precision(self.embed_precision, "embed_precision")
         if self.shard is not None:

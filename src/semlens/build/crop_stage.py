@@ -44,7 +44,7 @@ class CropStage:
             stored = self.context.store.read_tensors(layer_file(spec.name, "topk"))
             samples[spec.name] = stored["ids"].masked_fill(arbitrary_slots(stored["scores"]), EMPTY_ID)
             heat, source = self._heatmaps(spec, stored)
-            boxes[spec.name] = self._boxes(heat, stored)
+            boxes[spec.name] = self.boxes(heat, stored)
             if heat is not None and self.context.config.crop_view == "masked":
                 fired = heat.flatten(2).amax(dim=2) > 0  # nothing to fade by where the unit did not fire
                 masked[spec.name] = (source, fired & ~stored["inactive"][:, None])
@@ -82,7 +82,7 @@ class CropStage:
             return stored["maps"], HeatSource(layer_file(spec.name, "topk"), "maps")
         return None, None
 
-    def _boxes(self, heat: torch.Tensor | None, stored: dict[str, torch.Tensor]) -> torch.Tensor:
+    def boxes(self, heat: torch.Tensor | None, stored: dict[str, torch.Tensor]) -> torch.Tensor:
         """Crop boxes ``[U, k, 4]`` by the build's crop rule; whole images without heatmaps and for inactive
         units (their examples are arbitrary: no crop to trust)."""
         config, size = self.context.config, self.context.model.preprocessing.input_size
@@ -105,7 +105,7 @@ class CropStage:
         samples), else computed now; stored in this Lens with their key and origin."""
         context = self.context
         name, key = layer_file(spec.name, "crops"), self._heat_key(spec)
-        kept = self._stored(context.store, name, key)
+        kept = self.stored_heatmaps(context.store, name, key)
         if kept is not None:
             return kept
         origin = context.config.heatmaps_from
@@ -116,13 +116,13 @@ class CropStage:
                 raise SemlensError(
                     f"heatmaps_from={origin} is not a Lens directory (no manifest.json); give a Lens built from the same model and data"
                 )
-            found = self._stored(other, name, key, ids, layer_file(spec.name, "topk"))
-        heat, source = (found[0], f"reused from {LensStore(origin).root}") if found else (self._compute_heatmaps(spec, ids), "computed")
+            found = self.stored_heatmaps(other, name, key, ids, layer_file(spec.name, "topk"))
+        heat, source = (found[0], f"reused from {LensStore(origin).root}") if found else (self.compute_heatmaps(spec, ids), "computed")
         context.ranks.on_main(lambda: context.store.write_tensors(name, {"heat": heat}, {HEAT_KEY: key, "origin": source}))
         return heat, source
 
     @staticmethod
-    def _stored(store: LensStore, name: str, key: str, ids: torch.Tensor | None = None, topk: str = "") -> tuple[torch.Tensor, str] | None:
+    def stored_heatmaps(store: LensStore, name: str, key: str, ids: torch.Tensor | None = None, topk: str = "") -> tuple[torch.Tensor, str] | None:
         """The heatmaps in ``store``'s file ``name`` and their origin, if computed for ``key`` (and, from
         another Lens, for the same top-k samples ``ids`` in its file ``topk``: ties may rank otherwise)."""
         if not store.path(name).is_file():
@@ -132,7 +132,7 @@ class CropStage:
             return None
         return store.read_tensors(name)["heat"], metadata.get("origin", "computed")
 
-    def _compute_heatmaps(self, spec: LayerSpec, ids: torch.Tensor) -> torch.Tensor:
+    def compute_heatmaps(self, spec: LayerSpec, ids: torch.Tensor) -> torch.Tensor:
         """CRP heatmaps ``[U, k, h, w]``: each unit's heatmap on each of its samples, pooled as the Lens stores
         them; many pairs per backward pass, split into blocks of whole batches across ranks. Pairs are
         ordered by sample, and data-loader workers decode each distinct sample of the next batches once

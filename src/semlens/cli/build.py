@@ -49,6 +49,10 @@ def run(
         None, "--class-relevance/--no-class-relevance", help="Compute per-class LRP relevance of every unit (default on)."
     ),
     relevance_data: Optional[str] = typer.Option(None, help="Labelled data spec for class relevance (default: --data)."),
+    relevance_examples: Optional[bool] = typer.Option(
+        None, "--relevance-examples/--no-relevance-examples",
+        help="Also keep each unit's top-k samples by relevance for the model's output, cropped and embedded: a second theta (default off).",
+    ),
     batch_size: Optional[int] = typer.Option(None, help="Model batch size (default 32)."),
     embed_batch_size: Optional[int] = typer.Option(None, help="Foundation model batch size (default 64)."),
     embed_precision: Optional[str] = typer.Option(
@@ -95,6 +99,7 @@ def run(
         heatmaps_from=heatmaps_from,
         class_relevance=class_relevance,
         relevance_data=relevance_data,
+        relevance_examples=relevance_examples,
         batch_size=batch_size,
         embed_batch_size=embed_batch_size,
         embed_precision=embed_precision,

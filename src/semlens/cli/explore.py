@@ -13,6 +13,9 @@ from ._app import AsJson, Foundation, Model, ProbeData, Trust, app, console, emi
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in.")
 Layers = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable; default all).")
+ExampleSet = typer.Option(
+    "activation", "--examples", help="Whose theta: the top samples by activation (default) or by relevance (Lenses built with --relevance-examples)."
+)
 
 
 @app.command()
@@ -29,7 +32,7 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
     say(f"model       {identity['model']['spec']} (weights {identity['model']['fingerprint']})")
     say(f"data        {identity['data']['spec']} ({identity['data']['samples']} samples)")
     say(f"foundation  {manifest['foundation']['id']} (dim {manifest['foundation']['dim']})")
-    say(f"k           {opened.k}, crop {identity['embed']['crop']}")
+    say(f"k           {opened.k}, crop {identity['embed']['crop']}{', relevance examples too' if opened.has_relevance_examples else ''}")
     say(f"trusted     {'yes' if opened.trusted else 'no (it runs no code and reads no files it names; see `semlens trust`)'}")
     from ..model.sae import sae_summary
 
@@ -64,12 +67,14 @@ def search(
     template: Optional[list[str]] = typer.Option(
         None, "--template", "-t", help="Template set (search, label, audit) or custom templates with {} (repeatable)."
     ),
+    examples: str = ExampleSet,
     trust: Trust = False,
     foundation: Foundation = None,
     as_json: AsJson = False,
 ) -> None:
     """Rank units of all (or chosen) layers by alignment with a text and/or image probe."""
-    hits = open_lens(lens, trust, foundation=foundation).search(query or None, image or (), layer or None, top, template or "search")
+    opened = open_lens(lens, trust, foundation=foundation)
+    hits = opened.search(query or None, image or (), layer or None, top, template or "search", examples=examples)
     title = f"units aligned with {' + '.join(map(repr, query or []))}{' + images' if image else ''}"
     print_hits(hits, title, "alignment", as_json)
 
@@ -95,6 +100,7 @@ def show(
     lens: Path = typer.Argument(..., help="Lens directory."),
     unit: str = typer.Argument(..., help="Unit as layer/index, e.g. _fc/281."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: UNIT.png here)."),
+    by: str = typer.Option("activation", "--by", help="The top samples by activation (default) or by relevance (built with --relevance-examples)."),
     trust: Trust = False,
     probe_data: ProbeData = None,
     as_json: AsJson = False,
@@ -103,7 +109,7 @@ def show(
     from ..report.figures import concept_grid
 
     opened = open_lens(lens, trust, data=probe_data)
-    examples = opened.concept_examples(unit)
+    examples = opened.concept_examples(unit, by=by)
     target = out or Path(unit.replace("/", "_") + ".png")
     label = opened.label_of(unit)
     title = f"{unit}" + (f"  label: {label}" if label else "")
@@ -121,12 +127,14 @@ def label(
     lens: Path = typer.Argument(..., help="Lens directory."),
     vocabulary: Optional[Path] = Vocabulary,
     threshold: float = typer.Option(0.025, help="Minimum alignment for a label; weaker units stay unlabelled."),
+    examples: str = ExampleSet,
     trust: Trust = False,
     foundation: Foundation = None,
     as_json: AsJson = False,
 ) -> None:
-    """Label every unit with its best concept (and runner-ups); stored with the Lens."""
-    results = open_lens(lens, trust, foundation=foundation).label(str(vocabulary) if vocabulary else None, threshold)
+    """Label every unit with its best concept (and runner-ups); stored with the Lens (those by activation examples)."""
+    opened = open_lens(lens, trust, foundation=foundation)
+    results = opened.label(str(vocabulary) if vocabulary else None, threshold, examples=examples)
     if as_json:
         emit_json(results.to_dict())
         return
@@ -194,6 +202,7 @@ def measures(
     lens: Path = typer.Argument(..., help="Lens directory."),
     layer: Optional[list[str]] = Layers,
     worst: int = typer.Option(5, help="How many least clear / most polysemantic units to list per layer."),
+    examples: str = ExampleSet,
     as_json: AsJson = False,
 ) -> None:
     """Interpretability measures: clarity, polysemanticity, redundancy, per unit and per layer."""
@@ -201,7 +210,7 @@ def measures(
 
     opened = open_lens(lens)
     chosen = opened.checked_layers(layer or None)
-    result = Measures({name: opened.measures(name) for name in chosen}, {name: opened.units(name) for name in chosen})
+    result = Measures({name: opened.measures(name, examples) for name in chosen}, {name: opened.units(name) for name in chosen})
     if as_json:
         emit_json(result.to_dict())
         return

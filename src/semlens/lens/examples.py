@@ -33,10 +33,13 @@ class LensExamples:
         table = self.store.read_json("samples.json")
         return {index: (path, label) for index, path, label in zip(table["ids"], table["paths"], table["labels"])}
 
-    def concept_examples(self: Lens, unit: str) -> list[ConceptExample]:
-        """A unit's concept examples, best first."""
+    def concept_examples(self: Lens, unit: str, by: str = "activation") -> list[ConceptExample]:
+        """A unit's concept examples, best first: its top samples by ``"activation"``, or by ``"relevance"`` for
+        the model's output on the sample's class (scores are then relevance shares; Lenses built with
+        ``relevance_examples``)."""
         layer, row = self.unit_index(unit)
-        scores, ids, boxes = self.scores(layer)[row], self.samples(layer)[row], self.boxes(layer)[row]
+        scores, ids = self.example_scores(layer, by)[row], self.example_samples(layer, by)[row]
+        boxes = self.example_boxes(layer, by)[row]
         examples = []
         for rank, (score, sample, box) in enumerate(zip(scores.tolist(), ids.tolist(), boxes.tolist())):
             if sample >= 0 and box[0] >= 0:  # not an empty slot, nor one kept by chance (no crop: see arbitrary_slots)

@@ -108,14 +108,20 @@ class LensLabels:
         templates: str | list[str] = "label",
         top: int = 3,
         save: bool = True,
+        examples: str = "activation",
     ) -> Labelling:
         """Label every unit with its best concepts; stored with the Lens for the other tools (``save=False``:
-        kept in this process only)."""
+        kept in this process only). ``examples="relevance"`` labels the relevance examples' theta and only
+        returns the labels: the stored ones, which the other tools show, are the activation examples'."""
         vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
         concepts = self.probes.concepts(vocab.concepts, templates)
         null = self.probes.null(templates)
-        results = {layer: label_units(self.theta(layer), concepts, null, threshold, top, self.valid(layer)) for layer in self.layers}
-        self.label_store.replace(vocab, results, threshold, templates, save)
+        results = {
+            layer: label_units(self.theta_of(layer, examples), concepts, null, threshold, top, self.valid_of(layer, examples))
+            for layer in self.layers
+        }
+        if examples == "activation":
+            self.label_store.replace(vocab, results, threshold, templates, save)
         return Labelling(results, {layer: self.units(layer) for layer in self.layers}, vocab)
 
     @property

@@ -12,6 +12,8 @@ from .._util.errors import SemlensError
 from ..model.units import unit_names
 from .arrays import LensArrays
 from .audits import LensAudits
+from .clusters import LensClusters
+from .example_sets import LensExampleSets
 from .examples import LensExamples
 from .explain import LensExplain
 from .labels import LensLabels
@@ -34,7 +36,9 @@ def writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-class Lens(LensArrays, LensExamples, LensSearch, LensLabels, LensMeasures, LensAudits, LensExplain):
+class Lens(
+    LensArrays, LensExampleSets, LensExamples, LensSearch, LensLabels, LensMeasures, LensClusters, LensAudits, LensExplain
+):
     """A model's units embedded in a foundation model's space, with their concept examples.
 
     Units are addressed as ``"layer/index"`` (``"layer/index-"`` for the negative half of a signed

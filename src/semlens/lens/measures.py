@@ -36,14 +36,15 @@ class LensMeasures:
         null = self.probes.null("label")
         return build_overview(units, theta, concepts, list(vocabulary.concepts), category_probes, categories, null, clusters, seed)
 
-    def measures(self: Lens, layer: str) -> dict[str, torch.Tensor]:
-        """Per unit: clarity, polysemanticity (Eq. 7, 10) and redundancy within the layer (Eq. 9)."""
+    def measures(self: Lens, layer: str, examples: str = "activation") -> dict[str, torch.Tensor]:
+        """Per unit: clarity, polysemanticity (Eq. 7, 10) and redundancy within the layer (Eq. 9), of the
+        activation or the relevance examples."""
         from ..analysis.measures import clarity, polysemanticity, redundancy
 
-        left_out = ~self.valid(layer)
-        examples = self.example_embeddings(layer).masked_fill(left_out[:, None, None], float("nan"))
-        theta = self.theta(layer).masked_fill(left_out[:, None], float("nan"))  # takes part in no unit's redundancy
-        return {"clarity": clarity(examples), "polysemanticity": polysemanticity(examples), "redundancy": redundancy(theta)}
+        left_out = ~self.valid_of(layer, examples)
+        embeddings = self.example_embeddings_of(layer, examples).masked_fill(left_out[:, None, None], float("nan"))
+        theta = self.theta_of(layer, examples).masked_fill(left_out[:, None], float("nan"))  # takes part in no unit's redundancy
+        return {"clarity": clarity(embeddings), "polysemanticity": polysemanticity(embeddings), "redundancy": redundancy(theta)}
 
     def similarity(self: Lens, unit: str, other_unit: str, other: Lens | None = None) -> float:
         """Cosine similarity of two units' theta (Eq. 8), in this Lens or across two Lenses."""

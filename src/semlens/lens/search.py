@@ -62,10 +62,12 @@ class LensSearch:
         layers: list[str] | None = None,
         top: int = 10,
         templates: str | list[str] = "search",
+        examples: str = "activation",
     ) -> list[SearchHit]:
-        """Units of all (or the given) layers ranked by alignment with a text and/or image probe."""
+        """Units of all (or the given) layers ranked by alignment with a text and/or image probe; ``examples``:
+        whose theta, the activation examples' or the relevance examples' (see ``Lens.theta_of``)."""
         probe, null = self.probe(text, images, templates)
-        return self._rank(probe, null, self.checked_layers(layers), top)
+        return self._rank(probe, null, self.checked_layers(layers), top, examples=examples)
 
     def search_similar(self: Lens, source: Lens, unit: str, top: int = 10) -> list[SearchHit]:
         """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one)."""
@@ -75,13 +77,19 @@ class LensSearch:
         return self._rank(source.theta(layer)[row], None, self.layers, top, exclude=(layer, row) if source is self else None)
 
     def _rank(
-        self: Lens, probe: torch.Tensor, null: torch.Tensor | None, layers: list[str], top: int, exclude: tuple[str, int] | None = None
+        self: Lens,
+        probe: torch.Tensor,
+        null: torch.Tensor | None,
+        layers: list[str],
+        top: int,
+        exclude: tuple[str, int] | None = None,
+        examples: str = "activation",
     ) -> list[SearchHit]:
         """The ``top`` units of ``layers`` by alignment with ``probe``; ties go to the earlier layer, lower unit."""
-        table = self._search_table if layers == self.layers else self._unit_table(layers)
+        table = self._search_table if layers == self.layers and examples == "activation" else self._unit_table(layers, examples)
         rows, scores = table.top(probe, null, top + 1)
         found = [(table.locate(row), score) for row, score in zip(rows.tolist(), scores.tolist())]
-        return [self._search_hit(*owner, score) for owner, score in found if owner != exclude][:top]
+        return [self._search_hit(*owner, score, examples) for owner, score in found if owner != exclude][:top]
 
     @cached_property
     def _search_table(self: Lens) -> UnitTable:
@@ -90,11 +98,12 @@ class LensSearch:
         table.index = open_index(self.cache, table, self.manifest["stages"]["embed"]["fingerprint"])
         return table
 
-    def _unit_table(self: Lens, layers: list[str]) -> UnitTable:
+    def _unit_table(self: Lens, layers: list[str], examples: str = "activation") -> UnitTable:
         """The layers' units as one table; units without examples of their own (``Lens.valid``) are never ranked."""
-        return UnitTable.stack({layer: self.theta(layer) for layer in layers}, {layer: ~self.valid(layer) for layer in layers})
+        theta = {layer: self.theta_of(layer, examples) for layer in layers}
+        return UnitTable.stack(theta, {layer: ~self.valid_of(layer, examples) for layer in layers})
 
-    def _search_hit(self: Lens, layer: str, row: int, score: float) -> SearchHit:
+    def _search_hit(self: Lens, layer: str, row: int, score: float, examples: str = "activation") -> SearchHit:
         unit = f"{layer}/{self.units(layer)[row]}"
-        sources = [example.source for example in self.concept_examples(unit)[:3]]
+        sources = [example.source for example in self.concept_examples(unit, by=examples)[:3]]
         return SearchHit(unit, layer, row, score, self.label_of(unit), sources)

@@ -8,6 +8,8 @@ Layout::
     layers/<layer>.topk.safetensors   per unit: top-k scores, sample ids, activation maps
     layers/<layer>.embed.safetensors  per unit: crop boxes, rows into crops, theta
     crops.safetensors             every distinct (sample, box) crop and its embedding (float16, read by rows)
+    layers/<layer>.relevance_topk / .relevance_embed / .relevance_heat   the same for relevance examples
+    relevance_crops.safetensors   their crops not in crops.safetensors (rows counted on past its end)
 
 Every file is written to a temporary name and renamed into place, so a killed run never leaves a
 half-written file behind; partial progress lives in ``*.partial*`` files that a resumed run reads.
@@ -35,6 +37,8 @@ from .._util.fingerprint import hash_file
 FORMAT = "semlens-lens"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+CROPS = "crops.safetensors"
+RELEVANCE_CROPS = "relevance_crops.safetensors"
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -159,6 +163,12 @@ class LensStore:
             raise self._damaged(name, str(error)) from None
         return torch.cat(parts)[inverse].reshape(*rows.shape, *parts[0].shape[1:])
 
+    def rows(self, name: str, key: str) -> int:
+        """The length of one stored array, read off its header."""
+        self.verify(name)
+        with safe_open(str(self.path(name)), framework="pt") as handle:
+            return handle.get_slice(key).get_shape()[0]
+
     def read_metadata(self, name: str) -> dict[str, str]:
         self.verify(name)
         try:
@@ -191,3 +201,14 @@ def safe_name(layer: str) -> str:
 def layer_file(layer: str, kind: str) -> str:
     """File name of a layer's arrays."""
     return f"layers/{safe_name(layer)}.{kind}.safetensors"
+
+
+def read_crop_embeddings(store: LensStore, rows: torch.Tensor) -> torch.Tensor:
+    """Embeddings (float16) of crop rows ``rows`` (any shape, none empty): rows of ``crops.safetensors``, and past
+    its end rows of ``relevance_crops.safetensors`` (the relevance examples' crops that are no activation example's)."""
+    count = store.rows(CROPS, "embeddings")
+    first = rows < count
+    found = store.read_rows(CROPS, "embeddings", rows.masked_fill(~first, 0))
+    if not first.all():
+        found[~first] = store.read_rows(RELEVANCE_CROPS, "embeddings", rows[~first] - count)
+    return found

@@ -68,6 +68,11 @@ def _unit_rows(lens: Lens, units: list[tuple[str, str]]) -> str:
     return "\n".join(rows)
 
 
+def _clusters_note(lens: Lens, unit: str) -> str:
+    """A unit's concept clusters in a few words: each one's best concept and size."""
+    return " · ".join(f"{cluster.concept or 'unnamed'} ({cluster.size})" for cluster in lens.concept_clusters(unit).clusters)
+
+
 def _histograms(measures: dict[str, dict[str, list[float]]]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -106,7 +111,7 @@ def write_report(
         order = values["clarity"].nan_to_num(float("inf")).argsort()[:worst].tolist()
         least_clear += [(units[i], f"clarity {float(values['clarity'][i]):.3f}") for i in order]
         order = values["polysemanticity"].nan_to_num(float("-inf")).argsort(descending=True)[:worst].tolist()
-        most_poly += [(units[i], f"polysemanticity {float(values['polysemanticity'][i]):.3f}") for i in order]
+        most_poly += [(units[i], f"polysemanticity {float(values['polysemanticity'][i]):.3f}; {_clusters_note(lens, units[i])}") for i in order]
         layer_labels = lens.labels(layer)
         missing = (~layer_labels.labelled & lens.valid(layer)).nonzero().flatten()[:unexpected].tolist()
         unlabelled += [(units[i], f"best alignment {float(layer_labels.scores[i, 0]):.3f}") for i in missing]

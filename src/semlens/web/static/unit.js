@@ -1,4 +1,4 @@
-// Unit: concept examples (full image on demand), labels, measures, classes, similar units everywhere.
+// Unit: concept examples (full image on demand) and their concept clusters, labels, measures, classes, similar units everywhere.
 "use strict";
 
 (async () => {
@@ -33,6 +33,19 @@
       el("img", { src: example.thumbnail, alt: `example ${example.rank}` }),
       el("figcaption", {}, `#${example.rank} · ${fmt(example.score, 2)} · ${example.source.split("/").pop()}`))));
 
+  // Concept clusters: the examples grouped by the concept they show (one group for a monosemantic unit).
+  const clusters = el("div", { id: "clusters" }, el("p", { class: "muted" }, "grouping…"));
+  api(`${unitApi(lensKey, unit)}/clusters`).then((found) => fill(clusters,
+    el("p", { class: "muted" }, found.clusters.length > 1 ? `two concepts (polysemanticity ${fmt(found.polysemanticity)})` : "one concept"),
+    found.clusters.map((cluster, i) => el("div", { class: "cluster" },
+      el("h4", {}, `cluster ${i + 1} · ${cluster.size} examples · `, cluster.concept
+        ? el("span", {}, cluster.label ? el("b", {}, cluster.concept) : cluster.concept, ` (alignment ${fmt(cluster.alignment, 4)})`)
+        : el("i", { class: "muted" }, "unnamed")),
+      el("div", { class: "examples" }, cluster.examples.map((example) =>
+        el("figure", { onclick: () => showFull(example), title: "click for the full image" },
+          el("img", { src: example.thumbnail, alt: `example ${example.rank}` }), el("figcaption", {}, `#${example.rank}`))))))),
+  (error) => fill(clusters, el("p", { class: "muted" }, `no clusters: ${error.message}`)));
+
   const candidates = el("table", {}, el("tr", {}, el("th", {}, "concept"), el("th", { class: "num" }, "alignment")),
     data.candidates.map((c, i) => el("tr", {}, el("td", {}, i === 0 && data.label ? el("b", {}, c.concept) : c.concept), el("td", { class: "num" }, fmt(c.alignment, 4)))));
   const measures = el("table", {}, [["clarity", data.clarity], ["polysemanticity", data.polysemanticity], ["redundancy", data.redundancy]].map(([name, value]) =>
@@ -53,6 +66,7 @@
       data.inactive ? el("span", { class: "muted" }, " · inactive: its examples are arbitrary") : null,
       data.tied ? el("span", { class: "muted" }, " · tied: its examples are another unit's, so it is left out of search, labels and maps") : null),
     el("h2", {}, "Concept examples"), examples, full,
+    el("h2", {}, "Concept clusters"), clusters,
     el("div", { class: "grid2" }, el("div", {}, el("h2", {}, "Label and runner-ups"), candidates, el("h2", {}, "Measures"), measures),
       el("div", {}, el("h2", {}, "Most relevant for"), classes)),
     el("h2", {}, "Most similar units"), similar,

@@ -1,0 +1,37 @@
+"""The ``clusters`` command: a unit's concept examples grouped into the concepts they show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._app import AsJson, Foundation, Trust, app, console, emit_json, friendly, open_lens, table
+
+
+@app.command()
+@friendly
+def clusters(
+    lens: Path = typer.Argument(..., help="Lens directory."),
+    unit: str = typer.Argument(..., help="Unit as layer/index, e.g. _fc/281."),
+    vocabulary: Optional[Path] = typer.Option(
+        None, "--vocabulary", "-v", help="Concepts naming the clusters (default: the stored labels' vocabulary; none: unnamed)."
+    ),
+    examples: str = typer.Option("activation", "--examples", help="The top samples by activation (default) or by relevance."),
+    trust: Trust = False,
+    foundation: Foundation = None,
+    as_json: AsJson = False,
+) -> None:
+    """A unit's concept clusters: one for a monosemantic unit, two for a polysemantic one, each with its
+    examples' ranks and the concept its mean embedding aligns with best."""
+    result = open_lens(lens, trust, foundation=foundation).concept_clusters(unit, str(vocabulary) if vocabulary else None, examples)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    rows = [
+        (index, cluster.size, " ".join(map(str, cluster.ranks)), cluster.concept or "", "" if cluster.alignment is None else cluster.alignment)
+        for index, cluster in enumerate(result.clusters)
+    ]
+    title = f"{unit}: {len(result.clusters)} concept cluster(s) of its {result.examples} examples (polysemanticity {result.polysemanticity})"
+    console.print(table(title, ("cluster", "size", "example ranks", "best concept", "alignment"), rows))

@@ -1,0 +1,84 @@
+"""A unit's concept clusters: the groups of its concept examples that the polysemanticity measure finds,
+each named by the vocabulary concept its mean embedding aligns with best; the part of ``Lens`` that hands
+one unit's example embeddings to ``analysis.measures.concept_clusters`` and the cluster means to labelling."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..analysis.label import DEFAULT_THRESHOLD, label_units
+from ..analysis.measures import concept_clusters, polysemanticity
+from ..analysis.vocabulary import Vocabulary
+
+if TYPE_CHECKING:
+    import torch
+
+    from .lens import Lens
+
+
+@dataclass(frozen=True)
+class ConceptCluster:
+    """One group of a unit's concept examples: their ranks (as in ``concept_examples``), the vocabulary concept
+    the group's mean embedding aligns with best and that alignment (None without a vocabulary), and the
+    label: that concept where the alignment reaches the labelling threshold, else None."""
+
+    ranks: list[int]
+    size: int
+    concept: str | None
+    alignment: float | None
+    label: str | None
+
+
+@dataclass(frozen=True)
+class UnitClusters:
+    """A unit's concept clusters (one for a monosemantic unit, two for a polysemantic one), largest first."""
+
+    unit: str
+    examples: str
+    polysemanticity: float | None
+    valid: bool
+    vocabulary: str | None
+    clusters: list[ConceptCluster]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LensClusters:
+    """Part of ``Lens``: the concept clusters of one unit's examples."""
+
+    def concept_clusters(
+        self: Lens, unit: str, vocabulary: Vocabulary | str | Path | None = None, examples: str = "activation"
+    ) -> UnitClusters:
+        """The groups of ``unit``'s concept examples (by ``"activation"`` or ``"relevance"``) that are distinct
+        concepts (see ``analysis.measures.concept_clusters``), each named from ``vocabulary``, else from the
+        stored labels' vocabulary; unnamed when neither is there."""
+        layer, row = self.unit_index(unit)
+        embeddings = self.example_embeddings_of(layer, examples)[row : row + 1]
+        members, means = concept_clusters(embeddings)
+        ranks = [[rank for rank, member in enumerate(members[0].tolist()) if member == cluster] for cluster in (0, 1)]
+        used = [cluster for cluster in (0, 1) if ranks[cluster]]
+        vocab = None if vocabulary is None and self.vocabulary is None else self.vocabulary_or(vocabulary)
+        names = self._cluster_names(means[0, used], vocab) if vocab is not None and used else [(None, None, None)] * len(used)
+        clusters = [ConceptCluster(ranks[cluster], len(ranks[cluster]), *name) for cluster, name in zip(used, names)]
+        clusters.sort(key=lambda cluster: (-cluster.size, cluster.ranks))
+        value = float(polysemanticity(embeddings)[0])
+        return UnitClusters(
+            unit, examples, None if math.isnan(value) else round(value, 5), bool(self.valid_of(layer, examples)[row]),
+            None if vocab is None else vocab.name, clusters,
+        )  # fmt: skip
+
+    def _cluster_names(self: Lens, means: torch.Tensor, vocab: Vocabulary) -> list[tuple[str, float, str | None]]:
+        """Per cluster mean: the best concept of ``vocab``, its alignment and the label (the concept if it reaches
+        the stored labels' threshold, else the default one)."""
+        stored = self.label_store.read()
+        threshold = DEFAULT_THRESHOLD if stored is None else next(iter(stored[1].values())).threshold
+        labels = label_units(means, self.probes.concepts(vocab.concepts, "label"), self.probes.null("label"), threshold, top=1)
+        found = []
+        for concept, score, labelled in zip(labels.concepts[:, 0].tolist(), labels.scores[:, 0].tolist(), labels.labelled.tolist()):
+            name = vocab.concepts[concept]
+            found.append((name, round(score, 5), name if labelled else None))
+        return found
