@@ -12,6 +12,7 @@ from .._util.errors import SemlensError
 from ..model.units import unit_names
 from .arrays import LensArrays
 from .audits import LensAudits
+from .correction import LensCorrection
 from .examples import LensExamples
 from .labels import LensLabels
 from .measures import LensMeasures
@@ -33,7 +34,7 @@ def writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-class Lens(LensArrays, LensExamples, LensSearch, LensLabels, LensMeasures, LensAudits):
+class Lens(LensArrays, LensExamples, LensSearch, LensLabels, LensMeasures, LensAudits, LensCorrection):
     """A model's units embedded in a foundation model's space, with their concept examples.
 
     Units are addressed as ``"layer/index"`` (``"layer/index-"`` for the negative half of a signed
