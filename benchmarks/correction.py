@@ -13,7 +13,8 @@ Each is learnt on the world's probe images (1200) and tested on its test images 
 class probability with the artefact minus without (``effect``), the share of artefact images predicted
 as the class, clean accuracy, before and after, and the seconds it took to learn (CPU).
 
-    python benchmarks/correction.py [--worlds default] [--random 2 --seed 0] [--json correction.json]
+    python benchmarks/correction.py [--worlds default] [--json correction.json]
+    python benchmarks/correction.py --worlds --random 2 --seed 0   # two drawn planted worlds only
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def print_table(records: list[dict], console: Console) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worlds", nargs="+", default=["default"], help="world configs (default: the default world)")
+    parser.add_argument("--worlds", nargs="*", default=["default"], help="world configs, or none (default: the default world)")
     parser.add_argument("--random", type=int, default=0, metavar="N", help="also draw N planted random worlds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random worlds drawn")
     parser.add_argument("--out", type=Path, default=Path("ground-truth-runs"), help="where the worlds' Lenses are (shared with ground_truth.py)")
