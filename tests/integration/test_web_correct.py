@@ -36,6 +36,12 @@ def test_projection_and_finetuning_report_the_artefact_test_before_and_after(cli
     assert set(result["before"]) == {"samples", "clean", "artifact", "change"} and result["before"]["clean"]["accuracy"] is not None
     assert result["artifact_effect"][0] == pytest.approx(result["before"]["change"]["class_probability"])
     assert result["artifact_effect"][1] == pytest.approx(result["after"]["change"]["class_probability"])
+    chosen = client.post("/api/lenses/0/correct", data={"class": "green", "tint": "0,255,0"}).json()["settings"]
+    trials = chosen["layer_trials"]  # every Lens layer but the output tried, the kept one among them
+    assert list(trials) == ["features.0", "features.3"] and chosen["layer"] in trials
+    kept = [layer for layer, trial in trials.items() if trial["accuracy_drop"] <= 0.02]
+    if kept:
+        assert trials[chosen["layer"]]["effect"] == min(trials[layer]["effect"] for layer in kept)
     tuned = client.post("/api/lenses/tiny.lens/correct", data={"class": "red", "method": "finetune", "epochs": "1", "at": "2,2"},
                         files={"artifact": ("corner.png", corner_png(), "image/png")})  # fmt: skip
     assert tuned.status_code == 200, tuned.text

@@ -150,6 +150,8 @@ def test_bad_corrections_are_refused_clearly(shortcut, tmp_path):
     views, _ = shortcut_world(10, 3)
     with pytest.raises(SemlensError, match="no layer 'feature.9'"):
         ConceptProjection.learn(shortcut, "feature.9", views, [PATCH.apply(view) for view in views])
+    with pytest.raises(SemlensError, match=r"one shape \[C\]; got \(2,\) and \(3,\)"):
+        ConceptProjection("features.1", torch.tensor([1.0, 0.0]), torch.zeros(3))
     with pytest.raises(SemlensError, match="unit norm"):
         ConceptProjection("features.1", torch.tensor([1.0, 1.0]), torch.zeros(2))
     with pytest.raises(SemlensError, match="2 channels, but the projection was learnt on 3"):

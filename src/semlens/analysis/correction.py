@@ -97,7 +97,8 @@ class ConceptProjection:
 
     def __post_init__(self) -> None:
         if self.direction.dim() != 1 or self.direction.shape != self.reference.shape:
-            raise SemlensError(f"a projection needs a direction and a reference of one shape [C]; got {tuple(self.direction.shape)} and {tuple(self.reference.shape)}")
+            shapes = f"{tuple(self.direction.shape)} and {tuple(self.reference.shape)}"
+            raise SemlensError(f"a projection needs a direction and a reference of one shape [C]; got {shapes}")
         if abs(float(self.direction.norm()) - 1) > 1e-3:
             raise SemlensError(f"the projection's direction must have unit norm; it has {float(self.direction.norm()):.4f}")
 
