@@ -31,6 +31,12 @@ def test_a_saved_correction_reproduces_its_measured_effect(explorer_lenses, colo
     assert plain["insertion"] == made["before"]
 
 
+def test_a_projection_learns_its_direction_from_concept_images(explorer_lenses, colour_folder) -> None:
+    made = ask("correct", explorer_lenses[0], "--class", "red", "--tint", "255,0,0", "--layer", "features.3",
+               "--concept-data", f"folder:{colour_folder / 'red'}", "--json")  # fmt: skip
+    assert made["settings"]["concept"] == "concept images" and made["settings"]["layer"] == "features.3"
+
+
 def test_correct_refuses_bad_input(explorer_lenses) -> None:
     lens = explorer_lenses[0]
     for args, words in (

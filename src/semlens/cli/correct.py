@@ -27,6 +27,7 @@ def correct(
     tint: Optional[str] = ArtifactTint,
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="project: the layer (default: the Lens layer, but the last, that works best)."),
     estimator: str = typer.Option("mean", help="project: the concept direction, mean (difference of means) or logistic."),
+    concept_data: Optional[str] = typer.Option(None, help="project: images that show the concept (data spec), against the train images, instead of inserting the artefact."),
     last: int = typer.Option(1, help="finetune: how many of the last parameterised modules to train."),
     epochs: int = typer.Option(3, help="finetune: passes over the images."),
     learning_rate: float = typer.Option(1e-2, help="finetune: Adam's learning rate."),
@@ -39,15 +40,18 @@ def correct(
     """Correct the class's reliance on an artefact (--artifact or --tint) and compare the artefact test
     (class probability with minus without it, clean accuracy) before and after the correction."""
     from ..analysis.correction import Tuning
+    from ..analysis.interventions import ConceptImages
     from ..data import load_data
 
     chosen = _artifact(artifact, mask, at, tint)
     if chosen is None:
         raise SemlensError("give the artefact to correct for: --artifact IMAGE (with --at, --mask) or --tint R,G,B")
     opened = open_lens(lens, trust, probe_data, model=model)
+    train = None if train_data is None else load_data(train_data)
+    concept = None if concept_data is None else ConceptImages(opened.probe_data if train is None else train, shown=load_data(concept_data))
     result = opened.correct(
         class_name, chosen, method, None if data is None else load_data(data), layer, estimator, Tuning(last, epochs, learning_rate),
-        None if train_data is None else load_data(train_data), progress=not as_json,
+        train, concept, progress=not as_json,
     )  # fmt: skip
     saved = None if out is None else str(result.save(out))
     if as_json:

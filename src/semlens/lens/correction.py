@@ -147,6 +147,7 @@ class LensCorrection:
         settings: dict = {"train_samples": len(views), "held_out": data is None}
         start = time.perf_counter()
         if method == "project":
+            settings["concept"] = "the artefact inserted into other classes' train images" if concept is None else "concept images"
             if concept is not None:
                 without, with_concept = concept.views(model)
             else:
