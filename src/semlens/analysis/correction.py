@@ -27,7 +27,7 @@ from .._util.errors import SemlensError
 from .._util.progress import progress_bar
 from ..model.loading import LoadedModel
 from ..model.units import hooks, resolve_module
-from .interventions import Artifact
+from .interventions import Artifact, insertion_effect
 
 ESTIMATORS = ("mean", "logistic")  # signal pattern (difference of means) or filter (logistic regression) CAV
 METHODS = ("project", "finetune")
@@ -143,12 +143,10 @@ def choose_projection(
     concept: tuple[Sequence[Image.Image], Sequence[Image.Image]],
     estimator: str = "mean",
 ) -> tuple[ConceptProjection, dict[str, dict]]:
-    """The projection of the layer that removes most of the artefact's effect on the class (its
-    probability with minus without the artefact, on ``views``) among those that keep accuracy within
+    """The projection of the layer that leaves the smallest artefact effect on the class (its probability
+    with minus without the artefact on ``views``, in absolute value) among those that keep accuracy within
     ``ACCURACY_TOLERANCE`` (else the one that costs least); each layer's direction learnt on
     ``concept`` (images without, with it). Returns it and every layer's trial (effect, accuracy)."""
-    from .interventions import insertion_effect
-
     before = insertion_effect(model, views, targets, class_index, artifact)["clean"]["accuracy"]
     trials, fixes = {}, {}
     for layer in layers:
@@ -157,7 +155,7 @@ def choose_projection(
             after = insertion_effect(model, views, targets, class_index, artifact)
         trials[layer] = {"effect": after["change"]["class_probability"], "accuracy_drop": before - after["clean"]["accuracy"]}
     kept = [layer for layer in layers if trials[layer]["accuracy_drop"] <= ACCURACY_TOLERANCE]
-    best = min(kept, key=lambda layer: trials[layer]["effect"]) if kept else min(layers, key=lambda layer: trials[layer]["accuracy_drop"])
+    best = min(kept, key=lambda layer: abs(trials[layer]["effect"])) if kept else min(layers, key=lambda layer: trials[layer]["accuracy_drop"])
     return fixes[best], trials
 
 

@@ -130,7 +130,7 @@ class LensCorrection:
         before and after it.
 
         ``method``: ``project`` (remove the concept's direction from ``layer``'s activations; default: the Lens
-        layer, but the last, that removes most of the effect on the train images while keeping their
+        layer, but the last, that leaves the smallest effect on the train images while keeping their
         accuracy within 0.02; ``estimator`` ``mean`` or ``logistic``; the direction is learnt on
         ``concept``, default the other classes' ``train`` images with and without the artefact) or
         ``finetune`` (``tuning``: the last modules, epochs, learning rate). ``train``: labelled images to
