@@ -189,8 +189,20 @@ def test_dissect_graph_compare_and_api_pages(page, base_url, valid) -> None:
 
     goto(page, base_url, "api.html")
     page.wait_for_selector("#endpoints code")
-    assert page.locator("#endpoints tr").count() == 18
+    assert page.locator("#endpoints tr").count() == 20
     shot(page, "api")
+
+
+def test_correct_page_runs_a_projection_and_shows_before_and_after(page, base_url) -> None:
+    goto(page, base_url, "correct.html?lens=0&class=red")
+    page.wait_for_selector("#layer option[value='features.3']", state="attached")
+    page.fill("#tint", "255,0,0")
+    page.select_option("#layer", "features.3")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#measures[data-ready]", timeout=SLOW)
+    assert page.locator("#measures tr").count() == 1 + 3 * 3  # clean, artifact, change: accuracy, probability, share
+    assert "artefact effect on red" in page.inner_text("#summary") and "features.3" in page.inner_text("#summary")
+    shot(page, "correct")
 
 
 def test_bad_addresses_show_a_message_not_a_broken_page(page, base_url, problems) -> None:

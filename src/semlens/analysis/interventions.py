@@ -97,7 +97,8 @@ def load_views(model: LoadedModel, data: ImageData) -> tuple[list[Image.Image], 
     return views, labels
 
 
-def _targets(model: LoadedModel, data: ImageData, labels: list[int | None]) -> torch.Tensor | None:
+def class_targets(model: LoadedModel, data: ImageData, labels: list[int | None]) -> torch.Tensor | None:
+    """The labels as the model's class indices (None when a sample has no label or the classes do not match)."""
     mapping, _ = class_mapping(model, data)
     if mapping is None or any(label is None for label in labels):
         return None
@@ -117,7 +118,13 @@ def _summary(logits: torch.Tensor, class_index: int | None, targets: torch.Tenso
 def artifact_effect(model: LoadedModel, data: ImageData, class_index: int, artifact: Artifact) -> dict:
     """Class probability, share predicted as the class and accuracy, on clean and artefact images."""
     views, labels = load_views(model, data)
-    targets = _targets(model, data, labels)
+    return insertion_effect(model, views, class_targets(model, data, labels), class_index, artifact)
+
+
+def insertion_effect(
+    model: LoadedModel, views: Sequence[Image.Image], targets: torch.Tensor | None, class_index: int, artifact: Artifact
+) -> dict:
+    """``artifact_effect`` on views already loaded (``targets``: their class indices, or None)."""
     clean = _summary(predict(model, views), class_index, targets)
     inserted = _summary(predict(model, [artifact.apply(view) for view in views]), class_index, targets)
     change = {key: None if clean[key] is None else inserted[key] - clean[key] for key in clean}
@@ -176,7 +183,7 @@ def pruning_effect(
 ) -> dict:
     """Accuracy (and, with a class, its probability) on clean and artefact images, before and after pruning."""
     views, labels = load_views(model, data)
-    targets = _targets(model, data, labels)
+    targets = class_targets(model, data, labels)
     sets = {"clean": views} | ({"artifact": [artifact.apply(view) for view in views]} if artifact else {})
     result = {"samples": len(views), "pruned": {layer: channels for layer, channels in units.items()}}
     for name, images in sets.items():

@@ -196,23 +196,28 @@ def test_artifact(
     tint: Optional[str] = ArtifactTint,
     spurious_only: Optional[str] = typer.Option(None, help="Data spec of images with only the spurious features: report the AUC."),
     real: Optional[str] = typer.Option(None, help="Data spec of real class images, for the AUC."),
+    correction: Optional[Path] = typer.Option(None, help="Test the model with this correction applied (from `semlens correct --out`)."),
     trust: Trust = False,
     model: Model = None,
     as_json: AsJson = False,
 ) -> None:
     """Insert an artefact into clean images and measure the class probability and accuracy change (and the AUC)."""
+    from contextlib import nullcontext
+
     from ..analysis.interventions import artifact_effect, separation_auc
     from ..data import load_data
+    from ..lens.correction import load_correction
 
     opened = open_lens(lens, trust, model=model)
     loaded, index = opened.model(), opened.class_index(class_name)
-    result: dict = {"class": class_name, "class_index": index}
+    result: dict = {"class": class_name, "class_index": index, "correction": None if correction is None else str(correction)}
     chosen = _artifact(artifact, mask, at, tint)
-    if chosen is not None:
-        result["insertion"] = artifact_effect(loaded, load_data(data), index, chosen)
-    if spurious_only is not None:
-        result["separation_auc"] = separation_auc(loaded, index, load_data(real or data), load_data(spurious_only))
-    if len(result) == 2:
+    with nullcontext() if correction is None else load_correction(correction).applied(loaded):
+        if chosen is not None:
+            result["insertion"] = artifact_effect(loaded, load_data(data), index, chosen)
+        if spurious_only is not None:
+            result["separation_auc"] = separation_auc(loaded, index, load_data(real or data), load_data(spurious_only))
+    if len(result) == 3:
         raise SemlensError("give an --artifact or --tint to insert, and/or --spurious-only images for the AUC")
     if as_json:
         emit_json(result)

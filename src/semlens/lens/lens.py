@@ -13,6 +13,7 @@ from ..model.units import unit_names
 from .arrays import LensArrays
 from .audits import LensAudits
 from .clusters import LensClusters
+from .correction import LensCorrection
 from .example_sets import LensExampleSets
 from .examples import LensExamples
 from .explain import LensExplain
@@ -37,7 +38,16 @@ def writable(folder: Path) -> bool:
 
 
 class Lens(
-    LensArrays, LensExampleSets, LensExamples, LensSearch, LensLabels, LensMeasures, LensClusters, LensAudits, LensExplain
+    LensArrays,
+    LensExampleSets,
+    LensExamples,
+    LensSearch,
+    LensLabels,
+    LensMeasures,
+    LensClusters,
+    LensAudits,
+    LensExplain,
+    LensCorrection,
 ):
     """A model's units embedded in a foundation model's space, with their concept examples.
 

@@ -50,13 +50,13 @@ def finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """An uploaded image probe, decoded (its size bounded by ``Guard``, its pixels here); bytes that are not an
-    image are the client's error (400)."""
+def decode_image(data: bytes, mode: str = "RGB") -> Image.Image:
+    """An uploaded image probe (or artefact: ``mode`` RGBA keeps its alpha), decoded (its size bounded by
+    ``Guard``, its pixels here); bytes that are not an image are the client's error (400)."""
     try:
         picture = Image.open(io.BytesIO(data))
         pixels = picture.width * picture.height
-        decoded = picture.convert("RGB") if pixels <= MAX_PIXELS else None
+        decoded = picture.convert(mode) if pixels <= MAX_PIXELS else None
     except Exception as error:  # every decoder failure on untrusted bytes means "not a readable image"
         raise SemlensError(f"the upload is not an image this server can read ({one_line(error)})") from None
     if decoded is None:

@@ -1,1 +1,1 @@
-"""The explorer's JSON API, one router per page: units, search, maps, audit, compare, explain."""
+"""The explorer's JSON API, one router per page: units, clusters, search, maps, audit, compare, explain, correct."""

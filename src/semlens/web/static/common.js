@@ -8,6 +8,7 @@ const Semlens = (() => {
     ["map", "/", "Map"], ["search", "search.html", "Search"], ["dissect", "dissect.html", "Dissect"],
     ["audit", "audit.html", "Audit"], ["graph", "graph.html", "Graph"], ["compare", "compare.html", "Compare"],
     ["explain", "explain.html", "Explain"],
+    ["correct", "correct.html", "Correct"],
     ["api", "api.html", "API"],
   ];
 

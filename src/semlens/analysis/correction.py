@@ -1,0 +1,255 @@
+"""Correcting a model's reliance on a spurious concept, beyond switching units off.
+
+Two corrections, each a small object that is applied to the model for the length of a block (the
+model is restored on exit, errors included) and stored as plain tensors:
+
+- ``ConceptProjection`` (P-ClArC: Anders et al. 2022; Pahde et al. 2023, "Reveal to Revise"): the
+  concept's direction v (a CAV, unit norm) in one layer's activation space is learnt from images with
+  and without the concept; at inference every activation vector (for conv layers: at each position,
+  over the channels) loses its component along v relative to the clean mean z:
+  x' = x - v v^T (x - z). Nothing else of the activations changes.
+- ``TunedParameters``: the model's last parameterised modules fine-tuned on labelled images with the
+  artefact inserted into the other classes' images (true labels kept, so the artefact no longer
+  predicts the class), the clean images mixed in so that clean accuracy holds.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+
+from .._util.errors import SemlensError
+from .._util.progress import progress_bar
+from ..model.loading import LoadedModel
+from ..model.units import hooks, resolve_module
+from .interventions import Artifact, insertion_effect
+
+ESTIMATORS = ("mean", "logistic")  # signal pattern (difference of means) or filter (logistic regression) CAV
+METHODS = ("project", "finetune")
+
+
+def _channels_last(output: torch.Tensor) -> torch.Tensor:
+    """A layer output with its channels on the last axis (conv maps ``N,C,H,W`` are moved; tokens and vectors are)."""
+    return output.movedim(1, -1) if output.dim() == 4 else output
+
+
+@torch.no_grad()
+def layer_vectors(model: LoadedModel, views: Sequence[Image.Image], layer: str, batch_size: int = 32) -> torch.Tensor:
+    """Per view, the layer's activation vector ``[N, C]`` averaged over positions (or tokens)."""
+    device = next(model.module.parameters()).device
+    parts: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if not isinstance(output, torch.Tensor):
+            raise SemlensError(f"layer {layer!r} outputs {type(output).__name__}, not a tensor: choose a layer that outputs activations")
+        x = _channels_last(output.float())
+        parts.append(x.reshape(len(x), -1, x.shape[-1]).mean(dim=1).cpu())
+
+    with hooks([resolve_module(model.module, layer).register_forward_hook(keep)]):
+        for start in range(0, len(views), batch_size):
+            pixels = torch.stack([model.preprocessing.normalise(view) for view in views[start : start + batch_size]])
+            model.module(pixels.to(device))
+    return torch.cat(parts)
+
+
+def concept_direction(with_concept: torch.Tensor, without: torch.Tensor, estimator: str = "mean") -> torch.Tensor:
+    """The concept's unit direction ``[C]`` from activation vectors with ``[N1, C]`` and without ``[N0, C]`` it.
+
+    ``mean``: the signal pattern, the difference of the two means (for a binary concept label it is the
+    pattern CAV cov(x, t) / var(t) that Pahde et al. found to point at the concept most precisely);
+    ``logistic``: the filter CAV, the weights of an L2 logistic regression on standardised vectors (in
+    activation space: divided by each channel's scale), which also cancels correlated distractors."""
+    if estimator not in ESTIMATORS:
+        raise SemlensError(f"unknown direction estimator {estimator!r}; valid: {', '.join(ESTIMATORS)}")
+    if len(with_concept) < 2 or len(without) < 2:
+        raise SemlensError(f"a concept direction needs at least 2 images with and 2 without the concept; got {len(with_concept)} and {len(without)}")
+    if estimator == "mean":
+        direction = with_concept.double().mean(dim=0) - without.double().mean(dim=0)
+    else:
+        from sklearn.linear_model import LogisticRegression
+
+        both = torch.cat([with_concept, without]).double()
+        scale = both.std(dim=0).clamp_min(1e-8)
+        truth = torch.cat([torch.ones(len(with_concept)), torch.zeros(len(without))]).numpy()
+        fitted = LogisticRegression(max_iter=2000).fit(((both - both.mean(dim=0)) / scale).numpy(), truth)
+        direction = torch.from_numpy(fitted.coef_[0]) / scale
+    norm = direction.norm()
+    if not torch.isfinite(norm) or norm < 1e-12:
+        raise SemlensError("the concept does not change this layer's activations: there is no direction to remove (choose another layer)")
+    return (direction / norm).float()
+
+
+@dataclass(frozen=True)
+class ConceptProjection:
+    """Remove a concept's direction from one layer's activations: x' = x - v (v . (x - z)).
+
+    ``direction`` v ``[C]`` (unit norm), ``reference`` z ``[C]`` (the clean images' mean activation
+    vector): along v every activation is moved to the clean mean; orthogonal to v nothing changes."""
+
+    layer: str
+    direction: torch.Tensor
+    reference: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.direction.dim() != 1 or self.direction.shape != self.reference.shape:
+            shapes = f"{tuple(self.direction.shape)} and {tuple(self.reference.shape)}"
+            raise SemlensError(f"a projection needs a direction and a reference of one shape [C]; got {shapes}")
+        if abs(float(self.direction.norm()) - 1) > 1e-3:
+            raise SemlensError(f"the projection's direction must have unit norm; it has {float(self.direction.norm()):.4f}")
+
+    @classmethod
+    def learn(
+        cls, model: LoadedModel, layer: str, without: Sequence[Image.Image], with_concept: Sequence[Image.Image], estimator: str = "mean"
+    ) -> ConceptProjection:
+        """The projection of ``layer`` for the concept shown by ``with_concept`` and absent from ``without``."""
+        clean = layer_vectors(model, without, layer)
+        return cls(layer, concept_direction(layer_vectors(model, with_concept, layer), clean, estimator), clean.mean(dim=0))
+
+    def project(self, output: torch.Tensor) -> torch.Tensor:
+        """The layer's output without the concept's component (relative to the clean mean)."""
+        x = _channels_last(output)
+        if x.shape[-1] != len(self.direction):
+            raise SemlensError(f"layer {self.layer!r} has {x.shape[-1]} channels, but the projection was learnt on {len(self.direction)}")
+        v, z = self.direction.to(x), self.reference.to(x)
+        x = x - ((x - z) @ v)[..., None] * v
+        return x.movedim(-1, 1) if output.dim() == 4 else x
+
+    @contextmanager
+    def applied(self, model: LoadedModel) -> Iterator[LoadedModel]:
+        """The model with the projection hooked onto its layer (removed on exit)."""
+        handle = resolve_module(model.module, self.layer).register_forward_hook(lambda _m, _i, output: self.project(output))
+        with hooks([handle]):
+            yield model
+
+    def settings(self) -> dict:
+        return {"layer": self.layer, "channels": len(self.direction)}
+
+
+ACCURACY_TOLERANCE = 0.02  # a projection may cost at most this much accuracy on the learning images to be chosen
+
+
+def choose_projection(
+    model: LoadedModel,
+    layers: Sequence[str],
+    views: Sequence[Image.Image],
+    targets: torch.Tensor,
+    class_index: int,
+    artifact: Artifact,
+    concept: tuple[Sequence[Image.Image], Sequence[Image.Image]],
+    estimator: str = "mean",
+) -> tuple[ConceptProjection, dict[str, dict]]:
+    """The projection of the layer that leaves the smallest artefact effect on the class (its probability
+    with minus without the artefact on ``views``, in absolute value) among those that keep accuracy within
+    ``ACCURACY_TOLERANCE`` (else the one that costs least); each layer's direction learnt on
+    ``concept`` (images without, with it). Returns it and every layer's trial (effect, accuracy)."""
+    before = insertion_effect(model, views, targets, class_index, artifact)["clean"]["accuracy"]
+    trials, fixes = {}, {}
+    for layer in layers:
+        fixes[layer] = ConceptProjection.learn(model, layer, *concept, estimator)
+        with fixes[layer].applied(model):
+            after = insertion_effect(model, views, targets, class_index, artifact)
+        trials[layer] = {"effect": after["change"]["class_probability"], "accuracy_drop": before - after["clean"]["accuracy"]}
+    kept = [layer for layer in layers if trials[layer]["accuracy_drop"] <= ACCURACY_TOLERANCE]
+    best = min(kept, key=lambda layer: abs(trials[layer]["effect"])) if kept else min(layers, key=lambda layer: trials[layer]["accuracy_drop"])
+    return fixes[best], trials
+
+
+def tunable_modules(module: nn.Module, last: int) -> list[str]:
+    """The names of the model's last ``last`` modules that hold parameters of their own (registration order)."""
+    owners = [name for name, child in module.named_modules() if name and any(True for _ in child.parameters(recurse=False))]
+    if not 1 <= last <= len(owners):
+        raise SemlensError(f"cannot fine-tune the last {last} parameterised modules: the model has {len(owners)} ({', '.join(owners[-5:])} last)")
+    return owners[-last:]
+
+
+@dataclass(frozen=True)
+class TunedParameters:
+    """New values of some of the model's parameters (state-dict names), swapped in while applied."""
+
+    parameters: dict[str, torch.Tensor]
+
+    @contextmanager
+    def applied(self, model: LoadedModel) -> Iterator[LoadedModel]:
+        """The model with the tuned values in place of its own (its own values restored on exit)."""
+        own = dict(model.module.named_parameters())
+        for name, value in self.parameters.items():
+            if name not in own:
+                raise SemlensError(f"the model has no parameter {name!r}: this correction was made for another model")
+            if own[name].shape != value.shape:
+                raise SemlensError(f"parameter {name!r} has shape {tuple(own[name].shape)}, the correction {tuple(value.shape)}")
+        saved = {name: own[name].detach().clone() for name in self.parameters}
+        try:
+            with torch.no_grad():
+                for name, value in self.parameters.items():
+                    own[name].copy_(value)
+            yield model
+        finally:
+            with torch.no_grad():
+                for name, value in saved.items():
+                    own[name].copy_(value)
+
+    def settings(self) -> dict:
+        return {"modules": sorted({name.rpartition(".")[0] for name in self.parameters}), "parameters": sum(v.numel() for v in self.parameters.values())}
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """How to fine-tune: the last ``last`` parameterised modules, ``epochs`` passes with Adam."""
+
+    last: int = 1
+    epochs: int = 3
+    learning_rate: float = 1e-2
+    batch_size: int = 32
+    seed: int = 0
+
+
+def counterfactual_set(
+    views: Sequence[Image.Image], targets: torch.Tensor, artifact: Artifact, class_index: int
+) -> tuple[list[Image.Image], torch.Tensor]:
+    """The clean views plus a copy of every view of another class with the artefact inserted, true labels kept."""
+    others = [view for view, target in zip(views, targets.tolist()) if target != class_index]
+    if not others:
+        raise SemlensError("fine-tuning needs images of classes other than the corrected one to insert the artefact into")
+    return list(views) + [artifact.apply(view) for view in others], torch.cat([targets, targets[targets != class_index]])
+
+
+def finetune(
+    model: LoadedModel, views: Sequence[Image.Image], targets: torch.Tensor, tuning: Tuning = Tuning(), progress: bool = True
+) -> TunedParameters:
+    """Fine-tune the last parameterised modules on ``views`` with their class ``targets`` (cross-entropy,
+    Adam; the model stays in eval mode, so batch-norm statistics and dropout stay as they are); returns
+    the new values and leaves the model as it was."""
+    module = model.module
+    names = tunable_modules(module, tuning.last)
+    tuned = {f"{owner}.{name}": value for owner in names for name, value in resolve_module(module, owner).named_parameters(recurse=False)}
+    flags = {parameter: parameter.requires_grad for parameter in module.parameters()}
+    saved = {name: value.detach().clone() for name, value in tuned.items()}
+    device = next(module.parameters()).device
+    generator = torch.Generator().manual_seed(tuning.seed)
+    optimiser = torch.optim.Adam(tuned.values(), lr=tuning.learning_rate)
+    batches = -(-len(views) // tuning.batch_size)
+    try:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+        for value in tuned.values():
+            value.requires_grad_(True)
+        with progress_bar("fine-tune", tuning.epochs * batches, progress) as advance:
+            for _ in range(tuning.epochs):
+                for batch in torch.randperm(len(views), generator=generator).split(tuning.batch_size):
+                    pixels = torch.stack([model.preprocessing.normalise(views[i]) for i in batch.tolist()]).to(device)
+                    optimiser.zero_grad()
+                    nn.functional.cross_entropy(module(pixels).float(), targets[batch].to(device)).backward()
+                    optimiser.step()
+                    advance(1)
+        return TunedParameters({name: value.detach().clone().cpu() for name, value in tuned.items()})
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                tuned[name].copy_(value)
+        for parameter, flag in flags.items():
+            parameter.requires_grad_(flag)

@@ -1,0 +1,68 @@
+"""``semlens correct``: correct the model's reliance on an artefact (projection or fine-tuning), measure
+the artefact test before and after, and save the correction for ``test-artifact --correction``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .._util.errors import SemlensError
+from ._app import AsJson, Model, ProbeData, Trust, app, console, emit_json, friendly, open_lens, say, table
+from .validate import ArtifactAt, ArtifactImage, ArtifactMask, ArtifactTint, _artifact
+
+
+@app.command()
+@friendly
+def correct(
+    lens: Path = typer.Argument(..., help="Lens directory (its model is reloaded and checked)."),
+    class_name: str = typer.Option(..., "--class", "-c", help="Class whose reliance on the artefact to remove."),
+    method: str = typer.Option("project", help="project (remove the concept's direction from a layer) or finetune (the last modules)."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Labelled test images (data spec); default: half of the train images, held out."),
+    train_data: Optional[str] = typer.Option(None, help="Labelled images to learn the correction on (default: the Lens's probe data)."),
+    artifact: Optional[Path] = ArtifactImage,
+    mask: Optional[Path] = ArtifactMask,
+    at: str = ArtifactAt,
+    tint: Optional[str] = ArtifactTint,
+    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="project: the layer (default: the Lens layer, but the last, that works best)."),
+    estimator: str = typer.Option("mean", help="project: the concept direction, mean (difference of means) or logistic."),
+    concept_data: Optional[str] = typer.Option(None, help="project: images that show the concept (data spec), against the train images, instead of inserting the artefact."),
+    last: int = typer.Option(1, help="finetune: how many of the last parameterised modules to train."),
+    epochs: int = typer.Option(3, help="finetune: passes over the images."),
+    learning_rate: float = typer.Option(1e-2, help="finetune: Adam's learning rate."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Save the correction here (safetensors)."),
+    trust: Trust = False,
+    model: Model = None,
+    probe_data: ProbeData = None,
+    as_json: AsJson = False,
+) -> None:
+    """Correct the class's reliance on an artefact (--artifact or --tint) and compare the artefact test
+    (class probability with minus without it, clean accuracy) before and after the correction."""
+    from ..analysis.correction import Tuning
+    from ..analysis.interventions import ConceptImages
+    from ..data import load_data
+
+    chosen = _artifact(artifact, mask, at, tint)
+    if chosen is None:
+        raise SemlensError("give the artefact to correct for: --artifact IMAGE (with --at, --mask) or --tint R,G,B")
+    opened = open_lens(lens, trust, probe_data, model=model)
+    train = None if train_data is None else load_data(train_data)
+    concept = None if concept_data is None else ConceptImages(opened.probe_data if train is None else train, shown=load_data(concept_data))
+    result = opened.correct(
+        class_name, chosen, method, None if data is None else load_data(data), layer, estimator, Tuning(last, epochs, learning_rate),
+        train, concept, progress=not as_json,
+    )  # fmt: skip
+    saved = None if out is None else str(result.save(out))
+    if as_json:
+        emit_json({**result.to_dict(), "saved": saved})
+        return
+    summary = result.to_dict()
+    rows = [
+        (f"{part} {key}", *(None if values[key] is None else round(values[key], 4) for values in (result.before[part], result.after[part])))
+        for part in ("clean", "artifact", "change") for key in result.before[part]
+    ]  # fmt: skip
+    console.print(table(f"{method} correction of {result.class_name} ({summary['samples']} test images)", ("measure", "before", "after"), rows))
+    say(f"settings: {summary['settings']}; learnt in {summary['seconds']:.1f} s")
+    if saved:
+        say(f"correction saved: {saved} (apply it: semlens test-artifact LENS --correction {saved} ...)")

@@ -1,0 +1,69 @@
+"""Corrections of a class's reliance on an artefact (projection or fine-tuning), measured before and after."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, File, Form, UploadFile
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..._util.errors import SemlensError
+from ..common import MAX_TEXT, ExplorerDep, LensKey, decode_image
+
+router = APIRouter()
+
+
+class CorrectionOut(BaseModel):
+    """``Correction.to_dict()``: the artefact test (clean, artefact, change) before and after the correction."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_name: str = Field(alias="class")
+    method: str
+    settings: dict[str, Any] = Field(description="The method's settings: layer and its trials, estimator; or modules, epochs.")
+    samples: int = Field(description="Test images: the probe data's odd samples (the even ones learn the correction).")
+    before: dict[str, Any]
+    after: dict[str, Any]
+    artifact_effect: list[float | None] = Field(description="Class probability with minus without the artefact, before and after.")
+    clean_accuracy: list[float | None] = Field(description="Accuracy on the clean test images, before and after.")
+    seconds: float
+
+
+def _numbers(text: str, count: int, name: str, high: int) -> tuple[int, ...]:
+    values = tuple(int(value) for value in text.split(","))
+    if len(values) != count or not all(0 <= value <= high for value in values):
+        raise SemlensError(f"{name} takes {count} integers from 0 to {high}, comma-separated; got {text!r}")
+    return values
+
+
+@router.post(
+    "/api/lenses/{lens}/correct", response_model=CorrectionOut, summary="Correct a class's reliance on an artefact"
+)
+def correct(
+    explorer: ExplorerDep,
+    lens: LensKey,
+    class_name: Annotated[str, Form(alias="class", min_length=1, max_length=MAX_TEXT, description="Class name or index.")],
+    method: Annotated[Literal["project", "finetune"], Form(description="project (P-ClArC) or finetune (the last modules).")] = "project",
+    layer: Annotated[str | None, Form(max_length=MAX_TEXT, description="project: the layer (default: chosen by measurement).")] = None,
+    estimator: Annotated[Literal["mean", "logistic"], Form(description="project: the concept direction.")] = "mean",
+    last: Annotated[int, Form(ge=1, le=8, description="finetune: the last parameterised modules to train.")] = 1,
+    epochs: Annotated[int, Form(ge=1, le=10, description="finetune: passes over the images.")] = 3,
+    tint: Annotated[str | None, Form(pattern=r"^\d{1,3},\d{1,3},\d{1,3}$", description="The artefact as a tint R,G,B.")] = None,
+    at: Annotated[str, Form(pattern=r"^\d{1,5},\d{1,5}$", description="Top-left X,Y of an artefact image.")] = "0,0",
+    artifact: Annotated[UploadFile | None, File(description="The artefact as an image (PNG with alpha as its mask).")] = None,
+) -> dict[str, Any]:
+    """Learn the correction on the even samples of the Lens's probe data and run the artefact test on the odd
+    ones (class probability with and without the artefact, share predicted as the class, clean accuracy),
+    before and after. Needs the model on this machine; to save the correction use ``semlens correct --out``."""
+    from ...analysis.correction import Tuning
+    from ...analysis.interventions import Artifact
+
+    if (tint is None) == (artifact is None):
+        raise SemlensError("give the artefact: exactly one of an image (artifact) or a tint R,G,B")
+    served = explorer.get(lens)
+    if artifact is not None:
+        chosen = Artifact(image=decode_image(artifact.file.read(), "RGBA"), position=_numbers(at, 2, "at", 99_999))
+    else:
+        chosen = Artifact(tint=_numbers(tint, 3, "tint", 255))
+    tuning = Tuning(last=last, epochs=epochs)
+    return served.lens.correct(class_name, chosen, method, layer=layer, estimator=estimator, tuning=tuning, progress=False).to_dict()
