@@ -87,7 +87,7 @@ class LensSearch:
     def _search_table(self: Lens) -> UnitTable:
         """All units stacked for search, with an index from ``INDEX_MIN_UNITS`` units on (see semlens.lens.index)."""
         table = self._unit_table(self.layers)
-        table.index = open_index(self.cache, table, self.manifest["stages"]["embed"]["fingerprint"])
+        table.index = open_index(self.space_cache, table, self.space_fingerprint)
         return table
 
     def _unit_table(self: Lens, layers: list[str]) -> UnitTable:

@@ -8,6 +8,8 @@ Layout::
     layers/<layer>.topk.safetensors   per unit: top-k scores, sample ids, activation maps
     layers/<layer>.embed.safetensors  per unit: crop boxes, rows into crops, theta
     crops.safetensors             every distinct (sample, box) crop and its embedding (float16, read by rows)
+    spaces/<name>/...             an extra embedding space: the same crops embedded by another foundation
+                                  model (crops.safetensors: embeddings; layers/<layer>.embed: theta)
 
 Every file is written to a temporary name and renamed into place, so a killed run never leaves a
 half-written file behind; partial progress lives in ``*.partial*`` files that a resumed run reads.
@@ -35,6 +37,7 @@ from .._util.fingerprint import hash_file
 FORMAT = "semlens-lens"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+SPACES = "spaces"  # the folder of the extra embedding spaces (one foundation model each)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -117,7 +120,11 @@ class LensStore:
             for name in (path.relative_to(self.root).as_posix() for path in self.root.rglob("*.safetensors"))
             if ".labels." not in name and "partial" not in name
         )
-        return {name: {"bytes": self.path(name).stat().st_size, "sha256": hash_file(self.path(name))} for name in names}
+        return {name: self.array_record(name) for name in names}
+
+    def array_record(self, name: str) -> dict[str, Any]:
+        """What the manifest's ``arrays`` records of one file: its size and SHA-256."""
+        return {"bytes": self.path(name).stat().st_size, "sha256": hash_file(self.path(name))}
 
     def check_sizes(self) -> None:
         """Every recorded array file is there with its recorded size (cheap: catches truncation at open)."""
@@ -159,6 +166,15 @@ class LensStore:
             raise self._damaged(name, str(error)) from None
         return torch.cat(parts)[inverse].reshape(*rows.shape, *parts[0].shape[1:])
 
+    def read_array(self, name: str, key: str) -> torch.Tensor:
+        """One array of a stored file, without reading the file's others."""
+        self.verify(name)
+        try:
+            with safe_open(str(self.path(name)), framework="pt") as handle:
+                return handle.get_tensor(key)
+        except (SafetensorError, OSError) as error:
+            raise self._damaged(name, str(error)) from None
+
     def read_metadata(self, name: str) -> dict[str, str]:
         self.verify(name)
         try:
@@ -191,3 +207,8 @@ def safe_name(layer: str) -> str:
 def layer_file(layer: str, kind: str) -> str:
     """File name of a layer's arrays."""
     return f"layers/{safe_name(layer)}.{kind}.safetensors"
+
+
+def space_file(space: str, name: str) -> str:
+    """File ``name`` (laid out as in the Lens root) of an extra embedding space: ``spaces/<space>/<name>``."""
+    return f"{SPACES}/{space}/{name}"
