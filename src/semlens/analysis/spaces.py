@@ -8,6 +8,7 @@ a finding depends on that choice. Every agreement is 1 for a space compared with
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +68,7 @@ class SpaceComparison:
     def to_dict(self) -> dict[str, Any]:
         def rounded(value: Any) -> Any:
             if isinstance(value, float):
-                return round(value, 5)
+                return round(value, 5) if math.isfinite(value) else None  # NaN: nothing to compare (no units)
             if isinstance(value, dict):
                 return {key: rounded(item) for key, item in value.items()}
             if isinstance(value, list):

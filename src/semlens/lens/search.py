@@ -62,13 +62,19 @@ class LensSearch:
         layers: list[str] | None = None,
         top: int = 10,
         templates: str | list[str] = "search",
+        space: str | None = None,
     ) -> list[SearchHit]:
-        """Units of all (or the given) layers ranked by alignment with a text and/or image probe."""
+        """Units of all (or the given) layers ranked by alignment with a text and/or image probe (in embedding
+        space ``space``, default this Lens's: see ``Lens.in_space``)."""
+        if space is not None:
+            return self.in_space(space).search(text, images, layers, top, templates)
         probe, null = self.probe(text, images, templates)
         return self._rank(probe, null, self.checked_layers(layers), top)
 
-    def search_similar(self: Lens, source: Lens, unit: str, top: int = 10) -> list[SearchHit]:
-        """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one)."""
+    def search_similar(self: Lens, source: Lens, unit: str, top: int = 10, space: str | None = None) -> list[SearchHit]:
+        """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one), in embedding space ``space``."""
+        if space is not None:
+            return self.in_space(space).search_similar(source.in_space(space), unit, top)
         if source.foundation_id != self.foundation_id:
             raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
         layer, row = source.unit_index(unit)

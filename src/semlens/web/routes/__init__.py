@@ -1,1 +1,1 @@
-"""The explorer's JSON API, one router per page: units, search, maps, audit, compare."""
+"""The explorer's JSON API, one router per page: units, search, maps, audit, compare, spaces."""

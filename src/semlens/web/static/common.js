@@ -7,7 +7,7 @@ const Semlens = (() => {
   const PAGES = [
     ["map", "/", "Map"], ["search", "search.html", "Search"], ["dissect", "dissect.html", "Dissect"],
     ["audit", "audit.html", "Audit"], ["graph", "graph.html", "Graph"], ["compare", "compare.html", "Compare"],
-    ["api", "api.html", "API"],
+    ["spaces", "spaces.html", "Spaces"], ["api", "api.html", "API"],
   ];
 
   function el(tag, attrs = {}, ...children) {
