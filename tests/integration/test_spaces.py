@@ -219,3 +219,14 @@ def test_explorer_api(lens, siglip_dir) -> None:
     refused = client.get("/api/lenses/0/search", params={"q": "red", "space": "nope"})
     assert refused.status_code == 400 and "no embedding space" in refused.json()["detail"]
     assert client.get("/spaces.html").status_code == 200
+
+
+def test_masked_views_are_planned_again_as_built(tmp_path, colour_folder, tiny_clip_dir, siglip_dir) -> None:
+    masked = config(colour_folder, tiny_clip_dir, crop_view="masked")
+    lens = build_lens(masked, tmp_path / "masked.lens", progress=False)
+    assert any(layer["crop"]["mode"] != "none" for layer in lens.manifest["layers"].values())  # some views are faded
+    add_space(lens, f"hf:{siglip_dir}", name="sig", workers=0, progress=False)  # refused if a row differed from the build's
+    both = build_lens(config(colour_folder, tiny_clip_dir, crop_view="masked", extra_foundations=[f"hf:{siglip_dir}"]), tmp_path / "both.lens", progress=False)
+    sig = space_name(f"hf:{siglip_dir}")
+    for layer in lens.layers:
+        assert torch.allclose(lens.in_space("sig").theta(layer), both.in_space(sig).theta(layer), atol=1e-6)
