@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._util.errors import SemlensError, StaleLensError
-from ..analysis.label import label_units
 from ..analysis.alignment import alignment
+from ..analysis.label import label_units
 from ..analysis.spaces import SIMILARITY_UNITS, SpaceComparison, label_agreement, ranking_agreement, structure_agreement
 from ..analysis.vocabulary import Vocabulary
 from .store import LensStore, layer_file, space_file
