@@ -230,3 +230,13 @@ def test_masked_views_are_planned_again_as_built(tmp_path, colour_folder, tiny_c
     sig = space_name(f"hf:{siglip_dir}")
     for layer in lens.layers:
         assert torch.allclose(lens.in_space("sig").theta(layer), both.in_space(sig).theta(layer), atol=1e-6)
+
+
+def test_extra_foundations_are_checked_before_anything_runs(colour_folder, tiny_clip_dir, siglip_dir) -> None:
+    with pytest.raises(SemlensError, match="given twice"):
+        config(colour_folder, tiny_clip_dir, extra_foundations=[f"hf:{tiny_clip_dir}"])  # the default one again
+    with pytest.raises(SemlensError, match="given twice"):
+        config(colour_folder, tiny_clip_dir, extra_foundations=[f"hf:{siglip_dir}", f"hf:{siglip_dir}"])
+    result = runner.invoke(app, ["run", "--model", "py:tiny_models:tiny_cnn", "--layer", "head", "--data", f"folder:{colour_folder}",
+                                 "-f", f"hf:{tiny_clip_dir}", "-f", f"hf:{tiny_clip_dir}", "--out", "never.lens"])  # fmt: skip
+    assert result.exit_code == 2 and "given twice" in result.output and not Path("never.lens").exists()
