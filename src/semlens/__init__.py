@@ -19,6 +19,7 @@ patch_torchvision_ops()  # before anything imports transformers (which imports t
 from ._util.errors import SemlensError
 from .build.builder import BuildConfig, BuildSummary, build_lens
 from .build.collect import Collector, TopK, collect_topk
+from .build.spaces import add_space
 from .data import ImageData, list_datasets, load_data
 from .foundation import FoundationModel, list_foundation_models, load_foundation_model
 from .lens.examples import ConceptExample
@@ -40,6 +41,7 @@ __all__ = [
     "Preprocessing",
     "SemlensError",
     "TopK",
+    "add_space",
     "build_lens",
     "collect_topk",
     "list_datasets",

@@ -187,9 +187,14 @@ def test_dissect_graph_compare_and_api_pages(page, base_url, valid) -> None:
     images_loaded(page, "#matches img")
     shot(page, "compare")
 
+    goto(page, base_url, "spaces.html?lens=0")  # one space: it against itself agrees fully
+    page.wait_for_selector("#agreement[data-ready]")
+    assert page.locator("#spaces tr").count() == 2 and "1.000" in page.inner_text("#agreement")
+    shot(page, "spaces")
+
     goto(page, base_url, "api.html")
     page.wait_for_selector("#endpoints code")
-    assert page.locator("#endpoints tr").count() == 20
+    assert page.locator("#endpoints tr").count() == 22
     shot(page, "api")
 
 

@@ -354,6 +354,6 @@ def test_property_based_requests_never_get_a_server_error(app) -> None:
 def test_openapi_documents_every_endpoint(client) -> None:
     paths = client.get("/api/openapi.json").json()["paths"]
     operations = [operation for methods in paths.values() for operation in methods.values()]
-    assert len(operations) == 19 and all(
+    assert len(operations) == 21 and all(
         operation["summary"] and {"400", "404"} <= set(operation["responses"]) for operation in operations
     )

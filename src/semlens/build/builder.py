@@ -34,9 +34,10 @@ from .collect_stage import CollectStage
 from .config import BuildConfig, BuildSummary, LayerSummary
 from .context import BuildContext
 from .crop_stage import CropStage
-from .embed_stage import EmbedStage
+from .embed_stage import EmbedStage, crop_source
 from .parallel import Ranks, Shard, connect
 from .relevance_examples_stage import RelevanceExamplesStage
+from .spaces import SpaceStage
 
 if TYPE_CHECKING:
     from ..relevance.lrp import SupportReport
@@ -91,7 +92,9 @@ class LensBuilder:
         self.embed_stage = EmbedStage(self.context, CropStage(self.context))
         self.stages: list[Stage] = [self.collect_stage]
         if shard is None:  # a shard runs only the collect stage; `semlens merge` runs the others
-            self.stages += [self.embed_stage, ClassRelevanceStage(self.context), RelevanceExamplesStage(self.context)]
+            spaces = [SpaceStage(self.context, crop_source(self.context), spec, None, config.embed_precision, config.embed_batch_size)
+                      for spec in config.extra_foundations]  # fmt: skip
+            self.stages += [self.embed_stage, *spaces, ClassRelevanceStage(self.context), RelevanceExamplesStage(self.context)]
 
     @property
     def identity(self) -> dict[str, Any]:

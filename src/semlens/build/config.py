@@ -28,6 +28,7 @@ class BuildConfig:
     layers: list[str]
     data: str
     foundation: str = "conse"
+    extra_foundations: list[str] = field(default_factory=list)  # each embeds the same crops into a space of its own
     k: int = 30
     pool: str = "mean"
     crop: str = "auto"
@@ -79,6 +80,7 @@ class BuildConfig:
                 f"relevance_examples are samples of the probe data, but relevance_data={self.relevance_data!r} is other data; "
                 "leave relevance_data out (the probe data) to collect them"
             )
+        check_extra_foundations(self.foundation, self.extra_foundations)
         check_precision(self.precision)
         check_precision(self.embed_precision, "embed_precision")
         if self.shard is not None:
@@ -102,6 +104,20 @@ class BuildConfig:
             raise SemlensError(f"config {path}: unknown keys {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
+
+
+def check_extra_foundations(foundation: str, extra: list[str]) -> None:
+    """Each extra foundation model once, none the default one, each with a space name of its own."""
+    from ..lens.spaces import check_space_name, space_name
+
+    names = [space_name(spec) for spec in [foundation, *extra]]
+    for position, spec in enumerate(extra, start=1):
+        check_space_name(names[position])
+        if spec in [foundation, *extra[:position - 1]] or names[position] in names[:position]:
+            raise SemlensError(
+                f"extra foundation model {spec!r} is given twice or makes the same space name ({names[position]!r}) as another; "
+                "give each foundation model once, or add one under a name of its own with `semlens embed LENS --foundation SPEC --name NAME`"
+            )
 
 
 @dataclass

@@ -80,9 +80,7 @@ class BuildContext:
 
     def workers(self) -> int:
         """Data loader processes: the cores a rank may use, less one for the model, at most 4."""
-        if self.config.workers is not None:
-            return self.config.workers
-        return min(4, max(0, (os.cpu_count() or 1) // self.ranks.world - 1))
+        return default_workers(self.ranks.world) if self.config.workers is None else self.config.workers
 
     # -- LRP ------------------------------------------------------------------------------------
 
@@ -98,3 +96,8 @@ class BuildContext:
             report = self.relevance.check()
             self.manifest["relevance_support"] = {"supported": report.supported, "reason": report.reason}
         return self.relevance.check()
+
+
+def default_workers(ranks: int = 1) -> int:
+    """Data loader processes of one of ``ranks`` processes: the cores it may use, less one for the model, at most 4."""
+    return min(4, max(0, (os.cpu_count() or 1) // ranks - 1))

@@ -28,6 +28,18 @@ from .embed import CropTable, HeatSource, chunks, plan_crops
 HEAT_KEY = "heatmaps"  # metadata key of a layer's ``.crops`` file: the fingerprint its heatmaps were computed for
 
 
+def heat_source(layer: str, mode: str) -> HeatSource | None:
+    """Where a built Lens stores the heatmaps a layer's crops were cut from in crop ``mode`` (None: whole images)."""
+    found = {"relevance": (layer_file(layer, "crops"), "heat"), "activation": (layer_file(layer, "topk"), "maps")}.get(mode)
+    return None if found is None else HeatSource(*found)
+
+
+def faded_slots(heat: torch.Tensor, inactive: torch.Tensor) -> torch.Tensor:
+    """The (unit, slot) pairs ``[U, k]`` whose masked view is faded by their heatmap: none where the unit did not
+    fire (nothing to fade by) or is inactive (its examples are arbitrary)."""
+    return (heat.flatten(2).amax(dim=2) > 0) & ~inactive[:, None]
+
+
 class CropStage:
     """Inputs: the collect stage's ``layers/<layer>.topk`` and ``config.crop``. Outputs: the crop
     table of all layers (in memory, for the embed stage), each layer's crop mode and why in the
@@ -46,8 +58,7 @@ class CropStage:
             heat, source = self._heatmaps(spec, stored)
             boxes[spec.name] = self.boxes(heat, stored)
             if heat is not None and self.context.config.crop_view == "masked":
-                fired = heat.flatten(2).amax(dim=2) > 0  # nothing to fade by where the unit did not fire
-                masked[spec.name] = (source, fired & ~stored["inactive"][:, None])
+                masked[spec.name] = (source, faded_slots(heat, stored["inactive"]))
         return plan_crops(samples, boxes, masked)
 
     def _crop_mode(self, spec: LayerSpec, has_maps: bool) -> tuple[str, str]:
@@ -77,9 +88,9 @@ class CropStage:
         record = self.context.manifest["layers"][spec.name]["crop"] = {"mode": mode, "why": why}
         if mode == "relevance":
             heat, record["heatmaps"] = self._relevance_heatmaps(spec, stored["ids"])
-            return heat, HeatSource(layer_file(spec.name, "crops"), "heat")
+            return heat, heat_source(spec.name, mode)
         if mode == "activation":
-            return stored["maps"], HeatSource(layer_file(spec.name, "topk"), "maps")
+            return stored["maps"], heat_source(spec.name, mode)
         return None, None
 
     def boxes(self, heat: torch.Tensor | None, stored: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -4,19 +4,24 @@ checkpointed chunks), the embeddings stored by rows and averaged per unit to the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 
 from .._util.devices import embed_dtype
 from .._util.errors import StaleLensError
 from .._util.progress import progress_bar
 from ..analysis.validity import tied_units
+from ..data import ImageData
 from ..foundation import FoundationModel, load_foundation_model
-from ..lens.store import layer_file
+from ..lens.store import LensStore, layer_file
 from .context import BuildContext
 from .crop_stage import CropStage
 from .embed import CropChunks, CropTable, chunks, mean_embeddings
+from .parallel import Ranks
 
 EMBED_PARTIAL = "embed.partial"
 
@@ -102,35 +107,62 @@ class EmbedStage:
         return self.context.manifest
 
     def _embed_table(self, foundation: FoundationModel, table: CropTable) -> torch.Tensor:
-        """Embed all distinct crops in checkpointed chunks, each rank its block of chunks, while data
-        loader workers decode and cut the next chunks; a resumed run skips finished chunks."""
+        """Embed all distinct crops, each rank its block of chunks; a resumed run skips finished chunks."""
         context = self.context
-        store, device = context.store, context.device
         model = f"{foundation.id.replace('/', '_').replace(':', '_')}-{context.manifest['foundation']['dtype']}"
         partial = f"{EMBED_PARTIAL}/{context.stage_key(self.name)}-{model}"
-        spans = list(chunks(table.rows.shape[0], context.config.embed_batch_size * 4))
-        mine = [spans[position] for position in context.ranks.shard.split(range(len(spans)))]
-        done = {
-            begin: store.read_tensors(f"{partial}/{begin:09d}.safetensors")["embeddings"]
-            for begin, _ in mine
-            if store.path(f"{partial}/{begin:09d}.safetensors").is_file()
-        }
-        pending = [span for span in mine if span[0] not in done]
-        in_workers = preprocess_in_workers(device)
-        crops = CropChunks(
-            table, pending, context.data, context.model.preprocessing.view,
-            foundation.image_preprocessor if in_workers else list, foundation.batch_size, str(store.root),
-        )  # fmt: skip
-        loader = torch.utils.data.DataLoader(
-            crops, batch_size=None, num_workers=min(context.workers(), len(pending)), pin_memory=device.type == "cuda"
-        )
-        total = sum(end - begin for begin, end in mine)
-        with progress_bar("embed", total, context.progress, completed=total - sum(end - begin for begin, end in pending)) as advance:
-            for (begin, end), batches in zip(pending, loader):
-                pixels = batches if in_workers else [foundation.preprocess(crops) for crops in batches]
-                part = torch.cat([foundation.embed_pixels(batch) for batch in pixels])
-                store.write_tensors(f"{partial}/{begin:09d}.safetensors", {"embeddings": part})
-                done[begin] = part
-                advance(end - begin)
-        local = torch.cat([torch.empty(0, foundation.dim), *(done[begin] for begin, _ in mine)])
-        return context.ranks.concat(local)
+        return embed_crops(foundation, table, crop_source(context), partial)
+
+
+@dataclass(frozen=True)
+class CropSource:
+    """Where :func:`embed_crops` reads the crops from (the Lens being embedded, its probe data and the
+    model's input view) and how it runs (device, loader workers, progress bar, ranks)."""
+
+    store: LensStore
+    data: ImageData
+    view: Callable[[Image.Image], Image.Image]
+    device: torch.device
+    workers: int
+    progress: bool
+    ranks: Ranks
+
+
+def crop_source(context: BuildContext) -> CropSource:
+    """The crops of the Lens a build is making, as :func:`embed_crops` reads them."""
+    return CropSource(
+        context.store, context.data, context.model.preprocessing.view, context.device, context.workers(), context.progress, context.ranks
+    )
+
+
+def embed_crops(foundation: FoundationModel, table: CropTable, source: CropSource, partial: str) -> torch.Tensor:
+    """The embeddings ``[M, d]`` of all rows of ``table``, in checkpointed chunks of the foundation model's
+    batches kept under ``partial`` (a resumed run skips finished chunks), each rank its block of chunks,
+    while data loader workers decode and cut the next chunks."""
+    store, device, ranks = source.store, source.device, source.ranks
+    spans = list(chunks(table.rows.shape[0], foundation.batch_size * 4))
+    mine = [spans[position] for position in ranks.shard.split(range(len(spans)))]
+    done = {
+        begin: store.read_tensors(f"{partial}/{begin:09d}.safetensors")["embeddings"]
+        for begin, _ in mine
+        if store.path(f"{partial}/{begin:09d}.safetensors").is_file()
+    }
+    pending = [span for span in mine if span[0] not in done]
+    in_workers = preprocess_in_workers(device)
+    crops = CropChunks(
+        table, pending, source.data, source.view,
+        foundation.image_preprocessor if in_workers else list, foundation.batch_size, str(store.root),
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        crops, batch_size=None, num_workers=min(source.workers, len(pending)), pin_memory=device.type == "cuda"
+    )
+    total = sum(end - begin for begin, end in mine)
+    with progress_bar("embed", total, source.progress, completed=total - sum(end - begin for begin, end in pending)) as advance:
+        for (begin, end), batches in zip(pending, loader):
+            pixels = batches if in_workers else [foundation.preprocess(crops) for crops in batches]
+            part = torch.cat([foundation.embed_pixels(batch) for batch in pixels])
+            store.write_tensors(f"{partial}/{begin:09d}.safetensors", {"embeddings": part})
+            done[begin] = part
+            advance(end - begin)
+    local = torch.cat([torch.empty(0, foundation.dim), *(done[begin] for begin, _ in mine)])
+    return ranks.concat(local)

@@ -4,7 +4,7 @@ result (a rich table, or ``--json``: the result's ``to_dict()``). Commands live 
 
 from __future__ import annotations
 
-from . import build, clusters, correct, explain, explore, validate  # noqa: F401 (registers the commands)
+from . import build, clusters, correct, explain, explore, spaces, validate  # noqa: F401 (registers the commands)
 from ._app import app
 
 

@@ -37,13 +37,18 @@ Foundation = Annotated[
     Optional[str], typer.Option("--foundation", "-f", help="The Lens's foundation model (spec), instead of its recorded spec.")
 ]
 Model = Annotated[Optional[str], typer.Option("--model", "-m", help="The Lens's model (spec), instead of its recorded spec.")]
+Space = Annotated[
+    Optional[str], typer.Option("--space", help="The embedding space to answer in (see `semlens spaces LENS`; default: the Lens's own).")
+]
 
 
-def open_lens(path: Path, trust: bool = False, data: str | None = None, foundation: str | None = None, model: str | None = None):
-    """``Lens.open`` with what the user named on the command line."""
+def open_lens(
+    path: Path, trust: bool = False, data: str | None = None, foundation: str | None = None, model: str | None = None, space: str | None = None
+):
+    """``Lens.open`` with what the user named on the command line, seen in embedding space ``space``."""
     from ..lens.lens import Lens
 
-    return Lens.open(path, trust=trust, data=data, foundation=foundation, model=model)
+    return Lens.open(path, trust=trust, data=data, foundation=foundation, model=model).in_space(space)
 
 
 def friendly(command: Callable) -> Callable:

@@ -19,7 +19,9 @@ def run(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec, e.g. zoo:efficientnet-lite0, py:pkg.mod:factory."),
     layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Layer NAME[:key=value,...]; repeat for several."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Data spec, e.g. folder:./images."),
-    foundation: Optional[str] = typer.Option(None, "--foundation", "-f", help="Foundation model spec (default conse)."),
+    foundation: Optional[list[str]] = typer.Option(
+        None, "--foundation", "-f", help="Foundation model spec (default conse); repeat to embed into more spaces (the first is the default)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Lens directory to write (resumed if interrupted)."),
     k: Optional[int] = typer.Option(None, "-k", help="Concept examples per unit (default 30)."),
     pool: Optional[str] = typer.Option(None, help="Spatial/token pooling: mean (default) or max."),
@@ -87,7 +89,8 @@ def run(
         model=model,
         layers=layer or None,
         data=data,
-        foundation=foundation,
+        foundation=foundation[0] if foundation else None,
+        extra_foundations=(foundation or [])[1:] or None,
         k=k,
         pool=pool,
         crop=crop,

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from ._app import AsJson, Foundation, Model, ProbeData, Trust, app, console, emit_json, friendly, open_lens, say, table
+from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, say, table
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in.")
 Layers = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable; default all).")
@@ -32,6 +32,7 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
     say(f"model       {identity['model']['spec']} (weights {identity['model']['fingerprint']})")
     say(f"data        {identity['data']['spec']} ({identity['data']['samples']} samples)")
     say(f"foundation  {manifest['foundation']['id']} (dim {manifest['foundation']['dim']})")
+    say(f"spaces      {', '.join(space.name + ('' if space.complete else ' (unfinished)') for space in opened.spaces)}")
     say(f"k           {opened.k}, crop {identity['embed']['crop']}{', relevance examples too' if opened.has_relevance_examples else ''}")
     say(f"trusted     {'yes' if opened.trusted else 'no (it runs no code and reads no files it names; see `semlens trust`)'}")
     from ..model.sae import sae_summary
@@ -70,10 +71,11 @@ def search(
     examples: str = ExampleSet,
     trust: Trust = False,
     foundation: Foundation = None,
+    space: Space = None,
     as_json: AsJson = False,
 ) -> None:
     """Rank units of all (or chosen) layers by alignment with a text and/or image probe."""
-    opened = open_lens(lens, trust, foundation=foundation)
+    opened = open_lens(lens, trust, foundation=foundation, space=space)
     hits = opened.search(query or None, image or (), layer or None, top, template or "search", examples=examples)
     title = f"units aligned with {' + '.join(map(repr, query or []))}{' + images' if image else ''}"
     print_hits(hits, title, "alignment", as_json)
@@ -86,11 +88,12 @@ def similar(
     unit: str = typer.Argument(..., help="Unit as layer/index."),
     other: Optional[Path] = typer.Option(None, help="Search this other Lens (same foundation model) instead."),
     top: int = typer.Option(10, "--top", "-n", help="How many units to show."),
+    space: Space = None,
     as_json: AsJson = False,
 ) -> None:
     """The units most similar to a unit (cosine of theta), in this Lens or another one."""
-    opened = open_lens(lens)
-    target = open_lens(other) if other else opened
+    opened = open_lens(lens, space=space)
+    target = open_lens(other, space=space) if other else opened
     print_hits(target.search_similar(opened, unit, top), f"units similar to {unit}", "similarity", as_json)
 
 
@@ -130,10 +133,12 @@ def label(
     examples: str = ExampleSet,
     trust: Trust = False,
     foundation: Foundation = None,
+    space: Space = None,
     as_json: AsJson = False,
 ) -> None:
-    """Label every unit with its best concept (and runner-ups); stored with the Lens (those by activation examples)."""
-    opened = open_lens(lens, trust, foundation=foundation)
+    """Label every unit with its best concept (and runner-ups); stored with the Lens (those by activation examples;
+    each embedding space its own)."""
+    opened = open_lens(lens, trust, foundation=foundation, space=space)
     results = opened.label(str(vocabulary) if vocabulary else None, threshold, examples=examples)
     if as_json:
         emit_json(results.to_dict())
@@ -152,12 +157,13 @@ def label(
 def dissect(
     lens: Path = typer.Argument(..., help="Lens directory (labelled with `semlens label` first)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bar chart PNG to write (default: dissect.png here)."),
+    space: Space = None,
     as_json: AsJson = False,
 ) -> None:
     """Count units per label category per layer; table and bar chart."""
     from ..report.figures import dissection_png
 
-    counts = open_lens(lens).dissect()
+    counts = open_lens(lens, space=space).dissect()
     target = dissection_png(counts, out or Path("dissect.png"))
     if as_json:
         emit_json({"png": str(target), "counts": counts})
@@ -178,12 +184,13 @@ def overview_map(
     png: Optional[Path] = typer.Option(None, help="Also write a PNG (default: next to the HTML)."),
     trust: Trust = False,
     foundation: Foundation = None,
+    space: Space = None,
     as_json: AsJson = False,
 ) -> None:
     """UMAP overview map of the units, clustered and named; interactive HTML and PNG."""
     from ..report.figures import overview_figure, overview_png
 
-    opened = open_lens(lens, trust, foundation=foundation)
+    opened = open_lens(lens, trust, foundation=foundation, space=space)
     overview = opened.overview(layer or None, clusters)
     labels = {unit: opened.label_of(unit) for unit in overview.units}
     overview_figure(overview, labels).write_html(str(out), include_plotlyjs=True, full_html=True)
@@ -203,12 +210,13 @@ def measures(
     layer: Optional[list[str]] = Layers,
     worst: int = typer.Option(5, help="How many least clear / most polysemantic units to list per layer."),
     examples: str = ExampleSet,
+    space: Space = None,
     as_json: AsJson = False,
 ) -> None:
     """Interpretability measures: clarity, polysemanticity, redundancy, per unit and per layer."""
     from ..analysis.measures import Measures
 
-    opened = open_lens(lens)
+    opened = open_lens(lens, space=space)
     chosen = opened.checked_layers(layer or None)
     result = Measures({name: opened.measures(name, examples) for name in chosen}, {name: opened.units(name) for name in chosen})
     if as_json:
@@ -230,11 +238,12 @@ def compare(
     vocabulary: Optional[Path] = Vocabulary,
     trust: Trust = False,
     foundation: Foundation = None,
+    space: Space = None,
     as_json: AsJson = False,
 ) -> None:
     """Compare two Lenses: S_{M->N} and S_{N->M} per layer pair, best matches, shared and unique concepts."""
-    first = open_lens(lens_a, trust, foundation=foundation)
-    comparison = first.compare(open_lens(lens_b, trust, foundation=foundation), str(vocabulary) if vocabulary else None)
+    first = open_lens(lens_a, trust, foundation=foundation, space=space)
+    comparison = first.compare(open_lens(lens_b, trust, foundation=foundation, space=space), str(vocabulary) if vocabulary else None)
     if as_json:
         emit_json(comparison.to_dict())
         return

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .._util.errors import SemlensError
-from ._app import AsJson, Foundation, Model, ProbeData, Trust, app, console, emit_json, friendly, open_lens, say, table
+from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, say, table
 
 AUDIT_KEYS = {"class", "valid", "spurious", "valid_images", "spurious_images", "cut", "z", "margin"}
 
@@ -39,6 +39,7 @@ def audit(
     model: Model = None,
     foundation: Foundation = None,
     probe_data: ProbeData = None,
+    space: Space = None,
     as_json: AsJson = False,
 ) -> None:
     """Audit a class: are the units it relies on aligned with valid or with spurious concepts (each alignment
@@ -46,7 +47,7 @@ def audit(
     flagged units on images and measure the class's reliance on the concept (needs the model)."""
     from ..analysis.audit import MARGIN, Z_CUT, AlignmentRule
 
-    opened = open_lens(lens, trust, probe_data, foundation, model)
+    opened = open_lens(lens, trust, probe_data, foundation, model, space)
     settings = _audit_settings(config) if config else {}
     valid = valid or settings.get("valid", [])
     spurious = spurious or settings.get("spurious", [])

@@ -77,15 +77,16 @@ class LensArrays:
         """Crop boxes ``[U, k, 4]`` (x0, y0, x1, y1) in the model's input view."""
         return self._read(layer, "embed")["boxes"]
 
-    def theta(self, layer: str) -> torch.Tensor:
-        """Each unit's semantic embedding ``[U, d]``: the mean of its concept examples' embeddings."""
-        return self._read(layer, "embed")["theta"]
+    def theta(self: Lens, layer: str) -> torch.Tensor:
+        """Each unit's semantic embedding ``[U, d]``: the mean of its concept examples' embeddings (in this
+        Lens's embedding space: see ``Lens.in_space``)."""
+        return self._read(layer, "embed")["theta"] if self.space is None else self._space_theta(layer)
 
     def example_embeddings(self: Lens, layer: str) -> torch.Tensor:
         """Per-example embeddings ``[U, k, d]`` (float32; NaN rows in empty slots), read from the float16
         crop table on disk: only this layer's rows, so memory follows the layer, not the data set."""
         index = self._read(layer, "embed")["crop_index"]
-        embeddings = self.store.read_rows("crops.safetensors", "embeddings", index.clamp_min(0)).float()
+        embeddings = self.store.read_rows(self.crops_file, "embeddings", index.clamp_min(0)).float()
         embeddings[index < 0] = float("nan")
         return embeddings
 

@@ -64,11 +64,15 @@ class LensAudits:
         templates: str | list[str] = "audit",
         rule: AlignmentRule | None = None,
         concept: ConceptImages | None = None,
+        space: str | None = None,
     ) -> Audit:
         """Audit one class: verdicts for its relevant units (each alignment judged against its layer's null by
         ``rule``) and the class's relevance by verdict. With ``concept`` (images without and with the spurious
         concept), also the concept test of the flagged units and the class's reliance on the concept (needs
-        the model)."""
+        the model). The alignments are taken in embedding space ``space`` (``Lens.in_space``)."""
+        if space is not None:
+            view = self.in_space(space)
+            return view.audit(class_name, valid, spurious, valid_images, spurious_images, cut, layers, templates, rule, concept)
         from ..analysis.audit import AUDIT_CUT, AlignmentRule, audit_units, null_z
 
         if not (valid or valid_images) or not (spurious or spurious_images):

@@ -38,6 +38,11 @@ class LensExampleSets:
         signed layer a copy of the positive one (a channel's relevance is one), marked tied; clear errors
         where the Lens has none."""
         self._layer(layer)
+        if kind == "relevance_embed" and self.space is not None:
+            raise SemlensError(
+                f"relevance examples are embedded in the Lens's default space only, not in {self.space!r}; "
+                "use examples='activation' there, or the default space"
+            )
         if not self.has_relevance_examples:
             skipped = self.manifest["stages"].get("examples", {}).get("skipped")
             if self.manifest["identity"]["relevance"].get("examples") and not skipped:

@@ -109,10 +109,14 @@ class LensLabels:
         top: int = 3,
         save: bool = True,
         examples: str = "activation",
+        space: str | None = None,
     ) -> Labelling:
         """Label every unit with its best concepts; stored with the Lens for the other tools (``save=False``:
         kept in this process only). ``examples="relevance"`` labels the relevance examples' theta and only
-        returns the labels: the stored ones, which the other tools show, are the activation examples'."""
+        returns the labels: the stored ones, which the other tools show, are the activation examples'. In
+        embedding space ``space``, its labels are its own (``Lens.in_space``)."""
+        if space is not None:
+            return self.in_space(space).label(vocabulary, threshold, templates, top, save, examples)
         vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
         concepts = self.probes.concepts(vocab.concepts, templates)
         null = self.probes.null(templates)
@@ -152,15 +156,19 @@ class LensLabels:
             return []
         return [(self.vocabulary.concepts[int(c)], float(a)) for c, a in zip(labels.concepts[row], labels.scores[row])]
 
-    def dissect(self: Lens) -> dict[str, dict[str, int]]:
-        """Units per label category per layer (from the stored labels; run ``label`` first)."""
+    def dissect(self: Lens, space: str | None = None) -> dict[str, dict[str, int]]:
+        """Units per label category per layer (from the stored labels of embedding space ``space``; run ``label`` first)."""
+        if space is not None:
+            return self.in_space(space).dissect()
         if self.vocabulary is None:
             raise SemlensError("this Lens has no labels yet: run `semlens label LENS` (or Lens.label()) first")
         categories = self.vocabulary.category_names()
         return {layer: dissect(self.labels(layer), categories, self.vocabulary.categories) for layer in self.layers}
 
-    def category_units(self: Lens, layer: str, category: str) -> list[str]:
+    def category_units(self: Lens, layer: str, category: str, space: str | None = None) -> list[str]:
         """The units behind one bar of ``dissect``: a layer's units labelled in ``category`` (or "unlabelled")."""
+        if space is not None:
+            return self.in_space(space).category_units(layer, category)
         self.units(layer)  # a clear error for an unknown layer
         counts = self.dissect()[layer]
         if category not in counts:

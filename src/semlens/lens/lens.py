@@ -21,7 +21,8 @@ from .labels import LensLabels
 from .measures import LensMeasures
 from .search import LensSearch
 from .sources import LensSources
-from .store import LensStore
+from .spaces import LensSpaces
+from .store import LensStore, space_file
 from .trust import LensAccess, is_trusted, lens_key
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class Lens(
     LensAudits,
     LensExplain,
     LensCorrection,
+    LensSpaces,
 ):
     """A model's units embedded in a foundation model's space, with their concept examples.
 
@@ -57,8 +59,8 @@ class Lens(
     each: arrays, examples, search, labels, measures (map, similarity, comparison) and audits (classes).
     """
 
-    def __init__(self, store: LensStore, manifest: dict[str, Any], access: LensAccess | None = None) -> None:
-        self.store, self.manifest = store, manifest
+    def __init__(self, store: LensStore, manifest: dict[str, Any], access: LensAccess | None = None, space: str | None = None) -> None:
+        self.store, self.manifest, self.space = store, manifest, space  # space: see Lens.in_space
         self.access = access or LensAccess()
         self.trusted = self.access.trust or is_trusted(manifest)
 
@@ -100,8 +102,9 @@ class Lens(
     @cached_property
     def derived(self) -> LensStore:
         """Where labels are stored: the Lens itself when it is writable, else its folder in the user cache,
-        so that a read-only Lens answers everything."""
-        return self.store if writable(self.store.root) else self.cache
+        so that a read-only Lens answers everything; an extra embedding space's in its ``spaces/<name>/``."""
+        root = self.store if writable(self.store.root) else self.cache
+        return root if self.space is None else LensStore(root.path(space_file(self.space, "")))
 
     # -- what is in it --------------------------------------------------------------------------
 
@@ -119,7 +122,7 @@ class Lens(
 
     @property
     def foundation_id(self) -> str:
-        return self.manifest["foundation"]["id"]
+        return self.space_record["id"]
 
     @property
     def classes(self) -> list[str] | None:
@@ -180,7 +183,7 @@ class Lens(
     @property
     def foundation(self) -> FoundationModel:
         """The foundation model the Lens was embedded with (the user's, else the trusted recorded one; id checked)."""
-        return self.sources.foundation
+        return self.sources.space_foundation(self.space)
 
     @cached_property
     def probes(self) -> ProbeEncoder:

@@ -22,9 +22,14 @@ if TYPE_CHECKING:
 class LensMeasures:
     """Part of ``Lens``: questions about where its units lie in the foundation model's space."""
 
-    def overview(self: Lens, layers: list[str] | None = None, clusters: int | None = None, seed: int = 0) -> OverviewMap:
+    def overview(
+        self: Lens, layers: list[str] | None = None, clusters: int | None = None, seed: int = 0, space: str | None = None
+    ) -> OverviewMap:
         """UMAP map of the units of the given (default: all) layers, k-means clusters named by their two
-        best labels, units coloured by the category they align with best (see analysis.overview)."""
+        best labels, units coloured by the category they align with best (see analysis.overview); in
+        embedding space ``space`` (``Lens.in_space``)."""
+        if space is not None:
+            return self.in_space(space).overview(layers, clusters, seed)
         from ..analysis.overview import build_overview
 
         vocabulary = self.vocabulary_or(None)
@@ -36,9 +41,11 @@ class LensMeasures:
         null = self.probes.null("label")
         return build_overview(units, theta, concepts, list(vocabulary.concepts), category_probes, categories, null, clusters, seed)
 
-    def measures(self: Lens, layer: str, examples: str = "activation") -> dict[str, torch.Tensor]:
+    def measures(self: Lens, layer: str, examples: str = "activation", space: str | None = None) -> dict[str, torch.Tensor]:
         """Per unit: clarity, polysemanticity (Eq. 7, 10) and redundancy within the layer (Eq. 9), of the
-        activation or the relevance examples."""
+        activation or the relevance examples, in embedding space ``space``."""
+        if space is not None:
+            return self.in_space(space).measures(layer, examples)
         from ..analysis.measures import clarity, polysemanticity, redundancy
 
         left_out = ~self.valid_of(layer, examples)
@@ -46,8 +53,10 @@ class LensMeasures:
         theta = self.theta_of(layer, examples).masked_fill(left_out[:, None], float("nan"))  # takes part in no unit's redundancy
         return {"clarity": clarity(embeddings), "polysemanticity": polysemanticity(embeddings), "redundancy": redundancy(theta)}
 
-    def similarity(self: Lens, unit: str, other_unit: str, other: Lens | None = None) -> float:
-        """Cosine similarity of two units' theta (Eq. 8), in this Lens or across two Lenses."""
+    def similarity(self: Lens, unit: str, other_unit: str, other: Lens | None = None, space: str | None = None) -> float:
+        """Cosine similarity of two units' theta (Eq. 8), in this Lens or across two Lenses, in embedding space ``space``."""
+        if space is not None:
+            return self.in_space(space).similarity(unit, other_unit, (other or self).in_space(space))
         other = other or self
         if other.foundation_id != self.foundation_id:
             raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
@@ -55,8 +64,11 @@ class LensMeasures:
         other_layer, other_row = other.unit_index(other_unit)
         return float(alignment(self.theta(layer)[row : row + 1], other.theta(other_layer)[other_row : other_row + 1], None))
 
-    def compare(self: Lens, other: Lens, vocabulary: Vocabulary | str | Path | None = None) -> Comparison:
-        """S_{M->N} / S_{N->M} per layer pair, best matches, and shared and unique concepts."""
+    def compare(self: Lens, other: Lens, vocabulary: Vocabulary | str | Path | None = None, space: str | None = None) -> Comparison:
+        """S_{M->N} / S_{N->M} per layer pair, best matches, and shared and unique concepts; in embedding space
+        ``space`` of both Lenses (a space of that name each, embedded by the same foundation model)."""
+        if space is not None:
+            return self.in_space(space).compare(other.in_space(space), vocabulary)
         from ..analysis.compare import Comparison, best_matches, concept_sets, overlap_matrices
 
         if self.foundation_id != other.foundation_id:

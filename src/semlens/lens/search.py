@@ -63,14 +63,20 @@ class LensSearch:
         top: int = 10,
         templates: str | list[str] = "search",
         examples: str = "activation",
+        space: str | None = None,
     ) -> list[SearchHit]:
         """Units of all (or the given) layers ranked by alignment with a text and/or image probe; ``examples``:
-        whose theta, the activation examples' or the relevance examples' (see ``Lens.theta_of``)."""
+        whose theta, the activation examples' or the relevance examples' (see ``Lens.theta_of``), in embedding
+        space ``space`` (default this Lens's: see ``Lens.in_space``)."""
+        if space is not None:
+            return self.in_space(space).search(text, images, layers, top, templates, examples)
         probe, null = self.probe(text, images, templates)
         return self._rank(probe, null, self.checked_layers(layers), top, examples=examples)
 
-    def search_similar(self: Lens, source: Lens, unit: str, top: int = 10) -> list[SearchHit]:
-        """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one)."""
+    def search_similar(self: Lens, source: Lens, unit: str, top: int = 10, space: str | None = None) -> list[SearchHit]:
+        """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one), in embedding space ``space``."""
+        if space is not None:
+            return self.in_space(space).search_similar(source.in_space(space), unit, top)
         if source.foundation_id != self.foundation_id:
             raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
         layer, row = source.unit_index(unit)
@@ -95,7 +101,7 @@ class LensSearch:
     def _search_table(self: Lens) -> UnitTable:
         """All units stacked for search, with an index from ``INDEX_MIN_UNITS`` units on (see semlens.lens.index)."""
         table = self._unit_table(self.layers)
-        table.index = open_index(self.cache, table, self.manifest["stages"]["embed"]["fingerprint"])
+        table.index = open_index(self.space_cache, table, self.space_fingerprint)
         return table
 
     def _unit_table(self: Lens, layers: list[str], examples: str = "activation") -> UnitTable:

@@ -39,13 +39,16 @@ class LensSources:
             )
         return data
 
-    @cached_property
-    def foundation(self) -> FoundationModel:
-        """The foundation model the Lens was embedded with (loaded on first use, id checked)."""
+    def space_foundation(self, space: str | None) -> FoundationModel:
+        """The foundation model of an embedding space (None: the default one, which the user may name instead),
+        from its recorded spec where that is inert or the Lens trusted; its id checked against the record."""
         from ..foundation import shared_foundation_model
 
-        recorded = self.manifest["foundation"]
-        spec = self.access.foundation or check_spec(recorded["spec"], "foundation model", self.trusted, "foundation=SPEC, --foundation")
+        recorded = self.manifest["foundation"] if space is None else self.manifest["spaces"][space]
+        if space is None:
+            spec = self.access.foundation or check_spec(recorded["spec"], "foundation model", self.trusted, "foundation=SPEC, --foundation")
+        else:
+            spec = check_spec(recorded["spec"], f"space {space}'s foundation model", self.trusted, "it is recorded by the Lens")
         model = shared_foundation_model(spec)
         if model.id != recorded["id"]:
             raise SemlensError(

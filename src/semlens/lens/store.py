@@ -10,6 +10,8 @@ Layout::
     crops.safetensors             every distinct (sample, box) crop and its embedding (float16, read by rows)
     layers/<layer>.relevance_topk / .relevance_embed / .relevance_heat   the same for relevance examples
     relevance_crops.safetensors   their crops not in crops.safetensors (rows counted on past its end)
+    spaces/<name>/...             an extra embedding space: the same crops embedded by another foundation
+                                  model (crops.safetensors: embeddings; layers/<layer>.embed: theta)
 
 Every file is written to a temporary name and renamed into place, so a killed run never leaves a
 half-written file behind; partial progress lives in ``*.partial*`` files that a resumed run reads.
@@ -39,6 +41,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CROPS = "crops.safetensors"
 RELEVANCE_CROPS = "relevance_crops.safetensors"
+SPACES = "spaces"  # the folder of the extra embedding spaces (one foundation model each)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -121,7 +124,11 @@ class LensStore:
             for name in (path.relative_to(self.root).as_posix() for path in self.root.rglob("*.safetensors"))
             if ".labels." not in name and "partial" not in name
         )
-        return {name: {"bytes": self.path(name).stat().st_size, "sha256": hash_file(self.path(name))} for name in names}
+        return {name: self.array_record(name) for name in names}
+
+    def array_record(self, name: str) -> dict[str, Any]:
+        """What the manifest's ``arrays`` records of one file: its size and SHA-256."""
+        return {"bytes": self.path(name).stat().st_size, "sha256": hash_file(self.path(name))}
 
     def check_sizes(self) -> None:
         """Every recorded array file is there with its recorded size (cheap: catches truncation at open)."""
@@ -168,6 +175,14 @@ class LensStore:
         self.verify(name)
         with safe_open(str(self.path(name)), framework="pt") as handle:
             return handle.get_slice(key).get_shape()[0]
+    def read_array(self, name: str, key: str) -> torch.Tensor:
+        """One array of a stored file, without reading the file's others."""
+        self.verify(name)
+        try:
+            with safe_open(str(self.path(name)), framework="pt") as handle:
+                return handle.get_tensor(key)
+        except (SafetensorError, OSError) as error:
+            raise self._damaged(name, str(error)) from None
 
     def read_metadata(self, name: str) -> dict[str, str]:
         self.verify(name)
@@ -212,3 +227,6 @@ def read_crop_embeddings(store: LensStore, rows: torch.Tensor) -> torch.Tensor:
     if not first.all():
         found[~first] = store.read_rows(RELEVANCE_CROPS, "embeddings", rows[~first] - count)
     return found
+def space_file(space: str, name: str) -> str:
+    """File ``name`` (laid out as in the Lens root) of an extra embedding space: ``spaces/<space>/<name>``."""
+    return f"{SPACES}/{space}/{name}"

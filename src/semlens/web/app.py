@@ -23,7 +23,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from .. import __version__
 from .._util.errors import SemlensError
 from ..lens.lens import Lens
-from .routes import audit, clusters, compare, correct, explain, maps, search, units
+from .routes import audit, clusters, compare, correct, explain, maps, search, spaces, units
 from .schemas import Problem
 from .state import Explorer, NotFound
 
@@ -101,7 +101,7 @@ def create_app(lenses: Sequence[Lens | str | Path], allowed_hosts: Sequence[str]
     async def refused(_request: Request, error: SemlensError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=404 if isinstance(error, NotFound) else 400)
 
-    for routes in (units, clusters, search, maps, audit, compare, explain, correct):
+    for routes in (units, clusters, search, maps, audit, compare, explain, correct, spaces):
         app.include_router(routes.router)
 
     @app.get("/vendor/plotly.min.js", include_in_schema=False)

@@ -37,6 +37,9 @@ Layers = Annotated[
     list[str] | None, Query(max_length=64, description="Only these layers (repeat the parameter); default all.")
 ]
 Top = Annotated[int, Query(ge=1, le=100, description="How many units.")]
+SpaceName = Annotated[
+    str | None, Query(max_length=MAX_TEXT, description="Embedding space (see /api/lenses/{lens}/spaces); default the Lens's own.")
+]
 
 
 def plotly_json(figure: Any) -> dict[str, Any]:
@@ -80,4 +83,4 @@ def layers_of(served: Served, requested: list[str] | None) -> list[str] | None:
 
 
 def hits_out(served: Served, hits: list) -> list[dict[str, Any]]:
-    return [{**served.ref(hit.unit), "score": hit.score} for hit in hits]
+    return [{**served.ref(hit.unit), "label": hit.label, "score": hit.score} for hit in hits]

@@ -56,6 +56,7 @@ class LensInfo(BaseModel):
     classes: list[str]
     labelled: bool
     class_relevance: bool
+    spaces: list[str] = Field(default_factory=list, description="Its embedding spaces, the default one first.")
 
 
 class UnitRef(BaseModel):
@@ -214,3 +215,27 @@ class CompareOut(BaseModel):
     shared_concepts: list[str]
     only_a: list[str]
     only_b: list[str]
+
+
+class SpaceInfo(BaseModel):
+    """One embedding space of a Lens: the default one (its build's foundation model) or one added since."""
+
+    name: str
+    spec: str
+    foundation_id: str
+    dim: int
+    default: bool
+    complete: bool
+
+
+class SpaceComparisonOut(BaseModel):
+    """How far two embedding spaces agree on the same units (1 = fully); labels and search are null when a
+    space's foundation model embeds no text."""
+
+    a: str
+    b: str
+    units: int
+    labels: dict[str, Any] | None = Field(description="top1: same best concept; top_overlap: shared best concepts")
+    search: dict[str, Any] | None = Field(description="top_overlap and spearman, averaged over the queries, and per query")
+    structure: dict[str, Any] = Field(description="cka: linear CKA of theta; similarity_correlation: of unit-unit cosines")
+    notes: list[str]

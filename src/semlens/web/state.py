@@ -40,22 +40,24 @@ class Served:
 
     # -- set-up shared by request threads -------------------------------------------------------
 
-    def labelled(self) -> Lens:
-        """The Lens with labels: labelled with the built-in vocabulary first when it has none (kept in memory:
-        a request never writes into a Lens)."""
+    def labelled(self, space: str | None = None) -> Lens:
+        """The Lens (in embedding space ``space``) with labels: labelled with the built-in vocabulary first when
+        it has none (kept in memory: a request never writes into a Lens)."""
         with self._setup:
-            if self.lens.vocabulary is None:
-                self.ready()
-        return self.lens
+            lens = self.lens.in_space(space)
+            if lens.vocabulary is None:
+                self.ready(space)
+        return lens
 
-    def ready(self) -> Lens:
-        """The Lens labelled and with its probe encoder loaded, ready for probes: one encoder (and one writer
-        of its cache) for all threads."""
+    def ready(self, space: str | None = None) -> Lens:
+        """The Lens (in embedding space ``space``) labelled and with its probe encoder loaded, ready for probes:
+        one encoder (and one writer of its cache) for all threads."""
         with self._setup:
-            self.lens.probes  # noqa: B018 (a cached property: loads the foundation model once)
-            if self.lens.vocabulary is None:
-                self.lens.label(save=False)
-        return self.lens
+            lens = self.lens.in_space(space)
+            lens.probes  # noqa: B018 (a cached property: loads the foundation model once)
+            if lens.vocabulary is None:
+                lens.label(save=False)
+        return lens
 
     def remember(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per key (concurrent askers wait for the first); failures are not remembered."""
@@ -135,6 +137,7 @@ class Served:
             ],
             "classes": lens.classes or [], "labelled": lens.vocabulary is not None,
             "class_relevance": lens.class_relevance(lens.layers[-1]) is not None,
+            "spaces": [space.name for space in lens.spaces if space.complete],
         }  # fmt: skip
 
 

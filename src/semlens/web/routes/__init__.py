@@ -1,1 +1,2 @@
-"""The explorer's JSON API, one router per page: units, clusters, search, maps, audit, compare, explain, correct."""
+"""The explorer's JSON API, one router per page: units, clusters, search, maps, audit, compare, explain, correct,
+spaces."""

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from ...report.figures import dissection_figure, overview_figure
-from ..common import MAX_TEXT, ExplorerDep, LensKey, plotly_json
+from ..common import MAX_TEXT, ExplorerDep, LensKey, SpaceName, plotly_json
 from ..schemas import CategoryOut, DissectOut, MapOut
 
 WEBGL_FROM = 3000  # units on a map before points are drawn with WebGL instead of SVG
@@ -44,8 +44,8 @@ def overview_map(
 
 
 @router.get("/api/lenses/{lens}/dissect", response_model=DissectOut, summary="Units per label category per layer")
-def dissect(explorer: ExplorerDep, lens: LensKey) -> dict[str, Any]:
-    counts = explorer.get(lens).labelled().dissect()
+def dissect(explorer: ExplorerDep, lens: LensKey, space: SpaceName = None) -> dict[str, Any]:
+    counts = explorer.get(lens).labelled(space).dissect()
     return {"counts": counts, "figure": plotly_json(dissection_figure(counts))}
 
 
@@ -56,7 +56,10 @@ def category_units(
     layer: Annotated[str, Query(max_length=MAX_TEXT)],
     category: Annotated[str, Query(max_length=MAX_TEXT, description="A label category, or unlabelled.")],
     top: Annotated[int, Query(ge=1, le=1000)] = 200,
+    space: SpaceName = None,
 ) -> dict[str, Any]:
     served = explorer.get(lens)
-    units = served.labelled().category_units(served.layer(layer), category)
-    return {"layer": layer, "category": category, "units": [served.ref(unit) for unit in units[:top]]}
+    opened = served.labelled(space)
+    units = opened.category_units(served.layer(layer), category)
+    refs = [{**served.ref(unit), "label": opened.label_of(unit)} for unit in units[:top]]  # the space's own labels
+    return {"layer": layer, "category": category, "units": refs}

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, UploadFile
 
-from ..common import MAX_TEXT, ExplorerDep, Layers, LensKey, Top, decode_image, hits_out, layers_of
+from ..common import MAX_TEXT, ExplorerDep, Layers, LensKey, SpaceName, Top, decode_image, hits_out, layers_of
 from ..schemas import Hit
 
 router = APIRouter()
@@ -19,9 +19,10 @@ def search(
     q: Annotated[str, Query(min_length=1, max_length=MAX_TEXT, description="What to look for.")],
     layer: Layers = None,
     top: Top = 10,
+    space: SpaceName = None,
 ) -> list[dict[str, Any]]:
     served = explorer.get(lens)
-    return hits_out(served, served.ready().search(q, layers=layers_of(served, layer), top=top))
+    return hits_out(served, served.ready(space).search(q, layers=layers_of(served, layer), top=top))
 
 
 @router.post(
@@ -33,7 +34,8 @@ def search_image(
     image: Annotated[UploadFile, File(description="The image probe (PNG, JPEG, ...).")],
     layer: Layers = None,
     top: Top = 10,
+    space: SpaceName = None,
 ) -> list[dict[str, Any]]:
     served = explorer.get(lens)
     picture = decode_image(image.file.read())
-    return hits_out(served, served.ready().search(images=[picture], layers=layers_of(served, layer), top=top))
+    return hits_out(served, served.ready(space).search(images=[picture], layers=layers_of(served, layer), top=top))

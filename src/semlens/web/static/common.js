@@ -9,6 +9,7 @@ const Semlens = (() => {
     ["audit", "audit.html", "Audit"], ["graph", "graph.html", "Graph"], ["compare", "compare.html", "Compare"],
     ["explain", "explain.html", "Explain"],
     ["correct", "correct.html", "Correct"],
+    ["spaces", "spaces.html", "Spaces"],
     ["api", "api.html", "API"],
   ];
 

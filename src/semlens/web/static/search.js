@@ -2,7 +2,7 @@
 "use strict";
 
 (async () => {
-  const { el, fill, api, run, nav, currentLens, params, fmt, unitCells } = Semlens;
+  const { el, fill, api, run, nav, currentLens, params, fmt, unitCells, options } = Semlens;
   await nav("search");
   const lens = await run("loading…", currentLens);
   if (!lens) return;
@@ -11,11 +11,14 @@
   const boxes = lens.layers.map((layer) => el("input", { type: "checkbox", value: layer.name, checked: true }));
   fill(document.getElementById("layers"), "layers: ", ...lens.layers.map((layer, i) => el("label", { class: "check" }, boxes[i], Semlens.layerTitle(layer))));
   q.value = params.get("q") || "";
+  const space = document.getElementById("space");  // the embedding space to search in (the Lens's own first)
+  options(space, lens.spaces.map((name, i) => [name, i ? name : `${name} (default)`]), params.get("space") || lens.spaces[0]);
 
   function query() {
     const chosen = boxes.filter((box) => box.checked).map((box) => box.value);
     const layers = chosen.length === boxes.length ? [] : chosen;
-    return new URLSearchParams([["top", top.value], ...layers.map((layer) => ["layer", layer])]);
+    const chosenSpace = space.value && space.value !== lens.spaces[0] ? [["space", space.value]] : [];
+    return new URLSearchParams([["top", top.value], ...chosenSpace, ...layers.map((layer) => ["layer", layer])]);
   }
 
   function show(hits, what) {
@@ -28,7 +31,7 @@
   async function search() {
     delete results.dataset.ready;
     if (q.value.trim()) {
-      history.replaceState(null, "", `?lens=${lens.id}&q=${encodeURIComponent(q.value)}`);
+      history.replaceState(null, "", `?lens=${lens.id}&q=${encodeURIComponent(q.value)}&space=${encodeURIComponent(space.value)}`);
       const parameters = query();
       parameters.set("q", q.value);
       const hits = await run("searching…", () => api(`/api/lenses/${lens.id}/search?${parameters}`));
