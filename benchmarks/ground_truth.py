@@ -31,6 +31,13 @@ world's (``--foundation``), as one domain CLIP serves many data sets; random wor
     python benchmarks/ground_truth.py --crop-rule share --crop-share 0.8 ...   # other crop views, in Lenses of their own
     python benchmarks/ground_truth.py --views peak share quantile masked --worlds default --seeds 0 --json views.json
 
+``--label-methods`` labels each Lens by every method given (``semlens.analysis.labelling_methods.METHODS``,
+and ``clip-dissect-probe``: clip-dissect with its prior from random sets of ``PRIOR_IMAGES`` probe images
+embedded whole, instead of the units' own example sets) and scores each against the same truth: one
+entry per method in each record's ``label_methods`` and a table of each method's mean and worst.
+
+    python benchmarks/ground_truth.py --label-methods alignment clip-dissect contrastive --random 8 --seed 0 --seeds 0
+
 ``--views`` compares crop views on the same worlds and seeds: one Lens per view (``RULE``, ``masked`` or
 ``RULE+masked``), all sharing the first view's CRP heatmaps (``heatmaps_from``) and the truth; one
 record per (world, seed, view) and a table of each view's means.
@@ -47,9 +54,13 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
+from semlens.analysis.alignment import alignment
+from semlens.analysis.label import rank_concepts
+from semlens.analysis.labelling_methods import clip_dissect_scores
 from semlens.analysis.vocabulary import Vocabulary
 from semlens.build.crops import CROP_RULES, CROP_VIEWS
 from semlens.lens.lens import Lens
@@ -119,6 +130,47 @@ def distractor_labels(lens: Lens, config: WorldConfig, truth: dict[str, str]) ->
     return {"distractor_label_share": _share(distractors, len(labelled)), "top1_world_concepts": _share(sum(hits), len(hits))}
 
 
+PROBE_PRIOR = "clip-dissect-probe"  # clip-dissect, its prior from whole probe images (this benchmark only)
+PRIOR_IMAGES, PRIOR_SETS = 512, 1024
+METHOD_KEYS = {"top1": "top1", "top3": "top3", "phi": "faithfulness_phi", "top1_response": "top1_response", "cosy_auc": "cosy_auc", "labelled_units": "labelled_units"}  # fmt: skip
+
+
+def probe_prior_sets(lens: Lens, seed: int = 0) -> torch.Tensor:
+    """Clip-dissect's other prior: ``PRIOR_SETS`` sets of k images drawn from ``PRIOR_IMAGES`` random probe
+    images, embedded whole by the Lens's foundation model ``[S, k, d]``."""
+    generator = torch.Generator().manual_seed(seed)
+    data = lens.probe_data
+    chosen = torch.randperm(len(data), generator=generator)[:PRIOR_IMAGES].tolist()
+    embedded = lens.foundation.encode_images([data.load(index) for index in chosen])
+    return embedded[torch.randint(len(chosen), (PRIOR_SETS, lens.k), generator=generator)]
+
+
+def label_with_probe_prior(lens: Lens, vocabulary: Vocabulary, prior_sets: torch.Tensor) -> None:
+    """Label the Lens (in this process) by clip-dissect with the probe images' prior sets."""
+    concepts, null = lens.probes.concepts(vocabulary.concepts, "label"), lens.probes.null("label")
+    results = {}
+    for layer in lens.layers:
+        scores = clip_dissect_scores(lens.example_embeddings(layer), concepts, prior_sets)
+        theta = lens.theta(layer)
+        results[layer] = rank_concepts(scores, alignment(theta, concepts, null), valid=lens.valid(layer), method=PROBE_PRIOR)
+    lens.label_store.replace(vocabulary, results, 0.025, "label", save=False)
+
+
+def method_scores(lens: Lens, config: WorldConfig, out: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Per labelling method its label scores against the truth (labels kept in this process only)."""
+    vocabulary, scored = world_vocabulary(config), {}
+    for method in methods:
+        start = time.perf_counter()
+        if method == PROBE_PRIOR:
+            label_with_probe_prior(lens, vocabulary, probe_prior_sets(lens))
+        else:
+            lens.label(vocabulary, method=method, save=False)
+        seconds = time.perf_counter() - start
+        scores, _ = ground_truth_labels(lens, config, out)
+        scored[method] = {**{key: scores[source] for key, source in METHOD_KEYS.items()}, "seconds": round(seconds, 2)}
+    return scored
+
+
 def view_settings(view: str, share: float | None, quantile: float | None) -> dict[str, Any]:
     """Build settings of a crop view named ``RULE``, ``masked`` or ``RULE+masked`` (rules: CROP_RULES), only
     those that differ from the defaults, so that ``peak`` is the plain Lens."""
@@ -150,6 +202,7 @@ def evaluate(
     console: Console,
     build: dict[str, Any] | None = None,
     heatmaps_from: Path | None = None,
+    label_methods: list[str] | None = None,
 ) -> dict[str, Any]:
     """One (world, seed): build or open the Lens (``build``: other build settings, in a Lens of their own
     beside the default one, with the CRP heatmaps of the Lens ``heatmaps_from`` where they fit; the truth
@@ -176,7 +229,8 @@ def evaluate(
     test = memo(out / "test.json", {**model_key, "spurious": flagged}, lambda: test_finding(lens, config, artifact, target, flagged))
     index = list(config.classes).index(target)
     pruning = test.get("pruning")
-    distractors = distractor_labels(lens, config, truth)  # last: it replaces the Lens's labels in this process
+    distractors = distractor_labels(lens, config, truth)  # it replaces the Lens's labels in this process
+    methods = method_scores(lens, config, out, label_methods or [])  # so does this
     null_iou = sorted(value for layer in SPATIAL for value in truths[layer]["null_best_iou"])
     return {
         "world": name, "seed": seed, "control": control, "build": build or {}, "class_family": config.class_family, "classes": list(config.classes),
@@ -199,7 +253,7 @@ def evaluate(
         "reliance_all": reliance,
         "pruned_predicted_as_class": [pruning["artifact"]["before"]["predicted_as_class"], pruning["artifact"]["after"]["predicted_as_class"]] if pruning else None,
         "pruned_clean_accuracy": [pruning["clean"]["before"]["accuracy"], pruning["clean"]["after"]["accuracy"]] if pruning else None,
-        "probe_images": PROBE_IMAGES, "test_images": TEST_IMAGES, "seconds": round(time.perf_counter() - start, 1),
+        "label_methods": methods, "probe_images": PROBE_IMAGES, "test_images": TEST_IMAGES, "seconds": round(time.perf_counter() - start, 1),
     }  # fmt: skip
 
 
@@ -277,6 +331,25 @@ def print_views(records: list[dict[str, Any]], console: Console) -> None:
     console.print(table)
 
 
+def print_methods(records: list[dict[str, Any]], console: Console) -> None:
+    """One row per labelling method: mean and worst of top-1, top-3 and phi over the runs (top-1 and top-3
+    over the runs with units whose concept dissection knows), and the other label scores' means."""
+    table = Table(title="labelling methods on the same Lenses (mean / worst over runs)")
+    for column in ("method", "runs", "top-1", "top-3", "phi", "top-1 resp.", "CoSy AUC", "labelled units", "seconds"):
+        table.add_column(column)
+    for method in dict.fromkeys(name for record in records for name in record["label_methods"]):
+        chosen = [(record, record["label_methods"][method]) for record in records if method in record["label_methods"]]
+        cells = []
+        for key in ("top1", "top3", "phi"):
+            values = [m[key] for r, m in chosen if m[key] is not None and m[key] == m[key] and (r["units_with_truth"] or key == "phi")]
+            cells.append(f"{mean(values):.2f} / {min(values):.2f}" if values else "-")
+        for key in ("top1_response", "cosy_auc", "labelled_units", "seconds"):
+            values = [m[key] for _, m in chosen if m[key] is not None]
+            cells.append(_number(mean(values)) if values else "-")
+        table.add_row(method, str(len(chosen)), *cells)
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every world (images, classifier)")
@@ -295,6 +368,10 @@ def main() -> None:
         "--views", nargs="+", default=None, metavar="VIEW",
         help="compare crop views (RULE, masked or RULE+masked, e.g. peak share quantile masked): one Lens each, sharing the first's heatmaps",
     )  # fmt: skip
+    parser.add_argument(
+        "--label-methods", nargs="+", default=None, metavar="METHOD",
+        help=f"label each Lens by these methods too and score each (alignment, clip-dissect, contrastive, {PROBE_PRIOR})",
+    )  # fmt: skip
     args = parser.parse_args()
     asked = {"crop": args.crop, "crop_rule": args.crop_rule, "crop_share": args.crop_share, "crop_quantile": args.crop_quantile}
     build = {key: value for key, value in asked.items() if value is not None}
@@ -311,7 +388,7 @@ def main() -> None:
             config = seeded_world(text, seed, folder / "world.toml")
             first = None  # the first view's Lens computes the CRP heatmaps, the others reuse them
             for view, settings in views.items():
-                records.append({**evaluate(name, seed, config, folder, args.foundation, Console(quiet=True), settings, first), "view": view})
+                records.append({**evaluate(name, seed, config, folder, args.foundation, Console(quiet=True), settings, first, args.label_methods), "view": view})
                 first = first or lens_path(folder, settings)
                 console.print(f"{name} seed {seed} {view}: {records[-1]['seconds']:.0f} s")
                 if args.json:  # after every run: a long benchmark leaves what it has
@@ -319,6 +396,8 @@ def main() -> None:
     print_table(records, console)
     if args.views:
         print_views(records, console)
+    if args.label_methods:
+        print_methods(records, console)
     console.print(f"{len(records)} runs in {(time.perf_counter() - start) / 60:.1f} min")
 
 

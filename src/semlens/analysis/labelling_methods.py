@@ -65,13 +65,14 @@ def clip_dissect_scores(
     lam: float = LAMBDA,
 ) -> torch.Tensor:
     """Soft-WPMI ``[U, C]``: ``log p(c | unit's examples) - lam * log mean_s p(c | prior set s)``, for the
-    units' example sets ``[U, k, d]`` and prior sets ``[S, k', d]`` (e.g. every unit's examples, as the
-    reference implementation does with the neurons of a layer)."""
-    if prior_sets.shape[0] == 0:
-        raise SemlensError("clip-dissect needs at least one prior example set (no unit of the layer has examples)")
+    units' example sets ``[U, k, d]`` and prior sets ``[S, k', d]`` (the reference implementation takes every
+    neuron's examples of the layer; a Lens takes every valid unit's of all its layers)."""
+    own = set_log_likelihood(examples, concepts, temperature)
+    if prior_sets.shape[0] == 0:  # no other sets (no unit with examples of its own): nothing to subtract
+        return own
     prior = torch.logsumexp(set_log_likelihood(prior_sets, concepts, temperature), dim=0)
     prior = prior - torch.log(torch.tensor(float(prior_sets.shape[0])))
-    return set_log_likelihood(examples, concepts, temperature) - lam * prior
+    return own - lam * prior
 
 
 def look_alike_negatives(
@@ -120,14 +121,15 @@ def method_scores(
     valid: torch.Tensor,
     concepts: torch.Tensor,
     null: torch.Tensor | None,
+    prior_sets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One layer's scores ``[U, C]`` by ``method`` from its theta ``[U, d]``, example embeddings ``[U, k, d]``
-    and samples ``[U, k]``; the ``valid`` units' examples (inactive and tied units left out) give
-    clip-dissect's prior sets and the contrastive negatives."""
+    and samples ``[U, k]``; the ``valid`` units' examples (inactive and tied units left out) give the
+    contrastive negatives, and clip-dissect's prior sets unless ``prior_sets`` are given."""
     if check_method(method) == "alignment":
         return alignment(theta, concepts, null)
     if method == "clip-dissect":
-        return clip_dissect_scores(examples, concepts, examples[valid])
+        return clip_dissect_scores(examples, concepts, examples[valid] if prior_sets is None else prior_sets)
     pool, pool_samples = distinct_crops(examples[valid], samples[valid])
     negatives = look_alike_negatives(theta, samples, pool, pool_samples, examples.shape[1])
     return contrastive_scores(theta, negatives, concepts, null)

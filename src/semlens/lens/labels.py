@@ -126,18 +126,32 @@ class LensLabels:
         vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
         concepts = self.probes.concepts(vocab.concepts, templates)
         null = self.probes.null(templates)
-        results = {layer: self._label_layer(layer, method, concepts, null, threshold, top) for layer in self.layers}
+        prior = self._prior_sets() if method == "clip-dissect" else None
+        results = {layer: self._label_layer(layer, method, concepts, null, threshold, top, prior) for layer in self.layers}
         self.label_store.replace(vocab, results, threshold, templates, save)
         return Labelling(results, {layer: self.units(layer) for layer in self.layers}, vocab)
 
     def _label_layer(
-        self: Lens, layer: str, method: str, concepts: torch.Tensor, null: torch.Tensor, threshold: float, top: int
+        self: Lens,
+        layer: str,
+        method: str,
+        concepts: torch.Tensor,
+        null: torch.Tensor,
+        threshold: float,
+        top: int,
+        prior: torch.Tensor | None,
     ) -> Labels:
         theta, valid = self.theta(layer), self.valid(layer)
         if method == DEFAULT_METHOD:
             return rank_concepts(alignment(theta, concepts, null), None, threshold, top, valid)
-        scores = method_scores(method, theta, self.example_embeddings(layer), self.samples(layer), valid, concepts, null)
+        examples = self.example_embeddings(layer)
+        scores = method_scores(method, theta, examples, self.samples(layer), valid, concepts, null, prior)
         return rank_concepts(scores, alignment(theta, concepts, null), threshold, top, valid, method)
+
+    def _prior_sets(self: Lens) -> torch.Tensor:
+        """Clip-dissect's prior: the example sets ``[S, k, d]`` of every valid unit of every layer (measured
+        against sets of random probe images in benchmarks/ground_truth.py: as good, and offline)."""
+        return torch.cat([self.example_embeddings(layer)[self.valid(layer)] for layer in self.layers])
 
     @property
     def label_method(self) -> str | None:

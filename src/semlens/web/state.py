@@ -40,12 +40,15 @@ class Served:
 
     # -- set-up shared by request threads -------------------------------------------------------
 
-    def labelled(self) -> Lens:
-        """The Lens with labels: labelled with the built-in vocabulary first when it has none (kept in memory:
-        a request never writes into a Lens)."""
+    def labelled(self, method: str | None = None) -> Lens:
+        """The Lens with labels: labelled with the built-in vocabulary first when it has none, and labelled
+        again (its vocabulary) when ``method`` is not the labels' method (kept in memory: a request never
+        writes into a Lens)."""
         with self._setup:
             if self.lens.vocabulary is None:
                 self.ready()
+            if method is not None and self.lens.label_method != method:
+                self.lens.label(self.lens.vocabulary, self.lens.labels(self.lens.layers[0]).threshold, save=False, method=method)
         return self.lens
 
     def ready(self) -> Lens:
