@@ -54,13 +54,10 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-import torch
+from label_methods import PROBE_PRIOR, method_scores, print_methods
 from rich.console import Console
 from rich.table import Table
 
-from semlens.analysis.alignment import alignment
-from semlens.analysis.label import rank_concepts
-from semlens.analysis.labelling_methods import clip_dissect_scores
 from semlens.analysis.vocabulary import Vocabulary
 from semlens.build.crops import CROP_RULES, CROP_VIEWS
 from semlens.lens.lens import Lens
@@ -128,47 +125,6 @@ def distractor_labels(lens: Lens, config: WorldConfig, truth: dict[str, str]) ->
     top = {f"{layer}/{unit}": world_only.concepts[int(row[0])] for layer in SPATIAL for unit, row in enumerate(labelling[layer].concepts.tolist())}
     hits = [top[unit] == concept for unit, concept in truth.items()]
     return {"distractor_label_share": _share(distractors, len(labelled)), "top1_world_concepts": _share(sum(hits), len(hits))}
-
-
-PROBE_PRIOR = "clip-dissect-probe"  # clip-dissect, its prior from whole probe images (this benchmark only)
-PRIOR_IMAGES, PRIOR_SETS = 512, 1024
-METHOD_KEYS = {"top1": "top1", "top3": "top3", "phi": "faithfulness_phi", "top1_response": "top1_response", "cosy_auc": "cosy_auc", "labelled_units": "labelled_units"}  # fmt: skip
-
-
-def probe_prior_sets(lens: Lens, seed: int = 0) -> torch.Tensor:
-    """Clip-dissect's other prior: ``PRIOR_SETS`` sets of k images drawn from ``PRIOR_IMAGES`` random probe
-    images, embedded whole by the Lens's foundation model ``[S, k, d]``."""
-    generator = torch.Generator().manual_seed(seed)
-    data = lens.probe_data
-    chosen = torch.randperm(len(data), generator=generator)[:PRIOR_IMAGES].tolist()
-    embedded = lens.foundation.encode_images([data.load(index) for index in chosen])
-    return embedded[torch.randint(len(chosen), (PRIOR_SETS, lens.k), generator=generator)]
-
-
-def label_with_probe_prior(lens: Lens, vocabulary: Vocabulary, prior_sets: torch.Tensor) -> None:
-    """Label the Lens (in this process) by clip-dissect with the probe images' prior sets."""
-    concepts, null = lens.probes.concepts(vocabulary.concepts, "label"), lens.probes.null("label")
-    results = {}
-    for layer in lens.layers:
-        scores = clip_dissect_scores(lens.example_embeddings(layer), concepts, prior_sets)
-        theta = lens.theta(layer)
-        results[layer] = rank_concepts(scores, alignment(theta, concepts, null), valid=lens.valid(layer), method=PROBE_PRIOR)
-    lens.label_store.replace(vocabulary, results, 0.025, "label", save=False)
-
-
-def method_scores(lens: Lens, config: WorldConfig, out: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
-    """Per labelling method its label scores against the truth (labels kept in this process only)."""
-    vocabulary, scored = world_vocabulary(config), {}
-    for method in methods:
-        start = time.perf_counter()
-        if method == PROBE_PRIOR:
-            label_with_probe_prior(lens, vocabulary, probe_prior_sets(lens))
-        else:
-            lens.label(vocabulary, method=method, save=False)
-        seconds = time.perf_counter() - start
-        scores, _ = ground_truth_labels(lens, config, out)
-        scored[method] = {**{key: scores[source] for key, source in METHOD_KEYS.items()}, "seconds": round(seconds, 2)}
-    return scored
 
 
 def view_settings(view: str, share: float | None, quantile: float | None) -> dict[str, Any]:
@@ -328,25 +284,6 @@ def print_views(records: list[dict[str, Any]], console: Console) -> None:
             values = [r[key] for r in chosen if r[key] is not None and (r["units_with_truth"] or key not in ("top1", "top3"))]
             means.append(mean(values) if values else None)
         table.add_row(view, str(len(chosen)), *(_number(value) for value in means))
-    console.print(table)
-
-
-def print_methods(records: list[dict[str, Any]], console: Console) -> None:
-    """One row per labelling method: mean and worst of top-1, top-3 and phi over the runs (top-1 and top-3
-    over the runs with units whose concept dissection knows), and the other label scores' means."""
-    table = Table(title="labelling methods on the same Lenses (mean / worst over runs)")
-    for column in ("method", "runs", "top-1", "top-3", "phi", "top-1 resp.", "CoSy AUC", "labelled units", "seconds"):
-        table.add_column(column)
-    for method in dict.fromkeys(name for record in records for name in record["label_methods"]):
-        chosen = [(record, record["label_methods"][method]) for record in records if method in record["label_methods"]]
-        cells = []
-        for key in ("top1", "top3", "phi"):
-            values = [m[key] for r, m in chosen if m[key] is not None and m[key] == m[key] and (r["units_with_truth"] or key == "phi")]
-            cells.append(f"{mean(values):.2f} / {min(values):.2f}" if values else "-")
-        for key in ("top1_response", "cosy_auc", "labelled_units", "seconds"):
-            values = [m[key] for _, m in chosen if m[key] is not None]
-            cells.append(_number(mean(values)) if values else "-")
-        table.add_row(method, str(len(chosen)), *cells)
     console.print(table)
 
 
