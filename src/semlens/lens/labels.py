@@ -185,7 +185,7 @@ class LensLabels:
         labels = self.labels(layer)
         if labels is None:
             return []
-        return [(self.vocabulary.concepts[int(c)], float(a)) for c, a in zip(labels.concepts[row], labels.scores[row])]
+        return [(self.vocabulary.concepts[int(c)], float(a)) for c, a in zip(labels.concepts[row], labels.candidate_alignments[row])]
 
     def dissect(self: Lens, method: str | None = None) -> dict[str, dict[str, int]]:
         """Units per label category per layer (from the stored labels; run ``label`` first); with ``method``,
