@@ -32,8 +32,8 @@ world's (``--foundation``), as one domain CLIP serves many data sets; random wor
     python benchmarks/ground_truth.py --views peak share quantile masked --worlds default --seeds 0 --json views.json
 
 ``--label-methods`` labels each Lens by every method given (``semlens.analysis.labelling_methods.METHODS``,
-and ``clip-dissect-probe``: clip-dissect with its prior from random sets of ``PRIOR_IMAGES`` probe images
-embedded whole, instead of the units' own example sets) and scores each against the same truth: one
+and ``clip-dissect-examples``: clip-dissect with its prior from the units' own example sets instead of
+random sets of probe images) and scores each against the same truth: one
 entry per method in each record's ``label_methods`` and a table of each method's mean and worst.
 
     python benchmarks/ground_truth.py --label-methods alignment clip-dissect contrastive --random 8 --seed 0 --seeds 0
@@ -54,7 +54,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from label_methods import PROBE_PRIOR, method_scores, print_methods
+from label_methods import EXAMPLE_PRIOR, method_scores, print_methods
 from rich.console import Console
 from rich.table import Table
 
@@ -307,7 +307,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--label-methods", nargs="+", default=None, metavar="METHOD",
-        help=f"label each Lens by these methods too and score each (alignment, clip-dissect, contrastive, {PROBE_PRIOR})",
+        help=f"label each Lens by these methods too and score each (alignment, clip-dissect, contrastive, {EXAMPLE_PRIOR})",
     )  # fmt: skip
     args = parser.parse_args()
     asked = {"crop": args.crop, "crop_rule": args.crop_rule, "crop_share": args.crop_share, "crop_quantile": args.crop_quantile}

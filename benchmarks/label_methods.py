@@ -1,8 +1,8 @@
 """Labelling methods scored against the concept world's truth, for ``ground_truth.py --label-methods``:
 one Lens labelled by each method in turn (in this process only), each labelling scored by the same truth.
 
-``clip-dissect-probe`` is clip-dissect with the other prior the method admits: sets of random probe images,
-embedded whole on demand, instead of the Lens's own stored example sets (what ``Lens.label`` uses).
+``clip-dissect-examples`` is clip-dissect with the other prior the method admits: every valid unit's stored
+example set (offline in every Lens) instead of sets of random probe images embedded whole (``Lens.label``'s).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -20,34 +19,24 @@ from semlens.analysis.alignment import alignment
 from semlens.analysis.label import rank_concepts
 from semlens.analysis.labelling_methods import clip_dissect_scores
 from semlens.analysis.vocabulary import Vocabulary
+from semlens.lens.label_prior import example_prior_sets
 from semlens.lens.lens import Lens
 from semlens.world.demo import ground_truth_labels, world_vocabulary
 from semlens.world.render import WorldConfig
 
 
-PROBE_PRIOR = "clip-dissect-probe"  # clip-dissect, its prior from whole probe images (this benchmark only)
-PRIOR_IMAGES, PRIOR_SETS = 512, 1024
+EXAMPLE_PRIOR = "clip-dissect-examples"  # clip-dissect, its prior from the units' example sets (benchmark only)
 METHOD_KEYS = {"top1": "top1", "top3": "top3", "phi": "faithfulness_phi", "top1_response": "top1_response", "cosy_auc": "cosy_auc", "labelled_units": "labelled_units"}  # fmt: skip
 
 
-def probe_prior_sets(lens: Lens, seed: int = 0) -> torch.Tensor:
-    """Clip-dissect's other prior: ``PRIOR_SETS`` sets of k images drawn from ``PRIOR_IMAGES`` random probe
-    images, embedded whole by the Lens's foundation model ``[S, k, d]``."""
-    generator = torch.Generator().manual_seed(seed)
-    data = lens.probe_data
-    chosen = torch.randperm(len(data), generator=generator)[:PRIOR_IMAGES].tolist()
-    embedded = lens.foundation.encode_images([data.load(index) for index in chosen])
-    return embedded[torch.randint(len(chosen), (PRIOR_SETS, lens.k), generator=generator)]
-
-
-def label_with_probe_prior(lens: Lens, vocabulary: Vocabulary, prior_sets: torch.Tensor) -> None:
-    """Label the Lens (in this process) by clip-dissect with the probe images' prior sets."""
-    concepts, null = lens.probes.concepts(vocabulary.concepts, "label"), lens.probes.null("label")
+def label_with_example_prior(lens: Lens, vocabulary: Vocabulary) -> None:
+    """Label the Lens (in this process) by clip-dissect with the example sets' prior."""
+    concepts, null, prior = lens.probes.concepts(vocabulary.concepts, "label"), lens.probes.null("label"), example_prior_sets(lens)
     results = {}
     for layer in lens.layers:
-        scores = clip_dissect_scores(lens.example_embeddings(layer), concepts, prior_sets)
+        scores = clip_dissect_scores(lens.example_embeddings(layer), concepts, prior)
         theta = lens.theta(layer)
-        results[layer] = rank_concepts(scores, alignment(theta, concepts, null), valid=lens.valid(layer), method=PROBE_PRIOR)
+        results[layer] = rank_concepts(scores, alignment(theta, concepts, null), valid=lens.valid(layer), method=EXAMPLE_PRIOR)
     lens.label_store.replace(vocabulary, results, 0.025, "label", save=False)
 
 
@@ -56,8 +45,8 @@ def method_scores(lens: Lens, config: WorldConfig, out: Path, methods: list[str]
     vocabulary, scored = world_vocabulary(config), {}
     for method in methods:
         start = time.perf_counter()
-        if method == PROBE_PRIOR:
-            label_with_probe_prior(lens, vocabulary, probe_prior_sets(lens))
+        if method == EXAMPLE_PRIOR:
+            label_with_example_prior(lens, vocabulary)
         else:
             lens.label(vocabulary, method=method, save=False)
         seconds = time.perf_counter() - start

@@ -79,3 +79,23 @@ def test_explorer_dissect_labels_by_the_method_asked(lens_copy) -> None:
         assert len(units.json()["units"]) == count
     assert Lens.open(lens_copy).label_method == "alignment"  # the explorer relabels in memory only
     assert client.get("/api/lenses/0/dissect", params={"method": "nope"}).status_code == 422
+
+
+def test_clip_dissect_prior_from_cached_probe_images_else_example_sets(lens_copy, tiny_clip_dir, monkeypatch, tmp_path) -> None:
+    from semlens.analysis.labelling_methods import PRIOR_SETS
+    from semlens.lens.label_prior import example_prior_sets, prior_cache_path, prior_sets, probe_prior_images
+
+    lens = Lens.open(lens_copy)
+    images = probe_prior_images(lens)
+    assert images.shape == (30, lens.theta("head").shape[1])  # the colour folder's 30 images, fewer than 512
+    path = prior_cache_path(lens.foundation_id, lens.manifest["identity"]["data"]["fingerprint"], 512, 0)
+    assert path.is_file() and not any(lens_copy.rglob("*prior*"))  # in the user cache, not in the Lens
+    assert torch.equal(probe_prior_images(Lens.open(lens_copy)), images)
+    assert prior_sets(lens).shape == (PRIOR_SETS, lens.k, images.shape[1])
+
+    monkeypatch.setenv("SEMLENS_CACHE", str(tmp_path / "stranger-cache"))  # a stranger: untrusted, no data given
+    stranger = Lens.open(lens_copy, foundation=f"hf:{tiny_clip_dir}")
+    assert not stranger.trusted
+    with pytest.warns(UserWarning, match="example sets"):
+        fallback = prior_sets(stranger)
+    assert torch.equal(fallback.nan_to_num(9.0), example_prior_sets(stranger).nan_to_num(9.0))

@@ -16,6 +16,7 @@ from semlens.analysis.labelling_methods import (
     distinct_crops,
     look_alike_negatives,
     method_scores,
+    random_sets,
     set_log_likelihood,
 )
 
@@ -70,10 +71,20 @@ def test_contrastive_prefers_what_the_negatives_lack() -> None:
     plain = contrastive_scores(theta, torch.zeros(1, 2), CONCEPTS, None)
     norm = math.sqrt(1 + 1.1**2)
     assert plain[0].tolist() == pytest.approx([1 / norm, 1.1 / norm])  # no negatives: the alignment, c2 best
-    scores = contrastive_scores(theta, E2[None], CONCEPTS, None)  # its look-alikes show c2
+    scores = contrastive_scores(theta, E2[None], CONCEPTS, None, weight=1.0)  # its look-alikes show c2
     assert scores[0].tolist() == pytest.approx([1 / norm, 1.1 / norm - 1.0])
     halved = contrastive_scores(theta, E2[None], CONCEPTS, None, weight=0.5)
     assert halved[0].tolist() == pytest.approx([1 / norm, 1.1 / norm - 0.5])
+
+
+def test_random_sets_draw_k_of_the_images() -> None:
+    images = torch.arange(6.0).reshape(3, 2)
+    sets = random_sets(images, k=4, count=50)
+    assert sets.shape == (50, 4, 2)
+    assert set(map(tuple, sets.reshape(-1, 2).tolist())) == set(map(tuple, images.tolist()))  # only those, all seen
+    assert torch.equal(sets, random_sets(images, k=4, count=50))  # seeded
+    with pytest.raises(SemlensError, match="at least one"):
+        random_sets(images[:0], 4)
 
 
 def test_distinct_crops_count_a_shared_crop_once() -> None:

@@ -9,8 +9,8 @@
   likelihood averaged over other example sets (the prior: concepts every set shows say nothing).
 - ``contrastive``: what separates the unit's examples from look-alikes that do not activate it; the
   negatives are the stored crops nearest to theta among other units' examples whose images are not among
-  this unit's, and the score is the alignment with theta minus ``weight`` times the alignment with the
-  negatives' mean.
+  this unit's, and the score is the alignment with theta minus ``weight`` (0.25) times the alignment with
+  the negatives' mean.
 
 Every method ranks with its own score; whether a unit gets a label at all stays the alignment of its best
 concept against the threshold (``label.Labels``), so that "unlabelled" means the same for every method.
@@ -28,7 +28,9 @@ METHODS = ("alignment", "clip-dissect", "contrastive")
 DEFAULT_METHOD = "alignment"
 #: CLIP-Dissect's soft-WPMI settings (its reference implementation's defaults)
 TEMPERATURE, LAMBDA, P_START, P_END = 10.0, 1.0, 0.998, 0.97
+CONTRAST_WEIGHT = 0.25  # measured: 1.0 loses most true labels, 0.25 about matches alignment (README)
 MIN_PROBABILITY = 1e-7
+PRIOR_SETS = 1024  # random sets of probe images in clip-dissect's prior
 CHUNK_ELEMENTS = 2**25  # bound of the boolean masks built per block of units
 
 
@@ -55,6 +57,14 @@ def set_log_likelihood(
     flat = examples.nan_to_num(0.0).reshape(-1, examples.shape[-1])
     probabilities = torch.softmax(temperature * cosine(flat, concepts), dim=-1).reshape(*empty.shape, -1)
     return torch.log(1.0 + weights * (probabilities - 1.0) + MIN_PROBABILITY).sum(dim=1)
+
+
+def random_sets(images: torch.Tensor, k: int, count: int = PRIOR_SETS, seed: int = 0) -> torch.Tensor:
+    """``count`` sets of ``k`` of the ``images`` ``[n, d]`` drawn with replacement ``[count, k, d]``: prior sets
+    the size of a unit's example set, so that the prior's likelihood is on the units' scale."""
+    if images.shape[0] == 0:
+        raise SemlensError("random sets need at least one image embedding")
+    return images[torch.randint(images.shape[0], (count, k), generator=torch.Generator().manual_seed(seed))]
 
 
 def clip_dissect_scores(
@@ -95,7 +105,7 @@ def look_alike_negatives(
 
 
 def contrastive_scores(
-    theta: torch.Tensor, negatives: torch.Tensor, concepts: torch.Tensor, null: torch.Tensor | None, weight: float = 1.0
+    theta: torch.Tensor, negatives: torch.Tensor, concepts: torch.Tensor, null: torch.Tensor | None, weight: float = CONTRAST_WEIGHT
 ) -> torch.Tensor:
     """``alignment(theta, c) - weight * alignment(negatives, c)`` ``[U, C]`` (negatives: ``look_alike_negatives``)."""
     return alignment(theta, concepts, null) - weight * alignment(negatives, concepts, null)

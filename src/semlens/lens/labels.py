@@ -15,6 +15,7 @@ from ..analysis.alignment import alignment
 from ..analysis.label import DEFAULT_THRESHOLD, Labels, dissect, rank_concepts, unit_categories
 from ..analysis.labelling_methods import DEFAULT_METHOD, check_method, method_scores
 from ..analysis.vocabulary import Vocabulary, load_vocabulary
+from .label_prior import prior_sets
 from .store import layer_file
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ class LensLabels:
         vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
         concepts = self.probes.concepts(vocab.concepts, templates)
         null = self.probes.null(templates)
-        prior = self._prior_sets() if method == "clip-dissect" else None
+        prior = prior_sets(self) if method == "clip-dissect" else None
         results = {layer: self._label_layer(layer, method, concepts, null, threshold, top, prior) for layer in self.layers}
         self.label_store.replace(vocab, results, threshold, templates, save)
         return Labelling(results, {layer: self.units(layer) for layer in self.layers}, vocab)
@@ -147,11 +148,6 @@ class LensLabels:
         examples = self.example_embeddings(layer)
         scores = method_scores(method, theta, examples, self.samples(layer), valid, concepts, null, prior)
         return rank_concepts(scores, alignment(theta, concepts, null), threshold, top, valid, method)
-
-    def _prior_sets(self: Lens) -> torch.Tensor:
-        """Clip-dissect's prior: the example sets ``[S, k, d]`` of every valid unit of every layer (measured
-        against sets of random probe images in benchmarks/ground_truth.py: as good, and offline)."""
-        return torch.cat([self.example_embeddings(layer)[self.valid(layer)] for layer in self.layers])
 
     @property
     def label_method(self) -> str | None:
