@@ -6,7 +6,8 @@
   over the vocabulary of ``temperature`` times its cosine with the concepts; the unit's examples form a
   soft set (the example of rank i belongs to it with a probability falling from ``p_start`` to ``p_end``)
   whose log-likelihood ``log p(concept | examples)`` is scored against ``lam`` times the log of the same
-  likelihood averaged over other example sets (the prior: concepts every set shows say nothing).
+  likelihood averaged over prior sets (random sets of k probe images, see ``lens/label_prior.py``: concepts
+  any set shows say nothing).
 - ``contrastive``: what separates the unit's examples from look-alikes that do not activate it; the
   negatives are the stored crops nearest to theta among other units' examples whose images are not among
   this unit's, and the score is the alignment with theta minus ``weight`` (0.25) times the alignment with
@@ -109,7 +110,6 @@ def contrastive_scores(
 ) -> torch.Tensor:
     """``alignment(theta, c) - weight * alignment(negatives, c)`` ``[U, C]`` (negatives: ``look_alike_negatives``)."""
     return alignment(theta, concepts, null) - weight * alignment(negatives, concepts, null)
-
 
 
 def distinct_crops(examples: torch.Tensor, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
