@@ -31,6 +31,13 @@ world's (``--foundation``), as one domain CLIP serves many data sets; random wor
     python benchmarks/ground_truth.py --crop-rule share --crop-share 0.8 ...   # other crop views, in Lenses of their own
     python benchmarks/ground_truth.py --views peak share quantile masked --worlds default --seeds 0 --json views.json
 
+``--label-methods`` labels each Lens by every method given (``semlens.analysis.labelling_methods.METHODS``,
+and ``clip-dissect-examples``: clip-dissect with its prior from the units' own example sets instead of
+random sets of probe images) and scores each against the same truth: one
+entry per method in each record's ``label_methods`` and a table of each method's mean and worst.
+
+    python benchmarks/ground_truth.py --label-methods alignment clip-dissect contrastive --random 8 --seed 0 --seeds 0
+
 ``--views`` compares crop views on the same worlds and seeds: one Lens per view (``RULE``, ``masked`` or
 ``RULE+masked``), all sharing the first view's CRP heatmaps (``heatmaps_from``) and the truth; one
 record per (world, seed, view) and a table of each view's means.
@@ -47,6 +54,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from label_methods import EXAMPLE_PRIOR, method_scores, print_methods
 from rich.console import Console
 from rich.table import Table
 
@@ -150,6 +158,7 @@ def evaluate(
     console: Console,
     build: dict[str, Any] | None = None,
     heatmaps_from: Path | None = None,
+    label_methods: list[str] | None = None,
 ) -> dict[str, Any]:
     """One (world, seed): build or open the Lens (``build``: other build settings, in a Lens of their own
     beside the default one, with the CRP heatmaps of the Lens ``heatmaps_from`` where they fit; the truth
@@ -176,7 +185,8 @@ def evaluate(
     test = memo(out / "test.json", {**model_key, "spurious": flagged}, lambda: test_finding(lens, config, artifact, target, flagged))
     index = list(config.classes).index(target)
     pruning = test.get("pruning")
-    distractors = distractor_labels(lens, config, truth)  # last: it replaces the Lens's labels in this process
+    distractors = distractor_labels(lens, config, truth)  # it replaces the Lens's labels in this process
+    methods = method_scores(lens, config, out, label_methods or [])  # so does this
     null_iou = sorted(value for layer in SPATIAL for value in truths[layer]["null_best_iou"])
     return {
         "world": name, "seed": seed, "control": control, "build": build or {}, "class_family": config.class_family, "classes": list(config.classes),
@@ -199,7 +209,7 @@ def evaluate(
         "reliance_all": reliance,
         "pruned_predicted_as_class": [pruning["artifact"]["before"]["predicted_as_class"], pruning["artifact"]["after"]["predicted_as_class"]] if pruning else None,
         "pruned_clean_accuracy": [pruning["clean"]["before"]["accuracy"], pruning["clean"]["after"]["accuracy"]] if pruning else None,
-        "probe_images": PROBE_IMAGES, "test_images": TEST_IMAGES, "seconds": round(time.perf_counter() - start, 1),
+        "label_methods": methods, "probe_images": PROBE_IMAGES, "test_images": TEST_IMAGES, "seconds": round(time.perf_counter() - start, 1),
     }  # fmt: skip
 
 
@@ -295,6 +305,10 @@ def main() -> None:
         "--views", nargs="+", default=None, metavar="VIEW",
         help="compare crop views (RULE, masked or RULE+masked, e.g. peak share quantile masked): one Lens each, sharing the first's heatmaps",
     )  # fmt: skip
+    parser.add_argument(
+        "--label-methods", nargs="+", default=None, metavar="METHOD",
+        help=f"label each Lens by these methods too and score each (alignment, clip-dissect, contrastive, {EXAMPLE_PRIOR})",
+    )  # fmt: skip
     args = parser.parse_args()
     asked = {"crop": args.crop, "crop_rule": args.crop_rule, "crop_share": args.crop_share, "crop_quantile": args.crop_quantile}
     build = {key: value for key, value in asked.items() if value is not None}
@@ -311,7 +325,7 @@ def main() -> None:
             config = seeded_world(text, seed, folder / "world.toml")
             first = None  # the first view's Lens computes the CRP heatmaps, the others reuse them
             for view, settings in views.items():
-                records.append({**evaluate(name, seed, config, folder, args.foundation, Console(quiet=True), settings, first), "view": view})
+                records.append({**evaluate(name, seed, config, folder, args.foundation, Console(quiet=True), settings, first, args.label_methods), "view": view})
                 first = first or lens_path(folder, settings)
                 console.print(f"{name} seed {seed} {view}: {records[-1]['seconds']:.0f} s")
                 if args.json:  # after every run: a long benchmark leaves what it has
@@ -319,6 +333,8 @@ def main() -> None:
     print_table(records, console)
     if args.views:
         print_views(records, console)
+    if args.label_methods:
+        print_methods(records, console)
     console.print(f"{len(records)} runs in {(time.perf_counter() - start) / 60:.1f} min")
 
 

@@ -19,17 +19,25 @@ LEFT_OUT = "inactive or tied"  # dissection's name for units without examples of
 
 @dataclass
 class Labels:
-    """Per unit the ``top`` best concepts (indices into the vocabulary) and their alignments, best first."""
+    """Per unit the ``top`` best concepts (indices into the vocabulary) and their scores by ``method``, best
+    first; ``alignments``: the same candidates' Eq. 4 alignments where the method scores otherwise."""
 
     concepts: torch.Tensor  # [U, top] int64
     scores: torch.Tensor  # [U, top] float32
     threshold: float
     valid: torch.Tensor | None = None  # [U] bool: units with examples of their own (the others get no label)
+    method: str = "alignment"
+    alignments: torch.Tensor | None = None  # [U, top] float32; None: the scores are the alignments
+
+    @property
+    def candidate_alignments(self) -> torch.Tensor:
+        return self.scores if self.alignments is None else self.alignments
 
     @property
     def labelled(self) -> torch.Tensor:
-        """True where the best alignment reaches the threshold (valid units only)."""
-        reached = self.scores[:, 0] >= self.threshold
+        """True where the best concept's alignment reaches the threshold (valid units only), whatever the
+        method that ranked it."""
+        reached = self.candidate_alignments[:, 0] >= self.threshold
         return reached if self.valid is None else reached & self.valid
 
 
@@ -43,9 +51,22 @@ def label_units(
 ) -> Labels:
     """Rank the vocabulary's concept embeddings ``[C, d]`` for every unit ``theta`` ``[U, d]``; units not
     ``valid`` (no examples of their own) are ranked too but never labelled."""
-    scores = alignment(theta, concepts, null)
-    best = scores.topk(min(top, concepts.shape[0]), dim=1)
-    return Labels(best.indices, best.values, threshold, valid)
+    return rank_concepts(alignment(theta, concepts, null), None, threshold, top, valid)
+
+
+def rank_concepts(
+    scores: torch.Tensor,
+    alignments: torch.Tensor | None,
+    threshold: float = DEFAULT_THRESHOLD,
+    top: int = 3,
+    valid: torch.Tensor | None = None,
+    method: str = "alignment",
+) -> Labels:
+    """The ``top`` best concepts of every unit by a method's ``scores`` ``[U, C]``, with their ``alignments``
+    ``[U, C]`` (None: the scores are the alignments) that decide whether a unit is labelled."""
+    best = scores.topk(min(top, scores.shape[1]), dim=1)
+    gate = None if alignments is None else alignments.gather(1, best.indices)
+    return Labels(best.indices, best.values, threshold, valid, method, gate)
 
 
 def unit_categories(labels: Labels, concept_categories: tuple[str, ...]) -> list[str]:

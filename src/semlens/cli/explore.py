@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from ..analysis.labelling_methods import DEFAULT_METHOD
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, say, table
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in.")
@@ -16,6 +17,7 @@ Layers = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable
 ExampleSet = typer.Option(
     "activation", "--examples", help="Whose theta: the top samples by activation (default) or by relevance (Lenses built with --relevance-examples)."
 )
+Method = typer.Option(None, "--method", "-m", help="Labelling method: alignment (default), clip-dissect or contrastive.")
 
 
 @app.command()
@@ -134,12 +136,13 @@ def label(
     trust: Trust = False,
     foundation: Foundation = None,
     space: Space = None,
+    method: Optional[str] = Method,
     as_json: AsJson = False,
 ) -> None:
-    """Label every unit with its best concept (and runner-ups); stored with the Lens (those by activation examples;
-    each embedding space its own)."""
+    """Label every unit with its best concept (and runner-ups) by a method; stored with the Lens (those by activation
+    examples; each embedding space its own)."""
     opened = open_lens(lens, trust, foundation=foundation, space=space)
-    results = opened.label(str(vocabulary) if vocabulary else None, threshold, examples=examples)
+    results = opened.label(str(vocabulary) if vocabulary else None, threshold, examples=examples, method=method or DEFAULT_METHOD)
     if as_json:
         emit_json(results.to_dict())
         return
@@ -148,7 +151,7 @@ def label(
         left_out = 0 if labels.valid is None else int((~labels.valid).sum())
         common = ", ".join(f"{name} ({count})" for name, count in results.most_common(layer))
         rows.append((layer, int(labels.labelled.sum()), len(labels.labelled) - int(labels.labelled.sum()) - left_out, left_out, common))
-    title = f"labels from vocabulary {results.vocabulary.name!r} (threshold {threshold})"
+    title = f"labels from vocabulary {results.vocabulary.name!r} by {opened.label_method} (threshold {threshold})"
     console.print(table(title, ("layer", "labelled", "unlabelled", "inactive or tied", "most common labels"), rows))
 
 
@@ -158,19 +161,21 @@ def dissect(
     lens: Path = typer.Argument(..., help="Lens directory (labelled with `semlens label` first)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bar chart PNG to write (default: dissect.png here)."),
     space: Space = None,
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Fail unless the stored labels were made by this method."),
     as_json: AsJson = False,
 ) -> None:
     """Count units per label category per layer; table and bar chart."""
     from ..report.figures import dissection_png
 
-    counts = open_lens(lens, space=space).dissect()
+    opened = open_lens(lens, space=space)
+    counts = opened.dissect(method)
     target = dissection_png(counts, out or Path("dissect.png"))
     if as_json:
-        emit_json({"png": str(target), "counts": counts})
+        emit_json({"png": str(target), "method": opened.label_method, "counts": counts})
         return
     categories = list(next(iter(counts.values())))
     rows = [(category, *(counts[layer][category] for layer in counts)) for category in categories]
-    console.print(table("units per concept category", ("category", *counts), rows))
+    console.print(table(f"units per concept category (labels by {opened.label_method})", ("category", *counts), rows))
     say(f"bar chart: {target}")
 
 

@@ -214,5 +214,5 @@ class LensAudits:
         labels = self.labels(layer)
         return [
             self.vocabulary.concepts[int(concept)] if float(score) >= GRAPH_THRESHOLD else None
-            for concept, score in zip(labels.concepts[:, 0], labels.scores[:, 0])
+            for concept, score in zip(labels.concepts[:, 0], labels.candidate_alignments[:, 0])
         ]

@@ -118,7 +118,7 @@ def _units(lens: Lens) -> Columns:
             concepts = lens.vocabulary.concepts
             best = labels.concepts[:, 0].tolist()
             columns["label"] += [concepts[c] if ok else None for c, ok in zip(best, labels.labelled.tolist())]
-            columns["label_alignment"] += _nullable(labels.scores[:, 0].tolist())
+            columns["label_alignment"] += _nullable(labels.candidate_alignments[:, 0].tolist())
         for measure, values in lens.measures(layer).items():
             columns[measure] += _nullable(values.tolist())
     return columns
@@ -133,7 +133,7 @@ def _labels(lens: Lens) -> Columns:
         columns["unit"] += [name for name in _names(lens, layer) for _ in range(top)]
         columns["rank"] += list(range(top)) * units
         columns["concept"] += [concepts[c] for c in labels.concepts.flatten().tolist()]
-        columns["alignment"] += labels.scores.flatten().tolist()
+        columns["alignment"] += labels.candidate_alignments.flatten().tolist()
     return columns
 
 

@@ -8,9 +8,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from .._util.errors import SemlensError
-from ..analysis.label import DEFAULT_THRESHOLD, Labels, dissect, label_units, unit_categories
+from ..analysis.alignment import alignment
+from ..analysis.label import DEFAULT_THRESHOLD, Labels, dissect, rank_concepts, unit_categories
+from ..analysis.labelling_methods import DEFAULT_METHOD, check_method, method_scores
 from ..analysis.vocabulary import Vocabulary, load_vocabulary
+from .label_prior import prior_sets
 from .store import layer_file
 
 if TYPE_CHECKING:
@@ -54,8 +59,8 @@ class Labelling(Mapping[str, Labels]):
                     "label": concepts[int(labels.concepts[row, 0])] if bool(labels.labelled[row]) else None,
                     "valid": labels.valid is None or bool(labels.valid[row]),
                     "candidates": [
-                        {"concept": concepts[int(c)], "alignment": round(float(a), 5)}
-                        for c, a in zip(labels.concepts[row], labels.scores[row])
+                        {"concept": concepts[int(c)], "alignment": round(float(a), 5), "score": round(float(s), 5)}
+                        for c, a, s in zip(labels.concepts[row], labels.candidate_alignments[row], labels.scores[row])
                     ],
                 }
                 for row, name in enumerate(self.units[layer])
@@ -78,9 +83,13 @@ class LabelStore:
             stored = derived.read_json(LABELS)
             vocab = Vocabulary(stored["vocabulary"]["name"], tuple(stored["vocabulary"]["concepts"]), tuple(stored["vocabulary"]["categories"]))
             arrays = {layer: derived.read_tensors(layer_file(layer, "labels")) for layer in self.lens.layers}
+            method = stored.get("method", DEFAULT_METHOD)  # labels stored before there were methods: alignment
             self._held = (
                 vocab,
-                {layer: Labels(a["concepts"], a["scores"], stored["threshold"], self.lens.valid(layer)) for layer, a in arrays.items()},
+                {
+                    layer: Labels(a["concepts"], a["scores"], stored["threshold"], self.lens.valid(layer), method, a.get("alignments"))
+                    for layer, a in arrays.items()
+                },
             )
         return self._held
 
@@ -89,8 +98,10 @@ class LabelStore:
         if save:
             derived = self.lens.derived
             for layer, labels in results.items():
-                derived.write_tensors(layer_file(layer, "labels"), {"concepts": labels.concepts, "scores": labels.scores})
-            derived.write_json(LABELS, {"vocabulary": vocab.to_dict(), "threshold": threshold, "templates": templates})
+                gate = {} if labels.alignments is None else {"alignments": labels.alignments}
+                derived.write_tensors(layer_file(layer, "labels"), {"concepts": labels.concepts, "scores": labels.scores, **gate})
+            method = next(iter(results.values())).method if results else DEFAULT_METHOD
+            derived.write_json(LABELS, {"vocabulary": vocab.to_dict(), "threshold": threshold, "templates": templates, "method": method})
         self._held = (vocab, results)
 
 
@@ -110,23 +121,48 @@ class LensLabels:
         save: bool = True,
         examples: str = "activation",
         space: str | None = None,
+        method: str = DEFAULT_METHOD,
     ) -> Labelling:
-        """Label every unit with its best concepts; stored with the Lens for the other tools (``save=False``:
-        kept in this process only). ``examples="relevance"`` labels the relevance examples' theta and only
-        returns the labels: the stored ones, which the other tools show, are the activation examples'. In
-        embedding space ``space``, its labels are its own (``Lens.in_space``)."""
+        """Label every unit with its best concepts by ``method`` (``analysis.labelling_methods.METHODS``);
+        stored with the Lens, with the method, for the other tools (``save=False``: kept in this process only).
+        ``examples="relevance"`` labels the relevance examples' theta and only returns the labels: the stored
+        ones, which the other tools show, are the activation examples'. In embedding space ``space``, its labels
+        are its own (``Lens.in_space``)."""
         if space is not None:
-            return self.in_space(space).label(vocabulary, threshold, templates, top, save, examples)
+            return self.in_space(space).label(vocabulary, threshold, templates, top, save, examples, method=method)
+        check_method(method)
         vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
         concepts = self.probes.concepts(vocab.concepts, templates)
         null = self.probes.null(templates)
-        results = {
-            layer: label_units(self.theta_of(layer, examples), concepts, null, threshold, top, self.valid_of(layer, examples))
-            for layer in self.layers
-        }
+        prior = prior_sets(self) if method == "clip-dissect" else None
+        results = {layer: self._label_layer(layer, method, concepts, null, threshold, top, prior, examples) for layer in self.layers}
         if examples == "activation":
             self.label_store.replace(vocab, results, threshold, templates, save)
         return Labelling(results, {layer: self.units(layer) for layer in self.layers}, vocab)
+
+    def _label_layer(
+        self: Lens,
+        layer: str,
+        method: str,
+        concepts: torch.Tensor,
+        null: torch.Tensor,
+        threshold: float,
+        top: int,
+        prior: torch.Tensor | None,
+        examples: str = "activation",
+    ) -> Labels:
+        theta, valid = self.theta_of(layer, examples), self.valid_of(layer, examples)
+        if method == DEFAULT_METHOD:
+            return rank_concepts(alignment(theta, concepts, null), None, threshold, top, valid)
+        embeddings = self.example_embeddings_of(layer, examples)
+        scores = method_scores(method, theta, embeddings, self.example_samples(layer, examples), valid, concepts, null, prior)
+        return rank_concepts(scores, alignment(theta, concepts, null), threshold, top, valid, method)
+
+    @property
+    def label_method(self) -> str | None:
+        """The method of the stored labels, or None before ``label`` ran."""
+        stored = self.label_store.read()
+        return None if stored is None else next(iter(stored[1].values())).method
 
     @property
     def vocabulary(self) -> Vocabulary | None:
@@ -154,14 +190,21 @@ class LensLabels:
         labels = self.labels(layer)
         if labels is None:
             return []
-        return [(self.vocabulary.concepts[int(c)], float(a)) for c, a in zip(labels.concepts[row], labels.scores[row])]
+        return [(self.vocabulary.concepts[int(c)], float(a)) for c, a in zip(labels.concepts[row], labels.candidate_alignments[row])]
 
-    def dissect(self: Lens, space: str | None = None) -> dict[str, dict[str, int]]:
-        """Units per label category per layer (from the stored labels of embedding space ``space``; run ``label`` first)."""
+    def dissect(self: Lens, method: str | None = None, space: str | None = None) -> dict[str, dict[str, int]]:
+        """Units per label category per layer (from the stored labels of embedding space ``space``; run ``label``
+        first); with ``method``, an error unless the stored labels were made by it (never another method's counts
+        in silence)."""
         if space is not None:
-            return self.in_space(space).dissect()
+            return self.in_space(space).dissect(method)
         if self.vocabulary is None:
             raise SemlensError("this Lens has no labels yet: run `semlens label LENS` (or Lens.label()) first")
+        if method is not None and check_method(method) != self.label_method:
+            raise SemlensError(
+                f"this Lens's labels were made by the {self.label_method!r} method, not {method!r}: "
+                f"run `semlens label LENS --method {method}` (or Lens.label(method={method!r})) first"
+            )
         categories = self.vocabulary.category_names()
         return {layer: dissect(self.labels(layer), categories, self.vocabulary.categories) for layer in self.layers}
 

@@ -134,6 +134,8 @@ class MapOut(BaseModel):
 
 
 class DissectOut(BaseModel):
+    method: str = Field(description="the labelling method of the counts")
+    methods: list[str] = Field(description="the labelling methods one can ask for")
     counts: dict[str, dict[str, int]] = Field(description="layer -> category -> units (unlabelled included)")
     figure: dict[str, Any]
 

@@ -40,13 +40,16 @@ class Served:
 
     # -- set-up shared by request threads -------------------------------------------------------
 
-    def labelled(self, space: str | None = None) -> Lens:
-        """The Lens (in embedding space ``space``) with labels: labelled with the built-in vocabulary first when
-        it has none (kept in memory: a request never writes into a Lens)."""
+    def labelled(self, space: str | None = None, method: str | None = None) -> Lens:
+        """The Lens (in embedding space ``space``) with labels: labelled with the built-in vocabulary first when it
+        has none, and labelled again (its vocabulary) when ``method`` is not the labels' method (kept in memory: a
+        request never writes into a Lens)."""
         with self._setup:
             lens = self.lens.in_space(space)
             if lens.vocabulary is None:
                 self.ready(space)
+            if method is not None and lens.label_method != method:
+                lens.label(lens.vocabulary, lens.labels(lens.layers[0]).threshold, save=False, method=method)
         return lens
 
     def ready(self, space: str | None = None) -> Lens:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
+from ...analysis.labelling_methods import METHODS
 from ...report.figures import dissection_figure, overview_figure
 from ..common import MAX_TEXT, ExplorerDep, LensKey, SpaceName, plotly_json
 from ..schemas import CategoryOut, DissectOut, MapOut
@@ -43,10 +44,16 @@ def overview_map(
     return served.remember(("map", layer), compute)
 
 
+LabelMethod = Annotated[
+    Literal[METHODS] | None, Query(description="Labelling method (default: the labels' own, else alignment).")
+]
+
+
 @router.get("/api/lenses/{lens}/dissect", response_model=DissectOut, summary="Units per label category per layer")
-def dissect(explorer: ExplorerDep, lens: LensKey, space: SpaceName = None) -> dict[str, Any]:
-    counts = explorer.get(lens).labelled(space).dissect()
-    return {"counts": counts, "figure": plotly_json(dissection_figure(counts))}
+def dissect(explorer: ExplorerDep, lens: LensKey, space: SpaceName = None, method: LabelMethod = None) -> dict[str, Any]:
+    opened = explorer.get(lens).labelled(space, method)
+    counts = opened.dissect(method)
+    return {"method": opened.label_method, "methods": list(METHODS), "counts": counts, "figure": plotly_json(dissection_figure(counts))}
 
 
 @router.get("/api/lenses/{lens}/dissect/units", response_model=CategoryOut, summary="The units of one dissection bar")
@@ -57,9 +64,10 @@ def category_units(
     category: Annotated[str, Query(max_length=MAX_TEXT, description="A label category, or unlabelled.")],
     top: Annotated[int, Query(ge=1, le=1000)] = 200,
     space: SpaceName = None,
+    method: LabelMethod = None,
 ) -> dict[str, Any]:
     served = explorer.get(lens)
-    opened = served.labelled(space)
+    opened = served.labelled(space, method)
     units = opened.category_units(served.layer(layer), category)
-    refs = [{**served.ref(unit), "label": opened.label_of(unit)} for unit in units[:top]]  # the space's own labels
+    refs = [{**served.ref(unit), "label": opened.label_of(unit)} for unit in units[:top]]  # the space's and method's own labels
     return {"layer": layer, "category": category, "units": refs}

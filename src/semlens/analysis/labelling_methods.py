@@ -1,0 +1,145 @@
+"""Labelling methods: a score for every (unit, concept), ``[U, C]``, by one of three rules.
+
+- ``alignment`` (the paper's Eq. 4): the concept's alignment with the unit's theta, the mean embedding of
+  its concept examples, with the null prompt subtracted.
+- ``clip-dissect`` (Oikarinen & Weng 2023, soft-WPMI): each example's p(concept | example) is a softmax
+  over the vocabulary of ``temperature`` times its cosine with the concepts; the unit's examples form a
+  soft set (the example of rank i belongs to it with a probability falling from ``p_start`` to ``p_end``)
+  whose log-likelihood ``log p(concept | examples)`` is scored against ``lam`` times the log of the same
+  likelihood averaged over prior sets (random sets of k probe images, see ``lens/label_prior.py``: concepts
+  any set shows say nothing).
+- ``contrastive``: what separates the unit's examples from look-alikes that do not activate it; the
+  negatives are the stored crops nearest to theta among other units' examples whose images are not among
+  this unit's, and the score is the alignment with theta minus ``weight`` (0.25) times the alignment with
+  the negatives' mean.
+
+Every method ranks with its own score; whether a unit gets a label at all stays the alignment of its best
+concept against the threshold (``label.Labels``), so that "unlabelled" means the same for every method.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._util.errors import SemlensError
+from .alignment import alignment, cosine
+
+METHODS = ("alignment", "clip-dissect", "contrastive")
+DEFAULT_METHOD = "alignment"
+#: CLIP-Dissect's soft-WPMI settings (its reference implementation's defaults)
+TEMPERATURE, LAMBDA, P_START, P_END = 10.0, 1.0, 0.998, 0.97
+CONTRAST_WEIGHT = 0.25  # measured: 1.0 loses most true labels, 0.25 about matches alignment (README)
+MIN_PROBABILITY = 1e-7
+PRIOR_SETS = 1024  # random sets of probe images in clip-dissect's prior
+CHUNK_ELEMENTS = 2**25  # bound of the boolean masks built per block of units
+
+
+def check_method(method: str) -> str:
+    """The method name, or a SemlensError listing the valid ones."""
+    if method not in METHODS:
+        raise SemlensError(f"unknown labelling method {method!r}; the methods are {', '.join(METHODS)}")
+    return method
+
+
+def set_log_likelihood(
+    examples: torch.Tensor,
+    concepts: torch.Tensor,
+    temperature: float = TEMPERATURE,
+    p_start: float = P_START,
+    p_end: float = P_END,
+) -> torch.Tensor:
+    """Soft-WPMI's ``log p(concept | set)`` ``[S, C]`` of example sets ``[S, k, d]`` (best first; NaN rows
+    in empty slots, which count as never in the set): sum over ranks i of log(1 - w_i + w_i p(c | x_i))."""
+    k = examples.shape[1]
+    weights = p_start - torch.arange(k, dtype=torch.float32) / k * (p_start - p_end)  # [k]
+    empty = examples.isnan().any(dim=-1)  # [S, k]
+    weights = weights.expand(empty.shape).masked_fill(empty, 0.0).unsqueeze(-1)  # [S, k, 1]
+    flat = examples.nan_to_num(0.0).reshape(-1, examples.shape[-1])
+    probabilities = torch.softmax(temperature * cosine(flat, concepts), dim=-1).reshape(*empty.shape, -1)
+    return torch.log(1.0 + weights * (probabilities - 1.0) + MIN_PROBABILITY).sum(dim=1)
+
+
+def random_sets(images: torch.Tensor, k: int, count: int = PRIOR_SETS, seed: int = 0) -> torch.Tensor:
+    """``count`` sets of ``k`` of the ``images`` ``[n, d]`` drawn with replacement ``[count, k, d]``: prior sets
+    the size of a unit's example set, so that the prior's likelihood is on the units' scale."""
+    if images.shape[0] == 0:
+        raise SemlensError("random sets need at least one image embedding")
+    return images[torch.randint(images.shape[0], (count, k), generator=torch.Generator().manual_seed(seed))]
+
+
+def clip_dissect_scores(
+    examples: torch.Tensor,
+    concepts: torch.Tensor,
+    prior_sets: torch.Tensor,
+    temperature: float = TEMPERATURE,
+    lam: float = LAMBDA,
+) -> torch.Tensor:
+    """Soft-WPMI ``[U, C]``: ``log p(c | unit's examples) - lam * log mean_s p(c | prior set s)``, for the
+    units' example sets ``[U, k, d]`` and prior sets ``[S, k', d]`` (the reference implementation takes every
+    neuron's examples of the layer; a Lens takes every valid unit's of all its layers)."""
+    own = set_log_likelihood(examples, concepts, temperature)
+    if prior_sets.shape[0] == 0:  # no other sets (no unit with examples of its own): nothing to subtract
+        return own
+    prior = torch.logsumexp(set_log_likelihood(prior_sets, concepts, temperature), dim=0)
+    prior = prior - torch.log(torch.tensor(float(prior_sets.shape[0])))
+    return own - lam * prior
+
+
+def look_alike_negatives(
+    theta: torch.Tensor, samples: torch.Tensor, pool: torch.Tensor, pool_samples: torch.Tensor, count: int
+) -> torch.Tensor:
+    """Per unit the mean ``[U, d]`` of the ``count`` crops of ``pool`` ``[N, d]`` nearest to its theta whose
+    sample (``pool_samples`` ``[N]``) is none of the unit's top-k ``samples`` ``[U, k]``; a zero row where
+    no crop is left (its contrast is then nothing)."""
+    count = min(count, pool.shape[0])
+    unit_pool = F.normalize(pool.float(), dim=-1)
+    means = torch.zeros(theta.shape[0], pool.shape[1])
+    block = max(1, CHUNK_ELEMENTS // max(1, samples.shape[1] * pool.shape[0]))
+    for start in range(0, theta.shape[0], block):  # blocks bound the [B, k, N] mask, not a loop per unit
+        rows = slice(start, start + block)
+        own = (samples[rows, :, None] == pool_samples[None, None, :]).any(dim=1)  # [B, N]
+        near = (F.normalize(theta[rows].float(), dim=-1) @ unit_pool.T).masked_fill(own, float("-inf")).topk(count, dim=1)
+        kept = near.values.isfinite().unsqueeze(-1).float()  # [B, count, 1]
+        means[rows] = (pool[near.indices] * kept).sum(dim=1) / kept.sum(dim=1).clamp_min(1.0)
+    return means
+
+
+def contrastive_scores(
+    theta: torch.Tensor, negatives: torch.Tensor, concepts: torch.Tensor, null: torch.Tensor | None, weight: float = CONTRAST_WEIGHT
+) -> torch.Tensor:
+    """``alignment(theta, c) - weight * alignment(negatives, c)`` ``[U, C]`` (negatives: ``look_alike_negatives``)."""
+    return alignment(theta, concepts, null) - weight * alignment(negatives, concepts, null)
+
+
+def distinct_crops(examples: torch.Tensor, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct example embeddings ``[N, d]`` of sets ``[U, k, d]`` with their samples ``[N]`` (empty
+    slots dropped; a crop that several units share counts once)."""
+    filled = ~examples.isnan().any(dim=-1)
+    rows, row_samples = examples[filled], samples[filled]
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1 if len(inverse) else 0,), len(inverse), dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(inverse)), reduce="amin")
+    return rows[first], row_samples[first]
+
+
+def method_scores(
+    method: str,
+    theta: torch.Tensor,
+    examples: torch.Tensor,
+    samples: torch.Tensor,
+    valid: torch.Tensor,
+    concepts: torch.Tensor,
+    null: torch.Tensor | None,
+    prior_sets: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One layer's scores ``[U, C]`` by ``method`` from its theta ``[U, d]``, example embeddings ``[U, k, d]``
+    and samples ``[U, k]``; the ``valid`` units' examples (inactive and tied units left out) give the
+    contrastive negatives, and clip-dissect's prior sets unless ``prior_sets`` are given."""
+    if check_method(method) == "alignment":
+        return alignment(theta, concepts, null)
+    if method == "clip-dissect":
+        return clip_dissect_scores(examples, concepts, examples[valid] if prior_sets is None else prior_sets)
+    pool, pool_samples = distinct_crops(examples[valid], samples[valid])
+    negatives = look_alike_negatives(theta, samples, pool, pool_samples, examples.shape[1])
+    return contrastive_scores(theta, negatives, concepts, null)

@@ -1,0 +1,101 @@
+"""Labelling methods through the API, the CLI and the explorer: each method's labels are stored with it, a
+Lens reopened knows which method made its labels, and no tool hands out another method's labels in silence."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from semlens import Lens
+from semlens._util.errors import SemlensError
+from semlens.analysis.alignment import alignment
+from semlens.analysis.labelling_methods import METHODS
+from semlens.cli import app as cli_app
+
+
+@pytest.fixture()
+def lens_copy(explorer_lenses, tmp_path):
+    """A copy of the labelled tiny Lens (relabelling the shared one would change other tests' answers)."""
+    return shutil.copytree(explorer_lenses[0], tmp_path / "tiny.lens")
+
+
+def test_each_method_is_stored_with_its_labels(lens_copy) -> None:
+    lens = Lens.open(lens_copy)
+    assert lens.label_method == "alignment"
+    by_method = {}
+    for method in METHODS:
+        labelling = lens.label(method=method)
+        by_method[method] = labelling
+        reopened = Lens.open(lens_copy)
+        assert reopened.label_method == method
+        stored = reopened.labels("features.3")
+        assert torch.equal(stored.concepts, labelling["features.3"].concepts)
+        assert torch.equal(stored.labelled, labelling["features.3"].labelled)
+        candidate = labelling.to_dict()["features.3"][0]["candidates"][0]
+        assert {"concept", "alignment", "score"} <= set(candidate)
+    # every method's labelled units pass the same gate: the best candidate's Eq. 4 alignment
+    concepts = lens.probes.concepts(lens.vocabulary.concepts, "label")
+    aligned = alignment(lens.theta("features.3"), concepts, lens.probes.null("label"))
+    for method, labelling in by_method.items():
+        labels = labelling["features.3"]
+        assert torch.allclose(labels.candidate_alignments, aligned.gather(1, labels.concepts), atol=1e-6), method
+    with pytest.raises(SemlensError, match="'contrastive' method, not 'alignment'"):
+        Lens.open(lens_copy).dissect("alignment")
+    assert sum(Lens.open(lens_copy).dissect("contrastive")["head"].values()) == 3
+    with pytest.raises(SemlensError, match="the methods are alignment, clip-dissect, contrastive"):
+        lens.label(method="wpmi")
+
+
+def test_cli_label_and_dissect_with_a_method(lens_copy, tmp_path) -> None:
+    runner = CliRunner()
+    labelled = runner.invoke(cli_app, ["label", str(lens_copy), "--method", "clip-dissect", "--json"])
+    assert labelled.exit_code == 0, labelled.output
+    assert {"features.0", "features.3", "head"} == set(json.loads(labelled.output))
+    counted = runner.invoke(cli_app, ["dissect", str(lens_copy), "--method", "clip-dissect", "--json", "-o", str(tmp_path / "d.png")])
+    assert counted.exit_code == 0 and json.loads(counted.output)["method"] == "clip-dissect"
+    refused = runner.invoke(cli_app, ["dissect", str(lens_copy), "--method", "alignment", "-o", str(tmp_path / "d.png")])
+    assert refused.exit_code != 0 and "semlens label LENS --method alignment" in refused.output
+
+
+def test_explorer_dissect_labels_by_the_method_asked(lens_copy) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from semlens.web.app import create_app
+
+    client = TestClient(create_app([lens_copy]))
+    plain = client.get("/api/lenses/0/dissect").json()
+    assert plain["method"] == "alignment" and plain["methods"] == list(METHODS)
+    for method in ("contrastive", "clip-dissect"):
+        result = client.get("/api/lenses/0/dissect", params={"method": method}).json()
+        assert result["method"] == method
+        assert {layer: sum(c.values()) for layer, c in result["counts"].items()} == {"features.0": 8, "features.3": 6, "head": 3}
+        category, count = next(iter(result["counts"]["features.0"].items()))
+        units = client.get("/api/lenses/0/dissect/units", params={"layer": "features.0", "category": category, "method": method})
+        assert len(units.json()["units"]) == count
+    assert Lens.open(lens_copy).label_method == "alignment"  # the explorer relabels in memory only
+    assert client.get("/api/lenses/0/dissect", params={"method": "nope"}).status_code == 422
+
+
+def test_clip_dissect_prior_from_cached_probe_images_else_example_sets(lens_copy, tiny_clip_dir, monkeypatch, tmp_path) -> None:
+    from semlens.analysis.labelling_methods import PRIOR_SETS
+    from semlens.lens.label_prior import example_prior_sets, prior_cache_path, prior_sets, probe_prior_images
+
+    lens = Lens.open(lens_copy)
+    images = probe_prior_images(lens)
+    assert images.shape == (30, lens.theta("head").shape[1])  # the colour folder's 30 images, fewer than 512
+    path = prior_cache_path(lens.foundation_id, lens.manifest["identity"]["data"]["fingerprint"], 512, 0)
+    assert path.is_file() and not any(lens_copy.rglob("*prior*"))  # in the user cache, not in the Lens
+    assert torch.equal(probe_prior_images(Lens.open(lens_copy)), images)
+    assert prior_sets(lens).shape == (PRIOR_SETS, lens.k, images.shape[1])
+
+    monkeypatch.setenv("SEMLENS_CACHE", str(tmp_path / "stranger-cache"))  # a stranger: untrusted, no data given
+    stranger = Lens.open(lens_copy, foundation=f"hf:{tiny_clip_dir}")
+    assert not stranger.trusted
+    with pytest.warns(UserWarning, match="example sets"):
+        fallback = prior_sets(stranger)
+    assert torch.equal(fallback.nan_to_num(9.0), example_prior_sets(stranger).nan_to_num(9.0))
