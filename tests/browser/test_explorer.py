@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,12 @@ def problems() -> list[str]:
 
 @pytest.fixture
 def page(browser, base_url, problems):
+    with local_page(browser, base_url, problems) as opened:
+        yield opened
+
+
+@contextmanager
+def local_page(browser, base_url: str, problems: list[str]):
     """A page that records script errors, console errors and any request that is not to the test server."""
     context = browser.new_context(viewport={"width": 1300, "height": 900}, accept_downloads=True)
     opened = context.new_page()
@@ -122,7 +129,27 @@ def test_map_point_click_opens_its_unit_page_with_images(page, base_url, valid, 
     images_loaded(page, "#full img")
     assert page.locator("#full .box").is_visible()
     assert images_loaded(page, "#full img") == 2  # the view with its crop box, and the heatmap the crop was cut from
+    assert page.locator("#relevance-examples").count() == 0  # built without relevance examples: no such section
     shot(page, "unit")
+
+
+def test_the_unit_page_shows_relevance_examples_when_the_lens_has_them(browser, colour_folder, tiny_clip_dir, tmp_path) -> None:
+    from semlens import BuildConfig, build_lens
+
+    config = BuildConfig(
+        model="py:tiny_models:tiny_cnn", layers=["features.3"], data=f"folder:{colour_folder}", foundation=f"hf:{tiny_clip_dir}",
+        k=5, workers=0, relevance_examples=True,
+    )  # fmt: skip
+    lens, problems = build_lens(config, tmp_path / "relevance.lens", progress=False), []
+    with live_server(create_app([lens])) as url, local_page(browser, url, problems) as page:
+        goto(page, url, "unit.html?lens=0&unit=features.3/1")
+        page.wait_for_selector("#unit[data-ready]")
+        assert images_loaded(page, "#relevance-examples img") == len(lens.concept_examples("features.3/1", by="relevance"))
+        assert images_loaded(page, "#examples img") == len(lens.concept_examples("features.3/1"))
+        page.click("#relevance-examples figure >> nth=0")  # its full image, without a heatmap
+        assert images_loaded(page, "#full img") == 1
+        shot(page, "unit-relevance")
+    assert problems == []
 
 
 def test_search_a_word_ranks_units_with_thumbnails(page, base_url, valid) -> None:

@@ -174,3 +174,42 @@ def test_two_ranks_and_merged_shards_equal_one_process(tmp_path, colour_folder, 
         assert found.keys() == reference.keys()
         for key, value in reference.items():
             assert torch.equal(found[key], value), (other, key)
+
+
+def test_the_explorer_shows_relevance_examples_beside_activation_ones(built: Lens) -> None:
+    pytest.importorskip("fastapi")
+    import io
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from semlens.web.app import create_app
+    from semlens.web.thumbnails import SIZE
+
+    client, unit = TestClient(create_app([built])), "/api/lenses/0/layers/features.3/units/1"
+    page = client.get(unit).json()
+    expected = built.concept_examples("features.3/1", by="relevance")
+    shown = page["relevance_examples"]
+    assert [(e["rank"], e["sample"], tuple(e["box"]), e["source"]) for e in shown] == [(e.rank, e.sample, e.box, e.source) for e in expected]
+    assert [e["score"] for e in shown] == pytest.approx([e.score for e in expected])
+    assert shown == client.get(f"{unit}/examples", params={"examples": "relevance"}).json()
+    assert page["examples"] == client.get(f"{unit}/examples").json() != shown
+    assert all(e["heatmap"] is None and e["thumbnail"].endswith("/examples/%d/thumbnail?examples=relevance" % e["rank"]) for e in shown)
+
+    def pixels(url: str) -> np.ndarray:
+        response = client.get(url)
+        assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg", response.text
+        return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"), dtype=float)
+
+    by_relevance, by_activation = pixels(shown[0]["thumbnail"]), pixels(page["examples"][0]["thumbnail"])
+    crop = np.asarray(built.example_image(expected[0]).convert("RGB").resize((SIZE, SIZE)), dtype=float)
+    assert expected[0].sample != built.concept_examples("features.3/1")[0].sample  # a different top sample here
+    assert np.abs(by_relevance - crop).mean() < 3 < 20 < np.abs(by_activation - crop).mean()  # JPEG-close to its own crop
+    cached = built.cache.root / "thumbnails" / "features.3"
+    assert {"relevance_1_0.jpg", "1_0.jpg"} <= {path.name for path in cached.iterdir()}  # one cache entry per set
+    assert pixels(shown[0]["image"]).shape == (32, 32, 3)
+    assert client.get(f"{unit}/examples/0/heatmap", params={"examples": "relevance"}).status_code == 404
+    detail = client.get(f"{unit}/examples/0/thumbnail", params={"examples": "gradient"})
+    assert detail.status_code == 422 and "'activation' or 'relevance'" in detail.text
+    assert client.get("/api/lenses/0/layers/head/units/0-").json()["relevance_examples"]  # a signed layer's negative half

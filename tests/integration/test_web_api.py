@@ -77,6 +77,7 @@ def test_unit_page_examples_thumbnails_and_full_images(client, explorer_lenses) 
         "tiny.lens",
     )
     assert [example["rank"] for example in unit["examples"]] == [0, 1, 2, 3, 4]
+    assert unit["relevance_examples"] is None  # built without them: the page has no such section
     assert len(unit["candidates"]) == 3 and unit["candidates"][0]["alignment"] >= unit["candidates"][1]["alignment"]
     assert all(unit[name] is not None for name in ("clarity", "polysemanticity", "redundancy"))
     assert [c["mean_share"] for c in unit["classes"]] == sorted(
@@ -118,6 +119,10 @@ def test_bad_lenses_layers_units_and_ranks_are_4xx_with_the_valid_choices(client
     refused(client.get("/api/lenses/0/layers/head/units/9"), 404, "0..2")
     refused(client.get("/api/lenses/0/layers/head/units/x/examples"), 404, "0..2")
     refused(client.get("/api/lenses/0/layers/head/units/1/examples/9/thumbnail"), 404, "0, 1, 2, 3, 4")
+    by_relevance = client.get("/api/lenses/0/layers/head/units/1/examples/0/thumbnail", params={"examples": "relevance"})
+    refused(by_relevance, 400, "no relevance examples", "--relevance-examples")
+    refused(client.get("/api/lenses/0/layers/head/units/1/examples", params={"examples": "relevance"}), 400, "--relevance-examples")
+    refused(client.get("/api/lenses/0/layers/head/units/1/examples", params={"examples": "x"}), 422, "'activation' or 'relevance'")
     assert client.get("/api/lenses/0/layers/head/units/1/examples/-1/image").status_code == 422
     assert client.get("/api/lenses/0/layers/head/units/" + "1" * 40).status_code == 422
     refused(client.get("/api/lenses/zzz/dissect"), 404, "tiny.lens")

@@ -33,6 +33,11 @@ class LensExampleSets:
         record = self.manifest["stages"].get("examples", {})
         return bool(record.get("complete")) and "skipped" not in record
 
+    def has_relevance_examples_in(self: Lens, layer: str) -> bool:
+        """Whether ``layer``'s units have relevance examples (none in a Lens built without them, nor in SAE layers)."""
+        self._layer(layer)
+        return self.has_relevance_examples and self.store.path(layer_file(layer, "relevance_topk")).is_file()
+
     def _relevance_file(self: Lens, layer: str, kind: str) -> dict[str, torch.Tensor]:
         """A layer's relevance-example arrays (``relevance_topk`` or ``relevance_embed``), the negative half of a
         signed layer a copy of the positive one (a channel's relevance is one), marked tied; clear errors

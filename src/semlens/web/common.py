@@ -6,13 +6,14 @@ from __future__ import annotations
 import io
 import json
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query, Request
 from fastapi import Path as PathParam
 from PIL import Image
 
 from .._util.errors import SemlensError, one_line
+from ..lens.example_sets import EXAMPLE_SETS
 from ..lens.examples import ConceptExample
 from .schemas import MAX_TEXT
 from .state import Explorer, Served
@@ -37,6 +38,9 @@ Layers = Annotated[
     list[str] | None, Query(max_length=64, description="Only these layers (repeat the parameter); default all.")
 ]
 Top = Annotated[int, Query(ge=1, le=100, description="How many units.")]
+ExampleSet = Annotated[
+    Literal[EXAMPLE_SETS], Query(description="Which concept examples: top-k by activation, or by relevance (Lenses built with them).")
+]
 SpaceName = Annotated[
     str | None, Query(max_length=MAX_TEXT, description="Embedding space (see /api/lenses/{lens}/spaces); default the Lens's own.")
 ]
@@ -67,12 +71,15 @@ def decode_image(data: bytes, mode: str = "RGB") -> Image.Image:
     return decoded
 
 
-def example_out(served: Served, unit: str, example: ConceptExample) -> dict[str, Any]:
+def example_out(served: Served, unit: str, example: ConceptExample, examples: str = "activation") -> dict[str, Any]:
+    """An example of a set with its image URLs; the explorer draws heatmaps of activation examples only."""
+    heat = examples == "activation" and served.has_heatmaps(unit)
     return {
         "rank": example.rank, "sample": example.sample, "score": finite(example.score), "box": list(example.box),
         "source": example.source, "label": example.label,
-        "thumbnail": served.example_url(unit, example.rank), "image": served.example_url(unit, example.rank, "image"),
-        "heatmap": served.example_url(unit, example.rank, "heatmap") if served.has_heatmaps(unit) else None,
+        "thumbnail": served.example_url(unit, example.rank, examples=examples),
+        "image": served.example_url(unit, example.rank, "image", examples),
+        "heatmap": served.example_url(unit, example.rank, "heatmap") if heat else None,
     }  # fmt: skip
 
 

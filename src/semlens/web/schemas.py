@@ -117,6 +117,9 @@ class UnitPage(UnitRef):
     inactive: bool
     tied: bool = Field(description="its examples are the same crops as another unit's")
     examples: list[Example]
+    relevance_examples: list[Example] | None = Field(
+        None, description="its top-k examples by relevance; null where the Lens or layer has none"
+    )
     classes: list[ClassShare]
     similar: list[SimilarUnits]
 

@@ -97,8 +97,9 @@ class Served:
         except SemlensError as error:
             raise NotFound(str(error)) from None
 
-    def example(self, unit: str, rank: int) -> ConceptExample:
-        examples = self.lens.concept_examples(unit)
+    def example(self, unit: str, rank: int, examples: str = "activation") -> ConceptExample:
+        """The unit's concept example of ``rank`` in a set (``activation`` or ``relevance``)."""
+        examples = self.lens.concept_examples(unit, by=examples)
         for example in examples:
             if example.rank == rank:
                 return example
@@ -112,11 +113,16 @@ class Served:
         """Whether the unit's examples were cut from heatmaps (relevance or activation), not whole images."""
         return self.lens.heatmaps(unit.rpartition("/")[0]) is not None
 
-    def example_url(self, unit: str, rank: int, kind: str = "thumbnail") -> str:
+    def relevance_examples(self, unit: str) -> list[ConceptExample] | None:
+        """The unit's concept examples by relevance, or None where its Lens or layer has none."""
+        if not self.lens.has_relevance_examples_in(unit.rpartition("/")[0]):
+            return None
+        return self.lens.concept_examples(unit, by="relevance")
+
+    def example_url(self, unit: str, rank: int, kind: str = "thumbnail", examples: str = "activation") -> str:
         layer, _, name = unit.rpartition("/")
-        return (
-            f"/api/lenses/{self.id}/layers/{quote(layer, safe='')}/units/{quote(name, safe='')}/examples/{rank}/{kind}"
-        )
+        query = "" if examples == "activation" else f"?examples={examples}"
+        return f"/api/lenses/{self.id}/layers/{quote(layer, safe='')}/units/{quote(name, safe='')}/examples/{rank}/{kind}{query}"
 
     def ref(self, unit: str) -> dict[str, Any]:
         """A unit with its label and first thumbnails (the ``UnitRef`` shape)."""

@@ -34,12 +34,16 @@ class ThumbnailCache:
         self._guard = threading.Lock()
         self._making: dict[Path, threading.Lock] = {}
 
-    def path(self, layer: str, row: int, rank: int, kind: str) -> Path:
-        return self.root / safe_name(layer) / f"{row}_{rank}{'' if kind == 'thumbnail' else '_' + kind}.jpg"
+    def path(self, layer: str, row: int, rank: int, kind: str, examples: str = "activation") -> Path:
+        """Where an image is kept: keyed by the example set too, so that the same rank of two sets never mixes."""
+        prefix = "" if examples == "activation" else f"{examples}_"
+        return self.root / safe_name(layer) / f"{prefix}{row}_{rank}{'' if kind == 'thumbnail' else '_' + kind}.jpg"
 
-    def jpeg(self, layer: str, row: int, example: ConceptExample, kind: str = "thumbnail") -> bytes:
-        """The example's image of ``kind`` (one of ``KINDS``), from the cache or made and cached now."""
-        target = self.path(layer, row, example.rank, kind)
+    def jpeg(
+        self, layer: str, row: int, example: ConceptExample, kind: str = "thumbnail", examples: str = "activation"
+    ) -> bytes:
+        """The image of ``kind`` (one of ``KINDS``) of an example of a set, from the cache or made and cached now."""
+        target = self.path(layer, row, example.rank, kind, examples)
         if target.is_file():
             return target.read_bytes()
         with self._guard:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from ..common import IMAGE, ExplorerDep, LayerName, LensKey, Rank, UnitName, example_out, finite, hits_out
+from ..common import IMAGE, ExampleSet, ExplorerDep, LayerName, LensKey, Rank, UnitName, example_out, finite, hits_out
 from ..schemas import Example, LensInfo, UnitPage
 from ..state import Explorer, NotFound, Served
 
@@ -30,12 +30,14 @@ def lens_info(explorer: ExplorerDep, lens: LensKey) -> dict[str, Any]:
     "/api/lenses/{lens}/layers/{layer}/units/{unit}", response_model=UnitPage, summary="Everything about one unit"
 )
 def unit_page(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName) -> dict[str, Any]:
-    """Concept examples, label with runner-ups, clarity, polysemanticity, redundancy, the classes the unit is
-    most relevant for, and its most similar units in every served Lens."""
+    """Concept examples (by activation, and by relevance where the Lens has them), label with runner-ups,
+    clarity, polysemanticity, redundancy, the classes the unit is most relevant for, and its most similar units
+    in every served Lens."""
     served = explorer.get(lens)
     name, row = served.unit(layer, unit)
     opened = served.labelled()
     measures = served.remember(("measures", layer), lambda: opened.measures(layer))
+    by_relevance = served.relevance_examples(name)
     return {
         **served.ref(name),
         "lens_name": served.name,
@@ -47,6 +49,9 @@ def unit_page(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: Unit
         "inactive": bool(opened.inactive(layer)[row]),
         "tied": bool(opened.tied(layer)[row]),
         "examples": [example_out(served, name, example) for example in opened.concept_examples(name)],
+        "relevance_examples": None
+        if by_relevance is None
+        else [example_out(served, name, example, "relevance") for example in by_relevance],
         "classes": [
             {"class": title, "index": index, "max_share": finite(top), "mean_share": finite(mean)}
             for title, index, top, mean in opened.relevant_classes(name)
@@ -67,18 +72,22 @@ def similar_in(other: Served, source: Served, unit: str) -> dict[str, Any]:
     response_model=list[Example],
     summary="A unit's concept examples",
 )
-def unit_examples(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName) -> list[dict[str, Any]]:
+def unit_examples(
+    explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, examples: ExampleSet = "activation"
+) -> list[dict[str, Any]]:
     served = explorer.get(lens)
     name, _ = served.unit(layer, unit)
-    return [example_out(served, name, example) for example in served.lens.concept_examples(name)]
+    return [example_out(served, name, example, examples) for example in served.lens.concept_examples(name, by=examples)]
 
 
-def example_jpeg(explorer: Explorer, lens: str, layer: str, unit: str, rank: int, kind: str) -> Response:
+def example_jpeg(explorer: Explorer, lens: str, layer: str, unit: str, rank: int, kind: str, examples: str) -> Response:
     served = explorer.get(lens)
     name, row = served.unit(layer, unit)
+    if kind == "heatmap" and examples != "activation":
+        raise NotFound("the explorer draws heatmaps of activation examples only: use examples=activation")
     if kind == "heatmap" and served.lens.heatmaps(layer) is None:
         raise NotFound(f"layer {layer}'s concept examples are whole images (crop mode none): they have no heatmap")
-    data = served.thumbnails.jpeg(layer, row, served.example(name, rank), kind)
+    data = served.thumbnails.jpeg(layer, row, served.example(name, rank, examples), kind, examples)
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
@@ -86,16 +95,20 @@ def example_jpeg(explorer: Explorer, lens: str, layer: str, unit: str, rank: int
     "/api/lenses/{lens}/layers/{layer}/units/{unit}/examples/{rank}/thumbnail",
     response_class=Response, responses=IMAGE, summary="A concept example's crop (JPEG, made once, cached)",
 )  # fmt: skip
-def thumbnail(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank) -> Response:
-    return example_jpeg(explorer, lens, layer, unit, rank, "thumbnail")
+def thumbnail(
+    explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank, examples: ExampleSet = "activation"
+) -> Response:
+    return example_jpeg(explorer, lens, layer, unit, rank, "thumbnail", examples)
 
 
 @router.get(
     "/api/lenses/{lens}/layers/{layer}/units/{unit}/examples/{rank}/image",
     response_class=Response, responses=IMAGE, summary="A concept example's full input view (JPEG); its box is in the example",
 )  # fmt: skip
-def full_image(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank) -> Response:
-    return example_jpeg(explorer, lens, layer, unit, rank, "image")
+def full_image(
+    explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank, examples: ExampleSet = "activation"
+) -> Response:
+    return example_jpeg(explorer, lens, layer, unit, rank, "image", examples)
 
 
 @router.get(
@@ -103,5 +116,7 @@ def full_image(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: Uni
     response_class=Response, responses=IMAGE,
     summary="A concept example's full input view with the heatmap its crop was cut from (JPEG; relevance or activation)",
 )  # fmt: skip
-def heatmap_image(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank) -> Response:
-    return example_jpeg(explorer, lens, layer, unit, rank, "heatmap")
+def heatmap_image(
+    explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank, examples: ExampleSet = "activation"
+) -> Response:
+    return example_jpeg(explorer, lens, layer, unit, rank, "heatmap", examples)

@@ -1,4 +1,4 @@
-// Unit: concept examples (full image on demand) and their concept clusters, labels, measures, classes, similar units everywhere.
+// Unit: concept examples by activation and by relevance (full image on demand) and their concept clusters, labels, measures, classes, similar units everywhere.
 "use strict";
 
 (async () => {
@@ -28,10 +28,15 @@
       el("p", { class: "muted" }, `score ${fmt(example.score)}, crop box ${example.box.join(", ")} (red) in the model's input view`
         + (heat ? "; right: the heatmap the crop was cut from (red: where the unit's evidence lies; yellow: the box)" : "")));
   }
-  const examples = el("div", { class: "examples", id: "examples" }, data.examples.map((example) =>
+  const gallery = (id, list, what) => el("div", { class: "examples", id }, list.map((example) =>
     el("figure", { onclick: () => showFull(example), title: "click for the full image" },
-      el("img", { src: example.thumbnail, alt: `example ${example.rank}` }),
+      el("img", { src: example.thumbnail, alt: `${what} ${example.rank}` }),
       el("figcaption", {}, `#${example.rank} · ${fmt(example.score, 2)} · ${example.source.split("/").pop()}`))));
+  const examples = gallery("examples", data.examples, "example");
+  // Its top samples by relevance for the model's output (scores: relevance shares), where the Lens has them.
+  const byRelevance = data.relevance_examples
+    ? [el("h2", {}, "Concept examples by relevance"), gallery("relevance-examples", data.relevance_examples, "relevance example")]
+    : null;
 
   // Concept clusters: the examples grouped by the concept they show (one group for a monosemantic unit).
   const clusters = el("div", { id: "clusters" }, el("p", { class: "muted" }, "grouping…"));
@@ -65,7 +70,7 @@
     el("p", {}, "label: ", data.label ? el("b", { id: "label" }, data.label) : el("i", { id: "label", class: "muted" }, "unlabelled (no concept passes the threshold)"),
       data.inactive ? el("span", { class: "muted" }, " · inactive: its examples are arbitrary") : null,
       data.tied ? el("span", { class: "muted" }, " · tied: its examples are another unit's, so it is left out of search, labels and maps") : null),
-    el("h2", {}, "Concept examples"), examples, full,
+    el("h2", {}, "Concept examples"), examples, byRelevance, full,
     el("h2", {}, "Concept clusters"), clusters,
     el("div", { class: "grid2" }, el("div", {}, el("h2", {}, "Label and runner-ups"), candidates, el("h2", {}, "Measures"), measures),
       el("div", {}, el("h2", {}, "Most relevant for"), classes)),
