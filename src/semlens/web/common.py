@@ -39,7 +39,8 @@ Layers = Annotated[
 ]
 Top = Annotated[int, Query(ge=1, le=100, description="How many units.")]
 ExampleSet = Annotated[
-    Literal[EXAMPLE_SETS], Query(description="Which concept examples: top-k by activation, or by relevance (Lenses built with them).")
+    Literal[EXAMPLE_SETS],
+    Query(description="Which concept examples: top-k by activation, or by relevance (Lenses built with them)."),
 ]
 SpaceName = Annotated[
     str | None, Query(max_length=MAX_TEXT, description="Embedding space (see /api/lenses/{lens}/spaces); default the Lens's own.")

@@ -122,7 +122,8 @@ class Served:
     def example_url(self, unit: str, rank: int, kind: str = "thumbnail", examples: str = "activation") -> str:
         layer, _, name = unit.rpartition("/")
         query = "" if examples == "activation" else f"?examples={examples}"
-        return f"/api/lenses/{self.id}/layers/{quote(layer, safe='')}/units/{quote(name, safe='')}/examples/{rank}/{kind}{query}"
+        path = f"/api/lenses/{self.id}/layers/{quote(layer, safe='')}/units/{quote(name, safe='')}/examples/{rank}"
+        return f"{path}/{kind}{query}"
 
     def ref(self, unit: str) -> dict[str, Any]:
         """A unit with its label and first thumbnails (the ``UnitRef`` shape)."""

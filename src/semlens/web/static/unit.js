@@ -35,7 +35,9 @@
   const examples = gallery("examples", data.examples, "example");
   // Its top samples by relevance for the model's output (scores: relevance shares), where the Lens has them.
   const byRelevance = data.relevance_examples
-    ? [el("h2", {}, "Concept examples by relevance"), gallery("relevance-examples", data.relevance_examples, "relevance example")]
+    ? [el("h2", {}, "Concept examples by relevance"),
+        el("p", { class: "muted" }, "its top samples by relevance for the model's output on the sample's class (scores: relevance shares)"),
+        gallery("relevance-examples", data.relevance_examples, "relevance example")]
     : null;
 
   // Concept clusters: the examples grouped by the concept they show (one group for a monosemantic unit).
