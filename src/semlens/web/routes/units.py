@@ -96,13 +96,9 @@ def example_jpeg(explorer: Explorer, lens: str, layer: str, unit: str, rank: int
     response_class=Response, responses=IMAGE, summary="A concept example's crop (JPEG, made once, cached)",
 )  # fmt: skip
 def thumbnail(
-    explorer: ExplorerDep,
-    lens: LensKey,
-    layer: LayerName,
-    unit: UnitName,
-    rank: Rank,
+    explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank,
     examples: ExampleSet = "activation",
-) -> Response:
+) -> Response:  # fmt: skip
     return example_jpeg(explorer, lens, layer, unit, rank, "thumbnail", examples)
 
 
@@ -111,13 +107,9 @@ def thumbnail(
     response_class=Response, responses=IMAGE, summary="A concept example's full input view (JPEG); its box is in the example",
 )  # fmt: skip
 def full_image(
-    explorer: ExplorerDep,
-    lens: LensKey,
-    layer: LayerName,
-    unit: UnitName,
-    rank: Rank,
+    explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank,
     examples: ExampleSet = "activation",
-) -> Response:
+) -> Response:  # fmt: skip
     return example_jpeg(explorer, lens, layer, unit, rank, "image", examples)
 
 
@@ -127,11 +119,7 @@ def full_image(
     summary="A concept example's full input view with the heatmap its crop was cut from (JPEG; relevance or activation)",
 )  # fmt: skip
 def heatmap_image(
-    explorer: ExplorerDep,
-    lens: LensKey,
-    layer: LayerName,
-    unit: UnitName,
-    rank: Rank,
+    explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank,
     examples: ExampleSet = "activation",
-) -> Response:
+) -> Response:  # fmt: skip
     return example_jpeg(explorer, lens, layer, unit, rank, "heatmap", examples)
