@@ -162,6 +162,24 @@ def test_open_clip_embeds_unit_rows(open_clip_model: OpenCLIPFoundationModel) ->
     assert torch.equal(open_clip_model.encode_texts(TEXTS), texts)
 
 
+def test_open_clip_short_context_gives_the_full_context_embeddings(open_clip_model: OpenCLIPFoundationModel) -> None:
+    """Texts run through only the positions up to the batch's last end-of-text token: the causal mask makes
+    the pooled features equal to the full 77-position pass."""
+    from semlens.foundation.open_clip import _short_context_exact
+
+    assert open_clip_model.short_context
+    model = open_clip_model.model
+    with torch.no_grad():
+        full = torch.nn.functional.normalize(model.encode_text(open_clip_model.tokenizer(TEXTS)).float(), dim=-1)
+    assert (open_clip_model.encode_texts(TEXTS) - full).abs().max() < 1e-5
+    causal = model.attn_mask
+    try:
+        model.attn_mask = torch.zeros_like(causal)  # every position sees every other: padding would count
+        assert not _short_context_exact(model, open_clip_model.tokenizer)
+    finally:
+        model.attn_mask = causal
+
+
 @pytest.mark.parametrize("backend", ["clip", "siglip2", "open_clip"])
 def test_worker_side_preprocessing_pickles_without_weights_and_embeds_as_encode_images(
     saved, open_clip_model, backend

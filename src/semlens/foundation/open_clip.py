@@ -23,6 +23,8 @@ from .base import FoundationModel, StackedTransform
 
 #: open_clip's model-name schemas; with them the weights come from the named repository or directory
 SCHEMAS = ("hf-hub", "local-dir")
+#: largest difference allowed between full- and short-context text embeddings (unit rows, float32)
+SHORT_CONTEXT_TOLERANCE = 1e-5
 #: how many architectures an unknown-architecture error lists
 SHOWN_ARCHS = 12
 
@@ -67,6 +69,7 @@ class OpenCLIPFoundationModel(FoundationModel):
                 "needs the network on first use; a weights file must match the architecture"
             ) from error
         self.id = f"open_clip:{arch}:{pretrained}@{hash_module_weights(model)}"
+        self.short_context = _short_context_exact(model, self.tokenizer)
         self.dtype = dtype or inference_dtype(self.device, model.visual)
         self.model = model.to(self.device, self.dtype).eval()
         with torch.no_grad():  # architectures store the embedding size in different places: measure it
@@ -84,7 +87,61 @@ class OpenCLIPFoundationModel(FoundationModel):
         return self.model.encode_image(pixels)
 
     def _embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.model.encode_text(self.tokenizer(list(texts)).to(self.device))
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        return _encode_text_short(self.model, tokens) if self.short_context else self.model.encode_text(tokens)
+
+
+#: texts whose embeddings must be the same through the short context as through the full one
+CONTEXT_CHECK_TEXTS = ("", "a photo of a dog", "a bright red striped star on a sandy beach, seen from above")
+
+
+def _pooled_positions(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Per text, the token position the tower pools (the end-of-text token)."""
+    if model.text_pool_type == "argmax":
+        return tokens.argmax(dim=-1)
+    return (tokens == model.text_eos_id).int().argmax(dim=-1)
+
+
+def _encode_text_short(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``CLIP.encode_text`` over the first L token positions only, L the batch's last pooled position + 1.
+
+    Prompts are a few tokens long and the tower runs all 77 positions; with a causal mask no position
+    sees a later one, so the pooled end-of-text position gets the same features from the shorter
+    sequence, at a fraction of the cost (checked once per model by :func:`_short_context_exact`)."""
+    from open_clip.transformer import text_global_pool
+
+    length = int(_pooled_positions(model, tokens).max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    projection = model.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+
+def _short_context_exact(model: torch.nn.Module, tokenizer) -> bool:
+    """Whether :func:`_encode_text_short` gives this model's own text embeddings: a built-in CLIP text
+    tower with a causal mask that pools the end-of-text token, and the same embeddings on
+    ``CONTEXT_CHECK_TEXTS`` (float32, before the model moves to its device). Otherwise the full context."""
+    mask = getattr(model, "attn_mask", None)
+    pool = getattr(model, "text_pool_type", None)
+    if not all(hasattr(model, name) for name in ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")):
+        return False
+    if mask is None or pool not in ("argmax", "eos") or (pool == "eos" and getattr(model, "text_eos_id", None) is None):
+        return False
+    if not torch.equal(torch.isinf(mask), torch.ones_like(mask, dtype=torch.bool).triu(1)):
+        return False  # not causal: a position sees later ones, padding included
+    try:
+        with torch.no_grad():
+            tokens = tokenizer(list(CONTEXT_CHECK_TEXTS))
+            full = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
+            short = torch.nn.functional.normalize(_encode_text_short(model, tokens).float(), dim=-1)
+    except (RuntimeError, AttributeError, TypeError, ValueError):
+        return False
+    return bool((full - short).abs().max() <= SHORT_CONTEXT_TOLERANCE)
 
 
 def _check_arch(open_clip: ModuleType, arch: str) -> None:
