@@ -20,7 +20,8 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
   of the class's relevance; and the audit's concept test (``demo.concept_images``: the world's test
   images without the artefact and the same images with it pasted in, images no Lens was built on): the
   class's reliance on the artefact (log odds ratio, verdict) and the flagged units it confirms, with
-  their precision and recall as above; ``unit_tests`` holds the test of every examined unit;
+  their precision and recall as above; ``unit_tests`` holds the tests (``--test-all-units``: of every
+  unit the audit examined, for ``confirm_rules.py``);
 - reliance, measured: the class probability with each artefact pasted into test images minus without,
   on the class's own images and on the others'; and pruning the flagged units (artefact images
   predicted as the class, clean accuracy, before and after).
@@ -166,6 +167,7 @@ def evaluate(
     build: dict[str, Any] | None = None,
     heatmaps_from: Path | None = None,
     label_methods: list[str] | None = None,
+    test_all: bool = False,
 ) -> dict[str, Any]:
     """One (world, seed): build or open the Lens (``build``: other build settings, in a Lens of their own
     beside the default one, with the CRP heatmaps of the Lens ``heatmaps_from`` where they fit; the truth
@@ -188,7 +190,7 @@ def evaluate(
     both = [unit["unit"] for unit in audit["units"] if unit["verdict"] == "both"]
     right = [unit for unit in flagged if unit in true_units]
     confirmed = audit["confirmed"]
-    tests = unit_tests(lens, target, artifact, concept, true_units, audit)
+    tests = unit_tests(lens, target, artifact, concept if test_all else None, true_units, audit)
 
     model_key = identity(lens, config, TEST_IMAGES)
     reliance = memo(out / "reliance.json", model_key, lambda: artifact_reliance(lens.model(), config, TEST_IMAGES))
@@ -228,11 +230,14 @@ def evaluate(
     }  # fmt: skip
 
 
-def unit_tests(lens: Lens, target: str, artifact: str, concept: ConceptImages, true_units: set[str], audit: dict[str, Any]) -> list[dict[str, Any]]:
-    """The concept test of every unit the audit examined, flagged or not (an audit whose rule calls every
-    aligned unit "both"), with its verdict and truth: the material to judge a confirmation rule against."""
-    everything = AlignmentRule(z=float("-inf"), margin=float("inf"))
-    tested = lens.audit(target, [target], [artifact], layers=SPATIAL, rule=everything, concept=concept).to_dict()["units"]
+def unit_tests(lens: Lens, target: str, artifact: str, concept: ConceptImages | None, true_units: set[str], audit: dict[str, Any]) -> list[dict[str, Any]]:
+    """The concept test of each flagged unit, with its verdict and truth; with ``concept``, of every unit the
+    audit examined, flagged or not (an audit whose rule calls every aligned unit "both"; one more model pass
+    per unit): the material to judge a confirmation rule against (``confirm_rules.py``)."""
+    tested = audit["units"]
+    if concept is not None:
+        everything = AlignmentRule(z=float("-inf"), margin=float("inf"))
+        tested = lens.audit(target, [target], [artifact], layers=SPATIAL, rule=everything, concept=concept).to_dict()["units"]
     verdict = {unit["unit"]: unit["verdict"] for unit in audit["units"]}
     return [
         {"unit": unit["unit"], "verdict": verdict.get(unit["unit"]), "artefact_unit": unit["unit"] in true_units, "relevance": unit["mean_relevance"], **unit["test"]}
@@ -338,6 +343,7 @@ def main() -> None:
         "--label-methods", nargs="+", default=None, metavar="METHOD",
         help=f"label each Lens by these methods too and score each (alignment, clip-dissect, contrastive, {EXAMPLE_PRIOR})",
     )  # fmt: skip
+    parser.add_argument("--test-all-units", action="store_true", help="record the concept test of every unit the audit examines, not only the flagged ones")
     args = parser.parse_args()
     asked = {"crop": args.crop, "crop_rule": args.crop_rule, "crop_share": args.crop_share, "crop_quantile": args.crop_quantile}
     build = {key: value for key, value in asked.items() if value is not None}
@@ -354,7 +360,7 @@ def main() -> None:
             config = seeded_world(text, seed, folder / "world.toml")
             first = None  # the first view's Lens computes the CRP heatmaps, the others reuse them
             for view, settings in views.items():
-                records.append({**evaluate(name, seed, config, folder, args.foundation, Console(quiet=True), settings, first, args.label_methods), "view": view})
+                records.append({**evaluate(name, seed, config, folder, args.foundation, Console(quiet=True), settings, first, args.label_methods, args.test_all_units), "view": view})
                 first = first or lens_path(folder, settings)
                 console.print(f"{name} seed {seed} {view}: {records[-1]['seconds']:.0f} s")
                 if args.json:  # after every run: a long benchmark leaves what it has
