@@ -1,5 +1,6 @@
 """Which rule should confirm an audit finding? Scores confirmation rules on the concept tests that
-``ground_truth.py`` records for every unit the audit examined (``unit_tests``), against the true artefact
+``ground_truth.py`` records (``unit_tests``: the flagged units', or with ``--test-all-units`` every unit
+the audit examined), against the true artefact
 units: per rule, confirmed units, precision and recall (over the true artefact units examined), on the
 planted worlds and the control worlds (there, fewer confirmed is better).
 
@@ -56,9 +57,14 @@ def score(record: dict, rule: Rule) -> dict[str, Any]:
         test["unit"] for test in tests
         if test["verdict"] in FLAGGED and reliance["relies"] and test["activation_auc"] >= CONFIRM_AUC and rule(test, tests, reliance)
     ]  # fmt: skip
-    true = {test["unit"] for test in tests if test["artefact_unit"]}
-    right = len(true & set(confirmed))
-    return {"confirmed": len(confirmed), "precision": right / len(confirmed) if confirmed else None, "recall": right / len(true) if true else None}
+    right = len(set(record["artefact_unit_names"]) & set(confirmed))
+    examined = record["artefact_units_examined"]
+    return {"confirmed": len(confirmed), "precision": right / len(confirmed) if confirmed else None, "recall": right / examined if examined else None}
+
+
+def measurable(record: dict, rule: str) -> bool:
+    """The null-z rule needs the tests of units that were not flagged (``ground_truth.py --test-all-units``)."""
+    return rule != "null-z" or any(test["verdict"] not in FLAGGED for test in record["unit_tests"])
 
 
 def main() -> None:
@@ -66,7 +72,7 @@ def main() -> None:
     for name, rule in RULES.items():
         print(f"rule {name}")
         for control in (False, True):
-            chosen = [(record, score(record, rule)) for record in records if record["control"] == control]
+            chosen = [(record, score(record, rule)) for record in records if record["control"] == control and measurable(record, name)]
             for record, scores in chosen:
                 print(f"  {record['world']} seed {record['seed']}: relies {record['audit_relies']} (log odds {record['audit_log_odds']:.2f}), "
                       f"{scores['confirmed']} confirmed, precision {scores['precision']}, recall {scores['recall']}")  # fmt: skip
