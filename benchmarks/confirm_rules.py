@@ -10,6 +10,7 @@ Rules (each also needs the class to rely on the concept and the unit's activatio
 - ``share``: zeroing the unit removes at least CONFIRM_SHARE of the class's reliance (the audit's rule);
 - ``null-z``: the reliance it removes, as a robust z among the class's relevant units that were NOT
   flagged (their removal is what an unrelated relevant unit does), is above Z_CUT;
+- ``null-z-layer``: the same, against the non-flagged relevant units of its own layer;
 - ``group``: it removes at least CONFIRM_SHARE of what the flagged units remove one by one, together.
 """
 
@@ -43,12 +44,18 @@ def null_z(test: dict, tests: list[dict], reliance: dict) -> bool:
     return robust_z(test["reliance_removed"], null) > Z_CUT
 
 
+def null_z_layer(test: dict, tests: list[dict], reliance: dict) -> bool:
+    layer = test["unit"].rpartition("/")[0]
+    null = [other["reliance_removed"] for other in tests if other["verdict"] not in FLAGGED and other["unit"].rpartition("/")[0] == layer]
+    return robust_z(test["reliance_removed"], null) > Z_CUT
+
+
 def group(test: dict, tests: list[dict], reliance: dict) -> bool:
     total = sum(max(other["reliance_removed"], 0.0) for other in tests if other["verdict"] in FLAGGED)
     return total > 0 and test["reliance_removed"] >= CONFIRM_SHARE * total
 
 
-RULES: dict[str, Rule] = {"share": share, "null-z": null_z, "group": group}
+RULES: dict[str, Rule] = {"share": share, "null-z": null_z, "null-z-layer": null_z_layer, "group": group}
 
 
 def score(record: dict, rule: Rule) -> dict[str, Any]:
@@ -64,7 +71,7 @@ def score(record: dict, rule: Rule) -> dict[str, Any]:
 
 def measurable(record: dict, rule: str) -> bool:
     """The null-z rule needs the tests of units that were not flagged (``ground_truth.py --test-all-units``)."""
-    return rule != "null-z" or any(test["verdict"] not in FLAGGED for test in record["unit_tests"])
+    return not rule.startswith("null-z") or any(test["verdict"] not in FLAGGED for test in record["unit_tests"])
 
 
 def main() -> None:
