@@ -272,3 +272,24 @@ def test_the_layer_threshold_rises_to_what_chance_reaches():
     from semlens.world.truth import IOU_THRESHOLD, layer_threshold
 
     assert layer_threshold([0.01, 0.02]) == IOU_THRESHOLD and layer_threshold([0.01, 0.055]) == 0.055
+
+
+def test_concept_images_are_test_images_without_the_artefact_and_the_same_with_it():
+    from semlens.world.demo import concept_images
+
+    config = WorldConfig.from_dict({"concepts": {"artifacts": ["patch"]}, "artifact_rate": 0.5}, "half patched")
+    shown = [index for index in range(40) if "patch" in render(config, index, "test").concepts["artifacts"]]
+    assert 0 < len(shown) < 40  # some test images carry the patch already: they are left out
+    concept = concept_images(config, "patch", 40)
+    kept = [index for index in range(40) if index not in shown]
+    assert len(concept.control) == len(kept) and concept.control.classes == list(config.classes)
+    assert [concept.control.label(i) for i in range(len(kept))] == [index % len(config.classes) for index in kept]
+    for position, index in enumerate(kept[:5]):
+        clean = np.asarray(concept.control.load(position))
+        np.testing.assert_array_equal(clean, np.asarray(render(config, index, "test").image))  # the test split, not probe
+        pasted = np.asarray(concept.artifact.apply(concept.control.load(position)))
+        mask = np.asarray(artifact_overlay(config, "patch").getchannel("A")) > 0
+        assert (pasted[mask] == (255, 0, 200)).all() and (pasted[~mask] == clean[~mask]).all()
+    everywhere = WorldConfig.from_dict({"concepts": {"artifacts": ["patch"]}, "artifact_rate": 1.0}, "all patched")
+    with pytest.raises(SemlensError, match="show the patch"):
+        concept_images(everywhere, "patch", 10)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from rich.console import Console
 
+from .._util.errors import SemlensError
 from ..analysis.vocabulary import Vocabulary
 from ..build.builder import BuildConfig, LensBuilder
 from ..lens.lens import Lens
@@ -23,8 +24,11 @@ from ..lens.store import atomic_write
 from ..model.units import LayerSpec
 from .captions import HELD_OUT
 from .random_world import planted_artifact
-from .render import WorldConfig, WorldData, concept_family
+from .render import WorldConfig, WorldData, artifact_overlay, concept_family
 from .truth import concept_responses, dissect_layer, faithfulness, layer_threshold, response_auc, response_truth
+
+if TYPE_CHECKING:
+    from ..analysis.interventions import Artifact, ConceptImages
 
 LAYERS = ["features.10", "features.14", "head"]  # third and fourth conv stage (after ReLU), class logits
 SPATIAL = LAYERS[:2]
@@ -201,19 +205,41 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     return scores, true_concepts
 
 
+def overlay(config: WorldConfig, artifact: str) -> Artifact:
+    """The world's artefact as an ``Artifact`` to paste into images (D' = D * (1 - M) + A * M)."""
+    from ..analysis.interventions import Artifact
+
+    return Artifact(image=artifact_overlay(config, artifact))
+
+
+def concept_images(config: WorldConfig, artifact: str, images: int = TEST_IMAGES) -> ConceptImages:
+    """The audit's concept images for ``artifact``: the world's first ``images`` test images that do not show
+    it (every class) and the same images with it pasted in. Test images, not probe images: no Lens of the
+    world is built on them, so the concept test does not reuse the images a finding was made on."""
+    from ..analysis.interventions import ConceptImages
+    from ..data.sequence import SequenceData
+
+    test = WorldData(config, images, "test")
+    samples = [test.sample(index) for index in range(images)]
+    clean = [(sample.image, sample.label) for sample in samples if artifact not in sample.concepts["artifacts"]]
+    if not clean:
+        raise SemlensError(f"all {images} test images of world {config.source} show the {artifact}: no images to paste it into")
+    control = SequenceData(clean, f"{test.spec} without {artifact}", list(config.classes))
+    return ConceptImages(control, artifact=overlay(config, artifact))
+
+
 def test_finding(lens: Lens, config: WorldConfig, artifact: str, target: str, spurious: list[str]) -> dict:
     """Insert the artefact into the test images (every class); prune the spurious units; measure."""
-    from ..analysis.interventions import Artifact, artifact_effect, pruning_effect
-    from .render import artifact_overlay
+    from ..analysis.interventions import artifact_effect, pruning_effect
 
     model = lens.model()
     others = WorldData(config, TEST_IMAGES, "test")
-    overlay = Artifact(image=artifact_overlay(config, artifact))
     index = lens.class_index(target)
-    result = {"insertion": artifact_effect(model, others, index, overlay)}
+    artifact_image = overlay(config, artifact)
+    result = {"insertion": artifact_effect(model, others, index, artifact_image)}
     if spurious:
         channels = lens.channels(spurious)
-        result["pruning"] = pruning_effect(model, others, channels, index, overlay, lens.sae_files(list(channels)))
+        result["pruning"] = pruning_effect(model, others, channels, index, artifact_image, lens.sae_files(list(channels)))
     return result
 
 
