@@ -3,12 +3,15 @@
 
 k-means always splits, and a unit's few examples (k = 20 or 30) in a space of hundreds of dimensions
 split cleanly whatever they are: any n points in n - 1 dimensions are linearly separable. So the split is
-judged against splits of one concept: as SigClust (Liu, Hayes, Nobel and Marron 2008, "Statistical
-significance of clustering for high-dimension, low-sample size data"), the unit's cluster index (the
-share of its examples' spread left within the two clusters) is compared with the cluster indices of
-``references`` draws of as many examples from one Gaussian with the examples' own covariance: its spread,
-isotropic or along one long axis, with the same count, rank and scale, but one mode. Two concepts leave
-less within the clusters than such draws do.
+judged against splits of one concept, as in SigClust (Liu, Hayes, Nobel and Marron 2008, "Statistical
+significance of clustering for high-dimension, low-sample size data"): the unit's cluster index (the share
+of its examples' spread left within the two clusters) is compared with the cluster indices of
+``REFERENCES`` copies of its examples whose first principal coordinate is redrawn from a Gaussian of the
+same spread: one mode along the axis where two concepts would lie apart, and the examples' own spread,
+count and rank everywhere else. (SigClust's reference, one Gaussian with the examples' sample covariance,
+drawn in their n - 1 dimensions, is far more clustered than n examples in hundreds of dimensions: measured
+on planted units, it kept almost no split of two concepts.) Two concepts leave less within the clusters
+than such copies do.
 
 Pure torch over whole layers at once, as ``measures``; the draws are the same for every unit (seeded), so
 a unit's answer does not depend on the units it is asked with.
@@ -52,11 +55,14 @@ def _principal_coordinates(units: Tensor, usable: Tensor) -> tuple[Tensor, Tenso
     return vectors * eigenvalues.sqrt().unsqueeze(-2), eigenvalues
 
 
-def split_test(units: Tensor, usable: Tensor, index: Tensor, references: int = REFERENCES, seed: int = 0, iterations: int = 20) -> Tensor:
+def split_test(
+    units: Tensor, usable: Tensor, index: Tensor, references: int = REFERENCES, seed: int = 0, iterations: int = 20
+) -> Tensor:
     """One-sided p-value ``[U]`` of each unit's cluster index ``index`` under one concept: the chance that the
     unit's examples with their first principal coordinate made unimodal (Gaussian draws of the same mean and
     spread, ``references`` times) split as cleanly, from the draws' cluster indices' mean and standard
-    deviation (a normal tail, as SigClust's); NaN without spread."""
+    deviation on the log scale (a normal tail, as SigClust's; the log keeps it right for a handful of
+    examples, whose indices cannot go below 0); NaN without spread."""
     count, n = units.shape[0], units.shape[1]
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(references, n, generator=generator).to(units.device)  # [R, point]
@@ -65,8 +71,9 @@ def split_test(units: Tensor, usable: Tensor, index: Tensor, references: int = R
     for start in range(0, count, block):
         mask = usable[start : start + block]
         coordinates, eigenvalues = _principal_coordinates(units[start : start + block], mask)
-        drawn = noise.unsqueeze(0).masked_fill(~mask.unsqueeze(1), 0)  # [B, R, n]
-        drawn = (drawn - drawn.sum(dim=-1, keepdim=True) / mask.sum(dim=-1)[:, None, None].clamp_min(1)).masked_fill(~mask.unsqueeze(1), 0)
+        unused = ~mask.unsqueeze(1)
+        drawn = noise.unsqueeze(0).masked_fill(unused, 0)  # [B, R, n]: centred on the usable examples, scaled
+        drawn = (drawn - drawn.sum(dim=-1, keepdim=True) / mask.sum(dim=-1)[:, None, None].clamp_min(1)).masked_fill(unused, 0)
         drawn = drawn / drawn.norm(dim=-1, keepdim=True).clamp_min(1e-12) * eigenvalues[:, None, -1:].sqrt()
         draws = coordinates.unsqueeze(1).repeat(1, references, 1, 1)
         draws[..., -1] = drawn

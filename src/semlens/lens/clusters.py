@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..analysis.label import DEFAULT_THRESHOLD, label_units
 from ..analysis.clusters import concept_clusters
+from ..analysis.label import DEFAULT_THRESHOLD, label_units
 from ..analysis.measures import polysemanticity
 from ..analysis.vocabulary import Vocabulary
 
