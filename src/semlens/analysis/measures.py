@@ -14,9 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# Cluster means whose cosine is above 1 - this are one concept (concept_clusters): two halves of one concept's
-# examples in an image-text space lie far closer, two concepts far apart (the world CNN's split units: 0.25 to 0.63).
-MIN_SEPARATION = 0.05
 # Similarities held at once when matching units: 2**26 float32 = 256 MiB, whatever the layer sizes.
 _BLOCK_ELEMENTS = 2**26
 
@@ -65,11 +62,12 @@ def clarity(examples: Tensor, valid: Tensor | None = None) -> Tensor:
 
 
 def _farthest(units: Tensor, usable: Tensor, reference: Tensor) -> Tensor:
-    """Each unit's usable example farthest from ``reference [U, d]`` or any positive multiple (first on ties).
+    """Each unit's usable example farthest from ``reference [U, d]`` (first on ties).
 
-    For unit-length examples ``||u - r||^2 = 1 + ||r||^2 - 2 u.r``: the farthest has the least ``u.r``.
+    ``||u - r||^2 = ||u||^2 + ||r||^2 - 2 u.r``: the farthest has the least ``2 u.r - ||u||^2``.
     """
-    closeness = (units @ reference.unsqueeze(-1)).squeeze(-1).masked_fill(~usable, float("inf"))
+    closeness = 2 * (units @ reference.unsqueeze(-1)).squeeze(-1) - units.pow(2).sum(dim=-1)
+    closeness = closeness.masked_fill(~usable, float("inf"))
     return torch.take_along_dim(units, closeness.argmin(dim=-1)[:, None, None], dim=-2).squeeze(-2)
 
 
@@ -115,10 +113,12 @@ def polysemanticity(examples: Tensor, valid: Tensor | None = None, iterations: i
 
 
 def _two_means(units: Tensor, usable: Tensor, iterations: int) -> tuple[Tensor, Tensor, Tensor]:
-    """k-means with h = 2 on every unit's unit-length examples at once, started deterministically (see
+    """k-means with h = 2 on every unit's examples at once (unit-length ones here; any, with zeros in unusable
+    rows, for the reference draws of ``clusters.split_test``), started deterministically (see
     :func:`polysemanticity`): which examples are in the second cluster ``[U, n]``, the means ``[U, 2, d]``
     and the sizes ``[U, 2]``."""
-    first = _farthest(units, usable, units.sum(dim=-2))
+    mean = units.sum(dim=-2) / usable.sum(dim=-1, keepdim=True).clamp_min(1)
+    first = _farthest(units, usable, mean)
     centroids = torch.stack([first, _farthest(units, usable, first)], dim=-2)
     second = _nearest(units, usable, centroids)
     for _ in range(iterations):
@@ -129,45 +129,6 @@ def _two_means(units: Tensor, usable: Tensor, iterations: int) -> tuple[Tensor, 
         second = update
     means, sizes = _cluster_means(units, usable, second, centroids)
     return second, means, sizes
-
-
-def concept_clusters(
-    examples: Tensor, valid: Tensor | None = None, min_separation: float = MIN_SEPARATION, iterations: int = 20
-) -> tuple[Tensor, Tensor]:
-    """The concepts in each unit's examples: the two clusters of :func:`polysemanticity`, kept apart only where
-    they are two concepts, i.e. where their mean directions are less alike than an example is, on average, to
-    the mean direction of the other examples of its cluster (none for a cluster of one: it is no concept). A
-    split of one concept's examples along their noise fails this (its means are alike;
-    tests/unit/test_clusters.py). The test is relative to the examples' spread, so examples that are all but
-    identical would still split on a trace of structure: means closer than ``min_separation`` (the unit's
-    polysemanticity, 1 - cosine) are one concept whatever the spread.
-
-    Parameters
-    ----------
-    examples : Tensor ``[U, n, d]``
-    valid : Tensor ``[U, n]`` of bool, optional
-        As for :func:`clarity`.
-
-    Returns
-    -------
-    members : Tensor ``[U, n]`` of int64
-        Each example's cluster, 0 or 1 (1 only in units with two concepts); -1 for unusable examples.
-    means : Tensor ``[U, 2, d]``
-        Each cluster's mean of the unit-length examples (zeros for a cluster without members).
-    """
-    units, usable = _directions(examples, valid)
-    second, means, sizes = _two_means(units, usable, iterations)
-    directions = _directions(means, None)[0]
-    between = (directions[..., 0, :] * directions[..., 1, :]).sum(dim=-1)
-    own = torch.where(second.unsqueeze(-1), means[..., 1:, :] * sizes[..., 1:, None], means[..., :1, :] * sizes[..., :1, None])
-    dot = (units * own).sum(dim=-1)  # with the sum of its cluster; less its own 1 below: with the others'
-    others = (own.pow(2).sum(dim=-1) - 2 * dot + 1).clamp_min(0).sqrt()
-    alike = torch.where(others > 1e-6, (dot - 1) / others.clamp_min(1e-6), 0.0).masked_fill(~usable, 0)
-    within = alike.sum(dim=-1) / usable.sum(dim=-1).clamp_min(1)
-    split = (between < within) & (1 - between >= min_separation) & (sizes.min(dim=-1).values > 1)
-    second &= split.unsqueeze(-1)
-    members = torch.where(usable, second.long(), -1)
-    return members, _cluster_means(units, usable, second, torch.zeros_like(means))[0]
 
 
 def similarity(theta_a: Tensor, theta_b: Tensor) -> Tensor:

@@ -33,5 +33,5 @@ def clusters(
         (index, cluster.size, " ".join(map(str, cluster.ranks)), cluster.concept or "", "" if cluster.alignment is None else cluster.alignment)
         for index, cluster in enumerate(result.clusters)
     ]
-    title = f"{unit}: {len(result.clusters)} concept cluster(s) of its {result.examples} examples (polysemanticity {result.polysemanticity})"
+    title = f"{unit}: {len(result.clusters)} concept cluster(s) of its {result.examples} examples (polysemanticity {result.polysemanticity}, split p {result.split_p})"
     console.print(table(title, ("cluster", "size", "example ranks", "best concept", "alignment"), rows))

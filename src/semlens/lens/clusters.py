@@ -1,6 +1,6 @@
 """A unit's concept clusters: the groups of its concept examples that the polysemanticity measure finds,
 each named by the vocabulary concept its mean embedding aligns with best; the part of ``Lens`` that hands
-one unit's example embeddings to ``analysis.measures.concept_clusters`` and the cluster means to labelling."""
+one unit's example embeddings to ``analysis.clusters.concept_clusters`` and the cluster means to labelling."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..analysis.clusters import concept_clusters
 from ..analysis.label import DEFAULT_THRESHOLD, label_units
-from ..analysis.measures import concept_clusters, polysemanticity
+from ..analysis.measures import polysemanticity
 from ..analysis.vocabulary import Vocabulary
 
 if TYPE_CHECKING:
@@ -34,11 +35,14 @@ class ConceptCluster:
 
 @dataclass(frozen=True)
 class UnitClusters:
-    """A unit's concept clusters (one for a monosemantic unit, two for a polysemantic one), largest first."""
+    """A unit's concept clusters (one for a monosemantic unit, two for a polysemantic one), largest first, and
+    ``split_p``: the chance that one concept's spread splits as cleanly (two clusters only below
+    ``analysis.clusters.SPLIT_P``; None without spread)."""
 
     unit: str
     examples: str
     polysemanticity: float | None
+    split_p: float | None
     valid: bool
     vocabulary: str | None
     clusters: list[ConceptCluster]
@@ -54,20 +58,21 @@ class LensClusters:
         self: Lens, unit: str, vocabulary: Vocabulary | str | Path | None = None, examples: str = "activation"
     ) -> UnitClusters:
         """The groups of ``unit``'s concept examples (by ``"activation"`` or ``"relevance"``) that are distinct
-        concepts (see ``analysis.measures.concept_clusters``), each named from ``vocabulary``, else from the
+        concepts (see ``analysis.clusters.concept_clusters``), each named from ``vocabulary``, else from the
         stored labels' vocabulary; unnamed when neither is there."""
         layer, row = self.unit_index(unit)
         embeddings = self.example_embeddings_of(layer, examples)[row : row + 1]
-        members, means = concept_clusters(embeddings)
+        members, means, p = concept_clusters(embeddings)
         ranks = [[rank for rank, member in enumerate(members[0].tolist()) if member == cluster] for cluster in (0, 1)]
         used = [cluster for cluster in (0, 1) if ranks[cluster]]
         vocab = None if vocabulary is None and self.vocabulary is None else self.vocabulary_or(vocabulary)
         names = self._cluster_names(means[0, used], vocab) if vocab is not None and used else [(None, None, None)] * len(used)
         clusters = [ConceptCluster(ranks[cluster], len(ranks[cluster]), *name) for cluster, name in zip(used, names)]
         clusters.sort(key=lambda cluster: (-cluster.size, cluster.ranks))
-        value = float(polysemanticity(embeddings)[0])
+        value, chance = float(polysemanticity(embeddings)[0]), float(p[0])
         return UnitClusters(
-            unit, examples, None if math.isnan(value) else round(value, 5), bool(self.valid_of(layer, examples)[row]),
+            unit, examples, None if math.isnan(value) else round(value, 5), None if math.isnan(chance) else float(f"{chance:.3g}"),
+            bool(self.valid_of(layer, examples)[row]),
             None if vocab is None else vocab.name, clusters,
         )  # fmt: skip
 

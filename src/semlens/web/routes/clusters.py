@@ -28,6 +28,7 @@ class ClustersOut(BaseModel):
     unit: str
     examples: str = Field(description="Which concept examples: by activation.")
     polysemanticity: float | None
+    split_p: float | None = Field(description="Chance that one concept's spread splits as cleanly; two clusters only below 0.01.")
     valid: bool = Field(description="False for inactive or tied units: their examples are arbitrary or another unit's.")
     vocabulary: str | None
     clusters: list[ClusterOut] = Field(description="One for a monosemantic unit, two for a polysemantic one; largest first.")

@@ -43,7 +43,8 @@
   // Concept clusters: the examples grouped by the concept they show (one group for a monosemantic unit).
   const clusters = el("div", { id: "clusters" }, el("p", { class: "muted" }, "grouping…"));
   api(`${unitApi(lensKey, unit)}/clusters`).then((found) => fill(clusters,
-    el("p", { class: "muted" }, found.clusters.length > 1 ? `two concepts (polysemanticity ${fmt(found.polysemanticity)})` : "one concept"),
+    el("p", { class: "muted" }, `${found.clusters.length > 1 ? `two concepts (polysemanticity ${fmt(found.polysemanticity)})` : "one concept"}`
+      + ` · split p ${found.split_p === null ? "–" : found.split_p.toPrecision(2)} (two concepts below 0.01)`),
     found.clusters.map((cluster, i) => el("div", { class: "cluster" },
       el("h4", {}, `cluster ${i + 1} · ${cluster.size} examples · `, cluster.concept
         ? el("span", {}, cluster.label ? el("b", {}, cluster.concept) : cluster.concept, ` (alignment ${fmt(cluster.alignment, 4)})`)
