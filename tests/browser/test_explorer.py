@@ -146,8 +146,8 @@ def test_the_unit_page_shows_relevance_examples_when_the_lens_has_them(browser, 
         page.wait_for_selector("#unit[data-ready]")
         assert images_loaded(page, "#relevance-examples img") == len(lens.concept_examples("features.3/1", by="relevance"))
         assert images_loaded(page, "#examples img") == len(lens.concept_examples("features.3/1"))
-        page.click("#relevance-examples figure >> nth=0")  # its full image, without a heatmap
-        assert images_loaded(page, "#full img") == 1
+        page.click("#relevance-examples figure >> nth=0")  # its full image and the CRP heatmap its crop was cut from
+        assert images_loaded(page, "#full img") == 2
         shot(page, "unit-relevance")
     assert problems == []
 

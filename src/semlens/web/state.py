@@ -109,9 +109,9 @@ class Served:
 
     # -- what pages show -------------------------------------------------------------------------
 
-    def has_heatmaps(self, unit: str) -> bool:
-        """Whether the unit's examples were cut from heatmaps (relevance or activation), not whole images."""
-        return self.lens.heatmaps(unit.rpartition("/")[0]) is not None
+    def has_heatmaps(self, unit: str, examples: str = "activation") -> bool:
+        """Whether the unit's examples of a set were cut from heatmaps (relevance or activation), not whole images."""
+        return self.lens.example_heatmaps(unit.rpartition("/")[0], examples) is not None
 
     def relevance_examples(self, unit: str) -> list[ConceptExample] | None:
         """The unit's concept examples by relevance, or None where its Lens or layer has none."""

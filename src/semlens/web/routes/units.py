@@ -83,10 +83,8 @@ def unit_examples(
 def example_jpeg(explorer: Explorer, lens: str, layer: str, unit: str, rank: int, kind: str, examples: str) -> Response:
     served = explorer.get(lens)
     name, row = served.unit(layer, unit)
-    if kind == "heatmap" and examples != "activation":
-        raise NotFound("the explorer draws heatmaps of activation examples only: use examples=activation")
-    if kind == "heatmap" and served.lens.heatmaps(layer) is None:
-        raise NotFound(f"layer {layer}'s concept examples are whole images (crop mode none): they have no heatmap")
+    if kind == "heatmap" and not served.has_heatmaps(name, examples):
+        raise NotFound(f"layer {layer}'s {examples} examples are whole images (crop mode none): they have no heatmap")
     data = served.thumbnails.jpeg(layer, row, served.example(name, rank, examples), kind, examples)
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
