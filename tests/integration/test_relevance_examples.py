@@ -227,3 +227,11 @@ def test_the_explorer_shows_relevance_examples_beside_activation_ones(built: Len
     detail = client.get(f"{unit}/examples/0/thumbnail", params={"examples": "gradient"})
     assert detail.status_code == 422 and "'activation' or 'relevance'" in detail.text
     assert client.get("/api/lenses/0/layers/head/units/0-").json()["relevance_examples"]  # a signed layer's negative half
+
+    # search by the relevance examples' theta: the API's ranking, each hit's thumbnails from that set
+    assert client.get("/api/lenses/0").json()["relevance_examples"]
+    hits = client.get("/api/lenses/0/search", params={"q": "red", "top": 4, "examples": "relevance"}).json()
+    expected_hits = built.search("red", top=4, examples="relevance")
+    assert [(hit["unit"], hit["score"]) for hit in hits] == [(hit.unit, pytest.approx(hit.score)) for hit in expected_hits]
+    assert [hit["unit"] for hit in hits] != [hit.unit for hit in built.search("red", top=4)]  # not the activation ranking
+    assert all(url.endswith("?examples=relevance") for hit in hits for url in hit["thumbnails"])

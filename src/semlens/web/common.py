@@ -90,5 +90,6 @@ def layers_of(served: Served, requested: list[str] | None) -> list[str] | None:
     return [layer for layer in served.lens.layers if layer in chosen] or None
 
 
-def hits_out(served: Served, hits: list) -> list[dict[str, Any]]:
-    return [{**served.ref(hit.unit), "label": hit.label, "score": hit.score} for hit in hits]
+def hits_out(served: Served, hits: list, examples: str = "activation") -> list[dict[str, Any]]:
+    """Hits as ``Hit`` rows, their thumbnails from the set of examples they were found by."""
+    return [{**served.ref(hit.unit, examples), "label": hit.label, "score": hit.score} for hit in hits]

@@ -56,6 +56,7 @@ class LensInfo(BaseModel):
     classes: list[str]
     labelled: bool
     class_relevance: bool
+    relevance_examples: bool = Field(False, description="Whether its units have concept examples by relevance too (examples=relevance).")
     spaces: list[str] = Field(default_factory=list, description="Its embedding spaces, the default one first.")
 
 
