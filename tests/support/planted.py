@@ -3,8 +3,8 @@
 One 1x1 convolution reads the pixels of ``artefact_world`` images (normalised to about [-2, 2]):
 channel 0 fires only on near-white pixels (the watermark), channels 1-3 on strongly red, green and
 blue pixels; none fires on the background noise. The head's "red" logit adds the white channel three times over to the red one, so an
-image with only a watermark is called "red" because of unit 0, and nothing else.
-"""
+image with only a watermark is called "red" because of unit 0, and nothing else; it subtracts the blue channel (unit 3
+speaks against "red", on images with a blue blob only)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from torch import nn
 from semlens import LoadedModel
 
 WHITE = 0  # the planted unit: features.1/0
+BLUE = 3  # the unit that speaks against "red": features.1/3
 
 
 class PlantedNet(nn.Module):
@@ -30,7 +31,7 @@ class PlantedNet(nn.Module):
                 torch.tensor([[1.0, 1.0, 1.0], [1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]]).view(4, 3, 1, 1)
             )
             self.features[0].bias.copy_(torch.tensor([-4.5, -2.5, -2.5, -2.5]))
-            self.head.weight.copy_(torch.tensor([[3.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]))
+            self.head.weight.copy_(torch.tensor([[3.0, 1.0, 0.0, -1.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]))
             self.head.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

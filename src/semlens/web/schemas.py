@@ -183,6 +183,9 @@ class AuditOut(BaseModel):
     rule: dict[str, Any] = Field(description="{null, z, margin}: when a unit counts as aligned, and the verdicts' margin")
     shares: dict[str, float] = Field(description="relevance by verdict, and spurious_or_both")
     left_out: list[str] = Field(description="relevant units without examples of their own (inactive or tied)")
+    sae_error: dict[str, float] = Field(
+        default_factory=dict, description="per SAE layer, the class's mean share of its relevance carried by the SAE's error term"
+    )
     units: list[AuditedUnit]
     figure: dict[str, Any]
 

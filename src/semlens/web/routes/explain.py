@@ -52,7 +52,11 @@ class LayerOut(BaseModel):
     layer: str
     relevance: float
     left_out: float = Field(description="share carried by units without examples of their own (inactive, tied)")
+    sae_error: float | None = Field(None, description="SAE layers: the share carried by the SAE's error term; null for other layers")
     groups: list[ConceptGroupOut]
+    against: list[ExplainedUnitOut] = Field(
+        default_factory=list, description="units with the most negative shares (they spoke against the class); overlay: where"
+    )
 
 
 class ExplainOut(BaseModel):
@@ -77,11 +81,16 @@ def explanation_out(served: Served, result: Explanation) -> dict[str, Any]:
     """The explanation with example URLs and the overlays as data URLs."""
     overlays = {unit: data_url(image) for unit, image in explanation_overlays(result).items()}
     payload = result.to_dict()
+
+    def served_units(units: list[dict[str, Any]], entries: list) -> None:
+        for unit, entry in zip(units, entries):
+            unit["examples"] = [example_out(served, entry.unit, example) for example in entry.examples]
+            unit["overlay"] = overlays[entry.unit]
+
     for layer, explained in zip(payload["layers"], result.layers):
         for group, grouped in zip(layer["groups"], explained.groups):
-            for unit, entry in zip(group["units"], grouped.units):
-                unit["examples"] = [example_out(served, entry.unit, example) for example in entry.examples]
-                unit["overlay"] = overlays[entry.unit]
+            served_units(group["units"], grouped.units)
+        served_units(layer["against"], explained.against)
     return {**payload, "view": data_url(result.view)}
 
 
