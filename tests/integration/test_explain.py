@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from planted import BLUE, WHITE, planted_model, probe_images
+from planted import BLUE, WHITE, picture, planted_model, probe_images
 from typer.testing import CliRunner
 
 from semlens import BuildConfig, Lens, build_lens
@@ -21,18 +21,6 @@ from semlens.cli import app
 
 runner = CliRunner()
 UNIT = f"features.1/{WHITE}"
-
-
-def watermarked(blob: int = 8, blue: int = 0) -> Image.Image:
-    """Noise, a white 6x6 watermark at (1, 1), a ``blob``-sided red square at (16, 16) and a ``blue``-sided
-    blue one at (2, 24)."""
-    pixels = np.random.default_rng(0).integers(40, 110, (32, 32, 3)).astype(np.uint8)
-    pixels[1:7, 1:7] = 255
-    pixels[16 : 16 + blob, 16 : 16 + blob] = 30
-    pixels[16 : 16 + blob, 16 : 16 + blob, 0] = 170
-    pixels[2 : 2 + blue, 24 : 24 + blue] = 30
-    pixels[2 : 2 + blue, 24 : 24 + blue, 2] = 170
-    return Image.fromarray(pixels)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +34,7 @@ def planted_lens(tmp_path_factory) -> Lens:
     lens = build_lens(config, root / "planted.lens", progress=False)
     (root / "concepts.txt").write_text("red\ngreen\nblue\nwatermark\n")
     lens.label(root / "concepts.txt", threshold=0.01)
-    watermarked().save(root / "watermarked.png")
+    picture().save(root / "watermarked.png")
     return lens
 
 
@@ -70,7 +58,7 @@ def test_the_planted_unit_drives_the_prediction_under_its_label(planted_lens) ->
 
 
 def test_a_unit_against_the_class_is_listed_apart_with_its_hand_computed_share(planted_lens, tmp_path) -> None:
-    image = watermarked(blue=4)
+    image = picture(blue=4)
     result = planted_lens.explain(image, class_name="red", layers=["features.1"])
     (features,) = result.layers
     model = planted_model().module
@@ -92,7 +80,7 @@ def test_a_unit_against_the_class_is_listed_apart_with_its_hand_computed_share(p
 
 
 def test_a_given_class_a_sample_index_and_a_pil_image(planted_lens) -> None:
-    given = planted_lens.explain(watermarked(), class_name="green", layers=["features.1"])
+    given = planted_lens.explain(picture(), class_name="green", layers=["features.1"])
     assert not given.predicted and given.class_name == "green" and given.image == "image"
     assert [layer.layer for layer in given.layers] == ["features.1"] and not given.layers[0].groups  # no green on it
     sample = planted_lens.explain(0, top=1)
@@ -139,7 +127,7 @@ def test_explain_endpoints(planted_lens) -> None:
 
     client = TestClient(create_app([planted_lens]))
     buffer = io.BytesIO()
-    watermarked().save(buffer, format="PNG")
+    picture().save(buffer, format="PNG")
     uploaded = client.post("/api/lenses/0/explain", files={"image": ("w.png", buffer.getvalue(), "image/png")}, params={"layer": "features.1"})
     assert uploaded.status_code == 200, uploaded.text
     body = uploaded.json()
@@ -149,7 +137,7 @@ def test_explain_endpoints(planted_lens) -> None:
     assert top["units"][0]["examples"][0]["thumbnail"].startswith(f"/api/lenses/0/layers/features.1/units/{WHITE}/examples/")
     assert body["layers"][0]["against"] == [] and body["layers"][0]["sae_error"] is None  # nothing against red on it
     buffer = io.BytesIO()
-    watermarked(blue=4).save(buffer, format="PNG")
+    picture(blue=4).save(buffer, format="PNG")
     blue = client.post("/api/lenses/0/explain", files={"image": ("b.png", buffer.getvalue(), "image/png")}, params={"layer": "features.1"})
     (against,) = blue.json()["layers"][0]["against"]
     assert against["unit"] == f"features.1/{BLUE}" and against["share"] < 0 and against["overlay"].startswith("data:image/png;base64,")

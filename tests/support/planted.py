@@ -60,3 +60,17 @@ def probe_images(count: int = 60, seed: int = 4) -> list[tuple[Image.Image, int]
             pixels[row : row + mark, column : column + mark] = int(rng.integers(235, 256))
         items.append((Image.fromarray(pixels), label))
     return items
+
+
+def picture(watermark: bool = True, blob: int = 8, blue: int = 0) -> Image.Image:
+    """Noise, a 6x6 white watermark at (1, 1), a ``blob``-sided red square at (16, 16) and a ``blue``-sided
+    blue one at (2, 24): an image the planted model calls "red" because of the watermark (and the blue square
+    speaks against it)."""
+    pixels = np.random.default_rng(0).integers(40, 110, (32, 32, 3)).astype(np.uint8)
+    if watermark:
+        pixels[1:7, 1:7] = 255
+    pixels[16 : 16 + blob, 16 : 16 + blob] = 30
+    pixels[16 : 16 + blob, 16 : 16 + blob, 0] = 170
+    pixels[2 : 2 + blue, 24 : 24 + blue] = 30
+    pixels[2 : 2 + blue, 24 : 24 + blue, 2] = 170
+    return Image.fromarray(pixels)

@@ -1,15 +1,13 @@
 """Explaining one prediction, known answers on a hand-made model with a planted unit (``planted.py``):
 channel 0 of ``features.1`` fires only on the white watermark and feeds the "red" logit three times over,
-channel 1 fires only on red blobs; the background noise fires nothing."""
+channel 1 fires only on red blobs, channel 3 on blue ones counts against "red"; the background noise fires nothing."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from artefact_world import PREPROCESSING
-from PIL import Image
-from planted import BLUE, WHITE, planted_model
+from planted import BLUE, WHITE, picture, planted_model
 
 from semlens._util.errors import SemlensError
 from semlens.analysis.explain import (
@@ -21,19 +19,6 @@ from semlens.relevance.lrp import RelevanceModel
 
 RED = 1
 SPECS = [LayerSpec("features.1"), LayerSpec("head")]
-
-
-def picture(watermark: bool = True, blob: int = 8, blue: int = 0) -> Image.Image:
-    """Noise, a 6x6 white watermark at (1, 1), a ``blob``-sided red square at (16, 16) and a ``blue``-sided
-    blue one at (2, 24)."""
-    pixels = np.random.default_rng(0).integers(40, 110, (32, 32, 3)).astype(np.uint8)
-    if watermark:
-        pixels[1:7, 1:7] = 255
-    pixels[16 : 16 + blob, 16 : 16 + blob] = 30
-    pixels[16 : 16 + blob, 16 : 16 + blob, 0] = 170
-    pixels[2 : 2 + blue, 24 : 24 + blue] = 30
-    pixels[2 : 2 + blue, 24 : 24 + blue, 2] = 170
-    return Image.fromarray(pixels)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ A unit's share is its relevance for the class on this image divided by the summe
 of its layer (as in class relevance, ``build/class_relevance.py``), so the absolute shares of a layer
 sum to 1; in a layer read through a sparse autoencoder the SAE's error term (what its features do not
 reconstruct) counts in that sum with its own share. Units with a positive share drove the class and are
-listed by concept; those with a negative share spoke against it and are listed apart. A signed layer's two copies of a channel share the channel's relevance: the
+listed by concept; those with a negative share spoke against it and are listed apart. A signed layer's
+two copies of a channel share the channel's relevance: the
 channel is counted once, under the copy whose activations carry most of its relevance on this image
 (``i-`` where that relevance lies where the channel is negative). Units without examples of their
 own (inactive, tied) are never listed; their part of the relevance is reported as ``left_out``.

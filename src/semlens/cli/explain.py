@@ -48,7 +48,11 @@ def explain(
             title += f", SAE error term {explained.sae_error:.3f}"
         console.print(table(title, ("concept", "group share", "unit", "share", "concept examples"), rows))
         if explained.against:
-            rows = [(unit.label or "(unlabelled)", unit.unit, round(unit.share, 4), ", ".join(e.source for e in unit.examples[:3])) for unit in explained.against]
-            console.print(table(f"{explained.layer}: against {result.class_name}", ("concept", "unit", "share", "concept examples"), rows))
+            rows = [
+                (unit.label or "(unlabelled)", unit.unit, round(unit.share, 4), ", ".join(e.source for e in unit.examples[:3]))
+                for unit in explained.against
+            ]
+            columns = ("concept", "unit", "share", "concept examples")
+            console.print(table(f"{explained.layer}: against {result.class_name}", columns, rows))
     if files:
         say(f"wrote {len(files)} images to {out}")

@@ -112,10 +112,14 @@ class LensExplain:
         valid = self.valid(layer)[rows]
         channels, against = rank_channels(shares, valid, top).tolist(), rank_channels(shares, valid, top, against=True).tolist()
         heatmaps = conditional_heatmaps(lrp, inputs, result.target, layer, channels + against, spec.pick, saes)
-        units = [self._explained_unit(layer, int(rows[channel]), float(shares[channel]), result, heatmap) for channel, heatmap in zip(channels + against, heatmaps)]
+        units = [
+            self._explained_unit(layer, int(rows[channel]), float(shares[channel]), result, heatmap)
+            for channel, heatmap in zip(channels + against, heatmaps)
+        ]
         total = float(relevance.sum()) + (0.0 if error is None else float(error))
         sae_error = None if error is None else float(error_share(relevance, error))
-        return LayerExplanation(layer, group_by_label(units[: len(channels)]), total, float(shares[~valid].sum()), units[len(channels) :], sae_error)
+        groups, left_out = group_by_label(units[: len(channels)]), float(shares[~valid].sum())
+        return LayerExplanation(layer, groups, total, left_out, units[len(channels) :], sae_error)
 
     def _explained_unit(self: Lens, layer: str, row: int, share: float, result: ImageRelevance, heatmap: torch.Tensor) -> ExplainedUnit:
         """A listed unit: its share, its score on the image, label, first concept examples and heatmap."""
@@ -132,7 +136,10 @@ class LensExplain:
             return self.checked_layers(layers)
         chosen = [layer for layer in self.layers if self.trusted or not self.manifest["layers"][layer]["spec"].get("sae")]
         if not chosen:
-            raise SemlensError("every layer of this Lens is read through a sparse autoencoder, whose files an untrusted Lens never reads: pass trust=True (--trust)")
+            raise SemlensError(
+                "every layer of this Lens is read through a sparse autoencoder, whose files an untrusted Lens never "
+                "reads: pass trust=True (--trust)"
+            )
         return chosen
 
     def _explained_image(self: Lens, image: str | Path | Image.Image | int) -> tuple[Image.Image, str]:

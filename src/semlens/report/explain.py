@@ -18,7 +18,8 @@ def explanation_overlays(explanation: Explanation) -> dict[str, Image.Image]:
     overlays = {}
     for layer in explanation.layers:
         for sign, units in ((1.0, layer.units), (-1.0, layer.against)):
-            overlays.update({unit.unit: heat_overlay(explanation.view, sign * unit.heatmap.numpy()) for unit in units if unit.heatmap is not None})
+            drawn = {unit.unit: heat_overlay(explanation.view, sign * unit.heatmap.numpy()) for unit in units if unit.heatmap is not None}
+            overlays.update(drawn)
     return overlays
 
 

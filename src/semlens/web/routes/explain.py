@@ -104,8 +104,9 @@ def explain_sample(
     top: UnitsPerLayer = 6,
 ) -> dict[str, Any]:
     """The model's top classes on the sample and, for the predicted (or given) class, the units with the highest
-    share of each layer's relevance, grouped by label, with heatmaps and concept examples (needs the model and
-    the probe data on this machine); computed once per sample, class, layers and top."""
+    share of each layer's relevance, grouped by label, and apart those with the most negative share (against it),
+    with heatmaps and concept examples; for SAE layers the SAE error term's share (needs the model and the probe
+    data on this machine); computed once per sample, class, layers and top."""
     served = explorer.get(lens)
     opened, layers = served.labelled(), layers_of(served, layer)
     index = None if class_name is None else opened.class_index(class_name)
