@@ -206,6 +206,9 @@ def test_explorer_shows_that_a_layer_is_an_sae(sae_lens):
     assert layers[0]["sae"] is None and layers[1]["sae"]["architecture"] == "topk" and layers[1]["sae"]["k"] == 4
     unit = client.get(f"/api/lenses/0/layers/{LAYER}/units/3").json()
     assert unit["sae"]["d_sae"] == 8
+    errors = lens.class_relevance(LAYER)["error_mean_share"]
+    assert unit["classes"] and all(row["sae_error"] == pytest.approx(float(errors[row["index"]])) for row in unit["classes"])
+    assert all(row["sae_error"] is None for row in client.get("/api/lenses/0/layers/features.1/units/0").json()["classes"])
     audit = client.post("/api/lenses/0/audit", json={"class": "red", "valid": ["red"], "spurious": ["stripes"], "cut": 0.0})
     assert audit.status_code == 200 and audit.json()["sae_error"] == pytest.approx(lens.sae_error_shares("red"))
     explained = client.get("/api/lenses/0/explain", params={"sample": 0, "layer": LAYER, "top": 8})

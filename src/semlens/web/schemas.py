@@ -99,6 +99,9 @@ class ClassShare(BaseModel):
     index: int
     max_share: float
     mean_share: float
+    sae_error: float | None = Field(
+        None, description="SAE layers: the class's mean share of the layer's relevance carried by the SAE error term"
+    )
 
 
 class SimilarUnits(BaseModel):

@@ -53,7 +53,10 @@ def unit_page(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: Unit
         if by_relevance is None
         else [example_out(served, name, example, "relevance") for example in by_relevance],
         "classes": [
-            {"class": title, "index": index, "max_share": finite(top), "mean_share": finite(mean)}
+            {
+                "class": title, "index": index, "max_share": finite(top), "mean_share": finite(mean),
+                "sae_error": opened.sae_error_shares(index, [layer]).get(layer),
+            }  # fmt: skip
             for title, index, top, mean in opened.relevant_classes(name)
         ],
         "similar": [similar_in(other, served, name) for other in explorer.served],
