@@ -146,14 +146,20 @@ def test_the_unit_page_shows_relevance_examples_when_the_lens_has_them(browser, 
         page.wait_for_selector("#unit[data-ready]")
         assert images_loaded(page, "#relevance-examples img") == len(lens.concept_examples("features.3/1", by="relevance"))
         assert images_loaded(page, "#examples img") == len(lens.concept_examples("features.3/1"))
-        page.click("#relevance-examples figure >> nth=0")  # its full image, without a heatmap
-        assert images_loaded(page, "#full img") == 1
+        page.click("#relevance-examples figure >> nth=0")  # its full image and the CRP heatmap its crop was cut from
+        assert images_loaded(page, "#full img") == 2
         shot(page, "unit-relevance")
+        goto(page, url, "search.html?lens=0&q=red&examples=relevance")  # search by the relevance examples' theta
+        page.wait_for_selector("#results[data-ready]")
+        assert page.locator("#examples").is_enabled() and page.input_value("#examples") == "relevance"
+        hits = [hit.unit for hit in lens.search("red", top=20, examples="relevance")]
+        assert page.locator("#results a.unit-link").all_inner_texts()[: len(hits)] == hits
     assert problems == []
 
 
 def test_search_a_word_ranks_units_with_thumbnails(page, base_url, valid) -> None:
     goto(page, base_url, "search.html?lens=0")
+    assert page.locator("#examples").is_disabled() and "no relevance examples" in page.inner_text("#examples-note")
     page.fill("#q", "red")
     page.click("button[type=submit]")
     page.wait_for_selector("#results[data-ready]")

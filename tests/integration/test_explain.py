@@ -10,8 +10,9 @@ import json
 import artefact_world as world
 import numpy as np
 import pytest
+import torch
 from PIL import Image
-from planted import WHITE, probe_images
+from planted import BLUE, WHITE, picture, planted_model, probe_images
 from typer.testing import CliRunner
 
 from semlens import BuildConfig, Lens, build_lens
@@ -20,15 +21,6 @@ from semlens.cli import app
 
 runner = CliRunner()
 UNIT = f"features.1/{WHITE}"
-
-
-def watermarked(blob: int = 8) -> Image.Image:
-    """Noise, a white 6x6 watermark at (1, 1) and a ``blob``-sided red square at (16, 16)."""
-    pixels = np.random.default_rng(0).integers(40, 110, (32, 32, 3)).astype(np.uint8)
-    pixels[1:7, 1:7] = 255
-    pixels[16 : 16 + blob, 16 : 16 + blob] = 30
-    pixels[16 : 16 + blob, 16 : 16 + blob, 0] = 170
-    return Image.fromarray(pixels)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +34,7 @@ def planted_lens(tmp_path_factory) -> Lens:
     lens = build_lens(config, root / "planted.lens", progress=False)
     (root / "concepts.txt").write_text("red\ngreen\nblue\nwatermark\n")
     lens.label(root / "concepts.txt", threshold=0.01)
-    watermarked().save(root / "watermarked.png")
+    picture().save(root / "watermarked.png")
     return lens
 
 
@@ -65,8 +57,30 @@ def test_the_planted_unit_drives_the_prediction_under_its_label(planted_lens) ->
     assert json.loads(json.dumps(result.to_dict()))["layers"][1]["groups"][0]["units"][0]["unit"] == UNIT
 
 
+def test_a_unit_against_the_class_is_listed_apart_with_its_hand_computed_share(planted_lens, tmp_path) -> None:
+    image = picture(blue=4)
+    result = planted_lens.explain(image, class_name="red", layers=["features.1"])
+    (features,) = result.layers
+    model = planted_model().module
+    with torch.no_grad():  # the red logit is 3 a_white + a_red - a_blue over pooled activations a
+        pooled = model.pool(model.features(world.PREPROCESSING(image)[None])).flatten()
+    total = 3 * pooled[WHITE] + pooled[1] + pooled[BLUE]
+    assert [unit.unit for unit in features.against] == [f"features.1/{BLUE}"] and features.against[0].label == "blue"
+    assert features.against[0].share == pytest.approx(float(-pooled[BLUE] / total), abs=1e-4) and float(pooled[BLUE] / total) > 0.05
+    assert features.groups[0].share == pytest.approx(float(3 * pooled[WHITE] / total), abs=1e-4)  # for it, as before
+    assert all(unit.share > 0 for unit in features.units) and features.sae_error is None  # no SAE here
+    payload = result.to_dict()["layers"][0]
+    assert payload["against"][0]["unit"] == f"features.1/{BLUE}" and payload["sae_error"] is None
+    image.save(tmp_path / "blue.png")
+    printed = runner.invoke(app, ["explain", str(planted_lens.path), str(tmp_path / "blue.png"), "-c", "red", "-l", "features.1", "-o", str(tmp_path / "out")])
+    assert printed.exit_code == 0 and "against red" in printed.stdout and f"features.1/{BLUE}" in printed.stdout, printed.output
+    overlay = np.asarray(Image.open(tmp_path / "out" / f"features.1_{BLUE}.png"), dtype=np.float32)
+    changed = np.abs(overlay - np.asarray(image, dtype=np.float32)).sum(axis=2) > 1
+    assert changed[2:6, 24:28].all() and changed.sum() == 16  # where it spoke against: the blue square
+
+
 def test_a_given_class_a_sample_index_and_a_pil_image(planted_lens) -> None:
-    given = planted_lens.explain(watermarked(), class_name="green", layers=["features.1"])
+    given = planted_lens.explain(picture(), class_name="green", layers=["features.1"])
     assert not given.predicted and given.class_name == "green" and given.image == "image"
     assert [layer.layer for layer in given.layers] == ["features.1"] and not given.layers[0].groups  # no green on it
     sample = planted_lens.explain(0, top=1)
@@ -113,7 +127,7 @@ def test_explain_endpoints(planted_lens) -> None:
 
     client = TestClient(create_app([planted_lens]))
     buffer = io.BytesIO()
-    watermarked().save(buffer, format="PNG")
+    picture().save(buffer, format="PNG")
     uploaded = client.post("/api/lenses/0/explain", files={"image": ("w.png", buffer.getvalue(), "image/png")}, params={"layer": "features.1"})
     assert uploaded.status_code == 200, uploaded.text
     body = uploaded.json()
@@ -121,6 +135,13 @@ def test_explain_endpoints(planted_lens) -> None:
     assert body["class"] == "red" and top["label"] == "watermark" and top["units"][0]["unit"] == UNIT
     assert body["view"].startswith("data:image/png;base64,") and top["units"][0]["overlay"].startswith("data:image/png;base64,")
     assert top["units"][0]["examples"][0]["thumbnail"].startswith(f"/api/lenses/0/layers/features.1/units/{WHITE}/examples/")
+    assert body["layers"][0]["against"] == [] and body["layers"][0]["sae_error"] is None  # nothing against red on it
+    buffer = io.BytesIO()
+    picture(blue=4).save(buffer, format="PNG")
+    blue = client.post("/api/lenses/0/explain", files={"image": ("b.png", buffer.getvalue(), "image/png")}, params={"layer": "features.1"})
+    (against,) = blue.json()["layers"][0]["against"]
+    assert against["unit"] == f"features.1/{BLUE}" and against["share"] < 0 and against["overlay"].startswith("data:image/png;base64,")
+    assert against["examples"][0]["thumbnail"].startswith(f"/api/lenses/0/layers/features.1/units/{BLUE}/examples/")
     sample = client.get("/api/lenses/0/explain", params={"sample": 0, "class": "green", "top": 2})
     assert sample.status_code == 200 and sample.json()["class"] == "green" and not sample.json()["predicted"]
     for response, words in (

@@ -185,7 +185,8 @@ def test_the_explorer_shows_relevance_examples_beside_activation_ones(built: Len
     from PIL import Image
 
     from semlens.web.app import create_app
-    from semlens.web.thumbnails import SIZE
+    from semlens.report.figures import heat_overlay
+    from semlens.web.thumbnails import QUALITY, SIZE
 
     client, unit = TestClient(create_app([built])), "/api/lenses/0/layers/features.3/units/1"
     page = client.get(unit).json()
@@ -195,7 +196,8 @@ def test_the_explorer_shows_relevance_examples_beside_activation_ones(built: Len
     assert [e["score"] for e in shown] == pytest.approx([e.score for e in expected])
     assert shown == client.get(f"{unit}/examples", params={"examples": "relevance"}).json()
     assert page["examples"] == client.get(f"{unit}/examples").json() != shown
-    assert all(e["heatmap"] is None and e["thumbnail"].endswith("/examples/%d/thumbnail?examples=relevance" % e["rank"]) for e in shown)
+    assert all(e["thumbnail"].endswith("/examples/%d/thumbnail?examples=relevance" % e["rank"]) for e in shown)
+    assert all(e["heatmap"].endswith("/examples/%d/heatmap?examples=relevance" % e["rank"]) for e in shown)
 
     def pixels(url: str) -> np.ndarray:
         response = client.get(url)
@@ -209,7 +211,27 @@ def test_the_explorer_shows_relevance_examples_beside_activation_ones(built: Len
     cached = built.cache.root / "thumbnails" / "features.3"
     assert {"relevance_1_0.jpg", "1_0.jpg"} <= {path.name for path in cached.iterdir()}  # one cache entry per set
     assert pixels(shown[0]["image"]).shape == (32, 32, 3)
-    assert client.get(f"{unit}/examples/0/heatmap", params={"examples": "relevance"}).status_code == 404
+    # the relevance examples' overlay is drawn from their stored CRP heatmap, not from the activation crops' maps
+    stored = built.store.read_tensors("layers/features.3.relevance_heat.safetensors")["heat"]
+    assert torch.equal(built.example_heatmaps("features.3", "relevance"), stored) and stored[1, 0].clamp_min(0).sum() > 0
+    served = client.get(shown[0]["heatmap"])
+    assert served.status_code == 200 and served.headers["content-type"] == "image/jpeg"
+    view = built.example_image(expected[0], crop=False).convert("RGB")
+
+    def jpeg(heat: torch.Tensor) -> bytes:
+        buffer = io.BytesIO()
+        heat_overlay(view, heat.float().numpy(), expected[0].box).save(buffer, format="JPEG", quality=QUALITY)
+        return buffer.getvalue()
+
+    assert served.content == jpeg(stored[1, 0]) != jpeg(built.heatmaps("features.3")[1, 0])
     detail = client.get(f"{unit}/examples/0/thumbnail", params={"examples": "gradient"})
     assert detail.status_code == 422 and "'activation' or 'relevance'" in detail.text
     assert client.get("/api/lenses/0/layers/head/units/0-").json()["relevance_examples"]  # a signed layer's negative half
+
+    # search by the relevance examples' theta: the API's ranking, each hit's thumbnails from that set
+    assert client.get("/api/lenses/0").json()["relevance_examples"]
+    hits = client.get("/api/lenses/0/search", params={"q": "red", "top": 4, "examples": "relevance"}).json()
+    expected_hits = built.search("red", top=4, examples="relevance")
+    assert [(hit["unit"], hit["score"]) for hit in hits] == [(hit.unit, pytest.approx(hit.score)) for hit in expected_hits]
+    assert [hit["unit"] for hit in hits] != [hit.unit for hit in built.search("red", top=4)]  # not the activation ranking
+    assert all(url.endswith("?examples=relevance") for hit in hits for url in hit["thumbnails"])

@@ -64,6 +64,7 @@ def test_lenses_by_index_and_name(client) -> None:
     assert lenses[0]["layers"][0] == {"name": "features.0", "units": 8, "signed": False, "sae": None}
     assert lenses[1]["layers"][1] == {"name": "head", "units": 6, "signed": True, "sae": None}
     assert lenses[0]["classes"] == ["red", "green", "blue"] and lenses[0]["class_relevance"]
+    assert not lenses[0]["relevance_examples"]  # built without them: the search page's choice is disabled
     assert client.get("/api/lenses/tiny.lens").json() == client.get("/api/lenses/0").json() == lenses[0]
     refused(client.get("/api/lenses/2"), 404, "0 (tiny.lens)", "1 (other.lens)")
 
@@ -136,6 +137,7 @@ def test_search_by_text_and_image_with_layer_filter_and_bounds(client, explorer_
     valid = {unit for unit in valid_units(explorer_lenses[0]) if unit.startswith("features.3/")}  # inactive or tied: never
     assert valid and {hit["unit"] for hit in one_layer} == valid
     refused(client.get("/api/lenses/0/search", params={"q": "red", "layer": "nope"}), 404, "features.0")
+    refused(client.get("/api/lenses/0/search", params={"q": "red", "examples": "relevance"}), 400, "--relevance-examples")
     for bad in ({"q": ""}, {"q": "x" * 201}, {"q": "red", "top": 0}, {"q": "red", "top": 101}, {}):
         assert client.get("/api/lenses/0/search", params=bad).status_code == 422
 

@@ -1,34 +1,24 @@
 """Explaining one prediction, known answers on a hand-made model with a planted unit (``planted.py``):
 channel 0 of ``features.1`` fires only on the white watermark and feeds the "red" logit three times over,
-channel 1 fires only on red blobs; the background noise fires nothing."""
+channel 1 fires only on red blobs, channel 3 on blue ones counts against "red"; the background noise fires nothing."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from artefact_world import PREPROCESSING
-from PIL import Image
-from planted import WHITE, planted_model
+from planted import BLUE, WHITE, picture, planted_model
 
 from semlens._util.errors import SemlensError
-from semlens.analysis.explain import ExplainedUnit, channel_units, group_by_label, rank_channels, relevance_shares, top_classes
+from semlens.analysis.explain import (
+    ExplainedUnit, channel_units, error_share, group_by_label, rank_channels, relevance_shares, top_classes,
+)  # fmt: skip
 from semlens.model.units import LayerSpec
 from semlens.relevance.explain import conditional_heatmaps, image_relevance
 from semlens.relevance.lrp import RelevanceModel
 
 RED = 1
 SPECS = [LayerSpec("features.1"), LayerSpec("head")]
-
-
-def picture(watermark: bool = True, blob: int = 8) -> Image.Image:
-    """Noise, a 6x6 white watermark at (1, 1) and a ``blob``-sided red square at (16, 16)."""
-    pixels = np.random.default_rng(0).integers(40, 110, (32, 32, 3)).astype(np.uint8)
-    if watermark:
-        pixels[1:7, 1:7] = 255
-    pixels[16 : 16 + blob, 16 : 16 + blob] = 30
-    pixels[16 : 16 + blob, 16 : 16 + blob, 0] = 170
-    return Image.fromarray(pixels)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +41,32 @@ def test_the_planted_unit_has_the_hand_computed_top_share_of_the_predicted_class
     assert float(expected[WHITE]) == pytest.approx(0.672, abs=0.01)  # 3*36*1.5 / (3*36*1.5 + 64*1.23)
     assert rank_channels(shares, torch.ones(4, dtype=torch.bool), 6).tolist() == [WHITE, RED]  # no units without share
     torch.testing.assert_close(result.probabilities.sum(), torch.tensor(1.0))
+
+
+def test_a_unit_that_speaks_against_the_class_is_ranked_apart_with_its_hand_computed_negative_share(planted) -> None:
+    model, _, _ = planted
+    inputs = PREPROCESSING(picture(blue=4))[None]
+    result = image_relevance(RelevanceModel(model.module, inputs), inputs, 0, SPECS)
+    # the red logit is 3 a_white + a_red - a_blue over pooled activations a: the blue unit's relevance is -a_blue
+    with torch.no_grad():
+        pooled = model.module.pool(model.module.features(inputs)).flatten()
+    expected = -pooled[BLUE] / (3 * pooled[WHITE] + pooled[RED] + pooled[BLUE])
+    shares = relevance_shares(result.relevance["features.1"])
+    assert float(shares[BLUE]) == pytest.approx(float(expected), abs=1e-4) and float(expected) < -0.05
+    every = torch.ones(4, dtype=torch.bool)
+    assert rank_channels(shares, every, 6, against=True).tolist() == [BLUE]  # the only unit against "red"
+    assert rank_channels(shares, every, 6).tolist() == [WHITE, RED]  # those for it, as before
+    assert rank_channels(shares, torch.tensor([True, True, True, False]), 6, against=True).tolist() == []  # valid units only
+    heat = conditional_heatmaps(RelevanceModel(model.module, inputs), inputs, 0, "features.1", [BLUE])[0]
+    assert float(heat.clamp_max(0)[2:6, 24:28].sum() / heat.clamp_max(0).sum()) > 0.99  # it spoke against on the blue pixels
+
+
+def test_an_sae_layers_error_term_counts_in_its_shares() -> None:
+    features, error = torch.tensor([[3.0, -1.0, 0.0], [0.0, 0.0, 0.0]]), torch.tensor([-1.0, 0.0])
+    shares, rest = relevance_shares(features, error), error_share(features, error)
+    assert shares[0].tolist() == pytest.approx([0.6, -0.2, 0.0]) and float(rest[0]) == pytest.approx(-0.2)
+    assert float(shares[0].abs().sum() + rest[0].abs()) == pytest.approx(1.0)
+    assert shares[1].abs().sum() == 0 and rest[1] == 0  # no relevance: no shares, not NaN
 
 
 def test_shares_of_a_layer_sum_to_one_in_absolute_value() -> None:

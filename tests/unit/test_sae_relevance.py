@@ -206,3 +206,69 @@ def test_explorer_shows_that_a_layer_is_an_sae(sae_lens):
     assert layers[0]["sae"] is None and layers[1]["sae"]["architecture"] == "topk" and layers[1]["sae"]["k"] == 4
     unit = client.get(f"/api/lenses/0/layers/{LAYER}/units/3").json()
     assert unit["sae"]["d_sae"] == 8
+    errors = lens.class_relevance(LAYER)["error_mean_share"]
+    assert unit["classes"] and all(row["sae_error"] == pytest.approx(float(errors[row["index"]])) for row in unit["classes"])
+    assert all(row["sae_error"] is None for row in client.get("/api/lenses/0/layers/features.1/units/0").json()["classes"])
+    audit = client.post("/api/lenses/0/audit", json={"class": "red", "valid": ["red"], "spurious": ["stripes"], "cut": 0.0})
+    assert audit.status_code == 200 and audit.json()["sae_error"] == pytest.approx(lens.sae_error_shares("red"))
+    explained = client.get("/api/lenses/0/explain", params={"sample": 0, "layer": LAYER, "top": 8})
+    assert explained.status_code == 200, explained.text
+    assert explained.json()["layers"][0]["sae_error"] == pytest.approx(lens.explain(0, layers=[LAYER], top=8).layers[0].sae_error)
+
+
+def test_class_relevance_keeps_the_sae_error_terms_share_and_the_audit_shows_it(sae_lens, colour_folder):
+    from typer.testing import CliRunner
+
+    from semlens.analysis.explain import error_share, relevance_shares
+    from semlens.cli import app
+    from semlens.model.loading import class_mapping
+    from semlens.relevance.lrp import unit_and_error_relevance
+
+    lens, folder = sae_lens
+    model, data = lens.model(), lens.probe_data
+    mapping, _ = class_mapping(model, data)
+    inputs = torch.stack([model.preprocessing(data.load(index)) for index in range(len(data))])
+    targets = torch.tensor([mapping[data.label(index)] for index in range(len(data))])
+    with RelevanceModel(model.module, inputs[:2]).attributing() as modified:
+        _, features, errors = unit_and_error_relevance(modified, inputs, targets, [LAYER], None, {LAYER: folder})
+        _, plain = unit_relevance(modified, inputs, targets, [LAYER])
+    torch.testing.assert_close(features[LAYER].sum(dim=1) + errors[LAYER], plain[LAYER].sum(dim=1), rtol=1e-4, atol=1e-5)  # conserved
+    shares, rest = relevance_shares(features[LAYER], errors[LAYER]), error_share(features[LAYER], errors[LAYER])
+    torch.testing.assert_close(shares.abs().sum(dim=1) + rest.abs(), torch.ones(len(data)), rtol=0, atol=1e-5)
+    stored = lens.class_relevance(LAYER)
+    red = lens.class_index("red")
+    chosen = targets == red
+    assert float(rest[chosen].abs().max()) > 1e-3  # the planted SAE leaves a real error term
+    assert float(stored["error_mean_share"][red]) == pytest.approx(float(rest[chosen].mean()), abs=1e-5)
+    assert float(stored["error_max_share"][red]) == pytest.approx(float(rest[chosen].max()), abs=1e-5)
+    torch.testing.assert_close(stored["mean_share"][:, red], shares[chosen].mean(dim=0), rtol=0, atol=1e-5)
+    assert "error_mean_share" not in lens.class_relevance("features.1")  # not an SAE layer
+    audit = lens.audit("red", ["red"], ["stripes"], cut=0.0)
+    assert audit.sae_error == {LAYER: pytest.approx(float(rest[chosen].mean()), abs=1e-5)}
+    assert audit.to_dict()["sae_error"] == audit.sae_error
+    printed = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["audit", str(lens.path), "-c", "red", "--valid", "red", "--spurious", "stripes"])
+    assert printed.exit_code == 0 and f"SAE error term (mean share of the class's relevance): {LAYER} {rest[chosen].mean():.1%}" in printed.stdout
+
+
+def test_an_sae_layer_is_explained_with_shares_that_sum_to_one_with_its_error_term(sae_lens):
+    from semlens.analysis.explain import error_share, relevance_shares
+    from semlens.relevance.lrp import unit_and_error_relevance
+
+    lens, folder = sae_lens
+    result = lens.explain(0, layers=[LAYER], top=8)
+    (layer,) = result.layers
+    model = lens.model()
+    inputs = model.preprocessing(lens.probe_data.load(0))[None]
+    with RelevanceModel(model.module, inputs).attributing() as modified:
+        _, features, errors = unit_and_error_relevance(modified, inputs, torch.tensor([result.class_index]), [LAYER], None, {LAYER: folder})
+    shares, rest = relevance_shares(features[LAYER], errors[LAYER])[0], float(error_share(features[LAYER], errors[LAYER])[0])
+    assert layer.sae_error == pytest.approx(rest, abs=1e-5) and abs(rest) > 1e-3
+    listed = {unit.unit: unit.share for unit in layer.units + layer.against}
+    assert listed == {f"{LAYER}/{index}": pytest.approx(float(shares[index]), abs=1e-5) for index in range(8) if f"{LAYER}/{index}" in listed}
+    valid = lens.valid(LAYER)
+    unlisted = [index for index in range(8) if f"{LAYER}/{index}" not in listed]
+    assert all(not valid[index] or shares[index] == 0 for index in unlisted)  # every valid feature with a share is listed
+    absolute = sum(abs(share) for share in listed.values()) + float(shares[~valid].abs().sum()) + abs(layer.sae_error)
+    assert absolute == pytest.approx(1.0, abs=1e-5)  # features (listed or without examples of their own) and the error term
+    assert all(unit.share > 0 for unit in layer.units) and all(unit.share < 0 for unit in layer.against)
+    assert result.to_dict()["layers"][0]["sae_error"] == layer.sae_error

@@ -95,6 +95,7 @@ class Audit:
     rule: AlignmentRule = AlignmentRule()
     left_out: list[str] = field(default_factory=list)  # relevant units without examples of their own
     null_units: dict[str, int] = field(default_factory=dict)  # per layer, the units its null is made of
+    sae_error: dict[str, float] = field(default_factory=dict)  # per SAE layer, the SAE error term's mean share
     reliance: dict | None = None
 
     @property
@@ -127,6 +128,7 @@ class Audit:
             "confirmed": self.confirmed,
             "unconfirmed": self.unconfirmed,
             "left_out": self.left_out,
+            "sae_error": self.sae_error,
             "units": [unit.__dict__ for unit in self.units],
         }
 

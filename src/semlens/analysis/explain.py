@@ -3,8 +3,10 @@ relevance on one image, grouped by their labels, and where in the image (their c
 
 A unit's share is its relevance for the class on this image divided by the summed absolute relevance
 of its layer (as in class relevance, ``build/class_relevance.py``), so the absolute shares of a layer
-sum to 1; a negative share speaks against the class. Only units with a positive share are listed:
-they drove the class. A signed layer's two copies of a channel share the channel's relevance: the
+sum to 1; in a layer read through a sparse autoencoder the SAE's error term (what its features do not
+reconstruct) counts in that sum with its own share. Units with a positive share drove the class and are
+listed by concept; those with a negative share spoke against it and are listed apart. A signed layer's
+two copies of a channel share the channel's relevance: the
 channel is counted once, under the copy whose activations carry most of its relevance on this image
 (``i-`` where that relevance lies where the channel is negative). Units without examples of their
 own (inactive, tied) are never listed; their part of the relevance is reported as ``left_out``.
@@ -52,12 +54,16 @@ class ConceptGroup:
 @dataclass
 class LayerExplanation:
     """One layer: its concept groups (most relevant first), its total relevance for the class on this
-    image, and the share carried by units without examples of their own (``left_out``)."""
+    image, the share carried by units without examples of their own (``left_out``), the units that spoke
+    against the class (``against``, most negative share first) and, for an SAE layer, the share of the SAE's
+    error term (``sae_error``; None for other layers)."""
 
     layer: str
     groups: list[ConceptGroup]
     relevance: float
     left_out: float
+    against: list[ExplainedUnit] = field(default_factory=list)
+    sae_error: float | None = None
 
     @property
     def units(self) -> list[ExplainedUnit]:
@@ -65,7 +71,11 @@ class LayerExplanation:
 
     def to_dict(self) -> dict[str, Any]:
         groups = [group.to_dict() for group in self.groups]
-        return {"layer": self.layer, "relevance": self.relevance, "left_out": self.left_out, "groups": groups}
+        against = [unit.to_dict() for unit in self.against]
+        return {
+            "layer": self.layer, "relevance": self.relevance, "left_out": self.left_out, "sae_error": self.sae_error,
+            "groups": groups, "against": against,
+        }  # fmt: skip
 
 
 @dataclass
@@ -110,16 +120,31 @@ def channel_units(relevance: torch.Tensor, negative: torch.Tensor, signed: bool)
     return torch.where(negative.abs() > (relevance - negative).abs(), plain + relevance.numel(), plain)
 
 
-def relevance_shares(relevance: torch.Tensor) -> torch.Tensor:
-    """Each channel's share ``[..., C]`` of its layer's summed absolute relevance ``relevance`` ``[..., C]``."""
-    return relevance / relevance.abs().sum(dim=-1, keepdim=True).clamp_min(1e-12)
+def relevance_total(relevance: torch.Tensor, error: torch.Tensor | None = None) -> torch.Tensor:
+    """A layer's summed absolute relevance ``[...]`` over its units ``relevance`` ``[..., C]`` and, for an SAE
+    layer, its error term ``error`` ``[...]`` (never below a tiny floor: no relevance gives no shares, not NaN)."""
+    total = relevance.abs().sum(dim=-1)
+    return (total if error is None else total + error.abs()).clamp_min(1e-12)
 
 
-def rank_channels(shares: torch.Tensor, valid: torch.Tensor, top: int) -> torch.Tensor:
+def relevance_shares(relevance: torch.Tensor, error: torch.Tensor | None = None) -> torch.Tensor:
+    """Each unit's share ``[..., C]`` of its layer's summed absolute relevance (``relevance_total``)."""
+    return relevance / relevance_total(relevance, error)[..., None]
+
+
+def error_share(relevance: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
+    """An SAE layer's error term's share ``[...]`` of the layer's summed absolute relevance: with its features'
+    shares (``relevance_shares``), the absolute shares sum to 1."""
+    return error / relevance_total(relevance, error)
+
+
+def rank_channels(shares: torch.Tensor, valid: torch.Tensor, top: int, against: bool = False) -> torch.Tensor:
     """The ``top`` channels with the highest positive share among the ``valid`` ones ``[C]``, highest first
-    (units that carried none of the class's relevance did not drive it)."""
-    candidates = (valid & (shares > 0)).nonzero().flatten()
-    order = torch.argsort(shares[candidates], descending=True, stable=True)
+    (units that carried none of the class's relevance did not drive it); with ``against``, those with the most
+    negative share, most negative first (they spoke against the class)."""
+    signed = -shares if against else shares
+    candidates = (valid & (signed > 0)).nonzero().flatten()
+    order = torch.argsort(signed[candidates], descending=True, stable=True)
     return candidates[order[:top]]
 
 

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import torch
 
+from ..analysis.explain import relevance_shares
 from .collect import TopK
 
 TOP_SAMPLES = 5
-
-
-def relevance_shares(relevance: torch.Tensor) -> torch.Tensor:
-    """``[N, U]`` relevance to shares of the layer's total absolute relevance per sample."""
-    return relevance / relevance.abs().sum(dim=1, keepdim=True).clamp_min(1e-12)
+__all__ = ["ClassRelevance", "relevance_shares"]
 
 
 class ClassRelevance:

@@ -16,7 +16,8 @@ from ..data import load_data
 from ..lens.store import layer_file
 from ..model.loading import class_mapping
 from ..model.sae import has_decoder
-from .class_relevance import ClassRelevance, relevance_shares
+from ..analysis.explain import error_share, relevance_shares
+from .class_relevance import ClassRelevance
 from .collect import TopK
 from .collect_stage import write_sample_table
 from .context import BuildContext
@@ -24,7 +25,8 @@ from .context import BuildContext
 
 class ClassRelevanceStage:
     """Inputs: the model, the layers (SAE layers through their features, those whose SAE has a decoder) and
-    ``config.relevance_data`` (or the probe data). Outputs: ``layers/<layer>.relevance``, with ``relevance_examples``
+    ``config.relevance_data`` (or the probe data). Outputs: ``layers/<layer>.relevance`` (for SAE layers also the
+    max and mean share of the SAE's error term per class, ``error_max_share``/``error_mean_share`` ``[K]``), with ``relevance_examples``
     also ``layers/<layer>.relevance_topk`` (layers without an SAE; their samples join ``samples.json``), and the
     data and targets it used (and the layers left out, with why) in the manifest; only a stage record when LRP
     does not support the model. Resume: done when the stage's
@@ -49,7 +51,7 @@ class ClassRelevanceStage:
         if not report.supported:
             context.finish_stage(self.name, 0.0, skipped=f"LRP does not support this model: {report.reason}")
             return
-        from ..relevance.lrp import unit_relevance
+        from ..relevance.lrp import unit_and_error_relevance
 
         model = context.model
         data = load_data(context.config.relevance_data) if context.config.relevance_data else context.data
@@ -60,6 +62,7 @@ class ClassRelevanceStage:
         picks = {spec.name: spec.pick for spec in layers}
         loader = context.image_loader(data, range(len(data)), context.config.relevance_batch(model.preprocessing.input_size))
         stats: dict[str, ClassRelevance] = {}
+        errors: dict[str, ClassRelevance] = {}  # per SAE layer the error term's share, as one more unit
         examples: dict[str, TopK] = {}  # per layer the top-k samples by share (config.relevance_examples)
         with context.relevance.attributing() as modified, progress_bar("class relevance", len(data), context.progress) as advance:
             for pixels, ids, failed in loader:
@@ -72,14 +75,19 @@ class ClassRelevanceStage:
                         targets = model.module(pixels).argmax(dim=1)
                 else:
                     targets = torch.tensor([mapping[data.label(index)] for index in ids.tolist()], device=context.device)
-                outputs, relevance = unit_relevance(modified, pixels, targets, [spec.name for spec in layers], picks, saes)
+                outputs, relevance, error = unit_and_error_relevance(modified, pixels, targets, [spec.name for spec in layers], picks, saes)
                 for spec in layers:
-                    shares = relevance_shares(relevance[spec.name])
+                    shares = relevance_shares(relevance[spec.name], error.get(spec.name))
                     stats.setdefault(spec.name, ClassRelevance(shares.shape[1], outputs.shape[1])).update(shares, targets, ids)
+                    if spec.name in error:
+                        share = error_share(relevance[spec.name], error[spec.name])[:, None]
+                        errors.setdefault(spec.name, ClassRelevance(1, outputs.shape[1], top=1)).update(share, targets, ids)
                     if context.config.relevance_examples and not spec.sae:  # CRP crops of SAE features: see relevance_examples_stage
                         examples.setdefault(spec.name, TopK.empty(shares.shape[1], context.config.k)).update(shares.float().cpu(), ids.cpu())
         for name, accumulator in stats.items():
-            context.store.write_tensors(layer_file(name, "relevance"), accumulator.state())
+            error_state = errors[name].state() if name in errors else {}
+            sae_error = {f"error_{key}": error_state[key][0] for key in ("max_share", "mean_share") if key in error_state}
+            context.store.write_tensors(layer_file(name, "relevance"), {**accumulator.state(), **sae_error})
         for name, topk in examples.items():
             context.store.write_tensors(layer_file(name, "relevance_topk"), {**topk.state(), "inactive": inactive_units(topk.scores)})
         if examples:

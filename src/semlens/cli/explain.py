@@ -16,7 +16,7 @@ def explain(
     lens: Path = typer.Argument(..., help="Lens directory."),
     image: str = typer.Argument(..., help="Image file, or the index of a probe sample."),
     class_name: Optional[str] = typer.Option(None, "--class", "-c", help="Class (name or index) to explain; default: the predicted one."),
-    layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable; default: all without an SAE)."),
+    layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable; default: all, SAE layers with --trust)."),
     top: int = typer.Option(6, "--top", "-n", help="Units listed per layer."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the input view and each unit's heatmap overlay (PNG)."),
     trust: Trust = False,
@@ -44,6 +44,15 @@ def explain(
             for unit in group.units
         ]
         title = f"{explained.layer}: relevance {explained.relevance:.4g}, left out (no examples of their own) {explained.left_out:.3f}"
+        if explained.sae_error is not None:
+            title += f", SAE error term {explained.sae_error:.3f}"
         console.print(table(title, ("concept", "group share", "unit", "share", "concept examples"), rows))
+        if explained.against:
+            rows = [
+                (unit.label or "(unlabelled)", unit.unit, round(unit.share, 4), ", ".join(e.source for e in unit.examples[:3]))
+                for unit in explained.against
+            ]
+            columns = ("concept", "unit", "share", "concept examples")
+            console.print(table(f"{explained.layer}: against {result.class_name}", columns, rows))
     if files:
         say(f"wrote {len(files)} images to {out}")

@@ -91,6 +91,9 @@ def audit(
         say("rough z-scores: the null of " + ", ".join(f"{layer} has {n} units" for layer, n in result.small_nulls.items()))
     if result.left_out:
         say(f"relevant units left out (no examples of their own): {', '.join(result.left_out)}")
+    if result.sae_error:
+        shares = ", ".join(f"{layer} {share:.1%}" for layer, share in result.sae_error.items())
+        say(f"SAE error term (mean share of the class's relevance): {shares}")
     rows = [
         (u.unit, u.verdict, round(u.relevance, 3), round(u.z_valid, 2), round(u.z_spur, 2), round(u.a_valid, 3), round(u.a_spur, 3),
          _test_cell(u.test), ", ".join(u.examples))

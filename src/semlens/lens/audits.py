@@ -52,6 +52,18 @@ class LensAudits:
         names = self.classes or [str(index) for index in range(mean.numel())]
         return [(names[i], i, float(relevance["max_share"][row, i]), float(mean[i])) for i in chosen]
 
+    def sae_error_shares(self: Lens, class_name: str | int, layers: list[str] | None = None) -> dict[str, float]:
+        """Per SAE layer (of the given, default all, layers), the class's mean share of the layer's relevance
+        carried by the SAE's error term (what its features do not reconstruct; the features' shares and it sum
+        to 1 in absolute value). Layers without an SAE, and Lenses built before it was kept, have none."""
+        index = self.class_index(class_name)
+        found = {}
+        for layer in self.checked_layers(layers):
+            relevance = self.class_relevance(layer)
+            if relevance is not None and "error_mean_share" in relevance:
+                found[layer] = float(relevance["error_mean_share"][index])
+        return found
+
     def audit(
         self: Lens,
         class_name: str | int,
@@ -104,6 +116,7 @@ class LensAudits:
             AUDIT_CUT if cut is None else cut, rule or AlignmentRule(), channel, examples,
         )  # fmt: skip
         result.null_units = {layer: int(self.valid(layer).sum()) for layer in chosen}
+        result.sae_error = self.sae_error_shares(index, chosen)
         for audited in result.units:
             audited.examples = [example.source for example in self.concept_examples(audited.unit)[:3]]
         if concept is not None:

@@ -87,6 +87,17 @@ class LensExampleSets:
         """Crop boxes ``[U, k, 4]`` of a set (-1 where a slot has no crop)."""
         return self._set_array(layer, examples, self.boxes, "relevance_embed", "boxes")
 
+    def example_heatmaps(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor | None:
+        """The maps ``[U, k, h, w]`` a set's crops were cut from (see ``Lens.heatmaps``): for relevance examples
+        their CRP heatmaps (``relevance_heat``, the format of the activation crops' ``heat``); None where a set's
+        examples are whole images."""
+        if check_example_set(examples) == "activation":
+            return self.heatmaps(layer)
+        self._relevance_file(layer, "relevance_topk")  # clear errors where the Lens or layer has none
+        if self._layer(layer).get("relevance_examples", {}).get("crop") != "relevance":
+            return None
+        return self._relevance_file(layer, "relevance_heat")["heat"]
+
     def theta_of(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
         """Each unit's theta ``[U, d]`` from a set: the mean of its examples' embeddings."""
         return self._set_array(layer, examples, self.theta, "relevance_embed", "theta")

@@ -16,8 +16,9 @@ from PIL import Image, UnidentifiedImageError
 from .._util.errors import SemlensError
 
 if TYPE_CHECKING:
-    from ..analysis.explain import Explanation, LayerExplanation
+    from ..analysis.explain import ExplainedUnit, Explanation, LayerExplanation
     from ..model.loading import LoadedModel
+    from ..model.sae import SparseAutoencoder
     from ..model.units import LayerSpec
     from ..relevance.explain import ImageRelevance
     from ..relevance.lrp import RelevanceModel
@@ -35,6 +36,7 @@ class Explainer:
     model: LoadedModel
     lock: threading.Lock = field(default_factory=threading.Lock)
     lrp: RelevanceModel | None = None
+    saes: dict[str, SparseAutoencoder | str] = field(default_factory=dict)  # SAE layers' files, loaded on first use
 
     def prepared(self, inputs: torch.Tensor) -> RelevanceModel:
         """The model prepared for LRP; its support is checked on the first image it explains (zeros explain
@@ -61,10 +63,11 @@ class LensExplain:
         top: int = EXPLAIN_TOP,
     ) -> Explanation:
         """Explain the model's prediction on ``image`` (a file, a PIL image, or a probe sample's index): its most
-        probable classes and, for the predicted class (or ``class_name``), per layer (default: every layer
-        without a sparse autoencoder) the ``top`` units with the highest share of the layer's relevance,
-        grouped by label, each with its conditional heatmap (CRP) and concept examples. Needs the model
-        (loaded under the Lens's trust model) and LRP support for it."""
+        probable classes and, for the predicted class (or ``class_name``), per layer (default: every layer; SAE
+        layers only in a trusted Lens, whose SAE files it reads) the ``top`` units with the highest share of the
+        layer's relevance, grouped by label, and apart the ``top`` units with the most negative share (they spoke
+        against the class), each with its conditional heatmap (CRP) and concept examples; for SAE layers also
+        the share of the SAE's error term. Needs the model (loaded under the Lens's trust model) and LRP support."""
         from ..analysis.explain import Explanation, top_classes
         from ..model.preprocess import Preprocessing
         from ..model.units import LayerSpec
@@ -78,12 +81,14 @@ class LensExplain:
         preprocessing = Preprocessing(**self.manifest["identity"]["preprocessing"])
         view = preprocessing.view(picture)
         inputs = preprocessing.normalise(view)[None]
-        specs = [LayerSpec(**self.manifest["layers"][layer]["spec"]) for layer in chosen]
-        explainer = self._explainer
+        explainer, files = self._explainer, self.sae_files(chosen)  # SAE files checked (trust, hashes) on every call
+        for layer, path in files.items():
+            explainer.saes.setdefault(layer, path)  # loaded in place on first use, kept for the next images
+        specs = [LayerSpec(**{**self.manifest["layers"][layer]["spec"], "sae": files.get(layer)}) for layer in chosen]
         with explainer.lock:  # LRP's rules are hooks on the one model: one explanation at a time
             lrp = explainer.prepared(inputs)
-            result = image_relevance(lrp, inputs, target, specs)
-            explained = [self._explain_layer(lrp, inputs, result, spec, top) for spec in specs]
+            result = image_relevance(lrp, inputs, target, specs, explainer.saes)
+            explained = [self._explain_layer(lrp, inputs, result, spec, top, explainer.saes) for spec in specs]
         names = self.classes or explainer.model.classes
         title = names[result.target] if names else str(result.target)
         return Explanation(described, title, result.target, target is None, top_classes(result.probabilities, names), explained, view)
@@ -93,39 +98,48 @@ class LensExplain:
         return Explainer(self.model())
 
     def _explain_layer(
-        self: Lens, lrp: RelevanceModel, inputs: torch.Tensor, result: ImageRelevance, spec: LayerSpec, top: int
+        self: Lens, lrp: RelevanceModel, inputs: torch.Tensor, result: ImageRelevance, spec: LayerSpec, top: int, saes: dict
     ) -> LayerExplanation:
-        """One layer's top units on the image, with heatmaps, labels and examples, grouped by label."""
-        from ..analysis.explain import ExplainedUnit, LayerExplanation, channel_units, group_by_label, rank_channels, relevance_shares
+        """One layer's top units for and against the class on the image, with heatmaps, labels and examples,
+        those for it grouped by label; for an SAE layer also its error term's share."""
+        from ..analysis.explain import LayerExplanation, channel_units, error_share, group_by_label, rank_channels, relevance_shares
         from ..relevance.explain import conditional_heatmaps
 
         layer, relevance = spec.name, result.relevance[spec.name]
-        shares = relevance_shares(relevance)
+        error = torch.tensor(result.errors[layer]) if layer in result.errors else None
+        shares = relevance_shares(relevance, error)
         rows = channel_units(relevance, result.negative[layer], self.manifest["layers"][layer]["unit_names"] == "signed")
         valid = self.valid(layer)[rows]
-        channels = rank_channels(shares, valid, top).tolist()
-        heatmaps = conditional_heatmaps(lrp, inputs, result.target, layer, channels, spec.pick)
-        names = self.units(layer)
-        units = []
-        for channel, heatmap in zip(channels, heatmaps):
-            unit = f"{layer}/{names[int(rows[channel])]}"
-            score = float(result.scores[layer][rows[channel]])
-            units.append(ExplainedUnit(unit, float(shares[channel]), score, self.label_of(unit), self.concept_examples(unit)[:EXAMPLES], heatmap))
-        return LayerExplanation(layer, group_by_label(units), float(relevance.sum()), float(shares[~valid].sum()))
+        channels, against = rank_channels(shares, valid, top).tolist(), rank_channels(shares, valid, top, against=True).tolist()
+        heatmaps = conditional_heatmaps(lrp, inputs, result.target, layer, channels + against, spec.pick, saes)
+        units = [
+            self._explained_unit(layer, int(rows[channel]), float(shares[channel]), result, heatmap)
+            for channel, heatmap in zip(channels + against, heatmaps)
+        ]
+        total = float(relevance.sum()) + (0.0 if error is None else float(error))
+        sae_error = None if error is None else float(error_share(relevance, error))
+        groups, left_out = group_by_label(units[: len(channels)]), float(shares[~valid].sum())
+        return LayerExplanation(layer, groups, total, left_out, units[len(channels) :], sae_error)
+
+    def _explained_unit(self: Lens, layer: str, row: int, share: float, result: ImageRelevance, heatmap: torch.Tensor) -> ExplainedUnit:
+        """A listed unit: its share, its score on the image, label, first concept examples and heatmap."""
+        from ..analysis.explain import ExplainedUnit
+
+        unit = f"{layer}/{self.units(layer)[row]}"
+        score = float(result.scores[layer][row])
+        return ExplainedUnit(unit, share, score, self.label_of(unit), self.concept_examples(unit)[:EXAMPLES], heatmap)
 
     def _explainable_layers(self: Lens, layers: list[str] | None) -> list[str]:
-        """The given layers (checked: LRP explains no sparse-autoencoder features here), else all without one."""
-        sae = [layer for layer in self.layers if self.manifest["layers"][layer]["spec"].get("sae")]
+        """The given layers (checked), else all of them; by default SAE layers only where the Lens is trusted
+        (explaining with one reads the SAE file the Lens names: ``Lens.sae_files``)."""
         if layers:
-            chosen = self.checked_layers(layers)
-            refused = [layer for layer in chosen if layer in sae]
-            if refused:
-                usable = ", ".join(layer for layer in self.layers if layer not in sae) or "none"
-                raise SemlensError(f"cannot explain with SAE layer(s) {', '.join(refused)} (no LRP through SAE features); layers that work: {usable}")
-            return chosen
-        chosen = [layer for layer in self.layers if layer not in sae]
+            return self.checked_layers(layers)
+        chosen = [layer for layer in self.layers if self.trusted or not self.manifest["layers"][layer]["spec"].get("sae")]
         if not chosen:
-            raise SemlensError("every layer of this Lens is read through a sparse autoencoder: explain needs a plain layer")
+            raise SemlensError(
+                "every layer of this Lens is read through a sparse autoencoder, whose files an untrusted Lens never "
+                "reads: pass trust=True (--trust)"
+            )
         return chosen
 
     def _explained_image(self: Lens, image: str | Path | Image.Image | int) -> tuple[Image.Image, str]:

@@ -187,8 +187,22 @@ def unit_relevance(
     ``modified`` is the model inside ``RelevanceModel.attributing()``; the units of the layers in ``saes``
     are their SAE features (``semlens.relevance.sae``).
     """
-    outputs, maps, _ = relevance_maps(modified, inputs, targets, layers, picks, saes)
-    return outputs, {name: _per_unit(relevance) for name, relevance in maps.items()}
+    outputs, relevance, _ = unit_and_error_relevance(modified, inputs, targets, layers, picks, saes)
+    return outputs, relevance
+
+
+def unit_and_error_relevance(
+    modified: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    layers: list[str],
+    picks: dict[str, str | None] | None = None,
+    saes: dict[str, SparseAutoencoder | str] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """As ``unit_relevance``, and for the layers in ``saes`` the relevance ``[N]`` of their SAE's error term
+    (what the features do not reconstruct): with it, a layer's relevance is conserved (``semlens.relevance.sae``)."""
+    outputs, maps, _, errors = relevance_maps(modified, inputs, targets, layers, picks, saes)
+    return outputs, {name: _per_unit(relevance) for name, relevance in maps.items()}, errors
 
 
 def relevance_maps(
@@ -198,16 +212,18 @@ def relevance_maps(
     layers: list[str],
     picks: dict[str, str | None] | None = None,
     saes: dict[str, SparseAutoencoder | str] | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The logits ``[N, K]`` and, per layer, its relevance for the target logits and its unit tensor (in the
     layer's output shape; SAE features for the layers in ``saes``), before relevance is summed per unit:
-    where within a unit it lies."""
+    where within a unit it lies; and for the layers in ``saes`` their error term's relevance ``[N]``."""
     inputs = inputs.detach().clone().requires_grad_(True)
     with unit_tensors(modified, layers, picks, saes) as reader, torch.enable_grad():
         outputs = modified(inputs)
     units = [reader.units[name] for name in layers]
     grads = torch.autograd.grad(outputs, units, grad_outputs=_one_hot_logit(outputs, targets))
-    return outputs.detach(), {name: grad.detach() for name, grad in zip(layers, grads)}, {name: unit.detach() for name, unit in zip(layers, units)}
+    errors = {name: found[-1] if found else torch.zeros(len(inputs), device=inputs.device) for name, found in reader.errors.items()}
+    maps = {name: grad.detach() for name, grad in zip(layers, grads)}
+    return outputs.detach(), maps, {name: unit.detach() for name, unit in zip(layers, units)}, errors
 
 
 def _bias_free_copy(model: nn.Module) -> nn.Module:

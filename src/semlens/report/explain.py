@@ -13,13 +13,14 @@ from .figures import heat_overlay
 
 
 def explanation_overlays(explanation: Explanation) -> dict[str, Image.Image]:
-    """Per listed unit (``layer/index``), the input view with the class's relevance through that unit over it."""
-    return {
-        unit.unit: heat_overlay(explanation.view, unit.heatmap.numpy())
-        for layer in explanation.layers
-        for unit in layer.units
-        if unit.heatmap is not None
-    }
+    """Per listed unit (``layer/index``), the input view with the class's relevance through that unit over it:
+    where it spoke for the class, or for the units listed against it, where it spoke against (the negated map)."""
+    overlays = {}
+    for layer in explanation.layers:
+        for sign, units in ((1.0, layer.units), (-1.0, layer.against)):
+            drawn = {unit.unit: heat_overlay(explanation.view, sign * unit.heatmap.numpy()) for unit in units if unit.heatmap is not None}
+            overlays.update(drawn)
+    return overlays
 
 
 def write_overlays(explanation: Explanation, folder: Path) -> dict[str, str]:

@@ -73,14 +73,14 @@ def decode_image(data: bytes, mode: str = "RGB") -> Image.Image:
 
 
 def example_out(served: Served, unit: str, example: ConceptExample, examples: str = "activation") -> dict[str, Any]:
-    """An example of a set with its image URLs; the explorer draws heatmaps of activation examples only."""
-    heat = examples == "activation" and served.has_heatmaps(unit)
+    """An example of a set with its image URLs (a heatmap's where the set's crops were cut from heatmaps)."""
+    heat = served.has_heatmaps(unit, examples)
     return {
         "rank": example.rank, "sample": example.sample, "score": finite(example.score), "box": list(example.box),
         "source": example.source, "label": example.label,
         "thumbnail": served.example_url(unit, example.rank, examples=examples),
         "image": served.example_url(unit, example.rank, "image", examples),
-        "heatmap": served.example_url(unit, example.rank, "heatmap") if heat else None,
+        "heatmap": served.example_url(unit, example.rank, "heatmap", examples) if heat else None,
     }  # fmt: skip
 
 
@@ -90,5 +90,6 @@ def layers_of(served: Served, requested: list[str] | None) -> list[str] | None:
     return [layer for layer in served.lens.layers if layer in chosen] or None
 
 
-def hits_out(served: Served, hits: list) -> list[dict[str, Any]]:
-    return [{**served.ref(hit.unit), "label": hit.label, "score": hit.score} for hit in hits]
+def hits_out(served: Served, hits: list, examples: str = "activation") -> list[dict[str, Any]]:
+    """Hits as ``Hit`` rows, their thumbnails from the set of examples they were found by."""
+    return [{**served.ref(hit.unit, examples), "label": hit.label, "score": hit.score} for hit in hits]

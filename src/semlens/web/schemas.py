@@ -56,6 +56,7 @@ class LensInfo(BaseModel):
     classes: list[str]
     labelled: bool
     class_relevance: bool
+    relevance_examples: bool = Field(False, description="Whether its units have concept examples by relevance too (examples=relevance).")
     spaces: list[str] = Field(default_factory=list, description="Its embedding spaces, the default one first.")
 
 
@@ -98,6 +99,9 @@ class ClassShare(BaseModel):
     index: int
     max_share: float
     mean_share: float
+    sae_error: float | None = Field(
+        None, description="SAE layers: the class's mean share of the layer's relevance carried by the SAE error term"
+    )
 
 
 class SimilarUnits(BaseModel):
@@ -182,6 +186,9 @@ class AuditOut(BaseModel):
     rule: dict[str, Any] = Field(description="{null, z, margin}: when a unit counts as aligned, and the verdicts' margin")
     shares: dict[str, float] = Field(description="relevance by verdict, and spurious_or_both")
     left_out: list[str] = Field(description="relevant units without examples of their own (inactive or tied)")
+    sae_error: dict[str, float] = Field(
+        default_factory=dict, description="per SAE layer, the class's mean share of its relevance carried by the SAE's error term"
+    )
     units: list[AuditedUnit]
     figure: dict[str, Any]
 

@@ -109,9 +109,9 @@ class Served:
 
     # -- what pages show -------------------------------------------------------------------------
 
-    def has_heatmaps(self, unit: str) -> bool:
-        """Whether the unit's examples were cut from heatmaps (relevance or activation), not whole images."""
-        return self.lens.heatmaps(unit.rpartition("/")[0]) is not None
+    def has_heatmaps(self, unit: str, examples: str = "activation") -> bool:
+        """Whether the unit's examples of a set were cut from heatmaps (relevance or activation), not whole images."""
+        return self.lens.example_heatmaps(unit.rpartition("/")[0], examples) is not None
 
     def relevance_examples(self, unit: str) -> list[ConceptExample] | None:
         """The unit's concept examples by relevance, or None where its Lens or layer has none."""
@@ -125,13 +125,13 @@ class Served:
         path = f"/api/lenses/{self.id}/layers/{quote(layer, safe='')}/units/{quote(name, safe='')}/examples/{rank}"
         return f"{path}/{kind}{query}"
 
-    def ref(self, unit: str) -> dict[str, Any]:
-        """A unit with its label and first thumbnails (the ``UnitRef`` shape)."""
+    def ref(self, unit: str, examples: str = "activation") -> dict[str, Any]:
+        """A unit with its label and first thumbnails of a set of examples (the ``UnitRef`` shape)."""
         layer, row = self.lens.unit_index(unit)
-        ranks = [example.rank for example in self.lens.concept_examples(unit)[:THUMBNAILS]]
+        ranks = [example.rank for example in self.lens.concept_examples(unit, by=examples)[:THUMBNAILS]]
         return {
             "lens": self.id, "unit": unit, "layer": layer, "index": row, "label": self.lens.label_of(unit),
-            "thumbnails": [self.example_url(unit, rank) for rank in ranks],
+            "thumbnails": [self.example_url(unit, rank, examples=examples) for rank in ranks],
         }  # fmt: skip
 
     def info(self) -> dict[str, Any]:
@@ -147,6 +147,7 @@ class Served:
             ],
             "classes": lens.classes or [], "labelled": lens.vocabulary is not None,
             "class_relevance": lens.class_relevance(lens.layers[-1]) is not None,
+            "relevance_examples": lens.has_relevance_examples,
             "spaces": [space.name for space in lens.spaces if space.complete],
         }  # fmt: skip
 

@@ -51,7 +51,7 @@ class ThumbnailCache:
         with lock:  # two pages asking for the same new image make it once
             if target.is_file():
                 return target.read_bytes()
-            data = self._encode(layer, row, example, kind)
+            data = self._encode(layer, row, example, kind, examples)
             try:
                 atomic_write(target, lambda temporary: temporary.write_bytes(data))
             except OSError:
@@ -60,12 +60,12 @@ class ThumbnailCache:
                 self._making.pop(target, None)
             return data
 
-    def _encode(self, layer: str, row: int, example: ConceptExample, kind: str) -> bytes:
+    def _encode(self, layer: str, row: int, example: ConceptExample, kind: str, examples: str) -> bytes:
         image = self.lens.example_image(example, crop=kind == "thumbnail").convert("RGB")
         if kind == "thumbnail":
             image = image.resize((SIZE, SIZE))
         elif kind == "heatmap":
-            image = heat_overlay(image, self.lens.heatmaps(layer)[row, example.rank].float().numpy(), example.box)
+            image = heat_overlay(image, self.lens.example_heatmaps(layer, examples)[row, example.rank].float().numpy(), example.box)
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=QUALITY)
         return buffer.getvalue()

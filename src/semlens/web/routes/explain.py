@@ -52,7 +52,11 @@ class LayerOut(BaseModel):
     layer: str
     relevance: float
     left_out: float = Field(description="share carried by units without examples of their own (inactive, tied)")
+    sae_error: float | None = Field(None, description="SAE layers: the share carried by the SAE's error term; null for other layers")
     groups: list[ConceptGroupOut]
+    against: list[ExplainedUnitOut] = Field(
+        default_factory=list, description="units with the most negative shares (they spoke against the class); overlay: where"
+    )
 
 
 class ExplainOut(BaseModel):
@@ -77,11 +81,16 @@ def explanation_out(served: Served, result: Explanation) -> dict[str, Any]:
     """The explanation with example URLs and the overlays as data URLs."""
     overlays = {unit: data_url(image) for unit, image in explanation_overlays(result).items()}
     payload = result.to_dict()
+
+    def served_units(units: list[dict[str, Any]], entries: list) -> None:
+        for unit, entry in zip(units, entries):
+            unit["examples"] = [example_out(served, entry.unit, example) for example in entry.examples]
+            unit["overlay"] = overlays[entry.unit]
+
     for layer, explained in zip(payload["layers"], result.layers):
         for group, grouped in zip(layer["groups"], explained.groups):
-            for unit, entry in zip(group["units"], grouped.units):
-                unit["examples"] = [example_out(served, entry.unit, example) for example in entry.examples]
-                unit["overlay"] = overlays[entry.unit]
+            served_units(group["units"], grouped.units)
+        served_units(layer["against"], explained.against)
     return {**payload, "view": data_url(result.view)}
 
 
@@ -95,8 +104,9 @@ def explain_sample(
     top: UnitsPerLayer = 6,
 ) -> dict[str, Any]:
     """The model's top classes on the sample and, for the predicted (or given) class, the units with the highest
-    share of each layer's relevance, grouped by label, with heatmaps and concept examples (needs the model and
-    the probe data on this machine); computed once per sample, class, layers and top."""
+    share of each layer's relevance, grouped by label, and apart those with the most negative share (against it),
+    with heatmaps and concept examples; for SAE layers the SAE error term's share (needs the model and the probe
+    data on this machine); computed once per sample, class, layers and top."""
     served = explorer.get(lens)
     opened, layers = served.labelled(), layers_of(served, layer)
     index = None if class_name is None else opened.class_index(class_name)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, UploadFile
 
-from ..common import MAX_TEXT, ExplorerDep, Layers, LensKey, SpaceName, Top, decode_image, hits_out, layers_of
+from ..common import MAX_TEXT, ExampleSet, ExplorerDep, Layers, LensKey, SpaceName, Top, decode_image, hits_out, layers_of
 from ..schemas import Hit
 
 router = APIRouter()
@@ -20,9 +20,11 @@ def search(
     layer: Layers = None,
     top: Top = 10,
     space: SpaceName = None,
+    examples: ExampleSet = "activation",
 ) -> list[dict[str, Any]]:
+    """Units ranked by the alignment of their theta (from their activation or relevance examples) with ``q``."""
     served = explorer.get(lens)
-    return hits_out(served, served.ready(space).search(q, layers=layers_of(served, layer), top=top))
+    return hits_out(served, served.ready(space).search(q, layers=layers_of(served, layer), top=top, examples=examples), examples)
 
 
 @router.post(
@@ -35,7 +37,9 @@ def search_image(
     layer: Layers = None,
     top: Top = 10,
     space: SpaceName = None,
+    examples: ExampleSet = "activation",
 ) -> list[dict[str, Any]]:
     served = explorer.get(lens)
     picture = decode_image(image.file.read())
-    return hits_out(served, served.ready(space).search(images=[picture], layers=layers_of(served, layer), top=top))
+    found = served.ready(space).search(images=[picture], layers=layers_of(served, layer), top=top, examples=examples)
+    return hits_out(served, found, examples)

@@ -53,7 +53,10 @@ def unit_page(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: Unit
         if by_relevance is None
         else [example_out(served, name, example, "relevance") for example in by_relevance],
         "classes": [
-            {"class": title, "index": index, "max_share": finite(top), "mean_share": finite(mean)}
+            {
+                "class": title, "index": index, "max_share": finite(top), "mean_share": finite(mean),
+                "sae_error": opened.sae_error_shares(index, [layer]).get(layer),
+            }  # fmt: skip
             for title, index, top, mean in opened.relevant_classes(name)
         ],
         "similar": [similar_in(other, served, name) for other in explorer.served],
@@ -83,10 +86,8 @@ def unit_examples(
 def example_jpeg(explorer: Explorer, lens: str, layer: str, unit: str, rank: int, kind: str, examples: str) -> Response:
     served = explorer.get(lens)
     name, row = served.unit(layer, unit)
-    if kind == "heatmap" and examples != "activation":
-        raise NotFound("the explorer draws heatmaps of activation examples only: use examples=activation")
-    if kind == "heatmap" and served.lens.heatmaps(layer) is None:
-        raise NotFound(f"layer {layer}'s concept examples are whole images (crop mode none): they have no heatmap")
+    if kind == "heatmap" and not served.has_heatmaps(name, examples):
+        raise NotFound(f"layer {layer}'s {examples} examples are whole images (crop mode none): they have no heatmap")
     data = served.thumbnails.jpeg(layer, row, served.example(name, rank, examples), kind, examples)
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 

@@ -32,7 +32,8 @@
       Object.entries(result.shares).map(([verdict, share]) => el("span", { class: `verdict-${verdict}` }, `${verdict} ${(100 * share).toFixed(1)}%`)),
       el("span", {}, `${result.units.length} units above ${(100 * result.cut).toFixed(1)}% relevance`),
       el("span", {}, `aligned: z > ${result.rule.z} against the unit's layer; one-sided verdicts need a margin of ${result.rule.margin}`),
-      result.left_out.length ? el("span", {}, `left out (no examples of their own): ${result.left_out.join(", ")}`) : null);
+      result.left_out.length ? el("span", {}, `left out (no examples of their own): ${result.left_out.join(", ")}`) : null,
+      Object.entries(result.sae_error).map(([layer, share]) => el("span", { class: "sae-error" }, `SAE error term (${layer}) ${(100 * share).toFixed(1)}%`)));
     const scatter = document.getElementById("scatter"), aside = document.getElementById("preview");
     await plot(scatter, result.figure);
     const labels = new Map(result.units.map((unit) => [unit.unit, unit.label]));

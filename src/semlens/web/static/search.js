@@ -13,12 +13,20 @@
   q.value = params.get("q") || "";
   const space = document.getElementById("space");  // the embedding space to search in (the Lens's own first)
   options(space, lens.spaces.map((name, i) => [name, i ? name : `${name} (default)`]), params.get("space") || lens.spaces[0]);
+  // Whose theta to rank: the units' activation examples', or their relevance examples' (Lenses built with them).
+  const examples = document.getElementById("examples");
+  options(examples, [["activation", "by activation"], ["relevance", "by relevance"]], lens.relevance_examples ? params.get("examples") || "activation" : "activation");
+  examples.disabled = !lens.relevance_examples;
+  fill(document.getElementById("examples-note"), lens.relevance_examples
+    ? "examples: each unit's theta from its top samples by activation, or by relevance for the model's output (default space only)"
+    : "this Lens has no relevance examples (rebuild with --relevance-examples): units are searched by their activation examples");
 
   function query() {
     const chosen = boxes.filter((box) => box.checked).map((box) => box.value);
     const layers = chosen.length === boxes.length ? [] : chosen;
     const chosenSpace = space.value && space.value !== lens.spaces[0] ? [["space", space.value]] : [];
-    return new URLSearchParams([["top", top.value], ...chosenSpace, ...layers.map((layer) => ["layer", layer])]);
+    const chosenExamples = examples.value === "relevance" ? [["examples", "relevance"]] : [];
+    return new URLSearchParams([["top", top.value], ...chosenSpace, ...chosenExamples, ...layers.map((layer) => ["layer", layer])]);
   }
 
   function show(hits, what) {
@@ -31,16 +39,16 @@
   async function search() {
     delete results.dataset.ready;
     if (q.value.trim()) {
-      history.replaceState(null, "", `?lens=${lens.id}&q=${encodeURIComponent(q.value)}&space=${encodeURIComponent(space.value)}`);
+      history.replaceState(null, "", `?lens=${lens.id}&q=${encodeURIComponent(q.value)}&space=${encodeURIComponent(space.value)}&examples=${examples.value}`);
       const parameters = query();
       parameters.set("q", q.value);
       const hits = await run("searching…", () => api(`/api/lenses/${lens.id}/search?${parameters}`));
-      if (hits) show(hits, `alignment with “${q.value}”`);
+      if (hits) show(hits, `alignment with “${q.value}” (${examples.value} examples)`);
     } else if (file.files.length) {
       const body = new FormData();
       body.append("image", file.files[0]);
       const hits = await run("searching…", () => api(`/api/lenses/${lens.id}/search/image?${query()}`, { method: "POST", body }));
-      if (hits) show(hits, `similarity to ${file.files[0].name}`);
+      if (hits) show(hits, `similarity to ${file.files[0].name} (${examples.value} examples)`);
     } else {
       Semlens.status("type a text or choose an image", true);
     }

@@ -58,9 +58,13 @@
     data.candidates.map((c, i) => el("tr", {}, el("td", {}, i === 0 && data.label ? el("b", {}, c.concept) : c.concept), el("td", { class: "num" }, fmt(c.alignment, 4)))));
   const measures = el("table", {}, [["clarity", data.clarity], ["polysemanticity", data.polysemanticity], ["redundancy", data.redundancy]].map(([name, value]) =>
     el("tr", {}, el("td", {}, name), el("td", { class: "num" }, fmt(value)))));
+  // An SAE feature's layer also has the SAE error term's share of each class's relevance.
+  const errorTerm = data.classes.some((c) => c.sae_error !== null);
   const classes = data.classes.length
-    ? el("table", {}, el("tr", {}, el("th", {}, "class"), el("th", { class: "num" }, "max share"), el("th", { class: "num" }, "mean share"), el("th", {}, "")),
+    ? el("table", { id: "classes" }, el("tr", {}, el("th", {}, "class"), el("th", { class: "num" }, "max share"), el("th", { class: "num" }, "mean share"),
+        errorTerm ? el("th", { class: "num", title: "the layer's share carried by the SAE error term (mean)" }, "SAE error term") : null, el("th", {}, "")),
         data.classes.map((c) => el("tr", {}, el("td", {}, c.class), el("td", { class: "num" }, fmt(c.max_share)), el("td", { class: "num" }, fmt(c.mean_share)),
+          errorTerm ? el("td", { class: "num" }, fmt(c.sae_error)) : null,
           el("td", {}, el("a", { href: pageHref("audit", { class: c.class }) }, "audit"), " · ", el("a", { href: pageHref("graph", { class: c.class }) }, "graph")))))
     : el("p", { class: "muted" }, "no class relevance in this Lens");
   const similar = data.similar.map((group) => [
