@@ -9,7 +9,7 @@ import torch
 
 from semlens import BuildConfig, Lens, build_lens, load_data, load_model
 from semlens._util.errors import SemlensError
-from semlens.build.class_relevance import relevance_shares
+from semlens.analysis.explain import relevance_shares
 from semlens.model.loading import class_mapping
 from semlens.relevance.lrp import RelevanceModel, unit_relevance
 

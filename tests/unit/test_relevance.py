@@ -20,7 +20,8 @@ from torchvision.models import resnet18, vgg11_bn
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from semlens import BuildConfig, build_lens
-from semlens.build.class_relevance import ClassRelevance, relevance_shares
+from semlens.analysis.explain import relevance_shares
+from semlens.build.class_relevance import ClassRelevance
 from semlens.model.units import resolve_module
 from semlens.relevance.canonizers import UnsupportedModelError, canonizers_for
 from semlens.relevance.lrp import RelevanceModel, crp_heatmaps, unit_relevance

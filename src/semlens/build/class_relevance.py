@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..analysis.explain import relevance_shares
 from .collect import TopK
 
 TOP_SAMPLES = 5
-__all__ = ["ClassRelevance", "relevance_shares"]
 
 
 class ClassRelevance:
