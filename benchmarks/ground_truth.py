@@ -7,7 +7,9 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
 - truth per unit: by dissection (IoU of the unit's top-quantile map with a concept's masks, at least
   ``truth.IOU_THRESHOLD`` and at least the best IoU any unit of its layer reaches by chance, with each
   image's maps paired with the next image's masks; both recorded) and by response (AUC of its response to a concept's concept images
-  against every other concept's, at least ``truth.RESPONSE_AUC``);
+  against every other concept's, at least ``truth.RESPONSE_AUC``); an artefact unit is one dissection
+  names the artefact AND that pasting it into the world's probe images raises (``truth.INSERTION_AUC``):
+  search and audit are scored against these, and again against dissection alone (``by_dissection_alone``);
 - labels: top-1 / top-3 against dissection with chance, top-1 against the response truth, phi, and a
   CoSy-style AUC (a unit's response to its label's concept images against the others', 0.5 = chance);
   the share of labels that are distractors (words the world never shows), and top-1 with the world's
@@ -72,6 +74,7 @@ from semlens.world.demo import (
     PROBE_IMAGES,
     SPATIAL,
     TEST_IMAGES,
+    artifact_units,
     build_world_lens,
     concept_images,
     ground_truth_labels,
@@ -179,7 +182,8 @@ def evaluate(
     lens = build_world_lens(lens_path(out, build or {}), f"zoo:world-cnn:{config_path}", config_path, foundation, False, console, settings)
     labels, truth = ground_truth_labels(lens, config, out)
     truths = unit_truths(lens, config, out)
-    true_units = {unit for unit, concept in truth.items() if concept == artifact}
+    true_units = artifact_units(truths, truth, artifact)
+    dissected = {unit for unit, concept in truth.items() if concept == artifact}
     paraphrase = HELD_OUT[artifact]
     hits = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artifact, paraphrase)}
 
@@ -188,7 +192,6 @@ def evaluate(
     examined = {unit["unit"] for unit in audit["units"]}
     flagged = [unit["unit"] for unit in audit["units"] if unit["verdict"] == "spurious"]
     both = [unit["unit"] for unit in audit["units"] if unit["verdict"] == "both"]
-    right = [unit for unit in flagged if unit in true_units]
     confirmed = audit["confirmed"]
     tests = unit_tests(lens, target, artifact, concept if test_all else None, true_units, audit)
 
@@ -209,16 +212,10 @@ def evaluate(
         "phi": labels["faithfulness_phi"], "cosy_auc": labels["cosy_auc"], **distractors,
         "iou_thresholds": {layer: layer_threshold(truths[layer]["null_best_iou"]) for layer in SPATIAL},
         "null_units_over_base_threshold": sum(v >= IOU_THRESHOLD for v in null_iou),
-        "artefact_units": len(true_units), "artefact_unit_names": sorted(true_units),
-        "search_hits_at5": sum(unit in true_units for unit in hits[artifact]),
-        "search_hits_at5_paraphrase": sum(unit in true_units for unit in hits[paraphrase]),
-        "audit_units": len(examined), "audit_flagged": len(flagged), "audit_flagged_units": flagged,
-        "audit_precision": _share(len(right), len(flagged)), "audit_recall": _share(len(right), len(true_units & examined)),
-        "artefact_units_examined": len(true_units & examined), "spurious_share": audit["shares"]["spurious"],
-        "audit_both": len(both), "audit_recall_with_both": _share(len(true_units & set(flagged + both)), len(true_units & examined)),
-        "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
-        "confirmed_precision": _share(len(true_units & set(confirmed)), len(confirmed)),
-        "confirmed_recall": _share(len(true_units & set(confirmed)), len(true_units & examined)),
+        "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artifact, paraphrase, flagged, both, confirmed, examined),
+        "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, examined)},
+        "audit_units": len(examined), "audit_flagged": len(flagged), "audit_flagged_units": flagged, "spurious_share": audit["shares"]["spurious"],
+        "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
         "audit_relies": audit["reliance"]["relies"], "audit_log_odds": audit["reliance"]["log_odds"], "audit_effect": audit["reliance"]["effect"],
         "audit_reliance": audit["reliance"], "unit_tests": tests,
         "reliance": reliance[artifact]["others"][index], "reliance_own": reliance[artifact]["own"][index],
@@ -227,6 +224,22 @@ def evaluate(
         "pruned_predicted_as_class": [pruning["artifact"]["before"]["predicted_as_class"], pruning["artifact"]["after"]["predicted_as_class"]] if pruning else None,
         "pruned_clean_accuracy": [pruning["clean"]["before"]["accuracy"], pruning["clean"]["after"]["accuracy"]] if pruning else None,
         "label_methods": methods, "probe_images": PROBE_IMAGES, "test_images": TEST_IMAGES, "seconds": round(time.perf_counter() - start, 1),
+    }  # fmt: skip
+
+
+def artefact_scores(
+    true_units: set[str], hits: dict[str, list[str]], artifact: str, paraphrase: str, flagged: list[str], both: list[str], confirmed: list[str], examined: set[str]
+) -> dict[str, Any]:
+    """Search hits and audit precision / recall against one truth of the artefact units (recall over the
+    true units the audit examined, i.e. relevant to the class)."""
+    relevant = len(true_units & examined)
+    return {
+        "artefact_units": len(true_units), "artefact_units_examined": relevant,
+        "search_hits_at5": sum(unit in true_units for unit in hits[artifact]),
+        "search_hits_at5_paraphrase": sum(unit in true_units for unit in hits[paraphrase]),
+        "audit_precision": _share(len(true_units & set(flagged)), len(flagged)), "audit_recall": _share(len(true_units & set(flagged)), relevant),
+        "audit_recall_with_both": _share(len(true_units & set(flagged + both)), relevant),
+        "confirmed_precision": _share(len(true_units & set(confirmed)), len(confirmed)), "confirmed_recall": _share(len(true_units & set(confirmed)), relevant),
     }  # fmt: skip
 
 

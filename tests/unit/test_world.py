@@ -293,3 +293,23 @@ def test_concept_images_are_test_images_without_the_artefact_and_the_same_with_i
     everywhere = WorldConfig.from_dict({"concepts": {"artifacts": ["patch"]}, "artifact_rate": 1.0}, "all patched")
     with pytest.raises(SemlensError, match="show the patch"):
         concept_images(everywhere, "patch", 10)
+
+
+def test_an_artefact_unit_must_be_named_by_dissection_and_raised_by_the_pasted_artefact():
+    from semlens.analysis.interventions import activation_aucs
+    from semlens.model.loading import LoadedModel
+    from semlens.model.units import LayerSpec
+    from semlens.world.demo import artifact_units, concept_images
+    from semlens.world.render import world_preprocessing
+    from semlens.world.truth import INSERTION_AUC
+
+    config = WorldConfig.from_dict({"concepts": {"artifacts": ["patch", "frame"]}}, "no artefact shown")
+    model = LoadedModel(_PatchDetector().eval(), "test", world_preprocessing(config), ["a"])
+    spec = [LayerSpec("features.1")]
+    # the magenta detector is raised by every pasted patch (AUC 1) and never by the dark frame (0.5: ties)
+    patch = activation_aucs(model, *concept_images(config, "patch", 30, "probe").views(model), spec)["features.1"]
+    frame = activation_aucs(model, *concept_images(config, "frame", 30, "probe").views(model), spec)["features.1"]
+    assert patch.tolist() == [1.0] and frame.tolist() == [0.5]
+    truths = {"f": {"insertion": {"patch": [1.0, INSERTION_AUC - 0.01, 0.9]}}}
+    # unit 1: dissection says patch, but the patch barely raises it; unit 2: raised, but dissection names no patch
+    assert artifact_units(truths, {"f/0": "patch", "f/1": "patch", "f/2": "red"}, "patch") == {"f/0"}

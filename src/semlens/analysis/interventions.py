@@ -261,6 +261,15 @@ def rank_auc(positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
     return ((ranks[:n1].sum(dim=0) - n1 * (n1 + 1) / 2) / (n1 * n0)).float()
 
 
+def activation_aucs(
+    model: LoadedModel, without: Sequence[Image.Image], with_concept: Sequence[Image.Image], specs: Sequence[LayerSpec]
+) -> dict[str, torch.Tensor]:
+    """Per layer, each unit's ``rank_auc`` ``[U]`` of its pooled activation on the views with the concept
+    against the views without: 1 when the concept raises it on every image, 0.5 when it does not move it."""
+    scores_with, scores_without = unit_scores(model, with_concept, specs), unit_scores(model, without, specs)
+    return {spec.name: rank_auc(scores_with[spec.name], scores_without[spec.name]) for spec in specs}
+
+
 def class_probability(model: LoadedModel, views: Sequence[Image.Image], class_index: int) -> float:
     """The class's mean probability over the views."""
     return float(predict(model, views).softmax(dim=1)[:, class_index].mean())
@@ -304,11 +313,11 @@ def concept_tests(
         "relies": reliance >= math.log(RELIANCE_ODDS),
     }
     specs = list({unit.spec.name: unit.spec for unit in units}.values())
-    scores_with, scores_without = unit_scores(model, with_concept, specs), unit_scores(model, without, specs)
+    aucs = activation_aucs(model, without, with_concept, specs)
     tests = []
     for unit in units:
         layer = unit.spec.name
-        auc = float(rank_auc(scores_with[layer][:, [unit.row]], scores_without[layer][:, [unit.row]])[0])
+        auc = float(aucs[layer][unit.row])
         with pruned(model, {layer: [unit.channel]}, saes):
             after_with, after_without = class_probability(model, with_concept, class_index), class_probability(model, without, class_index)
         removed = reliance - log_odds_ratio(after_with, after_without)

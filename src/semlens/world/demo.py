@@ -25,7 +25,7 @@ from ..model.units import LayerSpec
 from .captions import HELD_OUT
 from .random_world import planted_artifact
 from .render import WorldConfig, WorldData, artifact_overlay, concept_family
-from .truth import concept_responses, dissect_layer, faithfulness, layer_threshold, response_auc, response_truth
+from .truth import INSERTION_AUC, concept_responses, dissect_layer, faithfulness, layer_threshold, response_auc, response_truth
 
 if TYPE_CHECKING:
     from ..analysis.interventions import Artifact, ConceptImages
@@ -37,7 +37,8 @@ TEST_IMAGES = 300
 K = 20  # concept examples per unit
 CROP = "auto"  # relevance crops where LRP supports the model (it does the world CNN)
 DISTRACTORS = ["dog", "car", "tree", "house", "person", "cloud", "fire", "wood", "metal", "flower"]
-TRUTH_VERSION = 2  # bump when unit_truth stores other things: stored truths are then computed again
+INSERTION_IMAGES = 400  # probe images the artefact is pasted into for the causal truth (those without it)
+TRUTH_VERSION = 3  # bump when unit_truth stores other things: stored truths are then computed again
 
 
 def world_vocabulary(config: WorldConfig) -> Vocabulary:
@@ -68,13 +69,14 @@ def run_demo(
     queries = (artifact, HELD_OUT[artifact], "stripes", "grass")
     summary["search"] = {query: [hit.unit for hit in lens.search(query, top=5)] for query in queries}
     summary["labels"], truth = ground_truth_labels(lens, config, out)
+    true_units = artifact_units(unit_truths(lens, config, out), truth, artifact)
     audit = lens.audit(target, [target], [artifact], layers=SPATIAL)
     spurious = [unit.unit for unit in audit.units if unit.verdict == "spurious"]
     summary["audit"] = {"shares": audit.shares, "spurious_units": spurious, "units": len(audit.units)}
     summary["artifact_units"] = {
-        "true": sorted(unit for unit, concept in truth.items() if concept == artifact),
-        "search_found": [unit for unit in summary["search"][artifact] if truth.get(unit) == artifact],
-        "audit_flagged": [unit for unit in spurious if truth.get(unit) == artifact],
+        "true": sorted(true_units),
+        "search_found": [unit for unit in summary["search"][artifact] if unit in true_units],
+        "audit_flagged": [unit for unit in spurious if unit in true_units],
     }
     key = {**identity(lens, config, TEST_IMAGES), "spurious": spurious}
     summary["test"] = memo(out / "test.json", key, lambda: test_finding(lens, config, artifact, target, spurious))
@@ -138,10 +140,17 @@ def identity(lens: Lens, config: WorldConfig, images: int) -> dict:
 def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
     """Per spatial layer, each unit's best concept by dissection (None: under ``IOU_THRESHOLD``; the
     layer's chance threshold is applied on reading), its best IoU, its best IoU when maps meet the next
-    image's masks (chance), and its responses
-    ``[U, C, n]`` to each concept's concept images."""
+    image's masks (chance), its responses ``[U, C, n]`` to each concept's concept images, and per
+    artefact its insertion AUC (``truth.INSERTION_AUC``) on probe images without the artefact."""
+    from ..analysis.interventions import activation_aucs
+
     model = lens.model()
     data = WorldData(config, PROBE_IMAGES, "probe")
+    specs = [LayerSpec(**lens.manifest["layers"][layer]["spec"]) for layer in SPATIAL]
+    insertion = {
+        name: activation_aucs(model, *concept_images(config, name, INSERTION_IMAGES, "probe").views(model), specs)
+        for name in config.concepts["artifact"]
+    }
     truths = {}
     for layer in SPATIAL:
         dissected = dissect_layer(model.module, model.preprocessing, layer, data)
@@ -150,6 +159,7 @@ def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
             "best_iou": dissected.best_iou.tolist(),
             "null_best_iou": dissect_layer(model.module, model.preprocessing, layer, data, null=True).best_iou.tolist(),
             "responses": concept_responses(model.module, model.preprocessing, LayerSpec(layer), config).tolist(),
+            "insertion": {name: aucs[layer].tolist() for name, aucs in insertion.items()},
         }
     return truths
 
@@ -205,6 +215,17 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     return scores, true_concepts
 
 
+def artifact_units(truths: dict[str, dict], true_concepts: dict[str, str], artifact: str) -> set[str]:
+    """The units that detect ``artifact``: dissection names it (``true_concepts``, from
+    ``ground_truth_labels``) and pasting it into probe images raises them (``truth.INSERTION_AUC``)."""
+    found = set()
+    for unit, concept in true_concepts.items():
+        layer, row = unit.rsplit("/", 1)
+        if concept == artifact and truths[layer]["insertion"][artifact][int(row)] >= INSERTION_AUC:
+            found.add(unit)
+    return found
+
+
 def overlay(config: WorldConfig, artifact: str) -> Artifact:
     """The world's artefact as an ``Artifact`` to paste into images (D' = D * (1 - M) + A * M)."""
     from ..analysis.interventions import Artifact
@@ -212,14 +233,15 @@ def overlay(config: WorldConfig, artifact: str) -> Artifact:
     return Artifact(image=artifact_overlay(config, artifact))
 
 
-def concept_images(config: WorldConfig, artifact: str, images: int = TEST_IMAGES) -> ConceptImages:
+def concept_images(config: WorldConfig, artifact: str, images: int = TEST_IMAGES, split: str = "test") -> ConceptImages:
     """The audit's concept images for ``artifact``: the world's first ``images`` test images that do not show
     it (every class) and the same images with it pasted in. Test images, not probe images: no Lens of the
-    world is built on them, so the concept test does not reuse the images a finding was made on."""
+    world is built on them, so the concept test does not reuse the images a finding was made on (the
+    truth's insertion test takes the ``probe`` split, so it shares no image with the audit's test)."""
     from ..analysis.interventions import ConceptImages
     from ..data.sequence import SequenceData
 
-    test = WorldData(config, images, "test")
+    test = WorldData(config, images, split)
     samples = [test.sample(index) for index in range(images)]
     clean = [(sample.image, sample.label) for sample in samples if artifact not in sample.concepts["artifacts"]]
     if not clean:

@@ -5,7 +5,8 @@ top quantile over the probe set; its IoU with each concept's mask, summed over t
 concept it detects (when the best IoU passes a threshold). A second truth comes from the world's
 concept images (each concept alone): a unit's response AUC for a concept's images against every
 other concept's. Label faithfulness (phi) is its mean activation on each concept alone, min-max
-normalised over concepts. Reliance is measured, not inferred: the class probabilities with an
+normalised over concepts. An artefact unit must also be causal: pasting the artefact into images
+raises it (``INSERTION_AUC``). Reliance is measured, not inferred: the class probabilities with an
 artefact pasted into test images minus without.
 """
 
@@ -34,6 +35,14 @@ IOU_THRESHOLD = 0.04
 # background or an artefact alone on gray, always stand out); at 0.99, 30 and 22 units do.
 RESPONSE_AUC = 0.99
 CONCEPT_IMAGES = 8
+# A unit detects an artefact when dissection names it AND pasting the artefact into probe images that
+# lack it raises the unit: the AUC of its pooled activation with against without is at least 0.8.
+# Dissection alone is reached through correlation: the artefact sits on its class's objects, so units
+# of that class's colour overlap it. Measured on six random worlds x 2 seeds: in r0.0 seed 1 dissection
+# names 9 "patch" units whose insertion AUC is 0.57 to 0.70 (their examples: purple shapes, no patch).
+# 0.8 is above every unit of the four control-world models (0.60 to 0.75), where no unit has reason to
+# carry the artefact; the default world's 8 watermark units by dissection have 0.87 to 0.96.
+INSERTION_AUC = 0.8
 
 
 @dataclass
