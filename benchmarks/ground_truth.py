@@ -7,9 +7,10 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
 - truth per unit: by dissection (IoU of the unit's top-quantile map with a concept's masks, at least
   ``truth.IOU_THRESHOLD`` and at least the best IoU any unit of its layer reaches by chance, with each
   image's maps paired with the next image's masks; both recorded) and by response (AUC of its response to a concept's concept images
-  against every other concept's, at least ``truth.RESPONSE_AUC``); an artefact unit is one dissection
-  names the artefact AND that pasting it into the world's probe images raises (``truth.INSERTION_AUC``):
-  search and audit are scored against these, and again against dissection alone (``by_dissection_alone``);
+  against every other concept's, at least ``truth.RESPONSE_AUC``); an artefact is a unit's true concept
+  only where pasting it into the world's probe images also raises the unit (``truth.INSERTION_AUC``,
+  ``demo.true_concepts``): labels, search and audit are scored against that truth, search and audit
+  also against dissection alone (``by_dissection_alone``);
 - labels: top-1 / top-3 against dissection with chance, top-1 against the response truth, phi, and a
   CoSy-style AUC (a unit's response to its label's concept images against the others', 0.5 = chance);
   the share of labels that are distractors (words the world never shows), and top-1 with the world's
@@ -74,13 +75,13 @@ from semlens.world.demo import (
     PROBE_IMAGES,
     SPATIAL,
     TEST_IMAGES,
-    artifact_units,
     build_world_lens,
     concept_images,
     ground_truth_labels,
     identity,
     memo,
     test_finding,
+    true_concepts,
     unit_truths,
     world_vocabulary,
 )
@@ -182,8 +183,8 @@ def evaluate(
     lens = build_world_lens(lens_path(out, build or {}), f"zoo:world-cnn:{config_path}", config_path, foundation, False, console, settings)
     labels, truth = ground_truth_labels(lens, config, out)
     truths = unit_truths(lens, config, out)
-    true_units = artifact_units(truths, truth, artifact)
-    dissected = {unit for unit, concept in truth.items() if concept == artifact}
+    true_units = {unit for unit, concept in truth.items() if concept == artifact}
+    dissected = {unit for unit, concept in true_concepts(truths, causal=False).items() if concept == artifact}
     paraphrase = HELD_OUT[artifact]
     hits = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artifact, paraphrase)}
 

@@ -299,7 +299,7 @@ def test_an_artefact_unit_must_be_named_by_dissection_and_raised_by_the_pasted_a
     from semlens.analysis.interventions import activation_aucs
     from semlens.model.loading import LoadedModel
     from semlens.model.units import LayerSpec
-    from semlens.world.demo import artifact_units, concept_images
+    from semlens.world.demo import concept_images, true_concepts
     from semlens.world.render import world_preprocessing
     from semlens.world.truth import INSERTION_AUC
 
@@ -310,6 +310,12 @@ def test_an_artefact_unit_must_be_named_by_dissection_and_raised_by_the_pasted_a
     patch = activation_aucs(model, *concept_images(config, "patch", 30, "probe").views(model), spec)["features.1"]
     frame = activation_aucs(model, *concept_images(config, "frame", 30, "probe").views(model), spec)["features.1"]
     assert patch.tolist() == [1.0] and frame.tolist() == [0.5]
-    truths = {"f": {"insertion": {"patch": [1.0, INSERTION_AUC - 0.01, 0.9]}}}
-    # unit 1: dissection says patch, but the patch barely raises it; unit 2: raised, but dissection names no patch
-    assert artifact_units(truths, {"f/0": "patch", "f/1": "patch", "f/2": "red"}, "patch") == {"f/0"}
+    # 10/0 detects the patch; 10/1: dissection names the patch, but the patch barely raises it; 10/2: raised,
+    # but dissection names red; 10/3: under the layer's chance IoU; 14/0: a colour needs no insertion test
+    layer = {"best": ["patch", "patch", "red", "patch"], "best_iou": [0.3, 0.3, 0.3, 0.05], "null_best_iou": [0.06]}
+    truths = {
+        "features.10": {**layer, "insertion": {"patch": [1.0, INSERTION_AUC - 0.01, 0.9, 1.0]}},
+        "features.14": {"best": ["red"], "best_iou": [0.3], "null_best_iou": [0.0], "insertion": {"patch": [0.5]}},
+    }
+    assert true_concepts(truths) == {"features.10/0": "patch", "features.10/2": "red", "features.14/0": "red"}
+    assert true_concepts(truths, causal=False) == {"features.10/0": "patch", "features.10/1": "patch", "features.10/2": "red", "features.14/0": "red"}

@@ -69,7 +69,7 @@ def run_demo(
     queries = (artifact, HELD_OUT[artifact], "stripes", "grass")
     summary["search"] = {query: [hit.unit for hit in lens.search(query, top=5)] for query in queries}
     summary["labels"], truth = ground_truth_labels(lens, config, out)
-    true_units = artifact_units(unit_truths(lens, config, out), truth, artifact)
+    true_units = {unit for unit, concept in truth.items() if concept == artifact}
     audit = lens.audit(target, [target], [artifact], layers=SPATIAL)
     spurious = [unit.unit for unit in audit.units if unit.verdict == "spurious"]
     summary["audit"] = {"shares": audit.shares, "spurious_units": spurious, "units": len(audit.units)}
@@ -174,19 +174,17 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     """semlens labels against the truth: top-1/top-3 accuracy against dissection, with the random
     baseline; top-1 against the concept-image response truth; faithfulness phi; and a CoSy-style AUC
     (the unit's response to its label's concept images against all other concepts', 0.5 = chance).
-    Also each unit's true concept by dissection (units under their layer's chance threshold, see
-    ``truth.layer_threshold``, are left out)."""
+    Also each unit's true concept (``true_concepts``: by dissection, artefacts confirmed by insertion)."""
     truths = unit_truths(lens, config, out)
+    truth = true_concepts(truths)
     concepts, world_concepts = list(lens.vocabulary.concepts), config.concept_names()
     hits1 = hits3 = total = response_hits = response_total = 0
-    phis, aucs, true_concepts = [], [], {}
+    phis, aucs = [], []
     for layer in SPATIAL:
-        threshold = layer_threshold(truths[layer]["null_best_iou"])
-        best = [concept if iou >= threshold else None for concept, iou in zip(truths[layer]["best"], truths[layer]["best_iou"])]
+        best = [truth.get(f"{layer}/{unit}") for unit in range(len(truths[layer]["best"]))]
         responses = torch.tensor(truths[layer]["responses"])
         auc = response_auc(responses)
         by_response = response_truth(auc, world_concepts)
-        true_concepts.update({f"{layer}/{unit}": concept for unit, concept in enumerate(best) if concept})
         top = [[concepts[int(index)] for index in row] for row in lens.labels(layer).concepts.tolist()]
         labelled = lens.labels(layer).labelled.tolist()  # phi and AUC judge the labels semlens gives, nothing below the threshold
         assigned = [world_concepts.index(row[0]) if ok and row[0] in world_concepts else None for row, ok in zip(top, labelled)]
@@ -212,17 +210,20 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
         "top1_response": response_hits / max(response_total, 1),
         "cosy_auc": sum(aucs) / max(len(aucs), 1),
     }
-    return scores, true_concepts
+    return scores, truth
 
 
-def artifact_units(truths: dict[str, dict], true_concepts: dict[str, str], artifact: str) -> set[str]:
-    """The units that detect ``artifact``: dissection names it (``true_concepts``, from
-    ``ground_truth_labels``) and pasting it into probe images raises them (``truth.INSERTION_AUC``)."""
-    found = set()
-    for unit, concept in true_concepts.items():
-        layer, row = unit.rsplit("/", 1)
-        if concept == artifact and truths[layer]["insertion"][artifact][int(row)] >= INSERTION_AUC:
-            found.add(unit)
+def true_concepts(truths: dict[str, dict], causal: bool = True) -> dict[str, str]:
+    """Each unit's true concept (``unit_truth``): dissection's, above its layer's chance threshold
+    (``truth.layer_threshold``); with ``causal``, an artefact only where pasting it into probe images
+    raises the unit (``truth.INSERTION_AUC``): dissection alone is reached through correlation."""
+    found = {}
+    for layer in SPATIAL:
+        threshold = layer_threshold(truths[layer]["null_best_iou"])
+        for unit, (concept, iou) in enumerate(zip(truths[layer]["best"], truths[layer]["best_iou"])):
+            insertion = truths[layer]["insertion"].get(concept)
+            if concept is not None and iou >= threshold and not (causal and insertion is not None and insertion[unit] < INSERTION_AUC):
+                found[f"{layer}/{unit}"] = concept
     return found
 
 
