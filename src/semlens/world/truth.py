@@ -41,7 +41,7 @@ CONCEPT_IMAGES = 8
 # of that class's colour overlap it. Measured on six random worlds x 2 seeds: in r0.0 seed 1 dissection
 # names 9 "patch" units whose insertion AUC is 0.57 to 0.70 (their examples: purple shapes, no patch).
 # 0.8 is above every unit of the four control-world models (0.60 to 0.75), where no unit has reason to
-# carry the artefact; the default world's 8 watermark units by dissection have 0.87 to 0.96.
+# carry the artefact; the default world's 5 watermark units by dissection have 0.89 to 0.97.
 INSERTION_AUC = 0.8
 
 
