@@ -1,6 +1,6 @@
 """Which rule should confirm an audit finding? Scores confirmation rules on the concept tests that
-``ground_truth.py`` records (``unit_tests``: the flagged units', or with ``--test-all-units`` every unit
-the audit examined), against the true artefact
+``ground_truth.py`` records (``unit_tests``: of every unit the audit examined; records made before it
+tested every unit hold the flagged units' only), against the true artefact
 units: per rule, confirmed units, precision and recall (over the true artefact units examined), on the
 planted worlds and the control worlds (there, fewer confirmed is better).
 
@@ -70,7 +70,8 @@ def score(record: dict, rule: Rule) -> dict[str, Any]:
 
 
 def measurable(record: dict, rule: str) -> bool:
-    """The null-z rule needs the tests of units that were not flagged (``ground_truth.py --test-all-units``)."""
+    """The null-z rule needs the tests of units that were not flagged (records made before ``ground_truth.py``
+    tested every unit have none)."""
     return not rule.startswith("null-z") or any(test["verdict"] not in FLAGGED for test in record["unit_tests"])
 
 

@@ -23,8 +23,10 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
   of the class's relevance; and the audit's concept test (``demo.concept_images``: the world's test
   images without the artefact and the same images with it pasted in, images no Lens was built on): the
   class's reliance on the artefact (log odds ratio, verdict) and the flagged units it confirms, with
-  their precision and recall as above; ``unit_tests`` holds the tests (``--test-all-units``: of every
-  unit the audit examined, for ``confirm_rules.py``);
+  their precision and recall as above; the test runs on every unit the audit examined (``test_all``), so
+  the record also scores the units it finds that were not flagged (``audit_carriers``) and flagged or
+  not together (``tested_precision``, ``tested_recall``); ``unit_tests`` holds every test, for
+  ``confirm_rules.py``;
 - reliance, measured: the class probability with each artefact pasted into test images minus without,
   on the class's own images and on the others'; and pruning the flagged units (artefact images
   predicted as the class, clean accuracy, before and after).
@@ -65,8 +67,6 @@ from label_methods import EXAMPLE_PRIOR, method_scores, print_methods
 from rich.console import Console
 from rich.table import Table
 
-from semlens.analysis.audit import AlignmentRule
-from semlens.analysis.interventions import ConceptImages
 from semlens.analysis.vocabulary import Vocabulary
 from semlens.build.crops import CROP_RULES, CROP_VIEWS
 from semlens.lens.lens import Lens
@@ -94,9 +94,9 @@ from semlens.world.truth import IOU_THRESHOLD, artifact_reliance, layer_threshol
 BETTER = {
     "top1": 1, "top3": 1, "top1_world_concepts": 1, "distractor_label_share": -1, "top1_response": 1, "phi": 1, "cosy_auc": 1, "search_hits_at5": 1, "search_hits_at5_paraphrase": 1,
     "audit_precision": 1, "audit_recall": 1, "spurious_share": 1, "reliance": 1, "units_with_truth": 1,
-    "audit_confirmed": 1, "confirmed_precision": 1, "confirmed_recall": 1, "audit_log_odds": 1,
+    "audit_confirmed": 1, "confirmed_precision": 1, "confirmed_recall": 1, "audit_log_odds": 1, "tested_precision": 1, "tested_recall": 1,
 }  # fmt: skip
-CONTROL_LOWER = ("spurious_share", "reliance", "audit_flagged", "audit_confirmed", "audit_log_odds")
+CONTROL_LOWER = ("spurious_share", "reliance", "audit_flagged", "audit_confirmed", "audit_log_odds", "tested_found")
 
 
 def seeded_world(text: str, seed: int, path: Path) -> str:
@@ -171,7 +171,6 @@ def evaluate(
     build: dict[str, Any] | None = None,
     heatmaps_from: Path | None = None,
     label_methods: list[str] | None = None,
-    test_all: bool = False,
 ) -> dict[str, Any]:
     """One (world, seed): build or open the Lens (``build``: other build settings, in a Lens of their own
     beside the default one, with the CRP heatmaps of the Lens ``heatmaps_from`` where they fit; the truth
@@ -189,12 +188,13 @@ def evaluate(
     hits = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artifact, paraphrase)}
 
     concept = concept_images(config, artifact)  # test images: the Lens is built on the probe split
-    audit = lens.audit(target, [target], [artifact], layers=SPATIAL, concept=concept).to_dict()  # fields may grow: read by key
+    audit = lens.audit(target, [target], [artifact], layers=SPATIAL, concept=concept, test_all=True).to_dict()  # fields may grow: read by key
     examined = {unit["unit"] for unit in audit["units"]}
     flagged = [unit["unit"] for unit in audit["units"] if unit["verdict"] == "spurious"]
     both = [unit["unit"] for unit in audit["units"] if unit["verdict"] == "both"]
     confirmed = audit["confirmed"]
-    tests = unit_tests(lens, target, artifact, concept if test_all else None, true_units, audit)
+    found = confirmed + audit["carriers"]
+    tests = unit_tests(true_units, audit)
 
     model_key = identity(lens, config, TEST_IMAGES)
     reliance = memo(out / "reliance.json", model_key, lambda: artifact_reliance(lens.model(), config, TEST_IMAGES))
@@ -218,6 +218,8 @@ def evaluate(
         "audit_units": len(examined), "audit_flagged": len(flagged), "audit_flagged_units": flagged, "spurious_share": audit["shares"]["spurious"],
         "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
         "audit_relies": audit["reliance"]["relies"], "audit_log_odds": audit["reliance"]["log_odds"], "audit_effect": audit["reliance"]["effect"],
+        "audit_carriers": audit["carriers"], "tested_found": len(found),
+        "tested_precision": _share(len(true_units & set(found)), len(found)), "tested_recall": _share(len(true_units & set(found)), len(true_units & examined)),
         "audit_reliance": audit["reliance"], "unit_tests": tests,
         "reliance": reliance[artifact]["others"][index], "reliance_own": reliance[artifact]["own"][index],
         "reliance_max_other_class": max(reliance[artifact]["others"][:index] + reliance[artifact]["others"][index + 1 :]),
@@ -244,18 +246,12 @@ def artefact_scores(
     }  # fmt: skip
 
 
-def unit_tests(lens: Lens, target: str, artifact: str, concept: ConceptImages | None, true_units: set[str], audit: dict[str, Any]) -> list[dict[str, Any]]:
-    """The concept test of each flagged unit, with its verdict and truth; with ``concept``, of every unit the
-    audit examined, flagged or not (an audit whose rule calls every aligned unit "both"; one more model pass
-    per unit): the material to judge a confirmation rule against (``confirm_rules.py``)."""
-    tested = audit["units"]
-    if concept is not None:
-        everything = AlignmentRule(z=float("-inf"), margin=float("inf"))
-        tested = lens.audit(target, [target], [artifact], layers=SPATIAL, rule=everything, concept=concept).to_dict()["units"]
-    verdict = {unit["unit"]: unit["verdict"] for unit in audit["units"]}
+def unit_tests(true_units: set[str], audit: dict[str, Any]) -> list[dict[str, Any]]:
+    """The concept test of every unit the audit examined, with its verdict and truth: the material to judge a
+    confirmation rule against (``confirm_rules.py``)."""
     return [
-        {"unit": unit["unit"], "verdict": verdict.get(unit["unit"]), "artefact_unit": unit["unit"] in true_units, "relevance": unit["mean_relevance"], **unit["test"]}
-        for unit in tested if unit["test"] is not None
+        {"unit": unit["unit"], "verdict": unit["verdict"], "artefact_unit": unit["unit"] in true_units, "relevance": unit["mean_relevance"], **unit["test"]}
+        for unit in audit["units"] if unit["test"] is not None
     ]  # fmt: skip
 
 
@@ -271,7 +267,8 @@ COLUMNS = {  # header: record key
     "CoSy AUC": "cosy_auc", "artefact units": "artefact_units", "search@5": "search_hits_at5",
     "paraphrase@5": "search_hits_at5_paraphrase", "flagged": "audit_flagged", "precision": "audit_precision",
     "recall": "audit_recall", "confirmed": "audit_confirmed", "conf. precision": "confirmed_precision",
-    "conf. recall": "confirmed_recall", "spurious share": "spurious_share", "reliance": "reliance",
+    "conf. recall": "confirmed_recall", "found by test": "tested_found", "test precision": "tested_precision",
+    "test recall": "tested_recall", "spurious share": "spurious_share", "reliance": "reliance",
     "log-odds (test)": "audit_log_odds",
 }  # fmt: skip
 
@@ -357,7 +354,6 @@ def main() -> None:
         "--label-methods", nargs="+", default=None, metavar="METHOD",
         help=f"label each Lens by these methods too and score each (alignment, clip-dissect, contrastive, {EXAMPLE_PRIOR})",
     )  # fmt: skip
-    parser.add_argument("--test-all-units", action="store_true", help="record the concept test of every unit the audit examines, not only the flagged ones")
     args = parser.parse_args()
     asked = {"crop": args.crop, "crop_rule": args.crop_rule, "crop_share": args.crop_share, "crop_quantile": args.crop_quantile}
     build = {key: value for key, value in asked.items() if value is not None}
@@ -374,7 +370,7 @@ def main() -> None:
             config = seeded_world(text, seed, folder / "world.toml")
             first = None  # the first view's Lens computes the CRP heatmaps, the others reuse them
             for view, settings in views.items():
-                records.append({**evaluate(name, seed, config, folder, args.foundation, Console(quiet=True), settings, first, args.label_methods, args.test_all_units), "view": view})
+                records.append({**evaluate(name, seed, config, folder, args.foundation, Console(quiet=True), settings, first, args.label_methods), "view": view})
                 first = first or lens_path(folder, settings)
                 console.print(f"{name} seed {seed} {view}: {records[-1]['seconds']:.0f} s")
                 if args.json:  # after every run: a long benchmark leaves what it has

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from semlens import BuildConfig, Lens, build_lens
+from semlens.analysis.interventions import CONFIRM_AUC, CONFIRM_SHARE
 from semlens.cli import app
 
 runner = CliRunner()
@@ -72,6 +73,18 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     half = runner.invoke(app, ["audit", str(lens.path), "--class", "red", "--valid", "red", "--spurious", "watermark",
                                "--test-data", f"folder:{setting / 'others'}"])  # fmt: skip
     assert half.exit_code != 0 and "exactly one of --artifact/--tint" in half.output
+    # asked about the wrong concept ("green"), the audit flags no watermark unit; testing every relevant unit
+    # finds the reliance running through the units the right audit confirmed (and others it did not flag)
+    wrong = ("audit", lens.path, "--class", "red", "--valid", "red", "--spurious", "green", "--layer", "features.3", "--cut", "0.05")
+    carried = ask(*wrong, "--test-data", f"folder:{setting / 'others'}", "--artifact", setting / "watermark.png", "--at", "1,1", "--test-all", "--json")
+    assert not carried["confirmed"] and set(audit["confirmed"]) <= set(carried["carriers"])
+    for unit in carried["units"]:
+        test = unit["test"]
+        passes = test["activation_auc"] >= CONFIRM_AUC and test["reliance_removed"] >= CONFIRM_SHARE * carried["reliance"]["log_odds"]
+        assert (unit["unit"] in carried["carriers"]) == (passes and unit["verdict"] not in ("spurious", "both"))
+    assert all(unit["test"] is not None for unit in carried["units"]) and carried["reliance"] == audit["reliance"]
+    untested = runner.invoke(app, [str(arg) for arg in (*wrong, "--test-all")])
+    assert untested.exit_code != 0 and "--test-all runs the concept test" in untested.output
     # an image probe of the watermark ranks the same units first (with the oracle's four dimensions and 8 units
     # in the null it stays under z 3); a generic image (noise, no watermark) flags none
     plain = setting / "plain.png"

@@ -78,7 +78,7 @@ class AuditedUnit:
     verdict: str
     copies: list[str] = field(default_factory=list)  # a signed layer's other copy of the same channel
     examples: list[str] = field(default_factory=list)
-    test: dict | None = None  # the concept test of a flagged unit (interventions.concept_tests)
+    test: dict | None = None  # the concept test of a flagged (or, with test_all, any) unit (interventions.concept_tests)
 
 
 @dataclass
@@ -115,6 +115,12 @@ class Audit:
     def unconfirmed(self) -> list[str]:
         return [unit.unit for unit in self.flagged if unit.test and not unit.test["confirmed"]]
 
+    @property
+    def carriers(self) -> list[str]:
+        """Units the audit did not flag whose concept test passes as a confirmed finding would (tested with
+        ``test_all``): the reliance runs through them, though their examples do not align with the concept."""
+        return [unit.unit for unit in self.units if unit.verdict not in FLAGGED and unit.test and unit.test["confirmed"]]
+
     def to_dict(self) -> dict:
         return {
             "class": self.class_name,
@@ -127,6 +133,7 @@ class Audit:
             "reliance": self.reliance,
             "confirmed": self.confirmed,
             "unconfirmed": self.unconfirmed,
+            "carriers": self.carriers,
             "left_out": self.left_out,
             "sae_error": self.sae_error,
             "units": [unit.__dict__ for unit in self.units],

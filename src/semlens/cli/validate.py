@@ -34,6 +34,7 @@ def audit(
     mask: Optional[Path] = typer.Option(None, help="Mask image (white = artefact) instead of the artefact's alpha."),
     at: str = typer.Option("0,0", help="Top-left X,Y of the artefact in the model's input view."),
     tint: Optional[str] = typer.Option(None, help="Concept test: a tint R,G,B (0.7 p + 0.3 c) as the spurious concept."),
+    test_all: bool = typer.Option(False, "--test-all", help="Concept test: test every relevant unit, not only the flagged ones (finds the units the reliance runs through where no example aligns with the concept)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML page with the scatter plot (one class)."),
     trust: Trust = False,
     model: Model = None,
@@ -68,7 +69,9 @@ def audit(
     if class_name is None:
         raise SemlensError("give --class (or `class` in --config), or --all")
     concept = _concept_images(test_data, spurious_data, _artifact(artifact, mask, at, tint))
-    result = opened.audit(class_name, valid, spurious, valid_image, spurious_image, cut, layer or None, rule=rule, concept=concept)
+    if test_all and concept is None:
+        raise SemlensError("--test-all runs the concept test: give --test-data and one of --artifact/--tint or --spurious-data")
+    result = opened.audit(class_name, valid, spurious, valid_image, spurious_image, cut, layer or None, rule=rule, concept=concept, test_all=test_all)
     page = None
     if out is not None:
         from ..report.html import write_audit_html
@@ -87,6 +90,10 @@ def audit(
             f"flagged units confirmed: {', '.join(result.confirmed) or 'none'}; "
             f"unconfirmed: {', '.join(result.unconfirmed) or 'none'}"
         )
+        if test_all:
+            say(f"not flagged, but the reliance runs through them (the concept test alone): {', '.join(result.carriers) or 'none'}")
+        elif r["relies"] and not result.confirmed:
+            say("the class relies on the concept, but no flagged unit is confirmed: --test-all tests every relevant unit")
     if result.small_nulls:
         say("rough z-scores: the null of " + ", ".join(f"{layer} has {n} units" for layer, n in result.small_nulls.items()))
     if result.left_out:

@@ -13,7 +13,7 @@ from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
 
 if TYPE_CHECKING:
-    from ..analysis.audit import AlignmentRule, Audit
+    from ..analysis.audit import AlignmentRule, Audit, AuditedUnit
     from ..analysis.interventions import Artifact, ConceptImages
     from ..data import ImageData
     from ..relevance.graph import AttributionGraph
@@ -77,14 +77,17 @@ class LensAudits:
         rule: AlignmentRule | None = None,
         concept: ConceptImages | None = None,
         space: str | None = None,
+        test_all: bool = False,
     ) -> Audit:
         """Audit one class: verdicts for its relevant units (each alignment judged against its layer's null by
         ``rule``) and the class's relevance by verdict. With ``concept`` (images without and with the spurious
         concept), also the concept test of the flagged units and the class's reliance on the concept (needs
-        the model). The alignments are taken in embedding space ``space`` (``Lens.in_space``)."""
+        the model); ``test_all`` tests every relevant unit, so that units the reliance runs through are found
+        where the foundation model does not see the concept in their examples (``Audit.carriers``; one
+        more pass over the images per unit). The alignments are taken in embedding space ``space``."""
         if space is not None:
             view = self.in_space(space)
-            return view.audit(class_name, valid, spurious, valid_images, spurious_images, cut, layers, templates, rule, concept)
+            return view.audit(class_name, valid, spurious, valid_images, spurious_images, cut, layers, templates, rule, concept, test_all=test_all)
         from ..analysis.audit import AUDIT_CUT, AlignmentRule, audit_units, null_z
 
         if not (valid or valid_images) or not (spurious or spurious_images):
@@ -120,7 +123,7 @@ class LensAudits:
         for audited in result.units:
             audited.examples = [example.source for example in self.concept_examples(audited.unit)[:3]]
         if concept is not None:
-            self._test_findings(result, index, concept)
+            self._test_findings(result, index, concept, result.units if test_all else result.flagged)
         return result
 
     def _alignments(self: Lens, theta: torch.Tensor, concepts: list[str], images: list[str | Path], templates: str | list[str]) -> torch.Tensor:
@@ -134,25 +137,24 @@ class LensAudits:
             results.append(alignment(theta, torch.stack([self.probes.images([image]) for image in images]), None))
         return torch.cat(results, dim=1)
 
-    def _test_findings(self: Lens, result: Audit, class_index: int, concept: ConceptImages) -> None:
-        """Run the concept test on ``result``'s flagged units (in place): the class's reliance on the concept
-        and, per flagged unit, whether the concept raises it and zeroing it costs the class more with the
-        concept than without. Needs the model (loaded under the Lens's trust model)."""
+    def _test_findings(self: Lens, result: Audit, class_index: int, concept: ConceptImages, units: list[AuditedUnit]) -> None:
+        """Run the concept test on ``units`` of ``result`` (in place): the class's reliance on the concept
+        and, per unit, whether the concept raises it and zeroing it costs the class more with the concept
+        than without. Needs the model (loaded under the Lens's trust model)."""
         from ..analysis.interventions import UnitToTest, concept_tests
         from ..model.units import LayerSpec
 
         model = self.model()
         without, with_concept = concept.views(model)
-        flagged = result.flagged
-        layers = sorted({unit.unit.rpartition("/")[0] for unit in flagged})
+        layers = sorted({unit.unit.rpartition("/")[0] for unit in units})
         saes = self.sae_files(layers)
         tested = []
-        for unit in flagged:
+        for unit in units:
             layer, row = self.unit_index(unit.unit)
             spec = LayerSpec(**{**self.manifest["layers"][layer]["spec"], "sae": saes.get(layer)})
             tested.append(UnitToTest(unit.unit, spec, row, row % self.manifest["layers"][layer]["base_units"]))
         result.reliance, tests = concept_tests(model, without, with_concept, class_index, tested, saes, concept.artifact is not None)
-        for unit, test in zip(flagged, tests):
+        for unit, test in zip(units, tests):
             unit.test = test
 
     def pruning_effect(
