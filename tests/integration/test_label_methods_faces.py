@@ -46,7 +46,7 @@ def test_each_method_is_stored_with_its_labels(lens_copy) -> None:
     with pytest.raises(SemlensError, match="'contrastive' method, not 'alignment'"):
         Lens.open(lens_copy).dissect("alignment")
     assert sum(Lens.open(lens_copy).dissect("contrastive")["head"].values()) == 3
-    with pytest.raises(SemlensError, match="the methods are alignment, clip-dissect, contrastive"):
+    with pytest.raises(SemlensError, match="the methods are alignment, centred, clip-dissect, contrastive"):
         lens.label(method="wpmi")
 
 

@@ -10,6 +10,7 @@ import torch
 from semlens._util.errors import SemlensError
 from semlens.analysis.label import rank_concepts
 from semlens.analysis.labelling_methods import (
+    centred_scores,
     check_method,
     clip_dissect_scores,
     contrastive_scores,
@@ -101,7 +102,7 @@ def test_method_scores_and_the_alignment_gate() -> None:
     samples = torch.tensor([[1, 2], [3, 4]])
     valid = torch.tensor([True, True])
     null = torch.tensor([1.0, 1.0])
-    for method in ("alignment", "clip-dissect", "contrastive"):
+    for method in ("alignment", "centred", "clip-dissect", "contrastive"):
         assert method_scores(method, theta, examples, samples, valid, CONCEPTS, null).shape == (2, 2)
     with pytest.raises(SemlensError, match="clip-dissect, contrastive"):
         check_method("nope")
@@ -111,3 +112,16 @@ def test_method_scores_and_the_alignment_gate() -> None:
     assert labels.concepts[:, 0].tolist() == [1, 0] and labels.scores[:, 0].tolist() == [5.0, 5.0]
     assert labels.alignments[:, 0].tolist() == pytest.approx([0.01, 0.3])
     assert labels.labelled.tolist() == [False, True]  # the best concept's alignment decides, not the score
+
+
+def test_centred_takes_out_what_a_concept_shares_with_every_unit() -> None:
+    # concept 1 is a hub: every unit aligns with it by 0.5 more than with anything else; unit 2 is invalid
+    alignments = torch.tensor([[0.30, 0.70, 0.0], [0.0, 0.60, 0.20], [9.0, 9.0, 9.0]])
+    valid = torch.tensor([True, True, False])
+    centred = centred_scores(alignments, valid)  # means over units 0 and 1: 0.15, 0.65, 0.10
+    torch.testing.assert_close(centred[:2], torch.tensor([[0.15, 0.05, -0.10], [-0.15, -0.05, 0.10]]))
+    assert alignments[:2].argmax(dim=1).tolist() == [1, 1] and centred[:2].argmax(dim=1).tolist() == [0, 2]
+    assert torch.equal(centred_scores(alignments, torch.zeros(3, dtype=torch.bool)), alignments)
+    theta, null = torch.tensor([[1.0, 0.2], [0.2, 1.0]]), torch.tensor([0.5, 0.5])
+    assert torch.equal(method_scores("centred", theta, None, None, torch.tensor([True, True]), CONCEPTS, null),
+                       centred_scores(method_scores("alignment", theta, None, None, valid[:2], CONCEPTS, null), valid[:2]))

@@ -2,6 +2,9 @@
 
 - ``alignment`` (the paper's Eq. 4): the concept's alignment with the unit's theta, the mean embedding of
   its concept examples, with the null prompt subtracted.
+- ``centred``: the alignment less the concept's mean alignment over the layer's valid units. A text that
+  aligns with every unit alike (a hub: words the foundation model places near all images, e.g. ones it
+  never learnt) then says nothing about any one unit; what sets a unit apart from its layer does.
 - ``clip-dissect`` (Oikarinen & Weng 2023, soft-WPMI): each example's p(concept | example) is a softmax
   over the vocabulary of ``temperature`` times its cosine with the concepts; the unit's examples form a
   soft set (the example of rank i belongs to it with a probability falling from ``p_start`` to ``p_end``)
@@ -25,8 +28,9 @@ import torch.nn.functional as F
 from .._util.errors import SemlensError
 from .alignment import alignment, cosine
 
-METHODS = ("alignment", "clip-dissect", "contrastive")
+METHODS = ("alignment", "centred", "clip-dissect", "contrastive")
 DEFAULT_METHOD = "alignment"
+ALIGNMENT_METHODS = ("alignment", "centred")  # scored from theta alone: no example embeddings needed
 #: CLIP-Dissect's soft-WPMI settings (its reference implementation's defaults)
 TEMPERATURE, LAMBDA, P_START, P_END = 10.0, 1.0, 0.998, 0.97
 CONTRAST_WEIGHT = 0.25  # measured: 1.0 loses most true labels, 0.25 about matches alignment (README)
@@ -112,6 +116,13 @@ def contrastive_scores(
     return alignment(theta, concepts, null) - weight * alignment(negatives, concepts, null)
 
 
+def centred_scores(alignments: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``alignments [U, C]`` less each concept's mean over the ``valid`` units (unchanged without any)."""
+    if not bool(valid.any()):
+        return alignments
+    return alignments - alignments[valid].mean(dim=0, keepdim=True)
+
+
 def distinct_crops(examples: torch.Tensor, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The distinct example embeddings ``[N, d]`` of sets ``[U, k, d]`` with their samples ``[N]`` (empty
     slots dropped; a crop that several units share counts once)."""
@@ -126,18 +137,20 @@ def distinct_crops(examples: torch.Tensor, samples: torch.Tensor) -> tuple[torch
 def method_scores(
     method: str,
     theta: torch.Tensor,
-    examples: torch.Tensor,
-    samples: torch.Tensor,
+    examples: torch.Tensor | None,
+    samples: torch.Tensor | None,
     valid: torch.Tensor,
     concepts: torch.Tensor,
     null: torch.Tensor | None,
     prior_sets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One layer's scores ``[U, C]`` by ``method`` from its theta ``[U, d]``, example embeddings ``[U, k, d]``
-    and samples ``[U, k]``; the ``valid`` units' examples (inactive and tied units left out) give the
-    contrastive negatives, and clip-dissect's prior sets unless ``prior_sets`` are given."""
-    if check_method(method) == "alignment":
-        return alignment(theta, concepts, null)
+    and samples ``[U, k]`` (None for the ``ALIGNMENT_METHODS``, which need theta only); the ``valid`` units'
+    examples (inactive and tied units left out) give the contrastive negatives, and clip-dissect's prior
+    sets unless ``prior_sets`` are given; ``centred`` centres over the ``valid`` units."""
+    if check_method(method) in ALIGNMENT_METHODS:
+        aligned = alignment(theta, concepts, null)
+        return aligned if method == "alignment" else centred_scores(aligned, valid)
     if method == "clip-dissect":
         return clip_dissect_scores(examples, concepts, examples[valid] if prior_sets is None else prior_sets)
     pool, pool_samples = distinct_crops(examples[valid], samples[valid])

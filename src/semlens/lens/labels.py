@@ -13,7 +13,7 @@ import torch
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
 from ..analysis.label import DEFAULT_THRESHOLD, Labels, dissect, rank_concepts, unit_categories
-from ..analysis.labelling_methods import DEFAULT_METHOD, check_method, method_scores
+from ..analysis.labelling_methods import ALIGNMENT_METHODS, DEFAULT_METHOD, check_method, method_scores
 from ..analysis.vocabulary import Vocabulary, load_vocabulary
 from .label_prior import prior_sets
 from .store import layer_file
@@ -152,10 +152,13 @@ class LensLabels:
         examples: str = "activation",
     ) -> Labels:
         theta, valid = self.theta_of(layer, examples), self.valid_of(layer, examples)
-        if method == DEFAULT_METHOD:
+        if method == "alignment":
             return rank_concepts(alignment(theta, concepts, null), None, threshold, top, valid)
-        embeddings = self.example_embeddings_of(layer, examples)
-        scores = method_scores(method, theta, embeddings, self.example_samples(layer, examples), valid, concepts, null, prior)
+        if method in ALIGNMENT_METHODS:  # theta alone: the example embeddings stay unread
+            embeddings = samples = None
+        else:
+            embeddings, samples = self.example_embeddings_of(layer, examples), self.example_samples(layer, examples)
+        scores = method_scores(method, theta, embeddings, samples, valid, concepts, null, prior)
         return rank_concepts(scores, alignment(theta, concepts, null), threshold, top, valid, method)
 
     @property
