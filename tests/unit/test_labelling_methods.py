@@ -10,6 +10,7 @@ import torch
 from semlens._util.errors import SemlensError
 from semlens.analysis.label import rank_concepts
 from semlens.analysis.labelling_methods import (
+    MIN_CENTRED_UNITS,
     centred_scores,
     check_method,
     clip_dissect_scores,
@@ -116,12 +117,13 @@ def test_method_scores_and_the_alignment_gate() -> None:
 
 def test_centred_takes_out_what_a_concept_shares_with_every_unit() -> None:
     # concept 1 is a hub: every unit aligns with it by 0.5 more than with anything else; unit 2 is invalid
-    alignments = torch.tensor([[0.30, 0.70, 0.0], [0.0, 0.60, 0.20], [9.0, 9.0, 9.0]])
-    valid = torch.tensor([True, True, False])
-    centred = centred_scores(alignments, valid)  # means over units 0 and 1: 0.15, 0.65, 0.10
-    torch.testing.assert_close(centred[:2], torch.tensor([[0.15, 0.05, -0.10], [-0.15, -0.05, 0.10]]))
-    assert alignments[:2].argmax(dim=1).tolist() == [1, 1] and centred[:2].argmax(dim=1).tolist() == [0, 2]
-    assert torch.equal(centred_scores(alignments, torch.zeros(3, dtype=torch.bool)), alignments)
-    theta, null = torch.tensor([[1.0, 0.2], [0.2, 1.0]]), torch.tensor([0.5, 0.5])
-    assert torch.equal(method_scores("centred", theta, None, None, torch.tensor([True, True]), CONCEPTS, null),
-                       centred_scores(method_scores("alignment", theta, None, None, valid[:2], CONCEPTS, null), valid[:2]))
+    # five units as unit 0 and five as unit 1; the last unit has no examples of its own (invalid)
+    alignments = torch.tensor([[0.30, 0.70, 0.0]] * 5 + [[0.0, 0.60, 0.20]] * 5 + [[9.0, 9.0, 9.0]])
+    valid = torch.tensor([True] * 10 + [False])
+    centred = centred_scores(alignments, valid)  # means over the ten valid units: 0.15, 0.65, 0.10
+    torch.testing.assert_close(centred[[0, 5]], torch.tensor([[0.15, 0.05, -0.10], [-0.15, -0.05, 0.10]]))
+    assert alignments[[0, 5]].argmax(dim=1).tolist() == [1, 1] and centred[[0, 5]].argmax(dim=1).tolist() == [0, 2]
+    assert MIN_CENTRED_UNITS == 10 and torch.equal(centred_scores(alignments, valid.roll(1) & valid), alignments)  # 9 valid: as is
+    theta, null = torch.tensor([[1.0, 0.2], [0.2, 1.0]] * 5), torch.tensor([0.5, 0.5])
+    assert torch.equal(method_scores("centred", theta, None, None, valid[:10], CONCEPTS, null),
+                       centred_scores(method_scores("alignment", theta, None, None, valid[:10], CONCEPTS, null), valid[:10]))

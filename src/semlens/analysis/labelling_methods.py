@@ -2,9 +2,12 @@
 
 - ``alignment`` (the paper's Eq. 4): the concept's alignment with the unit's theta, the mean embedding of
   its concept examples, with the null prompt subtracted.
-- ``centred``: the alignment less the concept's mean alignment over the layer's valid units. A text that
-  aligns with every unit alike (a hub: words the foundation model places near all images, e.g. ones it
-  never learnt) then says nothing about any one unit; what sets a unit apart from its layer does.
+- ``centred`` (the default): the alignment less the concept's mean alignment over the layer's valid
+  units (``MIN_CENTRED_UNITS`` or more; fewer give no mean worth the name, and keep the alignment). A text
+  that aligns with every unit alike (a hub: words the foundation model places near all images, e.g. ones
+  it never learnt) then says nothing about any one unit; what sets a unit apart from its layer does.
+  Measured on the concept worlds (README "Labelling methods"): top-1 0.07-0.52 by alignment, 0.18-0.95
+  centred, where the world's foundation model puts distractor words ("fire", "dog") near shape units.
 - ``clip-dissect`` (Oikarinen & Weng 2023, soft-WPMI): each example's p(concept | example) is a softmax
   over the vocabulary of ``temperature`` times its cosine with the concepts; the unit's examples form a
   soft set (the example of rank i belongs to it with a probability falling from ``p_start`` to ``p_end``)
@@ -29,7 +32,8 @@ from .._util.errors import SemlensError
 from .alignment import alignment, cosine
 
 METHODS = ("alignment", "centred", "clip-dissect", "contrastive")
-DEFAULT_METHOD = "alignment"
+DEFAULT_METHOD = "centred"
+MIN_CENTRED_UNITS = 10  # as the audit's null (analysis.audit.MIN_NULL): fewer units give no layer mean
 ALIGNMENT_METHODS = ("alignment", "centred")  # scored from theta alone: no example embeddings needed
 #: CLIP-Dissect's soft-WPMI settings (its reference implementation's defaults)
 TEMPERATURE, LAMBDA, P_START, P_END = 10.0, 1.0, 0.998, 0.97
@@ -117,8 +121,9 @@ def contrastive_scores(
 
 
 def centred_scores(alignments: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``alignments [U, C]`` less each concept's mean over the ``valid`` units (unchanged without any)."""
-    if not bool(valid.any()):
+    """``alignments [U, C]`` less each concept's mean over the ``valid`` units (unchanged with fewer than
+    ``MIN_CENTRED_UNITS`` of them)."""
+    if int(valid.sum()) < MIN_CENTRED_UNITS:
         return alignments
     return alignments - alignments[valid].mean(dim=0, keepdim=True)
 

@@ -17,7 +17,7 @@ Layers = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable
 ExampleSet = typer.Option(
     "activation", "--examples", help="Whose theta: the top samples by activation (default) or by relevance (Lenses built with --relevance-examples)."
 )
-Method = typer.Option(None, "--method", "-m", help="Labelling method: alignment (default), centred, clip-dissect or contrastive.")
+Method = typer.Option(None, "--method", "-m", help="Labelling method: centred (default), alignment, clip-dissect or contrastive.")
 
 
 @app.command()

@@ -17,6 +17,7 @@ import torch
 from rich.console import Console
 
 from .._util.errors import SemlensError
+from ..analysis.labelling_methods import DEFAULT_METHOD
 from ..analysis.vocabulary import Vocabulary
 from ..build.builder import BuildConfig, LensBuilder
 from ..lens.lens import Lens
@@ -115,7 +116,7 @@ def build_world_lens(
     )  # fmt: skip
     LensBuilder(settings, path, progress=progress).run()
     lens = Lens.open(path)
-    if lens.vocabulary is None or lens.vocabulary.name != "world":
+    if lens.vocabulary is None or lens.vocabulary.name != "world" or lens.label_method != DEFAULT_METHOD:
         lens.label(world_vocabulary(WorldConfig.load(world)))
     return lens
 

@@ -45,7 +45,7 @@ def overview_map(
 
 
 LabelMethod = Annotated[
-    Literal[METHODS] | None, Query(description="Labelling method (default: the labels' own, else alignment).")
+    Literal[METHODS] | None, Query(description="Labelling method (default: the labels' own, else centred).")
 ]
 
 
