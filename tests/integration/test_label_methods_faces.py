@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from semlens import Lens
 from semlens._util.errors import SemlensError
 from semlens.analysis.alignment import alignment
-from semlens.analysis.labelling_methods import METHODS
+from semlens.analysis.labelling_methods import DEFAULT_METHOD, METHODS
 from semlens.cli import app as cli_app
 
 
@@ -25,7 +25,7 @@ def lens_copy(explorer_lenses, tmp_path):
 
 def test_each_method_is_stored_with_its_labels(lens_copy) -> None:
     lens = Lens.open(lens_copy)
-    assert lens.label_method == "alignment"
+    assert lens.label_method == DEFAULT_METHOD == "centred"
     by_method = {}
     for method in METHODS:
         labelling = lens.label(method=method)
@@ -69,7 +69,7 @@ def test_explorer_dissect_labels_by_the_method_asked(lens_copy) -> None:
 
     client = TestClient(create_app([lens_copy]))
     plain = client.get("/api/lenses/0/dissect").json()
-    assert plain["method"] == "alignment" and plain["methods"] == list(METHODS)
+    assert plain["method"] == DEFAULT_METHOD and plain["methods"] == list(METHODS)
     for method in ("contrastive", "clip-dissect"):
         result = client.get("/api/lenses/0/dissect", params={"method": method}).json()
         assert result["method"] == method
