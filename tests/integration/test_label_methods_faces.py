@@ -77,7 +77,7 @@ def test_explorer_dissect_labels_by_the_method_asked(lens_copy) -> None:
         category, count = next(iter(result["counts"]["features.0"].items()))
         units = client.get("/api/lenses/0/dissect/units", params={"layer": "features.0", "category": category, "method": method})
         assert len(units.json()["units"]) == count
-    assert Lens.open(lens_copy).label_method == "alignment"  # the explorer relabels in memory only
+    assert Lens.open(lens_copy).label_method == DEFAULT_METHOD  # the explorer relabels in memory only
     assert client.get("/api/lenses/0/dissect", params={"method": "nope"}).status_code == 422
 
 
