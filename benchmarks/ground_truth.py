@@ -93,10 +93,10 @@ from semlens.world.truth import IOU_THRESHOLD, artifact_reliance, layer_threshol
 #: and reliance columns (there the artefact tells nothing about the class)
 BETTER = {
     "top1": 1, "top3": 1, "top1_world_concepts": 1, "distractor_label_share": -1, "top1_response": 1, "phi": 1, "cosy_auc": 1, "search_hits_at5": 1, "search_hits_at5_paraphrase": 1,
-    "audit_precision": 1, "audit_recall": 1, "spurious_share": 1, "reliance": 1, "units_with_truth": 1,
+    "audit_precision": 1, "audit_recall": 1, "spurious_share": 1, "confirmed_share": 1, "reliance": 1, "units_with_truth": 1,
     "audit_confirmed": 1, "confirmed_precision": 1, "confirmed_recall": 1, "audit_log_odds": 1, "tested_precision": 1, "tested_recall": 1,
 }  # fmt: skip
-CONTROL_LOWER = ("spurious_share", "reliance", "audit_flagged", "audit_confirmed", "audit_log_odds", "tested_found")
+CONTROL_LOWER = ("spurious_share", "confirmed_share", "reliance", "audit_flagged", "audit_confirmed", "audit_log_odds", "tested_found")
 
 
 def seeded_world(text: str, seed: int, path: Path) -> str:
@@ -215,7 +215,7 @@ def evaluate(
         "null_units_over_base_threshold": sum(v >= IOU_THRESHOLD for v in null_iou),
         "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artifact, paraphrase, flagged, both, confirmed, examined),
         "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, examined)},
-        "audit_units": len(examined), "audit_flagged": len(flagged), "audit_flagged_units": flagged, "spurious_share": audit["shares"]["spurious"],
+        "audit_units": len(examined), "audit_flagged": len(flagged), "audit_flagged_units": flagged, "spurious_share": audit["shares"]["spurious"], "confirmed_share": audit["confirmed_share"],
         "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
         "audit_relies": audit["reliance"]["relies"], "audit_log_odds": audit["reliance"]["log_odds"], "audit_effect": audit["reliance"]["effect"],
         "audit_carriers": audit["carriers"], "tested_found": len(found),
@@ -268,7 +268,7 @@ COLUMNS = {  # header: record key
     "paraphrase@5": "search_hits_at5_paraphrase", "flagged": "audit_flagged", "precision": "audit_precision",
     "recall": "audit_recall", "confirmed": "audit_confirmed", "conf. precision": "confirmed_precision",
     "conf. recall": "confirmed_recall", "found by test": "tested_found", "test precision": "tested_precision",
-    "test recall": "tested_recall", "spurious share": "spurious_share", "reliance": "reliance",
+    "test recall": "tested_recall", "spurious share": "spurious_share", "confirmed share": "confirmed_share", "reliance": "reliance",
     "log-odds (test)": "audit_log_odds",
 }  # fmt: skip
 

@@ -69,6 +69,8 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     # the concept test: the class relies on the watermark, and every spurious unit carries part of it
     assert audit["reliance"]["relies"] and audit["reliance"]["effect"] > 0.5
     assert audit["confirmed"] == [unit["unit"] for unit in spurious] and not audit["unconfirmed"]
+    # every flagged unit confirmed: the confirmed share is the spurious share (both over the audited units)
+    assert audit["confirmed_share"] == pytest.approx(audit["shares"]["spurious"] + audit["shares"]["both"])
     assert all(unit["test"]["activation_auc"] > 0.9 for unit in spurious)
     half = runner.invoke(app, ["audit", str(lens.path), "--class", "red", "--valid", "red", "--spurious", "watermark",
                                "--test-data", f"folder:{setting / 'others'}"])  # fmt: skip

@@ -116,6 +116,16 @@ class Audit:
         return [unit.unit for unit in self.flagged if unit.test and not unit.test["confirmed"]]
 
     @property
+    def confirmed_share(self) -> float | None:
+        """The share of the class's relevance (as in ``shares``) that the confirmed findings carry; None
+        without a concept test. What remains of the spurious share once the concept test has judged it."""
+        if self.reliance is None:
+            return None
+        weights = {unit.unit: max(unit.mean_relevance, 0.0) for unit in self.units}
+        total = sum(weights.values())
+        return sum(weights[unit] for unit in self.confirmed) / total if total > 0 else 0.0
+
+    @property
     def carriers(self) -> list[str]:
         """Units the audit did not flag whose concept test passes as a confirmed finding would (tested with
         ``test_all``): the reliance runs through them, though their examples do not align with the concept."""
@@ -132,6 +142,7 @@ class Audit:
             "shares": self.shares,
             "reliance": self.reliance,
             "confirmed": self.confirmed,
+            "confirmed_share": self.confirmed_share,
             "unconfirmed": self.unconfirmed,
             "carriers": self.carriers,
             "left_out": self.left_out,
