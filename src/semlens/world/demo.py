@@ -148,10 +148,13 @@ def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
     model = lens.model()
     data = WorldData(config, PROBE_IMAGES, "probe")
     specs = [LayerSpec(**lens.manifest["layers"][layer]["spec"]) for layer in SPATIAL]
-    insertion = {
-        name: activation_aucs(model, *concept_images(config, name, INSERTION_IMAGES, "probe").views(model), specs)
-        for name in config.concepts["artifact"]
-    }
+    insertion = {}
+    for name in config.concepts["artifact"]:
+        try:
+            concept = concept_images(config, name, INSERTION_IMAGES, "probe")
+        except SemlensError:  # every probe image shows it: no insertion test, dissection alone decides
+            continue
+        insertion[name] = activation_aucs(model, *concept.views(model), specs)
     truths = {}
     for layer in SPATIAL:
         dissected = dissect_layer(model.module, model.preprocessing, layer, data)
