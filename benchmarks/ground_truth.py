@@ -213,13 +213,12 @@ def evaluate(
         "phi": labels["faithfulness_phi"], "cosy_auc": labels["cosy_auc"], **distractors,
         "iou_thresholds": {layer: layer_threshold(truths[layer]["null_best_iou"]) for layer in SPATIAL},
         "null_units_over_base_threshold": sum(v >= IOU_THRESHOLD for v in null_iou),
-        "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artifact, paraphrase, flagged, both, confirmed, examined),
-        "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, examined)},
+        "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artifact, paraphrase, flagged, both, confirmed, found, examined),
+        "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
         "audit_units": len(examined), "audit_flagged": len(flagged), "audit_flagged_units": flagged, "spurious_share": audit["shares"]["spurious"], "confirmed_share": audit["confirmed_share"],
         "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
         "audit_relies": audit["reliance"]["relies"], "audit_log_odds": audit["reliance"]["log_odds"], "audit_effect": audit["reliance"]["effect"],
         "audit_carriers": audit["carriers"], "tested_found": len(found),
-        "tested_precision": _share(len(true_units & set(found)), len(found)), "tested_recall": _share(len(true_units & set(found)), len(true_units & examined)),
         "audit_reliance": audit["reliance"], "unit_tests": tests,
         "reliance": reliance[artifact]["others"][index], "reliance_own": reliance[artifact]["own"][index],
         "reliance_max_other_class": max(reliance[artifact]["others"][:index] + reliance[artifact]["others"][index + 1 :]),
@@ -231,18 +230,25 @@ def evaluate(
 
 
 def artefact_scores(
-    true_units: set[str], hits: dict[str, list[str]], artifact: str, paraphrase: str, flagged: list[str], both: list[str], confirmed: list[str], examined: set[str]
+    true_units: set[str], hits: dict[str, list[str]], artifact: str, paraphrase: str,
+    flagged: list[str], both: list[str], confirmed: list[str], found: list[str], examined: set[str],
 ) -> dict[str, Any]:
     """Search hits and audit precision / recall against one truth of the artefact units (recall over the
-    true units the audit examined, i.e. relevant to the class)."""
+    true units the audit examined, i.e. relevant to the class): of the flagged units (also with those
+    judged "both"), the confirmed ones and those the concept test found among all (``found``)."""
     relevant = len(true_units & examined)
+
+    def right(units: list[str]) -> int:
+        return len(true_units & set(units))
+
     return {
         "artefact_units": len(true_units), "artefact_units_examined": relevant,
         "search_hits_at5": sum(unit in true_units for unit in hits[artifact]),
         "search_hits_at5_paraphrase": sum(unit in true_units for unit in hits[paraphrase]),
-        "audit_precision": _share(len(true_units & set(flagged)), len(flagged)), "audit_recall": _share(len(true_units & set(flagged)), relevant),
-        "audit_recall_with_both": _share(len(true_units & set(flagged + both)), relevant),
-        "confirmed_precision": _share(len(true_units & set(confirmed)), len(confirmed)), "confirmed_recall": _share(len(true_units & set(confirmed)), relevant),
+        "audit_precision": _share(right(flagged), len(flagged)), "audit_recall": _share(right(flagged), relevant),
+        "audit_recall_with_both": _share(right(flagged + both), relevant),
+        "confirmed_precision": _share(right(confirmed), len(confirmed)), "confirmed_recall": _share(right(confirmed), relevant),
+        "tested_precision": _share(right(found), len(found)), "tested_recall": _share(right(found), relevant),
     }  # fmt: skip
 
 

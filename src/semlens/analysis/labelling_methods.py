@@ -120,6 +120,11 @@ def contrastive_scores(
     return alignment(theta, concepts, null) - weight * alignment(negatives, concepts, null)
 
 
+def alignment_method_scores(method: str, alignments: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The scores of one of the ``ALIGNMENT_METHODS`` from the layer's Eq. 4 ``alignments [U, C]``."""
+    return alignments if method == "alignment" else centred_scores(alignments, valid)
+
+
 def centred_scores(alignments: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``alignments [U, C]`` less each concept's mean over the ``valid`` units (unchanged with fewer than
     ``MIN_CENTRED_UNITS`` of them)."""
@@ -154,8 +159,7 @@ def method_scores(
     examples (inactive and tied units left out) give the contrastive negatives, and clip-dissect's prior
     sets unless ``prior_sets`` are given; ``centred`` centres over the ``valid`` units."""
     if check_method(method) in ALIGNMENT_METHODS:
-        aligned = alignment(theta, concepts, null)
-        return aligned if method == "alignment" else centred_scores(aligned, valid)
+        return alignment_method_scores(method, alignment(theta, concepts, null), valid)
     if method == "clip-dissect":
         return clip_dissect_scores(examples, concepts, examples[valid] if prior_sets is None else prior_sets)
     pool, pool_samples = distinct_crops(examples[valid], samples[valid])

@@ -13,7 +13,7 @@ import torch
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
 from ..analysis.label import DEFAULT_THRESHOLD, Labels, dissect, rank_concepts, unit_categories
-from ..analysis.labelling_methods import ALIGNMENT_METHODS, DEFAULT_METHOD, check_method, method_scores
+from ..analysis.labelling_methods import ALIGNMENT_METHODS, DEFAULT_METHOD, alignment_method_scores, check_method, method_scores
 from ..analysis.vocabulary import Vocabulary, load_vocabulary
 from .label_prior import prior_sets
 from .store import layer_file
@@ -152,14 +152,13 @@ class LensLabels:
         examples: str = "activation",
     ) -> Labels:
         theta, valid = self.theta_of(layer, examples), self.valid_of(layer, examples)
-        if method == "alignment":
-            return rank_concepts(alignment(theta, concepts, null), None, threshold, top, valid)
+        aligned = alignment(theta, concepts, null)  # the scores of the alignment methods, and every method's gate
         if method in ALIGNMENT_METHODS:  # theta alone: the example embeddings stay unread
-            embeddings = samples = None
+            scores = alignment_method_scores(method, aligned, valid)
         else:
             embeddings, samples = self.example_embeddings_of(layer, examples), self.example_samples(layer, examples)
-        scores = method_scores(method, theta, embeddings, samples, valid, concepts, null, prior)
-        return rank_concepts(scores, alignment(theta, concepts, null), threshold, top, valid, method)
+            scores = method_scores(method, theta, embeddings, samples, valid, concepts, null, prior)
+        return rank_concepts(scores, None if method == "alignment" else aligned, threshold, top, valid, method)
 
     @property
     def label_method(self) -> str | None:
