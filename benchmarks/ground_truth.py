@@ -5,8 +5,8 @@ Per (world, seed) the classifier is trained (cached), its Lens built on the worl
 relevance crops and labelled with the world's vocabulary; then, through the Lens's public API:
 
 - truth per unit: by dissection (IoU of the unit's top-quantile map with a concept's masks, at least
-  ``truth.IOU_THRESHOLD`` and at least the best IoU any unit of its layer reaches by chance, with each
-  image's maps paired with the next image's masks; both recorded) and by response (AUC of its response to a concept's concept images
+  ``truth.IOU_THRESHOLD`` and at least the best IoU any unit of its layer reaches with that concept by
+  chance, with each image's maps paired with the next image's masks; the thresholds are recorded) and by response (AUC of its response to a concept's concept images
   against every other concept's, at least ``truth.RESPONSE_AUC``); an artefact is a unit's true concept
   only where pasting it into the world's probe images also raises the unit (``truth.INSERTION_AUC``,
   ``demo.true_concepts``): labels, search and audit are scored against that truth, search and audit
@@ -79,6 +79,7 @@ from semlens.world.demo import (
     concept_images,
     ground_truth_labels,
     identity,
+    iou_thresholds,
     memo,
     test_finding,
     true_concepts,
@@ -87,7 +88,7 @@ from semlens.world.demo import (
 )
 from semlens.world.random_world import planted_artifact, random_worlds
 from semlens.world.render import WorldConfig
-from semlens.world.truth import IOU_THRESHOLD, artifact_reliance, layer_threshold
+from semlens.world.truth import artifact_reliance
 
 #: per column of the summary rows: +1 higher is better, -1 lower is better; control worlds flip the audit
 #: and reliance columns (there the artefact tells nothing about the class)
@@ -203,16 +204,14 @@ def evaluate(
     pruning = test.get("pruning")
     distractors = distractor_labels(lens, config, truth)  # it replaces the Lens's labels in this process
     methods = method_scores(lens, config, out, label_methods or [])  # so does this
-    null_iou = sorted(value for layer in SPATIAL for value in truths[layer]["null_best_iou"])
     return {
         "world": name, "seed": seed, "control": control, "build": build or {}, "class_family": config.class_family, "classes": list(config.classes),
         "artifact": artifact, "artifact_class": target, "paraphrase": paraphrase,
-        "units_with_truth": labels["units_with_true_concept"], "units": sum(len(truths[layer]["best"]) for layer in SPATIAL),
+        "units_with_truth": labels["units_with_true_concept"], "units": sum(len(truths[layer]["iou"]) for layer in SPATIAL),
         "top1": labels["top1"], "top3": labels["top3"], "random_top1": labels["random_top1"], "random_top3": labels["random_top3"],
         "units_with_response_truth": labels["units_with_response_truth"], "top1_response": labels["top1_response"],
         "phi": labels["faithfulness_phi"], "cosy_auc": labels["cosy_auc"], **distractors,
-        "iou_thresholds": {layer: layer_threshold(truths[layer]["null_best_iou"]) for layer in SPATIAL},
-        "null_units_over_base_threshold": sum(v >= IOU_THRESHOLD for v in null_iou),
+        "iou_thresholds": iou_thresholds(truths),
         "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artifact, paraphrase, flagged, both, confirmed, found, examined),
         "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
         "audit_units": len(examined), "audit_flagged": len(flagged), "audit_flagged_units": flagged, "spurious_share": audit["shares"]["spurious"], "confirmed_share": audit["confirmed_share"],

@@ -268,10 +268,18 @@ def test_faithfulness_phi_of_labelled_units_only():
     assert faithfulness(responses, [None, None, None]) == []
 
 
-def test_the_layer_threshold_rises_to_what_chance_reaches():
-    from semlens.world.truth import IOU_THRESHOLD, layer_threshold
+def test_each_concept_has_its_own_chance_threshold():
+    from semlens.world.truth import IOU_THRESHOLD, concept_thresholds, dissected_concept
 
-    assert layer_threshold([0.01, 0.02]) == IOU_THRESHOLD and layer_threshold([0.01, 0.055]) == 0.055
+    # chance IoU per (unit, concept): a large concept ("star") reaches 0.055 by chance, a thin one 0.02
+    null = torch.tensor([[0.055, 0.02], [0.03, 0.01]])
+    thresholds = concept_thresholds(null)
+    assert thresholds.tolist() == pytest.approx([0.055, IOU_THRESHOLD])
+    # a unit with star 0.05 (chance) and watermark 0.045 (above its chance): the watermark, though lower
+    assert dissected_concept(torch.tensor([0.05, 0.045]), thresholds) == 1
+    assert dissected_concept(torch.tensor([0.06, 0.045]), thresholds) == 0
+    assert dissected_concept(torch.tensor([0.05, 0.03]), thresholds) is None
+    assert dissected_concept(torch.tensor([0.06, 0.045]), thresholds, torch.tensor([False, True])) == 1
 
 
 def test_concept_images_are_test_images_without_the_artefact_and_the_same_with_it():
@@ -310,12 +318,14 @@ def test_an_artefact_unit_must_be_named_by_dissection_and_raised_by_the_pasted_a
     patch = activation_aucs(model, *concept_images(config, "patch", 30, "probe").views(model), spec)["features.1"]
     frame = activation_aucs(model, *concept_images(config, "frame", 30, "probe").views(model), spec)["features.1"]
     assert patch.tolist() == [1.0] and frame.tolist() == [0.5]
-    # 10/0 detects the patch; 10/1: dissection names the patch, but the patch barely raises it; 10/2: raised,
-    # but dissection names red; 10/3: under the layer's chance IoU; 14/0: a colour needs no insertion test
-    layer = {"best": ["patch", "patch", "red", "patch"], "best_iou": [0.3, 0.3, 0.3, 0.05], "null_best_iou": [0.06]}
+    # 10/0 detects the patch; 10/1: dissection names the patch, but the patch barely raises it, so its next
+    # concept above chance (red) is its truth; 10/2: raised, but dissection names red; 10/3: under the
+    # patch's chance IoU; 14/0: a colour needs no insertion test
+    concepts = ["patch", "red", "star"]
+    layer = {"concepts": concepts, "iou": [[0.3, 0.0, 0.0], [0.3, 0.2, 0.0], [0.1, 0.3, 0.0], [0.05, 0.0, 0.0]], "chance_iou": [0.06, 0.01, 0.1]}
     truths = {
         "features.10": {**layer, "insertion": {"patch": [1.0, INSERTION_AUC - 0.01, 0.9, 1.0]}},
-        "features.14": {"best": ["red"], "best_iou": [0.3], "null_best_iou": [0.0], "insertion": {"patch": [0.5]}},
+        "features.14": {"concepts": concepts, "iou": [[0.0, 0.3, 0.0]], "chance_iou": [0.0, 0.0, 0.0], "insertion": {"patch": [0.5]}},
     }
-    assert true_concepts(truths) == {"features.10/0": "patch", "features.10/2": "red", "features.14/0": "red"}
+    assert true_concepts(truths) == {"features.10/0": "patch", "features.10/1": "red", "features.10/2": "red", "features.14/0": "red"}
     assert true_concepts(truths, causal=False) == {"features.10/0": "patch", "features.10/1": "patch", "features.10/2": "red", "features.14/0": "red"}

@@ -26,7 +26,7 @@ from ..model.units import LayerSpec
 from .captions import HELD_OUT
 from .random_world import planted_artifact
 from .render import WorldConfig, WorldData, artifact_overlay, concept_family
-from .truth import INSERTION_AUC, concept_responses, dissect_layer, faithfulness, layer_threshold, response_auc, response_truth
+from .truth import INSERTION_AUC, concept_responses, concept_thresholds, dissect_layer, dissected_concept, faithfulness, response_auc, response_truth
 
 if TYPE_CHECKING:
     from ..analysis.interventions import Artifact, ConceptImages
@@ -39,7 +39,7 @@ K = 20  # concept examples per unit
 CROP = "auto"  # relevance crops where LRP supports the model (it does the world CNN)
 DISTRACTORS = ["dog", "car", "tree", "house", "person", "cloud", "fire", "wood", "metal", "flower"]
 INSERTION_IMAGES = 400  # probe images the artefact is pasted into for the causal truth (those without it)
-TRUTH_VERSION = 3  # bump when unit_truth stores other things: stored truths are then computed again
+TRUTH_VERSION = 4  # bump when unit_truth stores other things: stored truths are then computed again
 
 
 def world_vocabulary(config: WorldConfig) -> Vocabulary:
@@ -139,9 +139,9 @@ def identity(lens: Lens, config: WorldConfig, images: int) -> dict:
 
 
 def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
-    """Per spatial layer, each unit's best concept by dissection (None: under ``IOU_THRESHOLD``; the
-    layer's chance threshold is applied on reading), its best IoU, its best IoU when maps meet the next
-    image's masks (chance), its responses ``[U, C, n]`` to each concept's concept images, and per
+    """Per spatial layer, each unit's IoU with every concept (dissection), each concept's best IoU with
+    any unit when maps meet the next image's masks (chance; ``truth.concept_thresholds`` on reading), each
+    unit's responses ``[U, C, n]`` to each concept's concept images, and per
     artefact its insertion AUC (``truth.INSERTION_AUC``) on probe images without the artefact."""
     from ..analysis.interventions import activation_aucs
 
@@ -159,9 +159,9 @@ def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
     for layer in SPATIAL:
         dissected = dissect_layer(model.module, model.preprocessing, layer, data)
         truths[layer] = {
-            "best": dissected.best,
-            "best_iou": dissected.best_iou.tolist(),
-            "null_best_iou": dissect_layer(model.module, model.preprocessing, layer, data, null=True).best_iou.tolist(),
+            "concepts": dissected.concepts,
+            "iou": dissected.iou.tolist(),
+            "chance_iou": dissect_layer(model.module, model.preprocessing, layer, data, null=True).iou.max(dim=0).values.tolist(),
             "responses": concept_responses(model.module, model.preprocessing, LayerSpec(layer), config).tolist(),
             "insertion": {name: aucs[layer].tolist() for name, aucs in insertion.items()},
         }
@@ -185,7 +185,7 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     hits1 = hits3 = total = response_hits = response_total = 0
     phis, aucs = [], []
     for layer in SPATIAL:
-        best = [truth.get(f"{layer}/{unit}") for unit in range(len(truths[layer]["best"]))]
+        best = [truth.get(f"{layer}/{unit}") for unit in range(len(truths[layer]["iou"]))]
         responses = torch.tensor(truths[layer]["responses"])
         auc = response_auc(responses)
         by_response = response_truth(auc, world_concepts)
@@ -217,17 +217,31 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     return scores, truth
 
 
+def iou_thresholds(truths: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """Per spatial layer and concept, the IoU a unit must reach to detect it (``truth.concept_thresholds``)."""
+    return {
+        layer: dict(zip(truths[layer]["concepts"], concept_thresholds(torch.tensor([truths[layer]["chance_iou"]])).tolist()))
+        for layer in SPATIAL
+    }
+
+
 def true_concepts(truths: dict[str, dict], causal: bool = True) -> dict[str, str]:
-    """Each unit's true concept (``unit_truth``): dissection's, above its layer's chance threshold
-    (``truth.layer_threshold``); with ``causal``, an artefact only where pasting it into probe images
+    """Each unit's true concept (``unit_truth``): dissection's, each concept above its own chance threshold
+    (``truth.concept_thresholds``); with ``causal``, an artefact only where pasting it into probe images
     raises the unit (``truth.INSERTION_AUC``): dissection alone is reached through correlation."""
     found = {}
     for layer in SPATIAL:
-        threshold = layer_threshold(truths[layer]["null_best_iou"])
-        for unit, (concept, iou) in enumerate(zip(truths[layer]["best"], truths[layer]["best_iou"])):
-            insertion = truths[layer]["insertion"].get(concept)
-            if concept is not None and iou >= threshold and not (causal and insertion is not None and insertion[unit] < INSERTION_AUC):
-                found[f"{layer}/{unit}"] = concept
+        concepts = truths[layer]["concepts"]
+        iou = torch.tensor(truths[layer]["iou"])
+        thresholds = torch.tensor(list(iou_thresholds(truths)[layer].values()))
+        for unit in range(iou.shape[0]):
+            allowed = None
+            if causal:
+                insertion = truths[layer]["insertion"]
+                allowed = torch.tensor([name not in insertion or insertion[name][unit] >= INSERTION_AUC for name in concepts])
+            concept = dissected_concept(iou[unit], thresholds, allowed)
+            if concept is not None:
+                found[f"{layer}/{unit}"] = concepts[concept]
     return found
 
 
