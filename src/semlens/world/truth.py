@@ -13,7 +13,6 @@ artefact pasted into test images minus without.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
