@@ -6,8 +6,9 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
 
 - truth per unit: by dissection (IoU of the unit's top-quantile map with a concept's masks, at least
   ``truth.IOU_THRESHOLD`` and at least the best IoU any unit of its layer reaches with that concept by
-  chance, with each image's maps paired with the next image's masks; the thresholds are recorded) and by response (AUC of its response to a concept's concept images
-  against every other concept's, at least ``truth.RESPONSE_AUC``); an artefact is a unit's true concept
+  chance, with each image's maps paired with the next image's masks; the thresholds are recorded) and
+  by response (AUC of its response to a concept's concept images against every other concept's, at
+  least ``truth.RESPONSE_AUC``); an artefact is a unit's true concept
   only where pasting it into the world's probe images also raises the unit (``truth.INSERTION_AUC``,
   ``demo.true_concepts``): labels, search and audit are scored against that truth, search and audit
   also against dissection alone (``by_dissection_alone``);

@@ -227,8 +227,8 @@ def test_dissection_names_the_concept_a_unit_detects_and_chance_pairing_does_not
     data = WorldData(config, 60, "probe")
     truth = dissect_layer(_PatchDetector(), world_preprocessing(config), "features.1", data)
     null = dissect_layer(_PatchDetector(), world_preprocessing(config), "features.1", data, null=True)
-    assert truth.best == ["patch"] and float(truth.best_iou[0]) > 0.9
-    assert null.best == [None] and float(null.best_iou[0]) < IOU_THRESHOLD
+    assert truth.concepts[int(truth.iou[0].argmax())] == "patch" and float(truth.iou[0].max()) > 0.9
+    assert float(null.iou[0].max()) < IOU_THRESHOLD
 
 
 class _PatchVoter(torch.nn.Module):
@@ -269,17 +269,19 @@ def test_faithfulness_phi_of_labelled_units_only():
 
 
 def test_each_concept_has_its_own_chance_threshold():
-    from semlens.world.truth import IOU_THRESHOLD, concept_thresholds, dissected_concept
+    from semlens.world.truth import IOU_THRESHOLD, concept_thresholds, dissected_concepts
 
     # chance IoU per (unit, concept): a large concept ("star") reaches 0.055 by chance, a thin one 0.02
     null = torch.tensor([[0.055, 0.02], [0.03, 0.01]])
-    thresholds = concept_thresholds(null)
+    thresholds = concept_thresholds(null.max(dim=0).values)
     assert thresholds.tolist() == pytest.approx([0.055, IOU_THRESHOLD])
-    # a unit with star 0.05 (chance) and watermark 0.045 (above its chance): the watermark, though lower
-    assert dissected_concept(torch.tensor([0.05, 0.045]), thresholds) == 1
-    assert dissected_concept(torch.tensor([0.06, 0.045]), thresholds) == 0
-    assert dissected_concept(torch.tensor([0.05, 0.03]), thresholds) is None
-    assert dissected_concept(torch.tensor([0.06, 0.045]), thresholds, torch.tensor([False, True])) == 1
+    # unit 0: star 0.05 (chance) and watermark 0.045 (above its chance): the watermark, though lower;
+    # unit 1: star above chance wins; unit 2: nothing above chance
+    iou = torch.tensor([[0.05, 0.045], [0.06, 0.045], [0.05, 0.03]])
+    assert dissected_concepts(iou, thresholds) == [1, 0, None]
+    # unit 1 with the star not allowed: the watermark
+    allowed = torch.tensor([[True, True], [False, True], [True, True]])
+    assert dissected_concepts(iou, thresholds, allowed) == [1, 1, None]
 
 
 def test_concept_images_are_test_images_without_the_artefact_and_the_same_with_it():

@@ -26,7 +26,7 @@ from ..model.units import LayerSpec
 from .captions import HELD_OUT
 from .random_world import planted_artifact
 from .render import WorldConfig, WorldData, artifact_overlay, concept_family
-from .truth import INSERTION_AUC, concept_responses, concept_thresholds, dissect_layer, dissected_concept, faithfulness, response_auc, response_truth
+from .truth import INSERTION_AUC, concept_responses, concept_thresholds, dissect_layer, dissected_concepts, faithfulness, response_auc, response_truth
 
 if TYPE_CHECKING:
     from ..analysis.interventions import Artifact, ConceptImages
@@ -219,10 +219,7 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
 
 def iou_thresholds(truths: dict[str, dict]) -> dict[str, dict[str, float]]:
     """Per spatial layer and concept, the IoU a unit must reach to detect it (``truth.concept_thresholds``)."""
-    return {
-        layer: dict(zip(truths[layer]["concepts"], concept_thresholds(torch.tensor([truths[layer]["chance_iou"]])).tolist()))
-        for layer in SPATIAL
-    }
+    return {layer: dict(zip(truths[layer]["concepts"], concept_thresholds(torch.tensor(truths[layer]["chance_iou"])).tolist())) for layer in SPATIAL}
 
 
 def true_concepts(truths: dict[str, dict], causal: bool = True) -> dict[str, str]:
@@ -233,15 +230,12 @@ def true_concepts(truths: dict[str, dict], causal: bool = True) -> dict[str, str
     for layer in SPATIAL:
         concepts = truths[layer]["concepts"]
         iou = torch.tensor(truths[layer]["iou"])
-        thresholds = torch.tensor(list(iou_thresholds(truths)[layer].values()))
-        for unit in range(iou.shape[0]):
-            allowed = None
-            if causal:
-                insertion = truths[layer]["insertion"]
-                allowed = torch.tensor([name not in insertion or insertion[name][unit] >= INSERTION_AUC for name in concepts])
-            concept = dissected_concept(iou[unit], thresholds, allowed)
-            if concept is not None:
-                found[f"{layer}/{unit}"] = concepts[concept]
+        allowed = torch.ones_like(iou, dtype=torch.bool)
+        if causal:
+            for name, aucs in truths[layer]["insertion"].items():
+                allowed[:, concepts.index(name)] = torch.tensor(aucs) >= INSERTION_AUC
+        dissected = dissected_concepts(iou, concept_thresholds(torch.tensor(truths[layer]["chance_iou"])), allowed)
+        found.update({f"{layer}/{unit}": concepts[concept] for unit, concept in enumerate(dissected) if concept is not None})
     return found
 
 

@@ -4,8 +4,8 @@ Network-Dissection style: a unit's activation map, up-sampled to the image, is t
 top quantile over the probe set; its IoU with each concept's mask, summed over the set, names the
 concept it detects (the best of those whose IoU passes the concept's chance threshold). A second
 truth comes from the world's concept images (each concept alone): a unit's response AUC for a
-concept's images against every other concept's. Label faithfulness (phi) is its mean activation on each concept alone, min-max
-normalised over concepts. An artefact unit must also be causal: pasting the artefact into images
+concept's images against every other concept's. Label faithfulness (phi) is its mean activation on
+each concept alone, min-max normalised over concepts. An artefact unit must also be causal: pasting the artefact into images
 raises it (``INSERTION_AUC``). Reliance is measured, not inferred: the class probabilities with an
 artefact pasted into test images minus without.
 """
@@ -42,17 +42,15 @@ CONCEPT_IMAGES = 8
 # of that class's colour overlap it. Measured on six random worlds x 2 seeds: in r0.0 seed 1 dissection
 # names 9 "patch" units whose insertion AUC is 0.57 to 0.70 (their examples: purple shapes, no patch).
 # 0.8 is above every unit of the four control-world models (0.60 to 0.75), where no unit has reason to
-# carry the artefact; the default world's 5 watermark units by dissection have 0.89 to 0.97.
+# carry the artefact; the default world's 9 watermark units by dissection have 0.87 to 0.96.
 INSERTION_AUC = 0.8
 
 
 @dataclass
 class UnitTruth:
-    """Per unit of a layer: the concept with the highest IoU, that IoU, and the IoU with every concept."""
+    """Per unit of a layer, its IoU with every concept (``concept_thresholds`` and ``dissected_concepts`` read it)."""
 
     concepts: list[str]
-    best: list[str | None]  # None when the best IoU is under the threshold
-    best_iou: torch.Tensor  # [U]
     iou: torch.Tensor  # [U, C]
 
 
@@ -98,26 +96,24 @@ def dissect_layer(
         unit_area += fired.sum(dim=(0, 2)).unsqueeze(1)
         concept_area += masks.sum(dim=(0, 2)).unsqueeze(0)
     iou = intersection / (unit_area + concept_area - intersection).clamp_min(1)
-    best_iou, best = iou.max(dim=1)
-    names = [concepts[index] if value >= IOU_THRESHOLD else None for index, value in zip(best.tolist(), best_iou.tolist())]
-    return UnitTruth(concepts, names, best_iou, iou)
+    return UnitTruth(concepts, iou)
 
 
-def concept_thresholds(null_iou: torch.Tensor) -> torch.Tensor:
+def concept_thresholds(chance_iou: torch.Tensor) -> torch.Tensor:
     """``[C]``: the IoU a unit must reach with each concept to detect it: ``IOU_THRESHOLD``, raised to the best
-    IoU any unit of the layer reaches with that concept by chance (``null_iou [U, C]``, ``dissect_layer(null=True)``)."""
-    return null_iou.max(dim=0).values.clamp_min(IOU_THRESHOLD)
+    IoU any unit of the layer reaches with that concept by chance (``chance_iou [C]``: the maximum over units
+    of ``dissect_layer(null=True).iou``)."""
+    return chance_iou.clamp_min(IOU_THRESHOLD)
 
 
-def dissected_concept(iou: torch.Tensor, thresholds: torch.Tensor, allowed: torch.Tensor | None = None) -> int | None:
-    """A unit's concept by dissection: of the concepts whose IoU (``iou [C]``) reaches their chance threshold
-    (and that ``allowed [C]`` admits), the one of highest IoU; None when none does."""
+def dissected_concepts(iou: torch.Tensor, thresholds: torch.Tensor, allowed: torch.Tensor | None = None) -> list[int | None]:
+    """Per unit, its concept by dissection: of the concepts whose IoU (``iou [U, C]``) reaches their chance
+    threshold (``thresholds [C]``) and that ``allowed [U, C]`` admits, the one of highest IoU; None when none does."""
     passing = iou >= thresholds
     if allowed is not None:
         passing &= allowed
-    if not bool(passing.any()):
-        return None
-    return int(iou.masked_fill(~passing, float("-inf")).argmax())
+    best = iou.masked_fill(~passing, float("-inf")).argmax(dim=1)
+    return [concept if any_passing else None for concept, any_passing in zip(best.tolist(), passing.any(dim=1).tolist())]
 
 
 def concept_responses(model: torch.nn.Module, preprocessing, spec: LayerSpec, config: WorldConfig) -> torch.Tensor:
