@@ -26,7 +26,7 @@ from semlens.world.render import WorldConfig
 
 
 EXAMPLE_PRIOR = "clip-dissect-examples"  # clip-dissect, its prior from the units' example sets (benchmark only)
-METHOD_KEYS = {"top1": "top1", "top3": "top3", "phi": "faithfulness_phi", "top1_response": "top1_response", "cosy_auc": "cosy_auc", "labelled_units": "labelled_units"}  # fmt: skip
+METHOD_KEYS = {"top1": "top1", "top3": "top3", "phi": "faithfulness_phi", "phi_true_units": "faithfulness_phi_true_units", "top1_response": "top1_response", "cosy_auc": "cosy_auc", "labelled_units": "labelled_units"}  # fmt: skip
 
 
 def label_with_example_prior(lens: Lens, vocabulary: Vocabulary) -> None:
@@ -60,13 +60,13 @@ def print_methods(records: list[dict[str, Any]], console: Console) -> None:
     """One row per labelling method: mean and worst of top-1, top-3 and phi over the runs (top-1 and top-3
     over the runs with units whose concept dissection knows), and the other label scores' means."""
     table = Table(title="labelling methods on the same Lenses (mean / worst over runs)")
-    for column in ("method", "runs", "top-1", "top-3", "phi", "top-1 resp.", "CoSy AUC", "labelled units", "seconds"):
+    for column in ("method", "runs", "top-1", "top-3", "phi", "phi (true units)", "top-1 resp.", "CoSy AUC", "labelled units", "seconds"):
         table.add_column(column)
     for method in dict.fromkeys(name for record in records for name in record["label_methods"]):
         chosen = [(record, record["label_methods"][method]) for record in records if method in record["label_methods"]]
         cells = []
-        for key in ("top1", "top3", "phi"):
-            values = [m[key] for r, m in chosen if m[key] is not None and m[key] == m[key] and (r["units_with_truth"] or key == "phi")]
+        for key in ("top1", "top3", "phi", "phi_true_units"):
+            values = [m.get(key) for r, m in chosen if m.get(key) is not None and m[key] == m[key] and (r["units_with_truth"] or key == "phi")]
             cells.append(f"{mean(values):.2f} / {min(values):.2f}" if values else "-")
         for key in ("top1_response", "cosy_auc", "labelled_units", "seconds"):
             values = [m[key] for _, m in chosen if m[key] is not None]

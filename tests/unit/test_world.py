@@ -268,6 +268,18 @@ def test_faithfulness_phi_of_labelled_units_only():
     assert faithfulness(responses, [None, None, None]) == []
 
 
+def test_faithfulness_of_true_units_takes_their_top1_labelled_or_not():
+    from semlens.world.truth import faithfulness_of_true_units
+
+    responses = torch.tensor([[0.0, 2.0, 4.0], [1.0, 1.0, 3.0], [5.0, 0.0, 0.0], [0.0, 1.0, 2.0]])  # units x concepts
+    concepts = ["red", "star", "patch"]
+    # unit 0: top-1 "star" (halfway); unit 1: "patch" (its best); unit 2: no true concept, left out;
+    # unit 3: "dog", a word the world never shows: 0
+    phis = faithfulness_of_true_units(responses, ["star", "patch", "red", "dog"], ["patch", "patch", None, "star"], concepts)
+    assert sorted(phis) == [0.0, 0.5, 1.0]
+    assert faithfulness_of_true_units(responses, ["star"] * 4, [None] * 4, concepts) == []
+
+
 def test_each_concept_has_its_own_chance_threshold():
     from semlens.world.truth import IOU_THRESHOLD, concept_thresholds, dissected_concepts
 

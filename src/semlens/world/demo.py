@@ -26,7 +26,17 @@ from ..model.units import LayerSpec
 from .captions import HELD_OUT
 from .random_world import planted_artifact
 from .render import WorldConfig, WorldData, artifact_overlay, concept_family
-from .truth import INSERTION_AUC, concept_responses, concept_thresholds, dissect_layer, dissected_concepts, faithfulness, response_auc, response_truth
+from .truth import (
+    INSERTION_AUC,
+    concept_responses,
+    concept_thresholds,
+    dissect_layer,
+    dissected_concepts,
+    faithfulness,
+    faithfulness_of_true_units,
+    response_auc,
+    response_truth,
+)
 
 if TYPE_CHECKING:
     from ..analysis.interventions import Artifact, ConceptImages
@@ -178,12 +188,14 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     """semlens labels against the truth: top-1/top-3 accuracy against dissection, with the random
     baseline; top-1 against the concept-image response truth; faithfulness phi; and a CoSy-style AUC
     (the unit's response to its label's concept images against all other concepts', 0.5 = chance).
-    Also each unit's true concept (``true_concepts``: by dissection, artefacts confirmed by insertion)."""
+    phi is taken over the units semlens labels, and over the units with a true concept (their top-1
+    concept, labelled or not: ``truth.faithfulness_of_true_units``). Also each unit's true concept
+    (``true_concepts``: by dissection, artefacts confirmed by insertion)."""
     truths = unit_truths(lens, config, out)
     truth = true_concepts(truths)
     concepts, world_concepts = list(lens.vocabulary.concepts), config.concept_names()
     hits1 = hits3 = total = response_hits = response_total = 0
-    phis, aucs = [], []
+    phis, true_phis, aucs = [], [], []
     for layer in SPATIAL:
         best = [truth.get(f"{layer}/{unit}") for unit in range(len(truths[layer]["iou"]))]
         responses = torch.tensor(truths[layer]["responses"])
@@ -202,6 +214,7 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
                 response_total += 1
                 response_hits += top[unit][0] == by_response[unit]
         phis += faithfulness(responses.mean(dim=2), assigned)
+        true_phis += faithfulness_of_true_units(responses.mean(dim=2), [row[0] for row in top], best, world_concepts)
     scores = {
         "units_with_true_concept": total,
         "top1": hits1 / max(total, 1),
@@ -210,6 +223,7 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
         "random_top3": 3 / len(concepts),
         "faithfulness_phi": sum(phis) / len(phis) if phis else float("nan"),  # over labelled units, pooled
         "labelled_units": len(phis),
+        "faithfulness_phi_true_units": sum(true_phis) / len(true_phis) if true_phis else None,
         "units_with_response_truth": response_total,
         "top1_response": response_hits / max(response_total, 1),
         "cosy_auc": sum(aucs) / max(len(aucs), 1),

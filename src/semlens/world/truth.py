@@ -153,6 +153,15 @@ def faithfulness(responses: torch.Tensor, assigned: list[int | None]) -> list[fl
     return [float(phi[unit, concept]) for unit, concept in enumerate(assigned) if concept is not None]
 
 
+def faithfulness_of_true_units(responses: torch.Tensor, top1: list[str], truth: list[str | None], concepts: list[str]) -> list[float]:
+    """phi of each unit's top-1 concept (``top1``), over the units with a true concept (``truth``, None where a
+    unit has none), labelled or not; 0 where the top-1 concept is a word the world never shows (not in
+    ``concepts``): it has no concept images, so it cannot be faithful."""
+    assigned = [concepts.index(name) if true is not None and name in concepts else None for name, true in zip(top1, truth)]
+    unshown = sum(true is not None and name not in concepts for name, true in zip(top1, truth))
+    return faithfulness(responses, assigned) + [0.0] * unshown
+
+
 def artifact_reliance(model: LoadedModel, config: WorldConfig, images: int) -> dict[str, dict[str, list[float]]]:
     """Per artefact of the world, how much the model relies on it: the mean change of each class's
     probability when the artefact is pasted into ``images`` test images, on the class's own images
