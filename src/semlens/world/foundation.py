@@ -260,7 +260,8 @@ def load_world_foundation(
     progress: bool = True,
     dtype: torch.dtype | None = None,
 ) -> WorldFoundation:
-    """The world's image-text model: trained on first use (about 14 min on 2 cores at the default 1600 steps), then cached."""
+    """The world's image-text model: trained on first use (about 14 min on 2 cores at the default 1600
+    steps), then cached."""
     config = WorldConfig.load(config_source)
     steps = resolve_steps(steps)
     path = weights_path(config, steps, batch_size)
