@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semlens.analysis.audit import audit_units, relevance_by_verdict
+from semlens.analysis.audit import audit_units, relevance_by_verdict, relevance_share
 from semlens.relevance.graph import edges_between, group_units
 
 
@@ -15,6 +15,9 @@ def test_relevance_by_verdict_sums_to_one_and_ignores_negative_relevance():
     assert relevance_by_verdict(torch.tensor([-1.0]), ["valid"]) == {
         "valid": 0.0, "spurious": 0.0, "both": 0.0, "unexpected": 0.0, "spurious_or_both": 0.0
     }  # fmt: skip
+    # the share the confirmed findings carry uses the same weights: negative and NaN relevance count as none
+    relevance = torch.tensor([0.5, float("nan"), 0.3, -0.4])
+    assert relevance_share(relevance, torch.tensor([True, True, False, True])) == pytest.approx(0.5 / 0.8)
 
 
 def test_audit_keeps_units_above_the_cut_most_relevant_first():

@@ -121,9 +121,9 @@ class Audit:
         without a concept test. What remains of the spurious share once the concept test has judged it."""
         if self.reliance is None:
             return None
-        weights = {unit.unit: max(unit.mean_relevance, 0.0) for unit in self.units}
-        total = sum(weights.values())
-        return sum(weights[unit] for unit in self.confirmed) / total if total > 0 else 0.0
+        confirmed = set(self.confirmed)
+        relevance = torch.tensor([unit.mean_relevance for unit in self.units])
+        return relevance_share(relevance, torch.tensor([unit.unit in confirmed for unit in self.units], dtype=torch.bool))
 
     @property
     def carriers(self) -> list[str]:
@@ -151,13 +151,19 @@ class Audit:
         }
 
 
+def relevance_share(relevance: torch.Tensor, chosen: torch.Tensor) -> float:
+    """The fraction of the (non-negative part of the) ``relevance [N]`` that the ``chosen [N]`` units carry
+    (NaN counts as none; 0 when no unit carries any)."""
+    weights = relevance.nan_to_num(0).clamp_min(0)
+    total = float(weights.sum())
+    return float(weights[chosen].sum()) / total if total > 0 else 0.0
+
+
 def relevance_by_verdict(relevance: torch.Tensor, unit_verdicts: list[str]) -> dict[str, float]:
     """Fractions of the (non-negative part of the) relevance carried by each verdict (they sum to 1), and
     ``spurious_or_both``: what the audit flags."""
-    weights = relevance.clamp_min(0)
-    total = float(weights.sum())
     shares = {
-        verdict: (float(weights[[v == verdict for v in unit_verdicts]].sum()) / total if total > 0 else 0.0)
+        verdict: relevance_share(relevance, torch.tensor([v == verdict for v in unit_verdicts], dtype=torch.bool))
         for verdict in VERDICTS
     }
     return {**shares, "spurious_or_both": shares["spurious"] + shares["both"]}
