@@ -57,8 +57,9 @@ def method_scores(lens: Lens, config: WorldConfig, out: Path, methods: list[str]
 
 
 def print_methods(records: list[dict[str, Any]], console: Console) -> None:
-    """One row per labelling method: mean and worst of top-1, top-3 and phi over the runs (top-1 and top-3
-    over the runs with units whose concept dissection knows), and the other label scores' means."""
+    """One row per labelling method: mean and worst of top-1, top-3 and phi (over labelled units, and over
+    units with a true concept) over the runs (top-1 and top-3 over the runs with units whose concept
+    dissection knows), and the other label scores' means."""
     table = Table(title="labelling methods on the same Lenses (mean / worst over runs)")
     for column in ("method", "runs", "top-1", "top-3", "phi", "phi (true units)", "top-1 resp.", "CoSy AUC", "labelled units", "seconds"):
         table.add_column(column)

@@ -6,8 +6,8 @@
   units (``MIN_CENTRED_UNITS`` or more; fewer give no mean worth the name, and keep the alignment). A text
   that aligns with every unit alike (a hub: words the foundation model places near all images, e.g. ones
   it never learnt) then says nothing about any one unit; what sets a unit apart from its layer does.
-  Measured on the concept worlds (README "Labelling methods"): top-1 0.07-0.52 by alignment, 0.18-0.95
-  centred, where the world's foundation model puts distractor words ("fire", "dog") near shape units.
+  Measured on the concept worlds (README "Labelling methods"): top-1 0.00 by alignment, 0.71-0.95
+  centred, where the world's foundation model puts distractor words ("person", "fire") near every unit.
 - ``clip-dissect`` (Oikarinen & Weng 2023, soft-WPMI): each example's p(concept | example) is a softmax
   over the vocabulary of ``temperature`` times its cosine with the concepts; the unit's examples form a
   soft set (the example of rank i belongs to it with a probability falling from ``p_start`` to ``p_end``)

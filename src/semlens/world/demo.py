@@ -213,8 +213,9 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
             if by_response[unit] is not None:
                 response_total += 1
                 response_hits += top[unit][0] == by_response[unit]
-        phis += faithfulness(responses.mean(dim=2), assigned)
-        true_phis += faithfulness_of_true_units(responses.mean(dim=2), [row[0] for row in top], best, world_concepts)
+        mean_responses = responses.mean(dim=2)
+        phis += faithfulness(mean_responses, assigned)
+        true_phis += faithfulness_of_true_units(mean_responses, [row[0] for row in top], best, world_concepts)
     scores = {
         "units_with_true_concept": total,
         "top1": hits1 / max(total, 1),

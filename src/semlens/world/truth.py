@@ -5,9 +5,9 @@ top quantile over the probe set; its IoU with each concept's mask, summed over t
 concept it detects (the best of those whose IoU passes the concept's chance threshold). A second
 truth comes from the world's concept images (each concept alone): a unit's response AUC for a
 concept's images against every other concept's. Label faithfulness (phi) is its mean activation on
-each concept alone, min-max normalised over concepts. An artefact unit must also be causal: pasting the artefact into images
-raises it (``INSERTION_AUC``). Reliance is measured, not inferred: the class probabilities with an
-artefact pasted into test images minus without.
+each concept alone, min-max normalised over concepts. An artefact unit must also be causal: pasting
+the artefact into images raises it (``INSERTION_AUC``). Reliance is measured, not inferred: the class
+probabilities with an artefact pasted into test images minus without.
 """
 
 from __future__ import annotations
