@@ -18,9 +18,9 @@ threads wait on each other whenever another process runs, which swamps the figur
 semlens' rules against 5.9 to 7.1 with zennit's; for ResNet-18 at 128 px (``layer4``, 256 pairs) 2.9
 to 3.1 at 16 and 64 pairs per pass, 3.5 at 256 (the build passes 49 at 128 px), against 7.2 to 8.9.
 
-``--shared`` also times one forward per distinct sample shared by that sample's pairs, with the first
-of ``--rules``: the pairs' backward passes batched with ``torch.autograd.grad(is_grads_batched=True)``
-(vmap). Its heatmaps are exact, but on a CPU vmap runs the convolutions' backward once per pair, so it
+``--shared`` also times one forward per distinct sample shared by that sample's pairs, with zennit's
+rules (semlens' ZPlus reads which channels carry relevance, a data-dependent step vmap cannot batch):
+the pairs' backward passes batched with ``torch.autograd.grad(is_grads_batched=True)`` (vmap). Its heatmaps are exact, but on a CPU vmap runs the convolutions' backward once per pair, so it
 is slower; the build keeps one forward per pair.
 
 Exactness: semlens' heatmaps of the first ``--check`` pairs are compared with zennit's, and the
@@ -87,7 +87,7 @@ def shared_forward_heatmaps(
     every sample, all rounds in one vmapped backward pass (``samples`` sorted)."""
     distinct, slot = torch.unique_consecutive(samples, return_inverse=True)
     counts = torch.bincount(slot)
-    rank = torch.arange(len(samples)) - (torch.cumsum(counts, 0) - counts)[slot]
+    rank = torch.arange(len(samples), device=samples.device) - (torch.cumsum(counts, 0) - counts)[slot]
     captured: list[torch.Tensor] = []
 
     def stop(_module, _inputs, output):
@@ -101,7 +101,7 @@ def shared_forward_heatmaps(
     except _Stop:
         pass
     activation = captured[0]
-    initial = torch.zeros(int(counts.max()), *activation.shape)
+    initial = torch.zeros(int(counts.max()), *activation.shape, device=activation.device)
     initial[rank, slot, channels] = activation[slot, channels].detach()
     (relevance,) = torch.autograd.grad(activation, inputs, grad_outputs=initial, is_grads_batched=True)
     return relevance[rank, slot].sum(dim=1)
@@ -119,25 +119,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds; medians are printed")
     parser.add_argument("--check", type=int, default=64, help="pairs compared across rules and with one pair per call")
     parser.add_argument("--rules", nargs="+", choices=["semlens", "zennit"], default=["semlens", "zennit"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (then the regime names the GPU)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 is steadier on a shared machine")
-    parser.add_argument("--shared", action="store_true", help="also time one shared forward per distinct sample (vmap)")
+    parser.add_argument("--shared", action="store_true", help="also time one shared forward per distinct sample (vmap, zennit's rules)")
     args = parser.parse_args()
+    if args.shared and "zennit" not in args.rules:
+        parser.error("--shared runs with zennit's rules: add zennit to --rules")
 
     build, layer = MODELS[args.model]
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(
-        f"regime: CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
+        f"regime: {torch.cuda.get_device_name() + ', ' if args.device.startswith('cuda') else ''}CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
         f"torch threads, torch {torch.__version__}; load average {os.getloadavg()[0]:.1f} before; {args.model} "
         f"(units at {layer}), {args.samples} samples per unit from {args.images} random images"
     )
     print("size  pairs/pass  distinct/pass  forward ms/image" + "".join(f"  {rule} ms/pair  ratio" for rule in args.rules) + ("  shared ms/pair  ratio" * args.shared))
     for size in args.sizes:
-        model = build(args.units)
-        images = torch.rand(args.images, 3, size, size)
+        model = build(args.units).to(args.device)
+        images = torch.rand(args.images, 3, size, size).to(args.device)
         ids = top_samples(model, layer, images, args.samples)
-        unit_of = torch.arange(ids.shape[0]).repeat_interleave(args.samples)
+        unit_of = torch.arange(ids.shape[0], device=ids.device).repeat_interleave(args.samples)
         flat_ids = ids.reshape(-1)
         order = torch.argsort(flat_ids, stable=True)[: args.pairs]  # by sample, as the build orders them
         samples, channels = flat_ids[order], unit_of[order]
@@ -150,10 +153,12 @@ def main() -> None:
             start = time.perf_counter()
             for begin, end in chunks(len(order), batch):
                 run(begin, end)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
             times.setdefault((kind, batch), []).append((time.perf_counter() - start) / len(order))
 
         def heatmaps(modified: nn.Module, begin: int, end: int) -> torch.Tensor:
-            return crp_heatmaps(modified, images[samples[begin:end]], layer, channels[begin:end], torch.ones(end - begin))
+            return crp_heatmaps(modified, images[samples[begin:end]], layer, channels[begin:end], torch.ones(end - begin, device=args.device))
 
         check = min(args.check, len(order))
         maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -162,14 +167,14 @@ def main() -> None:
                 heatmaps(modified, 0, 2)  # warm-up
                 single = torch.cat([heatmaps(modified, i, i + 1) for i in range(check)])
                 maps[rule] = (heatmaps(modified, 0, check), single)
-                if args.shared and rule == args.rules[0]:
+                if args.shared and rule == "zennit":
                     maps["shared"] = (shared_forward_heatmaps(modified, layer, images, samples[:check], channels[:check]), single)
         for _ in range(args.repeats):
             for batch in args.batches:
                 for rule in args.rules:
                     with composites[rule].context(model) as modified:
                         timed(rule, batch, lambda b, e: heatmaps(modified, b, e))
-                        if args.shared and rule == args.rules[0]:
+                        if args.shared and rule == "zennit":
                             timed("shared", batch, lambda b, e: shared_forward_heatmaps(modified, layer, images, samples[b:e], channels[b:e]))
                 with torch.no_grad():
                     timed("forward", batch, lambda b, e: model(images[samples[b:e]]))

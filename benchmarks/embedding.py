@@ -41,12 +41,12 @@ from semlens.data.photos import SKIMAGE_PHOTOS, SKLEARN_PHOTOS, write_photo_fold
 from semlens.lens.store import layer_file
 
 
-def embed_every_image(foundation_spec: str, model_spec: str, folder: Path, batch: int) -> float:
+def embed_every_image(foundation_spec: str, model_spec: str, folder: Path, batch: int, device: str) -> float:
     """Seconds to load the foundation model, then decode, view and embed every probe image once (what
     embedding the data set costs; the embed stage's time includes loading the model too)."""
     view, data = load_model(model_spec).preprocessing.view, FolderData(folder)
     start = time.perf_counter()
-    foundation = load_foundation_model(foundation_spec)
+    foundation = load_foundation_model(foundation_spec, device=device)
     foundation.batch_size = batch
     for begin, end in chunks(len(data), batch * 4):
         foundation.encode_images([view(data.load(index)) for index in range(begin, end)])
@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--variants", nargs="+", default=["channels_last"], help="embed settings to time, alternating")
     parser.add_argument("--repeats", type=int, default=1, help="runs of every variant")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--no-every-image", action="store_true", help="skip timing the embedding of every probe image")
     args = parser.parse_args()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -120,9 +121,9 @@ def main() -> None:
         folder = write_photo_folder(Path(tmp) / "photos", per_photo=per_photo)
         config = BuildConfig(
             model=args.model, layers=args.layers, data=f"folder:{folder}", foundation=args.foundation, k=args.k,
-            crop=args.crop, class_relevance=False, embed_batch_size=args.batch, device="cpu",
+            crop=args.crop, class_relevance=False, embed_batch_size=args.batch, device=args.device,
         )  # fmt: skip
-        load_foundation_model(args.foundation)  # imports and file caches warm for every timing alike
+        load_foundation_model(args.foundation, device=args.device)  # imports and file caches warm for every timing alike
         builder = LensBuilder(config, Path(tmp) / "bench.lens", progress=False)
         builder.collect()
         seconds: dict[str, list[float]] = {variant: [] for variant in args.variants}
@@ -137,11 +138,12 @@ def main() -> None:
                 reference = reference or theta
                 agreement.setdefault(variant, compare(theta, reference))
         summary = builder.summary()
-        every_s = None if args.no_every_image else embed_every_image(args.foundation, args.model, folder, args.batch)
+        every_s = None if args.no_every_image else embed_every_image(args.foundation, args.model, folder, args.batch, args.device)
 
     units = sum(layer.units for layer in summary.layers)
     print(f"model {args.model}, layers {' '.join(args.layers)} ({units} units), k {args.k}, crop {args.crop}")
-    print(f"probe images {summary.samples}, foundation {args.foundation}, batch {args.batch}, torch threads {torch.get_num_threads()}")
+    device = torch.cuda.get_device_name() if builder.context.device.type == "cuda" else "CPU"
+    print(f"probe images {summary.samples}, foundation {args.foundation}, batch {args.batch}, device {device}, torch threads {torch.get_num_threads()}")
     print(f"load average before / after: {load_before} / {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"(unit, example) slots      {summary.example_slots}")
     print(f"distinct crops embedded    {summary.distinct_crops}")
