@@ -143,19 +143,22 @@ def distractor_labels(lens: Lens, config: WorldConfig, truth: dict[str, str]) ->
 
 
 def view_settings(view: str, share: float | None, quantile: float | None) -> dict[str, Any]:
-    """Build settings of a crop view named ``RULE``, ``masked`` or ``RULE+masked`` (rules: CROP_RULES), only
-    those that differ from the defaults, so that ``peak`` is the plain Lens."""
+    """Build settings of a crop view named by its crop rules and view joined by ``+`` (``share``, ``masked``,
+    ``peak+share``, ``quantile+masked``; rules: CROP_RULES), only those that differ from the defaults, so
+    that ``peak`` is the plain Lens."""
+    rules: list[str] = []
     settings: dict[str, Any] = {}
     for part in view.split("+"):
-        if part in CROP_RULES and "crop_rule" not in settings:
-            settings["crop_rule"] = part
+        if part in CROP_RULES and part not in rules:
+            rules.append(part)
         elif part in CROP_VIEWS and "crop_view" not in settings:
             settings["crop_view"] = part
         else:
             raise SystemExit(f"view {view!r}: {part!r} is not a crop rule ({', '.join(CROP_RULES)}) or view ({', '.join(CROP_VIEWS)}), or is given twice")
-    extra = {"share": ("crop_share", share), "quantile": ("crop_quantile", quantile)}.get(settings.get("crop_rule", ""))
-    if extra and extra[1] is not None:
-        settings[extra[0]] = extra[1]
+    settings["crop_rule"] = "+".join(rules or ["peak"])
+    for rule, (key, value) in {"share": ("crop_share", share), "quantile": ("crop_quantile", quantile)}.items():
+        if rule in rules and value is not None:
+            settings[key] = value
     return {key: value for key, value in settings.items() if value not in ("peak", "box")}
 
 

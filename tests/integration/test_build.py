@@ -167,6 +167,18 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_or_data_does_no
         assert torch.equal(quantile.heatmaps(layer), built.heatmaps(layer))
     assert any(not torch.equal(quantile.boxes(layer), built.boxes(layer)) for layer in built.layers)  # cut by another rule
 
+    joined = build_lens(config(colour_folder, tiny_clip_dir, crop_rule="peak+quantile", heatmaps_from=source, class_relevance=False), tmp_path / "pq.lens")
+    assert not calls
+    for layer in built.layers:  # each example in both boxes; theta the mean over all 2k of them
+        assert torch.equal(joined.boxes(layer), built.boxes(layer))  # the first rule's are shown
+        stored = joined.store.read_tensors(f"layers/{layer}.embed.safetensors")
+        assert torch.equal(stored["boxes"][:, 5:], quantile.boxes(layer))
+        crops = joined.store.read_array("crops.safetensors", "embeddings").float()
+        index = stored["crop_index"]
+        both = torch.stack([crops[index[:, :5]], crops[index[:, 5:]]]).mean(dim=0)
+        torch.testing.assert_close(joined.example_embeddings(layer), both)
+        torch.testing.assert_close(joined.theta(layer), both.mean(dim=1), atol=2e-3, rtol=0)
+
     fewer = tmp_path / "fewer"
     shutil.copytree(colour_folder, fewer)
     next(fewer.rglob("*.png")).unlink()

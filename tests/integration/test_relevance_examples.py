@@ -94,6 +94,19 @@ def test_relevance_theta_is_the_mean_embedding_of_the_relevance_crops(built: Len
         torch.testing.assert_close(embeddings[~embeddings.isnan().any(dim=1)].mean(dim=0), expected, atol=3e-3, rtol=0)
 
 
+def test_relevance_examples_with_joined_rules_embed_both_boxes(built: Lens, tmp_path, colour_folder, tiny_clip_dir) -> None:
+    settings = config(colour_folder, tiny_clip_dir, crop_rule="share+peak", heatmaps_from=str(built.path))
+    joined = build_lens(settings, tmp_path / "joined.lens", progress=False)
+    layer = "features.3"
+    assert torch.equal(joined.example_samples(layer, "relevance"), built.example_samples(layer, "relevance"))
+    stored = joined._relevance_file(layer, "relevance_embed")
+    assert stored["boxes"].shape[1] == 2 * K and torch.equal(stored["boxes"][:, K:], built.example_boxes(layer, "relevance"))
+    assert torch.equal(joined.example_boxes(layer, "relevance"), stored["boxes"][:, :K])  # the first rule's (share) are shown
+    both = joined.example_embeddings_of(layer, "relevance")
+    assert both.shape[:2] == (6, K)
+    torch.testing.assert_close(both.nanmean(dim=1), joined.theta_of(layer, "relevance"), atol=3e-3, rtol=0)
+
+
 def test_analyses_take_either_example_set(built: Lens) -> None:
     measures = built.measures("features.3", examples="relevance")
     assert measures["clarity"].shape == (6,)

@@ -221,12 +221,12 @@ def test_explorer_api(lens, siglip_dir) -> None:
     assert client.get("/spaces.html").status_code == 200
 
 
-def test_masked_views_are_planned_again_as_built(tmp_path, colour_folder, tiny_clip_dir, siglip_dir) -> None:
-    masked = config(colour_folder, tiny_clip_dir, crop_view="masked")
-    lens = build_lens(masked, tmp_path / "masked.lens", progress=False)
-    assert any(layer["crop"]["mode"] != "none" for layer in lens.manifest["layers"].values())  # some views are faded
+@pytest.mark.parametrize("view", [dict(crop_view="masked"), dict(crop_rule="peak+share")])
+def test_masked_views_and_joined_rules_are_planned_again_as_built(view, tmp_path, colour_folder, tiny_clip_dir, siglip_dir) -> None:
+    lens = build_lens(config(colour_folder, tiny_clip_dir, **view), tmp_path / "view.lens", progress=False)
+    assert any(layer["crop"]["mode"] != "none" for layer in lens.manifest["layers"].values())  # some views are faded or cut twice
     add_space(lens, f"hf:{siglip_dir}", name="sig", workers=0, progress=False)  # refused if a row differed from the build's
-    both = build_lens(config(colour_folder, tiny_clip_dir, crop_view="masked", extra_foundations=[f"hf:{siglip_dir}"]), tmp_path / "both.lens", progress=False)
+    both = build_lens(config(colour_folder, tiny_clip_dir, **view, extra_foundations=[f"hf:{siglip_dir}"]), tmp_path / "both.lens", progress=False)
     sig = space_name(f"hf:{siglip_dir}")
     for layer in lens.layers:
         assert torch.allclose(lens.in_space("sig").theta(layer), both.in_space(sig).theta(layer), atol=1e-6)

@@ -171,6 +171,33 @@ def test_crop_chunks_fade_masked_rows_by_their_stored_heatmaps(tmp_path) -> None
     assert list(cut_crops(table.rows, lambda sample: views[sample]))[0].tobytes() == views[1].tobytes()  # no heat: box views
 
 
+def test_joined_rules_give_each_rules_boxes_in_turn() -> None:
+    maps = torch.zeros(2, 3, 8, 8)
+    maps[:, :, 1, 1], maps[:, :, 6, 6] = 1.0, 0.05  # a strong and a faint spot: the peak box spans both
+    joined = crop_boxes(maps, (32, 32), "peak+share", share=0.8)
+    assert joined.shape == (2, 6, 4)
+    assert torch.equal(joined[:, :3], crop_boxes(maps, (32, 32), "peak"))
+    assert torch.equal(joined[:, 3:], crop_boxes(maps, (32, 32), "share", share=0.8))
+    assert not torch.equal(joined[:, :3], joined[:, 3:])
+
+
+@pytest.mark.parametrize("rule", ["peak+peak", "peak+dissect", "peak+"])
+def test_bad_joined_rules_are_refused_with_the_valid_ones(rule) -> None:
+    from semlens import BuildConfig
+    from semlens._util.errors import SemlensError
+
+    with pytest.raises(SemlensError, match="not one of peak, share, quantile, nor distinct ones joined by '\\+'"):
+        BuildConfig(model="m", layers=["l"], data="d", crop_rule=rule)
+
+
+def test_masked_view_takes_one_rule() -> None:
+    from semlens import BuildConfig
+    from semlens._util.errors import SemlensError
+
+    with pytest.raises(SemlensError, match="crop_view=masked fades one box per example; give one crop rule"):
+        BuildConfig(model="m", layers=["l"], data="d", crop_rule="peak+share", crop_view="masked")
+
+
 @pytest.mark.parametrize("field,value", [("crop_view", "blurred"), ("crop_rule", "netdissect"), ("crop_quantile", 1.0)])
 def test_bad_crop_settings_are_refused_with_the_valid_ones(field, value) -> None:
     from semlens import BuildConfig

@@ -10,7 +10,7 @@ from typing import Any
 from .._util.devices import check_precision
 from .._util.errors import SemlensError
 from .._util.tomlfiles import read_toml
-from .crops import CROP_MODES, CROP_QUANTILE, CROP_RULES, CROP_VIEWS
+from .crops import CROP_MODES, CROP_QUANTILE, CROP_VIEWS, crop_rules
 from .parallel import Shard
 
 #: input pixels per relevance pass when relevance_batch_size is not set: the memory of the former 16 pairs
@@ -59,10 +59,11 @@ class BuildConfig:
             raise SemlensError("no layers given; name at least one (see `semlens layers MODEL`)")
         if self.crop not in CROP_MODES:
             raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
-        if self.crop_rule not in CROP_RULES:
-            raise SemlensError(f"crop_rule={self.crop_rule!r} is not one of {', '.join(CROP_RULES)}")
+        rules = crop_rules(self.crop_rule)
         if self.crop_view not in CROP_VIEWS:
             raise SemlensError(f"crop_view={self.crop_view!r} is not one of {', '.join(CROP_VIEWS)}")
+        if self.crop_view == "masked" and len(rules) > 1:
+            raise SemlensError(f"crop_view=masked fades one box per example; give one crop rule, not {self.crop_rule!r}")
         if not 0 < self.crop_quantile < 1:
             raise SemlensError(f"crop_quantile={self.crop_quantile} must lie between 0 and 1 (a quantile of a unit's map values, e.g. {CROP_QUANTILE})")
         if not 0 < self.crop_share <= 1:

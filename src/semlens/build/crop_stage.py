@@ -22,7 +22,7 @@ from ..model.sae import SparseAutoencoder, has_decoder
 from ..model.units import LayerSpec
 from .collect import EMPTY_ID
 from .context import BuildContext
-from .crops import crop_boxes, full_boxes, pool_heatmaps
+from .crops import crop_boxes, full_boxes, pool_heatmaps, view_slots
 from .embed import CropTable, HeatSource, chunks, plan_crops
 
 HEAT_KEY = "heatmaps"  # metadata key of a layer's ``.crops`` file: the fingerprint its heatmaps were computed for
@@ -54,9 +54,9 @@ class CropStage:
         samples, boxes, masked = {}, {}, {}
         for spec in self.context.specs:
             stored = self.context.store.read_tensors(layer_file(spec.name, "topk"))
-            samples[spec.name] = stored["ids"].masked_fill(arbitrary_slots(stored["scores"]), EMPTY_ID)
             heat, source = self._heatmaps(spec, stored)
             boxes[spec.name] = self.boxes(heat, stored)
+            samples[spec.name] = view_slots(stored["ids"].masked_fill(arbitrary_slots(stored["scores"]), EMPTY_ID), boxes[spec.name])
             if heat is not None and self.context.config.crop_view == "masked":
                 masked[spec.name] = (source, faded_slots(heat, stored["inactive"]))
         return plan_crops(samples, boxes, masked)
@@ -94,8 +94,8 @@ class CropStage:
         return None, None
 
     def boxes(self, heat: torch.Tensor | None, stored: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Crop boxes ``[U, k, 4]`` by the build's crop rule; whole images without heatmaps and for inactive
-        units (their examples are arbitrary: no crop to trust)."""
+        """Crop boxes ``[U, V·k, 4]`` by the build's V crop rules (``crop_boxes``); one whole image per example
+        without heatmaps, and whole images for inactive units (their examples are arbitrary: no crop to trust)."""
         config, size = self.context.config, self.context.model.preprocessing.input_size
         units, k = stored["ids"].shape
         if heat is None:

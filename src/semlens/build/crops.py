@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .._util.errors import SemlensError
+
 #: auto = relevance where LRP supports the model, else activation
 CROP_MODES = ("auto", "relevance", "activation", "none")
 #: how a box is cut from a heatmap: around everything above a share of its peak (the paper's rule), the
@@ -22,10 +24,24 @@ CROP_RULES = ("peak", "share", "quantile")
 #: what is embedded of the box: its pixels, or its pixels faded to the crop's mean colour where the
 #: unit's heatmap is low
 CROP_VIEWS = ("box", "masked")
+#: several rules joined by "+" (e.g. "peak+share") cut one box per rule from each example's heatmap:
+#: the example's embedding is the mean of its boxes' embeddings, wide context and tight focus together
+RULE_JOIN = "+"
 #: quantile rule default: the top 5 % of a unit's map cells over its k maps. NetDissect's threshold is
 #: the top 0.5 % over the whole data set; on the concept world's CNN (1200 probe images, k = 20) that
 #: threshold keeps a median 2.7 % of the top-k cells of a 16 x 16 layer and 9 % of an 8 x 8 one
 CROP_QUANTILE = 0.95
+
+
+def crop_rules(rule: str) -> list[str]:
+    """The rules of a ``crop_rule`` setting: one of ``CROP_RULES``, or distinct ones joined by ``RULE_JOIN``."""
+    rules = rule.split(RULE_JOIN)
+    if not all(part in CROP_RULES for part in rules) or len(set(rules)) != len(rules):
+        raise SemlensError(
+            f"crop_rule={rule!r} is not one of {', '.join(CROP_RULES)}, nor distinct ones joined by "
+            f"{RULE_JOIN!r} (e.g. peak{RULE_JOIN}share: one box per rule, each example embedded as their mean)"
+        )
+    return rules
 
 
 def crop_boxes(
@@ -36,12 +52,23 @@ def crop_boxes(
     share: float = 0.8,
     quantile: float = CROP_QUANTILE,
 ) -> torch.Tensor:
-    """Square crop boxes ``[U, k, 4]`` for each unit's heatmaps ``[U, k, h, w]`` by ``rule`` (one of ``CROP_RULES``)."""
+    """Square crop boxes ``[U, V·k, 4]`` for each unit's heatmaps ``[U, k, h, w]`` by ``rule``: the k boxes of
+    each of its V rules (``crop_rules``) in turn, so slot ``v·k + s`` is example ``s`` in rule ``v``'s box."""
+    return torch.cat([_boxes_by_rule(maps, size, part, threshold, share, quantile) for part in crop_rules(rule)], dim=1)
+
+
+def _boxes_by_rule(maps: torch.Tensor, size: tuple[int, int], rule: str, threshold: float, share: float, quantile: float) -> torch.Tensor:
     if rule == "quantile":
         return boxes_by_quantile(maps, size, quantile)
     flat = maps.reshape(-1, *maps.shape[2:])
     boxes = boxes_by_share(flat, size, share) if rule == "share" else boxes_from_maps(flat, size, threshold)
     return boxes.reshape(*maps.shape[:2], 4)
+
+
+def view_slots(slots: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Per-example values ``[U, k, ...]`` (sample ids, fade flags) repeated once per crop rule, to match the
+    slots of ``boxes`` ``[U, V·k, 4]``."""
+    return slots.repeat(1, boxes.shape[1] // slots.shape[1], *[1] * (slots.dim() - 2))
 
 
 def boxes_from_maps(

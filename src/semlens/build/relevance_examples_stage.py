@@ -21,6 +21,7 @@ from ..model.units import LayerSpec
 from .collect import EMPTY_ID
 from .context import BuildContext
 from .crop_stage import HEAT_KEY, CropStage
+from .crops import view_slots
 from .embed import CropTable, HeatSource, mean_embeddings, plan_crops
 from .embed_stage import EMBED_PARTIAL, EmbedStage
 
@@ -54,9 +55,9 @@ class RelevanceCrops:
         samples, masked = {}, {}
         for spec in self.layers():
             stored = context.store.read_tensors(layer_file(spec.name, "relevance_topk"))
-            samples[spec.name] = stored["ids"].masked_fill(arbitrary_slots(stored["scores"]), EMPTY_ID)
             heat = None if config.crop == "none" else self._heatmaps(spec, stored["ids"])
             self.slot_boxes[spec.name] = self.crops.boxes(heat, stored)
+            samples[spec.name] = view_slots(stored["ids"].masked_fill(arbitrary_slots(stored["scores"]), EMPTY_ID), self.slot_boxes[spec.name])
             context.manifest["layers"][spec.name]["relevance_examples"] = {"crop": "none" if heat is None else "relevance"}
             if heat is not None and config.crop_view == "masked":
                 fired = heat.flatten(2).amax(dim=2) > 0

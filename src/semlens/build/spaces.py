@@ -26,6 +26,7 @@ from ..model.preprocess import Preprocessing
 from .collect import EMPTY_ID
 from .context import default_workers
 from .crop_stage import faded_slots, heat_source
+from .crops import view_slots
 from .embed import CropTable, HeatSource, mean_embeddings, plan_crops
 from .embed_stage import CropSource, embed_crops
 from .parallel import Ranks
@@ -50,8 +51,8 @@ def stored_crop_table(store: LensStore, manifest: dict[str, Any]) -> CropTable:
     for layer, info in manifest["layers"].items():
         topk = store.read_tensors(layer_file(layer, "topk"))
         embedded = store.read_tensors(layer_file(layer, "embed"))
-        samples[layer] = topk["ids"].masked_fill(arbitrary_slots(topk["scores"]), EMPTY_ID)
         boxes[layer], index[layer] = embedded["boxes"], embedded["crop_index"]
+        samples[layer] = view_slots(topk["ids"].masked_fill(arbitrary_slots(topk["scores"]), EMPTY_ID), boxes[layer])
         source: HeatSource | None = heat_source(layer, info.get("crop", {}).get("mode", "none"))
         if masked_view and source is not None:
             heat = store.read_array(source.file, source.key)

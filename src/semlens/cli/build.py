@@ -33,7 +33,8 @@ def run(
     ),
     crop_rule: Optional[str] = typer.Option(
         None,
-        help="How a box is cut from a heatmap: peak (default: everything above --crop-threshold of the peak), share or quantile.",
+        help="How a box is cut from a heatmap: peak (default: everything above --crop-threshold of the peak), share or quantile; "
+        "or two joined by + (peak+share: one box each, an example embedded as their mean).",
     ),
     crop_share: Optional[float] = typer.Option(
         None, help="With --crop-rule share: the smallest square holding this share of the heatmap's positive mass (default 0.8)."

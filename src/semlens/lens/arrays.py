@@ -14,6 +14,12 @@ if TYPE_CHECKING:
     from .lens import Lens
 
 
+def mean_over_rules(per_slot: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-slot crop values ``[U, V·k, ...]`` as one per example ``[U, k, ...]``: their mean over the V crop
+    rules a Lens was built with (rule ``v``'s box of example ``s`` is slot ``v·k + s``)."""
+    return per_slot.unflatten(1, (-1, k)).mean(dim=1)
+
+
 class LensArrays:
     """Part of ``Lens``: its per-layer arrays, from ``Lens.store``, for the layers ``Lens`` checks."""
 
@@ -74,8 +80,9 @@ class LensArrays:
         return self.maps(layer) if mode == "activation" else None
 
     def boxes(self, layer: str) -> torch.Tensor:
-        """Crop boxes ``[U, k, 4]`` (x0, y0, x1, y1) in the model's input view."""
-        return self._read(layer, "embed")["boxes"]
+        """Crop boxes ``[U, k, 4]`` (x0, y0, x1, y1) in the model's input view; by the first crop rule where the
+        Lens was built with several (``crop_rule="peak+share"``: the others' follow in the stored array)."""
+        return self._read(layer, "embed")["boxes"][:, : self.samples(layer).shape[1]]
 
     def theta(self: Lens, layer: str) -> torch.Tensor:
         """Each unit's semantic embedding ``[U, d]``: the mean of its concept examples' embeddings (in this
@@ -84,11 +91,12 @@ class LensArrays:
 
     def example_embeddings(self: Lens, layer: str) -> torch.Tensor:
         """Per-example embeddings ``[U, k, d]`` (float32; NaN rows in empty slots), read from the float16
-        crop table on disk: only this layer's rows, so memory follows the layer, not the data set."""
+        crop table on disk: only this layer's rows, so memory follows the layer, not the data set. With
+        several crop rules, an example's embedding is the mean of its boxes' (their mean over k is theta)."""
         index = self._read(layer, "embed")["crop_index"]
         embeddings = self.store.read_rows(self.crops_file, "embeddings", index.clamp_min(0)).float()
         embeddings[index < 0] = float("nan")
-        return embeddings
+        return mean_over_rules(embeddings, self.samples(layer).shape[1])
 
     def all_units(self: Lens, layers: list[str] | None = None) -> tuple[list[str], torch.Tensor]:
         """Names and theta of the valid units (``valid``) of the given (default: all) layers, in layer order."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .._util.errors import SemlensError
+from .arrays import mean_over_rules
 from .store import layer_file, read_crop_embeddings
 
 if TYPE_CHECKING:
@@ -84,8 +85,10 @@ class LensExampleSets:
         return self._set_array(layer, examples, self.samples, "relevance_topk", "ids")
 
     def example_boxes(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
-        """Crop boxes ``[U, k, 4]`` of a set (-1 where a slot has no crop)."""
-        return self._set_array(layer, examples, self.boxes, "relevance_embed", "boxes")
+        """Crop boxes ``[U, k, 4]`` of a set (-1 where a slot has no crop; the first crop rule's: see ``Lens.boxes``)."""
+        if check_example_set(examples) == "activation":
+            return self.boxes(layer)
+        return self._relevance_file(layer, "relevance_embed")["boxes"][:, : self.example_samples(layer, examples).shape[1]]
 
     def example_heatmaps(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor | None:
         """The maps ``[U, k, h, w]`` a set's crops were cut from (see ``Lens.heatmaps``): for relevance examples
@@ -115,4 +118,4 @@ class LensExampleSets:
         index = self._relevance_file(layer, "relevance_embed")["crop_index"]
         embeddings = read_crop_embeddings(self.store, index.clamp_min(0)).float()
         embeddings[index < 0] = float("nan")
-        return embeddings
+        return mean_over_rules(embeddings, self.example_samples(layer, examples).shape[1])
