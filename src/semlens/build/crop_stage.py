@@ -22,7 +22,7 @@ from ..model.sae import SparseAutoencoder, has_decoder
 from ..model.units import LayerSpec
 from .collect import EMPTY_ID
 from .context import BuildContext
-from .crops import crop_boxes, full_boxes, pool_heatmaps, view_slots
+from .crops import crop_boxes, full_boxes, pool_heatmaps
 from .embed import CropTable, HeatSource, chunks, plan_crops
 
 HEAT_KEY = "heatmaps"  # metadata key of a layer's ``.crops`` file: the fingerprint its heatmaps were computed for
@@ -38,6 +38,13 @@ def faded_slots(heat: torch.Tensor, inactive: torch.Tensor) -> torch.Tensor:
     """The (unit, slot) pairs ``[U, k]`` whose masked view is faded by their heatmap: none where the unit did not
     fire (nothing to fade by) or is inactive (its examples are arbitrary)."""
     return (heat.flatten(2).amax(dim=2) > 0) & ~inactive[:, None]
+
+
+def slot_samples(topk: dict[str, torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+    """The sample of each crop slot ``[U, V·k]`` of ``boxes`` ``[U, V·k, 4]`` (V crop rules): a top-k's ids
+    ``[U, k]``, ``EMPTY_ID`` where an example was kept by chance, once per rule."""
+    ids = topk["ids"].masked_fill(arbitrary_slots(topk["scores"]), EMPTY_ID)
+    return ids.repeat(1, boxes.shape[1] // ids.shape[1])
 
 
 class CropStage:
@@ -56,7 +63,7 @@ class CropStage:
             stored = self.context.store.read_tensors(layer_file(spec.name, "topk"))
             heat, source = self._heatmaps(spec, stored)
             boxes[spec.name] = self.boxes(heat, stored)
-            samples[spec.name] = view_slots(stored["ids"].masked_fill(arbitrary_slots(stored["scores"]), EMPTY_ID), boxes[spec.name])
+            samples[spec.name] = slot_samples(stored, boxes[spec.name])
             if heat is not None and self.context.config.crop_view == "masked":
                 masked[spec.name] = (source, faded_slots(heat, stored["inactive"]))
         return plan_crops(samples, boxes, masked)

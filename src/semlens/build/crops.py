@@ -65,12 +65,6 @@ def _boxes_by_rule(maps: torch.Tensor, size: tuple[int, int], rule: str, thresho
     return boxes.reshape(*maps.shape[:2], 4)
 
 
-def view_slots(slots: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Per-example values ``[U, k, ...]`` (sample ids, fade flags) repeated once per crop rule, to match the
-    slots of ``boxes`` ``[U, V·k, 4]``."""
-    return slots.repeat(1, boxes.shape[1] // slots.shape[1], *[1] * (slots.dim() - 2))
-
-
 def boxes_from_maps(
     maps: torch.Tensor, size: tuple[int, int], threshold: float = 0.01, chunk: int = 256
 ) -> torch.Tensor:

@@ -15,13 +15,11 @@ from typing import Any
 import torch
 
 from .._util.fingerprint import hash_json
-from ..analysis.validity import arbitrary_slots, tied_units
+from ..analysis.validity import tied_units
 from ..lens.store import CROPS, RELEVANCE_CROPS, layer_file, read_crop_embeddings
 from ..model.units import LayerSpec
-from .collect import EMPTY_ID
 from .context import BuildContext
-from .crop_stage import HEAT_KEY, CropStage
-from .crops import view_slots
+from .crop_stage import HEAT_KEY, CropStage, slot_samples
 from .embed import CropTable, HeatSource, mean_embeddings, plan_crops
 from .embed_stage import EMBED_PARTIAL, EmbedStage
 
@@ -57,7 +55,7 @@ class RelevanceCrops:
             stored = context.store.read_tensors(layer_file(spec.name, "relevance_topk"))
             heat = None if config.crop == "none" else self._heatmaps(spec, stored["ids"])
             self.slot_boxes[spec.name] = self.crops.boxes(heat, stored)
-            samples[spec.name] = view_slots(stored["ids"].masked_fill(arbitrary_slots(stored["scores"]), EMPTY_ID), self.slot_boxes[spec.name])
+            samples[spec.name] = slot_samples(stored, self.slot_boxes[spec.name])
             context.manifest["layers"][spec.name]["relevance_examples"] = {"crop": "none" if heat is None else "relevance"}
             if heat is not None and config.crop_view == "masked":
                 fired = heat.flatten(2).amax(dim=2) > 0

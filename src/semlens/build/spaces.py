@@ -18,15 +18,12 @@ import torch
 from .._util.devices import embed_dtype, inference_dtype, pick_device
 from .._util.errors import SemlensError, StaleLensError
 from .._util.fingerprint import hash_json
-from ..analysis.validity import arbitrary_slots
 from ..foundation import FoundationModel, load_foundation_model
 from ..lens.spaces import DEFAULT, EmbeddingSpace, check_space_name, space_name
 from ..lens.store import LensStore, layer_file, space_file
 from ..model.preprocess import Preprocessing
-from .collect import EMPTY_ID
 from .context import default_workers
-from .crop_stage import faded_slots, heat_source
-from .crops import view_slots
+from .crop_stage import faded_slots, heat_source, slot_samples
 from .embed import CropTable, HeatSource, mean_embeddings, plan_crops
 from .embed_stage import CropSource, embed_crops
 from .parallel import Ranks
@@ -52,7 +49,7 @@ def stored_crop_table(store: LensStore, manifest: dict[str, Any]) -> CropTable:
         topk = store.read_tensors(layer_file(layer, "topk"))
         embedded = store.read_tensors(layer_file(layer, "embed"))
         boxes[layer], index[layer] = embedded["boxes"], embedded["crop_index"]
-        samples[layer] = view_slots(topk["ids"].masked_fill(arbitrary_slots(topk["scores"]), EMPTY_ID), boxes[layer])
+        samples[layer] = slot_samples(topk, boxes[layer])
         source: HeatSource | None = heat_source(layer, info.get("crop", {}).get("mode", "none"))
         if masked_view and source is not None:
             heat = store.read_array(source.file, source.key)

@@ -86,9 +86,8 @@ class LensExampleSets:
 
     def example_boxes(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
         """Crop boxes ``[U, k, 4]`` of a set (-1 where a slot has no crop; the first crop rule's: see ``Lens.boxes``)."""
-        if check_example_set(examples) == "activation":
-            return self.boxes(layer)
-        return self._relevance_file(layer, "relevance_embed")["boxes"][:, : self.example_samples(layer, examples).shape[1]]
+        boxes = self._set_array(layer, examples, self.boxes, "relevance_embed", "boxes")
+        return boxes[:, : self.example_samples(layer, examples).shape[1]]
 
     def example_heatmaps(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor | None:
         """The maps ``[U, k, h, w]`` a set's crops were cut from (see ``Lens.heatmaps``): for relevance examples
