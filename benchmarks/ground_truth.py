@@ -13,7 +13,9 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
   ``demo.true_concepts``): labels, search and audit are scored against that truth, search and audit
   also against dissection alone (``by_dissection_alone``);
 - labels: top-1 / top-3 against dissection with chance, top-1 against the response truth, phi (over
-  labelled units, and over units with a true concept: ``phi_true_units``), and a
+  labelled units, and over units with a true concept: ``phi_true_units``; on each concept's images in
+  scenes of the world, and with ``_alone`` on the concept alone on gray; ``phi_of_truth``: the phi were
+  every unit's top-1 its true concept, the most the judge allows), and a
   CoSy-style AUC (a unit's response to its label's concept images against the others', 0.5 = chance);
   the share of labels that are distractors (words the world never shows), and top-1 with the world's
   concepts as the only candidates;
@@ -70,7 +72,7 @@ from rich.console import Console
 from rich.table import Table
 
 from semlens.analysis.vocabulary import Vocabulary
-from semlens.build.crops import CROP_RULES, CROP_VIEWS
+from semlens.build.crops import CROP_RULES, CROP_VIEWS, RULE_SETTINGS
 from semlens.lens.lens import Lens
 from semlens.world.captions import HELD_OUT
 from semlens.world.demo import (
@@ -95,7 +97,7 @@ from semlens.world.truth import artifact_reliance
 #: per column of the summary rows: +1 higher is better, -1 lower is better; control worlds flip the audit
 #: and reliance columns (there the artefact tells nothing about the class)
 BETTER = {
-    "top1": 1, "top3": 1, "top1_world_concepts": 1, "distractor_label_share": -1, "top1_response": 1, "phi": 1, "phi_true_units": 1, "cosy_auc": 1, "search_hits_at5": 1, "search_hits_at5_paraphrase": 1,
+    "top1": 1, "top3": 1, "top1_world_concepts": 1, "distractor_label_share": -1, "top1_response": 1, "phi": 1, "phi_true_units": 1, "phi_true_units_alone": 1, "phi_of_truth": 1, "phi_of_truth_alone": 1, "cosy_auc": 1, "search_hits_at5": 1, "search_hits_at5_paraphrase": 1,
     "audit_precision": 1, "audit_recall": 1, "spurious_share": 1, "confirmed_share": 1, "reliance": 1, "units_with_truth": 1,
     "audit_confirmed": 1, "confirmed_precision": 1, "confirmed_recall": 1, "audit_log_odds": 1, "tested_precision": 1, "tested_recall": 1,
 }  # fmt: skip
@@ -156,9 +158,10 @@ def view_settings(view: str, share: float | None, quantile: float | None) -> dic
         else:
             raise SystemExit(f"view {view!r}: {part!r} is not a crop rule ({', '.join(CROP_RULES)}) or view ({', '.join(CROP_VIEWS)}), or is given twice")
     settings["crop_rule"] = "+".join(rules or ["peak"])
-    for rule, (key, value) in {"share": ("crop_share", share), "quantile": ("crop_quantile", quantile)}.items():
-        if rule in rules and value is not None:
-            settings[key] = value
+    asked = {"crop_share": share, "crop_quantile": quantile}
+    for rule in rules:
+        if rule in RULE_SETTINGS and asked[RULE_SETTINGS[rule]] is not None:
+            settings[RULE_SETTINGS[rule]] = asked[RULE_SETTINGS[rule]]
     return {key: value for key, value in settings.items() if value not in ("peak", "box")}
 
 
@@ -215,7 +218,8 @@ def evaluate(
         "units_with_truth": labels["units_with_true_concept"], "units": sum(len(truths[layer]["iou"]) for layer in SPATIAL),
         "top1": labels["top1"], "top3": labels["top3"], "random_top1": labels["random_top1"], "random_top3": labels["random_top3"],
         "units_with_response_truth": labels["units_with_response_truth"], "top1_response": labels["top1_response"],
-        "phi": labels["faithfulness_phi"], "phi_true_units": labels["faithfulness_phi_true_units"], "cosy_auc": labels["cosy_auc"], **distractors,
+        **{key.replace("faithfulness_", ""): value for key, value in labels.items() if key.startswith("faithfulness_phi")},
+        "cosy_auc": labels["cosy_auc"], **distractors,
         "iou_thresholds": iou_thresholds(truths),
         "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artifact, paraphrase, flagged, both, confirmed, found, examined),
         "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
@@ -274,7 +278,9 @@ def _number(value: Any) -> str:
 COLUMNS = {  # header: record key
     "units w/ truth": "units_with_truth", "top-1": "top1", "top-3": "top3", "top-1 world": "top1_world_concepts",
     "distractor labels": "distractor_label_share", "top-1 resp.": "top1_response", "phi": "phi",
-    "phi (true units)": "phi_true_units", "CoSy AUC": "cosy_auc", "artefact units": "artefact_units", "search@5": "search_hits_at5",
+    "phi (true units)": "phi_true_units", "phi of truth": "phi_of_truth",
+    "phi alone (true units)": "phi_true_units_alone", "phi alone of truth": "phi_of_truth_alone",
+    "CoSy AUC": "cosy_auc", "artefact units": "artefact_units", "search@5": "search_hits_at5",
     "paraphrase@5": "search_hits_at5_paraphrase", "flagged": "audit_flagged", "precision": "audit_precision",
     "recall": "audit_recall", "confirmed": "audit_confirmed", "conf. precision": "confirmed_precision",
     "conf. recall": "confirmed_recall", "found by test": "tested_found", "test precision": "tested_precision",

@@ -18,6 +18,8 @@ from semlens.world.render import (
     WorldData,
     artifact_overlay,
     concept_image,
+    concept_scene,
+    concept_family,
     render,
 )  # fmt: skip
 
@@ -85,6 +87,23 @@ def test_concept_images_show_the_concept_alone(config):
         assert list(sample.masks) == [concept] and sample.masks[concept].any()
     overlay = artifact_overlay(config, "ruler")
     assert overlay.mode == "RGBA" and np.asarray(overlay)[..., 3].any()
+
+
+def test_concept_scenes_show_the_concept_among_random_others(config):
+    """phi's images: the concept is in every scene; every other factor varies and follows no class, and
+    no artefact appears but the concept itself."""
+    for concept in config.concept_names():
+        family = concept_family(concept)
+        scenes = [concept_scene(config, concept, index) for index in range(24)]
+        for sample in scenes:
+            assert sample.masks[concept].any()
+            assert sample.concepts["artifacts"] == ([concept] if family == "artifact" else [])
+        for other in ("shape", "color", "pattern", "background"):
+            if other != family:
+                assert len({sample.concepts[other] for sample in scenes}) >= 3, (concept, other)
+    stars = [concept_scene(config, "star", index) for index in range(24)]  # the default world plants a watermark on stars
+    assert not any(sample.concepts["artifacts"] for sample in stars)
+    assert np.array_equal(np.asarray(concept_scene(config, "red", 3).image), np.asarray(concept_scene(config, "red", 3).image))
 
 
 def test_world_data_spec_and_labels():
@@ -343,3 +362,30 @@ def test_an_artefact_unit_must_be_named_by_dissection_and_raised_by_the_pasted_a
     }
     assert true_concepts(truths) == {"features.10/0": "patch", "features.10/1": "red", "features.10/2": "red", "features.14/0": "red"}
     assert true_concepts(truths, causal=False) == {"features.10/0": "patch", "features.10/1": "patch", "features.10/2": "red", "features.14/0": "red"}
+
+
+class _RedDetector(torch.nn.Module):
+    """A planted unit: how close each pixel is to the world's red (0 beyond 60 levels), mean-pooled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.detector = torch.nn.Identity()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        levels = (pixels * 0.25 + 0.5) * 255  # undo world_preprocessing's scaling around mid-gray
+        distance = (levels - torch.tensor(COLORS["red"], dtype=torch.float32)[:, None, None]).norm(dim=1, keepdim=True)
+        return self.detector(torch.relu(1 - distance / 60))
+
+
+def test_a_planted_colour_unit_is_most_faithful_to_its_colour_in_scenes_and_alone(config):
+    from semlens.model.units import LayerSpec
+    from semlens.world.render import world_preprocessing
+    from semlens.world.truth import concept_responses, faithfulness
+
+    concepts = config.concept_names()
+    for render_images, count in ((concept_image, 4), (concept_scene, 16)):
+        responses = concept_responses(_RedDetector(), world_preprocessing(config), LayerSpec("detector"), config, render_images, count)
+        assert responses.shape == (1, len(concepts), count)
+        mean = responses.mean(dim=2)
+        assert concepts[int(mean.argmax())] == "red" and faithfulness(mean, [concepts.index("red")]) == [1.0]
+        assert faithfulness(mean, [concepts.index("blue")])[0] < 0.2

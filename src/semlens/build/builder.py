@@ -34,7 +34,7 @@ from .collect_stage import CollectStage
 from .config import BuildConfig, BuildSummary, LayerSummary
 from .context import BuildContext
 from .crop_stage import CropStage
-from .crops import crop_rules
+from .crops import RULE_SETTINGS, crop_rules
 from .embed_stage import EmbedStage, crop_source
 from .parallel import Ranks, Shard, connect
 from .relevance_examples_stage import RelevanceExamplesStage
@@ -123,9 +123,8 @@ class LensBuilder:
         if config.crop_rule != "peak":  # the paper's rule adds nothing, so Lenses built before this setting stay valid
             identity["embed"]["crop_rule"] = config.crop_rule
             for rule in crop_rules(config.crop_rule):
-                setting = {"share": "crop_share", "quantile": "crop_quantile"}.get(rule)
-                if setting:
-                    identity["embed"][setting] = getattr(config, setting)
+                if rule in RULE_SETTINGS:
+                    identity["embed"][RULE_SETTINGS[rule]] = getattr(config, RULE_SETTINGS[rule])
         if config.crop_view != "box":  # likewise the plain box view
             identity["embed"]["crop_view"] = config.crop_view
         if context.autocast is not None:  # float32 adds nothing, so Lenses built before this setting stay valid

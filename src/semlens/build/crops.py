@@ -27,6 +27,8 @@ CROP_VIEWS = ("box", "masked")
 #: several rules joined by "+" (e.g. "peak+share") cut one box per rule from each example's heatmap:
 #: the example's embedding is the mean of its boxes' embeddings, wide context and tight focus together
 RULE_JOIN = "+"
+#: the build setting each rule reads besides the map (part of a Lens's identity when the rule is used)
+RULE_SETTINGS = {"share": "crop_share", "quantile": "crop_quantile"}
 #: quantile rule default: the top 5 % of a unit's map cells over its k maps. NetDissect's threshold is
 #: the top 0.5 % over the whole data set; on the concept world's CNN (1200 probe images, k = 20) that
 #: threshold keeps a median 2.7 % of the top-k cells of a 16 x 16 layer and 9 % of an 8 x 8 one

@@ -25,9 +25,10 @@ from ..lens.store import atomic_write
 from ..model.units import LayerSpec
 from .captions import HELD_OUT
 from .random_world import planted_artifact
-from .render import WorldConfig, WorldData, artifact_overlay, concept_family
+from .render import WorldConfig, WorldData, artifact_overlay, concept_family, concept_scene
 from .truth import (
     INSERTION_AUC,
+    SCENE_IMAGES,
     concept_responses,
     concept_thresholds,
     dissect_layer,
@@ -49,7 +50,7 @@ K = 20  # concept examples per unit
 CROP = "auto"  # relevance crops where LRP supports the model (it does the world CNN)
 DISTRACTORS = ["dog", "car", "tree", "house", "person", "cloud", "fire", "wood", "metal", "flower"]
 INSERTION_IMAGES = 400  # probe images the artefact is pasted into for the causal truth (those without it)
-TRUTH_VERSION = 4  # bump when unit_truth stores other things: stored truths are then computed again
+TRUTH_VERSION = 5  # bump when unit_truth stores other things: stored truths are then computed again
 
 
 def world_vocabulary(config: WorldConfig) -> Vocabulary:
@@ -151,7 +152,7 @@ def identity(lens: Lens, config: WorldConfig, images: int) -> dict:
 def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
     """Per spatial layer, each unit's IoU with every concept (dissection), each concept's best IoU with
     any unit when maps meet the next image's masks (chance; ``truth.concept_thresholds`` on reading), each
-    unit's responses ``[U, C, n]`` to each concept's concept images, and per
+    unit's responses ``[U, C, n]`` to each concept's images alone and in scenes, and per
     artefact its insertion AUC (``truth.INSERTION_AUC``) on probe images without the artefact."""
     from ..analysis.interventions import activation_aucs
 
@@ -173,6 +174,7 @@ def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
             "iou": dissected.iou.tolist(),
             "chance_iou": dissect_layer(model.module, model.preprocessing, layer, data, null=True).iou.max(dim=0).values.tolist(),
             "responses": concept_responses(model.module, model.preprocessing, LayerSpec(layer), config).tolist(),
+            "scene_responses": concept_responses(model.module, model.preprocessing, LayerSpec(layer), config, concept_scene, SCENE_IMAGES).tolist(),
             "insertion": {name: aucs[layer].tolist() for name, aucs in insertion.items()},
         }
     return truths
@@ -184,18 +186,28 @@ def unit_truths(lens: Lens, config: WorldConfig, out: Path) -> dict[str, dict]:
     return memo(out / "truth.json", key, lambda: unit_truth(lens, config))
 
 
+PHI_VIEWS = (("scene_responses", ""), ("responses", "_alone"))  # phi's concept images: in scenes (the measure), alone
+
+
+def _mean(values: list[float], empty: float | None = None) -> float | None:
+    return sum(values) / len(values) if values else empty
+
+
 def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dict, dict[str, str]]:
     """semlens labels against the truth: top-1/top-3 accuracy against dissection, with the random
     baseline; top-1 against the concept-image response truth; faithfulness phi; and a CoSy-style AUC
     (the unit's response to its label's concept images against all other concepts', 0.5 = chance).
     phi is taken over the units semlens labels, and over the units with a true concept (their top-1
-    concept, labelled or not: ``truth.faithfulness_of_true_units``). Also each unit's true concept
-    (``true_concepts``: by dissection, artefacts confirmed by insertion)."""
+    concept, labelled or not: ``truth.faithfulness_of_true_units``), on the concepts' images in scenes
+    and (``_alone``) alone; ``phi_of_truth``: the latter were every top-1 the true concept, what the judge
+    itself allows. Also each unit's true concept (``true_concepts``: by dissection, artefacts confirmed by
+    insertion)."""
     truths = unit_truths(lens, config, out)
     truth = true_concepts(truths)
     concepts, world_concepts = list(lens.vocabulary.concepts), config.concept_names()
     hits1 = hits3 = total = response_hits = response_total = 0
-    phis, true_phis, aucs = [], [], []
+    aucs: list[float] = []
+    phis: dict[str, dict[str, list[float]]] = {views: {"labelled": [], "true": [], "truth": []} for views in ("scene_responses", "responses")}
     for layer in SPATIAL:
         best = [truth.get(f"{layer}/{unit}") for unit in range(len(truths[layer]["iou"]))]
         responses = torch.tensor(truths[layer]["responses"])
@@ -213,18 +225,21 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
             if by_response[unit] is not None:
                 response_total += 1
                 response_hits += top[unit][0] == by_response[unit]
-        mean_responses = responses.mean(dim=2)
-        phis += faithfulness(mean_responses, assigned)
-        true_phis += faithfulness_of_true_units(mean_responses, [row[0] for row in top], best, world_concepts)
+        for views, kept in phis.items():
+            mean_responses = torch.tensor(truths[layer][views]).mean(dim=2)
+            kept["labelled"] += faithfulness(mean_responses, assigned)
+            kept["true"] += faithfulness_of_true_units(mean_responses, [row[0] for row in top], best, world_concepts)
+            kept["truth"] += faithfulness_of_true_units(mean_responses, [name or "" for name in best], best, world_concepts)
     scores = {
         "units_with_true_concept": total,
         "top1": hits1 / max(total, 1),
         "top3": hits3 / max(total, 1),
         "random_top1": 1 / len(concepts),
         "random_top3": 3 / len(concepts),
-        "faithfulness_phi": sum(phis) / len(phis) if phis else float("nan"),  # over labelled units, pooled
-        "labelled_units": len(phis),
-        "faithfulness_phi_true_units": sum(true_phis) / len(true_phis) if true_phis else None,
+        "labelled_units": len(phis["responses"]["labelled"]),
+        **{f"faithfulness_phi{suffix}": _mean(phis[views]["labelled"], float("nan")) for views, suffix in PHI_VIEWS},  # over labelled units, pooled
+        **{f"faithfulness_phi_true_units{suffix}": _mean(phis[views]["true"]) for views, suffix in PHI_VIEWS},
+        **{f"faithfulness_phi_of_truth{suffix}": _mean(phis[views]["truth"]) for views, suffix in PHI_VIEWS},
         "units_with_response_truth": response_total,
         "top1_response": response_hits / max(response_total, 1),
         "cosy_auc": sum(aucs) / max(len(aucs), 1),
@@ -305,7 +320,7 @@ def print_summary(summary: dict, console: Console) -> None:
     console.print(
         f"labels vs ground truth ({labels['units_with_true_concept']} units with a true concept): top-1 {labels['top1']:.2f} "
         f"(random {labels['random_top1']:.2f}), top-3 {labels['top3']:.2f} (random {labels['random_top3']:.2f}), "
-        f"faithfulness phi {labels['faithfulness_phi']:.2f}"
+        f"faithfulness phi {labels['faithfulness_phi']:.2f} (concept images in scenes; alone on gray {labels['faithfulness_phi_alone']:.2f})"
     )
     audit = summary["audit"]
     console.print(

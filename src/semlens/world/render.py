@@ -34,7 +34,7 @@ BACKGROUNDS = ("grass", "sky", "sand", "water", "gray")
 ARTIFACTS = ("watermark", "ruler", "patch", "frame")
 FAMILIES = {"shape": SHAPES, "color": tuple(COLORS), "pattern": PATTERNS, "background": BACKGROUNDS, "artifact": ARTIFACTS}
 CONFIG_FAMILIES = {"shapes": "shape", "colors": "color", "patterns": "pattern", "backgrounds": "background", "artifacts": "artifact"}
-SPLITS = {"train": 0, "probe": 1, "test": 2, "concepts": 3}
+SPLITS = {"train": 0, "probe": 1, "test": 2, "concepts": 3, "scenes": 4}
 NEUTRAL = (128, 128, 128)
 
 
@@ -315,6 +315,21 @@ def concept_image(config: WorldConfig, concept: str, index: int) -> WorldSample:
     sample = _compose(config.size, chosen, [concept] if family == "artifact" else [], rng, -1)
     sample.masks = {concept: sample.masks[concept]} if concept in sample.masks else {}
     return sample
+
+
+def concept_scene(config: WorldConfig, concept: str, index: int) -> WorldSample:
+    """A concept in a scene of the world whose other factors are drawn uniformly from the world's concepts,
+    with no class correlation and no artefact but the concept itself (for faithfulness tests). The models
+    never see a concept alone on gray: a white shape there moves a world's shape units less than a
+    background alone does, so averaging over scenes asks what the concept adds in the images they know."""
+    rng = np.random.default_rng([config.seed, SPLITS["scenes"], index, config.concept_names().index(concept)])
+    chosen: dict[str, str | None] = {
+        family: config.concepts[family][int(rng.integers(len(config.concepts[family])))] for family in ("shape", "color", "pattern", "background")
+    }
+    family = concept_family(concept)
+    if family != "artifact":
+        chosen[family] = concept
+    return _compose(config.size, chosen, [concept] if family == "artifact" else [], rng, -1)
 
 
 def artifact_overlay(config: WorldConfig, name: str, index: int = 0) -> Image.Image:
