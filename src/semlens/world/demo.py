@@ -199,15 +199,15 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     (the unit's response to its label's concept images against all other concepts', 0.5 = chance).
     phi is taken over the units semlens labels, and over the units with a true concept (their top-1
     concept, labelled or not: ``truth.faithfulness_of_true_units``), on the concepts' images in scenes
-    and (``_alone``) alone; ``phi_of_truth``: the latter were every top-1 the true concept, what the judge
-    itself allows. Also each unit's true concept (``true_concepts``: by dissection, artefacts confirmed by
+    and (``_alone``) alone; ``phi_of_truth``: the latter were each top-1 the unit's true concept (what the
+    judge itself allows). Also each unit's true concept (``true_concepts``: by dissection, artefacts confirmed by
     insertion)."""
     truths = unit_truths(lens, config, out)
     truth = true_concepts(truths)
     concepts, world_concepts = list(lens.vocabulary.concepts), config.concept_names()
     hits1 = hits3 = total = response_hits = response_total = 0
     aucs: list[float] = []
-    phis: dict[str, dict[str, list[float]]] = {views: {"labelled": [], "true": [], "truth": []} for views in ("scene_responses", "responses")}
+    phis: dict[str, dict[str, list[float]]] = {views: {"labelled": [], "true": [], "truth": []} for views, _ in PHI_VIEWS}
     for layer in SPATIAL:
         best = [truth.get(f"{layer}/{unit}") for unit in range(len(truths[layer]["iou"]))]
         responses = torch.tensor(truths[layer]["responses"])
