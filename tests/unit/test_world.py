@@ -14,6 +14,8 @@ from semlens._util.errors import SemlensError
 from semlens.data import load_data
 from semlens.world.render import (
     COLORS,
+    WORLD_MEAN,
+    WORLD_STD,
     WorldConfig,
     WorldData,
     artifact_overlay,
@@ -372,7 +374,7 @@ class _RedDetector(torch.nn.Module):
         self.detector = torch.nn.Identity()
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        levels = (pixels * 0.25 + 0.5) * 255  # undo world_preprocessing's scaling around mid-gray
+        levels = (pixels * WORLD_STD[0] + WORLD_MEAN[0]) * 255  # undo world_preprocessing's scaling around mid-gray
         distance = (levels - torch.tensor(COLORS["red"], dtype=torch.float32)[:, None, None]).norm(dim=1, keepdim=True)
         return self.detector(torch.relu(1 - distance / 60))
 
@@ -384,7 +386,7 @@ def test_a_planted_colour_unit_is_most_faithful_to_its_colour_in_scenes_and_alon
 
     concepts = config.concept_names()
     for render_images, count in ((concept_image, 4), (concept_scene, 16)):
-        responses = concept_responses(_RedDetector(), world_preprocessing(config), LayerSpec("detector"), config, render_images, count)
+        responses = concept_responses(_RedDetector(), world_preprocessing(config), [LayerSpec("detector")], config, render_images, count)["detector"]
         assert responses.shape == (1, len(concepts), count)
         mean = responses.mean(dim=2)
         assert concepts[int(mean.argmax())] == "red" and faithfulness(mean, [concepts.index("red")]) == [1.0]

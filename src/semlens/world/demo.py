@@ -166,6 +166,9 @@ def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
         except SemlensError:  # every probe image shows it: no insertion test, dissection alone decides
             continue
         insertion[name] = activation_aucs(model, *concept.views(model), specs)
+    plain = [LayerSpec(layer) for layer in SPATIAL]
+    alone = concept_responses(model.module, model.preprocessing, plain, config)
+    scenes = concept_responses(model.module, model.preprocessing, plain, config, concept_scene, SCENE_IMAGES)
     truths = {}
     for layer in SPATIAL:
         dissected = dissect_layer(model.module, model.preprocessing, layer, data)
@@ -173,8 +176,8 @@ def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
             "concepts": dissected.concepts,
             "iou": dissected.iou.tolist(),
             "chance_iou": dissect_layer(model.module, model.preprocessing, layer, data, null=True).iou.max(dim=0).values.tolist(),
-            "responses": concept_responses(model.module, model.preprocessing, LayerSpec(layer), config).tolist(),
-            "scene_responses": concept_responses(model.module, model.preprocessing, LayerSpec(layer), config, concept_scene, SCENE_IMAGES).tolist(),
+            "responses": alone[layer].tolist(),
+            "scene_responses": scenes[layer].tolist(),
             "insertion": {name: aucs[layer].tolist() for name, aucs in insertion.items()},
         }
     return truths

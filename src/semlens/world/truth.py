@@ -127,22 +127,27 @@ def dissected_concepts(iou: torch.Tensor, thresholds: torch.Tensor, allowed: tor
 def concept_responses(
     model: torch.nn.Module,
     preprocessing,
-    spec: LayerSpec,
+    specs: list[LayerSpec],
     config: WorldConfig,
     render: Callable[[WorldConfig, str, int], WorldSample] = concept_image,
     count: int = CONCEPT_IMAGES,
-) -> torch.Tensor:
-    """Pooled activation ``[U, C, n]`` of each unit on ``count`` images of each concept, drawn by ``render``
-    (``concept_image``: the concept alone; ``concept_scene``: in scenes of the world)."""
-    reader = UnitReader(spec)
+) -> dict[str, torch.Tensor]:
+    """Per layer of ``specs``, the pooled activation ``[U, C, n]`` of each unit on ``count`` images of each
+    concept, drawn by ``render`` (``concept_image``: the concept alone; ``concept_scene``: in scenes of the
+    world); the images are rendered once and go through the model once for all layers."""
     concepts = config.concept_names()
     pixels = torch.stack([preprocessing(render(config, concept, index).image) for concept in concepts for index in range(count)])
     captured = {}
-    handle = resolve_module(model, spec.name).register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
-    with hooks([handle]), torch.no_grad():
+    handles = [
+        resolve_module(model, spec.name).register_forward_hook(lambda m, i, o, name=spec.name: captured.setdefault(name, o)) for spec in specs
+    ]
+    with hooks(handles), torch.no_grad():
         model(pixels)
-    pooled = reader(captured["out"])[0]  # [C * n, U]
-    return pooled.T.reshape(pooled.shape[1], len(concepts), count)
+    responses = {}
+    for spec in specs:
+        pooled = UnitReader(spec)(captured[spec.name])[0]  # [C * n, U]
+        responses[spec.name] = pooled.T.reshape(pooled.shape[1], len(concepts), count)
+    return responses
 
 
 def response_auc(responses: torch.Tensor) -> torch.Tensor:
