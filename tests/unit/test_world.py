@@ -355,15 +355,25 @@ def test_an_artefact_unit_must_be_named_by_dissection_and_raised_by_the_pasted_a
     assert patch.tolist() == [1.0] and frame.tolist() == [0.5]
     # 10/0 detects the patch; 10/1: dissection names the patch, but the patch barely raises it, so its next
     # concept above chance (red) is its truth; 10/2: raised, but dissection names red; 10/3: under the
-    # patch's chance IoU; 14/0: a colour needs no insertion test
+    # patch's chance IoU; 14/0: a colour needs no insertion test; 14/1: dissection names red and the star,
+    # the red best, but star scenes raise the unit more than red ones: the star is its truth
     concepts = ["patch", "red", "star"]
     layer = {"concepts": concepts, "iou": [[0.3, 0.0, 0.0], [0.3, 0.2, 0.0], [0.1, 0.3, 0.0], [0.05, 0.0, 0.0]], "chance_iou": [0.06, 0.01, 0.1]}
+    patch_most, red_most = [[1.0, 1.0], [0.5, 0.5], [0.0, 0.0]], [[0.5, 0.5], [1.0, 1.0], [0.0, 0.0]]  # [concepts, images]
+    scenes = [patch_most, patch_most, red_most, patch_most]  # the scenes' responses [units, concepts, images]
     truths = {
-        "features.10": {**layer, "insertion": {"patch": [1.0, INSERTION_AUC - 0.01, 0.9, 1.0]}},
-        "features.14": {"concepts": concepts, "iou": [[0.0, 0.3, 0.0]], "chance_iou": [0.0, 0.0, 0.0], "insertion": {"patch": [0.5]}},
-    }
-    assert true_concepts(truths) == {"features.10/0": "patch", "features.10/1": "red", "features.10/2": "red", "features.14/0": "red"}
-    assert true_concepts(truths, causal=False) == {"features.10/0": "patch", "features.10/1": "patch", "features.10/2": "red", "features.14/0": "red"}
+        "features.10": {**layer, "insertion": {"patch": [1.0, INSERTION_AUC - 0.01, 0.9, 1.0]}, "scene_responses": scenes},
+        "features.14": {
+            "concepts": concepts, "iou": [[0.0, 0.3, 0.0], [0.0, 0.3, 0.2]], "chance_iou": [0.0, 0.0, 0.0],
+            "insertion": {"patch": [0.5, 0.5]}, "scene_responses": [red_most, [[0.0, 0.0], [0.5, 0.5], [0.6, 0.6]]],
+        },
+    }  # fmt: skip
+    assert true_concepts(truths) == {
+        "features.10/0": "patch", "features.10/1": "red", "features.10/2": "red", "features.14/0": "red", "features.14/1": "star"
+    }  # fmt: skip
+    assert true_concepts(truths, causal=False) == {
+        "features.10/0": "patch", "features.10/1": "patch", "features.10/2": "red", "features.14/0": "red", "features.14/1": "red"
+    }  # fmt: skip
 
 
 class _RedDetector(torch.nn.Module):

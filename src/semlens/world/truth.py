@@ -114,13 +114,16 @@ def concept_thresholds(chance_iou: torch.Tensor) -> torch.Tensor:
     return chance_iou.clamp_min(IOU_THRESHOLD)
 
 
-def dissected_concepts(iou: torch.Tensor, thresholds: torch.Tensor, allowed: torch.Tensor | None = None) -> list[int | None]:
+def dissected_concepts(
+    iou: torch.Tensor, thresholds: torch.Tensor, allowed: torch.Tensor | None = None, rank: torch.Tensor | None = None
+) -> list[int | None]:
     """Per unit, its concept by dissection: of the concepts whose IoU (``iou [U, C]``) reaches their chance
-    threshold (``thresholds [C]``) and that ``allowed [U, C]`` admits, the one of highest IoU; None when none does."""
+    threshold (``thresholds [C]``) and that ``allowed [U, C]`` admits, the one ranked highest by ``rank [U, C]``
+    (None: by IoU; ``true_concepts`` ranks by the response in scenes); None when none passes."""
     passing = iou >= thresholds
     if allowed is not None:
         passing &= allowed
-    best = iou.masked_fill(~passing, float("-inf")).argmax(dim=1)
+    best = (iou if rank is None else rank).masked_fill(~passing, float("-inf")).argmax(dim=1)
     return [concept if any_passing else None for concept, any_passing in zip(best.tolist(), passing.any(dim=1).tolist())]
 
 
