@@ -8,10 +8,11 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
   ``truth.IOU_THRESHOLD`` and at least the best IoU any unit of its layer reaches with that concept by
   chance, with each image's maps paired with the next image's masks; the thresholds are recorded) and
   by response (AUC of its response to a concept's concept images against every other concept's, at
-  least ``truth.RESPONSE_AUC``); an artefact is a unit's true concept
-  only where pasting it into the world's probe images also raises the unit (``truth.INSERTION_AUC``,
-  ``demo.true_concepts``): labels, search and audit are scored against that truth, search and audit
-  also against dissection alone (``by_dissection_alone``);
+  least ``truth.RESPONSE_AUC``); of the concepts dissection names, a unit's true concept is the one
+  whose scenes raise it most, and an artefact only where pasting it into the world's probe images also
+  raises the unit (``truth.INSERTION_AUC``, ``demo.true_concepts``): labels, search and audit are scored
+  against that truth, search and audit also against dissection alone (``by_dissection_alone``: the
+  highest IoU, no insertion test);
 - labels: top-1 / top-3 against dissection with chance, top-1 against the response truth, phi (over
   labelled units, and over units with a true concept: ``phi_true_units``; on each concept's images in
   scenes of the world, and with ``_alone`` on the concept alone on gray; ``phi_of_truth``: the phi were

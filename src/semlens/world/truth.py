@@ -2,7 +2,8 @@
 
 Network-Dissection style: a unit's activation map, up-sampled to the image, is thresholded at its
 top quantile over the probe set; its IoU with each concept's mask, summed over the set, names the
-concept it detects (the best of those whose IoU passes the concept's chance threshold). A second
+concepts it detects (those whose IoU passes the concept's chance threshold; of them, the one whose
+scenes raise it most is its concept: ``demo.true_concepts``). A second
 truth comes from the world's concept images (each concept alone): a unit's response AUC for a
 concept's images against every other concept's (alone, so that no other concept's images show it).
 Label faithfulness (phi) is its mean activation on each concept's images, min-max normalised over
