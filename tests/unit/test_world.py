@@ -354,9 +354,9 @@ def test_an_artefact_unit_must_be_named_by_dissection_and_raised_by_the_pasted_a
     frame = activation_aucs(model, *concept_images(config, "frame", 30, "probe").views(model), spec)["features.1"]
     assert patch.tolist() == [1.0] and frame.tolist() == [0.5]
     # 10/0 detects the patch; 10/1: dissection names the patch, but the patch barely raises it, so its next
-    # concept above chance (red) is its truth; 10/2: raised, but dissection names red; 10/3: under the
-    # patch's chance IoU; 14/0: a colour needs no insertion test; 14/1: dissection names red and the star,
-    # the red best, but star scenes raise the unit more than red ones: the star is its truth
+    # concept above chance (red) is its truth; 10/2: raised, but red overlaps it more and its scenes raise it
+    # more; 10/3: under the patch's chance IoU; 14/0: a colour needs no insertion test; 14/1: dissection
+    # names red and the star, the red best, but star scenes raise the unit more than red ones: the star is its truth
     concepts = ["patch", "red", "star"]
     layer = {"concepts": concepts, "iou": [[0.3, 0.0, 0.0], [0.3, 0.2, 0.0], [0.1, 0.3, 0.0], [0.05, 0.0, 0.0]], "chance_iou": [0.06, 0.01, 0.1]}
     patch_most, red_most = [[1.0, 1.0], [0.5, 0.5], [0.0, 0.0]], [[0.5, 0.5], [1.0, 1.0], [0.0, 0.0]]  # [concepts, images]

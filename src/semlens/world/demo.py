@@ -197,14 +197,14 @@ def _mean(values: list[float], empty: float | None = None) -> float | None:
 
 
 def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dict, dict[str, str]]:
-    """semlens labels against the truth: top-1/top-3 accuracy against dissection, with the random
+    """semlens labels against the truth: top-1/top-3 accuracy against ``true_concepts``, with the random
     baseline; top-1 against the concept-image response truth; faithfulness phi; and a CoSy-style AUC
     (the unit's response to its label's concept images against all other concepts', 0.5 = chance).
     phi is taken over the units semlens labels, and over the units with a true concept (their top-1
     concept, labelled or not: ``truth.faithfulness_of_true_units``), on the concepts' images in scenes
     and (``_alone``) alone; ``phi_of_truth``: the latter were each top-1 the unit's true concept (what the
-    judge itself allows). Also each unit's true concept (``true_concepts``: by dissection, artefacts confirmed by
-    insertion)."""
+    judge itself allows). Also each unit's true concept (``true_concepts``: named by dissection, ranked by its
+    scenes, artefacts confirmed by insertion)."""
     truths = unit_truths(lens, config, out)
     truth = true_concepts(truths)
     concepts, world_concepts = list(lens.vocabulary.concepts), config.concept_names()
@@ -261,7 +261,7 @@ def true_concepts(truths: dict[str, dict], causal: bool = True) -> dict[str, str
     artefact only where pasting it into probe images raises the unit (``truth.INSERTION_AUC``), and of the
     concepts dissection names, the one whose scenes raise the unit most: IoU is reached through correlation
     too (a square unit weaker on patterned squares matches the "plain" mask better than the "square" one,
-    though square scenes raise it 2.5 times more than plain ones; README "Ground truth")."""
+    though square scenes raise it 2.5 times more than plain ones; README "The truth")."""
     found = {}
     for layer in SPATIAL:
         concepts = truths[layer]["concepts"]
