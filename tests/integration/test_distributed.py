@@ -119,3 +119,17 @@ def test_merge_refuses_shards_split_with_other_batch_sizes(tmp_path, shards, col
 def test_a_shard_without_samples_is_refused(tmp_path, colour_folder, tiny_clip_dir) -> None:
     with pytest.raises(SemlensError, match="shard 0/8 holds no samples: the data makes only 5 batches"):
         LensBuilder(config(colour_folder, tiny_clip_dir, shard="0/8"), tmp_path / "part.lens", progress=False)
+
+
+def test_a_build_leaves_a_process_group_it_did_not_make(tmp_path, reference, colour_folder, tiny_clip_dir) -> None:
+    """The user's own group (here one gloo rank) outlives the build; the Lens is the single-process one."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        lens = build_lens(config(colour_folder, tiny_clip_dir), tmp_path / "grouped.lens", progress=False)
+        assert dist.is_initialized()
+        dist.barrier()  # still usable
+    finally:
+        dist.destroy_process_group()
+    assert_same_lens(lens, reference)

@@ -62,7 +62,7 @@ class LensBuilder:
     """
 
     def __init__(self, config: BuildConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> None:
-        connect()
+        self.joined_group = connect()  # a torchrun rank that made its process group (and leaves it)
         self.ranks = Ranks()
         self.config = config
         self.store = LensStore(out)
@@ -196,7 +196,9 @@ class LensBuilder:
             stage.run()
         if self.context.shard is None and self.ranks.is_main:
             self._seal()
-        return self.summary()
+        summary = self.summary()
+        self.ranks.finish(leave=self.joined_group)
+        return summary
 
     def _seal(self) -> None:
         """Record the array files' sizes and hashes in the manifest and trust the Lens on this machine:

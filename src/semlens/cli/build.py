@@ -85,6 +85,7 @@ def run(
 
     Under `torchrun --nproc_per_node N -m semlens.cli run ...` the N processes share the work."""
     from ..build.builder import BuildConfig, LensBuilder
+    from ..build.parallel import end_rank_process
 
     options = dict(
         model=model,
@@ -126,6 +127,8 @@ def run(
     summary = builder.run()
     if builder.ranks.is_main:
         report_summary(summary, as_json)
+    if builder.joined_group:
+        end_rank_process()
 
 
 @app.command()
