@@ -83,7 +83,8 @@ def end_rank_process() -> NoReturn:
     after the collective is done, and if the operating system runs it only once the interpreter is
     finalising, the release cannot take the GIL and aborts the process (SIGABRT, "terminate called
     without an active exception"), failing the whole job after the Lens was written (seen in 1 to 4 %
-    of 2-rank builds on 2 busy cores; the group's threads outlive ``destroy_process_group`` here).
+    of 2-rank builds on 2 busy cores). ``destroy_process_group`` does not prevent it: once transformers
+    has loaded a model or image processor, the group's worker threads outlive it.
     Every file of the Lens is closed by then: its writes are atomic.
     """
     sys.stdout.flush()
@@ -121,10 +122,8 @@ class Ranks:
     def finish(self, leave: bool) -> None:
         """Wait until every rank is done, then leave the group if ``leave`` (this build joined it).
 
-        Rank 0 writes last, so no rank may open the Lens before this. Leaving here, together and
-        with the interpreter whole, matters: a gloo rank that exits while rank 0 still writes, and
-        leaves the group only at exit, now and then dies of SIGABRT ("terminate called without an
-        active exception") after its work is done, failing the whole ``torchrun`` job.
+        Rank 0 writes last, so no rank may open the Lens before this; a process group the caller
+        made stays theirs.
         """
         if not self.active:
             return
