@@ -213,11 +213,12 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     phis: dict[str, dict[str, list[float]]] = {views: {"labelled": [], "true": [], "truth": []} for views, _ in PHI_VIEWS}
     for layer in SPATIAL:
         best = [truth.get(f"{layer}/{unit}") for unit in range(len(truths[layer]["iou"]))]
-        responses = torch.tensor(truths[layer]["responses"])
-        auc = response_auc(responses)
+        responses = {views: torch.tensor(truths[layer][views]) for views in phis}  # [U, C, n] per set of concept images
+        auc = response_auc(responses["responses"])
         by_response = response_truth(auc, world_concepts)
-        top = [[concepts[int(index)] for index in row] for row in lens.labels(layer).concepts.tolist()]
-        labelled = lens.labels(layer).labelled.tolist()  # phi and AUC judge the labels semlens gives, nothing below the threshold
+        labels = lens.labels(layer)
+        top = [[concepts[int(index)] for index in row] for row in labels.concepts.tolist()]
+        labelled = labels.labelled.tolist()  # phi and AUC judge the labels semlens gives, nothing below the threshold
         assigned = [world_concepts.index(row[0]) if ok and row[0] in world_concepts else None for row, ok in zip(top, labelled)]
         aucs += [float(auc[unit, concept]) for unit, concept in enumerate(assigned) if concept is not None]
         for unit, true_concept in enumerate(best):
@@ -229,7 +230,7 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
                 response_total += 1
                 response_hits += top[unit][0] == by_response[unit]
         for views, kept in phis.items():
-            mean_responses = torch.tensor(truths[layer][views]).mean(dim=2)
+            mean_responses = responses[views].mean(dim=2)
             kept["labelled"] += faithfulness(mean_responses, assigned)
             kept["true"] += faithfulness_of_true_units(mean_responses, [row[0] for row in top], best, world_concepts)
             kept["truth"] += faithfulness_of_true_units(mean_responses, [name or "" for name in best], best, world_concepts)
