@@ -24,11 +24,12 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
   training (``captions.HELD_OUT``);
 - audit of the artefact's class (valid: the class name; spurious: the artefact): units flagged
   spurious, precision and recall against the true artefact units (recall over the true artefact units
-  the audit examined, i.e. relevant to the class; also with the units judged "both"), spurious share
-  of the class's relevance; and the audit's concept test (``demo.concept_images``: the world's test
+  the audit examined, i.e. relevant to the class; also with the units judged "both"), the flagged units'
+  share of the class's relevance (``flagged_share``); and the audit's concept test (``demo.concept_images``: the world's test
   images without the artefact and the same images with it pasted in, images no Lens was built on): the
   class's reliance on the artefact (log odds ratio, verdict) and the flagged units it confirms, with
-  their precision and recall as above; the test runs on every unit the audit examined (``test_all``), so
+  their precision and recall as above, and the spurious share as tested (``spurious_share``: the confirmed
+  findings' share of the class's relevance, ``Audit.spurious_share``); the test runs on every unit the audit examined (``test_all``), so
   the record also scores the units it finds that were not flagged (``audit_carriers``) and flagged or
   not together (``tested_precision``, ``tested_recall``); ``unit_tests`` holds every test, for
   ``confirm_rules.py``;
@@ -99,10 +100,10 @@ from semlens.world.truth import artifact_reliance
 #: and reliance columns (there the artefact tells nothing about the class)
 BETTER = {
     "top1": 1, "top3": 1, "top1_world_concepts": 1, "distractor_label_share": -1, "top1_response": 1, "phi": 1, "phi_true_units": 1, "phi_true_units_alone": 1, "phi_of_truth": 1, "phi_of_truth_alone": 1, "cosy_auc": 1, "search_hits_at5": 1, "search_hits_at5_paraphrase": 1,
-    "audit_precision": 1, "audit_recall": 1, "spurious_share": 1, "confirmed_share": 1, "reliance": 1, "units_with_truth": 1,
+    "audit_precision": 1, "audit_recall": 1, "spurious_share": 1, "flagged_share": 1, "reliance": 1, "units_with_truth": 1,
     "audit_confirmed": 1, "confirmed_precision": 1, "confirmed_recall": 1, "audit_log_odds": 1, "tested_precision": 1, "tested_recall": 1,
 }  # fmt: skip
-CONTROL_LOWER = ("spurious_share", "confirmed_share", "reliance", "audit_flagged", "audit_confirmed", "audit_log_odds", "tested_found")
+CONTROL_LOWER = ("spurious_share", "flagged_share", "reliance", "audit_flagged", "audit_confirmed", "audit_log_odds", "tested_found")
 
 
 def seeded_world(text: str, seed: int, path: Path) -> str:
@@ -224,7 +225,7 @@ def evaluate(
         "iou_thresholds": iou_thresholds(truths),
         "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artifact, paraphrase, flagged, both, confirmed, found, examined),
         "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
-        "audit_units": len(examined), "audit_flagged": len(flagged), "audit_flagged_units": flagged, "spurious_share": audit["shares"]["spurious"], "confirmed_share": audit["confirmed_share"],
+        "audit_units": len(examined), "audit_flagged": len(flagged), "audit_flagged_units": flagged, "spurious_share": audit["spurious_share"], "flagged_share": audit["shares"]["spurious"], "confirmed_share": audit["confirmed_share"],
         "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
         "audit_relies": audit["reliance"]["relies"], "audit_log_odds": audit["reliance"]["log_odds"], "audit_effect": audit["reliance"]["effect"],
         "audit_carriers": audit["carriers"], "tested_found": len(found),
@@ -285,7 +286,7 @@ COLUMNS = {  # header: record key
     "paraphrase@5": "search_hits_at5_paraphrase", "flagged": "audit_flagged", "precision": "audit_precision",
     "recall": "audit_recall", "confirmed": "audit_confirmed", "conf. precision": "confirmed_precision",
     "conf. recall": "confirmed_recall", "found by test": "tested_found", "test precision": "tested_precision",
-    "test recall": "tested_recall", "spurious share": "spurious_share", "confirmed share": "confirmed_share", "reliance": "reliance",
+    "test recall": "tested_recall", "spurious share (tested)": "spurious_share", "flagged share": "flagged_share", "reliance": "reliance",
     "log-odds (test)": "audit_log_odds",
 }  # fmt: skip
 

@@ -71,6 +71,7 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     assert audit["confirmed"] == [unit["unit"] for unit in spurious] and not audit["unconfirmed"]
     # every flagged unit confirmed: the confirmed share is the spurious share (both over the audited units)
     assert audit["confirmed_share"] == pytest.approx(audit["shares"]["spurious"] + audit["shares"]["both"])
+    assert audit["spurious_share"] == audit["confirmed_share"]  # the share as tested
     assert all(unit["test"]["activation_auc"] > 0.9 for unit in spurious)
     half = runner.invoke(app, ["audit", str(lens.path), "--class", "red", "--valid", "red", "--spurious", "watermark",
                                "--test-data", f"folder:{setting / 'others'}"])  # fmt: skip

@@ -8,7 +8,7 @@ import torch
 
 import semlens.build.embed_stage as embed_stage_module
 from semlens import BuildConfig, LayerSpec, Lens, build_lens, collect_topk, load_data, load_model
-from semlens._util.errors import StaleLensError
+from semlens._util.errors import SemlensError, StaleLensError
 
 LAYERS = ["features.0", "features.3:pool=max", "head:signed=true"]
 
@@ -149,6 +149,18 @@ def test_a_masked_build_embeds_each_example_faded_by_its_own_heatmap(built, tmp_
         build_lens(config(colour_folder, tiny_clip_dir, crop_view="masked"), built.path, progress=False)
 
 
+def test_joined_rules_with_a_layer_cut_without_heatmaps(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    # activation crops: the linear head has no maps, so its examples are whole images, one slot each
+    lens = build_lens(config(colour_folder, tiny_clip_dir, crop="activation", crop_rule="peak+share", class_relevance=False), tmp_path / "j.lens", progress=False)
+    widths = {layer: lens._read(layer, "embed")["crop_index"].shape[1] for layer in lens.layers}
+    assert set(widths.values()) == {5, 10}, widths
+    for layer in lens.layers:
+        ties = lens._read(layer, "embed")["tied"]  # recorded by the first rule's boxes, as read
+        assert torch.equal(lens.tied(layer), ties) and lens.valid(layer, "share").shape == ties.shape
+        if widths[layer] == 5:
+            assert torch.equal(lens.theta(layer, "share"), lens.theta(layer)) and torch.equal(lens.boxes(layer, "share"), lens.boxes(layer))
+
+
 def test_another_crop_rule_reuses_the_heatmaps_and_another_model_or_data_does_not(built, tmp_path, colour_folder, tiny_clip_dir, monkeypatch) -> None:
     import shutil
 
@@ -169,15 +181,19 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_or_data_does_no
 
     joined = build_lens(config(colour_folder, tiny_clip_dir, crop_rule="peak+quantile", heatmaps_from=source, class_relevance=False), tmp_path / "pq.lens")
     assert not calls
-    for layer in built.layers:  # each example in both boxes; theta the mean over all 2k of them
-        assert torch.equal(joined.boxes(layer), built.boxes(layer))  # the first rule's are shown
+    assert joined.crop_rules == ["peak", "quantile"] and joined.search_rule == "peak"  # no share boxes to search by
+    crops = joined.store.read_array("crops.safetensors", "embeddings").float()
+    for layer in built.layers:  # each example in both boxes; every question reads one rule's, the first by default
         stored = joined.store.read_tensors(f"layers/{layer}.embed.safetensors")
-        assert torch.equal(stored["boxes"][:, 5:], quantile.boxes(layer))
-        crops = joined.store.read_array("crops.safetensors", "embeddings").float()
         index = stored["crop_index"]
-        both = torch.stack([crops[index[:, :5]], crops[index[:, 5:]]]).mean(dim=0)
-        torch.testing.assert_close(joined.example_embeddings(layer), both)
-        torch.testing.assert_close(joined.theta(layer), both.mean(dim=1), atol=2e-3, rtol=0)
+        assert torch.equal(joined.boxes(layer), built.boxes(layer)) and torch.equal(joined.boxes(layer, "quantile"), quantile.boxes(layer))
+        assert torch.equal(stored["boxes"][:, 5:], quantile.boxes(layer))
+        torch.testing.assert_close(joined.example_embeddings(layer), crops[index[:, :5]])
+        torch.testing.assert_close(joined.example_embeddings(layer, "quantile"), crops[index[:, 5:]])
+        torch.testing.assert_close(joined.theta(layer), built.theta(layer), atol=2e-3, rtol=0)  # as the peak Lens's
+        torch.testing.assert_close(joined.theta(layer, "quantile"), quantile.theta(layer), atol=2e-3, rtol=0)
+    with pytest.raises(SemlensError, match="its rules: peak, quantile"):
+        joined.theta(built.layers[0], "share")
 
     fewer = tmp_path / "fewer"
     shutil.copytree(colour_folder, fewer)

@@ -9,6 +9,7 @@ import torch
 
 from semlens import BuildConfig, Lens, build_lens, load_data, load_model
 from semlens._util.errors import SemlensError
+from semlens.analysis.alignment import alignment
 from semlens.analysis.explain import relevance_shares
 from semlens.model.loading import class_mapping
 from semlens.relevance.lrp import RelevanceModel, unit_relevance
@@ -102,9 +103,16 @@ def test_relevance_examples_with_joined_rules_embed_both_boxes(built: Lens, tmp_
     stored = joined._relevance_file(layer, "relevance_embed")
     assert stored["boxes"].shape[1] == 2 * K and torch.equal(stored["boxes"][:, K:], built.example_boxes(layer, "relevance"))
     assert torch.equal(joined.example_boxes(layer, "relevance"), stored["boxes"][:, :K])  # the first rule's (share) are shown
-    both = joined.example_embeddings_of(layer, "relevance")
-    assert both.shape[:2] == (6, K)
-    torch.testing.assert_close(both.nanmean(dim=1), joined.theta_of(layer, "relevance"), atol=3e-3, rtol=0)
+    share = joined.example_embeddings_of(layer, "relevance")
+    assert share.shape[:2] == (6, K)
+    torch.testing.assert_close(share.nanmean(dim=1), joined.theta_of(layer, "relevance"), atol=3e-3, rtol=0)
+    valid = built.valid_of(layer, "relevance")  # the peak boxes' theta is the peak-only Lens's
+    torch.testing.assert_close(joined.theta_of(layer, "relevance", "peak")[valid], built.theta_of(layer, "relevance")[valid], atol=3e-3, rtol=0)
+    assert joined.search_rule == "share"  # search ranks by the share boxes' theta
+    hits = joined.search("red", top=3)
+    probe, null = joined.probe("red")
+    expected = alignment(joined.theta(hits[0].layer, "share")[hits[0].index : hits[0].index + 1], probe[None], null)
+    assert hits[0].score == pytest.approx(float(expected), abs=1e-5)
 
 
 def test_analyses_take_either_example_set(built: Lens) -> None:

@@ -70,6 +70,17 @@ def test_audit_units_flags_a_planted_unit_and_not_those_at_the_null_level():
     assert result.to_dict()["units"][0]["z_spur"] == pytest.approx(6.0)
 
 
+def test_the_spurious_share_as_tested_counts_confirmed_findings_only():
+    result = audit([0.1, 0.0, 5.0], [6.0, 5.0, 0.2], [0.4, 0.2, 0.2])  # l/0 and l/1 flagged spurious: 3/4 of the relevance
+    assert result.spurious_share == pytest.approx(0.75) and result.to_dict()["spurious_share"] == pytest.approx(0.75)  # no test: as flagged
+    result.reliance = {"relies": True}
+    result.units[0].test, result.units[1].test = {"confirmed": True}, {"confirmed": False}
+    assert result.confirmed == ["l/0"] and result.spurious_share == pytest.approx(0.5)  # l/1's test failed
+    result.reliance = {"relies": False}  # a class that ignores the concept: no finding holds
+    result.units[0].test = {"confirmed": False}
+    assert result.shares["spurious"] == pytest.approx(0.75) and result.spurious_share == 0.0
+
+
 def test_a_signed_layer_counts_each_channel_once():
     # units 0, 1, 0-, 1-: the copies share their channel's relevance; channel 0's negative copy reads the watermark
     result = audit([0.0, 4.0, 0.5, 0.0], [0.5, 0.0, 5.0, 0.2], [0.3, 0.1, 0.3, 0.1],

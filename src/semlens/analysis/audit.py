@@ -126,6 +126,15 @@ class Audit:
         return relevance_share(relevance, torch.tensor([unit.unit in confirmed for unit in self.units], dtype=torch.bool))
 
     @property
+    def spurious_share(self) -> float:
+        """The share of the class's relevance the audit finds on the spurious concept: with a concept test the
+        confirmed findings' (``confirmed_share``), since a flagged unit the test does not confirm (the concept
+        does not raise it, zeroing it takes none of the reliance away, or the class does not rely on the concept
+        at all) carries no reliance on it; without one the "spurious" units' (``shares``)."""
+        confirmed = self.confirmed_share
+        return self.shares["spurious"] if confirmed is None else confirmed
+
+    @property
     def carriers(self) -> list[str]:
         """Units the audit did not flag whose concept test passes as a confirmed finding would (tested with
         ``test_all``): the reliance runs through them, though their examples do not align with the concept."""
@@ -140,6 +149,7 @@ class Audit:
             "rule": self.rule.to_dict(),
             "null_units": self.null_units,
             "shares": self.shares,
+            "spurious_share": self.spurious_share,
             "reliance": self.reliance,
             "confirmed": self.confirmed,
             "confirmed_share": self.confirmed_share,

@@ -46,6 +46,12 @@ def crop_rules(rule: str) -> list[str]:
     return rules
 
 
+def rule_slots(per_slot: torch.Tensor, k: int, rule: int) -> torch.Tensor:
+    """Crop rule ``rule``'s k slots ``[U, k, ...]`` of per-slot values ``[U, V·k, ...]`` (rule v's box of example s
+    is slot v·k + s); a layer cut without heatmaps (whole images) has one slot per example whatever the rules."""
+    return per_slot if per_slot.shape[1] == k else per_slot[:, rule * k : (rule + 1) * k]
+
+
 def crop_boxes(
     maps: torch.Tensor,
     size: tuple[int, int],

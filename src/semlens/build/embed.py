@@ -19,7 +19,8 @@ from .._util.devices import one_thread
 from ..data.base import ImageData
 from ..foundation.base import Pixels
 from .collect import EMPTY_ID
-from .crops import masked_crop
+from ..analysis.validity import tied_units
+from .crops import masked_crop, rule_slots
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,13 @@ def read_heatmaps(root: str, sources: Sequence[HeatSource], masks: torch.Tensor)
                 unit, slot = masks[row, 1:].tolist()
                 found[row] = array[unit : unit + 1, slot : slot + 1][0, 0]
     return found
+
+
+def first_rule_ties(indices: dict[str, torch.Tensor], topk: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``tied_units`` by the boxes of the first crop rule (what a Lens answers from; ``rule_slots``): ``indices``
+    the crop table's ``[U, V·k]`` index per layer, ``topk`` each layer's top-k arrays (``ids``, ``inactive``)."""
+    first = {layer: rule_slots(index, topk[layer]["ids"].shape[1], 0) for layer, index in indices.items()}
+    return tied_units(first, {layer: topk[layer]["inactive"] for layer in indices})
 
 
 def mean_embeddings(embeddings: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

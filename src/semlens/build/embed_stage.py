@@ -14,13 +14,12 @@ from PIL import Image
 from .._util.devices import embed_dtype
 from .._util.errors import StaleLensError
 from .._util.progress import progress_bar
-from ..analysis.validity import tied_units
 from ..data import ImageData
 from ..foundation import FoundationModel, load_foundation_model
 from ..lens.store import LensStore, layer_file
 from .context import BuildContext
 from .crop_stage import CropStage
-from .embed import CropChunks, CropTable, chunks, mean_embeddings
+from .embed import CropChunks, CropTable, chunks, first_rule_ties, mean_embeddings
 from .parallel import Ranks
 
 EMBED_PARTIAL = "embed.partial"
@@ -85,8 +84,8 @@ class EmbedStage:
 
     def _store(self, table: CropTable, embeddings: torch.Tensor, started: float, speed_ups: dict[str, Any]) -> dict[str, Any]:
         store = self.context.store
-        inactive = {spec.name: store.read_tensors(layer_file(spec.name, "topk"))["inactive"] for spec in self.context.specs}
-        tied = tied_units(table.index, inactive)
+        topk = {spec.name: store.read_tensors(layer_file(spec.name, "topk")) for spec in self.context.specs}
+        tied = first_rule_ties(table.index, topk)
         store.write_tensors(
             "crops.safetensors",
             {"samples": table.samples, "boxes": table.boxes, "embeddings": embeddings.half()},

@@ -15,12 +15,11 @@ from typing import Any
 import torch
 
 from .._util.fingerprint import hash_json
-from ..analysis.validity import tied_units
 from ..lens.store import CROPS, RELEVANCE_CROPS, layer_file, read_crop_embeddings
 from ..model.units import LayerSpec
 from .context import BuildContext
 from .crop_stage import HEAT_KEY, CropStage, slot_samples
-from .embed import CropTable, HeatSource, mean_embeddings, plan_crops
+from .embed import CropTable, HeatSource, first_rule_ties, mean_embeddings, plan_crops
 from .embed_stage import EMBED_PARTIAL, EmbedStage
 
 
@@ -120,8 +119,7 @@ class RelevanceExamplesStage(EmbedStage):
     def _store(self, table: CropTable, embeddings: torch.Tensor, started: float, speed_ups: dict[str, Any]) -> dict[str, Any]:
         store = self.context.store
         store.write_tensors(RELEVANCE_CROPS, {"samples": table.samples, "boxes": table.boxes, "embeddings": embeddings.half()})
-        inactive = {layer: store.read_tensors(layer_file(layer, "relevance_topk"))["inactive"] for layer in table.index}
-        tied = tied_units(table.index, inactive)
+        tied = first_rule_ties(table.index, {layer: store.read_tensors(layer_file(layer, "relevance_topk")) for layer in table.index})
         for layer, index in table.index.items():
             slots = torch.arange(index.numel()).reshape(index.shape).masked_fill(index < 0, -1)
             theta = mean_embeddings(read_crop_embeddings(store, index.clamp_min(0)).float().flatten(0, 1), slots)

@@ -90,6 +90,7 @@ def audit(
             f"flagged units confirmed: {', '.join(result.confirmed) or 'none'} ({result.confirmed_share:.1%} of the relevance); "
             f"unconfirmed: {', '.join(result.unconfirmed) or 'none'}"
         )
+        say(f"spurious share, as tested: {result.spurious_share:.1%} of the relevance (the confirmed findings')")
         if test_all:
             say(f"not flagged, but the reliance runs through them (the concept test alone): {', '.join(result.carriers) or 'none'}")
         elif r["relies"] and not result.confirmed:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from .._util.errors import SemlensError
-from .arrays import mean_over_rules
+from ..build.crops import rule_slots
+from .arrays import mean_of_examples
 from .store import layer_file, read_crop_embeddings
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ class LensExampleSets:
     def example_boxes(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
         """Crop boxes ``[U, k, 4]`` of a set (-1 where a slot has no crop; the first crop rule's: see ``Lens.boxes``)."""
         boxes = self._set_array(layer, examples, self.boxes, "relevance_embed", "boxes")
-        return boxes[:, : self.example_samples(layer, examples).shape[1]]
+        return rule_slots(boxes, self.example_samples(layer, examples).shape[1], 0)
 
     def example_heatmaps(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor | None:
         """The maps ``[U, k, h, w]`` a set's crops were cut from (see ``Lens.heatmaps``): for relevance examples
@@ -100,21 +101,29 @@ class LensExampleSets:
             return None
         return self._relevance_file(layer, "relevance_heat")["heat"]
 
-    def theta_of(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
-        """Each unit's theta ``[U, d]`` from a set: the mean of its examples' embeddings."""
-        return self._set_array(layer, examples, self.theta, "relevance_embed", "theta")
-
-    def valid_of(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
-        """Units with examples of their own in a set (neither inactive nor tied; see ``Lens.valid``)."""
+    def theta_of(self: Lens, layer: str, examples: str = "activation", rule: str | None = None) -> torch.Tensor:
+        """Each unit's theta ``[U, d]`` from a set: the mean of its examples' embeddings, their boxes cut by crop
+        rule ``rule`` (default: the first; see ``Lens.theta``)."""
         if check_example_set(examples) == "activation":
-            return self.valid(layer)
+            return self.theta(layer, rule)
+        if len(self.crop_rules) == 1:
+            return self._relevance_file(layer, "relevance_embed")["theta"]
+        return mean_of_examples(self.example_embeddings_of(layer, examples, rule))
+
+    def valid_of(self: Lens, layer: str, examples: str = "activation", rule: str | None = None) -> torch.Tensor:
+        """Units with examples of their own in a set (neither inactive nor tied; see ``Lens.valid``; the
+        relevance examples' ties are recorded by the build's first crop rule)."""
+        if check_example_set(examples) == "activation":
+            return self.valid(layer, rule)
         return ~(self._relevance_file(layer, "relevance_topk")["inactive"] | self._relevance_file(layer, "relevance_embed")["tied"])
 
-    def example_embeddings_of(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
-        """Per-example embeddings ``[U, k, d]`` of a set (float32, NaN rows in empty slots)."""
+    def example_embeddings_of(self: Lens, layer: str, examples: str = "activation", rule: str | None = None) -> torch.Tensor:
+        """Per-example embeddings ``[U, k, d]`` of a set (float32, NaN rows in empty slots), of the boxes cut by
+        crop rule ``rule`` (default: the first)."""
         if check_example_set(examples) == "activation":
-            return self.example_embeddings(layer)
-        index = self._relevance_file(layer, "relevance_embed")["crop_index"]
+            return self.example_embeddings(layer, rule)
+        k = self.example_samples(layer, examples).shape[1]
+        index = rule_slots(self._relevance_file(layer, "relevance_embed")["crop_index"], k, self.rule_index(rule))
         embeddings = read_crop_embeddings(self.store, index.clamp_min(0)).float()
         embeddings[index < 0] = float("nan")
-        return mean_over_rules(embeddings, self.example_samples(layer, examples).shape[1])
+        return embeddings

@@ -80,7 +80,7 @@ class LensSearch:
         if source.foundation_id != self.foundation_id:
             raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
         layer, row = source.unit_index(unit)
-        return self._rank(source.theta(layer)[row], None, self.layers, top, exclude=(layer, row) if source is self else None)
+        return self._rank(source.theta(layer, source.search_rule)[row], None, self.layers, top, exclude=(layer, row) if source is self else None)
 
     def _rank(
         self: Lens,
@@ -101,13 +101,14 @@ class LensSearch:
     def _search_table(self: Lens) -> UnitTable:
         """All units stacked for search, with an index from ``INDEX_MIN_UNITS`` units on (see semlens.lens.index)."""
         table = self._unit_table(self.layers)
-        table.index = open_index(self.space_cache, table, self.space_fingerprint)
+        table.index = open_index(self.space_cache, table, f"{self.space_fingerprint}:{self.search_rule}")
         return table
 
     def _unit_table(self: Lens, layers: list[str], examples: str = "activation") -> UnitTable:
-        """The layers' units as one table; units without examples of their own (``Lens.valid``) are never ranked."""
-        theta = {layer: self.theta_of(layer, examples) for layer in layers}
-        return UnitTable.stack(theta, {layer: ~self.valid_of(layer, examples) for layer in layers})
+        """The layers' units as one table, each unit's theta by the search rule (``Lens.search_rule``); units
+        without examples of their own (``Lens.valid``) are never ranked."""
+        theta = {layer: self.theta_of(layer, examples, self.search_rule) for layer in layers}
+        return UnitTable.stack(theta, {layer: ~self.valid_of(layer, examples, self.search_rule) for layer in layers})
 
     def _search_hit(self: Lens, layer: str, row: int, score: float, examples: str = "activation") -> SearchHit:
         unit = f"{layer}/{self.units(layer)[row]}"
