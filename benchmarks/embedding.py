@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=640, help="probe images (crops of the bundled photos)")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--crop", default="activation", choices=["activation", "none"])
+    parser.add_argument("--crop-rule", default=None, help="crop rule(s) (default: the library's, peak+share; the README's figures: peak)")
     parser.add_argument("--foundation", default="conse")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--variants", nargs="+", default=["channels_last"], help="embed settings to time, alternating")
@@ -121,7 +122,7 @@ def main() -> None:
         folder = write_photo_folder(Path(tmp) / "photos", per_photo=per_photo)
         config = BuildConfig(
             model=args.model, layers=args.layers, data=f"folder:{folder}", foundation=args.foundation, k=args.k,
-            crop=args.crop, class_relevance=False, embed_batch_size=args.batch, device=args.device,
+            crop=args.crop, crop_rule=args.crop_rule, class_relevance=False, embed_batch_size=args.batch, device=args.device,
         )  # fmt: skip
         load_foundation_model(args.foundation, device=args.device)  # imports and file caches warm for every timing alike
         builder = LensBuilder(config, Path(tmp) / "bench.lens", progress=False)

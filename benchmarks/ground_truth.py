@@ -74,7 +74,7 @@ from rich.console import Console
 from rich.table import Table
 
 from semlens.analysis.vocabulary import Vocabulary
-from semlens.build.crops import CROP_RULES, CROP_VIEWS, RULE_SETTINGS
+from semlens.build.crops import CROP_RULES, CROP_VIEWS, DEFAULT_CROP_RULE, RULE_SETTINGS
 from semlens.lens.lens import Lens
 from semlens.world.captions import HELD_OUT
 from semlens.world.demo import (
@@ -149,7 +149,7 @@ def distractor_labels(lens: Lens, config: WorldConfig, truth: dict[str, str]) ->
 def view_settings(view: str, share: float | None, quantile: float | None) -> dict[str, Any]:
     """Build settings of a crop view named by its crop rules and view joined by ``+`` (``share``, ``masked``,
     ``peak+share``, ``quantile+masked``; rules: CROP_RULES), only those that differ from the defaults, so
-    that ``peak`` is the plain Lens."""
+    that ``peak+share`` (``DEFAULT_CROP_RULE``) is the plain Lens."""
     rules: list[str] = []
     settings: dict[str, Any] = {}
     for part in view.split("+"):
@@ -159,12 +159,14 @@ def view_settings(view: str, share: float | None, quantile: float | None) -> dic
             settings["crop_view"] = part
         else:
             raise SystemExit(f"view {view!r}: {part!r} is not a crop rule ({', '.join(CROP_RULES)}) or view ({', '.join(CROP_VIEWS)}), or is given twice")
-    settings["crop_rule"] = "+".join(rules or ["peak"])
+    default_rule = "peak" if settings.get("crop_view") == "masked" else DEFAULT_CROP_RULE  # as BuildConfig resolves it
+    if rules and "+".join(rules) != default_rule:
+        settings["crop_rule"] = "+".join(rules)
     asked = {"crop_share": share, "crop_quantile": quantile}
     for rule in rules:
         if rule in RULE_SETTINGS and asked[RULE_SETTINGS[rule]] is not None:
             settings[RULE_SETTINGS[rule]] = asked[RULE_SETTINGS[rule]]
-    return {key: value for key, value in settings.items() if value not in ("peak", "box")}
+    return {key: value for key, value in settings.items() if value != "box"}
 
 
 def lens_path(out: Path, build: dict[str, Any]) -> Path:
@@ -361,7 +363,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write one record per (world, seed) to this file")
     parser.add_argument("--foundation", default="world", help="foundation model spec of every run (default: the default world's)")
     parser.add_argument("--crop", default=None, help="crop mode of the Lenses (default: the demo's, relevance)")
-    parser.add_argument("--crop-rule", default=None, help="crop rule: peak (the paper's, default) or share")
+    parser.add_argument("--crop-rule", default=None, help=f"crop rule(s): peak (the paper's), share, quantile or joined by + (default {DEFAULT_CROP_RULE})")
     parser.add_argument("--crop-share", type=float, default=None, help="with --crop-rule share: the share of positive mass kept")
     parser.add_argument("--crop-quantile", type=float, default=None, help="with the quantile rule: the quantile of a unit's map values")
     parser.add_argument(

@@ -182,7 +182,7 @@ def run_semlens(job: dict) -> dict:
     config = BuildConfig(
         model=semlens_model(job["model"], job["model_weights"]), layers=job["layers"], data=f"folder:{job['folder']}",
         foundation=f"open_clip:{FOUNDATION_ARCH}:{job['weights']}", k=job["k"], pool="mean", crop=job["crop"],
-        class_relevance=False, batch_size=job["batch"], embed_batch_size=job["batch"], device="cpu",
+        crop_rule=job.get("crop_rule"), class_relevance=False, batch_size=job["batch"], embed_batch_size=job["batch"], device="cpu",
         workers=job["workers"],
     )  # fmt: skip
     lens = build_lens(config, Path(job["workdir"]) / f"semlens-{job['crop']}.lens", overwrite=True, progress=False)
@@ -339,6 +339,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating")
     parser.add_argument("--workers", type=int, default=1, help="data loader workers, both libraries")
     parser.add_argument("--crops", nargs="+", default=["none"], choices=["none", "activation", "relevance"], help="semlens crop modes")
+    parser.add_argument("--crop-rule", default=None, help="semlens crop rule(s) (default: the library's, peak+share; the README's figures: peak)")
     parser.add_argument("--label", action="store_true", help="also time text probing (twice in one process, once fresh)")
     parser.add_argument("--label-only", action="store_true", help="time text probing on the builds already in --workdir")
     parser.add_argument("--concepts", type=int, help="label with the first N concepts of the built-in vocabulary (default: all)")
@@ -372,7 +373,7 @@ def main() -> None:
     loaded = load_model(semlens_model(args.model, model_weights))
     job = {
         "folder": str(folder), "weights": str(weights), "layers": layers, "model": args.model,
-        "model_weights": model_weights, "k": args.k, "batch": args.batch,
+        "model_weights": model_weights, "k": args.k, "batch": args.batch, "crop_rule": args.crop_rule,
         "workers": args.workers, "workdir": str(args.workdir), "preprocessing": loaded.preprocessing.__dict__,
         "concepts": list(load_vocabulary().concepts[: args.concepts]), "templates": list(resolve_templates("label")), "crop": args.crops[0],
     }  # fmt: skip

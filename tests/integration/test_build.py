@@ -143,8 +143,8 @@ def test_a_masked_build_embeds_each_example_faded_by_its_own_heatmap(built, tmp_
         found = masked.example_embeddings(layer)[tuple(torch.tensor(slots).T)]
         torch.testing.assert_close(found, expected, atol=3e-3, rtol=0)
     assert faded >= 40
-    boxed = built.manifest["stages"]["embed"]["distinct_crops"]
-    assert masked.manifest["stages"]["embed"]["distinct_crops"] > boxed  # masked slots are not shared across units
+    boxed = torch.cat([built._read(layer, "embed")["crop_index"][:, :5].flatten() for layer in built.layers]).unique()  # the peak boxes
+    assert masked.manifest["stages"]["embed"]["distinct_crops"] > int((boxed >= 0).sum())  # masked slots are not shared across units
     with pytest.raises(StaleLensError, match="crop_view"):  # a Lens of another view is never reused
         build_lens(config(colour_folder, tiny_clip_dir, crop_view="masked"), built.path, progress=False)
 
@@ -155,8 +155,7 @@ def test_joined_rules_with_a_layer_cut_without_heatmaps(tmp_path, colour_folder,
     widths = {layer: lens._read(layer, "embed")["crop_index"].shape[1] for layer in lens.layers}
     assert set(widths.values()) == {5, 10}, widths
     for layer in lens.layers:
-        ties = lens._read(layer, "embed")["tied"]  # recorded by the first rule's boxes, as read
-        assert torch.equal(lens.tied(layer), ties) and lens.valid(layer, "share").shape == ties.shape
+        assert torch.equal(lens.tied(layer), lens._read(layer, "embed")["tied"])  # recorded by the first rule's boxes, as read
         if widths[layer] == 5:
             assert torch.equal(lens.theta(layer, "share"), lens.theta(layer)) and torch.equal(lens.boxes(layer, "share"), lens.boxes(layer))
 

@@ -37,11 +37,14 @@ def test_efficientnet_lite0_with_conse_finds_the_cat(tmp_path) -> None:
     sources = [example.source for example in lens.concept_examples(f"_fc/{tabby}")]
     assert "cat/cat-000.jpg" in sources  # the whole cat photo
     assert all(source.startswith("cat/") for source in sources[:5])
-    # searching the Lens for "cat" finds an output unit of a cat class among the first five
-    search = CliRunner().invoke(app, ["search", str(out), "cat", "--top", "5", "--json"])
+    # searching the Lens for "cat" finds units whose examples are cat photos, an output unit of a cat class among
+    # the first ten (near ties with _blocks.15 units whose share boxes hold cats)
+    search = CliRunner().invoke(app, ["search", str(out), "cat", "--top", "10", "--json"])
     assert search.exit_code == 0, search.output
+    hits = json.loads(search.stdout)
+    assert all(sum(source.startswith("cat/") for source in hit["examples"]) >= 2 for hit in hits[:5])
     cat_classes = {f"_fc/{find_imagenet_class(name)}" for name in ("tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat")}
-    assert cat_classes & {hit["unit"] for hit in json.loads(search.stdout)}
+    assert cat_classes & {hit["unit"] for hit in hits}
 
 
 @pytest.mark.parametrize(

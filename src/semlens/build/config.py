@@ -10,7 +10,7 @@ from typing import Any
 from .._util.devices import check_precision
 from .._util.errors import SemlensError
 from .._util.tomlfiles import read_toml
-from .crops import CROP_MODES, CROP_QUANTILE, CROP_VIEWS, crop_rules
+from .crops import CROP_MODES, CROP_QUANTILE, CROP_VIEWS, DEFAULT_CROP_RULE, crop_rules
 from .parallel import Shard
 
 #: input pixels per relevance pass when relevance_batch_size is not set: the memory of the former 16 pairs
@@ -33,7 +33,7 @@ class BuildConfig:
     pool: str = "mean"
     crop: str = "auto"
     crop_threshold: float = 0.01
-    crop_rule: str = "peak"
+    crop_rule: str | None = None  # None: DEFAULT_CROP_RULE, or peak alone for the masked view (one box per example)
     crop_share: float = 0.8
     crop_quantile: float = CROP_QUANTILE
     crop_view: str = "box"
@@ -59,6 +59,8 @@ class BuildConfig:
             raise SemlensError("no layers given; name at least one (see `semlens layers MODEL`)")
         if self.crop not in CROP_MODES:
             raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
+        if self.crop_rule is None:
+            self.crop_rule = "peak" if self.crop_view == "masked" else DEFAULT_CROP_RULE
         rules = crop_rules(self.crop_rule)
         if self.crop_view not in CROP_VIEWS:
             raise SemlensError(f"crop_view={self.crop_view!r} is not one of {', '.join(CROP_VIEWS)}")

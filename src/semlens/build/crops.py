@@ -21,6 +21,9 @@ CROP_MODES = ("auto", "relevance", "activation", "none")
 #: smallest square holding a share of its positive mass, or around the cells above the unit's quantile
 #: over all of its k maps (NetDissect-style)
 CROP_RULES = ("peak", "share", "quantile")
+#: the default: every example in the paper's box and in the share box; questions read the peak boxes and
+#: search the share boxes (``semlens.lens.arrays.SEARCH_RULE``), each the better one for it where measured
+DEFAULT_CROP_RULE = "peak+share"
 #: what is embedded of the box: its pixels, or its pixels faded to the crop's mean colour where the
 #: unit's heatmap is low
 CROP_VIEWS = ("box", "masked")

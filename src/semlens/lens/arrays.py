@@ -60,37 +60,27 @@ class LensArrays:
         """True for units that never fired or whose top-k scores are all equal: their examples are arbitrary."""
         return self._read(layer, "topk")["inactive"]
 
-    def tied(self: Lens, layer: str, rule: str | None = None) -> torch.Tensor:
-        """True for units whose examples are the same crops as an earlier unit's (so is their theta), by the
-        boxes of crop rule ``rule`` (default: the first)."""
+    def tied(self: Lens, layer: str) -> torch.Tensor:
+        """True for units whose examples are the same crops as an earlier unit's (so is their theta), by the boxes
+        of the first crop rule, which the other questions read (search ranks the same units)."""
         stored = self._read(layer, "embed")
-        if len(self.crop_rules) == 1 and "tied" in stored:
-            return stored["tied"]
-        return self._ties(self.rule_index(rule))[layer]
+        return stored["tied"] if len(self.crop_rules) == 1 and "tied" in stored else self._first_rule_ties[layer]
 
     @cached_property
-    def _rule_ties(self) -> dict[int, dict[str, torch.Tensor]]:
-        """Ties by crop rule, computed so far (see ``_ties``)."""
-        return {}
-
-    def _ties(self: Lens, rule: int) -> dict[str, torch.Tensor]:
-        """Ties by the boxes of the ``rule``-th crop rule, found as the build finds them: every rule's of a Lens
-        built with several (the build records the first's; Lenses before this recorded all boxes'), and those
-        of a Lens built before ties were recorded."""
+    def _first_rule_ties(self: Lens) -> dict[str, torch.Tensor]:
+        """Ties found as the build finds them, for Lenses built before they were recorded, or recorded over every
+        box of several crop rules."""
         from ..analysis.validity import tied_units
 
-        if rule not in self._rule_ties:
-            self._rule_ties[rule] = tied_units(
-                {layer: rule_slots(self._read(layer, "embed")["crop_index"], self.samples(layer).shape[1], rule) for layer in self.layers},
-                {layer: self.inactive(layer) for layer in self.layers},
-            )
-        return self._rule_ties[rule]
+        return tied_units(
+            {layer: rule_slots(self._read(layer, "embed")["crop_index"], self.samples(layer).shape[1], 0) for layer in self.layers},
+            {layer: self.inactive(layer) for layer in self.layers},
+        )
 
-    def valid(self: Lens, layer: str, rule: str | None = None) -> torch.Tensor:
-        """True for units with examples of their own (by the boxes of crop rule ``rule``, default the first):
-        neither inactive nor tied. Search, labels, the map, measures, audits, graphs and comparisons leave the
-        others out."""
-        return ~(self.inactive(layer) | self.tied(layer, rule))
+    def valid(self, layer: str) -> torch.Tensor:
+        """True for units with examples of their own: neither inactive nor tied. Search, labels, the map,
+        measures, audits, graphs and comparisons leave the others out."""
+        return ~(self.inactive(layer) | self.tied(layer))
 
     def heatmaps(self: Lens, layer: str) -> torch.Tensor | None:
         """The maps each example's crop box was cut from ``[U, k, h, w]``: CRP relevance (pooled) for relevance

@@ -110,11 +110,10 @@ class LensExampleSets:
             return self._relevance_file(layer, "relevance_embed")["theta"]
         return mean_of_examples(self.example_embeddings_of(layer, examples, rule))
 
-    def valid_of(self: Lens, layer: str, examples: str = "activation", rule: str | None = None) -> torch.Tensor:
-        """Units with examples of their own in a set (neither inactive nor tied; see ``Lens.valid``; the
-        relevance examples' ties are recorded by the build's first crop rule)."""
+    def valid_of(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
+        """Units with examples of their own in a set (neither inactive nor tied; see ``Lens.valid``)."""
         if check_example_set(examples) == "activation":
-            return self.valid(layer, rule)
+            return self.valid(layer)
         return ~(self._relevance_file(layer, "relevance_topk")["inactive"] | self._relevance_file(layer, "relevance_embed")["tied"])
 
     def example_embeddings_of(self: Lens, layer: str, examples: str = "activation", rule: str | None = None) -> torch.Tensor:

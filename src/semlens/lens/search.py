@@ -106,9 +106,9 @@ class LensSearch:
 
     def _unit_table(self: Lens, layers: list[str], examples: str = "activation") -> UnitTable:
         """The layers' units as one table, each unit's theta by the search rule (``Lens.search_rule``); units
-        without examples of their own (``Lens.valid``) are never ranked."""
+        without examples of their own (``Lens.valid``, by the first rule as everywhere) are never ranked."""
         theta = {layer: self.theta_of(layer, examples, self.search_rule) for layer in layers}
-        return UnitTable.stack(theta, {layer: ~self.valid_of(layer, examples, self.search_rule) for layer in layers})
+        return UnitTable.stack(theta, {layer: ~self.valid_of(layer, examples) for layer in layers})
 
     def _search_hit(self: Lens, layer: str, row: int, score: float, examples: str = "activation") -> SearchHit:
         unit = f"{layer}/{self.units(layer)[row]}"
