@@ -139,11 +139,12 @@ class LensArrays:
         embeddings[index < 0] = float("nan")
         return embeddings
 
-    def all_units(self: Lens, layers: list[str] | None = None) -> tuple[list[str], torch.Tensor]:
-        """Names and theta of the valid units (``valid``) of the given (default: all) layers, in layer order."""
+    def all_units(self: Lens, layers: list[str] | None = None, rule: str | None = None) -> tuple[list[str], torch.Tensor]:
+        """Names and theta (by crop rule ``rule``, default the first) of the valid units (``valid``) of the given
+        (default: all) layers, in layer order."""
         chosen = self.checked_layers(layers)
         names = [f"{layer}/{name}" for layer in chosen for name, ok in zip(self.units(layer), self.valid(layer).tolist()) if ok]
-        return names, torch.cat([self.theta(layer)[self.valid(layer)] for layer in chosen])
+        return names, torch.cat([self.theta(layer, rule)[self.valid(layer)] for layer in chosen])
 
     def class_relevance(self: Lens, layer: str) -> dict[str, torch.Tensor] | None:
         """Per unit and class: ``max_share`` and ``mean_share`` ``[U, K]`` of the layer's relevance, ``count``

@@ -188,7 +188,8 @@ class LensSpaces:
         if not asked or any(not query.strip() for query in asked):
             raise SemlensError("give at least one query, and no empty ones")
         result.labels = label_agreement(first._top_concepts(theta_a, vocab), second._top_concepts(theta_b, vocab))
-        result.search = ranking_agreement(asked, first._query_scores(theta_a, asked), second._query_scores(theta_b, asked), top)
+        search_a, search_b = first.all_units(layers, first.search_rule)[1], second.all_units(layers, second.search_rule)[1]
+        result.search = ranking_agreement(asked, first._query_scores(search_a, asked), second._query_scores(search_b, asked), top)
         return result
 
     def _top_concepts(self: Lens, theta: torch.Tensor, vocabulary: Vocabulary) -> torch.Tensor:
