@@ -191,6 +191,7 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_or_data_does_no
         torch.testing.assert_close(joined.example_embeddings(layer, "quantile"), crops[index[:, 5:]])
         torch.testing.assert_close(joined.theta(layer), built.theta(layer), atol=2e-3, rtol=0)  # as the peak Lens's
         torch.testing.assert_close(joined.theta(layer, "quantile"), quantile.theta(layer), atol=2e-3, rtol=0)
+        torch.testing.assert_close(stored["theta"], joined.theta(layer), atol=2e-3, rtol=0)  # the build stores the first rule's
     with pytest.raises(SemlensError, match="its rules: peak, quantile"):
         joined.theta(built.layers[0], "share")
 

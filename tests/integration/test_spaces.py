@@ -230,6 +230,8 @@ def test_masked_views_and_joined_rules_are_planned_again_as_built(view, tmp_path
     sig = space_name(f"hf:{siglip_dir}")
     for layer in lens.layers:
         assert torch.allclose(lens.in_space("sig").theta(layer), both.in_space(sig).theta(layer), atol=1e-6)
+        stored = lens.store.read_tensors(f"spaces/sig/layers/{layer}.embed.safetensors")["theta"]  # the first rule's
+        torch.testing.assert_close(stored, lens.in_space("sig").theta(layer), atol=3e-3, rtol=0)
 
 
 def test_extra_foundations_are_checked_before_anything_runs(colour_folder, tiny_clip_dir, siglip_dir) -> None:

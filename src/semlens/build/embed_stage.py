@@ -19,6 +19,7 @@ from ..foundation import FoundationModel, load_foundation_model
 from ..lens.store import LensStore, layer_file
 from .context import BuildContext
 from .crop_stage import CropStage
+from .crops import rule_slots
 from .embed import CropChunks, CropTable, chunks, first_rule_ties, mean_embeddings
 from .parallel import Ranks
 
@@ -92,7 +93,7 @@ class EmbedStage:
         )
         for spec in self.context.specs:
             index = table.index[spec.name]
-            theta = mean_embeddings(embeddings, index)
+            theta = mean_embeddings(embeddings, rule_slots(index, topk[spec.name]["ids"].shape[1], 0))  # the first rule's
             boxes = torch.where((index >= 0)[..., None], table.boxes[index.clamp_min(0)], -1)
             store.write_tensors(
                 layer_file(spec.name, "embed"), {"crop_index": index, "boxes": boxes, "theta": theta, "tied": tied[spec.name]}

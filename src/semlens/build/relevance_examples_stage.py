@@ -19,6 +19,7 @@ from ..lens.store import CROPS, RELEVANCE_CROPS, layer_file, read_crop_embedding
 from ..model.units import LayerSpec
 from .context import BuildContext
 from .crop_stage import HEAT_KEY, CropStage, slot_samples
+from .crops import rule_slots
 from .embed import CropTable, HeatSource, first_rule_ties, mean_embeddings, plan_crops
 from .embed_stage import EMBED_PARTIAL, EmbedStage
 
@@ -119,10 +120,12 @@ class RelevanceExamplesStage(EmbedStage):
     def _store(self, table: CropTable, embeddings: torch.Tensor, started: float, speed_ups: dict[str, Any]) -> dict[str, Any]:
         store = self.context.store
         store.write_tensors(RELEVANCE_CROPS, {"samples": table.samples, "boxes": table.boxes, "embeddings": embeddings.half()})
-        tied = first_rule_ties(table.index, {layer: store.read_tensors(layer_file(layer, "relevance_topk")) for layer in table.index})
+        topk = {layer: store.read_tensors(layer_file(layer, "relevance_topk")) for layer in table.index}
+        tied = first_rule_ties(table.index, topk)
         for layer, index in table.index.items():
-            slots = torch.arange(index.numel()).reshape(index.shape).masked_fill(index < 0, -1)
-            theta = mean_embeddings(read_crop_embeddings(store, index.clamp_min(0)).float().flatten(0, 1), slots)
+            first = rule_slots(index, topk[layer]["ids"].shape[1], 0)  # theta of the first rule's boxes
+            slots = torch.arange(first.numel()).reshape(first.shape).masked_fill(first < 0, -1)
+            theta = mean_embeddings(read_crop_embeddings(store, first.clamp_min(0)).float().flatten(0, 1), slots)
             boxes = torch.where((index >= 0)[..., None], self.crops.slot_boxes[layer], -1)
             store.write_tensors(layer_file(layer, "relevance_embed"), {"crop_index": index, "boxes": boxes, "theta": theta, "tied": tied[layer]})
         store.remove(EMBED_PARTIAL)

@@ -24,6 +24,7 @@ from ..lens.store import LensStore, layer_file, space_file
 from ..model.preprocess import Preprocessing
 from .context import default_workers
 from .crop_stage import faded_slots, heat_source, slot_samples
+from .crops import rule_slots
 from .embed import CropTable, HeatSource, mean_embeddings, plan_crops
 from .embed_stage import CropSource, embed_crops
 from .parallel import Ranks
@@ -163,7 +164,8 @@ class SpaceStage:
         store.write_tensors(written[0], {"embeddings": embeddings.half()})
         for layer, index in table.index.items():
             written.append(space_file(self.space, layer_file(layer, "embed")))
-            store.write_tensors(written[-1], {"theta": mean_embeddings(embeddings, index)})
+            first = rule_slots(index, self.manifest["identity"]["collect"]["k"], 0)  # theta of the first rule's boxes
+            store.write_tensors(written[-1], {"theta": mean_embeddings(embeddings, first)})
         store.remove(space_file(self.space, PARTIAL))
         if "arrays" in self.manifest:  # a sealed Lens: its new files are checked like the others
             self.manifest["arrays"].update({name: store.array_record(name) for name in written})

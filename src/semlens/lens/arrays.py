@@ -116,8 +116,9 @@ class LensArrays:
     def theta(self: Lens, layer: str, rule: str | None = None) -> torch.Tensor:
         """Each unit's semantic embedding ``[U, d]``: the mean of its concept examples' embeddings (in this
         Lens's embedding space: see ``Lens.in_space``), their boxes cut by crop rule ``rule`` (default: the
-        first). With several rules it is computed from the stored crop embeddings of the rule's boxes (the
-        stored theta is the mean over every box)."""
+        first). With several rules it is computed from the stored crop embeddings of the rule's boxes: the build
+        stores the first rule's theta, but Lenses built with joined rules before it did stored the mean over
+        every box, so the stored one is not read."""
         index = self.rule_index(rule)
         if len(self.crop_rules) == 1:
             return self._read(layer, "embed")["theta"] if self.space is None else self._space_theta(layer)
