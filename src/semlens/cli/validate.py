@@ -82,7 +82,12 @@ def audit(
         return
     say(f"aligned: z > {rule.z:g} ({result.rule.to_dict()['null']}); one-sided verdicts need a margin of {rule.margin:g}")
     say("relevance by verdict: " + ", ".join(f"{v} {share:.1%}" for v, share in result.shares.items()))
-    if result.reliance is not None:
+    if result.reliance is None:
+        say(
+            f"spurious share, untested: {result.spurious_share:.1%} (alignment alone also flags units of classes that do not rely "
+            "on the concept; --test-data with --artifact/--tint or --spurious-data tests each finding)"
+        )
+    else:
         r = result.reliance
         say(
             f"reliance of {result.class_name} on the concept: probability {r['without']:.3f} without, {r['with']:.3f} with "
