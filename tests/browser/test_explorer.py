@@ -159,6 +159,7 @@ def test_the_unit_page_shows_relevance_examples_when_the_lens_has_them(browser, 
 
 def test_search_a_word_ranks_units_with_thumbnails(page, base_url, valid) -> None:
     goto(page, base_url, "search.html?lens=0")
+    page.wait_for_function("document.getElementById('examples-note').textContent.length > 0")  # set once the Lens is read
     assert page.locator("#examples").is_disabled() and "no relevance examples" in page.inner_text("#examples-note")
     page.fill("#q", "red")
     page.click("button[type=submit]")
