@@ -27,8 +27,8 @@ DEFAULT_CROP_RULE = "peak+share"
 #: what is embedded of the box: its pixels, or its pixels faded to the crop's mean colour where the
 #: unit's heatmap is low
 CROP_VIEWS = ("box", "masked")
-#: several rules joined by "+" (e.g. "peak+share") cut one box per rule from each example's heatmap:
-#: the example's embedding is the mean of its boxes' embeddings, wide context and tight focus together
+#: several rules joined by "+" (e.g. "peak+share") cut one box per rule from each example's heatmap, each
+#: box embedded: a Lens answers from the first rule's boxes and searches by the share boxes (``rule_slots``)
 RULE_JOIN = "+"
 #: the build setting each rule reads besides the map (part of a Lens's identity when the rule is used)
 RULE_SETTINGS = {"share": "crop_share", "quantile": "crop_quantile"}
