@@ -194,6 +194,22 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_or_data_does_no
         torch.testing.assert_close(stored["theta"], joined.theta(layer), atol=2e-3, rtol=0)  # the build stores the first rule's
     with pytest.raises(SemlensError, match="its rules: peak, quantile"):
         joined.theta(built.layers[0], "share")
+    # a joined Lens built before each rule's theta was stored (theta the mean over every box, ties over every
+    # box): its answers are computed from the crop table, the same as the stored ones
+    manifest = joined.store.read_manifest()
+    for layer in built.layers:
+        name = f"layers/{layer}.embed.safetensors"
+        stored = joined.store.read_tensors(name)
+        old = {"crop_index": stored["crop_index"], "boxes": stored["boxes"], "theta": (stored["theta"] + stored["theta.quantile"]) / 2,
+               "tied": torch.zeros_like(stored["tied"])}  # fmt: skip
+        joined.store.write_tensors(name, old)
+        manifest["arrays"][name] = joined.store.array_record(name)
+    joined.store.write_manifest(manifest)
+    reopened = Lens.open(joined.path)
+    for layer in built.layers:
+        torch.testing.assert_close(reopened.theta(layer), joined.theta(layer), atol=2e-3, rtol=0)
+        torch.testing.assert_close(reopened.theta(layer, "quantile"), joined.theta(layer, "quantile"), atol=2e-3, rtol=0)
+        assert torch.equal(reopened.tied(layer), joined.tied(layer))
 
     fewer = tmp_path / "fewer"
     shutil.copytree(colour_folder, fewer)

@@ -55,6 +55,12 @@ def rule_slots(per_slot: torch.Tensor, k: int, rule: int) -> torch.Tensor:
     return per_slot if per_slot.shape[1] == k else per_slot[:, rule * k : (rule + 1) * k]
 
 
+def theta_key(rules: list[str], rule: int) -> str:
+    """The key of crop rule ``rule``'s theta in a layer's embed file: ``theta`` for the first rule (the one a
+    Lens answers from), ``theta.<rule>`` for each other."""
+    return "theta" if rule == 0 else f"theta.{rules[rule]}"
+
+
 def crop_boxes(
     maps: torch.Tensor,
     size: tuple[int, int],

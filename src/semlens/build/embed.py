@@ -20,7 +20,7 @@ from ..data.base import ImageData
 from ..foundation.base import Pixels
 from .collect import EMPTY_ID
 from ..analysis.validity import tied_units
-from .crops import masked_crop, rule_slots
+from .crops import masked_crop, rule_slots, theta_key
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,11 @@ def first_rule_ties(indices: dict[str, torch.Tensor], topk: dict[str, dict[str, 
     the crop table's ``[U, V·k]`` index per layer, ``topk`` each layer's top-k arrays (``ids``, ``inactive``)."""
     first = {layer: rule_slots(index, topk[layer]["ids"].shape[1], 0) for layer, index in indices.items()}
     return tied_units(first, {layer: topk[layer]["inactive"] for layer in indices})
+
+
+def rule_thetas(embeddings: torch.Tensor, index: torch.Tensor, k: int, rules: list[str]) -> dict[str, torch.Tensor]:
+    """Each crop rule's theta of a layer (``index`` ``[U, V·k]`` into ``embeddings``), by ``theta_key``."""
+    return {theta_key(rules, rule): mean_embeddings(embeddings, rule_slots(index, k, rule)) for rule in range(len(rules))}
 
 
 def mean_embeddings(embeddings: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

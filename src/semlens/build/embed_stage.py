@@ -19,8 +19,8 @@ from ..foundation import FoundationModel, load_foundation_model
 from ..lens.store import LensStore, layer_file
 from .context import BuildContext
 from .crop_stage import CropStage
-from .crops import rule_slots
-from .embed import CropChunks, CropTable, chunks, first_rule_ties, mean_embeddings
+from .crops import crop_rules
+from .embed import CropChunks, CropTable, chunks, first_rule_ties, rule_thetas
 from .parallel import Ranks
 
 EMBED_PARTIAL = "embed.partial"
@@ -91,12 +91,13 @@ class EmbedStage:
             "crops.safetensors",
             {"samples": table.samples, "boxes": table.boxes, "embeddings": embeddings.half()},
         )
+        rules = crop_rules(self.context.config.crop_rule)
         for spec in self.context.specs:
             index = table.index[spec.name]
-            theta = mean_embeddings(embeddings, rule_slots(index, topk[spec.name]["ids"].shape[1], 0))  # the first rule's
+            thetas = rule_thetas(embeddings, index, topk[spec.name]["ids"].shape[1], rules)
             boxes = torch.where((index >= 0)[..., None], table.boxes[index.clamp_min(0)], -1)
             store.write_tensors(
-                layer_file(spec.name, "embed"), {"crop_index": index, "boxes": boxes, "theta": theta, "tied": tied[spec.name]}
+                layer_file(spec.name, "embed"), {"crop_index": index, "boxes": boxes, **thetas, "tied": tied[spec.name]}
             )
             self.context.manifest["layers"][spec.name]["tied_units"] = int(tied[spec.name].sum())
         store.remove(EMBED_PARTIAL)

@@ -24,8 +24,8 @@ from ..lens.store import LensStore, layer_file, space_file
 from ..model.preprocess import Preprocessing
 from .context import default_workers
 from .crop_stage import faded_slots, heat_source, slot_samples
-from .crops import rule_slots
-from .embed import CropTable, HeatSource, mean_embeddings, plan_crops
+from .crops import crop_rules
+from .embed import CropTable, HeatSource, plan_crops, rule_thetas
 from .embed_stage import CropSource, embed_crops
 from .parallel import Ranks
 
@@ -162,10 +162,10 @@ class SpaceStage:
         store = self.source.store
         written = [space_file(self.space, "crops.safetensors")]
         store.write_tensors(written[0], {"embeddings": embeddings.half()})
+        rules = crop_rules(self.manifest["identity"]["embed"].get("crop_rule", "peak"))
         for layer, index in table.index.items():
             written.append(space_file(self.space, layer_file(layer, "embed")))
-            first = rule_slots(index, self.manifest["identity"]["collect"]["k"], 0)  # theta of the first rule's boxes
-            store.write_tensors(written[-1], {"theta": mean_embeddings(embeddings, first)})
+            store.write_tensors(written[-1], rule_thetas(embeddings, index, self.manifest["identity"]["collect"]["k"], rules))
         store.remove(space_file(self.space, PARTIAL))
         if "arrays" in self.manifest:  # a sealed Lens: its new files are checked like the others
             self.manifest["arrays"].update({name: store.array_record(name) for name in written})

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .._util.errors import SemlensError
-from ..build.crops import crop_rules, rule_slots
+from ..build.crops import crop_rules, rule_slots, theta_key
 from .store import layer_file
 
 if TYPE_CHECKING:
@@ -64,12 +64,18 @@ class LensArrays:
         """True for units whose examples are the same crops as an earlier unit's (so is their theta), by the boxes
         of the first crop rule, which the other questions read (search ranks the same units)."""
         stored = self._read(layer, "embed")
-        return stored["tied"] if len(self.crop_rules) == 1 and "tied" in stored else self._first_rule_ties[layer]
+        return stored["tied"] if "tied" in stored and self._stored_by_rule(stored) else self._first_rule_ties[layer]
+
+    def _stored_by_rule(self: Lens, stored: dict[str, torch.Tensor]) -> bool:
+        """Whether a layer's embed file holds the first rule's ties and each rule's theta: always with one crop
+        rule; with several, only from builds that stored each rule's theta (earlier ones stored the ties and
+        the mean over every box)."""
+        return len(self.crop_rules) == 1 or theta_key(self.crop_rules, len(self.crop_rules) - 1) in stored
 
     @cached_property
     def _first_rule_ties(self: Lens) -> dict[str, torch.Tensor]:
-        """Ties found as the build finds them, for Lenses built before they were recorded, or recorded over every
-        box of several crop rules."""
+        """Ties found as the build finds them, for Lenses built before they were recorded, or before they were
+        recorded by the first of several crop rules."""
         from ..analysis.validity import tied_units
 
         return tied_units(
@@ -116,19 +122,19 @@ class LensArrays:
     def theta(self: Lens, layer: str, rule: str | None = None) -> torch.Tensor:
         """Each unit's semantic embedding ``[U, d]``: the mean of its concept examples' embeddings (in this
         Lens's embedding space: see ``Lens.in_space``), their boxes cut by crop rule ``rule`` (default: the
-        first). With several rules it is computed from the stored crop embeddings of the rule's boxes: the build
-        stores the first rule's theta, but Lenses built with joined rules before it did stored the mean over
-        every box, so the stored one is not read."""
+        first). The build stores each rule's (``theta_key``); Lenses built with joined rules before it did
+        stored the mean over every box, and theirs is computed from the stored crop embeddings."""
         index = self.rule_index(rule)
-        if len(self.crop_rules) == 1:
-            return self._read(layer, "embed")["theta"] if self.space is None else self._space_theta(layer)
+        stored = self._read(layer, "embed") if self.space is None else self._space_embed(layer)
+        if self._stored_by_rule(stored):
+            return stored[theta_key(self.crop_rules, index)]
         if (layer, index) not in self._rule_theta:
             self._rule_theta[layer, index] = mean_of_examples(self.example_embeddings(layer, rule))
         return self._rule_theta[layer, index]
 
     @cached_property
     def _rule_theta(self) -> dict[tuple[str, int], torch.Tensor]:
-        """theta by (layer, crop rule) of a Lens built with several rules, computed so far."""
+        """theta by (layer, crop rule) of a Lens built with joined rules before each rule's was stored, computed so far."""
         return {}
 
     def example_embeddings(self: Lens, layer: str, rule: str | None = None) -> torch.Tensor:

@@ -151,11 +151,12 @@ class LensSpaces:
         """The file whose ``embeddings`` rows are this space's embeddings of the Lens's distinct crops."""
         return "crops.safetensors" if self.space is None else space_file(self.space, "crops.safetensors")
 
-    def _space_theta(self: Lens, layer: str) -> torch.Tensor:
+    def _space_embed(self: Lens, layer: str) -> dict[str, torch.Tensor]:
+        """A layer's theta file in this (extra) space: ``theta`` and, built with several crop rules, ``theta.<rule>``."""
         self._layer(layer)
-        key = f"{self.space}:{layer}.theta"
+        key = f"{self.space}:{layer}.embed"
         if key not in self._array_files:
-            self._array_files[key] = self.store.read_tensors(space_file(self.space, layer_file(layer, "embed")))["theta"]
+            self._array_files[key] = self.store.read_tensors(space_file(self.space, layer_file(layer, "embed")))
         return self._array_files[key]
 
     # -- comparing two spaces ------------------------------------------------------------------------
