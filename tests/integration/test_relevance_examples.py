@@ -106,7 +106,9 @@ def test_relevance_examples_with_joined_rules_embed_both_boxes(built: Lens, tmp_
     share = joined.example_embeddings_of(layer, "relevance")
     assert share.shape[:2] == (6, K)
     torch.testing.assert_close(share.nanmean(dim=1), joined.theta_of(layer, "relevance"), atol=3e-3, rtol=0)
-    torch.testing.assert_close(stored["theta"], joined.theta_of(layer, "relevance"), atol=3e-3, rtol=0)  # stored: the first rule's
+    torch.testing.assert_close(stored["theta"], joined.theta_of(layer, "relevance"), atol=3e-3, rtol=0)  # stored: each rule's
+    peak = joined.example_embeddings_of(layer, "relevance", "peak")
+    torch.testing.assert_close(torch.nan_to_num(peak.nanmean(dim=1)), stored["theta.peak"], atol=3e-3, rtol=0)
     valid = built.valid_of(layer, "relevance")  # the peak boxes' theta is the peak-only Lens's
     torch.testing.assert_close(joined.theta_of(layer, "relevance", "peak")[valid], built.theta_of(layer, "relevance")[valid], atol=3e-3, rtol=0)
     assert joined.search_rule == "share"  # search ranks by the share boxes' theta

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .._util.errors import SemlensError
-from ..build.crops import rule_slots
+from ..build.crops import rule_slots, theta_key
 from .arrays import mean_of_examples
 from .store import layer_file, read_crop_embeddings
 
@@ -106,8 +106,9 @@ class LensExampleSets:
         rule ``rule`` (default: the first; see ``Lens.theta``)."""
         if check_example_set(examples) == "activation":
             return self.theta(layer, rule)
-        if len(self.crop_rules) == 1:
-            return self._relevance_file(layer, "relevance_embed")["theta"]
+        stored = self._relevance_file(layer, "relevance_embed")
+        if self._stored_by_rule(stored):
+            return stored[theta_key(self.crop_rules, self.rule_index(rule))]
         return mean_of_examples(self.example_embeddings_of(layer, examples, rule))
 
     def valid_of(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
