@@ -92,7 +92,7 @@ def audit(
         say(
             f"reliance of {result.class_name} on the concept: probability {r['without']:.3f} without, {r['with']:.3f} with "
             f"({r['effect']:+.3f}; log-odds {r['log_odds']:+.2f}: {'relies' if r['relies'] else 'does not rely'}); "
-            f"flagged units confirmed: {', '.join(result.confirmed) or 'none'} ({result.confirmed_share:.1%} of the relevance); "
+            f"flagged units confirmed: {', '.join(result.confirmed) or 'none'}; "
             f"unconfirmed: {', '.join(result.unconfirmed) or 'none'}"
         )
         say(f"spurious share, as tested: {result.spurious_share:.1%} of the relevance (the confirmed findings')")

@@ -3,6 +3,7 @@ kept: the part of ``Lens`` that reads what the build stored per unit."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,14 @@ def mean_of_examples(embeddings: torch.Tensor) -> torch.Tensor:
     """theta ``[U, d]`` from example embeddings ``[U, k, d]`` (NaN rows in empty slots): their mean, 0 where none."""
     filled = ~embeddings[..., 0].isnan()
     return embeddings.nan_to_num(0).sum(dim=1) / filled.sum(dim=1, keepdim=True).clamp_min(1)
+
+
+def slot_embeddings(read: Callable[[torch.Tensor], torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+    """The embeddings ``[*index.shape, d]`` (float32) of crop rows ``index`` read by ``read``, NaN rows where a
+    slot is empty (-1): what ``mean_of_examples`` and the labelling methods take."""
+    embeddings = read(index.clamp_min(0)).float()
+    embeddings[index < 0] = float("nan")
+    return embeddings
 
 
 class LensArrays:
@@ -142,9 +151,7 @@ class LensArrays:
         ``rule`` (default: the first), read from the float16 crop table on disk: only this layer's rows, so
         memory follows the layer, not the data set."""
         index = rule_slots(self._read(layer, "embed")["crop_index"], self.samples(layer).shape[1], self.rule_index(rule))
-        embeddings = self.store.read_rows(self.crops_file, "embeddings", index.clamp_min(0)).float()
-        embeddings[index < 0] = float("nan")
-        return embeddings
+        return slot_embeddings(lambda rows: self.store.read_rows(self.crops_file, "embeddings", rows), index)
 
     def all_units(self: Lens, layers: list[str] | None = None, rule: str | None = None) -> tuple[list[str], torch.Tensor]:
         """Names and theta (by crop rule ``rule``, default the first) of the valid units (``valid``) of the given

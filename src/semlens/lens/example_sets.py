@@ -6,13 +6,14 @@ example embeddings and which units have examples of their own."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 
 from .._util.errors import SemlensError
 from ..build.crops import rule_slots, theta_key
-from .arrays import mean_of_examples
+from .arrays import mean_of_examples, slot_embeddings
 from .store import layer_file, read_crop_embeddings
 
 if TYPE_CHECKING:
@@ -124,6 +125,4 @@ class LensExampleSets:
             return self.example_embeddings(layer, rule)
         k = self.example_samples(layer, examples).shape[1]
         index = rule_slots(self._relevance_file(layer, "relevance_embed")["crop_index"], k, self.rule_index(rule))
-        embeddings = read_crop_embeddings(self.store, index.clamp_min(0)).float()
-        embeddings[index < 0] = float("nan")
-        return embeddings
+        return slot_embeddings(partial(read_crop_embeddings, self.store), index)
