@@ -66,6 +66,7 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     assert spurious, audit
     top = spurious[0]
     assert top["z_spur"] > 3 and top["z_spur"] - top["z_valid"] > 1 and audit["shares"]["spurious"] > 0.3
+    assert all(unit["tight_shift"] >= -1 for unit in spurious)  # the default Lens's share boxes hold the watermark too
     # the concept test: the class relies on the watermark, and every spurious unit carries part of it
     assert audit["reliance"]["relies"] and audit["reliance"]["effect"] > 0.5
     assert audit["confirmed"] == [unit["unit"] for unit in spurious] and not audit["unconfirmed"]

@@ -13,7 +13,7 @@ from torch import nn
 
 from semlens import LoadedModel
 from semlens.analysis.alignment import alignment
-from semlens.analysis.audit import AlignmentRule, audit_units, null_z, relevance_by_verdict, verdicts
+from semlens.analysis.audit import AlignmentRule, audit_units, null_z, relevance_by_verdict, tight_shift, verdicts
 from semlens.analysis.interventions import Artifact, UnitToTest, concept_tests, rank_auc
 from semlens.model.units import LayerSpec
 
@@ -46,6 +46,28 @@ def test_verdicts_need_the_null_and_the_margin():
     # a unit just over the null with the other kind close behind is "both", not one-sided
     assert verdicts(torch.tensor([2.6]), torch.tensor([3.2]), rule) == ["both"]
     assert verdicts(torch.tensor([2.6]), torch.tensor([3.2]), AlignmentRule(z=3.0, margin=0.5)) == ["spurious"]
+
+
+def test_a_spurious_concept_counts_only_where_the_unit_looks():
+    # one layer, MAD 0.01 (spread 0.014826): units 8 and 9 align with the watermark (0.20) in their usual boxes;
+    # in the tight boxes unit 8 keeps it (0.19, a shift of -0.67 spreads), unit 9 loses it (0.17, -2.02):
+    # its examples show the watermark beside what it looks at
+    usual = torch.tensor([0.03, 0.04, 0.04, 0.05, 0.05, 0.05, 0.06, 0.06, 0.20, 0.20])[:, None]
+    tight = usual.clone()
+    tight[8], tight[9] = 0.19, 0.17
+    members = torch.ones(10, dtype=torch.bool)
+    shift = tight_shift(usual, tight, torch.zeros(10, dtype=torch.long), members)[:, 0]
+    assert shift[8].item() == pytest.approx(-0.01 / (1.4826 * 0.01), rel=1e-3)
+    assert shift[9].item() == pytest.approx(-0.03 / (1.4826 * 0.01), rel=1e-3) and shift[:8].abs().max() < 1e-5
+    z_spur = null_z(usual, torch.zeros(10, dtype=torch.long), members)[:, 0]
+    rule = AlignmentRule(z=3.0, margin=1.0)
+    assert verdicts(torch.zeros(10), z_spur, rule, shift >= -rule.margin)[8:] == ["spurious", "unexpected"]
+    # a unit whose class alignment is also high stays valid when the spurious concept is not where it looks
+    assert verdicts(torch.tensor([4.0, 4.0]), torch.tensor([9.0, 9.0]), rule, torch.tensor([True, False])) == ["spurious", "valid"]
+    # the audit records each unit's shift and judges by it
+    result = audit([0.0, 0.0], [9.0, 9.0], [0.1, 0.1], shift=torch.tensor([-0.5, -2.0]))
+    assert [(u.unit, u.verdict, u.tight_shift) for u in result.units] == [("l/0", "spurious", -0.5), ("l/1", "unexpected", -2.0)]
+    assert audit([0.0], [9.0], [0.1]).units[0].tight_shift is None  # a Lens without tight boxes: no shift, as before
 
 
 def test_both_is_counted_in_the_flagged_share():

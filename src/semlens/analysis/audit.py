@@ -9,6 +9,12 @@ aligned with a probe when z > ``Z_CUT``. The verdict compares the two with a mar
 z_spur beats z_valid by more than ``MARGIN`` and is aligned, "valid" likewise, "both" when the better one
 is aligned but the two are within the margin, "unexpected" when neither is aligned (inspect it). The
 class's relevance is split by verdict; "both" counts with "spurious" in ``spurious_or_both``.
+
+Where a concept co-occurs with the class in the data (a watermark on most stars), a class unit's examples
+show it too, though the unit looks elsewhere. A Lens built with a tight second crop rule (the default's
+share boxes) tells the two apart: a unit counts as aligned with the spurious concept only if the concept
+holds where it looks, i.e. its alignment in the tight boxes falls by no more than ``MARGIN`` robust
+spreads of its layer's null below the alignment in the first rule's boxes (``tight_shift``).
 """
 
 from __future__ import annotations
@@ -38,25 +44,44 @@ class AlignmentRule:
         return {"null": NULL_RULE, "z": self.z, "margin": self.margin}
 
 
-def null_z(alignments: torch.Tensor, groups: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-    """Robust z ``[U, P]`` of each unit's alignment with each probe against its group's null (``groups``
-    ``[U]``: the layer of each unit; ``members`` ``[U]``: the units that make up the null, e.g. those with
-    examples of their own). NaN for groups with no member."""
-    z = torch.full_like(alignments, float("nan"))
+def null_stats(alignments: torch.Tensor, groups: torch.Tensor, members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per unit, its group's null median and robust spread (1.4826 MAD) ``[U, P]`` of the alignment with each
+    probe (``groups`` ``[U]``: the layer of each unit; ``members`` ``[U]``: the units that make up the null,
+    e.g. those with examples of their own). NaN for groups with no member."""
+    centre, scale = torch.full_like(alignments, float("nan")), torch.full_like(alignments, float("nan"))
     for group in torch.unique(groups).tolist():
         rows = groups == group
         null = alignments[rows & members]
         if not len(null):
             continue
         median = null.quantile(0.5, dim=0)
-        scale = (1.4826 * (null - median).abs().quantile(0.5, dim=0)).clamp_min(SCALE_FLOOR)
-        z[rows] = (alignments[rows] - median) / scale
-    return z
+        centre[rows] = median
+        scale[rows] = (1.4826 * (null - median).abs().quantile(0.5, dim=0)).clamp_min(SCALE_FLOOR)
+    return centre, scale
 
 
-def verdicts(z_valid: torch.Tensor, z_spur: torch.Tensor, rule: AlignmentRule = AlignmentRule()) -> list[str]:
+def null_z(alignments: torch.Tensor, groups: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Robust z ``[U, P]`` of each unit's alignment with each probe against its group's null (``null_stats``)."""
+    centre, scale = null_stats(alignments, groups, members)
+    return (alignments - centre) / scale
+
+
+def tight_shift(alignments: torch.Tensor, tight: torch.Tensor, groups: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """How far ``[U, P]`` each unit's alignment moves from its usual boxes (``alignments``) to tight boxes around
+    where it looks (``tight``), in robust spreads of its group's null of the usual ones: below ``-MARGIN``,
+    the concept is in the unit's images rather than where it looks."""
+    return (tight - alignments) / null_stats(alignments, groups, members)[1]
+
+
+def verdicts(
+    z_valid: torch.Tensor, z_spur: torch.Tensor, rule: AlignmentRule = AlignmentRule(), localised: torch.Tensor | None = None
+) -> list[str]:
     """Per unit: spurious (z_spur > rule.z and beats z_valid by more than the margin), valid (likewise),
-    both (the better one is aligned, the two within the margin), or unexpected (neither aligned; NaN too)."""
+    both (the better one is aligned, the two within the margin), or unexpected (neither aligned; NaN too).
+    ``localised`` ``[U]``: False where the spurious concept is not where the unit looks (``tight_shift``): its
+    z_spur does not count."""
+    if localised is not None:
+        z_spur = z_spur.masked_fill(~localised, float("-inf"))
     gap = z_spur - z_valid
     aligned = torch.maximum(z_valid, z_spur) > rule.z
     kinds = torch.full(gap.shape, 3)  # unexpected
@@ -79,6 +104,7 @@ class AuditedUnit:
     copies: list[str] = field(default_factory=list)  # a signed layer's other copy of the same channel
     examples: list[str] = field(default_factory=list)
     test: dict | None = None  # the concept test of a flagged (or, with test_all, any) unit (interventions.concept_tests)
+    tight_shift: float | None = None  # its best spurious probe's tight_shift (None: no tight boxes in the Lens)
 
 
 @dataclass
@@ -208,29 +234,32 @@ def audit_units(
     rule: AlignmentRule = AlignmentRule(),
     channel: torch.Tensor | None = None,
     examples: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
 ) -> Audit:
     """Audit the units whose max relevance share for the class exceeds ``cut`` (most relevant first).
 
     ``channel`` ``[U]`` names the channel of each unit: the two copies of a signed unit share their
     channel's relevance, so they are merged into one audited unit (relevance counted once; alignments:
     the better copy's, which also names it). ``examples`` ``[U]``: False for units without examples of
-    their own (inactive, tied); they are listed as ``left_out`` instead of audited."""
+    their own (inactive, tied); they are listed as ``left_out`` instead of audited. ``shift`` ``[U]``: the
+    ``tight_shift`` of each unit's best spurious probe; below ``-rule.margin`` its z_spur does not count."""
     count = len(units)
     channel = torch.arange(count) if channel is None else channel
     examples = torch.ones(count, dtype=torch.bool) if examples is None else examples
     hidden = ~examples  # a copy without examples lends no alignment to its channel
     z_v, z_s = z_valid.masked_fill(hidden, float("nan")), z_spur.masked_fill(hidden, float("nan"))
     best_copy = torch.maximum(z_v.nan_to_num(float("-inf")), z_s.nan_to_num(float("-inf")))
-    first, inverse, (m_max, m_mean, m_av, m_as, m_zv, m_zs, m_best) = merge_copies(
+    shift = torch.full((count,), float("nan")) if shift is None else shift.masked_fill(hidden, float("nan"))
+    first, inverse, (m_max, m_mean, m_av, m_as, m_zv, m_zs, m_best, m_shift) = merge_copies(
         channel, max_share, mean_share, a_valid.masked_fill(hidden, float("nan")),
-        a_spur.masked_fill(hidden, float("nan")), z_v, z_s, best_copy,
+        a_spur.masked_fill(hidden, float("nan")), z_v, z_s, best_copy, shift,
     )  # fmt: skip
     has_examples = torch.zeros(len(first), dtype=torch.bool).scatter_reduce(0, inverse, examples, reduce="amax")
     relevant = (m_max.nan_to_num(float("-inf")) > cut).nonzero().flatten()
     left_out = [units[int(first[i])] for i in relevant.tolist() if not has_examples[i]]
     relevant = relevant[has_examples[relevant]]
     relevant = relevant[torch.argsort(m_mean[relevant].nan_to_num(0), descending=True, stable=True)]
-    unit_verdicts = verdicts(m_zv[relevant], m_zs[relevant], rule)
+    unit_verdicts = verdicts(m_zv[relevant], m_zs[relevant], rule, ~(m_shift[relevant] < -rule.margin))
     audited = []
     for i, verdict in zip(relevant.tolist(), unit_verdicts):
         members = (inverse == i).nonzero().flatten().tolist()
@@ -238,6 +267,7 @@ def audit_units(
         audited.append(AuditedUnit(
             units[named], float(m_max[i]), float(m_mean[i]), float(m_av[i]), float(m_as[i]), float(m_zv[i]),
             float(m_zs[i]), verdict, [units[m] for m in members if m != named],
+            tight_shift=None if m_shift[i].isnan() else float(m_shift[i]),
         ))  # fmt: skip
     shares = relevance_by_verdict(m_mean[relevant].nan_to_num(0), unit_verdicts)
     return Audit(class_name, cut, list(valid), list(spurious), audited, shares, rule, left_out)

@@ -88,7 +88,7 @@ class LensAudits:
         if space is not None:
             view = self.in_space(space)
             return view.audit(class_name, valid, spurious, valid_images, spurious_images, cut, layers, templates, rule, concept, test_all=test_all)
-        from ..analysis.audit import AUDIT_CUT, AlignmentRule, audit_units, null_z
+        from ..analysis.audit import AUDIT_CUT, AlignmentRule, audit_units, null_z, tight_shift
 
         if not (valid or valid_images) or not (spurious or spurious_images):
             raise SemlensError("an audit needs at least one valid and one spurious concept (text or image)")
@@ -109,14 +109,21 @@ class LensAudits:
         channel = torch.cat([offset + torch.arange(size) % base for offset, size, base in zip(offsets.tolist(), sizes, bases)])
         a_valid = self._alignments(theta, list(valid), list(valid_images), templates)
         a_spur = self._alignments(theta, list(spurious), list(spurious_images), templates)
-        z_valid, z_spur = null_z(a_valid, groups, examples).amax(dim=1), null_z(a_spur, groups, examples).amax(dim=1)
+        z_valid, z_spurs = null_z(a_valid, groups, examples).amax(dim=1), null_z(a_spur, groups, examples)
+        z_spur, best = z_spurs.nan_to_num(float("-inf")).max(dim=1)
+        z_spur = z_spur.masked_fill(z_spurs.isnan().all(dim=1), float("nan"))
+        shift = None
+        if self.search_rule != self.crop_rules[0]:  # tight boxes: is the spurious concept where each unit looks?
+            tight = torch.cat([self.theta(layer, self.search_rule) for layer in chosen])
+            a_tight = self._alignments(tight, list(spurious), list(spurious_images), templates)
+            shift = tight_shift(a_spur, a_tight, groups, examples).gather(1, best[:, None])[:, 0]
         max_share = torch.cat([self.class_relevance(layer)["max_share"][:, index] for layer in chosen])
         mean_share = torch.cat([self.class_relevance(layer)["mean_share"][:, index] for layer in chosen])
         name = self.classes[index] if self.classes else str(index)
         result = audit_units(
             name, units, max_share, mean_share, a_valid.amax(dim=1), a_spur.amax(dim=1), z_valid, z_spur,
             list(valid) + [str(p) for p in valid_images], list(spurious) + [str(p) for p in spurious_images],
-            AUDIT_CUT if cut is None else cut, rule or AlignmentRule(), channel, examples,
+            AUDIT_CUT if cut is None else cut, rule or AlignmentRule(), channel, examples, shift,
         )  # fmt: skip
         result.null_units = {layer: int(self.valid(layer).sum()) for layer in chosen}
         result.sae_error = self.sae_error_shares(index, chosen)
