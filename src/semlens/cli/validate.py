@@ -80,7 +80,10 @@ def audit(
     if as_json:
         emit_json({**result.to_dict(), "html": page})
         return
-    say(f"aligned: z > {rule.z:g} ({result.rule.to_dict()['null']}); one-sided verdicts need a margin of {rule.margin:g}")
+    say(
+        f"aligned: z > {rule.z:g} ({result.rule.to_dict()['null']}); one-sided verdicts need a margin of {rule.margin:g}; "
+        f"z_spur counts only where the unit looks (tight shift, in robust spreads, at least -{rule.margin:g})"
+    )
     say("relevance by verdict: " + ", ".join(f"{v} {share:.1%}" for v, share in result.shares.items()))
     if result.reliance is None:
         say(
@@ -108,11 +111,11 @@ def audit(
         shares = ", ".join(f"{layer} {share:.1%}" for layer, share in result.sae_error.items())
         say(f"SAE error term (mean share of the class's relevance): {shares}")
     rows = [
-        (u.unit, u.verdict, round(u.relevance, 3), round(u.z_valid, 2), round(u.z_spur, 2), round(u.a_valid, 3), round(u.a_spur, 3),
-         _test_cell(u.test), ", ".join(u.examples))
+        (u.unit, u.verdict, round(u.relevance, 3), round(u.z_valid, 2), round(u.z_spur, 2), "-" if u.tight_shift is None else round(u.tight_shift, 2),
+         round(u.a_valid, 3), round(u.a_spur, 3), _test_cell(u.test), ", ".join(u.examples))
         for u in result.units
     ]  # fmt: skip
-    columns = ("unit", "verdict", "relevance", "z_valid", "z_spur", "a_valid", "a_spur", "concept test", "examples")
+    columns = ("unit", "verdict", "relevance", "z_valid", "z_spur", "tight shift", "a_valid", "a_spur", "concept test", "examples")
     console.print(table(f"audit of {result.class_name}", columns, rows))
     if page:
         say(f"scatter plot: {page}")
