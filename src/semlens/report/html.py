@@ -235,7 +235,8 @@ def write_audit_html(lens: Lens, audit, out: str | Path) -> Path:
     """A self-contained page: the audit scatter with a hover panel of concept examples, shares and the table."""
     rows = "".join(
         f"<tr><td>{html.escape(unit.unit)}</td><td>{unit.verdict}</td><td>{unit.relevance:.3f}</td>"
-        f"<td>{unit.z_valid:.2f}</td><td>{unit.z_spur:.2f}</td><td>{unit.a_valid:.3f}</td><td>{unit.a_spur:.3f}</td>"
+        f"<td>{unit.z_valid:.2f}</td><td>{unit.z_spur:.2f}</td><td>{'-' if unit.tight_shift is None else f'{unit.tight_shift:.2f}'}</td>"
+        f"<td>{unit.a_valid:.3f}</td><td>{unit.a_spur:.3f}</td>"
         f"<td>{'' if unit.test is None else ('confirmed' if unit.test['confirmed'] else 'unconfirmed')}</td></tr>"
         for unit in audit.units
     )
@@ -246,7 +247,7 @@ def write_audit_html(lens: Lens, audit, out: str | Path) -> Path:
 {audit_summary(audit)}
 {_figure_html(audit_figure(lens, audit), include_plotlyjs=True)}
 <div id="hovered"><i>hover a point to see the unit's concept examples</i></div>
-<h2>Units</h2><table><tr><th>unit</th><th>verdict</th><th>relevance</th><th>z_valid</th><th>z_spur</th><th>a_valid</th><th>a_spur</th><th>concept test</th></tr>{rows}</table>
+<h2>Units</h2><table><tr><th>unit</th><th>verdict</th><th>relevance</th><th>z_valid</th><th>z_spur</th><th>tight shift</th><th>a_valid</th><th>a_spur</th><th>concept test</th></tr>{rows}</table>
 {HOVER_SCRIPT}
 </body></html>
 """

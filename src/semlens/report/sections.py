@@ -36,6 +36,8 @@ def _note(unit: AuditedUnit) -> str:
         f"{unit.verdict}, relevance {unit.relevance:.3f}, z_valid {unit.z_valid:.1f}, z_spur {unit.z_spur:.1f} "
         f"(a_valid {unit.a_valid:.3f}, a_spur {unit.a_spur:.3f})"
     )
+    if unit.tight_shift is not None:
+        note += f"; in its tight boxes the spurious alignment moves {unit.tight_shift:+.1f} robust spreads"
     if unit.copies:
         note += f"; merged with {', '.join(unit.copies)}"
     if unit.test is not None:

@@ -172,6 +172,7 @@ class AuditedUnit(UnitRef):
     a_spur: float
     z_valid: float = Field(description="a_valid as a robust z among the units of its layer")
     z_spur: float
+    tight_shift: float | None = Field(None, description="the spurious alignment's move into the unit's tight boxes, in robust spreads of its layer; below -margin z_spur does not count")
     verdict: str
     copies: list[str] = Field(description="a signed layer's other copy of the same channel, merged into this unit")
 
