@@ -268,7 +268,8 @@ def unit_tests(true_units: set[str], audit: dict[str, Any]) -> list[dict[str, An
     """The concept test of every unit the audit examined, with its verdict and truth: the material to judge a
     confirmation rule against (``confirm_rules.py``)."""
     return [
-        {"unit": unit["unit"], "verdict": unit["verdict"], "artefact_unit": unit["unit"] in true_units, "relevance": unit["mean_relevance"], **unit["test"]}
+        {"unit": unit["unit"], "verdict": unit["verdict"], "artefact_unit": unit["unit"] in true_units, "relevance": unit["mean_relevance"],
+         "z_spur": unit["z_spur"], "tight_shift": unit["tight_shift"], **unit["test"]}
         for unit in audit["units"] if unit["test"] is not None
     ]  # fmt: skip
 
