@@ -192,6 +192,7 @@ def test_audit_its_export_and_bad_requests(client) -> None:
     assert audit["class"] == "red" and audit["valid"] == ["red"] and audit["cut"] == 0.028
     assert set(audit["shares"]) == {"valid", "spurious", "both", "unexpected", "spurious_or_both"} and audit["units"]
     assert {"unit", "relevance", "a_valid", "a_spur", "z_valid", "z_spur", "tight_shift", "verdict", "copies", "thumbnails"} <= set(audit["units"][0])
+    assert all(isinstance(unit["tight_shift"], float) for unit in audit["units"])  # built with the default's tight (share) boxes
     assert audit["rule"]["z"] == 3.0 and audit["rule"]["margin"] == 1.0 and "null" in audit["rule"]
     loose = client.post(
         "/api/lenses/0/audit", json={"class": "red", "valid": ["red"], "spurious": ["noise", "text"], "z": 0, "margin": 0}
