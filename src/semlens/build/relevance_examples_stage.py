@@ -10,17 +10,19 @@ A relevance example is often an activation example too: a crop the embed stage e
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import torch
 
 from .._util.fingerprint import hash_json
-from ..lens.store import CROPS, RELEVANCE_CROPS, LensStore, layer_file, read_crop_embeddings
+from ..lens.arrays import mean_of_examples, slot_embeddings
+from ..lens.store import CROPS, RELEVANCE_CROPS, layer_file, read_crop_embeddings
 from ..model.units import LayerSpec
 from .context import BuildContext
 from .crop_stage import HEAT_KEY, CropStage, slot_samples
 from .crops import crop_rules, rule_slots, theta_key
-from .embed import CropTable, HeatSource, first_rule_ties, mean_embeddings, plan_crops
+from .embed import CropTable, HeatSource, first_rule_ties, plan_crops
 from .embed_stage import EMBED_PARTIAL, EmbedStage
 
 
@@ -122,10 +124,10 @@ class RelevanceExamplesStage(EmbedStage):
         store.write_tensors(RELEVANCE_CROPS, {"samples": table.samples, "boxes": table.boxes, "embeddings": embeddings.half()})
         topk = {layer: store.read_tensors(layer_file(layer, "relevance_topk")) for layer in table.index}
         tied = first_rule_ties(table.index, topk)
-        rules = crop_rules(self.context.config.crop_rule)
+        rules, read = crop_rules(self.context.config.crop_rule), partial(read_crop_embeddings, store)  # activation or relevance crops
         for layer, index in table.index.items():
             k = topk[layer]["ids"].shape[1]
-            thetas = {theta_key(rules, rule): stored_theta(store, rule_slots(index, k, rule)) for rule in range(len(rules))}
+            thetas = {theta_key(rules, rule): mean_of_examples(slot_embeddings(read, rule_slots(index, k, rule))) for rule in range(len(rules))}
             boxes = torch.where((index >= 0)[..., None], self.crops.slot_boxes[layer], -1)
             store.write_tensors(layer_file(layer, "relevance_embed"), {"crop_index": index, "boxes": boxes, **thetas, "tied": tied[layer]})
         store.remove(EMBED_PARTIAL)
@@ -133,9 +135,3 @@ class RelevanceExamplesStage(EmbedStage):
         seconds, crops = time.perf_counter() - started, table.rows.shape[0]
         self.context.finish_stage(self.name, seconds, example_slots=slots, distinct_crops=crops, shared_crops=self.crops.shared, **speed_ups)
         return self.context.manifest
-
-
-def stored_theta(store: LensStore, index: torch.Tensor) -> torch.Tensor:
-    """theta ``[U, d]`` of crop rows ``index`` ``[U, k]`` (-1 = empty) already in the Lens (activation or relevance crops)."""
-    slots = torch.arange(index.numel()).reshape(index.shape).masked_fill(index < 0, -1)
-    return mean_embeddings(read_crop_embeddings(store, index.clamp_min(0)).float().flatten(0, 1), slots)

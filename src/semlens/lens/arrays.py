@@ -85,12 +85,9 @@ class LensArrays:
     def _first_rule_ties(self: Lens) -> dict[str, torch.Tensor]:
         """Ties found as the build finds them, for Lenses built before they were recorded, or before they were
         recorded by the first of several crop rules."""
-        from ..analysis.validity import tied_units
+        from ..build.embed import first_rule_ties
 
-        return tied_units(
-            {layer: rule_slots(self._read(layer, "embed")["crop_index"], self.samples(layer).shape[1], 0) for layer in self.layers},
-            {layer: self.inactive(layer) for layer in self.layers},
-        )
+        return first_rule_ties({layer: self._read(layer, "embed")["crop_index"] for layer in self.layers}, {layer: self._read(layer, "topk") for layer in self.layers})
 
     def valid(self, layer: str) -> torch.Tensor:
         """True for units with examples of their own: neither inactive nor tied. Search, labels, the map,
