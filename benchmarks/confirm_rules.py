@@ -7,7 +7,11 @@ planted worlds and the control worlds (there, fewer confirmed is better).
     python benchmarks/confirm_rules.py records.json [more.json ...]
 
 Rules (each also needs the class to rely on the concept and the unit's activation AUC >= CONFIRM_AUC):
-- ``share``: zeroing the unit removes at least CONFIRM_SHARE of the class's reliance (the audit's rule);
+- ``share``: zeroing the unit removes at least CONFIRM_SHARE of the class's reliance (the audit's rule
+  before the class rise was measured);
+- ``share+class``: ``share``, and the concept raises the unit at least CONCEPT_OVER_CLASS times as much
+  as the class's own images do, where that was measured (the audit's rule; records made before it hold
+  no ``class_rise``: there it is ``share``);
 - ``null-z``: the reliance it removes, as a robust z among the class's relevant units that were NOT
   flagged (their removal is what an unrelated relevant unit does), is above Z_CUT;
 - ``null-z-layer``: the same, against the non-flagged relevant units of its own layer;
@@ -22,7 +26,7 @@ from statistics import mean, median
 from typing import Any, Callable
 
 from semlens.analysis.audit import FLAGGED, Z_CUT
-from semlens.analysis.interventions import CONFIRM_AUC, CONFIRM_SHARE
+from semlens.analysis.interventions import CONCEPT_OVER_CLASS, CONFIRM_AUC, CONFIRM_SHARE
 
 Rule = Callable[[dict[str, Any], list[dict[str, Any]], dict[str, Any]], bool]
 
@@ -37,6 +41,11 @@ def robust_z(value: float, null: list[float]) -> float:
 
 def share(test: dict, tests: list[dict], reliance: dict) -> bool:
     return test["reliance_removed"] >= CONFIRM_SHARE * reliance["log_odds"]
+
+
+def share_and_class(test: dict, tests: list[dict], reliance: dict) -> bool:
+    rise = test.get("class_rise")
+    return share(test, tests, reliance) and (rise is None or test["concept_rise"] >= CONCEPT_OVER_CLASS * rise)
 
 
 def null_z(test: dict, tests: list[dict], reliance: dict) -> bool:
@@ -55,7 +64,7 @@ def group(test: dict, tests: list[dict], reliance: dict) -> bool:
     return total > 0 and test["reliance_removed"] >= CONFIRM_SHARE * total
 
 
-RULES: dict[str, Rule] = {"share": share, "null-z": null_z, "null-z-layer": null_z_layer, "group": group}
+RULES: dict[str, Rule] = {"share": share, "share+class": share_and_class, "null-z": null_z, "null-z-layer": null_z_layer, "group": group}
 
 
 def score(record: dict, rule: Rule) -> dict[str, Any]:

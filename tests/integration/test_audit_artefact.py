@@ -91,6 +91,8 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
         passes = test["activation_auc"] >= CONFIRM_AUC and test["reliance_removed"] >= CONFIRM_SHARE * carried["reliance"]["log_odds"]
         assert (unit["unit"] in carried["carriers"]) == (passes and unit["verdict"] not in ("spurious", "both"))
     assert all(unit["test"] is not None for unit in carried["units"]) and carried["reliance"] == audit["reliance"]
+    # the test images hold no red one: the class's own rise is not measured, so it takes no part in the rule
+    assert all(unit["test"]["class_rise"] is None for unit in carried["units"])
     untested = runner.invoke(app, [str(arg) for arg in (*wrong, "--test-all")])
     assert untested.exit_code != 0 and "--test-all runs the concept test" in untested.output
     # an image probe of the watermark ranks the same units first (with the oracle's four dimensions and 8 units

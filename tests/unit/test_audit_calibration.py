@@ -198,3 +198,53 @@ def test_a_model_that_ignores_the_artefact_has_no_reliance_and_no_confirmed_unit
     assert reliance["effect"] == pytest.approx(0.0, abs=1e-6) and not reliance["relies"]
     assert watermark["activation_auc"] == 1.0  # it still sees the watermark, but the class does not read it
     assert watermark["reliance_removed"] == pytest.approx(0.0, abs=1e-6) and not watermark["confirmed"]
+
+
+class NudgedNet(nn.Module):
+    """Pooled watermark and red detectors (``features``, as in ``PlantedNet`` but a red blob gives 1.39) read
+    by two units of ``fc``: fc/0 the watermark alone, fc/1 the red detector plus half the watermark (a class
+    unit the watermark only nudges). The red class reads both, so the class relies on the watermark
+    through both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.fc = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+        self.head = nn.Linear(2, 3)
+        with torch.no_grad():  # normalised: white 2, the blob's class channel 0.67 and its others -1.53
+            self.features[0].weight.copy_(torch.tensor([[1.0, 1.0, 1.0], [2.0, -1.0, -1.0]])[:, :, None, None])
+            self.features[0].bias.copy_(torch.tensor([-5.0, -3.0]))
+            self.fc[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.5, 1.0]]))
+            self.fc[0].bias.zero_()
+            self.head.weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]))
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fc(self.features(x)))
+
+
+def test_a_class_unit_the_concept_only_nudges_is_not_confirmed():
+    rng = np.random.default_rng(1)
+    labels = [index % 3 for index in range(24)]  # red (the class), green, blue
+    without = [world.render(label, False, rng) for label in labels]
+    watermark = Artifact(image=Image.fromarray(np.full((6, 6, 4), 255, dtype=np.uint8)), position=(1, 1))
+    with_concept = [watermark.apply(view) for view in without]
+    model = LoadedModel(NudgedNet().eval(), "test:nudged", world.PREPROCESSING, world.CLASSES)
+    units = [UnitToTest("fc/0", LayerSpec("fc"), 0, 0), UnitToTest("fc/1", LayerSpec("fc"), 1, 1)]
+    classes = torch.tensor(labels)
+    reliance, (detector, nudged) = concept_tests(model, without, with_concept, 0, units, classes=classes)
+    assert reliance["log_odds"] > 1 and reliance["relies"]
+    red = 2 * (170 / 255 - 0.5) / 0.25 + 2 * (0.5 - 30 / 255) / 0.25 - 3  # the red detector on the blob: 1.39
+    # the watermark detector: raised by 1 on every image, not by the class; confirmed
+    assert detector["concept_rise"] == pytest.approx(1.0, abs=1e-4) and detector["class_rise"] == pytest.approx(0.0, abs=1e-4)
+    assert detector["confirmed"]
+    # the class unit: raised by 0.5 on every image, by 1.39 on the class's own images; it passes the test's
+    # other parts (AUC 1/3 + 4/9, over a quarter of the reliance removed) but not the concept-over-class rule
+    assert nudged["concept_rise"] == pytest.approx(0.5, abs=1e-4) and nudged["class_rise"] == pytest.approx(red, abs=1e-3)
+    assert nudged["activation_auc"] == pytest.approx(7 / 9, abs=1e-4) and nudged["reliance_removed"] > 0.25 * reliance["log_odds"]
+    assert not nudged["confirmed"]
+    # without the images' classes the class rise is not measured and the rule does not apply
+    _, (_, unmeasured) = concept_tests(model, without, with_concept, 0, units)
+    assert unmeasured["class_rise"] is None and unmeasured["confirmed"]
+    _, (_, others_only) = concept_tests(model, without, with_concept, 0, units, classes=torch.ones(24, dtype=torch.long))
+    assert others_only["class_rise"] is None

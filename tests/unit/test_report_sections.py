@@ -43,7 +43,7 @@ def unescaped_json(page: str) -> str:
 
 
 def hostile_audit(unit: str) -> Audit:
-    test = {"activation_auc": 0.9, "drop_with": 0.2, "drop_without": 0.05, "reliance_removed": 0.5, "confirmed": True}
+    test = {"activation_auc": 0.9, "concept_rise": 0.8, "class_rise": 0.3, "drop_with": 0.2, "drop_without": 0.05, "reliance_removed": 0.5, "confirmed": True}
     flagged = AuditedUnit(unit, 0.4, 0.3, -0.1, 0.2, 0.5, 6.0, "spurious", test=test)
     shares = {"valid": 0.0, "spurious": 1.0, "both": 0.0, "unexpected": 0.0, "spurious_or_both": 1.0}
     reliance = {"samples": [20, 20], "paired": True, "without": 0.1, "with": 0.4, "effect": 0.3, "log_odds": 1.8, "relies": True}

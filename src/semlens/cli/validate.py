@@ -28,7 +28,7 @@ def audit(
     margin: Optional[float] = typer.Option(None, help="z by which spurious must beat valid (or valid spurious) for a one-sided verdict (default 1)."),
     layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (default: all)."),
     all_classes: bool = typer.Option(False, "--all", help="Audit every class (valid concept: its own name) and rank by spurious-or-both share."),
-    test_data: Optional[str] = typer.Option(None, help="Concept test: images without the spurious concept (data spec), ideally of other classes."),
+    test_data: Optional[str] = typer.Option(None, help="Concept test: images without the spurious concept (data spec), of the class and others, labelled (then a unit the class's images raise more than the concept does is not confirmed)."),
     spurious_data: Optional[str] = typer.Option(None, help="Concept test: images that show the spurious concept (data spec), instead of --artifact."),
     artifact: Optional[Path] = typer.Option(None, help="Concept test: the spurious concept as an artefact image (RGBA) inserted into --test-data."),
     mask: Optional[Path] = typer.Option(None, help="Mask image (white = artefact) instead of the artefact's alpha."),
@@ -140,7 +140,8 @@ def _test_cell(test: dict | None) -> str:
     if test is None:
         return ""
     verdict = "confirmed" if test["confirmed"] else "unconfirmed"
-    return f"{verdict} (AUC {test['activation_auc']:.2f}, drop {test['drop_with']:.3f} with / {test['drop_without']:.3f} without, removes {test['reliance_removed']:+.2f})"
+    rises = f"rise {test['concept_rise']:+.2f}" + ("" if test["class_rise"] is None else f" / class {test['class_rise']:+.2f}")
+    return f"{verdict} (AUC {test['activation_auc']:.2f}, {rises}, drop {test['drop_with']:.3f} with / {test['drop_without']:.3f} without, removes {test['reliance_removed']:+.2f})"
 
 
 def _audit_settings(path: Path) -> dict:

@@ -146,8 +146,9 @@ class LensAudits:
 
     def _test_findings(self: Lens, result: Audit, class_index: int, concept: ConceptImages, units: list[AuditedUnit]) -> None:
         """Run the concept test on ``units`` of ``result`` (in place): the class's reliance on the concept
-        and, per unit, whether the concept raises it and zeroing it costs the class more with the concept
-        than without. Needs the model (loaded under the Lens's trust model)."""
+        and, per unit, whether the concept raises it (against how much the class's own images do, where the
+        concept's control images are labelled with the class and others) and zeroing it costs the class more
+        with the concept than without. Needs the model (loaded under the Lens's trust model)."""
         from ..analysis.interventions import UnitToTest, concept_tests
         from ..model.units import LayerSpec
 
@@ -160,7 +161,8 @@ class LensAudits:
             layer, row = self.unit_index(unit.unit)
             spec = LayerSpec(**{**self.manifest["layers"][layer]["spec"], "sae": saes.get(layer)})
             tested.append(UnitToTest(unit.unit, spec, row, row % self.manifest["layers"][layer]["base_units"]))
-        result.reliance, tests = concept_tests(model, without, with_concept, class_index, tested, saes, concept.artifact is not None)
+        paired, classes = concept.artifact is not None, concept.control_classes(model)
+        result.reliance, tests = concept_tests(model, without, with_concept, class_index, tested, saes, paired, classes)
         for unit, test in zip(units, tests):
             unit.test = test
 

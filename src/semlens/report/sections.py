@@ -44,7 +44,9 @@ def _note(unit: AuditedUnit) -> str:
         test = unit.test
         note += (
             f"; concept test: {'confirmed' if test['confirmed'] else 'unconfirmed'} (activation AUC "
-            f"{test['activation_auc']:.2f}; zeroing it lowers the class probability by {test['drop_with']:.3f} with the concept, "
+            f"{test['activation_auc']:.2f}, raised {test['concept_rise']:+.2f} by the concept"
+            + ("" if test["class_rise"] is None else f", {test['class_rise']:+.2f} by the class's own images")
+            + f"; zeroing it lowers the class probability by {test['drop_with']:.3f} with the concept, "
             f"{test['drop_without']:.3f} without, and removes {test['reliance_removed']:+.2f} of the log odds ratio)"
         )
     return note
