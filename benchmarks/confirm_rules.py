@@ -15,7 +15,8 @@ Rules (each also needs the class to rely on the concept and the unit's activatio
 - ``null-z``: the reliance it removes, as a robust z among the class's relevant units that were NOT
   flagged (their removal is what an unrelated relevant unit does), is above Z_CUT;
 - ``null-z-layer``: the same, against the non-flagged relevant units of its own layer;
-- ``group``: it removes at least CONFIRM_SHARE of what the flagged units remove one by one, together.
+- ``group``: it removes at least CONFIRM_SHARE of what the flagged units remove one by one, together;
+- ``group+class``: ``group``, and the concept over class part of ``share+class``.
 """
 
 from __future__ import annotations
@@ -43,9 +44,13 @@ def share(test: dict, tests: list[dict], reliance: dict) -> bool:
     return test["reliance_removed"] >= CONFIRM_SHARE * reliance["log_odds"]
 
 
-def share_and_class(test: dict, tests: list[dict], reliance: dict) -> bool:
+def over_class(test: dict) -> bool:
     rise = test.get("class_rise")
-    return share(test, tests, reliance) and (rise is None or test["concept_rise"] >= CONCEPT_OVER_CLASS * rise)
+    return rise is None or test["concept_rise"] >= CONCEPT_OVER_CLASS * rise
+
+
+def share_and_class(test: dict, tests: list[dict], reliance: dict) -> bool:
+    return share(test, tests, reliance) and over_class(test)
 
 
 def null_z(test: dict, tests: list[dict], reliance: dict) -> bool:
@@ -64,7 +69,13 @@ def group(test: dict, tests: list[dict], reliance: dict) -> bool:
     return total > 0 and test["reliance_removed"] >= CONFIRM_SHARE * total
 
 
-RULES: dict[str, Rule] = {"share": share, "share+class": share_and_class, "null-z": null_z, "null-z-layer": null_z_layer, "group": group}
+def group_and_class(test: dict, tests: list[dict], reliance: dict) -> bool:
+    return group(test, tests, reliance) and over_class(test)
+
+
+RULES: dict[str, Rule] = {
+    "share": share, "share+class": share_and_class, "null-z": null_z, "null-z-layer": null_z_layer, "group": group, "group+class": group_and_class,
+}  # fmt: skip
 
 
 def score(record: dict, rule: Rule) -> dict[str, Any]:

@@ -99,6 +99,11 @@ def audit(
             f"unconfirmed: {', '.join(result.unconfirmed) or 'none'}"
         )
         say(f"spurious share, as tested: {result.spurious_share:.1%} of the relevance (the confirmed findings')")
+        if any(u.test is not None and u.test["class_rise"] is None for u in result.units):
+            say(
+                "class rise not measured (--test-data holds no labelled images of both the class and other classes): "
+                "a unit of the class that the concept only nudges can be confirmed too"
+            )
         if test_all:
             say(f"not flagged, but the reliance runs through them (the concept test alone): {', '.join(result.carriers) or 'none'}")
         elif r["relies"] and not result.confirmed:
