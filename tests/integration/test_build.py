@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import tiny_models
 import torch
+from old_lenses import rewrite_as_before_rule_thetas
 
 import semlens.build.embed_stage as embed_stage_module
 from semlens import BuildConfig, LayerSpec, Lens, build_lens, collect_topk, load_data, load_model
 from semlens._util.errors import SemlensError, StaleLensError
+from semlens.lens.store import layer_file
 
 LAYERS = ["features.0", "features.3:pool=max", "head:signed=true"]
 
@@ -196,15 +198,8 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_or_data_does_no
         joined.theta(built.layers[0], "share")
     # a joined Lens built before each rule's theta was stored (theta the mean over every box, ties over every
     # box): its answers are computed from the crop table, the same as the stored ones
-    manifest = joined.store.read_manifest()
     for layer in built.layers:
-        name = f"layers/{layer}.embed.safetensors"
-        stored = joined.store.read_tensors(name)
-        old = {"crop_index": stored["crop_index"], "boxes": stored["boxes"], "theta": (stored["theta"] + stored["theta.quantile"]) / 2,
-               "tied": torch.zeros_like(stored["tied"])}  # fmt: skip
-        joined.store.write_tensors(name, old)
-        manifest["arrays"][name] = joined.store.array_record(name)
-    joined.store.write_manifest(manifest)
+        rewrite_as_before_rule_thetas(joined, layer_file(layer, "embed"), "theta.quantile", tied=False)
     reopened = Lens.open(joined.path)
     for layer in built.layers:
         torch.testing.assert_close(reopened.theta(layer), joined.theta(layer), atol=2e-3, rtol=0)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from old_lenses import rewrite_as_before_rule_thetas
 
 from semlens import BuildConfig, Lens, build_lens, load_data, load_model
 from semlens._util.errors import SemlensError
 from semlens.analysis.alignment import alignment
 from semlens.analysis.explain import relevance_shares
+from semlens.lens.store import layer_file
 from semlens.model.loading import class_mapping
 from semlens.relevance.lrp import RelevanceModel, unit_relevance
 
@@ -116,6 +118,12 @@ def test_relevance_examples_with_joined_rules_embed_both_boxes(built: Lens, tmp_
     probe, null = joined.probe("red")
     expected = alignment(joined.theta(hits[0].layer, "share")[hits[0].index : hits[0].index + 1], probe[None], null)
     assert hits[0].score == pytest.approx(float(expected), abs=1e-5)
+    # a joined Lens built before each rule's theta was stored (theta the mean over every box, ties by every
+    # box): it reopens with the same theta per rule and the same ties, derived from its crop table
+    rewrite_as_before_rule_thetas(joined, layer_file(layer, "relevance_embed"), "theta.peak", tied=True)
+    reopened = Lens.open(joined.path)
+    assert torch.equal(reopened.valid_of(layer, "relevance"), joined.valid_of(layer, "relevance"))
+    torch.testing.assert_close(reopened.theta_of(layer, "relevance", "peak"), joined.theta_of(layer, "relevance", "peak"), atol=3e-3, rtol=0)
 
 
 def test_analyses_take_either_example_set(built: Lens) -> None:
@@ -208,8 +216,8 @@ def test_the_explorer_shows_relevance_examples_beside_activation_ones(built: Len
     from fastapi.testclient import TestClient
     from PIL import Image
 
-    from semlens.web.app import create_app
     from semlens.report.figures import heat_overlay
+    from semlens.web.app import create_app
     from semlens.web.thumbnails import QUALITY, SIZE
 
     client, unit = TestClient(create_app([built])), "/api/lenses/0/layers/features.3/units/1"

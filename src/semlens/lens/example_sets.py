@@ -6,7 +6,7 @@ example embeddings and which units have examples of their own."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
+from functools import cached_property, partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -63,12 +63,23 @@ class LensExampleSets:
         if not self.store.path(layer_file(layer, kind)).is_file():
             raise SemlensError(f"layer {layer} has no relevance examples (CRP through a sparse autoencoder is not supported)")
         arrays = self._read(layer, kind)
+        if kind == "relevance_embed" and not self._stored_by_rule(arrays):
+            arrays = {**arrays, "tied": self._first_rule_relevance_ties[layer]}  # built before they were by the first rule
         if self._layer(layer)["unit_names"] != "signed":
             return arrays
         doubled = {name: torch.cat([tensor, tensor]) for name, tensor in arrays.items()}
         if "tied" in arrays:
             doubled["tied"] = torch.cat([arrays["tied"], torch.ones_like(arrays["tied"])])
         return doubled
+
+    @cached_property
+    def _first_rule_relevance_ties(self: Lens) -> dict[str, torch.Tensor]:
+        """The relevance examples' ties found as the build finds them (see ``Lens._first_rule_ties``), for joined
+        Lenses built before they were recorded by the first crop rule (earlier builds tied by every box)."""
+        from ..build.embed import first_rule_ties
+
+        layers = [layer for layer in self.layers if self.has_relevance_examples_in(layer)]
+        return first_rule_ties({layer: self._read(layer, "relevance_embed")["crop_index"] for layer in layers}, {layer: self._read(layer, "relevance_topk") for layer in layers})
 
     def _set_array(
         self: Lens, layer: str, examples: str, activation: Callable[[str], torch.Tensor], kind: str, key: str
