@@ -217,7 +217,7 @@ class NudgedNet(nn.Module):
             self.fc[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.5, 1.0]]))
             self.fc[0].bias.zero_()
             self.head.weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]))
-            self.head.bias.zero_()
+            self.head.bias.copy_(torch.tensor([0.0, 0.5, 0.5]))  # green and blue images are not predicted red
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc(self.features(x)))
@@ -243,8 +243,11 @@ def test_a_class_unit_the_concept_only_nudges_is_not_confirmed():
     assert nudged["concept_rise"] == pytest.approx(0.5, abs=1e-4) and nudged["class_rise"] == pytest.approx(red, abs=1e-3)
     assert nudged["activation_auc"] == pytest.approx(7 / 9, abs=1e-4) and nudged["reliance_removed"] > 0.25 * reliance["log_odds"]
     assert not nudged["confirmed"]
-    # without the images' classes the class rise is not measured and the rule does not apply
-    _, (_, unmeasured) = concept_tests(model, without, with_concept, 0, units)
-    assert unmeasured["class_rise"] is None and unmeasured["confirmed"]
+    assert reliance["classes_from"] == "labels"
+    # without labels the images are taken by the model's prediction (here the labels: red blobs are predicted red)
+    unlabelled, (_, predicted) = concept_tests(model, without, with_concept, 0, units)
+    assert unlabelled["classes_from"] == "predictions" and predicted["class_rise"] == pytest.approx(nudged["class_rise"], abs=1e-6)
+    assert not predicted["confirmed"]
+    # with fewer than CLASS_RISE_IMAGES of the class (here none) the class rise is not measured: the rule does not apply
     _, (_, others_only) = concept_tests(model, without, with_concept, 0, units, classes=torch.ones(24, dtype=torch.long))
-    assert others_only["class_rise"] is None
+    assert others_only["class_rise"] is None and others_only["confirmed"]

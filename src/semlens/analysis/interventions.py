@@ -204,6 +204,7 @@ CONFIRM_SHARE = 0.05  # zeroing the unit removes at least a twentieth of the cla
 # show the class and others): a class unit the concept only nudges passes the reliance on, it does not detect the
 # concept. Chosen on 29 benchmark runs, between the highest class unit (0.55) and the lowest true artefact unit (0.69)
 CONCEPT_OVER_CLASS = 0.6
+CLASS_RISE_IMAGES = 5  # the class rise is measured on at least 5 test images of the class and 5 of others
 
 
 @dataclass(frozen=True)
@@ -279,13 +280,11 @@ def activation_aucs(
     return {spec.name: rank_auc(scores_with[spec.name], scores_without[spec.name]) for spec in specs}
 
 
-def class_rise(scores: torch.Tensor, classes: torch.Tensor | None, class_index: int) -> torch.Tensor | None:
+def class_rise(scores: torch.Tensor, classes: torch.Tensor, class_index: int) -> torch.Tensor | None:
     """Per unit ``[U]``, its mean activation on the class's images minus on the other classes' (``scores``
-    ``[N, U]`` on images without the concept); None unless ``classes`` has both."""
-    if classes is None:
-        return None
+    ``[N, U]`` on images without the concept); None unless ``classes`` holds ``CLASS_RISE_IMAGES`` of each."""
     members = classes == class_index
-    if not members.any() or members.all():
+    if min(int(members.sum()), int((~members).sum())) < CLASS_RISE_IMAGES:
         return None
     return scores[members].mean(dim=0) - scores[~members].mean(dim=0)
 
@@ -320,16 +319,20 @@ def concept_tests(
     activation (``activation_auc`` of its pooled activation on images with the concept against images
     without; ``concept_rise``: the mean difference), and does zeroing it lower the class probability more
     with the concept than without (``drop_with``, ``drop_without``)? ``reliance_removed`` is the log odds
-    ratio before minus after zeroing it. With ``classes`` (of the images without the concept) holding the
-    class and others, ``class_rise`` is how much more the class's own images raise the unit than the
-    others do, else None. A finding is ``confirmed`` when the class relies on the concept, AUC >= ``CONFIRM_AUC``,
+    ratio before minus after zeroing it. ``class_rise`` is how much more the class's own images raise the
+    unit than the others do, the images without the concept taken by ``classes`` (their labels) or, without
+    labels, by the model's prediction (``result["classes_from"]``); None unless both kinds number
+    ``CLASS_RISE_IMAGES``. A finding is ``confirmed`` when the class relies on the concept, AUC >= ``CONFIRM_AUC``,
     zeroing the unit removes at least ``CONFIRM_SHARE`` of the reliance and, where the class rise is
     measured, the concept raises the unit at least ``CONCEPT_OVER_CLASS`` times as much as the class does."""
-    p_with, p_without = class_probability(model, with_concept, class_index), class_probability(model, without, class_index)
+    logits_without = predict(model, without)  # once: the probability without, and the classes where unlabelled
+    p_with, p_without = class_probability(model, with_concept, class_index), float(logits_without.softmax(dim=1)[:, class_index].mean())
+    members = logits_without.argmax(dim=1) if classes is None else classes
     reliance = log_odds_ratio(p_with, p_without)
     result = {
         "samples": [len(without), len(with_concept)],
         "paired": paired,
+        "classes_from": "labels" if classes is not None else "predictions",
         "without": p_without,
         "with": p_with,
         "effect": p_with - p_without,
@@ -344,7 +347,7 @@ def concept_tests(
         with_unit, without_unit = scores_with[layer][:, unit.row : unit.row + 1], scores_without[layer][:, unit.row : unit.row + 1]
         auc = float(rank_auc(with_unit, without_unit)[0])
         concept_rise = float(with_unit.mean() - without_unit.mean())
-        own = class_rise(without_unit, classes, class_index)
+        own = class_rise(without_unit, members, class_index)
         own_rise = None if own is None else float(own[0])
         with pruned(model, {layer: [unit.channel]}, saes):
             after_with, after_without = class_probability(model, with_concept, class_index), class_probability(model, without, class_index)

@@ -28,7 +28,7 @@ def audit(
     margin: Optional[float] = typer.Option(None, help="z by which spurious must beat valid (or valid spurious) for a one-sided verdict (default 1)."),
     layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (default: all)."),
     all_classes: bool = typer.Option(False, "--all", help="Audit every class (valid concept: its own name) and rank by spurious-or-both share."),
-    test_data: Optional[str] = typer.Option(None, help="Concept test: images without the spurious concept (data spec), of the class and others, labelled (then a unit the class's images raise more than the concept does is not confirmed)."),
+    test_data: Optional[str] = typer.Option(None, help="Concept test: images without the spurious concept (data spec), of the class and others (then a unit the class's images raise more than the concept does is not confirmed; classes by label, else by prediction)."),
     spurious_data: Optional[str] = typer.Option(None, help="Concept test: images that show the spurious concept (data spec), instead of --artifact."),
     artifact: Optional[Path] = typer.Option(None, help="Concept test: the spurious concept as an artefact image (RGBA) inserted into --test-data."),
     mask: Optional[Path] = typer.Option(None, help="Mask image (white = artefact) instead of the artefact's alpha."),
@@ -100,9 +100,11 @@ def audit(
         )
         say(f"spurious share, as tested: {result.spurious_share:.1%} of the relevance (the confirmed findings')")
         if any(u.test is not None and u.test["class_rise"] is None for u in result.units):
+            from ..analysis.interventions import CLASS_RISE_IMAGES
+
             say(
-                "class rise not measured (--test-data holds no labelled images of both the class and other classes): "
-                "a unit of the class that the concept only nudges can be confirmed too"
+                f"class rise not measured (--test-data holds fewer than {CLASS_RISE_IMAGES} images of the class or of other classes, "
+                f"by {result.reliance['classes_from']}): a unit of the class that the concept only nudges can be confirmed too"
             )
         if test_all:
             say(f"not flagged, but the reliance runs through them (the concept test alone): {', '.join(result.carriers) or 'none'}")
