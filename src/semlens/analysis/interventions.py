@@ -202,7 +202,7 @@ CONFIRM_AUC = 0.75  # the concept raises the unit's activation: an image with it
 CONFIRM_SHARE = 0.05  # zeroing the unit removes at least a twentieth of the class's reliance on the concept
 # the concept raises the unit at least half as much as the class's own images do (where the control images show
 # the class and others): a class unit the concept only nudges passes the reliance on, it does not detect the
-# concept. Benchmark (README): class units 0.26 to 0.55, true artefact units from 0.57 up
+# concept. Benchmark (README): flagged class units 0.26 to 0.55, flagged true artefact units 0.57 to 1.71
 CONCEPT_OVER_CLASS = 0.5
 CLASS_RISE_IMAGES = 5  # the class rise is measured on at least 5 test images of the class and 5 of others
 
