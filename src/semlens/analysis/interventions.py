@@ -229,7 +229,8 @@ class ConceptImages:
 
     def control_classes(self, model: LoadedModel) -> torch.Tensor | None:
         """The classes of ``views``' images without the concept, as the model's indices (None where one has
-        no label or the data's classes are not the model's)."""
+        no label or the data's classes are not the model's). It reads the control images again: cheap next to
+        the concept test's passes over them, one per tested unit."""
         return class_targets(model, self.control, load_views(model, self.control)[1])
 
 

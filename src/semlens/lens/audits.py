@@ -146,9 +146,9 @@ class LensAudits:
 
     def _test_findings(self: Lens, result: Audit, class_index: int, concept: ConceptImages, units: list[AuditedUnit]) -> None:
         """Run the concept test on ``units`` of ``result`` (in place): the class's reliance on the concept
-        and, per unit, whether the concept raises it (against how much the class's own images do, where the
-        concept's control images are labelled with the class and others) and zeroing it costs the class more
-        with the concept than without. Needs the model (loaded under the Lens's trust model)."""
+        and, per unit, whether the concept raises it (also against how much the class's own images do: see
+        ``concept_tests``) and zeroing it costs the class more with the concept than without. Needs the model
+        (loaded under the Lens's trust model)."""
         from ..analysis.interventions import UnitToTest, concept_tests
         from ..model.units import LayerSpec
 
