@@ -6,8 +6,9 @@ Three experiments from the paper (Sec. 4.2, F.1, F.2.3):
 - separation AUC: how well the class logit separates real class images from images that carry only
   the spurious features (lower AUC = more reliance on the spurious features);
 - pruning: switch units off with forward hooks and measure clean and artefact accuracy again.
-And the concept test of an audit's flagged units: does the concept raise the unit's activation, and does
-zeroing the unit cost the class more where the concept is shown? Beside it, the class's reliance on the
+And the concept test of an audit's flagged units: does the concept raise the unit's activation (at least
+half as much as the class's own images do), and does zeroing the unit cost the class more where the
+concept is shown? Beside it, the class's reliance on the
 concept (its probability with the concept minus without).
 """
 
