@@ -224,15 +224,18 @@ class ConceptImages:
     def views(self, model: LoadedModel) -> tuple[list[Image.Image], list[Image.Image]]:
         """The model's views without and with the concept."""
         without = load_views(model, self.control)[0]
-        if self.artifact is not None:
-            return without, [self.artifact.apply(view) for view in without]
-        return without, load_views(model, self.shown)[0]
+        return without, self._with_concept(model, without)
 
-    def control_classes(self, model: LoadedModel) -> torch.Tensor | None:
-        """The classes of ``views``' images without the concept, as the model's indices (None where one has
-        no label or the data's classes are not the model's). It reads the control images again: cheap next to
-        the concept test's passes over them, one per tested unit."""
-        return class_targets(model, self.control, load_views(model, self.control)[1])
+    def views_and_classes(self, model: LoadedModel) -> tuple[list[Image.Image], list[Image.Image], torch.Tensor | None]:
+        """``views``, and the classes of the images without the concept as the model's indices (None where one
+        has no label or the data's classes are not the model's), the control images read once."""
+        without, labels = load_views(model, self.control)
+        return without, self._with_concept(model, without), class_targets(model, self.control, labels)
+
+    def _with_concept(self, model: LoadedModel, without: list[Image.Image]) -> list[Image.Image]:
+        if self.artifact is not None:
+            return [self.artifact.apply(view) for view in without]
+        return load_views(model, self.shown)[0]
 
 
 @dataclass(frozen=True)

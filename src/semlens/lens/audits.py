@@ -153,7 +153,7 @@ class LensAudits:
         from ..model.units import LayerSpec
 
         model = self.model()
-        without, with_concept = concept.views(model)
+        without, with_concept, classes = concept.views_and_classes(model)
         layers = sorted({unit.unit.rpartition("/")[0] for unit in units})
         saes = self.sae_files(layers)
         tested = []
@@ -161,8 +161,7 @@ class LensAudits:
             layer, row = self.unit_index(unit.unit)
             spec = LayerSpec(**{**self.manifest["layers"][layer]["spec"], "sae": saes.get(layer)})
             tested.append(UnitToTest(unit.unit, spec, row, row % self.manifest["layers"][layer]["base_units"]))
-        paired, classes = concept.artifact is not None, concept.control_classes(model)
-        result.reliance, tests = concept_tests(model, without, with_concept, class_index, tested, saes, paired, classes)
+        result.reliance, tests = concept_tests(model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes)
         for unit, test in zip(units, tests):
             unit.test = test
 
