@@ -12,7 +12,10 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
   whose scenes raise it most, and an artefact only where pasting it into the world's probe images also
   raises the unit (``truth.INSERTION_AUC``, ``demo.true_concepts``): labels, search and audit are scored
   against that truth, search and audit also against dissection alone (``by_dissection_alone``: the
-  highest IoU, no insertion test);
+  highest IoU, no insertion test) and against insertion alone (``by_insertion_alone``: every unit that
+  pasting the artefact into probe images raises, AUC >= ``truth.INSERTION_AUC``, whatever its IoU; the
+  audit's concept test is an insertion test too, on test images, so this truth is near what it measures,
+  not an independent check: it shows where the two truths part);
 - labels: top-1 / top-3 against dissection with chance, top-1 against the response truth, phi (over
   labelled units, and over units with a true concept: ``phi_true_units``; on each concept's images in
   scenes of the world, and with ``_alone`` on the concept alone on gray; ``phi_of_truth``: the phi were
@@ -94,7 +97,7 @@ from semlens.world.demo import (
 )
 from semlens.world.random_world import planted_artifact, random_worlds
 from semlens.world.render import WorldConfig
-from semlens.world.truth import artifact_reliance
+from semlens.world.truth import INSERTION_AUC, artifact_reliance
 
 #: per column of the summary rows: +1 higher is better, -1 lower is better; control worlds flip the audit
 #: and reliance columns (there the artefact tells nothing about the class)
@@ -197,6 +200,7 @@ def evaluate(
     truths = unit_truths(lens, config, out)
     true_units = {unit for unit, concept in truth.items() if concept == artifact}
     dissected = {unit for unit, concept in true_concepts(truths, causal=False).items() if concept == artifact}
+    inserted = {f"{layer}/{unit}" for layer in SPATIAL for unit, auc in enumerate(truths[layer]["insertion"].get(artifact, [])) if auc >= INSERTION_AUC}
     paraphrase = HELD_OUT[artifact]
     hits = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artifact, paraphrase)}
 
@@ -220,13 +224,14 @@ def evaluate(
         "world": name, "seed": seed, "control": control, "build": build or {}, "class_family": config.class_family, "classes": list(config.classes),
         "artifact": artifact, "artifact_class": target, "paraphrase": paraphrase,
         "units_with_truth": labels["units_with_true_concept"], "units": sum(len(truths[layer]["iou"]) for layer in SPATIAL),
-        "top1": labels["top1"], "top3": labels["top3"], "random_top1": labels["random_top1"], "random_top3": labels["random_top3"],
+        "top1": labels["top1"], "top3": labels["top3"], "top1_misses_as_faithful": labels["top1_misses_as_faithful"], "random_top1": labels["random_top1"], "random_top3": labels["random_top3"],
         "units_with_response_truth": labels["units_with_response_truth"], "top1_response": labels["top1_response"],
         **{key.replace("faithfulness_", ""): value for key, value in labels.items() if key.startswith("faithfulness_phi")},
         "cosy_auc": labels["cosy_auc"], **distractors,
         "iou_thresholds": iou_thresholds(truths),
         "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artifact, paraphrase, flagged, both, confirmed, found, examined),
         "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
+        "by_insertion_alone": {"artefact_unit_names": sorted(inserted), **artefact_scores(inserted, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
         "audit_units": len(examined), "audit_flagged": len(flagged), "audit_flagged_units": flagged, "spurious_share": audit["spurious_share"], "flagged_share": audit["shares"]["spurious"], "confirmed_share": audit["confirmed_share"],
         "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
         "audit_relies": audit["reliance"]["relies"], "audit_log_odds": audit["reliance"]["log_odds"], "audit_effect": audit["reliance"]["effect"],

@@ -13,7 +13,7 @@ from torch import nn
 
 from semlens import LoadedModel
 from semlens.analysis.alignment import alignment
-from semlens.analysis.audit import AlignmentRule, audit_units, null_z, relevance_by_verdict, tight_shift, verdicts
+from semlens.analysis.audit import AlignmentRule, audit_units, null_stats, null_z, relevance_by_verdict, tight_shift, verdicts
 from semlens.analysis.interventions import Artifact, UnitToTest, concept_tests, rank_auc
 from semlens.model.units import LayerSpec
 
@@ -56,7 +56,7 @@ def test_a_spurious_concept_counts_only_where_the_unit_looks():
     tight = usual.clone()
     tight[8], tight[9] = 0.19, 0.17
     members = torch.ones(10, dtype=torch.bool)
-    shift = tight_shift(usual, tight, torch.zeros(10, dtype=torch.long), members)[:, 0]
+    shift = tight_shift(usual, tight, null_stats(usual, torch.zeros(10, dtype=torch.long), members)[1])[:, 0]
     assert shift[8].item() == pytest.approx(-0.01 / (1.4826 * 0.01), rel=1e-3)
     assert shift[9].item() == pytest.approx(-0.03 / (1.4826 * 0.01), rel=1e-3) and shift[:8].abs().max() < 1e-5
     z_spur = null_z(usual, torch.zeros(10, dtype=torch.long), members)[:, 0]

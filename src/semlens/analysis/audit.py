@@ -66,11 +66,11 @@ def null_z(alignments: torch.Tensor, groups: torch.Tensor, members: torch.Tensor
     return (alignments - centre) / scale
 
 
-def tight_shift(alignments: torch.Tensor, tight: torch.Tensor, groups: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+def tight_shift(alignments: torch.Tensor, tight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """How far ``[U, P]`` each unit's alignment moves from its usual boxes (``alignments``) to tight boxes around
-    where it looks (``tight``), in robust spreads of its group's null of the usual ones: below ``-MARGIN``,
-    the concept is in the unit's images rather than where it looks."""
-    return (tight - alignments) / null_stats(alignments, groups, members)[1]
+    where it looks (``tight``), in robust spreads ``scale`` of its group's null of the usual ones (``null_stats``):
+    below ``-MARGIN``, the concept is in the unit's images rather than where it looks."""
+    return (tight - alignments) / scale
 
 
 def verdicts(

@@ -130,17 +130,22 @@ class LensArrays:
         Lens's embedding space: see ``Lens.in_space``), their boxes cut by crop rule ``rule`` (default: the
         first). The build stores each rule's (``theta_key``); Lenses built with joined rules before it did
         stored the mean over every box, and theirs is computed from the stored crop embeddings."""
-        index = self.rule_index(rule)
+        key = (layer, self.rule_index(rule))
         stored = self._read(layer, "embed") if self.space is None else self._space_embed(layer)
+        if key not in self._rule_theta:
+            self._rule_theta[key] = self.theta_by_rule(stored, rule, lambda: self.example_embeddings(layer, rule))
+        return self._rule_theta[key]
+
+    def theta_by_rule(self: Lens, stored: dict[str, torch.Tensor], rule: str | None, embeddings: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Crop rule ``rule``'s theta from an embed file ``stored``, where it holds each rule's, else the mean of
+        the rule's example ``embeddings`` (Lenses built with joined rules before each rule's theta was stored)."""
         if self._stored_by_rule(stored):
-            return stored[theta_key(self.crop_rules, index)]
-        if (layer, index) not in self._rule_theta:
-            self._rule_theta[layer, index] = mean_of_examples(self.example_embeddings(layer, rule))
-        return self._rule_theta[layer, index]
+            return stored[theta_key(self.crop_rules, self.rule_index(rule))]
+        return mean_of_examples(embeddings())
 
     @cached_property
     def _rule_theta(self) -> dict[tuple[str, int], torch.Tensor]:
-        """theta by (layer, crop rule) of a Lens built with joined rules before each rule's was stored, computed so far."""
+        """theta by (layer, crop rule) read or computed so far."""
         return {}
 
     def example_embeddings(self: Lens, layer: str, rule: str | None = None) -> torch.Tensor:

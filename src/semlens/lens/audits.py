@@ -88,7 +88,7 @@ class LensAudits:
         if space is not None:
             view = self.in_space(space)
             return view.audit(class_name, valid, spurious, valid_images, spurious_images, cut, layers, templates, rule, concept, test_all=test_all)
-        from ..analysis.audit import AUDIT_CUT, AlignmentRule, audit_units, null_z, tight_shift
+        from ..analysis.audit import AUDIT_CUT, AlignmentRule, audit_units, null_stats, null_z, tight_shift
 
         if not (valid or valid_images) or not (spurious or spurious_images):
             raise SemlensError("an audit needs at least one valid and one spurious concept (text or image)")
@@ -109,14 +109,15 @@ class LensAudits:
         channel = torch.cat([offset + torch.arange(size) % base for offset, size, base in zip(offsets.tolist(), sizes, bases)])
         a_valid = self._alignments(theta, list(valid), list(valid_images), templates)
         a_spur = self._alignments(theta, list(spurious), list(spurious_images), templates)
-        z_valid, z_spurs = null_z(a_valid, groups, examples).amax(dim=1), null_z(a_spur, groups, examples)
+        centre, scale = null_stats(a_spur, groups, examples)  # once: the z of the usual boxes and the tight boxes' shift
+        z_valid, z_spurs = null_z(a_valid, groups, examples).amax(dim=1), (a_spur - centre) / scale
         z_spur, best = z_spurs.nan_to_num(float("-inf")).max(dim=1)
         z_spur = z_spur.masked_fill(z_spurs.isnan().all(dim=1), float("nan"))
         shift = None
         if self.search_rule != self.crop_rules[0]:  # tight boxes: is the spurious concept where each unit looks?
             tight = torch.cat([self.theta(layer, self.search_rule) for layer in chosen])
             a_tight = self._alignments(tight, list(spurious), list(spurious_images), templates)
-            shift = tight_shift(a_spur, a_tight, groups, examples).gather(1, best[:, None])[:, 0]
+            shift = tight_shift(a_spur, a_tight, scale).gather(1, best[:, None])[:, 0]
         max_share = torch.cat([self.class_relevance(layer)["max_share"][:, index] for layer in chosen])
         mean_share = torch.cat([self.class_relevance(layer)["mean_share"][:, index] for layer in chosen])
         name = self.classes[index] if self.classes else str(index)

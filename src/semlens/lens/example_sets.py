@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from .._util.errors import SemlensError
-from ..build.crops import rule_slots, theta_key
-from .arrays import mean_of_examples, slot_embeddings
+from ..build.crops import rule_slots
+from .arrays import slot_embeddings
 from .store import layer_file, read_crop_embeddings
 
 if TYPE_CHECKING:
@@ -119,9 +119,7 @@ class LensExampleSets:
         if check_example_set(examples) == "activation":
             return self.theta(layer, rule)
         stored = self._relevance_file(layer, "relevance_embed")
-        if self._stored_by_rule(stored):
-            return stored[theta_key(self.crop_rules, self.rule_index(rule))]
-        return mean_of_examples(self.example_embeddings_of(layer, examples, rule))
+        return self.theta_by_rule(stored, rule, lambda: self.example_embeddings_of(layer, examples, rule))
 
     def valid_of(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
         """Units with examples of their own in a set (neither inactive nor tied; see ``Lens.valid``)."""

@@ -203,12 +203,14 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     phi is taken over the units semlens labels, and over the units with a true concept (their top-1
     concept, labelled or not: ``truth.faithfulness_of_true_units``), on the concepts' images in scenes
     and (``_alone``) alone; ``phi_of_truth``: the latter were each top-1 the unit's true concept (what the
-    judge itself allows). Also each unit's true concept (``true_concepts``: named by dissection, ranked by its
-    scenes, artefacts confirmed by insertion)."""
+    judge itself allows); ``top1_misses_as_faithful``: the top-1 misses whose label's scenes raise the unit at
+    least as much as its true concept's do (misses where only dissection's overlap test, not the unit's
+    response, tells the label from the truth). Also each unit's true concept (``true_concepts``: named by dissection, ranked by its scenes,
+    artefacts confirmed by insertion)."""
     truths = unit_truths(lens, config, out)
     truth = true_concepts(truths)
     concepts, world_concepts = list(lens.vocabulary.concepts), config.concept_names()
-    hits1 = hits3 = total = response_hits = response_total = 0
+    hits1 = hits3 = total = response_hits = response_total = as_faithful = 0
     aucs: list[float] = []
     phis: dict[str, dict[str, list[float]]] = {views: {"labelled": [], "true": [], "truth": []} for views, _ in PHI_VIEWS}
     for layer in SPATIAL:
@@ -221,11 +223,15 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
         labelled = labels.labelled.tolist()  # phi and AUC judge the labels semlens gives, nothing below the threshold
         assigned = [world_concepts.index(row[0]) if ok and row[0] in world_concepts else None for row, ok in zip(top, labelled)]
         aucs += [float(auc[unit, concept]) for unit, concept in enumerate(assigned) if concept is not None]
+        scenes = responses["scene_responses"].mean(dim=2)  # [U, C]: each unit's mean response to each concept's scenes
         for unit, true_concept in enumerate(best):
             if true_concept is not None:
                 total += 1
                 hits1 += top[unit][0] == true_concept
                 hits3 += true_concept in top[unit]
+                label = top[unit][0]
+                if label != true_concept and label in world_concepts:
+                    as_faithful += bool(scenes[unit, world_concepts.index(label)] >= scenes[unit, world_concepts.index(true_concept)])
             if by_response[unit] is not None:
                 response_total += 1
                 response_hits += top[unit][0] == by_response[unit]
@@ -238,6 +244,7 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
         "units_with_true_concept": total,
         "top1": hits1 / max(total, 1),
         "top3": hits3 / max(total, 1),
+        "top1_misses_as_faithful": as_faithful,
         "random_top1": 1 / len(concepts),
         "random_top3": 3 / len(concepts),
         "labelled_units": len(phis["responses"]["labelled"]),
