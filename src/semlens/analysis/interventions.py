@@ -346,14 +346,14 @@ def concept_tests(
     }
     specs = list({unit.spec.name: unit.spec for unit in units}.values())
     scores_with, scores_without = unit_scores(model, with_concept, specs), unit_scores(model, without, specs)
+    aucs = {layer: rank_auc(scores_with[layer], scores_without[layer]) for layer in scores_with}  # [U] per layer, every unit at once
+    rises = {layer: scores_with[layer].mean(dim=0) - scores_without[layer].mean(dim=0) for layer in scores_with}
+    class_rises = {layer: class_rise(scores_without[layer], members, class_index) for layer in scores_with}
     tests = []
     for unit in units:
         layer = unit.spec.name
-        with_unit, without_unit = scores_with[layer][:, unit.row : unit.row + 1], scores_without[layer][:, unit.row : unit.row + 1]
-        auc = float(rank_auc(with_unit, without_unit)[0])
-        concept_rise = float(with_unit.mean() - without_unit.mean())
-        own = class_rise(without_unit, members, class_index)
-        own_rise = None if own is None else float(own[0])
+        auc, concept_rise = float(aucs[layer][unit.row]), float(rises[layer][unit.row])
+        own_rise = None if class_rises[layer] is None else float(class_rises[layer][unit.row])
         with pruned(model, {layer: [unit.channel]}, saes):
             after_with, after_without = class_probability(model, with_concept, class_index), class_probability(model, without, class_index)
         removed = reliance - log_odds_ratio(after_with, after_without)

@@ -131,12 +131,12 @@ class LensArrays:
         first). The build stores each rule's (``theta_key``); Lenses built with joined rules before it did
         stored the mean over every box, and theirs is computed from the stored crop embeddings."""
         key = (layer, self.rule_index(rule))
-        stored = self._read(layer, "embed") if self.space is None else self._space_embed(layer)
         if key not in self._rule_theta:
-            self._rule_theta[key] = self.theta_by_rule(stored, rule, lambda: self.example_embeddings(layer, rule))
+            stored = self._read(layer, "embed") if self.space is None else self._space_embed(layer)
+            self._rule_theta[key] = self._theta_by_rule(stored, rule, lambda: self.example_embeddings(layer, rule))
         return self._rule_theta[key]
 
-    def theta_by_rule(self: Lens, stored: dict[str, torch.Tensor], rule: str | None, embeddings: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def _theta_by_rule(self: Lens, stored: dict[str, torch.Tensor], rule: str | None, embeddings: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Crop rule ``rule``'s theta from an embed file ``stored``, where it holds each rule's, else the mean of
         the rule's example ``embeddings`` (Lenses built with joined rules before each rule's theta was stored)."""
         if self._stored_by_rule(stored):

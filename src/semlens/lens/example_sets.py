@@ -119,7 +119,7 @@ class LensExampleSets:
         if check_example_set(examples) == "activation":
             return self.theta(layer, rule)
         stored = self._relevance_file(layer, "relevance_embed")
-        return self.theta_by_rule(stored, rule, lambda: self.example_embeddings_of(layer, examples, rule))
+        return self._theta_by_rule(stored, rule, lambda: self.example_embeddings_of(layer, examples, rule))
 
     def valid_of(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
         """Units with examples of their own in a set (neither inactive nor tied; see ``Lens.valid``)."""

@@ -205,8 +205,8 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     and (``_alone``) alone; ``phi_of_truth``: the latter were each top-1 the unit's true concept (what the
     judge itself allows); ``top1_misses_as_faithful``: the top-1 misses whose label's scenes raise the unit at
     least as much as its true concept's do (misses where only dissection's overlap test, not the unit's
-    response, tells the label from the truth). Also each unit's true concept (``true_concepts``: named by dissection, ranked by its scenes,
-    artefacts confirmed by insertion)."""
+    response, tells the label from the truth). Also each unit's true concept (``true_concepts``: named by
+    dissection, ranked by its scenes, artefacts confirmed by insertion)."""
     truths = unit_truths(lens, config, out)
     truth = true_concepts(truths)
     concepts, world_concepts = list(lens.vocabulary.concepts), config.concept_names()
@@ -223,7 +223,8 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
         labelled = labels.labelled.tolist()  # phi and AUC judge the labels semlens gives, nothing below the threshold
         assigned = [world_concepts.index(row[0]) if ok and row[0] in world_concepts else None for row, ok in zip(top, labelled)]
         aucs += [float(auc[unit, concept]) for unit, concept in enumerate(assigned) if concept is not None]
-        scenes = responses["scene_responses"].mean(dim=2)  # [U, C]: each unit's mean response to each concept's scenes
+        mean_responses = {views: responses[views].mean(dim=2) for views in phis}  # [U, C]: each unit's mean response to each concept
+        scenes = mean_responses["scene_responses"]
         for unit, true_concept in enumerate(best):
             if true_concept is not None:
                 total += 1
@@ -236,10 +237,9 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
                 response_total += 1
                 response_hits += top[unit][0] == by_response[unit]
         for views, kept in phis.items():
-            mean_responses = responses[views].mean(dim=2)
-            kept["labelled"] += faithfulness(mean_responses, assigned)
-            kept["true"] += faithfulness_of_true_units(mean_responses, [row[0] for row in top], best, world_concepts)
-            kept["truth"] += faithfulness_of_true_units(mean_responses, [name or "" for name in best], best, world_concepts)
+            kept["labelled"] += faithfulness(mean_responses[views], assigned)
+            kept["true"] += faithfulness_of_true_units(mean_responses[views], [row[0] for row in top], best, world_concepts)
+            kept["truth"] += faithfulness_of_true_units(mean_responses[views], [name or "" for name in best], best, world_concepts)
     scores = {
         "units_with_true_concept": total,
         "top1": hits1 / max(total, 1),
