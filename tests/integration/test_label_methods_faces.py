@@ -25,7 +25,7 @@ def lens_copy(explorer_lenses, tmp_path):
 
 def test_each_method_is_stored_with_its_labels(lens_copy) -> None:
     lens = Lens.open(lens_copy)
-    assert lens.label_method == DEFAULT_METHOD == "centred"
+    assert lens.label_method == DEFAULT_METHOD == "responses" and lens.has_responses
     by_method = {}
     for method in METHODS:
         labelling = lens.label(method=method)
@@ -46,7 +46,7 @@ def test_each_method_is_stored_with_its_labels(lens_copy) -> None:
     with pytest.raises(SemlensError, match="'contrastive' method, not 'alignment'"):
         Lens.open(lens_copy).dissect("alignment")
     assert sum(Lens.open(lens_copy).dissect("contrastive")["head"].values()) == 3
-    with pytest.raises(SemlensError, match="the methods are alignment, centred, clip-dissect, contrastive"):
+    with pytest.raises(SemlensError, match="the methods are alignment, centred, responses, clip-dissect, contrastive"):
         lens.label(method="wpmi")
 
 
@@ -99,3 +99,14 @@ def test_clip_dissect_prior_from_cached_probe_images_else_example_sets(lens_copy
     with pytest.warns(UserWarning, match="example sets"):
         fallback = prior_sets(stranger)
     assert torch.equal(fallback.nan_to_num(9.0), example_prior_sets(stranger).nan_to_num(9.0))
+
+
+def test_a_lens_without_crop_responses_labels_centred(lens_copy) -> None:
+    manifest = json.loads((lens_copy / "manifest.json").read_text())
+    del manifest["stages"]["responses"]  # as a Lens built before the responses stage
+    (lens_copy / "manifest.json").write_text(json.dumps(manifest))
+    lens = Lens.open(lens_copy)
+    assert not lens.has_responses and lens.default_label_method == "centred"
+    assert lens.label(save=False)["features.3"].method == "centred"
+    with pytest.raises(SemlensError, match="no crop responses"):
+        lens.label(method="responses", save=False)

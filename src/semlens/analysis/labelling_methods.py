@@ -14,6 +14,11 @@
   whose log-likelihood ``log p(concept | examples)`` is scored against ``lam`` times the log of the same
   likelihood averaged over prior sets (random sets of k probe images, see ``lens/label_prior.py``: concepts
   any set shows say nothing).
+- ``responses`` (the default where the Lens has them, else ``centred``): ``centred`` and each concept's partial
+  effect on the unit's activation over the Lens's own crops (``analysis.responses``), each standardised over the
+  vocabulary and summed: of two concepts that all of a unit's top examples show, the one that raises it where
+  the other is absent. Measured on the concept worlds (README "Labelling methods"): top-1 0.936 against 0.924
+  centred, the worst run 0.68 against 0.57.
 - ``contrastive``: what separates the unit's examples from look-alikes that do not activate it; the
   negatives are the stored crops nearest to theta among other units' examples whose images are not among
   this unit's, and the score is the alignment with theta minus ``weight`` (0.25) times the alignment with
@@ -31,8 +36,9 @@ import torch.nn.functional as F
 from .._util.errors import SemlensError
 from .alignment import alignment, cosine
 
-METHODS = ("alignment", "centred", "clip-dissect", "contrastive")
-DEFAULT_METHOD = "centred"
+METHODS = ("alignment", "centred", "responses", "clip-dissect", "contrastive")
+DEFAULT_METHOD = "responses"
+FALLBACK_METHOD = "centred"  # the default's where a Lens has no crop responses (built before them, or in another space)
 MIN_CENTRED_UNITS = 10  # as the audit's null (analysis.audit.MIN_NULL): fewer units give no layer mean
 ALIGNMENT_METHODS = ("alignment", "centred")  # scored from theta alone: no example embeddings needed
 #: CLIP-Dissect's soft-WPMI settings (its reference implementation's defaults)
@@ -125,6 +131,18 @@ def alignment_method_scores(method: str, alignments: torch.Tensor, valid: torch.
     return alignments if method == "alignment" else centred_scores(alignments, valid)
 
 
+def response_scores(centred: torch.Tensor, effects: torch.Tensor) -> torch.Tensor:
+    """The ``responses`` method ``[U, C]``: the ``centred`` scores and the partial effects
+    (``analysis.responses.partial_effects``), each standardised over the concepts per unit, summed."""
+    return standardised(centred) + standardised(effects)
+
+
+def standardised(scores: torch.Tensor) -> torch.Tensor:
+    """Each row ``[U, C]`` less its mean over its standard deviation (a constant row becomes zeros)."""
+    centred = scores - scores.mean(dim=1, keepdim=True)
+    return centred / centred.std(dim=1, keepdim=True).clamp_min(1e-12)
+
+
 def centred_scores(alignments: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``alignments [U, C]`` less each concept's mean over the ``valid`` units (unchanged with fewer than
     ``MIN_CENTRED_UNITS`` of them)."""
@@ -162,6 +180,8 @@ def method_scores(
         return alignment_method_scores(method, alignment(theta, concepts, null), valid)
     if method == "clip-dissect":
         return clip_dissect_scores(examples, concepts, examples[valid] if prior_sets is None else prior_sets)
+    if method == "responses":
+        raise SemlensError("the responses method needs the Lens's crop responses: label with Lens.label(method='responses')")
     pool, pool_samples = distinct_crops(examples[valid], samples[valid])
     negatives = look_alike_negatives(theta, samples, pool, pool_samples, examples.shape[1])
     return contrastive_scores(theta, negatives, concepts, null)

@@ -2,7 +2,8 @@
 
 The stages run in order, each skipped when its inputs are unchanged and resumed when it was
 interrupted: ``collect`` (:mod:`.collect_stage`), ``embed`` (:mod:`.embed_stage`, which embeds the
-crops that :mod:`.crop_stage` cuts) and ``relevance`` (:mod:`.class_relevance_stage`).
+crops that :mod:`.crop_stage` cuts), ``responses`` (:mod:`.response_stage`: the units' activations on
+those crops, for labels) and ``relevance`` (:mod:`.class_relevance_stage`).
 
 The manifest records what each stage was computed from; reusing a directory built from other inputs
 is an error that names what changed.
@@ -29,6 +30,7 @@ from ..lens.trust import new_build_id, remember_trusted
 from ..model.loading import LoadedModel, load_model
 from ..model.units import LayerSpec, resolve_module
 from .class_relevance_stage import ClassRelevanceStage
+from .response_stage import ResponseStage
 from .collect import TopK
 from .collect_stage import CollectStage
 from .config import BuildConfig, BuildSummary, LayerSummary
@@ -95,7 +97,7 @@ class LensBuilder:
         if shard is None:  # a shard runs only the collect stage; `semlens merge` runs the others
             spaces = [SpaceStage(self.context, crop_source(self.context), spec, None, config.embed_precision, config.embed_batch_size)
                       for spec in config.extra_foundations]  # fmt: skip
-            self.stages += [self.embed_stage, *spaces, ClassRelevanceStage(self.context), RelevanceExamplesStage(self.context)]
+            self.stages += [self.embed_stage, ResponseStage(self.context), *spaces, ClassRelevanceStage(self.context), RelevanceExamplesStage(self.context)]
 
     @property
     def identity(self) -> dict[str, Any]:

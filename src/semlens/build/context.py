@@ -48,9 +48,9 @@ class BuildContext:
     # -- stages in the manifest -------------------------------------------------------------------
 
     def stage_key(self, stage: str) -> str:
-        """The fingerprint of the identity parts that ``stage`` ("collect", "embed", "relevance", "examples") reads."""
+        """The fingerprint of the identity parts that ``stage`` ("collect", "embed", "responses", "relevance", "examples") reads."""
         parts = ["model", "data", "layers", "preprocessing", "collect", *(["shard"] if self.shard else [])]
-        parts += {"collect": [], "embed": ["embed"], "relevance": ["relevance"], "examples": ["embed", "relevance"]}[stage]
+        parts += {"collect": [], "embed": ["embed"], "responses": ["embed"], "relevance": ["relevance"], "examples": ["embed", "relevance"]}[stage]
         return hash_json({part: self.identity[part] for part in parts})
 
     def stage_done(self, stage: str) -> bool:

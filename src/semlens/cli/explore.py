@@ -9,7 +9,6 @@ from typing import Optional
 
 import typer
 
-from ..analysis.labelling_methods import DEFAULT_METHOD
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, say, table
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in.")
@@ -17,7 +16,7 @@ Layers = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable
 ExampleSet = typer.Option(
     "activation", "--examples", help="Whose theta: the top samples by activation (default) or by relevance (Lenses built with --relevance-examples)."
 )
-Method = typer.Option(None, "--method", "-m", help="Labelling method: centred (default), alignment, clip-dissect or contrastive.")
+Method = typer.Option(None, "--method", "-m", help="Labelling method: responses (the default where the Lens has them, else centred), centred, alignment, clip-dissect or contrastive.")
 
 
 @app.command()
@@ -142,7 +141,7 @@ def label(
     """Label every unit with its best concept (and runner-ups) by a method; stored with the Lens (those by activation
     examples; each embedding space its own)."""
     opened = open_lens(lens, trust, foundation=foundation, space=space)
-    results = opened.label(str(vocabulary) if vocabulary else None, threshold, examples=examples, method=method or DEFAULT_METHOD)
+    results = opened.label(str(vocabulary) if vocabulary else None, threshold, examples=examples, method=method)
     if as_json:
         emit_json(results.to_dict())
         return

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from .._util.errors import SemlensError
+from ..analysis.responses import partial_effects
 from ..build.crops import crop_rules, rule_slots, theta_key
-from .store import layer_file
+from .store import RESPONSES, RESPONSES_FILE, layer_file
 
 if TYPE_CHECKING:
     from .lens import Lens
@@ -64,6 +65,29 @@ class LensArrays:
     def maps(self, layer: str) -> torch.Tensor | None:
         """Activation maps of the top-k ``[U, k, h, w]``, or None for non-spatial layers."""
         return self._read(layer, "topk").get("maps")
+
+    @property
+    def has_responses(self: Lens) -> bool:
+        """Whether the build kept the units' responses to the Lens's crops (``build.response_stage``), in the
+        space they were taken in (the default one; another space's crop embeddings differ)."""
+        record = self.manifest.get("stages", {}).get(RESPONSES, {})
+        return self.space is None and record.get("complete", False) and "skipped" not in record
+
+    def partial_effects(self: Lens, layer: str, directions: torch.Tensor) -> torch.Tensor:
+        """Each concept's partial effect ``[U, C]`` on each unit's activation over the Lens's crops
+        (``analysis.responses.partial_effects``), for concept ``directions`` ``[C, d]``."""
+        if not self.has_responses:
+            raise SemlensError(
+                "this Lens has no crop responses (built before semlens kept them, or in another embedding space): "
+                "build it again with `semlens run`, or label with --method centred"
+            )
+        scatter = self._read_once(RESPONSES_FILE)["scatter"]
+        return partial_effects(self._read(layer, RESPONSES)["cross"], scatter, directions)
+
+    def _read_once(self: Lens, name: str) -> dict[str, torch.Tensor]:
+        if name not in self._array_files:
+            self._array_files[name] = self.store.read_tensors(name)
+        return self._array_files[name]
 
     def inactive(self, layer: str) -> torch.Tensor:
         """True for units that never fired or whose top-k scores are all equal: their examples are arbitrary."""

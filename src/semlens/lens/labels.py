@@ -13,7 +13,10 @@ import torch
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
 from ..analysis.label import DEFAULT_THRESHOLD, Labels, dissect, rank_concepts, unit_categories
-from ..analysis.labelling_methods import ALIGNMENT_METHODS, DEFAULT_METHOD, alignment_method_scores, check_method, method_scores
+from ..analysis.labelling_methods import (
+    ALIGNMENT_METHODS, DEFAULT_METHOD, FALLBACK_METHOD, alignment_method_scores, check_method, method_scores, response_scores,
+)
+from ..analysis.responses import concept_directions
 from ..analysis.vocabulary import Vocabulary, load_vocabulary
 from .label_prior import prior_sets
 from .store import layer_file
@@ -83,7 +86,7 @@ class LabelStore:
             stored = derived.read_json(LABELS)
             vocab = Vocabulary(stored["vocabulary"]["name"], tuple(stored["vocabulary"]["concepts"]), tuple(stored["vocabulary"]["categories"]))
             arrays = {layer: derived.read_tensors(layer_file(layer, "labels")) for layer in self.lens.layers}
-            method = stored.get("method", DEFAULT_METHOD)  # labels stored before there were methods: alignment
+            method = stored.get("method", FALLBACK_METHOD)  # labels stored before there were methods
             self._held = (
                 vocab,
                 {
@@ -121,16 +124,17 @@ class LensLabels:
         save: bool = True,
         examples: str = "activation",
         space: str | None = None,
-        method: str = DEFAULT_METHOD,
+        method: str | None = None,
     ) -> Labelling:
-        """Label every unit with its best concepts by ``method`` (``analysis.labelling_methods.METHODS``);
-        stored with the Lens, with the method, for the other tools (``save=False``: kept in this process only).
+        """Label every unit with its best concepts by ``method`` (``analysis.labelling_methods.METHODS``; None: the
+        default, ``responses`` where the Lens has them, else ``centred``: ``default_label_method``); stored with
+        the Lens, with the method, for the other tools (``save=False``: kept in this process only).
         ``examples="relevance"`` labels the relevance examples' theta and only returns the labels: the stored
         ones, which the other tools show, are the activation examples'. In embedding space ``space``, its labels
         are its own (``Lens.in_space``)."""
         if space is not None:
             return self.in_space(space).label(vocabulary, threshold, templates, top, save, examples, method=method)
-        check_method(method)
+        method = self.default_label_method if method is None else check_method(method)
         vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
         concepts = self.probes.concepts(vocab.concepts, templates)
         null = self.probes.null(templates)
@@ -155,10 +159,18 @@ class LensLabels:
         aligned = alignment(theta, concepts, null)  # the scores of the alignment methods, and every method's gate
         if method in ALIGNMENT_METHODS:  # theta alone: the example embeddings stay unread
             scores = alignment_method_scores(method, aligned, valid)
+        elif method == "responses":
+            scores = response_scores(alignment_method_scores("centred", aligned, valid), self.partial_effects(layer, concept_directions(concepts, null)))
         else:
             embeddings, samples = self.example_embeddings_of(layer, examples), self.example_samples(layer, examples)
             scores = method_scores(method, theta, embeddings, samples, valid, concepts, null, prior)
         return rank_concepts(scores, None if method == "alignment" else aligned, threshold, top, valid, method)
+
+    @property
+    def default_label_method(self: Lens) -> str:
+        """The method ``label`` uses unless told: ``responses`` where the build kept the units' crop responses
+        (``Lens.has_responses``), else ``centred`` (a Lens built before them, or another embedding space)."""
+        return DEFAULT_METHOD if self.has_responses else FALLBACK_METHOD
 
     @property
     def label_method(self) -> str | None:

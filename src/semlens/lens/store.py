@@ -42,6 +42,8 @@ MANIFEST = "manifest.json"
 CROPS = "crops.safetensors"
 RELEVANCE_CROPS = "relevance_crops.safetensors"
 SPACES = "spaces"  # the folder of the extra embedding spaces (one foundation model each)
+RESPONSES = "responses"  # the build stage and each layer's file of its units' responses to the Lens's crops
+RESPONSES_FILE = "responses.safetensors"  # the crops' embedding scatter the responses are regressed with
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -17,7 +17,6 @@ import torch
 from rich.console import Console
 
 from .._util.errors import SemlensError
-from ..analysis.labelling_methods import DEFAULT_METHOD
 from ..analysis.vocabulary import Vocabulary
 from ..build.builder import BuildConfig, LensBuilder
 from ..lens.lens import Lens
@@ -127,7 +126,7 @@ def build_world_lens(
     )  # fmt: skip
     LensBuilder(settings, path, progress=progress).run()
     lens = Lens.open(path)
-    if lens.vocabulary is None or lens.vocabulary.name != "world" or lens.label_method != DEFAULT_METHOD:
+    if lens.vocabulary is None or lens.vocabulary.name != "world" or lens.label_method != lens.default_label_method:
         lens.label(world_vocabulary(WorldConfig.load(world)))
     return lens
 

@@ -45,7 +45,7 @@ def overview_map(
 
 
 LabelMethod = Annotated[
-    Literal[METHODS] | None, Query(description="Labelling method (default: the labels' own, else centred).")
+    Literal[METHODS] | None, Query(description="Labelling method (default: the labels' own, else the Lens's default).")
 ]
 
 
@@ -53,7 +53,7 @@ LabelMethod = Annotated[
 def dissect(explorer: ExplorerDep, lens: LensKey, space: SpaceName = None, method: LabelMethod = None) -> dict[str, Any]:
     opened = explorer.get(lens).labelled(space, method)
     counts = opened.dissect(method)
-    return {"method": opened.label_method, "methods": list(METHODS), "counts": counts, "figure": plotly_json(dissection_figure(counts))}
+    return {"method": opened.label_method, "methods": [name for name in METHODS if name != "responses" or opened.has_responses], "counts": counts, "figure": plotly_json(dissection_figure(counts))}
 
 
 @router.get("/api/lenses/{lens}/dissect/units", response_model=CategoryOut, summary="The units of one dissection bar")

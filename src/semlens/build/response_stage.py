@@ -1,0 +1,72 @@
+"""The responses stage: every unit's pooled activation on the Lens's own crops (the first crop rule's boxes,
+each distinct crop once, resized to the model's input), kept as the moments that ``analysis.responses``
+regresses on any vocabulary's concepts (the ``responses`` labelling method)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from PIL import Image
+
+from .._util.progress import progress_bar
+from ..analysis.interventions import unit_scores
+from ..analysis.responses import ResponseMoments
+from ..lens.store import CROPS, RESPONSES, RESPONSES_FILE, layer_file
+from .context import BuildContext
+from .crops import rule_slots
+from .embed import cut_crops
+
+BATCH = 256  # crops per forward batch group: memory is a batch of views, not the Lens's crops
+
+
+class ResponseStage:
+    """Inputs: the crop table and embeddings of :class:`EmbedStage`, the model and its layers. Outputs:
+    ``layers/<layer>.responses`` (``cross`` ``[U, d]``, ``ResponseMoments.cross``) and ``responses.safetensors``
+    (``scatter`` ``[d, d]``), and the number of crops in the stage record. Skipped (recorded, so the labels
+    fall back to ``centred``) for the masked crop view, whose embeddings are of faded crops the model never
+    sees here. Resume: done when the stage's fingerprint is unchanged (one pass, no checkpoint). Only rank 0
+    computes it, as the class relevance stage."""
+
+    name = RESPONSES
+
+    def __init__(self, context: BuildContext) -> None:
+        self.context = context
+
+    def run(self) -> None:
+        context = self.context
+        if context.stage_done(self.name) or not context.ranks.is_main:
+            return
+        started = time.perf_counter()
+        if context.config.crop_view == "masked":
+            context.finish_stage(self.name, 0.0, skipped="masked crop view: its embeddings are of faded crops")
+            return
+        store, model = context.store, context.model
+        table = store.read_tensors(CROPS)
+        indices = {
+            spec.name: store.read_tensors(layer_file(spec.name, "embed"))["crop_index"] for spec in context.specs
+        }
+        k = {spec.name: store.read_tensors(layer_file(spec.name, "topk"))["ids"].shape[1] for spec in context.specs}
+        rows = torch.unique(torch.cat([rule_slots(index, k[name], 0).flatten() for name, index in indices.items()]))
+        rows = rows[rows >= 0]  # sorted, so each sample is decoded once per batch
+        if len(rows) < 2:
+            context.finish_stage(self.name, 0.0, skipped="fewer than 2 crops: no response to regress")
+            return
+        crop_rows = torch.cat([table["samples"][rows, None], table["boxes"][rows]], dim=1)
+        size = model.preprocessing.input_size
+        moments = ResponseMoments(table["embeddings"].shape[1])
+        with torch.no_grad(), progress_bar("crop responses", len(rows), context.progress) as advance:
+            for begin in range(0, len(rows), BATCH):
+                span = crop_rows[begin : begin + BATCH]
+                views = [crop.resize((size, size), Image.BILINEAR) for crop in cut_crops(span, self._load_view)]
+                unit_embeddings = moments.add_embeddings(table["embeddings"][rows[begin : begin + BATCH]])
+                for name, scores in unit_scores(model, views, context.specs).items():
+                    moments.add_activations(name, scores, unit_embeddings)
+                advance(len(span))
+        for spec in context.specs:
+            store.write_tensors(layer_file(spec.name, RESPONSES), {"cross": moments.cross(spec.name)})
+        store.write_tensors(RESPONSES_FILE, {"scatter": moments.scatter()})
+        context.finish_stage(self.name, time.perf_counter() - started, crops=len(rows))
+
+    def _load_view(self, sample: int) -> Image.Image:
+        return self.context.model.preprocessing.view(self.context.data.load(sample))
