@@ -110,3 +110,34 @@ def test_a_lens_without_crop_responses_labels_centred(lens_copy) -> None:
     assert lens.label(save=False)["features.3"].method == "centred"
     with pytest.raises(SemlensError, match="no crop responses"):
         lens.label(method="responses", save=False)
+
+
+def test_the_built_crop_responses_are_the_units_activations_on_their_crops(explorer_lenses) -> None:
+    """The responses stage against the public API: each distinct concept-example crop, resized to the model's
+    input and run through the model, gives the same regression as the moments the build stored."""
+    from PIL import Image
+
+    from semlens.analysis.interventions import unit_scores
+    from semlens.analysis.responses import ResponseMoments, concept_directions, partial_effects
+    from semlens.model.units import LayerSpec
+
+    lens = Lens.open(explorer_lenses[0], trust=True)
+    model = lens.model()
+    crops = {}  # (sample, box) -> (example, its embedding): each distinct crop once
+    for layer in lens.layers:
+        embeddings = lens.example_embeddings(layer)
+        for row, name in enumerate(lens.units(layer)):
+            for example in lens.concept_examples(f"{layer}/{name}"):
+                crops.setdefault((example.sample, example.box), (example, embeddings[row, example.rank]))
+    size = model.preprocessing.input_size
+    views = [lens.example_image(example).resize((size, size), Image.BILINEAR) for example, _ in crops.values()]
+    specs = [LayerSpec(**lens.manifest["layers"][layer]["spec"]) for layer in lens.layers]
+    moments = ResponseMoments(lens.theta(lens.layers[0]).shape[1])
+    unit = moments.add_embeddings(torch.stack([embedding for _, embedding in crops.values()]))
+    for layer, scores in unit_scores(model, views, specs).items():
+        moments.add_activations(layer, scores, unit)
+    assert lens.manifest["stages"]["responses"]["crops"] == len(crops)
+    directions = concept_directions(lens.probes.concepts(lens.vocabulary.concepts, "label"), lens.probes.null("label"))
+    for layer in lens.layers:
+        expected = partial_effects(moments.cross(layer), moments.scatter(), directions)
+        torch.testing.assert_close(lens.partial_effects(layer, directions), expected, atol=2e-3, rtol=2e-3)
