@@ -128,6 +128,8 @@ def test_a_masked_build_embeds_each_example_faded_by_its_own_heatmap(built, tmp_
     settings = config(colour_folder, tiny_clip_dir, crop=crop, crop_view="masked", class_relevance=False)
     masked = build_lens(settings, tmp_path / "m.lens", progress=False)
     assert masked.manifest["identity"]["embed"]["crop_view"] == "masked"
+    assert "skipped" in masked.manifest["stages"]["responses"] and masked.default_label_method == "centred"  # faded crops
+    assert built.has_responses and built.default_label_method == "responses"
     model, data = load_model("py:tiny_models:tiny_cnn"), load_data(f"folder:{colour_folder}")
     foundation = load_foundation_model(f"hf:{tiny_clip_dir}")
     faded = 0
