@@ -46,8 +46,7 @@ class ResponseStage:
         indices = {
             spec.name: store.read_tensors(layer_file(spec.name, "embed"))["crop_index"] for spec in context.specs
         }
-        k = {spec.name: store.read_tensors(layer_file(spec.name, "topk"))["ids"].shape[1] for spec in context.specs}
-        rows = torch.unique(torch.cat([rule_slots(index, k[name], 0).flatten() for name, index in indices.items()]))
+        rows = torch.unique(torch.cat([rule_slots(index, context.config.k, 0).flatten() for index in indices.values()]))
         rows = rows[rows >= 0]  # sorted, so each sample is decoded once per batch
         if len(rows) < 2:
             context.finish_stage(self.name, 0.0, skipped="fewer than 2 crops: no response to regress")

@@ -44,15 +44,18 @@ class LensArrays:
 
     @cached_property
     def _array_files(self) -> dict[str, dict[str, torch.Tensor]]:
-        """The array files read so far, by ``layer.kind``."""
+        """The array files read so far, by ``layer.kind`` (a Lens-wide file by its name; another space's with its name first)."""
         return {}
+
+    def _read_cached(self: Lens, key: str, name: str) -> dict[str, torch.Tensor]:
+        """The array file ``name`` of the store, read on first use and kept under ``key``."""
+        if key not in self._array_files:
+            self._array_files[key] = self.store.read_tensors(name)
+        return self._array_files[key]
 
     def _read(self: Lens, layer: str, kind: str) -> dict[str, torch.Tensor]:
         self._layer(layer)
-        key = f"{layer}.{kind}"
-        if key not in self._array_files:
-            self._array_files[key] = self.store.read_tensors(layer_file(layer, kind))
-        return self._array_files[key]
+        return self._read_cached(f"{layer}.{kind}", layer_file(layer, kind))
 
     def scores(self, layer: str) -> torch.Tensor:
         """Top-k scores ``[U, k]`` (best first; -inf in empty slots)."""
@@ -81,13 +84,8 @@ class LensArrays:
                 "this Lens has no crop responses (built before semlens kept them, or in another embedding space): "
                 "build it again with `semlens run`, or label with --method centred"
             )
-        scatter = self._read_once(RESPONSES_FILE)["scatter"]
+        scatter = self._read_cached(RESPONSES_FILE, RESPONSES_FILE)["scatter"]
         return partial_effects(self._read(layer, RESPONSES)["cross"], scatter, directions)
-
-    def _read_once(self: Lens, name: str) -> dict[str, torch.Tensor]:
-        if name not in self._array_files:
-            self._array_files[name] = self.store.read_tensors(name)
-        return self._array_files[name]
 
     def inactive(self, layer: str) -> torch.Tensor:
         """True for units that never fired or whose top-k scores are all equal: their examples are arbitrary."""

@@ -154,10 +154,7 @@ class LensSpaces:
     def _space_embed(self: Lens, layer: str) -> dict[str, torch.Tensor]:
         """A layer's theta file in this (extra) space: ``theta`` and, built with several crop rules, ``theta.<rule>``."""
         self._layer(layer)
-        key = f"{self.space}:{layer}.embed"
-        if key not in self._array_files:
-            self._array_files[key] = self.store.read_tensors(space_file(self.space, layer_file(layer, "embed")))
-        return self._array_files[key]
+        return self._read_cached(f"{self.space}:{layer}.embed", space_file(self.space, layer_file(layer, "embed")))
 
     # -- comparing two spaces ------------------------------------------------------------------------
 
