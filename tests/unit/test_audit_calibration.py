@@ -70,6 +70,22 @@ def test_a_spurious_concept_counts_only_where_the_unit_looks():
     assert audit([0.0], [9.0], [0.1]).units[0].tight_shift is None  # a Lens without tight boxes: no shift, as before
 
 
+def test_a_units_best_concept_by_its_responses_decides_where_it_is_an_audited_concept():
+    # l/0: its examples stand out with the watermark, but its responses name the star: valid; l/1: at the null
+    # level, named the watermark: spurious; l/2: named a concept the audit did not ask about: the alignment
+    # rule judges it; l/3: no responses kept (None): likewise
+    labels = ["star", "watermark", "grass", None]
+    result = audit([0.1, 0.0, 0.2, 0.1], [6.0, 0.3, 6.0, 6.0], [0.4, 0.3, 0.2, 0.1], labels=labels)
+    assert [(u.unit, u.verdict, u.label) for u in result.units] == [
+        ("l/0", "valid", "star"), ("l/1", "spurious", "watermark"), ("l/2", "spurious", "grass"), ("l/3", "spurious", None)
+    ]  # fmt: skip
+    alone = audit([0.1, 0.0, 0.2, 0.1], [6.0, 0.3, 6.0, 6.0], [0.4, 0.3, 0.2, 0.1], labels=labels, rule=AlignmentRule(by_label=False))
+    assert [u.verdict for u in alone.units] == ["spurious", "unexpected", "spurious", "spurious"]  # the alignment alone
+    # a signed layer's channel takes the label of the copy that names it (the better aligned one)
+    signed = audit([0.0, 0.0], [0.2, 0.1], [0.4, 0.3], units=["l/0", "l/0-"], channel=torch.tensor([0, 0]), labels=["watermark", "star"])
+    assert [(u.unit, u.verdict, u.label) for u in signed.units] == [("l/0", "spurious", "watermark")]
+
+
 def test_both_is_counted_in_the_flagged_share():
     shares = relevance_by_verdict(torch.tensor([0.5, 0.3, 0.2, -0.4]), ["valid", "both", "spurious", "spurious"])
     assert shares == pytest.approx({"valid": 0.5, "spurious": 0.2, "both": 0.3, "unexpected": 0.0, "spurious_or_both": 0.5})
@@ -88,7 +104,7 @@ def test_audit_units_flags_a_planted_unit_and_not_those_at_the_null_level():
         ("l/0", "spurious"), ("l/1", "valid"), ("l/2", "unexpected"), ("l/3", "unexpected")
     ]  # fmt: skip
     assert result.shares["spurious"] == pytest.approx(0.4) and result.shares["spurious_or_both"] == pytest.approx(0.4)
-    assert result.to_dict()["rule"] == {"null": result.rule.to_dict()["null"], "z": 3.0, "margin": 1.0}
+    assert result.to_dict()["rule"] == {"null": result.rule.to_dict()["null"], "z": 3.0, "margin": 1.0, "by_label": True}
     assert result.to_dict()["units"][0]["z_spur"] == pytest.approx(6.0)
 
 

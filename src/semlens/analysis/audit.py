@@ -15,6 +15,14 @@ show it too, though the unit looks elsewhere. A Lens built with a tight second c
 share boxes) tells the two apart: a unit counts as aligned with the spurious concept only if the concept
 holds where it looks, i.e. its alignment in the tight boxes falls by no more than ``MARGIN`` robust
 spreads of its layer's null below the alignment in the first rule's boxes (``tight_shift``).
+
+The alignment compares a unit with the other units of its layer; it misses units whose examples barely
+differ from their layer's (an early layer's artefact units: every unit there sees the same small
+crops). A Lens that kept its units' crop responses (``build.response_stage``) also names each unit's
+best concept among the audit's concepts and a vocabulary by the ``responses`` labelling method, which
+compares the concepts within the unit and separates co-occurring ones by the unit's activations on all
+the Lens's crops. Where that name is one of the audit's concepts it decides the verdict ("spurious" or
+"valid"); elsewhere the alignment rule does (``AlignmentRule.by_label``).
 """
 
 from __future__ import annotations
@@ -39,9 +47,10 @@ class AlignmentRule:
 
     z: float = Z_CUT
     margin: float = MARGIN
+    by_label: bool = True  # a unit's best concept by its crop responses, where it is an audited concept, decides
 
     def to_dict(self) -> dict:
-        return {"null": NULL_RULE, "z": self.z, "margin": self.margin}
+        return {"null": NULL_RULE, "z": self.z, "margin": self.margin, "by_label": self.by_label}
 
 
 def null_stats(alignments: torch.Tensor, groups: torch.Tensor, members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,12 +83,18 @@ def tight_shift(alignments: torch.Tensor, tight: torch.Tensor, scale: torch.Tens
 
 
 def verdicts(
-    z_valid: torch.Tensor, z_spur: torch.Tensor, rule: AlignmentRule = AlignmentRule(), localised: torch.Tensor | None = None
+    z_valid: torch.Tensor,
+    z_spur: torch.Tensor,
+    rule: AlignmentRule = AlignmentRule(),
+    localised: torch.Tensor | None = None,
+    named: list[str | None] | None = None,
 ) -> list[str]:
     """Per unit: spurious (z_spur > rule.z and beats z_valid by more than the margin), valid (likewise),
     both (the better one is aligned, the two within the margin), or unexpected (neither aligned; NaN too).
     ``localised`` ``[U]``: False where the spurious concept is not where the unit looks (``tight_shift``): its
-    z_spur does not count."""
+    z_spur does not count. ``named``: per unit "valid" or "spurious" where its best concept by its crop
+    responses is one of the audit's valid or spurious concepts (None elsewhere); with ``rule.by_label`` that
+    decides its verdict."""
     if localised is not None:
         z_spur = z_spur.masked_fill(~localised, float("-inf"))
     gap = z_spur - z_valid
@@ -88,7 +103,10 @@ def verdicts(
     kinds[aligned & (gap.abs() <= rule.margin)] = 2
     kinds[aligned & (gap > rule.margin)] = 1
     kinds[aligned & (gap < -rule.margin)] = 0
-    return [VERDICTS[kind] for kind in kinds.tolist()]
+    found = [VERDICTS[kind] for kind in kinds.tolist()]
+    if named is None or not rule.by_label:
+        return found
+    return [kind or verdict for kind, verdict in zip(named, found)]
 
 
 @dataclass
@@ -105,6 +123,7 @@ class AuditedUnit:
     examples: list[str] = field(default_factory=list)
     test: dict | None = None  # the concept test of a flagged (or, with test_all, any) unit (interventions.concept_tests)
     tight_shift: float | None = None  # its best spurious probe's tight_shift (None: no tight boxes in the Lens)
+    label: str | None = None  # its best concept by its crop responses, of the audit's and a vocabulary's (None: no responses)
 
 
 @dataclass
@@ -235,6 +254,7 @@ def audit_units(
     channel: torch.Tensor | None = None,
     examples: torch.Tensor | None = None,
     shift: torch.Tensor | None = None,
+    labels: list[str | None] | None = None,
 ) -> Audit:
     """Audit the units whose max relevance share for the class exceeds ``cut`` (most relevant first).
 
@@ -242,7 +262,9 @@ def audit_units(
     channel's relevance, so they are merged into one audited unit (relevance counted once; alignments:
     the better copy's, which also names it). ``examples`` ``[U]``: False for units without examples of
     their own (inactive, tied); they are listed as ``left_out`` instead of audited. ``shift`` ``[U]``: the
-    ``tight_shift`` of each unit's best spurious probe; below ``-rule.margin`` its z_spur does not count."""
+    ``tight_shift`` of each unit's best spurious probe; below ``-rule.margin`` its z_spur does not count.
+    ``labels``: each unit's best concept by its crop responses (None: none); where it is one of ``valid`` or
+    ``spurious`` (a merged channel: its named copy's) it decides the verdict (``verdicts``)."""
     count = len(units)
     channel = torch.arange(count) if channel is None else channel
     examples = torch.ones(count, dtype=torch.bool) if examples is None else examples
@@ -259,15 +281,19 @@ def audit_units(
     left_out = [units[int(first[i])] for i in relevant.tolist() if not has_examples[i]]
     relevant = relevant[has_examples[relevant]]
     relevant = relevant[torch.argsort(m_mean[relevant].nan_to_num(0), descending=True, stable=True)]
-    unit_verdicts = verdicts(m_zv[relevant], m_zs[relevant], rule, ~(m_shift[relevant] < -rule.margin))
-    audited = []
-    for i, verdict in zip(relevant.tolist(), unit_verdicts):
+    labels = [None] * count if labels is None else labels
+    named = []  # per relevant channel, the copy that names it: the one with the best alignment
+    for i in relevant.tolist():
         members = (inverse == i).nonzero().flatten().tolist()
-        named = next((m for m in members if float(best_copy[m]) == float(m_best[i])), members[0])
+        named.append(next((m for m in members if float(best_copy[m]) == float(m_best[i])), members[0]))
+    kinds = [("spurious" if labels[m] in spurious else "valid" if labels[m] in valid else None) for m in named]
+    unit_verdicts = verdicts(m_zv[relevant], m_zs[relevant], rule, ~(m_shift[relevant] < -rule.margin), kinds)
+    audited = []
+    for i, m, verdict in zip(relevant.tolist(), named, unit_verdicts):
         audited.append(AuditedUnit(
-            units[named], float(m_max[i]), float(m_mean[i]), float(m_av[i]), float(m_as[i]), float(m_zv[i]),
-            float(m_zs[i]), verdict, [units[m] for m in members if m != named],
-            tight_shift=None if m_shift[i].isnan() else float(m_shift[i]),
+            units[m], float(m_max[i]), float(m_mean[i]), float(m_av[i]), float(m_as[i]), float(m_zv[i]),
+            float(m_zs[i]), verdict, [units[other] for other in (inverse == i).nonzero().flatten().tolist() if other != m],
+            tight_shift=None if m_shift[i].isnan() else float(m_shift[i]), label=labels[m],
         ))  # fmt: skip
     shares = relevance_by_verdict(m_mean[relevant].nan_to_num(0), unit_verdicts)
     return Audit(class_name, cut, list(valid), list(spurious), audited, shares, rule, left_out)

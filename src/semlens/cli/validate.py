@@ -10,7 +10,7 @@ import typer
 from .._util.errors import SemlensError
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, say, table
 
-AUDIT_KEYS = {"class", "valid", "spurious", "valid_images", "spurious_images", "cut", "z", "margin"}
+AUDIT_KEYS = {"class", "valid", "spurious", "valid_images", "spurious_images", "cut", "z", "margin", "by_label"}
 
 
 @app.command()
@@ -22,10 +22,11 @@ def audit(
     spurious: Optional[list[str]] = typer.Option(None, "--spurious", help="A spurious concept (repeatable)."),
     valid_image: Optional[list[Path]] = typer.Option(None, help="Image probe of a valid concept (repeatable)."),
     spurious_image: Optional[list[Path]] = typer.Option(None, help="Image probe of a spurious concept (repeatable)."),
-    config: Optional[Path] = typer.Option(None, help="TOML with class, valid, spurious, valid_images, spurious_images, cut, z, margin."),
+    config: Optional[Path] = typer.Option(None, help="TOML with class, valid, spurious, valid_images, spurious_images, cut, z, margin, by_label."),
     cut: Optional[float] = typer.Option(None, help="Relevance share above which a unit counts as relevant (default 0.028)."),
     z: Optional[float] = typer.Option(None, help="Robust z (against the unit's layer) above which a unit is aligned with a concept (default 3)."),
     margin: Optional[float] = typer.Option(None, help="z by which spurious must beat valid (or valid spurious) for a one-sided verdict (default 1)."),
+    alignment_only: bool = typer.Option(False, "--alignment-only", help="Judge by the alignment alone, not also by each unit's best concept by its crop responses."),
     layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (default: all)."),
     all_classes: bool = typer.Option(False, "--all", help="Audit every class (valid concept: its own name) and rank by spurious-or-both share."),
     test_data: Optional[str] = typer.Option(None, help="Concept test: images without the spurious concept (data spec), of the class and others (then a unit the class's images raise more than the concept does is not confirmed; classes by label, else by prediction)."),
@@ -55,7 +56,11 @@ def audit(
     valid_image = valid_image or settings.get("valid_images", [])
     spurious_image = spurious_image or settings.get("spurious_images", [])
     cut = cut if cut is not None else settings.get("cut")
-    rule = AlignmentRule(z if z is not None else settings.get("z", Z_CUT), margin if margin is not None else settings.get("margin", MARGIN))
+    rule = AlignmentRule(
+        z if z is not None else settings.get("z", Z_CUT),
+        margin if margin is not None else settings.get("margin", MARGIN),
+        not alignment_only and settings.get("by_label", True),
+    )
     if all_classes:
         audits = opened.audit_classes(spurious, cut, spurious_image, rule)
         if as_json:
@@ -83,6 +88,7 @@ def audit(
     say(
         f"aligned: z > {rule.z:g} ({result.rule.to_dict()['null']}); one-sided verdicts need a margin of {rule.margin:g}; "
         f"z_spur counts only where the unit looks (tight shift, in robust spreads, at least -{rule.margin:g})"
+        + ("; a unit whose best concept by its crop responses is an audited concept takes its verdict from it" if any(u.label for u in result.units) else "")
     )
     say("relevance by verdict: " + ", ".join(f"{v} {share:.1%}" for v, share in result.shares.items()))
     if result.reliance is None:
@@ -118,11 +124,11 @@ def audit(
         shares = ", ".join(f"{layer} {share:.1%}" for layer, share in result.sae_error.items())
         say(f"SAE error term (mean share of the class's relevance): {shares}")
     rows = [
-        (u.unit, u.verdict, round(u.relevance, 3), round(u.z_valid, 2), round(u.z_spur, 2), "-" if u.tight_shift is None else round(u.tight_shift, 2),
+        (u.unit, u.verdict, u.label or "-", round(u.relevance, 3), round(u.z_valid, 2), round(u.z_spur, 2), "-" if u.tight_shift is None else round(u.tight_shift, 2),
          round(u.a_valid, 3), round(u.a_spur, 3), _test_cell(u.test), ", ".join(u.examples))
         for u in result.units
     ]  # fmt: skip
-    columns = ("unit", "verdict", "relevance", "z_valid", "z_spur", "tight shift", "a_valid", "a_spur", "concept test", "examples")
+    columns = ("unit", "verdict", "by its responses", "relevance", "z_valid", "z_spur", "tight shift", "a_valid", "a_spur", "concept test", "examples")
     console.print(table(f"audit of {result.class_name}", columns, rows))
     if page:
         say(f"scatter plot: {page}")

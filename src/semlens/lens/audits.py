@@ -11,6 +11,7 @@ import torch
 
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
+from ..analysis.label import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
     from ..analysis.audit import AlignmentRule, Audit, AuditedUnit
@@ -121,10 +122,12 @@ class LensAudits:
         max_share = torch.cat([self.class_relevance(layer)["max_share"][:, index] for layer in chosen])
         mean_share = torch.cat([self.class_relevance(layer)["mean_share"][:, index] for layer in chosen])
         name = self.classes[index] if self.classes else str(index)
+        rule = rule or AlignmentRule()
+        labels = self._audit_labels(chosen, list(valid) + list(spurious)) if rule.by_label else None
         result = audit_units(
             name, units, max_share, mean_share, a_valid.amax(dim=1), a_spur.amax(dim=1), z_valid, z_spur,
             list(valid) + [str(p) for p in valid_images], list(spurious) + [str(p) for p in spurious_images],
-            AUDIT_CUT if cut is None else cut, rule or AlignmentRule(), channel, examples, shift,
+            AUDIT_CUT if cut is None else cut, rule, channel, examples, shift, labels,
         )  # fmt: skip
         result.null_units = {layer: int(self.valid(layer).sum()) for layer in chosen}
         result.sae_error = self.sae_error_shares(index, chosen)
@@ -133,6 +136,21 @@ class LensAudits:
         if concept is not None:
             self._test_findings(result, index, concept, result.units if test_all else result.flagged)
         return result
+
+    def _audit_labels(self: Lens, layers: list[str], concepts: list[str]) -> list[str | None] | None:
+        """Each unit's best concept by the ``responses`` labelling method among the audit's text ``concepts`` and
+        the stored labels' vocabulary (else the built-in one), for the units of ``layers`` in order; None where
+        the Lens kept no crop responses (``has_responses``): the alignment rule alone judges then."""
+        if not self.has_responses or not concepts:
+            return None
+        given = {concept.lower() for concept in concepts}
+        candidates = list(concepts) + [concept for concept in self.vocabulary_or(None).concepts if concept.lower() not in given]
+        directions, null = self.probes.concepts(candidates, "label"), self.probes.null("label")
+        found: list[str | None] = []
+        for layer in layers:
+            best = self._label_layer(layer, "responses", directions, null, DEFAULT_THRESHOLD, 1, None).concepts[:, 0]
+            found += [candidates[int(concept)] if ok else None for concept, ok in zip(best.tolist(), self.valid(layer).tolist())]
+        return found
 
     def _alignments(self: Lens, theta: torch.Tensor, concepts: list[str], images: list[str | Path], templates: str | list[str]) -> torch.Tensor:
         """The alignment ``[U, P]`` of every unit (rows of ``theta``) with each probe: each text concept (less the

@@ -76,10 +76,15 @@ def audit_summary(audit: Audit) -> str:
     if audit.small_nulls:
         rough = ", ".join(f"{layer} ({count} units)" for layer, count in audit.small_nulls.items())
         left_out += f"<p>rough z-scores: small nulls in {html.escape(rough)}</p>"
+    by_label = (
+        "; a unit whose best concept by its crop responses is one of these concepts takes its verdict from it"
+        if rule.by_label and any(unit.label is not None for unit in audit.units)
+        else ""
+    )
     return f"""<p>valid: {_names(audit.valid)}<br>spurious: {_names(audit.spurious)}<br>
 units with more than {audit.cut:.1%} of their layer's relevance: {len(audit.units)}<br>
 aligned: z &gt; {rule.z:g}, the {html.escape(rule.to_dict()["null"])}; a one-sided verdict needs a margin of {rule.margin:g}
-(within it: both)</p>
+(within it: both){by_label}</p>
 <table class="verdicts"><tr><th>verdict</th><th>units</th><th>share of relevance</th></tr>{rows}</table>
 {tested}{left_out}"""
 
@@ -91,7 +96,7 @@ def audit_section(audit: Audit, figure: str, flagged_rows: str) -> str:
 {audit_summary(audit)}
 {figure}
 <h3>Flagged units (spurious or both)</h3>
-{flagged_rows or "<p>none: no relevant unit aligns with a spurious concept beyond its null</p>"}
+{flagged_rows or "<p>none: no relevant unit aligns with a spurious concept beyond its null or is named by it</p>"}
 """
 
 
