@@ -338,7 +338,7 @@ def test_concept_images_are_test_images_without_the_artefact_and_the_same_with_i
         concept_images(everywhere, "patch", 10)
 
 
-def test_an_artefact_unit_is_named_by_dissection_or_its_scenes_and_raised_by_the_pasted_artefact():
+def test_an_artefact_unit_must_be_named_by_dissection_and_raised_by_the_pasted_artefact():
     from semlens.analysis.interventions import activation_aucs
     from semlens.model.loading import LoadedModel
     from semlens.model.units import LayerSpec
@@ -355,25 +355,21 @@ def test_an_artefact_unit_is_named_by_dissection_or_its_scenes_and_raised_by_the
     assert patch.tolist() == [1.0] and frame.tolist() == [0.5]
     # 10/0 detects the patch; 10/1: dissection names the patch, but the patch barely raises it, so its next
     # concept above chance (red) is its truth; 10/2: raised, but red overlaps it more and its scenes raise it
-    # more; 10/3: under the patch's chance IoU, but pasting the patch raises it and patch scenes raise it
-    # most: the patch by response where dissection is silent; 10/4: likewise silent and raised, but red
-    # scenes raise it more: no truth; 14/0: a colour needs no insertion test; 14/1: dissection names red
-    # and the star, the red best, but star scenes raise the unit more than red ones: the star is its truth
+    # more; 10/3: under the patch's chance IoU; 14/0: a colour needs no insertion test; 14/1: dissection
+    # names red and the star, the red best, but star scenes raise the unit more than red ones: the star is its truth
     concepts = ["patch", "red", "star"]
-    iou = [[0.3, 0.0, 0.0], [0.3, 0.2, 0.0], [0.1, 0.3, 0.0], [0.05, 0.0, 0.0], [0.05, 0.0, 0.0]]
-    layer = {"concepts": concepts, "iou": iou, "chance_iou": [0.06, 0.01, 0.1]}
+    layer = {"concepts": concepts, "iou": [[0.3, 0.0, 0.0], [0.3, 0.2, 0.0], [0.1, 0.3, 0.0], [0.05, 0.0, 0.0]], "chance_iou": [0.06, 0.01, 0.1]}
     patch_most, red_most = [[1.0, 1.0], [0.5, 0.5], [0.0, 0.0]], [[0.5, 0.5], [1.0, 1.0], [0.0, 0.0]]  # [concepts, images]
-    scenes = [patch_most, patch_most, red_most, patch_most, red_most]  # the scenes' responses [units, concepts, images]
+    scenes = [patch_most, patch_most, red_most, patch_most]  # the scenes' responses [units, concepts, images]
     truths = {
-        "features.10": {**layer, "insertion": {"patch": [1.0, INSERTION_AUC - 0.01, 0.9, 1.0, 1.0]}, "scene_responses": scenes},
+        "features.10": {**layer, "insertion": {"patch": [1.0, INSERTION_AUC - 0.01, 0.9, 1.0]}, "scene_responses": scenes},
         "features.14": {
             "concepts": concepts, "iou": [[0.0, 0.3, 0.0], [0.0, 0.3, 0.2]], "chance_iou": [0.0, 0.0, 0.0],
             "insertion": {"patch": [0.5, 0.5]}, "scene_responses": [red_most, [[0.0, 0.0], [0.5, 0.5], [0.6, 0.6]]],
         },
     }  # fmt: skip
     assert true_concepts(truths) == {
-        "features.10/0": "patch", "features.10/1": "red", "features.10/2": "red", "features.10/3": "patch",
-        "features.14/0": "red", "features.14/1": "star",
+        "features.10/0": "patch", "features.10/1": "red", "features.10/2": "red", "features.14/0": "red", "features.14/1": "star"
     }  # fmt: skip
     assert true_concepts(truths, causal=False) == {
         "features.10/0": "patch", "features.10/1": "patch", "features.10/2": "red", "features.14/0": "red", "features.14/1": "red"

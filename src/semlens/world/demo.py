@@ -268,10 +268,7 @@ def true_concepts(truths: dict[str, dict], causal: bool = True) -> dict[str, str
     artefact only where pasting it into probe images raises the unit (``truth.INSERTION_AUC``), and of the
     concepts dissection names, the one whose scenes raise the unit most: IoU is reached through correlation
     too (a square unit weaker on patterned squares matches the "plain" mask better than the "square" one,
-    though square scenes raise it 2.5 times more than plain ones; README "The truth"). Where dissection names
-    no concept, ``causal`` also takes the artefact whose scenes raise the unit most of all concepts' scenes
-    and whose pasting raises it: a thin artefact's IoU stays under chance at coarse maps (the ruler units
-    of r47.3 seed 0: IoU 0.00 to 0.01, insertion AUC 0.86 to 0.99, the ruler's scenes first for 9 of 10)."""
+    though square scenes raise it 2.5 times more than plain ones; README "The truth")."""
     found = {}
     for layer in SPATIAL:
         concepts = truths[layer]["concepts"]
@@ -282,13 +279,6 @@ def true_concepts(truths: dict[str, dict], causal: bool = True) -> dict[str, str
                 allowed[:, concepts.index(name)] = torch.tensor(aucs) >= INSERTION_AUC
             rank = torch.tensor(truths[layer]["scene_responses"]).mean(dim=2)
         dissected = dissected_concepts(iou, concept_thresholds(torch.tensor(truths[layer]["chance_iou"])), allowed, rank)
-        if causal:  # dissection silent: the artefact its scenes and its pasting single out
-            artefacts = torch.tensor([name in truths[layer]["insertion"] for name in concepts])
-            scene_best = rank.argmax(dim=1)
-            dissected = [
-                concept if concept is not None or not (artefacts[best] and allowed[unit, best]) else int(best)
-                for unit, (concept, best) in enumerate(zip(dissected, scene_best))
-            ]
         found.update({f"{layer}/{unit}": concepts[concept] for unit, concept in enumerate(dissected) if concept is not None})
     return found
 
