@@ -70,6 +70,9 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     aligned = [unit for unit in spurious if unit["z_spur"] > 3 and unit["z_spur"] - unit["z_valid"] > 1]
     top = spurious[0]
     assert aligned
+    alone = ask("audit", lens.path, "--class", "red", "--valid", "red", "--spurious", "watermark", "--layer", "features.3",
+                "--cut", "0.05", "--alignment-only", "--json")  # fmt: skip
+    assert not alone["rule"]["by_label"] and [u["unit"] for u in alone["units"] if u["verdict"] == "spurious"] == [u["unit"] for u in aligned]
     assert [unit for unit in audit["units"] if unit["label"] == "watermark"] == spurious
     assert all(unit["tight_shift"] >= -1 for unit in spurious)  # the default Lens's share boxes hold the watermark too
     # the concept test: the class relies on the watermark, and every spurious unit carries part of it
