@@ -76,14 +76,14 @@ def test_a_units_best_concept_by_its_responses_decides_where_it_is_an_audited_co
     # rule judges it; l/3: no responses kept (None): likewise
     labels = ["star", "watermark", "grass", None]
     result = audit([0.1, 0.0, 0.2, 0.1], [6.0, 0.3, 6.0, 6.0], [0.4, 0.3, 0.2, 0.1], labels=labels)
-    assert [(u.unit, u.verdict, u.label) for u in result.units] == [
+    assert [(u.unit, u.verdict, u.responses_label) for u in result.units] == [
         ("l/0", "valid", "star"), ("l/1", "spurious", "watermark"), ("l/2", "spurious", "grass"), ("l/3", "spurious", None)
     ]  # fmt: skip
     alone = audit([0.1, 0.0, 0.2, 0.1], [6.0, 0.3, 6.0, 6.0], [0.4, 0.3, 0.2, 0.1], labels=labels, rule=AlignmentRule(by_label=False))
     assert [u.verdict for u in alone.units] == ["spurious", "unexpected", "spurious", "spurious"]  # the alignment alone
     # a signed layer's channel takes the label of the copy that names it (the better aligned one)
     signed = audit([0.0, 0.0], [0.2, 0.1], [0.4, 0.3], units=["l/0", "l/0-"], channel=torch.tensor([0, 0]), labels=["watermark", "star"])
-    assert [(u.unit, u.verdict, u.label) for u in signed.units] == [("l/0", "spurious", "watermark")]
+    assert [(u.unit, u.verdict, u.responses_label) for u in signed.units] == [("l/0", "spurious", "watermark")]
 
 
 def test_both_is_counted_in_the_flagged_share():

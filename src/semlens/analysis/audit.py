@@ -123,7 +123,7 @@ class AuditedUnit:
     examples: list[str] = field(default_factory=list)
     test: dict | None = None  # the concept test of a flagged (or, with test_all, any) unit (interventions.concept_tests)
     tight_shift: float | None = None  # its best spurious probe's tight_shift (None: no tight boxes in the Lens)
-    label: str | None = None  # its best concept by its crop responses, of the audit's and a vocabulary's (None: no responses)
+    responses_label: str | None = None  # its best concept by its crop responses, of the audit's and a vocabulary's (None: no responses)
 
 
 @dataclass
@@ -293,7 +293,7 @@ def audit_units(
         audited.append(AuditedUnit(
             units[m], float(m_max[i]), float(m_mean[i]), float(m_av[i]), float(m_as[i]), float(m_zv[i]),
             float(m_zs[i]), verdict, [units[other] for other in (inverse == i).nonzero().flatten().tolist() if other != m],
-            tight_shift=None if m_shift[i].isnan() else float(m_shift[i]), label=labels[m],
+            tight_shift=None if m_shift[i].isnan() else float(m_shift[i]), responses_label=labels[m],
         ))  # fmt: skip
     shares = relevance_by_verdict(m_mean[relevant].nan_to_num(0), unit_verdicts)
     return Audit(class_name, cut, list(valid), list(spurious), audited, shares, rule, left_out)

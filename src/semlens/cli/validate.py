@@ -88,7 +88,7 @@ def audit(
     say(
         f"aligned: z > {rule.z:g} ({result.rule.to_dict()['null']}); one-sided verdicts need a margin of {rule.margin:g}; "
         f"z_spur counts only where the unit looks (tight shift, in robust spreads, at least -{rule.margin:g})"
-        + ("; a unit whose best concept by its crop responses is an audited concept takes its verdict from it" if any(u.label for u in result.units) else "")
+        + ("; a unit whose best concept by its crop responses is an audited concept takes its verdict from it" if any(u.responses_label for u in result.units) else "")
     )
     say("relevance by verdict: " + ", ".join(f"{v} {share:.1%}" for v, share in result.shares.items()))
     if result.reliance is None:
@@ -124,7 +124,7 @@ def audit(
         shares = ", ".join(f"{layer} {share:.1%}" for layer, share in result.sae_error.items())
         say(f"SAE error term (mean share of the class's relevance): {shares}")
     rows = [
-        (u.unit, u.verdict, u.label or "-", round(u.relevance, 3), round(u.z_valid, 2), round(u.z_spur, 2), "-" if u.tight_shift is None else round(u.tight_shift, 2),
+        (u.unit, u.verdict, u.responses_label or "-", round(u.relevance, 3), round(u.z_valid, 2), round(u.z_spur, 2), "-" if u.tight_shift is None else round(u.tight_shift, 2),
          round(u.a_valid, 3), round(u.a_spur, 3), _test_cell(u.test), ", ".join(u.examples))
         for u in result.units
     ]  # fmt: skip

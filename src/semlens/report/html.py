@@ -204,7 +204,7 @@ def audit_figure(lens: Lens, audit, thumbnails: bool = True):
         hover = [
             [
                 f"<b>{html.escape(unit.unit)}</b> ({verdict}, relevance {unit.relevance:.3f}"
-                f"{'' if unit.label is None else ', by its responses: ' + html.escape(unit.label)})<br>",
+                f"{'' if unit.responses_label is None else ', by its responses: ' + html.escape(unit.responses_label)})<br>",
                 "".join(f'<img src="{_thumbnail(lens.example_image(example))}">' for example in lens.concept_examples(unit.unit)[:EXAMPLES_SHOWN])
                 if thumbnails
                 else "",
@@ -235,7 +235,7 @@ def audit_figure(lens: Lens, audit, thumbnails: bool = True):
 def write_audit_html(lens: Lens, audit, out: str | Path) -> Path:
     """A self-contained page: the audit scatter with a hover panel of concept examples, shares and the table."""
     rows = "".join(
-        f"<tr><td>{html.escape(unit.unit)}</td><td>{unit.verdict}</td><td>{html.escape(unit.label or '-')}</td><td>{unit.relevance:.3f}</td>"
+        f"<tr><td>{html.escape(unit.unit)}</td><td>{unit.verdict}</td><td>{html.escape(unit.responses_label or '-')}</td><td>{unit.relevance:.3f}</td>"
         f"<td>{unit.z_valid:.2f}</td><td>{unit.z_spur:.2f}</td><td>{'-' if unit.tight_shift is None else f'{unit.tight_shift:.2f}'}</td>"
         f"<td>{unit.a_valid:.3f}</td><td>{unit.a_spur:.3f}</td>"
         f"<td>{'' if unit.test is None else ('confirmed' if unit.test['confirmed'] else 'unconfirmed')}</td></tr>"

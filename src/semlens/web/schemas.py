@@ -173,6 +173,7 @@ class AuditedUnit(UnitRef):
     z_valid: float = Field(description="a_valid as a robust z among the units of its layer")
     z_spur: float
     tight_shift: float | None = Field(None, description="the spurious alignment's move into the unit's tight boxes, in robust spreads of its layer; below -margin z_spur does not count")
+    responses_label: str | None = Field(None, description="the unit's best concept by its crop responses, of the audit's concepts and the vocabulary; an audited concept decides the verdict (None: the Lens kept no crop responses)")
     verdict: str
     copies: list[str] = Field(description="a signed layer's other copy of the same channel, merged into this unit")
 

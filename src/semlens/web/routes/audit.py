@@ -35,7 +35,7 @@ def audit(explorer: ExplorerDep, lens: LensKey, request: AuditRequest) -> dict[s
         layers=layers_of(served, request.layers),
         rule=rule,
     )
-    fields = ("relevance", "mean_relevance", "a_valid", "a_spur", "z_valid", "z_spur", "tight_shift", "verdict", "copies")
+    fields = ("relevance", "mean_relevance", "a_valid", "a_spur", "z_valid", "z_spur", "tight_shift", "responses_label", "verdict", "copies")
     units = [{**served.ref(unit.unit), **{key: getattr(unit, key) for key in fields}} for unit in result.units]
     return {
         **result.to_dict(),

@@ -40,8 +40,9 @@
     scatter.on("plotly_hover", (event) => { const unit = event.points[0].text; preview(aside, lens.id, unit, labels.get(unit)); });
     scatter.on("plotly_click", (event) => { location.href = unitHref(lens.id, event.points[0].text); });
     fill(document.getElementById("verdicts"), 
-      el("tr", {}, ["unit", "label", "examples", "verdict", "relevance", "z_valid", "z_spur", "tight shift", "a_valid", "a_spur"].map((name) => el("th", {}, name))),
+      el("tr", {}, ["unit", "label", "examples", "verdict", "by its responses", "relevance", "z_valid", "z_spur", "tight shift", "a_valid", "a_spur"].map((name) => el("th", {}, name))),
       result.units.map((unit) => el("tr", {}, ...unitCells(unit), el("td", { class: `verdict-${unit.verdict}` }, unit.verdict),
+        el("td", {}, unit.responses_label ?? "-"),
         ...["relevance", "z_valid", "z_spur", "tight_shift", "a_valid", "a_spur"].map((key) => el("td", { class: "num" }, fmt(unit[key]))))));
     scatter.dataset.ready = "true";
   }
