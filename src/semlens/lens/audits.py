@@ -81,7 +81,8 @@ class LensAudits:
         test_all: bool = False,
     ) -> Audit:
         """Audit one class: verdicts for its relevant units (each alignment judged against its layer's null by
-        ``rule``) and the class's relevance by verdict. With ``concept`` (images without and with the spurious
+        ``rule``; where the Lens kept crop responses, a unit whose best concept by them is one of the audit's
+        text concepts takes its verdict from it: ``analysis.audit``) and the class's relevance by verdict. With ``concept`` (images without and with the spurious
         concept), also the concept test of the flagged units and the class's reliance on the concept (needs
         the model); ``test_all`` tests every relevant unit, so that units the reliance runs through are found
         where the foundation model does not see the concept in their examples (``Audit.carriers``; one
