@@ -162,6 +162,7 @@ class AuditRequest(BaseModel):
     cut: float | None = Field(None, ge=0, le=1, description="Relevance share above which a unit is audited.")
     z: float | None = Field(None, ge=0, le=100, description="Robust z against the unit's layer above which it is aligned (default 3).")
     margin: float | None = Field(None, ge=0, le=100, description="z by which one kind must beat the other for a one-sided verdict (default 1).")
+    by_label: bool = Field(True, description="Also judge each unit by its best concept by its crop responses (false: the alignment alone).")
     layers: list[Concept] | None = Field(None, max_length=64)
 
 

@@ -26,7 +26,7 @@ def audit(explorer: ExplorerDep, lens: LensKey, request: AuditRequest) -> dict[s
 
     served = explorer.get(lens)
     opened = served.ready()
-    rule = AlignmentRule(Z_CUT if request.z is None else request.z, MARGIN if request.margin is None else request.margin)
+    rule = AlignmentRule(Z_CUT if request.z is None else request.z, MARGIN if request.margin is None else request.margin, request.by_label)
     result = opened.audit(
         request.class_name,
         request.valid,
