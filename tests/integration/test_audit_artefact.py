@@ -73,6 +73,9 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     alone = ask("audit", lens.path, "--class", "red", "--valid", "red", "--spurious", "watermark", "--layer", "features.3",
                 "--cut", "0.05", "--alignment-only", "--json")  # fmt: skip
     assert not alone["rule"]["by_label"] and [u["unit"] for u in alone["units"] if u["verdict"] == "spurious"] == [u["unit"] for u in aligned]
+    (setting / "audit.toml").write_text('class = "red"\nvalid = ["red"]\nspurious = ["watermark"]\ncut = 0.05\nby_label = false\n')
+    from_config = ask("audit", lens.path, "--config", setting / "audit.toml", "--layer", "features.3", "--json")
+    assert from_config["rule"] == alone["rule"] and [u["verdict"] for u in from_config["units"]] == [u["verdict"] for u in alone["units"]]
     assert [unit for unit in audit["units"] if unit["responses_label"] == "watermark"] == spurious
     assert all(unit["tight_shift"] >= -1 for unit in spurious)  # the default Lens's share boxes hold the watermark too
     # the concept test: the class relies on the watermark, and every spurious unit carries part of it
