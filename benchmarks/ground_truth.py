@@ -232,7 +232,7 @@ def evaluate(
         "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artifact, paraphrase, flagged, both, confirmed, found, examined),
         "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
         "by_insertion_alone": {"artefact_unit_names": sorted(inserted), **artefact_scores(inserted, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
-        "audit_units": len(examined), "audit_flagged": len(flagged), "audit_flagged_units": flagged, "spurious_share": audit["spurious_share"], "flagged_share": audit["shares"]["spurious"], "confirmed_share": audit["confirmed_share"],
+        "audit_units": len(examined), "audit_rule": audit["rule"], "audit_flagged": len(flagged), "audit_flagged_units": flagged, "spurious_share": audit["spurious_share"], "flagged_share": audit["shares"]["spurious"], "confirmed_share": audit["confirmed_share"],
         "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
         "audit_relies": audit["reliance"]["relies"], "audit_log_odds": audit["reliance"]["log_odds"], "audit_effect": audit["reliance"]["effect"],
         "audit_carriers": audit["carriers"], "tested_found": len(found),
@@ -274,7 +274,7 @@ def unit_tests(true_units: set[str], audit: dict[str, Any]) -> list[dict[str, An
     confirmation rule against (``confirm_rules.py``)."""
     return [
         {"unit": unit["unit"], "verdict": unit["verdict"], "artefact_unit": unit["unit"] in true_units, "relevance": unit["mean_relevance"],
-         "z_spur": unit["z_spur"], "tight_shift": unit["tight_shift"], **unit["test"]}
+         "z_spur": unit["z_spur"], "tight_shift": unit["tight_shift"], "responses_label": unit["responses_label"], **unit["test"]}
         for unit in audit["units"] if unit["test"] is not None
     ]  # fmt: skip
 
