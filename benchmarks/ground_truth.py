@@ -27,7 +27,9 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
   training (``captions.HELD_OUT``);
 - audit of the artefact's class (valid: the class name; spurious: the artefact): units flagged
   spurious, precision and recall against the true artefact units (recall over the true artefact units
-  the audit examined, i.e. relevant to the class; also with the units judged "both"), the flagged units'
+  the audit examined, i.e. relevant to the class; also with the units judged "both"; and
+  ``audit_precision_judged``: precision over the flagged units the truth names any concept for, as
+  dissection names none for most units of an early layer, which the precision counts as wrong), the flagged units'
   share of the class's relevance (``flagged_share``); and the audit's concept test (``demo.concept_images``: the world's test
   images without the artefact and the same images with it pasted in, images no Lens was built on): the
   class's reliance on the artefact (log odds ratio, verdict) and the flagged units it confirms, with
@@ -208,6 +210,7 @@ def evaluate(
     audit = lens.audit(target, [target], [artifact], layers=SPATIAL, concept=concept, test_all=True).to_dict()  # fields may grow: read by key
     examined = {unit["unit"] for unit in audit["units"]}
     flagged = [unit["unit"] for unit in audit["units"] if unit["verdict"] == "spurious"]
+    judged = [unit for unit in flagged if unit in truth]  # flagged units the truth names a concept for, artefact or not
     both = [unit["unit"] for unit in audit["units"] if unit["verdict"] == "both"]
     confirmed = audit["confirmed"]
     found = confirmed + audit["carriers"]
@@ -232,7 +235,8 @@ def evaluate(
         "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artifact, paraphrase, flagged, both, confirmed, found, examined),
         "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
         "by_insertion_alone": {"artefact_unit_names": sorted(inserted), **artefact_scores(inserted, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
-        "audit_units": len(examined), "audit_rule": audit["rule"], "audit_flagged": len(flagged), "audit_flagged_units": flagged, "spurious_share": audit["spurious_share"], "flagged_share": audit["shares"]["spurious"], "confirmed_share": audit["confirmed_share"],
+        "audit_units": len(examined), "audit_rule": audit["rule"], "audit_flagged": len(flagged), "audit_flagged_units": flagged,
+        "audit_flagged_judged": len(judged), "audit_precision_judged": _share(len(true_units & set(judged)), len(judged)), "spurious_share": audit["spurious_share"], "flagged_share": audit["shares"]["spurious"], "confirmed_share": audit["confirmed_share"],
         "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
         "audit_relies": audit["reliance"]["relies"], "audit_log_odds": audit["reliance"]["log_odds"], "audit_effect": audit["reliance"]["effect"],
         "audit_carriers": audit["carriers"], "tested_found": len(found),
@@ -292,7 +296,7 @@ COLUMNS = {  # header: record key
     "phi alone (true units)": "phi_true_units_alone", "phi alone of truth": "phi_of_truth_alone",
     "CoSy AUC": "cosy_auc", "artefact units": "artefact_units", "search@5": "search_hits_at5",
     "paraphrase@5": "search_hits_at5_paraphrase", "flagged": "audit_flagged", "precision": "audit_precision",
-    "recall": "audit_recall", "confirmed": "audit_confirmed", "conf. precision": "confirmed_precision",
+    "recall": "audit_recall", "precision, judged units": "audit_precision_judged", "confirmed": "audit_confirmed", "conf. precision": "confirmed_precision",
     "conf. recall": "confirmed_recall", "found by test": "tested_found", "test precision": "tested_precision",
     "test recall": "tested_recall", "spurious share (tested)": "spurious_share", "flagged share": "flagged_share", "reliance": "reliance",
     "log-odds (test)": "audit_log_odds",
