@@ -149,6 +149,12 @@ class Audit:
         return {layer: count for layer, count in self.null_units.items() if count < MIN_NULL}
 
     @property
+    def judged_by_label(self) -> bool:
+        """Whether the units' best concepts by their crop responses took part in the verdicts (``AlignmentRule.by_label``
+        and a Lens that kept crop responses)."""
+        return self.rule.by_label and any(unit.responses_label is not None for unit in self.units)
+
+    @property
     def flagged(self) -> list[AuditedUnit]:
         return [unit for unit in self.units if unit.verdict in FLAGGED]
 
@@ -282,17 +288,16 @@ def audit_units(
     relevant = relevant[has_examples[relevant]]
     relevant = relevant[torch.argsort(m_mean[relevant].nan_to_num(0), descending=True, stable=True)]
     labels = [None] * count if labels is None else labels
-    named = []  # per relevant channel, the copy that names it: the one with the best alignment
-    for i in relevant.tolist():
-        members = (inverse == i).nonzero().flatten().tolist()
-        named.append(next((m for m in members if float(best_copy[m]) == float(m_best[i])), members[0]))
+    members = [(inverse == i).nonzero().flatten().tolist() for i in relevant.tolist()]  # each channel's copies
+    # the copy that names each channel: the one with the best alignment
+    named = [next((m for m in copies if float(best_copy[m]) == float(m_best[i])), copies[0]) for i, copies in zip(relevant.tolist(), members)]
     kinds = [("spurious" if labels[m] in spurious else "valid" if labels[m] in valid else None) for m in named]
     unit_verdicts = verdicts(m_zv[relevant], m_zs[relevant], rule, ~(m_shift[relevant] < -rule.margin), kinds)
     audited = []
-    for i, m, verdict in zip(relevant.tolist(), named, unit_verdicts):
+    for i, m, copies, verdict in zip(relevant.tolist(), named, members, unit_verdicts):
         audited.append(AuditedUnit(
             units[m], float(m_max[i]), float(m_mean[i]), float(m_av[i]), float(m_as[i]), float(m_zv[i]),
-            float(m_zs[i]), verdict, [units[other] for other in (inverse == i).nonzero().flatten().tolist() if other != m],
+            float(m_zs[i]), verdict, [units[other] for other in copies if other != m],
             tight_shift=None if m_shift[i].isnan() else float(m_shift[i]), responses_label=labels[m],
         ))  # fmt: skip
     shares = relevance_by_verdict(m_mean[relevant].nan_to_num(0), unit_verdicts)

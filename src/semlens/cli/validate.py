@@ -88,7 +88,7 @@ def audit(
     say(
         f"aligned: z > {rule.z:g} ({result.rule.to_dict()['null']}); one-sided verdicts need a margin of {rule.margin:g}; "
         f"z_spur counts only where the unit looks (tight shift, in robust spreads, at least -{rule.margin:g})"
-        + ("; a unit whose best concept by its crop responses is an audited concept takes its verdict from it" if any(u.responses_label for u in result.units) else "")
+        + ("; a unit whose best concept by its crop responses is an audited concept takes its verdict from it" if result.judged_by_label else "")
     )
     say("relevance by verdict: " + ", ".join(f"{v} {share:.1%}" for v, share in result.shares.items()))
     if result.reliance is None:

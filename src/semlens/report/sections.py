@@ -78,7 +78,7 @@ def audit_summary(audit: Audit) -> str:
         left_out += f"<p>rough z-scores: small nulls in {html.escape(rough)}</p>"
     by_label = (
         "; a unit whose best concept by its crop responses is one of these concepts takes its verdict from it"
-        if rule.by_label and any(unit.responses_label is not None for unit in audit.units)
+        if audit.judged_by_label
         else ""
     )
     return f"""<p>valid: {_names(audit.valid)}<br>spurious: {_names(audit.spurious)}<br>
