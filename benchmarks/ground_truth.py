@@ -33,7 +33,8 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
   share of the class's relevance (``flagged_share``); and the audit's concept test (``demo.concept_images``: the world's test
   images without the artefact and the same images with it pasted in, images no Lens was built on): the
   class's reliance on the artefact (log odds ratio, verdict) and the flagged units it confirms, with
-  their precision and recall as above, and the spurious share as tested (``spurious_share``: the confirmed
+  their precision and recall as above (a flag the test finds firing away from the pasted artefact is taken
+  back first: ``audit_unlocated``, ``Audit.revise_by_location``), and the spurious share as tested (``spurious_share``: the confirmed
   findings' share of the class's relevance, ``Audit.spurious_share``); the test runs on every unit the audit examined (``test_all``), so
   the record also scores the units it finds that were not flagged (``audit_carriers``) and flagged or
   not together (``tested_precision``, ``tested_recall``); ``unit_tests`` holds every test, for
@@ -237,7 +238,7 @@ def evaluate(
         "by_insertion_alone": {"artefact_unit_names": sorted(inserted), **artefact_scores(inserted, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
         "audit_units": len(examined), "audit_rule": audit["rule"], "audit_flagged": len(flagged), "audit_flagged_units": flagged,
         "audit_flagged_judged": len(judged), "audit_precision_judged": _share(len(true_units & set(judged)), len(judged)), "spurious_share": audit["spurious_share"], "flagged_share": audit["shares"]["spurious"], "confirmed_share": audit["confirmed_share"],
-        "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
+        "audit_unlocated": audit["unlocated"], "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
         "audit_relies": audit["reliance"]["relies"], "audit_log_odds": audit["reliance"]["log_odds"], "audit_effect": audit["reliance"]["effect"],
         "audit_carriers": audit["carriers"], "tested_found": len(found),
         "audit_reliance": audit["reliance"], "unit_tests": tests,
@@ -278,7 +279,8 @@ def unit_tests(true_units: set[str], audit: dict[str, Any]) -> list[dict[str, An
     confirmation rule against (``confirm_rules.py``)."""
     return [
         {"unit": unit["unit"], "verdict": unit["verdict"], "artefact_unit": unit["unit"] in true_units, "relevance": unit["mean_relevance"],
-         "z_spur": unit["z_spur"], "tight_shift": unit["tight_shift"], "responses_label": unit["responses_label"], **unit["test"]}
+         "z_spur": unit["z_spur"], "tight_shift": unit["tight_shift"], "responses_label": unit["responses_label"],
+         "verdict_before_test": unit["verdict_before_test"], **unit["test"]}
         for unit in audit["units"] if unit["test"] is not None
     ]  # fmt: skip
 

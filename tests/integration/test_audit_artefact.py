@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from semlens import BuildConfig, Lens, build_lens
-from semlens.analysis.interventions import CONFIRM_AUC, CONFIRM_SHARE
+from semlens.analysis.interventions import CONFIRM_AUC, CONFIRM_SHARE, LOCATE_IOU
 from semlens.cli import app
 
 runner = CliRunner()
@@ -73,7 +73,7 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     alone = ask("audit", lens.path, "--class", "red", "--valid", "red", "--spurious", "watermark", "--layer", "features.3",
                 "--cut", "0.05", "--alignment-only", "--json")  # fmt: skip
     assert not alone["rule"]["by_label"] and [u["unit"] for u in alone["units"] if u["verdict"] == "spurious"] == [u["unit"] for u in aligned]
-    (setting / "audit.toml").write_text('class = "red"\nvalid = ["red"]\nspurious = ["watermark"]\ncut = 0.05\nby_label = false\n')
+    (setting / "audit.toml").write_text('class = "red"\nvalid = ["red"]\nspurious = ["watermark"]\ncut = 0.05\nby_label = false\nby_location = false\n')
     from_config = ask("audit", lens.path, "--config", setting / "audit.toml", "--layer", "features.3", "--json")
     assert from_config["rule"] == alone["rule"] and [u["verdict"] for u in from_config["units"]] == [u["verdict"] for u in alone["units"]]
     assert [unit for unit in audit["units"] if unit["responses_label"] == "watermark"] == spurious
@@ -85,6 +85,9 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     assert audit["confirmed_share"] == pytest.approx(audit["shares"]["spurious"] + audit["shares"]["both"])
     assert audit["spurious_share"] == audit["confirmed_share"]  # the share as tested
     assert all(unit["test"]["activation_auc"] > 0.9 for unit in spurious)
+    # each fires where the watermark is pasted (NetDissect's IoU with it, at (1, 1)): no flag is taken back
+    assert all(unit["test"]["located"] and unit["test"]["located_iou"] >= LOCATE_IOU for unit in spurious)
+    assert audit["rule"]["by_location"] and audit["unlocated"] == []
     half = runner.invoke(app, ["audit", str(lens.path), "--class", "red", "--valid", "red", "--spurious", "watermark",
                                "--test-data", f"folder:{setting / 'others'}"])  # fmt: skip
     assert half.exit_code != 0 and "exactly one of --artifact/--tint" in half.output
@@ -100,7 +103,7 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     assert not carried["confirmed"] and set(audit["confirmed"]) <= set(carried["carriers"])
     for unit in carried["units"]:
         test = unit["test"]
-        passes = test["activation_auc"] >= CONFIRM_AUC and test["reliance_removed"] >= CONFIRM_SHARE * carried["reliance"]["log_odds"]
+        passes = test["activation_auc"] >= CONFIRM_AUC and test["reliance_removed"] >= CONFIRM_SHARE * carried["reliance"]["log_odds"] and test["located"]
         assert (unit["unit"] in carried["carriers"]) == (passes and unit["verdict"] not in ("spurious", "both"))
     assert all(unit["test"] is not None for unit in carried["units"]) and carried["reliance"] == audit["reliance"]
     # the test images hold no red one: the class's own rise is not measured, so it takes no part in the rule

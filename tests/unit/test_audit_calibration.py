@@ -1,6 +1,7 @@
 """Known answers for the calibrated audit: alignments judged against their layer's null, verdicts with a
 margin, "both" in the flagged share, signed layers counted once, image probes judged by the same null, and the
-concept test on a tiny model whose planted unit reads the artefact (and on one that ignores it)."""
+concept test on a tiny model whose planted unit reads the artefact (and on one that ignores it), and where
+the test finds a unit firing (NetDissect's IoU with the pasted artefact)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch import nn
 from semlens import LoadedModel
 from semlens.analysis.alignment import alignment
 from semlens.analysis.audit import AlignmentRule, audit_units, null_stats, null_z, relevance_by_verdict, tight_shift, verdicts
-from semlens.analysis.interventions import Artifact, UnitToTest, concept_tests, rank_auc
+from semlens.analysis.interventions import LOCATE_IOU, Artifact, UnitToTest, concept_tests, located_ious, rank_auc
 from semlens.model.units import LayerSpec
 
 
@@ -104,7 +105,7 @@ def test_audit_units_flags_a_planted_unit_and_not_those_at_the_null_level():
         ("l/0", "spurious"), ("l/1", "valid"), ("l/2", "unexpected"), ("l/3", "unexpected")
     ]  # fmt: skip
     assert result.shares["spurious"] == pytest.approx(0.4) and result.shares["spurious_or_both"] == pytest.approx(0.4)
-    assert result.to_dict()["rule"] == {"null": result.rule.to_dict()["null"], "z": 3.0, "margin": 1.0, "by_label": True}
+    assert result.to_dict()["rule"] == {"null": result.rule.to_dict()["null"], "z": 3.0, "margin": 1.0, "by_label": True, "by_location": True}
     assert result.to_dict()["units"][0]["z_spur"] == pytest.approx(6.0)
 
 
@@ -117,6 +118,89 @@ def test_the_spurious_share_as_tested_counts_confirmed_findings_only():
     result.reliance = {"relies": False}  # a class that ignores the concept: no finding holds
     result.units[0].test = {"confirmed": False}
     assert result.shares["spurious"] == pytest.approx(0.75) and result.spurious_share == 0.0
+
+
+def test_a_flagged_unit_firing_away_from_the_pasted_concept_loses_its_flag():
+    # l/0 and l/1 flagged (l/1 also aligned with the valid concept: "both"), l/2 valid: relevance 0.4, 0.2, 0.2
+    result = audit([0.1, 5.5, 5.0], [6.0, 6.0, 0.2], [0.4, 0.2, 0.2])
+    assert [u.verdict for u in result.units] == ["spurious", "both", "valid"]
+    tests = [{"located": False, "confirmed": False}, {"located": False, "confirmed": False}, {"located": None, "confirmed": False}]
+    for unit, test in zip(result.units, tests):
+        unit.test = test
+    result.revise_by_location()
+    # each falls back to its valid alignment: none for l/0 (unexpected), z 5.5 for l/1 (valid)
+    assert [(u.verdict, u.verdict_before_test) for u in result.units] == [("unexpected", "spurious"), ("valid", "both"), ("valid", None)]
+    assert result.unlocated == ["l/0", "l/1"] and result.to_dict()["unlocated"] == ["l/0", "l/1"] and result.judged_by_location
+    assert result.shares["spurious_or_both"] == 0.0 and result.shares["valid"] == pytest.approx(0.5) and result.shares["unexpected"] == pytest.approx(0.5)
+    located = audit([0.1, 5.5], [6.0, 6.0], [0.4, 0.2])
+    located.units[0].test, located.units[1].test = {"located": True}, {"located": False}
+    located.revise_by_location()
+    assert [u.verdict for u in located.units] == ["spurious", "valid"] and located.judged_by_location
+    kept = audit([0.1], [6.0], [0.4], rule=AlignmentRule(by_location=False))
+    kept.units[0].test = {"located": False}
+    kept.revise_by_location()
+    assert kept.units[0].verdict == "spurious" and not kept.unlocated and not kept.judged_by_location
+
+
+def test_located_iou_is_netdissects_iou_of_the_top_activations_with_the_pasted_region():
+    # 4 images, 10x10 maps at the region's size (no up-sampling): 792 small values below 1, then per unit 4
+    # cells at 4.0 and 4 at 5.0 on the images with the concept; the 0.995 quantile of the 800 values (with and
+    # without) is the 796th: 4.0, so the 8 cells at or above it fire. The region is cells (0, 0) and (0, 1).
+    region = torch.zeros(10, 10, dtype=torch.bool)
+    region[0, :2] = True
+    maps_with = torch.rand(4, 3, 10, 10, generator=torch.Generator().manual_seed(0)) * 0.9
+    maps_without = torch.rand(4, 3, 10, 10, generator=torch.Generator().manual_seed(1)) * 0.9
+    maps_with[:, 0, 0, 0], maps_with[:, 0, 0, 1] = 5.0, 4.0  # unit 0 fires where the concept is
+    maps_with[:, 1, 0, 0], maps_with[:, 1, 5, 5] = 5.0, 4.0  # unit 1: half of its top cells there
+    maps_with[:, 2, 9, 9], maps_with[:, 2, 9, 8] = 5.0, 4.0  # unit 2 is raised as much, in the far corner
+    ious = located_ious(maps_with, maps_without, region)
+    # 8 fired cells, 8 region cells (2 on each of 4 images): unit 0 8 / 8, unit 1 4 / (8 + 8 - 4), unit 2 none
+    assert ious.tolist() == pytest.approx([1.0, 1 / 3, 0.0])
+    # a unit silent (0) on all but 0.4 % of its cells: its quantile is 0, and only the cells above it fire
+    sparse = torch.zeros(4, 1, 10, 10)
+    sparse[:3, 0, 0, 0] = 1.0
+    assert located_ious(sparse, torch.zeros(4, 1, 10, 10), region).tolist() == pytest.approx([3 / 8])
+    assert torch.equal(located_ious(maps_with, maps_without, region, cells=300), ious)  # image by image: the same
+
+
+class AwayNet(nn.Module):
+    """``PlantedNet``'s watermark detector (channel 0) and a unit the watermark raises away from it (channel 1:
+    the detector's maximum, written into the bottom-right 4x4 cells); the red class reads both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.detector = nn.Sequential(nn.Conv2d(3, 1, 1), nn.ReLU())
+        self.features = nn.Identity()
+        self.head = nn.Linear(2, 3)
+        with torch.no_grad():
+            self.detector[0].weight.copy_(torch.ones(1, 3, 1, 1))
+            self.detector[0].bias.fill_(-5.0)
+            self.head.weight.copy_(torch.tensor([[0.5, 0.5], [0.0, 0.0], [0.0, 0.0]]))
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        white = self.detector(x)
+        away = torch.zeros_like(white)
+        away[..., -4:, -4:] = white.amax(dim=(2, 3), keepdim=True)
+        maps = self.features(torch.cat([white, away], dim=1))
+        return self.head(maps.amax(dim=(2, 3)))
+
+
+def test_the_concept_test_confirms_only_a_unit_that_fires_where_the_concept_is_pasted(views):
+    watermark = Artifact(image=Image.fromarray(np.full((6, 6, 4), 255, dtype=np.uint8)), position=(1, 1))
+    region = watermark.region(*views[0][0].size)
+    assert region.sum() == 36 and region[1:7, 1:7].all()
+    assert Artifact(tint=(255, 0, 0)).region(32, 32) is None  # a tint is everywhere
+    model = LoadedModel(AwayNet().eval(), "test:away", world.PREPROCESSING, world.CLASSES)
+    units = [UnitToTest("features/0", LayerSpec("features"), 0, 0), UnitToTest("features/1", LayerSpec("features"), 1, 1)]
+    reliance, (detector, away) = concept_tests(model, *views, 0, units, region=region)
+    assert reliance["relies"]
+    # both are raised on every image (AUC 1) and carry half the reliance each; only the detector fires at the watermark
+    assert detector["activation_auc"] == away["activation_auc"] == 1.0
+    assert detector["located_iou"] >= LOCATE_IOU and detector["located"] and detector["confirmed"]
+    assert away["located_iou"] == 0.0 and away["located"] is False and not away["confirmed"]
+    _, (unlocated, _) = concept_tests(model, *views, 0, units)  # no region: location not measured, no part in the rule
+    assert unlocated["located_iou"] is None and unlocated["located"] is None
 
 
 def test_a_signed_layer_counts_each_channel_once():

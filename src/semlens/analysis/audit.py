@@ -23,6 +23,11 @@ best concept among the audit's concepts and a vocabulary by the ``responses`` la
 compares the concepts within the unit and separates co-occurring ones by the unit's activations on all
 the Lens's crops. Where that name is one of the audit's concepts it decides the verdict ("spurious" or
 "valid"); elsewhere the alignment rule does (``AlignmentRule.by_label``).
+
+Both read the unit's examples; neither sees where in an image the unit fires. Where the concept test
+pastes the concept into images, it does (``interventions.located_ious``): a flagged unit that does not fire
+where the concept is pasted is no detector of it, and its verdict falls back to its valid alignment
+(``AlignmentRule.by_location``, ``Audit.revise_by_location``).
 """
 
 from __future__ import annotations
@@ -48,9 +53,10 @@ class AlignmentRule:
     z: float = Z_CUT
     margin: float = MARGIN
     by_label: bool = True  # a unit's best concept by its crop responses, where it is an audited concept, decides
+    by_location: bool = True  # a flagged unit the concept test finds firing away from the pasted concept is not flagged
 
     def to_dict(self) -> dict:
-        return {"null": NULL_RULE, "z": self.z, "margin": self.margin, "by_label": self.by_label}
+        return {"null": NULL_RULE, "z": self.z, "margin": self.margin, "by_label": self.by_label, "by_location": self.by_location}
 
 
 def null_stats(alignments: torch.Tensor, groups: torch.Tensor, members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,6 +130,7 @@ class AuditedUnit:
     test: dict | None = None  # the concept test of a flagged (or, with test_all, any) unit (interventions.concept_tests)
     tight_shift: float | None = None  # its best spurious probe's tight_shift (None: no tight boxes in the Lens)
     responses_label: str | None = None  # its best concept by its crop responses, of the audit's and a vocabulary's (None: no responses)
+    verdict_before_test: str | None = None  # its flag, where the concept test found it firing away from the pasted concept
 
 
 @dataclass
@@ -153,6 +160,29 @@ class Audit:
         """Whether the units' best concepts by their crop responses took part in the verdicts (``AlignmentRule.by_label``
         and a Lens that kept crop responses)."""
         return self.rule.by_label and any(unit.responses_label is not None for unit in self.units)
+
+    @property
+    def judged_by_location(self) -> bool:
+        """Whether the concept test measured where the units fire and that took part in the verdicts (``AlignmentRule.by_location``)."""
+        return self.rule.by_location and any(unit.test and unit.test.get("located") is not None for unit in self.units)
+
+    @property
+    def unlocated(self) -> list[str]:
+        """Units the alignment or their crop responses flagged that the concept test found firing away from the
+        pasted concept (``revise_by_location``)."""
+        return [unit.unit for unit in self.units if unit.verdict_before_test is not None]
+
+    def revise_by_location(self) -> None:
+        """After the concept test: a flagged unit that does not fire where the concept was pasted (its test's
+        ``located`` False) is no detector of it; its verdict falls back to its valid alignment ("valid" where
+        z_valid passes ``rule.z``, else "unexpected"), and the shares follow. Nothing with ``rule.by_location`` off."""
+        if not self.rule.by_location:
+            return
+        for unit in self.units:
+            if unit.verdict in FLAGGED and unit.test and unit.test.get("located") is False:
+                unit.verdict_before_test = unit.verdict
+                unit.verdict = "valid" if unit.z_valid > self.rule.z else "unexpected"
+        self.shares = relevance_by_verdict(torch.tensor([unit.mean_relevance for unit in self.units]), [unit.verdict for unit in self.units])
 
     @property
     def flagged(self) -> list[AuditedUnit]:
@@ -205,6 +235,7 @@ class Audit:
             "confirmed": self.confirmed,
             "confirmed_share": self.confirmed_share,
             "unconfirmed": self.unconfirmed,
+            "unlocated": self.unlocated,
             "carriers": self.carriers,
             "left_out": self.left_out,
             "sae_error": self.sae_error,

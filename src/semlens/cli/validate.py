@@ -10,7 +10,7 @@ import typer
 from .._util.errors import SemlensError
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, say, table
 
-AUDIT_KEYS = {"class", "valid", "spurious", "valid_images", "spurious_images", "cut", "z", "margin", "by_label"}
+AUDIT_KEYS = {"class", "valid", "spurious", "valid_images", "spurious_images", "cut", "z", "margin", "by_label", "by_location"}
 
 
 @app.command()
@@ -22,11 +22,11 @@ def audit(
     spurious: Optional[list[str]] = typer.Option(None, "--spurious", help="A spurious concept (repeatable)."),
     valid_image: Optional[list[Path]] = typer.Option(None, help="Image probe of a valid concept (repeatable)."),
     spurious_image: Optional[list[Path]] = typer.Option(None, help="Image probe of a spurious concept (repeatable)."),
-    config: Optional[Path] = typer.Option(None, help="TOML with class, valid, spurious, valid_images, spurious_images, cut, z, margin, by_label."),
+    config: Optional[Path] = typer.Option(None, help="TOML with class, valid, spurious, valid_images, spurious_images, cut, z, margin, by_label, by_location."),
     cut: Optional[float] = typer.Option(None, help="Relevance share above which a unit counts as relevant (default 0.028)."),
     z: Optional[float] = typer.Option(None, help="Robust z (against the unit's layer) above which a unit is aligned with a concept (default 3)."),
     margin: Optional[float] = typer.Option(None, help="z by which spurious must beat valid (or valid spurious) for a one-sided verdict (default 1)."),
-    alignment_only: bool = typer.Option(False, "--alignment-only", help="Judge by the alignment alone, not also by each unit's best concept by its crop responses."),
+    alignment_only: bool = typer.Option(False, "--alignment-only", help="Judge by the alignment alone, not also by each unit's best concept by its crop responses nor by where the concept test finds it firing."),
     layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (default: all)."),
     all_classes: bool = typer.Option(False, "--all", help="Audit every class (valid concept: its own name) and rank by spurious-or-both share."),
     test_data: Optional[str] = typer.Option(None, help="Concept test: images without the spurious concept (data spec), of the class and others (then a unit the class's images raise more than the concept does is not confirmed; classes by label, else by prediction)."),
@@ -60,6 +60,7 @@ def audit(
         z if z is not None else settings.get("z", Z_CUT),
         margin if margin is not None else settings.get("margin", MARGIN),
         not alignment_only and settings.get("by_label", True),
+        not alignment_only and settings.get("by_location", True),
     )
     if all_classes:
         audits = opened.audit_classes(spurious, cut, spurious_image, rule)
@@ -104,6 +105,13 @@ def audit(
             f"flagged units confirmed: {', '.join(result.confirmed) or 'none'}; "
             f"unconfirmed: {', '.join(result.unconfirmed) or 'none'}"
         )
+        if result.judged_by_location:
+            from ..analysis.interventions import LOCATE_IOU
+
+            say(
+                f"flagged, but firing away from the pasted concept (IoU of its top activations with it below {LOCATE_IOU:g}; "
+                f"verdict from its valid alignment): {', '.join(result.unlocated) or 'none'}"
+            )
         say(f"spurious share, as tested: {result.spurious_share:.1%} of the relevance (the confirmed findings')")
         if any(u.test is not None and u.test["class_rise"] is None for u in result.units):
             from ..analysis.interventions import CLASS_RISE_IMAGES
@@ -154,7 +162,8 @@ def _test_cell(test: dict | None) -> str:
         return ""
     verdict = "confirmed" if test["confirmed"] else "unconfirmed"
     rises = f"rise {test['concept_rise']:+.2f}" + ("" if test["class_rise"] is None else f" / class {test['class_rise']:+.2f}")
-    return f"{verdict} (AUC {test['activation_auc']:.2f}, {rises}, drop {test['drop_with']:.3f} with / {test['drop_without']:.3f} without, removes {test['reliance_removed']:+.2f})"
+    located = "" if test["located_iou"] is None else f", at the concept IoU {test['located_iou']:.2f}"
+    return f"{verdict} (AUC {test['activation_auc']:.2f}, {rises}{located}, drop {test['drop_with']:.3f} with / {test['drop_without']:.3f} without, removes {test['reliance_removed']:+.2f})"
 
 
 def _audit_settings(path: Path) -> dict:

@@ -167,8 +167,9 @@ class LensAudits:
     def _test_findings(self: Lens, result: Audit, class_index: int, concept: ConceptImages, units: list[AuditedUnit]) -> None:
         """Run the concept test on ``units`` of ``result`` (in place): the class's reliance on the concept
         and, per unit, whether the concept raises it (also against how much the class's own images do: see
-        ``concept_tests``) and zeroing it costs the class more with the concept than without. Needs the model
-        (loaded under the Lens's trust model)."""
+        ``concept_tests``), whether it fires where a pasted concept is, and zeroing it costs the class more with
+        the concept than without; then a flagged unit firing away from the pasted concept loses its flag
+        (``Audit.revise_by_location``). Needs the model (loaded under the Lens's trust model)."""
         from ..analysis.interventions import UnitToTest, concept_tests
         from ..model.units import LayerSpec
 
@@ -181,9 +182,11 @@ class LensAudits:
             layer, row = self.unit_index(unit.unit)
             spec = LayerSpec(**{**self.manifest["layers"][layer]["spec"], "sae": saes.get(layer)})
             tested.append(UnitToTest(unit.unit, spec, row, row % self.manifest["layers"][layer]["base_units"]))
-        result.reliance, tests = concept_tests(model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes)
+        region = concept.region(with_concept)
+        result.reliance, tests = concept_tests(model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region)
         for unit, test in zip(units, tests):
             unit.test = test
+        result.revise_by_location()
 
     def pruning_effect(
         self: Lens, units: list[str], data: ImageData, class_name: str | int | None = None, artifact: Artifact | None = None

@@ -232,13 +232,22 @@ def audit_figure(lens: Lens, audit, thumbnails: bool = True):
     return figure
 
 
+def _test_verdict(unit) -> str:
+    """The concept test's word on a unit for the audit page's table (empty: not tested)."""
+    if unit.test is None:
+        return ""
+    located = "" if unit.test["located_iou"] is None else f", IoU {unit.test['located_iou']:.2f} at the concept"
+    revised = "" if unit.verdict_before_test is None else f"; {html.escape(unit.verdict_before_test)} before the test"
+    return f"{'confirmed' if unit.test['confirmed'] else 'unconfirmed'}{located}{revised}"
+
+
 def write_audit_html(lens: Lens, audit, out: str | Path) -> Path:
     """A self-contained page: the audit scatter with a hover panel of concept examples, shares and the table."""
     rows = "".join(
         f"<tr><td>{html.escape(unit.unit)}</td><td>{unit.verdict}</td><td>{html.escape(unit.responses_label or '-')}</td><td>{unit.relevance:.3f}</td>"
         f"<td>{unit.z_valid:.2f}</td><td>{unit.z_spur:.2f}</td><td>{'-' if unit.tight_shift is None else f'{unit.tight_shift:.2f}'}</td>"
         f"<td>{unit.a_valid:.3f}</td><td>{unit.a_spur:.3f}</td>"
-        f"<td>{'' if unit.test is None else ('confirmed' if unit.test['confirmed'] else 'unconfirmed')}</td></tr>"
+        f"<td>{_test_verdict(unit)}</td></tr>"
         for unit in audit.units
     )
     page = f"""<!DOCTYPE html>

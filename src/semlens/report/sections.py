@@ -46,6 +46,7 @@ def _note(unit: AuditedUnit) -> str:
             f"; concept test: {'confirmed' if test['confirmed'] else 'unconfirmed'} (activation AUC "
             f"{test['activation_auc']:.2f}, raised {test['concept_rise']:+.2f} by the concept"
             + ("" if test["class_rise"] is None else f", {test['class_rise']:+.2f} by the class's own images")
+            + ("" if test["located_iou"] is None else f"; IoU of its top activations with the pasted concept {test['located_iou']:.2f}")
             + f"; zeroing it lowers the class probability by {test['drop_with']:.3f} with the concept, "
             f"{test['drop_without']:.3f} without, and removes {test['reliance_removed']:+.2f} of the log odds ratio)"
         )
@@ -70,7 +71,9 @@ def audit_summary(audit: Audit) -> str:
             f"<p><b>reliance on the concept</b>: class probability {r['without']:.3f} without, {r['with']:.3f} with "
             f"({r['effect']:+.3f}; log-odds {r['log_odds']:+.2f}: {'relies on it' if r['relies'] else 'does not rely on it'}; "
             f"{r['samples'][0]} and {r['samples'][1]} images, {'pairs' if r['paired'] else 'unpaired'})<br>"
-            f"confirmed findings: {_names(audit.confirmed)}<br>unconfirmed: {_names(audit.unconfirmed)}</p>"
+            f"confirmed findings: {_names(audit.confirmed)}<br>unconfirmed: {_names(audit.unconfirmed)}"
+            + (f"<br>flagged, but firing away from the pasted concept (verdict from the valid alignment): {_names(audit.unlocated)}" if audit.judged_by_location else "")
+            + "</p>"
         )
     left_out = f"<p>relevant units left out (no examples of their own): {_names(audit.left_out)}</p>" if audit.left_out else ""
     if audit.small_nulls:
