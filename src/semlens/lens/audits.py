@@ -84,7 +84,8 @@ class LensAudits:
         ``rule``; where the Lens kept crop responses, a unit whose best concept by them is one of the audit's
         text concepts takes its verdict from it: ``analysis.audit``) and the class's relevance by verdict. With ``concept`` (images without and with the spurious
         concept), also the concept test of the flagged units and the class's reliance on the concept (needs
-        the model); ``test_all`` tests every relevant unit, so that units the reliance runs through are found
+        the model; where the concept is pasted, a flagged unit that fires away from it loses its flag:
+        ``AlignmentRule.by_location``); ``test_all`` tests every relevant unit, so that units the reliance runs through are found
         where the foundation model does not see the concept in their examples (``Audit.carriers``; one
         more pass over the images per unit). The alignments are taken in embedding space ``space``."""
         if space is not None:
