@@ -314,7 +314,7 @@ def unit_scores_and_maps(
     return {name: torch.cat(parts) for name, parts in scores.items()}, {name: torch.cat(parts) for name, parts in maps.items() if parts}
 
 
-def located_ious(maps_with: torch.Tensor, maps_without: torch.Tensor, region: torch.Tensor, cells: int = 1 << 25) -> torch.Tensor:
+def located_ious(maps_with: torch.Tensor, maps_without: torch.Tensor, region: torch.Tensor, cells: int = 1 << 24) -> torch.Tensor:
     """Per unit ``[R]``, NetDissect's IoU of where it fires on the images with a pasted concept (``maps_with``
     ``[N, R, h, w]``) against the pasted ``region`` ``[H, W]``: the maps with and without the concept
     (``maps_without``) are up-sampled bilinearly to the region's size (at most ``LOCATE_SIDE`` cells a side,
