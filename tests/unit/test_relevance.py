@@ -303,6 +303,27 @@ def test_a_rewrite_that_changes_the_models_outputs_is_refused() -> None:
     assert report.reason.startswith("the model prepared for LRP computes other outputs than the model"), report.reason
 
 
+def test_lrp_runs_in_float32_proper_and_leaves_tf32_as_it_was() -> None:
+    """On Ampere and newer GPUs torch runs float32 convolutions in TF32 unless told not to; there the
+    check refused a random ResNet-18 (H100: its canonized outputs 3e-4 off). The flags change nothing on
+    the CPU, so this reads them where LRP runs: in the check's forward passes and in ``attributing``."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    relevance = RelevanceModel(model.eval(), torch.rand(2, 3, 8, 8))
+    flags = lambda: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)  # noqa: E731
+    seen: list[tuple[bool, bool]] = []
+    model[0].register_forward_hook(lambda *_: seen.append(flags()))
+    saved = flags()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        assert relevance.check().supported
+        with relevance.attributing() as modified:
+            modified(torch.rand(1, 3, 8, 8))
+        assert flags() == (True, True)  # the user's setting is back
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    assert len(seen) >= 3 and set(seen) == {(False, False)}
+
+
 class Doubled(nn.Module):
     """Every module conserves relevance; the model's own forward doubles it (``2 * head``)."""
 

@@ -91,3 +91,21 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@contextmanager
+def strict_float32() -> Iterator[None]:
+    """Float32 convolutions and matrix products on CUDA, not TF32.
+
+    PyTorch runs cuDNN's float32 convolutions in TF32 (a 10-bit mantissa) on Ampere and newer GPUs by
+    default. LRP needs float32 proper: its check compares the canonized model (batch norms merged into
+    convolutions) with the model to 1e-4 of the output, and on an H100 with TF32 a random ResNet-18
+    differed by 3e-4 there (benchmarks/crops.py), so every model failed the check and the build fell
+    back to activation crops. The CPU has no TF32: there this changes nothing.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

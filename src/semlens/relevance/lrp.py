@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from .._util.devices import strict_float32
 from ..model.sae import SparseAutoencoder
 from ..model.units import hooks, resolve_module, select_output
 from .canonizers import UnsupportedModelError, canonizers_for
@@ -74,10 +75,11 @@ class RelevanceModel:
 
     @contextmanager
     def attributing(self) -> Iterator[nn.Module]:
-        """The model with zennit's rules and canonizers applied (removed on exit)."""
+        """The model with zennit's rules and canonizers applied (removed on exit), run in float32 proper
+        (no TF32 on GPUs: ``strict_float32``)."""
         if self._report is not None and not self._report.supported:
             raise UnsupportedModelError(self._report.reason)
-        with self.composite.context(self.model) as modified:
+        with strict_float32(), self.composite.context(self.model) as modified:
             yield modified
 
     def check(self) -> SupportReport:
@@ -92,33 +94,37 @@ class RelevanceModel:
         """
         if self._report is None:
             try:
-                with torch.no_grad():
-                    expected = self.model(self.example)
-                    with self.attributing() as modified:
-                        changed = float((modified(self.example) - expected).abs().amax())
-                if changed > FUNCTION_TOLERANCE * max(float(expected.abs().amax()), 1.0):
-                    raise UnsupportedModelError(
-                        f"the model prepared for LRP computes other outputs than the model (largest difference "
-                        f"{changed:.3g}): a canonizer could not follow its forward (e.g. an in-place change of a "
-                        "block's input)"
-                    )
-                probe = RelevanceModel(_bias_free_copy(self.model), self.example, self.epsilon)
-                with torch.no_grad():
-                    outputs = probe.model(self.example)
-                initial = partial(_one_hot_logit, targets=outputs.argmax(dim=1))
-                relevance = probe.input_relevance(self.example, initial)
-                explained = initial(outputs).sum(dim=1)
-                ratio = (relevance.flatten(1).sum(dim=1) / explained).tolist()
-                if all(abs(value - 1) <= CONSERVATION_TOLERANCE for value in ratio):
-                    self._report = SupportReport(True, f"relevance conserved (input sums / output: {_fmt(ratio)})")
-                else:
-                    (fx,) = [c for c in probe.composite.canonizers if isinstance(c, FxResidualCanonizer)]
-                    tolerance, untraced = CONSERVATION_TOLERANCE, fx.traced.untraced
-                    leak = find_leak(probe.model, probe.attributing, self.example, initial, tolerance, untraced)
-                    self._report = SupportReport(False, f"{leak}; input sums / output: {_fmt(ratio)}")
+                with strict_float32():
+                    self._report = self._verify()
             except UnsupportedModelError as error:
                 self._report = SupportReport(False, str(error))
         return self._report
+
+    def _verify(self) -> SupportReport:
+        """``check``'s two tests: the canonized model's outputs, then conservation on a bias-free copy."""
+        with torch.no_grad():
+            expected = self.model(self.example)
+            with self.attributing() as modified:
+                changed = float((modified(self.example) - expected).abs().amax())
+        if changed > FUNCTION_TOLERANCE * max(float(expected.abs().amax()), 1.0):
+            raise UnsupportedModelError(
+                f"the model prepared for LRP computes other outputs than the model (largest difference "
+                f"{changed:.3g}): a canonizer could not follow its forward (e.g. an in-place change of a "
+                "block's input)"
+            )
+        probe = RelevanceModel(_bias_free_copy(self.model), self.example, self.epsilon)
+        with torch.no_grad():
+            outputs = probe.model(self.example)
+        initial = partial(_one_hot_logit, targets=outputs.argmax(dim=1))
+        relevance = probe.input_relevance(self.example, initial)
+        explained = initial(outputs).sum(dim=1)
+        ratio = (relevance.flatten(1).sum(dim=1) / explained).tolist()
+        if all(abs(value - 1) <= CONSERVATION_TOLERANCE for value in ratio):
+            return SupportReport(True, f"relevance conserved (input sums / output: {_fmt(ratio)})")
+        (fx,) = [c for c in probe.composite.canonizers if isinstance(c, FxResidualCanonizer)]
+        tolerance, untraced = CONSERVATION_TOLERANCE, fx.traced.untraced
+        leak = find_leak(probe.model, probe.attributing, self.example, initial, tolerance, untraced)
+        return SupportReport(False, f"{leak}; input sums / output: {_fmt(ratio)}")
 
     def input_relevance(self, inputs: torch.Tensor, initial: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """Relevance of the inputs ``[N, C, H, W]`` for the output relevance ``initial(outputs)``."""
