@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu.sh OUT_DIR [micro] [build] [demo]        (no part named: all three)
 #
 # Each step's output goes to OUT_DIR/<step>.log as well as to the terminal; the build's and the demo's
-# stage times are read from their Lenses' manifest.json.
+# stage times and crop modes are read from their Lenses' manifest.json.
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [micro] [build] [demo]}
 shift
@@ -23,12 +23,14 @@ step() {  # step NAME COMMAND...: run, time and log one step
   echo "== $name: rc ${PIPESTATUS[0]}, wall $((SECONDS - start)) s" | tee -a "$out/$name.log"
 }
 
-stages() {  # stages LENS: each build stage's seconds, as the manifest records them
+stages() {  # stages LENS: each build stage's seconds and each layer's crop mode, as the manifest records them
   python3 - "$1" <<'EOF'
 import json, sys
 manifest = json.load(open(f"{sys.argv[1]}/manifest.json"))
 for name, record in manifest["stages"].items():
     print(f"  {name}: {record.get('seconds', '?')} s")
+for name, layer in manifest["layers"].items():
+    print(f"  {name}: {layer.get('crop', {}).get('mode')} crops ({layer.get('crop', {}).get('why')})")
 EOF
 }
 
