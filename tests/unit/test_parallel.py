@@ -10,7 +10,7 @@ from semlens import LayerSpec, collect_topk
 from semlens._util.devices import autocast_dtype
 from semlens._util.errors import SemlensError
 from semlens.build.collect import iterate_batches
-from semlens.build.parallel import Ranks, Shard
+from semlens.build.parallel import Ranks, Shard, connect
 
 
 @pytest.mark.parametrize("total, step, count", [(30, 7, 2), (30, 7, 3), (5, 7, 3), (100, 1, 7), (0, 4, 2)])
@@ -38,6 +38,19 @@ def test_one_process_is_rank_zero_of_one() -> None:
     rows = torch.arange(6).reshape(3, 2)
     assert (ranks.rank, ranks.world, ranks.is_main) == (0, 1, True)
     assert ranks.concat(rows) is rows and ranks.gather_objects("x") == ["x"] and ranks.on_main(lambda: 5) == 5
+
+
+def test_more_ranks_than_gpus_is_a_clear_error_before_any_group_is_joined(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun --nproc_per_node 2 on a one-GPU machine: NCCL would fail on the shared GPU with an obscure error."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    joined = []
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *args, **kwargs: joined.append(args))
+    with pytest.raises(SemlensError, match=r"LOCAL_RANK 1, but the machine has 1 GPU.*--nproc_per_node 1.*CUDA_VISIBLE_DEVICES"):
+        connect()
+    assert not joined
 
 
 def test_precision_auto_keeps_float32_on_the_cpu() -> None:

@@ -65,7 +65,14 @@ def connect() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
         return False
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= gpus:
+            raise SemlensError(
+                f"this torchrun rank has LOCAL_RANK {local}, but the machine has {gpus} GPU(s), and NCCL needs one GPU "
+                f"per rank: start at most {gpus} process(es) per machine (--nproc_per_node {gpus}), or hide the GPUs "
+                "(CUDA_VISIBLE_DEVICES=) to run the ranks on the CPU with gloo"
+            )
+        torch.cuda.set_device(local)
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     atexit.register(_leave)
     return True
