@@ -87,7 +87,7 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     assert all(unit["test"]["activation_auc"] > 0.9 for unit in spurious)
     # each fires where the watermark is pasted (NetDissect's IoU with it, at (1, 1)): no flag is taken back
     assert all(unit["test"]["located"] and unit["test"]["located_iou"] >= LOCATE_IOU for unit in spurious)
-    assert audit["rule"]["by_location"] and audit["unlocated"] == []
+    assert audit["rule"]["by_location"] and audit["unlocated"] == [] and audit["both_by_location"] == []
     half = runner.invoke(app, ["audit", str(lens.path), "--class", "red", "--valid", "red", "--spurious", "watermark",
                                "--test-data", f"folder:{setting / 'others'}"])  # fmt: skip
     assert half.exit_code != 0 and "exactly one of --artifact/--tint" in half.output

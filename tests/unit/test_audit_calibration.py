@@ -142,6 +142,28 @@ def test_a_flagged_unit_firing_away_from_the_pasted_concept_loses_its_flag():
     assert kept.units[0].verdict == "spurious" and not kept.unlocated and not kept.judged_by_location
 
 
+def test_a_contested_unit_raised_where_the_concept_is_pasted_is_both():
+    # all three named "star" (the class) by their crop responses; l/0 and l/1 aligned with the watermark (z 6):
+    # contested, so tested; l/2 at the null level: valid by its name alone, not tested
+    result = audit([0.1, 0.1, 0.1], [6.0, 6.0, 0.3], [0.4, 0.2, 0.2], labels=["star", "star", "star"])
+    assert [(u.verdict, u.contested) for u in result.units] == [("valid", True), ("valid", True), ("valid", False)]
+    assert [u.unit for u in result.to_test] == ["l/0", "l/1"]
+    # l/0 fires where the watermark is pasted and is raised by it; l/1 fires there but the watermark hardly raises it
+    result.units[0].test = {"located": True, "raised": True, "confirmed": False}
+    result.units[1].test = {"located": True, "raised": False, "confirmed": False}
+    result.revise_by_location()
+    assert [(u.verdict, u.verdict_before_test) for u in result.units] == [("both", "valid"), ("valid", None), ("valid", None)]
+    assert result.both_by_location == ["l/0"] and result.to_dict()["both_by_location"] == ["l/0"] and result.unlocated == []
+    assert result.shares["both"] == pytest.approx(0.5) and result.shares["spurious_or_both"] == pytest.approx(0.5)
+    # without the label evidence nothing is contested (the alignment flags them); without the location rule nothing changes
+    alone = audit([0.1, 0.1], [6.0, 6.0], [0.4, 0.2], labels=["star", "star"], rule=AlignmentRule(by_label=False))
+    assert [(u.verdict, u.contested) for u in alone.units] == [("spurious", False), ("spurious", False)]
+    kept = audit([0.1], [6.0], [0.4], labels=["star"], rule=AlignmentRule(by_location=False))
+    kept.units[0].test = {"located": True, "raised": True}
+    kept.revise_by_location()
+    assert kept.units[0].verdict == "valid" and kept.both_by_location == []
+
+
 def test_located_iou_is_netdissects_iou_of_the_top_activations_with_the_pasted_region():
     # 4 images, 10x10 maps at the region's size (no up-sampling): 792 small values below 1, then per unit 4
     # cells at 4.0 and 4 at 5.0 on the images with the concept; the 0.995 quantile of the 800 values (with and

@@ -130,7 +130,8 @@ class AuditedUnit:
     test: dict | None = None  # the concept test of a flagged (or, with test_all, any) unit (interventions.concept_tests)
     tight_shift: float | None = None  # its best spurious probe's tight_shift (None: no tight boxes in the Lens)
     responses_label: str | None = None  # its best concept by its crop responses, of the audit's and a vocabulary's (None: no responses)
-    verdict_before_test: str | None = None  # its flag, where the concept test found it firing away from the pasted concept
+    verdict_before_test: str | None = None  # its verdict before the concept test's location revised it (revise_by_location)
+    contested: bool = False  # named valid by its crop responses while its alignment alone flags it: tested too
 
 
 @dataclass
@@ -170,18 +171,34 @@ class Audit:
     def unlocated(self) -> list[str]:
         """Units the alignment or their crop responses flagged that the concept test found firing away from the
         pasted concept (``revise_by_location``)."""
-        return [unit.unit for unit in self.units if unit.verdict_before_test is not None]
+        return [unit.unit for unit in self.units if unit.verdict_before_test in FLAGGED]
+
+    @property
+    def both_by_location(self) -> list[str]:
+        """Contested units (named valid by their crop responses, flagged by their alignment) that the concept
+        test found raised by the pasted concept, where it is: "both" (``revise_by_location``)."""
+        return [unit.unit for unit in self.units if unit.verdict_before_test == "valid" and unit.verdict == "both"]
+
+    @property
+    def to_test(self) -> list[AuditedUnit]:
+        """The units a concept test examines unless it tests all: the flagged ones and the contested ones."""
+        return [unit for unit in self.units if unit.verdict in FLAGGED or unit.contested]
 
     def revise_by_location(self) -> None:
-        """After the concept test: a flagged unit that does not fire where the concept was pasted (its test's
-        ``located`` False) is no detector of it; its verdict falls back to its valid alignment ("valid" where
-        z_valid passes ``rule.z``, else "unexpected"), and the shares follow. Nothing with ``rule.by_location`` off."""
+        """After the concept test, where it measured where the units fire: a flagged unit that does not fire where
+        the concept was pasted (its test's ``located`` False) is no detector of it; its verdict falls back to its
+        valid alignment ("valid" where z_valid passes ``rule.z``, else "unexpected"). A contested unit (named valid
+        by its crop responses, flagged by its alignment) that fires there and is raised by the concept (``located``
+        and ``raised``) responds to both: "both". The shares follow. Nothing with ``rule.by_location`` off."""
         if not self.rule.by_location:
             return
         for unit in self.units:
-            if unit.verdict in FLAGGED and unit.test and unit.test.get("located") is False:
+            test = unit.test or {}
+            if unit.verdict in FLAGGED and test.get("located") is False:
                 unit.verdict_before_test = unit.verdict
                 unit.verdict = "valid" if unit.z_valid > self.rule.z else "unexpected"
+            elif unit.contested and unit.verdict == "valid" and test.get("located") and test.get("raised"):
+                unit.verdict_before_test, unit.verdict = "valid", "both"
         self.shares = relevance_by_verdict(torch.tensor([unit.mean_relevance for unit in self.units]), [unit.verdict for unit in self.units])
 
     @property
@@ -236,6 +253,7 @@ class Audit:
             "confirmed_share": self.confirmed_share,
             "unconfirmed": self.unconfirmed,
             "unlocated": self.unlocated,
+            "both_by_location": self.both_by_location,
             "carriers": self.carriers,
             "left_out": self.left_out,
             "sae_error": self.sae_error,
@@ -323,13 +341,16 @@ def audit_units(
     # the copy that names each channel: the one with the best alignment
     named = [next((m for m in copies if float(best_copy[m]) == float(m_best[i])), copies[0]) for i, copies in zip(relevant.tolist(), members)]
     kinds = [("spurious" if labels[m] in spurious else "valid" if labels[m] in valid else None) for m in named]
-    unit_verdicts = verdicts(m_zv[relevant], m_zs[relevant], rule, ~(m_shift[relevant] < -rule.margin), kinds)
+    localised = ~(m_shift[relevant] < -rule.margin)
+    unit_verdicts = verdicts(m_zv[relevant], m_zs[relevant], rule, localised, kinds)
+    by_alignment = verdicts(m_zv[relevant], m_zs[relevant], rule, localised)
     audited = []
-    for i, m, copies, verdict in zip(relevant.tolist(), named, members, unit_verdicts):
+    for i, m, copies, verdict, aligned in zip(relevant.tolist(), named, members, unit_verdicts, by_alignment):
         audited.append(AuditedUnit(
             units[m], float(m_max[i]), float(m_mean[i]), float(m_av[i]), float(m_as[i]), float(m_zv[i]),
             float(m_zs[i]), verdict, [units[other] for other in copies if other != m],
             tight_shift=None if m_shift[i].isnan() else float(m_shift[i]), responses_label=labels[m],
+            contested=verdict == "valid" and aligned in FLAGGED,
         ))  # fmt: skip
     shares = relevance_by_verdict(m_mean[relevant].nan_to_num(0), unit_verdicts)
     return Audit(class_name, cut, list(valid), list(spurious), audited, shares, rule, left_out)

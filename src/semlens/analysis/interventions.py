@@ -397,7 +397,7 @@ def concept_tests(
     the difference) and their log odds ratio (``log_odds``); it ``relies`` on the concept when the concept
     multiplies the class's odds by ``RELIANCE_ODDS`` or more. Per unit: does the concept raise its
     activation (``activation_auc`` of its pooled activation on images with the concept against images
-    without; ``concept_rise``: the mean difference), and does zeroing it lower the class probability more
+    without, ``raised`` where it reaches ``CONFIRM_AUC``; ``concept_rise``: the mean difference), and does zeroing it lower the class probability more
     with the concept than without (``drop_with``, ``drop_without``)? ``reliance_removed`` is the log odds
     ratio before minus after zeroing it. ``class_rise`` is how much more the class's own images raise the
     unit than the others do, the images without the concept taken by ``classes`` (their labels) or, without
@@ -443,6 +443,7 @@ def concept_tests(
         at_concept = None if iou is None else iou >= LOCATE_IOU
         tests.append({
             "activation_auc": auc,
+            "raised": auc >= CONFIRM_AUC,
             "concept_rise": concept_rise,
             "class_rise": own_rise,
             "located_iou": iou,

@@ -112,6 +112,10 @@ def audit(
                 f"flagged, but firing away from the pasted concept (IoU of its top activations with it below {LOCATE_IOU:g}; "
                 f"verdict from its valid alignment): {', '.join(result.unlocated) or 'none'}"
             )
+            say(
+                "named valid by their crop responses and aligned with the concept, firing where it is pasted and raised by it "
+                f"(both): {', '.join(result.both_by_location) or 'none'}"
+            )
         say(f"spurious share, as tested: {result.spurious_share:.1%} of the relevance (the confirmed findings')")
         if any(u.test is not None and u.test["class_rise"] is None for u in result.units):
             from ..analysis.interventions import CLASS_RISE_IMAGES

@@ -84,8 +84,9 @@ class LensAudits:
         ``rule``; where the Lens kept crop responses, a unit whose best concept by them is one of the audit's
         text concepts takes its verdict from it: ``analysis.audit``) and the class's relevance by verdict. With ``concept`` (images without and with the spurious
         concept), also the concept test of the flagged units and the class's reliance on the concept (needs
-        the model; where the concept is pasted, a flagged unit that fires away from it loses its flag:
-        ``AlignmentRule.by_location``); ``test_all`` tests every relevant unit, so that units the reliance runs through are found
+        the model; where the concept is pasted, a flagged unit that fires away from it loses its flag, and a
+        contested unit, named valid by its crop responses but flagged by its alignment, that fires where it is
+        and is raised by it is judged "both": ``AlignmentRule.by_location``); ``test_all`` tests every relevant unit, so that units the reliance runs through are found
         where the foundation model does not see the concept in their examples (``Audit.carriers``; one
         more pass over the images per unit). The alignments are taken in embedding space ``space``."""
         if space is not None:
@@ -136,7 +137,7 @@ class LensAudits:
         for audited in result.units:
             audited.examples = [example.source for example in self.concept_examples(audited.unit)[:3]]
         if concept is not None:
-            self._test_findings(result, index, concept, result.units if test_all else result.flagged)
+            self._test_findings(result, index, concept, result.units if test_all else result.to_test)
         return result
 
     def _audit_labels(self: Lens, layers: list[str], concepts: list[str]) -> list[str | None] | None:
