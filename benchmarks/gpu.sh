@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of the README ("GPUs, measured"): the collection pass, CRP heatmaps and measures
+# The GPU figures of the README ("Measured on a GPU"): the collection pass, CRP heatmaps and measures
 # (micro), a whole build of a random ResNet-50 into a random open_clip ViT-B-32 (build), and the demo
 # (demo), on one CUDA machine with semlens installed. Run from the repository root:
 #

@@ -26,8 +26,9 @@ the Lens's crops. Where that name is one of the audit's concepts it decides the 
 
 Both read the unit's examples; neither sees where in an image the unit fires. Where the concept test
 pastes the concept into images, it does (``interventions.located_ious``): a flagged unit that does not fire
-where the concept is pasted is no detector of it, and its verdict falls back to its valid alignment
-(``AlignmentRule.by_location``, ``Audit.revise_by_location``).
+where the concept is pasted is no detector of it, and its verdict falls back to its valid alignment; a
+contested unit (named valid by its crop responses, flagged by its alignment) that fires there and is raised
+by the concept responds to both (``AlignmentRule.by_location``, ``Audit.revise_by_location``).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class AlignmentRule:
     z: float = Z_CUT
     margin: float = MARGIN
     by_label: bool = True  # a unit's best concept by its crop responses, where it is an audited concept, decides
-    by_location: bool = True  # a flagged unit the concept test finds firing away from the pasted concept is not flagged
+    by_location: bool = True  # where the concept test pastes the concept, where a tested unit fires revises its verdict
 
     def to_dict(self) -> dict:
         return {"null": NULL_RULE, "z": self.z, "margin": self.margin, "by_label": self.by_label, "by_location": self.by_location}
@@ -127,7 +128,7 @@ class AuditedUnit:
     verdict: str
     copies: list[str] = field(default_factory=list)  # a signed layer's other copy of the same channel
     examples: list[str] = field(default_factory=list)
-    test: dict | None = None  # the concept test of a flagged (or, with test_all, any) unit (interventions.concept_tests)
+    test: dict | None = None  # the concept test of a flagged or contested (or, with test_all, any) unit (interventions.concept_tests)
     tight_shift: float | None = None  # its best spurious probe's tight_shift (None: no tight boxes in the Lens)
     responses_label: str | None = None  # its best concept by its crop responses, of the audit's and a vocabulary's (None: no responses)
     verdict_before_test: str | None = None  # its verdict before the concept test's location revised it (revise_by_location)

@@ -441,9 +441,10 @@ def concept_tests(
         removed = reliance - log_odds_ratio(after_with, after_without)
         detects = own_rise is None or concept_rise >= CONCEPT_OVER_CLASS * own_rise
         at_concept = None if iou is None else iou >= LOCATE_IOU
+        raised = auc >= CONFIRM_AUC
         tests.append({
             "activation_auc": auc,
-            "raised": auc >= CONFIRM_AUC,
+            "raised": raised,
             "concept_rise": concept_rise,
             "class_rise": own_rise,
             "located_iou": iou,
@@ -451,6 +452,6 @@ def concept_tests(
             "drop_with": p_with - after_with,
             "drop_without": p_without - after_without,
             "reliance_removed": removed,
-            "confirmed": result["relies"] and auc >= CONFIRM_AUC and removed >= CONFIRM_SHARE * reliance and detects and at_concept is not False,
+            "confirmed": result["relies"] and raised and removed >= CONFIRM_SHARE * reliance and detects and at_concept is not False,
         })  # fmt: skip
     return result, tests

@@ -170,8 +170,8 @@ class LensAudits:
         """Run the concept test on ``units`` of ``result`` (in place): the class's reliance on the concept
         and, per unit, whether the concept raises it (also against how much the class's own images do: see
         ``concept_tests``), whether it fires where a pasted concept is, and zeroing it costs the class more with
-        the concept than without; then a flagged unit firing away from the pasted concept loses its flag
-        (``Audit.revise_by_location``). Needs the model (loaded under the Lens's trust model)."""
+        the concept than without; then a flagged unit firing away from the pasted concept loses its flag and a
+        contested one firing there and raised by it is "both" (``Audit.revise_by_location``). Needs the model (loaded under the Lens's trust model)."""
         from ..analysis.interventions import UnitToTest, concept_tests
         from ..model.units import LayerSpec
 
