@@ -147,7 +147,8 @@ def test_a_contested_unit_raised_where_the_concept_is_pasted_is_both():
     # contested, so tested; l/2 at the null level: valid by its name alone, not tested
     result = audit([0.1, 0.1, 0.1], [6.0, 6.0, 0.3], [0.4, 0.2, 0.2], labels=["star", "star", "star"])
     assert [(u.verdict, u.contested) for u in result.units] == [("valid", True), ("valid", True), ("valid", False)]
-    assert [u.unit for u in result.to_test] == ["l/0", "l/1"]
+    assert [u.unit for u in result.to_test()] == ["l/0", "l/1"]
+    assert result.to_test(located=False) == []  # where the test cannot see where they fire, they could never become "both"
     # l/0 fires where the watermark is pasted and is raised by it; l/1 fires there but the watermark hardly raises it
     result.units[0].test = {"located": True, "raised": True, "confirmed": False}
     result.units[1].test = {"located": True, "raised": False, "confirmed": False}

@@ -180,10 +180,10 @@ class Audit:
         test found raised by the pasted concept, where it is: "both" (``revise_by_location``)."""
         return [unit.unit for unit in self.units if unit.verdict_before_test == "valid" and unit.verdict == "both"]
 
-    @property
-    def to_test(self) -> list[AuditedUnit]:
-        """The units a concept test examines unless it tests all: the flagged ones and the contested ones."""
-        return [unit for unit in self.units if unit.verdict in FLAGGED or unit.contested]
+    def to_test(self, located: bool = True) -> list[AuditedUnit]:
+        """The units a concept test examines unless it tests all: the flagged ones, and the contested ones where
+        the test can measure where units fire (``located``: a pasted artefact), as only that can make them "both"."""
+        return [unit for unit in self.units if unit.verdict in FLAGGED or (located and unit.contested)]
 
     def revise_by_location(self) -> None:
         """After the concept test, where it measured where the units fire: a flagged unit that does not fire where

@@ -14,7 +14,7 @@ from ..analysis.alignment import alignment
 from ..analysis.label import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
-    from ..analysis.audit import AlignmentRule, Audit, AuditedUnit
+    from ..analysis.audit import AlignmentRule, Audit
     from ..analysis.interventions import Artifact, ConceptImages
     from ..data import ImageData
     from ..relevance.graph import AttributionGraph
@@ -137,7 +137,7 @@ class LensAudits:
         for audited in result.units:
             audited.examples = [example.source for example in self.concept_examples(audited.unit)[:3]]
         if concept is not None:
-            self._test_findings(result, index, concept, result.units if test_all else result.to_test)
+            self._test_findings(result, index, concept, test_all)
         return result
 
     def _audit_labels(self: Lens, layers: list[str], concepts: list[str]) -> list[str | None] | None:
@@ -166,17 +166,20 @@ class LensAudits:
             results.append(alignment(theta, torch.stack([self.probes.images([image]) for image in images]), None))
         return torch.cat(results, dim=1)
 
-    def _test_findings(self: Lens, result: Audit, class_index: int, concept: ConceptImages, units: list[AuditedUnit]) -> None:
-        """Run the concept test on ``units`` of ``result`` (in place): the class's reliance on the concept
-        and, per unit, whether the concept raises it (also against how much the class's own images do: see
-        ``concept_tests``), whether it fires where a pasted concept is, and zeroing it costs the class more with
-        the concept than without; then a flagged unit firing away from the pasted concept loses its flag and a
-        contested one firing there and raised by it is "both" (``Audit.revise_by_location``). Needs the model (loaded under the Lens's trust model)."""
+    def _test_findings(self: Lens, result: Audit, class_index: int, concept: ConceptImages, test_all: bool) -> None:
+        """Run the concept test on the units of ``result`` (in place; all with ``test_all``, else ``Audit.to_test``):
+        the class's reliance on the concept and, per unit, whether the concept raises it (also against how much
+        the class's own images do: see ``concept_tests``), whether it fires where a pasted concept is, and
+        zeroing it costs the class more with the concept than without; then a flagged unit firing away from the
+        pasted concept loses its flag and a contested one firing there and raised by it is "both"
+        (``Audit.revise_by_location``). Needs the model (loaded under the Lens's trust model)."""
         from ..analysis.interventions import UnitToTest, concept_tests
         from ..model.units import LayerSpec
 
         model = self.model()
         without, with_concept, classes = concept.views_and_classes(model)
+        region = concept.region(with_concept)
+        units = result.units if test_all else result.to_test(located=region is not None)
         layers = sorted({unit.unit.rpartition("/")[0] for unit in units})
         saes = self.sae_files(layers)
         tested = []
@@ -184,7 +187,6 @@ class LensAudits:
             layer, row = self.unit_index(unit.unit)
             spec = LayerSpec(**{**self.manifest["layers"][layer]["spec"], "sae": saes.get(layer)})
             tested.append(UnitToTest(unit.unit, spec, row, row % self.manifest["layers"][layer]["base_units"]))
-        region = concept.region(with_concept)
         result.reliance, tests = concept_tests(model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region)
         for unit, test in zip(units, tests):
             unit.test = test
