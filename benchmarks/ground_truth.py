@@ -323,6 +323,31 @@ def summary_rows(records: list[dict[str, Any]], control: bool) -> list[tuple[str
     return [(f"mean ({label}, {len(chosen)})", means), (f"worst ({label})", worst)]
 
 
+def pooled_audit(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The audit's flags and confirmed findings over the runs whose class relies on its artefact (the concept
+    test's verdict), pooled by count: precision over every flag, recall over every true artefact unit the audit
+    examined (a mean of per-run ratios would weigh a run with one flag as much as one with twenty)."""
+    relying = [record for record in records if record["audit_relies"]]
+    examined = sum(record["artefact_units_examined"] for record in relying)
+    pooled: dict[str, Any] = {"runs": len(relying), "examined": examined}
+    for name, key in (("flagged", "audit_flagged_units"), ("confirmed", "audit_confirmed_units")):
+        units = sum(len(record[key]) for record in relying)
+        right = sum(len(set(record[key]) & set(record["artefact_unit_names"])) for record in relying)
+        pooled[name] = {"units": units, "true": right, "precision": _share(right, units), "recall": _share(right, examined)}
+    return pooled
+
+
+def print_pooled_audit(records: list[dict[str, Any]], console: Console) -> None:
+    pooled = pooled_audit(records)
+    if not pooled["runs"]:
+        return
+    parts = [
+        f"{name} {values['units']} ({values['true']} true: precision {_number(values['precision'])}, recall {_number(values['recall'])})"
+        for name, values in ((name, pooled[name]) for name in ("flagged", "confirmed"))
+    ]
+    console.print(f"audit pooled over the {pooled['runs']} runs whose class relies on its artefact ({pooled['examined']} true artefact units examined): " + "; ".join(parts))
+
+
 def print_table(records: list[dict[str, Any]], console: Console) -> None:
     table = Table(title="semlens against the concept world's ground truth (one row per world and seed)")
     for column in ("world", "seed", "view", "artefact on class", *COLUMNS, "pruning: predicted as class", "clean acc."):
@@ -409,6 +434,7 @@ def main() -> None:
                 if args.json:  # after every run: a long benchmark leaves what it has
                     args.json.write_text(json.dumps(records, indent=1), encoding="utf-8")
     print_table(records, console)
+    print_pooled_audit(records, console)
     if args.views:
         print_views(records, console)
     if args.label_methods:
