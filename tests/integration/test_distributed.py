@@ -16,6 +16,7 @@ from semlens._util.errors import SemlensError
 from semlens.build.builder import LensBuilder
 from semlens.build.merge import merge_shards
 from semlens.cli import app
+from semlens.lens.trust import UntrustedSpecError
 
 LAYERS = ["features.0", "features.3:pool=max", "head:signed=true"]
 # 30 images in 5 batches of 7 and relevance crops in batches of 16 split unevenly over 2 ranks; 4 embedding chunks of 16
@@ -82,6 +83,15 @@ def shards(tmp_path_factory, colour_folder, tiny_clip_dir) -> list[Path]:
 
 def test_shards_merged_equal_one_process(tmp_path, reference, shards) -> None:
     merge_shards(list(reversed(shards)), tmp_path / "merged.lens", progress=False)
+    assert_same_lens(Lens.open(tmp_path / "merged.lens"), reference)
+
+
+def test_shards_from_elsewhere_are_merged_only_when_trusted(tmp_path, reference, shards, monkeypatch) -> None:
+    monkeypatch.setenv("SEMLENS_CACHE", str(tmp_path / "another-users-cache"))  # shards this user did not build
+    with pytest.raises(UntrustedSpecError, match="was not built on this machine"):
+        merge_shards(shards, tmp_path / "merged.lens", progress=False)
+    assert not (tmp_path / "merged.lens").exists()
+    merge_shards(shards, tmp_path / "merged.lens", progress=False, trust=True)
     assert_same_lens(Lens.open(tmp_path / "merged.lens"), reference)
 
 

@@ -62,6 +62,7 @@ def lens(built, tmp_path) -> Lens:
 
 
 def test_an_added_space_embeds_the_same_crops_and_leaves_the_default_space_alone(lens, siglip_dir) -> None:
+    assert lens.trusted  # built on this machine
     before = {path.name: path.read_bytes() for path in [lens.path / "crops.safetensors", *(lens.path / "layers").iterdir()]}
     space = add_space(lens, f"hf:{siglip_dir}", workers=0, progress=False)
     sig, clip = space_name(f"hf:{siglip_dir}"), lens.default_space
@@ -70,6 +71,7 @@ def test_an_added_space_embeds_the_same_crops_and_leaves_the_default_space_alone
     after = {path.name: path.read_bytes() for path in [lens.path / "crops.safetensors", *(lens.path / "layers").iterdir()]}
     assert after == before  # the default space's files are untouched
     reopened = Lens.open(lens.path)  # the new files are recorded and checked like the others
+    assert reopened.trusted  # the space's spec was the user's own: still trusted, though trust covers every spec
     assert [s.name for s in reopened.spaces] == [clip, sig] and reopened.foundation_id.startswith("hf:tiny-clip")
     view = reopened.in_space(sig)
     assert view.foundation_id == space.foundation_id and reopened.in_space("default") is reopened

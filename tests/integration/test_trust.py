@@ -168,3 +168,70 @@ def test_explorer_gets_write_nothing_into_a_writable_lens(built, tmp_path) -> No
     assert files_of(copy) == before
     served = client.get("/api/lenses").json()[0]
     assert served["data"].startswith("folder:") and "/" not in served["data"]  # where the data lives is not shown
+
+
+def test_a_spec_hidden_behind_whitespace_is_refused_as_the_loader_would_read_it(built, tmp_path, monkeypatch, stranger) -> None:
+    marker = tmp_path / "ran"
+    (tmp_path / "evil.py").write_text(MARKER_MODULE.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    copy = received(built, tmp_path, model=" py:evil:factory", data="\tpy:evil:factory", foundation="\u3000py:evil:factory")
+    lens = Lens.open(copy)
+    for question in (lambda: lens.search("red"), lambda: lens.model(), lambda: lens.probe_data):
+        with pytest.raises(UntrustedSpecError, match="imports and runs Python code"):
+            question()
+    assert not marker.exists()
+
+
+def test_trust_covers_every_spec_the_lens_makes_semlens_follow(built, tmp_path, stranger) -> None:
+    copy = received(built, tmp_path)
+    assert runner.invoke(app, ["trust", str(copy)]).exit_code == 0 and Lens.open(copy).trusted
+    manifest = json.loads((copy / "manifest.json").read_text())
+    changes = {
+        "foundation": lambda m: m["foundation"].update(spec="py:evil:factory"),
+        "an SAE file": lambda m: m["layers"]["head"]["spec"].update(sae="/tmp/evil.safetensors"),
+        "a space": lambda m: m.setdefault("spaces", {}).update(second={"spec": "py:evil:factory", "complete": True}),
+    }
+    for what, change in changes.items():
+        changed = json.loads(json.dumps(manifest))
+        change(changed)
+        (copy / "manifest.json").write_text(json.dumps(changed))
+        assert not Lens.open(copy).trusted, what  # the same build id with another spec: another Lens
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert Lens.open(copy).trusted
+
+
+def test_a_look_alike_lens_gets_a_cache_of_its_own(built, tmp_path) -> None:
+    copy = received(built, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert Lens.open(copy).cache.root == Lens.open(built).cache.root  # a copy shares the cache it can
+    name = next(iter(manifest["arrays"]))
+    manifest["arrays"][name]["sha256"] = "0" * 64  # same build id and specs, other arrays
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert Lens.open(copy).cache.root != Lens.open(built).cache.root
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda m: m.setdefault("spaces", {}).update({"../../outside": {"spec": "x", "complete": True}}), "space name '../../outside' is not valid"),
+        (lambda m: m["arrays"].update({"../../etc/passwd": {"bytes": 1, "sha256": "0"}}), "names a file outside itself"),
+        (lambda m: m["arrays"].update({"/etc/passwd": {"bytes": 1, "sha256": "0"}}), "names a file outside itself"),
+        (lambda m: m.update(identity=None), "its identity should be tables"),
+    ],
+)
+def test_a_manifest_cannot_lead_semlens_out_of_the_lens(built, tmp_path, tamper, message) -> None:
+    copy = received(built, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    tamper(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SemlensError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Lens.open(copy)
+    result = runner.invoke(app, ["info", str(copy)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_control_characters_from_a_lens_reach_the_terminal_as_escapes(built, tmp_path, stranger) -> None:
+    copy = received(built, tmp_path, model="zoo:evil\x1b[2J\u202e")
+    result = runner.invoke(app, ["info", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\u202e" not in result.output and "zoo:evil\\x1b[2J\\u202e" in result.output

@@ -124,3 +124,11 @@ def test_an_unknown_format_names_the_valid_ones(lens_path, tmp_path) -> None:
     with pytest.raises(SemlensError, match="parquet, csv"):
         export_lens(Lens.open(lens_path), tmp_path / "out", "xlsx")
     assert not (tmp_path / "out").exists()
+
+
+def test_csv_cells_that_start_like_a_formula_are_written_as_text() -> None:
+    from semlens.lens.export import inert_cell
+
+    assert [inert_cell(value) for value in ("=HYPERLINK(1)", "+1", "-x", "@SUM", "\tx", "red", 3, -0.5, None)] == [
+        "'=HYPERLINK(1)", "'+1", "'-x", "'@SUM", "'\tx", "red", 3, -0.5, None
+    ]  # fmt: skip

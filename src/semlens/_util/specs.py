@@ -25,6 +25,15 @@ class SpecForm(Generic[T]):
     factory: Callable[..., T]
 
 
+def split_spec(spec: str, kind: str = "") -> tuple[str, str]:
+    """A spec's prefix and the rest, as every reader of specs must take them (the loaders and the trust
+    check alike: a spec read two ways could pass the check as one form and load as another)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise SpecError(f"empty or malformed {kind + ' ' if kind else ''}spec {spec!r}")
+    prefix, _, rest = spec.strip().partition(":")
+    return prefix, rest
+
+
 class SpecRegistry(Generic[T]):
     """Maps spec prefixes to factories; ``resolve`` turns a spec string into an object."""
 
@@ -51,7 +60,7 @@ class SpecRegistry(Generic[T]):
         """Return the form a spec selects and the part after its prefix."""
         if not isinstance(spec, str) or not spec.strip():
             raise SpecError(f"empty {self.kind} spec; valid forms: {self.help()}")
-        prefix, _, rest = spec.strip().partition(":")
+        prefix, rest = split_spec(spec, self.kind)
         form = self._forms.get(prefix)
         if form is None:
             raise SpecError(f"unknown {self.kind} spec {spec!r}; valid forms: {self.help()}")

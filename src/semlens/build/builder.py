@@ -198,6 +198,8 @@ class LensBuilder:
             stage.run()
         if self.context.shard is None and self.ranks.is_main:
             self._seal()
+        elif self.ranks.is_main:  # a shard built here: `semlens merge` may follow its specs (lens.trust)
+            remember_trusted(self.manifest)
         summary = self.summary()
         self.ranks.finish(leave=self.joined_group)
         return summary

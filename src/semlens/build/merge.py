@@ -15,6 +15,7 @@ from typing import Any
 
 from .._util.errors import SemlensError
 from ..lens.store import LensStore, layer_file
+from ..lens.trust import UntrustedSpecError, is_trusted
 from .builder import LensBuilder
 from .collect import TopK
 from .config import BuildConfig, BuildSummary
@@ -76,10 +77,12 @@ def _check_parts(stores: list[LensStore], manifests: list[dict[str, Any]]) -> No
 
 
 def merge_shards(
-    parts: list[str | Path], out: str | Path, overwrite: bool = False, progress: bool = True, **settings: Any
+    parts: list[str | Path], out: str | Path, overwrite: bool = False, progress: bool = True, trust: bool = False, **settings: Any
 ) -> BuildSummary:
     """Merge the shard Lenses ``parts`` into the Lens ``out`` and finish its remaining stages.
 
+    Merging loads the model, data and foundation models the shards record, so the shards must be trusted:
+    built on this machine, or ``trust`` (``--trust``) for shards from elsewhere (``semlens.lens.trust``).
     ``settings`` (not None) override the parts' recorded build settings that do not change the
     result, such as ``device``, ``workers`` or ``embed_batch_size``.
     """
@@ -87,6 +90,12 @@ def merge_shards(
         raise SemlensError("give the shard Lenses to merge")
     stores = [LensStore(part) for part in parts]
     manifests = [_shard_manifest(store) for store in stores]
+    untrusted = [str(store.root) for store, manifest in zip(stores, manifests) if not is_trusted(manifest)]
+    if untrusted and not trust:
+        raise UntrustedSpecError(
+            f"merging follows the specs the shards record (model, data, foundation models), and {', '.join(untrusted)} "
+            "was not built on this machine; if you trust its builder, pass trust=True (command line: --trust)"
+        )
     _check_parts(stores, manifests)
     recorded = {**manifests[0]["settings"], "shard": None}
     config = BuildConfig(**{**recorded, **{key: value for key, value in settings.items() if value is not None}})

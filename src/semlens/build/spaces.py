@@ -21,6 +21,7 @@ from .._util.fingerprint import hash_json
 from ..foundation import FoundationModel, load_foundation_model
 from ..lens.spaces import DEFAULT, EmbeddingSpace, check_space_name, space_name
 from ..lens.store import LensStore, layer_file, space_file
+from ..lens.trust import is_trusted, remember_trusted
 from ..model.preprocess import Preprocessing
 from .context import default_workers
 from .crop_stage import faded_slots, heat_source, slot_samples
@@ -200,7 +201,10 @@ def add_space(
     source = CropSource(
         opened.store, opened.probe_data, view, pick_device(device), default_workers() if workers is None else workers, progress, Ranks()
     )
+    trusted_here = is_trusted(opened.manifest)
     stage = SpaceStage(opened, source, foundation, name, precision, batch_size, overwrite)
     stage.run()
+    if trusted_here:  # the new space's spec is the user's own: the Lens stays trusted with it
+        remember_trusted(opened.manifest)
     opened.forget_view(stage.space)
     return next(space for space in opened.spaces if space.name == stage.space)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -51,6 +52,15 @@ def open_lens(
     return Lens.open(path, trust=trust, data=data, foundation=foundation, model=model).in_space(space)
 
 
+def printable(text: str) -> str:
+    """``text`` with control and format characters written as escapes: a Lens's strings (specs, unit names,
+    labels) reach the terminal, and an escape sequence in one must not clear the screen or fake a line."""
+    return "".join(
+        char if char in "\n\t" or unicodedata.category(char) not in ("Cc", "Cf") else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
+
+
 def friendly(command: Callable) -> Callable:
     """Print a SemlensError as one clear line (exit code 2) instead of a traceback."""
 
@@ -59,7 +69,7 @@ def friendly(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except SemlensError as error:
-            errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+            errors.print(f"[bold red]error:[/] {escape(printable(str(error)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -68,17 +78,17 @@ def friendly(command: Callable) -> Callable:
 def table(title: str | None, columns: tuple[str, ...], rows: list[tuple]) -> Table:
     """A rich table; numbers are right-aligned; cell text is shown as written (no markup)."""
     numeric = [all(isinstance(row[i], (int, float)) for row in rows) and bool(rows) for i in range(len(columns))]
-    result = Table(title=None if title is None else escape(title))
+    result = Table(title=None if title is None else escape(printable(title)))
     for column, right in zip(columns, numeric):
         result.add_column(escape(column), justify="right" if right else "left")
     for row in rows:
-        result.add_row(*(escape(str(value)) for value in row))
+        result.add_row(*(escape(printable(str(value))) for value in row))
     return result
 
 
 def say(text: str) -> None:
-    """Print a line whose values may hold brackets (paths, labels): no markup."""
-    console.print(text, markup=False, highlight=False)
+    """Print a line whose values may hold brackets (paths, labels): no markup, no control characters."""
+    console.print(printable(text), markup=False, highlight=False)
 
 
 def emit_json(value: Any) -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from .._util.errors import SemlensError
-from ._app import AsJson, app, console, emit_json, errors, friendly, table
+from ._app import AsJson, Trust, app, console, emit_json, errors, friendly, table
 
 
 @app.command()
@@ -142,6 +142,7 @@ def merge(
     workers: Optional[int] = typer.Option(None, help="Data loader worker processes."),
     embed_batch_size: Optional[int] = typer.Option(None, help="Foundation model batch size."),
     overwrite: bool = typer.Option(False, help="Delete an existing Lens at OUT and rebuild it."),
+    trust: Trust = False,
     as_json: AsJson = False,
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
@@ -149,7 +150,7 @@ def merge(
     from ..build.merge import merge_shards
 
     summary = merge_shards(
-        parts, out, overwrite, progress and not as_json, device=device, precision=precision, workers=workers, embed_batch_size=embed_batch_size
+        parts, out, overwrite, progress and not as_json, trust, device=device, precision=precision, workers=workers, embed_batch_size=embed_batch_size
     )
     report_summary(summary, as_json)
 

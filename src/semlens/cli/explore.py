@@ -32,8 +32,8 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
     say(str(opened.path))
     say(f"model       {identity['model']['spec']} (weights {identity['model']['fingerprint']})")
     say(f"data        {identity['data']['spec']} ({identity['data']['samples']} samples)")
-    say(f"foundation  {manifest['foundation']['id']} (dim {manifest['foundation']['dim']})")
-    say(f"spaces      {', '.join(space.name + ('' if space.complete else ' (unfinished)') for space in opened.spaces)}")
+    say(f"foundation  {manifest['foundation']['spec']} (id {manifest['foundation']['id']}, dim {manifest['foundation']['dim']})")
+    say(f"spaces      {', '.join(f'{space.name} ({space.spec})' + ('' if space.complete else ' (unfinished)') for space in opened.spaces)}")
     say(f"k           {opened.k}, crop {identity['embed']['crop']}{', relevance examples too' if opened.has_relevance_examples else ''}")
     say(f"trusted     {'yes' if opened.trusted else 'no (it runs no code and reads no files it names; see `semlens trust`)'}")
     from ..model.sae import sae_summary
@@ -302,13 +302,13 @@ def trust_lens(lens: Path = typer.Argument(..., help="Lens directory you receive
     """Trust a Lens: from now on it may load the model, data and foundation model it names, even by code or
     local path (Lenses built on this machine are trusted already). Only for Lenses from people you trust."""
     from .._util.errors import SemlensError
-    from ..lens.trust import remember_trusted
+    from ..lens.trust import remember_trusted, trusted_text
 
     opened = open_lens(lens)
     if opened.manifest.get("build_id") is None:
         raise SemlensError(f"{opened.path} was built before Lenses had build ids: pass --trust to each command instead")
     remember_trusted(opened.manifest)
-    say(f"trusted {opened.path}: model {opened.manifest['identity']['model']['spec']}, data {opened.manifest['identity']['data']['spec']}")
+    say(f"trusted {opened.path}: {trusted_text(opened.manifest)}")
 
 
 @app.command()

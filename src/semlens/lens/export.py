@@ -169,6 +169,15 @@ def _theta_units(lens: Lens) -> Columns:
     return columns
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a string from a Lens (a label, a path) that starts like a formula
+    gets a leading apostrophe (OWASP's advice), so opening the export runs nothing."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def _write_table(path: Path, name: str, columns: Columns, format: str) -> int:
     """Write one table atomically; returns its row count."""
     if format == "parquet":
@@ -184,7 +193,7 @@ def _write_table(path: Path, name: str, columns: Columns, format: str) -> int:
         with open(temporary, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(columns)
-            writer.writerows(zip(*columns.values()))
+            writer.writerows([inert_cell(value) for value in row] for row in zip(*columns.values()))
 
     atomic_write(path, write)
     return len(next(iter(columns.values())))

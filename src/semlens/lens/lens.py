@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._util.cache import cache_dir
 from .._util.errors import SemlensError
+from .._util.fingerprint import hash_json
 from ..model.units import unit_names
 from .arrays import LensArrays
 from .audits import LensAudits
@@ -21,7 +22,7 @@ from .labels import LensLabels
 from .measures import LensMeasures
 from .search import LensSearch
 from .sources import LensSources
-from .spaces import LensSpaces
+from .spaces import LensSpaces, check_space_name
 from .store import LensStore, space_file
 from .trust import LensAccess, is_trusted, lens_key
 
@@ -77,6 +78,8 @@ class Lens(
         (``trust=True``, or built on this machine: see ``semlens.lens.trust``); ``data`` (a folder or a data
         spec), ``foundation`` and ``model`` (specs) name them instead, as the user's own choice."""
         manifest = LensStore(path).read_manifest()
+        for space in manifest.get("spaces", {}):
+            check_space_name(space)  # each names a folder of the Lens: none may lead out of it
         store = LensStore(path, manifest.get("arrays"))
         store.check_sizes()
         shard = manifest["identity"].get("shard")
@@ -96,8 +99,9 @@ class Lens(
     @cached_property
     def cache(self) -> LensStore:
         """This Lens's folder in the user cache (the search index, the explorer's thumbnails): caches never
-        write into a Lens, so reading one changes nothing in it."""
-        return LensStore(cache_dir("lenses", lens_key(self.manifest)))
+        write into a Lens, so reading one changes nothing in it. Keyed by what the Lens follows and by its
+        arrays' hashes: a look-alike Lens (same build id, other examples) gets a folder of its own."""
+        return LensStore(cache_dir("lenses", hash_json([lens_key(self.manifest), self.manifest.get("arrays")])))
 
     @cached_property
     def derived(self) -> LensStore:

@@ -76,7 +76,12 @@ class LensStore:
         self._verified: set[str] = set()
 
     def path(self, name: str) -> Path:
-        return self.root / name
+        """The file ``name`` of this Lens, relative to its root. Names come from manifests others may have written:
+        one that would leave the root (absolute, or with a ``..`` part) is refused, never followed."""
+        relative = Path(name)
+        if not isinstance(name, str) or relative.is_absolute() or relative.anchor or ".." in relative.parts:
+            raise DamagedLensError(f"the Lens at {self.root} names a file outside itself ({name!r}); it was tampered with or damaged")
+        return self.root / relative
 
     def has_manifest(self) -> bool:
         return self.path(MANIFEST).is_file()
@@ -90,6 +95,10 @@ class LensStore:
             manifest = None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise SemlensError(f"{self.root / MANIFEST} is not a semlens Lens manifest")
+        malformed = [key for key in ("identity", "stages", "layers") if not isinstance(manifest.get(key), dict)]
+        malformed += [key for key in ("foundation", "spaces", "arrays") if not isinstance(manifest.get(key, {}), dict)]
+        if malformed:
+            raise DamagedLensError(f"{self.root / MANIFEST} is damaged: its {', '.join(malformed)} should be tables")
         if manifest.get("format_version", 0) > FORMAT_VERSION:
             raise SemlensError(
                 f"Lens at {self.root} has format version {manifest['format_version']}, newer than this semlens "

@@ -26,6 +26,7 @@ from typing import Any
 from .._util.cache import cache_dir
 from .._util.errors import SemlensError
 from .._util.fingerprint import hash_json
+from .._util.specs import split_spec
 from .store import atomic_write
 
 TRUST_FILE = "trusted-lenses.json"
@@ -57,10 +58,26 @@ def new_build_id() -> str:
     return secrets.token_hex(16)
 
 
+def _entries(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def followed_specs(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Everything a trusted Lens makes semlens follow: the model and data specs (in its identity), the
+    foundation model's and each extra space's spec, and each layer's spec (an SAE file it names)."""
+    return {
+        "identity": manifest.get("identity"),
+        "foundation": _entries(manifest.get("foundation")).get("spec"),
+        "spaces": {name: _entries(record).get("spec") for name, record in _entries(manifest.get("spaces")).items()},
+        "layers": {name: _entries(info).get("spec") for name, info in _entries(manifest.get("layers")).items()},
+    }
+
+
 def lens_key(manifest: dict[str, Any]) -> str:
-    """What the trust file records of a Lens: its build id with its identity (older Lenses have no build
-    id and are never found there)."""
-    return hash_json([manifest.get("build_id"), manifest.get("identity")])
+    """What the trust file records of a Lens: its build id with every spec it makes semlens follow
+    (``followed_specs``), so that a copy with one spec changed is another Lens, trusted by nobody (older
+    Lenses have no build id and are never found there)."""
+    return hash_json([manifest.get("build_id"), followed_specs(manifest)])
 
 
 def _trust_path() -> Path:
@@ -81,6 +98,17 @@ def remember_trusted(manifest: dict[str, Any]) -> None:
     atomic_write(_trust_path(), lambda temporary: temporary.write_text(json.dumps(keys), encoding="utf-8"))
 
 
+def trusted_text(manifest: dict[str, Any]) -> str:
+    """The specs a user trusts with a Lens, in words (``semlens trust`` and ``semlens info`` print it)."""
+    specs = followed_specs(manifest)
+    identity = _entries(specs["identity"])
+    parts = [f"model {_entries(identity.get('model')).get('spec')}", f"data {_entries(identity.get('data')).get('spec')}",
+             f"foundation model {specs['foundation']}"]  # fmt: skip
+    parts += [f"space {name}: {spec}" for name, spec in specs["spaces"].items()]
+    parts += [f"layer {name}: SAE {spec['sae']}" for name, spec in specs["layers"].items() if isinstance(spec, dict) and spec.get("sae")]
+    return ", ".join(parts)
+
+
 def is_trusted(manifest: dict[str, Any]) -> bool:
     return manifest.get("build_id") is not None and lens_key(manifest) in trusted_keys()
 
@@ -98,8 +126,9 @@ def _looks_like_path(text: str) -> bool:
 
 def spec_risk(spec: str) -> str | None:
     """Why following ``spec`` is more than loading a named, published model (None when it is inert):
-    ``py:`` imports and runs code, and a local path makes semlens read files on this machine."""
-    form, _, rest = spec.partition(":")
+    ``py:`` imports and runs code, and a local path makes semlens read files on this machine. The spec is split
+    as the loaders split it (``split_spec``: a leading space must not hide a ``py:``)."""
+    form, rest = split_spec(spec)
     if form == "py":
         return "imports and runs Python code"
     if form == "folder":
@@ -115,7 +144,7 @@ def spec_risk(spec: str) -> str | None:
 def display_spec(spec: str) -> str:
     """``spec`` with each local path cut to its last component, for pages others may see (the explorer):
     where a Lens was built says nothing about it, and it may say something about its author."""
-    form, _, rest = spec.partition(":")
+    form, rest = split_spec(spec)
     if spec_risk(spec) is None or form == "py":
         return spec
     parts = [Path(part).name if _looks_like_path(part) else part for part in ([rest] if form == "hf" else rest.split(":"))]
