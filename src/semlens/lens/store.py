@@ -95,15 +95,14 @@ class LensStore:
             manifest = None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise SemlensError(f"{self.root / MANIFEST} is not a semlens Lens manifest")
-        malformed = [key for key in ("identity", "stages", "layers") if not isinstance(manifest.get(key), dict)]
-        malformed += [key for key in ("foundation", "spaces", "arrays") if not isinstance(manifest.get(key, {}), dict)]
-        if malformed:
-            raise DamagedLensError(f"{self.root / MANIFEST} is damaged: its {', '.join(malformed)} should be tables")
         if manifest.get("format_version", 0) > FORMAT_VERSION:
             raise SemlensError(
                 f"Lens at {self.root} has format version {manifest['format_version']}, newer than this semlens "
                 f"reads ({FORMAT_VERSION}); upgrade semlens"
             )
+        malformed = [key for key in ("identity", "stages", "layers", "foundation", "spaces", "arrays") if not isinstance(manifest.get(key, {}), dict)]
+        if malformed:
+            raise DamagedLensError(f"{self.root / MANIFEST} is damaged: its {', '.join(malformed)} should be tables")
         return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
