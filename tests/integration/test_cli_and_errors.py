@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from semlens import BuildConfig, Lens
+from semlens import BuildConfig, Lens, SemlensError
 from semlens.build.builder import LensBuilder
 from semlens.cli import app
 
@@ -161,10 +161,20 @@ def test_a_module_given_twice_is_refused_with_both_specs(tmp_path, colour_folder
     assert_clear_error(result, "layer 'head' is given twice", "'head'", "'head:signed=true'")
 
 
-def test_k_larger_than_the_data_is_said(tmp_path, colour_folder) -> None:
+def test_k_larger_than_the_data_is_lowered_to_it(tmp_path, colour_folder) -> None:
     config = BuildConfig(model="py:tiny_models:tiny_cnn", layers=["head"], data=f"folder:{colour_folder}", k=500)
-    with pytest.warns(UserWarning, match="k=500 but the data has only 30 samples"):
+    with pytest.warns(UserWarning, match="k=500 but the data has only 30 samples: k lowered to 30"):
+        builder = LensBuilder(config, tmp_path / "x", progress=False)
+    assert builder.config.k == 30 and builder.identity["collect"]["k"] == 30  # no slot that no sample can fill
+
+
+def test_a_bad_foundation_spec_or_empty_data_is_refused_before_any_pass(tmp_path, colour_folder) -> None:
+    config = BuildConfig(model="py:tiny_models:tiny_cnn", layers=["head"], data=f"folder:{colour_folder}", foundation="clip")
+    with pytest.raises(SemlensError, match="unknown foundation model spec 'clip'; valid forms: .*hf:"):
         LensBuilder(config, tmp_path / "x", progress=False)
+    with pytest.raises(SemlensError, match="the data py:builtins:list has no samples"):  # a dataset factory returning []
+        LensBuilder(BuildConfig(model="py:tiny_models:tiny_cnn", layers=["head"], data="py:builtins:list"), tmp_path / "y", progress=False)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_crop_threshold_on_the_command_line(tmp_path, colour_folder, tiny_clip_dir) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import platform
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,6 +25,7 @@ from .. import __version__
 from .._util.devices import autocast_dtype, inference_dtype, pick_device
 from .._util.errors import SemlensError, StaleLensError
 from ..data import ImageData, load_data
+from ..foundation import FOUNDATION_MODELS
 from ..lens.store import FORMAT, FORMAT_VERSION, LensStore
 from ..lens.trust import new_build_id, remember_trusted
 from ..model.loading import LoadedModel, load_model
@@ -66,22 +67,23 @@ class LensBuilder:
     def __init__(self, config: BuildConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> None:
         self.joined_group = connect()  # a torchrun rank that made its process group (and leaves it)
         self.ranks = Ranks()
-        self.config = config
         self.store = LensStore(out)
         device = self.ranks.place(pick_device(config.device))
         autocast = autocast_dtype(config.precision, device)
         shard = Shard.parse(config.shard) if config.shard else None
+        for spec in [config.foundation, *config.extra_foundations]:
+            FOUNDATION_MODELS.split(spec)  # an unknown form fails now, listing the valid ones, not after the collection pass
         model: LoadedModel = load_model(config.model)
         data: ImageData = load_data(config.data)
+        if len(data) == 0:
+            raise SemlensError(f"the data {config.data} has no samples: give a folder with images (or a data spec that yields some)")
         self.specs = parse_layers(config.layers, config.pool)
         for spec in self.specs:
             resolve_module(model.module, spec.name)
         if config.k > len(data):
-            warnings.warn(
-                f"k={config.k} but the data has only {len(data)} samples: every unit keeps at most {len(data)} "
-                "concept examples (the other slots stay empty)",
-                stacklevel=2,
-            )
+            warnings.warn(f"k={config.k} but the data has only {len(data)} samples: k lowered to {len(data)}", stacklevel=2)
+            config = replace(config, k=len(data))  # a slot no sample can fill would still be cropped and embedded
+        self.config = config
         rows = (shard or Shard()).split(range(len(data)), config.batch_size)
         if shard and not rows:
             batches = -(-len(data) // config.batch_size)
