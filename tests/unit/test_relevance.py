@@ -554,3 +554,21 @@ def test_class_relevance_known_answers() -> None:
     inf = float("inf")
     expected_top = [[[0.5, 0.5, 0.25], [0.375, 0.0, -0.125]], [[0.375, 0.125, -inf], [0.125, -0.25, -inf]]]
     assert state["top_shares"].tolist() == expected_top
+
+
+class LogitsAndFeatures(nn.Module):
+    """A classifier whose forward returns ``(logits, features)``, as detection-style or multi-head models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(x)
+        return self.head(features.mean(dim=(2, 3))), features
+
+
+def test_a_model_that_returns_more_than_logits_is_unsupported_with_what_to_do() -> None:
+    report = RelevanceModel(LogitsAndFeatures().eval(), torch.rand(2, 3, 16, 16)).check()
+    assert not report.supported and "returns a tuple, not one [batch, classes] tensor" in report.reason and "wrap it" in report.reason

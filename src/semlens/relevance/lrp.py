@@ -104,6 +104,11 @@ class RelevanceModel:
         """``check``'s two tests: the canonized model's outputs, then conservation on a bias-free copy."""
         with torch.no_grad():
             expected = self.model(self.example)
+            if not isinstance(expected, torch.Tensor) or expected.dim() != 2:
+                raise UnsupportedModelError(
+                    f"the model returns {_describe(expected)}, not one [batch, classes] tensor of class scores, where LRP "
+                    "starts; wrap it in a module whose forward returns the logits"
+                )
             with self.attributing() as modified:
                 changed = float((modified(self.example) - expected).abs().amax())
         if changed > FUNCTION_TOLERANCE * max(float(expected.abs().amax()), 1.0):
@@ -258,6 +263,10 @@ def _per_unit(relevance: torch.Tensor) -> torch.Tensor:
     if relevance.dim() == 3:
         return relevance.sum(dim=1)
     return relevance.flatten(2).sum(dim=2) if relevance.dim() > 2 else relevance
+
+
+def _describe(value: object) -> str:
+    return f"a tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
 
 
 def _fmt(values: list[float]) -> str:
