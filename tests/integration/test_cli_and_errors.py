@@ -202,3 +202,18 @@ def test_errors_print_brackets_as_written(capsys) -> None:
     with pytest.raises(typer.Exit):
         fails()
     assert "semlens[web]" in capsys.readouterr().err
+
+
+def test_an_image_outside_every_class_folder_takes_the_predicted_class(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(colour_folder, folder)
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(folder / "loose.png")  # beside the class folders, in none
+    out = tmp_path / "mixed.lens"
+    result = invoke(*run_args(folder, tiny_clip_dir, out, "--layer", "head"))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["relevance"]["targets"] == "labels; 1 samples without a class folder: predicted classes"

@@ -64,17 +64,22 @@ class ClassRelevanceStage:
         stats: dict[str, ClassRelevance] = {}
         errors: dict[str, ClassRelevance] = {}  # per SAE layer the error term's share, as one more unit
         examples: dict[str, TopK] = {}  # per layer the top-k samples by share (config.relevance_examples)
+        unlabelled = 0  # labelled data's samples without a label of their own, taken by prediction
         with context.relevance.attributing() as modified, progress_bar("class relevance", len(data), context.progress) as advance:
             for pixels, ids, failed in loader:
                 advance(len(ids) + len(failed))
                 if pixels is None:
                     continue
                 pixels = context.model_input(pixels)
-                if mapping is None:
+                labels = [None if mapping is None else data.label(index) for index in ids.tolist()]
+                if None in labels:  # no labels, or a sample outside every class folder: the model's prediction
+                    unlabelled += labels.count(None) if mapping is not None else 0
                     with torch.no_grad():
-                        targets = model.module(pixels).argmax(dim=1)
+                        predicted = model.module(pixels).argmax(dim=1).tolist()
+                    labels = [predicted[row] if label is None else mapping[label] for row, label in enumerate(labels)]
                 else:
-                    targets = torch.tensor([mapping[data.label(index)] for index in ids.tolist()], device=context.device)
+                    labels = [mapping[label] for label in labels]
+                targets = torch.tensor(labels, device=context.device)
                 outputs, relevance, error = unit_and_error_relevance(modified, pixels, targets, [spec.name for spec in layers], picks, saes)
                 for spec in layers:
                     shares = relevance_shares(relevance[spec.name], error.get(spec.name))
@@ -92,5 +97,7 @@ class ClassRelevanceStage:
             context.store.write_tensors(layer_file(name, "relevance_topk"), {**topk.state(), "inactive": inactive_units(topk.scores)})
         if examples:
             write_sample_table(context.store, data, [topk.ids for topk in examples.values()], keep=True)
+        if unlabelled:
+            targets_from += f"; {unlabelled} samples without a class folder: predicted classes"
         context.manifest["relevance"] = {"data": data.spec, "targets": targets_from, "layers": list(stats), "example_layers": list(examples), "left_out": left_out}
         context.finish_stage(self.name, time.perf_counter() - started)
