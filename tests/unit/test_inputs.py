@@ -34,3 +34,30 @@ def test_python_model_takes_its_input_size_from_the_spec() -> None:
 def test_python_model_input_size_must_be_a_positive_integer(size: str) -> None:
     with pytest.raises(SpecError, match="positive integer"):
         load_model(f"py:tiny_models:tiny_cnn:{size}")
+
+
+def test_16_bit_and_float_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 60000, 64).reshape(8, 8).astype(np.uint16)  # 0 .. 92 % of the 16-bit range
+    Image.fromarray(ramp).save(tmp_path / "sixteen.png")
+    Image.fromarray((ramp / 60000).astype(np.float32)).save(tmp_path / "float.tif")  # 0 .. 1
+    data = FolderData(tmp_path)
+    for index in range(len(data)):
+        grey = np.asarray(data.load(index))[..., 0].astype(int)
+        assert grey.min() == 0 and grey.max() in (233, 255) and len(np.unique(grey)) > 50, data.describe(index)  # a ramp, not white or black
+
+
+def test_image_tensors_and_arrays_keep_their_values() -> None:
+    import numpy as np
+    import torch
+
+    from semlens.data.sequence import to_pil
+
+    stored = (torch.arange(48) * 5).to(torch.uint8).reshape(3, 4, 4)  # as torchvision.io.read_image gives it
+    assert torch.equal(torch.from_numpy(np.asarray(to_pil(stored))).permute(2, 0, 1), stored)
+    assert np.asarray(to_pil(stored.float() / 255)).tolist() == np.asarray(to_pil(stored)).tolist()  # ToTensor's [0, 1]
+    assert np.asarray(to_pil(np.full((4, 4), 0.5))).max() == 128  # a float array in [0, 1]
+    with pytest.raises(ValueError, match="should hold values in \\[0, 1\\].*before normalisation"):
+        to_pil(torch.full((3, 4, 4), -1.8))  # an ImageNet-normalised tensor

@@ -10,10 +10,34 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 
 from .._util.errors import DataError
+
+
+HIGH_DEPTH_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": None, "F": None}
+
+
+def rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB. Pillow's own conversion clips 16-bit and float images to 0..255 (a 16-bit PNG
+    turns white, a float TIFF black), so these are scaled instead: 16-bit by its range, 32-bit integers by
+    16 bits where they fit (how 16-bit PNGs often open), floats from [0, 1] where they lie in it, otherwise
+    (both) by the image's own minimum and maximum."""
+    if image.mode not in HIGH_DEPTH_MODES:
+        return image.convert("RGB")
+    values = np.asarray(image, dtype=np.float64)
+    top = HIGH_DEPTH_MODES[image.mode]
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if top is None and image.mode == "I" and low >= 0 and high <= 65535:
+        top = 65535
+    if top is None and image.mode == "F" and low >= 0 and high <= 1:
+        top = 1
+    if top is None:
+        values, top = values - low, max(high - low, 1e-12)
+    grey = np.clip(np.round(values / top * 255), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
 
 
 class ImageData(ABC):

@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from .._util.errors import DataError
-from .base import ImageData
+from .base import ImageData, rgb
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 #: folders that archivers and operating systems add beside the data; never images or classes
@@ -54,7 +54,7 @@ class FolderData(ImageData):
         path = self.root / self.files[index]
         try:
             with Image.open(path) as image:
-                return image.convert("RGB")
+                return rgb(image)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             raise DataError(f"cannot decode {self.files[index]}: {error}") from error
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from .._util.errors import DataError
 from .._util.fingerprint import hash_json
-from .base import ImageData
+from .base import ImageData, rgb
 
 
 class SequenceData(ImageData):
@@ -52,14 +52,28 @@ class SequenceData(ImageData):
 
 
 def to_pil(image: Any) -> Image.Image:
-    """PIL image from a PIL image, an ``HxWx3`` uint8 array or a ``3xHxW`` float tensor in [0, 1]."""
+    """PIL image from a PIL image (16-bit and float ones scaled: ``base.rgb``), an ``HxWx3`` (or ``HxW``) array,
+    or a ``3xHxW`` (or ``1xHxW``) tensor: uint8 as it is (``torchvision.io.read_image``, ``PILToTensor``), float
+    in [0, 1] (``ToTensor``). A float image outside [0, 1] is refused: normalised images would be shown and
+    embedded clipped, and the model's own normalisation is applied again by semlens."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return rgb(image)
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] not in (1, 3):
             raise ValueError(f"expected a 3xHxW (or 1xHxW) image tensor, got shape {tuple(image.shape)}")
-        array = (image.detach().float().clamp(0, 1).expand(3, -1, -1) * 255).round().byte().permute(1, 2, 0).numpy()
-        return Image.fromarray(array)
+        image = image.detach().cpu().expand(3, -1, -1).permute(1, 2, 0)
+        return to_pil(image.numpy() if image.dtype == torch.uint8 else image.float().numpy())
     if isinstance(image, np.ndarray):
-        return Image.fromarray(image).convert("RGB")
+        if np.issubdtype(image.dtype, np.floating):
+            low, high = (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
+            if low < -FLOAT_SLACK or high > 1 + FLOAT_SLACK:
+                raise ValueError(
+                    f"a float image should hold values in [0, 1], this one spans {low:.3g} to {high:.3g}: give images "
+                    "before normalisation (semlens applies the model's own)"
+                )
+            image = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+        return rgb(Image.fromarray(image))
     raise TypeError(f"cannot turn {type(image).__name__} into an image; give PIL images, arrays or tensors")
+
+
+FLOAT_SLACK = 1e-3  # float rounding around [0, 1] that is still an image in [0, 1]
