@@ -18,7 +18,11 @@ runner = CliRunner()
 def ask(*args) -> object:
     result = runner.invoke(app, [str(arg) for arg in args])
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return json.loads(result.stdout, parse_constant=refuse)  # standard JSON: no NaN or Infinity
+
+
+def refuse(constant: str) -> None:
+    raise AssertionError(f"{constant} in --json output: not standard JSON")
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +89,9 @@ def test_measures_similar_and_map(lens_path, tmp_path) -> None:
     assert len(similar) == 3 and all(hit["unit"] != valid[0] for hit in similar)
     everyone = ask("similar", lens_path, valid[0], "--top", "50", "--json")
     assert {hit["unit"] for hit in everyone} == set(valid[1:])  # every other valid unit, no inactive or tied one
-    mapped = ask("map", lens_path, "--out", tmp_path / "map.html", "--json")
+    mapped = ask("map", lens_path, "--out", tmp_path / "new" / "map.html", "--json")  # its folder is made
     assert mapped["units"] == valid and len(mapped["x"]) == len(valid)
-    assert "<script" in (tmp_path / "map.html").read_text()[:5_000_000] and (tmp_path / "map.png").is_file()
+    assert "<script" in (tmp_path / "new" / "map.html").read_text()[:5_000_000] and (tmp_path / "new" / "map.png").is_file()
 
 
 def test_compare_two_lenses_and_refuse_other_foundation_models(lens_path, tmp_path, colour_folder, tiny_clip_dir) -> None:

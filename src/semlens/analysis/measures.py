@@ -213,10 +213,11 @@ class Measures:
         return {measure: round(float(tensor.nanmean()), 5) for measure, tensor in self.values[layer].items()}
 
     def extremes(self, layer: str, measure: str, count: int, highest: bool) -> list[tuple[str, float]]:
-        """The ``count`` units with the lowest (or highest) value of ``measure``, NaN last."""
+        """The ``count`` units with the lowest (or highest) value of ``measure``; units without one (NaN) are no extreme."""
         values = self.values[layer][measure]
         order = values.nan_to_num(float("-inf") if highest else float("inf")).argsort(descending=highest, stable=True)
-        return [(f"{layer}/{self.units[layer][i]}", float(values[i])) for i in order[:count].tolist()]
+        order = order[~values[order].isnan()][:count]
+        return [(f"{layer}/{self.units[layer][i]}", float(values[i])) for i in order.tolist()]
 
     def to_dict(self) -> dict:
         return {

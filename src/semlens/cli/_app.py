@@ -4,6 +4,7 @@ tables and JSON output (commands print ``result.to_dict()``; they assemble no JS
 from __future__ import annotations
 
 import json
+import math
 import sys
 import unicodedata
 from functools import wraps
@@ -41,6 +42,14 @@ Model = Annotated[Optional[str], typer.Option("--model", "-m", help="The Lens's 
 Space = Annotated[
     Optional[str], typer.Option("--space", help="The embedding space to answer in (see `semlens spaces LENS`; default: the Lens's own).")
 ]
+
+
+def parent_made(path: Path | None) -> Path | None:
+    """An output file's folder, made when the command starts (``--out`` callback): a missing folder must not
+    fail a long command at its last step."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def open_lens(
@@ -92,4 +101,16 @@ def say(text: str) -> None:
 
 
 def emit_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=1, default=str) + "\n")
+    """Standard JSON: a NaN (a measure a unit has none of) is written as null, which every parser reads."""
+    sys.stdout.write(json.dumps(finite(value), indent=1, default=str, allow_nan=False) + "\n")
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float inside it replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value

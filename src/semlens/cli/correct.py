@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from .._util.errors import SemlensError
-from ._app import AsJson, Model, ProbeData, Trust, app, console, emit_json, friendly, open_lens, say, table
+from ._app import AsJson, Model, ProbeData, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
 from .validate import ArtifactAt, ArtifactImage, ArtifactMask, ArtifactTint, _artifact
 
 
@@ -31,7 +31,7 @@ def correct(
     last: int = typer.Option(1, help="finetune: how many of the last parameterised modules to train."),
     epochs: int = typer.Option(3, help="finetune: passes over the images."),
     learning_rate: float = typer.Option(1e-2, help="finetune: Adam's learning rate."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Save the correction here (safetensors)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Save the correction here (safetensors).", callback=parent_made),
     trust: Trust = False,
     model: Model = None,
     probe_data: ProbeData = None,

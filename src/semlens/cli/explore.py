@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, say, table
+from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in.")
 Layers = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable; default all).")
@@ -103,7 +103,7 @@ def similar(
 def show(
     lens: Path = typer.Argument(..., help="Lens directory."),
     unit: str = typer.Argument(..., help="Unit as layer/index, e.g. _fc/281."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: UNIT.png here)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: UNIT.png here).", callback=parent_made),
     by: str = typer.Option("activation", "--by", help="The top samples by activation (default) or by relevance (built with --relevance-examples)."),
     trust: Trust = False,
     probe_data: ProbeData = None,
@@ -158,7 +158,7 @@ def label(
 @friendly
 def dissect(
     lens: Path = typer.Argument(..., help="Lens directory (labelled with `semlens label` first)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bar chart PNG to write (default: dissect.png here)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bar chart PNG to write (default: dissect.png here).", callback=parent_made),
     space: Space = None,
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Fail unless the stored labels were made by this method."),
     as_json: AsJson = False,
@@ -184,8 +184,8 @@ def overview_map(
     lens: Path = typer.Argument(..., help="Lens directory."),
     layer: Optional[list[str]] = Layers,
     clusters: Optional[int] = typer.Option(None, help="Number of k-means clusters (default grows with the units)."),
-    out: Path = typer.Option(Path("overview.html"), "--out", "-o", help="Interactive HTML to write (works offline)."),
-    png: Optional[Path] = typer.Option(None, help="Also write a PNG (default: next to the HTML)."),
+    out: Path = typer.Option(Path("overview.html"), "--out", "-o", help="Interactive HTML to write (works offline).", callback=parent_made),
+    png: Optional[Path] = typer.Option(None, help="Also write a PNG (default: next to the HTML).", callback=parent_made),
     trust: Trust = False,
     foundation: Foundation = None,
     space: Space = None,
@@ -315,7 +315,7 @@ def trust_lens(lens: Path = typer.Argument(..., help="Lens directory you receive
 @friendly
 def report(
     lens: Path = typer.Argument(..., help="Lens directory."),
-    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write (self-contained, offline)."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write (self-contained, offline).", callback=parent_made),
     class_name: Optional[list[str]] = typer.Option(
         None, "--class", "-c", help="Add an audit and an attribution graph of this class (repeatable; needs class relevance)."
     ),

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .._util.errors import SemlensError
-from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, say, table
+from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
 
 AUDIT_KEYS = {"class", "valid", "spurious", "valid_images", "spurious_images", "cut", "z", "margin", "by_label", "by_location"}
 
@@ -36,7 +36,7 @@ def audit(
     at: str = typer.Option("0,0", help="Top-left X,Y of the artefact in the model's input view."),
     tint: Optional[str] = typer.Option(None, help="Concept test: a tint R,G,B (0.7 p + 0.3 c) as the spurious concept."),
     test_all: bool = typer.Option(False, "--test-all", help="Concept test: test every relevant unit, not only the flagged ones (finds the units the reliance runs through where no example aligns with the concept)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML page with the scatter plot (one class)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML page with the scatter plot (one class).", callback=parent_made),
     trust: Trust = False,
     model: Model = None,
     foundation: Foundation = None,
@@ -186,7 +186,7 @@ def graph(
     class_name: str = typer.Option(..., "--class", "-c", help="Class name or index."),
     layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Two or more layers, lowest first (default: all)."),
     cut: Optional[float] = typer.Option(None, help="Relevance share above which a unit enters the graph (default 0.01)."),
-    out: Path = typer.Option(Path("graph.html"), "--out", "-o", help="Interactive HTML (Sankey) to write."),
+    out: Path = typer.Option(Path("graph.html"), "--out", "-o", help="Interactive HTML (Sankey) to write.", callback=parent_made),
     trust: Trust = False,
     model: Model = None,
     probe_data: ProbeData = None,
