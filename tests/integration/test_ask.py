@@ -137,3 +137,10 @@ def test_report_with_audit_graph_and_comparison_sections(tmp_path, colour_folder
         assert heading in page, heading
     refused = runner.invoke(app, ["report", str(lens), "--out", str(out), "--class", "red"])
     assert refused.exit_code == 2 and "--spurious" in refused.output
+
+
+def test_audit_of_every_class_needs_the_suspected_concept(lens_path) -> None:
+    result = runner.invoke(app, ["audit", str(lens_path), "--all"])
+    assert result.exit_code == 2 and "--all audits every class against the spurious concepts you suspect: give --spurious" in " ".join(result.output.split())
+    ranked = ask("audit", lens_path, "--all", "--spurious", "stripes", "--json")
+    assert [audit["class"] for audit in ranked] and all("shares" in audit for audit in ranked)

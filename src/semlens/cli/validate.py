@@ -63,6 +63,8 @@ def audit(
         not alignment_only and settings.get("by_location", True),
     )
     if all_classes:
+        if not (spurious or spurious_image):
+            raise SemlensError("--all audits every class against the spurious concepts you suspect: give --spurious (or --spurious-image)")
         audits = opened.audit_classes(spurious, cut, spurious_image, rule)
         if as_json:
             emit_json([result.to_dict() for result in audits])

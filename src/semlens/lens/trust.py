@@ -156,8 +156,9 @@ def check_spec(spec: str, what: str, trusted: bool, option: str) -> str:
     risk = None if trusted else spec_risk(spec)
     if risk is not None:
         raise UntrustedSpecError(
-            f"this Lens names its {what} as {spec!r}, which {risk}; a Lens received from someone else never "
-            f"does that by itself. Name the {what} yourself ({option}) or, if you trust this Lens, pass "
-            "trust=True (command line: --trust)"
+            f"this Lens names its {what} as {spec!r}, which {risk}; a Lens this user's trust file does not list "
+            f"(received from someone else, or built by an earlier semlens, which recorded fewer of its specs there) never does that "
+            f"by itself. Name the {what} yourself ({option}) or, if you trust this Lens, pass trust=True (command "
+            "line: --trust), or trust it from now on with `semlens trust LENS`"
         )
     return spec
