@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from semlens import LayerSpec, Lens, collect_topk, list_layers, load_model
+from semlens._util.errors import SpecError
 from semlens.build.collect import iterate_batches
 from semlens.cli import app
 from semlens.data.photos import write_photo_folder
@@ -61,3 +62,24 @@ def test_optional_model_specs_load_and_collect(spec, layer, units) -> None:
     assert topk.scores.shape == (units, 2)
     if spec.startswith("timm:vit"):
         assert topk.maps.shape[2:] == (14, 14)  # CLS token dropped, 14x14 patch grid kept for cropping
+
+
+def test_random_weights_are_the_same_every_time_and_leave_the_global_generator_alone() -> None:
+    state = torch.random.get_rng_state()
+    first, second = load_model("timm:resnet18:none"), load_model("torchvision:resnet18:none")
+    assert load_model("timm:resnet18:none").fingerprint == first.fingerprint  # a build resumes, a Lens finds its model
+    assert load_model("torchvision:resnet18:none").fingerprint == second.fingerprint
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("spec, offline", [("torchvision:resnet18", "torchvision:resnet18:none"), ("timm:resnet18", "timm:resnet18:none")])
+def test_published_weights_without_the_network_say_what_works_offline(spec, offline, monkeypatch) -> None:
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)  # this machine has none anyway; any other too, for the test
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SpecError, match=f"cannot fetch the weights of {spec}.*offline, give a weights file.*{offline}"):
+        load_model(spec)

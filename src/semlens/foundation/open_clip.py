@@ -19,6 +19,7 @@ from .._util.devices import inference_dtype
 from .._util.errors import SpecError, one_line
 from .._util.fingerprint import hash_module_weights
 from .._util.imports import import_optional
+from .._util.seeded import seeded_weights
 from .base import FoundationModel, StackedTransform
 
 #: open_clip's model-name schemas; with them the weights come from the named repository or directory
@@ -59,9 +60,10 @@ class OpenCLIPFoundationModel(FoundationModel):
             model_name = arch
         try:
             # Random weights must stay random: do not fetch base weights for an HF text tower.
-            model, _, self.transform = open_clip.create_model_and_transforms(
-                model_name, pretrained=weights, pretrained_text=weights is not None
-            )
+            with seeded_weights():  # random weights (none) the same in every process: the Lens finds its model again
+                model, _, self.transform = open_clip.create_model_and_transforms(
+                    model_name, pretrained=weights, pretrained_text=weights is not None
+                )
             self.tokenizer = open_clip.get_tokenizer(model_name)
         except (RuntimeError, OSError, ValueError) as error:
             raise SpecError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from torch import nn
 from .._util.errors import SpecError
 from .._util.fingerprint import hash_module_weights
 from .._util.imports import import_object, import_optional
+from .._util.seeded import seeded_weights
 from .._util.specs import SpecForm, SpecRegistry
 from .imagenet import imagenet_classes
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
@@ -105,7 +107,8 @@ def _torchvision(rest: str) -> LoadedModel:
         raise SpecError(f"torchvision has no model {name!r}; see torchvision.models.list_models()")
     weights = weights or "DEFAULT"
     if weights.lower() == "none" or Path(weights).is_file():
-        module = tv_models.get_model(name, weights=None)
+        with seeded_weights():
+            module = tv_models.get_model(name, weights=None)
         preprocessing, classes = Preprocessing(), None
         if Path(weights).is_file():
             _load_state_file(module, weights)
@@ -115,7 +118,7 @@ def _torchvision(rest: str) -> LoadedModel:
         except KeyError:
             valid = ", ".join(member.name for member in tv_models.get_model_weights(name))
             raise SpecError(f"torchvision model {name} has no weights {weights!r}; valid: DEFAULT, none, a file, {valid}") from None
-        module = tv_models.get_model(name, weights=enum)
+        module = _downloading(lambda: tv_models.get_model(name, weights=enum), f"torchvision:{rest}", f"torchvision:{name}:none")
         transform = enum.transforms()
         preprocessing = Preprocessing(
             input_size=int(transform.crop_size[0]),
@@ -134,7 +137,8 @@ def _timm(rest: str) -> LoadedModel:
     if not timm.is_model(name):
         raise SpecError(f"timm has no model {name!r}; see timm.list_models('*pattern*')")
     weights = weights or "pretrained"
-    module = timm.create_model(name, pretrained=weights == "pretrained")
+    with seeded_weights():
+        module = _downloading(lambda: timm.create_model(name, pretrained=weights == "pretrained"), f"timm:{rest}", f"timm:{name}:none")
     if weights not in ("pretrained", "none"):
         _load_state_file(module, weights)
     config = import_optional("timm.data", "timm", f"timm:{rest}").resolve_data_config({}, model=module)
@@ -147,6 +151,18 @@ def _timm(rest: str) -> LoadedModel:
     )
     classes = imagenet_classes() if getattr(module, "num_classes", None) == 1000 else None
     return LoadedModel(module.eval(), f"timm:{rest}", preprocessing, classes)
+
+
+def _downloading(build: Callable[[], nn.Module], spec: str, random: str) -> nn.Module:
+    """``build()``, which may fetch published weights: without the network that fails deep in a download
+    library, so the error says what the spec needs and what works offline."""
+    try:
+        return build()
+    except OSError as error:  # urllib's URLError and the hub's missing-entry errors are OSErrors
+        raise SpecError(
+            f"cannot fetch the weights of {spec} ({type(error).__name__}: {str(error)[:200]}): published weights need the "
+            f"network on first use; offline, give a weights file after the name, or `none` for random weights ({random})"
+        ) from error
 
 
 def _load_state_file(module: nn.Module, path: str) -> None:
