@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,14 @@ def test_an_image_outside_every_class_folder_takes_the_predicted_class(tmp_path,
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["relevance"]["targets"] == "labels; 1 samples without a class folder: predicted classes"
+
+
+def test_a_config_file_with_values_of_the_wrong_type_is_refused_by_name(tmp_path) -> None:
+    for line, message in [('k = "3"', "k='3' should be an integer"), ("k = 3.7", "k=3.7 should be an integer"),
+                          ('layers = "head"', "layers='head' should be a list of strings"),
+                          ('foundation = ["world"]', "foundation=['world'] should be a string")]:  # fmt: skip
+        path = tmp_path / "config.toml"
+        layers = "" if line.startswith("layers") else 'layers = ["head"]'
+        path.write_text(f'model = "py:tiny_models:tiny_cnn"\ndata = "folder:x"\n{layers}\n{line}\n')
+        with pytest.raises(SemlensError, match=re.escape(message)):
+            BuildConfig.from_toml(path)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, get_args, get_origin, get_type_hints
 
 from .._util.devices import check_precision
 from .._util.errors import SemlensError
@@ -57,6 +58,7 @@ class BuildConfig:
     def __post_init__(self) -> None:
         if not self.layers:
             raise SemlensError("no layers given; name at least one (see `semlens layers MODEL`)")
+        check_field_types(self)
         if self.crop not in CROP_MODES:
             raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
         if self.crop_rule is None:
@@ -107,6 +109,39 @@ class BuildConfig:
             raise SemlensError(f"config {path}: unknown keys {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
+
+
+def check_field_types(config: Any) -> None:
+    """Each field of a dataclass ``config`` holds a value of its annotated type (a config file can hold any):
+    ``k = "3"`` or ``layers = "head"`` is refused by name, not met later as a TypeError or as layers h, e, a, d."""
+    hints = get_type_hints(type(config))
+    for item in fields(config):
+        value, expected = getattr(config, item.name), hints[item.name]
+        if not _is_of(value, expected):
+            raise SemlensError(f"{item.name}={value!r} should be {_kind(expected)}")
+
+
+def _is_of(value: Any, expected: Any) -> bool:
+    if isinstance(expected, UnionType):
+        return any(_is_of(value, option) for option in get_args(expected))
+    if expected is type(None):
+        return value is None
+    if get_origin(expected) is list:
+        (item,) = get_args(expected)
+        return isinstance(value, list) and all(_is_of(element, item) for element in value)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _kind(expected: Any) -> str:
+    if isinstance(expected, UnionType):
+        return " or ".join("left out" if option is type(None) else _kind(option) for option in get_args(expected))
+    if get_origin(expected) is list:
+        return f"a list of {_kind(get_args(expected)[0]).removeprefix('a ').removeprefix('an ')}s"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(expected, expected.__name__)
 
 
 def check_extra_foundations(foundation: str, extra: list[str]) -> None:
