@@ -61,3 +61,10 @@ def test_image_tensors_and_arrays_keep_their_values() -> None:
     assert np.asarray(to_pil(np.full((4, 4), 0.5))).max() == 128  # a float array in [0, 1]
     with pytest.raises(ValueError, match="should hold values in \\[0, 1\\].*before normalisation"):
         to_pil(torch.full((3, 4, 4), -1.8))  # an ImageNet-normalised tensor
+
+
+def test_python_model_spec_may_name_the_module_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "made_models.py").write_text("from torch import nn\nNET = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = load_model("py:made_models:NET:48")  # an instance, not a factory: used as it is, not called
+    assert model.module[0].out_channels == 2 and model.preprocessing.input_size == 48

@@ -74,11 +74,12 @@ def _zoo(rest: str) -> LoadedModel:
 
 
 @MODELS.register(
-    "py", "py:package.module:factory[:SIZE]", "your callable returning an nn.Module (ImageNet preprocessing) or a LoadedModel; SIZE: input side (resize 256/224 of it)"
+    "py", "py:package.module:factory[:SIZE]", "your nn.Module or LoadedModel, or a callable returning one (ImageNet preprocessing for a module); SIZE: input side (resize 256/224 of it)"
 )
 def _python(rest: str) -> LoadedModel:
     target, size = _python_input_size(rest)
-    made = import_object(target, "model")()
+    found = import_object(target, "model")
+    made = found if isinstance(found, (nn.Module, LoadedModel)) else found()  # a module itself, or its factory
     if isinstance(made, nn.Module):
         made = LoadedModel(made.eval(), f"py:{rest}")
     if not isinstance(made, LoadedModel):
