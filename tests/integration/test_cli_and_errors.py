@@ -114,7 +114,7 @@ def test_corrupt_images_are_skipped_counted_and_reported(tmp_path, colour_folder
     (folder / "green" / "empty.jpg").write_bytes(b"")
     result = invoke(*run_args(folder, tiny_clip_dir, tmp_path / "m.lens", "--layer", "head"))
     assert result.exit_code == 0, result.output
-    assert "32 samples (2 failed to decode and were skipped)" in " ".join(result.output.split())
+    assert "32 samples (2 failed to decode and were skipped: listed in" in " ".join(result.output.split())
     failures = json.loads((tmp_path / "m.lens" / "failures.json").read_text())
     assert sorted(item["error"].split(":")[0] for item in failures) == [
         "cannot decode green/empty.jpg",
@@ -203,6 +203,14 @@ def test_errors_print_brackets_as_written(capsys) -> None:
     with pytest.raises(typer.Exit):
         fails()
     assert "semlens[web]" in capsys.readouterr().err
+
+    @friendly
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(typer.Exit) as stopped:
+        interrupted()
+    assert stopped.value.exit_code == 130 and "run again resumes where it stopped" in " ".join(capsys.readouterr().err.split())
 
 
 def test_an_image_outside_every_class_folder_takes_the_predicted_class(tmp_path, colour_folder, tiny_clip_dir) -> None:

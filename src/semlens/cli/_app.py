@@ -80,6 +80,9 @@ def friendly(command: Callable) -> Callable:
         except SemlensError as error:
             errors.print(f"[bold red]error:[/] {escape(printable(str(error)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            errors.print("interrupted; what was finished is kept: a build (run, embed, merge) run again resumes where it stopped", highlight=False)
+            raise typer.Exit(130) from None
 
     return wrapper
 

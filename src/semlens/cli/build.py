@@ -162,8 +162,9 @@ def report_summary(summary: Any, as_json: bool) -> None:
     rows = [(layer.name, layer.units, layer.inactive_units, layer.tied_units, layer.output) for layer in summary.layers]
     console.print(table(f"Lens at {summary.path}", ("layer", "units", "inactive", "tied", "output"), rows))
     console.print(
-        f"{summary.samples} samples ({summary.failed} failed to decode and were skipped); "
-        f"{summary.example_slots} concept examples from {summary.distinct_crops} distinct crops; "
+        f"{summary.samples} samples"
+        + (f" ({summary.failed} failed to decode and were skipped: listed in {summary.path}/failures.json); " if summary.failed else "; ")
+        + f"{summary.example_slots} concept examples from {summary.distinct_crops} distinct crops; "
         + ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in summary.seconds.items()),
         markup=False,
     )
