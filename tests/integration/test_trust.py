@@ -57,14 +57,20 @@ def received(built: Path, tmp_path: Path, **specs: str) -> Path:
     return copy
 
 
+@pytest.fixture
+def marker(tmp_path, monkeypatch) -> Path:
+    """A file that importing the module ``evil`` (on the path) writes, and calling ``evil.factory`` rewrites."""
+    written = tmp_path / "ran"
+    (tmp_path / "evil.py").write_text(MARKER_MODULE.format(marker=str(written)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return written
+
+
 def files_of(root: Path) -> dict[str, int]:
     return {str(path.relative_to(root)): path.stat().st_mtime_ns for path in root.rglob("*")}
 
 
-def test_a_tampered_lens_runs_no_code_in_any_command_or_route(built, tmp_path, monkeypatch, stranger) -> None:
-    marker = tmp_path / "ran"
-    (tmp_path / "evil.py").write_text(MARKER_MODULE.format(marker=str(marker)))
-    monkeypatch.syspath_prepend(str(tmp_path))
+def test_a_tampered_lens_runs_no_code_in_any_command_or_route(built, tmp_path, marker, stranger) -> None:
     copy = received(built, tmp_path, model="py:evil:factory", data="py:evil:factory", foundation="py:evil:factory")
     lens = Lens.open(copy)
     assert not lens.trusted
@@ -170,10 +176,7 @@ def test_explorer_gets_write_nothing_into_a_writable_lens(built, tmp_path) -> No
     assert served["data"].startswith("folder:") and "/" not in served["data"]  # where the data lives is not shown
 
 
-def test_a_spec_hidden_behind_whitespace_is_refused_as_the_loader_would_read_it(built, tmp_path, monkeypatch, stranger) -> None:
-    marker = tmp_path / "ran"
-    (tmp_path / "evil.py").write_text(MARKER_MODULE.format(marker=str(marker)))
-    monkeypatch.syspath_prepend(str(tmp_path))
+def test_a_spec_hidden_behind_whitespace_is_refused_as_the_loader_would_read_it(built, tmp_path, marker, stranger) -> None:
     copy = received(built, tmp_path, model=" py:evil:factory", data="\tpy:evil:factory", foundation="\u3000py:evil:factory")
     lens = Lens.open(copy)
     for question in (lambda: lens.search("red"), lambda: lens.model(), lambda: lens.probe_data):
