@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from semlens import BuildConfig, Lens, build_lens
+from semlens import BuildConfig, Lens, SemlensError, build_lens
 from semlens.cli import app
 from semlens.lens.probes import probe_cache_path
 
@@ -43,6 +43,9 @@ def test_search_ranks_units_by_alignment(lens_path, tmp_path) -> None:
     only_head = ask("search", lens_path, "red", "--layer", "head", "--json")
     valid_head = int(Lens.open(lens_path).valid("head").sum())  # inactive and tied units are never ranked
     assert {hit["layer"] for hit in only_head} == {"head"} and len(only_head) == valid_head
+    assert runner.invoke(app, ["search", str(lens_path), "red", "--top", "0"]).exit_code == 2  # not an empty table
+    with pytest.raises(SemlensError, match="top=0: ask for at least one unit"):
+        Lens.open(lens_path).search("red", top=0)
     Image.new("RGB", (40, 40), "red").save(tmp_path / "red.png")
     assert len(ask("search", lens_path, "--image", tmp_path / "red.png", "--top", "3", "--json")) == 3
     lens = Lens.open(lens_path)

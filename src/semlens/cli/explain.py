@@ -17,7 +17,7 @@ def explain(
     image: str = typer.Argument(..., help="Image file, or the index of a probe sample."),
     class_name: Optional[str] = typer.Option(None, "--class", "-c", help="Class (name or index) to explain; default: the predicted one."),
     layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable; default: all, SAE layers with --trust)."),
-    top: int = typer.Option(6, "--top", "-n", help="Units listed per layer."),
+    top: int = typer.Option(6, "--top", "-n", min=1, help="Units listed per layer."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the input view and each unit's heatmap overlay (PNG)."),
     trust: Trust = False,
     model: Model = None,

@@ -65,7 +65,7 @@ def search(
     query: Optional[list[str]] = typer.Argument(None, help="Text prompt(s); several are averaged."),
     image: Optional[list[Path]] = typer.Option(None, "--image", "-i", help="Image probe file(s); averaged."),
     layer: Optional[list[str]] = Layers,
-    top: int = typer.Option(10, "--top", "-n", help="How many units to show."),
+    top: int = typer.Option(10, "--top", "-n", min=1, help="How many units to show."),
     template: Optional[list[str]] = typer.Option(
         None, "--template", "-t", help="Template set (search, label, audit) or custom templates with {} (repeatable)."
     ),
@@ -88,7 +88,7 @@ def similar(
     lens: Path = typer.Argument(..., help="Lens directory."),
     unit: str = typer.Argument(..., help="Unit as layer/index."),
     other: Optional[Path] = typer.Option(None, help="Search this other Lens (same foundation model) instead."),
-    top: int = typer.Option(10, "--top", "-n", help="How many units to show."),
+    top: int = typer.Option(10, "--top", "-n", min=1, help="How many units to show."),
     space: Space = None,
     as_json: AsJson = False,
 ) -> None:

@@ -63,7 +63,7 @@ def compare_spaces(
     b: str = typer.Argument(..., help="Second space."),
     vocabulary: Optional[Path] = Vocabulary,
     query: Optional[list[str]] = typer.Option(None, "--query", "-q", help="Text queries to rank units by (repeatable; default: the vocabulary's concepts)."),
-    top: int = typer.Option(10, "--top", "-n", help="Units per query whose overlap is measured."),
+    top: int = typer.Option(10, "--top", "-n", min=1, help="Units per query whose overlap is measured."),
     layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable; default all)."),
     trust: Trust = False,
     as_json: AsJson = False,

@@ -92,6 +92,8 @@ class LensSearch:
         examples: str = "activation",
     ) -> list[SearchHit]:
         """The ``top`` units of ``layers`` by alignment with ``probe``; ties go to the earlier layer, lower unit."""
+        if top < 1:
+            raise SemlensError(f"top={top}: ask for at least one unit")
         table = self._search_table if layers == self.layers and examples == "activation" else self._unit_table(layers, examples)
         rows, scores = table.top(probe, null, top + 1)
         found = [(table.locate(row), score) for row, score in zip(rows.tolist(), scores.tolist())]
