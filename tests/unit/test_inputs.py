@@ -68,3 +68,15 @@ def test_python_model_spec_may_name_the_module_itself(tmp_path: Path, monkeypatc
     monkeypatch.syspath_prepend(str(tmp_path))
     model = load_model("py:made_models:NET:48")  # an instance, not a factory: used as it is, not called
     assert model.module[0].out_channels == 2 and model.preprocessing.input_size == 48
+
+
+def test_python_datasets_that_cannot_be_read_by_index_or_label_say_why() -> None:
+    from semlens._util.errors import DataError
+    from semlens.data.sequence import SequenceData
+
+    with pytest.raises(DataError, match="gave a generator, not a sequence"):
+        SequenceData((image for image in []), "py:made:data")
+    labelled = SequenceData([(Image.new("RGB", (4, 4)), "cat"), (Image.new("RGB", (4, 4)), 1)], "py:made:data")
+    assert labelled.load(0).size == (4, 4) and labelled.label(1) == 1  # the image loads whatever its label
+    with pytest.raises(DataError, match="has the label 'cat': labels are class indices"):
+        labelled.label(0)

@@ -22,16 +22,21 @@ class SequenceData(ImageData):
     """
 
     def __init__(self, items: Sequence[Any], spec: str, classes: list[str] | None = None) -> None:
+        if not (hasattr(items, "__len__") and hasattr(items, "__getitem__")):
+            raise DataError(
+                f"{spec} gave a {type(items).__name__}, not a sequence: samples are read by index, in a stable order; "
+                "return a list or a dataset with __len__ and __getitem__"
+            )
         self.items, self.spec = items, spec
         self.classes = classes if classes is not None else getattr(items, "classes", None)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def _item(self, index: int) -> tuple[Any, int | None]:
+    def _item(self, index: int) -> tuple[Any, Any]:
         item = self.items[index]
         if isinstance(item, (tuple, list)):
-            return item[0], (int(item[1]) if len(item) > 1 and item[1] is not None else None)
+            return item[0], item[1] if len(item) > 1 else None
         return item, None
 
     def load(self, index: int) -> Image.Image:
@@ -42,7 +47,15 @@ class SequenceData(ImageData):
             raise DataError(f"sample {index} of {self.spec}: {error}") from error
 
     def label(self, index: int) -> int | None:
-        return self._item(index)[1]
+        label = self._item(index)[1]
+        if label is None:
+            return None
+        if isinstance(label, (int, np.integer)) or (isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point()):
+            return int(label)
+        raise DataError(
+            f"sample {index} of {self.spec} has the label {label!r}: labels are class indices (integers); "
+            "name the classes in the dataset's `classes` list"
+        )
 
     def fingerprint(self) -> str:
         own = getattr(self.items, "fingerprint", None)
