@@ -60,6 +60,11 @@ def test_show_writes_a_grid_png(lens_path, tmp_path) -> None:
     shown = ask("show", lens_path, "head/0-", "--out", tmp_path / "unit.png", "--json")
     assert Image.open(shown["png"]).size[0] > 0 and len(shown["examples"]) == 5
     assert set(shown["examples"][0]) == {"rank", "sample", "score", "box", "source", "label"}
+    lens = Lens.open(lens_path)
+    left_out = [f"{layer}/{lens.units(layer)[row]}" for layer in lens.layers for row in (~lens.valid(layer)).nonzero().flatten().tolist()]
+    assert left_out  # the tiny model has inactive or tied units
+    result = runner.invoke(app, ["show", str(lens_path), left_out[0], "--out", str(tmp_path / "other.png")])
+    assert result.exit_code == 0 and "left out of search" in " ".join(result.output.split()), result.output  # shown with a note
 
 
 def test_label_dissect_and_their_storage(lens_path, tmp_path) -> None:

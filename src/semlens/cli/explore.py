@@ -123,6 +123,11 @@ def show(
         emit_json({"unit": unit, "label": label, "png": str(target), "examples": [asdict(e) for e in examples]})
         return
     say(f"wrote {target} ({len(examples)} concept examples of {unit})")
+    layer, row = opened.unit_index(unit)
+    if opened.inactive(layer)[row]:
+        say(f"note: {unit} never fired or was constant on the probe data: its examples are arbitrary (left out of search, labels and audits)")
+    elif opened.tied(layer)[row]:
+        say(f"note: {unit} has the same concept examples as an earlier unit of {layer} (tied: left out of search, labels and audits)")
 
 
 @app.command()
