@@ -99,7 +99,7 @@ def remember_trusted(manifest: dict[str, Any]) -> None:
 
 
 def trusted_text(manifest: dict[str, Any]) -> str:
-    """The specs a user trusts with a Lens, in words (``semlens trust`` and ``semlens info`` print it)."""
+    """The specs a user trusts with a Lens, in words (``semlens trust`` prints them)."""
     specs = followed_specs(manifest)
     identity = _entries(specs["identity"])
     parts = [f"model {_entries(identity.get('model')).get('spec')}", f"data {_entries(identity.get('data')).get('spec')}",
