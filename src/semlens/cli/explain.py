@@ -46,7 +46,10 @@ def explain(
         title = f"{explained.layer}: relevance {explained.relevance:.4g}, left out (no examples of their own) {explained.left_out:.3f}"
         if explained.sae_error is not None:
             title += f", SAE error term {explained.sae_error:.3f}"
-        console.print(table(title, ("concept", "group share", "unit", "share", "concept examples"), rows))
+        if rows:
+            console.print(table(title, ("concept", "group share", "unit", "share", "concept examples"), rows))
+        else:
+            say(f"{title}: no unit with examples of its own carries relevance here (the ones that do are inactive or tied)")
         if explained.against:
             rows = [
                 (unit.label or "(unlabelled)", unit.unit, round(unit.share, 4), ", ".join(e.source for e in unit.examples[:3]))
