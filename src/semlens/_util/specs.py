@@ -25,11 +25,12 @@ class SpecForm(Generic[T]):
     factory: Callable[..., T]
 
 
-def split_spec(spec: str, kind: str = "") -> tuple[str, str]:
+def split_spec(spec: str, kind: str = "", forms: str = "") -> tuple[str, str]:
     """A spec's prefix and the rest, as every reader of specs must take them (the loaders and the trust
-    check alike: a spec read two ways could pass the check as one form and load as another)."""
+    check alike: a spec read two ways could pass the check as one form and load as another); ``forms``, the
+    valid ones, end the error for an empty or malformed spec."""
     if not isinstance(spec, str) or not spec.strip():
-        raise SpecError(f"empty or malformed {kind + ' ' if kind else ''}spec {spec!r}")
+        raise SpecError(f"empty or malformed {kind + ' ' if kind else ''}spec {spec!r}" + (f"; valid forms: {forms}" if forms else ""))
     prefix, _, rest = spec.strip().partition(":")
     return prefix, rest
 
@@ -58,9 +59,7 @@ class SpecRegistry(Generic[T]):
 
     def split(self, spec: str) -> tuple[SpecForm[T], str]:
         """Return the form a spec selects and the part after its prefix."""
-        if not isinstance(spec, str) or not spec.strip():
-            raise SpecError(f"empty {self.kind} spec; valid forms: {self.help()}")
-        prefix, rest = split_spec(spec, self.kind)
+        prefix, rest = split_spec(spec, self.kind, self.help())
         form = self._forms.get(prefix)
         if form is None:
             raise SpecError(f"unknown {self.kind} spec {spec!r}; valid forms: {self.help()}")
