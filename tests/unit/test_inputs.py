@@ -80,3 +80,14 @@ def test_python_datasets_that_cannot_be_read_by_index_or_label_say_why() -> None
     assert labelled.load(0).size == (4, 4) and labelled.label(1) == 1  # the image loads whatever its label
     with pytest.raises(DataError, match="has the label 'cat': labels are class indices"):
         labelled.label(0)
+
+
+def test_a_python_factory_that_raises_is_reported_with_its_spec_error_and_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from semlens import load_data, load_foundation_model
+
+    source = "def broken(**options):\n    raise RuntimeError('weights file missing')\n"
+    (tmp_path / "broken_factories.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for load, kind in ((load_model, "model"), (load_data, "dataset"), (load_foundation_model, "foundation model")):
+        with pytest.raises(SpecError, match=f"py:broken_factories:broken: the {kind} factory raised RuntimeError: weights file missing \\(at .*broken_factories.py:2\\)"):
+            load("py:broken_factories:broken")

@@ -301,6 +301,19 @@ def test_prefix_tokens_leaving_a_non_square_grid_is_an_error():
         read("blocks.0:prefix_tokens=0", torch.randn(1, 7, 2))
 
 
+@pytest.mark.parametrize(
+    ("spec", "x", "expected"),
+    [
+        ("head:token=0", torch.randn(2, 5), r"outputs \(2, 5\), N,C \(linear\): token= only apply to token outputs"),
+        ("conv:prefix_tokens=1", torch.randn(1, 2, 3, 3), r"a conv map N,C,H,W: prefix_tokens= only apply"),
+        ("conv:token=0,prefix_tokens=1", torch.randn(1, 2, 3, 3), "token= and prefix_tokens= only apply"),
+    ],
+)
+def test_token_keys_on_a_conv_or_linear_output_are_refused_not_ignored(spec, x, expected):
+    with pytest.raises(LayerError, match=expected):
+        read(spec, x)
+
+
 def test_tokens_without_a_square_grid_give_scores_but_no_maps():
     x = torch.randn(2, 60, 3)  # no square between 52 and 60 tokens
     scores, maps = read("text.0", x)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import traceback
+from typing import Any, Callable
 
-from .errors import SpecError
+from .errors import SemlensError, SpecError
 
 
 def import_object(path: str, kind: str) -> Any:
@@ -22,6 +23,18 @@ def import_object(path: str, kind: str) -> Any:
     except AttributeError as error:
         public = sorted(name for name in vars(module) if not name.startswith("_"))
         raise SpecError(f"py:{path}: module {module_name!r} has no {attribute!r}; it has: {', '.join(public)}") from error
+
+
+def call_factory(factory: Callable[..., Any], path: str, kind: str, **options: Any) -> Any:
+    """Call the factory a ``py:`` spec names. An exception inside it is the user's code failing, not semlens:
+    it becomes a SpecError naming the spec, the error and the line it came from (the traceback stays chained)."""
+    try:
+        return factory(**options)
+    except SemlensError:
+        raise
+    except Exception as error:
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        raise SpecError(f"py:{path}: the {kind} factory raised {type(error).__name__}: {error} (at {where.filename}:{where.lineno})") from error
 
 
 def import_optional(module_name: str, extra: str, needed_for: str) -> Any:

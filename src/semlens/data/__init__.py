@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._util.errors import SpecError
-from .._util.imports import import_object
+from .._util.imports import call_factory, import_object
 from .._util.specs import SpecForm, SpecRegistry
 from .base import ImageData
 from .folder import FolderData
@@ -21,7 +21,7 @@ def _folder(rest: str) -> ImageData:
 
 @DATASETS.register("py", "py:package.module:factory", "a callable returning a dataset of images or (image, label)")
 def _python(rest: str) -> ImageData:
-    made = import_object(rest, "dataset")()
+    made = call_factory(import_object(rest, "dataset"), rest, "dataset")
     return made if isinstance(made, ImageData) else SequenceData(made, spec=f"py:{rest}")
 
 

@@ -17,7 +17,7 @@ from functools import lru_cache
 import torch
 
 from .._util.errors import SpecError
-from .._util.imports import import_object
+from .._util.imports import call_factory, import_object
 from .._util.specs import SpecForm, SpecRegistry
 from .base import FoundationModel, StackedTransform
 
@@ -77,7 +77,7 @@ def _python(rest: str, device: str | torch.device | None = None, dtype: torch.dt
                 "give the factory a dtype parameter (passed on to FoundationModel.__init__) or use embed_precision=auto"
             )
         options["dtype"] = dtype
-    model = factory(**options)
+    model = call_factory(factory, rest, "foundation model", **options)
     if not isinstance(model, FoundationModel):
         raise SpecError(f"py:{rest} returned {type(model).__name__}, not a semlens.foundation.FoundationModel")
     return model

@@ -21,7 +21,7 @@ from torch import nn
 
 from .._util.errors import SpecError
 from .._util.fingerprint import hash_module_weights
-from .._util.imports import import_object, import_optional
+from .._util.imports import call_factory, import_object, import_optional
 from .._util.seeded import seeded_weights
 from .._util.specs import SpecForm, SpecRegistry
 from .imagenet import imagenet_classes
@@ -79,7 +79,7 @@ def _zoo(rest: str) -> LoadedModel:
 def _python(rest: str) -> LoadedModel:
     target, size = _python_input_size(rest)
     found = import_object(target, "model")
-    made = found if isinstance(found, (nn.Module, LoadedModel)) else found()  # a module itself, or its factory
+    made = found if isinstance(found, (nn.Module, LoadedModel)) else call_factory(found, target, "model")  # a module itself, or its factory
     if isinstance(made, nn.Module):
         made = LoadedModel(made.eval(), f"py:{rest}")
     if not isinstance(made, LoadedModel):

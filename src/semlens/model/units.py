@@ -240,6 +240,8 @@ class UnitReader:
 
     def __call__(self, output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = select_output(output, self.spec.pick, self.spec.name).detach()
+        if x.dim() != 3:
+            self._refuse_token_keys(x)
         if x.dim() == 4:
             return self._spatial(self._features(x.permute(0, 2, 3, 1)))  # channels last: N,H,W,C
         if x.dim() == 3:
@@ -250,6 +252,17 @@ class UnitReader:
             f"layer {self.spec.name!r} outputs shape {tuple(x.shape)}; semlens reads N,C,H,W (conv), "
             "N,L,C (tokens) or N,C (linear) outputs; pick another layer or output with pick="
         )
+
+    def _refuse_token_keys(self, x: torch.Tensor) -> None:
+        """``token=`` and ``prefix_tokens=`` read token outputs; on a conv or linear output they would be ignored,
+        and the user would get a Lens of something else than asked for."""
+        given = [key for key in ("token", "prefix_tokens") if getattr(self.spec, key) is not None]
+        if given:
+            kind = "a conv map N,C,H,W" if x.dim() == 4 else "N,C (linear)" if x.dim() == 2 else f"{x.dim()} dimensions"
+            raise LayerError(
+                f"layer {self.spec.name!r} outputs {tuple(x.shape)}, {kind}: {' and '.join(f'{key}=' for key in given)} "
+                "only apply to token outputs N,L,C; drop them, or pick a layer that outputs tokens"
+            )
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """Unit activations along the last dimension: SAE-encoded, and negated copies appended when
