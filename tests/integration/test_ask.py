@@ -98,6 +98,8 @@ def test_measures_similar_and_map(lens_path, tmp_path) -> None:
     everyone = ask("similar", lens_path, valid[0], "--top", "50", "--json")
     assert {hit["unit"] for hit in everyone} == set(valid[1:])  # every other valid unit, no inactive or tied one
     mapped = ask("map", lens_path, "--out", tmp_path / "new" / "map.html", "--json")  # its folder is made
+    shown = runner.invoke(app, ["map", str(lens_path), "--out", str(tmp_path / "shown.html")])
+    assert shown.exit_code == 0 and "map: figures" in shown.stderr and "2/2" in shown.stderr  # the steps' bar, on stderr
     assert mapped["units"] == valid and len(mapped["x"]) == len(valid)
     assert "<script" in (tmp_path / "new" / "map.html").read_text()[:5_000_000] and (tmp_path / "new" / "map.png").is_file()
 

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from .._util.progress import step_bar
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in.")
@@ -200,10 +201,13 @@ def overview_map(
     from ..report.figures import overview_figure, overview_png
 
     opened = open_lens(lens, trust, foundation=foundation, space=space)
-    overview = opened.overview(layer or None, clusters)
-    labels = {unit: opened.label_of(unit) for unit in overview.units}
-    overview_figure(overview, labels).write_html(str(out), include_plotlyjs=True, full_html=True)
-    picture = overview_png(overview, png or out.with_suffix(".png"))
+    with step_bar(["map: UMAP and clusters", "map: figures"], enabled=not as_json) as done:
+        overview = opened.overview(layer or None, clusters)
+        done()
+        labels = {unit: opened.label_of(unit) for unit in overview.units}
+        overview_figure(overview, labels).write_html(str(out), include_plotlyjs=True, full_html=True)
+        picture = overview_png(overview, png or out.with_suffix(".png"))
+        done()
     if as_json:
         emit_json({"html": str(out), "png": str(picture), **overview.to_dict()})
         return
@@ -343,13 +347,27 @@ def report(
     classes = class_name or []
     if classes and not spurious:
         raise SemlensError("an audit in the report needs --spurious CONCEPT (and optionally --valid)")
-    if opened.vocabulary is None:
-        opened.label()
-    audits = [opened.audit(name, valid or [opened.classes[opened.class_index(name)] if opened.classes else name], spurious) for name in classes]
-    graphs = [opened.attribution_graph(name) for name in classes] if graph else []
-    other = open_lens(compare, trust, foundation=foundation) if compare else None
-    comparison = opened.compare(other) if other else None
-    target = write_report(opened, out, audits=audits, comparison=comparison, graphs=graphs, other_name=other.path.name if other else None)
+    steps = (["report: labels"] if opened.vocabulary is None else []) + [f"report: audit of {name}" for name in classes]
+    steps += [f"report: attribution graph of {name}" for name in classes] if graph else []
+    steps += (["report: comparison"] if compare else []) + ["report: map, measures and page"]
+    with step_bar(steps, enabled=not as_json) as done:
+        if opened.vocabulary is None:
+            opened.label()
+            done()
+        audits = []
+        for name in classes:
+            audits.append(opened.audit(name, valid or [opened.classes[opened.class_index(name)] if opened.classes else name], spurious))
+            done()
+        graphs = []
+        for name in classes if graph else []:
+            graphs.append(opened.attribution_graph(name))
+            done()
+        other = open_lens(compare, trust, foundation=foundation) if compare else None
+        comparison = opened.compare(other) if other else None
+        if other:
+            done()
+        target = write_report(opened, out, audits=audits, comparison=comparison, graphs=graphs, other_name=other.path.name if other else None)
+        done()
     if as_json:
         emit_json({"html": str(target), "audits": [audit.to_dict() for audit in audits], "graphs": len(graphs), "compared_with": str(compare) if compare else None})
         return
