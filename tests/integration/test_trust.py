@@ -145,6 +145,25 @@ def test_damaged_arrays_get_one_clear_message(built, tmp_path) -> None:
         Lens.open(truncated)
 
 
+@pytest.mark.parametrize(("file", "key"), [("layers/head.embed.safetensors", "crop_index"), ("layers/head.topk.safetensors", "ids"), ("layers/head.topk.safetensors", "inactive")])
+def test_a_consistent_lens_with_arrays_of_another_dtype_is_damaged_not_a_crash(built, tmp_path, file, key) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from semlens.lens.store import LensStore
+
+    copy = received(built, tmp_path)
+    arrays = load_file(str(copy / file))
+    arrays[key] = arrays[key].float() + 0.5  # indices and flags as fractions, as someone else's writer might store them
+    save_file(arrays, str(copy / file))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["arrays"][file] = LensStore(copy).array_record(file)  # the manifest agrees: only the dtype is wrong
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DamagedLensError, match=f"{file}: its array '{key}' holds float32, where semlens writes (integer|bool) values"):
+        lens = Lens.open(copy)
+        lens.measures("head")
+        lens.concept_examples("head/0")
+
+
 def test_a_read_only_lens_answers_everything_and_nothing_writes_into_a_lens(built, tmp_path, monkeypatch) -> None:
     copy = received(built, tmp_path)
     before = files_of(copy)

@@ -44,6 +44,10 @@ RELEVANCE_CROPS = "relevance_crops.safetensors"
 SPACES = "spaces"  # the folder of the extra embedding spaces (one foundation model each)
 RESPONSES = "responses"  # the build stage and each layer's file of its units' responses to the Lens's crops
 RESPONSES_FILE = "responses.safetensors"  # the crops' embedding scatter the responses are regressed with
+#: arrays that index others (sample ids, crop rows, boxes, counts) and per-unit flags, by their key in any file:
+#: a Lens holding one in another dtype is damaged (or made to crash the readers, which would index with floats)
+INDEX_ARRAYS = ("ids", "samples", "boxes", "crop_index", "concepts", "count", "seen_classes", "top_samples")
+FLAG_ARRAYS = ("inactive", "tied")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -122,9 +126,12 @@ class LensStore:
     def read_tensors(self, name: str) -> dict[str, torch.Tensor]:
         self.verify(name)
         try:
-            return load_file(str(self.path(name)))
+            tensors = load_file(str(self.path(name)))
         except (SafetensorError, OSError) as error:
             raise self._damaged(name, str(error)) from None
+        for key, tensor in tensors.items():
+            self._check_dtype(name, key, tensor.dtype)
+        return tensors
 
     def record_arrays(self) -> dict[str, dict[str, Any]]:
         """Size and SHA-256 of every array file the build wrote (for the manifest's ``arrays``); labels are
@@ -160,6 +167,14 @@ class LensStore:
             raise self._damaged(name, "its content is not what the build wrote (SHA-256 differs)")
         self._verified.add(name)
 
+    def _check_dtype(self, name: str, key: str, dtype: torch.dtype) -> None:
+        """Index arrays are integers, flags booleans, every other array floating point (``INDEX_ARRAYS``)."""
+        short = key.rpartition(".")[2] if key.rpartition(".")[2] in INDEX_ARRAYS + FLAG_ARRAYS else key
+        expected = "integer" if short in INDEX_ARRAYS else "bool" if short in FLAG_ARRAYS else "floating point"
+        found = "bool" if dtype == torch.bool else "floating point" if dtype.is_floating_point else "integer"
+        if found != expected:
+            raise self._damaged(name, f"its array {key!r} holds {str(dtype).removeprefix('torch.')}, where semlens writes {expected} values")
+
     def _damaged(self, name: str, reason: str) -> DamagedLensError:
         return DamagedLensError(
             f"the Lens at {self.root} is damaged: {name}: {reason}. Copy it again from its source or rebuild it "
@@ -178,6 +193,7 @@ class LensStore:
                 parts = [array[0:0]] + [array[int(run[0]) : int(run[-1]) + 1] for run in runs]
         except (SafetensorError, OSError) as error:
             raise self._damaged(name, str(error)) from None
+        self._check_dtype(name, key, parts[0].dtype)
         return torch.cat(parts)[inverse].reshape(*rows.shape, *parts[0].shape[1:])
 
     def rows(self, name: str, key: str) -> int:
@@ -190,9 +206,11 @@ class LensStore:
         self.verify(name)
         try:
             with safe_open(str(self.path(name)), framework="pt") as handle:
-                return handle.get_tensor(key)
+                tensor = handle.get_tensor(key)
         except (SafetensorError, OSError) as error:
             raise self._damaged(name, str(error)) from None
+        self._check_dtype(name, key, tensor.dtype)
+        return tensor
 
     def read_metadata(self, name: str) -> dict[str, str]:
         self.verify(name)
