@@ -237,3 +237,16 @@ def test_a_config_file_with_values_of_the_wrong_type_is_refused_by_name(tmp_path
         path.write_text(f'model = "py:tiny_models:tiny_cnn"\ndata = "folder:x"\n{layers}\n{line}\n')
         with pytest.raises(SemlensError, match=re.escape(message)):
             BuildConfig.from_toml(path)
+
+
+def test_tables_on_a_narrow_terminal_wrap_long_names_instead_of_cutting_them() -> None:
+    from rich.console import Console
+
+    from semlens.cli._app import table
+
+    narrow = Console(width=40, record=True)
+    name = "backbone.stages.3.blocks.11.mlp.fc2/1023-"
+    narrow.print(table("audit", ("unit", "verdict", "share"), [(name, "spurious", 0.25)]))
+    shown = narrow.export_text()
+    first_column = "".join(line.split("│")[1].strip() for line in shown.splitlines() if line.startswith("│"))
+    assert "…" not in shown and first_column == name

@@ -92,7 +92,7 @@ def table(title: str | None, columns: tuple[str, ...], rows: list[tuple]) -> Tab
     numeric = [all(isinstance(row[i], (int, float)) for row in rows) and bool(rows) for i in range(len(columns))]
     result = Table(title=None if title is None else escape(printable(title)))
     for column, right in zip(columns, numeric):
-        result.add_column(escape(column), justify="right" if right else "left")
+        result.add_column(escape(column), justify="right" if right else "left", overflow="fold")  # a narrow terminal wraps names, never cuts them
     for row in rows:
         result.add_row(*(escape(printable(str(value))) for value in row))
     return result
