@@ -14,6 +14,7 @@ from semlens.model.units import (
     SPEC_KEYS,
     LayerSpec,
     UnitReader,
+    channels_last,
     guess_prefix_tokens,
     list_layers,
     resolve_module,
@@ -161,6 +162,40 @@ def test_list_layers_shows_shapes_unit_counts_and_tuple_outputs():
         ("tokens", "Identity", "2x25x4", 4),
         ("head", "Linear", "2x2", 2),
     ]
+
+
+class ConvNeXtBlock(nn.Module):
+    """A ConvNeXt block as torchvision writes it: depthwise conv, then norm and MLP channels last, permuted back."""
+
+    def __init__(self, channels: int = 6):
+        super().__init__()
+        self.dwconv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.norm, self.fc1, self.act, self.fc2 = nn.LayerNorm(channels), nn.Linear(channels, 8), nn.GELU(), nn.Linear(8, channels)
+
+    def forward(self, x):
+        y = self.fc2(self.act(self.fc1(self.norm(self.dwconv(x).permute(0, 2, 3, 1)))))
+        return x + y.permute(0, 3, 1, 2)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """timm's: a LayerNorm over the channels of an N,C,H,W map, whose output keeps its channels first."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def test_channels_last_outputs_are_listed_as_unreadable_and_refused_by_the_build():
+    from semlens.build.collect import Collector
+
+    model = nn.Sequential(ConvNeXtBlock(), LayerNorm2d(6))
+    shown = {info.name: (info.shape, info.units) for info in list_layers(model, torch.randn(2, 3 * 2, 5, 5))}
+    for name in ("0.norm", "0.fc1", "0.act", "0.fc2"):  # a LayerNorm and Linears over the last dimension; the GELU by its shape
+        assert shown[name][1] is None and shown[name][0].endswith("(N,H,W,C: not readable)"), name
+    assert shown["0"] == ("2x6x5x5", 6) and shown["0.dwconv"] == ("2x6x5x5", 6) and shown["1"] == ("2x6x5x5", 6)
+    assert not channels_last(nn.Conv2d(5, 5, 1), torch.zeros(1, 5, 5, 5))  # channels equal to the side: a conv map
+    with pytest.raises(LayerError, match=r"layer '0.act' \(GELU\) outputs \(2, 5, 5, 8\) laid out N,H,W,C"):
+        with Collector(model, [LayerSpec.parse("0.act")], k=2) as collector:
+            collector.update(torch.randn(2, 6, 5, 5), torch.arange(2))
 
 
 class NoneFirst(nn.Module):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .._util.errors import LayerError
-from ..model.units import LayerSpec, UnitReader, resolve_module
+from ..model.units import LayerSpec, UnitReader, refuse_channels_last, resolve_module, select_output
 
 EMPTY_ID = -1
 _ID_SPAN = 1 << 32  # sample ids must be below 2**32
@@ -153,10 +153,13 @@ class Collector:
         self._handles.clear()
 
     def _hook(self, name: str) -> Callable:
-        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        def hook(module: nn.Module, _inputs: object, output: object) -> None:
             if self._batch_ids is None or name in self._seen:
                 return  # outside update(), or a module called twice in one forward
             self._seen.add(name)
+            if name not in self.results:
+                spec = self.readers[name].spec
+                refuse_channels_last(name, module, select_output(output, spec.pick, name))
             with self._precision(enabled=False):
                 scores, maps = self.readers[name](output)
             if name not in self.results:

@@ -129,6 +129,32 @@ def resolve_module(model: nn.Module, name: str) -> nn.Module:
     )
 
 
+def channels_last(module: nn.Module, output: torch.Tensor) -> bool:
+    """Whether a 4-D output is laid out N,H,W,C (a ConvNeXt or Swin block's MLP and norms), which semlens would
+    misread as N,C,H,W: a Linear acts on the last dimension, as does a LayerNorm over it (not LayerNorm2d, whose
+    output has its channels first); and on the square inputs semlens feeds, a map whose first two dimensions
+    match while the last differs is H,W followed by channels."""
+    if output.dim() != 4:
+        return False
+    last = output.shape[-1]
+    if isinstance(module, nn.Linear):
+        return last == module.out_features and output.shape[1] != last
+    normalized = getattr(module, "normalized_shape", None)
+    if isinstance(module, nn.LayerNorm) and tuple(normalized or ()) == (last,) and output.shape[1] != last:
+        return True
+    return output.shape[1] == output.shape[2] != last
+
+
+def refuse_channels_last(name: str, module: nn.Module, output: torch.Tensor) -> None:
+    """The error for a layer read as a conv map whose output is laid out N,H,W,C (``channels_last``)."""
+    if channels_last(module, output):
+        raise LayerError(
+            f"layer {name!r} ({type(module).__name__}) outputs {tuple(output.shape)} laid out N,H,W,C (channels last); "
+            "semlens reads conv maps as N,C,H,W and would take rows of pixels for units: read the block's output "
+            "after it permutes back (e.g. the block itself), or a conv layer"
+        )
+
+
 @dataclass
 class LayerInfo:
     """What ``semlens layers`` shows for one module."""
@@ -161,6 +187,8 @@ def list_layers(model: nn.Module, example: torch.Tensor, saes: dict[str, str] | 
             shape = "x".join(str(size) for size in tensor.shape)
             if key is not None:
                 shape = f"{type(output).__name__}[{key}]: {shape}"
+            if channels_last(module, tensor):
+                units, shape = None, f"{shape} (N,H,W,C: not readable)"
             infos[name] = LayerInfo(name, type(module).__name__, shape, units)
 
         return hook
