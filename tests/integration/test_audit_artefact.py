@@ -96,6 +96,13 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     assert printed.exit_code == 0 and f"spurious share, as tested: {audit['spurious_share']:.1%}" in " ".join(printed.output.split())
     assert "class rise not measured" in " ".join(printed.output.split())  # the test images are green and blue only
     assert "spurious share, untested:" in " ".join(runner.invoke(app, asked).output.split())
+    # two placements, the test images getting them in turn: the watermark units fire wherever it is pasted
+    placed = ask(*asked, "--test-data", f"folder:{setting / 'others'}", "--artifact", setting / "watermark.png", "--at", "1,1;20,18", "--json")
+    assert [u["unit"] for u in placed["units"] if u["verdict"] == "spurious"] == [u["unit"] for u in spurious]
+    assert all(unit["test"]["located"] for unit in placed["units"] if unit["verdict"] == "spurious") and placed["reliance"]["relies"]
+    refused = runner.invoke(app, ["test-artifact", str(lens.path), "--class", "red", "--data", f"folder:{setting / 'others'}",
+                                  "--artifact", str(setting / "watermark.png"), "--at", "1,1;20,18"])  # fmt: skip
+    assert refused.exit_code == 2 and "several placements" in refused.output
     # asked about the wrong concept ("green"), the audit flags no watermark unit; testing every relevant unit
     # finds the reliance running through the units the right audit confirmed (and others it did not flag)
     wrong = ("audit", lens.path, "--class", "red", "--valid", "red", "--spurious", "green", "--layer", "features.3", "--cut", "0.05")

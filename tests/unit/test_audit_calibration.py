@@ -184,6 +184,13 @@ def test_located_iou_is_netdissects_iou_of_the_top_activations_with_the_pasted_r
     sparse[:3, 0, 0, 0] = 1.0
     assert located_ious(sparse, torch.zeros(4, 1, 10, 10), region).tolist() == pytest.approx([3 / 8])
     assert torch.equal(located_ious(maps_with, maps_without, region, cells=1000), ious)  # image by image: the same
+    # the same region given image by image is the same test; a placement of its own per image moves the concept
+    assert torch.equal(located_ious(maps_with, maps_without, region.expand(4, 10, 10)), ious)
+    moved = region.expand(4, 10, 10).clone()
+    moved[2:] = False
+    moved[2:, 9, 8:] = True  # images 2 and 3 have the concept in the far corner, where unit 2 fires on every image
+    # unit 0: 4 of its 8 cells on the first two images' regions; unit 2: 4 on the last two's; unit 1: 2 (images 0, 1)
+    assert located_ious(maps_with, maps_without, moved).tolist() == pytest.approx([4 / 12, 2 / 14, 4 / 12])
 
 
 class AwayNet(nn.Module):

@@ -235,15 +235,24 @@ LOCATE_SIDE = 112  # the IoU is taken on maps up-sampled to at most 112 cells a 
 @dataclass(frozen=True)
 class ConceptImages:
     """Images to test a concept on: ``control`` images without it and either an ``artifact`` inserted into
-    them (pairs: the same image with and without) or ``shown``, other images that show the concept."""
+    them (pairs: the same image with and without) or ``shown``, other images that show the concept.
+
+    ``artifact`` may be several placements of one artefact (a tuple; each control image gets the next in
+    turn), as where it sits in the data: with one placement, whether a unit of a coarse layer fires where the
+    artefact is depends on where that one copy falls on its grid of cells (README: The audit's location test)."""
 
     control: ImageData
-    artifact: Artifact | None = None
+    artifact: Artifact | tuple[Artifact, ...] | None = None
     shown: ImageData | None = None
 
     def __post_init__(self) -> None:
-        if (self.artifact is None) == (self.shown is None):
+        if (self.artifact is None) == (self.shown is None) or self.artifact == ():
             raise SemlensError("a concept test needs exactly one of: an artefact to insert into the control images, or images that show the concept")
+
+    @property
+    def placements(self) -> tuple[Artifact, ...]:
+        """The artefact's placements (one for a single artefact; none for images that show the concept)."""
+        return () if self.artifact is None else self.artifact if isinstance(self.artifact, tuple) else (self.artifact,)
 
     def views(self, model: LoadedModel) -> tuple[list[Image.Image], list[Image.Image]]:
         """The model's views without and with the concept."""
@@ -258,15 +267,21 @@ class ConceptImages:
 
     def _with_concept(self, model: LoadedModel, without: list[Image.Image]) -> list[Image.Image]:
         if self.artifact is not None:
-            return [self.artifact.apply(view) for view in without]
+            return [self.placements[index % len(self.placements)].apply(view) for index, view in enumerate(without)]
         return load_views(model, self.shown)[0]
 
     def region(self, views: Sequence[Image.Image]) -> torch.Tensor | None:
-        """Where the concept is in the images with it ``[H, W]``: a pasted artefact's region in views of the
-        size of ``views`` (None for images that show the concept, a tint, or views of several sizes)."""
+        """Where the concept is in the images with it: a pasted artefact's region in views of the size of
+        ``views``, ``[H, W]`` for one placement, ``[N, H, W]`` image by image for several (None for images that
+        show the concept, a tint, or views of several sizes)."""
         if self.artifact is None or len({view.size for view in views}) != 1:
             return None
-        return self.artifact.region(*views[0].size)
+        regions = [placement.region(*views[0].size) for placement in self.placements]
+        if any(region is None for region in regions):
+            return None
+        if len(regions) == 1:
+            return regions[0]
+        return torch.stack([regions[index % len(regions)] for index in range(len(views))])
 
 
 @dataclass(frozen=True)
@@ -316,17 +331,19 @@ def unit_scores_and_maps(
 
 def located_ious(maps_with: torch.Tensor, maps_without: torch.Tensor, region: torch.Tensor, cells: int = 1 << 24) -> torch.Tensor:
     """Per unit ``[R]``, NetDissect's IoU of where it fires on the images with a pasted concept (``maps_with``
-    ``[N, R, h, w]``) against the pasted ``region`` ``[H, W]``: the maps with and without the concept
-    (``maps_without``) are up-sampled bilinearly to the region's size (at most ``LOCATE_SIDE`` cells a side,
-    the region resized with them) and each unit fires at or above its ``LOCATE_QUANTILE`` over all of them
-    (above it where that is its least value: a unit silent on most cells does not fire there); ``cells``
-    bounds the up-sampled cells held at once."""
+    ``[N, R, h, w]``) against the pasted ``region``: ``[H, W]`` where every image has it in one place, ``[N, H, W]``
+    where each has its own. The maps with and without the concept (``maps_without``) are up-sampled bilinearly
+    to the region's size (at most ``LOCATE_SIDE`` cells a side, the region resized with them) and each unit
+    fires at or above its ``LOCATE_QUANTILE`` over all of them (above it where that is its least value: a unit
+    silent on most cells does not fire there); ``cells`` bounds the up-sampled cells held at once."""
     count, units = maps_with.shape[:2]
-    scale = min(1.0, LOCATE_SIDE / max(region.shape))
-    size = (max(1, round(region.shape[0] * scale)), max(1, round(region.shape[1] * scale)))
-    region = F.interpolate(region[None, None].float(), size=size, mode="nearest-exact")[0, 0] > 0
+    regions = region if region.dim() == 3 else region[None]  # [N or 1, H, W]
+    scale = min(1.0, LOCATE_SIDE / max(regions.shape[-2:]))
+    size = (max(1, round(regions.shape[-2] * scale)), max(1, round(regions.shape[-1] * scale)))
+    regions = F.interpolate(regions[:, None].float(), size=size, mode="nearest-exact") > 0  # [N or 1, 1, h, w]
+    region_area = float(regions.sum()) * (count if len(regions) == 1 else 1)
     ious = torch.zeros(units)
-    step = max(1, cells // (2 * count * region.numel()))
+    step = max(1, cells // (2 * count * size[0] * size[1]))
     for start in range(0, units, step):
         chosen = slice(start, start + step)
         up = F.interpolate(torch.cat([maps_with[:, chosen], maps_without[:, chosen]]), size=size, mode="bilinear", align_corners=False)
@@ -336,8 +353,8 @@ def located_ious(maps_with: torch.Tensor, maps_without: torch.Tensor, region: to
         # at or above: a saturated unit's top cells tie at its threshold
         thresholds = torch.where(thresholds <= values.amin(dim=1), thresholds.nextafter(torch.tensor(float("inf"))), thresholds)
         fired = up[:count] >= thresholds.view(1, -1, 1, 1)
-        intersection = (fired & region).sum(dim=(0, 2, 3)).float()
-        ious[chosen] = intersection / (fired.sum(dim=(0, 2, 3)) + float(region.sum()) * count - intersection).clamp_min(1)
+        intersection = (fired & regions).sum(dim=(0, 2, 3)).float()
+        ious[chosen] = intersection / (fired.sum(dim=(0, 2, 3)) + region_area - intersection).clamp_min(1)
     return ious
 
 

@@ -33,7 +33,7 @@ def audit(
     spurious_data: Optional[str] = typer.Option(None, help="Concept test: images that show the spurious concept (data spec), instead of --artifact."),
     artifact: Optional[Path] = typer.Option(None, help="Concept test: the spurious concept as an artefact image (RGBA) inserted into --test-data."),
     mask: Optional[Path] = typer.Option(None, help="Mask image (white = artefact) instead of the artefact's alpha."),
-    at: str = typer.Option("0,0", help="Top-left X,Y of the artefact in the model's input view."),
+    at: str = typer.Option("0,0", help="Top-left X,Y of the artefact in the model's input view; several placements X,Y;X,Y;... are given to the test images in turn."),
     tint: Optional[str] = typer.Option(None, help="Concept test: a tint R,G,B (0.7 p + 0.3 c) as the spurious concept."),
     test_all: bool = typer.Option(False, "--test-all", help="Concept test: test every relevant unit, not only the flagged ones (finds the units the reliance runs through where no example aligns with the concept)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML page with the scatter plot (one class).", callback=parent_made),
@@ -76,7 +76,7 @@ def audit(
     class_name = class_name or settings.get("class")
     if class_name is None:
         raise SemlensError("give --class (or `class` in --config), or --all")
-    concept = _concept_images(test_data, spurious_data, _artifact(artifact, mask, at, tint))
+    concept = _concept_images(test_data, spurious_data, _artifact(artifact, mask, at, tint, placements=True))
     if test_all and concept is None:
         raise SemlensError("--test-all runs the concept test: give --test-data and one of --artifact/--tint or --spurious-data")
     result = opened.audit(class_name, valid, spurious, valid_image, spurious_image, cut, layer or None, rule=rule, concept=concept, test_all=test_all)
@@ -214,17 +214,26 @@ def graph(
     say(f"graph: {out}")
 
 
-def _artifact(artifact: Optional[Path], mask: Optional[Path], at: str, tint: Optional[str]):
+def _artifact(artifact: Optional[Path], mask: Optional[Path], at: str, tint: Optional[str], placements: bool = False):
+    """The artefact the options give; with ``placements`` (the audit's concept test) ``--at X,Y;X,Y;...`` gives a
+    tuple of its placements, which the test images get in turn."""
+    from dataclasses import replace
+
     from ..analysis.interventions import Artifact
 
     if artifact is None and tint is None:
         return None
     try:
-        position = tuple(int(value) for value in at.split(","))
+        positions = [tuple(int(value) for value in place.split(",")) for place in at.split(";")]
         colour = None if tint is None else tuple(int(value) for value in tint.split(","))
     except ValueError:
-        raise SemlensError(f"--at takes X,Y and --tint R,G,B integers; got --at {at!r} --tint {tint!r}") from None
-    return Artifact.from_files(artifact, mask, position, colour)
+        positions = []
+    if not positions or any(len(position) != 2 for position in positions) or (colour is not None and len(colour) != 3):
+        raise SemlensError(f"--at takes X,Y (the audit: X,Y;X,Y;... for several placements) and --tint R,G,B integers; got --at {at!r} --tint {tint!r}")
+    if len(positions) > 1 and not placements:
+        raise SemlensError(f"--at takes one X,Y here; several placements ({at!r}) are for the audit's concept test")
+    made = Artifact.from_files(artifact, mask, positions[0], colour)
+    return made if len(positions) == 1 else tuple(replace(made, position=position) for position in positions)
 
 
 ArtifactImage = typer.Option(None, help="Artefact image (RGBA: its alpha is the mask).")

@@ -49,6 +49,9 @@ K = 20  # concept examples per unit
 CROP = "auto"  # relevance crops where LRP supports the model (it does the world CNN)
 DISTRACTORS = ["dog", "car", "tree", "house", "person", "cloud", "fire", "wood", "metal", "flower"]
 INSERTION_IMAGES = 400  # probe images the artefact is pasted into for the causal truth (those without it)
+# the audit's concept test pastes the world's artefact as drawn in 8 images of the world, in turn (README: The
+# audit's location test): with 1, a coarse layer's units fire where the artefact is or not by where one copy falls
+PLACEMENTS = 8
 TRUTH_VERSION = 5  # bump when unit_truth stores other things: stored truths are then computed again
 
 
@@ -161,7 +164,7 @@ def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
     insertion = {}
     for name in config.concepts["artifact"]:
         try:
-            concept = concept_images(config, name, INSERTION_IMAGES, "probe")
+            concept = concept_images(config, name, INSERTION_IMAGES, "probe", placements=1)  # the judge as measured since TRUTH_VERSION 5
         except SemlensError:  # every probe image shows it: no insertion test, dissection alone decides
             continue
         insertion[name] = activation_aucs(model, *concept.views(model), specs)
@@ -283,16 +286,18 @@ def true_concepts(truths: dict[str, dict], causal: bool = True) -> dict[str, str
     return found
 
 
-def overlay(config: WorldConfig, artifact: str) -> Artifact:
-    """The world's artefact as an ``Artifact`` to paste into images (D' = D * (1 - M) + A * M)."""
+def overlay(config: WorldConfig, artifact: str, index: int = 0) -> Artifact:
+    """The world's artefact as an ``Artifact`` to paste into images (D' = D * (1 - M) + A * M); ``index`` draws
+    another of its placements."""
     from ..analysis.interventions import Artifact
 
-    return Artifact(image=artifact_overlay(config, artifact))
+    return Artifact(image=artifact_overlay(config, artifact, index))
 
 
-def concept_images(config: WorldConfig, artifact: str, images: int = TEST_IMAGES, split: str = "test") -> ConceptImages:
+def concept_images(config: WorldConfig, artifact: str, images: int = TEST_IMAGES, split: str = "test", placements: int = PLACEMENTS) -> ConceptImages:
     """The audit's concept images for ``artifact``: the world's first ``images`` test images that do not show
-    it (every class) and the same images with it pasted in. Test images, not probe images: no Lens of the
+    it (every class) and the same images with it pasted in, as drawn in ``placements`` images of the world (its
+    position and look vary), each image getting the next in turn. Test images, not probe images: no Lens of the
     world is built on them, so the concept test does not reuse the images a finding was made on (the
     truth's insertion test takes the ``probe`` split, so it shares no image with the audit's test)."""
     from ..analysis.interventions import ConceptImages
@@ -304,7 +309,7 @@ def concept_images(config: WorldConfig, artifact: str, images: int = TEST_IMAGES
     if not clean:
         raise SemlensError(f"all {images} test images of world {config.source} show the {artifact}: no images to paste it into")
     control = SequenceData(clean, f"{test.spec} without {artifact}", list(config.classes))
-    return ConceptImages(control, artifact=overlay(config, artifact))
+    return ConceptImages(control, artifact=tuple(overlay(config, artifact, index) for index in range(placements)))
 
 
 def test_finding(lens: Lens, config: WorldConfig, artifact: str, target: str, spurious: list[str]) -> dict:
