@@ -73,7 +73,7 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     alone = ask("audit", lens.path, "--class", "red", "--valid", "red", "--spurious", "watermark", "--layer", "features.3",
                 "--cut", "0.05", "--alignment-only", "--json")  # fmt: skip
     assert not alone["rule"]["by_label"] and [u["unit"] for u in alone["units"] if u["verdict"] == "spurious"] == [u["unit"] for u in aligned]
-    (setting / "audit.toml").write_text('class = "red"\nvalid = ["red"]\nspurious = ["watermark"]\ncut = 0.05\nby_label = false\nby_location = false\n')
+    (setting / "audit.toml").write_text('class = "red"\nvalid = ["red"]\nspurious = ["watermark"]\ncut = 0.05\nby_label = false\nby_location = false\nby_rise = false\n')
     from_config = ask("audit", lens.path, "--config", setting / "audit.toml", "--layer", "features.3", "--json")
     assert from_config["rule"] == alone["rule"] and [u["verdict"] for u in from_config["units"]] == [u["verdict"] for u in alone["units"]]
     assert [unit for unit in audit["units"] if unit["responses_label"] == "watermark"] == spurious

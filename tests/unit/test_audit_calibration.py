@@ -105,7 +105,7 @@ def test_audit_units_flags_a_planted_unit_and_not_those_at_the_null_level():
         ("l/0", "spurious"), ("l/1", "valid"), ("l/2", "unexpected"), ("l/3", "unexpected")
     ]  # fmt: skip
     assert result.shares["spurious"] == pytest.approx(0.4) and result.shares["spurious_or_both"] == pytest.approx(0.4)
-    assert result.to_dict()["rule"] == {"null": result.rule.to_dict()["null"], "z": 3.0, "margin": 1.0, "by_label": True, "by_location": True}
+    assert result.to_dict()["rule"] == {"null": result.rule.to_dict()["null"], "z": 3.0, "margin": 1.0, "by_label": True, "by_location": True, "by_rise": True}
     assert result.to_dict()["units"][0]["z_spur"] == pytest.approx(6.0)
 
 
@@ -127,19 +127,37 @@ def test_a_flagged_unit_firing_away_from_the_pasted_concept_loses_its_flag():
     tests = [{"located": False, "confirmed": False}, {"located": False, "confirmed": False}, {"located": None, "confirmed": False}]
     for unit, test in zip(result.units, tests):
         unit.test = test
-    result.revise_by_location()
+    result.revise_by_test()
     # each falls back to its valid alignment: none for l/0 (unexpected), z 5.5 for l/1 (valid)
     assert [(u.verdict, u.verdict_before_test) for u in result.units] == [("unexpected", "spurious"), ("valid", "both"), ("valid", None)]
     assert result.unlocated == ["l/0", "l/1"] and result.to_dict()["unlocated"] == ["l/0", "l/1"] and result.judged_by_location
     assert result.shares["spurious_or_both"] == 0.0 and result.shares["valid"] == pytest.approx(0.5) and result.shares["unexpected"] == pytest.approx(0.5)
     located = audit([0.1, 5.5], [6.0, 6.0], [0.4, 0.2])
     located.units[0].test, located.units[1].test = {"located": True}, {"located": False}
-    located.revise_by_location()
+    located.revise_by_test()
     assert [u.verdict for u in located.units] == ["spurious", "valid"] and located.judged_by_location
     kept = audit([0.1], [6.0], [0.4], rule=AlignmentRule(by_location=False))
     kept.units[0].test = {"located": False}
-    kept.revise_by_location()
+    kept.revise_by_test()
     assert kept.units[0].verdict == "spurious" and not kept.unlocated and not kept.judged_by_location
+
+
+def test_a_flagged_unit_the_concept_does_not_raise_loses_its_flag():
+    # l/0 and l/1 flagged spurious, l/2 "both" (z_valid 5.5): the concept raises l/1 only; l/0 fires where it is
+    # pasted but the concept does not raise it; l/2 was tested with images that show the concept (no location)
+    result = audit([0.1, 0.1, 5.5], [6.0, 6.0, 6.0], [0.4, 0.2, 0.2])
+    assert [u.verdict for u in result.units] == ["spurious", "spurious", "both"]
+    tests = [{"raised": False, "located": True, "confirmed": False}, {"raised": True, "located": True, "confirmed": True}, {"raised": False, "located": None, "confirmed": False}]
+    for unit, test in zip(result.units, tests):
+        unit.test = test
+    result.revise_by_test()
+    assert [(u.verdict, u.verdict_before_test) for u in result.units] == [("unexpected", "spurious"), ("spurious", None), ("valid", "both")]
+    assert result.not_raised == ["l/0", "l/2"] and result.to_dict()["not_raised"] == ["l/0", "l/2"] and result.unlocated == []
+    assert result.shares["spurious_or_both"] == pytest.approx(0.25)
+    kept = audit([0.1], [6.0], [0.4], rule=AlignmentRule(by_rise=False))
+    kept.units[0].test = {"raised": False, "located": True}
+    kept.revise_by_test()
+    assert kept.units[0].verdict == "spurious" and kept.not_raised == [] and kept.rule.to_dict()["by_rise"] is False
 
 
 def test_a_contested_unit_raised_where_the_concept_is_pasted_is_both():
@@ -152,7 +170,7 @@ def test_a_contested_unit_raised_where_the_concept_is_pasted_is_both():
     # l/0 fires where the watermark is pasted and is raised by it; l/1 fires there but the watermark hardly raises it
     result.units[0].test = {"located": True, "raised": True, "confirmed": False}
     result.units[1].test = {"located": True, "raised": False, "confirmed": False}
-    result.revise_by_location()
+    result.revise_by_test()
     assert [(u.verdict, u.verdict_before_test) for u in result.units] == [("both", "valid"), ("valid", None), ("valid", None)]
     assert result.both_by_location == ["l/0"] and result.to_dict()["both_by_location"] == ["l/0"] and result.unlocated == []
     assert result.shares["both"] == pytest.approx(0.5) and result.shares["spurious_or_both"] == pytest.approx(0.5)
@@ -161,7 +179,7 @@ def test_a_contested_unit_raised_where_the_concept_is_pasted_is_both():
     assert [(u.verdict, u.contested) for u in alone.units] == [("spurious", False), ("spurious", False)]
     kept = audit([0.1], [6.0], [0.4], labels=["star"], rule=AlignmentRule(by_location=False))
     kept.units[0].test = {"located": True, "raised": True}
-    kept.revise_by_location()
+    kept.revise_by_test()
     assert kept.units[0].verdict == "valid" and kept.both_by_location == []
 
 

@@ -24,11 +24,12 @@ compares the concepts within the unit and separates co-occurring ones by the uni
 the Lens's crops. Where that name is one of the audit's concepts it decides the verdict ("spurious" or
 "valid"); elsewhere the alignment rule does (``AlignmentRule.by_label``).
 
-Both read the unit's examples; neither sees where in an image the unit fires. Where the concept test
-pastes the concept into images, it does (``interventions.located_ious``): a flagged unit that does not fire
-where the concept is pasted is no detector of it, and its verdict falls back to its valid alignment; a
+Both read the unit's examples; neither sees whether the concept moves the unit nor where in an image it
+fires. The concept test does: a flagged unit the concept does not raise (``AlignmentRule.by_rise``) or, where
+the test pastes the concept, that does not fire where it is (``interventions.located_ious``,
+``AlignmentRule.by_location``) is no detector of it, and its verdict falls back to its valid alignment; a
 contested unit (named valid by its crop responses, flagged by its alignment) that fires there and is raised
-by the concept responds to both (``AlignmentRule.by_location``, ``Audit.revise_by_location``).
+by the concept responds to both (``Audit.revise_by_test``).
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ class AlignmentRule:
     margin: float = MARGIN
     by_label: bool = True  # a unit's best concept by its crop responses, where it is an audited concept, decides
     by_location: bool = True  # where the concept test pastes the concept, where a tested unit fires revises its verdict
+    by_rise: bool = True  # a flagged unit the concept test finds the concept does not raise loses its flag
 
     def to_dict(self) -> dict:
-        return {"null": NULL_RULE, "z": self.z, "margin": self.margin, "by_label": self.by_label, "by_location": self.by_location}
+        return {"null": NULL_RULE, "z": self.z, "margin": self.margin, "by_label": self.by_label, "by_location": self.by_location, "by_rise": self.by_rise}
 
 
 def null_stats(alignments: torch.Tensor, groups: torch.Tensor, members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,7 +133,7 @@ class AuditedUnit:
     test: dict | None = None  # the concept test of a flagged or contested (or, with test_all, any) unit (interventions.concept_tests)
     tight_shift: float | None = None  # its best spurious probe's tight_shift (None: no tight boxes in the Lens)
     responses_label: str | None = None  # its best concept by its crop responses, of the audit's and a vocabulary's (None: no responses)
-    verdict_before_test: str | None = None  # its verdict before the concept test's location revised it (revise_by_location)
+    verdict_before_test: str | None = None  # its verdict before the concept test revised it (revise_by_test)
     contested: bool = False  # named valid by its crop responses while its alignment alone flags it: tested too
 
 
@@ -171,13 +173,19 @@ class Audit:
     @property
     def unlocated(self) -> list[str]:
         """Units the alignment or their crop responses flagged that the concept test found firing away from the
-        pasted concept (``revise_by_location``)."""
-        return [unit.unit for unit in self.units if unit.verdict_before_test in FLAGGED]
+        pasted concept (``revise_by_test``)."""
+        return [unit.unit for unit in self.units if unit.verdict_before_test in FLAGGED and (unit.test or {}).get("located") is False]
+
+    @property
+    def not_raised(self) -> list[str]:
+        """Units the alignment or their crop responses flagged that the concept test found the concept does not
+        raise (``revise_by_test``)."""
+        return [unit.unit for unit in self.units if unit.verdict_before_test in FLAGGED and (unit.test or {}).get("raised") is False]
 
     @property
     def both_by_location(self) -> list[str]:
         """Contested units (named valid by their crop responses, flagged by their alignment) that the concept
-        test found raised by the pasted concept, where it is: "both" (``revise_by_location``)."""
+        test found raised by the pasted concept, where it is: "both" (``revise_by_test``)."""
         return [unit.unit for unit in self.units if unit.verdict_before_test == "valid" and unit.verdict == "both"]
 
     def to_test(self, located: bool = True) -> list[AuditedUnit]:
@@ -185,20 +193,20 @@ class Audit:
         the test can measure where units fire (``located``: a pasted artefact), as only that can make them "both"."""
         return [unit for unit in self.units if unit.verdict in FLAGGED or (located and unit.contested)]
 
-    def revise_by_location(self) -> None:
-        """After the concept test, where it measured where the units fire: a flagged unit that does not fire where
-        the concept was pasted (its test's ``located`` False) is no detector of it; its verdict falls back to its
-        valid alignment ("valid" where z_valid passes ``rule.z``, else "unexpected"). A contested unit (named valid
-        by its crop responses, flagged by its alignment) that fires there and is raised by the concept (``located``
-        and ``raised``) responds to both: "both". The shares follow. Nothing with ``rule.by_location`` off."""
-        if not self.rule.by_location:
-            return
+    def revise_by_test(self) -> None:
+        """After the concept test: a flagged unit the concept does not raise (its test's ``raised`` False; with
+        ``rule.by_rise``) or, where the test measured where units fire, that does not fire where the concept was
+        pasted (``located`` False; with ``rule.by_location``) is no detector of it; its verdict falls back to its
+        valid alignment ("valid" where z_valid passes ``rule.z``, else "unexpected"). With ``rule.by_location``, a
+        contested unit (named valid by its crop responses, flagged by its alignment) that fires there and is raised
+        by the concept (``located`` and ``raised``) responds to both: "both". The shares follow."""
         for unit in self.units:
             test = unit.test or {}
-            if unit.verdict in FLAGGED and test.get("located") is False:
+            refuted = (self.rule.by_rise and test.get("raised") is False) or (self.rule.by_location and test.get("located") is False)
+            if unit.verdict in FLAGGED and refuted:
                 unit.verdict_before_test = unit.verdict
                 unit.verdict = "valid" if unit.z_valid > self.rule.z else "unexpected"
-            elif unit.contested and unit.verdict == "valid" and test.get("located") and test.get("raised"):
+            elif self.rule.by_location and unit.contested and unit.verdict == "valid" and test.get("located") and test.get("raised"):
                 unit.verdict_before_test, unit.verdict = "valid", "both"
         self.shares = relevance_by_verdict(torch.tensor([unit.mean_relevance for unit in self.units]), [unit.verdict for unit in self.units])
 
@@ -254,6 +262,7 @@ class Audit:
             "confirmed_share": self.confirmed_share,
             "unconfirmed": self.unconfirmed,
             "unlocated": self.unlocated,
+            "not_raised": self.not_raised,
             "both_by_location": self.both_by_location,
             "carriers": self.carriers,
             "left_out": self.left_out,

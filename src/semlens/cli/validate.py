@@ -10,7 +10,7 @@ import typer
 from .._util.errors import SemlensError
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
 
-AUDIT_KEYS = {"class", "valid", "spurious", "valid_images", "spurious_images", "cut", "z", "margin", "by_label", "by_location"}
+AUDIT_KEYS = {"class", "valid", "spurious", "valid_images", "spurious_images", "cut", "z", "margin", "by_label", "by_location", "by_rise"}
 
 
 @app.command()
@@ -22,11 +22,11 @@ def audit(
     spurious: Optional[list[str]] = typer.Option(None, "--spurious", help="A spurious concept (repeatable)."),
     valid_image: Optional[list[Path]] = typer.Option(None, help="Image probe of a valid concept (repeatable)."),
     spurious_image: Optional[list[Path]] = typer.Option(None, help="Image probe of a spurious concept (repeatable)."),
-    config: Optional[Path] = typer.Option(None, help="TOML with class, valid, spurious, valid_images, spurious_images, cut, z, margin, by_label, by_location."),
+    config: Optional[Path] = typer.Option(None, help="TOML with class, valid, spurious, valid_images, spurious_images, cut, z, margin, by_label, by_location, by_rise."),
     cut: Optional[float] = typer.Option(None, help="Relevance share above which a unit counts as relevant (default 0.028)."),
     z: Optional[float] = typer.Option(None, help="Robust z (against the unit's layer) above which a unit is aligned with a concept (default 3)."),
     margin: Optional[float] = typer.Option(None, help="z by which spurious must beat valid (or valid spurious) for a one-sided verdict (default 1)."),
-    alignment_only: bool = typer.Option(False, "--alignment-only", help="Judge by the alignment alone, not also by each unit's best concept by its crop responses nor by where the concept test finds it firing."),
+    alignment_only: bool = typer.Option(False, "--alignment-only", help="Judge by the alignment alone, not also by each unit's best concept by its crop responses nor by whether the concept test finds the concept raising it and where it fires."),
     layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (default: all)."),
     all_classes: bool = typer.Option(False, "--all", help="Audit every class (valid concept: its own name) and rank by spurious-or-both share."),
     test_data: Optional[str] = typer.Option(None, help="Concept test: images without the spurious concept (data spec), of the class and others (then a unit the class's images raise more than the concept does is not confirmed; classes by label, else by prediction)."),
@@ -61,6 +61,7 @@ def audit(
         margin if margin is not None else settings.get("margin", MARGIN),
         not alignment_only and settings.get("by_label", True),
         not alignment_only and settings.get("by_location", True),
+        not alignment_only and settings.get("by_rise", True),
     )
     if all_classes:
         if not (spurious or spurious_image):
@@ -107,6 +108,10 @@ def audit(
             f"flagged units confirmed: {', '.join(result.confirmed) or 'none'}; "
             f"unconfirmed: {', '.join(result.unconfirmed) or 'none'}"
         )
+        if result.rule.by_rise:
+            from ..analysis.interventions import CONFIRM_AUC
+
+            say(f"flagged, but not raised by the concept (activation AUC below {CONFIRM_AUC:g}; verdict from its valid alignment): {', '.join(result.not_raised) or 'none'}")
         if result.judged_by_location:
             from ..analysis.interventions import LOCATE_IOU
 

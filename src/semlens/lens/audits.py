@@ -84,9 +84,9 @@ class LensAudits:
         ``rule``; where the Lens kept crop responses, a unit whose best concept by them is one of the audit's
         text concepts takes its verdict from it: ``analysis.audit``) and the class's relevance by verdict. With ``concept`` (images without and with the spurious
         concept), also the concept test of the flagged units and the class's reliance on the concept (needs
-        the model; where the concept is pasted, a flagged unit that fires away from it loses its flag, and a
-        contested unit, named valid by its crop responses but flagged by its alignment, that fires where it is
-        and is raised by it is judged "both": ``AlignmentRule.by_location``); ``test_all`` tests every relevant unit, so that units the reliance runs through are found
+        the model; a flagged unit the concept does not raise, or that fires away from where it is pasted, loses
+        its flag, and a contested unit, named valid by its crop responses but flagged by its alignment, that fires
+        where it is and is raised by it is judged "both": ``AlignmentRule.by_rise``, ``by_location``); ``test_all`` tests every relevant unit, so that units the reliance runs through are found
         where the foundation model does not see the concept in their examples (``Audit.carriers``; one
         more pass over the images per unit). The alignments are taken in embedding space ``space``."""
         if space is not None:
@@ -170,9 +170,10 @@ class LensAudits:
         """Run the concept test on the units of ``result`` (in place; all with ``test_all``, else ``Audit.to_test``):
         the class's reliance on the concept and, per unit, whether the concept raises it (also against how much
         the class's own images do: see ``concept_tests``), whether it fires where a pasted concept is, and
-        zeroing it costs the class more with the concept than without; then a flagged unit firing away from the
-        pasted concept loses its flag and a contested one firing there and raised by it is "both"
-        (``Audit.revise_by_location``). Needs the model (loaded under the Lens's trust model)."""
+        zeroing it costs the class more with the concept than without; then a flagged unit the concept does not
+        raise or firing away from the pasted concept loses its flag and a contested one firing there and raised by
+        it is "both"
+        (``Audit.revise_by_test``). Needs the model (loaded under the Lens's trust model)."""
         from ..analysis.interventions import UnitToTest, concept_tests
         from ..model.units import LayerSpec
 
@@ -190,7 +191,7 @@ class LensAudits:
         result.reliance, tests = concept_tests(model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region)
         for unit, test in zip(units, tests):
             unit.test = test
-        result.revise_by_location()
+        result.revise_by_test()
 
     def pruning_effect(
         self: Lens, units: list[str], data: ImageData, class_name: str | int | None = None, artifact: Artifact | None = None

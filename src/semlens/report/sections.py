@@ -72,6 +72,7 @@ def audit_summary(audit: Audit) -> str:
             f"({r['effect']:+.3f}; log-odds {r['log_odds']:+.2f}: {'relies on it' if r['relies'] else 'does not rely on it'}; "
             f"{r['samples'][0]} and {r['samples'][1]} images, {'pairs' if r['paired'] else 'unpaired'})<br>"
             f"confirmed findings: {_names(audit.confirmed)}<br>unconfirmed: {_names(audit.unconfirmed)}"
+            + (f"<br>flagged, but not raised by the concept (verdict from the valid alignment): {_names(audit.not_raised)}" if audit.rule.by_rise else "")
             + (
                 f"<br>flagged, but firing away from the pasted concept (verdict from the valid alignment): {_names(audit.unlocated)}"
                 f"<br>named valid by their crop responses, firing where the concept is pasted and raised by it (both): {_names(audit.both_by_location)}"
