@@ -31,11 +31,12 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
   ``audit_precision_judged``: precision over the flagged units the truth names any concept for, as
   dissection names none for most units of an early layer, which the precision counts as wrong), the flagged units'
   share of the class's relevance (``flagged_share``); and the audit's concept test (``demo.concept_images``: the world's test
-  images without the artefact and the same images with it pasted in, images no Lens was built on): the
+  images without the artefact and the same images with it pasted in, as drawn in 8 images of the world, in
+  turn, images no Lens was built on): the
   class's reliance on the artefact (log odds ratio, verdict) and the flagged units it confirms, with
-  their precision and recall as above (a flag the test finds firing away from the pasted artefact is taken
-  back first: ``audit_unlocated``; a unit named valid by its crop responses but aligned with the artefact that the
-  test finds raised by it where it is pasted is judged "both": ``audit_both_by_location``; ``Audit.revise_by_location``), and the spurious share as tested (``spurious_share``: the confirmed
+  their precision and recall as above (a flag the test finds not raised by the artefact or firing away from
+  where it is pasted is taken back first: ``audit_not_raised``, ``audit_unlocated``; a unit named valid by its crop responses but aligned with the artefact that the
+  test finds raised by it where it is pasted is judged "both": ``audit_both_by_location``; ``Audit.revise_by_test``), and the spurious share as tested (``spurious_share``: the confirmed
   findings' share of the class's relevance, ``Audit.spurious_share``); the test runs on every unit the audit examined (``test_all``), so
   the record also scores the units it finds that were not flagged (``audit_carriers``) and flagged or
   not together (``tested_precision``, ``tested_recall``); ``unit_tests`` holds every test, for
@@ -239,7 +240,7 @@ def evaluate(
         "by_insertion_alone": {"artefact_unit_names": sorted(inserted), **artefact_scores(inserted, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
         "audit_units": len(examined), "audit_rule": audit["rule"], "audit_flagged": len(flagged), "audit_flagged_units": flagged,
         "audit_flagged_judged": len(judged), "audit_precision_judged": _share(len(true_units & set(judged)), len(judged)), "spurious_share": audit["spurious_share"], "flagged_share": audit["shares"]["spurious"], "confirmed_share": audit["confirmed_share"],
-        "audit_unlocated": audit["unlocated"], "audit_both_by_location": audit["both_by_location"], "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
+        "audit_unlocated": audit["unlocated"], "audit_not_raised": audit["not_raised"], "audit_both_by_location": audit["both_by_location"], "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
         "audit_relies": audit["reliance"]["relies"], "audit_log_odds": audit["reliance"]["log_odds"], "audit_effect": audit["reliance"]["effect"],
         "audit_carriers": audit["carriers"], "tested_found": len(found),
         "audit_reliance": audit["reliance"], "unit_tests": tests,
