@@ -31,7 +31,7 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
   ``audit_precision_judged``: precision over the flagged units the truth names any concept for, as
   dissection names none for most units of an early layer, which the precision counts as wrong), the flagged units'
   share of the class's relevance (``flagged_share``); and the audit's concept test (``demo.concept_images``: the world's test
-  images without the artefact and the same images with it pasted in, as drawn in 8 images of the world, in
+  images without the artefact and the same images with it pasted in, as drawn in 4 images of the world, in
   turn, images no Lens was built on): the
   class's reliance on the artefact (log odds ratio, verdict) and the flagged units it confirms, with
   their precision and recall as above (a flag the test finds not raised by the artefact or firing away from

@@ -318,7 +318,7 @@ def test_each_concept_has_its_own_chance_threshold():
 
 
 def test_concept_images_are_test_images_without_the_artefact_and_the_same_with_it():
-    from semlens.world.demo import concept_images
+    from semlens.world.demo import PLACEMENTS, concept_images
 
     config = WorldConfig.from_dict({"concepts": {"artifacts": ["patch"]}, "artifact_rate": 0.5}, "half patched")
     shown = [index for index in range(40) if "patch" in render(config, index, "test").concepts["artifacts"]]
@@ -329,15 +329,15 @@ def test_concept_images_are_test_images_without_the_artefact_and_the_same_with_i
     assert [concept.control.label(i) for i in range(len(kept))] == [index % len(config.classes) for index in kept]
     views = [concept.control.load(position) for position in range(len(kept))]
     pasted_views, regions = concept._with_concept(None, views), concept.region(views)  # pasted from the images themselves: no model
-    assert len(concept.placements) == 8 and regions.shape == (len(kept), config.size, config.size)
+    assert len(concept.placements) == PLACEMENTS and regions.shape == (len(kept), config.size, config.size)
     for position, index in enumerate(kept[:10]):
         clean = np.asarray(views[position])
         np.testing.assert_array_equal(clean, np.asarray(render(config, index, "test").image))  # the test split, not probe
         pasted = np.asarray(pasted_views[position])
-        mask = np.asarray(artifact_overlay(config, "patch", position % 8).getchannel("A")) > 0  # the placements in turn
+        mask = np.asarray(artifact_overlay(config, "patch", position % PLACEMENTS).getchannel("A")) > 0  # the placements in turn
         assert (pasted[mask] == (255, 0, 200)).all() and (pasted[~mask] == clean[~mask]).all()
         np.testing.assert_array_equal(regions[position].numpy(), mask)
-    assert len({tuple(np.argwhere(regions[position].numpy())[0]) for position in range(8)}) > 1  # placed in several spots
+    assert len({tuple(np.argwhere(regions[position].numpy())[0]) for position in range(PLACEMENTS)}) > 1  # placed in several spots
     everywhere = WorldConfig.from_dict({"concepts": {"artifacts": ["patch"]}, "artifact_rate": 1.0}, "all patched")
     with pytest.raises(SemlensError, match="show the patch"):
         concept_images(everywhere, "patch", 10)

@@ -49,9 +49,11 @@ K = 20  # concept examples per unit
 CROP = "auto"  # relevance crops where LRP supports the model (it does the world CNN)
 DISTRACTORS = ["dog", "car", "tree", "house", "person", "cloud", "fire", "wood", "metal", "flower"]
 INSERTION_IMAGES = 400  # probe images the artefact is pasted into for the causal truth (those without it)
-# the audit's concept test pastes the world's artefact as drawn in 8 images of the world, in turn (README: The
-# audit's location test): with 1, a coarse layer's units fire where the artefact is or not by where one copy falls
-PLACEMENTS = 8
+# the audit's concept test pastes the world's artefact as drawn in 4 images of the world, in turn: with 1, a coarse
+# layer's units fire where the artefact is or not by where one copy falls. Measured on the quality benchmark's 8
+# stored runs whose class relies on its artefact (README: "Placements"): 1, 4, 8 and 16 placements give precision
+# 0.58, 0.70, 0.68 and 0.65 at recall 0.44, 0.64, 0.60 and 0.60
+PLACEMENTS = 4
 TRUTH_VERSION = 5  # bump when unit_truth stores other things: stored truths are then computed again
 
 
