@@ -169,7 +169,7 @@ class LensStore:
 
     def _check_dtype(self, name: str, key: str, dtype: torch.dtype) -> None:
         """Index arrays are integers, flags booleans, every other array floating point (``INDEX_ARRAYS``)."""
-        short = key.rpartition(".")[2] if key.rpartition(".")[2] in INDEX_ARRAYS + FLAG_ARRAYS else key
+        short = key.rpartition(".")[2]  # a checkpoint's "0.ids" is an "ids"
         expected = "integer" if short in INDEX_ARRAYS else "bool" if short in FLAG_ARRAYS else "floating point"
         found = "bool" if dtype == torch.bool else "floating point" if dtype.is_floating_point else "integer"
         if found != expected:
