@@ -18,6 +18,9 @@ threads wait on each other whenever another process runs, which swamps the figur
 semlens' rules against 5.9 to 7.1 with zennit's; for ResNet-18 at 128 px (``layer4``, 256 pairs) 2.9
 to 3.1 at 16 and 64 pairs per pass, 3.5 at 256 (the build passes 49 at 128 px), against 7.2 to 8.9.
 
+On a GPU the build computes heatmaps in float32 proper (``strict_float32``: LRP's check fails under
+TF32); ``--math float32 tf32`` times both, alternating, so the ratio says what that costs.
+
 ``--shared`` also times one forward per distinct sample shared by that sample's pairs, with zennit's
 rules (semlens' ZPlus reads which channels carry relevance, a data-dependent step vmap cannot batch):
 the pairs' backward passes batched with ``torch.autograd.grad(is_grads_batched=True)`` (vmap). Its heatmaps are exact, but on a CPU vmap runs the convolutions' backward once per pair, so it
@@ -27,12 +30,13 @@ Exactness: semlens' heatmaps of the first ``--check`` pairs are compared with ze
 batched heatmaps with one pair per call (max |difference| / max |map|).
 
     PYTHONPATH=tests/support python benchmarks/crops.py [--model small-cnn|resnet18] [--sizes 64 128]
-        [--batches 16 64 256] [--pairs 512] [--rules semlens zennit] [--threads 1]
+        [--batches 16 64 256] [--pairs 512] [--rules semlens zennit] [--threads 1] [--math float32 tf32]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -44,6 +48,7 @@ import torch
 from torch import nn
 from zennit.composites import EpsilonPlusFlat
 
+from semlens._util.devices import strict_float32
 from semlens.build.embed import chunks
 from semlens.model.units import hooks, resolve_module
 from semlens.relevance.lrp import RelevanceModel, _Stop, crp_heatmaps
@@ -67,6 +72,9 @@ def resnet(units: int) -> nn.Module:  # noqa: ARG001 (layer4 has 512 units)
 
     return resnet18(num_classes=10).eval()
 
+
+#: heatmap arithmetic: float32 proper, as the build runs it, or torch's default (TF32 convolutions on GPUs)
+MATH: dict[str, Callable[[], contextlib.AbstractContextManager]] = {"float32": strict_float32, "tf32": contextlib.nullcontext}
 
 #: model name: (builder from --units, the CRP layer)
 MODELS: dict[str, tuple[Callable[[int], nn.Module], str]] = {"small-cnn": (small_cnn, "relu4"), "resnet18": (resnet, "layer4")}
@@ -121,6 +129,7 @@ def main() -> None:
     parser.add_argument("--rules", nargs="+", choices=["semlens", "zennit"], default=["semlens", "zennit"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (then the regime names the GPU)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 is steadier on a shared machine")
+    parser.add_argument("--math", nargs="+", choices=MATH, default=["float32"], help="float32 proper (as the build) and/or TF32 (GPUs)")
     parser.add_argument("--shared", action="store_true", help="also time one shared forward per distinct sample (vmap, zennit's rules)")
     args = parser.parse_args()
     if args.shared and "zennit" not in args.rules:
@@ -135,7 +144,9 @@ def main() -> None:
         f"torch threads, torch {torch.__version__}; load average {os.getloadavg()[0]:.1f} before; {args.model} "
         f"(units at {layer}), {args.samples} samples per unit from {args.images} random images"
     )
-    print("size  pairs/pass  distinct/pass  forward ms/image" + "".join(f"  {rule} ms/pair  ratio" for rule in args.rules) + ("  shared ms/pair  ratio" * args.shared))
+    # each timed kind: (its column's name, rule, math); the last one's single-pair heatmaps are the reference
+    kinds = [(f"{rule}/{math}" if len(args.math) > 1 else rule, rule, math) for rule in args.rules for math in sorted(args.math, reverse=True)]
+    print("size  pairs/pass  distinct/pass  forward ms/image" + "".join(f"  {name} ms/pair  ratio" for name, _, _ in kinds) + ("  shared ms/pair  ratio" * args.shared))
     for size in args.sizes:
         model = build(args.units).to(args.device)
         images = torch.rand(args.images, 3, size, size).to(args.device)
@@ -162,19 +173,19 @@ def main() -> None:
 
         check = min(args.check, len(order))
         maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for rule in args.rules:
-            with composites[rule].context(model) as modified:
+        for name, rule, math in kinds:
+            with MATH[math](), composites[rule].context(model) as modified:
                 heatmaps(modified, 0, 2)  # warm-up
                 single = torch.cat([heatmaps(modified, i, i + 1) for i in range(check)])
-                maps[rule] = (heatmaps(modified, 0, check), single)
-                if args.shared and rule == "zennit":
+                maps[name] = (heatmaps(modified, 0, check), single)
+                if args.shared and rule == "zennit" and math == kinds[-1][2]:
                     maps["shared"] = (shared_forward_heatmaps(modified, layer, images, samples[:check], channels[:check]), single)
         for _ in range(args.repeats):
             for batch in args.batches:
-                for rule in args.rules:
-                    with composites[rule].context(model) as modified:
-                        timed(rule, batch, lambda b, e: heatmaps(modified, b, e))
-                        if args.shared and rule == "zennit":
+                for name, rule, math in kinds:
+                    with MATH[math](), composites[rule].context(model) as modified:
+                        timed(name, batch, lambda b, e: heatmaps(modified, b, e))
+                        if args.shared and rule == "zennit" and math == kinds[-1][2]:
                             timed("shared", batch, lambda b, e: shared_forward_heatmaps(modified, layer, images, samples[b:e], channels[b:e]))
                 with torch.no_grad():
                     timed("forward", batch, lambda b, e: model(images[samples[b:e]]))
@@ -182,11 +193,11 @@ def main() -> None:
             per_image = statistics.median(times["forward", batch])
             distinct = sum(len(torch.unique(samples[b:e])) for b, e in chunks(len(order), batch)) / len(range(0, len(order), batch))
             row = f"{size:4d}  {batch:10d}  {distinct:13.1f}  {per_image * 1e3:16.2f}"
-            for rule in args.rules + ["shared"] * args.shared:
-                per_pair = statistics.median(times[rule, batch])
-                row += f"  {per_pair * 1e3:{len(rule) + 8}.2f}  {per_pair / per_image:5.2f}"
+            for name in [name for name, _, _ in kinds] + ["shared"] * args.shared:
+                per_pair = statistics.median(times[name, batch])
+                row += f"  {per_pair * 1e3:{len(name) + 8}.2f}  {per_pair / per_image:5.2f}"
             print(row, flush=True)
-        reference = maps[args.rules[-1]][1]
+        reference = maps[kinds[-1][0]][1]
         peak = reference.abs().flatten(1).amax(1).clamp_min(1e-30)  # a unit that never fired has an all-zero map
         gaps = {
             f"{rule} {kind}": float(((heat - reference).abs().flatten(1).amax(1) / peak).max())
@@ -194,7 +205,7 @@ def main() -> None:
             for kind, heat in (("batched", batched), ("one per call", single))
             if rule != "shared" or kind == "batched"
         }
-        print(f"{size:4d}  heatmaps of {check} pairs against {args.rules[-1]}'s one pair per call: max |difference| / max |map| = "
+        print(f"{size:4d}  heatmaps of {check} pairs against {kinds[-1][0]}'s one pair per call: max |difference| / max |map| = "
               + ", ".join(f"{gap:.1e} {name}" for name, gap in gaps.items()))  # fmt: skip
     print(f"load average {os.getloadavg()[0]:.1f} after; {len(order)} pairs timed per setting, medians of {args.repeats} rounds")
 

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The GPU figures of the README ("Measured on a GPU"): the collection pass, CRP heatmaps and measures
-# (micro), a whole build of a random ResNet-50 into a random open_clip ViT-B-32 (build), and the demo
-# (demo), on one CUDA machine with semlens installed. Run from the repository root:
+# The GPU figures of the README ("Measured on a GPU"), on one CUDA machine with semlens installed: the
+# collection pass (collect), CRP heatmaps in float32 proper against TF32 (crops), measures (measures),
+# the foundation model's precisions (embedding), a whole build of a random ResNet-50 into a random
+# open_clip ViT-B-32 (build), a random timm ViT-S/16 under study (vit), and the demo (demo); micro names
+# the first three. Run from the repository root:
 #
-#   bash benchmarks/gpu.sh OUT_DIR [micro] [build] [demo]        (no part named: all three)
+#   bash benchmarks/gpu.sh OUT_DIR [PART ...]        (no part named: all of them)
 #
 # Each step's output goes to OUT_DIR/<step>.log as well as to the terminal; the build's and the demo's
 # stage times and crop modes are read from their Lenses' manifest.json.
 set -uo pipefail
-out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [micro] [build] [demo]}
+out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build vit demo micro]}
 shift
-parts=" ${*:-micro build demo} "
+parts=" ${*:-micro embedding build vit demo} "
+[[ $parts == *" micro "* ]] && parts+=" collect crops measures "
 mkdir -p "$out"
 export PYTHONPATH="$PWD/tests/support${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SEMLENS_CACHE="$out/cache"
 
@@ -37,19 +40,34 @@ EOF
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import os, torch; print('torch', torch.__version__, torch.cuda.get_device_name(), os.cpu_count(), 'cores')"
 
-if [[ $parts == *" micro "* ]]; then
+if [[ $parts == *" collect "* ]]; then
   for precision in bfloat16 float32; do
     step "collect-$precision" python3 benchmarks/collect.py --model timm:resnet50:none \
       --layers layer1 layer2 layer3 layer4 fc --images 1024 --batch 128 --device cuda --precision $precision
   done
-  step crops python3 benchmarks/crops.py --device cuda --model resnet18 --sizes 128 224 --batches 16 64 256
+fi
+if [[ $parts == *" crops "* ]]; then
+  step crops python3 benchmarks/crops.py --device cuda --model resnet18 --sizes 128 224 --batches 16 64 256 \
+    --rules semlens --math float32 tf32
+fi
+if [[ $parts == *" measures "* ]]; then
   step measures python3 benchmarks/measures.py --device cuda
+fi
+if [[ $parts == *" embedding "* ]]; then
+  step embedding python3 benchmarks/embedding.py --device cuda --model timm:resnet50:none --layers layer4 \
+    --foundation open_clip:ViT-B-32:none --images 640 --k 5 --no-every-image --repeats 2 --variants float32 bfloat16 float16
 fi
 
 if [[ $parts == *" build "* ]]; then
   step build python3 -m semlens.cli run --model timm:resnet50:none --layer layer3 --layer layer4 \
     --data world::2000:probe --foundation open_clip:ViT-B-32:none -k 10 --out "$out/r50.lens" --overwrite --no-progress
   stages "$out/r50.lens" | tee -a "$out/build.log"
+fi
+
+if [[ $parts == *" vit "* ]]; then
+  step vit python3 -m semlens.cli run --model timm:vit_small_patch16_224:none --layer blocks.5 --layer blocks.11:token=0 \
+    --data world::2000:probe --foundation open_clip:ViT-B-32:none -k 10 --out "$out/vit.lens" --overwrite --no-progress
+  stages "$out/vit.lens" | tee -a "$out/vit.log"
 fi
 
 if [[ $parts == *" demo "* ]]; then
