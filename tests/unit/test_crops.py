@@ -1,8 +1,11 @@
 """Crop boxes from activation maps: up-sample, keep what is above 1 % of the peak, square box around it."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from semlens.build.crops import boxes_from_maps, full_boxes
 
@@ -163,8 +166,125 @@ def test_relevance_batch_is_sized_by_input_pixels_unless_given() -> None:
     from semlens._util.errors import SemlensError
 
     auto = BuildConfig(model="m", layers=["l"], data="d")
-    # 16 * 224**2 pixels a pass: 16 pairs at 224 px, 49 at 128, 196 at 64, capped at 256, at least 1
-    assert [auto.relevance_batch(side) for side in (224, 128, 64, 32, 1000)] == [16, 49, 196, 256, 1]
-    assert BuildConfig(model="m", layers=["l"], data="d", relevance_batch_size=5).relevance_batch(64) == 5
+    # on a CPU 16 * 224**2 pixels a pass: 16 pairs at 224 px, 49 at 128, 196 at 64, capped at 256, at least 1
+    assert [auto.relevance_batch(side, "cpu") for side in (224, 128, 64, 32, 1000)] == [16, 49, 196, 256, 1]
+    # on a GPU 128 * 224**2: 128 pairs at 224 px, 6 at 1000 px
+    assert [auto.relevance_batch(side, "cuda") for side in (224, 128, 64, 1000)] == [128, 256, 256, 6]
+    assert BuildConfig(model="m", layers=["l"], data="d", relevance_batch_size=5).relevance_batch(64, "cuda") == 5
     with pytest.raises(SemlensError, match="relevance_batch_size=0 must be a positive integer"):
         BuildConfig(model="m", layers=["l"], data="d", relevance_batch_size=0)
+
+
+def test_shrinking_batch_halves_on_out_of_memory_and_covers_every_row_once() -> None:
+    from semlens._util.devices import ShrinkingBatch
+    from semlens._util.errors import SemlensError
+
+    calls = []
+
+    def step(begin: int, end: int) -> list[int]:
+        calls.append((begin, end))
+        if end - begin > 3:  # a "GPU" that holds 3 rows
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return list(range(begin, end))
+
+    passes = ShrinkingBatch(8)
+    parts = list(passes.parts(11, step))
+    assert [row for _, _, rows in parts for row in rows] == list(range(11))  # every row once, in order
+    assert [(b, e) for b, e, _ in parts] == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10), (10, 11)]
+    assert calls[:3] == [(0, 8), (0, 4), (0, 2)] and (passes.asked, passes.rows) == (8, 2)  # it stays halved
+
+    def never_fits(begin: int, end: int) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(SemlensError, match="out of memory on a relevance pass of one input.*--device cpu"):
+        list(ShrinkingBatch(4).parts(2, never_fits))
+
+
+def test_a_pass_that_runs_out_of_memory_half_way_leaves_nothing_behind() -> None:
+    """The rules' hooks keep a layer's input from its pre-forward until its forward ends: a pass that runs
+    out of memory inside a layer would leave that input, and through it the pass's whole graph, held,
+    and the halved pass would run out of memory too. ``RelevanceModel.release`` drops it."""
+    import weakref
+
+    from tiny_models import tiny_cnn
+
+    from semlens._util.devices import ShrinkingBatch
+    from semlens.relevance.lrp import RelevanceModel, crp_heatmaps
+
+    module = tiny_cnn().module
+    conv, failed, held = module.features[3], [], []
+    original = conv.forward
+
+    def fussy(x: torch.Tensor) -> torch.Tensor:  # a layer on a "GPU" that holds 2 inputs
+        if len(x) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return original(x)
+
+    def watch(_module: nn.Module, args: tuple[torch.Tensor]) -> None:  # the input as the rules' hook gets it
+        held.append(sum(ref() is not None for ref in failed))  # inputs of failed passes still alive as this pass starts
+        if len(args[0]) > 2:
+            failed.append(weakref.ref(args[0]))
+
+    conv.forward = fussy
+    relevance = RelevanceModel(module, torch.rand(2, 3, 32, 32))
+    inputs, channels = torch.rand(8, 3, 32, 32), torch.arange(8) % 6
+    with relevance.attributing() as modified:
+        modified.features[3].register_forward_pre_hook(watch, prepend=True)
+        explain = lambda b, e: crp_heatmaps(modified, inputs[b:e], "features.3", channels[b:e], torch.ones(e - b))  # noqa: E731
+        heat = torch.cat([part for _, _, part in ShrinkingBatch(8, relevance.release).parts(8, explain)])
+        expected = torch.cat([crp_heatmaps(modified, inputs[i : i + 1], "features.3", channels[i : i + 1], torch.ones(1)) for i in range(8)])
+    # the passes of 8 and 4 failed; their inputs (and graphs) were freed before the next pass began
+    assert len(failed) == 2 and len(held) == 14 and not any(held) and all(ref() is None for ref in failed)
+    torch.testing.assert_close(heat, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_a_build_whose_relevance_passes_run_out_of_memory_gives_the_same_lens(tmp_path, colour_folder, tiny_clip_dir, monkeypatch) -> None:
+    """Heatmap and class-relevance passes that do not fit are split (ShrinkingBatch): the Lens is what the
+    passes that fit give, and the manifest and summary say the passes were smaller than asked."""
+    import semlens.relevance.lrp as lrp
+    from semlens import BuildConfig, build_lens
+    from semlens.build.builder import fallbacks
+
+    config = BuildConfig(
+        model="py:tiny_models:tiny_cnn", layers=["features.3"], data=f"folder:{colour_folder}", foundation=f"hf:{tiny_clip_dir}",
+        k=4, crop="relevance", relevance_batch_size=7, workers=0,
+    )  # fmt: skip
+    fitting = build_lens(config, tmp_path / "fits", progress=False)
+
+    def holding(function, rows):  # the function on a "GPU" that holds ``rows`` inputs
+        def run(modified, inputs, *args, **kwargs):
+            if len(inputs) > rows:
+                raise torch.OutOfMemoryError("CUDA out of memory")
+            return function(modified, inputs, *args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(lrp, "crp_heatmaps", holding(lrp.crp_heatmaps, 3))
+    monkeypatch.setattr(lrp, "unit_and_error_relevance", holding(lrp.unit_and_error_relevance, 2))
+    split = build_lens(config, tmp_path / "split", progress=False)
+    assert torch.allclose(split.heatmaps("features.3").float(), fitting.heatmaps("features.3").float(), atol=1e-6)
+    assert torch.equal(split.boxes("features.3"), fitting.boxes("features.3"))
+    relevance, expected = split.class_relevance("features.3"), fitting.class_relevance("features.3")
+    assert all(torch.allclose(relevance[name].float(), expected[name].float(), atol=1e-6) for name in ("max_share", "mean_share", "top_shares"))
+    assert split.manifest["layers"]["features.3"]["crop"]["pairs_per_pass"] == {"asked": 7, "used": 3}
+    assert split.manifest["stages"]["relevance"]["images_per_pass"] == {"asked": 7, "used": 1}
+    assert "pairs_per_pass" not in fitting.manifest["layers"]["features.3"]["crop"] and fallbacks(fitting.manifest) == []
+    lines = fallbacks(split.manifest)
+    assert any("relevance crops in passes of 3 pairs instead of 7: the GPU ran out of memory" in line for line in lines)
+    assert any("class relevance in passes of 1 images instead of 7" in line for line in lines)
+
+
+@pytest.mark.parametrize(("stage", "flag"), [("collect", "--batch-size (now 32)"), ("embed", "--embed-batch-size (now 64")])
+def test_running_out_of_gpu_memory_in_a_stage_says_what_to_lower(tmp_path, colour_folder, tiny_clip_dir, monkeypatch, stage, flag) -> None:
+    from semlens import BuildConfig, build_lens
+    from semlens._util.errors import SemlensError
+    from semlens.build.collect import Collector
+    from semlens.build.embed_stage import EmbedStage
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 15.7 GiB")
+
+    monkeypatch.setattr(*((Collector, "update") if stage == "collect" else (EmbedStage, "_embed_table")), out_of_memory)
+    config = BuildConfig(model="py:tiny_models:tiny_cnn", layers=["features.3"], data=f"folder:{colour_folder}", foundation=f"hf:{tiny_clip_dir}", k=4, workers=0)
+    with pytest.raises(SemlensError, match=rf"out of memory in the {stage} stage \(CUDA out of memory. Tried to allocate 2.00 GiB\); give a smaller {re.escape(flag)}.*resumes"):
+        build_lens(config, tmp_path / "l", progress=False)

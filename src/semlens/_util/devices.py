@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import gc
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 
 from .errors import SemlensError
+
+T = TypeVar("T")
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -109,3 +113,62 @@ def strict_float32() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+class ShrinkingBatch:
+    """Rows per pass that halve whenever the GPU runs out of memory, and stay halved for later passes.
+
+    The relevance passes are sized for a large GPU (``relevance_batch``); on a smaller one the first pass
+    that does not fit is split and done again, so a build never fails for want of memory while a smaller
+    pass would do. ``asked`` and ``rows`` say what was asked and what ran.
+    """
+
+    def __init__(self, rows: int, release: Callable[[], None] = lambda: None) -> None:
+        self.asked = self.rows = rows
+        self.release = release  # drops what a failed pass left behind (RelevanceModel.release)
+
+    @property
+    def shrunk(self) -> dict[str, int] | None:
+        """``{"asked": .., "used": ..}`` where passes ran smaller than asked, for the manifest; else None (the
+        results are the same, so a resumed build that reuses them needs no such record)."""
+        return {"asked": self.asked, "used": self.rows} if self.rows < self.asked else None
+
+    def parts(self, total: int, step: Callable[[int, int], T]) -> Iterator[tuple[int, int, T]]:
+        """``(begin, end, step(begin, end))`` over ``range(total)`` in parts of at most ``rows`` rows."""
+        begin = 0
+        while begin < total:
+            end = min(total, begin + self.rows)
+            try:
+                result = step(begin, end)
+            except torch.OutOfMemoryError as error:
+                if end - begin == 1:
+                    raise SemlensError(
+                        f"the device ran out of memory on a relevance pass of one input ({what_torch_said(error)}); "
+                        "free the GPU, or build with --device cpu"
+                    ) from error
+                self.rows = (end - begin) // 2
+            else:
+                yield begin, end, result
+                begin = end
+                continue
+            self.release()  # outside the except block: the traceback and its frames' tensors are gone by now
+            gc.collect()
+            torch.cuda.empty_cache()
+
+
+def what_torch_said(error: torch.OutOfMemoryError) -> str:
+    """The first two sentences of torch's out-of-memory message (how much it tried to allocate)."""
+    return ". ".join(str(error).split(". ")[:2])
+
+
+@contextmanager
+def out_of_memory_advice(stage: str, advice: str) -> Iterator[None]:
+    """The GPU running out of memory in a build stage, as an error that says what to lower: a traceback
+    deep inside the model would not."""
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        raise SemlensError(
+            f"the device ran out of memory in the {stage} stage ({what_torch_said(error)}); {advice}, and run the same "
+            "command again: the build resumes where it stopped"
+        ) from error

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from .. import __version__
-from .._util.devices import autocast_dtype, inference_dtype, pick_device
+from .._util.devices import autocast_dtype, inference_dtype, out_of_memory_advice, pick_device
 from .._util.errors import SemlensError, StaleLensError
 from ..data import ImageData, load_data
 from ..foundation import FOUNDATION_MODELS
@@ -197,7 +197,8 @@ class LensBuilder:
     def run(self) -> BuildSummary:
         """Every stage in order; then the summary."""
         for stage in self.stages:
-            stage.run()
+            with out_of_memory_advice(stage.name, self._memory_advice(stage.name)):
+                stage.run()
         if self.context.shard is None and self.ranks.is_main:
             self._seal()
         elif self.ranks.is_main:  # a shard built here: `semlens merge` may follow its specs (lens.trust)
@@ -205,6 +206,15 @@ class LensBuilder:
         summary = self.summary()
         self.ranks.finish(leave=self.joined_group)
         return summary
+
+    def _memory_advice(self, stage: str) -> str:
+        """What to lower when ``stage`` runs out of GPU memory (relevance passes halve by themselves)."""
+        config = self.config
+        if stage == "collect":
+            return f"give a smaller --batch-size (now {config.batch_size})"
+        if stage in ("relevance", "examples"):
+            return "free the GPU, or give a smaller relevance_batch_size in a config file"
+        return f"give a smaller --embed-batch-size (now {config.embed_batch_size}; the foundation model runs on that many crops at once)"
 
     def _seal(self) -> None:
         """Record the array files' sizes and hashes in the manifest and trust the Lens on this machine:
@@ -233,8 +243,8 @@ class LensBuilder:
 
 def fallbacks(manifest: dict[str, Any]) -> list[str]:
     """What the build did instead of what was asked, as recorded in the manifest: crop modes other than the
-    one asked for (``auto`` asks for relevance), an embedding that could not be compiled and a skipped
-    class-relevance stage."""
+    one asked for (``auto`` asks for relevance), relevance passes made smaller when the GPU ran out of
+    memory, an embedding that could not be compiled and a skipped class-relevance stage."""
     asked = manifest["identity"]["embed"]["crop"]
     wanted = "relevance" if asked == "auto" else asked
     found = []
@@ -242,6 +252,9 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
         crop = layer.get("crop")
         if crop and crop["mode"] != wanted:
             found.append(f"layer {name}: {crop['mode']} crops instead of {wanted} crops ({crop['why']})")
+        for what, record in (("relevance crops", crop), ("relevance examples", layer.get("relevance_examples"))):
+            found += smaller_passes(f"layer {name}: {what} in", "pairs", (record or {}).get("pairs_per_pass"))
+    found += smaller_passes("class relevance in", "images", manifest["stages"].get("relevance", {}).get("images_per_pass"))
     if manifest["stages"].get("embed", {}).get("compile_fallback"):
         found.append(manifest["stages"]["embed"]["compile_fallback"])
     skipped = manifest["stages"].get("relevance", {}).get("skipped")
@@ -251,6 +264,13 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
     if skipped:
         found.append(f"no relevance examples ({skipped})")
     return found
+
+
+def smaller_passes(what: str, rows: str, passes: dict[str, int] | None) -> list[str]:
+    """The fallback line for relevance passes that ran smaller than asked (``ShrinkingBatch``), if they did."""
+    if not passes:
+        return []
+    return [f"{what} passes of {passes['used']} {rows} instead of {passes['asked']}: the GPU ran out of memory (slower, same heatmaps)"]
 
 
 def parse_layers(texts: list[str], pool: str) -> list[LayerSpec]:

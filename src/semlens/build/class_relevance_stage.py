@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from .._util.devices import ShrinkingBatch
 from .._util.progress import progress_bar
 from ..analysis.explain import error_share, relevance_shares
 from ..analysis.validity import inactive_units
@@ -60,7 +61,8 @@ class ClassRelevanceStage:
         layers = [spec for spec in context.specs if spec.name not in left_out]
         saes: dict = {spec.name: spec.sae for spec in layers if spec.sae}  # paths, loaded on first use
         picks = {spec.name: spec.pick for spec in layers}
-        loader = context.image_loader(data, range(len(data)), context.config.relevance_batch(model.preprocessing.input_size))
+        passes = ShrinkingBatch(context.config.relevance_batch(model.preprocessing.input_size, context.device.type), context.relevance.release)
+        loader = context.image_loader(data, range(len(data)), passes.asked)
         stats: dict[str, ClassRelevance] = {}
         errors: dict[str, ClassRelevance] = {}  # per SAE layer the error term's share, as one more unit
         examples: dict[str, TopK] = {}  # per layer the top-k samples by share (config.relevance_examples)
@@ -80,15 +82,17 @@ class ClassRelevanceStage:
                 else:
                     labels = [mapping[label] for label in labels]
                 targets = torch.tensor(labels, device=context.device)
-                outputs, relevance, error = unit_and_error_relevance(modified, pixels, targets, [spec.name for spec in layers], picks, saes)
-                for spec in layers:
-                    shares = relevance_shares(relevance[spec.name], error.get(spec.name))
-                    stats.setdefault(spec.name, ClassRelevance(shares.shape[1], outputs.shape[1])).update(shares, targets, ids)
-                    if spec.name in error:
-                        share = error_share(relevance[spec.name], error[spec.name])[:, None]
-                        errors.setdefault(spec.name, ClassRelevance(1, outputs.shape[1], top=1)).update(share, targets, ids)
-                    if context.config.relevance_examples and not spec.sae:  # CRP crops of SAE features: see relevance_examples_stage
-                        examples.setdefault(spec.name, TopK.empty(shares.shape[1], context.config.k)).update(shares.float().cpu(), ids.cpu())
+                explain = lambda b, e: unit_and_error_relevance(modified, pixels[b:e], targets[b:e], [spec.name for spec in layers], picks, saes)  # noqa: E731
+                for b, e, (outputs, relevance, error) in passes.parts(len(ids), explain):
+                    part_targets, part_ids = targets[b:e], ids[b:e]
+                    for spec in layers:
+                        shares = relevance_shares(relevance[spec.name], error.get(spec.name))
+                        stats.setdefault(spec.name, ClassRelevance(shares.shape[1], outputs.shape[1])).update(shares, part_targets, part_ids)
+                        if spec.name in error:
+                            share = error_share(relevance[spec.name], error[spec.name])[:, None]
+                            errors.setdefault(spec.name, ClassRelevance(1, outputs.shape[1], top=1)).update(share, part_targets, part_ids)
+                        if context.config.relevance_examples and not spec.sae:  # CRP crops of SAE features: see relevance_examples_stage
+                            examples.setdefault(spec.name, TopK.empty(shares.shape[1], context.config.k)).update(shares.float().cpu(), part_ids.cpu())
         for name, accumulator in stats.items():
             error_state = errors[name].state() if name in errors else {}
             sae_error = {f"error_{key}": error_state[key][0] for key in ("max_share", "mean_share") if key in error_state}
@@ -100,4 +104,5 @@ class ClassRelevanceStage:
         if unlabelled:
             targets_from += f"; {unlabelled} samples without a class folder: predicted classes"
         context.manifest["relevance"] = {"data": data.spec, "targets": targets_from, "layers": list(stats), "example_layers": list(examples), "left_out": left_out}
-        context.finish_stage(self.name, time.perf_counter() - started)
+        smaller = {"images_per_pass": passes.shrunk} if passes.shrunk else {}
+        context.finish_stage(self.name, time.perf_counter() - started, **smaller)

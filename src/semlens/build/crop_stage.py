@@ -8,10 +8,11 @@ those alone, so a Lens built with another rule or view reuses them (``heatmaps_f
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
+from .._util.devices import ShrinkingBatch
 from .._util.errors import SemlensError
 from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
@@ -135,7 +136,8 @@ class CropStage:
                     f"heatmaps_from={origin} is not a Lens directory (no manifest.json); give a Lens built from the same model and data"
                 )
             found = self.stored_heatmaps(other, name, key, ids, layer_file(spec.name, "topk"))
-        heat, source = (found[0], f"reused from {LensStore(origin).root}") if found else (self.compute_heatmaps(spec, ids), "computed")
+        record = context.manifest["layers"][spec.name]["crop"]
+        heat, source = (found[0], f"reused from {LensStore(origin).root}") if found else (self.compute_heatmaps(spec, ids, record), "computed")
         context.ranks.on_main(lambda: context.store.write_tensors(name, {"heat": heat}, {HEAT_KEY: key, "origin": source}))
         return heat, source
 
@@ -150,11 +152,12 @@ class CropStage:
             return None
         return store.read_tensors(name)["heat"], metadata.get("origin", "computed")
 
-    def compute_heatmaps(self, spec: LayerSpec, ids: torch.Tensor) -> torch.Tensor:
+    def compute_heatmaps(self, spec: LayerSpec, ids: torch.Tensor, record: dict[str, Any]) -> torch.Tensor:
         """CRP heatmaps ``[U, k, h, w]``: each unit's heatmap on each of its samples, pooled as the Lens stores
         them; many pairs per backward pass, split into blocks of whole batches across ranks. Pairs are
         ordered by sample, and data-loader workers decode each distinct sample of the next batches once
-        while the model explains this one."""
+        while the model explains this one. ``record`` (the layer's manifest entry) gets the pairs per
+        pass asked for and used where the GPU ran out of memory and passes ran smaller."""
         from ..relevance.lrp import crp_heatmaps
 
         context = self.context
@@ -167,19 +170,24 @@ class CropStage:
         flat_ids = ids.reshape(-1)
         valid = (flat_ids != EMPTY_ID).nonzero().flatten()
         order = valid[torch.argsort(flat_ids[valid], stable=True)]  # by sample: each image decoded once per batch
-        batch = context.config.relevance_batch(size)
+        batch = context.config.relevance_batch(size, context.device.type)
         mine = ranks.shard.split(range(len(order)), batch)
         spans = list(chunks(mine.stop, batch, mine.start))
         side = min(size, context.config.max_map_side)
         pooled = torch.zeros(len(mine), side, side, dtype=torch.float16)
+        passes = ShrinkingBatch(batch, context.relevance.release)
         with context.relevance.attributing() as modified, progress_bar(f"relevance crops {spec.name}", len(mine), context.progress) as advance:
             for (begin, end), inputs in zip(spans, self._pair_inputs(flat_ids, order, spans)):
                 positions = order[begin:end]
-                channels = unit_of[positions] % base
-                signs = torch.where(unit_of[positions] >= base, -1.0, 1.0)
-                heat = crp_heatmaps(modified, inputs, spec.name, channels.to(context.device), signs.to(context.device), spec.pick, sae)
-                pooled[begin - mine.start : end - mine.start] = pool_heatmaps(heat.detach().cpu(), context.config.max_map_side)
+                channels = (unit_of[positions] % base).to(context.device)
+                signs = torch.where(unit_of[positions] >= base, -1.0, 1.0).to(context.device)
+                explain = lambda b, e: crp_heatmaps(modified, inputs[b:e], spec.name, channels[b:e], signs[b:e], spec.pick, sae)  # noqa: E731
+                for b, e, heat in passes.parts(end - begin, explain):
+                    start = begin - mine.start
+                    pooled[start + b : start + e] = pool_heatmaps(heat.detach().cpu(), context.config.max_map_side)
                 advance(len(positions))
+        if passes.shrunk:
+            record["pairs_per_pass"] = passes.shrunk
         heat = torch.zeros(units * k, side, side, dtype=torch.float16)
         heat[order] = ranks.concat(pooled)
         return heat.reshape(units, k, side, side)

@@ -55,25 +55,26 @@ class RelevanceCrops:
         samples, masked = {}, {}
         for spec in self.layers():
             stored = context.store.read_tensors(layer_file(spec.name, "relevance_topk"))
-            heat = None if config.crop == "none" else self._heatmaps(spec, stored["ids"])
+            record = context.manifest["layers"][spec.name]["relevance_examples"] = {}
+            heat = None if config.crop == "none" else self._heatmaps(spec, stored["ids"], record)
+            record["crop"] = "none" if heat is None else "relevance"
             self.slot_boxes[spec.name] = self.crops.boxes(heat, stored)
             samples[spec.name] = slot_samples(stored, self.slot_boxes[spec.name])
-            context.manifest["layers"][spec.name]["relevance_examples"] = {"crop": "none" if heat is None else "relevance"}
             if heat is not None and config.crop_view == "masked":
                 fired = heat.flatten(2).amax(dim=2) > 0
                 masked[spec.name] = (HeatSource(layer_file(spec.name, "relevance_heat"), "heat"), fired & ~stored["inactive"][:, None])
         table = plan_crops(samples, self.slot_boxes, masked)
         return self._without_embedded(table)
 
-    def _heatmaps(self, spec: LayerSpec, ids: torch.Tensor) -> torch.Tensor:
+    def _heatmaps(self, spec: LayerSpec, ids: torch.Tensor, record: dict[str, Any]) -> torch.Tensor:
         """CRP heatmaps ``[U, k, h, w]`` of the layer's relevance examples, kept in ``.relevance_heat`` (reused
-        by a resumed run when computed for the same inputs)."""
+        by a resumed run when computed for the same inputs); ``record`` gets the pairs per pass."""
         context = self.context
         name, key = layer_file(spec.name, "relevance_heat"), hash_json([context.stage_key("examples"), spec.fingerprint_fields()])
         kept = self.crops.stored_heatmaps(context.store, name, key)
         if kept is not None:
             return kept[0]
-        heat = self.crops.compute_heatmaps(spec, ids)
+        heat = self.crops.compute_heatmaps(spec, ids, record)
         context.ranks.on_main(lambda: context.store.write_tensors(name, {"heat": heat}, {HEAT_KEY: key, "origin": "computed"}))
         return heat
 

@@ -82,6 +82,14 @@ class RelevanceModel:
         with strict_float32(), self.composite.context(self.model) as modified:
             yield modified
 
+    def release(self) -> None:
+        """Drop the tensors the rules' hooks hold from the last pass. After a pass that failed half-way (the
+        GPU ran out of memory), a layer's input kept for a forward that never finished would hold that
+        pass's whole graph, and the smaller pass tried next would run out of memory too."""
+        if self._report is None or self._report.supported:
+            for hook in self.composite.hook_refs:
+                hook.stored_tensors.clear()
+
     def check(self) -> SupportReport:
         """Supported when the rules exist and relevance is conserved from the output to the input.
 
