@@ -184,6 +184,40 @@ class LayerNorm2d(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+class HeadsAttention(nn.Module):
+    """timm's Attention in short: tokens N,L,C split into heads N,heads,L,dim, which q_norm (here Identity) sees."""
+
+    def __init__(self, dim: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.qkv, self.q_norm, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Identity(), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).reshape(x.shape[0], x.shape[1], 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attention = (self.q_norm(q) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attention @ v).transpose(1, 2).reshape(x.shape))
+
+
+class TinyViT(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches, self.attn = nn.Conv2d(3, 8, 4, stride=4), HeadsAttention()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.patches(x).flatten(2).transpose(1, 2)).mean(dim=1)
+
+
+def test_attention_heads_are_listed_as_unreadable_and_refused_by_the_build():
+    from semlens.build.collect import Collector
+
+    model = TinyViT()
+    shown = {info.name: (info.shape, info.units) for info in list_layers(model, torch.randn(2, 3, 16, 16))}
+    assert shown["attn.q_norm"][1] is None and shown["attn.q_norm"][0].startswith("2x2x16x4 (N,?,A,B with A != B"), shown
+    assert shown["attn.proj"] == ("2x16x8", 8) and shown["patches"] == ("2x8x4x4", 8)  # tokens and a conv map stay readable
+    with pytest.raises(LayerError, match=r"layer 'attn.q_norm' \(Identity\) outputs \(2, 2, 16, 4\), not a square map.*heads"):
+        with Collector(model, [LayerSpec.parse("attn.q_norm")], k=2) as collector:
+            collector.update(torch.randn(2, 3, 16, 16), torch.arange(2))
+
+
 def test_channels_last_outputs_are_listed_as_unreadable_and_refused_by_the_build():
     from semlens.build.collect import Collector
 

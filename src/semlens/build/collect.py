@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .._util.errors import LayerError
-from ..model.units import LayerSpec, UnitReader, refuse_channels_last, resolve_module, select_output
+from ..model.units import LayerSpec, UnitReader, refuse_unreadable_layout, resolve_module, select_output
 
 EMPTY_ID = -1
 _ID_SPAN = 1 << 32  # sample ids must be below 2**32
@@ -159,7 +159,7 @@ class Collector:
             self._seen.add(name)
             if name not in self.results:
                 spec = self.readers[name].spec
-                refuse_channels_last(name, module, select_output(output, spec.pick, name))
+                refuse_unreadable_layout(name, module, select_output(output, spec.pick, name))
             with self._precision(enabled=False):
                 scores, maps = self.readers[name](output)
             if name not in self.results:

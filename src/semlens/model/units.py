@@ -145,13 +145,31 @@ def channels_last(module: nn.Module, output: torch.Tensor) -> bool:
     return output.shape[1] == output.shape[2] != last
 
 
-def refuse_channels_last(name: str, module: nn.Module, output: torch.Tensor) -> None:
-    """The error for a layer read as a conv map whose output is laid out N,H,W,C (``channels_last``)."""
+def unreadable_layout(module: nn.Module, output: torch.Tensor) -> str | None:
+    """Why a 4-D output is not a conv map N,C,H,W, or None: channels last (``channels_last``), or two last
+    dimensions that differ on semlens's square inputs, as a ViT's queries and keys per head have
+    (N,heads,tokens,dim: a timm Attention's q_norm and k_norm), where the heads would pass for units."""
     if channels_last(module, output):
+        return "N,H,W,C"
+    if output.dim() == 4 and output.shape[2] != output.shape[3]:
+        return "N,?,A,B with A != B on a square input, e.g. attention heads N,heads,tokens,dim"
+    return None
+
+
+def refuse_unreadable_layout(name: str, module: nn.Module, output: torch.Tensor) -> None:
+    """The error for a layer read as a conv map whose output is not one (``unreadable_layout``)."""
+    layout = unreadable_layout(module, output)
+    if layout == "N,H,W,C":
         raise LayerError(
             f"layer {name!r} ({type(module).__name__}) outputs {tuple(output.shape)} laid out N,H,W,C (channels last); "
             "semlens reads conv maps as N,C,H,W and would take rows of pixels for units: read the block's output "
             "after it permutes back (e.g. the block itself), or a conv layer"
+        )
+    if layout:
+        raise LayerError(
+            f"layer {name!r} ({type(module).__name__}) outputs {tuple(output.shape)}, not a square map N,C,H,W on a "
+            f"square input ({layout}); semlens would take its second dimension for units: read the block or its "
+            "attention's output projection (tokens N,L,C), or a conv layer"
         )
 
 
@@ -187,8 +205,9 @@ def list_layers(model: nn.Module, example: torch.Tensor, saes: dict[str, str] | 
             shape = "x".join(str(size) for size in tensor.shape)
             if key is not None:
                 shape = f"{type(output).__name__}[{key}]: {shape}"
-            if channels_last(module, tensor):
-                units, shape = None, f"{shape} (N,H,W,C: not readable)"
+            layout = unreadable_layout(module, tensor)
+            if layout:
+                units, shape = None, f"{shape} ({layout}: not readable)"
             infos[name] = LayerInfo(name, type(module).__name__, shape, units)
 
         return hook
