@@ -105,6 +105,8 @@ def test_empty_data_folder(tmp_path, tiny_clip_dir) -> None:
 
 
 def test_corrupt_images_are_skipped_counted_and_reported(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    from PIL import Image
+
     folder = tmp_path / "mixed"
     for path in sorted(colour_folder.rglob("*.png")):
         target = folder / path.relative_to(colour_folder)
@@ -112,14 +114,17 @@ def test_corrupt_images_are_skipped_counted_and_reported(tmp_path, colour_folder
         target.write_bytes(path.read_bytes())
     (folder / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     (folder / "green" / "empty.jpg").write_bytes(b"")
+    Image.new("RGB", (1, 1), (255, 0, 0)).save(folder / "red" / "pixel.png")  # decodes, but is one colour blown up
     result = invoke(*run_args(folder, tiny_clip_dir, tmp_path / "m.lens", "--layer", "head"))
     assert result.exit_code == 0, result.output
-    assert "32 samples (2 failed to decode and were skipped: listed in" in " ".join(result.output.split())
+    assert "33 samples (3 could not be read (broken, or under 4 px a side) and were skipped: listed in" in " ".join(result.output.split())
     failures = json.loads((tmp_path / "m.lens" / "failures.json").read_text())
     assert sorted(item["error"].split(":")[0] for item in failures) == [
         "cannot decode green/empty.jpg",
         "cannot decode red/broken.png",
+        "red/pixel.png is 1x1 px",
     ]
+    assert "too small to show anything (at least 4 px a side)" in " ".join(item["error"] for item in failures)
 
 
 def test_all_images_corrupt_is_an_error(tmp_path, tiny_clip_dir) -> None:

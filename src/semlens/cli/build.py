@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from .._util.errors import SemlensError
+from ..data.base import MIN_SIDE
 from ._app import AsJson, Trust, app, console, emit_json, errors, friendly, table
 
 
@@ -163,7 +164,7 @@ def report_summary(summary: Any, as_json: bool) -> None:
     console.print(table(f"Lens at {summary.path}", ("layer", "units", "inactive", "tied", "output"), rows))
     console.print(
         f"{summary.samples} samples"
-        + (f" ({summary.failed} failed to decode and were skipped: listed in {summary.path}/failures.json); " if summary.failed else "; ")
+        + (f" ({summary.failed} could not be read (broken, or under {MIN_SIDE} px a side) and were skipped: listed in {summary.path}/failures.json); " if summary.failed else "; ")
         + f"{summary.example_slots} concept examples from {summary.distinct_crops} distinct crops; "
         + ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in summary.seconds.items()),
         markup=False,

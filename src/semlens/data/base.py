@@ -71,8 +71,15 @@ class ImageData(ABC):
         """Changes whenever the samples (their order, names or content) change."""
 
 
+#: the smallest side an image may have: below it (a 1x1 pixel, a broken thumbnail) the model sees one
+#: colour blown up to its input size, and such an image may top a colour unit's examples; it is skipped
+#: and listed with the images that failed to decode
+MIN_SIDE = 4
+
+
 class DecodingDataset(torch.utils.data.Dataset):
-    """Wraps :class:`ImageData` for a DataLoader: a failed decode yields ``None`` instead of raising."""
+    """Wraps :class:`ImageData` for a DataLoader: a failed decode (or an image under MIN_SIDE pixels a side)
+    yields ``None`` and why instead of raising."""
 
     def __init__(self, data: ImageData, transform: Callable[[Image.Image], torch.Tensor], indices: range) -> None:
         self.data, self.transform, self.indices = data, transform, indices
@@ -83,9 +90,13 @@ class DecodingDataset(torch.utils.data.Dataset):
     def __getitem__(self, position: int) -> tuple[int, torch.Tensor | None, str | None]:
         index = self.indices[position]
         try:
-            return index, self.transform(self.data.load(index)), None
+            image = self.data.load(index)
         except DataError as error:
             return index, None, str(error)
+        if min(image.size) < MIN_SIDE:
+            width, height = image.size
+            return index, None, f"{self.data.describe(index)} is {width}x{height} px: too small to show anything (at least {MIN_SIDE} px a side)"
+        return index, self.transform(image), None
 
 
 def collate_decoded(items: list[tuple[int, torch.Tensor | None, str | None]]):

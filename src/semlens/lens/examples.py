@@ -55,5 +55,5 @@ class LensExamples:
         return view.crop(example.box) if crop else view
 
     def failures(self: Lens) -> list[dict[str, Any]]:
-        """Samples that failed to decode during collection (skipped)."""
+        """Samples that failed to decode, or were under ``MIN_SIDE`` pixels a side, during collection (skipped)."""
         return self.store.read_json("failures.json")

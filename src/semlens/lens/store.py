@@ -4,7 +4,7 @@ Layout::
 
     manifest.json                 versions, fingerprints, layers, settings, stage status
     samples.json                  the samples that appear as concept examples (paths, labels)
-    failures.json                 images that failed to decode (skipped, counted)
+    failures.json                 images that failed to decode or were too small (skipped, counted)
     layers/<layer>.topk.safetensors   per unit: top-k scores, sample ids, activation maps
     layers/<layer>.embed.safetensors  per unit: crop boxes, rows into crops, theta
     crops.safetensors             every distinct (sample, box) crop and its embedding (float16, read by rows)
