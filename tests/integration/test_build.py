@@ -217,3 +217,30 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_or_data_does_no
         other = build_lens(settings, tmp_path / f"{name}.lens", progress=False)
         assert calls, name
         assert {other.manifest["layers"][layer]["crop"]["heatmaps"] for layer in other.layers} == {"computed"}, name
+
+
+def test_crop_responses_are_the_models_scores_on_each_first_rule_crop(built: Lens, tmp_path, colour_folder, tiny_clip_dir) -> None:
+    """The responses stage (crops cut, resized and stacked by data-loader workers) holds the moments of the
+    model's pooled activations on each distinct first-rule crop, read one crop at a time here."""
+    from PIL import Image
+
+    from semlens.analysis.interventions import unit_scores
+    from semlens.analysis.responses import ResponseMoments
+    from semlens.build.crops import rule_slots
+    from semlens.lens.store import CROPS, RESPONSES
+
+    with_workers = build_lens(config(colour_folder, tiny_clip_dir, workers=1), tmp_path / "workers.lens", progress=False)
+    model, data = load_model("py:tiny_models:tiny_cnn"), load_data(f"folder:{colour_folder}")
+    table = built.store.read_tensors(CROPS)
+    rows = torch.unique(torch.cat([rule_slots(built._read(layer, "embed")["crop_index"], 5, 0).flatten() for layer in built.layers]))
+    rows = rows[rows >= 0]
+    moments = ResponseMoments(table["embeddings"].shape[1])
+    for row in rows.tolist():
+        sample, *box = table["samples"][row : row + 1].tolist() + table["boxes"][row].tolist()
+        crop = model.preprocessing.view(data.load(sample)).crop(tuple(box)).resize((32, 32), Image.BILINEAR)
+        unit_embeddings = moments.add_embeddings(table["embeddings"][row : row + 1])
+        for name, scores in unit_scores(model, [crop], [LayerSpec.parse(spec) for spec in LAYERS]).items():
+            moments.add_activations(name, scores, unit_embeddings)
+    for lens in (built, with_workers):
+        for layer in built.layers:
+            torch.testing.assert_close(lens._read(layer, RESPONSES)["cross"], moments.cross(layer), rtol=1e-5, atol=1e-6)

@@ -19,7 +19,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -300,13 +300,25 @@ def unit_scores(model: LoadedModel, views: Sequence[Image.Image], specs: Sequenc
     return unit_scores_and_maps(model, views, specs, {}, batch_size)[0]
 
 
-@torch.no_grad()
 def unit_scores_and_maps(
     model: LoadedModel, views: Sequence[Image.Image], specs: Sequence[LayerSpec], rows: dict[str, list[int]], batch_size: int = 32
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``unit_scores``, and per layer of ``rows`` the maps ``[N, R, h, w]`` of those units (rows among the
     layer's units), as the Lens reads them (``UnitReader``: at most 32 cells a side); a layer without
     spatial maps (linear, tokens without a grid) has none."""
+    batches = (
+        torch.stack([model.preprocessing.normalise(view) for view in views[start : start + batch_size]])
+        for start in range(0, len(views), batch_size)
+    )
+    return read_units(model, batches, specs, rows)
+
+
+@torch.no_grad()
+def read_units(
+    model: LoadedModel, batches: Iterable[torch.Tensor], specs: Sequence[LayerSpec], rows: dict[str, list[int]] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``unit_scores_and_maps`` on the model's input ``batches`` (normalised, on any device)."""
+    rows = rows or {}
     readers = {spec.name: UnitReader(spec) for spec in specs}
     device = next(model.module.parameters()).device
     scores: dict[str, list[torch.Tensor]] = {name: [] for name in readers}
@@ -323,8 +335,7 @@ def unit_scores_and_maps(
 
     handles = [resolve_module(model.module, name).register_forward_hook(keep(name)) for name in readers]
     with hooks(handles):
-        for start in range(0, len(views), batch_size):
-            pixels = torch.stack([model.preprocessing.normalise(view) for view in views[start : start + batch_size]])
+        for pixels in batches:
             model.module(pixels.to(device))
     return {name: torch.cat(parts) for name, parts in scores.items()}, {name: torch.cat(parts) for name, parts in maps.items() if parts}
 

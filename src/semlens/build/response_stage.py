@@ -5,19 +5,23 @@ regresses on any vocabulary's concepts (the ``responses`` labelling method)."""
 from __future__ import annotations
 
 import time
+from functools import partial
+from typing import Sequence
 
 import torch
 from PIL import Image
 
 from .._util.progress import progress_bar
-from ..analysis.interventions import unit_scores
+from ..analysis.interventions import read_units
 from ..analysis.responses import ResponseMoments
 from ..lens.store import CROPS, RESPONSES, RESPONSES_FILE, layer_file
+from ..model.preprocess import Preprocessing
 from .context import BuildContext
 from .crops import rule_slots
-from .embed import cut_crops
+from .embed import CropChunks, CropTable, chunks
 
-BATCH = 256  # crops per forward batch group: memory is a batch of views, not the Lens's crops
+BATCH = 256  # crops per span a data-loader worker cuts: memory is a few spans of views, not the Lens's crops
+MODEL_BATCH = 32  # crops per forward pass
 
 
 class ResponseStage:
@@ -52,20 +56,27 @@ class ResponseStage:
             context.finish_stage(self.name, 0.0, skipped="fewer than 2 crops: no response to regress")
             return
         crop_rows = torch.cat([table["samples"][rows, None], table["boxes"][rows]], dim=1)
-        size = model.preprocessing.input_size
+        spans = list(chunks(len(rows), BATCH))
+        crops = CropChunks(
+            CropTable(crop_rows, {}, None, []), spans, context.data, model.preprocessing.view, partial(model_pixels, model.preprocessing), MODEL_BATCH
+        )  # fmt: skip
+        loader = torch.utils.data.DataLoader(
+            crops, batch_size=None, num_workers=min(context.workers(), len(spans)), pin_memory=context.device.type == "cuda"
+        )
         moments = ResponseMoments(table["embeddings"].shape[1])
-        with torch.no_grad(), progress_bar("crop responses", len(rows), context.progress) as advance:
-            for begin in range(0, len(rows), BATCH):
-                span = crop_rows[begin : begin + BATCH]
-                views = [crop.resize((size, size), Image.BILINEAR) for crop in cut_crops(span, self._load_view)]
-                unit_embeddings = moments.add_embeddings(table["embeddings"][rows[begin : begin + BATCH]])
-                for name, scores in unit_scores(model, views, context.specs).items():
+        with progress_bar("crop responses", len(rows), context.progress) as advance:
+            for (begin, end), pixels in zip(spans, loader):
+                unit_embeddings = moments.add_embeddings(table["embeddings"][rows[begin:end]])
+                batches = (model.preprocessing.normalise_pixels(batch.to(context.device, non_blocking=True)) for batch in pixels)
+                for name, scores in read_units(model, batches, context.specs)[0].items():
                     moments.add_activations(name, scores, unit_embeddings)
-                advance(len(span))
+                advance(end - begin)
         for spec in context.specs:
             store.write_tensors(layer_file(spec.name, RESPONSES), {"cross": moments.cross(spec.name)})
         store.write_tensors(RESPONSES_FILE, {"scatter": moments.scatter()})
         context.finish_stage(self.name, time.perf_counter() - started, crops=len(rows))
 
-    def _load_view(self, sample: int) -> Image.Image:
-        return self.context.model.preprocessing.view(self.context.data.load(sample))
+
+def model_pixels(preprocessing: Preprocessing, crops: Sequence[Image.Image]) -> torch.Tensor:
+    """Crops as one uint8 batch of the model's input, each resized to its side (in data-loader workers)."""
+    return torch.stack([preprocessing.resized_pixels(crop) for crop in crops])

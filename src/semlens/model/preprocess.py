@@ -48,6 +48,11 @@ class Preprocessing:
         bytes and no arithmetic; :meth:`normalise_pixels` finishes it batched, on the model's device."""
         return _channels_first(self.view(image))
 
+    def resized_pixels(self, crop: Image.Image) -> torch.Tensor:
+        """A crop of a view resized (bilinear) to the model's input side, as uint8 ``[3, H, W]``: how the
+        model sees a concept example on its own (``normalise_pixels`` finishes it)."""
+        return _channels_first(crop.resize((self.input_size, self.input_size), Image.BILINEAR))
+
     def normalise_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 ``[..., 3, H, W]`` on any device -> the model's float32 input (the same numbers on every device)."""
         mean = torch.tensor(self.mean, device=pixels.device).view(3, 1, 1)
