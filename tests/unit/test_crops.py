@@ -161,16 +161,30 @@ def test_relevance_crops_of_a_build_equal_one_pair_per_call(tmp_path, colour_fol
             assert checked >= 12 and (heat.float().abs().amax(dim=(2, 3)) > 0).any()
 
 
-def test_relevance_batch_is_sized_by_input_pixels_unless_given() -> None:
+def gpu_pixels(gib: float, monkeypatch) -> int:
+    """``relevance_pixels`` of a CUDA device with ``gib`` GiB of memory (none need be present)."""
+    from types import SimpleNamespace
+
+    from semlens._util.devices import relevance_pixels
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=int(gib * 2**30)))
+    return relevance_pixels(torch.device("cuda"))
+
+
+def test_relevance_batch_is_sized_by_input_pixels_unless_given(monkeypatch) -> None:
     from semlens import BuildConfig
+    from semlens._util.devices import relevance_pixels
     from semlens._util.errors import SemlensError
 
     auto = BuildConfig(model="m", layers=["l"], data="d")
+    cpu = relevance_pixels(torch.device("cpu"))
     # on a CPU 16 * 224**2 pixels a pass: 16 pairs at 224 px, 49 at 128, 196 at 64, capped at 256, at least 1
-    assert [auto.relevance_batch(side, "cpu") for side in (224, 128, 64, 32, 1000)] == [16, 49, 196, 256, 1]
-    # on a GPU 128 * 224**2: 128 pairs at 224 px, 6 at 1000 px
-    assert [auto.relevance_batch(side, "cuda") for side in (224, 128, 64, 1000)] == [128, 256, 256, 6]
-    assert BuildConfig(model="m", layers=["l"], data="d", relevance_batch_size=5).relevance_batch(64, "cuda") == 5
+    assert [auto.relevance_batch(side, cpu) for side in (224, 128, 64, 32, 1000)] == [16, 49, 196, 256, 1]
+    # on a GPU 2 inputs of 224 px per GiB, from 16 to 128 (at 224 px; 6 at 1000 px with 128)
+    gpus = {gib: gpu_pixels(gib, monkeypatch) for gib in (4, 16, 24, 80, 141)}
+    assert {gib: auto.relevance_batch(224, pixels) for gib, pixels in gpus.items()} == {4: 16, 16: 32, 24: 48, 80: 128, 141: 128}
+    assert [auto.relevance_batch(side, gpus[80]) for side in (128, 64, 1000)] == [256, 256, 6]
+    assert BuildConfig(model="m", layers=["l"], data="d", relevance_batch_size=5).relevance_batch(64, gpus[80]) == 5
     with pytest.raises(SemlensError, match="relevance_batch_size=0 must be a positive integer"):
         BuildConfig(model="m", layers=["l"], data="d", relevance_batch_size=0)
 

@@ -115,6 +115,19 @@ def strict_float32() -> Iterator[None]:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+def relevance_pixels(device: torch.device) -> int:
+    """Input pixels one relevance pass holds by default: 16 inputs of 224 px on a CPU, where larger passes
+    cost little less per pair (benchmarks/crops.py). On a GPU a pass of 16 waits on kernel launches (an
+    H200 took 1.43 ms a pair at 16 and 0.34 at 256, ResNet-18 at 224 px; 128 a pass took a ResNet-50 build's
+    embed stage from 200 to 93 s), so a GPU gets 2 inputs of 224 px per GiB of its memory, from 16 to 128:
+    128 from 64 GiB up, 32 on 16 GiB. That sizing is a guess at what fits, not a measurement:
+    ``ShrinkingBatch`` halves a pass that does not."""
+    if device.type != "cuda":
+        return 16 * 224 * 224
+    gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+    return int(min(128, max(16, 2 * gib))) * 224 * 224
+
+
 class ShrinkingBatch:
     """Rows per pass that halve whenever the GPU runs out of memory, and stay halved for later passes.
 

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from .._util.devices import ShrinkingBatch
+from .._util.devices import ShrinkingBatch, relevance_pixels
 from .._util.progress import progress_bar
 from ..analysis.explain import error_share, relevance_shares
 from ..analysis.validity import inactive_units
@@ -61,7 +61,7 @@ class ClassRelevanceStage:
         layers = [spec for spec in context.specs if spec.name not in left_out]
         saes: dict = {spec.name: spec.sae for spec in layers if spec.sae}  # paths, loaded on first use
         picks = {spec.name: spec.pick for spec in layers}
-        passes = ShrinkingBatch(context.config.relevance_batch(model.preprocessing.input_size, context.device.type), context.relevance.release)
+        passes = ShrinkingBatch(context.config.relevance_batch(model.preprocessing.input_size, relevance_pixels(context.device)), context.relevance.release)
         loader = context.image_loader(data, range(len(data)), passes.asked)
         stats: dict[str, ClassRelevance] = {}
         errors: dict[str, ClassRelevance] = {}  # per SAE layer the error term's share, as one more unit

@@ -14,13 +14,6 @@ from .._util.tomlfiles import read_toml
 from .crops import CROP_MODES, CROP_QUANTILE, CROP_VIEWS, DEFAULT_CROP_RULE, crop_rules
 from .parallel import Shard
 
-#: input pixels per relevance pass when relevance_batch_size is not set: on a CPU the memory of the former 16
-#: pairs at 224 px, so 16 pairs at 224 px, 49 at 128 px, 196 at 64 px (larger passes cost little less per
-#: pair there, benchmarks/crops.py; small inputs gain most, from fewer Python calls per pair). On a GPU a
-#: pass of 16 is bound by kernel launches: an H200 took 1.43 ms per pair at 16 and 0.34 at 256 (ResNet-18,
-#: 224 px), and 128 halved a ResNet-50 build's embed stage; a GPU too small for 128 halves the pass on
-#: running out of memory (ShrinkingBatch)
-RELEVANCE_PIXELS = {"cpu": 16 * 224 * 224, "cuda": 128 * 224 * 224}
 MAX_RELEVANCE_BATCH = 256
 
 
@@ -94,13 +87,12 @@ class BuildConfig:
         if self.shard is not None:
             Shard.parse(self.shard)
 
-    def relevance_batch(self, input_size: int, device_type: str) -> int:
+    def relevance_batch(self, input_size: int, pixels: int) -> int:
         """Pairs (crop stage) or images (class relevance) per backward pass: ``relevance_batch_size``, or
-        as many inputs of side ``input_size`` as hold RELEVANCE_PIXELS of the device type (between 1 and
-        MAX_RELEVANCE_BATCH): small inputs get more pairs per pass, memory stays what the size allows."""
+        as many inputs of side ``input_size`` as hold ``pixels`` (the device's ``relevance_pixels``; between
+        1 and MAX_RELEVANCE_BATCH): small inputs get more pairs per pass, memory stays what the device allows."""
         if self.relevance_batch_size is not None:
             return self.relevance_batch_size
-        pixels = RELEVANCE_PIXELS["cuda" if device_type == "cuda" else "cpu"]
         return max(1, min(MAX_RELEVANCE_BATCH, pixels // (input_size * input_size)))
 
     @classmethod

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .._util.devices import ShrinkingBatch
+from .._util.devices import ShrinkingBatch, relevance_pixels
 from .._util.errors import SemlensError
 from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
@@ -170,7 +170,7 @@ class CropStage:
         flat_ids = ids.reshape(-1)
         valid = (flat_ids != EMPTY_ID).nonzero().flatten()
         order = valid[torch.argsort(flat_ids[valid], stable=True)]  # by sample: each image decoded once per batch
-        batch = context.config.relevance_batch(size, context.device.type)
+        batch = context.config.relevance_batch(size, relevance_pixels(context.device))
         mine = ranks.shard.split(range(len(order)), batch)
         spans = list(chunks(mine.stop, batch, mine.start))
         side = min(size, context.config.max_map_side)
