@@ -2,17 +2,18 @@
 # The GPU figures of the README ("Measured on a GPU"), on one CUDA machine with semlens installed: the
 # collection pass (collect), CRP heatmaps in float32 proper against TF32 (crops), measures (measures),
 # the foundation model's precisions (embedding), a whole build of a random ResNet-50 into a random
-# open_clip ViT-B-32 (build), a random timm ViT-S/16 under study (vit), and the demo (demo); micro names
-# the first three. Run from the repository root:
+# open_clip ViT-B-32 (build), a random timm ViT-S/16 under study (vit), a build on 4.2 GiB of the card
+# whose relevance passes must halve instead of failing (small-gpu), and the demo (demo); micro names the
+# first three. Run from the repository root:
 #
 #   bash benchmarks/gpu.sh OUT_DIR [PART ...]        (no part named: all of them)
 #
 # Each step's output goes to OUT_DIR/<step>.log as well as to the terminal; the build's and the demo's
 # stage times and crop modes are read from their Lenses' manifest.json.
 set -uo pipefail
-out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build vit demo micro]}
+out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build vit small-gpu demo micro]}
 shift
-parts=" ${*:-micro embedding build vit demo} "
+parts=" ${*:-micro embedding build vit small-gpu demo} "
 [[ $parts == *" micro "* ]] && parts+=" collect crops measures "
 mkdir -p "$out"
 export PYTHONPATH="$PWD/tests/support${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SEMLENS_CACHE="$out/cache"
@@ -33,7 +34,11 @@ manifest = json.load(open(f"{sys.argv[1]}/manifest.json"))
 for name, record in manifest["stages"].items():
     print(f"  {name}: {record.get('seconds', '?')} s")
 for name, layer in manifest["layers"].items():
-    print(f"  {name}: {layer.get('crop', {}).get('mode')} crops ({layer.get('crop', {}).get('why')})")
+    crop = layer.get("crop", {})
+    smaller = f"; passes {crop['pairs_per_pass']}" if "pairs_per_pass" in crop else ""
+    print(f"  {name}: {crop.get('mode')} crops ({crop.get('why')}){smaller}")
+if "images_per_pass" in manifest["stages"].get("relevance", {}):
+    print(f"  class relevance passes {manifest['stages']['relevance']['images_per_pass']}")
 EOF
 }
 
@@ -68,6 +73,14 @@ if [[ $parts == *" vit "* ]]; then
   step vit python3 -m semlens.cli run --model timm:vit_small_patch16_224:none --layer blocks.5 --layer blocks.11:token=0 \
     --data world::2000:probe --foundation open_clip:ViT-B-32:none -k 10 --out "$out/vit.lens" --overwrite --no-progress
   stages "$out/vit.lens" | tee -a "$out/vit.log"
+fi
+
+if [[ $parts == *" small-gpu "* ]]; then  # a 4.2 GiB share of the card: relevance passes must halve, not fail
+  step small-gpu python3 -c "import sys, torch; torch.cuda.set_per_process_memory_fraction(4.2 * 2**30 / torch.cuda.get_device_properties(0).total_memory)
+sys.argv = ['semlens', 'run', '--model', 'timm:resnet50:none', '--layer', 'layer3', '--data', 'world::300:probe',
+            '--foundation', 'open_clip:ViT-B-32:none', '-k', '5', '--out', '$out/small.lens', '--overwrite', '--no-progress']
+from semlens.cli import main; main()"
+  stages "$out/small.lens" | tee -a "$out/small-gpu.log"
 fi
 
 if [[ $parts == *" demo "* ]]; then
