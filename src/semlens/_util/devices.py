@@ -131,9 +131,9 @@ def relevance_pixels(device: torch.device) -> int:
 class ShrinkingBatch:
     """Rows per pass that halve whenever the GPU runs out of memory, and stay halved for later passes.
 
-    The relevance passes are sized for a large GPU (``relevance_batch``); on a smaller one the first pass
-    that does not fit is split and done again, so a build never fails for want of memory while a smaller
-    pass would do. ``asked`` and ``rows`` say what was asked and what ran.
+    The relevance passes are sized by a guess at what the card holds (``relevance_pixels``); a pass that
+    does not fit is split and done again, so that a build does not stop where a smaller pass would fit.
+    ``asked`` and ``rows`` say what was asked and what ran.
     """
 
     def __init__(self, rows: int, release: Callable[[], None] = lambda: None) -> None:
