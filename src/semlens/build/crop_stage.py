@@ -95,7 +95,7 @@ class CropStage:
         mode, why = self._crop_mode(spec, stored.get("maps") is not None)
         record = self.context.manifest["layers"][spec.name]["crop"] = {"mode": mode, "why": why}
         if mode == "relevance":
-            heat, record["heatmaps"] = self._relevance_heatmaps(spec, stored["ids"])
+            heat, record["heatmaps"] = self._relevance_heatmaps(spec, stored["ids"], record)
             return heat, heat_source(spec.name, mode)
         if mode == "activation":
             return stored["maps"], heat_source(spec.name, mode)
@@ -118,10 +118,11 @@ class CropStage:
         parts = {part: identity[part] for part in ("model", "data", "preprocessing", "collect")}
         return hash_json({**parts, "layer": spec.fingerprint_fields()})
 
-    def _relevance_heatmaps(self, spec: LayerSpec, ids: torch.Tensor) -> tuple[torch.Tensor, str]:
+    def _relevance_heatmaps(self, spec: LayerSpec, ids: torch.Tensor, record: dict[str, Any]) -> tuple[torch.Tensor, str]:
         """The layer's CRP heatmaps ``[U, k, h, w]`` (pooled, float16) and where they came from: this Lens's
         ``.crops`` file or ``heatmaps_from``'s when computed for the same inputs (and the same top-k
-        samples), else computed now; stored in this Lens with their key and origin."""
+        samples), else computed now (``record``, the layer's crop entry, gets smaller passes); stored in this Lens
+        with their key and origin."""
         context = self.context
         name, key = layer_file(spec.name, "crops"), self._heat_key(spec)
         kept = self.stored_heatmaps(context.store, name, key)
@@ -136,7 +137,6 @@ class CropStage:
                     f"heatmaps_from={origin} is not a Lens directory (no manifest.json); give a Lens built from the same model and data"
                 )
             found = self.stored_heatmaps(other, name, key, ids, layer_file(spec.name, "topk"))
-        record = context.manifest["layers"][spec.name]["crop"]
         heat, source = (found[0], f"reused from {LensStore(origin).root}") if found else (self.compute_heatmaps(spec, ids, record), "computed")
         context.ranks.on_main(lambda: context.store.write_tensors(name, {"heat": heat}, {HEAT_KEY: key, "origin": source}))
         return heat, source
@@ -182,9 +182,9 @@ class CropStage:
                 channels = (unit_of[positions] % base).to(context.device)
                 signs = torch.where(unit_of[positions] >= base, -1.0, 1.0).to(context.device)
                 explain = lambda b, e: crp_heatmaps(modified, inputs[b:e], spec.name, channels[b:e], signs[b:e], spec.pick, sae)  # noqa: E731
+                offset = begin - mine.start
                 for b, e, heat in passes.parts(end - begin, explain):
-                    start = begin - mine.start
-                    pooled[start + b : start + e] = pool_heatmaps(heat.detach().cpu(), context.config.max_map_side)
+                    pooled[offset + b : offset + e] = pool_heatmaps(heat.detach().cpu(), context.config.max_map_side)
                 advance(len(positions))
         if passes.shrunk:
             record["pairs_per_pass"] = passes.shrunk
