@@ -208,11 +208,13 @@ class LensBuilder:
         return summary
 
     def _memory_advice(self, stage: str) -> str:
-        """What to lower when ``stage`` runs out of GPU memory (relevance passes halve by themselves)."""
+        """What to lower when ``stage`` runs out of GPU memory. Relevance passes halve by themselves, so what
+        runs out in the examples stage is its foundation model, as in the embed stage; in class relevance,
+        the prediction pass over a whole loader batch."""
         config = self.config
         if stage == "collect":
             return f"give a smaller --batch-size (now {config.batch_size})"
-        if stage in ("relevance", "examples"):
+        if stage == "relevance":
             return "free the GPU, or give a smaller relevance_batch_size in a config file"
         return f"give a smaller --embed-batch-size (now {config.embed_batch_size}; the foundation model runs on that many crops at once)"
 
