@@ -15,7 +15,7 @@ from torch import nn
 from semlens import LoadedModel
 from semlens.analysis.alignment import alignment
 from semlens.analysis.audit import AlignmentRule, audit_units, null_stats, null_z, relevance_by_verdict, tight_shift, verdicts
-from semlens.analysis.interventions import LOCATE_IOU, Artifact, UnitToTest, concept_tests, located_ious, rank_auc
+from semlens.analysis.interventions import LOCATE_IOU, LOCATE_SHARE, Artifact, UnitToTest, concept_tests, located_ious, rank_auc
 from semlens.model.units import LayerSpec
 
 
@@ -249,6 +249,44 @@ def test_the_concept_test_confirms_only_a_unit_that_fires_where_the_concept_is_p
     assert away["located_iou"] == 0.0 and away["located"] is False and not away["confirmed"]
     _, (unlocated, _) = concept_tests(model, *views, 0, units)  # no region: location not measured, no part in the rule
     assert unlocated["located_iou"] is None and unlocated["located"] is None
+
+
+class SpreadNet(nn.Module):
+    """``AwayNet``'s watermark detector (channel 0) and a unit that fires at the watermark and as much again
+    away from it (channel 1: the detector's map plus its maximum in the bottom-right 6x6 cells)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.away = AwayNet()
+        self.features = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        white = self.away.detector(x)
+        spread = white.clone()
+        spread[..., -6:, -6:] = white.amax(dim=(2, 3), keepdim=True)
+        maps = self.features(torch.cat([white, spread], dim=1))
+        return self.away.head(maps.amax(dim=(2, 3)))
+
+
+def test_a_unit_firing_where_the_concept_is_must_do_so_nearly_as_well_as_its_layers_best(views):
+    watermark = Artifact(image=Image.fromarray(np.full((6, 6, 4), 255, dtype=np.uint8)), position=(1, 1))
+    region = watermark.region(*views[0][0].size)
+    model = LoadedModel(SpreadNet().eval(), "test:spread", world.PREPROCESSING, world.CLASSES)
+    detector, spread = UnitToTest("features/0", LayerSpec("features"), 0, 0), UnitToTest("features/1", LayerSpec("features"), 1, 1)
+    _, (best, half) = concept_tests(model, *views, 0, [detector, spread], region=region)
+    # the detector fires on the 36 watermark cells only: IoU 1; the spread unit on those and 36 more: 36 / 72
+    assert best["located_iou"] == pytest.approx(1.0) and half["located_iou"] == pytest.approx(0.5)
+    # both pass NetDissect's 0.04, but half of the layer's best is below two thirds of it
+    assert best["located_bar"] == half["located_bar"] == pytest.approx(LOCATE_SHARE) and half["located_iou"] >= LOCATE_IOU
+    assert best["located"] and half["located"] is False and not half["confirmed"]
+    # an untested unit of the layer sets the bar as a tested one does; without it the spread unit is its layer's best
+    _, (alone,) = concept_tests(model, *views, 0, [spread], region=region, peers=[detector])
+    assert alone["located_bar"] == pytest.approx(LOCATE_SHARE) and alone["located"] is False
+    _, (unopposed,) = concept_tests(model, *views, 0, [spread], region=region)
+    assert unopposed["located_bar"] == pytest.approx(LOCATE_SHARE * 0.5) and unopposed["located"]
+    # a peer the concept does not raise sets no bar (the spread unit alone, the watermark pasted where neither fires)
+    _, (unraised,) = concept_tests(model, views[0], views[0], 0, [spread], region=region, peers=[detector])
+    assert unraised["located_bar"] == pytest.approx(LOCATE_IOU)
 
 
 def test_a_signed_layer_counts_each_channel_once():

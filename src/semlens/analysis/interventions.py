@@ -229,6 +229,14 @@ CLASS_RISE_IMAGES = 5  # the class rise is measured on at least 5 test images of
 # no detector of it (README: The audit's location test).
 LOCATE_QUANTILE = 0.995
 LOCATE_IOU = 0.04
+# ... and at two thirds or more of the best IoU that a unit of its layer raised by the concept reaches (the
+# tested units and the audit's other examined units, ``concept_tests``' ``peers``): how well a unit can fire
+# where the concept is depends on the layer's grid and the concept's size, and a unit far below its layer's best
+# detector fires mostly elsewhere: it answers the concept among other things. Chosen on the stored benchmark
+# runs whose class relies on its artefact (flagged units at IoU >= 0.04 and raised, as a share of the best:
+# true artefact units 0.23 to 1.00, 32 of 34 at 0.72 or more; other units 0.41 to 1.00, 9 of 13 at 0.61 or
+# less), then checked on worlds drawn after it (README: The audit's location test).
+LOCATE_SHARE = 2 / 3
 LOCATE_SIDE = 112  # the IoU is taken on maps up-sampled to at most 112 cells a side (a 224 px view: 2 px a cell)
 
 
@@ -369,6 +377,35 @@ def located_ious(maps_with: torch.Tensor, maps_without: torch.Tensor, region: to
     return ious
 
 
+def location_test(
+    model: LoadedModel,
+    without: list[Image.Image],
+    with_concept: list[Image.Image],
+    region: torch.Tensor,
+    units: Sequence[UnitToTest],
+    peers: Sequence[UnitToTest],
+    aucs: dict[str, torch.Tensor],
+) -> dict[str, dict[int, tuple[float, float]]]:
+    """Per layer with spatial maps, per row of the tested ``units``: its ``located_ious`` IoU and the bar it must
+    reach (``LOCATE_IOU``, or ``LOCATE_SHARE`` of the best IoU of the layer's tested units and ``peers`` that the
+    concept raises, ``aucs`` >= ``CONFIRM_AUC``). Maps are kept for the tested units and the raised peers only."""
+    specs = list({unit.spec.name: unit.spec for unit in [*units, *peers]}.values())
+    rows: dict[str, list[int]] = {}
+    for spec in specs:
+        tested = {unit.row for unit in units if unit.spec.name == spec.name}
+        raised = {unit.row for unit in peers if unit.spec.name == spec.name and aucs[spec.name][unit.row] >= CONFIRM_AUC}
+        rows[spec.name] = sorted(tested | raised)
+    maps_with = unit_scores_and_maps(model, with_concept, specs, rows)[1]
+    maps_without = unit_scores_and_maps(model, without, specs, rows)[1]
+    located = {}
+    for layer in maps_with:
+        ious = dict(zip(rows[layer], located_ious(maps_with[layer], maps_without[layer], region).tolist()))
+        best = max((iou for row, iou in ious.items() if aucs[layer][row] >= CONFIRM_AUC), default=0.0)
+        bar = max(LOCATE_IOU, LOCATE_SHARE * best)
+        located[layer] = {unit.row: (ious[unit.row], bar) for unit in units if unit.spec.name == layer}
+    return located
+
+
 def rank_auc(positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
     """Per column, the probability that a positive row scores above a negative one (ties half): ``[U]``."""
     from scipy.stats import rankdata
@@ -420,6 +457,7 @@ def concept_tests(
     paired: bool = True,
     classes: torch.Tensor | None = None,
     region: torch.Tensor | None = None,
+    peers: Sequence[UnitToTest] = (),
 ) -> tuple[dict, list[dict]]:
     """The class's reliance on the concept: its mean probability with and without the concept (``effect``:
     the difference) and their log odds ratio (``log_odds``); it ``relies`` on the concept when the concept
@@ -431,8 +469,10 @@ def concept_tests(
     unit than the others do, the images without the concept taken by ``classes`` (their labels) or, without
     labels, by the model's prediction (``result["classes_from"]``); None unless both kinds number
     ``CLASS_RISE_IMAGES``. With ``region`` (where the concept was pasted, ``[H, W]`` in the views), ``located_iou``
-    is the IoU of where the unit fires with it (``located_ious``) and ``located`` whether it reaches ``LOCATE_IOU``
-    (both None without a region or spatial maps). A finding is ``confirmed`` when the class relies on the
+    is the IoU of where the unit fires with it (``located_ious``) and ``located`` whether it reaches
+    ``located_bar``: ``LOCATE_IOU``, or ``LOCATE_SHARE`` of the best IoU among the units of its layer (tested or
+    ``peers``, untested units that only set the bar) the concept raises, where that is higher (all three None
+    without a region or spatial maps). A finding is ``confirmed`` when the class relies on the
     concept, AUC >= ``CONFIRM_AUC``, zeroing the unit removes at least ``CONFIRM_SHARE`` of the reliance, where
     the class rise is measured the concept raises the unit at least ``CONCEPT_OVER_CLASS`` times as much as the
     class does, and where the location is measured the unit fires where the concept is."""
@@ -450,25 +490,23 @@ def concept_tests(
         "log_odds": reliance,
         "relies": reliance >= math.log(RELIANCE_ODDS),
     }
-    specs = list({unit.spec.name: unit.spec for unit in units}.values())
-    rows = {} if region is None else {spec.name: [unit.row for unit in units if unit.spec.name == spec.name] for spec in specs}
-    scores_with, maps_with = unit_scores_and_maps(model, with_concept, specs, rows)
-    scores_without, maps_without = unit_scores_and_maps(model, without, specs, rows)
-    located = {layer: located_ious(maps_with[layer], maps_without[layer], region).tolist() for layer in maps_with}
+    specs = list({unit.spec.name: unit.spec for unit in [*units, *peers]}.values())
+    scores_with, scores_without = unit_scores(model, with_concept, specs), unit_scores(model, without, specs)
     aucs = {layer: rank_auc(scores_with[layer], scores_without[layer]) for layer in scores_with}  # [U] per layer, every unit at once
+    located = {} if region is None else location_test(model, without, with_concept, region, units, peers, aucs)
     rises = {layer: scores_with[layer].mean(dim=0) - scores_without[layer].mean(dim=0) for layer in scores_with}
     class_rises = {layer: class_rise(scores_without[layer], members, class_index) for layer in scores_with}
     tests = []
     for unit in units:
         layer = unit.spec.name
         auc, concept_rise = float(aucs[layer][unit.row]), float(rises[layer][unit.row])
-        iou = located[layer][rows[layer].index(unit.row)] if layer in located else None
+        iou, bar = located[layer][unit.row] if layer in located else (None, None)
         own_rise = None if class_rises[layer] is None else float(class_rises[layer][unit.row])
         with pruned(model, {layer: [unit.channel]}, saes):
             after_with, after_without = class_probability(model, with_concept, class_index), class_probability(model, without, class_index)
         removed = reliance - log_odds_ratio(after_with, after_without)
         detects = own_rise is None or concept_rise >= CONCEPT_OVER_CLASS * own_rise
-        at_concept = None if iou is None else iou >= LOCATE_IOU
+        at_concept = None if iou is None else iou >= bar
         raised = auc >= CONFIRM_AUC
         tests.append({
             "activation_auc": auc,
@@ -476,6 +514,7 @@ def concept_tests(
             "concept_rise": concept_rise,
             "class_rise": own_rise,
             "located_iou": iou,
+            "located_bar": bar,
             "located": at_concept,
             "drop_with": p_with - after_with,
             "drop_without": p_without - after_without,

@@ -169,8 +169,8 @@ class LensAudits:
     def _test_findings(self: Lens, result: Audit, class_index: int, concept: ConceptImages, test_all: bool) -> None:
         """Run the concept test on the units of ``result`` (in place; all with ``test_all``, else ``Audit.to_test``):
         the class's reliance on the concept and, per unit, whether the concept raises it (also against how much
-        the class's own images do: see ``concept_tests``), whether it fires where a pasted concept is, and
-        zeroing it costs the class more with the concept than without; then a flagged unit the concept does not
+        the class's own images do: see ``concept_tests``), whether it fires where a pasted concept is (against the
+        best of its layer's examined units, tested or not), and zeroing it costs the class more with the concept than without; then a flagged unit the concept does not
         raise or firing away from the pasted concept loses its flag and a contested one firing there and raised by
         it is "both"
         (``Audit.revise_by_test``). Needs the model (loaded under the Lens's trust model)."""
@@ -181,14 +181,18 @@ class LensAudits:
         without, with_concept, classes = concept.views_and_classes(model)
         region = concept.region(with_concept)
         units = result.units if test_all else result.to_test(located=region is not None)
-        layers = sorted({unit.unit.rpartition("/")[0] for unit in units})
-        saes = self.sae_files(layers)
-        tested = []
-        for unit in units:
-            layer, row = self.unit_index(unit.unit)
+        saes = self.sae_files(sorted({unit.unit.rpartition("/")[0] for unit in result.units}))
+
+        def to_test(name: str) -> UnitToTest:
+            layer, row = self.unit_index(name)
             spec = LayerSpec(**{**self.manifest["layers"][layer]["spec"], "sae": saes.get(layer)})
-            tested.append(UnitToTest(unit.unit, spec, row, row % self.manifest["layers"][layer]["base_units"]))
-        result.reliance, tests = concept_tests(model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region)
+            return UnitToTest(name, spec, row, row % self.manifest["layers"][layer]["base_units"])
+
+        tested = [to_test(unit.unit) for unit in units]
+        names = {unit.name for unit in tested}
+        # the examined units the test does not take: where the concept raises them, they set the location bar
+        peers = [] if region is None else [to_test(unit.unit) for unit in result.units if unit.unit not in names]
+        result.reliance, tests = concept_tests(model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers)
         for unit, test in zip(units, tests):
             unit.test = test
         result.revise_by_test()
