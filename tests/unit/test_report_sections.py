@@ -43,7 +43,7 @@ def unescaped_json(page: str) -> str:
 
 
 def hostile_audit(unit: str) -> Audit:
-    test = {"activation_auc": 0.9, "concept_rise": 0.8, "class_rise": 0.3, "located_iou": 0.12, "located": True, "drop_with": 0.2, "drop_without": 0.05,
+    test = {"activation_auc": 0.9, "concept_rise": 0.8, "class_rise": 0.3, "located_iou": 0.12, "located_bar": 0.08, "located": True, "drop_with": 0.2, "drop_without": 0.05,
             "reliance_removed": 0.5, "confirmed": True}  # fmt: skip
     flagged = AuditedUnit(unit, 0.4, 0.3, -0.1, 0.2, 0.5, 6.0, "spurious", test=test)
     shares = {"valid": 0.0, "spurious": 1.0, "both": 0.0, "unexpected": 0.0, "spurious_or_both": 1.0}

@@ -113,11 +113,11 @@ def audit(
 
             say(f"flagged, but not raised by the concept (activation AUC below {CONFIRM_AUC:g}; verdict from its valid alignment): {', '.join(result.not_raised) or 'none'}")
         if result.judged_by_location:
-            from ..analysis.interventions import LOCATE_IOU
+            from ..analysis.interventions import LOCATE_IOU, LOCATE_SHARE
 
             say(
-                f"flagged, but firing away from the pasted concept (IoU of its top activations with it below {LOCATE_IOU:g}; "
-                f"verdict from its valid alignment): {', '.join(result.unlocated) or 'none'}"
+                f"flagged, but firing away from the pasted concept (IoU of its top activations with it below {LOCATE_IOU:g} or "
+                f"{LOCATE_SHARE:.2f} of the best in its layer; verdict from its valid alignment): {', '.join(result.unlocated) or 'none'}"
             )
             say(
                 "named valid by their crop responses and aligned with the concept, firing where it is pasted and raised by it "
@@ -173,7 +173,7 @@ def _test_cell(test: dict | None) -> str:
         return ""
     verdict = "confirmed" if test["confirmed"] else "unconfirmed"
     rises = f"rise {test['concept_rise']:+.2f}" + ("" if test["class_rise"] is None else f" / class {test['class_rise']:+.2f}")
-    located = "" if test["located_iou"] is None else f", at the concept IoU {test['located_iou']:.2f}"
+    located = "" if test["located_iou"] is None else f", at the concept IoU {test['located_iou']:.2f} (bar {test['located_bar']:.2f})"
     return f"{verdict} (AUC {test['activation_auc']:.2f}, {rises}{located}, drop {test['drop_with']:.3f} with / {test['drop_without']:.3f} without, removes {test['reliance_removed']:+.2f})"
 
 

@@ -236,7 +236,7 @@ def _test_verdict(unit) -> str:
     """The concept test's word on a unit for the audit page's table (empty: not tested)."""
     if unit.test is None:
         return ""
-    located = "" if unit.test["located_iou"] is None else f", IoU {unit.test['located_iou']:.2f} at the concept"
+    located = "" if unit.test["located_iou"] is None else f", IoU {unit.test['located_iou']:.2f} at the concept (bar {unit.test['located_bar']:.2f})"
     revised = "" if unit.verdict_before_test is None else f"; {html.escape(unit.verdict_before_test)} before the test"
     return f"{'confirmed' if unit.test['confirmed'] else 'unconfirmed'}{located}{revised}"
 

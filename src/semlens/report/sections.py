@@ -46,7 +46,7 @@ def _note(unit: AuditedUnit) -> str:
             f"; concept test: {'confirmed' if test['confirmed'] else 'unconfirmed'} (activation AUC "
             f"{test['activation_auc']:.2f}, raised {test['concept_rise']:+.2f} by the concept"
             + ("" if test["class_rise"] is None else f", {test['class_rise']:+.2f} by the class's own images")
-            + ("" if test["located_iou"] is None else f"; IoU of its top activations with the pasted concept {test['located_iou']:.2f}")
+            + ("" if test["located_iou"] is None else f"; IoU of its top activations with the pasted concept {test['located_iou']:.2f} (it must reach {test['located_bar']:.2f})")
             + f"; zeroing it lowers the class probability by {test['drop_with']:.3f} with the concept, "
             f"{test['drop_without']:.3f} without, and removes {test['reliance_removed']:+.2f} of the log odds ratio)"
         )
