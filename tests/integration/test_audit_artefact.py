@@ -113,6 +113,9 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
         passes = test["activation_auc"] >= CONFIRM_AUC and test["reliance_removed"] >= CONFIRM_SHARE * carried["reliance"]["log_odds"] and test["located"]
         assert (unit["unit"] in carried["carriers"]) == (passes and unit["verdict"] not in ("spurious", "both"))
     assert all(unit["test"] is not None for unit in carried["units"]) and carried["reliance"] == audit["reliance"]
+    # the location bar is set by every examined unit, tested or not: testing the flagged ones only gives them the same bar
+    bars = {unit["unit"]: unit["test"]["located_bar"] for unit in carried["units"]}
+    assert all(unit["test"]["located_bar"] == bars[unit["unit"]] for unit in spurious)
     # the test images hold no red one: the class's own rise is not measured, so it takes no part in the rule
     assert all(unit["test"]["class_rise"] is None for unit in carried["units"])
     untested = runner.invoke(app, [str(arg) for arg in (*wrong, "--test-all")])
