@@ -14,6 +14,7 @@ from semlens.model.units import (
     SPEC_KEYS,
     LayerSpec,
     UnitReader,
+    attention_weights,
     channels_last,
     guess_prefix_tokens,
     list_layers,
@@ -190,10 +191,11 @@ class HeadsAttention(nn.Module):
     def __init__(self, dim: int = 8, heads: int = 2) -> None:
         super().__init__()
         self.heads, self.qkv, self.q_norm, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Identity(), nn.Linear(dim, dim)
+        self.attn_drop = nn.Dropout(0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x).reshape(x.shape[0], x.shape[1], 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        attention = (self.q_norm(q) @ k.transpose(-2, -1)).softmax(dim=-1)
+        attention = self.attn_drop((self.q_norm(q) @ k.transpose(-2, -1)).softmax(dim=-1))
         return self.proj((attention @ v).transpose(1, 2).reshape(x.shape))
 
 
@@ -212,10 +214,16 @@ def test_attention_heads_are_listed_as_unreadable_and_refused_by_the_build():
     model = TinyViT()
     shown = {info.name: (info.shape, info.units) for info in list_layers(model, torch.randn(2, 3, 16, 16))}
     assert shown["attn.q_norm"][1] is None and shown["attn.q_norm"][0].startswith("2x2x16x4 (N,?,A,B with A != B"), shown
+    # the attention matrix is square like a conv map (16 queries x 16 keys), but its rows are softmaxes
+    assert shown["attn.attn_drop"][1] is None and shown["attn.attn_drop"][0] == "2x2x16x16 (attention weights N,heads,queries,keys: every row sums to 1: not readable)"
     assert shown["attn.proj"] == ("2x16x8", 8) and shown["patches"] == ("2x8x4x4", 8)  # tokens and a conv map stay readable
-    with pytest.raises(LayerError, match=r"layer 'attn.q_norm' \(Identity\) outputs \(2, 2, 16, 4\), not a square map.*heads"):
-        with Collector(model, [LayerSpec.parse("attn.q_norm")], k=2) as collector:
-            collector.update(torch.randn(2, 3, 16, 16), torch.arange(2))
+    for name, shape in (("attn.q_norm", r"\(2, 2, 16, 4\)"), ("attn.attn_drop", r"\(2, 2, 16, 16\)")):
+        with pytest.raises(LayerError, match=rf"layer '{name}' \((Identity|Dropout)\) outputs {shape}, not a conv map.*heads"):
+            with Collector(model, [LayerSpec.parse(name)], k=2) as collector:
+                collector.update(torch.randn(2, 3, 16, 16), torch.arange(2))
+    # a conv map whose rows happen to be non-negative is read (only softmax rows sum to 1 everywhere)
+    assert not attention_weights(torch.rand(2, 3, 5, 5)) and not attention_weights(torch.full((1, 2, 1, 1), 1.0))
+    assert attention_weights(torch.randn(2, 3, 5, 5).softmax(dim=-1))
 
 
 def test_channels_last_outputs_are_listed_as_unreadable_and_refused_by_the_build():

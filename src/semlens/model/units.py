@@ -145,14 +145,27 @@ def channels_last(module: nn.Module, output: torch.Tensor) -> bool:
     return output.shape[1] == output.shape[2] != last
 
 
+def attention_weights(output: torch.Tensor) -> bool:
+    """Whether a 4-D output is a ViT's attention matrix N,heads,queries,keys (timm's ``attn_drop`` where attention
+    is not fused): square in its last two dimensions like a conv map, but every row along the last is a softmax,
+    non-negative and summing to 1, which no conv map is."""
+    if output.dim() != 4 or output.shape[-1] != output.shape[-2] or output.shape[-1] < 2 or not output.is_floating_point():
+        return False
+    rows = output.detach().float()
+    return bool(rows.min() >= 0) and torch.allclose(rows.sum(dim=-1), torch.ones(()), atol=1e-3)
+
+
 def unreadable_layout(module: nn.Module, output: torch.Tensor) -> str | None:
-    """Why a 4-D output is not a conv map N,C,H,W, or None: channels last (``channels_last``), or two last
+    """Why a 4-D output is not a conv map N,C,H,W, or None: channels last (``channels_last``), two last
     dimensions that differ on semlens's square inputs, as a ViT's queries and keys per head have
-    (N,heads,tokens,dim: a timm Attention's q_norm and k_norm), where the heads would pass for units."""
+    (N,heads,tokens,dim: a timm Attention's q_norm and k_norm), or attention weights (``attention_weights``):
+    the heads would pass for units."""
     if channels_last(module, output):
         return "N,H,W,C"
     if output.dim() == 4 and output.shape[2] != output.shape[3]:
         return "N,?,A,B with A != B on a square input, e.g. attention heads N,heads,tokens,dim"
+    if attention_weights(output):
+        return "attention weights N,heads,queries,keys: every row sums to 1"
     return None
 
 
@@ -167,7 +180,7 @@ def refuse_unreadable_layout(name: str, module: nn.Module, output: torch.Tensor)
         )
     if layout:
         raise LayerError(
-            f"layer {name!r} ({type(module).__name__}) outputs {tuple(output.shape)}, not a square map N,C,H,W on a "
+            f"layer {name!r} ({type(module).__name__}) outputs {tuple(output.shape)}, not a conv map N,C,H,W on a "
             f"square input ({layout}); semlens would take its second dimension for units: read the block or its "
             "attention's output projection (tokens N,L,C), or a conv layer"
         )
