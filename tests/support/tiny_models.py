@@ -59,6 +59,26 @@ def twin_cnn() -> LoadedModel:
     return LoadedModel(model, "py:tiny_models:twin_cnn", TINY_PREPROCESSING, ["red", "green", "blue"])
 
 
+class ChannelsLastCNN(nn.Module):
+    """A conv stage, then an MLP over each position channels last (N,H,W,C, as in a ConvNeXt or Swin block):
+    ``mlp.1`` (its ReLU) outputs N,16,16,6, whose 6 hidden channels are read with ``channels_last=true``."""
+
+    def __init__(self, seed: int = 0, classes: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.mlp = nn.Sequential(nn.Linear(8, 6), nn.ReLU())
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.mlp(self.conv(x).permute(0, 2, 3, 1))  # N,H,W,C
+        return self.head(hidden.mean(dim=(1, 2)))
+
+
+def channels_last_cnn() -> LoadedModel:
+    return LoadedModel(ChannelsLastCNN().eval(), "py:tiny_models:channels_last_cnn", TINY_PREPROCESSING, ["red", "green", "blue"])
+
+
 def colour_images(count: int, size: int = 40, seed: int = 0) -> list[tuple[Image.Image, int]]:
     """Noisy images, each dominated by one of three colours in a random square: (image, colour label)."""
     rng = np.random.default_rng(seed)

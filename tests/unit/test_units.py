@@ -35,7 +35,7 @@ def test_parse_name_only_gives_the_defaults():
 
 
 def test_parse_reads_every_key():
-    spec = LayerSpec.parse("blocks.3:pool=max,token=-1,pick=hidden,signed=yes,sae=enc.safetensors,prefix_tokens=5")
+    spec = LayerSpec.parse("blocks.3:pool=max,token=-1,pick=hidden,signed=yes,sae=enc.safetensors,prefix_tokens=5,channels_last=true")
     assert asdict(spec) == {
         "name": "blocks.3",
         "pool": "max",
@@ -44,7 +44,10 @@ def test_parse_reads_every_key():
         "signed": True,
         "sae": "enc.safetensors",
         "prefix_tokens": 5,
+        "channels_last": True,
     }
+    with pytest.raises(LayerError, match="channels_last must be true or false"):
+        LayerSpec.parse("stages.1:channels_last=nhwc")
 
 
 def test_parse_option_overrides_default_pool_and_tolerates_spaces_and_empty_items():
@@ -226,18 +229,34 @@ def test_attention_heads_are_listed_as_unreadable_and_refused_by_the_build():
     assert attention_weights(torch.randn(2, 3, 5, 5).softmax(dim=-1))
 
 
-def test_channels_last_outputs_are_listed_as_unreadable_and_refused_by_the_build():
+def test_channels_last_outputs_are_read_only_when_asked_and_refused_otherwise():
     from semlens.build.collect import Collector
 
     model = nn.Sequential(ConvNeXtBlock(), LayerNorm2d(6))
     shown = {info.name: (info.shape, info.units) for info in list_layers(model, torch.randn(2, 3 * 2, 5, 5))}
-    for name in ("0.norm", "0.fc1", "0.act", "0.fc2"):  # a LayerNorm and Linears over the last dimension; the GELU by its shape
-        assert shown[name][1] is None and shown[name][0].endswith("(N,H,W,C: not readable)"), name
+    for name, units in (("0.norm", 6), ("0.fc1", 8), ("0.act", 8), ("0.fc2", 6)):  # a LayerNorm and Linears over the last dimension; the GELU by its shape
+        assert shown[name][1] == units and shown[name][0].endswith("(N,H,W,C: read with channels_last=true)"), name
     assert shown["0"] == ("2x6x5x5", 6) and shown["0.dwconv"] == ("2x6x5x5", 6) and shown["1"] == ("2x6x5x5", 6)
     assert not channels_last(nn.Conv2d(5, 5, 1), torch.zeros(1, 5, 5, 5))  # channels equal to the side: a conv map
-    with pytest.raises(LayerError, match=r"layer '0.act' \(GELU\) outputs \(2, 5, 5, 8\) laid out N,H,W,C"):
+    inputs = torch.randn(3, 6, 5, 5)
+    with pytest.raises(LayerError, match=r"layer '0.act' \(GELU\) outputs \(3, 5, 5, 8\) laid out N,H,W,C.*0.act:channels_last=true"):
         with Collector(model, [LayerSpec.parse("0.act")], k=2) as collector:
-            collector.update(torch.randn(2, 6, 5, 5), torch.arange(2))
+            collector.update(inputs, torch.arange(3))
+    with pytest.raises(LayerError, match=r"layer '0.dwconv' .*channels_last=true reads a map N,H,W,C"):
+        with Collector(model, [LayerSpec.parse("0.dwconv:channels_last=true")], k=2) as collector:
+            collector.update(inputs, torch.arange(3))
+    # read channels last: 8 units (the MLP's hidden channels), each with its 5x5 map and the exact top samples
+    with torch.no_grad():
+        block = model[0]
+        hidden = block.act(block.fc1(block.norm(block.dwconv(inputs).permute(0, 2, 3, 1))))  # N,H,W,C
+    with Collector(model, [LayerSpec.parse("0.act:channels_last=true,pool=max")], k=2) as collector:
+        collector.update(inputs, torch.arange(3))
+    top = collector.results["0.act"]
+    expected = hidden.amax(dim=(1, 2)).T.topk(2, dim=1)  # [units, k] over the 3 samples
+    assert torch.allclose(top.scores, expected.values) and torch.equal(top.ids, expected.indices)
+    reader = UnitReader(LayerSpec.parse("0.act:channels_last=true"))
+    scores, maps = reader(hidden)
+    assert maps.shape == (3, 8, 5, 5) and torch.equal(maps, hidden.permute(0, 3, 1, 2)) and torch.allclose(scores, hidden.mean(dim=(1, 2)))
 
 
 class NoneFirst(nn.Module):
@@ -569,8 +588,34 @@ def test_fingerprint_fields_follow_the_sae_file_content(tmp_path):
     assert {key: value for key, value in after.items() if key != "sae"} == {
         key: value for key, value in before.items() if key != "sae"
     }
-    plain = LayerSpec.parse("head:signed=true")
-    assert plain.fingerprint_fields() == asdict(plain)
+    plain = LayerSpec.parse("head:signed=true")  # channels_last came later: left out where false, so old fingerprints hold
+    assert plain.fingerprint_fields() == {key: value for key, value in asdict(plain).items() if key != "channels_last"}
+    assert LayerSpec.parse("head:channels_last=true").fingerprint_fields()["channels_last"] is True
+
+
+def test_pruning_a_layer_read_channels_last_zeroes_its_last_dimension(tmp_path):
+    from types import SimpleNamespace
+
+    from semlens.analysis.interventions import pruned
+
+    model = nn.Sequential(ConvNeXtBlock(), LayerNorm2d(6))
+    captured = []
+    handle = model[0].fc2.register_forward_pre_hook(lambda _m, inputs: captured.append(inputs[0].detach()))  # what the GELU hands on
+    with torch.no_grad(), pruned(SimpleNamespace(module=model), {"0.act": [2, 7]}, channels_last=["0.act"]):
+        model(torch.randn(2, 6, 5, 5))
+    handle.remove()
+    hidden = captured[0]  # N,H,W,C with C = 8: hidden channels 2 and 7 off everywhere, nothing else
+    assert hidden.shape == (2, 5, 5, 8) and not hidden[..., [2, 7]].any() and hidden[..., [0, 1, 3]].any()
+    # an SAE layer read channels last takes the SAE's features out along the last dimension too
+    tensors = {**sae_tensors(5), "W_dec": torch.randn(D_SAE, D_IN, generator=torch.Generator().manual_seed(9))}
+    path = write_sae(tmp_path / "sae.safetensors", tensors)
+    module = nn.Sequential(nn.Linear(3, D_IN))
+    x = torch.randn(2, 4, 4, 3)  # N,H,W,C in, N,H,W,D_IN out
+    plain = module(x).detach()
+    with torch.no_grad(), pruned(SimpleNamespace(module=module), {"0": [1, 4]}, {"0": path}, channels_last=["0"]):
+        after = module(x)
+    codes = expected_features(plain, tensors)[..., [1, 4]]
+    torch.testing.assert_close(after, plain - codes @ tensors["W_dec"][[1, 4]])
 
 
 def test_pruning_sae_features_takes_their_decoded_share_out_of_the_layer(tmp_path):

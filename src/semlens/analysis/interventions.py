@@ -19,7 +19,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -157,24 +157,28 @@ def separation_auc(model: LoadedModel, class_index: int, real: ImageData, spurio
 
 
 @contextmanager
-def pruned(model: LoadedModel, units: dict[str, list[int]], saes: dict[str, str] | None = None) -> Iterator[LoadedModel]:
+def pruned(
+    model: LoadedModel, units: dict[str, list[int]], saes: dict[str, str] | None = None, channels_last: Collection[str] = ()
+) -> Iterator[LoadedModel]:
     """The model with the given units of the given layers switched off (forward hooks, removed on exit):
     channels set to zero, or, for layers read through an SAE (``saes``: layer -> SAE file), those SAE
-    features taken out of the layer's output (reconstruction without them plus the SAE's error)."""
+    features taken out of the layer's output (reconstruction without them plus the SAE's error). The layers
+    in ``channels_last`` are maps N,H,W,C (``LayerSpec.channels_last``)."""
     saes = saes or {}
 
     def switch_off(layer: str, units: list[int]):
         encoder: list[SparseAutoencoder] = []
+        last = layer in channels_last
 
         def hook(_module, _inputs, output):
             if layer not in saes:
                 output = output.clone()
-                if output.dim() == 3:  # tokens N,L,C: units are the last dimension
+                if output.dim() == 3 or last:  # tokens N,L,C and maps N,H,W,C: units are the last dimension
                     output[..., units] = 0
                 else:
                     output[:, units] = 0
                 return output
-            channels_first = output.dim() == 4
+            channels_first = output.dim() == 4 and not last
             x = output.movedim(1, -1) if channels_first else output
             if not encoder:
                 encoder.append(SparseAutoencoder.load(saes[layer], x.shape[-1]))
@@ -195,15 +199,17 @@ def pruning_effect(
     class_index: int | None = None,
     artifact: Artifact | None = None,
     saes: dict[str, str] | None = None,
+    channels_last: Collection[str] = (),
 ) -> dict:
-    """Accuracy (and, with a class, its probability) on clean and artefact images, before and after pruning."""
+    """Accuracy (and, with a class, its probability) on clean and artefact images, before and after pruning
+    (``pruned``)."""
     views, labels = load_views(model, data)
     targets = class_targets(model, data, labels)
     sets = {"clean": views} | ({"artifact": [artifact.apply(view) for view in views]} if artifact else {})
     result = {"samples": len(views), "pruned": {layer: channels for layer, channels in units.items()}}
     for name, images in sets.items():
         before = _summary(predict(model, images), class_index, targets)
-        with pruned(model, units, saes):
+        with pruned(model, units, saes, channels_last):
             after = _summary(predict(model, images), class_index, targets)
         result[name] = {"before": before, "after": after}
     return result
@@ -503,7 +509,7 @@ def concept_tests(
         auc, concept_rise = float(aucs[layer][unit.row]), float(rises[layer][unit.row])
         iou, bar = located[layer][unit.row] if layer in located else (None, None)
         own_rise = None if class_rises[layer] is None else float(class_rises[layer][unit.row])
-        with pruned(model, {layer: [unit.channel]}, saes):
+        with pruned(model, {layer: [unit.channel]}, saes, [layer] if unit.spec.channels_last else []):
             after_with, after_without = class_probability(model, with_concept, class_index), class_probability(model, without, class_index)
         removed = reliance - log_odds_ratio(after_with, after_without)
         detects = own_rise is None or concept_rise >= CONCEPT_OVER_CLASS * own_rise

@@ -58,6 +58,7 @@ class ClassRelevanceStage:
         data = load_data(context.config.relevance_data) if context.config.relevance_data else context.data
         mapping, targets_from = class_mapping(model, data)
         left_out = {spec.name: "its SAE has no decoder (W_dec)" for spec in context.specs if spec.sae and not has_decoder(spec.sae)}
+        left_out |= {spec.name: "relevance of a layer read channels last is not supported" for spec in context.specs if spec.channels_last}
         layers = [spec for spec in context.specs if spec.name not in left_out]
         saes: dict = {spec.name: spec.sae for spec in layers if spec.sae}  # paths, loaded on first use
         picks = {spec.name: spec.pick for spec in layers}

@@ -159,7 +159,7 @@ class Collector:
             self._seen.add(name)
             if name not in self.results:
                 spec = self.readers[name].spec
-                refuse_unreadable_layout(name, module, select_output(output, spec.pick, name))
+                refuse_unreadable_layout(spec, module, select_output(output, spec.pick, name))
             with self._precision(enabled=False):
                 scores, maps = self.readers[name](output)
             if name not in self.results:

@@ -79,6 +79,8 @@ class CropStage:
             problem = None if report.supported else report.reason
             if problem is None and spec.sae and not has_decoder(spec.sae):
                 problem = "CRP through a sparse autoencoder needs its decoder (W_dec)"
+            if problem is None and spec.channels_last:
+                problem = "CRP of a layer read channels last is not supported"
             if problem is None:
                 return "relevance", report.reason
             if mode == "relevance":

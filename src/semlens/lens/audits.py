@@ -207,7 +207,7 @@ class LensAudits:
 
         channels = self.channels(units)
         index = None if class_name is None else self.class_index(class_name)
-        return pruning_effect(self.model(), data, channels, index, artifact, self.sae_files(list(channels)))
+        return pruning_effect(self.model(), data, channels, index, artifact, self.sae_files(list(channels)), self.channels_last(list(channels)))
 
     def audit_classes(
         self: Lens, spurious: list[str], cut: float | None = None, spurious_images: list[str | Path] = (), rule: AlignmentRule | None = None
@@ -240,6 +240,9 @@ class LensAudits:
             raise SemlensError("an attribution graph needs at least two layers")
         if any(self.manifest["layers"][layer]["unit_names"] == "signed" for layer in chosen):
             raise SemlensError("attribution graphs need unsigned layers (channels or SAE features)")
+        unexplained = self.channels_last(chosen)
+        if unexplained:
+            raise SemlensError(f"attribution graphs need relevance at each layer, which semlens does not take for layers read channels last: {', '.join(unexplained)}")
         index = self.class_index(class_name)
         relevance = self.class_relevance(chosen[-1])
         if relevance is None:

@@ -153,6 +153,8 @@ class LensCorrection:
             else:
                 without = [view for view, target in zip(views, targets.tolist()) if target != index]
                 with_concept = [artifact.apply(view) for view in without]
+            if layer in self.layers and self.channels_last([layer]):
+                raise SemlensError(f"layer {layer} is read channels last, where a projection does not apply (it takes a map's channels on dimension 1): name another layer or use --method finetune")
             candidates = [layer] if layer else self._projection_layers()
             fix, settings["layer_trials"] = choose_projection(model, candidates, views, targets, index, artifact, (without, with_concept), estimator)
             settings["estimator"] = estimator
@@ -170,8 +172,12 @@ class LensCorrection:
 
     def _projection_layers(self: Lens) -> list[str]:
         """The layers a projection is chosen among: the Lens's layers but the last (the output, when it
-        reads the logits); its only layer when it has one."""
-        return self.layers[:-1] or self.layers
+        reads the logits); its only layer when it has one; none read channels last (a projection takes the
+        channels of a map on its dimension 1)."""
+        layers = [layer for layer in self.layers if layer not in self.channels_last(self.layers)]
+        if not layers:
+            raise SemlensError("every layer of this Lens is read channels last, where a projection does not apply: name a layer (--layer) or use --method finetune")
+        return layers[:-1] or layers
 
 def _labelled_views(model: LoadedModel, data: ImageData) -> tuple[list[Image.Image], torch.Tensor]:
     views, labels = load_views(model, data)

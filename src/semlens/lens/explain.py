@@ -131,10 +131,21 @@ class LensExplain:
 
     def _explainable_layers(self: Lens, layers: list[str] | None) -> list[str]:
         """The given layers (checked), else all of them; by default SAE layers only where the Lens is trusted
-        (explaining with one reads the SAE file the Lens names: ``Lens.sae_files``)."""
+        (explaining with one reads the SAE file the Lens names: ``Lens.sae_files``); never layers read channels
+        last, whose relevance semlens does not take."""
+        unexplained = self.channels_last(self.layers)
         if layers:
+            refused = [layer for layer in self.checked_layers(layers) if layer in unexplained]
+            if refused:
+                others = [layer for layer in self.layers if layer not in unexplained]
+                raise SemlensError(
+                    f"explaining needs relevance at the layer, which semlens does not take for layers read channels last: "
+                    f"{', '.join(refused)}; explain {', '.join(others) or 'a Lens with other layers'}"
+                )
             return self.checked_layers(layers)
-        chosen = [layer for layer in self.layers if self.trusted or not self.manifest["layers"][layer]["spec"].get("sae")]
+        chosen = [layer for layer in self.layers if layer not in unexplained and (self.trusted or not self.manifest["layers"][layer]["spec"].get("sae"))]
+        if unexplained and not chosen:
+            raise SemlensError(f"explaining needs relevance at a layer, which semlens does not take for layers read channels last: {', '.join(unexplained)}")
         if not chosen:
             raise SemlensError(
                 "every layer of this Lens is read through a sparse autoencoder, whose files an untrusted Lens never "

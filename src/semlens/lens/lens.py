@@ -156,6 +156,11 @@ class Lens(
             grouped.setdefault(layer, []).append(row % self._layer(layer)["base_units"])
         return {layer: sorted(set(members)) for layer, members in grouped.items()}
 
+    def channels_last(self, layers: list[str]) -> list[str]:
+        """Those of ``layers`` read channels last (maps N,H,W,C: ``LayerSpec.channels_last``), whose relevance
+        semlens does not take: no CRP, class relevance, explanation, graph or projection there."""
+        return [layer for layer in layers if self._layer(layer)["spec"].get("channels_last")]
+
     def sae(self, layer: str) -> dict[str, Any] | None:
         """The SAE a layer's units are the features of (architecture, d_in, d_sae, k, format, hook_name), or None."""
         return self._layer(layer).get("sae")

@@ -23,7 +23,7 @@ from .._util.errors import LayerError
 from .sae import SparseAutoencoder, sae_fingerprint
 
 POOLINGS = ("mean", "max")
-SPEC_KEYS = ("pool", "token", "pick", "signed", "sae", "prefix_tokens")
+SPEC_KEYS = ("pool", "token", "pick", "signed", "sae", "prefix_tokens", "channels_last")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class LayerSpec:
     sae: a sparse autoencoder whose features become the units: a SAELens directory (or its
         ``cfg.json``) or a semlens safetensors file (see ``semlens.model.sae``).
     prefix_tokens: tokens before the patch grid (CLS, registers); guessed when not given.
+    channels_last: the output is a map laid out N,H,W,C (a Swin stage, the norm and MLP inside a ConvNeXt
+        block): its last dimension holds the units. Without it such an output is refused.
     """
 
     name: str
@@ -53,6 +55,7 @@ class LayerSpec:
     signed: bool = False
     sae: str | None = None
     prefix_tokens: int | None = None
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.pool not in POOLINGS:
@@ -60,7 +63,7 @@ class LayerSpec:
 
     @classmethod
     def parse(cls, text: str, default_pool: str = "mean") -> LayerSpec:
-        """Parse ``NAME[:key=value,...]``; keys: pool, token, pick, signed, sae, prefix_tokens."""
+        """Parse ``NAME[:key=value,...]``; keys: pool, token, pick, signed, sae, prefix_tokens, channels_last."""
         name, _, options = text.strip().partition(":")
         name = name.strip()
         if not name:
@@ -78,6 +81,8 @@ class LayerSpec:
     def fingerprint_fields(self) -> dict[str, Any]:
         """Everything that changes the units' scores, including the content of every SAE file read."""
         fields = asdict(self)
+        if not self.channels_last:  # a key added later: Lenses and caches made before it keep their fingerprints
+            del fields["channels_last"]
         if self.sae:
             fields["sae"] = sae_fingerprint(self.sae)
         return fields
@@ -89,9 +94,9 @@ def _parse_option(text: str, key: str, value: str) -> Any:
             return int(value)
         except ValueError:
             raise LayerError(f"layer spec {text!r}: {key} must be an integer, got {value!r}") from None
-    if key == "signed":
+    if key in ("signed", "channels_last"):
         if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise LayerError(f"layer spec {text!r}: signed must be true or false, got {value!r}")
+            raise LayerError(f"layer spec {text!r}: {key} must be true or false, got {value!r}")
         return value.lower() in ("true", "1", "yes")
     return value
 
@@ -169,14 +174,24 @@ def unreadable_layout(module: nn.Module, output: torch.Tensor) -> str | None:
     return None
 
 
-def refuse_unreadable_layout(name: str, module: nn.Module, output: torch.Tensor) -> None:
-    """The error for a layer read as a conv map whose output is not one (``unreadable_layout``)."""
+def refuse_unreadable_layout(spec: LayerSpec, module: nn.Module, output: torch.Tensor) -> None:
+    """The error for a layer read as a conv map whose output is not one (``unreadable_layout``), or read
+    channels last (``spec.channels_last``) whose output is no 4-D map."""
+    name = spec.name
+    if spec.channels_last:
+        # on semlens's square inputs a map N,C,H,W has its last two dimensions equal; one N,H,W,C its middle two
+        if output.dim() != 4 or output.shape[2] == output.shape[3] != output.shape[1]:
+            raise LayerError(
+                f"layer {name!r} ({type(module).__name__}) outputs {tuple(output.shape)}: channels_last=true reads a map "
+                "N,H,W,C, square in its middle two dimensions; drop it for this layer"
+            )
+        return
     layout = unreadable_layout(module, output)
     if layout == "N,H,W,C":
         raise LayerError(
             f"layer {name!r} ({type(module).__name__}) outputs {tuple(output.shape)} laid out N,H,W,C (channels last); "
-            "semlens reads conv maps as N,C,H,W and would take rows of pixels for units: read the block's output "
-            "after it permutes back (e.g. the block itself), or a conv layer"
+            f"semlens reads conv maps as N,C,H,W and would take rows of pixels for units: read it as {name}:channels_last=true, "
+            "or the block's output after it permutes back"
         )
     if layout:
         raise LayerError(
@@ -219,7 +234,9 @@ def list_layers(model: nn.Module, example: torch.Tensor, saes: dict[str, str] | 
             if key is not None:
                 shape = f"{type(output).__name__}[{key}]: {shape}"
             layout = unreadable_layout(module, tensor)
-            if layout:
+            if layout == "N,H,W,C":
+                units, shape = tensor.shape[-1], f"{shape} (N,H,W,C: read with channels_last=true)"
+            elif layout:
                 units, shape = None, f"{shape} ({layout}: not readable)"
             infos[name] = LayerInfo(name, type(module).__name__, shape, units)
 
@@ -243,6 +260,12 @@ def list_layers(model: nn.Module, example: torch.Tensor, saes: dict[str, str] | 
 
 # ----------------------------------------------------------------------------------------------
 # from a layer output to unit scores
+
+
+def channels_first(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A layer output with its units on dimension 1 where it is a map read channels last (a view N,C,H,W of
+    N,H,W,C), as the code that masks, zeroes or sums units of conv maps expects; any other output as it is."""
+    return x.permute(0, 3, 1, 2) if channels_last and x.dim() == 4 else x
 
 
 def select_output(output: Any, pick: str | None, layer: str) -> torch.Tensor:
@@ -302,8 +325,8 @@ class UnitReader:
         x = select_output(output, self.spec.pick, self.spec.name).detach()
         if x.dim() != 3:
             self._refuse_token_keys(x)
-        if x.dim() == 4:
-            return self._spatial(self._features(x.permute(0, 2, 3, 1)))  # channels last: N,H,W,C
+        if x.dim() == 4:  # N,H,W,C to the features: as given where the layer is read channels last
+            return self._spatial(self._features(x if self.spec.channels_last else x.permute(0, 2, 3, 1)))
         if x.dim() == 3:
             return self._tokens(self._features(x))
         if x.dim() == 2:
