@@ -144,6 +144,20 @@ class InputMutatingBlock(nn.Module):
         return x
 
 
+class OptionalShortcutBlock(PlusBlock):
+    """A shortcut that defaults to the input when the caller passes none (timm's DLA blocks): torch.fx traces the
+    argument as given, so the traced block, called without one, adds None."""
+
+    def forward(self, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> torch.Tensor:
+        if shortcut is None:
+            shortcut = x
+        return self.relu(self.branch(x) + shortcut)
+
+
+class OptionalShortcutCNN(ResidualCNN):
+    blocks_of = (PlusBlock, OptionalShortcutBlock)
+
+
 class InputMutatingCNN(ResidualCNN):
     blocks_of = (InputMutatingBlock,)
 

@@ -66,6 +66,15 @@ def plain_net() -> nn.Module:
     )  # fmt: skip
 
 
+def smooth_net() -> nn.Module:
+    """A conv net with smooth activations (SiLU, GELU, Hardswish, ELU), whose outputs go below zero."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.SiLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, 16, 3, padding=1), nn.Hardswish(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 4 * 4, 12), nn.ELU(), nn.Linear(12, 5),
+    )  # fmt: skip
+
+
 def small_vgg() -> nn.Module:
     """vgg11_bn with one small linear head (its adaptive pool takes 32x32 inputs)."""
     model = vgg11_bn()
@@ -104,6 +113,7 @@ def mobilenet_v2() -> nn.Module:
 
 FAMILIES: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "plain-conv": (plain_net, 16),
+    "smooth-activations": (smooth_net, 16),
     "vgg11_bn": (small_vgg, 32),
     "resnet18-basicblock": (lambda: resnet18(num_classes=10), 32),
     "resnet-bottleneck": (lambda: ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10), 32),
@@ -141,10 +151,16 @@ def test_vision_transformer_is_refused_naming_the_modules_without_rules() -> Non
     relevance = RelevanceModel(model, torch.rand(1, 3, 224, 224))
     report = relevance.check()
     assert not report.supported
-    assert "GELU" in report.reason and "LayerNorm" in report.reason
+    assert "LayerNorm" in report.reason and "GELU" not in report.reason  # the GELU passes relevance on; the norm has no rule
     with pytest.raises(UnsupportedModelError):
         with relevance.attributing():
             pass
+
+
+def test_an_activation_without_a_rule_is_refused_by_name() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Mish(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    report = RelevanceModel(model, torch.rand(1, 3, 8, 8)).check()
+    assert not report.supported and report.reason == "no LRP rule here for Mish"
 
 
 # -- residual models no dedicated canonizer knows: torch.fx ---------------------------------------
@@ -288,6 +304,15 @@ def test_an_untraceable_residual_is_refused_naming_the_block_where_relevance_dou
     expected = "relevance not conserved at blocks.1 (UntraceableBlock): input/output 2.00 (torch.fx could not trace it"
     assert report.reason.startswith(expected), report.reason
     assert "TraceError" in report.reason and "input sums / output: 2.0" in report.reason
+
+
+def test_a_rewrite_that_fails_where_the_model_runs_is_refused_not_raised() -> None:
+    model = residual_models.OptionalShortcutCNN().eval()
+    inputs = torch.rand(2, 3, 16, 16)
+    model(inputs)  # the model itself runs
+    report = RelevanceModel(model, inputs).check()
+    assert not report.supported
+    assert report.reason.startswith("the model prepared for LRP fails where the model runs (TypeError"), report.reason
 
 
 def test_a_rewrite_that_changes_the_models_outputs_is_refused() -> None:

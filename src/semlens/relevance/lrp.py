@@ -32,6 +32,9 @@ SUPPORTED_LEAVES = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear,
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
     nn.ReLU, nn.ReLU6, nn.LeakyReLU,
+    # elementwise activations: relevance passes them unchanged (the identity rule, zennit's Pass for its
+    # Activation types; Sigmoid and Hardsigmoid left out, as they mostly gate a product no rule here explains)
+    nn.GELU, nn.SiLU, nn.Hardswish, nn.ELU, nn.SELU, nn.CELU, nn.PReLU, nn.Hardtanh, nn.Tanh, nn.Softplus,
     nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, nn.ZeroPad2d,
 )  # fmt: skip
@@ -118,7 +121,14 @@ class RelevanceModel:
                     "starts; wrap it in a module whose forward returns the logits"
                 )
             with self.attributing() as modified:
-                changed = float((modified(self.example) - expected).abs().amax())
+                try:
+                    prepared = modified(self.example)
+                except Exception as error:  # a traced block called in a way its trace did not foresee
+                    raise UnsupportedModelError(
+                        f"the model prepared for LRP fails where the model runs ({type(error).__name__}: {error}): a "
+                        "canonizer could not follow its forward (e.g. a block whose optional argument torch.fx fixed when tracing it)"
+                    ) from error
+                changed = float((prepared - expected).abs().amax())
         if changed > FUNCTION_TOLERANCE * max(float(expected.abs().amax()), 1.0):
             raise UnsupportedModelError(
                 f"the model prepared for LRP computes other outputs than the model (largest difference "
