@@ -262,12 +262,6 @@ def list_layers(model: nn.Module, example: torch.Tensor, saes: dict[str, str] | 
 # from a layer output to unit scores
 
 
-def channels_first(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """A layer output with its units on dimension 1 where it is a map read channels last (a view N,C,H,W of
-    N,H,W,C), as the code that masks, zeroes or sums units of conv maps expects; any other output as it is."""
-    return x.permute(0, 3, 1, 2) if channels_last and x.dim() == 4 else x
-
-
 def select_output(output: Any, pick: str | None, layer: str) -> torch.Tensor:
     """The tensor to read from a module output (a tensor, a tuple or a dict-like output)."""
     if isinstance(output, torch.Tensor):
