@@ -76,6 +76,9 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     (setting / "audit.toml").write_text('class = "red"\nvalid = ["red"]\nspurious = ["watermark"]\ncut = 0.05\nby_label = false\nby_location = false\nby_rise = false\n')
     from_config = ask("audit", lens.path, "--config", setting / "audit.toml", "--layer", "features.3", "--json")
     assert from_config["rule"] == alone["rule"] and [u["verdict"] for u in from_config["units"]] == [u["verdict"] for u in alone["units"]]
+    (setting / "share.toml").write_text('class = "red"\nvalid = ["red"]\nspurious = ["watermark"]\nlocate_share = 2\n')
+    refused = runner.invoke(app, ["audit", str(lens.path), "--config", str(setting / "share.toml")])
+    assert refused.exit_code != 0 and "locate_share is a share of the layer's best located IoU, from 0 to 1 (got 2)" in " ".join(refused.output.split())
     assert [unit for unit in audit["units"] if unit["responses_label"] == "watermark"] == spurious
     assert all(unit["tight_shift"] >= -1 for unit in spurious)  # the default Lens's share boxes hold the watermark too
     # the concept test: the class relies on the watermark, and every spurious unit carries part of it

@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 from semlens import LoadedModel
+from semlens._util.errors import SemlensError
 from semlens.analysis.alignment import alignment
 from semlens.analysis.audit import AlignmentRule, audit_units, null_stats, null_z, relevance_by_verdict, tight_shift, verdicts
 from semlens.analysis.interventions import LOCATE_IOU, LOCATE_SHARE, Artifact, UnitToTest, concept_tests, located_ious, rank_auc
@@ -105,7 +106,7 @@ def test_audit_units_flags_a_planted_unit_and_not_those_at_the_null_level():
         ("l/0", "spurious"), ("l/1", "valid"), ("l/2", "unexpected"), ("l/3", "unexpected")
     ]  # fmt: skip
     assert result.shares["spurious"] == pytest.approx(0.4) and result.shares["spurious_or_both"] == pytest.approx(0.4)
-    assert result.to_dict()["rule"] == {"null": result.rule.to_dict()["null"], "z": 3.0, "margin": 1.0, "by_label": True, "by_location": True, "by_rise": True}
+    assert result.to_dict()["rule"] == {"null": result.rule.to_dict()["null"], "z": 3.0, "margin": 1.0, "by_label": True, "by_location": True, "by_rise": True, "locate_share": LOCATE_SHARE}
     assert result.to_dict()["units"][0]["z_spur"] == pytest.approx(6.0)
 
 
@@ -284,9 +285,21 @@ def test_a_unit_firing_where_the_concept_is_must_do_so_nearly_as_well_as_its_lay
     assert alone["located_bar"] == pytest.approx(LOCATE_SHARE) and alone["located"] is False
     _, (unopposed,) = concept_tests(model, *views, 0, [spread], region=region)
     assert unopposed["located_bar"] == pytest.approx(LOCATE_SHARE * 0.5) and unopposed["located"]
+    # a lower share (AlignmentRule.locate_share) lets the spread unit pass beside the detector; 0 leaves NetDissect's 0.04
+    _, (_, lower) = concept_tests(model, *views, 0, [detector, spread], region=region, locate_share=0.4)
+    assert lower["located_bar"] == pytest.approx(0.4) and lower["located"]
+    _, (_, netdissect) = concept_tests(model, *views, 0, [detector, spread], region=region, locate_share=0.0)
+    assert netdissect["located_bar"] == LOCATE_IOU and netdissect["located"]
     # a peer the concept does not raise sets no bar (the spread unit alone, the watermark pasted where neither fires)
     _, (unraised,) = concept_tests(model, views[0], views[0], 0, [spread], region=region, peers=[detector])
     assert unraised["located_bar"] == pytest.approx(LOCATE_IOU)
+
+
+def test_the_location_share_is_part_of_the_rule_and_checked():
+    assert AlignmentRule().locate_share == LOCATE_SHARE and AlignmentRule(locate_share=0.5).to_dict()["locate_share"] == 0.5
+    for bad in (1.5, -0.1, "half", True):
+        with pytest.raises(SemlensError, match="locate_share is a share of the layer's best located IoU, from 0 to 1"):
+            AlignmentRule(locate_share=bad)
 
 
 def test_a_signed_layer_counts_each_channel_once():

@@ -31,6 +31,7 @@ from ..data import ImageData
 from ..model.loading import LoadedModel, class_mapping
 from ..model.sae import SparseAutoencoder
 from ..model.units import LayerSpec, UnitReader, hooks, resolve_module
+from .audit import LOCATE_SHARE
 
 
 @dataclass(frozen=True)
@@ -235,16 +236,6 @@ CLASS_RISE_IMAGES = 5  # the class rise is measured on at least 5 test images of
 # no detector of it (README: The audit's location test).
 LOCATE_QUANTILE = 0.995
 LOCATE_IOU = 0.04
-# ... and at two thirds or more of the best IoU that a unit of its layer raised by the concept reaches (the
-# tested units and the audit's other examined units, ``concept_tests``' ``peers``): how well a unit can fire
-# where the concept is depends on the layer's grid and the concept's size, and a unit far below its layer's best
-# detector fires mostly elsewhere: it answers the concept among other things. Chosen on the stored benchmark
-# runs whose class relies on its artefact (flagged units at IoU >= 0.04 and raised, as a share of the best:
-# true artefact units 0.23 to 1.00, 32 of 34 at 0.72 or more; other units 0.41 to 1.00, 9 of 13 at 0.61 or
-# less; pooled precision 0.70 -> 0.88 at recall 0.64 -> 0.60 on the 18 stored runs), then checked on worlds drawn
-# after it: over every relying run measured, precision 0.75 -> 0.90 and recall 0.66 -> 0.58, the recall lost
-# where one unit of a layer detects the concept far better than the others (README: "The location bar").
-LOCATE_SHARE = 2 / 3
 LOCATE_SIDE = 112  # the IoU is taken on maps up-sampled to at most 112 cells a side (a 224 px view: 2 px a cell)
 
 
@@ -393,9 +384,10 @@ def location_test(
     units: Sequence[UnitToTest],
     peers: Sequence[UnitToTest],
     aucs: dict[str, torch.Tensor],
+    share: float = LOCATE_SHARE,
 ) -> dict[str, dict[int, tuple[float, float]]]:
     """Per layer with spatial maps, per row of the tested ``units``: its ``located_ious`` IoU and the bar it must
-    reach (``LOCATE_IOU``, or ``LOCATE_SHARE`` of the best IoU of the layer's tested units and ``peers`` that the
+    reach (``LOCATE_IOU``, or ``share`` of the best IoU of the layer's tested units and ``peers`` that the
     concept raises, ``aucs`` >= ``CONFIRM_AUC``). Maps are kept for the tested units and the raised peers only."""
     specs = list({unit.spec.name: unit.spec for unit in [*units, *peers]}.values())
     rows: dict[str, list[int]] = {}
@@ -409,7 +401,7 @@ def location_test(
     for layer in maps_with:
         ious = dict(zip(rows[layer], located_ious(maps_with[layer], maps_without[layer], region).tolist()))
         best = max((iou for row, iou in ious.items() if aucs[layer][row] >= CONFIRM_AUC), default=0.0)
-        bar = max(LOCATE_IOU, LOCATE_SHARE * best)
+        bar = max(LOCATE_IOU, share * best)
         located[layer] = {unit.row: (ious[unit.row], bar) for unit in units if unit.spec.name == layer}
     return located
 
@@ -466,6 +458,7 @@ def concept_tests(
     classes: torch.Tensor | None = None,
     region: torch.Tensor | None = None,
     peers: Sequence[UnitToTest] = (),
+    locate_share: float = LOCATE_SHARE,
 ) -> tuple[dict, list[dict]]:
     """The class's reliance on the concept: its mean probability with and without the concept (``effect``:
     the difference) and their log odds ratio (``log_odds``); it ``relies`` on the concept when the concept
@@ -478,7 +471,7 @@ def concept_tests(
     labels, by the model's prediction (``result["classes_from"]``); None unless both kinds number
     ``CLASS_RISE_IMAGES``. With ``region`` (where the concept was pasted, ``[H, W]`` in the views), ``located_iou``
     is the IoU of where the unit fires with it (``located_ious``) and ``located`` whether it reaches
-    ``located_bar``: ``LOCATE_IOU``, or ``LOCATE_SHARE`` of the best IoU among the units of its layer (tested or
+    ``located_bar``: ``LOCATE_IOU``, or ``locate_share`` of the best IoU among the units of its layer (tested or
     ``peers``, untested units that only set the bar) the concept raises, where that is higher (all three None
     without a region or spatial maps). A finding is ``confirmed`` when the class relies on the
     concept, AUC >= ``CONFIRM_AUC``, zeroing the unit removes at least ``CONFIRM_SHARE`` of the reliance, where
@@ -501,7 +494,7 @@ def concept_tests(
     specs = list({unit.spec.name: unit.spec for unit in [*units, *peers]}.values())
     scores_with, scores_without = unit_scores(model, with_concept, specs), unit_scores(model, without, specs)
     aucs = {layer: rank_auc(scores_with[layer], scores_without[layer]) for layer in scores_with}  # [U] per layer, every unit at once
-    located = {} if region is None else location_test(model, without, with_concept, region, units, peers, aucs)
+    located = {} if region is None else location_test(model, without, with_concept, region, units, peers, aucs, locate_share)
     rises = {layer: scores_with[layer].mean(dim=0) - scores_without[layer].mean(dim=0) for layer in scores_with}
     class_rises = {layer: class_rise(scores_without[layer], members, class_index) for layer in scores_with}
     tests = []
