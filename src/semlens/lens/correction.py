@@ -174,7 +174,8 @@ class LensCorrection:
         """The layers a projection is chosen among: the Lens's layers but the last (the output, when it
         reads the logits); its only layer when it has one; none read channels last (a projection takes the
         channels of a map on its dimension 1)."""
-        layers = [layer for layer in self.layers if layer not in self.channels_last(self.layers)]
+        unread = self.channels_last(self.layers)
+        layers = [layer for layer in self.layers if layer not in unread]
         if not layers:
             raise SemlensError("every layer of this Lens is read channels last, where a projection does not apply: name a layer (--layer) or use --method finetune")
         return layers[:-1] or layers

@@ -135,14 +135,15 @@ class LensExplain:
         last, whose relevance semlens does not take."""
         unexplained = self.channels_last(self.layers)
         if layers:
-            refused = [layer for layer in self.checked_layers(layers) if layer in unexplained]
+            checked = self.checked_layers(layers)
+            refused = [layer for layer in checked if layer in unexplained]
             if refused:
                 others = [layer for layer in self.layers if layer not in unexplained]
                 raise SemlensError(
                     f"explaining needs relevance at the layer, which semlens does not take for layers read channels last: "
                     f"{', '.join(refused)}; explain {', '.join(others) or 'a Lens with other layers'}"
                 )
-            return self.checked_layers(layers)
+            return checked
         chosen = [layer for layer in self.layers if layer not in unexplained and (self.trusted or not self.manifest["layers"][layer]["spec"].get("sae"))]
         if unexplained and not chosen:
             raise SemlensError(f"explaining needs relevance at a layer, which semlens does not take for layers read channels last: {', '.join(unexplained)}")
