@@ -7,7 +7,8 @@ distinct (sample, box) once. Both timings use the same foundation model, batch s
 every distinct crop, storing theta) once per variant per repeat, the variants alternating, on the
 crops of one collect stage; each variant's theta is compared with the first's. A variant is ``+``-joined
 options: ``plain`` (none), ``channels_last``, ``compile``, a precision (``float32``, ``bfloat16``,
-``float16``) and ``batch=N``; an option left out is off, the precision float32 on the CPU.
+``float16``), ``batch=N`` and ``workers=N`` (data-loader processes); an option left out is off (workers:
+the build's default), the precision float32 on the CPU.
 
     PYTHONPATH=tests/support python benchmarks/embedding.py [--images 640] [--k 5] [--crop activation|none]
     PYTHONPATH=tests/support python benchmarks/embedding.py --no-every-image --repeats 3 \\
@@ -30,10 +31,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import semlens.build.embed_stage as embed_stage
 from semlens import BuildConfig, load_foundation_model, load_model
-from semlens._util.devices import PRECISIONS
+from semlens._util.devices import PRECISIONS, embed_dtype
 from semlens.build.builder import LensBuilder
 from semlens.build.embed import chunks
 from semlens.data import FolderData
@@ -53,6 +55,34 @@ def embed_every_image(foundation_spec: str, model_spec: str, folder: Path, batch
     return time.perf_counter() - start
 
 
+def tower_split(foundation_spec: str, device: str, precision: str, batch: int, crops: int) -> tuple[float, float]:
+    """Where the embed stage's time goes: seconds the foundation model's image tower takes for ``crops``
+    inputs already preprocessed (one batch of random 224 px images preprocessed once and embedded again
+    and again, host-to-device copies included), and seconds one CPU core takes to preprocess ``crops``
+    such images (the work the loader workers share, decoding and cutting the crops left out). A tower
+    far faster than the stage means the stage waits on its loader workers."""
+    foundation = load_foundation_model(foundation_spec, device=device, dtype=embed_dtype(precision))
+    foundation.speed_up(channels_last=True)
+    generator = torch.Generator().manual_seed(0)
+    images = [
+        Image.fromarray(torch.randint(0, 256, (224, 224, 3), dtype=torch.uint8, generator=generator).numpy())
+        for _ in range(batch)
+    ]
+    start = time.perf_counter()
+    pixels = foundation.preprocess(images)
+    preprocess_s = (time.perf_counter() - start) * crops / batch
+    if isinstance(pixels, torch.Tensor):
+        pixels = pixels.pin_memory() if foundation.device.type == "cuda" else pixels
+    foundation.embed_pixels(pixels)  # warm-up: kernels chosen, memory allocated
+    synchronize = torch.cuda.synchronize if foundation.device.type == "cuda" else (lambda: None)
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(math.ceil(crops / batch)):
+        foundation.embed_pixels(pixels)
+    synchronize()
+    return time.perf_counter() - start, preprocess_s
+
+
 def variant_config(config: BuildConfig, variant: str) -> BuildConfig:
     """The build settings of a ``+``-joined variant such as ``channels_last+compile+batch=128``."""
     options = {"embed_channels_last": False, "embed_compile": False, "embed_precision": "float32"}
@@ -65,8 +95,12 @@ def variant_config(config: BuildConfig, variant: str) -> BuildConfig:
             options["embed_precision"] = option
         elif option.startswith("batch="):
             options["embed_batch_size"] = int(option.removeprefix("batch="))
+        elif option.startswith("workers="):
+            options["workers"] = int(option.removeprefix("workers="))
         elif option != "plain":
-            raise SystemExit(f"unknown variant option {option!r}: plain, channels_last, compile, batch=N or one of {', '.join(PRECISIONS)}")
+            raise SystemExit(
+                f"unknown variant option {option!r}: plain, channels_last, compile, batch=N, workers=N or one of {', '.join(PRECISIONS)}"
+            )
     return replace(config, **options)
 
 
@@ -114,6 +148,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of every variant")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--no-every-image", action="store_true", help="skip timing the embedding of every probe image")
+    parser.add_argument("--tower", action="store_true", help="also time the image tower alone and one core's preprocessing (tower_split)")
     args = parser.parse_args()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -140,6 +175,10 @@ def main() -> None:
                 agreement.setdefault(variant, compare(theta, reference))
         summary = builder.summary()
         every_s = None if args.no_every_image else embed_every_image(args.foundation, args.model, folder, args.batch, args.device)
+        split = None
+        if args.tower:
+            precision = variant_config(config, args.variants[0]).embed_precision
+            split = tower_split(args.foundation, args.device, precision, args.batch, summary.distinct_crops)
 
     units = sum(layer.units for layer in summary.layers)
     print(f"model {args.model}, layers {' '.join(args.layers)} ({units} units), k {args.k}, crop {args.crop}")
@@ -169,6 +208,12 @@ def main() -> None:
             f"{variant:<24} {runs:<22} {median:6.1f} {median / first:6.2f} {embedding_runs:<22} {embedded:6.1f}"
             f" {embedded / first_embedding:6.2f} {diff:12.2e} {cosine:9.6f}  {applied}"
         )
+    if split is not None:
+        tower_s, preprocess_s = split
+        print(f"\nwhere the time goes ({summary.distinct_crops} crops, {args.variants[0]}'s precision):")
+        print(f"image tower alone, inputs already preprocessed   {tower_s:.1f} s ({summary.distinct_crops / tower_s:.0f} crops/s)")
+        print(f"preprocessing on one core (decoding, cutting aside) {preprocess_s:.1f} s ({summary.distinct_crops / preprocess_s:.0f} crops/s)")
+        print(f"embed stage less loading, {args.variants[0]}        {first_embedding:.1f} s ({summary.distinct_crops / first_embedding:.0f} crops/s)")
     if every_s is not None:
         embed_s = statistics.median(seconds[args.variants[0]])
         print(f"\nembed stage (distinct crops, {args.variants[0]})   {embed_s:.1f} s")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 import semlens._util.devices as devices
+import semlens.build.context as context
 from semlens import BuildConfig, Lens
 from semlens._util.devices import inference_dtype
 from semlens._util.errors import SemlensError, SpecError, StaleLensError
@@ -166,3 +167,12 @@ def test_the_cli_passes_the_embed_options_on(tmp_path, colour_folder, monkeypatc
     manifest = Lens.open(out).manifest
     assert manifest["identity"]["embed"]["precision"] == "bfloat16"
     assert (manifest["stages"]["embed"]["channels_last"], manifest["stages"]["embed"]["compiled"]) == (False, True)
+
+
+@pytest.mark.parametrize(
+    ("device", "cores", "ranks", "workers"),
+    [("cpu", 16, 1, 4), ("cuda", 16, 1, 8), ("cuda", 4, 1, 3), ("cuda", 16, 4, 3), ("cpu", 1, 1, 0)],
+)
+def test_loader_workers_are_cores_less_one_at_most_4_on_a_cpu_and_8_with_a_gpu(device, cores, ranks, workers, monkeypatch) -> None:
+    monkeypatch.setattr(context.os, "cpu_count", lambda: cores)
+    assert context.default_workers(torch.device(device), ranks) == workers

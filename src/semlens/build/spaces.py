@@ -198,9 +198,9 @@ def add_space(
     if not writable(opened.path):
         raise SemlensError(f"the Lens at {opened.path} is read-only: copy it somewhere writable to add a space to it")
     view = Preprocessing(**opened.manifest["identity"]["preprocessing"]).view
-    source = CropSource(
-        opened.store, opened.probe_data, view, pick_device(device), default_workers() if workers is None else workers, progress, Ranks()
-    )
+    torch_device = pick_device(device)
+    workers = default_workers(torch_device) if workers is None else workers
+    source = CropSource(opened.store, opened.probe_data, view, torch_device, workers, progress, Ranks())
     trusted_here = is_trusted(opened.manifest)
     stage = SpaceStage(opened, source, foundation, name, precision, batch_size, overwrite)
     stage.run()

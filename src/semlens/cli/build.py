@@ -74,7 +74,7 @@ def run(
     precision: Optional[str] = typer.Option(
         None, help="Model forward pass while collecting: auto (default: bfloat16 autocast on CUDA, float32 on CPU), float32, bfloat16, float16."
     ),
-    workers: Optional[int] = typer.Option(None, help="Data loader worker processes (default: cores - 1, at most 4)."),
+    workers: Optional[int] = typer.Option(None, help="Data loader worker processes (default: cores - 1, at most 4; at most 8 on a GPU)."),
     checkpoint_seconds: Optional[float] = typer.Option(None, help="Seconds between resume checkpoints (default 30)."),
     shard: Optional[str] = typer.Option(
         None, help="i/n: collect only shard i of n of the data into a partial Lens (job arrays); combine with `semlens merge`."

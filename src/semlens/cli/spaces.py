@@ -20,7 +20,7 @@ def embed(
     precision: str = typer.Option("auto", help="Foundation model dtype: auto, float32, bfloat16, float16."),
     batch_size: int = typer.Option(64, help="Foundation model batch size."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    workers: Optional[int] = typer.Option(None, help="Data loader worker processes (default: cores - 1, at most 4)."),
+    workers: Optional[int] = typer.Option(None, help="Data loader worker processes (default: cores - 1, at most 4; at most 8 on a GPU)."),
     overwrite: bool = typer.Option(False, help="Embed the space again even if it is there (e.g. its weights changed)."),
     trust: Trust = False,
     probe_data: ProbeData = None,
