@@ -1,5 +1,6 @@
 """Custom residual networks that no dedicated canonizer knows (torch.fx rewrites them), the same networks
-written by hand with zennit's ``Sum``, and blocks that LRP cannot explain (a gate, an untraceable sum)."""
+written by hand with zennit's ``Sum``, gated blocks (squeeze-and-excitation), and blocks that LRP cannot
+explain (a product of two computed tensors, an untraceable sum)."""
 
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ class HandSumResidualCNN(ResidualCNN):
 
 
 class GatedBlock(nn.Module):
-    """``x * sigmoid(conv(x))``: a product of two computed tensors, which no LRP rule here explains."""
+    """``x * sigmoid(conv(x))``: a gate, spatial, with torch's sigmoid function."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -120,6 +121,37 @@ class GatedBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(self.gate(x))
+
+
+class SqueezeExciteBlock(nn.Module):
+    """A residual block with squeeze-and-excitation as timm writes it (pool, reduce, ReLU, expand, a gate
+    module, ``x * gate``), the gate module given (``nn.Sigmoid`` or ``nn.Hardsigmoid``), seen through a view."""
+
+    def __init__(self, gate: type[nn.Module] = nn.Sigmoid) -> None:
+        super().__init__()
+        self.branch, self.relu = Branch(), nn.ReLU()
+        self.reduce, self.act, self.expand, self.gate = nn.Conv2d(WIDTH, 2, 1), nn.ReLU(), nn.Conv2d(2, WIDTH, 1), gate()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branch(x)
+        scale = self.expand(self.act(self.reduce(out.mean((2, 3), keepdim=True))))
+        return self.relu(self.gate(scale).view(-1, WIDTH, 1, 1) * out + x)
+
+
+class HardSqueezeExciteBlock(SqueezeExciteBlock):
+    def __init__(self) -> None:
+        super().__init__(nn.Hardsigmoid)
+
+
+class ProductBlock(nn.Module):
+    """``x * conv(x)``: a product of two computed tensors, neither a gate, which no LRP rule here explains."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.other = nn.Conv2d(WIDTH, WIDTH, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.other(x)
 
 
 class UntraceableBlock(PlusBlock):
@@ -177,6 +209,14 @@ class UntraceableRootCNN(ResidualCNN):
 
 class GatedCNN(ResidualCNN):
     blocks_of = (PlusBlock, GatedBlock)
+
+
+class SqueezeExciteCNN(ResidualCNN):
+    blocks_of = (SqueezeExciteBlock, HardSqueezeExciteBlock, GatedBlock)
+
+
+class ProductCNN(ResidualCNN):
+    blocks_of = (PlusBlock, ProductBlock)
 
 
 class UntraceableCNN(ResidualCNN):

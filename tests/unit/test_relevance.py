@@ -8,6 +8,7 @@ and unit-relevance answers are computed here in plain torch from the rule defini
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from typing import Callable
 
@@ -25,7 +26,7 @@ from semlens.build.class_relevance import ClassRelevance
 from semlens.model.units import resolve_module
 from semlens.relevance.canonizers import UnsupportedModelError, canonizers_for
 from semlens.relevance.lrp import RelevanceModel, crp_heatmaps, unit_relevance
-from semlens.relevance.residual import FxResidualCanonizer, trace_residuals
+from semlens.relevance.residual import FxResidualCanonizer, gated_product, trace_residuals
 
 #: RelevanceModel's default epsilon; zennit's ZPlus and Flat default to the same stabilizer
 EPSILON = 1e-6
@@ -120,6 +121,7 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "efficientnet-lite0": (efficientnet_lite0, 64),
     "mobilenet_v2-fx": (mobilenet_v2, 32),
     "custom-residual-fx": (residual_models.ResidualCNN, 16),
+    "squeeze-excitation-gates": (residual_models.SqueezeExciteCNN, 16),
 }
 
 
@@ -290,11 +292,56 @@ def test_the_users_model_is_left_as_it_was() -> None:
         torch.testing.assert_close(model(inputs), before, rtol=0, atol=0)
 
 
-def test_a_gated_block_is_refused_naming_the_block_and_its_product() -> None:
-    report = RelevanceModel(residual_models.GatedCNN().eval(), torch.rand(2, 3, 16, 16)).check()
+def test_a_product_of_two_computed_tensors_is_refused_naming_the_block_and_its_product() -> None:
+    report = RelevanceModel(residual_models.ProductCNN().eval(), torch.rand(2, 3, 16, 16)).check()
     assert not report.supported
-    assert "blocks.1 (GatedBlock): elementwise product `mul` of two computed tensors (x, sigmoid)" in report.reason
+    assert "blocks.1 (ProductBlock): elementwise product `mul` of two computed tensors (x, other)" in report.reason
     assert "blocks.0" not in report.reason
+
+
+def test_a_gate_hands_the_signal_all_the_relevance_and_its_branch_none() -> None:
+    signal = torch.rand(2, 3, 4, 4, requires_grad=True)
+    gate = torch.rand(2, 3, 1, 1, requires_grad=True)
+    product = gated_product(signal, gate)
+    torch.testing.assert_close(product, signal * gate, rtol=0, atol=0)  # what the model computes
+    relevance = torch.randn(2, 3, 4, 4)
+    product.backward(relevance)
+    torch.testing.assert_close(signal.grad, relevance, rtol=0, atol=0)
+    assert gate.grad is None
+
+
+def test_gated_blocks_are_rewritten_and_their_gate_branches_get_no_relevance() -> None:
+    model = without_shifts(residual_models.SqueezeExciteCNN())
+    inputs = torch.rand(2, 3, 16, 16)
+    traced = trace_residuals(model, lambda _: False)
+    assert not traced.unsupported
+    assert [type(gate).__name__ for gate in traced.gates] == ["Sigmoid", "Hardsigmoid"]  # the third gate is torch.sigmoid
+    relevance = RelevanceModel(model, inputs)
+    reached = []
+    handle = model.blocks[0].reduce.register_full_backward_hook(
+        lambda _module, _grad_input, grad_output: reached.extend(float(g.abs().sum()) for g in grad_output if g is not None)
+    )
+    with handle, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch notes that the hook sees output gradients only
+        relevance.input_relevance(inputs, one_hot_logit(model(inputs).argmax(dim=1)))
+    assert reached == [0.0]  # the relevance that reaches the gate's branch
+
+
+def test_torchvisions_squeeze_excitation_gates_are_found() -> None:
+    from torchvision.models import mobilenet_v3_small
+
+    model = mobilenet_v3_small(num_classes=10).eval()
+    traced = trace_residuals(model, lambda _: False)
+    assert not traced.unsupported
+    hard_sigmoids = [module for module in model.modules() if isinstance(module, nn.Hardsigmoid)]
+    assert len(hard_sigmoids) == 9 and {id(gate) for gate in traced.gates} == {id(gate) for gate in hard_sigmoids}
+
+
+def test_a_sigmoid_that_gates_nothing_is_refused_by_name() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sigmoid(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    report = RelevanceModel(model, torch.rand(1, 3, 8, 8)).check()
+    assert not report.supported
+    assert report.reason == "no LRP rule here for 1 (Sigmoid): a sigmoid that does not gate a product"
 
 
 def test_an_untraceable_residual_is_refused_naming_the_block_where_relevance_doubles() -> None:

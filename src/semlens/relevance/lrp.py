@@ -23,7 +23,7 @@ from ..model.sae import SparseAutoencoder
 from ..model.units import hooks, resolve_module, select_output
 from .canonizers import UnsupportedModelError, canonizers_for
 from .conservation import find_leak
-from .residual import FxResidualCanonizer
+from .residual import GATE_MODULES, FxResidualCanonizer
 from .rules import LeanEpsilonPlusFlat
 from .sae import decoded_share, unit_tensors
 
@@ -33,10 +33,11 @@ SUPPORTED_LEAVES = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
     nn.ReLU, nn.ReLU6, nn.LeakyReLU,
     # elementwise activations: relevance passes them unchanged (the identity rule, zennit's Pass for its
-    # Activation types; Sigmoid and Hardsigmoid left out, as they mostly gate a product no rule here explains)
+    # Activation types; Sigmoid and Hardsigmoid only where they gate a product: residual.gated_product)
     nn.GELU, nn.SiLU, nn.Hardswish, nn.ELU, nn.SELU, nn.CELU, nn.PReLU, nn.Hardtanh, nn.Tanh, nn.Softplus,
     nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, nn.ZeroPad2d,
+    nn.Sequential,  # a leaf Sequential is an empty one: the identity (GhostNet's shortcuts)
 )  # fmt: skip
 #: parameter-free pass-through modules that libraries define themselves (e.g. EfficientNet-Lite's Identity)
 SUPPORTED_NAMES = {"Identity", "Sum"}
@@ -63,16 +64,20 @@ class RelevanceModel:
         self.example, self.epsilon = example, epsilon
         self._report: SupportReport | None = None
         try:
-            unsupported = sorted(
-                {
-                    type(m).__name__
-                    for m in model.modules()
-                    if not list(m.children()) and not isinstance(m, SUPPORTED_LEAVES) and type(m).__name__ not in SUPPORTED_NAMES
-                }
-            )
+            without_rule = {
+                name: m
+                for name, m in model.named_modules()
+                if not list(m.children()) and not isinstance(m, SUPPORTED_LEAVES) and type(m).__name__ not in SUPPORTED_NAMES
+            }
+            unsupported = sorted({type(m).__name__ for m in without_rule.values() if type(m).__name__ not in GATE_MODULES})
             if unsupported:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(unsupported)}")
-            self.composite = LeanEpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers_for(model, example))
+            canonizers = canonizers_for(model, example)
+            gates = {id(gate) for canonizer in canonizers if isinstance(canonizer, FxResidualCanonizer) for gate in canonizer.traced.gates}
+            ungated = sorted(f"{name} ({type(m).__name__})" for name, m in without_rule.items() if id(m) not in gates)
+            if ungated:
+                raise UnsupportedModelError(f"no LRP rule here for {', '.join(ungated)}: a sigmoid that does not gate a product")
+            self.composite = LeanEpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers)
         except UnsupportedModelError as error:
             self._report = SupportReport(False, str(error))
 

@@ -7,8 +7,11 @@ the rewrite replaces only that module's ``forward`` for the duration of ``compos
 module keeps its qualified name, type and hooks. (Tracing the whole model would inline the blocks into
 one GraphModule whose block-level modules are empty shells: a hook on ``layer1.0`` would never fire.)
 Concatenations conserve relevance under gradients and are left alone, and so are additions of a
-constant or parameter (biases); products of two computed tensors and non-linear tensor functions have
-no rule here, so a module that computes one is refused by name.
+constant or parameter (biases). A gate, a tensor scaled by a sigmoid of another (squeeze-and-excitation
+in EfficientNet, MobileNetV3, RegNetY, SE-ResNet), becomes ``gated_product``: the relevance goes to the
+scaled tensor whole, none to the gate's branch (LRP's signal-take-all rule for gates, Arras et al.
+2017), which conserves it. Other products of two computed tensors and other non-linear tensor functions
+have no rule here, so a module that computes one is refused by name.
 """
 
 from __future__ import annotations
@@ -35,6 +38,30 @@ NON_LINEAR = {
 }  # fmt: skip
 #: calls whose result depends on an input's shape, not its values
 SHAPE_CALLS = {"size", "dim", "numel", "getattr"}
+#: functions and module classes (torch's and timm's) whose output, between 0 and 1, can gate another tensor
+GATE_FUNCTIONS = {"sigmoid", "hardsigmoid"}
+GATE_MODULES = {"Sigmoid", "Hardsigmoid", "HardSigmoid"}
+#: calls that rearrange a tensor's values without changing them: a gate stays a gate through them
+RESHAPES = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "flatten", "contiguous"}
+
+
+class _SignalTakesAll(torch.autograd.Function):
+    """``signal * gate`` whose backward hands the relevance to the signal whole and none to the gate."""
+
+    @staticmethod
+    def forward(ctx, signal: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        ctx.shape = signal.shape
+        return signal * gate
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return relevance.sum_to_size(ctx.shape), None
+
+
+def gated_product(signal: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """A gate's product, as the model computes it, with LRP's signal-take-all rule: the gate scales how much
+    of the signal passes, so what passes owes its relevance to the signal alone, and the gate's branch gets none."""
+    return _SignalTakesAll.apply(signal, gate)
 
 
 def summands(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -66,6 +93,7 @@ class TraceResult:
     rewrites: dict[nn.Module, Rewrite] = field(default_factory=dict)
     untraced: dict[str, str] = field(default_factory=dict)  # module name: why torch.fx could not trace it
     unsupported: list[str] = field(default_factory=list)  # "name (Type): op" for each op without a rule
+    gates: list[nn.Module] = field(default_factory=list)  # sigmoid modules that gate a product (they get no relevance)
 
 
 def trace_residuals(model: nn.Module, handled: Callable[[nn.Module], bool]) -> TraceResult:
@@ -84,9 +112,12 @@ def trace_residuals(model: nn.Module, handled: Callable[[nn.Module], bool]) -> T
             continue
         where = f"{name or 'the model'} ({kind.__name__})"
         computed = _computed_nodes(graph)
-        result.unsupported += [f"{where}: {problem}" for problem in _unsupported_ops(graph, computed)]
+        gated = _gated_products(graph, computed, root)
+        result.unsupported += [f"{where}: {problem}" for problem in _unsupported_ops(graph, computed, gated)]
+        result.gates += [root.get_submodule(gate.target) for _, gate in gated.values() if gate.op == "call_module"]
         sums = _replace_adds(graph, computed)
-        if sums:
+        _replace_gated_products(graph, gated)
+        if sums or gated:
             attributes = {
                 node.target: sums[node.target] if node.target in sums else _attribute(root, node.target)
                 for node in graph.nodes
@@ -142,17 +173,58 @@ def _computed_operands(node: fx.Node, computed: set[fx.Node]) -> list[fx.Node]:
     return [arg for arg in node.args if isinstance(arg, fx.Node) and arg in computed]
 
 
-def _unsupported_ops(graph: fx.Graph, computed: set[fx.Node]) -> list[str]:
+def _gate_source(node: fx.Node, root: nn.Module) -> fx.Node | None:
+    """The sigmoid (function or module) whose output ``node`` is, through reshapes; None if it is none."""
+    while True:
+        name = _op_name(node)
+        if node.op == "call_module" and type(root.get_submodule(node.target)).__name__ in GATE_MODULES:
+            return node
+        if name is not None and name.rstrip("_") in GATE_FUNCTIONS:
+            return node
+        if name not in RESHAPES or not node.args or not isinstance(node.args[0], fx.Node):
+            return None
+        node = node.args[0]
+
+
+def _gated_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) -> dict[fx.Node, tuple[fx.Node, fx.Node]]:
+    """Each product ``a * b`` of two computed tensors exactly one of which is a gate (``_gate_source``):
+    ``{product: (signal, gate's sigmoid)}``. In-place products are left out (refused as before)."""
+    gated = {}
+    for node in graph.nodes:
+        if _op_name(node) != "mul" or node.kwargs or len(node.args) != 2 or len(_computed_operands(node, computed)) != 2:
+            continue
+        sources = [_gate_source(operand, root) for operand in node.args]
+        if (sources[0] is None) != (sources[1] is None):
+            signal = node.args[0] if sources[0] is None else node.args[1]
+            gated[node] = (signal, sources[0] or sources[1])
+    return gated
+
+
+def _unsupported_ops(graph: fx.Graph, computed: set[fx.Node], gated: dict[fx.Node, tuple[fx.Node, fx.Node]]) -> list[str]:
+    gates = {gate for _, gate in gated.values()}
     problems = []
     for node in graph.nodes:
         name = _op_name(node)
         operands = _computed_operands(node, computed)
+        if node in gated or node in gates:
+            continue
         if name in PRODUCTS and len(operands) >= 2:
             shown = ", ".join(operand.name for operand in operands)
             problems.append(f"elementwise product `{name}` of two computed tensors ({shown})")
         elif name is not None and name.rstrip("_") in NON_LINEAR and node.args and node.args[0] in operands:
             problems.append(f"non-linear tensor function `{name}` ({node.args[0].name})")
     return problems
+
+
+def _replace_gated_products(graph: fx.Graph, gated: dict[fx.Node, tuple[fx.Node, fx.Node]]) -> None:
+    """Replace each gate's ``signal * gate`` by ``gated_product(signal, gate)`` (the operands as the model has them)."""
+    for node, (signal, _) in gated.items():
+        gate = node.args[1] if node.args[0] is signal else node.args[0]
+        with graph.inserting_after(node):
+            product = graph.call_function(gated_product, (signal, gate))
+        node.replace_all_uses_with(product)
+        graph.erase_node(node)
+    graph.lint()
 
 
 def _replace_adds(graph: fx.Graph, computed: set[fx.Node]) -> dict[str, Sum]:

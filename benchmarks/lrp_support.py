@@ -1,0 +1,40 @@
+"""Which timm architectures LRP explains here: each model, random weights (seeded per model), through
+``RelevanceModel.check`` (rules for every module, the canonized model's outputs, conservation on a
+bias-free copy), with the reason it gives.
+
+    PYTHONPATH=tests/support python benchmarks/lrp_support.py [--size 96] mobilenetv3_small_100 seresnet18 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from semlens.relevance.lrp import RelevanceModel
+
+DEFAULT = [
+    "resnet18", "seresnet18", "ecaresnet26t", "regnety_002", "regnetx_002", "mobilenetv3_small_100", "mobilenetv3_large_100",
+    "rexnet_100", "semnasnet_050", "tf_efficientnet_lite0", "efficientnet_b0", "ghostnet_100", "skresnet18", "densenet121",
+    "convnext_atto", "vit_tiny_patch16_224",
+]  # fmt: skip
+
+
+def main() -> None:
+    import timm
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", default=DEFAULT, help="timm model names")
+    parser.add_argument("--size", type=int, default=96, help="side of the two random probe images (ViTs take their own)")
+    args = parser.parse_args()
+    for name in args.models:
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+        size = model.pretrained_cfg.get("input_size", (3, args.size, args.size))[-1] if "vit" in name else args.size
+        probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        report = RelevanceModel(model, probe).check()
+        print(f"{name:<24} {'supported' if report.supported else 'refused':<9}  {report.reason[:300]}")
+
+
+if __name__ == "__main__":
+    main()
