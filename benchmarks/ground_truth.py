@@ -27,7 +27,8 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
   training (``captions.HELD_OUT``);
 - audit of the artefact's class (valid: the class name; spurious: the artefact): units flagged
   spurious, precision and recall against the true artefact units (recall over the true artefact units
-  the audit examined, i.e. relevant to the class; also with the units judged "both"; and
+  the audit examined, i.e. relevant to the class; also counting the units judged "both", which
+  ``Audit.flagged`` holds too: ``audit_precision_with_both``, ``audit_recall_with_both``; and
   ``audit_precision_judged``: precision over the flagged units the truth names any concept for, as
   dissection names none for most units of an early layer, which the precision counts as wrong), the flagged units'
   share of the class's relevance (``flagged_share``); and the audit's concept test (``demo.concept_images``: the world's test
@@ -240,7 +241,7 @@ def evaluate(
         "by_insertion_alone": {"artefact_unit_names": sorted(inserted), **artefact_scores(inserted, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
         "audit_units": len(examined), "audit_rule": audit["rule"], "audit_flagged": len(flagged), "audit_flagged_units": flagged,
         "audit_flagged_judged": len(judged), "audit_precision_judged": _share(len(true_units & set(judged)), len(judged)), "spurious_share": audit["spurious_share"], "flagged_share": audit["shares"]["spurious"], "confirmed_share": audit["confirmed_share"],
-        "audit_unlocated": audit["unlocated"], "audit_not_raised": audit["not_raised"], "audit_both_by_location": audit["both_by_location"], "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
+        "audit_both_units": both, "audit_unlocated": audit["unlocated"], "audit_not_raised": audit["not_raised"], "audit_both_by_location": audit["both_by_location"], "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
         "audit_relies": audit["reliance"]["relies"], "audit_log_odds": audit["reliance"]["log_odds"], "audit_effect": audit["reliance"]["effect"],
         "audit_carriers": audit["carriers"], "tested_found": len(found),
         "audit_reliance": audit["reliance"], "unit_tests": tests,
@@ -270,7 +271,7 @@ def artefact_scores(
         "search_hits_at5": sum(unit in true_units for unit in hits[artifact]),
         "search_hits_at5_paraphrase": sum(unit in true_units for unit in hits[paraphrase]),
         "audit_precision": _share(right(flagged), len(flagged)), "audit_recall": _share(right(flagged), relevant),
-        "audit_recall_with_both": _share(right(flagged + both), relevant),
+        "audit_precision_with_both": _share(right(flagged + both), len(flagged + both)), "audit_recall_with_both": _share(right(flagged + both), relevant),
         "confirmed_precision": _share(right(confirmed), len(confirmed)), "confirmed_recall": _share(right(confirmed), relevant),
         "tested_precision": _share(right(found), len(found)), "tested_recall": _share(right(found), relevant),
     }  # fmt: skip
@@ -331,9 +332,14 @@ def pooled_audit(records: list[dict[str, Any]]) -> dict[str, Any]:
     relying = [record for record in records if record["audit_relies"]]
     examined = sum(record["artefact_units_examined"] for record in relying)
     pooled: dict[str, Any] = {"runs": len(relying), "examined": examined}
-    for name, key in (("flagged", "audit_flagged_units"), ("confirmed", "audit_confirmed_units")):
-        units = sum(len(record[key]) for record in relying)
-        right = sum(len(set(record[key]) & set(record["artefact_unit_names"])) for record in relying)
+    findings = {
+        "flagged": lambda record: record["audit_flagged_units"],
+        "flagged or both": lambda record: record["audit_flagged_units"] + record["audit_both_units"],
+        "confirmed": lambda record: record["audit_confirmed_units"],
+    }
+    for name, units_of in findings.items():
+        units = sum(len(units_of(record)) for record in relying)
+        right = sum(len(set(units_of(record)) & set(record["artefact_unit_names"])) for record in relying)
         pooled[name] = {"units": units, "true": right, "precision": _share(right, units), "recall": _share(right, examined)}
     return pooled
 
@@ -344,7 +350,7 @@ def print_pooled_audit(records: list[dict[str, Any]], console: Console) -> None:
         return
     parts = [
         f"{name} {values['units']} ({values['true']} true: precision {_number(values['precision'])}, recall {_number(values['recall'])})"
-        for name, values in ((name, pooled[name]) for name in ("flagged", "confirmed"))
+        for name, values in ((name, pooled[name]) for name in ("flagged", "flagged or both", "confirmed"))
     ]
     console.print(f"audit pooled over the {pooled['runs']} runs whose class relies on its artefact ({pooled['examined']} true artefact units examined): " + "; ".join(parts))
 
