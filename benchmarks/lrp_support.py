@@ -16,7 +16,7 @@ from semlens.relevance.lrp import RelevanceModel
 DEFAULT = [
     "resnet18", "seresnet18", "ecaresnet26t", "regnety_002", "regnetx_002", "mobilenetv3_small_100", "mobilenetv3_large_100",
     "rexnet_100", "semnasnet_050", "tf_efficientnet_lite0", "efficientnet_b0", "ghostnet_100", "skresnet18", "densenet121",
-    "convnext_atto", "vit_tiny_patch16_224",
+    "convnext_atto", "vit_tiny_patch16_224", "deit3_small_patch16_224", "swin_tiny_patch4_window7_224",
 ]  # fmt: skip
 
 
@@ -25,12 +25,13 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="*", default=DEFAULT, help="timm model names")
-    parser.add_argument("--size", type=int, default=96, help="side of the two random probe images (ViTs take their own)")
+    parser.add_argument("--size", type=int, default=96, help="side of the two random probe images (models of a fixed input size take theirs)")
     args = parser.parse_args()
     for name in args.models:
         torch.manual_seed(0)
         model = timm.create_model(name, pretrained=False, num_classes=10).eval()
-        size = model.pretrained_cfg.get("input_size", (3, args.size, args.size))[-1] if "vit" in name else args.size
+        config = model.pretrained_cfg
+        size = config["input_size"][-1] if config.get("fixed_input_size") else args.size
         probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
         report = RelevanceModel(model, probe).check()
         print(f"{name:<24} {'supported' if report.supported else 'refused':<9}  {report.reason[:300]}")

@@ -21,10 +21,11 @@ from torch import nn
 from .._util.devices import strict_float32
 from ..model.sae import SparseAutoencoder
 from ..model.units import hooks, resolve_module, select_output
+from .attention import HeldAttention
 from .canonizers import UnsupportedModelError, canonizers_for
 from .conservation import find_leak
 from .residual import GATE_MODULES, FxResidualCanonizer
-from .rules import LeanEpsilonPlusFlat
+from .rules import LeanEpsilonPlusFlat, layer_norm_dims
 from .sae import decoded_share, unit_tensors
 
 #: leaf modules with an LRP rule (or that pass relevance unchanged and exactly)
@@ -38,9 +39,13 @@ SUPPORTED_LEAVES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, nn.ZeroPad2d,
     nn.Sequential,  # a leaf Sequential is an empty one: the identity (GhostNet's shortcuts)
+    nn.LayerNorm,  # its scale held constant (rules.HeldScaleLayerNorm), where layer_norm_dims knows the kind
 )  # fmt: skip
 #: parameter-free pass-through modules that libraries define themselves (e.g. EfficientNet-Lite's Identity)
 SUPPORTED_NAMES = {"Identity", "Sum"}
+#: timm's own elementwise modules, which relevance passes unchanged as it passes torch's activations: its
+#: activation classes and its layer scales (a product with a constant, where the ε-rule is the identity)
+TIMM_PASSES = {"GELU", "GELUTanh", "QuickGELU", "Swish", "HardSwish", "Tanh", "PReLU", "LayerScale", "LayerScale2d"}
 CONSERVATION_TOLERANCE = 0.05
 #: largest change of the outputs by the canonizers, relative to the largest output (float error of merged batch norms)
 FUNCTION_TOLERANCE = 1e-4
@@ -64,11 +69,8 @@ class RelevanceModel:
         self.example, self.epsilon = example, epsilon
         self._report: SupportReport | None = None
         try:
-            without_rule = {
-                name: m
-                for name, m in model.named_modules()
-                if not list(m.children()) and not isinstance(m, SUPPORTED_LEAVES) and type(m).__name__ not in SUPPORTED_NAMES
-            }
+            passes = tuple({type(m) for m in model.modules() if timm_pass(m)})
+            without_rule = leaves_without_rule(model, passes)
             unsupported = sorted({type(m).__name__ for m in without_rule.values() if type(m).__name__ not in GATE_MODULES})
             if unsupported:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(unsupported)}")
@@ -77,17 +79,17 @@ class RelevanceModel:
             ungated = sorted(f"{name} ({type(m).__name__})" for name, m in without_rule.items() if id(m) not in gates)
             if ungated:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(ungated)}: a sigmoid that does not gate a product")
-            self.composite = LeanEpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers)
+            self.composite = LeanEpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers, passes=passes)
         except UnsupportedModelError as error:
             self._report = SupportReport(False, str(error))
 
     @contextmanager
     def attributing(self) -> Iterator[nn.Module]:
-        """The model with zennit's rules and canonizers applied (removed on exit), run in float32 proper
-        (no TF32 on GPUs: ``strict_float32``)."""
+        """The model with zennit's rules and canonizers applied (removed on exit), attention's rule swapped in
+        (``HeldAttention``), run in float32 proper (no TF32 on GPUs: ``strict_float32``)."""
         if self._report is not None and not self._report.supported:
             raise UnsupportedModelError(self._report.reason)
-        with strict_float32(), self.composite.context(self.model) as modified:
+        with strict_float32(), HeldAttention(), self.composite.context(self.model) as modified:
             yield modified
 
     def release(self) -> None:
@@ -260,8 +262,30 @@ def relevance_maps(
     return outputs.detach(), maps, {name: unit.detach() for name, unit in zip(layers, units)}, errors
 
 
+def leaves_without_rule(model: nn.Module, passes: tuple[type, ...]) -> dict[str, nn.Module]:
+    """The leaf modules of ``model`` that no rule here covers, by name: not a supported kind (a layer norm only
+    of a kind ``layer_norm_dims`` knows), not a library's pass-through by name, not one of the ``passes``.
+    Sigmoids among them are fine where they gate a product (the caller asks the torch.fx rewrite)."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if not list(module.children())
+        and (not isinstance(module, SUPPORTED_LEAVES) or (isinstance(module, nn.LayerNorm) and layer_norm_dims(module) is None))
+        and type(module).__name__ not in SUPPORTED_NAMES
+        and not isinstance(module, passes)
+    }
+
+
+def timm_pass(module: nn.Module) -> bool:
+    """Whether ``module`` is one of timm's own elementwise modules that relevance passes (``TIMM_PASSES``)."""
+    kind = type(module)
+    return kind.__module__.startswith("timm.") and kind.__name__ in TIMM_PASSES
+
+
 def _bias_free_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every bias and batch-norm shift set to zero."""
+    """A copy of ``model`` with every bias and batch-norm shift set to zero, and the parameters that a block
+    (a module with children, not a layer) holds itself, such as a ViT's class token and position embedding:
+    constants the model adds or concatenates outside any layer, which absorb relevance as biases do."""
     import copy
 
     clone = copy.deepcopy(model)
@@ -271,6 +295,9 @@ def _bias_free_copy(model: nn.Module) -> nn.Module:
                 module.bias.zero_()
             if isinstance(getattr(module, "running_mean", None), torch.Tensor):
                 module.running_mean.zero_()
+            if list(module.children()) and not isinstance(module, SUPPORTED_LEAVES):  # a layer with a child keeps its weights
+                for parameter in module.parameters(recurse=False):
+                    parameter.zero_()
     return clone
 
 

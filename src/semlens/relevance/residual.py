@@ -46,22 +46,23 @@ RESHAPES = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "f
 
 
 class _SignalTakesAll(torch.autograd.Function):
-    """``signal * gate`` whose backward hands the relevance to the signal whole and none to the gate."""
+    """``signal * factor`` (or ``/``) whose backward hands the relevance to the signal whole and none to the factor."""
 
     @staticmethod
-    def forward(ctx, signal: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, signal: torch.Tensor, factor: torch.Tensor | float, divide: bool) -> torch.Tensor:
         ctx.shape = signal.shape
-        return signal * gate
+        return signal / factor if divide else signal * factor
 
     @staticmethod
-    def backward(ctx, relevance: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return relevance.sum_to_size(ctx.shape), None
+    def backward(ctx, relevance: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return relevance.sum_to_size(ctx.shape), None, None
 
 
-def gated_product(signal: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """A gate's product, as the model computes it, with LRP's signal-take-all rule: the gate scales how much
-    of the signal passes, so what passes owes its relevance to the signal alone, and the gate's branch gets none."""
-    return _SignalTakesAll.apply(signal, gate)
+def gated_product(signal: torch.Tensor, factor: torch.Tensor | float, divide: bool = False) -> torch.Tensor:
+    """``signal * factor`` (``/`` with ``divide``), as the model computes it, with LRP's signal-take-all rule:
+    a gate or a constant scales how much of the signal passes, so what passes owes its relevance to the
+    signal alone (the ε-rule on an elementwise scaling by a constant is the identity)."""
+    return _SignalTakesAll.apply(signal, factor, divide)
 
 
 def summands(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -114,7 +115,7 @@ def trace_residuals(model: nn.Module, handled: Callable[[nn.Module], bool]) -> T
         computed = _computed_nodes(graph)
         gated = _gated_products(graph, computed, root)
         result.unsupported += [f"{where}: {problem}" for problem in _unsupported_ops(graph, computed, gated)]
-        result.gates += [root.get_submodule(gate.target) for _, gate in gated.values() if gate.op == "call_module"]
+        result.gates += [root.get_submodule(gate.target) for _, gate, _ in gated.values() if gate is not None and gate.op == "call_module"]
         sums = _replace_adds(graph, computed)
         _replace_gated_products(graph, gated)
         if sums or gated:
@@ -186,22 +187,30 @@ def _gate_source(node: fx.Node, root: nn.Module) -> fx.Node | None:
         node = node.args[0]
 
 
-def _gated_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) -> dict[fx.Node, tuple[fx.Node, fx.Node]]:
-    """Each product ``a * b`` of two computed tensors exactly one of which is a gate (``_gate_source``):
-    ``{product: (signal, gate's sigmoid)}``. In-place products are left out (refused as before)."""
+def _gated_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) -> dict[fx.Node, tuple[fx.Node, fx.Node | None, bool]]:
+    """Each product ``a * b`` of two computed tensors exactly one of which is a gate (``_gate_source``), and each
+    scaling of a computed tensor by a constant (``x * c``, ``c * x``, ``x / c``: a layer scale, attention's
+    scale): ``{node: (signal, the gate's sigmoid or None, whether it divides)}``. In-place ones are left out."""
     gated = {}
     for node in graph.nodes:
-        if _op_name(node) != "mul" or node.kwargs or len(node.args) != 2 or len(_computed_operands(node, computed)) != 2:
+        name = _op_name(node)
+        if name not in ("mul", "truediv", "div") or node.kwargs or len(node.args) != 2:
             continue
-        sources = [_gate_source(operand, root) for operand in node.args]
-        if (sources[0] is None) != (sources[1] is None):
-            signal = node.args[0] if sources[0] is None else node.args[1]
-            gated[node] = (signal, sources[0] or sources[1])
+        operands = _computed_operands(node, computed)
+        if len(operands) == 1 and (name == "mul" or node.args[0] is operands[0]):
+            gated[node] = (operands[0], None, name != "mul")
+        elif len(operands) == 2 and name == "mul":
+            sources = [_gate_source(operand, root) for operand in node.args]
+            if (sources[0] is None) != (sources[1] is None):
+                signal = node.args[0] if sources[0] is None else node.args[1]
+                gated[node] = (signal, sources[0] or sources[1], False)
     return gated
 
 
-def _unsupported_ops(graph: fx.Graph, computed: set[fx.Node], gated: dict[fx.Node, tuple[fx.Node, fx.Node]]) -> list[str]:
-    gates = {gate for _, gate in gated.values()}
+def _unsupported_ops(
+    graph: fx.Graph, computed: set[fx.Node], gated: dict[fx.Node, tuple[fx.Node, fx.Node | None, bool]]
+) -> list[str]:
+    gates = {gate for _, gate, _ in gated.values()}
     problems = []
     for node in graph.nodes:
         name = _op_name(node)
@@ -216,12 +225,12 @@ def _unsupported_ops(graph: fx.Graph, computed: set[fx.Node], gated: dict[fx.Nod
     return problems
 
 
-def _replace_gated_products(graph: fx.Graph, gated: dict[fx.Node, tuple[fx.Node, fx.Node]]) -> None:
-    """Replace each gate's ``signal * gate`` by ``gated_product(signal, gate)`` (the operands as the model has them)."""
-    for node, (signal, _) in gated.items():
-        gate = node.args[1] if node.args[0] is signal else node.args[0]
+def _replace_gated_products(graph: fx.Graph, gated: dict[fx.Node, tuple[fx.Node, fx.Node | None, bool]]) -> None:
+    """Replace each gate's or constant's ``signal * factor`` (or ``/``) by ``gated_product`` (the operands as the model has them)."""
+    for node, (signal, _, divide) in gated.items():
+        factor = node.args[1] if node.args[0] is signal else node.args[0]
         with graph.inserting_after(node):
-            product = graph.call_function(gated_product, (signal, gate))
+            product = graph.call_function(gated_product, (signal, factor, divide))
         node.replace_all_uses_with(product)
         graph.erase_node(node)
     graph.lint()
@@ -241,6 +250,7 @@ def _replace_adds(graph: fx.Graph, computed: set[fx.Node]) -> dict[str, Sum]:
             stacked = graph.call_function(summands, node.args)
             with graph.inserting_after(stacked):
                 total = graph.call_module(target, (stacked,))
+        computed.update((stacked, total))  # a later addition to the sum is a residual too (a transformer block's second)
         node.replace_all_uses_with(total)
         if _op_name(node) in IN_PLACE_ADDS:  # the mutated summand holds the sum from here on
             summand = node.args[0]

@@ -182,6 +182,47 @@ class LeanZPlus(_Direct, ZPlus):
         return (input * gradient,)
 
 
+class HeldScaleLayerNorm(_Direct, Epsilon):
+    """A layer norm with its scale held constant (CP-LRP, Ali et al. 2022): ``(x - mean(x)) / σ * w + b`` with
+    σ a constant is linear in ``x``, and the ε-rule through it conserves relevance (the bias absorbs its
+    share, as every bias does). torch's ``LayerNorm`` (over its last dimensions) and timm's ``LayerNorm2d``
+    (over channels, dimension 1); ``layer_norm_dims`` says which others are not known."""
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        super().__init__(epsilon=epsilon)
+        self.epsilon = epsilon
+
+    def copy(self) -> HeldScaleLayerNorm:
+        return HeldScaleLayerNorm(self.epsilon)
+
+    def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple[torch.Tensor | None, ...]:
+        input = self.stored_tensors["input"][0].detach().requires_grad_()
+        dims = layer_norm_dims(module)
+        with torch.enable_grad():
+            centred = input - input.mean(dim=dims, keepdim=True)
+            scale = (centred.detach().pow(2).mean(dim=dims, keepdim=True) + module.eps).rsqrt()
+            output = centred * scale
+            if module.weight is not None:
+                shape = [1] * input.dim()
+                for dim, size in zip(dims, module.normalized_shape):
+                    shape[dim] = size
+                output = output * module.weight.reshape(shape) + (0 if module.bias is None else module.bias.reshape(shape))
+        ratio = grad_output[0] / _stabilize(output, self.epsilon)
+        (gradient,) = torch.autograd.grad(output, input, grad_outputs=ratio, create_graph=ratio.requires_grad)
+        return (input * gradient,)
+
+
+def layer_norm_dims(module: nn.Module) -> tuple[int, ...] | None:
+    """The dimensions a layer norm normalises over: torch's ``LayerNorm`` (and timm's, the same function) its
+    last ones, timm's ``LayerNorm2d`` the channels; None for another kind (no rule here)."""
+    name = type(module).__name__
+    if name == "LayerNorm2d" and len(module.normalized_shape) == 1:
+        return (1,)
+    if type(module) is nn.LayerNorm or (name == "LayerNorm" and isinstance(module, nn.LayerNorm)):
+        return tuple(range(-len(module.normalized_shape), 0))
+    return None
+
+
 def _active_channels(module: nn.Module, grad: torch.Tensor) -> torch.Tensor | None:
     """The output channels of a convolution with relevance anywhere in ``grad``, where they are at most
     half of them; ``None`` otherwise (or for a convolution other than a plain one)."""
@@ -205,16 +246,23 @@ def _plain_convolution(module: nn.Module) -> bool:
 
 class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
     """zennit's ``EpsilonPlusFlat`` (Flat for the first linear layer, ZPlus for the other convolutions,
-    Epsilon for the other linear layers, zennit's base map for the rest) with the lean rules above."""
+    Epsilon for the other linear layers, zennit's base map for the rest) with the lean rules above, and
+    layer norms with their scale held (``HeldScaleLayerNorm``)."""
 
     def __init__(
-        self, epsilon: float = 1e-6, stabilizer: float = 1e-6, canonizers: list[Canonizer] | None = None
+        self,
+        epsilon: float = 1e-6,
+        stabilizer: float = 1e-6,
+        canonizers: list[Canonizer] | None = None,
+        passes: tuple[type, ...] = (),
     ) -> None:
         layer_map = [
             (Activation, LeanPass()),
+            *([(passes, LeanPass())] if passes else []),  # a library's own elementwise modules (lrp.TIMM_PASSES)
             (Sum, LeanNorm(stabilizer=stabilizer)),
             (AvgPool, LeanNorm(stabilizer=stabilizer)),
             (BatchNorm, LeanPass()),
+            (nn.LayerNorm, HeldScaleLayerNorm(epsilon=epsilon)),
             (Convolution, LeanZPlus(stabilizer=stabilizer)),
             (nn.Linear, LeanEpsilon(epsilon=epsilon)),
         ]
