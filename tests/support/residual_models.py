@@ -178,7 +178,7 @@ class InputMutatingBlock(nn.Module):
 
 class OptionalShortcutBlock(PlusBlock):
     """A shortcut that defaults to the input when the caller passes none (timm's DLA blocks): torch.fx traces the
-    argument as given, so the traced block, called without one, adds None."""
+    argument as a tensor, so it is traced again without it."""
 
     def forward(self, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> torch.Tensor:
         if shortcut is None:
@@ -187,7 +187,28 @@ class OptionalShortcutBlock(PlusBlock):
 
 
 class OptionalShortcutCNN(ResidualCNN):
-    blocks_of = (PlusBlock, OptionalShortcutBlock)
+    """Calls its second block without a shortcut and its third with one."""
+
+    blocks_of = (PlusBlock, OptionalShortcutBlock, OptionalShortcutBlock)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = self.blocks[0](self.relu(self.stem(x)))
+        second = self.blocks[1](first)
+        return self.head(self.pool(self.blocks[2](second, shortcut=first)).flatten(1))
+
+
+class ManyOptionalBlock(PlusBlock):
+    """More optional arguments than are traced each way (``residual.MAX_OPTIONAL``): traced once, as tensors,
+    so the rewrite, called without them, adds None."""
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor | None = None, b=None, c=None, d=None) -> torch.Tensor:
+        if a is None:
+            a = x
+        return self.relu(self.branch(x) + a)
+
+
+class ManyOptionalCNN(ResidualCNN):
+    blocks_of = (PlusBlock, ManyOptionalBlock)
 
 
 class InputMutatingCNN(ResidualCNN):

@@ -172,10 +172,16 @@ def test_input_relevance_sums_to_the_explained_logit(family: str) -> None:
 # -- models LRP cannot explain here --------------------------------------------------------------
 
 
-def test_attention_written_out_by_hand_is_refused() -> None:
-    report = RelevanceModel(tiny_vit(fused=False).eval(), torch.rand(2, 3, 32, 32)).check()
-    assert not report.supported
-    assert "blocks.0.attn (Attention): elementwise product `matmul` of two computed tensors" in report.reason
+def test_attention_written_out_gets_the_same_relevance_as_fused_attention() -> None:
+    torch.manual_seed(0)
+    fused = tiny_vit().eval()
+    written = tiny_vit(fused=False).eval()
+    written.load_state_dict(fused.state_dict())
+    inputs = torch.rand(2, 3, 32, 32)
+    initial = one_hot_logit(fused(inputs).argmax(dim=1))
+    relevance = [RelevanceModel(model, inputs).input_relevance(inputs, initial) for model in (fused, written)]
+    torch.testing.assert_close(relevance[1], relevance[0], rtol=1e-3, atol=1e-6)
+    assert RelevanceModel(written, inputs).check().supported
 
 
 def test_held_attention_computes_attention_and_gives_the_values_their_epsilon_share() -> None:
@@ -411,7 +417,7 @@ def test_a_sigmoid_that_gates_nothing_is_refused_by_name() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sigmoid(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     report = RelevanceModel(model, torch.rand(1, 3, 8, 8)).check()
     assert not report.supported
-    assert report.reason == "no LRP rule here for 1 (Sigmoid): a sigmoid that does not gate a product"
+    assert report.reason == "no LRP rule here for 1 (Sigmoid): a sigmoid that does not gate a product, or a softmax that does not weigh values"
 
 
 def test_an_untraceable_residual_is_refused_naming_the_block_where_relevance_doubles() -> None:
@@ -423,8 +429,16 @@ def test_an_untraceable_residual_is_refused_naming_the_block_where_relevance_dou
     assert "TraceError" in report.reason and "input sums / output: 2.0" in report.reason
 
 
+def test_a_block_with_an_optional_argument_is_rewritten_for_calls_with_and_without_it() -> None:
+    model = without_shifts(residual_models.OptionalShortcutCNN())
+    traced = trace_residuals(model, lambda _: False)
+    assert {name for name in traced.rewrites[model.blocks[1]].sums} == {"canonizer_sum_0_0", "canonizer_sum_1_0"}
+    report = RelevanceModel(model, torch.rand(2, 3, 16, 16)).check()
+    assert report.supported, report.reason
+
+
 def test_a_rewrite_that_fails_where_the_model_runs_is_refused_not_raised() -> None:
-    model = residual_models.OptionalShortcutCNN().eval()
+    model = residual_models.ManyOptionalCNN().eval()
     inputs = torch.rand(2, 3, 16, 16)
     model(inputs)  # the model itself runs
     report = RelevanceModel(model, inputs).check()

@@ -5,7 +5,9 @@ and the ε-rule gives each value its share of each output's relevance, ``R_v = v
 and keys get none, so relevance is conserved. ``HeldAttention`` is a torch function mode that swaps
 ``F.scaled_dot_product_attention`` (what timm's ViTs, DINOv2-style and most current transformers call)
 for that rule while LRP runs; the forward values stay what the model computes, up to float rounding.
-Attention written out by hand (``q @ k.T``, a softmax, ``@ v``) has no rule here and is refused.
+Attention written out (``q @ k.T``, a softmax, ``@ v``) gets the same rule where torch.fx finds it
+(``held_weights_product``, put there by ``residual.py``); where it cannot trace the module, the
+conservation check refuses the model.
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ def held_attention(
     with torch.no_grad():
         weights = attention_weights(query, key, attn_mask, is_causal, scale)
     return _HeldWeights.apply(weights, value, epsilon)
+
+
+def held_weights_product(weights: torch.Tensor, values: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
+    """``weights @ values`` of attention written out (the weights a softmax's), with the weights held: the
+    rule that ``residual.py`` puts where it finds one."""
+    return _HeldWeights.apply(weights.detach(), values, epsilon)
 
 
 class HeldAttention(TorchFunctionMode):

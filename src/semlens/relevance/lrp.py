@@ -24,7 +24,7 @@ from ..model.units import hooks, resolve_module, select_output
 from .attention import HeldAttention
 from .canonizers import UnsupportedModelError, canonizers_for
 from .conservation import find_leak
-from .residual import GATE_MODULES, FxResidualCanonizer
+from .residual import HOLDING_MODULES, FxResidualCanonizer
 from .rules import LeanEpsilonPlusFlat, layer_norm_dims
 from .sae import decoded_share, unit_tensors
 
@@ -44,8 +44,10 @@ SUPPORTED_LEAVES = (
 #: parameter-free pass-through modules that libraries define themselves (e.g. EfficientNet-Lite's Identity)
 SUPPORTED_NAMES = {"Identity", "Sum"}
 #: timm's own elementwise modules, which relevance passes unchanged as it passes torch's activations: its
-#: activation classes and its layer scales (a product with a constant, where the ε-rule is the identity)
-TIMM_PASSES = {"GELU", "GELUTanh", "QuickGELU", "Swish", "HardSwish", "Tanh", "PReLU", "LayerScale", "LayerScale2d"}
+#: activation classes, its layer scales (a product with a constant, where the ε-rule is the identity) and
+#: DropPath (the identity in eval mode); and its average pools, which get the average pools' rule
+TIMM_PASSES = {"GELU", "GELUTanh", "QuickGELU", "Swish", "HardSwish", "Tanh", "PReLU", "LayerScale", "LayerScale2d", "DropPath"}
+TIMM_AVERAGES = {"FastAdaptiveAvgPool"}
 CONSERVATION_TOLERANCE = 0.05
 #: largest change of the outputs by the canonizers, relative to the largest output (float error of merged batch norms)
 FUNCTION_TOLERANCE = 1e-4
@@ -69,17 +71,17 @@ class RelevanceModel:
         self.example, self.epsilon = example, epsilon
         self._report: SupportReport | None = None
         try:
-            passes = tuple({type(m) for m in model.modules() if timm_pass(m)})
-            without_rule = leaves_without_rule(model, passes)
-            unsupported = sorted({type(m).__name__ for m in without_rule.values() if type(m).__name__ not in GATE_MODULES})
+            passes, averages = timm_kinds(model, TIMM_PASSES), timm_kinds(model, TIMM_AVERAGES)
+            without_rule = leaves_without_rule(model, passes + averages)
+            unsupported = sorted({type(m).__name__ for m in without_rule.values() if type(m).__name__ not in HOLDING_MODULES})
             if unsupported:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(unsupported)}")
             canonizers = canonizers_for(model, example)
             gates = {id(gate) for canonizer in canonizers if isinstance(canonizer, FxResidualCanonizer) for gate in canonizer.traced.gates}
             ungated = sorted(f"{name} ({type(m).__name__})" for name, m in without_rule.items() if id(m) not in gates)
             if ungated:
-                raise UnsupportedModelError(f"no LRP rule here for {', '.join(ungated)}: a sigmoid that does not gate a product")
-            self.composite = LeanEpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers, passes=passes)
+                raise UnsupportedModelError(f"no LRP rule here for {', '.join(ungated)}: a sigmoid that does not gate a product, or a softmax that does not weigh values")
+            self.composite = LeanEpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers, passes=passes, averages=averages)
         except UnsupportedModelError as error:
             self._report = SupportReport(False, str(error))
 
@@ -262,9 +264,9 @@ def relevance_maps(
     return outputs.detach(), maps, {name: unit.detach() for name, unit in zip(layers, units)}, errors
 
 
-def leaves_without_rule(model: nn.Module, passes: tuple[type, ...]) -> dict[str, nn.Module]:
+def leaves_without_rule(model: nn.Module, covered: tuple[type, ...]) -> dict[str, nn.Module]:
     """The leaf modules of ``model`` that no rule here covers, by name: not a supported kind (a layer norm only
-    of a kind ``layer_norm_dims`` knows), not a library's pass-through by name, not one of the ``passes``.
+    of a kind ``layer_norm_dims`` knows), not a library's pass-through by name, not one of the ``covered`` classes.
     Sigmoids among them are fine where they gate a product (the caller asks the torch.fx rewrite)."""
     return {
         name: module
@@ -272,14 +274,13 @@ def leaves_without_rule(model: nn.Module, passes: tuple[type, ...]) -> dict[str,
         if not list(module.children())
         and (not isinstance(module, SUPPORTED_LEAVES) or (isinstance(module, nn.LayerNorm) and layer_norm_dims(module) is None))
         and type(module).__name__ not in SUPPORTED_NAMES
-        and not isinstance(module, passes)
+        and not isinstance(module, covered)
     }
 
 
-def timm_pass(module: nn.Module) -> bool:
-    """Whether ``module`` is one of timm's own elementwise modules that relevance passes (``TIMM_PASSES``)."""
-    kind = type(module)
-    return kind.__module__.startswith("timm.") and kind.__name__ in TIMM_PASSES
+def timm_kinds(model: nn.Module, names: set[str]) -> tuple[type, ...]:
+    """The classes of ``model``'s modules that are timm's own and named in ``names`` (``TIMM_PASSES``, ``TIMM_AVERAGES``)."""
+    return tuple({type(m) for m in model.modules() if type(m).__module__.startswith("timm.") and type(m).__name__ in names})
 
 
 def _bias_free_copy(model: nn.Module) -> nn.Module:

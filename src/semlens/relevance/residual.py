@@ -17,13 +17,18 @@ have no rule here, so a module that computes one is refused by name.
 from __future__ import annotations
 
 import copy
+import inspect
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import fx, nn
 from zennit.canonizers import AttributeCanonizer
 from zennit.layer import Sum
+
+from .attention import held_weights_product
 
 #: names of additions (operator.add, torch.add, Tensor.add, ``+=`` as operator.iadd, Tensor.add_)
 ADDS = {"add", "iadd", "add_"}
@@ -43,6 +48,10 @@ GATE_FUNCTIONS = {"sigmoid", "hardsigmoid"}
 GATE_MODULES = {"Sigmoid", "Hardsigmoid", "HardSigmoid"}
 #: calls that rearrange a tensor's values without changing them: a gate stays a gate through them
 RESHAPES = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "flatten", "contiguous"}
+#: a softmax whose output weighs values in a matrix product: attention written out (held: attention.py)
+WEIGHT_FUNCTIONS, WEIGHT_MODULES = {"softmax"}, {"Softmax"}
+#: modules that may only gate a product or weigh values, where they get no relevance
+HOLDING_MODULES = GATE_MODULES | WEIGHT_MODULES
 
 
 class _SignalTakesAll(torch.autograd.Function):
@@ -94,39 +103,92 @@ class TraceResult:
     rewrites: dict[nn.Module, Rewrite] = field(default_factory=dict)
     untraced: dict[str, str] = field(default_factory=dict)  # module name: why torch.fx could not trace it
     unsupported: list[str] = field(default_factory=list)  # "name (Type): op" for each op without a rule
-    gates: list[nn.Module] = field(default_factory=list)  # sigmoid modules that gate a product (they get no relevance)
+    gates: list[nn.Module] = field(default_factory=list)  # sigmoids gating a product, softmaxes weighing values (no relevance)
 
 
 def trace_residuals(model: nn.Module, handled: Callable[[nn.Module], bool]) -> TraceResult:
     """Trace every module with children (except torch.nn containers and the blocks that another canonizer
-    ``handled``) and rewrite its residual additions."""
+    ``handled``) and rewrite its residual additions, gates and attention; a forward with optional arguments
+    once per way of leaving them out (``_optional_arguments``)."""
     result = TraceResult()
     for name, module in model.named_modules():
         kind = type(module)
         if not list(module.children()) or kind.__module__.startswith("torch.nn") or handled(module):
             continue
-        try:
-            root = copy.copy(module)  # the tracer stores tensor constants on its root: never on the user's module
-            graph = _EveryModuleALeaf().trace(root)
-        except Exception as error:  # noqa: BLE001 (any failure to trace leaves the module as it is)
-            result.untraced[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-            continue
         where = f"{name or 'the model'} ({kind.__name__})"
-        computed = _computed_nodes(graph)
-        gated = _gated_products(graph, computed, root)
-        result.unsupported += [f"{where}: {problem}" for problem in _unsupported_ops(graph, computed, gated)]
-        result.gates += [root.get_submodule(gate.target) for _, gate, _ in gated.values() if gate is not None and gate.op == "call_module"]
-        sums = _replace_adds(graph, computed)
-        _replace_gated_products(graph, gated)
-        if sums or gated:
-            attributes = {
-                node.target: sums[node.target] if node.target in sums else _attribute(root, node.target)
-                for node in graph.nodes
-                if node.op in ("call_module", "get_attr")
-            }
-            traced = fx.GraphModule(attributes, graph)
-            result.rewrites[module] = Rewrite(traced.forward, sums)
+        optional = _optional_arguments(module)
+        forwards: dict[frozenset[str], Callable[..., torch.Tensor]] = {}
+        sums: dict[str, Sum] = {}
+        for variant, left_out in enumerate(_subsets(optional)):
+            try:
+                root = copy.copy(module)  # the tracer stores tensor constants on its root: never on the user's module
+                graph = _EveryModuleALeaf().trace(root, concrete_args={argument: None for argument in left_out} or None)
+            except Exception as error:  # noqa: BLE001 (any failure to trace leaves the module as it is)
+                result.untraced.setdefault(name, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+                continue
+            computed = _computed_nodes(graph)
+            gated = _gated_products(graph, computed, root)
+            held = _held_products(graph, computed, root)
+            weights_only = _weights_only(graph, held)
+            problems = [f"{where}: {problem}" for problem in _unsupported_ops(graph, computed, gated, weights_only)]
+            result.unsupported += [problem for problem in problems if problem not in result.unsupported]
+            sources = [gate for _, gate, _ in gated.values()] + list(held.values())
+            result.gates += [root.get_submodule(node.target) for node in sources if node is not None and node.op == "call_module"]
+            variant_sums = _replace_adds(graph, computed, prefix=f"canonizer_sum_{variant}_" if optional else "canonizer_sum_")
+            _replace_gated_products(graph, gated)
+            _replace_held_products(graph, held)
+            if variant_sums or gated or held:
+                attributes = {
+                    node.target: variant_sums[node.target] if node.target in variant_sums else _attribute(root, node.target)
+                    for node in graph.nodes
+                    if node.op in ("call_module", "get_attr")
+                }
+                forwards[frozenset(left_out)] = fx.GraphModule(attributes, graph).forward
+                sums.update(variant_sums)
+        if forwards:
+            forward = forwards.get(frozenset()) if not optional else _dispatch(module, optional, forwards)
+            result.rewrites[module] = Rewrite(forward, sums)
     return result
+
+
+#: a forward with more optional arguments than this is traced once, each argument a tensor
+MAX_OPTIONAL = 3
+
+
+def _optional_arguments(module: nn.Module) -> list[str]:
+    """The forward's arguments that default to None (a shortcut, a mask): torch.fx traces them as tensors, so
+    a forward that tests ``if mask is not None`` is traced once with and once without each."""
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if any(parameter.kind not in kinds for parameter in parameters):  # *args, **kwargs: traced once, as before
+        return []
+    names = [parameter.name for parameter in parameters if parameter.default is None]
+    return names if len(names) <= MAX_OPTIONAL else []
+
+
+def _subsets(names: list[str]) -> list[tuple[str, ...]]:
+    """Every subset of ``names``, the empty one first."""
+    return [subset for size in range(len(names) + 1) for subset in itertools.combinations(names, size)]
+
+
+def _dispatch(
+    module: nn.Module, optional: list[str], forwards: dict[frozenset[str], Callable[..., torch.Tensor]]
+) -> Callable[..., torch.Tensor]:
+    """A forward that calls the rewrite traced for the optional arguments this call leaves out (None), or the
+    module's own forward where that way of calling it had nothing to rewrite."""
+    signature, own = inspect.signature(module.forward), type(module).forward.__get__(module)
+
+    def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+        given = signature.bind(*args, **kwargs).arguments
+        left_out = frozenset(name for name in optional if given.get(name) is None)
+        if left_out not in forwards:
+            return own(*args, **kwargs)
+        return forwards[left_out](**{name: value for name, value in given.items() if name not in left_out})
+
+    return forward
 
 
 class FxResidualCanonizer(AttributeCanonizer):
@@ -207,15 +269,53 @@ def _gated_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) ->
     return gated
 
 
+def _weights_source(node: fx.Node, root: nn.Module) -> fx.Node | None:
+    """The softmax (function or module) whose output ``node`` is, through reshapes and dropouts; None if none."""
+    while True:
+        name = _op_name(node)
+        module = root.get_submodule(node.target) if node.op == "call_module" else None
+        if type(module).__name__ in WEIGHT_MODULES or (name is not None and name in WEIGHT_FUNCTIONS):
+            return node
+        if not node.args or not isinstance(node.args[0], fx.Node) or not (name in RESHAPES or isinstance(module, nn.Dropout)):
+            return None
+        node = node.args[0]
+
+
+def _held_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) -> dict[fx.Node, fx.Node]:
+    """Each ``weights @ values`` of attention written out, the weights a softmax's (``_weights_source``), the
+    values not: ``{product: the softmax}``."""
+    held = {}
+    for node in graph.nodes:
+        if _op_name(node) != "matmul" or node.kwargs or len(node.args) != 2 or len(_computed_operands(node, computed)) != 2:
+            continue
+        weights, values = (_weights_source(operand, root) for operand in node.args)
+        if weights is not None and values is None:
+            held[node] = weights
+    return held
+
+
+def _weights_only(graph: fx.Graph, held: dict[fx.Node, fx.Node]) -> set[fx.Node]:
+    """Nodes whose value reaches nothing but the weights of a held product (the scores, their softmax): with
+    the weights held, no relevance comes back to them, so they need no rule."""
+    only: set[fx.Node] = set()
+    for node in reversed(graph.nodes):
+        if node.users and all(user in only or (user in held and user.args[0] is node) for user in node.users):
+            only.add(node)
+    return only
+
+
 def _unsupported_ops(
-    graph: fx.Graph, computed: set[fx.Node], gated: dict[fx.Node, tuple[fx.Node, fx.Node | None, bool]]
+    graph: fx.Graph,
+    computed: set[fx.Node],
+    gated: dict[fx.Node, tuple[fx.Node, fx.Node | None, bool]],
+    weights_only: set[fx.Node],
 ) -> list[str]:
     gates = {gate for _, gate, _ in gated.values()}
     problems = []
     for node in graph.nodes:
         name = _op_name(node)
         operands = _computed_operands(node, computed)
-        if node in gated or node in gates:
+        if node in gated or node in gates or node in weights_only or (name == "matmul" and node.args[0] in weights_only):
             continue
         if name in PRODUCTS and len(operands) >= 2:
             shown = ", ".join(operand.name for operand in operands)
@@ -236,15 +336,26 @@ def _replace_gated_products(graph: fx.Graph, gated: dict[fx.Node, tuple[fx.Node,
     graph.lint()
 
 
-def _replace_adds(graph: fx.Graph, computed: set[fx.Node]) -> dict[str, Sum]:
-    """Replace each ``a + b`` of two computed tensors by ``Sum(summands(a, b))``; returns the new modules."""
+def _replace_held_products(graph: fx.Graph, held: dict[fx.Node, fx.Node]) -> None:
+    """Replace each held ``weights @ values`` by ``held_weights_product`` (attention.py)."""
+    for node in held:
+        with graph.inserting_after(node):
+            product = graph.call_function(held_weights_product, node.args)
+        node.replace_all_uses_with(product)
+        graph.erase_node(node)
+    graph.lint()
+
+
+def _replace_adds(graph: fx.Graph, computed: set[fx.Node], prefix: str = "canonizer_sum_") -> dict[str, Sum]:
+    """Replace each ``a + b`` of two computed tensors by ``Sum(summands(a, b))``; returns the new modules (named
+    ``prefix`` and a number)."""
     sums: dict[str, Sum] = {}
     order = {node: index for index, node in enumerate(graph.nodes)}
     for node in list(graph.nodes):
         plain = len(node.args) == 2 and not node.kwargs  # torch.add(a, b, alpha=2) is not a plain sum
         if _op_name(node) not in ADDS or not plain or len(_computed_operands(node, computed)) != 2:
             continue
-        target = f"canonizer_sum_{len(sums)}"
+        target = f"{prefix}{len(sums)}"
         sums[target] = residual_sum()
         with graph.inserting_after(node):
             stacked = graph.call_function(summands, node.args)

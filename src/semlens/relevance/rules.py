@@ -255,12 +255,14 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
         stabilizer: float = 1e-6,
         canonizers: list[Canonizer] | None = None,
         passes: tuple[type, ...] = (),
+        averages: tuple[type, ...] = (),
     ) -> None:
         layer_map = [
             (Activation, LeanPass()),
             *([(passes, LeanPass())] if passes else []),  # a library's own elementwise modules (lrp.TIMM_PASSES)
             (Sum, LeanNorm(stabilizer=stabilizer)),
             (AvgPool, LeanNorm(stabilizer=stabilizer)),
+            *([(averages, LeanNorm(stabilizer=stabilizer))] if averages else []),  # its own average pools
             (BatchNorm, LeanPass()),
             (nn.LayerNorm, HeldScaleLayerNorm(epsilon=epsilon)),
             (Convolution, LeanZPlus(stabilizer=stabilizer)),
