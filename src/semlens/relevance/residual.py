@@ -8,10 +8,13 @@ module keeps its qualified name, type and hooks. (Tracing the whole model would 
 one GraphModule whose block-level modules are empty shells: a hook on ``layer1.0`` would never fire.)
 Concatenations conserve relevance under gradients and are left alone, and so are additions of a
 constant or parameter (biases). A gate, a tensor scaled by a sigmoid of another (squeeze-and-excitation
-in EfficientNet, MobileNetV3, RegNetY, SE-ResNet), becomes ``gated_product``: the relevance goes to the
-scaled tensor whole, none to the gate's branch (LRP's signal-take-all rule for gates, Arras et al.
-2017), which conserves it. Other products of two computed tensors and other non-linear tensor functions
-have no rule here, so a module that computes one is refused by name.
+in EfficientNet, MobileNetV3, RegNetY, SE-ResNet), and a tensor scaled by a constant (a layer scale)
+become ``gated_product``: the relevance goes to the scaled tensor whole, none to the gate's branch (LRP's
+signal-take-all rule for gates, Arras et al. 2017), which conserves it. Attention written out (a
+softmax's weights times values) gets the held-weights rule of ``attention.py``. A forward with optional
+arguments is traced once per way of leaving them out, and the rewrite follows each call. Other products
+of two computed tensors and other non-linear tensor functions have no rule here, so a module that
+computes one is refused by name.
 """
 
 from __future__ import annotations
@@ -126,29 +129,40 @@ def trace_residuals(model: nn.Module, handled: Callable[[nn.Module], bool]) -> T
             except Exception as error:  # noqa: BLE001 (any failure to trace leaves the module as it is)
                 result.untraced.setdefault(name, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
                 continue
-            computed = _computed_nodes(graph)
-            gated = _gated_products(graph, computed, root)
-            held = _held_products(graph, computed, root)
-            weights_only = _weights_only(graph, held)
-            problems = [f"{where}: {problem}" for problem in _unsupported_ops(graph, computed, gated, weights_only)]
-            result.unsupported += [problem for problem in problems if problem not in result.unsupported]
-            sources = [gate for _, gate, _ in gated.values()] + list(held.values())
-            result.gates += [root.get_submodule(node.target) for node in sources if node is not None and node.op == "call_module"]
-            variant_sums = _replace_adds(graph, computed, prefix=f"canonizer_sum_{variant}_" if optional else "canonizer_sum_")
-            _replace_gated_products(graph, gated)
-            _replace_held_products(graph, held)
-            if variant_sums or gated or held:
-                attributes = {
-                    node.target: variant_sums[node.target] if node.target in variant_sums else _attribute(root, node.target)
-                    for node in graph.nodes
-                    if node.op in ("call_module", "get_attr")
-                }
-                forwards[frozenset(left_out)] = fx.GraphModule(attributes, graph).forward
-                sums.update(variant_sums)
+            prefix = f"canonizer_sum_{variant}_" if optional else "canonizer_sum_"
+            rewritten = _rewrite(graph, root, where, prefix, result)
+            if rewritten is not None:
+                forwards[frozenset(left_out)] = rewritten.forward
+                sums.update(rewritten.sums)
         if forwards:
             forward = forwards.get(frozenset()) if not optional else _dispatch(module, optional, forwards)
             result.rewrites[module] = Rewrite(forward, sums)
     return result
+
+
+def _rewrite(graph: fx.Graph, root: nn.Module, where: str, prefix: str, result: TraceResult) -> Rewrite | None:
+    """One traced forward with its residual sums, gates, scalings by constants and attention written out
+    replaced by their rules (None where it has none); what has no rule, and the gates' and softmaxes'
+    modules, go to ``result``."""
+    computed = _computed_nodes(graph)
+    gated = _gated_products(graph, computed, root)
+    held = _held_products(graph, computed, root)
+    weights_only = _weights_only(graph, held)
+    problems = [f"{where}: {problem}" for problem in _unsupported_ops(graph, computed, gated, weights_only)]
+    result.unsupported += [problem for problem in problems if problem not in result.unsupported]
+    sources = [gate for _, gate, _ in gated.values()] + list(held.values())
+    result.gates += [root.get_submodule(node.target) for node in sources if node is not None and node.op == "call_module"]
+    sums = _replace_adds(graph, computed, prefix)
+    _replace_gated_products(graph, gated)
+    _replace_held_products(graph, held)
+    if not (sums or gated or held):
+        return None
+    attributes = {
+        node.target: sums[node.target] if node.target in sums else _attribute(root, node.target)
+        for node in graph.nodes
+        if node.op in ("call_module", "get_attr")
+    }
+    return Rewrite(fx.GraphModule(attributes, graph).forward, sums)
 
 
 #: a forward with more optional arguments than this is traced once, each argument a tensor
