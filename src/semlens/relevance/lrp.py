@@ -48,6 +48,9 @@ SUPPORTED_NAMES = {"Identity", "Sum"}
 #: DropPath (the identity in eval mode); and its average pools, which get the average pools' rule
 TIMM_PASSES = {"GELU", "GELUTanh", "QuickGELU", "Swish", "HardSwish", "Tanh", "PReLU", "LayerScale", "LayerScale2d", "DropPath"}
 TIMM_AVERAGES = {"FastAdaptiveAvgPool"}
+#: names of the parameters that transformers add or concatenate to their tokens (class, register and
+#: distillation tokens, position embeddings): the conservation check sets them to zero, as it does biases
+ADDED_CONSTANTS = ("token", "pos_embed", "position_embedding")
 CONSERVATION_TOLERANCE = 0.05
 #: largest change of the outputs by the canonizers, relative to the largest output (float error of merged batch norms)
 FUNCTION_TOLERANCE = 1e-4
@@ -284,9 +287,10 @@ def timm_kinds(model: nn.Module, names: set[str]) -> tuple[type, ...]:
 
 
 def _bias_free_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every bias and batch-norm shift set to zero, and the parameters that a block
-    (a module with children, not a layer) holds itself, such as a ViT's class token and position embedding:
-    constants the model adds or concatenates outside any layer, which absorb relevance as biases do."""
+    """A copy of ``model`` with every bias and batch-norm shift set to zero, and the tokens and position
+    embeddings a block holds itself (``ADDED_CONSTANTS``, a ViT's class token): constants the model adds or
+    concatenates outside any layer, which absorb relevance as biases do. A block's other parameters (a
+    ConvNeXt block's layer scale multiplies) stay."""
     import copy
 
     clone = copy.deepcopy(model)
@@ -297,8 +301,9 @@ def _bias_free_copy(model: nn.Module) -> nn.Module:
             if isinstance(getattr(module, "running_mean", None), torch.Tensor):
                 module.running_mean.zero_()
             if list(module.children()) and not isinstance(module, SUPPORTED_LEAVES):  # a layer with a child keeps its weights
-                for parameter in module.parameters(recurse=False):
-                    parameter.zero_()
+                for name, parameter in module.named_parameters(recurse=False):
+                    if any(part in name for part in ADDED_CONSTANTS):
+                        parameter.zero_()
     return clone
 
 
