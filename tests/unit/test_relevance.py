@@ -23,7 +23,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from semlens import BuildConfig, build_lens
 from semlens.analysis.explain import relevance_shares
 from semlens.build.class_relevance import ClassRelevance
-from semlens.model.units import resolve_module
+from semlens.model.units import hooks, resolve_module
 from semlens.relevance.attention import HeldAttention
 from semlens.relevance.canonizers import UnsupportedModelError, canonizers_for
 from semlens.relevance.lrp import RelevanceModel, crp_heatmaps, unit_relevance
@@ -360,8 +360,8 @@ def test_the_users_model_is_left_as_it_was() -> None:
     assert [(name, type(module)) for name, module in model.named_modules()] == structure
     for module in model.modules():
         assert "forward" not in vars(module)
-        for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
-            assert not getattr(module, hooks), (module, hooks)
+        for attribute in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            assert not getattr(module, attribute), (module, attribute)
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, weights[name], rtol=0, atol=0)
     with torch.no_grad():
@@ -411,6 +411,29 @@ def test_torchvisions_squeeze_excitation_gates_are_found() -> None:
     assert not traced.unsupported
     hard_sigmoids = [module for module in model.modules() if isinstance(module, nn.Hardsigmoid)]
     assert len(hard_sigmoids) == 9 and {id(gate) for gate in traced.gates} == {id(gate) for gate in hard_sigmoids}
+
+
+def test_a_channels_last_layer_is_explained_per_channel_of_its_last_dimension() -> None:
+    from tiny_models import ChannelsLastCNN
+
+    model = without_shifts(ChannelsLastCNN())
+    inputs = torch.rand(3, 3, 32, 32)
+    relevance = RelevanceModel(model, inputs)
+    assert relevance.check().supported
+    hidden = []
+    with hooks([model.mlp[1].register_forward_hook(lambda m, i, o: hidden.append(o))]), torch.no_grad():
+        logits = model(inputs)
+    hidden = hidden[0]  # N,16,16,6
+    channels = torch.tensor([0, 3, 5])
+    with relevance.attributing() as modified:
+        maps = crp_heatmaps(modified, inputs, "mlp.1", channels, torch.ones(3), channels_last=True)
+        targets = logits.argmax(dim=1)
+        _, units = unit_relevance(modified, inputs, targets, ["mlp.1"], channels_last={"mlp.1"})
+    # a unit's heatmap holds its whole activation (no bias absorbs any), summed over the map's positions
+    torch.testing.assert_close(maps.flatten(1).sum(dim=1), hidden[torch.arange(3), :, :, channels].sum(dim=(1, 2)), rtol=1e-3, atol=1e-4)
+    # the head (epsilon rule, no bias) gives channel c of the mean over positions its term of the target logit
+    expected = hidden.mean(dim=(1, 2)) * model.head.weight[targets]
+    torch.testing.assert_close(units["mlp.1"], expected, rtol=1e-4, atol=1e-6)
 
 
 def test_a_sigmoid_that_gates_nothing_is_refused_by_name() -> None:

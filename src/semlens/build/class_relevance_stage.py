@@ -58,10 +58,15 @@ class ClassRelevanceStage:
         data = load_data(context.config.relevance_data) if context.config.relevance_data else context.data
         mapping, targets_from = class_mapping(model, data)
         left_out = {spec.name: "its SAE has no decoder (W_dec)" for spec in context.specs if spec.sae and not has_decoder(spec.sae)}
-        left_out |= {spec.name: "relevance of a layer read channels last is not supported" for spec in context.specs if spec.channels_last}
+        left_out |= {
+            spec.name: "relevance of a layer read channels last through a sparse autoencoder or from a picked output is not supported"
+            for spec in context.specs
+            if spec.channels_last and (spec.sae or spec.pick)
+        }
         layers = [spec for spec in context.specs if spec.name not in left_out]
         saes: dict = {spec.name: spec.sae for spec in layers if spec.sae}  # paths, loaded on first use
         picks = {spec.name: spec.pick for spec in layers}
+        channels_last = {spec.name for spec in layers if spec.channels_last}
         passes = ShrinkingBatch(context.config.relevance_batch(model.preprocessing.input_size, relevance_pixels(context.device)), context.relevance.release)
         loader = context.image_loader(data, range(len(data)), passes.asked)
         stats: dict[str, ClassRelevance] = {}
@@ -83,7 +88,7 @@ class ClassRelevanceStage:
                 else:
                     labels = [mapping[label] for label in labels]
                 targets = torch.tensor(labels, device=context.device)
-                explain = lambda b, e: unit_and_error_relevance(modified, pixels[b:e], targets[b:e], [spec.name for spec in layers], picks, saes)  # noqa: E731
+                explain = lambda b, e: unit_and_error_relevance(modified, pixels[b:e], targets[b:e], [spec.name for spec in layers], picks, saes, channels_last)  # noqa: E731
                 for b, e, (outputs, relevance, error) in passes.parts(len(ids), explain):
                     part_targets, part_ids = targets[b:e], ids[b:e]
                     for spec in layers:

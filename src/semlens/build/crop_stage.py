@@ -79,8 +79,8 @@ class CropStage:
             problem = None if report.supported else report.reason
             if problem is None and spec.sae and not has_decoder(spec.sae):
                 problem = "CRP through a sparse autoencoder needs its decoder (W_dec)"
-            if problem is None and spec.channels_last:
-                problem = "CRP of a layer read channels last is not supported"
+            if problem is None and spec.channels_last and spec.sae:
+                problem = "CRP through a sparse autoencoder on a layer read channels last is not supported"
             if problem is None:
                 return "relevance", report.reason
             if mode == "relevance":
@@ -183,7 +183,7 @@ class CropStage:
                 positions = order[begin:end]
                 channels = (unit_of[positions] % base).to(context.device)
                 signs = torch.where(unit_of[positions] >= base, -1.0, 1.0).to(context.device)
-                explain = lambda b, e: crp_heatmaps(modified, inputs[b:e], spec.name, channels[b:e], signs[b:e], spec.pick, sae)  # noqa: E731
+                explain = lambda b, e: crp_heatmaps(modified, inputs[b:e], spec.name, channels[b:e], signs[b:e], spec.pick, sae, spec.channels_last)  # noqa: E731
                 offset = begin - mine.start
                 for b, e, heat in passes.parts(end - begin, explain):
                     pooled[offset + b : offset + e] = pool_heatmaps(heat.detach().cpu(), context.config.max_map_side)

@@ -244,7 +244,7 @@ class LensAudits:
             raise SemlensError("attribution graphs need unsigned layers (channels or SAE features)")
         unexplained = self.channels_last(chosen)
         if unexplained:
-            raise SemlensError(f"attribution graphs need relevance at each layer, which semlens does not take for layers read channels last: {', '.join(unexplained)}")
+            raise SemlensError(f"attribution graphs are not supported for layers read channels last: {', '.join(unexplained)}")
         index = self.class_index(class_name)
         relevance = self.class_relevance(chosen[-1])
         if relevance is None:

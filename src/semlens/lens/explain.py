@@ -140,13 +140,13 @@ class LensExplain:
             if refused:
                 others = [layer for layer in self.layers if layer not in unexplained]
                 raise SemlensError(
-                    f"explaining needs relevance at the layer, which semlens does not take for layers read channels last: "
+                    f"explanations are not supported for layers read channels last: "
                     f"{', '.join(refused)}; explain {', '.join(others) or 'a Lens with other layers'}"
                 )
             return checked
         chosen = [layer for layer in self.layers if layer not in unexplained and (self.trusted or not self.manifest["layers"][layer]["spec"].get("sae"))]
         if unexplained and not chosen:
-            raise SemlensError(f"explaining needs relevance at a layer, which semlens does not take for layers read channels last: {', '.join(unexplained)}")
+            raise SemlensError(f"explanations are not supported for layers read channels last: {', '.join(unexplained)}")
         if not chosen:
             raise SemlensError(
                 "every layer of this Lens is read through a sparse autoencoder, whose files an untrusted Lens never "

@@ -157,8 +157,8 @@ class Lens(
         return {layer: sorted(set(members)) for layer, members in grouped.items()}
 
     def channels_last(self, layers: list[str]) -> list[str]:
-        """Those of ``layers`` read channels last (maps N,H,W,C: ``LayerSpec.channels_last``), whose relevance
-        semlens does not take: no CRP, class relevance, explanation, graph or projection there."""
+        """Those of ``layers`` read channels last (maps N,H,W,C: ``LayerSpec.channels_last``): they get relevance
+        crops and class relevance, but no explanation, graph or projection."""
         return [layer for layer in layers if self._layer(layer)["spec"].get("channels_last")]
 
     def sae(self, layer: str) -> dict[str, Any] | None:

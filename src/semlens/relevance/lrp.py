@@ -13,7 +13,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator
+from typing import Callable, Collection, Iterator
 
 import torch
 from torch import nn
@@ -178,8 +178,10 @@ def crp_heatmaps(
     signs: torch.Tensor,
     pick: str | None = None,
     sae: SparseAutoencoder | None = None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
-    """CRP heatmaps ``[N, H, W]``: row i explains unit ``channels[i]`` of ``layer`` on ``inputs[i]``.
+    """CRP heatmaps ``[N, H, W]``: row i explains unit ``channels[i]`` of ``layer`` on ``inputs[i]`` (the units
+    on the last dimension of a map N,H,W,C with ``channels_last``).
 
     ``modified`` is the model inside ``RelevanceModel.attributing()``. The backward pass starts at
     ``layer`` from that unit's own activation (times ``signs[i]``, so the negative copy of a signed
@@ -199,7 +201,7 @@ def crp_heatmaps(
             modified(inputs)
     except _Stop:
         pass
-    activation = captured[0]
+    activation = captured[0].movedim(-1, 1) if channels_last else captured[0]
     view = (-1,) + (1,) * (activation.dim() - 1)
     if sae is not None:
         initial = decoded_share(sae, activation, channels) * signs.to(activation.dtype).view(view)
@@ -222,13 +224,15 @@ def unit_relevance(
     layers: list[str],
     picks: dict[str, str | None] | None = None,
     saes: dict[str, SparseAutoencoder | str] | None = None,
+    channels_last: Collection[str] = (),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Relevance ``[N, C]`` of every unit of ``layers`` for the target logits, and the logits ``[N, K]``.
 
     ``modified`` is the model inside ``RelevanceModel.attributing()``; the units of the layers in ``saes``
-    are their SAE features (``semlens.relevance.sae``).
+    are their SAE features (``semlens.relevance.sae``), those of the layers in ``channels_last`` the last
+    dimension of their maps.
     """
-    outputs, relevance, _ = unit_and_error_relevance(modified, inputs, targets, layers, picks, saes)
+    outputs, relevance, _ = unit_and_error_relevance(modified, inputs, targets, layers, picks, saes, channels_last)
     return outputs, relevance
 
 
@@ -239,10 +243,11 @@ def unit_and_error_relevance(
     layers: list[str],
     picks: dict[str, str | None] | None = None,
     saes: dict[str, SparseAutoencoder | str] | None = None,
+    channels_last: Collection[str] = (),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """As ``unit_relevance``, and for the layers in ``saes`` the relevance ``[N]`` of their SAE's error term
     (what the features do not reconstruct): with it, a layer's relevance is conserved (``semlens.relevance.sae``)."""
-    outputs, maps, _, errors = relevance_maps(modified, inputs, targets, layers, picks, saes)
+    outputs, maps, _, errors = relevance_maps(modified, inputs, targets, layers, picks, saes, channels_last)
     return outputs, {name: _per_unit(relevance) for name, relevance in maps.items()}, errors
 
 
@@ -253,12 +258,14 @@ def relevance_maps(
     layers: list[str],
     picks: dict[str, str | None] | None = None,
     saes: dict[str, SparseAutoencoder | str] | None = None,
+    channels_last: Collection[str] = (),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The logits ``[N, K]`` and, per layer, its relevance for the target logits and its unit tensor (in the
-    layer's output shape; SAE features for the layers in ``saes``), before relevance is summed per unit:
-    where within a unit it lies; and for the layers in ``saes`` their error term's relevance ``[N]``."""
+    layer's output shape, channels second for the layers in ``channels_last``; SAE features for the layers in
+    ``saes``), before relevance is summed per unit: where within a unit it lies; and for the layers in
+    ``saes`` their error term's relevance ``[N]``."""
     inputs = inputs.detach().clone().requires_grad_(True)
-    with unit_tensors(modified, layers, picks, saes) as reader, torch.enable_grad():
+    with unit_tensors(modified, layers, picks, saes, channels_last) as reader, torch.enable_grad():
         outputs = modified(inputs)
     units = [reader.units[name] for name in layers]
     grads = torch.autograd.grad(outputs, units, grad_outputs=_one_hot_logit(outputs, targets))

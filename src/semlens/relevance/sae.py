@@ -18,6 +18,7 @@ features' shares of ``x`` travel down.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from collections.abc import Collection
 from typing import Any, Iterator
 
 import torch
@@ -138,18 +139,29 @@ def unit_tensors(
     layers: list[str],
     picks: dict[str, str | None] | None = None,
     saes: dict[str, SparseAutoencoder | str] | None = None,
+    channels_last: Collection[str] = (),
 ) -> Iterator[SaeRelevance]:
     """Hooks that capture, on the next forward pass, each layer's unit tensor: its (picked) output, or for
-    layers in ``saes`` its SAE features (the output then flows on through ``decode(encode(x)) + err``).
-    The first call of a module called twice is kept."""
+    layers in ``saes`` its SAE features (the output then flows on through ``decode(encode(x)) + err``); for
+    the layers in ``channels_last`` (maps N,H,W,C) a view with the channels second, through which the model
+    goes on, so that relevance with respect to it comes per channel as for any map. The first call of a
+    module called twice is kept."""
     picks, reader = picks or {}, SaeRelevance({} if saes is None else saes)
 
     def capture(name: str):
         def hook(_module, _inputs, output):
             if name in reader.saes:
                 return reader.rewrite(name, output) if name not in reader.units else None
-            reader.units.setdefault(name, select_output(output, picks.get(name), name))
-            return None
+            unit = select_output(output, picks.get(name), name)
+            if name not in channels_last:
+                reader.units.setdefault(name, unit)
+                return None
+            if unit is not output:
+                raise LayerError(f"layer {name}: relevance of a layer read channels last needs its whole output, not a picked part")
+            if name in reader.units:
+                return None
+            reader.units[name] = unit.movedim(-1, 1)
+            return reader.units[name].movedim(1, -1)  # the model goes on from the captured view, so relevance reaches it
 
         return hook
 
