@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .rules import stabilize
+
 
 def attention_weights(
     query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool, scale: float | None
@@ -45,8 +47,7 @@ class _HeldWeights(torch.autograd.Function):
     @staticmethod
     def backward(ctx, relevance: torch.Tensor) -> tuple[None, torch.Tensor, None]:
         weights, value, output = ctx.saved_tensors
-        stabilized = output + ctx.epsilon * (output >= 0).to(output.dtype).mul_(2).sub_(1)
-        shares = weights.transpose(-2, -1) @ (relevance / stabilized)
+        shares = weights.transpose(-2, -1) @ (relevance / stabilize(output, ctx.epsilon))
         return None, (value * shares).sum_to_size(value.shape), None
 
 
@@ -68,7 +69,7 @@ def held_attention(
         key, value = key.repeat_interleave(repeat, dim=-3), value.repeat_interleave(repeat, dim=-3)
     with torch.no_grad():
         weights = attention_weights(query, key, attn_mask, is_causal, scale)
-    return _HeldWeights.apply(weights, value, epsilon)
+    return held_weights_product(weights, value, epsilon)
 
 
 def held_weights_product(weights: torch.Tensor, values: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:

@@ -250,21 +250,24 @@ def _computed_operands(node: fx.Node, computed: set[fx.Node]) -> list[fx.Node]:
     return [arg for arg in node.args if isinstance(arg, fx.Node) and arg in computed]
 
 
-def _gate_source(node: fx.Node, root: nn.Module) -> fx.Node | None:
-    """The sigmoid (function or module) whose output ``node`` is, through reshapes; None if it is none."""
+def _source(
+    node: fx.Node, root: nn.Module, functions: set[str], modules: set[str], through: tuple[type, ...] = ()
+) -> fx.Node | None:
+    """The call of one of ``functions`` (or its in-place form), or of a module whose class is named in ``modules``,
+    whose output ``node`` is, through reshapes and modules of the types ``through``; None if it is none. A
+    gate's sigmoid (``GATE_FUNCTIONS``, ``GATE_MODULES``), attention's softmax (``WEIGHT_*``, through dropouts)."""
     while True:
         name = _op_name(node)
-        if node.op == "call_module" and type(root.get_submodule(node.target)).__name__ in GATE_MODULES:
+        module = root.get_submodule(node.target) if node.op == "call_module" else None
+        if type(module).__name__ in modules or (name is not None and name.rstrip("_") in functions):
             return node
-        if name is not None and name.rstrip("_") in GATE_FUNCTIONS:
-            return node
-        if name not in RESHAPES or not node.args or not isinstance(node.args[0], fx.Node):
+        if not node.args or not isinstance(node.args[0], fx.Node) or not (name in RESHAPES or isinstance(module, through)):
             return None
         node = node.args[0]
 
 
 def _gated_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) -> dict[fx.Node, tuple[fx.Node, fx.Node | None, bool]]:
-    """Each product ``a * b`` of two computed tensors exactly one of which is a gate (``_gate_source``), and each
+    """Each product ``a * b`` of two computed tensors exactly one of which is a gate (a sigmoid's output: ``_source``), and each
     scaling of a computed tensor by a constant (``x * c``, ``c * x``, ``x / c``: a layer scale, attention's
     scale): ``{node: (signal, the gate's sigmoid or None, whether it divides)}``. In-place ones are left out."""
     gated = {}
@@ -276,33 +279,21 @@ def _gated_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) ->
         if len(operands) == 1 and (name == "mul" or node.args[0] is operands[0]):
             gated[node] = (operands[0], None, name != "mul")
         elif len(operands) == 2 and name == "mul":
-            sources = [_gate_source(operand, root) for operand in node.args]
+            sources = [_source(operand, root, GATE_FUNCTIONS, GATE_MODULES) for operand in node.args]
             if (sources[0] is None) != (sources[1] is None):
                 signal = node.args[0] if sources[0] is None else node.args[1]
                 gated[node] = (signal, sources[0] or sources[1], False)
     return gated
 
 
-def _weights_source(node: fx.Node, root: nn.Module) -> fx.Node | None:
-    """The softmax (function or module) whose output ``node`` is, through reshapes and dropouts; None if none."""
-    while True:
-        name = _op_name(node)
-        module = root.get_submodule(node.target) if node.op == "call_module" else None
-        if type(module).__name__ in WEIGHT_MODULES or (name is not None and name in WEIGHT_FUNCTIONS):
-            return node
-        if not node.args or not isinstance(node.args[0], fx.Node) or not (name in RESHAPES or isinstance(module, nn.Dropout)):
-            return None
-        node = node.args[0]
-
-
 def _held_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) -> dict[fx.Node, fx.Node]:
-    """Each ``weights @ values`` of attention written out, the weights a softmax's (``_weights_source``), the
+    """Each ``weights @ values`` of attention written out, the weights a softmax's (``_source``), the
     values not: ``{product: the softmax}``."""
     held = {}
     for node in graph.nodes:
         if _op_name(node) != "matmul" or node.kwargs or len(node.args) != 2 or len(_computed_operands(node, computed)) != 2:
             continue
-        weights, values = (_weights_source(operand, root) for operand in node.args)
+        weights, values = (_source(operand, root, WEIGHT_FUNCTIONS, WEIGHT_MODULES, (nn.Dropout,)) for operand in node.args)
         if weights is not None and values is None:
             held[node] = weights
     return held

@@ -91,7 +91,7 @@ class LeanNorm(_Direct, Norm):
         input = self.stored_tensors["input"][0].detach()
         if isinstance(module, Sum):  # its gradient repeats the relevance ratio along the summed dimension
             summands = input.unbind(module.dim)
-            ratio = grad_output[0] / _stabilize(reduce(torch.add, summands), self.stabilizer)
+            ratio = grad_output[0] / stabilize(reduce(torch.add, summands), self.stabilizer)
             relevance = ratio.new_empty((len(summands), *ratio.shape))
             for summand, share in zip(summands, relevance):
                 torch.mul(summand, ratio, out=share)
@@ -99,12 +99,12 @@ class LeanNorm(_Direct, Norm):
         input.requires_grad_()
         with torch.enable_grad():
             output = module.forward(input)
-        ratio = grad_output[0] / _stabilize(output, self.stabilizer)
+        ratio = grad_output[0] / stabilize(output, self.stabilizer)
         (gradient,) = torch.autograd.grad(output, input, grad_outputs=ratio, create_graph=ratio.requires_grad)
         return (input * gradient,)
 
 
-def _stabilize(output: torch.Tensor, epsilon: float) -> torch.Tensor:
+def stabilize(output: torch.Tensor, epsilon: float) -> torch.Tensor:
     """zennit's stabilizer, bit for bit (``output`` plus ε with the sign of each entry, zero counted
     positive), in three fast operations instead of its six."""
     return torch.add(output, output.detach().sign().add_(0.5).sign_(), alpha=epsilon)
@@ -207,7 +207,7 @@ class HeldScaleLayerNorm(_Direct, Epsilon):
                 for dim, size in zip(dims, module.normalized_shape):
                     shape[dim] = size
                 output = output * module.weight.reshape(shape) + (0 if module.bias is None else module.bias.reshape(shape))
-        ratio = grad_output[0] / _stabilize(output, self.epsilon)
+        ratio = grad_output[0] / stabilize(output, self.epsilon)
         (gradient,) = torch.autograd.grad(output, input, grad_outputs=ratio, create_graph=ratio.requires_grad)
         return (input * gradient,)
 
