@@ -2,7 +2,8 @@
 # The GPU figures of the README ("Measured on a GPU"), on one CUDA machine with semlens installed: the
 # collection pass (collect), CRP heatmaps in float32 proper against TF32 (crops), measures (measures),
 # the foundation model's precisions (embedding), a whole build of a random ResNet-50 into a random
-# open_clip ViT-B-32 (build), a random timm ViT-S/16 under study (vit), a build on 4.2 GiB of the card
+# open_clip ViT-B-32 (build), a random timm ViT-S/16 under study (vit), a random MobileNetV3-Large
+# (Hardswish, linear bottlenecks: the signed z+ rule; mobile), a build on 4.2 GiB of the card
 # whose relevance passes must halve instead of failing (small-gpu), and the demo (demo); micro names the
 # first three. Run from the repository root:
 #
@@ -11,9 +12,9 @@
 # Each step's output goes to OUT_DIR/<step>.log as well as to the terminal; the build's and the demo's
 # stage times and crop modes are read from their Lenses' manifest.json.
 set -uo pipefail
-out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build vit small-gpu demo micro]}
+out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build vit mobile small-gpu demo micro]}
 shift
-parts=" ${*:-micro embedding build vit small-gpu demo} "
+parts=" ${*:-micro embedding build vit mobile small-gpu demo} "
 [[ $parts == *" micro "* ]] && parts+=" collect crops measures "
 mkdir -p "$out"
 export PYTHONPATH="$PWD/tests/support${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SEMLENS_CACHE="$out/cache"
@@ -73,6 +74,12 @@ if [[ $parts == *" vit "* ]]; then
   step vit python3 -m semlens.cli run --model timm:vit_small_patch16_224:none --layer blocks.5 --layer blocks.11:token=0 \
     --data world::2000:probe --foundation open_clip:ViT-B-32:none -k 10 --out "$out/vit.lens" --overwrite --no-progress
   stages "$out/vit.lens" | tee -a "$out/vit.log"
+fi
+
+if [[ $parts == *" mobile "* ]]; then
+  step mobile python3 -m semlens.cli run --model timm:mobilenetv3_large_100:none --layer blocks.4 --layer blocks.6 \
+    --data world::2000:probe --foundation open_clip:ViT-B-32:none -k 10 --out "$out/mobile.lens" --overwrite --no-progress
+  stages "$out/mobile.lens" | tee -a "$out/mobile.log"
 fi
 
 if [[ $parts == *" small-gpu "* ]]; then  # a 4.2 GiB share of the card: relevance passes must halve, not fail

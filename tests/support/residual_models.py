@@ -143,6 +143,24 @@ class HardSqueezeExciteBlock(SqueezeExciteBlock):
         super().__init__(nn.Hardsigmoid)
 
 
+class InvertedResidualBlock(nn.Module):
+    """MobileNetV2/V3's block as hand-written nets have it: expand, SiLU, depthwise, SiLU, a squeeze-and-
+    excitation branch written as one ``Sequential`` ending in its sigmoid, a linear projection (no
+    activation: its outputs, and the next block's inputs, carry both signs), the residual sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        hidden = 2 * WIDTH
+        self.expand = nn.Sequential(nn.Conv2d(WIDTH, hidden, 1), nn.BatchNorm2d(hidden), nn.SiLU())
+        self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden), nn.BatchNorm2d(hidden), nn.SiLU())
+        self.excite = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(hidden, 3, 1), nn.ReLU(), nn.Conv2d(3, hidden, 1), nn.Sigmoid())
+        self.project = nn.Sequential(nn.Conv2d(hidden, WIDTH, 1), nn.BatchNorm2d(WIDTH))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.depthwise(self.expand(x))
+        return x + self.project(hidden * self.excite(hidden))
+
+
 class ProductBlock(nn.Module):
     """``x * conv(x)``: a product of two computed tensors, neither a gate, which no LRP rule here explains."""
 
@@ -234,6 +252,10 @@ class GatedCNN(ResidualCNN):
 
 class SqueezeExciteCNN(ResidualCNN):
     blocks_of = (SqueezeExciteBlock, HardSqueezeExciteBlock, GatedBlock)
+
+
+class MobileCNN(ResidualCNN):
+    blocks_of = (InvertedResidualBlock, InvertedResidualBlock, InvertedResidualBlock)
 
 
 class ProductCNN(ResidualCNN):

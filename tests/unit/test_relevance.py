@@ -146,6 +146,7 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "mobilenet_v2-fx": (mobilenet_v2, 32),
     "custom-residual-fx": (residual_models.ResidualCNN, 16),
     "squeeze-excitation-gates": (residual_models.SqueezeExciteCNN, 16),
+    "inverted-residuals-signed": (residual_models.MobileCNN, 16),
     "vit-held-attention": (tiny_vit, 32),
     "convnext-layer-norm": (tiny_convnext, 32),
 }
@@ -403,6 +404,30 @@ def test_gated_blocks_are_rewritten_and_their_gate_branches_get_no_relevance() -
     assert reached == [0.0]  # the relevance that reaches the gate's branch
 
 
+def test_linear_bottlenecks_lose_relevance_under_zplus_and_keep_it_under_the_signed_rule() -> None:
+    """The family above conserves relevance because convolutions whose inputs carry both signs get the
+    signed rule: with zennit's z⁺ on every convolution instead, the same model loses some; and its gates,
+    a ``Sequential`` ending in a sigmoid, are found."""
+    from zennit.rules import ZPlus
+    from zennit.types import Convolution
+
+    model = without_shifts(residual_models.MobileCNN())
+    inputs = torch.rand(4, 3, 16, 16)
+    traced = trace_residuals(model, lambda _: False)
+    assert not traced.unsupported and [type(gate).__name__ for gate in traced.gates] == ["Sigmoid"] * 3
+    with torch.no_grad():
+        logits = model(inputs)
+    targets = logits.argmax(dim=1)
+    explained = logits[torch.arange(4), targets]
+    signed = RelevanceModel(model, inputs[:2])
+    ratio = signed.input_relevance(inputs, one_hot_logit(targets)).flatten(1).sum(dim=1) / explained
+    torch.testing.assert_close(ratio, torch.ones(4), atol=1e-3, rtol=0)
+    zplus = RelevanceModel(model, inputs[:2])
+    zplus.composite.layer_map = [(types, ZPlus() if types is Convolution else hook) for types, hook in zplus.composite.layer_map]
+    ratio = zplus.input_relevance(inputs, one_hot_logit(targets)).flatten(1).sum(dim=1) / explained
+    assert float((ratio - 1).abs().max()) > 0.01
+
+
 def test_torchvisions_squeeze_excitation_gates_are_found() -> None:
     from torchvision.models import mobilenet_v3_small
 
@@ -577,10 +602,15 @@ def test_merging_a_batch_norm_leaves_the_model_function_unchanged() -> None:
 
 
 def crp_net() -> nn.Sequential:
+    """conv2's bias is positive, so each of its outputs has a positive part and z⁺ is its rule (without it, an
+    output with only negative contributions would give the layer the signed rule: ``test_relevance_rules.py``)."""
     torch.manual_seed(0)
-    return nn.Sequential(
+    net = nn.Sequential(
         OrderedDict(conv1=nn.Conv2d(3, 4, 3, padding=1), relu1=nn.ReLU(), conv2=nn.Conv2d(4, 3, 1), relu2=nn.ReLU())
     ).eval()
+    with torch.no_grad():
+        net.conv2.bias.abs_()
+    return net
 
 
 def reference_crp(

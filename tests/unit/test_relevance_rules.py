@@ -1,9 +1,10 @@
 """The lean rules (``semlens/relevance/rules.py``) give zennit's ``EpsilonPlusFlat`` relevance.
 
 Each model is explained twice, once with semlens' composite and once with zennit's (with the same
-canonizers, but zennit's own for ResNet blocks), and the heatmaps must agree to float rounding: on a
-ReLU CNN (every convolution after the first sees non-negative inputs, so ZPlus takes its one-branch
-path), on models where convolutions see negative inputs (the two-branch path: a convolution after a
+canonizers, but zennit's own for ResNet blocks, and ZPlus or ``SignedZPlus`` as plain zennit hooks for
+convolutions: ``TwinConvolutionRule``), and the heatmaps must agree to float rounding: on a ReLU CNN (every convolution after the first
+sees non-negative inputs, so LeanZPlus takes its one-branch path), on models where convolutions see
+negative inputs (the signed rule's path: a convolution after a
 batch norm without ReLU, and the custom residual CNN whose concatenation feeds a convolution a residual
 branch's raw output), on ResNets (basic blocks and bottlenecks) and on EfficientNet-Lite0 (convolutions
 with their own padding forward, depthwise convolutions). Then each rule alone, on each of its paths.
@@ -21,13 +22,14 @@ from torchvision.models import resnet18
 from torchvision.models.resnet import Bottleneck, ResNet
 from zennit.composites import EpsilonPlusFlat
 from zennit.layer import Sum
-from zennit.rules import Flat, Norm, ZPlus
+from zennit.rules import ClampMod, Flat, Norm, ZPlus
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+from zennit.types import Convolution
 
 from semlens.model.units import resolve_module
 from semlens.relevance.canonizers import ResNetResidualCanonizer
 from semlens.relevance.lrp import RelevanceModel, crp_heatmaps
-from semlens.relevance.rules import LeanFlat, LeanNorm, LeanZPlus
+from semlens.relevance.rules import LeanFlat, LeanNorm, LeanZPlus, SignedZPlus
 
 TOLERANCE = 1e-5
 
@@ -90,15 +92,32 @@ def explain(relevance: RelevanceModel, inputs: torch.Tensor, layer: str) -> torc
         return crp_heatmaps(modified, inputs, layer, channels, signs)
 
 
+class TwinConvolutionRule(SignedZPlus):
+    """LeanZPlus's rule from zennit's own hook and the plain ``SignedZPlus``: ZPlus on a non-negative input
+    where no output that carries relevance lacks a positive part, SignedZPlus elsewhere."""
+
+    def backward(self, module, grad_input, grad_output):
+        inputs = self.stored_tensors["input"][0]
+        if bool(inputs.min() >= 0):
+            with torch.no_grad(), ClampMod(min=0.0)(module) as positive:
+                lost = bool(((positive.forward(inputs) == 0) & (grad_output[0] != 0)).any())
+            if not lost:
+                zplus = ZPlus(stabilizer=self.stabilizer)
+                zplus.stored_tensors["input"] = self.stored_tensors["input"]
+                return zplus.backward(module, grad_input, grad_output)
+        return super().backward(module, grad_input, grad_output)
+
+
 def zennit_twin(relevance: RelevanceModel) -> RelevanceModel:
     """The same model under zennit's own ``EpsilonPlusFlat``, with the same canonizers except zennit's own
-    for ResNet blocks (which stack the summands on a last axis)."""
+    for ResNet blocks (which stack the summands on a last axis), and ``TwinConvolutionRule`` for convolutions."""
     twin = RelevanceModel(relevance.model, relevance.example, relevance.epsilon)
     canonizers = []
     for canonizer in relevance.composite.canonizers:
         resnet = isinstance(canonizer, ResNetResidualCanonizer)
         canonizers += [ResNetBasicBlockCanonizer(), ResNetBottleneckCanonizer()] if resnet else [canonizer]
-    twin.composite = EpsilonPlusFlat(epsilon=relevance.epsilon, canonizers=canonizers)
+    signed = [(Convolution, TwinConvolutionRule(stabilizer=relevance.epsilon))]
+    twin.composite = EpsilonPlusFlat(epsilon=relevance.epsilon, canonizers=canonizers, layer_map=signed)
     return twin
 
 
@@ -154,27 +173,65 @@ def sparse(grad: torch.Tensor, channels: list[int]) -> torch.Tensor:
     return kept
 
 
-@pytest.mark.parametrize("inputs", ["non-negative", "mixed"])
+@pytest.mark.parametrize("inputs", ["non-negative", "mixed", "non-negative, an output without positive part"])
 @pytest.mark.parametrize("relevance", ["dense", "two channels", "none"])
 @pytest.mark.parametrize("layer", ["conv", "same-padded conv"])
-def test_lean_zplus_is_zplus_on_each_path(inputs: str, relevance: str, layer: str) -> None:
+def test_lean_zplus_on_each_path(inputs: str, relevance: str, layer: str) -> None:
+    """LeanZPlus is zennit's ZPlus on a non-negative input, and SignedZPlus on an input with negative
+    entries or where an output that carries relevance holds no positive contribution (z⁺ would lose it)."""
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, 3, padding=1) if layer == "conv" else SamePaddedConv(4, 6, 4)
-    x = torch.rand(2, 4, 8, 8) if inputs == "non-negative" else torch.randn(2, 4, 8, 8)
+    x = torch.randn(2, 4, 8, 8) if inputs == "mixed" else torch.rand(2, 4, 8, 8)
+    if "without" in inputs:
+        with torch.no_grad():
+            conv.weight[1] = -conv.weight[1].abs()  # channel 1: negative weights on a non-negative input
+            conv.bias[1] = -0.1
     grad = {"dense": lambda g: g, "two channels": lambda g: sparse(g, [1, 4]), "none": torch.zeros_like}[relevance](
         torch.rand(2, 6, 8, 8)
     )
-    lean, reference = rule_relevance(LeanZPlus(), conv, x, grad), rule_relevance(ZPlus(), conv, x, grad)
-    assert torch.equal(lean, torch.zeros_like(lean)) if relevance == "none" else gap(lean, reference) < TOLERANCE
+    lean = rule_relevance(LeanZPlus(), conv, x, grad)
+    if relevance == "none":
+        assert torch.equal(lean, torch.zeros_like(lean))
+        return
+    expected = ZPlus() if inputs == "non-negative" else SignedZPlus()
+    assert gap(lean, rule_relevance(expected, conv, x, grad)) < TOLERANCE
+    if inputs != "non-negative":  # the two rules differ there: the comparison above tells them apart
+        assert gap(rule_relevance(ZPlus(), conv, x, grad), rule_relevance(SignedZPlus(), conv, x, grad)) > 0.01
 
 
 def test_one_branch_alone_would_lose_the_negative_inputs_share() -> None:
     """What LeanZPlus must not do on an input with negatives: the one-branch path (as on the input's
-    positive part) differs from ZPlus, so the tests above see it if it were taken."""
+    positive part) differs from the signed rule, so the tests above see it if it were taken."""
     torch.manual_seed(0)
     conv, x, grad = nn.Conv2d(4, 6, 3, padding=1), torch.randn(2, 4, 8, 8), torch.rand(2, 6, 8, 8)
     one_branch = rule_relevance(LeanZPlus(), conv, x.clamp(min=0), grad)
-    assert gap(one_branch, rule_relevance(ZPlus(), conv, x, grad)) > 0.1
+    assert gap(one_branch, rule_relevance(SignedZPlus(), conv, x, grad)) > 0.1
+
+
+def test_signed_rule_known_answers() -> None:
+    """Two inputs of one, weights (2, -1) and (1, -2), no bias: the first output (1) owes its relevance to
+    the first input, the positive contribution; the second (-1) to the second input, the negative one,
+    where z⁺ hands it to the first input too."""
+    conv = nn.Conv2d(2, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[2.0, -1.0], [1.0, -2.0]]).view(2, 2, 1, 1))
+    x = torch.ones(1, 2, 1, 1)
+    first, second = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1), torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)
+    assert torch.allclose(rule_relevance(SignedZPlus(), conv, x, first).flatten(), torch.tensor([1.0, 0.0]), atol=1e-5)
+    assert torch.allclose(rule_relevance(SignedZPlus(), conv, x, second).flatten(), torch.tensor([0.0, 1.0]), atol=1e-5)
+    assert torch.allclose(rule_relevance(ZPlus(), conv, x, second).flatten(), torch.tensor([1.0, 0.0]), atol=1e-5)
+
+
+def test_signed_rule_conserves_where_zplus_loses() -> None:
+    """A bias-free depthwise convolution on signed inputs, relevance at every output: some outputs hold no
+    positive contribution, so z⁺ loses their relevance; the signed rule keeps all of it."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+    x = torch.randn(4, 8, 6, 6)
+    grad = torch.rand(4, 8, 6, 6)
+    total = float(grad.sum())
+    assert abs(float(rule_relevance(LeanZPlus(), conv, x, grad).sum()) / total - 1) < 1e-4
+    assert float(rule_relevance(ZPlus(), conv, x, grad).sum()) / total < 0.999
 
 
 @pytest.mark.parametrize(

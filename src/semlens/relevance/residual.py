@@ -151,7 +151,7 @@ def _rewrite(graph: fx.Graph, root: nn.Module, where: str, prefix: str, result: 
     problems = [f"{where}: {problem}" for problem in _unsupported_ops(graph, computed, gated, weights_only)]
     result.unsupported += [problem for problem in problems if problem not in result.unsupported]
     sources = [gate for _, gate, _ in gated.values()] + list(held.values())
-    result.gates += [root.get_submodule(node.target) for node in sources if node is not None and node.op == "call_module"]
+    result.gates += [_computing(root.get_submodule(node.target)) for node in sources if node is not None and node.op == "call_module"]
     sums = _replace_adds(graph, computed, prefix)
     _replace_gated_products(graph, gated)
     _replace_held_products(graph, held)
@@ -258,12 +258,20 @@ def _source(
     gate's sigmoid (``GATE_FUNCTIONS``, ``GATE_MODULES``), attention's softmax (``WEIGHT_*``, through dropouts)."""
     while True:
         name = _op_name(node)
-        module = root.get_submodule(node.target) if node.op == "call_module" else None
+        module = _computing(root.get_submodule(node.target)) if node.op == "call_module" else None
         if type(module).__name__ in modules or (name is not None and name.rstrip("_") in functions):
             return node
         if not node.args or not isinstance(node.args[0], fx.Node) or not (name in RESHAPES or isinstance(module, through)):
             return None
         node = node.args[0]
+
+
+def _computing(module: nn.Module) -> nn.Module:
+    """The module that computes ``module``'s output: a ``Sequential``'s last, at any depth (a
+    squeeze-and-excitation branch written as one, ending in its sigmoid), else ``module`` itself."""
+    while isinstance(module, nn.Sequential) and len(module):
+        module = module[-1]
+    return module
 
 
 def _gated_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) -> dict[fx.Node, tuple[fx.Node, fx.Node | None, bool]]:

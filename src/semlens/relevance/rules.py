@@ -1,4 +1,5 @@
-"""zennit's εz⁺♭ composite (``EpsilonPlusFlat``) with rules that give the same relevance for less work.
+"""zennit's εz⁺♭ composite (``EpsilonPlusFlat``) with rules that give the same relevance for less work,
+and the signed z⁺ rule where z⁺ does not fit (inputs with negative entries).
 
 zennit computes a layer's relevance in a hook that runs *after* autograd has computed the layer's
 own input gradient, which the hook then throws away (a convolution's vector-Jacobian product, a
@@ -8,7 +9,9 @@ where the result is provably the same: ``ZPlus`` skips its negative branch when 
 has no negative entry (every layer after a ReLU: that branch's input is zero, and so is its share)
 and computes only the output channels that carry relevance (below a CRP layer, the masked units);
 ``Flat`` runs on one channel; ``Norm`` skips zennit's copy of its input. The relevance is zennit's up
-to float rounding and the sign of zeros (``tests/unit/test_relevance_rules.py``).
+to float rounding and the sign of zeros (``tests/unit/test_relevance_rules.py``), except at a
+convolution whose input has negative entries, or where z⁺ would lose relevance, which gets
+``SignedZPlus`` (z⁺ loses relevance there: ``benchmarks/lrp_rules.py`` measures it).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 from zennit.canonizers import Canonizer
 from zennit.composites import SpecialFirstLayerMapComposite
-from zennit.core import Hook
+from zennit.core import BasicHook, Hook
 from zennit.layer import Sum
 from zennit.rules import ClampMod, Epsilon, Flat, Norm, Pass, ZPlus
 from zennit.types import Activation, AvgPool, BatchNorm, Convolution
@@ -146,9 +149,48 @@ class LeanFlat(_Direct, Flat):
         return (relevance.expand_as(input),)
 
 
+class SignedZPlus(BasicHook):
+    """z⁺ at a non-negative output, its mirror z⁻ at a negative one (the limit of the generalised γ rule).
+
+    z⁺ gives an output's relevance to its positive contributions (a positive weight on a positive input,
+    a negative weight on a negative one). In a ReLU network relevance only reaches outputs a ReLU let
+    through, which hold a positive contribution; with SiLU or linear bottlenecks it reaches negative
+    outputs too, which may hold none, and z⁺ loses it. Here a negative output gives its relevance to its
+    negative contributions instead, which it always holds (the bias counted as one), so relevance is
+    conserved whatever the signs."""
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = stabilizer
+        positive, negative = ClampMod(min=0.0), ClampMod(max=0.0)
+        positive_weights = ClampMod(min=0.0, zero_params=["bias"])
+        negative_weights = ClampMod(max=0.0, zero_params=["bias"])
+        super().__init__(
+            input_modifiers=[lambda x: x.clamp(min=0), lambda x: x.clamp(max=0)] * 2,
+            param_modifiers=[positive, negative_weights, negative, positive_weights],
+            output_modifiers=[lambda output: output] * 4,
+            gradient_mapper=self._shares,
+            reducer=lambda inputs, gradients: sum(x * g for x, g in zip(inputs, gradients)),
+        )
+
+    def copy(self) -> SignedZPlus:
+        return type(self)(self.stabilizer)
+
+    def _shares(self, grad: torch.Tensor, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each output's relevance over its positive part (z⁺, the first two branches) where the output (the
+        four parts' sum) is non-negative, else over its negative part (z⁻, the last two)."""
+        rising, falling = outputs[0] + outputs[1], outputs[2] + outputs[3]
+        positive = rising + falling >= 0
+        up = torch.where(positive, grad, 0) / stabilize(rising, self.stabilizer)
+        down = torch.where(positive, 0, grad) / stabilize(falling, self.stabilizer)
+        return [up, up, down, down]
+
+
 class LeanZPlus(_Direct, ZPlus):
-    """zennit's ``ZPlus`` without the discarded gradient, with one branch where the input is non-negative,
-    and, for a convolution, only over the output channels that carry relevance.
+    """zennit's ``ZPlus`` for a layer whose input is non-negative (every convolution of a ReLU network but
+    the first), without the discarded gradient, on one branch, and, for a convolution, only over the
+    output channels that carry relevance; ``SignedZPlus`` for a layer whose input has negative entries
+    (SiLU, Hardswish, linear bottlenecks), or where z⁺ would lose relevance: an output that carries
+    some but holds no positive contribution to take it.
 
     With a non-negative input, ``z = W⁺x + b⁺ ≥ 0``, so zennit's stabilizer (ε with the sign of each
     entry, zero counted positive) is ``z + ε``. An output channel without relevance anywhere in the
@@ -160,6 +202,7 @@ class LeanZPlus(_Direct, ZPlus):
         super().__init__(stabilizer=stabilizer)
         self.stabilizer = stabilizer
         self.positive = ClampMod(min=0.0)
+        self.signed = SignedZPlus(stabilizer)
 
     def copy(self) -> LeanZPlus:
         return LeanZPlus(self.stabilizer)
@@ -167,7 +210,7 @@ class LeanZPlus(_Direct, ZPlus):
     def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple[torch.Tensor | None, ...]:
         input = self.stored_tensors["input"][0]
         if bool(input.min() < 0):
-            return super().backward(module, grad_input, grad_output)
+            return self._signed(module, grad_input, grad_output)
         input, grad = input.detach().requires_grad_(), grad_output[0]
         with self.positive(module) as positive, torch.enable_grad():
             channels = _active_channels(module, grad)
@@ -176,10 +219,32 @@ class LeanZPlus(_Direct, ZPlus):
             else:
                 bias = None if positive.bias is None else positive.bias[channels]
                 output, grad = module._conv_forward(input, positive.weight[channels], bias), grad[:, channels]
+        if self._loses_relevance(module, input.detach(), output.detach(), grad, channels):
+            return self._signed(module, grad_input, grad_output)
         (gradient,) = torch.autograd.grad(
             output, input, grad_outputs=grad / (output + self.stabilizer), create_graph=grad.requires_grad
         )
         return (input * gradient,)
+
+    def _loses_relevance(
+        self, module: nn.Module, input: torch.Tensor, positive: torch.Tensor, grad: torch.Tensor, channels: torch.Tensor | None
+    ) -> bool:
+        """Whether an output that carries relevance has no positive part (``positive``: W⁺x + b⁺) but a
+        negative input contribution, whose share z⁺ would drop (the signed rule hands it to them). An
+        output that the bias alone makes negative has none: its relevance is the bias's under both rules."""
+        lost = torch.logical_and(positive == 0, grad != 0)
+        if not bool(lost.any()):
+            return False
+        with torch.no_grad(), ClampMod(max=0.0, zero_params=["bias"])(module) as negative:
+            below = negative.forward(input) if channels is None else module._conv_forward(input, negative.weight[channels], None)
+        return bool(torch.logical_and(lost, below < 0).any())
+
+    def _signed(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple[torch.Tensor | None, ...]:
+        self.signed.stored_tensors["input"] = self.stored_tensors["input"]
+        try:
+            return self.signed.backward(module, grad_input, grad_output)
+        finally:
+            self.signed.stored_tensors.clear()
 
 
 class HeldScaleLayerNorm(_Direct, Epsilon):

@@ -50,8 +50,9 @@ def without_artifact_correlations(config: WorldConfig) -> WorldConfig:
     return replace(config, correlations=kept, source=f"{config.source} without artefact correlations")
 
 
-def train_world_cnn(config: WorldConfig, progress: bool = True) -> WorldCNN:
-    """Train on the world's ``train`` split, seeded by the config (deterministic on one machine)."""
+def train_world_cnn(config: WorldConfig, progress: bool = True, model: nn.Module | None = None) -> nn.Module:
+    """Train on the world's ``train`` split, seeded by the config (deterministic on one machine): the
+    world's CNN, or ``model`` (another architecture, for benchmarks) with the same data and schedule."""
     torch.manual_seed(config.seed)
     preprocessing = world_preprocessing(config)
     count = TRAINING["images"]
@@ -63,7 +64,7 @@ def train_world_cnn(config: WorldConfig, progress: bool = True) -> WorldCNN:
             labels.append(sample.label)
             advance(1)
     pixels, labels = torch.stack(pixels), torch.tensor(labels)
-    model = WorldCNN(len(config.classes))
+    model = WorldCNN(len(config.classes)) if model is None else model
     optimiser = torch.optim.Adam(model.parameters(), lr=TRAINING["learning_rate"])
     generator = torch.Generator().manual_seed(config.seed)
     batches = -(-count // TRAINING["batch_size"])
