@@ -199,6 +199,20 @@ def test_lean_zplus_on_each_path(inputs: str, relevance: str, layer: str) -> Non
         assert gap(rule_relevance(ZPlus(), conv, x, grad), rule_relevance(SignedZPlus(), conv, x, grad)) > 0.01
 
 
+def test_an_output_the_bias_alone_makes_negative_keeps_zplus() -> None:
+    """Where every input in an output's field is zero, a negative bias alone makes it: no input contribution
+    of either sign, so z⁺ drops only the bias's share, as the signed rule does, and the layer keeps z⁺."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    with torch.no_grad():
+        conv.bias.copy_(-conv.bias.abs() - 0.1)
+    x = torch.rand(2, 4, 8, 8)
+    x[:, :, :4] = 0  # the top half's outputs see no input at all
+    grad = torch.rand(2, 6, 8, 8)
+    lean = rule_relevance(LeanZPlus(), conv, x, grad)
+    assert gap(lean, rule_relevance(ZPlus(), conv, x, grad)) < TOLERANCE
+
+
 def test_one_branch_alone_would_lose_the_negative_inputs_share() -> None:
     """What LeanZPlus must not do on an input with negatives: the one-branch path (as on the input's
     positive part) differs from the signed rule, so the tests above see it if it were taken."""
