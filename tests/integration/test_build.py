@@ -11,6 +11,7 @@ import semlens.build.embed_stage as embed_stage_module
 from semlens import BuildConfig, LayerSpec, Lens, build_lens, collect_topk, load_data, load_model
 from semlens._util.errors import SemlensError, StaleLensError
 from semlens.lens.store import layer_file
+from semlens.relevance.lrp import RelevanceModel, unit_relevance
 
 LAYERS = ["features.0", "features.3:pool=max", "head:signed=true"]
 
@@ -262,12 +263,24 @@ def test_a_layer_read_channels_last_gets_its_channels_as_units_and_their_relevan
         expected = sorted(range(len(data)), key=lambda i: (-scores[i, unit].item(), i))[:5]
         assert lens.samples("mlp.1")[unit].tolist() == expected, unit
     # LRP supports the model: both layers get relevance crops and class relevance (test_relevance checks the
-    # channels-last layer's against known answers); explanations and graphs still refuse it
+    # channels-last layer's against known answers); attribution graphs still refuse it
     assert {lens.manifest["layers"][layer]["crop"]["mode"] for layer in ("conv.0", "mlp.1")} == {"relevance"}
     assert lens.class_relevance("conv.0") is not None and lens.class_relevance("mlp.1") is not None
     assert "mlp.1" not in lens.manifest["relevance"].get("left_out", {})
     with pytest.raises(SemlensError, match="channels last: mlp.1"):
         lens.attribution_graph("red", ["conv.0", "mlp.1"])
     assert lens.pruning_effect(["mlp.1/2"], data)["pruned"] == {"mlp.1": [2]}  # switched off on its last dimension (test_units)
-    with pytest.raises(SemlensError, match="channels last: mlp.1; explain conv.0"):
-        lens.explain(0, layers=["mlp.1"])
+    # an explanation reads the layer's channels along its last dimension: each unit's relevance on the image
+    # is the one LRP gives through the channels-second view, and its heatmap is CRP through that channel
+    (layer,) = lens.explain(0, layers=["mlp.1"], top=3).layers
+    units = [unit for group in layer.groups for unit in group.units] + layer.against
+    inputs = model.preprocessing(data.load(0))[None]
+    relevance = RelevanceModel(model.module, inputs)
+    with relevance.attributing() as modified:
+        target = modified(inputs).argmax(dim=1)
+        _, expected = unit_relevance(modified, inputs, target, ["mlp.1"], channels_last={"mlp.1"})
+    assert len(units) >= 3 and len({unit.unit for unit in units}) == len(units)
+    shares = expected["mlp.1"][0] / expected["mlp.1"][0].abs().sum()  # of the layer's summed absolute relevance
+    for unit in units:
+        assert unit.share == pytest.approx(float(shares[int(unit.unit.split("/")[1])]), rel=1e-4, abs=1e-6)
+        assert unit.heatmap.shape == inputs.shape[-2:] and bool(unit.heatmap.isfinite().all())

@@ -111,7 +111,7 @@ class LensExplain:
         rows = channel_units(relevance, result.negative[layer], self.manifest["layers"][layer]["unit_names"] == "signed")
         valid = self.valid(layer)[rows]
         channels, against = rank_channels(shares, valid, top).tolist(), rank_channels(shares, valid, top, against=True).tolist()
-        heatmaps = conditional_heatmaps(lrp, inputs, result.target, layer, channels + against, spec.pick, saes)
+        heatmaps = conditional_heatmaps(lrp, inputs, result.target, layer, channels + against, spec.pick, saes, spec.channels_last)
         units = [
             self._explained_unit(layer, int(rows[channel]), float(shares[channel]), result, heatmap)
             for channel, heatmap in zip(channels + against, heatmaps)
@@ -131,22 +131,23 @@ class LensExplain:
 
     def _explainable_layers(self: Lens, layers: list[str] | None) -> list[str]:
         """The given layers (checked), else all of them; by default SAE layers only where the Lens is trusted
-        (explaining with one reads the SAE file the Lens names: ``Lens.sae_files``); never layers read channels
-        last, whose relevance semlens does not take."""
-        unexplained = self.channels_last(self.layers)
+        (explaining with one reads the SAE file the Lens names: ``Lens.sae_files``); never an SAE layer read
+        channels last, whose relevance semlens does not take."""
+        spec = lambda layer: self.manifest["layers"][layer]["spec"]  # noqa: E731
+        unexplained = [layer for layer in self.channels_last(self.layers) if spec(layer).get("sae")]
         if layers:
             checked = self.checked_layers(layers)
             refused = [layer for layer in checked if layer in unexplained]
             if refused:
                 others = [layer for layer in self.layers if layer not in unexplained]
                 raise SemlensError(
-                    f"explanations are not supported for layers read channels last: "
+                    f"explanations are not supported for layers read channels last through a sparse autoencoder: "
                     f"{', '.join(refused)}; explain {', '.join(others) or 'a Lens with other layers'}"
                 )
             return checked
-        chosen = [layer for layer in self.layers if layer not in unexplained and (self.trusted or not self.manifest["layers"][layer]["spec"].get("sae"))]
+        chosen = [layer for layer in self.layers if layer not in unexplained and (self.trusted or not spec(layer).get("sae"))]
         if unexplained and not chosen:
-            raise SemlensError(f"explanations are not supported for layers read channels last: {', '.join(unexplained)}")
+            raise SemlensError(f"explanations are not supported for layers read channels last through a sparse autoencoder: {', '.join(unexplained)}")
         if not chosen:
             raise SemlensError(
                 "every layer of this Lens is read through a sparse autoencoder, whose files an untrusted Lens never "

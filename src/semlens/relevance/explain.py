@@ -73,9 +73,10 @@ def image_relevance(
     if target is not None and not 0 <= target < logits.shape[1]:
         raise SemlensError(f"class index {target} is out of range: the model has {logits.shape[1]} outputs")
     chosen = int(logits[0].argmax()) if target is None else target
+    last = {spec.name for spec in specs if spec.channels_last}
     with lrp.attributing() as modified:
         _, maps, outputs, errors = relevance_maps(
-            modified, inputs, torch.tensor([chosen]), [spec.name for spec in specs], {spec.name: spec.pick for spec in specs}, saes
+            modified, inputs, torch.tensor([chosen]), [spec.name for spec in specs], {spec.name: spec.pick for spec in specs}, saes, last
         )
     relevance = {name: _per_unit(value)[0] for name, value in maps.items()}
     negative = {name: _per_unit(value * (outputs[name] < 0))[0] for name, value in maps.items()}
@@ -84,26 +85,36 @@ def image_relevance(
 
 
 def conditional_heatmaps(
-    lrp: RelevanceModel, inputs: torch.Tensor, target: int, layer: str, channels: list[int], pick: str | None = None, saes: Saes = None
+    lrp: RelevanceModel,
+    inputs: torch.Tensor,
+    target: int,
+    layer: str,
+    channels: list[int],
+    pick: str | None = None,
+    saes: Saes = None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """Heatmaps ``[M, H, W]``: row i is class ``target``'s input relevance on ``inputs`` ``[1, C, H, W]``
     that flows through unit ``channels[i]`` of ``layer`` (CRP, relevance at ``layer`` masked to it; an SAE
-    feature where ``layer`` is in ``saes``, whose error term's share then stays behind)."""
+    feature where ``layer`` is in ``saes``, whose error term's share then stays behind; a channel of the last
+    dimension for a layer read ``channels_last``)."""
     if not channels:
         return torch.zeros(0, *inputs.shape[-2:])
+    last = [layer] if channels_last else []
     with lrp.attributing() as modified:
         chunks = torch.tensor(channels, dtype=torch.long).split(HEATMAP_BATCH)
-        return torch.cat([_through_channels(modified, inputs, target, layer, chunk, pick, saes) for chunk in chunks])
+        return torch.cat([_through_channels(modified, inputs, target, layer, chunk, pick, saes, last) for chunk in chunks])
 
 
 def _through_channels(
-    modified: nn.Module, inputs: torch.Tensor, target: int, layer: str, channels: torch.Tensor, pick: str | None, saes: Saes
+    modified: nn.Module, inputs: torch.Tensor, target: int, layer: str, channels: torch.Tensor, pick: str | None, saes: Saes, last: list[str]
 ) -> torch.Tensor:
     """One chunk of ``conditional_heatmaps``: the image repeated once per unit, each copy's relevance at
     ``layer`` masked to its own unit on the way back."""
     count = len(channels)
     copies = inputs.detach().expand(count, *inputs.shape[1:]).clone().requires_grad_(True)
-    with unit_tensors(modified, [layer], {layer: pick}, saes if saes and layer in saes else None) as reader, torch.enable_grad():
+    layer_saes = saes if saes and layer in saes else None
+    with unit_tensors(modified, [layer], {layer: pick}, layer_saes, last) as reader, torch.enable_grad():
         outputs = modified(copies)
     tensor = reader.units[layer]
     reader.condition(layer)
