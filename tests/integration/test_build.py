@@ -263,12 +263,17 @@ def test_a_layer_read_channels_last_gets_its_channels_as_units_and_their_relevan
         expected = sorted(range(len(data)), key=lambda i: (-scores[i, unit].item(), i))[:5]
         assert lens.samples("mlp.1")[unit].tolist() == expected, unit
     # LRP supports the model: both layers get relevance crops and class relevance (test_relevance checks the
-    # channels-last layer's against known answers); attribution graphs still refuse it
+    # channels-last layer's against known answers)
     assert {lens.manifest["layers"][layer]["crop"]["mode"] for layer in ("conv.0", "mlp.1")} == {"relevance"}
     assert lens.class_relevance("conv.0") is not None and lens.class_relevance("mlp.1") is not None
     assert "mlp.1" not in lens.manifest["relevance"].get("left_out", {})
-    with pytest.raises(SemlensError, match="channels last: mlp.1"):
-        lens.attribution_graph("red", ["conv.0", "mlp.1"])
+    # an attribution graph reads it per channel of the last dimension too: its nodes hold the 6 channels (not
+    # the 16 rows of pixels), and CRP through each group of them reaches the layer below
+    lens.label()
+    graph = lens.attribution_graph("red", ["conv.0", "mlp.1"], cut=0.0)
+    upper = {unit for node in graph.nodes if node.layer == "mlp.1" for unit in node.units}
+    assert upper and upper <= {f"mlp.1/{channel}" for channel in range(6)}
+    assert graph.edges and all(edge["source"].startswith("mlp.1:") and edge["target"].startswith("conv.0:") for edge in graph.edges)
     assert lens.pruning_effect(["mlp.1/2"], data)["pruned"] == {"mlp.1": [2]}  # switched off on its last dimension (test_units)
     # an explanation reads the layer's channels along its last dimension: each unit's relevance on the image
     # is the one LRP gives through the channels-second view, and its heatmap is CRP through that channel

@@ -8,6 +8,7 @@ the weight of the edge between them.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -83,11 +84,12 @@ def conditional_relevance(
     lower: str,
     keep: torch.Tensor,
     saes: dict[str, SparseAutoencoder | str] | None = None,
+    channels_last: Collection[str] = (),
 ) -> torch.Tensor:
     """Relevance ``[N, U_lower]`` reaching ``lower`` when relevance at ``upper`` is masked to units ``keep``
     (a boolean ``[U_upper]``): the class logit's CRP through one group of upper units (SAE features for
-    the layers in ``saes``)."""
-    with unit_tensors(modified, [upper, lower], None, saes) as reader, torch.enable_grad():
+    the layers in ``saes``, channels of the last dimension for those in ``channels_last``)."""
+    with unit_tensors(modified, [upper, lower], None, saes, channels_last) as reader, torch.enable_grad():
         outputs = modified(inputs.detach().clone().requires_grad_(True))
     tensor = reader.units[upper]
     reader.condition(upper)
@@ -123,15 +125,17 @@ def build_graph(
     cut: float = GRAPH_CUT,
     valid: dict[str, torch.Tensor] | None = None,
     saes: dict[str, SparseAutoencoder | str] | None = None,
+    channels_last: Collection[str] = (),
 ) -> AttributionGraph:
     """The attribution graph of one class over ``layers`` (lowest first): per layer, the valid units above
     ``cut`` grouped by label; edges weighted by the lower groups' relevance conditioned on each upper group.
     The relevance share of the invalid units above ``cut`` is reported per layer as ``left_out``. The units of
-    the layers in ``saes`` are their SAE features."""
+    the layers in ``saes`` are their SAE features, those of the layers in ``channels_last`` the last
+    dimension of their maps."""
     targets = torch.full((len(inputs),), class_index)
     graph = AttributionGraph(class_name)
     with lrp.attributing() as modified:
-        _, plain = unit_relevance(modified, inputs, targets, layers, None, saes)
+        _, plain = unit_relevance(modified, inputs, targets, layers, None, saes, channels_last)
         shares = {layer: (plain[layer] / plain[layer].abs().sum(1, keepdim=True).clamp_min(1e-12)).mean(0) for layer in layers}
         valid = valid or {layer: torch.ones(len(units[layer]), dtype=torch.bool) for layer in layers}
         groups = {layer: group_units(layer, units[layer], shares[layer], labels[layer], cut, valid[layer]) for layer in layers}
@@ -144,7 +148,7 @@ def build_graph(
             for label, members in groups[upper].items():
                 keep = torch.zeros(len(units[upper]), dtype=torch.bool)
                 keep[members] = True
-                flows[label] = conditional_relevance(modified, inputs, targets, upper, lower, keep, saes).mean(0)
+                flows[label] = conditional_relevance(modified, inputs, targets, upper, lower, keep, saes, channels_last).mean(0)
             total = float(plain[lower].mean(0).abs().sum())
             for source, target, weight in edges_between(groups[upper], groups[lower], flows, total):
                 graph.edges.append({"source": f"{upper}:{source}", "target": f"{lower}:{target}", "weight": weight})
