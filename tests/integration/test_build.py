@@ -10,6 +10,7 @@ from old_lenses import rewrite_as_before_rule_thetas
 import semlens.build.embed_stage as embed_stage_module
 from semlens import BuildConfig, LayerSpec, Lens, build_lens, collect_topk, load_data, load_model
 from semlens._util.errors import SemlensError, StaleLensError
+from semlens.analysis.interventions import Artifact
 from semlens.lens.store import layer_file
 from semlens.relevance.lrp import RelevanceModel, unit_relevance
 
@@ -274,6 +275,10 @@ def test_a_layer_read_channels_last_gets_its_channels_as_units_and_their_relevan
     upper = {unit for node in graph.nodes if node.layer == "mlp.1" for unit in node.units}
     assert upper and upper <= {f"mlp.1/{channel}" for channel in range(6)}
     assert graph.edges and all(edge["source"].startswith("mlp.1:") and edge["target"].startswith("conv.0:") for edge in graph.edges)
+    # a projection removes a direction of its 6 channels on the last dimension, and moves the tinted images'
+    # component along it to the clean mean at every position, as for any map (test_correction: known answers)
+    fix = lens.correct("red", Artifact(tint=(255, 0, 0)), layer="mlp.1", progress=False).fix
+    assert fix.channels_last and fix.direction.shape == (6,)
     assert lens.pruning_effect(["mlp.1/2"], data)["pruned"] == {"mlp.1": [2]}  # switched off on its last dimension (test_units)
     # an explanation reads the layer's channels along its last dimension: each unit's relevance on the image
     # is the one LRP gives through the channels-second view, and its heatmap is CRP through that channel

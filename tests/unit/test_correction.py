@@ -30,14 +30,16 @@ def unit(vector: torch.Tensor) -> torch.Tensor:
     return vector / vector.norm()
 
 
-@pytest.mark.parametrize("shape", [(5, 6, 3, 4), (5, 7, 6), (5, 6)])  # conv maps N,C,H,W; tokens N,L,C; vectors N,C
-def test_projection_moves_the_component_along_v_to_the_clean_mean_and_keeps_the_rest(shape):
+@pytest.mark.parametrize(
+    "shape, last", [((5, 6, 3, 4), False), ((5, 3, 4, 6), True), ((5, 7, 6), False), ((5, 6), False)]
+)  # conv maps N,C,H,W; maps read channels last N,H,W,C; tokens N,L,C; vectors N,C
+def test_projection_moves_the_component_along_v_to_the_clean_mean_and_keeps_the_rest(shape, last):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=generator)
     v, z = unit(torch.randn(6, generator=generator)), torch.randn(6, generator=generator)
-    projected = ConceptProjection("layer", v, z).project(x)
+    projected = ConceptProjection("layer", v, z, channels_last=last).project(x)
     assert projected.shape == x.shape
-    channels_last = (lambda t: t.movedim(1, -1)) if len(shape) == 4 else (lambda t: t)
+    channels_last = (lambda t: t.movedim(1, -1)) if len(shape) == 4 and not last else (lambda t: t)
     before, after = channels_last(x), channels_last(projected)
     # along v: every position's component is the clean mean's
     assert torch.allclose(after @ v, torch.full(after.shape[:-1], float(z @ v)), atol=1e-5)
@@ -139,11 +141,14 @@ def test_a_saved_correction_reapplies_identically(shortcut, tmp_path):
         made = Correction("red", method, shortcut.fingerprint, fix, {"estimator": "mean"})
         loaded = load_correction(made.save(tmp_path / f"{method}.safetensors"))
         assert (loaded.class_name, loaded.method, loaded.settings) == ("red", method, {"estimator": "mean"})
+        assert getattr(loaded.fix, "channels_last", False) is False
         with made.applied(shortcut):
             expected = predict(shortcut, inserted)
         with loaded.applied(shortcut):
             assert torch.equal(predict(shortcut, inserted), expected)
     assert not torch.equal(expected, predict(shortcut, inserted))
+    last = Correction("red", "project", shortcut.fingerprint, ConceptProjection("mlp.1", unit(torch.ones(6)), torch.zeros(6), True), {})
+    assert load_correction(last.save(tmp_path / "last.safetensors")).fix.channels_last is True
 
 
 def test_bad_corrections_are_refused_clearly(shortcut, tmp_path):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Collection, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -33,21 +33,25 @@ ESTIMATORS = ("mean", "logistic")  # signal pattern (difference of means) or fil
 METHODS = ("project", "finetune")
 
 
-def _channels_last(output: torch.Tensor) -> torch.Tensor:
-    """A layer output with its channels on the last axis (conv maps ``N,C,H,W`` are moved; tokens and vectors are)."""
-    return output.movedim(1, -1) if output.dim() == 4 else output
+def _channels_last(output: torch.Tensor, already: bool = False) -> torch.Tensor:
+    """A layer output with its channels on the last axis (conv maps ``N,C,H,W`` are moved; tokens, vectors and
+    maps read channels last, ``already``, are)."""
+    return output.movedim(1, -1) if output.dim() == 4 and not already else output
 
 
 @torch.no_grad()
-def layer_vectors(model: LoadedModel, views: Sequence[Image.Image], layer: str, batch_size: int = 32) -> torch.Tensor:
-    """Per view, the layer's activation vector ``[N, C]`` averaged over positions (or tokens)."""
+def layer_vectors(
+    model: LoadedModel, views: Sequence[Image.Image], layer: str, batch_size: int = 32, channels_last: bool = False
+) -> torch.Tensor:
+    """Per view, the layer's activation vector ``[N, C]`` averaged over positions (or tokens); the channels of
+    a map read ``channels_last`` (N,H,W,C) on its last dimension."""
     device = next(model.module.parameters()).device
     parts: list[torch.Tensor] = []
 
     def keep(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
         if not isinstance(output, torch.Tensor):
             raise SemlensError(f"layer {layer!r} outputs {type(output).__name__}, not a tensor: choose a layer that outputs activations")
-        x = _channels_last(output.float())
+        x = _channels_last(output.float(), channels_last)
         parts.append(x.reshape(len(x), -1, x.shape[-1]).mean(dim=1).cpu())
 
     with hooks([resolve_module(model.module, layer).register_forward_hook(keep)]):
@@ -89,11 +93,13 @@ class ConceptProjection:
     """Remove a concept's direction from one layer's activations: x' = x - v (v . (x - z)).
 
     ``direction`` v ``[C]`` (unit norm), ``reference`` z ``[C]`` (the clean images' mean activation
-    vector): along v every activation is moved to the clean mean; orthogonal to v nothing changes."""
+    vector): along v every activation is moved to the clean mean; orthogonal to v nothing changes. A map's
+    channels are on dimension 1, or on its last for a layer read ``channels_last`` (N,H,W,C)."""
 
     layer: str
     direction: torch.Tensor
     reference: torch.Tensor
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.direction.dim() != 1 or self.direction.shape != self.reference.shape:
@@ -104,20 +110,27 @@ class ConceptProjection:
 
     @classmethod
     def learn(
-        cls, model: LoadedModel, layer: str, without: Sequence[Image.Image], with_concept: Sequence[Image.Image], estimator: str = "mean"
+        cls,
+        model: LoadedModel,
+        layer: str,
+        without: Sequence[Image.Image],
+        with_concept: Sequence[Image.Image],
+        estimator: str = "mean",
+        channels_last: bool = False,
     ) -> ConceptProjection:
         """The projection of ``layer`` for the concept shown by ``with_concept`` and absent from ``without``."""
-        clean = layer_vectors(model, without, layer)
-        return cls(layer, concept_direction(layer_vectors(model, with_concept, layer), clean, estimator), clean.mean(dim=0))
+        clean = layer_vectors(model, without, layer, channels_last=channels_last)
+        shown = layer_vectors(model, with_concept, layer, channels_last=channels_last)
+        return cls(layer, concept_direction(shown, clean, estimator), clean.mean(dim=0), channels_last)
 
     def project(self, output: torch.Tensor) -> torch.Tensor:
         """The layer's output without the concept's component (relative to the clean mean)."""
-        x = _channels_last(output)
+        x = _channels_last(output, self.channels_last)
         if x.shape[-1] != len(self.direction):
             raise SemlensError(f"layer {self.layer!r} has {x.shape[-1]} channels, but the projection was learnt on {len(self.direction)}")
         v, z = self.direction.to(x), self.reference.to(x)
         x = x - ((x - z) @ v)[..., None] * v
-        return x.movedim(-1, 1) if output.dim() == 4 else x
+        return x.movedim(-1, 1) if output.dim() == 4 and not self.channels_last else x
 
     @contextmanager
     def applied(self, model: LoadedModel) -> Iterator[LoadedModel]:
@@ -127,7 +140,7 @@ class ConceptProjection:
             yield model
 
     def settings(self) -> dict:
-        return {"layer": self.layer, "channels": len(self.direction)}
+        return {"layer": self.layer, "channels": len(self.direction), "channels_last": self.channels_last}
 
 
 ACCURACY_TOLERANCE = 0.02  # a projection may cost at most this much accuracy on the learning images to be chosen
@@ -142,15 +155,17 @@ def choose_projection(
     artifact: Artifact,
     concept: tuple[Sequence[Image.Image], Sequence[Image.Image]],
     estimator: str = "mean",
+    channels_last: Collection[str] = (),
 ) -> tuple[ConceptProjection, dict[str, dict]]:
     """The projection of the layer that leaves the smallest artefact effect on the class (its probability
     with minus without the artefact on ``views``, in absolute value) among those that keep accuracy within
     ``ACCURACY_TOLERANCE`` (else the one that costs least); each layer's direction learnt on
-    ``concept`` (images without, with it). Returns it and every layer's trial (effect, accuracy)."""
+    ``concept`` (images without, with it), along the last dimension for the layers in ``channels_last``.
+    Returns it and every layer's trial (effect, accuracy)."""
     before = insertion_effect(model, views, targets, class_index, artifact)["clean"]["accuracy"]
     trials, fixes = {}, {}
     for layer in layers:
-        fixes[layer] = ConceptProjection.learn(model, layer, *concept, estimator)
+        fixes[layer] = ConceptProjection.learn(model, layer, *concept, estimator, layer in channels_last)
         with fixes[layer].applied(model):
             after = insertion_effect(model, views, targets, class_index, artifact)
         trials[layer] = {"effect": after["change"]["class_probability"], "accuracy_drop": before - after["clean"]["accuracy"]}

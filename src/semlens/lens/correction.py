@@ -71,6 +71,7 @@ class Correction:
             tensors = {f"parameters/{name}": value for name, value in self.fix.parameters.items()}
         header = {"class": self.class_name, "method": self.method, "model": self.model, "settings": self.settings}
         header["layer"] = getattr(self.fix, "layer", None)
+        header["channels_last"] = getattr(self.fix, "channels_last", False)
         path = Path(path)
         tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
         atomic_write(path, lambda temporary: save_file(tensors, str(temporary), {"format": FORMAT, "correction": json.dumps(header)}))
@@ -93,7 +94,7 @@ def load_correction(path: str | Path) -> Correction:
     if header["method"] == "project":
         if not isinstance(header.get("layer"), str) or set(tensors) != {"direction", "reference"}:
             raise SemlensError(f"the projection in {path} needs a layer name and the tensors direction and reference")
-        fix: Fix = ConceptProjection(header["layer"], tensors["direction"], tensors["reference"])
+        fix: Fix = ConceptProjection(header["layer"], tensors["direction"], tensors["reference"], header.get("channels_last") is True)
     else:
         if not tensors or not all(name.startswith("parameters/") for name in tensors):
             raise SemlensError(f"the fine-tuned correction in {path} holds no parameters/... tensors")
@@ -153,10 +154,9 @@ class LensCorrection:
             else:
                 without = [view for view, target in zip(views, targets.tolist()) if target != index]
                 with_concept = [artifact.apply(view) for view in without]
-            if layer in self.layers and self.channels_last([layer]):
-                raise SemlensError(f"layer {layer} is read channels last, where a projection does not apply (it takes a map's channels on dimension 1): name another layer or use --method finetune")
             candidates = [layer] if layer else self._projection_layers()
-            fix, settings["layer_trials"] = choose_projection(model, candidates, views, targets, index, artifact, (without, with_concept), estimator)
+            last = self.channels_last([name for name in candidates if name in self.layers])
+            fix, settings["layer_trials"] = choose_projection(model, candidates, views, targets, index, artifact, (without, with_concept), estimator, last)
             settings["estimator"] = estimator
         else:
             tuning = tuning or Tuning()
@@ -172,13 +172,8 @@ class LensCorrection:
 
     def _projection_layers(self: Lens) -> list[str]:
         """The layers a projection is chosen among: the Lens's layers but the last (the output, when it
-        reads the logits); its only layer when it has one; none read channels last (a projection takes the
-        channels of a map on its dimension 1)."""
-        unread = self.channels_last(self.layers)
-        layers = [layer for layer in self.layers if layer not in unread]
-        if not layers:
-            raise SemlensError("every layer of this Lens is read channels last, where a projection does not apply: name a layer (--layer) or use --method finetune")
-        return layers[:-1] or layers
+        reads the logits); its only layer when it has one."""
+        return self.layers[:-1] or self.layers
 
 def _labelled_views(model: LoadedModel, data: ImageData) -> tuple[list[Image.Image], torch.Tensor]:
     views, labels = load_views(model, data)

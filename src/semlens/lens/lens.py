@@ -157,8 +157,8 @@ class Lens(
         return {layer: sorted(set(members)) for layer, members in grouped.items()}
 
     def channels_last(self, layers: list[str]) -> list[str]:
-        """Those of ``layers`` read channels last (maps N,H,W,C: ``LayerSpec.channels_last``): they get relevance
-        crops and class relevance, but no explanation, graph or projection."""
+        """Those of ``layers`` read channels last (maps N,H,W,C: ``LayerSpec.channels_last``): relevance,
+        explanations, graphs and projections take their channels on the last dimension."""
         return [layer for layer in layers if self._layer(layer)["spec"].get("channels_last")]
 
     def sae(self, layer: str) -> dict[str, Any] | None:
