@@ -15,6 +15,10 @@ scores each rule for their convolutions on held-out images the model classifies 
   accuracy, Arras et al. 2022), and the pointing game (the top pixel inside it); the concept's area
   share is chance.
 
+A third model, a small DenseNet, has batch norms that read concatenations (pre-activation), which cannot
+be merged into a layer: for them ``norm:pass`` (relevance passes unchanged: zennit's map for batch norms,
+and semlens') against ``norm:epsilon`` (the ε-rule of the affine map).
+
 Rules: ``semlens`` (the composite's: z⁺ where it fits, else ``signed``), ``z+`` (zennit's ZPlus, α1β0
 on both input signs: semlens before), ``signed`` (z⁺ at a positive
 output, its mirror z⁻ at a negative one: the generalised γ rule's limit), ``gamma`` (zennit's generalised
@@ -32,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 from zennit.rules import Epsilon, Gamma, ZPlus
-from zennit.types import Convolution
+from zennit.types import BatchNorm, Convolution
 
 from safetensors.torch import load_file, save_file
 
@@ -84,6 +88,41 @@ class MobileWorldNet(nn.Module):
         return self.head(self.pool(self.features(x)).flatten(1))
 
 
+class DenseLayer(nn.Module):
+    """DenseNet's layer: batch norm, ReLU, 3x3 convolution, its output concatenated to its input. The batch
+    norm reads a concatenation, not a convolution's output: it cannot be merged (a pre-activation network)."""
+
+    def __init__(self, inputs: int, growth: int = 12) -> None:
+        super().__init__()
+        self.norm, self.relu, self.conv = nn.BatchNorm2d(inputs), nn.ReLU(), nn.Conv2d(inputs, growth, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.conv(self.relu(self.norm(x)))], dim=1)
+
+
+class DenseWorldNet(nn.Module):
+    """A small DenseNet: a stem, three dense blocks of two layers with pooling transitions (batch norm, ReLU,
+    1x1 convolution, average pool), a final batch norm and ReLU, global average pool, linear classifier."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, padding=1, bias=False)]
+        width = 16
+        for block in range(3):
+            for _ in range(2):
+                layers.append(DenseLayer(width))
+                width += 12
+            if block < 2:
+                layers += [nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, width // 2, 1, bias=False), nn.AvgPool2d(2)]
+                width //= 2
+        self.features = nn.Sequential(*layers, nn.BatchNorm2d(width), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
 RULES = {
     "semlens": None,  # the composite's own (LeanZPlus: z+, the signed rule where z+ does not fit)
     "z+": lambda: ZPlus(),
@@ -93,12 +132,23 @@ RULES = {
 }
 
 
+#: rules for the batch norms that cannot be merged (DenseWorldNet's): passed through (zennit's and semlens'
+#: map for batch norms) or the ε-rule of an affine layer (``a x / (a x + b)``: the shift takes its share)
+NORM_RULES = {
+    "pass": None,
+    "epsilon": lambda: Epsilon(epsilon=1e-6),
+}
+
+
 def with_rule(model: nn.Module, probe: torch.Tensor, rule: str) -> RelevanceModel:
-    """``model`` prepared for LRP, its convolutions (but the first, Flat) given ``rule``."""
+    """``model`` prepared for LRP, its convolutions (but the first, Flat) given ``rule`` of ``RULES``, or its
+    batch norms ``rule`` of ``NORM_RULES`` (``norm:`` and its name)."""
     prepared = RelevanceModel(model, probe)
-    if RULES[rule] is not None:
+    kind, name = (BatchNorm, rule.removeprefix("norm:")) if rule.startswith("norm:") else (Convolution, rule)
+    make = (NORM_RULES if kind is BatchNorm else RULES)[name]
+    if make is not None:
         composite = prepared.composite
-        composite.layer_map = [(types, RULES[rule]() if types is Convolution else hook) for types, hook in composite.layer_map]
+        composite.layer_map = [(types, make() if types is kind else hook) for types, hook in composite.layer_map]
     return prepared
 
 
@@ -159,14 +209,19 @@ def main() -> None:
     parser.add_argument("--world", default="default", help="world config (default: the built-in world)")
     args = parser.parse_args()
     config = WorldConfig.load(args.world)
-    for name, architecture in (("world-cnn (ReLU)", WorldCNN), ("mobile (SiLU, linear bottlenecks)", MobileWorldNet)):
+    models = (
+        ("world-cnn (ReLU)", WorldCNN, list(RULES)),
+        ("mobile (SiLU, linear bottlenecks)", MobileWorldNet, list(RULES)),
+        ("dense (pre-activation batch norms)", DenseWorldNet, [f"norm:{name}" for name in NORM_RULES]),
+    )
+    for name, architecture, rules in models:
         started = time.perf_counter()
         model = trained(architecture, config)
         print(f"{name}: trained (or loaded) in {time.perf_counter() - started:.0f} s")
-        for rule in RULES:
+        for rule in rules:
             result = score(model, config, args.images, rule)
             print(
-                f"  {rule:<8} bias-free: conserved median {result['bias_free_median']:.3f} (worst {result['bias_free_worst']:.3f});  "
+                f"  {rule:<12} bias-free: conserved median {result['bias_free_median']:.3f} (worst {result['bias_free_worst']:.3f});  "
                 f"with biases: {result['conserved_median']:.3f};  mass in object {result['mass_in_object']:.3f} (area {result['object_area']:.3f})  "
                 f"pointing {result['pointing']:.3f}  ({result['images']} images)",
                 flush=True,

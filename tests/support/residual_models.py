@@ -161,6 +161,19 @@ class InvertedResidualBlock(nn.Module):
         return x + self.project(hidden * self.excite(hidden))
 
 
+class DenseBlock(nn.Module):
+    """DenseNet's layer (pre-activation): batch norm, ReLU, conv, concatenated to the input, then a 1x1 conv
+    back to ``WIDTH``. Its batch norm reads the block's input, not a convolution's output: it stays unmerged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.relu, self.conv = nn.BatchNorm2d(WIDTH), nn.ReLU(), nn.Conv2d(WIDTH, WIDTH, 3, padding=1)
+        self.mix = nn.Conv2d(2 * WIDTH, WIDTH, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(torch.cat([x, self.conv(self.relu(self.norm(x)))], dim=1))
+
+
 class ProductBlock(nn.Module):
     """``x * conv(x)``: a product of two computed tensors, neither a gate, which no LRP rule here explains."""
 
@@ -256,6 +269,10 @@ class SqueezeExciteCNN(ResidualCNN):
 
 class MobileCNN(ResidualCNN):
     blocks_of = (InvertedResidualBlock, InvertedResidualBlock, InvertedResidualBlock)
+
+
+class DenseCNN(ResidualCNN):
+    blocks_of = (DenseBlock, DenseBlock)
 
 
 class ProductCNN(ResidualCNN):

@@ -25,7 +25,7 @@ from semlens.analysis.explain import relevance_shares
 from semlens.build.class_relevance import ClassRelevance
 from semlens.model.units import hooks, resolve_module
 from semlens.relevance.attention import HeldAttention
-from semlens.relevance.canonizers import UnsupportedModelError, canonizers_for
+from semlens.relevance.canonizers import UnsupportedModelError, canonizers_for, traced_batch_norm_pairs
 from semlens.relevance.lrp import RelevanceModel, crp_heatmaps, unit_relevance
 from semlens.relevance.residual import FxResidualCanonizer, gated_product, trace_residuals
 
@@ -147,6 +147,7 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "custom-residual-fx": (residual_models.ResidualCNN, 16),
     "squeeze-excitation-gates": (residual_models.SqueezeExciteCNN, 16),
     "inverted-residuals-signed": (residual_models.MobileCNN, 16),
+    "pre-activation-batch-norms": (residual_models.DenseCNN, 16),
     "vit-held-attention": (tiny_vit, 32),
     "convnext-layer-norm": (tiny_convnext, 32),
 }
@@ -426,6 +427,17 @@ def test_linear_bottlenecks_lose_relevance_under_zplus_and_keep_it_under_the_sig
     zplus.composite.layer_map = [(types, ZPlus() if types is Convolution else hook) for types, hook in zplus.composite.layer_map]
     ratio = zplus.input_relevance(inputs, one_hot_logit(targets)).flatten(1).sum(dim=1) / explained
     assert float((ratio - 1).abs().max()) > 0.01
+
+
+def test_a_batch_norm_is_merged_only_into_a_layer_whose_output_it_alone_reads() -> None:
+    """In the dense blocks, the second block's batch norm reads the first block's 1x1 convolution, whose output
+    the concatenation reads too: merging would change what the concatenation sees, so it stays a batch norm
+    (relevance passes through it); the first reads a ReLU's output (nothing to merge into). A conv-BN pair
+    whose conv output only the norm reads is merged."""
+    dense = residual_models.DenseCNN().eval()
+    assert traced_batch_norm_pairs(dense, torch.rand(2, 3, 16, 16)) == []
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    assert traced_batch_norm_pairs(plain, torch.rand(2, 3, 16, 16)) == [(["0"], "1")]
 
 
 def test_torchvisions_squeeze_excitation_gates_are_found() -> None:

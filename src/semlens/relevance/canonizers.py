@@ -1,7 +1,8 @@
 """Canonizers: rewrite a model (temporarily) into a form whose LRP rules conserve relevance.
 
 - batch norms are merged into the convolution or linear layer that feeds them, found by tracing one
-  forward pass (so it works for any architecture where a batch norm directly follows its layer);
+  forward pass (so it works for any architecture where a batch norm directly follows its layer); one
+  that follows none (pre-activation networks) stays, and relevance passes through it;
 - residual additions become zennit ``Sum`` modules, which split relevance in proportion to the
   summands: torchvision ResNet blocks (zennit's canonizers' rewrite), EfficientNet-Lite MBConv blocks,
   and every other module whose own forward torch.fx can trace (``residual.py``). The summands are
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from zennit.canonizers import AttributeCanonizer, Canonizer, NamedMergeBatchNorm
 
 from ..model.units import hooks
@@ -22,15 +24,49 @@ LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+class _Uses(TorchFunctionMode):
+    """Counts, per tensor (by id), the torch calls that read it, shape queries aside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[int, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") not in SHAPE_QUERIES:
+            for tensor in {id(value): value for value in _tensors((args, kwargs or {}))}.values():
+                self.counts[id(tensor)] = self.counts.get(id(tensor), 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+SHAPE_QUERIES = {"dim", "size", "numel", "__get__", "shape", "ndim", "ndimension"}
+
+
+def _tensors(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [tensor for item in value for tensor in _tensors(item)]
+    if isinstance(value, dict):
+        return [tensor for item in value.values() for tensor in _tensors(item)]
+    return []
+
+
 def traced_batch_norm_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[list[str], str]]:
-    """(linear layer names, batch norm name) for every batch norm whose input is a linear layer's output."""
+    """(linear layer names, batch norm name) for every batch norm whose input is a linear layer's output and
+    read by that batch norm alone: merging changes the layer's output, which another reader (a dense block's
+    concatenation) must not see. The other batch norms (a pre-activation network's, which read a sum or a
+    concatenation: DenseNet, ResNetV2) stay, and the composite's rule passes relevance through them
+    (``rules.LeanEpsilonPlusFlat``)."""
     producers: dict[int, tuple[str, torch.Tensor]] = {}  # holding the tensor keeps its id from being reused
     pairs: list[tuple[list[str], str]] = []
-    unmatched: list[str] = []
+    sources: dict[str, int] = {}  # batch norm name: the id of the output it reads
+
+    uses = _Uses()
 
     def remember(name: str):
         def hook(_module, _inputs, output):
             producers[id(output)] = (name, output)
+            uses.counts[id(output)] = 0  # from here on: an id freed earlier may have been counted before
 
         return hook
 
@@ -38,10 +74,9 @@ def traced_batch_norm_pairs(model: nn.Module, example: torch.Tensor) -> list[tup
         def hook(_module, inputs):
             entry = producers.get(id(inputs[0]))
             source = entry[0] if entry is not None and entry[1] is inputs[0] else None
-            if source is None:
-                unmatched.append(name)
-            elif all(pair[1] != name for pair in pairs):
+            if source is not None and all(pair[1] != name for pair in pairs):
                 pairs.append(([source], name))
+                sources[name] = id(inputs[0])
 
         return hook
 
@@ -51,14 +86,9 @@ def traced_batch_norm_pairs(model: nn.Module, example: torch.Tensor) -> list[tup
             handles.append(module.register_forward_hook(remember(name)))
         elif isinstance(module, BATCH_NORMS):
             handles.append(module.register_forward_pre_hook(match(name)))
-    with hooks(handles), torch.no_grad():
+    with hooks(handles), torch.no_grad(), uses:
         model(example)
-    if unmatched:
-        raise UnsupportedModelError(
-            f"batch norm(s) {', '.join(sorted(set(unmatched)))} do not directly follow a convolution or linear layer, "
-            "so they cannot be merged for LRP"
-        )
-    return pairs
+    return [pair for pair in pairs if uses.counts.get(sources[pair[1]], 0) == 1]
 
 
 class UnsupportedModelError(Exception):
