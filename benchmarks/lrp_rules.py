@@ -16,8 +16,8 @@ scores each rule for their convolutions on held-out images the model classifies 
   share is chance.
 
 A third model, a small DenseNet, has batch norms that read concatenations (pre-activation), which cannot
-be merged into a layer: for them ``norm:pass`` (relevance passes unchanged: zennit's map for batch norms,
-and semlens') against ``norm:epsilon`` (the ε-rule of the affine map).
+be merged into a layer: for them ``norm:pass`` (relevance passes unchanged: zennit's map for batch norms)
+against ``norm:epsilon`` (the ε-rule of the affine map: semlens' ``LeanBatchNorm``).
 
 Rules: ``semlens`` (the composite's: z⁺ where it fits, else ``signed``), ``z+`` (zennit's ZPlus, α1β0
 on both input signs: semlens before), ``signed`` (z⁺ at a positive
@@ -35,7 +35,7 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from zennit.rules import Epsilon, Gamma, ZPlus
+from zennit.rules import Epsilon, Gamma, Pass, ZPlus
 from zennit.types import BatchNorm, Convolution
 
 from safetensors.torch import load_file, save_file
@@ -132,11 +132,11 @@ RULES = {
 }
 
 
-#: rules for the batch norms that cannot be merged (DenseWorldNet's): passed through (zennit's and semlens'
-#: map for batch norms) or the ε-rule of an affine layer (``a x / (a x + b)``: the shift takes its share)
+#: rules for the batch norms that cannot be merged (DenseWorldNet's): passed through (zennit's map for batch
+#: norms) or the ε-rule of an affine layer (``a x / (a x + b)``: the shift takes its share; semlens' rule)
 NORM_RULES = {
-    "pass": None,
-    "epsilon": lambda: Epsilon(epsilon=1e-6),
+    "pass": lambda: Pass(),
+    "epsilon": None,
 }
 
 

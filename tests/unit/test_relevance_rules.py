@@ -22,14 +22,14 @@ from torchvision.models import resnet18
 from torchvision.models.resnet import Bottleneck, ResNet
 from zennit.composites import EpsilonPlusFlat
 from zennit.layer import Sum
-from zennit.rules import ClampMod, Flat, Norm, ZPlus
+from zennit.rules import ClampMod, Epsilon, Flat, Norm, ZPlus
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 from zennit.types import Convolution
 
 from semlens.model.units import resolve_module
 from semlens.relevance.canonizers import ResNetResidualCanonizer
 from semlens.relevance.lrp import RelevanceModel, crp_heatmaps
-from semlens.relevance.rules import LeanFlat, LeanNorm, LeanZPlus, SignedZPlus
+from semlens.relevance.rules import LeanBatchNorm, LeanFlat, LeanNorm, LeanZPlus, SignedZPlus
 
 TOLERANCE = 1e-5
 
@@ -211,6 +211,32 @@ def test_an_output_the_bias_alone_makes_negative_keeps_zplus() -> None:
     grad = torch.rand(2, 6, 8, 8)
     lean = rule_relevance(LeanZPlus(), conv, x, grad)
     assert gap(lean, rule_relevance(ZPlus(), conv, x, grad)) < TOLERANCE
+
+
+def test_a_batch_norm_that_stays_gets_the_epsilon_rule_and_a_merged_one_passes() -> None:
+    """An unmerged batch norm is ``a x + b`` per channel: each input gets ``a x / (a x + b)`` of its output's
+    relevance (zennit's ε-rule). A merged one, the identity, hands relevance on unchanged."""
+    torch.manual_seed(0)
+    norm = nn.BatchNorm2d(4).eval()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0), norm.bias.uniform_(-1.0, 1.0), norm.running_mean.uniform_(-0.5, 0.5)
+    x, grad = torch.randn(2, 4, 5, 5), torch.rand(2, 4, 5, 5)
+    rule = LeanBatchNorm()
+    handles = rule.register(norm)
+    assert not rule.merged
+    with torch.no_grad():
+        y = norm(x)
+    scale = (norm.weight / (norm.running_var + norm.eps).sqrt()).view(1, -1, 1, 1)
+    expected = scale * x * grad / (y + 1e-6 * ((y >= 0).float() * 2 - 1))
+    assert gap(rule_relevance(rule, norm, x, grad), expected) < 1e-4
+    assert gap(rule_relevance(rule, norm, x, grad), rule_relevance(Epsilon(), norm, x, grad)) < TOLERANCE
+    handles.remove()
+    identity = nn.BatchNorm2d(4).eval()
+    with torch.no_grad():
+        identity.running_var.fill_(1.0 - identity.eps)
+    merged = LeanBatchNorm()
+    merged.register(identity).remove()
+    assert merged.merged and torch.equal(rule_relevance(merged, identity, x, grad), grad)
 
 
 def test_one_branch_alone_would_lose_the_negative_inputs_share() -> None:
