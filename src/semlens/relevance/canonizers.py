@@ -2,7 +2,8 @@
 
 - batch norms are merged into the convolution or linear layer that feeds them, found by tracing one
   forward pass (so it works for any architecture where a batch norm directly follows its layer); one
-  that follows none (pre-activation networks) stays, and relevance passes through it;
+  that follows none (pre-activation networks) stays, with the ε-rule of its affine map
+  (``rules.LeanBatchNorm``);
 - residual additions become zennit ``Sum`` modules, which split relevance in proportion to the
   summands: torchvision ResNet blocks (zennit's canonizers' rewrite), EfficientNet-Lite MBConv blocks,
   and every other module whose own forward torch.fx can trace (``residual.py``). The summands are
@@ -24,6 +25,10 @@ LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+#: torch calls that read a tensor's shape, not its values: not counted as readers
+SHAPE_QUERIES = {"dim", "size", "numel", "__get__", "shape", "ndim", "ndimension"}
+
+
 class _Uses(TorchFunctionMode):
     """Counts, per tensor (by id), the torch calls that read it, shape queries aside."""
 
@@ -36,9 +41,6 @@ class _Uses(TorchFunctionMode):
             for tensor in {id(value): value for value in _tensors((args, kwargs or {}))}.values():
                 self.counts[id(tensor)] = self.counts.get(id(tensor), 0) + 1
         return func(*args, **(kwargs or {}))
-
-
-SHAPE_QUERIES = {"dim", "size", "numel", "__get__", "shape", "ndim", "ndimension"}
 
 
 def _tensors(value: object) -> list[torch.Tensor]:
@@ -55,8 +57,7 @@ def traced_batch_norm_pairs(model: nn.Module, example: torch.Tensor) -> list[tup
     """(linear layer names, batch norm name) for every batch norm whose input is a linear layer's output and
     read by that batch norm alone: merging changes the layer's output, which another reader (a dense block's
     concatenation) must not see. The other batch norms (a pre-activation network's, which read a sum or a
-    concatenation: DenseNet, ResNetV2) stay, and the composite's rule passes relevance through them
-    (``rules.LeanEpsilonPlusFlat``)."""
+    concatenation: DenseNet, ResNetV2) stay, with the ε-rule of their affine map (``rules.LeanBatchNorm``)."""
     producers: dict[int, tuple[str, torch.Tensor]] = {}  # holding the tensor keeps its id from being reused
     pairs: list[tuple[list[str], str]] = []
     sources: dict[str, int] = {}  # batch norm name: the id of the output it reads

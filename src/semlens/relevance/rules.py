@@ -343,8 +343,9 @@ def _plain_convolution(module: nn.Module) -> bool:
 
 class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
     """zennit's ``EpsilonPlusFlat`` (Flat for the first linear layer, ZPlus for the other convolutions,
-    Epsilon for the other linear layers, zennit's base map for the rest) with the lean rules above, and
-    layer norms with their scale held (``HeldScaleLayerNorm``)."""
+    Epsilon for the other linear layers, zennit's base map for the rest) with the lean rules above, the
+    signed rule where z⁺ does not fit (``LeanZPlus``), the ε-rule for batch norms that stay unmerged
+    (``LeanBatchNorm``), and layer norms with their scale held (``HeldScaleLayerNorm``)."""
 
     def __init__(
         self,
