@@ -190,7 +190,9 @@ def score(model: nn.Module, config: WorldConfig, images: int, rule: str) -> dict
 
 
 def trained(architecture: type[nn.Module], config: WorldConfig) -> nn.Module:
-    """``architecture`` trained on the world as its CNN is (cached: the mobile one takes minutes on 2 cores)."""
+    """``architecture`` trained on the world as its CNN is (cached: the mobile one takes minutes on 2 cores),
+    initialised from the world's seed."""
+    torch.manual_seed(config.seed)
     model = architecture(len(config.classes))
     key = hash_json({"world": config.fingerprint(), "training": TRAINING, "architecture": architecture.__name__, "torch": torch.__version__})
     path = trained_path("lrp-rules", key)
