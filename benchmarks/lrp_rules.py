@@ -24,7 +24,7 @@ on both input signs: semlens before), ``signed`` (z⁺ at a positive
 output, its mirror z⁻ at a negative one: the generalised γ rule's limit), ``gamma`` (zennit's generalised
 γ rule, γ 0.25), ``epsilon``.
 
-    PYTHONPATH=src:tests/support python benchmarks/lrp_rules.py [--images 200] [--world default]
+    PYTHONPATH=src:tests/support python benchmarks/lrp_rules.py [--images 200] [--world default] [--models cnn mobile dense]
 """
 
 from __future__ import annotations
@@ -209,14 +209,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200, help="held-out test images per model (those classified right are scored)")
     parser.add_argument("--world", default="default", help="world config (default: the built-in world)")
+    parser.add_argument("--models", nargs="+", choices=("cnn", "mobile", "dense"), default=["cnn", "mobile", "dense"], help="which models to score")
     args = parser.parse_args()
     config = WorldConfig.load(args.world)
-    models = (
-        ("world-cnn (ReLU)", WorldCNN, list(RULES)),
-        ("mobile (SiLU, linear bottlenecks)", MobileWorldNet, list(RULES)),
-        ("dense (pre-activation batch norms)", DenseWorldNet, [f"norm:{name}" for name in NORM_RULES]),
-    )
-    for name, architecture, rules in models:
+    models = {
+        "cnn": ("world-cnn (ReLU)", WorldCNN, list(RULES)),
+        "mobile": ("mobile (SiLU, linear bottlenecks)", MobileWorldNet, list(RULES)),
+        "dense": ("dense (pre-activation batch norms)", DenseWorldNet, [f"norm:{name}" for name in NORM_RULES]),
+    }
+    for name, architecture, rules in (models[key] for key in args.models):
         started = time.perf_counter()
         model = trained(architecture, config)
         print(f"{name}: trained (or loaded) in {time.perf_counter() - started:.0f} s")
