@@ -25,7 +25,7 @@ from zennit.canonizers import Canonizer
 from zennit.composites import SpecialFirstLayerMapComposite
 from zennit.core import BasicHook, Hook
 from zennit.layer import Sum
-from zennit.rules import ClampMod, Epsilon, Flat, Norm, Pass, ZPlus
+from zennit.rules import ClampMod, Epsilon, Flat, Norm, Pass
 from zennit.types import Activation, AvgPool, BatchNorm, Convolution
 from zennit.types import Linear as AnyLinear
 
@@ -217,12 +217,12 @@ class SignedZPlus(BasicHook):
         return [up, up, down, down]
 
 
-class LeanZPlus(_Direct, ZPlus):
-    """zennit's ``ZPlus`` for a layer whose input is non-negative (every convolution of a ReLU network but
-    the first), without the discarded gradient, on one branch, and, for a convolution, only over the
-    output channels that carry relevance; ``SignedZPlus`` for a layer whose input has negative entries
-    (SiLU, Hardswish, linear bottlenecks), or where z⁺ would lose relevance: an output that carries
-    some but holds no positive contribution to take it.
+class LeanZPlus(_Direct, SignedZPlus):
+    """The signed z⁺ rule without the discarded gradient, and, for a layer whose input is non-negative (every
+    convolution of a ReLU network but the first), as zennit's ``ZPlus`` on one branch and, for a
+    convolution, only over the output channels that carry relevance; the whole signed rule for a layer whose
+    input has negative entries (SiLU, Hardswish, linear bottlenecks), or where z⁺ would lose relevance: an
+    output that carries some but holds no positive contribution to take it.
 
     With a non-negative input, ``z = W⁺x + b⁺ ≥ 0``, so zennit's stabilizer (ε with the sign of each
     entry, zero counted positive) is ``z + ε``. An output channel without relevance anywhere in the
@@ -231,18 +231,13 @@ class LeanZPlus(_Direct, ZPlus):
     """
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
-        super().__init__(stabilizer=stabilizer)
-        self.stabilizer = stabilizer
+        super().__init__(stabilizer)
         self.positive = ClampMod(min=0.0)
-        self.signed = SignedZPlus(stabilizer)
-
-    def copy(self) -> LeanZPlus:
-        return LeanZPlus(self.stabilizer)
 
     def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple[torch.Tensor | None, ...]:
         input = self.stored_tensors["input"][0]
         if bool(input.min() < 0):
-            return self._signed(module, grad_input, grad_output)
+            return super().backward(module, grad_input, grad_output)
         input, grad = input.detach().requires_grad_(), grad_output[0]
         with self.positive(module) as positive, torch.enable_grad():
             channels = _active_channels(module, grad)
@@ -252,7 +247,7 @@ class LeanZPlus(_Direct, ZPlus):
                 bias = None if positive.bias is None else positive.bias[channels]
                 output, grad = module._conv_forward(input, positive.weight[channels], bias), grad[:, channels]
         if self._loses_relevance(module, input.detach(), output.detach(), grad, channels):
-            return self._signed(module, grad_input, grad_output)
+            return super().backward(module, grad_input, grad_output)
         (gradient,) = torch.autograd.grad(
             output, input, grad_outputs=grad / (output + self.stabilizer), create_graph=grad.requires_grad
         )
@@ -270,13 +265,6 @@ class LeanZPlus(_Direct, ZPlus):
         with torch.no_grad(), ClampMod(max=0.0, zero_params=["bias"])(module) as negative:
             below = negative.forward(input) if channels is None else module._conv_forward(input, negative.weight[channels], None)
         return bool(torch.logical_and(lost, below < 0).any())
-
-    def _signed(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple[torch.Tensor | None, ...]:
-        self.signed.stored_tensors["input"] = self.stored_tensors["input"]
-        try:
-            return self.signed.backward(module, grad_input, grad_output)
-        finally:
-            self.signed.stored_tensors.clear()
 
 
 class HeldScaleLayerNorm(_Direct, Epsilon):
