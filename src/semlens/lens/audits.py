@@ -242,8 +242,7 @@ class LensAudits:
             raise SemlensError("an attribution graph needs at least two layers")
         if any(self.manifest["layers"][layer]["unit_names"] == "signed" for layer in chosen):
             raise SemlensError("attribution graphs need unsigned layers (channels or SAE features)")
-        last = self.channels_last(chosen)
-        unexplained = [layer for layer in last if self.manifest["layers"][layer]["spec"].get("sae")]
+        unexplained = self.channels_last_through_sae(chosen)
         if unexplained:
             raise SemlensError(f"attribution graphs are not supported for layers read channels last through a sparse autoencoder: {', '.join(unexplained)}")
         index = self.class_index(class_name)
@@ -268,7 +267,7 @@ class LensAudits:
         title = self.classes[index] if self.classes else str(index)
         valid = {layer: self.valid(layer) for layer in chosen}
         saes: dict = self.sae_files(chosen)  # paths, loaded on first use
-        return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid, saes, last)
+        return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid, saes, self.channels_last(chosen))
 
     def _graph_labels(self: Lens, layer: str) -> list[str | None]:
         """Labels for attribution graphs, at the paper's lower threshold."""

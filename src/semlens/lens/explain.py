@@ -133,8 +133,7 @@ class LensExplain:
         """The given layers (checked), else all of them; by default SAE layers only where the Lens is trusted
         (explaining with one reads the SAE file the Lens names: ``Lens.sae_files``); never an SAE layer read
         channels last, whose relevance semlens does not take."""
-        spec = lambda layer: self.manifest["layers"][layer]["spec"]  # noqa: E731
-        unexplained = [layer for layer in self.channels_last(self.layers) if spec(layer).get("sae")]
+        unexplained = self.channels_last_through_sae(self.layers)
         if layers:
             checked = self.checked_layers(layers)
             refused = [layer for layer in checked if layer in unexplained]
@@ -145,7 +144,7 @@ class LensExplain:
                     f"{', '.join(refused)}; explain {', '.join(others) or 'a Lens with other layers'}"
                 )
             return checked
-        chosen = [layer for layer in self.layers if layer not in unexplained and (self.trusted or not spec(layer).get("sae"))]
+        chosen = [layer for layer in self.layers if layer not in unexplained and (self.trusted or not self.manifest["layers"][layer]["spec"].get("sae"))]
         if unexplained and not chosen:
             raise SemlensError(f"explanations are not supported for layers read channels last through a sparse autoencoder: {', '.join(unexplained)}")
         if not chosen:
