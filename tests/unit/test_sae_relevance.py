@@ -11,10 +11,20 @@ import torch
 from safetensors.torch import save_file
 from tiny_models import TinyCNN
 
-from semlens import BuildConfig, build_lens
+from semlens import BuildConfig, Lens, build_lens
 from semlens.model.sae import SparseAutoencoder
 from semlens.relevance.graph import conditional_relevance
-from semlens.relevance.lrp import RelevanceModel, _bias_free_copy, _one_hot_logit, _per_unit, crp_heatmaps, unit_relevance
+from semlens.relevance.lrp import (
+    RelevanceModel,
+    _bias_free_copy,
+    _one_hot_logit,
+    _per_unit,
+    crp_heatmaps,
+    relevance_maps,
+    unit_and_error_relevance,
+    unit_relevance,
+)
+from semlens.relevance.rules import stabilize
 from semlens.relevance.sae import unit_tensors
 
 LAYER, LOWER, CHANNELS = "features.4", "features.1", 6  # the second conv's ReLU and the first's
@@ -107,6 +117,34 @@ def test_crp_of_a_planted_feature_is_the_crp_of_its_channel(model_and_inputs):
     assert not torch.allclose(through[0], other[0])
 
 
+def test_a_planted_feature_of_a_layer_read_channels_last_gets_its_channels_relevance_and_crp():
+    """The SAE reads a channels-last map (N,H,W,C, a Swin stage) along its last dimension: relevance is conserved
+    and the planted feature gets its channel's, in relevance and in CRP. (The model's mean over positions is a
+    plain gradient, so relevance also reaches positions where the ReLU is zero; the SAE's ε rule hands each
+    position ``R x / stabilize(x)``, the known answer compared with.)"""
+    from tiny_models import ChannelsLastCNN
+
+    model, inputs = ChannelsLastCNN().eval(), torch.rand(4, 3, 32, 32)
+    layer, last = "mlp.1", {"mlp.1"}  # its 6 hidden channels on the last dimension
+    feature, signs = 3, torch.ones(len(inputs))
+    with RelevanceModel(model, inputs).attributing() as modified:
+        targets = modified(inputs).argmax(dim=1)
+        _, maps, units, _ = relevance_maps(modified, inputs, targets, [layer], channels_last=last)
+        x = units[layer]  # N,C,H,W: the channels-second view
+        expected = _per_unit(maps[layer] * x / stabilize(x, 1e-6))
+        channel = int(expected.abs().sum(dim=0).argmax())
+        _, through, errors = unit_and_error_relevance(modified, inputs, targets, [layer], None, {layer: random_sae("standard")}, last)
+        _, planted = unit_relevance(modified, inputs, targets, [layer], None, {layer: planted_sae(feature, channel)}, last)
+        channel_maps = crp_heatmaps(modified, inputs, layer, torch.full((4,), channel), signs, channels_last=True)
+        feature_maps = crp_heatmaps(modified, inputs, layer, torch.full((4,), feature), signs, None, planted_sae(feature, channel), True)
+    assert x.shape == (4, CHANNELS, 16, 16) and through[layer].shape == (4, 10)
+    torch.testing.assert_close(through[layer].sum(dim=1) + errors[layer], expected.sum(dim=1), rtol=1e-3, atol=1e-5)
+    assert expected[:, channel].abs().min() > 1e-4
+    torch.testing.assert_close(planted[layer][:, feature], expected[:, channel], rtol=1e-4, atol=1e-6)
+    assert channel_maps.abs().amax() > 0
+    torch.testing.assert_close(feature_maps, channel_maps)
+
+
 def write_saelens(folder, sae: SparseAutoencoder, architecture: str, k: int | None = None) -> str:
     folder.mkdir()
     config = {"d_in": CHANNELS, "d_sae": sae.d_sae, "architecture": architecture, "apply_b_dec_to_input": True, "normalize_activations": "none"}
@@ -175,7 +213,6 @@ def test_cli_shows_the_sae_and_audits_graphs_and_prunes_its_features(sae_lens, t
 def test_the_sae_is_read_only_for_a_trusted_lens_and_only_while_unchanged(sae_lens, monkeypatch, tmp_path):
     from pathlib import Path
 
-    from semlens import Lens
     from semlens._util.errors import SemlensError
     from semlens.lens.trust import UntrustedSpecError
 
@@ -272,3 +309,23 @@ def test_an_sae_layer_is_explained_with_shares_that_sum_to_one_with_its_error_te
     assert absolute == pytest.approx(1.0, abs=1e-5)  # features (listed or without examples of their own) and the error term
     assert all(unit.share > 0 for unit in layer.units) and all(unit.share < 0 for unit in layer.against)
     assert result.to_dict()["layers"][0]["sae_error"] == layer.sae_error
+
+
+def test_a_lens_of_an_sae_on_a_layer_read_channels_last_has_relevance_crops_explanations_and_graphs(tmp_path, colour_folder, tiny_clip_dir):
+    folder = write_saelens(tmp_path / "planted", planted_sae(), "topk", k=4)
+    config = BuildConfig(
+        model="py:tiny_models:channels_last_cnn", layers=["conv.0", f"mlp.1:channels_last=true,sae={folder}"],
+        data=f"folder:{colour_folder}", foundation=f"hf:{tiny_clip_dir}", k=3, workers=0,
+    )  # fmt: skip
+    lens = build_lens(config, tmp_path / "nhwc-sae.lens", progress=False)
+    assert lens.units("mlp.1") == [str(feature) for feature in range(8)]  # the SAE's 8 features, not 16 rows of pixels
+    assert lens.manifest["layers"]["mlp.1"]["crop"]["mode"] == "relevance"
+    assert "mlp.1" not in lens.manifest["relevance"].get("left_out", {})
+    relevance = lens.class_relevance("mlp.1")
+    assert relevance is not None and relevance["mean_share"].shape == (8, 3)
+    trusted = Lens.open(lens.path, trust=True)  # explanations and graphs read the SAE file
+    trusted.label()
+    (explained,) = trusted.explain(0, layers=["mlp.1"], top=3).layers
+    assert explained.sae_error is not None and all(unit.unit.startswith("mlp.1/") for group in explained.groups for unit in group.units)
+    graph = trusted.attribution_graph("red", ["conv.0", "mlp.1"], cut=0.0)
+    assert {node.layer for node in graph.nodes} == {"conv.0", "mlp.1"} and graph.edges

@@ -59,9 +59,9 @@ class ClassRelevanceStage:
         mapping, targets_from = class_mapping(model, data)
         left_out = {spec.name: "its SAE has no decoder (W_dec)" for spec in context.specs if spec.sae and not has_decoder(spec.sae)}
         left_out |= {
-            spec.name: "relevance of a layer read channels last through a sparse autoencoder or from a picked output is not supported"
+            spec.name: "relevance of a layer read channels last from a picked output is not supported"
             for spec in context.specs
-            if spec.channels_last and (spec.sae or spec.pick)
+            if spec.channels_last and spec.pick
         }
         layers = [spec for spec in context.specs if spec.name not in left_out]
         saes: dict = {spec.name: spec.sae for spec in layers if spec.sae}  # paths, loaded on first use

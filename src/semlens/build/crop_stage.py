@@ -79,8 +79,6 @@ class CropStage:
             problem = None if report.supported else report.reason
             if problem is None and spec.sae and not has_decoder(spec.sae):
                 problem = "CRP through a sparse autoencoder needs its decoder (W_dec)"
-            if problem is None and spec.channels_last and spec.sae:
-                problem = "CRP through a sparse autoencoder on a layer read channels last is not supported"
             if problem is None:
                 return "relevance", report.reason
             if mode == "relevance":

@@ -242,9 +242,6 @@ class LensAudits:
             raise SemlensError("an attribution graph needs at least two layers")
         if any(self.manifest["layers"][layer]["unit_names"] == "signed" for layer in chosen):
             raise SemlensError("attribution graphs need unsigned layers (channels or SAE features)")
-        unexplained = self.channels_last_through_sae(chosen)
-        if unexplained:
-            raise SemlensError(f"attribution graphs are not supported for layers read channels last through a sparse autoencoder: {', '.join(unexplained)}")
         index = self.class_index(class_name)
         relevance = self.class_relevance(chosen[-1])
         if relevance is None:

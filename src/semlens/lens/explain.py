@@ -131,22 +131,10 @@ class LensExplain:
 
     def _explainable_layers(self: Lens, layers: list[str] | None) -> list[str]:
         """The given layers (checked), else all of them; by default SAE layers only where the Lens is trusted
-        (explaining with one reads the SAE file the Lens names: ``Lens.sae_files``); never an SAE layer read
-        channels last, whose relevance semlens does not take."""
-        unexplained = self.channels_last_through_sae(self.layers)
+        (explaining with one reads the SAE file the Lens names: ``Lens.sae_files``)."""
         if layers:
-            checked = self.checked_layers(layers)
-            refused = [layer for layer in checked if layer in unexplained]
-            if refused:
-                others = [layer for layer in self.layers if layer not in unexplained]
-                raise SemlensError(
-                    f"explanations are not supported for layers read channels last through a sparse autoencoder: "
-                    f"{', '.join(refused)}; explain {', '.join(others) or 'a Lens with other layers'}"
-                )
-            return checked
-        chosen = [layer for layer in self.layers if layer not in unexplained and (self.trusted or not self.manifest["layers"][layer]["spec"].get("sae"))]
-        if unexplained and not chosen:
-            raise SemlensError(f"explanations are not supported for layers read channels last through a sparse autoencoder: {', '.join(unexplained)}")
+            return self.checked_layers(layers)
+        chosen = [layer for layer in self.layers if self.trusted or not self.manifest["layers"][layer]["spec"].get("sae")]
         if not chosen:
             raise SemlensError(
                 "every layer of this Lens is read through a sparse autoencoder, whose files an untrusted Lens never "

@@ -161,11 +161,6 @@ class Lens(
         explanations, graphs and projections take their channels on the last dimension."""
         return [layer for layer in layers if self._layer(layer)["spec"].get("channels_last")]
 
-    def channels_last_through_sae(self, layers: list[str]) -> list[str]:
-        """Those of ``layers`` read channels last through a sparse autoencoder, whose relevance semlens does
-        not take (the build leaves them activation crops; explanations and graphs refuse them)."""
-        return [layer for layer in self.channels_last(layers) if self._layer(layer)["spec"].get("sae")]
-
     def sae(self, layer: str) -> dict[str, Any] | None:
         """The SAE a layer's units are the features of (architecture, d_in, d_sae, k, format, hook_name), or None."""
         return self._layer(layer).get("sae")

@@ -98,11 +98,13 @@ class SaeRelevance:
         if layer in self._relays:
             self._relays[layer].keep_error = False
 
-    def rewrite(self, layer: str, output: Any) -> torch.Tensor:
-        """The layer's output routed through its SAE (same values); the features become ``units[layer]``."""
+    def rewrite(self, layer: str, output: Any, channels_last: bool = False) -> torch.Tensor:
+        """The layer's output routed through its SAE (same values); the features become ``units[layer]``,
+        channels second for a map (its features read along the last dimension if ``channels_last``)."""
         if not isinstance(output, torch.Tensor):
             raise LayerError(f"relevance through an SAE needs a layer whose output is one tensor; {layer} returns {type(output).__name__}")
-        channels_first = output.dim() == 4
+        is_map = output.dim() == 4
+        channels_first = is_map and not channels_last
         x = output.movedim(1, -1) if channels_first else output
         sae = self.saes[layer]
         if not isinstance(sae, SparseAutoencoder):
@@ -112,9 +114,9 @@ class SaeRelevance:
             codes = sae.encode(x.float()).to(x.dtype)
         relay = self._relays[layer] = _Relay()
         features = _Encode.apply(x, codes, decoder, relay)
-        units = features.movedim(-1, 1) if channels_first else features
+        units = features.movedim(-1, 1) if is_map else features
         self.units.setdefault(layer, units)
-        codes_again = units.movedim(1, -1) if channels_first else units  # through the unit tensor, so that masks on it act
+        codes_again = units.movedim(1, -1) if is_map else units  # through the unit tensor, so that masks on it act
         y = _Decode.apply(x, codes_again, decoder, relay, self.epsilon, self.errors[layer])
         return y.movedim(-1, 1) if channels_first else y
 
@@ -143,15 +145,16 @@ def unit_tensors(
 ) -> Iterator[SaeRelevance]:
     """Hooks that capture, on the next forward pass, each layer's unit tensor: its (picked) output, or for
     layers in ``saes`` its SAE features (the output then flows on through ``decode(encode(x)) + err``); for
-    the layers in ``channels_last`` (maps N,H,W,C) a view with the channels second, through which the model
-    goes on, so that relevance with respect to it comes per channel as for any map. The first call of a
+    the layers in ``channels_last`` (maps N,H,W,C: their channels, or their SAE's features) a view with the
+    channels second, through which the model goes on, so that relevance with respect to it comes per channel
+    as for any map. The first call of a
     module called twice is kept."""
     picks, reader = picks or {}, SaeRelevance({} if saes is None else saes)
 
     def capture(name: str):
         def hook(_module, _inputs, output):
             if name in reader.saes:
-                return reader.rewrite(name, output) if name not in reader.units else None
+                return reader.rewrite(name, output, name in channels_last) if name not in reader.units else None
             unit = select_output(output, picks.get(name), name)
             if name not in channels_last:
                 reader.units.setdefault(name, unit)
