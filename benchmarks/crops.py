@@ -4,6 +4,10 @@ semlens' composite (``relevance/rules.py``) and zennit's own ``EpsilonPlusFlat``
 
 ``--model small-cnn``: four convolutions, the last one, ``relu4``, with ``--units`` channels, then a
 linear head. ``--model resnet18``: torchvision's ResNet-18 (random weights), units at ``layer4`` (512).
+``--model mobilenet``: timm's MobileNetV3-Large (random weights), units at ``blocks.4`` (112): Hardswish
+inputs, depthwise convolutions and linear bottlenecks, where semlens' convolutions take the signed rule;
+``--rules hooks`` times semlens' composite with that rule computed by zennit's four-branch hook
+(``SignedZPlus``) instead of directly (``LeanZPlus._signed``), the same relevance.
 Random images; each unit's ``--samples`` examples are the images where it fires most (mean
 activation), as the collection pass picks them, and the pairs are ordered by sample as ``CropStage``
 orders them. For each input size and each ``--batches`` value B, one round times ``crp_heatmaps`` on
@@ -29,8 +33,8 @@ is slower; the build keeps one forward per pair.
 Exactness: semlens' heatmaps of the first ``--check`` pairs are compared with zennit's, and the
 batched heatmaps with one pair per call (max |difference| / max |map|).
 
-    PYTHONPATH=tests/support python benchmarks/crops.py [--model small-cnn|resnet18] [--sizes 64 128]
-        [--batches 16 64 256] [--pairs 512] [--rules semlens zennit] [--threads 1] [--math float32 tf32]
+    PYTHONPATH=tests/support python benchmarks/crops.py [--model small-cnn|resnet18|mobilenet] [--sizes 64 128]
+        [--batches 16 64 256] [--pairs 512] [--rules semlens zennit hooks] [--threads 1] [--math float32 tf32]
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from semlens._util.devices import strict_float32
 from semlens.build.embed import chunks
 from semlens.model.units import hooks, resolve_module
 from semlens.relevance.lrp import RelevanceModel, _Stop, crp_heatmaps
+from semlens.relevance.rules import LeanZPlus, SignedZPlus
 
 
 def small_cnn(units: int) -> nn.Sequential:
@@ -73,11 +78,35 @@ def resnet(units: int) -> nn.Module:  # noqa: ARG001 (layer4 has 512 units)
     return resnet18(num_classes=10).eval()
 
 
+def mobilenet(units: int) -> nn.Module:  # noqa: ARG001 (blocks.4 has 112 units)
+    import timm
+
+    return timm.create_model("mobilenetv3_large_100", pretrained=False, num_classes=10).eval()
+
+
+class HookedSignedZPlus(LeanZPlus):
+    """semlens' convolution rule with its signed rule computed by zennit's four-branch hook, as before
+    ``LeanZPlus._signed`` computed it directly."""
+
+    def _signed(self, module: nn.Module, grad_input: tuple, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return SignedZPlus.backward(self, module, grad_input, (grad,))
+
+
+def with_hooked_signed_rule(composite):
+    """``composite`` (semlens') with ``HookedSignedZPlus`` for its convolutions."""
+    composite.layer_map = [(kind, HookedSignedZPlus() if isinstance(rule, LeanZPlus) else rule) for kind, rule in composite.layer_map]
+    return composite
+
+
 #: heatmap arithmetic: float32 proper, as the build runs it, or torch's default (TF32 convolutions on GPUs)
 MATH: dict[str, Callable[[], contextlib.AbstractContextManager]] = {"float32": strict_float32, "tf32": contextlib.nullcontext}
 
 #: model name: (builder from --units, the CRP layer)
-MODELS: dict[str, tuple[Callable[[int], nn.Module], str]] = {"small-cnn": (small_cnn, "relu4"), "resnet18": (resnet, "layer4")}
+MODELS: dict[str, tuple[Callable[[int], nn.Module], str]] = {
+    "small-cnn": (small_cnn, "relu4"),
+    "resnet18": (resnet, "layer4"),
+    "mobilenet": (mobilenet, "blocks.4"),
+}
 
 
 def top_samples(model: nn.Module, layer: str, images: torch.Tensor, samples: int) -> torch.Tensor:
@@ -126,7 +155,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=512, help="pairs timed per setting (the first, in sample order)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds; medians are printed")
     parser.add_argument("--check", type=int, default=64, help="pairs compared across rules and with one pair per call")
-    parser.add_argument("--rules", nargs="+", choices=["semlens", "zennit"], default=["semlens", "zennit"])
+    parser.add_argument("--rules", nargs="+", choices=["semlens", "zennit", "hooks"], default=["semlens", "zennit"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (then the regime names the GPU)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 is steadier on a shared machine")
     parser.add_argument("--math", nargs="+", choices=MATH, default=["float32"], help="float32 proper (as the build) and/or TF32 (GPUs)")
@@ -157,7 +186,11 @@ def main() -> None:
         samples, channels = flat_ids[order], unit_of[order]
         relevance = RelevanceModel(model, images[:2])
         assert relevance.check().supported, relevance.check().reason
-        composites = {"semlens": relevance.composite, "zennit": EpsilonPlusFlat(epsilon=relevance.epsilon, canonizers=relevance.composite.canonizers)}
+        composites = {
+            "semlens": relevance.composite,
+            "zennit": EpsilonPlusFlat(epsilon=relevance.epsilon, canonizers=relevance.composite.canonizers),
+            "hooks": with_hooked_signed_rule(RelevanceModel(model, images[:2]).composite),
+        }
         times: dict[tuple[str, int], list[float]] = {}
 
         def timed(kind: str, batch: int, run: Callable[[int, int], object]) -> None:

@@ -55,6 +55,8 @@ fi
 if [[ $parts == *" crops "* ]]; then
   step crops python3 benchmarks/crops.py --device cuda --model resnet18 --sizes 128 224 --batches 16 64 256 \
     --rules semlens --math float32 tf32
+  step crops-signed python3 benchmarks/crops.py --device cuda --model mobilenet --sizes 128 224 --batches 16 64 256 \
+    --pairs 1024 --rules semlens hooks --check 16
 fi
 if [[ $parts == *" measures "* ]]; then
   step measures python3 benchmarks/measures.py --device cuda

@@ -175,12 +175,17 @@ def sparse(grad: torch.Tensor, channels: list[int]) -> torch.Tensor:
 
 @pytest.mark.parametrize("inputs", ["non-negative", "mixed", "non-negative, an output without positive part"])
 @pytest.mark.parametrize("relevance", ["dense", "two channels", "none"])
-@pytest.mark.parametrize("layer", ["conv", "same-padded conv"])
+@pytest.mark.parametrize("layer", ["conv", "grouped conv", "same-padded conv"])
 def test_lean_zplus_on_each_path(inputs: str, relevance: str, layer: str) -> None:
-    """LeanZPlus is zennit's ZPlus on a non-negative input, and SignedZPlus on an input with negative
-    entries or where an output that carries relevance holds no positive contribution (z⁺ would lose it)."""
+    """LeanZPlus is zennit's ZPlus on a non-negative input, and SignedZPlus (zennit's four-branch hook) on an
+    input with negative entries or where an output that carries relevance holds no positive contribution (z⁺
+    would lose it): computed directly for torch's convolutions, by the hook for a subclass with its own forward."""
     torch.manual_seed(0)
-    conv = nn.Conv2d(4, 6, 3, padding=1) if layer == "conv" else SamePaddedConv(4, 6, 4)
+    conv = {
+        "conv": lambda: nn.Conv2d(4, 6, 3, padding=1),
+        "grouped conv": lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2),
+        "same-padded conv": lambda: SamePaddedConv(4, 6, 4),
+    }[layer]()
     x = torch.randn(2, 4, 8, 8) if inputs == "mixed" else torch.rand(2, 4, 8, 8)
     if "without" in inputs:
         with torch.no_grad():

@@ -208,13 +208,18 @@ class SignedZPlus(BasicHook):
         return type(self)(self.stabilizer)
 
     def _shares(self, grad: torch.Tensor, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each output's relevance over its positive part (z⁺, the first two branches) where the output (the
-        four parts' sum) is non-negative, else over its negative part (z⁻, the last two)."""
-        rising, falling = outputs[0] + outputs[1], outputs[2] + outputs[3]
+        """The branches' relevance ratios: the positive part is the first two branches' sum, the negative
+        part the last two's (``_split``)."""
+        up, down = self._split(grad, outputs[0] + outputs[1], outputs[2] + outputs[3])
+        return [up, up, down, down]
+
+    def _split(self, grad: torch.Tensor, rising: torch.Tensor, falling: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each output's relevance over its positive part ``rising`` (z⁺) where the output (the two parts'
+        sum) is non-negative, else over its negative part ``falling`` (z⁻): the two parts' ratios."""
         positive = rising + falling >= 0
         up = torch.where(positive, grad, 0) / stabilize(rising, self.stabilizer)
         down = torch.where(positive, 0, grad) / stabilize(falling, self.stabilizer)
-        return [up, up, down, down]
+        return up, down
 
 
 class LeanZPlus(_Direct, SignedZPlus):
@@ -222,7 +227,8 @@ class LeanZPlus(_Direct, SignedZPlus):
     convolution of a ReLU network but the first), as zennit's ``ZPlus`` on one branch and, for a
     convolution, only over the output channels that carry relevance; the whole signed rule for a layer whose
     input has negative entries (SiLU, Hardswish, linear bottlenecks), or where z⁺ would lose relevance: an
-    output that carries some but holds no positive contribution to take it.
+    output that carries some but holds no positive contribution to take it. For torch's own convolutions
+    the signed rule is computed directly (``_signed``), also over the channels that carry relevance only.
 
     With a non-negative input, ``z = W⁺x + b⁺ ≥ 0``, so zennit's stabilizer (ε with the sign of each
     entry, zero counted positive) is ``z + ε``. An output channel without relevance anywhere in the
@@ -237,7 +243,7 @@ class LeanZPlus(_Direct, SignedZPlus):
     def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple[torch.Tensor | None, ...]:
         input = self.stored_tensors["input"][0]
         if bool(input.min() < 0):
-            return super().backward(module, grad_input, grad_output)
+            return self._signed(module, grad_input, grad_output[0])
         input, grad = input.detach().requires_grad_(), grad_output[0]
         with self.positive(module) as positive, torch.enable_grad():
             channels = _active_channels(module, grad)
@@ -247,11 +253,33 @@ class LeanZPlus(_Direct, SignedZPlus):
                 bias = None if positive.bias is None else positive.bias[channels]
                 output, grad = module._conv_forward(input, positive.weight[channels], bias), grad[:, channels]
         if self._loses_relevance(module, input.detach(), output.detach(), grad, channels):
-            return super().backward(module, grad_input, grad_output)
+            return self._signed(module, grad_input, grad_output[0])
         (gradient,) = torch.autograd.grad(
             output, input, grad_outputs=grad / (output + self.stabilizer), create_graph=grad.requires_grad
         )
         return (input * gradient,)
+
+    def _signed(self, module: nn.Module, grad_input: tuple, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """The signed rule. For torch's own convolutions (any groups) computed directly: the input's two signed
+        parts through the clamped weights, four convolutions and one backward, where zennit's hook clamps the
+        input four times and the layer's parameters once per branch (``benchmarks/crops.py --model mobilenet``
+        measures the difference); for one group, over the output channels that carry relevance only. Any
+        other convolution (a subclass with its own forward) takes zennit's hook (``SignedZPlus``)."""
+        if not (isinstance(module, _ConvNd) and type(module).forward in _TORCH_CONVOLUTIONS):
+            return super().backward(module, grad_input, (grad,))
+        weight, bias, channels = module.weight, module.bias, _active_channels(module, grad)
+        if channels is not None:
+            weight, bias, grad = weight[channels], None if bias is None else bias[channels], grad[:, channels]
+        up, down = weight.clamp(min=0), weight.clamp(max=0)
+        up_bias, down_bias = (None, None) if bias is None else (bias.clamp(min=0), bias.clamp(max=0))
+        input = self.stored_tensors["input"][0].detach()
+        positive, negative = input.clamp(min=0).requires_grad_(), input.clamp(max=0).requires_grad_()
+        with torch.enable_grad():
+            rising = module._conv_forward(positive, up, up_bias) + module._conv_forward(negative, down, None)
+            falling = module._conv_forward(positive, down, down_bias) + module._conv_forward(negative, up, None)
+        ratios = self._split(grad, rising.detach(), falling.detach())
+        gradients = torch.autograd.grad((rising, falling), (positive, negative), grad_outputs=ratios, create_graph=grad.requires_grad)
+        return (positive * gradients[0] + negative * gradients[1],)
 
     def _loses_relevance(
         self, module: nn.Module, input: torch.Tensor, positive: torch.Tensor, grad: torch.Tensor, channels: torch.Tensor | None
@@ -322,11 +350,14 @@ def _active_channels(module: nn.Module, grad: torch.Tensor) -> torch.Tensor | No
     return channels if 2 * len(channels) <= len(active) else None
 
 
+#: the forwards of torch's own convolutions, which are ``_conv_forward`` with the layer's weight and bias
+_TORCH_CONVOLUTIONS = (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
+
+
 def _plain_convolution(module: nn.Module) -> bool:
     """Whether ``module`` is torch's ``Conv1d``/``2d``/``3d`` forward (``_conv_forward``) with one group:
     a subclass with its own forward (EfficientNet's static "same" padding) computes something else."""
-    plain = (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
-    return isinstance(module, _ConvNd) and type(module).forward in plain and module.groups == 1
+    return isinstance(module, _ConvNd) and type(module).forward in _TORCH_CONVOLUTIONS and module.groups == 1
 
 
 class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
