@@ -166,7 +166,7 @@ def test_joined_rules_with_a_layer_cut_without_heatmaps(tmp_path, colour_folder,
             assert torch.equal(lens.theta(layer, "share"), lens.theta(layer)) and torch.equal(lens.boxes(layer, "share"), lens.boxes(layer))
 
 
-def test_another_crop_rule_reuses_the_heatmaps_and_another_model_or_data_does_not(built, tmp_path, colour_folder, tiny_clip_dir, monkeypatch) -> None:
+def test_another_crop_rule_reuses_the_heatmaps_and_another_model_data_or_lrp_rule_does_not(built, tmp_path, colour_folder, tiny_clip_dir, monkeypatch) -> None:
     import shutil
 
     import semlens.relevance.lrp as lrp
@@ -213,12 +213,19 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_or_data_does_no
     fewer = tmp_path / "fewer"
     shutil.copytree(colour_folder, fewer)
     next(fewer.rglob("*.png")).unlink()
-    for name, overrides in {"model": dict(model="py:tiny_models:twin_cnn"), "data": dict(data=f"folder:{fewer}")}.items():
+    others = {"model": dict(model="py:tiny_models:twin_cnn"), "data": dict(data=f"folder:{fewer}"), "lrp_rule": dict(lrp_rule="gamma")}
+    for name, overrides in others.items():
         calls.clear()
         settings = config(colour_folder, tiny_clip_dir, heatmaps_from=source, class_relevance=False, **overrides)
         other = build_lens(settings, tmp_path / f"{name}.lens", progress=False)
         assert calls, name
         assert {other.manifest["layers"][layer]["crop"]["heatmaps"] for layer in other.layers} == {"computed"}, name
+    # the γ rule's Lens records it (its explanations and graphs use it too) and its heatmaps differ from z⁺'s
+    assert (built.lrp_rule, other.lrp_rule) == ("zplus", "gamma")
+    layer = built.layers[-1]
+    gamma_heat, zplus_heat = (LensStore(lens.path).read_tensors(layer_file(layer, "crops"))["heat"] for lens in (other, built))
+    difference = (gamma_heat.float() - zplus_heat.float()).abs().amax()
+    assert gamma_heat.shape == zplus_heat.shape and difference > 0.05 * zplus_heat.float().abs().amax()
 
 
 def test_crop_responses_are_the_models_scores_on_each_first_rule_crop(built: Lens, tmp_path, colour_folder, tiny_clip_dir) -> None:

@@ -22,14 +22,14 @@ from torchvision.models import resnet18
 from torchvision.models.resnet import Bottleneck, ResNet
 from zennit.composites import EpsilonPlusFlat
 from zennit.layer import Sum
-from zennit.rules import ClampMod, Epsilon, Flat, Norm, ZPlus
+from zennit.rules import ClampMod, Epsilon, Flat, Gamma, Norm, ZPlus
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 from zennit.types import Convolution
 
 from semlens.model.units import resolve_module
 from semlens.relevance.canonizers import ResNetResidualCanonizer
 from semlens.relevance.lrp import RelevanceModel, crp_heatmaps
-from semlens.relevance.rules import LeanBatchNorm, LeanFlat, LeanNorm, LeanZPlus, SignedZPlus
+from semlens.relevance.rules import LeanBatchNorm, LeanFlat, LeanGamma, LeanNorm, LeanZPlus, SignedZPlus
 
 TOLERANCE = 1e-5
 
@@ -267,6 +267,32 @@ def test_signed_rule_known_answers() -> None:
     assert torch.allclose(rule_relevance(ZPlus(), conv, x, second).flatten(), torch.tensor([1.0, 0.0]), atol=1e-5)
 
 
+def test_gamma_rule_known_answer_and_zennits() -> None:
+    """``lrp_rule = "gamma"``: one output of inputs (1, 1), weights (2, -1), no bias: z = 1; with γ = 0.25 the
+    first input's contribution weighs 2 + 0.5, the second's -1, so they get 2.5 / 1.5 and -1 / 1.5 of the
+    relevance. On a convolution with signed inputs, LeanGamma is zennit's Gamma."""
+    conv = nn.Conv2d(2, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([2.0, -1.0]).view(1, 2, 1, 1))
+    relevance = rule_relevance(LeanGamma(gamma=0.25), conv, torch.ones(1, 2, 1, 1), torch.ones(1, 1, 1, 1))
+    assert torch.allclose(relevance.flatten(), torch.tensor([2.5 / 1.5, -1.0 / 1.5]), atol=1e-5)
+    torch.manual_seed(0)
+    conv, x, grad = nn.Conv2d(4, 6, 3, padding=1), torch.randn(2, 4, 8, 8), torch.rand(2, 6, 8, 8)
+    assert gap(rule_relevance(LeanGamma(gamma=0.25), conv, x, grad), rule_relevance(Gamma(gamma=0.25), conv, x, grad)) < TOLERANCE
+
+
+def test_the_gamma_rule_is_every_convolutions_rule_and_an_unknown_rule_is_refused() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    x = torch.rand(2, 3, 16, 16)
+    gamma = RelevanceModel(model, x, rule="gamma")
+    after_first = {"first_layer_visited": True}  # the first convolution takes the flat rule either way
+    assert gamma.check().supported and isinstance(gamma.composite.mapping(after_first, "2", model[2]), LeanGamma)
+    assert isinstance(RelevanceModel(model, x).composite.mapping(after_first, "2", model[2]), LeanZPlus)
+    with pytest.raises(ValueError, match="unknown LRP rule 'alpha2beta1': use one of zplus, gamma"):
+        RelevanceModel(model, x, rule="alpha2beta1")
+
+
 def test_signed_rule_conserves_where_zplus_loses() -> None:
     """A bias-free depthwise convolution on signed inputs, relevance at every output: some outputs hold no
     positive contribution, so z⁺ loses their relevance; the signed rule keeps all of it."""
@@ -315,3 +341,15 @@ def test_lean_stabilizer_is_zennits_bit_for_bit() -> None:
     z[:3] = torch.tensor([0.0, -0.0, float("nan")])
     for dtype in (torch.float32, torch.float16, torch.float64):
         assert torch.equal(lean_stabilize(z.to(dtype), 1e-6).nan_to_num(7.0), stabilize(z.to(dtype), 1e-6).nan_to_num(7.0))
+
+
+def test_a_build_with_an_unknown_lrp_rule_is_refused_with_the_valid_ones() -> None:
+    from semlens import BuildConfig
+    from semlens._util.errors import SemlensError
+
+    from semlens.build.config import LRP_RULE_NAMES
+    from semlens.relevance.lrp import LRP_RULES
+
+    with pytest.raises(SemlensError, match="lrp_rule='epsilon' is not one of zplus, gamma"):
+        BuildConfig(model="m", layers=["l"], data="d", lrp_rule="epsilon")
+    assert LRP_RULE_NAMES == tuple(LRP_RULES)  # the config's names (it imports no torch) are the rules'

@@ -131,6 +131,8 @@ class LensBuilder:
                     identity["embed"][RULE_SETTINGS[rule]] = getattr(config, RULE_SETTINGS[rule])
         if config.crop_view != "box":  # likewise the plain box view
             identity["embed"]["crop_view"] = config.crop_view
+        if config.lrp_rule != "zplus":  # likewise the default rule: crops and class relevance read the rule
+            identity["embed"]["lrp_rule"] = identity["relevance"]["lrp_rule"] = config.lrp_rule
         if context.autocast is not None:  # float32 adds nothing, so Lenses built before this setting stay valid
             identity["collect"]["autocast"] = str(context.autocast).removeprefix("torch.")
         precision = config.embed_precision

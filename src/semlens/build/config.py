@@ -16,6 +16,10 @@ from .parallel import Shard
 
 MAX_RELEVANCE_BATCH = 256
 
+#: the convolutions' LRP rule a build may choose: z⁺ (signed where inputs carry both signs; the default) or
+#: the generalised γ rule (γ = 0.25; ``relevance.lrp.LRP_RULES``)
+LRP_RULE_NAMES = ("zplus", "gamma")
+
 
 @dataclass
 class BuildConfig:
@@ -35,6 +39,7 @@ class BuildConfig:
     crop_quantile: float = CROP_QUANTILE
     crop_view: str = "box"
     heatmaps_from: str | None = None  # a Lens whose CRP heatmaps to reuse where computed from the same inputs
+    lrp_rule: str = "zplus"  # the convolutions' LRP rule for crops, class relevance, explanations and graphs
     class_relevance: bool = True
     relevance_data: str | None = None
     relevance_examples: bool = False  # also keep, crop and embed each unit's top-k samples by relevance (zennit-crp's reference sampling)
@@ -57,6 +62,8 @@ class BuildConfig:
         check_field_types(self)
         if self.crop not in CROP_MODES:
             raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
+        if self.lrp_rule not in LRP_RULE_NAMES:
+            raise SemlensError(f"lrp_rule={self.lrp_rule!r} is not one of {', '.join(LRP_RULE_NAMES)}")
         if self.crop_rule is None:
             self.crop_rule = "peak" if self.crop_view == "masked" else DEFAULT_CROP_RULE
         rules = crop_rules(self.crop_rule)

@@ -92,7 +92,7 @@ class BuildContext:
 
             size = self.model.preprocessing.input_size
             probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))  # zeros explain nothing
-            self.relevance = RelevanceModel(self.model.module.to(self.device), probe.to(self.device))
+            self.relevance = RelevanceModel(self.model.module.to(self.device), probe.to(self.device), rule=self.config.lrp_rule)
             report = self.relevance.check()
             self.manifest["relevance_support"] = {"supported": report.supported, "reason": report.reason}
         return self.relevance.check()

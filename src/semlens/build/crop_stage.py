@@ -113,10 +113,12 @@ class CropStage:
         return boxes
 
     def _heat_key(self, spec: LayerSpec) -> str:
-        """What a layer's CRP heatmaps depend on: the model, its input, the data, the top-k and this layer."""
+        """What a layer's CRP heatmaps depend on: the model, its input, the data, the top-k, this layer and the
+        LRP rule (named where it is not the default, so that heatmaps stored before the choice keep their key)."""
         identity = self.context.identity
         parts = {part: identity[part] for part in ("model", "data", "preprocessing", "collect")}
-        return hash_json({**parts, "layer": spec.fingerprint_fields()})
+        rule = identity["embed"].get("lrp_rule")
+        return hash_json({**parts, "layer": spec.fingerprint_fields(), **({"lrp_rule": rule} if rule else {})})
 
     def _relevance_heatmaps(self, spec: LayerSpec, ids: torch.Tensor, record: dict[str, Any]) -> tuple[torch.Tensor, str]:
         """The layer's CRP heatmaps ``[U, k, h, w]`` (pooled, float16) and where they came from: this Lens's

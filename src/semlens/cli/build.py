@@ -47,6 +47,9 @@ def run(
     crop_view: Optional[str] = typer.Option(
         None, help="What is embedded: box (default: the crop's pixels) or masked (the crop faded to its mean colour where the unit's heatmap is low)."
     ),
+    lrp_rule: Optional[str] = typer.Option(
+        None, help="The convolutions' LRP rule: zplus (default: z+, the signed rule where inputs carry both signs) or gamma (generalised, 0.25)."
+    ),
     heatmaps_from: Optional[str] = typer.Option(
         None, help="A Lens of the same model, layers and data whose CRP heatmaps to reuse (e.g. to compare crop rules and views)."
     ),
@@ -103,6 +106,7 @@ def run(
         crop_share=crop_share,
         crop_quantile=crop_quantile,
         crop_view=crop_view,
+        lrp_rule=lrp_rule,
         heatmaps_from=heatmaps_from,
         class_relevance=class_relevance,
         relevance_data=relevance_data,

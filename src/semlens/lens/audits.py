@@ -254,7 +254,7 @@ class LensAudits:
         ids = relevant_samples(relevance["top_samples"][row], relevance["top_shares"][row], weights, samples)
         model = self.model()
         inputs = torch.stack([model.preprocessing(self.probe_data.load(i)) for i in ids])
-        lrp = RelevanceModel(model.module, inputs[:2])
+        lrp = RelevanceModel(model.module, inputs[:2], rule=self.lrp_rule)
         if not lrp.check().supported:
             raise SemlensError(f"LRP does not support this model: {lrp.check().reason}")
         if self.vocabulary is None:

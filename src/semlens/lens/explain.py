@@ -34,6 +34,7 @@ class Explainer:
     that keeps two threads (the explorer's requests) from attributing with it at the same time."""
 
     model: LoadedModel
+    rule: str = "zplus"  # the convolutions' LRP rule (the Lens's)
     lock: threading.Lock = field(default_factory=threading.Lock)
     lrp: RelevanceModel | None = None
     saes: dict[str, SparseAutoencoder | str] = field(default_factory=dict)  # SAE layers' files, loaded on first use
@@ -44,7 +45,7 @@ class Explainer:
         if self.lrp is None:
             from ..relevance.lrp import RelevanceModel
 
-            lrp = RelevanceModel(self.model.module, inputs)
+            lrp = RelevanceModel(self.model.module, inputs, rule=self.rule)
             report = lrp.check()
             if not report.supported:
                 raise SemlensError(f"explaining a prediction needs LRP, which does not support this model: {report.reason}")
@@ -95,7 +96,7 @@ class LensExplain:
 
     @cached_property
     def _explainer(self: Lens) -> Explainer:
-        return Explainer(self.model())
+        return Explainer(self.model(), self.lrp_rule)
 
     def _explain_layer(
         self: Lens, lrp: RelevanceModel, inputs: torch.Tensor, result: ImageRelevance, spec: LayerSpec, top: int, saes: dict

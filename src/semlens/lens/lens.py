@@ -125,6 +125,12 @@ class Lens(
         return self.manifest["identity"]["collect"]["k"]
 
     @property
+    def lrp_rule(self) -> str:
+        """The convolutions' LRP rule the Lens was built with (``BuildConfig.lrp_rule``), which its explanations
+        and attribution graphs use too."""
+        return self.manifest["identity"]["relevance"].get("lrp_rule", "zplus")
+
+    @property
     def foundation_id(self) -> str:
         return self.space_record["id"]
 

@@ -66,12 +66,20 @@ class SupportReport:
     reason: str
 
 
-class RelevanceModel:
-    """A model prepared for LRP/CRP; ``check()`` tells whether its heatmaps can be trusted."""
+#: the rule for convolutions a build may choose (``BuildConfig.lrp_rule``), and its γ where it has one
+LRP_RULES: dict[str, float | None] = {"zplus": None, "gamma": 0.25}
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, epsilon: float = 1e-6) -> None:
+
+class RelevanceModel:
+    """A model prepared for LRP/CRP; ``check()`` tells whether its heatmaps can be trusted. ``rule`` is the
+    convolutions' rule (``LRP_RULES``): z⁺, signed where inputs carry both signs (``rules.LeanZPlus``), or
+    the generalised γ rule."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, epsilon: float = 1e-6, rule: str = "zplus") -> None:
+        if rule not in LRP_RULES:
+            raise ValueError(f"unknown LRP rule {rule!r}: use one of {', '.join(LRP_RULES)}")
         self.model = model.eval()
-        self.example, self.epsilon = example, epsilon
+        self.example, self.epsilon, self.rule = example, epsilon, rule
         self._report: SupportReport | None = None
         try:
             passes, averages = timm_kinds(model, TIMM_PASSES), timm_kinds(model, TIMM_AVERAGES)
@@ -84,7 +92,7 @@ class RelevanceModel:
             ungated = sorted(f"{name} ({type(m).__name__})" for name, m in without_rule.items() if id(m) not in gates)
             if ungated:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(ungated)}: a sigmoid that does not gate a product, or a softmax that does not weigh values")
-            self.composite = LeanEpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers, passes=passes, averages=averages)
+            self.composite = LeanEpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers, passes=passes, averages=averages, gamma=LRP_RULES[rule])
         except UnsupportedModelError as error:
             self._report = SupportReport(False, str(error))
 
@@ -147,7 +155,7 @@ class RelevanceModel:
                 f"{changed:.3g}): a canonizer could not follow its forward (e.g. an in-place change of a "
                 "block's input)"
             )
-        probe = RelevanceModel(_bias_free_copy(self.model), self.example, self.epsilon)
+        probe = RelevanceModel(_bias_free_copy(self.model), self.example, self.epsilon, self.rule)
         with torch.no_grad():
             outputs = probe.model(self.example)
         initial = partial(_one_hot_logit, targets=outputs.argmax(dim=1))

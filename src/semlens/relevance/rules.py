@@ -25,7 +25,7 @@ from zennit.canonizers import Canonizer
 from zennit.composites import SpecialFirstLayerMapComposite
 from zennit.core import BasicHook, Hook
 from zennit.layer import Sum
-from zennit.rules import ClampMod, Epsilon, Flat, Norm, Pass
+from zennit.rules import ClampMod, Epsilon, Flat, Gamma, Norm, Pass
 from zennit.types import Activation, AvgPool, BatchNorm, Convolution
 from zennit.types import Linear as AnyLinear
 
@@ -295,6 +295,11 @@ class LeanZPlus(_Direct, SignedZPlus):
         return bool(torch.logical_and(lost, below < 0).any())
 
 
+class LeanGamma(_Direct, Gamma):
+    """zennit's generalised γ rule (positive contributions weigh ``1 + γ``, on both input signs) without the
+    discarded gradient: every convolution's rule under ``lrp_rule = "gamma"``."""
+
+
 class HeldScaleLayerNorm(_Direct, Epsilon):
     """A layer norm with its scale held constant (CP-LRP, Ali et al. 2022): ``(x - mean(x)) / σ * w + b`` with
     σ a constant is linear in ``x``, and the ε-rule through it conserves relevance (the bias absorbs its
@@ -364,7 +369,8 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
     """zennit's ``EpsilonPlusFlat`` (Flat for the first linear layer, ZPlus for the other convolutions,
     Epsilon for the other linear layers, zennit's base map for the rest) with the lean rules above, the
     signed rule where z⁺ does not fit (``LeanZPlus``), the ε-rule for batch norms that stay unmerged
-    (``LeanBatchNorm``), and layer norms with their scale held (``HeldScaleLayerNorm``)."""
+    (``LeanBatchNorm``), and layer norms with their scale held (``HeldScaleLayerNorm``). With ``gamma``,
+    the convolutions take the generalised γ rule with that γ instead (``LeanGamma``)."""
 
     def __init__(
         self,
@@ -373,7 +379,9 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
         canonizers: list[Canonizer] | None = None,
         passes: tuple[type, ...] = (),
         averages: tuple[type, ...] = (),
+        gamma: float | None = None,
     ) -> None:
+        convolutions = LeanZPlus(stabilizer=stabilizer) if gamma is None else LeanGamma(gamma=gamma, stabilizer=stabilizer)
         layer_map = [
             (Activation, LeanPass()),
             *([(passes, LeanPass())] if passes else []),  # a library's own elementwise modules (lrp.TIMM_PASSES)
@@ -382,7 +390,7 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
             *([(averages, LeanNorm(stabilizer=stabilizer))] if averages else []),  # its own average pools
             (BatchNorm, LeanBatchNorm(epsilon=epsilon)),
             (nn.LayerNorm, HeldScaleLayerNorm(epsilon=epsilon)),
-            (Convolution, LeanZPlus(stabilizer=stabilizer)),
+            (Convolution, convolutions),
             (nn.Linear, LeanEpsilon(epsilon=epsilon)),
         ]
         first_map = [(AnyLinear, LeanFlat(stabilizer=stabilizer))]
