@@ -11,7 +11,8 @@ and computes only the output channels that carry relevance (below a CRP layer, t
 ``Flat`` runs on one channel; ``Norm`` skips zennit's copy of its input. The relevance is zennit's up
 to float rounding and the sign of zeros (``tests/unit/test_relevance_rules.py``), except at a
 convolution whose input has negative entries, or where z⁺ would lose relevance, which gets
-``SignedZPlus`` (z⁺ loses relevance there: ``benchmarks/lrp_rules.py`` measures it).
+``SignedZPlus`` (z⁺ loses relevance there: ``benchmarks/lrp_rules.py`` measures it), computed directly
+for torch's convolutions. A build may give every convolution the generalised γ rule instead (``LeanGamma``).
 """
 
 from __future__ import annotations
