@@ -222,6 +222,9 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_data_or_lrp_rul
         assert {other.manifest["layers"][layer]["crop"]["heatmaps"] for layer in other.layers} == {"computed"}, name
     # the γ rule's Lens records it (its explanations and graphs use it too) and its heatmaps differ from z⁺'s
     assert (built.lrp_rule, other.lrp_rule) == ("zplus", "gamma")
+    other.manifest["identity"]["relevance"]["lrp_rule"] = "alpha2beta1"  # as an altered Lens would say
+    with pytest.raises(SemlensError, match="the LRP rule 'alpha2beta1', which this semlens does not know"):
+        _ = other.lrp_rule
     layer = built.layers[-1]
     gamma_heat, zplus_heat = (LensStore(lens.path).read_tensors(layer_file(layer, "crops"))["heat"] for lens in (other, built))
     difference = (gamma_heat.float() - zplus_heat.float()).abs().amax()

@@ -127,8 +127,13 @@ class Lens(
     @property
     def lrp_rule(self) -> str:
         """The convolutions' LRP rule the Lens was built with (``BuildConfig.lrp_rule``), which its explanations
-        and attribution graphs use too."""
-        return self.manifest["identity"]["relevance"].get("lrp_rule", "zplus")
+        and attribution graphs use too; a name this semlens does not know (a newer one's, or an altered Lens) is refused."""
+        from ..build.config import LRP_RULE_NAMES
+
+        rule = self.manifest["identity"]["relevance"].get("lrp_rule", "zplus")
+        if rule not in LRP_RULE_NAMES:
+            raise SemlensError(f"this Lens was built with the LRP rule {rule!r}, which this semlens does not know ({', '.join(LRP_RULE_NAMES)})")
+        return rule
 
     @property
     def foundation_id(self) -> str:
