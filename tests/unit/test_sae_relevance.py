@@ -193,7 +193,7 @@ def test_cli_shows_the_sae_and_audits_graphs_and_prunes_its_features(sae_lens, t
     lens, folder = sae_lens
     runner = CliRunner(env={"COLUMNS": "200"})
     info = runner.invoke(app, ["info", str(lens.path)])
-    assert info.exit_code == 0 and "topk SAE, d_sae 8, k 4" in info.output, info.output
+    assert info.exit_code == 0 and "topk SAE, d_sae 8, k 4" in info.output and "LRP rule zplus" in info.output, info.output
     listed = runner.invoke(app, ["layers", "py:tiny_models:tiny_cnn", "--sae", f"{LAYER}={folder}", "--json"])
     row = next(item for item in json.loads(listed.output) if item["name"] == LAYER)
     assert row["units"] == 8 and row["sae"]["architecture"] == "topk"

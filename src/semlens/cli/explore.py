@@ -35,7 +35,8 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
     say(f"data        {identity['data']['spec']} ({identity['data']['samples']} samples)")
     say(f"foundation  {manifest['foundation']['spec']} (id {manifest['foundation']['id']}, dim {manifest['foundation']['dim']})")
     say(f"spaces      {', '.join(f'{space.name} ({space.spec})' + ('' if space.complete else ' (unfinished)') for space in opened.spaces)}")
-    say(f"k           {opened.k}, crop {identity['embed']['crop']}{', relevance examples too' if opened.has_relevance_examples else ''}")
+    rule = identity["relevance"].get("lrp_rule", "zplus")  # as recorded: info describes even a Lens it would not explain with
+    say(f"k           {opened.k}, crop {identity['embed']['crop']}, LRP rule {rule}{', relevance examples too' if opened.has_relevance_examples else ''}")
     say(f"trusted     {'yes' if opened.trusted else 'no (it runs no code and reads no files it names; see `semlens trust`)'}")
     from ..model.sae import sae_summary
 
