@@ -473,6 +473,38 @@ def test_a_channels_last_layer_is_explained_per_channel_of_its_last_dimension() 
     torch.testing.assert_close(units["mlp.1"], expected, rtol=1e-4, atol=1e-6)
 
 
+class UpsampledBranch(nn.Module):
+    """A feature-pyramid merge: a half-resolution branch upsampled (``mode``) and added to the full-resolution map."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.low = nn.Sequential(nn.Conv2d(6, 6, 3, stride=2, padding=1), nn.ReLU())
+        self.up = nn.Upsample(scale_factor=2, mode=mode)
+        self.head = nn.Sequential(nn.Conv2d(6, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return self.head(x + self.up(self.low(x)))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_an_upsampling_layer_gets_the_share_of_the_outputs_it_feeds(mode: str) -> None:
+    """An upsampling layer is a linear map without bias: each input gets its share of the relevance of the outputs
+    it feeds (nearest: the sum of its copies'), and a model that merges an upsampled branch conserves relevance."""
+    torch.manual_seed(0)
+    model = UpsampledBranch(mode).eval()
+    x = torch.rand(2, 3, 16, 16)
+    assert RelevanceModel(model, x).check().supported
+    up, low = nn.Upsample(scale_factor=2, mode="nearest"), torch.rand(1, 1, 2, 2) + 0.5
+    grad = torch.arange(16.0).view(1, 1, 4, 4)
+    with RelevanceModel(nn.Sequential(up), low).attributing() as modified:
+        inputs = low.clone().requires_grad_(True)
+        (relevance,) = torch.autograd.grad(modified(inputs), inputs, grad)
+    expected = grad.view(2, 2, 2, 2).permute(0, 2, 1, 3).sum(dim=(2, 3)).view(1, 1, 2, 2)  # each input's 2x2 copies
+    torch.testing.assert_close(relevance, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_a_sigmoid_that_gates_nothing_is_refused_by_name() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sigmoid(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     report = RelevanceModel(model, torch.rand(1, 3, 8, 8)).check()

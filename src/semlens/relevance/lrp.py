@@ -38,6 +38,7 @@ SUPPORTED_LEAVES = (
     nn.GELU, nn.SiLU, nn.Hardswish, nn.ELU, nn.SELU, nn.CELU, nn.PReLU, nn.Hardtanh, nn.Tanh, nn.Softplus,
     nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, nn.ZeroPad2d,
+    nn.Upsample,  # a linear map without bias (nearest: copies): the average pools' rule (HRNet's, FPNs', U-Nets')
     nn.Sequential,  # a leaf Sequential is an empty one: the identity (GhostNet's shortcuts)
     nn.LayerNorm,  # its scale held constant (rules.HeldScaleLayerNorm), where layer_norm_dims knows the kind
 )  # fmt: skip

@@ -388,6 +388,7 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
             *([(passes, LeanPass())] if passes else []),  # a library's own elementwise modules (lrp.TIMM_PASSES)
             (Sum, LeanNorm(stabilizer=stabilizer)),
             (AvgPool, LeanNorm(stabilizer=stabilizer)),
+            (nn.Upsample, LeanNorm(stabilizer=stabilizer)),  # each input gets its share of the outputs it feeds
             *([(averages, LeanNorm(stabilizer=stabilizer))] if averages else []),  # its own average pools
             (BatchNorm, LeanBatchNorm(epsilon=epsilon)),
             (nn.LayerNorm, HeldScaleLayerNorm(epsilon=epsilon)),
