@@ -222,6 +222,12 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_data_or_lrp_rul
         assert {other.manifest["layers"][layer]["crop"]["heatmaps"] for layer in other.layers} == {"computed"}, name
     # the γ rule's Lens records it (its explanations and graphs use it too) and its heatmaps differ from z⁺'s
     assert (built.lrp_rule, other.lrp_rule) == ("zplus", "gamma")
+    from torch import nn
+
+    from semlens.relevance.rules import LeanGamma
+
+    explainer = other._explainer.prepared(torch.rand(2, 3, 32, 32))  # its explanations and graphs take the rule too
+    assert isinstance(explainer.composite.mapping({"first_layer_visited": True}, "conv", nn.Conv2d(3, 3, 1)), LeanGamma)
     other.manifest["identity"]["relevance"]["lrp_rule"] = "alpha2beta1"  # as an altered Lens would say
     with pytest.raises(SemlensError, match="the LRP rule 'alpha2beta1', which this semlens does not know"):
         _ = other.lrp_rule
