@@ -23,7 +23,7 @@ from semlens.relevance.lrp import RelevanceModel
 
 DEFAULT = [
     "resnet18", "seresnet18", "ecaresnet26t", "regnety_002", "regnetx_002", "mobilenetv3_small_100", "mobilenetv3_large_100",
-    "rexnet_100", "semnasnet_050", "tf_efficientnet_lite0", "efficientnet_b0", "ghostnet_100", "skresnet18", "densenet121",
+    "rexnet_100", "semnasnet_050", "tf_efficientnet_lite0", "efficientnet_b0", "ghostnet_100", "skresnet18", "resnest14d", "mixnet_s", "densenet121",
     "resnetv2_50", "dla34", "convnext_atto", "vit_tiny_patch16_224", "deit3_small_patch16_224", "swin_tiny_patch4_window7_224",
 ]  # fmt: skip
 

@@ -161,6 +161,76 @@ class InvertedResidualBlock(nn.Module):
         return x + self.project(hidden * self.excite(hidden))
 
 
+class PathSoftmax(nn.Module):
+    """SKNet's attention branch as timm writes it, a module of its own: the paths summed and pooled, reduced,
+    expanded, and a softmax over the paths per channel."""
+
+    def __init__(self, paths: int = 2) -> None:
+        super().__init__()
+        self.paths = paths
+        self.reduce, self.act, self.select = nn.Conv2d(WIDTH, 3, 1), nn.ReLU(), nn.Conv2d(3, WIDTH * paths, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.select(self.act(self.reduce(x.sum(1).mean((2, 3), keepdim=True))))
+        return torch.softmax(scores.view(scores.shape[0], self.paths, WIDTH, 1, 1), dim=1)
+
+
+class SelectiveKernelBlock(nn.Module):
+    """Selective kernels (SKNet): two paths (3x3 and dilated 3x3) stacked, weighed per channel by a softmax
+    over the paths that ``PathSoftmax`` computes, summed over the paths, plus the skip connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.small = nn.Sequential(nn.Conv2d(WIDTH, WIDTH, 3, padding=1), nn.ReLU())
+        self.large = nn.Sequential(nn.Conv2d(WIDTH, WIDTH, 3, padding=2, dilation=2), nn.ReLU())
+        self.attn = PathSoftmax()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        paths = torch.stack([self.small(x), self.large(x)], dim=1)
+        return torch.sum(paths * self.attn(paths), dim=1) + x
+
+
+class RadixSoftmax(nn.Module):
+    """ResNeSt's softmax over its radix groups: a module without children, written with a view, a transpose
+    and a reshape around the softmax."""
+
+    def __init__(self, radix: int) -> None:
+        super().__init__()
+        self.radix = radix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.size(0)
+        x = x.view(batch, 1, self.radix, -1).transpose(1, 2)
+        return torch.nn.functional.softmax(x, dim=1).reshape(batch, -1)
+
+
+class SplitAttentionBlock(nn.Module):
+    """Split attention (ResNeSt, radix 2): one convolution makes both groups, their sum is pooled into a
+    ``RadixSoftmax`` gate, the groups weighed by it and summed with ``.sum(dim=1)``, plus the skip connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.relu = nn.Conv2d(WIDTH, 2 * WIDTH, 3, padding=1), nn.ReLU()
+        self.fc1, self.act, self.fc2 = nn.Conv2d(WIDTH, 3, 1), nn.ReLU(), nn.Conv2d(3, 2 * WIDTH, 1)
+        self.rsoftmax = RadixSoftmax(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.conv(x))
+        batch, channels, height, width = out.shape
+        groups = out.reshape((batch, 2, channels // 2, height, width))
+        pooled = groups.sum(dim=1).mean((2, 3), keepdim=True)
+        attn = self.rsoftmax(self.fc2(self.act(self.fc1(pooled)))).view(batch, -1, 1, 1)
+        return (groups * attn.reshape((batch, 2, channels // 2, 1, 1))).sum(dim=1) + x
+
+
+class UngatedPathSoftmaxBlock(SelectiveKernelBlock):
+    """``PathSoftmax``'s output added to the paths instead of weighing them: a softmax that gates nothing."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        paths = torch.stack([self.small(x), self.large(x)], dim=1)
+        return torch.sum(paths + self.attn(paths), dim=1) + x
+
+
 class DenseBlock(nn.Module):
     """DenseNet's layer (pre-activation): batch norm, ReLU, conv, concatenated to the input, then a 1x1 conv
     back to ``WIDTH``. Its batch norm reads the block's input, not a convolution's output: it stays unmerged."""
@@ -269,6 +339,14 @@ class SqueezeExciteCNN(ResidualCNN):
 
 class MobileCNN(ResidualCNN):
     blocks_of = (InvertedResidualBlock, InvertedResidualBlock, InvertedResidualBlock)
+
+
+class SplitPathsCNN(ResidualCNN):
+    blocks_of = (SelectiveKernelBlock, SplitAttentionBlock, PlusBlock)
+
+
+class UngatedSoftmaxCNN(ResidualCNN):
+    blocks_of = (PlusBlock, UngatedPathSoftmaxBlock)
 
 
 class DenseCNN(ResidualCNN):

@@ -146,6 +146,7 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "mobilenet_v2-fx": (mobilenet_v2, 32),
     "custom-residual-fx": (residual_models.ResidualCNN, 16),
     "squeeze-excitation-gates": (residual_models.SqueezeExciteCNN, 16),
+    "softmax-over-paths-gates": (residual_models.SplitPathsCNN, 16),
     "inverted-residuals-signed": (residual_models.MobileCNN, 16),
     "pre-activation-batch-norms": (residual_models.DenseCNN, 16),
     "vit-held-attention": (tiny_vit, 32),
@@ -405,6 +406,60 @@ def test_gated_blocks_are_rewritten_and_their_gate_branches_get_no_relevance() -
     assert reached == [0.0]  # the relevance that reaches the gate's branch
 
 
+def test_softmaxes_over_paths_gate_them_from_modules_of_their_own_and_their_branches_get_no_relevance() -> None:
+    """SKNet's attention branch (a module with children, traced on its own) and ResNeSt's ``RadixSoftmax`` (a
+    leaf, reached through a view, a transpose and reshapes) compute softmaxes that gate their caller's paths."""
+    model = without_shifts(residual_models.SplitPathsCNN())
+    inputs = torch.rand(2, 3, 16, 16)
+    traced = trace_residuals(model, lambda _: False)
+    assert not traced.unsupported
+    assert [type(gate).__name__ for gate in traced.gates] == ["PathSoftmax", "RadixSoftmax"]
+    reached = []
+    record = lambda _module, _grad_input, grad_output: reached.extend(float(g.abs().sum()) for g in grad_output if g is not None)
+    handles = [model.blocks[0].attn.reduce.register_full_backward_hook(record), model.blocks[1].fc1.register_full_backward_hook(record)]
+    with hooks(handles), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch notes that the hook sees output gradients only
+        RelevanceModel(model, inputs).input_relevance(inputs, one_hot_logit(model(inputs).argmax(dim=1)))
+    assert reached == [0.0, 0.0]  # the relevance that reaches the gates' branches
+
+
+def test_a_softmax_over_paths_that_gates_nothing_is_refused_by_name() -> None:
+    report = RelevanceModel(residual_models.UngatedSoftmaxCNN().eval(), torch.rand(2, 3, 16, 16)).check()
+    assert not report.supported
+    assert report.reason == "no LRP rule here for blocks.1.attn (PathSoftmax): non-linear tensor function `softmax` (view)"
+
+
+class TokenMean(nn.Module):
+    """Tokens embedded one by one, averaged over the tokens with ``.mean(dim=1)``, then a linear head (a ViT's
+    average pooling): no biases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.relu, self.head = nn.Linear(4, 5, bias=False), nn.ReLU(), nn.Linear(5, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.relu(self.embed(x)).mean(dim=1))
+
+
+def test_a_mean_over_tokens_gives_each_token_its_share_of_the_pooled_relevance() -> None:
+    """Known answer: the head's ε-rule gives pooled feature c the relevance p_c w_kc; the mean hands token t
+    its share h_tc / sum_t h_tc of it (the average pools' rule), where the gradient would give each 1/T."""
+    model, tokens = TokenMean().eval(), torch.rand(2, 7, 4)
+    captured: list[torch.Tensor] = []
+    with RelevanceModel(model, tokens).attributing() as modified:
+        with hooks([model.relu.register_forward_hook(lambda _m, _a, output: captured.append(output))]):
+            logits = modified(tokens)
+        targets = logits.argmax(dim=1)
+        (relevance,) = torch.autograd.grad(logits, captured, one_hot_logit(targets)(logits))
+    features = F.relu(tokens @ model.embed.weight.detach().T)
+    pooled = features.mean(dim=1)
+    pooled_relevance = pooled * model.head.weight.detach()[targets]  # the ε-rule's p_c w_kc (z_k's stabiliser is negligible)
+    expected = features / stabilize(features.sum(dim=1, keepdim=True)) * pooled_relevance[:, None]
+    torch.testing.assert_close(relevance, expected, rtol=1e-4, atol=1e-6)
+    assert float((relevance - pooled_relevance[:, None] / 7).abs().max()) > 1e-3  # what the gradient would give
+
+
 def test_linear_bottlenecks_lose_relevance_under_zplus_and_keep_it_under_the_signed_rule() -> None:
     """The family above conserves relevance because convolutions whose inputs carry both signs get the
     signed rule: with zennit's z⁺ on every convolution instead, the same model loses some; and its gates,
@@ -557,7 +612,7 @@ def test_lrp_runs_in_float32_proper_and_leaves_tf32_as_it_was() -> None:
     the CPU, so this reads them where LRP runs: in the check's forward passes and in ``attributing``."""
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     relevance = RelevanceModel(model.eval(), torch.rand(2, 3, 8, 8))
-    flags = lambda: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)  # noqa: E731
+    flags = lambda: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     seen: list[tuple[bool, bool]] = []
     model[0].register_forward_hook(lambda *_: seen.append(flags()))
     saved = flags()
@@ -630,6 +685,50 @@ def test_batch_norm_after_relu_and_pool_is_refused_or_left_exact() -> None:
                 torch.testing.assert_close(modified(inputs), expected)
         except UnsupportedModelError:
             pass  # refusing the model is a right answer too
+
+
+class NormWithActivation(nn.BatchNorm2d):
+    """A batch norm with its activation inside, as timm's ``BatchNormAct2d``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
+
+
+def test_a_batch_norm_that_stays_gets_the_epsilon_rule_of_its_affine_map_even_with_its_activation_inside() -> None:
+    """Known answer: after a ReLU there is nothing to merge it into; its input gets ``a x / (a x + b)`` of the
+    relevance at its output, the activation inside passing it unchanged (dividing by the activation's output
+    instead, the rule gave MixNet 1.97 times the relevance it received)."""
+    torch.manual_seed(0)
+    norm = NormWithActivation(4)
+    with torch.no_grad():
+        norm.running_mean.uniform_(-0.5, 0.5), norm.running_var.uniform_(0.5, 2), norm.weight.uniform_(0.5, 2), norm.bias.uniform_(-0.3, 0.3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), norm, nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    inputs = torch.rand(2, 3, 8, 8)
+    seen: dict[str, torch.Tensor] = {}
+    with RelevanceModel(model, inputs).attributing() as modified:
+        keep = lambda name: lambda _m, _a, output: seen.__setitem__(name, output)
+        with hooks([model[1].register_forward_hook(keep("in")), model[2].register_forward_hook(keep("out"))]):
+            logits = modified(inputs)
+        arriving, handed_on = torch.autograd.grad(logits, [seen["out"], seen["in"]], one_hot_logit(logits.argmax(dim=1))(logits))
+    scale = (norm.weight / (norm.running_var + norm.eps).sqrt()).detach().view(1, -1, 1, 1)
+    shift = (norm.bias.detach() - norm.running_mean * scale.flatten()).view(1, -1, 1, 1)
+    scaled = seen["in"].detach() * scale
+    torch.testing.assert_close(handed_on, scaled / stabilize(scaled + shift) * arriving, rtol=1e-5, atol=1e-7)
+
+
+def test_a_rule_that_runs_its_module_again_during_the_backward_pass_gets_a_report_not_a_crash() -> None:
+    """A norm with batch statistics keeps zennit's rule, which runs the module's forward (and its activation's
+    hooks) again while relevance flows back: the check names the module where relevance is lost instead of
+    running out of recorded tensors."""
+    norm = NormWithActivation(4)
+    norm.track_running_stats, norm.running_mean, norm.running_var = False, None, None
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), norm, nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    report = RelevanceModel(model, torch.rand(2, 3, 8, 8)).check()
+    assert not report.supported and report.reason.startswith("relevance not conserved at 2 (NormWithActivation)")
 
 
 def test_merging_a_batch_norm_leaves_the_model_function_unchanged() -> None:

@@ -87,13 +87,14 @@ def find_leak(
         with hooks([module.register_forward_hook(leave(name)) for name, module in named]), torch.enable_grad():
             outputs = modified(inputs)
         start = initial(outputs)
-        tensors = [tensor for flow in flows.values() for tensor in flow.inputs + flow.outputs]
+        counted = {name: (list(flow.inputs), list(flow.outputs)) for name, flow in flows.items()}  # a rule may call a module again while it runs
+        tensors = [tensor for ins, outs in counted.values() for tensor in ins + outs]
         grads = iter(torch.autograd.grad(outputs, tensors, grad_outputs=start, allow_unused=True))
     explained = abs(float(start.detach().sum()))
     leaks: dict[str, float] = {}
-    for name, flow in flows.items():
-        below = sum(_total(next(grads)) for _ in flow.inputs)
-        above = sum(_total(next(grads)) for _ in flow.outputs)
+    for name, (ins, outs) in counted.items():
+        below = sum(_total(next(grads)) for _ in ins)
+        above = sum(_total(next(grads)) for _ in outs)
         if abs(below - above) > tolerance * explained:
             leaks[name] = below / above if above else float("inf")
     innermost = [name for name in leaks if not any(other.startswith(f"{name}.") for other in leaks)]

@@ -24,7 +24,7 @@ from ..model.units import hooks, resolve_module, select_output
 from .attention import HeldAttention
 from .canonizers import UnsupportedModelError, canonizers_for
 from .conservation import find_leak
-from .residual import HOLDING_MODULES, FxResidualCanonizer
+from .residual import HOLDING_MODULES, FxResidualCanonizer, makes_gate
 from .rules import LeanEpsilonPlusFlat, layer_norm_dims
 from .sae import decoded_share, unit_tensors
 
@@ -85,7 +85,7 @@ class RelevanceModel:
         try:
             passes, averages = timm_kinds(model, TIMM_PASSES), timm_kinds(model, TIMM_AVERAGES)
             without_rule = leaves_without_rule(model, passes + averages)
-            unsupported = sorted({type(m).__name__ for m in without_rule.values() if type(m).__name__ not in HOLDING_MODULES})
+            unsupported = sorted({type(m).__name__ for m in without_rule.values() if type(m).__name__ not in HOLDING_MODULES and not makes_gate(m)})
             if unsupported:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(unsupported)}")
             canonizers = canonizers_for(model, example)

@@ -8,9 +8,13 @@ module keeps its qualified name, type and hooks. (Tracing the whole model would 
 one GraphModule whose block-level modules are empty shells: a hook on ``layer1.0`` would never fire.)
 Concatenations conserve relevance under gradients and are left alone, and so are additions of a
 constant or parameter (biases). A gate, a tensor scaled by a sigmoid of another (squeeze-and-excitation
-in EfficientNet, MobileNetV3, RegNetY, SE-ResNet), and a tensor scaled by a constant (a layer scale)
-become ``gated_product``: the relevance goes to the scaled tensor whole, none to the gate's branch (LRP's
-signal-take-all rule for gates, Arras et al. 2017), which conserves it. Attention written out (a
+in EfficientNet, MobileNetV3, RegNetY, SE-ResNet) or by a softmax over its paths (selective kernels in
+SKNet, split attention in ResNeSt, where a module of their own computes it), and a tensor scaled by a
+constant (a layer scale) become ``gated_product``: the relevance goes to the scaled tensor whole, none to
+the gate's branch (LRP's signal-take-all rule for gates, Arras et al. 2017), which conserves it. A sum
+or mean over dimensions of a computed tensor (summing the weighed paths, averaging tokens) becomes a
+``Reduction`` module, which gets the average pools' rule: each summand its share of the result, where
+the gradient would hand every summand the whole. Attention written out (a
 softmax's weights times values) gets the held-weights rule of ``attention.py``. A forward with optional
 arguments is traced once per way of leaving them out, and the rewrite follows each call. Other products
 of two computed tensors and other non-linear tensor functions have no rule here, so a module that
@@ -32,6 +36,7 @@ from zennit.canonizers import AttributeCanonizer
 from zennit.layer import Sum
 
 from .attention import held_weights_product
+from .layers import Reduction
 
 #: names of additions (operator.add, torch.add, Tensor.add, ``+=`` as operator.iadd, Tensor.add_)
 ADDS = {"add", "iadd", "add_"}
@@ -47,10 +52,13 @@ NON_LINEAR = {
 #: calls whose result depends on an input's shape, not its values
 SHAPE_CALLS = {"size", "dim", "numel", "getattr"}
 #: functions and module classes (torch's and timm's) whose output, between 0 and 1, can gate another tensor
-GATE_FUNCTIONS = {"sigmoid", "hardsigmoid"}
-GATE_MODULES = {"Sigmoid", "Hardsigmoid", "HardSigmoid"}
+#: (a softmax over paths: SKNet, ResNeSt)
+GATE_FUNCTIONS = {"sigmoid", "hardsigmoid", "softmax"}
+GATE_MODULES = {"Sigmoid", "Hardsigmoid", "HardSigmoid", "Softmax"}
 #: calls that rearrange a tensor's values without changing them: a gate stays a gate through them
-RESHAPES = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "flatten", "contiguous"}
+RESHAPES = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "flatten", "contiguous", "transpose", "permute"}
+#: reductions over dimensions, which ``Reduction`` takes over (``dim`` given as numbers, no ``dtype``)
+REDUCTIONS = {"sum", "mean"}
 #: a softmax whose output weighs values in a matrix product: attention written out (held: attention.py)
 WEIGHT_FUNCTIONS, WEIGHT_MODULES = {"softmax"}, {"Softmax"}
 #: modules that may only gate a product or weigh values, where they get no relevance
@@ -95,10 +103,11 @@ class _EveryModuleALeaf(fx.Tracer):
 
 @dataclass
 class Rewrite:
-    """One module's forward with its residual additions replaced by ``Sum`` modules (set as attributes)."""
+    """One module's forward with its residual additions and reductions replaced by ``Sum`` and ``Reduction``
+    modules (set as attributes)."""
 
     forward: Callable[..., torch.Tensor]
-    sums: dict[str, Sum] = field(default_factory=dict)
+    sums: dict[str, nn.Module] = field(default_factory=dict)
 
 
 @dataclass
@@ -121,7 +130,7 @@ def trace_residuals(model: nn.Module, handled: Callable[[nn.Module], bool]) -> T
         where = f"{name or 'the model'} ({kind.__name__})"
         optional = _optional_arguments(module)
         forwards: dict[frozenset[str], Callable[..., torch.Tensor]] = {}
-        sums: dict[str, Sum] = {}
+        sums: dict[str, nn.Module] = {}
         for variant, left_out in enumerate(_subsets(optional)):
             try:
                 root = copy.copy(module)  # the tracer stores tensor constants on its root: never on the user's module
@@ -130,7 +139,7 @@ def trace_residuals(model: nn.Module, handled: Callable[[nn.Module], bool]) -> T
                 result.untraced.setdefault(name, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
                 continue
             prefix = f"canonizer_sum_{variant}_" if optional else "canonizer_sum_"
-            rewritten = _rewrite(graph, root, where, prefix, result)
+            rewritten = _rewrite(graph, root, where, prefix, result, gates=any(gate is module for gate in result.gates))
             if rewritten is not None:
                 forwards[frozenset(left_out)] = rewritten.forward
                 sums.update(rewritten.sums)
@@ -140,19 +149,22 @@ def trace_residuals(model: nn.Module, handled: Callable[[nn.Module], bool]) -> T
     return result
 
 
-def _rewrite(graph: fx.Graph, root: nn.Module, where: str, prefix: str, result: TraceResult) -> Rewrite | None:
-    """One traced forward with its residual sums, gates, scalings by constants and attention written out
-    replaced by their rules (None where it has none); what has no rule, and the gates' and softmaxes'
-    modules, go to ``result``."""
+def _rewrite(graph: fx.Graph, root: nn.Module, where: str, prefix: str, result: TraceResult, gates: bool = False) -> Rewrite | None:
+    """One traced forward with its residual sums, reductions, gates, scalings by constants and attention
+    written out replaced by their rules (None where it has none); what has no rule, and the gates' and
+    softmaxes' modules, go to ``result``. ``gates``: the module's output gates a product of its caller (SKNet's
+    attention branch), so the sigmoid or softmax that computes it needs no rule."""
     computed = _computed_nodes(graph)
     gated = _gated_products(graph, computed, root)
     held = _held_products(graph, computed, root)
     weights_only = _weights_only(graph, held)
-    problems = [f"{where}: {problem}" for problem in _unsupported_ops(graph, computed, gated, weights_only)]
+    own_gate = _output_source(graph, root, GATE_FUNCTIONS, GATE_MODULES) if gates else None
+    problems = [f"{where}: {problem}" for problem in _unsupported_ops(graph, computed, gated, weights_only, own_gate)]
     result.unsupported += [problem for problem in problems if problem not in result.unsupported]
     sources = [gate for _, gate, _ in gated.values()] + list(held.values())
     result.gates += [_computing(root.get_submodule(node.target)) for node in sources if node is not None and node.op == "call_module"]
-    sums = _replace_adds(graph, computed, prefix)
+    sums: dict[str, nn.Module] = {**_replace_adds(graph, computed, prefix)}
+    sums.update(_replace_reductions(graph, computed, prefix.replace("_sum_", "_reduction_")))
     _replace_gated_products(graph, gated)
     _replace_held_products(graph, held)
     if not (sums or gated or held):
@@ -206,7 +218,8 @@ def _dispatch(
 
 
 class FxResidualCanonizer(AttributeCanonizer):
-    """Sets the rewritten ``forward`` and its ``Sum`` modules on each traced module; zennit removes them on exit."""
+    """Sets the rewritten ``forward`` and its ``Sum`` and ``Reduction`` modules on each traced module; zennit
+    removes them on exit."""
 
     def __init__(self, traced: TraceResult) -> None:
         self.traced = traced
@@ -261,9 +274,38 @@ def _source(
         module = _computing(root.get_submodule(node.target)) if node.op == "call_module" else None
         if type(module).__name__ in modules or (name is not None and name.rstrip("_") in functions):
             return node
+        if module is not None and _computes_with(module, functions, modules):
+            return node
         if not node.args or not isinstance(node.args[0], fx.Node) or not (name in RESHAPES or isinstance(module, through)):
             return None
         node = node.args[0]
+
+
+def _output_source(graph: fx.Graph, root: nn.Module, functions: set[str], modules: set[str]) -> fx.Node | None:
+    """The call of one of ``functions`` or ``modules`` that computes the traced forward's output (``_source``)."""
+    (output,) = (node for node in graph.nodes if node.op == "output")
+    result = output.args[0]
+    return _source(result, root, functions, modules) if isinstance(result, fx.Node) else None
+
+
+def _computes_with(module: nn.Module, functions: set[str], modules: set[str]) -> bool:
+    """Whether a module of a library's own (not torch's) computes its output with one of ``functions`` or
+    ``modules``, through reshapes: ResNeSt's ``RadixSoftmax``, SKNet's attention branch. False where torch.fx
+    cannot trace it."""
+    if type(module).__module__.startswith("torch.nn"):
+        return False
+    root = copy.copy(module)
+    try:
+        graph = _EveryModuleALeaf().trace(root)
+    except Exception:  # noqa: BLE001 (a module torch.fx cannot follow is no known gate)
+        return False
+    return _output_source(graph, root, functions, modules) is not None
+
+
+def makes_gate(module: nn.Module) -> bool:
+    """Whether ``module`` is a library's own module whose output is a gate's sigmoid or softmax (or attention's
+    softmax): it needs no rule where it gates a product (``TraceResult.gates``)."""
+    return _computes_with(module, GATE_FUNCTIONS | WEIGHT_FUNCTIONS, HOLDING_MODULES)
 
 
 def _computing(module: nn.Module) -> nn.Module:
@@ -322,8 +364,9 @@ def _unsupported_ops(
     computed: set[fx.Node],
     gated: dict[fx.Node, tuple[fx.Node, fx.Node | None, bool]],
     weights_only: set[fx.Node],
+    own_gate: fx.Node | None = None,
 ) -> list[str]:
-    gates = {gate for _, gate, _ in gated.values()}
+    gates = {gate for _, gate, _ in gated.values()} | {own_gate}
     problems = []
     for node in graph.nodes:
         name = _op_name(node)
@@ -383,3 +426,27 @@ def _replace_adds(graph: fx.Graph, computed: set[fx.Node], prefix: str = "canoni
         graph.erase_node(node)
     graph.lint()
     return sums
+
+
+def _replace_reductions(graph: fx.Graph, computed: set[fx.Node], prefix: str) -> dict[str, Reduction]:
+    """Replace each sum or mean over given dimensions of a computed tensor (``REDUCTIONS``) by a ``Reduction``
+    module; returns the new modules (named ``prefix`` and a number). Full reductions (no ``dim``), a ``dim``
+    computed from shapes and a ``dtype`` are left as they are."""
+    reductions: dict[str, Reduction] = {}
+    for node in list(graph.nodes):
+        if _op_name(node) not in REDUCTIONS or not node.args or node.args[0] not in computed:
+            continue
+        arguments = dict(zip(("dim", "keepdim"), node.args[1:]), **node.kwargs)
+        dim, keepdim = arguments.pop("dim", None), arguments.pop("keepdim", False)
+        shape_free = isinstance(dim, int) or (isinstance(dim, (tuple, list)) and dim and all(isinstance(d, int) for d in dim))
+        if arguments or not shape_free or not isinstance(keepdim, bool) or len(node.args) > 3:
+            continue
+        target = f"{prefix}{len(reductions)}"
+        reductions[target] = Reduction(dim if isinstance(dim, int) else tuple(dim), keepdim, _op_name(node) == "mean")
+        with graph.inserting_after(node):
+            reduced = graph.call_module(target, (node.args[0],))
+        computed.add(reduced)  # a reduction of it is one too
+        node.replace_all_uses_with(reduced)
+        graph.erase_node(node)
+    graph.lint()
+    return reductions

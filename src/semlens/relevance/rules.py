@@ -20,6 +20,7 @@ from __future__ import annotations
 from functools import reduce
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 from zennit.canonizers import Canonizer
@@ -29,6 +30,8 @@ from zennit.layer import Sum
 from zennit.rules import ClampMod, Epsilon, Flat, Gamma, Norm, Pass
 from zennit.types import Activation, AvgPool, BatchNorm, Convolution
 from zennit.types import Linear as AnyLinear
+
+from .layers import Reduction
 
 
 class _Rule(torch.autograd.Function):
@@ -122,10 +125,21 @@ class LeanBatchNorm(_Direct, Epsilon):
     """A batch norm merged into the layer before it (the identity since: ``canonizers.ExactMergeBatchNorm``)
     passes relevance unchanged; one that stays (pre-activation networks: DenseNet, ResNetV2) is an affine map
     per channel and gets the ε-rule, which leaves its shift the shift's share. Passing it unchanged instead
-    (zennit's map) pointed worse on a small DenseNet trained on the world (``benchmarks/lrp_rules.py``)."""
+    (zennit's map) pointed worse on a small DenseNet trained on the world (``benchmarks/lrp_rules.py``).
+    The affine map is computed from the norm's statistics, not by its ``forward``: a library's batch norm
+    with its activation inside (timm's ``BatchNormAct2d``, unmerged after a concatenation in MixNet) would
+    otherwise divide by the activation's output; the activation passes relevance unchanged, as every
+    elementwise activation here does."""
 
     #: whether the module is the identity (merged); set when the rule is registered on it
     merged = False
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        super().__init__(epsilon=epsilon)
+        self.epsilon = epsilon
+
+    def copy(self) -> LeanBatchNorm:
+        return LeanBatchNorm(self.epsilon)
 
     def register(self, module: nn.Module):
         self.merged = _identity_norm(module)
@@ -133,7 +147,15 @@ class LeanBatchNorm(_Direct, Epsilon):
         return super().register(module)
 
     def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple[torch.Tensor | None, ...]:
-        return grad_output if self.merged else super().backward(module, grad_input, grad_output)
+        if self.merged:
+            return grad_output
+        if module.running_mean is None or module.running_var is None:  # batch statistics: zennit's rule on its forward
+            return super().backward(module, grad_input, grad_output)
+        input = self.stored_tensors["input"][0].detach()
+        weight, bias = (None if p is None else p.detach() for p in (module.weight, module.bias))
+        output = F.batch_norm(input, module.running_mean, module.running_var, weight, bias, False, 0.0, module.eps)
+        scale = (module.running_var + module.eps).rsqrt() * (1 if weight is None else weight)
+        return (input * scale.view((1, -1) + (1,) * (input.dim() - 2)) * (grad_output[0] / stabilize(output, self.epsilon)),)
 
 
 def _identity_norm(module: nn.Module) -> bool:
@@ -388,6 +410,7 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
             *([(passes, LeanPass())] if passes else []),  # a library's own elementwise modules (lrp.TIMM_PASSES)
             (Sum, LeanNorm(stabilizer=stabilizer)),
             (AvgPool, LeanNorm(stabilizer=stabilizer)),
+            (Reduction, LeanNorm(stabilizer=stabilizer)),  # a sum or mean over dimensions in a forward (residual.py)
             (nn.Upsample, LeanNorm(stabilizer=stabilizer)),  # each input gets its share of the outputs it feeds
             *([(averages, LeanNorm(stabilizer=stabilizer))] if averages else []),  # its own average pools
             (BatchNorm, LeanBatchNorm(epsilon=epsilon)),
