@@ -11,6 +11,9 @@ token, which the check's bias-free copy zeroes, then only ever holds values of 1
 starts them (timm's ``init_values``) where trained ones are.
 
     PYTHONPATH=tests/support python benchmarks/lrp_support.py [--size 96] [--calibrate] [--init-values 0.01] mobilenetv3_small_100 ...
+
+A name ``torchvision:NAME`` is torchvision's model builder ``NAME`` instead (``--torchvision`` checks the list
+below), at 224 px where its architecture fixes the size (ViT, Swin, MaxViT) and 299 px for Inception v3.
 """
 
 from __future__ import annotations
@@ -28,6 +31,31 @@ DEFAULT = [
 ]  # fmt: skip
 
 
+TORCHVISION = [
+    "alexnet", "vgg16", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "densenet121", "googlenet", "inception_v3",
+    "squeezenet1_1", "shufflenet_v2_x1_0", "mobilenet_v2", "mobilenet_v3_large", "mnasnet1_0", "efficientnet_b0",
+    "efficientnet_v2_s", "regnet_y_400mf", "regnet_x_400mf", "convnext_tiny", "vit_b_16", "swin_t", "swin_v2_t", "maxvit_t",
+]  # fmt: skip
+
+
+def create(name: str, init_values: float | None) -> tuple[torch.nn.Module, int]:
+    """A model with random weights, seeded, and the side its input takes by default (``--size``: 0)."""
+    torch.manual_seed(0)
+    if name.startswith("torchvision:"):
+        import torchvision.models
+
+        name = name.removeprefix("torchvision:")
+        options = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+        model = getattr(torchvision.models, name)(num_classes=10, **options)
+        return model.eval(), 299 if name == "inception_v3" else 224 if name.startswith(("vit", "swin", "maxvit")) else 0
+    import timm
+
+    scales = {} if init_values is None else {"init_values": init_values}
+    model = timm.create_model(name, pretrained=False, num_classes=10, **scales).eval()
+    config = model.pretrained_cfg
+    return model, config["input_size"][-1] if config.get("fixed_input_size") else 0
+
+
 def calibrate(model: torch.nn.Module, size: int) -> None:
     """Every batch norm's running statistics measured on 64 random images (cumulative average), then eval mode."""
     for module in model.modules():
@@ -41,25 +69,22 @@ def calibrate(model: torch.nn.Module, size: int) -> None:
 
 
 def main() -> None:
-    import timm
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="*", default=DEFAULT, help="timm model names")
+    parser.add_argument("models", nargs="*", help="timm model names, or torchvision:NAME (default: the list above)")
     parser.add_argument("--calibrate", action="store_true", help="batch-norm statistics measured on random images first")
     parser.add_argument("--init-values", type=float, default=None, help="layer scales' initial value (timm's init_values; models that have them)")
     parser.add_argument("--size", type=int, default=96, help="side of the two random probe images (models of a fixed input size take theirs)")
+    parser.add_argument("--torchvision", action="store_true", help="torchvision's models (TORCHVISION) instead of the default timm list")
     args = parser.parse_args()
-    for name in args.models:
-        torch.manual_seed(0)
-        scales = {} if args.init_values is None else {"init_values": args.init_values}
-        model = timm.create_model(name, pretrained=False, num_classes=10, **scales).eval()
-        config = model.pretrained_cfg
-        size = config["input_size"][-1] if config.get("fixed_input_size") else args.size
+    names = args.models or ([f"torchvision:{name}" for name in TORCHVISION] if args.torchvision else DEFAULT)
+    for name in names:
+        model, fixed = create(name, args.init_values)
+        size = fixed or args.size
         probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
         if args.calibrate:
             calibrate(model, size)
         report = RelevanceModel(model, probe).check()
-        print(f"{name:<24} {'supported' if report.supported else 'refused':<9}  {report.reason[:300]}")
+        print(f"{name:<30} {'supported' if report.supported else 'refused':<9}  {report.reason[:300]}")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,14 @@ def tiny_vit(fused: bool = True) -> nn.Module:
     return model
 
 
+def tiny_torchvision_convnext() -> nn.Module:
+    """torchvision's ConvNeXt, two small stages: its ``Permute`` modules (only rearrange: no rule needed) and
+    ``StochasticDepth`` (the identity in eval mode). Layer scales at 1, not 1e-6, so that logits are not tiny."""
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    return ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 1)], stochastic_depth_prob=0.1, layer_scale=1.0, num_classes=3)
+
+
 def tiny_convnext() -> nn.Module:
     """timm's ConvNeXt-Atto on 32 px: LayerNorm2d, timm's GELU, layer scales, depthwise convolutions."""
     import timm
@@ -151,6 +159,7 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "pre-activation-batch-norms": (residual_models.DenseCNN, 16),
     "vit-held-attention": (tiny_vit, 32),
     "convnext-layer-norm": (tiny_convnext, 32),
+    "torchvision-convnext-permutes": (tiny_torchvision_convnext, 32),
 }
 
 
@@ -421,6 +430,32 @@ def test_softmaxes_over_paths_gate_them_from_modules_of_their_own_and_their_bran
         warnings.simplefilter("ignore")  # torch notes that the hook sees output gradients only
         RelevanceModel(model, inputs).input_relevance(inputs, one_hot_logit(model(inputs).argmax(dim=1)))
     assert reached == [0.0, 0.0]  # the relevance that reaches the gates' branches
+
+
+class WindowPartition(nn.Module):
+    """MaxViT's window partition as torchvision writes it: reshapes and a permute, the window size an argument."""
+
+    def forward(self, x: torch.Tensor, p: int) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p, c)
+
+
+class Doubling(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1) * 2
+
+
+def test_modules_that_only_rearrange_their_input_need_no_rule_and_others_do() -> None:
+    from torchvision.ops.misc import Permute
+
+    from semlens.relevance.residual import rearranges_only
+
+    assert rearranges_only(Permute([0, 2, 3, 1])) and rearranges_only(WindowPartition())
+    assert not rearranges_only(Doubling())  # computes new values
+    assert not rearranges_only(nn.Linear(2, 2)) and not rearranges_only(nn.Sigmoid())  # parameters; a function
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Doubling(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    report = RelevanceModel(model, torch.rand(1, 3, 8, 8)).check()
+    assert not report.supported and report.reason == "no LRP rule here for Doubling"
 
 
 def test_a_softmax_over_paths_that_gates_nothing_is_refused_by_name() -> None:

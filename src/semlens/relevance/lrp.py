@@ -24,7 +24,7 @@ from ..model.units import hooks, resolve_module, select_output
 from .attention import HeldAttention
 from .canonizers import UnsupportedModelError, canonizers_for
 from .conservation import find_leak
-from .residual import HOLDING_MODULES, FxResidualCanonizer, makes_gate
+from .residual import HOLDING_MODULES, FxResidualCanonizer, makes_gate, rearranges_only
 from .rules import LeanEpsilonPlusFlat, layer_norm_dims
 from .sae import decoded_share, unit_tensors
 
@@ -44,11 +44,15 @@ SUPPORTED_LEAVES = (
 )  # fmt: skip
 #: parameter-free pass-through modules that libraries define themselves (e.g. EfficientNet-Lite's Identity)
 SUPPORTED_NAMES = {"Identity", "Sum"}
-#: timm's own elementwise modules, which relevance passes unchanged as it passes torch's activations: its
-#: activation classes, its layer scales (a product with a constant, where the ε-rule is the identity) and
-#: DropPath (the identity in eval mode); and its average pools, which get the average pools' rule
-TIMM_PASSES = {"GELU", "GELUTanh", "QuickGELU", "Swish", "HardSwish", "Tanh", "PReLU", "LayerScale", "LayerScale2d", "DropPath"}
-TIMM_AVERAGES = {"FastAdaptiveAvgPool"}
+#: timm's and torchvision's own elementwise modules, which relevance passes unchanged as it passes torch's
+#: activations: timm's activation classes, its layer scales (a product with a constant, where the ε-rule is
+#: the identity), DropPath and torchvision's StochasticDepth (the identity in eval mode); and timm's average
+#: pools, which get the average pools' rule
+LIBRARY_PASSES = {
+    "timm.": {"GELU", "GELUTanh", "QuickGELU", "Swish", "HardSwish", "Tanh", "PReLU", "LayerScale", "LayerScale2d", "DropPath"},
+    "torchvision.": {"StochasticDepth"},
+}
+LIBRARY_AVERAGES = {"timm.": {"FastAdaptiveAvgPool"}}
 #: names of the parameters that transformers add or concatenate to their tokens (class, register and
 #: distillation tokens, position embeddings): the conservation check sets them to zero, as it does biases
 ADDED_CONSTANTS = ("token", "pos_embed", "position_embedding")
@@ -83,8 +87,8 @@ class RelevanceModel:
         self.example, self.epsilon, self.rule = example, epsilon, rule
         self._report: SupportReport | None = None
         try:
-            passes, averages = timm_kinds(model, TIMM_PASSES), timm_kinds(model, TIMM_AVERAGES)
-            without_rule = leaves_without_rule(model, passes + averages)
+            passes, averages = library_kinds(model, LIBRARY_PASSES), library_kinds(model, LIBRARY_AVERAGES)
+            without_rule = {name: m for name, m in leaves_without_rule(model, passes + averages).items() if not rearranges_only(m)}
             unsupported = sorted({type(m).__name__ for m in without_rule.values() if type(m).__name__ not in HOLDING_MODULES and not makes_gate(m)})
             if unsupported:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(unsupported)}")
@@ -297,9 +301,13 @@ def leaves_without_rule(model: nn.Module, covered: tuple[type, ...]) -> dict[str
     }
 
 
-def timm_kinds(model: nn.Module, names: set[str]) -> tuple[type, ...]:
-    """The classes of ``model``'s modules that are timm's own and named in ``names`` (``TIMM_PASSES``, ``TIMM_AVERAGES``)."""
-    return tuple({type(m) for m in model.modules() if type(m).__module__.startswith("timm.") and type(m).__name__ in names})
+def library_kinds(model: nn.Module, names: dict[str, set[str]]) -> tuple[type, ...]:
+    """The classes of ``model``'s modules that a library defines (its module path starts with a key of
+    ``names``) under one of that library's ``names`` (``LIBRARY_PASSES``, ``LIBRARY_AVERAGES``)."""
+    return tuple({
+        type(m) for m in model.modules()
+        for library, kinds in names.items() if type(m).__module__.startswith(library) and type(m).__name__ in kinds
+    })  # fmt: skip
 
 
 def _bias_free_copy(model: nn.Module) -> nn.Module:

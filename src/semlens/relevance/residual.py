@@ -57,6 +57,9 @@ GATE_FUNCTIONS = {"sigmoid", "hardsigmoid", "softmax"}
 GATE_MODULES = {"Sigmoid", "Hardsigmoid", "HardSigmoid", "Softmax"}
 #: calls that rearrange a tensor's values without changing them: a gate stays a gate through them
 RESHAPES = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "flatten", "contiguous", "transpose", "permute"}
+#: calls that move, select or pad a tensor's values without computing new ones: the gradient through them
+#: hands each value exactly the relevance of where it went (``rearranges_only``)
+REARRANGES = RESHAPES | {"swapaxes", "swapdims", "movedim", "unflatten", "getitem", "narrow", "chunk", "split", "roll", "pad", "cat", "stack"}
 #: reductions over dimensions, which ``Reduction`` takes over (``dim`` given as numbers, no ``dtype``)
 REDUCTIONS = {"sum", "mean"}
 #: a softmax whose output weighs values in a matrix product: attention written out (held: attention.py)
@@ -243,12 +246,16 @@ def _op_name(node: fx.Node) -> str | None:
     return None
 
 
-def _computed_nodes(graph: fx.Graph) -> set[fx.Node]:
-    """Nodes whose value depends on the forward's inputs (not only on parameters, constants or shapes)."""
+def _computed_nodes(graph: fx.Graph, first_input_only: bool = False) -> set[fx.Node]:
+    """Nodes whose value depends on the forward's inputs (not only on parameters, constants or shapes); on its
+    first input only with ``first_input_only`` (the others may be sizes)."""
     computed: set[fx.Node] = set()
+    placeholders = [node for node in graph.nodes if node.op == "placeholder"]
     for node in graph.nodes:
         depends = any(isinstance(arg, fx.Node) and arg in computed for arg in _flat_args(node))
-        if node.op == "placeholder" or (depends and node.op != "get_attr" and _op_name(node) not in SHAPE_CALLS):
+        if (node.op == "placeholder" and not (first_input_only and node is not placeholders[0])) or (
+            depends and node.op != "get_attr" and _op_name(node) not in SHAPE_CALLS
+        ):
             computed.add(node)
     return computed
 
@@ -306,6 +313,21 @@ def makes_gate(module: nn.Module) -> bool:
     """Whether ``module`` is a library's own module whose output is a gate's sigmoid or softmax (or attention's
     softmax): it needs no rule where it gates a product (``TraceResult.gates``)."""
     return _computes_with(module, GATE_FUNCTIONS | WEIGHT_FUNCTIONS, HOLDING_MODULES)
+
+
+def rearranges_only(module: nn.Module) -> bool:
+    """Whether a leaf module without parameters only moves, selects or pads its input's values
+    (``REARRANGES``: torchvision's ``Permute``, MaxViT's window partitions): it needs no rule, as the gradient
+    through it is exact. False where torch.fx cannot trace it."""
+    if list(module.parameters()) or list(module.buffers()):
+        return False
+    root = copy.copy(module)
+    try:
+        graph = _EveryModuleALeaf().trace(root)
+    except Exception:  # noqa: BLE001 (a module torch.fx cannot follow is not known to rearrange only)
+        return False
+    operations = [node for node in _computed_nodes(graph, first_input_only=True) if node.op not in ("placeholder", "output")]
+    return bool(operations) and all(_op_name(node) in REARRANGES for node in operations)
 
 
 def _computing(module: nn.Module) -> nn.Module:

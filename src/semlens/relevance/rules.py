@@ -407,7 +407,7 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
         convolutions = LeanZPlus(stabilizer=stabilizer) if gamma is None else LeanGamma(gamma=gamma, stabilizer=stabilizer)
         layer_map = [
             (Activation, LeanPass()),
-            *([(passes, LeanPass())] if passes else []),  # a library's own elementwise modules (lrp.TIMM_PASSES)
+            *([(passes, LeanPass())] if passes else []),  # a library's own elementwise modules (lrp.LIBRARY_PASSES)
             (Sum, LeanNorm(stabilizer=stabilizer)),
             (AvgPool, LeanNorm(stabilizer=stabilizer)),
             (Reduction, LeanNorm(stabilizer=stabilizer)),  # a sum or mean over dimensions in a forward (residual.py)
