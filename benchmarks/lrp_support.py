@@ -13,7 +13,8 @@ starts them (timm's ``init_values``) where trained ones are.
     PYTHONPATH=tests/support python benchmarks/lrp_support.py [--size 96] [--calibrate] [--init-values 0.01] mobilenetv3_small_100 ...
 
 A name ``torchvision:NAME`` is torchvision's model builder ``NAME`` instead (``--torchvision`` checks the list
-below), at 224 px where its architecture fixes the size (ViT, Swin, MaxViT) and 299 px for Inception v3.
+below), at 224 px where its architecture fixes the size (ViT, Swin, MaxViT) and 299 px for Inception v3, a
+linear layer initialised to zero (ViT's head) drawn at random instead.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def create(name: str, init_values: float | None) -> tuple[torch.nn.Module, int]:
         name = name.removeprefix("torchvision:")
         options = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
         model = getattr(torchvision.models, name)(num_classes=10, **options)
+        for layer in model.modules():  # a head initialised to zero (ViT's) makes every logit zero: nothing to explain
+            if isinstance(layer, torch.nn.Linear) and not layer.weight.any():
+                torch.nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
         return model.eval(), 299 if name == "inception_v3" else 224 if name.startswith(("vit", "swin", "maxvit")) else 0
     import timm
 

@@ -137,6 +137,21 @@ def tiny_torchvision_convnext() -> nn.Module:
     return ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 1)], stochastic_depth_prob=0.1, layer_scale=1.0, num_classes=3)
 
 
+def tiny_torchvision_vit() -> nn.Module:
+    """torchvision's ViT, two blocks on 32 px: ``nn.MultiheadAttention`` inside. Its head starts at zero
+    (logits all zero): drawn at random here. The class token, position embedding and attention's input
+    projection biases at zero: constants the model adds (``without_shifts`` zeroes layers' ``bias`` only)."""
+    from torchvision.models import VisionTransformer
+
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=3)
+    nn.init.normal_(model.heads.head.weight)
+    with torch.no_grad():
+        model.class_token.zero_(), model.encoder.pos_embedding.zero_()
+        for layer in model.encoder.layers:
+            layer.self_attention.in_proj_bias.zero_()
+    return model
+
+
 def tiny_convnext() -> nn.Module:
     """timm's ConvNeXt-Atto on 32 px: LayerNorm2d, timm's GELU, layer scales, depthwise convolutions."""
     import timm
@@ -160,6 +175,7 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "vit-held-attention": (tiny_vit, 32),
     "convnext-layer-norm": (tiny_convnext, 32),
     "torchvision-convnext-permutes": (tiny_torchvision_convnext, 32),
+    "torchvision-vit-multihead-attention": (tiny_torchvision_vit, 32),
 }
 
 
@@ -214,6 +230,51 @@ def test_held_attention_computes_attention_and_gives_the_values_their_epsilon_sh
         expected = value.detach() * (weights.transpose(-2, -1) @ (relevance / stabilize(weights @ value.detach())))
         torch.testing.assert_close(shares, expected)
         torch.testing.assert_close(shares.sum(dim=(-2, -1)), relevance.sum(dim=(-2, -1)), rtol=0, atol=1e-3)  # ε aside
+
+
+class TokenAttention(nn.Module):
+    """Tokens embedded, one attention block with its residual sum, averaged, a linear head; attention by
+    ``nn.MultiheadAttention`` or, ``layers=True``, by its own query, key and value layers and
+    ``F.scaled_dot_product_attention`` (the way timm writes it), the same weights either way."""
+
+    def __init__(self, layers: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.head, self.layers = nn.Linear(4, 8), nn.Linear(8, 3), layers
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.query, self.key, self.value = (nn.Linear(8, 8) for _ in range(3))
+        with torch.no_grad():
+            for part, layer in enumerate((self.query, self.key, self.value)):
+                layer.weight.copy_(self.attn.in_proj_weight[8 * part : 8 * (part + 1)])
+                layer.bias.copy_(self.attn.in_proj_bias[8 * part : 8 * (part + 1)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        if self.layers:
+            split = lambda t: t.reshape(t.shape[0], t.shape[1], 2, 4).transpose(1, 2)  # noqa: E731
+            attended = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)))
+            attended = self.attn.out_proj(attended.transpose(1, 2).reshape(x.shape))
+        else:
+            attended, _ = self.attn(x, x, x, need_weights=False)
+        return self.head((attended + x).mean(dim=1))
+
+
+def test_torchs_multihead_attention_gets_the_relevance_of_the_same_attention_written_with_layers() -> None:
+    tokens = torch.rand(2, 5, 4)
+    torch_made, layered = TokenAttention(layers=False).eval(), TokenAttention(layers=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch_made(tokens), layered(tokens))
+        targets = torch_made(tokens).argmax(dim=1)
+    heatmaps = [RelevanceModel(model, tokens).input_relevance(tokens, one_hot_logit(targets)) for model in (torch_made, layered)]
+    torch.testing.assert_close(heatmaps[0], heatmaps[1], rtol=1e-4, atol=1e-6)
+    assert RelevanceModel(without_shifts(TokenAttention(layers=False)), tokens).check().supported
+
+
+def test_multihead_attention_with_a_key_bias_is_refused_by_name() -> None:
+    model = TokenAttention(layers=False)
+    model.attn = nn.MultiheadAttention(8, 2, batch_first=True, add_bias_kv=True)
+    report = RelevanceModel(model.eval(), torch.rand(2, 5, 4)).check()
+    assert report.reason == "no LRP rule here for attn (MultiheadAttention): add_bias_kv or add_zero_attn"
 
 
 def test_layer_norm_relevance_is_the_epsilon_rule_with_its_scale_held() -> None:

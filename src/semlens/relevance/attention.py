@@ -7,7 +7,10 @@ and keys get none, so relevance is conserved. ``HeldAttention`` is a torch funct
 for that rule while LRP runs; the forward values stay what the model computes, up to float rounding.
 Attention written out (``q @ k.T``, a softmax, ``@ v``) gets the same rule where torch.fx finds it
 (``held_weights_product``, put there by ``residual.py``); where it cannot trace the module, the
-conservation check refuses the model.
+conservation check refuses the model. torch's ``nn.MultiheadAttention`` (torchvision's ViT, open_clip's,
+many hand-written transformers) computes its projections inside one function, out of LRP's reach: while
+LRP runs, ``MultiheadAttentionCanonizer`` gives it a forward that computes the same with the value
+projection and the output projection as layers (the ε-rule) and the attention as ``held_attention``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.overrides import TorchFunctionMode
+from zennit.canonizers import AttributeCanonizer
 
 from .rules import stabilize
 
@@ -85,3 +90,109 @@ class HeldAttention(TorchFunctionMode):
         if func is F.scaled_dot_product_attention:
             return held_attention(*args, **(kwargs or {}))
         return func(*args, **(kwargs or {}))
+
+
+class MultiheadAttentionCanonizer(AttributeCanonizer):
+    """Each ``nn.MultiheadAttention`` gets, while LRP runs, a forward that computes what its own does (eval
+    mode: no dropout) from layers LRP has rules for: the values projected by a ``nn.Linear`` holding its
+    slice of the input projection, ``F.scaled_dot_product_attention`` (held by ``HeldAttention``), the
+    output projection called as the layer it is. Queries and keys get no relevance, as under held attention
+    anywhere. A key or value bias (``add_bias_kv``) or ``add_zero_attn`` has no rule here: ``unsupported``
+    names the modules that use them."""
+
+    def __init__(self) -> None:
+        super().__init__(self._attributes)
+
+    @staticmethod
+    def unsupported(model: nn.Module) -> list[str]:
+        return [
+            f"{name} (MultiheadAttention): add_bias_kv or add_zero_attn"
+            for name, module in model.named_modules()
+            if isinstance(module, nn.MultiheadAttention) and (module.bias_k is not None or module.add_zero_attn)
+        ]
+
+    @staticmethod
+    def _attributes(_name: str, module: nn.Module) -> dict[str, object] | None:
+        if not isinstance(module, nn.MultiheadAttention):
+            return None
+        size = module.embed_dim
+        weight = module.in_proj_weight[2 * size :] if module._qkv_same_embed_dim else module.v_proj_weight
+        projection = nn.Linear(weight.shape[1], size, bias=module.in_proj_bias is not None).to(weight.device, weight.dtype)
+        with torch.no_grad():
+            projection.weight.copy_(weight)
+            if module.in_proj_bias is not None:
+                projection.bias.copy_(module.in_proj_bias[2 * size :])
+        return {"canonizer_value_projection": projection, "forward": _held_forward(module, projection)}
+
+
+def _held_forward(module: nn.MultiheadAttention, value_projection: nn.Linear):
+    """``module``'s forward, computed from ``value_projection``, held attention and its output projection."""
+    heads, size = module.num_heads, module.embed_dim
+    if module._qkv_same_embed_dim:
+        query_weight, key_weight = module.in_proj_weight[:size], module.in_proj_weight[size : 2 * size]
+    else:
+        query_weight, key_weight = module.q_proj_weight, module.k_proj_weight
+    biases = (None, None) if module.in_proj_bias is None else (module.in_proj_bias[:size], module.in_proj_bias[size : 2 * size])
+
+    def forward(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = (tensor.unsqueeze(1) for tensor in (query, key, value))
+        if not module.batch_first or unbatched:
+            query, key, value = (tensor.transpose(0, 1) for tensor in (query, key, value))
+        batch, targets, sources = query.shape[0], query.shape[1], key.shape[1]
+
+        def split(tensor: torch.Tensor, length: int) -> torch.Tensor:
+            return tensor.reshape(batch, length, heads, size // heads).transpose(1, 2)
+
+        q = split(F.linear(query, query_weight, biases[0]), targets)
+        k = split(F.linear(key, key_weight, biases[1]), sources)
+        v = split(value_projection(value), sources)
+        mask = _additive_mask(attn_mask, key_padding_mask, batch, heads, targets, sources, q.dtype)
+        causal = is_causal and mask is None
+        output = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        output = module.out_proj(output.transpose(1, 2).reshape(batch, targets, size))
+        weights = None
+        if need_weights:
+            with torch.no_grad():
+                weights = attention_weights(q, k, mask, causal, None)
+                weights = weights.mean(dim=1) if average_attn_weights else weights
+                weights = weights.squeeze(0) if unbatched else weights
+        if not module.batch_first or unbatched:
+            output = output.transpose(0, 1)
+        return (output.squeeze(1) if unbatched else output), weights
+
+    return forward
+
+
+def _additive_mask(
+    attn_mask: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    batch: int,
+    heads: int,
+    targets: int,
+    sources: int,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """``nn.MultiheadAttention``'s masks (boolean: True where a position may not be attended; float: added to
+    the scores) as one float mask ``[N, heads, L, S]`` for ``F.scaled_dot_product_attention``."""
+
+    def additive(mask: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else mask.to(dtype)
+
+    total = None
+    if attn_mask is not None:
+        total = additive(attn_mask).reshape(-1, heads, targets, sources) if attn_mask.dim() == 3 else additive(attn_mask)
+    if key_padding_mask is not None:
+        padding = additive(key_padding_mask).reshape(batch, 1, 1, sources)
+        total = padding if total is None else total + padding
+    return total

@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 from zennit.canonizers import AttributeCanonizer, Canonizer, NamedMergeBatchNorm
 
 from ..model.units import hooks
+from .attention import MultiheadAttentionCanonizer
 from .residual import FxResidualCanonizer, residual_sum, summands, trace_residuals
 
 LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -165,8 +166,9 @@ class ExactMergeBatchNorm(NamedMergeBatchNorm):
 
 
 def canonizers_for(model: nn.Module, example: torch.Tensor) -> list[Canonizer]:
-    """The canonizers a model needs: batch-norm merging, the residual rewrites of known blocks, and
-    torch.fx's rewrite of the residual sums in every other module (refusing ops without a rule)."""
+    """The canonizers a model needs: batch-norm merging, the residual rewrites of known blocks, torch.fx's
+    rewrite of the residual sums in every other module (refusing ops without a rule), and torch's multi-head
+    attention computed from layers (``attention.MultiheadAttentionCanonizer``)."""
     canonizers: list[Canonizer] = []
     kinds = {type(module).__name__ for module in model.modules()}
     torchvision_blocks = {
@@ -181,9 +183,12 @@ def canonizers_for(model: nn.Module, example: torch.Tensor) -> list[Canonizer]:
     if "MBConvBlock" in kinds:
         canonizers.append(MBConvResidualCanonizer())
     traced = trace_residuals(model, lambda block: isinstance(block, handled) or MBConvResidualCanonizer.applies(block))
-    if traced.unsupported:
-        raise UnsupportedModelError(f"no LRP rule here for {'; '.join(traced.unsupported)}")
+    unsupported = traced.unsupported + MultiheadAttentionCanonizer.unsupported(model)
+    if unsupported:
+        raise UnsupportedModelError(f"no LRP rule here for {'; '.join(unsupported)}")
     canonizers.append(FxResidualCanonizer(traced))
+    if any(isinstance(module, nn.MultiheadAttention) for module in model.modules()):
+        canonizers.append(MultiheadAttentionCanonizer())
     pairs = traced_batch_norm_pairs(model, example)
     if pairs:
         canonizers.append(ExactMergeBatchNorm(pairs))

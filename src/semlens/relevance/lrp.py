@@ -320,8 +320,9 @@ def _bias_free_copy(model: nn.Module) -> nn.Module:
     clone = copy.deepcopy(model)
     with torch.no_grad():
         for module in clone.modules():
-            if isinstance(getattr(module, "bias", None), torch.Tensor):
-                module.bias.zero_()
+            for bias in ("bias", "in_proj_bias"):  # a layer's; multi-head attention's input projection's
+                if isinstance(getattr(module, bias, None), torch.Tensor):
+                    getattr(module, bias).zero_()
             if isinstance(getattr(module, "running_mean", None), torch.Tensor):
                 module.running_mean.zero_()
             if list(module.children()) and not isinstance(module, SUPPORTED_LEAVES):  # a layer with a child keeps its weights

@@ -406,6 +406,7 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
     ) -> None:
         convolutions = LeanZPlus(stabilizer=stabilizer) if gamma is None else LeanGamma(gamma=gamma, stabilizer=stabilizer)
         layer_map = [
+            (nn.MultiheadAttention, None),  # zennit counts it an activation; its layers get the rules (attention.py)
             (Activation, LeanPass()),
             *([(passes, LeanPass())] if passes else []),  # a library's own elementwise modules (lrp.LIBRARY_PASSES)
             (Sum, LeanNorm(stabilizer=stabilizer)),
