@@ -12,7 +12,9 @@ starts them (timm's ``init_values``) where trained ones are.
 
     PYTHONPATH=tests/support python benchmarks/lrp_support.py [--size 96] [--calibrate] [--init-values 0.01] mobilenetv3_small_100 ...
 
-A name ``torchvision:NAME`` is torchvision's model builder ``NAME`` instead (``--torchvision`` checks the list
+A name ``transformers:TYPE`` is transformers' image classifier of that model type at its default size
+(``AutoModelForImageClassification.from_config``, its logits; ``--transformers`` checks the list below). A name
+``torchvision:NAME`` is torchvision's model builder ``NAME`` instead (``--torchvision`` checks the list
 below), at 224 px where its architecture fixes the size (ViT, Swin, MaxViT) and 299 px for Inception v3, a
 linear layer initialised to zero (ViT's head) drawn at random instead.
 """
@@ -27,7 +29,7 @@ from semlens.relevance.lrp import RelevanceModel
 
 DEFAULT = [
     "resnet18", "seresnet18", "ecaresnet26t", "regnety_002", "regnetx_002", "mobilenetv3_small_100", "mobilenetv3_large_100",
-    "rexnet_100", "semnasnet_050", "tf_efficientnet_lite0", "efficientnet_b0", "ghostnet_100", "skresnet18", "resnest14d", "mixnet_s", "densenet121",
+    "rexnet_100", "semnasnet_050", "tf_efficientnet_lite0", "efficientnet_b0", "ghostnet_100", "skresnet18", "resnest14d", "mixnet_s", "hrnet_w18_small", "densenet121",
     "resnetv2_50", "dla34", "convnext_atto", "vit_tiny_patch16_224", "deit3_small_patch16_224", "swin_tiny_patch4_window7_224",
 ]  # fmt: skip
 
@@ -39,9 +41,29 @@ TORCHVISION = [
 ]  # fmt: skip
 
 
+TRANSFORMERS = ["vit", "dinov2", "beit", "swin", "convnext", "resnet", "regnet", "mobilenet_v2", "efficientnet", "levit"]
+
+
+class Logits(torch.nn.Module):
+    """A transformers classifier's logits (its forward returns an output object)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixels).logits
+
+
 def create(name: str, init_values: float | None) -> tuple[torch.nn.Module, int]:
     """A model with random weights, seeded, and the side its input takes by default (``--size``: 0)."""
     torch.manual_seed(0)
+    if name.startswith("transformers:"):
+        from transformers import AutoConfig, AutoModelForImageClassification
+
+        config = AutoConfig.for_model(name.removeprefix("transformers:"), num_labels=10)
+        model = Logits(AutoModelForImageClassification.from_config(config)).eval()
+        return model, getattr(config, "image_size", 0) if name.endswith(("vit", "deit", "beit", "swin", "levit")) else 0
     if name.startswith("torchvision:"):
         import torchvision.models
 
@@ -79,10 +101,18 @@ def main() -> None:
     parser.add_argument("--init-values", type=float, default=None, help="layer scales' initial value (timm's init_values; models that have them)")
     parser.add_argument("--size", type=int, default=96, help="side of the two random probe images (models of a fixed input size take theirs)")
     parser.add_argument("--torchvision", action="store_true", help="torchvision's models (TORCHVISION) instead of the default timm list")
+    parser.add_argument("--transformers", action="store_true", help="transformers' classifiers (TRANSFORMERS) instead")
     args = parser.parse_args()
-    names = args.models or ([f"torchvision:{name}" for name in TORCHVISION] if args.torchvision else DEFAULT)
+    names = args.models or (
+        [f"torchvision:{name}" for name in TORCHVISION] if args.torchvision
+        else [f"transformers:{name}" for name in TRANSFORMERS] if args.transformers else DEFAULT
+    )  # fmt: skip
     for name in names:
-        model, fixed = create(name, args.init_values)
+        try:
+            model, fixed = create(name, args.init_values)
+        except Exception as error:  # noqa: BLE001 (a library that cannot build the model: say so, go on)
+            print(f"{name:<30} {'not built':<9}  {type(error).__name__}: {error}")
+            continue
         size = fixed or args.size
         probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
         if args.calibrate:

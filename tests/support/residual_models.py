@@ -38,6 +38,13 @@ class PlusBlock(nn.Module):
         return self.relu(self.branch(x) + x)
 
 
+class HalvedSumBlock(PlusBlock):
+    """A residual sum scaled by a constant, ``(branch(x) + x) * 0.5``: the scaling's signal is the rewritten sum."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu((self.branch(x) + x) * 0.5)
+
+
 class InPlaceBlock(PlusBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branch(x)
@@ -256,12 +263,24 @@ class ProductBlock(nn.Module):
 
 
 class UntraceableBlock(PlusBlock):
-    """A residual sum behind control flow on a tensor's value: torch.fx cannot trace it."""
+    """A residual sum behind control flow on a tensor's value: torch.fx cannot trace it (the sum gets its rule
+    while the forward runs: ``residual.UntracedOps``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.sum() < 0:  # never true after a ReLU
             return x
         return self.relu(self.branch(x) + x)
+
+
+class UntraceableInPlaceBlock(PlusBlock):
+    """``UntraceableBlock`` adding in place: neither the rewrite nor ``UntracedOps`` gives its sum a rule."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() < 0:
+            return x
+        out = self.branch(x)
+        out += x
+        return self.relu(out)
 
 
 class InputMutatingBlock(nn.Module):
@@ -357,8 +376,22 @@ class ProductCNN(ResidualCNN):
     blocks_of = (PlusBlock, ProductBlock)
 
 
+class HalvedSumCNN(ResidualCNN):
+    blocks_of = (HalvedSumBlock, PlusBlock)
+
+
 class UntraceableCNN(ResidualCNN):
     blocks_of = (PlusBlock, UntraceableBlock)
+
+
+class UntraceableInPlaceCNN(ResidualCNN):
+    blocks_of = (PlusBlock, UntraceableInPlaceBlock)
+
+
+class TwoPlusCNN(ResidualCNN):
+    """``UntraceableCNN``'s twin that torch.fx traces (load its state dict)."""
+
+    blocks_of = (PlusBlock, PlusBlock)
 
 
 def residual_cnn() -> LoadedModel:

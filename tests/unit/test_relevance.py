@@ -168,6 +168,7 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "efficientnet-lite0": (efficientnet_lite0, 64),
     "mobilenet_v2-fx": (mobilenet_v2, 32),
     "custom-residual-fx": (residual_models.ResidualCNN, 16),
+    "scaled-residual-sum-fx": (residual_models.HalvedSumCNN, 16),
     "squeeze-excitation-gates": (residual_models.SqueezeExciteCNN, 16),
     "softmax-over-paths-gates": (residual_models.SplitPathsCNN, 16),
     "inverted-residuals-signed": (residual_models.MobileCNN, 16),
@@ -665,11 +666,79 @@ def test_a_sigmoid_that_gates_nothing_is_refused_by_name() -> None:
 
 def test_an_untraceable_residual_is_refused_naming_the_block_where_relevance_doubles() -> None:
     """Its skip connection sends the block's output relevance to its input twice over (known answer 2)."""
-    report = RelevanceModel(residual_models.UntraceableCNN().eval(), torch.rand(2, 3, 16, 16)).check()
+    report = RelevanceModel(residual_models.UntraceableInPlaceCNN().eval(), torch.rand(2, 3, 16, 16)).check()
     assert not report.supported
-    expected = "relevance not conserved at blocks.1 (UntraceableBlock): input/output 2.00 (torch.fx could not trace it"
+    expected = "relevance not conserved at blocks.1 (UntraceableInPlaceBlock): input/output 2.00 (torch.fx could not trace it"
     assert report.reason.startswith(expected), report.reason
     assert "TraceError" in report.reason and "input sums / output: 2.0" in report.reason
+
+
+def test_an_untraceable_residual_sum_gets_the_relevance_the_traced_one_gets() -> None:
+    """torch.fx cannot trace the block; its ``+`` shares relevance while the forward runs (``UntracedOps``):
+    the heatmaps equal those of the same weights in a block torch.fx rewrites."""
+    untraceable = without_shifts(residual_models.UntraceableCNN())
+    traced = residual_models.TwoPlusCNN().eval()
+    traced.load_state_dict(untraceable.state_dict())
+    inputs = torch.rand(2, 3, 16, 16)
+    targets = untraceable(inputs).argmax(dim=1)
+    report = RelevanceModel(untraceable, inputs).check()
+    assert report.supported, report.reason
+    heatmaps = [RelevanceModel(model, inputs).input_relevance(inputs, one_hot_logit(targets)) for model in (untraceable, traced)]
+    torch.testing.assert_close(heatmaps[0], heatmaps[1], rtol=1e-5, atol=1e-7)
+
+
+class ScaledTokenMean(TokenMean):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.relu(self.embed(x)).mean(dim=1) * 0.5)
+
+
+class UntraceableScaledTokenMean(TokenMean):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.amin() < 0:  # control flow on a value: torch.fx cannot trace it
+            raise ValueError("inputs must be non-negative")
+        return self.head(self.relu(self.embed(x)).mean(dim=1) * 0.5)
+
+
+def test_an_untraceable_mean_and_scaling_get_the_relevance_the_traced_ones_get() -> None:
+    """The mean over tokens shares relevance by each token's part (not 1/T each) and the scaling by a constant
+    passes it whole, while the forward runs as under the torch.fx rewrite."""
+    tokens = torch.rand(2, 7, 4)
+    models = [UntraceableScaledTokenMean().eval(), ScaledTokenMean().eval()]
+    targets = models[0](tokens).argmax(dim=1)
+    heatmaps = [RelevanceModel(model, tokens).input_relevance(tokens, one_hot_logit(targets)) for model in models]
+    torch.testing.assert_close(heatmaps[0], heatmaps[1], rtol=1e-5, atol=1e-7)
+    assert RelevanceModel(models[0], tokens).check().supported
+
+
+def test_transformers_vit_with_attention_written_out_gets_the_relevance_of_its_fused_attention() -> None:
+    """transformers' ViT, which torch.fx cannot trace: its residual sums and, with ``eager`` attention (softmax,
+    dropout, ``matmul``), its attention get their rules while the forward runs; the heatmaps equal those of its
+    fused attention (``F.scaled_dot_product_attention``, held) and relevance is conserved."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    class Logits(nn.Module):
+        def __init__(self, attention: str) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            config = ViTConfig(
+                image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                num_labels=3, attn_implementation=attention,
+            )  # fmt: skip
+            self.vit = ViTForImageClassification(config)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.vit(pixel_values=x).logits
+
+    models = [Logits(attention).eval() for attention in ("sdpa", "eager")]
+    inputs = torch.rand(2, 3, 32, 32)
+    targets = models[0](inputs).argmax(dim=1)
+    heatmaps = []
+    for model in models:
+        relevance = RelevanceModel(model, inputs)
+        assert relevance.check().supported, relevance.check().reason
+        heatmaps.append(relevance.input_relevance(inputs, one_hot_logit(targets)))
+    torch.testing.assert_close(heatmaps[0], heatmaps[1], rtol=1e-4, atol=1e-6)
+
 
 
 def test_a_block_with_an_optional_argument_is_rewritten_for_calls_with_and_without_it() -> None:
@@ -724,8 +793,9 @@ def test_lrp_runs_in_float32_proper_and_leaves_tf32_as_it_was() -> None:
 
 
 class Doubled(nn.Module):
-    """Every module conserves relevance; the model's own forward doubles it (``2 * head``): torch.fx cannot
-    trace that forward (control flow on a value), so its scaling keeps its plain gradient."""
+    """Every module conserves relevance; the model's own forward doubles it (a matrix product of the logits with
+    twice the identity): torch.fx cannot trace that forward (control flow on a value), and no rule here takes a
+    product with a constant matrix, so it keeps its plain gradient."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -734,7 +804,7 @@ class Doubled(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.amin() < 0:
             raise ValueError("inputs must be non-negative")
-        return 2 * self.head(self.relu(self.conv(x)).mean(dim=(2, 3)))
+        return self.head(self.relu(self.conv(x)).mean(dim=(2, 3))) @ (2 * torch.eye(3))
 
 
 def test_a_loss_in_the_models_own_forward_is_named_as_such() -> None:

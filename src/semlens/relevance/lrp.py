@@ -24,7 +24,7 @@ from ..model.units import hooks, resolve_module, select_output
 from .attention import HeldAttention
 from .canonizers import UnsupportedModelError, canonizers_for
 from .conservation import find_leak
-from .residual import HOLDING_MODULES, FxResidualCanonizer, makes_gate, rearranges_only
+from .residual import HOLDING_MODULES, FxResidualCanonizer, UntracedOps, makes_gate, rearranges_only
 from .rules import LeanEpsilonPlusFlat, layer_norm_dims
 from .sae import decoded_share, unit_tensors
 
@@ -40,18 +40,23 @@ SUPPORTED_LEAVES = (
     nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, nn.ZeroPad2d,
     nn.Upsample,  # a linear map without bias (nearest: copies): the average pools' rule (HRNet's, FPNs', U-Nets')
     nn.Sequential,  # a leaf Sequential is an empty one: the identity (GhostNet's shortcuts)
+    nn.ModuleList, nn.ModuleDict,  # empty ones, never called
     nn.LayerNorm,  # its scale held constant (rules.HeldScaleLayerNorm), where layer_norm_dims knows the kind
 )  # fmt: skip
 #: parameter-free pass-through modules that libraries define themselves (e.g. EfficientNet-Lite's Identity)
 SUPPORTED_NAMES = {"Identity", "Sum"}
-#: timm's and torchvision's own elementwise modules, which relevance passes unchanged as it passes torch's
-#: activations: timm's activation classes, its layer scales (a product with a constant, where the ε-rule is
-#: the identity), DropPath and torchvision's StochasticDepth (the identity in eval mode); and timm's average
-#: pools, which get the average pools' rule
+#: timm's, torchvision's and transformers' own elementwise modules, which relevance passes unchanged as it
+#: passes torch's activations: their activation classes, timm's layer scales (a product with a constant,
+#: where the ε-rule is the identity), DropPath and torchvision's StochasticDepth (the identity in eval mode);
+#: and timm's average pools, which get the average pools' rule
 LIBRARY_PASSES = {
     "timm.": {"GELU", "GELUTanh", "QuickGELU", "Swish", "HardSwish", "Tanh", "PReLU", "LayerScale", "LayerScale2d", "DropPath"},
     "torchvision.": {"StochasticDepth"},
-}
+    "transformers.": {
+        "GELUActivation", "GELUTanh", "PytorchGELUTanh", "NewGELUActivation", "FastGELUActivation", "QuickGELUActivation",
+        "AccurateGELUActivation", "SiLUActivation", "MishActivation", "LinearActivation", "*DropPath", "*LayerScale",
+    },
+}  # fmt: skip
 LIBRARY_AVERAGES = {"timm.": {"FastAdaptiveAvgPool"}}
 #: names of the parameters that transformers add or concatenate to their tokens (class, register and
 #: distillation tokens, position embeddings): the conservation check sets them to zero, as it does biases
@@ -104,11 +109,15 @@ class RelevanceModel:
     @contextmanager
     def attributing(self) -> Iterator[nn.Module]:
         """The model with zennit's rules and canonizers applied (removed on exit), attention's rule swapped in
-        (``HeldAttention``), run in float32 proper (no TF32 on GPUs: ``strict_float32``)."""
+        (``HeldAttention``), the sums and attention products torch.fx could not rewrite given their rules
+        (``UntracedOps``, while the model's forward runs), in float32 proper (no TF32 on GPUs: ``strict_float32``)."""
         if self._report is not None and not self._report.supported:
             raise UnsupportedModelError(self._report.reason)
-        with strict_float32(), HeldAttention(), self.composite.context(self.model) as modified:
-            yield modified
+        untraced = UntracedOps(self.epsilon)
+        with strict_float32(), HeldAttention(), untraced, self.composite.context(self.model) as modified:
+            running = [modified.register_forward_pre_hook(untraced.start), modified.register_forward_hook(untraced.stop, always_call=True)]
+            with hooks(running):
+                yield modified
 
     def release(self) -> None:
         """Drop the tensors the rules' hooks hold from the last pass. After a pass that failed half-way (the
@@ -303,10 +312,15 @@ def leaves_without_rule(model: nn.Module, covered: tuple[type, ...]) -> dict[str
 
 def library_kinds(model: nn.Module, names: dict[str, set[str]]) -> tuple[type, ...]:
     """The classes of ``model``'s modules that a library defines (its module path starts with a key of
-    ``names``) under one of that library's ``names`` (``LIBRARY_PASSES``, ``LIBRARY_AVERAGES``)."""
+    ``names``) under one of that library's ``names`` (``LIBRARY_PASSES``, ``LIBRARY_AVERAGES``); a name
+    ``*Suffix`` stands for every class name that ends so (transformers' ``BeitDropPath``, ``Dinov2LayerScale``)."""
+
+    def named(kind: str, kinds: set[str]) -> bool:
+        return kind in kinds or any(pattern.startswith("*") and kind.endswith(pattern[1:]) for pattern in kinds)
+
     return tuple({
         type(m) for m in model.modules()
-        for library, kinds in names.items() if type(m).__module__.startswith(library) and type(m).__name__ in kinds
+        for library, kinds in names.items() if type(m).__module__.startswith(library) and named(type(m).__name__, kinds)
     })  # fmt: skip
 
 

@@ -31,12 +31,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
+from torch.overrides import TorchFunctionMode
 from zennit.canonizers import AttributeCanonizer
 from zennit.layer import Sum
 
 from .attention import held_weights_product
 from .layers import Reduction
+from .rules import stabilize
 
 #: names of additions (operator.add, torch.add, Tensor.add, ``+=`` as operator.iadd, Tensor.add_)
 ADDS = {"add", "iadd", "add_"}
@@ -99,6 +102,118 @@ def residual_sum() -> Sum:
     return Sum(dim=0)
 
 
+class _SharedSum(torch.autograd.Function):
+    """``a + b`` whose backward hands each summand its share of the relevance, ``a / (a + b)`` and ``b / (a + b)``
+    (zennit's ``Norm`` rule on a ``Sum``, with its stabiliser)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, epsilon: float) -> torch.Tensor:
+        ctx.save_for_backward(a, b)
+        ctx.epsilon = epsilon
+        return a + b
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        a, b = ctx.saved_tensors
+        ratio = relevance / stabilize(a + b, ctx.epsilon)
+        return (a * ratio).sum_to_size(a.shape), (b * ratio).sum_to_size(b.shape), None
+
+
+class _SharedReduction(torch.autograd.Function):
+    """A sum or mean over ``dim`` whose backward hands each summand its share of the relevance (the rule of
+    ``Reduction``, for the modules torch.fx could not trace)."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool, mean: bool, epsilon: float) -> torch.Tensor:
+        output = Reduction(dim, keepdim, mean)(input)
+        ctx.save_for_backward(input)
+        ctx.dim, ctx.keepdim, ctx.epsilon = dim, keepdim, epsilon
+        return output
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
+        (input,) = ctx.saved_tensors
+        total = input.sum(dim=ctx.dim, keepdim=True)
+        if not ctx.keepdim:
+            relevance = relevance.unsqueeze(ctx.dim) if isinstance(ctx.dim, int) else _unsqueezed(relevance, ctx.dim, input.dim())
+        return input * (relevance / stabilize(total, ctx.epsilon)), None, None, None, None
+
+
+def _unsqueezed(tensor: torch.Tensor, dims: tuple[int, ...], rank: int) -> torch.Tensor:
+    for dim in sorted(d % rank for d in dims):
+        tensor = tensor.unsqueeze(dim)
+    return tensor
+
+
+class UntracedOps(TorchFunctionMode):
+    """While the model's forward runs (``start`` and ``stop``, hooks on the model), the ops of the modules
+    torch.fx could not trace (transformers' blocks, HRNet's fusions) get the rules the rewrite above gives
+    traced ones: each ``a + b`` of two computed tensors (both with a ``grad_fn``) shares its relevance between
+    them (``_SharedSum``), a computed tensor times or divided by a constant (a layer scale) passes it whole
+    (``gated_product``), a sum or mean over dimensions hands each summand its share (``_SharedReduction``), and
+    a matrix product whose left operand is a softmax's output (through dropouts, casts and reshapes: attention
+    written out) holds those weights (``held_weights_product``). In-place additions are left alone (the
+    conservation check names a module whose ``+=`` doubles relevance)."""
+
+    ADDS = {torch.Tensor.__add__, torch.Tensor.__radd__, torch.add, torch.Tensor.add}
+    SCALINGS = {torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.mul, torch.Tensor.mul}
+    DIVISIONS = {torch.Tensor.__truediv__, torch.div, torch.Tensor.div}
+    REDUCTIONS = {torch.sum: False, torch.Tensor.sum: False, torch.mean: True, torch.Tensor.mean: True}
+    SOFTMAXES = {torch.softmax, torch.Tensor.softmax, F.softmax}
+    KEEPS_WEIGHTS = {F.dropout, torch.dropout, torch.Tensor.to, torch.Tensor.type_as, torch.Tensor.contiguous, torch.Tensor.transpose}
+    PRODUCTS = {torch.matmul, torch.Tensor.__matmul__, torch.Tensor.matmul, torch.bmm}
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        super().__init__()
+        self.epsilon, self.running = epsilon, False
+        self.weights: dict[int, torch.Tensor] = {}  # softmax outputs of this forward, by id (kept alive: ids stay unique)
+
+    def start(self, *_: object) -> None:
+        self.running, self.weights = True, {}
+
+    def stop(self, *_: object) -> None:
+        self.running, self.weights = False, {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not self.running or func not in self.HANDLED:  # every other call untouched, tensors' property access
+            return func(*args, **kwargs)  # included (reading a grad_fn inside autograd's own calls deadlocks)
+        computed = [isinstance(arg, torch.Tensor) and arg.grad_fn is not None for arg in args]
+        if func in self.ADDS and len(args) == 2 and all(computed) and not kwargs:
+            return _SharedSum.apply(args[0], args[1], self.epsilon)
+        if func in self.SCALINGS | self.DIVISIONS and len(args) == 2 and sum(computed) == 1 and not kwargs:
+            if computed[0] or func in self.SCALINGS:
+                signal, factor = (args[0], args[1]) if computed[0] else (args[1], args[0])
+                return gated_product(signal, factor, divide=func in self.DIVISIONS)
+        reduction = _reduction_arguments(args[1:], kwargs) if func in self.REDUCTIONS and args and computed[0] else None
+        if reduction is not None:
+            return _SharedReduction.apply(args[0], *reduction, self.REDUCTIONS[func], self.epsilon)
+        if func in self.PRODUCTS and len(args) == 2 and id(args[0]) in self.weights and computed[1] and not kwargs:
+            return held_weights_product(args[0], args[1], self.epsilon)
+        result = func(*args, **kwargs)
+        weighs = func in self.SOFTMAXES or (func in self.KEEPS_WEIGHTS and args and id(args[0]) in self.weights)
+        if weighs and args and computed[0] and isinstance(result, torch.Tensor):
+            self.weights[id(result)] = result
+        return result
+
+
+UntracedOps.HANDLED = (
+    UntracedOps.ADDS | UntracedOps.SCALINGS | UntracedOps.DIVISIONS | set(UntracedOps.REDUCTIONS) | UntracedOps.PRODUCTS
+    | UntracedOps.SOFTMAXES | UntracedOps.KEEPS_WEIGHTS
+)  # fmt: skip
+
+
+def _reduction_arguments(rest: tuple, kwargs: dict) -> tuple[int | tuple[int, ...], bool] | None:
+    """``(dim, keepdim)`` of a sum or mean called with ``rest`` after its input and ``kwargs``, where ``dim`` is given
+    as numbers and nothing else (no ``dtype``); None otherwise (a full reduction, a ``dim`` computed from shapes)."""
+    arguments = dict(zip(("dim", "keepdim"), rest), **kwargs)
+    dim, keepdim = arguments.pop("dim", None), arguments.pop("keepdim", False)
+    numbers = isinstance(dim, int) or (isinstance(dim, (tuple, list)) and dim and all(isinstance(d, int) for d in dim))
+    if not numbers or arguments or not isinstance(keepdim, bool) or len(rest) > 2:
+        return None
+    return (dim if isinstance(dim, int) else tuple(dim)), keepdim
+
+
 class _EveryModuleALeaf(fx.Tracer):
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return True
@@ -142,7 +257,11 @@ def trace_residuals(model: nn.Module, handled: Callable[[nn.Module], bool]) -> T
                 result.untraced.setdefault(name, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
                 continue
             prefix = f"canonizer_sum_{variant}_" if optional else "canonizer_sum_"
-            rewritten = _rewrite(graph, root, where, prefix, result, gates=any(gate is module for gate in result.gates))
+            try:
+                rewritten = _rewrite(graph, root, where, prefix, result, gates=any(gate is module for gate in result.gates))
+            except Exception as error:  # noqa: BLE001 (a rewrite that fails leaves the module to UntracedOps, as an untraced one)
+                result.untraced.setdefault(name, f"{type(error).__name__} in the rewrite: {str(error).splitlines()[0] if str(error) else ''}")
+                continue
             if rewritten is not None:
                 forwards[frozenset(left_out)] = rewritten.forward
                 sums.update(rewritten.sums)
@@ -338,10 +457,12 @@ def _computing(module: nn.Module) -> nn.Module:
     return module
 
 
-def _gated_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) -> dict[fx.Node, tuple[fx.Node, fx.Node | None, bool]]:
+def _gated_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) -> dict[fx.Node, tuple[int, fx.Node | None, bool]]:
     """Each product ``a * b`` of two computed tensors exactly one of which is a gate (a sigmoid's output: ``_source``), and each
     scaling of a computed tensor by a constant (``x * c``, ``c * x``, ``x / c``: a layer scale, attention's
-    scale): ``{node: (signal, the gate's sigmoid or None, whether it divides)}``. In-place ones are left out."""
+    scale): ``{node: (the signal's position among its arguments, the gate's sigmoid or None, whether it
+    divides)}`` (a position, as the rewrite of sums and reductions replaces the signal's node). In-place ones
+    are left out."""
     gated = {}
     for node in graph.nodes:
         name = _op_name(node)
@@ -349,12 +470,11 @@ def _gated_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) ->
             continue
         operands = _computed_operands(node, computed)
         if len(operands) == 1 and (name == "mul" or node.args[0] is operands[0]):
-            gated[node] = (operands[0], None, name != "mul")
+            gated[node] = (node.args.index(operands[0]), None, name != "mul")
         elif len(operands) == 2 and name == "mul":
             sources = [_source(operand, root, GATE_FUNCTIONS, GATE_MODULES) for operand in node.args]
             if (sources[0] is None) != (sources[1] is None):
-                signal = node.args[0] if sources[0] is None else node.args[1]
-                gated[node] = (signal, sources[0] or sources[1], False)
+                gated[node] = (0 if sources[0] is None else 1, sources[0] or sources[1], False)
     return gated
 
 
@@ -384,7 +504,7 @@ def _weights_only(graph: fx.Graph, held: dict[fx.Node, fx.Node]) -> set[fx.Node]
 def _unsupported_ops(
     graph: fx.Graph,
     computed: set[fx.Node],
-    gated: dict[fx.Node, tuple[fx.Node, fx.Node | None, bool]],
+    gated: dict[fx.Node, tuple[int, fx.Node | None, bool]],
     weights_only: set[fx.Node],
     own_gate: fx.Node | None = None,
 ) -> list[str]:
@@ -403,10 +523,10 @@ def _unsupported_ops(
     return problems
 
 
-def _replace_gated_products(graph: fx.Graph, gated: dict[fx.Node, tuple[fx.Node, fx.Node | None, bool]]) -> None:
+def _replace_gated_products(graph: fx.Graph, gated: dict[fx.Node, tuple[int, fx.Node | None, bool]]) -> None:
     """Replace each gate's or constant's ``signal * factor`` (or ``/``) by ``gated_product`` (the operands as the model has them)."""
-    for node, (signal, _, divide) in gated.items():
-        factor = node.args[1] if node.args[0] is signal else node.args[0]
+    for node, (position, _, divide) in gated.items():
+        signal, factor = node.args[position], node.args[1 - position]
         with graph.inserting_after(node):
             product = graph.call_function(gated_product, (signal, factor, divide))
         node.replace_all_uses_with(product)
@@ -458,13 +578,11 @@ def _replace_reductions(graph: fx.Graph, computed: set[fx.Node], prefix: str) ->
     for node in list(graph.nodes):
         if _op_name(node) not in REDUCTIONS or not node.args or node.args[0] not in computed:
             continue
-        arguments = dict(zip(("dim", "keepdim"), node.args[1:]), **node.kwargs)
-        dim, keepdim = arguments.pop("dim", None), arguments.pop("keepdim", False)
-        shape_free = isinstance(dim, int) or (isinstance(dim, (tuple, list)) and dim and all(isinstance(d, int) for d in dim))
-        if arguments or not shape_free or not isinstance(keepdim, bool) or len(node.args) > 3:
+        reduction = _reduction_arguments(node.args[1:], dict(node.kwargs))
+        if reduction is None:
             continue
         target = f"{prefix}{len(reductions)}"
-        reductions[target] = Reduction(dim if isinstance(dim, int) else tuple(dim), keepdim, _op_name(node) == "mean")
+        reductions[target] = Reduction(*reduction, _op_name(node) == "mean")
         with graph.inserting_after(node):
             reduced = graph.call_module(target, (node.args[0],))
         computed.add(reduced)  # a reduction of it is one too

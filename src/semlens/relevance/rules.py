@@ -355,10 +355,14 @@ class HeldScaleLayerNorm(_Direct, Epsilon):
 
 def layer_norm_dims(module: nn.Module) -> tuple[int, ...] | None:
     """The dimensions a layer norm normalises over: torch's ``LayerNorm`` (and timm's, the same function) its
-    last ones, timm's ``LayerNorm2d`` the channels; None for another kind (no rule here)."""
+    last ones, timm's ``LayerNorm2d`` and a ``data_format="channels_first"`` one (transformers' ConvNeXt's) the
+    channels; None for another kind (no rule here)."""
     name = type(module).__name__
-    if name == "LayerNorm2d" and len(module.normalized_shape) == 1:
+    data_format = getattr(module, "data_format", None) if isinstance(module, nn.LayerNorm) else None
+    if (name == "LayerNorm2d" or data_format == "channels_first") and len(module.normalized_shape) == 1:
         return (1,)
+    if data_format == "channels_last":
+        return tuple(range(-len(module.normalized_shape), 0))
     if type(module) is nn.LayerNorm or (name == "LayerNorm" and isinstance(module, nn.LayerNorm)):
         return tuple(range(-len(module.normalized_shape), 0))
     return None
