@@ -64,6 +64,41 @@ def test_optional_model_specs_load_and_collect(spec, layer, units) -> None:
         assert topk.maps.shape[2:] == (14, 14)  # CLS token dropped, 14x14 patch grid kept for cropping
 
 
+def test_a_transformers_classifier_loads_from_its_folder_and_gets_relevance_crops(tmp_path) -> None:
+    """``hf:FOLDER``: a ViT classifier saved with save_pretrained (safetensors); its processor's size, mean and
+    std and its labels are read; its logits are what semlens explains, relevance conserved; a folder holding
+    only a pickled checkpoint is refused (loading one could run code)."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    from semlens.relevance.lrp import RelevanceModel
+
+    torch.manual_seed(0)
+    labels = {0: "red", 1: "green", 2: "blue"}
+    config = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        num_labels=3, id2label=labels, label2id={name: index for index, name in labels.items()},
+    )  # fmt: skip
+    classifier = ViTForImageClassification(config).eval()
+    classifier.save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.25] * 3).save_pretrained(tmp_path / "vit")
+    model = load_model(f"hf:{tmp_path / 'vit'}")
+    assert model.classes == ["red", "green", "blue"]
+    assert (model.preprocessing.input_size, model.preprocessing.mean, model.preprocessing.std) == (32, (0.5,) * 3, (0.25,) * 3)
+    pixels = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.module(pixels), classifier(pixel_values=pixels).logits)
+    blocks = [info.name for info in list_layers(model.module, model.example_input()) if info.name.startswith("classifier.vit.")]
+    assert len(blocks) > 10  # named under classifier.: the model's own names follow
+    assert RelevanceModel(model.module, pixels).check().supported
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        (pickled / name).write_bytes((tmp_path / "vit" / name).read_bytes())
+    torch.save(classifier.state_dict(), pickled / "pytorch_model.bin")
+    with pytest.raises(SpecError, match="cannot load its weights"):
+        load_model(f"hf:{pickled}")
+
+
 def test_random_weights_are_the_same_every_time_and_leave_the_global_generator_alone() -> None:
     state = torch.random.get_rng_state()
     first, second = load_model("timm:resnet18:none"), load_model("torchvision:resnet18:none")

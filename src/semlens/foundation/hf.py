@@ -50,8 +50,8 @@ class HFFoundationModel(FoundationModel):
 
         silence_transformers_progress()
 
-        source = _source(name_or_path)
-        config = _load(AutoConfig.from_pretrained, source, name_or_path, "its config")
+        source = hub_source(name_or_path)
+        config = load_pretrained(AutoConfig.from_pretrained, source, name_or_path, "its config")
         self.model_type: str = config.model_type
         if self.model_type not in SUPPORTED_TYPES:
             raise SpecError(
@@ -60,16 +60,16 @@ class HFFoundationModel(FoundationModel):
                 "images only)"
             )
         # Loaded in float32 so that the fingerprint does not depend on the device it then runs on.
-        model = _load(AutoModel.from_pretrained, source, name_or_path, "its weights", dtype=torch.float32)
+        model = load_pretrained(AutoModel.from_pretrained, source, name_or_path, "its weights", dtype=torch.float32)
         # A local directory is named by its last component, so a Lens keeps its id when the model and
         # the Lens move to another machine; the weights hash tells different weights apart.
         label = Path(source).name if Path(source).is_dir() else name_or_path
         self.id = f"hf:{label}@{hash_module_weights(model)}"
         self.model = model.to(self.device, self.dtype).eval()
-        self.image_processor = _load(AutoImageProcessor.from_pretrained, source, name_or_path, "its image processor")
+        self.image_processor = load_pretrained(AutoImageProcessor.from_pretrained, source, name_or_path, "its image processor")
         self.supports_text = self.model_type in IMAGE_TEXT_TYPES
         if self.supports_text:
-            self.tokenizer = _load(AutoTokenizer.from_pretrained, source, name_or_path, "its tokenizer")
+            self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, name_or_path, "its tokenizer")
             self.max_text_tokens: int = config.text_config.max_position_embeddings
         self.dim = _embedding_dim(config, name_or_path)
 
@@ -116,7 +116,7 @@ class ProcessorPixels:
         return {name: batch[name] for name in self.NAMES if name in batch}
 
 
-def _source(name_or_path: str) -> str:
+def hub_source(name_or_path: str) -> str:
     """An existing local directory, else the name as a hub id; a path that does not exist fails here.
 
     Without this check a mistyped path reaches the hub client and fails with a confusing
@@ -135,7 +135,7 @@ def _source(name_or_path: str) -> str:
     return name_or_path
 
 
-def _load(loader: Callable[..., T], source: str, name_or_path: str, what: str, **options: Any) -> T:
+def load_pretrained(loader: Callable[..., T], source: str, name_or_path: str, what: str, **options: Any) -> T:
     """Call a ``from_pretrained`` loader, turning its download and file errors into one clear message."""
     try:
         return loader(source, **options)

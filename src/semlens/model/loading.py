@@ -6,6 +6,8 @@
 ``torchvision:NAME[:WEIGHTS]``             torchvision model; WEIGHTS an enum name (default DEFAULT),
                                            ``none`` or a state-dict file (extra ``semlens[torchvision]``)
 ``timm:NAME[:pretrained|none|PATH]``       timm model (extra ``semlens[timm]``)
+``hf:NAME_OR_PATH``                        transformers image classifier: a hub id or a ``save_pretrained``
+                                           folder, safetensors weights only
 =========================================  ===============================================================
 """
 
@@ -152,6 +154,56 @@ def _timm(rest: str) -> LoadedModel:
     )
     classes = imagenet_classes() if getattr(module, "num_classes", None) == 1000 else None
     return LoadedModel(module.eval(), f"timm:{rest}", preprocessing, classes)
+
+
+class ClassifierLogits(nn.Module):
+    """A transformers image classifier as semlens reads a model: pixels in, logits out (its own forward
+    returns an output object). Its layers are named under ``classifier.``."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.classifier(pixel_values=pixels).logits
+
+
+@MODELS.register("hf", "hf:NAME_OR_PATH", "transformers image classifier: a hub id or a save_pretrained folder (safetensors weights only)")
+def _transformers(rest: str) -> LoadedModel:
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from ..foundation.base import silence_transformers_progress
+    from ..foundation.hf import hub_source, load_pretrained
+
+    silence_transformers_progress()
+    source = hub_source(rest)
+    # safetensors only: a pickled checkpoint from someone else could run code when loaded
+    classifier = load_pretrained(AutoModelForImageClassification.from_pretrained, source, rest, "its weights", dtype=torch.float32, use_safetensors=True)
+    processor = load_pretrained(AutoImageProcessor.from_pretrained, source, rest, "its image processor")
+    labels = classifier.config.id2label
+    classes = [str(labels[index]) for index in range(len(labels))] if labels else None
+    return LoadedModel(ClassifierLogits(classifier).eval(), f"hf:{rest}", _processor_preprocessing(processor), classes)
+
+
+def _processor_preprocessing(processor: object) -> Preprocessing:
+    """A transformers image processor's resize, crop and normalisation as semlens's: the crop (or, without one,
+    the size it resizes to) is the input side; the shorter side is resized to its ``shortest_edge`` (or to the
+    input side: a processor that resizes to a fixed height and width without a crop squashes the image, where
+    semlens crops its centre)."""
+
+    def side(sizes: object) -> int | None:
+        if isinstance(sizes, dict):
+            return sizes.get("height") or sizes.get("shortest_edge")
+        return getattr(sizes, "height", None) or getattr(sizes, "shortest_edge", None)
+
+    resize = side(getattr(processor, "size", None)) or 224
+    crop = side(getattr(processor, "crop_size", None)) if getattr(processor, "do_center_crop", False) else None
+    return Preprocessing(
+        input_size=int(crop or resize),
+        resize=int(max(resize, crop or 0)),
+        mean=tuple(getattr(processor, "image_mean", None) or IMAGENET_MEAN),
+        std=tuple(getattr(processor, "image_std", None) or IMAGENET_STD),
+    )
 
 
 def _downloading(build: Callable[[], nn.Module], spec: str, random: str) -> nn.Module:
