@@ -807,6 +807,13 @@ class Doubled(nn.Module):
         return self.head(self.relu(self.conv(x)).mean(dim=(2, 3))) @ (2 * torch.eye(3))
 
 
+def test_logits_that_are_all_zero_are_named_as_such() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).eval()
+    nn.init.zeros_(model[3].weight)
+    report = RelevanceModel(model, torch.rand(2, 3, 8, 8)).check()
+    assert not report.supported and report.reason.startswith("the explained logits are zero on the check's inputs")
+
+
 def test_a_loss_in_the_models_own_forward_is_named_as_such() -> None:
     torch.manual_seed(0)
     report = RelevanceModel(Doubled().eval(), torch.rand(2, 3, 8, 8)).check()

@@ -173,8 +173,14 @@ class RelevanceModel:
         with torch.no_grad():
             outputs = probe.model(self.example)
         initial = partial(_one_hot_logit, targets=outputs.argmax(dim=1))
-        relevance = probe.input_relevance(self.example, initial)
         explained = initial(outputs).sum(dim=1)
+        if not bool(explained.abs().amax() > 0):
+            return SupportReport(
+                False,
+                "the explained logits are zero on the check's inputs (with biases at zero), so conservation cannot be "
+                "checked: a head initialised to zero (torchvision's ViT with random weights) or a model that has not been trained",
+            )
+        relevance = probe.input_relevance(self.example, initial)
         ratio = (relevance.flatten(1).sum(dim=1) / explained).tolist()
         if all(abs(value - 1) <= CONSERVATION_TOLERANCE for value in ratio):
             return SupportReport(True, f"relevance conserved (input sums / output: {_fmt(ratio)})")
