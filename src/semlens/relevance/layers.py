@@ -16,4 +16,9 @@ class Reduction(nn.Module):
         self.dim, self.keepdim, self.mean = dim, keepdim, mean
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return (torch.mean if self.mean else torch.sum)(input, dim=self.dim, keepdim=self.keepdim)
+        return reduce_over(input, self.dim, self.keepdim, self.mean)
+
+
+def reduce_over(input: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool, mean: bool) -> torch.Tensor:
+    """``input``'s sum, or mean, over ``dim``."""
+    return (torch.mean if mean else torch.sum)(input, dim=dim, keepdim=keepdim)

@@ -38,7 +38,7 @@ from zennit.canonizers import AttributeCanonizer
 from zennit.layer import Sum
 
 from .attention import held_weights_product
-from .layers import Reduction
+from .layers import Reduction, reduce_over
 from .rules import stabilize
 
 #: names of additions (operator.add, torch.add, Tensor.add, ``+=`` as operator.iadd, Tensor.add_)
@@ -102,54 +102,28 @@ def residual_sum() -> Sum:
     return Sum(dim=0)
 
 
-class _SharedSum(torch.autograd.Function):
-    """``a + b`` whose backward hands each summand its share of the relevance, ``a / (a + b)`` and ``b / (a + b)``
-    (zennit's ``Norm`` rule on a ``Sum``, with its stabiliser)."""
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor, epsilon: float) -> torch.Tensor:
-        ctx.save_for_backward(a, b)
-        ctx.epsilon = epsilon
-        return a + b
-
-    @staticmethod
-    def backward(ctx, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        a, b = ctx.saved_tensors
-        ratio = relevance / stabilize(a + b, ctx.epsilon)
-        return (a * ratio).sum_to_size(a.shape), (b * ratio).sum_to_size(b.shape), None
-
-
 class _SharedReduction(torch.autograd.Function):
-    """A sum or mean over ``dim`` whose backward hands each summand its share of the relevance (the rule of
-    ``Reduction``, for the modules torch.fx could not trace)."""
+    """A sum or mean over ``dim`` whose backward hands each summand its share of the relevance, ``x_i / Σ x``
+    (the rule ``Reduction`` gets, for the modules torch.fx could not trace)."""
 
     @staticmethod
     def forward(ctx, input: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool, mean: bool, epsilon: float) -> torch.Tensor:
-        output = Reduction(dim, keepdim, mean)(input)
         ctx.save_for_backward(input)
-        ctx.dim, ctx.keepdim, ctx.epsilon = dim, keepdim, epsilon
-        return output
+        ctx.dim, ctx.epsilon = dim, epsilon
+        return reduce_over(input, dim, keepdim, mean)
 
     @staticmethod
     def backward(ctx, relevance: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
         (input,) = ctx.saved_tensors
-        total = input.sum(dim=ctx.dim, keepdim=True)
-        if not ctx.keepdim:
-            relevance = relevance.unsqueeze(ctx.dim) if isinstance(ctx.dim, int) else _unsqueezed(relevance, ctx.dim, input.dim())
-        return input * (relevance / stabilize(total, ctx.epsilon)), None, None, None, None
-
-
-def _unsqueezed(tensor: torch.Tensor, dims: tuple[int, ...], rank: int) -> torch.Tensor:
-    for dim in sorted(d % rank for d in dims):
-        tensor = tensor.unsqueeze(dim)
-    return tensor
+        total = input.sum(dim=ctx.dim, keepdim=True)  # the relevance, kept dimensions or not, has its elements in this order
+        return input * (relevance.reshape(total.shape) / stabilize(total, ctx.epsilon)), None, None, None, None
 
 
 class UntracedOps(TorchFunctionMode):
     """While the model's forward runs (``start`` and ``stop``, hooks on the model), the ops of the modules
     torch.fx could not trace (transformers' blocks, HRNet's fusions) get the rules the rewrite above gives
     traced ones: each ``a + b`` of two computed tensors (both with a ``grad_fn``) shares its relevance between
-    them (``_SharedSum``), a computed tensor times or divided by a constant (a layer scale) passes it whole
+    them (a ``_SharedReduction`` of their ``summands``), a computed tensor times or divided by a constant (a layer scale) passes it whole
     (``gated_product``), a sum or mean over dimensions hands each summand its share (``_SharedReduction``), and
     a matrix product whose left operand is a softmax's output (through dropouts, casts and reshapes: attention
     written out) holds those weights (``held_weights_product``). In-place additions are left alone (the
@@ -162,6 +136,7 @@ class UntracedOps(TorchFunctionMode):
     SOFTMAXES = {torch.softmax, torch.Tensor.softmax, F.softmax}
     KEEPS_WEIGHTS = {F.dropout, torch.dropout, torch.Tensor.to, torch.Tensor.type_as, torch.Tensor.contiguous, torch.Tensor.transpose}
     PRODUCTS = {torch.matmul, torch.Tensor.__matmul__, torch.Tensor.matmul, torch.bmm}
+    HANDLED = ADDS | SCALINGS | DIVISIONS | set(REDUCTIONS) | PRODUCTS | SOFTMAXES | KEEPS_WEIGHTS
 
     def __init__(self, epsilon: float = 1e-6) -> None:
         super().__init__()
@@ -180,7 +155,7 @@ class UntracedOps(TorchFunctionMode):
             return func(*args, **kwargs)  # included (reading a grad_fn inside autograd's own calls deadlocks)
         computed = [isinstance(arg, torch.Tensor) and arg.grad_fn is not None for arg in args]
         if func in self.ADDS and len(args) == 2 and all(computed) and not kwargs:
-            return _SharedSum.apply(args[0], args[1], self.epsilon)
+            return _SharedReduction.apply(summands(args[0], args[1]), 0, False, False, self.epsilon)
         if func in self.SCALINGS | self.DIVISIONS and len(args) == 2 and sum(computed) == 1 and not kwargs:
             if computed[0] or func in self.SCALINGS:
                 signal, factor = (args[0], args[1]) if computed[0] else (args[1], args[0])
@@ -195,12 +170,6 @@ class UntracedOps(TorchFunctionMode):
         if weighs and args and computed[0] and isinstance(result, torch.Tensor):
             self.weights[id(result)] = result
         return result
-
-
-UntracedOps.HANDLED = (
-    UntracedOps.ADDS | UntracedOps.SCALINGS | UntracedOps.DIVISIONS | set(UntracedOps.REDUCTIONS) | UntracedOps.PRODUCTS
-    | UntracedOps.SOFTMAXES | UntracedOps.KEEPS_WEIGHTS
-)  # fmt: skip
 
 
 def _reduction_arguments(rest: tuple, kwargs: dict) -> tuple[int | tuple[int, ...], bool] | None:
@@ -414,18 +383,22 @@ def _output_source(graph: fx.Graph, root: nn.Module, functions: set[str], module
     return _source(result, root, functions, modules) if isinstance(result, fx.Node) else None
 
 
+def _traced_alone(module: nn.Module) -> tuple[fx.Graph, nn.Module] | None:
+    """``module``'s own forward traced (its children kept as calls) on a copy, and that copy; None where torch.fx
+    cannot follow it."""
+    root = copy.copy(module)  # the tracer stores tensor constants on its root: never on the user's module
+    try:
+        return _EveryModuleALeaf().trace(root), root
+    except Exception:  # noqa: BLE001 (a module torch.fx cannot follow: the callers say what that means)
+        return None
+
+
 def _computes_with(module: nn.Module, functions: set[str], modules: set[str]) -> bool:
     """Whether a module of a library's own (not torch's) computes its output with one of ``functions`` or
     ``modules``, through reshapes: ResNeSt's ``RadixSoftmax``, SKNet's attention branch. False where torch.fx
-    cannot trace it."""
-    if type(module).__module__.startswith("torch.nn"):
-        return False
-    root = copy.copy(module)
-    try:
-        graph = _EveryModuleALeaf().trace(root)
-    except Exception:  # noqa: BLE001 (a module torch.fx cannot follow is no known gate)
-        return False
-    return _output_source(graph, root, functions, modules) is not None
+    cannot trace it (no known gate)."""
+    traced = None if type(module).__module__.startswith("torch.nn") else _traced_alone(module)
+    return traced is not None and _output_source(*traced, functions, modules) is not None
 
 
 def makes_gate(module: nn.Module) -> bool:
@@ -437,15 +410,11 @@ def makes_gate(module: nn.Module) -> bool:
 def rearranges_only(module: nn.Module) -> bool:
     """Whether a leaf module without parameters only moves, selects or pads its input's values
     (``REARRANGES``: torchvision's ``Permute``, MaxViT's window partitions): it needs no rule, as the gradient
-    through it is exact. False where torch.fx cannot trace it."""
-    if list(module.parameters()) or list(module.buffers()):
+    through it is exact. False where torch.fx cannot trace it (not known to rearrange only)."""
+    traced = None if list(module.parameters()) or list(module.buffers()) else _traced_alone(module)
+    if traced is None:
         return False
-    root = copy.copy(module)
-    try:
-        graph = _EveryModuleALeaf().trace(root)
-    except Exception:  # noqa: BLE001 (a module torch.fx cannot follow is not known to rearrange only)
-        return False
-    operations = [node for node in _computed_nodes(graph, first_input_only=True) if node.op not in ("placeholder", "output")]
+    operations = [node for node in _computed_nodes(traced[0], first_input_only=True) if node.op not in ("placeholder", "output")]
     return bool(operations) and all(_op_name(node) in REARRANGES for node in operations)
 
 
