@@ -26,7 +26,7 @@ from semlens.build.class_relevance import ClassRelevance
 from semlens.model.units import hooks, resolve_module
 from semlens.relevance.attention import HeldAttention
 from semlens.relevance.canonizers import UnsupportedModelError, canonizers_for, traced_batch_norm_pairs
-from semlens.relevance.lrp import RelevanceModel, crp_heatmaps, unit_relevance
+from semlens.relevance.lrp import RelevanceModel, crp_heatmaps, leaves_without_rule, unit_relevance
 from semlens.relevance.residual import FxResidualCanonizer, gated_product, trace_residuals
 
 #: RelevanceModel's default epsilon; zennit's ZPlus and Flat default to the same stabilizer
@@ -271,6 +271,43 @@ def test_torchs_multihead_attention_gets_the_relevance_of_the_same_attention_wri
     assert RelevanceModel(without_shifts(TokenAttention(layers=False)), tokens).check().supported
 
 
+class EinsumTokenAttention(TokenAttention):
+    """``TokenAttention``'s layers with attention written with ``torch.einsum`` (torchvision's MaxViT), the values
+    first or the weights; ``traceable=False``: control flow on a value that torch.fx cannot trace."""
+
+    def __init__(self, values_first: bool, traceable: bool) -> None:
+        super().__init__(layers=True)
+        self.values_first, self.traceable = values_first, traceable
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.traceable and x.amin() < 0:
+            raise ValueError("inputs must be non-negative")
+        x = self.embed(x)
+        split = lambda t: t.reshape(t.shape[0], t.shape[1], 2, 4).transpose(1, 2)  # noqa: E731
+        query, key, value = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        weights = (torch.einsum("bhid,bhjd->bhij", query, key) * 0.5).softmax(dim=-1)
+        if self.values_first:
+            attended = torch.einsum("bhjd,bhij->bhid", value, weights)
+        else:
+            attended = torch.einsum("bhij,bhjd->bhid", weights, value)
+        attended = self.attn.out_proj(attended.transpose(1, 2).reshape(x.shape))
+        return self.head((attended + x).mean(dim=1))
+
+
+@pytest.mark.parametrize("values_first", [False, True])
+@pytest.mark.parametrize("traceable", [True, False])
+def test_attention_written_with_einsum_gets_the_relevance_of_fused_attention(values_first: bool, traceable: bool) -> None:
+    """The softmax's weights in an einsum with the values are held, in either order, traced or not."""
+    tokens = torch.rand(2, 5, 4)
+    fused, written = TokenAttention(layers=True).eval(), EinsumTokenAttention(values_first, traceable).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(written(tokens), fused(tokens))
+        targets = fused(tokens).argmax(dim=1)
+    heatmaps = [RelevanceModel(model, tokens).input_relevance(tokens, one_hot_logit(targets)) for model in (fused, written)]
+    torch.testing.assert_close(heatmaps[1], heatmaps[0], rtol=1e-4, atol=1e-6)
+    assert RelevanceModel(without_shifts(EinsumTokenAttention(values_first, traceable)), tokens).check().supported
+
+
 def test_multihead_attention_with_a_key_bias_is_refused_by_name() -> None:
     model = TokenAttention(layers=False)
     model.attn = nn.MultiheadAttention(8, 2, batch_first=True, add_bias_kv=True)
@@ -297,6 +334,50 @@ def test_layer_norm_relevance_is_the_epsilon_rule_with_its_scale_held() -> None:
     r_hidden = hidden * (ratio - ratio.mean(dim=1, keepdim=True))
     r_inputs = r_hidden.sum(dim=1, keepdim=True).expand(-1, 5) / 5  # Flat: the first layer shares it out evenly
     torch.testing.assert_close(relevance, r_inputs, rtol=1e-4, atol=1e-6)
+
+
+def test_group_norm_relevance_is_the_epsilon_rule_with_each_groups_scale_held() -> None:
+    """Known answer: within each group of channels, ``(x - mean) / sigma * w + b`` with sigma held."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6, bias=False), nn.GroupNorm(2, 6), nn.Linear(6, 3, bias=False)).eval()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.2, 0.2)
+    inputs = torch.rand(2, 5)
+    relevance = RelevanceModel(model, inputs).input_relevance(inputs, one_hot_logit(torch.tensor([0, 2])))
+    hidden = model[0](inputs)
+    normed = model[1](hidden)
+    logits = model[2](normed)
+    top = torch.zeros_like(logits)
+    top[0, 0], top[1, 2] = logits[0, 0], logits[1, 2]
+    r_normed = normed * ((top / stabilize(logits)) @ model[2].weight)
+    groups = hidden.reshape(2, 2, 3)  # two groups of three channels
+    sigma = (groups.var(dim=2, unbiased=False, keepdim=True) + model[1].eps).sqrt()
+    ratio = (r_normed / stabilize(normed) * model[1].weight).reshape(2, 2, 3) / sigma
+    r_hidden = groups * (ratio - ratio.mean(dim=2, keepdim=True))
+    r_inputs = r_hidden.sum(dim=(1, 2)).reshape(2, 1).expand(-1, 5) / 5  # Flat: the first layer shares it out evenly
+    torch.testing.assert_close(relevance, r_inputs, rtol=1e-4, atol=1e-6)
+
+
+def test_timm_group_norms_with_their_activation_inside_conserve_relevance() -> None:
+    """timm's ``GroupNormAct`` (the norm, then its activation, in one module: BiT's ResNetV2) and ``GroupNorm1``
+    (PoolFormer's) get the group norm's rule; a subclass of torch's with a forward of its own is refused."""
+    from timm.layers import GroupNorm1, GroupNormAct
+
+    class OwnGroupNorm(nn.GroupNorm):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) * 2
+
+    def model(norm: nn.Module) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), norm, nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+
+    inputs = torch.rand(2, 3, 12, 12)
+    for norm in (GroupNormAct(8, 4), GroupNorm1(8), nn.GroupNorm(4, 8)):
+        report = RelevanceModel(model(norm), inputs).check()
+        assert report.supported, report.reason
+    report = RelevanceModel(model(OwnGroupNorm(4, 8)), inputs).check()
+    assert not report.supported and report.reason == "no LRP rule here for OwnGroupNorm"
 
 
 def test_a_layer_norm_of_another_kind_is_refused_by_name() -> None:
@@ -699,6 +780,34 @@ class UntraceableScaledTokenMean(TokenMean):
         return self.head(self.relu(self.embed(x)).mean(dim=1) * 0.5)
 
 
+class TokenDifference(TokenMean):
+    """``h - 0.25 * h.flip(-1)``: a difference of two computed tensors (PoolFormer's ``pool(x) - x``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.relu(self.embed(x))
+        return self.head((hidden - 0.25 * hidden.flip(-1)).mean(dim=1))
+
+
+class UntraceableTokenDifference(TokenDifference):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.amin() < 0:  # control flow on a value: torch.fx cannot trace it
+            raise ValueError("inputs must be non-negative")
+        return super().forward(x)
+
+
+def test_a_difference_shares_relevance_as_the_sum_of_a_and_minus_b() -> None:
+    """``a - b`` is the sum of ``a`` and ``-b``: each gets its share of the relevance, ``a / (a - b)`` and
+    ``-b / (a - b)``, traced or not (the gradient would hand ``a`` all of it and ``b`` its negative, and the
+    two would cancel); relevance is conserved."""
+    tokens = torch.rand(2, 7, 4)
+    models = [TokenDifference().eval(), UntraceableTokenDifference().eval()]
+    targets = models[0](tokens).argmax(dim=1)
+    heatmaps = [RelevanceModel(model, tokens).input_relevance(tokens, one_hot_logit(targets)) for model in models]
+    torch.testing.assert_close(heatmaps[0], heatmaps[1], rtol=1e-5, atol=1e-7)
+    for model in models:
+        assert RelevanceModel(model, tokens).check().supported
+
+
 def test_an_untraceable_mean_and_scaling_get_the_relevance_the_traced_ones_get() -> None:
     """The mean over tokens shares relevance by each token's part (not 1/T each) and the scaling by a constant
     passes it whole, while the forward runs as under the torch.fx rewrite."""
@@ -708,6 +817,47 @@ def test_an_untraceable_mean_and_scaling_get_the_relevance_the_traced_ones_get()
     heatmaps = [RelevanceModel(model, tokens).input_relevance(tokens, one_hot_logit(targets)) for model in models]
     torch.testing.assert_close(heatmaps[0], heatmaps[1], rtol=1e-5, atol=1e-7)
     assert RelevanceModel(models[0], tokens).check().supported
+
+
+class FunctionalHeadTokenMean(TokenMean):
+    """The head's weight passed to ``F.linear`` by its parent, as torchvision's Swin does with its attention's layers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.relu(self.embed(x)).mean(dim=1), self.head.weight, bias=self.head.bias)
+
+
+def test_a_functional_linear_gets_the_rule_its_module_gets() -> None:
+    """``F.linear`` called outside its ``nn.Linear`` gets the module's ε-rule while the forward runs (the gradient
+    would hand the pooled features ``W^T R``, not their share), and a module's own call is not ruled twice."""
+    tokens = torch.rand(2, 7, 4)
+    models = [FunctionalHeadTokenMean().eval(), TokenMean().eval()]
+    targets = models[0](tokens).argmax(dim=1)
+    heatmaps = [RelevanceModel(model, tokens).input_relevance(tokens, one_hot_logit(targets)) for model in models]
+    torch.testing.assert_close(heatmaps[0], heatmaps[1], rtol=1e-5, atol=1e-7)
+    assert RelevanceModel(models[0], tokens).check().supported
+
+
+class PositionBias(nn.Module):
+    """A table read without input (transformers' ``SwinRelativePositionBias``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(4, 4))
+
+    def forward(self) -> torch.Tensor:
+        return self.table.unsqueeze(0)
+
+
+class TokenDoubling(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x
+
+
+def test_a_module_that_takes_no_input_needs_no_rule() -> None:
+    """What a module computes from its parameters alone is a constant to the input: no relevance passes it, so
+    it needs no rule; a module without a rule that takes input is still named."""
+    model = nn.Sequential(nn.Linear(4, 4), PositionBias(), TokenDoubling())
+    assert list(leaves_without_rule(model, ())) == ["2"]
 
 
 def test_transformers_vit_with_attention_written_out_gets_the_relevance_of_its_fused_attention() -> None:

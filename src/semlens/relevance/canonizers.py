@@ -21,6 +21,7 @@ from zennit.canonizers import AttributeCanonizer, Canonizer, NamedMergeBatchNorm
 from ..model.units import hooks
 from .attention import MultiheadAttentionCanonizer
 from .residual import FxResidualCanonizer, residual_sum, summands, trace_residuals
+from .rules import held_scale_known
 
 LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -182,7 +183,8 @@ def canonizers_for(model: nn.Module, example: torch.Tensor) -> list[Canonizer]:
         handled += (BasicBlock, Bottleneck)
     if "MBConvBlock" in kinds:
         canonizers.append(MBConvResidualCanonizer())
-    traced = trace_residuals(model, lambda block: isinstance(block, handled) or MBConvResidualCanonizer.applies(block))
+    # a norm with its activation inside (timm's GroupNormAct) has its rule as a whole: torch.fx leaves it alone too
+    traced = trace_residuals(model, lambda block: isinstance(block, handled) or MBConvResidualCanonizer.applies(block) or held_scale_known(block))
     unsupported = traced.unsupported + MultiheadAttentionCanonizer.unsupported(model)
     if unsupported:
         raise UnsupportedModelError(f"no LRP rule here for {'; '.join(unsupported)}")

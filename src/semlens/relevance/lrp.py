@@ -10,6 +10,7 @@ why and the pipeline keeps activation-map crops: never a wrong heatmap.
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -25,7 +26,7 @@ from .attention import HeldAttention
 from .canonizers import UnsupportedModelError, canonizers_for
 from .conservation import find_leak
 from .residual import HOLDING_MODULES, FxResidualCanonizer, UntracedOps, makes_gate, rearranges_only
-from .rules import LeanEpsilonPlusFlat, layer_norm_dims
+from .rules import LeanEpsilonPlusFlat, held_scale_known
 from .sae import decoded_share, unit_tensors
 
 #: leaf modules with an LRP rule (or that pass relevance unchanged and exactly)
@@ -41,7 +42,7 @@ SUPPORTED_LEAVES = (
     nn.Upsample,  # a linear map without bias (nearest: copies): the average pools' rule (HRNet's, FPNs', U-Nets')
     nn.Sequential,  # a leaf Sequential is an empty one: the identity (GhostNet's shortcuts)
     nn.ModuleList, nn.ModuleDict,  # empty ones, never called
-    nn.LayerNorm,  # its scale held constant (rules.HeldScaleLayerNorm), where layer_norm_dims knows the kind
+    nn.LayerNorm, nn.GroupNorm,  # their scale held constant (rules.HeldScaleNorm), where held_scale_known knows the kind
 )  # fmt: skip
 #: parameter-free pass-through modules that libraries define themselves (e.g. EfficientNet-Lite's Identity)
 SUPPORTED_NAMES = {"Identity", "Sum"}
@@ -50,7 +51,7 @@ SUPPORTED_NAMES = {"Identity", "Sum"}
 #: where the ε-rule is the identity), DropPath and torchvision's StochasticDepth (the identity in eval mode);
 #: and timm's average pools, which get the average pools' rule
 LIBRARY_PASSES = {
-    "timm.": {"GELU", "GELUTanh", "QuickGELU", "Swish", "HardSwish", "Tanh", "PReLU", "LayerScale", "LayerScale2d", "DropPath"},
+    "timm.": {"GELU", "GELUTanh", "QuickGELU", "Swish", "HardSwish", "Tanh", "PReLU", "LayerScale", "LayerScale2d", "Scale", "DropPath"},
     "torchvision.": {"StochasticDepth"},
     "transformers.": {
         "GELUActivation", "GELUTanh", "PytorchGELUTanh", "NewGELUActivation", "FastGELUActivation", "QuickGELUActivation",
@@ -116,6 +117,8 @@ class RelevanceModel:
         untraced = UntracedOps(self.epsilon)
         with strict_float32(), HeldAttention(), untraced, self.composite.context(self.model) as modified:
             running = [modified.register_forward_pre_hook(untraced.start), modified.register_forward_hook(untraced.stop, always_call=True)]
+            for linear in (m for m in modified.modules() if isinstance(m, nn.Linear)):  # their own rule inside them
+                running += [linear.register_forward_pre_hook(untraced.enter_linear), linear.register_forward_hook(untraced.leave_linear, always_call=True)]
             with hooks(running):
                 yield modified
 
@@ -304,16 +307,27 @@ def relevance_maps(
 
 def leaves_without_rule(model: nn.Module, covered: tuple[type, ...]) -> dict[str, nn.Module]:
     """The leaf modules of ``model`` that no rule here covers, by name: not a supported kind (a layer norm only
-    of a kind ``layer_norm_dims`` knows), not a library's pass-through by name, not one of the ``covered`` classes.
-    Sigmoids among them are fine where they gate a product (the caller asks the torch.fx rewrite)."""
+    or group norm only of a kind ``held_scale_known`` knows), not a library's pass-through by name, not one of the ``covered`` classes,
+    not one that takes no input (``takes_no_input``). Sigmoids among them are fine where they gate a product
+    (the caller asks the torch.fx rewrite)."""
     return {
         name: module
         for name, module in model.named_modules()
         if not list(module.children())
-        and (not isinstance(module, SUPPORTED_LEAVES) or (isinstance(module, nn.LayerNorm) and layer_norm_dims(module) is None))
+        and (not isinstance(module, SUPPORTED_LEAVES) or (isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and not held_scale_known(module)))
         and type(module).__name__ not in SUPPORTED_NAMES
         and not isinstance(module, covered)
+        and not takes_no_input(module)
     }
+
+
+def takes_no_input(module: nn.Module) -> bool:
+    """Whether ``module``'s forward takes no arguments: what it returns is made of its parameters and buffers
+    alone (transformers' ``SwinRelativePositionBias``), a constant to the input, on no path relevance takes."""
+    try:
+        return not inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):  # a forward without a signature Python can read: assume it takes input
+        return False
 
 
 def library_kinds(model: nn.Module, names: dict[str, set[str]]) -> tuple[type, ...]:

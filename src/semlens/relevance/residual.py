@@ -14,8 +14,9 @@ constant (a layer scale) become ``gated_product``: the relevance goes to the sca
 the gate's branch (LRP's signal-take-all rule for gates, Arras et al. 2017), which conserves it. A sum
 or mean over dimensions of a computed tensor (summing the weighed paths, averaging tokens) becomes a
 ``Reduction`` module, which gets the average pools' rule: each summand its share of the result, where
-the gradient would hand every summand the whole. Attention written out (a
-softmax's weights times values) gets the held-weights rule of ``attention.py``. A forward with optional
+the gradient would hand every summand the whole; a difference ``a - b`` is the sum of ``a`` and ``-b``.
+Attention written out (a softmax's weights times values, by ``@`` or ``torch.einsum``) gets the
+held-weights rule of ``attention.py``. A forward with optional
 arguments is traced once per way of leaving them out, and the rewrite follows each call. Other products
 of two computed tensors and other non-linear tensor functions have no rule here, so a module that
 computes one is refused by name.
@@ -37,16 +38,18 @@ from torch.overrides import TorchFunctionMode
 from zennit.canonizers import AttributeCanonizer
 from zennit.layer import Sum
 
-from .attention import held_weights_product
+from .attention import held_weights_einsum, held_weights_product
 from .layers import Reduction, reduce_over
 from .rules import stabilize
 
 #: names of additions (operator.add, torch.add, Tensor.add, ``+=`` as operator.iadd, Tensor.add_)
 ADDS = {"add", "iadd", "add_"}
-#: in-place additions: later uses of the first summand see the sum
-IN_PLACE_ADDS = {"iadd", "add_"}
+#: names of subtractions: ``a - b`` is the sum of ``a`` and ``-b`` (``summands``)
+SUBTRACTIONS = {"sub", "isub", "sub_"}
+#: in-place additions and subtractions: later uses of the first operand see the result
+IN_PLACE_ADDS = {"iadd", "add_", "isub", "sub_"}
 #: products and quotients: no LRP rule when both operands are computed from the input
-PRODUCTS = {"mul", "imul", "mul_", "truediv", "itruediv", "div", "div_", "matmul", "bmm"}
+PRODUCTS = {"mul", "imul", "mul_", "truediv", "itruediv", "div", "div_", "matmul", "bmm", "einsum"}
 #: tensor functions that are neither linear nor a rectifier (F.relu and pooling pass relevance as LRP's rules do)
 NON_LINEAR = {
     "sigmoid", "tanh", "exp", "log", "sqrt", "rsqrt", "pow", "softmax", "log_softmax", "gelu", "silu", "mish",
@@ -91,10 +94,24 @@ def gated_product(signal: torch.Tensor, factor: torch.Tensor | float, divide: bo
     return _SignalTakesAll.apply(signal, factor, divide)
 
 
-def summands(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a`` and ``b`` stacked on a new leading axis for ``residual_sum()`` (broadcast first, as ``a + b``
-    would): two contiguous blocks, which torch stacks and sums several times faster than on a last axis."""
-    return torch.stack(torch.broadcast_tensors(a, b))
+class _Negated(torch.autograd.Function):
+    """``-x`` whose backward passes the relevance unchanged: the summand ``-b`` of ``a - b`` owns the share the
+    sum's rule gives it (LRP's ε-rule on ``y = -x``: ``x * (-1) * R / (-x) = R``; the gradient would flip its sign)."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor) -> torch.Tensor:
+        return -input
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor) -> torch.Tensor:
+        return relevance
+
+
+def summands(a: torch.Tensor, b: torch.Tensor, subtract: bool = False) -> torch.Tensor:
+    """``a`` and ``b`` (``-b`` with ``subtract``) stacked on a new leading axis for ``residual_sum()`` (broadcast
+    first, as ``a + b`` would): two contiguous blocks, which torch stacks and sums several times faster than on a
+    last axis."""
+    return torch.stack(torch.broadcast_tensors(a, _Negated.apply(b) if subtract else b))
 
 
 def residual_sum() -> Sum:
@@ -119,43 +136,75 @@ class _SharedReduction(torch.autograd.Function):
         return input * (relevance.reshape(total.shape) / stabilize(total, ctx.epsilon)), None, None, None, None
 
 
+class _EpsilonLinear(torch.autograd.Function):
+    """``F.linear`` whose backward is the ε-rule ``nn.Linear`` modules get: ``x * W^T (R / (z + ε))``, none of the
+    relevance to the weight or bias (a bias absorbs its share, as in the module)."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, epsilon: float) -> torch.Tensor:
+        output = F.linear(input, weight, bias)
+        ctx.save_for_backward(input, weight, output)
+        ctx.epsilon = epsilon
+        return output
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        input, weight, output = ctx.saved_tensors
+        return input * ((relevance / stabilize(output, ctx.epsilon)) @ weight), None, None, None
+
+
 class UntracedOps(TorchFunctionMode):
     """While the model's forward runs (``start`` and ``stop``, hooks on the model), the ops of the modules
     torch.fx could not trace (transformers' blocks, HRNet's fusions) get the rules the rewrite above gives
-    traced ones: each ``a + b`` of two computed tensors (both with a ``grad_fn``) shares its relevance between
+    traced ones: each ``a + b`` (``a - b``) of two computed tensors (both with a ``grad_fn``) shares its relevance between
     them (a ``_SharedReduction`` of their ``summands``), a computed tensor times or divided by a constant (a layer scale) passes it whole
     (``gated_product``), a sum or mean over dimensions hands each summand its share (``_SharedReduction``), and
     a matrix product whose left operand is a softmax's output (through dropouts, casts and reshapes: attention
-    written out) holds those weights (``held_weights_product``). In-place additions are left alone (the
-    conservation check names a module whose ``+=`` doubles relevance)."""
+    written out), or an einsum of one with computed values, holds those weights (``held_weights_product``,
+    ``held_weights_einsum``). In-place additions are left alone (the
+    conservation check names a module whose ``+=`` doubles relevance).
+
+    A functional ``F.linear`` outside any ``nn.Linear`` module's forward (torchvision's Swin passes its
+    ``qkv`` and ``proj`` layers' weights to one) gets the ε-rule those modules get (``_EpsilonLinear``); the
+    gradient would hand the input ``W^T R``, not its share. ``enter_linear`` and ``leave_linear``, hooks on
+    the model's linear modules, tell the two apart: inside a module, its own rule applies."""
 
     ADDS = {torch.Tensor.__add__, torch.Tensor.__radd__, torch.add, torch.Tensor.add}
+    SUBTRACTIONS = {torch.Tensor.__sub__, torch.sub, torch.Tensor.sub}
     SCALINGS = {torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.mul, torch.Tensor.mul}
     DIVISIONS = {torch.Tensor.__truediv__, torch.div, torch.Tensor.div}
     REDUCTIONS = {torch.sum: False, torch.Tensor.sum: False, torch.mean: True, torch.Tensor.mean: True}
     SOFTMAXES = {torch.softmax, torch.Tensor.softmax, F.softmax}
     KEEPS_WEIGHTS = {F.dropout, torch.dropout, torch.Tensor.to, torch.Tensor.type_as, torch.Tensor.contiguous, torch.Tensor.transpose}
     PRODUCTS = {torch.matmul, torch.Tensor.__matmul__, torch.Tensor.matmul, torch.bmm}
-    HANDLED = ADDS | SCALINGS | DIVISIONS | set(REDUCTIONS) | PRODUCTS | SOFTMAXES | KEEPS_WEIGHTS
+    EINSUMS = {torch.einsum}
+    LINEARS = {F.linear}
+    HANDLED = ADDS | SUBTRACTIONS | SCALINGS | DIVISIONS | set(REDUCTIONS) | PRODUCTS | EINSUMS | SOFTMAXES | KEEPS_WEIGHTS | LINEARS
 
     def __init__(self, epsilon: float = 1e-6) -> None:
         super().__init__()
-        self.epsilon, self.running = epsilon, False
+        self.epsilon, self.running, self.inside_linear = epsilon, False, 0
         self.weights: dict[int, torch.Tensor] = {}  # softmax outputs of this forward, by id (kept alive: ids stay unique)
 
     def start(self, *_: object) -> None:
-        self.running, self.weights = True, {}
+        self.running, self.inside_linear, self.weights = True, 0, {}
 
     def stop(self, *_: object) -> None:
         self.running, self.weights = False, {}
+
+    def enter_linear(self, *_: object) -> None:
+        self.inside_linear += 1
+
+    def leave_linear(self, *_: object) -> None:
+        self.inside_linear -= 1
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if not self.running or func not in self.HANDLED:  # every other call untouched, tensors' property access
             return func(*args, **kwargs)  # included (reading a grad_fn inside autograd's own calls deadlocks)
         computed = [isinstance(arg, torch.Tensor) and arg.grad_fn is not None for arg in args]
-        if func in self.ADDS and len(args) == 2 and all(computed) and not kwargs:
-            return _SharedReduction.apply(summands(args[0], args[1]), 0, False, False, self.epsilon)
+        if func in self.ADDS | self.SUBTRACTIONS and len(args) == 2 and all(computed) and not kwargs:
+            return _SharedReduction.apply(summands(args[0], args[1], func in self.SUBTRACTIONS), 0, False, False, self.epsilon)
         if func in self.SCALINGS | self.DIVISIONS and len(args) == 2 and sum(computed) == 1 and not kwargs:
             if computed[0] or func in self.SCALINGS:
                 signal, factor = (args[0], args[1]) if computed[0] else (args[1], args[0])
@@ -165,11 +214,24 @@ class UntracedOps(TorchFunctionMode):
             return _SharedReduction.apply(args[0], *reduction, self.REDUCTIONS[func], self.epsilon)
         if func in self.PRODUCTS and len(args) == 2 and id(args[0]) in self.weights and computed[1] and not kwargs:
             return held_weights_product(args[0], args[1], self.epsilon)
+        if func in self.EINSUMS and len(args) == 3 and isinstance(args[0], str) and not kwargs:
+            for weights_first, (weights, values) in ((True, args[1:]), (False, args[:0:-1])):
+                if id(weights) in self.weights and isinstance(values, torch.Tensor) and values.grad_fn is not None:
+                    return held_weights_einsum(*args, weights_first, self.epsilon)
+        if func in self.LINEARS and not self.inside_linear and computed and computed[0]:
+            weight, bias = _linear_arguments(args[1:], kwargs)
+            return _EpsilonLinear.apply(args[0], weight, bias, self.epsilon)
         result = func(*args, **kwargs)
         weighs = func in self.SOFTMAXES or (func in self.KEEPS_WEIGHTS and args and id(args[0]) in self.weights)
         if weighs and args and computed[0] and isinstance(result, torch.Tensor):
             self.weights[id(result)] = result
         return result
+
+
+def _linear_arguments(rest: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(weight, bias)`` of an ``F.linear`` call given ``rest`` after its input and ``kwargs``."""
+    arguments = dict(zip(("weight", "bias"), rest), **kwargs)
+    return arguments["weight"], arguments.get("bias")
 
 
 def _reduction_arguments(rest: tuple, kwargs: dict) -> tuple[int | tuple[int, ...], bool] | None:
@@ -250,9 +312,9 @@ def _rewrite(graph: fx.Graph, root: nn.Module, where: str, prefix: str, result: 
     held = _held_products(graph, computed, root)
     weights_only = _weights_only(graph, held)
     own_gate = _output_source(graph, root, GATE_FUNCTIONS, GATE_MODULES) if gates else None
-    problems = [f"{where}: {problem}" for problem in _unsupported_ops(graph, computed, gated, weights_only, own_gate)]
+    problems = [f"{where}: {problem}" for problem in _unsupported_ops(graph, computed, gated, held, weights_only, own_gate)]
     result.unsupported += [problem for problem in problems if problem not in result.unsupported]
-    sources = [gate for _, gate, _ in gated.values()] + list(held.values())
+    sources = [gate for _, gate, _ in gated.values()] + [product.softmax for product in held.values()]
     result.gates += [_computing(root.get_submodule(node.target)) for node in sources if node is not None and node.op == "call_module"]
     sums: dict[str, nn.Module] = {**_replace_adds(graph, computed, prefix)}
     sums.update(_replace_reductions(graph, computed, prefix.replace("_sum_", "_reduction_")))
@@ -447,25 +509,37 @@ def _gated_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) ->
     return gated
 
 
-def _held_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) -> dict[fx.Node, fx.Node]:
-    """Each ``weights @ values`` of attention written out, the weights a softmax's (``_source``), the
-    values not: ``{product: the softmax}``."""
+@dataclass(frozen=True)
+class HeldProduct:
+    """A product of attention written out: the softmax that computes its weights and its weights operand."""
+
+    softmax: fx.Node
+    weights: fx.Node
+
+
+def _held_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) -> dict[fx.Node, HeldProduct]:
+    """Each ``weights @ values`` (or ``torch.einsum`` of the two, in either order) of attention written out, the
+    weights a softmax's (``_source``), the values not."""
     held = {}
     for node in graph.nodes:
-        if _op_name(node) != "matmul" or node.kwargs or len(node.args) != 2 or len(_computed_operands(node, computed)) != 2:
+        name = _op_name(node)
+        einsum = name == "einsum" and len(node.args) == 3 and isinstance(node.args[0], str)
+        if not (einsum or name == "matmul") or node.kwargs or len(_computed_operands(node, computed)) != 2:
             continue
-        weights, values = (_source(operand, root, WEIGHT_FUNCTIONS, WEIGHT_MODULES, (nn.Dropout,)) for operand in node.args)
-        if weights is not None and values is None:
-            held[node] = weights
+        operands = node.args[1:] if einsum else node.args
+        sources = [_source(operand, root, WEIGHT_FUNCTIONS, WEIGHT_MODULES, (nn.Dropout,)) for operand in operands]
+        for position in (0, 1) if einsum else (0,):
+            if len(operands) == 2 and sources[position] is not None and sources[1 - position] is None:
+                held[node] = HeldProduct(sources[position], operands[position])
     return held
 
 
-def _weights_only(graph: fx.Graph, held: dict[fx.Node, fx.Node]) -> set[fx.Node]:
+def _weights_only(graph: fx.Graph, held: dict[fx.Node, HeldProduct]) -> set[fx.Node]:
     """Nodes whose value reaches nothing but the weights of a held product (the scores, their softmax): with
     the weights held, no relevance comes back to them, so they need no rule."""
     only: set[fx.Node] = set()
     for node in reversed(graph.nodes):
-        if node.users and all(user in only or (user in held and user.args[0] is node) for user in node.users):
+        if node.users and all(user in only or (user in held and held[user].weights is node) for user in node.users):
             only.add(node)
     return only
 
@@ -474,6 +548,7 @@ def _unsupported_ops(
     graph: fx.Graph,
     computed: set[fx.Node],
     gated: dict[fx.Node, tuple[int, fx.Node | None, bool]],
+    held: dict[fx.Node, HeldProduct],
     weights_only: set[fx.Node],
     own_gate: fx.Node | None = None,
 ) -> list[str]:
@@ -482,7 +557,7 @@ def _unsupported_ops(
     for node in graph.nodes:
         name = _op_name(node)
         operands = _computed_operands(node, computed)
-        if node in gated or node in gates or node in weights_only or (name == "matmul" and node.args[0] in weights_only):
+        if node in gated or node in gates or node in weights_only or (node in held and held[node].weights in weights_only):
             continue
         if name in PRODUCTS and len(operands) >= 2:
             shown = ", ".join(operand.name for operand in operands)
@@ -503,29 +578,33 @@ def _replace_gated_products(graph: fx.Graph, gated: dict[fx.Node, tuple[int, fx.
     graph.lint()
 
 
-def _replace_held_products(graph: fx.Graph, held: dict[fx.Node, fx.Node]) -> None:
-    """Replace each held ``weights @ values`` by ``held_weights_product`` (attention.py)."""
-    for node in held:
+def _replace_held_products(graph: fx.Graph, held: dict[fx.Node, HeldProduct]) -> None:
+    """Replace each held ``weights @ values`` by ``held_weights_product``, each held einsum by
+    ``held_weights_einsum`` (attention.py)."""
+    for node, product in held.items():
         with graph.inserting_after(node):
-            product = graph.call_function(held_weights_product, node.args)
-        node.replace_all_uses_with(product)
+            if _op_name(node) == "einsum":
+                rule = graph.call_function(held_weights_einsum, (*node.args, node.args[1] is product.weights))
+            else:
+                rule = graph.call_function(held_weights_product, node.args)
+        node.replace_all_uses_with(rule)
         graph.erase_node(node)
     graph.lint()
 
 
 def _replace_adds(graph: fx.Graph, computed: set[fx.Node], prefix: str = "canonizer_sum_") -> dict[str, Sum]:
-    """Replace each ``a + b`` of two computed tensors by ``Sum(summands(a, b))``; returns the new modules (named
-    ``prefix`` and a number)."""
+    """Replace each ``a + b`` (``a - b``) of two computed tensors by ``Sum(summands(a, b))`` (of ``a`` and ``-b``);
+    returns the new modules (named ``prefix`` and a number)."""
     sums: dict[str, Sum] = {}
     order = {node: index for index, node in enumerate(graph.nodes)}
     for node in list(graph.nodes):
         plain = len(node.args) == 2 and not node.kwargs  # torch.add(a, b, alpha=2) is not a plain sum
-        if _op_name(node) not in ADDS or not plain or len(_computed_operands(node, computed)) != 2:
+        if _op_name(node) not in ADDS | SUBTRACTIONS or not plain or len(_computed_operands(node, computed)) != 2:
             continue
         target = f"{prefix}{len(sums)}"
         sums[target] = residual_sum()
         with graph.inserting_after(node):
-            stacked = graph.call_function(summands, node.args)
+            stacked = graph.call_function(summands, (*node.args, _op_name(node) in SUBTRACTIONS))
             with graph.inserting_after(stacked):
                 total = graph.call_module(target, (stacked,))
         computed.update((stacked, total))  # a later addition to the sum is a residual too (a transformer block's second)

@@ -323,34 +323,59 @@ class LeanGamma(_Direct, Gamma):
     discarded gradient: every convolution's rule under ``lrp_rule = "gamma"``."""
 
 
-class HeldScaleLayerNorm(_Direct, Epsilon):
-    """A layer norm with its scale held constant (CP-LRP, Ali et al. 2022): ``(x - mean(x)) / σ * w + b`` with
-    σ a constant is linear in ``x``, and the ε-rule through it conserves relevance (the bias absorbs its
-    share, as every bias does). torch's ``LayerNorm`` (over its last dimensions) and timm's ``LayerNorm2d``
-    (over channels, dimension 1); ``layer_norm_dims`` says which others are not known."""
+class HeldScaleNorm(_Direct, Epsilon):
+    """A layer or group norm with its scale held constant (CP-LRP, Ali et al. 2022): ``(x - mean(x)) / σ * w + b``
+    with σ a constant is linear in ``x``, and the ε-rule through it conserves relevance (the bias absorbs its
+    share, as every bias does). The kinds ``held_scale_known`` names; an activation inside the module (timm's
+    ``GroupNormAct``) passes relevance as activations do."""
 
     def __init__(self, epsilon: float = 1e-6) -> None:
         super().__init__(epsilon=epsilon)
         self.epsilon = epsilon
 
-    def copy(self) -> HeldScaleLayerNorm:
-        return HeldScaleLayerNorm(self.epsilon)
+    def copy(self) -> HeldScaleNorm:
+        return HeldScaleNorm(self.epsilon)
 
     def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple[torch.Tensor | None, ...]:
         input = self.stored_tensors["input"][0].detach().requires_grad_()
-        dims = layer_norm_dims(module)
         with torch.enable_grad():
-            centred = input - input.mean(dim=dims, keepdim=True)
-            scale = (centred.detach().pow(2).mean(dim=dims, keepdim=True) + module.eps).rsqrt()
-            output = centred * scale
-            if module.weight is not None:
-                shape = [1] * input.dim()
-                for dim, size in zip(dims, module.normalized_shape):
-                    shape[dim] = size
-                output = output * module.weight.reshape(shape) + (0 if module.bias is None else module.bias.reshape(shape))
+            output = held_scale_norm(module, input)
         ratio = grad_output[0] / stabilize(output, self.epsilon)
         (gradient,) = torch.autograd.grad(output, input, grad_outputs=ratio, create_graph=ratio.requires_grad)
         return (input * gradient,)
+
+
+def held_scale_norm(module: nn.Module, input: torch.Tensor) -> torch.Tensor:
+    """What a layer or group norm computes from ``input``, its scale 1/σ held (detached): linear in ``input``."""
+    if isinstance(module, nn.GroupNorm):  # statistics per sample and group of channels, the affine map per channel
+        grouped = input.reshape(input.shape[0], module.num_groups, -1)
+        centred = grouped - grouped.mean(dim=-1, keepdim=True)
+        output = (centred * (centred.detach().pow(2).mean(dim=-1, keepdim=True) + module.eps).rsqrt()).reshape(input.shape)
+        shape = [1, input.shape[1]] + [1] * (input.dim() - 2)
+    else:
+        dims = layer_norm_dims(module)
+        centred = input - input.mean(dim=dims, keepdim=True)
+        output = centred * (centred.detach().pow(2).mean(dim=dims, keepdim=True) + module.eps).rsqrt()
+        shape = [1] * input.dim()
+        for dim, size in zip(dims, module.normalized_shape):
+            shape[dim] = size
+    if module.weight is None:
+        return output
+    return output * module.weight.reshape(shape) + (0 if module.bias is None else module.bias.reshape(shape))
+
+
+#: timm's group norms: torch's ``F.group_norm`` (with one group in ``GroupNorm1``), an activation after it in the
+#: ``Act`` kinds
+TIMM_GROUP_NORMS = {"GroupNorm", "GroupNorm1", "GroupNorm1NoBias", "GroupNormAct", "GroupNorm1Act"}
+
+
+def held_scale_known(module: nn.Module) -> bool:
+    """Whether ``HeldScaleNorm`` knows what the norm computes: a layer norm ``layer_norm_dims`` knows, torch's
+    ``GroupNorm`` or one of timm's (``TIMM_GROUP_NORMS``); a subclass with another forward is not assumed to."""
+    if isinstance(module, nn.LayerNorm):
+        return layer_norm_dims(module) is not None
+    kind = type(module)
+    return kind is nn.GroupNorm or (isinstance(module, nn.GroupNorm) and kind.__module__.startswith("timm.") and kind.__name__ in TIMM_GROUP_NORMS)
 
 
 def layer_norm_dims(module: nn.Module) -> tuple[int, ...] | None:
@@ -396,7 +421,7 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
     """zennit's ``EpsilonPlusFlat`` (Flat for the first linear layer, ZPlus for the other convolutions,
     Epsilon for the other linear layers, zennit's base map for the rest) with the lean rules above, the
     signed rule where z⁺ does not fit (``LeanZPlus``), the ε-rule for batch norms that stay unmerged
-    (``LeanBatchNorm``), and layer norms with their scale held (``HeldScaleLayerNorm``). With ``gamma``,
+    (``LeanBatchNorm``), and layer and group norms with their scale held (``HeldScaleNorm``). With ``gamma``,
     the convolutions take the generalised γ rule with that γ instead (``LeanGamma``)."""
 
     def __init__(
@@ -419,7 +444,7 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
             (nn.Upsample, LeanNorm(stabilizer=stabilizer)),  # each input gets its share of the outputs it feeds
             *([(averages, LeanNorm(stabilizer=stabilizer))] if averages else []),  # its own average pools
             (BatchNorm, LeanBatchNorm(epsilon=epsilon)),
-            (nn.LayerNorm, HeldScaleLayerNorm(epsilon=epsilon)),
+            ((nn.LayerNorm, nn.GroupNorm), HeldScaleNorm(epsilon=epsilon)),
             (Convolution, convolutions),
             (nn.Linear, LeanEpsilon(epsilon=epsilon)),
         ]
