@@ -315,9 +315,13 @@ def test_multihead_attention_with_a_key_bias_is_refused_by_name() -> None:
     assert report.reason == "no LRP rule here for attn (MultiheadAttention): add_bias_kv or add_zero_attn"
 
 
-def test_layer_norm_relevance_is_the_epsilon_rule_with_its_scale_held() -> None:
+@pytest.mark.parametrize("groups", [0, 2], ids=["layer-norm", "group-norm"])
+def test_a_norms_relevance_is_the_epsilon_rule_with_its_scale_held(groups: int) -> None:
+    """Known answer: ``(x - mean) / sigma * w + b`` with sigma held, over all six channels (a layer norm) or within
+    each of two groups of three (a group norm)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 6, bias=False), nn.LayerNorm(6), nn.Linear(6, 3, bias=False)).eval()
+    norm = nn.GroupNorm(groups, 6) if groups else nn.LayerNorm(6)
+    model = nn.Sequential(nn.Linear(5, 6, bias=False), norm, nn.Linear(6, 3, bias=False)).eval()
     with torch.no_grad():
         model[1].weight.uniform_(0.5, 1.5)
         model[1].bias.uniform_(-0.2, 0.2)
@@ -329,32 +333,10 @@ def test_layer_norm_relevance_is_the_epsilon_rule_with_its_scale_held() -> None:
     top = torch.zeros_like(logits)
     top[0, 0], top[1, 2] = logits[0, 0], logits[1, 2]
     r_normed = normed * ((top / stabilize(logits)) @ model[2].weight)  # epsilon rule of the head
-    sigma = (hidden.var(dim=1, unbiased=False, keepdim=True) + model[1].eps).sqrt()
-    ratio = r_normed / stabilize(normed) * model[1].weight / sigma  # through (x - mean) / sigma * w, sigma held
-    r_hidden = hidden * (ratio - ratio.mean(dim=1, keepdim=True))
-    r_inputs = r_hidden.sum(dim=1, keepdim=True).expand(-1, 5) / 5  # Flat: the first layer shares it out evenly
-    torch.testing.assert_close(relevance, r_inputs, rtol=1e-4, atol=1e-6)
-
-
-def test_group_norm_relevance_is_the_epsilon_rule_with_each_groups_scale_held() -> None:
-    """Known answer: within each group of channels, ``(x - mean) / sigma * w + b`` with sigma held."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 6, bias=False), nn.GroupNorm(2, 6), nn.Linear(6, 3, bias=False)).eval()
-    with torch.no_grad():
-        model[1].weight.uniform_(0.5, 1.5)
-        model[1].bias.uniform_(-0.2, 0.2)
-    inputs = torch.rand(2, 5)
-    relevance = RelevanceModel(model, inputs).input_relevance(inputs, one_hot_logit(torch.tensor([0, 2])))
-    hidden = model[0](inputs)
-    normed = model[1](hidden)
-    logits = model[2](normed)
-    top = torch.zeros_like(logits)
-    top[0, 0], top[1, 2] = logits[0, 0], logits[1, 2]
-    r_normed = normed * ((top / stabilize(logits)) @ model[2].weight)
-    groups = hidden.reshape(2, 2, 3)  # two groups of three channels
-    sigma = (groups.var(dim=2, unbiased=False, keepdim=True) + model[1].eps).sqrt()
-    ratio = (r_normed / stabilize(normed) * model[1].weight).reshape(2, 2, 3) / sigma
-    r_hidden = groups * (ratio - ratio.mean(dim=2, keepdim=True))
+    grouped = hidden.reshape(2, max(groups, 1), -1)
+    sigma = (grouped.var(dim=2, unbiased=False, keepdim=True) + model[1].eps).sqrt()
+    ratio = (r_normed / stabilize(normed) * model[1].weight).reshape(grouped.shape) / sigma  # sigma held
+    r_hidden = grouped * (ratio - ratio.mean(dim=2, keepdim=True))
     r_inputs = r_hidden.sum(dim=(1, 2)).reshape(2, 1).expand(-1, 5) / 5  # Flat: the first layer shares it out evenly
     torch.testing.assert_close(relevance, r_inputs, rtol=1e-4, atol=1e-6)
 
@@ -780,6 +762,17 @@ class UntraceableScaledTokenMean(TokenMean):
         return self.head(self.relu(self.embed(x)).mean(dim=1) * 0.5)
 
 
+def assert_same_token_relevance(first: nn.Module, second: nn.Module) -> None:
+    """The two models (the same weights, written two ways) give the same input relevance on random tokens, for
+    the first one's predicted classes, and each conserves it."""
+    tokens = torch.rand(2, 7, 4)
+    targets = first(tokens).argmax(dim=1)
+    heatmaps = [RelevanceModel(model, tokens).input_relevance(tokens, one_hot_logit(targets)) for model in (first, second)]
+    torch.testing.assert_close(heatmaps[0], heatmaps[1], rtol=1e-5, atol=1e-7)
+    for model in (first, second):
+        assert RelevanceModel(model, tokens).check().supported
+
+
 class TokenDifference(TokenMean):
     """``h - 0.25 * h.flip(-1)``: a difference of two computed tensors (PoolFormer's ``pool(x) - x``)."""
 
@@ -799,24 +792,13 @@ def test_a_difference_shares_relevance_as_the_sum_of_a_and_minus_b() -> None:
     """``a - b`` is the sum of ``a`` and ``-b``: each gets its share of the relevance, ``a / (a - b)`` and
     ``-b / (a - b)``, traced or not (the gradient would hand ``a`` all of it and ``b`` its negative, and the
     two would cancel); relevance is conserved."""
-    tokens = torch.rand(2, 7, 4)
-    models = [TokenDifference().eval(), UntraceableTokenDifference().eval()]
-    targets = models[0](tokens).argmax(dim=1)
-    heatmaps = [RelevanceModel(model, tokens).input_relevance(tokens, one_hot_logit(targets)) for model in models]
-    torch.testing.assert_close(heatmaps[0], heatmaps[1], rtol=1e-5, atol=1e-7)
-    for model in models:
-        assert RelevanceModel(model, tokens).check().supported
+    assert_same_token_relevance(TokenDifference().eval(), UntraceableTokenDifference().eval())
 
 
 def test_an_untraceable_mean_and_scaling_get_the_relevance_the_traced_ones_get() -> None:
     """The mean over tokens shares relevance by each token's part (not 1/T each) and the scaling by a constant
     passes it whole, while the forward runs as under the torch.fx rewrite."""
-    tokens = torch.rand(2, 7, 4)
-    models = [UntraceableScaledTokenMean().eval(), ScaledTokenMean().eval()]
-    targets = models[0](tokens).argmax(dim=1)
-    heatmaps = [RelevanceModel(model, tokens).input_relevance(tokens, one_hot_logit(targets)) for model in models]
-    torch.testing.assert_close(heatmaps[0], heatmaps[1], rtol=1e-5, atol=1e-7)
-    assert RelevanceModel(models[0], tokens).check().supported
+    assert_same_token_relevance(UntraceableScaledTokenMean().eval(), ScaledTokenMean().eval())
 
 
 class FunctionalHeadTokenMean(TokenMean):
@@ -829,12 +811,7 @@ class FunctionalHeadTokenMean(TokenMean):
 def test_a_functional_linear_gets_the_rule_its_module_gets() -> None:
     """``F.linear`` called outside its ``nn.Linear`` gets the module's ε-rule while the forward runs (the gradient
     would hand the pooled features ``W^T R``, not their share), and a module's own call is not ruled twice."""
-    tokens = torch.rand(2, 7, 4)
-    models = [FunctionalHeadTokenMean().eval(), TokenMean().eval()]
-    targets = models[0](tokens).argmax(dim=1)
-    heatmaps = [RelevanceModel(model, tokens).input_relevance(tokens, one_hot_logit(targets)) for model in models]
-    torch.testing.assert_close(heatmaps[0], heatmaps[1], rtol=1e-5, atol=1e-7)
-    assert RelevanceModel(models[0], tokens).check().supported
+    assert_same_token_relevance(FunctionalHeadTokenMean().eval(), TokenMean().eval())
 
 
 class PositionBias(nn.Module):
