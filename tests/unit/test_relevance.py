@@ -26,7 +26,7 @@ from semlens.build.class_relevance import ClassRelevance
 from semlens.model.units import hooks, resolve_module
 from semlens.relevance.attention import HeldAttention
 from semlens.relevance.canonizers import UnsupportedModelError, canonizers_for, traced_batch_norm_pairs
-from semlens.relevance.lrp import RelevanceModel, crp_heatmaps, leaves_without_rule, unit_relevance
+from semlens.relevance.lrp import RelevanceModel, crp_heatmaps, leaves_without_rule, modules_on_the_input_path, unit_relevance
 from semlens.relevance.residual import FxResidualCanonizer, gated_product, trace_residuals
 
 #: RelevanceModel's default epsilon; zennit's ZPlus and Flat default to the same stabilizer
@@ -370,6 +370,36 @@ def test_a_layer_norm_of_another_kind_is_refused_by_name() -> None:
     model = nn.Sequential(nn.Linear(4, 6), OwnNorm(6), nn.Linear(6, 2))
     report = RelevanceModel(model, torch.rand(1, 4)).check()
     assert not report.supported and report.reason == "no LRP rule here for OwnNorm"
+
+
+def test_a_layer_norm_that_keeps_its_parents_forward_gets_its_rule() -> None:
+    """timm's ``LayerNormNoBias``: torch's forward, no bias; known by whose forward runs, not by its name."""
+
+    class NoBiasNorm(nn.LayerNorm):
+        def __init__(self, channels: int) -> None:
+            super().__init__(channels)
+            self.bias = None
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6, bias=False), NoBiasNorm(6), nn.Linear(6, 2, bias=False))
+    report = RelevanceModel(model.eval(), torch.rand(2, 4)).check()
+    assert report.supported, report.reason
+
+
+def test_a_square_in_a_forward_is_refused_by_name() -> None:
+    """``torch.square`` (timm's ``SquaredReLU`` written by hand) is not linear: the gradient doubles relevance."""
+
+    class Squared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.relu = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.square(self.relu(x))
+
+    model = nn.Sequential(nn.Linear(4, 6), Squared(), nn.Linear(6, 2))
+    report = RelevanceModel(model.eval(), torch.rand(2, 4)).check()
+    assert not report.supported and "non-linear tensor function `square`" in report.reason
 
 
 def test_an_activation_without_a_rule_is_refused_by_name() -> None:
@@ -819,22 +849,43 @@ class PositionBias(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.table = nn.Parameter(torch.zeros(4, 4))
+        self.table = nn.Parameter(torch.zeros(4))
 
     def forward(self) -> torch.Tensor:
-        return self.table.unsqueeze(0)
+        return self.table
 
 
-class TokenDoubling(nn.Module):
+class SizeEncoding(nn.Module):
+    """An encoding computed from the input's size alone (timm's ``PositionalEncodingFourier``)."""
+
+    def forward(self, size: int) -> torch.Tensor:
+        return torch.arange(size).float().cos()
+
+
+class Twice(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return 2 * x
 
 
-def test_a_module_that_takes_no_input_needs_no_rule() -> None:
-    """What a module computes from its parameters alone is a constant to the input: no relevance passes it, so
-    it needs no rule; a module without a rule that takes input is still named."""
-    model = nn.Sequential(nn.Linear(4, 4), PositionBias(), TokenDoubling())
-    assert list(leaves_without_rule(model, ())) == ["2"]
+class WithConstants(nn.Module):
+    """Modules without a rule: two that compute constants to the input, a head the forward never calls, and one on
+    the input's path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.bias, self.encoding, self.unused, self.twice = nn.Linear(4, 4), PositionBias(), SizeEncoding(), nn.Mish(), Twice()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.twice(self.embed(x) + self.bias()) * self.encoding(x.shape[-1])
+
+
+def test_only_modules_on_the_input_path_need_a_rule() -> None:
+    """What a module computes from its parameters or the input's size alone is a constant to the input, and a
+    module the forward never calls computes nothing: no relevance passes them, so they need no rule."""
+    model = WithConstants()
+    assert sorted(leaves_without_rule(model, ())) == ["bias", "encoding", "twice", "unused"]
+    assert list(leaves_without_rule(model, (), modules_on_the_input_path(model, torch.rand(2, 4)))) == ["twice"]
+    assert all(parameter.requires_grad for parameter in model.parameters())  # the probe leaves them as they were
 
 
 def test_transformers_vit_with_attention_written_out_gets_the_relevance_of_its_fused_attention() -> None:

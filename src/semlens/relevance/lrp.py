@@ -10,7 +10,6 @@ why and the pipeline keeps activation-map crops: never a wrong heatmap.
 
 from __future__ import annotations
 
-import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -51,7 +50,7 @@ SUPPORTED_NAMES = {"Identity", "Sum"}
 #: where the ε-rule is the identity), DropPath and torchvision's StochasticDepth (the identity in eval mode);
 #: and timm's average pools, which get the average pools' rule
 LIBRARY_PASSES = {
-    "timm.": {"GELU", "GELUTanh", "QuickGELU", "Swish", "HardSwish", "Tanh", "PReLU", "LayerScale", "LayerScale2d", "Scale", "DropPath"},
+    "timm.": {"GELU", "GELUTanh", "QuickGELU", "Swish", "HardSwish", "Tanh", "PReLU", "LayerScale", "LayerScale2d", "Scale", "StarReLU", "SquaredReLU", "DropPath"},
     "torchvision.": {"StochasticDepth"},
     "transformers.": {
         "GELUActivation", "GELUTanh", "PytorchGELUTanh", "NewGELUActivation", "FastGELUActivation", "QuickGELUActivation",
@@ -94,11 +93,12 @@ class RelevanceModel:
         self._report: SupportReport | None = None
         try:
             passes, averages = library_kinds(model, LIBRARY_PASSES), library_kinds(model, LIBRARY_AVERAGES)
-            without_rule = {name: m for name, m in leaves_without_rule(model, passes + averages).items() if not rearranges_only(m)}
+            on_path = modules_on_the_input_path(model, example)
+            without_rule = {name: m for name, m in leaves_without_rule(model, passes + averages, on_path).items() if not rearranges_only(m)}
             unsupported = sorted({type(m).__name__ for m in without_rule.values() if type(m).__name__ not in HOLDING_MODULES and not makes_gate(m)})
             if unsupported:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(unsupported)}")
-            canonizers = canonizers_for(model, example)
+            canonizers = canonizers_for(model, example, on_path, passes + averages)
             gates = {id(gate) for canonizer in canonizers if isinstance(canonizer, FxResidualCanonizer) for gate in canonizer.traced.gates}
             ungated = sorted(f"{name} ({type(m).__name__})" for name, m in without_rule.items() if id(m) not in gates)
             if ungated:
@@ -305,11 +305,11 @@ def relevance_maps(
     return outputs.detach(), maps, {name: unit.detach() for name, unit in zip(layers, units)}, errors
 
 
-def leaves_without_rule(model: nn.Module, covered: tuple[type, ...]) -> dict[str, nn.Module]:
-    """The leaf modules of ``model`` that no rule here covers, by name: not a supported kind (a layer norm only
-    or group norm only of a kind ``held_scale_known`` knows), not a library's pass-through by name, not one of the ``covered`` classes,
-    not one that takes no input (``takes_no_input``). Sigmoids among them are fine where they gate a product
-    (the caller asks the torch.fx rewrite)."""
+def leaves_without_rule(model: nn.Module, covered: tuple[type, ...], on_path: set[nn.Module] | None = None) -> dict[str, nn.Module]:
+    """The leaf modules of ``model`` that no rule here covers, by name: not a supported kind (a layer or group
+    norm only of a kind ``held_scale_known`` knows), not a library's pass-through by name, not one of the
+    ``covered`` classes, and, where ``on_path`` is known (``modules_on_the_input_path``), on the input's path.
+    Sigmoids among them are fine where they gate a product (the caller asks the torch.fx rewrite)."""
     return {
         name: module
         for name, module in model.named_modules()
@@ -317,17 +317,44 @@ def leaves_without_rule(model: nn.Module, covered: tuple[type, ...]) -> dict[str
         and (not isinstance(module, SUPPORTED_LEAVES) or (isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and not held_scale_known(module)))
         and type(module).__name__ not in SUPPORTED_NAMES
         and not isinstance(module, covered)
-        and not takes_no_input(module)
+        and (on_path is None or module in on_path)
     }
 
 
-def takes_no_input(module: nn.Module) -> bool:
-    """Whether ``module``'s forward takes no arguments: what it returns is made of its parameters and buffers
-    alone (transformers' ``SwinRelativePositionBias``), a constant to the input, on no path relevance takes."""
+def modules_on_the_input_path(model: nn.Module, example: torch.Tensor) -> set[nn.Module] | None:
+    """The modules that, in a forward on one ``example``, receive a tensor computed from the input. The others
+    compute constants to it (a position table read by index, a size-dependent encoding, a head the forward never
+    calls), which no relevance passes: they need no rule. None where that forward fails (every module counts)."""
+    found: set[nn.Module] = set()
+
+    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if any(tensor.requires_grad for tensor in _tensors_in((args, kwargs))):
+            found.add(module)
+
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     try:
-        return not inspect.signature(module.forward).parameters
-    except (TypeError, ValueError):  # a forward without a signature Python can read: assume it takes input
-        return False
+        with torch.enable_grad(), hooks([module.register_forward_pre_hook(record, with_kwargs=True) for module in model.modules()]):
+            for parameter in trainable:  # only the input's history counts
+                parameter.requires_grad_(False)
+            model(example[:1].detach().requires_grad_())
+    except Exception:  # noqa: BLE001 (a forward that fails here fails in the check too, with its own message)
+        return None
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+    return found
+
+
+def _tensors_in(value: object) -> Iterator[torch.Tensor]:
+    """The tensors in a module's arguments: nested in tuples, lists and dicts."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors_in(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors_in(item)
 
 
 def library_kinds(model: nn.Module, names: dict[str, set[str]]) -> tuple[type, ...]:

@@ -52,7 +52,7 @@ IN_PLACE_ADDS = {"iadd", "add_", "isub", "sub_"}
 PRODUCTS = {"mul", "imul", "mul_", "truediv", "itruediv", "div", "div_", "matmul", "bmm", "einsum"}
 #: tensor functions that are neither linear nor a rectifier (F.relu and pooling pass relevance as LRP's rules do)
 NON_LINEAR = {
-    "sigmoid", "tanh", "exp", "log", "sqrt", "rsqrt", "pow", "softmax", "log_softmax", "gelu", "silu", "mish",
+    "sigmoid", "tanh", "exp", "log", "sqrt", "rsqrt", "pow", "square", "softmax", "log_softmax", "gelu", "silu", "mish",
     "elu", "selu", "softplus", "hardswish", "hardsigmoid", "layer_norm", "group_norm", "normalize",
 }  # fmt: skip
 #: calls whose result depends on an input's shape, not its values

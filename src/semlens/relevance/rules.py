@@ -381,14 +381,15 @@ def held_scale_known(module: nn.Module) -> bool:
 def layer_norm_dims(module: nn.Module) -> tuple[int, ...] | None:
     """The dimensions a layer norm normalises over: torch's ``LayerNorm`` (and timm's, the same function) its
     last ones, timm's ``LayerNorm2d`` and a ``data_format="channels_first"`` one (transformers' ConvNeXt's) the
-    channels; None for another kind (no rule here)."""
-    name = type(module).__name__
-    data_format = getattr(module, "data_format", None) if isinstance(module, nn.LayerNorm) else None
-    if (name == "LayerNorm2d" or data_format == "channels_first") and len(module.normalized_shape) == 1:
+    channels; a subclass that keeps its parent's forward (timm's ``LayerNorm2dNoBias``) as its parent; None
+    for another kind (no rule here)."""
+    if not isinstance(module, nn.LayerNorm):
+        return None
+    forward = next(kind for kind in type(module).__mro__ if "forward" in vars(kind)).__name__  # whose forward runs
+    data_format = getattr(module, "data_format", None)
+    if (forward == "LayerNorm2d" or data_format == "channels_first") and len(module.normalized_shape) == 1:
         return (1,)
-    if data_format == "channels_last":
-        return tuple(range(-len(module.normalized_shape), 0))
-    if type(module) is nn.LayerNorm or (name == "LayerNorm" and isinstance(module, nn.LayerNorm)):
+    if data_format == "channels_last" or forward == "LayerNorm":
         return tuple(range(-len(module.normalized_shape), 0))
     return None
 
