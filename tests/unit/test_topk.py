@@ -135,3 +135,5 @@ def test_units_that_never_fire_or_never_differ_are_inactive() -> None:
         ]
     )
     assert inactive_units(scores).tolist() == [False, True, True, True, False, False]
+    # one example per unit (k = 1): one score shows whether a unit fired, not whether it is constant
+    assert inactive_units(scores[:, :1]).tolist() == [False, True, True, False, False, False]

@@ -10,8 +10,10 @@ import torch
 
 def inactive_units(scores: torch.Tensor) -> torch.Tensor:
     """Units whose top-k ``scores`` ``[U, k]`` never told samples apart, so that their examples are arbitrary:
-    they never fired (no positive score on any sample) or their kept scores are all equal."""
-    return (scores[:, 0] <= 0) | (scores[:, 0] == scores[:, -1])
+    they never fired (no positive score on any sample) or their kept scores are all equal (with k = 1 a single
+    score cannot show that: only units that never fired are inactive then)."""
+    constant = scores[:, 0] == scores[:, -1] if scores.shape[1] > 1 else torch.zeros_like(scores[:, 0], dtype=torch.bool)
+    return (scores[:, 0] <= 0) | constant
 
 
 def arbitrary_slots(scores: torch.Tensor) -> torch.Tensor:
