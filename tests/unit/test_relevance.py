@@ -879,6 +879,34 @@ class WithConstants(nn.Module):
         return self.twice(self.embed(x) + self.bias()) * self.encoding(x.shape[-1])
 
 
+class TableScaled(nn.Module):
+    """A block scaling its input's projection by a table its caller passes (EVA's rotary tables, a mask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4, bias=False)
+
+    def forward(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * table
+
+
+class WithTable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.block, self.head = nn.Linear(4, 4, bias=False), TableScaled(), nn.Linear(4, 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.embed(x), torch.arange(4.0).cos() + 2))
+
+
+def test_an_argument_that_does_not_carry_the_input_is_a_constant() -> None:
+    """The block's table argument does not depend on the input: its product with the projection is a scaling by a
+    constant (relevance passes whole), not a product of two computed tensors, which has no rule."""
+    report = RelevanceModel(WithTable().eval(), torch.rand(2, 4)).check()
+    assert report.supported, report.reason
+
+
 def test_only_modules_on_the_input_path_need_a_rule() -> None:
     """What a module computes from its parameters or the input's size alone is a constant to the input, and a
     module the forward never calls computes nothing: no relevance passes them, so they need no rule."""

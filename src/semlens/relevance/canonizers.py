@@ -167,12 +167,13 @@ class ExactMergeBatchNorm(NamedMergeBatchNorm):
 
 
 def canonizers_for(
-    model: nn.Module, example: torch.Tensor, on_path: set[nn.Module] | None = None, ruled: tuple[type, ...] = ()
+    model: nn.Module, example: torch.Tensor, on_path: dict[nn.Module, set[str] | None] | None = None, ruled: tuple[type, ...] = ()
 ) -> list[Canonizer]:
     """The canonizers a model needs: batch-norm merging, the residual rewrites of known blocks, torch.fx's
-    rewrite of the residual sums in every other module on the input's path (``on_path``, where known) and
-    without a rule of its own as a whole (``ruled``: a library's activations), refusing ops without a rule,
-    and torch's multi-head attention computed from layers (``attention.MultiheadAttentionCanonizer``)."""
+    rewrite of the residual sums in every other module on the input's path (``on_path``, where known: those
+    modules and the arguments that carry the input, ``lrp.modules_on_the_input_path``) and without a rule of
+    its own as a whole (``ruled``: a library's activations), refusing ops without a rule, and torch's
+    multi-head attention computed from layers (``attention.MultiheadAttentionCanonizer``)."""
     canonizers: list[Canonizer] = []
     kinds = {type(module).__name__ for module in model.modules()}
     torchvision_blocks = {
@@ -188,9 +189,11 @@ def canonizers_for(
         canonizers.append(MBConvResidualCanonizer())
     # a norm with its activation inside (timm's GroupNormAct) has its rule as a whole, and a module off the input's
     # path computes a constant (a size-dependent position encoding): torch.fx leaves them alone too
-    traced = trace_residuals(model, lambda block: (
-        isinstance(block, handled + ruled) or MBConvResidualCanonizer.applies(block) or held_scale_known(block) or (on_path is not None and block not in on_path)
-    ))  # fmt: skip
+    traced = trace_residuals(
+        model,
+        lambda block: isinstance(block, handled + ruled) or MBConvResidualCanonizer.applies(block) or held_scale_known(block) or (on_path is not None and block not in on_path),
+        lambda block: None if on_path is None else on_path.get(block),
+    )  # fmt: skip
     unsupported = traced.unsupported + MultiheadAttentionCanonizer.unsupported(model)
     if unsupported:
         raise UnsupportedModelError(f"no LRP rule here for {'; '.join(unsupported)}")

@@ -10,6 +10,7 @@ why and the pipeline keeps activation-map crops: never a wrong heatmap.
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -305,7 +306,7 @@ def relevance_maps(
     return outputs.detach(), maps, {name: unit.detach() for name, unit in zip(layers, units)}, errors
 
 
-def leaves_without_rule(model: nn.Module, covered: tuple[type, ...], on_path: set[nn.Module] | None = None) -> dict[str, nn.Module]:
+def leaves_without_rule(model: nn.Module, covered: tuple[type, ...], on_path: InputPath | None = None) -> dict[str, nn.Module]:
     """The leaf modules of ``model`` that no rule here covers, by name: not a supported kind (a layer or group
     norm only of a kind ``held_scale_known`` knows), not a library's pass-through by name, not one of the
     ``covered`` classes, and, where ``on_path`` is known (``modules_on_the_input_path``), on the input's path.
@@ -321,15 +322,22 @@ def leaves_without_rule(model: nn.Module, covered: tuple[type, ...], on_path: se
     }
 
 
-def modules_on_the_input_path(model: nn.Module, example: torch.Tensor) -> set[nn.Module] | None:
-    """The modules that, in a forward on one ``example``, receive a tensor computed from the input. The others
-    compute constants to it (a position table read by index, a size-dependent encoding, a head the forward never
-    calls), which no relevance passes: they need no rule. None where that forward fails (every module counts)."""
-    found: set[nn.Module] = set()
+#: per module on the input's path, the names of its forward's arguments that carried a tensor computed from the
+#: input (None: every argument counts, where they could not be named)
+InputPath = dict[nn.Module, "set[str] | None"]
+
+
+def modules_on_the_input_path(model: nn.Module, example: torch.Tensor) -> InputPath | None:
+    """The modules that, in a forward on one ``example``, receive a tensor computed from the input, with the
+    arguments that carried it. The other modules compute constants to it (a position table read by index, a
+    size-dependent encoding, a head the forward never calls), and so do the other arguments (rotary tables, a
+    mask): no relevance passes them, so they need no rule. None where that forward fails (everything counts)."""
+    found: InputPath = {}
 
     def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
         if any(tensor.requires_grad for tensor in _tensors_in((args, kwargs))):
-            found.add(module)
+            names = _input_arguments(module, args, kwargs)
+            found[module] = None if names is None or (module in found and found[module] is None) else names | found.get(module, set())
 
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     try:
@@ -343,6 +351,19 @@ def modules_on_the_input_path(model: nn.Module, example: torch.Tensor) -> set[nn
         for parameter in trainable:
             parameter.requires_grad_(True)
     return found
+
+
+def _input_arguments(module: nn.Module, args: tuple, kwargs: dict) -> set[str] | None:
+    """The names of ``module.forward``'s arguments in this call that hold a tensor computed from the input; None
+    where they cannot be named (no signature, ``*args`` or ``**kwargs``)."""
+    try:
+        signature = inspect.signature(module.forward)
+        bound = signature.bind(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        return None
+    variable = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    names = {name for name, value in bound.items() if any(tensor.requires_grad for tensor in _tensors_in(value))}
+    return None if any(signature.parameters[name].kind in variable for name in names) else names
 
 
 def _tensors_in(value: object) -> Iterator[torch.Tensor]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,10 +267,13 @@ class TraceResult:
     gates: list[nn.Module] = field(default_factory=list)  # sigmoids gating a product, softmaxes weighing values (no relevance)
 
 
-def trace_residuals(model: nn.Module, handled: Callable[[nn.Module], bool]) -> TraceResult:
+def trace_residuals(
+    model: nn.Module, handled: Callable[[nn.Module], bool], inputs_of: Callable[[nn.Module], Collection[str] | None] = lambda module: None
+) -> TraceResult:
     """Trace every module with children (except torch.nn containers and the blocks that another canonizer
-    ``handled``) and rewrite its residual additions, gates and attention; a forward with optional arguments
-    once per way of leaving them out (``_optional_arguments``)."""
+    ``handled``) and rewrite its residual additions, gates and attention, counting computed only what depends
+    on the arguments ``inputs_of`` names (None: every argument); a forward with optional arguments once per way
+    of leaving them out (``_optional_arguments``)."""
     result = TraceResult()
     for name, module in model.named_modules():
         kind = type(module)
@@ -289,7 +292,7 @@ def trace_residuals(model: nn.Module, handled: Callable[[nn.Module], bool]) -> T
                 continue
             prefix = f"canonizer_sum_{variant}_" if optional else "canonizer_sum_"
             try:
-                rewritten = _rewrite(graph, root, where, prefix, result, gates=any(gate is module for gate in result.gates))
+                rewritten = _rewrite(graph, root, where, prefix, result, any(gate is module for gate in result.gates), inputs_of(module))
             except Exception as error:  # noqa: BLE001 (a rewrite that fails leaves the module to UntracedOps, as an untraced one)
                 result.untraced.setdefault(name, f"{type(error).__name__} in the rewrite: {str(error).splitlines()[0] if str(error) else ''}")
                 continue
@@ -302,12 +305,14 @@ def trace_residuals(model: nn.Module, handled: Callable[[nn.Module], bool]) -> T
     return result
 
 
-def _rewrite(graph: fx.Graph, root: nn.Module, where: str, prefix: str, result: TraceResult, gates: bool = False) -> Rewrite | None:
+def _rewrite(
+    graph: fx.Graph, root: nn.Module, where: str, prefix: str, result: TraceResult, gates: bool = False, inputs: Collection[str] | None = None
+) -> Rewrite | None:
     """One traced forward with its residual sums, reductions, gates, scalings by constants and attention
     written out replaced by their rules (None where it has none); what has no rule, and the gates' and
     softmaxes' modules, go to ``result``. ``gates``: the module's output gates a product of its caller (SKNet's
     attention branch), so the sigmoid or softmax that computes it needs no rule."""
-    computed = _computed_nodes(graph)
+    computed = _computed_nodes(graph, inputs)
     gated = _gated_products(graph, computed, root)
     held = _held_products(graph, computed, root)
     weights_only = _weights_only(graph, held)
@@ -396,14 +401,13 @@ def _op_name(node: fx.Node) -> str | None:
     return None
 
 
-def _computed_nodes(graph: fx.Graph, first_input_only: bool = False) -> set[fx.Node]:
-    """Nodes whose value depends on the forward's inputs (not only on parameters, constants or shapes); on its
-    first input only with ``first_input_only`` (the others may be sizes)."""
+def _computed_nodes(graph: fx.Graph, inputs: Collection[str] | None = None) -> set[fx.Node]:
+    """Nodes whose value depends on the forward's ``inputs`` (its arguments of those names; None: all of them),
+    not only on parameters, constants or shapes."""
     computed: set[fx.Node] = set()
-    placeholders = [node for node in graph.nodes if node.op == "placeholder"]
     for node in graph.nodes:
         depends = any(isinstance(arg, fx.Node) and arg in computed for arg in _flat_args(node))
-        if (node.op == "placeholder" and not (first_input_only and node is not placeholders[0])) or (
+        if (node.op == "placeholder" and (inputs is None or node.target in inputs)) or (
             depends and node.op != "get_attr" and _op_name(node) not in SHAPE_CALLS
         ):
             computed.add(node)
@@ -476,7 +480,8 @@ def rearranges_only(module: nn.Module) -> bool:
     traced = None if list(module.parameters()) or list(module.buffers()) else _traced_alone(module)
     if traced is None:
         return False
-    operations = [node for node in _computed_nodes(traced[0], first_input_only=True) if node.op not in ("placeholder", "output")]
+    first = next((node.target for node in traced[0].nodes if node.op == "placeholder"), None)  # the others may be sizes
+    operations = [node for node in _computed_nodes(traced[0], [first]) if node.op not in ("placeholder", "output")]
     return bool(operations) and all(_op_name(node) in REARRANGES for node in operations)
 
 
