@@ -879,6 +879,27 @@ class WithConstants(nn.Module):
         return self.twice(self.embed(x) + self.bias()) * self.encoding(x.shape[-1])
 
 
+class GluTokens(TokenMean):
+    """A gated linear unit (SwiGLU: ``silu(gate(h)) * value(h)``, EVA-02's MLP); ``held``: the gate detached, a
+    constant to the rules."""
+
+    def __init__(self, held: bool) -> None:
+        super().__init__()
+        self.gate, self.value, self.held = nn.Linear(5, 5, bias=False), nn.Linear(5, 5, bias=False), held
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.relu(self.embed(x))
+        gate = F.silu(self.gate(hidden))
+        return self.head((gate.detach() if self.held else gate) * self.value(hidden)).mean(dim=1)
+
+
+def test_a_gated_linear_unit_gives_the_linear_branch_all_relevance() -> None:
+    """The activation's output gates the linear branch: the product gets the gates' rule (signal-take-all), the
+    heatmap of the same unit with its gate held constant, and relevance is conserved (refused before: a product
+    of two computed tensors)."""
+    assert_same_token_relevance(GluTokens(held=False).eval(), GluTokens(held=True).eval())
+
+
 class TableScaled(nn.Module):
     """A block scaling its input's projection by a table its caller passes (EVA's rotary tables, a mask)."""
 

@@ -57,10 +57,16 @@ NON_LINEAR = {
 }  # fmt: skip
 #: calls whose result depends on an input's shape, not its values
 SHAPE_CALLS = {"size", "dim", "numel", "getattr"}
+#: calls whose result takes no gradient: a constant to the rules, and what only they read needs no rule
+DETACHES = {"detach"}
 #: functions and module classes (torch's and timm's) whose output, between 0 and 1, can gate another tensor
 #: (a softmax over paths: SKNet, ResNeSt)
 GATE_FUNCTIONS = {"sigmoid", "hardsigmoid", "softmax"}
 GATE_MODULES = {"Sigmoid", "Hardsigmoid", "HardSigmoid", "Softmax"}
+#: activations whose output gates another computed tensor in a gated linear unit (SwiGLU, GeGLU: EVA-02's and
+#: DINOv2-giant's MLPs): the product gets the gates' rule, all relevance to the linear branch
+GLU_FUNCTIONS = {"silu", "gelu"}
+GLU_MODULES = {"SiLU", "Swish", "GELU", "GELUTanh", "QuickGELU"}
 #: calls that rearrange a tensor's values without changing them: a gate stays a gate through them
 RESHAPES = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "flatten", "contiguous", "transpose", "permute"}
 #: calls that move, select or pad a tensor's values without computing new ones: the gradient through them
@@ -408,7 +414,7 @@ def _computed_nodes(graph: fx.Graph, inputs: Collection[str] | None = None) -> s
     for node in graph.nodes:
         depends = any(isinstance(arg, fx.Node) and arg in computed for arg in _flat_args(node))
         if (node.op == "placeholder" and (inputs is None or node.target in inputs)) or (
-            depends and node.op != "get_attr" and _op_name(node) not in SHAPE_CALLS
+            depends and node.op != "get_attr" and _op_name(node) not in SHAPE_CALLS | DETACHES
         ):
             computed.add(node)
     return computed
@@ -494,7 +500,8 @@ def _computing(module: nn.Module) -> nn.Module:
 
 
 def _gated_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) -> dict[fx.Node, tuple[int, fx.Node | None, bool]]:
-    """Each product ``a * b`` of two computed tensors exactly one of which is a gate (a sigmoid's output: ``_source``), and each
+    """Each product ``a * b`` of two computed tensors exactly one of which is a gate (a sigmoid's output, or in a
+    gated linear unit an activation's: ``_source``), and each
     scaling of a computed tensor by a constant (``x * c``, ``c * x``, ``x / c``: a layer scale, attention's
     scale): ``{node: (the signal's position among its arguments, the gate's sigmoid or None, whether it
     divides)}`` (a position, as the rewrite of sums and reductions replaces the signal's node). In-place ones
@@ -509,6 +516,8 @@ def _gated_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) ->
             gated[node] = (node.args.index(operands[0]), None, name != "mul")
         elif len(operands) == 2 and name == "mul":
             sources = [_source(operand, root, GATE_FUNCTIONS, GATE_MODULES) for operand in node.args]
+            if (sources[0] is None) == (sources[1] is None):  # no sigmoid gate: a gated linear unit's activation?
+                sources = [_source(operand, root, GLU_FUNCTIONS, GLU_MODULES) for operand in node.args]
             if (sources[0] is None) != (sources[1] is None):
                 gated[node] = (0 if sources[0] is None else 1, sources[0] or sources[1], False)
     return gated
@@ -540,11 +549,11 @@ def _held_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) -> 
 
 
 def _weights_only(graph: fx.Graph, held: dict[fx.Node, HeldProduct]) -> set[fx.Node]:
-    """Nodes whose value reaches nothing but the weights of a held product (the scores, their softmax): with
-    the weights held, no relevance comes back to them, so they need no rule."""
+    """Nodes whose value reaches nothing but the weights of a held product (the scores, their softmax) or a
+    detach: no relevance comes back to them, so they need no rule."""
     only: set[fx.Node] = set()
     for node in reversed(graph.nodes):
-        if node.users and all(user in only or (user in held and held[user].weights is node) for user in node.users):
+        if node.users and all(user in only or (user in held and held[user].weights is node) or _op_name(user) in DETACHES for user in node.users):
             only.add(node)
     return only
 
