@@ -40,18 +40,19 @@ class _Uses(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if getattr(func, "__name__", "") not in SHAPE_QUERIES:
-            for tensor in {id(value): value for value in _tensors((args, kwargs or {}))}.values():
+            for tensor in {id(value): value for value in tensors_in((args, kwargs or {}))}.values():
                 self.counts[id(tensor)] = self.counts.get(id(tensor), 0) + 1
         return func(*args, **(kwargs or {}))
 
 
-def _tensors(value: object) -> list[torch.Tensor]:
+def tensors_in(value: object) -> list[torch.Tensor]:
+    """The tensors in a call's arguments, nested in tuples, lists and dicts."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, (list, tuple)):
-        return [tensor for item in value for tensor in _tensors(item)]
+        return [tensor for item in value for tensor in tensors_in(item)]
     if isinstance(value, dict):
-        return [tensor for item in value.values() for tensor in _tensors(item)]
+        return [tensor for item in value.values() for tensor in tensors_in(item)]
     return []
 
 

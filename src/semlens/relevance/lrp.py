@@ -23,7 +23,7 @@ from .._util.devices import strict_float32
 from ..model.sae import SparseAutoencoder
 from ..model.units import hooks, resolve_module, select_output
 from .attention import HeldAttention
-from .canonizers import UnsupportedModelError, canonizers_for
+from .canonizers import UnsupportedModelError, canonizers_for, tensors_in
 from .conservation import find_leak
 from .residual import HOLDING_MODULES, FxResidualCanonizer, UntracedOps, makes_gate, rearranges_only
 from .rules import LeanEpsilonPlusFlat, held_scale_known
@@ -335,9 +335,9 @@ def modules_on_the_input_path(model: nn.Module, example: torch.Tensor) -> InputP
     found: InputPath = {}
 
     def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if any(tensor.requires_grad for tensor in _tensors_in((args, kwargs))):
-            names = _input_arguments(module, args, kwargs)
-            found[module] = None if names is None or (module in found and found[module] is None) else names | found.get(module, set())
+        if any(tensor.requires_grad for tensor in tensors_in((args, kwargs))):
+            names, before = _input_arguments(module, args, kwargs), found.get(module, set())
+            found[module] = None if names is None or before is None else names | before  # any call's arguments
 
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     try:
@@ -362,20 +362,8 @@ def _input_arguments(module: nn.Module, args: tuple, kwargs: dict) -> set[str] |
     except (TypeError, ValueError):
         return None
     variable = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    names = {name for name, value in bound.items() if any(tensor.requires_grad for tensor in _tensors_in(value))}
+    names = {name for name, value in bound.items() if any(tensor.requires_grad for tensor in tensors_in(value))}
     return None if any(signature.parameters[name].kind in variable for name in names) else names
-
-
-def _tensors_in(value: object) -> Iterator[torch.Tensor]:
-    """The tensors in a module's arguments: nested in tuples, lists and dicts."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            yield from _tensors_in(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors_in(item)
 
 
 def library_kinds(model: nn.Module, names: dict[str, set[str]]) -> tuple[type, ...]:

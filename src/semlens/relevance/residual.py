@@ -221,7 +221,7 @@ class UntracedOps(TorchFunctionMode):
         if func in self.PRODUCTS and len(args) == 2 and id(args[0]) in self.weights and computed[1] and not kwargs:
             return held_weights_product(args[0], args[1], self.epsilon)
         if func in self.EINSUMS and len(args) == 3 and isinstance(args[0], str) and not kwargs:
-            for weights_first, (weights, values) in ((True, args[1:]), (False, args[:0:-1])):
+            for weights_first, (weights, values) in ((True, (args[1], args[2])), (False, (args[2], args[1]))):
                 if id(weights) in self.weights and isinstance(values, torch.Tensor) and values.grad_fn is not None:
                     return held_weights_einsum(*args, weights_first, self.epsilon)
         if func in self.LINEARS and not self.inside_linear and computed and computed[0]:
