@@ -4,17 +4,19 @@
 # the foundation model's precisions (embedding), a whole build of a random ResNet-50 into a random
 # open_clip ViT-B-32 (build), a random timm ViT-S/16 under study (vit), a random MobileNetV3-Large
 # (Hardswish, linear bottlenecks: the signed z+ rule; mobile), a build on 4.2 GiB of the card
-# whose relevance passes must halve instead of failing (small-gpu), and the demo (demo); micro names the
-# first three. Run from the repository root:
+# whose relevance passes must halve instead of failing (small-gpu), the demo (demo), LRP's check on the GPU
+# for models of timm, torchvision and transformers with their heatmaps against the CPU's and LRP's time
+# against a plain gradient (lrp), and builds of a torchvision Swin-T and a timm EVA-02 with relevance crops
+# (swin-eva); micro names the first three. Run from the repository root:
 #
 #   bash benchmarks/gpu.sh OUT_DIR [PART ...]        (no part named: all of them)
 #
 # Each step's output goes to OUT_DIR/<step>.log as well as to the terminal; the build's and the demo's
 # stage times and crop modes are read from their Lenses' manifest.json.
 set -uo pipefail
-out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build vit mobile small-gpu demo micro]}
+out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build vit mobile small-gpu demo lrp swin-eva micro]}
 shift
-parts=" ${*:-micro embedding build vit mobile small-gpu demo} "
+parts=" ${*:-micro embedding build vit mobile small-gpu demo lrp swin-eva} "
 [[ $parts == *" micro "* ]] && parts+=" collect crops measures "
 mkdir -p "$out"
 export PYTHONPATH="$PWD/tests/support${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SEMLENS_CACHE="$out/cache"
@@ -90,6 +92,23 @@ sys.argv = ['semlens', 'run', '--model', 'timm:resnet50:none', '--layer', 'layer
             '--foundation', 'open_clip:ViT-B-32:none', '-k', '5', '--out', '$out/small.lens', '--overwrite', '--no-progress']
 from semlens.cli import main; main()"
   stages "$out/small.lens" | tee -a "$out/small-gpu.log"
+fi
+
+if [[ $parts == *" lrp "* ]]; then
+  step lrp python3 benchmarks/lrp_support.py --device cuda resnet50 vit_small_patch16_224 swin_tiny_patch4_window7_224 \
+    beit_base_patch16_224 eva02_tiny_patch14_224 convformer_s18 poolformer_s12 maxvit_nano_rw_256 edgenext_xx_small \
+    efficientformer_l1 mobilenetv3_large_100 densenet121 convnext_atto torchvision:resnet50 torchvision:efficientnet_b0 \
+    torchvision:vit_b_16 torchvision:swin_t torchvision:maxvit_t transformers:vit transformers:dinov2 transformers:swin
+fi
+
+if [[ $parts == *" swin-eva "* ]]; then
+  step swin python3 -m semlens.cli run --model torchvision:swin_t:none --layer features.5:channels_last=true \
+    --layer features.7:channels_last=true --data world::1000:probe --foundation open_clip:ViT-B-32:none -k 10 \
+    --out "$out/swin.lens" --overwrite --no-progress
+  stages "$out/swin.lens" | tee -a "$out/swin.log"
+  step eva python3 -m semlens.cli run --model timm:eva02_tiny_patch14_224:none --layer blocks.5 --layer blocks.11:token=0 \
+    --data world::1000:probe --foundation open_clip:ViT-B-32:none -k 10 --out "$out/eva.lens" --overwrite --no-progress
+  stages "$out/eva.lens" | tee -a "$out/eva.log"
 fi
 
 if [[ $parts == *" demo "* ]]; then

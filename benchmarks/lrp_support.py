@@ -17,14 +17,24 @@ A name ``transformers:TYPE`` is transformers' image classifier of that model typ
 ``torchvision:NAME`` is torchvision's model builder ``NAME`` instead (``--torchvision`` checks the list
 below), at 224 px where its architecture fixes the size (ViT, Swin, MaxViT) and 299 px for Inception v3, a
 linear layer initialised to zero (ViT's head) drawn at random instead.
+
+``--device cuda`` runs the check on the GPU and, for a supported model, also: the heatmap of each probe
+image's top logit against the CPU's (max |difference| / max |map|: the rules' device paths), and the
+time of one LRP pass over ``--batch`` images against a plain gradient of the same logits, both in float32
+proper (medians of 3 after a warm-up), and of preparing the model (``RelevanceModel``: its probe forwards).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import statistics
+import time
+from typing import Callable
 
 import torch
 
+from semlens._util.devices import strict_float32
 from semlens.relevance.lrp import RelevanceModel
 
 DEFAULT = [
@@ -94,6 +104,46 @@ def calibrate(model: torch.nn.Module, size: int) -> None:
     model.eval()
 
 
+def top_logit(outputs: torch.Tensor) -> torch.Tensor:
+    """Initial relevance: each image's largest logit, every other output zero."""
+    return outputs * torch.nn.functional.one_hot(outputs.argmax(1), outputs.shape[1]).to(outputs.dtype)
+
+
+def seconds(run: Callable[[], object], device: torch.device) -> float:
+    """Median wall time of 3 calls after a warm-up, the device synchronised around each."""
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda _device: None
+    run()
+    times = []
+    for _ in range(3):
+        synchronize(device)
+        start = time.perf_counter()
+        run()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def on_device(model: torch.nn.Module, probe: torch.Tensor, device: torch.device, batch: int) -> str:
+    """The heatmaps' agreement with the CPU's and LRP's time against a plain gradient, for one supported model."""
+    cpu_maps = RelevanceModel(copy.deepcopy(model), probe).input_relevance(probe, top_logit)
+    model = model.to(device)
+    start = time.perf_counter()
+    lrp = RelevanceModel(model, probe.to(device))
+    prepare = time.perf_counter() - start
+    maps = lrp.input_relevance(probe.to(device), top_logit).cpu()
+    difference = ((maps - cpu_maps).abs().max() / cpu_maps.abs().max()).item()
+    images = torch.rand(batch, *probe.shape[1:], generator=torch.Generator().manual_seed(2)).to(device)
+
+    def gradient() -> None:
+        inputs = images.clone().requires_grad_(True)
+        with strict_float32():
+            outputs = model(inputs)
+            torch.autograd.grad(outputs, inputs, grad_outputs=top_logit(outputs))
+
+    relevance, plain = seconds(lambda: lrp.input_relevance(images, top_logit), device), seconds(gradient, device)
+    return f"vs CPU {difference:.1e}; {batch} images: LRP {relevance * 1e3:.1f} ms, gradient {plain * 1e3:.1f} ms ({relevance / plain:.2f}x); prepare {prepare:.2f} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="*", help="timm model names, or torchvision:NAME (default: the list above)")
@@ -102,6 +152,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96, help="side of the two random probe images (models of a fixed input size take theirs)")
     parser.add_argument("--torchvision", action="store_true", help="torchvision's models (TORCHVISION) instead of the default timm list")
     parser.add_argument("--transformers", action="store_true", help="transformers' classifiers (TRANSFORMERS) instead")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: the check there, the heatmaps against the CPU's, LRP's time")
+    parser.add_argument("--batch", type=int, default=32, help="images per timed pass (--device cuda)")
     args = parser.parse_args()
     names = args.models or (
         [f"torchvision:{name}" for name in TORCHVISION] if args.torchvision
@@ -117,8 +169,11 @@ def main() -> None:
         probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
         if args.calibrate:
             calibrate(model, size)
-        report = RelevanceModel(model, probe).check()
-        print(f"{name:<30} {'supported' if report.supported else 'refused':<9}  {report.reason[:300]}")
+        device = torch.device(args.device)
+        report = RelevanceModel(copy.deepcopy(model).to(device), probe.to(device)).check()
+        print(f"{name:<30} {'supported' if report.supported else 'refused':<9}  {report.reason[:300]}", flush=True)
+        if report.supported and device.type == "cuda":
+            print(f"{'':<41}{on_device(model, probe, device, args.batch)}", flush=True)
 
 
 if __name__ == "__main__":
