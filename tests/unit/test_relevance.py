@@ -362,6 +362,80 @@ def test_timm_group_norms_with_their_activation_inside_conserve_relevance() -> N
     assert not report.supported and report.reason == "no LRP rule here for OwnGroupNorm"
 
 
+@pytest.mark.parametrize("kind, before", [("StdConv2d", nn.ReLU()), ("ScaledStdConv2d", nn.ReLU()), ("ScaledStdConv2dSame", nn.ReLU()), ("StdConv2d", nn.Identity())])
+def test_a_weight_standardised_convolution_explains_as_the_plain_convolution_with_its_standardised_weight(kind: str, before: nn.Module) -> None:
+    """timm's weight-standardised convolutions (BiT, NFNets) convolve with their weight normalised per output
+    channel: the rules must clamp that weight, not standardise the clamped one. The heatmap equals that of
+    the same model with a plain convolution holding the standardised weight (z⁺ after a ReLU, the signed rule
+    without); the parameter and the forward are the module's own again afterwards."""
+    import timm.layers
+
+    torch.manual_seed(0)
+    standardised = getattr(timm.layers, kind)(8, 8, 3, stride=2 if kind.endswith("Same") else 1, padding="same" if kind.endswith("Same") else None)
+    with torch.no_grad():
+        standardised.weight.normal_(0.1, 1.0)
+        if hasattr(standardised, "gain"):
+            standardised.gain.uniform_(0.5, 2.0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), before, standardised, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    raw = standardised.weight.detach().clone()
+    mean, variance = raw.mean(dim=(1, 2, 3), keepdim=True), raw.var(dim=(1, 2, 3), unbiased=False, keepdim=True)
+    weight = (raw - mean) / (variance + standardised.eps).sqrt()
+    if hasattr(standardised, "gain"):
+        weight = weight * standardised.gain * standardised.scale
+    inputs = torch.rand(2, 3, 15, 15, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = nn.Conv2d(8, 8, 3, stride=standardised.stride, bias=standardised.bias is not None)
+        plain.weight.copy_(weight)
+        if plain.bias is not None:
+            plain.bias.copy_(standardised.bias)
+        twin = nn.Sequential(*model[:2], nn.ZeroPad2d(1), plain, *model[3:]).eval()  # 13 px: "same" pads 1 a side too
+        torch.testing.assert_close(twin(inputs), model(inputs), rtol=1e-4, atol=1e-5)
+        targets = model(inputs).argmax(dim=1)
+
+    lrp = RelevanceModel(model, inputs)
+    assert lrp.check().supported, lrp.check().reason
+    expected = RelevanceModel(twin, inputs).input_relevance(inputs, one_hot_logit(targets))
+    torch.testing.assert_close(lrp.input_relevance(inputs, one_hot_logit(targets)), expected, rtol=1e-4, atol=1e-7)
+    assert torch.equal(standardised.weight, raw) and "forward" not in vars(standardised)
+
+
+def test_a_layer_that_runs_without_the_input_is_a_constant_the_check_zeroes() -> None:
+    """XCiT adds a position encoding that a convolution computes from the grid, its size read off the
+    features: the sum shares relevance with it, which it absorbs as a bias does, so the check's bias-free
+    copy zeroes that layer's parameters as it zeroes biases (refused without: 0.00 at the layer). A layer
+    whose weight a functional call takes (never run as a module) keeps its weight."""
+
+    class Grid(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.projection = nn.Conv2d(2, 8, 1)
+
+        def forward(self, batch: int, height: int, width: int) -> torch.Tensor:
+            rows = torch.arange(height, dtype=torch.float32)[:, None].repeat(1, width)
+            columns = torch.arange(width, dtype=torch.float32)[None].repeat(height, 1)
+            return self.projection(torch.stack([rows, columns])[None]).repeat(batch, 1, 1, 1)
+
+    class Encoded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+            self.position = Grid()
+            self.mix = nn.Linear(8, 8, bias=False)
+            self.head = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 3, bias=False))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.features(x)
+            batch, _, height, width = x.shape
+            tokens = (x + self.position(batch, height, width)).flatten(2).transpose(1, 2)
+            return self.head(F.linear(tokens, self.mix.weight).mean(dim=1))
+
+    torch.manual_seed(0)
+    lrp = RelevanceModel(Encoded().eval(), torch.rand(2, 3, 8, 8))
+    assert lrp._constant_layers == {"position.projection"}
+    report = lrp.check()
+    assert report.supported, report.reason
+
+
 def test_a_layer_norm_of_another_kind_is_refused_by_name() -> None:
     class OwnNorm(nn.LayerNorm):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from ..model.units import hooks, resolve_module, select_output
 from .attention import HeldAttention
 from .canonizers import UnsupportedModelError, canonizers_for, tensors_in
 from .conservation import find_leak
+from .derived_weights import DerivedWeights
 from .residual import HOLDING_MODULES, FxResidualCanonizer, UntracedOps, makes_gate, rearranges_only
 from .rules import LeanEpsilonPlusFlat, held_scale_known
 from .sae import decoded_share, unit_tensors
@@ -92,9 +93,13 @@ class RelevanceModel:
         self.model = model.eval()
         self.example, self.epsilon, self.rule = example, epsilon, rule
         self._report: SupportReport | None = None
+        self._constant_layers: set[str] = set()  # layers that ran without the input: zeroed by the check (_bias_free_copy)
         try:
             passes, averages = library_kinds(model, LIBRARY_PASSES), library_kinds(model, LIBRARY_AVERAGES)
-            on_path = modules_on_the_input_path(model, example)
+            called: set[nn.Module] = set()
+            on_path = modules_on_the_input_path(model, example, called)
+            if on_path is not None:
+                self._constant_layers = {name for name, module in model.named_modules() if module in called and module not in on_path and not list(module.children())}
             without_rule = {name: m for name, m in leaves_without_rule(model, passes + averages, on_path).items() if not rearranges_only(m)}
             unsupported = sorted({type(m).__name__ for m in without_rule.values() if type(m).__name__ not in HOLDING_MODULES and not makes_gate(m)})
             if unsupported:
@@ -112,11 +117,14 @@ class RelevanceModel:
     def attributing(self) -> Iterator[nn.Module]:
         """The model with zennit's rules and canonizers applied (removed on exit), attention's rule swapped in
         (``HeldAttention``), the sums and attention products torch.fx could not rewrite given their rules
-        (``UntracedOps``, while the model's forward runs), in float32 proper (no TF32 on GPUs: ``strict_float32``)."""
+        (``UntracedOps``, while the model's forward runs), convolutions that derive their weight from their
+        parameters (weight standardisation) holding that weight (``DerivedWeights``: entered before the
+        canonizers, which may merge a batch norm into it, and left after them), in float32 proper (no TF32
+        on GPUs: ``strict_float32``)."""
         if self._report is not None and not self._report.supported:
             raise UnsupportedModelError(self._report.reason)
         untraced = UntracedOps(self.epsilon)
-        with strict_float32(), HeldAttention(), untraced, self.composite.context(self.model) as modified:
+        with strict_float32(), HeldAttention(), DerivedWeights(self.model), untraced, self.composite.context(self.model) as modified:
             running = [modified.register_forward_pre_hook(untraced.start), modified.register_forward_hook(untraced.stop, always_call=True)]
             for linear in (m for m in modified.modules() if isinstance(m, nn.Linear)):  # their own rule inside them
                 running += [linear.register_forward_pre_hook(untraced.enter_linear), linear.register_forward_hook(untraced.leave_linear, always_call=True)]
@@ -173,7 +181,7 @@ class RelevanceModel:
                 f"{changed:.3g}): a canonizer could not follow its forward (e.g. an in-place change of a "
                 "block's input)"
             )
-        probe = RelevanceModel(_bias_free_copy(self.model), self.example, self.epsilon, self.rule)
+        probe = RelevanceModel(_bias_free_copy(self.model, self._constant_layers), self.example, self.epsilon, self.rule)
         with torch.no_grad():
             outputs = probe.model(self.example)
         initial = partial(_one_hot_logit, targets=outputs.argmax(dim=1))
@@ -327,14 +335,17 @@ def leaves_without_rule(model: nn.Module, covered: tuple[type, ...], on_path: In
 InputPath = dict[nn.Module, "set[str] | None"]
 
 
-def modules_on_the_input_path(model: nn.Module, example: torch.Tensor) -> InputPath | None:
+def modules_on_the_input_path(model: nn.Module, example: torch.Tensor, called: set[nn.Module] | None = None) -> InputPath | None:
     """The modules that, in a forward on one ``example``, receive a tensor computed from the input, with the
     arguments that carried it. The other modules compute constants to it (a position table read by index, a
     size-dependent encoding, a head the forward never calls), and so do the other arguments (rotary tables, a
-    mask): no relevance passes them, so they need no rule. None where that forward fails (everything counts)."""
+    mask): no relevance passes them, so they need no rule. None where that forward fails (everything counts).
+    ``called``, where given, receives every module whose forward ran."""
     found: InputPath = {}
 
     def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if called is not None:
+            called.add(module)
         if any(tensor.requires_grad for tensor in tensors_in((args, kwargs))):
             names, before = _input_arguments(module, args, kwargs), found.get(module, set())
             found[module] = None if names is None or before is None else names | before  # any call's arguments
@@ -380,24 +391,28 @@ def library_kinds(model: nn.Module, names: dict[str, set[str]]) -> tuple[type, .
     })  # fmt: skip
 
 
-def _bias_free_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every bias and batch-norm shift set to zero, and the tokens and position
-    embeddings a block holds itself (``ADDED_CONSTANTS``, a ViT's class token): constants the model adds or
-    concatenates outside any layer, which absorb relevance as biases do. A block's other parameters (a
-    ConvNeXt block's layer scale multiplies) stay."""
+def _bias_free_copy(model: nn.Module, constant_layers: Collection[str] = ()) -> nn.Module:
+    """A copy of ``model`` with every bias and batch-norm shift set to zero, the tokens and position
+    embeddings a block holds itself (``ADDED_CONSTANTS``, a ViT's class token), and every parameter of the
+    ``constant_layers``, layers the forward runs without the input (XCiT's Fourier position encoding, a
+    convolution of the grid): constants the model adds or concatenates outside any layer, which absorb
+    relevance as biases do. A block's other parameters (a ConvNeXt block's layer scale multiplies) stay."""
     import copy
 
     clone = copy.deepcopy(model)
     with torch.no_grad():
-        for module in clone.modules():
+        for name, module in clone.named_modules():
+            if name in constant_layers:
+                for parameter in module.parameters(recurse=False):
+                    parameter.zero_()
             for bias in ("bias", "in_proj_bias"):  # a layer's; multi-head attention's input projection's
                 if isinstance(getattr(module, bias, None), torch.Tensor):
                     getattr(module, bias).zero_()
             if isinstance(getattr(module, "running_mean", None), torch.Tensor):
                 module.running_mean.zero_()
             if list(module.children()) and not isinstance(module, SUPPORTED_LEAVES):  # a layer with a child keeps its weights
-                for name, parameter in module.named_parameters(recurse=False):
-                    if any(part in name for part in ADDED_CONSTANTS):
+                for parameter_name, parameter in module.named_parameters(recurse=False):
+                    if any(part in parameter_name for part in ADDED_CONSTANTS):
                         parameter.zero_()
     return clone
 

@@ -288,7 +288,7 @@ class LeanZPlus(_Direct, SignedZPlus):
         input four times and the layer's parameters once per branch (``benchmarks/crops.py --model mobilenet``
         measures the difference); for one group, over the output channels that carry relevance only. Any
         other convolution (a subclass with its own forward) takes zennit's hook (``SignedZPlus``)."""
-        if not (isinstance(module, _ConvNd) and type(module).forward in _TORCH_CONVOLUTIONS):
+        if not (isinstance(module, _ConvNd) and type(module).forward in TORCH_CONVOLUTIONS):
             return super().backward(module, grad_input, (grad,))
         weight, bias, channels = module.weight, module.bias, _active_channels(module, grad)
         if channels is not None:
@@ -409,13 +409,13 @@ def _active_channels(module: nn.Module, grad: torch.Tensor) -> torch.Tensor | No
 
 
 #: the forwards of torch's own convolutions, which are ``_conv_forward`` with the layer's weight and bias
-_TORCH_CONVOLUTIONS = (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
+TORCH_CONVOLUTIONS = (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
 
 
 def _plain_convolution(module: nn.Module) -> bool:
     """Whether ``module`` is torch's ``Conv1d``/``2d``/``3d`` forward (``_conv_forward``) with one group:
     a subclass with its own forward (EfficientNet's static "same" padding) computes something else."""
-    return isinstance(module, _ConvNd) and type(module).forward in _TORCH_CONVOLUTIONS and module.groups == 1
+    return isinstance(module, _ConvNd) and type(module).forward in TORCH_CONVOLUTIONS and module.groups == 1
 
 
 class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
