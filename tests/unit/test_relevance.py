@@ -918,6 +918,40 @@ def test_a_functional_linear_gets_the_rule_its_module_gets() -> None:
     assert_same_token_relevance(FunctionalHeadTokenMean().eval(), TokenMean().eval())
 
 
+class PooledBranches(nn.Module):
+    """An Inception-like block and head: a branch average-pooled with zero padding, and the global pool, each as
+    a module or (``functional``) as ``F.avg_pool2d`` and ``F.adaptive_avg_pool2d`` calls in the forward."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.functional = functional
+        self.stem, self.branch = nn.Conv2d(3, 6, 3), nn.Conv2d(6, 6, 1)
+        self.pool, self.average = nn.AvgPool2d(3, stride=1, padding=1), nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        pooled = F.avg_pool2d(x, 3, stride=1, padding=1) if self.functional else self.pool(x)
+        x = torch.cat([x, F.relu(self.branch(pooled))], dim=1)
+        return self.head((F.adaptive_avg_pool2d(x, (1, 1)) if self.functional else self.average(x)).flatten(1))
+
+
+def test_a_functional_average_pool_gets_the_rule_its_module_gets() -> None:
+    """``F.avg_pool2d`` and ``F.adaptive_avg_pool2d`` in a forward (Inception's branches, torchvision's DenseNet
+    head) get the pooling modules' rule: each input its share of the averages it enters. The gradient would
+    spread each average's relevance evenly over its window, and lose the padding's share (Inception v3: 0.935)."""
+    torch.manual_seed(0)
+    modules = PooledBranches(functional=False).eval()
+    functional = PooledBranches(functional=True).eval()
+    functional.load_state_dict(modules.state_dict())
+    inputs = torch.rand(2, 3, 9, 9, generator=torch.Generator().manual_seed(1))
+    targets = modules(inputs).argmax(dim=1)
+    expected = RelevanceModel(modules, inputs).input_relevance(inputs, one_hot_logit(targets))
+    lrp = RelevanceModel(functional, inputs)
+    assert lrp.check().supported, lrp.check().reason
+    torch.testing.assert_close(lrp.input_relevance(inputs, one_hot_logit(targets)), expected, rtol=1e-4, atol=1e-7)
+
+
 class PositionBias(nn.Module):
     """A table read without input (transformers' ``SwinRelativePositionBias``)."""
 

@@ -18,6 +18,7 @@ from typing import Callable, Collection, Iterator
 
 import torch
 from torch import nn
+from zennit.types import AvgPool
 
 from .._util.devices import strict_float32
 from ..model.sae import SparseAutoencoder
@@ -93,9 +94,11 @@ class RelevanceModel:
         self.model = model.eval()
         self.example, self.epsilon, self.rule = example, epsilon, rule
         self._report: SupportReport | None = None
+        self._ruled_kinds: tuple[type, ...] = (nn.Linear, AvgPool)
         self._constant_layers: set[str] = set()  # layers that ran without the input: zeroed by the check (_bias_free_copy)
         try:
             passes, averages = library_kinds(model, LIBRARY_PASSES), library_kinds(model, LIBRARY_AVERAGES)
+            self._ruled_kinds = (nn.Linear, AvgPool, *averages)  # layers whose functional calls UntracedOps leaves to their rule
             called: set[nn.Module] = set()
             on_path = modules_on_the_input_path(model, example, called)
             if on_path is not None:
@@ -126,8 +129,8 @@ class RelevanceModel:
         untraced = UntracedOps(self.epsilon)
         with strict_float32(), HeldAttention(), DerivedWeights(self.model), untraced, self.composite.context(self.model) as modified:
             running = [modified.register_forward_pre_hook(untraced.start), modified.register_forward_hook(untraced.stop, always_call=True)]
-            for linear in (m for m in modified.modules() if isinstance(m, nn.Linear)):  # their own rule inside them
-                running += [linear.register_forward_pre_hook(untraced.enter_linear), linear.register_forward_hook(untraced.leave_linear, always_call=True)]
+            for layer in (m for m in modified.modules() if isinstance(m, self._ruled_kinds)):  # their own rule inside them
+                running += [layer.register_forward_pre_hook(untraced.enter_ruled), layer.register_forward_hook(untraced.leave_ruled, always_call=True)]
             with hooks(running):
                 yield modified
 

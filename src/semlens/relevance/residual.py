@@ -159,6 +159,27 @@ class _EpsilonLinear(torch.autograd.Function):
         return input * ((relevance / stabilize(output, ctx.epsilon)) @ weight), None, None, None
 
 
+class _AveragePooled(torch.autograd.Function):
+    """An average pool called as a function, ``pool(input)``, whose backward is the rule pooling modules get,
+    ``x * Pᵀ (R / (z + ε))``: each input its share of the averages it enters. The gradient would hand every
+    input of a window the same 1/k of its relevance, whatever it held, and the padding its share (lost)."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, pool: Callable[[torch.Tensor], torch.Tensor], epsilon: float) -> torch.Tensor:
+        output = pool(input)
+        ctx.save_for_backward(input, output)
+        ctx.pool, ctx.epsilon = pool, epsilon
+        return output
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        input, output = ctx.saved_tensors
+        with torch.enable_grad():  # the pool is linear: its vector-Jacobian product, from a pool of the input again
+            again = input.detach().requires_grad_()
+            (gradient,) = torch.autograd.grad(ctx.pool(again), again, relevance / stabilize(output, ctx.epsilon))
+        return input * gradient, None, None
+
+
 class UntracedOps(TorchFunctionMode):
     """While the model's forward runs (``start`` and ``stop``, hooks on the model), the ops of the modules
     torch.fx could not trace (transformers' blocks, HRNet's fusions) get the rules the rewrite above gives
@@ -172,8 +193,10 @@ class UntracedOps(TorchFunctionMode):
 
     A functional ``F.linear`` outside any ``nn.Linear`` module's forward (torchvision's Swin passes its
     ``qkv`` and ``proj`` layers' weights to one) gets the ε-rule those modules get (``_EpsilonLinear``); the
-    gradient would hand the input ``W^T R``, not its share. ``enter_linear`` and ``leave_linear``, hooks on
-    the model's linear modules, tell the two apart: inside a module, its own rule applies."""
+    gradient would hand the input ``W^T R``, not its share. Likewise an average pool called as a function
+    (Inception's pooled branches, torchvision's DenseNet and MobileNetV2 heads) gets the pooling modules' rule
+    (``_AveragePooled``). ``enter_ruled`` and ``leave_ruled``, hooks on the model's linear and pooling modules,
+    tell the two apart: inside such a module, its own rule applies."""
 
     ADDS = {torch.Tensor.__add__, torch.Tensor.__radd__, torch.add, torch.Tensor.add}
     SUBTRACTIONS = {torch.Tensor.__sub__, torch.sub, torch.Tensor.sub}
@@ -185,24 +208,25 @@ class UntracedOps(TorchFunctionMode):
     PRODUCTS = {torch.matmul, torch.Tensor.__matmul__, torch.Tensor.matmul, torch.bmm}
     EINSUMS = {torch.einsum}
     LINEARS = {F.linear}
-    HANDLED = ADDS | SUBTRACTIONS | SCALINGS | DIVISIONS | set(REDUCTIONS) | PRODUCTS | EINSUMS | SOFTMAXES | KEEPS_WEIGHTS | LINEARS
+    AVERAGE_POOLS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d}
+    HANDLED = ADDS | SUBTRACTIONS | SCALINGS | DIVISIONS | set(REDUCTIONS) | PRODUCTS | EINSUMS | SOFTMAXES | KEEPS_WEIGHTS | LINEARS | AVERAGE_POOLS
 
     def __init__(self, epsilon: float = 1e-6) -> None:
         super().__init__()
-        self.epsilon, self.running, self.inside_linear = epsilon, False, 0
+        self.epsilon, self.running, self.inside_ruled = epsilon, False, 0
         self.weights: dict[int, torch.Tensor] = {}  # softmax outputs of this forward, by id (kept alive: ids stay unique)
 
     def start(self, *_: object) -> None:
-        self.running, self.inside_linear, self.weights = True, 0, {}
+        self.running, self.inside_ruled, self.weights = True, 0, {}
 
     def stop(self, *_: object) -> None:
         self.running, self.weights = False, {}
 
-    def enter_linear(self, *_: object) -> None:
-        self.inside_linear += 1
+    def enter_ruled(self, *_: object) -> None:
+        self.inside_ruled += 1
 
-    def leave_linear(self, *_: object) -> None:
-        self.inside_linear -= 1
+    def leave_ruled(self, *_: object) -> None:
+        self.inside_ruled -= 1
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -224,9 +248,11 @@ class UntracedOps(TorchFunctionMode):
             for weights_first, (weights, values) in ((True, (args[1], args[2])), (False, (args[2], args[1]))):
                 if id(weights) in self.weights and isinstance(values, torch.Tensor) and values.grad_fn is not None:
                     return held_weights_einsum(*args, weights_first, self.epsilon)
-        if func in self.LINEARS and not self.inside_linear and computed and computed[0]:
+        if func in self.LINEARS and not self.inside_ruled and computed and computed[0]:
             weight, bias = _linear_arguments(args[1:], kwargs)
             return _EpsilonLinear.apply(args[0], weight, bias, self.epsilon)
+        if func in self.AVERAGE_POOLS and not self.inside_ruled and computed and computed[0]:
+            return _AveragePooled.apply(args[0], lambda input: func(input, *args[1:], **kwargs), self.epsilon)
         result = func(*args, **kwargs)
         weighs = func in self.SOFTMAXES or (func in self.KEEPS_WEIGHTS and args and id(args[0]) in self.weights)
         if weighs and args and computed[0] and isinstance(result, torch.Tensor):
