@@ -6,17 +6,17 @@
 # (Hardswish, linear bottlenecks: the signed z+ rule; mobile), a build on 4.2 GiB of the card
 # whose relevance passes must halve instead of failing (small-gpu), the demo (demo), LRP's check on the GPU
 # for models of timm, torchvision and transformers with their heatmaps against the CPU's and LRP's time
-# against a plain gradient (lrp), and builds of a torchvision Swin-T and a timm EVA-02 with relevance crops
-# (swin-eva); micro names the first three. Run from the repository root:
+# against a plain gradient (lrp), builds of a torchvision Swin-T and a timm EVA-02 with relevance crops
+# (swin-eva), and of a BiT ResNetV2 (weight-standardised convolutions: bit); micro names the first three. Run from the repository root:
 #
 #   bash benchmarks/gpu.sh OUT_DIR [PART ...]        (no part named: all of them)
 #
 # Each step's output goes to OUT_DIR/<step>.log as well as to the terminal; the build's and the demo's
 # stage times and crop modes are read from their Lenses' manifest.json.
 set -uo pipefail
-out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build vit mobile small-gpu demo lrp swin-eva micro]}
+out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build vit mobile small-gpu demo lrp swin-eva bit micro]}
 shift
-parts=" ${*:-micro embedding build vit mobile small-gpu demo lrp swin-eva} "
+parts=" ${*:-micro embedding build vit mobile small-gpu demo lrp swin-eva bit} "
 [[ $parts == *" micro "* ]] && parts+=" collect crops measures "
 mkdir -p "$out"
 export PYTHONPATH="$PWD/tests/support${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SEMLENS_CACHE="$out/cache"
@@ -98,7 +98,16 @@ if [[ $parts == *" lrp "* ]]; then
   step lrp python3 benchmarks/lrp_support.py --device cuda resnet50 vit_small_patch16_224 swin_tiny_patch4_window7_224 \
     beit_base_patch16_224 eva02_tiny_patch14_224 convformer_s18 poolformer_s12 maxvit_nano_rw_256 edgenext_xx_small \
     efficientformer_l1 mobilenetv3_large_100 densenet121 convnext_atto torchvision:resnet50 torchvision:efficientnet_b0 \
-    torchvision:vit_b_16 torchvision:swin_t torchvision:maxvit_t transformers:vit transformers:dinov2 transformers:swin
+    torchvision:vit_b_16 torchvision:swin_t torchvision:maxvit_t transformers:vit transformers:dinov2 transformers:swin \
+    resnetv2_50x1_bit.goog_in21k nfnet_l0 xcit_nano_12_p16_224 inception_v3
+  step lrp-calibrated python3 benchmarks/lrp_support.py --device cuda --calibrate levit_128s torchvision:inception_v3 \
+    torchvision:densenet121 torchvision:mobilenet_v2 torchvision:efficientnet_b0
+fi
+
+if [[ $parts == *" bit "* ]]; then  # weight-standardised convolutions (DerivedWeights) in a whole build
+  step bit python3 -m semlens.cli run --model timm:resnetv2_50x1_bit.goog_in21k:none --layer stages.2 --layer stages.3 \
+    --data world::1000:probe --foundation open_clip:ViT-B-32:none -k 10 --out "$out/bit.lens" --overwrite --no-progress
+  stages "$out/bit.lens" | tee -a "$out/bit.log"
 fi
 
 if [[ $parts == *" swin-eva "* ]]; then

@@ -436,6 +436,22 @@ def test_a_layer_that_runs_without_the_input_is_a_constant_the_check_zeroes() ->
     assert report.supported, report.reason
 
 
+def test_conservation_compares_a_pass_with_the_logits_it_explains() -> None:
+    """The check's ratio is the input relevance over the logits of the same pass. A bias-free copy can amplify
+    float rounding block by block (torchvision's EfficientNetV2-S: its canonized logits 40 % off the copy's
+    own, every layer conserving); here a pass-through that doubles its output while gradients are on (a
+    scaling passes relevance whole) stands in for that drift: against the copy's own logits the ratio would be 2."""
+
+    class Identity(nn.Module):  # by its name, a pass-through without a rule of its own
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2.0 if torch.is_grad_enabled() else x
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), Identity(), nn.Linear(6, 3)).eval()
+    report = RelevanceModel(model, torch.rand(2, 4)).check()
+    assert report.supported and report.reason == "relevance conserved (input sums / output: 1.000, 1.000)", report.reason
+
+
 def test_a_layer_norm_of_another_kind_is_refused_by_name() -> None:
     class OwnNorm(nn.LayerNorm):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
