@@ -26,7 +26,7 @@ from semlens.build.class_relevance import ClassRelevance
 from semlens.model.units import hooks, resolve_module
 from semlens.relevance.attention import HeldAttention
 from semlens.relevance.canonizers import UnsupportedModelError, canonizers_for, traced_batch_norm_pairs
-from semlens.relevance.lrp import RelevanceModel, crp_heatmaps, leaves_without_rule, modules_on_the_input_path, unit_relevance
+from semlens.relevance.lrp import RelevanceModel, crp_heatmaps, function_tolerance, leaves_without_rule, modules_on_the_input_path, unit_relevance
 from semlens.relevance.residual import FxResidualCanonizer, gated_product, trace_residuals
 
 #: RelevanceModel's default epsilon; zennit's ZPlus and Flat default to the same stabilizer
@@ -1120,6 +1120,26 @@ def test_a_rewrite_that_changes_the_models_outputs_is_refused() -> None:
     report = relevance.check()
     assert not report.supported
     assert report.reason.startswith("the model prepared for LRP computes other outputs than the model"), report.reason
+
+
+def test_the_function_check_allows_ten_times_the_models_own_float32_rounding() -> None:
+    """A canonized model rounds differently from the model (merged batch norms; on a GPU, deep nets drift by 1e-4
+    of their logits between devices): the check allows 10 times the model's float32 rounding, its outputs
+    against a float64 copy's, where that is above 1e-4 of the largest output. Near 1e8 float32 keeps multiples
+    of 8, so ``(x + 1e8) - 1e8`` rounds 3 to 0: a rounding of 3, a tolerance of 30."""
+
+    class Coarse(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x + 1e8) - 1e8
+
+    class Float32Inside(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.float() * 2
+
+    inputs = torch.tensor([[1.0, 2.0, 3.0]])
+    assert Coarse()(inputs).tolist() == [[0.0, 0.0, 0.0]]
+    assert function_tolerance(Coarse(), inputs, Coarse()(inputs)) == 30.0
+    assert function_tolerance(Float32Inside(), inputs, Float32Inside()(inputs)) == pytest.approx(6e-4)  # 1e-4 of 6
 
 
 def test_lrp_runs_in_float32_proper_and_leaves_tf32_as_it_was() -> None:
