@@ -934,6 +934,41 @@ def test_a_functional_linear_gets_the_rule_its_module_gets() -> None:
     assert_same_token_relevance(FunctionalHeadTokenMean().eval(), TokenMean().eval())
 
 
+class AttentionOverTokens(nn.Module):
+    """Tokens embedded, one attention block (``attention``: timm's, on 8 channels and 2 heads), averaged, a head."""
+
+    def __init__(self, attention: nn.Module) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.attention, self.head = nn.Linear(4, 8), attention, nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attention(self.embed(x)).mean(dim=1))
+
+
+def test_talking_heads_attention_holds_its_mixed_weights() -> None:
+    """CaiT's talking heads mix the scores across heads before the softmax (``proj_l``) and the weights after it
+    (``proj_w``): the mixed weights are still a function of queries and keys alone, held as the softmax's are.
+    With both mixes the identity, the heatmap is plain attention's; with random ones, relevance is conserved
+    (refused before: products of two computed tensors)."""
+    from timm.models.cait import TalkingHeadAttn
+    from timm.models.vision_transformer import Attention
+
+    talking, plain = TalkingHeadAttn(8, num_heads=2), Attention(8, num_heads=2)
+    with torch.no_grad():
+        for mix in (talking.proj_l, talking.proj_w):
+            mix.weight.copy_(torch.eye(2))
+            mix.bias.zero_()
+    plain.load_state_dict({key: value for key, value in talking.state_dict().items() if key.startswith(("qkv", "proj."))})
+    first, second = AttentionOverTokens(talking).eval(), AttentionOverTokens(plain).eval()
+    second.load_state_dict(first.state_dict(), strict=False)
+    assert_same_token_relevance(first, second)
+    torch.manual_seed(1)
+    mixed = AttentionOverTokens(TalkingHeadAttn(8, num_heads=2)).eval()
+    report = RelevanceModel(mixed, torch.rand(2, 7, 4)).check()
+    assert report.supported, report.reason
+
+
 class PooledBranches(nn.Module):
     """An Inception-like block and head: a branch average-pooled with zero padding, and the global pool, each as
     a module or (``functional``) as ``F.avg_pool2d`` and ``F.adaptive_avg_pool2d`` calls in the forward."""

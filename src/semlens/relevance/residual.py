@@ -76,6 +76,10 @@ REARRANGES = RESHAPES | {"swapaxes", "swapdims", "movedim", "unflatten", "getite
 REDUCTIONS = {"sum", "mean"}
 #: a softmax whose output weighs values in a matrix product: attention written out (held: attention.py)
 WEIGHT_FUNCTIONS, WEIGHT_MODULES = {"softmax"}, {"Softmax"}
+#: modules between that softmax and the product whose output is still weights: dropouts, and a linear map
+#: across the heads (talking-heads attention, CaiT's ``proj_w``: the mixed weights are a function of the
+#: queries and keys alone, held as the softmax's are)
+WEIGHT_KEEPING = (nn.Dropout, nn.Linear)
 #: modules that may only gate a product or weigh values, where they get no relevance
 HOLDING_MODULES = GATE_MODULES | WEIGHT_MODULES
 
@@ -559,7 +563,7 @@ class HeldProduct:
 
 def _held_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) -> dict[fx.Node, HeldProduct]:
     """Each ``weights @ values`` (or ``torch.einsum`` of the two, in either order) of attention written out, the
-    weights a softmax's (``_source``), the values not."""
+    weights a softmax's (``_source``, through ``WEIGHT_KEEPING`` modules), the values not."""
     held = {}
     for node in graph.nodes:
         name = _op_name(node)
@@ -567,7 +571,7 @@ def _held_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) -> 
         if not (einsum or name == "matmul") or node.kwargs or len(_computed_operands(node, computed)) != 2:
             continue
         operands = node.args[1:] if einsum else node.args
-        sources = [_source(operand, root, WEIGHT_FUNCTIONS, WEIGHT_MODULES, (nn.Dropout,)) for operand in operands]
+        sources = [_source(operand, root, WEIGHT_FUNCTIONS, WEIGHT_MODULES, WEIGHT_KEEPING) for operand in operands]
         for position in (0, 1) if einsum else (0,):
             if len(operands) == 2 and sources[position] is not None and sources[1 - position] is None:
                 held[node] = HeldProduct(sources[position], operands[position])
