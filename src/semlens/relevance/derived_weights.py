@@ -71,16 +71,16 @@ def derived_weight(module: nn.Module) -> torch.Tensor | None:
 
 class DerivedWeights:
     """While entered, each convolution of ``model`` that convolves with a weight derived from its
-    parameters (``derived_weight``) holds that weight as its parameter's value and convolves with
-    ``module.weight`` as it is at each call; on exit, its parameter and forward are restored."""
+    parameters (``derived_weight``; found once, here) holds that weight as its parameter's value and
+    convolves with ``module.weight`` as it is at each call; on exit, its parameter and forward are restored."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
+        self.modules = [module for module in model.modules() if derived_weight(module) is not None]
         self.saved: dict[nn.Module, torch.Tensor] = {}
 
     def __enter__(self) -> DerivedWeights:
-        for module in self.model.modules():
-            weight = derived_weight(module)
+        for module in self.modules:
+            weight = derived_weight(module)  # from the parameters as they are now
             if weight is not None:
                 self.saved[module] = module.weight.data
                 module.weight.data = weight

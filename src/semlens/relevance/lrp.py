@@ -117,6 +117,7 @@ class RelevanceModel:
             ungated = sorted(f"{name} ({type(m).__name__})" for name, m in without_rule.items() if id(m) not in gates)
             if ungated:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(ungated)}: a sigmoid that does not gate a product, or a softmax that does not weigh values")
+            self._derived_weights = DerivedWeights(model)
             self.composite = LeanEpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers, passes=passes, averages=averages, gamma=LRP_RULES[rule])
         except UnsupportedModelError as error:
             self._report = SupportReport(False, str(error))
@@ -132,7 +133,7 @@ class RelevanceModel:
         if self._report is not None and not self._report.supported:
             raise UnsupportedModelError(self._report.reason)
         untraced = UntracedOps(self.epsilon)
-        with strict_float32(), HeldAttention(), DerivedWeights(self.model), untraced, self.composite.context(self.model) as modified:
+        with strict_float32(), HeldAttention(), self._derived_weights, untraced, self.composite.context(self.model) as modified:
             running = [modified.register_forward_pre_hook(untraced.start), modified.register_forward_hook(untraced.stop, always_call=True)]
             for layer in (m for m in modified.modules() if isinstance(m, self._ruled_kinds)):  # their own rule inside them
                 running += [layer.register_forward_pre_hook(untraced.enter_ruled), layer.register_forward_hook(untraced.leave_ruled, always_call=True)]
