@@ -15,8 +15,8 @@ starts them (timm's ``init_values``) where trained ones are.
 A name ``transformers:TYPE`` is transformers' image classifier of that model type at its default size
 (``AutoModelForImageClassification.from_config``, its logits; ``--transformers`` checks the list below). A name
 ``torchvision:NAME`` is torchvision's model builder ``NAME`` instead (``--torchvision`` checks the list
-below), at 224 px where its architecture fixes the size (ViT, Swin, MaxViT) and 299 px for Inception v3, a
-linear layer initialised to zero (ViT's head) drawn at random instead.
+below), at 224 px where its architecture fixes the size (ViT, Swin, MaxViT) and 299 px for Inception v3. A
+linear layer initialised to zero (a ViT's head, timm's or torchvision's) is drawn at random instead.
 
 ``--device cuda`` runs the check on the GPU and, for a supported model, also: the heatmap of each probe
 image's top logit against the CPU's (max |difference| / max |map|: the rules' device paths), and the
@@ -80,16 +80,22 @@ def create(name: str, init_values: float | None) -> tuple[torch.nn.Module, int]:
         name = name.removeprefix("torchvision:")
         options = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
         model = getattr(torchvision.models, name)(num_classes=10, **options)
-        for layer in model.modules():  # a head initialised to zero (ViT's) makes every logit zero: nothing to explain
-            if isinstance(layer, torch.nn.Linear) and not layer.weight.any():
-                torch.nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
-        return model.eval(), 299 if name == "inception_v3" else 224 if name.startswith(("vit", "swin", "maxvit")) else 0
+        return drawn_heads(model).eval(), 299 if name == "inception_v3" else 224 if name.startswith(("vit", "swin", "maxvit")) else 0
     import timm
 
     scales = {} if init_values is None else {"init_values": init_values}
-    model = timm.create_model(name, pretrained=False, num_classes=10, **scales).eval()
+    model = drawn_heads(timm.create_model(name, pretrained=False, num_classes=10, **scales)).eval()
     config = model.pretrained_cfg
     return model, config["input_size"][-1] if config.get("fixed_input_size") else 0
+
+
+def drawn_heads(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with each linear layer initialised to zero (a ViT's or MLP-Mixer's head, which makes every logit
+    zero: nothing to explain) drawn at random instead."""
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.Linear) and not layer.weight.any():
+            torch.nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
+    return model
 
 
 def calibrate(model: torch.nn.Module, size: int) -> None:

@@ -1003,6 +1003,89 @@ def test_a_functional_average_pool_gets_the_rule_its_module_gets() -> None:
     torch.testing.assert_close(lrp.input_relevance(inputs, one_hot_logit(targets)), expected, rtol=1e-4, atol=1e-7)
 
 
+class Patches(nn.Module):
+    """Overlapping 2 x 2 patches cut out of a map and summed back into it (VOLO's outlook attention, TNT), with
+    ``nn.Unfold``/``nn.Fold`` or (``functional``) ``F.unfold``/``F.fold``."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.functional = functional
+        self.stem, self.mix = nn.Conv2d(3, 4, 3), nn.Conv1d(16, 16, 1)
+        self.unfold, self.fold = nn.Unfold(2), nn.Fold((7, 7), 2)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        patches = F.unfold(x, 2) if self.functional else self.unfold(x)
+        patches = F.relu(self.mix(patches))
+        x = F.fold(patches, (7, 7), 2) if self.functional else self.fold(patches)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_patches_cut_out_and_summed_back_keep_relevance() -> None:
+    """``nn.Unfold`` copies pixels into patches (the gradient hands each copy's relevance back to its pixel);
+    ``nn.Fold`` and ``F.fold`` sum overlapping patches (the pooling modules' rule: each summand its share; the
+    gradient would copy a sum's whole relevance to each summand). Module and function give one heatmap."""
+    torch.manual_seed(0)
+    modules, functional = Patches(functional=False).eval(), Patches(functional=True).eval()
+    functional.load_state_dict(modules.state_dict())
+    inputs = torch.rand(2, 3, 9, 9, generator=torch.Generator().manual_seed(1))
+    targets = modules(inputs).argmax(dim=1)
+    heatmaps = []
+    for model in (modules, functional):
+        lrp = RelevanceModel(model, inputs)
+        assert lrp.check().supported, lrp.check().reason
+        heatmaps.append(lrp.input_relevance(inputs, one_hot_logit(targets)))
+    torch.testing.assert_close(heatmaps[0], heatmaps[1], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["Affine", "LearnableAffineBlock"])
+def test_a_libraries_elementwise_affine_map_gets_the_epsilon_rule(kind: str) -> None:
+    """timm's ``Affine`` (ResMLP) and ``LearnableAffineBlock`` (HGNetV2), ``scale * x + shift``: the ε-rule, as a
+    linear layer with that diagonal weight and that bias gets it (the shift keeps its share)."""
+    from timm.models.hgnet import LearnableAffineBlock
+    from timm.models.mlp_mixer import Affine
+
+    affine = Affine(6) if kind == "Affine" else LearnableAffineBlock(scale_value=1.5, bias_value=0.2)
+    with torch.no_grad():
+        scale = affine.alpha.uniform_(0.5, 2.0) if kind == "Affine" else affine.scale
+        shift = affine.beta.uniform_(-0.2, 0.3) if kind == "Affine" else affine.bias
+        diagonal = nn.Linear(6, 6)
+        diagonal.weight.copy_(torch.diag(scale.flatten().expand(6)))
+        diagonal.bias.copy_(shift.flatten().expand(6))
+    torch.manual_seed(0)
+    embed, head = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    class Tokens(nn.Module):
+        def __init__(self, middle: nn.Module) -> None:
+            super().__init__()
+            self.embed, self.relu, self.middle, self.head = embed, nn.ReLU(), middle, head
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.middle(self.relu(self.embed(x))).mean(dim=1))
+
+    tokens = torch.rand(2, 7, 4, generator=torch.Generator().manual_seed(1))
+    first, second = Tokens(affine).eval(), Tokens(diagonal).eval()
+    torch.testing.assert_close(first(tokens), second(tokens))
+    targets = first(tokens).argmax(dim=1)
+    lrp = RelevanceModel(first, tokens)
+    assert lrp.check().supported, lrp.check().reason
+    expected = RelevanceModel(second, tokens).input_relevance(tokens, one_hot_logit(targets))
+    torch.testing.assert_close(lrp.input_relevance(tokens, one_hot_logit(targets)), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_blur_pool_gets_the_average_pools_rule() -> None:
+    """timm's ``BlurPool2d`` (TResNet's anti-aliased downsampling: reflect padding, a fixed binomial filter per
+    channel): each input its share of the blurred values it enters; relevance is conserved."""
+    from timm.layers import BlurPool2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), BlurPool2d(4, filt_size=3, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    inputs = torch.rand(2, 3, 11, 11, generator=torch.Generator().manual_seed(1))
+    report = RelevanceModel(model, inputs).check()
+    assert report.supported, report.reason
+
+
 class PositionBias(nn.Module):
     """A table read without input (transformers' ``SwinRelativePositionBias``)."""
 

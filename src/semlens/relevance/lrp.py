@@ -43,6 +43,8 @@ SUPPORTED_LEAVES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, nn.ZeroPad2d,
     nn.Upsample,  # a linear map without bias (nearest: copies): the average pools' rule (HRNet's, FPNs', U-Nets')
+    nn.Unfold,  # patches copied out of the map (TNT, VOLO): the gradient hands each copy's relevance back to its pixel
+    nn.Fold,  # overlapping patches summed into a map (VOLO): the average pools' rule, each summand its share
     nn.Sequential,  # a leaf Sequential is an empty one: the identity (GhostNet's shortcuts)
     nn.ModuleList, nn.ModuleDict,  # empty ones, never called
     nn.LayerNorm, nn.GroupNorm,  # their scale held constant (rules.HeldScaleNorm), where held_scale_known knows the kind
@@ -61,7 +63,10 @@ LIBRARY_PASSES = {
         "AccurateGELUActivation", "SiLUActivation", "MishActivation", "LinearActivation", "*DropPath", "*LayerScale",
     },
 }  # fmt: skip
-LIBRARY_AVERAGES = {"timm.": {"FastAdaptiveAvgPool"}}
+LIBRARY_AVERAGES = {"timm.": {"FastAdaptiveAvgPool", "BlurPool2d"}}  # BlurPool: a fixed, positive blur filter (TResNet)
+#: libraries' elementwise affine maps ``scale * x + shift`` with learnt scale and shift (timm's ``Affine``, ResMLP's
+#: norm; ``LearnableAffineBlock``, HGNetV2's): the ε-rule, which leaves the shift its share as a bias's
+LIBRARY_AFFINES = {"timm.": {"Affine", "LearnableAffineBlock"}}
 #: names of the parameters that transformers add or concatenate to their tokens (class, register and
 #: distillation tokens, position embeddings): the conservation check sets them to zero, as it does biases
 ADDED_CONSTANTS = ("token", "pos_embed", "position_embedding")
@@ -99,26 +104,26 @@ class RelevanceModel:
         self.model = model.eval()
         self.example, self.epsilon, self.rule = example, epsilon, rule
         self._report: SupportReport | None = None
-        self._ruled_kinds: tuple[type, ...] = (nn.Linear, AvgPool)
+        self._ruled_kinds: tuple[type, ...] = (nn.Linear, AvgPool, nn.Fold)
         self._constant_layers: set[str] = set()  # layers that ran without the input: zeroed by the check (_bias_free_copy)
         try:
-            passes, averages = library_kinds(model, LIBRARY_PASSES), library_kinds(model, LIBRARY_AVERAGES)
-            self._ruled_kinds = (nn.Linear, AvgPool, *averages)  # layers whose functional calls UntracedOps leaves to their rule
+            passes, averages, affines = (library_kinds(model, names) for names in (LIBRARY_PASSES, LIBRARY_AVERAGES, LIBRARY_AFFINES))
+            self._ruled_kinds = (nn.Linear, AvgPool, nn.Fold, *averages)  # layers whose functional calls UntracedOps leaves to their rule
             called: set[nn.Module] = set()
             on_path = modules_on_the_input_path(model, example, called)
             if on_path is not None:
                 self._constant_layers = {name for name, module in model.named_modules() if module in called and module not in on_path and not list(module.children())}
-            without_rule = {name: m for name, m in leaves_without_rule(model, passes + averages, on_path).items() if not rearranges_only(m)}
+            without_rule = {name: m for name, m in leaves_without_rule(model, passes + averages + affines, on_path).items() if not rearranges_only(m)}
             unsupported = sorted({type(m).__name__ for m in without_rule.values() if type(m).__name__ not in HOLDING_MODULES and not makes_gate(m)})
             if unsupported:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(unsupported)}")
-            canonizers = canonizers_for(model, example, on_path, passes + averages)
+            canonizers = canonizers_for(model, example, on_path, passes + averages + affines)
             gates = {id(gate) for canonizer in canonizers if isinstance(canonizer, FxResidualCanonizer) for gate in canonizer.traced.gates}
             ungated = sorted(f"{name} ({type(m).__name__})" for name, m in without_rule.items() if id(m) not in gates)
             if ungated:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(ungated)}: a sigmoid that does not gate a product, or a softmax that does not weigh values")
             self._derived_weights = DerivedWeights(model)
-            self.composite = LeanEpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers, passes=passes, averages=averages, gamma=LRP_RULES[rule])
+            self.composite = LeanEpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers, passes=passes, averages=averages, affines=affines, gamma=LRP_RULES[rule])
         except UnsupportedModelError as error:
             self._report = SupportReport(False, str(error))
 
@@ -389,7 +394,7 @@ def _input_arguments(module: nn.Module, args: tuple, kwargs: dict) -> set[str] |
 
 def library_kinds(model: nn.Module, names: dict[str, set[str]]) -> tuple[type, ...]:
     """The classes of ``model``'s modules that a library defines (its module path starts with a key of
-    ``names``) under one of that library's ``names`` (``LIBRARY_PASSES``, ``LIBRARY_AVERAGES``); a name
+    ``names``) under one of that library's ``names`` (``LIBRARY_PASSES``, ``LIBRARY_AVERAGES``, ``LIBRARY_AFFINES``); a name
     ``*Suffix`` stands for every class name that ends so (transformers' ``BeitDropPath``, ``Dinov2LayerScale``)."""
 
     def named(kind: str, kinds: set[str]) -> bool:
@@ -429,7 +434,7 @@ def _bias_free_copy(model: nn.Module, constant_layers: Collection[str] = ()) -> 
             if name in constant_layers:
                 for parameter in module.parameters(recurse=False):
                     parameter.zero_()
-            for bias in ("bias", "in_proj_bias"):  # a layer's; multi-head attention's input projection's
+            for bias in ("bias", "in_proj_bias", "beta"):  # a layer's; multi-head attention's input projection's; an affine's shift
                 if isinstance(getattr(module, bias, None), torch.Tensor):
                     getattr(module, bias).zero_()
             if isinstance(getattr(module, "running_mean", None), torch.Tensor):

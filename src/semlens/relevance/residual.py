@@ -163,10 +163,11 @@ class _EpsilonLinear(torch.autograd.Function):
         return input * ((relevance / stabilize(output, ctx.epsilon)) @ weight), None, None, None
 
 
-class _AveragePooled(torch.autograd.Function):
-    """An average pool called as a function, ``pool(input)``, whose backward is the rule pooling modules get,
-    ``x * Pᵀ (R / (z + ε))``: each input its share of the averages it enters. The gradient would hand every
-    input of a window the same 1/k of its relevance, whatever it held, and the padding its share (lost)."""
+class _SharedSums(torch.autograd.Function):
+    """A sum or average of its input's entries called as a function, ``pool(input)`` (an average pool, ``F.fold``),
+    whose backward is the rule pooling modules get, ``x * Pᵀ (R / (z + ε))``: each input its share of the sums it
+    enters. The gradient would hand every input of a window the same 1/k of its relevance, whatever it held, and
+    the padding its share (lost); through ``F.fold``, a copy of each sum's whole relevance to each summand."""
 
     @staticmethod
     def forward(ctx, input: torch.Tensor, pool: Callable[[torch.Tensor], torch.Tensor], epsilon: float) -> torch.Tensor:
@@ -178,7 +179,7 @@ class _AveragePooled(torch.autograd.Function):
     @staticmethod
     def backward(ctx, relevance: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         input, output = ctx.saved_tensors
-        with torch.enable_grad():  # the pool is linear: its vector-Jacobian product, from a pool of the input again
+        with torch.enable_grad():  # the map is linear: its vector-Jacobian product, from a pool of the input again
             again = input.detach().requires_grad_()
             (gradient,) = torch.autograd.grad(ctx.pool(again), again, relevance / stabilize(output, ctx.epsilon))
         return input * gradient, None, None
@@ -198,9 +199,9 @@ class UntracedOps(TorchFunctionMode):
     A functional ``F.linear`` outside any ``nn.Linear`` module's forward (torchvision's Swin passes its
     ``qkv`` and ``proj`` layers' weights to one) gets the ε-rule those modules get (``_EpsilonLinear``); the
     gradient would hand the input ``W^T R``, not its share. Likewise an average pool called as a function
-    (Inception's pooled branches, torchvision's DenseNet and MobileNetV2 heads) gets the pooling modules' rule
-    (``_AveragePooled``). ``enter_ruled`` and ``leave_ruled``, hooks on the model's linear and pooling modules,
-    tell the two apart: inside such a module, its own rule applies."""
+    (Inception's pooled branches, torchvision's DenseNet and MobileNetV2 heads) or ``F.fold`` (VOLO's overlapping
+    patches summed) gets the pooling modules' rule (``_SharedSums``). ``enter_ruled`` and ``leave_ruled``, hooks
+    on the model's linear, pooling and folding modules, tell the two apart: inside such a module, its own rule applies."""
 
     ADDS = {torch.Tensor.__add__, torch.Tensor.__radd__, torch.add, torch.Tensor.add}
     SUBTRACTIONS = {torch.Tensor.__sub__, torch.sub, torch.Tensor.sub}
@@ -212,8 +213,8 @@ class UntracedOps(TorchFunctionMode):
     PRODUCTS = {torch.matmul, torch.Tensor.__matmul__, torch.Tensor.matmul, torch.bmm}
     EINSUMS = {torch.einsum}
     LINEARS = {F.linear}
-    AVERAGE_POOLS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d}
-    HANDLED = ADDS | SUBTRACTIONS | SCALINGS | DIVISIONS | set(REDUCTIONS) | PRODUCTS | EINSUMS | SOFTMAXES | KEEPS_WEIGHTS | LINEARS | AVERAGE_POOLS
+    SHARED_SUMS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.fold}
+    HANDLED = ADDS | SUBTRACTIONS | SCALINGS | DIVISIONS | set(REDUCTIONS) | PRODUCTS | EINSUMS | SOFTMAXES | KEEPS_WEIGHTS | LINEARS | SHARED_SUMS
 
     def __init__(self, epsilon: float = 1e-6) -> None:
         super().__init__()
@@ -255,8 +256,8 @@ class UntracedOps(TorchFunctionMode):
         if func in self.LINEARS and not self.inside_ruled and computed and computed[0]:
             weight, bias = _linear_arguments(args[1:], kwargs)
             return _EpsilonLinear.apply(args[0], weight, bias, self.epsilon)
-        if func in self.AVERAGE_POOLS and not self.inside_ruled and computed and computed[0]:
-            return _AveragePooled.apply(args[0], lambda input: func(input, *args[1:], **kwargs), self.epsilon)
+        if func in self.SHARED_SUMS and not self.inside_ruled and computed and computed[0]:
+            return _SharedSums.apply(args[0], lambda input: func(input, *args[1:], **kwargs), self.epsilon)
         result = func(*args, **kwargs)
         weighs = func in self.SOFTMAXES or (func in self.KEEPS_WEIGHTS and args and id(args[0]) in self.weights)
         if weighs and args and computed[0] and isinstance(result, torch.Tensor):

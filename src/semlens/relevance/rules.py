@@ -422,7 +422,8 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
     """zennit's ``EpsilonPlusFlat`` (Flat for the first linear layer, ZPlus for the other convolutions,
     Epsilon for the other linear layers, zennit's base map for the rest) with the lean rules above, the
     signed rule where z⁺ does not fit (``LeanZPlus``), the ε-rule for batch norms that stay unmerged
-    (``LeanBatchNorm``), and layer and group norms with their scale held (``HeldScaleNorm``). With ``gamma``,
+    (``LeanBatchNorm``) and a library's elementwise affine maps (``affines``), and layer and group norms with
+    their scale held (``HeldScaleNorm``). With ``gamma``,
     the convolutions take the generalised γ rule with that γ instead (``LeanGamma``)."""
 
     def __init__(
@@ -432,6 +433,7 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
         canonizers: list[Canonizer] | None = None,
         passes: tuple[type, ...] = (),
         averages: tuple[type, ...] = (),
+        affines: tuple[type, ...] = (),
         gamma: float | None = None,
     ) -> None:
         convolutions = LeanZPlus(stabilizer=stabilizer) if gamma is None else LeanGamma(gamma=gamma, stabilizer=stabilizer)
@@ -444,6 +446,8 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
             (Reduction, LeanNorm(stabilizer=stabilizer)),  # a sum or mean over dimensions in a forward (residual.py)
             (nn.Upsample, LeanNorm(stabilizer=stabilizer)),  # each input gets its share of the outputs it feeds
             *([(averages, LeanNorm(stabilizer=stabilizer))] if averages else []),  # its own average pools
+            (nn.Fold, LeanNorm(stabilizer=stabilizer)),  # overlapping patches summed: each summand its share
+            *([(affines, LeanEpsilon(epsilon=epsilon))] if affines else []),  # its own elementwise affine maps (lrp.LIBRARY_AFFINES)
             (BatchNorm, LeanBatchNorm(epsilon=epsilon)),
             ((nn.LayerNorm, nn.GroupNorm), HeldScaleNorm(epsilon=epsilon)),
             (Convolution, convolutions),
