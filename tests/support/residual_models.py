@@ -273,7 +273,7 @@ class UntraceableBlock(PlusBlock):
 
 
 class UntraceableInPlaceBlock(PlusBlock):
-    """``UntraceableBlock`` adding in place: neither the rewrite nor ``UntracedOps`` gives its sum a rule."""
+    """``UntraceableBlock`` adding in place (``out += x``, Twins' ``PosConv``): ``UntracedOps`` gives the sum its rule."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.sum() < 0:
@@ -281,6 +281,16 @@ class UntraceableInPlaceBlock(PlusBlock):
         out = self.branch(x)
         out += x
         return self.relu(out)
+
+
+class UntraceableScaledAddBlock(PlusBlock):
+    """``UntraceableBlock`` adding with ``torch.add(..., alpha=1.0)``: no rule here knows that call, so the gradient
+    sends the sum's relevance to both summands whole."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() < 0:
+            return x
+        return self.relu(torch.add(self.branch(x), x, alpha=1.0))
 
 
 class InputMutatingBlock(nn.Module):
@@ -394,6 +404,24 @@ class UntraceableCNN(ResidualCNN):
 
 class UntraceableInPlaceCNN(ResidualCNN):
     blocks_of = (PlusBlock, UntraceableInPlaceBlock)
+
+
+class UntraceableScaledAddCNN(ResidualCNN):
+    blocks_of = (PlusBlock, UntraceableScaledAddBlock)
+
+
+class UntraceableInputMutatingBlock(InputMutatingBlock):
+    """``InputMutatingBlock`` that torch.fx cannot trace: ``UntracedOps`` binds its ``x += ...`` to a new tensor, so
+    the caller, which reads ``x`` again, sees the old one while LRP runs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() < 0:
+            return x
+        return super().forward(x)
+
+
+class UntraceableInputMutatingCNN(InputMutatingCNN):
+    blocks_of = (UntraceableInputMutatingBlock,)
 
 
 class TwoPlusCNN(ResidualCNN):

@@ -849,17 +849,18 @@ def test_a_sigmoid_that_gates_nothing_is_refused_by_name() -> None:
 
 def test_an_untraceable_residual_is_refused_naming_the_block_where_relevance_doubles() -> None:
     """Its skip connection sends the block's output relevance to its input twice over (known answer 2)."""
-    report = RelevanceModel(residual_models.UntraceableInPlaceCNN().eval(), torch.rand(2, 3, 16, 16)).check()
+    report = RelevanceModel(residual_models.UntraceableScaledAddCNN().eval(), torch.rand(2, 3, 16, 16)).check()
     assert not report.supported
-    expected = "relevance not conserved at blocks.1 (UntraceableInPlaceBlock): input/output 2.00 (torch.fx could not trace it"
+    expected = "relevance not conserved at blocks.1 (UntraceableScaledAddBlock): input/output 2.00 (torch.fx could not trace it"
     assert report.reason.startswith(expected), report.reason
     assert "TraceError" in report.reason and "input sums / output: 2.0" in report.reason
 
 
-def test_an_untraceable_residual_sum_gets_the_relevance_the_traced_one_gets() -> None:
-    """torch.fx cannot trace the block; its ``+`` shares relevance while the forward runs (``UntracedOps``):
-    the heatmaps equal those of the same weights in a block torch.fx rewrites."""
-    untraceable = without_shifts(residual_models.UntraceableCNN())
+@pytest.mark.parametrize("kind", ["UntraceableCNN", "UntraceableInPlaceCNN"])
+def test_an_untraceable_residual_sum_gets_the_relevance_the_traced_one_gets(kind: str) -> None:
+    """torch.fx cannot trace the block; its ``+`` (or ``+=``) shares relevance while the forward runs
+    (``UntracedOps``): the heatmaps equal those of the same weights in a block torch.fx rewrites."""
+    untraceable = without_shifts(getattr(residual_models, kind)())
     traced = residual_models.TwoPlusCNN().eval()
     traced.load_state_dict(untraceable.state_dict())
     inputs = torch.rand(2, 3, 16, 16)
@@ -1227,14 +1228,17 @@ def test_a_rewrite_that_fails_where_the_model_runs_is_refused_not_raised() -> No
     assert report.reason.startswith("the model prepared for LRP fails where the model runs (TypeError"), report.reason
 
 
-def test_a_rewrite_that_changes_the_models_outputs_is_refused() -> None:
-    model = residual_models.InputMutatingCNN().eval()
+@pytest.mark.parametrize("kind", ["InputMutatingCNN", "UntraceableInputMutatingCNN"])
+def test_a_rewrite_that_changes_the_models_outputs_is_refused(kind: str) -> None:
+    """A block adds in place to its input, which its caller reads again: the rewrite (traced) or ``UntracedOps``
+    (untraced) computes a new tensor, so the prepared model computes other outputs; the check refuses it."""
+    model = getattr(residual_models, kind)().eval()
     inputs = torch.rand(2, 3, 16, 16)
     relevance = RelevanceModel(model, inputs)
     with torch.no_grad():
         expected = model(inputs)
-        with relevance.attributing() as modified:
-            assert not torch.allclose(modified(inputs), expected, rtol=1e-3)  # what the check must catch
+    with relevance.attributing() as modified:  # as in a relevance pass: gradients on
+        assert not torch.allclose(modified(inputs.clone().requires_grad_(True)).detach(), expected, rtol=1e-3)  # what the check must catch
     report = relevance.check()
     assert not report.supported
     assert report.reason.startswith("the model prepared for LRP computes other outputs than the model"), report.reason

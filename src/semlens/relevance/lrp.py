@@ -172,7 +172,9 @@ class RelevanceModel:
         return self._report
 
     def _verify(self) -> SupportReport:
-        """``check``'s two tests: the canonized model's outputs, then conservation on a bias-free copy."""
+        """``check``'s two tests: the canonized model's outputs, then conservation on a bias-free copy. The
+        canonized model runs as in a relevance pass (gradients on), where ``UntracedOps`` takes its calls: a
+        ``+=`` it binds to a new tensor, which a caller that reads the old one would miss, shows there."""
         with torch.no_grad():
             expected = self.model(self.example)
             if not isinstance(expected, torch.Tensor) or expected.dim() != 2:
@@ -180,9 +182,9 @@ class RelevanceModel:
                     f"the model returns {_describe(expected)}, not one [batch, classes] tensor of class scores, where LRP "
                     "starts; wrap it in a module whose forward returns the logits"
                 )
-            with self.attributing() as modified:
+            with self.attributing() as modified, torch.enable_grad():
                 try:
-                    prepared = modified(self.example)
+                    prepared = modified(self.example.detach().clone().requires_grad_(True)).detach()
                 except Exception as error:  # a traced block called in a way its trace did not foresee
                     raise UnsupportedModelError(
                         f"the model prepared for LRP fails where the model runs ({type(error).__name__}: {error}): a "

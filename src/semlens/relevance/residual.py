@@ -193,8 +193,9 @@ class UntracedOps(TorchFunctionMode):
     (``gated_product``), a sum or mean over dimensions hands each summand its share (``_SharedReduction``), and
     a matrix product whose left operand is a softmax's output (through dropouts, casts and reshapes: attention
     written out), or an einsum of one with computed values, holds those weights (``held_weights_product``,
-    ``held_weights_einsum``). In-place additions are left alone (the
-    conservation check names a module whose ``+=`` doubles relevance).
+    ``held_weights_einsum``). ``a += b`` (``-=``; Twins' ``PosConv``) becomes that shared sum as a new tensor, which
+    Python binds to ``a``: where another reference to the old ``a`` reads it later (a view of a larger tensor, an
+    input its caller reads again), the model prepared for LRP computes other outputs, and the check refuses it.
 
     A functional ``F.linear`` outside any ``nn.Linear`` module's forward (torchvision's Swin passes its
     ``qkv`` and ``proj`` layers' weights to one) gets the ε-rule those modules get (``_EpsilonLinear``); the
@@ -203,8 +204,8 @@ class UntracedOps(TorchFunctionMode):
     patches summed) gets the pooling modules' rule (``_SharedSums``). ``enter_ruled`` and ``leave_ruled``, hooks
     on the model's linear, pooling and folding modules, tell the two apart: inside such a module, its own rule applies."""
 
-    ADDS = {torch.Tensor.__add__, torch.Tensor.__radd__, torch.add, torch.Tensor.add}
-    SUBTRACTIONS = {torch.Tensor.__sub__, torch.sub, torch.Tensor.sub}
+    ADDS = {torch.Tensor.__add__, torch.Tensor.__radd__, torch.add, torch.Tensor.add, torch.Tensor.add_}  # ``a += b`` arrives as ``add_``
+    SUBTRACTIONS = {torch.Tensor.__sub__, torch.sub, torch.Tensor.sub, torch.Tensor.sub_}
     SCALINGS = {torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.mul, torch.Tensor.mul}
     DIVISIONS = {torch.Tensor.__truediv__, torch.div, torch.Tensor.div}
     REDUCTIONS = {torch.sum: False, torch.Tensor.sum: False, torch.mean: True, torch.Tensor.mean: True}
