@@ -439,12 +439,17 @@ def test_a_layer_that_runs_without_the_input_is_a_constant_the_check_zeroes() ->
 def test_conservation_compares_a_pass_with_the_logits_it_explains() -> None:
     """The check's ratio is the input relevance over the logits of the same pass. A bias-free copy can amplify
     float rounding block by block (torchvision's EfficientNetV2-S: its canonized logits 40 % off the copy's
-    own, every layer conserving); here a pass-through that doubles its output while gradients are on (a
-    scaling passes relevance whole) stands in for that drift: against the copy's own logits the ratio would be 2."""
+    own, every layer conserving); here a pass-through that doubles its output in a relevance pass of the
+    bias-free copy alone (a scaling passes relevance whole) stands in for that drift: against the copy's own
+    logits the ratio would be 2.00."""
 
     class Identity(nn.Module):  # by its name, a pass-through without a rule of its own
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = nn.Parameter(torch.ones(1))  # zero in the bias-free copy
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x * 2.0 if torch.is_grad_enabled() else x
+            return x * 2.0 if torch.is_grad_enabled() and not self.bias.any() else x
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), Identity(), nn.Linear(6, 3)).eval()
