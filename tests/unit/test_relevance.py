@@ -1009,6 +1009,35 @@ def test_a_functional_average_pool_gets_the_rule_its_module_gets() -> None:
     torch.testing.assert_close(lrp.input_relevance(inputs, one_hot_logit(targets)), expected, rtol=1e-4, atol=1e-7)
 
 
+class ResizedGate(nn.Module):
+    """A gate computed on a pooled map and resized to the signal's (GhostNetV2's DFC attention), or (``detached``)
+    the same gate as a constant."""
+
+    def __init__(self, detached: bool) -> None:
+        super().__init__()
+        self.detached = detached
+        self.stem, self.gate, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        gate = F.interpolate(torch.sigmoid(self.gate(F.avg_pool2d(x, 2))), size=x.shape[-2:], mode="nearest")
+        return self.head((x * (gate.detach() if self.detached else gate)).mean(dim=(2, 3)))
+
+
+def test_a_resized_gate_still_gates() -> None:
+    """A sigmoid's output resized by ``F.interpolate`` still gates its product: all relevance to the signal, as
+    with the same gate detached (refused before: a product of two computed tensors)."""
+    torch.manual_seed(0)
+    gated, detached = ResizedGate(detached=False).eval(), ResizedGate(detached=True).eval()
+    detached.load_state_dict(gated.state_dict())
+    inputs = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    targets = gated(inputs).argmax(dim=1)
+    lrp = RelevanceModel(gated, inputs)
+    assert lrp.check().supported, lrp.check().reason
+    expected = RelevanceModel(detached, inputs).input_relevance(inputs, one_hot_logit(targets))
+    torch.testing.assert_close(lrp.input_relevance(inputs, one_hot_logit(targets)), expected, rtol=1e-5, atol=1e-7)
+
+
 class Patches(nn.Module):
     """Overlapping 2 x 2 patches cut out of a map and summed back into it (VOLO's outlook attention, TNT), with
     ``nn.Unfold``/``nn.Fold`` or (``functional``) ``F.unfold``/``F.fold``."""

@@ -74,6 +74,8 @@ RESHAPES = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "f
 REARRANGES = RESHAPES | {"swapaxes", "swapdims", "movedim", "unflatten", "getitem", "narrow", "chunk", "split", "roll", "pad", "cat", "stack"}
 #: reductions over dimensions, which ``Reduction`` takes over (``dim`` given as numbers, no ``dtype``)
 REDUCTIONS = {"sum", "mean"}
+#: a gate resized to its signal's map keeps gating it (GhostNetV2's DFC attention: an interpolated sigmoid)
+GATE_KEEPING, GATE_KEEPING_CALLS = (nn.Upsample,), frozenset({"interpolate"})
 #: a softmax whose output weighs values in a matrix product: attention written out (held: attention.py)
 WEIGHT_FUNCTIONS, WEIGHT_MODULES = {"softmax"}, {"Softmax"}
 #: modules between that softmax and the product whose output is still weights: dropouts, and a linear map
@@ -463,11 +465,12 @@ def _computed_operands(node: fx.Node, computed: set[fx.Node]) -> list[fx.Node]:
 
 
 def _source(
-    node: fx.Node, root: nn.Module, functions: set[str], modules: set[str], through: tuple[type, ...] = ()
+    node: fx.Node, root: nn.Module, functions: set[str], modules: set[str], through: tuple[type, ...] = (), calls: frozenset[str] = frozenset()
 ) -> fx.Node | None:
     """The call of one of ``functions`` (or its in-place form), or of a module whose class is named in ``modules``,
-    whose output ``node`` is, through reshapes and modules of the types ``through``; None if it is none. A
-    gate's sigmoid (``GATE_FUNCTIONS``, ``GATE_MODULES``), attention's softmax (``WEIGHT_*``, through dropouts)."""
+    whose output ``node`` is, through reshapes, modules of the types ``through`` and ``calls``; None if it is none.
+    A gate's sigmoid (``GATE_FUNCTIONS``, ``GATE_MODULES``, through resizing), attention's softmax (``WEIGHT_*``,
+    through dropouts)."""
     while True:
         name = _op_name(node)
         module = _computing(root.get_submodule(node.target)) if node.op == "call_module" else None
@@ -475,7 +478,7 @@ def _source(
             return node
         if module is not None and _computes_with(module, functions, modules):
             return node
-        if not node.args or not isinstance(node.args[0], fx.Node) or not (name in RESHAPES or isinstance(module, through)):
+        if not node.args or not isinstance(node.args[0], fx.Node) or not (name in RESHAPES | calls or isinstance(module, through)):
             return None
         node = node.args[0]
 
@@ -547,7 +550,7 @@ def _gated_products(graph: fx.Graph, computed: set[fx.Node], root: nn.Module) ->
         if len(operands) == 1 and (name == "mul" or node.args[0] is operands[0]):
             gated[node] = (node.args.index(operands[0]), None, name != "mul")
         elif len(operands) == 2 and name == "mul":
-            sources = [_source(operand, root, GATE_FUNCTIONS, GATE_MODULES) for operand in node.args]
+            sources = [_source(operand, root, GATE_FUNCTIONS, GATE_MODULES, GATE_KEEPING, GATE_KEEPING_CALLS) for operand in node.args]
             if (sources[0] is None) == (sources[1] is None):  # no sigmoid gate: a gated linear unit's activation?
                 sources = [_source(operand, root, GLU_FUNCTIONS, GLU_MODULES) for operand in node.args]
             if (sources[0] is None) != (sources[1] is None):
