@@ -457,6 +457,31 @@ def test_conservation_compares_a_pass_with_the_logits_it_explains() -> None:
     assert report.supported and report.reason == "relevance conserved (input sums / output: 1.000, 1.000)", report.reason
 
 
+def test_a_global_response_norm_holds_its_response_as_a_layer_norm_holds_its_scale() -> None:
+    """timm's ``GlobalResponseNorm`` (ConvNeXt V2), ``x + b + w * x * n`` with ``n`` each channel's spatial L2 norm
+    over the channels' mean: with ``n`` held, the same values and the gradient ``1 + w * n`` (known answer), so
+    the ε-rule through it conserves relevance (refused before: no rule)."""
+    from timm.layers.grn import GlobalResponseNorm
+
+    from semlens.relevance.rules import held_scale_norm
+
+    torch.manual_seed(0)
+    norm = GlobalResponseNorm(6, channels_last=False)
+    with torch.no_grad():
+        norm.weight.uniform_(-0.5, 1.0)
+        norm.bias.uniform_(-0.1, 0.1)
+    x = torch.rand(2, 6, 5, 5, requires_grad=True)
+    held = held_scale_norm(norm, x)
+    torch.testing.assert_close(held, norm(x))
+    (gradient,) = torch.autograd.grad(held.sum(), x)
+    norms = x.detach().norm(dim=(2, 3), keepdim=True)
+    expected = (1 + norm.weight.view(1, -1, 1, 1) * norms / (norms.mean(dim=1, keepdim=True) + norm.eps)).expand_as(x)
+    torch.testing.assert_close(gradient, expected)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), norm, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)).eval()
+    report = RelevanceModel(model, torch.rand(2, 3, 7, 7)).check()
+    assert report.supported, report.reason
+
+
 def test_a_layer_norm_of_another_kind_is_refused_by_name() -> None:
     class OwnNorm(nn.LayerNorm):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

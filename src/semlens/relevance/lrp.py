@@ -67,6 +67,9 @@ LIBRARY_AVERAGES = {"timm.": {"FastAdaptiveAvgPool", "BlurPool2d"}}  # BlurPool:
 #: libraries' elementwise affine maps ``scale * x + shift`` with learnt scale and shift (timm's ``Affine``, ResMLP's
 #: norm; ``LearnableAffineBlock``, HGNetV2's): the ε-rule, which leaves the shift its share as a bias's
 LIBRARY_AFFINES = {"timm.": {"Affine", "LearnableAffineBlock"}}
+#: libraries' norms whose scale, computed from the input, is held as layer norms' is (``rules.held_scale_norm``):
+#: timm's global response norm (ConvNeXt V2)
+LIBRARY_HELD_NORMS = {"timm.": {"GlobalResponseNorm"}}
 #: names of the parameters that transformers add or concatenate to their tokens (class, register and
 #: distillation tokens, position embeddings): the conservation check sets them to zero, as it does biases
 ADDED_CONSTANTS = ("token", "pos_embed", "position_embedding")
@@ -107,23 +110,23 @@ class RelevanceModel:
         self._ruled_kinds: tuple[type, ...] = (nn.Linear, AvgPool, nn.Fold)
         self._constant_layers: set[str] = set()  # layers that ran without the input: zeroed by the check (_bias_free_copy)
         try:
-            passes, averages, affines = (library_kinds(model, names) for names in (LIBRARY_PASSES, LIBRARY_AVERAGES, LIBRARY_AFFINES))
+            passes, averages, affines, held_norms = (library_kinds(model, names) for names in (LIBRARY_PASSES, LIBRARY_AVERAGES, LIBRARY_AFFINES, LIBRARY_HELD_NORMS))
             self._ruled_kinds = (nn.Linear, AvgPool, nn.Fold, *averages)  # layers whose functional calls UntracedOps leaves to their rule
             called: set[nn.Module] = set()
             on_path = modules_on_the_input_path(model, example, called)
             if on_path is not None:
                 self._constant_layers = {name for name, module in model.named_modules() if module in called and module not in on_path and not list(module.children())}
-            without_rule = {name: m for name, m in leaves_without_rule(model, passes + averages + affines, on_path).items() if not rearranges_only(m)}
+            without_rule = {name: m for name, m in leaves_without_rule(model, passes + averages + affines + held_norms, on_path).items() if not rearranges_only(m)}
             unsupported = sorted({type(m).__name__ for m in without_rule.values() if type(m).__name__ not in HOLDING_MODULES and not makes_gate(m)})
             if unsupported:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(unsupported)}")
-            canonizers = canonizers_for(model, example, on_path, passes + averages + affines)
+            canonizers = canonizers_for(model, example, on_path, passes + averages + affines + held_norms)
             gates = {id(gate) for canonizer in canonizers if isinstance(canonizer, FxResidualCanonizer) for gate in canonizer.traced.gates}
             ungated = sorted(f"{name} ({type(m).__name__})" for name, m in without_rule.items() if id(m) not in gates)
             if ungated:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(ungated)}: a sigmoid that does not gate a product, or a softmax that does not weigh values")
             self._derived_weights = DerivedWeights(model)
-            self.composite = LeanEpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers, passes=passes, averages=averages, affines=affines, gamma=LRP_RULES[rule])
+            self.composite = LeanEpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers, passes=passes, averages=averages, affines=affines, held_norms=held_norms, gamma=LRP_RULES[rule])
         except UnsupportedModelError as error:
             self._report = SupportReport(False, str(error))
 
@@ -396,7 +399,7 @@ def _input_arguments(module: nn.Module, args: tuple, kwargs: dict) -> set[str] |
 
 def library_kinds(model: nn.Module, names: dict[str, set[str]]) -> tuple[type, ...]:
     """The classes of ``model``'s modules that a library defines (its module path starts with a key of
-    ``names``) under one of that library's ``names`` (``LIBRARY_PASSES``, ``LIBRARY_AVERAGES``, ``LIBRARY_AFFINES``); a name
+    ``names``) under one of that library's ``names`` (``LIBRARY_PASSES``, ``LIBRARY_AVERAGES``, ``LIBRARY_AFFINES``, ``LIBRARY_HELD_NORMS``); a name
     ``*Suffix`` stands for every class name that ends so (transformers' ``BeitDropPath``, ``Dinov2LayerScale``)."""
 
     def named(kind: str, kinds: set[str]) -> bool:

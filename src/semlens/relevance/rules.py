@@ -346,7 +346,12 @@ class HeldScaleNorm(_Direct, Epsilon):
 
 
 def held_scale_norm(module: nn.Module, input: torch.Tensor) -> torch.Tensor:
-    """What a layer or group norm computes from ``input``, its scale 1/σ held (detached): linear in ``input``."""
+    """What a layer or group norm computes from ``input``, its scale 1/σ held (detached): linear in ``input``; for
+    timm's global response norm (ConvNeXt V2), ``x + shift + w * x * n``, the response ``n`` held."""
+    if type(module).__name__ == "GlobalResponseNorm":  # n: each channel's spatial L2 norm over the channels' mean
+        norms = input.detach().norm(p=2, dim=module.spatial_dim, keepdim=True)
+        response = norms / (norms.mean(dim=module.channel_dim, keepdim=True) + module.eps)
+        return input + torch.addcmul(module.bias.view(module.wb_shape), module.weight.view(module.wb_shape), input * response)
     if isinstance(module, nn.GroupNorm):  # statistics per sample and group of channels, the affine map per channel
         grouped = input.reshape(input.shape[0], module.num_groups, -1)
         centred = grouped - grouped.mean(dim=-1, keepdim=True)
@@ -434,6 +439,7 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
         passes: tuple[type, ...] = (),
         averages: tuple[type, ...] = (),
         affines: tuple[type, ...] = (),
+        held_norms: tuple[type, ...] = (),
         gamma: float | None = None,
     ) -> None:
         convolutions = LeanZPlus(stabilizer=stabilizer) if gamma is None else LeanGamma(gamma=gamma, stabilizer=stabilizer)
@@ -449,7 +455,7 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
             (nn.Fold, LeanNorm(stabilizer=stabilizer)),  # overlapping patches summed: each summand its share
             *([(affines, LeanEpsilon(epsilon=epsilon))] if affines else []),  # its own elementwise affine maps (lrp.LIBRARY_AFFINES)
             (BatchNorm, LeanBatchNorm(epsilon=epsilon)),
-            ((nn.LayerNorm, nn.GroupNorm), HeldScaleNorm(epsilon=epsilon)),
+            ((nn.LayerNorm, nn.GroupNorm, *held_norms), HeldScaleNorm(epsilon=epsilon)),  # a library's too (lrp.LIBRARY_HELD_NORMS)
             (Convolution, convolutions),
             (nn.Linear, LeanEpsilon(epsilon=epsilon)),
         ]
