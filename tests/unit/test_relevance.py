@@ -1000,6 +1000,43 @@ def test_talking_heads_attention_holds_its_mixed_weights() -> None:
     assert report.supported, report.reason
 
 
+class ScoreBias(nn.Module):
+    """A learnt table added to what it is given, of a kind no rule here knows (GCViT's ``RelPosBias``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(7, 1) * 0.1)  # one entry per token
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.table
+
+
+class BiasedScoresAttention(nn.Module):
+    """Attention written out whose scores (``on_scores``) or values get a ``ScoreBias``."""
+
+    def __init__(self, on_scores: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.on_scores, self.qkv, self.bias, self.head = on_scores, nn.Linear(4, 12), ScoreBias(), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        scores = q @ k.transpose(-2, -1)
+        weights = (self.bias(scores) if self.on_scores else scores).softmax(dim=-1)
+        values = v if self.on_scores else self.bias(v)
+        return self.head((weights @ values).mean(dim=1))
+
+
+def test_a_module_that_only_attentions_held_weights_read_needs_no_rule() -> None:
+    """A module of an unknown kind on the scores reaches only the softmax's weights, which are held: no relevance
+    passes it, so it needs no rule (GCViT's ``RelPosBias``; refused by name before); on the values it is refused."""
+    tokens = torch.rand(2, 7, 4)
+    report = RelevanceModel(BiasedScoresAttention(on_scores=True).eval(), tokens).check()
+    assert report.supported, report.reason
+    report = RelevanceModel(BiasedScoresAttention(on_scores=False).eval(), tokens).check()
+    assert not report.supported and report.reason == "no LRP rule here for ScoreBias", report.reason
+
+
 class PooledBranches(nn.Module):
     """An Inception-like block and head: a branch average-pooled with zero padding, and the global pool, each as
     a module or (``functional``) as ``F.avg_pool2d`` and ``F.adaptive_avg_pool2d`` calls in the forward."""

@@ -117,11 +117,12 @@ class RelevanceModel:
             if on_path is not None:
                 self._constant_layers = {name for name, module in model.named_modules() if module in called and module not in on_path and not list(module.children())}
             without_rule = {name: m for name, m in leaves_without_rule(model, passes + averages + affines + held_norms, on_path).items() if not rearranges_only(m)}
-            unsupported = sorted({type(m).__name__ for m in without_rule.values() if type(m).__name__ not in HOLDING_MODULES and not makes_gate(m)})
+            canonizers = canonizers_for(model, example, on_path, passes + averages + affines + held_norms)
+            # modules that gate a product, weigh values or feed attention's held weights alone: no relevance reaches them
+            gates = {id(gate) for canonizer in canonizers if isinstance(canonizer, FxResidualCanonizer) for gate in canonizer.traced.gates}
+            unsupported = sorted({type(m).__name__ for m in without_rule.values() if type(m).__name__ not in HOLDING_MODULES and not makes_gate(m) and id(m) not in gates})
             if unsupported:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(unsupported)}")
-            canonizers = canonizers_for(model, example, on_path, passes + averages + affines + held_norms)
-            gates = {id(gate) for canonizer in canonizers if isinstance(canonizer, FxResidualCanonizer) for gate in canonizer.traced.gates}
             ungated = sorted(f"{name} ({type(m).__name__})" for name, m in without_rule.items() if id(m) not in gates)
             if ungated:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(ungated)}: a sigmoid that does not gate a product, or a softmax that does not weigh values")

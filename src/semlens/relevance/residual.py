@@ -350,7 +350,8 @@ def _rewrite(
 ) -> Rewrite | None:
     """One traced forward with its residual sums, reductions, gates, scalings by constants and attention
     written out replaced by their rules (None where it has none); what has no rule, and the gates' and
-    softmaxes' modules, go to ``result``. ``gates``: the module's output gates a product of its caller (SKNet's
+    softmaxes' modules and those only attention's held weights read (GCViT's ``RelPosBias`` on the scores), go
+    to ``result``. ``gates``: the module's output gates a product of its caller (SKNet's
     attention branch), so the sigmoid or softmax that computes it needs no rule."""
     computed = _computed_nodes(graph, inputs)
     gated = _gated_products(graph, computed, root)
@@ -359,7 +360,7 @@ def _rewrite(
     own_gate = _output_source(graph, root, GATE_FUNCTIONS, GATE_MODULES) if gates else None
     problems = [f"{where}: {problem}" for problem in _unsupported_ops(graph, computed, gated, held, weights_only, own_gate)]
     result.unsupported += [problem for problem in problems if problem not in result.unsupported]
-    sources = [gate for _, gate, _ in gated.values()] + [product.softmax for product in held.values()]
+    sources = [gate for _, gate, _ in gated.values()] + [product.softmax for product in held.values()] + sorted(weights_only, key=str)
     result.gates += [_computing(root.get_submodule(node.target)) for node in sources if node is not None and node.op == "call_module"]
     sums: dict[str, nn.Module] = {**_replace_adds(graph, computed, prefix)}
     sums.update(_replace_reductions(graph, computed, prefix.replace("_sum_", "_reduction_")))
