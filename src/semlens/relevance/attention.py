@@ -23,7 +23,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from zennit.canonizers import AttributeCanonizer
 
-from .rules import stabilize
+from .rules import linear_map_rule, stabilize
 
 
 def attention_weights(
@@ -83,32 +83,12 @@ def held_weights_product(weights: torch.Tensor, values: torch.Tensor, epsilon: f
     return _HeldWeights.apply(weights.detach(), values, epsilon)
 
 
-class _HeldEinsum(torch.autograd.Function):
-    """``torch.einsum(equation, ...)`` of constant weights and values, in the equation's order (``weights_first``):
-    its backward is the ε-rule on the values, as ``_HeldWeights``'s for ``A v``."""
-
-    @staticmethod
-    def forward(ctx, equation: str, weights: torch.Tensor, values: torch.Tensor, weights_first: bool, epsilon: float) -> torch.Tensor:
-        output = torch.einsum(equation, *((weights, values) if weights_first else (values, weights)))
-        ctx.save_for_backward(weights, values, output)
-        ctx.equation, ctx.weights_first, ctx.epsilon = equation, weights_first, epsilon
-        return output
-
-    @staticmethod
-    def backward(ctx, relevance: torch.Tensor) -> tuple[None, None, torch.Tensor, None, None]:
-        weights, values, output = ctx.saved_tensors
-        with torch.enable_grad():  # the product is linear in the values: its vector-Jacobian product, by autograd
-            leaf = values.detach().requires_grad_()
-            again = torch.einsum(ctx.equation, *((weights, leaf) if ctx.weights_first else (leaf, weights)))
-            (shares,) = torch.autograd.grad(again, leaf, relevance / stabilize(output, ctx.epsilon))
-        return None, None, values * shares, None, None
-
-
 def held_weights_einsum(equation: str, first: torch.Tensor, second: torch.Tensor, weights_first: bool, epsilon: float = 1e-6) -> torch.Tensor:
     """``torch.einsum(equation, first, second)`` of attention written with einsum (MaxViT's), the weights (a
     softmax's: ``first`` where ``weights_first``, else ``second``) held."""
-    weights, values = (first, second) if weights_first else (second, first)
-    return _HeldEinsum.apply(equation, weights.detach(), values, weights_first, epsilon)
+    weights = (first if weights_first else second).detach()
+    values = second if weights_first else first
+    return linear_map_rule(lambda held: torch.einsum(equation, *((weights, held) if weights_first else (held, weights))), values, epsilon)
 
 
 class HeldAttention(TorchFunctionMode):

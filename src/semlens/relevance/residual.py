@@ -40,7 +40,7 @@ from zennit.layer import Sum
 
 from .attention import held_weights_einsum, held_weights_product
 from .layers import Reduction, reduce_over
-from .rules import stabilize
+from .rules import linear_map_rule, stabilize
 
 #: names of additions (operator.add, torch.add, Tensor.add, ``+=`` as operator.iadd, Tensor.add_)
 ADDS = {"add", "iadd", "add_"}
@@ -165,28 +165,6 @@ class _EpsilonLinear(torch.autograd.Function):
         return input * ((relevance / stabilize(output, ctx.epsilon)) @ weight), None, None, None
 
 
-class _SharedSums(torch.autograd.Function):
-    """A sum or average of its input's entries called as a function, ``pool(input)`` (an average pool, ``F.fold``),
-    whose backward is the rule pooling modules get, ``x * Pᵀ (R / (z + ε))``: each input its share of the sums it
-    enters. The gradient would hand every input of a window the same 1/k of its relevance, whatever it held, and
-    the padding its share (lost); through ``F.fold``, a copy of each sum's whole relevance to each summand."""
-
-    @staticmethod
-    def forward(ctx, input: torch.Tensor, pool: Callable[[torch.Tensor], torch.Tensor], epsilon: float) -> torch.Tensor:
-        output = pool(input)
-        ctx.save_for_backward(input, output)
-        ctx.pool, ctx.epsilon = pool, epsilon
-        return output
-
-    @staticmethod
-    def backward(ctx, relevance: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        input, output = ctx.saved_tensors
-        with torch.enable_grad():  # the map is linear: its vector-Jacobian product, from a pool of the input again
-            again = input.detach().requires_grad_()
-            (gradient,) = torch.autograd.grad(ctx.pool(again), again, relevance / stabilize(output, ctx.epsilon))
-        return input * gradient, None, None
-
-
 class UntracedOps(TorchFunctionMode):
     """While the model's forward runs (``start`` and ``stop``, hooks on the model), the ops of the modules
     torch.fx could not trace (transformers' blocks, HRNet's fusions) get the rules the rewrite above gives
@@ -203,8 +181,11 @@ class UntracedOps(TorchFunctionMode):
     ``qkv`` and ``proj`` layers' weights to one) gets the ε-rule those modules get (``_EpsilonLinear``); the
     gradient would hand the input ``W^T R``, not its share. Likewise an average pool called as a function
     (Inception's pooled branches, torchvision's DenseNet and MobileNetV2 heads) or ``F.fold`` (VOLO's overlapping
-    patches summed) gets the pooling modules' rule (``_SharedSums``). ``enter_ruled`` and ``leave_ruled``, hooks
-    on the model's linear, pooling and folding modules, tell the two apart: inside such a module, its own rule applies."""
+    patches summed) gets the pooling modules' rule (``rules.linear_map_rule``: each input its share of the sums
+    it enters; the gradient would hand every input of a window the same 1/k, lose the padding's share, and
+    through ``F.fold`` copy each sum's whole relevance to every summand). ``enter_ruled`` and ``leave_ruled``,
+    hooks on the model's linear, pooling and folding modules, tell the two apart: inside such a module, its own
+    rule applies."""
 
     ADDS = {torch.Tensor.__add__, torch.Tensor.__radd__, torch.add, torch.Tensor.add, torch.Tensor.add_}  # ``a += b`` arrives as ``add_``
     SUBTRACTIONS = {torch.Tensor.__sub__, torch.sub, torch.Tensor.sub, torch.Tensor.sub_}
@@ -260,7 +241,7 @@ class UntracedOps(TorchFunctionMode):
             weight, bias = _linear_arguments(args[1:], kwargs)
             return _EpsilonLinear.apply(args[0], weight, bias, self.epsilon)
         if func in self.SHARED_SUMS and not self.inside_ruled and computed and computed[0]:
-            return _SharedSums.apply(args[0], lambda input: func(input, *args[1:], **kwargs), self.epsilon)
+            return linear_map_rule(lambda input: func(input, *args[1:], **kwargs), args[0], self.epsilon)
         result = func(*args, **kwargs)
         weighs = func in self.SOFTMAXES or (func in self.KEEPS_WEIGHTS and args and id(args[0]) in self.weights)
         if weighs and args and computed[0] and isinstance(result, torch.Tensor):

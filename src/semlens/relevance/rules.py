@@ -17,6 +17,7 @@ for torch's convolutions. A build may give every convolution the generalised γ 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import reduce
 
 import torch
@@ -115,6 +116,32 @@ def stabilize(output: torch.Tensor, epsilon: float) -> torch.Tensor:
     """zennit's stabilizer, bit for bit (``output`` plus ε with the sign of each entry, zero counted
     positive), in three fast operations instead of its six."""
     return torch.add(output, output.detach().sign().add_(0.5).sign_(), alpha=epsilon)
+
+
+class _LinearMapRule(torch.autograd.Function):
+    """``function(input)``, linear in ``input``, whose backward is the ε-rule: ``x * Jᵀ (R / (z + ε))``, each
+    entry of the input its share of the outputs it enters; ``Jᵀ`` from autograd on the map computed again."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, function: Callable[[torch.Tensor], torch.Tensor], epsilon: float) -> torch.Tensor:
+        output = function(input)
+        ctx.save_for_backward(input, output)
+        ctx.function, ctx.epsilon = function, epsilon
+        return output
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        input, output = ctx.saved_tensors
+        with torch.enable_grad():
+            again = input.detach().requires_grad_()
+            (shares,) = torch.autograd.grad(ctx.function(again), again, relevance / stabilize(output, ctx.epsilon))
+        return input * shares, None, None
+
+
+def linear_map_rule(function: Callable[[torch.Tensor], torch.Tensor], input: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``function(input)`` with the ε-rule in its backward (``_LinearMapRule``): for a map called as a function, not
+    a module zennit's rules could hook (an average pool, ``F.fold``, attention's einsum with its weights held)."""
+    return _LinearMapRule.apply(input, function, epsilon)
 
 
 class LeanEpsilon(_Direct, Epsilon):
@@ -326,8 +353,9 @@ class LeanGamma(_Direct, Gamma):
 class HeldScaleNorm(_Direct, Epsilon):
     """A layer or group norm with its scale held constant (CP-LRP, Ali et al. 2022): ``(x - mean(x)) / σ * w + b``
     with σ a constant is linear in ``x``, and the ε-rule through it conserves relevance (the bias absorbs its
-    share, as every bias does). The kinds ``held_scale_known`` names; an activation inside the module (timm's
-    ``GroupNormAct``) passes relevance as activations do."""
+    share, as every bias does). The kinds ``held_scale_known`` names and a library's named in
+    ``lrp.LIBRARY_HELD_NORMS`` (timm's global response norm, its response held: ``held_scale_norm``); an
+    activation inside the module (timm's ``GroupNormAct``) passes relevance as activations do."""
 
     def __init__(self, epsilon: float = 1e-6) -> None:
         super().__init__(epsilon=epsilon)
