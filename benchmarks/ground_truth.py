@@ -412,6 +412,7 @@ def main() -> None:
     parser.add_argument("--crop-share", type=float, default=None, help="with --crop-rule share: the share of positive mass kept")
     parser.add_argument("--crop-quantile", type=float, default=None, help="with the quantile rule: the quantile of a unit's map values")
     parser.add_argument("--lrp-rule", default=None, help="the convolutions' LRP rule of the Lenses: zplus (default) or gamma (BuildConfig.lrp_rule)")
+    parser.add_argument("--crp-focus", default=None, help="where the Lenses' CRP heatmaps start: unit (default) or peak (BuildConfig.crp_focus)")
     parser.add_argument(
         "--views", nargs="+", default=None, metavar="VIEW",
         help="compare crop views (RULE, masked or RULE+masked, e.g. peak share quantile masked): one Lens each, sharing the first's heatmaps",
@@ -421,7 +422,7 @@ def main() -> None:
         help=f"label each Lens by these methods too and score each (alignment, clip-dissect, contrastive, {EXAMPLE_PRIOR})",
     )  # fmt: skip
     args = parser.parse_args()
-    asked = {"crop": args.crop, "crop_rule": args.crop_rule, "crop_share": args.crop_share, "crop_quantile": args.crop_quantile, "lrp_rule": args.lrp_rule}
+    asked = {"crop": args.crop, "crop_rule": args.crop_rule, "crop_share": args.crop_share, "crop_quantile": args.crop_quantile, "lrp_rule": args.lrp_rule, "crp_focus": args.crp_focus}
     build = {key: value for key, value in asked.items() if value is not None}
     views = {"as built": build}
     if args.views:

@@ -213,13 +213,19 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_data_or_lrp_rul
     fewer = tmp_path / "fewer"
     shutil.copytree(colour_folder, fewer)
     next(fewer.rglob("*.png")).unlink()
-    others = {"model": dict(model="py:tiny_models:twin_cnn"), "data": dict(data=f"folder:{fewer}"), "lrp_rule": dict(lrp_rule="gamma")}
+    others = {
+        "model": dict(model="py:tiny_models:twin_cnn"), "data": dict(data=f"folder:{fewer}"), "crp_focus": dict(crp_focus="peak"),
+        "lrp_rule": dict(lrp_rule="gamma"),
+    }  # fmt: skip
     for name, overrides in others.items():
         calls.clear()
         settings = config(colour_folder, tiny_clip_dir, heatmaps_from=source, class_relevance=False, **overrides)
         other = build_lens(settings, tmp_path / f"{name}.lens", progress=False)
         assert calls, name
         assert {other.manifest["layers"][layer]["crop"]["heatmaps"] for layer in other.layers} == {"computed"}, name
+        if name == "crp_focus":  # recorded; the heatmaps of a unit that fires in more than one place change
+            assert other.manifest["identity"]["embed"]["crp_focus"] == "peak" and "crp_focus" not in built.manifest["identity"]["embed"]
+            assert any(not torch.equal(other.heatmaps(layer), built.heatmaps(layer)) for layer in built.layers)
     # the γ rule's Lens records it (its explanations and graphs use it too) and its heatmaps differ from z⁺'s
     assert (built.lrp_rule, other.lrp_rule) == ("zplus", "gamma")
     from torch import nn

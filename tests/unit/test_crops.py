@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semlens._util.errors import SemlensError
 from semlens.build.crops import boxes_from_maps, full_boxes
 
 
@@ -302,3 +303,85 @@ def test_running_out_of_gpu_memory_in_a_stage_says_what_to_lower(tmp_path, colou
     config = BuildConfig(model="py:tiny_models:tiny_cnn", layers=["features.3"], data=f"folder:{colour_folder}", foundation=f"hf:{tiny_clip_dir}", k=4, workers=0)
     with pytest.raises(SemlensError, match=rf"out of memory in the {stage} stage \(CUDA out of memory. Tried to allocate 2.00 GiB\); give a smaller {re.escape(flag)}.*resumes"):
         build_lens(config, tmp_path / "l", progress=False)
+
+
+def test_peak_focus_starts_crp_at_the_units_highest_position_alone() -> None:
+    """``crp_focus = "peak"`` on a known answer: a 1x1 convolution with positive weights of a positive input, so
+    unit c's activation at a pixel is that pixel's ``w_c . x`` and z+ hands it back to that pixel alone. The whole
+    unit's heatmap is its activation map; the peak's is zero but at its highest pixel (for the negative copy of a
+    signed unit: its lowest, where minus the activation is highest), which keeps its activation there."""
+    from semlens.relevance.lrp import RelevanceModel, crp_heatmaps
+
+    conv = nn.Conv2d(3, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[1.0, 2.0, 0.5], [0.2, 0.1, 3.0]]).view(2, 3, 1, 1))
+    model = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3)).eval()
+    inputs = torch.rand(4, 3, 8, 8) + 0.1
+    channels, signs = torch.tensor([0, 1, 0, 1]), torch.tensor([1.0, 1.0, -1.0, 1.0])
+    activation = torch.einsum("nkhw,ck->nchw", inputs, conv.weight.detach().view(2, 3))[torch.arange(4), channels]  # [4, 8, 8]
+    with RelevanceModel(model, inputs).attributing() as modified:
+        whole = crp_heatmaps(modified, inputs, "1", channels, signs)
+        peak = crp_heatmaps(modified, inputs, "1", channels, signs, focus="peak")
+        with pytest.raises(SemlensError, match="crp focus 'centre' is not one of unit, peak"):
+            crp_heatmaps(modified, inputs, "1", channels, signs, focus="centre")
+    torch.testing.assert_close(whole, activation * signs.view(-1, 1, 1), rtol=1e-5, atol=1e-6)
+    signed = (activation * signs.view(-1, 1, 1)).flatten(1)
+    highest = signed.argmax(dim=1)
+    expected = torch.zeros_like(signed)
+    expected[torch.arange(4), highest] = signed[torch.arange(4), highest]
+    torch.testing.assert_close(peak.flatten(1), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_peak_positions_keep_one_cell_or_token_per_row_the_first_on_ties() -> None:
+    from semlens.relevance.lrp import peak_positions
+
+    cells = torch.tensor([[[[0.0, 3.0], [3.0, 1.0]]], [[[-2.0, -1.0], [-5.0, -1.5]]]])  # N,1,H,W
+    assert peak_positions(cells).tolist() == [[[[0.0, 1.0], [0.0, 0.0]]], [[[0.0, 1.0], [0.0, 0.0]]]]
+    tokens = torch.tensor([[[0.5], [2.0], [1.0]]])  # N,L,1
+    assert peak_positions(tokens).tolist() == [[[0.0], [1.0], [0.0]]]
+
+
+def test_an_unknown_crp_focus_is_refused_with_the_valid_ones() -> None:
+    from semlens import BuildConfig
+
+    with pytest.raises(SemlensError, match="crp_focus='max' is not one of unit, peak"):
+        BuildConfig(model="m", layers=["l"], data="d", crp_focus="max")
+
+
+class PatchTokens(nn.Module):
+    """An 8x8 image as 16 tokens of its 2x2 patches (N,L,C), each token a linear map of its patch's 12 values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(12, 4, bias=False)
+        self.act = nn.ReLU()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = x.reshape(len(x), 3, 4, 2, 4, 2).permute(0, 2, 4, 1, 3, 5).reshape(len(x), 16, 12)
+        return self.head(self.act(self.embed(patches)))
+
+
+def test_peak_focus_of_a_token_layer_starts_at_the_units_highest_token() -> None:
+    """Units on the last dimension of N,L,C tokens: the peak's heatmap lies within the patch of the token where the
+    unit is highest and holds its activation there (z+, positive weights and inputs); the whole unit's holds all."""
+    from semlens.relevance.lrp import RelevanceModel, crp_heatmaps
+
+    torch.manual_seed(0)
+    model = PatchTokens().eval()
+    with torch.no_grad():
+        model.embed.weight.abs_()
+    inputs = torch.rand(3, 3, 8, 8) + 0.1
+    channels, signs = torch.tensor([0, 2, 3]), torch.ones(3)
+    with torch.no_grad():
+        tokens = model.act(model.embed(inputs.reshape(3, 3, 4, 2, 4, 2).permute(0, 2, 4, 1, 3, 5).reshape(3, 16, 12)))
+    unit = tokens[torch.arange(3), :, channels]  # [3, 16]
+    with RelevanceModel(model, inputs).attributing() as modified:
+        whole = crp_heatmaps(modified, inputs, "act", channels, signs)
+        peak = crp_heatmaps(modified, inputs, "act", channels, signs, focus="peak")
+    torch.testing.assert_close(whole.flatten(1).sum(dim=1), unit.sum(dim=1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(peak.flatten(1).sum(dim=1), unit.amax(dim=1), rtol=1e-4, atol=1e-5)
+    for row, token in enumerate(unit.argmax(dim=1).tolist()):
+        inside = torch.zeros(8, 8, dtype=torch.bool)
+        inside[2 * (token // 4) : 2 * (token // 4) + 2, 2 * (token % 4) : 2 * (token % 4) + 2] = True
+        assert peak[row][~inside].abs().max() == 0 and peak[row][inside].min() > 0

@@ -102,15 +102,17 @@ def test_crp_conditioned_on_features_sends_down_only_their_shares(model_and_inpu
     assert none.abs().max() == 0
 
 
-def test_crp_of_a_planted_feature_is_the_crp_of_its_channel(model_and_inputs):
+@pytest.mark.parametrize("focus", ["unit", "peak"])
+def test_crp_of_a_planted_feature_is_the_crp_of_its_channel(model_and_inputs, focus):
+    """From the whole map and from its peak alone (where the feature's code is highest: its channel's peak)."""
     model, inputs, _ = model_and_inputs
     channel, feature = 4, 3
     signs = torch.ones(len(inputs))
     with RelevanceModel(model, inputs).attributing() as modified:
-        plain = crp_heatmaps(modified, inputs, LAYER, torch.full((len(inputs),), channel), signs)
+        plain = crp_heatmaps(modified, inputs, LAYER, torch.full((len(inputs),), channel), signs, focus=focus)
         features = torch.tensor([feature, feature, 0, feature])
-        through = crp_heatmaps(modified, inputs, LAYER, features, signs, None, planted_sae(feature, channel))
-        other = crp_heatmaps(modified, inputs, LAYER, torch.full((len(inputs),), (channel + 1) % CHANNELS), signs)
+        through = crp_heatmaps(modified, inputs, LAYER, features, signs, None, planted_sae(feature, channel), focus=focus)
+        other = crp_heatmaps(modified, inputs, LAYER, torch.full((len(inputs),), (channel + 1) % CHANNELS), signs, focus=focus)
     assert plain.abs().amax() > 0
     torch.testing.assert_close(through[[0, 1, 3]], plain[[0, 1, 3]])
     assert not torch.allclose(through[2], plain[2])  # row 2 explains another feature

@@ -133,6 +133,8 @@ class LensBuilder:
             identity["embed"]["crop_view"] = config.crop_view
         if config.lrp_rule != "zplus":  # likewise the default rule: crops and class relevance read the rule
             identity["embed"]["lrp_rule"] = identity["relevance"]["lrp_rule"] = config.lrp_rule
+        if config.crp_focus != "unit":  # likewise the paper's CRP: the crops' heatmaps read it
+            identity["embed"]["crp_focus"] = config.crp_focus
         if context.autocast is not None:  # float32 adds nothing, so Lenses built before this setting stay valid
             identity["collect"]["autocast"] = str(context.autocast).removeprefix("torch.")
         precision = config.embed_precision

@@ -19,6 +19,8 @@ MAX_RELEVANCE_BATCH = 256
 #: the convolutions' LRP rule a build may choose: z⁺ (signed where inputs carry both signs; the default) or
 #: the generalised γ rule (γ = 0.25; ``relevance.lrp.LRP_RULES``)
 LRP_RULE_NAMES = ("zplus", "gamma")
+#: where a unit's CRP heatmap starts (``relevance.lrp.CRP_FOCUS``): its whole map, or its highest position alone
+CRP_FOCUS = ("unit", "peak")
 
 
 @dataclass
@@ -40,6 +42,7 @@ class BuildConfig:
     crop_view: str = "box"
     heatmaps_from: str | None = None  # a Lens whose CRP heatmaps to reuse where computed from the same inputs
     lrp_rule: str = "zplus"  # the convolutions' LRP rule for crops, class relevance, explanations and graphs
+    crp_focus: str = "unit"  # relevance crops start from the unit's whole map, or from its highest position ("peak")
     class_relevance: bool = True
     relevance_data: str | None = None
     relevance_examples: bool = False  # also keep, crop and embed each unit's top-k samples by relevance (zennit-crp's reference sampling)
@@ -64,6 +67,8 @@ class BuildConfig:
             raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
         if self.lrp_rule not in LRP_RULE_NAMES:
             raise SemlensError(f"lrp_rule={self.lrp_rule!r} is not one of {', '.join(LRP_RULE_NAMES)}")
+        if self.crp_focus not in CRP_FOCUS:
+            raise SemlensError(f"crp_focus={self.crp_focus!r} is not one of {', '.join(CRP_FOCUS)}")
         if self.crop_rule is None:
             self.crop_rule = "peak" if self.crop_view == "masked" else DEFAULT_CROP_RULE
         rules = crop_rules(self.crop_rule)

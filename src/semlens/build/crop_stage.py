@@ -113,12 +113,13 @@ class CropStage:
         return boxes
 
     def _heat_key(self, spec: LayerSpec) -> str:
-        """What a layer's CRP heatmaps depend on: the model, its input, the data, the top-k, this layer and the
-        LRP rule (named where it is not the default, so that heatmaps stored before the choice keep their key)."""
+        """What a layer's CRP heatmaps depend on: the model, its input, the data, the top-k, this layer, the
+        LRP rule and the CRP focus (each named where it is not the default, so that heatmaps stored before the
+        choice keep their key)."""
         identity = self.context.identity
         parts = {part: identity[part] for part in ("model", "data", "preprocessing", "collect")}
-        rule = identity["embed"].get("lrp_rule")
-        return hash_json({**parts, "layer": spec.fingerprint_fields(), **({"lrp_rule": rule} if rule else {})})
+        chosen = {name: identity["embed"][name] for name in ("lrp_rule", "crp_focus") if name in identity["embed"]}
+        return hash_json({**parts, "layer": spec.fingerprint_fields(), **chosen})
 
     def _relevance_heatmaps(self, spec: LayerSpec, ids: torch.Tensor, record: dict[str, Any]) -> tuple[torch.Tensor, str]:
         """The layer's CRP heatmaps ``[U, k, h, w]`` (pooled, float16) and where they came from: this Lens's
@@ -165,7 +166,7 @@ class CropStage:
         context = self.context
         ranks, model = context.ranks, context.model
         sae = SparseAutoencoder.load(spec.sae) if spec.sae else None
-        size = model.preprocessing.input_size
+        size, focus = model.preprocessing.input_size, context.config.crp_focus
         units, k = ids.shape
         base = context.manifest["layers"][spec.name]["base_units"]
         unit_of = torch.arange(units).repeat_interleave(k)
@@ -183,7 +184,7 @@ class CropStage:
                 positions = order[begin:end]
                 channels = (unit_of[positions] % base).to(context.device)
                 signs = torch.where(unit_of[positions] >= base, -1.0, 1.0).to(context.device)
-                explain = lambda b, e: crp_heatmaps(modified, inputs[b:e], spec.name, channels[b:e], signs[b:e], spec.pick, sae, spec.channels_last)  # noqa: E731
+                explain = lambda b, e: crp_heatmaps(modified, inputs[b:e], spec.name, channels[b:e], signs[b:e], spec.pick, sae, spec.channels_last, focus)  # noqa: E731
                 offset = begin - mine.start
                 for b, e, heat in passes.parts(end - begin, explain):
                     pooled[offset + b : offset + e] = pool_heatmaps(heat.detach().cpu(), context.config.max_map_side)

@@ -50,6 +50,9 @@ def run(
     lrp_rule: Optional[str] = typer.Option(
         None, help="The convolutions' LRP rule: zplus (default: z+, the signed rule where inputs carry both signs) or gamma (generalised, 0.25)."
     ),
+    crp_focus: Optional[str] = typer.Option(
+        None, help="Where a relevance crop's CRP heatmap starts: unit (default: the unit's whole map, the paper's) or peak (its highest position alone)."
+    ),
     heatmaps_from: Optional[str] = typer.Option(
         None, help="A Lens of the same model, layers and data whose CRP heatmaps to reuse (e.g. to compare crop rules and views)."
     ),
@@ -107,6 +110,7 @@ def run(
         crop_quantile=crop_quantile,
         crop_view=crop_view,
         lrp_rule=lrp_rule,
+        crp_focus=crp_focus,
         heatmaps_from=heatmaps_from,
         class_relevance=class_relevance,
         relevance_data=relevance_data,

@@ -22,6 +22,7 @@ from torch import nn
 from zennit.types import AvgPool
 
 from .._util.devices import strict_float32
+from .._util.errors import SemlensError
 from ..model.sae import SparseAutoencoder
 from ..model.units import hooks, resolve_module, select_output
 from .attention import HeldAttention
@@ -74,6 +75,10 @@ LIBRARY_HELD_NORMS = {"timm.": {"GlobalResponseNorm"}}
 #: distillation tokens, position embeddings): the conservation check sets them to zero, as it does biases
 ADDED_CONSTANTS = ("token", "pos_embed", "position_embedding")
 CONSERVATION_TOLERANCE = 0.05
+#: where a CRP heatmap starts within a unit's map: at every position (the unit's whole activation, the paper's
+#: CRP) or at the position of its highest activation alone (zennit-crp's receptive-field references): a unit
+#: that fires weakly on every edge of an image and most on one concept shows that concept, not all its edges
+CRP_FOCUS = ("unit", "peak")
 #: largest change of the outputs by the canonizers, relative to the largest output (float error of merged batch norms)
 FUNCTION_TOLERANCE = 1e-4
 #: or this many times the model's own float32 rounding, where that is larger (``function_tolerance``): on an H100
@@ -240,6 +245,7 @@ def crp_heatmaps(
     pick: str | None = None,
     sae: SparseAutoencoder | None = None,
     channels_last: bool = False,
+    focus: str = "unit",
 ) -> torch.Tensor:
     """CRP heatmaps ``[N, H, W]``: row i explains unit ``channels[i]`` of ``layer`` on ``inputs[i]`` (the units
     on the last dimension of a map N,H,W,C with ``channels_last``).
@@ -249,7 +255,11 @@ def crp_heatmaps(
     unit is explained too), every other unit masked out; the forward pass stops at ``layer``. With
     ``sae``, the units are its features and feature j starts from its decoded share ``c_j W_dec[j]`` of
     the layer's output (what LRP through the SAE hands feature j when the layer's relevance is its output).
+    ``focus`` (``CRP_FOCUS``): "peak" starts from the position (spatial cell or token) where that unit's
+    (signed) activation, or the SAE feature's code, is highest, every other position masked out too.
     """
+    if focus not in CRP_FOCUS:
+        raise SemlensError(f"crp focus {focus!r} is not one of {', '.join(CRP_FOCUS)}")
     captured: list[torch.Tensor] = []
 
     def stop(_module, _inputs, output):
@@ -266,16 +276,37 @@ def crp_heatmaps(
     view = (-1,) + (1,) * (activation.dim() - 1)
     if sae is not None:
         initial = decoded_share(sae, activation, channels) * signs.to(activation.dtype).view(view)
-        (relevance,) = torch.autograd.grad(activation, inputs, grad_outputs=initial)
-        return relevance.sum(dim=1).detach()
-    mask = torch.zeros_like(activation)
-    if activation.dim() == 3:  # tokens N,L,C: units are the last dimension
-        mask[torch.arange(len(channels)), :, channels] = 1.0
     else:
-        mask[torch.arange(len(channels)), channels] = 1.0
-    initial = activation * mask * signs.to(activation.dtype).view(view)
+        mask = torch.zeros_like(activation)
+        if activation.dim() == 3:  # tokens N,L,C: units are the last dimension
+            mask[torch.arange(len(channels)), :, channels] = 1.0
+        else:
+            mask[torch.arange(len(channels)), channels] = 1.0
+        initial = activation * mask * signs.to(activation.dtype).view(view)
+    if focus == "peak" and initial.dim() > 2:
+        unit_dim = 2 if activation.dim() == 3 else 1
+        # the unit's signed activation at each position (an SAE feature's: its code, along its decoder row)
+        along = initial if sae is None else initial * _decoder_rows(sae, channels, initial, unit_dim)
+        initial = initial * peak_positions(along.sum(dim=unit_dim, keepdim=True).detach())
     (relevance,) = torch.autograd.grad(activation, inputs, grad_outputs=initial)
     return relevance.sum(dim=1).detach()
+
+
+def _decoder_rows(sae: SparseAutoencoder, features: torch.Tensor, like: torch.Tensor, unit_dim: int) -> torch.Tensor:
+    """Row ``features[i]`` of the SAE's decoder for row i, shaped to broadcast against ``like`` along ``unit_dim``."""
+    rows = sae.checked_decoder("CRP through an SAE").to(like.device, like.dtype)[features]  # [N, C]
+    shape = [len(features)] + [1] * (like.dim() - 1)
+    shape[unit_dim] = rows.shape[1]
+    return rows.view(shape)
+
+
+def peak_positions(values: torch.Tensor) -> torch.Tensor:
+    """A 0/1 mask of ``values``' shape (``[N, ...]``, one value per position) keeping each row's highest position,
+    the first on ties."""
+    flat = values.flatten(1)
+    keep = torch.zeros_like(flat)
+    keep[torch.arange(len(flat)), flat.argmax(dim=1)] = 1.0
+    return keep.view_as(values)
 
 
 def unit_relevance(
