@@ -283,7 +283,7 @@ def unit_tests(true_units: set[str], audit: dict[str, Any]) -> list[dict[str, An
     return [
         {"unit": unit["unit"], "verdict": unit["verdict"], "artefact_unit": unit["unit"] in true_units, "relevance": unit["mean_relevance"],
          "z_spur": unit["z_spur"], "tight_shift": unit["tight_shift"], "responses_label": unit["responses_label"],
-         "verdict_before_test": unit["verdict_before_test"], **unit["test"]}
+         "verdict_before_test": unit["verdict_before_test"], "contested": unit["contested"], **unit["test"]}
         for unit in audit["units"] if unit["test"] is not None
     ]  # fmt: skip
 
