@@ -16,7 +16,7 @@ from semlens import LoadedModel
 from semlens._util.errors import SemlensError
 from semlens.analysis.alignment import alignment
 from semlens.analysis.audit import AlignmentRule, audit_units, null_stats, null_z, relevance_by_verdict, tight_shift, verdicts
-from semlens.analysis.interventions import LOCATE_IOU, LOCATE_SHARE, Artifact, UnitToTest, concept_tests, located_ious, rank_auc
+from semlens.analysis.interventions import LOCATE_ENOUGH, LOCATE_IOU, LOCATE_SHARE, Artifact, UnitToTest, concept_tests, located_ious, rank_auc
 from semlens.model.units import LayerSpec
 
 
@@ -106,7 +106,7 @@ def test_audit_units_flags_a_planted_unit_and_not_those_at_the_null_level():
         ("l/0", "spurious"), ("l/1", "valid"), ("l/2", "unexpected"), ("l/3", "unexpected")
     ]  # fmt: skip
     assert result.shares["spurious"] == pytest.approx(0.4) and result.shares["spurious_or_both"] == pytest.approx(0.4)
-    assert result.to_dict()["rule"] == {"null": result.rule.to_dict()["null"], "z": 3.0, "margin": 1.0, "by_label": True, "by_location": True, "by_rise": True, "locate_share": LOCATE_SHARE}
+    assert result.to_dict()["rule"] == {"null": result.rule.to_dict()["null"], "z": 3.0, "margin": 1.0, "by_label": True, "by_location": True, "by_rise": True, "locate_share": LOCATE_SHARE, "locate_enough": LOCATE_ENOUGH}
     assert result.to_dict()["units"][0]["z_spur"] == pytest.approx(6.0)
 
 
@@ -269,24 +269,30 @@ class SpreadNet(nn.Module):
         return self.away.head(maps.amax(dim=(2, 3)))
 
 
-def test_a_unit_firing_where_the_concept_is_must_do_so_nearly_as_well_as_its_layers_best(views):
+def test_a_unit_firing_where_the_concept_is_must_do_so_nearly_as_well_as_its_layers_best_or_well_enough(views):
     watermark = Artifact(image=Image.fromarray(np.full((6, 6, 4), 255, dtype=np.uint8)), position=(1, 1))
     region = watermark.region(*views[0][0].size)
     model = LoadedModel(SpreadNet().eval(), "test:spread", world.PREPROCESSING, world.CLASSES)
     detector, spread = UnitToTest("features/0", LayerSpec("features"), 0, 0), UnitToTest("features/1", LayerSpec("features"), 1, 1)
-    _, (best, half) = concept_tests(model, *views, 0, [detector, spread], region=region)
+    uncapped = {"locate_enough": 1.0}  # the share alone: the bar as high as two thirds of the best asks
+    _, (best, half) = concept_tests(model, *views, 0, [detector, spread], region=region, **uncapped)
     # the detector fires on the 36 watermark cells only: IoU 1; the spread unit on those and 36 more: 36 / 72
     assert best["located_iou"] == pytest.approx(1.0) and half["located_iou"] == pytest.approx(0.5)
     # both pass NetDissect's 0.04, but half of the layer's best is below two thirds of it
     assert best["located_bar"] == half["located_bar"] == pytest.approx(LOCATE_SHARE) and half["located_iou"] >= LOCATE_IOU
     assert best["located"] and half["located"] is False and not half["confirmed"]
+    # by default the bar stops at LOCATE_ENOUGH: an IoU of 0.5 always suffices; a cap between 0.5 and 2/3 does not
+    _, (_, capped) = concept_tests(model, *views, 0, [detector, spread], region=region)
+    assert capped["located_bar"] == LOCATE_ENOUGH < capped["located_iou"] and capped["located"] and capped["confirmed"]
+    _, (_, high) = concept_tests(model, *views, 0, [detector, spread], region=region, locate_enough=0.6)
+    assert high["located_bar"] == pytest.approx(0.6) and high["located"] is False
     # an untested unit of the layer sets the bar as a tested one does; without it the spread unit is its layer's best
-    _, (alone,) = concept_tests(model, *views, 0, [spread], region=region, peers=[detector])
+    _, (alone,) = concept_tests(model, *views, 0, [spread], region=region, peers=[detector], **uncapped)
     assert alone["located_bar"] == pytest.approx(LOCATE_SHARE) and alone["located"] is False
-    _, (unopposed,) = concept_tests(model, *views, 0, [spread], region=region)
+    _, (unopposed,) = concept_tests(model, *views, 0, [spread], region=region, **uncapped)
     assert unopposed["located_bar"] == pytest.approx(LOCATE_SHARE * 0.5) and unopposed["located"]
     # a lower share (AlignmentRule.locate_share) lets the spread unit pass beside the detector; 0 leaves NetDissect's 0.04
-    _, (_, lower) = concept_tests(model, *views, 0, [detector, spread], region=region, locate_share=0.4)
+    _, (_, lower) = concept_tests(model, *views, 0, [detector, spread], region=region, locate_share=0.4, **uncapped)
     assert lower["located_bar"] == pytest.approx(0.4) and lower["located"]
     _, (_, netdissect) = concept_tests(model, *views, 0, [detector, spread], region=region, locate_share=0.0)
     assert netdissect["located_bar"] == LOCATE_IOU and netdissect["located"]
@@ -295,11 +301,14 @@ def test_a_unit_firing_where_the_concept_is_must_do_so_nearly_as_well_as_its_lay
     assert unraised["located_bar"] == pytest.approx(LOCATE_IOU)
 
 
-def test_the_location_share_is_part_of_the_rule_and_checked():
+def test_the_location_bar_is_part_of_the_rule_and_checked():
     assert AlignmentRule().locate_share == LOCATE_SHARE and AlignmentRule(locate_share=0.5).to_dict()["locate_share"] == 0.5
+    assert AlignmentRule().locate_enough == LOCATE_ENOUGH and AlignmentRule(locate_enough=0.1).to_dict()["locate_enough"] == 0.1
     for bad in (1.5, -0.1, "half", True):
         with pytest.raises(SemlensError, match="locate_share is a share of the layer's best located IoU, from 0 to 1"):
             AlignmentRule(locate_share=bad)
+        with pytest.raises(SemlensError, match="locate_enough is an IoU with the pasted concept, from 0 to 1"):
+            AlignmentRule(locate_enough=bad)
 
 
 def test_a_signed_layer_counts_each_channel_once():

@@ -31,7 +31,7 @@ from ..data import ImageData
 from ..model.loading import LoadedModel, class_mapping
 from ..model.sae import SparseAutoencoder
 from ..model.units import LayerSpec, UnitReader, hooks, resolve_module
-from .audit import LOCATE_SHARE
+from .audit import LOCATE_ENOUGH, LOCATE_SHARE
 
 
 @dataclass(frozen=True)
@@ -385,10 +385,12 @@ def location_test(
     peers: Sequence[UnitToTest],
     aucs: dict[str, torch.Tensor],
     share: float = LOCATE_SHARE,
+    enough: float = LOCATE_ENOUGH,
 ) -> dict[str, dict[int, tuple[float, float]]]:
     """Per layer with spatial maps, per row of the tested ``units``: its ``located_ious`` IoU and the bar it must
-    reach (``LOCATE_IOU``, or ``share`` of the best IoU of the layer's tested units and ``peers`` that the
-    concept raises, ``aucs`` >= ``CONFIRM_AUC``). Maps are kept for the tested units and the raised peers only."""
+    reach: ``share`` of the best IoU of the layer's tested units and ``peers`` that the concept raises (``aucs``
+    >= ``CONFIRM_AUC``), but no more than ``enough`` and no less than ``LOCATE_IOU``. Maps are kept for the tested
+    units and the raised peers only."""
     specs = list({unit.spec.name: unit.spec for unit in [*units, *peers]}.values())
     rows: dict[str, list[int]] = {}
     for spec in specs:
@@ -401,7 +403,7 @@ def location_test(
     for layer in maps_with:
         ious = dict(zip(rows[layer], located_ious(maps_with[layer], maps_without[layer], region).tolist()))
         best = max((iou for row, iou in ious.items() if aucs[layer][row] >= CONFIRM_AUC), default=0.0)
-        bar = max(LOCATE_IOU, share * best)
+        bar = max(LOCATE_IOU, min(enough, share * best))
         located[layer] = {unit.row: (ious[unit.row], bar) for unit in units if unit.spec.name == layer}
     return located
 
@@ -459,6 +461,7 @@ def concept_tests(
     region: torch.Tensor | None = None,
     peers: Sequence[UnitToTest] = (),
     locate_share: float = LOCATE_SHARE,
+    locate_enough: float = LOCATE_ENOUGH,
 ) -> tuple[dict, list[dict]]:
     """The class's reliance on the concept: its mean probability with and without the concept (``effect``:
     the difference) and their log odds ratio (``log_odds``); it ``relies`` on the concept when the concept
@@ -471,8 +474,8 @@ def concept_tests(
     labels, by the model's prediction (``result["classes_from"]``); None unless both kinds number
     ``CLASS_RISE_IMAGES``. With ``region`` (where the concept was pasted, ``[H, W]`` in the views), ``located_iou``
     is the IoU of where the unit fires with it (``located_ious``) and ``located`` whether it reaches
-    ``located_bar``: ``LOCATE_IOU``, or ``locate_share`` of the best IoU among the units of its layer (tested or
-    ``peers``, untested units that only set the bar) the concept raises, where that is higher (all three None
+    ``located_bar``: ``locate_share`` of the best IoU among the units of its layer (tested or ``peers``, untested
+    units that only set the bar) the concept raises, capped at ``locate_enough``, at least ``LOCATE_IOU`` (all three None
     without a region or spatial maps). A finding is ``confirmed`` when the class relies on the
     concept, AUC >= ``CONFIRM_AUC``, zeroing the unit removes at least ``CONFIRM_SHARE`` of the reliance, where
     the class rise is measured the concept raises the unit at least ``CONCEPT_OVER_CLASS`` times as much as the
@@ -494,7 +497,7 @@ def concept_tests(
     specs = list({unit.spec.name: unit.spec for unit in [*units, *peers]}.values())
     scores_with, scores_without = unit_scores(model, with_concept, specs), unit_scores(model, without, specs)
     aucs = {layer: rank_auc(scores_with[layer], scores_without[layer]) for layer in scores_with}  # [U] per layer, every unit at once
-    located = {} if region is None else location_test(model, without, with_concept, region, units, peers, aucs, locate_share)
+    located = {} if region is None else location_test(model, without, with_concept, region, units, peers, aucs, locate_share, locate_enough)
     rises = {layer: scores_with[layer].mean(dim=0) - scores_without[layer].mean(dim=0) for layer in scores_with}
     class_rises = {layer: class_rise(scores_without[layer], members, class_index) for layer in scores_with}
     tests = []

@@ -10,7 +10,7 @@ import typer
 from .._util.errors import SemlensError
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
 
-AUDIT_KEYS = {"class", "valid", "spurious", "valid_images", "spurious_images", "cut", "z", "margin", "by_label", "by_location", "by_rise", "locate_share"}
+AUDIT_KEYS = {"class", "valid", "spurious", "valid_images", "spurious_images", "cut", "z", "margin", "by_label", "by_location", "by_rise", "locate_share", "locate_enough"}
 
 
 @app.command()
@@ -22,7 +22,7 @@ def audit(
     spurious: Optional[list[str]] = typer.Option(None, "--spurious", help="A spurious concept (repeatable)."),
     valid_image: Optional[list[Path]] = typer.Option(None, help="Image probe of a valid concept (repeatable)."),
     spurious_image: Optional[list[Path]] = typer.Option(None, help="Image probe of a spurious concept (repeatable)."),
-    config: Optional[Path] = typer.Option(None, help="TOML with class, valid, spurious, valid_images, spurious_images, cut, z, margin, by_label, by_location, by_rise, locate_share."),
+    config: Optional[Path] = typer.Option(None, help="TOML with class, valid, spurious, valid_images, spurious_images, cut, z, margin, by_label, by_location, by_rise, locate_share, locate_enough."),
     cut: Optional[float] = typer.Option(None, help="Relevance share above which a unit counts as relevant (default 0.028)."),
     z: Optional[float] = typer.Option(None, help="Robust z (against the unit's layer) above which a unit is aligned with a concept (default 3)."),
     margin: Optional[float] = typer.Option(None, help="z by which spurious must beat valid (or valid spurious) for a one-sided verdict (default 1)."),
@@ -47,7 +47,7 @@ def audit(
     """Audit a class: are the units it relies on aligned with valid or with spurious concepts (each alignment
     judged against its layer's null)? With --test-data and --artifact/--tint/--spurious-data, also test the
     flagged units on images and measure the class's reliance on the concept (needs the model)."""
-    from ..analysis.audit import LOCATE_SHARE, MARGIN, Z_CUT, AlignmentRule
+    from ..analysis.audit import LOCATE_ENOUGH, LOCATE_SHARE, MARGIN, Z_CUT, AlignmentRule
 
     opened = open_lens(lens, trust, probe_data, foundation, model, space)
     settings = _audit_settings(config) if config else {}
@@ -63,6 +63,7 @@ def audit(
         not alignment_only and settings.get("by_location", True),
         not alignment_only and settings.get("by_rise", True),
         settings.get("locate_share", LOCATE_SHARE),
+        settings.get("locate_enough", LOCATE_ENOUGH),
     )
     if all_classes:
         if not (spurious or spurious_image):
@@ -117,8 +118,9 @@ def audit(
             from ..analysis.interventions import LOCATE_IOU
 
             say(
-                f"flagged, but firing away from the pasted concept (IoU of its top activations with it below {LOCATE_IOU:g} or "
-                f"{result.rule.locate_share:.2f} of the best in its layer; verdict from its valid alignment): {', '.join(result.unlocated) or 'none'}"
+                f"flagged, but firing away from the pasted concept (IoU of its top activations with it below {result.rule.locate_share:.2f} "
+                f"of the best in its layer, capped at {result.rule.locate_enough:g}, or below {LOCATE_IOU:g}; verdict from its valid alignment): "
+                f"{', '.join(result.unlocated) or 'none'}"
             )
             say(
                 "named valid by their crop responses and aligned with the concept, firing where it is pasted and raised by it "

@@ -193,7 +193,8 @@ class LensAudits:
         # the examined units the test does not take: where the concept raises them, they set the location bar
         peers = [] if region is None else [to_test(unit.unit) for unit in result.units if unit.unit not in names]
         result.reliance, tests = concept_tests(
-            model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers, result.rule.locate_share
+            model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers,
+            result.rule.locate_share, result.rule.locate_enough,
         )
         for unit, test in zip(units, tests):
             unit.test = test

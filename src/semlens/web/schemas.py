@@ -186,7 +186,7 @@ class AuditOut(BaseModel):
     cut: float
     valid: list[str]
     spurious: list[str]
-    rule: dict[str, Any] = Field(description="{null, z, margin, by_label, by_location, by_rise, locate_share}: when a unit counts as aligned, the verdicts' margin, which evidence beside the alignment judges, and the location bar's share of the layer's best")
+    rule: dict[str, Any] = Field(description="{null, z, margin, by_label, by_location, by_rise, locate_share, locate_enough}: when a unit counts as aligned, the verdicts' margin, which evidence beside the alignment judges, and the location bar (a share of the layer's best, capped at an IoU that always suffices)")
     shares: dict[str, float] = Field(description="relevance by verdict, and spurious_or_both")
     left_out: list[str] = Field(description="relevant units without examples of their own (inactive or tied)")
     sae_error: dict[str, float] = Field(
