@@ -155,6 +155,26 @@ def test_a_masked_build_embeds_each_example_faded_by_its_own_heatmap(built, tmp_
         build_lens(config(colour_folder, tiny_clip_dir, crop_view="masked"), built.path, progress=False)
 
 
+def test_the_default_lens_searches_the_active_boxes_cut_from_where_units_fire(built: Lens) -> None:
+    """The default rules, peak+active: questions read the relevance heatmaps' peak boxes, search the share boxes of
+    the units' own activation maps (the collection's top-k maps), which the relevance heatmaps do not move."""
+    from semlens.analysis.alignment import alignment
+    from semlens.build.crops import crop_boxes
+
+    assert built.crop_rules == ["peak", "active"] and built.search_rule == "active"
+    assert built.manifest["identity"]["embed"]["crop_rule"] == "peak+active"
+    for layer in ("features.0", "features.3"):
+        assert built.manifest["layers"][layer]["crop"]["mode"] == "relevance"
+        maps = built.store.read_tensors(layer_file(layer, "topk"))["maps"]
+        expected = crop_boxes(maps, (32, 32), "share", share=0.8)
+        inactive = built.inactive(layer)
+        assert torch.equal(built.boxes(layer, "active")[~inactive], expected[~inactive])
+    hits = built.search("red", top=3)
+    probe, null = built.probe("red")
+    expected = alignment(built.theta(hits[0].layer, "active")[hits[0].index : hits[0].index + 1], probe[None], null)
+    assert hits[0].score == pytest.approx(float(expected), abs=1e-5)
+
+
 def test_joined_rules_with_a_layer_cut_without_heatmaps(tmp_path, colour_folder, tiny_clip_dir) -> None:
     # activation crops: the linear head has no maps, so its examples are whole images, one slot each
     lens = build_lens(config(colour_folder, tiny_clip_dir, crop="activation", crop_rule="peak+share", class_relevance=False), tmp_path / "j.lens", progress=False)

@@ -181,12 +181,26 @@ def test_joined_rules_give_each_rules_boxes_in_turn() -> None:
     assert not torch.equal(joined[:, :3], joined[:, 3:])
 
 
+def test_the_active_rule_cuts_the_share_box_of_the_activation_map() -> None:
+    """A relevance heatmap spread over two spots, the unit's own activation on one: the active box is the share
+    box of the activation map, wherever the heatmap lies; without activation maps it is the heatmap's share box."""
+    heat, fired = torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 4, 4)
+    heat[:, :, 1, 1], heat[:, :, 6, 6] = 1.0, 1.0
+    fired[:, :, 3, 3] = 2.0  # the bottom-right quarter of the image
+    active = crop_boxes(heat, (32, 32), "active", share=0.8, activations=fired)
+    assert torch.equal(active, crop_boxes(fired, (32, 32), "share", share=0.8))
+    assert active[0, 0].tolist() == [24, 24, 32, 32]
+    assert torch.equal(crop_boxes(heat, (32, 32), "active", share=0.8), crop_boxes(heat, (32, 32), "share", share=0.8))
+    joined = crop_boxes(heat, (32, 32), "peak+active", share=0.8, activations=fired)
+    assert torch.equal(joined[:, :3], crop_boxes(heat, (32, 32), "peak")) and torch.equal(joined[:, 3:], active)
+
+
 @pytest.mark.parametrize("rule", ["peak+peak", "peak+dissect", "peak+"])
 def test_bad_joined_rules_are_refused_with_the_valid_ones(rule) -> None:
     from semlens import BuildConfig
     from semlens._util.errors import SemlensError
 
-    with pytest.raises(SemlensError, match="not one of peak, share, quantile, nor distinct ones joined by '\\+'"):
+    with pytest.raises(SemlensError, match="not one of peak, share, quantile, active, nor distinct ones joined by '\\+'"):
         BuildConfig(model="m", layers=["l"], data="d", crop_rule=rule)
 
 

@@ -108,7 +108,8 @@ class CropStage:
         units, k = stored["ids"].shape
         if heat is None:
             return full_boxes(units * k, (size, size)).reshape(units, k, 4)
-        boxes = crop_boxes(heat, (size, size), config.crop_rule, config.crop_threshold, config.crop_share, config.crop_quantile)
+        rules = (config.crop_rule, config.crop_threshold, config.crop_share, config.crop_quantile)
+        boxes = crop_boxes(heat, (size, size), *rules, activations=stored.get("maps"))
         boxes[stored["inactive"]] = full_boxes(1, (size, size))
         return boxes
 

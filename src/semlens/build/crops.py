@@ -19,11 +19,13 @@ from .._util.errors import SemlensError
 CROP_MODES = ("auto", "relevance", "activation", "none")
 #: how a box is cut from a heatmap: around everything above a share of its peak (the paper's rule), the
 #: smallest square holding a share of its positive mass, or around the cells above the unit's quantile
-#: over all of its k maps (NetDissect-style)
-CROP_RULES = ("peak", "share", "quantile")
-#: the default: every example in the paper's box and in the share box; questions read the peak boxes and
-#: search the share boxes (``semlens.lens.arrays.SEARCH_RULE``), each the better one for it where measured
-DEFAULT_CROP_RULE = "peak+share"
+#: over all of its k maps (NetDissect-style); or, "active", the smallest square holding a share of the unit's
+#: own activation map on the example (where it fires), whatever map the others read: a relevance heatmap
+#: spreads to every input that feeds the unit, a unit of a small map fires on one part of them
+CROP_RULES = ("peak", "share", "quantile", "active")
+#: the default: every example in the paper's box and in the active box; questions read the peak boxes and
+#: search the active boxes (``semlens.lens.arrays.SEARCH_RULES``), each the better one for it where measured
+DEFAULT_CROP_RULE = "peak+active"
 #: what is embedded of the box: its pixels, or its pixels faded to the crop's mean colour where the
 #: unit's heatmap is low
 CROP_VIEWS = ("box", "masked")
@@ -31,7 +33,7 @@ CROP_VIEWS = ("box", "masked")
 #: box embedded: a Lens answers from the first rule's boxes and searches by the share boxes (``rule_slots``)
 RULE_JOIN = "+"
 #: the build setting each rule reads besides the map (part of a Lens's identity when the rule is used)
-RULE_SETTINGS = {"share": "crop_share", "quantile": "crop_quantile"}
+RULE_SETTINGS = {"share": "crop_share", "active": "crop_share", "quantile": "crop_quantile"}
 #: quantile rule default: the top 5 % of a unit's map cells over its k maps. NetDissect's threshold is
 #: the top 0.5 % over the whole data set; on the concept world's CNN (1200 probe images, k = 20) that
 #: threshold keeps a median 2.7 % of the top-k cells of a 16 x 16 layer and 9 % of an 8 x 8 one
@@ -68,17 +70,23 @@ def crop_boxes(
     threshold: float = 0.01,
     share: float = 0.8,
     quantile: float = CROP_QUANTILE,
+    activations: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Square crop boxes ``[U, V·k, 4]`` for each unit's heatmaps ``[U, k, h, w]`` by ``rule``: the k boxes of
-    each of its V rules (``crop_rules``) in turn, so slot ``v·k + s`` is example ``s`` in rule ``v``'s box."""
-    return torch.cat([_boxes_by_rule(maps, size, part, threshold, share, quantile) for part in crop_rules(rule)], dim=1)
+    each of its V rules (``crop_rules``) in turn, so slot ``v·k + s`` is example ``s`` in rule ``v``'s box. The
+    active rule reads the units' activation maps ``activations`` ``[U, k, h', w']`` (the heatmaps where None)."""
+    return torch.cat([_boxes_by_rule(maps, size, part, threshold, share, quantile, activations) for part in crop_rules(rule)], dim=1)
 
 
-def _boxes_by_rule(maps: torch.Tensor, size: tuple[int, int], rule: str, threshold: float, share: float, quantile: float) -> torch.Tensor:
+def _boxes_by_rule(
+    maps: torch.Tensor, size: tuple[int, int], rule: str, threshold: float, share: float, quantile: float, activations: torch.Tensor | None
+) -> torch.Tensor:
     if rule == "quantile":
         return boxes_by_quantile(maps, size, quantile)
+    if rule == "active" and activations is not None:
+        maps = activations
     flat = maps.reshape(-1, *maps.shape[2:])
-    boxes = boxes_by_share(flat, size, share) if rule == "share" else boxes_from_maps(flat, size, threshold)
+    boxes = boxes_by_share(flat, size, share) if rule in ("share", "active") else boxes_from_maps(flat, size, threshold)
     return boxes.reshape(*maps.shape[:2], 4)
 
 

@@ -34,9 +34,9 @@ def run(
     ),
     crop_rule: Optional[str] = typer.Option(
         None,
-        help="How a box is cut from a heatmap: peak (everything above --crop-threshold of the peak), share or quantile; or "
-        "several joined by + (one box each). Default peak+share: labels, audits and measures read the peak boxes, search the "
-        "share boxes; peak alone embeds 2 to 4 times fewer crops.",
+        help="How a box is cut from a heatmap: peak (everything above --crop-threshold of the peak), share, quantile, or active "
+        "(share of the unit's activation map: where it fires); or several joined by + (one box each). Default peak+active: labels, "
+        "audits and measures read the peak boxes, search the active boxes; peak alone embeds 2 to 4 times fewer crops.",
     ),
     crop_share: Optional[float] = typer.Option(
         None, help="With --crop-rule share: the smallest square holding this share of the heatmap's positive mass (default 0.8)."
