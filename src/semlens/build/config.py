@@ -19,8 +19,6 @@ MAX_RELEVANCE_BATCH = 256
 #: the convolutions' LRP rule a build may choose: z⁺ (signed where inputs carry both signs; the default) or
 #: the generalised γ rule (γ = 0.25; ``relevance.lrp.LRP_RULES``)
 LRP_RULE_NAMES = ("zplus", "gamma")
-#: where a unit's CRP heatmap starts (``relevance.lrp.CRP_FOCUS``): its whole map, or its highest position alone
-CRP_FOCUS = ("unit", "peak")
 
 
 @dataclass
@@ -67,6 +65,8 @@ class BuildConfig:
             raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
         if self.lrp_rule not in LRP_RULE_NAMES:
             raise SemlensError(f"lrp_rule={self.lrp_rule!r} is not one of {', '.join(LRP_RULE_NAMES)}")
+        from ..relevance.lrp import CRP_FOCUS  # where a unit's CRP heatmap starts
+
         if self.crp_focus not in CRP_FOCUS:
             raise SemlensError(f"crp_focus={self.crp_focus!r} is not one of {', '.join(CRP_FOCUS)}")
         if self.crop_rule is None:
