@@ -121,8 +121,9 @@ class RelevanceModel:
             on_path = modules_on_the_input_path(model, example, called)
             if on_path is not None:
                 self._constant_layers = {name for name, module in model.named_modules() if module in called and module not in on_path and not list(module.children())}
-            without_rule = {name: m for name, m in leaves_without_rule(model, passes + averages + affines + held_norms, on_path).items() if not rearranges_only(m)}
-            canonizers = canonizers_for(model, example, on_path, passes + averages + affines + held_norms)
+            ruled = passes + averages + affines + held_norms  # library modules with a rule of their own
+            without_rule = {name: m for name, m in leaves_without_rule(model, ruled, on_path).items() if not rearranges_only(m)}
+            canonizers = canonizers_for(model, example, on_path, ruled)
             # modules that gate a product, weigh values or feed attention's held weights alone: no relevance reaches them
             gates = {id(gate) for canonizer in canonizers if isinstance(canonizer, FxResidualCanonizer) for gate in canonizer.traced.gates}
             unsupported = sorted({type(m).__name__ for m in without_rule.values() if type(m).__name__ not in HOLDING_MODULES and not makes_gate(m) and id(m) not in gates})
@@ -274,30 +275,23 @@ def crp_heatmaps(
         pass
     activation = captured[0].movedim(-1, 1) if channels_last else captured[0]
     view = (-1,) + (1,) * (activation.dim() - 1)
+    rows, tokens = torch.arange(len(channels)), activation.dim() == 3  # tokens N,L,C: units are the last dimension
     if sae is not None:
-        initial = decoded_share(sae, activation, channels) * signs.to(activation.dtype).view(view)
+        share, unit_map = decoded_share(sae, activation, channels)  # an SAE feature's map: its code
+        initial = share * signs.to(activation.dtype).view(view)
     else:
         mask = torch.zeros_like(activation)
-        if activation.dim() == 3:  # tokens N,L,C: units are the last dimension
-            mask[torch.arange(len(channels)), :, channels] = 1.0
+        if tokens:
+            mask[rows, :, channels] = 1.0
         else:
-            mask[torch.arange(len(channels)), channels] = 1.0
+            mask[rows, channels] = 1.0
         initial = activation * mask * signs.to(activation.dtype).view(view)
+        unit_map = (activation[rows, :, channels] if tokens else activation[rows, channels]).detach()
     if focus == "peak" and initial.dim() > 2:
-        unit_dim = 2 if activation.dim() == 3 else 1
-        # the unit's signed activation at each position (an SAE feature's: its code, along its decoder row)
-        along = initial if sae is None else initial * _decoder_rows(sae, channels, initial, unit_dim)
-        initial = initial * peak_positions(along.sum(dim=unit_dim, keepdim=True).detach())
+        signed = unit_map * signs.to(unit_map.dtype).view((-1,) + (1,) * (unit_map.dim() - 1))
+        initial = initial * peak_positions(signed).unsqueeze(2 if tokens else 1).to(initial.dtype)
     (relevance,) = torch.autograd.grad(activation, inputs, grad_outputs=initial)
     return relevance.sum(dim=1).detach()
-
-
-def _decoder_rows(sae: SparseAutoencoder, features: torch.Tensor, like: torch.Tensor, unit_dim: int) -> torch.Tensor:
-    """Row ``features[i]`` of the SAE's decoder for row i, shaped to broadcast against ``like`` along ``unit_dim``."""
-    rows = sae.checked_decoder("CRP through an SAE").to(like.device, like.dtype)[features]  # [N, C]
-    shape = [len(features)] + [1] * (like.dim() - 1)
-    shape[unit_dim] = rows.shape[1]
-    return rows.view(shape)
 
 
 def peak_positions(values: torch.Tensor) -> torch.Tensor:

@@ -121,9 +121,10 @@ class SaeRelevance:
         return y.movedim(-1, 1) if channels_first else y
 
 
-def decoded_share(sae: SparseAutoencoder, output: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+def decoded_share(sae: SparseAutoencoder, output: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row i of a layer's ``output`` (``N,C,H,W``, ``N,L,C`` or ``N,C``) reduced to feature ``features[i]``'s
-    decoded share ``c W_dec[j]`` at every position: the start of CRP for an SAE feature."""
+    decoded share ``c W_dec[j]`` at every position (the start of CRP for an SAE feature), and its code ``c`` at
+    every position (``N,H,W``, ``N,L`` or ``N``)."""
     channels_first = output.dim() == 4
     x = (output.movedim(1, -1) if channels_first else output).detach()
     decoder = sae.checked_decoder("CRP through an SAE").to(x.device)
@@ -132,7 +133,7 @@ def decoded_share(sae: SparseAutoencoder, output: torch.Tensor, features: torch.
         rows = torch.arange(len(features), device=x.device)
         chosen = codes.reshape(len(x), -1, codes.shape[-1])[rows, :, features].reshape(x.shape[:-1])
         share = (chosen[..., None] * decoder[features].reshape((len(x),) + (1,) * (x.dim() - 2) + (-1,))).to(x.dtype)
-    return share.movedim(-1, 1) if channels_first else share
+    return (share.movedim(-1, 1) if channels_first else share), chosen
 
 
 @contextmanager
