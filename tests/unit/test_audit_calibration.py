@@ -16,7 +16,7 @@ from semlens import LoadedModel
 from semlens._util.errors import SemlensError
 from semlens.analysis.alignment import alignment
 from semlens.analysis.audit import AlignmentRule, audit_units, null_stats, null_z, relevance_by_verdict, tight_shift, verdicts
-from semlens.analysis.interventions import LOCATE_ENOUGH, LOCATE_IOU, LOCATE_SHARE, Artifact, UnitToTest, concept_tests, located_ious, rank_auc
+from semlens.analysis.interventions import CONFIRM_AUC, LOCATE_ENOUGH, LOCATE_IOU, LOCATE_SHARE, Artifact, UnitToTest, concept_tests, located_ious, rank_auc
 from semlens.model.units import LayerSpec
 
 
@@ -433,7 +433,7 @@ class NudgedNet(nn.Module):
 
 def test_a_class_unit_the_concept_only_nudges_is_not_confirmed():
     rng = np.random.default_rng(1)
-    labels = [index % 3 for index in range(24)]  # red (the class), green, blue
+    labels = [0 if index % 4 == 0 else 1 + index % 2 for index in range(24)]  # 6 red (the class), 6 green, 12 blue
     without = [world.render(label, False, rng) for label in labels]
     watermark = Artifact(image=Image.fromarray(np.full((6, 6, 4), 255, dtype=np.uint8)), position=(1, 1))
     with_concept = [watermark.apply(view) for view in without]
@@ -447,9 +447,10 @@ def test_a_class_unit_the_concept_only_nudges_is_not_confirmed():
     assert detector["concept_rise"] == pytest.approx(1.0, abs=1e-4) and detector["class_rise"] == pytest.approx(0.0, abs=1e-4)
     assert detector["confirmed"]
     # the class unit: raised by 0.5 on every image, by 1.39 on the class's own images; it passes the test's
-    # other parts (AUC 1/3 + 4/9, over a quarter of the reliance removed) but not the concept-over-class rule
+    # other parts (AUC 1 - 3/4 * 1/4: only an other class's image with the watermark loses, to a red one without;
+    # over a quarter of the reliance removed) but not the concept-over-class rule
     assert nudged["concept_rise"] == pytest.approx(0.5, abs=1e-4) and nudged["class_rise"] == pytest.approx(red, abs=1e-3)
-    assert nudged["activation_auc"] == pytest.approx(7 / 9, abs=1e-4) and nudged["reliance_removed"] > 0.25 * reliance["log_odds"]
+    assert nudged["activation_auc"] == pytest.approx(13 / 16, abs=1e-4) and 13 / 16 >= CONFIRM_AUC and nudged["reliance_removed"] > 0.25 * reliance["log_odds"]
     assert not nudged["confirmed"]
     assert reliance["classes_from"] == "labels"
     # without labels the images are taken by the model's prediction (here the labels: red blobs are predicted red)
