@@ -3,8 +3,11 @@
 The units are random Gaussian vectors, the hardest case for an approximate index (no clusters to
 exploit; real theta are clustered). Each query is a text probe with its null, as in ``Lens.search``;
 both paths go through ``semlens.lens.index.UnitTable.top``, which re-scores the index's candidates exactly.
+With ``--responses`` every unit also gets a random response row (its ``cross``) and the crops a random scatter,
+and both paths rank by alignment and response (``Lens.search``'s default): the index's candidates are proposed
+by alignment alone, so its recall is measured against brute force ranking by both.
 
-    python benchmarks/search.py [--units 1000000] [--dim 512] [--queries 50] [--threads 2]
+    python benchmarks/search.py [--units 1000000] [--dim 512] [--queries 50] [--threads 2] [--responses]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--responses", action="store_true", help="rank by alignment and response, as Lens.search does")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import faiss
@@ -49,13 +53,22 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
 
     generator = torch.Generator().manual_seed(0)
-    table = UnitTable.stack({"units": torch.randn(args.units, args.dim, generator=generator)})
+    theta = {"units": torch.randn(args.units, args.dim, generator=generator)}
+    if args.responses:
+        mixing = torch.randn(args.dim, args.dim, generator=generator) / args.dim**0.5
+        responses, scatter = {"units": torch.randn(args.units, args.dim, generator=generator)}, mixing @ mixing.T
+        table, indexed = (UnitTable.stack(theta, None, responses, scatter) for _ in range(2))
+    else:
+        table, indexed = UnitTable.stack(theta), UnitTable.stack(theta)
     queries = torch.randn(args.queries, 2, args.dim, generator=generator)  # (probe, null) pairs
 
     start = time.perf_counter()
-    index = UnitIndex.build(table)
+    indexed.index = UnitIndex.build(table)
     build_s = time.perf_counter() - start
-    indexed = UnitTable(table.layers, table.thetas, table.offsets, table.norms, index)
+    if args.responses:
+        start = time.perf_counter()
+        indexed._moments  # once per Lens: the two scores' spread over the units, for the candidates
+        moments_s = time.perf_counter() - start
 
     latencies(table, queries[:2], args.top)  # warm-up
     latencies(indexed, queries[:2], args.top)
@@ -64,10 +77,12 @@ def main() -> None:
     recall = sum(len(a & b) for a, b in zip(truth, found)) / (args.top * args.queries)
 
     print(
-        f"{args.units} random units x {args.dim} dims, {args.queries} queries, top {args.top}, {args.threads} threads"
+        f"{args.units} random units x {args.dim} dims, {args.queries} queries, top {args.top}, {args.threads} threads, "
+        + ("ranked by alignment and response" if args.responses else "ranked by alignment")
     )
     print(
         f"index: faiss PQ fast-scan {args.dim // 2}x4 bit, {CANDIDATE_FACTOR} candidates per result, built in {build_s:.1f} s"
+        + (f"; the scores' moments in {moments_s:.1f} s" if args.responses else "")
     )
     print(describe("brute force", brute_s))
     print(describe("index", index_s))

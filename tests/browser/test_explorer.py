@@ -157,7 +157,7 @@ def test_the_unit_page_shows_relevance_examples_when_the_lens_has_them(browser, 
     assert problems == []
 
 
-def test_search_a_word_ranks_units_with_thumbnails(page, base_url, valid) -> None:
+def test_search_a_word_ranks_units_with_thumbnails(page, base_url, valid, explorer_lenses) -> None:
     goto(page, base_url, "search.html?lens=0")
     page.wait_for_function("document.getElementById('examples-note').textContent.length > 0")  # set once the Lens is read
     assert page.locator("#examples").is_disabled() and "no relevance examples" in page.inner_text("#examples-note")
@@ -166,8 +166,12 @@ def test_search_a_word_ranks_units_with_thumbnails(page, base_url, valid) -> Non
     page.wait_for_selector("#results[data-ready]")
     rows = page.locator("#results tr.hit")
     assert rows.count() == len(valid)  # inactive and tied units are never ranked
-    scores = [float(text) for text in page.locator("#results tr.hit td.num").all_inner_texts()]
-    assert scores == sorted(scores, reverse=True)
+    from semlens import Lens
+
+    expected = Lens.open(explorer_lenses[0], trust=True).search("red", top=len(valid))  # by alignment and response, both shown
+    assert page.locator("#results a.unit-link").all_inner_texts() == [hit.unit for hit in expected]
+    shown = [float(text) for text in page.locator("#results tr.hit td.response").all_inner_texts()]
+    assert shown == pytest.approx([hit.response for hit in expected], abs=1e-3)
     assert images_loaded(page, "#results img") >= len(valid)
     shot(page, "search")
     page.uncheck("#layers input[value='features.0']")

@@ -36,10 +36,15 @@ def lens_path(tmp_path_factory, colour_folder, tiny_clip_dir):
     return out
 
 
-def test_search_ranks_units_by_alignment(lens_path, tmp_path) -> None:
+def test_search_ranks_units_by_alignment_and_response(lens_path, tmp_path) -> None:
     hits = ask("search", lens_path, "red", "--top", "4", "--json")
-    assert len(hits) == 4 and [hit["score"] for hit in hits] == sorted((hit["score"] for hit in hits), reverse=True)
-    assert set(hits[0]) == {"unit", "layer", "index", "score", "label", "examples"}
+    assert [hit["unit"] for hit in hits] == [hit.unit for hit in Lens.open(lens_path).search("red", top=4)]
+    assert set(hits[0]) == {"unit", "layer", "index", "score", "label", "examples", "response"}
+    assert all(-1 <= hit["response"] <= 1 for hit in hits)
+    aligned = ask("search", lens_path, "red", "--top", "4", "--rank", "alignment", "--json")
+    assert [hit["score"] for hit in aligned] == sorted((hit["score"] for hit in aligned), reverse=True)
+    wrong = runner.invoke(app, ["search", str(lens_path), "red", "--rank", "best"])
+    assert wrong.exit_code != 0 and "both, alignment" in wrong.output
     only_head = ask("search", lens_path, "red", "--layer", "head", "--json")
     valid_head = int(Lens.open(lens_path).valid("head").sum())  # inactive and tied units are never ranked
     assert {hit["layer"] for hit in only_head} == {"head"} and len(only_head) == valid_head

@@ -131,7 +131,11 @@ def test_bad_lenses_layers_units_and_ranks_are_4xx_with_the_valid_choices(client
 
 def test_search_by_text_and_image_with_layer_filter_and_bounds(client, explorer_lenses) -> None:
     hits = client.get("/api/lenses/0/search", params={"q": "red", "top": 5}).json()
-    assert len(hits) == 5 and [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    expected = Lens.open(explorer_lenses[0], trust=True).search("red", top=5)  # by alignment and response
+    assert [(h["unit"], h["score"], h["response"]) for h in hits] == [(e.unit, pytest.approx(e.score), pytest.approx(e.response)) for e in expected]
+    aligned = client.get("/api/lenses/0/search", params={"q": "red", "top": 5, "rank": "alignment"}).json()
+    assert [h["score"] for h in aligned] == sorted((h["score"] for h in aligned), reverse=True)
+    refused(client.get("/api/lenses/0/search", params={"q": "red", "rank": "best"}), 422, "'both' or 'alignment'")
     assert all(len(hit["thumbnails"]) == 4 for hit in hits)
     one_layer = client.get("/api/lenses/0/search", params=[("q", "red"), ("layer", "features.3"), ("layer", "features.3")]).json()
     valid = {unit for unit in valid_units(explorer_lenses[0]) if unit.startswith("features.3/")}  # inactive or tied: never

@@ -127,3 +127,87 @@ def test_lens_search_through_the_index_matches_brute_force(tmp_path, monkeypatch
     # the same best scores; units whose scores differ only by rounding may swap places
     assert all(abs(hit.score - score) < 1e-5 for hit, score in zip(hits, list(exact.values())[:5], strict=True))
     assert all(abs(hit.score - exact[hit.unit]) < 1e-5 for hit in hits)
+
+
+def response_table(units: int = 40, dim: int = 8, crops: int = 300, seed: int = 0) -> tuple[UnitTable, torch.Tensor, torch.Tensor]:
+    """Two layers of random theta with responses taken the build's way (``ResponseMoments``) from random
+    activations on random crops; returns the table, the crops' normalised embeddings and the activations."""
+    from semlens.analysis.responses import ResponseMoments
+
+    generator = torch.Generator().manual_seed(seed)
+    embeddings = torch.randn(crops, dim, generator=generator)
+    activations = torch.randn(crops, units, generator=generator) + embeddings @ torch.randn(dim, units, generator=generator)
+    moments = ResponseMoments(dim)
+    normalised = moments.add_embeddings(embeddings)
+    moments.add_activations("a", activations[:, : units // 2], normalised)
+    moments.add_activations("b", activations[:, units // 2 :], normalised)
+    thetas = {"a": torch.randn(units // 2, dim, generator=generator), "b": torch.randn(units - units // 2, dim, generator=generator)}
+    table = UnitTable.stack(thetas, None, {"a": moments.cross("a"), "b": moments.cross("b")}, moments.scatter())
+    return table, normalised.float(), activations
+
+
+def test_a_units_response_is_the_pearson_correlation_of_its_activation_with_the_crops_alignment() -> None:
+    table, crops, activations = response_table()
+    probe, null = torch.randn(8), torch.randn(8)
+    direction = F.normalize(probe, dim=0) - F.normalize(null, dim=0)
+    aligned = crops @ direction  # each crop's alignment with the probe (Eq. 4)
+    expected = torch.tensor([float(torch.corrcoef(torch.stack([activations[:, unit], aligned]))[0, 1]) for unit in range(40)])
+    torch.testing.assert_close(table.correlations(direction), expected, atol=1e-4, rtol=0)
+    rows = torch.tensor([39, 0, 21])
+    torch.testing.assert_close(table.correlations(direction, rows), expected[rows], atol=1e-4, rtol=0)
+
+
+def test_ranking_by_both_is_the_lower_standardised_score_and_alignment_alone_is_eq4() -> None:
+    table, _, _ = response_table()
+    probe, null = torch.randn(8), torch.randn(8)
+    direction = F.normalize(probe, dim=0) - F.normalize(null, dim=0)
+    aligned = torch.cat([alignment(theta, probe[None], null)[:, 0] for theta in table.thetas])
+    response = table.correlations(direction)
+
+    def z(values: torch.Tensor) -> torch.Tensor:
+        return (values - values.mean()) / values.std(unbiased=False)
+
+    both = torch.minimum(z(aligned), z(response))
+    rows, scores = table.top(probe, null, 6)
+    assert rows.tolist() == torch.sort(both, descending=True, stable=True).indices[:6].tolist()
+    torch.testing.assert_close(scores, aligned[rows])  # the hits' scores stay their alignments
+    rows, _ = table.top(probe, null, 6, by_response=False)
+    assert rows.tolist() == torch.sort(aligned, descending=True, stable=True).indices[:6].tolist()
+
+
+def test_a_unit_aligned_with_the_probe_that_does_not_respond_to_it_ranks_below_one_that_does() -> None:
+    # unit 0: the best alignment, no response; unit 1: second in both; the rest: weak in both
+    thetas = torch.tensor([[1.0, 0.0], [0.9, 0.45], [0.0, 1.0], [-1.0, 0.3], [0.2, 1.0]])
+    crosses = torch.tensor([[-0.5, 0.0], [0.8, 0.0], [0.1, 0.0], [0.0, 0.0], [0.3, 0.0]])
+    table = UnitTable.stack({"layer": thetas}, None, {"layer": crosses}, torch.eye(2))
+    probe = torch.tensor([1.0, 0.0])
+    assert table.top(probe, None, 5, by_response=False)[0].tolist()[:2] == [0, 1]
+    assert table.top(probe, None, 2)[0].tolist() == [1, 4]  # unit 0 falls to the bottom on its response
+
+
+def test_excluded_units_are_left_out_of_the_standardisation() -> None:
+    table, _, _ = response_table()
+    excluded = torch.zeros(40, dtype=torch.bool)
+    excluded[::3] = True
+    masked = UnitTable.stack(
+        {"a": table.thetas[0], "b": table.thetas[1]}, {"a": excluded[:20], "b": excluded[20:]},
+        {"a": table.responses[0], "b": table.responses[1]}, table.scatter,
+    )  # fmt: skip
+    probe, null = torch.randn(8), torch.randn(8)
+    kept = (~excluded).nonzero().flatten()
+    alone = UnitTable.stack({"kept": torch.cat(table.thetas)[kept]}, None, {"kept": torch.cat(table.responses)[kept]}, table.scatter)
+    assert masked.top(probe, null, 8)[0].tolist() == kept[alone.top(probe, null, 8)[0]].tolist()
+
+
+@needs_faiss
+def test_the_index_ranks_by_both_as_brute_force_does(monkeypatch) -> None:
+    table, _, _ = response_table(units=2000, dim=16, crops=500)
+    indexed = UnitTable.stack({"a": table.thetas[0], "b": table.thetas[1]}, None, {"a": table.responses[0], "b": table.responses[1]}, table.scatter)
+    indexed.index = UnitIndex.build(indexed)
+    for seed in range(5):
+        generator = torch.Generator().manual_seed(seed)
+        probe, null = torch.randn(16, generator=generator), torch.randn(16, generator=generator)
+        exact_rows, exact_scores = table.top(probe, null, 10)
+        rows, scores = indexed.top(probe, null, 10)
+        assert len(set(rows.tolist()) & set(exact_rows.tolist())) >= 9  # the candidates are proposed by alignment
+        assert rows[:3].tolist() == exact_rows[:3].tolist()

@@ -56,8 +56,16 @@ def print_hits(hits: list, title: str, score: str, as_json: bool) -> None:
     if as_json:
         emit_json([hit.to_dict() for hit in hits])
         return
+    if any(hit.response is not None for hit in hits):
+        rows = [(hit.unit, round(hit.score, 4), _rounded(hit.response), hit.label or "", ", ".join(hit.examples)) for hit in hits]
+        console.print(table(title, ("unit", score, "response", "label", "top concept examples"), rows))
+        return
     rows = [(hit.unit, round(hit.score, 4), hit.label or "", ", ".join(hit.examples)) for hit in hits]
     console.print(table(title, ("unit", score, "label", "top concept examples"), rows))
+
+
+def _rounded(value: float | None) -> float | str:
+    return "-" if value is None else round(value, 3)
 
 
 @app.command()
@@ -72,15 +80,20 @@ def search(
         None, "--template", "-t", help="Template set (search, label, audit) or custom templates with {} (repeatable)."
     ),
     examples: str = ExampleSet,
+    rank: str = typer.Option(
+        "both", "--rank", help="both: by alignment and response to the probe, each standardised (the default; alignment alone where the Lens has no crop responses); alignment: by alignment alone (the paper's Eq. 4)."
+    ),
     trust: Trust = False,
     foundation: Foundation = None,
     space: Space = None,
     as_json: AsJson = False,
 ) -> None:
-    """Rank units of all (or chosen) layers by alignment with a text and/or image probe."""
+    """Rank units of all (or chosen) layers by a text and/or image probe: their examples' alignment with it and
+    how their activation follows it over the Lens's crops."""
     opened = open_lens(lens, trust, foundation=foundation, space=space)
-    hits = opened.search(query or None, image or (), layer or None, top, template or "search", examples=examples)
-    title = f"units aligned with {' + '.join(map(repr, query or []))}{' + images' if image else ''}"
+    hits = opened.search(query or None, image or (), layer or None, top, template or "search", examples=examples, rank=rank)
+    ranked = "aligned with" if rank == "alignment" or not opened.has_responses else "aligned with and responding to"
+    title = f"units {ranked} {' + '.join(map(repr, query or []))}{' + images' if image else ''}"
     print_hits(hits, title, "alignment", as_json)
 
 

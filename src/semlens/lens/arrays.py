@@ -80,13 +80,26 @@ class LensArrays:
     def partial_effects(self: Lens, layer: str, directions: torch.Tensor) -> torch.Tensor:
         """Each concept's partial effect ``[U, C]`` on each unit's activation over the Lens's crops
         (``analysis.responses.partial_effects``), for concept ``directions`` ``[C, d]``."""
+        return partial_effects(self.crop_responses(layer), self.response_scatter, directions)
+
+    def crop_responses(self: Lens, layer: str) -> torch.Tensor:
+        """Per unit, its activation's centred cross-moment with the Lens's crop embeddings ``[U, d]``
+        (``analysis.responses.ResponseMoments.cross``)."""
+        self._require_responses()
+        return self._read(layer, RESPONSES)["cross"]
+
+    @property
+    def response_scatter(self: Lens) -> torch.Tensor:
+        """The Lens's crop embeddings' centred scatter ``[d, d]`` (``ResponseMoments.scatter``)."""
+        self._require_responses()
+        return self._read_cached(RESPONSES_FILE, RESPONSES_FILE)["scatter"]
+
+    def _require_responses(self: Lens) -> None:
         if not self.has_responses:
             raise SemlensError(
                 "this Lens has no crop responses (built before semlens kept them, or in another embedding space): "
                 "build it again with `semlens run`, or label with --method centred"
             )
-        scatter = self._read_cached(RESPONSES_FILE, RESPONSES_FILE)["scatter"]
-        return partial_effects(self._read(layer, RESPONSES)["cross"], scatter, directions)
 
     def inactive(self, layer: str) -> torch.Tensor:
         """True for units that never fired or whose top-k scores are all equal: their examples are arbitrary."""

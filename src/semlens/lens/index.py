@@ -10,6 +10,13 @@ clustered (an IVF or graph index would). The candidates are re-scored exactly: r
 exact, only the choice of candidates is approximate (recall@10 is measured in benchmarks/search.py).
 The index is built on first use and kept in the Lens directory in faiss's own format, with the
 fingerprint of the theta it was built from.
+
+Where the Lens kept its units' responses to its crops (``cross``, ``analysis.responses``), a unit must also
+*respond* to the probe: its activation over all the Lens's crops rises with their alignment to it (a Pearson
+correlation, linear in the probe like the alignment). The ranking is the lower of the two scores, each
+standardised over the table's units: a unit whose top examples look like the probe only because the probe's
+concept shares their images (a square unit among squares that carry a patch) ranks below one that answers the
+probe wherever it is. Measured on the quality benchmark's worlds (README "Search by alignment and response").
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import bisect
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -106,16 +114,31 @@ class UnitTable:
     norms: torch.Tensor
     excluded: torch.Tensor | None = None  # [units] bool: never ranked (e.g. units without examples of their own)
     index: UnitIndex | None = None
+    responses: list[torch.Tensor] | None = None  # per layer [U, d]: the units' ``cross`` with the crops' embeddings
+    scatter: torch.Tensor | None = None  # [d, d]: the crops' centred scatter (``analysis.responses``)
 
     @classmethod
-    def stack(cls, thetas: dict[str, torch.Tensor], excluded: dict[str, torch.Tensor] | None = None) -> UnitTable:
+    def stack(
+        cls,
+        thetas: dict[str, torch.Tensor],
+        excluded: dict[str, torch.Tensor] | None = None,
+        responses: dict[str, torch.Tensor] | None = None,
+        scatter: torch.Tensor | None = None,
+    ) -> UnitTable:
+        """One table of the layers' ``thetas``; with ``responses`` (each layer's ``cross``, rows as its theta's) and
+        the crops' ``scatter``, ranked by alignment and response (module docstring)."""
         offsets = [0]
         for theta in thetas.values():
             offsets.append(offsets[-1] + theta.shape[0])
         arrays = [theta.float() for theta in thetas.values()]
         norms = torch.cat([theta.norm(dim=-1) for theta in arrays]).clamp_min(NORM_EPSILON)  # as F.normalize
         mask = torch.cat([excluded[layer] for layer in thetas]) if excluded is not None else None
-        return cls(list(thetas), arrays, offsets, norms, mask)
+        crosses = None
+        if responses is not None:
+            crosses = [responses[layer].float() for layer in thetas]
+            if any(cross.shape != theta.shape for cross, theta in zip(crosses, arrays)):
+                raise ValueError("each layer's responses need one row per unit of its theta")
+        return cls(list(thetas), arrays, offsets, norms, mask, None, crosses, None if scatter is None else scatter.float())
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -133,27 +156,84 @@ class UnitTable:
     def normalised(self, rows: torch.Tensor) -> torch.Tensor:
         """The unit vectors of stacked ``rows`` ``[n]`` as ``[n, d]`` (gathered in numpy, single-threaded:
         see the re-scoring in :meth:`top`)."""
+        return torch.from_numpy(self._gathered(self.thetas, rows) / self.norms.numpy()[rows.numpy(), None])
+
+    def _gathered(self, arrays: list[torch.Tensor], rows: torch.Tensor) -> np.ndarray:
+        """Stacked ``rows`` ``[n]`` of per-layer ``arrays`` (theta or responses) as one ``[n, d]`` array."""
         wanted = rows.numpy()
         layer_of = np.searchsorted(self.offsets[1:-1], wanted, side="right")
         vectors = np.empty((len(wanted), self.shape[1]), dtype=np.float32)
-        for position, theta in enumerate(self.thetas):
+        for position, array in enumerate(arrays):
             mine = layer_of == position
-            vectors[mine] = theta.numpy()[wanted[mine] - self.offsets[position]]
-        return torch.from_numpy(vectors / self.norms.numpy()[wanted, None])
+            vectors[mine] = array.numpy()[wanted[mine] - self.offsets[position]]
+        return vectors
 
-    def top(self, probe: torch.Tensor, null: torch.Tensor | None, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows and alignments of the ``count`` best-aligned units, best first, ties to the lower row."""
+    def correlations(self, direction: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Per unit (stacked ``rows``; None: all), the Pearson correlation of its activation over the Lens's crops
+        with the crops' alignment to ``direction`` ``[d]``: ``cross . w / sqrt(w^T scatter w)``."""
+        if self.scatter is None:
+            raise ValueError("this table holds no responses")
+        return self._response_dots(direction, rows) / (direction @ self.scatter @ direction).clamp_min(NORM_EPSILON).sqrt()
+
+    def _response_dots(self, direction: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """``cross . w`` per unit (stacked ``rows``; None: all): the correlation up to a factor common to all units."""
+        if self.responses is None:
+            raise ValueError("this table holds no responses")
+        if rows is None:
+            return torch.cat([cross @ direction for cross in self.responses])
+        return torch.from_numpy(self._gathered(self.responses, rows) @ direction.numpy())
+
+    @cached_property
+    def _moments(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Mean ``[d]`` and covariance ``[d, d]`` of the ranked units' normalised theta and of their responses, so
+        that a linear score's mean and spread over the units follow for the index's candidates: estimated on a
+        seeded random ``TRAINING_UNITS`` of them (as the quantiser is trained), a second at most at 512 dims."""
+        rows = torch.arange(self.shape[0]) if self.excluded is None else (~self.excluded).nonzero().flatten()
+        chosen = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:TRAINING_UNITS]
+        rows = rows[torch.sort(chosen).values]
+        gathers = {"theta": self.normalised, "responses": lambda block: torch.from_numpy(self._gathered(self.responses, block))}
+        moments = {}
+        for name, gather in gathers.items():
+            total = torch.zeros(self.shape[1], dtype=torch.float64)
+            products = torch.zeros(self.shape[1], self.shape[1], dtype=torch.float64)
+            for begin in range(0, len(rows), ADD_BLOCK):
+                block = gather(rows[begin : begin + ADD_BLOCK])
+                total += block.double().sum(dim=0)
+                products += (block.T @ block).double()
+            mean = total / max(len(rows), 1)
+            moments[name] = (mean, products / max(len(rows), 1) - torch.outer(mean, mean))
+        return moments
+
+    def _both(self, alignments: torch.Tensor, direction: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """The ranking by alignment and response: the lower of the two, each standardised over the ranked units,
+        directly over all of them (``rows`` None), or for the index's candidates ``rows`` from ``_moments``."""
+        responses = self._response_dots(direction, rows)
+        if rows is None:
+            included = slice(None) if self.excluded is None else ~self.excluded
+            return torch.minimum(standardised_over(alignments, alignments[included]), standardised_over(responses, responses[included]))
+        w = direction.double()
+        parts = [
+            (values.double() - mean @ w) / (w @ covariance @ w).clamp_min(0).sqrt().clamp_min(NORM_EPSILON)
+            for values, (mean, covariance) in ((alignments, self._moments["theta"]), (responses, self._moments["responses"]))
+        ]
+        return torch.minimum(*parts).float()
+
+    def top(self, probe: torch.Tensor, null: torch.Tensor | None, count: int, by_response: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows and alignments of the ``count`` best units, best first, ties to the lower row: ranked by alignment
+        and response where the table holds responses and ``by_response`` (module docstring), else by alignment."""
         directions = [F.normalize(probe.float().reshape(-1), dim=-1)]
         if null is not None:
             directions.append(F.normalize(null.float().reshape(-1), dim=-1))
+        query = probe_direction(probe, null)
+        by_response = by_response and self.responses is not None
         if self.index is None:  # one pass over every theta for probe and null together
             dots = torch.cat([theta @ torch.stack(directions, dim=1) for theta in self.thetas]) / self.norms[:, None]
             scores = null_subtracted(list(dots.T))
+            ranking = self._both(scores, query, None) if by_response else scores
             if self.excluded is not None:
-                scores = scores.masked_fill(self.excluded, float("-inf"))
-            rows = top_positions(scores, min(count, self.shape[0] - self._excluded_count))
+                ranking = ranking.masked_fill(self.excluded, float("-inf"))
+            rows = top_positions(ranking, min(count, self.shape[0] - self._excluded_count))
             return rows, scores[rows]
-        query = directions[0] - directions[1] if null is not None else directions[0]
         rows = torch.sort(self.index.candidates(query, (count + self._excluded_count) * CANDIDATE_FACTOR)).values
         if self.excluded is not None:
             rows = rows[~self.excluded[rows]]
@@ -163,8 +243,20 @@ class UnitTable:
         candidates = self.normalised(rows).numpy()
         dots = [np.einsum("ij,j->i", candidates, direction.numpy()) for direction in directions]
         scores = null_subtracted([torch.from_numpy(dot) for dot in dots])
-        best = top_positions(scores, count)
+        best = top_positions(self._both(scores, query, rows) if by_response else scores, count)
         return rows[best], scores[best]
+
+
+def probe_direction(probe: torch.Tensor, null: torch.Tensor | None) -> torch.Tensor:
+    """``p^ - null^`` (``p^`` without a null) ``[d]``: a normalised vector's alignment with the probe (Eq. 4) is its
+    dot product with this."""
+    direction = F.normalize(probe.float().reshape(-1), dim=-1)
+    return direction if null is None else direction - F.normalize(null.float().reshape(-1), dim=-1)
+
+
+def standardised_over(values: torch.Tensor, population: torch.Tensor) -> torch.Tensor:
+    """``values`` less the ``population``'s mean, over its standard deviation (``values`` when it has none)."""
+    return (values - population.mean()) / population.std(unbiased=False).clamp_min(NORM_EPSILON)
 
 
 def null_subtracted(dots: list[torch.Tensor]) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Search: units ranked by alignment with a text or image probe, or by similarity to another unit; all valid
-units (``Lens.valid``) stacked once, with an approximate index from ``INDEX_MIN_UNITS`` units on (see
+"""Search: units ranked by alignment with a text or image probe (and, where the Lens kept its crop responses,
+by how their activation follows the probe: ``RANKINGS``), or by similarity to another unit; all valid units
+(``Lens.valid``) stacked once, with an approximate index from ``INDEX_MIN_UNITS`` units on (see
 semlens.lens.index)."""
 
 from __future__ import annotations
@@ -13,15 +14,21 @@ import torch
 from PIL import Image
 
 from .._util.errors import SemlensError
-from .index import UnitTable, open_index
+from .index import UnitTable, open_index, probe_direction
 
 if TYPE_CHECKING:
     from .lens import Lens
 
+#: how a probe ranks units: "both", the lower of alignment and response, each standardised over the units
+#: (where the Lens has no crop responses, alignment alone), or "alignment" alone (the paper's Eq. 4)
+RANKINGS = ("both", "alignment")
+
 
 @dataclass(frozen=True)
 class SearchHit:
-    """A unit found by a probe: its alignment, label (if labelled) and best concept examples."""
+    """A unit found by a probe: its alignment (``score``), label (if labelled), best concept examples and
+    ``response``: the correlation of its activation over the Lens's crops with their alignment to the probe
+    (None where the Lens kept no crop responses)."""
 
     unit: str
     layer: str
@@ -29,6 +36,7 @@ class SearchHit:
     score: float
     label: str | None
     examples: list[str]
+    response: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -64,14 +72,17 @@ class LensSearch:
         templates: str | list[str] = "search",
         examples: str = "activation",
         space: str | None = None,
+        rank: str = "both",
     ) -> list[SearchHit]:
-        """Units of all (or the given) layers ranked by alignment with a text and/or image probe; ``examples``:
-        whose theta, the activation examples' or the relevance examples' (see ``Lens.theta_of``), in embedding
-        space ``space`` (default this Lens's: see ``Lens.in_space``)."""
+        """Units of all (or the given) layers ranked by a text and/or image probe, by ``rank`` (``RANKINGS``);
+        ``examples``: whose theta, the activation examples' or the relevance examples' (see ``Lens.theta_of``),
+        in embedding space ``space`` (default this Lens's: see ``Lens.in_space``)."""
+        if rank not in RANKINGS:
+            raise SemlensError(f"rank={rank!r}: rank by one of {', '.join(RANKINGS)}")
         if space is not None:
-            return self.in_space(space).search(text, images, layers, top, templates, examples)
+            return self.in_space(space).search(text, images, layers, top, templates, examples, rank=rank)
         probe, null = self.probe(text, images, templates)
-        return self._rank(probe, null, self.checked_layers(layers), top, examples=examples)
+        return self._rank(probe, null, self.checked_layers(layers), top, examples=examples, rank=rank)
 
     def search_similar(self: Lens, source: Lens, unit: str, top: int = 10, space: str | None = None) -> list[SearchHit]:
         """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one), in embedding space ``space``."""
@@ -80,7 +91,7 @@ class LensSearch:
         if source.foundation_id != self.foundation_id:
             raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
         layer, row = source.unit_index(unit)
-        return self._rank(source.theta(layer, source.search_rule)[row], None, self.layers, top, exclude=(layer, row) if source is self else None)
+        return self._rank(source.theta(layer, source.search_rule)[row], None, self.layers, top, exclude=(layer, row) if source is self else None, rank=None)
 
     def _rank(
         self: Lens,
@@ -90,14 +101,19 @@ class LensSearch:
         top: int,
         exclude: tuple[str, int] | None = None,
         examples: str = "activation",
+        rank: str | None = "both",
     ) -> list[SearchHit]:
-        """The ``top`` units of ``layers`` by alignment with ``probe``; ties go to the earlier layer, lower unit."""
+        """The ``top`` units of ``layers`` by ``probe``, ranked by ``rank`` (``RANKINGS``; None: by similarity to
+        another unit's theta, without responses); ties go to the earlier layer, lower unit."""
         if top < 1:
             raise SemlensError(f"top={top}: ask for at least one unit")
         table = self._search_table if layers == self.layers and examples == "activation" else self._unit_table(layers, examples)
-        rows, scores = table.top(probe, null, top + 1)
-        found = [(table.locate(row), score) for row, score in zip(rows.tolist(), scores.tolist())]
-        return [self._search_hit(*owner, score, examples) for owner, score in found if owner != exclude][:top]
+        rows, scores = table.top(probe, null, top + 1, by_response=rank == "both")
+        responses = [None] * len(rows)
+        if table.responses is not None and rank is not None:
+            responses = table.correlations(probe_direction(probe, null), rows).tolist()
+        found = [(table.locate(row), score, response) for row, score, response in zip(rows.tolist(), scores.tolist(), responses)]
+        return [self._search_hit(*owner, score, examples, response) for owner, score, response in found if owner != exclude][:top]
 
     @cached_property
     def _search_table(self: Lens) -> UnitTable:
@@ -110,9 +126,12 @@ class LensSearch:
         """The layers' units as one table, each unit's theta by the search rule (``Lens.search_rule``); units
         without examples of their own (``Lens.valid``, by the first rule as everywhere) are never ranked."""
         theta = {layer: self.theta_of(layer, examples, self.search_rule) for layer in layers}
-        return UnitTable.stack(theta, {layer: ~self.valid_of(layer, examples) for layer in layers})
+        excluded = {layer: ~self.valid_of(layer, examples) for layer in layers}
+        if not self.has_responses:
+            return UnitTable.stack(theta, excluded)
+        return UnitTable.stack(theta, excluded, {layer: self.crop_responses(layer) for layer in layers}, self.response_scatter)
 
-    def _search_hit(self: Lens, layer: str, row: int, score: float, examples: str = "activation") -> SearchHit:
+    def _search_hit(self: Lens, layer: str, row: int, score: float, examples: str = "activation", response: float | None = None) -> SearchHit:
         unit = f"{layer}/{self.units(layer)[row]}"
         sources = [example.source for example in self.concept_examples(unit, by=examples)[:3]]
-        return SearchHit(unit, layer, row, score, self.label_of(unit), sources)
+        return SearchHit(unit, layer, row, score, self.label_of(unit), sources, response)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from .._util.errors import SemlensError, one_line
 from ..lens.example_sets import EXAMPLE_SETS
+from ..lens.search import RANKINGS
 from ..lens.examples import ConceptExample
 from .schemas import MAX_TEXT
 from .state import Explorer, Served
@@ -41,6 +42,10 @@ Top = Annotated[int, Query(ge=1, le=100, description="How many units.")]
 ExampleSet = Annotated[
     Literal[EXAMPLE_SETS],
     Query(description="Which concept examples: top-k by activation, or by relevance (Lenses built with them)."),
+]
+Ranking = Annotated[
+    Literal[RANKINGS],
+    Query(description="How units are ranked: 'both' (alignment and response to the probe, each standardised; the default) or 'alignment' alone."),
 ]
 SpaceName = Annotated[
     str | None, Query(max_length=MAX_TEXT, description="Embedding space (see /api/lenses/{lens}/spaces); default the Lens's own.")
@@ -92,4 +97,4 @@ def layers_of(served: Served, requested: list[str] | None) -> list[str] | None:
 
 def hits_out(served: Served, hits: list, examples: str = "activation") -> list[dict[str, Any]]:
     """Hits as ``Hit`` rows, their thumbnails from the set of examples they were found by."""
-    return [{**served.ref(hit.unit, examples), "label": hit.label, "score": hit.score} for hit in hits]
+    return [{**served.ref(hit.unit, examples), "label": hit.label, "score": hit.score, "response": hit.response} for hit in hits]

@@ -6,13 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, UploadFile
 
-from ..common import MAX_TEXT, ExampleSet, ExplorerDep, Layers, LensKey, SpaceName, Top, decode_image, hits_out, layers_of
+from ..common import MAX_TEXT, ExampleSet, ExplorerDep, Layers, LensKey, Ranking, SpaceName, Top, decode_image, hits_out, layers_of
 from ..schemas import Hit
 
 router = APIRouter()
 
 
-@router.get("/api/lenses/{lens}/search", response_model=list[Hit], summary="Units ranked by alignment with a text")
+@router.get("/api/lenses/{lens}/search", response_model=list[Hit], summary="Units ranked by a text")
 def search(
     explorer: ExplorerDep,
     lens: LensKey,
@@ -21,10 +21,13 @@ def search(
     top: Top = 10,
     space: SpaceName = None,
     examples: ExampleSet = "activation",
+    rank: Ranking = "both",
 ) -> list[dict[str, Any]]:
-    """Units ranked by the alignment of their theta (from their activation or relevance examples) with ``q``."""
+    """Units ranked by ``q``: the alignment of their theta (from their activation or relevance examples) and,
+    by default, their response to it (``Lens.search``)."""
     served = explorer.get(lens)
-    return hits_out(served, served.ready(space).search(q, layers=layers_of(served, layer), top=top, examples=examples), examples)
+    found = served.ready(space).search(q, layers=layers_of(served, layer), top=top, examples=examples, rank=rank)
+    return hits_out(served, found, examples)
 
 
 @router.post(
@@ -38,8 +41,9 @@ def search_image(
     top: Top = 10,
     space: SpaceName = None,
     examples: ExampleSet = "activation",
+    rank: Ranking = "both",
 ) -> list[dict[str, Any]]:
     served = explorer.get(lens)
     picture = decode_image(image.file.read())
-    found = served.ready(space).search(images=[picture], layers=layers_of(served, layer), top=top, examples=examples)
+    found = served.ready(space).search(images=[picture], layers=layers_of(served, layer), top=top, examples=examples, rank=rank)
     return hits_out(served, found, examples)

@@ -31,8 +31,9 @@
 
   function show(hits, what) {
     fill(results, el("caption", {}, `units ranked by ${what}`),
-      el("tr", {}, ["#", "unit", "label", "examples", "layer", "score"].map((name) => el("th", {}, name))),
-      hits.map((hit, i) => el("tr", { class: "hit" }, el("td", {}, i + 1), ...unitCells(hit), el("td", {}, hit.layer), el("td", { class: "num" }, fmt(hit.score, 4)))));
+      el("tr", {}, ["#", "unit", "label", "examples", "layer", "alignment", "response"].map((name) => el("th", {}, name))),
+      hits.map((hit, i) => el("tr", { class: "hit" }, el("td", {}, i + 1), ...unitCells(hit), el("td", {}, hit.layer),
+        el("td", { class: "num alignment" }, fmt(hit.score, 4)), el("td", { class: "num response" }, hit.response === null ? "–" : fmt(hit.response, 3)))));
     results.dataset.ready = "true";
   }
 
@@ -43,12 +44,12 @@
       const parameters = query();
       parameters.set("q", q.value);
       const hits = await run("searching…", () => api(`/api/lenses/${lens.id}/search?${parameters}`));
-      if (hits) show(hits, `alignment with “${q.value}” (${examples.value} examples)`);
+      if (hits) show(hits, `alignment with and response to “${q.value}” (${examples.value} examples)`);
     } else if (file.files.length) {
       const body = new FormData();
       body.append("image", file.files[0]);
       const hits = await run("searching…", () => api(`/api/lenses/${lens.id}/search/image?${query()}`, { method: "POST", body }));
-      if (hits) show(hits, `similarity to ${file.files[0].name} (${examples.value} examples)`);
+      if (hits) show(hits, `similarity and response to ${file.files[0].name} (${examples.value} examples)`);
     } else {
       Semlens.status("type a text or choose an image", true);
     }
