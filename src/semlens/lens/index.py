@@ -40,6 +40,9 @@ from .store import LensStore, atomic_write
 INDEX_MIN_UNITS = 100_000
 #: candidates proposed per wanted result, then re-scored exactly
 CANDIDATE_FACTOR = 100
+#: ranking by alignment and response, the candidates (proposed by alignment) are widened fourfold until no unit
+#: left out can rank among the best; beyond this share of the units brute force is cheaper (benchmarks/search.py)
+MAX_CANDIDATE_SHARE = 1 / 32
 #: units the product quantiser is trained on (a seeded random subset)
 TRAINING_UNITS = 50_000
 #: units encoded per call while building the index
@@ -86,11 +89,12 @@ class UnitIndex:
             index.add(table.normalised(torch.arange(begin, min(begin + ADD_BLOCK, units))).numpy())
         return cls(index)
 
-    def candidates(self, query: torch.Tensor, count: int) -> torch.Tensor:
-        """Rows of the (about) ``count`` units with the highest inner product with ``query`` ``[d]``."""
-        _, ids = self.index.search(query.float().reshape(1, -1).contiguous().numpy(), min(count, self.index.ntotal))
-        found = torch.from_numpy(ids[0])
-        return found[found >= 0]
+    def candidates(self, query: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of the (about) ``count`` units with the highest inner product with ``query`` ``[d]``, and those
+        inner products as the quantiser approximates them."""
+        approximate, ids = self.index.search(query.float().reshape(1, -1).contiguous().numpy(), min(count, self.index.ntotal))
+        found = ids[0] >= 0
+        return torch.from_numpy(ids[0][found]), torch.from_numpy(approximate[0][found])
 
     def save(self, path: Path) -> None:
         atomic_write(path, lambda temporary: self._faiss().write_index(self.index, str(temporary)))
@@ -204,19 +208,19 @@ class UnitTable:
             moments[name] = (mean, products / max(len(rows), 1) - torch.outer(mean, mean))
         return moments
 
-    def _both(self, alignments: torch.Tensor, direction: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        """The ranking by alignment and response: the lower of the two, each standardised over the ranked units,
-        directly over all of them (``rows`` None), or for the index's candidates ``rows`` from ``_moments``."""
-        responses = self._response_dots(direction, rows)
-        if rows is None:
-            included = slice(None) if self.excluded is None else ~self.excluded
-            return torch.minimum(standardised_over(alignments, alignments[included]), standardised_over(responses, responses[included]))
+    def _both(self, alignments: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        """The ranking by alignment and response over all units: the lower of the two, each standardised over the
+        ranked ones."""
+        responses = self._response_dots(direction, None)
+        included = slice(None) if self.excluded is None else ~self.excluded
+        return torch.minimum(standardised_over(alignments, alignments[included]), standardised_over(responses, responses[included]))
+
+    def _standardised(self, values: torch.Tensor, direction: torch.Tensor, which: str) -> torch.Tensor:
+        """Linear scores (with ``direction``) of some units, standardised by the mean and spread that all ranked
+        units' ``which`` ("theta" or "responses") give them (``_moments``)."""
+        mean, covariance = self._moments[which]
         w = direction.double()
-        parts = [
-            (values.double() - mean @ w) / (w @ covariance @ w).clamp_min(0).sqrt().clamp_min(NORM_EPSILON)
-            for values, (mean, covariance) in ((alignments, self._moments["theta"]), (responses, self._moments["responses"]))
-        ]
-        return torch.minimum(*parts).float()
+        return ((values.double() - mean @ w) / (w @ covariance @ w).clamp_min(0).sqrt().clamp_min(NORM_EPSILON)).float()
 
     def top(self, probe: torch.Tensor, null: torch.Tensor | None, count: int, by_response: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows and alignments of the ``count`` best units, best first, ties to the lower row: ranked by alignment
@@ -226,24 +230,55 @@ class UnitTable:
             directions.append(F.normalize(null.float().reshape(-1), dim=-1))
         query = probe_direction(probe, null)
         by_response = by_response and self.responses is not None
-        if self.index is None:  # one pass over every theta for probe and null together
-            dots = torch.cat([theta @ torch.stack(directions, dim=1) for theta in self.thetas]) / self.norms[:, None]
-            scores = null_subtracted(list(dots.T))
-            ranking = self._both(scores, query, None) if by_response else scores
-            if self.excluded is not None:
-                ranking = ranking.masked_fill(self.excluded, float("-inf"))
-            rows = top_positions(ranking, min(count, self.shape[0] - self._excluded_count))
-            return rows, scores[rows]
-        rows = torch.sort(self.index.candidates(query, (count + self._excluded_count) * CANDIDATE_FACTOR)).values
+        wanted = (count + self._excluded_count) * CANDIDATE_FACTOR
+        while self.index is not None:
+            rows, scores, unseen = self._candidates(query, directions, wanted)
+            if not by_response:
+                return self._best(rows, scores, scores, count)
+            ranking = torch.minimum(
+                self._standardised(scores, query, "theta"), self._standardised(self._response_dots(query, rows), query, "responses")
+            )
+            # the ranking is complete once no unit the index left out can reach the count-th best: its
+            # alignment, at most ``unseen``, is then no better standardised than that
+            kth = torch.topk(ranking, min(count, len(ranking))).values[-1] if len(ranking) else float("inf")
+            if self._standardised(unseen.reshape(1), query, "theta")[0] <= kth or wanted >= self.shape[0]:
+                return self._best(rows, scores, ranking, count)
+            wanted *= 4
+            if wanted > self.shape[0] * MAX_CANDIDATE_SHARE:
+                break
+        # brute force: one pass over every theta for probe and null together
+        dots = torch.cat([theta @ torch.stack(directions, dim=1) for theta in self.thetas]) / self.norms[:, None]
+        scores = null_subtracted(list(dots.T))
+        ranking = self._both(scores, query) if by_response else scores
         if self.excluded is not None:
-            rows = rows[~self.excluded[rows]]
+            ranking = ranking.masked_fill(self.excluded, float("-inf"))
+        rows = top_positions(ranking, min(count, self.shape[0] - self._excluded_count))
+        return rows, scores[rows]
+
+    def _candidates(
+        self, query: torch.Tensor, directions: list[torch.Tensor], wanted: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The index's ``wanted`` best-aligned units that are ranked (rows, sorted), their exact alignments, and
+        the most a unit it did not propose can be aligned: the last candidate's approximate alignment plus the
+        largest error of the quantiser's approximation among the candidates."""
+        proposed, approximate = self.index.candidates(query, wanted)
+        order = torch.argsort(proposed)
+        rows, approximate = proposed[order], approximate[order]
         # A thousand candidates are re-scored in numpy's single-threaded einsum: for so little work,
         # waking a thread pool (torch's, or BLAS's) costs more than the work itself, about 10 ms per
         # operation on a busy 2-core machine.
         candidates = self.normalised(rows).numpy()
         dots = [np.einsum("ij,j->i", candidates, direction.numpy()) for direction in directions]
         scores = null_subtracted([torch.from_numpy(dot) for dot in dots])
-        best = top_positions(self._both(scores, query, rows) if by_response else scores, count)
+        unseen = approximate.min() + (scores - approximate).max() if len(rows) else torch.tensor(float("inf"))
+        if self.excluded is not None:
+            ranked = ~self.excluded[rows]
+            rows, scores = rows[ranked], scores[ranked]
+        return rows, scores, unseen
+
+    @staticmethod
+    def _best(rows: torch.Tensor, scores: torch.Tensor, ranking: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        best = top_positions(ranking, count)
         return rows[best], scores[best]
 
 
