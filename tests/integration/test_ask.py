@@ -61,6 +61,36 @@ def test_search_ranks_units_by_alignment_and_response(lens_path, tmp_path) -> No
     assert len(custom) == len(audit) == 2
 
 
+def test_search_by_both_is_the_lower_standardised_score_of_the_lenss_valid_units(lens_path) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from semlens.analysis.alignment import alignment
+
+    lens = Lens.open(lens_path)
+    assert lens.has_responses
+    probe, null = lens.probe("red")
+    direction = F.normalize(probe, dim=0) - F.normalize(null, dim=0)
+    names, aligned, responses = [], [], []
+    for layer in lens.layers:
+        valid = lens.valid(layer)  # inactive and tied units neither ranked nor counted in the standardisation
+        names += [f"{layer}/{unit}" for unit, ok in zip(lens.units(layer), valid.tolist()) if ok]
+        aligned.append(alignment(lens.theta(layer, lens.search_rule)[valid], probe[None], null)[:, 0])
+        responses.append(lens.crop_responses(layer)[valid] @ direction / (direction @ lens.response_scatter @ direction).sqrt())
+    aligned, responses = torch.cat(aligned), torch.cat(responses)
+
+    def z(values: torch.Tensor) -> torch.Tensor:
+        return (values - values.mean()) / values.std(unbiased=False)
+
+    order = torch.sort(torch.minimum(z(aligned), z(responses)), descending=True, stable=True).indices[:6].tolist()
+    hits = lens.search("red", top=6)
+    assert [hit.unit for hit in hits] == [names[i] for i in order]
+    assert [hit.response for hit in hits] == pytest.approx(responses[order].tolist(), abs=1e-5)
+    assert [hit.score for hit in hits] == pytest.approx(aligned[order].tolist(), abs=1e-5)
+    with pytest.raises(SemlensError, match="rank by one of both, alignment"):
+        lens.search("red", rank="responses")
+
+
 def test_show_writes_a_grid_png(lens_path, tmp_path) -> None:
     shown = ask("show", lens_path, "head/0-", "--out", tmp_path / "unit.png", "--json")
     assert Image.open(shown["png"]).size[0] > 0 and len(shown["examples"]) == 5
