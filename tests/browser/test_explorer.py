@@ -174,6 +174,12 @@ def test_search_a_word_ranks_units_with_thumbnails(page, base_url, valid, explor
     assert shown == pytest.approx([hit.response for hit in expected], abs=1e-3)
     assert images_loaded(page, "#results img") >= len(valid)
     shot(page, "search")
+    page.select_option("#rank", "alignment")  # the paper's ranking: alignment alone, best first
+    page.click("button[type=submit]")
+    page.wait_for_function("document.getElementById('results').dataset.ready && location.search.includes('rank=alignment')")
+    aligned = [float(text) for text in page.locator("#results tr.hit td.alignment").all_inner_texts()]
+    assert aligned == sorted(aligned, reverse=True) and len(aligned) == len(valid)
+    page.select_option("#rank", "both")
     page.uncheck("#layers input[value='features.0']")
     page.click("button[type=submit]")
     page.wait_for_selector("#results[data-ready]")

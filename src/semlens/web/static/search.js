@@ -1,4 +1,4 @@
-// Search: units of all (or chosen) layers ranked by alignment with a text, or by similarity to an image.
+// Search: units of all (or chosen) layers ranked by a text or an image: by alignment and response (the default), or alignment alone.
 "use strict";
 
 (async () => {
@@ -17,6 +17,9 @@
   const examples = document.getElementById("examples");
   options(examples, [["activation", "by activation"], ["relevance", "by relevance"]], lens.relevance_examples ? params.get("examples") || "activation" : "activation");
   examples.disabled = !lens.relevance_examples;
+  // How to rank: by alignment and the units' response to the probe over the Lens's crops, or by alignment alone (Eq. 4).
+  const rank = document.getElementById("rank");
+  options(rank, [["both", "alignment and response"], ["alignment", "alignment alone"]], params.get("rank") === "alignment" ? "alignment" : "both");
   fill(document.getElementById("examples-note"), lens.relevance_examples
     ? "examples: each unit's theta from its top samples by activation, or by relevance for the model's output (default space only)"
     : "this Lens has no relevance examples (rebuild with --relevance-examples): units are searched by their activation examples");
@@ -26,7 +29,8 @@
     const layers = chosen.length === boxes.length ? [] : chosen;
     const chosenSpace = space.value && space.value !== lens.spaces[0] ? [["space", space.value]] : [];
     const chosenExamples = examples.value === "relevance" ? [["examples", "relevance"]] : [];
-    return new URLSearchParams([["top", top.value], ...chosenSpace, ...chosenExamples, ...layers.map((layer) => ["layer", layer])]);
+    const chosenRank = rank.value === "alignment" ? [["rank", "alignment"]] : [];
+    return new URLSearchParams([["top", top.value], ...chosenSpace, ...chosenExamples, ...chosenRank, ...layers.map((layer) => ["layer", layer])]);
   }
 
   function show(hits, what) {
@@ -40,16 +44,16 @@
   async function search() {
     delete results.dataset.ready;
     if (q.value.trim()) {
-      history.replaceState(null, "", `?lens=${lens.id}&q=${encodeURIComponent(q.value)}&space=${encodeURIComponent(space.value)}&examples=${examples.value}`);
+      history.replaceState(null, "", `?lens=${lens.id}&q=${encodeURIComponent(q.value)}&space=${encodeURIComponent(space.value)}&examples=${examples.value}&rank=${rank.value}`);
       const parameters = query();
       parameters.set("q", q.value);
       const hits = await run("searching…", () => api(`/api/lenses/${lens.id}/search?${parameters}`));
-      if (hits) show(hits, `alignment with and response to “${q.value}” (${examples.value} examples)`);
+      if (hits) show(hits, `${rank.value === "both" ? "alignment with and response to" : "alignment with"} “${q.value}” (${examples.value} examples)`);
     } else if (file.files.length) {
       const body = new FormData();
       body.append("image", file.files[0]);
       const hits = await run("searching…", () => api(`/api/lenses/${lens.id}/search/image?${query()}`, { method: "POST", body }));
-      if (hits) show(hits, `similarity and response to ${file.files[0].name} (${examples.value} examples)`);
+      if (hits) show(hits, `${rank.value === "both" ? "similarity and response" : "similarity"} to ${file.files[0].name} (${examples.value} examples)`);
     } else {
       Semlens.status("type a text or choose an image", true);
     }
