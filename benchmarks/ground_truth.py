@@ -24,7 +24,10 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
   the share of labels that are distractors (words the world never shows), and top-1 with the world's
   concepts as the only candidates;
 - search: true artefact units in the top 5 for the artefact's name and for a paraphrase never used in
-  training (``captions.HELD_OUT``);
+  training (``captions.HELD_OUT``), ranked as ``Lens.search`` ranks by default (alignment and response) and by
+  alignment alone (``_alignment``); and for every concept with true units, the true units in its top 5 over
+  min(5, their number), for its name and for 4 scenes of the world that show it (``concept_search``: sums over
+  the concepts, both rankings, so that runs pool exactly);
 - audit of the artefact's class (valid: the class name; spurious: the artefact): units flagged
   spurious, precision and recall against the true artefact units (recall over the true artefact units
   the audit examined, i.e. relevant to the class; also counting the units judged "both", which
@@ -85,6 +88,7 @@ from rich.table import Table
 from semlens.analysis.vocabulary import Vocabulary
 from semlens.build.crops import CROP_RULES, CROP_VIEWS, DEFAULT_CROP_RULE, RULE_SETTINGS
 from semlens.lens.lens import Lens
+from semlens.lens.search import RANKINGS
 from semlens.world.captions import HELD_OUT
 from semlens.world.demo import (
     PROBE_IMAGES,
@@ -102,7 +106,7 @@ from semlens.world.demo import (
     world_vocabulary,
 )
 from semlens.world.random_world import planted_artifact, random_worlds
-from semlens.world.render import WorldConfig
+from semlens.world.render import WorldConfig, concept_scene
 from semlens.world.truth import INSERTION_AUC, artifact_reliance
 
 #: per column of the summary rows: +1 higher is better, -1 lower is better; control worlds flip the audit
@@ -209,6 +213,7 @@ def evaluate(
     inserted = {f"{layer}/{unit}" for layer in SPATIAL for unit, auc in enumerate(truths[layer]["insertion"].get(artifact, [])) if auc >= INSERTION_AUC}
     paraphrase = HELD_OUT[artifact]
     hits = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artifact, paraphrase)}
+    aligned_hits = {query: [hit.unit for hit in lens.search(query, top=5, rank="alignment")] for query in (artifact, paraphrase)}
 
     concept = concept_images(config, artifact)  # test images: the Lens is built on the probe split
     audit = lens.audit(target, [target], [artifact], layers=SPATIAL, concept=concept, test_all=True).to_dict()  # fields may grow: read by key
@@ -237,6 +242,9 @@ def evaluate(
         "cosy_auc": labels["cosy_auc"], **distractors,
         "iou_thresholds": iou_thresholds(truths),
         "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artifact, paraphrase, flagged, both, confirmed, found, examined),
+        "search_hits_at5_alignment": sum(unit in true_units for unit in aligned_hits[artifact]),
+        "search_hits_at5_paraphrase_alignment": sum(unit in true_units for unit in aligned_hits[paraphrase]),
+        "concept_search": concept_search(lens, config, truth),
         "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
         "by_insertion_alone": {"artefact_unit_names": sorted(inserted), **artefact_scores(inserted, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
         "audit_units": len(examined), "audit_rule": audit["rule"], "audit_flagged": len(flagged), "audit_flagged_units": flagged,
@@ -275,6 +283,27 @@ def artefact_scores(
         "confirmed_precision": _share(right(confirmed), len(confirmed)), "confirmed_recall": _share(right(confirmed), relevant),
         "tested_precision": _share(right(found), len(found)), "tested_recall": _share(right(found), relevant),
     }  # fmt: skip
+
+
+#: the scenes a concept's image probe averages: indices past the phi images' (``truth.SCENE_IMAGES``), so no Lens
+#: and no truth has seen them
+PROBE_SCENES = range(100, 104)
+
+
+def concept_search(lens: Lens, config: WorldConfig, truth: dict[str, str]) -> dict[str, Any]:
+    """Search for every concept with true units, by its name and by 4 scenes that show it, each ranked both ways
+    (``search.RANKINGS``): per ranking the sum over the concepts of the true units in the top 5 over min(5, their
+    number); ``pairs``: how many concepts, so that a mean pools exactly over runs."""
+    units_of: dict[str, set[str]] = {}
+    for unit, concept in truth.items():
+        units_of.setdefault(concept, set()).add(unit)
+    sums = {f"{probe}_{rank}": 0.0 for probe in ("text", "images") for rank in RANKINGS}
+    for concept, units in units_of.items():
+        scenes = [concept_scene(config, concept, index).image for index in PROBE_SCENES]
+        for rank in RANKINGS:
+            for probe, hits in (("text", lens.search(concept, top=5, rank=rank)), ("images", lens.search(images=scenes, top=5, rank=rank))):
+                sums[f"{probe}_{rank}"] += sum(hit.unit in units for hit in hits) / min(5, len(units))
+    return {"pairs": len(units_of), **sums}
 
 
 def unit_tests(true_units: set[str], audit: dict[str, Any]) -> list[dict[str, Any]]:
@@ -353,6 +382,32 @@ def print_pooled_audit(records: list[dict[str, Any]], console: Console) -> None:
         for name, values in ((name, pooled[name]) for name in ("flagged", "flagged or both", "confirmed"))
     ]
     console.print(f"audit pooled over the {pooled['runs']} runs whose class relies on its artefact ({pooled['examined']} true artefact units examined): " + "; ".join(parts))
+
+
+def pooled_search(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Search pooled over the runs, by ``Lens.search``'s default ranking and by alignment alone: the true
+    artefact units in the artefact's top 5 (where a world has any), the worlds meeting the goal (3, or all where
+    fewer), and every concept's search (``concept_search``) as one mean over its (run, concept) pairs."""
+    with_units = [record for record in records if record["artefact_units"]]
+    pooled: dict[str, Any] = {"worlds": len(with_units), "pairs": sum(record["concept_search"]["pairs"] for record in records)}
+    for rank, suffix in (("both", ""), ("alignment", "_alignment")):
+        hits = [record[f"search_hits_at5{suffix}"] for record in with_units]
+        pooled[rank] = {
+            "artefact_hits": sum(hits), "goal_met": sum(hit >= min(3, record["artefact_units"]) for hit, record in zip(hits, with_units)),
+            "paraphrase_hits": sum(record[f"search_hits_at5_paraphrase{suffix}"] for record in with_units),
+            **{probe: _share(sum(record["concept_search"][f"{probe}_{rank}"] for record in records), pooled["pairs"]) for probe in ("text", "images")},
+        }  # fmt: skip
+    return pooled
+
+
+def print_pooled_search(records: list[dict[str, Any]], console: Console) -> None:
+    pooled = pooled_search(records)
+    parts = [
+        f"{rank}: artefact hits {values['artefact_hits']} (goal met in {values['goal_met']}), paraphrase {values['paraphrase_hits']}, "
+        f"concepts by name {_number(values['text'])}, by images {_number(values['images'])}"
+        for rank, values in ((rank, pooled[rank]) for rank in RANKINGS)
+    ]
+    console.print(f"search pooled over {pooled['worlds']} worlds with true artefact units and {pooled['pairs']} (run, concept) pairs; " + "; ".join(parts))
 
 
 def print_table(records: list[dict[str, Any]], console: Console) -> None:
@@ -444,6 +499,7 @@ def main() -> None:
                     args.json.write_text(json.dumps(records, indent=1), encoding="utf-8")
     print_table(records, console)
     print_pooled_audit(records, console)
+    print_pooled_search(records, console)
     if args.views:
         print_views(records, console)
     if args.label_methods:
