@@ -228,7 +228,7 @@ class UnitTable:
         directions = [F.normalize(probe.float().reshape(-1), dim=-1)]
         if null is not None:
             directions.append(F.normalize(null.float().reshape(-1), dim=-1))
-        query = probe_direction(probe, null)
+        query = null_subtracted(directions)  # p^ - null^: a normalised theta's alignment is its dot product with this
         by_response = by_response and self.responses is not None
         wanted = (count + self._excluded_count) * CANDIDATE_FACTOR
         while self.index is not None:
