@@ -30,7 +30,7 @@ from rich.table import Table
 
 from semlens.analysis.correction import Tuning
 from semlens.analysis.interventions import Artifact, pruning_effect
-from semlens.world.demo import SPATIAL, TEST_IMAGES, build_world_lens
+from semlens.world.demo import TEST_IMAGES, build_world_lens, spatial_layers
 from semlens.world.random_world import planted_artifact, random_worlds
 from semlens.world.render import WorldConfig, WorldData, artifact_overlay
 
@@ -59,7 +59,7 @@ def evaluate(name: str, config_path: str, folder: Path, foundation: str) -> list
     lens = build_world_lens(lens_path(folder, {}), f"zoo:world-cnn:{config_path}", config_path, foundation, False, Console(quiet=True))
     overlay = Artifact(image=artifact_overlay(config, artifact))
     test = WorldData(config, TEST_IMAGES, "test")
-    flagged = [unit.unit for unit in lens.audit(target, [target], [artifact], layers=SPATIAL).units if unit.verdict == "spurious"]
+    flagged = [unit.unit for unit in lens.audit(target, [target], [artifact], layers=spatial_layers(lens)).units if unit.verdict == "spurious"]
     records = []
     if flagged:
         start = time.perf_counter()

@@ -52,11 +52,15 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
 A control world (``random_world``) shows its artefact at one rate for every class: the audit should flag
 little there and reliance should be near zero. Every run uses one foundation model, the default
 world's (``--foundation``), as one domain CLIP serves many data sets; random worlds keep its concepts.
+``--model world-resnet`` studies a residual network instead of the world CNN (``classifier.ARCHITECTURES``):
+every threshold of semlens and of this benchmark was chosen on the CNN, so its runs show what holds for a model
+nobody tuned on.
 
     python benchmarks/ground_truth.py [--seeds 0 1] [--worlds default benchmarks/worlds/patch-on-cross.toml]
     python benchmarks/ground_truth.py --random 6 --seed 0 [--controls 1] [--seeds 0 1] --json records.json
     python benchmarks/ground_truth.py --crop-rule share --crop-share 0.8 ...   # other crop views, in Lenses of their own
     python benchmarks/ground_truth.py --views peak share quantile masked --worlds default --seeds 0 --json views.json
+    python benchmarks/ground_truth.py --model world-resnet --random 12 --seed 0 --seeds 0   # another architecture
 
 ``--label-methods`` labels each Lens by every method given (``semlens.analysis.labelling_methods.METHODS``,
 and ``clip-dissect-examples``: clip-dissect with its prior from the units' own example sets instead of
@@ -89,10 +93,10 @@ from semlens.analysis.vocabulary import Vocabulary
 from semlens.build.crops import CROP_RULES, CROP_VIEWS, DEFAULT_CROP_RULE, RULE_SETTINGS
 from semlens.lens.lens import Lens
 from semlens.lens.search import RANKINGS
+from semlens.model.loading import WORLD_MODELS
 from semlens.world.captions import HELD_OUT
 from semlens.world.demo import (
     PROBE_IMAGES,
-    SPATIAL,
     TEST_IMAGES,
     build_world_lens,
     concept_images,
@@ -100,6 +104,7 @@ from semlens.world.demo import (
     identity,
     iou_thresholds,
     memo,
+    spatial_layers,
     test_finding,
     true_concepts,
     unit_truths,
@@ -149,12 +154,13 @@ def distractor_labels(lens: Lens, config: WorldConfig, truth: dict[str, str]) ->
     here, not semlens's ranking of the world's concepts."""
     full = world_vocabulary(config)
     names = set(config.concept_names())
-    labelled = [row[0] for layer in SPATIAL for row, ok in zip(lens.labels(layer).concepts.tolist(), lens.labels(layer).labelled.tolist()) if ok]
+    spatial = spatial_layers(lens)
+    labelled = [row[0] for layer in spatial for row, ok in zip(lens.labels(layer).concepts.tolist(), lens.labels(layer).labelled.tolist()) if ok]
     distractors = sum(full.concepts[index] not in names for index in labelled)
     categories = tuple(category for category, concept in zip(full.categories, full.concepts) if concept in names)
     world_only = Vocabulary("world-only", tuple(config.concept_names()), categories)
     labelling = lens.label(world_only, save=False)
-    top = {f"{layer}/{unit}": world_only.concepts[int(row[0])] for layer in SPATIAL for unit, row in enumerate(labelling[layer].concepts.tolist())}
+    top = {f"{layer}/{unit}": world_only.concepts[int(row[0])] for layer in spatial for unit, row in enumerate(labelling[layer].concepts.tolist())}
     hits = [top[unit] == concept for unit, concept in truth.items()]
     return {"distractor_label_share": _share(distractors, len(labelled)), "top1_world_concepts": _share(sum(hits), len(hits))}
 
@@ -197,6 +203,7 @@ def evaluate(
     build: dict[str, Any] | None = None,
     heatmaps_from: Path | None = None,
     label_methods: list[str] | None = None,
+    model: str = "world-cnn",
 ) -> dict[str, Any]:
     """One (world, seed): build or open the Lens (``build``: other build settings, in a Lens of their own
     beside the default one, with the CRP heatmaps of the Lens ``heatmaps_from`` where they fit; the truth
@@ -205,18 +212,19 @@ def evaluate(
     config = WorldConfig.load(config_path)
     artifact, target, control = planted_artifact(config)
     settings = {**(build or {}), **({"heatmaps_from": str(heatmaps_from)} if heatmaps_from else {})}
-    lens = build_world_lens(lens_path(out, build or {}), f"zoo:world-cnn:{config_path}", config_path, foundation, False, console, settings)
+    lens = build_world_lens(lens_path(out, build or {}), f"zoo:{model}:{config_path}", config_path, foundation, False, console, settings)
+    spatial = spatial_layers(lens)
     labels, truth = ground_truth_labels(lens, config, out)
     truths = unit_truths(lens, config, out)
     true_units = {unit for unit, concept in truth.items() if concept == artifact}
     dissected = {unit for unit, concept in true_concepts(truths, causal=False).items() if concept == artifact}
-    inserted = {f"{layer}/{unit}" for layer in SPATIAL for unit, auc in enumerate(truths[layer]["insertion"].get(artifact, [])) if auc >= INSERTION_AUC}
+    inserted = {f"{layer}/{unit}" for layer in spatial for unit, auc in enumerate(truths[layer]["insertion"].get(artifact, [])) if auc >= INSERTION_AUC}
     paraphrase = HELD_OUT[artifact]
     hits = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artifact, paraphrase)}
     aligned_hits = {query: [hit.unit for hit in lens.search(query, top=5, rank="alignment")] for query in (artifact, paraphrase)}
 
     concept = concept_images(config, artifact)  # test images: the Lens is built on the probe split
-    audit = lens.audit(target, [target], [artifact], layers=SPATIAL, concept=concept, test_all=True).to_dict()  # fields may grow: read by key
+    audit = lens.audit(target, [target], [artifact], layers=spatial, concept=concept, test_all=True).to_dict()  # fields may grow: read by key
     examined = {unit["unit"] for unit in audit["units"]}
     flagged = [unit["unit"] for unit in audit["units"] if unit["verdict"] == "spurious"]
     judged = [unit for unit in flagged if unit in truth]  # flagged units the truth names a concept for, artefact or not
@@ -233,9 +241,9 @@ def evaluate(
     distractors = distractor_labels(lens, config, truth)  # it replaces the Lens's labels in this process
     methods = method_scores(lens, config, out, label_methods or [])  # so does this
     return {
-        "world": name, "seed": seed, "control": control, "build": build or {}, "class_family": config.class_family, "classes": list(config.classes),
+        "world": name, "seed": seed, "model": model, "control": control, "build": build or {}, "class_family": config.class_family, "classes": list(config.classes),
         "artifact": artifact, "artifact_class": target, "paraphrase": paraphrase,
-        "units_with_truth": labels["units_with_true_concept"], "units": sum(len(truths[layer]["iou"]) for layer in SPATIAL),
+        "units_with_truth": labels["units_with_true_concept"], "units": sum(len(truths[layer]["iou"]) for layer in spatial),
         "top1": labels["top1"], "top3": labels["top3"], "top1_misses_as_faithful": labels["top1_misses_as_faithful"], "random_top1": labels["random_top1"], "random_top3": labels["random_top3"],
         "units_with_response_truth": labels["units_with_response_truth"], "top1_response": labels["top1_response"],
         **{key.replace("faithfulness_", ""): value for key, value in labels.items() if key.startswith("faithfulness_phi")},
@@ -461,6 +469,10 @@ def main() -> None:
     parser.add_argument("--controls", type=int, default=None, metavar="M", help="control worlds among the N (default 1 when N >= 2)")
     parser.add_argument("--out", type=Path, default=Path("ground-truth-runs"))
     parser.add_argument("--json", type=Path, default=None, help="write one record per (world, seed) to this file")
+    parser.add_argument(
+        "--model", default="world-cnn", choices=[name for name in WORLD_MODELS if not name.endswith("-clean")],
+        help="the world's model under study (world-resnet: an architecture no threshold was chosen on; its runs get folders of their own)",
+    )  # fmt: skip
     parser.add_argument("--foundation", default="world", help="foundation model spec of every run (default: the default world's)")
     parser.add_argument("--crop", default=None, help="crop mode of the Lenses (default: the demo's, relevance)")
     parser.add_argument("--crop-rule", default=None, help=f"crop rule(s): peak (the paper's), share, quantile or joined by + (default {DEFAULT_CROP_RULE})")
@@ -488,11 +500,11 @@ def main() -> None:
     records, start = [], time.perf_counter()
     for name, text in worlds:
         for seed in args.seeds:
-            folder = args.out / f"{name}-seed{seed}"
+            folder = args.out / (f"{name}-seed{seed}" + ("" if args.model == "world-cnn" else f"-{args.model}"))
             config = seeded_world(text, seed, folder / "world.toml")
             first = None  # the first view's Lens computes the CRP heatmaps, the others reuse them
             for view, settings in views.items():
-                records.append({**evaluate(name, seed, config, folder, args.foundation, Console(quiet=True), settings, first, args.label_methods), "view": view})
+                records.append({**evaluate(name, seed, config, folder, args.foundation, Console(quiet=True), settings, first, args.label_methods, args.model), "view": view})
                 first = first or lens_path(folder, settings)
                 console.print(f"{name} seed {seed} {view}: {records[-1]['seconds']:.0f} s")
                 if args.json:  # after every run: a long benchmark leaves what it has

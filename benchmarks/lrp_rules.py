@@ -44,7 +44,7 @@ from semlens._util.cache import trained_path
 from semlens._util.fingerprint import hash_json
 from semlens.relevance.lrp import RelevanceModel, _bias_free_copy, _one_hot_logit
 from semlens.relevance.rules import SignedZPlus
-from semlens.world.classifier import TRAINING, WorldCNN, train_world_cnn
+from semlens.world.classifier import TRAINING, WorldCNN, train_world_model
 from semlens.world.render import WorldConfig, render, world_preprocessing
 
 
@@ -199,7 +199,7 @@ def trained(architecture: type[nn.Module], config: WorldConfig) -> nn.Module:
     if path.is_file():
         model.load_state_dict(load_file(str(path)))
         return model.eval()
-    model = train_world_cnn(config, progress=False, model=model)
+    model = train_world_model(config, progress=False, model=model)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, str(path))
     return model

@@ -146,12 +146,12 @@ def test_world_cnn_training_is_deterministic(monkeypatch, tmp_path):
     monkeypatch.setitem(module.TRAINING, "epochs", 1)
     monkeypatch.setenv("SEMLENS_CACHE", str(tmp_path))
     config = WorldConfig.load()
-    first = module.train_world_cnn(config, progress=False).state_dict()
-    second = module.train_world_cnn(config, progress=False).state_dict()
+    first = module.train_world_model(config, progress=False).state_dict()
+    second = module.train_world_model(config, progress=False).state_dict()
     assert all(torch.equal(first[name], second[name]) for name in first)
-    cached, _ = module.world_cnn(config, progress=False)
+    cached, _ = module.world_model(config, progress=False)
     assert len(list(tmp_path.rglob("*.safetensors"))) == 1
-    reloaded, _ = module.world_cnn(config, progress=False)
+    reloaded, _ = module.world_model(config, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(cached.state_dict().values(), reloaded.state_dict().values()))
 
 
@@ -406,3 +406,31 @@ def test_a_planted_colour_unit_is_most_faithful_to_its_colour_in_scenes_and_alon
         mean = responses.mean(dim=2)
         assert concepts[int(mean.argmax())] == "red" and faithfulness(mean, [concepts.index("red")]) == [1.0]
         assert faithfulness(mean, [concepts.index("blue")])[0] < 0.2
+
+
+def test_the_world_resnet_is_a_second_architecture_with_its_own_weights_layers_and_lrp(monkeypatch, tmp_path):
+    """``zoo:world-resnet``: trained as the CNN is, cached under its own key (the CNN's bundled weights keep their
+    name), two spatial layers at the CNN's map sizes, and residual sums that LRP conserves."""
+    from semlens.model.loading import load_model
+    from semlens.relevance.lrp import RelevanceModel
+    from semlens.world import classifier as module
+    from semlens.world.demo import world_layers
+
+    monkeypatch.setitem(module.TRAINING, "images", 120)
+    monkeypatch.setitem(module.TRAINING, "epochs", 1)
+    monkeypatch.setenv("SEMLENS_CACHE", str(tmp_path))
+    config = WorldConfig.load()
+    assert module.weights_path(config, "resnet") != module.weights_path(config)
+    assert world_layers("zoo:world-resnet:my.toml") == ["stages.1", "stages.2", "head"]
+    assert world_layers("zoo:world-cnn-clean") == ["features.10", "features.14", "head"]
+    loaded = load_model("zoo:world-resnet")
+    assert isinstance(loaded.module, module.WorldResNet) and loaded.classes == list(config.classes)
+    again, _ = module.world_model(config, "resnet", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.module.state_dict().values(), again.state_dict().values()))
+    maps = {}
+    for name in ("stages.1", "stages.2"):
+        loaded.module.get_submodule(name).register_forward_hook(lambda _, __, output, name=name: maps.__setitem__(name, tuple(output.shape[1:])))
+    pixels = torch.randn(2, 3, config.size, config.size)
+    loaded.module(pixels)
+    assert maps == {"stages.1": (48, 16, 16), "stages.2": (64, 8, 8)}
+    assert RelevanceModel(loaded.module, pixels).check().supported

@@ -54,7 +54,7 @@ class LoadedModel:
 MODELS: SpecRegistry[LoadedModel] = SpecRegistry("model")
 
 
-WORLD_MODELS = ("world-cnn", "world-cnn-clean")
+WORLD_MODELS = ("world-cnn", "world-cnn-clean", "world-resnet", "world-resnet-clean")
 
 
 @MODELS.register(
@@ -63,11 +63,11 @@ WORLD_MODELS = ("world-cnn", "world-cnn-clean")
 def _zoo(rest: str) -> LoadedModel:
     name, _, world = rest.partition(":")
     if name in WORLD_MODELS:
-        from ..world.classifier import world_cnn
+        from ..world.classifier import architecture_of, world_model
         from ..world.render import WorldConfig
 
         config = WorldConfig.load(world or None)
-        module, preprocessing = world_cnn(config, clean=name.endswith("-clean"))
+        module, preprocessing = world_model(config, architecture_of(name), clean=name.endswith("-clean"))
         return LoadedModel(module, f"zoo:{rest}", preprocessing, list(config.classes))
     if name not in LITE_VARIANTS:
         raise SpecError(f"unknown zoo model {name!r}; available: {', '.join(tuple(LITE_VARIANTS) + WORLD_MODELS)}")

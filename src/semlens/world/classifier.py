@@ -4,6 +4,8 @@ A small CNN learns the world's classification task from rendered training images
 included, so that semlens has something real to find. Training is seeded and cached by a hash of the
 world config and the training settings: trained once (well under a minute on 2 cores), then loaded.
 ``zoo:world-cnn-clean`` is the same model trained on the world without its artefact correlations.
+``zoo:world-resnet`` (and ``-clean``) is a residual network trained the same way: a second architecture,
+whose layers no threshold of semlens or of its quality benchmark was chosen on.
 """
 
 from __future__ import annotations
@@ -44,15 +46,64 @@ class WorldCNN(nn.Module):
         return self.head(self.pool(self.features(x)).flatten(1))
 
 
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with batch norms, the first strided, added to the input (through a strided 1x1
+    projection where the shape changes), then a ReLU: ResNet's basic block."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(outputs)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(outputs, outputs, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(outputs)
+        shape_changes = stride != 1 or inputs != outputs
+        self.skip = nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs)) if shape_changes else nn.Identity()
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu2(self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))) + self.skip(x))
+
+
+class WorldResNet(nn.Module):
+    """A stem convolution (16 channels) and three residual stages that halve the map (24, 48, 64 channels):
+    strided convolutions and skip connections where the world CNN has max pools and a plain stack."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        channels = [16, 24, 48, 64]
+        self.stages = nn.Sequential(*(ResidualBlock(inputs, outputs, 2) for inputs, outputs in zip(channels, channels[1:])))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(channels[-1], classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.stages(self.stem(x))).flatten(1))
+
+
+#: the world's models by architecture: the module and the two layers the demo and the quality benchmark study
+#: (at 64 px, a 16 x 16 and an 8 x 8 map: the world CNN's third and fourth stages after their ReLU, the
+#: ResNet's second and third residual stages)
+ARCHITECTURES: dict[str, tuple[type[nn.Module], tuple[str, str]]] = {
+    "cnn": (WorldCNN, ("features.10", "features.14")),
+    "resnet": (WorldResNet, ("stages.1", "stages.2")),
+}
+
+
+def architecture_of(name: str) -> str:
+    """The architecture of a world model's zoo name (``world-cnn``, ``world-resnet-clean``, ...)."""
+    return name.removeprefix("world-").removesuffix("-clean")
+
+
 def without_artifact_correlations(config: WorldConfig) -> WorldConfig:
     """The same world with no artefact planted on any class (the clean comparison model's world)."""
     kept = tuple(c for c in config.correlations if concept_family(c.concept) != "artifact")
     return replace(config, correlations=kept, source=f"{config.source} without artefact correlations")
 
 
-def train_world_cnn(config: WorldConfig, progress: bool = True, model: nn.Module | None = None) -> nn.Module:
+def train_world_model(config: WorldConfig, progress: bool = True, model: nn.Module | None = None) -> nn.Module:
     """Train on the world's ``train`` split, seeded by the config (deterministic on one machine): the
-    world's CNN, or ``model`` (another architecture, for benchmarks) with the same data and schedule."""
+    world's CNN, or ``model`` (another architecture) with the same data and schedule."""
     torch.manual_seed(config.seed)
     preprocessing = world_preprocessing(config)
     count = TRAINING["images"]
@@ -70,7 +121,7 @@ def train_world_cnn(config: WorldConfig, progress: bool = True, model: nn.Module
     batches = -(-count // TRAINING["batch_size"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, TRAINING["learning_rate"], total_steps=TRAINING["epochs"] * batches)
     model.train()
-    with progress_bar("train world-cnn", TRAINING["epochs"] * batches, progress) as advance:
+    with progress_bar(f"train {type(model).__name__}", TRAINING["epochs"] * batches, progress) as advance:
         for _ in range(TRAINING["epochs"]):
             for batch in torch.randperm(count, generator=generator).split(TRAINING["batch_size"]):
                 optimiser.zero_grad()
@@ -81,20 +132,25 @@ def train_world_cnn(config: WorldConfig, progress: bool = True, model: nn.Module
     return model.eval()
 
 
-def weights_path(world: WorldConfig) -> Path:
-    """The weights that this world and these training settings give (bundled, cached, or yet to train)."""
-    return trained_path("world-cnn", hash_json({"world": world.fingerprint(), "training": TRAINING, "torch": torch.__version__.split("+")[0]}))
+def weights_path(world: WorldConfig, architecture: str = "cnn") -> Path:
+    """The weights that this world, architecture and these training settings give (bundled, cached, or yet to
+    train); the CNN's key names no architecture, so that its bundled weights keep their name."""
+    named = {} if architecture == "cnn" else {"architecture": architecture}
+    key = hash_json({"world": world.fingerprint(), "training": TRAINING, "torch": torch.__version__.split("+")[0], **named})
+    return trained_path("world-cnn" if architecture == "cnn" else f"world-{architecture}", key)
 
 
-def world_cnn(config: WorldConfig, clean: bool = False, progress: bool = True) -> tuple[WorldCNN, Preprocessing]:
-    """The trained model (bundled or cached when it exists, else trained now) and its preprocessing."""
+def world_model(config: WorldConfig, architecture: str = "cnn", clean: bool = False, progress: bool = True) -> tuple[nn.Module, Preprocessing]:
+    """The trained model of ``architecture`` (``ARCHITECTURES``; bundled or cached when it exists, else trained
+    now) and its preprocessing."""
     world = without_artifact_correlations(config) if clean else config
-    path = weights_path(world)
-    model = WorldCNN(len(world.classes))
+    path = weights_path(world, architecture)
+    model = ARCHITECTURES[architecture][0](len(world.classes))
     if path.is_file():
         model.load_state_dict(load_file(str(path)))
         return model.eval(), world_preprocessing(world)
-    model = train_world_cnn(world, progress)
+    torch.manual_seed(world.seed)  # the initial weights are the world's (rendering draws nothing from torch)
+    model = train_world_model(world, progress, ARCHITECTURES[architecture][0](len(world.classes)))
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
     atomic_write(path, lambda temporary: save_file(state, str(temporary)))
     return model, world_preprocessing(world)

@@ -23,6 +23,7 @@ from ..lens.lens import Lens
 from ..lens.store import atomic_write
 from ..model.units import LayerSpec
 from .captions import HELD_OUT
+from .classifier import ARCHITECTURES, architecture_of
 from .random_world import planted_artifact
 from .render import WorldConfig, WorldData, artifact_overlay, concept_family, concept_scene
 from .truth import (
@@ -41,8 +42,6 @@ from .truth import (
 if TYPE_CHECKING:
     from ..analysis.interventions import Artifact, ConceptImages
 
-LAYERS = ["features.10", "features.14", "head"]  # third and fourth conv stage (after ReLU), class logits
-SPATIAL = LAYERS[:2]
 PROBE_IMAGES = 1200
 TEST_IMAGES = 300
 K = 20  # concept examples per unit
@@ -55,6 +54,17 @@ INSERTION_IMAGES = 400  # probe images the artefact is pasted into for the causa
 # 0.58, 0.70, 0.68 and 0.65 at recall 0.44, 0.64, 0.60 and 0.60
 PLACEMENTS = 4
 TRUTH_VERSION = 5  # bump when unit_truth stores other things: stored truths are then computed again
+
+
+def world_layers(model: str) -> list[str]:
+    """The layers a world model's Lens studies (``zoo:world-cnn[:CONFIG]`` and its kin): the architecture's two
+    spatial layers (``classifier.ARCHITECTURES``) and the class logits."""
+    return [*ARCHITECTURES[architecture_of(model.split(":")[1])][1], "head"]
+
+
+def spatial_layers(lens: Lens) -> list[str]:
+    """The Lens's layers with spatial maps: those that dissection, the truth and the audit read."""
+    return [layer for layer in lens.layers if lens.manifest["layers"][layer]["output"] == "spatial"]
 
 
 def world_vocabulary(config: WorldConfig) -> Vocabulary:
@@ -86,7 +96,7 @@ def run_demo(
     summary["search"] = {query: [hit.unit for hit in lens.search(query, top=5)] for query in queries}
     summary["labels"], truth = ground_truth_labels(lens, config, out)
     true_units = {unit for unit, concept in truth.items() if concept == artifact}
-    audit = lens.audit(target, [target], [artifact], layers=SPATIAL)
+    audit = lens.audit(target, [target], [artifact], layers=spatial_layers(lens))
     spurious = [unit.unit for unit in audit.units if unit.verdict == "spurious"]
     summary["audit"] = {"shares": audit.shares, "spurious_units": spurious, "units": len(audit.units)}
     summary["artifact_units"] = {
@@ -125,7 +135,7 @@ def build_world_lens(
     console.print(f"[bold]{path.stem}[/]: building the Lens of {model}")
     settings = BuildConfig(
         **{
-            "model": model, "layers": LAYERS, "data": f"world{source or ':'}:{PROBE_IMAGES}:probe",
+            "model": model, "layers": world_layers(model), "data": f"world{source or ':'}:{PROBE_IMAGES}:probe",
             "foundation": foundation or f"world{source}", "k": K, "crop": CROP, **(build or {}),
         }
     )  # fmt: skip
@@ -162,7 +172,8 @@ def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
 
     model = lens.model()
     data = WorldData(config, PROBE_IMAGES, "probe")
-    specs = [LayerSpec(**lens.manifest["layers"][layer]["spec"]) for layer in SPATIAL]
+    spatial = spatial_layers(lens)
+    specs = [LayerSpec(**lens.manifest["layers"][layer]["spec"]) for layer in spatial]
     insertion = {}
     for name in config.concepts["artifact"]:
         try:
@@ -170,11 +181,11 @@ def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
         except SemlensError:  # every probe image shows it: no insertion test, dissection alone decides
             continue
         insertion[name] = activation_aucs(model, *concept.views(model), specs)
-    plain = [LayerSpec(layer) for layer in SPATIAL]
+    plain = [LayerSpec(layer) for layer in spatial]
     alone = concept_responses(model.module, model.preprocessing, plain, config)
     scenes = concept_responses(model.module, model.preprocessing, plain, config, concept_scene, SCENE_IMAGES)
     truths = {}
-    for layer in SPATIAL:
+    for layer in spatial:
         dissected = dissect_layer(model.module, model.preprocessing, layer, data)
         truths[layer] = {
             "concepts": dissected.concepts,
@@ -217,7 +228,7 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     hits1 = hits3 = total = response_hits = response_total = as_faithful = 0
     aucs: list[float] = []
     phis: dict[str, dict[str, list[float]]] = {views: {"labelled": [], "true": [], "truth": []} for views, _ in PHI_VIEWS}
-    for layer in SPATIAL:
+    for layer in truths:
         best = [truth.get(f"{layer}/{unit}") for unit in range(len(truths[layer]["iou"]))]
         responses = {views: torch.tensor(truths[layer][views]) for views in phis}  # [U, C, n] per set of concept images
         auc = response_auc(responses["responses"])
@@ -264,7 +275,7 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
 
 def iou_thresholds(truths: dict[str, dict]) -> dict[str, dict[str, float]]:
     """Per spatial layer and concept, the IoU a unit must reach to detect it (``truth.concept_thresholds``)."""
-    return {layer: dict(zip(truths[layer]["concepts"], concept_thresholds(torch.tensor(truths[layer]["chance_iou"])).tolist())) for layer in SPATIAL}
+    return {layer: dict(zip(truths[layer]["concepts"], concept_thresholds(torch.tensor(truths[layer]["chance_iou"])).tolist())) for layer in truths}
 
 
 def true_concepts(truths: dict[str, dict], causal: bool = True) -> dict[str, str]:
@@ -275,7 +286,7 @@ def true_concepts(truths: dict[str, dict], causal: bool = True) -> dict[str, str
     too (a square unit weaker on patterned squares matches the "plain" mask better than the "square" one,
     though square scenes raise it 2.5 times more than plain ones; README "The truth")."""
     found = {}
-    for layer in SPATIAL:
+    for layer in truths:
         concepts = truths[layer]["concepts"]
         iou = torch.tensor(truths[layer]["iou"])
         allowed, rank = torch.ones_like(iou, dtype=torch.bool), None
