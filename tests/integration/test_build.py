@@ -175,6 +175,23 @@ def test_the_default_lens_searches_the_active_boxes_cut_from_where_units_fire(bu
     assert hits[0].score == pytest.approx(float(expected), abs=1e-5)
 
 
+def test_boxes_cut_from_a_strided_networks_maps_sit_where_its_cells_see(built: Lens, tmp_path, colour_folder, tiny_clip_dir) -> None:
+    """Strided convolutions with padding centre a map's cells off the even grid: the collect stage measures it and
+    every box cut from the activation maps moves with it (relevance heatmaps are computed at the input: no move)."""
+    from semlens.build.crops import crop_boxes
+    from semlens.model.receptive import shift_boxes
+
+    settings = config(colour_folder, tiny_clip_dir, model="py:tiny_models:strided_cnn", layers=["features.3"], crop="activation", class_relevance=False)
+    lens = build_lens(settings, tmp_path / "strided.lens", progress=False)
+    assert lens.manifest["layers"]["features.3"]["map_shift"] == [-1.5, -1.5]
+    assert built.manifest["layers"]["features.3"]["map_shift"] == [0.0, 0.0]  # behind a max pool: the even grid
+    maps, valid = lens.maps("features.3"), lens.valid("features.3")
+    for rule, cut in (("peak", lambda: crop_boxes(maps, (32, 32), "peak")), ("active", lambda: crop_boxes(maps, (32, 32), "share"))):
+        expected = shift_boxes(cut(), (-1.5, -1.5), (32, 32))
+        assert torch.equal(lens.boxes("features.3", rule)[valid], expected[valid]), rule
+        assert not torch.equal(expected[valid], cut()[valid])
+
+
 def test_joined_rules_with_a_layer_cut_without_heatmaps(tmp_path, colour_folder, tiny_clip_dir) -> None:
     # activation crops: the linear head has no maps, so its examples are whole images, one slot each
     lens = build_lens(config(colour_folder, tiny_clip_dir, crop="activation", crop_rule="peak+share", class_relevance=False), tmp_path / "j.lens", progress=False)

@@ -36,6 +36,25 @@ def tiny_cnn() -> LoadedModel:
     return LoadedModel(TinyCNN().eval(), "py:tiny_models:tiny_cnn", TINY_PREPROCESSING, ["red", "green", "blue"])
 
 
+class StridedCNN(nn.Module):
+    """Two 3x3 convolutions of stride 2 and padding 1 (ResNet's downsampling) over 32 px inputs: the 8 x 8 map of
+    ``features.3`` has its cells 1.5 pixels up and left of the even grid (``model.receptive``)."""
+
+    def __init__(self, seed: int = 0, classes: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 6, 3, 2, 1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+def strided_cnn() -> LoadedModel:
+    return LoadedModel(StridedCNN().eval(), "py:tiny_models:strided_cnn", TINY_PREPROCESSING, ["red", "green", "blue"])
+
+
 def tiny_cnn_module() -> nn.Module:
     """The same network as a bare module: semlens gives it ImageNet preprocessing."""
     return TinyCNN()

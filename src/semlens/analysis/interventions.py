@@ -29,6 +29,7 @@ from PIL import Image
 from .._util.errors import SemlensError
 from ..data import ImageData
 from ..model.loading import LoadedModel, class_mapping
+from ..model.receptive import map_shift, shifted_maps
 from ..model.sae import SparseAutoencoder
 from ..model.units import LayerSpec, UnitReader, hooks, resolve_module
 from .audit import LOCATE_ENOUGH, LOCATE_SHARE
@@ -351,13 +352,16 @@ def read_units(
     return {name: torch.cat(parts) for name, parts in scores.items()}, {name: torch.cat(parts) for name, parts in maps.items() if parts}
 
 
-def located_ious(maps_with: torch.Tensor, maps_without: torch.Tensor, region: torch.Tensor, cells: int = 1 << 24) -> torch.Tensor:
+def located_ious(
+    maps_with: torch.Tensor, maps_without: torch.Tensor, region: torch.Tensor, cells: int = 1 << 24, shift: tuple[float, float] = (0.0, 0.0)
+) -> torch.Tensor:
     """Per unit ``[R]``, NetDissect's IoU of where it fires on the images with a pasted concept (``maps_with``
     ``[N, R, h, w]``) against the pasted ``region``: ``[H, W]`` where every image has it in one place, ``[N, H, W]``
     where each has its own. The maps with and without the concept (``maps_without``) are up-sampled bilinearly
     to the region's size (at most ``LOCATE_SIDE`` cells a side, the region resized with them) and each unit
     fires at or above its ``LOCATE_QUANTILE`` over all of them (above it where that is its least value: a unit
-    silent on most cells does not fire there); ``cells`` bounds the up-sampled cells held at once."""
+    silent on most cells does not fire there); ``cells`` bounds the up-sampled cells held at once; ``shift``: the
+    maps' cells off the even grid, in pixels of the region (``model.receptive``)."""
     count, units = maps_with.shape[:2]
     regions = region if region.dim() == 3 else region[None]  # [N or 1, H, W]
     scale = min(1.0, LOCATE_SIDE / max(regions.shape[-2:]))
@@ -368,7 +372,7 @@ def located_ious(maps_with: torch.Tensor, maps_without: torch.Tensor, region: to
     step = max(1, cells // (2 * count * size[0] * size[1]))
     for start in range(0, units, step):
         chosen = slice(start, start + step)
-        up = F.interpolate(torch.cat([maps_with[:, chosen], maps_without[:, chosen]]), size=size, mode="bilinear", align_corners=False)
+        up = shifted_maps(torch.cat([maps_with[:, chosen], maps_without[:, chosen]]), size, shift, scale)
         values = up.transpose(0, 1).flatten(1)  # [r, 2N H W]
         rank = min(values.shape[1], round(LOCATE_QUANTILE * (values.shape[1] - 1)) + 1)  # the quantile's order statistic
         thresholds = values.kthvalue(rank, dim=1).values
@@ -394,7 +398,7 @@ def location_test(
     """Per layer with spatial maps, per row of the tested ``units``: its ``located_ious`` IoU and the bar it must
     reach: ``share`` of the best IoU of the layer's tested units and ``peers`` that the concept raises (``aucs``
     >= ``CONFIRM_AUC``), but no more than ``enough`` and no less than ``LOCATE_IOU``. Maps are kept for the tested
-    units and the raised peers only."""
+    units and the raised peers only, and placed where their cells sit in the input (``model.receptive``)."""
     specs = list({unit.spec.name: unit.spec for unit in [*units, *peers]}.values())
     rows: dict[str, list[int]] = {}
     for spec in specs:
@@ -404,8 +408,10 @@ def location_test(
     maps_with = unit_scores_and_maps(model, with_concept, specs, rows)[1]
     maps_without = unit_scores_and_maps(model, without, specs, rows)[1]
     located = {}
+    side = model.preprocessing.input_size
     for layer in maps_with:
-        ious = dict(zip(rows[layer], located_ious(maps_with[layer], maps_without[layer], region).tolist()))
+        shift = map_shift(model.module, next(spec for spec in specs if spec.name == layer), side, next(model.module.parameters()).device)
+        ious = dict(zip(rows[layer], located_ious(maps_with[layer], maps_without[layer], region, shift=shift).tolist()))
         best = max((iou for row, iou in ious.items() if aucs[layer][row] >= CONFIRM_AUC), default=0.0)
         bar = max(LOCATE_IOU, min(enough, share * best))
         located[layer] = {unit.row: (ious[unit.row], bar) for unit in units if unit.spec.name == layer}

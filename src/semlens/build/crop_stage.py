@@ -63,7 +63,7 @@ class CropStage:
         for spec in self.context.specs:
             stored = self.context.store.read_tensors(layer_file(spec.name, "topk"))
             heat, source = self._heatmaps(spec, stored)
-            boxes[spec.name] = self.boxes(heat, stored)
+            boxes[spec.name] = self.boxes(heat, stored, self.layer_shift(spec.name))
             samples[spec.name] = slot_samples(stored, boxes[spec.name])
             if heat is not None and self.context.config.crop_view == "masked":
                 masked[spec.name] = (source, faded_slots(heat, stored["inactive"]))
@@ -101,15 +101,22 @@ class CropStage:
             return stored["maps"], heat_source(spec.name, mode)
         return None, None
 
-    def boxes(self, heat: torch.Tensor | None, stored: dict[str, torch.Tensor]) -> torch.Tensor:
+    def layer_shift(self, layer: str) -> tuple[float, float]:
+        """Where the layer's activation map cells sit off the even grid (``model.receptive``; the collect stage
+        measured it), in input pixels."""
+        return tuple(self.context.manifest["layers"][layer].get("map_shift") or (0.0, 0.0))  # type: ignore[return-value]
+
+    def boxes(self, heat: torch.Tensor | None, stored: dict[str, torch.Tensor], shift: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
         """Crop boxes ``[U, V·k, 4]`` by the build's V crop rules (``crop_boxes``); one whole image per example
-        without heatmaps, and whole images for inactive units (their examples are arbitrary: no crop to trust)."""
+        without heatmaps, and whole images for inactive units (their examples are arbitrary: no crop to trust).
+        ``shift``: the activation maps' cells off the even grid, which boxes cut from them follow."""
         config, size = self.context.config, self.context.model.preprocessing.input_size
         units, k = stored["ids"].shape
         if heat is None:
             return full_boxes(units * k, (size, size)).reshape(units, k, 4)
         rules = (config.crop_rule, config.crop_threshold, config.crop_share, config.crop_quantile)
-        boxes = crop_boxes(heat, (size, size), *rules, activations=stored.get("maps"))
+        heat_shift = shift if heat is stored.get("maps") else (0.0, 0.0)  # relevance heatmaps are computed at the input
+        boxes = crop_boxes(heat, (size, size), *rules, activations=stored.get("maps"), heat_shift=heat_shift, activation_shift=shift)
         boxes[stored["inactive"]] = full_boxes(1, (size, size))
         return boxes
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .._util.errors import SemlensError
+from ..model.receptive import shift_boxes
 
 #: auto = relevance where LRP supports the model, else activation
 CROP_MODES = ("auto", "relevance", "activation", "none")
@@ -71,23 +72,31 @@ def crop_boxes(
     share: float = 0.8,
     quantile: float = CROP_QUANTILE,
     activations: torch.Tensor | None = None,
+    heat_shift: tuple[float, float] = (0.0, 0.0),
+    activation_shift: tuple[float, float] = (0.0, 0.0),
 ) -> torch.Tensor:
     """Square crop boxes ``[U, V·k, 4]`` for each unit's heatmaps ``[U, k, h, w]`` by ``rule``: the k boxes of
     each of its V rules (``crop_rules``) in turn, so slot ``v·k + s`` is example ``s`` in rule ``v``'s box. The
-    active rule reads the units' activation maps ``activations`` ``[U, k, h', w']`` (the heatmaps where None)."""
-    return torch.cat([_boxes_by_rule(maps, size, part, threshold, share, quantile, activations) for part in crop_rules(rule)], dim=1)
+    active rule reads the units' activation maps ``activations`` ``[U, k, h', w']`` (the heatmaps where None).
+    Boxes move with the maps' cells where these are off the even grid (``model.receptive``): ``heat_shift`` for
+    the heatmaps (activation maps; relevance heatmaps need none), ``activation_shift`` for ``activations``."""
+    return torch.cat(
+        [_boxes_by_rule(maps, size, part, threshold, share, quantile, activations, heat_shift, activation_shift) for part in crop_rules(rule)], dim=1
+    )
 
 
 def _boxes_by_rule(
-    maps: torch.Tensor, size: tuple[int, int], rule: str, threshold: float, share: float, quantile: float, activations: torch.Tensor | None
-) -> torch.Tensor:
+    maps: torch.Tensor, size: tuple[int, int], rule: str, threshold: float, share: float, quantile: float, activations: torch.Tensor | None,
+    heat_shift: tuple[float, float], activation_shift: tuple[float, float],
+) -> torch.Tensor:  # fmt: skip
     if rule == "quantile":
-        return boxes_by_quantile(maps, size, quantile)
+        return shift_boxes(boxes_by_quantile(maps, size, quantile), heat_shift, size)
+    shift = heat_shift
     if rule == "active" and activations is not None:
-        maps = activations
+        maps, shift = activations, activation_shift
     flat = maps.reshape(-1, *maps.shape[2:])
     boxes = boxes_by_share(flat, size, share) if rule in ("share", "active") else boxes_from_maps(flat, size, threshold)
-    return boxes.reshape(*maps.shape[:2], 4)
+    return shift_boxes(boxes.reshape(*maps.shape[:2], 4), shift, size)
 
 
 def boxes_from_maps(

@@ -53,7 +53,7 @@ INSERTION_IMAGES = 400  # probe images the artefact is pasted into for the causa
 # stored runs whose class relies on its artefact (README: "Placements"): 1, 4, 8 and 16 placements give precision
 # 0.58, 0.70, 0.68 and 0.65 at recall 0.44, 0.64, 0.60 and 0.60
 PLACEMENTS = 4
-TRUTH_VERSION = 5  # bump when unit_truth stores other things: stored truths are then computed again
+TRUTH_VERSION = 6  # 6: maps placed where their cells sit (model.receptive); bump when unit_truth stores other things: stored truths are then computed again
 
 
 def world_layers(model: str) -> list[str]:

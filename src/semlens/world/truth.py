@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from ..model.loading import LoadedModel
+from ..model.receptive import map_shift, shifted_maps
 from ..model.units import LayerSpec, UnitReader, hooks, resolve_module
 from .render import WorldConfig, WorldData, WorldSample, concept_image
 
@@ -79,7 +80,8 @@ def dissect_layer(
     model: torch.nn.Module, preprocessing, layer: str, data: WorldData, batch_size: int = 100, null: bool = False
 ) -> UnitTruth:
     """IoU of every unit's thresholded, up-sampled map with every concept's mask over ``data``; ``null``
-    pairs each image's maps with the next image's masks, for the IoU that chance alone reaches."""
+    pairs each image's maps with the next image's masks, for the IoU that chance alone reaches. Maps are placed
+    where their cells sit in the image (``model.receptive``: strided convolutions move them off the even grid)."""
     concepts = data.config.concept_names()
     size = data.config.size
     batches = [range(start, min(start + batch_size, len(data))) for start in range(0, len(data), batch_size)]
@@ -93,13 +95,14 @@ def dissect_layer(
         return masks
 
     maps = torch.cat([_layer_maps(model, layer, torch.stack([preprocessing(data.load(i)) for i in indices])) for indices in batches])
+    shift = map_shift(model, LayerSpec(layer), size)
     thresholds = torch.quantile(maps.transpose(0, 1).flatten(1), QUANTILE, dim=1)  # per unit
     intersection = torch.zeros(maps.shape[1], len(concepts))
     unit_area = torch.zeros(maps.shape[1], 1)
     concept_area = torch.zeros(1, len(concepts))
     for indices in batches:
         masks = masks_of(indices)
-        up = F.interpolate(maps[indices.start : indices.stop], size=(size, size), mode="bilinear", align_corners=False)
+        up = shifted_maps(maps[indices.start : indices.stop], (size, size), shift)
         fired = (up > thresholds.view(1, -1, 1, 1)).flatten(2).float()  # [B, U, HW]
         intersection += torch.einsum("bup,bcp->uc", fired, masks)
         unit_area += fired.sum(dim=(0, 2)).unsqueeze(1)
