@@ -122,17 +122,19 @@ def test_collect_topk_api_reads_a_model_directly() -> None:
     assert torch.equal(result.ids, expected.indices)
 
 
-@pytest.mark.parametrize("crop", ["relevance", "activation"])
-def test_a_masked_build_embeds_each_example_faded_by_its_own_heatmap(built, tmp_path, colour_folder, tiny_clip_dir, crop) -> None:
+@pytest.mark.parametrize("crop, model", [("relevance", "tiny_cnn"), ("activation", "tiny_cnn"), ("activation", "strided_cnn")])
+def test_a_masked_build_embeds_each_example_faded_by_its_own_heatmap(built, tmp_path, colour_folder, tiny_clip_dir, crop, model) -> None:
+    """Each example faded by its heatmap; a strided network's activation maps placed where their cells sit."""
     from semlens.build.crops import masked_crop
     from semlens.foundation import load_foundation_model
 
-    settings = config(colour_folder, tiny_clip_dir, crop=crop, crop_view="masked", class_relevance=False)
+    layers = {"model": f"py:tiny_models:{model}", "layers": ["features.3"]} if model == "strided_cnn" else {}
+    settings = config(colour_folder, tiny_clip_dir, crop=crop, crop_view="masked", class_relevance=False, **layers)
     masked = build_lens(settings, tmp_path / "m.lens", progress=False)
     assert masked.manifest["identity"]["embed"]["crop_view"] == "masked"
     assert "skipped" in masked.manifest["stages"]["responses"] and masked.default_label_method == "centred"  # faded crops
     assert built.has_responses and built.default_label_method == "responses"
-    model, data = load_model("py:tiny_models:tiny_cnn"), load_data(f"folder:{colour_folder}")
+    loaded, data = load_model(f"py:tiny_models:{model}"), load_data(f"folder:{colour_folder}")
     foundation = load_foundation_model(f"hf:{tiny_clip_dir}")
     faded = 0
     for layer in masked.layers:
@@ -141,13 +143,16 @@ def test_a_masked_build_embeds_each_example_faded_by_its_own_heatmap(built, tmp_
         heat, ids, inactive = masked.heatmaps(layer), masked.samples(layer), masked.inactive(layer)
         crops, slots = [], torch.nonzero(ids >= 0).tolist()
         for unit, slot in slots:
-            view, box = model.preprocessing.view(data.load(int(ids[unit, slot]))), tuple(masked.boxes(layer)[unit, slot].tolist())
+            view, box = loaded.preprocessing.view(data.load(int(ids[unit, slot]))), tuple(masked.boxes(layer)[unit, slot].tolist())
             fires = heat is not None and not inactive[unit] and float(heat[unit, slot].max()) > 0
-            crops.append(masked_crop(view, box, heat[unit, slot]) if fires else view.crop(box))
+            crops.append(masked_crop(view, box, heat[unit, slot], masked.heatmap_shift(layer)) if fires else view.crop(box))
             faded += fires
         expected = foundation.encode_images(crops)
         found = masked.example_embeddings(layer)[tuple(torch.tensor(slots).T)]
         torch.testing.assert_close(found, expected, atol=3e-3, rtol=0)
+    assert masked.heatmap_shift(masked.layers[-1]) == ((-1.5, -1.5) if model == "strided_cnn" else (0.0, 0.0))
+    if model == "strided_cnn":
+        return
     assert faded >= 40
     boxed = torch.cat([built._read(layer, "embed")["crop_index"][:, :5].flatten() for layer in built.layers]).unique()  # the peak boxes
     assert masked.manifest["stages"]["embed"]["distinct_crops"] > int((boxed >= 0).sum())  # masked slots are not shared across units
@@ -184,6 +189,7 @@ def test_boxes_cut_from_a_strided_networks_maps_sit_where_its_cells_see(built: L
     settings = config(colour_folder, tiny_clip_dir, model="py:tiny_models:strided_cnn", layers=["features.3"], crop="activation", class_relevance=False)
     lens = build_lens(settings, tmp_path / "strided.lens", progress=False)
     assert lens.manifest["layers"]["features.3"]["map_shift"] == [-1.5, -1.5]
+    assert lens.heatmap_shift("features.3") == (-1.5, -1.5) and built.heatmap_shift("features.3") == (0.0, 0.0)  # relevance: at the input
     assert built.manifest["layers"]["features.3"]["map_shift"] == [0.0, 0.0]  # behind a max pool: the even grid
     maps, valid = lens.maps("features.3"), lens.valid("features.3")
     for rule, cut in (("peak", lambda: crop_boxes(maps, (32, 32), "peak")), ("active", lambda: crop_boxes(maps, (32, 32), "share"))):

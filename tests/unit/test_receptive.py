@@ -93,3 +93,17 @@ def test_the_location_iou_reads_maps_where_their_cells_sit():
     plain = located_ious(maps_with, torch.zeros_like(maps_with), region)
     placed = located_ious(maps_with, torch.zeros_like(maps_with), region, shift=(-3.5, -3.5))
     assert placed.item() > plain.item() + 0.2
+
+
+def test_overlays_draw_a_shifted_map_where_its_cells_sit():
+    import numpy as np
+    from PIL import Image
+
+    from semlens.report.figures import heat_overlay
+
+    heat = np.zeros((8, 8), dtype=np.float32)
+    heat[4, 2] = 1.0
+    view = Image.new("RGB", (64, 64), (0, 0, 0))
+    reddest = lambda image: divmod(int(np.asarray(image)[..., 0].argmax()), 64)  # noqa: E731
+    assert reddest(heat_overlay(view, heat)) == (35, 19)
+    assert reddest(heat_overlay(view, heat, shift=(-3.5, -3.5))) == (32, 16)

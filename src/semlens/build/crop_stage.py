@@ -29,10 +29,12 @@ from .embed import CropTable, HeatSource, chunks, plan_crops
 HEAT_KEY = "heatmaps"  # metadata key of a layer's ``.crops`` file: the fingerprint its heatmaps were computed for
 
 
-def heat_source(layer: str, mode: str) -> HeatSource | None:
-    """Where a built Lens stores the heatmaps a layer's crops were cut from in crop ``mode`` (None: whole images)."""
-    found = {"relevance": (layer_file(layer, "crops"), "heat"), "activation": (layer_file(layer, "topk"), "maps")}.get(mode)
-    return None if found is None else HeatSource(*found)
+def heat_source(layer: str, mode: str, shift: tuple[float, float] = (0.0, 0.0)) -> HeatSource | None:
+    """Where a built Lens stores the heatmaps a layer's crops were cut from in crop ``mode`` (None: whole images),
+    with ``shift``, the activation maps' cells off the even grid (relevance heatmaps are computed at the input)."""
+    if mode == "relevance":
+        return HeatSource(layer_file(layer, "crops"), "heat")
+    return HeatSource(layer_file(layer, "topk"), "maps", shift) if mode == "activation" else None
 
 
 def faded_slots(heat: torch.Tensor, inactive: torch.Tensor) -> torch.Tensor:
@@ -98,7 +100,7 @@ class CropStage:
             heat, record["heatmaps"] = self._relevance_heatmaps(spec, stored["ids"], record)
             return heat, heat_source(spec.name, mode)
         if mode == "activation":
-            return stored["maps"], heat_source(spec.name, mode)
+            return stored["maps"], heat_source(spec.name, mode, self.layer_shift(spec.name))
         return None, None
 
     def layer_shift(self, layer: str) -> tuple[float, float]:

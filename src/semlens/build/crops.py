@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .._util.errors import SemlensError
-from ..model.receptive import shift_boxes
+from ..model.receptive import shift_boxes, shifted_maps
 
 #: auto = relevance where LRP supports the model, else activation
 CROP_MODES = ("auto", "relevance", "activation", "none")
@@ -177,28 +177,28 @@ def pool_heatmaps(maps: torch.Tensor, side: int) -> torch.Tensor:
     return maps.half()
 
 
-def fade_mask(heat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def fade_mask(heat: torch.Tensor, size: tuple[int, int], shift: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
     """How much of each pixel the masked view keeps, ``[H, W]`` in [0, 1], for one heatmap ``[h, w]``.
 
     The map is up-sampled bilinearly to the view, divided by its peak and clipped to [0, 1]; the square
     root keeps faint evidence visible (a quarter of the peak keeps half the contrast, the paper's 1 %
     edge a tenth) while regions without positive evidence fade fully. A map without a positive value
-    masks nothing.
+    masks nothing. ``shift``: where the map's cells sit off the even grid (activation maps: ``model.receptive``).
     """
-    up = F.interpolate(heat.float()[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    up = shifted_maps(heat.float()[None, None], size, shift)[0, 0]
     peak = up.max()
     if peak <= 0:
         return torch.ones(size)
     return (up / peak).clamp(0, 1).sqrt()
 
 
-def masked_crop(view: Image.Image, box: tuple[int, int, int, int], heat: torch.Tensor) -> Image.Image:
+def masked_crop(view: Image.Image, box: tuple[int, int, int, int], heat: torch.Tensor, shift: tuple[float, float] = (0.0, 0.0)) -> Image.Image:
     """The crop ``box`` of ``view`` faded toward the crop's mean colour where the example's heatmap ``heat``
     is low: ``mean + (pixel - mean) * fade_mask``, so the foundation model sees what the unit responds
     to, not the rest of the box. The mean, not a fixed grey: on the concept world a grey fade made most
     units' crops look like its gray background (labels "gray"; benchmarks/ground_truth.py --views)."""
     x0, y0, x1, y1 = box
-    keep = fade_mask(heat, (view.height, view.width))[y0:y1, x0:x1, None]
+    keep = fade_mask(heat, (view.height, view.width), shift)[y0:y1, x0:x1, None]
     pixels = torch.from_numpy(np.asarray(view.convert("RGB").crop(box), dtype=np.float32))
     mean = pixels.mean(dim=(0, 1))
     faded = mean + (pixels - mean) * keep

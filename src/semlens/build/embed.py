@@ -30,6 +30,7 @@ class HeatSource:
 
     file: str
     key: str
+    shift: tuple[float, float] = (0.0, 0.0)  # where the maps' cells sit off the even grid (activation maps)
 
 
 @dataclass
@@ -96,13 +97,13 @@ def cut_crops(
         if sample != current:
             current, view = sample, load_view(sample)
         row_heat = None if heat is None else heat[position]
-        yield view.crop((x0, y0, x1, y1)) if row_heat is None else masked_crop(view, (x0, y0, x1, y1), row_heat)
+        yield view.crop((x0, y0, x1, y1)) if row_heat is None else masked_crop(view, (x0, y0, x1, y1), *row_heat)
 
 
-def read_heatmaps(root: str, sources: Sequence[HeatSource], masks: torch.Tensor) -> list[torch.Tensor | None]:
-    """The heatmap of each row of ``masks`` ``[M, 3]`` (source, unit, slot; None where unmasked), each read
-    alone off the disk (files under ``root``)."""
-    found: list[torch.Tensor | None] = [None] * masks.shape[0]
+def read_heatmaps(root: str, sources: Sequence[HeatSource], masks: torch.Tensor) -> list[tuple[torch.Tensor, tuple[float, float]] | None]:
+    """The heatmap of each row of ``masks`` ``[M, 3]`` (source, unit, slot; None where unmasked) and its source's
+    shift, each read alone off the disk (files under ``root``)."""
+    found: list[tuple[torch.Tensor, tuple[float, float]] | None] = [None] * masks.shape[0]
     for position, source in enumerate(sources):
         wanted = (masks[:, 0] == position).nonzero().flatten().tolist()
         if not wanted:
@@ -111,7 +112,7 @@ def read_heatmaps(root: str, sources: Sequence[HeatSource], masks: torch.Tensor)
             array = handle.get_slice(source.key)
             for row in wanted:
                 unit, slot = masks[row, 1:].tolist()
-                found[row] = array[unit : unit + 1, slot : slot + 1][0, 0]
+                found[row] = (array[unit : unit + 1, slot : slot + 1][0, 0], source.shift)
     return found
 
 

@@ -52,7 +52,7 @@ def stored_crop_table(store: LensStore, manifest: dict[str, Any]) -> CropTable:
         embedded = store.read_tensors(layer_file(layer, "embed"))
         boxes[layer], index[layer] = embedded["boxes"], embedded["crop_index"]
         samples[layer] = slot_samples(topk, boxes[layer])
-        source: HeatSource | None = heat_source(layer, info.get("crop", {}).get("mode", "none"))
+        source: HeatSource | None = heat_source(layer, info.get("crop", {}).get("mode", "none"), tuple(info.get("map_shift") or (0.0, 0.0)))
         if masked_view and source is not None:
             heat = store.read_array(source.file, source.key)
             masked[layer] = (source, faded_slots(heat, topk["inactive"]))

@@ -138,6 +138,15 @@ class LensArrays:
             return self._read(layer, "crops").get("heat")
         return self.maps(layer) if mode == "activation" else None
 
+    def heatmap_shift(self: Lens, layer: str, examples: str = "activation") -> tuple[float, float]:
+        """Where the cells of ``example_heatmaps(layer, examples)`` sit off the even grid, in input pixels: the
+        layer's measured shift for activation maps (``model.receptive``), none for relevance heatmaps (computed at
+        the input) and Lenses built before it was measured."""
+        if examples != "activation" or self._layer(layer).get("crop", {}).get("mode") != "activation":
+            return (0.0, 0.0)
+        shift = self._layer(layer).get("map_shift") or (0.0, 0.0)
+        return (float(shift[0]), float(shift[1]))
+
     @property
     def crop_rules(self: Lens) -> list[str]:
         """The crop rules the examples' boxes were cut by, each example one box per rule (``crop_rule="peak+share"``)."""

@@ -34,13 +34,18 @@ def concept_grid(images: Sequence[Image.Image], captions: Sequence[str], title: 
     return grid
 
 
-def heat_overlay(view: Image.Image, heat, box: Sequence[int] | None = None) -> Image.Image:
+def heat_overlay(view: Image.Image, heat, box: Sequence[int] | None = None, shift: tuple[float, float] = (0.0, 0.0)) -> Image.Image:
     """The input view with a heatmap ``[h, w]`` over it (red, opaque in proportion to the positive part's
-    share of its peak) and the crop box outlined, if any: where the example's evidence lies, and what was cut."""
+    share of its peak) and the crop box outlined, if any: where the example's evidence lies, and what was cut.
+    ``shift``: where the map's cells sit off the even grid (``Lens.heatmap_shift``), in pixels of the view."""
+    import torch
+
+    from ..model.receptive import shifted_maps
+
     values = np.nan_to_num(np.asarray(heat, dtype=np.float32)).clip(min=0)
     peak = float(values.max()) if values.size else 0.0
-    scaled = Image.fromarray(values / peak if peak > 0 else values, mode="F").resize(view.size, Image.BILINEAR)
-    alpha = np.asarray(scaled, dtype=np.float32).clip(0, 1)[..., None] * HEAT_OPACITY
+    scaled = shifted_maps(torch.from_numpy(values / peak if peak > 0 else values)[None, None], (view.height, view.width), shift)[0, 0]
+    alpha = scaled.numpy().clip(0, 1)[..., None] * HEAT_OPACITY
     pixels = np.asarray(view.convert("RGB"), dtype=np.float32)
     blended = pixels * (1 - alpha) + np.array(HEAT_COLOUR, dtype=np.float32) * alpha
     image = Image.fromarray(blended.round().astype(np.uint8))

@@ -61,7 +61,7 @@ def _unit_rows(lens: Lens, units: list[tuple[str, str]]) -> str:
             title = f'title="{html.escape(example.source)} ({example.score:.3g})"'
             crops.append(f'<img src="{_thumbnail(view.crop(example.box))}" {title}>')
             if heatmaps is not None and len(overlays) < OVERLAYS_SHOWN:
-                overlay = heat_overlay(view, heatmaps[row, example.rank].float().numpy(), example.box)
+                overlay = heat_overlay(view, heatmaps[row, example.rank].float().numpy(), example.box, lens.heatmap_shift(layer))
                 overlays.append(f'<img class="heat" src="{_thumbnail(overlay)}" {title}>')
         images = "".join(crops) + "".join(overlays)
         rows.append(f'<div class="unit"><span class="name">{html.escape(unit)}<br><small>{html.escape(note)}</small></span>{images}</div>')

@@ -65,7 +65,8 @@ class ThumbnailCache:
         if kind == "thumbnail":
             image = image.resize((SIZE, SIZE))
         elif kind == "heatmap":
-            image = heat_overlay(image, self.lens.example_heatmaps(layer, examples)[row, example.rank].float().numpy(), example.box)
+            heat = self.lens.example_heatmaps(layer, examples)[row, example.rank].float().numpy()
+            image = heat_overlay(image, heat, example.box, self.lens.heatmap_shift(layer, examples))
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=QUALITY)
         return buffer.getvalue()
