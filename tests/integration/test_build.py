@@ -189,7 +189,8 @@ def test_boxes_cut_from_a_strided_networks_maps_sit_where_its_cells_see(built: L
     settings = config(colour_folder, tiny_clip_dir, model="py:tiny_models:strided_cnn", layers=["features.3"], crop="activation", class_relevance=False)
     lens = build_lens(settings, tmp_path / "strided.lens", progress=False)
     assert lens.manifest["layers"]["features.3"]["map_shift"] == [-1.5, -1.5]
-    assert lens.heatmap_shift("features.3") == (-1.5, -1.5) and built.heatmap_shift("features.3") == (0.0, 0.0)  # relevance: at the input
+    assert lens.map_shift("features.3") == lens.heatmap_shift("features.3") == (-1.5, -1.5) and "map_shift_failed" not in lens.manifest["layers"]["features.3"]
+    assert built.heatmap_shift("features.3") == (0.0, 0.0) and built.map_shift("head") is None  # relevance: at the input; no map
     assert built.manifest["layers"]["features.3"]["map_shift"] == [0.0, 0.0]  # behind a max pool: the even grid
     maps, valid = lens.maps("features.3"), lens.valid("features.3")
     for rule, cut in (("peak", lambda: crop_boxes(maps, (32, 32), "peak")), ("active", lambda: crop_boxes(maps, (32, 32), "share"))):

@@ -7,7 +7,7 @@ from torch import nn
 
 from semlens.analysis.interventions import located_ious
 from semlens.build.crops import crop_boxes
-from semlens.model.receptive import map_shift, shift_boxes, shifted_maps
+from semlens.model.receptive import map_shift, measured_shift, shift_boxes, shifted_maps
 from semlens.model.units import LayerSpec
 
 
@@ -107,3 +107,16 @@ def test_overlays_draw_a_shifted_map_where_its_cells_sit():
     reddest = lambda image: divmod(int(np.asarray(image)[..., 0].argmax()), 64)  # noqa: E731
     assert reddest(heat_overlay(view, heat)) == (35, 19)
     assert reddest(heat_overlay(view, heat, shift=(-3.5, -3.5))) == (32, 16)
+
+
+def test_a_model_the_probe_cannot_run_keeps_the_even_grid_and_says_why():
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("this model runs only on its own hardware")
+
+    assert measured_shift(Broken(), LayerSpec("conv"), 32) == ((0.0, 0.0), "RuntimeError: this model runs only on its own hardware")
+    assert measured_shift(strided(2), LayerSpec("5"), 64)[1] is None

@@ -29,7 +29,7 @@ from PIL import Image
 from .._util.errors import SemlensError
 from ..data import ImageData
 from ..model.loading import LoadedModel, class_mapping
-from ..model.receptive import map_shift, shifted_maps
+from ..model.receptive import measured_shift, shifted_maps
 from ..model.sae import SparseAutoencoder
 from ..model.units import LayerSpec, UnitReader, hooks, resolve_module
 from .audit import LOCATE_ENOUGH, LOCATE_SHARE
@@ -394,11 +394,13 @@ def location_test(
     aucs: dict[str, torch.Tensor],
     share: float = LOCATE_SHARE,
     enough: float = LOCATE_ENOUGH,
+    shifts: dict[str, tuple[float, float]] | None = None,
 ) -> dict[str, dict[int, tuple[float, float]]]:
     """Per layer with spatial maps, per row of the tested ``units``: its ``located_ious`` IoU and the bar it must
     reach: ``share`` of the best IoU of the layer's tested units and ``peers`` that the concept raises (``aucs``
     >= ``CONFIRM_AUC``), but no more than ``enough`` and no less than ``LOCATE_IOU``. Maps are kept for the tested
-    units and the raised peers only, and placed where their cells sit in the input (``model.receptive``)."""
+    units and the raised peers only, and placed where their cells sit in the input: by ``shifts`` (a Lens's,
+    measured at its build) or measured now (``model.receptive``)."""
     specs = list({unit.spec.name: unit.spec for unit in [*units, *peers]}.values())
     rows: dict[str, list[int]] = {}
     for spec in specs:
@@ -408,9 +410,10 @@ def location_test(
     maps_with = unit_scores_and_maps(model, with_concept, specs, rows)[1]
     maps_without = unit_scores_and_maps(model, without, specs, rows)[1]
     located = {}
-    side = model.preprocessing.input_size
+    side, device = model.preprocessing.input_size, next(model.module.parameters()).device
     for layer in maps_with:
-        shift = map_shift(model.module, next(spec for spec in specs if spec.name == layer), side, next(model.module.parameters()).device)
+        known = (shifts or {}).get(layer)
+        shift = known if known is not None else measured_shift(model.module, next(spec for spec in specs if spec.name == layer), side, device)[0]
         ious = dict(zip(rows[layer], located_ious(maps_with[layer], maps_without[layer], region, shift=shift).tolist()))
         best = max((iou for row, iou in ious.items() if aucs[layer][row] >= CONFIRM_AUC), default=0.0)
         bar = max(LOCATE_IOU, min(enough, share * best))
@@ -472,6 +475,7 @@ def concept_tests(
     peers: Sequence[UnitToTest] = (),
     locate_share: float = LOCATE_SHARE,
     locate_enough: float = LOCATE_ENOUGH,
+    shifts: dict[str, tuple[float, float]] | None = None,
 ) -> tuple[dict, list[dict]]:
     """The class's reliance on the concept: its mean probability with and without the concept (``effect``:
     the difference) and their log odds ratio (``log_odds``); it ``relies`` on the concept when the concept
@@ -507,7 +511,7 @@ def concept_tests(
     specs = list({unit.spec.name: unit.spec for unit in [*units, *peers]}.values())
     scores_with, scores_without = unit_scores(model, with_concept, specs), unit_scores(model, without, specs)
     aucs = {layer: rank_auc(scores_with[layer], scores_without[layer]) for layer in scores_with}  # [U] per layer, every unit at once
-    located = {} if region is None else location_test(model, without, with_concept, region, units, peers, aucs, locate_share, locate_enough)
+    located = {} if region is None else location_test(model, without, with_concept, region, units, peers, aucs, locate_share, locate_enough, shifts)
     rises = {layer: scores_with[layer].mean(dim=0) - scores_without[layer].mean(dim=0) for layer in scores_with}
     class_rises = {layer: class_rise(scores_without[layer], members, class_index) for layer in scores_with}
     tests = []

@@ -17,7 +17,7 @@ from .._util.progress import progress_bar
 from ..analysis.validity import inactive_units
 from ..data import ImageData
 from ..lens.store import LensStore, layer_file
-from ..model.receptive import map_shift
+from ..model.receptive import measured_shift
 from ..model.sae import SparseAutoencoder
 from .collect import EMPTY_ID, Collector, TopK
 from .context import BuildContext
@@ -116,11 +116,12 @@ class CollectStage:
                 "base_units": base_units,
                 "output": "spatial" if topk.maps is not None else "vector",
                 "map_shape": None if topk.maps is None else list(topk.maps.shape[2:]),
-                # where the map's cells sit in the input (model.receptive): activation boxes and masks follow it
-                "map_shift": None if topk.maps is None else list(map_shift(context.model.module, spec, context.model.preprocessing.input_size, context.device)),
                 "inactive_units": int(inactive.sum()),
                 "spec": asdict(spec),
             }
+            if topk.maps is not None:  # where the map's cells sit in the input: activation boxes and masks follow it
+                shift, failed = measured_shift(context.model.module, spec, context.model.preprocessing.input_size, context.device)
+                context.manifest["layers"][spec.name].update({"map_shift": list(shift), **({"map_shift_failed": failed} if failed else {})})
             if spec.sae:
                 context.manifest["layers"][spec.name]["sae"] = SparseAutoencoder.load(spec.sae).describe()
         write_sample_table(store, data, [results[spec.name].ids for spec in context.specs])

@@ -138,14 +138,19 @@ class LensArrays:
             return self._read(layer, "crops").get("heat")
         return self.maps(layer) if mode == "activation" else None
 
+    def map_shift(self: Lens, layer: str) -> tuple[float, float] | None:
+        """Where the layer's map cells sit off the even grid, in input pixels, as measured at the build
+        (``model.receptive``); None for layers without maps and Lenses built before it was measured."""
+        shift = self._layer(layer).get("map_shift")
+        return None if shift is None else (float(shift[0]), float(shift[1]))
+
     def heatmap_shift(self: Lens, layer: str, examples: str = "activation") -> tuple[float, float]:
         """Where the cells of ``example_heatmaps(layer, examples)`` sit off the even grid, in input pixels: the
-        layer's measured shift for activation maps (``model.receptive``), none for relevance heatmaps (computed at
-        the input) and Lenses built before it was measured."""
+        layer's ``map_shift`` for activation maps, none for relevance heatmaps (computed at the input) and for
+        Lenses built before it was measured (their boxes were cut on the even grid)."""
         if examples != "activation" or self._layer(layer).get("crop", {}).get("mode") != "activation":
             return (0.0, 0.0)
-        shift = self._layer(layer).get("map_shift") or (0.0, 0.0)
-        return (float(shift[0]), float(shift[1]))
+        return self.map_shift(layer) or (0.0, 0.0)
 
     @property
     def crop_rules(self: Lens) -> list[str]:

@@ -181,7 +181,9 @@ class LensAudits:
         without, with_concept, classes = concept.views_and_classes(model)
         region = concept.region(with_concept)
         units = result.units if test_all else result.to_test(located=region is not None)
-        saes = self.sae_files(sorted({unit.unit.rpartition("/")[0] for unit in result.units}))
+        layers = sorted({unit.unit.rpartition("/")[0] for unit in result.units})
+        saes = self.sae_files(layers)
+        shifts = {layer: shift for layer in layers if (shift := self.map_shift(layer)) is not None}  # else measured now
 
         def to_test(name: str) -> UnitToTest:
             layer, row = self.unit_index(name)
@@ -194,7 +196,7 @@ class LensAudits:
         peers = [] if region is None else [to_test(unit.unit) for unit in result.units if unit.unit not in names]
         result.reliance, tests = concept_tests(
             model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers,
-            result.rule.locate_share, result.rule.locate_enough,
+            result.rule.locate_share, result.rule.locate_enough, shifts,
         )
         for unit, test in zip(units, tests):
             unit.test = test

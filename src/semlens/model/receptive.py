@@ -116,6 +116,15 @@ def map_shift(module: nn.Module, spec: LayerSpec, size: int, device: torch.devic
     return (shift[0], shift[1])
 
 
+def measured_shift(module: nn.Module, spec: LayerSpec, size: int, device: torch.device | str = "cpu") -> tuple[tuple[float, float], str | None]:
+    """``map_shift``, or the even grid and why where it cannot be measured (a model this probe cannot run): a
+    placement never stops a build or an audit."""
+    try:
+        return map_shift(module, spec, size, device), None
+    except Exception as error:  # noqa: BLE001 - any model's failure, reported by the caller
+        return (0.0, 0.0), f"{type(error).__name__}: {error}"
+
+
 def shifted_maps(maps: torch.Tensor, size: tuple[int, int], shift: tuple[float, float] = (0.0, 0.0), scale: float = 1.0) -> torch.Tensor:
     """Maps ``[N, C, h, w]`` up-sampled bilinearly to ``size`` with each cell's centre moved by ``shift`` pixels of the
     model's input (times ``scale`` where ``size`` is not the input's: a region resized with the maps); edges repeat."""
