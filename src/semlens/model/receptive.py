@@ -5,9 +5,10 @@ where it lies behind max pools and unpadded patch embeddings. Strided convolutio
 a 3x3 convolution of stride 2 and padding 1 centres output i on input 2i, half a pixel before the even grid, and
 the shifts add up through the layers (ResNet-50's layer4: 15.5 pixels at 224, half a cell). NetDissect corrects
 for this from the layers' arithmetic; here it is measured, for any architecture: the input gradient of one cell
-of the model with every weight positive and equal and its max pools averaging (its geometric receptive field, not
-what training made of it) on random positive inputs, whose centroid is the cell's centre. Boxes, masks and IoUs cut from activation maps
-follow the shift (``shifted_maps``, ``shift_boxes``); relevance heatmaps are computed at the input and need none.
+of the model with every weight positive and equal and its max pools averaging (its geometric receptive field,
+not what training made of it) on random positive inputs, whose centroid is the cell's centre. Boxes, masks and
+IoUs cut from activation maps follow the shift (``shifted_maps``, ``shift_boxes``); relevance heatmaps are
+computed at the input and need none.
 """
 
 from __future__ import annotations
@@ -22,22 +23,22 @@ from torch.func import functional_call
 
 from .units import LayerSpec, resolve_module, select_output
 
-#: below this many pixels the even grid is kept (max pools and patch embeddings measure 0.00 to 0.01)
+#: below this many pixels the even grid is kept (max pools and patch embeddings measure 0.00; strided
+#: convolutions 0.5 and more, within 0.05: benchmarks/receptive.py)
 MIN_SHIFT = 0.25
 #: the measurement's input, in multiples of the model's input side: its centre cells' receptive fields stay
 #: inside it, where at the model's size a deep layer's would be cut by the border and pulled inward
 ENLARGE = 3
 #: gradient below this share of its peak is left out of the centroid (a gate's or pooling's path to every pixel)
 FLOOR = 0.05
-
-
-MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+#: each max pool and the average pool over the same windows that stands in for it while measuring
+AVERAGE_FOR_MAX = ((nn.MaxPool1d, F.avg_pool1d), (nn.MaxPool2d, F.avg_pool2d), (nn.MaxPool3d, F.avg_pool3d))
 
 
 def _averaged(module: nn.Module, inputs: tuple[torch.Tensor, ...], _: Any) -> torch.Tensor:
     """A max pool's output replaced by the average over the same windows: the window's centre, where a max
     pool's gradient would pick one random corner of it."""
-    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[int(type(module).__name__[-2])]
+    pool = next(average for kind, average in AVERAGE_FOR_MAX if isinstance(module, kind))
     return pool(inputs[0], module.kernel_size, module.stride, module.padding, module.ceil_mode, count_include_pad=False)
 
 
@@ -74,7 +75,8 @@ def map_shift(module: nn.Module, spec: LayerSpec, size: int, device: torch.devic
 
     weights = {name: _geometric(name, tensor) for name, tensor in [*module.named_parameters(), *module.named_buffers()]}
     dtype = next((tensor.dtype for tensor in weights.values() if tensor.is_floating_point()), torch.float32)
-    handles = [pool.register_forward_hook(_averaged) for pool in module.modules() if isinstance(pool, MAX_POOLS)]
+    max_pools = tuple(kind for kind, _ in AVERAGE_FOR_MAX)
+    handles = [pool.register_forward_hook(_averaged) for pool in module.modules() if isinstance(pool, max_pools)]
     handles.append(target.register_forward_hook(catch))  # after them: a max pool studied is read averaged too
     try:
         for side in (size * ENLARGE, size):  # the model's own size where it refuses a larger input
