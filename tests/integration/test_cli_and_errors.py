@@ -50,7 +50,9 @@ def test_run_prints_json_summary_and_info_reads_it_back(tmp_path, colour_folder,
     assert [layer["name"] for layer in summary["layers"]] == ["features.3", "head"]
     assert summary["samples"] == 30 and summary["failed"] == 0
     info = json.loads(invoke("info", out, "--json").stdout)
-    assert info["identity"]["collect"]["k"] == 3
+    assert info["identity"]["collect"]["k"] == 3 and info["layers"]["features.3"]["map_shift"] == [0.0, 0.0]
+    table = invoke("info", out).stdout
+    assert "shift" in table and "0,0" in table  # the layer with maps (rows, columns); "-" for the head
 
 
 def test_config_file_with_flag_override(tmp_path, colour_folder, tiny_clip_dir) -> None:

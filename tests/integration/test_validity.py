@@ -73,12 +73,14 @@ def test_fallbacks_name_what_was_done_instead_of_what_was_asked() -> None:
         "layers": {
             "a": {"crop": {"mode": "relevance", "why": "relevance conserved"}},
             "b": {"crop": {"mode": "activation", "why": "relevance not possible (no LRP rule here for GELU)"}},
+            "c": {"crop": {"mode": "relevance", "why": "relevance conserved"}, "map_shift": [0.0, 0.0], "map_shift_failed": "RuntimeError: odd model"},
         },
         "stages": {"relevance": {"skipped": "LRP does not support this model"}},
     }
     found = fallbacks(manifest)
-    assert len(found) == 2 and "layer b: activation crops instead of relevance crops" in found[0] and "GELU" in found[0]
-    assert "no class relevance" in found[1]
+    assert len(found) == 3 and "layer b: activation crops instead of relevance crops" in found[0] and "GELU" in found[0]
+    assert found[1] == "layer c: map cells taken on the even grid, their placement not measured (RuntimeError: odd model)"
+    assert "no class relevance" in found[2]
     manifest["identity"]["embed"]["crop"] = "activation"
     manifest["layers"] = {"b": {"crop": {"mode": "activation", "why": "as asked"}}}
     manifest["stages"] = {}

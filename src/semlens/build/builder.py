@@ -249,8 +249,9 @@ class LensBuilder:
 
 def fallbacks(manifest: dict[str, Any]) -> list[str]:
     """What the build did instead of what was asked, as recorded in the manifest: crop modes other than the
-    one asked for (``auto`` asks for relevance), relevance passes made smaller when the GPU ran out of
-    memory, an embedding that could not be compiled and a skipped class-relevance stage."""
+    one asked for (``auto`` asks for relevance), map cells left on the even grid where their placement could
+    not be measured, relevance passes made smaller when the GPU ran out of memory, an embedding that could not
+    be compiled and a skipped class-relevance stage."""
     asked = manifest["identity"]["embed"]["crop"]
     wanted = "relevance" if asked == "auto" else asked
     found = []
@@ -258,6 +259,8 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
         crop = layer.get("crop")
         if crop and crop["mode"] != wanted:
             found.append(f"layer {name}: {crop['mode']} crops instead of {wanted} crops ({crop['why']})")
+        if layer.get("map_shift_failed"):
+            found.append(f"layer {name}: map cells taken on the even grid, their placement not measured ({layer['map_shift_failed']})")
         for what, record in (("relevance crops", crop), ("relevance examples", layer.get("relevance_examples"))):
             found += smaller_passes(f"layer {name}: {what} in", "pairs", (record or {}).get("pairs_per_pass"))
     found += smaller_passes("class relevance in", "images", manifest["stages"].get("relevance", {}).get("images_per_pass"))

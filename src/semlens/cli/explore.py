@@ -42,14 +42,19 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
 
     rows = [
         (name, layer["units"], layer["inactive_units"], int(opened.tied(name).sum()), layer["output"],
-         layer.get("crop", {}).get("mode", "-"), sae_summary(opened.sae(name)))
+         layer.get("crop", {}).get("mode", "-"), _shift(opened.map_shift(name)), sae_summary(opened.sae(name)))
         for name, layer in manifest["layers"].items()
     ]  # fmt: skip
-    console.print(table(None, ("layer", "units", "inactive", "tied", "output", "crops", "sae"), rows))
+    console.print(table(None, ("layer", "units", "inactive", "tied", "output", "crops", "shift px", "sae"), rows))
     from ..build.builder import fallbacks
 
     for fallback in fallbacks(manifest):
         say(f"note: {fallback}")
+
+
+def _shift(shift: tuple[float, float] | None) -> str:
+    """A layer's map cells off the even grid (rows, columns), as ``info`` shows it: "-" where not measured."""
+    return "-" if shift is None else f"{shift[0]:g},{shift[1]:g}"
 
 
 def print_hits(hits: list, title: str, score: str, as_json: bool) -> None:
