@@ -37,6 +37,13 @@ def heat_source(layer: str, mode: str, shift: tuple[float, float] = (0.0, 0.0)) 
     return HeatSource(layer_file(layer, "topk"), "maps", shift) if mode == "activation" else None
 
 
+def recorded_shift(layer: dict) -> tuple[float, float]:
+    """Where a layer's activation map cells sit off the even grid, in input pixels, as its manifest entry records
+    it (the collect stage measured it: ``model.receptive``); the even grid where it was not measured."""
+    shift = layer.get("map_shift") or (0.0, 0.0)
+    return (float(shift[0]), float(shift[1]))
+
+
 def faded_slots(heat: torch.Tensor, inactive: torch.Tensor) -> torch.Tensor:
     """The (unit, slot) pairs ``[U, k]`` whose masked view is faded by their heatmap: none where the unit did not
     fire (nothing to fade by) or is inactive (its examples are arbitrary)."""
@@ -65,7 +72,7 @@ class CropStage:
         for spec in self.context.specs:
             stored = self.context.store.read_tensors(layer_file(spec.name, "topk"))
             heat, source = self._heatmaps(spec, stored)
-            boxes[spec.name] = self.boxes(heat, stored, self.layer_shift(spec.name))
+            boxes[spec.name] = self.boxes(heat, stored, spec.name, (0.0, 0.0) if source is None else source.shift)
             samples[spec.name] = slot_samples(stored, boxes[spec.name])
             if heat is not None and self.context.config.crop_view == "masked":
                 masked[spec.name] = (source, faded_slots(heat, stored["inactive"]))
@@ -100,24 +107,22 @@ class CropStage:
             heat, record["heatmaps"] = self._relevance_heatmaps(spec, stored["ids"], record)
             return heat, heat_source(spec.name, mode)
         if mode == "activation":
-            return stored["maps"], heat_source(spec.name, mode, self.layer_shift(spec.name))
+            return stored["maps"], heat_source(spec.name, mode, recorded_shift(self.context.manifest["layers"][spec.name]))
         return None, None
 
-    def layer_shift(self, layer: str) -> tuple[float, float]:
-        """Where the layer's activation map cells sit off the even grid (``model.receptive``; the collect stage
-        measured it), in input pixels."""
-        return tuple(self.context.manifest["layers"][layer].get("map_shift") or (0.0, 0.0))  # type: ignore[return-value]
-
-    def boxes(self, heat: torch.Tensor | None, stored: dict[str, torch.Tensor], shift: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
+    def boxes(
+        self, heat: torch.Tensor | None, stored: dict[str, torch.Tensor], layer: str, heat_shift: tuple[float, float] = (0.0, 0.0)
+    ) -> torch.Tensor:
         """Crop boxes ``[U, V·k, 4]`` by the build's V crop rules (``crop_boxes``); one whole image per example
         without heatmaps, and whole images for inactive units (their examples are arbitrary: no crop to trust).
-        ``shift``: the activation maps' cells off the even grid, which boxes cut from them follow."""
+        Boxes cut from ``layer``'s activation maps follow its cells off the even grid (``recorded_shift``), those
+        cut from ``heat`` by ``heat_shift`` (its ``HeatSource``'s: none for relevance heatmaps)."""
         config, size = self.context.config, self.context.model.preprocessing.input_size
         units, k = stored["ids"].shape
         if heat is None:
             return full_boxes(units * k, (size, size)).reshape(units, k, 4)
         rules = (config.crop_rule, config.crop_threshold, config.crop_share, config.crop_quantile)
-        heat_shift = shift if heat is stored.get("maps") else (0.0, 0.0)  # relevance heatmaps are computed at the input
+        shift = recorded_shift(self.context.manifest["layers"][layer])
         boxes = crop_boxes(heat, (size, size), *rules, activations=stored.get("maps"), heat_shift=heat_shift, activation_shift=shift)
         boxes[stored["inactive"]] = full_boxes(1, (size, size))
         return boxes

@@ -58,7 +58,7 @@ class RelevanceCrops:
             record = context.manifest["layers"][spec.name]["relevance_examples"] = {}
             heat = None if config.crop == "none" else self._heatmaps(spec, stored["ids"], record)
             record["crop"] = "none" if heat is None else "relevance"
-            self.slot_boxes[spec.name] = self.crops.boxes(heat, stored, self.crops.layer_shift(spec.name))
+            self.slot_boxes[spec.name] = self.crops.boxes(heat, stored, spec.name)
             samples[spec.name] = slot_samples(stored, self.slot_boxes[spec.name])
             if heat is not None and config.crop_view == "masked":
                 fired = heat.flatten(2).amax(dim=2) > 0

@@ -24,7 +24,7 @@ from ..lens.store import LensStore, layer_file, space_file
 from ..lens.trust import is_trusted, remember_trusted
 from ..model.preprocess import Preprocessing
 from .context import default_workers
-from .crop_stage import faded_slots, heat_source, slot_samples
+from .crop_stage import faded_slots, heat_source, recorded_shift, slot_samples
 from .crops import crop_rules
 from .embed import CropTable, HeatSource, plan_crops, rule_thetas
 from .embed_stage import CropSource, embed_crops
@@ -52,7 +52,7 @@ def stored_crop_table(store: LensStore, manifest: dict[str, Any]) -> CropTable:
         embedded = store.read_tensors(layer_file(layer, "embed"))
         boxes[layer], index[layer] = embedded["boxes"], embedded["crop_index"]
         samples[layer] = slot_samples(topk, boxes[layer])
-        source: HeatSource | None = heat_source(layer, info.get("crop", {}).get("mode", "none"), tuple(info.get("map_shift") or (0.0, 0.0)))
+        source: HeatSource | None = heat_source(layer, info.get("crop", {}).get("mode", "none"), recorded_shift(info))
         if masked_view and source is not None:
             heat = store.read_array(source.file, source.key)
             masked[layer] = (source, faded_slots(heat, topk["inactive"]))
