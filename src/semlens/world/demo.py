@@ -21,6 +21,7 @@ from ..analysis.vocabulary import Vocabulary
 from ..build.builder import BuildConfig, LensBuilder
 from ..lens.lens import Lens
 from ..lens.store import atomic_write
+from ..model.receptive import map_shift
 from ..model.units import LayerSpec
 from .captions import HELD_OUT
 from .classifier import ARCHITECTURES, architecture_of
@@ -186,11 +187,12 @@ def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
     scenes = concept_responses(model.module, model.preprocessing, plain, config, concept_scene, SCENE_IMAGES)
     truths = {}
     for layer in spatial:
-        dissected = dissect_layer(model.module, model.preprocessing, layer, data)
+        shift = map_shift(model.module, LayerSpec(layer), config.size)  # once for the dissection and its chance
+        dissected = dissect_layer(model.module, model.preprocessing, layer, data, shift=shift)
         truths[layer] = {
             "concepts": dissected.concepts,
             "iou": dissected.iou.tolist(),
-            "chance_iou": dissect_layer(model.module, model.preprocessing, layer, data, null=True).iou.max(dim=0).values.tolist(),
+            "chance_iou": dissect_layer(model.module, model.preprocessing, layer, data, null=True, shift=shift).iou.max(dim=0).values.tolist(),
             "responses": alone[layer].tolist(),
             "scene_responses": scenes[layer].tolist(),
             "insertion": {name: aucs[layer].tolist() for name, aucs in insertion.items()},

@@ -77,11 +77,13 @@ def _layer_maps(model: torch.nn.Module, layer: str, pixels: torch.Tensor) -> tor
 
 
 def dissect_layer(
-    model: torch.nn.Module, preprocessing, layer: str, data: WorldData, batch_size: int = 100, null: bool = False
-) -> UnitTruth:
+    model: torch.nn.Module, preprocessing, layer: str, data: WorldData, batch_size: int = 100, null: bool = False,
+    shift: tuple[float, float] | None = None,
+) -> UnitTruth:  # fmt: skip
     """IoU of every unit's thresholded, up-sampled map with every concept's mask over ``data``; ``null``
     pairs each image's maps with the next image's masks, for the IoU that chance alone reaches. Maps are placed
-    where their cells sit in the image (``model.receptive``: strided convolutions move them off the even grid)."""
+    where their cells sit in the image (``model.receptive``: strided convolutions move them off the even grid),
+    by ``shift`` where the caller measured it, else measured here."""
     concepts = data.config.concept_names()
     size = data.config.size
     batches = [range(start, min(start + batch_size, len(data))) for start in range(0, len(data), batch_size)]
@@ -95,7 +97,7 @@ def dissect_layer(
         return masks
 
     maps = torch.cat([_layer_maps(model, layer, torch.stack([preprocessing(data.load(i)) for i in indices])) for indices in batches])
-    shift = map_shift(model, LayerSpec(layer), size)
+    shift = map_shift(model, LayerSpec(layer), size) if shift is None else shift
     thresholds = torch.quantile(maps.transpose(0, 1).flatten(1), QUANTILE, dim=1)  # per unit
     intersection = torch.zeros(maps.shape[1], len(concepts))
     unit_area = torch.zeros(maps.shape[1], 1)
