@@ -144,13 +144,13 @@ def world_model(config: WorldConfig, architecture: str = "cnn", clean: bool = Fa
     """The trained model of ``architecture`` (``ARCHITECTURES``; bundled or cached when it exists, else trained
     now) and its preprocessing."""
     world = without_artifact_correlations(config) if clean else config
-    path = weights_path(world, architecture)
-    model = ARCHITECTURES[architecture][0](len(world.classes))
+    path, architecture_class = weights_path(world, architecture), ARCHITECTURES[architecture][0]
     if path.is_file():
+        model = architecture_class(len(world.classes))
         model.load_state_dict(load_file(str(path)))
         return model.eval(), world_preprocessing(world)
     torch.manual_seed(world.seed)  # the initial weights are the world's (rendering draws nothing from torch)
-    model = train_world_model(world, progress, ARCHITECTURES[architecture][0](len(world.classes)))
+    model = train_world_model(world, progress, architecture_class(len(world.classes)))
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
     atomic_write(path, lambda temporary: save_file(state, str(temporary)))
     return model, world_preprocessing(world)
