@@ -11,26 +11,66 @@ from semlens.model.receptive import map_shift, measured_shift, shift_boxes, shif
 from semlens.model.units import LayerSpec
 
 
+def images(count: int = 8, side: int = 64) -> torch.Tensor:
+    return torch.rand(count, 3, side, side, generator=torch.Generator().manual_seed(0))
+
+
+def evenly_weighted(model: nn.Module) -> nn.Module:
+    """Every convolution's weights positive and equal, no biases, norms the identity: on positive inputs every
+    path counts alike, so the cells' input gradients do not depend on the image and their centres are exact."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.fill_(1.0 / module.weight[0].numel())
+                if module.bias is not None:
+                    module.bias.zero_()
+    return model.eval()
+
+
 def strided(stages: int) -> nn.Module:
     """3x3 convolutions of stride 2 and padding 1 (ResNet's downsampling): each centres output i on input 2i."""
     layers, channels = [], 3
     for _ in range(stages):
         layers += [nn.Conv2d(channels, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU()]
         channels = 8
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)).eval()
+    return evenly_weighted(nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)))
 
 
 @pytest.mark.parametrize("stages, shift", [(1, -0.5), (2, -1.5), (3, -3.5)])
 def test_strided_convolutions_move_the_cells_half_a_pixel_per_halving(stages, shift):
     layer = str(3 * stages - 1)  # the last ReLU
-    assert map_shift(strided(stages), LayerSpec(layer), 64) == pytest.approx((shift, shift), abs=0.05)
+    assert map_shift(strided(stages), LayerSpec(layer), images()) == pytest.approx((shift, shift), abs=0.05)
+
+
+class OneSided(nn.Module):
+    """TensorFlow's "same" padding at stride 2: one row and column of zeros after the image, none before, so a 3x3
+    kernel centres output i on input 2i + 1, half a pixel after the even grid. ``leaning``: the kernel's weight
+    only in its first two rows and columns, as training makes of such padding (Alsallakh et al. 2021), which
+    centres it on the even grid again."""
+
+    def __init__(self, leaning: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, bias=False)
+        self.act = nn.ReLU()
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            kept = (slice(None), slice(None), slice(0, 2), slice(0, 2)) if leaning else (slice(None),) * 4
+            self.conv.weight[kept] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(nn.functional.pad(x, (0, 1, 0, 1))))
+
+
+def test_the_shift_is_that_of_the_trained_kernels_not_of_the_layer_arithmetic():
+    assert map_shift(OneSided(leaning=False).eval(), LayerSpec("act"), images()) == pytest.approx((0.5, 0.5), abs=0.05)
+    assert map_shift(OneSided(leaning=True).eval(), LayerSpec("act"), images()) == (0.0, 0.0)
 
 
 def test_max_pools_patch_embeddings_and_tokens_keep_the_even_grid():
-    pooled = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)).eval()
-    assert map_shift(pooled, LayerSpec("5"), 64) == (0.0, 0.0)
+    pooled = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    assert map_shift(evenly_weighted(pooled), LayerSpec("5"), images(32)) == (0.0, 0.0)
     patches = nn.Sequential(nn.Conv2d(3, 8, 8, stride=8), nn.ReLU()).eval()  # a ViT's patch embedding
-    assert map_shift(patches, LayerSpec("1"), 64) == (0.0, 0.0)
+    assert map_shift(patches, LayerSpec("1"), images()) == (0.0, 0.0)
 
     class Tokens(nn.Module):
         def __init__(self) -> None:
@@ -41,8 +81,8 @@ def test_max_pools_patch_embeddings_and_tokens_keep_the_even_grid():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.block(self.embed(x).flatten(2).transpose(1, 2))
 
-    assert map_shift(Tokens().eval(), LayerSpec("block"), 64) == (0.0, 0.0)
-    assert map_shift(strided(2), LayerSpec("8"), 64) == (0.0, 0.0)  # a vector output
+    assert map_shift(Tokens().eval(), LayerSpec("block"), images()) == (0.0, 0.0)
+    assert map_shift(strided(2), LayerSpec("8"), images()) == (0.0, 0.0)  # a vector output
 
 
 def test_a_model_fixed_to_its_input_size_is_measured_at_that_size():
@@ -56,7 +96,7 @@ def test_a_model_fixed_to_its_input_size_is_measured_at_that_size():
                 raise ValueError("64 px only")
             return self.body(x)
 
-    assert map_shift(Fixed().eval(), LayerSpec("body.5"), 64) == pytest.approx((-1.5, -1.5), abs=0.1)
+    assert map_shift(Fixed().eval(), LayerSpec("body.5"), images()) == pytest.approx((-1.5, -1.5), abs=0.1)
 
 
 def test_shifted_maps_place_a_cell_where_it_sits():
@@ -118,5 +158,9 @@ def test_a_model_the_probe_cannot_run_keeps_the_even_grid_and_says_why():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             raise RuntimeError("this model runs only on its own hardware")
 
-    assert measured_shift(Broken(), LayerSpec("conv"), 32) == ((0.0, 0.0), "RuntimeError: this model runs only on its own hardware")
-    assert measured_shift(strided(2), LayerSpec("5"), 64)[1] is None
+    assert measured_shift(Broken(), LayerSpec("conv"), images(side=32)) == ((0.0, 0.0), "RuntimeError: this model runs only on its own hardware")
+    assert measured_shift(strided(2), LayerSpec("5"), images())[1] is None
+    dead = strided(2)
+    with torch.no_grad():
+        dead[3].bias.fill_(-1e6)  # the second stage never fires: no gradient to place its cells by
+    assert measured_shift(dead, LayerSpec("5"), images()) == ((0.0, 0.0), "ValueError: layer '5': its centre cells have no input gradient on these images")

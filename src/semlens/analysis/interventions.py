@@ -29,7 +29,7 @@ from PIL import Image
 from .._util.errors import SemlensError
 from ..data import ImageData
 from ..model.loading import LoadedModel, class_mapping
-from ..model.receptive import measured_shift, shifted_maps
+from ..model.receptive import SHIFT_IMAGES, measured_shift, shifted_maps
 from ..model.sae import SparseAutoencoder
 from ..model.units import LayerSpec, UnitReader, hooks, resolve_module
 from .audit import LOCATE_ENOUGH, LOCATE_SHARE
@@ -410,10 +410,11 @@ def location_test(
     maps_with = unit_scores_and_maps(model, with_concept, specs, rows)[1]
     maps_without = unit_scores_and_maps(model, without, specs, rows)[1]
     located = {}
-    side, device = model.preprocessing.input_size, next(model.module.parameters()).device
     for layer in maps_with:
-        known = (shifts or {}).get(layer)
-        shift = known if known is not None else measured_shift(model.module, next(spec for spec in specs if spec.name == layer), side, device)[0]
+        shift = (shifts or {}).get(layer)
+        if shift is None:
+            images = torch.stack([model.preprocessing.normalise(view) for view in without[:SHIFT_IMAGES]])
+            shift = measured_shift(model.module, next(spec for spec in specs if spec.name == layer), images)[0]
         ious = dict(zip(rows[layer], located_ious(maps_with[layer], maps_without[layer], region, shift=shift).tolist()))
         best = max((iou for row, iou in ious.items() if aucs[layer][row] >= CONFIRM_AUC), default=0.0)
         bar = max(LOCATE_IOU, min(enough, share * best))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
-from itertools import chain
+from itertools import chain, islice
 from typing import Any
 
 import torch
@@ -16,8 +16,9 @@ from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
 from ..analysis.validity import inactive_units
 from ..data import ImageData
+from ..data.base import DecodingDataset
 from ..lens.store import LensStore, layer_file
-from ..model.receptive import measured_shift
+from ..model.receptive import SHIFT_IMAGES, measured_shift
 from ..model.sae import SparseAutoencoder
 from .collect import EMPTY_ID, Collector, TopK
 from .context import BuildContext
@@ -105,6 +106,7 @@ class CollectStage:
             examples = "; ".join(error for _, error in failures[:3])
             raise DataError(f"none of the {len(context.rows)} samples of {data.spec} could be decoded ({examples})")
         store.write_json("failures.json", [{"sample": index, "error": error} for index, error in failures])
+        shift_images = None
         for spec in context.specs:
             topk = results[spec.name]
             inactive = inactive_units(topk.scores)
@@ -120,11 +122,19 @@ class CollectStage:
                 "spec": asdict(spec),
             }
             if topk.maps is not None:  # where the map's cells sit in the input: activation boxes and masks follow it
-                shift, failed = measured_shift(context.model.module, spec, context.model.preprocessing.input_size, context.device)
+                shift_images = self._shift_images() if shift_images is None else shift_images
+                shift, failed = measured_shift(context.model.module, spec, shift_images)
                 context.manifest["layers"][spec.name].update({"map_shift": list(shift), **({"map_shift_failed": failed} if failed else {})})
             if spec.sae:
                 context.manifest["layers"][spec.name]["sae"] = SparseAutoencoder.load(spec.sae).describe()
         write_sample_table(store, data, [results[spec.name].ids for spec in context.specs])
+
+
+    def _shift_images(self) -> torch.Tensor:
+        """The first ``SHIFT_IMAGES`` samples that decode, as model inputs: what the map shifts are measured on."""
+        context = self.context
+        decoded = (pixels for _, pixels, _ in DecodingDataset(context.data, context.model.preprocessing.pixels, context.rows) if pixels is not None)
+        return context.model_input(torch.stack(list(islice(decoded, SHIFT_IMAGES))))
 
 
 def write_sample_table(store: LensStore, data: ImageData, ids: list[torch.Tensor], keep: bool = False) -> None:

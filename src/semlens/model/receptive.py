@@ -1,128 +1,153 @@
 """Where a layer's map cells sit in the input: the shift of each cell's receptive-field centre from the even grid.
 
 Up-sampling a map bilinearly (``align_corners=False``) puts cell i's centre at pixel (i + 1/2) x stride, which is
-where it lies behind max pools and unpadded patch embeddings. Strided convolutions with padding put it earlier:
-a 3x3 convolution of stride 2 and padding 1 centres output i on input 2i, half a pixel before the even grid, and
-the shifts add up through the layers (ResNet-50's layer4: 15.5 pixels at 224, half a cell). NetDissect corrects
-for this from the layers' arithmetic; here it is measured, for any architecture: the input gradient of one cell
-of the model with every weight positive and equal and its max pools averaging (its geometric receptive field,
-not what training made of it) on random positive inputs, whose centroid is the cell's centre. Boxes, masks and
-IoUs cut from activation maps follow the shift (``shifted_maps``, ``shift_boxes``); relevance heatmaps are
-computed at the input and need none.
+where it lies behind max pools and unpadded patch embeddings. Strided convolutions with padding move it: a 3x3
+convolution of stride 2 and padding 1 centres output i on input 2i, half a pixel before the even grid, and the
+shifts add up through the layers (ResNet-50's layer4: 15.5 pixels at 224, half a cell); TensorFlow's "same"
+padding pads one side only and moves it the other way. What training made of a layer can differ from its
+arithmetic (see Alsallakh et al. 2021, "Mind the pad", on what one-sided padding does to trained CNNs): on the
+ImageNet EfficientNet-Lite0 the evidence of a unit's peak cell sits 0.3 to 4.7 pixels off the even grid where
+the arithmetic says 1.5 to 15.5, while on the world ResNet it sits where the arithmetic says
+(``benchmarks/receptive.py``). The shift is therefore measured on the model as trained and on images it is run
+on: each image's input gradient of one cell near the map's centre (its total response), the gradient's centroid
+less the cell's even-grid centre, averaged over the images. Boxes, masks and IoUs cut from activation maps
+follow the shift (``shifted_maps``, ``shift_boxes``); relevance heatmaps are computed at the input and need none.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from statistics import mean, stdev
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from .units import LayerSpec, resolve_module, select_output
 
-#: below this many pixels the even grid is kept (max pools and patch embeddings measure 0.00; strided
-#: convolutions 0.5 and more, within 0.05: benchmarks/receptive.py)
+#: below this many pixels, or this many standard errors of the mean over the images, the even grid is kept (the
+#: world CNN's max pools measure up to 0.46 px by chance, 1.8 standard errors; strided convolutions 0.5 px and
+#: more: benchmarks/receptive.py)
 MIN_SHIFT = 0.25
-#: the measurement's input, in multiples of the model's input side: its centre cells' receptive fields stay
-#: inside it, where at the model's size a deep layer's would be cut by the border and pulled inward
-ENLARGE = 3
+SIGNIFICANT = 2.0
+#: the measurement's input, in multiples of the model's input side (each image mirrored at its edges): the centre
+#: cells' receptive fields stay inside it, where at the model's size a deep layer's would be cut by the border
+#: and pulled inward. Three times gave the same shifts on the world models' five layers and EfficientNet-Lite0's
+#: stride-16 layer, at three times the cost
+ENLARGE = 2
 #: gradient below this share of its peak is left out of the centroid (a gate's or pooling's path to every pixel)
 FLOOR = 0.05
-#: each max pool and the average pool over the same windows that stands in for it while measuring
-AVERAGE_FOR_MAX = ((nn.MaxPool1d, F.avg_pool1d), (nn.MaxPool2d, F.avg_pool2d), (nn.MaxPool3d, F.avg_pool3d))
-
-
-def _averaged(module: nn.Module, inputs: tuple[torch.Tensor, ...], _: Any) -> torch.Tensor:
-    """A max pool's output replaced by the average over the same windows: the window's centre, where a max
-    pool's gradient would pick one random corner of it."""
-    pool = next(average for kind, average in AVERAGE_FOR_MAX if isinstance(module, kind))
-    return pool(inputs[0], module.kernel_size, module.stride, module.padding, module.ceil_mode, count_include_pad=False)
+#: how many images the shift is measured on (each with one of the four cells around the map's centre, in turn)
+SHIFT_IMAGES = 32
+#: images per forward and backward pass (at ``ENLARGE`` times the side)
+CHUNK = 4
 
 
 class _Reached(Exception):
     """Raised by the hook once the layer's output is in hand: nothing after the layer needs to run."""
 
 
-def _geometric(name: str, tensor: torch.Tensor) -> torch.Tensor:
-    """The parameter or buffer of the model whose every path counts alike: weights positive and equal over each
-    output's inputs, norms the identity, no biases."""
-    if not tensor.is_floating_point():
-        return tensor
-    leaf = name.rsplit(".", 1)[-1]
-    if leaf in ("bias", "running_mean"):
-        return torch.zeros_like(tensor)
-    if leaf == "running_var" or (leaf == "weight" and tensor.dim() < 2):
-        return torch.ones_like(tensor)
-    if leaf == "weight":
-        return torch.full_like(tensor, 1.0 / math.prod(tensor.shape[1:]))
-    return tensor
+def _mirrored(images: torch.Tensor) -> torch.Tensor:
+    """``images`` ``[N, C, H, W]`` at ``ENLARGE`` times their side, the added border mirrored from the image."""
+    height, width = images.shape[-2:]
+    rows, columns = (ENLARGE - 1) * height // 2, (ENLARGE - 1) * width // 2
+    while rows or columns:  # a mirror adds at most the side less one at a time
+        step_rows, step_columns = min(rows, images.shape[-2] - 1), min(columns, images.shape[-1] - 1)
+        images = F.pad(images, (step_columns, step_columns, step_rows, step_rows), mode="reflect")
+        rows, columns = rows - step_rows, columns - step_columns
+    return images
 
 
-def map_shift(module: nn.Module, spec: LayerSpec, size: int, device: torch.device | str = "cpu", images: int = 2) -> tuple[float, float]:
-    """The (row, column) shift in input pixels of the centres of layer ``spec``'s map cells from the even grid, for
-    inputs of side ``size``: (0, 0) for token and vector outputs (patches tile the input evenly), where it is under
-    ``MIN_SHIFT``, and where the receptive field does not move with the cell (its centre moves by other than the
-    stride between two cells)."""
-    target = resolve_module(module, spec.name)
-    kept: dict[str, Any] = {}
+def _cell_gradients(module: nn.Module, target: nn.Module, spec: LayerSpec, pixels: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int]], tuple[int, int]] | None:
+    """Per image of ``pixels``, the input gradient's magnitude ``[N, H, W]`` of one of the four cells around the
+    layer's map centre (image j: cell j mod 4), those cells, and the map's size; None for a layer without a map."""
+    kept: dict[str, torch.Tensor] = {}
 
-    def catch(_: nn.Module, __: Any, output: Any) -> None:
-        kept["output"] = output
+    def catch(_: nn.Module, __: object, output: object) -> None:
+        kept["output"] = select_output(output, spec.pick, spec.name)
         raise _Reached
 
-    weights = {name: _geometric(name, tensor) for name, tensor in [*module.named_parameters(), *module.named_buffers()]}
-    dtype = next((tensor.dtype for tensor in weights.values() if tensor.is_floating_point()), torch.float32)
-    max_pools = tuple(kind for kind, _ in AVERAGE_FOR_MAX)
-    handles = [pool.register_forward_hook(_averaged) for pool in module.modules() if isinstance(pool, max_pools)]
-    handles.append(target.register_forward_hook(catch))  # after them: a max pool studied is read averaged too
+    pixels = pixels.detach().requires_grad_(True)
+    handle = target.register_forward_hook(catch)
     try:
-        for side in (size * ENLARGE, size):  # the model's own size where it refuses a larger input
-            pixels = torch.rand(images, 3, side, side, device=device, dtype=dtype, requires_grad=True)
-            try:
-                with torch.enable_grad():
-                    functional_call(module, weights, (pixels,))
-            except _Reached:
-                break
-            except Exception:  # noqa: BLE001 - a model fixed to its input size: measure at that size
-                if side == size:
-                    raise
+        with torch.enable_grad():
+            module(pixels)
+    except _Reached:
+        pass
     finally:
-        for handle in handles:
-            handle.remove()
-    output = select_output(kept["output"], spec.pick, spec.name)
-    if output.dim() != 4:
-        return (0.0, 0.0)
-    maps = output.permute(0, 3, 1, 2) if spec.channels_last else output
+        handle.remove()
+    if "output" not in kept:
+        raise ValueError(f"layer {spec.name!r} did not run")
+    maps = kept["output"]
+    if maps.dim() != 4:
+        return None
+    maps = maps.permute(0, 3, 1, 2) if spec.channels_last else maps
     height, width = maps.shape[-2:]
     if min(height, width) < 3:
-        return (0.0, 0.0)
-    cells = [(height // 2 - 1, width // 2 - 1), (height // 2 + 1, width // 2 + 1)]
-    centres = []
-    for row, column in cells:
-        (gradient,) = torch.autograd.grad(maps[:, :, row, column].sum(), pixels, retain_graph=True)
-        weight = gradient.float().abs().sum(dim=(0, 1))
-        weight = (weight - FLOOR * weight.max()).clamp_min(0)
-        ys = torch.arange(side, dtype=torch.float32, device=weight.device) + 0.5  # pixel centres
-        centres.append((float((weight.sum(1) * ys).sum() / weight.sum()), float((weight.sum(0) * ys).sum() / weight.sum())))
-    strides = (side / height, side / width)
+        return None
+    around = [(height // 2 - 1, width // 2 - 1), (height // 2 - 1, width // 2 + 1), (height // 2 + 1, width // 2 - 1), (height // 2 + 1, width // 2 + 1)]
+    cells = [around[image % len(around)] for image in range(len(maps))]
+    response = sum(maps[image, :, row, column].abs().sum() for image, (row, column) in enumerate(cells))
+    (gradient,) = torch.autograd.grad(response, pixels)
+    return gradient.float().abs().sum(dim=1), cells, (height, width)
+
+
+def map_shift(module: nn.Module, spec: LayerSpec, images: torch.Tensor) -> tuple[float, float]:
+    """The (row, column) shift in input pixels of the centres of layer ``spec``'s map cells from the even grid,
+    measured on ``images`` (model inputs ``[N, 3, H, W]``, the first ``SHIFT_IMAGES`` used; module docstring):
+    (0, 0) for token and vector outputs (patches tile the input evenly) and where it is under ``MIN_SHIFT``. Raises
+    ValueError where the cells have no gradient or their receptive fields do not move with them (the centres of
+    cells two apart are not two strides apart, within a quarter)."""
+    target = resolve_module(module, spec.name)
+    parameter = next(module.parameters(), None)
+    images = images[:SHIFT_IMAGES]
+    if not len(images):
+        raise ValueError("no images to measure the map shift on")
+    images = images.repeat(-(-4 // len(images)), 1, 1, 1) if len(images) < 4 else images  # every cell at least once
+    if parameter is not None:
+        images = images.to(parameter.device, parameter.dtype)
+    enlarge = True
+    centres, placed = [], []
+    for chunk in images.split(CHUNK):
+        try:
+            measured = _cell_gradients(module, target, spec, _mirrored(chunk) if enlarge else chunk)
+        except Exception:  # noqa: BLE001 - a model fixed to its input size: measure at that size
+            if not enlarge:
+                raise
+            enlarge = False
+            measured = _cell_gradients(module, target, spec, chunk)
+        if measured is None:
+            return (0.0, 0.0)
+        weights, cells, grid = measured
+        side = weights.shape[-2:]
+        strides = (side[0] / grid[0], side[1] / grid[1])
+        weights = (weights - FLOOR * weights.flatten(1).amax(dim=1).view(-1, 1, 1)).clamp_min(0)
+        mass = weights.sum(dim=(1, 2))
+        for image, cell in enumerate(cells):
+            if mass[image] <= 0:
+                continue  # the cell does not respond to this image
+            along = [torch.arange(length, dtype=torch.float32, device=weights.device) + 0.5 for length in side]  # pixel centres
+            centre = (float((weights[image].sum(1) * along[0]).sum() / mass[image]), float((weights[image].sum(0) * along[1]).sum() / mass[image]))
+            centres.append((cell, centre))
+            placed.append([centre[axis] - (cell[axis] + 0.5) * strides[axis] for axis in range(2)])
+    if not placed:
+        raise ValueError(f"layer {spec.name!r}: its centre cells have no input gradient on these images")
     shift = []
     for axis in range(2):
-        moved = (centres[1][axis] - centres[0][axis]) / 2
-        if abs(moved / strides[axis] - 1) > 0.25:
-            return (0.0, 0.0)
-        offset = sum(centre[axis] - (cell[axis] + 0.5) * strides[axis] for centre, cell in zip(centres, cells)) / 2
-        shift.append(round(offset, 2) if abs(offset) >= MIN_SHIFT else 0.0)
+        first = min(cell[axis] for cell, _ in centres)
+        sides = [[centre[axis] for cell, centre in centres if (cell[axis] > first) == later] for later in (False, True)]
+        if not all(sides) or abs((mean(sides[1]) - mean(sides[0])) / 2 / strides[axis] - 1) > 0.25:
+            raise ValueError(f"layer {spec.name!r}: its cells' receptive fields do not move with the cells")
+        offsets = [row[axis] for row in placed]
+        error = stdev(offsets) / len(offsets) ** 0.5 if len(offsets) > 1 else 0.0
+        shift.append(round(mean(offsets), 2) if abs(mean(offsets)) >= max(MIN_SHIFT, SIGNIFICANT * error) else 0.0)
     return (shift[0], shift[1])
 
 
-def measured_shift(module: nn.Module, spec: LayerSpec, size: int, device: torch.device | str = "cpu") -> tuple[tuple[float, float], str | None]:
-    """``map_shift``, or the even grid and why where it cannot be measured (a model this probe cannot run): a
-    placement never stops a build or an audit."""
+def measured_shift(module: nn.Module, spec: LayerSpec, images: torch.Tensor) -> tuple[tuple[float, float], str | None]:
+    """``map_shift``, or the even grid and why where it cannot be measured (a model this probe cannot run, cells
+    without gradient): a placement never stops a build or an audit."""
     try:
-        return map_shift(module, spec, size, device), None
+        return map_shift(module, spec, images), None
     except Exception as error:  # noqa: BLE001 - any model's failure, reported by the caller
         return (0.0, 0.0), f"{type(error).__name__}: {error}"
 

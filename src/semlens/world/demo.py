@@ -21,7 +21,6 @@ from ..analysis.vocabulary import Vocabulary
 from ..build.builder import BuildConfig, LensBuilder
 from ..lens.lens import Lens
 from ..lens.store import atomic_write
-from ..model.receptive import map_shift
 from ..model.units import LayerSpec
 from .captions import HELD_OUT
 from .classifier import ARCHITECTURES, architecture_of
@@ -36,6 +35,7 @@ from .truth import (
     dissected_concepts,
     faithfulness,
     faithfulness_of_true_units,
+    layer_shift,
     response_auc,
     response_truth,
 )
@@ -54,7 +54,7 @@ INSERTION_IMAGES = 400  # probe images the artefact is pasted into for the causa
 # stored runs whose class relies on its artefact (README: "Placements"): 1, 4, 8 and 16 placements give precision
 # 0.58, 0.70, 0.68 and 0.65 at recall 0.44, 0.64, 0.60 and 0.60
 PLACEMENTS = 4
-TRUTH_VERSION = 6  # 6: maps placed where their cells sit (model.receptive); bump when unit_truth stores other things: stored truths are then computed again
+TRUTH_VERSION = 7  # 6: maps placed where their cells sit (model.receptive); 7: that place measured on the trained model; bump when unit_truth stores other things: stored truths are then computed again
 
 
 def world_layers(model: str) -> list[str]:
@@ -187,7 +187,7 @@ def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
     scenes = concept_responses(model.module, model.preprocessing, plain, config, concept_scene, SCENE_IMAGES)
     truths = {}
     for layer in spatial:
-        shift = map_shift(model.module, LayerSpec(layer), config.size)  # once for the dissection and its chance
+        shift = layer_shift(model.module, model.preprocessing, layer, data)  # once for the dissection and its chance
         dissected = dissect_layer(model.module, model.preprocessing, layer, data, shift=shift)
         truths[layer] = {
             "concepts": dissected.concepts,

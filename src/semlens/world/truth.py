@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from ..model.loading import LoadedModel
-from ..model.receptive import map_shift, shifted_maps
+from ..model.receptive import SHIFT_IMAGES, measured_shift, shifted_maps
 from ..model.units import LayerSpec, UnitReader, hooks, resolve_module
 from .render import WorldConfig, WorldData, WorldSample, concept_image
 
@@ -76,6 +76,13 @@ def _layer_maps(model: torch.nn.Module, layer: str, pixels: torch.Tensor) -> tor
     return maps.float()
 
 
+def layer_shift(model: torch.nn.Module, preprocessing, layer: str, data: WorldData) -> tuple[float, float]:
+    """Where the layer's map cells sit in the image (``model.receptive``), measured on the first images of ``data``
+    (the even grid where it cannot be: cells that never fire there)."""
+    images = torch.stack([preprocessing(data.load(index)) for index in range(min(SHIFT_IMAGES, len(data)))])
+    return measured_shift(model, LayerSpec(layer), images)[0]
+
+
 def dissect_layer(
     model: torch.nn.Module, preprocessing, layer: str, data: WorldData, batch_size: int = 100, null: bool = False,
     shift: tuple[float, float] | None = None,
@@ -97,7 +104,7 @@ def dissect_layer(
         return masks
 
     maps = torch.cat([_layer_maps(model, layer, torch.stack([preprocessing(data.load(i)) for i in indices])) for indices in batches])
-    shift = map_shift(model, LayerSpec(layer), size) if shift is None else shift
+    shift = layer_shift(model, preprocessing, layer, data) if shift is None else shift
     thresholds = torch.quantile(maps.transpose(0, 1).flatten(1), QUANTILE, dim=1)  # per unit
     intersection = torch.zeros(maps.shape[1], len(concepts))
     unit_area = torch.zeros(maps.shape[1], 1)
