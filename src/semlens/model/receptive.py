@@ -94,7 +94,8 @@ def _cell_gradients(module: nn.Module, target: nn.Module, spec: LayerSpec, pixel
 def map_shift(module: nn.Module, spec: LayerSpec, images: torch.Tensor) -> tuple[float, float]:
     """The (row, column) shift in input pixels of the centres of layer ``spec``'s map cells from the even grid,
     measured on ``images`` (model inputs ``[N, 3, H, W]``, the first ``SHIFT_IMAGES`` used; module docstring):
-    (0, 0) for token and vector outputs (patches tile the input evenly) and where it is under ``MIN_SHIFT``. Raises
+    (0, 0) for token and vector outputs (patches tile the input evenly) and where it is under ``MIN_SHIFT`` or under
+    ``SIGNIFICANT`` standard errors of the mean over the images. Raises
     ValueError where the cells have no gradient or their receptive fields do not move with them (the centres of
     cells two apart are not two strides apart, within a quarter)."""
     target = resolve_module(module, spec.name)
@@ -106,7 +107,7 @@ def map_shift(module: nn.Module, spec: LayerSpec, images: torch.Tensor) -> tuple
     if parameter is not None:
         images = images.to(parameter.device, parameter.dtype)
     enlarge = True
-    centres, placed = [], []
+    offsets: list[tuple[tuple[int, int], list[float], tuple[float, float]]] = []  # per image moving its cell: cell, offset, strides
     for chunk in images.split(CHUNK):
         try:
             measured = _cell_gradients(module, target, spec, _mirrored(chunk) if enlarge else chunk)
@@ -122,24 +123,25 @@ def map_shift(module: nn.Module, spec: LayerSpec, images: torch.Tensor) -> tuple
         strides = (side[0] / grid[0], side[1] / grid[1])
         weights = (weights - FLOOR * weights.flatten(1).amax(dim=1).view(-1, 1, 1)).clamp_min(0)
         mass = weights.sum(dim=(1, 2))
-        for image, cell in enumerate(cells):
-            if mass[image] <= 0:
-                continue  # the cell does not respond to this image
-            along = [torch.arange(length, dtype=torch.float32, device=weights.device) + 0.5 for length in side]  # pixel centres
-            centre = (float((weights[image].sum(1) * along[0]).sum() / mass[image]), float((weights[image].sum(0) * along[1]).sum() / mass[image]))
-            centres.append((cell, centre))
-            placed.append([centre[axis] - (cell[axis] + 0.5) * strides[axis] for axis in range(2)])
-    if not placed:
+        pixel_centres = [torch.arange(length, dtype=torch.float32, device=weights.device) + 0.5 for length in side]
+        rows = ((weights.sum(2) * pixel_centres[0]).sum(1) / mass.clamp_min(1e-30)).tolist()
+        columns = ((weights.sum(1) * pixel_centres[1]).sum(1) / mass.clamp_min(1e-30)).tolist()
+        for cell, centre, responds in zip(cells, zip(rows, columns), (mass > 0).tolist()):
+            if responds:  # else the cell is silent on this image
+                offsets.append((cell, [centre[axis] - (cell[axis] + 0.5) * strides[axis] for axis in range(2)], strides))
+    if not offsets:
         raise ValueError(f"layer {spec.name!r}: its centre cells have no input gradient on these images")
     shift = []
     for axis in range(2):
-        first = min(cell[axis] for cell, _ in centres)
-        sides = [[centre[axis] for cell, centre in centres if (cell[axis] > first) == later] for later in (False, True)]
-        if not all(sides) or abs((mean(sides[1]) - mean(sides[0])) / 2 / strides[axis] - 1) > 0.25:
+        first = min(cell[axis] for cell, _, _ in offsets)
+        before = [offset[axis] for cell, offset, _ in offsets if cell[axis] == first]
+        after = [offset[axis] for cell, offset, _ in offsets if cell[axis] != first]
+        # cells two apart have centres two strides apart, within a quarter of that, or the field does not follow them
+        if not before or not after or abs(mean(after) - mean(before)) > 0.5 * offsets[0][2][axis]:
             raise ValueError(f"layer {spec.name!r}: its cells' receptive fields do not move with the cells")
-        offsets = [row[axis] for row in placed]
-        error = stdev(offsets) / len(offsets) ** 0.5 if len(offsets) > 1 else 0.0
-        shift.append(round(mean(offsets), 2) if abs(mean(offsets)) >= max(MIN_SHIFT, SIGNIFICANT * error) else 0.0)
+        along = [offset[axis] for _, offset, _ in offsets]
+        error = stdev(along) / len(along) ** 0.5 if len(along) > 1 else 0.0
+        shift.append(round(mean(along), 2) if abs(mean(along)) >= max(MIN_SHIFT, SIGNIFICANT * error) else 0.0)
     return (shift[0], shift[1])
 
 
