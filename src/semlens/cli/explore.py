@@ -61,12 +61,10 @@ def print_hits(hits: list, title: str, score: str, as_json: bool) -> None:
     if as_json:
         emit_json([hit.to_dict() for hit in hits])
         return
-    if any(hit.response is not None for hit in hits):
-        rows = [(hit.unit, round(hit.score, 4), _rounded(hit.response), hit.label or "", ", ".join(hit.examples)) for hit in hits]
-        console.print(table(title, ("unit", score, "response", "label", "top concept examples"), rows))
-        return
-    rows = [(hit.unit, round(hit.score, 4), hit.label or "", ", ".join(hit.examples)) for hit in hits]
-    console.print(table(title, ("unit", score, "label", "top concept examples"), rows))
+    responses = any(hit.response is not None for hit in hits)  # a column only where the Lens kept crop responses
+    columns = ("unit", score, *(("response",) if responses else ()), "label", "top concept examples")
+    rows = [(hit.unit, round(hit.score, 4), *((_rounded(hit.response),) if responses else ()), hit.label or "", ", ".join(hit.examples)) for hit in hits]
+    console.print(table(title, columns, rows))
 
 
 def _rounded(value: float | None) -> float | str:
