@@ -77,11 +77,15 @@ def test_max_pools_patch_embeddings_and_tokens_keep_the_even_grid():
             super().__init__()
             self.embed = nn.Conv2d(3, 8, 8, stride=8)
             self.block = nn.Identity()
+            self.sides: list[int] = []
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.sides.append(x.shape[-1])
             return self.block(self.embed(x).flatten(2).transpose(1, 2))
 
-    assert map_shift(Tokens().eval(), LayerSpec("block"), images()) == (0.0, 0.0)
+    tokens = Tokens().eval()
+    assert map_shift(tokens, LayerSpec("block"), images()) == (0.0, 0.0)
+    assert tokens.sides == [64]  # one image at the model's size says it: a ViT never runs on the larger inputs
     assert map_shift(strided(2), LayerSpec("8"), images()) == (0.0, 0.0)  # a vector output
 
 

@@ -57,20 +57,18 @@ def _mirrored(images: torch.Tensor) -> torch.Tensor:
     return images
 
 
-def _cell_gradients(module: nn.Module, target: nn.Module, spec: LayerSpec, pixels: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int]], tuple[int, int]] | None:
-    """Per image of ``pixels``, the input gradient's magnitude ``[N, H, W]`` of one of the four cells around the
-    layer's map centre (image j: cell j mod 4), those cells, and the map's size; None for a layer without a map."""
+def _layer_maps(module: nn.Module, target: nn.Module, spec: LayerSpec, pixels: torch.Tensor) -> torch.Tensor | None:
+    """The layer's output on ``pixels`` as maps ``[N, C, h, w]``, run no further than the layer; None for a layer
+    without a map of at least 3 x 3 cells (tokens, vectors)."""
     kept: dict[str, torch.Tensor] = {}
 
     def catch(_: nn.Module, __: object, output: object) -> None:
         kept["output"] = select_output(output, spec.pick, spec.name)
         raise _Reached
 
-    pixels = pixels.detach().requires_grad_(True)
     handle = target.register_forward_hook(catch)
     try:
-        with torch.enable_grad():
-            module(pixels)
+        module(pixels)
     except _Reached:
         pass
     finally:
@@ -81,9 +79,18 @@ def _cell_gradients(module: nn.Module, target: nn.Module, spec: LayerSpec, pixel
     if maps.dim() != 4:
         return None
     maps = maps.permute(0, 3, 1, 2) if spec.channels_last else maps
+    return maps if min(maps.shape[-2:]) >= 3 else None
+
+
+def _cell_gradients(module: nn.Module, target: nn.Module, spec: LayerSpec, pixels: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int]], tuple[int, int]]:
+    """Per image of ``pixels``, the input gradient's magnitude ``[N, H, W]`` of one of the four cells around the
+    layer's map centre (image j: cell j mod 4), those cells, and the map's size."""
+    pixels = pixels.detach().requires_grad_(True)
+    with torch.enable_grad():
+        maps = _layer_maps(module, target, spec, pixels)
+    if maps is None:
+        raise ValueError(f"layer {spec.name!r} has a map at the model's input size but none at {tuple(pixels.shape[-2:])}")
     height, width = maps.shape[-2:]
-    if min(height, width) < 3:
-        return None
     around = [(height // 2 - 1, width // 2 - 1), (height // 2 - 1, width // 2 + 1), (height // 2 + 1, width // 2 - 1), (height // 2 + 1, width // 2 + 1)]
     cells = [around[image % len(around)] for image in range(len(maps))]
     response = sum(maps[image, :, row, column].abs().sum() for image, (row, column) in enumerate(cells))
@@ -106,6 +113,9 @@ def map_shift(module: nn.Module, spec: LayerSpec, images: torch.Tensor) -> tuple
     images = images.repeat(-(-4 // len(images)), 1, 1, 1) if len(images) < 4 else images  # every cell at least once
     if parameter is not None:
         images = images.to(parameter.device, parameter.dtype)
+    with torch.no_grad():
+        if _layer_maps(module, target, spec, images[:1]) is None:  # tokens or vectors: known without the larger inputs
+            return (0.0, 0.0)
     enlarge = True
     offsets: list[tuple[tuple[int, int], list[float], tuple[float, float]]] = []  # per image moving its cell: cell, offset, strides
     for chunk in images.split(CHUNK):
@@ -116,8 +126,6 @@ def map_shift(module: nn.Module, spec: LayerSpec, images: torch.Tensor) -> tuple
                 raise
             enlarge = False
             measured = _cell_gradients(module, target, spec, chunk)
-        if measured is None:
-            return (0.0, 0.0)
         weights, cells, grid = measured
         side = weights.shape[-2:]
         strides = (side[0] / grid[0], side[1] / grid[1])
