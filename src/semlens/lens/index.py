@@ -225,9 +225,7 @@ class UnitTable:
     def top(self, probe: torch.Tensor, null: torch.Tensor | None, count: int, by_response: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows and alignments of the ``count`` best units, best first, ties to the lower row: ranked by alignment
         and response where the table holds responses and ``by_response`` (module docstring), else by alignment."""
-        directions = [F.normalize(probe.float().reshape(-1), dim=-1)]
-        if null is not None:
-            directions.append(F.normalize(null.float().reshape(-1), dim=-1))
+        directions = unit_directions(probe, null)
         query = null_subtracted(directions)  # p^ - null^: a normalised theta's alignment is its dot product with this
         by_response = by_response and self.responses is not None
         wanted = (count + self._excluded_count) * CANDIDATE_FACTOR
@@ -282,11 +280,15 @@ class UnitTable:
         return rows[best], scores[best]
 
 
+def unit_directions(probe: torch.Tensor, null: torch.Tensor | None) -> list[torch.Tensor]:
+    """``[p^]``, or ``[p^, null^]`` where there is a null: the unit vectors whose inner products Eq. 4 subtracts."""
+    return [F.normalize(vector.float().reshape(-1), dim=-1) for vector in ([probe] if null is None else [probe, null])]
+
+
 def probe_direction(probe: torch.Tensor, null: torch.Tensor | None) -> torch.Tensor:
     """``p^ - null^`` (``p^`` without a null) ``[d]``: a normalised vector's alignment with the probe (Eq. 4) is its
     dot product with this."""
-    direction = F.normalize(probe.float().reshape(-1), dim=-1)
-    return direction if null is None else direction - F.normalize(null.float().reshape(-1), dim=-1)
+    return null_subtracted(unit_directions(probe, null))
 
 
 def standardised_over(values: torch.Tensor, population: torch.Tensor) -> torch.Tensor:
