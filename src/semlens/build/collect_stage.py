@@ -129,7 +129,6 @@ class CollectStage:
                 context.manifest["layers"][spec.name]["sae"] = SparseAutoencoder.load(spec.sae).describe()
         write_sample_table(store, data, [results[spec.name].ids for spec in context.specs])
 
-
     def _shift_images(self) -> torch.Tensor:
         """The first ``SHIFT_IMAGES`` samples that decode, as model inputs: what the map shifts are measured on."""
         context = self.context
