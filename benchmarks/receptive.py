@@ -1,18 +1,19 @@
 """Where the map cells of models sit, and which place puts them where their evidence is.
 
-Part 1, the layers' arithmetic: ``model.receptive.map_shift`` on torchvision and timm architectures with every
-weight positive and equal, norms the identity and max pools averaging (``arithmetic_copy``), on small positive
-inputs (no activation saturates): each value is what the layers' strides and paddings alone give.
+Part 1, the layers' arithmetic: torchvision and timm architectures with every weight positive and equal, norms the
+identity and max pools averaging (``arithmetic_copy``), on small positive inputs (no activation saturates), read
+by ``arithmetic_shift``: each value is what the layers' strides and paddings alone give.
 
 Part 2, trained models (``--trained``): the bundled ImageNet EfficientNet-Lite0 (TensorFlow "same" padding, on
 crops of the bundled photos) and the world ResNet (PyTorch padding, on the default world's probe images). Per
-layer: the shift by the arithmetic, the shift semlens measures (on the model as trained, its first 32 images),
-and where each unit's evidence is: for 48 evenly spaced units, each unit's top-5 images, the input gradient of
-the unit's peak cell, whose centroid less the cell's centre on the even grid is that example's offset. The
-printed distances say how far each place is from that centroid (median over the examples whose peak cell is
-not on the map's edge, where the image border pulls the centroid inward).
+layer: the shift by the arithmetic, the shift semlens measures (on the model as trained, its first 64 images:
+``model.receptive.map_shift``), and where each unit's evidence is on the other images, which the measurement
+never saw: for 48 evenly spaced units, each unit's top-5 images, the input gradient of the unit's peak cell,
+whose centroid less the cell's centre on the even grid is that example's offset. The printed distances say how
+far each place is from that centroid (median over the examples whose peak cell is not on the map's edge, where
+the image border pulls the centroid inward).
 
-    PYTHONPATH=src:tests/support python benchmarks/receptive.py [--trained] [--images 96]   # dev extra: torchvision, timm
+    PYTHONPATH=src:tests/support python benchmarks/receptive.py [--trained] [--images 192]   # dev extra: torchvision, timm
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from semlens.model.receptive import map_shift
+from semlens.model.receptive import SHIFT_IMAGES, map_shift
 from semlens.model.units import LayerSpec, resolve_module
 
 
@@ -56,15 +57,32 @@ def arithmetic_copy(model: nn.Module) -> nn.Module:
 
 
 def arithmetic_shift(model: nn.Module, layer: str, side: int) -> tuple[float, float]:
-    """The shift the layers' arithmetic gives (module docstring), measured on small positive inputs of twice the
-    side (four times once mirrored: a receptive field of equal weights reaches further than a trained one)."""
+    """The shift the layers' arithmetic gives (module docstring): on ``arithmetic_copy`` and a small positive input
+    of three times the side (a receptive field of equal weights reaches far), the input-gradient centroid of the
+    two cells beside the map's centre, less their centres on the even grid; a model fixed to its input size is
+    read at that size."""
     copied = arithmetic_copy(model)
-    for size in (2 * side, side):  # a model fixed to its input size: at that size
+    for size in (3 * side, side):
+        pixels = (torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 1e-4).requires_grad_(True)
         try:
-            return map_shift(copied, LayerSpec(layer), torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0)) * 1e-4)
-        except AssertionError:
-            continue
-    raise ValueError(f"{layer}: the model runs at neither {2 * side} nor {side} px")
+            maps = layer_maps(copied, layer, pixels, grad=True)
+            break
+        except Exception:  # noqa: BLE001 - refused at the larger size
+            if size == side:
+                raise
+    if maps.dim() != 4:
+        return (0.0, 0.0)
+    height, width = maps.shape[-2:]
+    strides = (size / height, size / width)
+    offsets = []
+    for row, column in ((height // 2 - 1, width // 2 - 1), (height // 2, width // 2)):  # alike about the centre
+        (gradient,) = torch.autograd.grad(maps[0, :, row, column].sum(), pixels, retain_graph=True)
+        weight = gradient[0].abs().sum(dim=0)
+        if weight.sum() <= 0:
+            raise ValueError(f"{layer}: no gradient (layer norms over channels made equal output 0)")
+        centre = [(weight.sum(dim=1 - axis) * (torch.arange(size) + 0.5)).sum() / weight.sum() for axis in range(2)]
+        offsets.append([float(centre[axis]) - (cell + 0.5) * strides[axis] for axis, cell in enumerate((row, column))])
+    return tuple(round((first + second) / 2, 2) for first, second in zip(*offsets))
 
 
 ARCHITECTURES = [
@@ -89,7 +107,7 @@ def architectures() -> None:
         for layer in layers:
             try:
                 shift = arithmetic_shift(model.eval(), layer, 224)
-            except ValueError as error:  # layer norms over channels made equal output 0: no gradient to place by
+            except ValueError as error:
                 shift = f"not measurable with equal weights ({error})"
             print(f"  {library:11s} {name:22s} {layer:22s} {shift}", flush=True)
 
@@ -163,14 +181,14 @@ def trained_models(count: int) -> list[tuple[str, nn.Module, torch.Tensor, list[
 
 
 def trained(count: int) -> None:
-    print(f"Part 2: trained models, {count} images each; distances in pixels from each example's evidence centroid")
+    print(f"Part 2: trained models, {count} images each ({SHIFT_IMAGES} to measure, the rest to judge); distances in pixels from each example's evidence centroid")
     for name, model, images, layers in trained_models(count):
         for layer in layers:
             arithmetic = arithmetic_shift(model, layer, images.shape[-1])
             started = time.perf_counter()
-            measured = map_shift(model, LayerSpec(layer), images)
+            measured = map_shift(model, LayerSpec(layer), images[:SHIFT_IMAGES])
             seconds = time.perf_counter() - started
-            offsets, grid = evidence_offsets(model, images, layer)
+            offsets, grid = evidence_offsets(model, images[SHIFT_IMAGES:], layer)
             places = {"even grid": (0.0, 0.0), "arithmetic": arithmetic, "measured": measured}
             distances = {place: statistics.median(torch.linalg.vector_norm(offsets - torch.tensor(shift), dim=1).tolist()) for place, shift in places.items()}
             mean = [round(value, 2) for value in offsets.mean(dim=0).tolist()]
@@ -185,7 +203,7 @@ def trained(count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trained", action="store_true", help="part 2 instead of part 1: trained models")
-    parser.add_argument("--images", type=int, default=96, help="images per trained model (part 2)")
+    parser.add_argument("--images", type=int, default=192, help="images per trained model (part 2)")
     args = parser.parse_args()
     print(f"torch threads: {torch.get_num_threads()}")
     if args.trained:

@@ -11,8 +11,9 @@ from semlens.model.receptive import map_shift, measured_shift, shift_boxes, shif
 from semlens.model.units import LayerSpec
 
 
-def images(count: int = 8, side: int = 64) -> torch.Tensor:
-    return torch.rand(count, 3, side, side, generator=torch.Generator().manual_seed(0))
+def images(count: int = 16, side: int | tuple[int, int] = 64) -> torch.Tensor:
+    height, width = (side, side) if isinstance(side, int) else side
+    return torch.rand(count, 3, height, width, generator=torch.Generator().manual_seed(0))
 
 
 def evenly_weighted(model: nn.Module) -> nn.Module:
@@ -61,6 +62,24 @@ class OneSided(nn.Module):
         return self.act(self.conv(nn.functional.pad(x, (0, 1, 0, 1))))
 
 
+def test_rows_and_columns_are_placed_apart_also_in_channels_last_maps():
+    """A kernel 3 rows high with padding 1 and 2 columns wide without: half a pixel up, no move across."""
+    rows_only = evenly_weighted(nn.Sequential(nn.Conv2d(3, 4, (3, 2), stride=2, padding=(1, 0)), nn.ReLU()))
+    assert map_shift(rows_only, LayerSpec("1"), images(side=(48, 80))) == pytest.approx((-0.5, 0.0), abs=0.05)
+
+    class ChannelsLast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = rows_only
+            self.out = nn.Identity()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.body(x).permute(0, 2, 3, 1))
+
+    spec = LayerSpec("out", channels_last=True)
+    assert map_shift(ChannelsLast().eval(), spec, images(side=(48, 80))) == pytest.approx((-0.5, 0.0), abs=0.05)
+
+
 def test_the_shift_is_that_of_the_trained_kernels_not_of_the_layer_arithmetic():
     assert map_shift(OneSided(leaning=False).eval(), LayerSpec("act"), images()) == pytest.approx((0.5, 0.5), abs=0.05)
     assert map_shift(OneSided(leaning=True).eval(), LayerSpec("act"), images()) == (0.0, 0.0)
@@ -69,7 +88,7 @@ def test_the_shift_is_that_of_the_trained_kernels_not_of_the_layer_arithmetic():
 def test_max_pools_patch_embeddings_and_tokens_keep_the_even_grid():
     pooled = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
     assert map_shift(evenly_weighted(pooled), LayerSpec("5"), images(32)) == (0.0, 0.0)
-    patches = nn.Sequential(nn.Conv2d(3, 8, 8, stride=8), nn.ReLU()).eval()  # a ViT's patch embedding
+    patches = evenly_weighted(nn.Sequential(nn.Conv2d(3, 8, 8, stride=8), nn.ReLU()))  # a ViT's patch embedding
     assert map_shift(patches, LayerSpec("1"), images()) == (0.0, 0.0)
 
     class Tokens(nn.Module):
@@ -77,30 +96,12 @@ def test_max_pools_patch_embeddings_and_tokens_keep_the_even_grid():
             super().__init__()
             self.embed = nn.Conv2d(3, 8, 8, stride=8)
             self.block = nn.Identity()
-            self.sides: list[int] = []
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            self.sides.append(x.shape[-1])
             return self.block(self.embed(x).flatten(2).transpose(1, 2))
 
-    tokens = Tokens().eval()
-    assert map_shift(tokens, LayerSpec("block"), images()) == (0.0, 0.0)
-    assert tokens.sides == [64]  # one image at the model's size says it: a ViT never runs on the larger inputs
+    assert map_shift(Tokens().eval(), LayerSpec("block"), images()) == (0.0, 0.0)
     assert map_shift(strided(2), LayerSpec("8"), images()) == (0.0, 0.0)  # a vector output
-
-
-def test_a_model_fixed_to_its_input_size_is_measured_at_that_size():
-    class Fixed(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.body = strided(2)[:6]
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if x.shape[-1] != 64:
-                raise ValueError("64 px only")
-            return self.body(x)
-
-    assert map_shift(Fixed().eval(), LayerSpec("body.5"), images()) == pytest.approx((-1.5, -1.5), abs=0.1)
 
 
 def test_shifted_maps_place_a_cell_where_it_sits():
@@ -167,4 +168,7 @@ def test_a_model_the_probe_cannot_run_keeps_the_even_grid_and_says_why():
     dead = strided(2)
     with torch.no_grad():
         dead[3].bias.fill_(-1e6)  # the second stage never fires: no gradient to place its cells by
-    assert measured_shift(dead, LayerSpec("5"), images()) == ((0.0, 0.0), "ValueError: layer '5': its centre cells have no input gradient on these images")
+    assert measured_shift(dead, LayerSpec("5"), images()) == (
+        (0.0, 0.0), "ValueError: layer '5': 0 units peak off the map's edge with an input gradient on these images, fewer than 8"
+    )
+    assert measured_shift(strided(3), LayerSpec("8"), images(side=16)) == ((0.0, 0.0), "ValueError: layer '8': its 2x2 map has no cell off its edge to place")
