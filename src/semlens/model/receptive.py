@@ -89,15 +89,15 @@ def _peak_examples(module: nn.Module, target: nn.Module, spec: LayerSpec, images
             values, positions = flat.max(dim=2)  # [n, C]
             peaks.append(values)
             cells.append(positions)
-    peaks, cells = torch.cat(peaks), torch.cat(cells)
-    units = torch.linspace(0, peaks.shape[1] - 1, min(SHIFT_EXAMPLES, peaks.shape[1])).round().long().unique()
-    ranked = peaks[:, units].argsort(dim=0, descending=True)  # [N, units]: each unit's images, highest peak first
+    units = torch.linspace(0, peaks[0].shape[1] - 1, min(SHIFT_EXAMPLES, peaks[0].shape[1])).round().long().unique()
+    peaks, cells = torch.cat(peaks)[:, units], torch.cat(cells)[:, units]  # [N, units]
+    ranked = peaks.argsort(dim=0, descending=True).tolist()  # each unit's images, highest peak first
+    peaks, cells = peaks.tolist(), cells.tolist()
     examples, seen = [], set()
-    for rank in range(len(ranked)):  # every unit's top image, then every unit's second, ... until there are enough
-        for column_of_unit, unit in enumerate(units.tolist()):
-            image = int(ranked[rank, column_of_unit])
-            row, column = divmod(int(cells[image, unit]), width)
-            if peaks[image, unit] > 0 and 0 < row < height - 1 and 0 < column < width - 1 and (image, row, column) not in seen:
+    for by_rank in ranked:  # every unit's top image, then every unit's second, ... until there are enough
+        for position, (unit, image) in enumerate(zip(units.tolist(), by_rank)):
+            row, column = divmod(cells[image][position], width)
+            if peaks[image][position] > 0 and 0 < row < height - 1 and 0 < column < width - 1 and (image, row, column) not in seen:
                 seen.add((image, row, column))  # units peaking at one cell of one image count once: not independent
                 examples.append((image, unit, row, column))
             if len(examples) == SHIFT_EXAMPLES:
