@@ -30,8 +30,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from semlens.model.receptive import SHIFT_IMAGES, map_shift
-from semlens.model.units import LayerSpec, resolve_module
+from semlens.model.receptive import SHIFT_IMAGES, gradient_centroids, layer_maps, map_shift
+from semlens.model.units import LayerSpec
 
 
 def arithmetic_copy(model: nn.Module) -> nn.Module:
@@ -65,24 +65,23 @@ def arithmetic_shift(model: nn.Module, layer: str, side: int) -> tuple[float, fl
     for size in (3 * side, side):
         pixels = (torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 1e-4).requires_grad_(True)
         try:
-            maps = layer_maps(copied, layer, pixels, grad=True)
+            maps = layer_maps(copied, LayerSpec(layer), pixels)
             break
         except Exception:  # noqa: BLE001 - refused at the larger size
             if size == side:
                 raise
-    if maps.dim() != 4:
+    if maps is None:
         return (0.0, 0.0)
     height, width = maps.shape[-2:]
     strides = (size / height, size / width)
     offsets = []
     for row, column in ((height // 2 - 1, width // 2 - 1), (height // 2, width // 2)):  # alike about the centre
         (gradient,) = torch.autograd.grad(maps[0, :, row, column].sum(), pixels, retain_graph=True)
-        weight = gradient[0].abs().sum(dim=0)
-        if weight.sum() <= 0:
+        centres, responds = gradient_centroids(gradient)
+        if not responds[0]:
             raise ValueError(f"{layer}: no gradient (layer norms over channels made equal output 0)")
-        centre = [(weight.sum(dim=1 - axis) * (torch.arange(size) + 0.5)).sum() / weight.sum() for axis in range(2)]
-        offsets.append([float(centre[axis]) - (cell + 0.5) * strides[axis] for axis, cell in enumerate((row, column))])
-    return tuple(round((first + second) / 2, 2) for first, second in zip(*offsets))
+        offsets.append([float(centres[0, axis]) - (cell + 0.5) * strides[axis] for axis, cell in enumerate((row, column))])
+    return tuple(round((first + second) / 2, 2) + 0.0 for first, second in zip(*offsets))  # + 0.0: no "-0.0"
 
 
 ARCHITECTURES = [
@@ -112,32 +111,11 @@ def architectures() -> None:
             print(f"  {library:11s} {name:22s} {layer:22s} {shift}", flush=True)
 
 
-class _Reached(Exception):
-    pass
-
-
-def layer_maps(model: nn.Module, layer: str, pixels: torch.Tensor, grad: bool = False) -> torch.Tensor:
-    kept = {}
-
-    def catch(_: nn.Module, __: object, output: torch.Tensor) -> None:
-        kept["maps"] = output
-        raise _Reached
-
-    handle = resolve_module(model, layer).register_forward_hook(catch)
-    try:
-        with torch.set_grad_enabled(grad):
-            model(pixels)
-    except _Reached:
-        pass
-    finally:
-        handle.remove()
-    return kept["maps"]
-
-
 def evidence_offsets(model: nn.Module, images: torch.Tensor, layer: str, units: int = 48, k: int = 5) -> tuple[torch.Tensor, tuple[int, int]]:
     """Per example (``units`` evenly spaced units, each its top ``k`` images by peak activation) whose peak cell is
     not on the map's edge: the input-gradient centroid of that cell less the cell's even-grid centre ``[E, 2]``."""
-    maps = torch.cat([layer_maps(model, layer, chunk) for chunk in images.split(32)])
+    with torch.no_grad():
+        maps = torch.cat([layer_maps(model, LayerSpec(layer), chunk) for chunk in images.split(32)])
     count, channels, height, width = maps.shape
     side = images.shape[-2:]
     strides = (side[0] / height, side[1] / width)
@@ -148,15 +126,11 @@ def evidence_offsets(model: nn.Module, images: torch.Tensor, layer: str, units: 
         peaks = maps[top, unit].flatten(1).argmax(dim=1)
         rows, columns = peaks // width, peaks % width
         pixels = images[top].clone().requires_grad_(True)
-        response = layer_maps(model, layer, pixels, grad=True)[torch.arange(k), unit, rows, columns].sum()
+        response = layer_maps(model, LayerSpec(layer), pixels)[torch.arange(k), unit, rows, columns].sum()
         (gradient,) = torch.autograd.grad(response, pixels)
-        weight = gradient.abs().sum(dim=1)
-        weight = (weight - 0.05 * weight.amax(dim=(1, 2), keepdim=True)).clamp_min(0)
-        mass = weight.sum(dim=(1, 2)).clamp_min(1e-12)
-        centre_rows = (weight.sum(2) * (torch.arange(side[0]) + 0.5)).sum(1) / mass
-        centre_columns = (weight.sum(1) * (torch.arange(side[1]) + 0.5)).sum(1) / mass
+        centres, _ = gradient_centroids(gradient)
         inside = (rows > 0) & (rows < height - 1) & (columns > 0) & (columns < width - 1)
-        offset = torch.stack([centre_rows - (rows + 0.5) * strides[0], centre_columns - (columns + 0.5) * strides[1]], dim=1)
+        offset = centres - torch.stack([(rows + 0.5) * strides[0], (columns + 0.5) * strides[1]], dim=1)
         offsets.append(offset[inside])
     return torch.cat(offsets), (height, width)
 

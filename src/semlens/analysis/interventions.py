@@ -410,10 +410,11 @@ def location_test(
     maps_with = unit_scores_and_maps(model, with_concept, specs, rows)[1]
     maps_without = unit_scores_and_maps(model, without, specs, rows)[1]
     located = {}
+    images = None  # what shifts not recorded (a Lens built before they were measured) are measured on, stacked once
     for layer in maps_with:
         shift = (shifts or {}).get(layer)
         if shift is None:
-            images = torch.stack([model.preprocessing.normalise(view) for view in without[:SHIFT_IMAGES]])
+            images = torch.stack([model.preprocessing.normalise(view) for view in without[:SHIFT_IMAGES]]) if images is None else images
             shift = measured_shift(model.module, next(spec for spec in specs if spec.name == layer), images)[0]
         ious = dict(zip(rows[layer], located_ious(maps_with[layer], maps_without[layer], region, shift=shift).tolist()))
         best = max((iou for row, iou in ious.items() if aucs[layer][row] >= CONFIRM_AUC), default=0.0)

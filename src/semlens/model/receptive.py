@@ -47,9 +47,11 @@ class _Reached(Exception):
     """Raised by the hook once the layer's output is in hand: nothing after the layer needs to run."""
 
 
-def _layer_maps(module: nn.Module, target: nn.Module, spec: LayerSpec, pixels: torch.Tensor) -> torch.Tensor | None:
-    """The layer's output on ``pixels`` as maps ``[N, C, h, w]``, run no further than the layer; None for a layer
-    without a map (tokens, vectors)."""
+def layer_maps(module: nn.Module, spec: LayerSpec, pixels: torch.Tensor, target: nn.Module | None = None) -> torch.Tensor | None:
+    """Layer ``spec``'s output on ``pixels`` as maps ``[N, C, h, w]``, the model run no further than the layer
+    (``target``: the layer's module, where the caller resolved it); None for a layer without a map (tokens,
+    vectors)."""
+    target = resolve_module(module, spec.name) if target is None else target
     kept: dict[str, torch.Tensor] = {}
 
     def catch(_: nn.Module, __: object, output: object) -> None:
@@ -71,6 +73,18 @@ def _layer_maps(module: nn.Module, target: nn.Module, spec: LayerSpec, pixels: t
     return maps.permute(0, 3, 1, 2) if spec.channels_last else maps
 
 
+def gradient_centroids(gradient: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image of an input gradient ``[N, C, H, W]``, the (row, column) centroid in pixels ``[N, 2]`` of its
+    magnitude above ``FLOOR`` of its peak, and whether there was any ``[N]`` (no gradient: no centroid)."""
+    weights = gradient.float().abs().sum(dim=1)
+    weights = (weights - FLOOR * weights.flatten(1).amax(dim=1).view(-1, 1, 1)).clamp_min(0)
+    mass = weights.sum(dim=(1, 2))
+    pixel_centres = [torch.arange(length, dtype=torch.float32, device=weights.device) + 0.5 for length in weights.shape[1:]]
+    rows = (weights.sum(2) * pixel_centres[0]).sum(1) / mass.clamp_min(1e-30)
+    columns = (weights.sum(1) * pixel_centres[1]).sum(1) / mass.clamp_min(1e-30)
+    return torch.stack([rows, columns], dim=1), mass > 0
+
+
 def _peak_examples(module: nn.Module, target: nn.Module, spec: LayerSpec, images: torch.Tensor) -> list[tuple[int, int, int, int]] | None:
     """Up to ``SHIFT_EXAMPLES`` (image, unit, row, column): evenly spaced units, each with the image among ``images``
     where it peaks highest and its peak cell there (then the next images, where there are fewer units), kept where
@@ -79,7 +93,7 @@ def _peak_examples(module: nn.Module, target: nn.Module, spec: LayerSpec, images
     peaks, cells = [], []
     with torch.no_grad():
         for chunk in images.split(CHUNK):
-            maps = _layer_maps(module, target, spec, chunk)
+            maps = layer_maps(module, spec, chunk, target)
             if maps is None:
                 return None
             height, width = maps.shape[-2:]
@@ -127,18 +141,13 @@ def map_shift(module: nn.Module, spec: LayerSpec, images: torch.Tensor) -> tuple
         chosen = examples[start : start + CHUNK]
         pixels = images[[image for image, _, _, _ in chosen]].detach().requires_grad_(True)
         with torch.enable_grad():
-            maps = _layer_maps(module, target, spec, pixels)
+            maps = layer_maps(module, spec, pixels, target)
             response = sum(maps[row_in_batch, unit, row, column] for row_in_batch, (_, unit, row, column) in enumerate(chosen))
             (gradient,) = torch.autograd.grad(response, pixels)
         strides = (side[0] / maps.shape[-2], side[1] / maps.shape[-1])
-        weights = gradient.float().abs().sum(dim=1)
-        weights = (weights - FLOOR * weights.flatten(1).amax(dim=1).view(-1, 1, 1)).clamp_min(0)
-        mass = weights.sum(dim=(1, 2))
-        pixel_centres = [torch.arange(length, dtype=torch.float32, device=weights.device) + 0.5 for length in side]
-        rows = ((weights.sum(2) * pixel_centres[0]).sum(1) / mass.clamp_min(1e-30)).tolist()
-        columns = ((weights.sum(1) * pixel_centres[1]).sum(1) / mass.clamp_min(1e-30)).tolist()
-        for (_, _, row, column), centre, responds in zip(chosen, zip(rows, columns), (mass > 0).tolist()):
-            if responds:
+        centres, responds = gradient_centroids(gradient)
+        for (_, _, row, column), centre, moved in zip(chosen, centres.tolist(), responds.tolist()):
+            if moved:
                 offsets.append((centre[0] - (row + 0.5) * strides[0], centre[1] - (column + 0.5) * strides[1]))
     if len(offsets) < MIN_EXAMPLES:
         raise ValueError(f"layer {spec.name!r}: {len(offsets)} units peak off the map's edge with an input gradient on these images, fewer than {MIN_EXAMPLES}")
