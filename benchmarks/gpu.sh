@@ -7,16 +7,18 @@
 # whose relevance passes must halve instead of failing (small-gpu), the demo (demo), LRP's check on the GPU
 # for models of timm, torchvision and transformers with their heatmaps against the CPU's and LRP's time
 # against a plain gradient (lrp), builds of a torchvision Swin-T and a timm EVA-02 with relevance crops
-# (swin-eva), and of a BiT ResNetV2 (weight-standardised convolutions: bit); micro names the first three. Run from the repository root:
+# (swin-eva), and of a BiT ResNetV2 (weight-standardised convolutions: bit), the map cells' measured placement on
+# trained models on the CPU and on the GPU (shift), and the quality judge on two worlds with the GPU's default
+# precisions (judge); micro names the first three. Run from the repository root:
 #
 #   bash benchmarks/gpu.sh OUT_DIR [PART ...]        (no part named: all of them)
 #
 # Each step's output goes to OUT_DIR/<step>.log as well as to the terminal; the build's and the demo's
 # stage times and crop modes are read from their Lenses' manifest.json.
 set -uo pipefail
-out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build vit mobile small-gpu demo lrp swin-eva bit micro]}
+out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build vit mobile small-gpu demo lrp swin-eva bit shift judge micro]}
 shift
-parts=" ${*:-micro embedding build vit mobile small-gpu demo lrp swin-eva bit} "
+parts=" ${*:-micro embedding build vit mobile small-gpu demo lrp swin-eva bit shift judge} "
 [[ $parts == *" micro "* ]] && parts+=" collect crops measures "
 mkdir -p "$out"
 export PYTHONPATH="$PWD/tests/support${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SEMLENS_CACHE="$out/cache"
@@ -118,6 +120,17 @@ if [[ $parts == *" swin-eva "* ]]; then
   step eva python3 -m semlens.cli run --model timm:eva02_tiny_patch14_224:none --layer blocks.5 --layer blocks.11:token=0 \
     --data world::1000:probe --foundation open_clip:ViT-B-32:none -k 10 --out "$out/eva.lens" --overwrite --no-progress
   stages "$out/eva.lens" | tee -a "$out/eva.log"
+fi
+
+if [[ $parts == *" shift "* ]]; then  # the same images and models on both devices: the shifts should agree
+  for device in cpu cuda; do
+    step "shift-$device" python3 benchmarks/receptive.py --trained --device $device
+  done
+fi
+
+if [[ $parts == *" judge "* ]]; then  # world foundation trained and every Lens built on the GPU; the CPU's figures: README
+  step judge python3 benchmarks/ground_truth.py --worlds default benchmarks/worlds/patch-on-star.toml --seeds 0 \
+    --out "$out/judge" --json "$out/judge.json"
 fi
 
 if [[ $parts == *" demo "* ]]; then

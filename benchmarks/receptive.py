@@ -13,7 +13,7 @@ whose centroid less the cell's centre on the even grid is that example's offset.
 far each place is from that centroid (median over the examples whose peak cell is not on the map's edge, where
 the image border pulls the centroid inward).
 
-    PYTHONPATH=src:tests/support python benchmarks/receptive.py [--trained] [--images 192]   # dev extra: torchvision, timm
+    PYTHONPATH=src:tests/support python benchmarks/receptive.py [--trained [--images 192] [--device cuda]]   # dev extra: torchvision, timm
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def evidence_offsets(model: nn.Module, images: torch.Tensor, layer: str, units: 
         peaks = maps[top, unit].flatten(1).argmax(dim=1)
         rows, columns = peaks // width, peaks % width
         pixels = images[top].clone().requires_grad_(True)
-        response = layer_maps(model, LayerSpec(layer), pixels)[torch.arange(k), unit, rows, columns].sum()
+        response = layer_maps(model, LayerSpec(layer), pixels)[torch.arange(k, device=images.device), unit, rows, columns].sum()
         (gradient,) = torch.autograd.grad(response, pixels)
         centres, _ = gradient_centroids(gradient)
         inside = (rows > 0) & (rows < height - 1) & (columns > 0) & (columns < width - 1)
@@ -154,16 +154,21 @@ def trained_models(count: int) -> list[tuple[str, nn.Module, torch.Tensor, list[
     ]
 
 
-def trained(count: int) -> None:
-    print(f"Part 2: trained models, {count} images each ({SHIFT_IMAGES} to measure, the rest to judge); distances in pixels from each example's evidence centroid")
+def trained(count: int, device: torch.device) -> None:
+    print(
+        f"Part 2: trained models on {device}, {count} images each ({SHIFT_IMAGES} to measure, the rest to judge); "
+        "distances in pixels from each example's evidence centroid"
+    )
     for name, model, images, layers in trained_models(count):
-        for layer in layers:
-            arithmetic = arithmetic_shift(model, layer, images.shape[-1])
+        arithmetics = {layer: arithmetic_shift(model, layer, images.shape[-1]) for layer in layers}  # on the CPU: a copy
+        model, images = model.to(device), images.to(device)
+        for layer, arithmetic in arithmetics.items():
             started = time.perf_counter()
             measured = map_shift(model, LayerSpec(layer), images[:SHIFT_IMAGES])
             seconds = time.perf_counter() - started
             offsets, grid = evidence_offsets(model, images[SHIFT_IMAGES:], layer)
             places = {"even grid": (0.0, 0.0), "arithmetic": arithmetic, "measured": measured}
+            offsets = offsets.cpu()
             distances = {place: statistics.median(torch.linalg.vector_norm(offsets - torch.tensor(shift), dim=1).tolist()) for place, shift in places.items()}
             mean = [round(value, 2) for value in offsets.mean(dim=0).tolist()]
             print(
@@ -178,10 +183,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trained", action="store_true", help="part 2 instead of part 1: trained models")
     parser.add_argument("--images", type=int, default=192, help="images per trained model (part 2)")
+    parser.add_argument("--device", default="cpu", help="where part 2 runs the trained models (cpu, cuda)")
     args = parser.parse_args()
     print(f"torch threads: {torch.get_num_threads()}")
     if args.trained:
-        trained(args.images)
+        trained(args.images, torch.device(args.device))
     else:
         architectures()
 
