@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from ..model.loading import LoadedModel
-from ..model.receptive import SHIFT_IMAGES, measured_shift, shifted_maps
+from ..model.receptive import SHIFT_IMAGES, layer_maps, measured_shift, shifted_maps
 from ..model.units import LayerSpec, UnitReader, hooks, resolve_module
 from .render import WorldConfig, WorldData, WorldSample, concept_image
 
@@ -66,13 +66,10 @@ class UnitTruth:
 
 def _layer_maps(model: torch.nn.Module, layer: str, pixels: torch.Tensor) -> torch.Tensor:
     """The layer's activation maps ``[N, U, h, w]`` (full resolution, no pooling)."""
-    captured = {}
-    handle = resolve_module(model, layer).register_forward_hook(lambda m, i, o: captured.setdefault("maps", o))
-    with hooks([handle]), torch.no_grad():
-        model(pixels)
-    maps = captured["maps"]
-    if maps.dim() != 4:
-        raise ValueError(f"ground truth by dissection needs a spatial layer; {layer} outputs {tuple(maps.shape)}")
+    with torch.no_grad():
+        maps = layer_maps(model, LayerSpec(layer), pixels)
+    if maps is None:
+        raise ValueError(f"ground truth by dissection needs a spatial layer; {layer} outputs no maps")
     return maps.float()
 
 
