@@ -14,6 +14,12 @@ the build's default), the precision float32 on the CPU.
     PYTHONPATH=tests/support python benchmarks/embedding.py --no-every-image --repeats 3 \\
         --variants plain channels_last compile channels_last+compile
 
+``--loader`` times instead the data-loader workers' hand-over alone: spans of 4 batches of 64 preprocessed
+224 px crops (zeros: no decoding, no preprocessing), as float32, bfloat16 (what a half-precision GPU tower's
+batches cross in since stop 57) and uint8, through shared memory, pinned on a GPU and copied to the device.
+
+    PYTHONPATH=tests/support python benchmarks/embedding.py --loader [--device cuda] [--workers 1 4 8]
+
 (``tests/support`` makes the dev environment's CUDA torchvision importable, which ``conse`` meets
 through transformers; see tests/support/sitecustomize.py.)
 """
@@ -83,6 +89,36 @@ def tower_split(foundation_spec: str, device: str, precision: str, batch: int, c
     return time.perf_counter() - start, preprocess_s
 
 
+class _Spans(torch.utils.data.Dataset):
+    """Spans as the embed stage's workers hand them over (``CropChunks``): 4 batches of 64 crops at 224 px, zeros."""
+
+    def __init__(self, spans: int, dtype: torch.dtype) -> None:
+        self.spans, self.dtype = spans, dtype
+
+    def __len__(self) -> int:
+        return self.spans
+
+    def __getitem__(self, position: int) -> list[torch.Tensor]:
+        return [torch.zeros(64, 3, 224, 224, dtype=self.dtype) for _ in range(4)]
+
+
+def hand_over(device: torch.device, workers: list[int], spans: int = 24) -> None:
+    """Crops per second that the workers' hand-over alone carries to ``device``, per dtype and worker count."""
+    pinned = device.type == "cuda"
+    synchronize = torch.cuda.synchronize if pinned else (lambda: None)
+    print(f"the workers' hand-over alone: {spans} spans of 4 x 64 crops at 224 px to {device}{' (pinned)' if pinned else ''}")
+    for dtype in (torch.float32, torch.bfloat16, torch.uint8):
+        for count in workers:
+            loader = torch.utils.data.DataLoader(_Spans(spans, dtype), batch_size=None, num_workers=count, pin_memory=pinned)
+            start, crops = time.perf_counter(), 0
+            for batches in loader:
+                for batch in batches:
+                    batch.to(device, non_blocking=True)
+                    crops += batch.shape[0]
+            synchronize()
+            print(f"  {str(dtype):15s} workers {count:2d}: {crops / (time.perf_counter() - start):6.0f} crops/s", flush=True)
+
+
 def variant_config(config: BuildConfig, variant: str) -> BuildConfig:
     """The build settings of a ``+``-joined variant such as ``channels_last+compile+batch=128``."""
     options = {"embed_channels_last": False, "embed_compile": False, "embed_precision": "float32"}
@@ -148,8 +184,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of every variant")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--no-every-image", action="store_true", help="skip timing the embedding of every probe image")
+    parser.add_argument("--loader", action="store_true", help="only time the workers' hand-over per dtype (hand_over)")
+    parser.add_argument("--workers", type=int, nargs="*", default=None, help="with --loader: worker counts (default 1 and cores - 1, at most 8)")
     parser.add_argument("--tower", action="store_true", help="also time the image tower alone and one core's preprocessing (tower_split)")
     args = parser.parse_args()
+    if args.loader:
+        device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+        hand_over(device, args.workers or sorted({1, max(1, min(8, (os.cpu_count() or 2) - 1))}))
+        return
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -230,6 +230,29 @@ def test_crop_chunks_hand_over_the_foundation_models_batches_of_each_spans_crops
     assert chunks[1] == [[(4, 4), (4, 4)]]
 
 
+def test_workers_hand_floating_batches_over_in_the_towers_half_precision():
+    """A GPU tower in half precision gets its batches from the workers in that dtype (half the bytes to move);
+    integer entries (masks, grids) stay as they are, and the values are the device's own cast of float32."""
+    pixels = torch.randn(3, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    image = Image.new("RGB", (8, 8))
+
+    class Views:
+        def load(self, sample):
+            return image
+
+    def preprocess(crops):
+        return {"pixel_values": pixels[: len(crops)], "mask": torch.ones(len(crops), 2, dtype=torch.long)}
+
+    rows = torch.tensor([[2, *WHOLE], [5, *WHOLE], [7, *LEFT]])
+    halved = CropChunks(CropTable(rows, {}), [(0, 3)], Views(), lambda view: view, preprocess, 2, dtype=torch.bfloat16)[0]
+    assert [batch["pixel_values"].dtype for batch in halved] == [torch.bfloat16, torch.bfloat16]
+    expected = torch.cat([pixels[:2], pixels[:1]])  # batches of 2 crops and 1
+    assert torch.equal(torch.cat([batch["pixel_values"] for batch in halved]), expected.to(torch.bfloat16))
+    assert all(batch["mask"].dtype == torch.long for batch in halved)
+    kept = CropChunks(CropTable(rows, {}), [(0, 3)], Views(), lambda view: view, preprocess, 2)[0]
+    assert torch.equal(torch.cat([batch["pixel_values"] for batch in kept]), expected)  # no dtype: as preprocessed
+
+
 def test_the_uint8_hand_over_normalises_to_the_same_numbers_as_per_image_preprocessing():
     """Workers hand over uint8 views; the model's device normalises whole batches: bit for bit the same."""
     preprocessing = Preprocessing(input_size=24, resize=28)

@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from .._util.devices import one_thread
 from ..data.base import ImageData
-from ..foundation.base import Pixels
+from ..foundation.base import Pixels, cast_floating
 from .collect import EMPTY_ID
 from ..analysis.validity import tied_units
 from .crops import masked_crop, rule_slots, theta_key
@@ -144,7 +144,9 @@ class CropChunks(torch.utils.data.Dataset):
     """Spans of crop-table rows as the foundation model's input batches (``batch_size`` crops each),
     so that DataLoader workers decode, cut (and fade, for masked rows, reading their heatmaps from the
     Lens at ``root``) and preprocess the next spans while the foundation model embeds this one (the
-    model, CPU or GPU, then waits less on PIL)."""
+    model, CPU or GPU, then waits less on PIL). ``dtype``: the foundation model's, where its tower runs in
+    half precision: the workers hand batches over in it, half the bytes of float32 through shared and
+    pinned memory, which capped the hand-over below a GPU tower's pace (benchmarks/embedding.py --loader)."""
 
     def __init__(
         self,
@@ -155,10 +157,11 @@ class CropChunks(torch.utils.data.Dataset):
         preprocess: Callable[[Sequence[Image.Image]], Pixels],
         batch_size: int,
         root: str = "",
+        dtype: torch.dtype | None = None,
     ) -> None:
         self.rows, self.masks, self.sources, self.root = table.rows, table.masks, table.sources, root
         self.spans, self.data, self.view = spans, data, view
-        self.preprocess, self.batch_size = preprocess, batch_size
+        self.preprocess, self.batch_size, self.dtype = preprocess, batch_size, dtype
 
     def __len__(self) -> int:
         return len(self.spans)
@@ -168,10 +171,8 @@ class CropChunks(torch.utils.data.Dataset):
         heat = None if self.masks is None else read_heatmaps(self.root, self.sources, self.masks[begin:end])
         crops = list(cut_crops(self.rows[begin:end], self._load_view, heat))
         with one_thread():
-            return [
-                self.preprocess(crops[start : start + self.batch_size])
-                for start in range(0, len(crops), self.batch_size)
-            ]
+            batches = [self.preprocess(crops[start : start + self.batch_size]) for start in range(0, len(crops), self.batch_size)]
+            return batches if self.dtype is None else [cast_floating(batch, self.dtype) for batch in batches]
 
     def _load_view(self, index: int) -> Image.Image:
         return self.view(self.data.load(index))

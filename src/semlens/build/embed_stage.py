@@ -153,6 +153,7 @@ def embed_crops(foundation: FoundationModel, table: CropTable, source: CropSourc
     crops = CropChunks(
         table, pending, source.data, source.view,
         foundation.image_preprocessor if in_workers else list, foundation.batch_size, str(store.root),
+        foundation.dtype if in_workers else None,
     )  # fmt: skip
     loader = torch.utils.data.DataLoader(
         crops, batch_size=None, num_workers=min(source.workers, len(pending)), pin_memory=device.type == "cuda"

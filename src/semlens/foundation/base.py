@@ -155,6 +155,15 @@ class StackedTransform:
         return torch.stack([self.transform(image) for image in images]).float()
 
 
+def cast_floating(pixels: Pixels, dtype: torch.dtype) -> Pixels:
+    """A batch's floating tensors in ``dtype`` (each entry of a dict batch); integer ones (masks, grids) as they are.
+    Rounding to a half type is the same on the CPU as on a GPU (to nearest even), so where it happens does
+    not change the embedding."""
+    if isinstance(pixels, dict):
+        return {name: cast_floating(tensor, dtype) for name, tensor in pixels.items()}
+    return pixels.to(dtype) if pixels.is_floating_point() else pixels
+
+
 def silence_transformers_progress() -> None:
     """transformers draws a bar per weight file loaded; semlens draws its own bars for long work."""
     from transformers.utils import logging as transformers_logging
