@@ -41,7 +41,7 @@ from PIL import Image
 
 import semlens.build.embed_stage as embed_stage
 from semlens import BuildConfig, load_foundation_model, load_model
-from semlens._util.devices import PRECISIONS, embed_dtype
+from semlens._util.devices import PRECISIONS, embed_dtype, pick_device
 from semlens.build.builder import LensBuilder
 from semlens.build.embed import chunks
 from semlens.data import FolderData
@@ -189,8 +189,7 @@ def main() -> None:
     parser.add_argument("--tower", action="store_true", help="also time the image tower alone and one core's preprocessing (tower_split)")
     args = parser.parse_args()
     if args.loader:
-        device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-        hand_over(device, args.workers or sorted({1, max(1, min(8, (os.cpu_count() or 2) - 1))}))
+        hand_over(pick_device(args.device), args.workers or sorted({1, max(1, min(8, (os.cpu_count() or 2) - 1))}))
         return
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
