@@ -7,6 +7,7 @@ import tiny_models
 import torch
 from old_lenses import rewrite_as_before_rule_thetas
 
+import semlens.build.embed as embed_module
 import semlens.build.embed_stage as embed_stage_module
 from semlens import BuildConfig, LayerSpec, Lens, build_lens, collect_topk, load_data, load_model
 from semlens._util.errors import SemlensError, StaleLensError
@@ -110,6 +111,29 @@ def test_preprocessing_in_the_loader_workers_as_on_a_gpu_gives_the_same_lens(bui
     for layer in built.layers:
         assert torch.equal(again.theta(layer), built.theta(layer))
         assert torch.equal(again.example_embeddings(layer).nan_to_num(), built.example_embeddings(layer).nan_to_num())
+
+
+def test_a_half_precision_tower_embeds_the_same_whether_its_batches_are_cast_in_the_workers_or_on_its_device(
+    tmp_path, colour_folder, tiny_clip_dir, monkeypatch
+) -> None:
+    """On a GPU the workers hand a half-precision tower its batches in its dtype; the tower sees the same numbers.
+    (No worker processes here, so that the batches' dtype can be read: the loader runs the same code in-process.)"""
+    half = dict(embed_precision="bfloat16", crop="activation")
+    on_device = build_lens(config(colour_folder, tiny_clip_dir, **half), tmp_path / "device.lens", progress=False)
+    handed: list[torch.dtype] = []
+    cast = embed_module.cast_floating
+
+    def recorded(pixels, dtype):
+        batch = cast(pixels, dtype)
+        handed.extend(tensor.dtype for tensor in (batch.values() if isinstance(batch, dict) else [batch]) if tensor.is_floating_point())
+        return batch
+
+    monkeypatch.setattr(embed_module, "cast_floating", recorded)
+    monkeypatch.setattr(embed_stage_module, "preprocess_in_workers", lambda device: True)
+    in_workers = build_lens(config(colour_folder, tiny_clip_dir, **half), tmp_path / "workers.lens", progress=False)
+    assert handed and set(handed) == {torch.bfloat16}
+    for layer in on_device.layers:
+        assert torch.equal(in_workers.example_embeddings(layer).nan_to_num(), on_device.example_embeddings(layer).nan_to_num())
 
 
 def test_collect_topk_api_reads_a_model_directly() -> None:
