@@ -363,7 +363,8 @@ def summary_rows(records: list[dict[str, Any]], control: bool) -> list[tuple[str
 
 
 def pooled_audit(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The audit's flags and confirmed findings over the runs whose class relies on its artefact (the concept
+    """The audit's flags, confirmed findings and everything its concept test found (confirmed flags and the
+    carriers among the units it did not flag) over the runs whose class relies on its artefact (the concept
     test's verdict), pooled by count: precision over every flag, recall over every true artefact unit the audit
     examined (a mean of per-run ratios would weigh a run with one flag as much as one with twenty)."""
     relying = [record for record in records if record["audit_relies"]]
@@ -373,6 +374,7 @@ def pooled_audit(records: list[dict[str, Any]]) -> dict[str, Any]:
         "flagged": lambda record: record["audit_flagged_units"],
         "flagged or both": lambda record: record["audit_flagged_units"] + record["audit_both_units"],
         "confirmed": lambda record: record["audit_confirmed_units"],
+        "found by test": lambda record: record["audit_confirmed_units"] + record["audit_carriers"],  # every unit tested
     }
     for name, units_of in findings.items():
         units = sum(len(units_of(record)) for record in relying)
@@ -387,7 +389,7 @@ def print_pooled_audit(records: list[dict[str, Any]], console: Console) -> None:
         return
     parts = [
         f"{name} {values['units']} ({values['true']} true: precision {_number(values['precision'])}, recall {_number(values['recall'])})"
-        for name, values in ((name, pooled[name]) for name in ("flagged", "flagged or both", "confirmed"))
+        for name, values in ((name, pooled[name]) for name in ("flagged", "flagged or both", "confirmed", "found by test"))
     ]
     console.print(f"audit pooled over the {pooled['runs']} runs whose class relies on its artefact ({pooled['examined']} true artefact units examined): " + "; ".join(parts))
 
