@@ -38,6 +38,7 @@ from .truth import (
     layer_shift,
     response_auc,
     response_truth,
+    shift_images,
 )
 
 if TYPE_CHECKING:
@@ -185,9 +186,9 @@ def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
     plain = [LayerSpec(layer) for layer in spatial]
     alone = concept_responses(model.module, model.preprocessing, plain, config)
     scenes = concept_responses(model.module, model.preprocessing, plain, config, concept_scene, SCENE_IMAGES)
-    truths = {}
+    truths, placing = {}, shift_images(model.preprocessing, data)
     for layer in spatial:
-        shift = layer_shift(model.module, model.preprocessing, layer, data)  # once for the dissection and its chance
+        shift = layer_shift(model.module, layer, placing)  # once for the dissection and its chance
         dissected = dissect_layer(model.module, model.preprocessing, layer, data, shift=shift)
         truths[layer] = {
             "concepts": dissected.concepts,

@@ -73,10 +73,15 @@ def _layer_maps(model: torch.nn.Module, layer: str, pixels: torch.Tensor) -> tor
     return maps.float()
 
 
-def layer_shift(model: torch.nn.Module, preprocessing, layer: str, data: WorldData) -> tuple[float, float]:
-    """Where the layer's map cells sit in the image (``model.receptive``), measured on the first images of ``data``
-    (the even grid where it cannot be: cells that never fire there)."""
-    images = torch.stack([preprocessing(data.load(index)) for index in range(min(SHIFT_IMAGES, len(data)))])
+def shift_images(preprocessing, data: WorldData) -> torch.Tensor:
+    """The first ``SHIFT_IMAGES`` images of ``data`` as model inputs: what ``layer_shift`` measures on, stacked once
+    for every layer."""
+    return torch.stack([preprocessing(data.load(index)) for index in range(min(SHIFT_IMAGES, len(data)))])
+
+
+def layer_shift(model: torch.nn.Module, layer: str, images: torch.Tensor) -> tuple[float, float]:
+    """Where the layer's map cells sit in the image (``model.receptive``), measured on ``images`` (``shift_images``;
+    the even grid where it cannot be: cells that never fire there)."""
     return measured_shift(model, LayerSpec(layer), images)[0]
 
 
@@ -101,7 +106,7 @@ def dissect_layer(
         return masks
 
     maps = torch.cat([_layer_maps(model, layer, torch.stack([preprocessing(data.load(i)) for i in indices])) for indices in batches])
-    shift = layer_shift(model, preprocessing, layer, data) if shift is None else shift
+    shift = layer_shift(model, layer, shift_images(preprocessing, data)) if shift is None else shift
     thresholds = torch.quantile(maps.transpose(0, 1).flatten(1), QUANTILE, dim=1)  # per unit
     intersection = torch.zeros(maps.shape[1], len(concepts))
     unit_area = torch.zeros(maps.shape[1], 1)
