@@ -58,12 +58,12 @@ NULL_RULE = "robust z of the alignment among the units of its layer: (a - median
 # true artefact units 0.23 to 1.00, 32 of 34 at 0.72 or more; other units 0.41 to 1.00, 9 of 13 at 0.61 or
 # less; pooled precision 0.70 -> 0.88 at recall 0.64 -> 0.60 on the 18 stored runs), then checked on worlds drawn
 # after it: over every relying run measured, precision 0.75 -> 0.90 and recall 0.66 -> 0.58, the recall lost
-# where one unit of a layer detects the concept far better than the others (README: "The location bar").
+# where one unit of a layer detects the concept far better than the others (docs/quality.md: "The location bar").
 LOCATE_SHARE = 2 / 3
 # ... but an IoU of 0.06 (one and a half times NetDissect's 0.04) always suffices: a unit that fires where the
 # concept is at that overlap detects it, however much better another unit of its layer does. Without that cap,
 # one outstanding detector (patch on square: IoU 0.52, a bar of 0.35) took back the other true units of its layer
-# (0.07 to 0.23). Chosen on the records of 11 relying benchmark runs, checked on 3 drawn after it (README: "The
+# (0.07 to 0.23). Chosen on the records of 11 relying benchmark runs, checked on 3 drawn after it (docs/quality.md: "The
 # location bar, capped"): the audit's flags ("spurious" or "both") over all 14, precision 0.88 -> 0.81 at
 # recall 0.52 -> 0.76.
 LOCATE_ENOUGH = 0.06

@@ -224,12 +224,12 @@ RELIANCE_ODDS = 1.5  # the class relies on the concept when the concept multipli
 # The concept raises the unit's activation: an image with it beats one without 4 times in 5. Chance sits below:
 # in the quality benchmark's control worlds (the artefact as likely on every class, no unit with a reason to
 # carry it) tested units reach 0.79 at most (ten runs, 0.72 or less in nine), and at 0.75 the audit kept units
-# the pasted artefact nudges like any new edge (README "Raised above chance").
+# the pasted artefact nudges like any new edge (docs/quality.md "Raised above chance").
 CONFIRM_AUC = 0.8
 CONFIRM_SHARE = 0.05  # zeroing the unit removes at least a twentieth of the class's reliance on the concept
 # the concept raises the unit at least half as much as the class's own images do (where the control images show
 # the class and others): a class unit the concept only nudges passes the reliance on, it does not detect the
-# concept. Benchmark (README): flagged class units 0.26 to 0.55, flagged true artefact units 0.57 to 1.71
+# concept. Benchmark (docs/quality.md): flagged class units 0.26 to 0.55, flagged true artefact units 0.57 to 1.71
 CONCEPT_OVER_CLASS = 0.5
 CLASS_RISE_IMAGES = 5  # the class rise is measured on at least 5 test images of the class and 5 of others
 # A unit fires where a pasted concept is when its top 0.5 % of activation cells over the test images (with and
@@ -238,7 +238,7 @@ CLASS_RISE_IMAGES = 5  # the class rise is measured on at least 5 test images of
 # and threshold (Bau et al. 2017), not tuned here. Measured on the quality benchmark's 14 runs whose class
 # relies on its artefact: flagged true artefact units IoU 0.03 to 0.41 (median 0.08), flagged other units
 # median 0.01; a unit raised by the artefact away from it (a class unit whose input the artefact shifts) is
-# no detector of it (README: The audit's location test).
+# no detector of it (docs/quality.md: "The audit's location test").
 LOCATE_QUANTILE = 0.995
 LOCATE_IOU = 0.04
 LOCATE_SIDE = 112  # the IoU is taken on maps up-sampled to at most 112 cells a side (a 224 px view: 2 px a cell)

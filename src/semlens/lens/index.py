@@ -16,7 +16,7 @@ Where the Lens kept its units' responses to its crops (``cross``, ``analysis.res
 correlation, linear in the probe like the alignment). The ranking is the lower of the two scores, each
 standardised over the table's units: a unit whose top examples look like the probe only because the probe's
 concept shares their images (a square unit among squares that carry a patch) ranks below one that answers the
-probe wherever it is. Measured on the quality benchmark's worlds (README "Search by alignment and response").
+probe wherever it is. Measured on the quality benchmark's worlds (docs/quality.md "Search by alignment and response").
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ DISTRACTORS = ["dog", "car", "tree", "house", "person", "cloud", "fire", "wood",
 INSERTION_IMAGES = 400  # probe images the artefact is pasted into for the causal truth (those without it)
 # the audit's concept test pastes the world's artefact as drawn in 4 images of the world, in turn: with 1, a coarse
 # layer's units fire where the artefact is or not by where one copy falls. Measured on the quality benchmark's 8
-# stored runs whose class relies on its artefact (README: "Placements"): 1, 4, 8 and 16 placements give precision
+# stored runs whose class relies on its artefact (docs/quality.md: "Placements"): 1, 4, 8 and 16 placements give precision
 # 0.58, 0.70, 0.68 and 0.65 at recall 0.44, 0.64, 0.60 and 0.60
 PLACEMENTS = 4
 TRUTH_VERSION = 7  # 6: maps placed where their cells sit (model.receptive); 7: that place measured on the trained model; bump when unit_truth stores other things: stored truths are then computed again
