@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of the README ("Measured on a GPU"), on one CUDA machine with semlens installed: the
+# The GPU figures of docs/gpu.md, on one CUDA machine with semlens installed: the
 # collection pass (collect), CRP heatmaps in float32 proper against TF32 (crops), measures (measures),
 # the foundation model's precisions (embedding), a whole build of a random ResNet-50 into a random
 # open_clip ViT-B-32 (build), a random timm ViT-S/16 under study (vit), a random MobileNetV3-Large
