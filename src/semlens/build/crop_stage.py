@@ -23,7 +23,7 @@ from ..model.sae import SparseAutoencoder, has_decoder
 from ..model.units import LayerSpec
 from .collect import EMPTY_ID
 from .context import BuildContext
-from .crops import crop_boxes, full_boxes, pool_heatmaps
+from .crops import crop_boxes, full_boxes, pool_heatmaps, recorded_shift
 from .embed import CropTable, HeatSource, chunks, plan_crops
 
 HEAT_KEY = "heatmaps"  # metadata key of a layer's ``.crops`` file: the fingerprint its heatmaps were computed for
@@ -35,13 +35,6 @@ def heat_source(layer: str, mode: str, shift: tuple[float, float] = (0.0, 0.0)) 
     if mode == "relevance":
         return HeatSource(layer_file(layer, "crops"), "heat")
     return HeatSource(layer_file(layer, "topk"), "maps", shift) if mode == "activation" else None
-
-
-def recorded_shift(layer: dict) -> tuple[float, float]:
-    """Where a layer's activation map cells sit off the even grid, in input pixels, as its manifest entry records
-    it (the collect stage measured it: ``model.receptive``); the even grid where it was not measured."""
-    shift = layer.get("map_shift") or (0.0, 0.0)
-    return (float(shift[0]), float(shift[1]))
 
 
 def faded_slots(heat: torch.Tensor, inactive: torch.Tensor) -> torch.Tensor:

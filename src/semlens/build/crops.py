@@ -41,6 +41,14 @@ RULE_SETTINGS = {"share": "crop_share", "active": "crop_share", "quantile": "cro
 CROP_QUANTILE = 0.95
 
 
+def recorded_shift(layer: dict, unmeasured: tuple[float, float] | None = (0.0, 0.0)) -> tuple[float, float] | None:
+    """Where a layer's activation map cells sit off the even grid, in input pixels, as its manifest entry records
+    it (the collect stage measures it: ``model.receptive``); ``unmeasured`` where it was not (layers without maps,
+    Lenses built before it was measured): by default the even grid, on which their boxes were cut."""
+    shift = layer.get("map_shift")
+    return unmeasured if shift is None else (float(shift[0]), float(shift[1]))
+
+
 def crop_rules(rule: str) -> list[str]:
     """The rules of a ``crop_rule`` setting: one of ``CROP_RULES``, or distinct ones joined by ``RULE_JOIN``."""
     rules = rule.split(RULE_JOIN)

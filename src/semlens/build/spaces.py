@@ -24,8 +24,8 @@ from ..lens.store import LensStore, layer_file, space_file
 from ..lens.trust import is_trusted, remember_trusted
 from ..model.preprocess import Preprocessing
 from .context import default_workers
-from .crop_stage import faded_slots, heat_source, recorded_shift, slot_samples
-from .crops import crop_rules
+from .crop_stage import faded_slots, heat_source, slot_samples
+from .crops import crop_rules, recorded_shift
 from .embed import CropTable, HeatSource, plan_crops, rule_thetas
 from .embed_stage import CropSource, embed_crops
 from .parallel import Ranks

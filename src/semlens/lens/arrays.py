@@ -11,7 +11,7 @@ import torch
 
 from .._util.errors import SemlensError
 from ..analysis.responses import partial_effects
-from ..build.crops import crop_rules, rule_slots, theta_key
+from ..build.crops import crop_rules, recorded_shift, rule_slots, theta_key
 from .store import RESPONSES, RESPONSES_FILE, layer_file
 
 if TYPE_CHECKING:
@@ -141,8 +141,7 @@ class LensArrays:
     def map_shift(self: Lens, layer: str) -> tuple[float, float] | None:
         """Where the layer's map cells sit off the even grid, in input pixels, as measured at the build
         (``model.receptive``); None for layers without maps and Lenses built before it was measured."""
-        shift = self._layer(layer).get("map_shift")
-        return None if shift is None else (float(shift[0]), float(shift[1]))
+        return recorded_shift(self._layer(layer), unmeasured=None)
 
     def heatmap_shift(self: Lens, layer: str, examples: str = "activation") -> tuple[float, float]:
         """Where the cells of ``example_heatmaps(layer, examples)`` sit off the even grid, in input pixels: the
