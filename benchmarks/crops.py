@@ -161,6 +161,8 @@ def main() -> None:
     parser.add_argument("--math", nargs="+", choices=MATH, default=["float32"], help="float32 proper (as the build) and/or TF32 (GPUs)")
     parser.add_argument("--shared", action="store_true", help="also time one shared forward per distinct sample (vmap, zennit's rules)")
     args = parser.parse_args()
+    if args.check < 1:
+        parser.error(f"--check {args.check}: give at least 1 pair (the heatmaps are compared on those pairs)")
     if args.shared and "zennit" not in args.rules:
         parser.error("--shared runs with zennit's rules: add zennit to --rules")
 

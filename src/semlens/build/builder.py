@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from .. import __version__
+from .._util.allocator import freed_memory_kept
 from .._util.devices import autocast_dtype, inference_dtype, out_of_memory_advice, pick_device
 from .._util.errors import SemlensError, StaleLensError
 from ..data import ImageData, load_data
@@ -199,9 +200,11 @@ class LensBuilder:
         self.embed_stage.run()
 
     def run(self) -> BuildSummary:
-        """Every stage in order; then the summary."""
+        """Every stage in order, each keeping freed memory for reuse and giving it back when done
+        (``freed_memory_kept``: a stage's loader workers are forked from a process that holds only what it needs);
+        then the summary."""
         for stage in self.stages:
-            with out_of_memory_advice(stage.name, self._memory_advice(stage.name)):
+            with freed_memory_kept(), out_of_memory_advice(stage.name, self._memory_advice(stage.name)):
                 stage.run()
         if self.context.shard is None and self.ranks.is_main:
             self._seal()
