@@ -1,4 +1,4 @@
-"""Keep freed memory in the process's heap while a build runs (glibc's malloc, Linux).
+"""Keep freed memory in the process's heap while a build stage runs (glibc's malloc, Linux).
 
 glibc hands a freed block above its mmap threshold (128 KiB, raised as large blocks are freed, up to 32 MiB)
 straight back to the kernel, and the next block of that size is mapped and zero-filled again page by page.
@@ -22,11 +22,11 @@ from contextlib import contextmanager
 #: mallopt's parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
 #: what glibc does by default: up to 65536 mapped blocks; the thresholds below are where its adjustment ends
-#: (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit, the trim threshold twice that), set again after a build
+#: (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit, the trim threshold twice that), set again after each stage
 GLIBC_MMAP_MAX = 65536
 GLIBC_MMAP_THRESHOLD = 32 * 1024 * 1024
 GLIBC_TRIM_THRESHOLD = 2 * GLIBC_MMAP_THRESHOLD
-#: the heap's top is given back to the kernel only above this during a build (mallopt takes an int)
+#: the heap's top is given back to the kernel only above this while a stage runs (mallopt takes an int)
 KEPT_TOP = 2**31 - 1
 ENVIRONMENT_SWITCH = "SEMLENS_KEEP_FREED_MEMORY"
 
