@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .._util.allocator import freed_memory_kept
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
 from ..analysis.label import DEFAULT_THRESHOLD
@@ -194,10 +195,11 @@ class LensAudits:
         names = {unit.name for unit in tested}
         # the examined units the test does not take: where the concept raises them, they set the location bar
         peers = [] if region is None else [to_test(unit.unit) for unit in result.units if unit.unit not in names]
-        result.reliance, tests = concept_tests(
-            model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers,
-            result.rule.locate_share, result.rule.locate_enough, shifts,
-        )
+        with freed_memory_kept():  # forward passes over the test images, each unit switched off in turn
+            result.reliance, tests = concept_tests(
+                model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers,
+                result.rule.locate_share, result.rule.locate_enough, shifts,
+            )
         for unit, test in zip(units, tests):
             unit.test = test
         result.revise_by_test()
