@@ -149,7 +149,7 @@ class LensArrays:
         Lenses built before it was measured (their boxes were cut on the even grid)."""
         if examples != "activation" or self._layer(layer).get("crop", {}).get("mode") != "activation":
             return (0.0, 0.0)
-        return self.map_shift(layer) or (0.0, 0.0)
+        return recorded_shift(self._layer(layer))
 
     @property
     def crop_rules(self: Lens) -> list[str]:
