@@ -15,8 +15,8 @@ from semlens._util import allocator
 from semlens._util.allocator import ENVIRONMENT_SWITCH, freed_memory_kept
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-#: before, inside and after ``freed_memory_kept``: how many more blocks glibc maps (``mallinfo2().hblks``) while a
-#: block of 96 MiB, above glibc's largest mmap threshold (32 MiB), is held
+#: before, inside, inside once a block nested in it has ended, and after ``freed_memory_kept``: how many more blocks
+#: glibc maps (``mallinfo2().hblks``) while a block of 96 MiB, above glibc's largest mmap threshold (32 MiB), is held
 PROBE = """
 import ctypes, json
 from semlens._util.allocator import freed_memory_kept
@@ -39,6 +39,9 @@ def mapped_while_holding(size=96 * 2**20):
 counts = {"before": mapped_while_holding()}
 with freed_memory_kept() as applied:
     counts.update(applied=applied, inside=mapped_while_holding())
+    with freed_memory_kept():
+        pass
+    counts["inside_after_a_nested_block"] = mapped_while_holding()
 counts["after"] = mapped_while_holding()
 print(json.dumps(counts))
 """
@@ -55,12 +58,12 @@ def probe(switch: str | None) -> dict:
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_a_large_block_comes_from_the_heap_inside_and_is_mapped_after() -> None:
-    assert probe(None) == {"before": 1, "applied": True, "inside": 0, "after": 1}
+    assert probe(None) == {"before": 1, "applied": True, "inside": 0, "inside_after_a_nested_block": 0, "after": 1}
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_the_environment_switch_leaves_glibc_as_it_is() -> None:
-    assert probe("0") == {"before": 1, "applied": False, "inside": 1, "after": 1}
+    assert probe("0") == {"before": 1, "applied": False, "inside": 1, "inside_after_a_nested_block": 1, "after": 1}
 
 
 def test_other_c_libraries_are_left_alone(monkeypatch) -> None:

@@ -7,7 +7,8 @@ stem at 224 px, 16 pairs a pass: 51 MB), so a build spent almost as much time in
 ``freed_memory_kept`` glibc maps nothing itself and keeps what is freed for reuse; tensors are reused, not
 changed, so every number stays the same. Measured in ``benchmarks/allocator.py`` (README, "Performance and
 scale"). Other C libraries and allocators (musl, macOS, Windows, a preloaded jemalloc) are left as they are, and
-``SEMLENS_KEEP_FREED_MEMORY=0`` leaves glibc as it is too.
+``SEMLENS_KEEP_FREED_MEMORY=0`` leaves glibc as it is too. The setting is the process's: blocks nested in one
+another or run at once in several threads (the explorer's requests) hold it until the last of them ends.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import ctypes
 import os
 import platform
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -42,18 +44,29 @@ def _glibc() -> ctypes.CDLL | None:
         return None
 
 
+#: blocks inside ``freed_memory_kept`` now, in every thread; the setting is applied by the first, restored by the last
+_holders = 0
+_holders_lock = threading.Lock()
+
+
 @contextmanager
 def freed_memory_kept() -> Iterator[bool]:
     """Within the block glibc serves every allocation from its heap and keeps freed memory there for reuse;
     after it, glibc maps large blocks again (above 32 MiB, where its own adjustment ends) and gives the kept
-    memory back (``malloc_trim``). Yields whether the setting applies here (glibc, and not switched off)."""
+    memory back (``malloc_trim``). Yields whether the setting applies here (glibc, and not switched off).
+    Usable as a decorator too."""
+    global _holders
     libc = _glibc()
-    applied = libc is not None and bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, KEPT_TOP))
+    with _holders_lock:
+        _holders += 1
+        applied = libc is not None and bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, KEPT_TOP))
     try:
         yield applied
     finally:
-        if libc is not None:
-            libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
-            libc.mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD)
-            libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
-            libc.malloc_trim(0)
+        with _holders_lock:
+            _holders -= 1
+            if libc is not None and _holders == 0:
+                libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
+                libc.mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD)
+                libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
+                libc.malloc_trim(0)

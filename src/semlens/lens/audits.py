@@ -204,6 +204,7 @@ class LensAudits:
             unit.test = test
         result.revise_by_test()
 
+    @freed_memory_kept()  # forward passes over the data, twice
     def pruning_effect(
         self: Lens, units: list[str], data: ImageData, class_name: str | int | None = None, artifact: Artifact | None = None
     ) -> dict:
@@ -232,6 +233,7 @@ class LensAudits:
         ]
         return sorted(audits, key=lambda result: -result.shares["spurious_or_both"])
 
+    @freed_memory_kept()  # conditional relevance passes, one per upper group
     def attribution_graph(
         self: Lens, class_name: str | int, layers: list[str] | None = None, cut: float | None = None, samples: int = 32
     ) -> AttributionGraph:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
+from .._util.allocator import freed_memory_kept
 from .._util.errors import SemlensError
 from ..analysis.correction import METHODS, ConceptProjection, TunedParameters, Tuning, choose_projection, counterfactual_set, finetune
 from ..analysis.interventions import class_targets, insertion_effect, load_views
@@ -114,6 +115,7 @@ def applied(fix: Fix, fingerprint: str, model: LoadedModel) -> Iterator[LoadedMo
 class LensCorrection:
     """Correct the Lens's model for one class and artefact (mixed into ``Lens``)."""
 
+    @freed_memory_kept()  # forward (and for finetune backward) passes over the images
     def correct(
         self: Lens,
         class_name: str | int,

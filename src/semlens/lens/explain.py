@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .._util.allocator import freed_memory_kept
 from .._util.errors import SemlensError
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class Explainer:
 class LensExplain:
     """Part of ``Lens``: the concepts behind the model's prediction on one image."""
 
+    @freed_memory_kept()  # relevance passes that allocate and free large blocks
     def explain(
         self: Lens,
         image: str | Path | Image.Image | int,
