@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,17 @@ def test_shards_from_elsewhere_are_merged_only_when_trusted(tmp_path, reference,
     assert not (tmp_path / "merged.lens").exists()
     merge_shards(shards, tmp_path / "merged.lens", progress=False, trust=True)
     assert_same_lens(Lens.open(tmp_path / "merged.lens"), reference)
+
+
+def test_a_shard_whose_build_settings_were_edited_is_no_longer_trusted(tmp_path, shards) -> None:
+    edited = tmp_path / "part0.lens"
+    shutil.copytree(shards[0], edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["settings"]["model"] = "py:planted_module:factory"  # merge builds from the settings: they must be trusted too
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UntrustedSpecError, match="was not built on this machine"):
+        merge_shards([edited, *shards[1:]], tmp_path / "merged.lens", progress=False)
+    assert not (tmp_path / "merged.lens").exists()
 
 
 def test_merge_refuses_parts_that_do_not_make_one_lens(tmp_path, reference, shards, colour_folder, tiny_clip_dir) -> None:

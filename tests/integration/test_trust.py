@@ -212,6 +212,7 @@ def test_trust_covers_every_spec_the_lens_makes_semlens_follow(built, tmp_path, 
         "foundation": lambda m: m["foundation"].update(spec="py:evil:factory"),
         "an SAE file": lambda m: m["layers"]["head"]["spec"].update(sae="/tmp/evil.safetensors"),
         "a space": lambda m: m.setdefault("spaces", {}).update(second={"spec": "py:evil:factory", "complete": True}),
+        "a build setting": lambda m: m["settings"].update(model="py:evil:factory"),
     }
     for what, change in changes.items():
         changed = json.loads(json.dumps(manifest))

@@ -64,9 +64,12 @@ def _entries(value: Any) -> dict[str, Any]:
 
 def followed_specs(manifest: dict[str, Any]) -> dict[str, Any]:
     """Everything a trusted Lens makes semlens follow: the model and data specs (in its identity), the
-    foundation model's and each extra space's spec, and each layer's spec (an SAE file it names)."""
+    foundation model's and each extra space's spec, each layer's spec (an SAE file it names), and the build
+    settings (``semlens merge`` builds from a shard's: its model, data, foundation models, a Lens to take
+    heatmaps from)."""
     return {
         "identity": manifest.get("identity"),
+        "settings": manifest.get("settings"),
         "foundation": _entries(manifest.get("foundation")).get("spec"),
         "spaces": {name: _entries(record).get("spec") for name, record in _entries(manifest.get("spaces")).items()},
         "layers": {name: _entries(info).get("spec") for name, info in _entries(manifest.get("layers")).items()},
