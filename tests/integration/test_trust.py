@@ -253,6 +253,35 @@ def test_a_manifest_cannot_lead_semlens_out_of_the_lens(built, tmp_path, tamper,
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    "name, content",
+    [("samples.json", "{not json"), ("samples.json", '{"ids": [0], "paths": 5, "labels": [0]}'), ("labels.json", '{"vocabulary": 5}'),
+     ("labels.json", '{"vocabulary": {"name": "v", "concepts": [1], "categories": ["c"]}, "threshold": 0.1}')],
+)  # fmt: skip
+def test_a_json_file_not_of_semlens_form_is_reported_as_damage(built, tmp_path, name, content) -> None:
+    copy = received(built, tmp_path)
+    runner.invoke(app, ["label", str(copy)])  # labels.json, samples.json: both there before one is spoilt
+    (copy / name).write_text(content)
+    result = runner.invoke(app, ["show", str(copy), "features.3/0"] if name == "samples.json" else ["search", str(copy), "red"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"is damaged: {name}: it is not the JSON semlens writes" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("name", ["samples.json", "labels.json", "layers/head.topk.safetensors"])
+def test_a_link_out_of_the_lens_is_not_followed(built, tmp_path, name) -> None:
+    copy = received(built, tmp_path)
+    runner.invoke(app, ["label", str(copy)])
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the Lens's")
+    (copy / name).unlink()
+    (copy / name).symlink_to(outside)
+    with pytest.raises(DamagedLensError, match="links .* to a file outside itself"):
+        lens = Lens.open(copy)
+        lens.concept_examples("features.3/0")
+        lens.search("red")
+    assert outside.read_text() == "not the Lens's"
+
+
 def test_control_characters_from_a_lens_reach_the_terminal_as_escapes(built, tmp_path, stranger) -> None:
     copy = received(built, tmp_path, model="zoo:evil\x1b[2J\u202e")
     result = runner.invoke(app, ["info", str(copy)])

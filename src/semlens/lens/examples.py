@@ -30,8 +30,10 @@ class LensExamples:
 
     @cached_property
     def sample_table(self: Lens) -> dict[int, tuple[str, int | None]]:
-        table = self.store.read_json("samples.json")
-        return {index: (path, label) for index, path, label in zip(table["ids"], table["paths"], table["labels"])}
+        def parse(table: dict) -> dict[int, tuple[str, int | None]]:
+            return {int(index): (str(path), label) for index, path, label in zip(table["ids"], table["paths"], table["labels"], strict=True)}
+
+        return self.store.read_json("samples.json", parse)
 
     def concept_examples(self: Lens, unit: str, by: str = "activation") -> list[ConceptExample]:
         """A unit's concept examples, best first: its top samples by ``"activation"``, or by ``"relevance"`` for
@@ -56,4 +58,4 @@ class LensExamples:
 
     def failures(self: Lens) -> list[dict[str, Any]]:
         """Samples that failed to decode, or were under ``MIN_SIDE`` pixels a side, during collection (skipped)."""
-        return self.store.read_json("failures.json")
+        return self.store.read_json("failures.json", lambda items: [{"sample": int(item["sample"]), "error": str(item["error"])} for item in items])

@@ -8,8 +8,8 @@ candidates instead. It is product quantisation with 4-bit fast-scan codes, two d
 (d/4 bytes per unit), and it scans *every* unit, so its recall does not depend on theta being
 clustered (an IVF or graph index would). The candidates are re-scored exactly: returned scores are
 exact, only the choice of candidates is approximate (recall@10 is measured in benchmarks/search.py).
-The index is built on first use and kept in the Lens directory in faiss's own format, with the
-fingerprint of the theta it was built from.
+The index is built on first use and kept in faiss's own format with the fingerprint of the theta it was
+built from, in the Lens's folder in the user cache: never in the Lens, so a Lens from elsewhere cannot plant one.
 
 Where the Lens kept its units' responses to its crops (``cross``, ``analysis.responses``), a unit must also
 *respond* to the probe: its activation over all the Lens's crops rises with their alignment to it (a Pearson
@@ -302,7 +302,7 @@ def null_subtracted(dots: list[torch.Tensor]) -> torch.Tensor:
 
 
 def open_index(store: LensStore, table: UnitTable, fingerprint: str) -> UnitIndex | None:
-    """The index of a Lens with at least ``INDEX_MIN_UNITS`` units: read from the Lens directory when it
+    """The index of a Lens with at least ``INDEX_MIN_UNITS`` units: read from ``store`` (the Lens's user cache) when it
     was built from the same theta, else built and saved. None (brute force) below that size, or with a
     warning when faiss is not installed."""
     units, dim = table.shape

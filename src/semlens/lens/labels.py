@@ -72,6 +72,15 @@ class Labelling(Mapping[str, Labels]):
         }
 
 
+def _stored_vocabulary(stored: dict) -> Vocabulary:
+    """The vocabulary ``labels.json`` records, checked to be of the form ``LabelStore.replace`` writes."""
+    vocabulary = stored["vocabulary"]
+    texts = [vocabulary["name"], *vocabulary["concepts"], *vocabulary["categories"]]
+    if not all(isinstance(text, str) for text in texts) or not isinstance(stored["threshold"], (int, float)):
+        raise ValueError("the vocabulary's name, concepts and categories are texts and the threshold a number")
+    return Vocabulary(vocabulary["name"], tuple(vocabulary["concepts"]), tuple(vocabulary["categories"]))
+
+
 class LabelStore:
     """One Lens's labels on disk, read once and held for this process (``Lens.label`` replaces them)."""
 
@@ -83,8 +92,7 @@ class LabelStore:
         """The labels ``Lens.label`` made in this process, else those stored with the Lens (read once), else None."""
         derived = self.lens.derived
         if self._held is None and derived.path(LABELS).is_file():
-            stored = derived.read_json(LABELS)
-            vocab = Vocabulary(stored["vocabulary"]["name"], tuple(stored["vocabulary"]["concepts"]), tuple(stored["vocabulary"]["categories"]))
+            stored, vocab = derived.read_json(LABELS, lambda stored: (stored, _stored_vocabulary(stored)))
             arrays = {layer: derived.read_tensors(layer_file(layer, "labels")) for layer in self.lens.layers}
             method = stored.get("method", FALLBACK_METHOD)  # labels stored before there were methods
             self._held = (

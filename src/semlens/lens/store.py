@@ -81,18 +81,22 @@ class LensStore:
 
     def path(self, name: str) -> Path:
         """The file ``name`` of this Lens, relative to its root. Names come from manifests others may have written:
-        one that would leave the root (absolute, or with a ``..`` part) is refused, never followed."""
-        relative = Path(name)
-        if not isinstance(name, str) or relative.is_absolute() or relative.anchor or ".." in relative.parts:
+        one that would leave the root (absolute, with a ``..`` part, or through a symbolic link in the Lens that
+        points out of it) is refused, never followed."""
+        relative = Path(name) if isinstance(name, str) else None
+        if relative is None or relative.is_absolute() or relative.anchor or ".." in relative.parts:
             raise DamagedLensError(f"the Lens at {self.root} names a file outside itself ({name!r}); it was tampered with or damaged")
-        return self.root / relative
+        path = self.root / relative
+        if not path.resolve().is_relative_to(self.root):
+            raise DamagedLensError(f"the Lens at {self.root} links {name!r} to a file outside itself ({path.resolve()}); it was tampered with or damaged")
+        return path
 
     def has_manifest(self) -> bool:
         return self.path(MANIFEST).is_file()
 
     def read_manifest(self) -> dict[str, Any]:
         try:
-            manifest = self.read_json(MANIFEST)
+            manifest = json.loads(self.path(MANIFEST).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise SemlensError(f"{self.root} is not a Lens directory (no {MANIFEST}); build one with `semlens run`") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -116,8 +120,14 @@ class LensStore:
         text = json.dumps(value, indent=1, sort_keys=False)
         atomic_write(self.path(name), lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
-    def read_json(self, name: str) -> Any:
-        return json.loads(self.path(name).read_text(encoding="utf-8"))
+    def read_json(self, name: str, parse: Callable[[Any], Any] | None = None) -> Any:
+        """A JSON file of this Lens, through ``parse`` where given: a file that is not JSON, or not of the form
+        ``parse`` reads (a KeyError, TypeError or ValueError), is reported as a damaged Lens, naming the file."""
+        try:
+            value = json.loads(self.path(name).read_text(encoding="utf-8"))
+            return value if parse is None else parse(value)
+        except (UnicodeDecodeError, KeyError, TypeError, ValueError) as error:  # json's JSONDecodeError is a ValueError
+            raise self._damaged(name, f"it is not the JSON semlens writes ({type(error).__name__}: {error})") from None
 
     def write_tensors(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
         contiguous = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
