@@ -1,4 +1,4 @@
-"""A run killed with SIGKILL (mid-collection, then mid-embedding) and started again gives the same Lens."""
+"""A run killed with SIGKILL (mid-collection, mid-heatmaps, then mid-embedding) and started again gives the same Lens."""
 
 from __future__ import annotations
 
@@ -19,13 +19,15 @@ OPTIONS = dict(k=4, batch_size=4, embed_batch_size=2, workers=0)
 
 
 def command(out: Path, clip: Path) -> list[str]:
+    settings = out.parent / "small-passes.toml"  # heatmaps in many passes, so that a checkpoint falls between two
+    settings.write_text("relevance_batch_size = 4\n")
     return [
         sys.executable, "-m", "semlens.cli", "run",
         "--model", "py:tiny_models:tiny_cnn", "--data", "py:tiny_models:slow_colours",
         "--foundation", "py:tiny_models:tiny_clip", "--out", str(out),
         *[part for layer in LAYERS for part in ("--layer", layer)],
         "-k", "4", "--batch-size", "4", "--embed-batch-size", "2", "--workers", "0",
-        "--checkpoint-seconds", "0", "--no-progress",
+        "--checkpoint-seconds", "0", "--no-progress", "--config", str(settings),
     ]  # fmt: skip
 
 
@@ -40,7 +42,7 @@ def kill_when(process: subprocess.Popen, ready, timeout: float = 120.0) -> None:
     process.wait()
 
 
-def test_sigkill_mid_collect_and_mid_embed_then_resume_equals_uninterrupted(tmp_path, tiny_clip_dir, monkeypatch):
+def test_sigkill_mid_collect_mid_heatmaps_and_mid_embed_then_resume_equals_uninterrupted(tmp_path, tiny_clip_dir, monkeypatch):
     monkeypatch.setenv("SEMLENS_TEST_CLIP", str(tiny_clip_dir))
     out = tmp_path / "resumed.lens"
     slow = {**os.environ, "SEMLENS_TEST_DELAY": "0.05"}
@@ -49,14 +51,21 @@ def test_sigkill_mid_collect_and_mid_embed_then_resume_equals_uninterrupted(tmp_
     kill_when(first, lambda: (out / "collect.partial.safetensors").is_file())
     assert not LensStore(out).read_manifest()["stages"].get("collect", {}).get("complete")
 
+    computing = subprocess.Popen(command(out, tiny_clip_dir), env=slow, stderr=subprocess.PIPE, text=True)
+    kill_when(computing, lambda: any((out / "layers").glob("*.crops.partial.safetensors")))  # mid-heatmaps of a layer
+    resumed_from = {path.name: LensStore(out).read_tensors(f"layers/{path.name}")["heat"].shape[0] for path in (out / "layers").glob("*.crops.partial.*")}
+
     second = subprocess.Popen(command(out, tiny_clip_dir), env=slow, stderr=subprocess.PIPE, text=True)
     kill_when(second, lambda: any((out / "embed.partial").glob("*/*.safetensors")))
+    assert resumed_from and not list((out / "layers").glob("*.crops.partial*"))  # removed with the layer's heatmaps
     stages = LensStore(out).read_manifest()["stages"]
     assert stages["collect"]["complete"] and not stages.get("embed", {}).get("complete")
 
     finished = subprocess.run(command(out, tiny_clip_dir), stderr=subprocess.PIPE, text=True)
     assert finished.returncode == 0, finished.stderr
     assert not (out / "collect.partial.safetensors").exists() and not (out / "embed.partial").exists()
+    for name, pairs in resumed_from.items():  # the checkpoint's pairs were taken up, not computed again
+        assert LensStore(out).read_metadata(f"layers/{name.replace('.partial', '')}")["resumed_pairs"] == str(pairs)
 
     reference = build_lens(
         BuildConfig(

@@ -8,6 +8,7 @@ those alone, so a Lens built with another rule or view reuses them (``heatmaps_f
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator
 
 import torch
@@ -18,7 +19,7 @@ from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
 from ..analysis.validity import arbitrary_slots
 from ..data.base import DecodingDataset, collate_decoded
-from ..lens.store import LensStore, layer_file
+from ..lens.store import LensStore, layer_file, safe_name
 from ..model.sae import SparseAutoencoder, has_decoder
 from ..model.units import LayerSpec
 from .collect import EMPTY_ID
@@ -55,10 +56,13 @@ class CropStage:
     table of all layers (in memory, for the embed stage), each layer's crop mode and why in the
     manifest, and ``layers/<layer>.crops`` (the CRP heatmaps) for relevance crops. Resume: it runs
     within the embed stage; a layer's heatmaps are reused from ``.crops`` files computed for the same
-    model, layer, data and top-k, in this Lens (an interrupted run) or in ``config.heatmaps_from``."""
+    model, layer, data and top-k, in this Lens (an interrupted run) or in ``config.heatmaps_from``; a layer
+    interrupted while its heatmaps were computed goes on from its rank's ``.crops.partial*`` checkpoint (taken
+    every ``checkpoint_seconds``) if that was taken of the same inputs and split."""
 
     def __init__(self, context: BuildContext) -> None:
         self.context = context
+        self.resumed: dict[str, int] = {}  # per layer, the heatmap pairs this rank took from a checkpoint (kept in the .crops file's metadata)
 
     def run(self) -> CropTable:
         samples, boxes, masked = {}, {}, {}
@@ -149,7 +153,9 @@ class CropStage:
                 )
             found = self.stored_heatmaps(other, name, key, ids, layer_file(spec.name, "topk"))
         heat, source = (found[0], f"reused from {LensStore(origin).root}") if found else (self.compute_heatmaps(spec, ids, record), "computed")
-        context.ranks.on_main(lambda: context.store.write_tensors(name, {"heat": heat}, {HEAT_KEY: key, "origin": source}))
+        resumed = {"resumed_pairs": str(self.resumed[spec.name])} if spec.name in self.resumed else {}
+        context.ranks.on_main(lambda: context.store.write_tensors(name, {"heat": heat}, {HEAT_KEY: key, "origin": source, **resumed}))
+        context.ranks.on_main(lambda: self._remove_checkpoints(spec))
         return heat, source
 
     @staticmethod
@@ -185,9 +191,18 @@ class CropStage:
         mine = ranks.shard.split(range(len(order)), batch)
         spans = list(chunks(mine.stop, batch, mine.start))
         side = min(size, context.config.max_map_side)
-        pooled = torch.zeros(len(mine), side, side, dtype=torch.float16)
+        checkpoint = self._checkpoint_name(spec)
+        key = hash_json([self._heat_key(spec), mine.start, mine.stop, batch])
+        pooled, done = self._load_checkpoint(checkpoint, key, torch.zeros(len(mine), side, side, dtype=torch.float16))
+        if done:
+            self.resumed[spec.name] = done
+        spans = [(begin, end) for begin, end in spans if begin - mine.start >= done]
         passes = ShrinkingBatch(batch, context.relevance.release)
-        with context.relevance.attributing() as modified, progress_bar(f"relevance crops {spec.name}", len(mine), context.progress) as advance:
+        last_save = time.monotonic()
+        with (
+            context.relevance.attributing() as modified,
+            progress_bar(f"relevance crops {spec.name}", len(mine), context.progress, completed=done) as advance,
+        ):
             for (begin, end), inputs in zip(spans, self._pair_inputs(flat_ids, order, spans)):
                 positions = order[begin:end]
                 channels = (unit_of[positions] % base).to(context.device)
@@ -197,11 +212,39 @@ class CropStage:
                 for b, e, heat in passes.parts(end - begin, explain):
                     pooled[offset + b : offset + e] = pool_heatmaps(heat.detach().cpu(), context.config.max_map_side)
                 advance(len(positions))
+                if time.monotonic() - last_save >= context.config.checkpoint_seconds and end < mine.stop:
+                    context.store.write_tensors(checkpoint, {"heat": pooled[: end - mine.start]}, {"fingerprint": key})
+                    last_save = time.monotonic()
         if passes.shrunk:
             record["pairs_per_pass"] = passes.shrunk
         heat = torch.zeros(units * k, side, side, dtype=torch.float16)
         heat[order] = ranks.concat(pooled)
         return heat.reshape(units, k, side, side)
+
+    def _checkpoint_name(self, spec: LayerSpec) -> str:
+        """This rank's checkpoint of a layer's heatmaps while they are computed."""
+        ranks = self.context.ranks
+        return layer_file(spec.name, "crops.partial" if ranks.world == 1 else f"crops.partial.rank{ranks.rank}of{ranks.world}")
+
+    def _load_checkpoint(self, name: str, key: str, pooled: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``pooled`` with the rows a checkpoint taken for ``key`` holds filled in, and how many those are;
+        a checkpoint of other inputs or another split is removed, never mixed in."""
+        store = self.context.store
+        if not store.path(name).is_file():
+            return pooled, 0
+        if store.read_metadata(name).get("fingerprint") != key:
+            store.remove(name)
+            return pooled, 0
+        done = store.read_tensors(name)["heat"]
+        pooled[: len(done)] = done
+        return pooled, len(done)
+
+    def _remove_checkpoints(self, spec: LayerSpec) -> None:
+        """Every rank's heatmap checkpoints of a layer (of any earlier world size), once its heatmaps are stored."""
+        prefix = f"{safe_name(spec.name)}.crops.partial."
+        for path in self.context.store.path("layers").glob("*.safetensors"):
+            if path.name.startswith(prefix):
+                path.unlink()
 
     def _pair_inputs(self, flat_ids: torch.Tensor, order: torch.Tensor, spans: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
         """The model's input for each span of ``order`` (one row per pair), on the device; each span's
