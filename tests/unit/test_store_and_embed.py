@@ -40,6 +40,21 @@ def test_tensors_round_trip_with_dtypes_and_metadata(tmp_path):
     assert store.read_metadata("plain.safetensors") == {}
 
 
+def test_the_same_tensors_and_metadata_make_the_same_bytes(tmp_path):
+    store, metadata = LensStore(tmp_path), {key: f"value {key}" for key in "abcdefgh"}  # safetensors orders them anew per file
+    for copy in range(4):
+        store.write_tensors(f"copy{copy}.safetensors", {"x": torch.arange(3.0)}, metadata)
+    assert len({(tmp_path / f"copy{copy}.safetensors").read_bytes() for copy in range(4)}) == 1
+    assert store.read_metadata("copy0.safetensors") == metadata
+
+
+def test_metadata_of_an_older_lens_is_read_as_it_was_written(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "old.safetensors"), {"heatmaps": "key", "origin": "computed"})  # unpacked
+    assert LensStore(tmp_path).read_metadata("old.safetensors") == {"heatmaps": "key", "origin": "computed"}
+
+
 def test_json_round_trip(tmp_path):
     store = LensStore(tmp_path)
     value = {"ids": [3, 1], "paths": ["a/ü.png", None], "nested": {"x": 1.5, "flag": True}}

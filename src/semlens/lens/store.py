@@ -48,6 +48,9 @@ RESPONSES_FILE = "responses.safetensors"  # the crops' embedding scatter the res
 #: a Lens holding one in another dtype is damaged (or made to crash the readers, which would index with floats)
 INDEX_ARRAYS = ("ids", "samples", "boxes", "crop_index", "concepts", "count", "seen_classes", "top_samples")
 FLAG_ARRAYS = ("inactive", "tied")
+#: the one metadata key of the array files semlens writes: safetensors writes a file's metadata table in an order
+#: drawn at random for each file, so its keys are packed into one JSON text, and identical builds write identical bytes
+PACKED_METADATA = "semlens"
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -131,7 +134,8 @@ class LensStore:
 
     def write_tensors(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
         contiguous = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
-        atomic_write(self.path(name), lambda temporary: save_file(contiguous, str(temporary), metadata=metadata))
+        packed = None if metadata is None else {PACKED_METADATA: json.dumps(metadata, sort_keys=True)}
+        atomic_write(self.path(name), lambda temporary: save_file(contiguous, str(temporary), metadata=packed))
 
     def read_tensors(self, name: str) -> dict[str, torch.Tensor]:
         self.verify(name)
@@ -223,12 +227,22 @@ class LensStore:
         return tensor
 
     def read_metadata(self, name: str) -> dict[str, str]:
+        """The metadata ``write_tensors`` stored with a file (files of older Lenses hold it unpacked)."""
         self.verify(name)
         try:
             with safe_open(str(self.path(name)), framework="pt") as handle:
-                return handle.metadata() or {}
+                metadata = handle.metadata() or {}
         except (SafetensorError, OSError) as error:
             raise self._damaged(name, str(error)) from None
+        if PACKED_METADATA not in metadata:
+            return metadata
+        try:
+            unpacked = json.loads(metadata[PACKED_METADATA])
+        except ValueError:
+            unpacked = None
+        if not isinstance(unpacked, dict) or not all(isinstance(value, str) for value in unpacked.values()):
+            raise self._damaged(name, "its metadata is not what semlens writes")
+        return unpacked
 
     def remove(self, name: str) -> None:
         target = self.path(name)
