@@ -118,3 +118,14 @@ def test_published_weights_without_the_network_say_what_works_offline(spec, offl
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SpecError, match=f"cannot fetch the weights of {spec}.*offline, give a weights file.*{offline}"):
         load_model(spec)
+
+
+@pytest.mark.parametrize("library, valid", [("torchvision", "DEFAULT, none, a weights enum name or an existing file"), ("timm", "pretrained, none or an existing file")])
+def test_a_weights_file_that_is_missing_or_does_not_fit_is_named(library, valid, tmp_path) -> None:
+    with pytest.raises(SpecError, match=f"weights file '{tmp_path}/nope.safetensors' not found; WEIGHTS is {valid}"):
+        load_model(f"{library}:resnet18:{tmp_path}/nope.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"fc.weight": torch.zeros(3, 3)}, str(tmp_path / "other.safetensors"))  # another model's weights
+    with pytest.raises(SpecError, match="the weights in .*other.safetensors do not fit the model"):
+        load_model(f"{library}:resnet18:{tmp_path}/other.safetensors")

@@ -55,6 +55,8 @@ MODELS: SpecRegistry[LoadedModel] = SpecRegistry("model")
 
 
 WORLD_MODELS = ("world-cnn", "world-cnn-clean", "world-resnet", "world-resnet-clean")
+#: what a model spec's WEIGHTS part ends with when it names a file (a file that exists is one whatever its name)
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 @MODELS.register(
@@ -109,12 +111,12 @@ def _torchvision(rest: str) -> LoadedModel:
     if name not in tv_models.list_models():
         raise SpecError(f"torchvision has no model {name!r}; see torchvision.models.list_models()")
     weights = weights or "DEFAULT"
-    if weights.lower() == "none" or Path(weights).is_file():
+    if weights.lower() == "none" or _names_a_file(weights):
         with seeded_weights():
             module = tv_models.get_model(name, weights=None)
         preprocessing, classes = Preprocessing(), None
-        if Path(weights).is_file():
-            _load_state_file(module, weights)
+        if weights.lower() != "none":
+            _load_state_file(module, weights, "DEFAULT, none, a weights enum name or an existing file")
     else:
         try:
             enum = tv_models.get_model_weights(name)[weights] if weights != "DEFAULT" else tv_models.get_model_weights(name).DEFAULT
@@ -143,7 +145,7 @@ def _timm(rest: str) -> LoadedModel:
     with seeded_weights():
         module = _downloading(lambda: timm.create_model(name, pretrained=weights == "pretrained"), f"timm:{rest}", f"timm:{name}:none")
     if weights not in ("pretrained", "none"):
-        _load_state_file(module, weights)
+        _load_state_file(module, weights, "pretrained, none or an existing file")
     config = import_optional("timm.data", "timm", f"timm:{rest}").resolve_data_config({}, model=module)
     size = int(config["input_size"][-1])
     preprocessing = Preprocessing(
@@ -218,18 +220,29 @@ def _downloading(build: Callable[[], nn.Module], spec: str, random: str) -> nn.M
         ) from error
 
 
-def _load_state_file(module: nn.Module, path: str) -> None:
-    """Load weights from a safetensors file or a tensors-only torch file (never unpickles objects)."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+def _names_a_file(weights: str) -> bool:
+    """Whether a model spec's WEIGHTS part is meant as a file: it is one, or it is written like a path."""
+    return Path(weights).is_file() or "/" in weights or weights.endswith(WEIGHT_FILE_SUFFIXES)
 
-        state = load_file(path)
-    else:
-        try:
+
+def _load_state_file(module: nn.Module, path: str, valid: str) -> None:
+    """Load weights from a safetensors file or a tensors-only torch file (never unpickles objects); ``valid``
+    says what the spec's WEIGHTS part may be, for the error when ``path`` is no such file."""
+    if not Path(path).is_file():
+        raise SpecError(f"weights file {path!r} not found; WEIGHTS is {valid}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises several types for non-tensor pickles
-            raise SpecError(f"cannot load weights from {path} safely (tensors only): {error}") from error
-    module.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    except Exception as error:  # torch raises several types for non-tensor pickles, safetensors its own
+        raise SpecError(f"cannot load weights from {path} safely (tensors only): {error}") from error
+    try:
+        module.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    except (RuntimeError, TypeError) as error:
+        raise SpecError(f"the weights in {path} do not fit the model: {str(error)[:500]}") from None
 
 
 def class_mapping(model: LoadedModel, data) -> tuple[dict[int, int] | None, str]:
