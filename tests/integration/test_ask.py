@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -189,3 +190,19 @@ def test_audit_of_every_class_needs_the_suspected_concept(lens_path) -> None:
     assert result.exit_code == 2 and "--all audits every class against the spurious concepts you suspect: give --spurious" in " ".join(result.output.split())
     ranked = ask("audit", lens_path, "--all", "--spurious", "stripes", "--json")
     assert [audit["class"] for audit in ranked] and all("shares" in audit for audit in ranked)
+
+
+def test_a_class_without_samples_in_the_class_relevance_data_is_refused_not_audited_empty(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    reds = tmp_path / "reds"
+    shutil.copytree(colour_folder / "red", reds / "red")  # class relevance sees only red images
+    lens = tmp_path / "reds.lens"
+    config = BuildConfig(
+        model="py:tiny_models:tiny_cnn", layers=["features.3", "head"], data=f"folder:{colour_folder}",
+        foundation=f"hf:{tiny_clip_dir}", k=4, workers=0, relevance_data=f"folder:{reds}",
+    )  # fmt: skip
+    build_lens(config, lens, progress=False)
+    assert ask("audit", lens, "--class", "red", "--valid", "red", "--spurious", "noise", "--json")["class"] == "red"
+    for command in (["audit", str(lens), "--class", "green", "--valid", "green", "--spurious", "noise"], ["graph", str(lens), "--class", "green"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "class green has no samples in the class-relevance data" in " ".join(result.output.split()), result.output

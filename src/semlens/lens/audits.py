@@ -104,6 +104,7 @@ class LensAudits:
             reasons = self.manifest.get("relevance", {}).get("left_out", {})
             reason = reasons.get(missing[0]) or self.manifest["stages"].get("relevance", {}).get("skipped", "class relevance was not computed")
             raise SemlensError(f"no class relevance for layer(s) {', '.join(missing)} ({reason}); rebuild with class relevance on")
+        self._seen_class(index, class_name, self.class_relevance(chosen[-1]))
         units = [f"{layer}/{name}" for layer in chosen for name in self.units(layer)]
         theta = torch.cat([self.theta(layer) for layer in chosen])
         examples = torch.cat([self.valid(layer) for layer in chosen])
@@ -253,9 +254,7 @@ class LensAudits:
         relevance = self.class_relevance(chosen[-1])
         if relevance is None:
             raise SemlensError("no class relevance in this Lens; rebuild with class relevance on")
-        seen = relevance["seen_classes"].tolist()
-        if index not in seen:
-            raise SemlensError(f"class {class_name} has no samples in the class-relevance data")
+        seen = self._seen_class(index, class_name, relevance)
         weights = relevance["mean_share"][:, index].masked_fill(~self.valid(chosen[-1]), 0.0)
         row = seen.index(index)
         ids = relevant_samples(relevance["top_samples"][row], relevance["top_shares"][row], weights, samples)
@@ -272,6 +271,17 @@ class LensAudits:
         valid = {layer: self.valid(layer) for layer in chosen}
         saes: dict = self.sae_files(chosen)  # paths, loaded on first use
         return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid, saes, self.channels_last(chosen))
+
+    def _seen_class(self: Lens, index: int, class_name: str | int, relevance: dict) -> list[int]:
+        """The classes the class-relevance data holds samples of, once ``index`` is checked to be one of them:
+        a class without any has no relevance to audit or trace (all its shares would read 0)."""
+        seen = relevance["seen_classes"].tolist()
+        if index not in seen:
+            raise SemlensError(
+                f"class {class_name} has no samples in the class-relevance data (no probe image is labelled or predicted "
+                f"{class_name}): choose one of the {len(seen)} classes it holds, or rebuild with relevance data that shows this one"
+            )
+        return seen
 
     def _graph_labels(self: Lens, layer: str) -> list[str | None]:
         """Labels for attribution graphs, at the paper's lower threshold."""
