@@ -174,6 +174,7 @@ def test_k_larger_than_the_data_is_lowered_to_it(tmp_path, colour_folder) -> Non
     with pytest.warns(UserWarning, match="k=500 but the data has only 30 samples: k lowered to 30"):
         builder = LensBuilder(config, tmp_path / "x", progress=False)
     assert builder.config.k == 30 and builder.identity["collect"]["k"] == 30  # no slot that no sample can fill
+    assert "k = 30 instead of 500: the data has only that many samples" in builder.summary().fallbacks
 
 
 def test_a_bad_foundation_spec_or_empty_data_is_refused_before_any_pass(tmp_path, colour_folder) -> None:
@@ -199,7 +200,7 @@ def test_crop_threshold_on_the_command_line(tmp_path, colour_folder, tiny_clip_d
     assert result.exit_code == 2 and "between 0 and 1" in result.output
 
 
-def test_errors_print_brackets_as_written(capsys) -> None:
+def test_errors_print_brackets_and_emoji_codes_as_written(capsys) -> None:
     from semlens._util.errors import SemlensError
     from semlens.cli._app import friendly
 
@@ -210,6 +211,14 @@ def test_errors_print_brackets_as_written(capsys) -> None:
     with pytest.raises(typer.Exit):
         fails()
     assert "semlens[web]" in capsys.readouterr().err
+
+    @friendly
+    def names_a_spec() -> None:
+        raise SemlensError("py:mymodels.tiny:net:abc: the input size :thumbs_up: is not a number")
+
+    with pytest.raises(typer.Exit):
+        names_a_spec()
+    assert "py:mymodels.tiny:net:abc: the input size :thumbs_up:" in " ".join(capsys.readouterr().err.split())  # no emoji made of it
 
     @friendly
     def interrupted() -> None:

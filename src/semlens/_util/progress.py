@@ -23,7 +23,7 @@ def progress_bar(description: str, total: int, enabled: bool = True, completed: 
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True)) as progress:
+    with Progress(*columns, console=Console(stderr=True, emoji=False)) as progress:
         task = progress.add_task(description, total=total, completed=completed)
         yield lambda steps: progress.advance(task, steps)
 
@@ -36,7 +36,7 @@ def step_bar(steps: list[str], enabled: bool = True) -> Iterator[Callable[[], No
         yield lambda: None
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as progress:
+    with Progress(*columns, console=Console(stderr=True, emoji=False)) as progress:
         task = progress.add_task(steps[0], total=len(steps))
         finished = 0
 

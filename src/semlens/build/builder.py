@@ -81,6 +81,7 @@ class LensBuilder:
         self.specs = parse_layers(config.layers, config.pool)
         for spec in self.specs:
             resolve_module(model.module, spec.name)
+        self.k_asked = config.k
         if config.k > len(data):
             warnings.warn(f"k={config.k} but the data has only {len(data)} samples: k lowered to {len(data)}", stacklevel=2)
             config = replace(config, k=len(data))  # a slot no sample can fill would still be cropped and embedded
@@ -173,6 +174,7 @@ class LensBuilder:
             "versions": {"semlens": __version__, "torch": torch.__version__, "python": platform.python_version()},
             "identity": self.identity,
             "settings": asdict(self.config),
+            **({"k_asked": self.k_asked} if self.k_asked != self.config.k else {}),  # lowered to the data's size
             "classes": self.context.data.classes,
             "model_classes": self.context.model.classes,
             "layers": {},
@@ -254,10 +256,12 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
     """What the build did instead of what was asked, as recorded in the manifest: crop modes other than the
     one asked for (``auto`` asks for relevance), map cells left on the even grid where their placement could
     not be measured, relevance passes made smaller when the GPU ran out of memory, an embedding that could not
-    be compiled and a skipped class-relevance stage."""
+    be compiled, a skipped class-relevance stage and k lowered to the number of samples."""
     asked = manifest["identity"]["embed"]["crop"]
     wanted = "relevance" if asked == "auto" else asked
     found = []
+    if "k_asked" in manifest:
+        found.append(f"k = {manifest['identity']['collect']['k']} instead of {manifest['k_asked']}: the data has only that many samples")
     for name, layer in manifest["layers"].items():
         crop = layer.get("crop")
         if crop and crop["mode"] != wanted:

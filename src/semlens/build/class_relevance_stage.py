@@ -75,8 +75,9 @@ class ClassRelevanceStage:
         unlabelled = 0  # labelled data's samples without a label of their own, taken by prediction
         with context.relevance.attributing() as modified, progress_bar("class relevance", len(data), context.progress) as advance:
             for pixels, ids, failed in loader:
-                advance(len(ids) + len(failed))
+                advance(len(failed))  # the bar moves as images are explained, pass by pass, not as they are loaded
                 if pixels is None:
+                    advance(len(ids))
                     continue
                 pixels = context.model_input(pixels)
                 labels = [None if mapping is None else data.label(index) for index in ids.tolist()]
@@ -90,6 +91,7 @@ class ClassRelevanceStage:
                 targets = torch.tensor(labels, device=context.device)
                 explain = lambda b, e: unit_and_error_relevance(modified, pixels[b:e], targets[b:e], [spec.name for spec in layers], picks, saes, channels_last)  # noqa: E731
                 for b, e, (outputs, relevance, error) in passes.parts(len(ids), explain):
+                    advance(e - b)
                     part_targets, part_ids = targets[b:e], ids[b:e]
                     for spec in layers:
                         shares = relevance_shares(relevance[spec.name], error.get(spec.name))

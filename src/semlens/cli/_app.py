@@ -19,8 +19,8 @@ from rich.table import Table
 from .._util.errors import SemlensError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Understand and validate what a model's units encode.")
-console = Console()
-errors = Console(stderr=True)
+console = Console(emoji=False)  # text is shown as written: ":thumbs_up:" in a query or a path stays text
+errors = Console(stderr=True, emoji=False)
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 Trust = Annotated[

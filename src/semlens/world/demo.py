@@ -82,7 +82,7 @@ def run_demo(
 
     ``foundation`` defaults to the world's own foundation model (``world:CONFIG``); worlds of the same
     concepts can share one, as a domain CLIP serves many data sets."""
-    console = console or Console()
+    console = console or Console(emoji=False)
     out.mkdir(parents=True, exist_ok=True)
     config = WorldConfig.load(world)
     source = "" if world is None else f":{world}"
