@@ -8,6 +8,7 @@ those alone, so a Lens built with another rule or view reuses them (``heatmaps_f
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any, Iterator
 
@@ -192,7 +193,8 @@ class CropStage:
         spans = list(chunks(mine.stop, batch, mine.start))
         side = min(size, context.config.max_map_side)
         checkpoint = self._checkpoint_name(spec)
-        key = hash_json([self._heat_key(spec), mine.start, mine.stop, batch])
+        samples = hashlib.sha256(ids.cpu().contiguous().numpy().tobytes()).hexdigest()  # the crop stage's top-k or the relevance examples'
+        key = hash_json([self._heat_key(spec), samples, mine.start, mine.stop, batch])
         pooled, done = self._load_checkpoint(checkpoint, key, torch.zeros(len(mine), side, side, dtype=torch.float16))
         if done:
             self.resumed[spec.name] = done
