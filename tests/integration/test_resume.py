@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL (mid-collection, mid-heatmaps, then mid-embedding) and started again gives the same Lens."""
+"""A run killed with SIGKILL (mid-collection, mid-heatmaps, mid-embedding, then mid class relevance) and started again
+gives the same Lens."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from semlens import BuildConfig, Lens, build_lens
 from semlens.lens.store import LensStore
 
 LAYERS = ["features.0", "features.3", "head"]
-OPTIONS = dict(k=4, batch_size=4, embed_batch_size=2, workers=0)
+OPTIONS = dict(k=4, batch_size=4, embed_batch_size=2, workers=0, relevance_batch_size=4)
 
 
 def command(out: Path, clip: Path) -> list[str]:
@@ -42,7 +43,7 @@ def kill_when(process: subprocess.Popen, ready, timeout: float = 120.0) -> None:
     process.wait()
 
 
-def test_sigkill_mid_collect_mid_heatmaps_and_mid_embed_then_resume_equals_uninterrupted(tmp_path, tiny_clip_dir, monkeypatch):
+def test_sigkill_in_every_stage_then_resume_equals_uninterrupted(tmp_path, tiny_clip_dir, monkeypatch):
     monkeypatch.setenv("SEMLENS_TEST_CLIP", str(tiny_clip_dir))
     out = tmp_path / "resumed.lens"
     slow = {**os.environ, "SEMLENS_TEST_DELAY": "0.05"}
@@ -61,9 +62,16 @@ def test_sigkill_mid_collect_mid_heatmaps_and_mid_embed_then_resume_equals_unint
     stages = LensStore(out).read_manifest()["stages"]
     assert stages["collect"]["complete"] and not stages.get("embed", {}).get("complete")
 
+    third = subprocess.Popen(command(out, tiny_clip_dir), env=slow, stderr=subprocess.PIPE, text=True)
+    kill_when(third, lambda: (out / "relevance.partial.safetensors").is_file())  # mid class relevance
+    assert not LensStore(out).read_manifest()["stages"].get("relevance", {}).get("complete")
+    checkpointed = int(LensStore(out).read_metadata("relevance.partial.safetensors")["next_index"])
+
     finished = subprocess.run(command(out, tiny_clip_dir), stderr=subprocess.PIPE, text=True)
     assert finished.returncode == 0, finished.stderr
     assert not (out / "collect.partial.safetensors").exists() and not (out / "embed.partial").exists()
+    assert not (out / "relevance.partial.safetensors").exists()
+    assert LensStore(out).read_manifest()["stages"]["relevance"]["resumed_at_sample"] == checkpointed > 0  # not explained again
     for name, pairs in resumed_from.items():  # the checkpoint's pairs were taken up, not computed again
         assert LensStore(out).read_metadata(f"layers/{name.replace('.partial', '')}")["resumed_pairs"] == str(pairs)
 
@@ -88,3 +96,5 @@ def test_sigkill_mid_collect_mid_heatmaps_and_mid_embed_then_resume_equals_unint
                 assert theirs is None
                 continue
             assert torch.equal(ours.nan_to_num(), theirs.nan_to_num()), (layer, name)
+        ours, theirs = resumed.class_relevance(layer), reference.class_relevance(layer)
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[key].nan_to_num(), theirs[key].nan_to_num()) for key in ours), layer

@@ -23,6 +23,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from semlens import BuildConfig, build_lens
 from semlens.analysis.explain import relevance_shares
 from semlens.build.class_relevance import ClassRelevance
+from semlens.lens.store import LensStore
 from semlens.model.units import hooks, resolve_module
 from semlens.relevance.attention import HeldAttention
 from semlens.relevance.canonizers import UnsupportedModelError, canonizers_for, traced_batch_norm_pairs
@@ -1670,6 +1671,23 @@ def test_class_relevance_known_answers() -> None:
     inf = float("inf")
     expected_top = [[[0.5, 0.5, 0.25], [0.375, 0.0, -0.125]], [[0.375, 0.125, -inf], [0.125, -0.25, -inf]]]
     assert state["top_shares"].tolist() == expected_top
+
+
+def test_class_relevance_taken_up_from_a_checkpoint_goes_on_as_one_pass(tmp_path) -> None:
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(6, 5, generator=generator), torch.randint(0, 4, (6,), generator=generator), torch.arange(6) + 6 * b) for b in range(4)]
+    whole, first = ClassRelevance(units=5, classes=4, top=3), ClassRelevance(units=5, classes=4, top=3)
+    for batch in batches:
+        whole.update(*batch)
+    for batch in batches[:2]:
+        first.update(*batch)
+    store = LensStore(tmp_path)  # through the file, as a resumed build reads it
+    store.write_tensors("relevance.partial.safetensors", first.checkpoint("stats.0."))
+    resumed = ClassRelevance.from_checkpoint(store.read_tensors("relevance.partial.safetensors"), "stats.0.", top=3)
+    for batch in batches[2:]:
+        resumed.update(*batch)
+    for key, value in whole.state().items():
+        assert torch.equal(resumed.state()[key].nan_to_num(), value.nan_to_num()), key
 
 
 class LogitsAndFeatures(nn.Module):

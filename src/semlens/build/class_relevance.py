@@ -35,6 +35,24 @@ class ClassRelevance:
             rows = targets == target
             self.samples.setdefault(target, TopK.empty(shares.shape[1], self.top)).update(shares[rows], ids[rows])
 
+    def checkpoint(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Everything :meth:`from_checkpoint` needs to go on exactly where this left off (the float64 totals too)."""
+        seen = sorted(self.samples)
+        tensors = {f"{prefix}maximum": self.maximum, f"{prefix}total": self.total, f"{prefix}count": self.count}
+        tensors[f"{prefix}seen_classes"] = torch.tensor(seen, dtype=torch.int64)
+        for target in seen:
+            tensors.update(self.samples[target].state(prefix=f"{prefix}class{target}."))
+        return tensors
+
+    @classmethod
+    def from_checkpoint(cls, tensors: dict[str, torch.Tensor], prefix: str, top: int = TOP_SAMPLES) -> ClassRelevance:
+        units, classes = tensors[f"{prefix}maximum"].shape
+        restored = cls(units, classes, top)
+        restored.maximum, restored.total, restored.count = (tensors[f"{prefix}{name}"] for name in ("maximum", "total", "count"))
+        for target in tensors[f"{prefix}seen_classes"].tolist():
+            restored.samples[target] = TopK.from_state(tensors, prefix=f"{prefix}class{target}.")
+        return restored
+
     def mean(self) -> torch.Tensor:
         return (self.total / self.count.clamp_min(1)).float()
 

@@ -6,11 +6,14 @@ output), exact by the same :class:`TopK` as the collect stage."""
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass, field
 
 import torch
 
 from .._util.devices import ShrinkingBatch, relevance_pixels
+from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
 from ..analysis.explain import error_share, relevance_shares
 from ..analysis.validity import inactive_units
@@ -23,6 +26,8 @@ from .collect import TopK
 from .collect_stage import write_sample_table
 from .context import BuildContext
 
+RELEVANCE_PARTIAL = "relevance.partial.safetensors"
+
 
 class ClassRelevanceStage:
     """Inputs: the model, the layers (SAE layers through their features, those whose SAE has a decoder) and
@@ -30,8 +35,9 @@ class ClassRelevanceStage:
     max and mean share of the SAE's error term per class, ``error_max_share``/``error_mean_share`` ``[K]``), with ``relevance_examples``
     also ``layers/<layer>.relevance_topk`` (layers without an SAE; their samples join ``samples.json``), and the
     data and targets it used (and the layers left out, with why) in the manifest; only a stage record when LRP
-    does not support the model. Resume: done when the stage's
-    fingerprint is unchanged (it keeps no checkpoint: it is one pass).
+    does not support the model. Resume: done when the stage's fingerprint is unchanged; an interrupted run goes
+    on from its ``relevance.partial`` checkpoint (taken every ``checkpoint_seconds``) if that was taken of the
+    same inputs and passes, adding the rest in the same order: the same float64 sums as one run.
 
     Only rank 0 computes it (the other ranks are done): its float64 sums, split across ranks, would
     be added in another order and differ in the last bits from a single-process run. Shards never
@@ -68,13 +74,18 @@ class ClassRelevanceStage:
         picks = {spec.name: spec.pick for spec in layers}
         channels_last = {spec.name for spec in layers if spec.channels_last}
         passes = ShrinkingBatch(context.config.relevance_batch(model.preprocessing.input_size, relevance_pixels(context.device)), context.relevance.release)
-        loader = context.image_loader(data, range(len(data)), passes.asked)
-        stats: dict[str, ClassRelevance] = {}
-        errors: dict[str, ClassRelevance] = {}  # per SAE layer the error term's share, as one more unit
-        examples: dict[str, TopK] = {}  # per layer the top-k samples by share (config.relevance_examples)
-        unlabelled = 0  # labelled data's samples without a label of their own, taken by prediction
-        with context.relevance.attributing() as modified, progress_bar("class relevance", len(data), context.progress) as advance:
+        key = hash_json([context.stage_key(self.name), data.fingerprint(), passes.asked])
+        progress = self._load_checkpoint(key)
+        resumed = {"resumed_at_sample": progress.next_index} if progress.next_index else {}  # in the stage's record
+        stats, errors, examples = progress.stats, progress.errors, progress.examples
+        loader = context.image_loader(data, range(progress.next_index, len(data)), passes.asked)
+        last_save = time.monotonic()
+        with (
+            context.relevance.attributing() as modified,
+            progress_bar("class relevance", len(data), context.progress, completed=progress.next_index) as advance,
+        ):
             for pixels, ids, failed in loader:
+                progress.next_index += len(ids) + len(failed)
                 advance(len(failed))  # the bar moves as images are explained, pass by pass, not as they are loaded
                 if pixels is None:
                     advance(len(ids))
@@ -82,7 +93,7 @@ class ClassRelevanceStage:
                 pixels = context.model_input(pixels)
                 labels = [None if mapping is None else data.label(index) for index in ids.tolist()]
                 if None in labels:  # no labels, or a sample outside every class folder: the model's prediction
-                    unlabelled += labels.count(None) if mapping is not None else 0
+                    progress.unlabelled += labels.count(None) if mapping is not None else 0
                     with torch.no_grad():
                         predicted = model.module(pixels).argmax(dim=1).tolist()
                     labels = [predicted[row] if label is None else mapping[label] for row, label in enumerate(labels)]
@@ -101,6 +112,9 @@ class ClassRelevanceStage:
                             errors.setdefault(spec.name, ClassRelevance(1, outputs.shape[1], top=1)).update(share, part_targets, part_ids)
                         if context.config.relevance_examples and not spec.sae:  # CRP crops of SAE features: see relevance_examples_stage
                             examples.setdefault(spec.name, TopK.empty(shares.shape[1], context.config.k)).update(shares.float().cpu(), part_ids.cpu())
+                if time.monotonic() - last_save >= context.config.checkpoint_seconds and progress.next_index < len(data):
+                    context.store.write_tensors(RELEVANCE_PARTIAL, progress.tensors(), {"fingerprint": key, **progress.counts()})
+                    last_save = time.monotonic()
         for name, accumulator in stats.items():
             error_state = errors[name].state() if name in errors else {}
             sae_error = {f"error_{key}": error_state[key][0] for key in ("max_share", "mean_share") if key in error_state}
@@ -109,8 +123,58 @@ class ClassRelevanceStage:
             context.store.write_tensors(layer_file(name, "relevance_topk"), {**topk.state(), "inactive": inactive_units(topk.scores)})
         if examples:
             write_sample_table(context.store, data, [topk.ids for topk in examples.values()], keep=True)
-        if unlabelled:
-            targets_from += f"; {unlabelled} samples without a class folder: predicted classes"
+        if progress.unlabelled:
+            targets_from += f"; {progress.unlabelled} samples without a class folder: predicted classes"
         context.manifest["relevance"] = {"data": data.spec, "targets": targets_from, "layers": list(stats), "example_layers": list(examples), "left_out": left_out}
         smaller = {"images_per_pass": passes.shrunk} if passes.shrunk else {}
-        context.finish_stage(self.name, time.perf_counter() - started, **smaller)
+        context.store.remove(RELEVANCE_PARTIAL)
+        context.finish_stage(self.name, time.perf_counter() - started, **smaller, **resumed)
+
+    def _load_checkpoint(self, key: str) -> RelevanceProgress:
+        """The progress an interrupted run checkpointed for ``key``, else a fresh start; a checkpoint of other
+        inputs is removed, never mixed in."""
+        store = self.context.store
+        if store.path(RELEVANCE_PARTIAL).is_file():
+            metadata = store.read_metadata(RELEVANCE_PARTIAL)
+            if metadata.get("fingerprint") == key:
+                return RelevanceProgress.from_checkpoint(store.read_tensors(RELEVANCE_PARTIAL), metadata)
+            store.remove(RELEVANCE_PARTIAL)
+        return RelevanceProgress()
+
+
+@dataclass
+class RelevanceProgress:
+    """How far the class relevance pass got: per layer its statistics (and the SAE error term's, and the top-k
+    samples by share), the next sample to explain, and the samples taken by prediction so far."""
+
+    stats: dict[str, ClassRelevance] = field(default_factory=dict)
+    errors: dict[str, ClassRelevance] = field(default_factory=dict)  # per SAE layer the error term's share, as one more unit
+    examples: dict[str, TopK] = field(default_factory=dict)  # per layer the top-k samples by share (config.relevance_examples)
+    next_index: int = 0
+    unlabelled: int = 0  # labelled data's samples without a label of their own, taken by prediction
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        tensors: dict[str, torch.Tensor] = {}
+        for kind, layers in (("stats", self.stats), ("errors", self.errors)):
+            for position, (layer, accumulator) in enumerate(layers.items()):
+                tensors.update(accumulator.checkpoint(prefix=f"{kind}.{position}."))
+        for position, topk in enumerate(self.examples.values()):
+            tensors.update(topk.state(prefix=f"examples.{position}."))
+        return tensors
+
+    def counts(self) -> dict[str, str]:
+        """The checkpoint's metadata: the positions' layers, the next sample and the predicted ones."""
+        layers = {kind: list(layers) for kind, layers in (("stats", self.stats), ("errors", self.errors), ("examples", self.examples))}
+        return {"layers": json.dumps(layers), "next_index": str(self.next_index), "unlabelled": str(self.unlabelled)}
+
+    @classmethod
+    def from_checkpoint(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> RelevanceProgress:
+        layers = json.loads(metadata["layers"])
+        restored = cls(next_index=int(metadata["next_index"]), unlabelled=int(metadata["unlabelled"]))
+        for position, layer in enumerate(layers["stats"]):
+            restored.stats[layer] = ClassRelevance.from_checkpoint(tensors, f"stats.{position}.")
+        for position, layer in enumerate(layers["errors"]):
+            restored.errors[layer] = ClassRelevance.from_checkpoint(tensors, f"errors.{position}.", top=1)
+        for position, layer in enumerate(layers["examples"]):
+            restored.examples[layer] = TopK.from_state(tensors, prefix=f"examples.{position}.")
+        return restored
