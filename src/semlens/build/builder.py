@@ -45,6 +45,7 @@ from .relevance_examples_stage import RelevanceExamplesStage
 from .spaces import SpaceStage
 
 if TYPE_CHECKING:
+    from ..lens.lens import Lens
     from ..relevance.lrp import SupportReport
 
 
@@ -304,7 +305,7 @@ def parse_layers(texts: list[str], pool: str) -> list[LayerSpec]:
     return specs
 
 
-def build_lens(config: BuildConfig, out: str | Path, overwrite: bool = False, progress: bool = True):
+def build_lens(config: BuildConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> Lens:
     """Build (or resume, or reuse) the Lens at ``out`` and return it opened (a :class:`~semlens.lens.lens.Lens`;
     imported here, at the call, as the one way up from this layer)."""
     from ..lens.lens import Lens

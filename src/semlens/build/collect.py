@@ -57,10 +57,12 @@ class TopK:
 
     @property
     def units(self) -> int:
+        """Units (rows)."""
         return self.scores.shape[0]
 
     @property
     def k(self) -> int:
+        """Slots per unit."""
         return self.scores.shape[1]
 
     def update(self, scores: torch.Tensor, ids: torch.Tensor, maps: torch.Tensor | None = None) -> None:
@@ -94,6 +96,7 @@ class TopK:
         return kept
 
     def to(self, device: torch.device | str) -> TopK:
+        """The same top-k with its tensors on ``device``."""
         return TopK(self.scores.to(device), self.ids.to(device), None if self.maps is None else self.maps.to(device))
 
     def state(self, prefix: str = "") -> dict[str, torch.Tensor]:

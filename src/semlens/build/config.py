@@ -190,4 +190,5 @@ class BuildSummary:
     fallbacks: list[str] = field(default_factory=list)  # what was done instead of what was asked, and why
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary as plain JSON values (``semlens run --json`` prints it)."""
         return asdict(self)

@@ -219,6 +219,9 @@ def graph(
     console.print(table(f"attribution graph of {result.class_name}", ("layer", "concept", "relevance", "units"), rows))
     rows = [(edge["source"], edge["target"], round(edge["weight"], 3)) for edge in result.edges]
     console.print(table("edges (relevance flowing down)", ("from", "to", "weight"), rows))
+    for name, share in result.left_out.items():
+        if share > 0:  # inactive or tied units: their examples say nothing of their own, so they are not nodes
+            say(f"layer {name}: {share:.0%} of the class's relevance there sits in inactive or tied units, left out of the graph")
     say(f"graph: {out}")
 
 

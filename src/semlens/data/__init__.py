@@ -38,6 +38,7 @@ def load_data(spec: str) -> ImageData:
 
 
 def list_datasets() -> list[SpecForm[ImageData]]:
+    """The data spec forms ``load_data`` takes (``folder:``, ``py:``, ``world:``, ...), with their help texts."""
     return DATASETS.forms()
 
 

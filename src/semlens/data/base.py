@@ -60,6 +60,7 @@ class ImageData(ABC):
         """The sample as an RGB image; raises DataError when it cannot be read."""
 
     def label(self, index: int) -> int | None:
+        """The class index of sample ``index`` (into ``classes``), None where the data has no labels."""
         return None
 
     def describe(self, index: int) -> str:

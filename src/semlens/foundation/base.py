@@ -90,6 +90,7 @@ class FoundationModel(ABC):
         while the tower embeds the previous batch."""
 
     def preprocess(self, images: Sequence[Image.Image]) -> Pixels:
+        """Images as the image tower's input, by the model's own preprocessing."""
         with one_thread():
             return self.image_preprocessor([image.convert("RGB") for image in images])
 

@@ -33,6 +33,7 @@ class LensExampleSets:
 
     @property
     def has_relevance_examples(self: Lens) -> bool:
+        """Whether the Lens was built with relevance examples (``relevance_examples``) and they were made."""
         record = self.manifest["stages"].get("examples", {})
         return bool(record.get("complete")) and "skipped" not in record
 

@@ -114,14 +114,17 @@ class Lens(
 
     @property
     def path(self) -> Path:
+        """The Lens directory."""
         return self.store.root
 
     @property
     def layers(self) -> list[str]:
+        """The layers the Lens was built on, in the order given to the build."""
         return list(self.manifest["layers"])
 
     @property
     def k(self) -> int:
+        """Concept examples kept per unit (after lowering to the data's size)."""
         return self.manifest["identity"]["collect"]["k"]
 
     @property
@@ -137,6 +140,7 @@ class Lens(
 
     @property
     def foundation_id(self) -> str:
+        """The id (name and weights hash) of the foundation model of this view's embedding space."""
         return self.space_record["id"]
 
     @property
@@ -145,6 +149,7 @@ class Lens(
         return self.manifest.get("model_classes")
 
     def units(self, layer: str) -> list[str]:
+        """A layer's unit names, in row order: channel indices, ``i`` and ``i-`` for a signed layer's two copies."""
         info = self._layer(layer)
         return unit_names(info["base_units"], info["unit_names"] == "signed")
 

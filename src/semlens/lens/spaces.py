@@ -122,8 +122,8 @@ class LensSpaces:
             return None
         extra = self.manifest.get("spaces", {})
         if space not in extra:
-            names = ", ".join([DEFAULT, *(name for name in extra)])
-            raise SemlensError(f"this Lens has no embedding space {space!r}; its spaces: {names} (add one with `semlens embed`)")
+            names = ", ".join([f"{self.default_space} (or {DEFAULT})", *(name for name in extra)])
+            raise SemlensError(f"the Lens at {self.path} has no embedding space {space!r}; its spaces: {names} (add one with `semlens embed`)")
         record = extra[space]
         if not record.get("complete"):
             raise SemlensError(f"embedding space {space!r} is unfinished; run the same `semlens embed` again to resume it")

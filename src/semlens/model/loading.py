@@ -47,6 +47,7 @@ class LoadedModel:
         return hash_module_weights(self.module)
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
+        """Zeros of the model's input shape ``[batch, 3, size, size]``, to trace or check it."""
         size = self.preprocessing.input_size
         return torch.zeros(batch, 3, size, size)
 
@@ -270,4 +271,5 @@ def load_model(spec: str) -> LoadedModel:
 
 
 def list_models() -> list[SpecForm[LoadedModel]]:
+    """The model spec forms ``load_model`` takes (``zoo:``, ``py:``, ``torchvision:``, ...), with their help texts."""
     return MODELS.forms()

@@ -38,6 +38,7 @@ class Preprocessing:
         return resized.crop((left, top, left + self.input_size, top + self.input_size))
 
     def normalise(self, view: Image.Image) -> torch.Tensor:
+        """An input view (``view``'s output) as the model's float32 input ``[3, H, W]``."""
         return self.normalise_pixels(_channels_first(view))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query, Request
@@ -71,7 +72,8 @@ def decode_image(data: bytes, mode: str = "RGB") -> Image.Image:
         pixels = picture.width * picture.height
         decoded = picture.convert(mode) if pixels <= MAX_PIXELS else None
     except Exception as error:  # every decoder failure on untrusted bytes means "not a readable image"
-        raise SemlensError(f"the upload is not an image this server can read ({one_line(error)})") from None
+        reason = re.sub(r" ?<[^<>]* at 0x[0-9a-f]+>", "", one_line(error))  # PIL names the buffer object by its address
+        raise SemlensError(f"the upload is not an image this server can read ({reason})") from None
     if decoded is None:
         raise SemlensError(f"the image has {pixels} pixels; at most {MAX_PIXELS} are accepted")
     return decoded
