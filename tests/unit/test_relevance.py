@@ -1706,3 +1706,10 @@ class LogitsAndFeatures(nn.Module):
 def test_a_model_that_returns_more_than_logits_is_unsupported_with_what_to_do() -> None:
     report = RelevanceModel(LogitsAndFeatures().eval(), torch.rand(2, 3, 16, 16)).check()
     assert not report.supported and "returns a tuple, not one [batch, classes] tensor" in report.reason and "wrap it" in report.reason
+
+
+def test_a_predicted_target_is_the_class_the_logits_predict() -> None:
+    from semlens.relevance.lrp import PREDICTED, predicted_where_unlabelled
+
+    outputs = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5], [0.0, 0.0, 4.0]])
+    assert predicted_where_unlabelled(torch.tensor([PREDICTED, 2, PREDICTED]), outputs).tolist() == [1, 2, 2]

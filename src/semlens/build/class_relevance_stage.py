@@ -58,7 +58,7 @@ class ClassRelevanceStage:
         if not report.supported:
             context.finish_stage(self.name, 0.0, skipped=f"LRP does not support this model: {report.reason}")
             return
-        from ..relevance.lrp import unit_and_error_relevance
+        from ..relevance.lrp import PREDICTED, predicted_where_unlabelled, unit_and_error_relevance
 
         model = context.model
         data = load_data(context.config.relevance_data) if context.config.relevance_data else context.data
@@ -92,18 +92,13 @@ class ClassRelevanceStage:
                     continue
                 pixels = context.model_input(pixels)
                 labels = [None if mapping is None else data.label(index) for index in ids.tolist()]
-                if None in labels:  # no labels, or a sample outside every class folder: the model's prediction
-                    progress.unlabelled += labels.count(None) if mapping is not None else 0
-                    with torch.no_grad():
-                        predicted = model.module(pixels).argmax(dim=1).tolist()
-                    labels = [predicted[row] if label is None else mapping[label] for row, label in enumerate(labels)]
-                else:
-                    labels = [mapping[label] for label in labels]
-                targets = torch.tensor(labels, device=context.device)
+                if mapping is not None:  # a sample outside every class folder: the model's prediction, as without labels
+                    progress.unlabelled += labels.count(None)
+                targets = torch.tensor([PREDICTED if label is None else mapping[label] for label in labels], device=context.device)
                 explain = lambda b, e: unit_and_error_relevance(modified, pixels[b:e], targets[b:e], [spec.name for spec in layers], picks, saes, channels_last)  # noqa: E731
                 for b, e, (outputs, relevance, error) in passes.parts(len(ids), explain):
                     advance(e - b)
-                    part_targets, part_ids = targets[b:e], ids[b:e]
+                    part_targets, part_ids = predicted_where_unlabelled(targets[b:e], outputs), ids[b:e]
                     for spec in layers:
                         shares = relevance_shares(relevance[spec.name], error.get(spec.name))
                         stats.setdefault(spec.name, ClassRelevance(shares.shape[1], outputs.shape[1])).update(shares, part_targets, part_ids)

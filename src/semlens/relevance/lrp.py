@@ -65,6 +65,8 @@ LIBRARY_PASSES = {
     },
 }  # fmt: skip
 LIBRARY_AVERAGES = {"timm.": {"FastAdaptiveAvgPool", "BlurPool2d"}}  # BlurPool: a fixed, positive blur filter (TResNet)
+#: a target of ``relevance_maps`` that stands for the class the model predicts on that sample
+PREDICTED = -1
 #: libraries' elementwise affine maps ``scale * x + shift`` with learnt scale and shift (timm's ``Affine``, ResMLP's
 #: norm; ``LearnableAffineBlock``, HGNetV2's): the ε-rule, which leaves the shift its share as a bias's
 LIBRARY_AFFINES = {"timm.": {"Affine", "LearnableAffineBlock"}}
@@ -346,15 +348,15 @@ def relevance_maps(
     saes: dict[str, SparseAutoencoder | str] | None = None,
     channels_last: Collection[str] = (),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The logits ``[N, K]`` and, per layer, its relevance for the target logits and its unit tensor (in the
-    layer's output shape, channels second for the layers in ``channels_last``; SAE features for the layers in
+    """The logits ``[N, K]`` and, per layer, its relevance for the target logits (``PREDICTED``: the predicted
+    class's) and its unit tensor (in the layer's output shape, channels second for the layers in ``channels_last``; SAE features for the layers in
     ``saes``), before relevance is summed per unit: where within a unit it lies; and for the layers in
     ``saes`` their error term's relevance ``[N]``."""
     inputs = inputs.detach().clone().requires_grad_(True)
     with unit_tensors(modified, layers, picks, saes, channels_last) as reader, torch.enable_grad():
         outputs = modified(inputs)
     units = [reader.units[name] for name in layers]
-    grads = torch.autograd.grad(outputs, units, grad_outputs=_one_hot_logit(outputs, targets))
+    grads = torch.autograd.grad(outputs, units, grad_outputs=_one_hot_logit(outputs, predicted_where_unlabelled(targets, outputs)))
     errors = {name: found[-1] if found else torch.zeros(len(inputs), device=inputs.device) for name, found in reader.errors.items()}
     maps = {name: grad.detach() for name, grad in zip(layers, grads)}
     return outputs.detach(), maps, {name: unit.detach() for name, unit in zip(layers, units)}, errors
@@ -487,6 +489,12 @@ def _started_from(initial: Callable[[torch.Tensor], torch.Tensor], started: list
     relevance = initial(outputs)
     started.append(relevance.detach().sum(dim=1))
     return relevance
+
+
+def predicted_where_unlabelled(targets: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """``targets`` with each ``PREDICTED`` entry replaced by the class the logits ``outputs`` predict: the pass that
+    explains a sample predicts it too, so unlabelled data needs no forward pass of its own."""
+    return torch.where(targets == PREDICTED, outputs.detach().argmax(dim=1), targets)
 
 
 def _one_hot_logit(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
