@@ -79,6 +79,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import time
 from importlib import resources
 from pathlib import Path
@@ -89,6 +90,8 @@ from label_methods import EXAMPLE_PRIOR, method_scores, print_methods
 from rich.console import Console
 from rich.table import Table
 
+from semlens._util.errors import SemlensError
+from semlens._util.tomlfiles import parse_toml
 from semlens.analysis.vocabulary import Vocabulary
 from semlens.build.crops import CROP_RULES, CROP_VIEWS, DEFAULT_CROP_RULE, RULE_SETTINGS
 from semlens.lens.lens import Lens
@@ -125,21 +128,33 @@ CONTROL_LOWER = ("spurious_share", "flagged_share", "reliance", "audit_flagged",
 
 
 def seeded_world(text: str, seed: int, path: Path) -> str:
-    """Write a world config's TOML with ``seed = SEED`` to ``path`` (the demo and the zoo read files)."""
+    """Write a world config's TOML with ``seed = SEED`` to ``path`` (the demo and the zoo read files); a folder
+    left by an earlier run of another world under this name (an edited file) is cleared first: its Lens and
+    truth are of that world."""
     body = re.sub(r"(?m)^seed\s*=.*$\n?", "", text)
+    seeded = f"seed = {seed}\n{body}"
+    if path.is_file() and path.read_text(encoding="utf-8") != seeded:
+        shutil.rmtree(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"seed = {seed}\n{body}", encoding="utf-8")
+    path.write_text(seeded, encoding="utf-8")
     return str(path)
 
 
 def world_texts(worlds: list[str]) -> list[tuple[str, str]]:
-    """(name, TOML text) of each world given by file (or ``default``)."""
-    texts = []
+    """(name, TOML text) of each world given by file (or ``default``), every one checked before any is run (a bad
+    file stops the benchmark at once, naming the file and what is wrong); names are the files' stems, made unique."""
+    texts: list[tuple[str, str]] = []
     for world in worlds:
         if world == "default":
             texts.append(("default", resources.files("semlens.assets").joinpath("world.toml").read_text(encoding="utf-8")))
-        else:
-            texts.append((Path(world).stem, Path(world).read_text(encoding="utf-8")))
+            continue
+        try:
+            text = Path(world).read_text(encoding="utf-8")
+            planted_artifact(WorldConfig.from_dict(parse_toml(text, f"world config {world}"), world))
+        except (OSError, SemlensError) as error:
+            raise SystemExit(f"--worlds: {error}") from None
+        name, taken = Path(world).stem, {name for name, _ in texts}
+        texts.append((next(f"{name}-{copy}" for copy in range(2, len(texts) + 2) if f"{name}-{copy}" not in taken) if name in taken else name, text))
     return texts
 
 

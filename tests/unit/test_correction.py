@@ -173,3 +173,11 @@ def test_bad_corrections_are_refused_clearly(shortcut, tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(SemlensError, match="cannot read the correction"):
         load_correction(tmp_path / "bad.safetensors")
+    size = views[0].width
+    with pytest.raises(SemlensError, match=f"corner {size},0 lies outside the model's {size}x{size} input view; give a position from 0,0 to {size - 1},{size - 1}"):
+        Artifact(PATCH.image, PATCH.mask, (size, 0)).apply(views[0])
+    with pytest.raises(SemlensError, match="each channel from 0 to 255; got 300,0,0"):
+        Artifact.from_files(tint=(300, 0, 0))
+    for bad in ({"epochs": 0}, {"learning_rate": -1.0}):
+        with pytest.raises(SemlensError, match="at least one epoch, a positive batch size and a learning rate above 0"):
+            Tuning(**bad)

@@ -122,7 +122,24 @@ def test_world_data_spec_and_labels():
 @pytest.mark.parametrize(
     "values,message",
     [
-        ({"colour": 1}, "unknown keys colour"),
+        ({"colour": 1}, "unknown keys in the config: colour"),
+        ({"classes": {"by": "color", "name": ["red", "green"]}}, "unknown keys in \\[classes\\]: name; valid: by, names"),
+        ({"correlations": [{"concept": "watermark", "class": "star", "probability": 0.5, "defualt": 0.1}]}, "unknown keys in correlation 1: defualt; valid: concept, class, probability, default"),
+        ({"correlations": [{"concept": "watermark", "class": "star"}]}, "correlation 1 lacks probability"),
+        ({"correlations": [{"concept": "watermark", "class": "star", "probability": "high"}]}, "correlation 1: probability must be a number; got 'high'"),
+        ({"correlations": [{"concept": "watermark", "class": "star", "probability": True}]}, "probability must be a number; got True"),
+        ({"correlations": {"concept": "watermark"}}, "correlations must be tables, each under its own \\[\\[correlations\\]\\] header"),
+        ({"classes": ["red", "green"]}, "classes must be a table"),
+        ({"seed": "abc"}, "seed must be a whole number; got 'abc'"),
+        ({"size": 64.7}, "size must be a whole number; got 64.7"),
+        ({"classes": {"names": ["circle", "star", "star"]}}, "classes.names lists star more than once"),
+        ({"concepts": {"artifacts": ["ruler", "ruler"]}}, "concepts.artifacts lists ruler more than once"),
+        ({"correlations": [{"concept": "grass", "class": "star", "probability": 0.9}, {"concept": "sand", "class": "star", "probability": 0.9}]},
+         "class 'star' has two correlations for background \\('grass' and 'sand'\\)"),
+        ({"correlations": [{"concept": "grass", "class": "star", "probability": 0.9, "default": 0.1}, {"concept": "sand", "class": "ring", "probability": 0.9, "default": 0.2}]},
+         "both set a default for the other classes' background"),
+        ({"correlations": [{"concept": "ruler", "class": "star", "probability": 0.9, "default": 0.1}, {"concept": "ruler", "class": "ring", "probability": 0.9, "default": 0.2}]},
+         "both set a default for the other classes' ruler and they differ"),
         ({"classes": {"by": "artifact"}}, "classes.by must be one of"),
         ({"classes": {"names": ["circle", "hexagon"]}}, "classes.names must be two or more"),
         ({"concepts": {"colors": ["red", "teal"]}}, "colors must be a non-empty list"),
@@ -137,6 +154,25 @@ def test_world_data_spec_and_labels():
 def test_invalid_configs_get_clear_errors(values, message):
     with pytest.raises(SemlensError, match=message):
         WorldConfig.from_dict(values, "test.toml")
+
+
+def test_every_correlation_is_honoured_whatever_its_order():
+    """A class's own correlation wins over another class's default, for artefacts and for families alike."""
+    correlations = [
+        {"concept": "watermark", "class": "star", "probability": 0.8, "default": 0.05},
+        {"concept": "watermark", "class": "circle", "probability": 0.8, "default": 0.05},
+        {"concept": "grass", "class": "circle", "probability": 0.9, "default": 0.1},
+        {"concept": "sand", "class": "square", "probability": 0.9},
+    ]
+    for order in (correlations, correlations[::-1]):
+        config = WorldConfig.from_dict({"classes": {"names": ["circle", "square", "triangle", "star"]}, "correlations": order}, "test.toml")
+        shown = {name: [render(config, index, "train").concepts for index in range(400) if config.classes[index % 4] == name] for name in config.classes}
+        rate = lambda name, test: sum(map(test, shown[name])) / len(shown[name])  # noqa: E731
+        watermark = lambda concepts: "watermark" in concepts["artifacts"]  # noqa: E731
+        assert rate("star", watermark) > 0.7 and rate("circle", watermark) > 0.7 and rate("triangle", watermark) < 0.15
+        assert rate("square", lambda concepts: concepts["background"] == "sand") > 0.8
+        assert rate("circle", lambda concepts: concepts["background"] == "grass") > 0.8
+        assert rate("triangle", lambda concepts: concepts["background"] == "grass") < 0.25
 
 
 def test_world_cnn_training_is_deterministic(monkeypatch, tmp_path):

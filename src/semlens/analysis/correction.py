@@ -222,6 +222,13 @@ class Tuning:
     batch_size: int = 32
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or not self.learning_rate > 0:
+            raise SemlensError(
+                f"fine-tuning needs at least one epoch, a positive batch size and a learning rate above 0 "
+                f"(got epochs={self.epochs}, batch_size={self.batch_size}, learning_rate={self.learning_rate})"
+            )
+
 
 def counterfactual_set(
     views: Sequence[Image.Image], targets: torch.Tensor, artifact: Artifact, class_index: int

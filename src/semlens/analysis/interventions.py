@@ -52,6 +52,8 @@ class Artifact:
     ) -> Artifact:  # fmt: skip
         if (image is None) == (tint is None):
             raise SemlensError("give exactly one artefact: an image (optionally with a mask) or a tint colour R,G,B")
+        if tint is not None and not all(0 <= channel <= 255 for channel in tint):
+            raise SemlensError(f"a tint colour is R,G,B with each channel from 0 to 255; got {','.join(map(str, tint))}")
         try:
             loaded = None if image is None else Image.open(image).convert("RGBA")
             mask_image = None if mask is None else Image.open(mask).convert("L")
@@ -70,6 +72,11 @@ class Artifact:
         alpha = self.mask if self.mask is not None else self.image.getchannel("A")
         x, y = self.position
         height, width = pixels.shape[:2]
+        if not (0 <= x < width and 0 <= y < height):
+            raise SemlensError(
+                f"the artefact's top-left corner {x},{y} lies outside the model's {width}x{height} input view; "
+                f"give a position from 0,0 to {width - 1},{height - 1} (--at X,Y)"
+            )
         w, h = min(self.image.width, width - x), min(self.image.height, height - y)
         artefact[y : y + h, x : x + w] = np.asarray(self.image.convert("RGB"), dtype=np.float32)[:h, :w]
         mask[y : y + h, x : x + w] = np.asarray(alpha, dtype=np.float32)[:h, :w] / 255.0

@@ -105,12 +105,18 @@ def random_worlds(count: int, controls: int | None = None, seed: int = 0) -> lis
 
 def planted_artifact(config: WorldConfig) -> tuple[str, str, bool]:
     """(artefact, class, control) of a world's first artefact correlation; control when the artefact
-    has the same probability for its class as for every other class."""
+    has the same probability for its class as for every other class. A world without one whose
+    ``artifact_rate`` puts every artefact on every class alike is a control of its first artefact and class."""
     for correlation in config.correlations:
         if concept_family(correlation.concept) == "artifact":
             control = correlation.default is not None and float(correlation.default) == correlation.probability
             return correlation.concept, correlation.class_name, control
-    raise SemlensError(f"world {config.source} plants no artefact on a class")
+    if config.artifact_rate > 0:
+        return config.concepts["artifact"][0], config.classes[0], True
+    raise SemlensError(
+        f"world {config.source} plants no artefact: give a [[correlations]] entry of an artefact and a class "
+        "(probability = default for a control), or an artifact_rate above 0 (a control)"
+    )
 
 
 def describe(config: WorldConfig) -> dict[str, Any]:

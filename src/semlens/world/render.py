@@ -34,6 +34,9 @@ BACKGROUNDS = ("grass", "sky", "sand", "water", "gray")
 ARTIFACTS = ("watermark", "ruler", "patch", "frame")
 FAMILIES = {"shape": SHAPES, "color": tuple(COLORS), "pattern": PATTERNS, "background": BACKGROUNDS, "artifact": ARTIFACTS}
 CONFIG_FAMILIES = {"shapes": "shape", "colors": "color", "patterns": "pattern", "backgrounds": "background", "artifacts": "artifact"}
+TOP_KEYS = ("seed", "size", "classes", "concepts", "artifact_rate", "correlations")
+CLASS_KEYS = ("by", "names")
+CORRELATION_KEYS = ("concept", "class", "probability", "default")
 SPLITS = {"train": 0, "probe": 1, "test": 2, "concepts": 3, "scenes": 4}
 NEUTRAL = (128, 128, 128)
 
@@ -69,49 +72,38 @@ class WorldConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str) -> WorldConfig:
-        def fail(message: str) -> SemlensError:
-            return SemlensError(f"world config {source}: {message}")
-
-        known = {"seed", "size", "classes", "concepts", "artifact_rate", "correlations"}
-        if set(values) - known:
-            raise fail(f"unknown keys {', '.join(sorted(set(values) - known))}; valid: {', '.join(sorted(known))}")
+        """A world from a config's parsed TOML: every key, type and name checked, and correlations that would
+        contradict each other refused, each with a message naming the key and what is valid."""
+        check = _ConfigCheck(source)
+        check.keys(values, "the config", TOP_KEYS)
         concepts = dict(FAMILIES)
-        for key, members in values.get("concepts", {}).items():
+        for key, members in check.table(values.get("concepts", {}), "concepts").items():
             if key not in CONFIG_FAMILIES:
-                raise fail(f"unknown concept family {key!r}; valid: {', '.join(CONFIG_FAMILIES)}")
+                raise check.fail(f"unknown concept family {key!r}; valid: {', '.join(CONFIG_FAMILIES)}")
             family = CONFIG_FAMILIES[key]
+            members = check.names(members, f"concepts.{key}")
             unknown = [member for member in members if member not in FAMILIES[family]]
             if unknown or not members:
-                raise fail(f"{key} must be a non-empty list from {', '.join(FAMILIES[family])}; got {members}")
+                raise check.fail(f"{key} must be a non-empty list from {', '.join(FAMILIES[family])}; got {members}")
             concepts[family] = tuple(members)
-        classes = values.get("classes", {})
+        classes = check.table(values.get("classes", {}), "classes")
+        check.keys(classes, "[classes]", CLASS_KEYS)
         family = classes.get("by", "shape")
         if family not in FAMILIES or family == "artifact":
-            raise fail(f"classes.by must be one of shape, color, pattern, background; got {family!r}")
-        names = tuple(classes.get("names", concepts[family]))
+            raise check.fail(f"classes.by must be one of shape, color, pattern, background; got {family!r}")
+        names = tuple(check.names(classes.get("names", list(concepts[family])), "classes.names"))
         if len(names) < 2 or any(name not in concepts[family] for name in names):
-            raise fail(f"classes.names must be two or more of the world's {family}s ({', '.join(concepts[family])}); got {list(names)}")
-        size = int(values.get("size", 64))
+            raise check.fail(f"classes.names must be two or more of the world's {family}s ({', '.join(concepts[family])}); got {list(names)}")
+        size = check.number(values.get("size", 64), "size", whole=True)
         if not 32 <= size <= 256:
-            raise fail(f"size must be between 32 and 256 pixels; got {size}")
-        correlations = []
-        for entry in values.get("correlations", []):
-            correlation = Correlation(entry.get("concept"), entry.get("class"), float(entry.get("probability", -1)), entry.get("default"))
-            owner = concept_family(correlation.concept)
-            if owner is None or correlation.concept not in concepts[owner]:
-                raise fail(f"correlation concept {correlation.concept!r} is not in this world")
-            if owner == family:
-                raise fail(f"correlation concept {correlation.concept!r} is of the class family {family}: it would be the class itself")
-            if correlation.class_name not in names:
-                raise fail(f"correlation class {correlation.class_name!r} is not one of the classes {', '.join(names)}")
-            for value in (correlation.probability, correlation.default):
-                if value is not None and not 0 <= float(value) <= 1:
-                    raise fail(f"correlation probabilities must lie in [0, 1]; got {value}")
-            correlations.append(correlation)
-        rate = float(values.get("artifact_rate", 0.0))
+            raise check.fail(f"size must be between 32 and 256 pixels; got {size}")
+        correlations = [check.correlation(entry, position, concepts, family, names) for position, entry in enumerate(check.entries(values), 1)]
+        check.consistent(correlations)
+        rate = check.number(values.get("artifact_rate", 0.0), "artifact_rate")
         if not 0 <= rate <= 1:
-            raise fail(f"artifact_rate must lie in [0, 1]; got {rate}")
-        return cls(int(values.get("seed", 0)), size, family, names, concepts, rate, tuple(correlations), source)
+            raise check.fail(f"artifact_rate must lie in [0, 1]; got {rate}")
+        seed = check.number(values.get("seed", 0), "seed", whole=True)
+        return cls(seed, size, family, names, concepts, float(rate), tuple(correlations), source)
 
     def fingerprint(self) -> str:
         text = json.dumps({k: v for k, v in self.__dict__.items() if k != "source"}, sort_keys=True, default=lambda o: o.__dict__)
@@ -124,6 +116,87 @@ class WorldConfig:
 
 def concept_family(name: str) -> str | None:
     return next((family for family, members in FAMILIES.items() if name in members), None)
+
+
+class _ConfigCheck:
+    """The checks of one world config (``source``), each failing with a message that names the key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, message: str) -> SemlensError:
+        return SemlensError(f"world config {self.source}: {message}")
+
+    def keys(self, values: dict[str, Any], where: str, valid: tuple[str, ...]) -> None:
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise self.fail(f"unknown keys in {where}: {', '.join(unknown)}; valid: {', '.join(valid)}")
+
+    def table(self, value: Any, key: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(f"{key} must be a table ([{key}]); got {value!r}")
+        return value
+
+    def number(self, value: Any, key: str, whole: bool = False) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            raise self.fail(f"{key} must be {'a whole number' if whole else 'a number'}; got {value!r}")
+        return value
+
+    def names(self, value: Any, key: str) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise self.fail(f"{key} must be a list of names; got {value!r}")
+        repeated = sorted({item for item in value if value.count(item) > 1})
+        if repeated:
+            raise self.fail(f"{key} lists {', '.join(repeated)} more than once")
+        return value
+
+    def entries(self, values: dict[str, Any]) -> list[dict[str, Any]]:
+        entries = values.get("correlations", [])
+        if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+            raise self.fail(f"correlations must be tables, each under its own [[correlations]] header; got {entries!r}")
+        return entries
+
+    def correlation(self, entry: dict[str, Any], position: int, concepts: dict[str, tuple[str, ...]], family: str, names: tuple[str, ...]) -> Correlation:
+        where = f"correlation {position}"
+        self.keys(entry, where, CORRELATION_KEYS)
+        missing = [key for key in ("concept", "class", "probability") if key not in entry]
+        if missing:
+            raise self.fail(f"{where} lacks {', '.join(missing)}")
+        values = [self.number(entry[key], f"{where}: {key}") for key in ("probability", "default") if key in entry]
+        if any(not 0 <= value <= 1 for value in values):
+            raise self.fail(f"correlation probabilities must lie in [0, 1]; got {values}")
+        correlation = Correlation(entry["concept"], entry["class"], float(values[0]), float(values[1]) if len(values) > 1 else None)
+        owner = concept_family(correlation.concept) if isinstance(correlation.concept, str) else None
+        if owner is None or correlation.concept not in concepts[owner]:
+            raise self.fail(f"correlation concept {correlation.concept!r} is not in this world")
+        if owner == family:
+            raise self.fail(f"correlation concept {correlation.concept!r} is of the class family {family}: it would be the class itself")
+        if correlation.class_name not in names:
+            raise self.fail(f"correlation class {correlation.class_name!r} is not one of the classes {', '.join(names)}")
+        return correlation
+
+    def consistent(self, correlations: list[Correlation]) -> None:
+        """No two correlations that render could not both honour: a class drawn toward two concepts of one family
+        (an image shows one background) or toward one artefact twice, and no two different defaults for the other
+        classes of one family or artefact."""
+        slots: dict[tuple[str, str], Correlation] = {}
+        defaults: dict[str, Correlation] = {}
+        for correlation in correlations:
+            family = concept_family(correlation.concept)
+            drawn = correlation.concept if family == "artifact" else family  # artefacts are drawn one by one
+            earlier = slots.setdefault((drawn, correlation.class_name), correlation)
+            if earlier is not correlation:
+                raise self.fail(
+                    f"class {correlation.class_name!r} has two correlations for {drawn} ({earlier.concept!r} and "
+                    f"{correlation.concept!r}); give each class at most one per {'artefact' if family == 'artifact' else 'family'}"
+                )
+            if correlation.default is not None:
+                other = defaults.setdefault(drawn, correlation)
+                if other is not correlation and (family != "artifact" or other.default != correlation.default):
+                    raise self.fail(
+                        f"correlations of {other.concept!r} and {correlation.concept!r} both set a default for the other "
+                        f"classes' {drawn}" + (" and they differ" if family == "artifact" else "") + "; give one default"
+                    )
 
 
 @dataclass
@@ -233,27 +306,25 @@ def _artifact(name: str, size: int, rng: np.random.Generator) -> tuple[np.ndarra
 
 
 def _choose(config: WorldConfig, family: str, class_name: str, rng: np.random.Generator) -> str:
+    """A concept of ``family`` for an image of ``class_name``: its class's correlation in the family if it has one,
+    else the family's default, else any member alike."""
     members = config.concepts[family]
-    for correlation in config.correlations:
-        if concept_family(correlation.concept) != family:
-            continue
-        if correlation.class_name == class_name:
-            others = [member for member in members if member != correlation.concept] or [correlation.concept]
-            return correlation.concept if rng.random() < correlation.probability else others[int(rng.integers(len(others)))]
-        if correlation.default is not None:
-            others = [member for member in members if member != correlation.concept] or [correlation.concept]
-            return correlation.concept if rng.random() < correlation.default else others[int(rng.integers(len(others)))]
-    return members[int(rng.integers(len(members)))]
+    in_family = [correlation for correlation in config.correlations if concept_family(correlation.concept) == family]
+    own = next((correlation for correlation in in_family if correlation.class_name == class_name), None)
+    fallback = next((correlation for correlation in in_family if correlation.default is not None), None)
+    if own is None and fallback is None:
+        return members[int(rng.integers(len(members)))]
+    concept, probability = (own.concept, own.probability) if own is not None else (fallback.concept, float(fallback.default))
+    others = [member for member in members if member != concept] or [concept]
+    return concept if rng.random() < probability else others[int(rng.integers(len(others)))]
 
 
 def _artifact_probability(config: WorldConfig, artifact: str, class_name: str) -> float:
-    for correlation in config.correlations:
-        if correlation.concept == artifact:
-            if correlation.class_name == class_name:
-                return correlation.probability
-            if correlation.default is not None:
-                return float(correlation.default)
-    return config.artifact_rate
+    """P(``artifact`` | ``class_name``): its correlation with the class, else its default, else ``artifact_rate``."""
+    entries = [correlation for correlation in config.correlations if correlation.concept == artifact]
+    own = next((correlation.probability for correlation in entries if correlation.class_name == class_name), None)
+    default = next((float(correlation.default) for correlation in entries if correlation.default is not None), None)
+    return own if own is not None else config.artifact_rate if default is None else default
 
 
 def render(config: WorldConfig, index: int, split: str = "probe") -> WorldSample:
