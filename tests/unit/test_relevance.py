@@ -1713,3 +1713,5 @@ def test_a_predicted_target_is_the_class_the_logits_predict() -> None:
 
     outputs = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5], [0.0, 0.0, 4.0]])
     assert predicted_where_unlabelled(torch.tensor([PREDICTED, 2, PREDICTED]), outputs).tolist() == [1, 2, 2]
+    elsewhere = torch.zeros(2, 3, device="meta")  # logits on another device than the targets (a GPU's, for explain and graphs)
+    assert predicted_where_unlabelled(torch.tensor([PREDICTED, 2]), elsewhere).device == elsewhere.device

@@ -494,6 +494,7 @@ def _started_from(initial: Callable[[torch.Tensor], torch.Tensor], started: list
 def predicted_where_unlabelled(targets: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
     """``targets`` with each ``PREDICTED`` entry replaced by the class the logits ``outputs`` predict: the pass that
     explains a sample predicts it too, so unlabelled data needs no forward pass of its own."""
+    targets = targets.to(outputs.device)  # callers may give them on the CPU for a model on a GPU
     return torch.where(targets == PREDICTED, outputs.detach().argmax(dim=1), targets)
 
 
