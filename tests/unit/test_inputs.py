@@ -1,5 +1,6 @@
 """What users hand semlens: folders with system files beside the images, ``py:`` models of other input sizes."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,28 @@ from semlens.data.folder import FolderData
 
 
 def test_hidden_files_and_system_folders_are_neither_samples_nor_classes(tmp_path: Path) -> None:
-    for relative in ["cat/a.png", "dog/b.png", "__MACOSX/cat/._a.png", ".thumbnails/c.png", "dog/.hidden.png", "cat/._a.png"]:
+    for relative in ["cat/a.png", "dog/b.png", "__MACOSX/cat/._a.png", ".thumbnails/c.png", "dog/.hidden.png", "cat/._a.png", "cat/@eaDir/a.png/SYNOFILE_THUMB_M.jpg"]:
         path = tmp_path / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8)).save(path, format="PNG")
     data = FolderData(tmp_path)
     assert data.files == ["cat/a.png", "dog/b.png"]
     assert data.classes == ["cat", "dog"]
+
+
+def test_linked_class_folders_are_followed_once_and_names_from_other_systems_are_read(tmp_path: Path) -> None:
+    root, store = tmp_path / "data", tmp_path / "store"
+    for folder in (root / "red", store / "green"):
+        folder.mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(root / "red" / "a.png")
+    Image.new("RGB", (8, 8), "green").save(store / "green" / "b.jfif", format="JPEG")  # Windows' and Chrome's JPEG suffix
+    Image.new("RGB", (8, 8), "red").save(os.path.join(os.fsencode(root / "red"), b"caf\xe9.png"))  # Latin-1, not UTF-8
+    (root / "green").symlink_to(store / "green", target_is_directory=True)  # a data set assembled from links
+    (store / "green" / "loop").symlink_to(root, target_is_directory=True)  # a link back up: each folder once
+    data = FolderData(root)
+    assert data.classes == ["green", "red"] and len(data) == 3
+    assert [data.describe(index) for index in range(3)] == ["green/b.jfif", "red/a.png", "red/caf\ufffd.png"]
+    assert data.load(2).getpixel((0, 0)) == (255, 0, 0) and len(data.fingerprint()) == 16
 
 
 def test_python_model_takes_its_input_size_from_the_spec() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -10,9 +11,9 @@ from PIL import Image, UnidentifiedImageError
 from .._util.errors import DataError
 from .base import ImageData, rgb
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-#: folders that archivers and operating systems add beside the data; never images or classes
-SYSTEM_FOLDERS = {"__MACOSX"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga"}
+#: folders that archivers, operating systems and NAS indexers add beside the data; never images or classes
+SYSTEM_FOLDERS = {"__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information"}
 
 
 def is_data_file(relative: Path) -> bool:
@@ -34,18 +35,14 @@ class FolderData(ImageData):
         self.spec = f"folder:{self.root}"
         if not self.root.is_dir():
             raise DataError(f"data folder {self.root} does not exist or is not a directory")
-        self.files = sorted(
-            path.relative_to(self.root).as_posix()
-            for path in self.root.rglob("*")
-            if is_data_file(path.relative_to(self.root)) and path.is_file()
-        )
+        self.files = sorted(_image_files(self.root))
         if not self.files:
             raise DataError(
                 f"data folder {self.root} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, recursively)"
             )
-        class_names = sorted({name.split("/")[0] for name in self.files if "/" in name})
-        self.classes = class_names or None
-        self._labels = {name: position for position, name in enumerate(class_names)}
+        class_folders = sorted({name.split("/")[0] for name in self.files if "/" in name})
+        self.classes = [shown(name) for name in class_folders] or None
+        self._labels = {name: position for position, name in enumerate(class_folders)}
 
     def __len__(self) -> int:
         return len(self.files)
@@ -63,11 +60,36 @@ class FolderData(ImageData):
         return self._labels[name.split("/")[0]] if "/" in name else None
 
     def describe(self, index: int) -> str:
-        return self.files[index]
+        return shown(self.files[index])
 
     def fingerprint(self) -> str:
         """Relative paths and sizes: cheap on millions of files, and survives copying the folder."""
         digest = hashlib.sha256()
         for name in self.files:
-            digest.update(f"{name}|{(self.root / name).stat().st_size}\n".encode())
+            digest.update(f"{name}|{(self.root / name).stat().st_size}\n".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()[:16]
+
+
+def _image_files(root: Path) -> list[str]:
+    """The relative paths of the data files under ``root``, folder links followed (a data set assembled from
+    links to class folders), each real folder once (a link back up is no loop)."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".") and name not in SYSTEM_FOLDERS]
+        relative = Path(folder).relative_to(root)
+        for name in files:
+            path = relative / name
+            if is_data_file(path) and (Path(folder) / name).is_file():
+                found.append(path.as_posix())
+    return found
+
+
+def shown(name: str) -> str:
+    """A file or folder name as text to show and store: bytes that are not UTF-8 (names from other systems,
+    which Python keeps as surrogates) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
