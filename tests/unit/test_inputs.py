@@ -1,13 +1,14 @@
 """What users hand semlens: folders with system files beside the images, ``py:`` models of other input sizes."""
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from semlens import load_model
-from semlens._util.errors import SpecError
+from semlens._util.errors import DataError, SpecError
 from semlens.data.folder import FolderData
 
 
@@ -34,6 +35,18 @@ def test_linked_class_folders_are_followed_once_and_names_from_other_systems_are
     assert data.classes == ["green", "red"] and len(data) == 3
     assert [data.describe(index) for index in range(3)] == ["green/b.jfif", "red/a.png", "red/caf\ufffd.png"]
     assert data.load(2).getpixel((0, 0)) == (255, 0, 0) and len(data.fingerprint()) == 16
+
+
+def test_a_large_image_is_read_quietly_and_one_past_twice_pillows_limit_is_refused(tmp_path: Path, monkeypatch) -> None:
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "large.png")  # 1 600 pixels
+    Image.new("RGB", (60, 60), "red").save(tmp_path / "huge.png")  # 3 600 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow warns from 1 000 pixels, refuses from 2 000
+    data = FolderData(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert data.load(data.files.index("large.png")).size == (40, 40)
+    with pytest.raises(DataError, match="cannot decode huge.png"):
+        data.load(data.files.index("huge.png"))
 
 
 def test_python_model_takes_its_input_size_from_the_spec() -> None:

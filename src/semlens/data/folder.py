@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -48,10 +49,15 @@ class FolderData(ImageData):
         return len(self.files)
 
     def load(self, index: int) -> Image.Image:
+        """Sample ``index`` as RGB. An image above Pillow's pixel limit but under twice it is the user's own large
+        image, read without Pillow's warning (which every stage's loader workers would print again); above twice
+        the limit Pillow refuses it, and the sample is skipped with that reason."""
         path = self.root / self.files[index]
         try:
-            with Image.open(path) as image:
-                return rgb(image)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # before open: Pillow warns there
+                with Image.open(path) as image:
+                    return rgb(image)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             raise DataError(f"cannot decode {self.files[index]}: {error}") from error
 
