@@ -75,7 +75,8 @@ class ClassRelevanceStage:
         channels_last = {spec.name for spec in layers if spec.channels_last}
         passes = ShrinkingBatch(context.config.relevance_batch(model.preprocessing.input_size, relevance_pixels(context.device)), context.relevance.release)
         key = hash_json([context.stage_key(self.name), data.fingerprint(), passes.asked])
-        progress = self._load_checkpoint(key)
+        found = context.store.read_checkpoint(RELEVANCE_PARTIAL, key)  # an interrupted run's progress, if of these inputs
+        progress = RelevanceProgress() if found is None else RelevanceProgress.from_checkpoint(*found)
         resumed = {"resumed_at_sample": progress.next_index} if progress.next_index else {}  # in the stage's record
         stats, errors, examples = progress.stats, progress.errors, progress.examples
         loader = context.image_loader(data, range(progress.next_index, len(data)), passes.asked)
@@ -124,17 +125,6 @@ class ClassRelevanceStage:
         smaller = {"images_per_pass": passes.shrunk} if passes.shrunk else {}
         context.store.remove(RELEVANCE_PARTIAL)
         context.finish_stage(self.name, time.perf_counter() - started, **smaller, **resumed)
-
-    def _load_checkpoint(self, key: str) -> RelevanceProgress:
-        """The progress an interrupted run checkpointed for ``key``, else a fresh start; a checkpoint of other
-        inputs is removed, never mixed in."""
-        store = self.context.store
-        if store.path(RELEVANCE_PARTIAL).is_file():
-            metadata = store.read_metadata(RELEVANCE_PARTIAL)
-            if metadata.get("fingerprint") == key:
-                return RelevanceProgress.from_checkpoint(store.read_tensors(RELEVANCE_PARTIAL), metadata)
-            store.remove(RELEVANCE_PARTIAL)
-        return RelevanceProgress()
 
 
 @dataclass

@@ -23,7 +23,7 @@ from ..model.sae import SparseAutoencoder
 from .collect import EMPTY_ID, Collector, TopK
 from .context import BuildContext
 
-COLLECT_PARTIAL = "collect.partial.safetensors"  # of a single process; ranks add their rank
+COLLECT_PARTIAL = "collect.partial"  # the checkpoint's stem; each rank of a group adds its rank
 
 
 class CollectStage:
@@ -46,7 +46,7 @@ class CollectStage:
         ranks, config = context.ranks, context.config
         rows = ranks.shard.split(context.rows, config.batch_size)  # this rank's whole batches
         key = hash_json([context.stage_key(self.name), rows.start, rows.stop])
-        checkpoint = COLLECT_PARTIAL if ranks.world == 1 else f"collect.partial.rank{ranks.rank}of{ranks.world}.safetensors"
+        checkpoint = f"{ranks.own(COLLECT_PARTIAL)}.safetensors"
         state, next_index, failures = self._load_checkpoint(checkpoint, key, rows.start)
         model = context.model.module.to(context.device).eval()
         loader = context.image_loader(context.data, range(next_index, rows.stop), config.batch_size)
@@ -70,7 +70,7 @@ class CollectStage:
     def finish(self, results: dict[str, TopK], failures: list, seconds: float, **info: Any) -> dict[str, Any]:
         """Store the stage's results (from this run, or merged from shards) and mark it done."""
         self._write_results(results, failures)
-        for checkpoint in self.context.store.root.glob("collect.partial*"):  # every rank's, of any earlier world size
+        for checkpoint in self.context.store.root.glob(f"{COLLECT_PARTIAL}*"):  # every rank's, of any earlier world size
             checkpoint.unlink()
         self.context.finish_stage(self.name, seconds, failed=len(failures), **info)
         return self.context.manifest
@@ -84,14 +84,10 @@ class CollectStage:
         self.context.store.write_tensors(name, tensors, metadata)
 
     def _load_checkpoint(self, name: str, key: str, start: int) -> tuple[dict[str, TopK], int, list]:
-        store = self.context.store
-        if not store.path(name).is_file():
+        found = self.context.store.read_checkpoint(name, key)
+        if found is None:
             return {}, start, []
-        metadata = store.read_metadata(name)
-        if metadata.get("fingerprint") != key:
-            store.remove(name)  # progress of other inputs or another split: useless, never mixed in
-            return {}, start, []
-        tensors = store.read_tensors(name)
+        tensors, metadata = found
         state = {}
         for position, spec in enumerate(self.context.specs):
             if f"{position}.scores" in tensors:

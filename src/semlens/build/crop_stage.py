@@ -225,19 +225,15 @@ class CropStage:
 
     def _checkpoint_name(self, spec: LayerSpec) -> str:
         """This rank's checkpoint of a layer's heatmaps while they are computed."""
-        ranks = self.context.ranks
-        return layer_file(spec.name, "crops.partial" if ranks.world == 1 else f"crops.partial.rank{ranks.rank}of{ranks.world}")
+        return layer_file(spec.name, self.context.ranks.own("crops.partial"))
 
     def _load_checkpoint(self, name: str, key: str, pooled: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """``pooled`` with the rows a checkpoint taken for ``key`` holds filled in, and how many those are;
-        a checkpoint of other inputs or another split is removed, never mixed in."""
-        store = self.context.store
-        if not store.path(name).is_file():
+        """``pooled`` with the rows a checkpoint taken for ``key`` holds filled in, and how many those are
+        (``LensStore.read_checkpoint``)."""
+        found = self.context.store.read_checkpoint(name, key)
+        if found is None:
             return pooled, 0
-        if store.read_metadata(name).get("fingerprint") != key:
-            store.remove(name)
-            return pooled, 0
-        done = store.read_tensors(name)["heat"]
+        done = found[0]["heat"]
         pooled[: len(done)] = done
         return pooled, len(done)
 

@@ -120,6 +120,10 @@ class Ranks:
     def shard(self) -> Shard:
         return Shard(self.rank, self.world)
 
+    def own(self, name: str) -> str:
+        """``name`` for a file of this rank's own (a checkpoint): as it is in one process, ``NAME.rankRofW`` in a group."""
+        return name if self.world == 1 else f"{name}.rank{self.rank}of{self.world}"
+
     def place(self, device: torch.device) -> torch.device:
         """A bare ``cuda`` means this rank's own GPU under NCCL."""
         if device.type == "cuda" and device.index is None and self.device.type == "cuda":

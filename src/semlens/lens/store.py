@@ -244,6 +244,17 @@ class LensStore:
             raise self._damaged(name, "its metadata is not what semlens writes")
         return unpacked
 
+    def read_checkpoint(self, name: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+        """A resume checkpoint's arrays and metadata where it was taken for ``key`` (its ``fingerprint``); None where
+        there is none, or it holds progress of other inputs or another split, which is removed, never mixed in."""
+        if not self.path(name).is_file():
+            return None
+        metadata = self.read_metadata(name)
+        if metadata.get("fingerprint") != key:
+            self.remove(name)
+            return None
+        return self.read_tensors(name), metadata
+
     def remove(self, name: str) -> None:
         target = self.path(name)
         if target.is_dir():
