@@ -9,16 +9,18 @@
 # against a plain gradient (lrp), builds of a torchvision Swin-T and a timm EVA-02 with relevance crops
 # (swin-eva), and of a BiT ResNetV2 (weight-standardised convolutions: bit), the map cells' measured placement on
 # trained models on the CPU and on the GPU (shift), and the quality judge on two worlds with the GPU's default
-# precisions (judge); micro names the first three. Run from the repository root:
+# precisions (judge), the test suite with the GPU shown to it (tests: SEMLENS_TEST_CUDA=1, so device auto takes CUDA
+# and its half precisions; tests/conftest.py), class relevance predicting its own targets (class-relevance) and the
+# embed stage's hand-over per dtype (handover); micro names the first three. Run from the repository root:
 #
 #   bash benchmarks/gpu.sh OUT_DIR [PART ...]        (no part named: all of them)
 #
 # Each step's output goes to OUT_DIR/<step>.log as well as to the terminal; the build's and the demo's
 # stage times and crop modes are read from their Lenses' manifest.json.
 set -uo pipefail
-out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build vit mobile small-gpu demo lrp swin-eva bit shift judge micro]}
+out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build vit mobile small-gpu demo lrp swin-eva bit shift judge tests class-relevance handover micro]}
 shift
-parts=" ${*:-micro embedding build vit mobile small-gpu demo lrp swin-eva bit shift judge} "
+parts=" ${*:-micro embedding build vit mobile small-gpu demo lrp swin-eva bit shift judge tests class-relevance handover} "
 [[ $parts == *" micro "* ]] && parts+=" collect crops measures "
 mkdir -p "$out"
 export PYTHONPATH="$PWD/tests/support${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SEMLENS_CACHE="$out/cache"
@@ -131,6 +133,18 @@ fi
 if [[ $parts == *" judge "* ]]; then  # world foundation trained and every Lens built on the GPU; the CPU's figures: README
   step judge python3 benchmarks/ground_truth.py --worlds default benchmarks/worlds/patch-on-star.toml --seeds 0 \
     --out "$out/judge" --json "$out/judge.json"
+fi
+
+if [[ $parts == *" tests "* ]]; then  # the expected answers are the CPU's: a failure is a precision or a device bug
+  # -v names each result as it comes (the whole suite ran past 8 min on an H200 with 8 workers: docs/gpu.md)
+  step tests env SEMLENS_TEST_CUDA=1 python3 -m pytest -v --tb=short -p no:cacheprovider -n 8 tests/unit tests/integration \
+    --junitxml="$out/tests.xml" -o junit_logging=no
+fi
+if [[ $parts == *" class-relevance "* ]]; then
+  step class-relevance python3 benchmarks/class_relevance.py --device cuda --images 256 --batch 64
+fi
+if [[ $parts == *" handover "* ]]; then
+  step handover python3 benchmarks/embedding.py --loader --device cuda
 fi
 
 if [[ $parts == *" demo "* ]]; then

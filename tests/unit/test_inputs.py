@@ -120,3 +120,32 @@ def test_a_python_factory_that_raises_is_reported_with_its_spec_error_and_line(t
     for load, kind in ((load_model, "model"), (load_data, "dataset"), (load_foundation_model, "foundation model")):
         with pytest.raises(SpecError, match=f"py:broken_factories:broken: the {kind} factory raised RuntimeError: weights file missing \\(at .*broken_factories.py:2\\)"):
             load("py:broken_factories:broken")
+
+
+def test_a_strip_image_is_viewed_from_its_box_with_bounded_memory_and_the_whole_resizes_pixels(monkeypatch) -> None:
+    """A 20 000 x 4 strip resized whole to 256 px high would take 983 MB to keep 224 x 224 of it; its view resamples
+    only its box (the peak memory of a fresh process stays far below that), at the same sample points as the whole
+    resize: on a smooth strip the two views agree within a few levels."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from semlens.model import preprocess
+
+    script = (
+        "import resource; from PIL import Image; from semlens.model.preprocess import Preprocessing\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "view = Preprocessing().view(Image.new('RGB', (20000, 4), 'red'))\n"
+        "print(view.size, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)"
+    )
+    size, grown_mb = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.rsplit(" ", 1)
+    assert size == "(224, 224)" and int(grown_mb) < 100
+
+    ramp = np.linspace(0, 255, 3000)
+    strip = Image.fromarray(np.stack([np.tile(ramp, (40, 1)), np.tile(ramp[::-1], (40, 1)), np.full((40, 3000), 90.0)], -1).astype(np.uint8))
+    assert 256 * (3000 * 256 // 40) > preprocess.WHOLE_RESIZE_PIXELS  # the box path
+    boxed = np.asarray(preprocess.Preprocessing().view(strip), dtype=int)
+    monkeypatch.setattr(preprocess, "WHOLE_RESIZE_PIXELS", 10**12)
+    whole = np.asarray(preprocess.Preprocessing().view(strip), dtype=int)
+    assert boxed.shape == whole.shape == (224, 224, 3) and np.abs(boxed - whole).max() <= 2

