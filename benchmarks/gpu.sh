@@ -136,8 +136,9 @@ if [[ $parts == *" judge "* ]]; then  # world foundation trained and every Lens 
 fi
 
 if [[ $parts == *" tests "* ]]; then  # the expected answers are the CPU's: a failure is a precision or a device bug
-  # -v names each result as it comes (the whole suite ran past 8 min on an H200 with 8 workers: docs/gpu.md)
-  step tests env SEMLENS_TEST_CUDA=1 python3 -m pytest -v --tb=short -p no:cacheprovider -n 8 tests/unit tests/integration \
+  # -v names each result as it comes; 2 threads a worker: the whole suite ran past 8 min on an H200 with 8 workers
+  # of torch's default 16 threads each, on 16 cores (docs/gpu.md)
+  step tests env SEMLENS_TEST_CUDA=1 OMP_NUM_THREADS=2 python3 -m pytest -v --tb=short -p no:cacheprovider -n 8 tests/unit tests/integration \
     --junitxml="$out/tests.xml" -o junit_logging=no
 fi
 if [[ $parts == *" class-relevance "* ]]; then
