@@ -1,9 +1,12 @@
 """What users hand semlens: folders with system files beside the images, ``py:`` models of other input sizes."""
 
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -66,7 +69,6 @@ def test_python_model_input_size_must_be_a_positive_integer(size: str) -> None:
 
 
 def test_16_bit_and_float_images_are_scaled_not_clipped(tmp_path: Path) -> None:
-    import numpy as np
     from PIL import Image
 
     ramp = np.linspace(0, 60000, 64).reshape(8, 8).astype(np.uint16)  # 0 .. 92 % of the 16-bit range
@@ -79,7 +81,6 @@ def test_16_bit_and_float_images_are_scaled_not_clipped(tmp_path: Path) -> None:
 
 
 def test_image_tensors_and_arrays_keep_their_values() -> None:
-    import numpy as np
     import torch
 
     from semlens.data.sequence import to_pil
@@ -126,11 +127,6 @@ def test_a_strip_image_is_viewed_from_its_box_with_bounded_memory_and_the_whole_
     """A 20 000 x 4 strip resized whole to 256 px high would take 983 MB to keep 224 x 224 of it; its view resamples
     only its box (the peak memory of a fresh process stays far below that), at the same sample points as the whole
     resize: on a smooth strip the two views agree within a few levels."""
-    import subprocess
-    import sys
-
-    import numpy as np
-
     from semlens.model import preprocess
 
     script = (
