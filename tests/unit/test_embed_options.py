@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from typer.testing import CliRunner
 
 import semlens._util.devices as devices
@@ -153,6 +154,52 @@ def test_auto_on_a_gpu_is_float16_for_cnns_and_bfloat16_where_supported_for_the_
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert (inference_dtype(cuda, cnn), inference_dtype(cuda, vit), inference_dtype(cuda)) == (torch.float16, transformer, transformer)
     assert inference_dtype(cpu, cnn) == inference_dtype(cpu, vit) == torch.float32
+
+
+class Attention(torch.nn.Module):
+    """A layer named as timm and open_clip name theirs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.mix(tokens, tokens, tokens)[0]
+
+
+class AttentionPool2d(Attention):
+    """One attention over a CNN's last map, as CLIP's ResNets end."""
+
+
+def test_a_tower_with_transformer_blocks_gets_bfloat16_behind_convolutions_too(monkeypatch) -> None:
+    """A ViT behind a convolutional stem (MobileCLIP-B) or a CNN whose last stages attend (MobileCLIP-S) can pass
+    float16's range in its attention and MLPs as a ViT can; one attention pool on a CNN's map (CLIP's ResNets) keeps
+    the CNN's float16."""
+    monkeypatch.setattr(devices.torch.cuda, "is_bf16_supported", lambda: True)
+    stem = [torch.nn.Conv2d(3, 8, 3, 2), torch.nn.Conv2d(8, 8, 3, 2)]
+    vit_behind_a_stem = torch.nn.Sequential(*stem, torch.nn.Flatten(2), *(torch.nn.Sequential(Attention(), torch.nn.Linear(8, 8)) for _ in range(3)))
+    hybrid = torch.nn.Sequential(*stem, *(torch.nn.Conv2d(8, 8, 3) for _ in range(6)), torch.nn.Flatten(2), Attention(), Attention())
+    resnet_with_a_pool = torch.nn.Sequential(*stem, torch.nn.Conv2d(8, 8, 3), torch.nn.Flatten(2), AttentionPool2d())
+    cuda = torch.device("cuda")
+    assert [inference_dtype(cuda, tower) for tower in (vit_behind_a_stem, hybrid, resnet_with_a_pool, ImageTower())] == [
+        torch.bfloat16, torch.bfloat16, torch.float16, torch.float16,
+    ]  # fmt: skip
+
+
+def test_an_embedding_with_inf_or_nan_stops_the_run_with_what_to_change(monkeypatch) -> None:
+    """A half precision's overflow would make every theta it enters NaN, silently: the batch is refused instead."""
+    remedies = {
+        torch.float16: r"in float16: its activations passed float16's range; embed in float32 or bfloat16 \(--embed-precision",
+        torch.float32: "in float32: the model itself gives them in float32",
+    }
+    for dtype, remedy in remedies.items():
+        model = load_foundation_model(CONV, device="cpu", dtype=dtype)
+        pixels = model.preprocess([Image.new("RGB", (32, 32), colour) for colour in ("red", "blue", "green")])
+        assert torch.isfinite(model.embed_pixels(pixels)).all()
+        overflowing = model._embed_pixels
+        monkeypatch.setattr(model, "_embed_pixels", lambda batch: overflowing(batch).index_fill(0, torch.tensor([1]), float("inf")))
+        with pytest.raises(SemlensError, match="gave inf or NaN embeddings for 1 of 3 images " + remedy):
+            model.embed_pixels(pixels)
 
 
 def test_the_cli_passes_the_embed_options_on(tmp_path, colour_folder, monkeypatch) -> None:

@@ -29,27 +29,44 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 def inference_dtype(device: torch.device, tower: torch.nn.Module | None = None) -> torch.dtype:
     """The dtype a foundation model runs in by default: float32 on the CPU; on a GPU float16 for a
-    convolutional image ``tower``, else bfloat16 (float16 on GPUs without it).
+    convolutional image ``tower`` without transformer blocks (``half_safe``), else bfloat16 (float16 on GPUs
+    without it).
 
     Half precision halves a GPU's memory and time; which half trades range against mantissa.
     Transformer towers (CLIP, SigLIP, DINOv2 ViTs, text encoders) carry a few activations orders of
     magnitude above the rest, and products of them in attention and MLPs can pass float16's 65504,
-    turning an embedding into inf/NaN; bfloat16 keeps float32's range. Batch-normalised CNNs have no
-    such outliers (EfficientNet-Lite's ReLU6 clips its activations at 6), and there bfloat16's 8-bit
-    mantissa costs what float16's 11 bits do not: conse's theta in bfloat16 reaches a cosine of only
-    0.98 with float32's, in float16 0.999 (the worst unit; benchmarks/embedding.py, on the CPU). The
-    CPU keeps float32: results stay bit for bit reproducible there.
+    turning an embedding into inf/NaN; bfloat16 keeps float32's range. That holds for a ViT behind a
+    convolutional stem (MobileCLIP-B) and for hybrids whose last stages attend (MobileCLIP-S, FastViT) too.
+    Batch-normalised CNNs have no such outliers (EfficientNet-Lite's ReLU6 clips its activations at 6), and
+    there bfloat16's 8-bit mantissa costs what float16's 11 bits do not: conse's theta in bfloat16 reaches a
+    cosine of only 0.98 with float32's, in float16 0.999 (the worst unit; benchmarks/embedding.py, on the
+    CPU). The CPU keeps float32: results stay bit for bit reproducible there.
     """
     if device.type != "cuda":
         return torch.float32
-    if tower is not None and convolutional(tower):
+    if tower is not None and half_safe(tower):
         return torch.float16
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def convolutional(module: torch.nn.Module) -> bool:
-    """More than one 2-d convolution: a CNN, not a ViT whose patch embedding is its only one."""
+    """More than one 2-d convolution: a CNN or a hybrid, not a ViT whose patch embedding is its only one."""
     return sum(isinstance(part, torch.nn.Conv2d) for part in module.modules()) > 1
+
+
+def attention_layers(module: torch.nn.Module) -> int:
+    """The attention layers in ``module``: torch's ``MultiheadAttention`` and every module whose class is named
+    an attention (timm's ``Attention``, transformers' ``CLIPAttention``, open_clip's ``AttentionPool2d``), each
+    counted once with the attention modules it holds."""
+    if isinstance(module, torch.nn.MultiheadAttention) or "attention" in type(module).__name__.lower():
+        return 1
+    return sum(attention_layers(child) for child in module.children())
+
+
+def half_safe(tower: torch.nn.Module) -> bool:
+    """A convolutional tower with at most one attention layer (a CLIP ResNet's attention pool over its last
+    map), so without transformer blocks: float16 keeps its range there (``inference_dtype``)."""
+    return convolutional(tower) and attention_layers(tower) <= 1
 
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")

@@ -68,7 +68,7 @@ def run(
     embed_batch_size: Optional[int] = typer.Option(None, help="Foundation model batch size (default 64)."),
     embed_precision: Optional[str] = typer.Option(
         None,
-        help="Foundation model dtype: auto (default: float32 on CPU; on CUDA float16 for CNN towers, bfloat16 for ViTs), float32, bfloat16, float16.",
+        help="Foundation model dtype: auto (default: float32 on CPU; on CUDA float16 for CNN towers, bfloat16 for towers with transformer blocks), float32, bfloat16, float16.",
     ),
     embed_channels_last: Optional[bool] = typer.Option(
         None, "--embed-channels-last/--no-embed-channels-last", help="Channels-last convolutional foundation towers (default on; same numbers up to rounding)."

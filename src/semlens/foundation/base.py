@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from .._util.devices import convolutional, inference_dtype, one_thread, pick_device
-from .._util.errors import TextNotSupportedError, one_line
+from .._util.errors import SemlensError, TextNotSupportedError, one_line
 
 T = TypeVar("T")
 Pixels = Union[torch.Tensor, Dict[str, torch.Tensor]]
@@ -118,12 +118,14 @@ class FoundationModel(ABC):
         pixels = self._to_device(pixels)
         if self._compiled is not None:
             try:
-                return _normalise(self._compiled(pixels))
+                return self._normalised(self._compiled(pixels), "images")
             except Exception as error:  # any failure to compile; a fault of the model itself fails again below
+                if isinstance(error, SemlensError):
+                    raise
                 self._compiled = None
                 reason = f"{type(error).__name__}: {one_line(error)[:300]}"
                 self.compile_fallback = f"torch.compile failed, embedded without it ({reason})"
-        return _normalise(self._embed_pixels(pixels))
+        return self._normalised(self._embed_pixels(pixels), "images")
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
@@ -132,8 +134,24 @@ class FoundationModel(ABC):
             return self._embed_texts(texts)  # raises the backend's clear error
         chunks = [torch.empty(0, self.dim)]
         for chunk in batched(list(texts), self.batch_size):
-            chunks.append(_normalise(self._embed_texts(chunk)))
+            chunks.append(self._normalised(self._embed_texts(chunk), "texts"))
         return torch.cat(chunks)
+
+    def _normalised(self, embeddings: torch.Tensor, what: str) -> torch.Tensor:
+        """``embeddings`` as L2-normalised float32 rows on the CPU. A row with inf or NaN stops the run: averaged
+        into a unit's theta it would turn every answer about that unit into NaN, silently."""
+        embeddings = embeddings.float().cpu()
+        broken = int((~torch.isfinite(embeddings)).any(dim=-1).sum())
+        if broken:
+            dtype = str(self.dtype).removeprefix("torch.")
+            remedy = (
+                "the model itself gives them in float32 (weights or inputs with inf or NaN?)"
+                if self.dtype == torch.float32
+                else f"its activations passed {dtype}'s range; embed in float32{' or bfloat16' if self.dtype == torch.float16 else ''} "
+                "(--embed-precision, or embed_precision in a config file; a build resumes from its heatmaps)"
+            )
+            raise SemlensError(f"foundation model {self.id} gave inf or NaN embeddings for {broken} of {len(embeddings)} {what} in {dtype}: {remedy}")
+        return embeddings / embeddings.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def _to_device(self, pixels: Pixels) -> Pixels:
         if isinstance(pixels, dict):
@@ -171,7 +189,3 @@ def silence_transformers_progress() -> None:
 
     transformers_logging.disable_progress_bar()
 
-
-def _normalise(embeddings: torch.Tensor) -> torch.Tensor:
-    embeddings = embeddings.float().cpu()
-    return embeddings / embeddings.norm(dim=-1, keepdim=True).clamp_min(1e-12)
