@@ -224,3 +224,16 @@ def test_open_clip_spec_errors_name_the_valid_choices(monkeypatch: pytest.Monkey
     monkeypatch.setitem(sys.modules, "open_clip", None)  # makes `import open_clip` fail
     with pytest.raises(SpecError, match=r"pip install 'semlens\[open_clip\]'"):
         load_foundation_model(f"open_clip:{OPEN_CLIP_ARCH}:none")
+
+
+def test_open_clips_transformer_towers_run_in_bfloat16_on_a_gpu_and_its_cnns_in_float16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On open_clip's own architectures (random weights): its ResNet keeps float16 with its one attention pool, while
+    MobileCLIP-B (a ViT behind a convolutional stem) and MobileCLIP2-S0 (a CNN whose last stages attend) take
+    bfloat16, the range their transformer blocks need; names of attention layers are what the rule reads."""
+    open_clip = pytest.importorskip("open_clip")
+    from semlens._util import devices
+
+    monkeypatch.setattr(devices.torch.cuda, "is_bf16_supported", lambda: True)
+    cuda = torch.device("cuda")
+    chosen = {arch: devices.inference_dtype(cuda, open_clip.create_model(arch, pretrained=None).visual) for arch in ("RN50", "MobileCLIP-B", "MobileCLIP2-S0")}
+    assert chosen == {"RN50": torch.float16, "MobileCLIP-B": torch.bfloat16, "MobileCLIP2-S0": torch.bfloat16}
