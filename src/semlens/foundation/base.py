@@ -115,17 +115,19 @@ class FoundationModel(ABC):
     @torch.no_grad()
     def embed_pixels(self, pixels: Pixels) -> torch.Tensor:
         """Embed a batch made by :attr:`image_preprocessor`; L2-normalised float32 rows on the CPU."""
-        pixels = self._to_device(pixels)
+        return self._normalised(self._tower_output(self._to_device(pixels)), "images")
+
+    def _tower_output(self, pixels: Pixels) -> torch.Tensor:
+        """The image tower's raw output for a batch on the device: compiled where :meth:`speed_up` asked for it
+        and it compiles."""
         if self._compiled is not None:
             try:
-                return self._normalised(self._compiled(pixels), "images")
+                return self._compiled(pixels)
             except Exception as error:  # any failure to compile; a fault of the model itself fails again below
-                if isinstance(error, SemlensError):
-                    raise
                 self._compiled = None
                 reason = f"{type(error).__name__}: {one_line(error)[:300]}"
                 self.compile_fallback = f"torch.compile failed, embedded without it ({reason})"
-        return self._normalised(self._embed_pixels(pixels), "images")
+        return self._embed_pixels(pixels)
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
