@@ -106,8 +106,10 @@ def test_show_writes_a_grid_png(lens_path, tmp_path) -> None:
 def test_label_dissect_and_their_storage(lens_path, tmp_path) -> None:
     vocabulary = tmp_path / "vocab.toml"
     vocabulary.write_text('colours = ["red", "green", "blue"]\nshapes = ["square", "noise"]\n')
-    labels = ask("label", lens_path, "--vocabulary", vocabulary, "--threshold", "-1", "--json")
+    labelled = ask("label", lens_path, "--vocabulary", vocabulary, "--threshold", "-1", "--min-confidence", "-100", "--json")
+    labels, coverage = labelled["layers"], labelled["coverage"]
     assert set(labels) == {"features.3", "head"} and len(labels["head"]) == 6
+    assert coverage["all"]["coverage"] == 1.0 and coverage["layers"]["head"]["labelled"] == Lens.open(lens_path).valid("head").sum()
     valid = Lens.open(lens_path).valid("head").tolist()
     entry = labels["head"][valid.index(True)]  # units without examples of their own get no label
     assert entry["label"] in {"red", "green", "blue", "square", "noise"} and entry["valid"]
@@ -119,7 +121,7 @@ def test_label_dissect_and_their_storage(lens_path, tmp_path) -> None:
     assert set(dissected["counts"]["head"]) == {"colours", "shapes", "unlabelled", "inactive or tied"}
     assert dissected["counts"]["head"]["inactive or tied"] == valid.count(False)
     assert (tmp_path / "d.png").is_file()
-    strict = ask("label", lens_path, "--vocabulary", vocabulary, "--threshold", "5", "--json")
+    strict = ask("label", lens_path, "--vocabulary", vocabulary, "--threshold", "5", "--json")["layers"]
     assert all(entry["label"] is None for entry in strict["head"])  # nothing passes an alignment of 5
 
 

@@ -54,7 +54,7 @@ def test_cli_label_and_dissect_with_a_method(lens_copy, tmp_path) -> None:
     runner = CliRunner()
     labelled = runner.invoke(cli_app, ["label", str(lens_copy), "--method", "clip-dissect", "--json"])
     assert labelled.exit_code == 0, labelled.output
-    assert {"features.0", "features.3", "head"} == set(json.loads(labelled.output))
+    assert {"features.0", "features.3", "head"} == set(json.loads(labelled.output)["layers"])
     counted = runner.invoke(cli_app, ["dissect", str(lens_copy), "--method", "clip-dissect", "--json", "-o", str(tmp_path / "d.png")])
     assert counted.exit_code == 0 and json.loads(counted.output)["method"] == "clip-dissect"
     refused = runner.invoke(cli_app, ["dissect", str(lens_copy), "--method", "alignment", "-o", str(tmp_path / "d.png")])

@@ -199,7 +199,7 @@ def test_commands(built, siglip_dir, tmp_path) -> None:
     assert compared["search"]["spearman"] == 1.0 and compared["structure"]["cka"] == pytest.approx(1.0)
     hits = ask("search", path, "red", "--space", "sig", "--top", "2", "--json")
     assert [hit["unit"] for hit in hits] == [hit.unit for hit in Lens.open(path).search("red", top=2, space="sig")]
-    assert set(ask("label", path, "--space", "sig", "--json")) == {"features.3", "head"}
+    assert set(ask("label", path, "--space", "sig", "--json")["layers"]) == {"features.3", "head"}
     assert (path / "spaces" / "sig" / "labels.json").is_file()
     table = runner.invoke(app, ["compare-spaces", str(path), Lens.open(path).default_space, "sig", "-q", "red"])
     assert table.exit_code == 0 and "linear CKA" in table.output

@@ -49,7 +49,7 @@ def test_invalid_units_are_left_out_of_every_analysis(twin_lens, tmp_path) -> No
     assert twin not in found and len(found) == count - 1
     assert twin not in {hit.unit for hit in lens.search("red", top=12)}
     assert len(lens.search("red", top=12)) == count
-    labelling = lens.label(threshold=-1.0, save=False)  # every valid unit gets a label at this threshold
+    labelling = lens.label(threshold=-1.0, save=False, min_confidence=-math.inf)  # every valid unit gets a label at this gate
     assert labelling["features.3"].labelled.tolist() == valid.tolist()
     assert labelling.to_dict()["features.3"][3]["valid"] is False
     assert lens.dissect()["features.3"]["inactive or tied"] == 6 - int(valid.sum())

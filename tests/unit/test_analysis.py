@@ -11,7 +11,7 @@ import torch
 from semlens._util.errors import SemlensError
 from semlens.analysis.alignment import TEMPLATES, alignment, cosine, fill, null_prompts, resolve_templates
 from semlens.analysis.compare import best_matches, concept_sets, overlap_matrices
-from semlens.analysis.label import dissect, label_units
+from semlens.analysis.label import PAPER_THRESHOLD, dissect, label_confidence, label_units
 from semlens.analysis.overview import build_overview, cluster_count
 from semlens.analysis.vocabulary import Vocabulary, builtin_vocabulary, load_vocabulary
 
@@ -43,17 +43,38 @@ def test_labels_take_the_best_concept_and_respect_the_threshold():
     concepts = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     null = torch.tensor([1.0, 1.0, 1.0])
     theta = torch.tensor([[0.0, 2.0, 0.1], [1.0, 1.0, 1.0]])  # unit 1 is the null itself: aligns with nothing
-    labels = label_units(theta, concepts, null, threshold=0.025, top=2)
+    labels = label_units(theta, concepts, null, threshold=0.025, top=2, min_confidence=-math.inf)  # the threshold alone
     assert labels.concepts[0].tolist() == [1, 2]
     assert labels.labelled.tolist() == [True, False]
     assert float(labels.scores[1, 0]) == pytest.approx(1 / math.sqrt(3) - 1)  # cos(theta, e_i) - cos(theta, null)
-    assert label_units(theta, concepts, null, threshold=-1.0).labelled.tolist() == [True, True]
+    assert label_units(theta, concepts, null, threshold=-1.0, min_confidence=-math.inf).labelled.tolist() == [True, True]
+
+
+def test_label_confidence_is_the_robust_z_against_the_null_units():
+    null = torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0], [3.0, 1.0], [10.0, 1.0]])  # concept 1: no spread at all
+    # concept 0: median 2, |a - 2| = 2, 1, 0, 1, 8 -> MAD 1, spread 1.4826; concept 1: the floor 1e-3
+    z = label_confidence(torch.tensor([[5.0, 1.002]]), null)
+    torch.testing.assert_close(z, torch.tensor([[3 / 1.4826, 2.0]]), rtol=1e-4, atol=1e-4)
+
+
+def test_a_unit_shows_its_best_concept_when_it_sets_it_apart_from_its_layer_whatever_the_raw_scale():
+    # every alignment is negative (a foundation model whose null prompt sits near all images): the paper's 0.025
+    # labels nobody, the confidence labels the units whose concept stands out and leaves the plain one unlabelled
+    concepts = torch.eye(5)[:4]
+    null = torch.eye(5)[4]
+    theta = torch.tensor([[1.0, 0.1, 0.1, 0.1, 3.0], [0.1, 1.0, 0.1, 0.1, 3.0], [0.1, 0.1, 1.0, 0.1, 3.0], [0.3, 0.3, 0.3, 0.3, 3.0]])
+    assert (alignment(theta, concepts, null) < 0).all()
+    labels = label_units(theta, concepts, null, top=1)
+    assert labels.concepts[:3, 0].tolist() == [0, 1, 2]
+    assert labels.labelled.tolist() == [True, True, True, False]  # the last aligns with every concept alike
+    assert label_units(theta, concepts, null, threshold=PAPER_THRESHOLD).labelled.tolist() == [False] * 4
+    assert labels.coverage() == {"valid_units": 4, "labelled": 3, "coverage": 0.75, "median_confidence": pytest.approx(float(labels.confidence[1, 0]))}
 
 
 def test_dissect_counts_units_per_category_and_unlabelled():
     concepts = torch.eye(3)
     theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0.9, 0.1], [0, 0, 1.0], [1.0, 1.0, 1.0]])
-    labels = label_units(theta, concepts, torch.ones(3), threshold=0.025)
+    labels = label_units(theta, concepts, torch.ones(3), threshold=0.025, min_confidence=-math.inf)
     counts = dissect(labels, ["colors", "animals"], ("colors", "animals", "animals"))
     assert counts == {"colors": 1, "animals": 3, "unlabelled": 1, "inactive or tied": 0}
 
@@ -62,7 +83,7 @@ def test_units_without_examples_of_their_own_get_no_label_and_count_apart():
     concepts = torch.eye(3)
     theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 1.0]])
     valid = torch.tensor([True, False, True, False])
-    labels = label_units(theta, concepts, torch.ones(3), threshold=0.025, valid=valid)
+    labels = label_units(theta, concepts, torch.ones(3), threshold=0.025, valid=valid, min_confidence=-math.inf)
     assert labels.concepts[:, 0].tolist()[:3] == [0, 1, 2]  # still ranked, for whoever looks
     assert labels.labelled.tolist() == [True, False, True, False]
     counts = dissect(labels, ["colors", "animals"], ("colors", "animals", "animals"))

@@ -112,7 +112,7 @@ def test_labels_are_exported_once_the_lens_is_labelled(labelled_lens, tmp_path, 
     expected = [
         {"unit": unit, "rank": rank, "concept": concept, "alignment": alignment}
         for unit in unit_rows(lens)
-        for rank, (concept, alignment) in enumerate(lens.label_candidates(unit))
+        for rank, (concept, alignment, _) in enumerate(lens.label_candidates(unit))
     ]
     assert labels == expected and result.rows["labels"] == len(expected) > 0
     units = read_table(result.files["units"])

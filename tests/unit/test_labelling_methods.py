@@ -109,10 +109,14 @@ def test_method_scores_and_the_alignment_gate() -> None:
         check_method("nope")
     scores = torch.tensor([[0.0, 5.0], [5.0, 0.0]])
     alignments = torch.tensor([[0.3, 0.01], [0.3, 0.01]])
-    labels = rank_concepts(scores, alignments, threshold=0.025, top=2, method="clip-dissect")
+    confidence = torch.tensor([[3.0, 0.5], [3.0, 0.5]])
+    labels = rank_concepts(scores, alignments, confidence, top=2, method="clip-dissect")
     assert labels.concepts[:, 0].tolist() == [1, 0] and labels.scores[:, 0].tolist() == [5.0, 5.0]
     assert labels.alignments[:, 0].tolist() == pytest.approx([0.01, 0.3])
-    assert labels.labelled.tolist() == [False, True]  # the best concept's alignment decides, not the score
+    assert labels.confidence[:, 0].tolist() == [0.5, 3.0]
+    assert labels.labelled.tolist() == [False, True]  # the best concept's confidence decides, not the score
+    floor = rank_concepts(scores, alignments, torch.full((2, 2), 3.0), threshold=0.025, top=2, method="clip-dissect")
+    assert floor.labelled.tolist() == [False, True]  # and a threshold is a floor on its alignment
 
 
 def test_centred_takes_out_what_a_concept_shares_with_every_unit() -> None:

@@ -53,3 +53,14 @@ def alignment(theta: torch.Tensor, probes: torch.Tensor, null: torch.Tensor | No
     """a = s(theta, probe) - s(theta, null), ``[U, P]``; without a null (image probes) just s."""
     scores = cosine(theta, probes)
     return scores if null is None else scores - cosine(theta, null.reshape(1, -1))
+
+
+SCALE_FLOOR = 1e-3  # cosine differences below this are float16 storage noise, not a spread
+
+
+def robust_null(null: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The median and robust spread (1.4826 MAD, at least ``SCALE_FLOOR``) ``[P]`` of a null's alignments ``[N, P]``
+    (e.g. every unit of a layer with each probe): alignments are judged against other units', since every unit
+    aligns a little with most prompts and their scale differs from one foundation model to the next."""
+    median = null.quantile(0.5, dim=0)
+    return median, (1.4826 * (null - median).abs().quantile(0.5, dim=0)).clamp_min(SCALE_FLOOR)

@@ -39,13 +39,13 @@ from dataclasses import dataclass, field
 import torch
 
 from .._util.errors import SemlensError
+from .alignment import robust_null
 
 VERDICTS = ("valid", "spurious", "both", "unexpected")
 FLAGGED = ("spurious", "both")
 AUDIT_CUT = 0.028  # the paper's example: units with more than 2.8 % of a layer's relevance
 Z_CUT = 3.0  # robust z above which a unit counts as aligned with a probe (see README: Audit)
 MARGIN = 1.0  # z units by which one kind of concept must beat the other for a one-sided verdict
-SCALE_FLOOR = 1e-3  # cosine differences below this are float16 storage noise, not a spread
 MIN_NULL = 10  # a null of fewer units gives rough z-scores: the audit says so
 NULL_RULE = "robust z of the alignment among the units of its layer: (a - median) / (1.4826 MAD)"
 # The concept test's location bar (``interventions.location_test``): beside NetDissect's IoU >= 0.04
@@ -107,9 +107,7 @@ def null_stats(alignments: torch.Tensor, groups: torch.Tensor, members: torch.Te
         null = alignments[rows & members]
         if not len(null):
             continue
-        median = null.quantile(0.5, dim=0)
-        centre[rows] = median
-        scale[rows] = (1.4826 * (null - median).abs().quantile(0.5, dim=0)).clamp_min(SCALE_FLOOR)
+        centre[rows], scale[rows] = robust_null(null)
     return centre, scale
 
 

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from .._util.progress import step_bar
+from ..analysis.label import MIN_CONFIDENCE
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in.")
@@ -38,6 +39,11 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
     rule = identity["relevance"].get("lrp_rule", "zplus")  # as recorded: info describes even a Lens it would not explain with
     say(f"k           {opened.k}, crop {identity['embed']['crop']}, LRP rule {rule}{', relevance examples too' if opened.has_relevance_examples else ''}")
     say(f"trusted     {'yes' if opened.trusted else 'no (it runs no code and reads no files it names; see `semlens trust`)'}")
+    coverage = opened.label_coverage()
+    if coverage is None:
+        say("labels      none yet (`semlens label LENS`)")
+    else:
+        say(f"labels      {opened.vocabulary.name!r} by {opened.label_method}: {coverage['all']['labelled']} of {coverage['all']['valid_units']} valid units, {_share(coverage['all'])}")
     from ..model.sae import sae_summary
 
     rows = [
@@ -153,7 +159,12 @@ def show(
 def label(
     lens: Path = typer.Argument(..., help="Lens directory."),
     vocabulary: Optional[Path] = Vocabulary,
-    threshold: float = typer.Option(0.025, help="Minimum alignment for a label; weaker units stay unlabelled."),
+    min_confidence: float = typer.Option(
+        MIN_CONFIDENCE, help="Confidence (robust z against the unit's layer) under which a unit shows no concept."
+    ),
+    threshold: Optional[float] = typer.Option(
+        None, help="Also a floor on the best concept's raw alignment (the paper's 0.025 suits CLIP; other models have their own scale)."
+    ),
     examples: str = ExampleSet,
     trust: Trust = False,
     foundation: Foundation = None,
@@ -164,17 +175,29 @@ def label(
     """Label every unit with its best concept (and runner-ups) by a method; stored with the Lens (those by activation
     examples; each embedding space its own)."""
     opened = open_lens(lens, trust, foundation=foundation, space=space)
-    results = opened.label(str(vocabulary) if vocabulary else None, threshold, examples=examples, method=method)
+    results = opened.label(str(vocabulary) if vocabulary else None, threshold, examples=examples, method=method, min_confidence=min_confidence)
+    coverage = results.coverage()
     if as_json:
-        emit_json(results.to_dict())
+        emit_json({"vocabulary": results.vocabulary.name, "method": opened.label_method, "coverage": coverage, "layers": results.to_dict()})
         return
     rows = []
     for layer, labels in results.items():
         left_out = 0 if labels.valid is None else int((~labels.valid).sum())
         common = ", ".join(f"{name} ({count})" for name, count in results.most_common(layer))
-        rows.append((layer, int(labels.labelled.sum()), len(labels.labelled) - int(labels.labelled.sum()) - left_out, left_out, common))
-    title = f"labels from vocabulary {results.vocabulary.name!r} by {opened.label_method} (threshold {threshold})"
-    console.print(table(title, ("layer", "labelled", "unlabelled", "inactive or tied", "most common labels"), rows))
+        covered = coverage["layers"][layer]
+        rows.append((layer, int(labels.labelled.sum()), covered["valid_units"] - covered["labelled"], left_out, _share(covered), common))
+    gate = f"confidence >= {min_confidence:g}" + ("" if threshold is None else f", alignment >= {threshold:g}")
+    title = f"labels from vocabulary {results.vocabulary.name!r} by {opened.label_method} ({gate})"
+    console.print(table(title, ("layer", "labelled", "no concept", "inactive or tied", "coverage (median confidence)", "most common labels"), rows))
+    say(f"{coverage['all']['labelled']} of {coverage['all']['valid_units']} valid units show a concept: {_share(coverage['all'])}")
+
+
+def _share(coverage: dict) -> str:
+    """'83 % (z 2.4)': a coverage entry of ``Labelling.coverage`` as the tables show it."""
+    if coverage["coverage"] is None:
+        return "-"
+    confidence = "" if coverage["median_confidence"] is None else f" (z {coverage['median_confidence']:.1f})"
+    return f"{100 * coverage['coverage']:.0f} %{confidence}"
 
 
 @app.command()

@@ -12,7 +12,6 @@ import torch
 from .._util.allocator import freed_memory_kept
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
-from ..analysis.label import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
     from ..analysis.audit import AlignmentRule, Audit
@@ -21,7 +20,6 @@ if TYPE_CHECKING:
     from ..relevance.graph import AttributionGraph
     from .lens import Lens
 
-GRAPH_THRESHOLD = 0.01  # the paper's lower labelling threshold for attribution graphs
 
 
 class LensAudits:
@@ -153,7 +151,7 @@ class LensAudits:
         directions, null = self.probes.concepts(candidates, "label"), self.probes.null("label")
         found: list[str | None] = []
         for layer in layers:
-            best = self._label_layer(layer, "responses", directions, null, DEFAULT_THRESHOLD, 1, None).concepts[:, 0]
+            best = self._label_layer(layer, "responses", directions, null, 1, None).concepts[:, 0]
             found += [candidates[int(concept)] if ok else None for concept, ok in zip(best.tolist(), self.valid(layer).tolist())]
         return found
 
@@ -239,7 +237,7 @@ class LensAudits:
         self: Lens, class_name: str | int, layers: list[str] | None = None, cut: float | None = None, samples: int = 32
     ) -> AttributionGraph:
         """The concepts behind a class between two or more layers (lowest first): relevant units grouped by
-        label (threshold 0.01, "?" when unlabelled), edges weighted by CRP relevance conditioned on the
+        label (the stored labels users see, "?" where a unit shows no concept), edges weighted by CRP relevance conditioned on the
         upper group. Computed on the class's samples with the highest relevance (from class relevance);
         needs labels, the model and the probe data."""
         from ..relevance.graph import GRAPH_CUT, build_graph, relevant_samples
@@ -266,7 +264,7 @@ class LensAudits:
         if self.vocabulary is None:
             raise SemlensError("an attribution graph groups units by label: run `semlens label LENS` (or Lens.label()) first")
         units = {layer: [f"{layer}/{name}" for name in self.units(layer)] for layer in chosen}
-        labels = {layer: self._graph_labels(layer) for layer in chosen}
+        labels = {layer: self.shown_labels(layer) for layer in chosen}
         title = self.classes[index] if self.classes else str(index)
         valid = {layer: self.valid(layer) for layer in chosen}
         saes: dict = self.sae_files(chosen)  # paths, loaded on first use
@@ -282,11 +280,3 @@ class LensAudits:
                 f"{class_name}): choose one of the {len(seen)} classes it holds, or rebuild with relevance data that shows this one"
             )
         return seen
-
-    def _graph_labels(self: Lens, layer: str) -> list[str | None]:
-        """Labels for attribution graphs, at the paper's lower threshold."""
-        labels = self.labels(layer)
-        return [
-            self.vocabulary.concepts[int(concept)] if float(score) >= GRAPH_THRESHOLD else None
-            for concept, score in zip(labels.concepts[:, 0], labels.candidate_alignments[:, 0])
-        ]

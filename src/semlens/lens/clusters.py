@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..analysis.clusters import concept_clusters
-from ..analysis.label import DEFAULT_THRESHOLD, label_units
+from ..analysis.label import label_units
 from ..analysis.measures import polysemanticity
 from ..analysis.vocabulary import Vocabulary
 
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 class ConceptCluster:
     """One group of a unit's concept examples: their ranks (as in ``concept_examples``), the vocabulary concept
     the group's mean embedding aligns with best and that alignment (None without a vocabulary), and the
-    label: that concept where the alignment reaches the labelling threshold, else None."""
+    label: that concept where it sets the group apart from the units of its layer as a unit's label must
+    (``analysis.label``), else None."""
 
     ranks: list[int]
     size: int
@@ -66,7 +67,7 @@ class LensClusters:
         ranks = [[rank for rank, member in enumerate(members[0].tolist()) if member == cluster] for cluster in (0, 1)]
         used = [cluster for cluster in (0, 1) if ranks[cluster]]
         vocab = None if vocabulary is None and self.vocabulary is None else self.vocabulary_or(vocabulary)
-        names = self._cluster_names(means[0, used], vocab) if vocab is not None and used else [(None, None, None)] * len(used)
+        names = self._cluster_names(layer, means[0, used], vocab) if vocab is not None and used else [(None, None, None)] * len(used)
         clusters = [ConceptCluster(ranks[cluster], len(ranks[cluster]), *name) for cluster, name in zip(used, names)]
         clusters.sort(key=lambda cluster: (-cluster.size, cluster.ranks))
         value, chance = float(polysemanticity(embeddings)[0]), float(p[0])
@@ -76,12 +77,14 @@ class LensClusters:
             None if vocab is None else vocab.name, clusters,
         )  # fmt: skip
 
-    def _cluster_names(self: Lens, means: torch.Tensor, vocab: Vocabulary) -> list[tuple[str, float, str | None]]:
-        """Per cluster mean: the best concept of ``vocab``, its alignment and the label (the concept if it reaches
-        the stored labels' threshold, else the default one)."""
+    def _cluster_names(self: Lens, layer: str, means: torch.Tensor, vocab: Vocabulary) -> list[tuple[str, float, str | None]]:
+        """Per cluster mean: the best concept of ``vocab``, its alignment and the label (the concept where its
+        confidence against the layer's valid units reaches the stored labels' gate, else the default one)."""
         stored = self.label_store.read()
-        threshold = DEFAULT_THRESHOLD if stored is None else next(iter(stored[1].values())).threshold
-        labels = label_units(means, self.probes.concepts(vocab.concepts, "label"), self.probes.null("label"), threshold, top=1)
+        gate = {} if stored is None else {"threshold": (first := next(iter(stored[1].values()))).threshold, "min_confidence": first.min_confidence}
+        theta = self.theta(layer)[self.valid(layer)]
+        concepts, null = self.probes.concepts(vocab.concepts, "label"), self.probes.null("label")
+        labels = label_units(means, concepts, null, top=1, null_theta=theta, **gate)
         found = []
         for concept, score, labelled in zip(labels.concepts[:, 0].tolist(), labels.scores[:, 0].tolist(), labels.labelled.tolist()):
             name = vocab.concepts[concept]

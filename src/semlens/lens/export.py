@@ -29,6 +29,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "tied": "bool",
         "label": "string",
         "label_alignment": "double",
+        "label_confidence": "double",
         "clarity": "double",
         "polysemanticity": "double",
         "redundancy": "double",
@@ -112,13 +113,12 @@ def _units(lens: Lens) -> Columns:
         columns["tied"] += lens.tied(layer).tolist()
         labels = lens.labels(layer)
         if labels is None:
-            columns["label"] += [None] * len(names)
             columns["label_alignment"] += [None] * len(names)
+            columns["label_confidence"] += [None] * len(names)
         else:
-            concepts = lens.vocabulary.concepts
-            best = labels.concepts[:, 0].tolist()
-            columns["label"] += [concepts[c] if ok else None for c, ok in zip(best, labels.labelled.tolist())]
             columns["label_alignment"] += _nullable(labels.candidate_alignments[:, 0].tolist())
+            columns["label_confidence"] += [None] * len(names) if labels.confidence is None else _nullable(labels.confidence[:, 0].tolist())
+        columns["label"] += lens.shown_labels(layer)
         for measure, values in lens.measures(layer).items():
             columns[measure] += _nullable(values.tolist())
     return columns

@@ -12,7 +12,7 @@ import torch
 
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
-from ..analysis.label import DEFAULT_THRESHOLD, Labels, dissect, rank_concepts, unit_categories
+from ..analysis.label import MIN_CONFIDENCE, MIN_NULL_UNITS, Labels, dissect, label_confidence, rank_concepts, unit_categories
 from ..analysis.labelling_methods import (
     ALIGNMENT_METHODS, DEFAULT_METHOD, FALLBACK_METHOD, alignment_method_scores, check_method, method_scores, response_scores,
 )
@@ -53,6 +53,10 @@ class Labelling(Mapping[str, Labels]):
             counts[name] = counts.get(name, 0) + 1
         return sorted(counts.items(), key=lambda item: -item[1])[:top]
 
+    def coverage(self) -> dict[str, Any]:
+        """Per layer and over the Lens: valid units, how many show a concept, the share, and the median confidence."""
+        return labels_coverage(self._layers)
+
     def to_dict(self) -> dict[str, Any]:
         concepts = self.vocabulary.concepts
         return {
@@ -60,10 +64,11 @@ class Labelling(Mapping[str, Labels]):
                 {
                     "unit": f"{layer}/{name}",
                     "label": concepts[int(labels.concepts[row, 0])] if bool(labels.labelled[row]) else None,
+                    "confidence": None if labels.confidence is None else round(float(labels.confidence[row, 0]), 3),
                     "valid": labels.valid is None or bool(labels.valid[row]),
                     "candidates": [
-                        {"concept": concepts[int(c)], "alignment": round(float(a), 5), "score": round(float(s), 5)}
-                        for c, a, s in zip(labels.concepts[row], labels.candidate_alignments[row], labels.scores[row])
+                        {"concept": concepts[int(c)], "alignment": round(float(a), 5), "score": round(float(s), 5), "confidence": z}
+                        for c, a, s, z in zip(labels.concepts[row], labels.candidate_alignments[row], labels.scores[row], _confidences(labels, row))
                     ],
                 }
                 for row, name in enumerate(self.units[layer])
@@ -72,12 +77,35 @@ class Labelling(Mapping[str, Labels]):
         }
 
 
+def _confidences(labels: Labels, row: int) -> list[float | None]:
+    if labels.confidence is None:
+        return [None] * labels.concepts.shape[1]
+    return [round(float(z), 3) for z in labels.confidence[row]]
+
+
+def labels_coverage(layers: Mapping[str, Labels]) -> dict[str, Any]:
+    """``Labels.coverage`` per layer, and over all of them (``"all"``; its median confidence pools the units)."""
+    per_layer = {layer: labels.coverage() for layer, labels in layers.items()}
+    valid = sum(entry["valid_units"] for entry in per_layer.values())
+    shown = sum(entry["labelled"] for entry in per_layer.values())
+    confidences = [labels.confidence[labels.labelled, 0] for labels in layers.values() if labels.confidence is not None]
+    pooled = torch.cat(confidences) if confidences else torch.empty(0)
+    total = {"valid_units": valid, "labelled": shown, "coverage": shown / valid if valid else None,
+             "median_confidence": float(pooled.median()) if len(pooled) else None}  # fmt: skip
+    return {"all": total, "layers": per_layer}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _stored_vocabulary(stored: dict) -> Vocabulary:
     """The vocabulary ``labels.json`` records, checked to be of the form ``LabelStore.replace`` writes."""
     vocabulary = stored["vocabulary"]
     texts = [vocabulary["name"], *vocabulary["concepts"], *vocabulary["categories"]]
-    if not all(isinstance(text, str) for text in texts) or not isinstance(stored["threshold"], (int, float)):
-        raise ValueError("the vocabulary's name, concepts and categories are texts and the threshold a number")
+    numbers = (stored["threshold"] is None or _number(stored["threshold"])) and _number(stored.get("min_confidence", MIN_CONFIDENCE))
+    if not all(isinstance(text, str) for text in texts) or not numbers:
+        raise ValueError("the vocabulary's name, concepts and categories are texts, the threshold a number or null, min_confidence a number")
     return Vocabulary(vocabulary["name"], tuple(vocabulary["concepts"]), tuple(vocabulary["categories"]))
 
 
@@ -95,24 +123,34 @@ class LabelStore:
             stored, vocab = derived.read_json(LABELS, lambda stored: (stored, _stored_vocabulary(stored)))
             arrays = {layer: derived.read_tensors(layer_file(layer, "labels")) for layer in self.lens.layers}
             method = stored.get("method", FALLBACK_METHOD)  # labels stored before there were methods
+            min_confidence = stored.get("min_confidence", MIN_CONFIDENCE)
             self._held = (
                 vocab,
                 {
-                    layer: Labels(a["concepts"], a["scores"], stored["threshold"], self.lens.valid(layer), method, a.get("alignments"))
+                    layer: Labels(
+                        a["concepts"], a["scores"], stored["threshold"], self.lens.valid(layer), method, a.get("alignments"),
+                        a.get("confidence"), min_confidence,  # labels stored before confidences: the threshold alone
+                    )  # fmt: skip
                     for layer, a in arrays.items()
                 },
             )
         return self._held
 
-    def replace(self, vocab: Vocabulary, results: dict[str, Labels], threshold: float, templates: str | list[str], save: bool) -> None:
+    def replace(self, vocab: Vocabulary, results: dict[str, Labels], templates: str | list[str], save: bool) -> None:
         """Hold new labels for this process and, with ``save``, store them for the other tools."""
-        if save:
+        if save and results:
             derived = self.lens.derived
             for layer, labels in results.items():
                 gate = {} if labels.alignments is None else {"alignments": labels.alignments}
-                derived.write_tensors(layer_file(layer, "labels"), {"concepts": labels.concepts, "scores": labels.scores, **gate})
-            method = next(iter(results.values())).method if results else DEFAULT_METHOD
-            derived.write_json(LABELS, {"vocabulary": vocab.to_dict(), "threshold": threshold, "templates": templates, "method": method})
+                derived.write_tensors(
+                    layer_file(layer, "labels"), {"concepts": labels.concepts, "scores": labels.scores, "confidence": labels.confidence, **gate}
+                )
+            first = next(iter(results.values()))
+            derived.write_json(
+                LABELS,
+                {"vocabulary": vocab.to_dict(), "threshold": first.threshold, "min_confidence": first.min_confidence, "templates": templates,
+                 "method": first.method},
+            )  # fmt: skip
         self._held = (vocab, results)
 
 
@@ -126,31 +164,51 @@ class LensLabels:
     def label(
         self: Lens,
         vocabulary: Vocabulary | str | Path | None = None,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float | None = None,
         templates: str | list[str] = "label",
         top: int = 3,
         save: bool = True,
         examples: str = "activation",
         space: str | None = None,
         method: str | None = None,
+        min_confidence: float = MIN_CONFIDENCE,
     ) -> Labelling:
         """Label every unit with its best concepts by ``method`` (``analysis.labelling_methods.METHODS``; None: the
         default, ``responses`` where the Lens has them, else ``centred``: ``default_label_method``); stored with
         the Lens, with the method, for the other tools (``save=False``: kept in this process only).
+        Each valid unit shows its best concept with its confidence (robust z against its layer's other units,
+        ``analysis.label``), and "no concept" where that is under ``min_confidence``; ``threshold`` adds a floor on
+        the raw alignment (the paper's 0.025 for CLIP, ``analysis.label.PAPER_THRESHOLD``; None: none).
         ``examples="relevance"`` labels the relevance examples' theta and only returns the labels: the stored
         ones, which the other tools show, are the activation examples'. In embedding space ``space``, its labels
         are its own (``Lens.in_space``)."""
         if space is not None:
-            return self.in_space(space).label(vocabulary, threshold, templates, top, save, examples, method=method)
+            return self.in_space(space).label(vocabulary, threshold, templates, top, save, examples, method=method, min_confidence=min_confidence)
         method = self.default_label_method if method is None else check_method(method)
         vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
         concepts = self.probes.concepts(vocab.concepts, templates)
         null = self.probes.null(templates)
         prior = prior_sets(self) if method == "clip-dissect" else None
-        results = {layer: self._label_layer(layer, method, concepts, null, threshold, top, prior, examples) for layer in self.layers}
+        aligned = {layer: alignment(self.theta_of(layer, examples), concepts, null) for layer in self.layers}
+        confidence = self._label_confidence(aligned, examples)
+        gate = {"threshold": threshold, "min_confidence": min_confidence}
+        results = {
+            layer: self._label_layer(layer, method, concepts, null, top, prior, examples, confidence[layer], **gate)
+            for layer in self.layers
+        }
         if examples == "activation":
-            self.label_store.replace(vocab, results, threshold, templates, save)
+            self.label_store.replace(vocab, results, templates, save)
         return Labelling(results, {layer: self.units(layer) for layer in self.layers}, vocab)
+
+    def _label_confidence(self: Lens, aligned: dict[str, torch.Tensor], examples: str = "activation") -> dict[str, torch.Tensor]:
+        """Per layer, each unit's confidence in each concept (``analysis.label.label_confidence``) against its layer's
+        valid units, or against every layer's where it has fewer than ``MIN_NULL_UNITS``."""
+        valid = {layer: self.valid_of(layer, examples) for layer in aligned}
+        pooled = torch.cat([aligned[layer][valid[layer]] for layer in aligned])
+        return {
+            layer: label_confidence(scores, scores[valid[layer]] if int(valid[layer].sum()) >= MIN_NULL_UNITS else pooled)
+            for layer, scores in aligned.items()
+        }
 
     def _label_layer(
         self: Lens,
@@ -158,13 +216,16 @@ class LensLabels:
         method: str,
         concepts: torch.Tensor,
         null: torch.Tensor,
-        threshold: float,
         top: int,
         prior: torch.Tensor | None,
         examples: str = "activation",
+        confidence: torch.Tensor | None = None,
+        threshold: float | None = None,
+        min_confidence: float = MIN_CONFIDENCE,
     ) -> Labels:
+        """One layer's labels by ``method``, gated by the units' confidences ``[U, C]`` (None: ranked only)."""
         theta, valid = self.theta_of(layer, examples), self.valid_of(layer, examples)
-        aligned = alignment(theta, concepts, null)  # the scores of the alignment methods, and every method's gate
+        aligned = alignment(theta, concepts, null)  # the scores of the alignment methods
         if method in ALIGNMENT_METHODS:  # theta alone: the example embeddings stay unread
             scores = alignment_method_scores(method, aligned, valid)
         elif method == "responses":
@@ -172,7 +233,7 @@ class LensLabels:
         else:
             embeddings, samples = self.example_embeddings_of(layer, examples), self.example_samples(layer, examples)
             scores = method_scores(method, theta, embeddings, samples, valid, concepts, null, prior)
-        return rank_concepts(scores, None if method == "alignment" else aligned, threshold, top, valid, method)
+        return rank_concepts(scores, None if method == "alignment" else aligned, confidence, threshold, top, valid, method, min_confidence)
 
     @property
     def default_label_method(self: Lens) -> str:
@@ -198,21 +259,39 @@ class LensLabels:
         stored = self.label_store.read()
         return None if stored is None else stored[1][layer]
 
+    def shown_labels(self: Lens, layer: str) -> list[str | None]:
+        """Each unit's stored label as every face shows it: None where it shows no concept (or before ``label`` ran)."""
+        labels = self.labels(layer)
+        if labels is None:
+            return [None] * len(self.units(layer))
+        concepts = self.vocabulary.concepts
+        return [concepts[concept] if shown else None for concept, shown in zip(labels.concepts[:, 0].tolist(), labels.labelled.tolist())]
+
     def label_of(self: Lens, unit: str) -> str | None:
-        """A unit's stored label, or None when unlabelled (or before ``label`` ran)."""
+        """A unit's stored label, or None when it shows no concept (or before ``label`` ran)."""
+        layer, row = self.unit_index(unit)
+        return self.shown_labels(layer)[row]
+
+    def label_confidence_of(self: Lens, unit: str) -> float | None:
+        """The confidence of a unit's stored label (robust z against its layer, ``analysis.label``), None before
+        ``label`` ran or for labels stored before confidences."""
         layer, row = self.unit_index(unit)
         labels = self.labels(layer)
-        if labels is None or not bool(labels.labelled[row]):
-            return None
-        return self.vocabulary.concepts[int(labels.concepts[row, 0])]
+        return None if labels is None or labels.confidence is None else round(float(labels.confidence[row, 0]), 3)
 
-    def label_candidates(self: Lens, unit: str) -> list[tuple[str, float]]:
-        """A unit's best concepts with their alignments, best first (empty before ``label`` ran)."""
+    def label_coverage(self: Lens) -> dict[str, Any] | None:
+        """How many valid units show a concept, per layer and in all, with the median confidence (None before ``label``)."""
+        stored = self.label_store.read()
+        return None if stored is None else labels_coverage(stored[1])
+
+    def label_candidates(self: Lens, unit: str) -> list[tuple[str, float, float | None]]:
+        """A unit's best concepts with their alignments and confidences, best first (empty before ``label`` ran)."""
         layer, row = self.unit_index(unit)
         labels = self.labels(layer)
         if labels is None:
             return []
-        return [(self.vocabulary.concepts[int(c)], float(a)) for c, a in zip(labels.concepts[row], labels.candidate_alignments[row])]
+        concepts = self.vocabulary.concepts
+        return [(concepts[int(c)], float(a), z) for c, a, z in zip(labels.concepts[row], labels.candidate_alignments[row], _confidences(labels, row))]
 
     def dissect(self: Lens, method: str | None = None, space: str | None = None) -> dict[str, dict[str, int]]:
         """Units per label category per layer (from the stored labels of embedding space ``space``; run ``label``

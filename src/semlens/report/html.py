@@ -114,7 +114,7 @@ def write_report(
         most_poly += [(units[i], f"polysemanticity {float(values['polysemanticity'][i]):.3f}; {_clusters_note(lens, units[i])}") for i in order]
         layer_labels = lens.labels(layer)
         missing = (~layer_labels.labelled & lens.valid(layer)).nonzero().flatten()[:unexpected].tolist()
-        unlabelled += [(units[i], f"best alignment {float(layer_labels.scores[i, 0]):.3f}") for i in missing]
+        unlabelled += [(units[i], _best_candidate(lens, units[i])) for i in missing]
     identity = lens.manifest["identity"]
     meta = "".join(
         f"<tr><td>{key}</td><td>{html.escape(str(value))}</td></tr>"
@@ -127,7 +127,7 @@ def write_report(
                 "left out",
                 ", ".join(f"{layer}: {int(lens.inactive(layer).sum())} inactive, {int(lens.tied(layer).sum())} tied" for layer in lens.layers),
             ),
-            ("labels", f"vocabulary {lens.vocabulary.name!r}, {len(lens.vocabulary.concepts)} concepts"),
+            ("labels", _labels_meta(lens)),
         ]
     )
     page = f"""<!DOCTYPE html>
@@ -145,14 +145,28 @@ def write_report(
 {_unit_rows(lens, least_clear)}
 <h2>Most polysemantic units</h2>
 {_unit_rows(lens, most_poly)}
-<h2>Unexpected units (no label passes the threshold)</h2>
-{_unit_rows(lens, unlabelled) or "<p>none: every unit has a label</p>"}
+<h2>Unexpected units (no concept sets them apart from their layer)</h2>
+{_unit_rows(lens, unlabelled) or "<p>none: every valid unit shows a concept</p>"}
 {_extra_sections(lens, audits, comparison, graphs, other_name)}
 </body></html>
 """
     target = Path(out)
     target.write_text(page, encoding="utf-8")
     return target
+
+
+def _labels_meta(lens: Lens) -> str:
+    """The vocabulary, method and coverage of the labels the report shows."""
+    coverage = lens.label_coverage()["all"]
+    shown = f"{coverage['labelled']} of {coverage['valid_units']} valid units show a concept"
+    if coverage["median_confidence"] is not None:
+        shown += f" (median confidence z {coverage['median_confidence']:.1f})"
+    return f"vocabulary {lens.vocabulary.name!r}, {len(lens.vocabulary.concepts)} concepts, by {lens.label_method}; {shown}"
+
+
+def _best_candidate(lens: Lens, unit: str) -> str:
+    concept, alignment, confidence = lens.label_candidates(unit)[0]
+    return f"best candidate {concept} (alignment {alignment:.3f}" + ("" if confidence is None else f", confidence z {confidence:.2f}") + ")"
 
 
 def _extra_sections(

@@ -55,6 +55,9 @@ class LensInfo(BaseModel):
     layers: list[LayerInfo]
     classes: list[str]
     labelled: bool
+    label_coverage: dict[str, Any] | None = Field(
+        None, description="{all, layers: {layer: ...}}, each {valid_units, labelled, coverage, median_confidence}: how many valid units show a concept (null before labelling)"
+    )
     class_relevance: bool
     relevance_examples: bool = Field(False, description="Whether its units have concept examples by relevance too (examples=relevance).")
     spaces: list[str] = Field(default_factory=list, description="Its embedding spaces, the default one first.")
@@ -67,7 +70,10 @@ class UnitRef(BaseModel):
     unit: str
     layer: str
     index: int = Field(description="Row of the unit in its layer.")
-    label: str | None
+    label: str | None = Field(description="The concept the unit shows; null where none sets it apart from its layer (or before labelling).")
+    label_confidence: float | None = Field(
+        None, description="Robust z of the best concept's alignment against the unit's layer: how far it sets the unit apart (labels shown from 1)."
+    )
     thumbnails: list[str]
 
 
@@ -93,6 +99,7 @@ class Example(BaseModel):
 class Candidate(BaseModel):
     concept: str
     alignment: float
+    confidence: float | None = Field(None, description="Robust z against the unit's layer (null for labels stored before confidences).")
 
 
 class ClassShare(BaseModel):

@@ -49,7 +49,8 @@ class Served:
             if lens.vocabulary is None:
                 self.ready(space)
             if method is not None and lens.label_method != method:
-                lens.label(lens.vocabulary, lens.labels(lens.layers[0]).threshold, save=False, method=method)
+                stored = lens.labels(lens.layers[0])
+                lens.label(lens.vocabulary, stored.threshold, save=False, method=method, min_confidence=stored.min_confidence)
         return lens
 
     def ready(self, space: str | None = None) -> Lens:
@@ -131,6 +132,7 @@ class Served:
         ranks = [example.rank for example in self.lens.concept_examples(unit, by=examples)[:THUMBNAILS]]
         return {
             "lens": self.id, "unit": unit, "layer": layer, "index": row, "label": self.lens.label_of(unit),
+            "label_confidence": self.lens.label_confidence_of(unit),
             "thumbnails": [self.example_url(unit, rank, examples=examples) for rank in ranks],
         }  # fmt: skip
 
@@ -145,7 +147,7 @@ class Served:
                 {"name": name, "units": info["units"], "signed": info["unit_names"] == "signed", "sae": info.get("sae")}
                 for name, info in lens.manifest["layers"].items()
             ],
-            "classes": lens.classes or [], "labelled": lens.vocabulary is not None,
+            "classes": lens.classes or [], "labelled": lens.vocabulary is not None, "label_coverage": lens.label_coverage(),
             "class_relevance": lens.class_relevance(lens.layers[-1]) is not None,
             "relevance_examples": lens.has_relevance_examples,
             "spaces": [space.name for space in lens.spaces if space.complete],

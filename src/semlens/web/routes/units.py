@@ -43,7 +43,7 @@ def unit_page(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: Unit
         "lens_name": served.name,
         "sae": opened.sae(layer),
         "candidates": [
-            {"concept": concept, "alignment": score} for concept, score in opened.label_candidates(name)
+            {"concept": concept, "alignment": score, "confidence": confidence} for concept, score, confidence in opened.label_candidates(name)
         ],
         **{measure: finite(values[row]) for measure, values in measures.items()},
         "inactive": bool(opened.inactive(layer)[row]),

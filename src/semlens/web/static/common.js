@@ -102,7 +102,7 @@ const Semlens = (() => {
   }
 
   function unitCells(ref) {
-    return [el("td", {}, unitLink(ref.lens, ref.unit)), el("td", {}, ref.label || el("i", { class: "muted" }, "unlabelled")), el("td", {}, thumbs(ref.thumbnails, ref.unit))];
+    return [el("td", {}, unitLink(ref.lens, ref.unit)), el("td", {}, ref.label || el("i", { class: "muted" }, "no concept")), el("td", {}, thumbs(ref.thumbnails, ref.unit))];
   }
 
   function fmt(value, digits = 3) {
@@ -122,7 +122,7 @@ const Semlens = (() => {
   // Hover preview: a unit's name, label and first concept examples in an aside (examples fetched once).
   const previews = new Map();
   async function preview(aside, lens, unit, label) {
-    aside.replaceChildren(el("h3", {}, unitLink(lens, unit)), el("p", {}, label || el("i", { class: "muted" }, "unlabelled")));
+    aside.replaceChildren(el("h3", {}, unitLink(lens, unit)), el("p", {}, label || el("i", { class: "muted" }, "no concept")));
     const key = `${lens}|${unit}`;
     if (!previews.has(key)) previews.set(key, api(`${unitApi(lens, unit)}/examples`).catch(() => []));
     const examples = await previews.get(key);

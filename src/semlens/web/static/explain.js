@@ -43,14 +43,14 @@
           el("tr", {}, ["concept", "share", "where", "unit", "unit share", "concept examples"].map((name) => el("th", {}, name))),
           layer.groups.map((group) => group.units.map((unit, i) => {
             const row = unitRow(unit);
-            if (i === 0) row.prepend(el("td", { rowspan: group.units.length }, group.label || el("i", { class: "muted" }, "unlabelled")),
+            if (i === 0) row.prepend(el("td", { rowspan: group.units.length }, group.label || el("i", { class: "muted" }, "no concept")),
               el("td", { rowspan: group.units.length, class: "num" }, fmt(group.share)));
             return row;
           }))) : el("p", {}, el("i", { class: "muted" }, layer.left_out ? "here the class's relevance lies on units without examples of their own" : "no unit of this layer carried relevance for the class")),
         // Units with negative shares spoke against the class; their overlays show where.
         layer.against.length ? [el("h3", {}, `against ${explained.class}`),
           el("table", { class: "against" }, el("tr", {}, ["concept", "where", "unit", "share", "concept examples"].map((name) => el("th", {}, name))),
-            layer.against.map((unit) => { const row = unitRow(unit); row.prepend(el("td", {}, unit.label || el("i", { class: "muted" }, "unlabelled"))); return row; }))] : null,
+            layer.against.map((unit) => { const row = unitRow(unit); row.prepend(el("td", {}, unit.label || el("i", { class: "muted" }, "no concept"))); return row; }))] : null,
       ]));
     result.dataset.ready = "true";
   }

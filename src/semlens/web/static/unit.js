@@ -54,8 +54,8 @@
           el("img", { src: example.thumbnail, alt: `example ${example.rank}` }), el("figcaption", {}, `#${example.rank}`))))))),
   (error) => fill(clusters, el("p", { class: "muted" }, `no clusters: ${error.message}`)));
 
-  const candidates = el("table", {}, el("tr", {}, el("th", {}, "concept"), el("th", { class: "num" }, "alignment")),
-    data.candidates.map((c, i) => el("tr", {}, el("td", {}, i === 0 && data.label ? el("b", {}, c.concept) : c.concept), el("td", { class: "num" }, fmt(c.alignment, 4)))));
+  const candidates = el("table", {}, el("tr", {}, el("th", {}, "concept"), el("th", { class: "num" }, "alignment"), el("th", { class: "num" }, "confidence (z)")),
+    data.candidates.map((c, i) => el("tr", {}, el("td", {}, i === 0 && data.label ? el("b", {}, c.concept) : c.concept), el("td", { class: "num" }, fmt(c.alignment, 4)), el("td", { class: "num" }, c.confidence == null ? "" : fmt(c.confidence, 2)))));
   const measures = el("table", {}, [["clarity", data.clarity], ["polysemanticity", data.polysemanticity], ["redundancy", data.redundancy]].map(([name, value]) =>
     el("tr", {}, el("td", {}, name), el("td", { class: "num" }, fmt(value)))));
   // An SAE feature's layer also has the SAE error term's share of each class's relevance.
@@ -74,7 +74,8 @@
   ]);
 
   fill(document.getElementById("unit"), sae,
-    el("p", {}, "label: ", data.label ? el("b", { id: "label" }, data.label) : el("i", { id: "label", class: "muted" }, "unlabelled (no concept passes the threshold)"),
+    el("p", {}, "label: ", data.label ? el("span", {}, el("b", { id: "label" }, data.label), data.label_confidence == null ? "" : ` (confidence z ${fmt(data.label_confidence, 1)})`)
+        : el("i", { id: "label", class: "muted" }, "no concept (none sets this unit apart from its layer)"),
       data.inactive ? el("span", { class: "muted" }, " · inactive: its examples are arbitrary") : null,
       data.tied ? el("span", { class: "muted" }, " · tied: its examples are another unit's, so it is left out of search, labels and maps") : null),
     el("h2", {}, "Concept examples"), examples, byRelevance, full,
