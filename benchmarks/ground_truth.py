@@ -16,7 +16,9 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
   pasting the artefact into probe images raises, AUC >= ``truth.INSERTION_AUC``, whatever its IoU; the
   audit's concept test is an insertion test too, on test images, so this truth is near what it measures,
   not an independent check: it shows where the two truths part);
-- labels: top-1 / top-3 against dissection with chance, top-1 against the response truth, phi (over
+- labels: what users see (``label_coverage``: the share of valid units that show a concept; ``top1_shown``: top-1
+  of the labels shown, a unit showing no concept counting as a miss) and each unit's best candidate, shown or
+  not: top-1 / top-3 against dissection with chance, top-1 against the response truth, phi (over
   labelled units, and over units with a true concept: ``phi_true_units``; on each concept's images in
   scenes of the world, and with ``_alone`` on the concept alone on gray; ``phi_of_truth``: the phi were
   every unit's top-1 its true concept, the most the judge allows), and a
@@ -120,7 +122,7 @@ from semlens.world.truth import INSERTION_AUC, artifact_reliance
 #: per column of the summary rows: +1 higher is better, -1 lower is better; control worlds flip the audit
 #: and reliance columns (there the artefact tells nothing about the class)
 BETTER = {
-    "top1": 1, "top3": 1, "top1_world_concepts": 1, "distractor_label_share": -1, "top1_response": 1, "phi": 1, "phi_true_units": 1, "phi_true_units_alone": 1, "phi_of_truth": 1, "phi_of_truth_alone": 1, "cosy_auc": 1, "search_hits_at5": 1, "search_hits_at5_paraphrase": 1,
+    "top1_shown": 1, "label_coverage": 1, "top1": 1, "top3": 1, "top1_world_concepts": 1, "distractor_label_share": -1, "top1_response": 1, "phi": 1, "phi_true_units": 1, "phi_true_units_alone": 1, "phi_of_truth": 1, "phi_of_truth_alone": 1, "cosy_auc": 1, "search_hits_at5": 1, "search_hits_at5_paraphrase": 1,
     "audit_precision": 1, "audit_recall": 1, "spurious_share": 1, "flagged_share": 1, "reliance": 1, "units_with_truth": 1,
     "audit_confirmed": 1, "confirmed_precision": 1, "confirmed_recall": 1, "audit_log_odds": 1, "tested_precision": 1, "tested_recall": 1,
 }  # fmt: skip
@@ -259,6 +261,7 @@ def evaluate(
         "world": name, "seed": seed, "model": model, "control": control, "build": build or {}, "class_family": config.class_family, "classes": list(config.classes),
         "artifact": artifact, "artifact_class": target, "paraphrase": paraphrase,
         "units_with_truth": labels["units_with_true_concept"], "units": sum(len(truths[layer]["iou"]) for layer in spatial),
+        "top1_shown": labels["top1_shown"], "label_coverage": labels["coverage"], "label_median_confidence": labels["median_confidence"],
         "top1": labels["top1"], "top3": labels["top3"], "top1_misses_as_faithful": labels["top1_misses_as_faithful"], "random_top1": labels["random_top1"], "random_top3": labels["random_top3"],
         "units_with_response_truth": labels["units_with_response_truth"], "top1_response": labels["top1_response"],
         **{key.replace("faithfulness_", ""): value for key, value in labels.items() if key.startswith("faithfulness_phi")},
@@ -347,7 +350,7 @@ def _number(value: Any) -> str:
 
 
 COLUMNS = {  # header: record key
-    "units w/ truth": "units_with_truth", "top-1": "top1", "top-3": "top3", "top-1 world": "top1_world_concepts",
+    "units w/ truth": "units_with_truth", "coverage": "label_coverage", "top-1 shown": "top1_shown", "top-1": "top1", "top-3": "top3", "top-1 world": "top1_world_concepts",
     "distractor labels": "distractor_label_share", "top-1 resp.": "top1_response", "phi": "phi",
     "phi (true units)": "phi_true_units", "phi of truth": "phi_of_truth",
     "phi alone (true units)": "phi_true_units_alone", "phi alone of truth": "phi_of_truth_alone",
@@ -456,8 +459,8 @@ def print_table(records: list[dict[str, Any]], console: Console) -> None:
 
 
 VIEW_COLUMNS = {  # header: record key, for the comparison of crop views
-    "top-1": "top1", "top-3": "top3", "top-1 world": "top1_world_concepts", "top-1 resp.": "top1_response", "phi": "phi",
-    "phi (true units)": "phi_true_units", "CoSy AUC": "cosy_auc", "artefact units": "artefact_units", "search@5": "search_hits_at5", "paraphrase@5": "search_hits_at5_paraphrase",
+    "coverage": "label_coverage", "top-1 shown": "top1_shown", "top-1": "top1", "top-3": "top3", "top-1 world": "top1_world_concepts",
+    "top-1 resp.": "top1_response", "phi": "phi", "phi (true units)": "phi_true_units", "CoSy AUC": "cosy_auc", "artefact units": "artefact_units", "search@5": "search_hits_at5", "paraphrase@5": "search_hits_at5_paraphrase",
 }  # fmt: skip
 
 
@@ -471,7 +474,7 @@ def print_views(records: list[dict[str, Any]], console: Console) -> None:
         chosen = [record for record in records if record["view"] == view]
         means = []
         for key in VIEW_COLUMNS.values():
-            values = [r[key] for r in chosen if r[key] is not None and (r["units_with_truth"] or key not in ("top1", "top3"))]
+            values = [r[key] for r in chosen if r[key] is not None and (r["units_with_truth"] or key not in ("top1", "top3", "top1_shown"))]
             means.append(mean(values) if values else None)
         table.add_row(view, str(len(chosen)), *(_number(value) for value in means))
     console.print(table)

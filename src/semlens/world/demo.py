@@ -228,7 +228,7 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     truths = unit_truths(lens, config, out)
     truth = true_concepts(truths)
     concepts, world_concepts = list(lens.vocabulary.concepts), config.concept_names()
-    hits1 = hits3 = total = response_hits = response_total = as_faithful = 0
+    hits1 = hits3 = shown_hits = total = response_hits = response_total = as_faithful = 0
     aucs: list[float] = []
     phis: dict[str, dict[str, list[float]]] = {views: {"labelled": [], "true": [], "truth": []} for views, _ in PHI_VIEWS}
     for layer in truths:
@@ -247,6 +247,7 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
             if true_concept is not None:
                 total += 1
                 hits1 += top[unit][0] == true_concept
+                shown_hits += labelled[unit] and top[unit][0] == true_concept
                 hits3 += true_concept in top[unit]
                 label = top[unit][0]
                 if label != true_concept and label in world_concepts:
@@ -258,14 +259,18 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
             kept["labelled"] += faithfulness(mean_responses[views], assigned)
             kept["true"] += faithfulness_of_true_units(mean_responses[views], [row[0] for row in top], best, world_concepts)
             kept["truth"] += faithfulness_of_true_units(mean_responses[views], [name or "" for name in best], best, world_concepts)
+    coverage = lens.label_coverage()["all"]
     scores = {
         "units_with_true_concept": total,
-        "top1": hits1 / max(total, 1),
+        "top1_shown": shown_hits / max(total, 1),  # the labels users see: a unit showing no concept is a miss
+        "top1": hits1 / max(total, 1),  # each unit's best candidate, shown or not
         "top3": hits3 / max(total, 1),
         "top1_misses_as_faithful": as_faithful,
         "random_top1": 1 / len(concepts),
         "random_top3": 3 / len(concepts),
         "labelled_units": len(phis["responses"]["labelled"]),
+        "coverage": coverage["coverage"],  # the share of valid units that show a concept
+        "median_confidence": coverage["median_confidence"],
         **{f"faithfulness_phi{suffix}": _mean(phis[views]["labelled"], float("nan")) for views, suffix in PHI_VIEWS},  # over labelled units, pooled
         **{f"faithfulness_phi_true_units{suffix}": _mean(phis[views]["true"]) for views, suffix in PHI_VIEWS},
         **{f"faithfulness_phi_of_truth{suffix}": _mean(phis[views]["truth"]) for views, suffix in PHI_VIEWS},
@@ -353,8 +358,10 @@ def print_summary(summary: dict, console: Console) -> None:
     )
     console.print(f"search '{summary['paraphrase']}' (never a training caption): {', '.join(summary['search'][summary['paraphrase']])}")
     console.print(
-        f"labels vs ground truth ({labels['units_with_true_concept']} units with a true concept): top-1 {labels['top1']:.2f} "
-        f"(random {labels['random_top1']:.2f}), top-3 {labels['top3']:.2f} (random {labels['random_top3']:.2f}), "
+        f"labels: {100 * labels['coverage']:.0f} % of valid units show a concept (median confidence z {labels['median_confidence']:.1f}); "
+        f"against the ground truth ({labels['units_with_true_concept']} units with a true concept) top-1 {labels['top1_shown']:.2f} "
+        f"of the labels shown (best candidates {labels['top1']:.2f}, random {labels['random_top1']:.2f}), top-3 {labels['top3']:.2f} "
+        f"(random {labels['random_top3']:.2f}), "
         f"faithfulness phi {labels['faithfulness_phi']:.2f} (concept images in scenes; alone on gray {labels['faithfulness_phi_alone']:.2f})"
     )
     audit = summary["audit"]
