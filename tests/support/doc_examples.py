@@ -4,7 +4,8 @@ Conventions (docs/development.md, "Examples in the docs"):
 - every ```` ```python ```` block runs, in page order, in one namespace per page, in a working directory shared by
   all pages, where the tour's Lens ``tour.lens`` has been built;
 - a block whose fence has ``title="NAME.py"`` is the file NAME.py: it is written there (importable) instead of run;
-- a block right after a line ``<!-- not run: REASON -->`` is shown but not run (it needs a GPU or a download).
+- a block right after a line ``<!-- not run: REASON -->`` is shown but not run (it needs a GPU, a download,
+  or minutes of CPU).
 """
 
 from __future__ import annotations
