@@ -13,7 +13,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["SEMLENS_CACHE"] = tempfile.mkdtemp(prefix="semlens-test-cache-")
 # The expected answers are the CPU's (float32, bit for bit). With a GPU visible, device="auto" takes CUDA,
 # bfloat16 autocast and half-precision embedding, and on an H100 25 tests failed, builds compared with
-# float32 references among them (README, Tests). SEMLENS_TEST_CUDA=1 lets the tests see the GPU.
+# float32 references among them (docs/development.md, Tests). SEMLENS_TEST_CUDA=1 lets the tests see the GPU.
 if os.environ.get("SEMLENS_TEST_CUDA") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 # CLI subprocesses started by the tests need the same torchvision fix: pass it on via PYTHONPATH.

@@ -43,7 +43,7 @@ from .._util.errors import SemlensError
 VERDICTS = ("valid", "spurious", "both", "unexpected")
 FLAGGED = ("spurious", "both")
 AUDIT_CUT = 0.028  # the paper's example: units with more than 2.8 % of a layer's relevance
-Z_CUT = 3.0  # robust z above which a unit counts as aligned with a probe (see README: Audit)
+Z_CUT = 3.0  # robust z above which a unit counts as aligned with a probe (see docs/record.md: "The audit's z cut")
 MARGIN = 1.0  # z units by which one kind of concept must beat the other for a one-sided verdict
 SCALE_FLOOR = 1e-3  # cosine differences below this are float16 storage noise, not a spread
 MIN_NULL = 10  # a null of fewer units gives rough z-scores: the audit says so
