@@ -177,7 +177,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=640, help="probe images (crops of the bundled photos)")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--crop", default="activation", choices=["activation", "none"])
-    parser.add_argument("--crop-rule", default=None, help="crop rule(s) (default: the library's, peak+share; the README's figures: peak)")
+    parser.add_argument("--crop-rule", default=None, help="crop rule(s) (default: the library's, peak+share; the docs' figures: peak)")
     parser.add_argument("--foundation", default="conse")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--variants", nargs="+", default=["channels_last"], help="embed settings to time, alternating")

@@ -130,7 +130,7 @@ if [[ $parts == *" shift "* ]]; then  # the same images and models on both devic
   done
 fi
 
-if [[ $parts == *" judge "* ]]; then  # world foundation trained and every Lens built on the GPU; the CPU's figures: README
+if [[ $parts == *" judge "* ]]; then  # world foundation trained and every Lens built on the GPU; the CPU's figures: docs/quality.md
   step judge python3 benchmarks/ground_truth.py --worlds default benchmarks/worlds/patch-on-star.toml --seeds 0 \
     --out "$out/judge" --json "$out/judge.json"
 fi

@@ -339,7 +339,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating")
     parser.add_argument("--workers", type=int, default=1, help="data loader workers, both libraries")
     parser.add_argument("--crops", nargs="+", default=["none"], choices=["none", "activation", "relevance"], help="semlens crop modes")
-    parser.add_argument("--crop-rule", default=None, help="semlens crop rule(s) (default: the library's, peak+share; the README's figures: peak)")
+    parser.add_argument("--crop-rule", default=None, help="semlens crop rule(s) (default: the library's, peak+share; the docs' figures: peak)")
     parser.add_argument("--label", action="store_true", help="also time text probing (twice in one process, once fresh)")
     parser.add_argument("--label-only", action="store_true", help="time text probing on the builds already in --workdir")
     parser.add_argument("--concepts", type=int, help="label with the first N concepts of the built-in vocabulary (default: all)")

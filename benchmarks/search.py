@@ -4,7 +4,7 @@ The units are random Gaussian vectors, the hardest case for an approximate index
 exploit; real theta are clustered). Each query is a text probe with its null, as in ``Lens.search``;
 both paths go through ``semlens.lens.index.UnitTable.top``, which re-scores the index's candidates exactly.
 With ``--responses R`` every unit also gets a response row (its ``cross``) whose score correlates R with its
-alignment over the units (on real Lenses 0.41 to 0.90 per query, median 0.79: README "Performance and scale";
+alignment over the units (on real Lenses 0.41 to 0.90 per query, median 0.79: docs/explanation/performance.md;
 0 is the worst case), and both paths rank by alignment and response (``Lens.search``'s default): the index's
 candidates are proposed by alignment alone and widened until the ranking is complete, so its recall is
 measured against brute force ranking by both.

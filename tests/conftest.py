@@ -13,7 +13,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["SEMLENS_CACHE"] = tempfile.mkdtemp(prefix="semlens-test-cache-")
 # The expected answers are the CPU's (float32, bit for bit). With a GPU visible, device="auto" takes CUDA,
 # bfloat16 autocast and half-precision embedding, and on an H100 25 tests failed, builds compared with
-# float32 references among them (README, Tests). SEMLENS_TEST_CUDA=1 lets the tests see the GPU.
+# float32 references among them (docs/development.md, Tests). SEMLENS_TEST_CUDA=1 lets the tests see the GPU.
 if os.environ.get("SEMLENS_TEST_CUDA") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 # CLI subprocesses started by the tests need the same torchvision fix: pass it on via PYTHONPATH.
@@ -70,3 +70,20 @@ def explorer_lenses(tmp_path_factory: pytest.TempPathFactory, colour_folder: Pat
             lens.label()
         paths.append(lens.path)
     return paths
+
+
+@pytest.fixture(scope="session")
+def example_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The working directory of the README's and the docs pages' Python examples, with the tour's Lens
+    (``tour.lens``) built by the README's first example: the pages that use it do not each build it again
+    (a build into a complete Lens of the same inputs skips every stage)."""
+    from doc_examples import python_examples, run_examples
+
+    workdir = tmp_path_factory.mktemp("examples")
+    previous = os.getcwd()
+    os.chdir(workdir)
+    try:
+        run_examples(python_examples(Path(__file__).parents[1] / "README.md")[:1], workdir)
+    finally:
+        os.chdir(previous)
+    return workdir

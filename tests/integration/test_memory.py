@@ -1,7 +1,7 @@
 """The collection pass keeps its memory flat: 10x the images, about the same peak RSS.
 
 Runs ``benchmarks/memory.py`` (each size in its own process) at small sizes; the 1 000 000-image
-run is the benchmark, with its figures in the README.
+run is the benchmark, with its figures in docs/explanation/performance.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,24 @@
-"""The README's Python example runs as written (in a temporary working directory)."""
+"""The README's tour runs as written (in the working directory the docs' examples share: see doc_examples)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
+from doc_examples import python_examples, run_examples
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.mark.slow
-def test_readme_python_examples_run(tmp_path, monkeypatch, capsys) -> None:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
-    assert blocks, "the README has no Python example"
-    monkeypatch.chdir(tmp_path)
-    for block in blocks:
-        exec(compile(block, str(README), "exec"), {"__name__": "__readme__"})
+def test_readme_python_examples_run(example_workdir, monkeypatch, capsys) -> None:
+    examples = python_examples(README)
+    assert examples, "the README has no Python example"
+    assert not any(example.not_run for example in examples), "the README's tour must run as written"
+    monkeypatch.chdir(example_workdir)
+    monkeypatch.syspath_prepend(str(example_workdir))
+    run_examples(examples, example_workdir)
     printed = capsys.readouterr().out
-    assert "torch.Size([1000, 384])" in printed and "torch.Size([1000, 5, 384])" in printed
-    assert "cat/cat-000.jpg" in printed
+    assert "torch.Size([64, 384])" in printed
+    assert "features.14/" in printed  # search hits and flagged units
+    assert "ring [" in printed  # probe sample 5 is a ring, and the model says so

@@ -5,7 +5,7 @@ straight back to the kernel, and the next block of that size is mapped and zero-
 Relevance passes on the CPU allocate and free activations of tens of megabytes many times a second (ResNet-18's
 stem at 224 px, 16 pairs a pass: 51 MB), so a build spent almost as much time in the kernel as in torch. Within
 ``freed_memory_kept`` glibc maps nothing itself and keeps what is freed for reuse; tensors are reused, not
-changed, so every number stays the same. Measured in ``benchmarks/allocator.py`` (README, "Performance and
+changed, so every number stays the same. Measured in ``benchmarks/allocator.py`` (docs/explanation/performance.md, "Performance and
 scale"). Other C libraries and allocators (musl, macOS, Windows, a preloaded jemalloc) are left as they are, and
 ``SEMLENS_KEEP_FREED_MEMORY=0`` leaves glibc as it is too. The setting is the process's: blocks nested in one
 another or run at once in several threads (the explorer's requests) hold it until the last of them ends.

@@ -44,7 +44,7 @@ from .alignment import robust_null
 VERDICTS = ("valid", "spurious", "both", "unexpected")
 FLAGGED = ("spurious", "both")
 AUDIT_CUT = 0.028  # the paper's example: units with more than 2.8 % of a layer's relevance
-Z_CUT = 3.0  # robust z above which a unit counts as aligned with a probe (see README: Audit)
+Z_CUT = 3.0  # robust z above which a unit counts as aligned with a probe (see docs/record.md: "The audit's z cut")
 MARGIN = 1.0  # z units by which one kind of concept must beat the other for a one-sided verdict
 MIN_NULL = 10  # a null of fewer units gives rough z-scores: the audit says so
 NULL_RULE = "robust z of the alignment among the units of its layer: (a - median) / (1.4826 MAD)"

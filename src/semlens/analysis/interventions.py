@@ -258,7 +258,7 @@ class ConceptImages:
 
     ``artifact`` may be several placements of one artefact (a tuple; each control image gets the next in
     turn), as where it sits in the data: with one placement, whether a unit of a coarse layer fires where the
-    artefact is depends on where that one copy falls on its grid of cells (README: "Where it fires")."""
+    artefact is depends on where that one copy falls on its grid of cells (docs/explanation/relevance.md: "Where it fires")."""
 
     control: ImageData
     artifact: Artifact | tuple[Artifact, ...] | None = None

@@ -6,7 +6,7 @@
   units (``MIN_CENTRED_UNITS`` or more; fewer give no mean worth the name, and keep the alignment). A text
   that aligns with every unit alike (a hub: words the foundation model places near all images, e.g. ones
   it never learnt) then says nothing about any one unit; what sets a unit apart from its layer does.
-  Measured on the concept worlds (README "Labelling methods"): top-1 0.00 by alignment, 0.71-0.95
+  Measured on the concept worlds (docs/record.md "Labelling methods"): top-1 0.00 by alignment, 0.71-0.95
   centred, where the world's foundation model puts distractor words ("person", "fire") near every unit.
 - ``clip-dissect`` (Oikarinen & Weng 2023, soft-WPMI): each example's p(concept | example) is a softmax
   over the vocabulary of ``temperature`` times its cosine with the concepts; the unit's examples form a
@@ -17,7 +17,7 @@
 - ``responses`` (the default where the Lens has them, else ``centred``): ``centred`` and each concept's partial
   effect on the unit's activation over the Lens's own crops (``analysis.responses``), each standardised over the
   vocabulary and summed: of two concepts that all of a unit's top examples show, the one that raises it where
-  the other is absent. Measured on the concept worlds (README "Labelling methods"): top-1 0.936 against 0.924
+  the other is absent. Measured on the concept worlds (docs/record.md "Labelling methods"): top-1 0.936 against 0.924
   centred, the worst run 0.68 against 0.57.
 - ``contrastive``: what separates the unit's examples from look-alikes that do not activate it; the
   negatives are the stored crops nearest to theta among other units' examples whose images are not among
@@ -43,7 +43,7 @@ MIN_CENTRED_UNITS = 10  # as the audit's null (analysis.audit.MIN_NULL): fewer u
 ALIGNMENT_METHODS = ("alignment", "centred")  # scored from theta alone: no example embeddings needed
 #: CLIP-Dissect's soft-WPMI settings (its reference implementation's defaults)
 TEMPERATURE, LAMBDA, P_START, P_END = 10.0, 1.0, 0.998, 0.97
-CONTRAST_WEIGHT = 0.25  # measured: 1.0 loses most true labels, 0.25 about matches alignment (README)
+CONTRAST_WEIGHT = 0.25  # measured: 1.0 loses most true labels, 0.25 about matches alignment (docs/record.md)
 MIN_PROBABILITY = 1e-7
 PRIOR_SETS = 1024  # random sets of probe images in clip-dissect's prior
 CHUNK_ELEMENTS = 2**25  # bound of the boolean masks built per block of units

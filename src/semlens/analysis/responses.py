@@ -11,7 +11,7 @@ standardised columns (``RIDGE``), so collinear concepts share their effect inste
 It needs no vocabulary at build time: the build keeps, per unit, the centred cross-moment of its activation
 with the crop embeddings (``cross`` ``[U, d]``) and, per Lens, the crops' centred scatter (``[d, d]``); any
 vocabulary's regression follows from those (``partial_effects``). Measured on the 33 stored concept-world
-Lenses (README "Labelling methods"): top-1 0.924 centred, 0.936 with the effects; the worst run 0.57 -> 0.68.
+Lenses (docs/record.md "Labelling methods"): top-1 0.924 centred, 0.936 with the effects; the worst run 0.57 -> 0.68.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-RIDGE = 1.0  # on unit-norm columns; top-1 is flat from 0.1 to 3 on the concept worlds (README)
+RIDGE = 1.0  # on unit-norm columns; top-1 is flat from 0.1 to 3 on the concept worlds (docs/record.md)
 
 
 class ResponseMoments:

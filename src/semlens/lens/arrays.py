@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 #: the crop rules search ranks units by, the first a Lens was built with among others (``crop_rule="peak+active"``);
-#: every other question reads the first rule's boxes. Measured on the concept worlds' Lenses (see README, Crop
+#: every other question reads the first rule's boxes. Measured on the concept worlds' Lenses (see docs/record.md, Crop
 #: views): the artefact's true units in the top 5 for its name, 11 of 15 from the share boxes against 7 from the
 #: peak boxes and 9 from their mean, while labels are best from the peak boxes; then 36 against the share boxes'
 #: 31 from the active boxes (where units fire) over 16 worlds with true artefact units

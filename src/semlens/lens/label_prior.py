@@ -3,7 +3,7 @@ its probe data) every valid unit's stored example set.
 
 The probe images are embedded once per (foundation model, probe data) and cached in the user cache
 (``SEMLENS_CACHE/label-priors``), never in the Lens, as probe prompts are. Measured with
-benchmarks/ground_truth.py --label-methods (README, "Labelling methods"): the probe images' prior labels
+benchmarks/ground_truth.py --label-methods (docs/record.md, "Labelling methods"): the probe images' prior labels
 better than the example sets', which punish a concept for being shown by many units.
 """
 

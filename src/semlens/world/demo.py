@@ -292,7 +292,7 @@ def true_concepts(truths: dict[str, dict], causal: bool = True) -> dict[str, str
     artefact only where pasting it into probe images raises the unit (``truth.INSERTION_AUC``), and of the
     concepts dissection names, the one whose scenes raise the unit most: IoU is reached through correlation
     too (a square unit weaker on patterned squares matches the "plain" mask better than the "square" one,
-    though square scenes raise it 2.5 times more than plain ones; README "The truth")."""
+    though square scenes raise it 2.5 times more than plain ones; docs/explanation/concept-world.md "How answers are scored")."""
     found = {}
     for layer in truths:
         concepts = truths[layer]["concepts"]

@@ -40,7 +40,7 @@ from .captions import VIEW_RULES, caption, random_box, visible_concepts
 from .render import WORLD_MEAN, WORLD_STD, WorldConfig, render, world_preprocessing
 
 CODE_VERSION = 6  # bump when captions, views or the tower change: cached weights then retrain
-DEFAULT_STEPS = 1600  # zero-shot shape accuracy 0.42 at 400 steps, 0.70 at 800, 0.99 at 1600 (README)
+DEFAULT_STEPS = 1600  # zero-shot shape accuracy 0.42 at 400 steps, 0.70 at 800, 0.99 at 1600 (docs/record.md)
 BATCH_SIZE = 256
 STEPS_VARIABLE = "SEMLENS_WORLD_STEPS"
 TRAINING: dict[str, Any] = {

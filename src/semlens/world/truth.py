@@ -44,7 +44,7 @@ CONCEPT_IMAGES = 8
 # phi's images: each concept in scenes whose other factors are random (``render.concept_scene``). On the
 # concept alone on gray, labels equal to the dissection truth reach phi 0.53 in the default world (a white
 # square moves the world's square units less than a background alone does); in scenes, 0.94 (32 images
-# per concept; README "phi").
+# per concept; docs/explanation/concept-world.md "How answers are scored").
 SCENE_IMAGES = 32
 # A unit detects an artefact when dissection names it AND pasting the artefact into probe images that
 # lack it raises the unit: the AUC of its pooled activation with against without is at least 0.8.
