@@ -13,6 +13,7 @@ from .._util.allocator import freed_memory_kept
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
 from ..analysis.label import DEFAULT_THRESHOLD
+from ..model.imagenet import model_class_index
 
 if TYPE_CHECKING:
     from ..analysis.audit import AlignmentRule, Audit
@@ -28,16 +29,17 @@ class LensAudits:
     """Part of ``Lens``: questions about the model's classes, answered from its class relevance."""
 
     def class_index(self: Lens, name: str | int) -> int:
-        """A class given by name (case-insensitive) or index, as the model's output index."""
+        """A class given by name (case-insensitive; or the WordNet id of an ImageNet class) or index, as the
+        model's output index."""
         classes = self.classes
         if isinstance(name, int) or str(name).isdecimal():
             index = int(name)
             if classes and not 0 <= index < len(classes):
                 raise SemlensError(f"class index {index} is out of range: this model has {len(classes)} classes")
             return index
-        names = [candidate.lower() for candidate in classes or []]
-        if str(name).lower() in names:
-            return names.index(str(name).lower())
+        found = model_class_index(str(name), classes or [])
+        if found is not None:
+            return found
         hint = f"e.g. {', '.join((classes or [])[:5])}" if classes else "this model has no class names"
         raise SemlensError(f"unknown class {name!r}; give a class index or a class name ({hint})")
 

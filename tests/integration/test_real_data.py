@@ -1,0 +1,62 @@
+"""Real data without friction: ImageNet-style folders named by WordNet id, the units most relevant to a class,
+the report's audit with the concept test, ``--version`` and image probes with transparency."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tiny_models import IMAGENET_FOLDERS, colour_images
+from typer.testing import CliRunner
+
+from semlens import BuildConfig, Lens, build_lens
+from semlens.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+@pytest.fixture(scope="module")
+def wnid_folder(tmp_path_factory) -> Path:
+    """The colour images in folders named by WordNet id, as ImageNet's own: n01440764/ (tench), ..."""
+    root = tmp_path_factory.mktemp("imagenet-style")
+    for index, (image, label) in enumerate(colour_images(18)):
+        folder = root / list(IMAGENET_FOLDERS)[label]
+        folder.mkdir(exist_ok=True)
+        image.save(folder / f"{index:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def wnid_lens(tmp_path_factory, wnid_folder: Path, tiny_clip_dir: Path) -> Lens:
+    config = BuildConfig(
+        model="py:tiny_models:imagenet_named_cnn", layers=["features.3", "head"], data=f"folder:{wnid_folder}",
+        foundation=f"hf:{tiny_clip_dir}", k=3, workers=0,
+    )  # fmt: skip
+    return build_lens(config, tmp_path_factory.mktemp("wnid") / "wnid.lens", progress=False)
+
+
+def test_wordnet_id_folders_are_the_model_s_classes(wnid_lens: Lens, wnid_folder: Path) -> None:
+    from semlens.analysis.interventions import class_targets, load_views
+    from semlens.data import load_data
+    from semlens.model.loading import load_model
+
+    assert wnid_lens.manifest["relevance"]["targets"] == "labels"  # not the predicted classes
+    assert wnid_lens.class_index("n01443537") == wnid_lens.class_index("goldfish") == 1
+    model, data = load_model("py:tiny_models:imagenet_named_cnn"), load_data(f"folder:{wnid_folder}")
+    _, labels = load_views(model, data)
+    assert class_targets(model, data, labels).tolist() == labels  # what correcting the model trains on
+
+
+def test_a_wordnet_id_names_its_imagenet_class_among_1000_even_where_display_names_repeat() -> None:
+    from semlens.model.imagenet import imagenet_classes, model_class_index
+
+    classes = imagenet_classes()
+    assert classes[134] == classes[517] == "crane"  # the bird and the machine
+    assert model_class_index("n02012849", classes) == 134 and model_class_index("n03126707", classes) == 517
+    assert model_class_index("n01440764", ["Tinca tinca", "goldfish"]) == 0  # by a synonym
+    assert model_class_index("n01440764", ["goldfish"]) is None and model_class_index("n99999999", classes) is None
