@@ -60,3 +60,27 @@ def test_a_wordnet_id_names_its_imagenet_class_among_1000_even_where_display_nam
     assert model_class_index("n02012849", classes) == 134 and model_class_index("n03126707", classes) == 517
     assert model_class_index("n01440764", ["Tinca tinca", "goldfish"]) == 0  # by a synonym
     assert model_class_index("n01440764", ["goldfish"]) is None and model_class_index("n99999999", classes) is None
+
+
+def test_relevant_lists_a_class_s_units_by_share_of_relevance_per_layer(wnid_lens: Lens) -> None:
+    result = invoke("relevant", wnid_lens.path, "--class", "n01440764", "--top", "2", "--json")
+    assert result.exit_code == 0, result.output
+    units = json.loads(result.output)
+    assert [unit["layer"] for unit in units] == ["features.3", "features.3", "head", "head"]
+    for unit in units:
+        layer, row = wnid_lens.unit_index(unit["unit"])
+        assert unit["mean_share"] == pytest.approx(float(wnid_lens.class_relevance(layer)["mean_share"][row, 0]))
+        assert set(unit) == {"unit", "layer", "mean_share", "max_share", "label"}
+    first = wnid_lens.class_relevance("features.3")["mean_share"][:, 0]
+    assert units[0]["mean_share"] == pytest.approx(float(first.max()))
+    shown = invoke("relevant", wnid_lens.path, "--class", "tench")
+    assert shown.exit_code == 0 and "units most relevant for class tench" in shown.output and units[0]["unit"] in shown.output
+    unknown = invoke("relevant", wnid_lens.path, "--class", "n09999999")
+    assert unknown.exit_code == 2 and "unknown class 'n09999999'" in unknown.output
+
+
+def test_version_prints_the_package_version() -> None:
+    import semlens
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"semlens {semlens.__version__}"

@@ -1,4 +1,4 @@
-"""Commands that ask a Lens: info, search, similar, show, label, dissect, map, measures, compare, report,
+"""Commands that ask a Lens: info, search, similar, relevant, show, label, dissect, map, measures, compare, report,
 export, serve, trust."""
 
 from __future__ import annotations
@@ -114,6 +114,27 @@ def similar(
     opened = open_lens(lens, space=space)
     target = open_lens(other, space=space) if other else opened
     print_hits(target.search_similar(opened, unit, top), f"units similar to {unit}", "similarity", as_json)
+
+
+@app.command()
+@friendly
+def relevant(
+    lens: Path = typer.Argument(..., help="Lens directory (built with class relevance)."),
+    class_name: str = typer.Option(..., "--class", "-c", help="Class name, WordNet id or index."),
+    layer: Optional[list[str]] = Layers,
+    top: int = typer.Option(10, "--top", "-n", min=1, help="How many units to show per layer."),
+    as_json: AsJson = False,
+) -> None:
+    """The units a class relies on most, per layer: their mean and max share of the layer's relevance over the
+    class's samples, and their labels (the reverse of the explorer's "most relevant for")."""
+    opened = open_lens(lens)
+    units = opened.relevant_units(class_name, top, layer or None)
+    if as_json:
+        emit_json([unit.to_dict() for unit in units])
+        return
+    rows = [(unit.unit, round(unit.mean_share, 4), round(unit.max_share, 4), unit.label or "") for unit in units]
+    name = opened.classes[opened.class_index(class_name)] if opened.classes else class_name
+    console.print(table(f"units most relevant for class {name}", ("unit", "mean share", "max share", "label"), rows))
 
 
 @app.command()

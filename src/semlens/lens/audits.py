@@ -4,8 +4,9 @@ probes to ``semlens.analysis`` and ``semlens.relevance``."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +24,21 @@ if TYPE_CHECKING:
     from .lens import Lens
 
 GRAPH_THRESHOLD = 0.01  # the paper's lower labelling threshold for attribution graphs
+
+
+@dataclass(frozen=True)
+class RelevantUnit:
+    """A unit a class relies on: its mean and max share of its layer's relevance for the class's samples
+    (shares sum to 1 over a layer's units per sample) and its label (None when unlabelled)."""
+
+    unit: str
+    layer: str
+    mean_share: float
+    max_share: float
+    label: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class LensAudits:
@@ -55,6 +71,23 @@ class LensAudits:
         chosen = order[~mean[order].isnan()][:top].tolist()
         names = self.classes or [str(index) for index in range(mean.numel())]
         return [(names[i], i, float(relevance["max_share"][row, i]), float(mean[i])) for i in chosen]
+
+    def relevant_units(self: Lens, class_name: str | int, top: int = 10, layers: list[str] | None = None) -> list[RelevantUnit]:
+        """The units a class relies on most, the ``top`` of each layer (of ``layers``, default all) by mean share
+        of the layer's relevance over the class's samples, highest first: the reverse of ``relevant_classes``.
+        Shares are within a layer, so each layer is ranked on its own."""
+        index = self.class_index(class_name)
+        found = []
+        for layer in self.checked_layers(layers):
+            relevance = self.class_relevance(layer)
+            if relevance is None:
+                raise SemlensError(f"no class relevance for layer {layer}; rebuild with class relevance on")
+            self._seen_class(index, class_name, relevance)
+            mean, peak = relevance["mean_share"][:, index], relevance["max_share"][:, index]
+            order = torch.argsort(mean.nan_to_num(float("-inf")), descending=True, stable=True)[:top].tolist()
+            units = self.units(layer)
+            found += [RelevantUnit(f"{layer}/{units[row]}", layer, float(mean[row]), float(peak[row]), self.label_of(f"{layer}/{units[row]}")) for row in order]
+        return found
 
     def sae_error_shares(self: Lens, class_name: str | int, layers: list[str] | None = None) -> dict[str, float]:
         """Per SAE layer (of the given, default all, layers), the class's mean share of the layer's relevance
