@@ -84,3 +84,36 @@ def test_version_prints_the_package_version() -> None:
 
     result = invoke("--version")
     assert result.exit_code == 0 and result.output.strip() == f"semlens {semlens.__version__}"
+
+
+def test_an_image_probe_with_transparent_parts_is_seen_over_the_lens_s_probe_images(wnid_lens: Lens, tmp_path: Path) -> None:
+    """A watermark-like overlay on a transparent canvas whose hidden pixels are black: dropping its alpha would
+    probe with black; it is pasted into the probe images the Lens's units met instead, and titled by its name."""
+    from PIL import Image
+
+    overlay = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    overlay.paste((250, 250, 250, 255), (4, 20, 28, 26))  # a white bar
+    path = tmp_path / "watermark.png"
+    overlay.save(path)
+    backgrounds = wnid_lens.probe_backgrounds
+    assert len(backgrounds) == 16 and all(view.size == (32, 32) for view in backgrounds)
+    pasted = [Image.alpha_composite(view.convert("RGBA"), overlay).convert("RGB") for view in backgrounds]
+    searched = wnid_lens.search(images=[path], top=5, rank="alignment")
+    assert [(hit.unit, round(hit.score, 5)) for hit in searched] == [(hit.unit, round(hit.score, 5)) for hit in wnid_lens.search(images=pasted, top=5, rank="alignment")]
+    dropped = wnid_lens.search(images=[overlay.convert("RGB")], top=5, rank="alignment")
+    assert [round(hit.score, 5) for hit in searched] != [round(hit.score, 5) for hit in dropped]
+    result = invoke("search", wnid_lens.path, "--image", path)
+    assert result.exit_code == 0 and "watermark.png" in result.output, result.output
+
+
+def test_a_transparent_image_probe_without_probe_data_is_seen_over_neutral_gray(tiny_clip_dir: Path) -> None:
+    from PIL import Image
+
+    from semlens.foundation import load_foundation_model
+    from semlens.lens.probes import NEUTRAL_GRAY, ProbeEncoder
+
+    encoder = ProbeEncoder(load_foundation_model(f"hf:{tiny_clip_dir}"))
+    overlay = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    overlay.paste((250, 250, 250, 255), (4, 20, 28, 26))
+    gray = Image.alpha_composite(Image.new("RGBA", (32, 32), (*NEUTRAL_GRAY, 255)), overlay).convert("RGB")
+    assert encoder.images([overlay]).allclose(encoder.images([gray]))

@@ -96,7 +96,7 @@ def search(
     opened = open_lens(lens, trust, foundation=foundation, space=space)
     hits = opened.search(query or None, image or (), layer or None, top, template or "search", examples=examples, rank=rank)
     ranked = "aligned with" if rank == "alignment" or not opened.has_responses else "aligned with and responding to"
-    title = f"units {ranked} {' + '.join(map(repr, query or []))}{' + images' if image else ''}"
+    title = f"units {ranked} {' + '.join([repr(text) for text in query or []] + [path.name for path in image or []])}"
     print_hits(hits, title, "alignment", as_json)
 
 

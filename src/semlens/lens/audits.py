@@ -200,7 +200,7 @@ class LensAudits:
         if concepts:
             results.append(alignment(theta, self.probes.concepts(concepts, templates), self.probes.null(templates)))
         if images:
-            results.append(alignment(theta, torch.stack([self.probes.images([image]) for image in images]), None))
+            results.append(alignment(theta, torch.stack([self.probes.images([image], lambda: self.probe_backgrounds) for image in images]), None))
         return torch.cat(results, dim=1)
 
     def _test_findings(self: Lens, result: Audit, class_index: int, concept: ConceptImages, test_all: bool) -> None:
