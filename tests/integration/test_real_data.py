@@ -117,3 +117,16 @@ def test_a_transparent_image_probe_without_probe_data_is_seen_over_neutral_gray(
     overlay.paste((250, 250, 250, 255), (4, 20, 28, 26))
     gray = Image.alpha_composite(Image.new("RGBA", (32, 32), (*NEUTRAL_GRAY, 255)), overlay).convert("RGB")
     assert encoder.images([overlay]).allclose(encoder.images([gray]))
+
+
+def test_the_report_s_audit_runs_the_concept_test_as_the_audit_command_does(wnid_lens: Lens, wnid_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    args = ("report", wnid_lens.path, "--out", out, "--class", "n01440764", "--spurious", "stripes", "--test-data", f"folder:{wnid_folder}")
+    result = invoke(*args, "--tint", "0,0,255", "--json")
+    assert result.exit_code == 0, result.output
+    audit = json.loads(result.output)["audits"][0]
+    assert audit["reliance"] is not None and audit["reliance"]["samples"] == [18, 18]
+    page = out.read_text()
+    assert "reliance on the concept</b>: class probability" in page and "no concept test was asked for" not in page
+    half = invoke(*args)  # test images but nothing to paste into them
+    assert half.exit_code == 2 and "exactly one of --artifact/--tint" in half.output

@@ -11,6 +11,7 @@ import typer
 
 from .._util.progress import step_bar
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
+from .validate import ConceptArtifact, ConceptAt, ConceptMask, ConceptTint, SpuriousData, TestAll, TestData, concept_test
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in.")
 Layers = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable; default all).")
@@ -369,6 +370,13 @@ def report(
     valid: Optional[list[str]] = typer.Option(None, "--valid", help="Valid concept for the audits (default: the class's own name)."),
     spurious: Optional[list[str]] = typer.Option(None, "--spurious", help="Spurious concept for the audits (repeatable)."),
     graph: bool = typer.Option(False, "--graph", help="Also add each --class's attribution graph (runs LRP: needs the model and probe data)."),
+    test_data: TestData = None,
+    spurious_data: SpuriousData = None,
+    artifact: ConceptArtifact = None,
+    mask: ConceptMask = None,
+    at: ConceptAt = "0,0",
+    tint: ConceptTint = None,
+    test_all: TestAll = False,
     compare: Optional[Path] = typer.Option(None, "--compare", help="Add a comparison with this other Lens."),
     trust: Trust = False,
     foundation: Foundation = None,
@@ -377,7 +385,8 @@ def report(
     as_json: AsJson = False,
 ) -> None:
     """Write one self-contained HTML report: map, dissection, measures, least clear and unexpected units; with
-    --class and --spurious, class audits (and --graph their attribution graphs); with --compare, a comparison."""
+    --class and --spurious, class audits (with --test-data and --artifact/--tint/--spurious-data, each with the
+    concept test, as `semlens audit`; and --graph their attribution graphs); with --compare, a comparison."""
     from .._util.errors import SemlensError
     from ..report.html import write_report
 
@@ -385,6 +394,9 @@ def report(
     classes = class_name or []
     if classes and not spurious:
         raise SemlensError("an audit in the report needs --spurious CONCEPT (and optionally --valid)")
+    concept = concept_test(test_data, spurious_data, artifact, mask, at, tint, test_all)
+    if concept is not None and not classes:
+        raise SemlensError("the concept test runs in a class's audit: give --class and --spurious too")
     steps = (["report: labels"] if opened.vocabulary is None else []) + [f"report: audit of {name}" for name in classes]
     steps += [f"report: attribution graph of {name}" for name in classes] if graph else []
     steps += (["report: comparison"] if compare else []) + ["report: map, measures and page"]
@@ -394,7 +406,7 @@ def report(
             done()
         audits = []
         for name in classes:
-            audits.append(opened.audit(name, valid or [opened.classes[opened.class_index(name)] if opened.classes else name], spurious))
+            audits.append(opened.audit(name, valid or [opened.classes[opened.class_index(name)] if opened.classes else name], spurious, concept=concept, test_all=test_all))
             done()
         graphs = []
         for name in classes if graph else []:
