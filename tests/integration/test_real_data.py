@@ -130,3 +130,24 @@ def test_the_report_s_audit_runs_the_concept_test_as_the_audit_command_does(wnid
     assert "reliance on the concept</b>: class probability" in page and "no concept test was asked for" not in page
     half = invoke(*args)  # test images but nothing to paste into them
     assert half.exit_code == 2 and "exactly one of --artifact/--tint" in half.output
+
+
+def test_pictures_of_examples_show_where_the_unit_fires(wnid_lens: Lens) -> None:
+    """The crop of the box around the unit's own activation (the search rule's), not the paper's box that is most
+    of the view at small inputs; where even that box is the whole view, the view with the heatmap over it."""
+    from semlens.report.figures import WHOLE_VIEW, firing_picture, heat_overlay
+
+    assert wnid_lens.search_rule == "active" and wnid_lens.crop_rules[0] == "peak"
+    cropped = 0
+    for row, name in enumerate(wnid_lens.units("features.3")):
+        for example in wnid_lens.concept_examples(f"features.3/{name}"):
+            picture = firing_picture(wnid_lens, f"features.3/{name}", example)
+            view = wnid_lens.example_image(example, crop=False)
+            x0, y0, x1, y1 = wnid_lens.boxes("features.3", "active")[row, example.rank].tolist()
+            if (x1 - x0) * (y1 - y0) < WHOLE_VIEW * view.width * view.height:
+                assert picture.tobytes() == view.crop((x0, y0, x1, y1)).tobytes()
+                cropped += 1
+            else:
+                heat = wnid_lens.heatmaps("features.3")[row, example.rank].float().numpy()
+                assert picture.tobytes() == heat_overlay(view, heat, example.box).tobytes()
+    assert cropped > 0
