@@ -121,10 +121,12 @@ def test_map_point_click_opens_its_unit_page_with_images(page, base_url, valid, 
     from semlens import Lens
 
     assert images_loaded(page, "#examples img") == len(Lens.open(explorer_lenses[0], trust=True).concept_examples(hovered))
+    assert images_loaded(page, "#heatmaps img") == min(6, len(Lens.open(explorer_lenses[0], trust=True).concept_examples(hovered)))  # without a click
+    assert images_loaded(page, "#full img") == 2 and page.inner_text("#full h3").startswith("example 0")  # the best one's view and heatmap
     page.wait_for_selector("#clusters .cluster")  # the same examples, grouped by concept
     assert images_loaded(page, "#clusters .cluster img") == len(Lens.open(explorer_lenses[0], trust=True).concept_examples(hovered))
     assert images_loaded(page, "#unit .thumbs img") > 0  # similar units, in both Lenses
-    assert page.locator("#unit h3").all_inner_texts()[:2] == ["in tiny.lens", "in other.lens"]
+    assert page.locator("#unit > h3").all_inner_texts()[:2] == ["in tiny.lens", "in other.lens"]
     page.click("#examples figure >> nth=0")  # the full image, on demand, with its crop box
     images_loaded(page, "#full img")
     assert page.locator("#full .box").is_visible()

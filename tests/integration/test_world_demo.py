@@ -32,4 +32,5 @@ def test_demo_on_another_world(tmp_path, monkeypatch, capsys):
     assert summary["test"]["insertion"]["samples"] == 60
     assert summary["audit"]["units"] > 0
     assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "world.lens" / "manifest.json").is_file()
+    assert "reliance on the concept</b>: class probability" in (tmp_path / "out" / "report.html").read_text()  # its audit, tested
     assert "semlens demo: the concept world" in capsys.readouterr().out

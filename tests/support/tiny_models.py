@@ -36,6 +36,15 @@ def tiny_cnn() -> LoadedModel:
     return LoadedModel(TinyCNN().eval(), "py:tiny_models:tiny_cnn", TINY_PREPROCESSING, ["red", "green", "blue"])
 
 
+#: three ImageNet classes by WordNet id (ImageNet's folder names) and by the names a model gives them
+IMAGENET_FOLDERS = {"n01440764": "tench", "n01443537": "goldfish", "n01484850": "great white shark"}
+
+
+def imagenet_named_cnn() -> LoadedModel:
+    """The tiny CNN with three of ImageNet's class names, the classes of a folder named by WordNet id."""
+    return LoadedModel(TinyCNN().eval(), "py:tiny_models:imagenet_named_cnn", TINY_PREPROCESSING, list(IMAGENET_FOLDERS.values()))
+
+
 class StridedCNN(nn.Module):
     """Two 3x3 convolutions of stride 2 and padding 1 (ResNet's downsampling) over 32 px inputs: the 8 x 8 map of
     ``features.3`` has its cells 1.5 pixels up and left of the even grid (``model.receptive``)."""

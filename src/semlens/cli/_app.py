@@ -19,6 +19,24 @@ from rich.table import Table
 from .._util.errors import SemlensError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Understand and validate what a model's units encode.")
+
+
+def _version(asked: bool) -> None:
+    """``semlens --version``: the installed package's version, then exit (what a bug report needs first)."""
+    if asked:
+        from .. import __version__
+
+        console.print(f"semlens {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Understand and validate what a model's units encode."""
+
+
 console = Console(emoji=False)  # text is shown as written: ":thumbs_up:" in a query or a path stays text
 errors = Console(stderr=True, emoji=False)
 

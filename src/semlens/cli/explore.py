@@ -1,4 +1,4 @@
-"""Commands that ask a Lens: info, search, similar, show, label, dissect, map, measures, compare, report,
+"""Commands that ask a Lens: info, search, similar, relevant, show, label, dissect, map, measures, compare, report,
 export, serve, trust."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import typer
 from .._util.progress import step_bar
 from ..analysis.label import MIN_CONFIDENCE
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
+from .validate import ConceptArtifact, ConceptAt, ConceptMask, ConceptTint, SpuriousData, TestAll, TestData, concept_test
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in.")
 Layers = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable; default all).")
@@ -102,7 +103,7 @@ def search(
     opened = open_lens(lens, trust, foundation=foundation, space=space)
     hits = opened.search(query or None, image or (), layer or None, top, template or "search", examples=examples, rank=rank)
     ranked = "aligned with" if rank == "alignment" or not opened.has_responses else "aligned with and responding to"
-    title = f"units {ranked} {' + '.join(map(repr, query or []))}{' + images' if image else ''}"
+    title = f"units {ranked} {' + '.join([repr(text) for text in query or []] + [path.name for path in image or []])}"
     print_hits(hits, title, "alignment", as_json)
 
 
@@ -120,6 +121,27 @@ def similar(
     opened = open_lens(lens, space=space)
     target = open_lens(other, space=space) if other else opened
     print_hits(target.search_similar(opened, unit, top), f"units similar to {unit}", "similarity", as_json)
+
+
+@app.command()
+@friendly
+def relevant(
+    lens: Path = typer.Argument(..., help="Lens directory (built with class relevance)."),
+    class_name: str = typer.Option(..., "--class", "-c", help="Class name, WordNet id or index."),
+    layer: Optional[list[str]] = Layers,
+    top: int = typer.Option(10, "--top", "-n", min=1, help="How many units to show per layer."),
+    as_json: AsJson = False,
+) -> None:
+    """The units a class relies on most, per layer: their mean and max share of the layer's relevance over the
+    class's samples, and their labels (the reverse of the explorer's "most relevant for")."""
+    opened = open_lens(lens)
+    units = opened.relevant_units(class_name, top, layer or None)
+    if as_json:
+        emit_json([unit.to_dict() for unit in units])
+        return
+    rows = [(unit.unit, round(unit.mean_share, 4), round(unit.max_share, 4), unit.label or "") for unit in units]
+    name = opened.classes[opened.class_index(class_name)] if opened.classes else class_name
+    console.print(table(f"units most relevant for class {name}", ("unit", "mean share", "max share", "label"), rows))
 
 
 @app.command()
@@ -371,6 +393,13 @@ def report(
     valid: Optional[list[str]] = typer.Option(None, "--valid", help="Valid concept for the audits (default: the class's own name)."),
     spurious: Optional[list[str]] = typer.Option(None, "--spurious", help="Spurious concept for the audits (repeatable)."),
     graph: bool = typer.Option(False, "--graph", help="Also add each --class's attribution graph (runs LRP: needs the model and probe data)."),
+    test_data: TestData = None,
+    spurious_data: SpuriousData = None,
+    artifact: ConceptArtifact = None,
+    mask: ConceptMask = None,
+    at: ConceptAt = "0,0",
+    tint: ConceptTint = None,
+    test_all: TestAll = False,
     compare: Optional[Path] = typer.Option(None, "--compare", help="Add a comparison with this other Lens."),
     trust: Trust = False,
     foundation: Foundation = None,
@@ -379,7 +408,8 @@ def report(
     as_json: AsJson = False,
 ) -> None:
     """Write one self-contained HTML report: map, dissection, measures, least clear and unexpected units; with
-    --class and --spurious, class audits (and --graph their attribution graphs); with --compare, a comparison."""
+    --class and --spurious, class audits (with --test-data and --artifact/--tint/--spurious-data, each with the
+    concept test, as `semlens audit`; and --graph their attribution graphs); with --compare, a comparison."""
     from .._util.errors import SemlensError
     from ..report.html import write_report
 
@@ -387,6 +417,9 @@ def report(
     classes = class_name or []
     if classes and not spurious:
         raise SemlensError("an audit in the report needs --spurious CONCEPT (and optionally --valid)")
+    concept = concept_test(test_data, spurious_data, artifact, mask, at, tint, test_all)
+    if concept is not None and not classes:
+        raise SemlensError("the concept test runs in a class's audit: give --class and --spurious too")
     steps = (["report: labels"] if opened.vocabulary is None else []) + [f"report: audit of {name}" for name in classes]
     steps += [f"report: attribution graph of {name}" for name in classes] if graph else []
     steps += (["report: comparison"] if compare else []) + ["report: map, measures and page"]
@@ -396,7 +429,7 @@ def report(
             done()
         audits = []
         for name in classes:
-            audits.append(opened.audit(name, valid or [opened.classes[opened.class_index(name)] if opened.classes else name], spurious))
+            audits.append(opened.audit(name, valid or [opened.classes[opened.class_index(name)] if opened.classes else name], spurious, concept=concept, test_all=test_all))
             done()
         graphs = []
         for name in classes if graph else []:

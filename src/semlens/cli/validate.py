@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
 from .._util.errors import SemlensError
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
+
+# the audit's concept test, in `semlens audit` and in the audits of `semlens report`
+TestData = Annotated[Optional[str], typer.Option(help="Concept test: images without the spurious concept (data spec), of the class and others (then a unit the class's images raise more than the concept does is not confirmed; classes by label, else by prediction).")]
+SpuriousData = Annotated[Optional[str], typer.Option(help="Concept test: images that show the spurious concept (data spec), instead of --artifact.")]
+ConceptArtifact = Annotated[Optional[Path], typer.Option("--artifact", help="Concept test: the spurious concept as an artefact image (RGBA) inserted into --test-data.")]
+ConceptMask = Annotated[Optional[Path], typer.Option("--mask", help="Mask image (white = artefact) instead of the artefact's alpha.")]
+ConceptAt = Annotated[str, typer.Option("--at", help="Top-left X,Y of the artefact in the model's input view; several placements X,Y;X,Y;... are given to the test images in turn.")]
+ConceptTint = Annotated[Optional[str], typer.Option("--tint", help="Concept test: a tint R,G,B (0.7 p + 0.3 c) as the spurious concept.")]
+TestAll = Annotated[bool, typer.Option("--test-all", help="Concept test: test every relevant unit, not only the flagged ones (finds the units the reliance runs through where no example aligns with the concept).")]
 
 AUDIT_KEYS = {"class", "valid", "spurious", "valid_images", "spurious_images", "cut", "z", "margin", "by_label", "by_location", "by_rise", "locate_share", "locate_enough"}
 
@@ -29,13 +38,13 @@ def audit(
     alignment_only: bool = typer.Option(False, "--alignment-only", help="Judge by the alignment alone, not also by each unit's best concept by its crop responses nor by whether the concept test finds the concept raising it and where it fires."),
     layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (default: all)."),
     all_classes: bool = typer.Option(False, "--all", help="Audit every class (valid concept: its own name) and rank by spurious-or-both share."),
-    test_data: Optional[str] = typer.Option(None, help="Concept test: images without the spurious concept (data spec), of the class and others (then a unit the class's images raise more than the concept does is not confirmed; classes by label, else by prediction)."),
-    spurious_data: Optional[str] = typer.Option(None, help="Concept test: images that show the spurious concept (data spec), instead of --artifact."),
-    artifact: Optional[Path] = typer.Option(None, help="Concept test: the spurious concept as an artefact image (RGBA) inserted into --test-data."),
-    mask: Optional[Path] = typer.Option(None, help="Mask image (white = artefact) instead of the artefact's alpha."),
-    at: str = typer.Option("0,0", help="Top-left X,Y of the artefact in the model's input view; several placements X,Y;X,Y;... are given to the test images in turn."),
-    tint: Optional[str] = typer.Option(None, help="Concept test: a tint R,G,B (0.7 p + 0.3 c) as the spurious concept."),
-    test_all: bool = typer.Option(False, "--test-all", help="Concept test: test every relevant unit, not only the flagged ones (finds the units the reliance runs through where no example aligns with the concept)."),
+    test_data: TestData = None,
+    spurious_data: SpuriousData = None,
+    artifact: ConceptArtifact = None,
+    mask: ConceptMask = None,
+    at: ConceptAt = "0,0",
+    tint: ConceptTint = None,
+    test_all: TestAll = False,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML page with the scatter plot (one class).", callback=parent_made),
     trust: Trust = False,
     model: Model = None,
@@ -79,9 +88,7 @@ def audit(
     class_name = class_name or settings.get("class")
     if class_name is None:
         raise SemlensError("give --class (or `class` in --config), or --all")
-    concept = _concept_images(test_data, spurious_data, _artifact(artifact, mask, at, tint, placements=True))
-    if test_all and concept is None:
-        raise SemlensError("--test-all runs the concept test: give --test-data and one of --artifact/--tint or --spurious-data")
+    concept = concept_test(test_data, spurious_data, artifact, mask, at, tint, test_all)
     result = opened.audit(class_name, valid, spurious, valid_image, spurious_image, cut, layer or None, rule=rule, concept=concept, test_all=test_all)
     page = None
     if out is not None:
@@ -154,6 +161,16 @@ def audit(
     console.print(table(f"audit of {result.class_name}", columns, rows))
     if page:
         say(f"scatter plot: {page}")
+
+
+def concept_test(
+    test_data: Optional[str], spurious_data: Optional[str], artifact: Optional[Path], mask: Optional[Path], at: str, tint: Optional[str], test_all: bool
+):
+    """The concept test's images the options above ask for (None: no test), checked."""
+    concept = _concept_images(test_data, spurious_data, _artifact(artifact, mask, at, tint, placements=True))
+    if test_all and concept is None:
+        raise SemlensError("--test-all runs the concept test: give --test-data and one of --artifact/--tint or --spurious-data")
+    return concept
 
 
 def _concept_images(test_data: Optional[str], spurious_data: Optional[str], artifact):

@@ -4,14 +4,16 @@ probes to ``semlens.analysis`` and ``semlens.relevance``."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .._util.allocator import freed_memory_kept
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
+from ..model.imagenet import model_class_index
 
 if TYPE_CHECKING:
     from ..analysis.audit import AlignmentRule, Audit
@@ -22,20 +24,36 @@ if TYPE_CHECKING:
 
 
 
+@dataclass(frozen=True)
+class RelevantUnit:
+    """A unit a class relies on: its mean and max share of its layer's relevance for the class's samples
+    (shares sum to 1 over a layer's units per sample) and its label (None where it shows no concept)."""
+
+    unit: str
+    layer: str
+    mean_share: float
+    max_share: float
+    label: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class LensAudits:
     """Part of ``Lens``: questions about the model's classes, answered from its class relevance."""
 
     def class_index(self: Lens, name: str | int) -> int:
-        """A class given by name (case-insensitive) or index, as the model's output index."""
+        """A class given by name (case-insensitive; or the WordNet id of an ImageNet class) or index, as the
+        model's output index."""
         classes = self.classes
         if isinstance(name, int) or str(name).isdecimal():
             index = int(name)
             if classes and not 0 <= index < len(classes):
                 raise SemlensError(f"class index {index} is out of range: this model has {len(classes)} classes")
             return index
-        names = [candidate.lower() for candidate in classes or []]
-        if str(name).lower() in names:
-            return names.index(str(name).lower())
+        found = model_class_index(str(name), classes or [])
+        if found is not None:
+            return found
         hint = f"e.g. {', '.join((classes or [])[:5])}" if classes else "this model has no class names"
         raise SemlensError(f"unknown class {name!r}; give a class index or a class name ({hint})")
 
@@ -51,6 +69,23 @@ class LensAudits:
         chosen = order[~mean[order].isnan()][:top].tolist()
         names = self.classes or [str(index) for index in range(mean.numel())]
         return [(names[i], i, float(relevance["max_share"][row, i]), float(mean[i])) for i in chosen]
+
+    def relevant_units(self: Lens, class_name: str | int, top: int = 10, layers: list[str] | None = None) -> list[RelevantUnit]:
+        """The units a class relies on most, the ``top`` of each layer (of ``layers``, default all) by mean share
+        of the layer's relevance over the class's samples, highest first: the reverse of ``relevant_classes``.
+        Shares are within a layer, so each layer is ranked on its own."""
+        index = self.class_index(class_name)
+        found = []
+        for layer in self.checked_layers(layers):
+            relevance = self.class_relevance(layer)
+            if relevance is None:
+                raise SemlensError(f"no class relevance for layer {layer}; rebuild with class relevance on")
+            self._seen_class(index, class_name, relevance)
+            mean, peak = relevance["mean_share"][:, index], relevance["max_share"][:, index]
+            order = torch.argsort(mean.nan_to_num(float("-inf")), descending=True, stable=True)[:top].tolist()
+            units = self.units(layer)
+            found += [RelevantUnit(f"{layer}/{units[row]}", layer, float(mean[row]), float(peak[row]), self.label_of(f"{layer}/{units[row]}")) for row in order]
+        return found
 
     def sae_error_shares(self: Lens, class_name: str | int, layers: list[str] | None = None) -> dict[str, float]:
         """Per SAE layer (of the given, default all, layers), the class's mean share of the layer's relevance
@@ -163,7 +198,7 @@ class LensAudits:
         if concepts:
             results.append(alignment(theta, self.probes.concepts(concepts, templates), self.probes.null(templates)))
         if images:
-            results.append(alignment(theta, torch.stack([self.probes.images([image]) for image in images]), None))
+            results.append(alignment(theta, torch.stack([self.probes.images([image], lambda: self.probe_backgrounds) for image in images]), None))
         return torch.cat(results, dim=1)
 
     def _test_findings(self: Lens, result: Audit, class_index: int, concept: ConceptImages, test_all: bool) -> None:

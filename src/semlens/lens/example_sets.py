@@ -98,10 +98,11 @@ class LensExampleSets:
         """Sample ids ``[U, k]`` of a set (-1 in empty slots)."""
         return self._set_array(layer, examples, self.samples, "relevance_topk", "ids")
 
-    def example_boxes(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor:
-        """Crop boxes ``[U, k, 4]`` of a set (-1 where a slot has no crop; the first crop rule's: see ``Lens.boxes``)."""
-        boxes = self._set_array(layer, examples, self.boxes, "relevance_embed", "boxes")
-        return rule_slots(boxes, self.example_samples(layer, examples).shape[1], 0)
+    def example_boxes(self: Lens, layer: str, examples: str = "activation", rule: str | None = None) -> torch.Tensor:
+        """Crop boxes ``[U, k, 4]`` of a set (-1 where a slot has no crop), by crop rule ``rule`` (default: the
+        first; see ``Lens.boxes``)."""
+        boxes = self._set_array(layer, examples, lambda name: self._read(name, "embed")["boxes"], "relevance_embed", "boxes")
+        return rule_slots(boxes, self.example_samples(layer, examples).shape[1], self.rule_index(rule))
 
     def example_heatmaps(self: Lens, layer: str, examples: str = "activation") -> torch.Tensor | None:
         """The maps ``[U, k, h, w]`` a set's crops were cut from (see ``Lens.heatmaps``): for relevance examples

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from ..foundation import FoundationModel
 from .store import atomic_write
 
 MAX_CACHED_PROMPTS = 20_000  # about 60 MB of 768-d float32 embeddings per foundation model
+NEUTRAL_GRAY = (128, 128, 128)  # what a transparent image probe is seen over where a Lens has no probe data to show
 
 
 def probe_cache_path(foundation_id: str) -> Path:
@@ -80,19 +81,40 @@ class ProbeEncoder:
         """The null embedding ``[d]``: the mean of the empty templates."""
         return self.texts(null_prompts(resolve_templates(templates))).mean(dim=0)
 
-    def images(self, paths: Sequence[str | Path | Image.Image]) -> torch.Tensor:
-        """One probe ``[d]`` from image files (or images already decoded): the mean of their embeddings."""
-        images = []
+    def images(self, paths: Sequence[str | Path | Image.Image], backgrounds: Callable[[], Sequence[Image.Image]] = lambda: ()) -> torch.Tensor:
+        """One probe ``[d]`` from image files (or images already decoded): the mean of their embeddings. An image
+        with transparent parts (an artefact on a transparent canvas, e.g. a watermark) is seen over each of
+        ``backgrounds()`` (neutral gray where there are none) and counts as the mean of those: dropping its alpha
+        would show whatever colour its transparent pixels hold, mostly black (``composited``)."""
+        embeddings = []
         for path in paths:
-            if isinstance(path, Image.Image):
-                images.append(path.convert("RGB"))
-                continue
-            try:
-                with Image.open(path) as image:
-                    images.append(image.convert("RGB"))
-            except (OSError, UnidentifiedImageError) as error:
-                raise SemlensError(f"cannot read image probe {path}: {error}") from error
-        return F.normalize(self.foundation.encode_images(images), dim=-1).mean(dim=0)
+            image = path if isinstance(path, Image.Image) else read_image_probe(path)
+            views = composited(image, backgrounds) if transparent(image) else [image.convert("RGB")]
+            embeddings.append(F.normalize(self.foundation.encode_images(views), dim=-1).mean(dim=0))
+        return torch.stack(embeddings).mean(dim=0)
+
+
+def read_image_probe(path: str | Path) -> Image.Image:
+    """An image probe file, decoded with its transparency (if any) kept."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGBA") if transparent(image) else image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as error:
+        raise SemlensError(f"cannot read image probe {path}: {error}") from error
+
+
+def transparent(image: Image.Image) -> bool:
+    """Whether some pixel of ``image`` is not fully opaque."""
+    if image.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in image.info:
+        return False
+    return image.convert("RGBA").getchannel("A").getextrema()[0] < 255
+
+
+def composited(image: Image.Image, backgrounds: Callable[[], Sequence[Image.Image]]) -> list[Image.Image]:
+    """``image`` over each of ``backgrounds()`` (resized to it), or over neutral gray where there are none."""
+    overlay = image.convert("RGBA")
+    found = list(backgrounds()) or [Image.new("RGB", overlay.size, NEUTRAL_GRAY)]
+    return [Image.alpha_composite(background.convert("RGBA").resize(overlay.size), overlay).convert("RGB") for background in found]
 
 
 def read_probe_cache(path: Path, foundation_id: str) -> dict[str, torch.Tensor]:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from importlib import resources
 
+#: a WordNet noun id, the name of ImageNet's class folders (``n01440764`` holds tench)
+WNID = re.compile(r"n\d{8}")
+
 
 @lru_cache(maxsize=1)
-def imagenet_synonyms() -> tuple[tuple[str, ...], ...]:
-    """Per class index, its names; the first is the short display name (``tabby`` for class 281)."""
+def _table() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Per class index, its WordNet id and its names, as the shipped table lists them."""
     text = resources.files("semlens.assets").joinpath("imagenet_classes.tsv").read_text(encoding="utf-8")
     rows = [line.split("\t") for line in text.splitlines() if line.strip()]
-    return tuple(tuple(name.strip() for name in names.split(",")) for _wnid, names in rows)
+    return tuple((wnid.strip(), tuple(name.strip() for name in names.split(","))) for wnid, names in rows)
+
+
+def imagenet_synonyms() -> tuple[tuple[str, ...], ...]:
+    """Per class index, its names; the first is the short display name (``tabby`` for class 281)."""
+    return tuple(names for _wnid, names in _table())
 
 
 def imagenet_classes() -> list[str]:
@@ -26,3 +35,26 @@ def find_imagenet_class(name: str) -> int:
         if wanted in (synonym.lower() for synonym in names):
             return index
     raise KeyError(f"no ImageNet class is called {name!r}")
+
+
+@lru_cache(maxsize=1)
+def _wnid_index() -> dict[str, int]:
+    return {wnid: index for index, (wnid, _names) in enumerate(_table())}
+
+
+def model_class_index(name: str, classes: list[str]) -> int | None:
+    """The index among a model's ``classes`` of a class named ``name`` (case-insensitive), or, where ``name``
+    is an ImageNet WordNet id (the folder names of ImageNet and its copies), of the ImageNet class it
+    names: by its position where the model has ImageNet's 1000 classes in order (ImageNet's display names
+    repeat, e.g. two "crane"s), else by any of its synonyms; None where none matches."""
+    wanted = name.strip().lower()
+    lowered = [candidate.lower() for candidate in classes]
+    if wanted in lowered:
+        return lowered.index(wanted)
+    index = _wnid_index().get(wanted) if WNID.fullmatch(wanted) else None
+    if index is None:
+        return None
+    synonyms = [synonym.lower() for synonym in imagenet_synonyms()[index]]
+    if len(classes) == len(_table()) and lowered[index] in synonyms:
+        return index
+    return next((lowered.index(synonym) for synonym in synonyms if synonym in lowered), None)

@@ -26,7 +26,7 @@ from .._util.fingerprint import hash_module_weights
 from .._util.imports import call_factory, import_object, import_optional
 from .._util.seeded import seeded_weights
 from .._util.specs import SpecForm, SpecRegistry
-from .imagenet import imagenet_classes
+from .imagenet import imagenet_classes, model_class_index
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .zoo import VARIANTS as LITE_VARIANTS
 from .zoo import efficientnet_lite
@@ -247,7 +247,8 @@ def _load_state_file(module: nn.Module, path: str, valid: str) -> None:
 
 
 def class_mapping(model: LoadedModel, data) -> tuple[dict[int, int] | None, str]:
-    """Data label -> model output index when the data's class names are the model's (case-insensitive),
+    """Data label -> model output index when the data's class names are the model's (case-insensitive; an
+    ImageNet WordNet id such as a folder ``n01440764/`` names its ImageNet class: ``model_class_index``),
     or by index when the model has no names but as many outputs; else None (use predicted classes)."""
     if data.classes is None:
         return None, "predicted classes (the data has no labels)"
@@ -257,8 +258,7 @@ def class_mapping(model: LoadedModel, data) -> tuple[dict[int, int] | None, str]
         if outputs == len(data.classes):
             return dict(enumerate(range(outputs))), "labels (by index: the model has no class names)"
         return None, f"predicted classes ({len(data.classes)} data classes, {outputs} model outputs)"
-    lookup = {name.lower(): index for index, name in enumerate(model.classes)}
-    mapping = {label: lookup.get(name.lower()) for label, name in enumerate(data.classes)}
+    mapping = {label: model_class_index(name, model.classes) for label, name in enumerate(data.classes)}
     if None in mapping.values():
         missing = [data.classes[label] for label, index in mapping.items() if index is None]
         return None, f"predicted classes (data classes not among the model's: {', '.join(missing[:5])})"

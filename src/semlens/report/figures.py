@@ -17,6 +17,7 @@ HEAT_COLOUR = (255, 32, 0)
 HEAT_OPACITY = 0.7
 BOX_COLOUR = (255, 221, 0)
 CAPTION = 16
+WHOLE_VIEW = 0.9  # a crop box over this share of the view shows nothing of where a unit fires
 
 
 def concept_grid(images: Sequence[Image.Image], captions: Sequence[str], title: str, columns: int = 6) -> Image.Image:
@@ -52,6 +53,23 @@ def heat_overlay(view: Image.Image, heat, box: Sequence[int] | None = None, shif
     if box is not None:
         ImageDraw.Draw(image).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=BOX_COLOUR, width=max(1, view.size[0] // 64))
     return image
+
+
+def firing_picture(lens, unit: str, example, examples: str = "activation") -> Image.Image:
+    """A picture of where ``unit`` fires on a concept example: the view cropped to the example's box by the Lens's
+    search rule (``Lens.search_rule``: the ``active`` box by default, around the unit's own activation; the first
+    rule's box, from which theta is embedded, is the whole view for most examples at small inputs: 82 % of the
+    demo world's peak boxes), and where that box is still (nearly) the whole view, the view with the heatmap the
+    crop was cut from drawn over it (``heat_overlay``)."""
+    layer, row = lens.unit_index(unit)
+    view = lens.example_image(example, crop=False)
+    x0, y0, x1, y1 = lens.example_boxes(layer, examples, lens.search_rule)[row, example.rank].tolist()
+    if x0 < 0:  # a slot cut without heatmaps (whole images): the example's own box
+        x0, y0, x1, y1 = example.box
+    heat = lens.example_heatmaps(layer, examples)
+    if (x1 - x0) * (y1 - y0) < WHOLE_VIEW * view.width * view.height or heat is None:
+        return view.crop((x0, y0, x1, y1))
+    return heat_overlay(view, heat[row, example.rank].float().numpy(), example.box, lens.heatmap_shift(layer, examples))
 
 
 def dissection_png(counts: dict[str, dict[str, int]], path: str | Path) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from ..lens.lens import Lens
-from .figures import dissection_figure, heat_overlay, overview_figure
+from .figures import dissection_figure, firing_picture, heat_overlay, overview_figure
 from .sections import audit_section, audit_summary, comparison_section, flagged_units, graph_section
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def _unit_rows(lens: Lens, units: list[tuple[str, str]]) -> str:
         for example in lens.concept_examples(unit)[:EXAMPLES_SHOWN]:
             view = lens.example_image(example, crop=False)
             title = f'title="{html.escape(example.source)} ({example.score:.3g})"'
-            crops.append(f'<img src="{_thumbnail(view.crop(example.box))}" {title}>')
+            crops.append(f'<img src="{_thumbnail(firing_picture(lens, unit, example))}" {title}>')
             if heatmaps is not None and len(overlays) < OVERLAYS_SHOWN:
                 overlay = heat_overlay(view, heatmaps[row, example.rank].float().numpy(), example.box, lens.heatmap_shift(layer))
                 overlays.append(f'<img class="heat" src="{_thumbnail(overlay)}" {title}>')
@@ -219,7 +219,7 @@ def audit_figure(lens: Lens, audit, thumbnails: bool = True):
             [
                 f"<b>{html.escape(unit.unit)}</b> ({verdict}, relevance {unit.relevance:.3f}"
                 f"{'' if unit.responses_label is None else ', by its responses: ' + html.escape(unit.responses_label)})<br>",
-                "".join(f'<img src="{_thumbnail(lens.example_image(example))}">' for example in lens.concept_examples(unit.unit)[:EXAMPLES_SHOWN])
+                "".join(f'<img src="{_thumbnail(firing_picture(lens, unit.unit, example))}">' for example in lens.concept_examples(unit.unit)[:EXAMPLES_SHOWN])
                 if thumbnails
                 else "",
             ]

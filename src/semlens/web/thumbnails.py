@@ -16,13 +16,13 @@ from pathlib import Path
 from ..lens.examples import ConceptExample
 from ..lens.lens import Lens
 from ..lens.store import atomic_write, safe_name
-from ..report.figures import heat_overlay
+from ..report.figures import firing_picture, heat_overlay
 
 SIZE = 128
 QUALITY = 85
 
 
-KINDS = ("thumbnail", "image", "heatmap")  # the crop, the full input view, the view with the example's heatmap
+KINDS = ("thumbnail", "image", "heatmap")  # where it fires (``firing_picture``), the full input view, the view with the heatmap
 
 
 class ThumbnailCache:
@@ -37,7 +37,7 @@ class ThumbnailCache:
     def path(self, layer: str, row: int, rank: int, kind: str, examples: str = "activation") -> Path:
         """Where an image is kept: keyed by the example set too, so that the same rank of two sets never mixes."""
         prefix = "" if examples == "activation" else f"{examples}_"
-        return self.root / safe_name(layer) / f"{prefix}{row}_{rank}{'' if kind == 'thumbnail' else '_' + kind}.jpg"
+        return self.root / safe_name(layer) / f"{prefix}{row}_{rank}_{'fires' if kind == 'thumbnail' else kind}.jpg"  # not the crops cached before
 
     def jpeg(
         self, layer: str, row: int, example: ConceptExample, kind: str = "thumbnail", examples: str = "activation"
@@ -61,9 +61,9 @@ class ThumbnailCache:
             return data
 
     def _encode(self, layer: str, row: int, example: ConceptExample, kind: str, examples: str) -> bytes:
-        image = self.lens.example_image(example, crop=kind == "thumbnail").convert("RGB")
+        image = self.lens.example_image(example, crop=False).convert("RGB")
         if kind == "thumbnail":
-            image = image.resize((SIZE, SIZE))
+            image = firing_picture(self.lens, f"{layer}/{self.lens.units(layer)[row]}", example, examples).convert("RGB").resize((SIZE, SIZE))
         elif kind == "heatmap":
             heat = self.lens.example_heatmaps(layer, examples)[row, example.rank].float().numpy()
             image = heat_overlay(image, heat, example.box, self.lens.heatmap_shift(layer, examples))

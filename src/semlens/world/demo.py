@@ -114,7 +114,9 @@ def run_demo(
     if not report.is_file() or report.stat().st_mtime < lens.store.path("manifest.json").stat().st_mtime:
         from ..report.html import write_report
 
-        write_report(lens, report)
+        # the report's audit with the concept test, as `semlens audit --test-data ... --artifact ...` runs it
+        tested = lens.audit(target, [target], [artifact], layers=spatial_layers(lens), concept=concept_images(config, artifact))
+        write_report(lens, report, audits=[tested])
     summary["report"] = str(report)
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     print_summary(summary, console)

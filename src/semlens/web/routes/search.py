@@ -44,6 +44,6 @@ def search_image(
     rank: Ranking = "both",
 ) -> list[dict[str, Any]]:
     served = explorer.get(lens)
-    picture = decode_image(image.file.read())
+    picture = decode_image(image.file.read(), "RGBA")  # its transparency kept: see ProbeEncoder.images
     found = served.ready(space).search(images=[picture], layers=layers_of(served, layer), top=top, examples=examples, rank=rank)
     return hits_out(served, found, examples)

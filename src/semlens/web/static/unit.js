@@ -1,5 +1,6 @@
-// Unit: concept examples by activation and by relevance (full image on demand) and their concept clusters, labels, measures, classes, similar units everywhere.
+// Unit: concept examples by activation and by relevance (where they fire, and the best one's full image, shown from the start) and their concept clusters, labels, measures, classes, similar units everywhere.
 "use strict";
+const HEATMAPS_SHOWN = 6;
 
 (async () => {
   const { el, fill, api, run, nav, params, fmt, unitApi, unitCells, pageHref, thumbs } = Semlens;
@@ -33,6 +34,15 @@
       el("img", { src: example.thumbnail, alt: `${what} ${example.rank}` }),
       el("figcaption", {}, `#${example.rank} · ${fmt(example.score, 2)} · ${example.source.split("/").pop()}`))));
   const examples = gallery("examples", data.examples, "example");
+  // Where it fires, without a click: the heatmaps the first examples' crops were cut from, over their views.
+  const withHeat = data.examples.filter((example) => example.heatmap).slice(0, HEATMAPS_SHOWN);
+  const heatmaps = withHeat.length
+    ? [el("h2", {}, "Where it fires"),
+        el("p", { class: "muted" }, "the heatmaps of its first concept examples over the model's input views (red: where the unit's evidence lies; yellow: the crop box)"),
+        el("div", { class: "examples", id: "heatmaps" }, withHeat.map((example) =>
+          el("figure", { onclick: () => showFull(example), title: "click for the full image" },
+            el("img", { src: example.heatmap, alt: `heatmap of example ${example.rank}` }), el("figcaption", {}, `#${example.rank}`))))]
+    : null;
   // Its top samples by relevance for the model's output (scores: relevance shares), where the Lens has them.
   const byRelevance = data.relevance_examples
     ? [el("h2", {}, "Concept examples by relevance"),
@@ -78,11 +88,12 @@
         : el("i", { id: "label", class: "muted" }, "no concept (none sets this unit apart from its layer)"),
       data.inactive ? el("span", { class: "muted" }, " · inactive: its examples are arbitrary") : null,
       data.tied ? el("span", { class: "muted" }, " · tied: its examples are another unit's, so it is left out of search, labels and maps") : null),
-    el("h2", {}, "Concept examples"), examples, byRelevance, full,
+    el("h2", {}, "Concept examples"), examples, heatmaps, byRelevance, full,
     el("h2", {}, "Concept clusters"), clusters,
     el("div", { class: "grid2" }, el("div", {}, el("h2", {}, "Label and runner-ups"), candidates, el("h2", {}, "Measures"), measures),
       el("div", {}, el("h2", {}, "Most relevant for"), classes)),
     el("h2", {}, "Most similar units"), similar,
   );
+  if (data.examples.length) showFull(data.examples[0]);  // the best example's full view, its box and heatmap, from the start
   document.getElementById("unit").dataset.ready = "true";
 })();
