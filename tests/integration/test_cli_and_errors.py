@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -196,8 +197,12 @@ def test_out_naming_a_file_is_one_line(tmp_path, colour_folder, tiny_clip_dir) -
 
 
 def test_a_warning_is_printed_once_without_its_source_line(tmp_path, colour_folder, tiny_clip_dir) -> None:
-    result = invoke(*run_args(colour_folder, tiny_clip_dir, tmp_path / "k.lens", "--layer", "head", "-k", "500"))
+    with warnings.catch_warnings(record=True) as raised:
+        warnings.simplefilter("always")
+        result = invoke(*run_args(colour_folder, tiny_clip_dir, tmp_path / "k.lens", "--layer", "head", "-k", "500"))
     assert result.exit_code == 0, result.output
+    assert not [warning for warning in raised if "500" in str(warning.message)]  # said by the summary alone
+    assert warnings.formatwarning("torch says so", UserWarning, "/x/torch.py", 7, "warnings.warn(...)") == "warning: torch says so\n"
     text = " ".join(result.output.split())
     assert text.count("500") == 1 and "warning: k = 30 instead of 500" in text, result.output
     assert "warnings.warn" not in text and "UserWarning" not in text
