@@ -112,7 +112,7 @@ class LensStore:
             raise DamagedLensError(f"the Lens at {self.root} names a file outside itself ({name!r}); it was tampered with or damaged")
         path = self.root / relative
         if not path.resolve().is_relative_to(self.root):
-            raise DamagedLensError(f"the Lens at {self.root} links {name!r} to a file outside itself ({path.resolve()}); it was tampered with or damaged")
+            raise DamagedLensError(f"the Lens at {self.root} links {name!r} to a file outside itself; it was tampered with or damaged")
         return path
 
     def has_manifest(self) -> bool:
@@ -120,7 +120,7 @@ class LensStore:
 
     def read_manifest(self) -> dict[str, Any]:
         try:
-            with self._reading(MANIFEST):
+            with self.reading(MANIFEST):
                 manifest = json.loads(self.path(MANIFEST).read_text(encoding="utf-8"))
         except DamagedLensError:
             if self.root.is_file():
@@ -153,11 +153,11 @@ class LensStore:
         """A JSON file of this Lens, through ``parse`` where given: a file that is not JSON, or not of the form
         ``parse`` reads (a KeyError, TypeError or ValueError), is reported as a damaged Lens, naming the file."""
         try:
-            with self._reading(name):
+            with self.reading(name):
                 value = json.loads(self.path(name).read_text(encoding="utf-8"))
             return value if parse is None else parse(value)
         except (UnicodeDecodeError, KeyError, TypeError, ValueError) as error:  # json's JSONDecodeError is a ValueError
-            raise self._damaged(name, f"it is not the JSON semlens writes ({type(error).__name__}: {error})") from None
+            raise self.damaged(name, f"it is not the JSON semlens writes ({type(error).__name__}: {error})") from None
 
     def write_tensors(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
         contiguous = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
@@ -166,7 +166,7 @@ class LensStore:
 
     def read_tensors(self, name: str) -> dict[str, torch.Tensor]:
         self.verify(name)
-        with self._reading(name):
+        with self.reading(name):
             tensors = load_file(str(self.path(name)))
         for key, tensor in tensors.items():
             self._check_dtype(name, key, tensor.dtype)
@@ -191,9 +191,9 @@ class LensStore:
         for name, record in self.expected.items():
             path = self.path(name)
             if not path.is_file():
-                raise self._damaged(name, "the file is missing")
+                raise self.damaged(name, "the file is missing")
             if path.stat().st_size != record["bytes"]:
-                raise self._damaged(name, f"{path.stat().st_size} bytes, {record['bytes']} recorded")
+                raise self.damaged(name, f"{path.stat().st_size} bytes, {record['bytes']} recorded")
 
     def verify(self, name: str) -> None:
         """Check a recorded file's hash once per store (files not recorded, e.g. labels, are not checked)."""
@@ -201,11 +201,11 @@ class LensStore:
         if record is None or name in self._verified:
             return
         if not self.path(name).is_file():
-            raise self._damaged(name, "the file is missing")
-        with self._reading(name):
+            raise self.damaged(name, "the file is missing")
+        with self.reading(name):
             found = hash_file(self.path(name))
         if found != record["sha256"]:
-            raise self._damaged(name, "its content is not what the build wrote (SHA-256 differs)")
+            raise self.damaged(name, "its content is not what the build wrote (SHA-256 differs)")
         self._verified.add(name)
 
     def _check_dtype(self, name: str, key: str, dtype: torch.dtype) -> None:
@@ -214,10 +214,10 @@ class LensStore:
         expected = "integer" if short in INDEX_ARRAYS else "bool" if short in FLAG_ARRAYS else "floating point"
         found = "bool" if dtype == torch.bool else "floating point" if dtype.is_floating_point else "integer"
         if found != expected:
-            raise self._damaged(name, f"its array {key!r} holds {str(dtype).removeprefix('torch.')}, where semlens writes {expected} values")
+            raise self.damaged(name, f"its array {key!r} holds {str(dtype).removeprefix('torch.')}, where semlens writes {expected} values")
 
     @contextmanager
-    def _reading(self, name: str) -> Iterator[None]:
+    def reading(self, name: str) -> Iterator[None]:
         """Reading the file ``name``: a file this user may not read is said so (one line, what to do); one that
         cannot be read otherwise (missing, truncated, not safetensors) is damage."""
         try:
@@ -228,9 +228,9 @@ class LensStore:
                 "readable (chmod -R a+rX on the Lens), or copy it to a folder of yours"
             ) from None
         except (SafetensorError, OSError) as error:
-            raise self._damaged(name, str(error)) from None
+            raise self.damaged(name, str(error)) from None
 
-    def _damaged(self, name: str, reason: str) -> DamagedLensError:
+    def damaged(self, name: str, reason: str) -> DamagedLensError:
         return DamagedLensError(
             f"the Lens at {self.root} is damaged: {name}: {reason}. Copy it again from its source or rebuild it "
             "with the same `semlens run` (--overwrite)"
@@ -242,7 +242,7 @@ class LensStore:
         self.verify(name)
         wanted, inverse = torch.unique(rows.reshape(-1), return_inverse=True)
         runs = torch.tensor_split(wanted, (wanted.diff() != 1).nonzero().flatten() + 1) if wanted.numel() else []
-        with self._reading(name), safe_open(str(self.path(name)), framework="pt") as handle:
+        with self.reading(name), safe_open(str(self.path(name)), framework="pt") as handle:
             array = handle.get_slice(key)
             parts = [array[0:0]] + [array[int(run[0]) : int(run[-1]) + 1] for run in runs]
         self._check_dtype(name, key, parts[0].dtype)
@@ -251,13 +251,13 @@ class LensStore:
     def rows(self, name: str, key: str) -> int:
         """The length of one stored array, read off its header."""
         self.verify(name)
-        with self._reading(name), safe_open(str(self.path(name)), framework="pt") as handle:
+        with self.reading(name), safe_open(str(self.path(name)), framework="pt") as handle:
             return handle.get_slice(key).get_shape()[0]
 
     def read_array(self, name: str, key: str) -> torch.Tensor:
         """One array of a stored file, without reading the file's others."""
         self.verify(name)
-        with self._reading(name), safe_open(str(self.path(name)), framework="pt") as handle:
+        with self.reading(name), safe_open(str(self.path(name)), framework="pt") as handle:
             tensor = handle.get_tensor(key)
         self._check_dtype(name, key, tensor.dtype)
         return tensor
@@ -265,7 +265,7 @@ class LensStore:
     def read_metadata(self, name: str) -> dict[str, str]:
         """The metadata ``write_tensors`` stored with a file (files of older Lenses hold it unpacked)."""
         self.verify(name)
-        with self._reading(name), safe_open(str(self.path(name)), framework="pt") as handle:
+        with self.reading(name), safe_open(str(self.path(name)), framework="pt") as handle:
             metadata = handle.metadata() or {}
         if PACKED_METADATA not in metadata:
             return metadata
@@ -274,7 +274,7 @@ class LensStore:
         except ValueError:
             unpacked = None
         if not isinstance(unpacked, dict) or not all(isinstance(value, str) for value in unpacked.values()):
-            raise self._damaged(name, "its metadata is not what semlens writes")
+            raise self.damaged(name, "its metadata is not what semlens writes")
         return unpacked
 
     def read_checkpoint(self, name: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
