@@ -83,11 +83,19 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         temporary.unlink(missing_ok=True)
 
 
-class DamagedLensError(SemlensError):
+class LensFileError(SemlensError):
+    """A file of a Lens that cannot be used; ``lens`` is the Lens's folder (the explorer marks that Lens, not its neighbours)."""
+
+    def __init__(self, message: str, lens: Path | None = None) -> None:
+        super().__init__(message)
+        self.lens = lens
+
+
+class DamagedLensError(LensFileError):
     """An array file of a Lens is missing, truncated or not what the build wrote."""
 
 
-class UnreadableLensError(SemlensError):
+class UnreadableLensError(LensFileError):
     """A file of a Lens that this user has no permission to read."""
 
 
@@ -109,10 +117,10 @@ class LensStore:
         points out of it) is refused, never followed."""
         relative = Path(name) if isinstance(name, str) else None
         if relative is None or relative.is_absolute() or relative.anchor or ".." in relative.parts:
-            raise DamagedLensError(f"the Lens at {self.root} names a file outside itself ({name!r}); it was tampered with or damaged")
+            raise DamagedLensError(f"the Lens at {self.root} names a file outside itself ({name!r}); it was tampered with or damaged", self.root)
         path = self.root / relative
         if not path.resolve().is_relative_to(self.root):
-            raise DamagedLensError(f"the Lens at {self.root} links {name!r} to a file outside itself; it was tampered with or damaged")
+            raise DamagedLensError(f"the Lens at {self.root} links {name!r} to a file outside itself; it was tampered with or damaged", self.root)
         return path
 
     def has_manifest(self) -> bool:
@@ -139,7 +147,7 @@ class LensStore:
             )
         malformed = [key for key in ("identity", "stages", "layers", "foundation", "spaces", "arrays") if not isinstance(manifest.get(key, {}), dict)]
         if malformed:
-            raise DamagedLensError(f"{self.root / MANIFEST} is damaged: its {', '.join(malformed)} should be tables")
+            raise DamagedLensError(f"{self.root / MANIFEST} is damaged: its {', '.join(malformed)} should be tables", self.root)
         return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
@@ -225,7 +233,8 @@ class LensStore:
         except PermissionError:
             raise UnreadableLensError(
                 f"the Lens at {self.root} cannot be read by this user: {name}: permission denied. Its owner can make it "
-                "readable (chmod -R a+rX on the Lens), or copy it to a folder of yours"
+                "readable (chmod -R a+rX on the Lens), or copy it to a folder of yours",
+                self.root,
             ) from None
         except (SafetensorError, OSError) as error:
             raise self.damaged(name, str(error)) from None
@@ -233,7 +242,8 @@ class LensStore:
     def damaged(self, name: str, reason: str) -> DamagedLensError:
         return DamagedLensError(
             f"the Lens at {self.root} is damaged: {name}: {reason}. Copy it again from its source or rebuild it "
-            "with the same `semlens run` (--overwrite)"
+            "with the same `semlens run` (--overwrite)",
+            self.root,
         )
 
     def read_rows(self, name: str, key: str, rows: torch.Tensor) -> torch.Tensor:
