@@ -16,7 +16,7 @@ from typing import Any
 from safetensors import safe_open
 
 from ..build.crops import crop_rules
-from .store import CROPS, RELEVANCE_CROPS, RESPONSES, RESPONSES_FILE, DamagedLensError, LensStore, layer_file, space_file
+from .store import CROPS, RELEVANCE_CROPS, RESPONSES, RESPONSES_FILE, LensStore, layer_file, space_file
 
 Shape = tuple[str | int, ...]
 #: each kind of layer file: its arrays' shapes by key (``theta`` stands for every ``theta.<rule>`` too)
@@ -44,24 +44,33 @@ LENS_ARRAYS: dict[str, dict[str, Shape]] = {
 def check_layout(store: LensStore, manifest: dict[str, Any]) -> None:
     """Every array of the Lens (in each of its embedding spaces) has the shape its manifest implies; else one
     ``DamagedLensError`` naming the file, the array, its shape and the shape the layout needs."""
-    k = _count(store, manifest["identity"].get("collect", {}).get("k"), "identity.collect.k")
-    rules = len(crop_rules(manifest["identity"].get("embed", {}).get("crop_rule", "peak")))
+    k = _count(store, _dig(manifest, "identity", "collect", "k"), "identity.collect.k")
+    rules = len(crop_rules(_dig(manifest, "identity", "embed", "crop_rule") or "peak"))
     spaces = {None: manifest.get("foundation", {}), **manifest.get("spaces", {})}
     rows: dict[str, int] = {}
     for space, record in spaces.items():
-        if not isinstance(record, dict) or "dim" not in record:
-            continue  # not embedded yet: it has no files either
-        sizes = {"k": k, "d": _count(store, record["dim"], f"{'foundation' if space is None else f'spaces.{space}'}.dim")}
+        record = record if isinstance(record, dict) else {}
+        if space is not None and "dim" not in record:
+            continue  # an extra space not embedded yet: it has no files either
+        dim = {"d": _count(store, record["dim"], "foundation.dim" if space is None else f"spaces.{space}.dim")} if "dim" in record else {}
+        sizes = {"k": k, **dim}
         where = (lambda name: name) if space is None else (lambda name, space=space: space_file(space, name))
         for name, arrays in (LENS_ARRAYS if space is None else {CROPS: {"embeddings": ("M", "d")}}).items():
             _check_file(store, where(name), arrays, {**sizes, **rows}, rows if space is None else {})
         for layer, info in manifest["layers"].items():
-            units = _count(store, info.get("units") if isinstance(info, dict) else None, f"layers.{layer}.units")
-            base = _count(store, info.get("base_units", units), f"layers.{layer}.base_units")
-            layer_sizes = {**sizes, "U": units, "B": base, "S": (k, rules * k)}
+            units = _count(store, _dig(info, "units"), f"layers.{layer}.units")
+            base = _count(store, _dig(info, "base_units") or units, f"layers.{layer}.base_units")
+            layer_sizes = {**sizes, **rows, "U": units, "B": base, "S": (k, rules * k)}
             kinds = LAYER_ARRAYS if space is None else {"embed": {"theta": ("U", "d")}}
             for kind, arrays in kinds.items():
                 _check_file(store, where(layer_file(layer, kind)), arrays, layer_sizes)
+
+
+def _dig(value: Any, *keys: str) -> Any:
+    """``value[key][key]...``, or None where a level is missing or not a table (a manifest may come from anyone)."""
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 def _count(store: LensStore, value: Any, what: str) -> int:
@@ -72,7 +81,8 @@ def _count(store: LensStore, value: Any, what: str) -> int:
 
 def _check_file(store: LensStore, name: str, arrays: dict[str, Shape], sizes: dict[str, Any], found: dict[str, int] | None = None) -> None:
     """The arrays of file ``name`` (if it is there) against ``arrays``; sizes named by upper-case letters missing from
-    ``sizes`` are bound by their first array, and recorded in ``found`` where given (the crop tables' rows)."""
+    ``sizes`` are bound by their first array, and recorded in ``found`` where given (the crop tables' rows, and the
+    embeddings' width where the manifest records none)."""
     if not store.path(name).is_file():
         return
     bound = dict(sizes)
@@ -83,7 +93,7 @@ def _check_file(store: LensStore, name: str, arrays: dict[str, Shape], sizes: di
         if pattern is not None:
             _check_shape(store, name, key, shape, pattern, bound)
     if found is not None:
-        found.update({symbol: value for symbol, value in bound.items() if symbol in ("M", "N")})
+        found.update({symbol: value for symbol, value in bound.items() if symbol in ("M", "N", "d")})
 
 
 def _check_shape(store: LensStore, name: str, key: str, shape: tuple[int, ...], pattern: Shape, bound: dict[str, Any]) -> None:
