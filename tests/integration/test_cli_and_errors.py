@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,49 @@ def test_non_lens_directories_are_left_alone(tmp_path, colour_folder, tiny_clip_
     assert_clear_error(invoke("info", tmp_path / "busy"), "is not a Lens directory")
 
 
+def test_overwrite_deletes_only_a_lens_that_semlens_built(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    other = tmp_path / "other-tool"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"name": "another tool\'s manifest"}')
+    (other / "notes.txt").write_text("mine")
+    result = invoke(*run_args(colour_folder, tiny_clip_dir, other, "--layer", "head", "--overwrite"))
+    assert_clear_error(result, "refusing to delete anything", "not a semlens Lens manifest")
+    assert sorted(path.name for path in other.iterdir()) == ["manifest.json", "notes.txt"]
+
+    out = tmp_path / "o.lens"
+    assert invoke(*run_args(colour_folder, tiny_clip_dir, out, "--layer", "head")).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "layers" / "plot.png").write_bytes(b"mine too")
+    before = sorted(path.relative_to(out).as_posix() for path in out.rglob("*"))
+    result = invoke(*run_args(colour_folder, tiny_clip_dir, out, "--layer", "features.3", "--overwrite"))
+    assert_clear_error(result, "holds files semlens does not write (layers/plot.png, notes.txt)", "nothing was deleted")
+    assert sorted(path.relative_to(out).as_posix() for path in out.rglob("*")) == before
+    (out / "notes.txt").unlink()
+    (out / "layers" / "plot.png").unlink()
+    assert invoke(*run_args(colour_folder, tiny_clip_dir, out, "--layer", "features.3", "--overwrite")).exit_code == 0
+    assert list(Lens.open(out).manifest["layers"]) == ["features.3"]
+
+
+def test_out_naming_a_file_is_one_line(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    for extra in ((), ("--overwrite",)):
+        result = invoke(*run_args(colour_folder, tiny_clip_dir, tmp_path / "file", "--layer", "head", *extra))
+        assert_clear_error(result, "is a file, not a folder")
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_a_warning_is_printed_once_without_its_source_line(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    with warnings.catch_warnings(record=True) as raised:
+        warnings.simplefilter("always")
+        result = invoke(*run_args(colour_folder, tiny_clip_dir, tmp_path / "k.lens", "--layer", "head", "-k", "500"))
+    assert result.exit_code == 0, result.output
+    assert not [warning for warning in raised if "500" in str(warning.message)]  # said by the summary alone
+    assert warnings.formatwarning("torch says so", UserWarning, "/x/torch.py", 7, "warnings.warn(...)") == "warning: torch says so\n"
+    text = " ".join(result.output.split())
+    assert text.count("500") == 1 and "warning: k = 30 instead of 500" in text, result.output
+    assert "warnings.warn" not in text and "UserWarning" not in text
+
+
 def test_a_module_given_twice_is_refused_with_both_specs(tmp_path, colour_folder, tiny_clip_dir) -> None:
     result = invoke(*run_args(colour_folder, tiny_clip_dir, tmp_path / "x", "--layer", "head", "--layer", "head:signed=true"))
     assert_clear_error(result, "layer 'head' is given twice", "'head'", "'head:signed=true'")
@@ -171,8 +215,7 @@ def test_a_module_given_twice_is_refused_with_both_specs(tmp_path, colour_folder
 
 def test_k_larger_than_the_data_is_lowered_to_it(tmp_path, colour_folder) -> None:
     config = BuildConfig(model="py:tiny_models:tiny_cnn", layers=["head"], data=f"folder:{colour_folder}", k=500)
-    with pytest.warns(UserWarning, match="k=500 but the data has only 30 samples: k lowered to 30"):
-        builder = LensBuilder(config, tmp_path / "x", progress=False)
+    builder = LensBuilder(config, tmp_path / "x", progress=False)
     assert builder.config.k == 30 and builder.identity["collect"]["k"] == 30  # no slot that no sample can fill
     assert "k = 30 instead of 500: the data has only that many samples" in builder.summary().fallbacks
 

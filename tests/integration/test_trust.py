@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
@@ -162,6 +163,53 @@ def test_a_consistent_lens_with_arrays_of_another_dtype_is_damaged_not_a_crash(b
         lens = Lens.open(copy)
         lens.measures("head")
         lens.concept_examples("head/0")
+
+
+def forged(built: Path, tmp_path: Path, file: str, change) -> Path:
+    """A copy of ``built`` whose array file ``file`` holds ``change(arrays)``, its size and hash recorded to match:
+    consistent as far as hashes go, only the shapes are wrong."""
+    from safetensors.torch import load_file, save_file
+
+    from semlens.lens.store import LensStore
+
+    copy = received(built, tmp_path)
+    arrays = load_file(str(copy / file))
+    change(arrays)
+    save_file({key: value.contiguous() for key, value in arrays.items()}, str(copy / file))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["arrays"][file] = LensStore(copy).array_record(file)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+FORGERIES = {
+    "theta of another width": ("layers/head.embed.safetensors", "theta", lambda a: a.update(theta=torch.randn(len(a["theta"]), 64))),
+    "more units": ("layers/head.topk.safetensors", "ids", lambda a: a.update(ids=torch.zeros(9, a["ids"].shape[1], dtype=torch.int64))),
+    "fewer slots": ("layers/features.3.embed.safetensors", "crop_index", lambda a: a.update(crop_index=a["crop_index"][:, :2])),
+    "maps of one example less": ("layers/features.3.topk.safetensors", "maps", lambda a: a.update(maps=a["maps"][:, 1:])),
+    "crop table rows that disagree": ("crops.safetensors", "embeddings", lambda a: a.update(embeddings=a["embeddings"][:3])),
+    "a flat box table": ("crops.safetensors", "boxes", lambda a: a.update(boxes=a["boxes"].reshape(-1))),
+}
+
+
+@pytest.mark.parametrize("forgery", FORGERIES)
+def test_a_forged_lens_with_other_shapes_is_damaged_at_open(built, tmp_path, forgery) -> None:
+    file, key, change = FORGERIES[forgery]
+    copy = forged(built, tmp_path, file, change)
+    with pytest.raises(DamagedLensError, match=f"is damaged: {file}: its array '{key}' has shape .*, where this Lens's manifest needs"):
+        Lens.open(copy)
+    for command in (["search", copy, "red"], ["show", copy, "head/0", "-o", tmp_path / "u.png"], ["measures", copy], ["info", copy]):
+        result = runner.invoke(app, [str(part) for part in command])
+        assert result.exit_code == 2 and "Traceback" not in result.output and "is damaged" in result.output, result.output
+
+
+def test_a_manifest_whose_sizes_are_not_counts_is_damaged(built, tmp_path) -> None:
+    copy = received(built, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["layers"]["head"]["units"] = "6"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DamagedLensError, match="manifest.json: its layers.head.units is '6', where semlens writes a positive whole number"):
+        Lens.open(copy)
 
 
 def test_a_read_only_lens_answers_everything_and_nothing_writes_into_a_lens(built, tmp_path, monkeypatch) -> None:

@@ -1,6 +1,8 @@
 """The Lens directory on disk (atomic writes, manifest checks) and the crop table that feeds embedding."""
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from semlens.build.embed import CropChunks, CropTable, cut_crops, mean_embedding
 from semlens.foundation import FoundationModel
 from semlens.lens import probes as probes_module
 from semlens.lens.probes import ProbeEncoder, read_probe_cache
-from semlens.lens.store import FORMAT, FORMAT_VERSION, MANIFEST, LensStore, atomic_write, layer_file
+from semlens.lens.store import FORMAT, FORMAT_VERSION, MANIFEST, LensStore, UnreadableLensError, atomic_write, layer_file
 from semlens.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 # ----------------------------------------------------------------------------------------------
@@ -85,26 +87,82 @@ def test_atomic_write_keeps_the_old_file_and_no_temporary_when_the_writer_fails(
     assert [path.name for path in tmp_path.iterdir()] == ["file.txt"]
 
 
-def test_clear_removes_a_lens_directory(tmp_path):
+def test_clear_removes_what_semlens_wrote_and_keeps_the_folder(tmp_path):
     store = LensStore(tmp_path / "lens")
     store.write_manifest({"format": FORMAT, "format_version": FORMAT_VERSION})
     store.write_tensors(layer_file("conv", "topk"), {"x": torch.zeros(1)})
+    store.write_tensors("embed.partial/chunk/000000000.safetensors", {"x": torch.zeros(1)})
     store.clear()
-    assert not store.root.exists()
-    store.clear()  # a missing directory is fine too
+    assert store.root.is_dir() and not any(store.root.iterdir())
+    store.clear()  # an empty directory is fine
+    LensStore(tmp_path / "missing").clear()  # and a missing one
 
 
-def test_clear_removes_an_empty_directory(tmp_path):
-    (tmp_path / "empty").mkdir()
-    LensStore(tmp_path / "empty").clear()
-    assert not (tmp_path / "empty").exists()
+@pytest.mark.parametrize("foreign", ["photos.txt", "layers/plot.png", "spaces/x/notes.md", "notes.json"])
+def test_clear_refuses_a_lens_that_holds_files_semlens_does_not_write(tmp_path, foreign):
+    store = LensStore(tmp_path)
+    store.write_manifest({"format": FORMAT, "format_version": FORMAT_VERSION})
+    store.write_tensors(layer_file("conv", "topk"), {"x": torch.zeros(1)})
+    (tmp_path / foreign).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / foreign).write_text("precious")
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SemlensError, match=f"holds files semlens does not write \\({foreign}\\).*nothing was deleted"):
+        store.clear()
+    assert sorted(tmp_path.rglob("*")) == before
 
 
-def test_clear_refuses_a_non_empty_directory_without_manifest(tmp_path):
+def test_clear_refuses_a_link_and_leaves_its_target(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    store = LensStore(tmp_path / "lens")
+    store.write_manifest({"format": FORMAT, "format_version": FORMAT_VERSION})
+    (store.root / "layers").symlink_to(outside)
+    with pytest.raises(SemlensError, match="does not write \\(layers\\)"):
+        store.clear()
+    assert (outside / "keep").is_dir()
+
+
+@pytest.mark.parametrize("manifest", [None, '{"tool": "another"}', "{truncated"])
+def test_clear_refuses_a_directory_without_a_semlens_manifest(tmp_path, manifest):
     (tmp_path / "photos.txt").write_text("precious")
-    with pytest.raises(SemlensError, match="not empty and holds no Lens manifest; refusing"):
+    if manifest is not None:
+        (tmp_path / MANIFEST).write_text(manifest)
+    with pytest.raises(SemlensError, match="refusing to delete anything"):
         LensStore(tmp_path).clear()
     assert (tmp_path / "photos.txt").read_text() == "precious"
+
+
+def test_files_get_the_permissions_of_the_umask_arrays_as_json(tmp_path):
+    store = LensStore(tmp_path)
+    old = os.umask(0o027)
+    try:
+        store.write_tensors("a.safetensors", {"x": torch.zeros(1)})
+        store.write_json("b.json", {})
+    finally:
+        os.umask(old)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
+    assert modes == {"a.safetensors": 0o640, "b.json": 0o640}
+
+
+def test_a_file_the_user_may_not_read_is_one_clear_error(tmp_path, monkeypatch):
+    import builtins
+    import io
+
+    store = LensStore(tmp_path, {"a.safetensors": {"bytes": 0, "sha256": "0"}})
+    store.write_manifest({"format": FORMAT, "format_version": FORMAT_VERSION})
+    store.write_tensors("a.safetensors", {"x": torch.zeros(1)})
+    real_open = builtins.open
+
+    def refused(file, *args, **kwargs):  # as for a Lens of another user, its files private (root reads anything)
+        if str(file).startswith(str(tmp_path)):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refused)
+    monkeypatch.setattr(io, "open", refused)
+    for read in (store.read_manifest, lambda: store.read_tensors("a.safetensors"), lambda: store.read_json("b.json")):
+        with pytest.raises(UnreadableLensError, match="cannot be read by this user: .*permission denied.*chmod"):
+            read()
 
 
 def test_manifest_round_trip(tmp_path):

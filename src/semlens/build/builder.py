@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import platform
-import warnings
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,6 +69,7 @@ class LensBuilder:
         self.joined_group = connect()  # a torchrun rank that made its process group (and leaves it)
         self.ranks = Ranks()
         self.store = LensStore(out)
+        self.store.check_folder()  # before the model and data load: a file in the Lens's place fails at once
         device = self.ranks.place(pick_device(config.device))
         autocast = autocast_dtype(config.precision, device)
         shard = Shard.parse(config.shard) if config.shard else None
@@ -83,8 +83,7 @@ class LensBuilder:
         for spec in self.specs:
             resolve_module(model.module, spec.name)
         self.k_asked = config.k
-        if config.k > len(data):
-            warnings.warn(f"k={config.k} but the data has only {len(data)} samples: k lowered to {len(data)}", stacklevel=2)
+        if config.k > len(data):  # said once, with the other fallbacks (``fallbacks``: the summary, `semlens run`)
             config = replace(config, k=len(data))  # a slot no sample can fill would still be cropped and embedded
         self.config = config
         rows = (shard or Shard()).split(range(len(data)), config.batch_size)

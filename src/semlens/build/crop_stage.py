@@ -63,7 +63,7 @@ class CropStage:
 
     def __init__(self, context: BuildContext) -> None:
         self.context = context
-        self.resumed: dict[str, int] = {}  # per layer, the heatmap pairs this rank took from a checkpoint (kept in the .crops file's metadata)
+        self.resumed: dict[str, int] = {}  # per layer, the heatmap pairs this rank took from a checkpoint (see _record_resumed)
 
     def run(self) -> CropTable:
         samples, boxes, masked = {}, {}, {}
@@ -154,10 +154,18 @@ class CropStage:
                 )
             found = self.stored_heatmaps(other, name, key, ids, layer_file(spec.name, "topk"))
         heat, source = (found[0], f"reused from {LensStore(origin).root}") if found else (self.compute_heatmaps(spec, ids, record), "computed")
-        resumed = {"resumed_pairs": str(self.resumed[spec.name])} if spec.name in self.resumed else {}
-        context.ranks.on_main(lambda: context.store.write_tensors(name, {"heat": heat}, {HEAT_KEY: key, "origin": source, **resumed}))
+        context.ranks.on_main(lambda: context.store.write_tensors(name, {"heat": heat}, {HEAT_KEY: key, "origin": source}))
+        context.ranks.on_main(lambda: self._record_resumed(spec, name))
         context.ranks.on_main(lambda: self._remove_checkpoints(spec))
         return heat, source
+
+    def _record_resumed(self, spec: LayerSpec, name: str) -> None:
+        """Note in the manifest's ``resumed`` how many of a layer's heatmap pairs came from a checkpoint, at once (the
+        stage's record is written when the stage ends, after a kill maybe by a later run); never in the file, whose
+        bytes are the same however often the build was interrupted."""
+        if spec.name in self.resumed:
+            self.context.manifest.setdefault("resumed", {})[name] = self.resumed[spec.name]
+            self.context.store.write_manifest(self.context.manifest)
 
     @staticmethod
     def stored_heatmaps(store: LensStore, name: str, key: str, ids: torch.Tensor | None = None, topk: str = "") -> tuple[torch.Tensor, str] | None:

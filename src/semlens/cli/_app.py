@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import unicodedata
+import warnings
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -18,6 +19,12 @@ from rich.table import Table
 
 from .._util.errors import SemlensError
 
+def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    """A warning as the commands print it: one line that says what, without the source line that raised it."""
+    return f"warning: {printable(str(message))}\n"
+
+
+warnings.formatwarning = one_line_warning
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Understand and validate what a model's units encode.")
 
 

@@ -85,7 +85,9 @@ def run(
     shard: Optional[str] = typer.Option(
         None, help="i/n: collect only shard i of n of the data into a partial Lens (job arrays); combine with `semlens merge`."
     ),
-    overwrite: bool = typer.Option(False, help="Delete an existing Lens at --out and rebuild it."),
+    overwrite: bool = typer.Option(
+        False, help="Delete an existing Lens at --out and rebuild it (only a Lens semlens built: a folder with other files is refused, nothing deleted)."
+    ),
     as_json: AsJson = False,
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
@@ -150,7 +152,9 @@ def merge(
     precision: Optional[str] = typer.Option(None, help="The precision the shards were collected in, when this machine's auto differs."),
     workers: Optional[int] = typer.Option(None, help="Data loader worker processes."),
     embed_batch_size: Optional[int] = typer.Option(None, help="Foundation model batch size."),
-    overwrite: bool = typer.Option(False, help="Delete an existing Lens at OUT and rebuild it."),
+    overwrite: bool = typer.Option(
+        False, help="Delete an existing Lens at OUT and rebuild it (only a Lens semlens built: a folder with other files is refused, nothing deleted)."
+    ),
     trust: Trust = False,
     as_json: AsJson = False,
     progress: bool = typer.Option(True, help="Show progress bars."),

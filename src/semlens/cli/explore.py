@@ -364,7 +364,7 @@ def serve(
 
     if probe_data is not None and len(lens) > 1:
         raise SemlensError("--probe-data names the data of one Lens: serve that Lens on its own")
-    serve_explorer([open_lens(path, trust, probe_data, foundation) for path in lens], host, port, open_browser)
+    serve_explorer(lens, host, port, open_browser, opener=lambda path: open_lens(path, trust, probe_data, foundation))
 
 
 @app.command("trust")

@@ -19,6 +19,7 @@ from .example_sets import LensExampleSets
 from .examples import LensExamples
 from .explain import LensExplain
 from .labels import LensLabels
+from .layout import check_layout
 from .measures import LensMeasures
 from .search import LensSearch
 from .sources import LensSources
@@ -94,6 +95,7 @@ class Lens(
                 f"the Lens at {store.root} is incomplete (stage {', '.join(pending)} not finished); "
                 "run the same `semlens run` again to resume it"
             )
+        check_layout(store, manifest)
         return cls(store, manifest, LensAccess(trust, None if data is None else str(data), foundation, model))
 
     @cached_property

@@ -26,6 +26,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,12 +57,25 @@ FLAG_ARRAYS = ("inactive", "tied")
 PACKED_METADATA = "semlens"
 
 
+#: what semlens writes in a Lens, by name at its top level (``fnmatch`` patterns): ``--overwrite`` deletes these and
+#: nothing else. Folders are semlens's when every file in them (at any depth) matches ``OWN_NESTED``; temporary
+#: files of ``atomic_write`` (``.NAME.tmp-PID``) match both
+OWN_TOP = (MANIFEST, "samples.json", "failures.json", "labels.json", "*.safetensors", "*.partial*", ".*.tmp-*", "layers", SPACES, RESPONSES, "index")
+OWN_NESTED = ("*.safetensors", "*.json", "*.faiss", ".*.tmp-*")
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through ``write(temporary_path)``, flush to disk, then rename over ``path``."""
+    """Write through ``write(temporary_path)``, flush to disk, then rename over ``path``. The file gets the
+    permissions the user's umask gives a new file (the safetensors writer makes its files private to their owner,
+    and a Lens is read by others: by ``semlens serve`` under another account, by colleagues)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        temporary.unlink(missing_ok=True)
+        temporary.touch()
+        usual = stat.S_IMODE(temporary.stat().st_mode)
         write(temporary)
+        os.chmod(temporary, usual)
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -66,8 +83,20 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         temporary.unlink(missing_ok=True)
 
 
-class DamagedLensError(SemlensError):
+class LensFileError(SemlensError):
+    """A file of a Lens that cannot be used; ``lens`` is the Lens's folder (the explorer marks that Lens, not its neighbours)."""
+
+    def __init__(self, message: str, lens: Path | None = None) -> None:
+        super().__init__(message)
+        self.lens = lens
+
+
+class DamagedLensError(LensFileError):
     """An array file of a Lens is missing, truncated or not what the build wrote."""
+
+
+class UnreadableLensError(LensFileError):
+    """A file of a Lens that this user has no permission to read."""
 
 
 class LensStore:
@@ -88,10 +117,10 @@ class LensStore:
         points out of it) is refused, never followed."""
         relative = Path(name) if isinstance(name, str) else None
         if relative is None or relative.is_absolute() or relative.anchor or ".." in relative.parts:
-            raise DamagedLensError(f"the Lens at {self.root} names a file outside itself ({name!r}); it was tampered with or damaged")
+            raise DamagedLensError(f"the Lens at {self.root} names a file outside itself ({name!r}); it was tampered with or damaged", self.root)
         path = self.root / relative
         if not path.resolve().is_relative_to(self.root):
-            raise DamagedLensError(f"the Lens at {self.root} links {name!r} to a file outside itself ({path.resolve()}); it was tampered with or damaged")
+            raise DamagedLensError(f"the Lens at {self.root} links {name!r} to a file outside itself; it was tampered with or damaged", self.root)
         return path
 
     def has_manifest(self) -> bool:
@@ -99,9 +128,14 @@ class LensStore:
 
     def read_manifest(self) -> dict[str, Any]:
         try:
-            manifest = json.loads(self.path(MANIFEST).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SemlensError(f"{self.root} is not a Lens directory (no {MANIFEST}); build one with `semlens run`") from None
+            with self.reading(MANIFEST):
+                manifest = json.loads(self.path(MANIFEST).read_text(encoding="utf-8"))
+        except DamagedLensError:
+            if self.root.is_file():
+                raise SemlensError(f"{self.root} is a file, not a Lens directory") from None
+            if not self.path(MANIFEST).exists():
+                raise SemlensError(f"{self.root} is not a Lens directory (no {MANIFEST}); build one with `semlens run`") from None
+            raise
         except (json.JSONDecodeError, UnicodeDecodeError):
             manifest = None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -113,7 +147,7 @@ class LensStore:
             )
         malformed = [key for key in ("identity", "stages", "layers", "foundation", "spaces", "arrays") if not isinstance(manifest.get(key, {}), dict)]
         if malformed:
-            raise DamagedLensError(f"{self.root / MANIFEST} is damaged: its {', '.join(malformed)} should be tables")
+            raise DamagedLensError(f"{self.root / MANIFEST} is damaged: its {', '.join(malformed)} should be tables", self.root)
         return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
@@ -127,10 +161,11 @@ class LensStore:
         """A JSON file of this Lens, through ``parse`` where given: a file that is not JSON, or not of the form
         ``parse`` reads (a KeyError, TypeError or ValueError), is reported as a damaged Lens, naming the file."""
         try:
-            value = json.loads(self.path(name).read_text(encoding="utf-8"))
+            with self.reading(name):
+                value = json.loads(self.path(name).read_text(encoding="utf-8"))
             return value if parse is None else parse(value)
         except (UnicodeDecodeError, KeyError, TypeError, ValueError) as error:  # json's JSONDecodeError is a ValueError
-            raise self._damaged(name, f"it is not the JSON semlens writes ({type(error).__name__}: {error})") from None
+            raise self.damaged(name, f"it is not the JSON semlens writes ({type(error).__name__}: {error})") from None
 
     def write_tensors(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
         contiguous = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
@@ -139,10 +174,8 @@ class LensStore:
 
     def read_tensors(self, name: str) -> dict[str, torch.Tensor]:
         self.verify(name)
-        try:
+        with self.reading(name):
             tensors = load_file(str(self.path(name)))
-        except (SafetensorError, OSError) as error:
-            raise self._damaged(name, str(error)) from None
         for key, tensor in tensors.items():
             self._check_dtype(name, key, tensor.dtype)
         return tensors
@@ -166,9 +199,9 @@ class LensStore:
         for name, record in self.expected.items():
             path = self.path(name)
             if not path.is_file():
-                raise self._damaged(name, "the file is missing")
+                raise self.damaged(name, "the file is missing")
             if path.stat().st_size != record["bytes"]:
-                raise self._damaged(name, f"{path.stat().st_size} bytes, {record['bytes']} recorded")
+                raise self.damaged(name, f"{path.stat().st_size} bytes, {record['bytes']} recorded")
 
     def verify(self, name: str) -> None:
         """Check a recorded file's hash once per store (files not recorded, e.g. labels, are not checked)."""
@@ -176,9 +209,11 @@ class LensStore:
         if record is None or name in self._verified:
             return
         if not self.path(name).is_file():
-            raise self._damaged(name, "the file is missing")
-        if hash_file(self.path(name)) != record["sha256"]:
-            raise self._damaged(name, "its content is not what the build wrote (SHA-256 differs)")
+            raise self.damaged(name, "the file is missing")
+        with self.reading(name):
+            found = hash_file(self.path(name))
+        if found != record["sha256"]:
+            raise self.damaged(name, "its content is not what the build wrote (SHA-256 differs)")
         self._verified.add(name)
 
     def _check_dtype(self, name: str, key: str, dtype: torch.dtype) -> None:
@@ -187,12 +222,28 @@ class LensStore:
         expected = "integer" if short in INDEX_ARRAYS else "bool" if short in FLAG_ARRAYS else "floating point"
         found = "bool" if dtype == torch.bool else "floating point" if dtype.is_floating_point else "integer"
         if found != expected:
-            raise self._damaged(name, f"its array {key!r} holds {str(dtype).removeprefix('torch.')}, where semlens writes {expected} values")
+            raise self.damaged(name, f"its array {key!r} holds {str(dtype).removeprefix('torch.')}, where semlens writes {expected} values")
 
-    def _damaged(self, name: str, reason: str) -> DamagedLensError:
+    @contextmanager
+    def reading(self, name: str) -> Iterator[None]:
+        """Reading the file ``name``: a file this user may not read is said so (one line, what to do); one that
+        cannot be read otherwise (missing, truncated, not safetensors) is damage."""
+        try:
+            yield
+        except PermissionError:
+            raise UnreadableLensError(
+                f"the Lens at {self.root} cannot be read by this user: {name}: permission denied. Its owner can make it "
+                "readable (chmod -R a+rX on the Lens), or copy it to a folder of yours",
+                self.root,
+            ) from None
+        except (SafetensorError, OSError) as error:
+            raise self.damaged(name, str(error)) from None
+
+    def damaged(self, name: str, reason: str) -> DamagedLensError:
         return DamagedLensError(
             f"the Lens at {self.root} is damaged: {name}: {reason}. Copy it again from its source or rebuild it "
-            "with the same `semlens run` (--overwrite)"
+            "with the same `semlens run` (--overwrite)",
+            self.root,
         )
 
     def read_rows(self, name: str, key: str, rows: torch.Tensor) -> torch.Tensor:
@@ -201,39 +252,31 @@ class LensStore:
         self.verify(name)
         wanted, inverse = torch.unique(rows.reshape(-1), return_inverse=True)
         runs = torch.tensor_split(wanted, (wanted.diff() != 1).nonzero().flatten() + 1) if wanted.numel() else []
-        try:
-            with safe_open(str(self.path(name)), framework="pt") as handle:
-                array = handle.get_slice(key)
-                parts = [array[0:0]] + [array[int(run[0]) : int(run[-1]) + 1] for run in runs]
-        except (SafetensorError, OSError) as error:
-            raise self._damaged(name, str(error)) from None
+        with self.reading(name), safe_open(str(self.path(name)), framework="pt") as handle:
+            array = handle.get_slice(key)
+            parts = [array[0:0]] + [array[int(run[0]) : int(run[-1]) + 1] for run in runs]
         self._check_dtype(name, key, parts[0].dtype)
         return torch.cat(parts)[inverse].reshape(*rows.shape, *parts[0].shape[1:])
 
     def rows(self, name: str, key: str) -> int:
         """The length of one stored array, read off its header."""
         self.verify(name)
-        with safe_open(str(self.path(name)), framework="pt") as handle:
+        with self.reading(name), safe_open(str(self.path(name)), framework="pt") as handle:
             return handle.get_slice(key).get_shape()[0]
+
     def read_array(self, name: str, key: str) -> torch.Tensor:
         """One array of a stored file, without reading the file's others."""
         self.verify(name)
-        try:
-            with safe_open(str(self.path(name)), framework="pt") as handle:
-                tensor = handle.get_tensor(key)
-        except (SafetensorError, OSError) as error:
-            raise self._damaged(name, str(error)) from None
+        with self.reading(name), safe_open(str(self.path(name)), framework="pt") as handle:
+            tensor = handle.get_tensor(key)
         self._check_dtype(name, key, tensor.dtype)
         return tensor
 
     def read_metadata(self, name: str) -> dict[str, str]:
         """The metadata ``write_tensors`` stored with a file (files of older Lenses hold it unpacked)."""
         self.verify(name)
-        try:
-            with safe_open(str(self.path(name)), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-        except (SafetensorError, OSError) as error:
-            raise self._damaged(name, str(error)) from None
+        with self.reading(name), safe_open(str(self.path(name)), framework="pt") as handle:
+            metadata = handle.metadata() or {}
         if PACKED_METADATA not in metadata:
             return metadata
         try:
@@ -241,7 +284,7 @@ class LensStore:
         except ValueError:
             unpacked = None
         if not isinstance(unpacked, dict) or not all(isinstance(value, str) for value in unpacked.values()):
-            raise self._damaged(name, "its metadata is not what semlens writes")
+            raise self.damaged(name, "its metadata is not what semlens writes")
         return unpacked
 
     def read_checkpoint(self, name: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
@@ -263,12 +306,49 @@ class LensStore:
             target.unlink(missing_ok=True)
 
     def clear(self) -> None:
-        """Delete a Lens directory's content (``--overwrite``); refuses on anything but a Lens."""
-        if not self.root.exists():
+        """Delete what semlens wrote in a Lens directory (``--overwrite``), the folder itself kept. Anything else there
+        (no semlens manifest, or a file semlens does not write: ``OWN_TOP``) makes it refuse, deleting nothing: the
+        files may be a user's, and a folder with them left in would not take a new Lens either."""
+        self.check_folder()
+        entries = sorted(self.root.iterdir()) if self.root.exists() else []
+        if not entries:
             return
-        if not self.has_manifest() and any(self.root.iterdir()):
-            raise SemlensError(f"{self.root} is not empty and holds no Lens manifest; refusing to delete it")
-        shutil.rmtree(self.root)
+        if not self.path(MANIFEST).is_file():
+            raise SemlensError(f"{self.root} is not empty and holds no Lens manifest; refusing to delete anything in it")
+        try:
+            self.read_manifest()
+        except SemlensError as error:
+            raise SemlensError(f"refusing to delete anything in {self.root}: it is not a Lens semlens can read ({error})") from None
+        foreign = [name for entry in entries for name in foreign_files(entry, self.root)]
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise SemlensError(
+                f"the Lens at {self.root} holds files semlens does not write ({shown}); --overwrite deletes a Lens only when "
+                "nothing else is in its folder, so nothing was deleted: move them out, or choose another output directory"
+            )
+        for entry in entries:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def check_folder(self) -> None:
+        """A Lens is a folder: a file in its place is refused."""
+        if self.root.exists() and not self.root.is_dir():
+            raise SemlensError(f"{self.root} is a file, not a folder; give a folder for the Lens (a new one, or a Lens to resume)")
+
+
+def foreign_files(entry: Path, root: Path) -> list[str]:
+    """The files (relative to ``root``) at or below ``entry``, a top-level entry of a Lens, that semlens does not
+    write there (``OWN_TOP``, ``OWN_NESTED``); a link is never semlens's."""
+    own = (not entry.is_symlink()) and any(fnmatch(entry.name, pattern) for pattern in OWN_TOP)
+    if not own or not entry.is_dir():
+        return [] if own else [entry.relative_to(root).as_posix()]
+    found = []
+    for path in sorted(entry.rglob("*")):
+        if path.is_symlink() or (path.is_file() and not any(fnmatch(path.name, pattern) for pattern in OWN_NESTED)):
+            found.append(path.relative_to(root).as_posix())
+    return found
 
 
 def safe_name(layer: str) -> str:

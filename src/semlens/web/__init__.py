@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import webbrowser
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,9 +20,11 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def serve(
-    lenses: Sequence[Lens | str | Path], host: str = "127.0.0.1", port: int = 8000, open_browser: bool = False, say=print
+    lenses: Sequence[Lens | str | Path], host: str = "127.0.0.1", port: int = 8000, open_browser: bool = False, say=print,
+    opener: Callable[[Path], Lens] | None = None,
 ) -> None:
-    """Serve ``lenses`` (opened Lenses or their directories) until interrupted; binds this machine only unless ``host`` says otherwise."""
+    """Serve ``lenses`` (opened Lenses or their directories, opened by ``opener``, default ``Lens.open``: one that cannot
+    be is served as damaged) until interrupted; binds this machine only unless ``host`` says otherwise."""
     try:
         import uvicorn
 
@@ -30,7 +32,10 @@ def serve(
     except ModuleNotFoundError as error:
         raise SemlensError(f"`semlens serve` needs {error.name}, which semlens installs: pip install --force-reinstall semlens") from None
     local = host in LOOPBACK
-    app = create_app(lenses, allowed_hosts=[*LOOPBACK, "[::1]"] if local else None)
+    app = create_app(lenses, allowed_hosts=[*LOOPBACK, "[::1]"] if local else None, **({"opener": opener} if opener else {}))
+    for served in app.state.explorer.served:
+        if served.damaged:
+            say(f"warning: Lens {served.name} is served as damaged: {served.damaged}")
     shown = "127.0.0.1" if host == "0.0.0.0" else f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     if not local:

@@ -10,7 +10,7 @@ map or graph never stops the server from answering other requests.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from .. import __version__
 from .._util.errors import SemlensError
 from ..lens.lens import Lens
+from ..lens.store import LensFileError
 from .routes import audit, clusters, compare, correct, explain, maps, search, spaces, units
 from .schemas import Problem
 from .state import Explorer, NotFound
@@ -71,13 +72,16 @@ class Guard:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(lenses: Sequence[Lens | str | Path], allowed_hosts: Sequence[str] | None = None) -> FastAPI:
-    """The explorer app over ``lenses`` (opened Lenses or their directories).
+def create_app(
+    lenses: Sequence[Lens | str | Path], allowed_hosts: Sequence[str] | None = None, opener: Callable[[Path], Lens] = Lens.open
+) -> FastAPI:
+    """The explorer app over ``lenses`` (opened Lenses, or directories that ``opener`` opens: one that fails to is
+    served as damaged, beside the others).
 
     ``allowed_hosts`` limits the Host header a request may carry (``semlens serve`` passes the loopback
     names when it binds 127.0.0.1, so that other web sites cannot reach the API through DNS rebinding).
     """
-    explorer = Explorer([lens if isinstance(lens, Lens) else Lens.open(lens) for lens in lenses])
+    explorer = Explorer(lenses, opener)
     app = FastAPI(
         title="semlens explorer",
         version=__version__,
@@ -99,7 +103,10 @@ def create_app(lenses: Sequence[Lens | str | Path], allowed_hosts: Sequence[str]
 
     @app.exception_handler(SemlensError)
     async def refused(_request: Request, error: SemlensError) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=404 if isinstance(error, NotFound) else 400)
+        """The error in one line, without paths of this machine; a damaged file marks its Lens as damaged."""
+        if isinstance(error, LensFileError):
+            explorer.found_damaged(error)
+        return JSONResponse({"detail": explorer.public(str(error))}, status_code=404 if isinstance(error, NotFound) else 400)
 
     for routes in (units, clusters, search, maps, audit, compare, explain, correct, spaces):
         app.include_router(routes.router)

@@ -61,6 +61,9 @@ class LensInfo(BaseModel):
     class_relevance: bool
     relevance_examples: bool = Field(False, description="Whether its units have concept examples by relevance too (examples=relevance).")
     spaces: list[str] = Field(default_factory=list, description="Its embedding spaces, the default one first.")
+    damaged: str | None = Field(
+        None, description="Why the Lens cannot answer (it could not be opened: its other fields are empty) or what was found damaged in it; null when healthy."
+    )
 
 
 class UnitRef(BaseModel):

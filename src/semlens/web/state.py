@@ -7,20 +7,25 @@ graphs) are computed once per key, even when several requests ask for them at th
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from .._util.errors import SemlensError
 from ..lens.examples import ConceptExample
 from ..lens.lens import Lens
+from ..lens.store import LensFileError
 from ..lens.trust import display_spec
 from .thumbnails import ThumbnailCache
 
 THUMBNAILS = 4  # concept examples shown next to a unit in lists
 REMEMBERED = 64  # results kept per Lens
+#: an absolute path in a message (after the served Lenses' folders are named): cut to its last part for clients
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])(?:~/|/(?!/))(?:[^\s'\"/,;()<>\[\]]+/)*(?P<last>[^\s'\"/,;()<>\[\]]+)")
 
 
 class NotFound(SemlensError):
@@ -28,11 +33,12 @@ class NotFound(SemlensError):
 
 
 class Served:
-    """One Lens as the explorer serves it."""
+    """One Lens as the explorer serves it; ``damaged`` says why it cannot answer (it could not be opened: then
+    ``lens`` is None), or what was found damaged in it since (it answers what it can)."""
 
-    def __init__(self, id: int, name: str, lens: Lens) -> None:
-        self.id, self.name, self.lens = id, name, lens
-        self.thumbnails = ThumbnailCache(lens)
+    def __init__(self, id: int, name: str, lens: Lens | None, path: Path, damaged: str | None = None) -> None:
+        self.id, self.name, self.lens, self.path, self.damaged = id, name, lens, path, damaged
+        self.thumbnails = ThumbnailCache(lens) if lens is not None else None
         self._setup = threading.RLock()
         self._guard = threading.Lock()
         self._computing: dict[Hashable, threading.Lock] = {}
@@ -137,9 +143,12 @@ class Served:
         }  # fmt: skip
 
     def info(self) -> dict[str, Any]:
-        """The ``LensInfo`` shape."""
+        """The ``LensInfo`` shape (a Lens that could not be opened: its name and why)."""
+        if self.lens is None:
+            return {"id": self.id, "name": self.name, "model": "", "data": "", "samples": 0, "foundation": "", "k": 0, "layers": [],
+                    "classes": [], "labelled": False, "class_relevance": False, "damaged": self.damaged}  # fmt: skip
         lens, identity = self.lens, self.lens.manifest["identity"]
-        return {
+        return {"damaged": self.damaged,
             "id": self.id, "name": self.name,
             "model": display_spec(identity["model"]["spec"]), "data": display_spec(identity["data"]["spec"]),
             "samples": identity["data"]["samples"], "foundation": lens.foundation_id, "k": lens.k,
@@ -155,22 +164,48 @@ class Served:
 
 
 class Explorer:
-    """The served Lenses, addressed by index (``0``) or directory name (``world.lens``)."""
+    """The served Lenses, addressed by index (``0``) or directory name (``world.lens``). Each fails alone: one that
+    cannot be opened (``opener`` raises a SemlensError) is served as damaged, listed with why, and its neighbours answer."""
 
-    def __init__(self, lenses: Sequence[Lens]) -> None:
+    def __init__(self, lenses: Sequence[Lens | str | Path], opener: Callable[[Path], Lens] = Lens.open) -> None:
         if not lenses:
             raise SemlensError("give at least one Lens to serve")
         names: list[str] = []
-        for lens in lenses:
-            name, copy = lens.path.name, 2
+        self.served = []
+        for index, given in enumerate(lenses):
+            path = given.path if isinstance(given, Lens) else Path(given).expanduser().resolve()
+            name, copy = path.name, 2
             while name in names:
-                name, copy = f"{lens.path.name}-{copy}", copy + 1
+                name, copy = f"{path.name}-{copy}", copy + 1
             names.append(name)
-        self.served = [Served(index, name, lens) for index, (name, lens) in enumerate(zip(names, lenses))]
+            self.served.append(Served(index, name, None, path))
+            try:
+                lens = given if isinstance(given, Lens) else opener(path)
+            except SemlensError as error:
+                self.served[-1].damaged = self.public(str(error))
+                continue
+            self.served[-1] = Served(index, name, lens, path)
+        if all(served.lens is None for served in self.served):
+            raise SemlensError("no Lens to serve can be opened: " + "; ".join(f"{served.name}: {served.damaged}" for served in self.served))
+
+    def public(self, text: str) -> str:
+        """``text`` as a client may read it: each served Lens's folder called by its name, every other absolute path
+        cut to its last part; where the Lenses, the data and the caches lie on this machine is not shown."""
+        for served in sorted(self.served, key=lambda served: len(str(served.path)), reverse=True):
+            text = text.replace(str(served.path), served.name)
+        return ABSOLUTE_PATH.sub(lambda match: match["last"], text)
+
+    def found_damaged(self, error: LensFileError) -> None:
+        """Mark the Lens an error was found in as damaged (the list of Lenses shows it; similar units skip it)."""
+        for served in self.served:
+            if served.path == error.lens:
+                served.damaged = self.public(str(error))
 
     def get(self, key: str) -> Served:
         for served in self.served:
             if key in (str(served.id), served.name):
+                if served.lens is None:
+                    raise SemlensError(f"Lens {served.name} cannot be opened: {served.damaged}")
                 return served
         loaded = ", ".join(f"{served.id} ({served.name})" for served in self.served)
         raise NotFound(f"no Lens {key!r} is served; give its index or name: {loaded}")

@@ -7,6 +7,8 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from ..._util.errors import SemlensError
+from ...lens.store import LensFileError
 from ..common import IMAGE, ExampleSet, ExplorerDep, LayerName, LensKey, Rank, UnitName, example_out, finite, hits_out
 from ..schemas import Example, LensInfo, UnitPage
 from ..state import Explorer, NotFound, Served
@@ -59,15 +61,26 @@ def unit_page(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: Unit
             }  # fmt: skip
             for title, index, top, mean in opened.relevant_classes(name)
         ],
-        "similar": [similar_in(other, served, name) for other in explorer.served],
+        "similar": [similar_in(explorer, other, served, name) for other in explorer.served],
     }
 
 
-def similar_in(other: Served, source: Served, unit: str) -> dict[str, Any]:
+def similar_in(explorer: Explorer, other: Served, source: Served, unit: str) -> dict[str, Any]:
+    """The units of Lens ``other`` most similar to ``unit``; each other Lens fails alone: what keeps it from answering
+    (damage, a foundation model it may not load) is its entry's note, and a damaged one is marked so."""
     entry = {"lens": other.id, "lens_name": other.name, "hits": [], "note": None}
+    if other is not source and (other.lens is None or other.damaged):
+        return {**entry, "note": f"this Lens is damaged: {other.damaged}"}
     if other.lens.foundation_id != source.lens.foundation_id:
         return {**entry, "note": f"embedded by another foundation model ({other.lens.foundation_id})"}
-    return {**entry, "hits": hits_out(other, other.labelled().search_similar(source.lens, unit, SIMILAR))}
+    try:
+        return {**entry, "hits": hits_out(other, other.labelled().search_similar(source.lens, unit, SIMILAR))}
+    except SemlensError as error:
+        if other is source:
+            raise
+        if isinstance(error, LensFileError):
+            explorer.found_damaged(error)
+        return {**entry, "note": f"this Lens cannot answer: {explorer.public(str(error))}"}
 
 
 @router.get(
