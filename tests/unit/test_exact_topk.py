@@ -1,0 +1,84 @@
+"""Top-k at reduced precision is float32's: bfloat16 autocast picks candidates, a float32 pass re-scores them."""
+
+from __future__ import annotations
+
+import pytest
+import tiny_models
+import torch
+
+from semlens import LayerSpec, collect_topk
+from semlens._util.errors import SemlensError
+from semlens.build.collect import TopK, candidate_slots, iterate_batches, unconfirmed_units
+from semlens.model.units import UnitReader, resolve_module
+
+LAYERS = [LayerSpec.parse("features.3"), LayerSpec.parse("head:signed=true")]
+K = 4
+
+
+def float32_scores(model: torch.nn.Module, data: torch.Tensor, autocast: torch.dtype | None = None) -> dict[str, tuple]:
+    """Every sample's scores ``[N, U]`` and maps of each layer in one forward pass: the brute-force reference."""
+    readers = {spec.name: UnitReader(spec) for spec in LAYERS}
+    seen: dict[str, tuple] = {}
+    hooks = [
+        resolve_module(model, name).register_forward_hook(lambda _m, _i, output, name=name: seen.__setitem__(name, readers[name](output)))
+        for name in readers
+    ]
+    with torch.no_grad(), torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        model(data)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Per unit the ids of the k best samples by (score desc, id asc): ``[U, k]``."""
+    return torch.tensor([sorted(range(scores.shape[0]), key=lambda i: (-scores[i, unit].item(), i))[:k] for unit in range(scores.shape[1])])
+
+
+@pytest.fixture(scope="module")
+def model_and_data() -> tuple[torch.nn.Module, torch.Tensor]:
+    data = torch.randn(160, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    return tiny_models.TinyCNN().eval(), data
+
+
+def test_bfloat16_collection_stores_the_float32_top_k_scores_and_maps(model_and_data) -> None:
+    model, data = model_and_data
+    reference, reduced = float32_scores(model, data), float32_scores(model, data, torch.bfloat16)
+    differs = [name for name in reference if not torch.equal(top(reference[name][0], K), top(reduced[name][0], K))]
+    assert differs  # the emulated GPU ranks some unit's samples otherwise than float32: without re-scoring it would be wrong
+
+    result = collect_topk(model, LAYERS, iterate_batches(data, 16), k=K, autocast=torch.bfloat16, reload=lambda ids: iterate_batches(data, 16, ids))
+    for name, (scores, maps) in reference.items():
+        expected = top(scores, K)
+        assert torch.equal(result[name].ids, expected), name
+        torch.testing.assert_close(result[name].scores, scores.T.gather(1, expected), rtol=1e-6, atol=1e-6)
+        if maps is None:
+            assert result[name].maps is None
+        else:  # the maps kept for cropping are the float32 ones of the final top-k
+            units = torch.arange(maps.shape[1])[:, None]
+            torch.testing.assert_close(result[name].maps, maps[expected, units], rtol=1e-6, atol=1e-6)
+
+
+def test_float32_collection_keeps_k_slots_and_needs_no_second_pass(model_and_data) -> None:
+    model, data = model_and_data
+    assert candidate_slots(K, None) == K and candidate_slots(K, torch.bfloat16) > K
+    result = collect_topk(model, LAYERS, iterate_batches(data, 16), k=K)
+    reference = float32_scores(model, data)
+    for name, (scores, _maps) in reference.items():
+        assert torch.equal(result[name].ids, top(scores, K)), name
+
+
+def test_reduced_precision_without_reload_is_refused_by_name(model_and_data) -> None:
+    model, data = model_and_data
+    with pytest.raises(SemlensError, match="float32 re-scoring needs reload="):
+        collect_topk(model, LAYERS, iterate_batches(data, 16), k=K, autocast=torch.bfloat16)
+
+
+def test_a_unit_whose_candidates_may_miss_a_sample_is_unconfirmed() -> None:
+    """Unit 0: the last candidate scored 5 in bfloat16 and the errors seen are 0.1 (1 % of the peak 10); a sample
+    left out scored at most 5 + 0.1, under the exact k-th 8: confirmed. Unit 1's k-th 5.05 is not above that."""
+    candidates = TopK(torch.tensor([[10.0, 8.0, 5.0], [10.0, 6.0, 5.0]]), torch.tensor([[1, 2, 3], [1, 4, 5]]))
+    exact = TopK(torch.tensor([[10.1, 8.0], [10.0, 5.05]]), torch.tensor([[1, 2], [1, 5]]))
+    assert unconfirmed_units(candidates, exact).tolist() == [False, True]
+    fewer = TopK(torch.tensor([[10.0, 8.0, float("-inf")]] * 2), torch.tensor([[1, 2, -1]] * 2))  # every sample a candidate
+    assert unconfirmed_units(fewer, exact).tolist() == [False, False]
