@@ -19,9 +19,9 @@ NAMES = ["features.0", "features.3", "head"]
 
 
 def collect(folder, clip, out, **overrides) -> LensStore:
-    """The collect stage alone (a shard runs only it)."""
+    """The collect stage alone (a shard runs only it), on the CPU also where a GPU is shown to the tests."""
     settings = dict(model="py:tiny_models:tiny_cnn", layers=LAYERS, data=f"folder:{folder}", foundation=f"hf:{clip}",
-                    k=5, batch_size=7, workers=0, shard="0/1")  # fmt: skip
+                    k=5, batch_size=7, workers=0, shard="0/1", device="cpu")  # fmt: skip
     LensBuilder(BuildConfig(**{**settings, **overrides}), out, progress=False).run()
     return LensStore(out)
 
