@@ -12,7 +12,7 @@ import torch
 from semlens import LayerSpec, collect_topk
 from semlens._util.devices import strict_float32
 from semlens._util.errors import SemlensError
-from semlens.build.collect import TopK, candidate_slots, iterate_batches, unconfirmed_units
+from semlens.build.collect import TopK, candidate_slots, iterate_batches, rescore, unconfirmed_units
 from semlens.model.units import UnitReader, resolve_module
 
 LAYERS = [LayerSpec.parse("features.3"), LayerSpec.parse("head:signed=true")]
@@ -113,3 +113,15 @@ def check_both_precisions(model: torch.nn.Module, data: torch.Tensor) -> None:
             expected = scores.sort(dim=1, descending=True, stable=True).values[:, :K]
             torch.testing.assert_close(result[name].scores, expected, rtol=1e-5, atol=1e-5, msg=f"{name} {autocast}")
             torch.testing.assert_close(scores.gather(1, result[name].ids), expected, rtol=1e-5, atol=1e-5, msg=f"{name} {autocast}")
+
+
+def test_where_every_sample_was_re_scored_no_unit_is_unconfirmed(model_and_data) -> None:
+    """Candidates whose reduced scores (1000) are far off make each unit unconfirmed on its own; but when the
+    candidates of all units together are every sample the pass saw, none was left out."""
+    model, data = model_and_data
+    head = LAYERS[1]
+    ids = torch.tensor([[0, 1], [1, 2], [2, 0]]).repeat(2, 1)  # the signed head's 6 units, 3 samples in all
+    candidates = {head.name: TopK(torch.full((6, 2), 1000.0), ids)}
+    reload = lambda chosen: iterate_batches(data, 2, chosen)  # noqa: E731
+    assert rescore(model, [head], candidates, reload, k=1, samples=4)[1] == {"rescored_samples": 3, "unconfirmed_units": 6}
+    assert rescore(model, [head], candidates, reload, k=1, samples=3)[1] == {"rescored_samples": 3, "unconfirmed_units": 0}

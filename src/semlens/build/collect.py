@@ -27,7 +27,7 @@ from ..model.units import LayerSpec, UnitReader, refuse_unreadable_layout, resol
 EMPTY_ID = -1
 _ID_SPAN = 1 << 32  # sample ids must be below 2**32
 _EMPTY_KEY = torch.iinfo(torch.int64).min
-CANDIDATES_PER_K = 3  # candidates per top-k slot at reduced precision (benchmarks/rescore.py measured what it needs)
+CANDIDATES_PER_K = 3  # candidates per top-k slot at reduced precision (what they need: benchmarks/collect.py --displacement)
 
 
 def candidate_slots(k: int, autocast: torch.dtype | None) -> int:
@@ -237,12 +237,14 @@ def collect_topk(
             f"autocast={autocast} ranks samples in reduced precision, and their float32 re-scoring needs reload= "
             "(a function from sample ids to batches of those samples); or collect in float32 (autocast=None)"
         )
+    samples = 0
     with Collector(model, specs, slots, max_map_side, autocast=autocast, maps=slots == k) as collector:
         for inputs, ids in batches:
             collector.update(inputs, ids)
+            samples += len(ids)
     results = collector.results
     if slots > k:
-        results, _ = rescore(model, specs, results, reload, k, max_map_side)
+        results, _ = rescore(model, specs, results, reload, k, samples, max_map_side)
     return {name: topk.to("cpu") for name, topk in results.items()}
 
 
@@ -252,6 +254,7 @@ def rescore(
     candidates: dict[str, TopK],
     reload: Callable[[torch.Tensor], Batches],
     k: int,
+    samples: int,
     max_map_side: int = 32,
 ) -> tuple[dict[str, TopK], dict[str, int]]:
     """The exact float32 top-k (and maps) from reduced-precision candidates: one float32 pass, TF32 off, of every
@@ -259,13 +262,14 @@ def rescore(
 
     A unit's float32 top-k over this superset of its own candidates is its top-k over all samples whenever
     that top-k is among its candidates. Also returns what it did: the samples re-scored and the units whose
-    exactness the measured errors do not show (:func:`unconfirmed_units`)."""
+    exactness the measured errors do not show (:func:`unconfirmed_units`; none where the candidates are all
+    ``samples`` the pass saw)."""
     ids = candidate_ids(candidates)
     with Collector(model, specs, k, max_map_side) as collector:
         for inputs, batch_ids in reload(ids):
             collector.update(inputs, batch_ids)
     results = collector.results
-    unconfirmed = sum(int(unconfirmed_units(candidates[name], results[name]).sum()) for name in results)
+    unconfirmed = 0 if len(ids) == samples else sum(int(unconfirmed_units(candidates[name], results[name]).sum()) for name in results)
     return results, {"rescored_samples": len(ids), "unconfirmed_units": unconfirmed}
 
 

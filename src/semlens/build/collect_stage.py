@@ -69,7 +69,8 @@ class CollectStage:
         if rescoring:
             if next_index > resumed_at:  # a run killed while re-scoring resumes here, without passing over the data again
                 self._save_checkpoint(checkpoint, key, results, next_index, failures)
-            results, info = rescore(model, context.specs, results, self._reload, config.k, config.max_map_side)
+            decoded = len(rows) - len(failures)
+            results, info = rescore(model, context.specs, results, self._reload, config.k, decoded, config.max_map_side)
         results = ranks.merge_topk({name: topk.to("cpu") for name, topk in results.items()})
         failures = sorted(chain.from_iterable(ranks.gather_objects(failures)))
         info = {"rescored": {"candidates_per_unit": slots, **sum_counts(ranks.gather_objects(info))}} if rescoring else {}
