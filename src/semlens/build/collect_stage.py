@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from collections.abc import Iterator
+from dataclasses import asdict
 from itertools import chain, islice
 from typing import Any
 
