@@ -140,9 +140,7 @@ class LensBuilder:
             identity["embed"]["crp_focus"] = config.crp_focus
         if context.autocast is not None:  # float32 adds nothing, so Lenses built before this setting stay valid
             identity["collect"]["autocast"] = str(context.autocast).removeprefix("torch.")
-        if context.autocast is not None or context.device.type == "cuda":
-            # the top-k of float32 scores, TF32 off (re-scored after reduced precision); GPU Lenses built before
-            # ranked what the GPU computed. Float32 on the CPU always was exact: CPU Lenses stay valid
+            # re-scored in float32: Lenses built before ranked the reduced precision's scores, and are not resumed
             identity["collect"]["topk"] = "float32"
         precision = config.embed_precision
         if precision == "auto" and inference_dtype(context.device) == torch.float32:
