@@ -12,7 +12,7 @@ import torch
 from semlens import LayerSpec, collect_topk
 from semlens._util.devices import strict_float32
 from semlens._util.errors import SemlensError
-from semlens.build.collect import TopK, candidate_slots, iterate_batches, rescore, unconfirmed_units
+from semlens.build.collect import Collector, TopK, candidate_ids, candidate_slots, iterate_batches, rescore, unconfirmed_units
 from semlens.model.units import UnitReader, resolve_module
 
 LAYERS = [LayerSpec.parse("features.3"), LayerSpec.parse("head:signed=true")]
@@ -61,6 +61,10 @@ def test_bfloat16_collection_stores_the_float32_top_k_scores_and_maps(model_and_
         else:  # the maps kept for cropping are the float32 ones of the final top-k
             units = torch.arange(maps.shape[1])[:, None]
             torch.testing.assert_close(result[name].maps, maps[expected, units], rtol=1e-6, atol=1e-6)
+    with Collector(model, LAYERS, candidate_slots(K, torch.bfloat16), autocast=torch.bfloat16, maps=False) as candidates:
+        for batch, ids in iterate_batches(data, 16):
+            candidates.update(batch, ids)
+    assert len(candidate_ids(candidates.results)) < len(data)  # only some samples re-scored: which ones mattered
 
 
 def test_float32_collection_keeps_k_slots_and_needs_no_second_pass(model_and_data) -> None:
