@@ -80,15 +80,3 @@ def test_a_run_killed_while_rescoring_resumes_from_its_candidates(float32, tmp_p
     assert not (out / "collect.partial.safetensors").exists()
     for layer in NAMES:
         assert_same_topk(topk(resumed, layer), topk(float32, layer))
-
-
-def test_units_the_rescoring_could_not_confirm_are_named_in_the_fallbacks() -> None:
-    from semlens.build.builder import fallbacks
-
-    manifest = {"identity": {"embed": {"crop": "activation"}}, "layers": {}, "stages": {"collect": {"rescored": {"candidates_per_unit": 90, "rescored_samples": 900, "unconfirmed_units": 0}}}}
-    assert fallbacks(manifest) == []
-    manifest["stages"]["collect"]["rescored"]["unconfirmed_units"] = 3
-    assert fallbacks(manifest) == [
-        "top-k of 3 units not confirmed exact: a sample outside their 90 reduced-precision candidates may belong in it, "
-        "by the errors measured (--precision float32 collects in float32 throughout)"
-    ]

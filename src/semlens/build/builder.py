@@ -259,8 +259,7 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
     """What the build did instead of what was asked, as recorded in the manifest: crop modes other than the
     one asked for (``auto`` asks for relevance), map cells left on the even grid where their placement could
     not be measured, relevance passes made smaller when the GPU ran out of memory, an embedding that could not
-    be compiled, a skipped class-relevance stage, k lowered to the number of samples and units whose top-k
-    the float32 re-scoring of reduced-precision candidates could not confirm exact."""
+    be compiled, a skipped class-relevance stage and k lowered to the number of samples."""
     asked = manifest["identity"]["embed"]["crop"]
     wanted = "relevance" if asked == "auto" else asked
     found = []
@@ -275,12 +274,6 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
         for what, record in (("relevance crops", crop), ("relevance examples", layer.get("relevance_examples"))):
             found += smaller_passes(f"layer {name}: {what} in", "pairs", (record or {}).get("pairs_per_pass"))
     found += smaller_passes("class relevance in", "images", manifest["stages"].get("relevance", {}).get("images_per_pass"))
-    rescored = manifest["stages"].get("collect", {}).get("rescored", {})
-    if rescored.get("unconfirmed_units"):
-        found.append(
-            f"top-k of {rescored['unconfirmed_units']} units not confirmed exact: a sample outside their {rescored['candidates_per_unit']} "
-            "reduced-precision candidates may belong in it, by the errors measured (--precision float32 collects in float32 throughout)"
-        )
     if manifest["stages"].get("embed", {}).get("compile_fallback"):
         found.append(manifest["stages"]["embed"]["compile_fallback"])
     skipped = manifest["stages"].get("relevance", {}).get("skipped")
