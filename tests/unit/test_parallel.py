@@ -1,15 +1,12 @@
-"""Splitting work (shards, ranks) and the precision of the collection pass."""
+"""Splitting work (shards, ranks) and the precision of the collection pass (its top-k: test_exact_topk.py)."""
 
 from __future__ import annotations
 
 import pytest
-import tiny_models
 import torch
 
-from semlens import LayerSpec, collect_topk
 from semlens._util.devices import autocast_dtype
 from semlens._util.errors import SemlensError
-from semlens.build.collect import iterate_batches
 from semlens.build.parallel import Ranks, Shard, connect
 
 
@@ -59,18 +56,3 @@ def test_precision_auto_keeps_float32_on_the_cpu() -> None:
     assert autocast_dtype("bfloat16", cpu) is torch.bfloat16
     with pytest.raises(SemlensError, match="precision"):
         autocast_dtype("int8", cpu)
-
-
-def test_autocast_topk_is_exact_for_what_the_model_computes() -> None:
-    """Under bfloat16 autocast the top-k equals a brute-force ranking of the same autocast forward
-    pass, and scores stay float32 (pooled after the layer, outside autocast)."""
-    model = tiny_models.TinyCNN().eval()
-    data = torch.randn(40, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    result = collect_topk(model, [LayerSpec.parse("head")], iterate_batches(data, 8), k=4, autocast=torch.bfloat16)["head"]
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        outputs = torch.cat([model(batch) for batch, _ in iterate_batches(data, 8)]).float()
-    assert result.scores.dtype == torch.float32
-    for unit in range(outputs.shape[1]):
-        expected = sorted(range(len(data)), key=lambda i: (-outputs[i, unit].item(), i))[:4]
-        assert result.ids[unit].tolist() == expected
-        assert torch.equal(result.scores[unit], outputs[expected, unit])

@@ -89,10 +89,10 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
     ``auto`` is bfloat16 autocast on CUDA GPUs that support it: about twice the speed, and bfloat16
     has float32's range, so no activation overflows (float16 can, giving inf scores; it is used only
-    when asked for). Top-k stays exact for the scores the model computes in that precision; samples
-    whose scores differ by less than bfloat16 resolves may swap places with a float32 run, which is
-    why the precision is part of the Lens's identity. The CPU keeps float32 (autocast rarely pays
-    there, and results stay bit for bit reproducible).
+    when asked for). Its ranking is not float32's, so that pass only picks candidates, which are then
+    re-scored in float32 with TF32 off (``build.collect.rescore``): the stored top-k is float32's on
+    every device and precision. The CPU keeps float32 (autocast rarely pays there, and results stay
+    bit for bit reproducible).
     """
     check_precision(precision)
     if precision == "auto":
@@ -122,7 +122,8 @@ def strict_float32() -> Iterator[None]:
     default. LRP needs float32 proper: its check compares the canonized model (batch norms merged into
     convolutions) with the model to 1e-4 of the output, and on an H100 with TF32 a random ResNet-18
     differed by 3e-4 there (benchmarks/crops.py), so every model failed the check and the build fell
-    back to activation crops. The CPU has no TF32: there this changes nothing.
+    back to activation crops. The collection pass and its re-scoring need it too: top-k by TF32 scores is
+    not float32's. The CPU has no TF32: there this changes nothing.
     """
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False

@@ -139,6 +139,8 @@ class LensBuilder:
             identity["embed"]["crp_focus"] = config.crp_focus
         if context.autocast is not None:  # float32 adds nothing, so Lenses built before this setting stay valid
             identity["collect"]["autocast"] = str(context.autocast).removeprefix("torch.")
+            # re-scored in float32: Lenses built before ranked the reduced precision's scores, and are not resumed
+            identity["collect"]["topk"] = "float32"
         precision = config.embed_precision
         if precision == "auto" and inference_dtype(context.device) == torch.float32:
             precision = "float32"

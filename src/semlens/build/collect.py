@@ -4,6 +4,11 @@ The order is total: a higher score wins, and equal scores go to the lower sample
 packed into one int64 key per (unit, sample), so ``torch.topk`` over keys is exact and deterministic,
 and combining two partial results is associative: shards, workers and resumed runs give the same
 answer as one pass. Memory is units x k (plus units x k small maps), whatever the data size.
+
+At reduced precision (autocast) the ranking is not float32's: samples whose scores lie closer than the
+precision resolves swap places, and one that belongs in the float32 top-k can fall out. There the pass keeps
+``candidate_slots`` samples per unit (no maps), and :func:`rescore` runs the model in float32 (TF32 off) over
+only the distinct candidates to keep the exact float32 top-k and its maps.
 """
 
 from __future__ import annotations
@@ -15,12 +20,20 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from .._util.errors import LayerError
+from .._util.devices import strict_float32
+from .._util.errors import LayerError, SemlensError
 from ..model.units import LayerSpec, UnitReader, refuse_unreadable_layout, resolve_module, select_output
 
 EMPTY_ID = -1
 _ID_SPAN = 1 << 32  # sample ids must be below 2**32
 _EMPTY_KEY = torch.iinfo(torch.int64).min
+CANDIDATES_PER_K = 3  # candidates per top-k slot at reduced precision (what they need: benchmarks/collect.py --displacement)
+
+
+def candidate_slots(k: int, autocast: torch.dtype | None) -> int:
+    """Samples per unit the collection pass keeps: ``k`` in float32; at reduced precision a margin more, so that
+    the float32 top-k is among them for :func:`rescore` to find (memory units x slots, without maps)."""
+    return k if autocast is None else CANDIDATES_PER_K * k
 
 
 def order_keys(scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -130,6 +143,7 @@ class Collector:
         max_map_side: int = 32,
         state: dict[str, TopK] | None = None,
         autocast: torch.dtype | None = None,
+        maps: bool = True,
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -140,6 +154,7 @@ class Collector:
         self.modules = {spec.name: resolve_module(model, spec.name) for spec in self.specs}
         self.results: dict[str, TopK] = dict(state or {})
         self.autocast = autocast
+        self.keep_maps = maps  # False for candidates: rescore() takes the kept samples' maps in float32
         self._device_type = "cpu"
         self._batch_ids: torch.Tensor | None = None
         self._seen: set[str] = set()
@@ -165,6 +180,7 @@ class Collector:
                 refuse_unreadable_layout(spec, module, select_output(output, spec.pick, name))
             with self._precision(enabled=False):
                 scores, maps = self.readers[name](output)
+            maps = maps if self.keep_maps else None
             if name not in self.results:
                 map_shape = None if maps is None else tuple(maps.shape[2:])
                 self.results[name] = TopK.empty(scores.shape[1], self.k, map_shape, scores.device)
@@ -190,30 +206,106 @@ class Collector:
             )
 
     def _precision(self, enabled: bool) -> AbstractContextManager:
-        """Autocast for the model's forward pass when asked for; unit scores, pooling and SAE encoding
-        always run in float32 on the layer's output, so only the model's own arithmetic is reduced."""
+        """Autocast for the model's forward pass when asked for, else float32 proper (no TF32 on a GPU); unit
+        scores, pooling and SAE encoding always run in float32 on the layer's output, so only the model's own
+        arithmetic is reduced."""
         if self.autocast is None:
-            return nullcontext()
+            return strict_float32() if enabled else nullcontext()
         return torch.autocast(self._device_type, dtype=self.autocast, enabled=enabled)
+
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 def collect_topk(
     model: nn.Module,
     specs: Iterable[LayerSpec],
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Batches,
     k: int = 30,
     max_map_side: int = 32,
     autocast: torch.dtype | None = None,
+    reload: Callable[[torch.Tensor], Batches] | None = None,
 ) -> dict[str, TopK]:
-    """One pass over ``(inputs, sample_ids)`` batches; returns the top-k of every layer's units."""
-    with Collector(model, specs, k, max_map_side, autocast=autocast) as collector:
+    """One pass over ``(inputs, sample_ids)`` batches; returns the top-k of every layer's units by float32 scores.
+
+    With ``autocast`` the pass runs in that precision and ``reload(ids)`` (batches of just those samples, e.g.
+    ``lambda ids: iterate_batches(data, 32, ids)``) feeds the float32 re-scoring of the candidates."""
+    specs = list(specs)
+    slots = candidate_slots(k, autocast)
+    if slots > k and reload is None:
+        raise SemlensError(
+            f"autocast={autocast} ranks samples in reduced precision, and their float32 re-scoring needs reload= "
+            "(a function from sample ids to batches of those samples); or collect in float32 (autocast=None)"
+        )
+    samples = 0
+    with Collector(model, specs, slots, max_map_side, autocast=autocast, maps=slots == k) as collector:
         for inputs, ids in batches:
             collector.update(inputs, ids)
-    return {name: topk.to("cpu") for name, topk in collector.results.items()}
+            samples += len(ids)
+    results = collector.results
+    if slots > k:
+        results, _ = rescore(model, specs, results, reload, k, samples, max_map_side)
+    return {name: topk.to("cpu") for name, topk in results.items()}
 
 
-def iterate_batches(tensor: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of an in-memory tensor with their row indices as sample ids (tests, benchmarks)."""
-    for start in range(0, tensor.shape[0], batch_size):
-        stop = min(start + batch_size, tensor.shape[0])
-        yield tensor[start:stop], torch.arange(start, stop)
+def rescore(
+    model: nn.Module,
+    specs: list[LayerSpec],
+    candidates: dict[str, TopK],
+    reload: Callable[[torch.Tensor], Batches],
+    k: int,
+    samples: int,
+    max_map_side: int = 32,
+) -> tuple[dict[str, TopK], dict[str, int]]:
+    """The exact float32 top-k (and maps) from reduced-precision candidates: one float32 pass, TF32 off, of every
+    layer at once over the distinct samples any unit keeps (``reload(ids)`` gives their batches).
+
+    A unit's float32 top-k over this superset of its own candidates is its top-k over all samples whenever
+    that top-k is among its candidates. Also returns what it did: the samples re-scored and the units whose
+    exactness the measured errors do not show (:func:`unconfirmed_units`; none where the candidates are all
+    ``samples`` the pass saw)."""
+    ids = candidate_ids(candidates)
+    with Collector(model, specs, k, max_map_side) as collector:
+        for inputs, batch_ids in reload(ids):
+            collector.update(inputs, batch_ids)
+    results = collector.results
+    unconfirmed = 0 if len(ids) == samples else sum(int(unconfirmed_units(candidates[name], results[name]).sum()) for name in results)
+    return results, {"rescored_samples": len(ids), "unconfirmed_units": unconfirmed}
+
+
+def candidate_ids(candidates: dict[str, TopK]) -> torch.Tensor:
+    """The distinct samples that any unit of any layer keeps, ascending (on the CPU)."""
+    if not candidates:
+        return torch.empty(0, dtype=torch.int64)
+    ids = torch.unique(torch.cat([topk.ids.reshape(-1).cpu() for topk in candidates.values()]))
+    return ids[ids != EMPTY_ID]
+
+
+def unconfirmed_units(candidates: TopK, exact: TopK) -> torch.Tensor:
+    """Per unit, True where a sample outside its candidates might still belong in its float32 top-k, judged by
+    the errors measured on the re-scored candidates.
+
+    A sample left out scored at most the last candidate's reduced-precision score; with an error of at most
+    ``e`` its float32 score is at most that plus ``e``, so it cannot enter a top-k whose k-th float32 score
+    is higher. ``e`` is the layer's largest error seen (a sample kept both as candidate and in the exact
+    top-k), relative to each unit's largest score magnitude: a measurement, not a bound the precision gives.
+    """
+    candidates = candidates.to(exact.scores.device)
+    errors = torch.zeros(exact.units, device=exact.scores.device)
+    for slot in range(exact.k):  # one slot at a time: memory units x slots
+        same = exact.ids[:, slot, None] == candidates.ids
+        gaps = (exact.scores[:, slot, None] - candidates.scores).abs().nan_to_num(0.0, 0.0, 0.0)
+        errors = torch.maximum(errors, torch.where(same, gaps, 0.0).amax(dim=1))
+    magnitude = exact.scores.nan_to_num(0.0, 0.0, 0.0).abs().amax(dim=1)
+    relative = (errors / magnitude.clamp_min(torch.finfo(torch.float32).tiny)).amax()
+    full = candidates.ids[:, -1] != EMPTY_ID  # a unit whose every sample is a candidate is exact
+    return full & ~(exact.scores[:, -1] > candidates.scores[:, -1] + relative * magnitude)
+
+
+def iterate_batches(
+    tensor: torch.Tensor, batch_size: int, ids: torch.Tensor | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of an in-memory tensor's rows ``ids`` (default: all) with their row indices as sample ids."""
+    ids = torch.arange(tensor.shape[0]) if ids is None else ids.cpu()
+    for chunk in ids.split(batch_size):
+        yield tensor[chunk.to(tensor.device)], chunk

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from itertools import chain, islice
 from typing import Any
@@ -20,7 +21,7 @@ from ..data.base import DecodingDataset
 from ..lens.store import LensStore, layer_file
 from ..model.receptive import SHIFT_IMAGES, measured_shift
 from ..model.sae import SparseAutoencoder
-from .collect import EMPTY_ID, Collector, TopK
+from .collect import EMPTY_ID, Collector, TopK, candidate_slots, rescore
 from .context import BuildContext
 
 COLLECT_PARTIAL = "collect.partial"  # the checkpoint's stem; each rank of a group adds its rank
@@ -45,13 +46,15 @@ class CollectStage:
         started = time.perf_counter()
         ranks, config = context.ranks, context.config
         rows = ranks.shard.split(context.rows, config.batch_size)  # this rank's whole batches
-        key = hash_json([context.stage_key(self.name), rows.start, rows.stop])
+        slots = candidate_slots(config.k, context.autocast)
+        key = hash_json([context.stage_key(self.name), rows.start, rows.stop, slots])
         checkpoint = f"{ranks.own(COLLECT_PARTIAL)}.safetensors"
         state, next_index, failures = self._load_checkpoint(checkpoint, key, rows.start)
         model = context.model.module.to(context.device).eval()
         loader = context.image_loader(context.data, range(next_index, rows.stop), config.batch_size)
-        last_save = time.monotonic()
-        with Collector(model, context.specs, config.k, config.max_map_side, state, context.autocast) as collector:
+        last_save, resumed_at = time.monotonic(), next_index
+        rescoring = slots > config.k
+        with Collector(model, context.specs, slots, config.max_map_side, state, context.autocast, maps=not rescoring) as collector:
             with progress_bar("collect", len(rows), context.progress, completed=next_index - rows.start) as advance:
                 for pixels, ids, failed in loader:
                     if pixels is not None:
@@ -62,10 +65,27 @@ class CollectStage:
                     if time.monotonic() - last_save >= config.checkpoint_seconds and next_index < rows.stop:
                         self._save_checkpoint(checkpoint, key, collector.results, next_index, failures)
                         last_save = time.monotonic()
-            results = ranks.merge_topk({name: topk.to("cpu") for name, topk in collector.results.items()})
+        results, info = collector.results, {}
+        if rescoring:
+            if next_index > resumed_at:  # a run killed while re-scoring resumes here, without passing over the data again
+                self._save_checkpoint(checkpoint, key, results, next_index, failures)
+            decoded = len(rows) - len(failures)
+            results, info = rescore(model, context.specs, results, self._reload, config.k, decoded, config.max_map_side)
+        results = ranks.merge_topk({name: topk.to("cpu") for name, topk in results.items()})
         failures = sorted(chain.from_iterable(ranks.gather_objects(failures)))
+        info = {"rescored": {"candidates_per_unit": slots, **sum_counts(ranks.gather_objects(info))}} if rescoring else {}
         seconds = time.perf_counter() - started
-        context.manifest = ranks.on_main(lambda: self.finish(results, failures, seconds, ranks=ranks.world))
+        context.manifest = ranks.on_main(lambda: self.finish(results, failures, seconds, ranks=ranks.world, **info))
+
+    def _reload(self, ids: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of the samples ``ids`` as model inputs (the float32 re-scoring of the candidates); each
+        decoded in the collection pass, so one that fails now is an error, not a sample to leave out."""
+        context = self.context
+        for pixels, batch_ids, failed in context.image_loader(context.data, ids.tolist(), context.config.batch_size):
+            if failed:
+                index, error = failed[0]
+                raise DataError(f"sample {index} decoded in the collection pass but not when re-scored ({error}); is the data changing?")
+            yield context.model_input(pixels), batch_ids.to(context.device)
 
     def finish(self, results: dict[str, TopK], failures: list, seconds: float, **info: Any) -> dict[str, Any]:
         """Store the stage's results (from this run, or merged from shards) and mark it done."""
@@ -130,6 +150,11 @@ class CollectStage:
         context = self.context
         decoded = (pixels for _, pixels, _ in DecodingDataset(context.data, context.model.preprocessing.pixels, context.rows) if pixels is not None)
         return context.model_input(torch.stack(list(islice(decoded, SHIFT_IMAGES))))
+
+
+def sum_counts(parts: list[dict[str, int]]) -> dict[str, int]:
+    """The re-scoring records of every rank as one: samples re-scored and units unconfirmed (per rank) add up."""
+    return {name: sum(part[name] for part in parts) for name in parts[0]}
 
 
 def write_sample_table(store: LensStore, data: ImageData, ids: list[torch.Tensor], keep: bool = False) -> None:

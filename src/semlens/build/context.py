@@ -4,6 +4,7 @@ model and data, the device and the ranks, and the stages' fingerprints."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +64,7 @@ class BuildContext:
 
     # -- feeding the model ------------------------------------------------------------------------
 
-    def image_loader(self, data: ImageData, indices: range, batch_size: int) -> torch.utils.data.DataLoader:
+    def image_loader(self, data: ImageData, indices: Sequence[int], batch_size: int) -> torch.utils.data.DataLoader:
         """Batches ``(uint8 views or None, ids, failures)`` of ``data[indices]``, decoded by worker processes;
         :meth:`model_input` turns a batch into the model's input."""
         return torch.utils.data.DataLoader(

@@ -8,7 +8,7 @@ fatal: ``load`` raises :class:`~semlens._util.errors.DataError`, and the loader 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -82,7 +82,7 @@ class DecodingDataset(torch.utils.data.Dataset):
     """Wraps :class:`ImageData` for a DataLoader: a failed decode (or an image under MIN_SIDE pixels a side)
     yields ``None`` and why instead of raising."""
 
-    def __init__(self, data: ImageData, transform: Callable[[Image.Image], torch.Tensor], indices: range) -> None:
+    def __init__(self, data: ImageData, transform: Callable[[Image.Image], torch.Tensor], indices: Sequence[int]) -> None:
         self.data, self.transform, self.indices = data, transform, indices
 
     def __len__(self) -> int:
