@@ -237,13 +237,13 @@ def check_sides(learn: torch.Tensor, test: torch.Tensor, names: Sequence[str]) -
             )
 
 
-def class_name(names: Sequence[str], index: int) -> str:
+def named_class(names: Sequence[str], index: int) -> str:
     """Class ``index``'s name (its index where the model names fewer classes)."""
     return names[index] if index < len(names) else str(index)
 
 
 def _named(indices: Sequence[int], names: Sequence[str]) -> str:
-    return ", ".join(repr(class_name(names, index)) for index in indices)
+    return ", ".join(repr(named_class(names, index)) for index in indices)
 
 
 def tunable_modules(module: nn.Module, last: int) -> list[str]:

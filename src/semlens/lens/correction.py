@@ -23,7 +23,7 @@ from ..analysis.correction import (
     TunedParameters,
     Tuning,
     check_sides,
-    class_name,
+    named_class,
     choose_projection,
     counterfactual_set,
     finetune,
@@ -229,7 +229,7 @@ class LensCorrection:
             test_views, test_targets = _labelled_views(model, data)
         check_sides(targets, test_targets, names)
         settings: dict = {"train_samples": len(views), "held_out": data is None, **({"split_seed": seed} if data is None else {})}
-        settings["test_classes"] = {class_name(names, label): count for label, count in sorted(Counter(test_targets.tolist()).items())}
+        settings["test_classes"] = {named_class(names, label): count for label, count in sorted(Counter(test_targets.tolist()).items())}
         start = time.perf_counter()
         if method == "project":
             settings["concept"] = "the artefact inserted into other classes' train images" if concept is None else "concept images"
@@ -247,7 +247,7 @@ class LensCorrection:
             fix = finetune(model, *counterfactual_set(views, targets, artifact, index), tuning, progress)
             settings.update(last=tuning.last, epochs=tuning.epochs, learning_rate=tuning.learning_rate)
         seconds = time.perf_counter() - start
-        name = class_name(self.classes or [], index)
+        name = named_class(self.classes or [], index)
         correction = Correction(name, method, model.fingerprint, fix, settings, seconds=seconds, spec=model.spec, tolerance=tolerance)
         correction.before = insertion_effect(model, test_views, test_targets, index, artifact)
         with correction.applied(model):
