@@ -218,7 +218,7 @@ def held_out_split(targets: torch.Tensor, names: Sequence[str], seed: int = 0) -
     scarce = [index for index in targets.unique().tolist() if counts[index] < 2]
     if scarce:
         raise SemlensError(
-            f"class {_named(scarce, names)} has a single labelled image; the held-out split puts half of each class's images "
+            f"{_named(scarce, names)} {'has' if len(scarce) == 1 else 'have'} a single labelled image; the held-out split puts half of each class's images "
             "on each side, so each class needs at least 2 (or give the test images with --data)"
         )
     learn, test = train_test_split(range(len(targets)), test_size=0.5, random_state=seed, stratify=targets.numpy())
@@ -232,7 +232,7 @@ def check_sides(learn: torch.Tensor, test: torch.Tensor, names: Sequence[str]) -
     for missing, where, other in ((learnt - tested, "test", "learning"), (tested - learnt, "learning", "test")):
         if missing:
             raise SemlensError(
-                f"class {_named(sorted(missing), names)} is among the {other} images but not the {where} images; "
+                f"{_named(sorted(missing), names)} {'is' if len(missing) == 1 else 'are'} among the {other} images but not the {where} images; "
                 "a correction is learnt and measured on images of the same classes: give labelled images of every class to both"
             )
 
@@ -243,7 +243,7 @@ def named_class(names: Sequence[str], index: int) -> str:
 
 
 def _named(indices: Sequence[int], names: Sequence[str]) -> str:
-    return ", ".join(repr(named_class(names, index)) for index in indices)
+    return ("class " if len(indices) == 1 else "classes ") + ", ".join(repr(named_class(names, index)) for index in indices)
 
 
 def tunable_modules(module: nn.Module, last: int) -> list[str]:
