@@ -82,6 +82,8 @@ def test_a_corrected_model_rebuilds_into_a_lens_and_exports_as_plain_weights(exp
     assert built.exit_code == 0, built.output
     tested = ask("test-artifact", tmp_path / "corrected.lens", "--class", "red", "--data", data, "--tint", "255,0,0", "--json")
     assert tested["insertion"] == made["after"]  # the Lens's model is the corrected one
+    on_base = runner.invoke(app, ["test-artifact", str(explorer_lenses[0]), "--class", "red", "--data", data, "--tint", "1,2,3", "--model", f"corrected:{saved}"])
+    assert on_base.exit_code == 2 and "a corrected model is one: build a Lens of it" in on_base.output, on_base.output
     lens = Lens.open(tmp_path / "corrected.lens")
     assert lens.model().spec == f"corrected:{saved}" and lens.explain(0, top=2).to_dict()["layers"]
     # a fine-tuning exports as the architecture's own weights
