@@ -12,7 +12,22 @@ import typer
 
 from .._util.errors import SemlensError
 from ..analysis.correction import ACCURACY_TOLERANCE
-from ._app import AsJson, Model, ProbeData, Trust, app, console, emit_json, errors, friendly, open_lens, parent_made, printable, say, table
+from ._app import (
+    AsJson,
+    Model,
+    ProbeData,
+    Trust,
+    app,
+    console,
+    emit_json,
+    errors,
+    friendly,
+    open_lens,
+    parent_made,
+    printable,
+    say,
+    table,
+)
 from .validate import ArtifactAt, ArtifactImage, ArtifactMask, ArtifactTint, _artifact
 
 

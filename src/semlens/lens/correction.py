@@ -23,11 +23,11 @@ from ..analysis.correction import (
     TunedParameters,
     Tuning,
     check_sides,
-    named_class,
     choose_projection,
     counterfactual_set,
     finetune,
     held_out_split,
+    named_class,
 )
 from ..analysis.interventions import class_targets, insertion_effect, load_views
 from .store import atomic_write
