@@ -22,6 +22,7 @@ from .build.collect import Collector, TopK, collect_topk
 from .build.spaces import add_space
 from .data import ImageData, list_datasets, load_data
 from .foundation import FoundationModel, list_foundation_models, load_foundation_model
+from .lens.correction import Correction, load_correction
 from .lens.examples import ConceptExample
 from .lens.lens import Lens
 from .model.loading import LoadedModel, list_models, load_model
@@ -33,6 +34,7 @@ __all__ = [
     "BuildSummary",
     "Collector",
     "ConceptExample",
+    "Correction",
     "FoundationModel",
     "ImageData",
     "LayerSpec",
@@ -48,6 +50,7 @@ __all__ = [
     "list_foundation_models",
     "list_layers",
     "list_models",
+    "load_correction",
     "load_data",
     "load_foundation_model",
     "load_model",

@@ -1,5 +1,6 @@
 """The explorer's correction endpoint on a tiny Lens: a projection and a fine-tuning measured before and
-after on the probe data's held-out half, and bad requests refused with a message (never a 500)."""
+after on half of each class of the probe data, held out; one beyond the accuracy tolerance reported as
+failed; bad requests refused with a message (never a 500)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def test_projection_and_finetuning_report_the_artefact_test_before_and_after(cli
     assert result["class"] == "red" and result["method"] == "project" and result["settings"]["layer"] == "features.3"
     assert result["settings"]["held_out"] and result["samples"] == result["settings"]["train_samples"] == 15
     assert set(result["before"]) == {"samples", "clean", "artifact", "change"} and result["before"]["clean"]["accuracy"] is not None
+    assert result["settings"]["test_classes"] == {"red": 5, "green": 5, "blue": 5}  # half of each class, held out
     assert result["artifact_effect"][0] == pytest.approx(result["before"]["change"]["class_probability"])
     assert result["artifact_effect"][1] == pytest.approx(result["after"]["change"]["class_probability"])
     chosen = client.post("/api/lenses/0/correct", data={"class": "green", "tint": "0,255,0"}).json()["settings"]
@@ -68,3 +70,16 @@ def test_bad_corrections_are_refused_with_a_message(client, form, status, words)
 def test_both_artefacts_at_once_are_refused(client) -> None:
     response = client.post("/api/lenses/0/correct", data={"class": "red", "tint": "1,2,3"}, files={"artifact": ("a.png", corner_png(), "image/png")})
     assert response.status_code == 400 and "exactly one" in response.json()["detail"]
+
+
+
+
+def test_a_correction_beyond_the_tolerance_is_reported_as_failed(client) -> None:
+    form = {"class": "green", "tint": "255,255,255", "method": "finetune", "epochs": "10"}  # the random model forgets every class
+    failed = client.post("/api/lenses/0/correct", data=form)
+    assert failed.status_code == 200, failed.text
+    result = failed.json()
+    assert result["clean_accuracy"] == pytest.approx([1 / 3, 0.0]) and result["tolerance"] == 0.02
+    assert result["ok"] is False and result["failed"] == "clean accuracy fell from 0.333 to 0.000, more than the tolerance of 0.02"
+    allowed = client.post("/api/lenses/0/correct", data={**form, "tolerance": "0.5"}).json()
+    assert allowed["ok"] is True and allowed["failed"] is None and allowed["clean_accuracy"] == result["clean_accuracy"]

@@ -13,17 +13,22 @@ from torch import nn
 from semlens import LoadedModel, Preprocessing
 from semlens._util.errors import SemlensError
 from semlens.analysis.correction import (
+    ACCURACY_TOLERANCE,
     ConceptProjection,
     TunedParameters,
     Tuning,
+    check_sides,
     choose_projection,
     concept_direction,
     counterfactual_set,
     finetune,
+    held_out_split,
     tunable_modules,
 )
 from semlens.analysis.interventions import Artifact, insertion_effect, predict
 from semlens.lens.correction import Correction, load_correction
+from semlens.lens.trust import spec_risk
+from semlens.model.loading import load_model
 
 
 def unit(vector: torch.Tensor) -> torch.Tensor:
@@ -181,3 +186,99 @@ def test_bad_corrections_are_refused_clearly(shortcut, tmp_path):
     for bad in ({"epochs": 0}, {"learning_rate": -1.0}):
         with pytest.raises(SemlensError, match="at least one epoch, a positive batch size and a learning rate above 0"):
             Tuning(**bad)
+
+
+def test_the_held_out_split_keeps_half_of_every_class_on_each_side_even_where_labels_cycle():
+    targets = torch.arange(60) % 6  # world data: the label cycles with the sample index
+    assert set(targets[0::2].tolist()) == {0, 2, 4}  # what even and odd samples gave: three classes a side
+    names = ["circle", "square", "triangle", "star", "cross", "ring"]
+    learn, test = held_out_split(targets, names, seed=0)
+    assert sorted(learn + test) == list(range(60))
+    for side in (learn, test):
+        assert torch.bincount(targets[side], minlength=6).tolist() == [5] * 6
+    assert held_out_split(targets, names, seed=0) == (learn, test)  # seeded: reproducible
+    assert held_out_split(targets, names, seed=1) != (learn, test)
+    assert learn != list(range(0, 60, 2))  # shuffled, not in order
+    with pytest.raises(SemlensError, match="class 'c' has a single labelled image; .* each class needs at least 2"):
+        held_out_split(torch.tensor([0, 0, 1, 1, 2]), ["a", "b", "c"])
+
+
+def test_learning_and_test_images_of_different_classes_are_refused():
+    check_sides(torch.tensor([0, 1, 1]), torch.tensor([1, 0]), ["a", "b"])
+    with pytest.raises(SemlensError, match="class 'b' is among the learning images but not the test images"):
+        check_sides(torch.tensor([0, 1]), torch.tensor([0, 0]), ["a", "b"])
+    with pytest.raises(SemlensError, match="classes 'a', '2' are among the test images but not the learning images"):
+        check_sides(torch.tensor([1]), torch.tensor([0, 1, 2]), ["a", "b"])
+
+
+def measured(accuracy: float) -> dict:
+    return {"samples": 10, "clean": {"accuracy": accuracy}, "change": {"class_probability": 0.0}}
+
+
+def test_a_correction_that_costs_clean_accuracy_beyond_the_tolerance_fails_and_is_never_written(shortcut, tmp_path):
+    fix = TunedParameters({"head.bias": torch.tensor([-9.0, 1.0])})
+    broken = Correction("red", "finetune", shortcut.fingerprint, fix, before=measured(0.987), after=measured(0.0))
+    assert broken.failed == "clean accuracy fell from 0.987 to 0.000, more than the tolerance of 0.02"
+    summary = broken.to_dict()
+    assert (summary["ok"], summary["failed"], summary["tolerance"]) == (False, broken.failed, ACCURACY_TOLERANCE)
+    with pytest.raises(SemlensError, match=r"this correction failed \(clean accuracy fell from 0.987 to 0.000.*\); it is not saved"):
+        broken.save(tmp_path / "broken.safetensors")
+    with pytest.raises(SemlensError, match="it is not exported"):
+        broken.export_weights(shortcut, tmp_path / "weights.safetensors")
+    assert not list(tmp_path.iterdir())
+    kept = Correction("red", "finetune", shortcut.fingerprint, fix, before=measured(0.9), after=measured(0.885))
+    assert kept.failed is None and kept.to_dict()["ok"] is True
+    allowed = Correction("red", "finetune", shortcut.fingerprint, fix, before=measured(0.987), after=measured(0.0), tolerance=1.0)
+    assert allowed.failed is None and allowed.save(tmp_path / "allowed.safetensors").is_file()
+
+
+TINY = "py:tiny_models:tiny_cnn"  # features: conv 0, relu 1, pool 2, conv 3 (6 channels, with bias), relu 4; head 6 -> 3
+
+
+@pytest.mark.parametrize(
+    ("method", "fix", "exports"),
+    [
+        ("finetune", TunedParameters({"head.weight": torch.linspace(-1, 1, 18).reshape(3, 6), "head.bias": torch.tensor([0.5, -0.5, 0.0])}), True),
+        ("project", ConceptProjection("features.3", unit(torch.arange(1.0, 7.0)), torch.linspace(0, 1, 6)), True),  # a conv: folded
+        ("project", ConceptProjection("features.4", unit(torch.arange(1.0, 7.0)), torch.linspace(0, 1, 6)), False),  # a ReLU: hooked
+    ],
+)
+def test_a_corrected_model_is_a_model_spec_and_exports_weights_the_plain_architecture_loads(tmp_path, method, fix, exports):
+    from safetensors.torch import load_file
+    from tiny_models import TinyCNN
+
+    base = load_model(TINY)
+    pixels = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    correction = Correction("red", method, base.fingerprint, fix, spec=base.spec)
+    saved = correction.save(tmp_path / "fix.safetensors")
+    with torch.no_grad(), correction.applied(base):
+        expected = base.module(pixels)
+    corrected = load_model(f"corrected:{saved}")
+    assert corrected.spec == f"corrected:{saved}" and corrected.classes == base.classes
+    assert corrected.fingerprint not in (base.fingerprint, load_model(TINY).fingerprint)  # another model, as a Lens records it
+    with torch.no_grad():
+        assert torch.allclose(corrected.module(pixels), expected, atol=1e-5)
+        assert not torch.allclose(base.module(pixels), expected, atol=1e-3)
+    assert spec_risk(f"corrected:{saved}") == "reads a correction file on this machine"  # an untrusted Lens never follows it
+    weights = tmp_path / "weights.safetensors"
+    if not exports:
+        with pytest.raises(SemlensError, match="cannot be folded into the model's weights \\(it is a ReLU, not a linear map of the channels\\)"):
+            correction.export_weights(base, weights)
+        return
+    correction.export_weights(base, weights)
+    plain = TinyCNN().eval()
+    plain.load_state_dict(load_file(str(weights)))  # strict: exactly the architecture's weights, no semlens needed
+    with torch.no_grad():
+        assert torch.allclose(plain(pixels), expected, atol=1e-5)
+
+
+def test_a_corrected_model_spec_names_its_model_where_the_file_does_not(tmp_path):
+    base = load_model(TINY)
+    older = Correction("red", "finetune", base.fingerprint, TunedParameters({"head.bias": torch.zeros(3)}))  # no spec: an earlier file
+    saved = older.save(tmp_path / "older.safetensors")
+    with pytest.raises(SemlensError, match=f"does not record the spec of its model .*; name it: corrected:{saved}:MODEL_SPEC"):
+        load_model(f"corrected:{saved}")
+    assert torch.equal(load_model(f"corrected:{saved}:{TINY}").module.head.bias, torch.zeros(3))
+    other = Correction("red", "finetune", "another", TunedParameters({"head.bias": torch.zeros(3)}), spec=TINY)
+    with pytest.raises(SemlensError, match="made for the model with weights another"):
+        load_model(f"corrected:{other.save(tmp_path / 'other.safetensors')}")

@@ -139,6 +139,40 @@ class ConceptProjection:
         with hooks([handle]):
             yield model
 
+    def folded(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """The layer's new weight and bias with the projection in them (state-dict names), where the layer is a
+        linear map whose outputs are the projected channels: an ``nn.Linear``, or an ``nn.Conv2d`` without
+        groups read channels first, with a bias to take the constant v (v . z). Elsewhere (a ReLU, a block)
+        no weights of the architecture can hold it, which is refused with what would work instead."""
+        refusal = self.fold_refusal(module)
+        if refusal:
+            raise SemlensError(
+                f"the projection of layer {self.layer!r} cannot be folded into the model's weights ({refusal}): project a Linear "
+                "or Conv2d layer with a bias (--layer), or correct by fine-tuning (--method finetune), whose weights always export"
+            )
+        layer = resolve_module(module, self.layer)
+        weight, bias = layer.weight.detach(), layer.bias.detach()
+        v, z = self.direction.to(weight), self.reference.to(weight)
+        keep = torch.eye(len(v), dtype=weight.dtype, device=weight.device) - torch.outer(v, v)  # x - v v^T (x - z) = P x + v (v . z)
+        folded_weight = (keep @ weight.reshape(len(v), -1)).reshape(weight.shape)
+        return {f"{self.layer}.weight": folded_weight, f"{self.layer}.bias": keep @ bias + v * (v @ z)}
+
+    def fold_refusal(self, module: nn.Module) -> str | None:
+        """Why ``folded`` cannot put the projection into the layer's weights (None: it can)."""
+        layer = resolve_module(module, self.layer)
+        if not (isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and layer.groups == 1 and not self.channels_last)):
+            return f"it is a {type(layer).__name__}, not a linear map of the channels"
+        return "it has no bias to hold the constant" if layer.bias is None else None
+
+    def attach(self, module: nn.Module) -> None:
+        """Hook the projection onto the layer for good (a corrected model whose weights cannot hold it); its
+        direction and reference become the layer's buffers, so that they are part of the model's weights and
+        fingerprint and move with it to a device."""
+        layer = resolve_module(module, self.layer)
+        layer.register_buffer("correction_direction", self.direction.clone())
+        layer.register_buffer("correction_reference", self.reference.clone())
+        layer.register_forward_hook(lambda _m, _i, output: self.project(output))
+
     def settings(self) -> dict:
         return {"layer": self.layer, "channels": len(self.direction), "channels_last": self.channels_last}
 
@@ -174,6 +208,44 @@ def choose_projection(
     return fixes[best], trials
 
 
+def held_out_split(targets: torch.Tensor, names: Sequence[str], seed: int = 0) -> tuple[list[int], list[int]]:
+    """The sample indices to learn on and to test on: half of each class's samples on each side, drawn at
+    random (seeded: the same labels give the same split). Taken in order instead (even and odd samples),
+    data whose labels cycle with the index put whole classes on one side."""
+    from sklearn.model_selection import train_test_split
+
+    counts = torch.bincount(targets)
+    scarce = [index for index in targets.unique().tolist() if counts[index] < 2]
+    if scarce:
+        raise SemlensError(
+            f"{_named(scarce, names)} {'has' if len(scarce) == 1 else 'have'} a single labelled image; the held-out split puts half of each class's images "
+            "on each side, so each class needs at least 2 (or give the test images with --data)"
+        )
+    learn, test = train_test_split(range(len(targets)), test_size=0.5, random_state=seed, stratify=targets.numpy())
+    return sorted(learn), sorted(test)
+
+
+def check_sides(learn: torch.Tensor, test: torch.Tensor, names: Sequence[str]) -> None:
+    """Refuse learning and test images of different classes: a class learnt on but never tested hides what the
+    correction does to it from the clean accuracy; one tested but never learnt on, fine-tuning may forget."""
+    learnt, tested = set(learn.tolist()), set(test.tolist())
+    for missing, where, other in ((learnt - tested, "test", "learning"), (tested - learnt, "learning", "test")):
+        if missing:
+            raise SemlensError(
+                f"{_named(sorted(missing), names)} {'is' if len(missing) == 1 else 'are'} among the {other} images but not the {where} images; "
+                "a correction is learnt and measured on images of the same classes: give labelled images of every class to both"
+            )
+
+
+def named_class(names: Sequence[str], index: int) -> str:
+    """Class ``index``'s name (its index where the model names fewer classes)."""
+    return names[index] if index < len(names) else str(index)
+
+
+def _named(indices: Sequence[int], names: Sequence[str]) -> str:
+    return ("class " if len(indices) == 1 else "classes ") + ", ".join(repr(named_class(names, index)) for index in indices)
+
+
 def tunable_modules(module: nn.Module, last: int) -> list[str]:
     """The names of the model's last ``last`` modules that hold parameters of their own (registration order)."""
     owners = [name for name, child in module.named_modules() if name and any(True for _ in child.parameters(recurse=False))]
@@ -192,12 +264,7 @@ class TunedParameters:
     def applied(self, model: LoadedModel) -> Iterator[LoadedModel]:
         """The model with the tuned values in place of its own (its own values restored on exit)."""
         own = dict(model.module.named_parameters())
-        for name, value in self.parameters.items():
-            if name not in own:
-                raise SemlensError(f"the model has no parameter {name!r}: this correction was made for another model")
-            if own[name].shape != value.shape:
-                raise SemlensError(f"parameter {name!r} has shape {tuple(own[name].shape)}, the correction {tuple(value.shape)}")
-        saved = {name: own[name].detach().clone() for name in self.parameters}
+        saved = {name: own[name].detach().clone() for name in self.folded(model.module)}
         try:
             with torch.no_grad():
                 for name, value in self.parameters.items():
@@ -207,6 +274,16 @@ class TunedParameters:
             with torch.no_grad():
                 for name, value in saved.items():
                     own[name].copy_(value)
+
+    def folded(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """The tuned values by state-dict name, each checked to be one of ``module``'s parameters of its shape."""
+        own = dict(module.named_parameters())
+        for name, value in self.parameters.items():
+            if name not in own:
+                raise SemlensError(f"the model has no parameter {name!r}: this correction was made for another model")
+            if own[name].shape != value.shape:
+                raise SemlensError(f"parameter {name!r} has shape {tuple(own[name].shape)}, the correction {tuple(value.shape)}")
+        return dict(self.parameters)
 
     def settings(self) -> dict:
         return {"modules": sorted({name.rpartition(".")[0] for name in self.parameters}), "parameters": sum(v.numel() for v in self.parameters.values())}

@@ -1,5 +1,7 @@
 """``semlens correct``: correct the model's reliance on an artefact (projection or fine-tuning), measure
-the artefact test before and after, and save the correction for ``test-artifact --correction``."""
+the artefact test before and after, and save the correction (for ``test-artifact --correction`` and the
+model spec ``corrected:FILE``) or the corrected model's weights. A correction that costs more clean
+accuracy than the tolerance fails: the figures are shown, nothing is written, the exit code is 1."""
 
 from __future__ import annotations
 
@@ -9,7 +11,23 @@ from typing import Optional
 import typer
 
 from .._util.errors import SemlensError
-from ._app import AsJson, Model, ProbeData, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
+from ..analysis.correction import ACCURACY_TOLERANCE
+from ._app import (
+    AsJson,
+    Model,
+    ProbeData,
+    Trust,
+    app,
+    console,
+    emit_json,
+    errors,
+    friendly,
+    open_lens,
+    parent_made,
+    printable,
+    say,
+    table,
+)
 from .validate import ArtifactAt, ArtifactImage, ArtifactMask, ArtifactTint, _artifact
 
 
@@ -19,7 +37,9 @@ def correct(
     lens: Path = typer.Argument(..., help="Lens directory (its model is reloaded and checked)."),
     class_name: str = typer.Option(..., "--class", "-c", help="Class whose reliance on the artefact to remove."),
     method: str = typer.Option("project", help="project (remove the concept's direction from a layer) or finetune (the last modules)."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Labelled test images (data spec); default: half of the train images, held out."),
+    data: Optional[str] = typer.Option(
+        None, "--data", "-d", help="Labelled test images (data spec); default: half of each class's train images, drawn at random (--seed), held out."
+    ),
     train_data: Optional[str] = typer.Option(None, help="Labelled images to learn the correction on (default: the Lens's probe data)."),
     artifact: Optional[Path] = ArtifactImage,
     mask: Optional[Path] = ArtifactMask,
@@ -31,7 +51,14 @@ def correct(
     last: int = typer.Option(1, help="finetune: how many of the last parameterised modules to train."),
     epochs: int = typer.Option(3, help="finetune: passes over the images."),
     learning_rate: float = typer.Option(1e-2, help="finetune: Adam's learning rate."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Save the correction here (safetensors).", callback=parent_made),
+    tolerance: float = typer.Option(ACCURACY_TOLERANCE, help="The clean test accuracy the correction may cost; beyond it the correction fails."),
+    seed: int = typer.Option(0, help="Seed of the held-out split (without --data)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Save the correction here (safetensors; load the corrected model as corrected:FILE).", callback=parent_made
+    ),
+    export_weights: Optional[Path] = typer.Option(
+        None, help="Write the corrected model's state dict here (safetensors; the correction folded into the weights).", callback=parent_made
+    ),
     trust: Trust = False,
     model: Model = None,
     probe_data: ProbeData = None,
@@ -51,18 +78,31 @@ def correct(
     concept = None if concept_data is None else ConceptImages(opened.probe_data if train is None else train, shown=load_data(concept_data))
     result = opened.correct(
         class_name, chosen, method, None if data is None else load_data(data), layer, estimator, Tuning(last, epochs, learning_rate),
-        train, concept, progress=not as_json,
+        train, concept, progress=not as_json, tolerance=tolerance, seed=seed,
     )  # fmt: skip
-    saved = None if out is None else str(result.save(out))
+    saved = exported = None
+    if not result.failed:
+        saved = None if out is None else str(result.save(out))
+        exported = None if export_weights is None else str(result.export_weights(opened.model(), export_weights))
+    summary = {**result.to_dict(), "saved": saved, "exported": exported}
     if as_json:
-        emit_json({**result.to_dict(), "saved": saved})
-        return
-    summary = result.to_dict()
+        emit_json(summary)
+    else:
+        _show(result, summary)
+    if result.failed:
+        errors.print(f"[bold red]failed:[/] {printable(result.failed)}; nothing was written", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _show(result, summary: dict) -> None:
     rows = [
         (f"{part} {key}", *(None if values[key] is None else round(values[key], 4) for values in (result.before[part], result.after[part])))
         for part in ("clean", "artifact", "change") for key in result.before[part]
     ]  # fmt: skip
-    console.print(table(f"{method} correction of {result.class_name} ({summary['samples']} test images)", ("measure", "before", "after"), rows))
+    console.print(table(f"{result.method} correction of {result.class_name} ({summary['samples']} test images)", ("measure", "before", "after"), rows))
     say(f"settings: {summary['settings']}; learnt in {summary['seconds']:.1f} s")
-    if saved:
-        say(f"correction saved: {saved} (apply it: semlens test-artifact LENS --correction {saved} ...)")
+    if summary["saved"]:
+        saved = summary["saved"]
+        say(f"correction saved: {saved} (apply it: semlens test-artifact LENS --correction {saved} ...; the corrected model: --model corrected:{saved})")
+    if summary["exported"]:
+        say(f"corrected weights written: {summary['exported']} (module.load_state_dict(safetensors.torch.load_file(...)))")

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -15,7 +16,19 @@ import torch
 
 from .._util.allocator import freed_memory_kept
 from .._util.errors import SemlensError
-from ..analysis.correction import METHODS, ConceptProjection, TunedParameters, Tuning, choose_projection, counterfactual_set, finetune
+from ..analysis.correction import (
+    ACCURACY_TOLERANCE,
+    METHODS,
+    ConceptProjection,
+    TunedParameters,
+    Tuning,
+    check_sides,
+    choose_projection,
+    counterfactual_set,
+    finetune,
+    held_out_split,
+    named_class,
+)
 from ..analysis.interventions import class_targets, insertion_effect, load_views
 from .store import atomic_write
 
@@ -35,7 +48,9 @@ FORMAT = "semlens-correction-1"
 class Correction:
     """A correction of one class's reliance on an artefact, with the artefact test (``insertion_effect``:
     class probability, share predicted as the class and accuracy, clean and with the artefact) before and
-    after it, on the same images; ``fix`` re-applies it (``with correction.applied(model): ...``)."""
+    after it, on the same images; ``fix`` re-applies it (``with correction.applied(model): ...``), and a
+    model spec ``corrected:FILE`` loads the model with it for good. It has ``failed`` when it cost more
+    clean accuracy than ``tolerance``: such a correction is reported, never saved."""
 
     class_name: str
     method: str
@@ -45,10 +60,61 @@ class Correction:
     before: dict = field(default_factory=dict)
     after: dict = field(default_factory=dict)
     seconds: float = 0.0
+    spec: str | None = None  # the spec of the model it was made for (None in files of earlier releases)
+    tolerance: float = ACCURACY_TOLERANCE  # the clean accuracy it may cost
 
-    def applied(self, model: LoadedModel):
+    @property
+    def failed(self) -> str | None:
+        """Why the correction failed (None: it did not, or it was not measured): it cost more clean accuracy
+        on the test images than ``tolerance``."""
+        accuracy = [part["clean"]["accuracy"] if part else None for part in (self.before, self.after)]
+        if None in accuracy or accuracy[0] - accuracy[1] <= self.tolerance:
+            return None
+        return f"clean accuracy fell from {accuracy[0]:.3f} to {accuracy[1]:.3f}, more than the tolerance of {self.tolerance}"
+
+    @contextmanager
+    def applied(self, model: LoadedModel) -> Iterator[LoadedModel]:
         """The model with the correction applied for the length of a ``with`` block."""
-        return applied(self.fix, self.model, model)
+        self._check_model(model)
+        with self.fix.applied(model):
+            yield model
+
+    def state_dict(self, model: LoadedModel) -> dict[str, torch.Tensor]:
+        """``model``'s state dict with the correction folded into its weights: the plain architecture loads it
+        (``module.load_state_dict``) and computes what the corrected model computes. Refused for a projection
+        that no weight of the architecture can hold (see ``ConceptProjection.folded``)."""
+        self._check_model(model)
+        return {**model.module.state_dict(), **self.fix.folded(model.module)}
+
+    def export_weights(self, model: LoadedModel, path: str | Path) -> Path:
+        """Write ``state_dict(model)`` as safetensors (atomic): the corrected model's weights for
+        ``module.load_state_dict(safetensors.torch.load_file(path))``, without semlens."""
+        from safetensors.torch import save_file
+
+        self._check_not_failed("exported")
+        tensors = {name: value.detach().cpu().clone().contiguous() for name, value in self.state_dict(model).items()}
+        path = Path(path)
+        atomic_write(path, lambda temporary: save_file(tensors, str(temporary), {"format": "pt"}))
+        return path
+
+    def corrected(self, model: LoadedModel, spec: str) -> LoadedModel:
+        """``model`` (the one the correction was made for) with the correction in it for good, named ``spec``:
+        folded into its weights, or a projection no weight can hold hooked onto its layer (its direction and
+        reference then the layer's buffers, part of the weights' fingerprint). ``model`` is changed in place."""
+        self._check_model(model)
+        if isinstance(self.fix, ConceptProjection) and self.fix.fold_refusal(model.module):
+            self.fix.attach(model.module)
+        else:
+            model.module.load_state_dict(self.fix.folded(model.module), strict=False)
+        return replace(model, spec=spec)
+
+    def _check_model(self, model: LoadedModel) -> None:
+        if model.fingerprint != self.model:
+            raise SemlensError(f"this correction was made for the model with weights {self.model}; this model has {model.fingerprint}")
+
+    def _check_not_failed(self, what: str) -> None:
+        if self.failed:
+            raise SemlensError(f"this correction failed ({self.failed}); it is not {what}. Raise the tolerance to keep it anyway")
 
     def to_dict(self) -> dict:
         def effect(result: dict) -> float | None:
@@ -59,18 +125,19 @@ class Correction:
             "samples": self.before.get("samples"), "before": self.before, "after": self.after,
             "artifact_effect": [effect(self.before), effect(self.after)],
             "clean_accuracy": [part["clean"]["accuracy"] if part else None for part in (self.before, self.after)],
-            "seconds": round(self.seconds, 2),
+            "seconds": round(self.seconds, 2), "ok": not self.failed, "failed": self.failed, "tolerance": self.tolerance,
         }  # fmt: skip
 
     def save(self, path: str | Path) -> Path:
         """Write the correction as safetensors (tensors, and the settings as JSON metadata); atomic."""
         from safetensors.torch import save_file
 
+        self._check_not_failed("saved")
         if isinstance(self.fix, ConceptProjection):
             tensors = {"direction": self.fix.direction, "reference": self.fix.reference}
         else:
             tensors = {f"parameters/{name}": value for name, value in self.fix.parameters.items()}
-        header = {"class": self.class_name, "method": self.method, "model": self.model, "settings": self.settings}
+        header = {"class": self.class_name, "method": self.method, "model": self.model, "spec": self.spec, "settings": self.settings}
         header["layer"] = getattr(self.fix, "layer", None)
         header["channels_last"] = getattr(self.fix, "channels_last", False)
         path = Path(path)
@@ -100,16 +167,21 @@ def load_correction(path: str | Path) -> Correction:
         if not tensors or not all(name.startswith("parameters/") for name in tensors):
             raise SemlensError(f"the fine-tuned correction in {path} holds no parameters/... tensors")
         fix = TunedParameters({name.removeprefix("parameters/"): value for name, value in tensors.items()})
-    return Correction(str(header.get("class")), header["method"], str(header.get("model")), fix, dict(header.get("settings") or {}))
+    spec = header.get("spec") if isinstance(header.get("spec"), str) else None
+    return Correction(str(header.get("class")), header["method"], str(header.get("model")), fix, dict(header.get("settings") or {}), spec=spec)
 
 
-@contextmanager
-def applied(fix: Fix, fingerprint: str, model: LoadedModel) -> Iterator[LoadedModel]:
-    """``fix`` applied to ``model``, which must be the model the correction was made for."""
-    if model.fingerprint != fingerprint:
-        raise SemlensError(f"this correction was made for the model with weights {fingerprint}; this model has {model.fingerprint}")
-    with fix.applied(model):
-        yield model
+def corrected_model(rest: str) -> LoadedModel:
+    """The model of spec ``corrected:FILE[:MODEL_SPEC]``: the model the correction FILE was made for (the spec
+    it records, or MODEL_SPEC) with the correction in it for good (``Correction.corrected``)."""
+    from ..model.loading import load_model
+
+    path, _, base = rest.partition(":")
+    correction = load_correction(path)
+    base = base or correction.spec
+    if not base:
+        raise SemlensError(f"the correction {path} does not record the spec of its model (saved by an earlier semlens); name it: corrected:{path}:MODEL_SPEC")
+    return correction.corrected(load_model(base), f"corrected:{rest}")
 
 
 class LensCorrection:
@@ -128,6 +200,8 @@ class LensCorrection:
         train: ImageData | None = None,
         concept: ConceptImages | None = None,
         progress: bool = True,
+        tolerance: float = ACCURACY_TOLERANCE,
+        seed: int = 0,
     ) -> Correction:
         """Learn a correction of the class's reliance on ``artifact`` and measure the artefact test on ``data``
         before and after it.
@@ -137,17 +211,25 @@ class LensCorrection:
         accuracy within 0.02; ``estimator`` ``mean`` or ``logistic``; the direction is learnt on
         ``concept``, default the other classes' ``train`` images with and without the artefact) or
         ``finetune`` (``tuning``: the last modules, epochs, learning rate). ``train``: labelled images to
-        learn on (default the Lens's probe data); without ``data`` the train images are split in two
-        (even samples learn, odd samples test)."""
+        learn on (default the Lens's probe data); without ``data`` half of each class's train images, drawn
+        with ``seed``, are held out to test on. Learning and test images must hold the same classes. The
+        correction has ``failed`` when it costs more than ``tolerance`` of the clean test accuracy."""
         if method not in METHODS:
             raise SemlensError(f"unknown correction method {method!r}; valid: {', '.join(METHODS)}")
+        if not 0 <= tolerance <= 1:
+            raise SemlensError(f"tolerance={tolerance} must lie between 0 and 1 (the clean accuracy a correction may cost, e.g. {ACCURACY_TOLERANCE})")
         model, index = self.model(), self.class_index(class_name)
+        names = self.classes or model.classes or []
         views, targets = _labelled_views(model, train if train is not None else self.probe_data)
         if data is None:
-            (views, test_views), (targets, test_targets) = (views[0::2], views[1::2]), (targets[0::2], targets[1::2])
+            learn, test = held_out_split(targets, names, seed)
+            views, test_views = [views[i] for i in learn], [views[i] for i in test]
+            targets, test_targets = targets[learn], targets[test]
         else:
             test_views, test_targets = _labelled_views(model, data)
-        settings: dict = {"train_samples": len(views), "held_out": data is None}
+        check_sides(targets, test_targets, names)
+        settings: dict = {"train_samples": len(views), "held_out": data is None, **({"split_seed": seed} if data is None else {})}
+        settings["test_classes"] = {named_class(names, label): count for label, count in sorted(Counter(test_targets.tolist()).items())}
         start = time.perf_counter()
         if method == "project":
             settings["concept"] = "the artefact inserted into other classes' train images" if concept is None else "concept images"
@@ -165,8 +247,8 @@ class LensCorrection:
             fix = finetune(model, *counterfactual_set(views, targets, artifact, index), tuning, progress)
             settings.update(last=tuning.last, epochs=tuning.epochs, learning_rate=tuning.learning_rate)
         seconds = time.perf_counter() - start
-        name = self.classes[index] if self.classes else str(index)
-        correction = Correction(name, method, model.fingerprint, fix, settings, seconds=seconds)
+        name = named_class(self.classes or [], index)
+        correction = Correction(name, method, model.fingerprint, fix, settings, seconds=seconds, spec=model.spec, tolerance=tolerance)
         correction.before = insertion_effect(model, test_views, test_targets, index, artifact)
         with correction.applied(model):
             correction.after = insertion_effect(model, test_views, test_targets, index, artifact)

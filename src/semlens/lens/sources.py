@@ -65,10 +65,13 @@ class LensSources:
         recorded = self.manifest["identity"]["model"]
         model = load_model(self.access.model or check_spec(recorded["spec"], "model", self.trusted, "model=SPEC, --model"))
         if model.fingerprint != recorded["fingerprint"]:
+            corrected = model.spec.startswith("corrected:") and not recorded["spec"].startswith("corrected:")
             raise SemlensError(
                 f"model {recorded['spec']} now has weights {model.fingerprint}, but this Lens was built from "
                 f"{recorded['fingerprint']}; tests of its findings would test another model"
-            )
+                + ("; a corrected model is one: build a Lens of it (semlens run --model SPEC), or apply the correction "
+                   "to this Lens's model with test-artifact --correction FILE" if corrected else "")
+            )  # fmt: skip
         return model
 
     def sae_files(self, layers: list[str]) -> dict[str, str]:

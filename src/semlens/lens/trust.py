@@ -136,6 +136,8 @@ def spec_risk(spec: str) -> str | None:
         return "imports and runs Python code"
     if form == "folder":
         return "reads a folder on this machine"
+    if form == "corrected":
+        return "reads a correction file on this machine"
     parts = rest.split(":")
     if form == "hf":
         parts = [rest]  # a hub id has one slash; a local save_pretrained folder is a path

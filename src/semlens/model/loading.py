@@ -8,6 +8,8 @@
 ``timm:NAME[:pretrained|none|PATH]``       timm model (extra ``semlens[timm]``)
 ``hf:NAME_OR_PATH``                        transformers image classifier: a hub id or a ``save_pretrained``
                                            folder, safetensors weights only
+``corrected:FILE[:MODEL_SPEC]``            a model with a correction (``semlens correct --out FILE``) in it; the
+                                           model FILE records, or MODEL_SPEC
 =========================================  ===============================================================
 """
 
@@ -186,6 +188,13 @@ def _transformers(rest: str) -> LoadedModel:
     labels = classifier.config.id2label
     classes = [str(labels[index]) for index in range(len(labels))] if labels else None
     return LoadedModel(ClassifierLogits(classifier).eval(), f"hf:{rest}", _processor_preprocessing(processor), classes)
+
+
+@MODELS.register("corrected", "corrected:FILE[:MODEL_SPEC]", "a model with a correction saved by `semlens correct --out FILE` in it for good")
+def _corrected(rest: str) -> LoadedModel:
+    from ..lens.correction import corrected_model
+
+    return corrected_model(rest)
 
 
 def _processor_preprocessing(processor: object) -> Preprocessing:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..._util.errors import SemlensError
+from ...analysis.correction import ACCURACY_TOLERANCE
 from ..common import MAX_TEXT, ExplorerDep, LensKey, decode_image
 
 router = APIRouter()
@@ -21,12 +22,15 @@ class CorrectionOut(BaseModel):
     class_name: str = Field(alias="class")
     method: str
     settings: dict[str, Any] = Field(description="The method's settings: layer and its trials, estimator; or modules, epochs.")
-    samples: int = Field(description="Test images: the probe data's odd samples (the even ones learn the correction).")
+    samples: int = Field(description="Test images: half of each class's probe images, drawn at random (the other half learn the correction).")
     before: dict[str, Any]
     after: dict[str, Any]
     artifact_effect: list[float | None] = Field(description="Class probability with minus without the artefact, before and after.")
     clean_accuracy: list[float | None] = Field(description="Accuracy on the clean test images, before and after.")
     seconds: float
+    ok: bool = Field(description="False when the correction failed: it cost more clean accuracy than the tolerance.")
+    failed: str | None = Field(description="Why the correction failed (null when ok).")
+    tolerance: float = Field(description="The clean accuracy the correction may cost.")
 
 
 def _numbers(text: str, count: int, name: str, high: int) -> tuple[int, ...]:
@@ -48,13 +52,15 @@ def correct(
     estimator: Annotated[Literal["mean", "logistic"], Form(description="project: the concept direction.")] = "mean",
     last: Annotated[int, Form(ge=1, le=8, description="finetune: the last parameterised modules to train.")] = 1,
     epochs: Annotated[int, Form(ge=1, le=10, description="finetune: passes over the images.")] = 3,
+    tolerance: Annotated[float, Form(ge=0, le=1, description="The clean accuracy the correction may cost before it fails.")] = ACCURACY_TOLERANCE,
     tint: Annotated[str | None, Form(pattern=r"^\d{1,3},\d{1,3},\d{1,3}$", description="The artefact as a tint R,G,B.")] = None,
     at: Annotated[str, Form(pattern=r"^\d{1,5},\d{1,5}$", description="Top-left X,Y of an artefact image.")] = "0,0",
     artifact: Annotated[UploadFile | None, File(description="The artefact as an image (PNG with alpha as its mask).")] = None,
 ) -> dict[str, Any]:
-    """Learn the correction on the even samples of the Lens's probe data and run the artefact test on the odd
-    ones (class probability with and without the artefact, share predicted as the class, clean accuracy),
-    before and after. Needs the model on this machine; to save the correction use ``semlens correct --out``."""
+    """Learn the correction on half of each class's probe images (drawn at random, seeded) and run the artefact
+    test on the other half (class probability with and without the artefact, share predicted as the class,
+    clean accuracy), before and after; ``ok`` is false, with the reason in ``failed``, when it cost more clean
+    accuracy than ``tolerance``. Needs the model on this machine; to save the correction use ``semlens correct --out``."""
     from ...analysis.correction import Tuning
     from ...analysis.interventions import Artifact
 
@@ -66,4 +72,4 @@ def correct(
     else:
         chosen = Artifact(tint=_numbers(tint, 3, "tint", 255))
     tuning = Tuning(last=last, epochs=epochs)
-    return served.lens.correct(class_name, chosen, method, layer=layer, estimator=estimator, tuning=tuning, progress=False).to_dict()
+    return served.lens.correct(class_name, chosen, method, layer=layer, estimator=estimator, tuning=tuning, progress=False, tolerance=tolerance).to_dict()

@@ -31,6 +31,7 @@
     if (field("layer").value) body.append("layer", field("layer").value);
     body.append("last", field("last").value);
     body.append("epochs", field("epochs").value);
+    body.append("tolerance", field("tolerance").value);
     const answer = await run("correcting… (this trains or projects on the probe data)", () => api(`/api/lenses/${lens.id}/correct`, { method: "POST", body }));
     if (!answer) return;
     result = answer;
@@ -49,6 +50,7 @@
     }
     fill(field("measures"), el("tr", {}, ["measure", "before", "after"].map((name) => el("th", {}, name))), rows);
     field("measures").dataset.ready = "true";
+    if (!answer.ok) Semlens.status(`correction FAILED: ${answer.failed} (the figures are shown, the correction is not kept)`, true);
   }
 
   field("form").addEventListener("submit", (event) => { event.preventDefault(); correct(); });
