@@ -216,7 +216,7 @@ def test_the_explorer_shows_relevance_examples_beside_activation_ones(built: Len
     from fastapi.testclient import TestClient
     from PIL import Image
 
-    from semlens.report.figures import heat_overlay
+    from semlens.report.figures import firing_picture, heat_overlay
     from semlens.web.app import create_app
     from semlens.web.thumbnails import QUALITY, SIZE
 
@@ -237,11 +237,11 @@ def test_the_explorer_shows_relevance_examples_beside_activation_ones(built: Len
         return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"), dtype=float)
 
     by_relevance, by_activation = pixels(shown[0]["thumbnail"]), pixels(page["examples"][0]["thumbnail"])
-    crop = np.asarray(built.example_image(expected[0]).convert("RGB").resize((SIZE, SIZE)), dtype=float)
+    crop = np.asarray(firing_picture(built, "features.3/1", expected[0], "relevance").convert("RGB").resize((SIZE, SIZE)), dtype=float)
     assert expected[0].sample != built.concept_examples("features.3/1")[0].sample  # a different top sample here
-    assert np.abs(by_relevance - crop).mean() < 3 < 20 < np.abs(by_activation - crop).mean()  # JPEG-close to its own crop
+    assert np.abs(by_relevance - crop).mean() < 3 < 20 < np.abs(by_activation - crop).mean()  # JPEG-close to where its own unit fires
     cached = built.cache.root / "thumbnails" / "features.3"
-    assert {"relevance_1_0.jpg", "1_0.jpg"} <= {path.name for path in cached.iterdir()}  # one cache entry per set
+    assert {"relevance_1_0_fires.jpg", "1_0_fires.jpg"} <= {path.name for path in cached.iterdir()}  # one cache entry per set
     assert pixels(shown[0]["image"]).shape == (32, 32, 3)
     # the relevance examples' overlay is drawn from their stored CRP heatmap, not from the activation crops' maps
     stored = built.store.read_tensors("layers/features.3.relevance_heat.safetensors")["heat"]
