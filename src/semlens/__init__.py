@@ -17,35 +17,66 @@ from ._util.torchvision_compat import patch_torchvision_ops
 patch_torchvision_ops()  # before anything imports transformers (which imports torchvision)
 
 from ._util.errors import SemlensError
+from .analysis.audit import AlignmentRule, Audit, AuditedUnit
+from .analysis.compare import Comparison
+from .analysis.explain import Explanation
+from .analysis.label import Labels
+from .analysis.measures import Measures
+from .analysis.overview import OverviewMap
+from .analysis.spaces import SpaceComparison
+from .analysis.vocabulary import Vocabulary
 from .build.builder import BuildConfig, BuildSummary, build_lens
-from .build.collect import Collector, TopK, collect_topk
 from .build.spaces import add_space
 from .data import ImageData, list_datasets, load_data
 from .foundation import FoundationModel, list_foundation_models, load_foundation_model
+from .lens.audits import RelevantUnit
+from .lens.clusters import ConceptCluster, UnitClusters
 from .lens.correction import Correction, load_correction
 from .lens.examples import ConceptExample
+from .lens.export import ExportResult
+from .lens.labels import Labelling
 from .lens.lens import Lens
+from .lens.search import SearchHit
 from .model.loading import LoadedModel, list_models, load_model
 from .model.preprocess import Preprocessing
 from .model.units import LayerSpec, list_layers
+from .relevance.graph import AttributionGraph
 
 __all__ = [
+    # build a Lens
     "BuildConfig",
     "BuildSummary",
-    "Collector",
-    "ConceptExample",
-    "Correction",
+    "build_lens",
+    "add_space",
+    "Lens",
+    # what it is built from
     "FoundationModel",
     "ImageData",
     "LayerSpec",
-    "Lens",
     "LoadedModel",
     "Preprocessing",
+    "Vocabulary",
+    # the answers (each has to_dict())
+    "AlignmentRule",
+    "AttributionGraph",
+    "Audit",
+    "AuditedUnit",
+    "Comparison",
+    "ConceptCluster",
+    "ConceptExample",
+    "Correction",
+    "Explanation",
+    "ExportResult",
+    "Labelling",
+    "Labels",
+    "Measures",
+    "OverviewMap",
+    "RelevantUnit",
+    "SearchHit",
+    "SpaceComparison",
+    "UnitClusters",
+    # registries and loaders
     "SemlensError",
-    "TopK",
-    "add_space",
-    "build_lens",
-    "collect_topk",
     "list_datasets",
     "list_foundation_models",
     "list_layers",

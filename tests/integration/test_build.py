@@ -9,7 +9,8 @@ from old_lenses import rewrite_as_before_rule_thetas
 
 import semlens.build.embed as embed_module
 import semlens.build.embed_stage as embed_stage_module
-from semlens import BuildConfig, LayerSpec, Lens, build_lens, collect_topk, load_data, load_model
+from semlens import BuildConfig, LayerSpec, Lens, build_lens, load_data, load_model
+from semlens.build.collect import collect_topk
 from semlens._util.errors import SemlensError, StaleLensError
 from semlens.analysis.interventions import Artifact
 from semlens.lens.store import layer_file

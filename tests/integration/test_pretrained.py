@@ -9,7 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from semlens import LayerSpec, Lens, collect_topk, list_layers, load_model
+from semlens import LayerSpec, Lens, list_layers, load_model
+from semlens.build.collect import collect_topk
 from semlens._util.errors import SpecError
 from semlens.build.collect import iterate_batches
 from semlens.cli import app

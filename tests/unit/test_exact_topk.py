@@ -9,7 +9,8 @@ import pytest
 import tiny_models
 import torch
 
-from semlens import LayerSpec, collect_topk
+from semlens import LayerSpec
+from semlens.build.collect import collect_topk
 from semlens._util.devices import strict_float32
 from semlens._util.errors import SemlensError
 from semlens.build.collect import Collector, TopK, candidate_ids, candidate_slots, iterate_batches, rescore, unconfirmed_units
