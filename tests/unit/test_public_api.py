@@ -5,7 +5,7 @@ import semlens
 
 def test_every_result_type_is_exported_and_serialises() -> None:
     results = ["SearchHit", "Labelling", "Audit", "RelevantUnit", "AttributionGraph", "Explanation",
-               "Comparison", "Measures", "OverviewMap", "UnitClusters", "ConceptCluster", "SpaceComparison", "Correction", "ExportResult"]  # fmt: skip
+               "Comparison", "Measures", "OverviewMap", "UnitClusters", "SpaceComparison", "Correction", "ExportResult"]  # fmt: skip
     for name in results:
         assert name in semlens.__all__, name
         assert callable(getattr(getattr(semlens, name), "to_dict", None)), name
