@@ -47,7 +47,7 @@ def check_layout(store: LensStore, manifest: dict[str, Any]) -> None:
     k = _count(store, _dig(manifest, "identity", "collect", "k"), "identity.collect.k")
     rules = len(crop_rules(_dig(manifest, "identity", "embed", "crop_rule") or "peak"))
     spaces = {None: manifest.get("foundation", {}), **manifest.get("spaces", {})}
-    rows: dict[str, int] = {}
+    rows: dict[str, int] = {}  # the crop tables' rows (and the default space's width where unrecorded), from its files
     for space, record in spaces.items():
         record = record if isinstance(record, dict) else {}
         if space is not None and "dim" not in record:
@@ -56,11 +56,11 @@ def check_layout(store: LensStore, manifest: dict[str, Any]) -> None:
         sizes = {"k": k, **dim}
         where = (lambda name: name) if space is None else (lambda name, space=space: space_file(space, name))
         for name, arrays in (LENS_ARRAYS if space is None else {CROPS: {"embeddings": ("M", "d")}}).items():
-            _check_file(store, where(name), arrays, {**sizes, **rows}, rows if space is None else {})
+            _check_file(store, where(name), arrays, {**rows, **sizes}, rows if space is None else {})  # a space's own width wins
         for layer, info in manifest["layers"].items():
             units = _count(store, _dig(info, "units"), f"layers.{layer}.units")
             base = _count(store, _dig(info, "base_units") or units, f"layers.{layer}.base_units")
-            layer_sizes = {**sizes, **rows, "U": units, "B": base, "S": (k, rules * k)}
+            layer_sizes = {**rows, **sizes, "U": units, "B": base, "S": (k, rules * k)}
             kinds = LAYER_ARRAYS if space is None else {"embed": {"theta": ("U", "d")}}
             for kind, arrays in kinds.items():
                 _check_file(store, where(layer_file(layer, kind)), arrays, layer_sizes)
