@@ -143,7 +143,7 @@ const Semlens = (() => {
     const select = el("select", { "aria-label": "Lens", onchange: () => { location.search = `?lens=${select.value}`; } });
     document.getElementById("nav").replaceChildren(el("span", { class: "brand" }, "semlens explorer"), ...links, select);
     try {
-      options(select, (await lenses()).map((lens) => [lens.id, `${lens.id}: ${lens.name}`]), (await currentLens()).id);
+      options(select, (await lenses()).map((lens) => [lens.id, `${lens.id}: ${lens.name}${lens.damaged ? " (damaged)" : ""}`]), (await currentLens()).id);
     } catch (error) {
       status(error.message, true);
     }
