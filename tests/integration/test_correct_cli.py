@@ -77,15 +77,16 @@ def test_a_corrected_model_rebuilds_into_a_lens_and_exports_as_plain_weights(exp
     data, saved = f"folder:{colour_folder}", tmp_path / "fix.safetensors"
     # a projection of a ReLU's output: no weight holds it, so the corrected model carries it as a hook
     made = ask("correct", explorer_lenses[0], "--class", "red", "--layer", "features.4", "--data", data, "--tint", "255,0,0", "--out", saved, "--json")
-    built = runner.invoke(app, ["run", "--model", f"corrected:{saved}", "--layer", "features.3", "--layer", "head", "--data", data,
+    corrected = f"corrected:{saved}:py:tiny_models:tiny_cnn"  # a py: model is followed only where the user names it
+    built = runner.invoke(app, ["run", "--model", corrected, "--layer", "features.3", "--layer", "head", "--data", data,
                                 "--foundation", f"hf:{tiny_clip_dir}", "--out", str(tmp_path / "corrected.lens"), "-k", "3", "--workers", "0", "--no-progress"])  # fmt: skip
     assert built.exit_code == 0, built.output
     tested = ask("test-artifact", tmp_path / "corrected.lens", "--class", "red", "--data", data, "--tint", "255,0,0", "--json")
     assert tested["insertion"] == made["after"]  # the Lens's model is the corrected one
-    on_base = runner.invoke(app, ["test-artifact", str(explorer_lenses[0]), "--class", "red", "--data", data, "--tint", "1,2,3", "--model", f"corrected:{saved}"])
+    on_base = runner.invoke(app, ["test-artifact", str(explorer_lenses[0]), "--class", "red", "--data", data, "--tint", "1,2,3", "--model", corrected])
     assert on_base.exit_code == 2 and "a corrected model is one: build a Lens of it" in on_base.output, on_base.output
     lens = Lens.open(tmp_path / "corrected.lens")
-    assert lens.model().spec == f"corrected:{saved}" and lens.explain(0, top=2).to_dict()["layers"]
+    assert lens.model().spec == corrected and lens.explain(0, top=2).to_dict()["layers"]
     # a fine-tuning exports as the architecture's own weights
     weights = tmp_path / "weights.safetensors"
     tuned = ask("correct", explorer_lenses[0], "--class", "red", "--method", "finetune", "--epochs", "1", "--tolerance", "1", "--data", data,
@@ -95,7 +96,7 @@ def test_a_corrected_model_rebuilds_into_a_lens_and_exports_as_plain_weights(exp
     plain.load_state_dict(load_file(str(weights)))
     pixels = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert torch.allclose(plain(pixels), load_model(f"corrected:{tmp_path / 'tuned.safetensors'}").module(pixels), atol=1e-6)
+        assert torch.allclose(plain(pixels), load_model(f"corrected:{tmp_path / 'tuned.safetensors'}:py:tiny_models:tiny_cnn").module(pixels), atol=1e-6)
 
 
 class Reordered(ImageData):

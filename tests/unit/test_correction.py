@@ -253,8 +253,10 @@ def test_a_corrected_model_is_a_model_spec_and_exports_weights_the_plain_archite
     saved = correction.save(tmp_path / "fix.safetensors")
     with torch.no_grad(), correction.applied(base):
         expected = base.module(pixels)
-    corrected = load_model(f"corrected:{saved}")
-    assert corrected.spec == f"corrected:{saved}" and corrected.classes == base.classes
+    with pytest.raises(SemlensError, match=f"names its model as '{TINY}', which imports and runs Python code; name the model yourself"):
+        load_model(f"corrected:{saved}")  # a correction file may come from someone else: a py: model it names is not followed
+    corrected = load_model(f"corrected:{saved}:{TINY}")
+    assert corrected.spec == f"corrected:{saved}:{TINY}" and corrected.classes == base.classes
     assert corrected.fingerprint not in (base.fingerprint, load_model(TINY).fingerprint)  # another model, as a Lens records it
     with torch.no_grad():
         assert torch.allclose(corrected.module(pixels), expected, atol=1e-5)
@@ -281,4 +283,4 @@ def test_a_corrected_model_spec_names_its_model_where_the_file_does_not(tmp_path
     assert torch.equal(load_model(f"corrected:{saved}:{TINY}").module.head.bias, torch.zeros(3))
     other = Correction("red", "finetune", "another", TunedParameters({"head.bias": torch.zeros(3)}), spec=TINY)
     with pytest.raises(SemlensError, match="made for the model with weights another"):
-        load_model(f"corrected:{other.save(tmp_path / 'other.safetensors')}")
+        load_model(f"corrected:{other.save(tmp_path / 'other.safetensors')}:{TINY}")

@@ -176,11 +176,17 @@ def corrected_model(rest: str) -> LoadedModel:
     it records, or MODEL_SPEC) with the correction in it for good (``Correction.corrected``)."""
     from ..model.loading import load_model
 
+    from .trust import spec_risk
+
     path, _, base = rest.partition(":")
     correction = load_correction(path)
-    base = base or correction.spec
     if not base:
-        raise SemlensError(f"the correction {path} does not record the spec of its model (saved by an earlier semlens); name it: corrected:{path}:MODEL_SPEC")
+        base = correction.spec
+        if not base:
+            raise SemlensError(f"the correction {path} does not record the spec of its model (saved by an earlier semlens); name it: corrected:{path}:MODEL_SPEC")
+        risk = spec_risk(base)
+        if risk is not None:  # a correction file may come from someone else: what it names is followed only when the user names it
+            raise SemlensError(f"the correction {path} names its model as {base!r}, which {risk}; name the model yourself if you mean it: corrected:{path}:{base}")
     return correction.corrected(load_model(base), f"corrected:{rest}")
 
 
