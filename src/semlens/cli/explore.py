@@ -139,7 +139,7 @@ def relevant(
     if as_json:
         emit_json([unit.to_dict() for unit in units])
         return
-    rows = [(unit.unit, round(unit.mean_share, 4), round(unit.max_share, 4), unit.label or "") for unit in units]
+    rows = [(unit.unit, *(f"{round(share, 4) + 0.0:.4f}" for share in (unit.mean_share, unit.max_share)), unit.label or "") for unit in units]  # + 0.0: no "-0.0000"
     name = opened.classes[opened.class_index(class_name)] if opened.classes else class_name
     console.print(table(f"units most relevant for class {name}", ("unit", "mean share", "max share", "label"), rows))
 
