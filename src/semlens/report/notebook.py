@@ -11,6 +11,7 @@ imports this module, which registers the pictures with the result types (``displ
 from __future__ import annotations
 
 import html
+import math
 from typing import Iterable, Sequence
 
 from .._util.display import lens_of, renders_html
@@ -138,7 +139,7 @@ def explanation_html(explanation: Explanation) -> str:
         rows += [row(_text(f"against: {unit.label or 'unlabelled'}"), unit) for unit in layer.against]
         notes = f"units without examples of their own: {layer.left_out:.1%}" + ("" if layer.sae_error is None else f"; SAE error term: {layer.sae_error:.1%}")
         layers.append(f"<h5>{_text(layer.layer)}</h5>{_table(header, rows)}<p><small>{notes}</small></p>")
-    kind = "predicted" if explanation.predicted else "explained"
+    kind = "Predicted" if explanation.predicted else "Explained"
     prediction = ", ".join(f"{entry['class']} {entry['probability']:.1%}" for entry in explanation.prediction)
     view = "" if explanation.view is None else f'<img src="{thumbnail(explanation.view, 2 * SIZE)}">'
     return (
@@ -153,8 +154,8 @@ def comparison_html(comparison: Comparison) -> str:
     A matched best in B."""
 
     def matrix(title: str, values: list[list[float]]) -> str:
-        rows = [[_text(layer), *(f"{value:.3f}" for value in row)] for layer, row in zip(comparison.layers_a, values)]
-        return f"<p>{title}</p>" + _table(["layer of A \\ of B", *comparison.layers_b], rows)
+        rows = [[_text(layer), *("-" if math.isnan(value) else f"{value:.3f}" for value in row)] for layer, row in zip(comparison.layers_a, values)]
+        return f"<p>{title} (-: a layer without valid units)</p>" + _table(["layer of A \\ of B", *comparison.layers_b], rows)
 
     concepts = [
         (f"shared ({len(comparison.shared_concepts)})", _names(comparison.shared_concepts)),
