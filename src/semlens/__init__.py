@@ -36,11 +36,12 @@ from .lens.examples import ConceptExample
 from .lens.export import ExportResult
 from .lens.labels import Labelling
 from .lens.lens import Lens
-from .lens.search import SearchHit
+from .lens.search import SearchHit, SearchResults
 from .model.loading import LoadedModel, list_models, load_model
 from .model.preprocess import Preprocessing
 from .model.units import LayerSpec, list_layers
 from .relevance.graph import AttributionGraph
+from .report import notebook as _notebook  # noqa: F401  (results draw themselves in a notebook: _repr_html_)
 
 __all__ = [
     # build a Lens
@@ -73,6 +74,7 @@ __all__ = [
     "OverviewMap",
     "RelevantUnit",
     "SearchHit",
+    "SearchResults",
     "SpaceComparison",
     "UnitClusters",
     # registries and loaders

@@ -4,7 +4,7 @@ import semlens
 
 
 def test_every_result_type_is_exported_and_serialises() -> None:
-    results = ["SearchHit", "Labelling", "Audit", "RelevantUnit", "AttributionGraph", "Explanation",
+    results = ["SearchHit", "SearchResults", "Labelling", "Audit", "RelevantUnit", "AttributionGraph", "Explanation",
                "Comparison", "Measures", "OverviewMap", "UnitClusters", "SpaceComparison", "Correction", "ExportResult"]  # fmt: skip
     for name in results:
         assert name in semlens.__all__, name

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .._util.display import HtmlResult
 from .._util.errors import SemlensError
 from .alignment import robust_null
 
@@ -171,7 +172,7 @@ class AuditedUnit:
 
 
 @dataclass
-class Audit:
+class Audit(HtmlResult):
     """One class's audit; ``shares`` splits the relevant units' mean relevance by verdict, ``reliance`` is
     the measured effect of the spurious concept on the class (None unless a concept test was asked for)."""
 

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .._util.display import HtmlResult
 from .measures import knowledge_overlap
 
 
 @dataclass
-class Comparison:
+class Comparison(HtmlResult):
     """Everything ``semlens compare`` reports; ``to_dict`` is its JSON shape."""
 
     layers_a: list[str]

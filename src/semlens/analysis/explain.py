@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from .._util.display import HtmlResult
+
 PREDICTION_TOP = 5  # classes listed with their probabilities
 
 
@@ -79,7 +81,7 @@ class LayerExplanation:
 
 
 @dataclass
-class Explanation:
+class Explanation(HtmlResult):
     """One image's prediction and the concepts behind the explained class, per layer. ``view`` is the
     image as the model saw it (the heatmaps' frame; not in ``to_dict``)."""
 

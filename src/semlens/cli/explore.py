@@ -11,6 +11,7 @@ import typer
 
 from .._util.progress import step_bar
 from ..analysis.label import MIN_CONFIDENCE
+from ..lens.search import SearchResults
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
 from .validate import ConceptArtifact, ConceptAt, ConceptMask, ConceptTint, SpuriousData, TestAll, TestData, concept_test
 
@@ -64,9 +65,9 @@ def _shift(shift: tuple[float, float] | None) -> str:
     return "-" if shift is None else f"{shift[0]:g},{shift[1]:g}"
 
 
-def print_hits(hits: list, title: str, score: str, as_json: bool) -> None:
+def print_hits(hits: SearchResults, title: str, score: str, as_json: bool) -> None:
     if as_json:
-        emit_json([hit.to_dict() for hit in hits])
+        emit_json(hits.to_dict())
         return
     responses = any(hit.response is not None for hit in hits)  # a column only where the Lens kept crop responses
     columns = ("unit", score, *(("response",) if responses else ()), "label", "top concept examples")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._util.allocator import freed_memory_kept
+from .._util.display import made_by
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
 from ..model.imagenet import model_class_index
@@ -173,7 +174,7 @@ class LensAudits:
             audited.examples = [example.source for example in self.concept_examples(audited.unit)[:3]]
         if concept is not None:
             self._test_findings(result, index, concept, test_all)
-        return result
+        return made_by(result, self)
 
     def _audit_labels(self: Lens, layers: list[str], concepts: list[str]) -> list[str | None] | None:
         """Each unit's best concept by the ``responses`` labelling method among the audit's text ``concepts`` and

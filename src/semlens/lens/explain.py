@@ -14,6 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .._util.allocator import freed_memory_kept
+from .._util.display import made_by
 from .._util.errors import SemlensError
 
 if TYPE_CHECKING:
@@ -94,7 +95,8 @@ class LensExplain:
             explained = [self._explain_layer(lrp, inputs, result, spec, top, explainer.saes) for spec in specs]
         names = self.classes or explainer.model.classes
         title = names[result.target] if names else str(result.target)
-        return Explanation(described, title, result.target, target is None, top_classes(result.probabilities, names), explained, view)
+        explanation = Explanation(described, title, result.target, target is None, top_classes(result.probabilities, names), explained, view)
+        return made_by(explanation, self)
 
     @cached_property
     def _explainer(self: Lens) -> Explainer:

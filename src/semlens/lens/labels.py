@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .._util.display import HtmlResult
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
 from ..analysis.label import MIN_CONFIDENCE, MIN_NULL_UNITS, Labels, dissect, label_confidence, rank_concepts, unit_categories
@@ -29,7 +30,7 @@ StoredLabels = tuple[Vocabulary, dict[str, Labels]]
 LABELS = "labels.json"
 
 
-class Labelling(Mapping[str, Labels]):
+class Labelling(HtmlResult, Mapping[str, Labels]):
     """What ``Lens.label`` returns: each layer's ``Labels``, readable with the units and concepts they name."""
 
     def __init__(self, layers: dict[str, Labels], units: dict[str, list[str]], vocabulary: Vocabulary) -> None:

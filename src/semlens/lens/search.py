@@ -8,11 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 from PIL import Image
 
+from .._util.display import HtmlResult, made_by
 from .._util.errors import SemlensError
 from .index import UnitTable, open_index, probe_direction
 
@@ -43,6 +44,18 @@ class SearchHit:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+class SearchResults(HtmlResult, list):
+    """What ``Lens.search`` and ``Lens.search_similar`` return: the ``SearchHit``s, best first, as a list that
+    draws itself in a notebook (a table with the units' concept examples of the example set ``by``)."""
+
+    def __init__(self, hits: Iterable[SearchHit] = (), by: str = "activation") -> None:
+        super().__init__(hits)
+        self.by = by
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [hit.to_dict() for hit in self]
 
 
 class LensSearch:
@@ -98,7 +111,7 @@ class LensSearch:
         examples: str = "activation",
         space: str | None = None,
         rank: str = "both",
-    ) -> list[SearchHit]:
+    ) -> SearchResults:
         """Units of all (or the given) layers ranked by a text and/or image probe, by ``rank`` (``RANKINGS``);
         ``examples``: whose theta, the activation examples' or the relevance examples' (see ``Lens.theta_of``),
         in embedding space ``space`` (default this Lens's: see ``Lens.in_space``)."""
@@ -109,7 +122,7 @@ class LensSearch:
         probe, null = self.probe(text, images, templates)
         return self._rank(probe, null, self.checked_layers(layers), top, examples=examples, rank=rank)
 
-    def search_similar(self: Lens, source: Lens, unit: str, top: int = 10, space: str | None = None) -> list[SearchHit]:
+    def search_similar(self: Lens, source: Lens, unit: str, top: int = 10, space: str | None = None) -> SearchResults:
         """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one), in embedding space ``space``."""
         if space is not None:
             return self.in_space(space).search_similar(source.in_space(space), unit, top)
@@ -127,7 +140,7 @@ class LensSearch:
         exclude: tuple[str, int] | None = None,
         examples: str = "activation",
         rank: str | None = "both",
-    ) -> list[SearchHit]:
+    ) -> SearchResults:
         """The ``top`` units of ``layers`` by ``probe``, ranked by ``rank`` (``RANKINGS``; None: by similarity to
         another unit's theta, without responses); ties go to the earlier layer, lower unit."""
         if top < 1:
@@ -138,7 +151,8 @@ class LensSearch:
         if table.responses is not None and rank is not None:
             responses = table.correlations(probe_direction(probe, null), rows).tolist()
         found = [(table.locate(row), score, response) for row, score, response in zip(rows.tolist(), scores.tolist(), responses)]
-        return [self._search_hit(*owner, score, examples, response) for owner, score, response in found if owner != exclude][:top]
+        hits = [self._search_hit(*owner, score, examples, response) for owner, score, response in found if owner != exclude]
+        return made_by(SearchResults(hits[:top], by=examples), self)
 
     @cached_property
     def _search_table(self: Lens) -> UnitTable:

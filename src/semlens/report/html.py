@@ -42,10 +42,22 @@ def _figure_html(figure, include_plotlyjs: bool) -> str:
     return figure.to_html(full_html=False, include_plotlyjs=include_plotlyjs)
 
 
-def _thumbnail(image) -> str:
+def thumbnail(image, size: int = THUMBNAIL) -> str:
+    """``image`` as a small square JPEG data URI: pages that carry their images travel as one file."""
     buffer = io.BytesIO()
-    image.convert("RGB").resize((THUMBNAIL, THUMBNAIL)).save(buffer, format="JPEG", quality=80)
+    image.convert("RGB").resize((size, size)).save(buffer, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _title(example) -> str:
+    return f'title="{html.escape(example.source)} ({example.score:.3g})"'
+
+
+def example_thumbnails(lens: Lens, unit: str, shown: int = EXAMPLES_SHOWN, size: int = THUMBNAIL, by: str = "activation") -> str:
+    """``<img>`` tags of where ``unit`` fires on its first ``shown`` concept examples of the set ``by``
+    (``firing_picture``), each titled with its source and score."""
+    examples = lens.concept_examples(unit, by=by)[:shown]
+    return "".join(f'<img src="{thumbnail(firing_picture(lens, unit, example, by), size)}" {_title(example)}>' for example in examples)
 
 
 def _unit_rows(lens: Lens, units: list[tuple[str, str]]) -> str:
@@ -55,15 +67,12 @@ def _unit_rows(lens: Lens, units: list[tuple[str, str]]) -> str:
     for unit, note in units:
         layer, row = lens.unit_index(unit)
         heatmaps = lens.heatmaps(layer)
-        crops, overlays = [], []
-        for example in lens.concept_examples(unit)[:EXAMPLES_SHOWN]:
+        overlays = []
+        for example in lens.concept_examples(unit)[:OVERLAYS_SHOWN] if heatmaps is not None else []:
             view = lens.example_image(example, crop=False)
-            title = f'title="{html.escape(example.source)} ({example.score:.3g})"'
-            crops.append(f'<img src="{_thumbnail(firing_picture(lens, unit, example))}" {title}>')
-            if heatmaps is not None and len(overlays) < OVERLAYS_SHOWN:
-                overlay = heat_overlay(view, heatmaps[row, example.rank].float().numpy(), example.box, lens.heatmap_shift(layer))
-                overlays.append(f'<img class="heat" src="{_thumbnail(overlay)}" {title}>')
-        images = "".join(crops) + "".join(overlays)
+            overlay = heat_overlay(view, heatmaps[row, example.rank].float().numpy(), example.box, lens.heatmap_shift(layer))
+            overlays.append(f'<img class="heat" src="{thumbnail(overlay)}" {_title(example)}>')
+        images = example_thumbnails(lens, unit) + "".join(overlays)
         rows.append(f'<div class="unit"><span class="name">{html.escape(unit)}<br><small>{html.escape(note)}</small></span>{images}</div>')
     return "\n".join(rows)
 
@@ -219,7 +228,7 @@ def audit_figure(lens: Lens, audit, thumbnails: bool = True):
             [
                 f"<b>{html.escape(unit.unit)}</b> ({verdict}, relevance {unit.relevance:.3f}"
                 f"{'' if unit.responses_label is None else ', by its responses: ' + html.escape(unit.responses_label)})<br>",
-                "".join(f'<img src="{_thumbnail(firing_picture(lens, unit.unit, example))}">' for example in lens.concept_examples(unit.unit)[:EXAMPLES_SHOWN])
+                example_thumbnails(lens, unit.unit)
                 if thumbnails
                 else "",
             ]

@@ -1,0 +1,173 @@
+"""How results draw themselves in a notebook: search hits, labels, an audit, an explanation, a comparison.
+
+Small self-contained HTML: tables, thumbnails as JPEG data URIs, no script (notebooks that do not trust a
+cell's output drop scripts anyway). Every name is escaped: units, labels, classes and concepts may come from
+a Lens or vocabulary someone else made. A result made by a Lens (``semlens._util.display.made_by``) shows its
+units' first concept examples where they fire (``html.example_thumbnails``), one made elsewhere omits them;
+an explanation also shows each unit's heatmap on the explained image, which it carries. ``import semlens``
+imports this module, which registers the pictures with the result types (``display.renders_html``).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Iterable, Sequence
+
+from .._util.display import lens_of, renders_html
+from .._util.errors import SemlensError
+from ..analysis.audit import Audit
+from ..analysis.compare import Comparison
+from ..analysis.explain import ExplainedUnit, Explanation
+from ..lens.labels import Labelling
+from ..lens.search import SearchResults
+from .explain import explanation_overlays
+from .html import example_thumbnails, thumbnail
+from .sections import _names, audit_summary
+
+SIZE = 64  # px: a row of thumbnails stays one line of a table
+SHOWN = 3  # concept examples per unit
+MATCHES = 10  # best matches a comparison lists
+
+
+def _text(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A table of cells that are HTML already (escaped by the caller) under an escaped header."""
+    head = "".join(f"<th>{_text(name)}</th>" for name in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class _Examples:
+    """Thumbnails of units' concept examples from the Lens that made a result: none without one, nor where
+    its probe data cannot be read (a Lens from someone else opened without it: ``note`` says why)."""
+
+    def __init__(self, result: object, by: str = "activation") -> None:
+        self.lens, self.by, self.missing = lens_of(result), by, None
+
+    def __call__(self, unit: str) -> str:
+        if self.lens is None or self.missing is not None:
+            return ""
+        try:
+            return example_thumbnails(self.lens, unit, SHOWN, SIZE, self.by)
+        except SemlensError as error:
+            self.missing = str(error)
+            return ""
+
+    def note(self) -> str:
+        return "" if self.missing is None else f"<p><small>no concept examples shown: {_text(self.missing)}</small></p>"
+
+
+@renders_html(SearchResults)
+def search_html(hits: SearchResults) -> str:
+    """The hits, best first: unit, score, response (where the Lens kept crop responses), label, concept examples
+    (their sources where no picture can be made)."""
+    pictures = _Examples(hits, hits.by)
+    responses = any(hit.response is not None for hit in hits)
+    header = ["unit", "score", *(["response"] if responses else []), "label", "concept examples"]
+    rows = [
+        [
+            _text(hit.unit), f"{hit.score:.3f}", *([_text("-" if hit.response is None else f"{hit.response:.3f}")] if responses else []),
+            _text(hit.label or "-"), pictures(hit.unit) or _text(", ".join(hit.examples)),
+        ]
+        for hit in hits
+    ]  # fmt: skip
+    return _table(header, rows) + pictures.note()
+
+
+@renders_html(Labelling)
+def labelling_html(labelling: Labelling) -> str:
+    """Per layer and over the Lens: valid units, how many show a concept, the share, the median confidence,
+    and the layer's most common labels with their unit counts."""
+    coverage = labelling.coverage()
+
+    def row(name: str, entry: dict, common: str) -> list[str]:
+        confidence = entry["median_confidence"]
+        z = "-" if confidence is None else f"{confidence:.1f}"
+        return [_text(name), str(entry["valid_units"]), str(entry["labelled"]), _share(entry["coverage"]), z, common]
+
+    rows = [
+        row(layer, entry, _text(", ".join(f"{concept} ({count})" for concept, count in labelling.most_common(layer))))
+        for layer, entry in coverage["layers"].items()
+    ]
+    vocabulary = labelling.vocabulary
+    header = ["layer", "valid units", "labelled", "coverage", "median confidence (z)", "most common labels"]
+    return (
+        f"<p>labels from the vocabulary {_text(vocabulary.name)} ({len(vocabulary.concepts)} concepts)</p>"
+        + _table(header, [*rows, row("all", coverage["all"], "")])
+    )
+
+
+@renders_html(Audit)
+def audit_html(audit: Audit) -> str:
+    """The audit's concepts, rule and relevance by verdict (``sections.audit_summary``), then its units with
+    their verdicts and concept examples."""
+    pictures = _Examples(audit)
+    rows = [
+        [
+            _text(unit.unit), _text(unit.verdict), f"{unit.relevance:.3f}", f"{unit.z_valid:.2f}", f"{unit.z_spur:.2f}",
+            _text(unit.responses_label or "-"), pictures(unit.unit),
+        ]
+        for unit in audit.units
+    ]  # fmt: skip
+    header = ["unit", "verdict", "relevance", "z valid", "z spurious", "by its responses", "concept examples"]
+    return f"<h4>Audit of class {_text(audit.class_name)}</h4>{audit_summary(audit)}{_table(header, rows)}{pictures.note()}"
+
+
+@renders_html(Explanation)
+def explanation_html(explanation: Explanation) -> str:
+    """The prediction, then per layer its units by concept (and those that spoke against the class): share,
+    the unit's heatmap on this image, its concept examples."""
+    pictures = _Examples(explanation)
+    overlays = {} if explanation.view is None else explanation_overlays(explanation)
+
+    def row(concept: str, unit: ExplainedUnit) -> list[str]:
+        heat = f'<img src="{thumbnail(overlays[unit.unit], SIZE)}">' if unit.unit in overlays else ""
+        return [concept, _text(unit.unit), f"{unit.share:+.1%}", heat, pictures(unit.unit)]
+
+    header = ["concept (share)", "unit", "share", "on this image", "concept examples"]
+    layers = []
+    for layer in explanation.layers:
+        rows = [row(_text(f"{group.label or 'unlabelled'} ({group.share:.1%})"), unit) for group in layer.groups for unit in group.units]
+        rows += [row(_text(f"against: {unit.label or 'unlabelled'}"), unit) for unit in layer.against]
+        notes = f"units without examples of their own: {layer.left_out:.1%}" + ("" if layer.sae_error is None else f"; SAE error term: {layer.sae_error:.1%}")
+        layers.append(f"<h5>{_text(layer.layer)}</h5>{_table(header, rows)}<p><small>{notes}</small></p>")
+    kind = "Predicted" if explanation.predicted else "Explained"
+    prediction = ", ".join(f"{entry['class']} {entry['probability']:.1%}" for entry in explanation.prediction)
+    view = "" if explanation.view is None else f'<img src="{thumbnail(explanation.view, 2 * SIZE)}">'
+    return (
+        f"<h4>{kind} class {_text(explanation.class_name)} on {_text(explanation.image)}</h4>{view}"
+        f"<p>most probable: {_text(prediction)}</p>{''.join(layers)}{pictures.note()}"
+    )
+
+
+@renders_html(Comparison)
+def comparison_html(comparison: Comparison) -> str:
+    """S(A→B) and S(B→A) per layer pair, the concepts both Lenses have and those only one has, and the units of
+    A matched best in B."""
+
+    def matrix(title: str, values: list[list[float]]) -> str:
+        rows = [[_text(layer), *("-" if math.isnan(value) else f"{value:.3f}" for value in row)] for layer, row in zip(comparison.layers_a, values)]
+        return f"<p>{title} (-: a layer without valid units)</p>" + _table(["layer of A \\ of B", *comparison.layers_b], rows)
+
+    concepts = [
+        (f"shared ({len(comparison.shared_concepts)})", _names(comparison.shared_concepts)),
+        (f"only in A ({len(comparison.only_a)})", _names(comparison.only_a)),
+        (f"only in B ({len(comparison.only_b)})", _names(comparison.only_b)),
+    ]
+    best = sorted(comparison.best_match.items(), key=lambda item: -item[1][1])[:MATCHES]
+    matches = [[_text(unit), _text(match), f"{similarity:.3f}"] for unit, (match, similarity) in best]
+    return (
+        matrix("S(A→B): how much of what A encodes B also encodes (mean best cosine per layer pair)", comparison.a_to_b)
+        + matrix("S(B→A): how much of what B encodes A also encodes", comparison.b_to_a)
+        + _table(["concepts", ""], concepts)
+        + f"<p>units of A matched best in B ({len(best)} of {len(comparison.best_match)})</p>"
+        + _table(["unit of A", "unit of B", "cosine"], matches)
+    )

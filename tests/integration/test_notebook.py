@@ -1,0 +1,104 @@
+"""Results draw themselves in a notebook (``_repr_html_``): tables with the units' names, labels and shares,
+thumbnails of their concept examples where the Lens that made them has them, every name escaped, no script."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from semlens import Comparison, Lens, SearchHit, SearchResults, SemlensError, Vocabulary
+from semlens.analysis.audit import Audit, AuditedUnit
+from semlens.analysis.explain import ConceptGroup, ExplainedUnit, Explanation, LayerExplanation
+
+THUMBNAIL = '<img src="data:image/jpeg;base64,'
+SCRIPT = "<script>alert(1)</script>"
+
+
+@pytest.fixture(scope="module")
+def lens(explorer_lenses) -> Lens:
+    return Lens.open(explorer_lenses[0], trust=True)
+
+
+def shown(result) -> str:
+    page = result._repr_html_()
+    assert "<script" not in page.lower()  # a notebook page without scripts
+    return page
+
+
+def test_search_hits_are_a_list_drawn_as_a_table_with_concept_examples(lens) -> None:
+    hits = lens.search("red", top=3)
+    assert isinstance(hits, list) and len(hits) == 3 and isinstance(hits[0], SearchHit)
+    assert hits.to_dict() == [hit.to_dict() for hit in hits] and json.dumps(hits.to_dict())
+    page = shown(hits)
+    assert all(hit.unit in page for hit in hits) and page.count(THUMBNAIL) == 3 * 3  # three examples a unit
+    assert all(f"{hit.score:.3f}" in page for hit in hits)
+    similar = lens.search_similar(lens, hits[0].unit, top=2)
+    assert isinstance(similar, SearchResults) and THUMBNAIL in shown(similar)
+
+
+def test_labels_are_drawn_per_layer_with_coverage_and_the_most_common_labels(lens) -> None:
+    labelling = lens.label(save=False)
+    page = shown(labelling)
+    coverage = labelling.coverage()
+    for layer in lens.layers:
+        share = coverage["layers"][layer]["coverage"]  # None: no valid unit in the layer
+        assert f"<td>{layer}</td>" in page and ("<td>-</td>" if share is None else f"{share:.1%}") in page
+        assert all(f"{concept} ({count})" in page for concept, count in labelling.most_common(layer))
+    assert f"{coverage['all']['coverage']:.1%}" in page
+
+
+def test_an_audit_is_drawn_with_its_verdict_shares_and_its_units_concept_examples(lens) -> None:
+    audit = lens.audit("red", valid=["red"], spurious=["noise"])
+    page = shown(audit)
+    assert audit.units and all(unit.unit in page for unit in audit.units)
+    assert all(f"{share:.1%}" in page for share in audit.shares.values())
+    assert page.count(THUMBNAIL) == 3 * len(audit.units)
+
+
+def test_an_explanation_is_drawn_with_heatmaps_and_concept_examples(lens) -> None:
+    explanation = lens.explain(0, layers=["features.3"], top=2)
+    page = shown(explanation)
+    (layer,) = explanation.layers
+    units = layer.units + layer.against
+    assert explanation.class_name in page and all(unit.unit in page and f"{unit.share:+.1%}" in page for unit in units)
+    # the input view, a heatmap per unit, and three concept examples per unit
+    assert page.count(THUMBNAIL) == 1 + 4 * len(units)
+
+
+def test_a_comparison_is_drawn_as_overlap_tables(lens, explorer_lenses) -> None:
+    other = Lens.open(explorer_lenses[1], trust=True)
+    comparison = lens.compare(other)
+    page = shown(comparison)
+    assert all(layer in page for layer in lens.layers + other.layers)
+    assert f"{comparison.a_to_b[0][0]:.3f}" in page and f"{comparison.b_to_a[0][0]:.3f}" in page
+    assert comparison.a_to_b[-1][-1] != comparison.a_to_b[-1][-1] and "<td>-</td>" in page and "nan" not in page  # a head without valid units
+    best = max(comparison.best_match.items(), key=lambda item: item[1][1])
+    assert f"<td>{best[0]}</td><td>{best[1][0]}</td><td>{best[1][1]:.3f}</td>" in page
+
+
+def test_names_from_a_stranger_are_escaped_and_results_made_elsewhere_have_no_thumbnails(lens) -> None:
+    hits = SearchResults([SearchHit(f"{SCRIPT}/0", SCRIPT, 0, 0.5, SCRIPT, ["a.png"])])
+    page = shown(hits)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;/0" in page and "a.png" in page and THUMBNAIL not in page
+    unit = AuditedUnit(f"{SCRIPT}/0", 0.5, 0.4, 0.1, 0.2, 4.0, 5.0, "spurious")
+    audit = Audit(SCRIPT, 0.028, [SCRIPT], ["noise"], [unit], {"valid": 0.0, "spurious": 1.0, "both": 0.0, "unexpected": 0.0, "spurious_or_both": 1.0})
+    assert "Audit of class &lt;script&gt;" in shown(audit)
+    explained = ExplainedUnit(f"{SCRIPT}/1", 0.3, 1.0, SCRIPT)
+    layer = LayerExplanation(SCRIPT, [ConceptGroup(SCRIPT, 0.3, [explained])], 1.0, 0.0)
+    assert "&lt;script&gt;" in shown(Explanation(SCRIPT, SCRIPT, 0, True, [{"class": SCRIPT, "probability": 0.9}], [layer]))
+    assert "&lt;script&gt;" in shown(Comparison([SCRIPT], [SCRIPT], [[0.5]], [[0.5]], {SCRIPT: (SCRIPT, 0.5)}, [SCRIPT]))
+    labels = Lens.open(lens.path, trust=True).label(Vocabulary(SCRIPT, (SCRIPT, "red", "green", "blue"), ("a",) * 4), save=False)
+    assert "vocabulary &lt;script&gt;alert(1)&lt;/script&gt; (4 concepts)" in shown(labels)
+
+
+def test_a_lens_whose_images_cannot_be_read_draws_its_results_without_them(lens, monkeypatch) -> None:
+    hits = lens.search("red", top=2)
+
+    def unreadable(*args, **kwargs):
+        raise SemlensError("probe data folder:gone not found")
+
+    monkeypatch.setattr(Lens, "example_image", unreadable)
+    page = shown(hits)
+    assert THUMBNAIL not in page and "no concept examples shown: probe data folder:gone not found" in page
+    assert all(hit.unit in page for hit in hits)
