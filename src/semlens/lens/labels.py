@@ -65,7 +65,7 @@ class Labelling(HtmlResult, Mapping[str, Labels]):
                 {
                     "unit": f"{layer}/{name}",
                     "label": concepts[int(labels.concepts[row, 0])] if bool(labels.labelled[row]) else None,
-                    "confidence": None if labels.confidence is None else round(float(labels.confidence[row, 0]), 3),
+                    "confidence": _confidences(labels, row)[0],
                     "valid": labels.valid is None or bool(labels.valid[row]),
                     "candidates": [
                         {"concept": concepts[int(c)], "alignment": round(float(a), 5), "score": round(float(s), 5), "confidence": z}
@@ -194,7 +194,7 @@ class LensLabels:
         confidence = self._label_confidence(aligned, examples)
         gate = {"threshold": threshold, "min_confidence": min_confidence}
         results = {
-            layer: self._label_layer(layer, method, concepts, null, top, prior, examples, confidence[layer], **gate)
+            layer: self._label_layer(layer, method, concepts, null, top, prior, examples, confidence[layer], aligned[layer], **gate)
             for layer in self.layers
         }
         if examples == "activation":
@@ -221,12 +221,14 @@ class LensLabels:
         prior: torch.Tensor | None,
         examples: str = "activation",
         confidence: torch.Tensor | None = None,
+        aligned: torch.Tensor | None = None,
         threshold: float | None = None,
         min_confidence: float = MIN_CONFIDENCE,
     ) -> Labels:
-        """One layer's labels by ``method``, gated by the units' confidences ``[U, C]`` (None: ranked only)."""
+        """One layer's labels by ``method``, gated by the units' confidences ``[U, C]`` (None: ranked only);
+        ``aligned``: the units' alignments with the concepts where already computed (the alignment methods' scores)."""
         theta, valid = self.theta_of(layer, examples), self.valid_of(layer, examples)
-        aligned = alignment(theta, concepts, null)  # the scores of the alignment methods
+        aligned = alignment(theta, concepts, null) if aligned is None else aligned
         if method in ALIGNMENT_METHODS:  # theta alone: the example embeddings stay unread
             scores = alignment_method_scores(method, aligned, valid)
         elif method == "responses":
@@ -269,16 +271,20 @@ class LensLabels:
         return [concepts[concept] if shown else None for concept, shown in zip(labels.concepts[:, 0].tolist(), labels.labelled.tolist())]
 
     def label_of(self: Lens, unit: str) -> str | None:
-        """A unit's stored label, or None when it shows no concept (or before ``label`` ran)."""
+        """A unit's stored label, or None when it shows no concept (or before ``label`` ran); per unit, where
+        ``shown_labels`` gives a whole layer's."""
         layer, row = self.unit_index(unit)
-        return self.shown_labels(layer)[row]
+        labels = self.labels(layer)
+        if labels is None or not bool(labels.labelled[row]):
+            return None
+        return self.vocabulary.concepts[int(labels.concepts[row, 0])]
 
     def label_confidence_of(self: Lens, unit: str) -> float | None:
         """The confidence of a unit's stored label (robust z against its layer, ``analysis.label``), None before
         ``label`` ran or for labels stored before confidences."""
         layer, row = self.unit_index(unit)
         labels = self.labels(layer)
-        return None if labels is None or labels.confidence is None else round(float(labels.confidence[row, 0]), 3)
+        return None if labels is None else _confidences(labels, row)[0]
 
     def label_coverage(self: Lens) -> dict[str, Any] | None:
         """How many valid units show a concept, per layer and in all, with the median confidence (None before ``label``)."""
