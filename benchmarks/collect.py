@@ -28,8 +28,8 @@ import torch
 
 from semlens import LayerSpec, list_layers, load_model
 from semlens._util.devices import strict_float32
-from semlens.build.collect import CANDIDATES_PER_K, Collector, iterate_batches, rescore
 from semlens.model.units import UnitReader, resolve_module
+from semlens.pipeline.collect import CANDIDATES_PER_K, Collector, iterate_batches, rescore
 
 
 def timed(function) -> float:

@@ -27,7 +27,7 @@ from statistics import mean, median
 from typing import Any, Callable
 
 from semlens.analysis.audit import FLAGGED, Z_CUT
-from semlens.analysis.interventions import CONCEPT_OVER_CLASS, CONFIRM_AUC, CONFIRM_SHARE
+from semlens.interventions.effects import CONCEPT_OVER_CLASS, CONFIRM_AUC, CONFIRM_SHARE
 
 Rule = Callable[[dict[str, Any], list[dict[str, Any]], dict[str, Any]], bool]
 

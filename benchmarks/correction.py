@@ -28,8 +28,8 @@ from ground_truth import lens_path, seeded_world, world_texts
 from rich.console import Console
 from rich.table import Table
 
-from semlens.analysis.correction import Tuning
-from semlens.analysis.interventions import Artifact, pruning_effect
+from semlens.interventions.correction import Tuning
+from semlens.interventions.effects import Artifact, pruning_effect
 from semlens.world.demo import TEST_IMAGES, build_world_lens, spatial_layers
 from semlens.world.random_world import planted_artifact, random_worlds
 from semlens.world.render import WorldConfig, WorldData, artifact_overlay

@@ -53,8 +53,8 @@ from torch import nn
 from zennit.composites import EpsilonPlusFlat
 
 from semlens._util.devices import strict_float32
-from semlens.build.embed import chunks
 from semlens.model.units import hooks, resolve_module
+from semlens.pipeline.embed import chunks
 from semlens.relevance.lrp import RelevanceModel, _Stop, crp_heatmaps
 from semlens.relevance.rules import LeanZPlus, SignedZPlus
 

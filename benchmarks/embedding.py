@@ -39,14 +39,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import semlens.build.embed_stage as embed_stage
+import semlens.pipeline.embed_stage as embed_stage
 from semlens import BuildConfig, load_foundation_model, load_model
 from semlens._util.devices import PRECISIONS, embed_dtype, pick_device
-from semlens.build.builder import LensBuilder
-from semlens.build.embed import chunks
 from semlens.data import FolderData
 from semlens.data.photos import SKIMAGE_PHOTOS, SKLEARN_PHOTOS, write_photo_folder
-from semlens.lens.store import layer_file
+from semlens.pipeline.builder import LensBuilder
+from semlens.pipeline.embed import chunks
+from semlens.store.files import layer_file
 
 
 def embed_every_image(foundation_spec: str, model_spec: str, folder: Path, batch: int, device: str) -> float:

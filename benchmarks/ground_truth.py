@@ -95,10 +95,10 @@ from rich.table import Table
 from semlens._util.errors import SemlensError
 from semlens._util.tomlfiles import parse_toml
 from semlens.analysis.vocabulary import Vocabulary
-from semlens.build.crops import CROP_RULES, CROP_VIEWS, DEFAULT_CROP_RULE, RULE_SETTINGS
 from semlens.lens.lens import Lens
 from semlens.lens.search import RANKINGS
-from semlens.model.loading import WORLD_MODELS
+from semlens.pipeline.crops import CROP_VIEWS, DEFAULT_CROP_RULE, RULE_SETTINGS
+from semlens.store.slots import CROP_RULES
 from semlens.world.captions import HELD_OUT
 from semlens.world.demo import (
     PROBE_IMAGES,
@@ -117,6 +117,7 @@ from semlens.world.demo import (
 )
 from semlens.world.random_world import planted_artifact, random_worlds
 from semlens.world.render import WorldConfig, concept_scene
+from semlens.world.specs import WORLD_MODELS
 from semlens.world.truth import INSERTION_AUC, artifact_reliance
 
 #: per column of the summary rows: +1 higher is better, -1 lower is better; control worlds flip the audit

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from semlens import BuildConfig, LoadedModel, Preprocessing
-from semlens.build.builder import LensBuilder
+from semlens.pipeline.builder import LensBuilder
 
 IMAGES_VARIABLE = "SEMLENS_MEMORY_IMAGES"
 LAYERS = ["features.0", "features.2", "head"]

@@ -25,8 +25,6 @@ from .analysis.measures import Measures
 from .analysis.overview import OverviewMap
 from .analysis.spaces import SpaceComparison
 from .analysis.vocabulary import Vocabulary
-from .build.builder import BuildConfig, BuildSummary, build_lens
-from .build.spaces import add_space
 from .data import ImageData, list_datasets, load_data
 from .foundation import FoundationModel, list_foundation_models, load_foundation_model
 from .lens.audits import RelevantUnit
@@ -40,8 +38,11 @@ from .lens.search import SearchHit, SearchResults
 from .model.loading import LoadedModel, list_models, load_model
 from .model.preprocess import Preprocessing
 from .model.units import LayerSpec, list_layers
+from .pipeline.builder import BuildConfig, BuildSummary, build_lens
+from .pipeline.spaces import add_space
 from .relevance.graph import AttributionGraph
 from .report import notebook as _notebook  # noqa: F401  (results draw themselves in a notebook: _repr_html_)
+from .world import specs as _world_specs  # noqa: F401  (the concept world's spec forms: world:, zoo:world-cnn, ...)
 
 __all__ = [
     # build a Lens

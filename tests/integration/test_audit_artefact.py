@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from semlens import BuildConfig, Lens, build_lens
-from semlens.analysis.interventions import CONFIRM_AUC, CONFIRM_SHARE, LOCATE_IOU
 from semlens.cli import app
+from semlens.interventions.effects import CONFIRM_AUC, CONFIRM_SHARE, LOCATE_IOU
 
 runner = CliRunner()
 

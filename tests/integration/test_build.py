@@ -7,14 +7,14 @@ import tiny_models
 import torch
 from old_lenses import rewrite_as_before_rule_thetas
 
-import semlens.build.embed as embed_module
-import semlens.build.embed_stage as embed_stage_module
+import semlens.pipeline.embed as embed_module
+import semlens.pipeline.embed_stage as embed_stage_module
 from semlens import BuildConfig, LayerSpec, Lens, build_lens, load_data, load_model
-from semlens.build.collect import collect_topk
 from semlens._util.errors import SemlensError, StaleLensError
-from semlens.analysis.interventions import Artifact
-from semlens.lens.store import layer_file
+from semlens.interventions.effects import Artifact
+from semlens.pipeline.collect import collect_topk
 from semlens.relevance.lrp import RelevanceModel, unit_relevance
+from semlens.store.files import layer_file
 
 LAYERS = ["features.0", "features.3:pool=max", "head:signed=true"]
 
@@ -140,7 +140,7 @@ def test_a_half_precision_tower_embeds_the_same_whether_its_batches_are_cast_in_
 def test_collect_topk_api_reads_a_model_directly() -> None:
     model = tiny_models.TinyCNN().eval()
     data = torch.randn(20, 3, 32, 32)
-    from semlens.build.collect import iterate_batches
+    from semlens.pipeline.collect import iterate_batches
 
     result = collect_topk(model, [LayerSpec.parse("head")], iterate_batches(data, 6), k=3)["head"]
     expected = model(data).detach().T.topk(3, dim=1)
@@ -150,8 +150,8 @@ def test_collect_topk_api_reads_a_model_directly() -> None:
 @pytest.mark.parametrize("crop, model", [("relevance", "tiny_cnn"), ("activation", "tiny_cnn"), ("activation", "strided_cnn")])
 def test_a_masked_build_embeds_each_example_faded_by_its_own_heatmap(built, tmp_path, colour_folder, tiny_clip_dir, crop, model) -> None:
     """Each example faded by its heatmap; a strided network's activation maps placed where their cells sit."""
-    from semlens.build.crops import masked_crop
     from semlens.foundation import load_foundation_model
+    from semlens.pipeline.crops import masked_crop
 
     layers = {"model": f"py:tiny_models:{model}", "layers": ["features.3"]} if model == "strided_cnn" else {}
     settings = config(colour_folder, tiny_clip_dir, crop=crop, crop_view="masked", class_relevance=False, **layers)
@@ -189,7 +189,7 @@ def test_the_default_lens_searches_the_active_boxes_cut_from_where_units_fire(bu
     """The default rules, peak+active: questions read the relevance heatmaps' peak boxes, search the share boxes of
     the units' own activation maps (the collection's top-k maps), which the relevance heatmaps do not move."""
     from semlens.analysis.alignment import alignment
-    from semlens.build.crops import crop_boxes
+    from semlens.pipeline.crops import crop_boxes
 
     assert built.crop_rules == ["peak", "active"] and built.search_rule == "active"
     assert built.manifest["identity"]["embed"]["crop_rule"] == "peak+active"
@@ -208,8 +208,8 @@ def test_the_default_lens_searches_the_active_boxes_cut_from_where_units_fire(bu
 def test_boxes_cut_from_a_strided_networks_maps_sit_where_its_cells_see(built: Lens, tmp_path, colour_folder, tiny_clip_dir) -> None:
     """Strided convolutions with padding centre a map's cells off the even grid: the collect stage measures it and
     every box cut from the activation maps moves with it (relevance heatmaps are computed at the input: no move)."""
-    from semlens.build.crops import crop_boxes
     from semlens.model.receptive import SHIFT_IMAGES, map_shift, shift_boxes
+    from semlens.pipeline.crops import crop_boxes
 
     settings = config(colour_folder, tiny_clip_dir, model="py:tiny_models:strided_cnn", layers=["features.3"], crop="activation", class_relevance=False)
     lens = build_lens(settings, tmp_path / "strided.lens", progress=False)
@@ -244,7 +244,7 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_data_or_lrp_rul
     import shutil
 
     import semlens.relevance.lrp as lrp
-    from semlens.lens.store import LensStore
+    from semlens.store.files import LensStore
 
     calls = []
     original = lrp.crp_heatmaps
@@ -322,10 +322,10 @@ def test_crop_responses_are_the_models_scores_on_each_first_rule_crop(built: Len
     model's pooled activations on each distinct first-rule crop, read one crop at a time here."""
     from PIL import Image
 
-    from semlens.analysis.interventions import unit_scores
     from semlens.analysis.responses import ResponseMoments
-    from semlens.build.crops import rule_slots
-    from semlens.lens.store import CROPS, RESPONSES
+    from semlens.interventions.effects import unit_scores
+    from semlens.store.files import CROPS, RESPONSES
+    from semlens.store.slots import rule_slots
 
     with_workers = build_lens(config(colour_folder, tiny_clip_dir, workers=1), tmp_path / "workers.lens", progress=False)
     model, data = load_model("py:tiny_models:tiny_cnn"), load_data(f"folder:{colour_folder}")

@@ -12,8 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from semlens import BuildConfig, Lens, SemlensError
-from semlens.build.builder import LensBuilder
 from semlens.cli import app
+from semlens.pipeline.builder import LensBuilder
 
 runner = CliRunner()
 

@@ -136,7 +136,7 @@ def test_the_held_out_split_tests_every_class_where_labels_cycle(explorer_lenses
 
 
 def _tint():
-    from semlens.analysis.interventions import Artifact
+    from semlens.interventions.effects import Artifact
 
     return Artifact(tint=(255, 0, 0))
 

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from semlens import BuildConfig, Lens, build_lens
 from semlens._util.errors import SemlensError
-from semlens.build.builder import LensBuilder
-from semlens.build.merge import merge_shards
 from semlens.cli import app
-from semlens.lens.trust import UntrustedSpecError
+from semlens.pipeline.builder import LensBuilder
+from semlens.pipeline.merge import merge_shards
+from semlens.store.trust import UntrustedSpecError
 
 LAYERS = ["features.0", "features.3:pool=max", "head:signed=true"]
 # 30 images in 5 batches of 7 and relevance crops in batches of 16 split unevenly over 2 ranks; 4 embedding chunks of 16

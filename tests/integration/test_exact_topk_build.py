@@ -8,11 +8,11 @@ from functools import reduce
 import pytest
 import torch
 
-import semlens.build.collect_stage as collect_stage
+import semlens.pipeline.collect_stage as collect_stage
 from semlens import BuildConfig
-from semlens.build.builder import LensBuilder
-from semlens.build.collect import TopK
-from semlens.lens.store import LensStore, layer_file
+from semlens.pipeline.builder import LensBuilder
+from semlens.pipeline.collect import TopK
+from semlens.store.files import LensStore, layer_file
 
 LAYERS = ["features.0", "features.3:pool=max", "head:signed=true"]
 NAMES = ["features.0", "features.3", "head"]

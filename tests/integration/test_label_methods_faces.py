@@ -123,8 +123,8 @@ def test_the_built_crop_responses_are_the_units_activations_on_their_crops(explo
     input and run through the model, gives the same regression as the moments the build stored."""
     from PIL import Image
 
-    from semlens.analysis.interventions import unit_scores
     from semlens.analysis.responses import ResponseMoments, concept_directions, partial_effects
+    from semlens.interventions.effects import unit_scores
     from semlens.model.units import LayerSpec
 
     lens = Lens.open(explorer_lenses[0], trust=True)

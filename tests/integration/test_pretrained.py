@@ -10,12 +10,11 @@ import torch
 from typer.testing import CliRunner
 
 from semlens import LayerSpec, Lens, list_layers, load_model
-from semlens.build.collect import collect_topk
 from semlens._util.errors import SpecError
-from semlens.build.collect import iterate_batches
 from semlens.cli import app
 from semlens.data.photos import write_photo_folder
 from semlens.model.imagenet import find_imagenet_class
+from semlens.pipeline.collect import collect_topk, iterate_batches
 
 
 @pytest.mark.slow

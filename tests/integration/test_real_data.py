@@ -41,8 +41,8 @@ def wnid_lens(tmp_path_factory, wnid_folder: Path, tiny_clip_dir: Path) -> Lens:
 
 
 def test_wordnet_id_folders_are_the_model_s_classes(wnid_lens: Lens, wnid_folder: Path) -> None:
-    from semlens.analysis.interventions import class_targets, load_views
     from semlens.data import load_data
+    from semlens.interventions.effects import class_targets, load_views
     from semlens.model.loading import load_model
 
     assert wnid_lens.manifest["relevance"]["targets"] == "labels"  # not the predicted classes

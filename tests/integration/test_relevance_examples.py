@@ -12,9 +12,9 @@ from semlens import BuildConfig, Lens, build_lens, load_data, load_model
 from semlens._util.errors import SemlensError
 from semlens.analysis.alignment import alignment
 from semlens.analysis.explain import relevance_shares
-from semlens.lens.store import layer_file
 from semlens.model.loading import class_mapping
 from semlens.relevance.lrp import RelevanceModel, unit_relevance
+from semlens.store.files import layer_file
 
 LAYERS = ["features.0", "features.3", "head:signed=true"]
 K = 5
@@ -184,8 +184,8 @@ def test_two_ranks_and_merged_shards_equal_one_process(tmp_path, colour_folder, 
 
     from typer.testing import CliRunner
 
-    from semlens.build.merge import merge_shards
     from semlens.cli import app
+    from semlens.pipeline.merge import merge_shards
 
     args = [
         "--model", "py:tiny_models:tiny_cnn", "--data", f"folder:{colour_folder}", "--foundation", f"hf:{tiny_clip_dir}",

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from semlens import BuildConfig, Lens, build_lens
-from semlens.lens.store import LensStore
+from semlens.store.files import LensStore
 
 LAYERS = ["features.0", "features.3", "head"]
 OPTIONS = dict(k=4, batch_size=4, embed_batch_size=2, workers=0, relevance_batch_size=4)

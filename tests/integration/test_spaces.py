@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 
 from semlens import BuildConfig, Lens, SemlensError, build_lens
 from semlens._util.errors import StaleLensError
-from semlens.build.spaces import add_space
 from semlens.cli import app
 from semlens.foundation import load_foundation_model
 from semlens.foundation.base import FoundationModel
-from semlens.lens.spaces import space_name
-from semlens.lens.trust import UntrustedSpecError
+from semlens.pipeline.spaces import add_space
+from semlens.store.spaces import space_name
+from semlens.store.trust import UntrustedSpecError
 from semlens.web.app import create_app
 
 runner = CliRunner()

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from semlens import BuildConfig, Lens, SemlensError, build_lens
 from semlens.cli import app
-from semlens.lens.store import DamagedLensError
-from semlens.lens.trust import UntrustedSpecError
+from semlens.store.files import DamagedLensError
+from semlens.store.trust import UntrustedSpecError
 from semlens.web.app import create_app
 
 runner = CliRunner()
@@ -150,7 +150,7 @@ def test_damaged_arrays_get_one_clear_message(built, tmp_path) -> None:
 def test_a_consistent_lens_with_arrays_of_another_dtype_is_damaged_not_a_crash(built, tmp_path, file, key) -> None:
     from safetensors.torch import load_file, save_file
 
-    from semlens.lens.store import LensStore
+    from semlens.store.files import LensStore
 
     copy = received(built, tmp_path)
     arrays = load_file(str(copy / file))
@@ -170,7 +170,7 @@ def forged(built: Path, tmp_path: Path, file: str, change) -> Path:
     consistent as far as hashes go, only the shapes are wrong."""
     from safetensors.torch import load_file, save_file
 
-    from semlens.lens.store import LensStore
+    from semlens.store.files import LensStore
 
     copy = received(built, tmp_path)
     arrays = load_file(str(copy / file))

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from typer.testing import CliRunner
 
 from semlens import BuildConfig, Lens, build_lens
@@ -66,7 +65,7 @@ def test_invalid_units_are_left_out_of_every_analysis(twin_lens, tmp_path) -> No
 
 
 def test_fallbacks_name_what_was_done_instead_of_what_was_asked() -> None:
-    from semlens.build.builder import fallbacks
+    from semlens.pipeline.builder import fallbacks
 
     manifest = {
         "identity": {"embed": {"crop": "auto"}},

@@ -23,7 +23,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from semlens import BuildConfig, build_lens  # noqa: E402
 from semlens.cli import app as cli_app  # noqa: E402
-from semlens.lens.store import LensStore  # noqa: E402
+from semlens.store.files import LensStore  # noqa: E402
 from semlens.web.app import create_app  # noqa: E402
 
 #: a path of this machine in a text: what no answer to a client may hold

@@ -15,8 +15,26 @@ from torch import nn
 from semlens import LoadedModel
 from semlens._util.errors import SemlensError
 from semlens.analysis.alignment import alignment
-from semlens.analysis.audit import AlignmentRule, audit_units, null_stats, null_z, relevance_by_verdict, tight_shift, verdicts
-from semlens.analysis.interventions import CONFIRM_AUC, LOCATE_ENOUGH, LOCATE_IOU, LOCATE_SHARE, Artifact, UnitToTest, concept_tests, located_ious, rank_auc
+from semlens.analysis.audit import (
+    AlignmentRule,
+    audit_units,
+    null_stats,
+    null_z,
+    relevance_by_verdict,
+    tight_shift,
+    verdicts,
+)
+from semlens.interventions.effects import (
+    CONFIRM_AUC,
+    LOCATE_ENOUGH,
+    LOCATE_IOU,
+    LOCATE_SHARE,
+    Artifact,
+    UnitToTest,
+    concept_tests,
+    located_ious,
+    rank_auc,
+)
 from semlens.model.units import LayerSpec
 
 

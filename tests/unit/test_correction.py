@@ -1,4 +1,4 @@
-"""Known answers for corrections of a model's reliance on an artefact (``semlens.analysis.correction``):
+"""Known answers for corrections of a model's reliance on an artefact (``semlens.interventions.correction``):
 the projection removes exactly the concept's direction, a planted shortcut is removed by projection and
 by fine-tuning, a saved correction re-applies identically, and bad input is refused clearly."""
 
@@ -12,7 +12,7 @@ from torch import nn
 
 from semlens import LoadedModel, Preprocessing
 from semlens._util.errors import SemlensError
-from semlens.analysis.correction import (
+from semlens.interventions.correction import (
     ACCURACY_TOLERANCE,
     ConceptProjection,
     TunedParameters,
@@ -25,10 +25,10 @@ from semlens.analysis.correction import (
     held_out_split,
     tunable_modules,
 )
-from semlens.analysis.interventions import Artifact, insertion_effect, predict
+from semlens.interventions.effects import Artifact, insertion_effect, predict
 from semlens.lens.correction import Correction, load_correction
-from semlens.lens.trust import spec_risk
 from semlens.model.loading import load_model
+from semlens.store.trust import spec_risk
 
 
 def unit(vector: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from semlens.build.crops import boxes_by_quantile, boxes_by_share, boxes_from_maps, crop_boxes, masked_crop
-from semlens.build.embed import CropChunks, HeatSource, cut_crops, plan_crops
+from semlens.pipeline.crops import boxes_by_quantile, boxes_by_share, boxes_from_maps, crop_boxes, masked_crop
+from semlens.pipeline.embed import CropChunks, HeatSource, cut_crops, plan_crops
 
 
 def test_share_box_follows_the_evidence_where_the_peak_rule_takes_everything() -> None:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semlens._util.errors import SemlensError
-from semlens.build.crops import boxes_from_maps, full_boxes
+from semlens.pipeline.crops import boxes_from_maps, full_boxes
 
 
 def reference_box(grid: torch.Tensor, height: int, width: int, threshold: float = 0.01) -> list[int]:
@@ -133,7 +133,7 @@ def test_relevance_crops_of_a_build_equal_one_pair_per_call(tmp_path, colour_fol
     from tiny_models import tiny_cnn
 
     from semlens import BuildConfig, build_lens, load_data
-    from semlens.build.crops import pool_heatmaps
+    from semlens.pipeline.crops import pool_heatmaps
     from semlens.relevance.lrp import RelevanceModel, crp_heatmaps
 
     layers = {"features.3": None, "head": "head:signed=true"}
@@ -258,7 +258,7 @@ def test_a_build_whose_relevance_passes_run_out_of_memory_gives_the_same_lens(tm
     passes that fit give, and the manifest and summary say the passes were smaller than asked."""
     import semlens.relevance.lrp as lrp
     from semlens import BuildConfig, build_lens
-    from semlens.build.builder import fallbacks
+    from semlens.pipeline.builder import fallbacks
 
     config = BuildConfig(
         model="py:tiny_models:tiny_cnn", layers=["features.3"], data=f"folder:{colour_folder}", foundation=f"hf:{tiny_clip_dir}",
@@ -293,8 +293,8 @@ def test_a_build_whose_relevance_passes_run_out_of_memory_gives_the_same_lens(tm
 def test_running_out_of_gpu_memory_in_a_stage_says_what_to_lower(tmp_path, colour_folder, tiny_clip_dir, monkeypatch, stage, flag) -> None:
     from semlens import BuildConfig, build_lens
     from semlens._util.errors import SemlensError
-    from semlens.build.collect import Collector
-    from semlens.build.embed_stage import EmbedStage
+    from semlens.pipeline.collect import Collector
+    from semlens.pipeline.embed_stage import EmbedStage
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 15.7 GiB")

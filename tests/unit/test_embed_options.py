@@ -14,14 +14,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import semlens._util.devices as devices
-import semlens.build.context as context
+import semlens.pipeline.context as context
 from semlens import BuildConfig, Lens
 from semlens._util.devices import inference_dtype
 from semlens._util.errors import SemlensError, SpecError, StaleLensError
-from semlens.build.builder import LensBuilder
 from semlens.cli import app
 from semlens.foundation import load_foundation_model
 from semlens.foundation.hf import HFFoundationModel
+from semlens.pipeline.builder import LensBuilder
 from semlens.world.foundation import ImageTower
 
 CONV = "py:tiny_models:conv_foundation"

@@ -10,11 +10,19 @@ import tiny_models
 import torch
 
 from semlens import LayerSpec
-from semlens.build.collect import collect_topk
 from semlens._util.devices import strict_float32
 from semlens._util.errors import SemlensError
-from semlens.build.collect import Collector, TopK, candidate_ids, candidate_slots, iterate_batches, rescore, unconfirmed_units
 from semlens.model.units import UnitReader, resolve_module
+from semlens.pipeline.collect import (
+    Collector,
+    TopK,
+    candidate_ids,
+    candidate_slots,
+    collect_topk,
+    iterate_batches,
+    rescore,
+    unconfirmed_units,
+)
 
 LAYERS = [LayerSpec.parse("features.3"), LayerSpec.parse("head:signed=true")]
 K = 4

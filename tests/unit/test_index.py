@@ -88,7 +88,7 @@ def test_index_recall_against_brute_force() -> None:
 
 @needs_faiss
 def test_index_is_cached_by_fingerprint(tmp_path, monkeypatch) -> None:
-    from semlens.lens.store import LensStore
+    from semlens.store.files import LensStore
 
     monkeypatch.setattr(index_module, "INDEX_MIN_UNITS", 100)
     store, table = LensStore(tmp_path), UnitTable.stack({"all": clustered_units(500, 32)})
@@ -101,7 +101,7 @@ def test_index_is_cached_by_fingerprint(tmp_path, monkeypatch) -> None:
 
 
 def test_without_faiss_search_falls_back_to_brute_force(tmp_path, monkeypatch) -> None:
-    from semlens.lens.store import LensStore
+    from semlens.store.files import LensStore
 
     monkeypatch.setattr(index_module, "INDEX_MIN_UNITS", 100)
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now fails

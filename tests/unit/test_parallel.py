@@ -7,7 +7,7 @@ import torch
 
 from semlens._util.devices import autocast_dtype
 from semlens._util.errors import SemlensError
-from semlens.build.parallel import Ranks, Shard, connect
+from semlens.pipeline.parallel import Ranks, Shard, connect
 
 
 @pytest.mark.parametrize("total, step, count", [(30, 7, 2), (30, 7, 3), (5, 7, 3), (100, 1, 7), (0, 4, 2)])

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from semlens.analysis.interventions import located_ious
-from semlens.build.crops import crop_boxes
+from semlens.interventions.effects import located_ious
 from semlens.model.receptive import map_shift, measured_shift, shift_boxes, shifted_maps
 from semlens.model.units import LayerSpec
+from semlens.pipeline.crops import crop_boxes
 
 
 def images(count: int = 16, side: int | tuple[int, int] = 64) -> torch.Tensor:

@@ -22,13 +22,20 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 from semlens import BuildConfig, build_lens
 from semlens.analysis.explain import relevance_shares
-from semlens.build.class_relevance import ClassRelevance
-from semlens.lens.store import LensStore
 from semlens.model.units import hooks, resolve_module
+from semlens.pipeline.class_relevance import ClassRelevance
 from semlens.relevance.attention import HeldAttention
 from semlens.relevance.canonizers import UnsupportedModelError, canonizers_for, traced_batch_norm_pairs
-from semlens.relevance.lrp import RelevanceModel, crp_heatmaps, function_tolerance, leaves_without_rule, modules_on_the_input_path, unit_relevance
+from semlens.relevance.lrp import (
+    RelevanceModel,
+    crp_heatmaps,
+    function_tolerance,
+    leaves_without_rule,
+    modules_on_the_input_path,
+    unit_relevance,
+)
 from semlens.relevance.residual import FxResidualCanonizer, gated_product, trace_residuals
+from semlens.store.files import LensStore
 
 #: RelevanceModel's default epsilon; zennit's ZPlus and Flat default to the same stabilizer
 EPSILON = 1e-6

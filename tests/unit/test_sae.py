@@ -177,7 +177,7 @@ def test_fingerprint_covers_the_config_and_the_weights(tmp_path):
 
 @pytest.mark.parametrize("architecture,config", [("standard", {}), ("jumprelu", {"architecture": "jumprelu"}), ("topk", {"architecture": "topk", "k": 3})])
 def test_pruning_in_sae_space_is_x_minus_the_features_decoded_share(tmp_path, architecture, config):
-    from semlens.analysis.interventions import pruned
+    from semlens.interventions.effects import pruned
 
     tensors = saelens_weights(architecture, 7)
     folder = write_saelens(tmp_path / "sae", tensors, **config)

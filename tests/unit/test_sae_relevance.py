@@ -216,7 +216,7 @@ def test_the_sae_is_read_only_for_a_trusted_lens_and_only_while_unchanged(sae_le
     from pathlib import Path
 
     from semlens._util.errors import SemlensError
-    from semlens.lens.trust import UntrustedSpecError
+    from semlens.store.trust import UntrustedSpecError
 
     lens, folder = sae_lens
     config = Path(folder) / "cfg.json"

@@ -10,12 +10,20 @@ import torch
 from PIL import Image
 
 from semlens._util.errors import SemlensError
-from semlens.build.embed import CropChunks, CropTable, cut_crops, mean_embeddings, plan_crops
 from semlens.foundation import FoundationModel
 from semlens.lens import probes as probes_module
 from semlens.lens.probes import ProbeEncoder, read_probe_cache
-from semlens.lens.store import FORMAT, FORMAT_VERSION, MANIFEST, LensStore, UnreadableLensError, atomic_write, layer_file
 from semlens.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from semlens.pipeline.embed import CropChunks, CropTable, cut_crops, mean_embeddings, plan_crops
+from semlens.store.files import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    LensStore,
+    UnreadableLensError,
+    atomic_write,
+    layer_file,
+)
 
 # ----------------------------------------------------------------------------------------------
 # LensStore

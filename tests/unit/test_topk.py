@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from semlens.build.collect import TopK, collect_topk, iterate_batches, order_keys
 from semlens.model.units import LayerSpec
+from semlens.pipeline.collect import TopK, collect_topk, iterate_batches, order_keys
 
 
 def brute_force(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

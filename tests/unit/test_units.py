@@ -212,7 +212,7 @@ class TinyViT(nn.Module):
 
 
 def test_attention_heads_are_listed_as_unreadable_and_refused_by_the_build():
-    from semlens.build.collect import Collector
+    from semlens.pipeline.collect import Collector
 
     model = TinyViT()
     shown = {info.name: (info.shape, info.units) for info in list_layers(model, torch.randn(2, 3, 16, 16))}
@@ -230,7 +230,7 @@ def test_attention_heads_are_listed_as_unreadable_and_refused_by_the_build():
 
 
 def test_channels_last_outputs_are_read_only_when_asked_and_refused_otherwise():
-    from semlens.build.collect import Collector
+    from semlens.pipeline.collect import Collector
 
     model = nn.Sequential(ConvNeXtBlock(), LayerNorm2d(6))
     shown = {info.name: (info.shape, info.units) for info in list_layers(model, torch.randn(2, 3 * 2, 5, 5))}
@@ -596,7 +596,7 @@ def test_fingerprint_fields_follow_the_sae_file_content(tmp_path):
 def test_pruning_a_layer_read_channels_last_zeroes_its_last_dimension(tmp_path):
     from types import SimpleNamespace
 
-    from semlens.analysis.interventions import pruned
+    from semlens.interventions.effects import pruned
 
     model = nn.Sequential(ConvNeXtBlock(), LayerNorm2d(6))
     captured = []
@@ -621,7 +621,7 @@ def test_pruning_a_layer_read_channels_last_zeroes_its_last_dimension(tmp_path):
 def test_pruning_sae_features_takes_their_decoded_share_out_of_the_layer(tmp_path):
     from types import SimpleNamespace
 
-    from semlens.analysis.interventions import pruned
+    from semlens.interventions.effects import pruned
 
     tensors = {**sae_tensors(5), "W_dec": torch.randn(D_SAE, D_IN, generator=torch.Generator().manual_seed(9))}
     path = write_sae(tmp_path / "sae.safetensors", tensors)

@@ -19,9 +19,9 @@ from semlens.world.render import (
     WorldConfig,
     WorldData,
     artifact_overlay,
+    concept_family,
     concept_image,
     concept_scene,
-    concept_family,
     render,
 )  # fmt: skip
 
@@ -380,7 +380,7 @@ def test_concept_images_are_test_images_without_the_artefact_and_the_same_with_i
 
 
 def test_an_artefact_unit_must_be_named_by_dissection_and_raised_by_the_pasted_artefact():
-    from semlens.analysis.interventions import activation_aucs
+    from semlens.interventions.effects import activation_aucs
     from semlens.model.loading import LoadedModel
     from semlens.model.units import LayerSpec
     from semlens.world.demo import concept_images, true_concepts

@@ -94,8 +94,8 @@ def run(
     """Build a Lens: collect top-k concept examples per unit, embed them, store them.
 
     Under `torchrun --nproc_per_node N -m semlens.cli run ...` the N processes share the work."""
-    from ..build.builder import BuildConfig, LensBuilder
-    from ..build.parallel import end_rank_process
+    from ..pipeline.builder import BuildConfig, LensBuilder
+    from ..pipeline.parallel import end_rank_process
 
     options = dict(
         model=model,
@@ -160,7 +160,7 @@ def merge(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Merge shards into one Lens (exactly the Lens one `semlens run` gives) and run its remaining stages."""
-    from ..build.merge import merge_shards
+    from ..pipeline.merge import merge_shards
 
     summary = merge_shards(
         parts, out, overwrite, progress and not as_json, trust, device=device, precision=precision, workers=workers, embed_batch_size=embed_batch_size

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from .._util.errors import SemlensError
-from ..analysis.correction import ACCURACY_TOLERANCE
+from ..interventions.correction import ACCURACY_TOLERANCE
 from ._app import (
     AsJson,
     Model,
@@ -66,9 +66,9 @@ def correct(
 ) -> None:
     """Correct the class's reliance on an artefact (--artifact or --tint) and compare the artefact test
     (class probability with minus without it, clean accuracy) before and after the correction."""
-    from ..analysis.correction import Tuning
-    from ..analysis.interventions import ConceptImages
     from ..data import load_data
+    from ..interventions.correction import Tuning
+    from ..interventions.effects import ConceptImages
 
     chosen = _artifact(artifact, mask, at, tint)
     if chosen is None:

@@ -12,8 +12,32 @@ import typer
 from .._util.progress import step_bar
 from ..analysis.label import MIN_CONFIDENCE
 from ..lens.search import SearchResults
-from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
-from .validate import ConceptArtifact, ConceptAt, ConceptMask, ConceptTint, SpuriousData, TestAll, TestData, concept_test
+from ._app import (
+    AsJson,
+    Foundation,
+    Model,
+    ProbeData,
+    Space,
+    Trust,
+    app,
+    console,
+    emit_json,
+    friendly,
+    open_lens,
+    parent_made,
+    say,
+    table,
+)
+from .validate import (
+    ConceptArtifact,
+    ConceptAt,
+    ConceptMask,
+    ConceptTint,
+    SpuriousData,
+    TestAll,
+    TestData,
+    concept_test,
+)
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in.")
 Layers = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable; default all).")
@@ -54,7 +78,7 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
         for name, layer in manifest["layers"].items()
     ]  # fmt: skip
     console.print(table(None, ("layer", "units", "inactive", "tied", "output", "crops", "shift px", "sae"), rows))
-    from ..build.builder import fallbacks
+    from ..pipeline.builder import fallbacks
 
     for fallback in fallbacks(manifest):
         say(f"note: {fallback}")
@@ -374,7 +398,7 @@ def trust_lens(lens: Path = typer.Argument(..., help="Lens directory you receive
     """Trust a Lens: from now on it may load the model, data and foundation model it names, even by code or
     local path (Lenses built on this machine are trusted already). Only for Lenses from people you trust."""
     from .._util.errors import SemlensError
-    from ..lens.trust import remember_trusted, trusted_text
+    from ..store.trust import remember_trusted, trusted_text
 
     opened = open_lens(lens)
     if opened.manifest.get("build_id") is None:

@@ -29,7 +29,7 @@ def embed(
 ) -> None:
     """Add an embedding space: the Lens's crops embedded by another foundation model, without collecting or
     cropping again (needs the probe data; resumes if interrupted). Then use it with --space NAME."""
-    from ..build.spaces import add_space
+    from ..pipeline.spaces import add_space
 
     space = add_space(
         open_lens(lens, trust, probe_data), foundation, name, precision, batch_size, device, workers, overwrite, progress and not as_json

@@ -8,7 +8,22 @@ from typing import Annotated, Optional
 import typer
 
 from .._util.errors import SemlensError
-from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
+from ._app import (
+    AsJson,
+    Foundation,
+    Model,
+    ProbeData,
+    Space,
+    Trust,
+    app,
+    console,
+    emit_json,
+    friendly,
+    open_lens,
+    parent_made,
+    say,
+    table,
+)
 
 # the audit's concept test, in `semlens audit` and in the audits of `semlens report`
 TestData = Annotated[Optional[str], typer.Option(help="Concept test: images without the spurious concept (data spec), of the class and others (then a unit the class's images raise more than the concept does is not confirmed; classes by label, else by prediction).")]
@@ -118,11 +133,11 @@ def audit(
             f"unconfirmed: {', '.join(result.unconfirmed) or 'none'}"
         )
         if result.rule.by_rise:
-            from ..analysis.interventions import CONFIRM_AUC
+            from ..interventions.effects import CONFIRM_AUC
 
             say(f"flagged, but not raised by the concept (activation AUC below {CONFIRM_AUC:g}; verdict from its valid alignment): {', '.join(result.not_raised) or 'none'}")
         if result.judged_by_location:
-            from ..analysis.interventions import LOCATE_IOU
+            from ..interventions.effects import LOCATE_IOU
 
             say(
                 f"flagged, but firing away from the pasted concept (IoU of its top activations with it below {result.rule.locate_share:.2f} "
@@ -135,7 +150,7 @@ def audit(
             )
         say(f"spurious share, as tested: {result.spurious_share:.1%} of the relevance (the confirmed findings')")
         if any(u.test is not None and u.test["class_rise"] is None for u in result.units):
-            from ..analysis.interventions import CLASS_RISE_IMAGES
+            from ..interventions.effects import CLASS_RISE_IMAGES
 
             say(
                 f"class rise not measured (--test-data holds fewer than {CLASS_RISE_IMAGES} images of the class or of other classes, "
@@ -175,8 +190,8 @@ def concept_test(
 
 def _concept_images(test_data: Optional[str], spurious_data: Optional[str], artifact):
     """The concept test's images, or None when none was asked for; a clear error for half a request."""
-    from ..analysis.interventions import ConceptImages
     from ..data import load_data
+    from ..interventions.effects import ConceptImages
 
     if test_data is None and spurious_data is None and artifact is None:
         return None
@@ -247,7 +262,7 @@ def _artifact(artifact: Optional[Path], mask: Optional[Path], at: str, tint: Opt
     tuple of its placements, which the test images get in turn."""
     from dataclasses import replace
 
-    from ..analysis.interventions import Artifact
+    from ..interventions.effects import Artifact
 
     if artifact is None and tint is None:
         return None
@@ -290,8 +305,8 @@ def test_artifact(
     """Insert an artefact into clean images and measure the class probability and accuracy change (and the AUC)."""
     from contextlib import nullcontext
 
-    from ..analysis.interventions import artifact_effect, separation_auc
     from ..data import load_data
+    from ..interventions.effects import artifact_effect, separation_auc
     from ..lens.correction import load_correction
 
     opened = open_lens(lens, trust, model=model)

@@ -25,13 +25,6 @@ def _python(rest: str) -> ImageData:
     return made if isinstance(made, ImageData) else SequenceData(made, spec=f"py:{rest}")
 
 
-@DATASETS.register("world", "world:[CONFIG][:COUNT][:SPLIT]", "the rendered concept world (default config, 2000 probe images)")
-def _world(rest: str) -> ImageData:
-    from ..world.render import parse_world_spec
-
-    return parse_world_spec(rest)
-
-
 def load_data(spec: str) -> ImageData:
     """Open the probe data a spec names."""
     return DATASETS.resolve(spec)

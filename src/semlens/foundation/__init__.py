@@ -57,13 +57,6 @@ def _open_clip(rest: str, device: str | torch.device | None = None, dtype: torch
     return OpenCLIPFoundationModel(arch, pretrained, device=device, dtype=dtype)
 
 
-@FOUNDATION_MODELS.register("world", "world[:CONFIG]", "the concept world's image-text model (trained once, cached)")
-def _world(rest: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> FoundationModel:
-    from ..world.foundation import load_world_foundation
-
-    return load_world_foundation(rest or None, device=device, dtype=dtype)
-
-
 @FOUNDATION_MODELS.register("py", "py:package.module:factory", "your own FoundationModel factory")
 def _python(rest: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> FoundationModel:
     """``factory(device=...)``; ``dtype=`` too when one is asked for, which the factory must then take."""

@@ -185,9 +185,3 @@ def cast_floating(pixels: Pixels, dtype: torch.dtype) -> Pixels:
     return pixels.to(dtype) if pixels.is_floating_point() else pixels
 
 
-def silence_transformers_progress() -> None:
-    """transformers draws a bar per weight file loaded; semlens draws its own bars for long work."""
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-

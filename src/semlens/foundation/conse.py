@@ -16,9 +16,10 @@ import torch
 from .._util.devices import inference_dtype
 from .._util.errors import SpecError
 from .._util.fingerprint import hash_module_weights
+from .._util.hub import silence_transformers_progress
 from ..model.imagenet import imagenet_synonyms
 from ..model.zoo import efficientnet_lite
-from .base import FoundationModel, StackedTransform, silence_transformers_progress
+from .base import FoundationModel, StackedTransform
 
 TOP_CLASSES = 10
 SYNONYMS_PER_CLASS = 3  # "tabby, tabby cat": the bare names embed more distinctly than templated ones

@@ -11,8 +11,8 @@ import torch
 
 from .._util.errors import SemlensError
 from ..analysis.responses import partial_effects
-from ..build.crops import crop_rules, recorded_shift, rule_slots, theta_key
-from .store import RESPONSES, RESPONSES_FILE, layer_file
+from ..store.files import RESPONSES, RESPONSES_FILE, layer_file
+from ..store.slots import crop_rules, mean_of_examples, recorded_shift, rule_slots, slot_embeddings, theta_key
 
 if TYPE_CHECKING:
     from .lens import Lens
@@ -24,20 +24,6 @@ if TYPE_CHECKING:
 #: peak boxes and 9 from their mean, while labels are best from the peak boxes; then 36 against the share boxes'
 #: 31 from the active boxes (where units fire) over 16 worlds with true artefact units
 SEARCH_RULES = ("active", "share")
-
-
-def mean_of_examples(embeddings: torch.Tensor) -> torch.Tensor:
-    """theta ``[U, d]`` from example embeddings ``[U, k, d]`` (NaN rows in empty slots): their mean, 0 where none."""
-    filled = ~embeddings[..., 0].isnan()
-    return embeddings.nan_to_num(0).sum(dim=1) / filled.sum(dim=1, keepdim=True).clamp_min(1)
-
-
-def slot_embeddings(read: Callable[[torch.Tensor], torch.Tensor], index: torch.Tensor) -> torch.Tensor:
-    """The embeddings ``[*index.shape, d]`` (float32) of crop rows ``index`` read by ``read``, NaN rows where a
-    slot is empty (-1): what ``mean_of_examples`` and the labelling methods take."""
-    embeddings = read(index.clamp_min(0)).float()
-    embeddings[index < 0] = float("nan")
-    return embeddings
 
 
 class LensArrays:
@@ -121,7 +107,7 @@ class LensArrays:
     def _first_rule_ties(self: Lens) -> dict[str, torch.Tensor]:
         """Ties found as the build finds them, for Lenses built before they were recorded, or before they were
         recorded by the first of several crop rules."""
-        from ..build.embed import first_rule_ties
+        from ..store.slots import first_rule_ties
 
         return first_rule_ties({layer: self._read(layer, "embed")["crop_index"] for layer in self.layers}, {layer: self._read(layer, "topk") for layer in self.layers})
 

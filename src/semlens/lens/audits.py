@@ -18,8 +18,8 @@ from ..model.imagenet import model_class_index
 
 if TYPE_CHECKING:
     from ..analysis.audit import AlignmentRule, Audit
-    from ..analysis.interventions import Artifact, ConceptImages
     from ..data import ImageData
+    from ..interventions.effects import Artifact, ConceptImages
     from ..relevance.graph import AttributionGraph
     from .lens import Lens
 
@@ -210,7 +210,7 @@ class LensAudits:
         raise or firing away from the pasted concept loses its flag and a contested one firing there and raised by
         it is "both"
         (``Audit.revise_by_test``). Needs the model (loaded under the Lens's trust model)."""
-        from ..analysis.interventions import UnitToTest, concept_tests
+        from ..interventions.effects import UnitToTest, concept_tests
         from ..model.units import LayerSpec
 
         model = self.model()
@@ -246,7 +246,7 @@ class LensAudits:
         """Accuracy (and the class's probability) on ``data``, clean and with ``artifact``, before and after
         switching ``units`` off: channels zeroed, or for SAE layers the features' decoded shares taken out of
         the layer's output (needs the model and, for SAE layers, a trusted Lens)."""
-        from ..analysis.interventions import pruning_effect
+        from ..interventions.effects import pruning_effect
 
         channels = self.channels(units)
         index = None if class_name is None else self.class_index(class_name)

@@ -1,4 +1,4 @@
-"""Correcting the model's reliance on a spurious concept (``semlens.analysis.correction``): the part of
+"""Correcting the model's reliance on a spurious concept (``semlens.interventions.correction``): the part of
 ``Lens`` that learns a correction on labelled images, measures it with the artefact test before and
 after, and the correction file (safetensors, no pickle) that re-applies it to the Lens's model."""
 
@@ -16,7 +16,7 @@ import torch
 
 from .._util.allocator import freed_memory_kept
 from .._util.errors import SemlensError
-from ..analysis.correction import (
+from ..interventions.correction import (
     ACCURACY_TOLERANCE,
     METHODS,
     ConceptProjection,
@@ -29,15 +29,15 @@ from ..analysis.correction import (
     held_out_split,
     named_class,
 )
-from ..analysis.interventions import class_targets, insertion_effect, load_views
-from .store import atomic_write
+from ..interventions.effects import class_targets, insertion_effect, load_views
+from ..model.loading import MODELS, LoadedModel, load_model
+from ..store.files import atomic_write
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from ..analysis.interventions import Artifact, ConceptImages
     from ..data import ImageData
-    from ..model.loading import LoadedModel
+    from ..interventions.effects import Artifact, ConceptImages
     from .lens import Lens
 
 Fix = ConceptProjection | TunedParameters
@@ -171,12 +171,11 @@ def load_correction(path: str | Path) -> Correction:
     return Correction(str(header.get("class")), header["method"], str(header.get("model")), fix, dict(header.get("settings") or {}), spec=spec)
 
 
+@MODELS.register("corrected", "corrected:FILE[:MODEL_SPEC]", "a model with a correction saved by `semlens correct --out FILE` in it for good")
 def corrected_model(rest: str) -> LoadedModel:
     """The model of spec ``corrected:FILE[:MODEL_SPEC]``: the model the correction FILE was made for (the spec
     it records, or MODEL_SPEC) with the correction in it for good (``Correction.corrected``)."""
-    from ..model.loading import load_model
-
-    from .trust import spec_risk
+    from ..store.trust import spec_risk
 
     path, _, base = rest.partition(":")
     correction = load_correction(path)

@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from .._util.errors import SemlensError
-from ..build.crops import rule_slots
-from .arrays import slot_embeddings
-from .store import layer_file, read_crop_embeddings
+from ..store.files import layer_file, read_crop_embeddings
+from ..store.slots import rule_slots, slot_embeddings
 
 if TYPE_CHECKING:
     from .lens import Lens
@@ -77,7 +76,7 @@ class LensExampleSets:
     def _first_rule_relevance_ties(self: Lens) -> dict[str, torch.Tensor]:
         """The relevance examples' ties found as the build finds them (see ``Lens._first_rule_ties``), for joined
         Lenses built before they were recorded by the first crop rule (earlier builds tied by every box)."""
-        from ..build.embed import first_rule_ties
+        from ..store.slots import first_rule_ties
 
         layers = [layer for layer in self.layers if self.has_relevance_examples_in(layer)]
         return first_rule_ties({layer: self._read(layer, "relevance_embed")["crop_index"] for layer in layers}, {layer: self._read(layer, "relevance_topk") for layer in layers})

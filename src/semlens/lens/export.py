@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._util.errors import SemlensError
-from .store import atomic_write
+from ..store.files import atomic_write
 
 if TYPE_CHECKING:
     from .lens import Lens

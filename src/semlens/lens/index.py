@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from .._util.errors import SpecError
 from .._util.fingerprint import hash_json
 from .._util.imports import import_optional
-from .store import LensStore, atomic_write
+from ..store.files import LensStore, atomic_write
 
 #: below this many units brute force is fast enough (about 30 ms at 512 dims on 2 cores) and exact
 INDEX_MIN_UNITS = 100_000

@@ -22,7 +22,7 @@ from .._util.errors import SemlensError
 from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
 from ..analysis.labelling_methods import random_sets
-from .store import atomic_write
+from ..store.files import atomic_write
 
 if TYPE_CHECKING:
     from .lens import Lens

@@ -13,14 +13,28 @@ import torch
 from .._util.display import HtmlResult
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
-from ..analysis.label import MIN_CONFIDENCE, MIN_NULL_UNITS, Labels, dissect, label_confidence, rank_concepts, unit_categories
+from ..analysis.label import (
+    MIN_CONFIDENCE,
+    MIN_NULL_UNITS,
+    Labels,
+    dissect,
+    label_confidence,
+    rank_concepts,
+    unit_categories,
+)
 from ..analysis.labelling_methods import (
-    ALIGNMENT_METHODS, DEFAULT_METHOD, FALLBACK_METHOD, alignment_method_scores, check_method, method_scores, response_scores,
+    ALIGNMENT_METHODS,
+    DEFAULT_METHOD,
+    FALLBACK_METHOD,
+    alignment_method_scores,
+    check_method,
+    method_scores,
+    response_scores,
 )
 from ..analysis.responses import concept_directions
 from ..analysis.vocabulary import Vocabulary, load_vocabulary
+from ..store.files import layer_file
 from .label_prior import prior_sets
-from .store import layer_file
 
 if TYPE_CHECKING:
     from .lens import Lens

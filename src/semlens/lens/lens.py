@@ -11,6 +11,10 @@ from .._util.cache import cache_dir
 from .._util.errors import SemlensError
 from .._util.fingerprint import hash_json
 from ..model.units import unit_names
+from ..store.files import LensStore, space_file
+from ..store.layout import check_layout
+from ..store.spaces import check_space_name
+from ..store.trust import LensAccess, is_trusted, lens_key
 from .arrays import LensArrays
 from .audits import LensAudits
 from .clusters import LensClusters
@@ -19,13 +23,10 @@ from .example_sets import LensExampleSets
 from .examples import LensExamples
 from .explain import LensExplain
 from .labels import LensLabels
-from .layout import check_layout
 from .measures import LensMeasures
 from .search import LensSearch
 from .sources import LensSources
-from .spaces import LensSpaces, check_space_name
-from .store import LensStore, space_file
-from .trust import LensAccess, is_trusted, lens_key
+from .spaces import LensSpaces
 
 if TYPE_CHECKING:
     from ..data import ImageData
@@ -76,7 +77,7 @@ class Lens(
         model: str | None = None,
     ) -> Lens:
         """Open a built Lens. It never runs code or reads files that its own files name unless it is trusted
-        (``trust=True``, or built on this machine: see ``semlens.lens.trust``); ``data`` (a folder or a data
+        (``trust=True``, or built on this machine: see ``semlens.store.trust``); ``data`` (a folder or a data
         spec), ``foundation`` and ``model`` (specs) name them instead, as the user's own choice."""
         manifest = LensStore(path).read_manifest()
         for space in manifest.get("spaces", {}):
@@ -133,7 +134,7 @@ class Lens(
     def lrp_rule(self) -> str:
         """The convolutions' LRP rule the Lens was built with (``BuildConfig.lrp_rule``), which its explanations
         and attribution graphs use too; a name this semlens does not know (a newer one's, or an altered Lens) is refused."""
-        from ..build.config import LRP_RULE_NAMES
+        from ..relevance.rules import LRP_RULE_NAMES
 
         rule = self.manifest["identity"]["relevance"].get("lrp_rule", "zplus")
         if rule not in LRP_RULE_NAMES:

@@ -24,7 +24,7 @@ from .._util.errors import SemlensError
 from .._util.fingerprint import hash_json
 from ..analysis.alignment import fill, null_prompts, resolve_templates
 from ..foundation import FoundationModel
-from .store import atomic_write
+from ..store.files import atomic_write
 
 MAX_CACHED_PROMPTS = 20_000  # about 60 MB of 768-d float32 embeddings per foundation model
 NEUTRAL_GRAY = (128, 128, 128)  # what a transparent image probe is seen over where a Lens has no probe data to show

@@ -1,5 +1,5 @@
 """What a Lens names outside itself (its probe data, foundation model, model and SAE files), resolved under
-the trust model (``semlens.lens.trust``): the user's own choice first, the recorded spec only where it is
+the trust model (``semlens.store.trust``): the user's own choice first, the recorded spec only where it is
 inert or the Lens is trusted, and each checked against the fingerprint recorded at build time."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .._util.errors import SemlensError
-from .trust import LensAccess, UntrustedSpecError, check_spec
+from ..store.trust import LensAccess, UntrustedSpecError, check_spec
 
 if TYPE_CHECKING:
     from ..data import ImageData

@@ -1,7 +1,7 @@
 """Embedding spaces: one Lens, its concept examples embedded by several foundation models.
 
 The build's foundation model gives the *default* space (``manifest["foundation"]``, theta in
-``layers/<layer>.embed``, as every Lens has it). ``semlens embed`` (``semlens.build.spaces``) embeds the
+``layers/<layer>.embed``, as every Lens has it). ``semlens embed`` (``semlens.pipeline.spaces``) embeds the
 same crops with another model into a space of its own under ``spaces/<name>/``, recorded in
 ``manifest["spaces"]``. ``Lens.in_space(name)`` is the Lens seen in one space: its theta, example
 embeddings, foundation model, probes, labels and search index are that space's; everything else (units,
@@ -10,8 +10,6 @@ concept examples, class relevance) is shared. Each analysis method takes ``space
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,46 +21,13 @@ from ..analysis.alignment import alignment
 from ..analysis.label import label_units
 from ..analysis.spaces import SIMILARITY_UNITS, SpaceComparison, label_agreement, ranking_agreement, structure_agreement
 from ..analysis.vocabulary import Vocabulary
-from .store import LensStore, layer_file, space_file
-from .trust import display_spec
+from ..store.files import LensStore, layer_file, space_file
+from ..store.spaces import DEFAULT, EmbeddingSpace, space_name
 
 if TYPE_CHECKING:
     from .lens import Lens
 
-DEFAULT = "default"  # the name that always means the build's own space
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LABEL_TOP = 3  # concepts per unit whose overlap compare_spaces reports
-
-
-def space_name(spec: str) -> str:
-    """The name a space gets from its foundation model's spec when none is given: the spec with local paths cut
-    to their last part and other characters than letters, digits, ``._-`` made dashes."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", display_spec(spec)).strip("-._")[:64]
-    return name or "space"
-
-
-def check_space_name(name: str) -> str:
-    if name == DEFAULT or not NAME.fullmatch(name):
-        raise SemlensError(
-            f"space name {name!r} is not valid: use up to 64 letters, digits, '.', '_' or '-', starting with a letter or "
-            f"digit, and not {DEFAULT!r} (the build's own space)"
-        )
-    return name
-
-
-@dataclass(frozen=True)
-class EmbeddingSpace:
-    """One embedding space of a Lens, as ``semlens spaces`` lists it."""
-
-    name: str
-    spec: str
-    foundation_id: str
-    dim: int
-    default: bool
-    complete: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 class LensSpaces:

@@ -1,7 +1,8 @@
 """Models under study, selected by spec strings, with the preprocessing they expect.
 
 =========================================  ===============================================================
-``zoo:efficientnet-lite0``                 bundled ImageNet EfficientNet-Lite0 (also lite1, lite2)
+``zoo:efficientnet-lite0``                 bundled ImageNet EfficientNet-Lite0 (also lite1, lite2; the concept
+                                           world adds its classifiers: ``semlens.world.specs``)
 ``py:package.module:factory[:SIZE]``       your callable returning an ``nn.Module`` or a LoadedModel
 ``torchvision:NAME[:WEIGHTS]``             torchvision model; WEIGHTS an enum name (default DEFAULT),
                                            ``none`` or a state-dict file (extra ``semlens[torchvision]``)
@@ -9,7 +10,7 @@
 ``hf:NAME_OR_PATH``                        transformers image classifier: a hub id or a ``save_pretrained``
                                            folder, safetensors weights only
 ``corrected:FILE[:MODEL_SPEC]``            a model with a correction (``semlens correct --out FILE``) in it; the
-                                           model FILE records, or MODEL_SPEC
+                                           model FILE records, or MODEL_SPEC (registered by ``lens.correction``)
 =========================================  ===============================================================
 """
 
@@ -57,27 +58,30 @@ class LoadedModel:
 MODELS: SpecRegistry[LoadedModel] = SpecRegistry("model")
 
 
-WORLD_MODELS = ("world-cnn", "world-cnn-clean", "world-resnet", "world-resnet-clean")
+#: the ready models of ``zoo:NAME[:REST]`` by NAME, each a loader of REST; the concept world adds its
+#: classifiers (``semlens.world.specs``)
+ZOO_MODELS: dict[str, Callable[[str], LoadedModel]] = {}
 #: what a model spec's WEIGHTS part ends with when it names a file (a file that exists is one whatever its name)
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
-@MODELS.register(
-    "zoo", "zoo:NAME[:WORLD_CONFIG]", f"ready models: {', '.join(LITE_VARIANTS)} (ImageNet), {', '.join(WORLD_MODELS)} (concept world)"
-)
-def _zoo(rest: str) -> LoadedModel:
-    name, _, world = rest.partition(":")
-    if name in WORLD_MODELS:
-        from ..world.classifier import architecture_of, world_model
-        from ..world.render import WorldConfig
+def _lite_loader(name: str) -> Callable[[str], LoadedModel]:
+    def load(rest: str) -> LoadedModel:
+        module, preprocessing = efficientnet_lite(name)
+        return LoadedModel(module, f"zoo:{name}" + (f":{rest}" if rest else ""), preprocessing, imagenet_classes())
 
-        config = WorldConfig.load(world or None)
-        module, preprocessing = world_model(config, architecture_of(name), clean=name.endswith("-clean"))
-        return LoadedModel(module, f"zoo:{rest}", preprocessing, list(config.classes))
-    if name not in LITE_VARIANTS:
-        raise SpecError(f"unknown zoo model {name!r}; available: {', '.join(tuple(LITE_VARIANTS) + WORLD_MODELS)}")
-    module, preprocessing = efficientnet_lite(name)
-    return LoadedModel(module, f"zoo:{rest}", preprocessing, imagenet_classes())
+    return load
+
+
+ZOO_MODELS.update({name: _lite_loader(name) for name in LITE_VARIANTS})
+
+
+@MODELS.register("zoo", "zoo:NAME[:WORLD_CONFIG]", "ready models by name: EfficientNet-Lite0/1/2 (ImageNet), the concept world's classifiers")
+def _zoo(rest: str) -> LoadedModel:
+    name, _, more = rest.partition(":")
+    if name not in ZOO_MODELS:
+        raise SpecError(f"unknown zoo model {name!r}; available: {', '.join(ZOO_MODELS)}")
+    return ZOO_MODELS[name](more)
 
 
 @MODELS.register(
@@ -177,8 +181,7 @@ class ClassifierLogits(nn.Module):
 def _transformers(rest: str) -> LoadedModel:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from ..foundation.base import silence_transformers_progress
-    from ..foundation.hf import hub_source, load_pretrained
+    from .._util.hub import hub_source, load_pretrained, silence_transformers_progress
 
     silence_transformers_progress()
     source = hub_source(rest)
@@ -188,13 +191,6 @@ def _transformers(rest: str) -> LoadedModel:
     labels = classifier.config.id2label
     classes = [str(labels[index]) for index in range(len(labels))] if labels else None
     return LoadedModel(ClassifierLogits(classifier).eval(), f"hf:{rest}", _processor_preprocessing(processor), classes)
-
-
-@MODELS.register("corrected", "corrected:FILE[:MODEL_SPEC]", "a model with a correction saved by `semlens correct --out FILE` in it for good")
-def _corrected(rest: str) -> LoadedModel:
-    from ..lens.correction import corrected_model
-
-    return corrected_model(rest)
 
 
 def _processor_preprocessing(processor: object) -> Preprocessing:

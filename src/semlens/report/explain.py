@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..analysis.explain import Explanation
-from ..lens.store import safe_name
+from ..store.files import safe_name
 from .figures import heat_overlay
 
 

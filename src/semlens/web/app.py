@@ -23,7 +23,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from .. import __version__
 from .._util.errors import SemlensError
 from ..lens.lens import Lens
-from ..lens.store import LensFileError
+from ..store.files import LensFileError
 from .routes import audit, clusters, compare, correct, explain, maps, search, spaces, units
 from .schemas import Problem
 from .state import Explorer, NotFound

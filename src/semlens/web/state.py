@@ -18,8 +18,8 @@ from urllib.parse import quote
 from .._util.errors import SemlensError
 from ..lens.examples import ConceptExample
 from ..lens.lens import Lens
-from ..lens.store import LensFileError
-from ..lens.trust import display_spec
+from ..store.files import LensFileError
+from ..store.trust import display_spec
 from .thumbnails import ThumbnailCache
 
 THUMBNAILS = 4  # concept examples shown next to a unit in lists

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ..lens.examples import ConceptExample
 from ..lens.lens import Lens
-from ..lens.store import atomic_write, safe_name
 from ..report.figures import firing_picture, heat_overlay
+from ..store.files import atomic_write, safe_name
 
 SIZE = 128
 QUALITY = 85

@@ -20,8 +20,8 @@ from torch import nn
 from .._util.cache import trained_path
 from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
-from ..lens.store import atomic_write
 from ..model.preprocess import Preprocessing
+from ..store.files import atomic_write
 from .render import WorldConfig, concept_family, render, world_preprocessing
 
 TRAINING = {"images": 4000, "epochs": 4, "batch_size": 64, "learning_rate": 3e-3, "version": 1}

@@ -18,10 +18,10 @@ from rich.console import Console
 
 from .._util.errors import SemlensError
 from ..analysis.vocabulary import Vocabulary
-from ..build.builder import BuildConfig, LensBuilder
 from ..lens.lens import Lens
-from ..lens.store import atomic_write
 from ..model.units import LayerSpec
+from ..pipeline.builder import BuildConfig, LensBuilder
+from ..store.files import atomic_write
 from .captions import HELD_OUT
 from .classifier import ARCHITECTURES, architecture_of
 from .random_world import planted_artifact
@@ -42,7 +42,7 @@ from .truth import (
 )
 
 if TYPE_CHECKING:
-    from ..analysis.interventions import Artifact, ConceptImages
+    from ..interventions.effects import Artifact, ConceptImages
 
 PROBE_IMAGES = 1200
 TEST_IMAGES = 300
@@ -172,7 +172,7 @@ def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
     any unit when maps meet the next image's masks (chance; ``truth.concept_thresholds`` on reading), each
     unit's responses ``[U, C, n]`` to each concept's images alone and in scenes, and per
     artefact its insertion AUC (``truth.INSERTION_AUC``) on probe images without the artefact."""
-    from ..analysis.interventions import activation_aucs
+    from ..interventions.effects import activation_aucs
 
     model = lens.model()
     data = WorldData(config, PROBE_IMAGES, "probe")
@@ -312,7 +312,7 @@ def true_concepts(truths: dict[str, dict], causal: bool = True) -> dict[str, str
 def overlay(config: WorldConfig, artifact: str, index: int = 0) -> Artifact:
     """The world's artefact as an ``Artifact`` to paste into images (D' = D * (1 - M) + A * M); ``index`` draws
     another of its placements."""
-    from ..analysis.interventions import Artifact
+    from ..interventions.effects import Artifact
 
     return Artifact(image=artifact_overlay(config, artifact, index))
 
@@ -323,8 +323,8 @@ def concept_images(config: WorldConfig, artifact: str, images: int = TEST_IMAGES
     position and look vary), each image getting the next in turn. Test images, not probe images: no Lens of the
     world is built on them, so the concept test does not reuse the images a finding was made on (the
     truth's insertion test takes the ``probe`` split, so it shares no image with the audit's test)."""
-    from ..analysis.interventions import ConceptImages
     from ..data.sequence import SequenceData
+    from ..interventions.effects import ConceptImages
 
     test = WorldData(config, images, split)
     samples = [test.sample(index) for index in range(images)]
@@ -337,7 +337,7 @@ def concept_images(config: WorldConfig, artifact: str, images: int = TEST_IMAGES
 
 def test_finding(lens: Lens, config: WorldConfig, artifact: str, target: str, spurious: list[str]) -> dict:
     """Insert the artefact into the test images (every class); prune the spurious units; measure."""
-    from ..analysis.interventions import artifact_effect, pruning_effect
+    from ..interventions.effects import artifact_effect, pruning_effect
 
     model = lens.model()
     others = WorldData(config, TEST_IMAGES, "test")

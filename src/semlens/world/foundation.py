@@ -35,7 +35,7 @@ from .._util.fingerprint import hash_json, hash_module_weights
 from .._util.progress import progress_bar
 from ..foundation.base import FoundationModel, StackedTransform
 from ..foundation.conse import load_sentence_encoder
-from ..lens.store import atomic_write
+from ..store.files import atomic_write
 from .captions import VIEW_RULES, caption, random_box, visible_concepts
 from .render import WORLD_MEAN, WORLD_STD, WorldConfig, render, world_preprocessing
 

@@ -203,7 +203,7 @@ def artifact_reliance(model: LoadedModel, config: WorldConfig, images: int) -> d
     """Per artefact of the world, how much the model relies on it: the mean change of each class's
     probability when the artefact is pasted into ``images`` test images, on the class's own images
     (``own``, one value per class) and on the other classes' images (``others``)."""
-    from ..analysis.interventions import Artifact, load_views, predict
+    from ..interventions.effects import Artifact, load_views, predict
     from .render import artifact_overlay
 
     views, labels = load_views(model, WorldData(config, images, "test"))

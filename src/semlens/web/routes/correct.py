@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..._util.errors import SemlensError
-from ...analysis.correction import ACCURACY_TOLERANCE
+from ...interventions.correction import ACCURACY_TOLERANCE
 from ..common import MAX_TEXT, ExplorerDep, LensKey, decode_image
 
 router = APIRouter()
@@ -61,8 +61,8 @@ def correct(
     test on the other half (class probability with and without the artefact, share predicted as the class,
     clean accuracy), before and after; ``ok`` is false, with the reason in ``failed``, when it cost more clean
     accuracy than ``tolerance``. Needs the model on this machine; to save the correction use ``semlens correct --out``."""
-    from ...analysis.correction import Tuning
-    from ...analysis.interventions import Artifact
+    from ...interventions.correction import Tuning
+    from ...interventions.effects import Artifact
 
     if (tint is None) == (artifact is None):
         raise SemlensError("give the artefact: exactly one of an image (artifact) or a tint R,G,B")

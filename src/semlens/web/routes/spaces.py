@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from ...lens.trust import display_spec
+from ...store.trust import display_spec
 from ..common import MAX_TEXT, ExplorerDep, LensKey
 from ..schemas import MAX_CONCEPTS, Concept, SpaceComparisonOut, SpaceInfo
 

@@ -27,7 +27,7 @@ from .._util.cache import cache_dir
 from .._util.errors import SemlensError
 from .._util.fingerprint import hash_json
 from .._util.specs import split_spec
-from .store import atomic_write
+from .files import atomic_write
 
 TRUST_FILE = "trusted-lenses.json"
 FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".toml", ".json", ".npz")

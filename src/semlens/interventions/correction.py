@@ -27,7 +27,7 @@ from .._util.errors import SemlensError
 from .._util.progress import progress_bar
 from ..model.loading import LoadedModel
 from ..model.units import hooks, resolve_module
-from .interventions import Artifact, insertion_effect
+from .effects import Artifact, insertion_effect
 
 ESTIMATORS = ("mean", "logistic")  # signal pattern (difference of means) or filter (logistic regression) CAV
 METHODS = ("project", "finetune")

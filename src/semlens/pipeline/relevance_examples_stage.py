@@ -4,7 +4,7 @@ stage) cropped by their CRP heatmaps and embedded, giving a second theta per uni
 A relevance example is often an activation example too: a crop the embed stage embedded already
 (same sample, same box) is not embedded again but shared. The crops that are new go to
 ``relevance_crops.safetensors``, and a layer's ``crop_index`` counts on from the rows of
-``crops.safetensors`` into it (see :func:`semlens.lens.store.read_crop_embeddings`).
+``crops.safetensors`` into it (see :func:`semlens.store.files.read_crop_embeddings`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ from typing import Any
 import torch
 
 from .._util.fingerprint import hash_json
-from ..lens.arrays import mean_of_examples, slot_embeddings
-from ..lens.store import CROPS, RELEVANCE_CROPS, layer_file, read_crop_embeddings
 from ..model.units import LayerSpec
+from ..store.files import CROPS, RELEVANCE_CROPS, layer_file, read_crop_embeddings
+from ..store.slots import crop_rules, first_rule_ties, mean_of_examples, rule_slots, slot_embeddings, theta_key
 from .context import BuildContext
 from .crop_stage import HEAT_KEY, CropStage, slot_samples
-from .crops import crop_rules, rule_slots, theta_key
-from .embed import CropTable, HeatSource, first_rule_ties, plan_crops
+from .embed import CropTable, HeatSource, plan_crops
 from .embed_stage import EMBED_PARTIAL, EmbedStage
 
 

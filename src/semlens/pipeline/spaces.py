@@ -19,13 +19,13 @@ from .._util.devices import embed_dtype, inference_dtype, pick_device
 from .._util.errors import SemlensError, StaleLensError
 from .._util.fingerprint import hash_json
 from ..foundation import FoundationModel, load_foundation_model
-from ..lens.spaces import DEFAULT, EmbeddingSpace, check_space_name, space_name
-from ..lens.store import LensStore, layer_file, space_file
-from ..lens.trust import is_trusted, remember_trusted
 from ..model.preprocess import Preprocessing
+from ..store.files import LensStore, layer_file, space_file
+from ..store.slots import crop_rules, recorded_shift
+from ..store.spaces import DEFAULT, EmbeddingSpace, check_space_name, space_name
+from ..store.trust import is_trusted, remember_trusted
 from .context import default_workers
 from .crop_stage import faded_slots, heat_source, slot_samples
-from .crops import crop_rules, recorded_shift
 from .embed import CropTable, HeatSource, plan_crops, rule_thetas
 from .embed_stage import CropSource, embed_crops
 from .parallel import Ranks
@@ -190,7 +190,7 @@ def add_space(
 ) -> EmbeddingSpace:
     """Embed a built Lens's crops with one more foundation model, as the embedding space ``name`` (default: made
     from the spec), without collecting or cropping again; an interrupted run resumes. Needs the Lens's probe
-    data (the user's ``data=``, else its recorded spec where the trust model allows: ``semlens.lens.trust``).
+    data (the user's ``data=``, else its recorded spec where the trust model allows: ``semlens.store.trust``).
     Returns the new space; ``Lens.in_space(name)`` and every analysis's ``space=`` then use it."""
     from ..lens.lens import Lens, writable
 

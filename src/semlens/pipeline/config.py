@@ -11,14 +11,12 @@ from typing import Any, get_args, get_origin, get_type_hints
 from .._util.devices import check_precision
 from .._util.errors import SemlensError
 from .._util.tomlfiles import read_toml
-from .crops import CROP_MODES, CROP_QUANTILE, CROP_VIEWS, DEFAULT_CROP_RULE, crop_rules
+from ..relevance.rules import LRP_RULE_NAMES
+from ..store.slots import crop_rules
+from .crops import CROP_MODES, CROP_QUANTILE, CROP_VIEWS, DEFAULT_CROP_RULE
 from .parallel import Shard
 
 MAX_RELEVANCE_BATCH = 256
-
-#: the convolutions' LRP rule a build may choose: z⁺ (signed where inputs carry both signs; the default) or
-#: the generalised γ rule (γ = 0.25; ``relevance.lrp.LRP_RULES``)
-LRP_RULE_NAMES = ("zplus", "gamma")
 
 
 @dataclass
@@ -154,7 +152,7 @@ def _kind(expected: Any) -> str:
 
 def check_extra_foundations(foundation: str, extra: list[str]) -> None:
     """Each extra foundation model once, none the default one, each with a space name of its own."""
-    from ..lens.spaces import check_space_name, space_name
+    from ..store.spaces import check_space_name, space_name
 
     names = [space_name(spec) for spec in [foundation, *extra]]
     for position, spec in enumerate(extra, start=1):

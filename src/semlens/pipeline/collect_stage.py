@@ -18,9 +18,9 @@ from .._util.progress import progress_bar
 from ..analysis.validity import inactive_units
 from ..data import ImageData
 from ..data.base import DecodingDataset
-from ..lens.store import LensStore, layer_file
 from ..model.receptive import SHIFT_IMAGES, measured_shift
 from ..model.sae import SparseAutoencoder
+from ..store.files import LensStore, layer_file
 from .collect import EMPTY_ID, Collector, TopK, candidate_slots, rescore
 from .context import BuildContext
 

@@ -18,9 +18,9 @@ from .._util.progress import progress_bar
 from ..analysis.explain import error_share, relevance_shares
 from ..analysis.validity import inactive_units
 from ..data import load_data
-from ..lens.store import layer_file
 from ..model.loading import class_mapping
 from ..model.sae import has_decoder
+from ..store.files import layer_file
 from .class_relevance import ClassRelevance
 from .collect import TopK
 from .collect_stage import write_sample_table

@@ -26,21 +26,22 @@ from .._util.devices import autocast_dtype, inference_dtype, out_of_memory_advic
 from .._util.errors import SemlensError, StaleLensError
 from ..data import ImageData, load_data
 from ..foundation import FOUNDATION_MODELS
-from ..lens.store import FORMAT, FORMAT_VERSION, LensStore
-from ..lens.trust import new_build_id, remember_trusted
 from ..model.loading import LoadedModel, load_model
 from ..model.units import LayerSpec, resolve_module
+from ..store.files import FORMAT, FORMAT_VERSION, LensStore
+from ..store.slots import crop_rules
+from ..store.trust import new_build_id, remember_trusted
 from .class_relevance_stage import ClassRelevanceStage
-from .response_stage import ResponseStage
 from .collect import TopK
 from .collect_stage import CollectStage
 from .config import BuildConfig, BuildSummary, LayerSummary
 from .context import BuildContext
 from .crop_stage import CropStage
-from .crops import RULE_SETTINGS, crop_rules
+from .crops import RULE_SETTINGS
 from .embed_stage import EmbedStage, crop_source
 from .parallel import Ranks, Shard, connect
 from .relevance_examples_stage import RelevanceExamplesStage
+from .response_stage import ResponseStage
 from .spaces import SpaceStage
 
 if TYPE_CHECKING:
@@ -212,7 +213,7 @@ class LensBuilder:
                 stage.run()
         if self.context.shard is None and self.ranks.is_main:
             self._seal()
-        elif self.ranks.is_main:  # a shard built here: `semlens merge` may follow its specs (lens.trust)
+        elif self.ranks.is_main:  # a shard built here: `semlens merge` may follow its specs (store.trust)
             remember_trusted(self.manifest)
         summary = self.summary()
         self.ranks.finish(leave=self.joined_group)
@@ -231,7 +232,7 @@ class LensBuilder:
 
     def _seal(self) -> None:
         """Record the array files' sizes and hashes in the manifest and trust the Lens on this machine:
-        it was built from this user's own specs (see ``lens.trust``)."""
+        it was built from this user's own specs (see ``semlens.store.trust``)."""
         self.manifest.setdefault("build_id", new_build_id())  # a Lens built before build ids
         self.manifest["arrays"] = self.store.record_arrays()
         self.store.write_manifest(self.manifest)

@@ -27,12 +27,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .._util.errors import SemlensError
+from ..analysis.audit import LOCATE_ENOUGH, LOCATE_SHARE
 from ..data import ImageData
 from ..model.loading import LoadedModel, class_mapping
 from ..model.receptive import SHIFT_IMAGES, measured_shift, shifted_maps
 from ..model.sae import SparseAutoencoder
 from ..model.units import LayerSpec, UnitReader, hooks, resolve_module
-from .audit import LOCATE_ENOUGH, LOCATE_SHARE
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from safetensors import safe_open
 from .._util.devices import one_thread
 from ..data.base import ImageData
 from ..foundation.base import Pixels, cast_floating
+from ..store.slots import rule_slots, theta_key
 from .collect import EMPTY_ID
-from ..analysis.validity import tied_units
-from .crops import masked_crop, rule_slots, theta_key
+from .crops import masked_crop
 
 
 @dataclass(frozen=True)
@@ -114,13 +114,6 @@ def read_heatmaps(root: str, sources: Sequence[HeatSource], masks: torch.Tensor)
                 unit, slot = masks[row, 1:].tolist()
                 found[row] = (array[unit : unit + 1, slot : slot + 1][0, 0], source.shift)
     return found
-
-
-def first_rule_ties(indices: dict[str, torch.Tensor], topk: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """``tied_units`` by the boxes of the first crop rule (what a Lens answers from; ``rule_slots``): ``indices``
-    the crop table's ``[U, V·k]`` index per layer, ``topk`` each layer's top-k arrays (``ids``, ``inactive``)."""
-    first = {layer: rule_slots(index, topk[layer]["ids"].shape[1], 0) for layer, index in indices.items()}
-    return tied_units(first, {layer: topk[layer]["inactive"] for layer in indices})
 
 
 def rule_thetas(embeddings: torch.Tensor, index: torch.Tensor, k: int, rules: list[str]) -> dict[str, torch.Tensor]:

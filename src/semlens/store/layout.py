@@ -15,8 +15,8 @@ from typing import Any
 
 from safetensors import safe_open
 
-from ..build.crops import crop_rules
-from .store import CROPS, RELEVANCE_CROPS, RESPONSES, RESPONSES_FILE, LensStore, layer_file, space_file
+from .files import CROPS, RELEVANCE_CROPS, RESPONSES, RESPONSES_FILE, LensStore, layer_file, space_file
+from .slots import crop_rules
 
 Shape = tuple[str | int, ...]
 #: each kind of layer file: its arrays' shapes by key (``theta`` stands for every ``theta.<rule>`` too)

@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from .._util.progress import progress_bar
-from ..analysis.interventions import read_units
 from ..analysis.responses import ResponseMoments
-from ..lens.store import CROPS, RESPONSES, RESPONSES_FILE, layer_file
+from ..interventions.effects import read_units
 from ..model.preprocess import Preprocessing
+from ..store.files import CROPS, RESPONSES, RESPONSES_FILE, layer_file
+from ..store.slots import rule_slots
 from .context import BuildContext
-from .crops import rule_slots
 from .embed import CropChunks, CropTable, chunks
 
 BATCH = 256  # crops per span a data-loader worker cuts: memory is a few spans of views, not the Lens's crops

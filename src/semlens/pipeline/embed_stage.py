@@ -16,11 +16,11 @@ from .._util.errors import StaleLensError
 from .._util.progress import progress_bar
 from ..data import ImageData
 from ..foundation import FoundationModel, load_foundation_model
-from ..lens.store import LensStore, layer_file
+from ..store.files import LensStore, layer_file
+from ..store.slots import crop_rules, first_rule_ties
 from .context import BuildContext
 from .crop_stage import CropStage
-from .crops import crop_rules
-from .embed import CropChunks, CropTable, chunks, first_rule_ties, rule_thetas
+from .embed import CropChunks, CropTable, chunks, rule_thetas
 from .parallel import Ranks
 
 EMBED_PARTIAL = "embed.partial"

@@ -2,7 +2,7 @@
 
 Both split the sample indices into contiguous blocks whose bounds are multiples of the batch size,
 so every batch a process sees is a batch the single-process run sees too: the activations, and so
-the top-k after the exact associative merge of :class:`~semlens.build.collect.TopK`, come out bit for
+the top-k after the exact associative merge of :class:`~semlens.pipeline.collect.TopK`, come out bit for
 bit the same. With one process every collective here is a no-op, and nothing is imported from
 ``torch.distributed`` that a CPU-only install lacks.
 """

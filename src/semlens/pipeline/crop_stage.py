@@ -20,12 +20,13 @@ from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
 from ..analysis.validity import arbitrary_slots
 from ..data.base import DecodingDataset, collate_decoded
-from ..lens.store import LensStore, layer_file, safe_name
 from ..model.sae import SparseAutoencoder, has_decoder
 from ..model.units import LayerSpec
+from ..store.files import LensStore, layer_file, safe_name
+from ..store.slots import recorded_shift
 from .collect import EMPTY_ID
 from .context import BuildContext
-from .crops import crop_boxes, full_boxes, pool_heatmaps, recorded_shift
+from .crops import crop_boxes, full_boxes, pool_heatmaps
 from .embed import CropTable, HeatSource, chunks, plan_crops
 
 HEAT_KEY = "heatmaps"  # metadata key of a layer's ``.crops`` file: the fingerprint its heatmaps were computed for

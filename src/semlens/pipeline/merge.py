@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .._util.errors import SemlensError
-from ..lens.store import LensStore, layer_file
-from ..lens.trust import UntrustedSpecError, is_trusted
+from ..store.files import LensStore, layer_file
+from ..store.trust import UntrustedSpecError, is_trusted
 from .builder import LensBuilder
 from .collect import TopK
 from .config import BuildConfig, BuildSummary
@@ -82,7 +82,7 @@ def merge_shards(
     """Merge the shard Lenses ``parts`` into the Lens ``out`` and finish its remaining stages.
 
     Merging loads the model, data and foundation models the shards record, so the shards must be trusted:
-    built on this machine, or ``trust`` (``--trust``) for shards from elsewhere (``semlens.lens.trust``).
+    built on this machine, or ``trust`` (``--trust``) for shards from elsewhere (``semlens.store.trust``).
     ``settings`` (not None) override the parts' recorded build settings that do not change the
     result, such as ``device``, ``workers`` or ``embed_batch_size``.
     """

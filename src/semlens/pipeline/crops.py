@@ -13,63 +13,23 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .._util.errors import SemlensError
 from ..model.receptive import shift_boxes, shifted_maps
+from ..store.slots import crop_rules
 
 #: auto = relevance where LRP supports the model, else activation
 CROP_MODES = ("auto", "relevance", "activation", "none")
-#: how a box is cut from a heatmap: around everything above a share of its peak (the paper's rule), the
-#: smallest square holding a share of its positive mass, or around the cells above the unit's quantile
-#: over all of its k maps (NetDissect-style); or, "active", the smallest square holding a share of the unit's
-#: own activation map on the example (where it fires), whatever map the others read: a relevance heatmap
-#: spreads to every input that feeds the unit, a unit of a small map fires on one part of them
-CROP_RULES = ("peak", "share", "quantile", "active")
 #: the default: every example in the paper's box and in the active box; questions read the peak boxes and
 #: search the active boxes (``semlens.lens.arrays.SEARCH_RULES``), each the better one for it where measured
 DEFAULT_CROP_RULE = "peak+active"
 #: what is embedded of the box: its pixels, or its pixels faded to the crop's mean colour where the
 #: unit's heatmap is low
 CROP_VIEWS = ("box", "masked")
-#: several rules joined by "+" (e.g. "peak+share") cut one box per rule from each example's heatmap, each
-#: box embedded: a Lens answers from the first rule's boxes and searches by the share boxes (``rule_slots``)
-RULE_JOIN = "+"
 #: the build setting each rule reads besides the map (part of a Lens's identity when the rule is used)
 RULE_SETTINGS = {"share": "crop_share", "active": "crop_share", "quantile": "crop_quantile"}
 #: quantile rule default: the top 5 % of a unit's map cells over its k maps. NetDissect's threshold is
 #: the top 0.5 % over the whole data set; on the concept world's CNN (1200 probe images, k = 20) that
 #: threshold keeps a median 2.7 % of the top-k cells of a 16 x 16 layer and 9 % of an 8 x 8 one
 CROP_QUANTILE = 0.95
-
-
-def recorded_shift(layer: dict, unmeasured: tuple[float, float] | None = (0.0, 0.0)) -> tuple[float, float] | None:
-    """Where a layer's activation map cells sit off the even grid, in input pixels, as its manifest entry records
-    it (the collect stage measures it: ``model.receptive``); ``unmeasured`` where it was not (layers without maps,
-    Lenses built before it was measured): by default the even grid, on which their boxes were cut."""
-    shift = layer.get("map_shift")
-    return unmeasured if shift is None else (float(shift[0]), float(shift[1]))
-
-
-def crop_rules(rule: str) -> list[str]:
-    """The rules of a ``crop_rule`` setting: one of ``CROP_RULES``, or distinct ones joined by ``RULE_JOIN``."""
-    rules = rule.split(RULE_JOIN)
-    if not all(part in CROP_RULES for part in rules) or len(set(rules)) != len(rules):
-        raise SemlensError(
-            f"crop_rule={rule!r} is not one of {', '.join(CROP_RULES)}, nor distinct ones joined by "
-            f"{RULE_JOIN!r} (e.g. peak{RULE_JOIN}share: one box per rule, each example embedded as their mean)"
-        )
-    return rules
-
-
-def rule_slots(per_slot: torch.Tensor, k: int, rule: int) -> torch.Tensor:
-    """Crop rule ``rule``'s k slots ``[U, k, ...]`` of per-slot values ``[U, V·k, ...]`` (rule v's box of example s
-    is slot v·k + s); a layer cut without heatmaps (whole images) has one slot per example whatever the rules."""
-    return per_slot if per_slot.shape[1] == k else per_slot[:, rule * k : (rule + 1) * k]
-
-
-def theta_key(rules: list[str], rule: int) -> str:
-    """The key of crop rule ``rule``'s theta in a layer's embed file: ``theta`` for the first rule (the one a
-    Lens answers from), ``theta.<rule>`` for each other."""
-    return "theta" if rule == 0 else f"theta.{rules[rule]}"
 
 
 def crop_boxes(

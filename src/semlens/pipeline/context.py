@@ -13,9 +13,9 @@ import torch
 from .._util.fingerprint import hash_json
 from ..data import ImageData
 from ..data.base import DecodingDataset, collate_decoded
-from ..lens.store import LensStore
 from ..model.loading import LoadedModel
 from ..model.units import LayerSpec
+from ..store.files import LensStore
 from .config import BuildConfig
 from .parallel import Ranks, Shard
 
