@@ -26,8 +26,8 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
   the share of labels that are distractors (words the world never shows), and top-1 with the world's
   concepts as the only candidates;
 - search: true artefact units in the top 5 for the artefact's name and for a paraphrase never used in
-  training (``captions.HELD_OUT``), ranked as ``Lens.search`` ranks by default (alignment and response) and by
-  alignment alone (``_alignment``); and for every concept with true units, the true units in its top 5 over
+  training (``captions.HELD_OUT``), ranked as ``Lens.search`` ranks by default (``named``) and by its other
+  rankings (``_both``, ``_alignment``); and for every concept with true units, the true units in its top 5 over
   min(5, their number), for its name and for 4 scenes of the world that show it (``concept_search``: sums over
   the concepts, both rankings, so that runs pool exactly);
 - audit of the artefact's class (valid: the class name; spurious: the artefact): units flagged
@@ -239,7 +239,7 @@ def evaluate(
     inserted = {f"{layer}/{unit}" for layer in spatial for unit, auc in enumerate(truths[layer]["insertion"].get(artifact, [])) if auc >= INSERTION_AUC}
     paraphrase = HELD_OUT[artifact]
     hits = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artifact, paraphrase)}
-    aligned_hits = {query: [hit.unit for hit in lens.search(query, top=5, rank="alignment")] for query in (artifact, paraphrase)}
+    other_hits = {rank: {query: [hit.unit for hit in lens.search(query, top=5, rank=rank)] for query in (artifact, paraphrase)} for rank in RANKINGS[1:]}
 
     concept = concept_images(config, artifact)  # test images: the Lens is built on the probe split
     audit = lens.audit(target, [target], [artifact], layers=spatial, concept=concept, test_all=True).to_dict()  # fields may grow: read by key
@@ -269,8 +269,8 @@ def evaluate(
         "cosy_auc": labels["cosy_auc"], **distractors,
         "iou_thresholds": iou_thresholds(truths),
         "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artifact, paraphrase, flagged, both, confirmed, found, examined),
-        "search_hits_at5_alignment": sum(unit in true_units for unit in aligned_hits[artifact]),
-        "search_hits_at5_paraphrase_alignment": sum(unit in true_units for unit in aligned_hits[paraphrase]),
+        **{f"search_hits_at5_{rank}": sum(unit in true_units for unit in hits_of[artifact]) for rank, hits_of in other_hits.items()},
+        **{f"search_hits_at5_paraphrase_{rank}": sum(unit in true_units for unit in hits_of[paraphrase]) for rank, hits_of in other_hits.items()},
         "concept_search": concept_search(lens, config, truth),
         "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
         "by_insertion_alone": {"artefact_unit_names": sorted(inserted), **artefact_scores(inserted, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
@@ -414,12 +414,12 @@ def print_pooled_audit(records: list[dict[str, Any]], console: Console) -> None:
 
 
 def pooled_search(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Search pooled over the runs, by ``Lens.search``'s default ranking and by alignment alone: the true
+    """Search pooled over the runs, by each of ``Lens.search``'s rankings (the default first): the true
     artefact units in the artefact's top 5 (where a world has any), the worlds meeting the goal (3, or all where
     fewer), and every concept's search (``concept_search``) as one mean over its (run, concept) pairs."""
     with_units = [record for record in records if record["artefact_units"]]
     pooled: dict[str, Any] = {"worlds": len(with_units), "pairs": sum(record["concept_search"]["pairs"] for record in records)}
-    for rank, suffix in (("both", ""), ("alignment", "_alignment")):
+    for rank, suffix in zip(RANKINGS, ("", *(f"_{rank}" for rank in RANKINGS[1:]))):
         hits = [record[f"search_hits_at5{suffix}"] for record in with_units]
         pooled[rank] = {
             "artefact_hits": sum(hits), "goal_met": sum(hit >= min(3, record["artefact_units"]) for hit, record in zip(hits, with_units)),

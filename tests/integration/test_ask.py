@@ -45,7 +45,7 @@ def test_search_ranks_units_by_alignment_and_response(lens_path, tmp_path) -> No
     aligned = ask("search", lens_path, "red", "--top", "4", "--rank", "alignment", "--json")
     assert [hit["score"] for hit in aligned] == sorted((hit["score"] for hit in aligned), reverse=True)
     wrong = runner.invoke(app, ["search", str(lens_path), "red", "--rank", "best"])
-    assert wrong.exit_code != 0 and "both, alignment" in wrong.output
+    assert wrong.exit_code != 0 and "named, both, alignment" in wrong.output
     only_head = ask("search", lens_path, "red", "--layer", "head", "--json")
     valid_head = int(Lens.open(lens_path).valid("head").sum())  # inactive and tied units are never ranked
     assert {hit["layer"] for hit in only_head} == {"head"} and len(only_head) == valid_head
@@ -84,12 +84,32 @@ def test_search_by_both_is_the_lower_standardised_score_of_the_lenss_valid_units
         return (values - values.mean()) / values.std(unbiased=False)
 
     order = torch.sort(torch.minimum(z(aligned), z(responses)), descending=True, stable=True).indices[:6].tolist()
-    hits = lens.search("red", top=6)
+    hits = lens.search("red", top=6, rank="both")
     assert [hit.unit for hit in hits] == [names[i] for i in order]
     assert [hit.response for hit in hits] == pytest.approx(responses[order].tolist(), abs=1e-5)
     assert [hit.score for hit in hits] == pytest.approx(aligned[order].tolist(), abs=1e-5)
-    with pytest.raises(SemlensError, match="rank by one of both, alignment"):
+    with pytest.raises(SemlensError, match="rank by one of named, both, alignment"):
         lens.search("red", rank="responses")
+
+
+@pytest.mark.parametrize("query", ["red", "green", "blue"])
+def test_search_puts_first_the_units_the_audit_names_by_the_query(lens_path, query, monkeypatch) -> None:
+    """The default ranking: of the best units by "both", those whose best concept by their crop responses (among the
+    query and the Lens's vocabulary, as the audit names units) is the query come first, each part in its order."""
+    from semlens.lens.search import NAMED_AMONG
+
+    lens = Lens.open(lens_path)
+    ranked = [hit.unit for hit in lens.search(query, top=NAMED_AMONG, rank="both")]
+    units = [f"{layer}/{unit}" for layer in lens.layers for unit in lens.units(layer)]
+    named = {unit for unit, best in zip(units, lens._audit_labels(lens.layers, [query])) if best == query}
+    expected = [unit for unit in ranked if unit in named] + [unit for unit in ranked if unit not in named]
+    assert [hit.unit for hit in lens.search(query, top=3)] == expected[:3]
+    assert [hit["unit"] for hit in ask("search", lens_path, query, "--top", "3", "--json")] == expected[:3]
+    # a unit the audit names by the query, last by "both", is lifted to the top; the other rankings leave it last
+    last = ranked[-1]
+    monkeypatch.setattr(Lens, "_audit_labels", lambda self, layers, concepts: [query if f"{layer}/{unit}" == last else None for layer in layers for unit in self.units(layer)])
+    assert lens.search(query, top=1)[0].unit == last
+    assert lens.search(query, top=1, rank="both")[0].unit == ranked[0] != last
 
 
 def test_show_writes_a_grid_png(lens_path, tmp_path) -> None:

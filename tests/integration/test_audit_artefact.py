@@ -80,6 +80,11 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     refused = runner.invoke(app, ["audit", str(lens.path), "--config", str(setting / "share.toml")])
     assert refused.exit_code != 0 and "locate_share is a share of the layer's best located IoU, from 0 to 1 (got 2)" in " ".join(refused.output.split())
     assert [unit for unit in audit["units"] if unit["responses_label"] == "watermark"] == spurious
+    # search and audit agree: searching the artefact's name ranks the units the audit flags first (with one more
+    # unit the crop responses name the watermark, features.3/2, which the class "red" does not rely on)
+    flagged = {unit["unit"] for unit in spurious}
+    found = {hit["unit"] for hit in ask("search", lens.path, "watermark", "--layer", "features.3", "--top", len(flagged) + 1, "--json")}
+    assert flagged <= found
     assert all(unit["tight_shift"] >= -1 for unit in spurious)  # the default Lens's share boxes hold the watermark too
     # the concept test: the class relies on the watermark, and every spurious unit carries part of it
     assert audit["reliance"]["relies"] and audit["reliance"]["effect"] > 0.5

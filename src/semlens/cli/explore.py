@@ -11,33 +11,9 @@ import typer
 
 from .._util.progress import step_bar
 from ..analysis.label import MIN_CONFIDENCE
-from ..lens.search import SearchResults
-from ._app import (
-    AsJson,
-    Foundation,
-    Model,
-    ProbeData,
-    Space,
-    Trust,
-    app,
-    console,
-    emit_json,
-    friendly,
-    open_lens,
-    parent_made,
-    say,
-    table,
-)
-from .validate import (
-    ConceptArtifact,
-    ConceptAt,
-    ConceptMask,
-    ConceptTint,
-    SpuriousData,
-    TestAll,
-    TestData,
-    concept_test,
-)
+from ..lens.search import RANKINGS, SearchResults
+from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
+from .validate import ConceptArtifact, ConceptAt, ConceptMask, ConceptTint, SpuriousData, TestAll, TestData, concept_test
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in.")
 Layers = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable; default all).")
@@ -116,7 +92,7 @@ def search(
     ),
     examples: str = ExampleSet,
     rank: str = typer.Option(
-        "both", "--rank", help="both: by alignment and response to the probe, each standardised (the default; alignment alone where the Lens has no crop responses); alignment: by alignment alone (the paper's Eq. 4)."
+        RANKINGS[0], "--rank", help="named (the default): as both, with the units whose best concept by their crop responses is the query first (as the audit names units); both: by alignment and response to the probe, each standardised (alignment alone where the Lens has no crop responses); alignment: by alignment alone (the paper's Eq. 4)."
     ),
     trust: Trust = False,
     foundation: Foundation = None,

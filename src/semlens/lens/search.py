@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -20,9 +21,16 @@ from .index import UnitTable, open_index, probe_direction
 if TYPE_CHECKING:
     from .lens import Lens
 
-#: how a probe ranks units: "both", the lower of alignment and response, each standardised over the units
-#: (where the Lens has no crop responses, alignment alone), or "alignment" alone (the paper's Eq. 4)
-RANKINGS = ("both", "alignment")
+#: how a probe ranks units: "named" (the default), as "both" but with the units a text probe names first (see
+#: ``NAMED_AMONG``); "both", the lower of alignment and response, each standardised over the units (where the Lens
+#: has no crop responses, alignment alone); or "alignment" alone (the paper's Eq. 4)
+RANKINGS = ("named", "both", "alignment")
+#: "named" lifts, among this many of the best units by "both", those whose best concept by their crop responses,
+#: among the probe's texts and the Lens's label vocabulary, is one of the texts: the audit's name for a unit
+#: (``Lens.audit``), so that search and audit agree on the units that carry a concept. Where an artefact sits on
+#: a class's objects, the class's units follow the artefact's likeness over the crops more closely than its own
+#: early-layer detectors do, but their best concept is the class (docs/quality.md "Search by name")
+NAMED_AMONG = 100
 #: probe images an image probe with transparent parts is seen over (``Lens.probe_backgrounds``); measured on the demo
 #: world's watermark (benchmarks/image_probes.py): 4, 8, 16 and 32 give mean average precision 0.11, 0.45, 0.74, 0.61
 PROBE_BACKGROUNDS = 16
@@ -110,7 +118,7 @@ class LensSearch:
         templates: str | list[str] = "search",
         examples: str = "activation",
         space: str | None = None,
-        rank: str = "both",
+        rank: str = RANKINGS[0],
     ) -> SearchResults:
         """Units of all (or the given) layers ranked by a text and/or image probe, by ``rank`` (``RANKINGS``);
         ``examples``: whose theta, the activation examples' or the relevance examples' (see ``Lens.theta_of``),
@@ -120,7 +128,8 @@ class LensSearch:
         if space is not None:
             return self.in_space(space).search(text, images, layers, top, templates, examples, rank=rank)
         probe, null = self.probe(text, images, templates)
-        return self._rank(probe, null, self.checked_layers(layers), top, examples=examples, rank=rank)
+        texts = [text] if isinstance(text, str) else list(text or [])
+        return self._rank(probe, null, self.checked_layers(layers), top, examples=examples, rank=rank, names=texts)
 
     def search_similar(self: Lens, source: Lens, unit: str, top: int = 10, space: str | None = None) -> SearchResults:
         """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one), in embedding space ``space``."""
@@ -139,20 +148,35 @@ class LensSearch:
         top: int,
         exclude: tuple[str, int] | None = None,
         examples: str = "activation",
-        rank: str | None = "both",
+        rank: str | None = RANKINGS[0],
+        names: list[str] = (),
     ) -> SearchResults:
         """The ``top`` units of ``layers`` by ``probe``, ranked by ``rank`` (``RANKINGS``; None: by similarity to
-        another unit's theta, without responses); ties go to the earlier layer, lower unit."""
+        another unit's theta, without responses; ``names``: the probe's texts, which "named" lifts the units of);
+        ties go to the earlier layer, lower unit."""
         if top < 1:
             raise SemlensError(f"top={top}: ask for at least one unit")
         table = self._search_table if layers == self.layers and examples == "activation" else self._unit_table(layers, examples)
-        rows, scores = table.top(probe, null, top + 1, by_response=rank == "both")
+        naming = rank == "named" and bool(names) and self.has_responses
+        rows, scores = table.top(probe, null, max(top + 1, NAMED_AMONG) if naming else top + 1, by_response=rank in ("named", "both"))
+        if naming:
+            first = torch.argsort((~self._named(table, rows, names)).int(), stable=True)
+            rows, scores = rows[first][: top + 1], scores[first][: top + 1]
         responses = [None] * len(rows)
         if table.responses is not None and rank is not None:
             responses = table.correlations(probe_direction(probe, null), rows).tolist()
         found = [(table.locate(row), score, response) for row, score, response in zip(rows.tolist(), scores.tolist(), responses)]
         hits = [self._search_hit(*owner, score, examples, response) for owner, score, response in found if owner != exclude]
         return made_by(SearchResults(hits[:top], by=examples), self)
+
+    def _named(self: Lens, table: UnitTable, rows: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """Which stacked ``rows`` ``[n]`` of ``table`` are named by one of ``names``: their best concept by their crop
+        responses, among ``names`` and the Lens's label vocabulary, as the audit names them (``_audit_labels``)."""
+        owners = [table.locate(row) for row in rows.tolist()]
+        layers = list(dict.fromkeys(layer for layer, _ in owners))
+        best = self._audit_labels(layers, names)
+        starts = dict(zip(layers, accumulate([0] + [len(self.units(layer)) for layer in layers])))
+        return torch.tensor([best[starts[layer] + row] in names for layer, row in owners], dtype=torch.bool)
 
     @cached_property
     def _search_table(self: Lens) -> UnitTable:

@@ -46,7 +46,7 @@ ExampleSet = Annotated[
 ]
 Ranking = Annotated[
     Literal[RANKINGS],
-    Query(description="How units are ranked: 'both' (alignment and response to the probe, each standardised; the default) or 'alignment' alone."),
+    Query(description="How units are ranked: 'named' (the default: as 'both', with the units whose best concept by their crop responses is the query first, as the audit names units), 'both' (alignment and response to the probe, each standardised) or 'alignment' alone."),
 ]
 SpaceName = Annotated[
     str | None, Query(max_length=MAX_TEXT, description="Embedding space (see /api/lenses/{lens}/spaces); default the Lens's own.")
