@@ -25,7 +25,7 @@ from ..model.sae import SparseAutoencoder, has_decoder
 from ..model.units import LayerSpec
 from .collect import EMPTY_ID
 from .context import BuildContext
-from .crops import crop_boxes, full_boxes, pool_heatmaps, recorded_shift
+from .crops import crop_boxes, full_boxes, pool_heatmaps, recorded_shift, snap_boxes
 from .embed import CropTable, HeatSource, chunks, plan_crops
 
 HEAT_KEY = "heatmaps"  # metadata key of a layer's ``.crops`` file: the fingerprint its heatmaps were computed for
@@ -112,7 +112,8 @@ class CropStage:
         self, heat: torch.Tensor | None, stored: dict[str, torch.Tensor], layer: str, heat_shift: tuple[float, float] = (0.0, 0.0)
     ) -> torch.Tensor:
         """Crop boxes ``[U, V·k, 4]`` by the build's V crop rules (``crop_boxes``); one whole image per example
-        without heatmaps, and whole images for inactive units (their examples are arbitrary: no crop to trust).
+        without heatmaps, and whole images for inactive units (their examples are arbitrary: no crop to trust); boxes
+        snap to the build's ``crop_grid``.
         Boxes cut from ``layer``'s activation maps follow its cells off the even grid (``recorded_shift``), those
         cut from ``heat`` by ``heat_shift`` (its ``HeatSource``'s: none for relevance heatmaps)."""
         config, size = self.context.config, self.context.model.preprocessing.input_size
@@ -122,6 +123,7 @@ class CropStage:
         rules = (config.crop_rule, config.crop_threshold, config.crop_share, config.crop_quantile)
         shift = recorded_shift(self.context.manifest["layers"][layer])
         boxes = crop_boxes(heat, (size, size), *rules, activations=stored.get("maps"), heat_shift=heat_shift, activation_shift=shift)
+        boxes = snap_boxes(boxes, (size, size), config.crop_grid)
         boxes[stored["inactive"]] = full_boxes(1, (size, size))
         return boxes
 
