@@ -211,14 +211,14 @@ def test_the_default_lens_searches_the_active_boxes_cut_from_where_units_fire(bu
     """The default rules, peak+active: questions read the relevance heatmaps' peak boxes, search the share boxes of
     the units' own activation maps (the collection's top-k maps), which the relevance heatmaps do not move."""
     from semlens.analysis.alignment import alignment
-    from semlens.build.crops import crop_boxes
+    from semlens.build.crops import crop_boxes, snap_boxes
 
     assert built.crop_rules == ["peak", "active"] and built.search_rule == "active"
     assert built.manifest["identity"]["embed"]["crop_rule"] == "peak+active"
     for layer in ("features.0", "features.3"):
         assert built.manifest["layers"][layer]["crop"]["mode"] == "relevance"
         maps = built.store.read_tensors(layer_file(layer, "topk"))["maps"]
-        expected = crop_boxes(maps, (32, 32), "share", share=0.8)
+        expected = snap_boxes(crop_boxes(maps, (32, 32), "share", share=0.8), (32, 32))
         inactive = built.inactive(layer)
         assert torch.equal(built.boxes(layer, "active")[~inactive], expected[~inactive])
     hits = built.search("red", top=3)
@@ -233,7 +233,9 @@ def test_boxes_cut_from_a_strided_networks_maps_sit_where_its_cells_see(built: L
     from semlens.build.crops import crop_boxes
     from semlens.model.receptive import SHIFT_IMAGES, map_shift, shift_boxes
 
-    settings = config(colour_folder, tiny_clip_dir, model="py:tiny_models:strided_cnn", layers=["features.3"], crop="activation", class_relevance=False)
+    settings = config(  # boxes to the pixel: the shift is smaller than a cell of the grid
+        colour_folder, tiny_clip_dir, model="py:tiny_models:strided_cnn", layers=["features.3"], crop="activation", class_relevance=False, crop_grid=0
+    )
     lens = build_lens(settings, tmp_path / "strided.lens", progress=False)
     model = lens.model()
     data = load_data(f"folder:{colour_folder}")
