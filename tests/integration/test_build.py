@@ -106,6 +106,28 @@ def test_each_distinct_crop_is_embedded_once(tmp_path, colour_folder, tiny_clip_
     assert sum(tiny_models.EMBEDDED) == stage["distinct_crops"]
 
 
+def test_the_embed_stage_records_where_its_seconds_went(built: Lens) -> None:
+    stage = built.manifest["stages"]["embed"]
+    assert set(stage["parts"]) == {"heatmaps", "boxes", "embedding"}
+    assert stage["parts"]["heatmaps"] > 0 and stage["parts"]["embedding"] > 0  # relevance crops were computed, crops embedded
+    assert sum(stage["parts"].values()) <= stage["seconds"]
+
+
+def test_boxes_snap_to_the_grid_and_nearly_equal_crops_are_embedded_once(built: Lens, tmp_path, colour_folder, tiny_clip_dir) -> None:
+    """A grid of 16 cells a side (2 px at 32 px) against the default boxes to the pixel, cut from the same heatmaps:
+    each snapped box is the pixel box grown to the grid, and the Lens embeds fewer distinct crops."""
+    from semlens.pipeline.crops import snap_boxes
+
+    snapped = build_lens(config(colour_folder, tiny_clip_dir, crop_grid=16, heatmaps_from=str(built.path), class_relevance=False), tmp_path / "g16.lens", progress=False)
+    assert snapped.manifest["identity"]["embed"]["crop_grid"] == 16 and "crop_grid" not in built.manifest["identity"]["embed"]
+    for layer in built.layers:
+        for rule in built.crop_rules:
+            boxes, valid = snapped.boxes(layer, rule), snapped.valid(layer)
+            assert torch.equal(boxes[valid], snap_boxes(built.boxes(layer, rule), (32, 32), 16)[valid]), (layer, rule)
+            assert (boxes[valid] % 2 == 0).all()
+    assert snapped.manifest["stages"]["embed"]["distinct_crops"] < built.manifest["stages"]["embed"]["distinct_crops"]
+
+
 def test_preprocessing_in_the_loader_workers_as_on_a_gpu_gives_the_same_lens(built, tmp_path, colour_folder, tiny_clip_dir, monkeypatch) -> None:
     monkeypatch.setattr(embed_stage_module, "preprocess_in_workers", lambda device: True)
     again = build_lens(config(colour_folder, tiny_clip_dir, workers=1), tmp_path / "workers.lens", progress=False)

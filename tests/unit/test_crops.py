@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semlens._util.errors import SemlensError
-from semlens.pipeline.crops import boxes_from_maps, full_boxes
+from semlens.pipeline.crops import boxes_from_maps, full_boxes, snap_boxes
 
 
 def reference_box(grid: torch.Tensor, height: int, width: int, threshold: float = 0.01) -> list[int]:
@@ -126,6 +126,39 @@ def test_full_boxes_cover_the_image_width_then_height():
     assert full_boxes(0, (8, 8)).shape == (0, 4)
 
 
+@pytest.mark.parametrize("size", [(128, 128), (100, 100), (64, 64), (48, 80)])
+def test_snapped_boxes_are_squares_on_the_grid_inside_the_image_that_cover_each_box(size):
+    height, width = size
+    torch.manual_seed(height + width)
+    maps = torch.randn(300, 6, 6) * (torch.rand(300, 6, 6) < 0.3)
+    boxes = boxes_from_maps(maps, size)
+    snapped = snap_boxes(boxes, size, 16)
+    step = min(size) // 16
+    x0, y0, x1, y1 = snapped.unbind(1)
+    assert torch.equal(x1 - x0, y1 - y0) and (x1 - x0 > 0).all()
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= width).all() and (y1 <= height).all()
+    assert (x0 <= boxes[:, 0]).all() and (y0 <= boxes[:, 1]).all() and (x1 >= boxes[:, 2]).all() and (y1 >= boxes[:, 3]).all()
+    inner = (x1 < width - step) & (y1 < height - step)  # away from a partial last cell, every edge on a cell line
+    assert (snapped[inner] % step == 0).all()
+    assert len(torch.unique(snapped, dim=0)) < len(torch.unique(boxes, dim=0))
+
+
+def test_boxes_within_a_cell_of_each_other_become_one_and_no_grid_keeps_them():
+    boxes = torch.tensor([[3, 5, 60, 62], [1, 2, 61, 63], [0, 4, 58, 62], [64, 64, 128, 128]])
+    snapped = snap_boxes(boxes.reshape(2, 2, 4), (128, 128), 16)  # any leading shape
+    assert snapped.shape == (2, 2, 4)
+    assert snapped.reshape(-1, 4).tolist() == [[0, 0, 64, 64]] * 3 + [[64, 64, 128, 128]]
+    assert torch.equal(snap_boxes(boxes, (128, 128), 0), boxes)
+    assert torch.equal(snap_boxes(boxes, (20, 20), 16), boxes)  # cells under 2 pixels: to the pixel
+
+
+def test_a_negative_crop_grid_is_refused_with_what_is_valid():
+    from semlens import BuildConfig
+
+    with pytest.raises(SemlensError, match=re.escape("crop_grid=-1 must be 0 (boxes to the pixel) or a number of cells a side")):
+        BuildConfig(model="m", layers=["a"], data="d", crop_grid=-1)
+
+
 def test_relevance_crops_of_a_build_equal_one_pair_per_call(tmp_path, colour_folder, tiny_clip_dir) -> None:
     """The crop stage batches pairs (ordered by sample, each sample decoded once per batch, 7 pairs a
     pass so batches cut through a sample's pairs); each heatmap and box must be what one pair per call gives,
@@ -157,7 +190,7 @@ def test_relevance_crops_of_a_build_equal_one_pair_per_call(tmp_path, colour_fol
                 sign = torch.tensor([-1.0 if unit >= base else 1.0])
                 single = crp_heatmaps(modified, image, layer, torch.tensor([unit % base]), sign)
                 assert torch.allclose(heat[unit, slot].float(), pool_heatmaps(single, 32)[0].float(), rtol=1e-3, atol=1e-6)
-                assert boxes[unit, slot].tolist() == boxes_from_maps(heat[unit, slot][None].float(), (32, 32))[0].tolist()  # cut from the stored map
+                assert boxes[unit, slot].tolist() == snap_boxes(boxes_from_maps(heat[unit, slot][None].float(), (32, 32)), (32, 32))[0].tolist()  # cut from the stored map
                 checked += 1
             assert checked >= 12 and (heat.float().abs().amax(dim=(2, 3)) > 0).any()
 

@@ -132,6 +132,8 @@ class LensBuilder:
             for rule in crop_rules(config.crop_rule):
                 if rule in RULE_SETTINGS:
                     identity["embed"][RULE_SETTINGS[rule]] = getattr(config, RULE_SETTINGS[rule])
+        if config.crop_grid:  # likewise boxes to the pixel, as Lenses were cut before the grid
+            identity["embed"]["crop_grid"] = config.crop_grid
         if config.crop_view != "box":  # likewise the plain box view
             identity["embed"]["crop_view"] = config.crop_view
         if config.lrp_rule != "zplus":  # likewise the default rule: crops and class relevance read the rule

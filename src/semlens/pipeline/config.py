@@ -13,7 +13,7 @@ from .._util.errors import SemlensError
 from .._util.tomlfiles import read_toml
 from ..relevance.rules import LRP_RULE_NAMES
 from ..store.slots import crop_rules
-from .crops import CROP_MODES, CROP_QUANTILE, CROP_VIEWS, DEFAULT_CROP_RULE
+from .crops import CROP_GRID, CROP_MODES, CROP_QUANTILE, CROP_VIEWS, DEFAULT_CROP_RULE
 from .parallel import Shard
 
 MAX_RELEVANCE_BATCH = 256
@@ -36,6 +36,7 @@ class BuildConfig:
     crop_share: float = 0.8
     crop_quantile: float = CROP_QUANTILE
     crop_view: str = "box"
+    crop_grid: int = CROP_GRID  # boxes snap outward to this many cells a side (nearly equal crops embedded once); 0 (default): to the pixel
     heatmaps_from: str | None = None  # a Lens whose CRP heatmaps to reuse where computed from the same inputs
     lrp_rule: str = "zplus"  # the convolutions' LRP rule for crops, class relevance, explanations and graphs
     crp_focus: str = "unit"  # relevance crops start from the unit's whole map, or from its highest position ("peak")
@@ -80,6 +81,8 @@ class BuildConfig:
             raise SemlensError(f"crop_share={self.crop_share} must lie in (0, 1] (a share of the heatmap's positive mass, e.g. 0.8)")
         if not 0 < self.crop_threshold < 1:
             raise SemlensError(f"crop_threshold={self.crop_threshold} must lie between 0 and 1 (a share of the heatmap's peak, e.g. 0.01)")
+        if self.crop_grid < 0:
+            raise SemlensError(f"crop_grid={self.crop_grid} must be 0 (boxes to the pixel) or a number of cells a side (e.g. 16)")
         if self.k < 1 or self.batch_size < 1 or self.embed_batch_size < 1:
             raise SemlensError("k, batch_size and embed_batch_size must be positive integers")
         if self.relevance_batch_size is not None and self.relevance_batch_size < 1:

@@ -26,7 +26,7 @@ from ..store.files import LensStore, layer_file, safe_name
 from ..store.slots import recorded_shift
 from .collect import EMPTY_ID
 from .context import BuildContext
-from .crops import crop_boxes, full_boxes, pool_heatmaps
+from .crops import crop_boxes, full_boxes, pool_heatmaps, snap_boxes
 from .embed import CropTable, HeatSource, chunks, plan_crops
 
 HEAT_KEY = "heatmaps"  # metadata key of a layer's ``.crops`` file: the fingerprint its heatmaps were computed for
@@ -65,13 +65,19 @@ class CropStage:
     def __init__(self, context: BuildContext) -> None:
         self.context = context
         self.resumed: dict[str, int] = {}  # per layer, the heatmap pairs this rank took from a checkpoint (see _record_resumed)
+        self.seconds = {"heatmaps": 0.0, "boxes": 0.0}  # where the last run's time went (the embed stage's record)
 
     def run(self) -> CropTable:
         samples, boxes, masked = {}, {}, {}
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
         for spec in self.context.specs:
             stored = self.context.store.read_tensors(layer_file(spec.name, "topk"))
+            started = time.perf_counter()
             heat, source = self._heatmaps(spec, stored)
+            self.seconds["heatmaps"] += time.perf_counter() - started
+            started = time.perf_counter()
             boxes[spec.name] = self.boxes(heat, stored, spec.name, (0.0, 0.0) if source is None else source.shift)
+            self.seconds["boxes"] += time.perf_counter() - started
             samples[spec.name] = slot_samples(stored, boxes[spec.name])
             if heat is not None and self.context.config.crop_view == "masked":
                 masked[spec.name] = (source, faded_slots(heat, stored["inactive"]))
@@ -113,7 +119,8 @@ class CropStage:
         self, heat: torch.Tensor | None, stored: dict[str, torch.Tensor], layer: str, heat_shift: tuple[float, float] = (0.0, 0.0)
     ) -> torch.Tensor:
         """Crop boxes ``[U, V·k, 4]`` by the build's V crop rules (``crop_boxes``); one whole image per example
-        without heatmaps, and whole images for inactive units (their examples are arbitrary: no crop to trust).
+        without heatmaps, and whole images for inactive units (their examples are arbitrary: no crop to trust); boxes
+        snap to the build's ``crop_grid``.
         Boxes cut from ``layer``'s activation maps follow its cells off the even grid (``recorded_shift``), those
         cut from ``heat`` by ``heat_shift`` (its ``HeatSource``'s: none for relevance heatmaps)."""
         config, size = self.context.config, self.context.model.preprocessing.input_size
@@ -123,6 +130,7 @@ class CropStage:
         rules = (config.crop_rule, config.crop_threshold, config.crop_share, config.crop_quantile)
         shift = recorded_shift(self.context.manifest["layers"][layer])
         boxes = crop_boxes(heat, (size, size), *rules, activations=stored.get("maps"), heat_shift=heat_shift, activation_shift=shift)
+        boxes = snap_boxes(boxes, (size, size), config.crop_grid)
         boxes[stored["inactive"]] = full_boxes(1, (size, size))
         return boxes
 

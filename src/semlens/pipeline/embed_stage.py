@@ -47,7 +47,9 @@ class EmbedStage:
     The fingerprint holds ``embed_precision`` unless it is float32 (as ``auto`` is on the CPU): another
     precision gives other embeddings (conse's theta in float16 reaches a cosine of 0.999 with float32's,
     in bfloat16 0.98), so a Lens built in one is not resumed in another; the dtype the model ran in is
-    recorded with its id and keys the embedded chunks. ``embed_channels_last`` and ``embed_compile``
+    recorded with its id and keys the embedded chunks. The record's ``parts`` say where the stage's seconds went:
+    ``heatmaps`` (CRP passes, or reading stored heatmaps), ``boxes``, ``embedding`` (cutting and embedding the
+    distinct crops; the rest is loading the foundation model and storing). ``embed_channels_last`` and ``embed_compile``
     are left out: they compute the same function, theta differing by float rounding (max abs diff
     < 1e-4, tests/unit/test_embed_options.py), so a build may resume with them switched. The stage
     record says which speed-ups ran, and why compiling was given up if it was."""
@@ -76,14 +78,16 @@ class EmbedStage:
         context.manifest["foundation"] = {"spec": config.foundation, "id": foundation.id, "dim": foundation.dim, "dtype": dtype}
         context.ranks.on_main(lambda: context.store.write_manifest(context.manifest))
         table = self.crops.run()
+        embedding = time.perf_counter()
         embeddings = self._embed_table(foundation, table)
+        parts = {**self.crops.seconds, "embedding": time.perf_counter() - embedding}
         compiled = config.embed_compile and not foundation.compile_fallback
-        speed_ups: dict[str, Any] = {"channels_last": foundation.channels_last, "compiled": compiled}
+        record: dict[str, Any] = {"channels_last": foundation.channels_last, "compiled": compiled, "parts": {name: round(value, 3) for name, value in parts.items()}}
         if foundation.compile_fallback:
-            speed_ups["compile_fallback"] = foundation.compile_fallback
-        context.manifest = context.ranks.on_main(lambda: self._store(table, embeddings, started, speed_ups))
+            record["compile_fallback"] = foundation.compile_fallback
+        context.manifest = context.ranks.on_main(lambda: self._store(table, embeddings, started, record))
 
-    def _store(self, table: CropTable, embeddings: torch.Tensor, started: float, speed_ups: dict[str, Any]) -> dict[str, Any]:
+    def _store(self, table: CropTable, embeddings: torch.Tensor, started: float, record: dict[str, Any]) -> dict[str, Any]:
         store = self.context.store
         topk = {spec.name: store.read_tensors(layer_file(spec.name, "topk")) for spec in self.context.specs}
         tied = first_rule_ties(table.index, topk)
@@ -103,7 +107,7 @@ class EmbedStage:
         store.remove(EMBED_PARTIAL)
         slots = sum(int((index >= 0).sum()) for index in table.index.values())
         self.context.finish_stage(
-            self.name, time.perf_counter() - started, example_slots=slots, distinct_crops=table.rows.shape[0], **speed_ups
+            self.name, time.perf_counter() - started, example_slots=slots, distinct_crops=table.rows.shape[0], **record
         )
         return self.context.manifest
 
