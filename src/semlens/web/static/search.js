@@ -1,4 +1,4 @@
-// Search: units of all (or chosen) layers ranked by a text or an image: by alignment and response (the default), or alignment alone.
+// Search: units of all (or chosen) layers ranked by a text or an image: the units the text names first (the default), by alignment and response, or alignment alone.
 "use strict";
 
 (async () => {
@@ -17,9 +17,11 @@
   const examples = document.getElementById("examples");
   options(examples, [["activation", "by activation"], ["relevance", "by relevance"]], lens.relevance_examples ? params.get("examples") || "activation" : "activation");
   examples.disabled = !lens.relevance_examples;
-  // How to rank: by alignment and the units' response to the probe over the Lens's crops, or by alignment alone (Eq. 4).
+  // How to rank: the units whose best concept is the text first, then by alignment and the units' response to the probe
+  // over the Lens's crops ("named", the default); by alignment and response alone; or by alignment alone (Eq. 4).
   const rank = document.getElementById("rank");
-  options(rank, [["both", "alignment and response"], ["alignment", "alignment alone"]], params.get("rank") === "alignment" ? "alignment" : "both");
+  const rankings = [["named", "named first, then alignment and response"], ["both", "alignment and response"], ["alignment", "alignment alone"]];
+  options(rank, rankings, rankings.some(([value]) => value === params.get("rank")) ? params.get("rank") : "named");
   fill(document.getElementById("examples-note"), lens.relevance_examples
     ? "examples: each unit's theta from its top samples by activation, or by relevance for the model's output (default space only)"
     : "this Lens has no relevance examples (rebuild with --relevance-examples): units are searched by their activation examples");
@@ -29,7 +31,7 @@
     const layers = chosen.length === boxes.length ? [] : chosen;
     const chosenSpace = space.value && space.value !== lens.spaces[0] ? [["space", space.value]] : [];
     const chosenExamples = examples.value === "relevance" ? [["examples", "relevance"]] : [];
-    const chosenRank = rank.value === "alignment" ? [["rank", "alignment"]] : [];
+    const chosenRank = rank.value === "named" ? [] : [["rank", rank.value]];
     return new URLSearchParams([["top", top.value], ...chosenSpace, ...chosenExamples, ...chosenRank, ...layers.map((layer) => ["layer", layer])]);
   }
 
@@ -48,7 +50,8 @@
       const parameters = query();
       parameters.set("q", q.value);
       const hits = await run("searching…", () => api(`/api/lenses/${lens.id}/search?${parameters}`));
-      if (hits) show(hits, `${rank.value === "both" ? "alignment with and response to" : "alignment with"} “${q.value}” (${examples.value} examples)`);
+      const by = { named: "name, then alignment with and response to", both: "alignment with and response to", alignment: "alignment with" }[rank.value];
+      if (hits) show(hits, `${by} “${q.value}” (${examples.value} examples)`);
     } else if (file.files.length) {
       const body = new FormData();
       body.append("image", file.files[0]);
