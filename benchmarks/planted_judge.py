@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from ground_truth import _number, _share, artefact_scores, pooled_audit, print_pooled_audit, summary_rows, unit_tests
+from ground_truth import _number, _share, artefact_scores, print_pooled_audit, summary_rows, unit_tests
 from planted_photos import ARCHITECTURES, ARTEFACTS, STUDIED_LAYERS, WEIGHTS_ENV, Planting, photo_classes, placements, save_model, train_model, write_split
 from rich.console import Console
 from rich.table import Table
