@@ -153,7 +153,9 @@ def evaluate_artefact(lens: Lens, data: Path, artefact: str, target: str, contro
         "search_hits_at5_paraphrase_alignment": sum(unit in true_units for unit in aligned[paraphrase]),
         "search_top5": hits, "insertion_auc_max": max(insertion.values()),
         **label_scores(lens, artefact, true_units),
-        "audit_units": len(examined), "audit_rule": audit["rule"], "audit_flagged": len(flagged), "audit_flagged_units": flagged,
+        "audit_units": len(examined), "audit_cut": audit["cut"], "audit_rule": audit["rule"],
+        "class_share_max": max(float(lens.class_relevance(layer)["max_share"][:, index].max()) for layer in layers),  # under the cut: none examined
+        "audit_flagged": len(flagged), "audit_flagged_units": flagged,
         "spurious_share": audit["spurious_share"], "flagged_share": audit["shares"]["spurious"], "confirmed_share": audit["confirmed_share"],
         "audit_both_units": both, "audit_unlocated": audit["unlocated"], "audit_not_raised": audit["not_raised"], "audit_both_by_location": audit["both_by_location"],
         "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],

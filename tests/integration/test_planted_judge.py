@@ -49,7 +49,7 @@ def test_the_judge_scores_a_tiny_configuration_end_to_end(judge, tiny_clip_dir, 
     planted, control = records[0], records[3]
     assert planted["artifact_class"] == control["artifact_class"]  # a control audits the class the seed plants on
     for record in records:
-        for key in ("artefact_unit_names", "audit_precision", "audit_recall", "spurious_share", "search_hits_at5", "search_hits_at5_paraphrase", "reliance", "unit_tests", "label_top1"):
+        for key in ("artefact_unit_names", "audit_precision", "audit_recall", "spurious_share", "search_hits_at5", "search_hits_at5_paraphrase", "reliance", "unit_tests", "label_top1", "class_share_max"):
             assert key in record, key
         assert record["layers"] == ["layer3.1", "layer4.1"] and record["foundation"].startswith("hf:")
     assert set(judge.target_checks(records)) == {"audit precision", "audit recall", "control spurious share", "search hits"}
