@@ -364,13 +364,14 @@ COLUMNS = {  # header: record key
 }  # fmt: skip
 
 
-def summary_rows(records: list[dict[str, Any]], control: bool) -> list[tuple[str, dict[str, Any]]]:
-    """Mean and worst of each column over the planted (or control) runs; None values are left out."""
+def summary_rows(records: list[dict[str, Any]], control: bool, columns: dict[str, str] = COLUMNS) -> list[tuple[str, dict[str, Any]]]:
+    """Mean and worst of each column (``columns``: header -> record key) over the planted (or control) runs; None
+    values are left out."""
     chosen = [record for record in records if record["control"] == control]
     if not chosen:
         return []
     means, worst = {}, {}
-    for key in COLUMNS.values():
+    for key in columns.values():
         values = [record[key] for record in chosen if record[key] is not None]
         if not values:
             continue

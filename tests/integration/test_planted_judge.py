@@ -1,0 +1,64 @@
+"""``benchmarks/planted_judge.py``: the judge on natural photos with a planted artefact, in a tiny configuration
+(3 classes of 48 px photos, the narrow ResNet trained for 2 epochs, a tiny random CLIP): the data, the training,
+the Lens and every score run, and the records have ``ground_truth.py``'s shape. What the scores are is measured
+by the benchmark itself (docs/explanation/planted-judge.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture
+def judge(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # the judge adds benchmarks/ for the model spec
+    monkeypatch.setenv("SEMLENS_PLANTED_WEIGHTS", "")  # and names each model's weights: both are put back after the test
+    import planted_judge
+
+    return planted_judge
+
+
+def test_a_planted_artefact_changes_only_the_pixels_of_its_region(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from planted_photos import ARTEFACTS, placements
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    for name in ARTEFACTS:
+        for artefact in placements(name, 64, 3, 0):
+            changed = np.any(np.asarray(artefact.apply(photo)) != np.asarray(photo), axis=2)
+            assert changed.any() and not (changed & ~artefact.region(64, 64).numpy()).any(), name
+
+
+def test_the_judge_scores_a_tiny_configuration_end_to_end(judge, tiny_clip_dir, tmp_path) -> None:
+    out = tmp_path / "records.json"
+    arguments = [
+        "--models", "resnet", "--seeds", "0", "--controls", "--classes", "3", "--per-class", "6", "3", "3",
+        "--size", "48", "--k", "2", "--epochs", "1", "1", "--foundation", f"hf:{tiny_clip_dir}", "--out", str(tmp_path / "runs"), "--json", str(out),
+    ]  # fmt: skip
+    records = judge.main(arguments)
+    assert json.loads(out.read_text(encoding="utf-8")) == records
+    assert [record["artifact"] for record in records] == ["watermark", "logo", "frame"]
+    assert len({record["artifact_class"] for record in records}) == 3  # each artefact on a class of its own
+    for record in records:
+        for key in ("artefact_unit_names", "audit_precision", "audit_recall", "spurious_share", "search_hits_at5", "search_hits_at5_paraphrase", "reliance", "unit_tests", "label_top1", "class_share_max"):
+            assert key in record, key
+        assert record["layers"] == ["layer3.1", "layer4.1"] and record["foundation"].startswith("hf:") and not record["control"]
+    assert set(judge.target_checks(records)) == {"audit precision", "audit recall", "control spurious share", "search hits"}
+
+
+def test_a_control_shows_each_artefact_at_one_rate_on_every_class_and_audits_the_planted_class(judge) -> None:
+    args = argparse.Namespace(artefacts=["watermark", "logo", "frame"], rate=0.8, other_rate=0.03, control_rate=0.3)
+    classes = ["a", "b", "c", "d"]
+    planted, control = judge.plantings(classes, 5, False, args), judge.plantings(classes, 5, True, args)
+    assert [(p.rate_of("a"), p.rate_of("b"), p.rate_of("c"), p.rate_of("d")) for p in control] == [(0.3,) * 4] * 3
+    assert [judge.audited_class(classes, 5, p.artefact, args) for p in control] == [p.cls for p in planted]
+    assert sorted(p.rate_of(cls) for p in planted for cls in classes) == [0.03] * 9 + [0.8] * 3
