@@ -59,7 +59,7 @@ from rich.table import Table
 
 from semlens import BuildConfig, Lens, build_lens
 from semlens._util.fingerprint import hash_json
-from semlens.analysis.interventions import ConceptImages, activation_aucs, predict
+from semlens.interventions.effects import ConceptImages, activation_aucs, predict
 from semlens.data.folder import FolderData
 from semlens.data.sequence import SequenceData
 from semlens.model.units import LayerSpec

@@ -26,7 +26,7 @@ from torch import nn
 
 from semlens import LoadedModel, Preprocessing
 from semlens._util.errors import SemlensError
-from semlens.analysis.interventions import Artifact
+from semlens.interventions.effects import Artifact
 from semlens.data.photos import source_photos
 from semlens.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from semlens.model.zoo import LITE_MEAN, LITE_STD, efficientnet_lite
