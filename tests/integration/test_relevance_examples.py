@@ -77,6 +77,7 @@ def test_each_distinct_crop_is_embedded_once_and_shared_with_activation_examples
     assert not (first[:, None] == new[None]).all(dim=-1).any()  # no new crop was embedded before
     record = built.manifest["stages"]["examples"]
     assert record["shared_crops"] > 0 and record["distinct_crops"] == new.shape[0]
+    assert set(record["parts"]) == {"heatmaps", "boxes", "embedding"} and record["parts"]["heatmaps"] > 0  # where its time went
     for layer in built.layers:
         ids = built.example_samples(layer, "relevance")
         index = built._relevance_file(layer, "relevance_embed")["crop_index"][:, : ids.shape[1]]  # the first rule's boxes

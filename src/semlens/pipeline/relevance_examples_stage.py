@@ -45,6 +45,11 @@ class RelevanceCrops:
         self.slot_boxes: dict[str, torch.Tensor] = {}
         self.shared = 0
 
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Where this table's time went (heatmaps, boxes), for the embed stage's record as for the activation crops."""
+        return self.crops.seconds
+
     def layers(self) -> list[LayerSpec]:
         """The layers the class relevance stage keeps relevance examples of."""
         return [spec for spec in self.context.specs if not spec.sae]
@@ -55,9 +60,13 @@ class RelevanceCrops:
         for spec in self.layers():
             stored = context.store.read_tensors(layer_file(spec.name, "relevance_topk"))
             record = context.manifest["layers"][spec.name]["relevance_examples"] = {}
+            started = time.perf_counter()
             heat = None if config.crop == "none" else self._heatmaps(spec, stored["ids"], record)
+            self.seconds["heatmaps"] += time.perf_counter() - started
             record["crop"] = "none" if heat is None else "relevance"
+            started = time.perf_counter()
             self.slot_boxes[spec.name] = self.crops.boxes(heat, stored, spec.name)
+            self.seconds["boxes"] += time.perf_counter() - started
             samples[spec.name] = slot_samples(stored, self.slot_boxes[spec.name])
             if heat is not None and config.crop_view == "masked":
                 fired = heat.flatten(2).amax(dim=2) > 0
