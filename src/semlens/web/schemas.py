@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_mod
 
 from ..analysis.audit import Audit, AuditedUnit as AuditedResult
 from ..analysis.compare import Comparison
+from ..analysis.overview import OverviewMap
 from ..analysis.spaces import SpaceComparison
 from ..lens.examples import ConceptExample
 from ..relevance.graph import AttributionGraph, Node
@@ -200,16 +201,17 @@ class UnitPage(UnitRef):
     similar: list[SimilarUnits]
 
 
-class MapOut(BaseModel):
-    layer: str | None = Field(description="The layer mapped, or null for all layers together.")
-    units: list[str]
-    x: list[float]
-    y: list[float]
-    cluster: list[int]
-    cluster_names: list[str]
-    category: list[str]
-    labels: list[str | None]
-    figure: dict[str, Any]
+MapOut = derived(
+    OverviewMap,
+    "MapOut",
+    types={"cluster": list[int], "category": list[str]},  # arrays; categories by name
+    drop=("xy", "category_names"),
+    layer=(str | None, Field(description="The layer mapped, or null for all layers together.")),
+    x=(list[float], ...),
+    y=(list[float], ...),
+    labels=(list[str | None], ...),
+    figure=(dict[str, Any], ...),
+)
 
 
 class DissectOut(BaseModel):
