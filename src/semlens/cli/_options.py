@@ -22,37 +22,37 @@ def option_fields(config: type) -> list[Field]:
     return [item for item in fields(config) if item.metadata.get("cli", True) and item.name not in rests]
 
 
-def option_type(annotation: Any, repeated: bool) -> Any:
-    """What typer parses a field's option as: the plain type among a union's (a field that also takes objects
-    in Python keeps its text form on the command line), a list where the field is one or ``repeated``."""
+def option_type(name: str, annotation: Any, repeated: bool) -> Any:
+    """What typer parses field ``name``'s option as: the plain type among a union's (a field that also takes
+    objects in Python keeps its text form on the command line), a list where the field is one or ``repeated``."""
     if get_origin(annotation) is list:
-        return list[option_type(get_args(annotation)[0], False)]
+        return list[option_type(name, get_args(annotation)[0], False)]
     options = get_args(annotation) if isinstance(annotation, UnionType) or get_origin(annotation) is Union else (annotation,)
-    plain = next(option for option in options if option in PLAIN)
+    plain = next((option for option in options if option in PLAIN), None)
+    if plain is None:
+        raise TypeError(f"field {name} ({annotation}) has no command-line form; give it the metadata {{'cli': False}}")
     return list[plain] if repeated else plain
 
 
 def config_options(config: type, after: str, placed: dict[str, str] | None = None) -> Callable[[Callable], Callable]:
     """Give a command one option per field of ``config`` (default None: the field's own default applies), right
-    after its parameter ``after``; ``placed`` moves a parameter of the command behind a field's option. The
-    command gets the fields' values in ``**settings``; ``config_from_options`` makes the config of them."""
-    hints = get_type_hints(config)
+    after its parameter ``after``; ``placed`` moves a parameter of the command behind a field's option (its
+    ``--help`` order). The command gets the fields' values in its ``**`` parameter; ``config_from_options``
+    makes the config of them."""
+    hints, placed = get_type_hints(config), placed or {}
 
     def decorate(command: Callable) -> Callable:
         own = [parameter for parameter in inspect.signature(command, eval_str=True).parameters.values() if parameter.kind != parameter.VAR_KEYWORD]
-        moved = {name: parameter for parameter in own if (name := parameter.name) in (placed or {})}
+        moved = {parameter.name: parameter for parameter in own if parameter.name in placed}
         made = []
         for item in option_fields(config):
-            flags = item.metadata.get("flags", ())
-            kind = Optional[option_type(hints[item.name], "rest" in item.metadata)]
-            option = typer.Option(None, *flags, help=item.metadata.get("help"))
+            kind = Optional[option_type(item.name, hints[item.name], "rest" in item.metadata)]
+            option = typer.Option(None, *item.metadata.get("flags", ()), help=item.metadata.get("help"))
             made.append(inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
-            made.extend(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY) for name, field_name in (placed or {}).items()
-                        if field_name == item.name for parameter in [moved[name]])  # fmt: skip
-        kept = [parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY) for parameter in own if parameter.name not in moved]
+            made.extend(moved[name] for name, behind in placed.items() if behind == item.name)
+        kept = [parameter for parameter in own if parameter.name not in moved]
         position = [parameter.name for parameter in kept].index(after) + 1
-        parameters = [*kept[:position], *made, *kept[position:]]
-
+        parameters = [parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY) for parameter in [*kept[:position], *made, *kept[position:]]]
         command.__signature__ = inspect.Signature(parameters)  # what typer reads the options from
         command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
         return command
