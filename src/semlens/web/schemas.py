@@ -34,6 +34,7 @@ DERIVED: dict[type, type[BaseModel]] = {}  # result dataclass -> the model of it
 def derived(
     result: type,
     name: str,
+    /,
     *,
     base: type[BaseModel] = BaseModel,
     doc: str | None = None,
