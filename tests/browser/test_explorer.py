@@ -242,7 +242,7 @@ def test_dissect_graph_compare_and_api_pages(page, base_url, valid) -> None:
 
     goto(page, base_url, "api.html")
     page.wait_for_selector("#endpoints code")
-    assert page.locator("#endpoints tr").count() == 22
+    assert page.locator("#endpoints tr").count() == 20
     shot(page, "api")
 
 

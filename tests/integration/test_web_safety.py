@@ -94,7 +94,7 @@ def test_no_error_answer_names_a_path_of_this_machine(app, lenses) -> None:
     for template, methods in paths.items():
         for lens in ("0", "1", "2", "nope"):
             for layer, unit in (("head", "0"), ("nope", "99")):
-                url = template.format(lens=lens, layer=layer, unit=unit, rank="99")
+                url = template.format(lens=lens, layer=layer, unit=unit, rank="99", kind="heatmap")
                 for query in ("", "?space=nope", "?q=red&space=nope&a=0&b=1&rule=nope", "?q=red&a=default&b=nope"):
                     for method in methods:
                         response = client.request(method.upper(), url + query, json={})

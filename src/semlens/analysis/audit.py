@@ -159,14 +159,19 @@ class AuditedUnit:
     mean_relevance: float  # mean share over samples of the class
     a_valid: float
     a_spur: float
-    z_valid: float  # a_valid calibrated: robust z among the units of its layer (best valid probe)
+    z_valid: float = field(metadata={"description": "a_valid as a robust z among the units of its layer"})  # its best valid probe's
     z_spur: float
     verdict: str
-    copies: list[str] = field(default_factory=list)  # a signed layer's other copy of the same channel
+    copies: list[str] = field(default_factory=list, metadata={"description": "a signed layer's other copy of the same channel, merged into this unit"})
     examples: list[str] = field(default_factory=list)
     test: dict | None = None  # the concept test of a flagged or contested (or, with test_all, any) unit (interventions.concept_tests)
-    tight_shift: float | None = None  # its best spurious probe's tight_shift (None: no tight boxes in the Lens)
-    responses_label: str | None = None  # its best concept by its crop responses, of the audit's and a vocabulary's (None: no responses)
+    tight_shift: float | None = field(default=None, metadata={  # its best spurious probe's tight_shift (None: no tight boxes in the Lens)
+        "description": "the spurious alignment's move into the unit's tight boxes, in robust spreads of its layer; below -margin z_spur does not count"
+    })  # fmt: skip
+    responses_label: str | None = field(default=None, metadata={
+        "description": "the unit's best concept by its crop responses, of the audit's concepts and the vocabulary; an audited concept "
+        "decides the verdict (None: the Lens kept no crop responses)"
+    })  # fmt: skip
     verdict_before_test: str | None = None  # its verdict before the concept test revised it (revise_by_test)
     contested: bool = False  # named valid by its crop responses while its alignment alone flags it: tested too
 
@@ -181,11 +186,13 @@ class Audit(HtmlResult):
     valid: list[str]
     spurious: list[str]
     units: list[AuditedUnit]
-    shares: dict[str, float]
+    shares: dict[str, float] = field(metadata={"description": "relevance by verdict, and spurious_or_both"})
     rule: AlignmentRule = AlignmentRule()
-    left_out: list[str] = field(default_factory=list)  # relevant units without examples of their own
+    left_out: list[str] = field(default_factory=list, metadata={"description": "relevant units without examples of their own (inactive or tied)"})
     null_units: dict[str, int] = field(default_factory=dict)  # per layer, the units its null is made of
-    sae_error: dict[str, float] = field(default_factory=dict)  # per SAE layer, the SAE error term's mean share
+    sae_error: dict[str, float] = field(
+        default_factory=dict, metadata={"description": "per SAE layer, the class's mean share of its relevance carried by the SAE's error term"}
+    )
     reliance: dict | None = None
 
     @property

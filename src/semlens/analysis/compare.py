@@ -20,7 +20,7 @@ class Comparison(HtmlResult):
 
     layers_a: list[str]
     layers_b: list[str]
-    a_to_b: list[list[float]]  # [len(layers_a)][len(layers_b)]: S_{A->B} per layer pair
+    a_to_b: list[list[float]] = field(metadata={"description": "per layer pair; null where a layer has no valid units"})  # [len(layers_a)][len(layers_b)]: S_{A->B}
     b_to_a: list[list[float]]  # [len(layers_a)][len(layers_b)]: S_{B->A} per layer pair
     best_match: dict[str, tuple[str, float]] = field(default_factory=dict)  # unit of A -> (unit of B, cosine)
     shared_concepts: list[str] = field(default_factory=list)

@@ -31,8 +31,8 @@ class ExplainedUnit:
     ``[H, W]`` in the model's input view (not in ``to_dict``)."""
 
     unit: str
-    share: float
-    score: float
+    share: float = field(metadata={"description": "share of its layer's summed absolute relevance for the class on this image"})
+    score: float = field(metadata={"description": "its activation on this image, pooled as at collection"})
     label: str | None
     examples: list[Any] = field(default_factory=list)
     heatmap: torch.Tensor | None = None
@@ -45,7 +45,7 @@ class ExplainedUnit:
 class ConceptGroup:
     """Units with the same label (an unlabelled unit is a group of its own) and their summed share."""
 
-    label: str | None
+    label: str | None = field(metadata={"description": "the units' label; null for one unlabelled unit"})
     share: float
     units: list[ExplainedUnit]
 
@@ -63,9 +63,13 @@ class LayerExplanation:
     layer: str
     groups: list[ConceptGroup]
     relevance: float
-    left_out: float
-    against: list[ExplainedUnit] = field(default_factory=list)
-    sae_error: float | None = None
+    left_out: float = field(metadata={"description": "share carried by units without examples of their own (inactive, tied)"})
+    against: list[ExplainedUnit] = field(
+        default_factory=list, metadata={"description": "units with the most negative shares (they spoke against the class); overlay: where"}
+    )
+    sae_error: float | None = field(
+        default=None, metadata={"description": "SAE layers: the share carried by the SAE's error term; null for other layers"}
+    )
 
     @property
     def units(self) -> list[ExplainedUnit]:
@@ -88,7 +92,7 @@ class Explanation(HtmlResult):
     image: str
     class_name: str
     class_index: int
-    predicted: bool  # the explained class is the model's prediction (no class was given)
+    predicted: bool = field(metadata={"description": "true when the explained class is the model's prediction"})  # no class was given
     prediction: list[dict[str, Any]]
     layers: list[LayerExplanation]
     view: Any = None

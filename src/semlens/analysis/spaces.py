@@ -60,9 +60,11 @@ class SpaceComparison:
     a: str
     b: str
     units: int
-    structure: StructureAgreement
-    labels: LabelAgreement | None = None
-    search: RankingAgreement | None = None
+    structure: StructureAgreement = field(metadata={"description": "cka: linear CKA of theta; similarity_correlation: of unit-unit cosines"})
+    labels: LabelAgreement | None = field(default=None, metadata={"description": "top1: same best concept; top_overlap: shared best concepts"})
+    search: RankingAgreement | None = field(
+        default=None, metadata={"description": "top_overlap and spearman, averaged over the queries, and per query"}
+    )
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

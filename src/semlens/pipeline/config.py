@@ -23,38 +23,79 @@ MAX_RELEVANCE_BATCH = 256
 class BuildConfig:
     """Everything a Lens is built from; also the schema of ``semlens run --config FILE.toml``."""
 
-    model: str
-    layers: list[str]
-    data: str
-    foundation: str = "conse"
+    # Each field's metadata is its `semlens run` option (cli/_options.py makes the options from it): "help", and
+    # "flags" where they are not --field-name; "rest": the field that takes the option's further values; "cli":
+    # False for a setting of config files and Python alone.
+    model: str = field(metadata={"flags": ("--model", "-m"), "help": "Model spec, e.g. zoo:efficientnet-lite0, py:pkg.mod:factory."})
+    layers: list[str] = field(metadata={"flags": ("--layer", "-l"), "help": "Layer NAME[:key=value,...]; repeat for several."})
+    data: str = field(metadata={"flags": ("--data", "-d"), "help": "Data spec, e.g. folder:./images."})
+    foundation: str = field(default="conse", metadata={
+        "flags": ("--foundation", "-f"), "rest": "extra_foundations",
+        "help": "Foundation model spec (default conse); repeat to embed into more spaces (the first is the default).",
+    })  # fmt: skip
     extra_foundations: list[str] = field(default_factory=list)  # each embeds the same crops into a space of its own
-    k: int = 30
-    pool: str = "mean"
-    crop: str = "auto"
-    crop_threshold: float = 0.01
-    crop_rule: str | None = None  # None: DEFAULT_CROP_RULE, or peak alone for the masked view (one box per example)
-    crop_share: float = 0.8
-    crop_quantile: float = CROP_QUANTILE
-    crop_view: str = "box"
-    crop_grid: int = CROP_GRID  # boxes snap outward to this many cells a side (nearly equal crops embedded once); 0 (default): to the pixel
-    heatmaps_from: str | None = None  # a Lens whose CRP heatmaps to reuse where computed from the same inputs
-    lrp_rule: str = "zplus"  # the convolutions' LRP rule for crops, class relevance, explanations and graphs
-    crp_focus: str = "unit"  # relevance crops start from the unit's whole map, or from its highest position ("peak")
-    class_relevance: bool = True
-    relevance_data: str | None = None
-    relevance_examples: bool = False  # also keep, crop and embed each unit's top-k samples by relevance (zennit-crp's reference sampling)
-    relevance_batch_size: int | None = None  # None: sized by input pixels (relevance_batch)
-    max_map_side: int = 32
-    batch_size: int = 32
-    embed_batch_size: int = 64
-    embed_precision: str = "auto"  # foundation model dtype; auto: float32 on CPU; on CUDA float16 for CNN towers, else bfloat16
-    embed_channels_last: bool = True  # convolutional towers only: same numbers up to rounding, faster (FoundationModel.speed_up)
-    embed_compile: bool = False  # torch.compile the image tower's forward; falls back, recorded, if compiling fails
-    device: str = "auto"
-    precision: str = "auto"
-    workers: int | None = None
-    checkpoint_seconds: float = 30.0
-    shard: str | None = None
+    k: int = field(default=30, metadata={"flags": ("-k",), "help": "Concept examples per unit (default 30)."})
+    pool: str = field(default="mean", metadata={"help": "Spatial/token pooling: mean (default) or max."})
+    crop: str = field(default="auto", metadata={
+        "help": "Crop mode: auto (default: relevance where LRP supports the model and it is affordable), relevance, activation or none."
+    })  # fmt: skip
+    crop_threshold: float = field(default=0.01, metadata={
+        "help": "Share of a heatmap's peak that a crop keeps (default 0.01, the paper's 1 % rule); 0 < t < 1."
+    })  # fmt: skip
+    crop_rule: str | None = field(default=None, metadata={  # None: DEFAULT_CROP_RULE, or peak alone for the masked view (one box per example)
+        "help": "How a box is cut from a heatmap: peak (everything above --crop-threshold of the peak), share, quantile, or active "
+        "(share of the unit's activation map: where it fires); or several joined by + (one box each). Default peak+active: labels, "
+        "audits and measures read the peak boxes, search the active boxes; peak alone embeds 2 to 4 times fewer crops."
+    })  # fmt: skip
+    crop_share: float = field(default=0.8, metadata={
+        "help": "With --crop-rule share: the smallest square holding this share of the heatmap's positive mass (default 0.8)."
+    })  # fmt: skip
+    crop_quantile: float = field(default=CROP_QUANTILE, metadata={
+        "help": "With --crop-rule quantile: the box around cells above this quantile of the unit's values over its k maps (default 0.95)."
+    })  # fmt: skip
+    crop_view: str = field(default="box", metadata={
+        "help": "What is embedded: box (default: the crop's pixels) or masked (the crop faded to its mean colour where the unit's heatmap is low)."
+    })  # fmt: skip
+    crop_grid: int = field(default=CROP_GRID, metadata={  # nearly equal crops are embedded once
+        "help": "Crop boxes snap outward to a grid of this many cells a side (nearly equal crops embedded once); 0 (default): to the pixel."
+    })  # fmt: skip
+    lrp_rule: str = field(default="zplus", metadata={  # the convolutions' LRP rule for crops, class relevance, explanations and graphs
+        "help": "The convolutions' LRP rule: zplus (default: z+, the signed rule where inputs carry both signs) or gamma (generalised, 0.25)."
+    })  # fmt: skip
+    crp_focus: str = field(default="unit", metadata={  # relevance crops start from the unit's whole map, or from its highest position ("peak")
+        "help": "Where a relevance crop's CRP heatmap starts: unit (default: the unit's whole map, the paper's) or peak (its highest position alone)."
+    })  # fmt: skip
+    heatmaps_from: str | None = field(default=None, metadata={  # a Lens whose CRP heatmaps to reuse where computed from the same inputs
+        "help": "A Lens of the same model, layers and data whose CRP heatmaps to reuse (e.g. to compare crop rules and views)."
+    })  # fmt: skip
+    class_relevance: bool = field(default=True, metadata={"help": "Compute per-class LRP relevance of every unit (default on)."})
+    relevance_data: str | None = field(default=None, metadata={"help": "Labelled data spec for class relevance (default: --data)."})
+    relevance_examples: bool = field(default=False, metadata={  # zennit-crp's reference sampling
+        "help": "Also keep each unit's top-k samples by relevance for the model's output, cropped and embedded: a second theta (default off)."
+    })  # fmt: skip
+    relevance_batch_size: int | None = field(default=None, metadata={"cli": False})  # None: sized by input pixels (relevance_batch)
+    max_map_side: int = field(default=32, metadata={"cli": False})
+    batch_size: int = field(default=32, metadata={"help": "Model batch size (default 32)."})
+    embed_batch_size: int = field(default=64, metadata={"help": "Foundation model batch size (default 64)."})
+    embed_precision: str = field(default="auto", metadata={
+        "help": "Foundation model dtype: auto (default: float32 on CPU; on CUDA float16 for CNN towers, bfloat16 for towers with "
+        "transformer blocks), float32, bfloat16, float16."
+    })  # fmt: skip
+    embed_channels_last: bool = field(default=True, metadata={  # convolutional towers only (FoundationModel.speed_up)
+        "help": "Channels-last convolutional foundation towers (default on; same numbers up to rounding)."
+    })  # fmt: skip
+    embed_compile: bool = field(default=False, metadata={
+        "help": "torch.compile the foundation model's image tower (default off; falls back, with a warning, if compiling fails)."
+    })  # fmt: skip
+    device: str = field(default="auto", metadata={"help": "auto (default), cpu, cuda or cuda:N."})
+    precision: str = field(default="auto", metadata={
+        "help": "Model forward pass while collecting: auto (default: bfloat16 autocast on CUDA, float32 on CPU), float32, bfloat16, float16."
+    })  # fmt: skip
+    workers: int | None = field(default=None, metadata={"help": "Data loader worker processes (default: cores - 1, at most 4; at most 8 on a GPU)."})
+    checkpoint_seconds: float = field(default=30.0, metadata={"help": "Seconds between resume checkpoints (default 30)."})
+    shard: str | None = field(default=None, metadata={
+        "help": "i/n: collect only shard i of n of the data into a partial Lens (job arrays); combine with `semlens merge`."
+    })  # fmt: skip
 
     def __post_init__(self) -> None:
         if not self.layers:

@@ -35,7 +35,7 @@ class Node:
 class AttributionGraph:
     class_name: str
     nodes: list[Node] = field(default_factory=list)
-    edges: list[dict] = field(default_factory=list)  # {"source", "target", "weight"}
+    edges: list[dict] = field(default_factory=list, metadata={"description": "{source, target, weight}: relevance flowing down"})
     left_out: dict[str, float] = field(default_factory=dict)  # per layer: share of inactive or tied units above the cut
 
     def to_dict(self) -> dict:

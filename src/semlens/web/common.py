@@ -7,6 +7,7 @@ import io
 import json
 import math
 import re
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query, Request
@@ -83,8 +84,7 @@ def example_out(served: Served, unit: str, example: ConceptExample, examples: st
     """An example of a set with its image URLs (a heatmap's where the set's crops were cut from heatmaps)."""
     heat = served.has_heatmaps(unit, examples)
     return {
-        "rank": example.rank, "sample": example.sample, "score": finite(example.score), "box": list(example.box),
-        "source": example.source, "label": example.label,
+        **asdict(example), "score": finite(example.score), "box": list(example.box),
         "thumbnail": served.example_url(unit, example.rank, examples=examples),
         "image": served.example_url(unit, example.rank, "image", examples),
         "heatmap": served.example_url(unit, example.rank, "heatmap", examples) if heat else None,

@@ -7,14 +7,76 @@ drawn by the bundled plotly.js.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import dataclasses
+import functools
+import operator
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+
+from ..analysis.audit import Audit, AuditedUnit as AuditedResult
+from ..analysis.compare import Comparison
+from ..analysis.overview import OverviewMap
+from ..analysis.spaces import SpaceComparison
+from ..lens.examples import ConceptExample
+from ..relevance.graph import AttributionGraph, Node
+from ..store.spaces import EmbeddingSpace
 
 MAX_TEXT = 200
 MAX_CONCEPTS = 20
 
 Concept = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT)]
+
+DERIVED: dict[type, type[BaseModel]] = {}  # result dataclass -> the model of its JSON shape
+
+
+def derived(
+    result: type,
+    name: str,
+    /,
+    *,
+    base: type[BaseModel] = BaseModel,
+    doc: str | None = None,
+    keys: dict[str, str] | None = None,
+    types: dict[str, Any] | None = None,
+    drop: tuple[str, ...] = (),
+    **added: tuple[Any, Any],
+) -> type[BaseModel]:
+    """The JSON shape of the result dataclass ``result`` (what its ``to_dict`` gives) as a pydantic model, so each
+    field is written once, in the result: its type, default and description (field metadata "description");
+    result types inside it become their derived models. Where ``to_dict`` differs: ``keys`` renames fields
+    (class_name -> class), ``types`` retypes them (NaN -> null, nested parts as plain dicts), ``drop`` leaves them
+    out; ``added`` adds the explorer's own fields (URLs, figures) as ``(type, Field(...))``."""
+    hints, keys, types = get_type_hints(result), keys or {}, types or {}
+    shape: dict[str, Any] = {}
+    for item in dataclasses.fields(result):
+        if item.name in drop:
+            continue
+        if item.name in added:
+            shape[item.name] = added.pop(item.name)  # replaced in place: the JSON keeps the result's order
+            continue
+        default: dict[str, Any] = {"default": item.default} if item.default is not dataclasses.MISSING else {}
+        if item.default_factory is not dataclasses.MISSING:
+            default = {"default_factory": item.default_factory}
+        info = Field(**default, alias=keys.get(item.name), description=item.metadata.get("description"))
+        shape[item.name] = (types.get(item.name, _json_type(hints[item.name])), info)
+    config = {"__config__": ConfigDict(populate_by_name=True)} if base is BaseModel else {"__base__": base}
+    model = create_model(name, __doc__=doc, **config, **shape, **added)
+    DERIVED[result] = model
+    return model
+
+
+def _json_type(hint: Any) -> Any:
+    """``hint`` with the result types in it replaced by their derived models."""
+    if hint in DERIVED:
+        return DERIVED[hint]
+    arguments = get_args(hint)
+    if isinstance(hint, UnionType) or get_origin(hint) is Union:
+        return functools.reduce(operator.or_, (_json_type(argument) for argument in arguments))
+    if get_origin(hint) in (list, dict):
+        return get_origin(hint)[tuple(_json_type(argument) for argument in arguments)]
+    return hint
 
 
 class Problem(BaseModel):
@@ -87,16 +149,15 @@ class Hit(UnitRef):
     )
 
 
-class Example(BaseModel):
-    rank: int
-    sample: int
-    score: float | None
-    box: list[int] = Field(description="Crop box x0, y0, x1, y1 in the model's input view (the full image).")
-    source: str
-    label: int | None
-    thumbnail: str
-    image: str = Field(description="URL of the full input view, on demand.")
-    heatmap: str | None = Field(description="URL of the full view with the heatmap the crop was cut from; null for whole-image crops.")
+Example = derived(
+    ConceptExample,
+    "Example",
+    types={"score": float | None},  # NaN: null
+    box=(list[int], Field(description="Crop box x0, y0, x1, y1 in the model's input view (the full image).")),
+    thumbnail=(str, ...),
+    image=(str, Field(description="URL of the full input view, on demand.")),
+    heatmap=(str | None, Field(description="URL of the full view with the heatmap the crop was cut from; null for whole-image crops.")),
+)
 
 
 class Candidate(BaseModel):
@@ -141,16 +202,17 @@ class UnitPage(UnitRef):
     similar: list[SimilarUnits]
 
 
-class MapOut(BaseModel):
-    layer: str | None = Field(description="The layer mapped, or null for all layers together.")
-    units: list[str]
-    x: list[float]
-    y: list[float]
-    cluster: list[int]
-    cluster_names: list[str]
-    category: list[str]
-    labels: list[str | None]
-    figure: dict[str, Any]
+MapOut = derived(
+    OverviewMap,
+    "MapOut",
+    types={"cluster": list[int], "category": list[str]},  # arrays; categories by name
+    drop=("xy", "category_names"),
+    layer=(str | None, Field(description="The layer mapped, or null for all layers together.")),
+    x=(list[float], ...),
+    y=(list[float], ...),
+    labels=(list[str | None], ...),
+    figure=(dict[str, Any], ...),
+)
 
 
 class DissectOut(BaseModel):
@@ -179,51 +241,23 @@ class AuditRequest(BaseModel):
     layers: list[Concept] | None = Field(None, max_length=64)
 
 
-class AuditedUnit(UnitRef):
-    relevance: float
-    mean_relevance: float
-    a_valid: float
-    a_spur: float
-    z_valid: float = Field(description="a_valid as a robust z among the units of its layer")
-    z_spur: float
-    tight_shift: float | None = Field(None, description="the spurious alignment's move into the unit's tight boxes, in robust spreads of its layer; below -margin z_spur does not count")
-    responses_label: str | None = Field(None, description="the unit's best concept by its crop responses, of the audit's concepts and the vocabulary; an audited concept decides the verdict (None: the Lens kept no crop responses)")
-    verdict: str
-    copies: list[str] = Field(description="a signed layer's other copy of the same channel, merged into this unit")
+AuditedUnit = derived(AuditedResult, "AuditedUnit", base=UnitRef, drop=("unit", "examples", "test", "verdict_before_test", "contested"))
 
 
-class AuditOut(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
-    class_name: str = Field(alias="class")
-    cut: float
-    valid: list[str]
-    spurious: list[str]
-    rule: dict[str, Any] = Field(description="{null, z, margin, by_label, by_location, by_rise, locate_share, locate_enough}: when a unit counts as aligned, the verdicts' margin, which evidence beside the alignment judges, and the location bar (a share of the layer's best, capped at an IoU that always suffices)")
-    shares: dict[str, float] = Field(description="relevance by verdict, and spurious_or_both")
-    left_out: list[str] = Field(description="relevant units without examples of their own (inactive or tied)")
-    sae_error: dict[str, float] = Field(
-        default_factory=dict, description="per SAE layer, the class's mean share of its relevance carried by the SAE's error term"
-    )
-    units: list[AuditedUnit]
-    figure: dict[str, Any]
+AuditOut = derived(
+    Audit,
+    "AuditOut",
+    keys={"class_name": "class"},
+    drop=("null_units", "reliance"),  # rule: its to_dict adds the null's name
+    rule=(dict[str, Any], Field(description="{null, z, margin, by_label, by_location, by_rise, locate_share, locate_enough}: when a unit counts as aligned, the verdicts' margin, which evidence beside the alignment judges, and the location bar (a share of the layer's best, capped at an IoU that always suffices)")),
+    figure=(dict[str, Any], ...),
+)
 
 
-class GraphNode(BaseModel):
-    id: str
-    layer: str
-    label: str
-    units: list[str]
-    relevance: float
+GraphNode = derived(Node, "GraphNode")
 
 
-class GraphOut(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
-    class_name: str = Field(alias="class")
-    nodes: list[GraphNode]
-    edges: list[dict[str, Any]] = Field(description="{source, target, weight}: relevance flowing down")
-    figure: dict[str, Any]
+GraphOut = derived(AttributionGraph, "GraphOut", keys={"class_name": "class"}, drop=("left_out",), figure=(dict[str, Any], ...))
 
 
 class Match(BaseModel):
@@ -232,38 +266,27 @@ class Match(BaseModel):
     similarity: float
 
 
-class CompareOut(BaseModel):
-    a: int
-    b: int
-    layers_a: list[str]
-    layers_b: list[str]
-    s_a_to_b: list[list[float | None]] = Field(description="per layer pair; null where a layer has no valid units")
-    s_b_to_a: list[list[float | None]]
-    matches: list[Match] = Field(description="Units of A with their best match in B, most similar first.")
-    shared_concepts: list[str]
-    only_a: list[str]
-    only_b: list[str]
+CompareOut = derived(
+    Comparison,
+    "CompareOut",
+    keys={"a_to_b": "s_a_to_b", "b_to_a": "s_b_to_a"},
+    types={"a_to_b": list[list[float | None]], "b_to_a": list[list[float | None]]},  # NaN: null
+    drop=("best_match",),
+    matches=(list[Match], Field(description="Units of A with their best match in B, most similar first.")),
+    a=(int, ...),
+    b=(int, ...),
+)
 
 
-class SpaceInfo(BaseModel):
-    """One embedding space of a Lens: the default one (its build's foundation model) or one added since."""
-
-    name: str
-    spec: str
-    foundation_id: str
-    dim: int
-    default: bool
-    complete: bool
+SpaceInfo = derived(
+    EmbeddingSpace, "SpaceInfo", doc="One embedding space of a Lens: the default one (its build's foundation model) or one added since."
+)
 
 
-class SpaceComparisonOut(BaseModel):
-    """How far two embedding spaces agree on the same units (1 = fully); labels and search are null when a
-    space's foundation model embeds no text."""
-
-    a: str
-    b: str
-    units: int
-    labels: dict[str, Any] | None = Field(description="top1: same best concept; top_overlap: shared best concepts")
-    search: dict[str, Any] | None = Field(description="top_overlap and spearman, averaged over the queries, and per query")
-    structure: dict[str, Any] = Field(description="cka: linear CKA of theta; similarity_correlation: of unit-unit cosines")
-    notes: list[str]
+SpaceComparisonOut = derived(
+    SpaceComparison,
+    "SpaceComparisonOut",
+    doc="How far two embedding spaces agree on the same units (1 = fully); labels and search are null when a\n"
+    "space's foundation model embeds no text.",
+    types={"labels": dict[str, Any] | None, "search": dict[str, Any] | None, "structure": dict[str, Any]},  # rounded, NaN: null
+)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from ...report.figures import graph_figure
 from ...report.html import audit_figure
 from ..common import MAX_TEXT, ExplorerDep, Layers, LensKey, layers_of, plotly_json
-from ..schemas import AuditOut, AuditRequest, GraphOut
+from ..schemas import AuditedUnit, AuditOut, AuditRequest, GraphOut, UnitRef
 
 router = APIRouter()
 
@@ -35,7 +35,7 @@ def audit(explorer: ExplorerDep, lens: LensKey, request: AuditRequest) -> dict[s
         layers=layers_of(served, request.layers),
         rule=rule,
     )
-    fields = ("relevance", "mean_relevance", "a_valid", "a_spur", "z_valid", "z_spur", "tight_shift", "responses_label", "verdict", "copies")
+    fields = [name for name in AuditedUnit.model_fields if name not in UnitRef.model_fields]  # the audit's own
     units = [{**served.ref(unit.unit), **{key: getattr(unit, key) for key in fields}} for unit in result.units]
     return {
         **result.to_dict(),

@@ -11,10 +11,10 @@ from fastapi import APIRouter, File, Query, UploadFile
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...analysis.explain import Explanation
+from ...analysis.explain import ConceptGroup, ExplainedUnit, Explanation, LayerExplanation
 from ...report.explain import explanation_overlays
 from ..common import MAX_TEXT, ExplorerDep, Layers, LensKey, decode_image, example_out, layers_of
-from ..schemas import Example
+from ..schemas import Example, derived
 from ..state import Served
 
 router = APIRouter()
@@ -33,42 +33,22 @@ class ClassProbability(BaseModel):
     probability: float
 
 
-class ExplainedUnitOut(BaseModel):
-    unit: str
-    share: float = Field(description="share of its layer's summed absolute relevance for the class on this image")
-    score: float = Field(description="its activation on this image, pooled as at collection")
-    label: str | None
-    examples: list[Example]
-    overlay: str = Field(description="PNG data URL: the image with the class's relevance through this unit (CRP)")
-
-
-class ConceptGroupOut(BaseModel):
-    label: str | None = Field(description="the units' label; null for one unlabelled unit")
-    share: float
-    units: list[ExplainedUnitOut]
-
-
-class LayerOut(BaseModel):
-    layer: str
-    relevance: float
-    left_out: float = Field(description="share carried by units without examples of their own (inactive, tied)")
-    sae_error: float | None = Field(None, description="SAE layers: the share carried by the SAE's error term; null for other layers")
-    groups: list[ConceptGroupOut]
-    against: list[ExplainedUnitOut] = Field(
-        default_factory=list, description="units with the most negative shares (they spoke against the class); overlay: where"
-    )
-
-
-class ExplainOut(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
-    image: str
-    class_name: str = Field(alias="class")
-    class_index: int
-    predicted: bool = Field(description="true when the explained class is the model's prediction")
-    prediction: list[ClassProbability]
-    layers: list[LayerOut]
-    view: str = Field(description="PNG data URL: the image as the model saw it")
+ExplainedUnitOut = derived(
+    ExplainedUnit,
+    "ExplainedUnitOut",
+    drop=("heatmap",),
+    examples=(list[Example], ...),
+    overlay=(str, Field(description="PNG data URL: the image with the class's relevance through this unit (CRP)")),
+)
+ConceptGroupOut = derived(ConceptGroup, "ConceptGroupOut")
+LayerOut = derived(LayerExplanation, "LayerOut")
+ExplainOut = derived(
+    Explanation,
+    "ExplainOut",
+    keys={"class_name": "class"},
+    prediction=(list[ClassProbability], ...),
+    view=(str, Field(description="PNG data URL: the image as the model saw it")),
+)
 
 
 def data_url(image: Image.Image) -> str:

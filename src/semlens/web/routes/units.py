@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
+from fastapi import Path as PathParam
 from fastapi.responses import Response
 
 from ..._util.errors import SemlensError
@@ -12,6 +13,7 @@ from ...store.files import LensFileError
 from ..common import IMAGE, ExampleSet, ExplorerDep, LayerName, LensKey, Rank, UnitName, example_out, finite, hits_out
 from ..schemas import Example, LensInfo, UnitPage
 from ..state import Explorer, NotFound, Served
+from ..thumbnails import KINDS
 
 SIMILAR = 8  # similar units shown per served Lens
 
@@ -96,44 +98,24 @@ def unit_examples(
     return [example_out(served, name, example, examples) for example in served.lens.concept_examples(name, by=examples)]
 
 
-def example_jpeg(explorer: Explorer, lens: str, layer: str, unit: str, rank: int, kind: str, examples: str) -> Response:
+ImageKind = Annotated[
+    Literal[KINDS],
+    PathParam(description="thumbnail: the crop (where the unit fires); image: the full input view (the example's box is in the "
+              "example); heatmap: the full view with the heatmap the crop was cut from (relevance or activation)"),
+]  # fmt: skip
+
+
+@router.get(
+    "/api/lenses/{lens}/layers/{layer}/units/{unit}/examples/{rank}/{kind}",
+    response_class=Response, responses=IMAGE, summary="A concept example's crop, full input view or heatmap (JPEG, made once, cached)",
+)  # fmt: skip
+def example_image(
+    explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank, kind: ImageKind,
+    examples: ExampleSet = "activation",
+) -> Response:  # fmt: skip
     served = explorer.get(lens)
     name, row = served.unit(layer, unit)
     if kind == "heatmap" and not served.has_heatmaps(name, examples):
         raise NotFound(f"layer {layer}'s {examples} examples are whole images (crop mode none): they have no heatmap")
     data = served.thumbnails.jpeg(layer, row, served.example(name, rank, examples), kind, examples)
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
-
-
-@router.get(
-    "/api/lenses/{lens}/layers/{layer}/units/{unit}/examples/{rank}/thumbnail",
-    response_class=Response, responses=IMAGE, summary="A concept example's crop (JPEG, made once, cached)",
-)  # fmt: skip
-def thumbnail(
-    explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank,
-    examples: ExampleSet = "activation",
-) -> Response:  # fmt: skip
-    return example_jpeg(explorer, lens, layer, unit, rank, "thumbnail", examples)
-
-
-@router.get(
-    "/api/lenses/{lens}/layers/{layer}/units/{unit}/examples/{rank}/image",
-    response_class=Response, responses=IMAGE, summary="A concept example's full input view (JPEG); its box is in the example",
-)  # fmt: skip
-def full_image(
-    explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank,
-    examples: ExampleSet = "activation",
-) -> Response:  # fmt: skip
-    return example_jpeg(explorer, lens, layer, unit, rank, "image", examples)
-
-
-@router.get(
-    "/api/lenses/{lens}/layers/{layer}/units/{unit}/examples/{rank}/heatmap",
-    response_class=Response, responses=IMAGE,
-    summary="A concept example's full input view with the heatmap its crop was cut from (JPEG; relevance or activation)",
-)  # fmt: skip
-def heatmap_image(
-    explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: UnitName, rank: Rank,
-    examples: ExampleSet = "activation",
-) -> Response:  # fmt: skip
-    return example_jpeg(explorer, lens, layer, unit, rank, "heatmap", examples)

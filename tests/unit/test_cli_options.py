@@ -1,0 +1,51 @@
+"""`semlens run`'s options are made from BuildConfig's fields: a new field is a new option, no CLI edit needed."""
+
+from __future__ import annotations
+
+from dataclasses import field, fields, make_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from typer.testing import CliRunner
+
+from semlens import BuildConfig
+from semlens.cli import app
+from semlens.cli._options import config_from_options, config_options
+
+
+def test_every_build_config_field_is_a_run_option_unless_marked_otherwise() -> None:
+    command = typer.main.get_command(app).commands["run"]
+    options = {parameter.name for parameter in command.params}
+    marked = {item.name for item in fields(BuildConfig) if item.metadata.get("cli") is False or item.name == "extra_foundations"}
+    assert {item.name for item in fields(BuildConfig)} - marked <= options
+    assert not marked & options
+    assert {"config", "out", "overwrite", "as_json", "progress"} <= options
+
+
+def test_a_new_field_is_an_option_and_reaches_the_config(tmp_path) -> None:
+    knob = field(default=1, metadata={"help": "A knob added later."})
+    extended = make_dataclass("Extended", [("new_knob", int, knob), ("new_path", Optional[str], field(default=None))], bases=(BuildConfig,))
+    made: list[Any] = []
+    cli = typer.Typer()
+
+    @cli.command()
+    @config_options(extended, after="config")
+    def build(config: Optional[Path] = typer.Option(None, "--config"), **options: Any) -> None:
+        made.append(config_from_options(extended, options, config))
+
+    options = {parameter.name: parameter for parameter in typer.main.get_command(cli).params}
+    assert options["new_knob"].opts == ["--new-knob"] and options["new_knob"].help == "A knob added later."
+    assert options["new_path"].opts == ["--new-path"] and options["layers"].opts == ["--layer", "-l"]
+    result = CliRunner().invoke(cli, ["-m", "py:m:f", "-l", "head", "-d", "folder:x", "-f", "conse", "-f", "clip", "--new-knob", "5"])
+    assert result.exit_code == 0, result.output
+    assert (made[0].new_knob, made[0].new_path, made[0].foundation, made[0].extra_foundations, made[0].k) == (5, None, "conse", ["clip"], 30)
+
+
+def test_missing_required_settings_are_named_by_their_flags() -> None:
+    try:
+        config_from_options(BuildConfig, {"model": "py:m:f", "layers": []})
+    except Exception as error:
+        assert str(error) == "missing --layer, --data (or give --config FILE.toml)"
+    else:
+        raise AssertionError("no error")
