@@ -98,3 +98,8 @@ def register_in_memory(registry: SpecRegistry[Any], option: str) -> None:
             f"this Lens was built from the {registry.kind} passed in memory ({rest or 'an object'}), which it cannot load "
             f"again: pass the same {registry.kind} yourself ({option})"
         )
+
+
+def described(value: object) -> str:
+    """A spec or setting as written, an object by its class (never its repr: a module's is its whole architecture)."""
+    return repr(value) if isinstance(value, (str, int, float, bool, list, type(None))) else f"a {type(value).__name__}"

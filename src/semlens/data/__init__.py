@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from .._util.errors import SpecError
 from .._util.imports import call_factory, import_object
-from .._util.specs import SpecForm, SpecRegistry, in_memory_spec, register_in_memory
+from .._util.specs import SpecForm, SpecRegistry, described, in_memory_spec, register_in_memory
 from .base import ImageData
 from .folder import FolderData
 from .memory import MemoryData
@@ -37,8 +37,7 @@ def load_data(data: str | ImageData | Sequence[Any], classes: list[str] | None =
     Dataset) of images, image paths or ``(image, label)`` pairs, with ``classes`` naming the labels
     (``MemoryData``). An object whose spec semlens cannot load again is recorded as ``memory:CLASS``."""
     if classes is not None and isinstance(data, (str, ImageData)):
-        shown = repr(data) if isinstance(data, str) else f"a {type(data).__name__}"
-        raise SpecError(f"classes= goes with data passed as a list or dataset; {shown} names its own classes")
+        raise SpecError(f"classes= goes with data passed as a list or dataset; {described(data)} names its own classes")
     if isinstance(data, str):
         return DATASETS.resolve(data)
     if isinstance(data, ImageData):

@@ -29,7 +29,7 @@ from .._util.errors import SpecError
 from .._util.fingerprint import hash_module_weights
 from .._util.imports import call_factory, import_object, import_optional
 from .._util.seeded import seeded_weights
-from .._util.specs import SpecForm, SpecRegistry, in_memory_spec, register_in_memory
+from .._util.specs import SpecForm, SpecRegistry, described, in_memory_spec, register_in_memory
 from .imagenet import imagenet_classes, model_class_index
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, preprocessing_of
 from .zoo import VARIANTS as LITE_VARIANTS
@@ -274,7 +274,7 @@ def load_model(model: str | nn.Module | LoadedModel, preprocessing: Preprocessin
     transform (``preprocessing_of``), or ImageNet's, said in a warning. An object whose spec semlens cannot load
     again is recorded as ``memory:CLASS`` (a Lens then asks for the object: ``register_in_memory``)."""
     if preprocessing is not None and not isinstance(model, nn.Module):
-        raise SpecError(f"preprocessing= goes with a model object (an nn.Module); {_described(model)} brings its own")
+        raise SpecError(f"preprocessing= goes with a model object (an nn.Module); {described(model)} brings its own")
     if isinstance(model, nn.Module):
         if preprocessing is None:
             warnings.warn(
@@ -286,11 +286,6 @@ def load_model(model: str | nn.Module | LoadedModel, preprocessing: Preprocessin
     if isinstance(model, LoadedModel):
         return model if MODELS.knows(model.spec) else replace(model, spec=in_memory_spec(model.module))
     return MODELS.resolve(model)
-
-
-def _described(value: object) -> str:
-    """A spec as written, an object by its class (never its repr: a module's repr is its whole architecture)."""
-    return repr(value) if isinstance(value, str) else f"a {type(value).__name__}"
 
 
 def list_models() -> list[SpecForm[LoadedModel]]:

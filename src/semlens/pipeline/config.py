@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from .._util.devices import check_precision
 from .._util.errors import SemlensError
-from .._util.specs import IN_MEMORY, split_spec
+from .._util.specs import IN_MEMORY, described, split_spec
 from .._util.tomlfiles import read_toml
 from ..data import ImageData, load_data
 from ..foundation import FoundationModel, foundation_spec
@@ -77,8 +77,13 @@ class BuildConfig:
             raise SemlensError("no layers given; name at least one (see `semlens layers MODEL`)")
         if isinstance(self.model, (nn.Module, LoadedModel)) or self.preprocessing is not None:
             self.model, self.preprocessing = load_model(self.model, self.preprocessing), None  # a spec with preprocessing= fails there
-        if not isinstance(self.data, str) or self.classes is not None:
+        if (isinstance(self.data, (ImageData, Sequence, Dataset)) and not isinstance(self.data, str)) or self.classes is not None:
             self.data, self.classes = load_data(self.data, self.classes), None  # likewise a spec with classes=
+        if isinstance(self.foundation, nn.Module):  # an open_clip or transformers model as the user holds it
+            raise SemlensError(
+                f"foundation={described(self.foundation)} is a torch module, not a semlens.FoundationModel: save it "
+                "(save_pretrained DIR) and give foundation='hf:DIR', or pass semlens.load_foundation_model(SPEC)"
+            )
         check_field_types(self)
         if self.crop not in CROP_MODES:
             raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
@@ -167,7 +172,7 @@ def check_field_types(config: Any) -> None:
     for item in fields(config):
         value, expected = getattr(config, item.name), hints[item.name]
         if not _is_of(value, expected):
-            raise SemlensError(f"{item.name}={value!r} should be {_kind(expected)}")
+            raise SemlensError(f"{item.name}={described(value)} should be {_kind(expected)}")
 
 
 def _is_of(value: Any, expected: Any) -> bool:
