@@ -93,7 +93,7 @@ def preprocessing_of(transform: Any) -> Preprocessing:
     if isinstance(transform, Preprocessing):
         return transform
     if hasattr(transform, "crop_size") and hasattr(transform, "resize_size"):  # torchvision's ImageClassification preset
-        return Preprocessing(int(transform.crop_size[0]), int(transform.resize_size[0]), tuple(transform.mean), tuple(transform.std))
+        return Preprocessing(int(transform.crop_size[0]), int(transform.resize_size[0]), _floats(transform.mean), _floats(transform.std))
     steps = {type(step).__name__: step for step in getattr(transform, "transforms", [transform])}
     unknown = [name for name in steps if name not in {"Resize", "CenterCrop", "Normalize", *TYPE_STEPS}]
     resize, crop = (_side(steps[name].size) if name in steps else None for name in ("Resize", "CenterCrop"))
@@ -104,7 +104,7 @@ def preprocessing_of(transform: Any) -> Preprocessing:
             "and Normalize, or semlens.Preprocessing(input_size=..., resize=..., mean=..., std=...)"
         )
     normalise = steps.get("Normalize")
-    mean, std = (tuple(normalise.mean), tuple(normalise.std)) if normalise else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    mean, std = (_floats(normalise.mean), _floats(normalise.std)) if normalise else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     return Preprocessing(int(crop or resize), int(max(resize or 0, crop or 0)), mean, std)
 
 
@@ -114,3 +114,9 @@ def _side(size: Any) -> int:
     if len(set(sides)) != 1:
         raise SpecError(f"the transform's size {tuple(sides)} is not square: semlens resizes the shorter side and crops a square centre")
     return int(sides[0])
+
+
+def _floats(values: Any) -> tuple[float, float, float]:
+    """A transform's per-channel mean or std (a list, a tuple, a tensor) as three floats, as a Lens records them."""
+    channels = [float(value) for value in values]
+    return (channels * 3)[:3] if len(channels) == 1 else (channels[0], channels[1], channels[2])
