@@ -8,6 +8,8 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
+from tiny_foundation import SAVERS
 from tiny_models import TINY_PREPROCESSING, TinyCNN, colour_images
 
 from semlens import BuildConfig, Lens, LoadedModel, Preprocessing, SemlensError, build_lens, load_data, load_foundation_model, load_model
@@ -49,7 +51,7 @@ def test_a_lens_from_objects_records_them_and_answers(built, images) -> None:
     assert lens.labels(LAYERS[0]) is not None  # labelled in the Lens's own folder, by the foundation model it holds
 
 
-def test_opened_again_it_asks_for_the_objects_by_name_and_takes_them(built, foundation) -> None:
+def test_opened_again_it_asks_for_the_objects_by_name_and_takes_them(built, foundation, tmp_path, monkeypatch) -> None:
     _, out = built
     again = Lens.open(out)
     with pytest.raises(SemlensError, match=r"model passed in memory \(TinyCNN\).*model=MODEL"):
@@ -58,10 +60,12 @@ def test_opened_again_it_asks_for_the_objects_by_name_and_takes_them(built, foun
         again.search("red")
     with pytest.raises(SemlensError, match=r"data passed in memory \(list\)"):
         again.probe_data
-    untrusted = Lens.open(out)
-    untrusted.trusted = False  # a received copy: the recorded memory: spec is refused the same way, nothing run or read
-    with pytest.raises(SemlensError, match="model passed in memory"):
-        untrusted.model()
+    with monkeypatch.context() as stranger:  # another user's machine: the recorded memory: spec is refused the same way
+        stranger.setenv("SEMLENS_CACHE", str(tmp_path / "stranger-cache"))
+        untrusted = Lens.open(out)
+        assert not untrusted.trusted
+        with pytest.raises(SemlensError, match="model passed in memory"):
+            untrusted.model()
     given = Lens.open(out, model=LoadedModel(TinyCNN().eval(), "mine", TINY_PREPROCESSING), foundation=foundation)
     assert given.model().fingerprint == given.manifest["identity"]["model"]["fingerprint"]
     assert len(given.search("red", top=2)) == 2
@@ -75,15 +79,20 @@ def test_the_same_build_lens_call_reuses_the_lens_with_its_objects(built, founda
     assert again.manifest["build_id"] == lens.manifest["build_id"] and again.probe_data.fingerprint() == lens.probe_data.fingerprint()
 
 
-def test_a_build_resumed_with_another_model_or_other_images_is_refused(built, foundation, images) -> None:
+def test_a_build_resumed_with_another_model_images_or_foundation_model_is_refused(built, foundation, images, tmp_path) -> None:
     _, out = built
-    settings = dict(preprocessing=TINY_PREPROCESSING, layers=LAYERS, foundation=foundation, k=3, out=out, progress=False, workers=0)
+    settings = dict(preprocessing=TINY_PREPROCESSING, layers=LAYERS, k=3, out=out, progress=False, workers=0)
     with pytest.raises(StaleLensError, match="model"):
-        build_lens(model=TinyCNN(seed=1), data=images, **settings)
+        build_lens(model=TinyCNN(seed=1), data=images, foundation=foundation, **settings)
     changed = list(images)
     changed[4] = changed[4].rotate(90)  # same size, same count: only the pixels tell
     with pytest.raises(StaleLensError, match="data"):
-        build_lens(model=TinyCNN(), data=changed, **settings)
+        build_lens(model=TinyCNN(), data=changed, foundation=foundation, **settings)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        SAVERS["clip"](tmp_path / "other-clip")  # the same class, other weights
+    with pytest.raises(StaleLensError, match="foundation_id"):
+        build_lens(model=TinyCNN(), data=images, foundation=load_foundation_model(f"hf:{tmp_path / 'other-clip'}"), **settings)
 
 
 def test_data_objects_are_identified_by_content_and_carry_class_names(tmp_path, images) -> None:
