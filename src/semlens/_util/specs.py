@@ -65,6 +65,41 @@ class SpecRegistry(Generic[T]):
             raise SpecError(f"unknown {self.kind} spec {spec!r}; valid forms: {self.help()}")
         return form, rest
 
+    def knows(self, spec: str) -> bool:
+        """Whether ``spec`` is of a registered form (whether it could be loaded again)."""
+        try:
+            self.split(spec)
+        except SpecError:
+            return False
+        return True
+
     def resolve(self, spec: str, **options: Any) -> T:
         form, rest = self.split(spec)
         return form.factory(rest, **options)
+
+
+#: the spec form a Lens records for a model, data or foundation model handed over as an object (a notebook's):
+#: it names the object's class, and loading it again is refused (``register_in_memory``): nothing is run or read
+IN_MEMORY = "memory"
+
+
+def in_memory_spec(value: object) -> str:
+    """What a Lens records as the spec of ``value``, an object handed over in memory: ``memory:CLASS``."""
+    return f"{IN_MEMORY}:{type(value).__name__}"
+
+
+def register_in_memory(registry: SpecRegistry[Any], option: str) -> None:
+    """Register ``memory:CLASS`` with ``registry``: a Lens built from an object records it, and cannot load that
+    object again, so loading it is refused, naming ``option`` (how to pass the object again)."""
+
+    @registry.register(IN_MEMORY, f"{IN_MEMORY}:CLASS", f"recorded for the {registry.kind} passed as an object; never loaded")
+    def _refuse(rest: str, **options: Any) -> Any:
+        raise SpecError(
+            f"this Lens was built from the {registry.kind} passed in memory ({rest or 'an object'}), which it cannot load "
+            f"again: pass the same {registry.kind} yourself ({option})"
+        )
+
+
+def described(value: object) -> str:
+    """A spec or setting as written, an object by its class (never its repr: a module's is its whole architecture)."""
+    return repr(value) if isinstance(value, (str, int, float, bool, list, type(None))) else f"a {type(value).__name__}"

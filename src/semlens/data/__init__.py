@@ -1,12 +1,16 @@
-"""Probe data selected by spec strings: ``folder:PATH`` or ``py:package.module:factory``."""
+"""Probe data selected by spec strings (``folder:PATH``, ``py:package.module:factory``), or handed over as an object."""
 
 from __future__ import annotations
 
+import copy
+from typing import Any, Sequence
+
 from .._util.errors import SpecError
 from .._util.imports import call_factory, import_object
-from .._util.specs import SpecForm, SpecRegistry
+from .._util.specs import SpecForm, SpecRegistry, described, in_memory_spec, register_in_memory
 from .base import ImageData
 from .folder import FolderData
+from .memory import MemoryData
 from .sequence import SequenceData
 
 DATASETS: SpecRegistry[ImageData] = SpecRegistry("data")
@@ -25,9 +29,24 @@ def _python(rest: str) -> ImageData:
     return made if isinstance(made, ImageData) else SequenceData(made, spec=f"py:{rest}")
 
 
-def load_data(spec: str) -> ImageData:
-    """Open the probe data a spec names."""
-    return DATASETS.resolve(spec)
+register_in_memory(DATASETS, "the same build_lens call, which reuses the Lens, or --probe-data FOLDER on the command line")
+
+
+def load_data(data: str | ImageData | Sequence[Any], classes: list[str] | None = None) -> ImageData:
+    """The probe data a spec names, or data as an object: an ImageData as it is, or a sequence (a list, a torch
+    Dataset) of images, image paths or ``(image, label)`` pairs, with ``classes`` naming the labels
+    (``MemoryData``). An object whose spec semlens cannot load again is recorded as ``memory:CLASS``."""
+    if classes is not None and isinstance(data, (str, ImageData)):
+        raise SpecError(f"classes= goes with data passed as a list or dataset; {described(data)} names its own classes")
+    if isinstance(data, str):
+        return DATASETS.resolve(data)
+    if isinstance(data, ImageData):
+        if DATASETS.knows(data.spec):
+            return data
+        renamed = copy.copy(data)  # the caller's object keeps its own spec
+        renamed.spec = in_memory_spec(data)
+        return renamed
+    return MemoryData(data, classes)
 
 
 def list_datasets() -> list[SpecForm[ImageData]]:
@@ -35,4 +54,4 @@ def list_datasets() -> list[SpecForm[ImageData]]:
     return DATASETS.forms()
 
 
-__all__ = ["ImageData", "FolderData", "SequenceData", "load_data", "list_datasets", "DATASETS"]
+__all__ = ["ImageData", "FolderData", "MemoryData", "SequenceData", "load_data", "list_datasets", "DATASETS"]

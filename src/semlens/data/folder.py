@@ -52,14 +52,7 @@ class FolderData(ImageData):
         """Sample ``index`` as RGB. An image above Pillow's pixel limit but under twice it is the user's own large
         image, read without Pillow's warning (which every stage's loader workers would print again); above twice
         the limit Pillow refuses it, and the sample is skipped with that reason."""
-        path = self.root / self.files[index]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # before open: Pillow warns there
-                with Image.open(path) as image:
-                    return rgb(image)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            raise DataError(f"cannot decode {self.files[index]}: {error}") from error
+        return read_image(self.root / self.files[index], self.files[index])
 
     def label(self, index: int) -> int | None:
         name = self.files[index]
@@ -74,6 +67,17 @@ class FolderData(ImageData):
         for name in self.files:
             digest.update(f"{name}|{(self.root / name).stat().st_size}\n".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()[:16]
+
+
+def read_image(path: Path, name: str) -> Image.Image:
+    """The image file at ``path`` as RGB, or a DataError naming it as ``name`` (see ``FolderData.load``)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # before open: Pillow warns there
+            with Image.open(path) as image:
+                return rgb(image)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise DataError(f"cannot decode {name}: {error}") from error
 
 
 def _image_files(root: Path) -> list[str]:

@@ -18,7 +18,7 @@ import torch
 
 from .._util.errors import SpecError
 from .._util.imports import call_factory, import_object
-from .._util.specs import SpecForm, SpecRegistry
+from .._util.specs import SpecForm, SpecRegistry, in_memory_spec, register_in_memory
 from .base import FoundationModel, StackedTransform
 
 FOUNDATION_MODELS: SpecRegistry[FoundationModel] = SpecRegistry("foundation model")
@@ -76,16 +76,27 @@ def _python(rest: str, device: str | torch.device | None = None, dtype: torch.dt
     return model
 
 
+register_in_memory(FOUNDATION_MODELS, "Lens.open(LENS, foundation=MODEL), or --foundation SPEC on the command line")
+
+
 def load_foundation_model(
-    spec: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    spec: str | FoundationModel, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> FoundationModel:
     """Build the foundation model a spec names (see the module docstring for the forms), in ``dtype``
-    (default: :func:`~semlens._util.devices.inference_dtype` of the device)."""
+    (default: :func:`~semlens._util.devices.inference_dtype` of the device); a FoundationModel object is
+    returned as it is, on its own device and in its own dtype (a Lens records it as ``memory:CLASS``)."""
+    if isinstance(spec, FoundationModel):
+        return spec
     return FOUNDATION_MODELS.resolve(spec, device=device, dtype=dtype)
 
 
+def foundation_spec(foundation: str | FoundationModel) -> str:
+    """What a Lens records as the spec of ``foundation``: a spec as it is, an object as ``memory:CLASS``."""
+    return foundation if isinstance(foundation, str) else in_memory_spec(foundation)
+
+
 @lru_cache(maxsize=4)
-def shared_foundation_model(spec: str, device: str | None = None) -> FoundationModel:
+def shared_foundation_model(spec: str | FoundationModel, device: str | None = None) -> FoundationModel:
     """One loaded foundation model per spec and device for the whole process: Lenses embedded by the same
     model (an explorer serving several, a comparison, the demo) share it instead of reloading its weights."""
     return load_foundation_model(spec, device)
@@ -100,6 +111,7 @@ __all__ = [
     "FoundationModel",
     "StackedTransform",
     "load_foundation_model",
+    "foundation_spec",
     "shared_foundation_model",
     "list_foundation_models",
     "FOUNDATION_MODELS",

@@ -16,10 +16,11 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -28,9 +29,9 @@ from .._util.errors import SpecError
 from .._util.fingerprint import hash_module_weights
 from .._util.imports import call_factory, import_object, import_optional
 from .._util.seeded import seeded_weights
-from .._util.specs import SpecForm, SpecRegistry
+from .._util.specs import SpecForm, SpecRegistry, described, in_memory_spec, register_in_memory
 from .imagenet import imagenet_classes, model_class_index
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, preprocessing_of
 from .zoo import VARIANTS as LITE_VARIANTS
 from .zoo import efficientnet_lite
 
@@ -131,13 +132,7 @@ def _torchvision(rest: str) -> LoadedModel:
             valid = ", ".join(member.name for member in tv_models.get_model_weights(name))
             raise SpecError(f"torchvision model {name} has no weights {weights!r}; valid: DEFAULT, none, a file, {valid}") from None
         module = _downloading(lambda: tv_models.get_model(name, weights=enum), f"torchvision:{rest}", f"torchvision:{name}:none")
-        transform = enum.transforms()
-        preprocessing = Preprocessing(
-            input_size=int(transform.crop_size[0]),
-            resize=int(transform.resize_size[0]),
-            mean=tuple(transform.mean),
-            std=tuple(transform.std),
-        )
+        preprocessing = preprocessing_of(enum.transforms())
         classes = list(enum.meta.get("categories") or []) or None
     return LoadedModel(module.eval(), f"torchvision:{rest}", preprocessing, classes)
 
@@ -251,6 +246,9 @@ def _load_state_file(module: nn.Module, path: str, valid: str) -> None:
         raise SpecError(f"the weights in {path} do not fit the model: {str(error)[:500]}") from None
 
 
+register_in_memory(MODELS, "Lens.open(LENS, model=MODEL), or --model SPEC on the command line")  # listed after the loadable forms
+
+
 def class_mapping(model: LoadedModel, data) -> tuple[dict[int, int] | None, str]:
     """Data label -> model output index when the data's class names are the model's (case-insensitive; an
     ImageNet WordNet id such as a folder ``n01440764/`` names its ImageNet class: ``model_class_index``),
@@ -270,9 +268,24 @@ def class_mapping(model: LoadedModel, data) -> tuple[dict[int, int] | None, str]
     return mapping, "labels"
 
 
-def load_model(spec: str) -> LoadedModel:
-    """Build the model a spec names (see the module docstring for the forms)."""
-    return MODELS.resolve(spec)
+def load_model(model: str | nn.Module | LoadedModel, preprocessing: Preprocessing | Any = None) -> LoadedModel:
+    """The model a spec names (see the module docstring for the forms), or a model object: a LoadedModel as it
+    is, an ``nn.Module`` (put in eval mode) with ``preprocessing``, a :class:`Preprocessing` or a torchvision-style
+    transform (``preprocessing_of``), or ImageNet's, said in a warning. An object whose spec semlens cannot load
+    again is recorded as ``memory:CLASS`` (a Lens then asks for the object: ``register_in_memory``)."""
+    if preprocessing is not None and not isinstance(model, nn.Module):
+        raise SpecError(f"preprocessing= goes with a model object (an nn.Module); {described(model)} brings its own")
+    if isinstance(model, nn.Module):
+        if preprocessing is None:
+            warnings.warn(
+                f"model {type(model).__name__}: no preprocessing given, so ImageNet's (resize 256, centre crop 224, ImageNet "
+                "mean and std); pass preprocessing= (a semlens.Preprocessing or a torchvision transform) if it expects other",
+                stacklevel=2,
+            )
+        return LoadedModel(model.eval(), in_memory_spec(model), preprocessing_of(preprocessing or Preprocessing()))
+    if isinstance(model, LoadedModel):
+        return model if MODELS.knows(model.spec) else replace(model, spec=in_memory_spec(model.module))
+    return MODELS.resolve(model)
 
 
 def list_models() -> list[SpecForm[LoadedModel]]:

@@ -9,10 +9,13 @@ preprocessing, so the two models always look at the same pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .._util.errors import SpecError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,3 +79,44 @@ class Preprocessing:
 
 def _channels_first(view: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(view, dtype=np.uint8)).permute(2, 0, 1)
+
+
+#: the steps of a torchvision-style transform that only change the tensor type, not the geometry or the numbers
+TYPE_STEPS = {"ToTensor", "PILToTensor", "ToImage", "ToImageTensor", "ConvertImageDtype", "ToDtype", "ToPureTensor"}
+
+
+def preprocessing_of(transform: Any) -> Preprocessing:
+    """A torchvision-style transform as semlens's preprocessing: a ``Compose`` of ``Resize``, ``CenterCrop``,
+    ``Normalize`` and type conversions, or a weights enum's ``transforms()`` preset. semlens applies it itself
+    (the same view for the model, the crops and the explorer), so other steps (random ones, a ``Lambda``) are
+    refused rather than dropped. A ``Preprocessing`` is returned as it is."""
+    if isinstance(transform, Preprocessing):
+        return transform
+    if hasattr(transform, "crop_size") and hasattr(transform, "resize_size"):  # torchvision's ImageClassification preset
+        return Preprocessing(int(transform.crop_size[0]), int(transform.resize_size[0]), _floats(transform.mean), _floats(transform.std))
+    steps = {type(step).__name__: step for step in getattr(transform, "transforms", [transform])}
+    unknown = [name for name in steps if name not in {"Resize", "CenterCrop", "Normalize", *TYPE_STEPS}]
+    resize, crop = (_side(steps[name].size) if name in steps else None for name in ("Resize", "CenterCrop"))
+    if unknown or not (resize or crop):
+        why = f"it has steps semlens does not apply ({', '.join(unknown)})" if unknown else "it names no image size"
+        raise SpecError(
+            f"cannot read the preprocessing from {type(transform).__name__}: {why}; give a Compose of Resize, CenterCrop "
+            "and Normalize, or semlens.Preprocessing(input_size=..., resize=..., mean=..., std=...)"
+        )
+    normalise = steps.get("Normalize")
+    mean, std = (_floats(normalise.mean), _floats(normalise.std)) if normalise else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    return Preprocessing(int(crop or resize), int(max(resize or 0, crop or 0)), mean, std)
+
+
+def _side(size: Any) -> int:
+    """A Resize's or CenterCrop's size as one side: an int, ``[side]`` or a square ``(side, side)``."""
+    sides = [size] if isinstance(size, int) else list(size)
+    if len(set(sides)) != 1:
+        raise SpecError(f"the transform's size {tuple(sides)} is not square: semlens resizes the shorter side and crops a square centre")
+    return int(sides[0])
+
+
+def _floats(values: Any) -> tuple[float, float, float]:
+    """A transform's per-channel mean or std (a list, a tuple, a tensor) as three floats, as a Lens records them."""
+    channels = [float(value) for value in values]
+    return (channels * 3)[:3] if len(channels) == 1 else (channels[0], channels[1], channels[2])

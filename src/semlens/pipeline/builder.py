@@ -25,12 +25,12 @@ from .._util.allocator import freed_memory_kept
 from .._util.devices import autocast_dtype, inference_dtype, out_of_memory_advice, pick_device
 from .._util.errors import SemlensError, StaleLensError
 from ..data import ImageData, load_data
-from ..foundation import FOUNDATION_MODELS
+from ..foundation import FOUNDATION_MODELS, FoundationModel
 from ..model.loading import LoadedModel, load_model
 from ..model.units import LayerSpec, resolve_module
 from ..store.files import FORMAT, FORMAT_VERSION, LensStore
 from ..store.slots import crop_rules
-from ..store.trust import new_build_id, remember_trusted
+from ..store.trust import LensAccess, new_build_id, remember_trusted
 from .class_relevance_stage import ClassRelevanceStage
 from .collect import TopK
 from .collect_stage import CollectStage
@@ -67,6 +67,7 @@ class LensBuilder:
     """
 
     def __init__(self, config: BuildConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> None:
+        given = config  # with the objects a notebook handed over, if any
         self.joined_group = connect()  # a torchrun rank that made its process group (and leaves it)
         self.ranks = Ranks()
         self.store = LensStore(out)
@@ -74,10 +75,12 @@ class LensBuilder:
         device = self.ranks.place(pick_device(config.device))
         autocast = autocast_dtype(config.precision, device)
         shard = Shard.parse(config.shard) if config.shard else None
+        foundation = config.foundation if isinstance(config.foundation, FoundationModel) else None  # one given as an object
+        config = config.recorded()  # objects by their specs from here on: the manifest records these
         for spec in [config.foundation, *config.extra_foundations]:
             FOUNDATION_MODELS.split(spec)  # an unknown form fails now, listing the valid ones, not after the collection pass
-        model: LoadedModel = load_model(config.model)
-        data: ImageData = load_data(config.data)
+        model: LoadedModel = load_model(given.model)
+        data: ImageData = load_data(given.data)
         if len(data) == 0:
             raise SemlensError(f"the data {config.data} has no samples: give a folder with images (or a data spec that yields some)")
         self.specs = parse_layers(config.layers, config.pool)
@@ -92,7 +95,8 @@ class LensBuilder:
             batches = -(-len(data) // config.batch_size)
             raise SemlensError(f"shard {shard} holds no samples: the data makes only {batches} batches; use at most {batches} shards")
         self.context = BuildContext(
-            config, self.store, self.ranks, device, autocast, shard, model, data, self.specs, rows, progress and self.ranks.is_main
+            config, self.store, self.ranks, device, autocast, shard, model, data, self.specs, rows, progress and self.ranks.is_main,
+            foundation=foundation,
         )
         self.context.identity = json.loads(json.dumps(self._identity()))  # compare as stored: tuples become lists
         self.context.manifest = self.ranks.on_main(lambda: self._open_manifest(overwrite))
@@ -140,6 +144,8 @@ class LensBuilder:
             identity["embed"]["lrp_rule"] = identity["relevance"]["lrp_rule"] = config.lrp_rule
         if config.crp_focus != "unit":  # likewise the paper's CRP: the crops' heatmaps read it
             identity["embed"]["crp_focus"] = config.crp_focus
+        if context.foundation is not None:  # an object is recorded as memory:CLASS: its id tells one from another
+            identity["embed"]["foundation_id"] = context.foundation.id
         if context.autocast is not None:  # float32 adds nothing, so Lenses built before this setting stay valid
             identity["collect"]["autocast"] = str(context.autocast).removeprefix("torch.")
             # re-scored in float32: Lenses built before ranked the reduced precision's scores, and are not resumed
@@ -309,10 +315,25 @@ def parse_layers(texts: list[str], pool: str) -> list[LayerSpec]:
     return specs
 
 
-def build_lens(config: BuildConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> Lens:
+def build_lens(
+    config: BuildConfig | None = None, out: str | Path | None = None, overwrite: bool = False, progress: bool = True, **settings: Any
+) -> Lens:
     """Build (or resume, or reuse) the Lens at ``out`` and return it opened (a :class:`~semlens.lens.lens.Lens`;
-    imported here, at the call, as the one way up from this layer)."""
+    imported here, at the call, as the one way up from this layer). Give a :class:`BuildConfig`, or its
+    settings as keywords: ``build_lens(model=net, layers=["layer4"], data=images, foundation=clip, out="my.lens")``.
+
+    The returned Lens holds the objects given in memory (model, data, foundation model) to answer with; a Lens
+    records only their class and fingerprints, so opened again later it asks for them (``model=``,
+    ``foundation=``; the same ``build_lens`` call reuses the built Lens with all three)."""
     from ..lens.lens import Lens
 
+    if out is None:
+        raise SemlensError("build_lens needs out=, the directory to write the Lens to (e.g. out='my.lens')")
+    if config is not None and settings:
+        raise SemlensError(f"give a BuildConfig or its settings as keywords, not both (got config and {', '.join(sorted(settings))})")
+    config = config or BuildConfig.from_settings(settings, "build_lens got unknown settings")
     LensBuilder(config, out, overwrite=overwrite, progress=progress).run()
-    return Lens.open(out)
+    lens = Lens.open(out)
+    given = {"model": config.model, "data": config.data, "foundation": config.foundation}
+    objects = {name: value for name, value in given.items() if not isinstance(value, str)}
+    return Lens(lens.store, lens.manifest, LensAccess(**objects)) if objects else lens

@@ -3,14 +3,23 @@ reports when it is done (``BuildSummary``)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import UnionType
 from typing import Any, get_args, get_origin, get_type_hints
 
+from torch import nn
+from torch.utils.data import Dataset
+
 from .._util.devices import check_precision
 from .._util.errors import SemlensError
+from .._util.specs import IN_MEMORY, described, split_spec
 from .._util.tomlfiles import read_toml
+from ..data import ImageData, load_data
+from ..foundation import FoundationModel, foundation_spec
+from ..model.loading import LoadedModel, load_model
+from ..model.preprocess import Preprocessing
 from ..relevance.rules import LRP_RULE_NAMES
 from ..store.slots import crop_rules
 from .crops import CROP_GRID, CROP_MODES, CROP_QUANTILE, CROP_VIEWS, DEFAULT_CROP_RULE
@@ -21,15 +30,21 @@ MAX_RELEVANCE_BATCH = 256
 
 @dataclass
 class BuildConfig:
-    """Everything a Lens is built from; also the schema of ``semlens run --config FILE.toml``."""
+    """Everything a Lens is built from; also the schema of ``semlens run --config FILE.toml``.
+
+    ``model``, ``data`` and ``foundation`` are spec strings, or (in a notebook) the objects themselves: an
+    ``nn.Module`` (with ``preprocessing``) or a LoadedModel; a list or dataset of images, image paths or
+    ``(image, label)`` pairs (with ``classes``) or an ImageData; a FoundationModel. Objects are held converted
+    (``load_model``, ``load_data``) and recorded as ``memory:CLASS`` with their fingerprints: a Lens built from
+    them asks for them again where it needs them."""
 
     # Each field's metadata is its `semlens run` option (cli/_options.py makes the options from it): "help", and
     # "flags" where they are not --field-name; "rest": the field that takes the option's further values; "cli":
     # False for a setting of config files and Python alone.
-    model: str = field(metadata={"flags": ("--model", "-m"), "help": "Model spec, e.g. zoo:efficientnet-lite0, py:pkg.mod:factory."})
+    model: str | nn.Module | LoadedModel = field(metadata={"flags": ("--model", "-m"), "help": "Model spec, e.g. zoo:efficientnet-lite0, py:pkg.mod:factory."})
     layers: list[str] = field(metadata={"flags": ("--layer", "-l"), "help": "Layer NAME[:key=value,...]; repeat for several."})
-    data: str = field(metadata={"flags": ("--data", "-d"), "help": "Data spec, e.g. folder:./images."})
-    foundation: str = field(default="conse", metadata={
+    data: str | ImageData | Sequence | Dataset = field(metadata={"flags": ("--data", "-d"), "help": "Data spec, e.g. folder:./images."})
+    foundation: str | FoundationModel = field(default="conse", metadata={
         "flags": ("--foundation", "-f"), "rest": "extra_foundations",
         "help": "Foundation model spec (default conse); repeat to embed into more spaces (the first is the default).",
     })  # fmt: skip
@@ -96,10 +111,21 @@ class BuildConfig:
     shard: str | None = field(default=None, metadata={
         "help": "i/n: collect only shard i of n of the data into a partial Lens (job arrays); combine with `semlens merge`."
     })  # fmt: skip
+    preprocessing: Preprocessing | Callable | None = field(default=None, metadata={"cli": False})  # a model object's (a torchvision transform too); None: ImageNet's
+    classes: list[str] | None = field(default=None, metadata={"cli": False})  # the class names of data passed as a list or dataset (its labels index them)
 
     def __post_init__(self) -> None:
         if not self.layers:
             raise SemlensError("no layers given; name at least one (see `semlens layers MODEL`)")
+        if isinstance(self.model, (nn.Module, LoadedModel)) or self.preprocessing is not None:
+            self.model, self.preprocessing = load_model(self.model, self.preprocessing), None  # a spec with preprocessing= fails there
+        if (isinstance(self.data, (ImageData, Sequence, Dataset)) and not isinstance(self.data, str)) or self.classes is not None:
+            self.data, self.classes = load_data(self.data, self.classes), None  # likewise a spec with classes=
+        if isinstance(self.foundation, nn.Module):  # an open_clip or transformers model as the user holds it
+            raise SemlensError(
+                f"foundation={described(self.foundation)} is a torch module, not a semlens.FoundationModel: save it "
+                "(save_pretrained DIR) and give foundation='hf:DIR', or pass semlens.load_foundation_model(SPEC)"
+            )
         check_field_types(self)
         if self.crop not in CROP_MODES:
             raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
@@ -135,11 +161,25 @@ class BuildConfig:
                 f"relevance_examples are samples of the probe data, but relevance_data={self.relevance_data!r} is other data; "
                 "leave relevance_data out (the probe data) to collect them"
             )
-        check_extra_foundations(self.foundation, self.extra_foundations)
+        check_extra_foundations(foundation_spec(self.foundation), self.extra_foundations)
         check_precision(self.precision)
         check_precision(self.embed_precision, "embed_precision")
         if self.shard is not None:
             Shard.parse(self.shard)
+            recorded = self.recorded()
+            if any(split_spec(str(spec))[0] == IN_MEMORY for spec in (recorded.model, recorded.data, recorded.foundation)):
+                raise SemlensError(
+                    "shard= builds a part for `semlens merge`, which loads the model, data and foundation model from their "
+                    "specs; give them as spec strings, not objects"
+                )
+
+    def recorded(self) -> BuildConfig:
+        """This config as a Lens records it: each object given in memory replaced by its spec (``memory:CLASS``
+        where semlens cannot load it again)."""
+        if isinstance(self.model, str) and isinstance(self.data, str) and isinstance(self.foundation, str):
+            return self
+        model, data = (value if isinstance(value, str) else value.spec for value in (self.model, self.data))  # LoadedModel, ImageData
+        return replace(self, model=model, data=data, foundation=foundation_spec(self.foundation))
 
     def relevance_batch(self, input_size: int, pixels: int) -> int:
         """Pairs (crop stage) or images (class relevance) per backward pass: ``relevance_batch_size``, or
@@ -153,11 +193,19 @@ class BuildConfig:
     def from_toml(cls, path: str | Path, **overrides: Any) -> BuildConfig:
         """Read a TOML file whose keys are this class's fields; ``overrides`` (not None) win."""
         values = read_toml(path, "config")
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls.from_settings(values, f"config {path}: unknown keys")
+
+    @classmethod
+    def from_settings(cls, values: dict[str, Any], unknown_keys: str = "unknown settings") -> BuildConfig:
+        """The config of ``values``, a name not among this class's fields refused with the valid ones."""
         known = {item.name for item in fields(cls)}
         unknown = set(values) - known
         if unknown:
-            raise SemlensError(f"config {path}: unknown keys {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
-        values.update({key: value for key, value in overrides.items() if value is not None})
+            raise SemlensError(f"{unknown_keys} {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
+        missing = [item.name for item in fields(cls) if item.name not in values and item.default is MISSING and item.default_factory is MISSING]
+        if missing:
+            raise SemlensError(f"{' and '.join(missing)} not given: a Lens is built from a model, its layers and data (e.g. model=net, layers=['layer4'], data=images)")
         return cls(**values)
 
 
@@ -168,7 +216,7 @@ def check_field_types(config: Any) -> None:
     for item in fields(config):
         value, expected = getattr(config, item.name), hints[item.name]
         if not _is_of(value, expected):
-            raise SemlensError(f"{item.name}={value!r} should be {_kind(expected)}")
+            raise SemlensError(f"{item.name}={described(value)} should be {_kind(expected)}")
 
 
 def _is_of(value: Any, expected: Any) -> bool:

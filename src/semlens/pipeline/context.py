@@ -13,6 +13,7 @@ import torch
 from .._util.fingerprint import hash_json
 from ..data import ImageData
 from ..data.base import DecodingDataset, collate_decoded
+from ..foundation import FoundationModel
 from ..model.loading import LoadedModel
 from ..model.units import LayerSpec
 from ..store.files import LensStore
@@ -45,6 +46,7 @@ class BuildContext:
     identity: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
     relevance: RelevanceModel | None = None
+    foundation: FoundationModel | None = None  # the foundation model, where it was given as an object (else loaded by its spec)
 
     # -- stages in the manifest -------------------------------------------------------------------
 

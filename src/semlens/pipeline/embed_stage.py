@@ -65,7 +65,7 @@ class EmbedStage:
             return
         started = time.perf_counter()
         config = context.config
-        foundation = load_foundation_model(config.foundation, device=context.device, dtype=embed_dtype(config.embed_precision))
+        foundation = context.foundation or load_foundation_model(config.foundation, device=context.device, dtype=embed_dtype(config.embed_precision))
         foundation.batch_size = config.embed_batch_size
         foundation.speed_up(config.embed_channels_last, config.embed_compile)
         recorded = context.manifest.get("foundation", {}).get("id")

@@ -21,13 +21,18 @@ import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._util.cache import cache_dir
 from .._util.errors import SemlensError
 from .._util.fingerprint import hash_json
 from .._util.specs import split_spec
 from .files import atomic_write
+
+if TYPE_CHECKING:
+    from ..data import ImageData
+    from ..foundation import FoundationModel
+    from ..model.loading import LoadedModel
 
 TRUST_FILE = "trusted-lenses.json"
 FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".toml", ".json", ".npz")
@@ -39,13 +44,13 @@ class LensAccess:
     to use instead of the specs the Lens records."""
 
     trust: bool = False
-    data: str | None = None  # a folder or a data spec
-    foundation: str | None = None
-    model: str | None = None
+    data: str | ImageData | None = None  # a folder or a data spec, or the data itself (``build_lens`` with objects)
+    foundation: str | FoundationModel | None = None
+    model: str | LoadedModel | None = None
 
-    def data_spec(self) -> str | None:
-        if self.data is None:
-            return None
+    def data_spec(self) -> str | ImageData | None:
+        if not isinstance(self.data, str):
+            return self.data
         return self.data if ":" in self.data and not Path(self.data).exists() else f"folder:{self.data}"
 
 

@@ -1,0 +1,60 @@
+"""Probe data handed over as an object (a notebook's list of PIL images or image paths, a torch Dataset):
+recorded as ``memory:CLASS``, so a Lens built from it cannot load it again, and identified by its content."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image
+
+from .._util.errors import DataError
+from .._util.fingerprint import DIGEST_CHARS
+from .._util.specs import in_memory_spec
+from .folder import read_image
+from .sequence import SequenceData
+
+
+class MemoryData(SequenceData):
+    """A sequence whose items are an image (PIL, array, tensor, or a file path) or ``(image, label)``.
+
+    Nothing records where the objects came from, so the fingerprint reads them all once: each file's path and
+    size (as ``folder:`` data), each other image's pixels, and each label. A resumed build or a reopened Lens
+    thus notices changed samples; a dataset with its own ``fingerprint()`` is trusted with it instead."""
+
+    def __init__(self, items: Sequence[Any], classes: list[str] | None = None) -> None:
+        super().__init__(items, in_memory_spec(items), classes)
+
+    def load(self, index: int) -> Image.Image:
+        image, _ = self._item(index)
+        if isinstance(image, (str, Path)):
+            return read_image(Path(image).expanduser(), str(image))
+        return super().load(index)
+
+    def describe(self, index: int) -> str:
+        image, _ = self._item(index)
+        return Path(image).name if isinstance(image, (str, Path)) else super().describe(index)
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @cached_property
+    def _fingerprint(self) -> str:
+        if getattr(self.items, "fingerprint", None) is not None:
+            return super().fingerprint()
+        digest = hashlib.sha256(f"{len(self)}\n".encode())
+        for index in range(len(self)):
+            image, label = self._item(index)
+            digest.update(f"{label}|".encode())
+            if isinstance(image, (str, Path)):
+                path = Path(image).expanduser()
+                digest.update(f"{path}|{path.stat().st_size if path.is_file() else 'missing'}\n".encode("utf-8", "surrogateescape"))
+                continue
+            try:
+                loaded = self.load(index)
+                digest.update(f"{loaded.size}|".encode() + loaded.tobytes())
+            except DataError as error:  # skipped by the build too; what it was still counts
+                digest.update(str(error).encode())
+        return digest.hexdigest()[:DIGEST_CHARS]

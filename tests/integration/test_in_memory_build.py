@@ -1,0 +1,147 @@
+"""A Lens built in a notebook from objects (an nn.Module, a list of PIL images, a FoundationModel): it answers,
+records what identifies them (weights, image content, class names), asks for them again by name where it needs
+them, and a build resumed with other objects is refused, never fed a stale cache."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_foundation import SAVERS
+from tiny_models import TINY_PREPROCESSING, TinyCNN, colour_images
+
+from semlens import BuildConfig, Lens, LoadedModel, Preprocessing, SemlensError, build_lens, load_data, load_foundation_model, load_model
+from semlens._util.errors import StaleLensError
+
+LAYERS = ["features.3"]
+
+
+@pytest.fixture(scope="module")
+def foundation(tiny_clip_dir):
+    return load_foundation_model(f"hf:{tiny_clip_dir}")
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [image for image, _ in colour_images(12)]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, foundation, images) -> tuple[Lens, Path]:
+    out = tmp_path_factory.mktemp("memory") / "mem.lens"
+    net = TinyCNN()
+    lens = build_lens(model=net, preprocessing=TINY_PREPROCESSING, layers=LAYERS, data=images, foundation=foundation, k=3, out=out, progress=False, workers=0)
+    return lens, out
+
+
+def test_a_lens_from_objects_records_them_and_answers(built, images) -> None:
+    lens, _ = built
+    identity = lens.manifest["identity"]
+    assert identity["model"] == {"spec": "memory:TinyCNN", "fingerprint": load_model(TinyCNN(), TINY_PREPROCESSING).fingerprint}
+    assert identity["data"]["spec"] == "memory:list" and identity["data"]["samples"] == len(images)
+    assert identity["preprocessing"]["input_size"] == 32
+    assert lens.manifest["foundation"]["spec"] == "memory:HFFoundationModel"
+    hits = lens.search("red", top=2)
+    assert len(hits) == 2 and hits[0].examples
+    example = lens.concept_examples(hits[0].unit)[0]
+    assert lens.probe_data.load(example.sample).tobytes() == images[example.sample].tobytes()  # the Lens holds the images
+    lens.label()
+    assert lens.labels(LAYERS[0]) is not None  # labelled in the Lens's own folder, by the foundation model it holds
+
+
+def test_opened_again_it_asks_for_the_objects_by_name_and_takes_them(built, foundation, tmp_path, monkeypatch) -> None:
+    _, out = built
+    again = Lens.open(out)
+    with pytest.raises(SemlensError, match=r"model passed in memory \(TinyCNN\).*model=MODEL"):
+        again.model()
+    with pytest.raises(SemlensError, match=r"foundation model passed in memory.*foundation=MODEL"):
+        again.search("red")
+    with pytest.raises(SemlensError, match=r"data passed in memory \(list\)"):
+        again.probe_data
+    with monkeypatch.context() as stranger:  # another user's machine: the recorded memory: spec is refused the same way
+        stranger.setenv("SEMLENS_CACHE", str(tmp_path / "stranger-cache"))
+        untrusted = Lens.open(out)
+        assert not untrusted.trusted
+        with pytest.raises(SemlensError, match="model passed in memory"):
+            untrusted.model()
+    given = Lens.open(out, model=LoadedModel(TinyCNN().eval(), "mine", TINY_PREPROCESSING), foundation=foundation)
+    assert given.model().fingerprint == given.manifest["identity"]["model"]["fingerprint"]
+    assert len(given.search("red", top=2)) == 2
+    with pytest.raises(SemlensError, match="now has weights"), pytest.warns(UserWarning, match="no preprocessing given"):
+        Lens.open(out, model=TinyCNN(seed=1)).model()
+
+
+def test_the_same_build_lens_call_reuses_the_lens_with_its_objects(built, foundation, images) -> None:
+    lens, out = built
+    again = build_lens(model=TinyCNN(), preprocessing=TINY_PREPROCESSING, layers=LAYERS, data=images, foundation=foundation, k=3, out=out, progress=False, workers=0)
+    assert again.manifest["build_id"] == lens.manifest["build_id"] and again.probe_data.fingerprint() == lens.probe_data.fingerprint()
+
+
+def test_a_build_resumed_with_another_model_images_or_foundation_model_is_refused(built, foundation, images, tmp_path) -> None:
+    _, out = built
+    settings = dict(preprocessing=TINY_PREPROCESSING, layers=LAYERS, k=3, out=out, progress=False, workers=0)
+    with pytest.raises(StaleLensError, match="model"):
+        build_lens(model=TinyCNN(seed=1), data=images, foundation=foundation, **settings)
+    changed = list(images)
+    changed[4] = changed[4].rotate(90)  # same size, same count: only the pixels tell
+    with pytest.raises(StaleLensError, match="data"):
+        build_lens(model=TinyCNN(), data=changed, foundation=foundation, **settings)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        SAVERS["clip"](tmp_path / "other-clip")  # the same class, other weights
+    with pytest.raises(StaleLensError, match="foundation_id"):
+        build_lens(model=TinyCNN(), data=images, foundation=load_foundation_model(f"hf:{tmp_path / 'other-clip'}"), **settings)
+
+
+def test_data_objects_are_identified_by_content_and_carry_class_names(tmp_path, images) -> None:
+    pairs = colour_images(6)
+    data = load_data(pairs, classes=["red", "green", "blue"])
+    assert data.classes == ["red", "green", "blue"] and data.label(4) == 1 and data.spec == "memory:list"
+    paths = []
+    for index, (image, _) in enumerate(pairs):
+        paths.append(tmp_path / f"{index}.png")
+        image.save(paths[-1])
+    files = load_data(paths)
+    assert files.load(2).tobytes() == pairs[2][0].tobytes() and files.describe(2) == "2.png"
+    assert load_data(images).fingerprint() != load_data(images[:-1] + [images[0]]).fingerprint()
+
+
+def test_preprocessing_from_a_torchvision_transform_or_imagenet_said_in_a_warning() -> None:
+    from semlens.model.preprocess import preprocessing_of
+
+    transforms = pytest.importorskip("torchvision.transforms")
+    compose = transforms.Compose([transforms.Resize(36), transforms.CenterCrop(32), transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.25] * 3)])
+    assert preprocessing_of(compose) == Preprocessing(32, 36, (0.5,) * 3, (0.25,) * 3)
+    assert load_model(TinyCNN(), compose).preprocessing.input_size == 32
+    with pytest.raises(SemlensError, match="RandomCrop"):
+        preprocessing_of(transforms.Compose([transforms.RandomCrop(32), transforms.ToTensor()]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_model(TinyCNN())
+    assert model.preprocessing == Preprocessing() and len(caught) == 1 and "preprocessing=" in str(caught[0].message)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"model": "py:tiny_models:tiny_cnn", "preprocessing": TINY_PREPROCESSING}, "preprocessing= goes with a model object"),
+        ({"data": "folder:.", "classes": ["a"]}, "classes= goes with data passed as a list"),
+        ({"foundation": TinyCNN()}, r"foundation=a TinyCNN is a torch module, not a semlens.FoundationModel"),
+        ({"shard": "0/2"}, "give them as spec strings, not objects"),
+        ({"k": TinyCNN()}, r"k=a TinyCNN should be an integer"),
+    ],
+)
+def test_objects_in_the_wrong_place_are_refused_in_one_line(settings, message, images) -> None:
+    values = {"model": TinyCNN(), "preprocessing": TINY_PREPROCESSING, "layers": LAYERS, "data": images, **settings}
+    with pytest.raises(SemlensError, match=message) as caught:
+        BuildConfig(**values)
+    assert "\n" not in str(caught.value)  # never the module's repr
+
+
+def test_build_lens_needs_an_out_and_known_settings(images) -> None:
+    with pytest.raises(SemlensError, match="out="):
+        build_lens(model=TinyCNN(), layers=LAYERS, data=images)
+    with pytest.raises(SemlensError, match="unknown settings modle"):
+        build_lens(modle=TinyCNN(), layers=LAYERS, data=images, out="x.lens")
