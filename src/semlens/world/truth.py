@@ -6,6 +6,8 @@ concepts it detects (those whose IoU passes the concept's chance threshold; of t
 scenes raise it most is its concept: ``demo.true_concepts``). A second
 truth comes from the world's concept images (each concept alone): a unit's response AUC for a
 concept's images against every other concept's (alone, so that no other concept's images show it).
+Area concepts (backgrounds), which cover the scene and so escape dissection, are named by response too:
+a unit's AUC for scenes of the world showing one against scenes showing the others (``area_truth``).
 Label faithfulness (phi) is its mean activation on each concept's images, min-max normalised over
 concepts: in scenes of the world whose other factors are random (the models never see a concept
 alone), and, for comparison, alone. An artefact unit must also be causal: pasting
@@ -190,7 +192,7 @@ def response_auc(responses: torch.Tensor) -> torch.Tensor:
 
 
 def response_truth(auc: torch.Tensor, concepts: list[str], threshold: float = RESPONSE_AUC) -> list[str | None]:
-    """Per unit, the concept its concept-image responses single out best (None below ``threshold``)."""
+    """Per unit, the concept its responses single out best (``auc [U, C]``, ``response_auc``; None below ``threshold``)."""
     best_auc, best = auc.max(dim=1)
     return [concepts[int(index)] if value >= threshold else None for index, value in zip(best.tolist(), best_auc.tolist())]
 
