@@ -15,7 +15,11 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
   highest IoU, no insertion test) and against insertion alone (``by_insertion_alone``: every unit that
   pasting the artefact into probe images raises, AUC >= ``truth.INSERTION_AUC``, whatever its IoU; the
   audit's concept test is an insertion test too, on test images, so this truth is near what it measures,
-  not an independent check: it shows where the two truths part);
+  not an independent check: it shows where the two truths part); where the world's classes are area concepts
+  (backgrounds: ``demo.area_concepts``), which dissection cannot name, a unit dissection names nothing for has
+  the area concept whose scenes it tells from the other area concepts' scenes (AUC at least ``truth.AREA_AUC``,
+  ``truth.area_truth``); ``truth_by`` records which definition named each unit's truth (``dissection``,
+  ``area-response``), ``units_with_area_truth`` how many the second named;
 - labels: what users see (``label_coverage``: the share of valid units that show a concept; ``top1_shown``: top-1
   of the labels shown, a unit showing no concept counting as a miss) and each unit's best candidate, shown or
   not: top-1 / top-3 against dissection with chance, top-1 against the response truth, phi (over
@@ -103,6 +107,7 @@ from semlens.world.captions import HELD_OUT
 from semlens.world.demo import (
     PROBE_IMAGES,
     TEST_IMAGES,
+    area_concepts,
     build_world_lens,
     concept_images,
     ground_truth_labels,
@@ -234,6 +239,8 @@ def evaluate(
     spatial = spatial_layers(lens)
     labels, truth = ground_truth_labels(lens, config, out)
     truths = unit_truths(lens, config, out)
+    by_dissection = true_concepts(truths)
+    truth_by = {unit: "dissection" if unit in by_dissection else "area-response" for unit in sorted(truth)}
     true_units = {unit for unit, concept in truth.items() if concept == artifact}
     dissected = {unit for unit, concept in true_concepts(truths, causal=False).items() if concept == artifact}
     inserted = {f"{layer}/{unit}" for layer in spatial for unit, auc in enumerate(truths[layer]["insertion"].get(artifact, [])) if auc >= INSERTION_AUC}
@@ -262,6 +269,7 @@ def evaluate(
         "world": name, "seed": seed, "model": model, "control": control, "build": build or {}, "class_family": config.class_family, "classes": list(config.classes),
         "artifact": artifact, "artifact_class": target, "paraphrase": paraphrase,
         "units_with_truth": labels["units_with_true_concept"], "units": sum(len(truths[layer]["iou"]) for layer in spatial),
+        "area_concepts": area_concepts(config), "units_with_area_truth": sum(by == "area-response" for by in truth_by.values()), "truth_by": truth_by,
         "top1_shown": labels["top1_shown"], "label_coverage": labels["coverage"], "label_median_confidence": labels["median_confidence"],
         "top1": labels["top1"], "top3": labels["top3"], "top1_misses_as_faithful": labels["top1_misses_as_faithful"], "random_top1": labels["random_top1"], "random_top3": labels["random_top3"],
         "units_with_response_truth": labels["units_with_response_truth"], "top1_response": labels["top1_response"],

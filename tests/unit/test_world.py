@@ -417,6 +417,29 @@ def test_an_artefact_unit_must_be_named_by_dissection_and_raised_by_the_pasted_a
     }  # fmt: skip
 
 
+def test_where_the_classes_are_backgrounds_a_unit_dissection_cannot_name_has_its_background_by_scene_response():
+    from semlens.world.demo import area_concepts, true_concepts
+    from semlens.world.truth import AREA_AUC
+
+    backgrounds = WorldConfig.from_dict({"classes": {"by": "background", "names": ["grass", "sky", "sand"]}}, "background classes")
+    assert area_concepts(backgrounds) == ["grass", "sky", "sand"] and area_concepts(WorldConfig()) == []
+    # 0: dissection names red (its grass scenes raise it most, but dissection's name wins); 1: no IoU passes, sky
+    # scenes raise it above every grass and sand scene (AUC 1); 2: sky scenes raise it a little more, overlapping
+    # the others (AUC under AREA_AUC); 3: answers the red scenes only, no area concept (AUC 0.5 among them)
+    concepts = ["red", "grass", "sky", "sand"]
+    scenes = [
+        [[0.5, 0.5], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]],
+        [[0.0, 0.0], [0.1, 0.2], [0.9, 1.0], [0.2, 0.1]],
+        [[0.0, 0.0], [0.1, 0.5], [0.2, 0.6], [0.1, 0.5]],
+        [[1.0, 1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]],
+    ]  # fmt: skip
+    iou = [[0.3, 0.0, 0.0, 0.0], [0.0, 0.01, 0.02, 0.01], [0.0] * 4, [0.0] * 4]
+    truths = {"features.10": {"concepts": concepts, "iou": iou, "chance_iou": [0.0] * 4, "insertion": {}, "scene_responses": scenes}}
+    assert AREA_AUC < 1.0
+    assert true_concepts(truths, area=area_concepts(backgrounds)) == {"features.10/0": "red", "features.10/1": "sky"}
+    assert true_concepts(truths) == {"features.10/0": "red"}  # a world of located classes: dissection alone
+
+
 class _RedDetector(torch.nn.Module):
     """A planted unit: how close each pixel is to the world's red (0 beyond 60 levels), mean-pooled."""
 

@@ -27,8 +27,10 @@ from .classifier import ARCHITECTURES, architecture_of
 from .random_world import planted_artifact
 from .render import WorldConfig, WorldData, artifact_overlay, concept_family, concept_scene
 from .truth import (
+    AREA_FAMILIES,
     INSERTION_AUC,
     SCENE_IMAGES,
+    area_truth,
     concept_responses,
     concept_thresholds,
     dissect_layer,
@@ -226,9 +228,10 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     judge itself allows); ``top1_misses_as_faithful``: the top-1 misses whose label's scenes raise the unit at
     least as much as its true concept's do (misses where only dissection's overlap test, not the unit's
     response, tells the label from the truth). Also each unit's true concept (``true_concepts``: named by
-    dissection, ranked by its scenes, artefacts confirmed by insertion)."""
+    dissection, ranked by its scenes, artefacts confirmed by insertion; by response where the world's classes
+    are area concepts, ``area_concepts``)."""
     truths = unit_truths(lens, config, out)
-    truth = true_concepts(truths)
+    truth = true_concepts(truths, area=area_concepts(config))
     concepts, world_concepts = list(lens.vocabulary.concepts), config.concept_names()
     hits1 = hits3 = shown_hits = total = response_hits = response_total = as_faithful = 0
     aucs: list[float] = []
@@ -288,13 +291,22 @@ def iou_thresholds(truths: dict[str, dict]) -> dict[str, dict[str, float]]:
     return {layer: dict(zip(truths[layer]["concepts"], concept_thresholds(torch.tensor(truths[layer]["chance_iou"])).tolist())) for layer in truths}
 
 
-def true_concepts(truths: dict[str, dict], causal: bool = True) -> dict[str, str]:
+def area_concepts(config: WorldConfig) -> list[str]:
+    """The area concepts the truth names by response (``truth.area_truth``): the world's classes where they are
+    area concepts (backgrounds), else none. Elsewhere backgrounds vary beside the class and 1 to 3 units of
+    features.10 per world separate one at ``truth.AREA_AUC`` (5 stored CNN runs): they keep no truth, so that
+    the figures of every world with located classes stay those dissection gives."""
+    return list(config.classes) if config.class_family in AREA_FAMILIES else []
+
+
+def true_concepts(truths: dict[str, dict], causal: bool = True, area: list[str] | None = None) -> dict[str, str]:
     """Each unit's true concept (``unit_truth``): one that dissection names, each concept above its own chance
     threshold (``truth.concept_thresholds``). With ``causal`` (else: dissection alone, the highest IoU), an
     artefact only where pasting it into probe images raises the unit (``truth.INSERTION_AUC``), and of the
     concepts dissection names, the one whose scenes raise the unit most: IoU is reached through correlation
     too (a square unit weaker on patterned squares matches the "plain" mask better than the "square" one,
-    though square scenes raise it 2.5 times more than plain ones; docs/explanation/concept-world.md "How answers are scored")."""
+    though square scenes raise it 2.5 times more than plain ones; docs/explanation/concept-world.md "How answers are scored").
+    A unit dissection names nothing for gets its concept of ``area`` by response (``truth.area_truth``) if any."""
     found = {}
     for layer in truths:
         concepts = truths[layer]["concepts"]
@@ -306,6 +318,9 @@ def true_concepts(truths: dict[str, dict], causal: bool = True) -> dict[str, str
             rank = torch.tensor(truths[layer]["scene_responses"]).mean(dim=2)
         dissected = dissected_concepts(iou, concept_thresholds(torch.tensor(truths[layer]["chance_iou"])), allowed, rank)
         found.update({f"{layer}/{unit}": concepts[concept] for unit, concept in enumerate(dissected) if concept is not None})
+        if area:
+            by_area = area_truth(torch.tensor(truths[layer]["scene_responses"]), concepts, area)
+            found.update({f"{layer}/{unit}": name for unit, name in enumerate(by_area) if name is not None and dissected[unit] is None})
     return found
 
 
