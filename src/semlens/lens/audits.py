@@ -112,7 +112,6 @@ class LensAudits:
         templates: str | list[str] = "audit",
         rule: AlignmentRule | None = None,
         concept: ConceptImages | None = None,
-        space: str | None = None,
         test_all: bool = False,
     ) -> Audit:
         """Audit one class: verdicts for its relevant units (each alignment judged against its layer's null by
@@ -123,10 +122,7 @@ class LensAudits:
         its flag, and a contested unit, named valid by its crop responses but flagged by its alignment, that fires
         where it is and is raised by it is judged "both": ``AlignmentRule.by_rise``, ``by_location``); ``test_all`` tests every relevant unit, so that units the reliance runs through are found
         where the foundation model does not see the concept in their examples (``Audit.carriers``; one
-        more pass over the images per unit). The alignments are taken in embedding space ``space``."""
-        if space is not None:
-            view = self.in_space(space)
-            return view.audit(class_name, valid, spurious, valid_images, spurious_images, cut, layers, templates, rule, concept, test_all=test_all)
+        more pass over the images per unit)."""
         from ..analysis.audit import AUDIT_CUT, AlignmentRule, audit_units, null_stats, null_z, tight_shift
 
         if not (valid or valid_images) or not (spurious or spurious_images):

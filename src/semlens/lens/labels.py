@@ -184,7 +184,6 @@ class LensLabels:
         top: int = 3,
         save: bool = True,
         examples: str = "activation",
-        space: str | None = None,
         method: str | None = None,
         min_confidence: float = MIN_CONFIDENCE,
     ) -> Labelling:
@@ -195,10 +194,8 @@ class LensLabels:
         ``analysis.label``), and "no concept" where that is under ``min_confidence``; ``threshold`` adds a floor on
         the raw alignment (the paper's 0.025 for CLIP, ``analysis.label.PAPER_THRESHOLD``; None: none).
         ``examples="relevance"`` labels the relevance examples' theta and only returns the labels: the stored
-        ones, which the other tools show, are the activation examples'. In embedding space ``space``, its labels
-        are its own (``Lens.in_space``)."""
-        if space is not None:
-            return self.in_space(space).label(vocabulary, threshold, templates, top, save, examples, method=method, min_confidence=min_confidence)
+        ones, which the other tools show, are the activation examples'. A view in another space (``Lens.in_space``)
+        keeps labels of its own."""
         method = self.default_label_method if method is None else check_method(method)
         vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
         concepts = self.probes.concepts(vocab.concepts, templates)
@@ -314,12 +311,10 @@ class LensLabels:
         concepts = self.vocabulary.concepts
         return [(concepts[int(c)], float(a), z) for c, a, z in zip(labels.concepts[row], labels.candidate_alignments[row], _confidences(labels, row))]
 
-    def dissect(self: Lens, method: str | None = None, space: str | None = None) -> dict[str, dict[str, int]]:
-        """Units per label category per layer (from the stored labels of embedding space ``space``; run ``label``
+    def dissect(self: Lens, method: str | None = None) -> dict[str, dict[str, int]]:
+        """Units per label category per layer (from the stored labels; run ``label``
         first); with ``method``, an error unless the stored labels were made by it (never another method's counts
         in silence)."""
-        if space is not None:
-            return self.in_space(space).dissect(method)
         if self.vocabulary is None:
             raise SemlensError("this Lens has no labels yet: run `semlens label LENS` (or Lens.label()) first")
         if method is not None and check_method(method) != self.label_method:
@@ -330,10 +325,8 @@ class LensLabels:
         categories = self.vocabulary.category_names()
         return {layer: dissect(self.labels(layer), categories, self.vocabulary.categories) for layer in self.layers}
 
-    def category_units(self: Lens, layer: str, category: str, space: str | None = None) -> list[str]:
+    def category_units(self: Lens, layer: str, category: str) -> list[str]:
         """The units behind one bar of ``dissect``: a layer's units labelled in ``category`` (or "unlabelled")."""
-        if space is not None:
-            return self.in_space(space).category_units(layer, category)
         self.units(layer)  # a clear error for an unknown layer
         counts = self.dissect()[layer]
         if category not in counts:

@@ -23,13 +23,10 @@ class LensMeasures:
     """Part of ``Lens``: questions about where its units lie in the foundation model's space."""
 
     def overview(
-        self: Lens, layers: list[str] | None = None, clusters: int | None = None, seed: int = 0, space: str | None = None
+        self: Lens, layers: list[str] | None = None, clusters: int | None = None, seed: int = 0
     ) -> OverviewMap:
         """UMAP map of the units of the given (default: all) layers, k-means clusters named by their two
-        best labels, units coloured by the category they align with best (see analysis.overview); in
-        embedding space ``space`` (``Lens.in_space``)."""
-        if space is not None:
-            return self.in_space(space).overview(layers, clusters, seed)
+        best labels, units coloured by the category they align with best (see analysis.overview)."""
         from ..analysis.overview import build_overview
 
         vocabulary = self.vocabulary_or(None)
@@ -41,11 +38,9 @@ class LensMeasures:
         null = self.probes.null("label")
         return build_overview(units, theta, concepts, list(vocabulary.concepts), category_probes, categories, null, clusters, seed)
 
-    def measures(self: Lens, layer: str, examples: str = "activation", space: str | None = None) -> dict[str, torch.Tensor]:
+    def measures(self: Lens, layer: str, examples: str = "activation") -> dict[str, torch.Tensor]:
         """Per unit: clarity, polysemanticity (Eq. 7, 10) and redundancy within the layer (Eq. 9), of the
-        activation or the relevance examples, in embedding space ``space``."""
-        if space is not None:
-            return self.in_space(space).measures(layer, examples)
+        activation or the relevance examples."""
         from ..analysis.measures import clarity, polysemanticity, redundancy
 
         left_out = ~self.valid_of(layer, examples)
@@ -53,10 +48,8 @@ class LensMeasures:
         theta = self.theta_of(layer, examples).masked_fill(left_out[:, None], float("nan"))  # takes part in no unit's redundancy
         return {"clarity": clarity(embeddings), "polysemanticity": polysemanticity(embeddings), "redundancy": redundancy(theta)}
 
-    def similarity(self: Lens, unit: str, other_unit: str, other: Lens | None = None, space: str | None = None) -> float:
-        """Cosine similarity of two units' theta (Eq. 8), in this Lens or across two Lenses, in embedding space ``space``."""
-        if space is not None:
-            return self.in_space(space).similarity(unit, other_unit, (other or self).in_space(space))
+    def similarity(self: Lens, unit: str, other_unit: str, other: Lens | None = None) -> float:
+        """Cosine similarity of two units' theta (Eq. 8), in this Lens or across two Lenses."""
         other = other or self
         if other.foundation_id != self.foundation_id:
             raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
@@ -64,11 +57,9 @@ class LensMeasures:
         other_layer, other_row = other.unit_index(other_unit)
         return float(alignment(self.theta(layer)[row : row + 1], other.theta(other_layer)[other_row : other_row + 1], None))
 
-    def compare(self: Lens, other: Lens, vocabulary: Vocabulary | str | Path | None = None, space: str | None = None) -> Comparison:
-        """S_{M->N} / S_{N->M} per layer pair, best matches, and shared and unique concepts; in embedding space
-        ``space`` of both Lenses (a space of that name each, embedded by the same foundation model)."""
-        if space is not None:
-            return self.in_space(space).compare(other.in_space(space), vocabulary)
+    def compare(self: Lens, other: Lens, vocabulary: Vocabulary | str | Path | None = None) -> Comparison:
+        """S_{M->N} / S_{N->M} per layer pair, best matches, and shared and unique concepts (of two views
+        in one space, ``Lens.in_space``, for another space: both embedded by the same foundation model)."""
         from ..analysis.compare import Comparison, best_matches, concept_sets, overlap_matrices
 
         if self.foundation_id != other.foundation_id:

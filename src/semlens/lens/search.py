@@ -109,23 +109,17 @@ class LensSearch:
         top: int = 10,
         templates: str | list[str] = "search",
         examples: str = "activation",
-        space: str | None = None,
         rank: str = "both",
     ) -> SearchResults:
         """Units of all (or the given) layers ranked by a text and/or image probe, by ``rank`` (``RANKINGS``);
-        ``examples``: whose theta, the activation examples' or the relevance examples' (see ``Lens.theta_of``),
-        in embedding space ``space`` (default this Lens's: see ``Lens.in_space``)."""
+        ``examples``: whose theta, the activation examples' or the relevance examples' (see ``Lens.theta_of``)."""
         if rank not in RANKINGS:
             raise SemlensError(f"rank={rank!r}: rank by one of {', '.join(RANKINGS)}")
-        if space is not None:
-            return self.in_space(space).search(text, images, layers, top, templates, examples, rank=rank)
         probe, null = self.probe(text, images, templates)
         return self._rank(probe, null, self.checked_layers(layers), top, examples=examples, rank=rank)
 
-    def search_similar(self: Lens, source: Lens, unit: str, top: int = 10, space: str | None = None) -> SearchResults:
-        """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one), in embedding space ``space``."""
-        if space is not None:
-            return self.in_space(space).search_similar(source.in_space(space), unit, top)
+    def search_similar(self: Lens, source: Lens, unit: str, top: int = 10) -> SearchResults:
+        """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one)."""
         if source.foundation_id != self.foundation_id:
             raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
         layer, row = source.unit_index(unit)

@@ -5,7 +5,7 @@ The build's foundation model gives the *default* space (``manifest["foundation"]
 same crops with another model into a space of its own under ``spaces/<name>/``, recorded in
 ``manifest["spaces"]``. ``Lens.in_space(name)`` is the Lens seen in one space: its theta, example
 embeddings, foundation model, probes, labels and search index are that space's; everything else (units,
-concept examples, class relevance) is shared. Each analysis method takes ``space=`` and asks the view.
+concept examples, class relevance) is shared: ask the view any question.
 """
 
 from __future__ import annotations
