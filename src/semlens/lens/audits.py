@@ -123,7 +123,7 @@ class LensAudits:
         where it is and is raised by it is judged "both": ``AlignmentRule.by_rise``, ``by_location``); ``test_all`` tests every relevant unit, so that units the reliance runs through are found
         where the foundation model does not see the concept in their examples (``Audit.carriers``; one
         more pass over the images per unit)."""
-        from ..analysis.audit import AUDIT_CUT, AlignmentRule, audit_units, null_stats, null_z, tight_shift
+        from ..analysis.audit import AUDIT_CUT, AlignmentRule, AuditedLayers, audit_layers
 
         if not (valid or valid_images) or not (spurious or spurious_images):
             raise SemlensError("an audit needs at least one valid and one spurious concept (text or image)")
@@ -135,35 +135,26 @@ class LensAudits:
             reason = reasons.get(missing[0]) or self.manifest["stages"].get("relevance", {}).get("skipped", "class relevance was not computed")
             raise SemlensError(f"no class relevance for layer(s) {', '.join(missing)} ({reason}); rebuild with class relevance on")
         self._seen_class(index, class_name, self.class_relevance(chosen[-1]))
-        units = [f"{layer}/{name}" for layer in chosen for name in self.units(layer)]
         theta = torch.cat([self.theta(layer) for layer in chosen])
-        examples = torch.cat([self.valid(layer) for layer in chosen])
-        sizes = [len(self.units(layer)) for layer in chosen]
-        groups = torch.repeat_interleave(torch.arange(len(chosen)), torch.tensor(sizes))
-        bases = [self.manifest["layers"][layer]["base_units"] for layer in chosen]
-        offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
-        channel = torch.cat([offset + torch.arange(size) % base for offset, size, base in zip(offsets.tolist(), sizes, bases)])
-        a_valid = self._alignments(theta, list(valid), list(valid_images), templates)
-        a_spur = self._alignments(theta, list(spurious), list(spurious_images), templates)
-        centre, scale = null_stats(a_spur, groups, examples)  # once: the z of the usual boxes and the tight boxes' shift
-        z_valid, z_spurs = null_z(a_valid, groups, examples).amax(dim=1), (a_spur - centre) / scale
-        z_spur, best = z_spurs.nan_to_num(float("-inf")).max(dim=1)
-        z_spur = z_spur.masked_fill(z_spurs.isnan().all(dim=1), float("nan"))
-        shift = None
+        tight = None
         if self.search_rule != self.crop_rules[0]:  # tight boxes: is the spurious concept where each unit looks?
-            tight = torch.cat([self.theta(layer, self.search_rule) for layer in chosen])
-            a_tight = self._alignments(tight, list(spurious), list(spurious_images), templates)
-            shift = tight_shift(a_spur, a_tight, scale).gather(1, best[:, None])[:, 0]
-        max_share = torch.cat([self.class_relevance(layer)["max_share"][:, index] for layer in chosen])
-        mean_share = torch.cat([self.class_relevance(layer)["mean_share"][:, index] for layer in chosen])
-        name = self.classes[index] if self.classes else str(index)
+            tight = self._alignments(torch.cat([self.theta(layer, self.search_rule) for layer in chosen]), list(spurious), list(spurious_images), templates)
         rule = rule or AlignmentRule()
-        labels = self._audit_labels(chosen, list(valid) + list(spurious)) if rule.by_label else None
-        result = audit_units(
-            name, units, max_share, mean_share, a_valid.amax(dim=1), a_spur.amax(dim=1), z_valid, z_spur,
-            list(valid) + [str(p) for p in valid_images], list(spurious) + [str(p) for p in spurious_images],
-            AUDIT_CUT if cut is None else cut, rule, channel, examples, shift, labels,
-        )  # fmt: skip
+        arrays = AuditedLayers(
+            units=[f"{layer}/{name}" for layer in chosen for name in self.units(layer)],
+            sizes=[len(self.units(layer)) for layer in chosen],
+            bases=[self.manifest["layers"][layer]["base_units"] for layer in chosen],
+            examples=torch.cat([self.valid(layer) for layer in chosen]),
+            max_share=torch.cat([self.class_relevance(layer)["max_share"][:, index] for layer in chosen]),
+            mean_share=torch.cat([self.class_relevance(layer)["mean_share"][:, index] for layer in chosen]),
+            a_valid=self._alignments(theta, list(valid), list(valid_images), templates),
+            a_spur=self._alignments(theta, list(spurious), list(spurious_images), templates),
+            tight=tight,
+            labels=self._audit_labels(chosen, list(valid) + list(spurious)) if rule.by_label else None,
+        )
+        name = self.classes[index] if self.classes else str(index)
+        valid_names, spurious_names = list(valid) + [str(p) for p in valid_images], list(spurious) + [str(p) for p in spurious_images]
+        result = audit_layers(name, arrays, valid_names, spurious_names, AUDIT_CUT if cut is None else cut, rule)
         result.null_units = {layer: int(self.valid(layer).sum()) for layer in chosen}
         result.sae_error = self.sae_error_shares(index, chosen)
         for audited in result.units:
