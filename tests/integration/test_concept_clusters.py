@@ -40,7 +40,7 @@ def test_planted_groups_are_the_clusters_named_by_their_concepts(lens: Lens, tmp
     vocabulary.write_text("\n".join(CONCEPTS))
     layer, row = lens.unit_index("features.3/2")
     for groups in ([("red", [0, 2, 4]), ("dog", [1, 3])], [("car", [0, 1, 2, 3, 4])]):
-        embeddings = lens.example_embeddings(layer).clone()
+        embeddings = lens.arrays.example_embeddings(layer).clone()
         embeddings[row] = planted(lens, groups)[0]
         monkeypatch.setattr(lens, "example_embeddings_of", lambda _layer, _examples="activation", e=embeddings: e)
         found = lens.concept_clusters("features.3/2", vocabulary)

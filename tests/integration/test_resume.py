@@ -101,5 +101,5 @@ def test_sigkill_in_every_stage_then_resume_equals_uninterrupted(tmp_path, tiny_
                 assert theirs is None
                 continue
             assert torch.equal(ours.nan_to_num(), theirs.nan_to_num()), (layer, name)
-        ours, theirs = resumed.class_relevance(layer), reference.class_relevance(layer)
+        ours, theirs = resumed.arrays.class_relevance(layer), reference.arrays.class_relevance(layer)
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[key].nan_to_num(), theirs[key].nan_to_num()) for key in ours), layer

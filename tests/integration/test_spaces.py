@@ -78,10 +78,10 @@ def test_an_added_space_embeds_the_same_crops_and_leaves_the_default_space_alone
     siglip = load_foundation_model(f"hf:{siglip_dir}")
     for unit in ("head/1", "features.3/2"):  # theta is the mean of the unit's crops embedded by the new model
         layer, row = reopened.unit_index(unit)
-        crops = [reopened.example_image(example) for example in reopened.concept_examples(unit)]
-        assert torch.allclose(view.theta(layer)[row], siglip.encode_images(crops).mean(dim=0), atol=2e-3)
-        assert view.example_embeddings(layer)[row].shape == (5, 32)
-    assert torch.equal(view.valid("head"), reopened.valid("head")) and torch.equal(view.boxes("head"), reopened.boxes("head"))
+        crops = [reopened.examples.image(example) for example in reopened.concept_examples(unit)]
+        assert torch.allclose(view.arrays.theta(layer)[row], siglip.encode_images(crops).mean(dim=0), atol=2e-3)
+        assert view.arrays.example_embeddings(layer)[row].shape == (5, 32)
+    assert torch.equal(view.arrays.valid("head"), reopened.arrays.valid("head")) and torch.equal(view.arrays.boxes("head"), reopened.arrays.boxes("head"))
 
 
 def test_adding_later_equals_building_with_both(lens, both, siglip_dir) -> None:
@@ -89,8 +89,8 @@ def test_adding_later_equals_building_with_both(lens, both, siglip_dir) -> None:
     built_with_both = Lens.open(both)
     assert [s.name for s in built_with_both.spaces] == [lens.default_space, sig]
     for layer in lens.layers:
-        assert torch.allclose(lens.in_space(sig).theta(layer), built_with_both.in_space(sig).theta(layer), atol=1e-6)
-        assert torch.equal(lens.theta(layer), built_with_both.theta(layer))  # the default space is the one-model build's
+        assert torch.allclose(lens.in_space(sig).arrays.theta(layer), built_with_both.in_space(sig).arrays.theta(layer), atol=1e-6)
+        assert torch.equal(lens.arrays.theta(layer), built_with_both.arrays.theta(layer))  # the default space is the one-model build's
 
 
 def test_an_interrupted_space_resumes_from_its_chunks(lens, both, siglip_dir, monkeypatch) -> None:
@@ -119,7 +119,7 @@ def test_an_interrupted_space_resumes_from_its_chunks(lens, both, siglip_dir, mo
     total = resumed.manifest["spaces"][sig]["distinct_crops"]
     assert calls["count"] == total - 8  # the crops of the two finished chunks were not embedded again
     assert not (resumed.path / "spaces" / sig / "embed.partial").exists()
-    assert torch.allclose(resumed.in_space(sig).theta("head"), Lens.open(both).in_space(sig).theta("head"), atol=1e-6)
+    assert torch.allclose(resumed.in_space(sig).arrays.theta("head"), Lens.open(both).in_space(sig).arrays.theta("head"), atol=1e-6)
 
 
 def test_clashing_stale_and_bad_spaces_are_refused(lens, siglip_dir, tiny_clip_dir) -> None:
@@ -152,9 +152,9 @@ def test_analyses_answer_in_the_space_asked_for(lens, siglip_dir) -> None:
     default_labels = lens.label()
     labels = view.label()
     assert (lens.path / "spaces" / "sig" / "labels.json").is_file() and (lens.path / "labels.json").is_file()
-    assert Lens.open(lens.path).in_space("sig").labels("head").concepts.tolist() == labels["head"].concepts.tolist()
-    assert Lens.open(lens.path).labels("head").concepts.tolist() == default_labels["head"].concepts.tolist()
-    assert sum(view.dissect()["head"].values()) == len(lens.units("head"))
+    assert Lens.open(lens.path).in_space("sig").labels.of("head").concepts.tolist() == labels["head"].concepts.tolist()
+    assert Lens.open(lens.path).labels.of("head").concepts.tolist() == default_labels["head"].concepts.tolist()
+    assert sum(view.labels.dissect()["head"].values()) == len(lens.units("head"))
     assert set(view.measures("head")) == {"clarity", "polysemanticity", "redundancy"}
     assert view.similarity("head/1", "head/1") == pytest.approx(1.0)
     assert view.search_similar(view, "head/1", top=2)[0].unit != "head/1"
@@ -168,7 +168,7 @@ def test_compare_spaces_is_one_against_itself_and_less_across_models(lens, sigli
     assert same["search"]["top_overlap"] == same["search"]["spearman"] == 1.0
     assert same["structure"]["cka"] == pytest.approx(1.0) and same["structure"]["similarity_correlation"] == pytest.approx(1.0)
     across = lens.compare_spaces(None, "sig", queries=["red", "green", "blue"], top=2)
-    assert across.units == sum(int(lens.valid(layer).sum()) for layer in lens.layers)
+    assert across.units == sum(int(lens.arrays.valid(layer).sum()) for layer in lens.layers)
     assert across.a == lens.default_space and across.b == "sig" and len(across.search.per_query) == 3
     assert -1 <= across.search.spearman <= 1 and 0 <= across.structure.cka <= 1 + 1e-6
 
@@ -230,9 +230,9 @@ def test_masked_views_and_joined_rules_are_planned_again_as_built(view, tmp_path
     both = build_lens(config(colour_folder, tiny_clip_dir, **view, extra_foundations=[f"hf:{siglip_dir}"]), tmp_path / "both.lens", progress=False)
     sig = space_name(f"hf:{siglip_dir}")
     for layer in lens.layers:
-        assert torch.allclose(lens.in_space("sig").theta(layer), both.in_space(sig).theta(layer), atol=1e-6)
+        assert torch.allclose(lens.in_space("sig").arrays.theta(layer), both.in_space(sig).arrays.theta(layer), atol=1e-6)
         stored = lens.store.read_tensors(f"spaces/sig/layers/{layer}.embed.safetensors")["theta"]  # the first rule's
-        torch.testing.assert_close(stored, lens.in_space("sig").theta(layer), atol=3e-3, rtol=0)
+        torch.testing.assert_close(stored, lens.in_space("sig").arrays.theta(layer), atol=3e-3, rtol=0)
 
 
 def test_extra_foundations_are_checked_before_anything_runs(colour_folder, tiny_clip_dir, siglip_dir) -> None:

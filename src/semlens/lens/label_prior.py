@@ -59,7 +59,7 @@ def probe_prior_images(lens: Lens, count: int = PRIOR_IMAGES, seed: int = 0, pro
 def example_prior_sets(lens: Lens) -> torch.Tensor:
     """Every valid unit's example set ``[S, k, d]``, over all layers (the reference implementation's prior,
     there over a layer's neurons)."""
-    return torch.cat([lens.example_embeddings(layer)[lens.valid(layer)] for layer in lens.layers])
+    return torch.cat([lens.arrays.example_embeddings(layer)[lens.arrays.valid(layer)] for layer in lens.layers])
 
 
 def prior_sets(lens: Lens, progress: bool = False) -> torch.Tensor:

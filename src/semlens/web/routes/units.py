@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from ..._util.errors import SemlensError
+from ...lens.audits import relevant_classes, sae_error_shares
 from ...store.files import LensFileError
 from ..common import IMAGE, ExampleSet, ExplorerDep, LayerName, LensKey, Rank, UnitName, example_out, finite, hits_out
 from ..schemas import Example, LensInfo, UnitPage
@@ -45,11 +46,11 @@ def unit_page(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: Unit
         "lens_name": served.name,
         "sae": opened.sae(layer),
         "candidates": [
-            {"concept": concept, "alignment": score, "confidence": confidence} for concept, score, confidence in opened.label_candidates(name)
+            {"concept": concept, "alignment": score, "confidence": confidence} for concept, score, confidence in opened.labels.candidates(name)
         ],
         **{measure: finite(values[row]) for measure, values in measures.items()},
-        "inactive": bool(opened.inactive(layer)[row]),
-        "tied": bool(opened.tied(layer)[row]),
+        "inactive": bool(opened.arrays.inactive(layer)[row]),
+        "tied": bool(opened.arrays.tied(layer)[row]),
         "examples": [example_out(served, name, example) for example in opened.concept_examples(name)],
         "relevance_examples": None
         if by_relevance is None
@@ -57,9 +58,9 @@ def unit_page(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: Unit
         "classes": [
             {
                 "class": title, "index": index, "max_share": finite(top), "mean_share": finite(mean),
-                "sae_error": opened.sae_error_shares(index, [layer]).get(layer),
+                "sae_error": sae_error_shares(opened, index, [layer]).get(layer),
             }  # fmt: skip
-            for title, index, top, mean in opened.relevant_classes(name)
+            for title, index, top, mean in relevant_classes(opened, name)
         ],
         "similar": [similar_in(explorer, other, served, name) for other in explorer.served],
     }
