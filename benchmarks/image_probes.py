@@ -50,8 +50,8 @@ def main() -> None:
     args = parser.parse_args()
     lens = Lens.open(args.lens)
     config = WorldConfig.load(None)
-    data = lens.probe_data
-    spread = lambda count: [lens.probe_data.load(int(i)) for i in np.linspace(0, len(data) - 1, count).round()]  # noqa: E731
+    data = lens.sources.probe_data
+    spread = lambda count: [lens.sources.probe_data.load(int(i)) for i in np.linspace(0, len(data) - 1, count).round()]  # noqa: E731
     mean = tuple(int(v) for v in np.mean([np.asarray(image, dtype=np.float64).mean(axis=(0, 1)) for image in spread(16)], axis=0).round())
     handlings = {
         "alpha dropped": lambda artefact: [artefact.convert("RGB")],

@@ -31,7 +31,7 @@ METHOD_KEYS = {"top1": "top1", "top3": "top3", "phi": "faithfulness_phi", "phi_t
 
 def label_with_example_prior(lens: Lens, vocabulary: Vocabulary) -> None:
     """Label the Lens (in this process) by clip-dissect with the example sets' prior."""
-    concepts, null, prior = lens.probes.concepts(vocabulary.concepts, "label"), lens.probes.null("label"), example_prior_sets(lens)
+    concepts, null, prior = lens.embedding.probes.concepts(vocabulary.concepts, "label"), lens.embedding.probes.null("label"), example_prior_sets(lens)
     results = {}
     for layer in lens.layers:
         scores = clip_dissect_scores(lens.arrays.example_embeddings(layer), concepts, prior)

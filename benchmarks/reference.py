@@ -211,7 +211,7 @@ def run_semlens_label(job: dict) -> tuple[dict, dict]:
 
     def load():
         lens = Lens.open(Path(job["workdir"]) / f"semlens-{job['crop']}.lens")
-        lens.probes  # loads the foundation model (and the prompt cache on disk, when there is one)
+        lens.embedding.probes  # loads the foundation model (and the prompt cache on disk, when there is one)
         for layer in lens.layers:
             lens.arrays.theta(layer)
         return lens

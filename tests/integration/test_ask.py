@@ -56,7 +56,7 @@ def test_search_ranks_units_by_alignment_and_response(lens_path, tmp_path) -> No
     Image.new("RGB", (40, 40), "red").save(tmp_path / "red.png")
     assert len(ask("search", lens_path, "--image", tmp_path / "red.png", "--top", "3", "--json")) == 3
     lens = Lens.open(lens_path)
-    assert probe_cache_path(lens.foundation_id).is_file()  # prompts cached for the next query,
+    assert probe_cache_path(lens.embedding.foundation_id).is_file()  # prompts cached for the next query,
     assert not lens.store.path("probes.safetensors").exists()  # outside the Lens
     custom = ask("search", lens_path, "red", "-t", "photograph of a {}", "-t", "{}", "--top", "2", "--json")
     audit = ask("search", lens_path, "red", "-t", "audit", "--top", "2", "--json")

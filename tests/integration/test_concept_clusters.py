@@ -25,7 +25,7 @@ def lens(explorer_lenses) -> Lens:
 
 def planted(lens: Lens, groups: list[tuple[str, list[int]]], k: int = 5) -> torch.Tensor:
     """Example embeddings ``[1, k, d]``: each slot near the text embedding of its group's concept."""
-    concepts = lens.probes.concepts(tuple(CONCEPTS), "label")
+    concepts = lens.embedding.probes.concepts(tuple(CONCEPTS), "label")
     generator = torch.Generator().manual_seed(0)
     rows = torch.zeros(k, concepts.shape[1])
     for concept, ranks in groups:

@@ -38,8 +38,8 @@ def test_each_method_is_stored_with_its_labels(lens_copy) -> None:
         candidate = labelling.to_dict()["features.3"][0]["candidates"][0]
         assert {"concept", "alignment", "score"} <= set(candidate)
     # every method's labelled units pass the same gate: the best candidate's Eq. 4 alignment
-    concepts = lens.probes.concepts(lens.labels.vocabulary.concepts, "label")
-    aligned = alignment(lens.arrays.theta("features.3"), concepts, lens.probes.null("label"))
+    concepts = lens.embedding.probes.concepts(lens.labels.vocabulary.concepts, "label")
+    aligned = alignment(lens.arrays.theta("features.3"), concepts, lens.embedding.probes.null("label"))
     for method, labelling in by_method.items():
         labels = labelling["features.3"]
         assert torch.allclose(labels.candidate_alignments, aligned.gather(1, labels.concepts), atol=1e-6), method
@@ -88,7 +88,7 @@ def test_clip_dissect_prior_from_cached_probe_images_else_example_sets(lens_copy
     lens = Lens.open(lens_copy)
     images = probe_prior_images(lens)
     assert images.shape == (30, lens.arrays.theta("head").shape[1])  # the colour folder's 30 images, fewer than 512
-    path = prior_cache_path(lens.foundation_id, lens.manifest["identity"]["data"]["fingerprint"], 512, 0)
+    path = prior_cache_path(lens.embedding.foundation_id, lens.manifest["identity"]["data"]["fingerprint"], 512, 0)
     assert path.is_file() and not any(lens_copy.rglob("*prior*"))  # in the user cache, not in the Lens
     assert torch.equal(probe_prior_images(Lens.open(lens_copy)), images)
     assert prior_sets(lens).shape == (PRIOR_SETS, lens.k, images.shape[1])
@@ -143,7 +143,7 @@ def test_the_built_crop_responses_are_the_units_activations_on_their_crops(explo
     for layer, scores in unit_scores(model, views, specs).items():
         moments.add_activations(layer, scores, unit)
     assert lens.manifest["stages"]["responses"]["crops"] == len(crops)
-    directions = concept_directions(lens.probes.concepts(lens.labels.vocabulary.concepts, "label"), lens.probes.null("label"))
+    directions = concept_directions(lens.embedding.probes.concepts(lens.labels.vocabulary.concepts, "label"), lens.embedding.probes.null("label"))
     for layer in lens.layers:
         expected = partial_effects(moments.cross(layer), moments.scatter(), directions)
         torch.testing.assert_close(lens.arrays.partial_effects(layer, directions), expected, atol=2e-3, rtol=2e-3)

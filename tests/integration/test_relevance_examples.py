@@ -88,7 +88,7 @@ def test_each_distinct_crop_is_embedded_once_and_shared_with_activation_examples
 
 
 def test_relevance_theta_is_the_mean_embedding_of_the_relevance_crops(built: Lens) -> None:
-    foundation = built.foundation
+    foundation = built.embedding.foundation
     for unit in ("features.0/2", "features.3/4"):
         layer, row = built.unit_index(unit)
         images = [built.examples.image(example) for example in built.concept_examples(unit, by="relevance")]

@@ -72,9 +72,9 @@ def test_an_added_space_embeds_the_same_crops_and_leaves_the_default_space_alone
     assert after == before  # the default space's files are untouched
     reopened = Lens.open(lens.path)  # the new files are recorded and checked like the others
     assert reopened.trusted  # the space's spec was the user's own: still trusted, though trust covers every spec
-    assert [s.name for s in reopened.spaces] == [clip, sig] and reopened.foundation_id.startswith("hf:tiny-clip")
+    assert [s.name for s in reopened.spaces] == [clip, sig] and reopened.embedding.foundation_id.startswith("hf:tiny-clip")
     view = reopened.in_space(sig)
-    assert view.foundation_id == space.foundation_id and reopened.in_space("default") is reopened
+    assert view.embedding.foundation_id == space.foundation_id and reopened.in_space("default") is reopened
     siglip = load_foundation_model(f"hf:{siglip_dir}")
     for unit in ("head/1", "features.3/2"):  # theta is the mean of the unit's crops embedded by the new model
         layer, row = reopened.unit_index(unit)

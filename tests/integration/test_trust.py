@@ -246,7 +246,7 @@ def test_explorer_gets_write_nothing_into_a_writable_lens(built, tmp_path) -> No
 def test_a_spec_hidden_behind_whitespace_is_refused_as_the_loader_would_read_it(built, tmp_path, marker, stranger) -> None:
     copy = received(built, tmp_path, model=" py:evil:factory", data="\tpy:evil:factory", foundation="\u3000py:evil:factory")
     lens = Lens.open(copy)
-    for question in (lambda: lens.search("red"), lambda: lens.model(), lambda: lens.probe_data):
+    for question in (lambda: lens.search("red"), lambda: lens.model(), lambda: lens.sources.probe_data):
         with pytest.raises(UntrustedSpecError, match="imports and runs Python code"):
             question()
     assert not marker.exists()

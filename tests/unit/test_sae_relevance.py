@@ -225,13 +225,13 @@ def test_the_sae_is_read_only_for_a_trusted_lens_and_only_while_unchanged(sae_le
     try:
         config.write_text(original.replace('"k": 4', '"k": 5'))
         with pytest.raises(SemlensError, match="not the one this Lens was built with"):
-            Lens.open(lens.path, trust=True).sae_files([LAYER])
+            Lens.open(lens.path, trust=True).sources.sae_files([LAYER])
     finally:
         config.write_text(original)
-    assert Lens.open(lens.path, trust=True).sae_files([LAYER, "features.1"]) == {LAYER: folder}
+    assert Lens.open(lens.path, trust=True).sources.sae_files([LAYER, "features.1"]) == {LAYER: folder}
     monkeypatch.setenv("SEMLENS_CACHE", str(tmp_path / "stranger-cache"))  # a user who did not build it
     with pytest.raises(UntrustedSpecError, match="--trust"):
-        Lens.open(lens.path).sae_files([LAYER])
+        Lens.open(lens.path).sources.sae_files([LAYER])
 
 
 def test_explorer_shows_that_a_layer_is_an_sae(sae_lens):
@@ -265,7 +265,7 @@ def test_class_relevance_keeps_the_sae_error_terms_share_and_the_audit_shows_it(
     from semlens.relevance.lrp import unit_and_error_relevance
 
     lens, folder = sae_lens
-    model, data = lens.model(), lens.probe_data
+    model, data = lens.model(), lens.sources.probe_data
     mapping, _ = class_mapping(model, data)
     inputs = torch.stack([model.preprocessing(data.load(index)) for index in range(len(data))])
     targets = torch.tensor([mapping[data.label(index)] for index in range(len(data))])
@@ -298,7 +298,7 @@ def test_an_sae_layer_is_explained_with_shares_that_sum_to_one_with_its_error_te
     result = lens.explain(0, layers=[LAYER], top=8)
     (layer,) = result.layers
     model = lens.model()
-    inputs = model.preprocessing(lens.probe_data.load(0))[None]
+    inputs = model.preprocessing(lens.sources.probe_data.load(0))[None]
     with RelevanceModel(model.module, inputs).attributing() as modified:
         _, features, errors = unit_and_error_relevance(modified, inputs, torch.tensor([result.class_index]), [LAYER], None, {LAYER: folder})
     shares, rest = relevance_shares(features[LAYER], errors[LAYER])[0], float(error_share(features[LAYER], errors[LAYER])[0])

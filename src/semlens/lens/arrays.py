@@ -191,7 +191,7 @@ class LensArrays:
         ``rule`` (default: the first), read from the float16 crop table on disk: only this layer's rows, so
         memory follows the layer, not the data set."""
         index = rule_slots(self.read(layer, "embed")["crop_index"], self.samples(layer).shape[1], self.rule_index(rule))
-        return slot_embeddings(lambda rows: self.lens.store.read_rows(self.lens.crops_file, "embeddings", rows), index)
+        return slot_embeddings(lambda rows: self.lens.store.read_rows(self.lens.embedding.crops_file, "embeddings", rows), index)
 
     def all_units(self, layers: list[str] | None = None, rule: str | None = None) -> tuple[list[str], torch.Tensor]:
         """Names and theta (by crop rule ``rule``, default the first) of the valid units (``valid``) of the given

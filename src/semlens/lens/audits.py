@@ -157,7 +157,7 @@ def _audit_labels(lens: Lens, layers: list[str], concepts: list[str]) -> list[st
         return None
     given = {concept.lower() for concept in concepts}
     candidates = list(concepts) + [concept for concept in lens.labels.vocabulary_or(None).concepts if concept.lower() not in given]
-    directions, null = lens.probes.concepts(candidates, "label"), lens.probes.null("label")
+    directions, null = lens.embedding.probes.concepts(candidates, "label"), lens.embedding.probes.null("label")
     found: list[str | None] = []
     for layer in layers:
         best = label_layer(lens, layer, "responses", directions, null, 1, None).concepts[:, 0]
@@ -171,9 +171,9 @@ def _alignments(lens: Lens, theta: torch.Tensor, concepts: list[str], images: li
     texts, by the audit's null over the units of each layer)."""
     results = []
     if concepts:
-        results.append(alignment(theta, lens.probes.concepts(concepts, templates), lens.probes.null(templates)))
+        results.append(alignment(theta, lens.embedding.probes.concepts(concepts, templates), lens.embedding.probes.null(templates)))
     if images:
-        results.append(alignment(theta, torch.stack([lens.probes.images([image], lambda: probe_backgrounds(lens)) for image in images]), None))
+        results.append(alignment(theta, torch.stack([lens.embedding.probes.images([image], lambda: probe_backgrounds(lens)) for image in images]), None))
     return torch.cat(results, dim=1)
 
 
@@ -193,7 +193,7 @@ def _test_findings(lens: Lens, result: Audit, class_index: int, concept: Concept
     region = concept.region(with_concept)
     units = result.units if test_all else result.to_test(located=region is not None)
     layers = sorted({unit.unit.rpartition("/")[0] for unit in result.units})
-    saes = lens.sae_files(layers)
+    saes = lens.sources.sae_files(layers)
     shifts = {layer: shift for layer in layers if (shift := lens.arrays.map_shift(layer)) is not None}  # else measured now
 
     def to_test(name: str) -> UnitToTest:
@@ -226,7 +226,7 @@ def pruning_effect(
 
     channels = lens.channels(units)
     index = None if class_name is None else lens.class_index(class_name)
-    return measure_pruning(lens.model(), data, channels, index, artifact, lens.sae_files(list(channels)), lens.channels_last(list(channels)))
+    return measure_pruning(lens.model(), data, channels, index, artifact, lens.sources.sae_files(list(channels)), lens.channels_last(list(channels)))
 
 
 def audit_classes(
@@ -271,7 +271,7 @@ def attribution_graph(
     row = seen.index(index)
     ids = relevant_samples(relevance["top_samples"][row], relevance["top_shares"][row], weights, samples)
     model = lens.model()
-    inputs = torch.stack([model.preprocessing(lens.probe_data.load(i)) for i in ids])
+    inputs = torch.stack([model.preprocessing(lens.sources.probe_data.load(i)) for i in ids])
     lrp = RelevanceModel(model.module, inputs[:2], rule=lens.lrp_rule)
     if not lrp.check().supported:
         raise SemlensError(f"LRP does not support this model: {lrp.check().reason}")
@@ -281,7 +281,7 @@ def attribution_graph(
     labels = {layer: lens.labels.shown(layer) for layer in chosen}
     title = lens.classes[index] if lens.classes else str(index)
     valid = {layer: lens.arrays.valid(layer) for layer in chosen}
-    saes: dict = lens.sae_files(chosen)  # paths, loaded on first use
+    saes: dict = lens.sources.sae_files(chosen)  # paths, loaded on first use
     return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid, saes, lens.channels_last(chosen))
 
 

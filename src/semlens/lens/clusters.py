@@ -81,7 +81,7 @@ def _cluster_names(lens: Lens, layer: str, means: torch.Tensor, vocab: Vocabular
     stored = lens.labels.read()
     gate = {} if stored is None else {"threshold": (first := next(iter(stored[1].values()))).threshold, "min_confidence": first.min_confidence}
     theta = lens.arrays.theta(layer)[lens.arrays.valid(layer)]
-    concepts, null = lens.probes.concepts(vocab.concepts, "label"), lens.probes.null("label")
+    concepts, null = lens.embedding.probes.concepts(vocab.concepts, "label"), lens.embedding.probes.null("label")
     labels = label_units(means, concepts, null, top=1, null_theta=theta, **gate)
     found = []
     for concept, score, labelled in zip(labels.concepts[:, 0].tolist(), labels.scores[:, 0].tolist(), labels.labelled.tolist()):

@@ -222,7 +222,7 @@ def correct(
         raise SemlensError(f"tolerance={tolerance} must lie between 0 and 1 (the clean accuracy a correction may cost, e.g. {ACCURACY_TOLERANCE})")
     model, index = lens.model(), lens.class_index(class_name)
     names = lens.classes or model.classes or []
-    views, targets = _labelled_views(model, train if train is not None else lens.probe_data)
+    views, targets = _labelled_views(model, train if train is not None else lens.sources.probe_data)
     if data is None:
         learn, test = held_out_split(targets, names, seed)
         views, test_views = [views[i] for i in learn], [views[i] for i in test]

@@ -171,7 +171,7 @@ class ExampleSets:
         """A concept example as the model saw it (its input view), cropped to its box unless ``crop=False``."""
         from ..model.preprocess import Preprocessing
 
-        view = Preprocessing(**self.lens.manifest["identity"]["preprocessing"]).view(self.lens.probe_data.load(example.sample))
+        view = Preprocessing(**self.lens.manifest["identity"]["preprocessing"]).view(self.lens.sources.probe_data.load(example.sample))
         return view.crop(example.box) if crop else view
 
     def failures(self) -> list[dict[str, Any]]:

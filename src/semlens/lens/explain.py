@@ -83,7 +83,7 @@ def explain(
     preprocessing = Preprocessing(**lens.manifest["identity"]["preprocessing"])
     view = preprocessing.view(picture)
     inputs = preprocessing.normalise(view)[None]
-    explainer, files = _explainer(lens), lens.sae_files(chosen)  # SAE files checked (trust, hashes) on every call
+    explainer, files = _explainer(lens), lens.sources.sae_files(chosen)  # SAE files checked (trust, hashes) on every call
     for layer, path in files.items():
         explainer.saes.setdefault(layer, path)  # loaded in place on first use, kept for the next images
     specs = [LayerSpec(**{**lens.manifest["layers"][layer]["spec"], "sae": files.get(layer)}) for layer in chosen]
@@ -138,7 +138,7 @@ def _explained_unit(lens: Lens, layer: str, row: int, share: float, result: Imag
 
 def _explainable_layers(lens: Lens, layers: list[str] | None) -> list[str]:
     """The given layers (checked), else all of them; by default SAE layers only where the Lens is trusted
-    (explaining with one reads the SAE file the Lens names: ``Lens.sae_files``)."""
+    (explaining with one reads the SAE file the Lens names: ``Lens.sources.sae_files``)."""
     if layers:
         return lens.checked_layers(layers)
     chosen = [layer for layer in lens.layers if lens.trusted or not lens.manifest["layers"][layer]["spec"].get("sae")]
@@ -155,7 +155,7 @@ def _explained_image(lens: Lens, image: str | Path | Image.Image | int) -> tuple
     if isinstance(image, Image.Image):
         return image.convert("RGB"), "image"
     if isinstance(image, int) or (isinstance(image, str) and image.isdecimal() and not Path(image).exists()):
-        index, data = int(image), lens.probe_data
+        index, data = int(image), lens.sources.probe_data
         if not 0 <= index < len(data):
             raise SemlensError(f"probe sample {index} does not exist: the probe data has samples 0..{len(data) - 1}")
         return data.load(index), f"sample {index} ({data.describe(index)})"

@@ -133,7 +133,7 @@ class LabelStore:
 
     def read(self) -> StoredLabels | None:
         """The labels ``Lens.label`` made in this process, else those stored with the Lens (read once), else None."""
-        derived = self.lens.derived
+        derived = self.lens.embedding.derived
         if self._held is None and derived.path(LABELS).is_file():
             stored, vocab = derived.read_json(LABELS, lambda stored: (stored, _stored_vocabulary(stored)))
             arrays = {layer: derived.read_tensors(layer_file(layer, "labels")) for layer in self.lens.layers}
@@ -154,7 +154,7 @@ class LabelStore:
     def replace(self, vocab: Vocabulary, results: dict[str, Labels], templates: str | list[str], save: bool) -> None:
         """Hold new labels for this process and, with ``save``, store them for the other tools."""
         if save and results:
-            derived = self.lens.derived
+            derived = self.lens.embedding.derived
             for layer, labels in results.items():
                 gate = {} if labels.alignments is None else {"alignments": labels.alignments}
                 derived.write_tensors(
@@ -284,8 +284,8 @@ def label(
     keeps labels of its own."""
     method = lens.labels.default_method if method is None else check_method(method)
     vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
-    concepts = lens.probes.concepts(vocab.concepts, templates)
-    null = lens.probes.null(templates)
+    concepts = lens.embedding.probes.concepts(vocab.concepts, templates)
+    null = lens.embedding.probes.null(templates)
     prior = prior_sets(lens) if method == "clip-dissect" else None
     aligned = {layer: alignment(lens.examples.theta(layer, examples), concepts, null) for layer in lens.layers}
     confidence = _label_confidence(lens, aligned, examples)

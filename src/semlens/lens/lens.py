@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,7 @@ from .._util.errors import SemlensError, StaleLensError
 from .._util.fingerprint import hash_json
 from ..model.imagenet import model_class_index
 from ..model.units import unit_names
-from ..store.files import LensStore, space_file
+from ..store.files import LensStore
 from ..store.layout import check_layout
 from ..store.spaces import DEFAULT, EmbeddingSpace, check_space_name, space_name
 from ..store.trust import LensAccess, is_trusted, lens_key
@@ -26,21 +25,15 @@ from . import labels as _labels
 from . import measures as _measures
 from . import search as _search
 from . import spaces as _spaces
+from .spaces import SpaceView
 from .labels import LabelStore
 from .sources import LensSources
 
 if TYPE_CHECKING:
-    from ..data import ImageData
-    from ..foundation import FoundationModel
     from ..model.loading import LoadedModel
     from .examples import ConceptExample
-    from .probes import ProbeEncoder
 
 STAGES = ("collect", "embed")
-
-
-def writable(folder: Path) -> bool:
-    return os.access(folder, os.W_OK)
 
 
 class Lens:
@@ -95,13 +88,6 @@ class Lens:
         write into a Lens, so reading one changes nothing in it. Keyed by what the Lens follows and by its
         arrays' hashes: a look-alike Lens (same build id, other examples) gets a folder of its own."""
         return LensStore(cache_dir("lenses", hash_json([lens_key(self.manifest), self.manifest.get("arrays")])))
-
-    @cached_property
-    def derived(self) -> LensStore:
-        """Where labels are stored: the Lens itself when it is writable, else its folder in the user cache,
-        so that a read-only Lens answers everything; an extra embedding space's in its ``spaces/<name>/``."""
-        root = self.store if writable(self.store.root) else self.cache
-        return root if self.space is None else LensStore(root.path(space_file(self.space, "")))
 
     @cached_property
     def arrays(self) -> LensArrays:
@@ -171,11 +157,6 @@ class Lens:
         if rule not in LRP_RULE_NAMES:
             raise SemlensError(f"this Lens was built with the LRP rule {rule!r}, which this semlens does not know ({', '.join(LRP_RULE_NAMES)})")
         return rule
-
-    @property
-    def foundation_id(self) -> str:
-        """The id (name and weights hash) of the foundation model of this view's embedding space."""
-        return self.space_record["id"]
 
     @property
     def classes(self) -> list[str] | None:
@@ -252,12 +233,6 @@ class Lens:
         return space_name(self.manifest["foundation"]["spec"])
 
     @property
-    def space_record(self) -> dict[str, Any]:
-        """What the manifest records of this view's space: spec, foundation model id, dim, dtype (and, for an
-        extra space, its fingerprint and the fingerprint of the crops it embedded)."""
-        return self.manifest["foundation"] if self.space is None else self.manifest["spaces"][self.space]
-
-    @property
     def spaces(self) -> list[EmbeddingSpace]:
         """The default space first, then the extra ones in the order they were added."""
         found = [EmbeddingSpace(self.default_space, self.manifest["foundation"]["spec"], self.manifest["foundation"]["id"],
@@ -309,56 +284,25 @@ class Lens:
             )
         return space
 
-    # -- the files of this view's space (read by ``LensArrays``) ------------------------------------------
-
-    @property
-    def space_fingerprint(self) -> str:
-        """What this space's embeddings were computed from (it keys the search index)."""
-        return self.manifest["stages"]["embed"]["fingerprint"] if self.space is None else self.space_record["fingerprint"]
-
-    @property
-    def space_cache(self) -> LensStore:
-        """This space's folder in the Lens's user cache (its search index)."""
-        return self.cache if self.space is None else LensStore(self.cache.path(space_file(self.space, "")))
-
-    @property
-    def crops_file(self) -> str:
-        """The file whose ``embeddings`` rows are this space's embeddings of the Lens's distinct crops."""
-        return "crops.safetensors" if self.space is None else space_file(self.space, "crops.safetensors")
-
     # -- what it names outside itself (semlens.lens.sources) ------------------------------------
 
     @cached_property
     def sources(self) -> LensSources:
+        """What it names outside itself (probe data, foundation models, model, SAE files), loaded only as its
+        trust allows: ``semlens.lens.sources``."""
         return LensSources(self.manifest, self.access, self.trusted)
 
-    @property
-    def probe_data(self) -> ImageData:
-        """The probe data: what the user named, else (trusted Lenses only) the spec recorded at build time;
-        checked against the recorded fingerprint, so that a changed folder shows no wrong images."""
-        return self.sources.probe_data
-
-    @property
-    def foundation(self) -> FoundationModel:
-        """The foundation model the Lens was embedded with (the user's, else the trusted recorded one; id checked)."""
-        return self.sources.space_foundation(self.space)
-
     @cached_property
-    def probes(self) -> ProbeEncoder:
-        """Probe encoder with an on-disk cache per foundation model in the user cache (not in this Lens)."""
-        from .probes import ProbeEncoder, probe_cache_path
-
-        return ProbeEncoder(self.foundation, probe_cache_path(self.foundation_id))
+    def embedding(self) -> SpaceView:
+        """The embedding space this Lens (or view: ``in_space``) answers in: its record, foundation model,
+        probes, files and caches: ``semlens.lens.spaces.SpaceView``."""
+        return SpaceView(self)
 
     def model(self) -> LoadedModel:
         """The model under study: the one the user named (``model=``, ``--model``), else (trusted Lenses only)
         reloaded from its recorded spec; checked against the recorded weights either way."""
         return self.sources.model()
 
-    def sae_files(self, layers: list[str]) -> dict[str, str]:
-        """The SAE file of each of ``layers`` that is read through one (trusted Lenses only; hash checked)."""
-        return self.sources.sae_files(layers)
-
     def __repr__(self) -> str:
         units = sum(layer["units"] for layer in self.manifest["layers"].values())
-        return f"Lens({str(self.path)!r}, layers={len(self.layers)}, units={units}, foundation={self.foundation_id!r})"
+        return f"Lens({str(self.path)!r}, layers={len(self.layers)}, units={units}, foundation={self.embedding.foundation_id!r})"

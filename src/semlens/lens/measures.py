@@ -27,12 +27,12 @@ def overview(
     from ..analysis.overview import build_overview
 
     vocabulary = lens.labels.vocabulary_or(None)
-    concepts = lens.probes.concepts(vocabulary.concepts, "label")
+    concepts = lens.embedding.probes.concepts(vocabulary.concepts, "label")
     categories = vocabulary.category_names()
     members = torch.tensor([categories.index(category) for category in vocabulary.categories])
     category_probes = torch.stack([concepts[members == index].mean(dim=0) for index in range(len(categories))])
     units, theta = lens.arrays.all_units(layers)
-    null = lens.probes.null("label")
+    null = lens.embedding.probes.null("label")
     return build_overview(units, theta, concepts, list(vocabulary.concepts), category_probes, categories, null, clusters, seed)
 
 
@@ -50,7 +50,7 @@ def measures(lens: Lens, layer: str, examples: str = "activation") -> dict[str, 
 def similarity(lens: Lens, unit: str, other_unit: str, other: Lens | None = None) -> float:
     """Cosine similarity of two units' theta (Eq. 8), in this Lens or across two Lenses."""
     other = other or lens
-    if other.foundation_id != lens.foundation_id:
+    if other.embedding.foundation_id != lens.embedding.foundation_id:
         raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
     layer, row = lens.unit_index(unit)
     other_layer, other_row = other.unit_index(other_unit)
@@ -62,10 +62,10 @@ def compare(lens: Lens, other: Lens, vocabulary: Vocabulary | str | Path | None 
     in one space, ``Lens.in_space``, for another space: both embedded by the same foundation model)."""
     from ..analysis.compare import Comparison, best_matches, concept_sets, overlap_matrices
 
-    if lens.foundation_id != other.foundation_id:
+    if lens.embedding.foundation_id != other.embedding.foundation_id:
         raise SemlensError(
-            f"cannot compare Lenses embedded by different foundation models ({lens.foundation_id} vs "
-            f"{other.foundation_id}); rebuild one of them with the other's foundation model"
+            f"cannot compare Lenses embedded by different foundation models ({lens.embedding.foundation_id} vs "
+            f"{other.embedding.foundation_id}); rebuild one of them with the other's foundation model"
         )
     a_to_b, b_to_a = overlap_matrices(
         {layer: lens.arrays.theta(layer)[lens.arrays.valid(layer)] for layer in lens.layers},
@@ -81,9 +81,9 @@ def compare(lens: Lens, other: Lens, vocabulary: Vocabulary | str | Path | None 
 
 def _concept_labels(lens: Lens, vocabulary: Vocabulary) -> set[str]:
     """The labels the units get from ``vocabulary`` (not stored)."""
-    concepts = lens.probes.concepts(vocabulary.concepts, "label")
+    concepts = lens.embedding.probes.concepts(vocabulary.concepts, "label")
     found = set()
     for layer in lens.layers:
-        labels = label_units(lens.arrays.theta(layer), concepts, lens.probes.null("label"), valid=lens.arrays.valid(layer))
+        labels = label_units(lens.arrays.theta(layer), concepts, lens.embedding.probes.null("label"), valid=lens.arrays.valid(layer))
         found |= {vocabulary.concepts[index] for index in labels.concepts[labels.labelled, 0].tolist()}
     return found

@@ -70,10 +70,10 @@ def probe(
         raise SemlensError("give a text query, an image probe, or both")
     parts = []
     if texts:
-        parts.append(lens.probes.query(texts, templates))
+        parts.append(lens.embedding.probes.query(texts, templates))
     if images:
-        parts.append(lens.probes.images(images, lambda: probe_backgrounds(lens)))
-    null = lens.probes.null(templates) if texts else None
+        parts.append(lens.embedding.probes.images(images, lambda: probe_backgrounds(lens)))
+    null = lens.embedding.probes.null(templates) if texts else None
     return torch.stack(parts).mean(dim=0), null
 
 
@@ -87,7 +87,7 @@ def probe_backgrounds(lens: Lens) -> list[Image.Image]:
     from ..model.preprocess import Preprocessing
 
     try:
-        data = lens.probe_data
+        data = lens.sources.probe_data
     except SemlensError:
         return []
     preprocessing = Preprocessing(**lens.manifest["identity"]["preprocessing"])
@@ -120,7 +120,7 @@ def search(
 
 def search_similar(lens: Lens, source: Lens, unit: str, top: int = 10) -> SearchResults:
     """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one)."""
-    if source.foundation_id != lens.foundation_id:
+    if source.embedding.foundation_id != lens.embedding.foundation_id:
         raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
     layer, row = source.unit_index(unit)
     return _rank(lens, source.arrays.theta(layer, source.arrays.search_rule)[row], None, lens.layers, top, exclude=(layer, row) if source is lens else None, rank=None)
@@ -154,7 +154,7 @@ def _rank(
 def _search_table(lens: Lens) -> UnitTable:
     """All units stacked for search, with an index from ``INDEX_MIN_UNITS`` units on (see semlens.lens.index)."""
     table = _unit_table(lens, lens.layers)
-    table.index = open_index(lens.space_cache, table, f"{lens.space_fingerprint}:{lens.arrays.search_rule}")
+    table.index = open_index(lens.embedding.cache, table, f"{lens.embedding.fingerprint}:{lens.arrays.search_rule}")
     return table
 
 

@@ -10,8 +10,11 @@ concept examples, class relevance) is shared: ask the view any question.
 
 from __future__ import annotations
 
+import os
+from functools import cached_property
+
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,11 +23,76 @@ from ..analysis.alignment import alignment
 from ..analysis.label import label_units
 from ..analysis.spaces import SIMILARITY_UNITS, SpaceComparison, label_agreement, ranking_agreement, structure_agreement
 from ..analysis.vocabulary import Vocabulary
+from ..store.files import LensStore, space_file
 
 if TYPE_CHECKING:
+    from ..foundation import FoundationModel
+    from .probes import ProbeEncoder
     from .lens import Lens
 
 LABEL_TOP = 3  # concepts per unit whose overlap compare_spaces reports
+
+
+def writable(folder: Path) -> bool:
+    """Whether this process may write into ``folder`` (else a Lens's labels go to the user cache)."""
+    return os.access(folder, os.W_OK)
+
+
+class SpaceView:
+    """The embedding space a Lens or one of its views answers in (``Lens.embedding``): what the manifest records
+    of it, its foundation model and probes, the files of its embeddings, and where its search index and labels go."""
+
+    def __init__(self, lens: Lens) -> None:
+        self.lens = lens
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """What the manifest records of this view's space: spec, foundation model id, dim, dtype (and, for an
+        extra space, its fingerprint and the fingerprint of the crops it embedded)."""
+        lens = self.lens
+        return lens.manifest["foundation"] if lens.space is None else lens.manifest["spaces"][lens.space]
+
+    @property
+    def foundation_id(self) -> str:
+        """The id (name and weights hash) of the foundation model of this space."""
+        return self.record["id"]
+
+    @property
+    def foundation(self) -> FoundationModel:
+        """The foundation model of this space (the user's, else the trusted recorded one; id checked)."""
+        return self.lens.sources.space_foundation(self.lens.space)
+
+    @cached_property
+    def probes(self) -> ProbeEncoder:
+        """Probe encoder with an on-disk cache per foundation model in the user cache (not in this Lens)."""
+        from .probes import ProbeEncoder, probe_cache_path
+
+        return ProbeEncoder(self.foundation, probe_cache_path(self.foundation_id))
+
+    @property
+    def fingerprint(self) -> str:
+        """What this space's embeddings were computed from (it keys the search index)."""
+        lens = self.lens
+        return lens.manifest["stages"]["embed"]["fingerprint"] if lens.space is None else self.record["fingerprint"]
+
+    @property
+    def cache(self) -> LensStore:
+        """This space's folder in the Lens's user cache (its search index)."""
+        lens = self.lens
+        return lens.cache if lens.space is None else LensStore(lens.cache.path(space_file(lens.space, "")))
+
+    @property
+    def crops_file(self) -> str:
+        """The file whose ``embeddings`` rows are this space's embeddings of the Lens's distinct crops."""
+        return "crops.safetensors" if self.lens.space is None else space_file(self.lens.space, "crops.safetensors")
+
+    @cached_property
+    def derived(self) -> LensStore:
+        """Where labels are stored: the Lens itself when it is writable, else its folder in the user cache,
+        so that a read-only Lens answers everything; an extra embedding space's in its ``spaces/<name>/``."""
+        lens = self.lens
+        root = lens.store if writable(lens.store.root) else lens.cache
+        return root if lens.space is None else LensStore(root.path(space_file(lens.space, "")))
 
 
 def compare_spaces(
@@ -46,7 +114,7 @@ def compare_spaces(
     _, theta_b = second.arrays.all_units(layers)
     names = [first.space or lens.default_space, second.space or lens.default_space]
     result = SpaceComparison(names[0], names[1], len(units), structure_agreement(theta_a, theta_b, SIMILARITY_UNITS))
-    mute = [name for name, view in zip(names, (first, second)) if not view.foundation.supports_text]
+    mute = [name for name, view in zip(names, (first, second)) if not view.embedding.foundation.supports_text]
     if mute:
         result.notes.append(f"no labels or search compared: the foundation model of {', '.join(mute)} embeds no text")
         return result
@@ -62,10 +130,10 @@ def compare_spaces(
 
 def _top_concepts(lens: Lens, theta: torch.Tensor, vocabulary: Vocabulary) -> torch.Tensor:
     """Each unit's best ``LABEL_TOP`` concepts ``[U, LABEL_TOP]`` in this space, as ``label`` ranks them."""
-    concepts = lens.probes.concepts(vocabulary.concepts, "label")
-    return label_units(theta, concepts, lens.probes.null("label"), top=LABEL_TOP).concepts
+    concepts = lens.embedding.probes.concepts(vocabulary.concepts, "label")
+    return label_units(theta, concepts, lens.embedding.probes.null("label"), top=LABEL_TOP).concepts
 
 
 def _query_scores(lens: Lens, theta: torch.Tensor, queries: list[str]) -> torch.Tensor:
     """Each query's alignment with every unit ``[Q, U]`` in this space, as ``search`` scores them."""
-    return alignment(theta, lens.probes.concepts(queries, "search"), lens.probes.null("search")).T
+    return alignment(theta, lens.embedding.probes.concepts(queries, "search"), lens.embedding.probes.null("search")).T

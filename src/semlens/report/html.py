@@ -130,7 +130,7 @@ def write_report(
         for key, value in [
             ("model", f"{identity['model']['spec']} (weights {identity['model']['fingerprint']})"),
             ("data", f"{identity['data']['spec']} ({identity['data']['samples']} samples)"),
-            ("foundation model", lens.foundation_id),
+            ("foundation model", lens.embedding.foundation_id),
             ("layers", ", ".join(f"{layer} ({info['units']} units)" for layer, info in lens.manifest["layers"].items())),
             (
                 "left out",

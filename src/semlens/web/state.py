@@ -64,7 +64,7 @@ class Served:
         one encoder (and one writer of its cache) for all threads."""
         with self._setup:
             lens = self.lens.in_space(space)
-            lens.probes  # noqa: B018 (a cached property: loads the foundation model once)
+            lens.embedding.probes  # noqa: B018 (a cached property: loads the foundation model once)
             if lens.labels.vocabulary is None:
                 lens.label(save=False)
         return lens
@@ -151,7 +151,7 @@ class Served:
         return {"damaged": self.damaged,
             "id": self.id, "name": self.name,
             "model": display_spec(identity["model"]["spec"]), "data": display_spec(identity["data"]["spec"]),
-            "samples": identity["data"]["samples"], "foundation": lens.foundation_id, "k": lens.k,
+            "samples": identity["data"]["samples"], "foundation": lens.embedding.foundation_id, "k": lens.k,
             "layers": [
                 {"name": name, "units": info["units"], "signed": info["unit_names"] == "signed", "sae": info.get("sae")}
                 for name, info in lens.manifest["layers"].items()

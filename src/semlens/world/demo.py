@@ -346,7 +346,7 @@ def test_finding(lens: Lens, config: WorldConfig, artifact: str, target: str, sp
     result = {"insertion": artifact_effect(model, others, index, artifact_image)}
     if spurious:
         channels = lens.channels(spurious)
-        result["pruning"] = pruning_effect(model, others, channels, index, artifact_image, lens.sae_files(list(channels)))
+        result["pruning"] = pruning_effect(model, others, channels, index, artifact_image, lens.sources.sae_files(list(channels)))
     return result
 
 

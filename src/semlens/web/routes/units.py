@@ -72,8 +72,8 @@ def similar_in(explorer: Explorer, other: Served, source: Served, unit: str) -> 
     entry = {"lens": other.id, "lens_name": other.name, "hits": [], "note": None}
     if other is not source and (other.lens is None or other.damaged):
         return {**entry, "note": f"this Lens is damaged: {other.damaged}"}
-    if other.lens.foundation_id != source.lens.foundation_id:
-        return {**entry, "note": f"embedded by another foundation model ({other.lens.foundation_id})"}
+    if other.lens.embedding.foundation_id != source.lens.embedding.foundation_id:
+        return {**entry, "note": f"embedded by another foundation model ({other.lens.embedding.foundation_id})"}
     try:
         return {**entry, "hits": hits_out(other, other.labelled().search_similar(source.lens, unit, SIMILAR))}
     except SemlensError as error:
