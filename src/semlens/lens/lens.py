@@ -40,9 +40,11 @@ class Lens:
     """A model's units embedded in a foundation model's space, with their concept examples.
 
     Units are addressed as ``"layer/index"`` (``"layer/index-"`` for the negative half of a signed
-    layer). Open with :meth:`Lens.open`; nothing but the manifest is read until asked for. This class
-    opens the Lens, names its units and loads what it names; its questions come in by topic, one module
-    each: arrays, examples, search, labels, measures (map, similarity, comparison) and audits (classes).
+    layer). Open with :meth:`Lens.open`; nothing but the manifest is read until asked for. The Lens opens
+    itself, names its units and classes, keeps its views in other embedding spaces (``in_space``) and holds
+    what it reads: ``arrays``, ``examples``, ``labels``, ``embedding`` (its space) and ``sources``. Each
+    question is a function of its own module taking the Lens (``semlens.lens.search.search(lens, ...)``),
+    carried as a method (``lens.search(...)``).
     """
 
     def __init__(self, store: LensStore, manifest: dict[str, Any], access: LensAccess | None = None, space: str | None = None) -> None:
