@@ -42,7 +42,7 @@ def test_planted_groups_are_the_clusters_named_by_their_concepts(lens: Lens, tmp
     for groups in ([("red", [0, 2, 4]), ("dog", [1, 3])], [("car", [0, 1, 2, 3, 4])]):
         embeddings = lens.arrays.example_embeddings(layer).clone()
         embeddings[row] = planted(lens, groups)[0]
-        monkeypatch.setattr(lens, "example_embeddings_of", lambda _layer, _examples="activation", e=embeddings: e)
+        monkeypatch.setattr(lens.examples, "embeddings", lambda _layer, _examples="activation", e=embeddings: e)
         found = lens.concept_clusters("features.3/2", vocabulary)
         assert [(c.concept, c.ranks, c.size) for c in found.clusters] == [(name, ranks, len(ranks)) for name, ranks in groups]
         assert all(c.alignment > 0 for c in found.clusters) and found.vocabulary == "concepts"

@@ -215,7 +215,7 @@ def test_a_manifest_whose_sizes_are_not_counts_is_damaged(built, tmp_path) -> No
 def test_a_read_only_lens_answers_everything_and_nothing_writes_into_a_lens(built, tmp_path, monkeypatch) -> None:
     copy = received(built, tmp_path)
     before = files_of(copy)
-    monkeypatch.setattr("semlens.lens.lens.writable", lambda _folder: False)  # as for a read-only mount (root may write anyway)
+    monkeypatch.setattr("semlens.lens.spaces.writable", lambda _folder: False)  # as for a read-only mount (root may write anyway)
     lens = Lens.open(copy)
     labels = lens.label()
     assert lens.label_of("head/0") == Lens.open(copy).label_of("head/0") and set(labels) == {"features.3", "head"}

@@ -133,7 +133,7 @@ class LensArrays:
         return recorded_shift(self.lens._layer(layer), unmeasured=None)
 
     def heatmap_shift(self, layer: str, examples: str = "activation") -> tuple[float, float]:
-        """Where the cells of ``example_heatmaps(layer, examples)`` sit off the even grid, in input pixels: the
+        """Where the cells of ``Lens.examples.heatmaps(layer, examples)`` sit off the even grid, in input pixels: the
         layer's ``map_shift`` for activation maps, none for relevance heatmaps (computed at the input) and for
         Lenses built before it was measured (their boxes were cut on the even grid)."""
         if examples != "activation" or self.lens._layer(layer).get("crop", {}).get("mode") != "activation":

@@ -202,7 +202,7 @@ class LabelStore:
 
     def label_of(self, unit: str) -> str | None:
         """A unit's stored label, or None when it shows no concept (or before ``label`` ran); per unit, where
-        ``shown_labels`` gives a whole layer's."""
+        ``shown`` gives a whole layer's."""
         layer, row = self.lens.unit_index(unit)
         labels = self.of(layer)
         if labels is None or not bool(labels.labelled[row]):
@@ -274,7 +274,7 @@ def label(
     min_confidence: float = MIN_CONFIDENCE,
 ) -> Labelling:
     """Label every unit with its best concepts by ``method`` (``analysis.labelling_methods.METHODS``; None: the
-    default, ``responses`` where the Lens has them, else ``centred``: ``default_label_method``); stored with
+    default, ``responses`` where the Lens has them, else ``centred``: ``LabelStore.default_method``); stored with
     the Lens, with the method, for the other tools (``save=False``: kept in this process only).
     Each valid unit shows its best concept with its confidence (robust z against its layer's other units,
     ``analysis.label``), and "no concept" where that is under ``min_confidence``; ``threshold`` adds a floor on
