@@ -17,6 +17,7 @@ from semlens.relevance.lrp import RelevanceModel, unit_relevance
 from semlens.store.files import layer_file
 from semlens.lens.search import probe as probe_of
 from semlens.lens.audits import pruning_effect
+from semlens.lens.explain import _explainer
 
 LAYERS = ["features.0", "features.3:pool=max", "head:signed=true"]
 
@@ -85,7 +86,7 @@ def test_reopening_gives_identical_arrays(built: Lens) -> None:
     again = Lens.open(built.path)
     for layer in built.layers:
         for name in ("scores", "samples", "theta", "boxes", "example_embeddings", "inactive"):
-            assert torch.equal(getattr(again, name)(layer).nan_to_num(), getattr(built, name)(layer).nan_to_num()), (layer, name)
+            assert torch.equal(getattr(again.arrays, name)(layer).nan_to_num(), getattr(built.arrays, name)(layer).nan_to_num()), (layer, name)
 
 
 def test_a_second_run_skips_finished_stages_and_a_changed_one_is_refused(built, colour_folder, tiny_clip_dir) -> None:
@@ -308,7 +309,7 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_data_or_lrp_rul
 
     from semlens.relevance.rules import LeanGamma
 
-    explainer = other._explainer.prepared(torch.rand(2, 3, 32, 32))  # its explanations and graphs take the rule too
+    explainer = _explainer(other).prepared(torch.rand(2, 3, 32, 32))  # its explanations and graphs take the rule too
     assert isinstance(explainer.composite.mapping({"first_layer_visited": True}, "conv", nn.Conv2d(3, 3, 1)), LeanGamma)
     other.manifest["identity"]["relevance"]["lrp_rule"] = "alpha2beta1"  # as an altered Lens would say
     with pytest.raises(SemlensError, match="the LRP rule 'alpha2beta1', which this semlens does not know"):

@@ -105,7 +105,7 @@ def test_a_lens_without_crop_responses_labels_centred(lens_copy) -> None:
     stored = Lens.open(lens_copy)
     before = stored.audit(stored.classes[0], [stored.classes[0]], ["stripes"], cut=0.0)
     # the audit names each unit's best concept by its responses, among the audit's concepts and the vocabulary
-    assert before.units and all(unit.responses_label in [stored.classes[0], "stripes", *stored.vocabulary.concepts] for unit in before.units)
+    assert before.units and all(unit.responses_label in [stored.classes[0], "stripes", *stored.labels.vocabulary.concepts] for unit in before.units)
     manifest = json.loads((lens_copy / "manifest.json").read_text())
     del manifest["stages"]["responses"]  # as a Lens built before the responses stage
     (lens_copy / "manifest.json").write_text(json.dumps(manifest))
