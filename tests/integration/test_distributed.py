@@ -51,7 +51,7 @@ def assert_same_lens(ours: Lens, reference: Lens) -> None:
     assert ours.store.read_json("samples.json") == reference.store.read_json("samples.json")
     for layer in reference.layers:
         for name in ARRAYS:
-            mine, theirs = getattr(ours, name)(layer), getattr(reference, name)(layer)
+            mine, theirs = getattr(ours.arrays, name)(layer), getattr(reference.arrays, name)(layer)
             assert (mine is None) == (theirs is None), (layer, name)
             if mine is not None:
                 assert torch.equal(mine.nan_to_num(), theirs.nan_to_num()), (layer, name)

@@ -96,7 +96,7 @@ def test_sigkill_in_every_stage_then_resume_equals_uninterrupted(tmp_path, tiny_
     assert resumed.manifest["layers"] == reference.manifest["layers"]
     for layer in reference.layers:
         for name in ("scores", "samples", "maps", "inactive", "boxes", "theta", "example_embeddings"):
-            ours, theirs = getattr(resumed, name)(layer), getattr(reference, name)(layer)
+            ours, theirs = getattr(resumed.arrays, name)(layer), getattr(reference.arrays, name)(layer)
             if ours is None:
                 assert theirs is None
                 continue
