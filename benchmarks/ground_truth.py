@@ -178,7 +178,7 @@ def distractor_labels(lens: Lens, config: WorldConfig, truth: dict[str, str]) ->
     full = world_vocabulary(config)
     names = set(config.concept_names())
     spatial = spatial_layers(lens)
-    labelled = [row[0] for layer in spatial for row, ok in zip(lens.labels(layer).concepts.tolist(), lens.labels(layer).labelled.tolist()) if ok]
+    labelled = [row[0] for layer in spatial for row, ok in zip(lens.labels.of(layer).concepts.tolist(), lens.labels.of(layer).labelled.tolist()) if ok]
     distractors = sum(full.concepts[index] not in names for index in labelled)
     categories = tuple(category for category, concept in zip(full.categories, full.concepts) if concept in names)
     world_only = Vocabulary("world-only", tuple(config.concept_names()), categories)

@@ -3,7 +3,7 @@ canvas) is best embedded: which handling ranks the world's true watermark units 
 
 Handlings: its alpha dropped (the transparent pixels' own colour, black), composited onto neutral gray, white,
 the probe images' mean colour, cropped to its opaque part on gray, and pasted into N probe images spread evenly
-over the probe data (``Lens.probe_backgrounds``, the mean of their embeddings). Measured over 6 placements of
+over the probe data (``semlens.lens.search.probe_backgrounds``, the mean of their embeddings). Measured over 6 placements of
 the watermark (``world.render.artifact_overlay``): mean average precision of the 9 true watermark units (the
 demo's ground truth) among the units of the spatial layers, and the mean rank of the first one.
 
@@ -50,8 +50,8 @@ def main() -> None:
     args = parser.parse_args()
     lens = Lens.open(args.lens)
     config = WorldConfig.load(None)
-    data = lens.probe_data
-    spread = lambda count: [lens.probe_data.load(int(i)) for i in np.linspace(0, len(data) - 1, count).round()]  # noqa: E731
+    data = lens.sources.probe_data
+    spread = lambda count: [lens.sources.probe_data.load(int(i)) for i in np.linspace(0, len(data) - 1, count).round()]  # noqa: E731
     mean = tuple(int(v) for v in np.mean([np.asarray(image, dtype=np.float64).mean(axis=(0, 1)) for image in spread(16)], axis=0).round())
     handlings = {
         "alpha dropped": lambda artefact: [artefact.convert("RGB")],

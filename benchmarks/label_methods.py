@@ -31,13 +31,13 @@ METHOD_KEYS = {"top1": "top1", "top3": "top3", "phi": "faithfulness_phi", "phi_t
 
 def label_with_example_prior(lens: Lens, vocabulary: Vocabulary) -> None:
     """Label the Lens (in this process) by clip-dissect with the example sets' prior."""
-    concepts, null, prior = lens.probes.concepts(vocabulary.concepts, "label"), lens.probes.null("label"), example_prior_sets(lens)
+    concepts, null, prior = lens.embedding.probes.concepts(vocabulary.concepts, "label"), lens.embedding.probes.null("label"), example_prior_sets(lens)
     results = {}
     for layer in lens.layers:
-        scores = clip_dissect_scores(lens.example_embeddings(layer), concepts, prior)
-        theta = lens.theta(layer)
-        results[layer] = rank_concepts(scores, alignment(theta, concepts, null), valid=lens.valid(layer), method=EXAMPLE_PRIOR)
-    lens.label_store.replace(vocabulary, results, 0.025, "label", save=False)
+        scores = clip_dissect_scores(lens.arrays.example_embeddings(layer), concepts, prior)
+        theta = lens.arrays.theta(layer)
+        results[layer] = rank_concepts(scores, alignment(theta, concepts, null), valid=lens.arrays.valid(layer), method=EXAMPLE_PRIOR)
+    lens.labels.replace(vocabulary, results, 0.025, "label", save=False)
 
 
 def method_scores(lens: Lens, config: WorldConfig, out: Path, methods: list[str]) -> dict[str, dict[str, Any]]:

@@ -190,14 +190,14 @@ def run_semlens(job: dict) -> dict:
     stages = lens.manifest["stages"]
     results = {}
     for layer in job["layers"]:
-        results[f"{layer}.ids"] = lens.samples(layer)
-        results[f"{layer}.theta"] = lens.theta(layer).float()
+        results[f"{layer}.ids"] = lens.arrays.samples(layer)
+        results[f"{layer}.theta"] = lens.arrays.theta(layer).float()
     info = {
         "build_seconds": seconds,
         "embed_seconds": stages["embed"]["seconds"],
         "embedded": stages["embed"]["distinct_crops"],
         "units": sum(len(lens.units(layer)) for layer in job["layers"]),
-        "distinct_samples": len(torch.unique(torch.cat([lens.samples(layer).flatten() for layer in job["layers"]]))),
+        "distinct_samples": len(torch.unique(torch.cat([lens.arrays.samples(layer).flatten() for layer in job["layers"]]))),
         "crop_modes": sorted({lens.manifest["layers"][layer]["crop"]["mode"] for layer in job["layers"]}),
     }
     return info, results
@@ -211,9 +211,9 @@ def run_semlens_label(job: dict) -> tuple[dict, dict]:
 
     def load():
         lens = Lens.open(Path(job["workdir"]) / f"semlens-{job['crop']}.lens")
-        lens.probes  # loads the foundation model (and the prompt cache on disk, when there is one)
+        lens.embedding.probes  # loads the foundation model (and the prompt cache on disk, when there is one)
         for layer in lens.layers:
-            lens.theta(layer)
+            lens.arrays.theta(layer)
         return lens
 
     load_seconds, lens = timed(load)

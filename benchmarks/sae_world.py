@@ -93,7 +93,7 @@ def main() -> None:
                            data=f"world::{args.probe_images}:probe", foundation="world", k=K)  # fmt: skip
     lens = build_lens(settings, args.out / "sae.lens", progress=False)
     lens.label(world_vocabulary(WorldConfig.load(None)))
-    valid = lens.valid(args.layer)
+    valid = lens.arrays.valid(args.layer)
     print(f"{lens.manifest['layers'][args.layer]['crop']['mode']} crops; {int(valid.sum())} of {args.d_sae} features with examples of their own")
     audit = lens.audit("star", ["star"], ["watermark"], layers=[args.layer])
     flagged = [unit for unit in audit.units if unit.verdict == "spurious"]

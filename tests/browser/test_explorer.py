@@ -82,7 +82,7 @@ def valid(explorer_lenses) -> list[str]:
     """The units of tiny.lens the explorer maps and ranks: those with examples of their own."""
     from semlens import Lens
 
-    return Lens.open(explorer_lenses[0], trust=True).all_units()[0]
+    return Lens.open(explorer_lenses[0], trust=True).arrays.all_units()[0]
 
 
 def goto(page, base_url: str, path: str) -> None:

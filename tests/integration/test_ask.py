@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from semlens import BuildConfig, Lens, SemlensError, build_lens
 from semlens.cli import app
 from semlens.lens.probes import probe_cache_path
+from semlens.lens.search import probe as probe_of
 
 runner = CliRunner()
 
@@ -47,7 +48,7 @@ def test_search_ranks_units_by_alignment_and_response(lens_path, tmp_path) -> No
     wrong = runner.invoke(app, ["search", str(lens_path), "red", "--rank", "best"])
     assert wrong.exit_code != 0 and "named, both, alignment" in wrong.output
     only_head = ask("search", lens_path, "red", "--layer", "head", "--json")
-    valid_head = int(Lens.open(lens_path).valid("head").sum())  # inactive and tied units are never ranked
+    valid_head = int(Lens.open(lens_path).arrays.valid("head").sum())  # inactive and tied units are never ranked
     assert {hit["layer"] for hit in only_head} == {"head"} and len(only_head) == valid_head
     assert runner.invoke(app, ["search", str(lens_path), "red", "--top", "0"]).exit_code == 2  # not an empty table
     with pytest.raises(SemlensError, match="top=0: ask for at least one unit"):
@@ -55,7 +56,7 @@ def test_search_ranks_units_by_alignment_and_response(lens_path, tmp_path) -> No
     Image.new("RGB", (40, 40), "red").save(tmp_path / "red.png")
     assert len(ask("search", lens_path, "--image", tmp_path / "red.png", "--top", "3", "--json")) == 3
     lens = Lens.open(lens_path)
-    assert probe_cache_path(lens.foundation_id).is_file()  # prompts cached for the next query,
+    assert probe_cache_path(lens.embedding.foundation_id).is_file()  # prompts cached for the next query,
     assert not lens.store.path("probes.safetensors").exists()  # outside the Lens
     custom = ask("search", lens_path, "red", "-t", "photograph of a {}", "-t", "{}", "--top", "2", "--json")
     audit = ask("search", lens_path, "red", "-t", "audit", "--top", "2", "--json")
@@ -69,15 +70,15 @@ def test_search_by_both_is_the_lower_standardised_score_of_the_lenss_valid_units
     from semlens.analysis.alignment import alignment
 
     lens = Lens.open(lens_path)
-    assert lens.has_responses
-    probe, null = lens.probe("red")
+    assert lens.arrays.has_responses
+    probe, null = probe_of(lens, "red")
     direction = F.normalize(probe, dim=0) - F.normalize(null, dim=0)
     names, aligned, responses = [], [], []
     for layer in lens.layers:
-        valid = lens.valid(layer)  # inactive and tied units neither ranked nor counted in the standardisation
+        valid = lens.arrays.valid(layer)  # inactive and tied units neither ranked nor counted in the standardisation
         names += [f"{layer}/{unit}" for unit, ok in zip(lens.units(layer), valid.tolist()) if ok]
-        aligned.append(alignment(lens.theta(layer, lens.search_rule)[valid], probe[None], null)[:, 0])
-        responses.append(lens.crop_responses(layer)[valid] @ direction / (direction @ lens.response_scatter @ direction).sqrt())
+        aligned.append(alignment(lens.arrays.theta(layer, lens.arrays.search_rule)[valid], probe[None], null)[:, 0])
+        responses.append(lens.arrays.crop_responses(layer)[valid] @ direction / (direction @ lens.arrays.response_scatter @ direction).sqrt())
     aligned, responses = torch.cat(aligned), torch.cat(responses)
 
     def z(values: torch.Tensor) -> torch.Tensor:
@@ -96,18 +97,20 @@ def test_search_by_both_is_the_lower_standardised_score_of_the_lenss_valid_units
 def test_search_puts_first_the_units_the_audit_names_by_the_query(lens_path, query, monkeypatch) -> None:
     """The default ranking: of the best units by "both", those whose best concept by their crop responses (among the
     query and the Lens's vocabulary, as the audit names units) is the query come first, each part in its order."""
+    from semlens.lens import search
+    from semlens.lens.labels import names_by_responses
     from semlens.lens.search import NAMED_AMONG
 
     lens = Lens.open(lens_path)
     ranked = [hit.unit for hit in lens.search(query, top=NAMED_AMONG, rank="both")]
     units = [f"{layer}/{unit}" for layer in lens.layers for unit in lens.units(layer)]
-    named = {unit for unit, best in zip(units, lens._audit_labels(lens.layers, [query])) if best == query}
+    named = {unit for unit, best in zip(units, names_by_responses(lens, lens.layers, [query])) if best == query}
     expected = [unit for unit in ranked if unit in named] + [unit for unit in ranked if unit not in named]
     assert [hit.unit for hit in lens.search(query, top=3)] == expected[:3]
     assert [hit["unit"] for hit in ask("search", lens_path, query, "--top", "3", "--json")] == expected[:3]
     # a unit the audit names by the query, last by "both", is lifted to the top; the other rankings leave it last
     last = ranked[-1]
-    monkeypatch.setattr(Lens, "_audit_labels", lambda self, layers, concepts: [query if f"{layer}/{unit}" == last else None for layer in layers for unit in self.units(layer)])
+    monkeypatch.setattr(search, "names_by_responses", lambda lens, layers, concepts: [query if f"{layer}/{unit}" == last else None for layer in layers for unit in lens.units(layer)])
     assert lens.search(query, top=1)[0].unit == last
     assert lens.search(query, top=1, rank="both")[0].unit == ranked[0] != last
 
@@ -117,7 +120,7 @@ def test_show_writes_a_grid_png(lens_path, tmp_path) -> None:
     assert Image.open(shown["png"]).size[0] > 0 and len(shown["examples"]) == 5
     assert set(shown["examples"][0]) == {"rank", "sample", "score", "box", "source", "label"}
     lens = Lens.open(lens_path)
-    left_out = [f"{layer}/{lens.units(layer)[row]}" for layer in lens.layers for row in (~lens.valid(layer)).nonzero().flatten().tolist()]
+    left_out = [f"{layer}/{lens.units(layer)[row]}" for layer in lens.layers for row in (~lens.arrays.valid(layer)).nonzero().flatten().tolist()]
     assert left_out  # the tiny model has inactive or tied units
     result = runner.invoke(app, ["show", str(lens_path), left_out[0], "--out", str(tmp_path / "other.png")])
     assert result.exit_code == 0 and "left out of search" in " ".join(result.output.split()), result.output  # shown with a note
@@ -129,8 +132,8 @@ def test_label_dissect_and_their_storage(lens_path, tmp_path) -> None:
     labelled = ask("label", lens_path, "--vocabulary", vocabulary, "--threshold", "-1", "--min-confidence", "-100", "--json")
     labels, coverage = labelled["layers"], labelled["coverage"]
     assert set(labels) == {"features.3", "head"} and len(labels["head"]) == 6
-    assert coverage["all"]["coverage"] == 1.0 and coverage["layers"]["head"]["labelled"] == Lens.open(lens_path).valid("head").sum()
-    valid = Lens.open(lens_path).valid("head").tolist()
+    assert coverage["all"]["coverage"] == 1.0 and coverage["layers"]["head"]["labelled"] == Lens.open(lens_path).arrays.valid("head").sum()
+    valid = Lens.open(lens_path).arrays.valid("head").tolist()
     entry = labels["head"][valid.index(True)]  # units without examples of their own get no label
     assert entry["label"] in {"red", "green", "blue", "square", "noise"} and entry["valid"]
     assert [e["label"] is not None for e in labels["head"]] == valid
@@ -150,7 +153,7 @@ def test_measures_similar_and_map(lens_path, tmp_path) -> None:
     assert set(measured["head"]["summary"]) == {"clarity", "polysemanticity", "redundancy"}
     assert len(measured["head"]["units"]) == 6
     lens = Lens.open(lens_path)
-    valid = lens.all_units()[0]  # names of the units with examples of their own
+    valid = lens.arrays.all_units()[0]  # names of the units with examples of their own
     similar = ask("similar", lens_path, valid[0], "--top", "3", "--json")
     assert len(similar) == 3 and all(hit["unit"] != valid[0] for hit in similar)
     everyone = ask("similar", lens_path, valid[0], "--top", "50", "--json")
@@ -173,7 +176,7 @@ def test_compare_two_lenses_and_refuse_other_foundation_models(lens_path, tmp_pa
     assert compared["layers_a"] == ["features.3", "head"] and compared["layers_b"] == ["head"]
     assert len(compared["s_a_to_b"]) == 2 and len(compared["s_a_to_b"][0]) == 1
     lens = Lens.open(lens_path)
-    valid = lens.all_units()[0]  # names of the units with examples of their own
+    valid = lens.arrays.all_units()[0]  # names of the units with examples of their own
     assert list(compared["best_match"]) == valid and set(compared["best_match"][valid[0]]) == {"unit", "similarity"}
     assert {"shared_concepts", "only_a", "only_b"} <= set(compared)
 

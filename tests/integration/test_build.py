@@ -15,6 +15,9 @@ from semlens.interventions.effects import Artifact
 from semlens.pipeline.collect import collect_topk
 from semlens.relevance.lrp import RelevanceModel, unit_relevance
 from semlens.store.files import layer_file
+from semlens.lens.search import probe as probe_of
+from semlens.lens.audits import pruning_effect
+from semlens.lens.explain import _explainer
 
 LAYERS = ["features.0", "features.3:pool=max", "head:signed=true"]
 
@@ -43,12 +46,12 @@ def test_lens_has_every_layer_with_its_units_and_embeddings(built: Lens) -> None
     assert built.units("head") == ["0", "1", "2", "0-", "1-", "2-"]
     dim = built.manifest["foundation"]["dim"]
     for layer, units in [("features.0", 8), ("features.3", 6), ("head", 6)]:
-        assert built.theta(layer).shape == (units, dim)
-        examples = built.example_embeddings(layer)
+        assert built.arrays.theta(layer).shape == (units, dim)
+        examples = built.arrays.example_embeddings(layer)
         assert examples.shape == (units, 5, dim)
         # theta is the mean of the examples' embeddings (stored in half precision)
-        torch.testing.assert_close(examples.mean(dim=1), built.theta(layer), atol=2e-3, rtol=0)
-    assert built.maps("features.0").shape[:2] == (8, 5) and built.maps("head") is None
+        torch.testing.assert_close(examples.mean(dim=1), built.arrays.theta(layer), atol=2e-3, rtol=0)
+    assert built.arrays.maps("features.0").shape[:2] == (8, 5) and built.arrays.maps("head") is None
 
 
 def test_topk_equals_brute_force_over_the_same_pipeline(built: Lens, colour_folder) -> None:
@@ -67,7 +70,7 @@ def test_topk_equals_brute_force_over_the_same_pipeline(built: Lens, colour_fold
     for layer, scores in outputs.items():
         for unit in range(scores.shape[1]):
             expected = sorted(range(len(data)), key=lambda i: (-scores[i, unit].item(), i))[:5]
-            assert built.samples(layer)[unit].tolist() == expected, (layer, unit)
+            assert built.arrays.samples(layer)[unit].tolist() == expected, (layer, unit)
 
 
 def test_concept_examples_point_at_the_data(built: Lens, colour_folder) -> None:
@@ -83,7 +86,7 @@ def test_reopening_gives_identical_arrays(built: Lens) -> None:
     again = Lens.open(built.path)
     for layer in built.layers:
         for name in ("scores", "samples", "theta", "boxes", "example_embeddings", "inactive"):
-            assert torch.equal(getattr(again, name)(layer).nan_to_num(), getattr(built, name)(layer).nan_to_num()), (layer, name)
+            assert torch.equal(getattr(again.arrays, name)(layer).nan_to_num(), getattr(built.arrays, name)(layer).nan_to_num()), (layer, name)
 
 
 def test_a_second_run_skips_finished_stages_and_a_changed_one_is_refused(built, colour_folder, tiny_clip_dir) -> None:
@@ -101,7 +104,7 @@ def test_each_distinct_crop_is_embedded_once(tmp_path, colour_folder, tiny_clip_
         config(colour_folder, tiny_clip_dir, foundation="py:tiny_models:tiny_clip", crop="none"), tmp_path / "l", progress=False
     )
     stage = lens.manifest["stages"]["embed"]
-    distinct_samples = torch.unique(torch.cat([lens.samples(layer).reshape(-1) for layer in lens.layers]))
+    distinct_samples = torch.unique(torch.cat([lens.arrays.samples(layer).reshape(-1) for layer in lens.layers]))
     assert stage["distinct_crops"] == len(distinct_samples) < stage["example_slots"] == (8 + 6 + 6) * 5
     assert sum(tiny_models.EMBEDDED) == stage["distinct_crops"]
 
@@ -132,8 +135,8 @@ def test_preprocessing_in_the_loader_workers_as_on_a_gpu_gives_the_same_lens(bui
     monkeypatch.setattr(embed_stage_module, "preprocess_in_workers", lambda device: True)
     again = build_lens(config(colour_folder, tiny_clip_dir, workers=1), tmp_path / "workers.lens", progress=False)
     for layer in built.layers:
-        assert torch.equal(again.theta(layer), built.theta(layer))
-        assert torch.equal(again.example_embeddings(layer).nan_to_num(), built.example_embeddings(layer).nan_to_num())
+        assert torch.equal(again.arrays.theta(layer), built.arrays.theta(layer))
+        assert torch.equal(again.arrays.example_embeddings(layer).nan_to_num(), built.arrays.example_embeddings(layer).nan_to_num())
 
 
 def test_a_half_precision_tower_embeds_the_same_whether_its_batches_are_cast_in_the_workers_or_on_its_device(
@@ -156,7 +159,7 @@ def test_a_half_precision_tower_embeds_the_same_whether_its_batches_are_cast_in_
     in_workers = build_lens(config(colour_folder, tiny_clip_dir, **half), tmp_path / "workers.lens", progress=False)
     assert handed and set(handed) == {torch.bfloat16}
     for layer in on_device.layers:
-        assert torch.equal(in_workers.example_embeddings(layer).nan_to_num(), on_device.example_embeddings(layer).nan_to_num())
+        assert torch.equal(in_workers.arrays.example_embeddings(layer).nan_to_num(), on_device.arrays.example_embeddings(layer).nan_to_num())
 
 
 def test_collect_topk_api_reads_a_model_directly() -> None:
@@ -179,29 +182,29 @@ def test_a_masked_build_embeds_each_example_faded_by_its_own_heatmap(built, tmp_
     settings = config(colour_folder, tiny_clip_dir, crop=crop, crop_view="masked", class_relevance=False, **layers)
     masked = build_lens(settings, tmp_path / "m.lens", progress=False)
     assert masked.manifest["identity"]["embed"]["crop_view"] == "masked"
-    assert "skipped" in masked.manifest["stages"]["responses"] and masked.default_label_method == "centred"  # faded crops
-    assert built.has_responses and built.default_label_method == "responses"
+    assert "skipped" in masked.manifest["stages"]["responses"] and masked.labels.default_method == "centred"  # faded crops
+    assert built.arrays.has_responses and built.labels.default_method == "responses"
     loaded, data = load_model(f"py:tiny_models:{model}"), load_data(f"folder:{colour_folder}")
     foundation = load_foundation_model(f"hf:{tiny_clip_dir}")
     faded = 0
     for layer in masked.layers:
         if crop == "relevance":  # the same boxes as the box view of the same rule: only what is embedded differs
-            assert torch.equal(masked.boxes(layer), built.boxes(layer))
-        heat, ids, inactive = masked.heatmaps(layer), masked.samples(layer), masked.inactive(layer)
+            assert torch.equal(masked.arrays.boxes(layer), built.arrays.boxes(layer))
+        heat, ids, inactive = masked.arrays.heatmaps(layer), masked.arrays.samples(layer), masked.arrays.inactive(layer)
         crops, slots = [], torch.nonzero(ids >= 0).tolist()
         for unit, slot in slots:
-            view, box = loaded.preprocessing.view(data.load(int(ids[unit, slot]))), tuple(masked.boxes(layer)[unit, slot].tolist())
+            view, box = loaded.preprocessing.view(data.load(int(ids[unit, slot]))), tuple(masked.arrays.boxes(layer)[unit, slot].tolist())
             fires = heat is not None and not inactive[unit] and float(heat[unit, slot].max()) > 0
-            crops.append(masked_crop(view, box, heat[unit, slot], masked.heatmap_shift(layer)) if fires else view.crop(box))
+            crops.append(masked_crop(view, box, heat[unit, slot], masked.arrays.heatmap_shift(layer)) if fires else view.crop(box))
             faded += fires
         expected = foundation.encode_images(crops)
-        found = masked.example_embeddings(layer)[tuple(torch.tensor(slots).T)]
+        found = masked.arrays.example_embeddings(layer)[tuple(torch.tensor(slots).T)]
         torch.testing.assert_close(found, expected, atol=3e-3, rtol=0)
-    assert masked.heatmap_shift(masked.layers[-1]) == (pytest.approx((-1.5, -1.5), abs=0.5) if model == "strided_cnn" else (0.0, 0.0))
+    assert masked.arrays.heatmap_shift(masked.layers[-1]) == (pytest.approx((-1.5, -1.5), abs=0.5) if model == "strided_cnn" else (0.0, 0.0))
     if model == "strided_cnn":
         return
     assert faded >= 40
-    boxed = torch.cat([built._read(layer, "embed")["crop_index"][:, :5].flatten() for layer in built.layers]).unique()  # the peak boxes
+    boxed = torch.cat([built.arrays.read(layer, "embed")["crop_index"][:, :5].flatten() for layer in built.layers]).unique()  # the peak boxes
     assert masked.manifest["stages"]["embed"]["distinct_crops"] > int((boxed >= 0).sum())  # masked slots are not shared across units
     with pytest.raises(StaleLensError, match="crop_view"):  # a Lens of another view is never reused
         build_lens(config(colour_folder, tiny_clip_dir, crop_view="masked"), built.path, progress=False)
@@ -213,17 +216,17 @@ def test_the_default_lens_searches_the_active_boxes_cut_from_where_units_fire(bu
     from semlens.analysis.alignment import alignment
     from semlens.pipeline.crops import crop_boxes
 
-    assert built.crop_rules == ["peak", "active"] and built.search_rule == "active"
+    assert built.arrays.crop_rules == ["peak", "active"] and built.arrays.search_rule == "active"
     assert built.manifest["identity"]["embed"]["crop_rule"] == "peak+active"
     for layer in ("features.0", "features.3"):
         assert built.manifest["layers"][layer]["crop"]["mode"] == "relevance"
         maps = built.store.read_tensors(layer_file(layer, "topk"))["maps"]
         expected = crop_boxes(maps, (32, 32), "share", share=0.8)
-        inactive = built.inactive(layer)
-        assert torch.equal(built.boxes(layer, "active")[~inactive], expected[~inactive])
+        inactive = built.arrays.inactive(layer)
+        assert torch.equal(built.arrays.boxes(layer, "active")[~inactive], expected[~inactive])
     hits = built.search("red", top=3)
-    probe, null = built.probe("red")
-    expected = alignment(built.theta(hits[0].layer, "active")[hits[0].index : hits[0].index + 1], probe[None], null)
+    probe, null = probe_of(built, "red")
+    expected = alignment(built.arrays.theta(hits[0].layer, "active")[hits[0].index : hits[0].index + 1], probe[None], null)
     assert hits[0].score == pytest.approx(float(expected), abs=1e-5)
 
 
@@ -241,25 +244,25 @@ def test_boxes_cut_from_a_strided_networks_maps_sit_where_its_cells_see(built: L
     shift = map_shift(model.module, LayerSpec("features.3"), first)  # measured on the first probe images, as the build does
     assert shift == pytest.approx((-1.5, -1.5), abs=0.5)  # 3x3 convolutions of stride 2, padding 1, twice: -1.5 where every path counts alike
     assert lens.manifest["layers"]["features.3"]["map_shift"] == list(shift)
-    assert lens.map_shift("features.3") == lens.heatmap_shift("features.3") == shift and "map_shift_failed" not in lens.manifest["layers"]["features.3"]
-    assert built.heatmap_shift("features.3") == (0.0, 0.0) and built.map_shift("head") is None  # relevance: at the input; no map
+    assert lens.arrays.map_shift("features.3") == lens.arrays.heatmap_shift("features.3") == shift and "map_shift_failed" not in lens.manifest["layers"]["features.3"]
+    assert built.arrays.heatmap_shift("features.3") == (0.0, 0.0) and built.arrays.map_shift("head") is None  # relevance: at the input; no map
     assert built.manifest["layers"]["features.3"]["map_shift"] == [0.0, 0.0]  # behind a max pool: the even grid
-    maps, valid = lens.maps("features.3"), lens.valid("features.3")
+    maps, valid = lens.arrays.maps("features.3"), lens.arrays.valid("features.3")
     for rule, cut in (("peak", lambda: crop_boxes(maps, (32, 32), "peak")), ("active", lambda: crop_boxes(maps, (32, 32), "share"))):
         expected = shift_boxes(cut(), shift, (32, 32))
-        assert torch.equal(lens.boxes("features.3", rule)[valid], expected[valid]), rule
+        assert torch.equal(lens.arrays.boxes("features.3", rule)[valid], expected[valid]), rule
         assert not torch.equal(expected[valid], cut()[valid])
 
 
 def test_joined_rules_with_a_layer_cut_without_heatmaps(tmp_path, colour_folder, tiny_clip_dir) -> None:
     # activation crops: the linear head has no maps, so its examples are whole images, one slot each
     lens = build_lens(config(colour_folder, tiny_clip_dir, crop="activation", crop_rule="peak+share", class_relevance=False), tmp_path / "j.lens", progress=False)
-    widths = {layer: lens._read(layer, "embed")["crop_index"].shape[1] for layer in lens.layers}
+    widths = {layer: lens.arrays.read(layer, "embed")["crop_index"].shape[1] for layer in lens.layers}
     assert set(widths.values()) == {5, 10}, widths
     for layer in lens.layers:
-        assert torch.equal(lens.tied(layer), lens._read(layer, "embed")["tied"])  # recorded by the first rule's boxes, as read
+        assert torch.equal(lens.arrays.tied(layer), lens.arrays.read(layer, "embed")["tied"])  # recorded by the first rule's boxes, as read
         if widths[layer] == 5:
-            assert torch.equal(lens.theta(layer, "share"), lens.theta(layer)) and torch.equal(lens.boxes(layer, "share"), lens.boxes(layer))
+            assert torch.equal(lens.arrays.theta(layer, "share"), lens.arrays.theta(layer)) and torch.equal(lens.arrays.boxes(layer, "share"), lens.arrays.boxes(layer))
 
 
 def test_another_crop_rule_reuses_the_heatmaps_and_another_model_data_or_lrp_rule_does_not(built, tmp_path, colour_folder, tiny_clip_dir, monkeypatch) -> None:
@@ -277,34 +280,34 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_data_or_lrp_rul
     assert not calls
     for layer in built.layers:
         assert quantile.manifest["layers"][layer]["crop"]["heatmaps"] == f"reused from {LensStore(source).root}"
-        assert torch.equal(quantile.heatmaps(layer), built.heatmaps(layer))
-    assert any(not torch.equal(quantile.boxes(layer), built.boxes(layer)) for layer in built.layers)  # cut by another rule
+        assert torch.equal(quantile.arrays.heatmaps(layer), built.arrays.heatmaps(layer))
+    assert any(not torch.equal(quantile.arrays.boxes(layer), built.arrays.boxes(layer)) for layer in built.layers)  # cut by another rule
 
     joined = build_lens(config(colour_folder, tiny_clip_dir, crop_rule="peak+quantile", heatmaps_from=source, class_relevance=False), tmp_path / "pq.lens")
     assert not calls
-    assert joined.crop_rules == ["peak", "quantile"] and joined.search_rule == "peak"  # no share boxes to search by
+    assert joined.arrays.crop_rules == ["peak", "quantile"] and joined.arrays.search_rule == "peak"  # no share boxes to search by
     crops = joined.store.read_array("crops.safetensors", "embeddings").float()
     for layer in built.layers:  # each example in both boxes; every question reads one rule's, the first by default
         stored = joined.store.read_tensors(f"layers/{layer}.embed.safetensors")
         index = stored["crop_index"]
-        assert torch.equal(joined.boxes(layer), built.boxes(layer)) and torch.equal(joined.boxes(layer, "quantile"), quantile.boxes(layer))
-        assert torch.equal(stored["boxes"][:, 5:], quantile.boxes(layer))
-        torch.testing.assert_close(joined.example_embeddings(layer), crops[index[:, :5]])
-        torch.testing.assert_close(joined.example_embeddings(layer, "quantile"), crops[index[:, 5:]])
-        torch.testing.assert_close(joined.theta(layer), built.theta(layer), atol=2e-3, rtol=0)  # as the peak Lens's
-        torch.testing.assert_close(joined.theta(layer, "quantile"), quantile.theta(layer), atol=2e-3, rtol=0)
-        torch.testing.assert_close(stored["theta"], joined.theta(layer), atol=2e-3, rtol=0)  # the build stores the first rule's
+        assert torch.equal(joined.arrays.boxes(layer), built.arrays.boxes(layer)) and torch.equal(joined.arrays.boxes(layer, "quantile"), quantile.arrays.boxes(layer))
+        assert torch.equal(stored["boxes"][:, 5:], quantile.arrays.boxes(layer))
+        torch.testing.assert_close(joined.arrays.example_embeddings(layer), crops[index[:, :5]])
+        torch.testing.assert_close(joined.arrays.example_embeddings(layer, "quantile"), crops[index[:, 5:]])
+        torch.testing.assert_close(joined.arrays.theta(layer), built.arrays.theta(layer), atol=2e-3, rtol=0)  # as the peak Lens's
+        torch.testing.assert_close(joined.arrays.theta(layer, "quantile"), quantile.arrays.theta(layer), atol=2e-3, rtol=0)
+        torch.testing.assert_close(stored["theta"], joined.arrays.theta(layer), atol=2e-3, rtol=0)  # the build stores the first rule's
     with pytest.raises(SemlensError, match="its rules: peak, quantile"):
-        joined.theta(built.layers[0], "share")
+        joined.arrays.theta(built.layers[0], "share")
     # a joined Lens built before each rule's theta was stored (theta the mean over every box, ties over every
     # box): its answers are computed from the crop table, the same as the stored ones
     for layer in built.layers:
         rewrite_as_before_rule_thetas(joined, layer_file(layer, "embed"), "theta.quantile", tied=False)
     reopened = Lens.open(joined.path)
     for layer in built.layers:
-        torch.testing.assert_close(reopened.theta(layer), joined.theta(layer), atol=2e-3, rtol=0)
-        torch.testing.assert_close(reopened.theta(layer, "quantile"), joined.theta(layer, "quantile"), atol=2e-3, rtol=0)
-        assert torch.equal(reopened.tied(layer), joined.tied(layer))
+        torch.testing.assert_close(reopened.arrays.theta(layer), joined.arrays.theta(layer), atol=2e-3, rtol=0)
+        torch.testing.assert_close(reopened.arrays.theta(layer, "quantile"), joined.arrays.theta(layer, "quantile"), atol=2e-3, rtol=0)
+        assert torch.equal(reopened.arrays.tied(layer), joined.arrays.tied(layer))
 
     fewer = tmp_path / "fewer"
     shutil.copytree(colour_folder, fewer)
@@ -321,14 +324,14 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_data_or_lrp_rul
         assert {other.manifest["layers"][layer]["crop"]["heatmaps"] for layer in other.layers} == {"computed"}, name
         if name == "crp_focus":  # recorded; the heatmaps of a unit that fires in more than one place change
             assert other.manifest["identity"]["embed"]["crp_focus"] == "peak" and "crp_focus" not in built.manifest["identity"]["embed"]
-            assert any(not torch.equal(other.heatmaps(layer), built.heatmaps(layer)) for layer in built.layers)
+            assert any(not torch.equal(other.arrays.heatmaps(layer), built.arrays.heatmaps(layer)) for layer in built.layers)
     # the γ rule's Lens records it (its explanations and graphs use it too) and its heatmaps differ from z⁺'s
     assert (built.lrp_rule, other.lrp_rule) == ("zplus", "gamma")
     from torch import nn
 
     from semlens.relevance.rules import LeanGamma
 
-    explainer = other._explainer.prepared(torch.rand(2, 3, 32, 32))  # its explanations and graphs take the rule too
+    explainer = _explainer(other).prepared(torch.rand(2, 3, 32, 32))  # its explanations and graphs take the rule too
     assert isinstance(explainer.composite.mapping({"first_layer_visited": True}, "conv", nn.Conv2d(3, 3, 1)), LeanGamma)
     other.manifest["identity"]["relevance"]["lrp_rule"] = "alpha2beta1"  # as an altered Lens would say
     with pytest.raises(SemlensError, match="the LRP rule 'alpha2beta1', which this semlens does not know"):
@@ -352,7 +355,7 @@ def test_crop_responses_are_the_models_scores_on_each_first_rule_crop(built: Len
     with_workers = build_lens(config(colour_folder, tiny_clip_dir, workers=1), tmp_path / "workers.lens", progress=False)
     model, data = load_model("py:tiny_models:tiny_cnn"), load_data(f"folder:{colour_folder}")
     table = built.store.read_tensors(CROPS)
-    rows = torch.unique(torch.cat([rule_slots(built._read(layer, "embed")["crop_index"], 5, 0).flatten() for layer in built.layers]))
+    rows = torch.unique(torch.cat([rule_slots(built.arrays.read(layer, "embed")["crop_index"], 5, 0).flatten() for layer in built.layers]))
     rows = rows[rows >= 0]
     moments = ResponseMoments(table["embeddings"].shape[1])
     for row in rows.tolist():
@@ -363,7 +366,7 @@ def test_crop_responses_are_the_models_scores_on_each_first_rule_crop(built: Len
             moments.add_activations(name, scores, unit_embeddings)
     for lens in (built, with_workers):
         for layer in built.layers:
-            torch.testing.assert_close(lens._read(layer, RESPONSES)["cross"], moments.cross(layer), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(lens.arrays.read(layer, RESPONSES)["cross"], moments.cross(layer), rtol=1e-5, atol=1e-6)
 
 
 def test_a_layer_read_channels_last_gets_its_channels_as_units_and_their_relevance(tmp_path, colour_folder, tiny_clip_dir) -> None:
@@ -380,11 +383,11 @@ def test_a_layer_read_channels_last_gets_its_channels_as_units_and_their_relevan
     scores = kept[0].amax(dim=(1, 2))  # N,H,W,C pooled over H and W
     for unit in range(6):
         expected = sorted(range(len(data)), key=lambda i: (-scores[i, unit].item(), i))[:5]
-        assert lens.samples("mlp.1")[unit].tolist() == expected, unit
+        assert lens.arrays.samples("mlp.1")[unit].tolist() == expected, unit
     # LRP supports the model: both layers get relevance crops and class relevance (test_relevance checks the
     # channels-last layer's against known answers)
     assert {lens.manifest["layers"][layer]["crop"]["mode"] for layer in ("conv.0", "mlp.1")} == {"relevance"}
-    assert lens.class_relevance("conv.0") is not None and lens.class_relevance("mlp.1") is not None
+    assert lens.arrays.class_relevance("conv.0") is not None and lens.arrays.class_relevance("mlp.1") is not None
     assert "mlp.1" not in lens.manifest["relevance"].get("left_out", {})
     # an attribution graph reads it per channel of the last dimension too: its nodes hold the 6 channels (not
     # the 16 rows of pixels), and CRP through each group of them reaches the layer below
@@ -397,7 +400,7 @@ def test_a_layer_read_channels_last_gets_its_channels_as_units_and_their_relevan
     # component along it to the clean mean at every position, as for any map (test_correction: known answers)
     fix = lens.correct("red", Artifact(tint=(255, 0, 0)), layer="mlp.1", progress=False).fix
     assert fix.channels_last and fix.direction.shape == (6,)
-    assert lens.pruning_effect(["mlp.1/2"], data)["pruned"] == {"mlp.1": [2]}  # switched off on its last dimension (test_units)
+    assert pruning_effect(lens, ["mlp.1/2"], data)["pruned"] == {"mlp.1": [2]}  # switched off on its last dimension (test_units)
     # an explanation reads the layer's channels along its last dimension: each unit's relevance on the image
     # is the one LRP gives through the channels-second view, and its heatmap is CRP through that channel
     (layer,) = lens.explain(0, layers=["mlp.1"], top=3).layers

@@ -237,7 +237,7 @@ def test_crop_threshold_on_the_command_line(tmp_path, colour_folder, tiny_clip_d
     assert invoke(*loose).exit_code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["identity"]["embed"]["crop_threshold"] == 0.5
-    area = lambda lens: (lambda b: ((b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])).float().mean())(Lens.open(lens).boxes("features.3"))  # noqa: E731
+    area = lambda lens: (lambda b: ((b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])).float().mean())(Lens.open(lens).arrays.boxes("features.3"))  # noqa: E731
     assert area(out) <= area(tmp_path / "loose.lens")  # a higher threshold keeps less of each map
     result = invoke(*run_args(colour_folder, tiny_clip_dir, tmp_path / "bad.lens", "--layer", "features.3", "--crop-threshold", "1.5"))
     assert result.exit_code == 2 and "between 0 and 1" in result.output

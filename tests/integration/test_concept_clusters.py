@@ -25,7 +25,7 @@ def lens(explorer_lenses) -> Lens:
 
 def planted(lens: Lens, groups: list[tuple[str, list[int]]], k: int = 5) -> torch.Tensor:
     """Example embeddings ``[1, k, d]``: each slot near the text embedding of its group's concept."""
-    concepts = lens.probes.concepts(tuple(CONCEPTS), "label")
+    concepts = lens.embedding.probes.concepts(tuple(CONCEPTS), "label")
     generator = torch.Generator().manual_seed(0)
     rows = torch.zeros(k, concepts.shape[1])
     for concept, ranks in groups:
@@ -40,9 +40,9 @@ def test_planted_groups_are_the_clusters_named_by_their_concepts(lens: Lens, tmp
     vocabulary.write_text("\n".join(CONCEPTS))
     layer, row = lens.unit_index("features.3/2")
     for groups in ([("red", [0, 2, 4]), ("dog", [1, 3])], [("car", [0, 1, 2, 3, 4])]):
-        embeddings = lens.example_embeddings(layer).clone()
+        embeddings = lens.arrays.example_embeddings(layer).clone()
         embeddings[row] = planted(lens, groups)[0]
-        monkeypatch.setattr(lens, "example_embeddings_of", lambda _layer, _examples="activation", e=embeddings: e)
+        monkeypatch.setattr(lens.examples, "embeddings", lambda _layer, _examples="activation", e=embeddings: e)
         found = lens.concept_clusters("features.3/2", vocabulary)
         assert [(c.concept, c.ranks, c.size) for c in found.clusters] == [(name, ranks, len(ranks)) for name, ranks in groups]
         assert all(c.alignment > 0 for c in found.clusters) and found.vocabulary == "concepts"

@@ -47,17 +47,17 @@ def reference(tmp_path_factory, colour_folder, tiny_clip_dir) -> Lens:
 def assert_same_lens(ours: Lens, reference: Lens) -> None:
     assert ours.manifest["identity"] == reference.manifest["identity"]
     assert ours.manifest["layers"] == reference.manifest["layers"]
-    assert ours.failures() == reference.failures()
+    assert ours.examples.failures() == reference.examples.failures()
     assert ours.store.read_json("samples.json") == reference.store.read_json("samples.json")
     for layer in reference.layers:
         for name in ARRAYS:
-            mine, theirs = getattr(ours, name)(layer), getattr(reference, name)(layer)
+            mine, theirs = getattr(ours.arrays, name)(layer), getattr(reference.arrays, name)(layer)
             assert (mine is None) == (theirs is None), (layer, name)
             if mine is not None:
                 assert torch.equal(mine.nan_to_num(), theirs.nan_to_num()), (layer, name)
-        relevance = reference.class_relevance(layer)
+        relevance = reference.arrays.class_relevance(layer)
         for key, value in (relevance or {}).items():
-            assert torch.equal(ours.class_relevance(layer)[key].nan_to_num(), value.nan_to_num()), (layer, key)
+            assert torch.equal(ours.arrays.class_relevance(layer)[key].nan_to_num(), value.nan_to_num()), (layer, key)
 
 
 def test_two_gloo_ranks_under_torchrun_equal_one_process(tmp_path, reference, colour_folder, tiny_clip_dir) -> None:

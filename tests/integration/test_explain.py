@@ -51,7 +51,7 @@ def test_the_planted_unit_drives_the_prediction_under_its_label(planted_lens) ->
     assert [example.sample for example in top.units[0].examples] == [e.sample for e in planted_lens.concept_examples(UNIT)[:4]]
     # the signed (pre-ReLU) layer counts each channel once, under the copy where its relevance lies
     signed = next(layer for layer in result.layers if layer.layer == "features.0")
-    assert [unit.unit for unit in signed.units] == [f"features.0/{WHITE}"] and not planted_lens.valid("features.0")[1]
+    assert [unit.unit for unit in signed.units] == [f"features.0/{WHITE}"] and not planted_lens.arrays.valid("features.0")[1]
     assert signed.units[0].share == pytest.approx(top.share, abs=1e-4)
     assert signed.left_out == pytest.approx(1 - top.share, abs=1e-4)  # the red channel: its max-pooled examples tie
     assert json.loads(json.dumps(result.to_dict()))["layers"][1]["groups"][0]["units"][0]["unit"] == UNIT

@@ -25,27 +25,27 @@ def lens_copy(explorer_lenses, tmp_path):
 
 def test_each_method_is_stored_with_its_labels(lens_copy) -> None:
     lens = Lens.open(lens_copy)
-    assert lens.label_method == DEFAULT_METHOD == "responses" and lens.has_responses
+    assert lens.labels.method == DEFAULT_METHOD == "responses" and lens.arrays.has_responses
     by_method = {}
     for method in METHODS:
         labelling = lens.label(method=method)
         by_method[method] = labelling
         reopened = Lens.open(lens_copy)
-        assert reopened.label_method == method
-        stored = reopened.labels("features.3")
+        assert reopened.labels.method == method
+        stored = reopened.labels.of("features.3")
         assert torch.equal(stored.concepts, labelling["features.3"].concepts)
         assert torch.equal(stored.labelled, labelling["features.3"].labelled)
         candidate = labelling.to_dict()["features.3"][0]["candidates"][0]
         assert {"concept", "alignment", "score"} <= set(candidate)
     # every method's labelled units pass the same gate: the best candidate's Eq. 4 alignment
-    concepts = lens.probes.concepts(lens.vocabulary.concepts, "label")
-    aligned = alignment(lens.theta("features.3"), concepts, lens.probes.null("label"))
+    concepts = lens.embedding.probes.concepts(lens.labels.vocabulary.concepts, "label")
+    aligned = alignment(lens.arrays.theta("features.3"), concepts, lens.embedding.probes.null("label"))
     for method, labelling in by_method.items():
         labels = labelling["features.3"]
         assert torch.allclose(labels.candidate_alignments, aligned.gather(1, labels.concepts), atol=1e-6), method
     with pytest.raises(SemlensError, match="'contrastive' method, not 'alignment'"):
-        Lens.open(lens_copy).dissect("alignment")
-    assert sum(Lens.open(lens_copy).dissect("contrastive")["head"].values()) == 3
+        Lens.open(lens_copy).labels.dissect("alignment")
+    assert sum(Lens.open(lens_copy).labels.dissect("contrastive")["head"].values()) == 3
     with pytest.raises(SemlensError, match="the methods are alignment, centred, responses, clip-dissect, contrastive"):
         lens.label(method="wpmi")
 
@@ -77,7 +77,7 @@ def test_explorer_dissect_labels_by_the_method_asked(lens_copy) -> None:
         category, count = next(iter(result["counts"]["features.0"].items()))
         units = client.get("/api/lenses/0/dissect/units", params={"layer": "features.0", "category": category, "method": method})
         assert len(units.json()["units"]) == count
-    assert Lens.open(lens_copy).label_method == DEFAULT_METHOD  # the explorer relabels in memory only
+    assert Lens.open(lens_copy).labels.method == DEFAULT_METHOD  # the explorer relabels in memory only
     assert client.get("/api/lenses/0/dissect", params={"method": "nope"}).status_code == 422
 
 
@@ -87,8 +87,8 @@ def test_clip_dissect_prior_from_cached_probe_images_else_example_sets(lens_copy
 
     lens = Lens.open(lens_copy)
     images = probe_prior_images(lens)
-    assert images.shape == (30, lens.theta("head").shape[1])  # the colour folder's 30 images, fewer than 512
-    path = prior_cache_path(lens.foundation_id, lens.manifest["identity"]["data"]["fingerprint"], 512, 0)
+    assert images.shape == (30, lens.arrays.theta("head").shape[1])  # the colour folder's 30 images, fewer than 512
+    path = prior_cache_path(lens.embedding.foundation_id, lens.manifest["identity"]["data"]["fingerprint"], 512, 0)
     assert path.is_file() and not any(lens_copy.rglob("*prior*"))  # in the user cache, not in the Lens
     assert torch.equal(probe_prior_images(Lens.open(lens_copy)), images)
     assert prior_sets(lens).shape == (PRIOR_SETS, lens.k, images.shape[1])
@@ -105,12 +105,12 @@ def test_a_lens_without_crop_responses_labels_centred(lens_copy) -> None:
     stored = Lens.open(lens_copy)
     before = stored.audit(stored.classes[0], [stored.classes[0]], ["stripes"], cut=0.0)
     # the audit names each unit's best concept by its responses, among the audit's concepts and the vocabulary
-    assert before.units and all(unit.responses_label in [stored.classes[0], "stripes", *stored.vocabulary.concepts] for unit in before.units)
+    assert before.units and all(unit.responses_label in [stored.classes[0], "stripes", *stored.labels.vocabulary.concepts] for unit in before.units)
     manifest = json.loads((lens_copy / "manifest.json").read_text())
     del manifest["stages"]["responses"]  # as a Lens built before the responses stage
     (lens_copy / "manifest.json").write_text(json.dumps(manifest))
     lens = Lens.open(lens_copy)
-    assert not lens.has_responses and lens.default_label_method == "centred"
+    assert not lens.arrays.has_responses and lens.labels.default_method == "centred"
     assert lens.label(save=False)["features.3"].method == "centred"
     with pytest.raises(SemlensError, match="no crop responses"):
         lens.label(method="responses", save=False)
@@ -131,19 +131,19 @@ def test_the_built_crop_responses_are_the_units_activations_on_their_crops(explo
     model = lens.model()
     crops = {}  # (sample, box) -> (example, its embedding): each distinct crop once
     for layer in lens.layers:
-        embeddings = lens.example_embeddings(layer)
+        embeddings = lens.arrays.example_embeddings(layer)
         for row, name in enumerate(lens.units(layer)):
             for example in lens.concept_examples(f"{layer}/{name}"):
                 crops.setdefault((example.sample, example.box), (example, embeddings[row, example.rank]))
     size = model.preprocessing.input_size
-    views = [lens.example_image(example).resize((size, size), Image.BILINEAR) for example, _ in crops.values()]
+    views = [lens.examples.image(example).resize((size, size), Image.BILINEAR) for example, _ in crops.values()]
     specs = [LayerSpec(**lens.manifest["layers"][layer]["spec"]) for layer in lens.layers]
-    moments = ResponseMoments(lens.theta(lens.layers[0]).shape[1])
+    moments = ResponseMoments(lens.arrays.theta(lens.layers[0]).shape[1])
     unit = moments.add_embeddings(torch.stack([embedding for _, embedding in crops.values()]))
     for layer, scores in unit_scores(model, views, specs).items():
         moments.add_activations(layer, scores, unit)
     assert lens.manifest["stages"]["responses"]["crops"] == len(crops)
-    directions = concept_directions(lens.probes.concepts(lens.vocabulary.concepts, "label"), lens.probes.null("label"))
+    directions = concept_directions(lens.embedding.probes.concepts(lens.labels.vocabulary.concepts, "label"), lens.embedding.probes.null("label"))
     for layer in lens.layers:
         expected = partial_effects(moments.cross(layer), moments.scatter(), directions)
-        torch.testing.assert_close(lens.partial_effects(layer, directions), expected, atol=2e-3, rtol=2e-3)
+        torch.testing.assert_close(lens.arrays.partial_effects(layer, directions), expected, atol=2e-3, rtol=2e-3)

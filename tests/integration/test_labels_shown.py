@@ -24,21 +24,21 @@ def world_lens(tmp_path_factory):
 
 
 def test_most_valid_units_show_a_concept_with_a_confidence(world_lens) -> None:
-    coverage = world_lens.label_coverage()
+    coverage = world_lens.labels.coverage()
     assert coverage["all"]["coverage"] >= 0.8, coverage
     assert coverage["all"]["median_confidence"] >= 1.0
-    head = world_lens.shown_labels("head")  # a layer of six units is judged against every unit of the Lens
+    head = world_lens.labels.shown("head")  # a layer of six units is judged against every unit of the Lens
     classes = WorldConfig.load(None).classes
     assert sum(label == name for label, name in zip(head, classes)) >= 4, head
 
 
 def test_every_face_shows_the_stored_labels(world_lens) -> None:
     layer = "features.14"
-    shown = world_lens.shown_labels(layer)
+    shown = world_lens.labels.shown(layer)
     units = [f"{layer}/{name}" for name in world_lens.units(layer)]
     assert [world_lens.label_of(unit) for unit in units] == shown
     hits = world_lens.search("watermark", top=5)
     assert all(hit.label == world_lens.label_of(hit.unit) for hit in hits) and any(hit.label for hit in hits)
-    labels, valid = world_lens.labels(layer), world_lens.valid(layer).tolist()
+    labels, valid = world_lens.labels.of(layer), world_lens.arrays.valid(layer).tolist()
     expected = [bool(ok) and float(z) >= labels.min_confidence for ok, z in zip(valid, labels.confidence[:, 0])]
     assert [label is not None for label in shown] == expected

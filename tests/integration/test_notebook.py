@@ -10,6 +10,7 @@ import pytest
 from semlens import Comparison, Lens, SearchHit, SearchResults, SemlensError, Vocabulary
 from semlens.analysis.audit import Audit, AuditedUnit
 from semlens.analysis.explain import ConceptGroup, ExplainedUnit, Explanation, LayerExplanation
+from semlens.lens.example_sets import ExampleSets
 
 THUMBNAIL = '<img src="data:image/jpeg;base64,'
 SCRIPT = "<script>alert(1)</script>"
@@ -98,7 +99,7 @@ def test_a_lens_whose_images_cannot_be_read_draws_its_results_without_them(lens,
     def unreadable(*args, **kwargs):
         raise SemlensError("probe data folder:gone not found")
 
-    monkeypatch.setattr(Lens, "example_image", unreadable)
+    monkeypatch.setattr(ExampleSets, "image", unreadable)
     page = shown(hits)
     assert THUMBNAIL not in page and "no concept examples shown: probe data folder:gone not found" in page
     assert all(hit.unit in page for hit in hits)

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from semlens import BuildConfig, Lens, build_lens
 from semlens.cli import app
+from semlens.lens.search import probe_backgrounds
 
 runner = CliRunner()
 
@@ -69,9 +70,9 @@ def test_relevant_lists_a_class_s_units_by_share_of_relevance_per_layer(wnid_len
     assert [unit["layer"] for unit in units] == ["features.3", "features.3", "head", "head"]
     for unit in units:
         layer, row = wnid_lens.unit_index(unit["unit"])
-        assert unit["mean_share"] == pytest.approx(float(wnid_lens.class_relevance(layer)["mean_share"][row, 0]))
+        assert unit["mean_share"] == pytest.approx(float(wnid_lens.arrays.class_relevance(layer)["mean_share"][row, 0]))
         assert set(unit) == {"unit", "layer", "mean_share", "max_share", "label"}
-    first = wnid_lens.class_relevance("features.3")["mean_share"][:, 0]
+    first = wnid_lens.arrays.class_relevance("features.3")["mean_share"][:, 0]
     assert units[0]["mean_share"] == pytest.approx(float(first.max()))
     shown = invoke("relevant", wnid_lens.path, "--class", "tench")
     assert shown.exit_code == 0 and "units most relevant for class tench" in shown.output and units[0]["unit"] in shown.output
@@ -95,7 +96,7 @@ def test_an_image_probe_with_transparent_parts_is_seen_over_the_lens_s_probe_ima
     overlay.paste((250, 250, 250, 255), (4, 20, 28, 26))  # a white bar
     path = tmp_path / "watermark.png"
     overlay.save(path)
-    backgrounds = wnid_lens.probe_backgrounds
+    backgrounds = probe_backgrounds(wnid_lens)
     assert len(backgrounds) == 16 and all(view.size == (32, 32) for view in backgrounds)
     pasted = [Image.alpha_composite(view.convert("RGBA"), overlay).convert("RGB") for view in backgrounds]
     searched = wnid_lens.search(images=[path], top=5, rank="alignment")
@@ -137,17 +138,17 @@ def test_pictures_of_examples_show_where_the_unit_fires(wnid_lens: Lens) -> None
     of the view at small inputs; where even that box is the whole view, the view with the heatmap over it."""
     from semlens.report.figures import WHOLE_VIEW, firing_picture, heat_overlay
 
-    assert wnid_lens.search_rule == "active" and wnid_lens.crop_rules[0] == "peak"
+    assert wnid_lens.arrays.search_rule == "active" and wnid_lens.arrays.crop_rules[0] == "peak"
     cropped = 0
     for row, name in enumerate(wnid_lens.units("features.3")):
         for example in wnid_lens.concept_examples(f"features.3/{name}"):
             picture = firing_picture(wnid_lens, f"features.3/{name}", example)
-            view = wnid_lens.example_image(example, crop=False)
-            x0, y0, x1, y1 = wnid_lens.boxes("features.3", "active")[row, example.rank].tolist()
+            view = wnid_lens.examples.image(example, crop=False)
+            x0, y0, x1, y1 = wnid_lens.arrays.boxes("features.3", "active")[row, example.rank].tolist()
             if (x1 - x0) * (y1 - y0) < WHOLE_VIEW * view.width * view.height:
                 assert picture.tobytes() == view.crop((x0, y0, x1, y1)).tobytes()
                 cropped += 1
             else:
-                heat = wnid_lens.heatmaps("features.3")[row, example.rank].float().numpy()
+                heat = wnid_lens.arrays.heatmaps("features.3")[row, example.rank].float().numpy()
                 assert picture.tobytes() == heat_overlay(view, heat, example.box).tobytes()
     assert cropped > 0

@@ -15,6 +15,7 @@ from semlens.analysis.explain import relevance_shares
 from semlens.model.loading import class_mapping
 from semlens.relevance.lrp import RelevanceModel, unit_relevance
 from semlens.store.files import layer_file
+from semlens.lens.search import probe as probe_of
 
 LAYERS = ["features.0", "features.3", "head:signed=true"]
 K = 5
@@ -54,7 +55,7 @@ def test_relevance_topk_is_the_brute_force_ranking_of_relevance_shares(built: Le
             assert stored["ids"][unit].tolist() == ranked, (layer, unit)
             torch.testing.assert_close(stored["scores"][unit], shares[ranked, unit], atol=1e-5, rtol=1e-4)
     # the head's class units: share 1 on samples of their class (LRP starts from that logit alone), 0 elsewhere
-    head = built.example_scores("head", "relevance")
+    head = built.examples.scores("head", "relevance")
     assert head.shape == (6, K) and torch.equal(head[:3], head[3:])  # the negative half copies its channel
 
 
@@ -66,7 +67,7 @@ def test_concept_examples_by_relevance_read_back_what_was_stored(built: Lens) ->
     assert all(example.source.endswith(".png") and example.label is not None for example in examples)
     assert [e.rank for e in examples] == sorted(e.rank for e in examples)
     activation = built.concept_examples("features.3/1")
-    assert [e.score for e in activation] == pytest.approx(built.scores("features.3")[1, : len(activation)].tolist())
+    assert [e.score for e in activation] == pytest.approx(built.arrays.scores("features.3")[1, : len(activation)].tolist())
 
 
 def test_each_distinct_crop_is_embedded_once_and_shared_with_activation_examples(built: Lens) -> None:
@@ -79,22 +80,22 @@ def test_each_distinct_crop_is_embedded_once_and_shared_with_activation_examples
     assert record["shared_crops"] > 0 and record["distinct_crops"] == new.shape[0]
     assert set(record["parts"]) == {"heatmaps", "boxes", "embedding"} and record["parts"]["heatmaps"] > 0  # where its time went
     for layer in built.layers:
-        ids = built.example_samples(layer, "relevance")
-        index = built._relevance_file(layer, "relevance_embed")["crop_index"][:, : ids.shape[1]]  # the first rule's boxes
-        boxes = built.example_boxes(layer, "relevance")
+        ids = built.examples.samples(layer, "relevance")
+        index = built.examples._relevance_file(layer, "relevance_embed")["crop_index"][:, : ids.shape[1]]  # the first rule's boxes
+        boxes = built.examples.boxes(layer, "relevance")
         rows = torch.cat([first, new])[index.clamp_min(0)]
         kept = index >= 0
         assert torch.equal(rows[kept][:, 0], ids[kept]) and torch.equal(rows[kept][:, 1:], boxes[kept])
 
 
 def test_relevance_theta_is_the_mean_embedding_of_the_relevance_crops(built: Lens) -> None:
-    foundation = built.foundation
+    foundation = built.embedding.foundation
     for unit in ("features.0/2", "features.3/4"):
         layer, row = built.unit_index(unit)
-        images = [built.example_image(example) for example in built.concept_examples(unit, by="relevance")]
+        images = [built.examples.image(example) for example in built.concept_examples(unit, by="relevance")]
         expected = foundation.encode_images(images).mean(dim=0)
-        torch.testing.assert_close(built.theta_of(layer, "relevance")[row], expected, atol=3e-3, rtol=0)
-        embeddings = built.example_embeddings_of(layer, "relevance")[row]
+        torch.testing.assert_close(built.examples.theta(layer, "relevance")[row], expected, atol=3e-3, rtol=0)
+        embeddings = built.examples.embeddings(layer, "relevance")[row]
         torch.testing.assert_close(embeddings[~embeddings.isnan().any(dim=1)].mean(dim=0), expected, atol=3e-3, rtol=0)
 
 
@@ -102,48 +103,48 @@ def test_relevance_examples_with_joined_rules_embed_both_boxes(built: Lens, tmp_
     settings = config(colour_folder, tiny_clip_dir, crop_rule="share+peak", heatmaps_from=str(built.path))
     joined = build_lens(settings, tmp_path / "joined.lens", progress=False)
     layer = "features.3"
-    assert torch.equal(joined.example_samples(layer, "relevance"), built.example_samples(layer, "relevance"))
-    stored = joined._relevance_file(layer, "relevance_embed")
-    assert stored["boxes"].shape[1] == 2 * K and torch.equal(stored["boxes"][:, K:], built.example_boxes(layer, "relevance"))
-    assert torch.equal(joined.example_boxes(layer, "relevance"), stored["boxes"][:, :K])  # the first rule's (share) are shown
-    share = joined.example_embeddings_of(layer, "relevance")
+    assert torch.equal(joined.examples.samples(layer, "relevance"), built.examples.samples(layer, "relevance"))
+    stored = joined.examples._relevance_file(layer, "relevance_embed")
+    assert stored["boxes"].shape[1] == 2 * K and torch.equal(stored["boxes"][:, K:], built.examples.boxes(layer, "relevance"))
+    assert torch.equal(joined.examples.boxes(layer, "relevance"), stored["boxes"][:, :K])  # the first rule's (share) are shown
+    share = joined.examples.embeddings(layer, "relevance")
     assert share.shape[:2] == (6, K)
-    torch.testing.assert_close(share.nanmean(dim=1), joined.theta_of(layer, "relevance"), atol=3e-3, rtol=0)
-    torch.testing.assert_close(stored["theta"], joined.theta_of(layer, "relevance"), atol=3e-3, rtol=0)  # stored: each rule's
-    peak = joined.example_embeddings_of(layer, "relevance", "peak")
+    torch.testing.assert_close(share.nanmean(dim=1), joined.examples.theta(layer, "relevance"), atol=3e-3, rtol=0)
+    torch.testing.assert_close(stored["theta"], joined.examples.theta(layer, "relevance"), atol=3e-3, rtol=0)  # stored: each rule's
+    peak = joined.examples.embeddings(layer, "relevance", "peak")
     torch.testing.assert_close(torch.nan_to_num(peak.nanmean(dim=1)), stored["theta.peak"], atol=3e-3, rtol=0)
-    valid = built.valid_of(layer, "relevance")  # the peak boxes' theta is the peak-only Lens's
-    torch.testing.assert_close(joined.theta_of(layer, "relevance", "peak")[valid], built.theta_of(layer, "relevance")[valid], atol=3e-3, rtol=0)
-    assert joined.search_rule == "share"  # search ranks by the share boxes' theta
+    valid = built.examples.valid(layer, "relevance")  # the peak boxes' theta is the peak-only Lens's
+    torch.testing.assert_close(joined.examples.theta(layer, "relevance", "peak")[valid], built.examples.theta(layer, "relevance")[valid], atol=3e-3, rtol=0)
+    assert joined.arrays.search_rule == "share"  # search ranks by the share boxes' theta
     hits = joined.search("red", top=3)
-    probe, null = joined.probe("red")
-    expected = alignment(joined.theta(hits[0].layer, "share")[hits[0].index : hits[0].index + 1], probe[None], null)
+    probe, null = probe_of(joined, "red")
+    expected = alignment(joined.arrays.theta(hits[0].layer, "share")[hits[0].index : hits[0].index + 1], probe[None], null)
     assert hits[0].score == pytest.approx(float(expected), abs=1e-5)
     # a joined Lens built before each rule's theta was stored (theta the mean over every box, ties by every
     # box): it reopens with the same theta per rule and the same ties, derived from its crop table
     rewrite_as_before_rule_thetas(joined, layer_file(layer, "relevance_embed"), "theta.peak", tied=True)
     reopened = Lens.open(joined.path)
-    assert torch.equal(reopened.valid_of(layer, "relevance"), joined.valid_of(layer, "relevance"))
-    torch.testing.assert_close(reopened.theta_of(layer, "relevance", "peak"), joined.theta_of(layer, "relevance", "peak"), atol=3e-3, rtol=0)
+    assert torch.equal(reopened.examples.valid(layer, "relevance"), joined.examples.valid(layer, "relevance"))
+    torch.testing.assert_close(reopened.examples.theta(layer, "relevance", "peak"), joined.examples.theta(layer, "relevance", "peak"), atol=3e-3, rtol=0)
 
 
 def test_analyses_take_either_example_set(built: Lens) -> None:
     measures = built.measures("features.3", examples="relevance")
     assert measures["clarity"].shape == (6,)
-    valid = built.valid_of("features.3", "relevance")
+    valid = built.examples.valid("features.3", "relevance")
     assert torch.isnan(measures["clarity"][~valid]).all()
     hits = built.search("red", examples="relevance", top=3)
-    assert hits and all(built.valid_of(hit.layer, "relevance")[hit.index] for hit in hits)
+    assert hits and all(built.examples.valid(hit.layer, "relevance")[hit.index] for hit in hits)
     labelled = built.label(examples="relevance")
     assert set(labelled) == set(built.layers)
-    assert built.vocabulary is None  # labels by relevance examples are returned, never stored
+    assert built.labels.vocabulary is None  # labels by relevance examples are returned, never stored
     with pytest.raises(SemlensError, match="activation, relevance"):
         built.concept_examples("features.3/1", by="gradient")
 
 
 def test_a_lens_built_without_relevance_examples_says_how_to_rebuild(explorer_lenses) -> None:
     lens = Lens.open(explorer_lenses[0])
-    assert not lens.has_relevance_examples and "examples" not in lens.manifest["identity"]["relevance"]
+    assert not lens.examples.has_relevance and "examples" not in lens.manifest["identity"]["relevance"]
     assert lens.concept_examples("head/0")  # the activation examples as before
     for ask in (lambda: lens.concept_examples("head/0", by="relevance"), lambda: lens.measures("head", examples="relevance")):
         with pytest.raises(SemlensError, match="--relevance-examples"):
@@ -246,17 +247,17 @@ def test_the_explorer_shows_relevance_examples_beside_activation_ones(built: Len
     assert pixels(shown[0]["image"]).shape == (32, 32, 3)
     # the relevance examples' overlay is drawn from their stored CRP heatmap, not from the activation crops' maps
     stored = built.store.read_tensors("layers/features.3.relevance_heat.safetensors")["heat"]
-    assert torch.equal(built.example_heatmaps("features.3", "relevance"), stored) and stored[1, 0].clamp_min(0).sum() > 0
+    assert torch.equal(built.examples.heatmaps("features.3", "relevance"), stored) and stored[1, 0].clamp_min(0).sum() > 0
     served = client.get(shown[0]["heatmap"])
     assert served.status_code == 200 and served.headers["content-type"] == "image/jpeg"
-    view = built.example_image(expected[0], crop=False).convert("RGB")
+    view = built.examples.image(expected[0], crop=False).convert("RGB")
 
     def jpeg(heat: torch.Tensor) -> bytes:
         buffer = io.BytesIO()
         heat_overlay(view, heat.float().numpy(), expected[0].box).save(buffer, format="JPEG", quality=QUALITY)
         return buffer.getvalue()
 
-    assert served.content == jpeg(stored[1, 0]) != jpeg(built.heatmaps("features.3")[1, 0])
+    assert served.content == jpeg(stored[1, 0]) != jpeg(built.arrays.heatmaps("features.3")[1, 0])
     detail = client.get(f"{unit}/examples/0/thumbnail", params={"examples": "gradient"})
     assert detail.status_code == 422 and "'activation' or 'relevance'" in detail.text
     assert client.get("/api/lenses/0/layers/head/units/0-").json()["relevance_examples"]  # a signed layer's negative half

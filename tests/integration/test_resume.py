@@ -96,10 +96,10 @@ def test_sigkill_in_every_stage_then_resume_equals_uninterrupted(tmp_path, tiny_
     assert resumed.manifest["layers"] == reference.manifest["layers"]
     for layer in reference.layers:
         for name in ("scores", "samples", "maps", "inactive", "boxes", "theta", "example_embeddings"):
-            ours, theirs = getattr(resumed, name)(layer), getattr(reference, name)(layer)
+            ours, theirs = getattr(resumed.arrays, name)(layer), getattr(reference.arrays, name)(layer)
             if ours is None:
                 assert theirs is None
                 continue
             assert torch.equal(ours.nan_to_num(), theirs.nan_to_num()), (layer, name)
-        ours, theirs = resumed.class_relevance(layer), reference.class_relevance(layer)
+        ours, theirs = resumed.arrays.class_relevance(layer), reference.arrays.class_relevance(layer)
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[key].nan_to_num(), theirs[key].nan_to_num()) for key in ours), layer

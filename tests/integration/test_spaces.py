@@ -72,16 +72,16 @@ def test_an_added_space_embeds_the_same_crops_and_leaves_the_default_space_alone
     assert after == before  # the default space's files are untouched
     reopened = Lens.open(lens.path)  # the new files are recorded and checked like the others
     assert reopened.trusted  # the space's spec was the user's own: still trusted, though trust covers every spec
-    assert [s.name for s in reopened.spaces] == [clip, sig] and reopened.foundation_id.startswith("hf:tiny-clip")
+    assert [s.name for s in reopened.spaces] == [clip, sig] and reopened.embedding.foundation_id.startswith("hf:tiny-clip")
     view = reopened.in_space(sig)
-    assert view.foundation_id == space.foundation_id and reopened.in_space("default") is reopened
+    assert view.embedding.foundation_id == space.foundation_id and reopened.in_space("default") is reopened
     siglip = load_foundation_model(f"hf:{siglip_dir}")
     for unit in ("head/1", "features.3/2"):  # theta is the mean of the unit's crops embedded by the new model
         layer, row = reopened.unit_index(unit)
-        crops = [reopened.example_image(example) for example in reopened.concept_examples(unit)]
-        assert torch.allclose(view.theta(layer)[row], siglip.encode_images(crops).mean(dim=0), atol=2e-3)
-        assert view.example_embeddings(layer)[row].shape == (5, 32)
-    assert torch.equal(view.valid("head"), reopened.valid("head")) and torch.equal(view.boxes("head"), reopened.boxes("head"))
+        crops = [reopened.examples.image(example) for example in reopened.concept_examples(unit)]
+        assert torch.allclose(view.arrays.theta(layer)[row], siglip.encode_images(crops).mean(dim=0), atol=2e-3)
+        assert view.arrays.example_embeddings(layer)[row].shape == (5, 32)
+    assert torch.equal(view.arrays.valid("head"), reopened.arrays.valid("head")) and torch.equal(view.arrays.boxes("head"), reopened.arrays.boxes("head"))
 
 
 def test_adding_later_equals_building_with_both(lens, both, siglip_dir) -> None:
@@ -89,8 +89,8 @@ def test_adding_later_equals_building_with_both(lens, both, siglip_dir) -> None:
     built_with_both = Lens.open(both)
     assert [s.name for s in built_with_both.spaces] == [lens.default_space, sig]
     for layer in lens.layers:
-        assert torch.allclose(lens.in_space(sig).theta(layer), built_with_both.in_space(sig).theta(layer), atol=1e-6)
-        assert torch.equal(lens.theta(layer), built_with_both.theta(layer))  # the default space is the one-model build's
+        assert torch.allclose(lens.in_space(sig).arrays.theta(layer), built_with_both.in_space(sig).arrays.theta(layer), atol=1e-6)
+        assert torch.equal(lens.arrays.theta(layer), built_with_both.arrays.theta(layer))  # the default space is the one-model build's
 
 
 def test_an_interrupted_space_resumes_from_its_chunks(lens, both, siglip_dir, monkeypatch) -> None:
@@ -119,7 +119,7 @@ def test_an_interrupted_space_resumes_from_its_chunks(lens, both, siglip_dir, mo
     total = resumed.manifest["spaces"][sig]["distinct_crops"]
     assert calls["count"] == total - 8  # the crops of the two finished chunks were not embedded again
     assert not (resumed.path / "spaces" / sig / "embed.partial").exists()
-    assert torch.allclose(resumed.in_space(sig).theta("head"), Lens.open(both).in_space(sig).theta("head"), atol=1e-6)
+    assert torch.allclose(resumed.in_space(sig).arrays.theta("head"), Lens.open(both).in_space(sig).arrays.theta("head"), atol=1e-6)
 
 
 def test_clashing_stale_and_bad_spaces_are_refused(lens, siglip_dir, tiny_clip_dir) -> None:
@@ -136,7 +136,7 @@ def test_clashing_stale_and_bad_spaces_are_refused(lens, siglip_dir, tiny_clip_d
     add_space(lens, f"hf:{siglip_dir}", name="second", precision="bfloat16", overwrite=True, workers=0, progress=False)
     assert Lens.open(lens.path).manifest["spaces"]["second"]["dtype"] == "bfloat16"
     with pytest.raises(SemlensError, match=rf"the Lens at {lens.path} has no embedding space 'nope'; its spaces: {lens.default_space} \(or default\), second"):
-        lens.search("red", space="nope")
+        lens.in_space("nope").search("red")
     manifest = json.loads((lens.path / "manifest.json").read_text())
     manifest["spaces"]["second"]["crops"] = "0" * 16  # as if the Lens's crops changed since
     (lens.path / "manifest.json").write_text(json.dumps(manifest))
@@ -147,19 +147,18 @@ def test_clashing_stale_and_bad_spaces_are_refused(lens, siglip_dir, tiny_clip_d
 def test_analyses_answer_in_the_space_asked_for(lens, siglip_dir) -> None:
     add_space(lens, f"hf:{siglip_dir}", name="sig", workers=0, progress=False)
     view = lens.in_space("sig")
-    hits = lens.search("red", top=3, space="sig")
-    assert [hit.unit for hit in hits] == [hit.unit for hit in view.search("red", top=3)]
+    hits = view.search("red", top=3)
     assert [round(hit.score, 6) for hit in hits] != [round(hit.score, 6) for hit in lens.search("red", top=3)]
     default_labels = lens.label()
-    labels = lens.label(space="sig")
+    labels = view.label()
     assert (lens.path / "spaces" / "sig" / "labels.json").is_file() and (lens.path / "labels.json").is_file()
-    assert Lens.open(lens.path).in_space("sig").labels("head").concepts.tolist() == labels["head"].concepts.tolist()
-    assert Lens.open(lens.path).labels("head").concepts.tolist() == default_labels["head"].concepts.tolist()
-    assert sum(lens.dissect(space="sig")["head"].values()) == len(lens.units("head"))
-    assert set(lens.measures("head", space="sig")) == {"clarity", "polysemanticity", "redundancy"}
-    assert lens.similarity("head/1", "head/1", space="sig") == pytest.approx(1.0)
-    assert lens.search_similar(lens, "head/1", top=2, space="sig")[0].unit != "head/1"
-    assert lens.compare(lens, space="sig").a_to_b[0][0] == pytest.approx(1.0)  # a Lens against itself
+    assert Lens.open(lens.path).in_space("sig").labels.of("head").concepts.tolist() == labels["head"].concepts.tolist()
+    assert Lens.open(lens.path).labels.of("head").concepts.tolist() == default_labels["head"].concepts.tolist()
+    assert sum(view.labels.dissect()["head"].values()) == len(lens.units("head"))
+    assert set(view.measures("head")) == {"clarity", "polysemanticity", "redundancy"}
+    assert view.similarity("head/1", "head/1") == pytest.approx(1.0)
+    assert view.search_similar(view, "head/1", top=2)[0].unit != "head/1"
+    assert view.compare(view).a_to_b[0][0] == pytest.approx(1.0)  # a Lens against itself
 
 
 def test_compare_spaces_is_one_against_itself_and_less_across_models(lens, siglip_dir) -> None:
@@ -169,7 +168,7 @@ def test_compare_spaces_is_one_against_itself_and_less_across_models(lens, sigli
     assert same["search"]["top_overlap"] == same["search"]["spearman"] == 1.0
     assert same["structure"]["cka"] == pytest.approx(1.0) and same["structure"]["similarity_correlation"] == pytest.approx(1.0)
     across = lens.compare_spaces(None, "sig", queries=["red", "green", "blue"], top=2)
-    assert across.units == sum(int(lens.valid(layer).sum()) for layer in lens.layers)
+    assert across.units == sum(int(lens.arrays.valid(layer).sum()) for layer in lens.layers)
     assert across.a == lens.default_space and across.b == "sig" and len(across.search.per_query) == 3
     assert -1 <= across.search.spearman <= 1 and 0 <= across.structure.cka <= 1 + 1e-6
 
@@ -179,8 +178,8 @@ def test_a_strangers_space_runs_nothing_it_names(lens, siglip_dir, monkeypatch, 
     monkeypatch.setenv("SEMLENS_CACHE", str(tmp_path / "stranger-cache"))  # a user who built none of these Lenses
     received = Lens.open(lens.path, foundation=f"hf:{lens.manifest['foundation']['spec'][3:]}")
     with pytest.raises(UntrustedSpecError, match="space sig's foundation model"):
-        received.search("red", space="sig")
-    assert len(Lens.open(lens.path, trust=True).search("red", top=2, space="sig")) == 2
+        received.in_space("sig").search("red")
+    assert len(Lens.open(lens.path, trust=True).in_space("sig").search("red", top=2)) == 2
 
 
 def test_commands(built, siglip_dir, tmp_path) -> None:
@@ -198,7 +197,7 @@ def test_commands(built, siglip_dir, tmp_path) -> None:
     compared = ask("compare-spaces", path, "default", "default", "-q", "red", "-q", "blue", "--json")
     assert compared["search"]["spearman"] == 1.0 and compared["structure"]["cka"] == pytest.approx(1.0)
     hits = ask("search", path, "red", "--space", "sig", "--top", "2", "--json")
-    assert [hit["unit"] for hit in hits] == [hit.unit for hit in Lens.open(path).search("red", top=2, space="sig")]
+    assert [hit["unit"] for hit in hits] == [hit.unit for hit in Lens.open(path).in_space("sig").search("red", top=2)]
     assert set(ask("label", path, "--space", "sig", "--json")["layers"]) == {"features.3", "head"}
     assert (path / "spaces" / "sig" / "labels.json").is_file()
     table = runner.invoke(app, ["compare-spaces", str(path), Lens.open(path).default_space, "sig", "-q", "red"])
@@ -214,7 +213,7 @@ def test_explorer_api(lens, siglip_dir) -> None:
     listed = client.get("/api/lenses/0/spaces").json()
     assert [space["name"] for space in listed] == [lens.default_space, "sig"] and "/" not in listed[1]["spec"]  # no local paths shown
     hits = client.get("/api/lenses/0/search", params={"q": "red", "top": 3, "space": "sig"}).json()
-    assert [hit["unit"] for hit in hits] == [hit.unit for hit in lens.search("red", top=3, space="sig")]
+    assert [hit["unit"] for hit in hits] == [hit.unit for hit in lens.in_space("sig").search("red", top=3)]
     compared = client.get("/api/lenses/0/spaces/compare", params={"a": "sig", "b": "sig", "q": ["red", "blue"]}).json()
     assert compared["labels"]["top1"] == 1.0 and compared["search"]["top_overlap"] == 1.0
     assert sum(client.get("/api/lenses/0/dissect", params={"space": "sig"}).json()["counts"]["head"].values()) == len(lens.units("head"))
@@ -231,9 +230,9 @@ def test_masked_views_and_joined_rules_are_planned_again_as_built(view, tmp_path
     both = build_lens(config(colour_folder, tiny_clip_dir, **view, extra_foundations=[f"hf:{siglip_dir}"]), tmp_path / "both.lens", progress=False)
     sig = space_name(f"hf:{siglip_dir}")
     for layer in lens.layers:
-        assert torch.allclose(lens.in_space("sig").theta(layer), both.in_space(sig).theta(layer), atol=1e-6)
+        assert torch.allclose(lens.in_space("sig").arrays.theta(layer), both.in_space(sig).arrays.theta(layer), atol=1e-6)
         stored = lens.store.read_tensors(f"spaces/sig/layers/{layer}.embed.safetensors")["theta"]  # the first rule's
-        torch.testing.assert_close(stored, lens.in_space("sig").theta(layer), atol=3e-3, rtol=0)
+        torch.testing.assert_close(stored, lens.in_space("sig").arrays.theta(layer), atol=3e-3, rtol=0)
 
 
 def test_extra_foundations_are_checked_before_anything_runs(colour_folder, tiny_clip_dir, siglip_dir) -> None:

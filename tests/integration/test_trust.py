@@ -79,7 +79,7 @@ def test_a_tampered_lens_runs_no_code_in_any_command_or_route(built, tmp_path, m
         with pytest.raises(UntrustedSpecError, match="imports and runs Python code"):
             question()
     with pytest.raises(UntrustedSpecError, match="--probe-data"):
-        lens.example_image(lens.concept_examples("head/0")[0])
+        lens.examples.image(lens.concept_examples("head/0")[0])
     for command in (["search", copy, "red"], ["show", copy, "head/0", "-o", tmp_path / "u.png"], ["label", copy], ["map", copy]):
         result = runner.invoke(app, [str(part) for part in command])
         assert result.exit_code == 2 and "--trust" in " ".join(result.output.split()), result.output
@@ -96,7 +96,7 @@ def test_the_user_names_what_an_untrusted_lens_may_not(built, tmp_path, colour_f
     with pytest.raises(UntrustedSpecError, match="reads"):
         Lens.open(copy).search("red")
     lens = Lens.open(copy, foundation=f"hf:{tiny_clip_dir}", data=colour_folder)
-    assert lens.search("red", top=3) and lens.example_image(lens.concept_examples("head/0")[0]).size[0] > 0
+    assert lens.search("red", top=3) and lens.examples.image(lens.concept_examples("head/0")[0]).size[0] > 0
     result = runner.invoke(app, ["search", str(copy), "red", "--foundation", f"hf:{tiny_clip_dir}", "--json"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["show", str(copy), "head/0", "--probe-data", str(colour_folder), "-o", str(tmp_path / "u.png")])
@@ -115,8 +115,8 @@ def test_samples_json_names_no_files_that_are_shown(built, tmp_path, colour_fold
     table["paths"] = ["etc/passwd" for _ in table["paths"]]
     (copy / "samples.json").write_text(json.dumps(table))
     tampered = Lens.open(copy, data=colour_folder)
-    shown = tampered.example_image(tampered.concept_examples("head/0")[0])
-    expected = original.example_image(example)
+    shown = tampered.examples.image(tampered.concept_examples("head/0")[0])
+    expected = original.examples.image(example)
     assert (shown.size, shown.mode, shown.tobytes()) == (expected.size, expected.mode, expected.tobytes())
 
 
@@ -127,7 +127,7 @@ def test_a_changed_probe_folder_is_reported_not_shown(built, tmp_path, colour_fo
     Image.new("RGB", (40, 40), "white").save(first)
     lens = Lens.open(built, data=changed)
     with pytest.raises(SemlensError, match="not what this Lens was built from"):
-        lens.example_image(lens.concept_examples("head/0")[0])
+        lens.examples.image(lens.concept_examples("head/0")[0])
 
 
 def test_damaged_arrays_get_one_clear_message(built, tmp_path) -> None:
@@ -137,7 +137,7 @@ def test_damaged_arrays_get_one_clear_message(built, tmp_path) -> None:
     data[-8:] = b"\x00" * 8
     theta.write_bytes(bytes(data))
     with pytest.raises(DamagedLensError, match="head.embed"):
-        Lens.open(overwritten).theta("head")
+        Lens.open(overwritten).arrays.theta("head")
     truncated = tmp_path / "truncated.lens"
     shutil.copytree(built, truncated)
     crops = truncated / "crops.safetensors"
@@ -215,11 +215,11 @@ def test_a_manifest_whose_sizes_are_not_counts_is_damaged(built, tmp_path) -> No
 def test_a_read_only_lens_answers_everything_and_nothing_writes_into_a_lens(built, tmp_path, monkeypatch) -> None:
     copy = received(built, tmp_path)
     before = files_of(copy)
-    monkeypatch.setattr("semlens.lens.lens.writable", lambda _folder: False)  # as for a read-only mount (root may write anyway)
+    monkeypatch.setattr("semlens.lens.spaces.writable", lambda _folder: False)  # as for a read-only mount (root may write anyway)
     lens = Lens.open(copy)
     labels = lens.label()
     assert lens.label_of("head/0") == Lens.open(copy).label_of("head/0") and set(labels) == {"features.3", "head"}
-    assert lens.search("red", top=2) and lens.dissect()
+    assert lens.search("red", top=2) and lens.labels.dissect()
     client = TestClient(create_app([copy]))
     unit = client.get("/api/lenses/0/layers/head/units/0").json()
     for url in ("/api/lenses/0/search?q=red", unit["examples"][0]["thumbnail"], unit["examples"][0]["image"], "/api/lenses/0/dissect"):
@@ -246,7 +246,7 @@ def test_explorer_gets_write_nothing_into_a_writable_lens(built, tmp_path) -> No
 def test_a_spec_hidden_behind_whitespace_is_refused_as_the_loader_would_read_it(built, tmp_path, marker, stranger) -> None:
     copy = received(built, tmp_path, model=" py:evil:factory", data="\tpy:evil:factory", foundation="\u3000py:evil:factory")
     lens = Lens.open(copy)
-    for question in (lambda: lens.search("red"), lambda: lens.model(), lambda: lens.probe_data):
+    for question in (lambda: lens.search("red"), lambda: lens.model(), lambda: lens.sources.probe_data):
         with pytest.raises(UntrustedSpecError, match="imports and runs Python code"):
             question()
     assert not marker.exists()

@@ -28,11 +28,11 @@ def twin_lens(tmp_path_factory, colour_folder, tiny_clip_dir):
 
 def test_tied_units_are_recorded_and_counted(twin_lens) -> None:
     lens = Lens.open(twin_lens)
-    inactive = lens.inactive("features.3")  # this conv's output (before its ReLU) is never positive for some units
+    inactive = lens.arrays.inactive("features.3")  # this conv's output (before its ReLU) is never positive for some units
     assert not inactive[2] and not inactive[3]
-    assert lens.tied("features.3").tolist() == [False, False, False, True, False, False]
-    assert torch.equal(lens.theta("features.3")[2], lens.theta("features.3")[3])
-    assert lens.valid("features.3").tolist() == (~inactive & torch.tensor([True, True, True, False, True, True])).tolist()
+    assert lens.arrays.tied("features.3").tolist() == [False, False, False, True, False, False]
+    assert torch.equal(lens.arrays.theta("features.3")[2], lens.arrays.theta("features.3")[3])
+    assert lens.arrays.valid("features.3").tolist() == (~inactive & torch.tensor([True, True, True, False, True, True])).tolist()
     assert lens.manifest["layers"]["features.3"]["tied_units"] == 1
     shown = runner.invoke(app, ["info", str(twin_lens)])
     assert shown.exit_code == 0 and "tied" in shown.output
@@ -40,8 +40,8 @@ def test_tied_units_are_recorded_and_counted(twin_lens) -> None:
 
 def test_invalid_units_are_left_out_of_every_analysis(twin_lens, tmp_path) -> None:
     lens = Lens.open(twin_lens)
-    valid = lens.valid("features.3")
-    count = int(valid.sum()) + int(lens.valid("head").sum())
+    valid = lens.arrays.valid("features.3")
+    count = int(valid.sum()) + int(lens.arrays.valid("head").sum())
     twin = "features.3/3"
     # search: the twin's theta equals another unit's, so it would rank next to it everywhere
     found = [hit.unit for hit in lens.search_similar(lens, "features.3/2", top=12)]
@@ -51,13 +51,13 @@ def test_invalid_units_are_left_out_of_every_analysis(twin_lens, tmp_path) -> No
     labelling = lens.label(threshold=-1.0, save=False, min_confidence=-math.inf)  # every valid unit gets a label at this gate
     assert labelling["features.3"].labelled.tolist() == valid.tolist()
     assert labelling.to_dict()["features.3"][3]["valid"] is False
-    assert lens.dissect()["features.3"]["inactive or tied"] == 6 - int(valid.sum())
-    units, theta = lens.all_units()
+    assert lens.labels.dissect()["features.3"]["inactive or tied"] == 6 - int(valid.sum())
+    units, theta = lens.arrays.all_units()
     assert twin not in units and len(units) == theta.shape[0] == count
     assert twin not in lens.overview().units
     measured = lens.measures("features.3")
     assert all(math.isnan(float(values[3])) for values in measured.values())
-    theta = torch.nn.functional.normalize(lens.theta("features.3").float(), dim=-1)
+    theta = torch.nn.functional.normalize(lens.arrays.theta("features.3").float(), dim=-1)
     others = [row for row in range(6) if row != 2 and bool(valid[row])]  # not its own copy, unit 3
     expected = max(float(theta[2] @ theta[row]) for row in others)
     assert float(measured["redundancy"][2]) == pytest.approx(expected, abs=1e-5)
@@ -92,8 +92,8 @@ def test_heatmaps_follow_the_crop_mode_and_the_explorer_draws_them(twin_lens) ->
     from semlens.web.app import create_app
 
     lens = Lens.open(twin_lens, trust=True)
-    assert lens.heatmaps("features.3") is lens.maps("features.3")  # activation crops: cut from the activation maps
-    assert lens.heatmaps("head") is None  # no map: whole images
+    assert lens.arrays.heatmaps("features.3") is lens.arrays.maps("features.3")  # activation crops: cut from the activation maps
+    assert lens.arrays.heatmaps("head") is None  # no map: whole images
     client = TestClient(create_app([lens]))
     spatial = client.get("/api/lenses/0/layers/features.3/units/2/examples").json()[0]
     assert client.get(spatial["heatmap"]).headers["content-type"] == "image/jpeg"

@@ -49,7 +49,7 @@ def refused(response: httpx.Response, status: int, *words: str) -> str:
 
 def valid_units(path) -> list[str]:
     """The units the explorer ranks and maps: those with examples of their own (not inactive or tied)."""
-    return Lens.open(path, trust=True).all_units()[0]
+    return Lens.open(path, trust=True).arrays.all_units()[0]
 
 
 def png(colour: str = "red", size: int = 40) -> bytes:
@@ -103,7 +103,7 @@ def test_unit_page_examples_thumbnails_and_full_images(client, explorer_lenses) 
     assert not (explorer_lenses[0] / "thumbnails").exists()  # never in the Lens
     full = Image.open(io.BytesIO(client.get(unit["examples"][0]["image"]).content))
     assert full.size == (32, 32)  # the tiny model's input view; the example's box lies in it
-    heat = Lens.open(explorer_lenses[0], trust=True).heatmaps("features.3")  # CRP relevance, pooled, kept in the Lens
+    heat = Lens.open(explorer_lenses[0], trust=True).arrays.heatmaps("features.3")  # CRP relevance, pooled, kept in the Lens
     assert heat is not None and heat.shape[:2] == (6, 5) and heat[2, 0].float().abs().sum() > 0
     overlay = client.get(unit["examples"][0]["heatmap"])
     assert overlay.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(overlay.content)).size == (32, 32)
@@ -265,7 +265,7 @@ def test_an_unlabelled_lens_is_labelled_in_memory_when_a_page_needs_labels(explo
     assert client.get("/api/lenses/0").json()["labelled"] is False
     assert sum(client.get("/api/lenses/0/dissect").json()["counts"]["head"].values()) == 6
     assert client.get("/api/lenses/0").json()["labelled"] is True
-    assert Lens.open(copy).vocabulary is None  # a GET writes nothing
+    assert Lens.open(copy).labels.vocabulary is None  # a GET writes nothing
 
 
 def test_files_only_from_the_package_and_the_lenses(client) -> None:

@@ -17,6 +17,8 @@ from semlens._util.errors import SemlensError
 from semlens.analysis.alignment import alignment
 from semlens.analysis.audit import (
     AlignmentRule,
+    AuditedLayers,
+    audit_layers,
     audit_units,
     null_stats,
     null_z,
@@ -104,6 +106,22 @@ def test_a_units_best_concept_by_its_responses_decides_where_it_is_an_audited_co
     # a signed layer's channel takes the label of the copy that names it (the better aligned one)
     signed = audit([0.0, 0.0], [0.2, 0.1], [0.4, 0.3], units=["l/0", "l/0-"], channel=torch.tensor([0, 0]), labels=["watermark", "star"])
     assert [(u.unit, u.verdict, u.responses_label) for u in signed.units] == [("l/0", "spurious", "watermark")]
+
+
+def test_audit_layers_judges_each_unit_against_its_own_layer_and_merges_a_signed_channel():
+    # layer a: unit a/0 stands out of its 12 units; layer b (signed, 6 channels): every unit aligns as high as
+    # a/0, b/0- the better of its channel's copies, and the null of its own layer finds nothing there
+    spur_a = torch.cat([torch.tensor([0.30]), torch.linspace(0.0, 0.02, 11)])
+    spur_b = torch.cat([torch.full((6,), 0.30) + torch.linspace(0.0, 0.01, 6), torch.tensor([0.31]), torch.full((5,), 0.30) + torch.linspace(0.0, 0.01, 5)])
+    units = [f"a/{i}" for i in range(12)] + [f"b/{i}" for i in range(6)] + [f"b/{i}-" for i in range(6)]
+    share = torch.zeros(24).index_fill(0, torch.tensor([0, 12, 18]), 0.5)
+    layers = AuditedLayers(
+        units, sizes=[12, 12], bases=[12, 6], examples=torch.ones(24, dtype=torch.bool), max_share=share, mean_share=share,
+        a_valid=torch.zeros(24, 1), a_spur=torch.cat([spur_a, spur_b])[:, None],
+    )
+    result = audit_layers("star", layers, ["star"], ["watermark"])
+    assert [(unit.unit, unit.verdict, unit.copies) for unit in result.units] == [("a/0", "spurious", []), ("b/0-", "unexpected", ["b/0"])]
+    assert result.units[1].z_spur < result.units[0].z_spur
 
 
 def test_both_is_counted_in_the_flagged_share():

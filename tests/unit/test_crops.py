@@ -181,11 +181,11 @@ def test_relevance_crops_of_a_build_equal_one_pair_per_call(tmp_path, colour_fol
     with relevance.attributing() as modified:
         for layer in layers:
             assert lens.manifest["layers"][layer]["crop"]["mode"] == "relevance"
-            ids, heat = lens.samples(layer), lens.heatmaps(layer)
-            boxes = lens.boxes(layer)
+            ids, heat = lens.arrays.samples(layer), lens.arrays.heatmaps(layer)
+            boxes = lens.arrays.boxes(layer)
             base = lens.manifest["layers"][layer]["base_units"]
             checked = 0
-            for unit, slot in torch.nonzero((ids >= 0) & ~lens.inactive(layer)[:, None]).tolist():
+            for unit, slot in torch.nonzero((ids >= 0) & ~lens.arrays.inactive(layer)[:, None]).tolist():
                 image = model.preprocessing(data.load(int(ids[unit, slot])))[None]
                 sign = torch.tensor([-1.0 if unit >= base else 1.0])
                 single = crp_heatmaps(modified, image, layer, torch.tensor([unit % base]), sign)
@@ -310,9 +310,9 @@ def test_a_build_whose_relevance_passes_run_out_of_memory_gives_the_same_lens(tm
     monkeypatch.setattr(lrp, "crp_heatmaps", holding(lrp.crp_heatmaps, 3))
     monkeypatch.setattr(lrp, "unit_and_error_relevance", holding(lrp.unit_and_error_relevance, 2))
     split = build_lens(config, tmp_path / "split", progress=False)
-    assert torch.allclose(split.heatmaps("features.3").float(), fitting.heatmaps("features.3").float(), atol=1e-6)
-    assert torch.equal(split.boxes("features.3"), fitting.boxes("features.3"))
-    relevance, expected = split.class_relevance("features.3"), fitting.class_relevance("features.3")
+    assert torch.allclose(split.arrays.heatmaps("features.3").float(), fitting.arrays.heatmaps("features.3").float(), atol=1e-6)
+    assert torch.equal(split.arrays.boxes("features.3"), fitting.arrays.boxes("features.3"))
+    relevance, expected = split.arrays.class_relevance("features.3"), fitting.arrays.class_relevance("features.3")
     assert all(torch.allclose(relevance[name].float(), expected[name].float(), atol=1e-6) for name in ("max_share", "mean_share", "top_shares"))
     assert split.manifest["layers"]["features.3"]["crop"]["pairs_per_pass"] == {"asked": 7, "used": 3}
     assert split.manifest["stages"]["relevance"]["images_per_pass"] == {"asked": 7, "used": 1}

@@ -44,7 +44,7 @@ def build(folder: Path, path: Path, **options) -> LensBuilder:
 
 def theta(builder: LensBuilder) -> dict[str, torch.Tensor]:
     lens = Lens.open(builder.store.root)
-    return {layer: lens.theta(layer) for layer in lens.layers}
+    return {layer: lens.arrays.theta(layer) for layer in lens.layers}
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,7 @@ def test_tables_read_back_to_what_the_lens_answers(lens_path, tmp_path, format) 
     for layer in lens.layers:
         rows = [row for row in units if row["layer"] == layer]
         assert [row["index"] for row in rows] == list(range(len(lens.units(layer))))
-        assert [row["inactive"] for row in rows] == lens.inactive(layer).tolist()
+        assert [row["inactive"] for row in rows] == lens.arrays.inactive(layer).tolist()
         assert all(row["label"] is None and row["label_alignment"] is None for row in rows)
         for measure, values in lens.measures(layer).items():
             expected = [None if math.isnan(value) else value for value in values.tolist()]
@@ -98,7 +98,7 @@ def test_tables_read_back_to_what_the_lens_answers(lens_path, tmp_path, format) 
     theta = load_file(result.files["theta"])
     assert set(theta) == set(lens.layers)
     for layer in lens.layers:
-        assert theta[layer].dtype == torch.float32 and torch.equal(theta[layer], lens.theta(layer).float())
+        assert theta[layer].dtype == torch.float32 and torch.equal(theta[layer], lens.arrays.theta(layer).float())
         order = [row["unit"] for row in theta_units if row["layer"] == layer]
         assert order == [f"{layer}/{name}" for name in lens.units(layer)]
         assert [row["index"] for row in theta_units if row["layer"] == layer] == list(range(len(order)))
@@ -112,12 +112,12 @@ def test_labels_are_exported_once_the_lens_is_labelled(labelled_lens, tmp_path, 
     expected = [
         {"unit": unit, "rank": rank, "concept": concept, "alignment": alignment}
         for unit in unit_rows(lens)
-        for rank, (concept, alignment, _) in enumerate(lens.label_candidates(unit))
+        for rank, (concept, alignment, _) in enumerate(lens.labels.candidates(unit))
     ]
     assert labels == expected and result.rows["labels"] == len(expected) > 0
     units = read_table(result.files["units"])
     assert [row["label"] for row in units] == [lens.label_of(unit) for unit in unit_rows(lens)]
-    assert [row["label_alignment"] for row in units] == [lens.label_candidates(unit)[0][1] for unit in unit_rows(lens)]
+    assert [row["label_alignment"] for row in units] == [lens.labels.candidates(unit)[0][1] for unit in unit_rows(lens)]
 
 
 def test_an_unknown_format_names_the_valid_ones(lens_path, tmp_path) -> None:

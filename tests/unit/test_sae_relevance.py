@@ -26,6 +26,7 @@ from semlens.relevance.lrp import (
 )
 from semlens.relevance.rules import stabilize
 from semlens.relevance.sae import unit_tensors
+from semlens.lens.audits import sae_error_shares
 
 LAYER, LOWER, CHANNELS = "features.4", "features.1", 6  # the second conv's ReLU and the first's
 
@@ -177,7 +178,7 @@ def test_a_lens_with_an_sae_layer_has_class_relevance_audits_and_graphs(sae_lens
     }  # fmt: skip
     assert lens.sae("features.1") is None
     assert lens.manifest["layers"][LAYER]["crop"]["mode"] == "relevance"  # CRP from each feature's decoded share
-    relevance = lens.class_relevance(LAYER)
+    relevance = lens.arrays.class_relevance(LAYER)
     assert relevance is not None and relevance["mean_share"].shape == (8, 3)
     assert relevance["max_share"][3].nan_to_num(0).abs().max() > 0  # the planted feature carries relevance
     audit = lens.audit("red", ["red"], ["stripes"], cut=0.0, layers=[LAYER])
@@ -224,13 +225,13 @@ def test_the_sae_is_read_only_for_a_trusted_lens_and_only_while_unchanged(sae_le
     try:
         config.write_text(original.replace('"k": 4', '"k": 5'))
         with pytest.raises(SemlensError, match="not the one this Lens was built with"):
-            Lens.open(lens.path, trust=True).sae_files([LAYER])
+            Lens.open(lens.path, trust=True).sources.sae_files([LAYER])
     finally:
         config.write_text(original)
-    assert Lens.open(lens.path, trust=True).sae_files([LAYER, "features.1"]) == {LAYER: folder}
+    assert Lens.open(lens.path, trust=True).sources.sae_files([LAYER, "features.1"]) == {LAYER: folder}
     monkeypatch.setenv("SEMLENS_CACHE", str(tmp_path / "stranger-cache"))  # a user who did not build it
     with pytest.raises(UntrustedSpecError, match="--trust"):
-        Lens.open(lens.path).sae_files([LAYER])
+        Lens.open(lens.path).sources.sae_files([LAYER])
 
 
 def test_explorer_shows_that_a_layer_is_an_sae(sae_lens):
@@ -245,11 +246,11 @@ def test_explorer_shows_that_a_layer_is_an_sae(sae_lens):
     assert layers[0]["sae"] is None and layers[1]["sae"]["architecture"] == "topk" and layers[1]["sae"]["k"] == 4
     unit = client.get(f"/api/lenses/0/layers/{LAYER}/units/3").json()
     assert unit["sae"]["d_sae"] == 8
-    errors = lens.class_relevance(LAYER)["error_mean_share"]
+    errors = lens.arrays.class_relevance(LAYER)["error_mean_share"]
     assert unit["classes"] and all(row["sae_error"] == pytest.approx(float(errors[row["index"]])) for row in unit["classes"])
     assert all(row["sae_error"] is None for row in client.get("/api/lenses/0/layers/features.1/units/0").json()["classes"])
     audit = client.post("/api/lenses/0/audit", json={"class": "red", "valid": ["red"], "spurious": ["stripes"], "cut": 0.0})
-    assert audit.status_code == 200 and audit.json()["sae_error"] == pytest.approx(lens.sae_error_shares("red"))
+    assert audit.status_code == 200 and audit.json()["sae_error"] == pytest.approx(sae_error_shares(lens, "red"))
     explained = client.get("/api/lenses/0/explain", params={"sample": 0, "layer": LAYER, "top": 8})
     assert explained.status_code == 200, explained.text
     assert explained.json()["layers"][0]["sae_error"] == pytest.approx(lens.explain(0, layers=[LAYER], top=8).layers[0].sae_error)
@@ -264,7 +265,7 @@ def test_class_relevance_keeps_the_sae_error_terms_share_and_the_audit_shows_it(
     from semlens.relevance.lrp import unit_and_error_relevance
 
     lens, folder = sae_lens
-    model, data = lens.model(), lens.probe_data
+    model, data = lens.model(), lens.sources.probe_data
     mapping, _ = class_mapping(model, data)
     inputs = torch.stack([model.preprocessing(data.load(index)) for index in range(len(data))])
     targets = torch.tensor([mapping[data.label(index)] for index in range(len(data))])
@@ -274,14 +275,14 @@ def test_class_relevance_keeps_the_sae_error_terms_share_and_the_audit_shows_it(
     torch.testing.assert_close(features[LAYER].sum(dim=1) + errors[LAYER], plain[LAYER].sum(dim=1), rtol=1e-4, atol=1e-5)  # conserved
     shares, rest = relevance_shares(features[LAYER], errors[LAYER]), error_share(features[LAYER], errors[LAYER])
     torch.testing.assert_close(shares.abs().sum(dim=1) + rest.abs(), torch.ones(len(data)), rtol=0, atol=1e-5)
-    stored = lens.class_relevance(LAYER)
+    stored = lens.arrays.class_relevance(LAYER)
     red = lens.class_index("red")
     chosen = targets == red
     assert float(rest[chosen].abs().max()) > 1e-3  # the planted SAE leaves a real error term
     assert float(stored["error_mean_share"][red]) == pytest.approx(float(rest[chosen].mean()), abs=1e-5)
     assert float(stored["error_max_share"][red]) == pytest.approx(float(rest[chosen].max()), abs=1e-5)
     torch.testing.assert_close(stored["mean_share"][:, red], shares[chosen].mean(dim=0), rtol=0, atol=1e-5)
-    assert "error_mean_share" not in lens.class_relevance("features.1")  # not an SAE layer
+    assert "error_mean_share" not in lens.arrays.class_relevance("features.1")  # not an SAE layer
     audit = lens.audit("red", ["red"], ["stripes"], cut=0.0)
     assert audit.sae_error == {LAYER: pytest.approx(float(rest[chosen].mean()), abs=1e-5)}
     assert audit.to_dict()["sae_error"] == audit.sae_error
@@ -297,14 +298,14 @@ def test_an_sae_layer_is_explained_with_shares_that_sum_to_one_with_its_error_te
     result = lens.explain(0, layers=[LAYER], top=8)
     (layer,) = result.layers
     model = lens.model()
-    inputs = model.preprocessing(lens.probe_data.load(0))[None]
+    inputs = model.preprocessing(lens.sources.probe_data.load(0))[None]
     with RelevanceModel(model.module, inputs).attributing() as modified:
         _, features, errors = unit_and_error_relevance(modified, inputs, torch.tensor([result.class_index]), [LAYER], None, {LAYER: folder})
     shares, rest = relevance_shares(features[LAYER], errors[LAYER])[0], float(error_share(features[LAYER], errors[LAYER])[0])
     assert layer.sae_error == pytest.approx(rest, abs=1e-5) and abs(rest) > 1e-3
     listed = {unit.unit: unit.share for unit in layer.units + layer.against}
     assert listed == {f"{LAYER}/{index}": pytest.approx(float(shares[index]), abs=1e-5) for index in range(8) if f"{LAYER}/{index}" in listed}
-    valid = lens.valid(LAYER)
+    valid = lens.arrays.valid(LAYER)
     unlisted = [index for index in range(8) if f"{LAYER}/{index}" not in listed]
     assert all(not valid[index] or shares[index] == 0 for index in unlisted)  # every valid feature with a share is listed
     absolute = sum(abs(share) for share in listed.values()) + float(shares[~valid].abs().sum()) + abs(layer.sae_error)
@@ -323,7 +324,7 @@ def test_a_lens_of_an_sae_on_a_layer_read_channels_last_has_relevance_crops_expl
     assert lens.units("mlp.1") == [str(feature) for feature in range(8)]  # the SAE's 8 features, not 16 rows of pixels
     assert lens.manifest["layers"]["mlp.1"]["crop"]["mode"] == "relevance"
     assert "mlp.1" not in lens.manifest["relevance"].get("left_out", {})
-    relevance = lens.class_relevance("mlp.1")
+    relevance = lens.arrays.class_relevance("mlp.1")
     assert relevance is not None and relevance["mean_share"].shape == (8, 3)
     trusted = Lens.open(lens.path, trust=True)  # explanations and graphs read the SAE file
     trusted.label()

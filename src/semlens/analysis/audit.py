@@ -405,3 +405,44 @@ def audit_units(
         ))  # fmt: skip
     shares = relevance_by_verdict(m_mean[relevant].nan_to_num(0), unit_verdicts)
     return Audit(class_name, cut, list(valid), list(spurious), audited, shares, rule, left_out)
+
+
+@dataclass
+class AuditedLayers:
+    """What the audit of one class reads from a Lens over the units of the audited layers, one layer after the
+    other: per layer its unit count and channel count (``sizes``, ``bases``: a signed layer's two copies of a
+    channel share its relevance), per unit its name, whether it has examples of its own (``examples``), the
+    class's relevance shares, and its alignments ``[U, P]`` with the valid and the spurious probes (the
+    spurious ones also in the tight boxes, ``tight``, where the Lens has a tight second crop rule)."""
+
+    units: list[str]
+    sizes: list[int]
+    bases: list[int]
+    examples: torch.Tensor
+    max_share: torch.Tensor
+    mean_share: torch.Tensor
+    a_valid: torch.Tensor
+    a_spur: torch.Tensor
+    tight: torch.Tensor | None = None
+    labels: list[str | None] | None = None
+
+
+def audit_layers(
+    class_name: str, layers: AuditedLayers, valid: list[str], spurious: list[str], cut: float = AUDIT_CUT, rule: AlignmentRule = AlignmentRule()
+) -> Audit:
+    """``audit_units`` over the units of ``layers``: each alignment as a robust z against the null of its layer's
+    units with examples (``null_stats``), each unit's spurious z its best probe's, and that probe's
+    ``tight_shift`` where the tight boxes' alignments are given."""
+    groups = torch.repeat_interleave(torch.arange(len(layers.sizes)), torch.tensor(layers.sizes))
+    offsets = torch.tensor([0] + layers.sizes[:-1]).cumsum(0)
+    channel = torch.cat([offset + torch.arange(size) % base for offset, size, base in zip(offsets.tolist(), layers.sizes, layers.bases)])
+    examples, a_spur = layers.examples, layers.a_spur
+    centre, scale = null_stats(a_spur, groups, examples)  # once: the z of the usual boxes and the tight boxes' shift
+    z_valid, z_spurs = null_z(layers.a_valid, groups, examples).amax(dim=1), (a_spur - centre) / scale
+    z_spur, best = z_spurs.nan_to_num(float("-inf")).max(dim=1)
+    z_spur = z_spur.masked_fill(z_spurs.isnan().all(dim=1), float("nan"))
+    shift = None if layers.tight is None else tight_shift(a_spur, layers.tight, scale).gather(1, best[:, None])[:, 0]
+    return audit_units(
+        class_name, layers.units, layers.max_share, layers.mean_share, layers.a_valid.amax(dim=1), a_spur.amax(dim=1),
+        z_valid, z_spur, valid, spurious, cut, rule, channel, examples, shift, layers.labels,
+    )  # fmt: skip

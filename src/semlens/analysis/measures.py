@@ -1,7 +1,7 @@
 """Human-interpretability measures (paper Sec. 3.5) and knowledge overlap between models (Sec. 4.1.3).
 
 Pure torch over whole layers at once: ``examples`` are ``[U, n, d]`` (each unit's n concept-example
-embeddings, NaN rows in empty slots, as ``Lens.example_embeddings`` gives them), thetas are
+embeddings, NaN rows in empty slots, as ``Lens.arrays.example_embeddings`` gives them), thetas are
 ``[U, d]``. Everything runs in float32 on the inputs' device and never modifies the inputs. A vector
 without a direction (NaN, infinite or zero) takes part in nothing; a measure left with nothing to
 work on is NaN.

@@ -1,7 +1,7 @@
 """Which units, and which of their examples, say something of their own. An inactive unit never told
 samples apart, so its top-k examples are arbitrary; a tied unit's examples are the same crops as
 another unit's, so its theta is a copy. Both are recorded at build time and left out of every analysis
-by default (``Lens.valid``). Within a valid unit, slots kept by chance at a tied cut-off are dropped."""
+by default (``Lens.arrays.valid``). Within a valid unit, slots kept by chance at a tied cut-off are dropped."""
 
 from __future__ import annotations
 

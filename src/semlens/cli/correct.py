@@ -75,7 +75,7 @@ def correct(
         raise SemlensError("give the artefact to correct for: --artifact IMAGE (with --at, --mask) or --tint R,G,B")
     opened = open_lens(lens, trust, probe_data, model=model)
     train = None if train_data is None else load_data(train_data)
-    concept = None if concept_data is None else ConceptImages(opened.probe_data if train is None else train, shown=load_data(concept_data))
+    concept = None if concept_data is None else ConceptImages(opened.sources.probe_data if train is None else train, shown=load_data(concept_data))
     result = opened.correct(
         class_name, chosen, method, None if data is None else load_data(data), layer, estimator, Tuning(last, epochs, learning_rate),
         train, concept, progress=not as_json, tolerance=tolerance, seed=seed,

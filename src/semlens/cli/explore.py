@@ -39,18 +39,18 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
     say(f"foundation  {manifest['foundation']['spec']} (id {manifest['foundation']['id']}, dim {manifest['foundation']['dim']})")
     say(f"spaces      {', '.join(f'{space.name} ({space.spec})' + ('' if space.complete else ' (unfinished)') for space in opened.spaces)}")
     rule = identity["relevance"].get("lrp_rule", "zplus")  # as recorded: info describes even a Lens it would not explain with
-    say(f"k           {opened.k}, crop {identity['embed']['crop']}, LRP rule {rule}{', relevance examples too' if opened.has_relevance_examples else ''}")
+    say(f"k           {opened.k}, crop {identity['embed']['crop']}, LRP rule {rule}{', relevance examples too' if opened.examples.has_relevance else ''}")
     say(f"trusted     {'yes' if opened.trusted else 'no (it runs no code and reads no files it names; see `semlens trust`)'}")
-    coverage = opened.label_coverage()
+    coverage = opened.labels.coverage()
     if coverage is None:
         say("labels      none yet (`semlens label LENS`)")
     else:
-        say(f"labels      {opened.vocabulary.name!r} by {opened.label_method}: {coverage['all']['labelled']} of {coverage['all']['valid_units']} valid units, {_share(coverage['all'])}")
+        say(f"labels      {opened.labels.vocabulary.name!r} by {opened.labels.method}: {coverage['all']['labelled']} of {coverage['all']['valid_units']} valid units, {_share(coverage['all'])}")
     from ..model.sae import sae_summary
 
     rows = [
-        (name, layer["units"], layer["inactive_units"], int(opened.tied(name).sum()), layer["output"],
-         layer.get("crop", {}).get("mode", "-"), _shift(opened.map_shift(name)), sae_summary(opened.sae(name)))
+        (name, layer["units"], layer["inactive_units"], int(opened.arrays.tied(name).sum()), layer["output"],
+         layer.get("crop", {}).get("mode", "-"), _shift(opened.arrays.map_shift(name)), sae_summary(opened.sae(name)))
         for name, layer in manifest["layers"].items()
     ]  # fmt: skip
     console.print(table(None, ("layer", "units", "inactive", "tied", "output", "crops", "shift px", "sae"), rows))
@@ -103,7 +103,7 @@ def search(
     how their activation follows it over the Lens's crops."""
     opened = open_lens(lens, trust, foundation=foundation, space=space)
     hits = opened.search(query or None, image or (), layer or None, top, template or "search", examples=examples, rank=rank)
-    ranked = "aligned with" if rank == "alignment" or not opened.has_responses else "aligned with and responding to"
+    ranked = "aligned with" if rank == "alignment" or not opened.arrays.has_responses else "aligned with and responding to"
     title = f"units {ranked} {' + '.join([repr(text) for text in query or []] + [path.name for path in image or []])}"
     print_hits(hits, title, "alignment", as_json)
 
@@ -164,16 +164,16 @@ def show(
     target = out or Path(unit.replace("/", "_") + ".png")
     label = opened.label_of(unit)
     title = f"{unit}" + (f"  label: {label}" if label else "")
-    grid = concept_grid([opened.example_image(example) for example in examples], [f"{e.score:.3g}" for e in examples], title)
+    grid = concept_grid([opened.examples.image(example) for example in examples], [f"{e.score:.3g}" for e in examples], title)
     grid.save(target)
     if as_json:
         emit_json({"unit": unit, "label": label, "png": str(target), "examples": [asdict(e) for e in examples]})
         return
     say(f"wrote {target} ({len(examples)} concept examples of {unit})")
     layer, row = opened.unit_index(unit)
-    if opened.inactive(layer)[row]:
+    if opened.arrays.inactive(layer)[row]:
         say(f"note: {unit} never fired or was constant on the probe data: its examples are arbitrary (left out of search, labels and audits)")
-    elif opened.tied(layer)[row]:
+    elif opened.arrays.tied(layer)[row]:
         say(f"note: {unit} has the same concept examples as an earlier unit of {layer} (tied: left out of search, labels and audits)")
 
 
@@ -201,7 +201,7 @@ def label(
     results = opened.label(str(vocabulary) if vocabulary else None, threshold, examples=examples, method=method, min_confidence=min_confidence)
     coverage = results.coverage()
     if as_json:
-        emit_json({"vocabulary": results.vocabulary.name, "method": opened.label_method, "coverage": coverage, "layers": results.to_dict()})
+        emit_json({"vocabulary": results.vocabulary.name, "method": opened.labels.method, "coverage": coverage, "layers": results.to_dict()})
         return
     rows = []
     for layer, labels in results.items():
@@ -210,7 +210,7 @@ def label(
         covered = coverage["layers"][layer]
         rows.append((layer, int(labels.labelled.sum()), covered["valid_units"] - covered["labelled"], left_out, _share(covered), common))
     gate = f"confidence >= {min_confidence:g}" + ("" if threshold is None else f", alignment >= {threshold:g}")
-    title = f"labels from vocabulary {results.vocabulary.name!r} by {opened.label_method} ({gate})"
+    title = f"labels from vocabulary {results.vocabulary.name!r} by {opened.labels.method} ({gate})"
     console.print(table(title, ("layer", "labelled", "no concept", "inactive or tied", "coverage (median confidence)", "most common labels"), rows))
     say(f"{coverage['all']['labelled']} of {coverage['all']['valid_units']} valid units show a concept: {_share(coverage['all'])}")
 
@@ -236,14 +236,14 @@ def dissect(
     from ..report.figures import dissection_png
 
     opened = open_lens(lens, space=space)
-    counts = opened.dissect(method)
+    counts = opened.labels.dissect(method)
     target = dissection_png(counts, out or Path("dissect.png"))
     if as_json:
-        emit_json({"png": str(target), "method": opened.label_method, "counts": counts})
+        emit_json({"png": str(target), "method": opened.labels.method, "counts": counts})
         return
     categories = list(next(iter(counts.values())))
     rows = [(category, *(counts[layer][category] for layer in counts)) for category in categories]
-    console.print(table(f"units per concept category (labels by {opened.label_method})", ("category", *counts), rows))
+    console.print(table(f"units per concept category (labels by {opened.labels.method})", ("category", *counts), rows))
     say(f"bar chart: {target}")
 
 
@@ -421,11 +421,11 @@ def report(
     concept = concept_test(test_data, spurious_data, artifact, mask, at, tint, test_all)
     if concept is not None and not classes:
         raise SemlensError("the concept test runs in a class's audit: give --class and --spurious too")
-    steps = (["report: labels"] if opened.vocabulary is None else []) + [f"report: audit of {name}" for name in classes]
+    steps = (["report: labels"] if opened.labels.vocabulary is None else []) + [f"report: audit of {name}" for name in classes]
     steps += [f"report: attribution graph of {name}" for name in classes] if graph else []
     steps += (["report: comparison"] if compare else []) + ["report: map, measures and page"]
     with step_bar(steps, enabled=not as_json) as done:
-        if opened.vocabulary is None:
+        if opened.labels.vocabulary is None:
             opened.label()
             done()
         audits = []

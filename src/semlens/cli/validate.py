@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .._util.errors import SemlensError
+from ..lens.audits import pruning_effect
 from ._app import (
     AsJson,
     Foundation,
@@ -240,7 +241,7 @@ def graph(
     from ..report.figures import graph_figure
 
     opened = open_lens(lens, trust, probe_data, foundation, model)
-    if opened.vocabulary is None:
+    if opened.labels.vocabulary is None:
         opened.label()
     result = opened.attribution_graph(class_name, layer or None, cut)
     graph_figure(result).write_html(str(out), include_plotlyjs=True, full_html=True)
@@ -350,7 +351,7 @@ def prune(
     from ..data import load_data
 
     opened = open_lens(lens, trust, model=model)
-    result = opened.pruning_effect(unit, load_data(data), class_name, _artifact(artifact, mask, at, tint))
+    result = pruning_effect(opened, unit, load_data(data), class_name, _artifact(artifact, mask, at, tint))
     if as_json:
         emit_json(result)
         return

@@ -14,7 +14,8 @@ from .._util.allocator import freed_memory_kept
 from .._util.display import made_by
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
-from ..model.imagenet import model_class_index
+from .labels import names_by_responses
+from .search import probe_backgrounds
 
 if TYPE_CHECKING:
     from ..analysis.audit import AlignmentRule, Audit
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from ..interventions.effects import Artifact, ConceptImages
     from ..relevance.graph import AttributionGraph
     from .lens import Lens
-
 
 
 @dataclass(frozen=True)
@@ -40,279 +40,242 @@ class RelevantUnit:
         return asdict(self)
 
 
-class LensAudits:
-    """Part of ``Lens``: questions about the model's classes, answered from its class relevance."""
+def relevant_classes(lens: Lens, unit: str, top: int = 5) -> list[tuple[str, int, float, float]]:
+    """The classes a unit matters most for, as (name, index, max share, mean share), highest mean share
+    first; classes never seen in the class-relevance data are left out, and all of them without it."""
+    layer, row = lens.unit_index(unit)
+    relevance = lens.arrays.class_relevance(layer)
+    if relevance is None:
+        return []
+    mean = relevance["mean_share"][row]
+    order = torch.argsort(mean.nan_to_num(float("-inf")), descending=True, stable=True)
+    chosen = order[~mean[order].isnan()][:top].tolist()
+    names = lens.classes or [str(index) for index in range(mean.numel())]
+    return [(names[i], i, float(relevance["max_share"][row, i]), float(mean[i])) for i in chosen]
 
-    def class_index(self: Lens, name: str | int) -> int:
-        """A class given by name (case-insensitive; or the WordNet id of an ImageNet class) or index, as the
-        model's output index."""
-        classes = self.classes
-        if isinstance(name, int) or str(name).isdecimal():
-            index = int(name)
-            if classes and not 0 <= index < len(classes):
-                raise SemlensError(f"class index {index} is out of range: this model has {len(classes)} classes")
-            return index
-        found = model_class_index(str(name), classes or [])
-        if found is not None:
-            return found
-        hint = f"e.g. {', '.join((classes or [])[:5])}" if classes else "this model has no class names"
-        raise SemlensError(f"unknown class {name!r}; give a class index or a class name ({hint})")
 
-    def relevant_classes(self: Lens, unit: str, top: int = 5) -> list[tuple[str, int, float, float]]:
-        """The classes a unit matters most for, as (name, index, max share, mean share), highest mean share
-        first; classes never seen in the class-relevance data are left out, and all of them without it."""
-        layer, row = self.unit_index(unit)
-        relevance = self.class_relevance(layer)
+def relevant_units(lens: Lens, class_name: str | int, top: int = 10, layers: list[str] | None = None) -> list[RelevantUnit]:
+    """The units a class relies on most, the ``top`` of each layer (of ``layers``, default all) by mean share
+    of the layer's relevance over the class's samples, highest first: the reverse of ``relevant_classes``.
+    Shares are within a layer, so each layer is ranked on its own."""
+    index = lens.class_index(class_name)
+    found = []
+    for layer in lens.checked_layers(layers):
+        relevance = lens.arrays.class_relevance(layer)
         if relevance is None:
-            return []
-        mean = relevance["mean_share"][row]
-        order = torch.argsort(mean.nan_to_num(float("-inf")), descending=True, stable=True)
-        chosen = order[~mean[order].isnan()][:top].tolist()
-        names = self.classes or [str(index) for index in range(mean.numel())]
-        return [(names[i], i, float(relevance["max_share"][row, i]), float(mean[i])) for i in chosen]
+            raise SemlensError(f"no class relevance for layer {layer}; rebuild with class relevance on")
+        _seen_class(lens, index, class_name, relevance)
+        mean, peak = relevance["mean_share"][:, index], relevance["max_share"][:, index]
+        order = torch.argsort(mean.nan_to_num(float("-inf")), descending=True, stable=True)[:top].tolist()
+        units = lens.units(layer)
+        found += [RelevantUnit(f"{layer}/{units[row]}", layer, float(mean[row]), float(peak[row]), lens.label_of(f"{layer}/{units[row]}")) for row in order]
+    return found
 
-    def relevant_units(self: Lens, class_name: str | int, top: int = 10, layers: list[str] | None = None) -> list[RelevantUnit]:
-        """The units a class relies on most, the ``top`` of each layer (of ``layers``, default all) by mean share
-        of the layer's relevance over the class's samples, highest first: the reverse of ``relevant_classes``.
-        Shares are within a layer, so each layer is ranked on its own."""
-        index = self.class_index(class_name)
-        found = []
-        for layer in self.checked_layers(layers):
-            relevance = self.class_relevance(layer)
-            if relevance is None:
-                raise SemlensError(f"no class relevance for layer {layer}; rebuild with class relevance on")
-            self._seen_class(index, class_name, relevance)
-            mean, peak = relevance["mean_share"][:, index], relevance["max_share"][:, index]
-            order = torch.argsort(mean.nan_to_num(float("-inf")), descending=True, stable=True)[:top].tolist()
-            units = self.units(layer)
-            found += [RelevantUnit(f"{layer}/{units[row]}", layer, float(mean[row]), float(peak[row]), self.label_of(f"{layer}/{units[row]}")) for row in order]
-        return found
 
-    def sae_error_shares(self: Lens, class_name: str | int, layers: list[str] | None = None) -> dict[str, float]:
-        """Per SAE layer (of the given, default all, layers), the class's mean share of the layer's relevance
-        carried by the SAE's error term (what its features do not reconstruct; the features' shares and it sum
-        to 1 in absolute value). Layers without an SAE, and Lenses built before it was kept, have none."""
-        index = self.class_index(class_name)
-        found = {}
-        for layer in self.checked_layers(layers):
-            relevance = self.class_relevance(layer)
-            if relevance is not None and "error_mean_share" in relevance:
-                found[layer] = float(relevance["error_mean_share"][index])
-        return found
+def sae_error_shares(lens: Lens, class_name: str | int, layers: list[str] | None = None) -> dict[str, float]:
+    """Per SAE layer (of the given, default all, layers), the class's mean share of the layer's relevance
+    carried by the SAE's error term (what its features do not reconstruct; the features' shares and it sum
+    to 1 in absolute value). Layers without an SAE, and Lenses built before it was kept, have none."""
+    index = lens.class_index(class_name)
+    found = {}
+    for layer in lens.checked_layers(layers):
+        relevance = lens.arrays.class_relevance(layer)
+        if relevance is not None and "error_mean_share" in relevance:
+            found[layer] = float(relevance["error_mean_share"][index])
+    return found
 
-    def audit(
-        self: Lens,
-        class_name: str | int,
-        valid: list[str] = (),
-        spurious: list[str] = (),
-        valid_images: list[str | Path] = (),
-        spurious_images: list[str | Path] = (),
-        cut: float | None = None,
-        layers: list[str] | None = None,
-        templates: str | list[str] = "audit",
-        rule: AlignmentRule | None = None,
-        concept: ConceptImages | None = None,
-        space: str | None = None,
-        test_all: bool = False,
-    ) -> Audit:
-        """Audit one class: verdicts for its relevant units (each alignment judged against its layer's null by
-        ``rule``; where the Lens kept crop responses, a unit whose best concept by them is one of the audit's
-        text concepts takes its verdict from it: ``analysis.audit``) and the class's relevance by verdict. With ``concept`` (images without and with the spurious
-        concept), also the concept test of the flagged units and the class's reliance on the concept (needs
-        the model; a flagged unit the concept does not raise, or that fires away from where it is pasted, loses
-        its flag, and a contested unit, named valid by its crop responses but flagged by its alignment, that fires
-        where it is and is raised by it is judged "both": ``AlignmentRule.by_rise``, ``by_location``); ``test_all`` tests every relevant unit, so that units the reliance runs through are found
-        where the foundation model does not see the concept in their examples (``Audit.carriers``; one
-        more pass over the images per unit). The alignments are taken in embedding space ``space``."""
-        if space is not None:
-            view = self.in_space(space)
-            return view.audit(class_name, valid, spurious, valid_images, spurious_images, cut, layers, templates, rule, concept, test_all=test_all)
-        from ..analysis.audit import AUDIT_CUT, AlignmentRule, audit_units, null_stats, null_z, tight_shift
 
-        if not (valid or valid_images) or not (spurious or spurious_images):
-            raise SemlensError("an audit needs at least one valid and one spurious concept (text or image)")
-        index = self.class_index(class_name)
-        chosen = self.checked_layers(layers)
-        missing = [layer for layer in chosen if self.class_relevance(layer) is None]
-        if missing:
-            reasons = self.manifest.get("relevance", {}).get("left_out", {})
-            reason = reasons.get(missing[0]) or self.manifest["stages"].get("relevance", {}).get("skipped", "class relevance was not computed")
-            raise SemlensError(f"no class relevance for layer(s) {', '.join(missing)} ({reason}); rebuild with class relevance on")
-        self._seen_class(index, class_name, self.class_relevance(chosen[-1]))
-        units = [f"{layer}/{name}" for layer in chosen for name in self.units(layer)]
-        theta = torch.cat([self.theta(layer) for layer in chosen])
-        examples = torch.cat([self.valid(layer) for layer in chosen])
-        sizes = [len(self.units(layer)) for layer in chosen]
-        groups = torch.repeat_interleave(torch.arange(len(chosen)), torch.tensor(sizes))
-        bases = [self.manifest["layers"][layer]["base_units"] for layer in chosen]
-        offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
-        channel = torch.cat([offset + torch.arange(size) % base for offset, size, base in zip(offsets.tolist(), sizes, bases)])
-        a_valid = self._alignments(theta, list(valid), list(valid_images), templates)
-        a_spur = self._alignments(theta, list(spurious), list(spurious_images), templates)
-        centre, scale = null_stats(a_spur, groups, examples)  # once: the z of the usual boxes and the tight boxes' shift
-        z_valid, z_spurs = null_z(a_valid, groups, examples).amax(dim=1), (a_spur - centre) / scale
-        z_spur, best = z_spurs.nan_to_num(float("-inf")).max(dim=1)
-        z_spur = z_spur.masked_fill(z_spurs.isnan().all(dim=1), float("nan"))
-        shift = None
-        if self.search_rule != self.crop_rules[0]:  # tight boxes: is the spurious concept where each unit looks?
-            tight = torch.cat([self.theta(layer, self.search_rule) for layer in chosen])
-            a_tight = self._alignments(tight, list(spurious), list(spurious_images), templates)
-            shift = tight_shift(a_spur, a_tight, scale).gather(1, best[:, None])[:, 0]
-        max_share = torch.cat([self.class_relevance(layer)["max_share"][:, index] for layer in chosen])
-        mean_share = torch.cat([self.class_relevance(layer)["mean_share"][:, index] for layer in chosen])
-        name = self.classes[index] if self.classes else str(index)
-        rule = rule or AlignmentRule()
-        labels = self._audit_labels(chosen, list(valid) + list(spurious)) if rule.by_label else None
-        result = audit_units(
-            name, units, max_share, mean_share, a_valid.amax(dim=1), a_spur.amax(dim=1), z_valid, z_spur,
-            list(valid) + [str(p) for p in valid_images], list(spurious) + [str(p) for p in spurious_images],
-            AUDIT_CUT if cut is None else cut, rule, channel, examples, shift, labels,
-        )  # fmt: skip
-        result.null_units = {layer: int(self.valid(layer).sum()) for layer in chosen}
-        result.sae_error = self.sae_error_shares(index, chosen)
-        for audited in result.units:
-            audited.examples = [example.source for example in self.concept_examples(audited.unit)[:3]]
-        if concept is not None:
-            self._test_findings(result, index, concept, test_all)
-        return made_by(result, self)
+def audit(
+    lens: Lens,
+    class_name: str | int,
+    valid: list[str] = (),
+    spurious: list[str] = (),
+    valid_images: list[str | Path] = (),
+    spurious_images: list[str | Path] = (),
+    cut: float | None = None,
+    layers: list[str] | None = None,
+    templates: str | list[str] = "audit",
+    rule: AlignmentRule | None = None,
+    concept: ConceptImages | None = None,
+    test_all: bool = False,
+) -> Audit:
+    """Audit one class: verdicts for its relevant units (each alignment judged against its layer's null by
+    ``rule``; where the Lens kept crop responses, a unit whose best concept by them is one of the audit's
+    text concepts takes its verdict from it: ``analysis.audit``) and the class's relevance by verdict. With ``concept`` (images without and with the spurious
+    concept), also the concept test of the flagged units and the class's reliance on the concept (needs
+    the model; a flagged unit the concept does not raise, or that fires away from where it is pasted, loses
+    its flag, and a contested unit, named valid by its crop responses but flagged by its alignment, that fires
+    where it is and is raised by it is judged "both": ``AlignmentRule.by_rise``, ``by_location``); ``test_all`` tests every relevant unit, so that units the reliance runs through are found
+    where the foundation model does not see the concept in their examples (``Audit.carriers``; one
+    more pass over the images per unit)."""
+    from ..analysis.audit import AUDIT_CUT, AlignmentRule, AuditedLayers, audit_layers
 
-    def _audit_labels(self: Lens, layers: list[str], concepts: list[str]) -> list[str | None] | None:
-        """Each unit's best concept by the ``responses`` labelling method among the audit's text ``concepts`` and
-        the stored labels' vocabulary (else the built-in one), for the units of ``layers`` in order; None where
-        the Lens kept no crop responses (``has_responses``): the alignment rule alone judges then."""
-        if not self.has_responses or not concepts:
-            return None
-        given = {concept.lower() for concept in concepts}
-        candidates = list(concepts) + [concept for concept in self.vocabulary_or(None).concepts if concept.lower() not in given]
-        directions, null = self.probes.concepts(candidates, "label"), self.probes.null("label")
-        found: list[str | None] = []
-        for layer in layers:
-            best = self._label_layer(layer, "responses", directions, null, 1, None).concepts[:, 0]
-            found += [candidates[int(concept)] if ok else None for concept, ok in zip(best.tolist(), self.valid(layer).tolist())]
-        return found
+    if not (valid or valid_images) or not (spurious or spurious_images):
+        raise SemlensError("an audit needs at least one valid and one spurious concept (text or image)")
+    index = lens.class_index(class_name)
+    chosen = lens.checked_layers(layers)
+    missing = [layer for layer in chosen if lens.arrays.class_relevance(layer) is None]
+    if missing:
+        reasons = lens.manifest.get("relevance", {}).get("left_out", {})
+        reason = reasons.get(missing[0]) or lens.manifest["stages"].get("relevance", {}).get("skipped", "class relevance was not computed")
+        raise SemlensError(f"no class relevance for layer(s) {', '.join(missing)} ({reason}); rebuild with class relevance on")
+    _seen_class(lens, index, class_name, lens.arrays.class_relevance(chosen[-1]))
+    theta = torch.cat([lens.arrays.theta(layer) for layer in chosen])
+    tight = None
+    if lens.arrays.search_rule != lens.arrays.crop_rules[0]:  # tight boxes: is the spurious concept where each unit looks?
+        tight = _alignments(lens, torch.cat([lens.arrays.theta(layer, lens.arrays.search_rule) for layer in chosen]), list(spurious), list(spurious_images), templates)
+    rule = rule or AlignmentRule()
+    arrays = AuditedLayers(
+        units=[f"{layer}/{name}" for layer in chosen for name in lens.units(layer)],
+        sizes=[len(lens.units(layer)) for layer in chosen],
+        bases=[lens.manifest["layers"][layer]["base_units"] for layer in chosen],
+        examples=torch.cat([lens.arrays.valid(layer) for layer in chosen]),
+        max_share=torch.cat([lens.arrays.class_relevance(layer)["max_share"][:, index] for layer in chosen]),
+        mean_share=torch.cat([lens.arrays.class_relevance(layer)["mean_share"][:, index] for layer in chosen]),
+        a_valid=_alignments(lens, theta, list(valid), list(valid_images), templates),
+        a_spur=_alignments(lens, theta, list(spurious), list(spurious_images), templates),
+        tight=tight,
+        labels=names_by_responses(lens, chosen, list(valid) + list(spurious)) if rule.by_label else None,
+    )
+    name = lens.classes[index] if lens.classes else str(index)
+    valid_names, spurious_names = list(valid) + [str(p) for p in valid_images], list(spurious) + [str(p) for p in spurious_images]
+    result = audit_layers(name, arrays, valid_names, spurious_names, AUDIT_CUT if cut is None else cut, rule)
+    result.null_units = {layer: int(lens.arrays.valid(layer).sum()) for layer in chosen}
+    result.sae_error = sae_error_shares(lens, index, chosen)
+    for audited in result.units:
+        audited.examples = [example.source for example in lens.concept_examples(audited.unit)[:3]]
+    if concept is not None:
+        _test_findings(lens, result, index, concept, test_all)
+    return made_by(result, lens)
 
-    def _alignments(self: Lens, theta: torch.Tensor, concepts: list[str], images: list[str | Path], templates: str | list[str]) -> torch.Tensor:
-        """The alignment ``[U, P]`` of every unit (rows of ``theta``) with each probe: each text concept (less the
-        empty templates, Eq. 4), then each image (the cosine; what it shares with every unit is taken out, as for
-        texts, by the audit's null over the units of each layer)."""
-        results = []
-        if concepts:
-            results.append(alignment(theta, self.probes.concepts(concepts, templates), self.probes.null(templates)))
-        if images:
-            results.append(alignment(theta, torch.stack([self.probes.images([image], lambda: self.probe_backgrounds) for image in images]), None))
-        return torch.cat(results, dim=1)
 
-    def _test_findings(self: Lens, result: Audit, class_index: int, concept: ConceptImages, test_all: bool) -> None:
-        """Run the concept test on the units of ``result`` (in place; all with ``test_all``, else ``Audit.to_test``):
-        the class's reliance on the concept and, per unit, whether the concept raises it (also against how much
-        the class's own images do: see ``concept_tests``), whether it fires where a pasted concept is (against the
-        best of its layer's examined units, tested or not), and zeroing it costs the class more with the concept than without; then a flagged unit the concept does not
-        raise or firing away from the pasted concept loses its flag and a contested one firing there and raised by
-        it is "both"
-        (``Audit.revise_by_test``). Needs the model (loaded under the Lens's trust model)."""
-        from ..interventions.effects import UnitToTest, concept_tests
-        from ..model.units import LayerSpec
+def _alignments(lens: Lens, theta: torch.Tensor, concepts: list[str], images: list[str | Path], templates: str | list[str]) -> torch.Tensor:
+    """The alignment ``[U, P]`` of every unit (rows of ``theta``) with each probe: each text concept (less the
+    empty templates, Eq. 4), then each image (the cosine; what it shares with every unit is taken out, as for
+    texts, by the audit's null over the units of each layer)."""
+    results = []
+    if concepts:
+        results.append(alignment(theta, lens.embedding.probes.concepts(concepts, templates), lens.embedding.probes.null(templates)))
+    if images:
+        results.append(alignment(theta, torch.stack([lens.embedding.probes.images([image], lambda: probe_backgrounds(lens)) for image in images]), None))
+    return torch.cat(results, dim=1)
 
-        model = self.model()
-        without, with_concept, classes = concept.views_and_classes(model)
-        region = concept.region(with_concept)
-        units = result.units if test_all else result.to_test(located=region is not None)
-        layers = sorted({unit.unit.rpartition("/")[0] for unit in result.units})
-        saes = self.sae_files(layers)
-        shifts = {layer: shift for layer in layers if (shift := self.map_shift(layer)) is not None}  # else measured now
 
-        def to_test(name: str) -> UnitToTest:
-            layer, row = self.unit_index(name)
-            spec = LayerSpec(**{**self.manifest["layers"][layer]["spec"], "sae": saes.get(layer)})
-            return UnitToTest(name, spec, row, row % self.manifest["layers"][layer]["base_units"])
+def _test_findings(lens: Lens, result: Audit, class_index: int, concept: ConceptImages, test_all: bool) -> None:
+    """Run the concept test on the units of ``result`` (in place; all with ``test_all``, else ``Audit.to_test``):
+    the class's reliance on the concept and, per unit, whether the concept raises it (also against how much
+    the class's own images do: see ``concept_tests``), whether it fires where a pasted concept is (against the
+    best of its layer's examined units, tested or not), and zeroing it costs the class more with the concept than without; then a flagged unit the concept does not
+    raise or firing away from the pasted concept loses its flag and a contested one firing there and raised by
+    it is "both"
+    (``Audit.revise_by_test``). Needs the model (loaded under the Lens's trust model)."""
+    from ..interventions.effects import UnitToTest, concept_tests
+    from ..model.units import LayerSpec
 
-        tested = [to_test(unit.unit) for unit in units]
-        names = {unit.name for unit in tested}
-        # the examined units the test does not take: where the concept raises them, they set the location bar
-        peers = [] if region is None else [to_test(unit.unit) for unit in result.units if unit.unit not in names]
-        with freed_memory_kept():  # forward passes over the test images, each unit switched off in turn
-            result.reliance, tests = concept_tests(
-                model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers,
-                result.rule.locate_share, result.rule.locate_enough, shifts,
-            )
-        for unit, test in zip(units, tests):
-            unit.test = test
-        result.revise_by_test()
+    model = lens.model()
+    without, with_concept, classes = concept.views_and_classes(model)
+    region = concept.region(with_concept)
+    units = result.units if test_all else result.to_test(located=region is not None)
+    layers = sorted({unit.unit.rpartition("/")[0] for unit in result.units})
+    saes = lens.sources.sae_files(layers)
+    shifts = {layer: shift for layer in layers if (shift := lens.arrays.map_shift(layer)) is not None}  # else measured now
 
-    @freed_memory_kept()  # forward passes over the data, twice
-    def pruning_effect(
-        self: Lens, units: list[str], data: ImageData, class_name: str | int | None = None, artifact: Artifact | None = None
-    ) -> dict:
-        """Accuracy (and the class's probability) on ``data``, clean and with ``artifact``, before and after
-        switching ``units`` off: channels zeroed, or for SAE layers the features' decoded shares taken out of
-        the layer's output (needs the model and, for SAE layers, a trusted Lens)."""
-        from ..interventions.effects import pruning_effect
+    def to_test(name: str) -> UnitToTest:
+        layer, row = lens.unit_index(name)
+        spec = LayerSpec(**{**lens.manifest["layers"][layer]["spec"], "sae": saes.get(layer)})
+        return UnitToTest(name, spec, row, row % lens.manifest["layers"][layer]["base_units"])
 
-        channels = self.channels(units)
-        index = None if class_name is None else self.class_index(class_name)
-        return pruning_effect(self.model(), data, channels, index, artifact, self.sae_files(list(channels)), self.channels_last(list(channels)))
+    tested = [to_test(unit.unit) for unit in units]
+    names = {unit.name for unit in tested}
+    # the examined units the test does not take: where the concept raises them, they set the location bar
+    peers = [] if region is None else [to_test(unit.unit) for unit in result.units if unit.unit not in names]
+    with freed_memory_kept():  # forward passes over the test images, each unit switched off in turn
+        result.reliance, tests = concept_tests(
+            model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers,
+            result.rule.locate_share, result.rule.locate_enough, shifts,
+        )
+    for unit, test in zip(units, tests):
+        unit.test = test
+    result.revise_by_test()
 
-    def audit_classes(
-        self: Lens, spurious: list[str], cut: float | None = None, spurious_images: list[str | Path] = (), rule: AlignmentRule | None = None
-    ) -> list[Audit]:
-        """Audit every class seen in the class-relevance data, each with its own name as the valid concept;
-        returns the audits ranked by spurious-or-both share (highest first)."""
-        if not self.classes:
-            raise SemlensError("auditing all classes needs class names (this model has none); audit one class with --valid")
-        seen = self.class_relevance(self.layers[-1])
-        if seen is None:
-            raise SemlensError("no class relevance in this Lens; rebuild with class relevance on")
-        audits = [
-            self.audit(int(index), [self.classes[int(index)]], spurious, [], list(spurious_images), cut, None, "audit", rule)
-            for index in seen["seen_classes"].tolist()
-        ]
-        return sorted(audits, key=lambda result: -result.shares["spurious_or_both"])
 
-    @freed_memory_kept()  # conditional relevance passes, one per upper group
-    def attribution_graph(
-        self: Lens, class_name: str | int, layers: list[str] | None = None, cut: float | None = None, samples: int = 32
-    ) -> AttributionGraph:
-        """The concepts behind a class between two or more layers (lowest first): relevant units grouped by
-        label (the stored labels users see, "?" where a unit shows no concept), edges weighted by CRP relevance conditioned on the
-        upper group. Computed on the class's samples with the highest relevance (from class relevance);
-        needs labels, the model and the probe data."""
-        from ..relevance.graph import GRAPH_CUT, build_graph, relevant_samples
-        from ..relevance.lrp import RelevanceModel
+@freed_memory_kept()  # forward passes over the data, twice
+def pruning_effect(
+    lens: Lens, units: list[str], data: ImageData, class_name: str | int | None = None, artifact: Artifact | None = None
+) -> dict:
+    """Accuracy (and the class's probability) on ``data``, clean and with ``artifact``, before and after
+    switching ``units`` off: channels zeroed, or for SAE layers the features' decoded shares taken out of
+    the layer's output (needs the model and, for SAE layers, a trusted Lens)."""
+    from ..interventions.effects import pruning_effect as measure_pruning
 
-        chosen = self.checked_layers(layers)
-        if len(chosen) < 2:
-            raise SemlensError("an attribution graph needs at least two layers")
-        if any(self.manifest["layers"][layer]["unit_names"] == "signed" for layer in chosen):
-            raise SemlensError("attribution graphs need unsigned layers (channels or SAE features)")
-        index = self.class_index(class_name)
-        relevance = self.class_relevance(chosen[-1])
-        if relevance is None:
-            raise SemlensError("no class relevance in this Lens; rebuild with class relevance on")
-        seen = self._seen_class(index, class_name, relevance)
-        weights = relevance["mean_share"][:, index].masked_fill(~self.valid(chosen[-1]), 0.0)
-        row = seen.index(index)
-        ids = relevant_samples(relevance["top_samples"][row], relevance["top_shares"][row], weights, samples)
-        model = self.model()
-        inputs = torch.stack([model.preprocessing(self.probe_data.load(i)) for i in ids])
-        lrp = RelevanceModel(model.module, inputs[:2], rule=self.lrp_rule)
-        if not lrp.check().supported:
-            raise SemlensError(f"LRP does not support this model: {lrp.check().reason}")
-        if self.vocabulary is None:
-            raise SemlensError("an attribution graph groups units by label: run `semlens label LENS` (or Lens.label()) first")
-        units = {layer: [f"{layer}/{name}" for name in self.units(layer)] for layer in chosen}
-        labels = {layer: self.shown_labels(layer) for layer in chosen}
-        title = self.classes[index] if self.classes else str(index)
-        valid = {layer: self.valid(layer) for layer in chosen}
-        saes: dict = self.sae_files(chosen)  # paths, loaded on first use
-        return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid, saes, self.channels_last(chosen))
+    channels = lens.channels(units)
+    index = None if class_name is None else lens.class_index(class_name)
+    return measure_pruning(lens.model(), data, channels, index, artifact, lens.sources.sae_files(list(channels)), lens.channels_last(list(channels)))
 
-    def _seen_class(self: Lens, index: int, class_name: str | int, relevance: dict) -> list[int]:
-        """The classes the class-relevance data holds samples of, once ``index`` is checked to be one of them:
-        a class without any has no relevance to audit or trace (all its shares would read 0)."""
-        seen = relevance["seen_classes"].tolist()
-        if index not in seen:
-            raise SemlensError(
-                f"class {class_name} has no samples in the class-relevance data (no probe image is labelled or predicted "
-                f"{class_name}): choose one of the {len(seen)} classes it holds, or rebuild with relevance data that shows this one"
-            )
-        return seen
+
+def audit_classes(
+    lens: Lens, spurious: list[str], cut: float | None = None, spurious_images: list[str | Path] = (), rule: AlignmentRule | None = None
+) -> list[Audit]:
+    """Audit every class seen in the class-relevance data, each with its own name as the valid concept;
+    returns the audits ranked by spurious-or-both share (highest first)."""
+    if not lens.classes:
+        raise SemlensError("auditing all classes needs class names (this model has none); audit one class with --valid")
+    seen = lens.arrays.class_relevance(lens.layers[-1])
+    if seen is None:
+        raise SemlensError("no class relevance in this Lens; rebuild with class relevance on")
+    audits = [
+        lens.audit(int(index), [lens.classes[int(index)]], spurious, [], list(spurious_images), cut, None, "audit", rule)
+        for index in seen["seen_classes"].tolist()
+    ]
+    return sorted(audits, key=lambda result: -result.shares["spurious_or_both"])
+
+
+@freed_memory_kept()  # conditional relevance passes, one per upper group
+def attribution_graph(
+    lens: Lens, class_name: str | int, layers: list[str] | None = None, cut: float | None = None, samples: int = 32
+) -> AttributionGraph:
+    """The concepts behind a class between two or more layers (lowest first): relevant units grouped by
+    label (the stored labels users see, "?" where a unit shows no concept), edges weighted by CRP relevance conditioned on the
+    upper group. Computed on the class's samples with the highest relevance (from class relevance);
+    needs labels, the model and the probe data."""
+    from ..relevance.graph import GRAPH_CUT, build_graph, relevant_samples
+    from ..relevance.lrp import RelevanceModel
+
+    chosen = lens.checked_layers(layers)
+    if len(chosen) < 2:
+        raise SemlensError("an attribution graph needs at least two layers")
+    if any(lens.manifest["layers"][layer]["unit_names"] == "signed" for layer in chosen):
+        raise SemlensError("attribution graphs need unsigned layers (channels or SAE features)")
+    index = lens.class_index(class_name)
+    relevance = lens.arrays.class_relevance(chosen[-1])
+    if relevance is None:
+        raise SemlensError("no class relevance in this Lens; rebuild with class relevance on")
+    seen = _seen_class(lens, index, class_name, relevance)
+    weights = relevance["mean_share"][:, index].masked_fill(~lens.arrays.valid(chosen[-1]), 0.0)
+    row = seen.index(index)
+    ids = relevant_samples(relevance["top_samples"][row], relevance["top_shares"][row], weights, samples)
+    model = lens.model()
+    inputs = torch.stack([model.preprocessing(lens.sources.probe_data.load(i)) for i in ids])
+    lrp = RelevanceModel(model.module, inputs[:2], rule=lens.lrp_rule)
+    if not lrp.check().supported:
+        raise SemlensError(f"LRP does not support this model: {lrp.check().reason}")
+    if lens.labels.vocabulary is None:
+        raise SemlensError("an attribution graph groups units by label: run `semlens label LENS` (or Lens.label()) first")
+    units = {layer: [f"{layer}/{name}" for name in lens.units(layer)] for layer in chosen}
+    labels = {layer: lens.labels.shown(layer) for layer in chosen}
+    title = lens.classes[index] if lens.classes else str(index)
+    valid = {layer: lens.arrays.valid(layer) for layer in chosen}
+    saes: dict = lens.sources.sae_files(chosen)  # paths, loaded on first use
+    return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid, saes, lens.channels_last(chosen))
+
+
+def _seen_class(lens: Lens, index: int, class_name: str | int, relevance: dict) -> list[int]:
+    """The classes the class-relevance data holds samples of, once ``index`` is checked to be one of them:
+    a class without any has no relevance to audit or trace (all its shares would read 0)."""
+    seen = relevance["seen_classes"].tolist()
+    if index not in seen:
+        raise SemlensError(
+            f"class {class_name} has no samples in the class-relevance data (no probe image is labelled or predicted "
+            f"{class_name}): choose one of the {len(seen)} classes it holds, or rebuild with relevance data that shows this one"
+        )
+    return seen

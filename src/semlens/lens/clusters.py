@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..analysis.clusters import concept_clusters
+from ..analysis.clusters import concept_clusters as cluster_examples
 from ..analysis.label import label_units
 from ..analysis.measures import polysemanticity
 from ..analysis.vocabulary import Vocabulary
@@ -52,41 +52,39 @@ class UnitClusters:
         return asdict(self)
 
 
-class LensClusters:
-    """Part of ``Lens``: the concept clusters of one unit's examples."""
+def concept_clusters(
+    lens: Lens, unit: str, vocabulary: Vocabulary | str | Path | None = None, examples: str = "activation"
+) -> UnitClusters:
+    """The groups of ``unit``'s concept examples (by ``"activation"`` or ``"relevance"``) that are distinct
+    concepts (see ``analysis.clusters.concept_clusters``), each named from ``vocabulary``, else from the
+    stored labels' vocabulary; unnamed when neither is there."""
+    layer, row = lens.unit_index(unit)
+    embeddings = lens.examples.embeddings(layer, examples)[row : row + 1]
+    members, means, p = cluster_examples(embeddings)
+    ranks = [[rank for rank, member in enumerate(members[0].tolist()) if member == cluster] for cluster in (0, 1)]
+    used = [cluster for cluster in (0, 1) if ranks[cluster]]
+    vocab = None if vocabulary is None and lens.labels.vocabulary is None else lens.labels.vocabulary_or(vocabulary)
+    names = _cluster_names(lens, layer, means[0, used], vocab) if vocab is not None and used else [(None, None, None)] * len(used)
+    clusters = [ConceptCluster(ranks[cluster], len(ranks[cluster]), *name) for cluster, name in zip(used, names)]
+    clusters.sort(key=lambda cluster: (-cluster.size, cluster.ranks))
+    value, chance = float(polysemanticity(embeddings)[0]), float(p[0])
+    return UnitClusters(
+        unit, examples, None if math.isnan(value) else round(value, 5), None if math.isnan(chance) else float(f"{chance:.3g}"),
+        bool(lens.examples.valid(layer, examples)[row]),
+        None if vocab is None else vocab.name, clusters,
+    )  # fmt: skip
 
-    def concept_clusters(
-        self: Lens, unit: str, vocabulary: Vocabulary | str | Path | None = None, examples: str = "activation"
-    ) -> UnitClusters:
-        """The groups of ``unit``'s concept examples (by ``"activation"`` or ``"relevance"``) that are distinct
-        concepts (see ``analysis.clusters.concept_clusters``), each named from ``vocabulary``, else from the
-        stored labels' vocabulary; unnamed when neither is there."""
-        layer, row = self.unit_index(unit)
-        embeddings = self.example_embeddings_of(layer, examples)[row : row + 1]
-        members, means, p = concept_clusters(embeddings)
-        ranks = [[rank for rank, member in enumerate(members[0].tolist()) if member == cluster] for cluster in (0, 1)]
-        used = [cluster for cluster in (0, 1) if ranks[cluster]]
-        vocab = None if vocabulary is None and self.vocabulary is None else self.vocabulary_or(vocabulary)
-        names = self._cluster_names(layer, means[0, used], vocab) if vocab is not None and used else [(None, None, None)] * len(used)
-        clusters = [ConceptCluster(ranks[cluster], len(ranks[cluster]), *name) for cluster, name in zip(used, names)]
-        clusters.sort(key=lambda cluster: (-cluster.size, cluster.ranks))
-        value, chance = float(polysemanticity(embeddings)[0]), float(p[0])
-        return UnitClusters(
-            unit, examples, None if math.isnan(value) else round(value, 5), None if math.isnan(chance) else float(f"{chance:.3g}"),
-            bool(self.valid_of(layer, examples)[row]),
-            None if vocab is None else vocab.name, clusters,
-        )  # fmt: skip
 
-    def _cluster_names(self: Lens, layer: str, means: torch.Tensor, vocab: Vocabulary) -> list[tuple[str, float, str | None]]:
-        """Per cluster mean: the best concept of ``vocab``, its alignment and the label (the concept where its
-        confidence against the layer's valid units reaches the stored labels' gate, else the default one)."""
-        stored = self.label_store.read()
-        gate = {} if stored is None else {"threshold": (first := next(iter(stored[1].values()))).threshold, "min_confidence": first.min_confidence}
-        theta = self.theta(layer)[self.valid(layer)]
-        concepts, null = self.probes.concepts(vocab.concepts, "label"), self.probes.null("label")
-        labels = label_units(means, concepts, null, top=1, null_theta=theta, **gate)
-        found = []
-        for concept, score, labelled in zip(labels.concepts[:, 0].tolist(), labels.scores[:, 0].tolist(), labels.labelled.tolist()):
-            name = vocab.concepts[concept]
-            found.append((name, round(score, 5), name if labelled else None))
-        return found
+def _cluster_names(lens: Lens, layer: str, means: torch.Tensor, vocab: Vocabulary) -> list[tuple[str, float, str | None]]:
+    """Per cluster mean: the best concept of ``vocab``, its alignment and the label (the concept where its
+    confidence against the layer's valid units reaches the stored labels' gate, else the default one)."""
+    stored = lens.labels.read()
+    gate = {} if stored is None else {"threshold": (first := next(iter(stored[1].values()))).threshold, "min_confidence": first.min_confidence}
+    theta = lens.arrays.theta(layer)[lens.arrays.valid(layer)]
+    concepts, null = lens.embedding.probes.concepts(vocab.concepts, "label"), lens.embedding.probes.null("label")
+    labels = label_units(means, concepts, null, top=1, null_theta=theta, **gate)
+    found = []
+    for concept, score, labelled in zip(labels.concepts[:, 0].tolist(), labels.scores[:, 0].tolist(), labels.labelled.tolist()):
+        name = vocab.concepts[concept]
+        found.append((name, round(score, 5), name if labelled else None))
+    return found

@@ -189,80 +189,79 @@ def corrected_model(rest: str) -> LoadedModel:
     return correction.corrected(load_model(base), f"corrected:{rest}")
 
 
-class LensCorrection:
-    """Correct the Lens's model for one class and artefact (mixed into ``Lens``)."""
+@freed_memory_kept()  # forward (and for finetune backward) passes over the images
+def correct(
+    lens: Lens,
+    class_name: str | int,
+    artifact: Artifact,
+    method: str = "project",
+    data: ImageData | None = None,
+    layer: str | None = None,
+    estimator: str = "mean",
+    tuning: Tuning | None = None,
+    train: ImageData | None = None,
+    concept: ConceptImages | None = None,
+    progress: bool = True,
+    tolerance: float = ACCURACY_TOLERANCE,
+    seed: int = 0,
+) -> Correction:
+    """Learn a correction of the class's reliance on ``artifact`` and measure the artefact test on ``data``
+    before and after it.
 
-    @freed_memory_kept()  # forward (and for finetune backward) passes over the images
-    def correct(
-        self: Lens,
-        class_name: str | int,
-        artifact: Artifact,
-        method: str = "project",
-        data: ImageData | None = None,
-        layer: str | None = None,
-        estimator: str = "mean",
-        tuning: Tuning | None = None,
-        train: ImageData | None = None,
-        concept: ConceptImages | None = None,
-        progress: bool = True,
-        tolerance: float = ACCURACY_TOLERANCE,
-        seed: int = 0,
-    ) -> Correction:
-        """Learn a correction of the class's reliance on ``artifact`` and measure the artefact test on ``data``
-        before and after it.
-
-        ``method``: ``project`` (remove the concept's direction from ``layer``'s activations; default: the Lens
-        layer, but the last, that leaves the smallest effect on the train images while keeping their
-        accuracy within 0.02; ``estimator`` ``mean`` or ``logistic``; the direction is learnt on
-        ``concept``, default the other classes' ``train`` images with and without the artefact) or
-        ``finetune`` (``tuning``: the last modules, epochs, learning rate). ``train``: labelled images to
-        learn on (default the Lens's probe data); without ``data`` half of each class's train images, drawn
-        with ``seed``, are held out to test on. Learning and test images must hold the same classes. The
-        correction has ``failed`` when it costs more than ``tolerance`` of the clean test accuracy."""
-        if method not in METHODS:
-            raise SemlensError(f"unknown correction method {method!r}; valid: {', '.join(METHODS)}")
-        if not 0 <= tolerance <= 1:
-            raise SemlensError(f"tolerance={tolerance} must lie between 0 and 1 (the clean accuracy a correction may cost, e.g. {ACCURACY_TOLERANCE})")
-        model, index = self.model(), self.class_index(class_name)
-        names = self.classes or model.classes or []
-        views, targets = _labelled_views(model, train if train is not None else self.probe_data)
-        if data is None:
-            learn, test = held_out_split(targets, names, seed)
-            views, test_views = [views[i] for i in learn], [views[i] for i in test]
-            targets, test_targets = targets[learn], targets[test]
+    ``method``: ``project`` (remove the concept's direction from ``layer``'s activations; default: the Lens
+    layer, but the last, that leaves the smallest effect on the train images while keeping their
+    accuracy within 0.02; ``estimator`` ``mean`` or ``logistic``; the direction is learnt on
+    ``concept``, default the other classes' ``train`` images with and without the artefact) or
+    ``finetune`` (``tuning``: the last modules, epochs, learning rate). ``train``: labelled images to
+    learn on (default the Lens's probe data); without ``data`` half of each class's train images, drawn
+    with ``seed``, are held out to test on. Learning and test images must hold the same classes. The
+    correction has ``failed`` when it costs more than ``tolerance`` of the clean test accuracy."""
+    if method not in METHODS:
+        raise SemlensError(f"unknown correction method {method!r}; valid: {', '.join(METHODS)}")
+    if not 0 <= tolerance <= 1:
+        raise SemlensError(f"tolerance={tolerance} must lie between 0 and 1 (the clean accuracy a correction may cost, e.g. {ACCURACY_TOLERANCE})")
+    model, index = lens.model(), lens.class_index(class_name)
+    names = lens.classes or model.classes or []
+    views, targets = _labelled_views(model, train if train is not None else lens.sources.probe_data)
+    if data is None:
+        learn, test = held_out_split(targets, names, seed)
+        views, test_views = [views[i] for i in learn], [views[i] for i in test]
+        targets, test_targets = targets[learn], targets[test]
+    else:
+        test_views, test_targets = _labelled_views(model, data)
+    check_sides(targets, test_targets, names)
+    settings: dict = {"train_samples": len(views), "held_out": data is None, **({"split_seed": seed} if data is None else {})}
+    settings["test_classes"] = {named_class(names, label): count for label, count in sorted(Counter(test_targets.tolist()).items())}
+    start = time.perf_counter()
+    if method == "project":
+        settings["concept"] = "the artefact inserted into other classes' train images" if concept is None else "concept images"
+        if concept is not None:
+            without, with_concept = concept.views(model)
         else:
-            test_views, test_targets = _labelled_views(model, data)
-        check_sides(targets, test_targets, names)
-        settings: dict = {"train_samples": len(views), "held_out": data is None, **({"split_seed": seed} if data is None else {})}
-        settings["test_classes"] = {named_class(names, label): count for label, count in sorted(Counter(test_targets.tolist()).items())}
-        start = time.perf_counter()
-        if method == "project":
-            settings["concept"] = "the artefact inserted into other classes' train images" if concept is None else "concept images"
-            if concept is not None:
-                without, with_concept = concept.views(model)
-            else:
-                without = [view for view, target in zip(views, targets.tolist()) if target != index]
-                with_concept = [artifact.apply(view) for view in without]
-            candidates = [layer] if layer else self._projection_layers()
-            last = self.channels_last([name for name in candidates if name in self.layers])
-            fix, settings["layer_trials"] = choose_projection(model, candidates, views, targets, index, artifact, (without, with_concept), estimator, last)
-            settings["estimator"] = estimator
-        else:
-            tuning = tuning or Tuning()
-            fix = finetune(model, *counterfactual_set(views, targets, artifact, index), tuning, progress)
-            settings.update(last=tuning.last, epochs=tuning.epochs, learning_rate=tuning.learning_rate)
-        seconds = time.perf_counter() - start
-        name = named_class(self.classes or [], index)
-        correction = Correction(name, method, model.fingerprint, fix, settings, seconds=seconds, spec=model.spec, tolerance=tolerance)
-        correction.before = insertion_effect(model, test_views, test_targets, index, artifact)
-        with correction.applied(model):
-            correction.after = insertion_effect(model, test_views, test_targets, index, artifact)
-        return correction
+            without = [view for view, target in zip(views, targets.tolist()) if target != index]
+            with_concept = [artifact.apply(view) for view in without]
+        candidates = [layer] if layer else _projection_layers(lens)
+        last = lens.channels_last([name for name in candidates if name in lens.layers])
+        fix, settings["layer_trials"] = choose_projection(model, candidates, views, targets, index, artifact, (without, with_concept), estimator, last)
+        settings["estimator"] = estimator
+    else:
+        tuning = tuning or Tuning()
+        fix = finetune(model, *counterfactual_set(views, targets, artifact, index), tuning, progress)
+        settings.update(last=tuning.last, epochs=tuning.epochs, learning_rate=tuning.learning_rate)
+    seconds = time.perf_counter() - start
+    name = named_class(lens.classes or [], index)
+    correction = Correction(name, method, model.fingerprint, fix, settings, seconds=seconds, spec=model.spec, tolerance=tolerance)
+    correction.before = insertion_effect(model, test_views, test_targets, index, artifact)
+    with correction.applied(model):
+        correction.after = insertion_effect(model, test_views, test_targets, index, artifact)
+    return correction
 
-    def _projection_layers(self: Lens) -> list[str]:
-        """The layers a projection is chosen among: the Lens's layers but the last (the output, when it
-        reads the logits); its only layer when it has one."""
-        return self.layers[:-1] or self.layers
+
+def _projection_layers(lens: Lens) -> list[str]:
+    """The layers a projection is chosen among: the Lens's layers but the last (the output, when it
+    reads the logits); its only layer when it has one."""
+    return lens.layers[:-1] or lens.layers
+
 
 def _labelled_views(model: LoadedModel, data: ImageData) -> tuple[list[Image.Image], torch.Tensor]:
     views, labels = load_views(model, data)

@@ -78,7 +78,7 @@ def export_lens(lens: Lens, out: str | Path, format: str = "parquet") -> ExportR
     directory = Path(out).expanduser().resolve()
     directory.mkdir(parents=True, exist_ok=True)
     tables = {"units": _units(lens)}
-    if lens.vocabulary is not None:
+    if lens.labels.vocabulary is not None:
         tables["labels"] = _labels(lens)
     tables["examples"] = _examples(lens)
     tables["theta_units"] = _theta_units(lens)
@@ -87,7 +87,7 @@ def export_lens(lens: Lens, out: str | Path, format: str = "parquet") -> ExportR
     for name, columns in tables.items():
         files[name] = directory / f"{name}.{format}"
         rows[name] = _write_table(files[name], name, columns, format)
-    theta = {layer: lens.theta(layer).float().contiguous() for layer in lens.layers}
+    theta = {layer: lens.arrays.theta(layer).float().contiguous() for layer in lens.layers}
     files["theta"] = directory / "theta.safetensors"
     atomic_write(files["theta"], lambda temporary: save_file(theta, str(temporary)))
     return ExportResult(directory, files, rows)
@@ -109,16 +109,16 @@ def _units(lens: Lens) -> Columns:
         columns["unit"] += names
         columns["layer"] += [layer] * len(names)
         columns["index"] += list(range(len(names)))
-        columns["inactive"] += lens.inactive(layer).tolist()
-        columns["tied"] += lens.tied(layer).tolist()
-        labels = lens.labels(layer)
+        columns["inactive"] += lens.arrays.inactive(layer).tolist()
+        columns["tied"] += lens.arrays.tied(layer).tolist()
+        labels = lens.labels.of(layer)
         if labels is None:
             columns["label_alignment"] += [None] * len(names)
             columns["label_confidence"] += [None] * len(names)
         else:
             columns["label_alignment"] += _nullable(labels.candidate_alignments[:, 0].tolist())
             columns["label_confidence"] += [None] * len(names) if labels.confidence is None else _nullable(labels.confidence[:, 0].tolist())
-        columns["label"] += lens.shown_labels(layer)
+        columns["label"] += lens.labels.shown(layer)
         for measure, values in lens.measures(layer).items():
             columns[measure] += _nullable(values.tolist())
     return columns
@@ -126,9 +126,9 @@ def _units(lens: Lens) -> Columns:
 
 def _labels(lens: Lens) -> Columns:
     columns: Columns = {name: [] for name in SCHEMAS["labels"]}
-    concepts = lens.vocabulary.concepts
+    concepts = lens.labels.vocabulary.concepts
     for layer in lens.layers:
-        labels = lens.labels(layer)
+        labels = lens.labels.of(layer)
         units, top = labels.concepts.shape
         columns["unit"] += [name for name in _names(lens, layer) for _ in range(top)]
         columns["rank"] += list(range(top)) * units
@@ -140,18 +140,18 @@ def _labels(lens: Lens) -> Columns:
 def _examples(lens: Lens) -> Columns:
     """Every filled top-k slot of every unit, best first per unit (as ``Lens.concept_examples``)."""
     columns: Columns = {name: [] for name in SCHEMAS["examples"]}
-    table = lens.sample_table
+    table = lens.examples.sample_table
     for layer in lens.layers:
         names = _names(lens, layer)
-        ids = lens.samples(layer)
+        ids = lens.arrays.samples(layer)
         filled = ids >= 0
         units, ranks = filled.nonzero(as_tuple=True)
         samples = ids[filled].tolist()
         columns["unit"] += [names[unit] for unit in units.tolist()]
         columns["rank"] += ranks.tolist()
         columns["sample"] += samples
-        columns["score"] += lens.scores(layer)[filled].tolist()
-        for name, values in zip(("x0", "y0", "x1", "y1"), lens.boxes(layer)[filled].T.tolist()):
+        columns["score"] += lens.arrays.scores(layer)[filled].tolist()
+        for name, values in zip(("x0", "y0", "x1", "y1"), lens.arrays.boxes(layer)[filled].T.tolist()):
             columns[name] += values
         columns["source"] += [table[sample][0] for sample in samples]
         columns["class_label"] += [table[sample][1] for sample in samples]

@@ -38,12 +38,12 @@ def prior_cache_path(foundation_id: str, data_fingerprint: str, count: int, seed
 def probe_prior_images(lens: Lens, count: int = PRIOR_IMAGES, seed: int = 0, progress: bool = False) -> torch.Tensor:
     """``count`` random probe images (drawn with ``seed``) embedded whole ``[n, d]``, from the cache when
     there; needs the probe data and the foundation model (the Lens's trusted accessors)."""
-    path = prior_cache_path(lens.foundation_id, lens.manifest["identity"]["data"]["fingerprint"], count, seed)
+    path = prior_cache_path(lens.embedding.foundation_id, lens.manifest["identity"]["data"]["fingerprint"], count, seed)
     try:
         return load_file(str(path))["images"]
     except (OSError, SafetensorError, KeyError):
         pass  # not cached yet, or unreadable: embed again
-    data, foundation = lens.probe_data, lens.foundation
+    data, foundation = lens.sources.probe_data, lens.embedding.foundation
     chosen = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].tolist()
     parts = []
     with progress_bar("embedding probe images for the prior", len(chosen), progress) as advance:
@@ -59,7 +59,7 @@ def probe_prior_images(lens: Lens, count: int = PRIOR_IMAGES, seed: int = 0, pro
 def example_prior_sets(lens: Lens) -> torch.Tensor:
     """Every valid unit's example set ``[S, k, d]``, over all layers (the reference implementation's prior,
     there over a layer's neurons)."""
-    return torch.cat([lens.example_embeddings(layer)[lens.valid(layer)] for layer in lens.layers])
+    return torch.cat([lens.arrays.example_embeddings(layer)[lens.arrays.valid(layer)] for layer in lens.layers])
 
 
 def prior_sets(lens: Lens, progress: bool = False) -> torch.Tensor:

@@ -4,7 +4,6 @@ read-only), read by search hits, maps, audits, graphs, the explorer and the repo
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,7 +124,8 @@ def _stored_vocabulary(stored: dict) -> Vocabulary:
 
 
 class LabelStore:
-    """One Lens's labels on disk, read once and held for this process (``Lens.label`` replaces them)."""
+    """A Lens's labels (``Lens.labels``): stored on disk, read once and held for this process (``Lens.label``
+    replaces them), and what they say about each unit and layer."""
 
     def __init__(self, lens: Lens) -> None:
         self.lens = lens
@@ -133,7 +133,7 @@ class LabelStore:
 
     def read(self) -> StoredLabels | None:
         """The labels ``Lens.label`` made in this process, else those stored with the Lens (read once), else None."""
-        derived = self.lens.derived
+        derived = self.lens.embedding.derived
         if self._held is None and derived.path(LABELS).is_file():
             stored, vocab = derived.read_json(LABELS, lambda stored: (stored, _stored_vocabulary(stored)))
             arrays = {layer: derived.read_tensors(layer_file(layer, "labels")) for layer in self.lens.layers}
@@ -143,7 +143,7 @@ class LabelStore:
                 vocab,
                 {
                     layer: Labels(
-                        a["concepts"], a["scores"], stored["threshold"], self.lens.valid(layer), method, a.get("alignments"),
+                        a["concepts"], a["scores"], stored["threshold"], self.lens.arrays.valid(layer), method, a.get("alignments"),
                         a.get("confidence"), min_confidence,  # labels stored before confidences: the threshold alone
                     )  # fmt: skip
                     for layer, a in arrays.items()
@@ -154,7 +154,7 @@ class LabelStore:
     def replace(self, vocab: Vocabulary, results: dict[str, Labels], templates: str | list[str], save: bool) -> None:
         """Hold new labels for this process and, with ``save``, store them for the other tools."""
         if save and results:
-            derived = self.lens.derived
+            derived = self.lens.embedding.derived
             for layer, labels in results.items():
                 gate = {} if labels.alignments is None else {"alignments": labels.alignments}
                 derived.write_tensors(
@@ -168,178 +168,90 @@ class LabelStore:
             )  # fmt: skip
         self._held = (vocab, results)
 
-
-class LensLabels:
-    """Part of ``Lens``: labelling its units with a vocabulary, and what the labels say about each unit and layer."""
-
-    @cached_property
-    def label_store(self: Lens) -> LabelStore:
-        return LabelStore(self)
-
-    def label(
-        self: Lens,
-        vocabulary: Vocabulary | str | Path | None = None,
-        threshold: float | None = None,
-        templates: str | list[str] = "label",
-        top: int = 3,
-        save: bool = True,
-        examples: str = "activation",
-        space: str | None = None,
-        method: str | None = None,
-        min_confidence: float = MIN_CONFIDENCE,
-    ) -> Labelling:
-        """Label every unit with its best concepts by ``method`` (``analysis.labelling_methods.METHODS``; None: the
-        default, ``responses`` where the Lens has them, else ``centred``: ``default_label_method``); stored with
-        the Lens, with the method, for the other tools (``save=False``: kept in this process only).
-        Each valid unit shows its best concept with its confidence (robust z against its layer's other units,
-        ``analysis.label``), and "no concept" where that is under ``min_confidence``; ``threshold`` adds a floor on
-        the raw alignment (the paper's 0.025 for CLIP, ``analysis.label.PAPER_THRESHOLD``; None: none).
-        ``examples="relevance"`` labels the relevance examples' theta and only returns the labels: the stored
-        ones, which the other tools show, are the activation examples'. In embedding space ``space``, its labels
-        are its own (``Lens.in_space``)."""
-        if space is not None:
-            return self.in_space(space).label(vocabulary, threshold, templates, top, save, examples, method=method, min_confidence=min_confidence)
-        method = self.default_label_method if method is None else check_method(method)
-        vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
-        concepts = self.probes.concepts(vocab.concepts, templates)
-        null = self.probes.null(templates)
-        prior = prior_sets(self) if method == "clip-dissect" else None
-        aligned = {layer: alignment(self.theta_of(layer, examples), concepts, null) for layer in self.layers}
-        confidence = self._label_confidence(aligned, examples)
-        gate = {"threshold": threshold, "min_confidence": min_confidence}
-        results = {
-            layer: self._label_layer(layer, method, concepts, null, top, prior, examples, confidence[layer], aligned[layer], **gate)
-            for layer in self.layers
-        }
-        if examples == "activation":
-            self.label_store.replace(vocab, results, templates, save)
-        return Labelling(results, {layer: self.units(layer) for layer in self.layers}, vocab)
-
-    def _label_confidence(self: Lens, aligned: dict[str, torch.Tensor], examples: str = "activation") -> dict[str, torch.Tensor]:
-        """Per layer, each unit's confidence in each concept (``analysis.label.label_confidence``) against its layer's
-        valid units, or against every layer's where it has fewer than ``MIN_NULL_UNITS``."""
-        valid = {layer: self.valid_of(layer, examples) for layer in aligned}
-        pooled = torch.cat([aligned[layer][valid[layer]] for layer in aligned])
-        return {
-            layer: label_confidence(scores, scores[valid[layer]] if int(valid[layer].sum()) >= MIN_NULL_UNITS else pooled)
-            for layer, scores in aligned.items()
-        }
-
-    def _label_layer(
-        self: Lens,
-        layer: str,
-        method: str,
-        concepts: torch.Tensor,
-        null: torch.Tensor,
-        top: int,
-        prior: torch.Tensor | None,
-        examples: str = "activation",
-        confidence: torch.Tensor | None = None,
-        aligned: torch.Tensor | None = None,
-        threshold: float | None = None,
-        min_confidence: float = MIN_CONFIDENCE,
-    ) -> Labels:
-        """One layer's labels by ``method``, gated by the units' confidences ``[U, C]`` (None: ranked only);
-        ``aligned``: the units' alignments with the concepts where already computed (the alignment methods' scores)."""
-        theta, valid = self.theta_of(layer, examples), self.valid_of(layer, examples)
-        aligned = alignment(theta, concepts, null) if aligned is None else aligned
-        if method in ALIGNMENT_METHODS:  # theta alone: the example embeddings stay unread
-            scores = alignment_method_scores(method, aligned, valid)
-        elif method == "responses":
-            scores = response_scores(alignment_method_scores("centred", aligned, valid), self.partial_effects(layer, concept_directions(concepts, null)))
-        else:
-            embeddings, samples = self.example_embeddings_of(layer, examples), self.example_samples(layer, examples)
-            scores = method_scores(method, theta, embeddings, samples, valid, concepts, null, prior)
-        return rank_concepts(scores, None if method == "alignment" else aligned, confidence, threshold, top, valid, method, min_confidence)
-
     @property
-    def default_label_method(self: Lens) -> str:
+    def default_method(self) -> str:
         """The method ``label`` uses unless told: ``responses`` where the build kept the units' crop responses
-        (``Lens.has_responses``), else ``centred`` (a Lens built before them, or another embedding space)."""
-        return DEFAULT_METHOD if self.has_responses else FALLBACK_METHOD
+        (``Lens.arrays.has_responses``), else ``centred`` (a Lens built before them, or another embedding space)."""
+        return DEFAULT_METHOD if self.lens.arrays.has_responses else FALLBACK_METHOD
 
     @property
-    def label_method(self) -> str | None:
+    def method(self) -> str | None:
         """The method of the stored labels, or None before ``label`` ran."""
-        stored = self.label_store.read()
+        stored = self.read()
         return None if stored is None else next(iter(stored[1].values())).method
 
     @property
     def vocabulary(self) -> Vocabulary | None:
         """The vocabulary of the stored labels, or None before ``label`` ran."""
-        stored = self.label_store.read()
+        stored = self.read()
         return None if stored is None else stored[0]
 
-    def labels(self: Lens, layer: str) -> Labels | None:
+    def of(self, layer: str) -> Labels | None:
         """The stored labels of a layer, or None before ``label`` ran."""
-        self.units(layer)  # a clear error for an unknown layer
-        stored = self.label_store.read()
+        self.lens.units(layer)  # a clear error for an unknown layer
+        stored = self.read()
         return None if stored is None else stored[1][layer]
 
-    def shown_labels(self: Lens, layer: str) -> list[str | None]:
+    def shown(self, layer: str) -> list[str | None]:
         """Each unit's stored label as every face shows it: None where it shows no concept (or before ``label`` ran)."""
-        labels = self.labels(layer)
+        labels = self.of(layer)
         if labels is None:
-            return [None] * len(self.units(layer))
+            return [None] * len(self.lens.units(layer))
         concepts = self.vocabulary.concepts
         return [concepts[concept] if shown else None for concept, shown in zip(labels.concepts[:, 0].tolist(), labels.labelled.tolist())]
 
-    def label_of(self: Lens, unit: str) -> str | None:
+    def label_of(self, unit: str) -> str | None:
         """A unit's stored label, or None when it shows no concept (or before ``label`` ran); per unit, where
-        ``shown_labels`` gives a whole layer's."""
-        layer, row = self.unit_index(unit)
-        labels = self.labels(layer)
+        ``shown`` gives a whole layer's."""
+        layer, row = self.lens.unit_index(unit)
+        labels = self.of(layer)
         if labels is None or not bool(labels.labelled[row]):
             return None
         return self.vocabulary.concepts[int(labels.concepts[row, 0])]
 
-    def label_confidence_of(self: Lens, unit: str) -> float | None:
+    def confidence_of(self, unit: str) -> float | None:
         """The confidence of a unit's stored label (robust z against its layer, ``analysis.label``), None before
         ``label`` ran or for labels stored before confidences."""
-        layer, row = self.unit_index(unit)
-        labels = self.labels(layer)
+        layer, row = self.lens.unit_index(unit)
+        labels = self.of(layer)
         return None if labels is None else _confidences(labels, row)[0]
 
-    def label_coverage(self: Lens) -> dict[str, Any] | None:
+    def coverage(self) -> dict[str, Any] | None:
         """How many valid units show a concept, per layer and in all, with the median confidence (None before ``label``)."""
-        stored = self.label_store.read()
+        stored = self.read()
         return None if stored is None else labels_coverage(stored[1])
 
-    def label_candidates(self: Lens, unit: str) -> list[tuple[str, float, float | None]]:
+    def candidates(self, unit: str) -> list[tuple[str, float, float | None]]:
         """A unit's best concepts with their alignments and confidences, best first (empty before ``label`` ran)."""
-        layer, row = self.unit_index(unit)
-        labels = self.labels(layer)
+        layer, row = self.lens.unit_index(unit)
+        labels = self.of(layer)
         if labels is None:
             return []
         concepts = self.vocabulary.concepts
         return [(concepts[int(c)], float(a), z) for c, a, z in zip(labels.concepts[row], labels.candidate_alignments[row], _confidences(labels, row))]
 
-    def dissect(self: Lens, method: str | None = None, space: str | None = None) -> dict[str, dict[str, int]]:
-        """Units per label category per layer (from the stored labels of embedding space ``space``; run ``label``
+    def dissect(self, method: str | None = None) -> dict[str, dict[str, int]]:
+        """Units per label category per layer (from the stored labels; run ``label``
         first); with ``method``, an error unless the stored labels were made by it (never another method's counts
         in silence)."""
-        if space is not None:
-            return self.in_space(space).dissect(method)
         if self.vocabulary is None:
             raise SemlensError("this Lens has no labels yet: run `semlens label LENS` (or Lens.label()) first")
-        if method is not None and check_method(method) != self.label_method:
+        if method is not None and check_method(method) != self.method:
             raise SemlensError(
-                f"this Lens's labels were made by the {self.label_method!r} method, not {method!r}: "
+                f"this Lens's labels were made by the {self.method!r} method, not {method!r}: "
                 f"run `semlens label LENS --method {method}` (or Lens.label(method={method!r})) first"
             )
         categories = self.vocabulary.category_names()
-        return {layer: dissect(self.labels(layer), categories, self.vocabulary.categories) for layer in self.layers}
+        return {layer: dissect(self.of(layer), categories, self.vocabulary.categories) for layer in self.lens.layers}
 
-    def category_units(self: Lens, layer: str, category: str, space: str | None = None) -> list[str]:
+    def category_units(self, layer: str, category: str) -> list[str]:
         """The units behind one bar of ``dissect``: a layer's units labelled in ``category`` (or "unlabelled")."""
-        if space is not None:
-            return self.in_space(space).category_units(layer, category)
-        self.units(layer)  # a clear error for an unknown layer
+        self.lens.units(layer)  # a clear error for an unknown layer
         counts = self.dissect()[layer]
         if category not in counts:
             raise SemlensError(f"unknown category {category!r}; the categories are {', '.join(counts)}")
-        owners = unit_categories(self.labels(layer), self.vocabulary.categories)
-        return [f"{layer}/{name}" for name, owner in zip(self.units(layer), owners) if owner == category]
+        owners = unit_categories(self.of(layer), self.vocabulary.categories)
+        return [f"{layer}/{name}" for name, owner in zip(self.lens.units(layer), owners) if owner == category]
 
     def vocabulary_or(self, vocabulary: Vocabulary | str | Path | None) -> Vocabulary:
         """The given vocabulary, else the stored labels' one, else the built-in one."""
@@ -348,3 +260,100 @@ class LensLabels:
         if vocabulary is None and self.vocabulary is not None:
             return self.vocabulary
         return load_vocabulary(vocabulary)
+
+
+def label(
+    lens: Lens,
+    vocabulary: Vocabulary | str | Path | None = None,
+    threshold: float | None = None,
+    templates: str | list[str] = "label",
+    top: int = 3,
+    save: bool = True,
+    examples: str = "activation",
+    method: str | None = None,
+    min_confidence: float = MIN_CONFIDENCE,
+) -> Labelling:
+    """Label every unit with its best concepts by ``method`` (``analysis.labelling_methods.METHODS``; None: the
+    default, ``responses`` where the Lens has them, else ``centred``: ``LabelStore.default_method``); stored with
+    the Lens, with the method, for the other tools (``save=False``: kept in this process only).
+    Each valid unit shows its best concept with its confidence (robust z against its layer's other units,
+    ``analysis.label``), and "no concept" where that is under ``min_confidence``; ``threshold`` adds a floor on
+    the raw alignment (the paper's 0.025 for CLIP, ``analysis.label.PAPER_THRESHOLD``; None: none).
+    ``examples="relevance"`` labels the relevance examples' theta and only returns the labels: the stored
+    ones, which the other tools show, are the activation examples'. A view in another space (``Lens.in_space``)
+    keeps labels of its own."""
+    method = lens.labels.default_method if method is None else check_method(method)
+    vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
+    concepts = lens.embedding.probes.concepts(vocab.concepts, templates)
+    null = lens.embedding.probes.null(templates)
+    prior = prior_sets(lens) if method == "clip-dissect" else None
+    aligned = {layer: alignment(lens.examples.theta(layer, examples), concepts, null) for layer in lens.layers}
+    confidence = _label_confidence(lens, aligned, examples)
+    gate = {"threshold": threshold, "min_confidence": min_confidence}
+    results = {
+        layer: label_layer(lens, layer, method, concepts, null, top, prior, examples, confidence[layer], aligned[layer], **gate)
+        for layer in lens.layers
+    }
+    if examples == "activation":
+        lens.labels.replace(vocab, results, templates, save)
+    return Labelling(results, {layer: lens.units(layer) for layer in lens.layers}, vocab)
+
+
+def _label_confidence(lens: Lens, aligned: dict[str, torch.Tensor], examples: str = "activation") -> dict[str, torch.Tensor]:
+    """Per layer, each unit's confidence in each concept (``analysis.label.label_confidence``) against its layer's
+    valid units, or against every layer's where it has fewer than ``MIN_NULL_UNITS``."""
+    valid = {layer: lens.examples.valid(layer, examples) for layer in aligned}
+    pooled = torch.cat([aligned[layer][valid[layer]] for layer in aligned])
+    return {
+        layer: label_confidence(scores, scores[valid[layer]] if int(valid[layer].sum()) >= MIN_NULL_UNITS else pooled)
+        for layer, scores in aligned.items()
+    }
+
+
+def label_layer(
+    lens: Lens,
+    layer: str,
+    method: str,
+    concepts: torch.Tensor,
+    null: torch.Tensor,
+    top: int,
+    prior: torch.Tensor | None,
+    examples: str = "activation",
+    confidence: torch.Tensor | None = None,
+    aligned: torch.Tensor | None = None,
+    threshold: float | None = None,
+    min_confidence: float = MIN_CONFIDENCE,
+) -> Labels:
+    """One layer's labels by ``method``, gated by the units' confidences ``[U, C]`` (None: ranked only);
+    ``aligned``: the units' alignments with the concepts where already computed (the alignment methods' scores)."""
+    theta, valid = lens.examples.theta(layer, examples), lens.examples.valid(layer, examples)
+    aligned = alignment(theta, concepts, null) if aligned is None else aligned
+    if method in ALIGNMENT_METHODS:  # theta alone: the example embeddings stay unread
+        scores = alignment_method_scores(method, aligned, valid)
+    elif method == "responses":
+        scores = response_scores(alignment_method_scores("centred", aligned, valid), lens.arrays.partial_effects(layer, concept_directions(concepts, null)))
+    else:
+        embeddings, samples = lens.examples.embeddings(layer, examples), lens.examples.samples(layer, examples)
+        scores = method_scores(method, theta, embeddings, samples, valid, concepts, null, prior)
+    return rank_concepts(scores, None if method == "alignment" else aligned, confidence, threshold, top, valid, method, min_confidence)
+
+
+def label_of(lens: Lens, unit: str) -> str | None:
+    """A unit's stored label, or None when it shows no concept (or before ``label`` ran): ``LabelStore.label_of``."""
+    return lens.labels.label_of(unit)
+
+
+def names_by_responses(lens: Lens, layers: list[str], concepts: list[str]) -> list[str | None] | None:
+    """Each unit's best concept by the ``responses`` labelling method among the audit's text ``concepts`` and
+    the stored labels' vocabulary (else the built-in one), for the units of ``layers`` in order; None where
+    the Lens kept no crop responses (``has_responses``): the alignment rule alone judges then."""
+    if not lens.arrays.has_responses or not concepts:
+        return None
+    given = {concept.lower() for concept in concepts}
+    candidates = list(concepts) + [concept for concept in lens.labels.vocabulary_or(None).concepts if concept.lower() not in given]
+    directions, null = lens.embedding.probes.concepts(candidates, "label"), lens.embedding.probes.null("label")
+    found: list[str | None] = []
+    for layer in layers:
+        best = label_layer(lens, layer, "responses", directions, null, 1, None).concepts[:, 0]
+        found += [candidates[int(concept)] if ok else None for concept, ok in zip(best.tolist(), lens.arrays.valid(layer).tolist())]
+    return found

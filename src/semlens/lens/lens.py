@@ -2,64 +2,49 @@
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._util.cache import cache_dir
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, StaleLensError
 from .._util.fingerprint import hash_json
+from ..model.imagenet import model_class_index
 from ..model.units import unit_names
-from ..store.files import LensStore, space_file
+from ..store.files import LensStore
 from ..store.layout import check_layout
-from ..store.spaces import check_space_name
+from ..store.spaces import DEFAULT, EmbeddingSpace, check_space_name, space_name
 from ..store.trust import LensAccess, is_trusted, lens_key
 from .arrays import LensArrays
-from .audits import LensAudits
-from .clusters import LensClusters
-from .correction import LensCorrection
-from .example_sets import LensExampleSets
-from .examples import LensExamples
-from .explain import LensExplain
-from .labels import LensLabels
-from .measures import LensMeasures
-from .search import LensSearch
+from .example_sets import ExampleSets
+from . import audits as _audits
+from . import clusters as _clusters
+from . import correction as _correction
+from . import explain as _explain
+from . import labels as _labels
+from . import measures as _measures
+from . import search as _search
+from . import spaces as _spaces
+from .spaces import SpaceView
+from .labels import LabelStore
 from .sources import LensSources
-from .spaces import LensSpaces
 
 if TYPE_CHECKING:
-    from ..data import ImageData
-    from ..foundation import FoundationModel
     from ..model.loading import LoadedModel
-    from .probes import ProbeEncoder
+    from .examples import ConceptExample
 
 STAGES = ("collect", "embed")
 
 
-def writable(folder: Path) -> bool:
-    return os.access(folder, os.W_OK)
-
-
-class Lens(
-    LensArrays,
-    LensExampleSets,
-    LensExamples,
-    LensSearch,
-    LensLabels,
-    LensMeasures,
-    LensClusters,
-    LensAudits,
-    LensExplain,
-    LensCorrection,
-    LensSpaces,
-):
+class Lens:
     """A model's units embedded in a foundation model's space, with their concept examples.
 
     Units are addressed as ``"layer/index"`` (``"layer/index-"`` for the negative half of a signed
-    layer). Open with :meth:`Lens.open`; nothing but the manifest is read until asked for. This class
-    opens the Lens, names its units and loads what it names; its questions come in by topic, one module
-    each: arrays, examples, search, labels, measures (map, similarity, comparison) and audits (classes).
+    layer). Open with :meth:`Lens.open`; nothing but the manifest is read until asked for. The Lens opens
+    itself, names its units and classes, keeps its views in other embedding spaces (``in_space``) and holds
+    what it reads: ``arrays``, ``examples``, ``labels``, ``embedding`` (its space) and ``sources``. Each
+    question is a function of its own module taking the Lens (``semlens.lens.search.search(lens, ...)``),
+    carried as a method (``lens.search(...)``).
     """
 
     def __init__(self, store: LensStore, manifest: dict[str, Any], access: LensAccess | None = None, space: str | None = None) -> None:
@@ -107,11 +92,45 @@ class Lens(
         return LensStore(cache_dir("lenses", hash_json([lens_key(self.manifest), self.manifest.get("arrays")])))
 
     @cached_property
-    def derived(self) -> LensStore:
-        """Where labels are stored: the Lens itself when it is writable, else its folder in the user cache,
-        so that a read-only Lens answers everything; an extra embedding space's in its ``spaces/<name>/``."""
-        root = self.store if writable(self.store.root) else self.cache
-        return root if self.space is None else LensStore(root.path(space_file(self.space, "")))
+    def arrays(self) -> LensArrays:
+        """Its per-layer arrays (top-k scores and samples, crop boxes, theta, which units are valid, class
+        relevance, ...), each file read on first use: ``semlens.lens.arrays``."""
+        return LensArrays(self)
+
+    @cached_property
+    def labels(self) -> LabelStore:
+        """Its labels, what ``label`` made (stored with the Lens, or kept in this process), and what they say
+        about each unit and layer: ``semlens.lens.labels.LabelStore``."""
+        return LabelStore(self)
+
+    @cached_property
+    def examples(self) -> ExampleSets:
+        """Its units' concept examples, by activation or by relevance: their arrays by layer, and each unit's
+        read back as records and images: ``semlens.lens.example_sets``."""
+        return ExampleSets(self)
+
+    def concept_examples(self, unit: str, by: str = "activation") -> list[ConceptExample]:
+        """A unit's concept examples, best first (``ExampleSets.concept_examples``)."""
+        return self.examples.concept_examples(unit, by)
+
+    # -- its questions: each a function of its own module, taking the Lens ----------------------
+
+    search = _search.search
+    search_similar = _search.search_similar
+    label = _labels.label
+    label_of = _labels.label_of
+    overview = _measures.overview
+    measures = _measures.measures
+    similarity = _measures.similarity
+    compare = _measures.compare
+    concept_clusters = _clusters.concept_clusters
+    relevant_units = _audits.relevant_units
+    audit = _audits.audit
+    audit_classes = _audits.audit_classes
+    attribution_graph = _audits.attribution_graph
+    explain = _explain.explain
+    correct = _correction.correct
+    compare_spaces = _spaces.compare_spaces
 
     # -- what is in it --------------------------------------------------------------------------
 
@@ -142,11 +161,6 @@ class Lens(
         return rule
 
     @property
-    def foundation_id(self) -> str:
-        """The id (name and weights hash) of the foundation model of this view's embedding space."""
-        return self.space_record["id"]
-
-    @property
     def classes(self) -> list[str] | None:
         """The model's class names (None when it has none)."""
         return self.manifest.get("model_classes")
@@ -166,6 +180,21 @@ class Lens(
             return layer, names.index(name)
         except ValueError:
             raise SemlensError(f"layer {layer!r} has no unit {name!r}; its units are {names[0]}..{names[-1]}") from None
+
+    def class_index(self, name: str | int) -> int:
+        """A class given by name (case-insensitive; or the WordNet id of an ImageNet class) or index, as the
+        model's output index."""
+        classes = self.classes
+        if isinstance(name, int) or str(name).isdecimal():
+            index = int(name)
+            if classes and not 0 <= index < len(classes):
+                raise SemlensError(f"class index {index} is out of range: this model has {len(classes)} classes")
+            return index
+        found = model_class_index(str(name), classes or [])
+        if found is not None:
+            return found
+        hint = f"e.g. {', '.join((classes or [])[:5])}" if classes else "this model has no class names"
+        raise SemlensError(f"unknown class {name!r}; give a class index or a class name ({hint})")
 
     def channels(self, units: list[str]) -> dict[str, list[int]]:
         """Units (``layer/index``, ``layer/index-``) as channels (SAE features for SAE layers) per layer, for pruning."""
@@ -196,39 +225,86 @@ class Lens(
         except KeyError:
             raise SemlensError(f"this Lens has no layer {layer!r}; its layers: {', '.join(self.layers)}") from None
 
+    # -- its embedding spaces (semlens.lens.spaces) ---------------------------------------------
+
+    _default_view: Lens | None = None  # a view's Lens in the default space, which keeps the views
+
+    @property
+    def default_space(self) -> str:
+        """The default space's name (its foundation model's spec made a name; ``"default"`` names it too)."""
+        return space_name(self.manifest["foundation"]["spec"])
+
+    @property
+    def spaces(self) -> list[EmbeddingSpace]:
+        """The default space first, then the extra ones in the order they were added."""
+        found = [EmbeddingSpace(self.default_space, self.manifest["foundation"]["spec"], self.manifest["foundation"]["id"],
+                                self.manifest["foundation"]["dim"], True, True)]  # fmt: skip
+        for name, record in self.manifest.get("spaces", {}).items():
+            found.append(EmbeddingSpace(name, record["spec"], record.get("id", ""), record.get("dim", 0), False, record.get("complete", False)))
+        return found
+
+    def in_space(self, space: str | None) -> Lens:
+        """This Lens seen in embedding space ``space`` (None, ``"default"`` or the default's name: this Lens's
+        default space); views are made once and share the arrays read so far."""
+        name = self._space_key(space)
+        home = self._default_view or self
+        if name is None:
+            return home
+        if name not in home._views:
+            view = type(home)(home.store, home.manifest, home.access, name)
+            view.arrays.files = home.arrays.files  # the same crops: top-k, boxes and ties are shared
+            view._default_view = home
+            home._views[name] = view
+        return home._views[name]
+
+    @cached_property
+    def _views(self) -> dict[str, Lens]:
+        return {}
+
+    def forget_view(self, space: str) -> None:
+        """Forget the view of ``space`` and its arrays read so far (the space was embedded again)."""
+        home = self._default_view or self
+        home._views.pop(space, None)
+        for key in [key for key in home.arrays.files if key.startswith(f"{space}:")]:
+            del home.arrays.files[key]
+
+    def _space_key(self, space: str | None) -> str | None:
+        """``space`` checked: None for the default space, else the name of a complete, current extra space."""
+        if space is None or space in (DEFAULT, self.default_space):
+            return None
+        extra = self.manifest.get("spaces", {})
+        if space not in extra:
+            names = ", ".join([f"{self.default_space} (or {DEFAULT})", *(name for name in extra)])
+            raise SemlensError(f"the Lens at {self.path} has no embedding space {space!r}; its spaces: {names} (add one with `semlens embed`)")
+        record = extra[space]
+        if not record.get("complete"):
+            raise SemlensError(f"embedding space {space!r} is unfinished; run the same `semlens embed` again to resume it")
+        if record["crops"] != self.manifest["stages"]["embed"]["fingerprint"]:
+            raise StaleLensError(
+                f"embedding space {space!r} embedded other crops than this Lens now has (it was built again since); "
+                f"embed it again with `semlens embed LENS --foundation {record['spec']} --name {space} --overwrite`"
+            )
+        return space
+
     # -- what it names outside itself (semlens.lens.sources) ------------------------------------
 
     @cached_property
     def sources(self) -> LensSources:
+        """What it names outside itself (probe data, foundation models, model, SAE files), loaded only as its
+        trust allows: ``semlens.lens.sources``."""
         return LensSources(self.manifest, self.access, self.trusted)
 
-    @property
-    def probe_data(self) -> ImageData:
-        """The probe data: what the user named, else (trusted Lenses only) the spec recorded at build time;
-        checked against the recorded fingerprint, so that a changed folder shows no wrong images."""
-        return self.sources.probe_data
-
-    @property
-    def foundation(self) -> FoundationModel:
-        """The foundation model the Lens was embedded with (the user's, else the trusted recorded one; id checked)."""
-        return self.sources.space_foundation(self.space)
-
     @cached_property
-    def probes(self) -> ProbeEncoder:
-        """Probe encoder with an on-disk cache per foundation model in the user cache (not in this Lens)."""
-        from .probes import ProbeEncoder, probe_cache_path
-
-        return ProbeEncoder(self.foundation, probe_cache_path(self.foundation_id))
+    def embedding(self) -> SpaceView:
+        """The embedding space this Lens (or view: ``in_space``) answers in: its record, foundation model,
+        probes, files and caches: ``semlens.lens.spaces.SpaceView``."""
+        return SpaceView(self)
 
     def model(self) -> LoadedModel:
         """The model under study: the one the user named (``model=``, ``--model``), else (trusted Lenses only)
         reloaded from its recorded spec; checked against the recorded weights either way."""
         return self.sources.model()
 
-    def sae_files(self, layers: list[str]) -> dict[str, str]:
-        """The SAE file of each of ``layers`` that is read through one (trusted Lenses only; hash checked)."""
-        return self.sources.sae_files(layers)
-
     def __repr__(self) -> str:
         units = sum(layer["units"] for layer in self.manifest["layers"].values())
-        return f"Lens({str(self.path)!r}, layers={len(self.layers)}, units={units}, foundation={self.foundation_id!r})"
+        return f"Lens({str(self.path)!r}, layers={len(self.layers)}, units={units}, foundation={self.embedding.foundation_id!r})"

@@ -19,79 +19,71 @@ if TYPE_CHECKING:
     from .lens import Lens
 
 
-class LensMeasures:
-    """Part of ``Lens``: questions about where its units lie in the foundation model's space."""
+def overview(
+    lens: Lens, layers: list[str] | None = None, clusters: int | None = None, seed: int = 0
+) -> OverviewMap:
+    """UMAP map of the units of the given (default: all) layers, k-means clusters named by their two
+    best labels, units coloured by the category they align with best (see analysis.overview)."""
+    from ..analysis.overview import build_overview
 
-    def overview(
-        self: Lens, layers: list[str] | None = None, clusters: int | None = None, seed: int = 0, space: str | None = None
-    ) -> OverviewMap:
-        """UMAP map of the units of the given (default: all) layers, k-means clusters named by their two
-        best labels, units coloured by the category they align with best (see analysis.overview); in
-        embedding space ``space`` (``Lens.in_space``)."""
-        if space is not None:
-            return self.in_space(space).overview(layers, clusters, seed)
-        from ..analysis.overview import build_overview
+    vocabulary = lens.labels.vocabulary_or(None)
+    concepts = lens.embedding.probes.concepts(vocabulary.concepts, "label")
+    categories = vocabulary.category_names()
+    members = torch.tensor([categories.index(category) for category in vocabulary.categories])
+    category_probes = torch.stack([concepts[members == index].mean(dim=0) for index in range(len(categories))])
+    units, theta = lens.arrays.all_units(layers)
+    null = lens.embedding.probes.null("label")
+    return build_overview(units, theta, concepts, list(vocabulary.concepts), category_probes, categories, null, clusters, seed)
 
-        vocabulary = self.vocabulary_or(None)
-        concepts = self.probes.concepts(vocabulary.concepts, "label")
-        categories = vocabulary.category_names()
-        members = torch.tensor([categories.index(category) for category in vocabulary.categories])
-        category_probes = torch.stack([concepts[members == index].mean(dim=0) for index in range(len(categories))])
-        units, theta = self.all_units(layers)
-        null = self.probes.null("label")
-        return build_overview(units, theta, concepts, list(vocabulary.concepts), category_probes, categories, null, clusters, seed)
 
-    def measures(self: Lens, layer: str, examples: str = "activation", space: str | None = None) -> dict[str, torch.Tensor]:
-        """Per unit: clarity, polysemanticity (Eq. 7, 10) and redundancy within the layer (Eq. 9), of the
-        activation or the relevance examples, in embedding space ``space``."""
-        if space is not None:
-            return self.in_space(space).measures(layer, examples)
-        from ..analysis.measures import clarity, polysemanticity, redundancy
+def measures(lens: Lens, layer: str, examples: str = "activation") -> dict[str, torch.Tensor]:
+    """Per unit: clarity, polysemanticity (Eq. 7, 10) and redundancy within the layer (Eq. 9), of the
+    activation or the relevance examples."""
+    from ..analysis.measures import clarity, polysemanticity, redundancy
 
-        left_out = ~self.valid_of(layer, examples)
-        embeddings = self.example_embeddings_of(layer, examples).masked_fill(left_out[:, None, None], float("nan"))
-        theta = self.theta_of(layer, examples).masked_fill(left_out[:, None], float("nan"))  # takes part in no unit's redundancy
-        return {"clarity": clarity(embeddings), "polysemanticity": polysemanticity(embeddings), "redundancy": redundancy(theta)}
+    left_out = ~lens.examples.valid(layer, examples)
+    embeddings = lens.examples.embeddings(layer, examples).masked_fill(left_out[:, None, None], float("nan"))
+    theta = lens.examples.theta(layer, examples).masked_fill(left_out[:, None], float("nan"))  # takes part in no unit's redundancy
+    return {"clarity": clarity(embeddings), "polysemanticity": polysemanticity(embeddings), "redundancy": redundancy(theta)}
 
-    def similarity(self: Lens, unit: str, other_unit: str, other: Lens | None = None, space: str | None = None) -> float:
-        """Cosine similarity of two units' theta (Eq. 8), in this Lens or across two Lenses, in embedding space ``space``."""
-        if space is not None:
-            return self.in_space(space).similarity(unit, other_unit, (other or self).in_space(space))
-        other = other or self
-        if other.foundation_id != self.foundation_id:
-            raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
-        layer, row = self.unit_index(unit)
-        other_layer, other_row = other.unit_index(other_unit)
-        return float(alignment(self.theta(layer)[row : row + 1], other.theta(other_layer)[other_row : other_row + 1], None))
 
-    def compare(self: Lens, other: Lens, vocabulary: Vocabulary | str | Path | None = None, space: str | None = None) -> Comparison:
-        """S_{M->N} / S_{N->M} per layer pair, best matches, and shared and unique concepts; in embedding space
-        ``space`` of both Lenses (a space of that name each, embedded by the same foundation model)."""
-        if space is not None:
-            return self.in_space(space).compare(other.in_space(space), vocabulary)
-        from ..analysis.compare import Comparison, best_matches, concept_sets, overlap_matrices
+def similarity(lens: Lens, unit: str, other_unit: str, other: Lens | None = None) -> float:
+    """Cosine similarity of two units' theta (Eq. 8), in this Lens or across two Lenses."""
+    other = other or lens
+    if other.embedding.foundation_id != lens.embedding.foundation_id:
+        raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
+    layer, row = lens.unit_index(unit)
+    other_layer, other_row = other.unit_index(other_unit)
+    return float(alignment(lens.arrays.theta(layer)[row : row + 1], other.arrays.theta(other_layer)[other_row : other_row + 1], None))
 
-        if self.foundation_id != other.foundation_id:
-            raise SemlensError(
-                f"cannot compare Lenses embedded by different foundation models ({self.foundation_id} vs "
-                f"{other.foundation_id}); rebuild one of them with the other's foundation model"
-            )
-        a_to_b, b_to_a = overlap_matrices(
-            {layer: self.theta(layer)[self.valid(layer)] for layer in self.layers},
-            {layer: other.theta(layer)[other.valid(layer)] for layer in other.layers},
+
+def compare(lens: Lens, other: Lens, vocabulary: Vocabulary | str | Path | None = None) -> Comparison:
+    """S_{M->N} / S_{N->M} per layer pair, best matches, and shared and unique concepts (of two views
+    in one space, ``Lens.in_space``, for another space: both embedded by the same foundation model)."""
+    from ..analysis.compare import Comparison, best_matches, concept_sets, overlap_matrices
+
+    if lens.embedding.foundation_id != other.embedding.foundation_id:
+        raise SemlensError(
+            f"cannot compare Lenses embedded by different foundation models ({lens.embedding.foundation_id} vs "
+            f"{other.embedding.foundation_id}); rebuild one of them with the other's foundation model"
         )
-        units_a, theta_a = self.all_units()
-        units_b, theta_b = other.all_units()
-        vocab = self.vocabulary_or(vocabulary)
-        shared, only_a, only_b = concept_sets(self._concept_labels(vocab), other._concept_labels(vocab))
-        matches = best_matches(units_a, theta_a, units_b, theta_b)
-        return Comparison(self.layers, other.layers, a_to_b, b_to_a, matches, shared, only_a, only_b)
+    a_to_b, b_to_a = overlap_matrices(
+        {layer: lens.arrays.theta(layer)[lens.arrays.valid(layer)] for layer in lens.layers},
+        {layer: other.arrays.theta(layer)[other.arrays.valid(layer)] for layer in other.layers},
+    )
+    units_a, theta_a = lens.arrays.all_units()
+    units_b, theta_b = other.arrays.all_units()
+    vocab = lens.labels.vocabulary_or(vocabulary)
+    shared, only_a, only_b = concept_sets(_concept_labels(lens, vocab), _concept_labels(other, vocab))
+    matches = best_matches(units_a, theta_a, units_b, theta_b)
+    return Comparison(lens.layers, other.layers, a_to_b, b_to_a, matches, shared, only_a, only_b)
 
-    def _concept_labels(self: Lens, vocabulary: Vocabulary) -> set[str]:
-        """The labels the units get from ``vocabulary`` (not stored)."""
-        concepts = self.probes.concepts(vocabulary.concepts, "label")
-        found = set()
-        for layer in self.layers:
-            labels = label_units(self.theta(layer), concepts, self.probes.null("label"), valid=self.valid(layer))
-            found |= {vocabulary.concepts[index] for index in labels.concepts[labels.labelled, 0].tolist()}
-        return found
+
+def _concept_labels(lens: Lens, vocabulary: Vocabulary) -> set[str]:
+    """The labels the units get from ``vocabulary`` (not stored)."""
+    concepts = lens.embedding.probes.concepts(vocabulary.concepts, "label")
+    found = set()
+    for layer in lens.layers:
+        labels = label_units(lens.arrays.theta(layer), concepts, lens.embedding.probes.null("label"), valid=lens.arrays.valid(layer))
+        found |= {vocabulary.concepts[index] for index in labels.concepts[labels.labelled, 0].tolist()}
+    return found

@@ -1,12 +1,11 @@
 """Search: units ranked by alignment with a text or image probe (and, where the Lens kept its crop responses,
 by how their activation follows the probe: ``RANKINGS``), or by similarity to another unit; all valid units
-(``Lens.valid``) stacked once, with an approximate index from ``INDEX_MIN_UNITS`` units on (see
+(``Lens.arrays.valid``) stacked once, with an approximate index from ``INDEX_MIN_UNITS`` units on (see
 semlens.lens.index)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -16,7 +15,9 @@ from PIL import Image
 
 from .._util.display import HtmlResult, made_by
 from .._util.errors import SemlensError
+from .labels import names_by_responses
 from .index import UnitTable, open_index, probe_direction
+from .remembered import per_lens
 
 if TYPE_CHECKING:
     from .lens import Lens
@@ -31,7 +32,7 @@ RANKINGS = ("named", "both", "alignment")
 #: a class's objects, the class's units follow the artefact's likeness over the crops more closely than its own
 #: early-layer detectors do, but their best concept is the class (docs/quality.md "Search by name")
 NAMED_AMONG = 100
-#: probe images an image probe with transparent parts is seen over (``Lens.probe_backgrounds``); measured on the demo
+#: probe images an image probe with transparent parts is seen over (``probe_backgrounds``); measured on the demo
 #: world's watermark (benchmarks/image_probes.py): 4, 8, 16 and 32 give mean average precision 0.11, 0.45, 0.74, 0.61
 PROBE_BACKGROUNDS = 16
 
@@ -66,135 +67,134 @@ class SearchResults(HtmlResult, list):
         return [hit.to_dict() for hit in self]
 
 
-class LensSearch:
-    """Part of ``Lens``: probes and rankings over its units (and another Lens's, for ``search_similar``)."""
+def probe(
+    lens: Lens,
+    text: str | list[str] | None = None,
+    images: list[str | Path | Image.Image] = (),
+    templates: str | list[str] = "search",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A probe ``[d]`` and its null (None for image-only probes): texts and images (files or decoded) averaged."""
+    texts = [text] if isinstance(text, str) else list(text or [])
+    if not texts and not images:
+        raise SemlensError("give a text query, an image probe, or both")
+    parts = []
+    if texts:
+        parts.append(lens.embedding.probes.query(texts, templates))
+    if images:
+        parts.append(lens.embedding.probes.images(images, lambda: probe_backgrounds(lens)))
+    null = lens.embedding.probes.null(templates) if texts else None
+    return torch.stack(parts).mean(dim=0), null
 
-    def probe(
-        self: Lens,
-        text: str | list[str] | None = None,
-        images: list[str | Path | Image.Image] = (),
-        templates: str | list[str] = "search",
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A probe ``[d]`` and its null (None for image-only probes): texts and images (files or decoded) averaged."""
-        texts = [text] if isinstance(text, str) else list(text or [])
-        if not texts and not images:
-            raise SemlensError("give a text query, an image probe, or both")
-        parts = []
-        if texts:
-            parts.append(self.probes.query(texts, templates))
-        if images:
-            parts.append(self.probes.images(images, lambda: self.probe_backgrounds))
-        null = self.probes.null(templates) if texts else None
-        return torch.stack(parts).mean(dim=0), null
 
-    @cached_property
-    def probe_backgrounds(self: Lens) -> list[Image.Image]:
-        """What an image probe with transparent parts is seen over: the model's views of ``PROBE_BACKGROUNDS`` probe
-        images spread evenly over the probe data (an artefact where this Lens's units met it); none (neutral gray)
-        where the probe data cannot be read. On the demo world a watermark overlay so ranks a true watermark
-        unit first or second (mean average precision of its 9 true units 0.74), over gray 8th (0.27), with its
-        alpha dropped (black) 46th (0.08): benchmarks/image_probes.py."""
-        from ..model.preprocess import Preprocessing
+@per_lens
+def probe_backgrounds(lens: Lens) -> list[Image.Image]:
+    """What an image probe with transparent parts is seen over: the model's views of ``PROBE_BACKGROUNDS`` probe
+    images spread evenly over the probe data (an artefact where this Lens's units met it); none (neutral gray)
+    where the probe data cannot be read. On the demo world a watermark overlay so ranks a true watermark
+    unit first or second (mean average precision of its 9 true units 0.74), over gray 8th (0.27), with its
+    alpha dropped (black) 46th (0.08): benchmarks/image_probes.py."""
+    from ..model.preprocess import Preprocessing
 
+    try:
+        data = lens.sources.probe_data
+    except SemlensError:
+        return []
+    preprocessing = Preprocessing(**lens.manifest["identity"]["preprocessing"])
+    views = []
+    for index in sorted({round(i * (len(data) - 1) / (PROBE_BACKGROUNDS - 1)) for i in range(PROBE_BACKGROUNDS)}):
         try:
-            data = self.probe_data
+            views.append(preprocessing.view(data.load(index)))
         except SemlensError:
-            return []
-        preprocessing = Preprocessing(**self.manifest["identity"]["preprocessing"])
-        views = []
-        for index in sorted({round(i * (len(data) - 1) / (PROBE_BACKGROUNDS - 1)) for i in range(PROBE_BACKGROUNDS)}):
-            try:
-                views.append(preprocessing.view(data.load(index)))
-            except SemlensError:
-                continue  # an undecodable sample: the others suffice
-        return views
+            continue  # an undecodable sample: the others suffice
+    return views
 
-    def search(
-        self: Lens,
-        text: str | list[str] | None = None,
-        images: list[str | Path | Image.Image] = (),
-        layers: list[str] | None = None,
-        top: int = 10,
-        templates: str | list[str] = "search",
-        examples: str = "activation",
-        space: str | None = None,
-        rank: str = RANKINGS[0],
-    ) -> SearchResults:
-        """Units of all (or the given) layers ranked by a text and/or image probe, by ``rank`` (``RANKINGS``);
-        ``examples``: whose theta, the activation examples' or the relevance examples' (see ``Lens.theta_of``),
-        in embedding space ``space`` (default this Lens's: see ``Lens.in_space``)."""
-        if rank not in RANKINGS:
-            raise SemlensError(f"rank={rank!r}: rank by one of {', '.join(RANKINGS)}")
-        if space is not None:
-            return self.in_space(space).search(text, images, layers, top, templates, examples, rank=rank)
-        probe, null = self.probe(text, images, templates)
-        texts = [text] if isinstance(text, str) else list(text or [])
-        return self._rank(probe, null, self.checked_layers(layers), top, examples=examples, rank=rank, names=texts)
 
-    def search_similar(self: Lens, source: Lens, unit: str, top: int = 10, space: str | None = None) -> SearchResults:
-        """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one), in embedding space ``space``."""
-        if space is not None:
-            return self.in_space(space).search_similar(source.in_space(space), unit, top)
-        if source.foundation_id != self.foundation_id:
-            raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
-        layer, row = source.unit_index(unit)
-        return self._rank(source.theta(layer, source.search_rule)[row], None, self.layers, top, exclude=(layer, row) if source is self else None, rank=None)
+def search(
+    lens: Lens,
+    text: str | list[str] | None = None,
+    images: list[str | Path | Image.Image] = (),
+    layers: list[str] | None = None,
+    top: int = 10,
+    templates: str | list[str] = "search",
+    examples: str = "activation",
+    rank: str = RANKINGS[0],
+) -> SearchResults:
+    """Units of all (or the given) layers ranked by a text and/or image probe, by ``rank`` (``RANKINGS``);
+    ``examples``: whose theta, the activation examples' or the relevance examples' (see ``Lens.examples.theta``)."""
+    if rank not in RANKINGS:
+        raise SemlensError(f"rank={rank!r}: rank by one of {', '.join(RANKINGS)}")
+    probe_vector, null = probe(lens, text, images, templates)
+    texts = [text] if isinstance(text, str) else list(text or [])
+    return _rank(lens, probe_vector, null, lens.checked_layers(layers), top, examples=examples, rank=rank, names=texts)
 
-    def _rank(
-        self: Lens,
-        probe: torch.Tensor,
-        null: torch.Tensor | None,
-        layers: list[str],
-        top: int,
-        exclude: tuple[str, int] | None = None,
-        examples: str = "activation",
-        rank: str | None = RANKINGS[0],
-        names: list[str] = (),
-    ) -> SearchResults:
-        """The ``top`` units of ``layers`` by ``probe``, ranked by ``rank`` (``RANKINGS``; None: by similarity to
-        another unit's theta, without responses; ``names``: the probe's texts, which "named" lifts the units of);
-        ties go to the earlier layer, lower unit."""
-        if top < 1:
-            raise SemlensError(f"top={top}: ask for at least one unit")
-        table = self._search_table if layers == self.layers and examples == "activation" else self._unit_table(layers, examples)
-        naming = rank == "named" and bool(names) and self.has_responses
-        rows, scores = table.top(probe, null, max(top + 1, NAMED_AMONG) if naming else top + 1, by_response=rank in ("named", "both"))
-        if naming:
-            first = torch.argsort((~self._named(table, rows, names)).int(), stable=True)
-            rows, scores = rows[first][: top + 1], scores[first][: top + 1]
-        responses = [None] * len(rows)
-        if table.responses is not None and rank is not None:
-            responses = table.correlations(probe_direction(probe, null), rows).tolist()
-        found = [(table.locate(row), score, response) for row, score, response in zip(rows.tolist(), scores.tolist(), responses)]
-        hits = [self._search_hit(*owner, score, examples, response) for owner, score, response in found if owner != exclude]
-        return made_by(SearchResults(hits[:top], by=examples), self)
 
-    def _named(self: Lens, table: UnitTable, rows: torch.Tensor, names: list[str]) -> torch.Tensor:
-        """Which stacked ``rows`` ``[n]`` of ``table`` are named by one of ``names``: their best concept by their crop
-        responses, among ``names`` and the Lens's label vocabulary, as the audit names them (``_audit_labels``)."""
-        owners = [table.locate(row) for row in rows.tolist()]
-        layers = list(dict.fromkeys(layer for layer, _ in owners))
-        best = self._audit_labels(layers, names)
-        starts = dict(zip(layers, accumulate([0] + [len(self.units(layer)) for layer in layers])))
-        return torch.tensor([best[starts[layer] + row] in names for layer, row in owners], dtype=torch.bool)
+def search_similar(lens: Lens, source: Lens, unit: str, top: int = 10) -> SearchResults:
+    """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one)."""
+    if source.embedding.foundation_id != lens.embedding.foundation_id:
+        raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
+    layer, row = source.unit_index(unit)
+    return _rank(lens, source.arrays.theta(layer, source.arrays.search_rule)[row], None, lens.layers, top, exclude=(layer, row) if source is lens else None, rank=None)
 
-    @cached_property
-    def _search_table(self: Lens) -> UnitTable:
-        """All units stacked for search, with an index from ``INDEX_MIN_UNITS`` units on (see semlens.lens.index)."""
-        table = self._unit_table(self.layers)
-        table.index = open_index(self.space_cache, table, f"{self.space_fingerprint}:{self.search_rule}")
-        return table
 
-    def _unit_table(self: Lens, layers: list[str], examples: str = "activation") -> UnitTable:
-        """The layers' units as one table, each unit's theta by the search rule (``Lens.search_rule``); units
-        without examples of their own (``Lens.valid``, by the first rule as everywhere) are never ranked."""
-        theta = {layer: self.theta_of(layer, examples, self.search_rule) for layer in layers}
-        excluded = {layer: ~self.valid_of(layer, examples) for layer in layers}
-        if not self.has_responses:
-            return UnitTable.stack(theta, excluded)
-        return UnitTable.stack(theta, excluded, {layer: self.crop_responses(layer) for layer in layers}, self.response_scatter)
+def _rank(
+    lens: Lens,
+    probe: torch.Tensor,
+    null: torch.Tensor | None,
+    layers: list[str],
+    top: int,
+    exclude: tuple[str, int] | None = None,
+    examples: str = "activation",
+    rank: str | None = RANKINGS[0],
+    names: list[str] = (),
+) -> SearchResults:
+    """The ``top`` units of ``layers`` by ``probe``, ranked by ``rank`` (``RANKINGS``; None: by similarity to
+    another unit's theta, without responses; ``names``: the probe's texts, which "named" lifts the units of);
+    ties go to the earlier layer, lower unit."""
+    if top < 1:
+        raise SemlensError(f"top={top}: ask for at least one unit")
+    table = _search_table(lens) if layers == lens.layers and examples == "activation" else _unit_table(lens, layers, examples)
+    naming = rank == "named" and bool(names) and lens.arrays.has_responses
+    rows, scores = table.top(probe, null, max(top + 1, NAMED_AMONG) if naming else top + 1, by_response=rank in ("named", "both"))
+    if naming:
+        first = torch.argsort((~_named(lens, table, rows, names)).int(), stable=True)
+        rows, scores = rows[first][: top + 1], scores[first][: top + 1]
+    responses = [None] * len(rows)
+    if table.responses is not None and rank is not None:
+        responses = table.correlations(probe_direction(probe, null), rows).tolist()
+    found = [(table.locate(row), score, response) for row, score, response in zip(rows.tolist(), scores.tolist(), responses)]
+    hits = [_search_hit(lens, *owner, score, examples, response) for owner, score, response in found if owner != exclude]
+    return made_by(SearchResults(hits[:top], by=examples), lens)
 
-    def _search_hit(self: Lens, layer: str, row: int, score: float, examples: str = "activation", response: float | None = None) -> SearchHit:
-        unit = f"{layer}/{self.units(layer)[row]}"
-        sources = [example.source for example in self.concept_examples(unit, by=examples)[:3]]
-        return SearchHit(unit, layer, row, score, self.label_of(unit), sources, response)
+
+def _named(lens: Lens, table: UnitTable, rows: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """Which stacked ``rows`` ``[n]`` of ``table`` are named by one of ``names``: their best concept by their crop
+    responses, among ``names`` and the Lens's label vocabulary, as the audit names them (``names_by_responses``)."""
+    owners = [table.locate(row) for row in rows.tolist()]
+    layers = list(dict.fromkeys(layer for layer, _ in owners))
+    best = names_by_responses(lens, layers, names)
+    starts = dict(zip(layers, accumulate([0] + [len(lens.units(layer)) for layer in layers])))
+    return torch.tensor([best[starts[layer] + row] in names for layer, row in owners], dtype=torch.bool)
+
+
+@per_lens
+def _search_table(lens: Lens) -> UnitTable:
+    """All units stacked for search, with an index from ``INDEX_MIN_UNITS`` units on (see semlens.lens.index)."""
+    table = _unit_table(lens, lens.layers)
+    table.index = open_index(lens.embedding.cache, table, f"{lens.embedding.fingerprint}:{lens.arrays.search_rule}")
+    return table
+
+
+def _unit_table(lens: Lens, layers: list[str], examples: str = "activation") -> UnitTable:
+    """The layers' units as one table, each unit's theta by the search rule (``Lens.arrays.search_rule``); units
+    without examples of their own (``Lens.arrays.valid``, by the first rule as everywhere) are never ranked."""
+    theta = {layer: lens.examples.theta(layer, examples, lens.arrays.search_rule) for layer in layers}
+    excluded = {layer: ~lens.examples.valid(layer, examples) for layer in layers}
+    if not lens.arrays.has_responses:
+        return UnitTable.stack(theta, excluded)
+    return UnitTable.stack(theta, excluded, {layer: lens.arrays.crop_responses(layer) for layer in layers}, lens.arrays.response_scatter)
+
+
+def _search_hit(lens: Lens, layer: str, row: int, score: float, examples: str = "activation", response: float | None = None) -> SearchHit:
+    unit = f"{layer}/{lens.units(layer)[row]}"
+    sources = [example.source for example in lens.concept_examples(unit, by=examples)[:3]]
+    return SearchHit(unit, layer, row, score, lens.label_of(unit), sources, response)

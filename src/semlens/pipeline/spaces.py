@@ -192,7 +192,8 @@ def add_space(
     from the spec), without collecting or cropping again; an interrupted run resumes. Needs the Lens's probe
     data (the user's ``data=``, else its recorded spec where the trust model allows: ``semlens.store.trust``).
     Returns the new space; ``Lens.in_space(name)`` and every analysis's ``space=`` then use it."""
-    from ..lens.lens import Lens, writable
+    from ..lens.lens import Lens
+    from ..lens.spaces import writable
 
     opened = lens if isinstance(lens, Lens) else Lens.open(lens)
     if not writable(opened.path):
@@ -200,7 +201,7 @@ def add_space(
     view = Preprocessing(**opened.manifest["identity"]["preprocessing"]).view
     torch_device = pick_device(device)
     workers = default_workers(torch_device) if workers is None else workers
-    source = CropSource(opened.store, opened.probe_data, view, torch_device, workers, progress, Ranks())
+    source = CropSource(opened.store, opened.sources.probe_data, view, torch_device, workers, progress, Ranks())
     trusted_here = is_trusted(opened.manifest)
     stage = SpaceStage(opened, source, foundation, name, precision, batch_size, overwrite)
     stage.run()

@@ -38,7 +38,7 @@ def concept_grid(images: Sequence[Image.Image], captions: Sequence[str], title: 
 def heat_overlay(view: Image.Image, heat, box: Sequence[int] | None = None, shift: tuple[float, float] = (0.0, 0.0)) -> Image.Image:
     """The input view with a heatmap ``[h, w]`` over it (red, opaque in proportion to the positive part's
     share of its peak) and the crop box outlined, if any: where the example's evidence lies, and what was cut.
-    ``shift``: where the map's cells sit off the even grid (``Lens.heatmap_shift``), in pixels of the view."""
+    ``shift``: where the map's cells sit off the even grid (``Lens.arrays.heatmap_shift``), in pixels of the view."""
     import torch
 
     from ..model.receptive import shifted_maps
@@ -57,19 +57,19 @@ def heat_overlay(view: Image.Image, heat, box: Sequence[int] | None = None, shif
 
 def firing_picture(lens, unit: str, example, examples: str = "activation") -> Image.Image:
     """A picture of where ``unit`` fires on a concept example: the view cropped to the example's box by the Lens's
-    search rule (``Lens.search_rule``: the ``active`` box by default, around the unit's own activation; the first
+    search rule (``Lens.arrays.search_rule``: the ``active`` box by default, around the unit's own activation; the first
     rule's box, from which theta is embedded, is the whole view for most examples at small inputs: 82 % of the
     demo world's peak boxes), and where that box is still (nearly) the whole view, the view with the heatmap the
     crop was cut from drawn over it (``heat_overlay``)."""
     layer, row = lens.unit_index(unit)
-    view = lens.example_image(example, crop=False)
-    x0, y0, x1, y1 = lens.example_boxes(layer, examples, lens.search_rule)[row, example.rank].tolist()
+    view = lens.examples.image(example, crop=False)
+    x0, y0, x1, y1 = lens.examples.boxes(layer, examples, lens.arrays.search_rule)[row, example.rank].tolist()
     if x0 < 0:  # a slot cut without heatmaps (whole images): the example's own box
         x0, y0, x1, y1 = example.box
-    heat = lens.example_heatmaps(layer, examples)
+    heat = lens.examples.heatmaps(layer, examples)
     if (x1 - x0) * (y1 - y0) < WHOLE_VIEW * view.width * view.height or heat is None:
         return view.crop((x0, y0, x1, y1))
-    return heat_overlay(view, heat[row, example.rank].float().numpy(), example.box, lens.heatmap_shift(layer, examples))
+    return heat_overlay(view, heat[row, example.rank].float().numpy(), example.box, lens.arrays.heatmap_shift(layer, examples))
 
 
 def dissection_png(counts: dict[str, dict[str, int]], path: str | Path) -> Path:

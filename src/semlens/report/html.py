@@ -66,11 +66,11 @@ def _unit_rows(lens: Lens, units: list[tuple[str, str]]) -> str:
     rows = []
     for unit, note in units:
         layer, row = lens.unit_index(unit)
-        heatmaps = lens.heatmaps(layer)
+        heatmaps = lens.arrays.heatmaps(layer)
         overlays = []
         for example in lens.concept_examples(unit)[:OVERLAYS_SHOWN] if heatmaps is not None else []:
-            view = lens.example_image(example, crop=False)
-            overlay = heat_overlay(view, heatmaps[row, example.rank].float().numpy(), example.box, lens.heatmap_shift(layer))
+            view = lens.examples.image(example, crop=False)
+            overlay = heat_overlay(view, heatmaps[row, example.rank].float().numpy(), example.box, lens.arrays.heatmap_shift(layer))
             overlays.append(f'<img class="heat" src="{thumbnail(overlay)}" {_title(example)}>')
         images = example_thumbnails(lens, unit) + "".join(overlays)
         rows.append(f'<div class="unit"><span class="name">{html.escape(unit)}<br><small>{html.escape(note)}</small></span>{images}</div>')
@@ -108,7 +108,7 @@ def write_report(
     """Write the report; labels the Lens with the built-in vocabulary first if it has no labels. ``audits``
     (from ``Lens.audit``), ``comparison`` (``Lens.compare`` against the Lens called ``other_name``) and
     ``graphs`` (``Lens.attribution_graph``) each add their sections at the end."""
-    if lens.vocabulary is None:
+    if lens.labels.vocabulary is None:
         lens.label()
     overview = lens.overview()
     labels = {unit: lens.label_of(unit) for unit in overview.units}
@@ -121,8 +121,8 @@ def write_report(
         least_clear += [(units[i], f"clarity {float(values['clarity'][i]):.3f}") for i in order]
         order = values["polysemanticity"].nan_to_num(float("-inf")).argsort(descending=True)[:worst].tolist()
         most_poly += [(units[i], f"polysemanticity {float(values['polysemanticity'][i]):.3f}; {_clusters_note(lens, units[i])}") for i in order]
-        layer_labels = lens.labels(layer)
-        missing = (~layer_labels.labelled & lens.valid(layer)).nonzero().flatten()[:unexpected].tolist()
+        layer_labels = lens.labels.of(layer)
+        missing = (~layer_labels.labelled & lens.arrays.valid(layer)).nonzero().flatten()[:unexpected].tolist()
         unlabelled += [(units[i], _best_candidate(lens, units[i])) for i in missing]
     identity = lens.manifest["identity"]
     meta = "".join(
@@ -130,11 +130,11 @@ def write_report(
         for key, value in [
             ("model", f"{identity['model']['spec']} (weights {identity['model']['fingerprint']})"),
             ("data", f"{identity['data']['spec']} ({identity['data']['samples']} samples)"),
-            ("foundation model", lens.foundation_id),
+            ("foundation model", lens.embedding.foundation_id),
             ("layers", ", ".join(f"{layer} ({info['units']} units)" for layer, info in lens.manifest["layers"].items())),
             (
                 "left out",
-                ", ".join(f"{layer}: {int(lens.inactive(layer).sum())} inactive, {int(lens.tied(layer).sum())} tied" for layer in lens.layers),
+                ", ".join(f"{layer}: {int(lens.arrays.inactive(layer).sum())} inactive, {int(lens.arrays.tied(layer).sum())} tied" for layer in lens.layers),
             ),
             ("labels", _labels_meta(lens)),
         ]
@@ -147,7 +147,7 @@ def write_report(
 <h2>Overview map</h2>
 {_figure_html(overview_figure(overview, labels), include_plotlyjs=True)}
 <h2>Dissection: units per concept category</h2>
-{_figure_html(dissection_figure(lens.dissect()), include_plotlyjs=False)}
+{_figure_html(dissection_figure(lens.labels.dissect()), include_plotlyjs=False)}
 <h2>Interpretability measures</h2>
 {_figure_html(_histograms(measures), include_plotlyjs=False)}
 <h2>Least clear units</h2>
@@ -166,15 +166,15 @@ def write_report(
 
 def _labels_meta(lens: Lens) -> str:
     """The vocabulary, method and coverage of the labels the report shows."""
-    coverage = lens.label_coverage()["all"]
+    coverage = lens.labels.coverage()["all"]
     shown = f"{coverage['labelled']} of {coverage['valid_units']} valid units show a concept"
     if coverage["median_confidence"] is not None:
         shown += f" (median confidence z {coverage['median_confidence']:.1f})"
-    return f"vocabulary {lens.vocabulary.name!r}, {len(lens.vocabulary.concepts)} concepts, by {lens.label_method}; {shown}"
+    return f"vocabulary {lens.labels.vocabulary.name!r}, {len(lens.labels.vocabulary.concepts)} concepts, by {lens.labels.method}; {shown}"
 
 
 def _best_candidate(lens: Lens, unit: str) -> str:
-    concept, alignment, confidence = lens.label_candidates(unit)[0]
+    concept, alignment, confidence = lens.labels.candidates(unit)[0]
     return f"best candidate {concept} (alignment {alignment:.3f}" + ("" if confidence is None else f", confidence z {confidence:.2f}") + ")"
 
 

@@ -52,11 +52,11 @@ class Served:
         request never writes into a Lens)."""
         with self._setup:
             lens = self.lens.in_space(space)
-            if lens.vocabulary is None:
+            if lens.labels.vocabulary is None:
                 self.ready(space)
-            if method is not None and lens.label_method != method:
-                stored = lens.labels(lens.layers[0])
-                lens.label(lens.vocabulary, stored.threshold, save=False, method=method, min_confidence=stored.min_confidence)
+            if method is not None and lens.labels.method != method:
+                stored = lens.labels.of(lens.layers[0])
+                lens.label(lens.labels.vocabulary, stored.threshold, save=False, method=method, min_confidence=stored.min_confidence)
         return lens
 
     def ready(self, space: str | None = None) -> Lens:
@@ -64,8 +64,8 @@ class Served:
         one encoder (and one writer of its cache) for all threads."""
         with self._setup:
             lens = self.lens.in_space(space)
-            lens.probes  # noqa: B018 (a cached property: loads the foundation model once)
-            if lens.vocabulary is None:
+            lens.embedding.probes  # noqa: B018 (a cached property: loads the foundation model once)
+            if lens.labels.vocabulary is None:
                 lens.label(save=False)
         return lens
 
@@ -118,11 +118,11 @@ class Served:
 
     def has_heatmaps(self, unit: str, examples: str = "activation") -> bool:
         """Whether the unit's examples of a set were cut from heatmaps (relevance or activation), not whole images."""
-        return self.lens.example_heatmaps(unit.rpartition("/")[0], examples) is not None
+        return self.lens.examples.heatmaps(unit.rpartition("/")[0], examples) is not None
 
     def relevance_examples(self, unit: str) -> list[ConceptExample] | None:
         """The unit's concept examples by relevance, or None where its Lens or layer has none."""
-        if not self.lens.has_relevance_examples_in(unit.rpartition("/")[0]):
+        if not self.lens.examples.has_relevance_in(unit.rpartition("/")[0]):
             return None
         return self.lens.concept_examples(unit, by="relevance")
 
@@ -138,7 +138,7 @@ class Served:
         ranks = [example.rank for example in self.lens.concept_examples(unit, by=examples)[:THUMBNAILS]]
         return {
             "lens": self.id, "unit": unit, "layer": layer, "index": row, "label": self.lens.label_of(unit),
-            "label_confidence": self.lens.label_confidence_of(unit),
+            "label_confidence": self.lens.labels.confidence_of(unit),
             "thumbnails": [self.example_url(unit, rank, examples=examples) for rank in ranks],
         }  # fmt: skip
 
@@ -151,14 +151,14 @@ class Served:
         return {"damaged": self.damaged,
             "id": self.id, "name": self.name,
             "model": display_spec(identity["model"]["spec"]), "data": display_spec(identity["data"]["spec"]),
-            "samples": identity["data"]["samples"], "foundation": lens.foundation_id, "k": lens.k,
+            "samples": identity["data"]["samples"], "foundation": lens.embedding.foundation_id, "k": lens.k,
             "layers": [
                 {"name": name, "units": info["units"], "signed": info["unit_names"] == "signed", "sae": info.get("sae")}
                 for name, info in lens.manifest["layers"].items()
             ],
-            "classes": lens.classes or [], "labelled": lens.vocabulary is not None, "label_coverage": lens.label_coverage(),
-            "class_relevance": lens.class_relevance(lens.layers[-1]) is not None,
-            "relevance_examples": lens.has_relevance_examples,
+            "classes": lens.classes or [], "labelled": lens.labels.vocabulary is not None, "label_coverage": lens.labels.coverage(),
+            "class_relevance": lens.arrays.class_relevance(lens.layers[-1]) is not None,
+            "relevance_examples": lens.examples.has_relevance,
             "spaces": [space.name for space in lens.spaces if space.complete],
         }  # fmt: skip
 

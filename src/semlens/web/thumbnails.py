@@ -61,12 +61,12 @@ class ThumbnailCache:
             return data
 
     def _encode(self, layer: str, row: int, example: ConceptExample, kind: str, examples: str) -> bytes:
-        image = self.lens.example_image(example, crop=False).convert("RGB")
+        image = self.lens.examples.image(example, crop=False).convert("RGB")
         if kind == "thumbnail":
             image = firing_picture(self.lens, f"{layer}/{self.lens.units(layer)[row]}", example, examples).convert("RGB").resize((SIZE, SIZE))
         elif kind == "heatmap":
-            heat = self.lens.example_heatmaps(layer, examples)[row, example.rank].float().numpy()
-            image = heat_overlay(image, heat, example.box, self.lens.heatmap_shift(layer, examples))
+            heat = self.lens.examples.heatmaps(layer, examples)[row, example.rank].float().numpy()
+            image = heat_overlay(image, heat, example.box, self.lens.arrays.heatmap_shift(layer, examples))
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=QUALITY)
         return buffer.getvalue()

@@ -147,7 +147,7 @@ def build_world_lens(
     )  # fmt: skip
     LensBuilder(settings, path, progress=progress).run()
     lens = Lens.open(path)
-    if lens.vocabulary is None or lens.vocabulary.name != "world" or lens.label_method != lens.default_label_method:
+    if lens.labels.vocabulary is None or lens.labels.vocabulary.name != "world" or lens.labels.method != lens.labels.default_method:
         lens.label(world_vocabulary(WorldConfig.load(world)))
     return lens
 
@@ -232,7 +232,7 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     are area concepts, ``area_concepts``)."""
     truths = unit_truths(lens, config, out)
     truth = true_concepts(truths, area=area_concepts(config))
-    concepts, world_concepts = list(lens.vocabulary.concepts), config.concept_names()
+    concepts, world_concepts = list(lens.labels.vocabulary.concepts), config.concept_names()
     hits1 = hits3 = shown_hits = total = response_hits = response_total = as_faithful = 0
     aucs: list[float] = []
     phis: dict[str, dict[str, list[float]]] = {views: {"labelled": [], "true": [], "truth": []} for views, _ in PHI_VIEWS}
@@ -241,7 +241,7 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
         responses = {views: torch.tensor(truths[layer][views]) for views in phis}  # [U, C, n] per set of concept images
         auc = response_auc(responses["responses"])
         by_response = response_truth(auc, world_concepts)
-        labels = lens.labels(layer)
+        labels = lens.labels.of(layer)
         top = [[concepts[int(index)] for index in row] for row in labels.concepts.tolist()]
         labelled = labels.labelled.tolist()  # phi and AUC judge the labels semlens gives, nothing below the threshold
         assigned = [world_concepts.index(row[0]) if ok and row[0] in world_concepts else None for row, ok in zip(top, labelled)]
@@ -264,7 +264,7 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
             kept["labelled"] += faithfulness(mean_responses[views], assigned)
             kept["true"] += faithfulness_of_true_units(mean_responses[views], [row[0] for row in top], best, world_concepts)
             kept["truth"] += faithfulness_of_true_units(mean_responses[views], [name or "" for name in best], best, world_concepts)
-    coverage = lens.label_coverage()["all"]
+    coverage = lens.labels.coverage()["all"]
     scores = {
         "units_with_true_concept": total,
         "top1_shown": shown_hits / max(total, 1),  # the labels users see: a unit showing no concept is a miss
@@ -361,7 +361,7 @@ def test_finding(lens: Lens, config: WorldConfig, artifact: str, target: str, sp
     result = {"insertion": artifact_effect(model, others, index, artifact_image)}
     if spurious:
         channels = lens.channels(spurious)
-        result["pruning"] = pruning_effect(model, others, channels, index, artifact_image, lens.sae_files(list(channels)))
+        result["pruning"] = pruning_effect(model, others, channels, index, artifact_image, lens.sources.sae_files(list(channels)))
     return result
 
 

@@ -52,8 +52,8 @@ LabelMethod = Annotated[
 @router.get("/api/lenses/{lens}/dissect", response_model=DissectOut, summary="Units per label category per layer")
 def dissect(explorer: ExplorerDep, lens: LensKey, space: SpaceName = None, method: LabelMethod = None) -> dict[str, Any]:
     opened = explorer.get(lens).labelled(space, method)
-    counts = opened.dissect(method)
-    return {"method": opened.label_method, "methods": [name for name in METHODS if name != "responses" or opened.has_responses], "counts": counts, "figure": plotly_json(dissection_figure(counts))}
+    counts = opened.labels.dissect(method)
+    return {"method": opened.labels.method, "methods": [name for name in METHODS if name != "responses" or opened.arrays.has_responses], "counts": counts, "figure": plotly_json(dissection_figure(counts))}
 
 
 @router.get("/api/lenses/{lens}/dissect/units", response_model=CategoryOut, summary="The units of one dissection bar")
@@ -68,6 +68,6 @@ def category_units(
 ) -> dict[str, Any]:
     served = explorer.get(lens)
     opened = served.labelled(space, method)
-    units = opened.category_units(served.layer(layer), category)
+    units = opened.labels.category_units(served.layer(layer), category)
     refs = [{**served.ref(unit), "label": opened.label_of(unit)} for unit in units[:top]]  # the space's and method's own labels
     return {"layer": layer, "category": category, "units": refs}

@@ -9,6 +9,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 
 from ..._util.errors import SemlensError
+from ...lens.audits import relevant_classes, sae_error_shares
 from ...store.files import LensFileError
 from ..common import IMAGE, ExampleSet, ExplorerDep, LayerName, LensKey, Rank, UnitName, example_out, finite, hits_out
 from ..schemas import Example, LensInfo, UnitPage
@@ -47,11 +48,11 @@ def unit_page(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: Unit
         "lens_name": served.name,
         "sae": opened.sae(layer),
         "candidates": [
-            {"concept": concept, "alignment": score, "confidence": confidence} for concept, score, confidence in opened.label_candidates(name)
+            {"concept": concept, "alignment": score, "confidence": confidence} for concept, score, confidence in opened.labels.candidates(name)
         ],
         **{measure: finite(values[row]) for measure, values in measures.items()},
-        "inactive": bool(opened.inactive(layer)[row]),
-        "tied": bool(opened.tied(layer)[row]),
+        "inactive": bool(opened.arrays.inactive(layer)[row]),
+        "tied": bool(opened.arrays.tied(layer)[row]),
         "examples": [example_out(served, name, example) for example in opened.concept_examples(name)],
         "relevance_examples": None
         if by_relevance is None
@@ -59,9 +60,9 @@ def unit_page(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: Unit
         "classes": [
             {
                 "class": title, "index": index, "max_share": finite(top), "mean_share": finite(mean),
-                "sae_error": opened.sae_error_shares(index, [layer]).get(layer),
+                "sae_error": sae_error_shares(opened, index, [layer]).get(layer),
             }  # fmt: skip
-            for title, index, top, mean in opened.relevant_classes(name)
+            for title, index, top, mean in relevant_classes(opened, name)
         ],
         "similar": [similar_in(explorer, other, served, name) for other in explorer.served],
     }
@@ -73,8 +74,8 @@ def similar_in(explorer: Explorer, other: Served, source: Served, unit: str) -> 
     entry = {"lens": other.id, "lens_name": other.name, "hits": [], "note": None}
     if other is not source and (other.lens is None or other.damaged):
         return {**entry, "note": f"this Lens is damaged: {other.damaged}"}
-    if other.lens.foundation_id != source.lens.foundation_id:
-        return {**entry, "note": f"embedded by another foundation model ({other.lens.foundation_id})"}
+    if other.lens.embedding.foundation_id != source.lens.embedding.foundation_id:
+        return {**entry, "note": f"embedded by another foundation model ({other.lens.embedding.foundation_id})"}
     try:
         return {**entry, "hits": hits_out(other, other.labelled().search_similar(source.lens, unit, SIMILAR))}
     except SemlensError as error:
