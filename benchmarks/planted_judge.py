@@ -154,7 +154,7 @@ def evaluate_artefact(lens: Lens, data: Path, artefact: str, target: str, contro
         "search_top5": hits, "insertion_auc_max": max(insertion.values()),
         **label_scores(lens, artefact, true_units),
         "audit_units": len(examined), "audit_cut": audit["cut"], "audit_rule": audit["rule"],
-        "class_share_max": max(float(lens.class_relevance(layer)["max_share"][:, index].max()) for layer in layers),  # under the cut: none examined
+        "class_share_max": max(float(lens.arrays.class_relevance(layer)["max_share"][:, index].max()) for layer in layers),  # under the cut: none examined
         "audit_flagged": len(flagged), "audit_flagged_units": flagged,
         "spurious_share": audit["spurious_share"], "flagged_share": audit["shares"]["spurious"], "confirmed_share": audit["confirmed_share"],
         "audit_both_units": both, "audit_unlocated": audit["unlocated"], "audit_not_raised": audit["not_raised"], "audit_both_by_location": audit["both_by_location"],
@@ -170,16 +170,16 @@ def evaluate_artefact(lens: Lens, data: Path, artefact: str, target: str, contro
 def label_scores(lens: Lens, artefact: str, true_units: set[str]) -> dict[str, Any]:
     """The share of true artefact units whose top-1 label (shown or not) is one of the artefact's words, and
     of those shown; None where the vocabulary has none of its words (it cannot name the artefact)."""
-    words = [word for word in ARTEFACTS[artefact]["words"] if word in lens.vocabulary.concepts]
+    words = [word for word in ARTEFACTS[artefact]["words"] if word in lens.labels.vocabulary.concepts]
     top1, shown = {}, {}
     for layer in lens.layers:
-        labels = lens.labels(layer)
+        labels = lens.labels.of(layer)
         for name, row, ok in zip(lens.units(layer), labels.concepts.tolist(), labels.labelled.tolist()):
-            top1[f"{layer}/{name}"] = lens.vocabulary.concepts[int(row[0])]
+            top1[f"{layer}/{name}"] = lens.labels.vocabulary.concepts[int(row[0])]
             shown[f"{layer}/{name}"] = ok
     named = [unit for unit in true_units if top1[unit] in words]
     return {
-        "label_words": words, "vocabulary": lens.vocabulary.name,
+        "label_words": words, "vocabulary": lens.labels.vocabulary.name,
         "label_top1": _share(len(named), len(true_units)) if words else None,
         "label_top1_shown": _share(sum(shown[unit] for unit in named), len(true_units)) if words else None,
         "artefact_unit_labels": {unit: top1[unit] for unit in sorted(true_units)},
@@ -201,7 +201,7 @@ def evaluate(arch: str, seed: int, control: bool, args: argparse.Namespace, cons
         trained = time.perf_counter()
         settings = BuildConfig(model="py:planted_photos:planted_model", layers=STUDIED_LAYERS[arch], data=f"folder:{group_data / 'probe'}", foundation=args.foundation, k=args.k, workers=0)
         lens = build_lens(settings, args.out / "lenses" / f"{weights.stem}-{hash_json({'k': args.k, 'foundation': args.foundation})[:8]}.lens", progress=False)
-        if lens.vocabulary is None:
+        if lens.labels.vocabulary is None:
             lens.label()
         built = time.perf_counter()
         test_accuracy = accuracy(lens, group_data / "test")

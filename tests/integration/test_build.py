@@ -124,9 +124,9 @@ def test_boxes_snap_to_the_grid_and_nearly_equal_crops_are_embedded_once(built: 
     snapped = build_lens(config(colour_folder, tiny_clip_dir, crop_grid=16, heatmaps_from=str(built.path), class_relevance=False), tmp_path / "g16.lens", progress=False)
     assert snapped.manifest["identity"]["embed"]["crop_grid"] == 16 and "crop_grid" not in built.manifest["identity"]["embed"]
     for layer in built.layers:
-        for rule in built.crop_rules:
-            boxes, valid = snapped.boxes(layer, rule), snapped.valid(layer)
-            assert torch.equal(boxes[valid], snap_boxes(built.boxes(layer, rule), (32, 32), 16)[valid]), (layer, rule)
+        for rule in built.arrays.crop_rules:
+            boxes, valid = snapped.arrays.boxes(layer, rule), snapped.arrays.valid(layer)
+            assert torch.equal(boxes[valid], snap_boxes(built.arrays.boxes(layer, rule), (32, 32), 16)[valid]), (layer, rule)
             assert (boxes[valid] % 2 == 0).all()
     assert snapped.manifest["stages"]["embed"]["distinct_crops"] < built.manifest["stages"]["embed"]["distinct_crops"]
 

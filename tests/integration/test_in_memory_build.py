@@ -46,7 +46,7 @@ def test_a_lens_from_objects_records_them_and_answers(built, images) -> None:
     hits = lens.search("red", top=2)
     assert len(hits) == 2 and hits[0].examples
     example = lens.concept_examples(hits[0].unit)[0]
-    assert lens.probe_data.load(example.sample).tobytes() == images[example.sample].tobytes()  # the Lens holds the images
+    assert lens.sources.probe_data.load(example.sample).tobytes() == images[example.sample].tobytes()  # the Lens holds the images
     lens.label()
     assert lens.labels(LAYERS[0]) is not None  # labelled in the Lens's own folder, by the foundation model it holds
 
@@ -59,7 +59,7 @@ def test_opened_again_it_asks_for_the_objects_by_name_and_takes_them(built, foun
     with pytest.raises(SemlensError, match=r"foundation model passed in memory.*foundation=MODEL"):
         again.search("red")
     with pytest.raises(SemlensError, match=r"data passed in memory \(list\)"):
-        again.probe_data
+        again.sources.probe_data
     with monkeypatch.context() as stranger:  # another user's machine: the recorded memory: spec is refused the same way
         stranger.setenv("SEMLENS_CACHE", str(tmp_path / "stranger-cache"))
         untrusted = Lens.open(out)
@@ -76,7 +76,7 @@ def test_opened_again_it_asks_for_the_objects_by_name_and_takes_them(built, foun
 def test_the_same_build_lens_call_reuses_the_lens_with_its_objects(built, foundation, images) -> None:
     lens, out = built
     again = build_lens(model=TinyCNN(), preprocessing=TINY_PREPROCESSING, layers=LAYERS, data=images, foundation=foundation, k=3, out=out, progress=False, workers=0)
-    assert again.manifest["build_id"] == lens.manifest["build_id"] and again.probe_data.fingerprint() == lens.probe_data.fingerprint()
+    assert again.manifest["build_id"] == lens.manifest["build_id"] and again.sources.probe_data.fingerprint() == lens.sources.probe_data.fingerprint()
 
 
 def test_a_build_resumed_with_another_model_images_or_foundation_model_is_refused(built, foundation, images, tmp_path) -> None:
