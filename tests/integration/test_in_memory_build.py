@@ -48,7 +48,7 @@ def test_a_lens_from_objects_records_them_and_answers(built, images) -> None:
     example = lens.concept_examples(hits[0].unit)[0]
     assert lens.sources.probe_data.load(example.sample).tobytes() == images[example.sample].tobytes()  # the Lens holds the images
     lens.label()
-    assert lens.labels(LAYERS[0]) is not None  # labelled in the Lens's own folder, by the foundation model it holds
+    assert lens.labels.of(LAYERS[0]) is not None  # labelled in the Lens's own folder, by the foundation model it holds
 
 
 def test_opened_again_it_asks_for_the_objects_by_name_and_takes_them(built, foundation, tmp_path, monkeypatch) -> None:
