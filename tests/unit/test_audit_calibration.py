@@ -124,6 +124,26 @@ def test_audit_layers_judges_each_unit_against_its_own_layer_and_merges_a_signed
     assert result.units[1].z_spur < result.units[0].z_spur
 
 
+def test_a_wide_layers_default_cut_falls_with_its_width_and_a_narrow_one_keeps_the_papers():
+    """A 320-channel layer whose relevance is spread (every share under 2.8 %) keeps the units that stand out of the
+    even share: its cut is 2.8 % x 64 / 320; a 64-channel layer keeps the paper's 2.8 %; a cut the user gives holds
+    for every layer."""
+    wide = torch.full((320,), 0.9 / 315).index_fill(0, torch.tensor([3, 7, 11, 40, 99]), 0.019)  # the largest 0.019
+    narrow = torch.full((64,), 0.01).index_fill(0, torch.tensor([5]), 0.03).index_fill(0, torch.tensor([6]), 0.02)
+    share = torch.cat([wide, narrow])
+    units = [f"blocks.15/{i}" for i in range(320)] + [f"head/{i}" for i in range(64)]
+    layers = AuditedLayers(
+        units, sizes=[320, 64], bases=[320, 64], examples=torch.ones(384, dtype=torch.bool), max_share=share, mean_share=share,
+        a_valid=torch.zeros(384, 1), a_spur=torch.zeros(384, 1),
+    )
+    result = audit_layers("cat", layers, ["cat"], ["frame"])
+    assert sorted(unit.unit for unit in result.units) == ["blocks.15/11", "blocks.15/3", "blocks.15/40", "blocks.15/7", "blocks.15/99", "head/5"]
+    assert result.cuts == pytest.approx({"blocks.15": 0.028 * 64 / 320, "head": 0.028}) and result.cut == 0.028
+    assert "blocks.15" in result.cut_text and result.to_dict()["cuts"] == result.cuts
+    given = audit_layers("cat", layers, ["cat"], ["frame"], cut=0.028)
+    assert [unit.unit for unit in given.units] == ["head/5"] and set(given.cuts.values()) == {0.028}
+
+
 def test_both_is_counted_in_the_flagged_share():
     shares = relevance_by_verdict(torch.tensor([0.5, 0.3, 0.2, -0.4]), ["valid", "both", "spurious", "spurious"])
     assert shares == pytest.approx({"valid": 0.5, "spurious": 0.2, "both": 0.3, "unexpected": 0.0, "spurious_or_both": 0.5})

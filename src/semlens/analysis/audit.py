@@ -45,6 +45,16 @@ from .alignment import robust_null
 VERDICTS = ("valid", "spurious", "both", "unexpected")
 FLAGGED = ("spurious", "both")
 AUDIT_CUT = 0.028  # the paper's example: units with more than 2.8 % of a layer's relevance
+#: the paper's cut holds for layers of up to this many channels; a wider layer's default cut falls in proportion,
+#: as its relevance spreads over more channels (2.8 % is 1.8 times the even share of 64 channels, and stays 1.8
+#: times the even share at any width). Without it the audit of a 320-channel EfficientNet block found no unit
+#: above 2.8 % (largest share 0.019; docs/explanation/planted-judge.md) and examined none
+AUDIT_CUT_CHANNELS = 64
+
+
+def layer_cut(channels: int, cut: float = AUDIT_CUT) -> float:
+    """The default relevance cut of a layer of ``channels`` channels (``AUDIT_CUT_CHANNELS``)."""
+    return cut * min(1.0, AUDIT_CUT_CHANNELS / max(channels, 1))
 Z_CUT = 3.0  # robust z above which a unit counts as aligned with a probe (see docs/record.md: "The audit's z cut")
 MARGIN = 1.0  # z units by which one kind of concept must beat the other for a one-sided verdict
 MIN_NULL = 10  # a null of fewer units gives rough z-scores: the audit says so
@@ -194,6 +204,15 @@ class Audit(HtmlResult):
         default_factory=dict, metadata={"description": "per SAE layer, the class's mean share of its relevance carried by the SAE's error term"}
     )
     reliance: dict | None = None
+    cuts: dict[str, float] = field(default_factory=dict, metadata={"description": "per layer, the relevance cut its units were kept by"})
+
+    @property
+    def cut_text(self) -> str:
+        """The relevance cut as a reader sees it: one share, or each layer's where they differ."""
+        cuts = sorted(set(self.cuts.values()))
+        if len(cuts) <= 1:
+            return f"{cuts[0] if cuts else self.cut:.1%}"
+        return ", ".join(f"{value:.2%} ({layer})" for layer, value in self.cuts.items())
 
     @property
     def small_nulls(self) -> dict[str, int]:
@@ -292,6 +311,7 @@ class Audit(HtmlResult):
         return {
             "class": self.class_name,
             "cut": self.cut,
+            "cuts": self.cuts,
             "valid": self.valid,
             "spurious": self.spurious,
             "rule": self.rule.to_dict(),
@@ -355,7 +375,7 @@ def audit_units(
     z_spur: torch.Tensor,
     valid: list[str],
     spurious: list[str],
-    cut: float = AUDIT_CUT,
+    cut: float | torch.Tensor = AUDIT_CUT,
     rule: AlignmentRule = AlignmentRule(),
     channel: torch.Tensor | None = None,
     examples: torch.Tensor | None = None,
@@ -383,7 +403,8 @@ def audit_units(
         a_spur.masked_fill(hidden, float("nan")), z_v, z_s, best_copy, shift,
     )  # fmt: skip
     has_examples = torch.zeros(len(first), dtype=torch.bool).scatter_reduce(0, inverse, examples, reduce="amax")
-    relevant = (m_max.nan_to_num(float("-inf")) > cut).nonzero().flatten()
+    channel_cut = cut[first] if isinstance(cut, torch.Tensor) else cut  # a cut per unit: its channel's
+    relevant = (m_max.nan_to_num(float("-inf")) > channel_cut).nonzero().flatten()
     left_out = [units[int(first[i])] for i in relevant.tolist() if not has_examples[i]]
     relevant = relevant[has_examples[relevant]]
     relevant = relevant[torch.argsort(m_mean[relevant].nan_to_num(0), descending=True, stable=True)]
@@ -404,7 +425,8 @@ def audit_units(
             contested=verdict == "valid" and aligned in FLAGGED,
         ))  # fmt: skip
     shares = relevance_by_verdict(m_mean[relevant].nan_to_num(0), unit_verdicts)
-    return Audit(class_name, cut, list(valid), list(spurious), audited, shares, rule, left_out)
+    nominal = float(cut.max()) if isinstance(cut, torch.Tensor) else cut
+    return Audit(class_name, nominal, list(valid), list(spurious), audited, shares, rule, left_out)
 
 
 @dataclass
@@ -428,11 +450,12 @@ class AuditedLayers:
 
 
 def audit_layers(
-    class_name: str, layers: AuditedLayers, valid: list[str], spurious: list[str], cut: float = AUDIT_CUT, rule: AlignmentRule = AlignmentRule()
+    class_name: str, layers: AuditedLayers, valid: list[str], spurious: list[str], cut: float | None = None, rule: AlignmentRule = AlignmentRule()
 ) -> Audit:
     """``audit_units`` over the units of ``layers``: each alignment as a robust z against the null of its layer's
     units with examples (``null_stats``), each unit's spurious z its best probe's, and that probe's
-    ``tight_shift`` where the tight boxes' alignments are given."""
+    ``tight_shift`` where the tight boxes' alignments are given; the units kept by ``cut``, by default each
+    layer's ``layer_cut``."""
     groups = torch.repeat_interleave(torch.arange(len(layers.sizes)), torch.tensor(layers.sizes))
     offsets = torch.tensor([0] + layers.sizes[:-1]).cumsum(0)
     channel = torch.cat([offset + torch.arange(size) % base for offset, size, base in zip(offsets.tolist(), layers.sizes, layers.bases)])
@@ -442,7 +465,12 @@ def audit_layers(
     z_spur, best = z_spurs.nan_to_num(float("-inf")).max(dim=1)
     z_spur = z_spur.masked_fill(z_spurs.isnan().all(dim=1), float("nan"))
     shift = None if layers.tight is None else tight_shift(a_spur, layers.tight, scale).gather(1, best[:, None])[:, 0]
-    return audit_units(
+    cuts = [layer_cut(base) if cut is None else cut for base in layers.bases]
+    result = audit_units(
         class_name, layers.units, layers.max_share, layers.mean_share, layers.a_valid.amax(dim=1), a_spur.amax(dim=1),
-        z_valid, z_spur, valid, spurious, cut, rule, channel, examples, shift, layers.labels,
+        z_valid, z_spur, valid, spurious, torch.tensor(cuts).repeat_interleave(torch.tensor(layers.sizes)), rule, channel,
+        examples, shift, layers.labels,
     )  # fmt: skip
+    result.cut = AUDIT_CUT if cut is None else cut
+    result.cuts = {unit.rpartition("/")[0]: value for unit, value in zip([layers.units[offset] for offset in offsets.tolist()], cuts)}
+    return result

@@ -108,7 +108,7 @@ def audit(
     where it is and is raised by it is judged "both": ``AlignmentRule.by_rise``, ``by_location``); ``test_all`` tests every relevant unit, so that units the reliance runs through are found
     where the foundation model does not see the concept in their examples (``Audit.carriers``; one
     more pass over the images per unit)."""
-    from ..analysis.audit import AUDIT_CUT, AlignmentRule, AuditedLayers, audit_layers
+    from ..analysis.audit import AlignmentRule, AuditedLayers, audit_layers
 
     if not (valid or valid_images) or not (spurious or spurious_images):
         raise SemlensError("an audit needs at least one valid and one spurious concept (text or image)")
@@ -139,7 +139,7 @@ def audit(
     )
     name = lens.classes[index] if lens.classes else str(index)
     valid_names, spurious_names = list(valid) + [str(p) for p in valid_images], list(spurious) + [str(p) for p in spurious_images]
-    result = audit_layers(name, arrays, valid_names, spurious_names, AUDIT_CUT if cut is None else cut, rule)
+    result = audit_layers(name, arrays, valid_names, spurious_names, cut, rule)
     result.null_units = {layer: int(lens.arrays.valid(layer).sum()) for layer in chosen}
     result.sae_error = sae_error_shares(lens, index, chosen)
     for audited in result.units:

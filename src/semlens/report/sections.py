@@ -91,7 +91,7 @@ def audit_summary(audit: Audit) -> str:
         else ""
     )
     return f"""<p>valid: {_names(audit.valid)}<br>spurious: {_names(audit.spurious)}<br>
-units with more than {audit.cut:.1%} of their layer's relevance: {len(audit.units)}<br>
+units with more than {html.escape(audit.cut_text)} of their layer's relevance: {len(audit.units)}<br>
 aligned: z &gt; {rule.z:g}, the {html.escape(rule.to_dict()["null"])}; a one-sided verdict needs a margin of {rule.margin:g}
 (within it: both){by_label}</p>
 <table class="verdicts"><tr><th>verdict</th><th>units</th><th>share of relevance</th></tr>{rows}</table>

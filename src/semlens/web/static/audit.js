@@ -30,7 +30,7 @@
     exportButton.disabled = false;
     fill(document.getElementById("shares"), "relevance by verdict: ",
       Object.entries(result.shares).map(([verdict, share]) => el("span", { class: `verdict-${verdict}` }, `${verdict} ${(100 * share).toFixed(1)}%`)),
-      el("span", {}, `${result.units.length} units above ${(100 * result.cut).toFixed(1)}% relevance`),
+      el("span", {}, `${result.units.length} units above ${cutText(result)} relevance`),
       el("span", {}, `aligned: z > ${result.rule.z} against the unit's layer; one-sided verdicts need a margin of ${result.rule.margin}`),
       result.left_out.length ? el("span", {}, `left out (no examples of their own): ${result.left_out.join(", ")}`) : null,
       Object.entries(result.sae_error).map(([layer, share]) => el("span", { class: "sae-error" }, `SAE error term (${layer}) ${(100 * share).toFixed(1)}%`)));
@@ -54,3 +54,11 @@
   });
   if (spurious.value) runAudit();
 })();
+
+// The relevance cut the audit kept units by: one share, or each layer's where they differ (wider layers, lower cuts).
+function cutText(result) {
+  const cuts = Object.entries(result.cuts || {});
+  const distinct = new Set(cuts.map(([, value]) => value));
+  if (distinct.size <= 1) return `${(100 * (cuts.length ? cuts[0][1] : result.cut)).toFixed(1)}%`;
+  return cuts.map(([layer, value]) => `${(100 * value).toFixed(2)}% (${layer})`).join(", ");
+}
