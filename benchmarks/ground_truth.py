@@ -510,6 +510,7 @@ def main() -> None:
     parser.add_argument("--crop-quantile", type=float, default=None, help="with the quantile rule: the quantile of a unit's map values")
     parser.add_argument("--lrp-rule", default=None, help="the convolutions' LRP rule of the Lenses: zplus (default) or gamma (BuildConfig.lrp_rule)")
     parser.add_argument("--crp-focus", default=None, help="where the Lenses' CRP heatmaps start: unit (default) or peak (BuildConfig.crp_focus)")
+    parser.add_argument("--crop-grid", type=int, default=None, help="the Lenses' crop boxes snapped to this many cells a side (BuildConfig.crop_grid; default 0: to the pixel)")
     parser.add_argument(
         "--views", nargs="+", default=None, metavar="VIEW",
         help="compare crop views (RULE, masked or RULE+masked, e.g. peak share quantile masked): one Lens each, sharing the first's heatmaps",
@@ -519,7 +520,7 @@ def main() -> None:
         help=f"label each Lens by these methods too and score each (alignment, clip-dissect, contrastive, {EXAMPLE_PRIOR})",
     )  # fmt: skip
     args = parser.parse_args()
-    asked = {"crop": args.crop, "crop_rule": args.crop_rule, "crop_share": args.crop_share, "crop_quantile": args.crop_quantile, "lrp_rule": args.lrp_rule, "crp_focus": args.crp_focus}
+    asked = {"crop": args.crop, "crop_rule": args.crop_rule, "crop_share": args.crop_share, "crop_quantile": args.crop_quantile, "lrp_rule": args.lrp_rule, "crp_focus": args.crp_focus, "crop_grid": args.crop_grid}
     build = {key: value for key, value in asked.items() if value is not None}
     views = {"as built": build}
     if args.views:
