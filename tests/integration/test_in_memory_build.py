@@ -69,8 +69,25 @@ def test_opened_again_it_asks_for_the_objects_by_name_and_takes_them(built, foun
     given = Lens.open(out, model=LoadedModel(TinyCNN().eval(), "mine", TINY_PREPROCESSING), foundation=foundation)
     assert given.model().fingerprint == given.manifest["identity"]["model"]["fingerprint"]
     assert len(given.search("red", top=2)) == 2
-    with pytest.raises(SemlensError, match="now has weights"), pytest.warns(UserWarning, match="no preprocessing given"):
+    with pytest.raises(SemlensError, match="now has weights"):
         Lens.open(out, model=TinyCNN(seed=1)).model()
+
+
+def test_opened_again_it_takes_the_bare_module_and_the_images_back(built, foundation, images) -> None:
+    """The objects a notebook holds, given to Lens.open as they were given to build_lens: the module gets the
+    preprocessing the Lens was built with (no warning, no ImageNet default), the list of images is the probe data."""
+    lens, out = built
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = Lens.open(out, model=TinyCNN(), data=images, foundation=foundation)
+        model = again.model()
+    shown = lambda preprocessing: (preprocessing.input_size, preprocessing.resize, list(preprocessing.mean), list(preprocessing.std))  # noqa: E731
+    assert shown(model.preprocessing) == shown(TINY_PREPROCESSING) and model.fingerprint == lens.manifest["identity"]["model"]["fingerprint"]
+    assert again.sources.probe_data.fingerprint() == lens.sources.probe_data.fingerprint()
+    example = again.concept_examples(again.search("red", top=1)[0].unit)[0]
+    assert again.examples.image(example) is not None  # drawn from the images given back
+    with pytest.raises(SemlensError, match="not what this Lens was built from"):
+        Lens.open(out, data=images[::-1]).sources.probe_data
 
 
 def test_the_same_build_lens_call_reuses_the_lens_with_its_objects(built, foundation, images) -> None:

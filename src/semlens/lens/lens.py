@@ -30,6 +30,12 @@ from .labels import LabelStore
 from .sources import LensSources
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torch import nn
+
+    from ..data import ImageData
+    from ..foundation import FoundationModel
     from ..model.loading import LoadedModel
     from .examples import ConceptExample
 
@@ -57,13 +63,15 @@ class Lens:
         cls,
         path: str | Path,
         trust: bool = False,
-        data: str | Path | None = None,
-        foundation: str | None = None,
-        model: str | None = None,
+        data: str | Path | ImageData | Sequence | None = None,
+        foundation: str | FoundationModel | None = None,
+        model: str | nn.Module | LoadedModel | None = None,
     ) -> Lens:
         """Open a built Lens. It never runs code or reads files that its own files name unless it is trusted
         (``trust=True``, or built on this machine: see ``semlens.store.trust``); ``data`` (a folder or a data
-        spec), ``foundation`` and ``model`` (specs) name them instead, as the user's own choice."""
+        spec), ``foundation`` and ``model`` (specs) name them instead, as the user's own choice, or give them as
+        the objects a Lens built from objects asks for (a list or dataset of images, a FoundationModel, an
+        ``nn.Module``, which gets the preprocessing the Lens was built with); each is checked by its fingerprint."""
         manifest = LensStore(path).read_manifest()
         for space in manifest.get("spaces", {}):
             check_space_name(space)  # each names a folder of the Lens: none may lead out of it
@@ -82,7 +90,7 @@ class Lens:
                 "run the same `semlens run` again to resume it"
             )
         check_layout(store, manifest)
-        return cls(store, manifest, LensAccess(trust, None if data is None else str(data), foundation, model))
+        return cls(store, manifest, LensAccess(trust, str(data) if isinstance(data, Path) else data, foundation, model))
 
     @cached_property
     def cache(self) -> LensStore:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from torch import nn
+
 from .._util.errors import SemlensError
 from ..store.trust import LensAccess, UntrustedSpecError, check_spec
 
@@ -62,8 +64,12 @@ class LensSources:
         reloaded from its recorded spec; checked against the recorded weights either way."""
         from ..model.loading import load_model
 
-        recorded = self.manifest["identity"]["model"]
-        model = load_model(self.access.model or check_spec(recorded["spec"], "model", self.trusted, "model=SPEC, --model"))
+        from ..model.preprocess import Preprocessing
+
+        recorded, given = self.manifest["identity"]["model"], self.access.model
+        if isinstance(given, nn.Module):  # a bare module (a notebook's): with the preprocessing the Lens was built with
+            given = load_model(given, Preprocessing(**self.manifest["identity"]["preprocessing"]))
+        model = load_model(given or check_spec(recorded["spec"], "model", self.trusted, "model=SPEC, --model"))
         if model.fingerprint != recorded["fingerprint"]:
             corrected = model.spec.startswith("corrected:") and not recorded["spec"].startswith("corrected:")
             raise SemlensError(
