@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
@@ -67,17 +68,24 @@ class CropStage:
         self.resumed: dict[str, int] = {}  # per layer, the heatmap pairs this rank took from a checkpoint (see _record_resumed)
         self.seconds = {"heatmaps": 0.0, "boxes": 0.0}  # where the last run's time went (the embed stage's record)
 
+    @contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        """Add the seconds of the ``with`` block to ``seconds[part]`` (the embed stage's record of its parts)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] += time.perf_counter() - started
+
     def run(self) -> CropTable:
         samples, boxes, masked = {}, {}, {}
         self.seconds = dict.fromkeys(self.seconds, 0.0)
         for spec in self.context.specs:
             stored = self.context.store.read_tensors(layer_file(spec.name, "topk"))
-            started = time.perf_counter()
-            heat, source = self._heatmaps(spec, stored)
-            self.seconds["heatmaps"] += time.perf_counter() - started
-            started = time.perf_counter()
-            boxes[spec.name] = self.boxes(heat, stored, spec.name, (0.0, 0.0) if source is None else source.shift)
-            self.seconds["boxes"] += time.perf_counter() - started
+            with self.timed("heatmaps"):
+                heat, source = self._heatmaps(spec, stored)
+            with self.timed("boxes"):
+                boxes[spec.name] = self.boxes(heat, stored, spec.name, (0.0, 0.0) if source is None else source.shift)
             samples[spec.name] = slot_samples(stored, boxes[spec.name])
             if heat is not None and self.context.config.crop_view == "masked":
                 masked[spec.name] = (source, faded_slots(heat, stored["inactive"]))

@@ -60,13 +60,11 @@ class RelevanceCrops:
         for spec in self.layers():
             stored = context.store.read_tensors(layer_file(spec.name, "relevance_topk"))
             record = context.manifest["layers"][spec.name]["relevance_examples"] = {}
-            started = time.perf_counter()
-            heat = None if config.crop == "none" else self._heatmaps(spec, stored["ids"], record)
-            self.seconds["heatmaps"] += time.perf_counter() - started
+            with self.crops.timed("heatmaps"):
+                heat = None if config.crop == "none" else self._heatmaps(spec, stored["ids"], record)
             record["crop"] = "none" if heat is None else "relevance"
-            started = time.perf_counter()
-            self.slot_boxes[spec.name] = self.crops.boxes(heat, stored, spec.name)
-            self.seconds["boxes"] += time.perf_counter() - started
+            with self.crops.timed("boxes"):
+                self.slot_boxes[spec.name] = self.crops.boxes(heat, stored, spec.name)
             samples[spec.name] = slot_samples(stored, self.slot_boxes[spec.name])
             if heat is not None and config.crop_view == "masked":
                 fired = heat.flatten(2).amax(dim=2) > 0
