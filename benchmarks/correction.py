@@ -63,7 +63,7 @@ def evaluate(name: str, config_path: str, folder: Path, foundation: str) -> list
     records = []
     if flagged:
         start = time.perf_counter()
-        pruned = pruning_effect(lens.model(), test, lens.channels(flagged), lens.class_index(target), overlay)
+        pruned = pruning_effect(lens.sources.model(), test, lens.units.channels(flagged), lens.units.class_index(target), overlay)
         halves = {part: {"clean": pruned["clean"][part], "artifact": pruned["artifact"][part]} for part in ("before", "after")}
         records.append(row("prune", halves["before"], halves["after"], time.perf_counter() - start, {"units": flagged}))
     for method, settings in METHODS.items():

@@ -259,7 +259,7 @@ def evaluate(
     tests = unit_tests(true_units, audit)
 
     model_key = identity(lens, config, TEST_IMAGES)
-    reliance = memo(out / "reliance.json", model_key, lambda: artifact_reliance(lens.model(), config, TEST_IMAGES))
+    reliance = memo(out / "reliance.json", model_key, lambda: artifact_reliance(lens.sources.model(), config, TEST_IMAGES))
     test = memo(out / "test.json", {**model_key, "spurious": flagged}, lambda: test_finding(lens, config, artifact, target, flagged))
     index = list(config.classes).index(target)
     pruning = test.get("pruning")

@@ -117,7 +117,7 @@ def folder_items(root: Path, without: str | None = None) -> SequenceData:
 
 def accuracy(lens: Lens, test: Path) -> float:
     data = folder_items(test)
-    model = lens.model()
+    model = lens.sources.model()
     views = [model.preprocessing.view(image) for image, _ in data.items]
     return float((predict(model, views).argmax(dim=1) == torch.tensor([label for _, label in data.items])).float().mean())
 
@@ -125,7 +125,7 @@ def accuracy(lens: Lens, test: Path) -> float:
 def evaluate_artefact(lens: Lens, data: Path, artefact: str, target: str, control: bool, size: int) -> dict[str, Any]:
     """Truth, semlens's answers and their scores for one artefact and its class in one Lens."""
     start = time.perf_counter()
-    model, layers = lens.model(), lens.layers
+    model, layers = lens.sources.model(), lens.layers
     specs = [LayerSpec(**lens.manifest["layers"][layer]["spec"]) for layer in layers]
     truth_images = ConceptImages(folder_items(data / "probe", artefact), artifact=placements(artefact, size, PLACEMENTS, TRUTH_SEED))
     aucs = activation_aucs(model, *truth_images.views(model), specs)
@@ -135,7 +135,7 @@ def evaluate_artefact(lens: Lens, data: Path, artefact: str, target: str, contro
     concept = ConceptImages(folder_items(data / "test"), artifact=placements(artefact, size, PLACEMENTS, TEST_SEED))
     without, with_artefact, classes = concept.views_and_classes(model)
     change = predict(model, with_artefact).softmax(dim=1) - predict(model, without).softmax(dim=1)
-    index = lens.class_index(target)
+    index = lens.units.class_index(target)
     own = classes == index
 
     paraphrase = ARTEFACTS[artefact]["paraphrase"]

@@ -99,7 +99,7 @@ def main() -> None:
     flagged = [unit for unit in audit.units if unit.verdict == "spurious"]
     print(f"audit of star on the SAE features: {len(audit.units)} relevant, {len(flagged)} spurious "
           f"({audit.shares['spurious']:.2f} of the class's relevance): "
-          + ", ".join(f"{unit.unit} ({lens.label_of(unit.unit)})" for unit in flagged[:8]))  # fmt: skip
+          + ", ".join(f"{unit.unit} ({lens.labels.label_of(unit.unit)})" for unit in flagged[:8]))  # fmt: skip
 
 
 if __name__ == "__main__":

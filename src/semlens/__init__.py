@@ -7,7 +7,7 @@ Build a Lens (one pass over probe data, then the foundation model over the conce
     lens = build_lens(BuildConfig(model="zoo:efficientnet-lite0", layers=["_conv_head", "_fc"],
                                   data="folder:./images", foundation="conse"), out="my.lens")
     lens.arrays.theta("_fc")                         # [units, d] semantic embeddings
-    lens.concept_examples("_fc/281")          # top samples of a unit, with crop boxes
+    lens.examples.concept_examples("_fc/281")          # top samples of a unit, with crop boxes
 """
 
 __version__ = "0.1.0"

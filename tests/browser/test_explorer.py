@@ -120,11 +120,11 @@ def test_map_point_click_opens_its_unit_page_with_images(page, base_url, valid, 
     assert page.inner_text("#title code") == hovered
     from semlens import Lens
 
-    assert images_loaded(page, "#examples img") == len(Lens.open(explorer_lenses[0], trust=True).concept_examples(hovered))
-    assert images_loaded(page, "#heatmaps img") == min(6, len(Lens.open(explorer_lenses[0], trust=True).concept_examples(hovered)))  # without a click
+    assert images_loaded(page, "#examples img") == len(Lens.open(explorer_lenses[0], trust=True).examples.concept_examples(hovered))
+    assert images_loaded(page, "#heatmaps img") == min(6, len(Lens.open(explorer_lenses[0], trust=True).examples.concept_examples(hovered)))  # without a click
     assert images_loaded(page, "#full img") == 2 and page.inner_text("#full h3").startswith("example 0")  # the best one's view and heatmap
     page.wait_for_selector("#clusters .cluster")  # the same examples, grouped by concept
-    assert images_loaded(page, "#clusters .cluster img") == len(Lens.open(explorer_lenses[0], trust=True).concept_examples(hovered))
+    assert images_loaded(page, "#clusters .cluster img") == len(Lens.open(explorer_lenses[0], trust=True).examples.concept_examples(hovered))
     assert images_loaded(page, "#unit .thumbs img") > 0  # similar units, in both Lenses
     assert page.locator("#unit > h3").all_inner_texts()[:2] == ["in tiny.lens", "in other.lens"]
     page.click("#examples figure >> nth=0")  # the full image, on demand, with its crop box
@@ -146,8 +146,8 @@ def test_the_unit_page_shows_relevance_examples_when_the_lens_has_them(browser, 
     with live_server(create_app([lens])) as url, local_page(browser, url, problems) as page:
         goto(page, url, "unit.html?lens=0&unit=features.3/1")
         page.wait_for_selector("#unit[data-ready]")
-        assert images_loaded(page, "#relevance-examples img") == len(lens.concept_examples("features.3/1", by="relevance"))
-        assert images_loaded(page, "#examples img") == len(lens.concept_examples("features.3/1"))
+        assert images_loaded(page, "#relevance-examples img") == len(lens.examples.concept_examples("features.3/1", by="relevance"))
+        assert images_loaded(page, "#examples img") == len(lens.examples.concept_examples("features.3/1"))
         page.click("#relevance-examples figure >> nth=0")  # its full image and the CRP heatmap its crop was cut from
         assert images_loaded(page, "#full img") == 2
         shot(page, "unit-relevance")

@@ -138,7 +138,7 @@ def test_label_dissect_and_their_storage(lens_path, tmp_path) -> None:
     assert entry["label"] in {"red", "green", "blue", "square", "noise"} and entry["valid"]
     assert [e["label"] is not None for e in labels["head"]] == valid
     assert len(entry["candidates"]) == 3
-    assert Lens.open(lens_path).label_of(entry["unit"]) == entry["label"]
+    assert Lens.open(lens_path).labels.label_of(entry["unit"]) == entry["label"]
     dissected = ask("dissect", lens_path, "--out", tmp_path / "d.png", "--json")
     assert sum(dissected["counts"]["head"].values()) == 6
     assert set(dissected["counts"]["head"]) == {"colours", "shapes", "unlabelled", "inactive or tied"}

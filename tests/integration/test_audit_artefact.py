@@ -141,7 +141,7 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     assert not [u for u in generic["units"] if u["verdict"] in ("spurious", "both")], generic
     # it really is the watermark unit: it fires far more on the watermark alone than on a plain image
     layer, channel = top["unit"].split("/")
-    model = Lens.open(lens.path).model()
+    model = Lens.open(lens.path).sources.model()
     plain = Image.fromarray(np.full((32, 32, 3), 75, dtype=np.uint8))
     marked = world.render(1, True, np.random.default_rng(0))
     activations = {}

@@ -74,7 +74,7 @@ def test_topk_equals_brute_force_over_the_same_pipeline(built: Lens, colour_fold
 
 
 def test_concept_examples_point_at_the_data(built: Lens, colour_folder) -> None:
-    examples = built.concept_examples("head/0")
+    examples = built.examples.concept_examples("head/0")
     assert [example.rank for example in examples] == list(range(5))
     for example in examples:
         assert (colour_folder / example.source).is_file()
@@ -238,7 +238,7 @@ def test_boxes_cut_from_a_strided_networks_maps_sit_where_its_cells_see(built: L
 
     settings = config(colour_folder, tiny_clip_dir, model="py:tiny_models:strided_cnn", layers=["features.3"], crop="activation", class_relevance=False)
     lens = build_lens(settings, tmp_path / "strided.lens", progress=False)
-    model = lens.model()
+    model = lens.sources.model()
     data = load_data(f"folder:{colour_folder}")
     first = torch.stack([model.preprocessing(data.load(index)) for index in range(min(SHIFT_IMAGES, len(data)))])
     shift = map_shift(model.module, LayerSpec("features.3"), first)  # measured on the first probe images, as the build does
@@ -326,7 +326,7 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_data_or_lrp_rul
             assert other.manifest["identity"]["embed"]["crp_focus"] == "peak" and "crp_focus" not in built.manifest["identity"]["embed"]
             assert any(not torch.equal(other.arrays.heatmaps(layer), built.arrays.heatmaps(layer)) for layer in built.layers)
     # the γ rule's Lens records it (its explanations and graphs use it too) and its heatmaps differ from z⁺'s
-    assert (built.lrp_rule, other.lrp_rule) == ("zplus", "gamma")
+    assert (built.units.lrp_rule, other.units.lrp_rule) == ("zplus", "gamma")
     from torch import nn
 
     from semlens.relevance.rules import LeanGamma
@@ -335,7 +335,7 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_data_or_lrp_rul
     assert isinstance(explainer.composite.mapping({"first_layer_visited": True}, "conv", nn.Conv2d(3, 3, 1)), LeanGamma)
     other.manifest["identity"]["relevance"]["lrp_rule"] = "alpha2beta1"  # as an altered Lens would say
     with pytest.raises(SemlensError, match="the LRP rule 'alpha2beta1', which this semlens does not know"):
-        _ = other.lrp_rule
+        _ = other.units.lrp_rule
     layer = built.layers[-1]
     gamma_heat, zplus_heat = (LensStore(lens.path).read_tensors(layer_file(layer, "crops"))["heat"] for lens in (other, built))
     difference = (gamma_heat.float() - zplus_heat.float()).abs().amax()

@@ -38,7 +38,7 @@ def planted(lens: Lens, groups: list[tuple[str, list[int]]], k: int = 5) -> torc
 def test_planted_groups_are_the_clusters_named_by_their_concepts(lens: Lens, tmp_path, monkeypatch) -> None:
     vocabulary = tmp_path / "concepts.txt"
     vocabulary.write_text("\n".join(CONCEPTS))
-    layer, row = lens.unit_index("features.3/2")
+    layer, row = lens.units.index("features.3/2")
     for groups in ([("red", [0, 2, 4]), ("dog", [1, 3])], [("car", [0, 1, 2, 3, 4])]):
         embeddings = lens.arrays.example_embeddings(layer).clone()
         embeddings[row] = planted(lens, groups)[0]
@@ -53,7 +53,7 @@ def test_unnamed_clusters_without_a_vocabulary_and_the_cli(explorer_lenses) -> N
     opened = Lens.open(explorer_lenses[1], trust=True)  # never labelled: no vocabulary to name clusters
     found = opened.concept_clusters("head/0")
     assert found.vocabulary is None and all(c.concept is None and c.alignment is None for c in found.clusters)
-    assert sorted(rank for c in found.clusters for rank in c.ranks) == [e.rank for e in opened.concept_examples("head/0")]
+    assert sorted(rank for c in found.clusters for rank in c.ranks) == [e.rank for e in opened.examples.concept_examples("head/0")]
     result = CliRunner().invoke(cli_app, ["clusters", str(explorer_lenses[1]), "head/0", "--json", "--trust"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == json.loads(json.dumps(found.to_dict()))

@@ -86,7 +86,7 @@ def test_a_corrected_model_rebuilds_into_a_lens_and_exports_as_plain_weights(exp
     on_base = runner.invoke(app, ["test-artifact", str(explorer_lenses[0]), "--class", "red", "--data", data, "--tint", "1,2,3", "--model", corrected])
     assert on_base.exit_code == 2 and "a corrected model is one: build a Lens of it" in on_base.output, on_base.output
     lens = Lens.open(tmp_path / "corrected.lens")
-    assert lens.model().spec == corrected and lens.explain(0, top=2).to_dict()["layers"]
+    assert lens.sources.model().spec == corrected and lens.explain(0, top=2).to_dict()["layers"]
     # a fine-tuning exports as the architecture's own weights
     weights = tmp_path / "weights.safetensors"
     tuned = ask("correct", explorer_lenses[0], "--class", "red", "--method", "finetune", "--epochs", "1", "--tolerance", "1", "--data", data,

@@ -48,7 +48,7 @@ def test_the_planted_unit_drives_the_prediction_under_its_label(planted_lens) ->
     assert features.groups[1].label == "red" and features.left_out == 0
     heat = top.units[0].heatmap.clamp_min(0)
     assert float(heat[1:7, 1:7].sum() / heat.sum()) > 0.99  # where: on the watermark's pixels
-    assert [example.sample for example in top.units[0].examples] == [e.sample for e in planted_lens.concept_examples(UNIT)[:4]]
+    assert [example.sample for example in top.units[0].examples] == [e.sample for e in planted_lens.examples.concept_examples(UNIT)[:4]]
     # the signed (pre-ReLU) layer counts each channel once, under the copy where its relevance lies
     signed = next(layer for layer in result.layers if layer.layer == "features.0")
     assert [unit.unit for unit in signed.units] == [f"features.0/{WHITE}"] and not planted_lens.arrays.valid("features.0")[1]

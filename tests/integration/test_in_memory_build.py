@@ -45,7 +45,7 @@ def test_a_lens_from_objects_records_them_and_answers(built, images) -> None:
     assert lens.manifest["foundation"]["spec"] == "memory:HFFoundationModel"
     hits = lens.search("red", top=2)
     assert len(hits) == 2 and hits[0].examples
-    example = lens.concept_examples(hits[0].unit)[0]
+    example = lens.examples.concept_examples(hits[0].unit)[0]
     assert lens.sources.probe_data.load(example.sample).tobytes() == images[example.sample].tobytes()  # the Lens holds the images
     lens.label()
     assert lens.labels.of(LAYERS[0]) is not None  # labelled in the Lens's own folder, by the foundation model it holds
@@ -55,7 +55,7 @@ def test_opened_again_it_asks_for_the_objects_by_name_and_takes_them(built, foun
     _, out = built
     again = Lens.open(out)
     with pytest.raises(SemlensError, match=r"model passed in memory \(TinyCNN\).*model=MODEL"):
-        again.model()
+        again.sources.model()
     with pytest.raises(SemlensError, match=r"foundation model passed in memory.*foundation=MODEL"):
         again.search("red")
     with pytest.raises(SemlensError, match=r"data passed in memory \(list\)"):
@@ -65,12 +65,12 @@ def test_opened_again_it_asks_for_the_objects_by_name_and_takes_them(built, foun
         untrusted = Lens.open(out)
         assert not untrusted.trusted
         with pytest.raises(SemlensError, match="model passed in memory"):
-            untrusted.model()
+            untrusted.sources.model()
     given = Lens.open(out, model=LoadedModel(TinyCNN().eval(), "mine", TINY_PREPROCESSING), foundation=foundation)
-    assert given.model().fingerprint == given.manifest["identity"]["model"]["fingerprint"]
+    assert given.sources.model().fingerprint == given.manifest["identity"]["model"]["fingerprint"]
     assert len(given.search("red", top=2)) == 2
     with pytest.raises(SemlensError, match="now has weights"):
-        Lens.open(out, model=TinyCNN(seed=1)).model()
+        Lens.open(out, model=TinyCNN(seed=1)).sources.model()
 
 
 def test_opened_again_it_takes_the_bare_module_and_the_images_back(built, foundation, images) -> None:
@@ -80,11 +80,11 @@ def test_opened_again_it_takes_the_bare_module_and_the_images_back(built, founda
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = Lens.open(out, model=TinyCNN(), data=images, foundation=foundation)
-        model = again.model()
+        model = again.sources.model()
     shown = lambda preprocessing: (preprocessing.input_size, preprocessing.resize, list(preprocessing.mean), list(preprocessing.std))  # noqa: E731
     assert shown(model.preprocessing) == shown(TINY_PREPROCESSING) and model.fingerprint == lens.manifest["identity"]["model"]["fingerprint"]
     assert again.sources.probe_data.fingerprint() == lens.sources.probe_data.fingerprint()
-    example = again.concept_examples(again.search("red", top=1)[0].unit)[0]
+    example = again.examples.concept_examples(again.search("red", top=1)[0].unit)[0]
     assert again.examples.image(example) is not None  # drawn from the images given back
     with pytest.raises(SemlensError, match="not what this Lens was built from"):
         Lens.open(out, data=images[::-1]).sources.probe_data

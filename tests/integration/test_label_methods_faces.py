@@ -91,7 +91,7 @@ def test_clip_dissect_prior_from_cached_probe_images_else_example_sets(lens_copy
     path = prior_cache_path(lens.embedding.foundation_id, lens.manifest["identity"]["data"]["fingerprint"], 512, 0)
     assert path.is_file() and not any(lens_copy.rglob("*prior*"))  # in the user cache, not in the Lens
     assert torch.equal(probe_prior_images(Lens.open(lens_copy)), images)
-    assert prior_sets(lens).shape == (PRIOR_SETS, lens.k, images.shape[1])
+    assert prior_sets(lens).shape == (PRIOR_SETS, lens.examples.k, images.shape[1])
 
     monkeypatch.setenv("SEMLENS_CACHE", str(tmp_path / "stranger-cache"))  # a stranger: untrusted, no data given
     stranger = Lens.open(lens_copy, foundation=f"hf:{tiny_clip_dir}")
@@ -128,12 +128,12 @@ def test_the_built_crop_responses_are_the_units_activations_on_their_crops(explo
     from semlens.model.units import LayerSpec
 
     lens = Lens.open(explorer_lenses[0], trust=True)
-    model = lens.model()
+    model = lens.sources.model()
     crops = {}  # (sample, box) -> (example, its embedding): each distinct crop once
     for layer in lens.layers:
         embeddings = lens.arrays.example_embeddings(layer)
         for row, name in enumerate(lens.units(layer)):
-            for example in lens.concept_examples(f"{layer}/{name}"):
+            for example in lens.examples.concept_examples(f"{layer}/{name}"):
                 crops.setdefault((example.sample, example.box), (example, embeddings[row, example.rank]))
     size = model.preprocessing.input_size
     views = [lens.examples.image(example).resize((size, size), Image.BILINEAR) for example, _ in crops.values()]

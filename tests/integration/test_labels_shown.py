@@ -36,9 +36,9 @@ def test_every_face_shows_the_stored_labels(world_lens) -> None:
     layer = "features.14"
     shown = world_lens.labels.shown(layer)
     units = [f"{layer}/{name}" for name in world_lens.units(layer)]
-    assert [world_lens.label_of(unit) for unit in units] == shown
+    assert [world_lens.labels.label_of(unit) for unit in units] == shown
     hits = world_lens.search("watermark", top=5)
-    assert all(hit.label == world_lens.label_of(hit.unit) for hit in hits) and any(hit.label for hit in hits)
+    assert all(hit.label == world_lens.labels.label_of(hit.unit) for hit in hits) and any(hit.label for hit in hits)
     labels, valid = world_lens.labels.of(layer), world_lens.arrays.valid(layer).tolist()
     expected = [bool(ok) and float(z) >= labels.min_confidence for ok, z in zip(valid, labels.confidence[:, 0])]
     assert [label is not None for label in shown] == expected

@@ -35,7 +35,7 @@ def test_efficientnet_lite0_with_conse_finds_the_cat(tmp_path) -> None:
     assert {layer["name"]: layer["units"] for layer in summary["layers"]} == {"_blocks.15": 320, "_fc": 1000}
     lens = Lens.open(out)
     tabby = find_imagenet_class("tabby cat")
-    sources = [example.source for example in lens.concept_examples(f"_fc/{tabby}")]
+    sources = [example.source for example in lens.examples.concept_examples(f"_fc/{tabby}")]
     assert "cat/cat-000.jpg" in sources  # the whole cat photo
     assert all(source.startswith("cat/") for source in sources[:5])
     # searching the Lens for "cat" finds units whose examples are cat photos, an output unit of a cat class among

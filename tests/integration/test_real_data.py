@@ -47,7 +47,7 @@ def test_wordnet_id_folders_are_the_model_s_classes(wnid_lens: Lens, wnid_folder
     from semlens.model.loading import load_model
 
     assert wnid_lens.manifest["relevance"]["targets"] == "labels"  # not the predicted classes
-    assert wnid_lens.class_index("n01443537") == wnid_lens.class_index("goldfish") == 1
+    assert wnid_lens.units.class_index("n01443537") == wnid_lens.units.class_index("goldfish") == 1
     model, data = load_model("py:tiny_models:imagenet_named_cnn"), load_data(f"folder:{wnid_folder}")
     _, labels = load_views(model, data)
     assert class_targets(model, data, labels).tolist() == labels  # what correcting the model trains on
@@ -69,7 +69,7 @@ def test_relevant_lists_a_class_s_units_by_share_of_relevance_per_layer(wnid_len
     units = json.loads(result.output)
     assert [unit["layer"] for unit in units] == ["features.3", "features.3", "head", "head"]
     for unit in units:
-        layer, row = wnid_lens.unit_index(unit["unit"])
+        layer, row = wnid_lens.units.index(unit["unit"])
         assert unit["mean_share"] == pytest.approx(float(wnid_lens.arrays.class_relevance(layer)["mean_share"][row, 0]))
         assert set(unit) == {"unit", "layer", "mean_share", "max_share", "label"}
     first = wnid_lens.arrays.class_relevance("features.3")["mean_share"][:, 0]
@@ -141,7 +141,7 @@ def test_pictures_of_examples_show_where_the_unit_fires(wnid_lens: Lens) -> None
     assert wnid_lens.arrays.search_rule == "active" and wnid_lens.arrays.crop_rules[0] == "peak"
     cropped = 0
     for row, name in enumerate(wnid_lens.units("features.3")):
-        for example in wnid_lens.concept_examples(f"features.3/{name}"):
+        for example in wnid_lens.examples.concept_examples(f"features.3/{name}"):
             picture = firing_picture(wnid_lens, f"features.3/{name}", example)
             view = wnid_lens.examples.image(example, crop=False)
             x0, y0, x1, y1 = wnid_lens.arrays.boxes("features.3", "active")[row, example.rank].tolist()

@@ -60,13 +60,13 @@ def test_relevance_topk_is_the_brute_force_ranking_of_relevance_shares(built: Le
 
 
 def test_concept_examples_by_relevance_read_back_what_was_stored(built: Lens) -> None:
-    examples = built.concept_examples("features.3/1", by="relevance")
+    examples = built.examples.concept_examples("features.3/1", by="relevance")
     stored = built.store.read_tensors("layers/features.3.relevance_topk.safetensors")
     assert [example.sample for example in examples] == [s for s in stored["ids"][1].tolist() if s >= 0][: len(examples)]
     assert [example.score for example in examples] == pytest.approx(stored["scores"][1, : len(examples)].tolist())
     assert all(example.source.endswith(".png") and example.label is not None for example in examples)
     assert [e.rank for e in examples] == sorted(e.rank for e in examples)
-    activation = built.concept_examples("features.3/1")
+    activation = built.examples.concept_examples("features.3/1")
     assert [e.score for e in activation] == pytest.approx(built.arrays.scores("features.3")[1, : len(activation)].tolist())
 
 
@@ -91,8 +91,8 @@ def test_each_distinct_crop_is_embedded_once_and_shared_with_activation_examples
 def test_relevance_theta_is_the_mean_embedding_of_the_relevance_crops(built: Lens) -> None:
     foundation = built.embedding.foundation
     for unit in ("features.0/2", "features.3/4"):
-        layer, row = built.unit_index(unit)
-        images = [built.examples.image(example) for example in built.concept_examples(unit, by="relevance")]
+        layer, row = built.units.index(unit)
+        images = [built.examples.image(example) for example in built.examples.concept_examples(unit, by="relevance")]
         expected = foundation.encode_images(images).mean(dim=0)
         torch.testing.assert_close(built.examples.theta(layer, "relevance")[row], expected, atol=3e-3, rtol=0)
         embeddings = built.examples.embeddings(layer, "relevance")[row]
@@ -139,14 +139,14 @@ def test_analyses_take_either_example_set(built: Lens) -> None:
     assert set(labelled) == set(built.layers)
     assert built.labels.vocabulary is None  # labels by relevance examples are returned, never stored
     with pytest.raises(SemlensError, match="activation, relevance"):
-        built.concept_examples("features.3/1", by="gradient")
+        built.examples.concept_examples("features.3/1", by="gradient")
 
 
 def test_a_lens_built_without_relevance_examples_says_how_to_rebuild(explorer_lenses) -> None:
     lens = Lens.open(explorer_lenses[0])
     assert not lens.examples.has_relevance and "examples" not in lens.manifest["identity"]["relevance"]
-    assert lens.concept_examples("head/0")  # the activation examples as before
-    for ask in (lambda: lens.concept_examples("head/0", by="relevance"), lambda: lens.measures("head", examples="relevance")):
+    assert lens.examples.concept_examples("head/0")  # the activation examples as before
+    for ask in (lambda: lens.examples.concept_examples("head/0", by="relevance"), lambda: lens.measures("head", examples="relevance")):
         with pytest.raises(SemlensError, match="--relevance-examples"):
             ask()
 
@@ -168,7 +168,7 @@ def test_the_cli_shows_relevance_examples(built: Lens, tmp_path) -> None:
     result = CliRunner().invoke(app, ["show", str(built.path), "features.3/1", "--by", "relevance", "-o", str(tmp_path / "u.png"), "--json"])
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)["examples"]
-    assert [item["sample"] for item in shown] == [e.sample for e in built.concept_examples("features.3/1", by="relevance")]
+    assert [item["sample"] for item in shown] == [e.sample for e in built.examples.concept_examples("features.3/1", by="relevance")]
 
 
 def relevance_arrays(lens: Lens) -> dict[str, torch.Tensor]:
@@ -224,7 +224,7 @@ def test_the_explorer_shows_relevance_examples_beside_activation_ones(built: Len
 
     client, unit = TestClient(create_app([built])), "/api/lenses/0/layers/features.3/units/1"
     page = client.get(unit).json()
-    expected = built.concept_examples("features.3/1", by="relevance")
+    expected = built.examples.concept_examples("features.3/1", by="relevance")
     shown = page["relevance_examples"]
     assert [(e["rank"], e["sample"], tuple(e["box"]), e["source"]) for e in shown] == [(e.rank, e.sample, e.box, e.source) for e in expected]
     assert [e["score"] for e in shown] == pytest.approx([e.score for e in expected])
@@ -240,9 +240,9 @@ def test_the_explorer_shows_relevance_examples_beside_activation_ones(built: Len
 
     by_relevance, by_activation = pixels(shown[0]["thumbnail"]), pixels(page["examples"][0]["thumbnail"])
     crop = np.asarray(firing_picture(built, "features.3/1", expected[0], "relevance").convert("RGB").resize((SIZE, SIZE)), dtype=float)
-    assert expected[0].sample != built.concept_examples("features.3/1")[0].sample  # a different top sample here
+    assert expected[0].sample != built.examples.concept_examples("features.3/1")[0].sample  # a different top sample here
     assert np.abs(by_relevance - crop).mean() < 3 < 20 < np.abs(by_activation - crop).mean()  # JPEG-close to where its own unit fires
-    cached = built.cache.root / "thumbnails" / "features.3"
+    cached = built.in_space(None).embedding.cache.root / "thumbnails" / "features.3"
     assert {"relevance_1_0_fires.jpg", "1_0_fires.jpg"} <= {path.name for path in cached.iterdir()}  # one cache entry per set
     assert pixels(shown[0]["image"]).shape == (32, 32, 3)
     # the relevance examples' overlay is drawn from their stored CRP heatmap, not from the activation crops' maps

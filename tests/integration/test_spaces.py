@@ -19,6 +19,7 @@ from semlens._util.errors import StaleLensError
 from semlens.cli import app
 from semlens.foundation import load_foundation_model
 from semlens.foundation.base import FoundationModel
+from semlens.lens.measures import similarity
 from semlens.pipeline.spaces import add_space
 from semlens.store.spaces import space_name
 from semlens.store.trust import UntrustedSpecError
@@ -65,20 +66,20 @@ def test_an_added_space_embeds_the_same_crops_and_leaves_the_default_space_alone
     assert lens.trusted  # built on this machine
     before = {path.name: path.read_bytes() for path in [lens.path / "crops.safetensors", *(lens.path / "layers").iterdir()]}
     space = add_space(lens, f"hf:{siglip_dir}", workers=0, progress=False)
-    sig, clip = space_name(f"hf:{siglip_dir}"), lens.default_space
+    sig, clip = space_name(f"hf:{siglip_dir}"), lens.embedding.default_name
     assert sig == f"hf-{siglip_dir.name}" and clip == f"hf-{Path(lens.manifest['foundation']['spec'][3:]).name}"
     assert space.name == sig and not space.default and space.complete and space.dim == 32
     after = {path.name: path.read_bytes() for path in [lens.path / "crops.safetensors", *(lens.path / "layers").iterdir()]}
     assert after == before  # the default space's files are untouched
     reopened = Lens.open(lens.path)  # the new files are recorded and checked like the others
     assert reopened.trusted  # the space's spec was the user's own: still trusted, though trust covers every spec
-    assert [s.name for s in reopened.spaces] == [clip, sig] and reopened.embedding.foundation_id.startswith("hf:tiny-clip")
+    assert [s.name for s in reopened.embedding.spaces] == [clip, sig] and reopened.embedding.foundation_id.startswith("hf:tiny-clip")
     view = reopened.in_space(sig)
     assert view.embedding.foundation_id == space.foundation_id and reopened.in_space("default") is reopened
     siglip = load_foundation_model(f"hf:{siglip_dir}")
     for unit in ("head/1", "features.3/2"):  # theta is the mean of the unit's crops embedded by the new model
-        layer, row = reopened.unit_index(unit)
-        crops = [reopened.examples.image(example) for example in reopened.concept_examples(unit)]
+        layer, row = reopened.units.index(unit)
+        crops = [reopened.examples.image(example) for example in reopened.examples.concept_examples(unit)]
         assert torch.allclose(view.arrays.theta(layer)[row], siglip.encode_images(crops).mean(dim=0), atol=2e-3)
         assert view.arrays.example_embeddings(layer)[row].shape == (5, 32)
     assert torch.equal(view.arrays.valid("head"), reopened.arrays.valid("head")) and torch.equal(view.arrays.boxes("head"), reopened.arrays.boxes("head"))
@@ -87,7 +88,7 @@ def test_an_added_space_embeds_the_same_crops_and_leaves_the_default_space_alone
 def test_adding_later_equals_building_with_both(lens, both, siglip_dir) -> None:
     sig = add_space(lens, f"hf:{siglip_dir}", workers=0, progress=False).name
     built_with_both = Lens.open(both)
-    assert [s.name for s in built_with_both.spaces] == [lens.default_space, sig]
+    assert [s.name for s in built_with_both.embedding.spaces] == [lens.embedding.default_name, sig]
     for layer in lens.layers:
         assert torch.allclose(lens.in_space(sig).arrays.theta(layer), built_with_both.in_space(sig).arrays.theta(layer), atol=1e-6)
         assert torch.equal(lens.arrays.theta(layer), built_with_both.arrays.theta(layer))  # the default space is the one-model build's
@@ -107,7 +108,7 @@ def test_an_interrupted_space_resumes_from_its_chunks(lens, both, siglip_dir, mo
     with pytest.raises(KeyboardInterrupt):
         add_space(lens, f"hf:{siglip_dir}", batch_size=1, workers=0, progress=False)  # one crop a call, 4 a chunk
     sig = space_name(f"hf:{siglip_dir}")
-    assert not Lens.open(lens.path).spaces[1].complete
+    assert not Lens.open(lens.path).embedding.spaces[1].complete
     with pytest.raises(SemlensError, match="unfinished"):
         Lens.open(lens.path).in_space(sig)
     monkeypatch.setattr(FoundationModel, "embed_pixels", embed)
@@ -135,7 +136,7 @@ def test_clashing_stale_and_bad_spaces_are_refused(lens, siglip_dir, tiny_clip_d
         add_space(lens, f"hf:{siglip_dir}", name="second", precision="bfloat16", workers=0, progress=False)
     add_space(lens, f"hf:{siglip_dir}", name="second", precision="bfloat16", overwrite=True, workers=0, progress=False)
     assert Lens.open(lens.path).manifest["spaces"]["second"]["dtype"] == "bfloat16"
-    with pytest.raises(SemlensError, match=rf"the Lens at {lens.path} has no embedding space 'nope'; its spaces: {lens.default_space} \(or default\), second"):
+    with pytest.raises(SemlensError, match=rf"the Lens at {lens.path} has no embedding space 'nope'; its spaces: {lens.embedding.default_name} \(or default\), second"):
         lens.in_space("nope").search("red")
     manifest = json.loads((lens.path / "manifest.json").read_text())
     manifest["spaces"]["second"]["crops"] = "0" * 16  # as if the Lens's crops changed since
@@ -156,7 +157,7 @@ def test_analyses_answer_in_the_space_asked_for(lens, siglip_dir) -> None:
     assert Lens.open(lens.path).labels.of("head").concepts.tolist() == default_labels["head"].concepts.tolist()
     assert sum(view.labels.dissect()["head"].values()) == len(lens.units("head"))
     assert set(view.measures("head")) == {"clarity", "polysemanticity", "redundancy"}
-    assert view.similarity("head/1", "head/1") == pytest.approx(1.0)
+    assert similarity(view, "head/1", "head/1") == pytest.approx(1.0)
     assert view.search_similar(view, "head/1", top=2)[0].unit != "head/1"
     assert view.compare(view).a_to_b[0][0] == pytest.approx(1.0)  # a Lens against itself
 
@@ -169,7 +170,7 @@ def test_compare_spaces_is_one_against_itself_and_less_across_models(lens, sigli
     assert same["structure"]["cka"] == pytest.approx(1.0) and same["structure"]["similarity_correlation"] == pytest.approx(1.0)
     across = lens.compare_spaces(None, "sig", queries=["red", "green", "blue"], top=2)
     assert across.units == sum(int(lens.arrays.valid(layer).sum()) for layer in lens.layers)
-    assert across.a == lens.default_space and across.b == "sig" and len(across.search.per_query) == 3
+    assert across.a == lens.embedding.default_name and across.b == "sig" and len(across.search.per_query) == 3
     assert -1 <= across.search.spearman <= 1 and 0 <= across.structure.cka <= 1 + 1e-6
 
 
@@ -193,14 +194,14 @@ def test_commands(built, siglip_dir, tmp_path) -> None:
 
     added = ask("embed", path, "--foundation", f"hf:{siglip_dir}", "--name", "sig", "--workers", "0", "--json")
     assert added["name"] == "sig" and added["dim"] == 32
-    assert [space["name"] for space in ask("spaces", path, "--json")] == [Lens.open(path).default_space, "sig"]
+    assert [space["name"] for space in ask("spaces", path, "--json")] == [Lens.open(path).embedding.default_name, "sig"]
     compared = ask("compare-spaces", path, "default", "default", "-q", "red", "-q", "blue", "--json")
     assert compared["search"]["spearman"] == 1.0 and compared["structure"]["cka"] == pytest.approx(1.0)
     hits = ask("search", path, "red", "--space", "sig", "--top", "2", "--json")
     assert [hit["unit"] for hit in hits] == [hit.unit for hit in Lens.open(path).in_space("sig").search("red", top=2)]
     assert set(ask("label", path, "--space", "sig", "--json")["layers"]) == {"features.3", "head"}
     assert (path / "spaces" / "sig" / "labels.json").is_file()
-    table = runner.invoke(app, ["compare-spaces", str(path), Lens.open(path).default_space, "sig", "-q", "red"])
+    table = runner.invoke(app, ["compare-spaces", str(path), Lens.open(path).embedding.default_name, "sig", "-q", "red"])
     assert table.exit_code == 0 and "linear CKA" in table.output
     wrong = runner.invoke(app, ["search", str(path), "red", "--space", "nope"])
     assert wrong.exit_code == 2 and "no embedding space 'nope'" in wrong.output
@@ -209,9 +210,9 @@ def test_commands(built, siglip_dir, tmp_path) -> None:
 def test_explorer_api(lens, siglip_dir) -> None:
     add_space(lens, f"hf:{siglip_dir}", name="sig", workers=0, progress=False)
     client = TestClient(create_app([lens]))
-    assert client.get("/api/lenses/0").json()["spaces"] == [lens.default_space, "sig"]
+    assert client.get("/api/lenses/0").json()["spaces"] == [lens.embedding.default_name, "sig"]
     listed = client.get("/api/lenses/0/spaces").json()
-    assert [space["name"] for space in listed] == [lens.default_space, "sig"] and "/" not in listed[1]["spec"]  # no local paths shown
+    assert [space["name"] for space in listed] == [lens.embedding.default_name, "sig"] and "/" not in listed[1]["spec"]  # no local paths shown
     hits = client.get("/api/lenses/0/search", params={"q": "red", "top": 3, "space": "sig"}).json()
     assert [hit["unit"] for hit in hits] == [hit.unit for hit in lens.in_space("sig").search("red", top=3)]
     compared = client.get("/api/lenses/0/spaces/compare", params={"a": "sig", "b": "sig", "q": ["red", "blue"]}).json()

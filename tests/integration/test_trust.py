@@ -75,11 +75,11 @@ def test_a_tampered_lens_runs_no_code_in_any_command_or_route(built, tmp_path, m
     copy = received(built, tmp_path, model="py:evil:factory", data="py:evil:factory", foundation="py:evil:factory")
     lens = Lens.open(copy)
     assert not lens.trusted
-    for question in (lambda: lens.search("red"), lambda: lens.label(), lambda: lens.model()):
+    for question in (lambda: lens.search("red"), lambda: lens.label(), lambda: lens.sources.model()):
         with pytest.raises(UntrustedSpecError, match="imports and runs Python code"):
             question()
     with pytest.raises(UntrustedSpecError, match="--probe-data"):
-        lens.examples.image(lens.concept_examples("head/0")[0])
+        lens.examples.image(lens.examples.concept_examples("head/0")[0])
     for command in (["search", copy, "red"], ["show", copy, "head/0", "-o", tmp_path / "u.png"], ["label", copy], ["map", copy]):
         result = runner.invoke(app, [str(part) for part in command])
         assert result.exit_code == 2 and "--trust" in " ".join(result.output.split()), result.output
@@ -96,7 +96,7 @@ def test_the_user_names_what_an_untrusted_lens_may_not(built, tmp_path, colour_f
     with pytest.raises(UntrustedSpecError, match="reads"):
         Lens.open(copy).search("red")
     lens = Lens.open(copy, foundation=f"hf:{tiny_clip_dir}", data=colour_folder)
-    assert lens.search("red", top=3) and lens.examples.image(lens.concept_examples("head/0")[0]).size[0] > 0
+    assert lens.search("red", top=3) and lens.examples.image(lens.examples.concept_examples("head/0")[0]).size[0] > 0
     result = runner.invoke(app, ["search", str(copy), "red", "--foundation", f"hf:{tiny_clip_dir}", "--json"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["show", str(copy), "head/0", "--probe-data", str(colour_folder), "-o", str(tmp_path / "u.png")])
@@ -110,12 +110,12 @@ def test_samples_json_names_no_files_that_are_shown(built, tmp_path, colour_fold
     copy = received(built, tmp_path)
     table = json.loads((copy / "samples.json").read_text())
     original = Lens.open(built)
-    example = original.concept_examples("head/0")[0]
+    example = original.examples.concept_examples("head/0")[0]
     table["root"] = "/"
     table["paths"] = ["etc/passwd" for _ in table["paths"]]
     (copy / "samples.json").write_text(json.dumps(table))
     tampered = Lens.open(copy, data=colour_folder)
-    shown = tampered.examples.image(tampered.concept_examples("head/0")[0])
+    shown = tampered.examples.image(tampered.examples.concept_examples("head/0")[0])
     expected = original.examples.image(example)
     assert (shown.size, shown.mode, shown.tobytes()) == (expected.size, expected.mode, expected.tobytes())
 
@@ -127,7 +127,7 @@ def test_a_changed_probe_folder_is_reported_not_shown(built, tmp_path, colour_fo
     Image.new("RGB", (40, 40), "white").save(first)
     lens = Lens.open(built, data=changed)
     with pytest.raises(SemlensError, match="not what this Lens was built from"):
-        lens.examples.image(lens.concept_examples("head/0")[0])
+        lens.examples.image(lens.examples.concept_examples("head/0")[0])
 
 
 def test_damaged_arrays_get_one_clear_message(built, tmp_path) -> None:
@@ -162,7 +162,7 @@ def test_a_consistent_lens_with_arrays_of_another_dtype_is_damaged_not_a_crash(b
     with pytest.raises(DamagedLensError, match=f"{file}: its array '{key}' holds float32, where semlens writes (integer|bool) values"):
         lens = Lens.open(copy)
         lens.measures("head")
-        lens.concept_examples("head/0")
+        lens.examples.concept_examples("head/0")
 
 
 def forged(built: Path, tmp_path: Path, file: str, change) -> Path:
@@ -218,7 +218,7 @@ def test_a_read_only_lens_answers_everything_and_nothing_writes_into_a_lens(buil
     monkeypatch.setattr("semlens.lens.spaces.writable", lambda _folder: False)  # as for a read-only mount (root may write anyway)
     lens = Lens.open(copy)
     labels = lens.label()
-    assert lens.label_of("head/0") == Lens.open(copy).label_of("head/0") and set(labels) == {"features.3", "head"}
+    assert lens.labels.label_of("head/0") == Lens.open(copy).labels.label_of("head/0") and set(labels) == {"features.3", "head"}
     assert lens.search("red", top=2) and lens.labels.dissect()
     client = TestClient(create_app([copy]))
     unit = client.get("/api/lenses/0/layers/head/units/0").json()
@@ -246,7 +246,7 @@ def test_explorer_gets_write_nothing_into_a_writable_lens(built, tmp_path) -> No
 def test_a_spec_hidden_behind_whitespace_is_refused_as_the_loader_would_read_it(built, tmp_path, marker, stranger) -> None:
     copy = received(built, tmp_path, model=" py:evil:factory", data="\tpy:evil:factory", foundation="\u3000py:evil:factory")
     lens = Lens.open(copy)
-    for question in (lambda: lens.search("red"), lambda: lens.model(), lambda: lens.sources.probe_data):
+    for question in (lambda: lens.search("red"), lambda: lens.sources.model(), lambda: lens.sources.probe_data):
         with pytest.raises(UntrustedSpecError, match="imports and runs Python code"):
             question()
     assert not marker.exists()
@@ -274,11 +274,11 @@ def test_trust_covers_every_spec_the_lens_makes_semlens_follow(built, tmp_path, 
 def test_a_look_alike_lens_gets_a_cache_of_its_own(built, tmp_path) -> None:
     copy = received(built, tmp_path)
     manifest = json.loads((copy / "manifest.json").read_text())
-    assert Lens.open(copy).cache.root == Lens.open(built).cache.root  # a copy shares the cache it can
+    assert Lens.open(copy).embedding.cache.root == Lens.open(built).embedding.cache.root  # a copy shares the cache it can
     name = next(iter(manifest["arrays"]))
     manifest["arrays"][name]["sha256"] = "0" * 64  # same build id and specs, other arrays
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    assert Lens.open(copy).cache.root != Lens.open(built).cache.root
+    assert Lens.open(copy).embedding.cache.root != Lens.open(built).embedding.cache.root
 
 
 @pytest.mark.parametrize(
@@ -325,7 +325,7 @@ def test_a_link_out_of_the_lens_is_not_followed(built, tmp_path, name) -> None:
     (copy / name).symlink_to(outside)
     with pytest.raises(DamagedLensError, match="links .* to a file outside itself"):
         lens = Lens.open(copy)
-        lens.concept_examples("features.3/0")
+        lens.examples.concept_examples("features.3/0")
         lens.search("red")
     assert outside.read_text() == "not the Lens's"
 

@@ -98,7 +98,7 @@ def test_unit_page_examples_thumbnails_and_full_images(client, explorer_lenses) 
         128,
         128,
     )
-    cached = Lens.open(explorer_lenses[0]).cache.root / "thumbnails" / "features.3" / "2_0_fires.jpg"
+    cached = Lens.open(explorer_lenses[0]).embedding.cache.root / "thumbnails" / "features.3" / "2_0_fires.jpg"
     assert cached.read_bytes() == thumbnail.content  # made once, kept in the user cache
     assert not (explorer_lenses[0] / "thumbnails").exists()  # never in the Lens
     full = Image.open(io.BytesIO(client.get(unit["examples"][0]["image"]).content))

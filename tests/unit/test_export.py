@@ -90,7 +90,7 @@ def test_tables_read_back_to_what_the_lens_answers(lens_path, tmp_path, format) 
     expected = [
         dict(zip(columns, (unit, e.rank, e.sample, e.score, *e.box, e.source, e.label)))
         for unit in unit_rows(lens)
-        for e in lens.concept_examples(unit)
+        for e in lens.examples.concept_examples(unit)
     ]
     assert examples == expected and result.rows["examples"] == len(expected) > 0
 
@@ -116,7 +116,7 @@ def test_labels_are_exported_once_the_lens_is_labelled(labelled_lens, tmp_path, 
     ]
     assert labels == expected and result.rows["labels"] == len(expected) > 0
     units = read_table(result.files["units"])
-    assert [row["label"] for row in units] == [lens.label_of(unit) for unit in unit_rows(lens)]
+    assert [row["label"] for row in units] == [lens.labels.label_of(unit) for unit in unit_rows(lens)]
     assert [row["label_alignment"] for row in units] == [lens.labels.candidates(unit)[0][1] for unit in unit_rows(lens)]
 
 

@@ -123,7 +123,7 @@ def test_lens_search_through_the_index_matches_brute_force(tmp_path, monkeypatch
     monkeypatch.setattr(index_module, "INDEX_MIN_UNITS", 1)
     indexed = Lens.open(path)
     hits = indexed.search("red", top=5)
-    assert _search_table(indexed).index is not None and (indexed.cache.root / INDEX_FILE).is_file()
+    assert _search_table(indexed).index is not None and (indexed.embedding.cache.root / INDEX_FILE).is_file()
     assert not (path / INDEX_FILE).exists()  # a cache: never written into the Lens
     # the same best scores; units whose scores differ only by rounding may swap places
     assert all(abs(hit.score - score) < 1e-5 for hit, score in zip(hits, list(exact.values())[:5], strict=True))

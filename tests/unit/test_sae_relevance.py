@@ -173,10 +173,10 @@ def sae_lens(tmp_path_factory, colour_folder, tiny_clip_dir):
 
 def test_a_lens_with_an_sae_layer_has_class_relevance_audits_and_graphs(sae_lens):
     lens, _ = sae_lens
-    assert lens.sae(LAYER) == {
+    assert lens.units.sae(LAYER) == {
         "architecture": "topk", "d_in": CHANNELS, "d_sae": 8, "k": 4, "decoder": True, "hook_name": None, "format": "saelens"
     }  # fmt: skip
-    assert lens.sae("features.1") is None
+    assert lens.units.sae("features.1") is None
     assert lens.manifest["layers"][LAYER]["crop"]["mode"] == "relevance"  # CRP from each feature's decoded share
     relevance = lens.arrays.class_relevance(LAYER)
     assert relevance is not None and relevance["mean_share"].shape == (8, 3)
@@ -265,7 +265,7 @@ def test_class_relevance_keeps_the_sae_error_terms_share_and_the_audit_shows_it(
     from semlens.relevance.lrp import unit_and_error_relevance
 
     lens, folder = sae_lens
-    model, data = lens.model(), lens.sources.probe_data
+    model, data = lens.sources.model(), lens.sources.probe_data
     mapping, _ = class_mapping(model, data)
     inputs = torch.stack([model.preprocessing(data.load(index)) for index in range(len(data))])
     targets = torch.tensor([mapping[data.label(index)] for index in range(len(data))])
@@ -276,7 +276,7 @@ def test_class_relevance_keeps_the_sae_error_terms_share_and_the_audit_shows_it(
     shares, rest = relevance_shares(features[LAYER], errors[LAYER]), error_share(features[LAYER], errors[LAYER])
     torch.testing.assert_close(shares.abs().sum(dim=1) + rest.abs(), torch.ones(len(data)), rtol=0, atol=1e-5)
     stored = lens.arrays.class_relevance(LAYER)
-    red = lens.class_index("red")
+    red = lens.units.class_index("red")
     chosen = targets == red
     assert float(rest[chosen].abs().max()) > 1e-3  # the planted SAE leaves a real error term
     assert float(stored["error_mean_share"][red]) == pytest.approx(float(rest[chosen].mean()), abs=1e-5)
@@ -297,7 +297,7 @@ def test_an_sae_layer_is_explained_with_shares_that_sum_to_one_with_its_error_te
     lens, folder = sae_lens
     result = lens.explain(0, layers=[LAYER], top=8)
     (layer,) = result.layers
-    model = lens.model()
+    model = lens.sources.model()
     inputs = model.preprocessing(lens.sources.probe_data.load(0))[None]
     with RelevanceModel(model.module, inputs).attributing() as modified:
         _, features, errors = unit_and_error_relevance(modified, inputs, torch.tensor([result.class_index]), [LAYER], None, {LAYER: folder})

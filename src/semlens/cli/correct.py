@@ -83,7 +83,7 @@ def correct(
     saved = exported = None
     if not result.failed:
         saved = None if out is None else str(result.save(out))
-        exported = None if export_weights is None else str(result.export_weights(opened.model(), export_weights))
+        exported = None if export_weights is None else str(result.export_weights(opened.sources.model(), export_weights))
     summary = {**result.to_dict(), "saved": saved, "exported": exported}
     if as_json:
         emit_json(summary)

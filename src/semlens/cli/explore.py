@@ -37,9 +37,9 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
     say(f"model       {identity['model']['spec']} (weights {identity['model']['fingerprint']})")
     say(f"data        {identity['data']['spec']} ({identity['data']['samples']} samples)")
     say(f"foundation  {manifest['foundation']['spec']} (id {manifest['foundation']['id']}, dim {manifest['foundation']['dim']})")
-    say(f"spaces      {', '.join(f'{space.name} ({space.spec})' + ('' if space.complete else ' (unfinished)') for space in opened.spaces)}")
+    say(f"spaces      {', '.join(f'{space.name} ({space.spec})' + ('' if space.complete else ' (unfinished)') for space in opened.embedding.spaces)}")
     rule = identity["relevance"].get("lrp_rule", "zplus")  # as recorded: info describes even a Lens it would not explain with
-    say(f"k           {opened.k}, crop {identity['embed']['crop']}, LRP rule {rule}{', relevance examples too' if opened.examples.has_relevance else ''}")
+    say(f"k           {opened.examples.k}, crop {identity['embed']['crop']}, LRP rule {rule}{', relevance examples too' if opened.examples.has_relevance else ''}")
     say(f"trusted     {'yes' if opened.trusted else 'no (it runs no code and reads no files it names; see `semlens trust`)'}")
     coverage = opened.labels.coverage()
     if coverage is None:
@@ -50,7 +50,7 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
 
     rows = [
         (name, layer["units"], layer["inactive_units"], int(opened.arrays.tied(name).sum()), layer["output"],
-         layer.get("crop", {}).get("mode", "-"), _shift(opened.arrays.map_shift(name)), sae_summary(opened.sae(name)))
+         layer.get("crop", {}).get("mode", "-"), _shift(opened.arrays.map_shift(name)), sae_summary(opened.units.sae(name)))
         for name, layer in manifest["layers"].items()
     ]  # fmt: skip
     console.print(table(None, ("layer", "units", "inactive", "tied", "output", "crops", "shift px", "sae"), rows))
@@ -141,7 +141,7 @@ def relevant(
         emit_json([unit.to_dict() for unit in units])
         return
     rows = [(unit.unit, *(f"{round(share, 4) + 0.0:.4f}" for share in (unit.mean_share, unit.max_share)), unit.label or "") for unit in units]  # + 0.0: no "-0.0000"
-    name = opened.classes[opened.class_index(class_name)] if opened.classes else class_name
+    name = opened.classes[opened.units.class_index(class_name)] if opened.classes else class_name
     console.print(table(f"units most relevant for class {name}", ("unit", "mean share", "max share", "label"), rows))
 
 
@@ -160,9 +160,9 @@ def show(
     from ..report.figures import concept_grid
 
     opened = open_lens(lens, trust, data=probe_data)
-    examples = opened.concept_examples(unit, by=by)
+    examples = opened.examples.concept_examples(unit, by=by)
     target = out or Path(unit.replace("/", "_") + ".png")
-    label = opened.label_of(unit)
+    label = opened.labels.label_of(unit)
     title = f"{unit}" + (f"  label: {label}" if label else "")
     grid = concept_grid([opened.examples.image(example) for example in examples], [f"{e.score:.3g}" for e in examples], title)
     grid.save(target)
@@ -170,7 +170,7 @@ def show(
         emit_json({"unit": unit, "label": label, "png": str(target), "examples": [asdict(e) for e in examples]})
         return
     say(f"wrote {target} ({len(examples)} concept examples of {unit})")
-    layer, row = opened.unit_index(unit)
+    layer, row = opened.units.index(unit)
     if opened.arrays.inactive(layer)[row]:
         say(f"note: {unit} never fired or was constant on the probe data: its examples are arbitrary (left out of search, labels and audits)")
     elif opened.arrays.tied(layer)[row]:
@@ -267,7 +267,7 @@ def overview_map(
     with step_bar(["map: UMAP and clusters", "map: figures"], enabled=not as_json) as done:
         overview = opened.overview(layer or None, clusters)
         done()
-        labels = {unit: opened.label_of(unit) for unit in overview.units}
+        labels = {unit: opened.labels.label_of(unit) for unit in overview.units}
         overview_figure(overview, labels).write_html(str(out), include_plotlyjs=True, full_html=True)
         picture = overview_png(overview, png or out.with_suffix(".png"))
         done()
@@ -293,7 +293,7 @@ def measures(
     from ..analysis.measures import Measures
 
     opened = open_lens(lens, space=space)
-    chosen = opened.checked_layers(layer or None)
+    chosen = opened.units.checked(layer or None)
     result = Measures({name: opened.measures(name, examples) for name in chosen}, {name: opened.units(name) for name in chosen})
     if as_json:
         emit_json(result.to_dict())
@@ -430,7 +430,7 @@ def report(
             done()
         audits = []
         for name in classes:
-            audits.append(opened.audit(name, valid or [opened.classes[opened.class_index(name)] if opened.classes else name], spurious, concept=concept, test_all=test_all))
+            audits.append(opened.audit(name, valid or [opened.classes[opened.units.class_index(name)] if opened.classes else name], spurious, concept=concept, test_all=test_all))
             done()
         graphs = []
         for name in classes if graph else []:

@@ -44,7 +44,7 @@ def embed(
 @friendly
 def list_spaces(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJson = False) -> None:
     """List a Lens's embedding spaces: the default one (its build's foundation model) and those added since."""
-    spaces = open_lens(lens).spaces
+    spaces = open_lens(lens).embedding.spaces
     if as_json:
         emit_json([space.to_dict() for space in spaces])
         return

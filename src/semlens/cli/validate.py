@@ -311,7 +311,7 @@ def test_artifact(
     from ..lens.correction import load_correction
 
     opened = open_lens(lens, trust, model=model)
-    loaded, index = opened.model(), opened.class_index(class_name)
+    loaded, index = opened.sources.model(), opened.units.class_index(class_name)
     result: dict = {"class": class_name, "class_index": index, "correction": None if correction is None else str(correction)}
     chosen = _artifact(artifact, mask, at, tint)
     with nullcontext() if correction is None else load_correction(correction).applied(loaded):

@@ -44,7 +44,7 @@ class LensArrays:
 
     def read(self, layer: str, kind: str) -> dict[str, torch.Tensor]:
         """The layer's array file of ``kind`` (``topk``, ``embed``, ``crops``, ...), read on first use and kept."""
-        self.lens._layer(layer)
+        self.lens.units.record(layer)
         return self._read_cached(f"{layer}.{kind}", layer_file(layer, kind))
 
     def scores(self, layer: str) -> torch.Tensor:
@@ -122,7 +122,7 @@ class LensArrays:
     def heatmaps(self, layer: str) -> torch.Tensor | None:
         """The maps each example's crop box was cut from ``[U, k, h, w]``: CRP relevance (pooled) for relevance
         crops, the activation maps for activation crops; None where examples are whole images."""
-        mode = self.lens._layer(layer).get("crop", {}).get("mode")
+        mode = self.lens.units.record(layer).get("crop", {}).get("mode")
         if mode == "relevance":
             return self.read(layer, "crops").get("heat")
         return self.maps(layer) if mode == "activation" else None
@@ -130,15 +130,15 @@ class LensArrays:
     def map_shift(self, layer: str) -> tuple[float, float] | None:
         """Where the layer's map cells sit off the even grid, in input pixels, as measured at the build
         (``model.receptive``); None for layers without maps and Lenses built before it was measured."""
-        return recorded_shift(self.lens._layer(layer), unmeasured=None)
+        return recorded_shift(self.lens.units.record(layer), unmeasured=None)
 
     def heatmap_shift(self, layer: str, examples: str = "activation") -> tuple[float, float]:
         """Where the cells of ``Lens.examples.heatmaps(layer, examples)`` sit off the even grid, in input pixels: the
         layer's ``map_shift`` for activation maps, none for relevance heatmaps (computed at the input) and for
         Lenses built before it was measured (their boxes were cut on the even grid)."""
-        if examples != "activation" or self.lens._layer(layer).get("crop", {}).get("mode") != "activation":
+        if examples != "activation" or self.lens.units.record(layer).get("crop", {}).get("mode") != "activation":
             return (0.0, 0.0)
-        return recorded_shift(self.lens._layer(layer))
+        return recorded_shift(self.lens.units.record(layer))
 
     @property
     def crop_rules(self) -> list[str]:
@@ -176,7 +176,7 @@ class LensArrays:
 
     def _space_embed(self, layer: str) -> dict[str, torch.Tensor]:
         """A layer's theta file in this (extra) space: ``theta`` and, built with several crop rules, ``theta.<rule>``."""
-        self.lens._layer(layer)
+        self.lens.units.record(layer)
         return self._read_cached(f"{self.lens.space}:{layer}.embed", space_file(self.lens.space, layer_file(layer, "embed")))
 
     def theta_by_rule(self, stored: dict[str, torch.Tensor], rule: str | None, embeddings: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -196,7 +196,7 @@ class LensArrays:
     def all_units(self, layers: list[str] | None = None, rule: str | None = None) -> tuple[list[str], torch.Tensor]:
         """Names and theta (by crop rule ``rule``, default the first) of the valid units (``valid``) of the given
         (default: all) layers, in layer order."""
-        chosen = self.lens.checked_layers(layers)
+        chosen = self.lens.units.checked(layers)
         names = [f"{layer}/{name}" for layer in chosen for name, ok in zip(self.lens.units(layer), self.valid(layer).tolist()) if ok]
         return names, torch.cat([self.theta(layer, rule)[self.valid(layer)] for layer in chosen])
 
@@ -204,7 +204,7 @@ class LensArrays:
         """Per unit and class: ``max_share`` and ``mean_share`` ``[U, K]`` of the layer's relevance, ``count``
         ``[K]``, and ``top_samples``/``top_shares`` ``[K_seen, U, m]`` for ``seen_classes``; None if not computed.
         The negative copy of a signed unit shares its channel's relevance."""
-        info = self.lens._layer(layer)
+        info = self.lens.units.record(layer)
         if not self.lens.store.path(layer_file(layer, "relevance")).is_file():
             return None
         arrays = self.read(layer, "relevance")

@@ -43,7 +43,7 @@ class RelevantUnit:
 def relevant_classes(lens: Lens, unit: str, top: int = 5) -> list[tuple[str, int, float, float]]:
     """The classes a unit matters most for, as (name, index, max share, mean share), highest mean share
     first; classes never seen in the class-relevance data are left out, and all of them without it."""
-    layer, row = lens.unit_index(unit)
+    layer, row = lens.units.index(unit)
     relevance = lens.arrays.class_relevance(layer)
     if relevance is None:
         return []
@@ -58,9 +58,9 @@ def relevant_units(lens: Lens, class_name: str | int, top: int = 10, layers: lis
     """The units a class relies on most, the ``top`` of each layer (of ``layers``, default all) by mean share
     of the layer's relevance over the class's samples, highest first: the reverse of ``relevant_classes``.
     Shares are within a layer, so each layer is ranked on its own."""
-    index = lens.class_index(class_name)
+    index = lens.units.class_index(class_name)
     found = []
-    for layer in lens.checked_layers(layers):
+    for layer in lens.units.checked(layers):
         relevance = lens.arrays.class_relevance(layer)
         if relevance is None:
             raise SemlensError(f"no class relevance for layer {layer}; rebuild with class relevance on")
@@ -68,7 +68,7 @@ def relevant_units(lens: Lens, class_name: str | int, top: int = 10, layers: lis
         mean, peak = relevance["mean_share"][:, index], relevance["max_share"][:, index]
         order = torch.argsort(mean.nan_to_num(float("-inf")), descending=True, stable=True)[:top].tolist()
         units = lens.units(layer)
-        found += [RelevantUnit(f"{layer}/{units[row]}", layer, float(mean[row]), float(peak[row]), lens.label_of(f"{layer}/{units[row]}")) for row in order]
+        found += [RelevantUnit(f"{layer}/{units[row]}", layer, float(mean[row]), float(peak[row]), lens.labels.label_of(f"{layer}/{units[row]}")) for row in order]
     return found
 
 
@@ -76,9 +76,9 @@ def sae_error_shares(lens: Lens, class_name: str | int, layers: list[str] | None
     """Per SAE layer (of the given, default all, layers), the class's mean share of the layer's relevance
     carried by the SAE's error term (what its features do not reconstruct; the features' shares and it sum
     to 1 in absolute value). Layers without an SAE, and Lenses built before it was kept, have none."""
-    index = lens.class_index(class_name)
+    index = lens.units.class_index(class_name)
     found = {}
-    for layer in lens.checked_layers(layers):
+    for layer in lens.units.checked(layers):
         relevance = lens.arrays.class_relevance(layer)
         if relevance is not None and "error_mean_share" in relevance:
             found[layer] = float(relevance["error_mean_share"][index])
@@ -112,8 +112,8 @@ def audit(
 
     if not (valid or valid_images) or not (spurious or spurious_images):
         raise SemlensError("an audit needs at least one valid and one spurious concept (text or image)")
-    index = lens.class_index(class_name)
-    chosen = lens.checked_layers(layers)
+    index = lens.units.class_index(class_name)
+    chosen = lens.units.checked(layers)
     missing = [layer for layer in chosen if lens.arrays.class_relevance(layer) is None]
     if missing:
         reasons = lens.manifest.get("relevance", {}).get("left_out", {})
@@ -143,7 +143,7 @@ def audit(
     result.null_units = {layer: int(lens.arrays.valid(layer).sum()) for layer in chosen}
     result.sae_error = sae_error_shares(lens, index, chosen)
     for audited in result.units:
-        audited.examples = [example.source for example in lens.concept_examples(audited.unit)[:3]]
+        audited.examples = [example.source for example in lens.examples.concept_examples(audited.unit)[:3]]
     if concept is not None:
         _test_findings(lens, result, index, concept, test_all)
     return made_by(result, lens)
@@ -172,7 +172,7 @@ def _test_findings(lens: Lens, result: Audit, class_index: int, concept: Concept
     from ..interventions.effects import UnitToTest, concept_tests
     from ..model.units import LayerSpec
 
-    model = lens.model()
+    model = lens.sources.model()
     without, with_concept, classes = concept.views_and_classes(model)
     region = concept.region(with_concept)
     units = result.units if test_all else result.to_test(located=region is not None)
@@ -181,7 +181,7 @@ def _test_findings(lens: Lens, result: Audit, class_index: int, concept: Concept
     shifts = {layer: shift for layer in layers if (shift := lens.arrays.map_shift(layer)) is not None}  # else measured now
 
     def to_test(name: str) -> UnitToTest:
-        layer, row = lens.unit_index(name)
+        layer, row = lens.units.index(name)
         spec = LayerSpec(**{**lens.manifest["layers"][layer]["spec"], "sae": saes.get(layer)})
         return UnitToTest(name, spec, row, row % lens.manifest["layers"][layer]["base_units"])
 
@@ -208,9 +208,9 @@ def pruning_effect(
     the layer's output (needs the model and, for SAE layers, a trusted Lens)."""
     from ..interventions.effects import pruning_effect as measure_pruning
 
-    channels = lens.channels(units)
-    index = None if class_name is None else lens.class_index(class_name)
-    return measure_pruning(lens.model(), data, channels, index, artifact, lens.sources.sae_files(list(channels)), lens.channels_last(list(channels)))
+    channels = lens.units.channels(units)
+    index = None if class_name is None else lens.units.class_index(class_name)
+    return measure_pruning(lens.sources.model(), data, channels, index, artifact, lens.sources.sae_files(list(channels)), lens.units.channels_last(list(channels)))
 
 
 def audit_classes(
@@ -241,12 +241,12 @@ def attribution_graph(
     from ..relevance.graph import GRAPH_CUT, build_graph, relevant_samples
     from ..relevance.lrp import RelevanceModel
 
-    chosen = lens.checked_layers(layers)
+    chosen = lens.units.checked(layers)
     if len(chosen) < 2:
         raise SemlensError("an attribution graph needs at least two layers")
     if any(lens.manifest["layers"][layer]["unit_names"] == "signed" for layer in chosen):
         raise SemlensError("attribution graphs need unsigned layers (channels or SAE features)")
-    index = lens.class_index(class_name)
+    index = lens.units.class_index(class_name)
     relevance = lens.arrays.class_relevance(chosen[-1])
     if relevance is None:
         raise SemlensError("no class relevance in this Lens; rebuild with class relevance on")
@@ -254,9 +254,9 @@ def attribution_graph(
     weights = relevance["mean_share"][:, index].masked_fill(~lens.arrays.valid(chosen[-1]), 0.0)
     row = seen.index(index)
     ids = relevant_samples(relevance["top_samples"][row], relevance["top_shares"][row], weights, samples)
-    model = lens.model()
+    model = lens.sources.model()
     inputs = torch.stack([model.preprocessing(lens.sources.probe_data.load(i)) for i in ids])
-    lrp = RelevanceModel(model.module, inputs[:2], rule=lens.lrp_rule)
+    lrp = RelevanceModel(model.module, inputs[:2], rule=lens.units.lrp_rule)
     if not lrp.check().supported:
         raise SemlensError(f"LRP does not support this model: {lrp.check().reason}")
     if lens.labels.vocabulary is None:
@@ -266,7 +266,7 @@ def attribution_graph(
     title = lens.classes[index] if lens.classes else str(index)
     valid = {layer: lens.arrays.valid(layer) for layer in chosen}
     saes: dict = lens.sources.sae_files(chosen)  # paths, loaded on first use
-    return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid, saes, lens.channels_last(chosen))
+    return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid, saes, lens.units.channels_last(chosen))
 
 
 def _seen_class(lens: Lens, index: int, class_name: str | int, relevance: dict) -> list[int]:

@@ -58,7 +58,7 @@ def concept_clusters(
     """The groups of ``unit``'s concept examples (by ``"activation"`` or ``"relevance"``) that are distinct
     concepts (see ``analysis.clusters.concept_clusters``), each named from ``vocabulary``, else from the
     stored labels' vocabulary; unnamed when neither is there."""
-    layer, row = lens.unit_index(unit)
+    layer, row = lens.units.index(unit)
     embeddings = lens.examples.embeddings(layer, examples)[row : row + 1]
     members, means, p = cluster_examples(embeddings)
     ranks = [[rank for rank, member in enumerate(members[0].tolist()) if member == cluster] for cluster in (0, 1)]

@@ -220,7 +220,7 @@ def correct(
         raise SemlensError(f"unknown correction method {method!r}; valid: {', '.join(METHODS)}")
     if not 0 <= tolerance <= 1:
         raise SemlensError(f"tolerance={tolerance} must lie between 0 and 1 (the clean accuracy a correction may cost, e.g. {ACCURACY_TOLERANCE})")
-    model, index = lens.model(), lens.class_index(class_name)
+    model, index = lens.sources.model(), lens.units.class_index(class_name)
     names = lens.classes or model.classes or []
     views, targets = _labelled_views(model, train if train is not None else lens.sources.probe_data)
     if data is None:
@@ -241,7 +241,7 @@ def correct(
             without = [view for view, target in zip(views, targets.tolist()) if target != index]
             with_concept = [artifact.apply(view) for view in without]
         candidates = [layer] if layer else _projection_layers(lens)
-        last = lens.channels_last([name for name in candidates if name in lens.layers])
+        last = lens.units.channels_last([name for name in candidates if name in lens.layers])
         fix, settings["layer_trials"] = choose_projection(model, candidates, views, targets, index, artifact, (without, with_concept), estimator, last)
         settings["estimator"] = estimator
     else:

@@ -46,14 +46,14 @@ class ExampleSets:
 
     def has_relevance_in(self, layer: str) -> bool:
         """Whether ``layer``'s units have relevance examples (none in a Lens built without them, nor in SAE layers)."""
-        self.lens._layer(layer)
+        self.lens.units.record(layer)
         return self.has_relevance and self.lens.store.path(layer_file(layer, "relevance_topk")).is_file()
 
     def _relevance_file(self, layer: str, kind: str) -> dict[str, torch.Tensor]:
         """A layer's relevance-example arrays (``relevance_topk`` or ``relevance_embed``), the negative half of a
         signed layer a copy of the positive one (a channel's relevance is one), marked tied; clear errors
         where the Lens has none."""
-        self.lens._layer(layer)
+        self.lens.units.record(layer)
         if kind == "relevance_embed" and self.lens.space is not None:
             raise SemlensError(
                 f"relevance examples are embedded in the Lens's default space only, not in {self.lens.space!r}; "
@@ -73,7 +73,7 @@ class ExampleSets:
         arrays = self.lens.arrays.read(layer, kind)
         if kind == "relevance_embed" and not self.lens.arrays.stored_by_rule(arrays):
             arrays = {**arrays, "tied": self._first_rule_ties[layer]}  # built before they were by the first rule
-        if self.lens._layer(layer)["unit_names"] != "signed":
+        if self.lens.units.record(layer)["unit_names"] != "signed":
             return arrays
         doubled = {name: torch.cat([tensor, tensor]) for name, tensor in arrays.items()}
         if "tied" in arrays:
@@ -118,7 +118,7 @@ class ExampleSets:
         if check_example_set(examples) == "activation":
             return self.lens.arrays.heatmaps(layer)
         self._relevance_file(layer, "relevance_topk")  # clear errors where the Lens or layer has none
-        if self.lens._layer(layer).get("relevance_examples", {}).get("crop") != "relevance":
+        if self.lens.units.record(layer).get("relevance_examples", {}).get("crop") != "relevance":
             return None
         return self._relevance_file(layer, "relevance_heat")["heat"]
 
@@ -153,11 +153,16 @@ class ExampleSets:
 
         return self.lens.store.read_json("samples.json", parse)
 
+    @property
+    def k(self) -> int:
+        """Concept examples kept per unit (after lowering to the data's size)."""
+        return self.lens.manifest["identity"]["collect"]["k"]
+
     def concept_examples(self, unit: str, by: str = "activation") -> list[ConceptExample]:
         """A unit's concept examples, best first: its top samples by ``"activation"``, or by ``"relevance"`` for
         the model's output on the sample's class (scores are then relevance shares; Lenses built with
         ``relevance_examples``)."""
-        layer, row = self.lens.unit_index(unit)
+        layer, row = self.lens.units.index(unit)
         scores, ids = self.scores(layer, by)[row], self.samples(layer, by)[row]
         boxes = self.boxes(layer, by)[row]
         examples = []

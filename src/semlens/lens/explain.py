@@ -79,7 +79,7 @@ def explain(
         raise SemlensError(f"top must be at least 1 (got {top})")
     chosen = _explainable_layers(lens, layers)
     picture, described = _explained_image(lens, image)
-    target = None if class_name is None else lens.class_index(class_name)
+    target = None if class_name is None else lens.units.class_index(class_name)
     preprocessing = Preprocessing(**lens.manifest["identity"]["preprocessing"])
     view = preprocessing.view(picture)
     inputs = preprocessing.normalise(view)[None]
@@ -99,7 +99,7 @@ def explain(
 
 @per_lens
 def _explainer(lens: Lens) -> Explainer:
-    return Explainer(lens.model(), lens.lrp_rule)
+    return Explainer(lens.sources.model(), lens.units.lrp_rule)
 
 
 def _explain_layer(
@@ -133,14 +133,14 @@ def _explained_unit(lens: Lens, layer: str, row: int, share: float, result: Imag
 
     unit = f"{layer}/{lens.units(layer)[row]}"
     score = float(result.scores[layer][row])
-    return ExplainedUnit(unit, share, score, lens.label_of(unit), lens.concept_examples(unit)[:EXAMPLES], heatmap)
+    return ExplainedUnit(unit, share, score, lens.labels.label_of(unit), lens.examples.concept_examples(unit)[:EXAMPLES], heatmap)
 
 
 def _explainable_layers(lens: Lens, layers: list[str] | None) -> list[str]:
     """The given layers (checked), else all of them; by default SAE layers only where the Lens is trusted
     (explaining with one reads the SAE file the Lens names: ``Lens.sources.sae_files``)."""
     if layers:
-        return lens.checked_layers(layers)
+        return lens.units.checked(layers)
     chosen = [layer for layer in lens.layers if lens.trusted or not lens.manifest["layers"][layer]["spec"].get("sae")]
     if not chosen:
         raise SemlensError(

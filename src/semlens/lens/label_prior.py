@@ -66,7 +66,7 @@ def prior_sets(lens: Lens, progress: bool = False) -> torch.Tensor:
     """Clip-dissect's prior sets ``[S, k, d]``: random sets of k probe images, else (probe data or foundation
     model out of reach: an untrusted Lens without ``data=``) the example sets, with a warning."""
     try:
-        return random_sets(probe_prior_images(lens, progress=progress), lens.k)
+        return random_sets(probe_prior_images(lens, progress=progress), lens.examples.k)
     except SemlensError as error:
         warnings.warn(f"clip-dissect's prior from the Lens's example sets, as the probe images are out of reach: {error}", stacklevel=3)
         return example_prior_sets(lens)

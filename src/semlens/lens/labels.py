@@ -203,7 +203,7 @@ class LabelStore:
     def label_of(self, unit: str) -> str | None:
         """A unit's stored label, or None when it shows no concept (or before ``label`` ran); per unit, where
         ``shown`` gives a whole layer's."""
-        layer, row = self.lens.unit_index(unit)
+        layer, row = self.lens.units.index(unit)
         labels = self.of(layer)
         if labels is None or not bool(labels.labelled[row]):
             return None
@@ -212,7 +212,7 @@ class LabelStore:
     def confidence_of(self, unit: str) -> float | None:
         """The confidence of a unit's stored label (robust z against its layer, ``analysis.label``), None before
         ``label`` ran or for labels stored before confidences."""
-        layer, row = self.lens.unit_index(unit)
+        layer, row = self.lens.units.index(unit)
         labels = self.of(layer)
         return None if labels is None else _confidences(labels, row)[0]
 
@@ -223,7 +223,7 @@ class LabelStore:
 
     def candidates(self, unit: str) -> list[tuple[str, float, float | None]]:
         """A unit's best concepts with their alignments and confidences, best first (empty before ``label`` ran)."""
-        layer, row = self.lens.unit_index(unit)
+        layer, row = self.lens.units.index(unit)
         labels = self.of(layer)
         if labels is None:
             return []
@@ -336,11 +336,6 @@ def label_layer(
         embeddings, samples = lens.examples.embeddings(layer, examples), lens.examples.samples(layer, examples)
         scores = method_scores(method, theta, embeddings, samples, valid, concepts, null, prior)
     return rank_concepts(scores, None if method == "alignment" else aligned, confidence, threshold, top, valid, method, min_confidence)
-
-
-def label_of(lens: Lens, unit: str) -> str | None:
-    """A unit's stored label, or None when it shows no concept (or before ``label`` ran): ``LabelStore.label_of``."""
-    return lens.labels.label_of(unit)
 
 
 def names_by_responses(lens: Lens, layers: list[str], concepts: list[str]) -> list[str | None] | None:

@@ -6,15 +6,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._util.cache import cache_dir
 from .._util.errors import SemlensError, StaleLensError
-from .._util.fingerprint import hash_json
-from ..model.imagenet import model_class_index
-from ..model.units import unit_names
 from ..store.files import LensStore
 from ..store.layout import check_layout
-from ..store.spaces import DEFAULT, EmbeddingSpace, check_space_name, space_name
-from ..store.trust import LensAccess, is_trusted, lens_key
+from ..store.spaces import DEFAULT, check_space_name
+from ..store.trust import LensAccess, is_trusted
 from .arrays import LensArrays
 from .example_sets import ExampleSets
 from . import audits as _audits
@@ -28,6 +24,7 @@ from . import spaces as _spaces
 from .spaces import SpaceView
 from .labels import LabelStore
 from .sources import LensSources
+from .units import LensUnits
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -37,7 +34,6 @@ if TYPE_CHECKING:
     from ..data import ImageData
     from ..foundation import FoundationModel
     from ..model.loading import LoadedModel
-    from .examples import ConceptExample
 
 STAGES = ("collect", "embed")
 
@@ -47,8 +43,9 @@ class Lens:
 
     Units are addressed as ``"layer/index"`` (``"layer/index-"`` for the negative half of a signed
     layer). Open with :meth:`Lens.open`; nothing but the manifest is read until asked for. The Lens opens
-    itself, names its units and classes, keeps its views in other embedding spaces (``in_space``) and holds
-    what it reads: ``arrays``, ``examples``, ``labels``, ``embedding`` (its space) and ``sources``. Each
+    itself, keeps its views in other embedding spaces (``in_space``) and holds what it reads: ``units``
+    (its layers' units and the model's classes), ``arrays``, ``examples``, ``labels``, ``embedding`` (its
+    space and the Lens's other spaces) and ``sources`` (what it names outside itself, the model among them). Each
     question is a function of its own module taking the Lens (``semlens.lens.search.search(lens, ...)``),
     carried as a method (``lens.search(...)``).
     """
@@ -93,13 +90,6 @@ class Lens:
         return cls(store, manifest, LensAccess(trust, str(data) if isinstance(data, Path) else data, foundation, model))
 
     @cached_property
-    def cache(self) -> LensStore:
-        """This Lens's folder in the user cache (the search index, the explorer's thumbnails): caches never
-        write into a Lens, so reading one changes nothing in it. Keyed by what the Lens follows and by its
-        arrays' hashes: a look-alike Lens (same build id, other examples) gets a folder of its own."""
-        return LensStore(cache_dir("lenses", hash_json([lens_key(self.manifest), self.manifest.get("arrays")])))
-
-    @cached_property
     def arrays(self) -> LensArrays:
         """Its per-layer arrays (top-k scores and samples, crop boxes, theta, which units are valid, class
         relevance, ...), each file read on first use: ``semlens.lens.arrays``."""
@@ -112,24 +102,24 @@ class Lens:
         return LabelStore(self)
 
     @cached_property
+    def units(self) -> LensUnits:
+        """Its layers' units and the model's classes: ``lens.units(layer)`` names a layer's units,
+        ``lens.units.index("layer/3")`` finds one: ``semlens.lens.units.LensUnits``."""
+        return LensUnits(self)
+
+    @cached_property
     def examples(self) -> ExampleSets:
         """Its units' concept examples, by activation or by relevance: their arrays by layer, and each unit's
         read back as records and images: ``semlens.lens.example_sets``."""
         return ExampleSets(self)
-
-    def concept_examples(self, unit: str, by: str = "activation") -> list[ConceptExample]:
-        """A unit's concept examples, best first (``ExampleSets.concept_examples``)."""
-        return self.examples.concept_examples(unit, by)
 
     # -- its questions: each a function of its own module, taking the Lens ----------------------
 
     search = _search.search
     search_similar = _search.search_similar
     label = _labels.label
-    label_of = _labels.label_of
     overview = _measures.overview
     measures = _measures.measures
-    similarity = _measures.similarity
     compare = _measures.compare
     concept_clusters = _clusters.concept_clusters
     relevant_units = _audits.relevant_units
@@ -153,103 +143,13 @@ class Lens:
         return list(self.manifest["layers"])
 
     @property
-    def k(self) -> int:
-        """Concept examples kept per unit (after lowering to the data's size)."""
-        return self.manifest["identity"]["collect"]["k"]
-
-    @property
-    def lrp_rule(self) -> str:
-        """The convolutions' LRP rule the Lens was built with (``BuildConfig.lrp_rule``), which its explanations
-        and attribution graphs use too; a name this semlens does not know (a newer one's, or an altered Lens) is refused."""
-        from ..relevance.rules import LRP_RULE_NAMES
-
-        rule = self.manifest["identity"]["relevance"].get("lrp_rule", "zplus")
-        if rule not in LRP_RULE_NAMES:
-            raise SemlensError(f"this Lens was built with the LRP rule {rule!r}, which this semlens does not know ({', '.join(LRP_RULE_NAMES)})")
-        return rule
-
-    @property
     def classes(self) -> list[str] | None:
         """The model's class names (None when it has none)."""
         return self.manifest.get("model_classes")
 
-    def units(self, layer: str) -> list[str]:
-        """A layer's unit names, in row order: channel indices, ``i`` and ``i-`` for a signed layer's two copies."""
-        info = self._layer(layer)
-        return unit_names(info["base_units"], info["unit_names"] == "signed")
-
-    def unit_index(self, unit: str) -> tuple[str, int]:
-        """``"layer/name"`` to (layer, row index); a clear error for unknown layers and units."""
-        layer, sep, name = unit.rpartition("/")
-        if not sep:
-            raise SemlensError(f"unit {unit!r} is not of the form layer/index (e.g. {self.layers[0]}/0)")
-        names = self.units(layer)
-        try:
-            return layer, names.index(name)
-        except ValueError:
-            raise SemlensError(f"layer {layer!r} has no unit {name!r}; its units are {names[0]}..{names[-1]}") from None
-
-    def class_index(self, name: str | int) -> int:
-        """A class given by name (case-insensitive; or the WordNet id of an ImageNet class) or index, as the
-        model's output index."""
-        classes = self.classes
-        if isinstance(name, int) or str(name).isdecimal():
-            index = int(name)
-            if classes and not 0 <= index < len(classes):
-                raise SemlensError(f"class index {index} is out of range: this model has {len(classes)} classes")
-            return index
-        found = model_class_index(str(name), classes or [])
-        if found is not None:
-            return found
-        hint = f"e.g. {', '.join((classes or [])[:5])}" if classes else "this model has no class names"
-        raise SemlensError(f"unknown class {name!r}; give a class index or a class name ({hint})")
-
-    def channels(self, units: list[str]) -> dict[str, list[int]]:
-        """Units (``layer/index``, ``layer/index-``) as channels (SAE features for SAE layers) per layer, for pruning."""
-        grouped: dict[str, list[int]] = {}
-        for unit in units:
-            layer, row = self.unit_index(unit)
-            grouped.setdefault(layer, []).append(row % self._layer(layer)["base_units"])
-        return {layer: sorted(set(members)) for layer, members in grouped.items()}
-
-    def channels_last(self, layers: list[str]) -> list[str]:
-        """Those of ``layers`` read channels last (maps N,H,W,C: ``LayerSpec.channels_last``): relevance,
-        explanations, graphs and projections take their channels on the last dimension."""
-        return [layer for layer in layers if self._layer(layer)["spec"].get("channels_last")]
-
-    def sae(self, layer: str) -> dict[str, Any] | None:
-        """The SAE a layer's units are the features of (architecture, d_in, d_sae, k, format, hook_name), or None."""
-        return self._layer(layer).get("sae")
-
-    def checked_layers(self, layers: list[str] | None) -> list[str]:
-        """The given layers (each checked), or all layers when None."""
-        for layer in layers or []:
-            self._layer(layer)
-        return list(layers) if layers else self.layers
-
-    def _layer(self, layer: str) -> dict[str, Any]:
-        try:
-            return self.manifest["layers"][layer]
-        except KeyError:
-            raise SemlensError(f"this Lens has no layer {layer!r}; its layers: {', '.join(self.layers)}") from None
-
     # -- its embedding spaces (semlens.lens.spaces) ---------------------------------------------
 
     _default_view: Lens | None = None  # a view's Lens in the default space, which keeps the views
-
-    @property
-    def default_space(self) -> str:
-        """The default space's name (its foundation model's spec made a name; ``"default"`` names it too)."""
-        return space_name(self.manifest["foundation"]["spec"])
-
-    @property
-    def spaces(self) -> list[EmbeddingSpace]:
-        """The default space first, then the extra ones in the order they were added."""
-        found = [EmbeddingSpace(self.default_space, self.manifest["foundation"]["spec"], self.manifest["foundation"]["id"],
-                                self.manifest["foundation"]["dim"], True, True)]  # fmt: skip
-        for name, record in self.manifest.get("spaces", {}).items():
-            found.append(EmbeddingSpace(name, record["spec"], record.get("id", ""), record.get("dim", 0), False, record.get("complete", False)))
-        return found
 
     def in_space(self, space: str | None) -> Lens:
         """This Lens seen in embedding space ``space`` (None, ``"default"`` or the default's name: this Lens's
@@ -269,20 +169,13 @@ class Lens:
     def _views(self) -> dict[str, Lens]:
         return {}
 
-    def forget_view(self, space: str) -> None:
-        """Forget the view of ``space`` and its arrays read so far (the space was embedded again)."""
-        home = self._default_view or self
-        home._views.pop(space, None)
-        for key in [key for key in home.arrays.files if key.startswith(f"{space}:")]:
-            del home.arrays.files[key]
-
     def _space_key(self, space: str | None) -> str | None:
         """``space`` checked: None for the default space, else the name of a complete, current extra space."""
-        if space is None or space in (DEFAULT, self.default_space):
+        if space is None or space in (DEFAULT, self.embedding.default_name):
             return None
         extra = self.manifest.get("spaces", {})
         if space not in extra:
-            names = ", ".join([f"{self.default_space} (or {DEFAULT})", *(name for name in extra)])
+            names = ", ".join([f"{self.embedding.default_name} (or {DEFAULT})", *(name for name in extra)])
             raise SemlensError(f"the Lens at {self.path} has no embedding space {space!r}; its spaces: {names} (add one with `semlens embed`)")
         record = extra[space]
         if not record.get("complete"):
@@ -307,11 +200,6 @@ class Lens:
         """The embedding space this Lens (or view: ``in_space``) answers in: its record, foundation model,
         probes, files and caches: ``semlens.lens.spaces.SpaceView``."""
         return SpaceView(self)
-
-    def model(self) -> LoadedModel:
-        """The model under study: the one the user named (``model=``, ``--model``), else (trusted Lenses only)
-        reloaded from its recorded spec; checked against the recorded weights either way."""
-        return self.sources.model()
 
     def __repr__(self) -> str:
         units = sum(layer["units"] for layer in self.manifest["layers"].values())

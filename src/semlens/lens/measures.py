@@ -52,8 +52,8 @@ def similarity(lens: Lens, unit: str, other_unit: str, other: Lens | None = None
     other = other or lens
     if other.embedding.foundation_id != lens.embedding.foundation_id:
         raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
-    layer, row = lens.unit_index(unit)
-    other_layer, other_row = other.unit_index(other_unit)
+    layer, row = lens.units.index(unit)
+    other_layer, other_row = other.units.index(other_unit)
     return float(alignment(lens.arrays.theta(layer)[row : row + 1], other.arrays.theta(other_layer)[other_row : other_row + 1], None))
 
 

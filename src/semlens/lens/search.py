@@ -125,14 +125,14 @@ def search(
         raise SemlensError(f"rank={rank!r}: rank by one of {', '.join(RANKINGS)}")
     probe_vector, null = probe(lens, text, images, templates)
     texts = [text] if isinstance(text, str) else list(text or [])
-    return _rank(lens, probe_vector, null, lens.checked_layers(layers), top, examples=examples, rank=rank, names=texts)
+    return _rank(lens, probe_vector, null, lens.units.checked(layers), top, examples=examples, rank=rank, names=texts)
 
 
 def search_similar(lens: Lens, source: Lens, unit: str, top: int = 10) -> SearchResults:
     """Units of this Lens most similar to ``unit`` of ``source`` (this Lens or another one)."""
     if source.embedding.foundation_id != lens.embedding.foundation_id:
         raise SemlensError("units of Lenses embedded by different foundation models cannot be compared")
-    layer, row = source.unit_index(unit)
+    layer, row = source.units.index(unit)
     return _rank(lens, source.arrays.theta(layer, source.arrays.search_rule)[row], None, lens.layers, top, exclude=(layer, row) if source is lens else None, rank=None)
 
 
@@ -196,5 +196,5 @@ def _unit_table(lens: Lens, layers: list[str], examples: str = "activation") -> 
 
 def _search_hit(lens: Lens, layer: str, row: int, score: float, examples: str = "activation", response: float | None = None) -> SearchHit:
     unit = f"{layer}/{lens.units(layer)[row]}"
-    sources = [example.source for example in lens.concept_examples(unit, by=examples)[:3]]
-    return SearchHit(unit, layer, row, score, lens.label_of(unit), sources, response)
+    sources = [example.source for example in lens.examples.concept_examples(unit, by=examples)[:3]]
+    return SearchHit(unit, layer, row, score, lens.labels.label_of(unit), sources, response)

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 
 class LensSources:
-    """Loads, on first use, what one Lens's manifest names; ``Lens`` exposes these as its own attributes."""
+    """Loads, on first use, what one Lens's manifest names (``Lens.sources``): its probe data, foundation models, model
+    and SAE files, each only as the Lens's trust allows."""
 
     def __init__(self, manifest: dict[str, Any], access: LensAccess, trusted: bool) -> None:
         self.manifest, self.access, self.trusted = manifest, access, trusted

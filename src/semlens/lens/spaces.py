@@ -23,7 +23,11 @@ from ..analysis.alignment import alignment
 from ..analysis.label import label_units
 from ..analysis.spaces import SIMILARITY_UNITS, SpaceComparison, label_agreement, ranking_agreement, structure_agreement
 from ..analysis.vocabulary import Vocabulary
+from .._util.cache import cache_dir
+from .._util.fingerprint import hash_json
 from ..store.files import LensStore, space_file
+from ..store.spaces import EmbeddingSpace, space_name
+from ..store.trust import lens_key
 
 if TYPE_CHECKING:
     from ..foundation import FoundationModel
@@ -75,11 +79,29 @@ class SpaceView:
         lens = self.lens
         return lens.manifest["stages"]["embed"]["fingerprint"] if lens.space is None else self.record["fingerprint"]
 
-    @property
+    @cached_property
     def cache(self) -> LensStore:
-        """This space's folder in the Lens's user cache (its search index)."""
+        """This space's folder in the Lens's user cache (its search index; the default space's holds the explorer's
+        thumbnails too): caches never write into a Lens, so reading one changes nothing in it. Keyed by what the Lens
+        follows and by its arrays' hashes: a look-alike Lens (same build id, other examples) gets a folder of its own."""
         lens = self.lens
-        return lens.cache if lens.space is None else LensStore(lens.cache.path(space_file(lens.space, "")))
+        root = LensStore(cache_dir("lenses", hash_json([lens_key(lens.manifest), lens.manifest.get("arrays")])))
+        return root if lens.space is None else LensStore(root.path(space_file(lens.space, "")))
+
+    @property
+    def default_name(self) -> str:
+        """The name of the Lens's default space (its foundation model's spec made a name; ``"default"`` names it too)."""
+        return space_name(self.lens.manifest["foundation"]["spec"])
+
+    @property
+    def spaces(self) -> list[EmbeddingSpace]:
+        """All the Lens's embedding spaces: the default space first, then the extra ones in the order they were added."""
+        manifest = self.lens.manifest
+        found = [EmbeddingSpace(self.default_name, manifest["foundation"]["spec"], manifest["foundation"]["id"],
+                                manifest["foundation"]["dim"], True, True)]  # fmt: skip
+        for name, record in manifest.get("spaces", {}).items():
+            found.append(EmbeddingSpace(name, record["spec"], record.get("id", ""), record.get("dim", 0), False, record.get("complete", False)))
+        return found
 
     @property
     def crops_file(self) -> str:
@@ -91,8 +113,17 @@ class SpaceView:
         """Where labels are stored: the Lens itself when it is writable, else its folder in the user cache,
         so that a read-only Lens answers everything; an extra embedding space's in its ``spaces/<name>/``."""
         lens = self.lens
-        root = lens.store if writable(lens.store.root) else lens.cache
-        return root if lens.space is None else LensStore(root.path(space_file(lens.space, "")))
+        if writable(lens.store.root):
+            return lens.store if lens.space is None else LensStore(lens.store.path(space_file(lens.space, "")))
+        return self.cache
+
+
+def forget_view(lens: Lens, space: str) -> None:
+    """Forget the view of ``space`` and its arrays read so far (the space was embedded again)."""
+    home = lens.in_space(None)
+    home._views.pop(space, None)
+    for key in [key for key in home.arrays.files if key.startswith(f"{space}:")]:
+        del home.arrays.files[key]
 
 
 def compare_spaces(
@@ -112,7 +143,7 @@ def compare_spaces(
     first, second = lens.in_space(a), lens.in_space(b)
     units, theta_a = first.arrays.all_units(layers)
     _, theta_b = second.arrays.all_units(layers)
-    names = [first.space or lens.default_space, second.space or lens.default_space]
+    names = [first.space or lens.embedding.default_name, second.space or lens.embedding.default_name]
     result = SpaceComparison(names[0], names[1], len(units), structure_agreement(theta_a, theta_b, SIMILARITY_UNITS))
     mute = [name for name, view in zip(names, (first, second)) if not view.embedding.foundation.supports_text]
     if mute:

@@ -193,7 +193,7 @@ def add_space(
     data (the user's ``data=``, else its recorded spec where the trust model allows: ``semlens.store.trust``).
     Returns the new space; ``Lens.in_space(name)`` and every analysis's ``space=`` then use it."""
     from ..lens.lens import Lens
-    from ..lens.spaces import writable
+    from ..lens.spaces import forget_view, writable
 
     opened = lens if isinstance(lens, Lens) else Lens.open(lens)
     if not writable(opened.path):
@@ -207,5 +207,5 @@ def add_space(
     stage.run()
     if trusted_here:  # the new space's spec is the user's own: the Lens stays trusted with it
         remember_trusted(opened.manifest)
-    opened.forget_view(stage.space)
-    return next(space for space in opened.spaces if space.name == stage.space)
+    forget_view(opened, stage.space)
+    return next(space for space in opened.embedding.spaces if space.name == stage.space)

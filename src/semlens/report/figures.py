@@ -61,7 +61,7 @@ def firing_picture(lens, unit: str, example, examples: str = "activation") -> Im
     rule's box, from which theta is embedded, is the whole view for most examples at small inputs: 82 % of the
     demo world's peak boxes), and where that box is still (nearly) the whole view, the view with the heatmap the
     crop was cut from drawn over it (``heat_overlay``)."""
-    layer, row = lens.unit_index(unit)
+    layer, row = lens.units.index(unit)
     view = lens.examples.image(example, crop=False)
     x0, y0, x1, y1 = lens.examples.boxes(layer, examples, lens.arrays.search_rule)[row, example.rank].tolist()
     if x0 < 0:  # a slot cut without heatmaps (whole images): the example's own box

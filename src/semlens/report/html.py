@@ -56,7 +56,7 @@ def _title(example) -> str:
 def example_thumbnails(lens: Lens, unit: str, shown: int = EXAMPLES_SHOWN, size: int = THUMBNAIL, by: str = "activation") -> str:
     """``<img>`` tags of where ``unit`` fires on its first ``shown`` concept examples of the set ``by``
     (``firing_picture``), each titled with its source and score."""
-    examples = lens.concept_examples(unit, by=by)[:shown]
+    examples = lens.examples.concept_examples(unit, by=by)[:shown]
     return "".join(f'<img src="{thumbnail(firing_picture(lens, unit, example, by), size)}" {_title(example)}>' for example in examples)
 
 
@@ -65,10 +65,10 @@ def _unit_rows(lens: Lens, units: list[tuple[str, str]]) -> str:
     were cut from heatmaps, the first examples' heatmaps over their full views."""
     rows = []
     for unit, note in units:
-        layer, row = lens.unit_index(unit)
+        layer, row = lens.units.index(unit)
         heatmaps = lens.arrays.heatmaps(layer)
         overlays = []
-        for example in lens.concept_examples(unit)[:OVERLAYS_SHOWN] if heatmaps is not None else []:
+        for example in lens.examples.concept_examples(unit)[:OVERLAYS_SHOWN] if heatmaps is not None else []:
             view = lens.examples.image(example, crop=False)
             overlay = heat_overlay(view, heatmaps[row, example.rank].float().numpy(), example.box, lens.arrays.heatmap_shift(layer))
             overlays.append(f'<img class="heat" src="{thumbnail(overlay)}" {_title(example)}>')
@@ -111,7 +111,7 @@ def write_report(
     if lens.labels.vocabulary is None:
         lens.label()
     overview = lens.overview()
-    labels = {unit: lens.label_of(unit) for unit in overview.units}
+    labels = {unit: lens.labels.label_of(unit) for unit in overview.units}
     measures, least_clear, most_poly, unlabelled = {}, [], [], []
     for layer in lens.layers:
         values = lens.measures(layer)

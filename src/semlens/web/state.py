@@ -98,7 +98,7 @@ class Served:
     def unit(self, layer: str, name: str) -> tuple[str, int]:
         """``layer/name`` and its row, or NotFound naming the valid units."""
         try:
-            return f"{self.layer(layer)}/{name}", self.lens.unit_index(f"{layer}/{name}")[1]
+            return f"{self.layer(layer)}/{name}", self.lens.units.index(f"{layer}/{name}")[1]
         except NotFound:
             raise
         except SemlensError as error:
@@ -106,7 +106,7 @@ class Served:
 
     def example(self, unit: str, rank: int, examples: str = "activation") -> ConceptExample:
         """The unit's concept example of ``rank`` in a set (``activation`` or ``relevance``)."""
-        examples = self.lens.concept_examples(unit, by=examples)
+        examples = self.lens.examples.concept_examples(unit, by=examples)
         for example in examples:
             if example.rank == rank:
                 return example
@@ -124,7 +124,7 @@ class Served:
         """The unit's concept examples by relevance, or None where its Lens or layer has none."""
         if not self.lens.examples.has_relevance_in(unit.rpartition("/")[0]):
             return None
-        return self.lens.concept_examples(unit, by="relevance")
+        return self.lens.examples.concept_examples(unit, by="relevance")
 
     def example_url(self, unit: str, rank: int, kind: str = "thumbnail", examples: str = "activation") -> str:
         layer, _, name = unit.rpartition("/")
@@ -134,10 +134,10 @@ class Served:
 
     def ref(self, unit: str, examples: str = "activation") -> dict[str, Any]:
         """A unit with its label and first thumbnails of a set of examples (the ``UnitRef`` shape)."""
-        layer, row = self.lens.unit_index(unit)
-        ranks = [example.rank for example in self.lens.concept_examples(unit, by=examples)[:THUMBNAILS]]
+        layer, row = self.lens.units.index(unit)
+        ranks = [example.rank for example in self.lens.examples.concept_examples(unit, by=examples)[:THUMBNAILS]]
         return {
-            "lens": self.id, "unit": unit, "layer": layer, "index": row, "label": self.lens.label_of(unit),
+            "lens": self.id, "unit": unit, "layer": layer, "index": row, "label": self.lens.labels.label_of(unit),
             "label_confidence": self.lens.labels.confidence_of(unit),
             "thumbnails": [self.example_url(unit, rank, examples=examples) for rank in ranks],
         }  # fmt: skip
@@ -151,7 +151,7 @@ class Served:
         return {"damaged": self.damaged,
             "id": self.id, "name": self.name,
             "model": display_spec(identity["model"]["spec"]), "data": display_spec(identity["data"]["spec"]),
-            "samples": identity["data"]["samples"], "foundation": lens.embedding.foundation_id, "k": lens.k,
+            "samples": identity["data"]["samples"], "foundation": lens.embedding.foundation_id, "k": lens.examples.k,
             "layers": [
                 {"name": name, "units": info["units"], "signed": info["unit_names"] == "signed", "sae": info.get("sae")}
                 for name, info in lens.manifest["layers"].items()
@@ -159,7 +159,7 @@ class Served:
             "classes": lens.classes or [], "labelled": lens.labels.vocabulary is not None, "label_coverage": lens.labels.coverage(),
             "class_relevance": lens.arrays.class_relevance(lens.layers[-1]) is not None,
             "relevance_examples": lens.examples.has_relevance,
-            "spaces": [space.name for space in lens.spaces if space.complete],
+            "spaces": [space.name for space in lens.embedding.spaces if space.complete],
         }  # fmt: skip
 
 

@@ -30,7 +30,7 @@ class ThumbnailCache:
 
     def __init__(self, lens: Lens) -> None:
         self.lens = lens
-        self.root = lens.cache.root / "thumbnails"
+        self.root = lens.in_space(None).embedding.cache.root / "thumbnails"
         self._guard = threading.Lock()
         self._making: dict[Path, threading.Lock] = {}
 

@@ -176,7 +176,7 @@ def unit_truth(lens: Lens, config: WorldConfig) -> dict[str, dict]:
     artefact its insertion AUC (``truth.INSERTION_AUC``) on probe images without the artefact."""
     from ..interventions.effects import activation_aucs
 
-    model = lens.model()
+    model = lens.sources.model()
     data = WorldData(config, PROBE_IMAGES, "probe")
     spatial = spatial_layers(lens)
     specs = [LayerSpec(**lens.manifest["layers"][layer]["spec"]) for layer in spatial]
@@ -354,13 +354,13 @@ def test_finding(lens: Lens, config: WorldConfig, artifact: str, target: str, sp
     """Insert the artefact into the test images (every class); prune the spurious units; measure."""
     from ..interventions.effects import artifact_effect, pruning_effect
 
-    model = lens.model()
+    model = lens.sources.model()
     others = WorldData(config, TEST_IMAGES, "test")
-    index = lens.class_index(target)
+    index = lens.units.class_index(target)
     artifact_image = overlay(config, artifact)
     result = {"insertion": artifact_effect(model, others, index, artifact_image)}
     if spurious:
-        channels = lens.channels(spurious)
+        channels = lens.units.channels(spurious)
         result["pruning"] = pruning_effect(model, others, channels, index, artifact_image, lens.sources.sae_files(list(channels)))
     return result
 

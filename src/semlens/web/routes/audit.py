@@ -60,7 +60,7 @@ def attribution_graph(
     data on this machine); computed once per class, layers and cut."""
     served = explorer.get(lens)
     opened = served.labelled()
-    index, layers = opened.class_index(class_name), layers_of(served, layer)
+    index, layers = opened.units.class_index(class_name), layers_of(served, layer)
 
     def compute() -> dict[str, Any]:
         result = opened.attribution_graph(index, layers, cut)

@@ -44,6 +44,6 @@ def unit_clusters(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: 
     name, _ = served.unit(layer, unit)
     opened = served.labelled()
     result = served.remember(("clusters", name), lambda: opened.concept_clusters(name))
-    shown = {example.rank: example_out(served, name, example) for example in opened.concept_examples(name)}
+    shown = {example.rank: example_out(served, name, example) for example in opened.examples.concept_examples(name)}
     clusters = [{**asdict(cluster), "examples": [shown[rank] for rank in cluster.ranks if rank in shown]} for cluster in result.clusters]
     return {**result.to_dict(), "clusters": clusters}

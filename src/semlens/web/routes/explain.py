@@ -89,7 +89,7 @@ def explain_sample(
     data on this machine); computed once per sample, class, layers and top."""
     served = explorer.get(lens)
     opened, layers = served.labelled(), layers_of(served, layer)
-    index = None if class_name is None else opened.class_index(class_name)
+    index = None if class_name is None else opened.units.class_index(class_name)
 
     def compute() -> dict[str, Any]:
         return explanation_out(served, opened.explain(sample, index, layers, top))

@@ -32,7 +32,7 @@ def overview_map(
     def compute() -> dict[str, Any]:
         opened = served.ready()
         overview = opened.overview(layers)
-        labels = {unit: opened.label_of(unit) for unit in overview.units}
+        labels = {unit: opened.labels.label_of(unit) for unit in overview.units}
         figure = overview_figure(overview, labels, webgl=len(overview.units) >= WEBGL_FROM)
         return {
             **overview.to_dict(),
@@ -69,5 +69,5 @@ def category_units(
     served = explorer.get(lens)
     opened = served.labelled(space, method)
     units = opened.labels.category_units(served.layer(layer), category)
-    refs = [{**served.ref(unit), "label": opened.label_of(unit)} for unit in units[:top]]  # the space's and method's own labels
+    refs = [{**served.ref(unit), "label": opened.labels.label_of(unit)} for unit in units[:top]]  # the space's and method's own labels
     return {"layer": layer, "category": category, "units": refs}

@@ -16,7 +16,7 @@ router = APIRouter()
 @router.get("/api/lenses/{lens}/spaces", response_model=list[SpaceInfo], summary="A Lens's embedding spaces")
 def spaces(explorer: ExplorerDep, lens: LensKey) -> list[dict[str, Any]]:
     """The default space (the build's foundation model) first, then those added with `semlens embed`."""
-    return [{**space.to_dict(), "spec": display_spec(space.spec)} for space in explorer.get(lens).lens.spaces]
+    return [{**space.to_dict(), "spec": display_spec(space.spec)} for space in explorer.get(lens).lens.embedding.spaces]
 
 
 @router.get("/api/lenses/{lens}/spaces/compare", response_model=SpaceComparisonOut, summary="Compare two embedding spaces")

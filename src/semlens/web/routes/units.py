@@ -46,14 +46,14 @@ def unit_page(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: Unit
     return {
         **served.ref(name),
         "lens_name": served.name,
-        "sae": opened.sae(layer),
+        "sae": opened.units.sae(layer),
         "candidates": [
             {"concept": concept, "alignment": score, "confidence": confidence} for concept, score, confidence in opened.labels.candidates(name)
         ],
         **{measure: finite(values[row]) for measure, values in measures.items()},
         "inactive": bool(opened.arrays.inactive(layer)[row]),
         "tied": bool(opened.arrays.tied(layer)[row]),
-        "examples": [example_out(served, name, example) for example in opened.concept_examples(name)],
+        "examples": [example_out(served, name, example) for example in opened.examples.concept_examples(name)],
         "relevance_examples": None
         if by_relevance is None
         else [example_out(served, name, example, "relevance") for example in by_relevance],
@@ -96,7 +96,7 @@ def unit_examples(
 ) -> list[dict[str, Any]]:
     served = explorer.get(lens)
     name, _ = served.unit(layer, unit)
-    return [example_out(served, name, example, examples) for example in served.lens.concept_examples(name, by=examples)]
+    return [example_out(served, name, example, examples) for example in served.lens.examples.concept_examples(name, by=examples)]
 
 
 ImageKind = Annotated[
