@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 from functools import lru_cache
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 import torch
 
@@ -82,10 +82,6 @@ def _python(rest: str, device: str | torch.device | None = None, dtype: torch.dt
 register_in_memory(FOUNDATION_MODELS, "Lens.open(LENS, foundation=MODEL), or --foundation SPEC on the command line")
 
 
-#: a foundation model as one may give it: a spec, a FoundationModel, or an open_clip or transformers model held in a tuple
-FoundationLike = Union[str, FoundationModel, tuple]
-
-
 def from_open_clip(
     model: torch.nn.Module,
     preprocess: Callable,
@@ -131,7 +127,7 @@ def _placement(model: torch.nn.Module, device: str | torch.device | None, dtype:
 
 
 def load_foundation_model(
-    spec: FoundationLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    spec: str | FoundationModel | tuple, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> FoundationModel:
     """Build the foundation model a spec names (see the module docstring for the forms), in ``dtype``
     (default: :func:`~semlens._util.devices.inference_dtype` of the device); a FoundationModel object is

@@ -26,6 +26,7 @@ from .crops import CROP_GRID, CROP_MODES, CROP_QUANTILE, CROP_VIEWS, DEFAULT_CRO
 from .parallel import Shard
 
 MAX_RELEVANCE_BATCH = 256
+HELD_MODELS = (tuple, nn.Module)  # a foundation model as a library gives it (a module alone: refused, saying what to add)
 
 
 @dataclass
@@ -122,10 +123,10 @@ class BuildConfig:
             self.model, self.preprocessing = load_model(self.model, self.preprocessing), None  # a spec with preprocessing= fails there
         if (isinstance(self.data, (ImageData, Sequence, Dataset)) and not isinstance(self.data, str)) or self.classes is not None:
             self.data, self.classes = load_data(self.data, self.classes), None  # likewise a spec with classes=
-        if not isinstance(self.foundation, str):  # a FoundationModel, or an open_clip or transformers model as the user holds it
+        if isinstance(self.foundation, HELD_MODELS):  # an open_clip or transformers model as the user holds it
             self.foundation = foundation_object(self.foundation)
         if isinstance(self.extra_foundations, list):
-            self.extra_foundations = [spec if isinstance(spec, str) else foundation_object(spec, "extra_foundations") for spec in self.extra_foundations]
+            self.extra_foundations = [foundation_object(spec, "extra_foundations") if isinstance(spec, HELD_MODELS) else spec for spec in self.extra_foundations]
         check_field_types(self)
         if self.crop not in CROP_MODES:
             raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
