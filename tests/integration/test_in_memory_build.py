@@ -145,7 +145,7 @@ def test_preprocessing_from_a_torchvision_transform_or_imagenet_said_in_a_warnin
     [
         ({"model": "py:tiny_models:tiny_cnn", "preprocessing": TINY_PREPROCESSING}, "preprocessing= goes with a model object"),
         ({"data": "folder:.", "classes": ["a"]}, "classes= goes with data passed as a list"),
-        ({"foundation": TinyCNN()}, r"foundation=a TinyCNN is a torch module, not a semlens.FoundationModel"),
+        ({"foundation": TinyCNN()}, r"foundation=a TinyCNN is not a foundation model semlens can use: .*open_clip model as \(model, preprocess, tokenizer\)"),
         ({"shard": "0/2"}, "give them as spec strings, not objects"),
         ({"k": TinyCNN()}, r"k=a TinyCNN should be an integer"),
     ],

@@ -148,7 +148,7 @@ def slow_colours() -> SlowColours:
 def tiny_clip(device: str | None = None):
     """The tiny random CLIP saved at ``SEMLENS_TEST_CLIP``; sleeps ``SEMLENS_TEST_DELAY`` s per batch
     and counts the images it embeds in ``EMBEDDED`` (to check that each distinct crop is embedded once)."""
-    from semlens.foundation.hf import HFFoundationModel
+    from semlens.foundation.hf import HFFoundationModel, load_hf, model_label
 
     class CountingCLIP(HFFoundationModel):
         def _embed_pixels(self, pixels):
@@ -156,7 +156,9 @@ def tiny_clip(device: str | None = None):
             EMBEDDED.append(pixels["pixel_values"].shape[0])
             return super()._embed_pixels(pixels)
 
-    return CountingCLIP(os.environ["SEMLENS_TEST_CLIP"], device=device)
+    path = os.environ["SEMLENS_TEST_CLIP"]
+    loaded = load_hf(path, device=device)
+    return CountingCLIP(loaded.model, loaded.image_processor, loaded.tokenizer, model_label(path), device)
 
 
 EMBEDDED: list[int] = []

@@ -20,7 +20,7 @@ from semlens._util.devices import inference_dtype
 from semlens._util.errors import SemlensError, SpecError, StaleLensError
 from semlens.cli import app
 from semlens.foundation import load_foundation_model
-from semlens.foundation.hf import HFFoundationModel
+from semlens.foundation.hf import load_hf
 from semlens.pipeline.builder import LensBuilder
 from semlens.world.foundation import ImageTower
 
@@ -78,7 +78,7 @@ def test_channels_last_converts_convolutional_towers_only(tiny_clip_dir) -> None
     conv.speed_up(channels_last=True)
     assert conv.channels_last and conv.tower.features[3].weight.is_contiguous(memory_format=torch.channels_last)
     assert conv._to_device(torch.rand(2, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)
-    vit = HFFoundationModel(str(tiny_clip_dir), device="cpu")  # its patch embedding is its only convolution
+    vit = load_hf(str(tiny_clip_dir), device="cpu")  # its patch embedding is its only convolution
     vit.speed_up(channels_last=True)
     assert not vit.channels_last
 

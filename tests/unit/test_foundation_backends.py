@@ -20,8 +20,8 @@ from tiny_foundation import PROJECTION_DIM, SAVERS, TINY
 
 from semlens._util.errors import SpecError, TextNotSupportedError
 from semlens.foundation import load_foundation_model
-from semlens.foundation.hf import HFFoundationModel
-from semlens.foundation.open_clip import OpenCLIPFoundationModel
+from semlens.foundation.hf import HFFoundationModel, load_hf
+from semlens.foundation.open_clip import OpenCLIPFoundationModel, load_open_clip
 
 transformers = pytest.importorskip("transformers")
 
@@ -76,7 +76,7 @@ def test_image_text_models_embed_unit_rows_deterministically(saved, kind: str, d
 
 def test_clip_embeddings_equal_the_transformers_forward_pass(saved) -> None:
     directory = saved("clip")
-    model = HFFoundationModel(str(directory), device="cpu")
+    model = load_hf(str(directory), device="cpu")
     reference = transformers.CLIPModel.from_pretrained(directory).eval()
     processor = transformers.AutoImageProcessor.from_pretrained(directory)
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
@@ -90,7 +90,7 @@ def test_clip_embeddings_equal_the_transformers_forward_pass(saved) -> None:
 
 
 def test_siglip2_embeds_an_image_alike_alone_and_among_other_aspect_ratios(saved) -> None:
-    model = HFFoundationModel(str(saved("siglip2")), device="cpu")
+    model = load_hf(str(saved("siglip2")), device="cpu")
     images = _images()
     together = model.encode_images(images)
     for index, image in enumerate(images):
@@ -100,7 +100,7 @@ def test_siglip2_embeds_an_image_alike_alone_and_among_other_aspect_ratios(saved
 @pytest.mark.parametrize("kind", ["dinov2", "dinov2_with_registers"])
 def test_image_only_models_embed_the_cls_token_and_refuse_texts(saved, kind: str) -> None:
     directory = saved(kind)
-    model = HFFoundationModel(str(directory), device="cpu")
+    model = load_hf(str(directory), device="cpu")
     assert not model.supports_text and model.dim == TINY["hidden_size"]
     images = model.encode_images(_images())
     _assert_unit_rows(images, 3, model.dim)
@@ -115,9 +115,9 @@ def test_image_only_models_embed_the_cls_token_and_refuse_texts(saved, kind: str
 
 
 def test_ids_name_the_model_and_change_with_its_weights(saved) -> None:
-    first = HFFoundationModel(str(saved("dinov2", 0)), device="cpu")
-    again = HFFoundationModel(str(saved("dinov2", 0)), device="cpu")
-    other = HFFoundationModel(str(saved("dinov2", 1)), device="cpu")
+    first = load_hf(str(saved("dinov2", 0)), device="cpu")
+    again = load_hf(str(saved("dinov2", 0)), device="cpu")
+    other = load_hf(str(saved("dinov2", 1)), device="cpu")
     assert first.id.startswith(f"hf:{saved('dinov2', 0).name}@")  # the folder name: the id survives moving it
     assert first.id == again.id
     assert first.id.split("@")[1] != other.id.split("@")[1]
@@ -126,7 +126,7 @@ def test_ids_name_the_model_and_change_with_its_weights(saved) -> None:
 def test_unsupported_model_type_is_a_spec_error(tmp_path: Path) -> None:
     transformers.ViTConfig(image_size=32, patch_size=8, **TINY).save_pretrained(tmp_path)
     with pytest.raises(SpecError, match="'vit' model.*clip, siglip, siglip2, dinov2"):
-        HFFoundationModel(str(tmp_path), device="cpu")
+        load_hf(str(tmp_path), device="cpu")
 
 
 def test_missing_or_incomplete_paths_are_spec_errors(tmp_path: Path) -> None:
@@ -142,13 +142,13 @@ def test_missing_or_incomplete_paths_are_spec_errors(tmp_path: Path) -> None:
 def test_a_model_without_its_image_processor_is_a_spec_error(saved, tmp_path: Path) -> None:
     transformers.Dinov2Model.from_pretrained(saved("dinov2")).save_pretrained(tmp_path)
     with pytest.raises(SpecError, match="cannot load its image processor"):
-        HFFoundationModel(str(tmp_path), device="cpu")
+        load_hf(str(tmp_path), device="cpu")
 
 
 @pytest.fixture(scope="module")
 def open_clip_model() -> OpenCLIPFoundationModel:
     pytest.importorskip("open_clip")
-    return OpenCLIPFoundationModel(OPEN_CLIP_ARCH, "none", device="cpu")
+    return load_open_clip(OPEN_CLIP_ARCH, "none", device="cpu")
 
 
 def test_open_clip_embeds_unit_rows(open_clip_model: OpenCLIPFoundationModel) -> None:
@@ -211,7 +211,7 @@ def test_open_clip_loads_a_weights_file_and_a_local_dir(open_clip_model, tmp_pat
     name = next(name for name, value in trained.items() if value.is_floating_point())
     assert torch.equal(from_file.model.state_dict()[name], trained[name])
     torch.testing.assert_close(from_file.encode_images(_images()), from_dir.encode_images(_images()))
-    again = OpenCLIPFoundationModel(OPEN_CLIP_ARCH, "none", device="cpu")  # random weights: the same in every process
+    again = load_open_clip(OPEN_CLIP_ARCH, "none", device="cpu")  # random weights: the same in every process
     assert again.id == open_clip_model.id
 
 

@@ -30,49 +30,47 @@ SIGLIP_TYPES = ("siglip", "siglip2")
 
 
 class HFFoundationModel(FoundationModel):
-    """CLIP, SigLIP, SigLIP 2 or DINOv2 loaded with ``transformers``.
+    """CLIP, SigLIP, SigLIP 2 or DINOv2 from ``transformers`` (:func:`load_hf` loads one from a spec;
+    :func:`semlens.foundation.from_transformers` wraps one a user holds).
 
     Parameters
     ----------
-    name_or_path:
-        A hub id such as ``openai/clip-vit-base-patch32`` or a local ``save_pretrained`` directory
-        that also holds the image processor (and, for image-text models, the tokenizer).
-    device:
-        ``None``/``"auto"`` for CUDA when present, else a torch device string.
+    model:
+        The model (``CLIPModel``, ``SiglipModel``, ``Dinov2Model``, ... or what ``AutoModel`` gives for them).
+    image_processor, tokenizer:
+        Its image processor, and for image-text models its tokenizer.
+    label:
+        What the id calls the model before its weights' fingerprint (``hf:LABEL@WEIGHTS``).
+    device, dtype:
+        Where and in what it runs; the model is moved there (``None``: CUDA when present, the device's dtype).
     """
 
     batch_size = 32
 
     def __init__(
-        self, name_or_path: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        model: torch.nn.Module,
+        image_processor: Any,
+        tokenizer: Any = None,
+        label: str = "",
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(device, dtype)
-        from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
-
-        silence_transformers_progress()
-
-        source = hub_source(name_or_path)
-        config = load_pretrained(AutoConfig.from_pretrained, source, name_or_path, "its config")
-        self.model_type: str = config.model_type
-        if self.model_type not in SUPPORTED_TYPES:
+        config = model.config
+        self.model_type: str = check_model_type(config.model_type, f"hf:{label}")
+        self.supports_text = self.model_type in IMAGE_TEXT_TYPES
+        if self.supports_text and tokenizer is None:
             raise SpecError(
-                f"hf:{name_or_path} is a {self.model_type!r} model; semlens supports the model types "
-                f"{', '.join(SUPPORTED_TYPES)} (CLIP, SigLIP and SigLIP 2 embed images and texts, DINOv2 "
-                "images only)"
+                f"hf:{label} is a {self.model_type} model, which embeds texts too: give its tokenizer with its image "
+                "processor (AutoProcessor.from_pretrained(NAME) holds both)"
             )
-        # Loaded in float32 so that the fingerprint does not depend on the device it then runs on.
-        model = load_pretrained(AutoModel.from_pretrained, source, name_or_path, "its weights", dtype=torch.float32)
-        # A local directory is named by its last component, so a Lens keeps its id when the model and
-        # the Lens move to another machine; the weights hash tells different weights apart.
-        label = Path(source).name if Path(source).is_dir() else name_or_path
         self.id = f"hf:{label}@{hash_module_weights(model)}"
         self.model = model.to(self.device, self.dtype).eval()
-        self.image_processor = load_pretrained(AutoImageProcessor.from_pretrained, source, name_or_path, "its image processor")
-        self.supports_text = self.model_type in IMAGE_TEXT_TYPES
+        self.image_processor, self.tokenizer = image_processor, tokenizer
         if self.supports_text:
-            self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, name_or_path, "its tokenizer")
             self.max_text_tokens: int = config.text_config.max_position_embeddings
-        self.dim = _embedding_dim(config, name_or_path)
+        self.dim = _embedding_dim(config, label)
 
     @property
     def image_tower(self) -> torch.nn.Module:
@@ -102,6 +100,41 @@ class HFFoundationModel(FoundationModel):
         if not siglip and "attention_mask" in tokens:
             inputs["attention_mask"] = tokens["attention_mask"].to(self.device)
         return _pooled(self.model.get_text_features(**inputs))
+
+
+
+def load_hf(name_or_path: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> HFFoundationModel:
+    """The model a hub id or a local ``save_pretrained`` directory holds, with its image processor (and, for
+    image-text models, tokenizer); its id ``hf:NAME@WEIGHTS``, a directory named by its last component."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+
+    silence_transformers_progress()
+    source = hub_source(name_or_path)
+    config = load_pretrained(AutoConfig.from_pretrained, source, name_or_path, "its config")
+    check_model_type(config.model_type, f"hf:{name_or_path}")  # before the weights load
+    # Loaded in float32 so that the fingerprint does not depend on the device it then runs on.
+    model = load_pretrained(AutoModel.from_pretrained, source, name_or_path, "its weights", dtype=torch.float32)
+    image_processor = load_pretrained(AutoImageProcessor.from_pretrained, source, name_or_path, "its image processor")
+    tokenizer = None
+    if config.model_type in IMAGE_TEXT_TYPES:
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, name_or_path, "its tokenizer")
+    return HFFoundationModel(model, image_processor, tokenizer, model_label(source), device, dtype)
+
+
+def model_label(name_or_path: str) -> str:
+    """What an id calls a model: a hub id as it is, a local directory by its last component, so a Lens keeps its id
+    when the model and the Lens move to another machine (the weights hash tells different weights apart)."""
+    return Path(name_or_path).name if Path(name_or_path).is_dir() else name_or_path
+
+
+def check_model_type(model_type: str, what: str) -> str:
+    """``model_type`` where semlens embeds with it, else an error naming the supported ones."""
+    if model_type not in SUPPORTED_TYPES:
+        raise SpecError(
+            f"{what} is a {model_type!r} model; semlens supports the model types {', '.join(SUPPORTED_TYPES)} "
+            "(CLIP, SigLIP and SigLIP 2 embed images and texts, DINOv2 images only)"
+        )
+    return model_type
 
 
 class ProcessorPixels:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 from types import ModuleType
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+from PIL import Image
 
 from .._util.devices import inference_dtype
 from .._util.errors import SpecError, one_line
@@ -31,46 +32,33 @@ SHOWN_ARCHS = 12
 
 
 class OpenCLIPFoundationModel(FoundationModel):
-    """An open_clip image-text model.
+    """An open_clip image-text model, as ``open_clip.create_model_and_transforms`` and ``get_tokenizer`` give it
+    (:func:`load_open_clip` loads one from a spec; :func:`semlens.foundation.from_open_clip` wraps one a user holds).
 
     Parameters
     ----------
-    arch:
-        An open_clip architecture such as ``ViT-B-32`` (see ``open_clip.list_models()``), or the
-        schema ``hf-hub`` / ``local-dir``.
-    pretrained:
-        A pretrained tag for ``arch`` (see ``open_clip.list_pretrained_tags_by_model(arch)``), a local
-        weights file, ``none`` for random weights; after a schema, the repository or directory.
-    device:
-        ``None``/``"auto"`` for CUDA when present, else a torch device string.
+    model, preprocess, tokenizer:
+        The model, its evaluation image transform and its tokenizer.
+    name:
+        What the id calls the model before its weights' fingerprint (``open_clip:ARCH:PRETRAINED`` for a spec).
+    device, dtype:
+        Where and in what it runs; the model is moved there (``None``: CUDA when present, the device's dtype).
     """
 
     batch_size = 64
 
     def __init__(
-        self, arch: str, pretrained: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        model: torch.nn.Module,
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        name: str,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(device, dtype)
-        open_clip = import_optional("open_clip", "open_clip", "open_clip foundation models")
-        if arch in SCHEMAS:
-            model_name, weights = f"{arch}:{pretrained}", None
-        else:
-            _check_arch(open_clip, arch)
-            weights = None if pretrained.lower() == "none" else _check_weights(open_clip, arch, pretrained)
-            model_name = arch
-        try:
-            # Random weights must stay random: do not fetch base weights for an HF text tower.
-            with seeded_weights():  # random weights (none) the same in every process: the Lens finds its model again
-                model, _, self.transform = open_clip.create_model_and_transforms(
-                    model_name, pretrained=weights, pretrained_text=weights is not None
-                )
-            self.tokenizer = open_clip.get_tokenizer(model_name)
-        except (RuntimeError, OSError, ValueError) as error:
-            raise SpecError(
-                f"cannot load open_clip:{arch}:{pretrained}: {one_line(error)}. A pretrained tag or hub repository "
-                "needs the network on first use; a weights file must match the architecture"
-            ) from error
-        self.id = f"open_clip:{arch}:{pretrained}@{hash_module_weights(model)}"
+        self.transform, self.tokenizer = preprocess, tokenizer
+        self.id = f"{name}@{hash_module_weights(model)}"
         self.short_context = _short_context_exact(model, self.tokenizer)
         self.dtype = dtype or inference_dtype(self.device, model.visual)
         self.model = model.to(self.device, self.dtype).eval()
@@ -91,6 +79,33 @@ class OpenCLIPFoundationModel(FoundationModel):
     def _embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(texts)).to(self.device)
         return _encode_text_short(self.model, tokens) if self.short_context else self.model.encode_text(tokens)
+
+
+def load_open_clip(
+    arch: str, pretrained: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> OpenCLIPFoundationModel:
+    """The open_clip model ``arch`` with the weights ``pretrained`` names (see the module docstring), its id
+    ``open_clip:ARCH:PRETRAINED@WEIGHTS``."""
+    open_clip = import_optional("open_clip", "open_clip", "open_clip foundation models")
+    if arch in SCHEMAS:
+        model_name, weights = f"{arch}:{pretrained}", None
+    else:
+        _check_arch(open_clip, arch)
+        weights = None if pretrained.lower() == "none" else _check_weights(open_clip, arch, pretrained)
+        model_name = arch
+    try:
+        # Random weights must stay random: do not fetch base weights for an HF text tower.
+        with seeded_weights():  # random weights (none) the same in every process: the Lens finds its model again
+            model, _, transform = open_clip.create_model_and_transforms(
+                model_name, pretrained=weights, pretrained_text=weights is not None
+            )
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except (RuntimeError, OSError, ValueError) as error:
+        raise SpecError(
+            f"cannot load open_clip:{arch}:{pretrained}: {one_line(error)}. A pretrained tag or hub repository "
+            "needs the network on first use; a weights file must match the architecture"
+        ) from error
+    return OpenCLIPFoundationModel(model, transform, tokenizer, f"open_clip:{arch}:{pretrained}", device, dtype)
 
 
 #: texts whose embeddings must be the same through the short context as through the full one
@@ -127,7 +142,7 @@ def _encode_text_short(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Te
 def _short_context_exact(model: torch.nn.Module, tokenizer) -> bool:
     """Whether :func:`_encode_text_short` gives this model's own text embeddings: a built-in CLIP text
     tower with a causal mask that pools the end-of-text token, and the same embeddings on
-    ``CONTEXT_CHECK_TEXTS`` (float32, before the model moves to its device). Otherwise the full context."""
+    ``CONTEXT_CHECK_TEXTS`` (in the dtype and on the device the model was given in). Otherwise the full context."""
     mask = getattr(model, "attn_mask", None)
     pool = getattr(model, "text_pool_type", None)
     if not all(hasattr(model, name) for name in ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")):
@@ -138,7 +153,7 @@ def _short_context_exact(model: torch.nn.Module, tokenizer) -> bool:
         return False  # not causal: a position sees later ones, padding included
     try:
         with torch.no_grad():
-            tokens = tokenizer(list(CONTEXT_CHECK_TEXTS))
+            tokens = tokenizer(list(CONTEXT_CHECK_TEXTS)).to(model.positional_embedding.device)  # a user's model may be on a GPU
             full = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
             short = torch.nn.functional.normalize(_encode_text_short(model, tokens).float(), dim=-1)
     except (RuntimeError, AttributeError, TypeError, ValueError):

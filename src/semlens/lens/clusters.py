@@ -5,7 +5,7 @@ one unit's example embeddings to ``analysis.clusters.concept_clusters`` and the 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +27,11 @@ class ConceptCluster:
     label: that concept where it sets the group apart from the units of its layer as a unit's label must
     (``analysis.label``), else None."""
 
-    ranks: list[int]
+    ranks: list[int] = field(metadata={"description": "Ranks of the cluster's concept examples (as in the unit's examples)."})
     size: int
-    concept: str | None
+    concept: str | None = field(metadata={"description": "The vocabulary concept the cluster's mean embedding aligns with best."})
     alignment: float | None
-    label: str | None
+    label: str | None = field(metadata={"description": "The concept where its alignment reaches the labelling threshold, else null."})
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,12 @@ class UnitClusters:
     ``analysis.clusters.SPLIT_P``; None without spread)."""
 
     unit: str
-    examples: str
+    examples: str = field(metadata={"description": "Which concept examples: by activation."})
     polysemanticity: float | None
-    split_p: float | None
-    valid: bool
+    split_p: float | None = field(metadata={"description": "Chance that one concept's spread splits as cleanly; two clusters only below 0.01."})
+    valid: bool = field(metadata={"description": "False for inactive or tied units: their examples are arbitrary or another unit's."})
     vocabulary: str | None
-    clusters: list[ConceptCluster]
+    clusters: list[ConceptCluster] = field(metadata={"description": "One for a monosemantic unit, two for a polysemantic one; largest first."})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

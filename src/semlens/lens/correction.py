@@ -56,12 +56,12 @@ class Correction:
     method: str
     model: str  # the fingerprint of the model it was made for
     fix: Fix
-    settings: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict, metadata={"description": "The method's settings: layer and its trials, estimator; or modules, epochs."})
     before: dict = field(default_factory=dict)
     after: dict = field(default_factory=dict)
     seconds: float = 0.0
     spec: str | None = None  # the spec of the model it was made for (None in files of earlier releases)
-    tolerance: float = ACCURACY_TOLERANCE  # the clean accuracy it may cost
+    tolerance: float = field(default=ACCURACY_TOLERANCE, metadata={"description": "The clean accuracy the correction may cost."})
 
     @property
     def failed(self) -> str | None:

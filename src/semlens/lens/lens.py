@@ -61,14 +61,21 @@ class Lens:
         path: str | Path,
         trust: bool = False,
         data: str | Path | ImageData | Sequence | None = None,
-        foundation: str | FoundationModel | None = None,
+        foundation: str | FoundationModel | tuple | None = None,
         model: str | nn.Module | LoadedModel | None = None,
+        extra_foundations: Sequence[FoundationModel | tuple] = (),
     ) -> Lens:
         """Open a built Lens. It never runs code or reads files that its own files name unless it is trusted
         (``trust=True``, or built on this machine: see ``semlens.store.trust``); ``data`` (a folder or a data
         spec), ``foundation`` and ``model`` (specs) name them instead, as the user's own choice, or give them as
-        the objects a Lens built from objects asks for (a list or dataset of images, a FoundationModel, an
-        ``nn.Module``, which gets the preprocessing the Lens was built with); each is checked by its fingerprint."""
+        the objects a Lens built from objects asks for (a list or dataset of images, a foundation model as
+        ``build_lens`` takes it, an ``nn.Module``, which gets the preprocessing the Lens was built with; in
+        ``extra_foundations``, those of the spaces a build made from objects); each is checked by its fingerprint."""
+        from ..foundation import foundation_object
+
+        if foundation is not None and not isinstance(foundation, str):
+            foundation = foundation_object(foundation)
+        extra = tuple(foundation_object(given, "extra_foundations") for given in extra_foundations)
         manifest = LensStore(path).read_manifest()
         for space in manifest.get("spaces", {}):
             check_space_name(space)  # each names a folder of the Lens: none may lead out of it
@@ -87,7 +94,7 @@ class Lens:
                 "run the same `semlens run` again to resume it"
             )
         check_layout(store, manifest)
-        return cls(store, manifest, LensAccess(trust, str(data) if isinstance(data, Path) else data, foundation, model))
+        return cls(store, manifest, LensAccess(trust, str(data) if isinstance(data, Path) else data, foundation, model, extra))
 
     @cached_property
     def arrays(self) -> LensArrays:

@@ -5,7 +5,7 @@ semlens.lens.index)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -46,10 +46,12 @@ class SearchHit:
     unit: str
     layer: str
     index: int
-    score: float
+    score: float = field(metadata={"description": "Alignment with the probe (search), or cosine similarity (similar units)."})
     label: str | None
     examples: list[str]
-    response: float | None = None
+    response: float | None = field(default=None, metadata={
+        "description": "Search: the correlation of the unit's activation over the Lens's crops with their alignment to the probe (None without crop responses)."
+    })  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from .._util.errors import SemlensError
+from .._util.specs import IN_MEMORY, split_spec
 from ..store.trust import LensAccess, UntrustedSpecError, check_spec
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class LensSources:
         if space is None:
             spec = self.access.foundation or check_spec(recorded["spec"], "foundation model", self.trusted, "foundation=SPEC, --foundation")
         else:
-            spec = check_spec(recorded["spec"], f"space {space}'s foundation model", self.trusted, "it is recorded by the Lens")
+            spec = next((model for model in self.access.extra_foundations if model.id == recorded["id"]), None) or self._space_spec(space, recorded)
         model = shared_foundation_model(spec)
         if model.id != recorded["id"]:
             raise SemlensError(
@@ -59,6 +60,16 @@ class LensSources:
                 f"{recorded['id']}; its weights changed, so probes would not match the stored embeddings"
             )
         return model
+
+    def _space_spec(self, space: str, recorded: dict[str, Any]) -> str:
+        """The spec of an extra space's foundation model, where it may be followed; one a build was given as an object
+        is asked for again (none of ``extra_foundations`` has its weights)."""
+        if split_spec(recorded["spec"])[0] == IN_MEMORY:
+            raise SemlensError(
+                f"space {space} was embedded by a foundation model passed in memory ({recorded['id']}), which this Lens "
+                "cannot load again: pass the same model yourself (Lens.open(LENS, extra_foundations=[MODEL]))"
+            )
+        return check_spec(recorded["spec"], f"space {space}'s foundation model", self.trusted, "it is recorded by the Lens")
 
     def model(self) -> LoadedModel:
         """The model under study: the one the user named (``model=``, ``--model``), else (trusted Lenses only)

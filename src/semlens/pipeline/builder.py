@@ -104,8 +104,8 @@ class LensBuilder:
         self.embed_stage = EmbedStage(self.context, CropStage(self.context))
         self.stages: list[Stage] = [self.collect_stage]
         if shard is None:  # a shard runs only the collect stage; `semlens merge` runs the others
-            spaces = [SpaceStage(self.context, crop_source(self.context), spec, None, config.embed_precision, config.embed_batch_size)
-                      for spec in config.extra_foundations]  # fmt: skip
+            spaces = [SpaceStage(self.context, crop_source(self.context), foundation, None, config.embed_precision, config.embed_batch_size)
+                      for foundation in given.extra_foundations]  # fmt: skip  (objects as given: each embeds its space)
             self.stages += [self.embed_stage, ResponseStage(self.context), *spaces, ClassRelevanceStage(self.context), RelevanceExamplesStage(self.context)]
 
     @property
@@ -322,9 +322,9 @@ def build_lens(
     imported here, at the call, as the one way up from this layer). Give a :class:`BuildConfig`, or its
     settings as keywords: ``build_lens(model=net, layers=["layer4"], data=images, foundation=clip, out="my.lens")``.
 
-    The returned Lens holds the objects given in memory (model, data, foundation model) to answer with; a Lens
+    The returned Lens holds the objects given in memory (model, data, foundation models) to answer with; a Lens
     records only their class and fingerprints, so opened again later it asks for them (``model=``,
-    ``foundation=``; the same ``build_lens`` call reuses the built Lens with all three)."""
+    ``foundation=``, ``extra_foundations=``; the same ``build_lens`` call reuses the built Lens with all of them)."""
     from ..lens.lens import Lens
 
     if out is None:
@@ -336,4 +336,5 @@ def build_lens(
     lens = Lens.open(out)
     given = {"model": config.model, "data": config.data, "foundation": config.foundation}
     objects = {name: value for name, value in given.items() if not isinstance(value, str)}
-    return Lens(lens.store, lens.manifest, LensAccess(**objects)) if objects else lens
+    extra = tuple(foundation for foundation in config.extra_foundations if not isinstance(foundation, str))
+    return Lens(lens.store, lens.manifest, LensAccess(**objects, extra_foundations=extra)) if objects or extra else lens

@@ -17,7 +17,7 @@ from .._util.errors import SemlensError
 from .._util.specs import IN_MEMORY, described, split_spec
 from .._util.tomlfiles import read_toml
 from ..data import ImageData, load_data
-from ..foundation import FoundationModel, foundation_spec
+from ..foundation import FoundationModel, foundation_name, foundation_object, foundation_spec, space_name_of
 from ..model.loading import LoadedModel, load_model
 from ..model.preprocess import Preprocessing
 from ..relevance.rules import LRP_RULE_NAMES
@@ -26,17 +26,19 @@ from .crops import CROP_GRID, CROP_MODES, CROP_QUANTILE, CROP_VIEWS, DEFAULT_CRO
 from .parallel import Shard
 
 MAX_RELEVANCE_BATCH = 256
+HELD_MODELS = (tuple, nn.Module)  # a foundation model as a library gives it (a module alone: refused, saying what to add)
 
 
 @dataclass
 class BuildConfig:
     """Everything a Lens is built from; also the schema of ``semlens run --config FILE.toml``.
 
-    ``model``, ``data`` and ``foundation`` are spec strings, or (in a notebook) the objects themselves: an
-    ``nn.Module`` (with ``preprocessing``) or a LoadedModel; a list or dataset of images, image paths or
-    ``(image, label)`` pairs (with ``classes``) or an ImageData; a FoundationModel. Objects are held converted
-    (``load_model``, ``load_data``) and recorded as ``memory:CLASS`` with their fingerprints: a Lens built from
-    them asks for them again where it needs them."""
+    ``model``, ``data`` and ``foundation`` (and each of ``extra_foundations``) are spec strings, or (in a notebook)
+    the objects themselves: an ``nn.Module`` (with ``preprocessing``) or a LoadedModel; a list or dataset of images,
+    image paths or ``(image, label)`` pairs (with ``classes``) or an ImageData; a FoundationModel, an open_clip
+    ``(model, preprocess, tokenizer)`` or a transformers ``(model, processor)``. Objects are held converted
+    (``load_model``, ``load_data``, ``foundation_object``) and recorded as ``memory:CLASS`` with their fingerprints:
+    a Lens built from them asks for them again where it needs them."""
 
     # Each field's metadata is its `semlens run` option (cli/_options.py makes the options from it): "help", and
     # "flags" where they are not --field-name; "rest": the field that takes the option's further values; "cli":
@@ -44,11 +46,11 @@ class BuildConfig:
     model: str | nn.Module | LoadedModel = field(metadata={"flags": ("--model", "-m"), "help": "Model spec, e.g. zoo:efficientnet-lite0, py:pkg.mod:factory."})
     layers: list[str] = field(metadata={"flags": ("--layer", "-l"), "help": "Layer NAME[:key=value,...]; repeat for several."})
     data: str | ImageData | Sequence | Dataset = field(metadata={"flags": ("--data", "-d"), "help": "Data spec, e.g. folder:./images."})
-    foundation: str | FoundationModel = field(default="conse", metadata={
+    foundation: str | FoundationModel | tuple = field(default="conse", metadata={
         "flags": ("--foundation", "-f"), "rest": "extra_foundations",
         "help": "Foundation model spec (default conse); repeat to embed into more spaces (the first is the default).",
     })  # fmt: skip
-    extra_foundations: list[str] = field(default_factory=list)  # each embeds the same crops into a space of its own
+    extra_foundations: list[str | FoundationModel | tuple] = field(default_factory=list)  # each embeds the same crops into a space of its own
     k: int = field(default=30, metadata={"flags": ("-k",), "help": "Concept examples per unit (default 30)."})
     pool: str = field(default="mean", metadata={"help": "Spatial/token pooling: mean (default) or max."})
     crop: str = field(default="auto", metadata={
@@ -121,11 +123,10 @@ class BuildConfig:
             self.model, self.preprocessing = load_model(self.model, self.preprocessing), None  # a spec with preprocessing= fails there
         if (isinstance(self.data, (ImageData, Sequence, Dataset)) and not isinstance(self.data, str)) or self.classes is not None:
             self.data, self.classes = load_data(self.data, self.classes), None  # likewise a spec with classes=
-        if isinstance(self.foundation, nn.Module):  # an open_clip or transformers model as the user holds it
-            raise SemlensError(
-                f"foundation={described(self.foundation)} is a torch module, not a semlens.FoundationModel: save it "
-                "(save_pretrained DIR) and give foundation='hf:DIR', or pass semlens.load_foundation_model(SPEC)"
-            )
+        if isinstance(self.foundation, HELD_MODELS):  # an open_clip or transformers model as the user holds it
+            self.foundation = foundation_object(self.foundation)
+        if isinstance(self.extra_foundations, list):
+            self.extra_foundations = [foundation_object(spec, "extra_foundations") if isinstance(spec, HELD_MODELS) else spec for spec in self.extra_foundations]
         check_field_types(self)
         if self.crop not in CROP_MODES:
             raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
@@ -161,13 +162,13 @@ class BuildConfig:
                 f"relevance_examples are samples of the probe data, but relevance_data={self.relevance_data!r} is other data; "
                 "leave relevance_data out (the probe data) to collect them"
             )
-        check_extra_foundations(foundation_spec(self.foundation), self.extra_foundations)
+        check_extra_foundations(self.foundation, self.extra_foundations)
         check_precision(self.precision)
         check_precision(self.embed_precision, "embed_precision")
         if self.shard is not None:
             Shard.parse(self.shard)
             recorded = self.recorded()
-            if any(split_spec(str(spec))[0] == IN_MEMORY for spec in (recorded.model, recorded.data, recorded.foundation)):
+            if any(split_spec(str(spec))[0] == IN_MEMORY for spec in (recorded.model, recorded.data, recorded.foundation, *recorded.extra_foundations)):
                 raise SemlensError(
                     "shard= builds a part for `semlens merge`, which loads the model, data and foundation model from their "
                     "specs; give them as spec strings, not objects"
@@ -176,10 +177,11 @@ class BuildConfig:
     def recorded(self) -> BuildConfig:
         """This config as a Lens records it: each object given in memory replaced by its spec (``memory:CLASS``
         where semlens cannot load it again)."""
-        if isinstance(self.model, str) and isinstance(self.data, str) and isinstance(self.foundation, str):
+        if all(isinstance(value, str) for value in (self.model, self.data, self.foundation, *self.extra_foundations)):
             return self
         model, data = (value if isinstance(value, str) else value.spec for value in (self.model, self.data))  # LoadedModel, ImageData
-        return replace(self, model=model, data=data, foundation=foundation_spec(self.foundation))
+        extra = [foundation_spec(foundation) for foundation in self.extra_foundations]
+        return replace(self, model=model, data=data, foundation=foundation_spec(self.foundation), extra_foundations=extra)
 
     def relevance_batch(self, input_size: int, pixels: int) -> int:
         """Pairs (crop stage) or images (class relevance) per backward pass: ``relevance_batch_size``, or
@@ -242,16 +244,17 @@ def _kind(expected: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(expected, expected.__name__)
 
 
-def check_extra_foundations(foundation: str, extra: list[str]) -> None:
+def check_extra_foundations(foundation: str | FoundationModel, extra: list[str | FoundationModel]) -> None:
     """Each extra foundation model once, none the default one, each with a space name of its own."""
     from ..store.spaces import check_space_name, space_name
 
-    names = [space_name(spec) for spec in [foundation, *extra]]
-    for position, spec in enumerate(extra, start=1):
+    given = [foundation_name(model) for model in [foundation, *extra]]
+    names = [space_name(foundation_spec(foundation)), *(space_name_of(model) for model in extra)]  # the default's as the Lens names it
+    for position, model in enumerate(extra, start=1):
         check_space_name(names[position])
-        if spec in [foundation, *extra[:position - 1]] or names[position] in names[:position]:
+        if given[position] in given[:position] or names[position] in names[:position]:
             raise SemlensError(
-                f"extra foundation model {spec!r} is given twice or makes the same space name ({names[position]!r}) as another; "
+                f"extra foundation model {given[position]!r} is given twice or makes the same space name ({names[position]!r}) as another; "
                 "give each foundation model once, or add one under a name of its own with `semlens embed LENS --foundation SPEC --name NAME`"
             )
 

@@ -18,7 +18,7 @@ import torch
 from .._util.devices import embed_dtype, inference_dtype, pick_device
 from .._util.errors import SemlensError, StaleLensError
 from .._util.fingerprint import hash_json
-from ..foundation import FoundationModel, load_foundation_model
+from ..foundation import FoundationModel, foundation_name, foundation_object, foundation_spec, load_foundation_model, space_name_of
 from ..model.preprocess import Preprocessing
 from ..store.files import LensStore, layer_file, space_file
 from ..store.slots import crop_rules, recorded_shift
@@ -88,14 +88,14 @@ class SpaceStage:
         self,
         owner: HasManifest,
         source: CropSource,
-        foundation: str,
+        foundation: str | FoundationModel,
         space: str | None = None,
         precision: str = "auto",
         batch_size: int = 64,
         overwrite: bool = False,
     ) -> None:
-        self.owner, self.source, self.spec = owner, source, foundation
-        self.space = check_space_name(space or space_name(foundation))
+        self.owner, self.source, self.foundation, self.spec = owner, source, foundation, foundation_spec(foundation)
+        self.space = check_space_name(space or space_name_of(foundation))
         self.precision, self.batch_size, self.overwrite = precision, batch_size, overwrite
 
     @property
@@ -106,7 +106,7 @@ class SpaceStage:
     @property
     def fingerprint(self) -> str:
         crops = self.manifest["stages"]["embed"]["fingerprint"]
-        return hash_json({"crops": crops, "foundation": self.spec, "precision": space_precision(self.precision, self.source.device)})
+        return hash_json({"crops": crops, "foundation": foundation_name(self.foundation), "precision": space_precision(self.precision, self.source.device)})
 
     def done(self) -> bool:
         record = self.manifest.get("spaces", {}).get(self.space, {})
@@ -127,7 +127,7 @@ class SpaceStage:
                     "name (--name) or embed it again (--overwrite)"
                 )
             self._on_main(self._forget)
-        foundation = load_foundation_model(self.spec, device=self.source.device, dtype=embed_dtype(self.precision))
+        foundation = load_foundation_model(self.foundation, device=self.source.device, dtype=embed_dtype(self.precision))
         foundation.batch_size = self.batch_size
         foundation.speed_up()
         self._check_new(foundation)
@@ -179,7 +179,7 @@ class SpaceStage:
 
 def add_space(
     lens: Lens | str | Path,
-    foundation: str,
+    foundation: str | FoundationModel | tuple,
     name: str | None = None,
     precision: str = "auto",
     batch_size: int = 64,
@@ -188,13 +188,14 @@ def add_space(
     overwrite: bool = False,
     progress: bool = True,
 ) -> EmbeddingSpace:
-    """Embed a built Lens's crops with one more foundation model, as the embedding space ``name`` (default: made
-    from the spec), without collecting or cropping again; an interrupted run resumes. Needs the Lens's probe
+    """Embed a built Lens's crops with one more foundation model (a spec, or an object as ``build_lens`` takes it), as
+    the embedding space ``name`` (default: made from the spec, or an object's id), without collecting or cropping again; an interrupted run resumes. Needs the Lens's probe
     data (the user's ``data=``, else its recorded spec where the trust model allows: ``semlens.store.trust``).
     Returns the new space; ``Lens.in_space(name)`` and every analysis's ``space=`` then use it."""
     from ..lens.lens import Lens
     from ..lens.spaces import forget_view, writable
 
+    foundation = foundation if isinstance(foundation, str) else foundation_object(foundation)
     opened = lens if isinstance(lens, Lens) else Lens.open(lens)
     if not writable(opened.path):
         raise SemlensError(f"the Lens at {opened.path} is read-only: copy it somewhere writable to add a space to it")

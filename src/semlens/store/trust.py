@@ -47,6 +47,7 @@ class LensAccess:
     data: str | ImageData | None = None  # a folder or a data spec, or the data itself (``build_lens`` with objects)
     foundation: str | FoundationModel | None = None
     model: str | LoadedModel | None = None
+    extra_foundations: tuple[FoundationModel, ...] = ()  # the foundation models of spaces a build made from objects
 
     def data_spec(self) -> str | ImageData | None:
         if not isinstance(self.data, str):

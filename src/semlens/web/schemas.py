@@ -20,6 +20,7 @@ from ..analysis.compare import Comparison
 from ..analysis.overview import OverviewMap
 from ..analysis.spaces import SpaceComparison
 from ..lens.examples import ConceptExample
+from ..lens.search import SearchHit
 from ..relevance.graph import AttributionGraph, Node
 from ..store.spaces import EmbeddingSpace
 
@@ -142,11 +143,7 @@ class UnitRef(BaseModel):
     thumbnails: list[str]
 
 
-class Hit(UnitRef):
-    score: float = Field(description="Alignment with the probe (search), or cosine similarity (similar units).")
-    response: float | None = Field(
-        None, description="Search: the correlation of the unit's activation over the Lens's crops with their alignment to the probe (None without crop responses)."
-    )
+Hit = derived(SearchHit, "Hit", base=UnitRef, drop=("unit", "layer", "index", "label", "examples"))  # UnitRef has them, thumbnails for examples
 
 
 Example = derived(

@@ -7,31 +7,15 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
 
+from ...lens.clusters import ConceptCluster, UnitClusters
 from ..common import ExplorerDep, LayerName, LensKey, UnitName, example_out
-from ..schemas import Example
+from ..schemas import Example, derived
 
 router = APIRouter()
 
-
-class ClusterOut(BaseModel):
-    ranks: list[int] = Field(description="Ranks of the cluster's concept examples (as in the unit's examples).")
-    size: int
-    concept: str | None = Field(description="The vocabulary concept the cluster's mean embedding aligns with best.")
-    alignment: float | None
-    label: str | None = Field(description="The concept where its alignment reaches the labelling threshold, else null.")
-    examples: list[Example]
-
-
-class ClustersOut(BaseModel):
-    unit: str
-    examples: str = Field(description="Which concept examples: by activation.")
-    polysemanticity: float | None
-    split_p: float | None = Field(description="Chance that one concept's spread splits as cleanly; two clusters only below 0.01.")
-    valid: bool = Field(description="False for inactive or tied units: their examples are arbitrary or another unit's.")
-    vocabulary: str | None
-    clusters: list[ClusterOut] = Field(description="One for a monosemantic unit, two for a polysemantic one; largest first.")
+ClusterOut = derived(ConceptCluster, "ClusterOut", examples=(list[Example], ...))  # with the examples' thumbnails
+ClustersOut = derived(UnitClusters, "ClustersOut")
 
 
 @router.get(

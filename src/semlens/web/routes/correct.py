@@ -5,32 +5,28 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, UploadFile
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..._util.errors import SemlensError
 from ...interventions.correction import ACCURACY_TOLERANCE
+from ...lens.correction import Correction
 from ..common import MAX_TEXT, ExplorerDep, LensKey, decode_image
+from ..schemas import derived
 
 router = APIRouter()
 
-
-class CorrectionOut(BaseModel):
-    """``Correction.to_dict()``: the artefact test (clean, artefact, change) before and after the correction."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    class_name: str = Field(alias="class")
-    method: str
-    settings: dict[str, Any] = Field(description="The method's settings: layer and its trials, estimator; or modules, epochs.")
-    samples: int = Field(description="Test images: half of each class's probe images, drawn at random (the other half learn the correction).")
-    before: dict[str, Any]
-    after: dict[str, Any]
-    artifact_effect: list[float | None] = Field(description="Class probability with minus without the artefact, before and after.")
-    clean_accuracy: list[float | None] = Field(description="Accuracy on the clean test images, before and after.")
-    seconds: float
-    ok: bool = Field(description="False when the correction failed: it cost more clean accuracy than the tolerance.")
-    failed: str | None = Field(description="Why the correction failed (null when ok).")
-    tolerance: float = Field(description="The clean accuracy the correction may cost.")
+CorrectionOut = derived(
+    Correction,
+    "CorrectionOut",
+    doc="``Correction.to_dict()``: the artefact test (clean, artefact, change) before and after the correction.",
+    keys={"class_name": "class"},
+    drop=("model", "fix", "spec"),  # the fingerprint and spec of the model it was made for, the fix's tensors: not shown
+    samples=(int, Field(description="Test images: half of each class's probe images, drawn at random (the other half learn the correction).")),
+    artifact_effect=(list[float | None], Field(description="Class probability with minus without the artefact, before and after.")),
+    clean_accuracy=(list[float | None], Field(description="Accuracy on the clean test images, before and after.")),
+    ok=(bool, Field(description="False when the correction failed: it cost more clean accuracy than the tolerance.")),
+    failed=(str | None, Field(description="Why the correction failed (null when ok).")),
+)
 
 
 def _numbers(text: str, count: int, name: str, high: int) -> tuple[int, ...]:
