@@ -110,7 +110,7 @@ def test_an_extra_foundation_model_given_as_an_object_makes_a_space_of_its_own(t
     out = tmp_path / "two.lens"
     lens = build_lens(model=TinyCNN(), data=images, foundation=held, extra_foundations=[extra], out=out, **SETTINGS)
     extra_id = load_foundation_model(extra).id
-    (space,) = [space for space in lens.spaces if not space.default]
+    (space,) = [space for space in lens.embedding.spaces if not space.default]
     assert space.spec == "memory:OpenCLIPFoundationModel" and space.foundation_id == extra_id and space.complete
     assert space.name == extra_id.replace(":", "-").replace("@", "-")  # named by its id: two objects of a class, two spaces
     assert len(lens.in_space(space.name).search("red", top=2)) == 2  # the returned Lens holds it
