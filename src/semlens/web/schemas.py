@@ -143,7 +143,7 @@ class UnitRef(BaseModel):
 
 
 class Hit(UnitRef):
-    score: float = Field(description="Alignment with the probe (search), or cosine similarity (similar units).")
+    score: float = Field(description="Alignment with the probe (search; ranked by the model, the activation AUC on the concept images), or cosine similarity (similar units).")
     response: float | None = Field(
         None, description="Search: the correlation of the unit's activation over the Lens's crops with their alignment to the probe (None without crop responses)."
     )
