@@ -27,15 +27,16 @@ def refuse(constant: str) -> None:
     raise AssertionError(f"{constant} in --json output: not standard JSON")
 
 
-@pytest.fixture(scope="module")
-def lens_path(tmp_path_factory, colour_folder, tiny_clip_dir):
-    out = tmp_path_factory.mktemp("ask") / "tiny.lens"
-    config = BuildConfig(
-        model="py:tiny_models:tiny_cnn", layers=["features.3", "head:signed=true"], data=f"folder:{colour_folder}",
-        foundation=f"hf:{tiny_clip_dir}", k=5, workers=0,
-    )  # fmt: skip
+def built(out, model: str, layers: list[str], colour_folder, tiny_clip_dir):
+    """A Lens of the tiny model ``model`` (a ``tiny_models`` function) over the colour images, at ``out``."""
+    config = BuildConfig(model=f"py:tiny_models:{model}", layers=layers, data=f"folder:{colour_folder}", foundation=f"hf:{tiny_clip_dir}", k=5, workers=0)
     build_lens(config, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def lens_path(tmp_path_factory, colour_folder, tiny_clip_dir):
+    return built(tmp_path_factory.mktemp("ask") / "tiny.lens", "tiny_cnn", ["features.3", "head:signed=true"], colour_folder, tiny_clip_dir)
 
 
 def test_search_ranks_units_by_alignment_and_response(lens_path, tmp_path) -> None:
@@ -118,13 +119,7 @@ def test_search_puts_first_the_units_the_audit_names_by_the_query(lens_path, que
 @pytest.fixture(scope="module")
 def patch_lens_path(tmp_path_factory, colour_folder, tiny_clip_dir):
     """A Lens of the tiny CNN whose first conv's unit 5 detects white (``tiny_models.patch_cnn``; features.1/5, after its ReLU)."""
-    out = tmp_path_factory.mktemp("patch") / "patch.lens"
-    config = BuildConfig(
-        model="py:tiny_models:patch_cnn", layers=["features.1", "features.3"], data=f"folder:{colour_folder}",
-        foundation=f"hf:{tiny_clip_dir}", k=5, workers=0,
-    )  # fmt: skip
-    build_lens(config, out, progress=False)
-    return out
+    return built(tmp_path_factory.mktemp("patch") / "patch.lens", "patch_cnn", ["features.1", "features.3"], colour_folder, tiny_clip_dir)
 
 
 def test_search_by_the_models_response_puts_first_the_unit_a_pasted_patch_raises(patch_lens_path, tmp_path) -> None:
