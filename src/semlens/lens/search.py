@@ -141,7 +141,7 @@ def search(
 
 def _rank_by_model(lens: Lens, images: list[str | Path | Image.Image], layers: list[str], top: int, examples: str) -> SearchResults:
     """The ``top`` units of ``layers`` by their activation AUC (``activation_aucs``, as the audit's concept test
-    measures it) on the concept images (``concept_views``) against the probe images they were pasted into; units
+    measures it) on the concept images (``_concept_views``) against the probe images they were pasted into; units
     without examples of their own are never ranked, ties go to the earlier layer, lower unit. Needs the model."""
     from ..interventions.effects import activation_aucs
 
@@ -151,7 +151,7 @@ def _rank_by_model(lens: Lens, images: list[str | Path | Image.Image], layers: l
         model = lens.model()
     except SemlensError as error:
         raise SemlensError(f"ranking by the model's response needs the model under study: {error}") from error
-    without, shown = concept_views(lens, images, model.preprocessing)
+    without, shown = _concept_views(lens, images, model.preprocessing)
     specs = lens.sources.layer_specs(layers)
     aucs = activation_aucs(model, without, shown, list(specs.values()))
     scores = torch.cat([aucs[layer].masked_fill(~lens.examples.valid(layer, examples), float("-inf")) for layer in layers])
@@ -160,7 +160,7 @@ def _rank_by_model(lens: Lens, images: list[str | Path | Image.Image], layers: l
     return made_by(SearchResults([_search_hit(lens, *owners[row], float(scores[row]), examples) for row in rows.tolist()], by=examples), lens)
 
 
-def concept_views(lens: Lens, images: list[str | Path | Image.Image], preprocessing: Preprocessing) -> tuple[list[Image.Image], list[Image.Image]]:
+def _concept_views(lens: Lens, images: list[str | Path | Image.Image], preprocessing: Preprocessing) -> tuple[list[Image.Image], list[Image.Image]]:
     """The model's views without and with a concept: the Lens's probe backgrounds (``probe_backgrounds``), and
     each image over them where it has transparent parts (an overlay, seen as the model sees an image of its size,
     as ``probe`` pastes it for the foundation model), else the image itself."""
