@@ -121,7 +121,7 @@ from semlens.world.demo import (
     world_vocabulary,
 )
 from semlens.world.random_world import planted_artifact, random_worlds
-from semlens.world.render import WorldConfig, concept_scene
+from semlens.world.render import WorldConfig, artifact_overlay, concept_scene
 from semlens.world.specs import WORLD_MODELS
 from semlens.world.truth import INSERTION_AUC, artifact_reliance
 
@@ -246,7 +246,9 @@ def evaluate(
     inserted = {f"{layer}/{unit}" for layer in spatial for unit, auc in enumerate(truths[layer]["insertion"].get(artifact, [])) if auc >= INSERTION_AUC}
     paraphrase = HELD_OUT[artifact]
     hits = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artifact, paraphrase)}
-    other_hits = {rank: {query: [hit.unit for hit in lens.search(query, top=5, rank=rank)] for query in (artifact, paraphrase)} for rank in RANKINGS[1:]}
+    other_hits = {rank: {query: [hit.unit for hit in lens.search(query, top=5, rank=rank)] for query in (artifact, paraphrase)} for rank in TEXT_RANKINGS[1:]}
+    overlays = [artifact_overlay(config, artifact, index) for index in range(OVERLAYS)]
+    overlay_hits = {rank: [[hit.unit for hit in lens.search(images=[overlay], top=5, rank=rank)] for overlay in overlays] for rank in RANKINGS}
 
     concept = concept_images(config, artifact)  # test images: the Lens is built on the probe split
     audit = lens.audit(target, [target], [artifact], layers=spatial, concept=concept, test_all=True).to_dict()  # fields may grow: read by key
@@ -279,6 +281,7 @@ def evaluate(
         "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artifact, paraphrase, flagged, both, confirmed, found, examined),
         **{f"search_hits_at5_{rank}": sum(unit in true_units for unit in hits_of[artifact]) for rank, hits_of in other_hits.items()},
         **{f"search_hits_at5_paraphrase_{rank}": sum(unit in true_units for unit in hits_of[paraphrase]) for rank, hits_of in other_hits.items()},
+        "search_hits_at5_overlay": {rank: sum(sum(unit in true_units for unit in hits) for hits in found) / len(found) for rank, found in overlay_hits.items()},
         "concept_search": concept_search(lens, config, truth),
         "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
         "by_insertion_alone": {"artefact_unit_names": sorted(inserted), **artefact_scores(inserted, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
@@ -320,6 +323,11 @@ def artefact_scores(
     }  # fmt: skip
 
 
+#: the rankings a text probe takes ("model" ranks by the model's response to images only)
+TEXT_RANKINGS = tuple(rank for rank in RANKINGS if rank != "model")
+#: the artefact's overlays (its placements, ``artifact_overlay``) an image probe of it shows, one search each
+OVERLAYS = 3
+
 #: the scenes a concept's image probe averages: indices past the phi images' (``truth.SCENE_IMAGES``), so no Lens
 #: and no truth has seen them
 PROBE_SCENES = range(100, 104)
@@ -332,11 +340,13 @@ def concept_search(lens: Lens, config: WorldConfig, truth: dict[str, str]) -> di
     units_of: dict[str, set[str]] = {}
     for unit, concept in truth.items():
         units_of.setdefault(concept, set()).add(unit)
-    sums = {f"{probe}_{rank}": 0.0 for probe in ("text", "images") for rank in RANKINGS}
+    sums = {f"{probe}_{rank}": 0.0 for probe, rankings in (("text", TEXT_RANKINGS), ("images", RANKINGS)) for rank in rankings}
     for concept, units in units_of.items():
         scenes = [concept_scene(config, concept, index).image for index in PROBE_SCENES]
         for rank in RANKINGS:
-            for probe, hits in (("text", lens.search(concept, top=5, rank=rank)), ("images", lens.search(images=scenes, top=5, rank=rank))):
+            probes = ((("text", concept),) if rank in TEXT_RANKINGS else ()) + (("images", scenes),)
+            for probe, query in probes:
+                hits = lens.search(query, top=5, rank=rank) if probe == "text" else lens.search(images=query, top=5, rank=rank)
                 sums[f"{probe}_{rank}"] += sum(hit.unit in units for hit in hits) / min(5, len(units))
     return {"pairs": len(units_of), **sums}
 
@@ -428,13 +438,17 @@ def pooled_search(records: list[dict[str, Any]]) -> dict[str, Any]:
     fewer), and every concept's search (``concept_search``) as one mean over its (run, concept) pairs."""
     with_units = [record for record in records if record["artefact_units"]]
     pooled: dict[str, Any] = {"worlds": len(with_units), "pairs": sum(record["concept_search"]["pairs"] for record in records)}
-    for rank, suffix in zip(RANKINGS, ("", *(f"_{rank}" for rank in RANKINGS[1:]))):
+    for rank, suffix in zip(TEXT_RANKINGS, ("", *(f"_{rank}" for rank in TEXT_RANKINGS[1:]))):
         hits = [record[f"search_hits_at5{suffix}"] for record in with_units]
         pooled[rank] = {
             "artefact_hits": sum(hits), "goal_met": sum(hit >= min(3, record["artefact_units"]) for hit, record in zip(hits, with_units)),
             "paraphrase_hits": sum(record[f"search_hits_at5_paraphrase{suffix}"] for record in with_units),
             **{probe: _share(sum(record["concept_search"][f"{probe}_{rank}"] for record in records), pooled["pairs"]) for probe in ("text", "images")},
         }  # fmt: skip
+    for rank in RANKINGS:  # the artefact's overlays (records before them have none), and every concept's scenes
+        overlaid = [record["search_hits_at5_overlay"][rank] for record in with_units if "search_hits_at5_overlay" in record]
+        pooled.setdefault(rank, {}).update(overlay_hits=sum(overlaid) if overlaid else None)
+        pooled[rank]["images"] = _share(sum(record["concept_search"].get(f"images_{rank}", 0.0) for record in records), pooled["pairs"])
     return pooled
 
 
@@ -443,8 +457,9 @@ def print_pooled_search(records: list[dict[str, Any]], console: Console) -> None
     parts = [
         f"{rank}: artefact hits {values['artefact_hits']} (goal met in {values['goal_met']}), paraphrase {values['paraphrase_hits']}, "
         f"concepts by name {_number(values['text'])}, by images {_number(values['images'])}"
-        for rank, values in ((rank, pooled[rank]) for rank in RANKINGS)
-    ]
+        for rank, values in ((rank, pooled[rank]) for rank in TEXT_RANKINGS)
+    ] + [f"{rank}: by images {_number(values['images'])}" for rank, values in ((rank, pooled[rank]) for rank in RANKINGS if rank not in TEXT_RANKINGS)]
+    parts.append("artefact overlay hits (mean of its placements, summed over worlds): " + ", ".join(f"{rank} {_number(pooled[rank]['overlay_hits'])}" for rank in RANKINGS))
     console.print(f"search pooled over {pooled['worlds']} worlds with true artefact units and {pooled['pairs']} (run, concept) pairs; " + "; ".join(parts))
 
 

@@ -27,15 +27,16 @@ def refuse(constant: str) -> None:
     raise AssertionError(f"{constant} in --json output: not standard JSON")
 
 
-@pytest.fixture(scope="module")
-def lens_path(tmp_path_factory, colour_folder, tiny_clip_dir):
-    out = tmp_path_factory.mktemp("ask") / "tiny.lens"
-    config = BuildConfig(
-        model="py:tiny_models:tiny_cnn", layers=["features.3", "head:signed=true"], data=f"folder:{colour_folder}",
-        foundation=f"hf:{tiny_clip_dir}", k=5, workers=0,
-    )  # fmt: skip
+def built(out, model: str, layers: list[str], colour_folder, tiny_clip_dir):
+    """A Lens of the tiny model ``model`` (a ``tiny_models`` function) over the colour images, at ``out``."""
+    config = BuildConfig(model=f"py:tiny_models:{model}", layers=layers, data=f"folder:{colour_folder}", foundation=f"hf:{tiny_clip_dir}", k=5, workers=0)
     build_lens(config, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def lens_path(tmp_path_factory, colour_folder, tiny_clip_dir):
+    return built(tmp_path_factory.mktemp("ask") / "tiny.lens", "tiny_cnn", ["features.3", "head:signed=true"], colour_folder, tiny_clip_dir)
 
 
 def test_search_ranks_units_by_alignment_and_response(lens_path, tmp_path) -> None:
@@ -113,6 +114,36 @@ def test_search_puts_first_the_units_the_audit_names_by_the_query(lens_path, que
     monkeypatch.setattr(search, "names_by_responses", lambda lens, layers, concepts: [query if f"{layer}/{unit}" == last else None for layer in layers for unit in lens.units(layer)])
     assert lens.search(query, top=1)[0].unit == last
     assert lens.search(query, top=1, rank="both")[0].unit == ranked[0] != last
+
+
+@pytest.fixture(scope="module")
+def patch_lens_path(tmp_path_factory, colour_folder, tiny_clip_dir):
+    """A Lens of the tiny CNN whose first conv's unit 5 detects white (``tiny_models.patch_cnn``; features.1/5, after its ReLU)."""
+    return built(tmp_path_factory.mktemp("patch") / "patch.lens", "patch_cnn", ["features.1", "features.3"], colour_folder, tiny_clip_dir)
+
+
+def test_search_by_the_models_response_puts_first_the_unit_a_pasted_patch_raises(patch_lens_path, tmp_path) -> None:
+    """rank="model": the units a concept image raises in the model itself, as the audit's concept test measures it
+    (activation AUC), where the foundation model's view of the units' examples need not show the concept."""
+    import numpy as np
+
+    overlay = np.zeros((40, 40, 4), dtype=np.uint8)  # a white square on a transparent canvas of the images' size
+    overlay[14:24, 14:24] = 255
+    Image.fromarray(overlay).save(tmp_path / "patch.png")
+    photo = Image.fromarray(np.where(overlay[..., :3] > 0, 255, 30).astype(np.uint8))  # opaque: used as it is
+    lens = Lens.open(patch_lens_path)
+    hits = lens.search(images=[tmp_path / "patch.png"], rank="model", top=3)
+    assert hits[0].unit == "features.1/5" and hits[0].score == 1.0 and hits[0].response is None
+    assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
+    assert lens.search(images=[tmp_path / "patch.png"], top=1)[0].unit != "features.1/5"  # the foundation model's view: not first
+    assert lens.search(images=[photo], rank="model", layers=["features.1"], top=1)[0].unit == "features.1/5"
+    shown = ask("search", patch_lens_path, "--image", tmp_path / "patch.png", "--rank", "model", "--top", "3", "--json")
+    assert [hit["unit"] for hit in shown] == [hit.unit for hit in hits]
+    with pytest.raises(SemlensError, match="give images and no text"):
+        lens.search("white", rank="model")
+    wrong = Lens.open(patch_lens_path, model="py:tiny_models:tiny_cnn")  # other weights: not the Lens's model
+    with pytest.raises(SemlensError, match="ranking by the model's response needs the model under study: model .* now has weights"):
+        wrong.search(images=[tmp_path / "patch.png"], rank="model")
 
 
 def test_show_writes_a_grid_png(lens_path, tmp_path) -> None:

@@ -136,7 +136,7 @@ def test_search_by_text_and_image_with_layer_filter_and_bounds(client, explorer_
     assert [(h["unit"], h["score"], h["response"]) for h in hits] == [(e.unit, pytest.approx(e.score), pytest.approx(e.response)) for e in expected]
     aligned = client.get("/api/lenses/0/search", params={"q": "red", "top": 5, "rank": "alignment"}).json()
     assert [h["score"] for h in aligned] == sorted((h["score"] for h in aligned), reverse=True)
-    refused(client.get("/api/lenses/0/search", params={"q": "red", "rank": "best"}), 422, "'both' or 'alignment'")
+    refused(client.get("/api/lenses/0/search", params={"q": "red", "rank": "best"}), 422, "'alignment' or 'model'")
     assert all(len(hit["thumbnails"]) == 4 for hit in hits)
     one_layer = client.get("/api/lenses/0/search", params=[("q", "red"), ("layer", "features.3"), ("layer", "features.3")]).json()
     valid = {unit for unit in valid_units(explorer_lenses[0]) if unit.startswith("features.3/")}  # inactive or tied: never
@@ -150,6 +150,10 @@ def test_search_by_text_and_image_with_layer_filter_and_bounds(client, explorer_
         "/api/lenses/1/search/image", params={"top": 3}, files={"image": ("red.png", png(), "image/png")}
     )
     assert found.status_code == 200 and len(found.json()) == 3
+    by_model = client.post("/api/lenses/0/search/image", params={"top": 3, "rank": "model"}, files={"image": ("red.png", png(), "image/png")}).json()
+    expected = Lens.open(explorer_lenses[0]).search(images=[Image.open(io.BytesIO(png()))], top=3, rank="model")
+    assert [(h["unit"], h["score"], h["response"]) for h in by_model] == [(e.unit, pytest.approx(e.score), None) for e in expected]
+    refused(client.get("/api/lenses/0/search", params={"q": "red", "rank": "model"}), 400, "give images and no text")
     not_an_image = client.post("/api/lenses/0/search/image", files={"image": ("x.png", b"not an image", "image/png")})
     refused(not_an_image, 400, "not an image")
     assert " at 0x" not in not_an_image.json()["detail"]  # no Python object's address

@@ -64,6 +64,17 @@ def strided_cnn() -> LoadedModel:
     return LoadedModel(StridedCNN().eval(), "py:tiny_models:strided_cnn", TINY_PREPROCESSING, ["red", "green", "blue"])
 
 
+def patch_cnn() -> LoadedModel:
+    """The tiny CNN whose first conv's unit 5 detects white: the sum of a 3 x 3 patch's normalised pixels, so that
+    it fires strongly on a pasted white square, weakly on the colour images' squares of one full channel and
+    never on their dark noise (a detector of a concept the model sees and a foundation model need not)."""
+    model = TinyCNN().eval()
+    with torch.no_grad():
+        model.features[0].weight[5] = 1.0
+        model.features[0].bias[5] = 6.0
+    return LoadedModel(model, "py:tiny_models:patch_cnn", TINY_PREPROCESSING, ["red", "green", "blue"])
+
+
 def tiny_cnn_module() -> nn.Module:
     """The same network as a bare module: semlens gives it ImageNet preprocessing."""
     return TinyCNN()

@@ -92,20 +92,23 @@ def search(
     ),
     examples: str = ExampleSet,
     rank: str = typer.Option(
-        RANKINGS[0], "--rank", help="named (the default): as both, with the units whose best concept by their crop responses is the query first (as the audit names units); both: by alignment and response to the probe, each standardised (alignment alone where the Lens has no crop responses); alignment: by alignment alone (the paper's Eq. 4)."
+        RANKINGS[0], "--rank", help="named (the default): as both, with the units whose best concept by their crop responses is the query first (as the audit names units); both: by alignment and response to the probe, each standardised (alignment alone where the Lens has no crop responses); alignment: by alignment alone (the paper's Eq. 4); model (images only): by how much pasting the images into the Lens's probe images raises each unit in the model itself (its activation AUC, as the audit's concept test; needs the model)."
     ),
     trust: Trust = False,
     foundation: Foundation = None,
+    model: Model = None,
+    probe_data: ProbeData = None,
     space: Space = None,
     as_json: AsJson = False,
 ) -> None:
     """Rank units of all (or chosen) layers by a text and/or image probe: their examples' alignment with it and
-    how their activation follows it over the Lens's crops."""
-    opened = open_lens(lens, trust, foundation=foundation, space=space)
+    how their activation follows it over the Lens's crops, or (--rank model) how much the images raise them."""
+    opened = open_lens(lens, trust, probe_data, foundation, model, space)
     hits = opened.search(query or None, image or (), layer or None, top, template or "search", examples=examples, rank=rank)
     ranked = "aligned with" if rank == "alignment" or not opened.arrays.has_responses else "aligned with and responding to"
+    ranked = "raised in the model by" if rank == "model" else ranked
     title = f"units {ranked} {' + '.join([repr(text) for text in query or []] + [path.name for path in image or []])}"
-    print_hits(hits, title, "alignment", as_json)
+    print_hits(hits, title, "activation AUC" if rank == "model" else "alignment", as_json)
 
 
 @app.command()

@@ -170,20 +170,19 @@ def _test_findings(lens: Lens, result: Audit, class_index: int, concept: Concept
     it is "both"
     (``Audit.revise_by_test``). Needs the model (loaded under the Lens's trust model)."""
     from ..interventions.effects import UnitToTest, concept_tests
-    from ..model.units import LayerSpec
 
     model = lens.sources.model()
     without, with_concept, classes = concept.views_and_classes(model)
     region = concept.region(with_concept)
     units = result.units if test_all else result.to_test(located=region is not None)
     layers = sorted({unit.unit.rpartition("/")[0] for unit in result.units})
-    saes = lens.sources.sae_files(layers)
+    specs = lens.sources.layer_specs(layers)
+    saes = {layer: spec.sae for layer, spec in specs.items() if spec.sae}
     shifts = {layer: shift for layer in layers if (shift := lens.arrays.map_shift(layer)) is not None}  # else measured now
 
     def to_test(name: str) -> UnitToTest:
         layer, row = lens.units.index(name)
-        spec = LayerSpec(**{**lens.manifest["layers"][layer]["spec"], "sae": saes.get(layer)})
-        return UnitToTest(name, spec, row, row % lens.manifest["layers"][layer]["base_units"])
+        return UnitToTest(name, specs[layer], row, row % lens.manifest["layers"][layer]["base_units"])
 
     tested = [to_test(unit.unit) for unit in units]
     names = {unit.name for unit in tested}

@@ -72,7 +72,6 @@ def explain(
     the share of the SAE's error term. Needs the model (loaded under the Lens's trust model) and LRP support."""
     from ..analysis.explain import Explanation, top_classes
     from ..model.preprocess import Preprocessing
-    from ..model.units import LayerSpec
     from ..relevance.explain import image_relevance
 
     if top < 1:
@@ -83,10 +82,10 @@ def explain(
     preprocessing = Preprocessing(**lens.manifest["identity"]["preprocessing"])
     view = preprocessing.view(picture)
     inputs = preprocessing.normalise(view)[None]
-    explainer, files = _explainer(lens), lens.sources.sae_files(chosen)  # SAE files checked (trust, hashes) on every call
-    for layer, path in files.items():
-        explainer.saes.setdefault(layer, path)  # loaded in place on first use, kept for the next images
-    specs = [LayerSpec(**{**lens.manifest["layers"][layer]["spec"], "sae": files.get(layer)}) for layer in chosen]
+    explainer, specs = _explainer(lens), list(lens.sources.layer_specs(chosen).values())  # SAE files checked (trust, hashes) on every call
+    for spec in specs:
+        if spec.sae:
+            explainer.saes.setdefault(spec.name, spec.sae)  # loaded in place on first use, kept for the next images
     with explainer.lock:  # LRP's rules are hooks on the one model: one explanation at a time
         lrp = explainer.prepared(inputs)
         result = image_relevance(lrp, inputs, target, specs, explainer.saes)

@@ -1,5 +1,6 @@
 """Search: units ranked by alignment with a text or image probe (and, where the Lens kept its crop responses,
-by how their activation follows the probe: ``RANKINGS``), or by similarity to another unit; all valid units
+by how their activation follows the probe: ``RANKINGS``), by how much the model's own activation rises on
+concept images (``rank="model"``: the audit's concept test), or by similarity to another unit; all valid units
 (``Lens.arrays.valid``) stacked once, with an approximate index from ``INDEX_MIN_UNITS`` units on (see
 semlens.lens.index)."""
 
@@ -15,17 +16,22 @@ from PIL import Image
 
 from .._util.display import HtmlResult, made_by
 from .._util.errors import SemlensError
+from .index import UnitTable, open_index, probe_direction, top_positions
 from .labels import names_by_responses
-from .index import UnitTable, open_index, probe_direction
+from .probes import composited, read_image_probe, transparent
 from .remembered import per_lens
 
 if TYPE_CHECKING:
+    from ..model.preprocess import Preprocessing
     from .lens import Lens
 
 #: how a probe ranks units: "named" (the default), as "both" but with the units a text probe names first (see
 #: ``NAMED_AMONG``); "both", the lower of alignment and response, each standardised over the units (where the Lens
-#: has no crop responses, alignment alone); or "alignment" alone (the paper's Eq. 4)
-RANKINGS = ("named", "both", "alignment")
+#: has no crop responses, alignment alone); "alignment" alone (the paper's Eq. 4); or "model", for image probes:
+#: the model's own response, how much pasting the images over the Lens's probe images raises each unit (its
+#: activation AUC, the audit's concept test: ``interventions.effects.activation_aucs``), which finds the units
+#: of a concept the foundation model cannot see in their examples (a frame, a small artefact of an early layer)
+RANKINGS = ("named", "both", "alignment", "model")
 #: "named" lifts, among this many of the best units by "both", those whose best concept by their crop responses,
 #: among the probe's texts and the Lens's label vocabulary, is one of the texts: the audit's name for a unit
 #: (``Lens.audit``), so that search and audit agree on the units that carry a concept. Where an artefact sits on
@@ -39,14 +45,15 @@ PROBE_BACKGROUNDS = 16
 
 @dataclass(frozen=True)
 class SearchHit:
-    """A unit found by a probe: its alignment (``score``), label (if labelled), best concept examples and
-    ``response``: the correlation of its activation over the Lens's crops with their alignment to the probe
-    (None where the Lens kept no crop responses)."""
+    """A unit found by a probe: its alignment (``score``; ranked by the model, its activation AUC on the concept
+    images), label (if labelled), best concept examples and ``response``: the correlation of its activation over
+    the Lens's crops with their alignment to the probe (None where the Lens kept no crop responses, and ranked
+    by the model)."""
 
     unit: str
     layer: str
     index: int
-    score: float = field(metadata={"description": "Alignment with the probe (search), or cosine similarity (similar units)."})
+    score: float = field(metadata={"description": "Alignment with the probe (search; ranked by the model, the activation AUC on the concept images), or cosine similarity (similar units)."})
     label: str | None
     examples: list[str]
     response: float | None = field(default=None, metadata={
@@ -125,9 +132,53 @@ def search(
     ``examples``: whose theta, the activation examples' or the relevance examples' (see ``Lens.examples.theta``)."""
     if rank not in RANKINGS:
         raise SemlensError(f"rank={rank!r}: rank by one of {', '.join(RANKINGS)}")
+    if rank == "model":
+        if text or not images:
+            raise SemlensError("rank='model' ranks units by the model's response to concept images: give images and no text (texts rank by named, both or alignment)")
+        return _rank_by_model(lens, images, lens.units.checked(layers), top, examples)
     probe_vector, null = probe(lens, text, images, templates)
     texts = [text] if isinstance(text, str) else list(text or [])
     return _rank(lens, probe_vector, null, lens.units.checked(layers), top, examples=examples, rank=rank, names=texts)
+
+
+def _rank_by_model(lens: Lens, images: list[str | Path | Image.Image], layers: list[str], top: int, examples: str) -> SearchResults:
+    """The ``top`` units of ``layers`` by their activation AUC (``activation_aucs``, as the audit's concept test
+    measures it) on the concept images (``_concept_views``) against the probe images they were pasted into; units
+    without examples of their own are never ranked, ties go to the earlier layer, lower unit. Needs the model."""
+    from ..interventions.effects import activation_aucs
+
+    if top < 1:
+        raise SemlensError(f"top={top}: ask for at least one unit")
+    try:
+        model = lens.sources.model()
+    except SemlensError as error:
+        raise SemlensError(f"ranking by the model's response needs the model under study: {error}") from error
+    without, shown = _concept_views(lens, images, model.preprocessing)
+    specs = lens.sources.layer_specs(layers)
+    aucs = activation_aucs(model, without, shown, list(specs.values()))
+    scores = torch.cat([aucs[layer].masked_fill(~lens.examples.valid(layer, examples), float("-inf")) for layer in layers])
+    rows = top_positions(scores, min(top, int(scores.isfinite().sum())))
+    owners = [(layer, row) for layer in layers for row in range(len(lens.units(layer)))]
+    return made_by(SearchResults([_search_hit(lens, *owners[row], float(scores[row]), examples) for row in rows.tolist()], by=examples), lens)
+
+
+def _concept_views(lens: Lens, images: list[str | Path | Image.Image], preprocessing: Preprocessing) -> tuple[list[Image.Image], list[Image.Image]]:
+    """The model's views without and with a concept: the Lens's probe backgrounds (``probe_backgrounds``), and
+    each image over them where it has transparent parts (an overlay, seen as the model sees an image of its size,
+    as ``probe`` pastes it for the foundation model), else the image itself."""
+    backgrounds = probe_backgrounds(lens)
+    if not backgrounds:
+        raise SemlensError("ranking by the model's response compares the concept images with the Lens's probe images, which cannot be read: give the probe data (probe_data=..., --probe-data)")
+    shown = []
+    for item in images:
+        image = item if isinstance(item, Image.Image) else read_image_probe(item)
+        if transparent(image):
+            overlay = preprocessing.view(image)
+            overlay.putalpha(preprocessing.view(image.getchannel("A")).getchannel(0))
+            shown += composited(overlay, lambda: backgrounds)
+        else:
+            shown.append(preprocessing.view(image))
+    return backgrounds, shown
 
 
 def search_similar(lens: Lens, source: Lens, unit: str, top: int = 10) -> SearchResults:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ..data import ImageData
     from ..foundation import FoundationModel
     from ..model.loading import LoadedModel
+    from ..model.units import LayerSpec
 
 
 class LensSources:
@@ -91,6 +92,14 @@ class LensSources:
                    "to this Lens's model with test-artifact --correction FILE" if corrected else "")
             )  # fmt: skip
         return model
+
+    def layer_specs(self, layers: list[str]) -> dict[str, LayerSpec]:
+        """How the model is read as the units of each of ``layers``: the recorded spec, through its SAE where it
+        has one (``sae_files``), for the passes that read the model's units again."""
+        from ..model.units import LayerSpec
+
+        files = self.sae_files(layers)
+        return {layer: LayerSpec(**{**self.manifest["layers"][layer]["spec"], "sae": files.get(layer)}) for layer in layers}
 
     def sae_files(self, layers: list[str]) -> dict[str, str]:
         """The SAE (file or SAELens directory) of each of ``layers`` read through one (for relevance and pruning

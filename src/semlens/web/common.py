@@ -47,7 +47,7 @@ ExampleSet = Annotated[
 ]
 Ranking = Annotated[
     Literal[RANKINGS],
-    Query(description="How units are ranked: 'named' (the default: as 'both', with the units whose best concept by their crop responses is the query first, as the audit names units), 'both' (alignment and response to the probe, each standardised) or 'alignment' alone."),
+    Query(description="How units are ranked: 'named' (the default: as 'both', with the units whose best concept by their crop responses is the query first, as the audit names units), 'both' (alignment and response to the probe, each standardised) or 'alignment' alone; for an image, 'model': how much pasting it into the Lens's probe images raises each unit in the model itself (needs the model)."),
 ]
 SpaceName = Annotated[
     str | None, Query(max_length=MAX_TEXT, description="Embedding space (see /api/lenses/{lens}/spaces); default the Lens's own.")

@@ -18,9 +18,10 @@
   options(examples, [["activation", "by activation"], ["relevance", "by relevance"]], lens.relevance_examples ? params.get("examples") || "activation" : "activation");
   examples.disabled = !lens.relevance_examples;
   // How to rank: the units whose best concept is the text first, then by alignment and the units' response to the probe
-  // over the Lens's crops ("named", the default); by alignment and response alone; or by alignment alone (Eq. 4).
+  // over the Lens's crops ("named", the default); by alignment and response alone; by alignment alone (Eq. 4); or, for
+  // an image, by how much pasting it into the probe images raises each unit in the model itself.
   const rank = document.getElementById("rank");
-  const rankings = [["named", "named first, then alignment and response"], ["both", "alignment and response"], ["alignment", "alignment alone"]];
+  const rankings = [["named", "named first, then alignment and response"], ["both", "alignment and response"], ["alignment", "alignment alone"], ["model", "the model's response (images)"]];
   options(rank, rankings, rankings.some(([value]) => value === params.get("rank")) ? params.get("rank") : "named");
   fill(document.getElementById("examples-note"), lens.relevance_examples
     ? "examples: each unit's theta from its top samples by activation, or by relevance for the model's output (default space only)"
@@ -56,7 +57,8 @@
       const body = new FormData();
       body.append("image", file.files[0]);
       const hits = await run("searching…", () => api(`/api/lenses/${lens.id}/search/image?${query()}`, { method: "POST", body }));
-      if (hits) show(hits, `${rank.value === "both" ? "similarity and response" : "similarity"} to ${file.files[0].name} (${examples.value} examples)`);
+      const by = { both: "similarity and response to", model: "the model's response to" }[rank.value] || "similarity to";
+      if (hits) show(hits, `${by} ${file.files[0].name} (${examples.value} examples)`);
     } else {
       Semlens.status("type a text or choose an image", true);
     }
