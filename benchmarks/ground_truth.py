@@ -93,6 +93,7 @@ from statistics import mean
 from typing import Any
 
 from label_methods import EXAMPLE_PRIOR, method_scores, print_methods
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
@@ -248,7 +249,6 @@ def evaluate(
     hits = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artifact, paraphrase)}
     other_hits = {rank: {query: [hit.unit for hit in lens.search(query, top=5, rank=rank)] for query in (artifact, paraphrase)} for rank in TEXT_RANKINGS[1:]}
     overlays = [artifact_overlay(config, artifact, index) for index in range(OVERLAYS)]
-    overlay_hits = {rank: [[hit.unit for hit in lens.search(images=[overlay], top=5, rank=rank)] for overlay in overlays] for rank in RANKINGS}
 
     concept = concept_images(config, artifact)  # test images: the Lens is built on the probe split
     audit = lens.audit(target, [target], [artifact], layers=spatial, concept=concept, test_all=True).to_dict()  # fields may grow: read by key
@@ -281,7 +281,7 @@ def evaluate(
         "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artifact, paraphrase, flagged, both, confirmed, found, examined),
         **{f"search_hits_at5_{rank}": sum(unit in true_units for unit in hits_of[artifact]) for rank, hits_of in other_hits.items()},
         **{f"search_hits_at5_paraphrase_{rank}": sum(unit in true_units for unit in hits_of[paraphrase]) for rank, hits_of in other_hits.items()},
-        "search_hits_at5_overlay": {rank: sum(sum(unit in true_units for unit in hits) for hits in found) / len(found) for rank, found in overlay_hits.items()},
+        "search_hits_at5_overlay": overlay_search(lens, overlays, true_units),
         "concept_search": concept_search(lens, config, truth),
         "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
         "by_insertion_alone": {"artefact_unit_names": sorted(inserted), **artefact_scores(inserted, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
@@ -327,6 +327,14 @@ def artefact_scores(
 TEXT_RANKINGS = tuple(rank for rank in RANKINGS if rank != "model")
 #: the artefact's overlays (its placements, ``artifact_overlay``) an image probe of it shows, one search each
 OVERLAYS = 3
+
+
+def overlay_search(lens: Lens, overlays: list[Image.Image], true_units: set[str]) -> dict[str, float]:
+    """Per ranking, the true artefact units among the top 5 units of an image search by one of the artefact's
+    ``overlays`` (RGBA, transparent where it is not), the mean over the overlays."""
+    found = {rank: [[hit.unit for hit in lens.search(images=[overlay], top=5, rank=rank)] for overlay in overlays] for rank in RANKINGS}
+    return {rank: sum(sum(unit in true_units for unit in hits) for hits in lists) / len(lists) for rank, lists in found.items()}
+
 
 #: the scenes a concept's image probe averages: indices past the phi images' (``truth.SCENE_IMAGES``), so no Lens
 #: and no truth has seen them

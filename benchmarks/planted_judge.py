@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from ground_truth import _number, _share, artefact_scores, print_pooled_audit, summary_rows, unit_tests
+from ground_truth import OVERLAYS, _number, _share, artefact_scores, overlay_search, print_pooled_audit, summary_rows, unit_tests
 from planted_photos import ARCHITECTURES, ARTEFACTS, STUDIED_LAYERS, WEIGHTS_ENV, Planting, photo_classes, placements, save_model, train_model, write_split
 from rich.console import Console
 from rich.table import Table
@@ -141,6 +141,8 @@ def evaluate_artefact(lens: Lens, data: Path, artefact: str, target: str, contro
     paraphrase = ARTEFACTS[artefact]["paraphrase"]
     hits = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artefact, paraphrase)}
     aligned = {query: [hit.unit for hit in lens.search(query, top=5, rank="alignment")] for query in (artefact, paraphrase)}
+    overlays = [placement.overlay(size, size) for placement in placements(artefact, size, OVERLAYS, TEST_SEED)]
+    by_image = overlay_search(lens, overlays, true_units)  # per ranking: the artefact's image as the probe
     audit = lens.audit(target, [target], [artefact], layers=layers, concept=concept, test_all=True).to_dict()  # fields may grow: read by key
     examined = {unit["unit"] for unit in audit["units"]}
     flagged = [unit["unit"] for unit in audit["units"] if unit["verdict"] == "spurious"]
@@ -151,7 +153,7 @@ def evaluate_artefact(lens: Lens, data: Path, artefact: str, target: str, contro
         "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artefact, paraphrase, flagged, both, confirmed, found, examined),
         "search_hits_at5_alignment": sum(unit in true_units for unit in aligned[artefact]),
         "search_hits_at5_paraphrase_alignment": sum(unit in true_units for unit in aligned[paraphrase]),
-        "search_top5": hits, "insertion_auc_max": max(insertion.values()),
+        "search_top5": hits, "search_hits_at5_overlay": by_image, "search_hits_at5_image_model": by_image["model"], "insertion_auc_max": max(insertion.values()),
         **label_scores(lens, artefact, true_units),
         "audit_units": len(examined), "audit_cut": audit["cut"], "audit_rule": audit["rule"],
         "class_share_max": max(float(lens.arrays.class_relevance(layer)["max_share"][:, index].max()) for layer in layers),  # under the cut: none examined
@@ -222,7 +224,8 @@ def evaluate(arch: str, seed: int, control: bool, args: argparse.Namespace, cons
 
 COLUMNS = {  # header: record key
     "acc.": "test_accuracy", "artefact units": "artefact_units", "examined": "artefact_units_examined", "search@5": "search_hits_at5",
-    "paraphrase@5": "search_hits_at5_paraphrase", "search@5 (align.)": "search_hits_at5_alignment", "label top-1": "label_top1",
+    "paraphrase@5": "search_hits_at5_paraphrase", "search@5 (align.)": "search_hits_at5_alignment",
+    "image search@5 (model)": "search_hits_at5_image_model", "label top-1": "label_top1",
     "flagged": "audit_flagged", "precision": "audit_precision", "recall": "audit_recall", "confirmed": "audit_confirmed",
     "conf. precision": "confirmed_precision", "conf. recall": "confirmed_recall", "test precision": "tested_precision", "test recall": "tested_recall",
     "spurious share": "spurious_share", "flagged share": "flagged_share", "reliance": "reliance", "reliance (own)": "reliance_own",

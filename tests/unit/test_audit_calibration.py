@@ -516,3 +516,14 @@ def test_a_class_unit_the_concept_only_nudges_is_not_confirmed():
     # with fewer than CLASS_RISE_IMAGES of the class (here none) the class rise is not measured: the rule does not apply
     _, (_, others_only) = concept_tests(model, without, with_concept, 0, units, classes=torch.ones(24, dtype=torch.long))
     assert others_only["class_rise"] is None and others_only["confirmed"]
+
+
+def test_an_artefacts_overlay_laid_over_a_view_is_the_view_with_the_artefact_inserted():
+    view = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    half = np.full((6, 5, 4), 200, dtype=np.uint8)
+    half[..., 3] = 128  # half transparent
+    for artefact, tolerance in ((Artifact(image=Image.fromarray(half), position=(20, 3)), 1), (Artifact(tint=(255, 0, 0)), 1)):
+        overlay = artefact.overlay(32, 32)
+        laid = np.asarray(Image.alpha_composite(view.convert("RGBA"), overlay).convert("RGB"), dtype=int)
+        assert overlay.size == (32, 32) and np.abs(laid - np.asarray(artefact.apply(view), dtype=int)).max() <= tolerance
+    assert Artifact(image=Image.fromarray(half), position=(20, 3)).overlay(32, 32).getchannel("A").getbbox() == (20, 3, 25, 9)

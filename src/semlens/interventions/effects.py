@@ -83,6 +83,17 @@ class Artifact:
         blended = pixels * (1 - mask[..., None]) + artefact * mask[..., None]
         return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))
 
+    def overlay(self, width: int, height: int) -> Image.Image:
+        """The artefact as an RGBA image of a ``width`` x ``height`` view, transparent where ``apply`` leaves the
+        view as it is (a tint: its colour at its strength everywhere): what an image probe of it shows, e.g.
+        ``lens.search(images=[artifact.overlay(224, 224)], rank="model")``."""
+        if self.tint is not None:
+            return Image.new("RGBA", (width, height), (*self.tint, round(255 * self.strength)))
+        alpha = self.mask if self.mask is not None else self.image.getchannel("A")
+        canvas = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+        canvas.paste(Image.merge("RGBA", (*self.image.convert("RGB").split(), alpha)), self.position)
+        return canvas
+
     def region(self, width: int, height: int) -> torch.Tensor | None:
         """Where ``apply`` pastes the artefact into a ``width`` x ``height`` view ``[height, width]`` (its mask
         above zero); None for a tint, which covers every pixel."""
