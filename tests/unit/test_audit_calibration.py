@@ -28,6 +28,7 @@ from semlens.analysis.audit import (
 )
 from semlens.interventions.effects import (
     CONFIRM_AUC,
+    CONFIRM_SHARE,
     LOCATE_ENOUGH,
     LOCATE_IOU,
     LOCATE_PRECISION,
@@ -361,6 +362,38 @@ def test_the_concept_test_confirms_only_a_unit_that_fires_where_the_concept_is_p
     assert away["located_iou"] == 0.0 and away["located"] is False and not away["confirmed"]
     _, (unlocated, _) = concept_tests(model, *views, 0, units)  # no region: location not measured, no part in the rule
     assert unlocated["located_iou"] is None and unlocated["located"] is None
+
+
+class SharedNet(nn.Module):
+    """Copies of ``AwayNet``'s watermark detector as channels, the red class reading each copy's maximum with its
+    own weight: the class relies on the watermark through all of them, through the last copy (untested) most."""
+
+    def __init__(self, weights: list[float]) -> None:
+        super().__init__()
+        self.away = AwayNet()
+        self.features = nn.Identity()
+        self.weights = torch.tensor(weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.features(self.away.detector(x).repeat(1, len(self.weights), 1, 1))
+        red = (maps.amax(dim=(2, 3)) * self.weights).sum(dim=1, keepdim=True)
+        return torch.cat([red, torch.zeros_like(red), torch.zeros_like(red)], dim=1)
+
+
+def test_detectors_sharing_the_reliance_are_confirmed_when_they_carry_it_together(views):
+    region = Artifact(image=Image.fromarray(np.full((6, 6, 4), 255, dtype=np.uint8)), position=(1, 1)).region(32, 32)
+    tested = [UnitToTest(f"features/{i}", LayerSpec("features"), i, i) for i in range(3)]
+    shared = LoadedModel(SharedNet([0.1, 0.1, 0.1, 3.0]).eval(), "test:shared", world.PREPROCESSING, world.CLASSES)
+    reliance, tests = concept_tests(shared, *views, 0, tested, region=region)
+    bar = CONFIRM_SHARE * reliance["log_odds"]
+    # each detector removes 0.1 of the log odds ratio, under a twentieth of it alone; the three together 0.3, over it
+    assert all(test["raised"] and test["located"] and test["reliance_removed"] < bar for test in tests)
+    assert all(test["removed_together"] == pytest.approx(0.3, abs=1e-3) and 0.3 >= bar and test["confirmed"] for test in tests)
+    assert tests[0]["together_with"] == ["features/1", "features/2"]
+    # three that carry too little of it even together stay unconfirmed
+    faint = LoadedModel(SharedNet([0.01, 0.01, 0.01, 3.0]).eval(), "test:faint", world.PREPROCESSING, world.CLASSES)
+    reliance, tests = concept_tests(faint, *views, 0, tested, region=region)
+    assert all(test["removed_together"] < CONFIRM_SHARE * reliance["log_odds"] and not test["confirmed"] for test in tests)
 
 
 class SpreadNet(nn.Module):

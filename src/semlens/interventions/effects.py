@@ -462,6 +462,39 @@ def location_test(
     return placed
 
 
+def _confirm_shared_carriers(
+    model: LoadedModel,
+    with_concept: list[Image.Image],
+    without: list[Image.Image],
+    class_index: int,
+    reliance: float,
+    units: Sequence[UnitToTest],
+    tests: list[dict],
+    detectors: list[bool],
+    saes: dict[str, str] | None,
+) -> None:
+    """Where the class's reliance runs through several detectors of the concept, none carrying ``CONFIRM_SHARE`` of
+    it alone: the detectors (raised, located, raised more by the concept than by the class) not confirmed alone
+    that each remove some of the reliance are zeroed together; when together they remove ``CONFIRM_SHARE`` of it,
+    each that removes at least its even share of that (``CONFIRM_SHARE`` / their number) is confirmed, and its
+    test records what they removed together and with whom (``removed_together``, ``together_with``)."""
+    shared = [index for index, test in enumerate(tests) if detectors[index] and not test["confirmed"] and test["reliance_removed"] > 0]
+    if len(shared) < 2:
+        return
+    group: dict[str, list[int]] = {}
+    for index in shared:
+        group.setdefault(units[index].spec.name, []).append(units[index].channel)
+    last = [unit.spec.name for unit in units if unit.spec.channels_last]
+    with pruned(model, group, saes, last):
+        removed = reliance - log_odds_ratio(class_probability(model, with_concept, class_index), class_probability(model, without, class_index))
+    names = [units[index].name for index in shared]
+    for index in shared:
+        tests[index]["removed_together"] = removed
+        tests[index]["together_with"] = [name for name in names if name != units[index].name]
+        if removed >= CONFIRM_SHARE * reliance and tests[index]["reliance_removed"] >= CONFIRM_SHARE * reliance / len(shared):
+            tests[index]["confirmed"] = True
+
+
 def rank_auc(positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
     """Per column, the probability that a positive row scores above a negative one (ties half): ``[U]``."""
     from scipy.stats import rankdata
@@ -536,7 +569,9 @@ def concept_tests(
     without a region or spatial maps). A finding is ``confirmed`` when the class relies on the
     concept, AUC >= ``CONFIRM_AUC``, zeroing the unit removes at least ``CONFIRM_SHARE`` of the reliance, where
     the class rise is measured the concept raises the unit at least ``CONCEPT_OVER_CLASS`` times as much as the
-    class does, and where the location is measured the unit fires where the concept is."""
+    class does, and where the location is measured the unit fires where the concept is; or, where the reliance is
+    shared among several such detectors, when they remove that share together and it its part of it
+    (``removed_together``, ``together_with``: ``_confirm_shared_carriers``)."""
     logits_without = predict(model, without)  # once: the probability without, and the classes where unlabelled
     p_with, p_without = class_probability(model, with_concept, class_index), float(logits_without.softmax(dim=1)[:, class_index].mean())
     members = logits_without.argmax(dim=1) if classes is None else classes
@@ -557,7 +592,7 @@ def concept_tests(
     placed = {} if region is None else location_test(model, without, with_concept, region, units, peers, aucs, locate_share, locate_enough, shifts)
     rises = {layer: scores_with[layer].mean(dim=0) - scores_without[layer].mean(dim=0) for layer in scores_with}
     class_rises = {layer: class_rise(scores_without[layer], members, class_index) for layer in scores_with}
-    tests = []
+    tests, detectors = [], []
     for unit in units:
         layer = unit.spec.name
         auc, concept_rise = float(aucs[layer][unit.row]), float(rises[layer][unit.row])
@@ -583,5 +618,9 @@ def concept_tests(
             "drop_without": p_without - after_without,
             "reliance_removed": removed,
             "confirmed": result["relies"] and raised and removed >= CONFIRM_SHARE * reliance and detects and at_concept is not False,
+            "removed_together": None,
+            "together_with": [],
         })  # fmt: skip
+        detectors.append(result["relies"] and raised and detects and at_concept is not False)
+    _confirm_shared_carriers(model, with_concept, without, class_index, reliance, units, tests, detectors, saes)
     return result, tests
