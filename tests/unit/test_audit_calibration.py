@@ -28,13 +28,15 @@ from semlens.analysis.audit import (
 )
 from semlens.interventions.effects import (
     CONFIRM_AUC,
+    CONFIRM_SHARE,
     LOCATE_ENOUGH,
     LOCATE_IOU,
+    LOCATE_PRECISION,
     LOCATE_SHARE,
     Artifact,
     UnitToTest,
     concept_tests,
-    located_ious,
+    located,
     rank_auc,
 )
 from semlens.model.units import LayerSpec
@@ -251,21 +253,75 @@ def test_located_iou_is_netdissects_iou_of_the_top_activations_with_the_pasted_r
     maps_with[:, 0, 0, 0], maps_with[:, 0, 0, 1] = 5.0, 4.0  # unit 0 fires where the concept is
     maps_with[:, 1, 0, 0], maps_with[:, 1, 5, 5] = 5.0, 4.0  # unit 1: half of its top cells there
     maps_with[:, 2, 9, 9], maps_with[:, 2, 9, 8] = 5.0, 4.0  # unit 2 is raised as much, in the far corner
-    ious = located_ious(maps_with, maps_without, region)
+    ious = located(maps_with, maps_without, region).iou
     # 8 fired cells, 8 region cells (2 on each of 4 images): unit 0 8 / 8, unit 1 4 / (8 + 8 - 4), unit 2 none
     assert ious.tolist() == pytest.approx([1.0, 1 / 3, 0.0])
     # a unit silent (0) on all but 0.4 % of its cells: its quantile is 0, and only the cells above it fire
     sparse = torch.zeros(4, 1, 10, 10)
     sparse[:3, 0, 0, 0] = 1.0
-    assert located_ious(sparse, torch.zeros(4, 1, 10, 10), region).tolist() == pytest.approx([3 / 8])
-    assert torch.equal(located_ious(maps_with, maps_without, region, cells=1000), ious)  # image by image: the same
+    assert located(sparse, torch.zeros(4, 1, 10, 10), region).iou.tolist() == pytest.approx([3 / 8])
+    assert torch.equal(located(maps_with, maps_without, region, cells=1000).iou, ious)  # image by image: the same
     # the same region given image by image is the same test; a placement of its own per image moves the concept
-    assert torch.equal(located_ious(maps_with, maps_without, region.expand(4, 10, 10)), ious)
+    assert torch.equal(located(maps_with, maps_without, region.expand(4, 10, 10)).iou, ious)
     moved = region.expand(4, 10, 10).clone()
     moved[2:] = False
     moved[2:, 9, 8:] = True  # images 2 and 3 have the concept in the far corner, where unit 2 fires on every image
     # unit 0: 4 of its 8 cells on the first two images' regions; unit 2: 4 on the last two's; unit 1: 2 (images 0, 1)
-    assert located_ious(maps_with, maps_without, moved).tolist() == pytest.approx([4 / 12, 2 / 14, 4 / 12])
+    assert located(maps_with, maps_without, moved).iou.tolist() == pytest.approx([4 / 12, 2 / 14, 4 / 12])
+
+
+def test_where_the_concept_is_larger_than_a_units_firing_cells_their_share_on_it_is_measured():
+    # a frame one cell wide round 20x20 maps (76 cells an image, 0.19 of it) on 4 images; units silent but on a
+    # few cells of the images with it (their quantile is 0: only those cells fire)
+    region = torch.ones(20, 20, dtype=torch.bool)
+    region[1:-1, 1:-1] = False
+    maps = torch.zeros(4, 3, 20, 20)
+    maps[:, 0, 0, 3:5] = 1.0  # unit 0: 2 frame cells an image, all its firing on the frame
+    maps[:, 1, 9:11, 10] = 1.0  # unit 1: 2 cells in the middle, none on it
+    maps[:, 2, 0, 5], maps[:, 2, 9:12, 9] = 1.0, 1.0  # unit 2: 1 of its 4 cells on it
+    where = located(maps, torch.zeros_like(maps), region)
+    # unit 0 keeps every firing cell on the frame, yet its IoU is 8 / 304, under NetDissect's 0.04: the frame's area caps it
+    assert where.iou.tolist() == pytest.approx([8 / 304, 0.0, 4 / (16 + 304 - 4)]) and float(where.iou[0]) < LOCATE_IOU
+    assert where.precision.tolist() == pytest.approx([1.0, 0.0, 0.25]) and where.larger.tolist() == [True, True, True]
+    assert where.share == pytest.approx(76 / 400)
+    corner = torch.zeros(20, 20, dtype=torch.bool)
+    corner[0, 3] = True  # a concept smaller than where each unit fires (4 cells against 8 to 16): the IoU alone decides
+    assert not located(maps, torch.zeros_like(maps), corner).larger.any()
+
+
+class CornerNet(nn.Module):
+    """``AwayNet``'s white detector seen through two windows: channel 0 in the top-left 3x3 cells only (a part of
+    a frame pasted round the image), channel 1 the detector's maximum written into the middle (where no frame is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.away = AwayNet()
+        self.features = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        white = self.away.detector(x)
+        corner, middle = torch.zeros_like(white), torch.zeros_like(white)
+        corner[..., :3, :3] = white[..., :3, :3]
+        middle[..., 12:20, 12:20] = white.amax(dim=(2, 3), keepdim=True)
+        maps = self.features(torch.cat([corner, middle], dim=1))
+        return self.away.head(maps.amax(dim=(2, 3)))
+
+
+def test_a_unit_keeping_to_part_of_a_frame_is_located_on_it_where_the_iou_cannot_say_so(views):
+    without = views[0]
+    side = without[0].size[0]
+    frame = np.zeros((side, side, 4), dtype=np.uint8)
+    frame[:2], frame[-2:], frame[:, :2], frame[:, -2:] = 255, 255, 255, 255  # white, 2 px all round
+    artefact = Artifact(image=Image.fromarray(frame))
+    with_frame = [artefact.apply(view) for view in without]
+    model = LoadedModel(CornerNet().eval(), "test:corner", world.PREPROCESSING, world.CLASSES)
+    units = [UnitToTest("features/0", LayerSpec("features"), 0, 0), UnitToTest("features/1", LayerSpec("features"), 1, 1)]
+    _, (corner, middle) = concept_tests(model, without, with_frame, 0, units, region=artefact.region(side, side))
+    assert corner["activation_auc"] == middle["activation_auc"] == 1.0  # the frame raises both
+    # the corner unit fires on 8 of the frame's 240 cells (32 px views): IoU 8 / 240, under the bar, but all its cells are on it
+    assert corner["located_iou"] < LOCATE_IOU <= corner["located_bar"]
+    assert corner["located_precision"] == 1.0 and corner["located_precision_bar"] == LOCATE_PRECISION and corner["located"]
+    assert middle["located_precision"] == 0.0 and middle["located"] is False
 
 
 class AwayNet(nn.Module):
@@ -306,6 +362,38 @@ def test_the_concept_test_confirms_only_a_unit_that_fires_where_the_concept_is_p
     assert away["located_iou"] == 0.0 and away["located"] is False and not away["confirmed"]
     _, (unlocated, _) = concept_tests(model, *views, 0, units)  # no region: location not measured, no part in the rule
     assert unlocated["located_iou"] is None and unlocated["located"] is None
+
+
+class SharedNet(nn.Module):
+    """Copies of ``AwayNet``'s watermark detector as channels, the red class reading each copy's maximum with its
+    own weight: the class relies on the watermark through all of them, through the last copy (untested) most."""
+
+    def __init__(self, weights: list[float]) -> None:
+        super().__init__()
+        self.away = AwayNet()
+        self.features = nn.Identity()
+        self.weights = torch.tensor(weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.features(self.away.detector(x).repeat(1, len(self.weights), 1, 1))
+        red = (maps.amax(dim=(2, 3)) * self.weights).sum(dim=1, keepdim=True)
+        return torch.cat([red, torch.zeros_like(red), torch.zeros_like(red)], dim=1)
+
+
+def test_detectors_sharing_the_reliance_are_confirmed_when_they_carry_it_together(views):
+    region = Artifact(image=Image.fromarray(np.full((6, 6, 4), 255, dtype=np.uint8)), position=(1, 1)).region(32, 32)
+    tested = [UnitToTest(f"features/{i}", LayerSpec("features"), i, i) for i in range(3)]
+    shared = LoadedModel(SharedNet([0.1, 0.1, 0.1, 3.0]).eval(), "test:shared", world.PREPROCESSING, world.CLASSES)
+    reliance, tests = concept_tests(shared, *views, 0, tested, region=region)
+    bar = CONFIRM_SHARE * reliance["log_odds"]
+    # each detector removes 0.1 of the log odds ratio, under a twentieth of it alone; the three together 0.3, over it
+    assert all(test["raised"] and test["located"] and test["reliance_removed"] < bar for test in tests)
+    assert all(test["removed_together"] == pytest.approx(0.3, abs=1e-3) and 0.3 >= bar and test["confirmed"] for test in tests)
+    assert tests[0]["together_with"] == ["features/1", "features/2"]
+    # three that carry too little of it even together stay unconfirmed
+    faint = LoadedModel(SharedNet([0.01, 0.01, 0.01, 3.0]).eval(), "test:faint", world.PREPROCESSING, world.CLASSES)
+    reliance, tests = concept_tests(faint, *views, 0, tested, region=region)
+    assert all(test["removed_together"] < CONFIRM_SHARE * reliance["log_odds"] and not test["confirmed"] for test in tests)
 
 
 class SpreadNet(nn.Module):

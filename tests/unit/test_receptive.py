@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from semlens.interventions.effects import located_ious
+from semlens.interventions.effects import located
 from semlens.model.receptive import map_shift, measured_shift, shift_boxes, shifted_maps
 from semlens.model.units import LayerSpec
 from semlens.pipeline.crops import crop_boxes
@@ -135,8 +135,8 @@ def test_the_location_iou_reads_maps_where_their_cells_sit():
     maps_with[:, 0, 2, 2] = 1.0
     region = torch.zeros(64, 64, dtype=torch.bool)
     region[12:20, 12:20] = True
-    plain = located_ious(maps_with, torch.zeros_like(maps_with), region)
-    placed = located_ious(maps_with, torch.zeros_like(maps_with), region, shift=(-3.5, -3.5))
+    plain = located(maps_with, torch.zeros_like(maps_with), region).iou
+    placed = located(maps_with, torch.zeros_like(maps_with), region, shift=(-3.5, -3.5)).iou
     assert placed.item() > plain.item() + 0.2
 
 

@@ -94,7 +94,7 @@ def test_report_with_audits_comparison_and_graphs(lenses, tmp_path) -> None:
     assert "Flagged units" in flagged and unit in flagged and 'src="data:image/jpeg;base64,' in flagged
     assert "watermark &amp; &lt;b&gt;logo&lt;/b&gt;" in flagged
     assert f"confirmed findings: {unit}" in flagged and "concept test: confirmed (activation AUC 0.90" in flagged
-    assert "IoU of its top activations with the pasted concept 0.12" in flagged
+    assert "its top activations at the pasted concept: IoU 0.12 (bar 0.08)" in flagged
     assert f"left out (no examples of their own): {escaped(HOSTILE)}" in flagged
 
     comparing = page.split(f"<h2>Comparison with {escaped(HOSTILE)}</h2>")[1].split("<h2>")[0]

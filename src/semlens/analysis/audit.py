@@ -26,7 +26,7 @@ the Lens's crops. Where that name is one of the audit's concepts it decides the 
 
 Both read the unit's examples; neither sees whether the concept moves the unit nor where in an image it
 fires. The concept test does: a flagged unit the concept does not raise (``AlignmentRule.by_rise``) or, where
-the test pastes the concept, that does not fire where it is (``interventions.located_ious``,
+the test pastes the concept, that does not fire where it is (``interventions.effects.located``,
 ``AlignmentRule.by_location``) is no detector of it, and its verdict falls back to its valid alignment; a
 contested unit (named valid by its crop responses, flagged by its alignment) that fires there and is raised
 by the concept responds to both (``Audit.revise_by_test``).

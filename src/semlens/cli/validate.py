@@ -205,11 +205,13 @@ def _concept_images(test_data: Optional[str], spurious_data: Optional[str], arti
 
 
 def _test_cell(test: dict | None) -> str:
+    from ..report.sections import location_words
+
     if test is None:
         return ""
     verdict = "confirmed" if test["confirmed"] else "unconfirmed"
     rises = f"rise {test['concept_rise']:+.2f}" + ("" if test["class_rise"] is None else f" / class {test['class_rise']:+.2f}")
-    located = "" if test["located_iou"] is None else f", at the concept IoU {test['located_iou']:.2f} (bar {test['located_bar']:.2f})"
+    located = "" if test["located_iou"] is None else f", at the concept {location_words(test)}"
     return f"{verdict} (AUC {test['activation_auc']:.2f}, {rises}{located}, drop {test['drop_with']:.3f} with / {test['drop_without']:.3f} without, removes {test['reliance_removed']:+.2f})"
 
 

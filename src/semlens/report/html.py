@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..lens.lens import Lens
 from .figures import dissection_figure, firing_picture, heat_overlay, overview_figure
-from .sections import audit_section, audit_summary, comparison_section, flagged_units, graph_section
+from .sections import audit_section, audit_summary, comparison_section, flagged_units, graph_section, location_words
 
 if TYPE_CHECKING:
     from ..analysis.audit import Audit
@@ -259,7 +259,7 @@ def _test_verdict(unit) -> str:
     """The concept test's word on a unit for the audit page's table (empty: not tested)."""
     if unit.test is None:
         return ""
-    located = "" if unit.test["located_iou"] is None else f", IoU {unit.test['located_iou']:.2f} at the concept (bar {unit.test['located_bar']:.2f})"
+    located = "" if unit.test["located_iou"] is None else f", at the concept {location_words(unit.test)}"
     revised = "" if unit.verdict_before_test is None else f"; {html.escape(unit.verdict_before_test)} before the test"
     return f"{'confirmed' if unit.test['confirmed'] else 'unconfirmed'}{located}{revised}"
 

@@ -46,7 +46,7 @@ def _note(unit: AuditedUnit) -> str:
             f"; concept test: {'confirmed' if test['confirmed'] else 'unconfirmed'} (activation AUC "
             f"{test['activation_auc']:.2f}, raised {test['concept_rise']:+.2f} by the concept"
             + ("" if test["class_rise"] is None else f", {test['class_rise']:+.2f} by the class's own images")
-            + ("" if test["located_iou"] is None else f"; IoU of its top activations with the pasted concept {test['located_iou']:.2f} (it must reach {test['located_bar']:.2f})")
+            + ("" if test["located_iou"] is None else f"; its top activations at the pasted concept: {location_words(test)}")
             + f"; zeroing it lowers the class probability by {test['drop_with']:.3f} with the concept, "
             f"{test['drop_without']:.3f} without, and removes {test['reliance_removed']:+.2f} of the log odds ratio)"
         )
@@ -126,3 +126,12 @@ how much of what A encodes B also encodes.</p>
 
 def graph_section(graph: AttributionGraph) -> str:
     return f"<h2>Attribution graph of class {html.escape(graph.class_name)}</h2>\n{_plot(graph_figure(graph))}\n"
+
+
+def location_words(test: dict) -> str:
+    """Where a tested unit fires against the pasted concept, in words: its IoU and bar, and where the concept is
+    larger than where the unit fires, the share of its firing cells on the concept and that bar."""
+    words = f"IoU {test['located_iou']:.2f} (bar {test['located_bar']:.2f})"
+    if test.get("located_precision_bar") is not None:
+        words += f", {test['located_precision']:.0%} of its top cells on it (bar {test['located_precision_bar']:.0%})"
+    return words
