@@ -27,6 +27,7 @@ from .analysis.spaces import SpaceComparison
 from .analysis.vocabulary import Vocabulary
 from .data import ImageData, list_datasets, load_data
 from .foundation import FoundationModel, list_foundation_models, load_foundation_model
+from .interventions.effects import Artifact, ConceptImages
 from .lens.audits import RelevantUnit
 from .lens.clusters import ConceptCluster, UnitClusters
 from .lens.correction import Correction, load_correction
@@ -58,6 +59,9 @@ __all__ = [
     "LoadedModel",
     "Preprocessing",
     "Vocabulary",
+    # what an audit's concept test pastes in, and where
+    "Artifact",
+    "ConceptImages",
     # the answers (each has to_dict())
     "AlignmentRule",
     "AttributionGraph",
