@@ -264,9 +264,9 @@ LOCATE_IOU = 0.04
 # 96 px image at a 3 x 3 or 6 x 6 layer allows 0.044. There a unit fires where the concept is when at least half
 # of its firing cells fall on it, and at least twice the concept's share of the image (where a unit firing at
 # random lands). Measured on the natural-photo judge's ResNet that relies on a pasted cyan frame (seed 0;
-# benchmarks/planted_judge.py): its units raised by the frame keep 0.70 to 1.00 of their firing cells on it
-# (6 of 12 at AUC >= 0.8), its other units 0.03 to 0.47 (90 % under 0.28), at IoU 0.001 to 0.044 for all
-# (docs/explanation/planted-judge.md).
+# benchmarks/planted_judge.py): of the units the frame raises (AUC >= 0.8), 6 keep 0.70 to 1.00 of their firing
+# cells on it and the others 0.07 to 0.47; of the units it does not raise, 90 % keep under 0.28 (the frame is
+# 0.23 of the image); the IoUs of all are 0.001 to 0.044 (docs/explanation/planted-judge.md).
 LOCATE_PRECISION = 0.5
 LOCATE_SIDE = 112  # the IoU is taken on maps up-sampled to at most 112 cells a side (a 224 px view: 2 px a cell)
 
