@@ -289,41 +289,6 @@ def test_where_the_concept_is_larger_than_a_units_firing_cells_their_share_on_it
     assert not located(maps, torch.zeros_like(maps), corner).larger.any()
 
 
-class CornerNet(nn.Module):
-    """``AwayNet``'s white detector seen through two windows: channel 0 in the top-left 3x3 cells only (a part of
-    a frame pasted round the image), channel 1 the detector's maximum written into the middle (where no frame is)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.away = AwayNet()
-        self.features = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        white = self.away.detector(x)
-        corner, middle = torch.zeros_like(white), torch.zeros_like(white)
-        corner[..., :3, :3] = white[..., :3, :3]
-        middle[..., 12:20, 12:20] = white.amax(dim=(2, 3), keepdim=True)
-        maps = self.features(torch.cat([corner, middle], dim=1))
-        return self.away.head(maps.amax(dim=(2, 3)))
-
-
-def test_a_unit_keeping_to_part_of_a_frame_is_located_on_it_where_the_iou_cannot_say_so(views):
-    without = views[0]
-    side = without[0].size[0]
-    frame = np.zeros((side, side, 4), dtype=np.uint8)
-    frame[:2], frame[-2:], frame[:, :2], frame[:, -2:] = 255, 255, 255, 255  # white, 2 px all round
-    artefact = Artifact(image=Image.fromarray(frame))
-    with_frame = [artefact.apply(view) for view in without]
-    model = LoadedModel(CornerNet().eval(), "test:corner", world.PREPROCESSING, world.CLASSES)
-    units = [UnitToTest("features/0", LayerSpec("features"), 0, 0), UnitToTest("features/1", LayerSpec("features"), 1, 1)]
-    _, (corner, middle) = concept_tests(model, without, with_frame, 0, units, region=artefact.region(side, side))
-    assert corner["activation_auc"] == middle["activation_auc"] == 1.0  # the frame raises both
-    # the corner unit fires on 8 of the frame's 240 cells (32 px views): IoU 8 / 240, under the bar, but all its cells are on it
-    assert corner["located_iou"] < LOCATE_IOU <= corner["located_bar"]
-    assert corner["located_precision"] == 1.0 and corner["located_precision_bar"] == LOCATE_PRECISION and corner["located"]
-    assert middle["located_precision"] == 0.0 and middle["located"] is False
-
-
 class AwayNet(nn.Module):
     """``PlantedNet``'s watermark detector (channel 0) and a unit the watermark raises away from it (channel 1:
     the detector's maximum, written into the bottom-right 4x4 cells); the red class reads both."""
@@ -345,6 +310,51 @@ class AwayNet(nn.Module):
         away[..., -4:, -4:] = white.amax(dim=(2, 3), keepdim=True)
         maps = self.features(torch.cat([white, away], dim=1))
         return self.head(maps.amax(dim=(2, 3)))
+
+
+class TwoMapNet(nn.Module):
+    """``AwayNet``'s white detector read as two channels that a subclass makes of its map (``maps``), the red class
+    reading both channels' maxima with ``AwayNet``'s head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.away = AwayNet()
+        self.features = nn.Identity()
+
+    def maps(self, white: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.features(self.maps(self.away.detector(x)))
+        return self.away.head(maps.amax(dim=(2, 3)))
+
+
+class CornerNet(TwoMapNet):
+    """``AwayNet``'s white detector seen through two windows: channel 0 in the top-left 3x3 cells only (a part of
+    a frame pasted round the image), channel 1 the detector's maximum written into the middle (where no frame is)."""
+
+    def maps(self, white: torch.Tensor) -> torch.Tensor:
+        corner, middle = torch.zeros_like(white), torch.zeros_like(white)
+        corner[..., :3, :3] = white[..., :3, :3]
+        middle[..., 12:20, 12:20] = white.amax(dim=(2, 3), keepdim=True)
+        return torch.cat([corner, middle], dim=1)
+
+
+def test_a_unit_keeping_to_part_of_a_frame_is_located_on_it_where_the_iou_cannot_say_so(views):
+    without = views[0]
+    side = without[0].size[0]
+    frame = np.zeros((side, side, 4), dtype=np.uint8)
+    frame[:2], frame[-2:], frame[:, :2], frame[:, -2:] = 255, 255, 255, 255  # white, 2 px all round
+    artefact = Artifact(image=Image.fromarray(frame))
+    with_frame = [artefact.apply(view) for view in without]
+    model = LoadedModel(CornerNet().eval(), "test:corner", world.PREPROCESSING, world.CLASSES)
+    units = [UnitToTest("features/0", LayerSpec("features"), 0, 0), UnitToTest("features/1", LayerSpec("features"), 1, 1)]
+    _, (corner, middle) = concept_tests(model, without, with_frame, 0, units, region=artefact.region(side, side))
+    assert corner["activation_auc"] == middle["activation_auc"] == 1.0  # the frame raises both
+    # the corner unit fires on 8 of the frame's 240 cells (32 px views): IoU 8 / 240, under the bar, but all its cells are on it
+    assert corner["located_iou"] < LOCATE_IOU <= corner["located_bar"]
+    assert corner["located_precision"] == 1.0 and corner["located_precision_bar"] == LOCATE_PRECISION and corner["located"]
+    assert middle["located_precision"] == 0.0 and middle["located"] is False
 
 
 def test_the_concept_test_confirms_only_a_unit_that_fires_where_the_concept_is_pasted(views):
@@ -396,21 +406,14 @@ def test_detectors_sharing_the_reliance_are_confirmed_when_they_carry_it_togethe
     assert all(test["removed_together"] < CONFIRM_SHARE * reliance["log_odds"] and not test["confirmed"] for test in tests)
 
 
-class SpreadNet(nn.Module):
+class SpreadNet(TwoMapNet):
     """``AwayNet``'s watermark detector (channel 0) and a unit that fires at the watermark and as much again
     away from it (channel 1: the detector's map plus its maximum in the bottom-right 6x6 cells)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.away = AwayNet()
-        self.features = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        white = self.away.detector(x)
+    def maps(self, white: torch.Tensor) -> torch.Tensor:
         spread = white.clone()
         spread[..., -6:, -6:] = white.amax(dim=(2, 3), keepdim=True)
-        maps = self.features(torch.cat([white, spread], dim=1))
-        return self.away.head(maps.amax(dim=(2, 3)))
+        return torch.cat([white, spread], dim=1)
 
 
 def test_a_unit_firing_where_the_concept_is_must_do_so_nearly_as_well_as_its_layers_best_or_well_enough(views):
