@@ -163,7 +163,7 @@ def test_search_a_word_ranks_units_with_thumbnails(page, base_url, valid, explor
     goto(page, base_url, "search.html?lens=0")
     page.wait_for_function("document.getElementById('examples-note').textContent.length > 0")  # set once the Lens is read
     assert page.locator("#examples").is_disabled() and "no relevance examples" in page.inner_text("#examples-note")
-    assert page.input_value("#rank") == "named"  # the API's default ranking, named in the page as it is
+    assert page.input_value("#rank") == ""  # the API's default ranking: named for a text
     page.fill("#q", "red")
     page.click("button[type=submit]")
     page.wait_for_selector("#results[data-ready]")

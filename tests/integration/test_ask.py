@@ -135,15 +135,21 @@ def test_search_by_the_models_response_puts_first_the_unit_a_pasted_patch_raises
     hits = lens.search(images=[tmp_path / "patch.png"], rank="model", top=3)
     assert hits[0].unit == "features.1/5" and hits[0].score == 1.0 and hits[0].response is None
     assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
-    assert lens.search(images=[tmp_path / "patch.png"], top=1)[0].unit != "features.1/5"  # the foundation model's view: not first
+    assert lens.search(images=[tmp_path / "patch.png"], rank="named", top=1)[0].unit != "features.1/5"  # the foundation model's view: not first
+    # an overlay (transparent parts) is ranked by the model by default where the model loads; an opaque image and
+    # a Lens without its model keep "named"
+    by_default = lens.search(images=[tmp_path / "patch.png"], top=3)
+    assert by_default.rank == "model" and [hit.unit for hit in by_default] == [hit.unit for hit in hits] and hits.rank == "model"
+    assert lens.search(images=[photo], top=1).rank == "named" and lens.search("white", top=1).rank == "named"
     assert lens.search(images=[photo], rank="model", layers=["features.1"], top=1)[0].unit == "features.1/5"
-    shown = ask("search", patch_lens_path, "--image", tmp_path / "patch.png", "--rank", "model", "--top", "3", "--json")
+    shown = ask("search", patch_lens_path, "--image", tmp_path / "patch.png", "--top", "3", "--json")  # the CLI's default too
     assert [hit["unit"] for hit in shown] == [hit.unit for hit in hits]
     with pytest.raises(SemlensError, match="give images and no text"):
         lens.search("white", rank="model")
     wrong = Lens.open(patch_lens_path, model="py:tiny_models:tiny_cnn")  # other weights: not the Lens's model
     with pytest.raises(SemlensError, match="ranking by the model's response needs the model under study: model .* now has weights"):
         wrong.search(images=[tmp_path / "patch.png"], rank="model")
+    assert wrong.search(images=[tmp_path / "patch.png"], top=1).rank == "named"  # by default: the foundation model's view
 
 
 def test_show_writes_a_grid_png(lens_path, tmp_path) -> None:

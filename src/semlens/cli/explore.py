@@ -11,7 +11,7 @@ import typer
 
 from .._util.progress import step_bar
 from ..analysis.label import MIN_CONFIDENCE
-from ..lens.search import RANKINGS, SearchResults
+from ..lens.search import SearchResults
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
 from .validate import ConceptArtifact, ConceptAt, ConceptMask, ConceptTint, SpuriousData, TestAll, TestData, concept_test
 
@@ -91,8 +91,8 @@ def search(
         None, "--template", "-t", help="Template set (search, label, audit) or custom templates with {} (repeatable)."
     ),
     examples: str = ExampleSet,
-    rank: str = typer.Option(
-        RANKINGS[0], "--rank", help="named (the default): as both, with the units whose best concept by their crop responses is the query first (as the audit names units); both: by alignment and response to the probe, each standardised (alignment alone where the Lens has no crop responses); alignment: by alignment alone (the paper's Eq. 4); model (images only): by how much pasting the images into the Lens's probe images raises each unit in the model itself (its activation AUC, as the audit's concept test; needs the model)."
+    rank: Optional[str] = typer.Option(
+        None, "--rank", help="named (the default for texts and opaque images): as both, with the units whose best concept by their crop responses is the query first (as the audit names units); both: by alignment and response to the probe, each standardised (alignment alone where the Lens has no crop responses); alignment: by alignment alone (the paper's Eq. 4); model (the default for images with transparent parts, where the model loads): by how much pasting the images into the Lens's probe images raises each unit in the model itself (its activation AUC, as the audit's concept test)."
     ),
     trust: Trust = False,
     foundation: Foundation = None,
@@ -105,10 +105,10 @@ def search(
     how their activation follows it over the Lens's crops, or (--rank model) how much the images raise them."""
     opened = open_lens(lens, trust, probe_data, foundation, model, space)
     hits = opened.search(query or None, image or (), layer or None, top, template or "search", examples=examples, rank=rank)
-    ranked = "aligned with" if rank == "alignment" or not opened.arrays.has_responses else "aligned with and responding to"
-    ranked = "raised in the model by" if rank == "model" else ranked
+    ranked = "aligned with" if hits.rank == "alignment" or not opened.arrays.has_responses else "aligned with and responding to"
+    ranked = "raised in the model by" if hits.rank == "model" else ranked
     title = f"units {ranked} {' + '.join([repr(text) for text in query or []] + [path.name for path in image or []])}"
-    print_hits(hits, title, "activation AUC" if rank == "model" else "alignment", as_json)
+    print_hits(hits, title, "activation AUC" if hits.rank == "model" else "alignment", as_json)
 
 
 @app.command()

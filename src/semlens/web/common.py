@@ -8,7 +8,7 @@ import json
 import math
 import re
 from dataclasses import asdict
-from typing import Annotated, Any, Literal
+from typing import Optional, Annotated, Any, Literal
 
 from fastapi import Depends, Query, Request
 from fastapi import Path as PathParam
@@ -46,8 +46,8 @@ ExampleSet = Annotated[
     Query(description="Which concept examples: top-k by activation, or by relevance (Lenses built with them)."),
 ]
 Ranking = Annotated[
-    Literal[RANKINGS],
-    Query(description="How units are ranked: 'named' (the default: as 'both', with the units whose best concept by their crop responses is the query first, as the audit names units), 'both' (alignment and response to the probe, each standardised) or 'alignment' alone; for an image, 'model': how much pasting it into the Lens's probe images raises each unit in the model itself (needs the model)."),
+    Optional[Literal[RANKINGS]],
+    Query(description="How units are ranked: 'named' (the default for a text or an opaque image: as 'both', with the units whose best concept by their crop responses is the query first, as the audit names units), 'both' (alignment and response to the probe, each standardised) or 'alignment' alone; for an image, 'model' (the default for an image with transparent parts where the model loads): how much pasting it into the Lens's probe images raises each unit in the model itself."),
 ]
 SpaceName = Annotated[
     str | None, Query(max_length=MAX_TEXT, description="Embedding space (see /api/lenses/{lens}/spaces); default the Lens's own.")

@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, UploadFile
 
-from ...lens.search import RANKINGS
 from ..common import MAX_TEXT, ExampleSet, ExplorerDep, Layers, LensKey, Ranking, SpaceName, Top, decode_image, hits_out, layers_of
 from ..schemas import Hit
 
@@ -22,7 +21,7 @@ def search(
     top: Top = 10,
     space: SpaceName = None,
     examples: ExampleSet = "activation",
-    rank: Ranking = RANKINGS[0],
+    rank: Ranking = None,
 ) -> list[dict[str, Any]]:
     """Units ranked by ``q``: the alignment of their theta (from their activation or relevance examples) and,
     by default, their response to it (``Lens.search``)."""
@@ -42,7 +41,7 @@ def search_image(
     top: Top = 10,
     space: SpaceName = None,
     examples: ExampleSet = "activation",
-    rank: Ranking = RANKINGS[0],
+    rank: Ranking = None,
 ) -> list[dict[str, Any]]:
     served = explorer.get(lens)
     picture = decode_image(image.file.read(), "RGBA")  # its transparency kept: see ProbeEncoder.images

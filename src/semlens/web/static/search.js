@@ -17,12 +17,13 @@
   const examples = document.getElementById("examples");
   options(examples, [["activation", "by activation"], ["relevance", "by relevance"]], lens.relevance_examples ? params.get("examples") || "activation" : "activation");
   examples.disabled = !lens.relevance_examples;
-  // How to rank: the units whose best concept is the text first, then by alignment and the units' response to the probe
-  // over the Lens's crops ("named", the default); by alignment and response alone; by alignment alone (Eq. 4); or, for
-  // an image, by how much pasting it into the probe images raises each unit in the model itself.
+  // How to rank: by default ("", Lens.search's default) the units whose best concept is the text first, then by
+  // alignment and the units' response to the probe over the Lens's crops ("named"), and an image with transparent
+  // parts by the model's response; or by alignment and response alone; by alignment alone (Eq. 4); or, for an
+  // image, by how much pasting it into the probe images raises each unit in the model itself ("model").
   const rank = document.getElementById("rank");
-  const rankings = [["named", "named first, then alignment and response"], ["both", "alignment and response"], ["alignment", "alignment alone"], ["model", "the model's response (images)"]];
-  options(rank, rankings, rankings.some(([value]) => value === params.get("rank")) ? params.get("rank") : "named");
+  const rankings = [["", "default (named first for a text; the model's response for an image with transparent parts)"], ["named", "named first, then alignment and response"], ["both", "alignment and response"], ["alignment", "alignment alone"], ["model", "the model's response (images)"]];
+  options(rank, rankings, rankings.some(([value]) => value === params.get("rank")) ? params.get("rank") : "");
   fill(document.getElementById("examples-note"), lens.relevance_examples
     ? "examples: each unit's theta from its top samples by activation, or by relevance for the model's output (default space only)"
     : "this Lens has no relevance examples (rebuild with --relevance-examples): units are searched by their activation examples");
@@ -32,7 +33,7 @@
     const layers = chosen.length === boxes.length ? [] : chosen;
     const chosenSpace = space.value && space.value !== lens.spaces[0] ? [["space", space.value]] : [];
     const chosenExamples = examples.value === "relevance" ? [["examples", "relevance"]] : [];
-    const chosenRank = rank.value === "named" ? [] : [["rank", rank.value]];
+    const chosenRank = rank.value ? [["rank", rank.value]] : [];
     return new URLSearchParams([["top", top.value], ...chosenSpace, ...chosenExamples, ...chosenRank, ...layers.map((layer) => ["layer", layer])]);
   }
 
@@ -51,13 +52,13 @@
       const parameters = query();
       parameters.set("q", q.value);
       const hits = await run("searching…", () => api(`/api/lenses/${lens.id}/search?${parameters}`));
-      const by = { named: "name, then alignment with and response to", both: "alignment with and response to", alignment: "alignment with" }[rank.value];
+      const by = { "": "name, then alignment with and response to", named: "name, then alignment with and response to", both: "alignment with and response to", alignment: "alignment with" }[rank.value];
       if (hits) show(hits, `${by} “${q.value}” (${examples.value} examples)`);
     } else if (file.files.length) {
       const body = new FormData();
       body.append("image", file.files[0]);
       const hits = await run("searching…", () => api(`/api/lenses/${lens.id}/search/image?${query()}`, { method: "POST", body }));
-      const by = { both: "similarity and response to", model: "the model's response to" }[rank.value] || "similarity to";
+      const by = { "": "the default ranking (the model's response where the image has transparent parts) of", both: "similarity and response to", model: "the model's response to" }[rank.value] || "similarity to";
       if (hits) show(hits, `${by} ${file.files[0].name} (${examples.value} examples)`);
     } else {
       Semlens.status("type a text or choose an image", true);
