@@ -39,7 +39,7 @@
 
   function show(hits, what) {
     fill(results, el("caption", {}, `units ranked by ${what}`),
-      el("tr", {}, ["#", "unit", "label", "examples", "layer", "alignment", "response"].map((name) => el("th", {}, name))),
+      el("tr", {}, ["#", "unit", "label", "examples", "layer", "score", "response"].map((name) => el("th", { title: name === "score" ? "alignment with the probe; by the model's response, its activation AUC" : "" }, name))),
       hits.map((hit, i) => el("tr", { class: "hit" }, el("td", {}, i + 1), ...unitCells(hit), el("td", {}, hit.layer),
         el("td", { class: "num alignment" }, fmt(hit.score, 4)), el("td", { class: "num response" }, hit.response === null ? "–" : fmt(hit.response, 3)))));
     results.dataset.ready = "true";
