@@ -79,8 +79,8 @@ def plantings(classes: list[str], seed: int, control: bool, args: argparse.Names
     (its record audits the class the seed draws, as the planted run does)."""
     targets = np.random.default_rng(seed).choice(classes, len(args.artefacts), replace=False)
     if control:
-        return [Planting(artefact, None, args.control_rate, args.control_rate) for artefact in args.artefacts]
-    return [Planting(artefact, str(target), args.rate, args.other_rate) for artefact, target in zip(args.artefacts, targets)]
+        return [Planting(artefact, None, args.control_rate, args.control_rate, args.scale) for artefact in args.artefacts]
+    return [Planting(artefact, str(target), args.rate, args.other_rate, args.scale) for artefact, target in zip(args.artefacts, targets)]
 
 
 def audited_class(classes: list[str], seed: int, artefact: str, args: argparse.Namespace) -> str:
@@ -90,7 +90,8 @@ def audited_class(classes: list[str], seed: int, artefact: str, args: argparse.N
 def make_data(out: Path, classes: list[str], seed: int, planted: list[Planting], args: argparse.Namespace) -> Path:
     """The three splits, written once per fingerprint of what they depend on (the test split is clean: the
     audit and the reliance paste the artefacts into it)."""
-    key = {"version": DATA_VERSION, "classes": classes, "seed": seed, "plantings": [p.__dict__ for p in planted], "per_class": args.per_class, "size": args.size}
+    plantings = [{key: value for key, value in p.__dict__.items() if (key, value) != ("scale", 1.0)} for p in planted]  # the usual size: keys as before
+    key = {"version": DATA_VERSION, "classes": classes, "seed": seed, "plantings": plantings, "per_class": args.per_class, "size": args.size}
     root = out / "data" / hash_json(key)[:16]
     if not (root / "test" / "artefacts.json").is_file():
         for split, per_class, offset in zip(SPLITS, args.per_class, (0, 1000, 2000)):
@@ -122,17 +123,17 @@ def accuracy(lens: Lens, test: Path) -> float:
     return float((predict(model, views).argmax(dim=1) == torch.tensor([label for _, label in data.items])).float().mean())
 
 
-def evaluate_artefact(lens: Lens, data: Path, artefact: str, target: str, control: bool, size: int) -> dict[str, Any]:
+def evaluate_artefact(lens: Lens, data: Path, artefact: str, target: str, control: bool, size: int, scale: float = 1.0) -> dict[str, Any]:
     """Truth, semlens's answers and their scores for one artefact and its class in one Lens."""
     start = time.perf_counter()
     model, layers = lens.sources.model(), lens.layers
     specs = [LayerSpec(**lens.manifest["layers"][layer]["spec"]) for layer in layers]
-    truth_images = ConceptImages(folder_items(data / "probe", artefact), artifact=placements(artefact, size, PLACEMENTS, TRUTH_SEED))
+    truth_images = ConceptImages(folder_items(data / "probe", artefact), artifact=placements(artefact, size, PLACEMENTS, TRUTH_SEED, scale))
     aucs = activation_aucs(model, *truth_images.views(model), specs)
     insertion = {f"{layer}/{name}": float(auc) for layer in layers for name, auc in zip(lens.units(layer), aucs[layer].tolist())}
     true_units = {unit for unit, auc in insertion.items() if auc >= INSERTION_AUC}
 
-    concept = ConceptImages(folder_items(data / "test"), artifact=placements(artefact, size, PLACEMENTS, TEST_SEED))
+    concept = ConceptImages(folder_items(data / "test"), artifact=placements(artefact, size, PLACEMENTS, TEST_SEED, scale))
     without, with_artefact, classes = concept.views_and_classes(model)
     change = predict(model, with_artefact).softmax(dim=1) - predict(model, without).softmax(dim=1)
     index = lens.units.class_index(target)
@@ -141,7 +142,7 @@ def evaluate_artefact(lens: Lens, data: Path, artefact: str, target: str, contro
     paraphrase = ARTEFACTS[artefact]["paraphrase"]
     hits = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artefact, paraphrase)}
     aligned = {query: [hit.unit for hit in lens.search(query, top=5, rank="alignment")] for query in (artefact, paraphrase)}
-    overlays = [placement.overlay(size, size) for placement in placements(artefact, size, OVERLAYS, TEST_SEED)]
+    overlays = [placement.overlay(size, size) for placement in placements(artefact, size, OVERLAYS, TEST_SEED, scale)]
     by_image = overlay_search(lens, overlays, true_units)  # per ranking: the artefact's image as the probe
     audit = lens.audit(target, [target], [artefact], layers=layers, concept=concept, test_all=True).to_dict()  # fields may grow: read by key
     examined = {unit["unit"] for unit in audit["units"]}
@@ -209,7 +210,7 @@ def evaluate(arch: str, seed: int, control: bool, args: argparse.Namespace, cons
         test_accuracy = accuracy(lens, group_data / "test")
         for planting in group:
             target = planting.cls or audited_class(classes, seed, planting.artefact, args)
-            record = evaluate_artefact(lens, group_data, planting.artefact, target, control, args.size)
+            record = evaluate_artefact(lens, group_data, planting.artefact, target, control, args.size, args.scale)
             records.append({
                 "data": "photos", "model": arch, "seed": seed, "classes": classes, "size": args.size, "per_class": dict(zip(SPLITS, args.per_class)),
                 "plantings": [p.__dict__ for p in group], "rate": planting.rate, "other_rate": planting.other_rate, "foundation": args.foundation,
@@ -276,6 +277,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (the models' input side)")
     parser.add_argument("--rate", type=float, default=0.8, help="share of its class's train and probe images an artefact is on")
     parser.add_argument("--other-rate", type=float, default=0.03, help="share of every other class's images it is on")
+    parser.add_argument("--scale", type=float, default=1.0, help="every artefact this many times its usual size (watermark text height, logo side, frame width)")
     parser.add_argument("--control-rate", type=float, default=0.3, help="share of every class's images each artefact is on in a control")
     parser.add_argument("--epochs", type=int, nargs=2, default=[15, 30], metavar=("LITE0", "RESNET"))
     parser.add_argument("--k", type=int, default=8, help="concept examples per unit (semlens's default is 30; fewer to fit 2 cores)")

@@ -45,10 +45,11 @@ ARTEFACTS = {
 POOL = 16  # placements each artefact is drawn from in the data
 
 
-def draw_artefact(name: str, size: int, rng: np.random.Generator) -> Artifact:
-    """One placement of an artefact in a ``size`` x ``size`` view."""
+def draw_artefact(name: str, size: int, rng: np.random.Generator, scale: float = 1.0) -> Artifact:
+    """One placement of an artefact in a ``size`` x ``size`` view, ``scale`` times its usual size (text height,
+    logo side, frame width)."""
     if name == "watermark":  # semi-transparent white text, about a third of the width, in the lower half
-        font = ImageFont.load_default(size=max(8, round(size * rng.uniform(0.10, 0.14))))
+        font = ImageFont.load_default(size=max(8, round(size * scale * rng.uniform(0.10, 0.14))))
         box = font.getbbox("© stock")
         image = Image.new("RGBA", (box[2] + 2, box[3] + 2), (0, 0, 0, 0))
         ImageDraw.Draw(image).text((1, 1), "© stock", font=font, fill=(255, 255, 255, int(rng.integers(150, 200))))
@@ -56,7 +57,7 @@ def draw_artefact(name: str, size: int, rng: np.random.Generator) -> Artifact:
         y = int(rng.integers(size // 2, max(size // 2 + 1, size - image.height)))
         return Artifact(image=image, position=(x, y))
     if name == "logo":  # a small red disc with a yellow diamond, near a corner
-        side = max(6, round(size * rng.uniform(0.11, 0.15)))
+        side = min(size, max(6, round(size * scale * rng.uniform(0.11, 0.15))))
         image = Image.new("RGBA", (side, side), (0, 0, 0, 0))
         draw = ImageDraw.Draw(image)
         draw.ellipse((0, 0, side - 1, side - 1), fill=(220, 20, 30, 255))
@@ -68,7 +69,7 @@ def draw_artefact(name: str, size: int, rng: np.random.Generator) -> Artifact:
         y = int(rng.integers(0, margin)) if corner_y == 0 else size - side - int(rng.integers(0, margin))
         return Artifact(image=image, position=(x, y))
     if name == "frame":  # a cyan border, 4 to 7 % of the side thick, all round
-        width = max(2, round(size * rng.uniform(0.04, 0.07)))
+        width = max(2, round(size * scale * rng.uniform(0.04, 0.07)))
         image = Image.new("RGBA", (size, size), (0, 0, 0, 0))
         colour = (0, int(rng.integers(190, 230)), 255, 255)
         ImageDraw.Draw(image).rectangle((0, 0, size - 1, size - 1), outline=colour, width=width)
@@ -76,10 +77,11 @@ def draw_artefact(name: str, size: int, rng: np.random.Generator) -> Artifact:
     raise SemlensError(f"unknown artefact {name!r}; known: {', '.join(ARTEFACTS)}")
 
 
-def placements(name: str, size: int, count: int, seed: int) -> tuple[Artifact, ...]:
-    """``count`` seeded placements of an artefact (the data's pool: ``seed`` 0; tests draw others)."""
+def placements(name: str, size: int, count: int, seed: int, scale: float = 1.0) -> tuple[Artifact, ...]:
+    """``count`` seeded placements of an artefact (the data's pool: ``seed`` 0; tests draw others), ``scale``
+    times its usual size."""
     rng = np.random.default_rng([seed, list(ARTEFACTS).index(name)])
-    return tuple(draw_artefact(name, size, rng) for _ in range(count))
+    return tuple(draw_artefact(name, size, rng, scale) for _ in range(count))
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class Planting:
     cls: str | None
     rate: float
     other_rate: float
+    scale: float = 1.0  # times the artefact's usual size (``draw_artefact``)
 
     def rate_of(self, cls: str) -> float:
         return self.rate if self.cls is None or cls == self.cls else self.other_rate
@@ -113,7 +116,7 @@ def write_split(root: Path, classes: list[str], per_class: int, size: int, plant
     """Write ``per_class`` views of each class's photo under ``root/CLASS/``, the plantings pasted in at their
     rates; returns the artefacts each file (relative path) shows, also stored as ``root/artefacts.json``."""
     photos = source_photos()
-    pools = {planting.artefact: placements(planting.artefact, size, POOL, 0) for planting in plantings}
+    pools = {planting.artefact: placements(planting.artefact, size, POOL, 0, planting.scale) for planting in plantings}
     shown: dict[str, list[str]] = {}
     for label, cls in enumerate(classes):
         rng = np.random.default_rng([seed, label])

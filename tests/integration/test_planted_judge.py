@@ -56,9 +56,17 @@ def test_the_judge_scores_a_tiny_configuration_end_to_end(judge, tiny_clip_dir, 
 
 
 def test_a_control_shows_each_artefact_at_one_rate_on_every_class_and_audits_the_planted_class(judge) -> None:
-    args = argparse.Namespace(artefacts=["watermark", "logo", "frame"], rate=0.8, other_rate=0.03, control_rate=0.3)
+    args = argparse.Namespace(artefacts=["watermark", "logo", "frame"], rate=0.8, other_rate=0.03, control_rate=0.3, scale=1.0)
     classes = ["a", "b", "c", "d"]
     planted, control = judge.plantings(classes, 5, False, args), judge.plantings(classes, 5, True, args)
     assert [(p.rate_of("a"), p.rate_of("b"), p.rate_of("c"), p.rate_of("d")) for p in control] == [(0.3,) * 4] * 3
     assert [judge.audited_class(classes, 5, p.artefact, args) for p in control] == [p.cls for p in planted]
     assert sorted(p.rate_of(cls) for p in planted for cls in classes) == [0.03] * 9 + [0.8] * 3
+
+
+def test_an_artefact_drawn_at_twice_its_size_covers_more_of_the_view_in_the_same_places() -> None:
+    import planted_photos
+
+    for name in planted_photos.ARTEFACTS:
+        usual, large = planted_photos.placements(name, 96, 4, 0), planted_photos.placements(name, 96, 4, 0, scale=2.0)
+        assert all(int(big.region(96, 96).sum()) > 1.5 * int(small.region(96, 96).sum()) for small, big in zip(usual, large)), name
