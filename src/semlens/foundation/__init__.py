@@ -134,8 +134,6 @@ def load_foundation_model(
     returned as it is, on its own device and in its own dtype (a Lens records it as ``memory:CLASS``), and a
     tuple of an open_clip model with its preprocess and tokenizer, or of a transformers model with its processor,
     is wrapped (:func:`from_open_clip`, :func:`from_transformers`)."""
-    if isinstance(spec, FoundationModel):
-        return spec
     if isinstance(spec, str):
         return FOUNDATION_MODELS.resolve(spec, device=device, dtype=dtype)
     return foundation_object(spec)

@@ -87,11 +87,15 @@ class ProbeEncoder:
         ``backgrounds()`` (neutral gray where there are none) and counts as the mean of those: dropping its alpha
         would show whatever colour its transparent pixels hold, mostly black (``composited``)."""
         embeddings = []
-        for path in paths:
-            image = path if isinstance(path, Image.Image) else read_image_probe(path)
+        for image in map(image_probe, paths):
             views = composited(image, backgrounds) if transparent(image) else [image.convert("RGB")]
             embeddings.append(F.normalize(self.foundation.encode_images(views), dim=-1).mean(dim=0))
         return torch.stack(embeddings).mean(dim=0)
+
+
+def image_probe(probe: str | Path | Image.Image) -> Image.Image:
+    """An image probe as an image: decoded from its file (``read_image_probe``), or as given."""
+    return probe if isinstance(probe, Image.Image) else read_image_probe(probe)
 
 
 def read_image_probe(path: str | Path) -> Image.Image:

@@ -18,10 +18,11 @@ from .._util.display import HtmlResult, made_by
 from .._util.errors import SemlensError
 from .index import UnitTable, open_index, probe_direction, top_positions
 from .labels import names_by_responses
-from .probes import composited, read_image_probe, transparent
+from .probes import composited, image_probe, transparent
 from .remembered import per_lens
 
 if TYPE_CHECKING:
+    from ..model.loading import LoadedModel
     from ..model.preprocess import Preprocessing
     from .lens import Lens
 
@@ -129,50 +130,55 @@ def search(
     rank: str | None = None,
 ) -> SearchResults:
     """Units of all (or the given) layers ranked by a text and/or image probe, by ``rank`` (``RANKINGS``; None: the
-    default, ``default_rank``; ``SearchResults.rank`` says which ranked them); ``examples``: whose theta, the
+    default, ``_default_ranking``; ``SearchResults.rank`` says which ranked them); ``examples``: whose theta, the
     activation examples' or the relevance examples' (see ``Lens.examples.theta``)."""
-    if rank is None:
-        rank = default_rank(lens, text, images)
-    if rank not in RANKINGS:
+    if rank not in (None, *RANKINGS):
         raise SemlensError(f"rank={rank!r}: rank by one of {', '.join(RANKINGS)}")
+    images = [image_probe(image) for image in images]  # decoded once: the default ranking looks at them too
+    model = None  # the model under study, where the default ranking loaded it
+    if rank is None:
+        rank, model = _default_ranking(lens, text, images)
     if rank == "model":
         if text or not images:
             raise SemlensError("rank='model' ranks units by the model's response to concept images: give images and no text (texts rank by named, both or alignment)")
-        return _rank_by_model(lens, images, lens.units.checked(layers), top, examples)
+        return _rank_by_model(lens, images, lens.units.checked(layers), top, examples, model)
     probe_vector, null = probe(lens, text, images, templates)
     texts = [text] if isinstance(text, str) else list(text or [])
     return _rank(lens, probe_vector, null, lens.units.checked(layers), top, examples=examples, rank=rank, names=texts)
 
 
-def default_rank(lens: Lens, text: str | list[str] | None, images: list[str | Path | Image.Image]) -> str:
-    """The ranking a search gets by default: "model" for a probe of overlays only (images with transparent parts:
-    a concept to paste, as the audit's concept test pastes it) where the model under study and the probe images
-    load, else "named". Measured on overlays of artefacts (true units in the top 5, model against named): the demo's
-    watermark 4 against 3, the world ResNet's patch 4.0, 3.0, 2.7, 2.0 against 0, 0, 3.0, 2.7, a frame on
-    natural photos 3.7 against 0 (docs/explanation/ask.md); opaque images and texts keep "named"."""
-    if text or not images:
-        return RANKINGS[0]
-    if not all(transparent(item if isinstance(item, Image.Image) else read_image_probe(item)) for item in images):
-        return RANKINGS[0]
+def _default_ranking(lens: Lens, text: str | list[str] | None, images: list[Image.Image]) -> tuple[str, LoadedModel | None]:
+    """The ranking a search gets by default, with the model it loaded to know: "model" for a probe of overlays only
+    (images with transparent parts: a concept to paste, as the audit's concept test pastes it) where the model
+    under study and the probe images load, else "named". Measured on overlays of artefacts (true units in the top
+    5, model against named): the demo's watermark 4 against 3, the world ResNet's patch 4.0, 3.0, 2.7, 2.0 against
+    0, 0, 3.0, 2.7, a frame on natural photos 3.7 against 0 (docs/explanation/ask.md); opaque images and texts
+    keep "named"."""
+    if text or not images or not all(map(transparent, images)):
+        return RANKINGS[0], None
     try:
-        lens.sources.model()
+        model = lens.sources.model()
     except SemlensError:
-        return RANKINGS[0]  # a received Lens without its model: the foundation model's view
-    return "model" if probe_backgrounds(lens) else RANKINGS[0]
+        return RANKINGS[0], None  # a received Lens without its model: the foundation model's view
+    return ("model", model) if probe_backgrounds(lens) else (RANKINGS[0], None)
 
 
-def _rank_by_model(lens: Lens, images: list[str | Path | Image.Image], layers: list[str], top: int, examples: str) -> SearchResults:
+def _rank_by_model(
+    lens: Lens, images: list[Image.Image], layers: list[str], top: int, examples: str, model: LoadedModel | None = None
+) -> SearchResults:
     """The ``top`` units of ``layers`` by their activation AUC (``activation_aucs``, as the audit's concept test
     measures it) on the concept images (``_concept_views``) against the probe images they were pasted into; units
-    without examples of their own are never ranked, ties go to the earlier layer, lower unit. Needs the model."""
+    without examples of their own are never ranked, ties go to the earlier layer, lower unit. Needs the model
+    (``model``, where it is loaded already)."""
     from ..interventions.effects import activation_aucs
 
     if top < 1:
         raise SemlensError(f"top={top}: ask for at least one unit")
-    try:
-        model = lens.sources.model()
-    except SemlensError as error:
-        raise SemlensError(f"ranking by the model's response needs the model under study: {error}") from error
+    if model is None:
+        try:
+            model = lens.sources.model()
+        except SemlensError as error:
+            raise SemlensError(f"ranking by the model's response needs the model under study: {error}") from error
     without, shown = _concept_views(lens, images, model.preprocessing)
     specs = lens.sources.layer_specs(layers)
     aucs = activation_aucs(model, without, shown, list(specs.values()))
@@ -182,7 +188,7 @@ def _rank_by_model(lens: Lens, images: list[str | Path | Image.Image], layers: l
     return made_by(SearchResults([_search_hit(lens, *owners[row], float(scores[row]), examples) for row in rows.tolist()], by=examples, rank="model"), lens)
 
 
-def _concept_views(lens: Lens, images: list[str | Path | Image.Image], preprocessing: Preprocessing) -> tuple[list[Image.Image], list[Image.Image]]:
+def _concept_views(lens: Lens, images: list[Image.Image], preprocessing: Preprocessing) -> tuple[list[Image.Image], list[Image.Image]]:
     """The model's views without and with a concept: the Lens's probe backgrounds (``probe_backgrounds``), and
     each image over them where it has transparent parts (an overlay, seen as the model sees an image of its size,
     as ``probe`` pastes it for the foundation model), else the image itself."""
@@ -190,8 +196,7 @@ def _concept_views(lens: Lens, images: list[str | Path | Image.Image], preproces
     if not backgrounds:
         raise SemlensError("ranking by the model's response compares the concept images with the Lens's probe images, which cannot be read: give the probe data (probe_data=..., --probe-data)")
     shown = []
-    for item in images:
-        image = item if isinstance(item, Image.Image) else read_image_probe(item)
+    for image in images:
         if transparent(image):
             overlay = preprocessing.view(image)
             overlay.putalpha(preprocessing.view(image.getchannel("A")).getchannel(0))

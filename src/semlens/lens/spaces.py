@@ -84,9 +84,8 @@ class SpaceView:
         """This space's folder in the Lens's user cache (its search index; the default space's holds the explorer's
         thumbnails too): caches never write into a Lens, so reading one changes nothing in it. Keyed by what the Lens
         follows and by its arrays' hashes: a look-alike Lens (same build id, other examples) gets a folder of its own."""
-        lens = self.lens
-        root = LensStore(cache_dir("lenses", hash_json([lens_key(lens.manifest), lens.manifest.get("arrays")])))
-        return root if lens.space is None else LensStore(root.path(space_file(lens.space, "")))
+        manifest = self.lens.manifest
+        return self._own(LensStore(cache_dir("lenses", hash_json([lens_key(manifest), manifest.get("arrays")]))))
 
     @property
     def default_name(self) -> str:
@@ -112,10 +111,11 @@ class SpaceView:
     def derived(self) -> LensStore:
         """Where labels are stored: the Lens itself when it is writable, else its folder in the user cache,
         so that a read-only Lens answers everything; an extra embedding space's in its ``spaces/<name>/``."""
-        lens = self.lens
-        if writable(lens.store.root):
-            return lens.store if lens.space is None else LensStore(lens.store.path(space_file(lens.space, "")))
-        return self.cache
+        return self._own(self.lens.store) if writable(self.lens.store.root) else self.cache
+
+    def _own(self, root: LensStore) -> LensStore:
+        """``root`` for the default space; an extra space's folder of its own in it (``spaces/<name>/``)."""
+        return root if self.lens.space is None else LensStore(root.path(space_file(self.lens.space, "")))
 
 
 def forget_view(lens: Lens, space: str) -> None:

@@ -8,7 +8,7 @@ import json
 import math
 import re
 from dataclasses import asdict
-from typing import Optional, Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 from fastapi import Depends, Query, Request
 from fastapi import Path as PathParam
