@@ -461,15 +461,14 @@ def location_test(
             images = torch.stack([model.preprocessing.normalise(view) for view in without[:SHIFT_IMAGES]]) if images is None else images
             shift = measured_shift(model.module, next(spec for spec in specs if spec.name == layer), images)[0]
         where = located(maps_with[layer], maps_without[layer], region, shift=shift)
-        ious = dict(zip(rows[layer], where.iou.tolist()))
-        best = max((iou for row, iou in ious.items() if aucs[layer][row] >= CONFIRM_AUC), default=0.0)
+        position = {row: index for index, row in enumerate(rows[layer])}  # a row's place among the maps kept
+        best = max((float(where.iou[index]) for row, index in position.items() if aucs[layer][row] >= CONFIRM_AUC), default=0.0)
         bar = max(LOCATE_IOU, min(enough, share * best))
         precision_bar = max(LOCATE_PRECISION, 2 * where.share)
-        tested = {row: index for index, row in enumerate(rows[layer])}
-        placed[layer] = {
-            unit.row: (ious[unit.row], bar, float(where.precision[tested[unit.row]]), precision_bar if where.larger[tested[unit.row]] else None)
-            for unit in units if unit.spec.name == layer
-        }  # fmt: skip
+        placed[layer] = {}
+        for row in (unit.row for unit in units if unit.spec.name == layer):
+            index = position[row]
+            placed[layer][row] = (float(where.iou[index]), bar, float(where.precision[index]), precision_bar if where.larger[index] else None)
     return placed
 
 
@@ -581,7 +580,7 @@ def concept_tests(
     concept, AUC >= ``CONFIRM_AUC``, zeroing the unit removes at least ``CONFIRM_SHARE`` of the reliance, where
     the class rise is measured the concept raises the unit at least ``CONCEPT_OVER_CLASS`` times as much as the
     class does, and where the location is measured the unit fires where the concept is; or, where the reliance is
-    shared among several such detectors, when they remove that share together and it its part of it
+    shared among several such detectors, when they remove that share together and it removes its part of it
     (``removed_together``, ``together_with``: ``_confirm_shared_carriers``)."""
     logits_without = predict(model, without)  # once: the probability without, and the classes where unlabelled
     p_with, p_without = class_probability(model, with_concept, class_index), float(logits_without.softmax(dim=1)[:, class_index].mean())
