@@ -100,6 +100,7 @@ from rich.table import Table
 from semlens._util.errors import SemlensError
 from semlens._util.tomlfiles import parse_toml
 from semlens.analysis.vocabulary import Vocabulary
+from semlens.lens.concepts import forget
 from semlens.lens.lens import Lens
 from semlens.lens.search import RANKINGS
 from semlens.pipeline.crops import CROP_VIEWS, DEFAULT_CROP_RULE, RULE_SETTINGS
@@ -246,12 +247,14 @@ def evaluate(
     dissected = {unit for unit, concept in true_concepts(truths, causal=False).items() if concept == artifact}
     inserted = {f"{layer}/{unit}" for layer in spatial for unit, auc in enumerate(truths[layer]["insertion"].get(artifact, [])) if auc >= INSERTION_AUC}
     paraphrase = HELD_OUT[artifact]
+    forget(lens, artifact)  # what an earlier run's audit pasted (semlens.lens.concepts): search first as a new user does
     hits = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artifact, paraphrase)}
     other_hits = {rank: {query: [hit.unit for hit in lens.search(query, top=5, rank=rank)] for query in (artifact, paraphrase)} for rank in TEXT_RANKINGS[1:]}
     overlays = [artifact_overlay(config, artifact, index) for index in range(OVERLAYS)]
 
     concept = concept_images(config, artifact)  # test images: the Lens is built on the probe split
     audit = lens.audit(target, [target], [artifact], layers=spatial, concept=concept, test_all=True).to_dict()  # fields may grow: read by key
+    after_audit = lens.search(artifact, top=5)  # the audit kept the artefact it pasted: its name now ranks by it in the model
     examined = {unit["unit"] for unit in audit["units"]}
     flagged = [unit["unit"] for unit in audit["units"] if unit["verdict"] == "spurious"]
     judged = [unit for unit in flagged if unit in truth]  # flagged units the truth names a concept for, artefact or not
@@ -282,6 +285,7 @@ def evaluate(
         **{f"search_hits_at5_{rank}": sum(unit in true_units for unit in hits_of[artifact]) for rank, hits_of in other_hits.items()},
         **{f"search_hits_at5_paraphrase_{rank}": sum(unit in true_units for unit in hits_of[paraphrase]) for rank, hits_of in other_hits.items()},
         "search_hits_at5_overlay": overlay_search(lens, overlays, true_units),
+        "search_hits_at5_after_audit": sum(hit.unit in true_units for hit in after_audit), "search_after_audit_rank": after_audit.rank,
         "concept_search": concept_search(lens, config, truth),
         "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
         "by_insertion_alone": {"artefact_unit_names": sorted(inserted), **artefact_scores(inserted, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
@@ -382,7 +386,7 @@ COLUMNS = {  # header: record key
     "phi (true units)": "phi_true_units", "phi of truth": "phi_of_truth",
     "phi alone (true units)": "phi_true_units_alone", "phi alone of truth": "phi_of_truth_alone",
     "CoSy AUC": "cosy_auc", "artefact units": "artefact_units", "search@5": "search_hits_at5",
-    "paraphrase@5": "search_hits_at5_paraphrase", "flagged": "audit_flagged", "precision": "audit_precision",
+    "paraphrase@5": "search_hits_at5_paraphrase", "search@5 after audit": "search_hits_at5_after_audit", "flagged": "audit_flagged", "precision": "audit_precision",
     "recall": "audit_recall", "precision, judged units": "audit_precision_judged", "confirmed": "audit_confirmed", "conf. precision": "confirmed_precision",
     "conf. recall": "confirmed_recall", "found by test": "tested_found", "test precision": "tested_precision",
     "test recall": "tested_recall", "spurious share (tested)": "spurious_share", "flagged share": "flagged_share", "reliance": "reliance",
@@ -398,7 +402,7 @@ def summary_rows(records: list[dict[str, Any]], control: bool, columns: dict[str
         return []
     means, worst = {}, {}
     for key in columns.values():
-        values = [record[key] for record in chosen if record[key] is not None]
+        values = [record[key] for record in chosen if record.get(key) is not None]
         if not values:
             continue
         means[key] = mean(values)
@@ -457,6 +461,11 @@ def pooled_search(records: list[dict[str, Any]]) -> dict[str, Any]:
         overlaid = [record["search_hits_at5_overlay"][rank] for record in with_units if "search_hits_at5_overlay" in record]
         pooled.setdefault(rank, {}).update(overlay_hits=sum(overlaid) if overlaid else None)
         pooled[rank]["images"] = _share(sum(record["concept_search"].get(f"images_{rank}", 0.0) for record in records), pooled["pairs"])
+    after = [record for record in with_units if "search_hits_at5_after_audit" in record]  # records before it have none
+    pooled["after_audit"] = {
+        "artefact_hits": sum(record["search_hits_at5_after_audit"] for record in after), "worlds": len(after),
+        "goal_met": sum(record["search_hits_at5_after_audit"] >= min(3, record["artefact_units"]) for record in after),
+    }
     return pooled
 
 
@@ -468,6 +477,8 @@ def print_pooled_search(records: list[dict[str, Any]], console: Console) -> None
         for rank, values in ((rank, pooled[rank]) for rank in TEXT_RANKINGS)
     ] + [f"{rank}: by images {_number(values['images'])}" for rank, values in ((rank, pooled[rank]) for rank in RANKINGS if rank not in TEXT_RANKINGS)]
     parts.append("artefact overlay hits (mean of its placements, summed over worlds): " + ", ".join(f"{rank} {_number(pooled[rank]['overlay_hits'])}" for rank in RANKINGS))
+    after = pooled["after_audit"]
+    parts.append(f"the artefact's name after the audit pasted it (default ranking): artefact hits {after['artefact_hits']} (goal met in {after['goal_met']} of {after['worlds']})")
     console.print(f"search pooled over {pooled['worlds']} worlds with true artefact units and {pooled['pairs']} (run, concept) pairs; " + "; ".join(parts))
 
 
@@ -479,7 +490,7 @@ def print_table(records: list[dict[str, Any]], console: Console) -> None:
         pruned, clean = record["pruned_predicted_as_class"], record["pruned_clean_accuracy"]
         table.add_row(
             record["world"], str(record["seed"]), record["view"], f"{record['artifact']} on {record['artifact_class']}" + (" (control)" if record["control"] else ""),
-            *(_number(record[key]) for key in COLUMNS.values()),
+            *(_number(record.get(key)) for key in COLUMNS.values()),  # stored records may predate a column
             f"{pruned[0]:.2f} -> {pruned[1]:.2f}" if pruned else "-", f"{clean[0]:.2f} -> {clean[1]:.2f}" if clean else "-",
         )  # fmt: skip
     for control in (False, True):

@@ -62,6 +62,7 @@ from semlens._util.fingerprint import hash_json
 from semlens.interventions.effects import ConceptImages, activation_aucs, predict
 from semlens.data.folder import FolderData
 from semlens.data.sequence import SequenceData
+from semlens.lens.concepts import forget
 from semlens.model.units import LayerSpec
 from semlens.world.demo import PLACEMENTS
 from semlens.world.truth import INSERTION_AUC
@@ -87,15 +88,26 @@ def audited_class(classes: list[str], seed: int, artefact: str, args: argparse.N
     return str(np.random.default_rng(seed).choice(classes, len(args.artefacts), replace=False)[args.artefacts.index(artefact)])
 
 
+def twin_content(classes: list[str], seed: int, args: argparse.Namespace) -> dict[str, str]:
+    """With ``--twins``, the photo each artefact's class shows: the one of a class that carries no artefact (its
+    twin; the i-th artefact's class gets the i-th such class), so that the two classes differ only where the
+    artefact is and the model has a use for it; without, none (each class shows its own photo)."""
+    if not args.twins:
+        return {}
+    targets = [audited_class(classes, seed, artefact, args) for artefact in args.artefacts]
+    return dict(zip(targets, [cls for cls in classes if cls not in targets]))
+
+
 def make_data(out: Path, classes: list[str], seed: int, planted: list[Planting], args: argparse.Namespace) -> Path:
     """The three splits, written once per fingerprint of what they depend on (the test split is clean: the
     audit and the reliance paste the artefacts into it)."""
     plantings = [{key: value for key, value in p.__dict__.items() if (key, value) != ("scale", 1.0)} for p in planted]  # the usual size: keys as before
+    content = twin_content(classes, seed, args)
     key = {"version": DATA_VERSION, "classes": classes, "seed": seed, "plantings": plantings, "per_class": args.per_class, "size": args.size}
-    root = out / "data" / hash_json(key)[:16]
+    root = out / "data" / hash_json({**key, "content": content} if content else key)[:16]
     if not (root / "test" / "artefacts.json").is_file():
         for split, per_class, offset in zip(SPLITS, args.per_class, (0, 1000, 2000)):
-            write_split(root / split, classes, per_class, args.size, planted if split != "test" else [], seed + offset)
+            write_split(root / split, classes, per_class, args.size, planted if split != "test" else [], seed + offset, content)
     return root
 
 
@@ -123,8 +135,11 @@ def accuracy(lens: Lens, test: Path) -> float:
     return float((predict(model, views).argmax(dim=1) == torch.tensor([label for _, label in data.items])).float().mean())
 
 
-def evaluate_artefact(lens: Lens, data: Path, artefact: str, target: str, control: bool, size: int, scale: float = 1.0) -> dict[str, Any]:
-    """Truth, semlens's answers and their scores for one artefact and its class in one Lens."""
+def evaluate_artefact(
+    lens: Lens, data: Path, artefact: str, target: str, control: bool, size: int, scale: float = 1.0, content: str | None = None
+) -> dict[str, Any]:  # fmt: skip
+    """Truth, semlens's answers and their scores for one artefact and its class in one Lens (``content``: what the
+    class's images show, the audit's valid concept: its own photo's name, or its twin's)."""
     start = time.perf_counter()
     model, layers = lens.sources.model(), lens.layers
     specs = [LayerSpec(**lens.manifest["layers"][layer]["spec"]) for layer in layers]
@@ -140,21 +155,24 @@ def evaluate_artefact(lens: Lens, data: Path, artefact: str, target: str, contro
     own = classes == index
 
     paraphrase = ARTEFACTS[artefact]["paraphrase"]
+    forget(lens, artefact)  # what an earlier run's audit pasted (semlens.lens.concepts): search first as a new user does
     hits = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artefact, paraphrase)}
     aligned = {query: [hit.unit for hit in lens.search(query, top=5, rank="alignment")] for query in (artefact, paraphrase)}
     overlays = [placement.overlay(size, size) for placement in placements(artefact, size, OVERLAYS, TEST_SEED, scale)]
     by_image = overlay_search(lens, overlays, true_units)  # per ranking: the artefact's image as the probe
-    audit = lens.audit(target, [target], [artefact], layers=layers, concept=concept, test_all=True).to_dict()  # fields may grow: read by key
+    audit = lens.audit(target, [content or target], [artefact], layers=layers, concept=concept, test_all=True).to_dict()  # fields may grow: read by key
+    after_audit = lens.search(artefact, top=5)  # the audit kept the artefact it pasted: its name now ranks by it in the model
     examined = {unit["unit"] for unit in audit["units"]}
     flagged = [unit["unit"] for unit in audit["units"] if unit["verdict"] == "spurious"]
     both = [unit["unit"] for unit in audit["units"] if unit["verdict"] == "both"]
     confirmed, found = audit["confirmed"], audit["confirmed"] + audit["carriers"]
     return {
-        "artifact": artefact, "artifact_class": target, "paraphrase": paraphrase, "control": control,
+        "artifact": artefact, "artifact_class": target, "class_content": content or target, "paraphrase": paraphrase, "control": control,
         "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artefact, paraphrase, flagged, both, confirmed, found, examined),
         "search_hits_at5_alignment": sum(unit in true_units for unit in aligned[artefact]),
         "search_hits_at5_paraphrase_alignment": sum(unit in true_units for unit in aligned[paraphrase]),
-        "search_top5": hits, "search_hits_at5_overlay": by_image, "search_hits_at5_image_model": by_image["model"], "insertion_auc_max": max(insertion.values()),
+        "search_top5": hits, "search_hits_at5_after_audit": sum(hit.unit in true_units for hit in after_audit), "search_after_audit_rank": after_audit.rank,
+        "search_hits_at5_overlay": by_image, "search_hits_at5_image_model": by_image["model"], "insertion_auc_max": max(insertion.values()),
         **label_scores(lens, artefact, true_units),
         "audit_units": len(examined), "audit_cut": audit["cut"], "audit_rule": audit["rule"],
         "class_share_max": max(float(lens.arrays.class_relevance(layer)["max_share"][:, index].max()) for layer in layers),  # under the cut: none examined
@@ -194,7 +212,7 @@ def evaluate(arch: str, seed: int, control: bool, args: argparse.Namespace, cons
     start = time.perf_counter()
     classes = photo_classes(args.classes)
     planted = plantings(classes, seed, control, args)
-    data = make_data(args.out, classes, seed, planted, args)
+    data, content = make_data(args.out, classes, seed, planted, args), twin_content(classes, seed, args)
     groups = [planted] if not args.separate else [[planting] for planting in planted]
     records = []
     for group in groups:
@@ -210,7 +228,7 @@ def evaluate(arch: str, seed: int, control: bool, args: argparse.Namespace, cons
         test_accuracy = accuracy(lens, group_data / "test")
         for planting in group:
             target = planting.cls or audited_class(classes, seed, planting.artefact, args)
-            record = evaluate_artefact(lens, group_data, planting.artefact, target, control, args.size, args.scale)
+            record = evaluate_artefact(lens, group_data, planting.artefact, target, control, args.size, args.scale, content.get(target))
             records.append({
                 "data": "photos", "model": arch, "seed": seed, "classes": classes, "size": args.size, "per_class": dict(zip(SPLITS, args.per_class)),
                 "plantings": [p.__dict__ for p in group], "rate": planting.rate, "other_rate": planting.other_rate, "foundation": args.foundation,
@@ -226,7 +244,7 @@ def evaluate(arch: str, seed: int, control: bool, args: argparse.Namespace, cons
 COLUMNS = {  # header: record key
     "acc.": "test_accuracy", "artefact units": "artefact_units", "examined": "artefact_units_examined", "search@5": "search_hits_at5",
     "paraphrase@5": "search_hits_at5_paraphrase", "search@5 (align.)": "search_hits_at5_alignment",
-    "image search@5 (model)": "search_hits_at5_image_model", "label top-1": "label_top1",
+    "image search@5 (model)": "search_hits_at5_image_model", "search@5 after audit": "search_hits_at5_after_audit", "label top-1": "label_top1",
     "flagged": "audit_flagged", "precision": "audit_precision", "recall": "audit_recall", "confirmed": "audit_confirmed",
     "conf. precision": "confirmed_precision", "conf. recall": "confirmed_recall", "test precision": "tested_precision", "test recall": "tested_recall",
     "spurious share": "spurious_share", "flagged share": "flagged_share", "reliance": "reliance", "reliance (own)": "reliance_own",
@@ -236,14 +254,18 @@ COLUMNS = {  # header: record key
 
 def target_checks(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """How many records meet each done-when target (of those it applies to): audit precision and recall over
-    the planted runs with flags / with examined true artefact units, spurious share on controls, search hits
-    (3, or all true artefact units where fewer) where a run has any."""
+    the planted runs with flags / with examined true artefact units, spurious share on controls, search hits (3, or
+    all true artefact units where fewer; before and after the audit pasted the artefact) where a run has any."""
     planted = [record for record in records if not record["control"]]
     checks = {
         "audit precision": [record["audit_precision"] >= TARGETS["audit precision"] for record in planted if record["audit_precision"] is not None],
         "audit recall": [record["audit_recall"] >= TARGETS["audit recall"] for record in planted if record["audit_recall"] is not None],
         "control spurious share": [record["spurious_share"] <= TARGETS["control spurious share"] for record in records if record["control"]],
         "search hits": [record["search_hits_at5"] >= min(TARGETS["search hits"], record["artefact_units"]) for record in planted if record["artefact_units"]],
+        "search hits after the audit": [
+            record["search_hits_at5_after_audit"] >= min(TARGETS["search hits"], record["artefact_units"])
+            for record in planted if record["artefact_units"] and "search_hits_at5_after_audit" in record
+        ],
     }
     return {name: {"met": sum(values), "of": len(values)} for name, values in checks.items()}
 
@@ -283,11 +305,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--k", type=int, default=8, help="concept examples per unit (semlens's default is 30; fewer to fit 2 cores)")
     parser.add_argument("--foundation", default="conse")
     parser.add_argument("--separate", action="store_true", help="one model per artefact instead of one carrying all three")
+    parser.add_argument("--twins", action="store_true", help="each artefact's class shows the photo of a class without one (its twin), so that only the artefact tells the two apart")
     parser.add_argument("--out", type=Path, default=Path("planted-runs"))
     parser.add_argument("--json", type=Path, default=None, help="write the records to this file (after every model)")
     args = parser.parse_args(argv)
-    if len(args.artefacts) > args.classes:
-        raise SystemExit(f"--classes {args.classes}: each of the {len(args.artefacts)} artefacts needs a class of its own")
+    if len(args.artefacts) * (2 if args.twins else 1) > args.classes:
+        raise SystemExit(f"--classes {args.classes}: each of the {len(args.artefacts)} artefacts needs a class of its own{' and a twin' if args.twins else ''}")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")])  # the model spec's module
     console = Console(width=320)
     records, start = [], time.perf_counter()

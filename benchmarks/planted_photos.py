@@ -112,17 +112,20 @@ def photo_view(photo: Image.Image, size: int, rng: np.random.Generator) -> Image
     return view
 
 
-def write_split(root: Path, classes: list[str], per_class: int, size: int, plantings: list[Planting], seed: int) -> dict[str, list[str]]:
-    """Write ``per_class`` views of each class's photo under ``root/CLASS/``, the plantings pasted in at their
-    rates; returns the artefacts each file (relative path) shows, also stored as ``root/artefacts.json``."""
-    photos = source_photos()
+def write_split(
+    root: Path, classes: list[str], per_class: int, size: int, plantings: list[Planting], seed: int, content: dict[str, str] | None = None
+) -> dict[str, list[str]]:  # fmt: skip
+    """Write ``per_class`` views of each class's photo (``content``: the photo a class shows where it is not its
+    own, a twin's) under ``root/CLASS/``, the plantings pasted in at their rates; returns the artefacts each file
+    (relative path) shows, also stored as ``root/artefacts.json``."""
+    photos, content = source_photos(), content or {}
     pools = {planting.artefact: placements(planting.artefact, size, POOL, 0, planting.scale) for planting in plantings}
     shown: dict[str, list[str]] = {}
     for label, cls in enumerate(classes):
         rng = np.random.default_rng([seed, label])
         (root / cls).mkdir(parents=True, exist_ok=True)
         for number in range(per_class):
-            view, marks = photo_view(photos[cls], size, rng), []
+            view, marks = photo_view(photos[content.get(cls, cls)], size, rng), []
             for planting in plantings:
                 if rng.random() < planting.rate_of(cls):
                     view = pools[planting.artefact][int(rng.integers(0, POOL))].apply(view)

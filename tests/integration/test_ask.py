@@ -152,6 +152,40 @@ def test_search_by_the_models_response_puts_first_the_unit_a_pasted_patch_raises
     assert wrong.search(images=[tmp_path / "patch.png"], top=1).rank == "named"  # by default: the foundation model's view
 
 
+def test_a_text_naming_a_concept_shown_to_the_lens_is_ranked_by_its_images_in_the_model(patch_lens_path, tmp_path) -> None:
+    """A concept kept with its images (``concepts.remember``, or an audit's pasted artefact) is searched by name as its
+    images are: by the model's response; before, and for other texts, the foundation model's view; kept with the Lens."""
+    import numpy as np
+
+    from semlens.lens.concepts import recall, remember
+
+    shutil.copytree(patch_lens_path, tmp_path / "patch.lens")
+    lens = Lens.open(tmp_path / "patch.lens")
+    overlay = np.zeros((40, 40, 4), dtype=np.uint8)
+    overlay[14:24, 14:24] = 255
+    before = lens.search("white patch", top=3)
+    assert before.rank == "named" and before.concept is None and recall(lens, ["white patch"]) is None
+    remember(lens, "White  Patch", [Image.fromarray(overlay)])
+    by_name = lens.search("white patch", top=3)
+    by_image = lens.search(images=[Image.fromarray(overlay)], rank="model", top=3)
+    assert by_name.rank == "model" and by_name.concept == "white patch" and by_name[0].unit == "features.1/5"
+    assert [(hit.unit, hit.score) for hit in by_name] == [(hit.unit, hit.score) for hit in by_image]
+    assert lens.search("white patch", rank="model", top=3).concept == "white patch"
+    assert lens.search("white patch", rank="named", top=3).rank == "named"  # asked for: the foundation model's view
+    assert lens.search(["white patch", "square"], top=3).rank == "named"  # several texts: a probe of their mean
+    assert [hit["unit"] for hit in ask("search", tmp_path / "patch.lens", "white patch", "--top", "3", "--json")] == [hit.unit for hit in by_name]
+    printed = runner.invoke(app, ["search", str(tmp_path / "patch.lens"), "white patch", "--top", "3"])
+    assert "the images of 'white patch' shown to the Lens" in " ".join(printed.output.split())
+    assert Lens.open(tmp_path / "patch.lens").search("white patch", top=1).concept == "white patch"  # kept with the Lens
+    assert Lens.open(patch_lens_path).search("white patch", top=1).rank == "named"  # not with another one
+    with pytest.raises(SemlensError, match="must each have transparent parts.*image 0 is opaque"):
+        remember(lens, "gray", [Image.new("RGB", (40, 40), (128, 128, 128))])
+    with pytest.raises(SemlensError, match="give images and no text, or the name of a concept the Lens was shown"):
+        lens.search("gray", rank="model")
+    wrong = Lens.open(tmp_path / "patch.lens", model="py:tiny_models:tiny_cnn")  # without its model: the foundation model's view
+    assert wrong.search("white patch", top=1).rank == "named"
+
+
 def test_show_writes_a_grid_png(lens_path, tmp_path) -> None:
     shown = ask("show", lens_path, "head/0-", "--out", tmp_path / "unit.png", "--json")
     assert Image.open(shown["png"]).size[0] > 0 and len(shown["examples"]) == 5

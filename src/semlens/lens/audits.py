@@ -14,6 +14,7 @@ from .._util.allocator import freed_memory_kept
 from .._util.display import made_by
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
+from .concepts import remember_pasted
 from .labels import names_by_responses
 from .search import probe_backgrounds
 
@@ -145,7 +146,7 @@ def audit(
     for audited in result.units:
         audited.examples = [example.source for example in lens.examples.concept_examples(audited.unit)[:3]]
     if concept is not None:
-        _test_findings(lens, result, index, concept, test_all)
+        _test_findings(lens, result, index, concept, test_all, list(spurious))
     return made_by(result, lens)
 
 
@@ -161,18 +162,22 @@ def _alignments(lens: Lens, theta: torch.Tensor, concepts: list[str], images: li
     return torch.cat(results, dim=1)
 
 
-def _test_findings(lens: Lens, result: Audit, class_index: int, concept: ConceptImages, test_all: bool) -> None:
+def _test_findings(lens: Lens, result: Audit, class_index: int, concept: ConceptImages, test_all: bool, names: list[str]) -> None:
     """Run the concept test on the units of ``result`` (in place; all with ``test_all``, else ``Audit.to_test``):
     the class's reliance on the concept and, per unit, whether the concept raises it (also against how much
     the class's own images do: see ``concept_tests``), whether it fires where a pasted concept is (against the
     best of its layer's examined units, tested or not), and zeroing it costs the class more with the concept than without; then a flagged unit the concept does not
     raise or firing away from the pasted concept loses its flag and a contested one firing there and raised by
     it is "both"
-    (``Audit.revise_by_test``). Needs the model (loaded under the Lens's trust model)."""
+    (``Audit.revise_by_test``). Needs the model (loaded under the Lens's trust model). A pasted artefact's placements
+    are kept under the audit's spurious text where it has one (``names``; several may name other concepts than the
+    one pasted): a search for it then ranks units as this test does (``semlens.lens.concepts``)."""
     from ..interventions.effects import UnitToTest, concept_tests
 
     model = lens.sources.model()
     without, with_concept, classes = concept.views_and_classes(model)
+    if len(names) == 1:
+        remember_pasted(lens, names[0], concept.placements, without[0].size)
     region = concept.region(with_concept)
     units = result.units if test_all else result.to_test(located=region is not None)
     layers = sorted({unit.unit.rpartition("/")[0] for unit in result.units})

@@ -17,6 +17,7 @@ from PIL import Image
 from .._util.display import HtmlResult, made_by
 from .._util.errors import SemlensError
 from .index import UnitTable, open_index, probe_direction, top_positions
+from .concepts import recall
 from .labels import names_by_responses
 from .probes import composited, image_probe, transparent
 from .remembered import per_lens
@@ -69,9 +70,10 @@ class SearchResults(HtmlResult, list):
     """What ``Lens.search`` and ``Lens.search_similar`` return: the ``SearchHit``s, best first, as a list that
     draws itself in a notebook (a table with the units' concept examples of the example set ``by``)."""
 
-    def __init__(self, hits: Iterable[SearchHit] = (), by: str = "activation", rank: str | None = None) -> None:
+    def __init__(self, hits: Iterable[SearchHit] = (), by: str = "activation", rank: str | None = None, concept: str | None = None) -> None:
         super().__init__(hits)
         self.by, self.rank = by, rank  # rank: the ranking that ordered them (RANKINGS; None: similarity to a unit)
+        self.concept = concept  # ranked by the images of this concept shown to the Lens (semlens.lens.concepts), where a text named it
 
     def to_dict(self) -> list[dict[str, Any]]:
         return [hit.to_dict() for hit in self]
@@ -135,15 +137,21 @@ def search(
     if rank not in (None, *RANKINGS):
         raise SemlensError(f"rank={rank!r}: rank by one of {', '.join(RANKINGS)}")
     images = [image_probe(image) for image in images]  # decoded once: the default ranking looks at them too
+    texts = [text] if isinstance(text, str) else list(text or [])
+    shown = recall(lens, texts) if texts and not images and rank in (None, "model") else None  # a text naming a concept shown to the Lens
     model = None  # the model under study, where the default ranking loaded it
     if rank is None:
-        rank, model = _default_ranking(lens, text, images)
+        rank, model = _default_ranking(lens, None if shown else text, shown.images if shown else images)
     if rank == "model":
+        if shown:
+            return _rank_by_model(lens, shown.images, lens.units.checked(layers), top, examples, model, shown.name)
         if text or not images:
-            raise SemlensError("rank='model' ranks units by the model's response to concept images: give images and no text (texts rank by named, both or alignment)")
+            raise SemlensError(
+                "rank='model' ranks units by the model's response to concept images: give images and no text, or the name of a "
+                "concept the Lens was shown (an audit's pasted artefact, semlens.lens.concepts.remember); texts rank by named, both or alignment"
+            )
         return _rank_by_model(lens, images, lens.units.checked(layers), top, examples, model)
     probe_vector, null = probe(lens, text, images, templates)
-    texts = [text] if isinstance(text, str) else list(text or [])
     return _rank(lens, probe_vector, null, lens.units.checked(layers), top, examples=examples, rank=rank, names=texts)
 
 
@@ -164,12 +172,13 @@ def _default_ranking(lens: Lens, text: str | list[str] | None, images: list[Imag
 
 
 def _rank_by_model(
-    lens: Lens, images: list[Image.Image], layers: list[str], top: int, examples: str, model: LoadedModel | None = None
-) -> SearchResults:
+    lens: Lens, images: list[Image.Image], layers: list[str], top: int, examples: str, model: LoadedModel | None = None,
+    concept: str | None = None,
+) -> SearchResults:  # fmt: skip
     """The ``top`` units of ``layers`` by their activation AUC (``activation_aucs``, as the audit's concept test
     measures it) on the concept images (``_concept_views``) against the probe images they were pasted into; units
     without examples of their own are never ranked, ties go to the earlier layer, lower unit. Needs the model
-    (``model``, where it is loaded already)."""
+    (``model``, where it is loaded already); ``concept``: the name of the concept shown to the Lens whose images these are."""
     from ..interventions.effects import activation_aucs
 
     if top < 1:
@@ -185,7 +194,8 @@ def _rank_by_model(
     scores = torch.cat([aucs[layer].masked_fill(~lens.examples.valid(layer, examples), float("-inf")) for layer in layers])
     rows = top_positions(scores, min(top, int(scores.isfinite().sum())))
     owners = [(layer, row) for layer in layers for row in range(len(lens.units(layer)))]
-    return made_by(SearchResults([_search_hit(lens, *owners[row], float(scores[row]), examples) for row in rows.tolist()], by=examples, rank="model"), lens)
+    hits = [_search_hit(lens, *owners[row], float(scores[row]), examples) for row in rows.tolist()]
+    return made_by(SearchResults(hits, by=examples, rank="model", concept=concept), lens)
 
 
 def _concept_views(lens: Lens, images: list[Image.Image], preprocessing: Preprocessing) -> tuple[list[Image.Image], list[Image.Image]]:

@@ -79,7 +79,15 @@ def search_html(hits: SearchResults) -> str:
         ]
         for hit in hits
     ]  # fmt: skip
-    return _table(header, rows) + pictures.note()
+    return _table(header, rows) + pictures.note() + _ranked_note(hits)
+
+
+def _ranked_note(hits: SearchResults) -> str:
+    """What ordered the hits, where it is not the probe's alignment: the model's response to concept images."""
+    if hits.rank != "model":
+        return ""
+    shown = f" the images of {_text(repr(hits.concept))} shown to the Lens (an audit's pasted artefact)" if hits.concept else " the image probe"
+    return f"<p><small>score: activation AUC, how much pasting{shown} into the Lens's probe images raises each unit in the model</small></p>"
 
 
 @renders_html(Labelling)

@@ -181,12 +181,12 @@ class LensStore:
         return tensors
 
     def record_arrays(self) -> dict[str, dict[str, Any]]:
-        """Size and SHA-256 of every array file the build wrote (for the manifest's ``arrays``); labels are
-        left out because ``label`` rewrites them after the build."""
+        """Size and SHA-256 of every array file the build wrote (for the manifest's ``arrays``); labels and concepts
+        shown to the Lens are left out because ``label`` and ``audit`` write them after the build."""
         names = sorted(
             name
             for name in (path.relative_to(self.root).as_posix() for path in self.root.rglob("*.safetensors"))
-            if ".labels." not in name and "partial" not in name
+            if ".labels." not in name and "partial" not in name and not name.startswith("concepts/")
         )
         return {name: self.array_record(name) for name in names}
 

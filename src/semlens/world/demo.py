@@ -18,6 +18,7 @@ from rich.console import Console
 
 from .._util.errors import SemlensError
 from ..analysis.vocabulary import Vocabulary
+from ..lens.concepts import forget
 from ..lens.lens import Lens
 from ..model.units import LayerSpec
 from ..pipeline.builder import BuildConfig, LensBuilder
@@ -97,6 +98,7 @@ def run_demo(
 
     summary = {"world": config.source, "artifact": artifact, "artifact_class": target, "paraphrase": HELD_OUT[artifact]}
     queries = (artifact, HELD_OUT[artifact], "stripes", "grass")
+    forget(lens, artifact)  # what an earlier run's audit pasted: the first search is a new user's
     summary["search"] = {query: [hit.unit for hit in lens.search(query, top=5)] for query in queries}
     summary["labels"], truth = ground_truth_labels(lens, config, out)
     true_units = {unit for unit, concept in truth.items() if concept == artifact}
@@ -110,14 +112,17 @@ def run_demo(
     }
     key = {**identity(lens, config, TEST_IMAGES), "spurious": spurious}
     summary["test"] = memo(out / "test.json", key, lambda: test_finding(lens, config, artifact, target, spurious))
+    # the audit's concept test, as `semlens audit --test-data ... --artifact ...` runs it; it keeps the pasted artefact,
+    # so that searching its name again ranks units by the model's response to it (semlens.lens.concepts)
+    tested = lens.audit(target, [target], [artifact], layers=spatial_layers(lens), concept=concept_images(config, artifact))
+    summary["search_after_audit"] = [hit.unit for hit in lens.search(artifact, top=5)]
+    summary["artifact_units"]["search_after_audit_found"] = [unit for unit in summary["search_after_audit"] if unit in true_units]
     comparison = lens.compare(clean)
     summary["compare"] = {"s_world_to_clean": comparison.a_to_b, "only_world": comparison.only_a, "only_clean": comparison.only_b}
     report = out / "report.html"
     if not report.is_file() or report.stat().st_mtime < lens.store.path("manifest.json").stat().st_mtime:
         from ..report.html import write_report
 
-        # the report's audit with the concept test, as `semlens audit --test-data ... --artifact ...` runs it
-        tested = lens.audit(target, [target], [artifact], layers=spatial_layers(lens), concept=concept_images(config, artifact))
         write_report(lens, report, audits=[tested])
     summary["report"] = str(report)
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
@@ -385,6 +390,10 @@ def print_summary(summary: dict, console: Console) -> None:
     console.print(
         f"audit of class {summary['artifact_class']}: {audit['units']} relevant units, spurious share {audit['shares']['spurious']:.2f}, "
         f"spurious units: {', '.join(audit['spurious_units']) or 'none'} ({len(found['audit_flagged'])} truly detect the {summary['artifact']})"
+    )
+    console.print(
+        f"search '{summary['artifact']}' again, now that the audit's test pasted it (ranked by how much it raises each unit): "
+        f"{', '.join(summary['search_after_audit'])} ({len(found['search_after_audit_found'])} of them truly detect it)"
     )
     insertion = summary["test"]["insertion"]
     console.print(

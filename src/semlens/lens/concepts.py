@@ -1,0 +1,117 @@
+"""Concepts shown to a Lens: images of a concept with transparent parts (an artefact to paste: a watermark, a
+frame, a logo) kept under the concept's name, so that a text search for that name ranks the units as the audit's
+concept test does, by how much pasting the images raises each unit in the model itself (``search.search``: the
+default ranking where such images are kept and the model loads). The foundation model may not see such a concept
+in a unit's examples at all (an offline ImageNet space has no concept of a border), the model's units do.
+
+An audit that pastes an artefact (``Lens.audit(..., concept=ConceptImages(..., artifact=...))``) keeps its
+placements under its spurious text (where it names one concept); ``remember`` keeps images by hand, ``forget``
+drops them. They are stored as the labels are
+(``SpaceView.derived`` of the default space: the Lens when it is writable, else its folder in the user cache), one
+safetensors file of RGBA pixels per concept; a rebuilt Lens starts without them."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from .._util.errors import SemlensError
+from .probes import image_probe, transparent
+
+if TYPE_CHECKING:
+    from ..interventions.effects import Artifact
+    from ..store.files import LensStore
+    from .lens import Lens
+
+#: images kept per concept (an audit's placements: ``world.demo.PLACEMENTS`` of them); more are left out
+MAX_IMAGES = 16
+#: the largest side of a kept image: a concept's overlay is the size of the model's input view
+MAX_SIDE = 4096
+
+
+@dataclass(frozen=True)
+class ShownConcept:
+    """A concept's name and the images with transparent parts it was shown to the Lens by."""
+
+    name: str
+    images: list[Image.Image]
+
+
+def concept_name(text: str) -> str:
+    """The name a concept is kept under: lower case, single spaces (``"Water  Mark "`` is ``"water mark"``)."""
+    return " ".join(text.lower().split())
+
+
+def remember(lens: Lens, name: str, images: Sequence[str | Path | Image.Image]) -> None:
+    """Keep ``images`` (files or images; each with transparent parts: the concept on a transparent canvas the size
+    of the model's view, e.g. ``Artifact.overlay``) as what ``name`` looks like, replacing what was kept before."""
+    key = concept_name(name)
+    if not key:
+        raise SemlensError("a concept to remember needs a name (the text a search will ask for)")
+    decoded = [image_probe(image) for image in images][:MAX_IMAGES]
+    opaque = [index for index, image in enumerate(decoded) if not transparent(image)]
+    if not decoded or opaque:
+        raise SemlensError(
+            f"the images of concept {key!r} must each have transparent parts (the concept on a transparent canvas, as "
+            f"Artifact.overlay draws it){f'; image {opaque[0]} is opaque' if opaque else '; none was given'}"
+        )
+    pixels = {f"image{index:02d}": torch.from_numpy(np.asarray(image.convert("RGBA")).copy()) for index, image in enumerate(decoded)}
+    _store(lens).write_tensors(_file(key), pixels, {"name": key})
+
+
+def forget(lens: Lens, name: str) -> bool:
+    """Drop what the Lens was shown of concept ``name`` (a search for it goes back to the foundation model's view);
+    whether there was anything to drop."""
+    store, file = _store(lens), _file(concept_name(name))
+    if not store.path(file).is_file():
+        return False
+    store.remove(file)
+    return True
+
+
+def remember_pasted(lens: Lens, name: str, placements: Sequence[Artifact], size: tuple[int, int]) -> None:
+    """Keep an audit's pasted artefact (its ``placements`` in views of ``size``) under ``name``, where it leaves
+    part of the view as it is (a whole-view image does not: a search has nothing to paste); a folder that cannot be
+    written keeps nothing, as a cache would (the audit's answers do not depend on it)."""
+    overlays = [placement.overlay(*size) for placement in placements]
+    if overlays and all(map(transparent, overlays)):
+        try:
+            remember(lens, name, overlays)
+        except OSError:
+            pass
+
+
+def recall(lens: Lens, texts: Sequence[str]) -> ShownConcept | None:
+    """The concept a search's texts name, where the Lens was shown it (``remember``): one text, its name; else None."""
+    if len(texts) != 1:
+        return None
+    key = concept_name(texts[0])
+    store = _store(lens)
+    name = _file(key)
+    if not key or not store.path(name).is_file():
+        return None
+    with store.reading(name), safe_open(str(store.path(name)), framework="pt") as handle:
+        keys = sorted(handle.keys())
+        arrays = [handle.get_tensor(array) for array in keys[:MAX_IMAGES]]
+    if store.read_metadata(name).get("name") != key:
+        raise store.damaged(name, f"it does not hold concept {key!r}")
+    for array, shape in ((array, tuple(array.shape)) for array in arrays):
+        if array.dtype != torch.uint8 or len(shape) != 3 or shape[2] != 4 or not 0 < max(shape[:2]) <= MAX_SIDE:
+            raise store.damaged(name, f"its images are not the RGBA pixels semlens writes (found {str(array.dtype).removeprefix('torch.')} {list(shape)})")
+    return ShownConcept(key, [Image.fromarray(array.numpy(), "RGBA") for array in arrays])
+
+
+def _store(lens: Lens) -> LensStore:
+    """Where a Lens's concepts are kept: with the labels of its default space (the Lens, else its user cache)."""
+    return lens.in_space(None).embedding.derived
+
+
+def _file(key: str) -> str:
+    return f"concepts/{hashlib.sha1(key.encode()).hexdigest()[:16]}.safetensors"
