@@ -11,7 +11,8 @@ a fingerprint of everything it depends on) and builds a Lens with semlens's defa
 ``conse``, the offline image-text space). One model carries the three artefacts, one record per artefact:
 three classes, three separate correlations, one training and one Lens (``--separate``: a model per
 artefact, three times the time). A control model (``--controls``) shows each artefact at ``--control-rate``
-of every class's images: no artefact tells anything about a class.
+of every class's images: no artefact tells anything about a class. ``--twins``: each artefact's class shows the
+photo of a class without an artefact, so that only the artefact tells the two apart (a model then has a use for it).
 
 Models, passed to semlens as a user would (``py:planted_photos:planted_model`` and a safetensors file):
 
@@ -31,7 +32,8 @@ Truth and scores, per (model, seed, artefact), shaped like ``ground_truth.py``'s
   without, on the other classes' images (``reliance``) and on its own (``reliance_own``);
 - audit of the artefact's class (``Lens.audit(class, [class], [artefact], concept=test images without and
   with the artefact, test_all=True)``): precision, recall, confirmed findings, spurious share;
-- search for the artefact's name and a paraphrase: true artefact units in the top 5;
+- search for the artefact's name and a paraphrase: true artefact units in the top 5, on a Lens that was shown
+  nothing, and for the name again after the audit pasted the artefact (``search_hits_at5_after_audit``);
 - labels (the default vocabulary): the share of true artefact units whose top-1 label is one of the
   artefact's words, where the vocabulary has any (``label_words``; else None).
 

@@ -406,6 +406,31 @@ def test_detectors_sharing_the_reliance_are_confirmed_when_they_carry_it_togethe
     assert all(test["removed_together"] < CONFIRM_SHARE * reliance["log_odds"] and not test["confirmed"] for test in tests)
 
 
+class StandInNet(SharedNet):
+    """``SharedNet`` whose red class reads only the strongest of its copies (their maximum): each copy the class reads
+    stands in for the others, and the copies with weight 0 are detectors the class does not read."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.features(self.away.detector(x).repeat(1, len(self.weights), 1, 1))
+        red = 3.0 * (maps.amax(dim=(2, 3)) * (self.weights > 0)).amax(dim=1, keepdim=True)
+        return torch.cat([red, torch.zeros_like(red), torch.zeros_like(red)], dim=1)
+
+
+def test_detectors_standing_in_for_each_other_are_confirmed_by_what_each_gives_back_alone(views):
+    """Three detectors the class reads through their maximum: zeroing one removes nothing (the others stand in), all
+    three remove the reliance; each alone, the others zeroed, gives it back. A fourth, raised and located where the
+    concept is but not read by the class, gives nothing back and stays unconfirmed."""
+    region = Artifact(image=Image.fromarray(np.full((6, 6, 4), 255, dtype=np.uint8)), position=(1, 1)).region(32, 32)
+    tested = [UnitToTest(f"features/{i}", LayerSpec("features"), i, i) for i in range(4)]
+    model = LoadedModel(StandInNet([1.0, 1.0, 1.0, 0.0]).eval(), "test:stand-in", world.PREPROCESSING, world.CLASSES)
+    reliance, tests = concept_tests(model, *views, 0, tested, region=region)
+    assert reliance["relies"] and all(test["raised"] and test["located"] for test in tests)
+    assert all(abs(test["reliance_removed"]) < 1e-4 for test in tests)  # alone: nothing
+    assert tests[0]["removed_together"] == pytest.approx(reliance["log_odds"], abs=1e-3)  # together: all of it
+    assert [test["confirmed"] for test in tests] == [True, True, True, False]
+    assert all(test["restored_alone"] == pytest.approx(reliance["log_odds"], abs=1e-3) for test in tests[:3]) and abs(tests[3]["restored_alone"]) < 1e-4
+
+
 class SpreadNet(TwoMapNet):
     """``AwayNet``'s watermark detector (channel 0) and a unit that fires at the watermark and as much again
     away from it (channel 1: the detector's map plus its maximum in the bottom-right 6x6 cells)."""

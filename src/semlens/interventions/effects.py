@@ -484,25 +484,34 @@ def _confirm_shared_carriers(
     saes: dict[str, str] | None,
 ) -> None:
     """Where the class's reliance runs through several detectors of the concept, none carrying ``CONFIRM_SHARE`` of
-    it alone: the detectors (raised, located, raised more by the concept than by the class) not confirmed alone
-    that each remove some of the reliance are zeroed together; when together they remove ``CONFIRM_SHARE`` of it,
-    each that removes at least its even share of that (``CONFIRM_SHARE`` / their number) is confirmed, and its
-    test records what they removed together and with whom (``removed_together``, ``together_with``)."""
-    shared = [index for index, test in enumerate(tests) if detectors[index] and not test["confirmed"] and test["reliance_removed"] > 0]
+    it alone (they share it, or each stands in for the others): the detectors (raised, located, raised more by the
+    concept than by the class) not confirmed alone are zeroed together; when together they remove ``CONFIRM_SHARE``
+    of it, each is confirmed that carries its even share of that (``CONFIRM_SHARE`` / their number): zeroing it
+    alone removes that much, or keeping it alone, the others zeroed, gives that much back (``restored_alone``:
+    a detector the others stand in for removes nothing alone, but alone it restores the reliance; one the class
+    does not read restores nothing). Its test records what they removed together and with whom
+    (``removed_together``, ``together_with``)."""
+    shared = [index for index, test in enumerate(tests) if detectors[index] and not test["confirmed"]]
     if len(shared) < 2:
         return
-    group: dict[str, list[int]] = {}
-    for index in shared:
-        group.setdefault(units[index].spec.name, []).append(units[index].channel)
     last = [unit.spec.name for unit in units if unit.spec.channels_last]
-    with pruned(model, group, saes, last):
-        removed = reliance - log_odds_ratio(class_probability(model, with_concept, class_index), class_probability(model, without, class_index))
-    names = [units[index].name for index in shared]
+
+    def removed_by(indices: list[int]) -> float:
+        """The reliance zeroing these units removes."""
+        group: dict[str, list[int]] = {}
+        for index in indices:
+            group.setdefault(units[index].spec.name, []).append(units[index].channel)
+        with pruned(model, group, saes, last):
+            return reliance - log_odds_ratio(class_probability(model, with_concept, class_index), class_probability(model, without, class_index))
+
+    removed, names = removed_by(shared), [units[index].name for index in shared]
+    even = CONFIRM_SHARE * reliance / len(shared)
     for index in shared:
-        tests[index]["removed_together"] = removed
-        tests[index]["together_with"] = [name for name in names if name != units[index].name]
-        if removed >= CONFIRM_SHARE * reliance and tests[index]["reliance_removed"] >= CONFIRM_SHARE * reliance / len(shared):
-            tests[index]["confirmed"] = True
+        test = tests[index]
+        test["removed_together"], test["together_with"] = removed, [name for name in names if name != units[index].name]
+        if removed >= CONFIRM_SHARE * reliance:
+            test["restored_alone"] = removed - removed_by([other for other in shared if other != index])
+            test["confirmed"] = test["reliance_removed"] >= even or test["restored_alone"] >= even
 
 
 def rank_auc(positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
@@ -630,6 +639,7 @@ def concept_tests(
             "confirmed": result["relies"] and raised and removed >= CONFIRM_SHARE * reliance and detects and at_concept is not False,
             "removed_together": None,
             "together_with": [],
+            "restored_alone": None,
         })  # fmt: skip
         detectors.append(result["relies"] and raised and detects and at_concept is not False)
     _confirm_shared_carriers(model, with_concept, without, class_index, reliance, units, tests, detectors, saes)
