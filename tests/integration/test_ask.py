@@ -157,7 +157,9 @@ def test_a_text_naming_a_concept_shown_to_the_lens_is_ranked_by_its_images_in_th
     images are: by the model's response; before, and for other texts, the foundation model's view; kept with the Lens."""
     import numpy as np
 
-    from semlens.lens.concepts import recall, remember
+    import torch
+
+    from semlens.lens.concepts import forget, recall, remember
 
     shutil.copytree(patch_lens_path, tmp_path / "patch.lens")
     lens = Lens.open(tmp_path / "patch.lens")
@@ -184,6 +186,17 @@ def test_a_text_naming_a_concept_shown_to_the_lens_is_ranked_by_its_images_in_th
         lens.search("gray", rank="model")
     wrong = Lens.open(tmp_path / "patch.lens", model="py:tiny_models:tiny_cnn")  # without its model: the foundation model's view
     assert wrong.search("white patch", top=1).rank == "named"
+    # a concept file that is not what semlens writes (a Lens may come from anyone) is refused before it is read
+    from safetensors.torch import save_file
+
+    from semlens.store.files import DamagedLensError
+
+    kept = next((tmp_path / "patch.lens" / "concepts").glob("*.safetensors"))
+    save_file({"image00": torch.zeros(4000, 4000, 4, dtype=torch.uint8)}, str(kept), {"semlens": '{"name": "white patch"}'})
+    with pytest.raises(DamagedLensError, match="not the RGBA pixels semlens writes .found U8 \\[4000, 4000, 4\\]"):
+        Lens.open(tmp_path / "patch.lens").search("white patch")
+    assert forget(lens, "white patch") and not forget(lens, "white patch")
+    assert Lens.open(tmp_path / "patch.lens").search("white patch", top=1).rank == "named"
 
 
 def test_show_writes_a_grid_png(lens_path, tmp_path) -> None:

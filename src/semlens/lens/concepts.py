@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 
 #: images kept per concept (an audit's placements: ``world.demo.PLACEMENTS`` of them); more are left out
 MAX_IMAGES = 16
-#: the largest side of a kept image: a concept's overlay is the size of the model's input view
-MAX_SIDE = 4096
+#: the largest side of a kept image (a concept's overlay is the size of the model's input view): a received Lens's
+#: concept is read only where it fits
+MAX_SIDE = 2048
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ def remember(lens: Lens, name: str, images: Sequence[str | Path | Image.Image]) 
         raise SemlensError("a concept to remember needs a name (the text a search will ask for)")
     decoded = [image_probe(image) for image in images][:MAX_IMAGES]
     opaque = [index for index, image in enumerate(decoded) if not transparent(image)]
+    large = [index for index, image in enumerate(decoded) if max(image.size) > MAX_SIDE]
+    if large:
+        raise SemlensError(f"image {large[0]} of concept {key!r} is {decoded[large[0]].width}x{decoded[large[0]].height}; give images of at most {MAX_SIDE} px a side (the model's input view)")
     if not decoded or opaque:
         raise SemlensError(
             f"the images of concept {key!r} must each have transparent parts (the concept on a transparent canvas, as "
@@ -97,14 +101,15 @@ def recall(lens: Lens, texts: Sequence[str]) -> ShownConcept | None:
     name = _file(key)
     if not key or not store.path(name).is_file():
         return None
-    with store.reading(name), safe_open(str(store.path(name)), framework="pt") as handle:
-        keys = sorted(handle.keys())
-        arrays = [handle.get_tensor(array) for array in keys[:MAX_IMAGES]]
     if store.read_metadata(name).get("name") != key:
         raise store.damaged(name, f"it does not hold concept {key!r}")
-    for array, shape in ((array, tuple(array.shape)) for array in arrays):
-        if array.dtype != torch.uint8 or len(shape) != 3 or shape[2] != 4 or not 0 < max(shape[:2]) <= MAX_SIDE:
-            raise store.damaged(name, f"its images are not the RGBA pixels semlens writes (found {str(array.dtype).removeprefix('torch.')} {list(shape)})")
+    with store.reading(name), safe_open(str(store.path(name)), framework="pt") as handle:
+        keys = sorted(handle.keys())[:MAX_IMAGES]
+        for array in keys:  # checked before anything is read: a Lens may come from anyone
+            shape, dtype = handle.get_slice(array).get_shape(), handle.get_slice(array).get_dtype()
+            if dtype != "U8" or len(shape) != 3 or shape[2] != 4 or not 0 < min(shape[:2]) <= max(shape[:2]) <= MAX_SIDE:
+                raise store.damaged(name, f"its images are not the RGBA pixels semlens writes (found {dtype} {list(shape)})")
+        arrays = [handle.get_tensor(array) for array in keys]
     return ShownConcept(key, [Image.fromarray(array.numpy(), "RGBA") for array in arrays])
 
 
