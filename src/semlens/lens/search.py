@@ -1,6 +1,7 @@
 """Search: units ranked by alignment with a text or image probe (and, where the Lens kept its crop responses,
 by how their activation follows the probe: ``RANKINGS``), by how much the model's own activation rises on
-concept images (``rank="model"``: the audit's concept test), or by similarity to another unit; all valid units
+concept images (``rank="model"``: the audit's concept test; for a text, the images of the concept it names that the
+Lens was shown: ``semlens.lens.concepts``), or by similarity to another unit; all valid units
 (``Lens.arrays.valid``) stacked once, with an approximate index from ``INDEX_MIN_UNITS`` units on (see
 semlens.lens.index)."""
 
@@ -133,7 +134,9 @@ def search(
 ) -> SearchResults:
     """Units of all (or the given) layers ranked by a text and/or image probe, by ``rank`` (``RANKINGS``; None: the
     default, ``_default_ranking``; ``SearchResults.rank`` says which ranked them); ``examples``: whose theta, the
-    activation examples' or the relevance examples' (see ``Lens.examples.theta``)."""
+    activation examples' or the relevance examples' (see ``Lens.examples.theta``). A text naming a concept the Lens
+    was shown (an audit's pasted artefact: ``semlens.lens.concepts``) is ranked as its images would be, by default
+    and with ``rank="model"`` (``SearchResults.concept`` names it)."""
     if rank not in (None, *RANKINGS):
         raise SemlensError(f"rank={rank!r}: rank by one of {', '.join(RANKINGS)}")
     images = [image_probe(image) for image in images]  # decoded once: the default ranking looks at them too
