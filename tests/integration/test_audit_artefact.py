@@ -119,6 +119,10 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     wrong = ("audit", lens.path, "--class", "red", "--valid", "red", "--spurious", "green", "--layer", "features.3", "--cut", "0.05")
     carried = ask(*wrong, "--test-data", f"folder:{setting / 'others'}", "--artifact", setting / "watermark.png", "--at", "1,1", "--test-all", "--json")
     assert not carried["confirmed"] and set(audit["confirmed"]) <= set(carried["carriers"])
+    # the share as tested counts them: the class's relevance the reliance on the pasted concept runs through
+    relevance = {u["unit"]: max(u["mean_relevance"], 0.0) for u in carried["units"]}
+    assert carried["spurious_share"] == pytest.approx(sum(relevance[u] for u in carried["carriers"]) / sum(relevance.values()), abs=1e-4)
+    assert carried["spurious_share"] >= audit["spurious_share"] > 0
     for unit in carried["units"]:
         test = unit["test"]
         passes = test["activation_auc"] >= CONFIRM_AUC and test["reliance_removed"] >= CONFIRM_SHARE * carried["reliance"]["log_odds"] and test["located"]

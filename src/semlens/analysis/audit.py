@@ -284,18 +284,19 @@ class Audit(HtmlResult):
 
     @property
     def confirmed_share(self) -> float | None:
-        """The share of the class's relevance (as in ``shares``) that the confirmed findings carry; None
-        without a concept test. What remains of the spurious share once the concept test has judged it."""
+        """The share of the class's relevance (as in ``shares``) that the confirmed findings carry, with the units the
+        reliance runs through though not flagged (``carriers``, where every unit was tested); None without a concept
+        test. What remains of the spurious share once the concept test has judged it."""
         if self.reliance is None:
             return None
-        confirmed = set(self.confirmed)
+        confirmed = set(self.confirmed) | set(self.carriers)
         relevance = torch.tensor([unit.mean_relevance for unit in self.units])
         return relevance_share(relevance, torch.tensor([unit.unit in confirmed for unit in self.units], dtype=torch.bool))
 
     @property
     def spurious_share(self) -> float:
         """The share of the class's relevance the audit finds on the spurious concept: with a concept test the
-        confirmed findings' (``confirmed_share``), since a flagged unit the test does not confirm (the concept
+        confirmed findings' and carriers' (``confirmed_share``), since a flagged unit the test does not confirm (the concept
         does not raise it, zeroing it takes none of the reliance away, or the class does not rely on the concept
         at all) carries no reliance on it; without one the "spurious" units' (``shares``)."""
         confirmed = self.confirmed_share

@@ -149,7 +149,8 @@ def audit(
                 "named valid by their crop responses and aligned with the concept, firing where it is pasted and raised by it "
                 f"(both): {', '.join(result.both_by_location) or 'none'}"
             )
-        say(f"spurious share, as tested: {result.spurious_share:.1%} of the relevance (the confirmed findings')")
+        carried = " and the units it runs through" if test_all else ""
+        say(f"spurious share, as tested: {result.spurious_share:.1%} of the relevance (the confirmed findings'{carried})")
         if any(u.test is not None and u.test["class_rise"] is None for u in result.units):
             from ..interventions.effects import CLASS_RISE_IMAGES
 
