@@ -173,6 +173,7 @@ def test_a_text_naming_a_concept_shown_to_the_lens_is_ranked_by_its_images_in_th
     assert by_name.rank == "model" and by_name.concept == "white patch" and by_name[0].unit == "features.1/5"
     assert [(hit.unit, hit.score) for hit in by_name] == [(hit.unit, hit.score) for hit in by_image]
     assert lens.search("white patch", rank="model", top=3).concept == "white patch"
+    assert "pasting the images of &#x27;white patch&#x27; shown to the Lens" in by_name._repr_html_()  # the notebook says so
     assert lens.search("white patch", rank="named", top=3).rank == "named"  # asked for: the foundation model's view
     assert lens.search(["white patch", "square"], top=3).rank == "named"  # several texts: a probe of their mean
     assert [hit["unit"] for hit in ask("search", tmp_path / "patch.lens", "white patch", "--top", "3", "--json")] == [hit.unit for hit in by_name]
