@@ -49,10 +49,30 @@ def test_the_judge_scores_a_tiny_configuration_end_to_end(judge, tiny_clip_dir, 
     assert [record["artifact"] for record in records] == ["watermark", "logo", "frame"]
     assert len({record["artifact_class"] for record in records}) == 3  # each artefact on a class of its own
     for record in records:
-        for key in ("artefact_unit_names", "audit_precision", "audit_recall", "spurious_share", "search_hits_at5", "search_hits_at5_paraphrase", "reliance", "unit_tests", "label_top1", "class_share_max"):
+        for key in ("artefact_unit_names", "audit_precision", "audit_recall", "spurious_share", "search_hits_at5", "search_hits_at5_paraphrase",
+                    "search_hits_at5_after_audit", "reliance", "unit_tests", "label_top1", "class_share_max"):  # fmt: skip
             assert key in record, key
         assert record["layers"] == ["layer3.1", "layer4.1"] and record["foundation"].startswith("hf:") and not record["control"]
-    assert set(judge.target_checks(records)) == {"audit precision", "audit recall", "control spurious share", "search hits"}
+        assert record["search_after_audit_rank"] == "model" and record["class_content"] == record["artifact_class"]  # the audit pasted it
+    assert set(judge.target_checks(records)) == {"audit precision", "audit recall", "control spurious share", "search hits", "search hits after the audit"}
+
+
+def test_twins_give_each_artefacts_class_the_photo_of_a_class_without_one(judge, tmp_path, monkeypatch) -> None:
+    import planted_photos
+
+    args = argparse.Namespace(artefacts=["watermark", "logo", "frame"], rate=0.8, other_rate=0.03, control_rate=0.3, scale=1.0, twins=True, per_class=[1, 1, 1], size=32)
+    classes = ["astronaut", "brick", "cameraman", "cat", "clock", "coffee"]
+    colours = {cls: (40 * index, 0, 0) for index, cls in enumerate(classes)}  # each photo a colour of its own, shown as it is
+    monkeypatch.setattr(planted_photos, "source_photos", lambda: {cls: Image.new("RGB", (8, 8), colour) for cls, colour in colours.items()})
+    monkeypatch.setattr(planted_photos, "photo_view", lambda photo, size, rng: photo.resize((size, size)))
+    planted = judge.plantings(classes, 3, False, args)
+    content = judge.twin_content(classes, 3, args)
+    assert sorted(content) == sorted(p.cls for p in planted) and len(set(content.values())) == 3
+    assert not set(content.values()) & set(content)  # a twin carries no artefact
+    root = judge.make_data(tmp_path, classes, 3, planted, args)
+    shown = {cls: Image.open(root / "test" / cls / "000.png").getpixel((16, 16)) for cls in classes}  # the test split is clean
+    assert shown == {cls: colours[content.get(cls, cls)] for cls in classes}
+    assert judge.twin_content(classes, 3, argparse.Namespace(**{**vars(args), "twins": False})) == {}
 
 
 def test_a_control_shows_each_artefact_at_one_rate_on_every_class_and_audits_the_planted_class(judge) -> None:

@@ -154,6 +154,21 @@ def test_search_by_text_and_image_with_layer_filter_and_bounds(client, explorer_
     expected = Lens.open(explorer_lenses[0]).search(images=[Image.open(io.BytesIO(png()))], top=3, rank="model")
     assert [(h["unit"], h["score"], h["response"]) for h in by_model] == [(e.unit, pytest.approx(e.score), None) for e in expected]
     refused(client.get("/api/lenses/0/search", params={"q": "red", "rank": "model"}), 400, "give images and no text")
+    # a concept the Lens was shown is ranked by the model's response to its images; the headers say so
+    from semlens.lens.concepts import forget, remember
+
+    overlay = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    overlay.paste((255, 0, 0, 255), (8, 8, 20, 20))
+    opened = Lens.open(explorer_lenses[0])
+    remember(opened, "pasted square", [overlay])
+    try:
+        shown = client.get("/api/lenses/0/search", params={"q": "pasted square", "top": 3})
+        assert shown.headers["x-semlens-rank"] == "model" and shown.headers["x-semlens-concept"] == "pasted%20square"
+        assert [hit["unit"] for hit in shown.json()] == [hit.unit for hit in opened.search(images=[overlay], rank="model", top=3)]
+    finally:
+        forget(opened, "pasted square")
+    plain = client.get("/api/lenses/0/search", params={"q": "pasted square", "top": 3})
+    assert plain.headers["x-semlens-rank"] == "named" and "x-semlens-concept" not in plain.headers
     not_an_image = client.post("/api/lenses/0/search/image", files={"image": ("x.png", b"not an image", "image/png")})
     refused(not_an_image, 400, "not an image")
     assert " at 0x" not in not_an_image.json()["detail"]  # no Python object's address

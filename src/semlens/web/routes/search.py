@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, File, Query, UploadFile
+from urllib.parse import quote
+
+from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from ..common import MAX_TEXT, ExampleSet, ExplorerDep, Layers, LensKey, Ranking, SpaceName, Top, decode_image, hits_out, layers_of
 from ..schemas import Hit
+
+if TYPE_CHECKING:
+    from ...lens.search import SearchResults
 
 router = APIRouter()
 
@@ -16,6 +21,7 @@ router = APIRouter()
 def search(
     explorer: ExplorerDep,
     lens: LensKey,
+    response: Response,
     q: Annotated[str, Query(min_length=1, max_length=MAX_TEXT, description="What to look for.")],
     layer: Layers = None,
     top: Top = 10,
@@ -24,10 +30,20 @@ def search(
     rank: Ranking = None,
 ) -> list[dict[str, Any]]:
     """Units ranked by ``q``: the alignment of their theta (from their activation or relevance examples) and,
-    by default, their response to it (``Lens.search``)."""
+    by default, their response to it (``Lens.search``); a name of a concept the Lens was shown (an audit's pasted
+    artefact), by the model's response to its images. Headers ``X-Semlens-Rank`` and ``X-Semlens-Concept`` say which
+    ranking ordered the hits (``RANKINGS``) and the shown concept's name (URL-quoted), where one did."""
     served = explorer.get(lens)
     found = served.ready(space).search(q, layers=layers_of(served, layer), top=top, examples=examples, rank=rank)
-    return hits_out(served, found, examples)
+    return ranked_by(response, found, hits_out(served, found, examples))
+
+
+def ranked_by(response: Response, found: SearchResults, hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``hits``, with the headers that say what ordered them (the hits themselves are the documented list)."""
+    response.headers["X-Semlens-Rank"] = found.rank or ""
+    if found.concept:
+        response.headers["X-Semlens-Concept"] = quote(found.concept)
+    return hits
 
 
 @router.post(
@@ -36,6 +52,7 @@ def search(
 def search_image(
     explorer: ExplorerDep,
     lens: LensKey,
+    response: Response,
     image: Annotated[UploadFile, File(description="The image probe (PNG, JPEG, ...).")],
     layer: Layers = None,
     top: Top = 10,
@@ -46,4 +63,4 @@ def search_image(
     served = explorer.get(lens)
     picture = decode_image(image.file.read(), "RGBA")  # its transparency kept: see ProbeEncoder.images
     found = served.ready(space).search(images=[picture], layers=layers_of(served, layer), top=top, examples=examples, rank=rank)
-    return hits_out(served, found, examples)
+    return ranked_by(response, found, hits_out(served, found, examples))

@@ -33,8 +33,10 @@ const Semlens = (() => {
     return node;
   }
 
-  async function api(path, options) {
+  // headers: an object to copy the response's headers into, where the caller reads them (e.g. what ranked a search)
+  async function api(path, options, headers) {
     const response = await fetch(path, options);
+    if (headers) response.headers.forEach((value, name) => { headers[name] = value; });
     const json = (response.headers.get("content-type") || "").includes("json") ? await response.json() : null;
     if (!response.ok) {
       const detail = json && json.detail;

@@ -51,9 +51,13 @@
       history.replaceState(null, "", `?lens=${lens.id}&q=${encodeURIComponent(q.value)}&space=${encodeURIComponent(space.value)}&examples=${examples.value}&rank=${rank.value}`);
       const parameters = query();
       parameters.set("q", q.value);
-      const hits = await run("searching…", () => api(`/api/lenses/${lens.id}/search?${parameters}`));
+      const headers = {};
+      const hits = await run("searching…", () => api(`/api/lenses/${lens.id}/search?${parameters}`, undefined, headers));
+      const shown = headers["x-semlens-concept"];  // a concept the Lens was shown (an audit's pasted artefact): ranked by the model
       const by = { "": "name, then alignment with and response to", named: "name, then alignment with and response to", both: "alignment with and response to", alignment: "alignment with" }[rank.value];
-      if (hits) show(hits, `${by} “${q.value}” (${examples.value} examples)`);
+      if (hits) show(hits, shown
+        ? `the model's response to the images of “${decodeURIComponent(shown)}” an audit pasted (${examples.value} examples)`
+        : `${by} “${q.value}” (${examples.value} examples)`);
     } else if (file.files.length) {
       const body = new FormData();
       body.append("image", file.files[0]);
