@@ -56,7 +56,7 @@ def remember(lens: Lens, name: str, images: Sequence[str | Path | Image.Image]) 
     key = concept_name(name)
     if not key:
         raise SemlensError("a concept to remember needs a name (the text a search will ask for)")
-    decoded = [image_probe(image) for image in images][:MAX_IMAGES]
+    decoded = [image_probe(image) for image in list(images)[:MAX_IMAGES]]
     opaque = [index for index, image in enumerate(decoded) if not transparent(image)]
     large = [index for index, image in enumerate(decoded) if max(image.size) > MAX_SIDE]
     if large:
