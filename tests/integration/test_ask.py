@@ -190,7 +190,7 @@ def test_a_text_naming_a_concept_shown_to_the_lens_is_ranked_by_its_images_in_th
     # a concept file that is not what semlens writes (a Lens may come from anyone) is refused before it is read
     from safetensors.torch import save_file
 
-    from semlens.store.files import DamagedLensError
+    from semlens.store.files import DamagedLensError, LensStore
 
     kept = next((tmp_path / "patch.lens" / "concepts").glob("*.safetensors"))
     save_file({"image00": torch.zeros(4000, 4000, 4, dtype=torch.uint8)}, str(kept), {"semlens": '{"name": "white patch"}'})
@@ -198,6 +198,9 @@ def test_a_text_naming_a_concept_shown_to_the_lens_is_ranked_by_its_images_in_th
         Lens.open(tmp_path / "patch.lens").search("white patch")
     assert forget(lens, "white patch") and not forget(lens, "white patch")
     assert Lens.open(tmp_path / "patch.lens").search("white patch", top=1).rank == "named"
+    remember(lens, "white patch", [Image.fromarray(overlay)])
+    LensStore(tmp_path / "patch.lens").clear()  # --overwrite: a shown concept is semlens's own file, deleted with the Lens
+    assert not any((tmp_path / "patch.lens").iterdir())
 
 
 def test_show_writes_a_grid_png(lens_path, tmp_path) -> None:

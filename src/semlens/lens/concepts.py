@@ -23,6 +23,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from .._util.errors import SemlensError
+from ..store.files import CONCEPTS
 from .probes import image_probe, transparent
 
 if TYPE_CHECKING:
@@ -119,4 +120,4 @@ def _store(lens: Lens) -> LensStore:
 
 
 def _file(key: str) -> str:
-    return f"concepts/{hashlib.sha1(key.encode()).hexdigest()[:16]}.safetensors"
+    return f"{CONCEPTS}/{hashlib.sha1(key.encode()).hexdigest()[:16]}.safetensors"

@@ -48,6 +48,7 @@ RELEVANCE_CROPS = "relevance_crops.safetensors"
 SPACES = "spaces"  # the folder of the extra embedding spaces (one foundation model each)
 RESPONSES = "responses"  # the build stage and each layer's file of its units' responses to the Lens's crops
 RESPONSES_FILE = "responses.safetensors"  # the crops' embedding scatter the responses are regressed with
+CONCEPTS = "concepts"  # the folder of the concepts shown to the Lens (semlens.lens.concepts), written after the build
 #: arrays that index others (sample ids, crop rows, boxes, counts) and per-unit flags, by their key in any file:
 #: a Lens holding one in another dtype is damaged (or made to crash the readers, which would index with floats)
 INDEX_ARRAYS = ("ids", "samples", "boxes", "crop_index", "concepts", "count", "seen_classes", "top_samples")
@@ -60,7 +61,7 @@ PACKED_METADATA = "semlens"
 #: what semlens writes in a Lens, by name at its top level (``fnmatch`` patterns): ``--overwrite`` deletes these and
 #: nothing else. Folders are semlens's when every file in them (at any depth) matches ``OWN_NESTED``; temporary
 #: files of ``atomic_write`` (``.NAME.tmp-PID``) match both
-OWN_TOP = (MANIFEST, "samples.json", "failures.json", "labels.json", "*.safetensors", "*.partial*", ".*.tmp-*", "layers", SPACES, RESPONSES, "index")
+OWN_TOP = (MANIFEST, "samples.json", "failures.json", "labels.json", "*.safetensors", "*.partial*", ".*.tmp-*", "layers", SPACES, RESPONSES, "index", CONCEPTS)
 OWN_NESTED = ("*.safetensors", "*.json", "*.faiss", ".*.tmp-*")
 
 
@@ -186,7 +187,7 @@ class LensStore:
         names = sorted(
             name
             for name in (path.relative_to(self.root).as_posix() for path in self.root.rglob("*.safetensors"))
-            if ".labels." not in name and "partial" not in name and not name.startswith("concepts/")
+            if ".labels." not in name and "partial" not in name and not name.startswith(f"{CONCEPTS}/")
         )
         return {name: self.array_record(name) for name in names}
 
