@@ -152,6 +152,18 @@ def test_search_by_the_models_response_puts_first_the_unit_a_pasted_patch_raises
     assert wrong.search(images=[tmp_path / "patch.png"], top=1).rank == "named"  # by default: the foundation model's view
 
 
+def test_ranked_by_the_model_the_units_firing_where_an_overlay_is_pasted_come_first(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    """Two units a pasted white square raises on every probe image (AUC 1): one fires on it, one in a corner (a unit
+    downstream of it); the one located on the square comes first, though the other is the lower unit."""
+    import numpy as np
+
+    lens = Lens.open(built(tmp_path / "away.lens", "away_cnn", ["features"], colour_folder, tiny_clip_dir))
+    overlay = np.zeros((32, 32, 4), dtype=np.uint8)
+    overlay[20:28, 20:28] = 255
+    hits = lens.search(images=[Image.fromarray(overlay)], rank="model", top=2)
+    assert [hit.score for hit in hits] == [1.0, 1.0] and [hit.unit for hit in hits] == ["features/1", "features/0"]
+
+
 def test_a_text_naming_a_concept_shown_to_the_lens_is_ranked_by_its_images_in_the_model(patch_lens_path, tmp_path) -> None:
     """A concept kept with its images (``concepts.remember``, or an audit's pasted artefact) is searched by name as its
     images are: by the model's response; before, and for other texts, the foundation model's view; kept with the Lens."""

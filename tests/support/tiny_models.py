@@ -75,6 +75,32 @@ def patch_cnn() -> LoadedModel:
     return LoadedModel(model, "py:tiny_models:patch_cnn", TINY_PREPROCESSING, ["red", "green", "blue"])
 
 
+class AwayCNN(nn.Module):
+    """Two units over 32 px inputs (layer ``features``): unit 1 detects white where it is (``patch_cnn``'s unit 5),
+    unit 0 fires in the top-left corner by how much white there is anywhere (a unit downstream of the detector,
+    raised by a pasted white square as much, but firing away from it); the head reads both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.detect = nn.Conv2d(3, 1, 3, padding=1)
+        with torch.no_grad():
+            self.detect.weight.fill_(1.0)
+            self.detect.bias.fill_(6.0)
+        self.features = nn.Identity()
+        self.head = nn.Linear(2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        white = torch.relu(self.detect(x))
+        away = torch.zeros_like(white)
+        away[..., :4, :4] = white.amax(dim=(2, 3), keepdim=True)
+        return self.head(self.features(torch.cat([away, white], dim=1)).amax(dim=(2, 3)))
+
+
+def away_cnn() -> LoadedModel:
+    return LoadedModel(AwayCNN().eval(), "py:tiny_models:away_cnn", TINY_PREPROCESSING, ["red", "green", "blue"])
+
+
 def tiny_cnn_module() -> nn.Module:
     """The same network as a bare module: semlens gives it ImageNet preprocessing."""
     return TinyCNN()
