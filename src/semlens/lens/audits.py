@@ -172,7 +172,7 @@ def _test_findings(lens: Lens, result: Audit, class_index: int, concept: Concept
     (``Audit.revise_by_test``). Needs the model (loaded under the Lens's trust model). A pasted artefact's placements
     are kept under the audit's spurious text where it has one (``names``; several may name other concepts than the
     one pasted): a search for it then ranks units as this test does (``semlens.lens.concepts``)."""
-    from ..interventions.effects import UnitToTest, concept_tests
+    from ..interventions.effects import concept_tests
 
     model = lens.sources.model()
     without, with_concept, classes = concept.views_and_classes(model)
@@ -184,15 +184,10 @@ def _test_findings(lens: Lens, result: Audit, class_index: int, concept: Concept
     specs = lens.sources.layer_specs(layers)
     saes = {layer: spec.sae for layer, spec in specs.items() if spec.sae}
     shifts = {layer: shift for layer in layers if (shift := lens.arrays.map_shift(layer)) is not None}  # else measured now
-
-    def to_test(name: str) -> UnitToTest:
-        layer, row = lens.units.index(name)
-        return UnitToTest(name, specs[layer], row, row % lens.manifest["layers"][layer]["base_units"])
-
-    tested = [to_test(unit.unit) for unit in units]
+    tested = [lens.units.to_test(unit.unit, specs) for unit in units]
     names = {unit.name for unit in tested}
     # the examined units the test does not take: where the concept raises them, they set the location bar
-    peers = [] if region is None else [to_test(unit.unit) for unit in result.units if unit.unit not in names]
+    peers = [] if region is None else [lens.units.to_test(unit.unit, specs) for unit in result.units if unit.unit not in names]
     with freed_memory_kept():  # forward passes over the test images, each unit switched off in turn
         result.reliance, tests = concept_tests(
             model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers,

@@ -216,10 +216,10 @@ def _located_first(
     on also raises the class's units downstream of it, which fire on the class's objects instead. Measured on the
     concept worlds' held-out shape worlds (true patch units in the top 5 for its shown images): world CNN 2 -> 3,
     world ResNet 13 -> 16; on the natural photos with a planted artefact 29 -> 29 (docs/quality.md)."""
-    from ..interventions.effects import CONFIRM_AUC, UnitToTest, location_test
+    from ..interventions.effects import CONFIRM_AUC, location_test
 
-    raised = [row for row in rows if float(aucs[owners[row][0]][owners[row][1]]) >= CONFIRM_AUC and owners[row][0] in specs]
-    units = [UnitToTest(f"{layer}/{lens.units(layer)[row]}", specs[layer], row, row % lens.manifest["layers"][layer]["base_units"]) for layer, row in (owners[r] for r in raised)]
+    raised = [owners[row] for row in rows if float(aucs[owners[row][0]][owners[row][1]]) >= CONFIRM_AUC]
+    units = [lens.units.to_test(f"{layer}/{lens.units(layer)[row]}", specs) for layer, row in raised]
     shifts = {layer: shift for layer in specs if (shift := lens.arrays.map_shift(layer)) is not None}
     placed = location_test(model, views.paired, views.shown, views.regions, units, [], aucs, shifts=shifts) if units else {}
 
@@ -253,18 +253,16 @@ def _concept_views(lens: Lens, images: list[Image.Image], preprocessing: Preproc
     if not backgrounds:
         raise SemlensError("ranking by the model's response compares the concept images with the Lens's probe images, which cannot be read: give the probe data (probe_data=..., --probe-data)")
     shown: list[Image.Image] = []
-    regions: list[torch.Tensor] | None = []
+    regions: list[torch.Tensor] = []  # one per shown image where the image is an overlay
     for image in images:
         if transparent(image):
             overlay = preprocessing.view(image)
             overlay.putalpha(preprocessing.view(image.getchannel("A")).getchannel(0))
             shown += composited(overlay, lambda: backgrounds)
-            if regions is not None:
-                regions += [torch.from_numpy(np.asarray(overlay.getchannel("A")) > 0)] * len(backgrounds)
+            regions += [torch.from_numpy(np.asarray(overlay.getchannel("A")) > 0)] * len(backgrounds)
         else:
             shown.append(preprocessing.view(image))
-            regions = None
-    if regions is None:
+    if len(regions) < len(shown):  # an opaque image among them: nothing to locate
         return ConceptViews(backgrounds, shown, None, None)
     return ConceptViews(backgrounds, shown, backgrounds * len(images), torch.stack(regions))
 

@@ -14,6 +14,8 @@ from ..model.imagenet import model_class_index
 from ..model.units import unit_names
 
 if TYPE_CHECKING:
+    from ..interventions.effects import UnitToTest
+    from ..model.units import LayerSpec
     from .lens import Lens
 
 
@@ -61,6 +63,13 @@ class LensUnits:
             layer, row = self.index(unit)
             grouped.setdefault(layer, []).append(row % self.record(layer)["base_units"])
         return {layer: sorted(set(members)) for layer, members in grouped.items()}
+
+    def to_test(self, unit: str, specs: dict[str, LayerSpec]) -> UnitToTest:
+        """``unit`` as the concept test takes it: its layer's spec (of ``specs``), its row and its channel."""
+        from ..interventions.effects import UnitToTest
+
+        layer, row = self.index(unit)
+        return UnitToTest(unit, specs[layer], row, row % self.record(layer)["base_units"])
 
     def channels_last(self, layers: list[str]) -> list[str]:
         """Those of ``layers`` read channels last (maps N,H,W,C: ``LayerSpec.channels_last``): relevance,
