@@ -133,6 +133,7 @@ BETTER = {
     "top1_shown": 1, "label_coverage": 1, "top1": 1, "top3": 1, "top1_world_concepts": 1, "distractor_label_share": -1, "top1_response": 1, "phi": 1, "phi_true_units": 1, "phi_true_units_alone": 1, "phi_of_truth": 1, "phi_of_truth_alone": 1, "cosy_auc": 1, "search_hits_at5": 1, "search_hits_at5_paraphrase": 1,
     "audit_precision": 1, "audit_recall": 1, "spurious_share": 1, "flagged_share": 1, "reliance": 1, "units_with_truth": 1,
     "audit_confirmed": 1, "confirmed_precision": 1, "confirmed_recall": 1, "audit_log_odds": 1, "tested_precision": 1, "tested_recall": 1,
+    "detected_precision": 1, "detected_recall": 1,
 }  # fmt: skip
 CONTROL_LOWER = ("spurious_share", "flagged_share", "reliance", "audit_flagged", "audit_confirmed", "audit_log_odds", "tested_found")
 
@@ -281,19 +282,19 @@ def evaluate(
         **{key.replace("faithfulness_", ""): value for key, value in labels.items() if key.startswith("faithfulness_phi")},
         "cosy_auc": labels["cosy_auc"], **distractors,
         "iou_thresholds": iou_thresholds(truths),
-        "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artifact, paraphrase, flagged, both, confirmed, found, examined),
+        "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artifact, paraphrase, flagged, both, confirmed, found, examined, audit["detectors"]),
         **{f"search_hits_at5_{rank}": sum(unit in true_units for unit in hits_of[artifact]) for rank, hits_of in other_hits.items()},
         **{f"search_hits_at5_paraphrase_{rank}": sum(unit in true_units for unit in hits_of[paraphrase]) for rank, hits_of in other_hits.items()},
         "search_hits_at5_overlay": overlay_search(lens, overlays, true_units),
         "search_hits_at5_after_audit": sum(hit.unit in true_units for hit in after_audit), "search_after_audit_rank": after_audit.rank,
         "concept_search": concept_search(lens, config, truth),
-        "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
-        "by_insertion_alone": {"artefact_unit_names": sorted(inserted), **artefact_scores(inserted, hits, artifact, paraphrase, flagged, both, confirmed, found, examined)},
+        "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, found, examined, audit["detectors"])},
+        "by_insertion_alone": {"artefact_unit_names": sorted(inserted), **artefact_scores(inserted, hits, artifact, paraphrase, flagged, both, confirmed, found, examined, audit["detectors"])},
         "audit_units": len(examined), "audit_rule": audit["rule"], "audit_flagged": len(flagged), "audit_flagged_units": flagged,
         "audit_flagged_judged": len(judged), "audit_precision_judged": _share(len(true_units & set(judged)), len(judged)), "spurious_share": audit["spurious_share"], "flagged_share": audit["shares"]["spurious"], "confirmed_share": audit["confirmed_share"],
         "audit_both_units": both, "audit_unlocated": audit["unlocated"], "audit_not_raised": audit["not_raised"], "audit_both_by_location": audit["both_by_location"], "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
         "audit_relies": audit["reliance"]["relies"], "audit_log_odds": audit["reliance"]["log_odds"], "audit_effect": audit["reliance"]["effect"],
-        "audit_carriers": audit["carriers"], "tested_found": len(found),
+        "audit_carriers": audit["carriers"], "audit_detectors": audit["detectors"], "tested_found": len(found),
         "audit_reliance": audit["reliance"], "unit_tests": tests,
         "reliance": reliance[artifact]["others"][index], "reliance_own": reliance[artifact]["own"][index],
         "reliance_max_other_class": max(reliance[artifact]["others"][:index] + reliance[artifact]["others"][index + 1 :]),
@@ -306,11 +307,12 @@ def evaluate(
 
 def artefact_scores(
     true_units: set[str], hits: dict[str, list[str]], artifact: str, paraphrase: str,
-    flagged: list[str], both: list[str], confirmed: list[str], found: list[str], examined: set[str],
+    flagged: list[str], both: list[str], confirmed: list[str], found: list[str], examined: set[str], detectors: list[str],
 ) -> dict[str, Any]:
     """Search hits and audit precision / recall against one truth of the artefact units (recall over the
     true units the audit examined, i.e. relevant to the class): of the flagged units (also with those
-    judged "both"), the confirmed ones and those the concept test found among all (``found``)."""
+    judged "both"), the confirmed ones, those the concept test found among all (``found``) and those it finds
+    detect the artefact (``detectors``)."""
     relevant = len(true_units & examined)
 
     def right(units: list[str]) -> int:
@@ -324,6 +326,7 @@ def artefact_scores(
         "audit_precision_with_both": _share(right(flagged + both), len(flagged + both)), "audit_recall_with_both": _share(right(flagged + both), relevant),
         "confirmed_precision": _share(right(confirmed), len(confirmed)), "confirmed_recall": _share(right(confirmed), relevant),
         "tested_precision": _share(right(found), len(found)), "tested_recall": _share(right(found), relevant),
+        "detected_precision": _share(right(detectors), len(detectors)), "detected_recall": _share(right(detectors), relevant),
     }  # fmt: skip
 
 
@@ -389,7 +392,7 @@ COLUMNS = {  # header: record key
     "paraphrase@5": "search_hits_at5_paraphrase", "search@5 after audit": "search_hits_at5_after_audit", "flagged": "audit_flagged", "precision": "audit_precision",
     "recall": "audit_recall", "precision, judged units": "audit_precision_judged", "confirmed": "audit_confirmed", "conf. precision": "confirmed_precision",
     "conf. recall": "confirmed_recall", "found by test": "tested_found", "test precision": "tested_precision",
-    "test recall": "tested_recall", "spurious share (tested)": "spurious_share", "flagged share": "flagged_share", "reliance": "reliance",
+    "test recall": "tested_recall", "detected precision": "detected_precision", "detected recall": "detected_recall", "spurious share (tested)": "spurious_share", "flagged share": "flagged_share", "reliance": "reliance",
     "log-odds (test)": "audit_log_odds",
 }  # fmt: skip
 
@@ -413,8 +416,8 @@ def summary_rows(records: list[dict[str, Any]], control: bool, columns: dict[str
 
 
 def pooled_audit(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The audit's flags, confirmed findings and everything its concept test found (confirmed flags and the
-    carriers among the units it did not flag) over the runs whose class relies on its artefact (the concept
+    """The audit's flags, confirmed findings, everything its concept test found (confirmed flags and the
+    carriers among the units it did not flag) and the units it finds detect the artefact (``Audit.detectors``) over the runs whose class relies on its artefact (the concept
     test's verdict), pooled by count: precision over every flag, recall over every true artefact unit the audit
     examined (a mean of per-run ratios would weigh a run with one flag as much as one with twenty)."""
     relying = [record for record in records if record["audit_relies"]]
@@ -425,6 +428,7 @@ def pooled_audit(records: list[dict[str, Any]]) -> dict[str, Any]:
         "flagged or both": lambda record: record["audit_flagged_units"] + record["audit_both_units"],
         "confirmed": lambda record: record["audit_confirmed_units"],
         "found by test": lambda record: record["audit_confirmed_units"] + record["audit_carriers"],  # every unit tested
+        "detectors": lambda record: record.get("audit_detectors", []),  # records before them have none
     }
     for name, units_of in findings.items():
         units = sum(len(units_of(record)) for record in relying)
@@ -439,7 +443,7 @@ def print_pooled_audit(records: list[dict[str, Any]], console: Console) -> None:
         return
     parts = [
         f"{name} {values['units']} ({values['true']} true: precision {_number(values['precision'])}, recall {_number(values['recall'])})"
-        for name, values in ((name, pooled[name]) for name in ("flagged", "flagged or both", "confirmed", "found by test"))
+        for name, values in ((name, pooled[name]) for name in ("flagged", "flagged or both", "confirmed", "found by test", "detectors"))
     ]
     console.print(f"audit pooled over the {pooled['runs']} runs whose class relies on its artefact ({pooled['examined']} true artefact units examined): " + "; ".join(parts))
 

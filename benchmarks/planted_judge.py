@@ -4,7 +4,7 @@
 asks the same questions of real photos and real architectures. Per (architecture, seed) it makes data from
 the photos that ship in packages (``planted_photos``: one class per photo, seeded crops, flips and colour
 jitter at ``--size`` px; train, probe and test splits), plants each of three artefacts (a "(c) stock"
-watermark, a small logo, a cyan frame) on a class of its own, drawn by the seed, at ``--rate`` of that
+watermark, a small logo, a cyan frame; ``--artefacts`` also offers an orange colour cast) on a class of its own, drawn by the seed, at ``--rate`` of that
 class's train and probe images and ``--other-rate`` of the other classes', trains the model on it (cached by
 a fingerprint of everything it depends on) and builds a Lens with semlens's defaults (relevance crops;
 ``--k`` examples per unit) on the probe split, over the model's last stage, in ``--foundation`` (default
@@ -27,7 +27,8 @@ Truth and scores, per (model, seed, artefact), shaped like ``ground_truth.py``'s
 - true artefact units, by insertion: a unit's pooled activation on the probe images that do not show the
   artefact against the same images with it pasted (4 placements in turn), AUC >= ``truth.INSERTION_AUC``
   (no dissection: photos have no concept masks; this is ``ground_truth``'s ``by_insertion_alone``, near what
-  the audit's concept test measures, on other images);
+  the audit's concept test measures, on other images); for the colour cast, an area concept with no mask to
+  dissect at all, this response is its truth, and the concept test does not ask where a unit fires;
 - reliance, measured: the class's probability with the artefact pasted into the clean test images minus
   without, on the other classes' images (``reliance``) and on its own (``reliance_own``);
 - audit of the artefact's class (``Lens.audit(class, [class], [artefact], concept=test images without and
@@ -55,7 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 from ground_truth import OVERLAYS, _number, _share, artefact_scores, overlay_search, print_pooled_audit, summary_rows, unit_tests
-from planted_photos import ARCHITECTURES, ARTEFACTS, STUDIED_LAYERS, WEIGHTS_ENV, Planting, photo_classes, placements, save_model, train_model, write_split
+from planted_photos import ARCHITECTURES, ARTEFACTS, DEFAULT_ARTEFACTS, STUDIED_LAYERS, WEIGHTS_ENV, Planting, photo_classes, placements, save_model, train_model, write_split
 from rich.console import Console
 from rich.table import Table
 
@@ -170,7 +171,7 @@ def evaluate_artefact(
     confirmed, found = audit["confirmed"], audit["confirmed"] + audit["carriers"]
     return {
         "artifact": artefact, "artifact_class": target, "class_content": content or target, "paraphrase": paraphrase, "control": control,
-        "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artefact, paraphrase, flagged, both, confirmed, found, examined),
+        "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artefact, paraphrase, flagged, both, confirmed, found, examined, audit["detectors"]),
         "search_hits_at5_alignment": sum(unit in true_units for unit in aligned[artefact]),
         "search_hits_at5_paraphrase_alignment": sum(unit in true_units for unit in aligned[paraphrase]),
         "search_top5": hits, "search_hits_at5_after_audit": sum(hit.unit in true_units for hit in after_audit), "search_after_audit_rank": after_audit.rank,
@@ -183,7 +184,7 @@ def evaluate_artefact(
         "audit_both_units": both, "audit_unlocated": audit["unlocated"], "audit_not_raised": audit["not_raised"], "audit_both_by_location": audit["both_by_location"],
         "audit_both": len(both), "audit_confirmed": len(confirmed), "audit_confirmed_units": confirmed, "audit_unconfirmed_units": audit["unconfirmed"],
         "audit_relies": audit["reliance"]["relies"], "audit_log_odds": audit["reliance"]["log_odds"], "audit_effect": audit["reliance"]["effect"],
-        "audit_carriers": audit["carriers"], "tested_found": len(found), "audit_reliance": audit["reliance"], "unit_tests": unit_tests(true_units, audit),
+        "audit_carriers": audit["carriers"], "audit_detectors": audit["detectors"], "tested_found": len(found), "audit_reliance": audit["reliance"], "unit_tests": unit_tests(true_units, audit),
         "reliance": float(change[~own, index].mean()), "reliance_own": float(change[own, index].mean()),
         "reliance_max_other_class": max(float(change[~own, other].mean()) for other in range(change.shape[1]) if other != index),
         "test_images": len(without), "artefact_seconds": round(time.perf_counter() - start, 1),
@@ -249,6 +250,7 @@ COLUMNS = {  # header: record key
     "image search@5 (model)": "search_hits_at5_image_model", "search@5 after audit": "search_hits_at5_after_audit", "label top-1": "label_top1",
     "flagged": "audit_flagged", "precision": "audit_precision", "recall": "audit_recall", "confirmed": "audit_confirmed",
     "conf. precision": "confirmed_precision", "conf. recall": "confirmed_recall", "test precision": "tested_precision", "test recall": "tested_recall",
+    "detected precision": "detected_precision", "detected recall": "detected_recall",
     "spurious share": "spurious_share", "flagged share": "flagged_share", "reliance": "reliance", "reliance (own)": "reliance_own",
     "log-odds (test)": "audit_log_odds",
 }  # fmt: skip
@@ -295,7 +297,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--models", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the data (crops, which classes carry the artefacts) and training")
     parser.add_argument("--controls", type=int, nargs="*", default=[0], metavar="SEED", help="seeds of the control runs (each artefact on every class)")
-    parser.add_argument("--artefacts", nargs="+", default=list(ARTEFACTS), choices=list(ARTEFACTS))
+    parser.add_argument("--artefacts", nargs="+", default=list(DEFAULT_ARTEFACTS), choices=list(ARTEFACTS), help="what to plant, each on a class of its own ('colour cast': an orange tint over the whole image, an area concept)")
     parser.add_argument("--classes", type=int, default=10, help="classes: the first N bundled photos by name")
     parser.add_argument("--per-class", type=int, nargs=3, default=[40, 16, 12], metavar=("TRAIN", "PROBE", "TEST"), help="images per class of each split")
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (the models' input side)")

@@ -3,8 +3,9 @@
 The images are seeded crops of the photos that ship inside scikit-image, scikit-learn and matplotlib
 (``semlens.data.photos``), one class per photo, written as PNG files at the models' input side (so a
 model's view of a file is the file, and an artefact pasted into a view sits where it sat in training). Each
-artefact is a ``semlens`` ``Artifact`` (an RGBA image pasted through its alpha): a semi-transparent
-"(c) stock" watermark, a small red-and-yellow logo, a cyan frame. Its placements (where it sits, its size
+artefact is a ``semlens`` ``Artifact``: an RGBA image pasted through its alpha (a semi-transparent "(c) stock"
+watermark, a small red-and-yellow logo, a cyan frame) or a tint over the whole image (an orange colour cast, an
+area concept: it is nowhere in particular, so no test can say where a unit fires on it). Its placements (where it sits, its size
 and look) are drawn per image from a seeded pool, as they would vary in scraped data.
 
 The models go to semlens as a user passes them: ``py:planted_photos:planted_model`` (this module on
@@ -41,13 +42,16 @@ ARTEFACTS = {
     "watermark": {"paraphrase": "copyright text", "words": ("watermark", "text")},
     "logo": {"paraphrase": "emblem", "words": ("logo", "emblem", "badge")},
     "frame": {"paraphrase": "border", "words": ("frame", "border", "picture frame")},
+    "colour cast": {"paraphrase": "orange tint", "words": ("orange",)},
 }
+#: the artefacts the judge plants unless told otherwise (``--artefacts``; the colour cast is asked for by name)
+DEFAULT_ARTEFACTS = ("watermark", "logo", "frame")
 POOL = 16  # placements each artefact is drawn from in the data
 
 
 def draw_artefact(name: str, size: int, rng: np.random.Generator, scale: float = 1.0) -> Artifact:
     """One placement of an artefact in a ``size`` x ``size`` view, ``scale`` times its usual size (text height,
-    logo side, frame width)."""
+    logo side, frame width; a colour cast's strength)."""
     if name == "watermark":  # semi-transparent white text, about a third of the width, in the lower half
         font = ImageFont.load_default(size=max(8, round(size * scale * rng.uniform(0.10, 0.14))))
         box = font.getbbox("© stock")
@@ -74,6 +78,9 @@ def draw_artefact(name: str, size: int, rng: np.random.Generator, scale: float =
         colour = (0, int(rng.integers(190, 230)), 255, 255)
         ImageDraw.Draw(image).rectangle((0, 0, size - 1, size - 1), outline=colour, width=width)
         return Artifact(image=image)
+    if name == "colour cast":  # a warm orange tint over the whole image, as under tungsten light; scale: its strength
+        colour = (255, int(rng.integers(120, 160)), int(rng.integers(0, 40)))
+        return Artifact(tint=colour, strength=min(0.6, float(rng.uniform(0.15, 0.25)) * scale))
     raise SemlensError(f"unknown artefact {name!r}; known: {', '.join(ARTEFACTS)}")
 
 

@@ -128,6 +128,11 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
         passes = test["activation_auc"] >= CONFIRM_AUC and test["reliance_removed"] >= CONFIRM_SHARE * carried["reliance"]["log_odds"] and test["located"]
         assert (unit["unit"] in carried["carriers"]) == (passes and unit["verdict"] not in ("spurious", "both"))
     assert all(unit["test"] is not None for unit in carried["units"]) and carried["reliance"] == audit["reliance"]
+    # the detectors: every tested unit the watermark raises where it is, whether or not zeroing it removes reliance
+    detecting = [u["unit"] for u in carried["units"] if u["test"]["activation_auc"] >= CONFIRM_AUC and u["test"]["located"]]
+    assert carried["detectors"] == detecting and set(carried["carriers"]) <= set(detecting)
+    shown = runner.invoke(app, [str(arg) for arg in wrong] + ["--test-data", f"folder:{setting / 'others'}", "--artifact", str(setting / "watermark.png"), "--at", "1,1", "--test-all"])
+    assert f"detect the concept (raised by it more than by the class, where it is; flagged or not): {', '.join(detecting)}" in " ".join(shown.output.split())
     # the location bar is set by every examined unit, tested or not: testing the flagged ones only gives them the same bar
     bars = {unit["unit"]: unit["test"]["located_bar"] for unit in carried["units"]}
     assert all(unit["test"]["located_bar"] == bars[unit["unit"]] for unit in spurious)

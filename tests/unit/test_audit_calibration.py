@@ -179,6 +179,18 @@ def test_the_spurious_share_as_tested_counts_confirmed_findings_only():
     assert result.shares["spurious"] == pytest.approx(0.75) and result.spurious_share == 0.0
 
 
+def test_the_detectors_are_the_tested_units_that_detect_the_concept_flagged_or_not():
+    result = audit([0.1, 0.0, 5.0], [6.0, 5.0, 0.2], [0.4, 0.2, 0.2])  # l/0 and l/1 flagged, l/2 valid
+    result.reliance = {"relies": True}
+    result.units[0].test = {"detects": True, "confirmed": True}
+    result.units[1].test = {"detects": False, "confirmed": False}
+    result.units[2].test = {"detects": True, "confirmed": False}  # a redundant detector the foundation model does not see
+    assert result.detectors == ["l/0", "l/2"] and result.to_dict()["detectors"] == ["l/0", "l/2"]
+    assert result.confirmed == ["l/0"] and result.carriers == [] and result.spurious_share == pytest.approx(0.5)  # l/2 detecting carries no share
+    result.units[0].test = {"confirmed": True}  # a test stored before detectors were recorded
+    assert result.detectors == ["l/2"]
+
+
 def test_a_flagged_unit_firing_away_from_the_pasted_concept_loses_its_flag():
     # l/0 and l/1 flagged (l/1 also aligned with the valid concept: "both"), l/2 valid: relevance 0.4, 0.2, 0.2
     result = audit([0.1, 5.5, 5.0], [6.0, 6.0, 0.2], [0.4, 0.2, 0.2])
@@ -368,8 +380,8 @@ def test_the_concept_test_confirms_only_a_unit_that_fires_where_the_concept_is_p
     assert reliance["relies"]
     # both are raised on every image (AUC 1) and carry half the reliance each; only the detector fires at the watermark
     assert detector["activation_auc"] == away["activation_auc"] == 1.0
-    assert detector["located_iou"] >= LOCATE_IOU and detector["located"] and detector["confirmed"]
-    assert away["located_iou"] == 0.0 and away["located"] is False and not away["confirmed"]
+    assert detector["located_iou"] >= LOCATE_IOU and detector["located"] and detector["detects"] and detector["confirmed"]
+    assert away["located_iou"] == 0.0 and away["located"] is False and not away["detects"] and not away["confirmed"]
     _, (unlocated, _) = concept_tests(model, *views, 0, units)  # no region: location not measured, no part in the rule
     assert unlocated["located_iou"] is None and unlocated["located"] is None
 
@@ -404,6 +416,7 @@ def test_detectors_sharing_the_reliance_are_confirmed_when_they_carry_it_togethe
     faint = LoadedModel(SharedNet([0.01, 0.01, 0.01, 3.0]).eval(), "test:faint", world.PREPROCESSING, world.CLASSES)
     reliance, tests = concept_tests(faint, *views, 0, tested, region=region)
     assert all(test["removed_together"] < CONFIRM_SHARE * reliance["log_odds"] and not test["confirmed"] for test in tests)
+    assert all(test["detects"] for test in tests)  # yet each detects the watermark the class relies on
 
 
 class StandInNet(SharedNet):
@@ -577,7 +590,7 @@ def test_a_model_that_ignores_the_artefact_has_no_reliance_and_no_confirmed_unit
     reliance, (watermark,) = concept_tests(planted_model(False), *views, 0, units)
     assert reliance["effect"] == pytest.approx(0.0, abs=1e-6) and not reliance["relies"]
     assert watermark["activation_auc"] == 1.0  # it still sees the watermark, but the class does not read it
-    assert watermark["reliance_removed"] == pytest.approx(0.0, abs=1e-6) and not watermark["confirmed"]
+    assert watermark["reliance_removed"] == pytest.approx(0.0, abs=1e-6) and not watermark["confirmed"] and not watermark["detects"]
 
 
 class NudgedNet(nn.Module):
@@ -623,7 +636,7 @@ def test_a_class_unit_the_concept_only_nudges_is_not_confirmed():
     # over a quarter of the reliance removed) but not the concept-over-class rule
     assert nudged["concept_rise"] == pytest.approx(0.5, abs=1e-4) and nudged["class_rise"] == pytest.approx(red, abs=1e-3)
     assert nudged["activation_auc"] == pytest.approx(13 / 16, abs=1e-4) and 13 / 16 >= CONFIRM_AUC and nudged["reliance_removed"] > 0.25 * reliance["log_odds"]
-    assert not nudged["confirmed"]
+    assert not nudged["confirmed"] and not nudged["detects"] and detector["detects"]
     assert reliance["classes_from"] == "labels"
     # without labels the images are taken by the model's prediction (here the labels: red blobs are predicted red)
     unlabelled, (_, predicted) = concept_tests(model, without, with_concept, 0, units)

@@ -44,7 +44,7 @@ def unescaped_json(page: str) -> str:
 
 def hostile_audit(unit: str) -> Audit:
     test = {"activation_auc": 0.9, "concept_rise": 0.8, "class_rise": 0.3, "located_iou": 0.12, "located_bar": 0.08, "located": True, "drop_with": 0.2, "drop_without": 0.05,
-            "reliance_removed": 0.5, "confirmed": True}  # fmt: skip
+            "reliance_removed": 0.5, "detects": True, "confirmed": True}  # fmt: skip
     flagged = AuditedUnit(unit, 0.4, 0.3, -0.1, 0.2, 0.5, 6.0, "spurious", test=test)
     shares = {"valid": 0.0, "spurious": 1.0, "both": 0.0, "unexpected": 0.0, "spurious_or_both": 1.0}
     reliance = {"samples": [20, 20], "paired": True, "without": 0.1, "with": 0.4, "effect": 0.3, "log_odds": 1.8, "relies": True}
@@ -93,6 +93,7 @@ def test_report_with_audits_comparison_and_graphs(lenses, tmp_path) -> None:
     flagged = page.split(f"<h2>Audit of class {escaped(HOSTILE)}</h2>")[1].split("<h2>")[0]
     assert "Flagged units" in flagged and unit in flagged and 'src="data:image/jpeg;base64,' in flagged
     assert "watermark &amp; &lt;b&gt;logo&lt;/b&gt;" in flagged
+    assert f"detect the concept (raised by it more than by the class, where it is; tested units): {unit}" in flagged
     assert f"confirmed findings: {unit}" in flagged and "concept test: confirmed (activation AUC 0.90" in flagged
     assert "its top activations at the pasted concept: IoU 0.12 (bar 0.08)" in flagged
     assert f"left out (no examples of their own): {escaped(HOSTILE)}" in flagged

@@ -101,6 +101,14 @@ class AlignmentRule:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise SemlensError(f"{name} is {what}, from 0 to 1 (got {value})")
 
+    @property
+    def detectors(self) -> list[str]:
+        """Units the concept test finds detect the concept, flagged or not: the class relies on it, it raises them
+        (AUC >= ``CONFIRM_AUC``), more than the class does and, where the test measured it, where it is. Each
+        encodes the concept the class relies on; the confirmed findings and carriers are those the reliance is
+        also shown to run through (zeroing one removes a share of it), which redundant detectors may not show."""
+        return [unit.unit for unit in self.units if unit.test and unit.test.get("detects")]
+
     def to_dict(self) -> dict:
         return {
             "null": NULL_RULE, "z": self.z, "margin": self.margin, "by_label": self.by_label, "by_location": self.by_location,
@@ -308,6 +316,14 @@ class Audit(HtmlResult):
         ``test_all``): the reliance runs through them, though their examples do not align with the concept."""
         return [unit.unit for unit in self.units if unit.verdict not in FLAGGED and unit.test and unit.test["confirmed"]]
 
+    @property
+    def detectors(self) -> list[str]:
+        """Units the concept test finds detect the concept, flagged or not: the class relies on it, it raises them
+        (AUC >= ``CONFIRM_AUC``), more than the class does and, where the test measured it, where it is. Each
+        encodes the concept the class relies on; the confirmed findings and carriers are those the reliance is
+        also shown to run through (zeroing one removes a share of it), which redundant detectors may not show."""
+        return [unit.unit for unit in self.units if unit.test and unit.test.get("detects")]
+
     def to_dict(self) -> dict:
         return {
             "class": self.class_name,
@@ -327,6 +343,7 @@ class Audit(HtmlResult):
             "not_raised": self.not_raised,
             "both_by_location": self.both_by_location,
             "carriers": self.carriers,
+            "detectors": self.detectors,
             "left_out": self.left_out,
             "sae_error": self.sae_error,
             "units": [unit.__dict__ for unit in self.units],

@@ -480,7 +480,6 @@ def _confirm_shared_carriers(
     reliance: float,
     units: Sequence[UnitToTest],
     tests: list[dict],
-    detectors: list[bool],
     saes: dict[str, str] | None,
 ) -> None:
     """Where the class's reliance runs through several detectors of the concept, none carrying ``CONFIRM_SHARE`` of
@@ -491,7 +490,7 @@ def _confirm_shared_carriers(
     a detector the others stand in for removes nothing alone, but alone it restores the reliance; one the class
     does not read restores nothing). Its test records what they removed together and with whom
     (``removed_together``, ``together_with``)."""
-    shared = [index for index, test in enumerate(tests) if detectors[index] and not test["confirmed"]]
+    shared = [index for index, test in enumerate(tests) if test["detects"] and not test["confirmed"]]
     if len(shared) < 2:
         return
     last = [unit.spec.name for unit in units if unit.spec.channels_last]
@@ -585,10 +584,11 @@ def concept_tests(
     units that only set the bar) the concept raises, capped at ``locate_enough``, at least ``LOCATE_IOU``, or, where
     the concept is larger than where the unit fires, whether ``located_precision`` (the share of its firing cells on
     the concept) reaches ``located_precision_bar`` (``LOCATE_PRECISION``; None where the IoU decides; all None
-    without a region or spatial maps). A finding is ``confirmed`` when the class relies on the
-    concept, AUC >= ``CONFIRM_AUC``, zeroing the unit removes at least ``CONFIRM_SHARE`` of the reliance, where
-    the class rise is measured the concept raises the unit at least ``CONCEPT_OVER_CLASS`` times as much as the
-    class does, and where the location is measured the unit fires where the concept is; or, where the reliance is
+    without a region or spatial maps). A unit ``detects`` the concept when the class relies on it, AUC >=
+    ``CONFIRM_AUC``, where the class rise is measured the concept raises the unit at least ``CONCEPT_OVER_CLASS``
+    times as much as the class does, and where the location is measured the unit fires where the concept is. A
+    finding is ``confirmed`` when it detects the concept and zeroing it removes at least ``CONFIRM_SHARE`` of the
+    reliance; or, where the reliance is
     shared among several such detectors, when they remove that share together and it removes its part of it
     (``removed_together``, ``together_with``: ``_confirm_shared_carriers``)."""
     logits_without = predict(model, without)  # once: the probability without, and the classes where unlabelled
@@ -611,7 +611,7 @@ def concept_tests(
     placed = {} if region is None else location_test(model, without, with_concept, region, units, peers, aucs, locate_share, locate_enough, shifts)
     rises = {layer: scores_with[layer].mean(dim=0) - scores_without[layer].mean(dim=0) for layer in scores_with}
     class_rises = {layer: class_rise(scores_without[layer], members, class_index) for layer in scores_with}
-    tests, detectors = [], []
+    tests = []
     for unit in units:
         layer = unit.spec.name
         auc, concept_rise = float(aucs[layer][unit.row]), float(rises[layer][unit.row])
@@ -623,6 +623,7 @@ def concept_tests(
         detects = own_rise is None or concept_rise >= CONCEPT_OVER_CLASS * own_rise
         at_concept = None if iou is None else iou >= bar or (precision_bar is not None and precision >= precision_bar)
         raised = auc >= CONFIRM_AUC
+        detector = result["relies"] and raised and detects and at_concept is not False
         tests.append({
             "activation_auc": auc,
             "raised": raised,
@@ -636,11 +637,11 @@ def concept_tests(
             "drop_with": p_with - after_with,
             "drop_without": p_without - after_without,
             "reliance_removed": removed,
-            "confirmed": result["relies"] and raised and removed >= CONFIRM_SHARE * reliance and detects and at_concept is not False,
+            "detects": detector,
+            "confirmed": detector and removed >= CONFIRM_SHARE * reliance,
             "removed_together": None,
             "together_with": [],
             "restored_alone": None,
         })  # fmt: skip
-        detectors.append(result["relies"] and raised and detects and at_concept is not False)
-    _confirm_shared_carriers(model, with_concept, without, class_index, reliance, units, tests, detectors, saes)
+    _confirm_shared_carriers(model, with_concept, without, class_index, reliance, units, tests, saes)
     return result, tests

@@ -72,6 +72,7 @@ def audit_summary(audit: Audit) -> str:
             f"({r['effect']:+.3f}; log-odds {r['log_odds']:+.2f}: {'relies on it' if r['relies'] else 'does not rely on it'}; "
             f"{r['samples'][0]} and {r['samples'][1]} images, {'pairs' if r['paired'] else 'unpaired'})<br>"
             f"confirmed findings: {_names(audit.confirmed)}<br>unconfirmed: {_names(audit.unconfirmed)}"
+            + (f"<br>detect the concept (raised by it more than by the class, where it is; tested units): {_names(audit.detectors)}" if r["relies"] else "")
             + (f"<br>flagged, but not raised by the concept (verdict from the valid alignment): {_names(audit.not_raised)}" if audit.rule.by_rise else "")
             + (
                 f"<br>flagged, but firing away from the pasted concept (verdict from the valid alignment): {_names(audit.unlocated)}"
