@@ -101,14 +101,6 @@ class AlignmentRule:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise SemlensError(f"{name} is {what}, from 0 to 1 (got {value})")
 
-    @property
-    def detectors(self) -> list[str]:
-        """Units the concept test finds detect the concept, flagged or not: the class relies on it, it raises them
-        (AUC >= ``CONFIRM_AUC``), more than the class does and, where the test measured it, where it is. Each
-        encodes the concept the class relies on; the confirmed findings and carriers are those the reliance is
-        also shown to run through (zeroing one removes a share of it), which redundant detectors may not show."""
-        return [unit.unit for unit in self.units if unit.test and unit.test.get("detects")]
-
     def to_dict(self) -> dict:
         return {
             "null": NULL_RULE, "z": self.z, "margin": self.margin, "by_label": self.by_label, "by_location": self.by_location,
