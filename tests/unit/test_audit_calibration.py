@@ -39,6 +39,7 @@ from semlens.interventions.effects import (
     located,
     rank_auc,
 )
+from semlens.model.receptive import LOCAL_CONCENTRATION
 from semlens.model.units import LayerSpec
 
 
@@ -384,6 +385,11 @@ def test_the_concept_test_confirms_only_a_unit_that_fires_where_the_concept_is_p
     assert away["located_iou"] == 0.0 and away["located"] is False and not away["detects"] and not away["confirmed"]
     _, (unlocated, _) = concept_tests(model, *views, 0, units)  # no region: location not measured, no part in the rule
     assert unlocated["located_iou"] is None and unlocated["located"] is None
+    # a map whose cells each draw on the whole image cannot say where a unit fires: its location is not measured
+    _, (spread, elsewhere) = concept_tests(model, *views, 0, units, region=region, localities={"features": 1.2})
+    assert spread["located"] is None and elsewhere["located"] is None and elsewhere["detects"] and elsewhere["confirmed"]
+    _, (_, measured) = concept_tests(model, *views, 0, units, region=region, localities={"features": LOCAL_CONCENTRATION})
+    assert measured["located"] is False
 
 
 class SharedNet(nn.Module):

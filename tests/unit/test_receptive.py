@@ -172,3 +172,32 @@ def test_a_model_the_probe_cannot_run_keeps_the_even_grid_and_says_why():
         (0.0, 0.0), "ValueError: layer '5': 0 units peak off the map's edge with an input gradient on these images, fewer than 8"
     )
     assert measured_shift(strided(3), LayerSpec("8"), images(side=16)) == ((0.0, 0.0), "ValueError: layer '8': its 2x2 map has no cell off its edge to place")
+
+
+class PooledCells(nn.Module):
+    """8 units on a 3 x 3 map of 8 x 8 px cells: each cell's mean of the image there (``local``) plus, with weight
+    ``mixed``, the mean of the whole image (what a deep cell whose receptive field covers the image draws on)."""
+
+    def __init__(self, mixed: float) -> None:
+        super().__init__()
+        self.cells = nn.AvgPool2d(8)
+        self.units = nn.Conv2d(3, 8, 1, bias=False)
+        self.mixed = mixed
+        with torch.no_grad():
+            self.units.weight.copy_(torch.rand(8, 3, 1, 1, generator=torch.Generator().manual_seed(1)) + 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.units(0.05 * self.cells(x) + self.mixed * x.mean(dim=(2, 3), keepdim=True))
+
+
+def test_a_maps_locality_is_how_much_a_peak_cells_gradient_keeps_to_the_cell() -> None:
+    from semlens.model.receptive import LOCAL_CONCENTRATION, map_placement
+
+    pictures = images(64, 24)
+    local = map_placement(PooledCells(0.0), LayerSpec("units"), pictures)
+    assert local.locality == pytest.approx(9.0) and local.locates  # all of it in the cell: 9 times its ninth of the image
+    # the image's mean on top: the centre cell's gradient is 0.05/64 + 1/576 a pixel inside it, 1/576 outside
+    inside, outside = 64 * (0.05 / 64 + 1 / 576), 512 / 576
+    mixed = map_placement(PooledCells(1.0), LayerSpec("units"), pictures)
+    assert mixed.locality == pytest.approx(9 * inside / (inside + outside), abs=0.01) and mixed.locality < LOCAL_CONCENTRATION
+    assert not mixed.locates

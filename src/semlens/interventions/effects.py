@@ -30,7 +30,7 @@ from .._util.errors import SemlensError
 from ..analysis.audit import LOCATE_ENOUGH, LOCATE_SHARE
 from ..data import ImageData
 from ..model.loading import LoadedModel, class_mapping
-from ..model.receptive import SHIFT_IMAGES, measured_shift, shifted_maps
+from ..model.receptive import SHIFT_IMAGES, MapPlacement, measured_placement, shifted_maps
 from ..model.sae import SparseAutoencoder
 from ..model.units import LayerSpec, UnitReader, hooks, resolve_module
 
@@ -437,6 +437,7 @@ def location_test(
     share: float = LOCATE_SHARE,
     enough: float = LOCATE_ENOUGH,
     shifts: dict[str, tuple[float, float]] | None = None,
+    localities: dict[str, float] | None = None,
 ) -> dict[str, dict[int, tuple[float, float, float, float | None]]]:
     """Per layer with spatial maps, per row of the tested ``units``: its IoU with the concept (``located``) and the
     bar it must reach: ``share`` of the best IoU of the layer's tested units and ``peers`` that the concept raises
@@ -444,23 +445,29 @@ def location_test(
     the concept and the bar that passes it instead where the concept is larger than where the unit fires
     (``LOCATE_PRECISION``, at least twice the concept's share of the image; None elsewhere). Maps are kept for the tested
     units and the raised peers only, and placed where their cells sit in the input: by ``shifts`` (a Lens's,
-    measured at its build) or measured now (``model.receptive``)."""
+    measured at its build) or measured now (``model.receptive``). A layer whose cells each draw on much of the image
+    (its locality, a Lens's ``localities`` or measured now, under ``LOCAL_CONCENTRATION``) cannot say where a unit
+    fires: it is left out (its units' location is not measured)."""
     specs = list({unit.spec.name: unit.spec for unit in [*units, *peers]}.values())
+    images = torch.stack([model.preprocessing.normalise(view) for view in without[:SHIFT_IMAGES]])  # where placements are measured
+    placements = {}
+    for spec in specs:
+        recorded_shift, recorded_locality = (shifts or {}).get(spec.name), (localities or {}).get(spec.name)
+        measured = None if recorded_shift is not None and recorded_locality is not None else measured_placement(model.module, spec, images)[0]
+        placements[spec.name] = MapPlacement(
+            recorded_shift if recorded_shift is not None else measured.shift, recorded_locality if recorded_locality is not None else measured.locality
+        )
+    specs = [spec for spec in specs if placements[spec.name].locates]
     rows: dict[str, list[int]] = {}
     for spec in specs:
         tested = {unit.row for unit in units if unit.spec.name == spec.name}
         raised = {unit.row for unit in peers if unit.spec.name == spec.name and aucs[spec.name][unit.row] >= CONFIRM_AUC}
         rows[spec.name] = sorted(tested | raised)
-    maps_with = unit_scores_and_maps(model, with_concept, specs, rows)[1]
-    maps_without = unit_scores_and_maps(model, without, specs, rows)[1]
+    maps_with = unit_scores_and_maps(model, with_concept, specs, rows)[1] if specs else {}
+    maps_without = unit_scores_and_maps(model, without, specs, rows)[1] if specs else {}
     placed = {}
-    images = None  # what shifts not recorded (a Lens built before they were measured) are measured on, stacked once
     for layer in maps_with:
-        shift = (shifts or {}).get(layer)
-        if shift is None:
-            images = torch.stack([model.preprocessing.normalise(view) for view in without[:SHIFT_IMAGES]]) if images is None else images
-            shift = measured_shift(model.module, next(spec for spec in specs if spec.name == layer), images)[0]
-        where = located(maps_with[layer], maps_without[layer], region, shift=shift)
+        where = located(maps_with[layer], maps_without[layer], region, shift=placements[layer].shift)
         position = {row: index for index, row in enumerate(rows[layer])}  # a row's place among the maps kept
         best = max((float(where.iou[index]) for row, index in position.items() if aucs[layer][row] >= CONFIRM_AUC), default=0.0)
         bar = max(LOCATE_IOU, min(enough, share * best))
@@ -568,6 +575,7 @@ def concept_tests(
     locate_share: float = LOCATE_SHARE,
     locate_enough: float = LOCATE_ENOUGH,
     shifts: dict[str, tuple[float, float]] | None = None,
+    localities: dict[str, float] | None = None,
 ) -> tuple[dict, list[dict]]:
     """The class's reliance on the concept: its mean probability with and without the concept (``effect``:
     the difference) and their log odds ratio (``log_odds``); it ``relies`` on the concept when the concept
@@ -608,7 +616,7 @@ def concept_tests(
     specs = list({unit.spec.name: unit.spec for unit in [*units, *peers]}.values())
     scores_with, scores_without = unit_scores(model, with_concept, specs), unit_scores(model, without, specs)
     aucs = {layer: rank_auc(scores_with[layer], scores_without[layer]) for layer in scores_with}  # [U] per layer, every unit at once
-    placed = {} if region is None else location_test(model, without, with_concept, region, units, peers, aucs, locate_share, locate_enough, shifts)
+    placed = {} if region is None else location_test(model, without, with_concept, region, units, peers, aucs, locate_share, locate_enough, shifts, localities)
     rises = {layer: scores_with[layer].mean(dim=0) - scores_without[layer].mean(dim=0) for layer in scores_with}
     class_rises = {layer: class_rise(scores_without[layer], members, class_index) for layer in scores_with}
     tests = []

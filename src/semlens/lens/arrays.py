@@ -132,6 +132,19 @@ class LensArrays:
         (``model.receptive``); None for layers without maps and Lenses built before it was measured."""
         return recorded_shift(self.lens.units.record(layer), unmeasured=None)
 
+    def map_locality(self, layer: str) -> float | None:
+        """How much a cell of the layer's map draws on its own place in the input, as measured at the build
+        (``model.receptive.MapPlacement``); None for layers without maps, where it could not be measured, and for
+        Lenses built before it was."""
+        value = self.lens.units.record(layer).get("map_locality")
+        return None if value is None else float(value)
+
+    def recorded_placements(self, layers: list[str]) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
+        """The map shifts and localities the build recorded for ``layers``, each where it did (what a concept
+        test's location needs; the rest it measures)."""
+        shifts = {layer: shift for layer in layers if (shift := self.map_shift(layer)) is not None}
+        return shifts, {layer: locality for layer in layers if (locality := self.map_locality(layer)) is not None}
+
     def heatmap_shift(self, layer: str, examples: str = "activation") -> tuple[float, float]:
         """Where the cells of ``Lens.examples.heatmaps(layer, examples)`` sit off the even grid, in input pixels: the
         layer's ``map_shift`` for activation maps, none for relevance heatmaps (computed at the input) and for

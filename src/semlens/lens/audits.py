@@ -183,7 +183,7 @@ def _test_findings(lens: Lens, result: Audit, class_index: int, concept: Concept
     layers = sorted({unit.unit.rpartition("/")[0] for unit in result.units})
     specs = lens.sources.layer_specs(layers)
     saes = {layer: spec.sae for layer, spec in specs.items() if spec.sae}
-    shifts = {layer: shift for layer in layers if (shift := lens.arrays.map_shift(layer)) is not None}  # else measured now
+    shifts, localities = lens.arrays.recorded_placements(layers)  # else measured now
     tested = [lens.units.to_test(unit.unit, specs) for unit in units]
     names = {unit.name for unit in tested}
     # the examined units the test does not take: where the concept raises them, they set the location bar
@@ -191,7 +191,7 @@ def _test_findings(lens: Lens, result: Audit, class_index: int, concept: Concept
     with freed_memory_kept():  # forward passes over the test images, each unit switched off in turn
         result.reliance, tests = concept_tests(
             model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers,
-            result.rule.locate_share, result.rule.locate_enough, shifts,
+            result.rule.locate_share, result.rule.locate_enough, shifts, localities,
         )
     for unit, test in zip(units, tests):
         unit.test = test

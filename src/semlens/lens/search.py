@@ -220,8 +220,8 @@ def _located_first(
 
     raised = [owners[row] for row in rows if float(aucs[owners[row][0]][owners[row][1]]) >= CONFIRM_AUC]
     units = [lens.units.to_test(f"{layer}/{lens.units(layer)[row]}", specs) for layer, row in raised]
-    shifts = {layer: shift for layer in specs if (shift := lens.arrays.map_shift(layer)) is not None}
-    placed = location_test(model, views.paired, views.shown, views.regions, units, [], aucs, shifts=shifts) if units else {}
+    shifts, localities = lens.arrays.recorded_placements(list(specs))
+    placed = location_test(model, views.paired, views.shown, views.regions, units, [], aucs, shifts=shifts, localities=localities) if units else {}
 
     def located(row: int) -> bool:
         layer, index = owners[row]

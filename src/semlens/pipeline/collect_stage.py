@@ -18,7 +18,7 @@ from .._util.progress import progress_bar
 from ..analysis.validity import inactive_units
 from ..data import ImageData
 from ..data.base import DecodingDataset
-from ..model.receptive import SHIFT_IMAGES, measured_shift
+from ..model.receptive import SHIFT_IMAGES, measured_placement
 from ..model.sae import SparseAutoencoder
 from ..store.files import LensStore, layer_file
 from .collect import EMPTY_ID, Collector, TopK, candidate_slots, rescore
@@ -139,8 +139,10 @@ class CollectStage:
             }
             if topk.maps is not None:  # where the map's cells sit in the input: activation boxes and masks follow it
                 shift_images = self._shift_images() if shift_images is None else shift_images
-                shift, failed = measured_shift(context.model.module, spec, shift_images)
-                context.manifest["layers"][spec.name].update({"map_shift": list(shift), **({"map_shift_failed": failed} if failed else {})})
+                placement, failed = measured_placement(context.model.module, spec, shift_images)
+                context.manifest["layers"][spec.name].update(
+                    {"map_shift": list(placement.shift), "map_locality": placement.locality, **({"map_shift_failed": failed} if failed else {})}
+                )
             if spec.sae:
                 context.manifest["layers"][spec.name]["sae"] = SparseAutoencoder.load(spec.sae).describe()
         write_sample_table(store, data, [results[spec.name].ids for spec in context.specs])
