@@ -258,12 +258,15 @@ COLUMNS = {  # header: record key
 
 def target_checks(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """How many records meet each done-when target (of those it applies to): audit precision and recall over
-    the planted runs with flags / with examined true artefact units, spurious share on controls, search hits (3, or
+    the planted runs with flags / with examined true artefact units (and of the audit's detectors: those with any
+    / with examined true units), spurious share on controls, search hits (3, or
     all true artefact units where fewer; before and after the audit pasted the artefact) where a run has any."""
     planted = [record for record in records if not record["control"]]
     checks = {
         "audit precision": [record["audit_precision"] >= TARGETS["audit precision"] for record in planted if record["audit_precision"] is not None],
         "audit recall": [record["audit_recall"] >= TARGETS["audit recall"] for record in planted if record["audit_recall"] is not None],
+        "detectors precision": [record["detected_precision"] >= TARGETS["audit precision"] for record in planted if record.get("detected_precision") is not None],
+        "detectors recall": [record["detected_recall"] >= TARGETS["audit recall"] for record in planted if record.get("detected_recall") is not None],
         "control spurious share": [record["spurious_share"] <= TARGETS["control spurious share"] for record in records if record["control"]],
         "search hits": [record["search_hits_at5"] >= min(TARGETS["search hits"], record["artefact_units"]) for record in planted if record["artefact_units"]],
         "search hits after the audit": [

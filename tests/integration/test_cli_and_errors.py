@@ -54,6 +54,8 @@ def test_run_prints_json_summary_and_info_reads_it_back(tmp_path, colour_folder,
     assert info["identity"]["collect"]["k"] == 3 and info["layers"]["features.3"]["map_shift"] == [0.0, 0.0]
     table = invoke("info", out).stdout
     assert "shift" in table and "0,0" in table  # the layer with maps (rows, columns); "-" for the head
+    locality = info["layers"]["features.3"]["map_locality"]
+    assert "locali" in table and f"{locality:g}" in table and info["layers"]["head"].get("map_locality") is None  # the header wraps at 80 columns
 
 
 def test_config_file_with_flag_override(tmp_path, colour_folder, tiny_clip_dir) -> None:

@@ -66,7 +66,7 @@ def test_the_judge_scores_a_tiny_configuration_end_to_end(judge, tiny_clip_dir, 
             assert key in record, key
         assert record["layers"] == ["layer3.1", "layer4.1"] and record["foundation"].startswith("hf:") and not record["control"]
         assert record["search_after_audit_rank"] == "model" and record["class_content"] == record["artifact_class"]  # the audit pasted it
-    assert set(judge.target_checks(records)) == {"audit precision", "audit recall", "control spurious share", "search hits", "search hits after the audit"}
+    assert set(judge.target_checks(records)) == {"audit precision", "audit recall", "detectors precision", "detectors recall", "control spurious share", "search hits", "search hits after the audit"}
 
 
 def test_twins_give_each_artefacts_class_the_photo_of_a_class_without_one(judge, tmp_path, monkeypatch) -> None:

@@ -50,14 +50,25 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
 
     rows = [
         (name, layer["units"], layer["inactive_units"], int(opened.arrays.tied(name).sum()), layer["output"],
-         layer.get("crop", {}).get("mode", "-"), _shift(opened.arrays.map_shift(name)), sae_summary(opened.units.sae(name)))
+         layer.get("crop", {}).get("mode", "-"), _shift(opened.arrays.map_shift(name)), _locality(opened.arrays.map_locality(name)),
+         sae_summary(opened.units.sae(name)))
         for name, layer in manifest["layers"].items()
     ]  # fmt: skip
-    console.print(table(None, ("layer", "units", "inactive", "tied", "output", "crops", "shift px", "sae"), rows))
+    console.print(table(None, ("layer", "units", "inactive", "tied", "output", "crops", "shift px", "locality", "sae"), rows))
     from ..pipeline.builder import fallbacks
 
     for fallback in fallbacks(manifest):
         say(f"note: {fallback}")
+
+
+def _locality(locality: float | None) -> str:
+    """How much a layer's map cells draw on their own place, as ``info`` shows it: "-" where not measured, and
+    whether the audit's location test takes the layer (``receptive.LOCAL_CONCENTRATION``)."""
+    from ..model.receptive import LOCAL_CONCENTRATION
+
+    if locality is None:
+        return "-"
+    return f"{locality:g}" + ("" if locality >= LOCAL_CONCENTRATION else " (not located)")
 
 
 def _shift(shift: tuple[float, float] | None) -> str:
