@@ -199,6 +199,12 @@ def test_a_text_naming_a_concept_shown_to_the_lens_is_ranked_by_its_images_in_th
         lens.search("gray", rank="model")
     wrong = Lens.open(tmp_path / "patch.lens", model="py:tiny_models:tiny_cnn")  # without its model: the foundation model's view
     assert wrong.search("white patch", top=1).rank == "named"
+    # kept with the units an audit's concept test found detect it (Audit.detectors): they come first, then the rest
+    remember(lens, "white patch", [Image.fromarray(overlay)], detectors=[by_name[2].unit])
+    assert recall(lens, ["white patch"]).detectors == [by_name[2].unit]
+    assert [hit.unit for hit in lens.search("white patch", top=3)] == [by_name[2].unit, by_name[0].unit, by_name[1].unit]
+    remember(lens, "white patch", [Image.fromarray(overlay)], detectors=["features.9/0"])  # not a unit of this Lens: not kept
+    assert recall(lens, ["white patch"]).detectors == []
     # a concept file that is not what semlens writes (a Lens may come from anyone) is refused before it is read
     from safetensors.torch import save_file
 
@@ -208,6 +214,11 @@ def test_a_text_naming_a_concept_shown_to_the_lens_is_ranked_by_its_images_in_th
     save_file({"image00": torch.zeros(4000, 4000, 4, dtype=torch.uint8)}, str(kept), {"semlens": '{"name": "white patch"}'})
     with pytest.raises(DamagedLensError, match="not the RGBA pixels semlens writes .found U8 \\[4000, 4000, 4\\]"):
         Lens.open(tmp_path / "patch.lens").search("white patch")
+    pixels = {"image00": torch.from_numpy(overlay)}
+    for detectors in ('["features.9/0"]', '{"features.1": 5}', "not json"):
+        save_file(pixels, str(kept), {"semlens": json.dumps({"name": "white patch", "detectors": detectors})})
+        with pytest.raises(DamagedLensError, match="its detectors are not a list of the Lens's unit names"):
+            Lens.open(tmp_path / "patch.lens").search("white patch")
     assert forget(lens, "white patch") and not forget(lens, "white patch")
     assert Lens.open(tmp_path / "patch.lens").search("white patch", top=1).rank == "named"
     remember(lens, "white patch", [Image.fromarray(overlay)])

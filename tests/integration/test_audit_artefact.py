@@ -88,6 +88,7 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     # the audit kept the watermark it pasted: the search for "watermark" ranks by it in the model, as the test did
     shown = Lens.open(lens.path).search("watermark", layers=["features.3"], top=len(flagged) + 1)
     assert shown.rank == "model" and shown.concept == "watermark" and {hit.unit for hit in shown} == found
+    assert audit["detectors"] and {hit.unit for hit in shown[: len(audit["detectors"])]} == set(audit["detectors"])  # the units it found detect it first
     assert all(unit["tight_shift"] >= -1 for unit in spurious)  # the default Lens's share boxes hold the watermark too
     # the concept test: the class relies on the watermark, and every spurious unit carries part of it
     assert audit["reliance"]["relies"] and audit["reliance"]["effect"] > 0.5

@@ -233,6 +233,7 @@ def test_the_default_lens_searches_the_active_boxes_cut_from_where_units_fire(bu
 def test_boxes_cut_from_a_strided_networks_maps_sit_where_its_cells_see(built: Lens, tmp_path, colour_folder, tiny_clip_dir) -> None:
     """Strided convolutions with padding centre a map's cells off the even grid: the collect stage measures it and
     every box cut from the activation maps moves with it (relevance heatmaps are computed at the input: no move)."""
+    from semlens.lens.arrays import recorded_placements
     from semlens.model.receptive import SHIFT_IMAGES, map_placement, map_shift, shift_boxes
     from semlens.pipeline.crops import crop_boxes
 
@@ -246,7 +247,7 @@ def test_boxes_cut_from_a_strided_networks_maps_sit_where_its_cells_see(built: L
     assert lens.manifest["layers"]["features.3"]["map_shift"] == list(shift)
     locality = map_placement(model.module, LayerSpec("features.3"), first).locality  # measured with the shift
     assert lens.arrays.map_locality("features.3") == locality > 1 and built.arrays.map_locality("head") is None
-    assert lens.arrays.recorded_placements(["features.3"]) == ({"features.3": shift}, {"features.3": locality})
+    assert recorded_placements(lens.arrays, ["features.3"]) == ({"features.3": shift}, {"features.3": locality})
     assert lens.arrays.map_shift("features.3") == lens.arrays.heatmap_shift("features.3") == shift and "map_shift_failed" not in lens.manifest["layers"]["features.3"]
     assert built.arrays.heatmap_shift("features.3") == (0.0, 0.0) and built.arrays.map_shift("head") is None  # relevance: at the input; no map
     assert built.manifest["layers"]["features.3"]["map_shift"] == [0.0, 0.0]  # behind a max pool: the even grid

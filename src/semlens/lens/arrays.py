@@ -139,12 +139,6 @@ class LensArrays:
         value = self.lens.units.record(layer).get("map_locality")
         return None if value is None else float(value)
 
-    def recorded_placements(self, layers: list[str]) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
-        """The map shifts and localities the build recorded for ``layers``, each where it did (what a concept
-        test's location needs; the rest it measures)."""
-        shifts = {layer: shift for layer in layers if (shift := self.map_shift(layer)) is not None}
-        return shifts, {layer: locality for layer in layers if (locality := self.map_locality(layer)) is not None}
-
     def heatmap_shift(self, layer: str, examples: str = "activation") -> tuple[float, float]:
         """Where the cells of ``Lens.examples.heatmaps(layer, examples)`` sit off the even grid, in input pixels: the
         layer's ``map_shift`` for activation maps, none for relevance heatmaps (computed at the input) and for
@@ -226,3 +220,10 @@ class LensArrays:
         doubled = {name: torch.cat([arrays[name], arrays[name]]) for name in ("max_share", "mean_share")}
         doubled.update({name: torch.cat([arrays[name], arrays[name]], dim=1) for name in ("top_samples", "top_shares")})
         return {**arrays, **doubled}
+
+
+def recorded_placements(arrays: LensArrays, layers: list[str]) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
+    """The map shifts and localities a Lens's build recorded for ``layers``, each where it did (what a concept test's
+    location needs; the rest it measures)."""
+    shifts = {layer: shift for layer in layers if (shift := arrays.map_shift(layer)) is not None}
+    return shifts, {layer: locality for layer in layers if (locality := arrays.map_locality(layer)) is not None}

@@ -14,6 +14,7 @@ from .._util.allocator import freed_memory_kept
 from .._util.display import made_by
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
+from .arrays import recorded_placements
 from .concepts import remember_pasted
 from .labels import names_by_responses
 from .search import probe_backgrounds
@@ -171,23 +172,22 @@ def _test_findings(lens: Lens, result: Audit, class_index: int, concept: Concept
     it is "both"
     (``Audit.revise_by_test``). Needs the model (loaded under the Lens's trust model). A pasted artefact's placements
     are kept under the audit's spurious text where it has one (``names``; several may name other concepts than the
-    one pasted): a search for it then ranks units as this test does (``semlens.lens.concepts``)."""
+    one pasted), with the units the test found detect it: a search for it then names those first and ranks the
+    others as this test does (``semlens.lens.concepts``)."""
     from ..interventions.effects import concept_tests
 
     model = lens.sources.model()
     without, with_concept, classes = concept.views_and_classes(model)
-    if len(names) == 1:
-        remember_pasted(lens, names[0], concept.placements, without[0].size)
     region = concept.region(with_concept)
     units = result.units if test_all else result.to_test(located=region is not None)
     layers = sorted({unit.unit.rpartition("/")[0] for unit in result.units})
     specs = lens.sources.layer_specs(layers)
     saes = {layer: spec.sae for layer, spec in specs.items() if spec.sae}
-    shifts, localities = lens.arrays.recorded_placements(layers)  # else measured now
+    shifts, localities = recorded_placements(lens.arrays, layers)  # else measured now
     tested = [lens.units.to_test(unit.unit, specs) for unit in units]
-    names = {unit.name for unit in tested}
+    tested_names = {unit.name for unit in tested}
     # the examined units the test does not take: where the concept raises them, they set the location bar
-    peers = [] if region is None else [lens.units.to_test(unit.unit, specs) for unit in result.units if unit.unit not in names]
+    peers = [] if region is None else [lens.units.to_test(unit.unit, specs) for unit in result.units if unit.unit not in tested_names]
     with freed_memory_kept():  # forward passes over the test images, each unit switched off in turn
         result.reliance, tests = concept_tests(
             model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers,
@@ -196,6 +196,8 @@ def _test_findings(lens: Lens, result: Audit, class_index: int, concept: Concept
     for unit, test in zip(units, tests):
         unit.test = test
     result.revise_by_test()
+    if len(names) == 1:
+        remember_pasted(lens, names[0], concept.placements, without[0].size, result.detectors)
 
 
 @freed_memory_kept()  # forward passes over the data, twice

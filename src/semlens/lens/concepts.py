@@ -5,15 +5,17 @@ default ranking where such images are kept and the model loads). The foundation 
 in a unit's examples at all (an offline ImageNet space has no concept of a border), the model's units do.
 
 An audit that pastes an artefact (``Lens.audit(..., concept=ConceptImages(..., artifact=...))``) keeps its
-placements under its spurious text (where it names one concept); ``remember`` keeps images by hand, ``forget``
-drops them. They are stored as the labels are
+placements under its spurious text (where it names one concept), with the units its concept test found detect it
+(``Audit.detectors``), which the search then names first: search finds what the audit found. ``remember`` keeps
+images by hand, ``forget`` drops them. They are stored as the labels are
 (``SpaceView.derived`` of the default space: the Lens when it is writable, else its folder in the user cache), one
 safetensors file of RGBA pixels per concept; a rebuilt Lens starts without them."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -40,10 +42,12 @@ MAX_SIDE = 2048
 
 @dataclass(frozen=True)
 class ShownConcept:
-    """A concept's name and the images with transparent parts it was shown to the Lens by."""
+    """A concept's name, the images with transparent parts it was shown to the Lens by and the units an audit's
+    concept test found detect it (``Audit.detectors``; none where it was shown by hand)."""
 
     name: str
     images: list[Image.Image]
+    detectors: list[str] = field(default_factory=list)
 
 
 def concept_name(text: str) -> str:
@@ -51,9 +55,10 @@ def concept_name(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def remember(lens: Lens, name: str, images: Sequence[str | Path | Image.Image]) -> None:
+def remember(lens: Lens, name: str, images: Sequence[str | Path | Image.Image], detectors: Sequence[str] = ()) -> None:
     """Keep ``images`` (files or images; each with transparent parts: the concept on a transparent canvas the size
-    of the model's view, e.g. ``Artifact.overlay``) as what ``name`` looks like, replacing what was kept before."""
+    of the model's view, e.g. ``Artifact.overlay``) as what ``name`` looks like, replacing what was kept before, and
+    ``detectors``: units found to detect it (an audit's), which a search for it puts first."""
     key = concept_name(name)
     if not key:
         raise SemlensError("a concept to remember needs a name (the text a search will ask for)")
@@ -68,7 +73,8 @@ def remember(lens: Lens, name: str, images: Sequence[str | Path | Image.Image]) 
             f"Artifact.overlay draws it){f'; image {opaque[0]} is opaque' if opaque else '; none was given'}"
         )
     pixels = {f"image{index:02d}": torch.from_numpy(np.asarray(image.convert("RGBA")).copy()) for index, image in enumerate(decoded)}
-    _store(lens).write_tensors(_file(key), pixels, {"name": key})
+    known = [unit for unit in detectors if _is_unit(lens, unit)]
+    _store(lens).write_tensors(_file(key), pixels, {"name": key, "detectors": json.dumps(known)})
 
 
 def forget(lens: Lens, name: str) -> bool:
@@ -81,14 +87,15 @@ def forget(lens: Lens, name: str) -> bool:
     return True
 
 
-def remember_pasted(lens: Lens, name: str, placements: Sequence[Artifact], size: tuple[int, int]) -> None:
-    """Keep an audit's pasted artefact (its ``placements`` in views of ``size``) under ``name``, where it leaves
-    part of the view as it is (a whole-view image does not: a search has nothing to paste); a folder that cannot be
-    written keeps nothing, as a cache would (the audit's answers do not depend on it)."""
+def remember_pasted(lens: Lens, name: str, placements: Sequence[Artifact], size: tuple[int, int], detectors: Sequence[str] = ()) -> None:
+    """Keep an audit's pasted artefact (its ``placements`` in views of ``size``) and the units its concept test
+    found detect it under ``name``, where it leaves part of the view as it is (a whole-view image does not: a search
+    has nothing to paste); a folder that cannot be written keeps nothing, as a cache would (the audit's answers do
+    not depend on it)."""
     overlays = [placement.overlay(*size) for placement in placements]
     if overlays and all(map(transparent, overlays)):
         try:
-            remember(lens, name, overlays)
+            remember(lens, name, overlays, detectors)
         except OSError:
             pass
 
@@ -102,8 +109,12 @@ def recall(lens: Lens, texts: Sequence[str]) -> ShownConcept | None:
     name = _file(key)
     if not key or not store.path(name).is_file():
         return None
-    if store.read_metadata(name).get("name") != key:
+    metadata = store.read_metadata(name)
+    if metadata.get("name") != key:
         raise store.damaged(name, f"it does not hold concept {key!r}")
+    detectors = _detectors(lens, metadata.get("detectors", "[]"))
+    if detectors is None:
+        raise store.damaged(name, "its detectors are not a list of the Lens's unit names")
     with store.reading(name), safe_open(str(store.path(name)), framework="pt") as handle:
         keys = sorted(handle.keys())[:MAX_IMAGES]
         for array in keys:  # checked before anything is read: a Lens may come from anyone
@@ -111,7 +122,25 @@ def recall(lens: Lens, texts: Sequence[str]) -> ShownConcept | None:
             if dtype != "U8" or len(shape) != 3 or shape[2] != 4 or not 0 < min(shape[:2]) <= max(shape[:2]) <= MAX_SIDE:
                 raise store.damaged(name, f"its images are not the RGBA pixels semlens writes (found {dtype} {list(shape)})")
         arrays = [handle.get_tensor(array) for array in keys]
-    return ShownConcept(key, [Image.fromarray(array.numpy(), "RGBA") for array in arrays])
+    return ShownConcept(key, [Image.fromarray(array.numpy(), "RGBA") for array in arrays], detectors)
+
+
+def _detectors(lens: Lens, text: str) -> list[str] | None:
+    """The unit names a concept file keeps (a JSON list of strings, each a unit of this Lens); None where it is not."""
+    try:
+        names = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(names, list) or len(names) > sum(len(lens.units(layer)) for layer in lens.layers):
+        return None
+    if not all(isinstance(unit, str) and _is_unit(lens, unit) for unit in names):
+        return None
+    return names
+
+
+def _is_unit(lens: Lens, unit: str) -> bool:
+    layer, _, name = unit.rpartition("/")
+    return layer in lens.layers and name in lens.units(layer)
 
 
 def _store(lens: Lens) -> LensStore:

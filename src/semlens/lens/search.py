@@ -18,6 +18,7 @@ from PIL import Image
 
 from .._util.display import HtmlResult, made_by
 from .._util.errors import SemlensError
+from .arrays import recorded_placements
 from .index import UnitTable, open_index, probe_direction, top_positions
 from .concepts import recall
 from .labels import names_by_responses
@@ -151,7 +152,7 @@ def search(
         rank, model = _default_ranking(lens, None if shown else text, shown.images if shown else images)
     if rank == "model":
         if shown:
-            return _rank_by_model(lens, shown.images, lens.units.checked(layers), top, examples, model, shown.name)
+            return _rank_by_model(lens, shown.images, lens.units.checked(layers), top, examples, model, shown.name, shown.detectors)
         if text or not images:
             raise SemlensError(
                 "rank='model' ranks units by the model's response to concept images: give images and no text, or the name of a "
@@ -180,13 +181,15 @@ def _default_ranking(lens: Lens, text: str | list[str] | None, images: list[Imag
 
 def _rank_by_model(
     lens: Lens, images: list[Image.Image], layers: list[str], top: int, examples: str, model: LoadedModel | None = None,
-    concept: str | None = None,
+    concept: str | None = None, detectors: list[str] = (),
 ) -> SearchResults:  # fmt: skip
     """The ``top`` units of ``layers`` by their activation AUC (``activation_aucs``, as the audit's concept test
     measures it) on the concept images (``_concept_views``) against the probe images they were pasted into, those of
-    the ``LOCATED_AMONG`` best that fire where overlays are pasted first (``_located_first``); units without examples
-    of their own are never ranked, ties go to the earlier layer, lower unit. Needs the model (``model``, where it is
-    loaded already); ``concept``: the name of the concept shown to the Lens whose images these are."""
+    the ``LOCATED_AMONG`` best that fire where overlays are pasted first (``_located_first``), and before them the
+    ``detectors`` an audit's concept test found (``Audit.detectors``: search names what the audit found); units
+    without examples of their own are never ranked, ties go to the earlier layer, lower unit. Needs the model
+    (``model``, where it is loaded already); ``concept``: the name of the concept shown to the Lens whose images
+    these are."""
     from ..interventions.effects import activation_aucs
 
     if top < 1:
@@ -204,6 +207,11 @@ def _rank_by_model(
     rows = top_positions(scores, min(max(top, LOCATED_AMONG), int(scores.isfinite().sum()))).tolist()
     if views.regions is not None:
         rows = _located_first(lens, model, views, rows, owners, aucs, specs)
+    if detectors:
+        found = {lens.units.index(unit) for unit in detectors}
+        first = sorted((row for row, owner in enumerate(owners) if owner in found and scores[row].isfinite()), key=lambda row: -float(scores[row]))
+        placed_first = set(first)
+        rows = first + [row for row in rows if row not in placed_first]
     hits = [_search_hit(lens, *owners[row], float(scores[row]), examples) for row in rows[:top]]
     return made_by(SearchResults(hits, by=examples, rank="model", concept=concept), lens)
 
@@ -220,7 +228,7 @@ def _located_first(
 
     raised = [owners[row] for row in rows if float(aucs[owners[row][0]][owners[row][1]]) >= CONFIRM_AUC]
     units = [lens.units.to_test(f"{layer}/{lens.units(layer)[row]}", specs) for layer, row in raised]
-    shifts, localities = lens.arrays.recorded_placements(list(specs))
+    shifts, localities = recorded_placements(lens.arrays, list(specs))
     placed = location_test(model, views.paired, views.shown, views.regions, units, [], aucs, shifts=shifts, localities=localities) if units else {}
 
     def located(row: int) -> bool:
