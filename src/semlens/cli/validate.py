@@ -160,10 +160,10 @@ def audit(
             )
         if test_all:
             say(f"not flagged, but the reliance runs through them (the concept test alone): {', '.join(result.carriers) or 'none'}")
-        if r["relies"]:
-            say(f"detect the concept (raised by it more than by the class, where it is; flagged or not): {', '.join(result.detectors) or 'none'}")
         elif r["relies"] and not result.confirmed:
             say("the class relies on the concept, but no flagged unit is confirmed: --test-all tests every relevant unit")
+        if r["relies"]:
+            say(f"detect the concept (raised by it more than by the class, where it is; flagged or not): {', '.join(result.detectors) or 'none'}")
     if result.small_nulls:
         say("rough z-scores: the null of " + ", ".join(f"{layer} has {n} units" for layer, n in result.small_nulls.items()))
     if result.left_out:

@@ -449,25 +449,24 @@ def location_test(
     (its locality, a Lens's ``localities`` or measured now, under ``LOCAL_CONCENTRATION``) cannot say where a unit
     fires: it is left out (its units' location is not measured)."""
     specs = list({unit.spec.name: unit.spec for unit in [*units, *peers]}.values())
-    images = torch.stack([model.preprocessing.normalise(view) for view in without[:SHIFT_IMAGES]])  # where placements are measured
-    placements = {}
-    for spec in specs:
-        recorded_shift, recorded_locality = (shifts or {}).get(spec.name), (localities or {}).get(spec.name)
-        measured = None if recorded_shift is not None and recorded_locality is not None else measured_placement(model.module, spec, images)[0]
-        placements[spec.name] = MapPlacement(
-            recorded_shift if recorded_shift is not None else measured.shift, recorded_locality if recorded_locality is not None else measured.locality
-        )
-    specs = [spec for spec in specs if placements[spec.name].locates]
     rows: dict[str, list[int]] = {}
     for spec in specs:
         tested = {unit.row for unit in units if unit.spec.name == spec.name}
         raised = {unit.row for unit in peers if unit.spec.name == spec.name and aucs[spec.name][unit.row] >= CONFIRM_AUC}
         rows[spec.name] = sorted(tested | raised)
-    maps_with = unit_scores_and_maps(model, with_concept, specs, rows)[1] if specs else {}
-    maps_without = unit_scores_and_maps(model, without, specs, rows)[1] if specs else {}
+    maps_with = unit_scores_and_maps(model, with_concept, specs, rows)[1]
+    maps_without = unit_scores_and_maps(model, without, specs, rows)[1]
     placed = {}
+    images = None  # what placements not recorded (a Lens built before they were measured) are measured on, stacked once
     for layer in maps_with:
-        where = located(maps_with[layer], maps_without[layer], region, shift=placements[layer].shift)
+        shift, locality = (shifts or {}).get(layer), (localities or {}).get(layer)
+        if shift is None or locality is None:
+            images = torch.stack([model.preprocessing.normalise(view) for view in without[:SHIFT_IMAGES]]) if images is None else images
+            measured = measured_placement(model.module, next(spec for spec in specs if spec.name == layer), images)[0]
+            shift, locality = measured.shift if shift is None else shift, measured.locality if locality is None else locality
+        if not MapPlacement(shift, locality).locates:
+            continue  # its cells each draw on much of the image: where a unit fires says nothing of where the concept is
+        where = located(maps_with[layer], maps_without[layer], region, shift=shift)
         position = {row: index for index, row in enumerate(rows[layer])}  # a row's place among the maps kept
         best = max((float(where.iou[index]) for row, index in position.items() if aucs[layer][row] >= CONFIRM_AUC), default=0.0)
         bar = max(LOCATE_IOU, min(enough, share * best))
