@@ -221,6 +221,8 @@ def test_relevance_batch_is_sized_by_input_pixels_unless_given(monkeypatch) -> N
     assert BuildConfig(model="m", layers=["l"], data="d", relevance_batch_size=5).relevance_batch(64, gpus[80]) == 5
     with pytest.raises(SemlensError, match="relevance_batch_size=0 must be a positive integer"):
         BuildConfig(model="m", layers=["l"], data="d", relevance_batch_size=0)
+    with pytest.raises(SemlensError, match="relevance_memory_gib=0 must be a positive number of GiB"):
+        BuildConfig(model="m", layers=["l"], data="d", relevance_memory_gib=0)
 
 
 def test_shrinking_batch_halves_on_out_of_memory_and_covers_every_row_once() -> None:
@@ -246,6 +248,78 @@ def test_shrinking_batch_halves_on_out_of_memory_and_covers_every_row_once() -> 
 
     with pytest.raises(SemlensError, match="out of memory on a relevance pass of one input.*--device cpu"):
         list(ShrinkingBatch(4).parts(2, never_fits))
+
+
+class FakeGpu:
+    """A "GPU" whose relevance pass of n rows holds ``base + fixed + n * per_row`` bytes at its peak."""
+
+    def __init__(self, base: int = 1000, fixed: int = 50, per_row: int = 100) -> None:
+        self.base, self.fixed, self.per_row, self.peaks, self.rows = base, fixed, per_row, [], 0
+
+    def budget(self, budget: int, why: str | None = None):
+        from semlens._util.devices import PassMemory
+
+        return PassMemory(budget, lambda: self.base, lambda: self.peaks[-1], why)
+
+    def step(self, begin: int, end: int) -> list[int]:
+        self.peaks.append(self.base + self.fixed + (end - begin) * self.per_row)
+        return list(range(begin, end))
+
+
+def test_passes_on_a_gpu_are_sized_by_the_memory_a_row_takes_not_by_the_card() -> None:
+    """The first pass measures (2 rows: 1250 bytes over a base of 1000, 125 a row), the next hold what fits in
+    the budget of 1000 + 650: 5 rows (peak 1550), and stay there; every pass within the budget, every row once.
+    A budget the default gives is the design, not a fallback: only ``memory_used`` records it."""
+    from semlens._util.devices import ShrinkingBatch
+
+    gpu = FakeGpu()
+    passes = ShrinkingBatch(16, memory=gpu.budget(1650))
+    parts = list(passes.parts(23, gpu.step))
+    assert [row for _, _, rows in parts for row in rows] == list(range(23))
+    assert [e - b for b, e, _ in parts] == [2, 5, 5, 5, 5, 1]
+    assert max(gpu.peaks) <= 1650 and passes.shrunk is None
+    assert passes.memory_used == {"budget_gib": round(1650 / 2**30, 2), "peak_gib": round(1550 / 2**30, 2), "rows": 5}
+    # a card with less free memory than asked: the passes shrink and say why
+    gpu = FakeGpu()
+    small = ShrinkingBatch(16, memory=gpu.budget(1650, "the GPU had 1.6 GiB for them, under the 8 GiB asked"))
+    list(small.parts(23, gpu.step))
+    assert small.shrunk == {"asked": 16, "used": 5, "why": "the GPU had 1.6 GiB for them, under the 8 GiB asked"}
+    # a budget that holds more than asked: the passes stay as asked
+    gpu = FakeGpu()
+    roomy = ShrinkingBatch(4, memory=gpu.budget(10**6))
+    assert [e - b for b, e, _ in roomy.parts(10, gpu.step)] == [2, 4, 4] and roomy.shrunk is None
+
+
+def test_a_pass_cut_short_by_its_span_does_not_grow_the_passes_and_out_of_memory_caps_them() -> None:
+    """A short last pass (its fixed cost over few rows) would size the passes too small: it only shrinks them when
+    it goes over the budget. Out of memory halves the passes, and the budget never grows them past that."""
+    from semlens._util.devices import ShrinkingBatch
+
+    gpu = FakeGpu(fixed=400)  # the measuring pass: 600 over 2 rows, 300 a row: 2 fit in 1000 + 650
+    passes = ShrinkingBatch(16, memory=gpu.budget(1650))
+    sizes = [e - b for span in (3, 3) for b, e, _ in passes.parts(span, gpu.step)]
+    assert sizes == [2, 1, 2, 1]  # the pass of 1 (peak 1500, within the budget) left the 2 as they were
+    fussy = FakeGpu(per_row=10)
+
+    def step(begin: int, end: int) -> list[int]:
+        if end - begin > 3:  # runs out of memory above 3 rows though the budget would allow 65
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return fussy.step(begin, end)
+
+    capped = ShrinkingBatch(8, memory=fussy.budget(1650))  # measured: 8 fit; 8 and 4 run out of memory; 2 stay
+    assert [e - b for b, e, _ in capped.parts(11, step)] == [2, 2, 2, 2, 2, 1]
+    assert capped.shrunk == {"asked": 8, "used": 2, "why": "the GPU ran out of memory"}
+
+
+def test_pass_memory_budgets_gpus_only_and_a_small_card_says_so() -> None:
+    from semlens._util.devices import pass_memory
+    from semlens.pipeline.builder import smaller_passes
+
+    assert pass_memory(torch.device("cpu")) is None
+    why = "the GPU had 5.2 GiB for them, under the 8 GiB asked"
+    assert smaller_passes("layer l: relevance crops in", "pairs", {"asked": 128, "used": 40, "why": why}) == [
+        f"layer l: relevance crops in passes of 40 pairs instead of 128: {why} (slower, same heatmaps)"
+    ]
 
 
 def test_a_pass_that_runs_out_of_memory_half_way_leaves_nothing_behind() -> None:
@@ -314,8 +388,8 @@ def test_a_build_whose_relevance_passes_run_out_of_memory_gives_the_same_lens(tm
     assert torch.equal(split.arrays.boxes("features.3"), fitting.arrays.boxes("features.3"))
     relevance, expected = split.arrays.class_relevance("features.3"), fitting.arrays.class_relevance("features.3")
     assert all(torch.allclose(relevance[name].float(), expected[name].float(), atol=1e-6) for name in ("max_share", "mean_share", "top_shares"))
-    assert split.manifest["layers"]["features.3"]["crop"]["pairs_per_pass"] == {"asked": 7, "used": 3}
-    assert split.manifest["stages"]["relevance"]["images_per_pass"] == {"asked": 7, "used": 1}
+    assert split.manifest["layers"]["features.3"]["crop"]["pairs_per_pass"] == {"asked": 7, "used": 3, "why": "the GPU ran out of memory"}
+    assert split.manifest["stages"]["relevance"]["images_per_pass"] == {"asked": 7, "used": 1, "why": "the GPU ran out of memory"}
     assert "pairs_per_pass" not in fitting.manifest["layers"]["features.3"]["crop"] and fallbacks(fitting.manifest) == []
     lines = fallbacks(split.manifest)
     assert any("relevance crops in passes of 3 pairs instead of 7: the GPU ran out of memory" in line for line in lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -138,38 +138,114 @@ def relevance_pixels(device: torch.device) -> int:
     cost little less per pair (benchmarks/crops.py). On a GPU a pass of 16 waits on kernel launches (an
     H200 took 1.43 ms a pair at 16 and 0.34 at 256, ResNet-18 at 224 px; 128 a pass took a ResNet-50 build's
     embed stage from 200 to 93 s), so a GPU gets 2 inputs of 224 px per GiB of its memory, from 16 to 128:
-    128 from 64 GiB up, 32 on 16 GiB. That sizing is a guess at what fits, not a measurement:
-    ``ShrinkingBatch`` halves a pass that does not."""
+    128 from 64 GiB up, 32 on 16 GiB. That is what a pass is asked to hold; ``ShrinkingBatch`` keeps it within
+    a memory budget measured on the first pass (``pass_memory``), and halves a pass that does not fit."""
     if device.type != "cuda":
         return 16 * 224 * 224
     gib = torch.cuda.get_device_properties(device).total_memory / 2**30
     return int(min(128, max(16, 2 * gib))) * 224 * 224
 
 
-class ShrinkingBatch:
-    """Rows per pass that halve whenever the GPU runs out of memory, and stay halved for later passes.
+#: GPU memory one relevance pass may hold by default, whatever the card: the passes are sized by what a row of the
+#: model and layer takes (measured on the first pass), not by the card's size, so a build runs the same way on a
+#: 24 GB card as on an 80 GB one (BuildConfig.relevance_memory_gib)
+RELEVANCE_MEMORY_GIB = 8.0
+#: rows of the first relevance pass on a GPU, whose peak memory sizes the passes after it
+MEASURING_ROWS = 2
+#: the share of the GPU's free memory a budget may take where the card holds less than the budget asked
+FREE_SHARE = 0.9
 
-    The relevance passes are sized by a guess at what the card holds (``relevance_pixels``); a pass that
-    does not fit is split and done again, so that a build does not stop where a smaller pass would fit.
-    ``asked`` and ``rows`` say what was asked and what ran.
+
+class PassMemory:
+    """A GPU memory budget for relevance passes and the meter that reads what a pass held (``pass_memory``).
+
+    ``start`` is called before a pass and returns the bytes held then; ``peak`` after it, the most held meanwhile.
+    ``why`` says why the budget is under what was asked (a card with less free memory), else None."""
+
+    def __init__(self, budget: int, start: Callable[[], int], peak: Callable[[], int], why: str | None = None) -> None:
+        self.budget, self.why = budget, why
+        self._start, self._peak = start, peak
+        self.base = self.highest = 0
+
+    def start(self) -> None:
+        self.base = self._start()
+
+    def rows_that_fit(self, rows: int) -> tuple[int, bool]:
+        """The rows a pass may hold within the budget, from the last pass of ``rows`` rows (its peak over the bytes
+        held before it, per row: a pass's fixed cost counts as rows', so the estimate errs small), and whether
+        that pass stayed within the budget."""
+        peak = self._peak()
+        self.highest = max(self.highest, peak)
+        per_row = max(peak - self.base, 1) / rows
+        return max(1, int((self.budget - self.base) // per_row)), peak <= self.budget
+
+
+def pass_memory(device: torch.device, gib: float = RELEVANCE_MEMORY_GIB) -> PassMemory | None:
+    """The relevance passes' memory budget on a GPU (``gib``, or FREE_SHARE of what the card has free where
+    that is less); None elsewhere: a CPU's passes are sized by input pixels alone (``relevance_pixels``)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    held = torch.cuda.memory_allocated(device)
+    budget, room, why = int(gib * 2**30), held + int(FREE_SHARE * free), None
+    if room < budget:
+        budget, why = room, f"the GPU had {room / 2**30:.1f} GiB for them, under the {gib:g} GiB asked"
+
+    def start() -> int:
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+
+    return PassMemory(budget, start, lambda: torch.cuda.max_memory_allocated(device), why)
+
+
+class ShrinkingBatch:
+    """Rows per relevance pass: within a GPU memory budget where one is given, halved whenever the GPU runs out
+    of memory (and kept so for later passes).
+
+    The passes are asked for by input pixels (``relevance_pixels``). With a ``memory`` budget (``pass_memory``)
+    the first pass runs MEASURING_ROWS rows, and every full pass after it as many as its measured peak per row
+    lets fit in the budget, at most those asked. A pass that does not fit is split and done again, so that a
+    build does not stop where a smaller pass would fit. ``asked`` and ``rows`` say what was asked and what ran.
     """
 
-    def __init__(self, rows: int, release: Callable[[], None] = lambda: None) -> None:
-        self.asked = self.rows = rows
+    def __init__(self, rows: int, release: Callable[[], None] = lambda: None, memory: PassMemory | None = None) -> None:
+        self.asked = self.rows = self.ceiling = rows  # ceiling: the most rows known to fit (halved on out of memory)
         self.release = release  # drops what a failed pass left behind (RelevanceModel.release)
+        self.memory = memory
+        self.out_of_memory = False
+        self.measured = memory is None
 
     @property
-    def shrunk(self) -> dict[str, int] | None:
-        """``{"asked": .., "used": ..}`` where passes ran smaller than asked, for the manifest; else None (the
-        results are the same, so a resumed build that reuses them needs no such record)."""
-        return {"asked": self.asked, "used": self.rows} if self.rows < self.asked else None
+    def shrunk(self) -> dict[str, Any] | None:
+        """``{"asked": .., "used": .., "why": ..}`` where passes ran smaller than asked because the GPU ran out of
+        memory or had less free than the budget asked, for the manifest; else None (the results are the same, so
+        a resumed build that reuses them needs no such record). Passes the default budget keeps smaller are the
+        design, not a fallback: ``memory_used`` records them."""
+        if self.rows >= self.asked:
+            return None
+        if self.out_of_memory:
+            return {"asked": self.asked, "used": self.rows, "why": "the GPU ran out of memory"}
+        if self.memory is not None and self.memory.why:
+            return {"asked": self.asked, "used": self.rows, "why": self.memory.why}
+        return None
+
+    @property
+    def memory_used(self) -> dict[str, Any] | None:
+        """With a budget, after the passes: ``{"budget_gib", "peak_gib", "rows"}`` (the highest peak of any pass and
+        the rows a pass last held), for the manifest; else None."""
+        if self.memory is None or not self.memory.highest:
+            return None
+        return {"budget_gib": round(self.memory.budget / 2**30, 2), "peak_gib": round(self.memory.highest / 2**30, 2), "rows": self.rows}
 
     def parts(self, total: int, step: Callable[[int, int], T]) -> Iterator[tuple[int, int, T]]:
         """``(begin, end, step(begin, end))`` over ``range(total)`` in parts of at most ``rows`` rows."""
         begin = 0
         while begin < total:
-            end = min(total, begin + self.rows)
+            planned = self.rows if self.measured else min(self.rows, MEASURING_ROWS)
+            end = min(total, begin + planned)
             try:
+                if self.memory is not None:
+                    self.memory.start()
                 result = step(begin, end)
             except torch.OutOfMemoryError as error:
                 if end - begin == 1:
@@ -177,14 +253,26 @@ class ShrinkingBatch:
                         f"the device ran out of memory on a relevance pass of one input ({what_torch_said(error)}); "
                         "free the GPU, or build with --device cpu"
                     ) from error
-                self.rows = (end - begin) // 2
+                self.rows = self.ceiling = (end - begin) // 2
+                self.out_of_memory = True
             else:
+                self._fit(end - begin, planned)
                 yield begin, end, result
                 begin = end
                 continue
             self.release()  # outside the except block: the traceback and its frames' tensors are gone by now
             gc.collect()
             torch.cuda.empty_cache()
+
+    def _fit(self, rows: int, planned: int) -> None:
+        """Size the next passes by the budget from the pass just run: a full pass sizes them; a pass cut short by
+        the end of its span only shrinks them, where it went over the budget."""
+        if self.memory is None:
+            return
+        fitting, within = self.memory.rows_that_fit(rows)
+        if rows == planned or not within:
+            self.rows = min(self.ceiling, fitting)
+            self.measured = True
 
 
 def what_torch_said(error: torch.OutOfMemoryError) -> str:

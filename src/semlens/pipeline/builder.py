@@ -294,10 +294,11 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
 
 
 def smaller_passes(what: str, rows: str, passes: dict[str, int] | None) -> list[str]:
-    """The fallback line for relevance passes that ran smaller than asked (``ShrinkingBatch``), if they did."""
+    """The fallback line for relevance passes that ran smaller than asked (``ShrinkingBatch.shrunk``), if they did."""
     if not passes:
         return []
-    return [f"{what} passes of {passes['used']} {rows} instead of {passes['asked']}: the GPU ran out of memory (slower, same heatmaps)"]
+    why = passes.get("why", "the GPU ran out of memory")  # records before the memory budget name no cause: out of memory
+    return [f"{what} passes of {passes['used']} {rows} instead of {passes['asked']}: {why} (slower, same heatmaps)"]
 
 
 def parse_layers(texts: list[str], pool: str) -> list[LayerSpec]:

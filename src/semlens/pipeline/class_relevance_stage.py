@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .._util.devices import ShrinkingBatch, relevance_pixels
+from .._util.devices import ShrinkingBatch, pass_memory, relevance_pixels
 from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
 from ..analysis.explain import error_share, relevance_shares
@@ -73,7 +73,8 @@ class ClassRelevanceStage:
         saes: dict = {spec.name: spec.sae for spec in layers if spec.sae}  # paths, loaded on first use
         picks = {spec.name: spec.pick for spec in layers}
         channels_last = {spec.name for spec in layers if spec.channels_last}
-        passes = ShrinkingBatch(context.config.relevance_batch(model.preprocessing.input_size, relevance_pixels(context.device)), context.relevance.release)
+        memory = pass_memory(context.device, context.config.relevance_memory_gib)
+        passes = ShrinkingBatch(context.config.relevance_batch(model.preprocessing.input_size, relevance_pixels(context.device)), context.relevance.release, memory)
         key = hash_json([context.stage_key(self.name), data.fingerprint(), passes.asked])
         found = context.store.read_checkpoint(RELEVANCE_PARTIAL, key)  # an interrupted run's progress, if of these inputs
         progress = RelevanceProgress() if found is None else RelevanceProgress.from_checkpoint(*found)
@@ -123,6 +124,8 @@ class ClassRelevanceStage:
             targets_from += f"; {progress.unlabelled} samples without a class folder: predicted classes"
         context.manifest["relevance"] = {"data": data.spec, "targets": targets_from, "layers": list(stats), "example_layers": list(examples), "left_out": left_out}
         smaller = {"images_per_pass": passes.shrunk} if passes.shrunk else {}
+        if passes.memory_used:
+            smaller["relevance_memory"] = passes.memory_used
         context.store.remove(RELEVANCE_PARTIAL)
         context.finish_stage(self.name, time.perf_counter() - started, **smaller, **resumed)
 

@@ -12,7 +12,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from torch import nn
 from torch.utils.data import Dataset
 
-from .._util.devices import check_precision
+from .._util.devices import RELEVANCE_MEMORY_GIB, check_precision
 from .._util.errors import SemlensError
 from .._util.specs import IN_MEMORY, described, split_spec
 from .._util.tomlfiles import read_toml
@@ -91,6 +91,9 @@ class BuildConfig:
         "help": "Also keep each unit's top-k samples by relevance for the model's output, cropped and embedded: a second theta (default off)."
     })  # fmt: skip
     relevance_batch_size: int | None = field(default=None, metadata={"cli": False})  # None: sized by input pixels (relevance_batch)
+    relevance_memory_gib: float = field(default=RELEVANCE_MEMORY_GIB, metadata={
+        "help": f"GPU memory one relevance pass may hold, in GiB (default {RELEVANCE_MEMORY_GIB:g}): passes are sized to it from the first one's peak."
+    })  # fmt: skip
     max_map_side: int = field(default=32, metadata={"cli": False})
     batch_size: int = field(default=32, metadata={"help": "Model batch size (default 32)."})
     embed_batch_size: int = field(default=64, metadata={"help": "Foundation model batch size (default 64)."})
@@ -153,6 +156,8 @@ class BuildConfig:
             raise SemlensError(f"crop_grid={self.crop_grid} must be 0 (boxes to the pixel) or a number of cells a side (e.g. 16)")
         if self.k < 1 or self.batch_size < 1 or self.embed_batch_size < 1:
             raise SemlensError("k, batch_size and embed_batch_size must be positive integers")
+        if not self.relevance_memory_gib > 0:
+            raise SemlensError(f"relevance_memory_gib={self.relevance_memory_gib} must be a positive number of GiB (e.g. {RELEVANCE_MEMORY_GIB:g})")
         if self.relevance_batch_size is not None and self.relevance_batch_size < 1:
             raise SemlensError(f"relevance_batch_size={self.relevance_batch_size} must be a positive integer (or left out: sized by input pixels)")
         if self.relevance_examples and not self.class_relevance:

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .._util.devices import ShrinkingBatch, relevance_pixels
+from .._util.devices import ShrinkingBatch, pass_memory, relevance_pixels
 from .._util.errors import SemlensError
 from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
@@ -224,7 +224,7 @@ class CropStage:
         if done:
             self.resumed[spec.name] = done
         spans = [(begin, end) for begin, end in spans if begin - mine.start >= done]
-        passes = ShrinkingBatch(batch, context.relevance.release)
+        passes = ShrinkingBatch(batch, context.relevance.release, pass_memory(context.device, context.config.relevance_memory_gib))
         last_save = time.monotonic()
         with (
             context.relevance.attributing() as modified,
@@ -244,6 +244,8 @@ class CropStage:
                     last_save = time.monotonic()
         if passes.shrunk:
             record["pairs_per_pass"] = passes.shrunk
+        if passes.memory_used:
+            record["relevance_memory"] = passes.memory_used
         heat = torch.zeros(units * k, side, side, dtype=torch.float16)
         heat[order] = ranks.concat(pooled)
         return heat.reshape(units, k, side, side)
