@@ -328,6 +328,18 @@ def test_audit_of_every_class_needs_the_suspected_concept(lens_path) -> None:
     assert [audit["class"] for audit in ranked] and all("shares" in audit for audit in ranked)
 
 
+def test_an_audit_of_one_class_takes_its_name_as_the_valid_concept_unless_given_one(lens_path) -> None:
+    """As ``--all`` does: a user who names the class and the concept they suspect gets an audit, and is told
+    which valid concept it took."""
+    named = runner.invoke(app, ["audit", str(lens_path), "--class", "red", "--spurious", "stripes"])
+    assert named.exit_code == 0 and "valid concept: red (the class's name; --valid gives others)" in " ".join(named.output.split())
+    given = runner.invoke(app, ["audit", str(lens_path), "--class", "red", "--valid", "red", "--spurious", "stripes"])
+    assert given.exit_code == 0 and "valid concept:" not in given.output
+    assert ask("audit", lens_path, "--class", "red", "--spurious", "stripes", "--json")["valid"] == ["red"]
+    refused = runner.invoke(app, ["audit", str(lens_path), "--class", "red", "--valid", "red"])
+    assert refused.exit_code == 2 and "needs at least one spurious concept" in " ".join(refused.output.split())
+
+
 def test_a_class_without_samples_in_the_class_relevance_data_is_refused_not_audited_empty(tmp_path, colour_folder, tiny_clip_dir) -> None:
     reds = tmp_path / "reds"
     shutil.copytree(colour_folder / "red", reds / "red")  # class relevance sees only red images

@@ -240,7 +240,9 @@ def test_audit_its_export_and_bad_requests(client) -> None:
     refused(
         client.post("/api/lenses/0/audit", json={"class": "7", "valid": ["x"], "spurious": ["y"]}), 400, "3 classes"
     )
-    for bad in ({"class": "red", "valid": [], "spurious": ["y"]}, {"class": "red", "valid": ["x"] * 21, "spurious": ["y"]},
+    named = client.post("/api/lenses/0/audit", json={"class": "red", "spurious": ["noise", "text"]}).json()
+    assert named["valid"] == ["red"] and named["shares"] == audit["shares"]  # no valid concept: the class's own name
+    for bad in ({"class": "red", "valid": ["x"], "spurious": []}, {"class": "red", "valid": ["x"] * 21, "spurious": ["y"]},
                 {"class": "red", "valid": ["x"], "spurious": ["y"], "cut": 2}, {"valid": ["x"], "spurious": ["y"]},
                 {"class": "red", "valid": ["x"], "spurious": ["y"], "margin": -1}):  # fmt: skip
         assert client.post("/api/lenses/0/audit", json=bad).status_code == 422

@@ -43,7 +43,7 @@ AUDIT_KEYS = {"class", "valid", "spurious", "valid_images", "spurious_images", "
 def audit(
     lens: Path = typer.Argument(..., help="Lens directory (built with class relevance)."),
     class_name: Optional[str] = typer.Option(None, "--class", "-c", help="Class name or index to audit."),
-    valid: Optional[list[str]] = typer.Option(None, "--valid", help="A valid concept for the class (repeatable)."),
+    valid: Optional[list[str]] = typer.Option(None, "--valid", help="A valid concept for the class (repeatable; default: the class's own name)."),
     spurious: Optional[list[str]] = typer.Option(None, "--spurious", help="A spurious concept (repeatable)."),
     valid_image: Optional[list[Path]] = typer.Option(None, help="Image probe of a valid concept (repeatable)."),
     spurious_image: Optional[list[Path]] = typer.Option(None, help="Image probe of a spurious concept (repeatable)."),
@@ -119,6 +119,8 @@ def audit(
         f"z_spur counts only where the unit looks (tight shift, in robust spreads, at least -{rule.margin:g})"
         + ("; a unit whose best concept by its crop responses is an audited concept takes its verdict from it" if result.judged_by_label else "")
     )
+    if not (valid or valid_image):
+        say(f"valid concept: {', '.join(result.valid)} (the class's name; --valid gives others)")
     say("relevance by verdict: " + ", ".join(f"{v} {share:.1%}" for v, share in result.shares.items()))
     if result.reliance is None:
         say(

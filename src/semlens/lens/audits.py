@@ -101,7 +101,7 @@ def audit(
     concept: ConceptImages | None = None,
     test_all: bool = False,
 ) -> Audit:
-    """Audit one class: verdicts for its relevant units (each alignment judged against its layer's null by
+    """Audit one class (``valid`` concepts: by default the class's own name): verdicts for its relevant units (each alignment judged against its layer's null by
     ``rule``; where the Lens kept crop responses, a unit whose best concept by them is one of the audit's
     text concepts takes its verdict from it: ``analysis.audit``) and the class's relevance by verdict. With ``concept`` (images without and with the spurious
     concept), also the concept test of the flagged units and the class's reliance on the concept (needs
@@ -112,9 +112,13 @@ def audit(
     more pass over the images per unit)."""
     from ..analysis.audit import AlignmentRule, AuditedLayers, audit_layers
 
-    if not (valid or valid_images) or not (spurious or spurious_images):
-        raise SemlensError("an audit needs at least one valid and one spurious concept (text or image)")
+    if not (spurious or spurious_images):
+        raise SemlensError("an audit needs at least one spurious concept, the one you suspect (text or image)")
     index = lens.units.class_index(class_name)
+    if not (valid or valid_images):  # as audit_classes does: the class's own name is what its units should show
+        if not lens.classes:
+            raise SemlensError("an audit needs a valid concept (text or image), and this model's classes have no names to take it from: give one")
+        valid = [lens.classes[index]]
     chosen = lens.units.checked(layers)
     missing = [layer for layer in chosen if lens.arrays.class_relevance(layer) is None]
     if missing:

@@ -229,7 +229,7 @@ class AuditRequest(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
     class_name: Concept = Field(alias="class", description="Class name or index.")
-    valid: list[Concept] = Field(min_length=1, max_length=MAX_CONCEPTS)
+    valid: list[Concept] = Field(default_factory=list, max_length=MAX_CONCEPTS, description="Valid concepts (default: the class's own name).")
     spurious: list[Concept] = Field(min_length=1, max_length=MAX_CONCEPTS)
     cut: float | None = Field(None, ge=0, le=1, description="Relevance share above which a unit is audited.")
     z: float | None = Field(None, ge=0, le=100, description="Robust z against the unit's layer above which it is aligned (default 3).")
