@@ -125,6 +125,18 @@ def test_data_objects_are_identified_by_content_and_carry_class_names(tmp_path, 
     assert load_data(images).fingerprint() != load_data(images[:-1] + [images[0]]).fingerprint()
 
 
+def test_a_module_without_class_names_takes_its_labelled_data_s_names_where_it_has_as_many_outputs(tmp_path, foundation) -> None:
+    """A notebook's model has no class names; with (image, label) pairs and classes=, its outputs are the data's
+    classes by index (as class relevance maps the labels), so a class can be audited by name. Where the counts
+    differ, nothing names them."""
+    pairs, names = colour_images(12), ["red", "green", "blue"]
+    settings = {"preprocessing": TINY_PREPROCESSING, "layers": LAYERS, "data": pairs, "classes": names, "foundation": foundation, "k": 3, "progress": False, "workers": 0}
+    lens = build_lens(model=TinyCNN(), out=tmp_path / "named.lens", **settings)
+    assert lens.classes == names and Lens.open(tmp_path / "named.lens").classes == names
+    assert lens.audit("green", spurious=["stripes"]).valid == ["green"]
+    assert build_lens(model=TinyCNN(classes=4), out=tmp_path / "four.lens", **settings).classes is None
+
+
 def test_preprocessing_from_a_torchvision_transform_or_imagenet_said_in_a_warning() -> None:
     from semlens.model.preprocess import preprocessing_of
 

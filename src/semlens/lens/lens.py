@@ -151,7 +151,7 @@ class Lens:
 
     @property
     def classes(self) -> list[str] | None:
-        """The model's class names (None when it has none)."""
+        """The model's class names (None when it has none; the data's where the model has none but as many outputs)."""
         return self.manifest.get("model_classes")
 
     # -- its embedding spaces (semlens.lens.spaces) ---------------------------------------------

@@ -268,6 +268,15 @@ def class_mapping(model: LoadedModel, data) -> tuple[dict[int, int] | None, str]
     return mapping, "labels"
 
 
+def output_class_names(model: LoadedModel, data) -> list[str] | None:
+    """The model's class names; where it has none but as many outputs as the data has classes, the data's, in the
+    order ``class_mapping`` maps labels to outputs by (a model from a notebook with labelled data)."""
+    if model.classes is not None:
+        return model.classes
+    mapping, _ = class_mapping(model, data)
+    return list(data.classes) if mapping is not None else None
+
+
 def load_model(model: str | nn.Module | LoadedModel, preprocessing: Preprocessing | Any = None) -> LoadedModel:
     """The model a spec names (see the module docstring for the forms), or a model object: a LoadedModel as it
     is, an ``nn.Module`` (put in eval mode) with ``preprocessing``, a :class:`Preprocessing` or a torchvision-style
