@@ -27,6 +27,9 @@ relevance crops and labelled with the world's vocabulary; then, through the Lens
   scenes of the world, and with ``_alone`` on the concept alone on gray; ``phi_of_truth``: the phi were
   every unit's top-1 its true concept, the most the judge allows), and a
   CoSy-style AUC (a unit's response to its label's concept images against the others', 0.5 = chance);
+  top-1 over the units whose two truths agree (``top1_truths_agree``: the true concept is also the one whose
+  scenes raise the unit most; ``units_truths_agree`` of them) and, where they part, the labels that follow the
+  scenes (``top1_scene_where_truths_part``);
   the share of labels that are distractors (words the world never shows), and top-1 with the world's
   concepts as the only candidates;
 - search: true artefact units in the top 5 for the artefact's name and for a paraphrase never used in
@@ -277,7 +280,8 @@ def evaluate(
         "units_with_truth": labels["units_with_true_concept"], "units": sum(len(truths[layer]["iou"]) for layer in spatial),
         "area_concepts": area_concepts(config), "units_with_area_truth": sum(by == "area-response" for by in truth_by.values()), "truth_by": truth_by,
         "top1_shown": labels["top1_shown"], "label_coverage": labels["coverage"], "label_median_confidence": labels["median_confidence"],
-        "top1": labels["top1"], "top3": labels["top3"], "top1_misses_as_faithful": labels["top1_misses_as_faithful"], "random_top1": labels["random_top1"], "random_top3": labels["random_top3"],
+        "top1": labels["top1"], "top3": labels["top3"], "top1_misses_as_faithful": labels["top1_misses_as_faithful"],
+        "units_truths_agree": labels["units_truths_agree"], "top1_truths_agree": labels["top1_truths_agree"], "top1_scene_where_truths_part": labels["top1_scene_where_truths_part"], "random_top1": labels["random_top1"], "random_top3": labels["random_top3"],
         "units_with_response_truth": labels["units_with_response_truth"], "top1_response": labels["top1_response"],
         **{key.replace("faithfulness_", ""): value for key, value in labels.items() if key.startswith("faithfulness_phi")},
         "cosy_auc": labels["cosy_auc"], **distractors,
@@ -384,7 +388,7 @@ def _number(value: Any) -> str:
 
 
 COLUMNS = {  # header: record key
-    "units w/ truth": "units_with_truth", "coverage": "label_coverage", "top-1 shown": "top1_shown", "top-1": "top1", "top-3": "top3", "top-1 world": "top1_world_concepts",
+    "units w/ truth": "units_with_truth", "coverage": "label_coverage", "top-1 shown": "top1_shown", "top-1": "top1", "top-1 truths agree": "top1_truths_agree", "top-3": "top3", "top-1 world": "top1_world_concepts",
     "distractor labels": "distractor_label_share", "top-1 resp.": "top1_response", "phi": "phi",
     "phi (true units)": "phi_true_units", "phi of truth": "phi_of_truth",
     "phi alone (true units)": "phi_true_units_alone", "phi alone of truth": "phi_of_truth_alone",

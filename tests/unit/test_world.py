@@ -325,6 +325,19 @@ def test_faithfulness_phi_of_labelled_units_only():
     assert faithfulness(responses, [None, None, None]) == []
 
 
+def test_where_truths_part_counts_labels_against_the_concept_whose_scenes_raise_each_unit_most():
+    """Unit 0: truth patch, its scenes raise it most, labelled patch (agree, hit). Unit 1: truth patch, triangle
+    scenes raise it most, labelled triangle (the truths part; the label follows the scenes). Unit 2: no truth. Unit 3:
+    truth red, triangle scenes most, labelled red (part; follows the truth)."""
+    from semlens.world.truth import where_truths_part
+
+    concepts = ["patch", "triangle", "red"]
+    scenes = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.5, 0.2], [0.0, 0.0, 3.0], [0.1, 0.9, 0.5]])
+    counts = where_truths_part(scenes, ["patch", "triangle", "red", "red"], ["patch", "patch", None, "red"], concepts)
+    assert counts == {"agree": 1, "agree_hits": 1, "part_scene_hits": 1}
+    assert where_truths_part(scenes, ["triangle"] * 4, ["patch", "patch", None, "red"], concepts) == {"agree": 1, "agree_hits": 0, "part_scene_hits": 2}
+
+
 def test_faithfulness_of_true_units_takes_their_top1_labelled_or_not():
     from semlens.world.truth import faithfulness_of_true_units
 

@@ -42,6 +42,7 @@ from .truth import (
     response_auc,
     response_truth,
     shift_images,
+    where_truths_part,
 )
 
 if TYPE_CHECKING:
@@ -232,13 +233,16 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     and (``_alone``) alone; ``phi_of_truth``: the latter were each top-1 the unit's true concept (what the
     judge itself allows); ``top1_misses_as_faithful``: the top-1 misses whose label's scenes raise the unit at
     least as much as its true concept's do (misses where only dissection's overlap test, not the unit's
-    response, tells the label from the truth). Also each unit's true concept (``true_concepts``: named by
+    response, tells the label from the truth); ``top1_truths_agree``: top-1 over the units whose true concept is also
+    the one whose scenes raise them most (``units_truths_agree``), and ``top1_scene_where_truths_part``: of the
+    other units, the labels that name the concept whose scenes raise them most. Also each unit's true concept (``true_concepts``: named by
     dissection, ranked by its scenes, artefacts confirmed by insertion; by response where the world's classes
     are area concepts, ``area_concepts``)."""
     truths = unit_truths(lens, config, out)
     truth = true_concepts(truths, area=area_concepts(config))
     concepts, world_concepts = list(lens.labels.vocabulary.concepts), config.concept_names()
     hits1 = hits3 = shown_hits = total = response_hits = response_total = as_faithful = 0
+    parting = {"agree": 0, "agree_hits": 0, "part_scene_hits": 0}
     aucs: list[float] = []
     phis: dict[str, dict[str, list[float]]] = {views: {"labelled": [], "true": [], "truth": []} for views, _ in PHI_VIEWS}
     for layer in truths:
@@ -265,6 +269,8 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
             if by_response[unit] is not None:
                 response_total += 1
                 response_hits += top[unit][0] == by_response[unit]
+        for key, count in where_truths_part(scenes, [row[0] for row in top], best, world_concepts).items():
+            parting[key] += count
         for views, kept in phis.items():
             kept["labelled"] += faithfulness(mean_responses[views], assigned)
             kept["true"] += faithfulness_of_true_units(mean_responses[views], [row[0] for row in top], best, world_concepts)
@@ -276,6 +282,9 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
         "top1": hits1 / max(total, 1),  # each unit's best candidate, shown or not
         "top3": hits3 / max(total, 1),
         "top1_misses_as_faithful": as_faithful,
+        "units_truths_agree": parting["agree"],  # units whose true concept is also the concept whose scenes raise them most
+        "top1_truths_agree": parting["agree_hits"] / parting["agree"] if parting["agree"] else None,
+        "top1_scene_where_truths_part": parting["part_scene_hits"],  # of the others: labels naming the concept whose scenes raise the unit most
         "random_top1": 1 / len(concepts),
         "random_top3": 3 / len(concepts),
         "labelled_units": len(phis["responses"]["labelled"]),

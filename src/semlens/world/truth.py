@@ -222,6 +222,25 @@ def faithfulness_of_true_units(responses: torch.Tensor, top1: list[str], truth: 
     return faithfulness(responses, assigned) + [0.0] * unshown
 
 
+def where_truths_part(scenes: torch.Tensor, top1: list[str], truth: list[str | None], concepts: list[str]) -> dict[str, int]:
+    """Over the units with a true concept (``truth``, None where a unit has none): how many have as truth the concept
+    whose scenes raise them most (``scenes`` ``[U, C]``, mean responses to each of ``concepts``' scenes) and how many
+    of those are top-1 right (``agree``, ``agree_hits``); of the others, the top-1 labels naming the concept whose
+    scenes raise the unit most (``part_scene_hits``): the labels that follow the unit's response where dissection's
+    located concept is another."""
+    counts = {"agree": 0, "agree_hits": 0, "part_scene_hits": 0}
+    for unit, (label, true) in enumerate(zip(top1, truth)):
+        if true is None:
+            continue
+        most_raising = concepts[int(scenes[unit].argmax())]
+        if most_raising == true:
+            counts["agree"] += 1
+            counts["agree_hits"] += label == true
+        else:
+            counts["part_scene_hits"] += label == most_raising
+    return counts
+
+
 def artifact_reliance(model: LoadedModel, config: WorldConfig, images: int) -> dict[str, dict[str, list[float]]]:
     """Per artefact of the world, how much the model relies on it: the mean change of each class's
     probability when the artefact is pasted into ``images`` test images, on the class's own images
