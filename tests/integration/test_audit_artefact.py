@@ -104,7 +104,7 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
                                "--test-data", f"folder:{setting / 'others'}"])  # fmt: skip
     assert half.exit_code != 0 and "exactly one of --artifact/--tint" in half.output
     asked = ["audit", str(lens.path), "--class", "red", "--valid", "red", "--spurious", "watermark", "--layer", "features.3", "--cut", "0.05"]
-    printed = runner.invoke(app, [*asked, "--test-data", f"folder:{setting / 'others'}", "--artifact", str(setting / "watermark.png"), "--at", "1,1"])
+    printed = runner.invoke(app, [*asked, "--test-data", str(setting / "others"), "--artifact", str(setting / "watermark.png"), "--at", "1,1"])  # a folder as typed
     assert printed.exit_code == 0 and f"spurious share, as tested: {audit['spurious_share']:.1%}" in " ".join(printed.output.split())
     assert "class rise not measured" in " ".join(printed.output.split())  # the test images are green and blue only
     assert "spurious share, untested:" in " ".join(runner.invoke(app, asked).output.split())

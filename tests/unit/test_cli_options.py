@@ -49,3 +49,16 @@ def test_missing_required_settings_are_named_by_their_flags() -> None:
         assert str(error) == "missing --layer, --data (or give --config FILE.toml)"
     else:
         raise AssertionError("no error")
+
+
+def test_data_typed_as_a_folder_is_a_folder_spec_and_specs_stay_as_they_are(tmp_path) -> None:
+    """``semlens run -d ./images`` and ``--test-data ./clean`` as users type them; a recorded spec is never read so
+    (``LensAccess.data_spec`` takes only what the user gives)."""
+    from semlens import BuildConfig
+    from semlens._util.specs import folder_or_spec
+
+    assert folder_or_spec("images") == "folder:images" and folder_or_spec(str(tmp_path)) == f"folder:{tmp_path}"
+    assert folder_or_spec("world::600:probe") == "world::600:probe" and folder_or_spec("py:pkg.mod:make") == "py:pkg.mod:make"
+    config = BuildConfig(model="m", layers=["l"], data=str(tmp_path), relevance_data="labelled")
+    assert (config.data, config.relevance_data) == (f"folder:{tmp_path}", "folder:labelled")
+    assert BuildConfig(model="m", layers=["l"], data="folder:x").data == "folder:x"

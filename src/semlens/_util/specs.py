@@ -7,6 +7,8 @@ of valid forms, so the error message doubles as documentation.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
@@ -33,6 +35,12 @@ def split_spec(spec: str, kind: str = "", forms: str = "") -> tuple[str, str]:
         raise SpecError(f"empty or malformed {kind + ' ' if kind else ''}spec {spec!r}" + (f"; valid forms: {forms}" if forms else ""))
     prefix, _, rest = spec.strip().partition(":")
     return prefix, rest
+
+
+def folder_or_spec(text: str) -> str:
+    """Data as a user types it: a data spec, or a folder as ``folder:PATH`` (text without a prefix, or a path that
+    exists, such as ``C:\\images``). Only for what the user gives, never for a spec a Lens records."""
+    return text if ":" in text and not Path(text).exists() else f"folder:{text}"
 
 
 class SpecRegistry(Generic[T]):

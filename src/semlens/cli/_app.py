@@ -86,6 +86,14 @@ def open_lens(
     return Lens.open(path, trust=trust, data=data, foundation=foundation, model=model).in_space(space)
 
 
+def user_data(text: str):
+    """The images a user names on the command line: a folder (``./images``), or a data spec (``folder:``, ``py:``, ...)."""
+    from .._util.specs import folder_or_spec
+    from ..data import load_data
+
+    return load_data(folder_or_spec(text))
+
+
 def printable(text: str) -> str:
     """``text`` with control and format characters written as escapes: a Lens's strings (specs, unit names,
     labels) reach the terminal, and an escape sequence in one must not clear the screen or fake a line."""

@@ -27,6 +27,7 @@ from ._app import (
     printable,
     say,
     table,
+    user_data,
 )
 from .validate import ArtifactAt, ArtifactImage, ArtifactMask, ArtifactTint, _artifact
 
@@ -38,7 +39,7 @@ def correct(
     class_name: str = typer.Option(..., "--class", "-c", help="Class whose reliance on the artefact to remove."),
     method: str = typer.Option("project", help="project (remove the concept's direction from a layer) or finetune (the last modules)."),
     data: Optional[str] = typer.Option(
-        None, "--data", "-d", help="Labelled test images (data spec); default: half of each class's train images, drawn at random (--seed), held out."
+        None, "--data", "-d", help="Labelled test images (folder or data spec); default: half of each class's train images, drawn at random (--seed), held out."
     ),
     train_data: Optional[str] = typer.Option(None, help="Labelled images to learn the correction on (default: the Lens's probe data)."),
     artifact: Optional[Path] = ArtifactImage,
@@ -47,7 +48,7 @@ def correct(
     tint: Optional[str] = ArtifactTint,
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="project: the layer (default: the Lens layer, but the last, that works best)."),
     estimator: str = typer.Option("mean", help="project: the concept direction, mean (difference of means) or logistic."),
-    concept_data: Optional[str] = typer.Option(None, help="project: images that show the concept (data spec), against the train images, instead of inserting the artefact."),
+    concept_data: Optional[str] = typer.Option(None, help="project: images that show the concept (folder or data spec), against the train images, instead of inserting the artefact."),
     last: int = typer.Option(1, help="finetune: how many of the last parameterised modules to train."),
     epochs: int = typer.Option(3, help="finetune: passes over the images."),
     learning_rate: float = typer.Option(1e-2, help="finetune: Adam's learning rate."),
@@ -66,7 +67,6 @@ def correct(
 ) -> None:
     """Correct the class's reliance on an artefact (--artifact or --tint) and compare the artefact test
     (class probability with minus without it, clean accuracy) before and after the correction."""
-    from ..data import load_data
     from ..interventions.correction import Tuning
     from ..interventions.effects import ConceptImages
 
@@ -74,10 +74,10 @@ def correct(
     if chosen is None:
         raise SemlensError("give the artefact to correct for: --artifact IMAGE (with --at, --mask) or --tint R,G,B")
     opened = open_lens(lens, trust, probe_data, model=model)
-    train = None if train_data is None else load_data(train_data)
-    concept = None if concept_data is None else ConceptImages(opened.sources.probe_data if train is None else train, shown=load_data(concept_data))
+    train = None if train_data is None else user_data(train_data)
+    concept = None if concept_data is None else ConceptImages(opened.sources.probe_data if train is None else train, shown=user_data(concept_data))
     result = opened.correct(
-        class_name, chosen, method, None if data is None else load_data(data), layer, estimator, Tuning(last, epochs, learning_rate),
+        class_name, chosen, method, None if data is None else user_data(data), layer, estimator, Tuning(last, epochs, learning_rate),
         train, concept, progress=not as_json, tolerance=tolerance, seed=seed,
     )  # fmt: skip
     saved = exported = None

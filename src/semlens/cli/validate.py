@@ -24,11 +24,12 @@ from ._app import (
     parent_made,
     say,
     table,
+    user_data,
 )
 
 # the audit's concept test, in `semlens audit` and in the audits of `semlens report`
-TestData = Annotated[Optional[str], typer.Option(help="Concept test: images without the spurious concept (data spec), of the class and others (then a unit the class's images raise more than the concept does is not confirmed; classes by label, else by prediction).")]
-SpuriousData = Annotated[Optional[str], typer.Option(help="Concept test: images that show the spurious concept (data spec), instead of --artifact.")]
+TestData = Annotated[Optional[str], typer.Option(help="Concept test: images without the spurious concept (folder or data spec), of the class and others (then a unit the class's images raise more than the concept does is not confirmed; classes by label, else by prediction).")]
+SpuriousData = Annotated[Optional[str], typer.Option(help="Concept test: images that show the spurious concept (folder or data spec), instead of --artifact.")]
 ConceptArtifact = Annotated[Optional[Path], typer.Option("--artifact", help="Concept test: the spurious concept as an artefact image (RGBA) inserted into --test-data.")]
 ConceptMask = Annotated[Optional[Path], typer.Option("--mask", help="Mask image (white = artefact) instead of the artefact's alpha.")]
 ConceptAt = Annotated[str, typer.Option("--at", help="Top-left X,Y of the artefact in the model's input view; several placements X,Y;X,Y;... are given to the test images in turn.")]
@@ -196,7 +197,6 @@ def concept_test(
 
 def _concept_images(test_data: Optional[str], spurious_data: Optional[str], artifact):
     """The concept test's images, or None when none was asked for; a clear error for half a request."""
-    from ..data import load_data
     from ..interventions.effects import ConceptImages
 
     if test_data is None and spurious_data is None and artifact is None:
@@ -206,7 +206,7 @@ def _concept_images(test_data: Optional[str], spurious_data: Optional[str], arti
             "a concept test needs --test-data (images without the concept) and exactly one of --artifact/--tint "
             "(inserted into them) or --spurious-data (images that show the concept)"
         )
-    return ConceptImages(load_data(test_data), artifact, None if spurious_data is None else load_data(spurious_data))
+    return ConceptImages(user_data(test_data), artifact, None if spurious_data is None else user_data(spurious_data))
 
 
 def _test_cell(test: dict | None) -> str:
@@ -298,7 +298,7 @@ ArtifactTint = typer.Option(None, help="Instead of an image: tint every pixel to
 def test_artifact(
     lens: Path = typer.Argument(..., help="Lens directory (its model is reloaded and checked)."),
     class_name: str = typer.Option(..., "--class", "-c", help="Class whose probability the artefact may raise."),
-    data: str = typer.Option(..., "--data", "-d", help="Clean images (data spec), ideally of other classes."),
+    data: str = typer.Option(..., "--data", "-d", help="Clean images (folder or data spec), ideally of other classes."),
     artifact: Optional[Path] = ArtifactImage,
     mask: Optional[Path] = ArtifactMask,
     at: str = ArtifactAt,
@@ -313,7 +313,6 @@ def test_artifact(
     """Insert an artefact into clean images and measure the class probability and accuracy change (and the AUC)."""
     from contextlib import nullcontext
 
-    from ..data import load_data
     from ..interventions.effects import artifact_effect, separation_auc
     from ..lens.correction import load_correction
 
@@ -323,9 +322,9 @@ def test_artifact(
     chosen = _artifact(artifact, mask, at, tint)
     with nullcontext() if correction is None else load_correction(correction).applied(loaded):
         if chosen is not None:
-            result["insertion"] = artifact_effect(loaded, load_data(data), index, chosen)
+            result["insertion"] = artifact_effect(loaded, user_data(data), index, chosen)
         if spurious_only is not None:
-            result["separation_auc"] = separation_auc(loaded, index, load_data(real or data), load_data(spurious_only))
+            result["separation_auc"] = separation_auc(loaded, index, user_data(real or data), user_data(spurious_only))
     if len(result) == 3:
         raise SemlensError("give an --artifact or --tint to insert, and/or --spurious-only images for the AUC")
     if as_json:
@@ -344,7 +343,7 @@ def test_artifact(
 def prune(
     lens: Path = typer.Argument(..., help="Lens directory (its model is reloaded and checked)."),
     unit: list[str] = typer.Option(..., "--unit", "-u", help="Unit to switch off, layer/index (repeatable)."),
-    data: str = typer.Option(..., "--data", "-d", help="Labelled test data (data spec)."),
+    data: str = typer.Option(..., "--data", "-d", help="Labelled test data (folder or data spec)."),
     class_name: Optional[str] = typer.Option(None, "--class", "-c", help="Class whose probability to report."),
     artifact: Optional[Path] = ArtifactImage,
     mask: Optional[Path] = ArtifactMask,
@@ -355,10 +354,9 @@ def prune(
     as_json: AsJson = False,
 ) -> None:
     """Switch units off and compare accuracy (clean and with the artefact) before and after."""
-    from ..data import load_data
 
     opened = open_lens(lens, trust, model=model)
-    result = pruning_effect(opened, unit, load_data(data), class_name, _artifact(artifact, mask, at, tint))
+    result = pruning_effect(opened, unit, user_data(data), class_name, _artifact(artifact, mask, at, tint))
     if as_json:
         emit_json(result)
         return

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from .._util.devices import RELEVANCE_MEMORY_GIB, check_precision
 from .._util.errors import SemlensError
-from .._util.specs import IN_MEMORY, described, split_spec
+from .._util.specs import IN_MEMORY, described, folder_or_spec, split_spec
 from .._util.tomlfiles import read_toml
 from ..data import ImageData, load_data
 from ..foundation import FoundationModel, foundation_name, foundation_object, foundation_spec, space_name_of
@@ -45,7 +45,7 @@ class BuildConfig:
     # False for a setting of config files and Python alone.
     model: str | nn.Module | LoadedModel = field(metadata={"flags": ("--model", "-m"), "help": "Model spec, e.g. zoo:efficientnet-lite0, py:pkg.mod:factory."})
     layers: list[str] = field(metadata={"flags": ("--layer", "-l"), "help": "Layer NAME[:key=value,...]; repeat for several."})
-    data: str | ImageData | Sequence | Dataset = field(metadata={"flags": ("--data", "-d"), "help": "Data spec, e.g. folder:./images."})
+    data: str | ImageData | Sequence | Dataset = field(metadata={"flags": ("--data", "-d"), "help": "The probe images: a folder (subfolder names are labels), or a data spec, e.g. py:pkg.mod:factory."})
     foundation: str | FoundationModel | tuple = field(default="conse", metadata={
         "flags": ("--foundation", "-f"), "rest": "extra_foundations",
         "help": "Foundation model spec (default conse); repeat to embed into more spaces (the first is the default).",
@@ -86,7 +86,7 @@ class BuildConfig:
         "help": "A Lens of the same model, layers and data whose CRP heatmaps to reuse (e.g. to compare crop rules and views)."
     })  # fmt: skip
     class_relevance: bool = field(default=True, metadata={"help": "Compute per-class LRP relevance of every unit (default on)."})
-    relevance_data: str | None = field(default=None, metadata={"help": "Labelled data spec for class relevance (default: --data)."})
+    relevance_data: str | None = field(default=None, metadata={"help": "Labelled images for class relevance: a folder or a data spec (default: --data)."})
     relevance_examples: bool = field(default=False, metadata={  # zennit-crp's reference sampling
         "help": "Also keep each unit's top-k samples by relevance for the model's output, cropped and embedded: a second theta (default off)."
     })  # fmt: skip
@@ -126,6 +126,10 @@ class BuildConfig:
             self.model, self.preprocessing = load_model(self.model, self.preprocessing), None  # a spec with preprocessing= fails there
         if (isinstance(self.data, (ImageData, Sequence, Dataset)) and not isinstance(self.data, str)) or self.classes is not None:
             self.data, self.classes = load_data(self.data, self.classes), None  # likewise a spec with classes=
+        elif isinstance(self.data, str) and self.data.strip():
+            self.data = folder_or_spec(self.data)  # a folder as typed: folder:PATH
+        if isinstance(self.relevance_data, str) and self.relevance_data.strip():
+            self.relevance_data = folder_or_spec(self.relevance_data)
         if isinstance(self.foundation, HELD_MODELS):  # an open_clip or transformers model as the user holds it
             self.foundation = foundation_object(self.foundation)
         if isinstance(self.extra_foundations, list):

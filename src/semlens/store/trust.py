@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .._util.cache import cache_dir
 from .._util.errors import SemlensError
 from .._util.fingerprint import hash_json
-from .._util.specs import split_spec
+from .._util.specs import folder_or_spec, split_spec
 from .files import atomic_write
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class LensAccess:
     def data_spec(self) -> str | ImageData | None:
         if not isinstance(self.data, str):
             return self.data
-        return self.data if ":" in self.data and not Path(self.data).exists() else f"folder:{self.data}"
+        return folder_or_spec(self.data)
 
 
 class UntrustedSpecError(SemlensError):
