@@ -18,11 +18,18 @@ prompt embeddings the first process cached on disk; semanticlens has no cache an
 Loading the foundation model and theta is timed apart from the label call. ``--label-only`` times
 text probing alone on the builds a previous run left in ``--workdir``.
 
+``--device cuda`` runs both sides on the GPU (each library's own GPU defaults; semlens records the relevance
+passes' memory budget and peak), and ``--exact`` adds a third process that scores every probe image in float32
+with TF32 off on the same device (the brute force) and counts, for each side, the units whose stored top-k equals
+it (by scores, so that samples tied within rounding may trade places) and the worst miss: how far below the true
+k-th score, as a share of the unit's peak, the lowest example a side kept scores.
+
 Models: ``timm:mobilenetv3_small_100`` (default; random weights, one file both load), whose forward
 pass costs little next to the foundation model's, as when a ResNet is studied through a large CLIP;
 ``zoo:efficientnet-lite0`` (ImageNet weights), which on a CPU costs about as much as ViT-B-32; or
 ``py:reference:seeded_resnet18:SIZE``, timm's ResNet-18 with seeded random weights at SIZE pixels,
-which LRP supports (MobileNetV3's hard-swish has no LRP rule), for relevance crops.
+which LRP supports (MobileNetV3's hard-swish has no LRP rule), for relevance crops; ``timm:resnet50`` (random
+weights, ``layer3`` and ``layer4``: 3 072 units), the GPU regime of docs/gpu.md.
 
 Set up the reference environment once (``benchmarks/reference_env.sh``), then:
 
@@ -61,18 +68,28 @@ DEFAULT_LAYERS = {
     "timm:mobilenetv3_small_100": ["blocks.3", "blocks.4"],
     "zoo:efficientnet-lite0": ["_blocks.10", "_blocks.15"],
     "py:reference:seeded_resnet18": ["layer1"],
+    "timm:resnet50": ["layer3", "layer4"],
 }
 
 
 def load_preprocessing_module():
-    """semlens' preprocessing (pure torch/PIL/numpy), loaded by path, so that both sides see the same views."""
+    """semlens' preprocessing (pure torch/PIL/numpy, and semlens' error classes), loaded by path under a package of
+    its own, so that both sides see the same views without the reference side importing semlens."""
     import importlib.util
+    import types
 
-    spec = importlib.util.spec_from_file_location("semlens_preprocess", ROOT / "src" / "semlens" / "model" / "preprocess.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while building the class
-    spec.loader.exec_module(module)
-    return module
+    def load(name: str, path: Path):
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # relative imports and dataclasses look the module up while it loads
+        spec.loader.exec_module(module)
+        return module
+
+    source = ROOT / "src" / "semlens"
+    for package in ("semlens_ref", "semlens_ref._util", "semlens_ref.model"):
+        sys.modules.setdefault(package, types.ModuleType(package)).__path__ = []
+    load("semlens_ref._util.errors", source / "_util" / "errors.py")
+    return load("semlens_ref.model.preprocess", source / "model" / "preprocess.py")
 
 
 def seeded_resnet18() -> torch.nn.Module:
@@ -115,11 +132,11 @@ def run_reference(job: dict) -> dict:
 
     model = reference_model(job["model"], job["model_weights"])
     visualizer = sl.component_visualization.ActivationComponentVisualizer(
-        model, Probe(True), Probe(False), layer_names=job["layers"], num_samples=job["k"], device="cpu",
+        model, Probe(True), Probe(False), layer_names=job["layers"], num_samples=job["k"], device=job["device"],
         aggregate_fn=sl.component_visualization.aggregators.aggregate_conv_mean, cache_dir=None,
     )  # fmt: skip
-    foundation = sl.foundation_models.OpenClip(url=FOUNDATION_ARCH, device="cpu", pretrained=job["weights"])
-    lens = sl.Lens(foundation, device="cpu")
+    foundation = sl.foundation_models.OpenClip(url=FOUNDATION_ARCH, device=job["device"], pretrained=job["weights"])
+    lens = sl.Lens(foundation, device=job["device"])
 
     embedding = {}
     embed_dataset = visualizer._embed_vision_dataset
@@ -138,7 +155,7 @@ def run_reference(job: dict) -> dict:
         examples = torch.nn.functional.normalize(concept_db[layer].float(), dim=-1)
         results[f"{layer}.ids"] = visualizer.get_max_reference(layer)
         results[f"{layer}.theta"] = examples.mean(dim=1)
-    return {"build_seconds": seconds, "embed_seconds": embedding["seconds"], "embedded": len(files)}, results
+    return {"build_seconds": seconds, "embed_seconds": embedding["seconds"], "embedded": len(files), **gpu_peak(job)}, results
 
 
 def reference_labels(foundation, theta: dict[str, torch.Tensor], job: dict) -> None:
@@ -157,12 +174,19 @@ def run_reference_label(job: dict) -> tuple[dict, dict]:
 
     def load():
         stored = load_file(str(Path(job["workdir"]) / "reference.safetensors"))
-        foundation = sl.foundation_models.OpenClip(url=FOUNDATION_ARCH, device="cpu", pretrained=job["weights"])
+        foundation = sl.foundation_models.OpenClip(url=FOUNDATION_ARCH, device=job["device"], pretrained=job["weights"])
         return foundation, {layer: stored[f"{layer}.theta"] for layer in job["layers"]}
 
     load_seconds, (foundation, theta) = timed(load)
     times = [timed(reference_labels, foundation, theta, job)[0] for _ in range(job["label_times"])]
     return {"load": load_seconds, **dict(zip(("label_first", "label_second"), times))}, {}
+
+
+def gpu_peak(job: dict) -> dict[str, float]:
+    """The process's highest GPU memory allocated (GiB), on a CUDA job; nothing elsewhere."""
+    if not job["device"].startswith("cuda"):
+        return {}
+    return {"gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
 def timed(function, *args):
@@ -182,7 +206,7 @@ def run_semlens(job: dict) -> dict:
     config = BuildConfig(
         model=semlens_model(job["model"], job["model_weights"]), layers=job["layers"], data=f"folder:{job['folder']}",
         foundation=f"open_clip:{FOUNDATION_ARCH}:{job['weights']}", k=job["k"], pool="mean", crop=job["crop"],
-        crop_rule=job.get("crop_rule"), class_relevance=False, batch_size=job["batch"], embed_batch_size=job["batch"], device="cpu",
+        crop_rule=job.get("crop_rule"), class_relevance=False, batch_size=job["batch"], embed_batch_size=job["batch"], device=job["device"],
         workers=job["workers"],
     )  # fmt: skip
     lens = build_lens(config, Path(job["workdir"]) / f"semlens-{job['crop']}.lens", overwrite=True, progress=False)
@@ -199,7 +223,11 @@ def run_semlens(job: dict) -> dict:
         "units": sum(len(lens.units(layer)) for layer in job["layers"]),
         "distinct_samples": len(torch.unique(torch.cat([lens.arrays.samples(layer).flatten() for layer in job["layers"]]))),
         "crop_modes": sorted({lens.manifest["layers"][layer]["crop"]["mode"] for layer in job["layers"]}),
+        **gpu_peak(job),
     }
+    passes = [lens.manifest["layers"][layer]["crop"].get("relevance_memory") for layer in job["layers"]]
+    if any(passes):  # the relevance passes' budget on a GPU, their highest peak and the pairs a pass held
+        info.update(relevance_peak_gib=max(p["peak_gib"] for p in passes if p), relevance_pairs=min(p["rows"] for p in passes if p))
     return info, results
 
 
@@ -244,7 +272,58 @@ def reference_model(spec: str, weights: str | None) -> torch.nn.Module:
     return model
 
 
-SIDES = {"reference": run_reference, "semlens": run_semlens, "reference-label": run_reference_label, "semlens-label": run_semlens_label}
+def run_brute_force(job: dict) -> tuple[dict, dict]:
+    """Every probe image's mean-pooled activation of every unit of the job's layers, in float32 with TF32 off on the
+    job's device (``scores`` ``[U, N]`` per layer): what an exact top-k must equal."""
+    from semlens import load_model
+    from semlens._util.devices import strict_float32
+    from semlens.data import load_data
+    from semlens.model.units import hooks, resolve_module
+
+    model = load_model(semlens_model(job["model"], job["model_weights"]))
+    module = model.module.to(job["device"]).float().eval()
+    data = load_data(f"folder:{job['folder']}")
+
+    class Pixels(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(data)
+
+        def __getitem__(self, index: int) -> torch.Tensor:
+            return model.preprocessing(data.load(index))
+
+    pooled: dict[str, list[torch.Tensor]] = {layer: [] for layer in job["layers"]}
+
+    def keep(layer: str):
+        return lambda _module, _inputs, output: pooled[layer].append(output.float().mean(dim=(2, 3)).cpu())
+
+    started = time.perf_counter()
+    loader = torch.utils.data.DataLoader(Pixels(), batch_size=job["batch"], num_workers=job["workers"])
+    with strict_float32(), torch.no_grad(), hooks([resolve_module(module, layer).register_forward_hook(keep(layer)) for layer in job["layers"]]):
+        for pixels in loader:
+            module(pixels.to(job["device"]))
+    scores = {f"{layer}.scores": torch.cat(pooled[layer]).T.contiguous() for layer in job["layers"]}
+    return {"seconds": time.perf_counter() - started}, scores
+
+
+def exactness(scores: torch.Tensor, ids: torch.Tensor) -> tuple[int, int, float]:
+    """Against the brute force's ``scores`` ``[U, N]``: the units whose top-k ``ids`` ``[U, k]`` (-1: an empty slot)
+    score as the true top-k do (within 1e-5 of the unit's peak), the units with empty slots, and the worst miss: how
+    far the lowest kept example scores below the true k-th, as a share of the unit's peak."""
+    k = ids.shape[1]
+    true = scores.topk(k, dim=1).values  # [U, k], best first
+    empty = ids < 0
+    kept = scores.gather(1, ids.clamp_min(0)).masked_fill(empty, float("-inf")).sort(dim=1, descending=True).values
+    peak = scores.abs().amax(dim=1).clamp_min(1e-12)
+    exact = ((kept - true).abs() <= 1e-5 * peak[:, None]).all(dim=1)
+    lowest = kept.masked_fill(empty, float("inf")).amin(dim=1)
+    miss = ((true[:, -1] - lowest) / peak).clamp_min(0.0)
+    return int(exact.sum()), int(empty.any(dim=1).sum()), float(miss.max())
+
+
+SIDES = {
+    "reference": run_reference, "semlens": run_semlens, "reference-label": run_reference_label, "semlens-label": run_semlens_label,
+    "brute-force": run_brute_force,
+}  # fmt: skip
 
 
 def run_side(side: str, job_file: Path) -> None:
@@ -260,6 +339,10 @@ def run_side(side: str, job_file: Path) -> None:
 
 
 # -- the orchestrator (runs in .venv) -------------------------------------------------------------
+
+
+def device_name(device: str) -> str:
+    return "CPU" if device == "cpu" else f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
 
 
 def semlens_model(spec: str, weights: str | None) -> str:
@@ -343,6 +426,8 @@ def main() -> None:
     parser.add_argument("--label", action="store_true", help="also time text probing (twice in one process, once fresh)")
     parser.add_argument("--label-only", action="store_true", help="time text probing on the builds already in --workdir")
     parser.add_argument("--concepts", type=int, help="label with the first N concepts of the built-in vocabulary (default: all)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: both libraries and the brute force run there")
+    parser.add_argument("--exact", action="store_true", help="also score every image in float32 (TF32 off) and check each side's top-k against it")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/semlens-reference"))
     parser.add_argument("--reference-python", type=Path, default=REFERENCE_PYTHON)
     args = parser.parse_args()
@@ -374,7 +459,7 @@ def main() -> None:
     job = {
         "folder": str(folder), "weights": str(weights), "layers": layers, "model": args.model,
         "model_weights": model_weights, "k": args.k, "batch": args.batch, "crop_rule": args.crop_rule,
-        "workers": args.workers, "workdir": str(args.workdir), "preprocessing": loaded.preprocessing.__dict__,
+        "workers": args.workers, "workdir": str(args.workdir), "preprocessing": loaded.preprocessing.__dict__, "device": args.device,
         "concepts": list(load_vocabulary().concepts[: args.concepts]), "templates": list(resolve_templates("label")), "crop": args.crops[0],
     }  # fmt: skip
     runs: dict[str, list[dict]] = {}
@@ -401,6 +486,10 @@ def main() -> None:
             run(side, side, label_times=2)
         for side in pair[::-1] if repeat % 2 == 0 else pair:  # once in a fresh one: semlens reads the prompts cached on disk
             run(side, f"{side}-fresh", label_times=1)
+    if args.exact and not args.label_only:
+        job_file = args.workdir / "brute-force.job.json"
+        job_file.write_text(json.dumps({**job, "run": "brute-force"}))
+        run_process([sys.executable, __file__, "--side", "brute-force", "--job", str(job_file)])
     load_after = os.getloadavg()[0]
 
     median = {
@@ -411,7 +500,7 @@ def main() -> None:
     loads = [value for items in runs.values() for run in items for value in (run["load_before"], run["load_after"])]
     print(f"regime: {args.model}, {loaded.preprocessing.input_size} px, layers {' '.join(layers)} ({units:.0f} units), "
           f"k {args.k}, {images} probe images, mean pooling; foundation open_clip {FOUNDATION_ARCH} "
-          f"(random weights, one file); CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; load "
+          f"(random weights, one file); {device_name(args.device)}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; load "
           f"average {load_before:.1f} before, {load_after:.1f} after (each process: {min(loads):.1f} to {max(loads):.1f}); "
           f"median of {args.repeats} runs each, alternating")  # fmt: skip
     for name, row in median.items():
@@ -419,8 +508,11 @@ def main() -> None:
             continue
         crops = "whole images" if name == "reference" else f"crops: {', '.join(runs[name][0]['crop_modes'])}"
         distinct = f", distinct examples {row['distinct_samples']:.0f} ({row['distinct_samples'] / images:.2f} of the images)" if "distinct_samples" in row else ""
+        memory = f"; GPU peak {row['gpu_peak_gib']:.1f} GiB" if "gpu_peak_gib" in row else ""
+        if "relevance_peak_gib" in row:
+            memory += f" (relevance passes {row['relevance_peak_gib']:.1f} GiB, {row['relevance_pairs']:.0f} pairs a pass)"
         print(f"{name:<19} end to end {row['wall']:7.1f} s wall, {row['cpu']:7.1f} s CPU; embedding {row['embed_seconds']:7.1f} s "
-              f"({row['embedded']:.0f} crops embedded{distinct}; {crops})")  # fmt: skip
+              f"({row['embedded']:.0f} crops embedded{distinct}; {crops}){memory}")  # fmt: skip
     for name in median:
         if name.startswith("semlens-") and "-label" not in name:
             ratios = ", ".join(f"{label} {median['reference'][key] / median[name][key]:.2f}" for key, label in (("wall", "wall"), ("cpu", "CPU time")))
@@ -446,6 +538,15 @@ def main() -> None:
     arrays = {name: load_file(str(args.workdir / f"{name}.safetensors")) for name in ("reference", "semlens-none") if name in runs}
     if len(arrays) == 2:
         print(agreement(layers, arrays["semlens-none"], arrays["reference"]))
+    if args.exact and not args.label_only:
+        brute = load_file(str(args.workdir / "brute-force.safetensors"))
+        print(f"top-k against a float32 brute force on {args.device} (TF32 off), k = {args.k}:")
+        for name in [name for name in runs if "-label" not in name]:
+            found = load_file(str(args.workdir / f"{name}.safetensors"))
+            counts = [exactness(brute[f"{layer}.scores"], found[f"{layer}.ids"].long()) for layer in layers]
+            units = sum(brute[f"{layer}.scores"].shape[0] for layer in layers)
+            print(f"  {name:<19} exact on {sum(c[0] for c in counts)} of {units} units ({sum(c[1] for c in counts)} with empty slots); "
+                  f"worst miss {100 * max(c[2] for c in counts):.2f} % of the unit's peak")
 
 
 if __name__ == "__main__":
