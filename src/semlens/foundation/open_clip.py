@@ -19,6 +19,7 @@ from PIL import Image
 from .._util.devices import inference_dtype
 from .._util.errors import SpecError, one_line
 from .._util.fingerprint import hash_module_weights
+from .._util.hub import offline_unless_reachable
 from .._util.imports import import_optional
 from .._util.seeded import seeded_weights
 from .base import FoundationModel, StackedTransform
@@ -95,7 +96,8 @@ def load_open_clip(
         model_name = arch
     try:
         # Random weights must stay random: do not fetch base weights for an HF text tower.
-        with seeded_weights():  # random weights (none) the same in every process: the Lens finds its model again
+        fetches = arch == "hf-hub" or (weights is not None and not os.path.isfile(weights))  # a hub repository or a pretrained tag
+        with seeded_weights(), offline_unless_reachable(fetches):  # random weights (none) the same in every process: the Lens finds its model again
             model, _, transform = open_clip.create_model_and_transforms(
                 model_name, pretrained=weights, pretrained_text=weights is not None
             )

@@ -27,6 +27,7 @@ from torch import nn
 
 from .._util.errors import SpecError
 from .._util.fingerprint import hash_module_weights
+from .._util.hub import offline_unless_reachable
 from .._util.imports import call_factory, import_object, import_optional
 from .._util.seeded import seeded_weights
 from .._util.specs import SpecForm, SpecRegistry, described, in_memory_spec, register_in_memory
@@ -145,7 +146,7 @@ def _timm(rest: str) -> LoadedModel:
         raise SpecError(f"timm has no model {name!r}; see timm.list_models('*pattern*')")
     weights = weights or "pretrained"
     with seeded_weights():
-        module = _downloading(lambda: timm.create_model(name, pretrained=weights == "pretrained"), f"timm:{rest}", f"timm:{name}:none")
+        module = _downloading(lambda: timm.create_model(name, pretrained=weights == "pretrained"), f"timm:{rest}", f"timm:{name}:none", weights == "pretrained")
     if weights not in ("pretrained", "none"):
         _load_state_file(module, weights, "pretrained, none or an existing file")
     config = import_optional("timm.data", "timm", f"timm:{rest}").resolve_data_config({}, model=module)
@@ -209,11 +210,12 @@ def _processor_preprocessing(processor: object) -> Preprocessing:
     )
 
 
-def _downloading(build: Callable[[], nn.Module], spec: str, random: str) -> nn.Module:
-    """``build()``, which may fetch published weights: without the network that fails deep in a download
-    library, so the error says what the spec needs and what works offline."""
+def _downloading(build: Callable[[], nn.Module], spec: str, random: str, downloads: bool = True) -> nn.Module:
+    """``build()``, which may fetch published weights (``downloads``): without the network that fails deep in a
+    download library, so the error says what the spec needs and what works offline."""
     try:
-        return build()
+        with offline_unless_reachable(downloads):
+            return build()
     except OSError as error:  # urllib's URLError and the hub's missing-entry errors are OSErrors
         raise SpecError(
             f"cannot fetch the weights of {spec} ({type(error).__name__}: {str(error)[:200]}): published weights need the "
