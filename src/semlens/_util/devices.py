@@ -173,11 +173,13 @@ class PassMemory:
     def rows_that_fit(self, rows: int) -> tuple[int, bool]:
         """The rows a pass may hold within the budget, from the last pass of ``rows`` rows (its peak over the bytes
         held before it, per row: a pass's fixed cost counts as rows', so the estimate errs small), and whether
-        that pass stayed within the budget."""
+        that pass stayed within the budget. Where what is held before a pass (the model, the inputs) leaves less
+        than a quarter of the budget, a pass may still grow by that quarter: passes of one row would crawl."""
         peak = self._peak()
         self.highest = max(self.highest, peak)
         per_row = max(peak - self.base, 1) / rows
-        return max(1, int((self.budget - self.base) // per_row)), peak <= self.budget
+        room = max(self.budget - self.base, self.budget // 4)
+        return max(1, int(room // per_row)), peak <= self.budget
 
 
 def pass_memory(device: torch.device, gib: float = RELEVANCE_MEMORY_GIB) -> PassMemory | None:
