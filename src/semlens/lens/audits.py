@@ -101,8 +101,8 @@ def audit(
     concept: ConceptImages | None = None,
     test_all: bool = False,
 ) -> Audit:
-    """Audit one class (``valid`` concepts: by default the class's own name): verdicts for its relevant units (each alignment judged against its layer's null by
-    ``rule``; where the Lens kept crop responses, a unit whose best concept by them is one of the audit's
+    """Audit one class (``valid`` concepts: by default the class's own name): verdicts for its relevant units (each
+    alignment judged against its layer's null by ``rule``; where the Lens kept crop responses, a unit whose best concept by them is one of the audit's
     text concepts takes its verdict from it: ``analysis.audit``) and the class's relevance by verdict. With ``concept`` (images without and with the spurious
     concept), also the concept test of the flagged units and the class's reliance on the concept (needs
     the model; a flagged unit the concept does not raise, or that fires away from where it is pasted, loses
