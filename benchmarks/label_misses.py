@@ -22,15 +22,17 @@ from statistics import median
 import torch
 
 from semlens import Lens
-from semlens.world.demo import iou_thresholds, true_concepts
-from semlens.world.render import concept_family
+from semlens.world.demo import area_concepts, iou_thresholds, true_concepts
+from semlens.world.render import WorldConfig, concept_family
+from semlens.world.truth import where_truths_part
 
 
 def run_misses(run: Path, kinds: Counter, ratios: dict[str, list[float]]) -> Counter:
-    """One run's counts (and its misses added to ``kinds`` and ``ratios``)."""
+    """One run's counts (and its misses added to ``kinds`` and ``ratios``), by the judge's own truth."""
     truths = json.loads((run / "truth.json").read_text(encoding="utf-8"))["value"]
     lens = Lens.open(run / "world.lens")
-    truth, thresholds = true_concepts(truths), iou_thresholds(truths)
+    truth = true_concepts(truths, area=area_concepts(WorldConfig.load(run / "world.toml")))
+    thresholds = iou_thresholds(truths)
     names = list(lens.labels.vocabulary.concepts)
     counts: Counter = Counter()
     for layer in truths:
@@ -38,19 +40,15 @@ def run_misses(run: Path, kinds: Counter, ratios: dict[str, list[float]]) -> Cou
         concepts = truths[layer]["concepts"]
         scenes = torch.tensor(truths[layer]["scene_responses"]).mean(dim=2)  # [U, C]
         iou = torch.tensor(truths[layer]["iou"])
+        layer_truth = [truth.get(f"{layer}/{unit}") for unit in range(len(top))]
+        counts.update(where_truths_part(scenes, [candidates[0] for candidates in top], layer_truth, concepts))
         for unit, candidates in enumerate(top):
-            true, label = truth.get(f"{layer}/{unit}"), candidates[0]
+            true, label = layer_truth[unit], candidates[0]
             if true is None:
                 continue
-            most_raising = concepts[int(scenes[unit].argmax())]
             counts["units"] += 1
             counts["hits"] += label == true
-            if most_raising == true:
-                counts["agree"] += 1
-                counts["agree_hits"] += label == true
-            else:
-                counts["part_scene"] += label == most_raising
-                counts["part_truth"] += label == true
+            counts["part_truth"] += label == true and concepts[int(scenes[unit].argmax())] != true
             if label == true:
                 continue
             if label not in concepts:
@@ -78,7 +76,7 @@ def main() -> None:
         print(
             f"{run.name}: {c['units']} units with a true concept, top-1 {c['hits'] / max(c['units'], 1):.2f}; truths agree on "
             f"{c['agree']}, top-1 {c['agree_hits'] / max(c['agree'], 1):.2f}; part on {parted}: the label names the scenes' "
-            f"concept {c['part_scene']}, the truth {c['part_truth']}, another {parted - c['part_scene'] - c['part_truth']}"
+            f"concept {c['part_scene_hits']}, the truth {c['part_truth']}, another {parted - c['part_scene_hits'] - c['part_truth']}"
         )
     print("misses by kind (truth family -> label family):")
     for key in sorted(kinds):

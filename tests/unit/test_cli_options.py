@@ -52,8 +52,8 @@ def test_missing_required_settings_are_named_by_their_flags() -> None:
 
 
 def test_data_typed_as_a_folder_is_a_folder_spec_and_specs_stay_as_they_are(tmp_path) -> None:
-    """``semlens run -d ./images`` and ``--test-data ./clean`` as users type them; a recorded spec is never read so
-    (``LensAccess.data_spec`` takes only what the user gives)."""
+    """``semlens run -d ./images`` and ``--test-data ./clean`` as users type them; a spec with its prefix stays as it
+    is (a Lens's recorded spec, read only when it is opened, always has one)."""
     from semlens import BuildConfig
     from semlens._util.specs import folder_or_spec
 

@@ -313,11 +313,19 @@ def test_a_pass_cut_short_by_its_span_does_not_grow_the_passes_and_out_of_memory
     assert capped.shrunk == {"asked": 8, "used": 2, "why": "the GPU ran out of memory"}
 
 
-def test_pass_memory_budgets_gpus_only_and_a_small_card_says_so() -> None:
+def test_pass_memory_budgets_gpus_only_and_a_small_card_says_so(monkeypatch) -> None:
     from semlens._util.devices import pass_memory
     from semlens.pipeline.builder import smaller_passes
 
     assert pass_memory(torch.device("cpu")) is None
+    gib = 2**30  # a "GPU" with 2 GiB free, 1 GiB allocated and 0.5 GiB more cached by torch's allocator
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * gib, 16 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: gib)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: gib + gib // 2)
+    small = pass_memory(torch.device("cuda"))
+    assert small.budget == gib + int(0.9 * 2.5 * gib) and small.why == "the GPU had 3.2 GiB for them, under the 8 GiB asked"
+    roomy = pass_memory(torch.device("cuda"), gib=2.0)
+    assert roomy.budget == 2 * gib and roomy.why is None
     why = "the GPU had 5.2 GiB for them, under the 8 GiB asked"
     assert smaller_passes("layer l: relevance crops in", "pairs", {"asked": 128, "used": 40, "why": why}) == [
         f"layer l: relevance crops in passes of 40 pairs instead of 128: {why} (slower, same heatmaps)"

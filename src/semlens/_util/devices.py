@@ -139,16 +139,17 @@ def relevance_pixels(device: torch.device) -> int:
     H200 took 1.43 ms a pair at 16 and 0.34 at 256, ResNet-18 at 224 px; 128 a pass took a ResNet-50 build's
     embed stage from 200 to 93 s), so a GPU gets 2 inputs of 224 px per GiB of its memory, from 16 to 128:
     128 from 64 GiB up, 32 on 16 GiB. That is what a pass is asked to hold; ``ShrinkingBatch`` keeps it within
-    a memory budget measured on the first pass (``pass_memory``), and halves a pass that does not fit."""
+    a memory budget (``pass_memory``), from the memory per row the first pass measures, and halves a pass that
+    does not fit."""
     if device.type != "cuda":
         return 16 * 224 * 224
     gib = torch.cuda.get_device_properties(device).total_memory / 2**30
     return int(min(128, max(16, 2 * gib))) * 224 * 224
 
 
-#: GPU memory one relevance pass may hold by default, whatever the card: the passes are sized by what a row of the
-#: model and layer takes (measured on the first pass), not by the card's size, so a build runs the same way on a
-#: 24 GB card as on an 80 GB one (BuildConfig.relevance_memory_gib)
+#: GPU memory the relevance passes may hold at their peak by default (the model and the inputs held included), whatever
+#: the card: the passes are sized by what a row of the model and layer takes (measured on the first pass), not by the
+#: card's size, so a build runs the same way on a 24 GB card as on an 80 GB one (BuildConfig.relevance_memory_gib)
 RELEVANCE_MEMORY_GIB = 8.0
 #: rows of the first relevance pass on a GPU, whose peak memory sizes the passes after it
 MEASURING_ROWS = 2
@@ -189,6 +190,7 @@ def pass_memory(device: torch.device, gib: float = RELEVANCE_MEMORY_GIB) -> Pass
         return None
     free, _ = torch.cuda.mem_get_info(device)
     held = torch.cuda.memory_allocated(device)
+    free += torch.cuda.memory_reserved(device) - held  # blocks torch's allocator keeps cached are free to it
     budget, room, why = int(gib * 2**30), held + int(FREE_SHARE * free), None
     if room < budget:
         budget, why = room, f"the GPU had {room / 2**30:.1f} GiB for them, under the {gib:g} GiB asked"
@@ -216,6 +218,7 @@ class ShrinkingBatch:
         self.memory = memory
         self.out_of_memory = False
         self.measured = memory is None
+        self.largest = 0  # the most rows a pass held
 
     @property
     def shrunk(self) -> dict[str, Any] | None:
@@ -234,10 +237,10 @@ class ShrinkingBatch:
     @property
     def memory_used(self) -> dict[str, Any] | None:
         """With a budget, after the passes: ``{"budget_gib", "peak_gib", "rows"}`` (the highest peak of any pass and
-        the rows a pass last held), for the manifest; else None."""
+        the most rows a pass held), for the manifest; else None."""
         if self.memory is None or not self.memory.highest:
             return None
-        return {"budget_gib": round(self.memory.budget / 2**30, 2), "peak_gib": round(self.memory.highest / 2**30, 2), "rows": self.rows}
+        return {"budget_gib": round(self.memory.budget / 2**30, 2), "peak_gib": round(self.memory.highest / 2**30, 2), "rows": self.largest}
 
     def parts(self, total: int, step: Callable[[int, int], T]) -> Iterator[tuple[int, int, T]]:
         """``(begin, end, step(begin, end))`` over ``range(total)`` in parts of at most ``rows`` rows."""
@@ -258,6 +261,7 @@ class ShrinkingBatch:
                 self.rows = self.ceiling = (end - begin) // 2
                 self.out_of_memory = True
             else:
+                self.largest = max(self.largest, end - begin)
                 self._fit(end - begin, planned)
                 yield begin, end, result
                 begin = end

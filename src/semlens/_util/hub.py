@@ -23,13 +23,14 @@ PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 @cache
 def hub_reachable() -> bool:
-    """Whether the Hugging Face hub's host (``HF_ENDPOINT``'s, else huggingface.co) answers a connection within
+    """Whether the Hugging Face hub's host (``HF_ENDPOINT``'s, at its port, else huggingface.co) answers a connection within
     REACH_SECONDS; True behind a proxy, where a direct connection says nothing. Asked once per process."""
     if any(os.environ.get(name) for name in PROXY_VARIABLES):
         return True
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
-        socket.create_connection((host, 443), timeout=REACH_SECONDS).close()
+        socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=REACH_SECONDS).close()
     except OSError:
         return False
     return True

@@ -7,9 +7,8 @@ of valid forms, so the error message doubles as documentation.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
 from .errors import SpecError
@@ -39,7 +38,8 @@ def split_spec(spec: str, kind: str = "", forms: str = "") -> tuple[str, str]:
 
 def folder_or_spec(text: str) -> str:
     """Data as a user types it: a data spec, or a folder as ``folder:PATH`` (text without a prefix, or a path that
-    exists, such as ``C:\\images``). Only for what the user gives, never for a spec a Lens records."""
+    exists, such as ``C:\\images``). For what the user gives (BuildConfig, the command line, ``data=`` when opening
+    a Lens), never to read a spec a Lens records when it is opened; a recorded spec has its prefix already."""
     return text if ":" in text and not Path(text).exists() else f"folder:{text}"
 
 

@@ -445,7 +445,7 @@ def report(
             done()
         audits = []
         for name in classes:
-            audits.append(opened.audit(name, valid or [opened.classes[opened.units.class_index(name)] if opened.classes else name], spurious, concept=concept, test_all=test_all))
+            audits.append(opened.audit(name, valid or [], spurious, concept=concept, test_all=test_all))  # no valid concept: the class's name
             done()
         graphs = []
         for name in classes if graph else []:

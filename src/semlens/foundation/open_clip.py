@@ -101,7 +101,7 @@ def load_open_clip(
             model, _, transform = open_clip.create_model_and_transforms(
                 model_name, pretrained=weights, pretrained_text=weights is not None
             )
-        tokenizer = open_clip.get_tokenizer(model_name)
+            tokenizer = open_clip.get_tokenizer(model_name)
     except (RuntimeError, OSError, ValueError) as error:
         raise SpecError(
             f"cannot load open_clip:{arch}:{pretrained}: {one_line(error)}. A pretrained tag or hub repository "

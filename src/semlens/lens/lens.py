@@ -151,7 +151,8 @@ class Lens:
 
     @property
     def classes(self) -> list[str] | None:
-        """The model's class names (None when it has none; the data's where the model has none but as many outputs)."""
+        """The model's class names (None when it has none; where it has none but as many outputs as the class relevance
+        data has classes, that data's, the order its labels were mapped to the outputs by)."""
         return self.manifest.get("model_classes")
 
     # -- its embedding spaces (semlens.lens.spaces) ---------------------------------------------

@@ -132,7 +132,7 @@ def _torchvision(rest: str) -> LoadedModel:
         except KeyError:
             valid = ", ".join(member.name for member in tv_models.get_model_weights(name))
             raise SpecError(f"torchvision model {name} has no weights {weights!r}; valid: DEFAULT, none, a file, {valid}") from None
-        module = _downloading(lambda: tv_models.get_model(name, weights=enum), f"torchvision:{rest}", f"torchvision:{name}:none")
+        module = _downloading(lambda: tv_models.get_model(name, weights=enum), f"torchvision:{rest}", f"torchvision:{name}:none", hub=False)
         preprocessing = preprocessing_of(enum.transforms())
         classes = list(enum.meta.get("categories") or []) or None
     return LoadedModel(module.eval(), f"torchvision:{rest}", preprocessing, classes)
@@ -210,11 +210,12 @@ def _processor_preprocessing(processor: object) -> Preprocessing:
     )
 
 
-def _downloading(build: Callable[[], nn.Module], spec: str, random: str, downloads: bool = True) -> nn.Module:
-    """``build()``, which may fetch published weights (``downloads``): without the network that fails deep in a
-    download library, so the error says what the spec needs and what works offline."""
+def _downloading(build: Callable[[], nn.Module], spec: str, random: str, hub: bool = True) -> nn.Module:
+    """``build()``, which may fetch published weights (from the Hugging Face hub where ``hub``: see
+    ``offline_unless_reachable``): without the network that fails deep in a download library, so the error says
+    what the spec needs and what works offline."""
     try:
-        with offline_unless_reachable(downloads):
+        with offline_unless_reachable(hub):
             return build()
     except OSError as error:  # urllib's URLError and the hub's missing-entry errors are OSErrors
         raise SpecError(
@@ -268,15 +269,6 @@ def class_mapping(model: LoadedModel, data) -> tuple[dict[int, int] | None, str]
         missing = [data.classes[label] for label, index in mapping.items() if index is None]
         return None, f"predicted classes (data classes not among the model's: {', '.join(missing[:5])})"
     return mapping, "labels"
-
-
-def output_class_names(model: LoadedModel, data) -> list[str] | None:
-    """The model's class names; where it has none but as many outputs as the data has classes, the data's, in the
-    order ``class_mapping`` maps labels to outputs by (a model from a notebook with labelled data)."""
-    if model.classes is not None:
-        return model.classes
-    mapping, _ = class_mapping(model, data)
-    return list(data.classes) if mapping is not None else None
 
 
 def load_model(model: str | nn.Module | LoadedModel, preprocessing: Preprocessing | Any = None) -> LoadedModel:

@@ -26,7 +26,7 @@ from .._util.devices import autocast_dtype, inference_dtype, out_of_memory_advic
 from .._util.errors import SemlensError, StaleLensError
 from ..data import ImageData, load_data
 from ..foundation import FOUNDATION_MODELS, FoundationModel
-from ..model.loading import LoadedModel, load_model, output_class_names
+from ..model.loading import LoadedModel, load_model
 from ..model.units import LayerSpec, resolve_module
 from ..store.files import FORMAT, FORMAT_VERSION, LensStore
 from ..store.slots import crop_rules
@@ -187,7 +187,7 @@ class LensBuilder:
             "settings": asdict(self.config),
             **({"k_asked": self.k_asked} if self.k_asked != self.config.k else {}),  # lowered to the data's size
             "classes": self.context.data.classes,
-            "model_classes": output_class_names(self.context.model, self.context.data),
+            "model_classes": self.context.model.classes,
             "layers": {},
             "stages": {},
         }

@@ -123,6 +123,8 @@ class ClassRelevanceStage:
         if progress.unlabelled:
             targets_from += f"; {progress.unlabelled} samples without a class folder: predicted classes"
         context.manifest["relevance"] = {"data": data.spec, "targets": targets_from, "layers": list(stats), "example_layers": list(examples), "left_out": left_out}
+        if model.classes is None and mapping is not None:  # labels mapped by index: the model's outputs are the data's classes
+            context.manifest["model_classes"] = list(data.classes)
         smaller = {"images_per_pass": passes.shrunk} if passes.shrunk else {}
         if passes.memory_used:
             smaller["relevance_memory"] = passes.memory_used

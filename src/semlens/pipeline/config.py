@@ -92,7 +92,7 @@ class BuildConfig:
     })  # fmt: skip
     relevance_batch_size: int | None = field(default=None, metadata={"cli": False})  # None: sized by input pixels (relevance_batch)
     relevance_memory_gib: float = field(default=RELEVANCE_MEMORY_GIB, metadata={
-        "help": f"GPU memory one relevance pass may hold, in GiB (default {RELEVANCE_MEMORY_GIB:g}): passes are sized to it from the first one's peak."
+        "help": f"GPU memory the relevance passes may hold at their peak, model included, in GiB (default {RELEVANCE_MEMORY_GIB:g}): passes are sized to it from the first one's."
     })  # fmt: skip
     max_map_side: int = field(default=32, metadata={"cli": False})
     batch_size: int = field(default=32, metadata={"help": "Model batch size (default 32)."})
