@@ -3,7 +3,8 @@
 # collection pass (collect), CRP heatmaps in float32 proper against TF32 (crops), measures (measures),
 # the foundation model's precisions (embedding), a whole build of a random ResNet-50 into a random
 # open_clip ViT-B-32 (build), a random timm ViT-S/16 under study (vit), a random MobileNetV3-Large
-# (Hardswish, linear bottlenecks: the signed z+ rule; mobile), a build on 4.2 GiB of the card
+# (Hardswish, linear bottlenecks: the signed z+ rule; mobile), the same ResNet-50 build with the relevance passes'
+# default memory budget (8 GiB) and with none (budget: their peaks and embed stages side by side), a build on 4.2 GiB of the card
 # whose relevance passes must halve instead of failing (small-gpu), the demo (demo), LRP's check on the GPU
 # for models of timm, torchvision and transformers with their heatmaps against the CPU's and LRP's time
 # against a plain gradient (lrp), builds of a torchvision Swin-T and a timm EVA-02 with relevance crops
@@ -18,9 +19,9 @@
 # Each step's output goes to OUT_DIR/<step>.log as well as to the terminal; the build's and the demo's
 # stage times and crop modes are read from their Lenses' manifest.json.
 set -uo pipefail
-out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build vit mobile small-gpu demo lrp swin-eva bit shift judge tests class-relevance handover micro]}
+out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build budget vit mobile small-gpu demo lrp swin-eva bit shift judge tests class-relevance handover micro]}
 shift
-parts=" ${*:-micro embedding build vit mobile small-gpu demo lrp swin-eva bit shift judge tests class-relevance handover} "
+parts=" ${*:-micro embedding build budget vit mobile small-gpu demo lrp swin-eva bit shift judge tests class-relevance handover} "
 [[ $parts == *" micro "* ]] && parts+=" collect crops measures "
 mkdir -p "$out"
 export PYTHONPATH="$PWD/tests/support${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SEMLENS_CACHE="$out/cache"
@@ -43,6 +44,7 @@ for name, record in manifest["stages"].items():
 for name, layer in manifest["layers"].items():
     crop = layer.get("crop", {})
     smaller = f"; passes {crop['pairs_per_pass']}" if "pairs_per_pass" in crop else ""
+    smaller += f"; memory {crop['relevance_memory']}" if "relevance_memory" in crop else ""
     print(f"  {name}: {crop.get('mode')} crops ({crop.get('why')}){smaller}")
 if "images_per_pass" in manifest["stages"].get("relevance", {}):
     print(f"  class relevance passes {manifest['stages']['relevance']['images_per_pass']}")
@@ -76,6 +78,15 @@ if [[ $parts == *" build "* ]]; then
   step build python3 -m semlens.cli run --model timm:resnet50:none --layer layer3 --layer layer4 \
     --data world::2000:probe --foundation open_clip:ViT-B-32:none -k 10 --out "$out/r50.lens" --overwrite --no-progress
   stages "$out/r50.lens" | tee -a "$out/build.log"
+fi
+
+if [[ $parts == *" budget "* ]]; then  # the relevance passes within 8 GiB (the default) against unbounded, one call
+  for gib in 8 1000; do
+    step "budget-$gib" python3 -m semlens.cli run --model timm:resnet50:none --layer layer3 --layer layer4 \
+      --data world::2000:probe --foundation open_clip:ViT-B-32:none -k 10 --relevance-memory-gib $gib \
+      --out "$out/r50-budget-$gib.lens" --overwrite --no-progress
+    stages "$out/r50-budget-$gib.lens" | tee -a "$out/budget-$gib.log"
+  done
 fi
 
 if [[ $parts == *" vit "* ]]; then
