@@ -464,13 +464,16 @@ def main() -> None:
     }  # fmt: skip
     runs: dict[str, list[dict]] = {}
 
-    def run(side: str, name: str, **changes) -> None:
+    def run(side: str, name: str, timed: bool = True, **changes) -> None:
+        """Run one side's process; ``timed``: its timing joins the runs compared (the brute force's does not)."""
         job_file = args.workdir / f"{name}.job.json"
         job_file.write_text(json.dumps({**job, **changes, "run": name}))
         python = args.reference_python if side.startswith("reference") else Path(sys.executable)
         load = os.getloadavg()[0]
-        runs.setdefault(name, []).append(run_process([str(python), __file__, "--side", side, "--job", str(job_file)]))
-        runs[name][-1].update(json.loads((args.workdir / f"{name}.json").read_text()), load_before=load, load_after=os.getloadavg()[0])
+        seconds = run_process([str(python), __file__, "--side", side, "--job", str(job_file)])
+        if timed:
+            runs.setdefault(name, []).append(seconds)
+            runs[name][-1].update(json.loads((args.workdir / f"{name}.json").read_text()), load_before=load, load_after=os.getloadavg()[0])
 
     load_before = os.getloadavg()[0]
     for repeat in range(args.repeats):  # alternating order, so that a busy spell hits both sides alike
@@ -487,9 +490,7 @@ def main() -> None:
         for side in pair[::-1] if repeat % 2 == 0 else pair:  # once in a fresh one: semlens reads the prompts cached on disk
             run(side, f"{side}-fresh", label_times=1)
     if args.exact and not args.label_only:
-        job_file = args.workdir / "brute-force.job.json"
-        job_file.write_text(json.dumps({**job, "run": "brute-force"}))
-        run_process([sys.executable, __file__, "--side", "brute-force", "--job", str(job_file)])
+        run("brute-force", "brute-force", timed=False)
     load_after = os.getloadavg()[0]
 
     median = {

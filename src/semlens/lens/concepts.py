@@ -139,8 +139,12 @@ def _detectors(lens: Lens, text: str) -> list[str] | None:
 
 
 def _is_unit(lens: Lens, unit: str) -> bool:
-    layer, _, name = unit.rpartition("/")
-    return layer in lens.layers and name in lens.units(layer)
+    """Whether ``unit`` names a unit of this Lens (``LensUnits.index`` without its error)."""
+    try:
+        lens.units.index(unit)
+    except SemlensError:
+        return False
+    return True
 
 
 def _store(lens: Lens) -> LensStore:

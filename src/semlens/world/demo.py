@@ -10,6 +10,7 @@ report. The summary checks every answer against the ground truth from the exact 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -242,7 +243,7 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
     truth = true_concepts(truths, area=area_concepts(config))
     concepts, world_concepts = list(lens.labels.vocabulary.concepts), config.concept_names()
     hits1 = hits3 = shown_hits = total = response_hits = response_total = as_faithful = 0
-    parting = {"agree": 0, "agree_hits": 0, "part_scene_hits": 0}
+    parting: Counter = Counter()
     aucs: list[float] = []
     phis: dict[str, dict[str, list[float]]] = {views: {"labelled": [], "true": [], "truth": []} for views, _ in PHI_VIEWS}
     for layer in truths:
@@ -269,8 +270,7 @@ def ground_truth_labels(lens: Lens, config: WorldConfig, out: Path) -> tuple[dic
             if by_response[unit] is not None:
                 response_total += 1
                 response_hits += top[unit][0] == by_response[unit]
-        for key, count in where_truths_part(scenes, [row[0] for row in top], best, world_concepts).items():
-            parting[key] += count
+        parting.update(where_truths_part(scenes, [row[0] for row in top], best, world_concepts))
         for views, kept in phis.items():
             kept["labelled"] += faithfulness(mean_responses[views], assigned)
             kept["true"] += faithfulness_of_true_units(mean_responses[views], [row[0] for row in top], best, world_concepts)
