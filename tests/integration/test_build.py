@@ -12,9 +12,10 @@ import semlens.pipeline.embed_stage as embed_stage_module
 from semlens import BuildConfig, LayerSpec, Lens, build_lens, load_data, load_model
 from semlens._util.errors import SemlensError, StaleLensError
 from semlens.interventions.effects import Artifact
+from semlens.analysis.responses import ResponseMoments
 from semlens.pipeline.collect import collect_topk
 from semlens.relevance.lrp import RelevanceModel, unit_relevance
-from semlens.store.files import layer_file
+from semlens.store.files import RESPONSES, layer_file
 from semlens.lens.search import probe as probe_of
 from semlens.lens.audits import pruning_effect
 from semlens.lens.explain import _explainer
@@ -346,20 +347,18 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_data_or_lrp_rul
     assert gamma_heat.shape == zplus_heat.shape and difference > 0.05 * zplus_heat.float().abs().amax()
 
 
-def test_crop_responses_are_the_models_scores_on_each_first_rule_crop(built: Lens, tmp_path, colour_folder, tiny_clip_dir) -> None:
-    """The responses stage (crops cut, resized and stacked by data-loader workers) holds the moments of the
-    model's pooled activations on each distinct first-rule crop, read one crop at a time here."""
+def crop_response_moments(lens: Lens, folder) -> ResponseMoments:
+    """The moments of the tiny CNN's pooled activations on each distinct first-rule crop of ``lens``, read one
+    crop at a time."""
     from PIL import Image
 
-    from semlens.analysis.responses import ResponseMoments
     from semlens.interventions.effects import unit_scores
-    from semlens.store.files import CROPS, RESPONSES
+    from semlens.store.files import CROPS
     from semlens.store.slots import rule_slots
 
-    with_workers = build_lens(config(colour_folder, tiny_clip_dir, workers=1), tmp_path / "workers.lens", progress=False)
-    model, data = load_model("py:tiny_models:tiny_cnn"), load_data(f"folder:{colour_folder}")
-    table = built.store.read_tensors(CROPS)
-    rows = torch.unique(torch.cat([rule_slots(built.arrays.read(layer, "embed")["crop_index"], 5, 0).flatten() for layer in built.layers]))
+    model, data = load_model("py:tiny_models:tiny_cnn"), load_data(f"folder:{folder}")
+    table = lens.store.read_tensors(CROPS)
+    rows = torch.unique(torch.cat([rule_slots(lens.arrays.read(layer, "embed")["crop_index"], 5, 0).flatten() for layer in lens.layers]))
     rows = rows[rows >= 0]
     moments = ResponseMoments(table["embeddings"].shape[1])
     for row in rows.tolist():
@@ -368,9 +367,35 @@ def test_crop_responses_are_the_models_scores_on_each_first_rule_crop(built: Len
         unit_embeddings = moments.add_embeddings(table["embeddings"][row : row + 1])
         for name, scores in unit_scores(model, [crop], [LayerSpec.parse(spec) for spec in LAYERS]).items():
             moments.add_activations(name, scores, unit_embeddings)
+    return moments
+
+
+def test_crop_responses_are_the_models_scores_on_each_first_rule_crop(built: Lens, tmp_path, colour_folder, tiny_clip_dir) -> None:
+    """The responses stage (crops cut, resized and stacked by data-loader workers) holds the moments of the
+    model's pooled activations on each distinct first-rule crop."""
+    with_workers = build_lens(config(colour_folder, tiny_clip_dir, workers=1), tmp_path / "workers.lens", progress=False)
+    moments = crop_response_moments(built, colour_folder)
+    assert built.manifest["stages"]["responses"]["from_collection"] == 0  # relevance crops: a model pass each
     for lens in (built, with_workers):
         for layer in built.layers:
             torch.testing.assert_close(lens.arrays.read(layer, RESPONSES)["cross"], moments.cross(layer), rtol=1e-5, atol=1e-6)
+
+
+def test_a_whole_image_build_takes_the_crop_responses_from_the_collection_pass(tmp_path, colour_folder, tiny_clip_dir, monkeypatch) -> None:
+    """Crop mode none: every crop is a sample's whole view, whose activations the collection pass kept (pruned
+    to the top-k's samples as it went), so the responses stage runs no model pass and gives the same moments."""
+    import semlens.pipeline.kept_activations as kept_module
+    import semlens.pipeline.response_stage as response_module
+
+    monkeypatch.setattr(kept_module, "MIN_PRUNE_ROWS", 4)  # prune often: what a long pass does
+    monkeypatch.setattr(response_module, "read_units", lambda *args: pytest.fail("the responses stage ran the model"))
+    lens = build_lens(config(colour_folder, tiny_clip_dir, crop="none"), tmp_path / "none.lens", progress=False)
+    stage = lens.manifest["stages"]["responses"]
+    assert stage["from_collection"] == stage["crops"] > 1
+    assert not list(lens.path.glob("collect.activations*"))  # the stage removes what it read
+    moments = crop_response_moments(lens, colour_folder)
+    for layer in lens.layers:
+        torch.testing.assert_close(lens.arrays.read(layer, RESPONSES)["cross"], moments.cross(layer), rtol=1e-5, atol=1e-6)
 
 
 def test_a_layer_read_channels_last_gets_its_channels_as_units_and_their_relevance(tmp_path, colour_folder, tiny_clip_dir) -> None:

@@ -70,6 +70,20 @@ def test_two_gloo_ranks_under_torchrun_equal_one_process(tmp_path, reference, co
     assert_same_lens(Lens.open(out), reference)
 
 
+def test_two_ranks_building_whole_images_take_the_crop_responses_each_kept(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    """Each rank keeps the activations of its own samples; rank 0 reads every rank's file, runs no model pass."""
+    out = tmp_path / "ranks.lens"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "semlens.cli"]
+    finished = subprocess.run([*command, *run_args(colour_folder, tiny_clip_dir, out, "--crop", "none")], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    single = build_lens(config(colour_folder, tiny_clip_dir, crop="none"), tmp_path / "one.lens", progress=False)
+    ranks = Lens.open(out)
+    stage = ranks.manifest["stages"]["responses"]
+    assert stage["from_collection"] == stage["crops"] > 1 and not list(out.glob("collect.activations*"))
+    for layer in single.layers:
+        torch.testing.assert_close(ranks.arrays.read(layer, "responses")["cross"], single.arrays.read(layer, "responses")["cross"], rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, colour_folder, tiny_clip_dir) -> list[Path]:
     """The collect stage in 3 shards, each a partial Lens, as a job array would run them."""

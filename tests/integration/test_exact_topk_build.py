@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import semlens.pipeline.collect_stage as collect_stage
-from semlens import BuildConfig
+from semlens import BuildConfig, Lens, build_lens
 from semlens.pipeline.builder import LensBuilder
 from semlens.pipeline.collect import TopK
-from semlens.store.files import LensStore, layer_file
+from semlens.store.files import RESPONSES, LensStore, layer_file
 
 LAYERS = ["features.0", "features.3:pool=max", "head:signed=true"]
 NAMES = ["features.0", "features.3", "head"]
@@ -80,3 +80,42 @@ def test_a_run_killed_while_rescoring_resumes_from_its_candidates(float32, tmp_p
     assert not (out / "collect.partial.safetensors").exists()
     for layer in NAMES:
         assert_same_topk(topk(resumed, layer), topk(float32, layer))
+
+
+def whole_image_build(folder, clip, out, **overrides) -> Lens:
+    settings = dict(model="py:tiny_models:tiny_cnn", layers=LAYERS, data=f"folder:{folder}", foundation=f"hf:{clip}",
+                    k=5, batch_size=7, workers=0, device="cpu", crop="none")  # fmt: skip
+    return build_lens(BuildConfig(**{**settings, **overrides}), out, progress=False)
+
+
+def assert_same_responses(ours: Lens, theirs: Lens) -> None:
+    assert ours.manifest["stages"]["responses"]["from_collection"] == ours.manifest["stages"]["responses"]["crops"] > 1
+    for layer in NAMES:
+        torch.testing.assert_close(ours.arrays.read(layer, RESPONSES)["cross"], theirs.arrays.read(layer, RESPONSES)["cross"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def whole_float32(tmp_path_factory, colour_folder, tiny_clip_dir) -> Lens:
+    return whole_image_build(colour_folder, tiny_clip_dir, tmp_path_factory.mktemp("whole") / "float32.lens")
+
+
+def test_a_bfloat16_whole_image_build_takes_its_crop_responses_from_the_float32_rescoring(whole_float32, tmp_path, colour_folder, tiny_clip_dir) -> None:
+    reduced = whole_image_build(colour_folder, tiny_clip_dir, tmp_path / "bfloat16.lens", precision="bfloat16")
+    assert_same_responses(reduced, whole_float32)
+
+
+def test_a_whole_image_build_interrupted_mid_pass_keeps_the_activations_it_had(whole_float32, tmp_path, colour_folder, tiny_clip_dir, monkeypatch) -> None:
+    out, calls = tmp_path / "resumed.lens", []
+
+    def killed_at_the_third_batch(self, inputs, ids, update=collect_stage.Collector.update):
+        calls.append(len(ids))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        update(self, inputs, ids)
+
+    monkeypatch.setattr(collect_stage.Collector, "update", killed_at_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        whole_image_build(colour_folder, tiny_clip_dir, out, checkpoint_seconds=0)
+    assert LensStore(out).read_tensors("collect.partial.safetensors")["kept.ids"].numel() > 0
+    monkeypatch.undo()
+    assert_same_responses(whole_image_build(colour_folder, tiny_clip_dir, out, checkpoint_seconds=0), whole_float32)

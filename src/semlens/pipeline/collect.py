@@ -124,6 +124,9 @@ class TopK:
         return cls(tensors[f"{prefix}scores"], tensors[f"{prefix}ids"], tensors.get(f"{prefix}maps"))
 
 
+BatchObserver = Callable[[torch.Tensor, dict[str, torch.Tensor], dict[str, TopK]], None]
+
+
 class Collector:
     """Hooks every chosen layer at once and folds each batch into one :class:`TopK` per layer.
 
@@ -144,6 +147,7 @@ class Collector:
         state: dict[str, TopK] | None = None,
         autocast: torch.dtype | None = None,
         maps: bool = True,
+        on_batch: BatchObserver | None = None,
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -155,6 +159,8 @@ class Collector:
         self.results: dict[str, TopK] = dict(state or {})
         self.autocast = autocast
         self.keep_maps = maps  # False for candidates: rescore() takes the kept samples' maps in float32
+        self.on_batch = on_batch  # sees each batch's ids, every layer's scores and the updated results
+        self._batch_scores: dict[str, torch.Tensor] = {}
         self._device_type = "cpu"
         self._batch_ids: torch.Tensor | None = None
         self._seen: set[str] = set()
@@ -181,6 +187,7 @@ class Collector:
             with self._precision(enabled=False):
                 scores, maps = self.readers[name](output)
             maps = maps if self.keep_maps else None
+            self._batch_scores[name] = scores
             if name not in self.results:
                 map_shape = None if maps is None else tuple(maps.shape[2:])
                 self.results[name] = TopK.empty(scores.shape[1], self.k, map_shape, scores.device)
@@ -197,13 +204,16 @@ class Collector:
             with self._precision(enabled=True):
                 self.model(inputs)
         finally:
-            self._batch_ids = None
+            batch_ids, self._batch_ids = self._batch_ids, None
         missing = set(self.modules) - self._seen
         if missing:
             raise LayerError(
                 f"layer(s) {', '.join(sorted(missing))} did not run in the model's forward pass; "
                 "choose modules that forward() calls (see `semlens layers MODEL`)"
             )
+        if self.on_batch is not None:
+            self.on_batch(batch_ids, self._batch_scores, self.results)
+        self._batch_scores = {}
 
     def _precision(self, enabled: bool) -> AbstractContextManager:
         """Autocast for the model's forward pass when asked for, else float32 proper (no TF32 on a GPU); unit
@@ -256,6 +266,7 @@ def rescore(
     k: int,
     samples: int,
     max_map_side: int = 32,
+    on_batch: BatchObserver | None = None,
 ) -> tuple[dict[str, TopK], dict[str, int]]:
     """The exact float32 top-k (and maps) from reduced-precision candidates: one float32 pass, TF32 off, of every
     layer at once over the distinct samples any unit keeps (``reload(ids)`` gives their batches).
@@ -263,9 +274,9 @@ def rescore(
     A unit's float32 top-k over this superset of its own candidates is its top-k over all samples whenever
     that top-k is among its candidates. Also returns what it did: the samples re-scored and the units whose
     exactness the measured errors do not show (:func:`unconfirmed_units`; none where the candidates are all
-    ``samples`` the pass saw)."""
+    ``samples`` the pass saw). ``on_batch`` sees the float32 pass as ``Collector``'s does."""
     ids = candidate_ids(candidates)
-    with Collector(model, specs, k, max_map_side) as collector:
+    with Collector(model, specs, k, max_map_side, on_batch=on_batch) as collector:
         for inputs, batch_ids in reload(ids):
             collector.update(inputs, batch_ids)
     results = collector.results

@@ -21,10 +21,12 @@ from ..data.base import DecodingDataset
 from ..model.receptive import SHIFT_IMAGES, measured_placement
 from ..model.sae import SparseAutoencoder
 from ..store.files import LensStore, layer_file
-from .collect import EMPTY_ID, Collector, TopK, candidate_slots, rescore
+from .collect import EMPTY_ID, Collector, TopK, candidate_ids, candidate_slots, rescore
 from .context import BuildContext
+from .kept_activations import KeptActivations
 
 COLLECT_PARTIAL = "collect.partial"  # the checkpoint's stem; each rank of a group adds its rank
+KEPT_ACTIVATIONS = "collect.activations"  # the kept activations' stem, per rank; the responses stage reads and removes them
 
 
 class CollectStage:
@@ -49,12 +51,15 @@ class CollectStage:
         slots = candidate_slots(config.k, context.autocast)
         key = hash_json([context.stage_key(self.name), rows.start, rows.stop, slots])
         checkpoint = f"{ranks.own(COLLECT_PARTIAL)}.safetensors"
-        state, next_index, failures = self._load_checkpoint(checkpoint, key, rows.start)
+        rescoring = slots > config.k
+        kept = KeptActivations([spec.name for spec in context.specs]) if config.crop == "none" and context.shard is None else None
+        first_pass_kept = None if rescoring else kept  # at reduced precision the float32 re-scoring keeps them
+        state, next_index, failures = self._load_checkpoint(checkpoint, key, rows.start, first_pass_kept)
         model = context.model.module.to(context.device).eval()
         loader = context.image_loader(context.data, range(next_index, rows.stop), config.batch_size)
         last_save, resumed_at = time.monotonic(), next_index
-        rescoring = slots > config.k
-        with Collector(model, context.specs, slots, config.max_map_side, state, context.autocast, maps=not rescoring) as collector:
+        observe = None if first_pass_kept is None else first_pass_kept.add
+        with Collector(model, context.specs, slots, config.max_map_side, state, context.autocast, maps=not rescoring, on_batch=observe) as collector:
             with progress_bar("collect", len(rows), context.progress, completed=next_index - rows.start) as advance:
                 for pixels, ids, failed in loader:
                     if pixels is not None:
@@ -63,15 +68,20 @@ class CollectStage:
                     next_index += len(ids) + len(failed)
                     advance(len(ids) + len(failed))
                     if time.monotonic() - last_save >= config.checkpoint_seconds and next_index < rows.stop:
-                        self._save_checkpoint(checkpoint, key, collector.results, next_index, failures)
+                        self._save_checkpoint(checkpoint, key, collector.results, next_index, failures, first_pass_kept)
                         last_save = time.monotonic()
         results, info = collector.results, {}
         if rescoring:
             if next_index > resumed_at:  # a run killed while re-scoring resumes here, without passing over the data again
                 self._save_checkpoint(checkpoint, key, results, next_index, failures)
             decoded = len(rows) - len(failures)
-            results, info = rescore(model, context.specs, results, self._reload, config.k, decoded, config.max_map_side)
+            results, info = rescore(
+                model, context.specs, results, self._reload, config.k, decoded, config.max_map_side, None if kept is None else kept.add
+            )  # fmt: skip
         results = ranks.merge_topk({name: topk.to("cpu") for name, topk in results.items()})
+        if kept is not None:  # before the gathering below, so every rank's file is there once rank 0 goes on
+            kept.prune(candidate_ids(results))
+            context.store.write_tensors(f"{ranks.own(KEPT_ACTIVATIONS)}.safetensors", kept.state(), {"fingerprint": context.stage_key(self.name)})
         failures = sorted(chain.from_iterable(ranks.gather_objects(failures)))
         info = {"rescored": {"candidates_per_unit": slots, **sum_counts(ranks.gather_objects(info))}} if rescoring else {}
         seconds = time.perf_counter() - started
@@ -95,19 +105,23 @@ class CollectStage:
         self.context.finish_stage(self.name, seconds, failed=len(failures), **info)
         return self.context.manifest
 
-    def _save_checkpoint(self, name: str, key: str, results: dict[str, TopK], next_index: int, failures: list) -> None:
-        tensors: dict[str, torch.Tensor] = {}
+    def _save_checkpoint(
+        self, name: str, key: str, results: dict[str, TopK], next_index: int, failures: list, kept: KeptActivations | None = None
+    ) -> None:
+        tensors: dict[str, torch.Tensor] = {} if kept is None else kept.state()
         for position, spec in enumerate(self.context.specs):
             if spec.name in results:
                 tensors.update(results[spec.name].state(prefix=f"{position}."))
         metadata = {"fingerprint": key, "next_index": str(next_index), "failures": json.dumps(failures)}
         self.context.store.write_tensors(name, tensors, metadata)
 
-    def _load_checkpoint(self, name: str, key: str, start: int) -> tuple[dict[str, TopK], int, list]:
+    def _load_checkpoint(self, name: str, key: str, start: int, kept: KeptActivations | None) -> tuple[dict[str, TopK], int, list]:
         found = self.context.store.read_checkpoint(name, key)
         if found is None:
             return {}, start, []
         tensors, metadata = found
+        if kept is not None:
+            kept.load(tensors)
         state = {}
         for position, spec in enumerate(self.context.specs):
             if f"{position}.scores" in tensors:

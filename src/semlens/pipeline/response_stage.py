@@ -17,8 +17,10 @@ from ..interventions.effects import read_units
 from ..model.preprocess import Preprocessing
 from ..store.files import CROPS, RESPONSES, RESPONSES_FILE, layer_file
 from ..store.slots import rule_slots
+from .collect_stage import KEPT_ACTIVATIONS
 from .context import BuildContext
 from .embed import CropChunks, CropTable, chunks
+from .kept_activations import kept_layer_activations
 
 BATCH = 256  # crops per span a data-loader worker cuts: memory is a few spans of views, not the Lens's crops
 MODEL_BATCH = 32  # crops per forward pass
@@ -29,8 +31,9 @@ class ResponseStage:
     ``layers/<layer>.responses`` (``cross`` ``[U, d]``, ``ResponseMoments.cross``) and ``responses.safetensors``
     (``scatter`` ``[d, d]``), and the number of crops in the stage record. Skipped (recorded, so the labels
     fall back to ``centred``) for the masked crop view, whose embeddings are of faded crops the model never
-    sees here. Resume: done when the stage's fingerprint is unchanged (one pass, no checkpoint). Only rank 0
-    computes it, as the class relevance stage."""
+    sees here. A whole-image crop whose sample's activations the collect stage kept (``collect.activations*``)
+    takes them instead of a model pass; the stage removes those files. Resume: done when the stage's fingerprint
+    is unchanged (one pass, no checkpoint). Only rank 0 computes it, as the class relevance stage."""
 
     name = RESPONSES
 
@@ -41,6 +44,14 @@ class ResponseStage:
         context = self.context
         if context.stage_done(self.name) or not context.ranks.is_main:
             return
+        try:
+            self._run()
+        finally:
+            for kept in context.store.root.glob(f"{KEPT_ACTIVATIONS}*"):
+                kept.unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        context = self.context
         started = time.perf_counter()
         if context.config.crop_view == "masked":
             context.finish_stage(self.name, 0.0, skipped="masked crop view: its embeddings are of faded crops")
@@ -55,15 +66,17 @@ class ResponseStage:
         if len(rows) < 2:
             context.finish_stage(self.name, 0.0, skipped="fewer than 2 crops: no response to regress")
             return
+        moments = ResponseMoments(table["embeddings"].shape[1])
+        reused = self._add_kept(moments, table, rows)
+        rows = rows[~reused]
         crop_rows = torch.cat([table["samples"][rows, None], table["boxes"][rows]], dim=1)
         spans = list(chunks(len(rows), BATCH))
         crops = CropChunks(
             CropTable(crop_rows, {}, None, []), spans, context.data, model.preprocessing.view, partial(model_pixels, model.preprocessing), MODEL_BATCH
         )  # fmt: skip
         loader = torch.utils.data.DataLoader(
-            crops, batch_size=None, num_workers=min(context.workers(), len(spans)), pin_memory=context.device.type == "cuda"
+            crops, batch_size=None, num_workers=min(context.workers(), max(len(spans), 1)), pin_memory=context.device.type == "cuda"
         )
-        moments = ResponseMoments(table["embeddings"].shape[1])
         with progress_bar("crop responses", len(rows), context.progress) as advance:
             for (begin, end), pixels in zip(spans, loader):
                 unit_embeddings = moments.add_embeddings(table["embeddings"][rows[begin:end]])
@@ -74,7 +87,29 @@ class ResponseStage:
         for spec in context.specs:
             store.write_tensors(layer_file(spec.name, RESPONSES), {"cross": moments.cross(spec.name)})
         store.write_tensors(RESPONSES_FILE, {"scatter": moments.scatter()})
-        context.finish_stage(self.name, time.perf_counter() - started, crops=len(rows))
+        context.finish_stage(self.name, time.perf_counter() - started, crops=len(rows) + int(reused.sum()), from_collection=int(reused.sum()))
+
+    def _add_kept(self, moments: ResponseMoments, table: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        """Count the crops ``rows`` that are whole views of samples the collect stage kept activations of, from
+        those; returns which rows it counted ``[R]`` (bool). Files of other inputs are ignored (fingerprint)."""
+        context = self.context
+        side = context.model.preprocessing.input_size
+        whole = (table["boxes"][rows] == torch.tensor([0, 0, side, side])).all(dim=1)
+        reused = torch.zeros(len(rows), dtype=torch.bool)
+        for path in sorted(context.store.root.glob(f"{KEPT_ACTIVATIONS}*.safetensors")):
+            found = context.store.read_checkpoint(path.name, context.stage_key("collect"))
+            if found is None:
+                continue
+            ids, activations = kept_layer_activations(found[0], [spec.name for spec in context.specs])
+            here = whole & ~reused & torch.isin(table["samples"][rows], ids)
+            if not here.any():
+                continue
+            at = torch.searchsorted(ids, table["samples"][rows[here]])  # ids are ascending
+            unit_embeddings = moments.add_embeddings(table["embeddings"][rows[here]])
+            for name, values in activations.items():
+                moments.add_activations(name, values[at], unit_embeddings)
+            reused |= here
+        return reused
 
 
 def model_pixels(preprocessing: Preprocessing, crops: Sequence[Image.Image]) -> torch.Tensor:
