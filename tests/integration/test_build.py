@@ -15,7 +15,8 @@ from semlens.interventions.effects import Artifact
 from semlens.analysis.responses import ResponseMoments
 from semlens.pipeline.collect import collect_topk
 from semlens.relevance.lrp import RelevanceModel, unit_relevance
-from semlens.store.files import RESPONSES, layer_file
+from semlens.store.files import CROPS, RESPONSES, layer_file
+from semlens.store.slots import rule_slots
 from semlens.lens.search import probe as probe_of
 from semlens.lens.audits import pruning_effect
 from semlens.lens.explain import _explainer
@@ -347,21 +348,23 @@ def test_another_crop_rule_reuses_the_heatmaps_and_another_model_data_or_lrp_rul
     assert gamma_heat.shape == zplus_heat.shape and difference > 0.05 * zplus_heat.float().abs().amax()
 
 
+def crop_rows(lens: Lens) -> torch.Tensor:
+    """The distinct first-rule crops of ``lens`` (rows of its crop table), ascending."""
+    rows = torch.unique(torch.cat([rule_slots(lens.arrays.read(layer, "embed")["crop_index"], 5, 0).flatten() for layer in lens.layers]))
+    return rows[rows >= 0]
+
+
 def crop_response_moments(lens: Lens, folder) -> ResponseMoments:
     """The moments of the tiny CNN's pooled activations on each distinct first-rule crop of ``lens``, read one
     crop at a time."""
     from PIL import Image
 
     from semlens.interventions.effects import unit_scores
-    from semlens.store.files import CROPS
-    from semlens.store.slots import rule_slots
 
     model, data = load_model("py:tiny_models:tiny_cnn"), load_data(f"folder:{folder}")
     table = lens.store.read_tensors(CROPS)
-    rows = torch.unique(torch.cat([rule_slots(lens.arrays.read(layer, "embed")["crop_index"], 5, 0).flatten() for layer in lens.layers]))
-    rows = rows[rows >= 0]
     moments = ResponseMoments(table["embeddings"].shape[1])
-    for row in rows.tolist():
+    for row in crop_rows(lens).tolist():
         sample, *box = table["samples"][row : row + 1].tolist() + table["boxes"][row].tolist()
         crop = model.preprocessing.view(data.load(sample)).crop(tuple(box)).resize((32, 32), Image.BILINEAR)
         unit_embeddings = moments.add_embeddings(table["embeddings"][row : row + 1])
@@ -375,7 +378,9 @@ def test_crop_responses_are_the_models_scores_on_each_first_rule_crop(built: Len
     model's pooled activations on each distinct first-rule crop."""
     with_workers = build_lens(config(colour_folder, tiny_clip_dir, workers=1), tmp_path / "workers.lens", progress=False)
     moments = crop_response_moments(built, colour_folder)
-    assert built.manifest["stages"]["responses"]["from_collection"] == 0  # relevance crops: a model pass each
+    table, side = built.store.read_tensors(CROPS), 32
+    whole_views = (table["boxes"][crop_rows(built)] == torch.tensor([0, 0, side, side])).all(dim=1)
+    assert 0 < built.manifest["stages"]["responses"]["from_collection"] == int(whole_views.sum()) < len(whole_views)
     for lens in (built, with_workers):
         for layer in built.layers:
             torch.testing.assert_close(lens.arrays.read(layer, RESPONSES)["cross"], moments.cross(layer), rtol=1e-5, atol=1e-6)

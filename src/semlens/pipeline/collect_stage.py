@@ -52,7 +52,8 @@ class CollectStage:
         key = hash_json([context.stage_key(self.name), rows.start, rows.stop, slots])
         checkpoint = f"{ranks.own(COLLECT_PARTIAL)}.safetensors"
         rescoring = slots > config.k
-        kept = KeptActivations([spec.name for spec in context.specs]) if config.crop == "none" and context.shard is None else None
+        responses = context.shard is None and config.crop_view != "masked"  # the responses stage will run here
+        kept = KeptActivations([spec.name for spec in context.specs]) if responses else None
         first_pass_kept = None if rescoring else kept  # at reduced precision the float32 re-scoring keeps them
         state, next_index, failures = self._load_checkpoint(checkpoint, key, rows.start, first_pass_kept)
         model = context.model.module.to(context.device).eval()

@@ -1,9 +1,10 @@
 """Every unit's pooled activation on the samples some top-k keeps, taken in the collection pass.
 
-A whole-image build (crop mode ``none``) regresses each unit's activation on the Lens's own crops (the
-responses stage), and there every crop is a whole sample's view: the very input the collection pass already
-ran the model on. Keeping those activations spares the responses stage a second pass of the model over every
-distinct example (a quarter of a ResNet-50 whole-image build on a CPU: docs/explanation/performance.md).
+The responses stage regresses each unit's activation on the Lens's own crops, and where a crop is a sample's
+whole view (every crop of a whole-image build, crop mode ``none``; a relevance crop whose heatmap spreads over
+the whole image) that is the very input the collection pass already ran the model on. Keeping those
+activations spares the responses stage a second model pass over them (a quarter of a ResNet-50 whole-image
+build on a CPU: docs/explanation/performance.md).
 
 Which samples end in a top-k is known only at the end, but a sample in a unit's final top-k was in its running
 top-k from the moment it was seen. So the pass keeps the samples that enter any top-k and now and then drops
