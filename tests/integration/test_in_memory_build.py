@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -135,6 +136,68 @@ def test_a_module_without_class_names_takes_its_labelled_data_s_names_where_it_h
     assert lens.classes == names and Lens.open(tmp_path / "named.lens").classes == names
     assert lens.audit("green", spurious=["stripes"]).valid == ["green"]
     assert build_lens(model=TinyCNN(classes=4), out=tmp_path / "four.lens", **settings).classes is None
+
+
+class DictOutput(TinyCNN):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"features": x.mean(), "logits": super().forward(x)}
+
+
+class TupleOutput(TinyCNN):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.mean(dim=(1, 2, 3)), super().forward(x)  # the logits are the first [batch, classes] tensor
+
+
+class OutputObject(TinyCNN):
+    """As a transformers classifier: an output object with ``.logits`` and class names in ``config.id2label``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(id2label={0: "red", 1: "green", 2: "blue"})
+
+    def forward(self, x: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=super().forward(x))
+
+
+@pytest.mark.parametrize("net", [DictOutput(), TupleOutput(), OutputObject()], ids=["dict", "tuple", "object"])
+def test_a_model_returning_its_logits_among_other_things_is_read_through_them_with_relevance(tmp_path, foundation, net) -> None:
+    """The same Lens as the plain model's (same layer names, relevance crops, class relevance), from a view of the
+    same object; the user's object keeps its own forward."""
+    pairs, names = colour_images(12), ["red", "green", "blue"]
+    settings = {"preprocessing": TINY_PREPROCESSING, "layers": LAYERS, "data": pairs, "classes": names, "foundation": foundation, "k": 3, "progress": False, "workers": 0}
+    plain = build_lens(model=TinyCNN(), out=tmp_path / "plain.lens", **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing fell back
+        lens = build_lens(model=net, out=tmp_path / "net.lens", **settings)
+    assert lens.classes == names and lens.audit("green", spurious=["stripes"]).valid == ["green"]
+    for layer in plain.layers:
+        assert lens.manifest["layers"][layer]["crop"]["mode"] == "relevance"
+        assert torch.equal(lens.arrays.samples(layer), plain.arrays.samples(layer))
+        torch.testing.assert_close(lens.arrays.class_relevance(layer)["mean_share"], plain.arrays.class_relevance(layer)["mean_share"], equal_nan=True)
+    assert not isinstance(net(torch.zeros(1, 3, 32, 32)), torch.Tensor)
+
+
+def test_a_model_semlens_cannot_feed_is_refused_at_load_with_what_to_change() -> None:
+    class Grey(TinyCNN):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features[0] = torch.nn.Conv2d(1, 8, 3, padding=1)
+
+    class NoLogits(TinyCNN):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"pooled": super().forward(x)[:, 0]}
+
+    with pytest.raises(SemlensError, match=r"fails on a batch of one float32 RGB image \[1, 3, 32, 32\].*1 channels.*averages the channels"):
+        load_model(Grey(), TINY_PREPROCESSING)
+    with pytest.raises(SemlensError, match=r"float64 weights.*model.float\(\)"):
+        load_model(TinyCNN().double(), TINY_PREPROCESSING)
+    with pytest.raises(SemlensError, match=r"returns dict \(keys pooled\), with no logits"):
+        load_model(NoLogits(), TINY_PREPROCESSING)
+
+
+def test_what_a_build_did_instead_of_what_was_asked_is_a_warning_in_a_notebook(tmp_path, foundation, images) -> None:
+    with pytest.warns(UserWarning, match=r"k = 12 instead of 30: the data has only that many samples"):
+        build_lens(model=TinyCNN(), preprocessing=TINY_PREPROCESSING, layers=LAYERS, data=images, foundation=foundation, out=tmp_path / "k.lens", progress=False, workers=0)
 
 
 def test_preprocessing_from_a_torchvision_transform_or_imagenet_said_in_a_warning() -> None:

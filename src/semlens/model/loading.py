@@ -32,6 +32,7 @@ from .._util.imports import call_factory, import_object, import_optional
 from .._util.seeded import seeded_weights
 from .._util.specs import SpecForm, SpecRegistry, described, in_memory_spec, register_in_memory
 from .imagenet import imagenet_classes, model_class_index
+from .logits import configured_classes, returning_logits
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, preprocessing_of
 from .zoo import VARIANTS as LITE_VARIANTS
 from .zoo import efficientnet_lite
@@ -94,13 +95,15 @@ def _python(rest: str) -> LoadedModel:
     found = import_object(target, "model")
     made = found if isinstance(found, (nn.Module, LoadedModel)) else call_factory(found, target, "model")  # a module itself, or its factory
     if isinstance(made, nn.Module):
-        made = LoadedModel(made.eval(), f"py:{rest}")
+        return module_as_loaded(made, f"py:{rest}", Preprocessing() if size is None else sized(Preprocessing(), size))
     if not isinstance(made, LoadedModel):
         raise SpecError(f"py:{rest} returned {type(made).__name__}, not an nn.Module or semlens.LoadedModel")
-    if size is None:
-        return made
-    resized = replace(made.preprocessing, input_size=size, resize=round(size * 256 / 224))
-    return replace(made, spec=f"py:{rest}", preprocessing=resized)
+    return made if size is None else replace(made, spec=f"py:{rest}", preprocessing=sized(made.preprocessing, size))
+
+
+def sized(preprocessing: Preprocessing, size: int) -> Preprocessing:
+    """``preprocessing`` for an input side of ``size`` (resized to 256/224 of it first, as ImageNet's)."""
+    return replace(preprocessing, input_size=size, resize=round(size * 256 / 224))
 
 
 def _python_input_size(rest: str) -> tuple[str, int | None]:
@@ -285,10 +288,17 @@ def load_model(model: str | nn.Module | LoadedModel, preprocessing: Preprocessin
                 "mean and std); pass preprocessing= (a semlens.Preprocessing or a torchvision transform) if it expects other",
                 stacklevel=2,
             )
-        return LoadedModel(model.eval(), in_memory_spec(model), preprocessing_of(preprocessing or Preprocessing()))
+        return module_as_loaded(model, in_memory_spec(model), preprocessing_of(preprocessing or Preprocessing()))
     if isinstance(model, LoadedModel):
         return model if MODELS.knows(model.spec) else replace(model, spec=in_memory_spec(model.module))
     return MODELS.resolve(model)
+
+
+def module_as_loaded(module: nn.Module, spec: str, preprocessing: Preprocessing) -> LoadedModel:
+    """A model object in eval mode, read through its logits (``returning_logits``: a dict, tuple or transformers
+    output object gives its logits), with the class names its config carries."""
+    module.eval()
+    return LoadedModel(returning_logits(module, preprocessing.input_size), spec, preprocessing, configured_classes(module))
 
 
 def list_models() -> list[SpecForm[LoadedModel]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import platform
+import warnings
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -333,7 +334,9 @@ def build_lens(
     if config is not None and settings:
         raise SemlensError(f"give a BuildConfig or its settings as keywords, not both (got config and {', '.join(sorted(settings))})")
     config = config or BuildConfig.from_settings(settings, "build_lens got unknown settings")
-    LensBuilder(config, out, overwrite=overwrite, progress=progress).run()
+    summary = LensBuilder(config, out, overwrite=overwrite, progress=progress).run()
+    for line in summary.fallbacks:  # `semlens run` prints them; a notebook sees them as warnings
+        warnings.warn(line, stacklevel=2)
     lens = Lens.open(out)
     given = {"model": config.model, "data": config.data, "foundation": config.foundation}
     objects = {name: value for name, value in given.items() if not isinstance(value, str)}

@@ -1,0 +1,86 @@
+"""A model object as semlens reads one: float32 RGB images in, one ``[batch, classes]`` tensor of class scores out.
+
+Models from a notebook often return more than the logits: a dict (``{"logits": ...}``), a tuple (logits and
+features) or a transformers output object (``.logits``). Relevance starts at the logits, and class names and
+labels map to their columns, so such a model is read through a view of the same object (same weights,
+submodules, layer names and hooks) whose forward returns only its logits. A model that cannot take the
+images semlens feeds (one channel, float64 weights) is refused at load with what to change, not at its first
+batch with torch's message.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._util.errors import SpecError
+
+_DEFAULT_LABEL = re.compile(r"LABEL_\d+")  # transformers' id2label when none was given
+
+
+def returning_logits(module: nn.Module, input_size: int) -> nn.Module:
+    """``module`` itself where its forward on a ``[1, 3, input_size, input_size]`` float32 batch returns one
+    tensor; else a view of it returning the logits it holds (``logits_place``). Raises :class:`SpecError` where
+    the model does not run on such a batch, or returns nothing to take as logits."""
+    parameter = next(module.parameters(), None)
+    if parameter is not None and parameter.dtype != torch.float32:
+        raise SpecError(
+            f"model {type(module).__name__} has {str(parameter.dtype).removeprefix('torch.')} weights; semlens feeds float32 "
+            "images and reads float32 activations: pass model.float() (a GPU build runs it in bfloat16 where that keeps answers)"
+        )
+    example = torch.zeros(1, 3, input_size, input_size, device=parameter.device if parameter is not None else "cpu")
+    try:
+        with torch.no_grad():
+            output = module(example)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise SpecError(
+            f"model {type(module).__name__} fails on a batch of one float32 RGB image [1, 3, {input_size}, {input_size}] "
+            f"as semlens feeds it ({type(error).__name__}: {error}); semlens reads images as 3 colour channels: wrap a "
+            "model made for other input (e.g. one channel: a module that averages the channels first) so that it takes them"
+        ) from error
+    if isinstance(output, torch.Tensor):
+        return module
+    where = logits_place(output, type(module).__name__)  # refuses an output without logits now, not at the first batch
+    view = copy.copy(module)  # the same submodules, parameters and hooks: only its class (its forward) differs
+    members = {"forward": _forward_logits, "logits_place": where, "__module__": type(module).__module__}
+    view.__class__ = type(type(module).__name__, (type(module),), members)
+    return view
+
+
+def _forward_logits(self: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """The model's own forward, then its logits where ``logits_place`` found them (fixed at load, so that a
+    torch.fx trace of it, where tensors are proxies, takes the same item)."""
+    output = super(type(self), self).forward(*args, **kwargs)
+    kind, key = self.logits_place
+    return output[key] if kind == "item" else getattr(output, key)
+
+
+def logits_place(output: Any, model: str) -> tuple[str, str | int]:
+    """Where the class scores are in a model's output: its ``logits`` (key or attribute), or the first
+    two-dimensional tensor of a tuple or list (``("item", key or index)`` or ``("attribute", "logits")``)."""
+    if isinstance(output, dict) and isinstance(output.get("logits"), torch.Tensor):
+        return "item", "logits"
+    if not isinstance(output, dict) and isinstance(getattr(output, "logits", None), torch.Tensor):
+        return "attribute", "logits"
+    if isinstance(output, (tuple, list)):
+        for index, item in enumerate(output):
+            if isinstance(item, torch.Tensor) and item.dim() == 2:
+                return "item", index
+    keys = f" (keys {', '.join(map(str, output))})" if isinstance(output, dict) else ""
+    raise SpecError(
+        f"model {model} returns {type(output).__name__}{keys}, with no logits semlens can find (a 'logits' key or attribute, "
+        "or a [batch, classes] tensor in a tuple); wrap it in a module whose forward returns the logits"
+    )
+
+
+def configured_classes(module: nn.Module) -> list[str] | None:
+    """Class names a transformers-style model carries (``config.id2label``), unless they are its defaults."""
+    labels = getattr(getattr(module, "config", None), "id2label", None)
+    if not isinstance(labels, dict) or not labels:
+        return None
+    names = [str(labels.get(index, labels.get(str(index), ""))) for index in range(len(labels))]
+    return None if all(_DEFAULT_LABEL.fullmatch(name) for name in names) or "" in names else names
