@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from tiny_foundation import SAVERS
@@ -135,7 +136,8 @@ def test_a_module_without_class_names_takes_its_labelled_data_s_names_where_it_h
     lens = build_lens(model=TinyCNN(), out=tmp_path / "named.lens", **settings)
     assert lens.classes == names and Lens.open(tmp_path / "named.lens").classes == names
     assert lens.audit("green", spurious=["stripes"]).valid == ["green"]
-    assert build_lens(model=TinyCNN(classes=4), out=tmp_path / "four.lens", **settings).classes is None
+    with pytest.warns(UserWarning, match=r"class relevance of predicted classes .*3 data classes, 4 model outputs"):  # and says so
+        assert build_lens(model=TinyCNN(classes=4), out=tmp_path / "four.lens", **settings).classes is None
 
 
 class DictOutput(TinyCNN):
@@ -166,9 +168,10 @@ def test_a_model_returning_its_logits_among_other_things_is_read_through_them_wi
     pairs, names = colour_images(12), ["red", "green", "blue"]
     settings = {"preprocessing": TINY_PREPROCESSING, "layers": LAYERS, "data": pairs, "classes": names, "foundation": foundation, "k": 3, "progress": False, "workers": 0}
     plain = build_lens(model=TinyCNN(), out=tmp_path / "plain.lens", **settings)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # nothing fell back
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         lens = build_lens(model=net, out=tmp_path / "net.lens", **settings)
+    assert not [str(warning.message) for warning in caught if "instead of" in str(warning.message) or "class relevance" in str(warning.message)]
     assert lens.classes == names and lens.audit("green", spurious=["stripes"]).valid == ["green"]
     for layer in plain.layers:
         assert lens.manifest["layers"][layer]["crop"]["mode"] == "relevance"
@@ -200,6 +203,51 @@ def test_what_a_build_did_instead_of_what_was_asked_is_a_warning_in_a_notebook(t
         build_lens(model=TinyCNN(), preprocessing=TINY_PREPROCESSING, layers=LAYERS, data=images, foundation=foundation, out=tmp_path / "k.lens", progress=False, workers=0)
 
 
+def test_labels_without_class_names_are_the_model_s_outputs_by_index(tmp_path, foundation) -> None:
+    """(image, label) pairs without classes=: the labels are class indices, so the class relevance uses them (not
+    the predictions); an audit of a class the data does not show names the classes it does."""
+    pairs = [(image, 1) for image, _ in colour_images(12)]  # every image labelled class 1
+    settings = {"preprocessing": TINY_PREPROCESSING, "layers": LAYERS, "data": pairs, "foundation": foundation, "k": 3, "progress": False, "workers": 0}
+    lens = build_lens(model=TinyCNN(), out=tmp_path / "indices.lens", **settings)
+    assert lens.manifest["relevance"]["targets"] == "labels (by index: the data names no classes)"
+    assert lens.arrays.class_relevance(LAYERS[0])["count"].tolist() == [0, 12, 0]
+    with pytest.raises(SemlensError, match=r"choose one of the 1 classes it holds \(1\)"):
+        lens.audit(0, valid=["red"], spurious=["stripes"])
+
+
+class Rows(list):
+    """Rows as a Hugging Face dataset gives them, with its label column's class names."""
+
+    features = {"label": SimpleNamespace(names=["red", "green", "blue"])}
+
+
+def test_data_as_dataset_rows_one_batch_array_and_layers_as_modules(tmp_path, foundation) -> None:
+    pairs = colour_images(12)
+    rows = load_data(Rows({"image": image, "label": label} for image, label in pairs))
+    assert rows.classes == ["red", "green", "blue"] and [rows.label(index) for index in range(3)] == [0, 1, 2]
+    assert rows.load(0).size == pairs[0][0].size
+    batch = np.stack([np.asarray(image) for image, _ in pairs])
+    assert len(load_data(batch)) == 12 and len(load_data(torch.from_numpy(batch).permute(0, 3, 1, 2))) == 12
+    with pytest.raises(SemlensError, match=r"a batch of images .*got shape \(40, 40, 3\)"):
+        load_data(batch[0])
+    net = TinyCNN()
+    config = BuildConfig(model=net, preprocessing=TINY_PREPROCESSING, layers=[net.features[3], "head"], data=batch, foundation=foundation)
+    assert config.layers == ["features.3", "head"]
+    with pytest.raises(SemlensError, match="not a submodule of the model"):
+        BuildConfig(model=net, preprocessing=TINY_PREPROCESSING, layers=[TinyCNN().head], data=batch)
+
+
+def test_explain_and_image_search_take_arrays_and_tensors(built) -> None:
+    lens, _ = built
+    image = np.array(colour_images(1)[0][0])
+    assert lens.explain(image, top=1).class_name == lens.explain(torch.from_numpy(image).permute(2, 0, 1), top=1).class_name
+    assert len(lens.search(images=[image], top=2)) == 2
+    with pytest.raises(SemlensError, match="an image probe: expected a 3xHxW"):
+        lens.search(images=[torch.zeros(5, 5)])
+    with pytest.raises(SemlensError, match="an empty text ranks nothing"):
+        lens.search("  ")
+
+
 def test_preprocessing_from_a_torchvision_transform_or_imagenet_said_in_a_warning() -> None:
     from semlens.model.preprocess import preprocessing_of
 
@@ -209,6 +257,8 @@ def test_preprocessing_from_a_torchvision_transform_or_imagenet_said_in_a_warnin
     assert load_model(TinyCNN(), compose).preprocessing.input_size == 32
     with pytest.raises(SemlensError, match="RandomCrop"):
         preprocessing_of(transforms.Compose([transforms.RandomCrop(32), transforms.ToTensor()]))
+    with pytest.warns(UserWarning, match=r"Resize\(\(32, 32\)\) squashes an image to that shape"):  # semlens crops the centre
+        assert preprocessing_of(transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()])).input_size == 32
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = load_model(TinyCNN())

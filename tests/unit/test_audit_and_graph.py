@@ -37,15 +37,15 @@ def test_graph_groups_relevant_units_by_label_with_unlabelled_as_question_mark()
     shares = torch.tensor([0.4, 0.3, 0.005, 0.2, 0.1])
     labels = ["stripes", None, "stripes", "stripes", None]
     groups = group_units("l", [f"l/{i}" for i in range(5)], shares, labels, cut=0.01)
-    assert groups == {"stripes": [0, 3], "?": [1, 4]}  # unit 2 under the cut; stripes (0.6) before ? (0.4)
+    assert groups == {"stripes": [0, 3], "no concept": [1, 4]}  # unit 2 under the cut; stripes (0.6) before no concept (0.4)
 
 
 def test_graph_edges_are_shares_of_the_lower_layers_relevance():
-    upper = {"zebra": [0], "?": [1]}
+    upper = {"zebra": [0], "no concept": [1]}
     lower = {"stripes": [0, 1], "grass": [2]}
-    flows = {"zebra": torch.tensor([0.3, 0.1, 0.0]), "?": torch.tensor([0.0, 0.1, 0.5])}
+    flows = {"zebra": torch.tensor([0.3, 0.1, 0.0]), "no concept": torch.tensor([0.0, 0.1, 0.5])}
     edges = edges_between(upper, lower, flows, total=1.0)
-    assert edges == [("zebra", "stripes", pytest.approx(0.4)), ("?", "stripes", pytest.approx(0.1)), ("?", "grass", pytest.approx(0.5))]
+    assert edges == [("zebra", "stripes", pytest.approx(0.4)), ("no concept", "stripes", pytest.approx(0.1)), ("no concept", "grass", pytest.approx(0.5))]
     assert edges_between(upper, lower, flows, total=0.0) == []
 
 
@@ -63,4 +63,4 @@ def test_graph_samples_are_those_the_classes_relevant_units_matter_most_on():
 def test_graph_leaves_out_units_without_examples_of_their_own():
     shares = torch.tensor([0.5, 0.3, 0.2])
     groups = group_units("l", ["l/0", "l/1", "l/2"], shares, ["dog", "dog", None], cut=0.1, valid=torch.tensor([True, False, True]))
-    assert groups == {"dog": [0], "?": [2]}
+    assert groups == {"dog": [0], "no concept": [2]}

@@ -124,7 +124,7 @@ def test_precision_is_part_of_the_embed_fingerprint_and_the_speed_ups_are_not(pl
     again = build(colour_folder, path, embed_precision="float32", embed_channels_last=True, embed_compile=True)
     assert again.context.stage_key("embed") == plain.context.stage_key("embed")
     assert {file: file.stat().st_mtime_ns for file in path.rglob("*.safetensors")} == before  # nothing embedded again
-    with pytest.raises(StaleLensError, match="'precision': 'bfloat16'"):
+    with pytest.raises(StaleLensError, match=r"embed\.precision: was None, now 'bfloat16'"):
         build(colour_folder, path, embed_precision="bfloat16")
 
 

@@ -145,3 +145,17 @@ def test_a_strip_image_is_viewed_from_its_box_with_bounded_memory_and_the_whole_
     monkeypatch.setattr(preprocess, "WHOLE_RESIZE_PIXELS", 10**12)
     whole = np.asarray(preprocess.Preprocessing().view(strip), dtype=int)
     assert boxed.shape == whole.shape == (224, 224, 3) and np.abs(boxed - whole).max() <= 2
+
+
+def test_a_py_spec_finds_a_module_in_the_working_directory_as_python_m_would(tmp_path, monkeypatch) -> None:
+    """The `semlens` command's path holds its bin folder, not the working directory; the docs' own-model page
+    names a file there (``py:my_model:small_cnn``)."""
+    (tmp_path / "semlens_cwd_model.py").write_text(
+        "from torch import nn\n\ndef net():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry not in ("", str(tmp_path))])
+    assert load_model("py:semlens_cwd_model:net:32").module[3].out_features == 2
+    with pytest.raises(SpecError, match="cannot import module 'semlens_no_such_model'.*or in the working directory"):
+        load_model("py:semlens_no_such_model:net")
+    sys.modules.pop("semlens_cwd_model", None)

@@ -54,7 +54,7 @@ def hostile_audit(unit: str) -> Audit:
 def hostile_graph() -> AttributionGraph:
     nodes = [
         Node(f"head:{HOSTILE}", "head", HOSTILE, ["head/0"], 1.0),
-        Node("features.3:?", "features.3", "?", ["features.3/1"], 0.5),
+        Node("features.3:no concept", "features.3", "no concept", ["features.3/1"], 0.5),
     ]
     return AttributionGraph(HOSTILE, nodes, [{"source": nodes[0].id, "target": nodes[1].id, "weight": 0.5}])
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import traceback
 from typing import Any, Callable
 
 from .errors import SemlensError, SpecError
+
+
+NOT_FOUND = "is it on PYTHONPATH or in the working directory?"
 
 
 def import_object(path: str, kind: str) -> Any:
@@ -16,13 +21,28 @@ def import_object(path: str, kind: str) -> Any:
         raise SpecError(f"py:{path} is not of the form py:package.module:factory (the {kind} factory)")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name.partition(".")[0] or os.getcwd() in sys.path:
+            raise SpecError(f"py:{path}: cannot import module {module_name!r} ({error}); {NOT_FOUND}") from error
+        module = _import_from_working_directory(module_name, path)
     except ImportError as error:
-        raise SpecError(f"py:{path}: cannot import module {module_name!r} ({error}); is it on PYTHONPATH?") from error
+        raise SpecError(f"py:{path}: cannot import module {module_name!r} ({error}); {NOT_FOUND}") from error
     try:
         return getattr(module, attribute)
     except AttributeError as error:
         public = sorted(name for name in vars(module) if not name.startswith("_"))
         raise SpecError(f"py:{path}: module {module_name!r} has no {attribute!r}; it has: {', '.join(public)}") from error
+
+
+def _import_from_working_directory(module_name: str, path: str) -> Any:
+    """``module_name`` from the working directory, as ``python -m`` would find it (the ``semlens`` command's
+    own path holds only its bin folder): last on the path, so that nothing installed is shadowed."""
+    sys.path.append(os.getcwd())
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as error:
+        sys.path.remove(os.getcwd())
+        raise SpecError(f"py:{path}: cannot import module {module_name!r} ({error}); {NOT_FOUND}") from error
 
 
 def call_factory(factory: Callable[..., Any], path: str, kind: str, **options: Any) -> Any:

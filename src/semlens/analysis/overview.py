@@ -61,15 +61,16 @@ def embed_2d(theta: torch.Tensor, seed: int = 0) -> np.ndarray:
 def build_overview(
     units: list[str],
     theta: torch.Tensor,
-    concepts: torch.Tensor,
+    concepts: torch.Tensor | None,
     concept_names: list[str],
-    category_probes: torch.Tensor,
+    category_probes: torch.Tensor | None,
     category_names: list[str],
     null: torch.Tensor | None,
     clusters: int | None = None,
     seed: int = 0,
 ) -> OverviewMap:
-    """Lay out, cluster, name and colour the units whose theta is given (an empty map for none)."""
+    """Lay out, cluster, name and colour the units whose theta is given (an empty map for none); without
+    ``concepts`` (a space of images only) clusters are numbered and every unit is in one category, "units"."""
     from sklearn.cluster import KMeans
 
     if not units:
@@ -78,8 +79,11 @@ def build_overview(
     k = clusters or cluster_count(len(units))
     normalised = F.normalize(theta.float(), dim=-1)
     assignment = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(normalised.numpy())
-    means = torch.stack([normalised[torch.from_numpy(assignment == c)].mean(dim=0) for c in range(k)])
-    best = alignment(means, concepts, null).topk(min(2, len(concept_names)), dim=1).indices
-    names = [" / ".join(concept_names[i] for i in row) for row in best.tolist()]
-    category = alignment(theta, category_probes, null).argmax(dim=1).numpy()
+    if concepts is None or category_probes is None:
+        names, category, category_names = [f"cluster {index + 1}" for index in range(k)], np.zeros(len(units), dtype=np.int64), ["units"]
+    else:
+        means = torch.stack([normalised[torch.from_numpy(assignment == c)].mean(dim=0) for c in range(k)])
+        best = alignment(means, concepts, null).topk(min(2, len(concept_names)), dim=1).indices
+        names = [" / ".join(concept_names[i] for i in row) for row in best.tolist()]
+        category = alignment(theta, category_probes, null).argmax(dim=1).numpy()
     return OverviewMap(units, embed_2d(theta, seed), assignment, names, category, category_names)

@@ -136,6 +136,15 @@ def say(text: str) -> None:
     console.print(printable(text), markup=False, highlight=False)
 
 
+def say_if_left_out(opened: Any, unit: str) -> None:
+    """A note where ``unit`` is inactive or tied: its examples say nothing of its own (and the analyses leave it out)."""
+    layer, row = opened.units.index(unit)
+    if opened.arrays.inactive(layer)[row]:
+        say(f"note: {unit} never fired or was constant on the probe data: its examples are arbitrary (left out of search, labels and audits)")
+    elif opened.arrays.tied(layer)[row]:
+        say(f"note: {unit} has the same concept examples as an earlier unit of {layer} (tied: left out of search, labels and audits)")
+
+
 def emit_json(value: Any) -> None:
     """Standard JSON: a NaN (a measure a unit has none of) is written as null, which every parser reads."""
     sys.stdout.write(json.dumps(finite(value), indent=1, default=str, allow_nan=False) + "\n")

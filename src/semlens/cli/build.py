@@ -83,19 +83,8 @@ def report_summary(summary: Any, as_json: bool) -> None:
     )
     for fallback in summary.fallbacks:
         errors.print(f"[yellow]warning:[/] {escape(fallback)}")
-    for layer in summary.layers:
-        if layer.inactive_units:
-            errors.print(
-                f"[yellow]warning:[/] layer {layer.name}: {layer.inactive_units} of {layer.units} units never fired or were "
-                "constant on this data (their top-k scores are all equal or none is positive); their concept examples "
-                "are arbitrary and marked inactive"
-            )
-        if layer.tied_units:
-            errors.print(
-                f"[yellow]warning:[/] layer {layer.name}: {layer.tied_units} of {layer.units} units have the same concept "
-                "examples as another unit (marked tied); like inactive units they are left out of search, labels, the map, "
-                "measures, audits and graphs"
-            )
+    for warning in summary.unit_warnings():
+        errors.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 @app.command()

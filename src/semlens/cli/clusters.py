@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._app import AsJson, Foundation, Trust, app, console, emit_json, friendly, open_lens, table
+from ._app import AsJson, Foundation, Trust, app, console, emit_json, friendly, open_lens, say_if_left_out, table
 
 
 @app.command()
@@ -25,7 +25,8 @@ def clusters(
 ) -> None:
     """A unit's concept clusters: one for a monosemantic unit, two for a polysemantic one, each with its
     examples' ranks and the concept its mean embedding aligns with best."""
-    result = open_lens(lens, trust, foundation=foundation).concept_clusters(unit, str(vocabulary) if vocabulary else None, examples)
+    opened = open_lens(lens, trust, foundation=foundation)
+    result = opened.concept_clusters(unit, str(vocabulary) if vocabulary else None, examples)
     if as_json:
         emit_json(result.to_dict())
         return
@@ -35,3 +36,4 @@ def clusters(
     ]
     title = f"{unit}: {len(result.clusters)} concept cluster(s) of its {result.examples} examples (polysemanticity {result.polysemanticity}, split p {result.split_p})"
     console.print(table(title, ("cluster", "size", "example ranks", "best concept", "alignment"), rows))
+    say_if_left_out(opened, unit)

@@ -39,11 +39,14 @@ def explain(
     say(f"explaining class {result.class_name} ({'predicted' if result.predicted else 'given'})")
     for explained in result.layers:
         rows = [
-            (group.label or "(unlabelled)", round(group.share, 4), unit.unit, round(unit.share, 4), ", ".join(e.source for e in unit.examples[:3]))
+            (group.label or "(no concept)", round(group.share, 4), unit.unit, round(unit.share, 4), ", ".join(e.source for e in unit.examples[:3]))
             for group in explained.groups
             for unit in group.units
         ]
-        title = f"{explained.layer}: relevance {explained.relevance:.4g}, left out (no examples of their own) {explained.left_out:.3f}"
+        title = (
+            f"{explained.layer}: the layer's relevance {explained.relevance:.4g} (shares are of it); units without examples of their own "
+            f"(inactive or tied) hold {explained.left_out:.3f} of it"
+        )
         if explained.sae_error is not None:
             title += f", SAE error term {explained.sae_error:.3f}"
         if rows:
@@ -52,7 +55,7 @@ def explain(
             say(f"{title}: no unit with examples of its own carries relevance here (the ones that do are inactive or tied)")
         if explained.against:
             rows = [
-                (unit.label or "(unlabelled)", unit.unit, round(unit.share, 4), ", ".join(e.source for e in unit.examples[:3]))
+                (unit.label or "(no concept)", unit.unit, round(unit.share, 4), ", ".join(e.source for e in unit.examples[:3]))
                 for unit in explained.against
             ]
             columns = ("concept", "unit", "share", "concept examples")

@@ -12,7 +12,7 @@ import typer
 from .._util.progress import step_bar
 from ..analysis.label import MIN_CONFIDENCE
 from ..lens.search import SearchResults
-from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, table
+from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, say_if_left_out, table
 from .validate import ConceptArtifact, ConceptAt, ConceptMask, ConceptTint, SpuriousData, TestAll, TestData, concept_test
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in.")
@@ -55,6 +55,9 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
         for name, layer in manifest["layers"].items()
     ]  # fmt: skip
     console.print(table(None, ("layer", "units", "inactive", "tied", "output", "crops", "shift px", "locality", "sae"), rows))
+    if any(row[6] != "-" for row in rows):
+        say("shift px: how far the layer's map cells sit off the even grid (rows, columns); locality: how much a cell draws on "
+            "its own place ('not located': the audit's location test leaves the layer out)")  # fmt: skip
     from ..pipeline.builder import fallbacks
 
     for fallback in fallbacks(manifest):
@@ -81,8 +84,11 @@ def print_hits(hits: SearchResults, title: str, score: str, as_json: bool) -> No
         emit_json(hits.to_dict())
         return
     responses = any(hit.response is not None for hit in hits)  # a column only where the Lens kept crop responses
-    columns = ("unit", score, *(("response",) if responses else ()), "label", "top concept examples")
-    rows = [(hit.unit, round(hit.score, 4), *((_rounded(hit.response),) if responses else ()), hit.label or "", ", ".join(hit.examples)) for hit in hits]
+    columns = ("#", "unit", score, *(("response",) if responses else ()), "label", "top concept examples")  # '#': the ranking's order
+    rows = [
+        (position, hit.unit, round(hit.score, 4), *((_rounded(hit.response),) if responses else ()), hit.label or "", ", ".join(hit.examples))
+        for position, hit in enumerate(hits, 1)
+    ]
     console.print(table(title, columns, rows))
 
 
@@ -185,11 +191,7 @@ def show(
         emit_json({"unit": unit, "label": label, "png": str(target), "examples": [asdict(e) for e in examples]})
         return
     say(f"wrote {target} ({len(examples)} concept examples of {unit})")
-    layer, row = opened.units.index(unit)
-    if opened.arrays.inactive(layer)[row]:
-        say(f"note: {unit} never fired or was constant on the probe data: its examples are arbitrary (left out of search, labels and audits)")
-    elif opened.arrays.tied(layer)[row]:
-        say(f"note: {unit} has the same concept examples as an earlier unit of {layer} (tied: left out of search, labels and audits)")
+    say_if_left_out(opened, unit)
 
 
 @app.command()
@@ -313,12 +315,18 @@ def measures(
     if as_json:
         emit_json(result.to_dict())
         return
-    rows = [(name, *(result.summary(name)[m] for m in ("clarity", "polysemanticity", "redundancy"))) for name in chosen]
+    valid = {name: bool(opened.examples.valid(name, examples).any()) for name in chosen}
+    rows = [
+        (name, *(result.summary(name)[m] for m in ("clarity", "polysemanticity", "redundancy"))) if valid[name] else (name, "no valid units", "", "")
+        for name in chosen
+    ]
     console.print(table("layer means", ("layer", "clarity", "polysemanticity", "redundancy"), rows))
-    for name in chosen:
+    for name in (name for name in chosen if valid[name]):
         for title, measure, highest in (("least clear", "clarity", False), ("most polysemantic", "polysemanticity", True)):
             units = result.extremes(name, measure, worst, highest)
             say(f"{name} {title}: " + ", ".join(f"{unit} ({value:.3f})" for unit, value in units))
+    if not all(valid.values()):
+        say(f"no valid units (every unit inactive or tied) in {', '.join(name for name in chosen if not valid[name])}")
 
 
 @app.command()
@@ -436,11 +444,12 @@ def report(
     concept = concept_test(test_data, spurious_data, artifact, mask, at, tint, test_all)
     if concept is not None and not classes:
         raise SemlensError("the concept test runs in a class's audit: give --class and --spurious too")
-    steps = (["report: labels"] if opened.labels.vocabulary is None else []) + [f"report: audit of {name}" for name in classes]
+    labelling = opened.labels.vocabulary is None and opened.embedding.embeds_text  # a space of images only: no labels
+    steps = (["report: labels"] if labelling else []) + [f"report: audit of {name}" for name in classes]
     steps += [f"report: attribution graph of {name}" for name in classes] if graph else []
     steps += (["report: comparison"] if compare else []) + ["report: map, measures and page"]
     with step_bar(steps, enabled=not as_json) as done:
-        if opened.labels.vocabulary is None:
+        if labelling:
             opened.label()
             done()
         audits = []

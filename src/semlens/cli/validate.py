@@ -248,7 +248,7 @@ def graph(
     from ..report.figures import graph_figure
 
     opened = open_lens(lens, trust, probe_data, foundation, model)
-    if opened.labels.vocabulary is None:
+    if opened.labels.vocabulary is None and opened.embedding.embeds_text:  # else attribution_graph says why it cannot
         opened.label()
     result = opened.attribution_graph(class_name, layer or None, cut)
     graph_figure(result).write_html(str(out), include_plotlyjs=True, full_html=True)

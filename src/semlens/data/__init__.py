@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any, Sequence
 
+import numpy as np
+import torch
+
 from .._util.errors import SpecError
 from .._util.imports import call_factory, import_object
 from .._util.specs import SpecForm, SpecRegistry, described, in_memory_spec, register_in_memory
@@ -35,11 +38,16 @@ register_in_memory(DATASETS, "the same build_lens call, which reuses the Lens, o
 def load_data(data: str | ImageData | Sequence[Any], classes: list[str] | None = None) -> ImageData:
     """The probe data a spec names, or data as an object: an ImageData as it is, or a sequence (a list, a torch
     Dataset) of images, image paths or ``(image, label)`` pairs, with ``classes`` naming the labels
-    (``MemoryData``). An object whose spec semlens cannot load again is recorded as ``memory:CLASS``."""
+    (``MemoryData``), or one array or tensor of a batch of images. An object whose spec semlens cannot load again
+    is recorded as ``memory:CLASS``."""
     if classes is not None and isinstance(data, (str, ImageData)):
         raise SpecError(f"classes= goes with data passed as a list or dataset; {described(data)} names its own classes")
     if isinstance(data, str):
         return DATASETS.resolve(data)
+    if isinstance(data, (np.ndarray, torch.Tensor)):
+        if data.ndim != 4:
+            raise SpecError(f"data= as one array should be a batch of images (N x H x W x 3 or N x 3 x H x W), got shape {tuple(data.shape)}")
+        data = list(data)  # one image per row
     if isinstance(data, ImageData):
         if DATASETS.knows(data.spec):
             return data

@@ -13,8 +13,24 @@ from .._util.fingerprint import hash_json
 from .base import ImageData, rgb
 
 
+IMAGE_KEYS = ("image", "img")  # a dataset row's image, as Hugging Face datasets name it
+LABEL_KEYS = ("label", "labels")
+
+
+def feature_names(items: Any) -> list[str] | None:
+    """The class names of a Hugging Face dataset's label column (``features["label"].names``), if it has them."""
+    features = getattr(items, "features", None)
+    for key in LABEL_KEYS:
+        names = getattr(features.get(key), "names", None) if isinstance(features, dict) else None
+        if names:
+            return [str(name) for name in names]
+    return None
+
+
 class SequenceData(ImageData):
-    """Any indexable dataset whose items are an image or ``(image, label)``.
+    """Any indexable dataset whose items are an image, ``(image, label)``, or a row as a Hugging Face dataset
+    gives it (a dict with ``image`` or ``img`` and ``label`` or ``labels``; the class names from its
+    ``features``).
 
     Images may be PIL images, ``HxWx3`` uint8 arrays or ``3xHxW`` float tensors in [0, 1]. Give the
     dataset a ``fingerprint()`` method (or attribute) that changes with its content: without one,
@@ -28,7 +44,7 @@ class SequenceData(ImageData):
                 "return a list or a dataset with __len__ and __getitem__"
             )
         self.items, self.spec = items, spec
-        self.classes = classes if classes is not None else getattr(items, "classes", None)
+        self.classes = classes if classes is not None else getattr(items, "classes", None) or feature_names(items)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -37,6 +53,11 @@ class SequenceData(ImageData):
         item = self.items[index]
         if isinstance(item, (tuple, list)):
             return item[0], item[1] if len(item) > 1 else None
+        if isinstance(item, dict):
+            image = next((item[key] for key in IMAGE_KEYS if key in item), None)
+            if image is None:
+                raise DataError(f"sample {index} of {self.spec} is a dict with keys {', '.join(map(str, item))}: give its image as 'image' or 'img'")
+            return image, next((item[key] for key in LABEL_KEYS if key in item), None)
         return item, None
 
     def load(self, index: int) -> Image.Image:
@@ -62,6 +83,14 @@ class SequenceData(ImageData):
         if own is not None:
             return str(own() if callable(own) else own)
         return hash_json({"spec": self.spec, "length": len(self.items)})
+
+
+def image_object(image: Any, what: str) -> Image.Image:
+    """An image given as an array or tensor (``to_pil``'s forms), or a clear error naming ``what`` it was for."""
+    try:
+        return to_pil(image)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{what}: {error}") from error
 
 
 def to_pil(image: Any) -> Image.Image:

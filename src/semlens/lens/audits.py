@@ -240,7 +240,7 @@ def attribution_graph(
     lens: Lens, class_name: str | int, layers: list[str] | None = None, cut: float | None = None, samples: int = 32
 ) -> AttributionGraph:
     """The concepts behind a class between two or more layers (lowest first): relevant units grouped by
-    label (the stored labels users see, "?" where a unit shows no concept), edges weighted by CRP relevance conditioned on the
+    label (the stored labels users see, "no concept" where a unit shows none), edges weighted by CRP relevance conditioned on the
     upper group. Computed on the class's samples with the highest relevance (from class relevance);
     needs labels, the model and the probe data."""
     from ..relevance.graph import GRAPH_CUT, build_graph, relevant_samples
@@ -265,6 +265,7 @@ def attribution_graph(
     if not lrp.check().supported:
         raise SemlensError(f"LRP does not support this model: {lrp.check().reason}")
     if lens.labels.vocabulary is None:
+        lens.embedding.require_text("an attribution graph (it groups units by their labels)")
         raise SemlensError("an attribution graph groups units by label: run `semlens label LENS` (or Lens.label()) first")
     units = {layer: [f"{layer}/{name}" for name in lens.units(layer)] for layer in chosen}
     labels = {layer: lens.labels.shown(layer) for layer in chosen}
@@ -274,6 +275,12 @@ def attribution_graph(
     return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid, saes, lens.units.channels_last(chosen))
 
 
+def held_classes(lens: Lens, indices: list[int], most: int = 12) -> str:
+    """Classes by name (by index where the model has no names), at most ``most`` of them."""
+    named = [lens.classes[index] if lens.classes and index < len(lens.classes) else str(index) for index in indices[:most]]
+    return ", ".join(named) + (f", ... ({len(indices) - most} more)" if len(indices) > most else "")
+
+
 def _seen_class(lens: Lens, index: int, class_name: str | int, relevance: dict) -> list[int]:
     """The classes the class-relevance data holds samples of, once ``index`` is checked to be one of them:
     a class without any has no relevance to audit or trace (all its shares would read 0)."""
@@ -281,6 +288,7 @@ def _seen_class(lens: Lens, index: int, class_name: str | int, relevance: dict) 
     if index not in seen:
         raise SemlensError(
             f"class {class_name} has no samples in the class-relevance data (no probe image is labelled or predicted "
-            f"{class_name}): choose one of the {len(seen)} classes it holds, or rebuild with relevance data that shows this one"
+            f"{class_name}): choose one of the {len(seen)} classes it holds ({held_classes(lens, seen)}), or rebuild with relevance "
+            "data that shows this one"
         )
     return seen

@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from .._util.allocator import freed_memory_kept
 from .._util.display import made_by
 from .._util.errors import SemlensError
+from ..data.sequence import image_object
 
 from .remembered import per_lens
 
@@ -150,9 +152,11 @@ def _explainable_layers(lens: Lens, layers: list[str] | None) -> list[str]:
 
 
 def _explained_image(lens: Lens, image: str | Path | Image.Image | int) -> tuple[Image.Image, str]:
-    """The image to explain and how to name it: a PIL image, a file, or a probe sample by index."""
+    """The image to explain and how to name it: a PIL image, an array or tensor, a file, or a probe sample by index."""
     if isinstance(image, Image.Image):
         return image.convert("RGB"), "image"
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        return image_object(image, "the image to explain"), "image"
     if isinstance(image, int) or (isinstance(image, str) and image.isdecimal() and not Path(image).exists()):
         index, data = int(image), lens.sources.probe_data
         if not 0 <= index < len(data):

@@ -235,6 +235,7 @@ class LabelStore:
         first); with ``method``, an error unless the stored labels were made by it (never another method's counts
         in silence)."""
         if self.vocabulary is None:
+            self.lens.embedding.require_text("dissection (it counts units by their labels)")
             raise SemlensError("this Lens has no labels yet: run `semlens label LENS` (or Lens.label()) first")
         if method is not None and check_method(method) != self.method:
             raise SemlensError(
@@ -282,6 +283,7 @@ def label(
     ``examples="relevance"`` labels the relevance examples' theta and only returns the labels: the stored
     ones, which the other tools show, are the activation examples'. A view in another space (``Lens.in_space``)
     keeps labels of its own."""
+    lens.embedding.require_text("labelling")
     method = lens.labels.default_method if method is None else check_method(method)
     vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
     concepts = lens.embedding.probes.concepts(vocab.concepts, templates)

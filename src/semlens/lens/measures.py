@@ -23,15 +23,18 @@ def overview(
     lens: Lens, layers: list[str] | None = None, clusters: int | None = None, seed: int = 0
 ) -> OverviewMap:
     """UMAP map of the units of the given (default: all) layers, k-means clusters named by their two
-    best labels, units coloured by the category they align with best (see analysis.overview)."""
+    best labels, units coloured by the category they align with best (see analysis.overview); in a space of
+    images only, clusters numbered and one colour."""
     from ..analysis.overview import build_overview
 
+    units, theta = lens.arrays.all_units(layers)
+    if not lens.embedding.embeds_text:  # a space of images only: clusters without concept names or categories
+        return build_overview(units, theta, None, [], None, [], None, clusters, seed)
     vocabulary = lens.labels.vocabulary_or(None)
     concepts = lens.embedding.probes.concepts(vocabulary.concepts, "label")
     categories = vocabulary.category_names()
     members = torch.tensor([categories.index(category) for category in vocabulary.categories])
     category_probes = torch.stack([concepts[members == index].mean(dim=0) for index in range(len(categories))])
-    units, theta = lens.arrays.all_units(layers)
     null = lens.embedding.probes.null("label")
     return build_overview(units, theta, concepts, list(vocabulary.concepts), category_probes, categories, null, clusters, seed)
 
@@ -59,7 +62,8 @@ def similarity(lens: Lens, unit: str, other_unit: str, other: Lens | None = None
 
 def compare(lens: Lens, other: Lens, vocabulary: Vocabulary | str | Path | None = None) -> Comparison:
     """S_{M->N} / S_{N->M} per layer pair, best matches, and shared and unique concepts (of two views
-    in one space, ``Lens.in_space``, for another space: both embedded by the same foundation model)."""
+    in one space, ``Lens.in_space``, for another space: both embedded by the same foundation model; no
+    concepts in a space of images only)."""
     from ..analysis.compare import Comparison, best_matches, concept_sets, overlap_matrices
 
     if lens.embedding.foundation_id != other.embedding.foundation_id:
@@ -73,8 +77,10 @@ def compare(lens: Lens, other: Lens, vocabulary: Vocabulary | str | Path | None 
     )
     units_a, theta_a = lens.arrays.all_units()
     units_b, theta_b = other.arrays.all_units()
-    vocab = lens.labels.vocabulary_or(vocabulary)
-    shared, only_a, only_b = concept_sets(_concept_labels(lens, vocab), _concept_labels(other, vocab))
+    shared, only_a, only_b = [], [], []  # no concepts to name in a space of images only
+    if lens.embedding.embeds_text:
+        vocab = lens.labels.vocabulary_or(vocabulary)
+        shared, only_a, only_b = concept_sets(_concept_labels(lens, vocab), _concept_labels(other, vocab))
     matches = best_matches(units_a, theta_a, units_b, theta_b)
     return Comparison(lens.layers, other.layers, a_to_b, b_to_a, matches, shared, only_a, only_b)
 

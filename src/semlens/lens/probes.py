@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
@@ -23,6 +24,7 @@ from .._util.cache import cache_dir
 from .._util.errors import SemlensError
 from .._util.fingerprint import hash_json
 from ..analysis.alignment import fill, null_prompts, resolve_templates
+from ..data.sequence import image_object
 from ..foundation import FoundationModel
 from ..store.files import atomic_write
 
@@ -93,8 +95,10 @@ class ProbeEncoder:
         return torch.stack(embeddings).mean(dim=0)
 
 
-def image_probe(probe: str | Path | Image.Image) -> Image.Image:
-    """An image probe as an image: decoded from its file (``read_image_probe``), or as given."""
+def image_probe(probe: str | Path | Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
+    """An image probe as an image: decoded from its file (``read_image_probe``), from an array or tensor, or as given."""
+    if isinstance(probe, (np.ndarray, torch.Tensor)):
+        return image_object(probe, "an image probe")
     return probe if isinstance(probe, Image.Image) else read_image_probe(probe)
 
 

@@ -93,6 +93,8 @@ def probe(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A probe ``[d]`` and its null (None for image-only probes): texts and images (files or decoded) averaged."""
     texts = [text] if isinstance(text, str) else list(text or [])
+    if any(not isinstance(item, str) or not item.strip() for item in texts):
+        raise SemlensError(f"search text {texts!r}: give words to search for (an empty text ranks nothing)")
     if not texts and not images:
         raise SemlensError("give a text query, an image probe, or both")
     parts = []

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, TextNotSupportedError
 from ..analysis.alignment import alignment
 from ..analysis.label import label_units
 from ..analysis.spaces import SIMILARITY_UNITS, SpaceComparison, label_agreement, ranking_agreement, structure_agreement
@@ -65,6 +65,20 @@ class SpaceView:
     def foundation(self) -> FoundationModel:
         """The foundation model of this space (the user's, else the trusted recorded one; id checked)."""
         return self.lens.sources.space_foundation(self.lens.space)
+
+    @property
+    def embeds_text(self) -> bool:
+        """Whether this space's foundation model embeds texts: labels, text search and the map's concept names need it."""
+        return self.foundation.supports_text
+
+    def require_text(self, what: str) -> None:
+        """Refuse ``what`` (something made of a vocabulary's texts) in a space of images only, saying what would do."""
+        if not self.embeds_text:
+            raise TextNotSupportedError(
+                f"{what} needs texts embedded, and this Lens's foundation model {self.foundation_id} embeds images only; "
+                "add a space of a text-image model to the Lens (`semlens embed LENS --foundation SPEC`, e.g. "
+                "hf:openai/clip-vit-base-patch32 or conse) and ask in it (--space NAME, Lens.in_space)"
+            )
 
     @cached_property
     def probes(self) -> ProbeEncoder:

@@ -258,12 +258,14 @@ register_in_memory(MODELS, "Lens.open(LENS, model=MODEL), or --model SPEC on the
 def class_mapping(model: LoadedModel, data) -> tuple[dict[int, int] | None, str]:
     """Data label -> model output index when the data's class names are the model's (case-insensitive; an
     ImageNet WordNet id such as a folder ``n01440764/`` names its ImageNet class: ``model_class_index``),
-    or by index when the model has no names but as many outputs; else None (use predicted classes)."""
+    or by index when the model has no names but as many outputs, or the data's labels have no names (a label
+    past the outputs has none: use its prediction); else None (use predicted classes)."""
     if data.classes is None:
-        return None, "predicted classes (the data has no labels)"
+        if len(data) == 0 or data.label(0) is None:
+            return None, "predicted classes (the data has no labels)"
+        return dict(enumerate(range(model_outputs(model)))), "labels (by index: the data names no classes)"
     if model.classes is None:
-        with torch.no_grad():
-            outputs = model.module(model.example_input().to(next(model.module.parameters()).device)).shape[1]
+        outputs = model_outputs(model)
         if outputs == len(data.classes):
             return dict(enumerate(range(outputs))), "labels (by index: the model has no class names)"
         return None, f"predicted classes ({len(data.classes)} data classes, {outputs} model outputs)"
@@ -272,6 +274,13 @@ def class_mapping(model: LoadedModel, data) -> tuple[dict[int, int] | None, str]
         missing = [data.classes[label] for label, index in mapping.items() if index is None]
         return None, f"predicted classes (data classes not among the model's: {', '.join(missing[:5])})"
     return mapping, "labels"
+
+
+def model_outputs(model: LoadedModel) -> int:
+    """How many classes the model scores (its logits' width on one example)."""
+    parameter = next(model.module.parameters(), None)
+    with torch.no_grad():
+        return model.module(model.example_input().to(parameter.device if parameter is not None else "cpu")).shape[1]
 
 
 def load_model(model: str | nn.Module | LoadedModel, preprocessing: Preprocessing | Any = None) -> LoadedModel:

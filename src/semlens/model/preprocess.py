@@ -8,6 +8,8 @@ preprocessing, so the two models always look at the same pixels.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +104,13 @@ def preprocessing_of(transform: Any) -> Preprocessing:
         raise SpecError(
             f"cannot read the preprocessing from {type(transform).__name__}: {why}; give a Compose of Resize, CenterCrop "
             "and Normalize, or semlens.Preprocessing(input_size=..., resize=..., mean=..., std=...)"
+        )
+    if "Resize" in steps and not isinstance(steps["Resize"].size, int) and len(steps["Resize"].size) == 2:
+        warnings.warn(
+            f"Resize({tuple(steps['Resize'].size)}) squashes an image to that shape; semlens resizes its shorter side and crops "
+            "the centre square, the same pixels only for square images: for others give Resize(side) and CenterCrop(side) if "
+            "the model was trained so, or make the images square first",
+            stacklevel=3,
         )
     normalise = steps.get("Normalize")
     mean, std = (_floats(normalise.mean), _floats(normalise.std)) if normalise else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))

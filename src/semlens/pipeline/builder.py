@@ -166,11 +166,9 @@ class LensBuilder:
             self.store.clear()
         if self.store.has_manifest():
             manifest = self.store.read_manifest()
-            changed = [key for key, value in self.identity.items() if manifest["identity"].get(key) != value]
+            changed = changed_settings(manifest["identity"], self.identity)
             if changed:
-                details = "; ".join(
-                    f"{key}: was {manifest['identity'].get(key)}, now {self.identity[key]}" for key in changed
-                )
+                details = "; ".join(f"{key}: was {was!r}, now {now!r}" for key, was, now in changed)
                 raise StaleLensError(
                     f"the Lens at {self.store.root} was built from other inputs ({details}). "
                     "Use another output directory, or --overwrite to rebuild it."
@@ -257,6 +255,7 @@ class LensBuilder:
             distinct_crops=stages.get("embed", {}).get("distinct_crops", 0),
             stages={name: "done" if record.get("complete") else "pending" for name, record in stages.items()},
             seconds={name: record.get("seconds", 0.0) for name, record in stages.items()},
+            k=self.manifest["identity"]["collect"]["k"],
         )
         for name, layer in self.manifest["layers"].items():
             summary.layers.append(LayerSummary(name, layer["units"], layer["inactive_units"], layer.get("tied_units", 0), layer["output"]))
@@ -264,11 +263,19 @@ class LensBuilder:
         return summary
 
 
+def changed_settings(was: Any, now: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Where two recorded identities differ, by dotted key (``collect.k``), with the two values."""
+    if not (isinstance(was, dict) and isinstance(now, dict)):
+        return [] if was == now else [(prefix, was, now)]
+    return [change for key in {**was, **now} for change in changed_settings(was.get(key), now.get(key), f"{prefix}{'.' if prefix else ''}{key}")]
+
+
 def fallbacks(manifest: dict[str, Any]) -> list[str]:
     """What the build did instead of what was asked, as recorded in the manifest: crop modes other than the
     one asked for (``auto`` asks for relevance), map cells left on the even grid where their placement could
     not be measured, relevance passes made smaller when the GPU ran out of memory, an embedding that could not
-    be compiled, a skipped class-relevance stage and k lowered to the number of samples."""
+    be compiled, a skipped class-relevance stage, labels the class relevance could not use, and k lowered to the
+    number of samples."""
     asked = manifest["identity"]["embed"]["crop"]
     wanted = "relevance" if asked == "auto" else asked
     found = []
@@ -288,6 +295,9 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
     skipped = manifest["stages"].get("relevance", {}).get("skipped")
     if skipped:
         found.append(f"no class relevance ({skipped}): audits and attribution graphs need it")
+    targets = manifest.get("relevance", {}).get("targets", "")
+    if (targets.startswith("predicted classes (") and "has no labels" not in targets) or "without a class folder" in targets:
+        found.append(f"class relevance of predicted classes where the data's labels name no output of the model: {targets}")
     skipped = manifest["stages"].get("examples", {}).get("skipped")
     if skipped:
         found.append(f"no relevance examples ({skipped})")
@@ -335,7 +345,7 @@ def build_lens(
         raise SemlensError(f"give a BuildConfig or its settings as keywords, not both (got config and {', '.join(sorted(settings))})")
     config = config or BuildConfig.from_settings(settings, "build_lens got unknown settings")
     summary = LensBuilder(config, out, overwrite=overwrite, progress=progress).run()
-    for line in summary.fallbacks:  # `semlens run` prints them; a notebook sees them as warnings
+    for line in summary.fallbacks + summary.unit_warnings():  # `semlens run` prints them; a notebook sees them as warnings
         warnings.warn(line, stacklevel=2)
     lens = Lens.open(out)
     given = {"model": config.model, "data": config.data, "foundation": config.foundation}

@@ -93,10 +93,10 @@ class ClassRelevanceStage:
                     advance(len(ids))
                     continue
                 pixels = context.model_input(pixels)
-                labels = [None if mapping is None else data.label(index) for index in ids.tolist()]
-                if mapping is not None:  # a sample outside every class folder: the model's prediction, as without labels
-                    progress.unlabelled += labels.count(None)
-                targets = torch.tensor([PREDICTED if label is None else mapping[label] for label in labels], device=context.device)
+                outputs = [None if mapping is None else mapping.get(data.label(index)) for index in ids.tolist()]
+                if mapping is not None:  # a sample outside every class folder (or labelled past the outputs): its prediction
+                    progress.unlabelled += outputs.count(None)
+                targets = torch.tensor([PREDICTED if output is None else output for output in outputs], device=context.device)
                 explain = lambda b, e: unit_and_error_relevance(modified, pixels[b:e], targets[b:e], [spec.name for spec in layers], picks, saes, channels_last)  # noqa: E731
                 for b, e, (outputs, relevance, error) in passes.parts(len(ids), explain):
                     advance(e - b)
@@ -121,9 +121,9 @@ class ClassRelevanceStage:
         if examples:
             write_sample_table(context.store, data, [topk.ids for topk in examples.values()], keep=True)
         if progress.unlabelled:
-            targets_from += f"; {progress.unlabelled} samples without a class folder: predicted classes"
+            targets_from += f"; {progress.unlabelled} samples without a class folder (or labelled past the model's outputs): predicted classes"
         context.manifest["relevance"] = {"data": data.spec, "targets": targets_from, "layers": list(stats), "example_layers": list(examples), "left_out": left_out}
-        if model.classes is None and mapping is not None:  # labels mapped by index: the model's outputs are the data's classes
+        if model.classes is None and mapping is not None and data.classes is not None:  # by index: the outputs are the data's classes
             context.manifest["model_classes"] = list(data.classes)
         smaller = {"images_per_pass": passes.shrunk} if passes.shrunk else {}
         if passes.memory_used:

@@ -9,6 +9,8 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, get_args, get_origin, get_type_hints
 
+import numpy as np
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -124,7 +126,9 @@ class BuildConfig:
             raise SemlensError("no layers given; name at least one (see `semlens layers MODEL`)")
         if isinstance(self.model, (nn.Module, LoadedModel)) or self.preprocessing is not None:
             self.model, self.preprocessing = load_model(self.model, self.preprocessing), None  # a spec with preprocessing= fails there
-        if (isinstance(self.data, (ImageData, Sequence, Dataset)) and not isinstance(self.data, str)) or self.classes is not None:
+        if isinstance(self.layers, list) and any(isinstance(layer, nn.Module) for layer in self.layers):
+            self.layers = module_names(self.model, self.layers)
+        if (isinstance(self.data, (ImageData, Sequence, Dataset, np.ndarray, torch.Tensor)) and not isinstance(self.data, str)) or self.classes is not None:
             self.data, self.classes = load_data(self.data, self.classes), None  # likewise a spec with classes=
         elif isinstance(self.data, str) and self.data.strip():
             self.data = folder_or_spec(self.data)  # a folder as typed: folder:PATH
@@ -220,6 +224,17 @@ class BuildConfig:
         return cls(**values)
 
 
+def module_names(model: Any, layers: list[Any]) -> list[Any]:
+    """Layers given as the model's own submodules, by their names in it (``layers=[net.layer4]``)."""
+    if not isinstance(model, LoadedModel):
+        raise SemlensError("layers given as modules go with a model object (model=net); with a model spec, name them (see `semlens layers MODEL`)")
+    names = {id(module): name for name, module in model.module.named_modules() if name}
+    unknown = [type(layer).__name__ for layer in layers if isinstance(layer, nn.Module) and id(layer) not in names]
+    if unknown:
+        raise SemlensError(f"layers: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a submodule of the model; give submodules of it, or their names")
+    return [names[id(layer)] if isinstance(layer, nn.Module) else layer for layer in layers]
+
+
 def check_field_types(config: Any) -> None:
     """Each field of a dataclass ``config`` holds a value of its annotated type (a config file can hold any):
     ``k = "3"`` or ``layers = "head"`` is refused by name, not met later as a TypeError or as layers h, e, a, d."""
@@ -290,6 +305,26 @@ class BuildSummary:
     stages: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)  # what was done instead of what was asked, and why
+    k: int = 0  # concept examples per unit
+
+    def unit_warnings(self) -> list[str]:
+        """The layers' inactive and tied units, said as a warning each (with what would give tied units examples
+        of their own where k is a large share of the samples)."""
+        found = []
+        for layer in self.layers:
+            if layer.inactive_units:
+                found.append(
+                    f"layer {layer.name}: {layer.inactive_units} of {layer.units} units never fired or were constant on this data (their "
+                    "top-k scores are all equal or none is positive); their concept examples are arbitrary and marked inactive"
+                )
+            if layer.tied_units:
+                crowded = self.k * 4 > self.samples - self.failed
+                advice = f" (k = {self.k} of {self.samples - self.failed} samples: a smaller k or more probe images give them examples of their own)" if crowded else ""
+                found.append(
+                    f"layer {layer.name}: {layer.tied_units} of {layer.units} units have the same concept examples as another unit (marked "
+                    f"tied); like inactive units they are left out of search, labels, the map, measures, audits and graphs{advice}"
+                )
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as plain JSON values (``semlens run --json`` prints it)."""

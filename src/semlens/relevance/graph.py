@@ -1,7 +1,7 @@
 """Attribution graphs (the paper's Sec. 4.1.2, D.5): which concepts feed a class, and through which.
 
 Units relevant to the class (mean relevance share above a cut) are grouped by label, unlabelled ones
-under "?". For each group of an upper layer, CRP conditions the backward pass on that group (relevance
+under "no concept". For each group of an upper layer, CRP conditions the backward pass on that group (relevance
 at the upper layer masked to its units); the relevance that reaches each group of the layer below is
 the weight of the edge between them.
 """
@@ -18,7 +18,7 @@ from ..model.sae import SparseAutoencoder
 from .lrp import RelevanceModel, _one_hot_logit, _per_unit, unit_relevance
 from .sae import unit_tensors
 
-UNLABELLED = "?"
+UNLABELLED = "no concept"  # as every face names a unit whose best concept sets it apart from none
 GRAPH_CUT = 0.01
 
 

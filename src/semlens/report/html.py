@@ -108,8 +108,9 @@ def write_report(
     """Write the report; labels the Lens with the built-in vocabulary first if it has no labels. ``audits``
     (from ``Lens.audit``), ``comparison`` (``Lens.compare`` against the Lens called ``other_name``) and
     ``graphs`` (``Lens.attribution_graph``) each add their sections at the end."""
-    if lens.labels.vocabulary is None:
+    if lens.labels.vocabulary is None and lens.embedding.embeds_text:  # a space of images only: a report without labels
         lens.label()
+    labelled = lens.labels.vocabulary is not None
     overview = lens.overview()
     labels = {unit: lens.labels.label_of(unit) for unit in overview.units}
     measures, least_clear, most_poly, unlabelled = {}, [], [], []
@@ -117,13 +118,15 @@ def write_report(
         values = lens.measures(layer)
         units = [f"{layer}/{name}" for name in lens.units(layer)]
         measures[layer] = {name: [float(v) for v in tensor.nan_to_num(0).tolist()] for name, tensor in values.items()}
-        order = values["clarity"].nan_to_num(float("inf")).argsort()[:worst].tolist()
-        least_clear += [(units[i], f"clarity {float(values['clarity'][i]):.3f}") for i in order]
-        order = values["polysemanticity"].nan_to_num(float("-inf")).argsort(descending=True)[:worst].tolist()
-        most_poly += [(units[i], f"polysemanticity {float(values['polysemanticity'][i]):.3f}; {_clusters_note(lens, units[i])}") for i in order]
+        order = [i for i in values["clarity"].nan_to_num(float("inf")).argsort()[:worst].tolist() if not values["clarity"][i].isnan()]
+        least_clear += [(units[i], f"clarity {float(values['clarity'][i]):.3f}") for i in order]  # left-out units have none
+        polysemantic = values["polysemanticity"]
+        order = [i for i in polysemantic.nan_to_num(float("-inf")).argsort(descending=True)[:worst].tolist() if not polysemantic[i].isnan()]
+        most_poly += [(units[i], f"polysemanticity {float(polysemantic[i]):.3f}; {_clusters_note(lens, units[i])}") for i in order]
         layer_labels = lens.labels.of(layer)
-        missing = (~layer_labels.labelled & lens.arrays.valid(layer)).nonzero().flatten()[:unexpected].tolist()
-        unlabelled += [(units[i], _best_candidate(lens, units[i])) for i in missing]
+        if layer_labels is not None:  # None in a space of images only
+            missing = (~layer_labels.labelled & lens.arrays.valid(layer)).nonzero().flatten()[:unexpected].tolist()
+            unlabelled += [(units[i], _best_candidate(lens, units[i])) for i in missing]
     identity = lens.manifest["identity"]
     meta = "".join(
         f"<tr><td>{key}</td><td>{html.escape(str(value))}</td></tr>"
@@ -147,7 +150,7 @@ def write_report(
 <h2>Overview map</h2>
 {_figure_html(overview_figure(overview, labels), include_plotlyjs=True)}
 <h2>Dissection: units per concept category</h2>
-{_figure_html(dissection_figure(lens.labels.dissect()), include_plotlyjs=False)}
+{_figure_html(dissection_figure(lens.labels.dissect()), include_plotlyjs=False) if labelled else NO_TEXT}
 <h2>Interpretability measures</h2>
 {_figure_html(_histograms(measures), include_plotlyjs=False)}
 <h2>Least clear units</h2>
@@ -155,7 +158,7 @@ def write_report(
 <h2>Most polysemantic units</h2>
 {_unit_rows(lens, most_poly)}
 <h2>Unexpected units (no concept sets them apart from their layer)</h2>
-{_unit_rows(lens, unlabelled) or "<p>none: every valid unit shows a concept</p>"}
+{_unit_rows(lens, unlabelled) or ("<p>none: every valid unit shows a concept</p>" if labelled else NO_TEXT)}
 {_extra_sections(lens, audits, comparison, graphs, other_name)}
 </body></html>
 """
@@ -164,8 +167,13 @@ def write_report(
     return target
 
 
+NO_TEXT = "<p>no labels: this Lens's foundation model embeds images only (add a text-image space with <code>semlens embed</code>)</p>"
+
+
 def _labels_meta(lens: Lens) -> str:
     """The vocabulary, method and coverage of the labels the report shows."""
+    if lens.labels.vocabulary is None:
+        return "none: the foundation model embeds images only"
     coverage = lens.labels.coverage()["all"]
     shown = f"{coverage['labelled']} of {coverage['valid_units']} valid units show a concept"
     if coverage["median_confidence"] is not None:

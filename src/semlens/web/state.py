@@ -54,18 +54,18 @@ class Served:
             lens = self.lens.in_space(space)
             if lens.labels.vocabulary is None:
                 self.ready(space)
-            if method is not None and lens.labels.method != method:
+            if method is not None and lens.labels.vocabulary is not None and lens.labels.method != method:
                 stored = lens.labels.of(lens.layers[0])
                 lens.label(lens.labels.vocabulary, stored.threshold, save=False, method=method, min_confidence=stored.min_confidence)
         return lens
 
     def ready(self, space: str | None = None) -> Lens:
-        """The Lens (in embedding space ``space``) labelled and with its probe encoder loaded, ready for probes:
-        one encoder (and one writer of its cache) for all threads."""
+        """The Lens (in embedding space ``space``) labelled (where its foundation model embeds texts) and with its
+        probe encoder loaded, ready for probes: one encoder (and one writer of its cache) for all threads."""
         with self._setup:
             lens = self.lens.in_space(space)
             lens.embedding.probes  # noqa: B018 (a cached property: loads the foundation model once)
-            if lens.labels.vocabulary is None:
+            if lens.labels.vocabulary is None and lens.embedding.embeds_text:  # a space of images only: no labels
                 lens.label(save=False)
         return lens
 
