@@ -394,6 +394,12 @@ def test_a_whole_image_build_takes_the_crop_responses_from_the_collection_pass(t
 
     monkeypatch.setattr(kept_module, "MIN_PRUNE_ROWS", 4)  # prune often: what a long pass does
     monkeypatch.setattr(response_module, "read_units", lambda *args: pytest.fail("the responses stage ran the model"))
+    failing = pytest.MonkeyPatch()
+    failing.setattr(response_module.ResponseMoments, "scatter", lambda self: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # the stage fails after reading them: they stay for the resumed build
+        build_lens(config(colour_folder, tiny_clip_dir, crop="none"), tmp_path / "none.lens", progress=False)
+    failing.undo()
+    assert list((tmp_path / "none.lens").glob("collect.activations*"))
     lens = build_lens(config(colour_folder, tiny_clip_dir, crop="none"), tmp_path / "none.lens", progress=False)
     stage = lens.manifest["stages"]["responses"]
     assert stage["from_collection"] == stage["crops"] > 1

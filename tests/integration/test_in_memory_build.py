@@ -180,6 +180,40 @@ def test_a_model_returning_its_logits_among_other_things_is_read_through_them_wi
     assert not isinstance(net(torch.zeros(1, 3, 32, 32)), torch.Tensor)
 
 
+class GatedDictOutput(torch.nn.Module):
+    """A residual sum and a gate in the model's own forward, which LRP's torch.fx rewrite must reach through the view."""
+
+    def __init__(self, as_dict: bool = True) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.as_dict = as_dict
+        self.stem, self.conv = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        h = torch.relu(self.stem(x))
+        h = torch.relu(h + self.conv(h))
+        h = h * torch.sigmoid(self.conv(h))
+        logits = self.head(h.mean(dim=(2, 3)))
+        return {"logits": logits} if self.as_dict else logits
+
+
+def test_the_view_is_traced_copied_and_saved_as_the_model_is() -> None:
+    import copy
+    import io
+
+    from semlens.relevance.lrp import RelevanceModel
+
+    plain, view = load_model(GatedDictOutput(False), TINY_PREPROCESSING).module, load_model(GatedDictOutput(), TINY_PREPROCESSING).module
+    example = torch.rand(2, 3, 32, 32)
+    assert RelevanceModel(view, example).check().supported and RelevanceModel(plain, example).check().supported
+    assert isinstance(copy.deepcopy(view)(example), torch.Tensor) and isinstance(copy.copy(view)(example), torch.Tensor)
+    buffer = io.BytesIO()
+    torch.save(view, buffer)  # as the user's own class
+    buffer.seek(0)
+    assert type(torch.load(buffer, weights_only=False)) is GatedDictOutput
+
+
 def test_a_model_semlens_cannot_feed_is_refused_at_load_with_what_to_change() -> None:
     class Grey(TinyCNN):
         def __init__(self) -> None:
@@ -190,12 +224,21 @@ def test_a_model_semlens_cannot_feed_is_refused_at_load_with_what_to_change() ->
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"pooled": super().forward(x)[:, 0]}
 
-    with pytest.raises(SemlensError, match=r"fails on a batch of one float32 RGB image \[1, 3, 32, 32\].*1 channels.*averages the channels"):
+    class TwoMatrices(TinyCNN):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.pool(self.features(x)).flatten(1), super().forward(x)
+
+    with pytest.raises(SemlensError, match=r"fails on the float32 RGB batch \[1, 3, 32, 32\].*1 channels.*averages them"):
         load_model(Grey(), TINY_PREPROCESSING)
-    with pytest.raises(SemlensError, match=r"float64 weights.*model.float\(\)"):
+    with pytest.raises(SemlensError, match=r"its weights are float64: pass model.float\(\)"):
         load_model(TinyCNN().double(), TINY_PREPROCESSING)
     with pytest.raises(SemlensError, match=r"returns dict \(keys pooled\), with no logits"):
         load_model(NoLogits(), TINY_PREPROCESSING)
+    with pytest.raises(SemlensError, match=r"2 \[batch, n\] tensors \(\[0\] \(1, 6\), \[1\] \(1, 3\)\)"):
+        load_model(TwoMatrices(), TINY_PREPROCESSING)
+    small = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.Flatten(), torch.nn.Linear(4 * 15 * 15, 3))  # 32 px only
+    with pytest.raises(SemlensError, match=r"give the input size it takes with preprocessing="):
+        load_model(small, Preprocessing())
 
 
 def test_what_a_build_did_instead_of_what_was_asked_is_a_warning_in_a_notebook(tmp_path, foundation, images) -> None:
@@ -208,22 +251,35 @@ def test_labels_without_class_names_are_the_model_s_outputs_by_index(tmp_path, f
     the predictions); an audit of a class the data does not show names the classes it does."""
     pairs = [(image, 1) for image, _ in colour_images(12)]  # every image labelled class 1
     settings = {"preprocessing": TINY_PREPROCESSING, "layers": LAYERS, "data": pairs, "foundation": foundation, "k": 3, "progress": False, "workers": 0}
-    lens = build_lens(model=TinyCNN(), out=tmp_path / "indices.lens", **settings)
+    with pytest.warns(UserWarning, match="takes each label as the index of the model's output"):
+        lens = build_lens(model=TinyCNN(), out=tmp_path / "indices.lens", **settings)
     assert lens.manifest["relevance"]["targets"] == "labels (by index: the data names no classes)"
     assert lens.arrays.class_relevance(LAYERS[0])["count"].tolist() == [0, 12, 0]
     with pytest.raises(SemlensError, match=r"choose one of the 1 classes it holds \(1\)"):
         lens.audit(0, valid=["red"], spurious=["stripes"])
 
 
-class Rows(list):
-    """Rows as a Hugging Face dataset gives them, with its label column's class names."""
+class Rows:
+    """Rows as a Hugging Face ``datasets.Dataset`` gives them (indexable, neither a list nor a torch Dataset), with
+    its label column's class names."""
 
     features = {"label": SimpleNamespace(names=["red", "green", "blue"])}
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.rows[index]
 
 
 def test_data_as_dataset_rows_one_batch_array_and_layers_as_modules(tmp_path, foundation) -> None:
     pairs = colour_images(12)
-    rows = load_data(Rows({"image": image, "label": label} for image, label in pairs))
+    rows = Rows([{"image": image, "label": label} for image, label in pairs])
+    assert BuildConfig(model="py:tiny_models:tiny_cnn", layers=LAYERS, data=rows).data.classes == ["red", "green", "blue"]
+    rows = load_data(rows)
     assert rows.classes == ["red", "green", "blue"] and [rows.label(index) for index in range(3)] == [0, 1, 2]
     assert rows.load(0).size == pairs[0][0].size
     batch = np.stack([np.asarray(image) for image, _ in pairs])

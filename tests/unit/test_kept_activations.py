@@ -63,3 +63,13 @@ def test_a_checkpoint_gives_back_what_was_kept(scores) -> None:
     empty = KeptActivations(["a", "b"])
     empty.load({})  # a checkpoint of a pass that kept nothing
     assert not empty.rows and empty.state()["kept.ids"].numel() == 0
+
+
+def test_when_full_it_still_drops_the_samples_no_top_k_holds_and_keeps_later_ones(scores, monkeypatch) -> None:
+    """A cap below the clean-up size: past it, samples pushed out must still make room for later ones."""
+    monkeypatch.setattr(kept_module, "FULL_PRUNE_BATCHES", 1)
+    kept = KeptActivations(["a", "b"], max_bytes=4 * 9 * 30)  # room for 30 samples, under MIN_PRUNE_ROWS
+    results = streamed(scores, 1, 16, kept)  # one sample per unit: at most 9 held at a time
+    kept.prune(candidate_ids(results))
+    assert sorted(kept.rows) == candidate_ids(results).tolist()
+    assert all(row.untyped_storage().nbytes() == 4 * 9 for row in kept.rows.values())  # none holds its whole batch

@@ -105,7 +105,7 @@ def preprocessing_of(transform: Any) -> Preprocessing:
             f"cannot read the preprocessing from {type(transform).__name__}: {why}; give a Compose of Resize, CenterCrop "
             "and Normalize, or semlens.Preprocessing(input_size=..., resize=..., mean=..., std=...)"
         )
-    if "Resize" in steps and not isinstance(steps["Resize"].size, int) and len(steps["Resize"].size) == 2:
+    if "Resize" in steps and isinstance(steps["Resize"].size, (list, tuple)) and len(steps["Resize"].size) == 2:
         warnings.warn(
             f"Resize({tuple(steps['Resize'].size)}) squashes an image to that shape; semlens resizes its shorter side and crops "
             "the centre square, the same pixels only for square images: for others give Resize(side) and CenterCrop(side) if "

@@ -298,6 +298,8 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
     targets = manifest.get("relevance", {}).get("targets", "")
     if (targets.startswith("predicted classes (") and "has no labels" not in targets) or "without a class folder" in targets:
         found.append(f"class relevance of predicted classes where the data's labels name no output of the model: {targets}")
+    if targets.startswith("labels (by index: the data names no classes)"):
+        found.append("class relevance takes each label as the index of the model's output (the data names no classes): give classes= if they are not")
     skipped = manifest["stages"].get("examples", {}).get("skipped")
     if skipped:
         found.append(f"no relevance examples ({skipped})")

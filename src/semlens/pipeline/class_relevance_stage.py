@@ -93,10 +93,10 @@ class ClassRelevanceStage:
                     advance(len(ids))
                     continue
                 pixels = context.model_input(pixels)
-                outputs = [None if mapping is None else mapping.get(data.label(index)) for index in ids.tolist()]
+                labelled = [None if mapping is None else mapping.get(data.label(index)) for index in ids.tolist()]  # model outputs
                 if mapping is not None:  # a sample outside every class folder (or labelled past the outputs): its prediction
-                    progress.unlabelled += outputs.count(None)
-                targets = torch.tensor([PREDICTED if output is None else output for output in outputs], device=context.device)
+                    progress.unlabelled += labelled.count(None)
+                targets = torch.tensor([PREDICTED if output is None else output for output in labelled], device=context.device)
                 explain = lambda b, e: unit_and_error_relevance(modified, pixels[b:e], targets[b:e], [spec.name for spec in layers], picks, saes, channels_last)  # noqa: E731
                 for b, e, (outputs, relevance, error) in passes.parts(len(ids), explain):
                     advance(e - b)

@@ -23,7 +23,7 @@ from ..model.sae import SparseAutoencoder
 from ..store.files import LensStore, layer_file
 from .collect import EMPTY_ID, Collector, TopK, candidate_ids, candidate_slots, rescore
 from .context import BuildContext
-from .kept_activations import KeptActivations
+from .kept_activations import CHECKPOINT_BYTES, KeptActivations
 
 COLLECT_PARTIAL = "collect.partial"  # the checkpoint's stem; each rank of a group adds its rank
 KEPT_ACTIVATIONS = "collect.activations"  # the kept activations' stem, per rank; the responses stage reads and removes them
@@ -109,7 +109,7 @@ class CollectStage:
     def _save_checkpoint(
         self, name: str, key: str, results: dict[str, TopK], next_index: int, failures: list, kept: KeptActivations | None = None
     ) -> None:
-        tensors: dict[str, torch.Tensor] = {} if kept is None else kept.state()
+        tensors: dict[str, torch.Tensor] = kept.state() if kept is not None and kept.nbytes <= CHECKPOINT_BYTES else {}
         for position, spec in enumerate(self.context.specs):
             if spec.name in results:
                 tensors.update(results[spec.name].state(prefix=f"{position}."))

@@ -9,8 +9,6 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, get_args, get_origin, get_type_hints
 
-import numpy as np
-import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -128,7 +126,7 @@ class BuildConfig:
             self.model, self.preprocessing = load_model(self.model, self.preprocessing), None  # a spec with preprocessing= fails there
         if isinstance(self.layers, list) and any(isinstance(layer, nn.Module) for layer in self.layers):
             self.layers = module_names(self.model, self.layers)
-        if (isinstance(self.data, (ImageData, Sequence, Dataset, np.ndarray, torch.Tensor)) and not isinstance(self.data, str)) or self.classes is not None:
+        if indexable(self.data) or self.classes is not None:
             self.data, self.classes = load_data(self.data, self.classes), None  # likewise a spec with classes=
         elif isinstance(self.data, str) and self.data.strip():
             self.data = folder_or_spec(self.data)  # a folder as typed: folder:PATH
@@ -222,6 +220,11 @@ class BuildConfig:
         if missing:
             raise SemlensError(f"{' and '.join(missing)} not given: a Lens is built from a model, its layers and data (e.g. model=net, layers=['layer4'], data=images)")
         return cls(**values)
+
+
+def indexable(data: Any) -> bool:
+    """Data given as an object to read by index (a list, a torch or Hugging Face dataset, an array), not a spec."""
+    return not isinstance(data, (str, bytes)) and (isinstance(data, ImageData) or (hasattr(data, "__len__") and hasattr(data, "__getitem__")))
 
 
 def module_names(model: Any, layers: list[Any]) -> list[Any]:

@@ -9,7 +9,8 @@ build on a CPU: docs/explanation/performance.md).
 Which samples end in a top-k is known only at the end, but a sample in a unit's final top-k was in its running
 top-k from the moment it was seen. So the pass keeps the samples that enter any top-k and now and then drops
 those that every unit has pushed out: at most units x k samples, each all units' activations, within
-``MAX_BYTES`` (past it a sample is not kept, and the responses stage runs the model on it as before).
+``MAX_BYTES`` (past it a sample is not kept, and the responses stage runs the model on it as before). A
+checkpoint carries them up to ``CHECKPOINT_BYTES``; past that a resumed pass leaves the earlier ones to the model.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import torch
 from .collect import TopK, candidate_ids
 
 MAX_BYTES = 1 << 30  # host memory for the kept activations, float32
+CHECKPOINT_BYTES = 1 << 28  # kept activations a checkpoint carries at most (more: a resumed pass leaves them to the model)
 MIN_PRUNE_ROWS = 1024  # samples kept before the first clean-up of those no top-k holds any more
+FULL_PRUNE_BATCHES = 16  # when full, batches between clean-ups (each a pass over the kept samples)
 
 
 class KeptActivations:
@@ -31,29 +34,39 @@ class KeptActivations:
         self.rows: dict[int, torch.Tensor] = {}
         self.widths: list[int] = []
         self._prune_at = MIN_PRUNE_ROWS
+        self._since_prune = 0
+
+    @property
+    def nbytes(self) -> int:
+        """The kept activations' size."""
+        return 4 * len(self.rows) * sum(self.widths)
 
     def add(self, ids: torch.Tensor, scores: dict[str, torch.Tensor], results: dict[str, TopK]) -> None:
-        """Keep the samples ``ids`` of a batch (``scores`` per layer ``[B, U_layer]``) that ``results`` now hold."""
-        ids = ids.cpu()
-        held = candidate_ids(results)
-        entered = torch.isin(ids, held).nonzero().flatten()
+        """Keep the samples ``ids`` of a batch (``scores`` per layer ``[B, U_layer]``) that ``results`` now hold. Which
+        entered is asked on the results' device; the held ids are gathered on the CPU only to clean up."""
+        entered = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+        for topk in results.values():
+            entered |= torch.isin(ids, topk.ids.reshape(-1).to(ids.device))
+        entered = entered.nonzero().flatten()
+        self._since_prune += 1
         if not entered.numel():
             return
         self.widths = [scores[name].shape[1] for name in self.layers]
-        if len(self.rows) + entered.numel() > self._prune_at:
-            self.prune(held)
-        room = self.max_bytes // (4 * max(sum(self.widths), 1)) - len(self.rows)
-        entered = entered[: max(room, 0)]
-        on_device = entered.to(scores[self.layers[0]].device)
-        values = torch.cat([scores[name][on_device].float() for name in self.layers], dim=1).cpu()
+        capacity = self.max_bytes // (4 * max(sum(self.widths), 1))
+        growing = len(self.rows) + entered.numel()
+        if growing > self._prune_at or (growing > capacity and self._since_prune >= FULL_PRUNE_BATCHES):
+            self.prune(candidate_ids(results))
+        entered = entered[: max(capacity - len(self.rows), 0)]
+        values = torch.cat([scores[name][entered].float() for name in self.layers], dim=1).cpu()
         for sample, row in zip(ids[entered].tolist(), values):
-            self.rows[sample] = row
+            self.rows[sample] = row.clone()  # its own storage: a view would hold its whole batch
 
     def prune(self, held: torch.Tensor) -> None:
         """Drop the samples not in ``held`` (the ids some top-k keeps)."""
         keep = set(held.tolist())
         self.rows = {sample: row for sample, row in self.rows.items() if sample in keep}
         self._prune_at = max(2 * len(self.rows), MIN_PRUNE_ROWS)
+        self._since_prune = 0
 
     def state(self) -> dict[str, torch.Tensor]:
         """Flat tensors (``ids`` ``[R]``, one ``[R, U_layer]`` per layer by position) for a checkpoint or the store."""
@@ -69,7 +82,7 @@ class KeptActivations:
         parts = [tensors[f"kept.{position}.activations"] for position in range(len(self.layers))]
         self.widths = [part.shape[1] for part in parts]
         table = torch.cat(parts, dim=1)
-        self.rows = dict(zip(tensors["kept.ids"].tolist(), table))
+        self.rows = {sample: row.clone() for sample, row in zip(tensors["kept.ids"].tolist(), table)}
         self._prune_at = max(2 * len(self.rows), MIN_PRUNE_ROWS)
 
 

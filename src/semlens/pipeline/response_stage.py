@@ -44,11 +44,9 @@ class ResponseStage:
         context = self.context
         if context.stage_done(self.name) or not context.ranks.is_main:
             return
-        try:
-            self._run()
-        finally:
-            for kept in context.store.root.glob(f"{KEPT_ACTIVATIONS}*"):
-                kept.unlink(missing_ok=True)
+        self._run()
+        for kept in context.store.root.glob(f"{KEPT_ACTIVATIONS}*"):  # kept where the stage failed: a resumed run reads them
+            kept.unlink(missing_ok=True)
 
     def _run(self) -> None:
         context = self.context
@@ -56,7 +54,7 @@ class ResponseStage:
         if context.config.crop_view == "masked":
             context.finish_stage(self.name, 0.0, skipped="masked crop view: its embeddings are of faded crops")
             return
-        store, model = context.store, context.model
+        store = context.store
         table = store.read_tensors(CROPS)
         indices = {
             spec.name: store.read_tensors(layer_file(spec.name, "embed"))["crop_index"] for spec in context.specs
@@ -69,13 +67,23 @@ class ResponseStage:
         moments = ResponseMoments(table["embeddings"].shape[1])
         reused = self._add_kept(moments, table, rows)
         rows = rows[~reused]
+        if len(rows):
+            self._add_model_responses(moments, table, rows)
+        for spec in context.specs:
+            store.write_tensors(layer_file(spec.name, RESPONSES), {"cross": moments.cross(spec.name)})
+        store.write_tensors(RESPONSES_FILE, {"scatter": moments.scatter()})
+        context.finish_stage(self.name, time.perf_counter() - started, crops=len(rows) + int(reused.sum()), from_collection=int(reused.sum()))
+
+    def _add_model_responses(self, moments: ResponseMoments, table: dict[str, torch.Tensor], rows: torch.Tensor) -> None:
+        """Count the crops ``rows`` by a model pass over them (cut, resized and stacked by data-loader workers)."""
+        context, model = self.context, self.context.model
         crop_rows = torch.cat([table["samples"][rows, None], table["boxes"][rows]], dim=1)
         spans = list(chunks(len(rows), BATCH))
         crops = CropChunks(
             CropTable(crop_rows, {}, None, []), spans, context.data, model.preprocessing.view, partial(model_pixels, model.preprocessing), MODEL_BATCH
         )  # fmt: skip
         loader = torch.utils.data.DataLoader(
-            crops, batch_size=None, num_workers=min(context.workers(), max(len(spans), 1)), pin_memory=context.device.type == "cuda"
+            crops, batch_size=None, num_workers=min(context.workers(), len(spans)), pin_memory=context.device.type == "cuda"
         )
         with progress_bar("crop responses", len(rows), context.progress) as advance:
             for (begin, end), pixels in zip(spans, loader):
@@ -84,10 +92,6 @@ class ResponseStage:
                 for name, scores in read_units(model, batches, context.specs)[0].items():
                     moments.add_activations(name, scores, unit_embeddings)
                 advance(end - begin)
-        for spec in context.specs:
-            store.write_tensors(layer_file(spec.name, RESPONSES), {"cross": moments.cross(spec.name)})
-        store.write_tensors(RESPONSES_FILE, {"scatter": moments.scatter()})
-        context.finish_stage(self.name, time.perf_counter() - started, crops=len(rows) + int(reused.sum()), from_collection=int(reused.sum()))
 
     def _add_kept(self, moments: ResponseMoments, table: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
         """Count the crops ``rows`` that are whole views of samples the collect stage kept activations of, from
