@@ -286,7 +286,7 @@ def test_an_image_outside_every_class_folder_takes_the_predicted_class(tmp_path,
     result = invoke(*run_args(folder, tiny_clip_dir, out, "--layer", "head"))
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["relevance"]["targets"] == "labels; 1 samples without a class folder (or labelled past the model's outputs): predicted classes"
+    assert manifest["relevance"]["targets"] == "labels; 1 samples without a class of the model (no class folder, or one the model has not): predicted classes"
 
 
 def test_a_config_file_with_values_of_the_wrong_type_is_refused_by_name(tmp_path) -> None:

@@ -105,6 +105,7 @@ def test_random_weights_are_the_same_every_time_and_leave_the_global_generator_a
     assert load_model("timm:resnet18:none").fingerprint == first.fingerprint  # a build resumes, a Lens finds its model
     assert load_model("torchvision:resnet18:none").fingerprint == second.fingerprint
     assert torch.equal(torch.random.get_rng_state(), state)
+    assert first.classes == second.classes and len(second.classes) == 1000  # ImageNet's architecture names its outputs
 
 
 @pytest.mark.parametrize("spec, offline", [("torchvision:resnet18", "torchvision:resnet18:none"), ("timm:resnet18", "timm:resnet18:none")])

@@ -53,6 +53,31 @@ def test_wordnet_id_folders_are_the_model_s_classes(wnid_lens: Lens, wnid_folder
     assert class_targets(model, data, labels).tolist() == labels  # what correcting the model trains on
 
 
+def test_folders_the_model_has_no_class_of_take_predictions_and_the_others_keep_their_labels(wnid_folder: Path, tmp_path) -> None:
+    """One folder named by no class of the model: its images take their predicted classes, the others their labels."""
+    import shutil
+
+    from semlens.data import load_data
+    from semlens.model.loading import class_mapping, load_model
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(wnid_folder, mixed)
+    (mixed / "n01484850").rename(mixed / "building")
+    mapping, targets = class_mapping(load_model("py:tiny_models:imagenet_named_cnn"), load_data(f"folder:{mixed}"))
+    assert targets == "labels of 2 of 3 data classes (not among the model's: building)"
+    assert mapping == {1: 0, 2: 1}  # folders sorted: building, n01440764 (tench), n01443537 (goldfish)
+
+
+def test_a_data_class_the_model_has_not_is_named_as_such_with_the_classes_the_data_shows(wnid_lens: Lens, monkeypatch) -> None:
+    from semlens import SemlensError
+
+    monkeypatch.setitem(wnid_lens.manifest, "classes", [*wnid_lens.manifest["classes"], "building"])
+    with pytest.raises(SemlensError, match=r"'Building' is a class of the probe data, not of the model.*the data shows tench, goldfish, great white shark"):
+        wnid_lens.units.class_index("Building")
+    with pytest.raises(SemlensError, match=r"unknown class 'skyscraper'.*e\.g\. tench, goldfish"):
+        wnid_lens.units.class_index("skyscraper")
+
+
 def test_a_wordnet_id_names_its_imagenet_class_among_1000_even_where_display_names_repeat() -> None:
     from semlens.model.imagenet import imagenet_classes, model_class_index
 

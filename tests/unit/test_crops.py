@@ -400,7 +400,8 @@ def test_a_build_whose_relevance_passes_run_out_of_memory_gives_the_same_lens(tm
     assert all(torch.allclose(relevance[name].float(), expected[name].float(), atol=1e-6) for name in ("max_share", "mean_share", "top_shares"))
     assert split.manifest["layers"]["features.3"]["crop"]["pairs_per_pass"] == {"asked": 7, "used": 3, "why": "the GPU ran out of memory"}
     assert split.manifest["stages"]["relevance"]["images_per_pass"] == {"asked": 7, "used": 1, "why": "the GPU ran out of memory"}
-    assert "pairs_per_pass" not in fitting.manifest["layers"]["features.3"]["crop"] and fallbacks(fitting.manifest) == []
+    assert "pairs_per_pass" not in fitting.manifest["layers"]["features.3"]["crop"]
+    assert not [line for line in fallbacks(fitting.manifest) if "passes of" in line]
     lines = fallbacks(split.manifest)
     assert any("relevance crops in passes of 3 pairs instead of 7: the GPU ran out of memory" in line for line in lines)
     assert any("class relevance in passes of 1 images instead of 7" in line for line in lines)

@@ -136,6 +136,26 @@ def say(text: str) -> None:
     console.print(printable(text), markup=False, highlight=False)
 
 
+def labelled_to_show(opened: Any) -> Any:
+    """The Lens labelled with the built-in vocabulary where it has no labels yet (as the explorer, the report and
+    graphs label it), so that units show their concepts, not "no concept"; where it cannot be, a note says why."""
+    if opened.labels.vocabulary is not None:
+        return opened
+    try:
+        if opened.embedding.embeds_text:
+            opened.label()
+        else:
+            errors.print("note: no labels: this Lens's foundation model embeds images only", markup=False)
+    except SemlensError as error:  # on stderr: a --json answer stays JSON
+        errors.print(f"note: no labels shown: {printable(str(error))}", markup=False)
+    return opened
+
+
+def rounded(value: float | None) -> float | str:
+    """A measure as a table shows it: three decimals, "-" where there is none."""
+    return "-" if value is None else round(value, 3)
+
+
 def say_if_left_out(opened: Any, unit: str) -> None:
     """A note where ``unit`` is inactive or tied: its examples say nothing of its own (and the analyses leave it out)."""
     layer, row = opened.units.index(unit)

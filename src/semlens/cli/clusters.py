@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._app import AsJson, Foundation, Trust, app, console, emit_json, friendly, open_lens, say_if_left_out, table
+from ._app import AsJson, Foundation, Trust, app, console, emit_json, friendly, open_lens, rounded, say_if_left_out, table
 
 
 @app.command()
@@ -34,6 +34,6 @@ def clusters(
         (index, cluster.size, " ".join(map(str, cluster.ranks)), cluster.concept or "", "" if cluster.alignment is None else cluster.alignment)
         for index, cluster in enumerate(result.clusters)
     ]
-    title = f"{unit}: {len(result.clusters)} concept cluster(s) of its {result.examples} examples (polysemanticity {result.polysemanticity}, split p {result.split_p})"
+    title = f"{unit}: {len(result.clusters)} concept cluster(s) of its {result.examples} examples (polysemanticity {rounded(result.polysemanticity)}, split p {rounded(result.split_p)}: two where p < 0.01, each of 2 or more examples and their means 0.05 apart)"
     console.print(table(title, ("cluster", "size", "example ranks", "best concept", "alignment"), rows))
     say_if_left_out(opened, unit)

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ._app import AsJson, Model, ProbeData, Trust, app, console, emit_json, friendly, open_lens, say, table
+from .._util.errors import SemlensError
+from ._app import AsJson, Model, ProbeData, Trust, app, console, emit_json, friendly, labelled_to_show, open_lens, say, table
 
 
 @app.command()
@@ -29,7 +30,9 @@ def explain(
     examples and (with --out) where in the image each one's relevance lies (CRP heatmaps)."""
     from ..report.explain import write_overlays
 
-    result = open_lens(lens, trust, probe_data, model=model).explain(image, class_name, layer or None, top)
+    if out is not None and out.suffix.lower() in (".png", ".jpg", ".jpeg", ".html") and not out.is_dir():
+        raise SemlensError(f"--out {out} names a folder for the input view and each unit's overlay, not a file: e.g. --out {out.with_suffix('')}")
+    result = labelled_to_show(open_lens(lens, trust, probe_data, model=model)).explain(image, class_name, layer or None, top)
     files = write_overlays(result, out) if out else {}
     if as_json:
         emit_json({**result.to_dict(), "files": files})

@@ -12,7 +12,7 @@ import typer
 from .._util.progress import step_bar
 from ..analysis.label import MIN_CONFIDENCE
 from ..lens.search import SearchResults
-from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, open_lens, parent_made, say, say_if_left_out, table
+from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, labelled_to_show, open_lens, parent_made, rounded, say, say_if_left_out, table
 from .validate import ConceptArtifact, ConceptAt, ConceptMask, ConceptTint, SpuriousData, TestAll, TestData, concept_test
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in.")
@@ -86,14 +86,10 @@ def print_hits(hits: SearchResults, title: str, score: str, as_json: bool) -> No
     responses = any(hit.response is not None for hit in hits)  # a column only where the Lens kept crop responses
     columns = ("#", "unit", score, *(("response",) if responses else ()), "label", "top concept examples")  # '#': the ranking's order
     rows = [
-        (position, hit.unit, round(hit.score, 4), *((_rounded(hit.response),) if responses else ()), hit.label or "", ", ".join(hit.examples))
+        (position, hit.unit, round(hit.score, 4), *((rounded(hit.response),) if responses else ()), hit.label or "", ", ".join(hit.examples))
         for position, hit in enumerate(hits, 1)
     ]
     console.print(table(title, columns, rows))
-
-
-def _rounded(value: float | None) -> float | str:
-    return "-" if value is None else round(value, 3)
 
 
 @app.command()
@@ -121,7 +117,7 @@ def search(
     """Rank units of all (or chosen) layers by a text and/or image probe: their examples' alignment with it and
     how their activation follows it over the Lens's crops, or (--rank model) how much the images raise them."""
     opened = open_lens(lens, trust, probe_data, foundation, model, space)
-    hits = opened.search(query or None, image or (), layer or None, top, template or "search", examples=examples, rank=rank)
+    hits = labelled_to_show(opened).search(query or None, image or (), layer or None, top, template or "search", examples=examples, rank=rank)
     ranked = "aligned with" if hits.rank == "alignment" or not opened.arrays.has_responses else "aligned with and responding to"
     ranked = "raised in the model by" if hits.rank == "model" else ranked
     probes = " + ".join([repr(text) for text in query or []] + [path.name for path in image or []])
@@ -359,12 +355,14 @@ def export(
     lens: Path = typer.Argument(..., help="Lens directory."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the tables into."),
     format: str = typer.Option("parquet", "--format", help="parquet or csv (theta is always written as safetensors arrays)."),
+    space: Space = None,
     as_json: AsJson = False,
 ) -> None:
-    """Export units, labels, measures and concept examples as tables, and theta as arrays, for your own tools."""
+    """Export units, labels, measures and concept examples as tables, and theta as arrays, for your own tools (of the
+    default embedding space, or --space NAME's)."""
     from ..lens.export import export_lens
 
-    result = export_lens(open_lens(lens), out, format)
+    result = export_lens(open_lens(lens, space=space), out, format)
     if as_json:
         emit_json(result.to_dict())
         return

@@ -20,6 +20,7 @@ from ._app import (
     console,
     emit_json,
     friendly,
+    labelled_to_show,
     open_lens,
     parent_made,
     say,
@@ -247,9 +248,7 @@ def graph(
     (labels the Lens with the built-in vocabulary first when it has no labels)."""
     from ..report.figures import graph_figure
 
-    opened = open_lens(lens, trust, probe_data, foundation, model)
-    if opened.labels.vocabulary is None and opened.embedding.embeds_text:  # else attribution_graph says why it cannot
-        opened.label()
+    opened = labelled_to_show(open_lens(lens, trust, probe_data, foundation, model))  # unlabelled: attribution_graph says why
     result = opened.attribution_graph(class_name, layer or None, cut)
     graph_figure(result).write_html(str(out), include_plotlyjs=True, full_html=True)
     if as_json:

@@ -18,6 +18,7 @@ from .arrays import recorded_placements
 from .concepts import remember_pasted
 from .labels import names_by_responses
 from .search import probe_backgrounds
+from .units import named_classes
 
 if TYPE_CHECKING:
     from ..analysis.audit import AlignmentRule, Audit
@@ -117,7 +118,7 @@ def audit(
     index = lens.units.class_index(class_name)
     if not (valid or valid_images):  # as audit_classes does: the class's own name is what its units should show
         if not lens.classes:
-            raise SemlensError("an audit needs a valid concept (text or image), and this model's classes have no names to take it from: give one")
+            raise SemlensError("an audit needs a valid concept (text or image), and this model's classes have no names to take it from: give one (valid=[...], command line: --valid)")
         valid = [lens.classes[index]]
     chosen = lens.units.checked(layers)
     missing = [layer for layer in chosen if lens.arrays.class_relevance(layer) is None]
@@ -275,12 +276,6 @@ def attribution_graph(
     return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid, saes, lens.units.channels_last(chosen))
 
 
-def held_classes(lens: Lens, indices: list[int], most: int = 12) -> str:
-    """Classes by name (by index where the model has no names), at most ``most`` of them."""
-    named = [lens.classes[index] if lens.classes and index < len(lens.classes) else str(index) for index in indices[:most]]
-    return ", ".join(named) + (f", ... ({len(indices) - most} more)" if len(indices) > most else "")
-
-
 def _seen_class(lens: Lens, index: int, class_name: str | int, relevance: dict) -> list[int]:
     """The classes the class-relevance data holds samples of, once ``index`` is checked to be one of them:
     a class without any has no relevance to audit or trace (all its shares would read 0)."""
@@ -288,7 +283,7 @@ def _seen_class(lens: Lens, index: int, class_name: str | int, relevance: dict) 
     if index not in seen:
         raise SemlensError(
             f"class {class_name} has no samples in the class-relevance data (no probe image is labelled or predicted "
-            f"{class_name}): choose one of the {len(seen)} classes it holds ({held_classes(lens, seen)}), or rebuild with relevance "
+            f"{class_name}): choose one of the {len(seen)} classes it holds ({named_classes(lens.classes, seen)}), or rebuild with relevance "
             "data that shows this one"
         )
     return seen

@@ -103,5 +103,24 @@ class LensUnits:
         found = model_class_index(str(name), classes or [])
         if found is not None:
             return found
-        hint = f"e.g. {', '.join((classes or [])[:5])}" if classes else "this model has no class names"
+        shown = self._shown_classes()
+        if str(name).casefold() in {str(data_class).casefold() for data_class in self.lens.manifest.get("classes") or []}:
+            raise SemlensError(
+                f"{name!r} is a class of the probe data, not of the model: its images were explained by the classes the model "
+                f"predicts for them; give a class of the model{f' (the data shows {shown})' if shown else ''}"
+            )
+        hint = f"e.g. {shown or ', '.join((classes or [])[:5])}" if classes else "this model has no class names"
         raise SemlensError(f"unknown class {name!r}; give a class index or a class name ({hint})")
+
+    def _shown_classes(self, most: int = 8) -> str:
+        """The model's classes the class-relevance data holds samples of, by name, at most ``most`` ("" if unknown)."""
+        relevance = self.lens.arrays.class_relevance(self.lens.layers[-1]) if self.lens.classes else None
+        if relevance is None or "seen_classes" not in relevance:
+            return ""
+        return named_classes(self.lens.classes, relevance["seen_classes"].tolist(), most)
+
+
+def named_classes(classes: list[str] | None, indices: list[int], most: int = 8) -> str:
+    """Classes by name (by index where the model has no names), at most ``most`` of them, as errors list them."""
+    named = [classes[index] if classes and index < len(classes) else str(index) for index in indices[:most]]
+    return ", ".join(named) + (f", ... ({len(indices) - most} more)" if len(indices) > most else "")

@@ -138,7 +138,10 @@ def _torchvision(rest: str) -> LoadedModel:
         module = _downloading(lambda: tv_models.get_model(name, weights=enum), f"torchvision:{rest}", f"torchvision:{name}:none", hub=False)
         preprocessing = preprocessing_of(enum.transforms())
         classes = list(enum.meta.get("categories") or []) or None
-    return LoadedModel(module.eval(), f"torchvision:{rest}", preprocessing, classes)
+    loaded = LoadedModel(module.eval(), f"torchvision:{rest}", preprocessing, classes)
+    if classes is None and model_outputs(loaded) == 1000:  # an ImageNet architecture, as timm's are named
+        loaded.classes = imagenet_classes()
+    return loaded
 
 
 @MODELS.register("timm", "timm:NAME[:pretrained|none|PATH]", "timm model (default pretrained)")
@@ -258,8 +261,9 @@ register_in_memory(MODELS, "Lens.open(LENS, model=MODEL), or --model SPEC on the
 def class_mapping(model: LoadedModel, data) -> tuple[dict[int, int] | None, str]:
     """Data label -> model output index when the data's class names are the model's (case-insensitive; an
     ImageNet WordNet id such as a folder ``n01440764/`` names its ImageNet class: ``model_class_index``),
-    or by index when the model has no names but as many outputs, or the data's labels have no names (a label
-    past the outputs has none: use its prediction); else None (use predicted classes)."""
+    or by index when the model has no names but as many outputs, or the data's labels have no names; a label
+    without a model class (a folder the model has no class of, a label past its outputs) is left out of the
+    mapping (its samples take their predicted class); None where no label has one (use predicted classes)."""
     if data.classes is None:
         if len(data) == 0 or data.label(0) is None:
             return None, "predicted classes (the data has no labels)"
@@ -269,10 +273,14 @@ def class_mapping(model: LoadedModel, data) -> tuple[dict[int, int] | None, str]
         if outputs == len(data.classes):
             return dict(enumerate(range(outputs))), "labels (by index: the model has no class names)"
         return None, f"predicted classes ({len(data.classes)} data classes, {outputs} model outputs)"
-    mapping = {label: model_class_index(name, model.classes) for label, name in enumerate(data.classes)}
-    if None in mapping.values():
-        missing = [data.classes[label] for label, index in mapping.items() if index is None]
-        return None, f"predicted classes (data classes not among the model's: {', '.join(missing[:5])})"
+    found = {label: model_class_index(name, model.classes) for label, name in enumerate(data.classes)}
+    mapping = {label: index for label, index in found.items() if index is not None}
+    missing = [data.classes[label] for label, index in found.items() if index is None]
+    listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    if not mapping:
+        return None, f"predicted classes (data classes not among the model's: {listed})"
+    if missing:  # the others' samples take their predicted classes
+        return mapping, f"labels of {len(mapping)} of {len(found)} data classes (not among the model's: {listed})"
     return mapping, "labels"
 
 

@@ -121,7 +121,7 @@ class ClassRelevanceStage:
         if examples:
             write_sample_table(context.store, data, [topk.ids for topk in examples.values()], keep=True)
         if progress.unlabelled:
-            targets_from += f"; {progress.unlabelled} samples without a class folder (or labelled past the model's outputs): predicted classes"
+            targets_from += f"; {progress.unlabelled} samples without a class of the model (no class folder, or one the model has not): predicted classes"
         context.manifest["relevance"] = {"data": data.spec, "targets": targets_from, "layers": list(stats), "example_layers": list(examples), "left_out": left_out}
         if model.classes is None and mapping is not None and data.classes is not None:  # by index: the outputs are the data's classes
             context.manifest["model_classes"] = list(data.classes)

@@ -24,7 +24,7 @@ from ..data.base import DecodingDataset, collate_decoded
 from ..model.sae import SparseAutoencoder, has_decoder
 from ..model.units import LayerSpec
 from ..store.files import LensStore, layer_file, safe_name
-from ..store.slots import recorded_shift
+from ..store.slots import recorded_shift, rule_slots
 from .collect import EMPTY_ID
 from .context import BuildContext
 from .crops import crop_boxes, full_boxes, pool_heatmaps, snap_boxes
@@ -87,9 +87,19 @@ class CropStage:
             with self.timed("boxes"):
                 boxes[spec.name] = self.boxes(heat, stored, spec.name, (0.0, 0.0) if source is None else source.shift)
             samples[spec.name] = slot_samples(stored, boxes[spec.name])
+            if heat is not None:
+                self._count_whole_views(spec.name, boxes[spec.name], stored)
             if heat is not None and self.context.config.crop_view == "masked":
                 masked[spec.name] = (source, faded_slots(heat, stored["inactive"]))
         return plan_crops(samples, boxes, masked)
+
+    def _count_whole_views(self, layer: str, boxes: torch.Tensor, stored: dict[str, torch.Tensor]) -> None:
+        """Record how many of the active units' first-rule crops are the whole view (``crop.whole_views``: [whole, all]):
+        where heatmaps spread over all of the input (random weights), crops are whole images, and the build says so."""
+        size, k = self.context.model.preprocessing.input_size, stored["ids"].shape[1]
+        first = rule_slots(boxes, k, 0)[~stored["inactive"]]
+        whole = (first == torch.tensor([0, 0, size, size])).all(dim=-1)
+        self.context.manifest["layers"][layer]["crop"]["whole_views"] = [int(whole.sum()), whole.numel()]
 
     def _crop_mode(self, spec: LayerSpec, has_maps: bool) -> tuple[str, str]:
         """The crop mode a layer gets, and why: auto picks relevance wherever LRP supports the model, on any

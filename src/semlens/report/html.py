@@ -117,7 +117,7 @@ def write_report(
     for layer in lens.layers:
         values = lens.measures(layer)
         units = [f"{layer}/{name}" for name in lens.units(layer)]
-        measures[layer] = {name: [float(v) for v in tensor.nan_to_num(0).tolist()] for name, tensor in values.items()}
+        measures[layer] = {name: [float(v) for v in tensor[~tensor.isnan()].tolist()] for name, tensor in values.items()}  # left-out units have none
         order = [i for i in values["clarity"].nan_to_num(float("inf")).argsort()[:worst].tolist() if not values["clarity"][i].isnan()]
         least_clear += [(units[i], f"clarity {float(values['clarity'][i]):.3f}") for i in order]  # left-out units have none
         polysemantic = values["polysemanticity"]

@@ -36,6 +36,11 @@ def serve(
     for served in app.state.explorer.served:
         if served.damaged:
             say(f"warning: Lens {served.name} is served as damaged: {served.damaged}")
+            continue
+        try:
+            served.lens.sources.probe_data  # noqa: B018 (a cached property: the thumbnails read it later)
+        except SemlensError as error:
+            say(f"note: Lens {served.name} is served without its example images: {error}")
     shown = "127.0.0.1" if host == "0.0.0.0" else f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     if not local:

@@ -40,9 +40,17 @@ const Semlens = (() => {
     const json = (response.headers.get("content-type") || "").includes("json") ? await response.json() : null;
     if (!response.ok) {
       const detail = json && json.detail;
-      throw new Error(typeof detail === "string" ? detail : detail ? JSON.stringify(detail) : `${response.status} ${response.statusText}`);
+      throw new Error(typeof detail === "string" ? detail : Array.isArray(detail) ? detail.map(fieldProblem).join("; ")
+        : detail ? JSON.stringify(detail) : `${response.status} ${response.statusText}`);
     }
     return json;
+  }
+
+  // one of the request's fields refused by its schema (FastAPI's 422 detail), as a sentence: "spurious: give at least 1 item"
+  function fieldProblem(problem) {
+    const field = (problem.loc || []).filter((part) => part !== "body" && part !== "query").join(".");
+    const said = problem.type === "too_short" || problem.type === "missing" ? "give it (it is empty)" : problem.msg;
+    return field ? `${field}: ${said}` : String(problem.msg || JSON.stringify(problem));
   }
 
   function status(message, isError = false) {
@@ -158,6 +166,15 @@ const Semlens = (() => {
     link.click();
     link.remove();
   }
+
+  // An example image that does not load (a received Lens served without its probe data): say why, once a page.
+  let imageProblemSaid = false;
+  document.addEventListener("error", (event) => {
+    const image = event.target;
+    if (imageProblemSaid || !(image instanceof HTMLImageElement) || !image.src.includes("/api/")) return;
+    imageProblemSaid = true;
+    api(image.src).catch((error) => status(`example images cannot be shown: ${error.message}`, true));
+  }, true);
 
   return { params, el, fill, api, status, run, lenses, currentLens, pageHref, unitHref, unitLink, thumbs, unitCells, layerTitle, fmt, splitUnit, unitApi, preview, plot, options, nav, download };
 })();

@@ -54,7 +54,7 @@ const HEATMAPS_SHOWN = 6;
   const clusters = el("div", { id: "clusters" }, el("p", { class: "muted" }, "grouping…"));
   api(`${unitApi(lensKey, unit)}/clusters`).then((found) => fill(clusters,
     el("p", { class: "muted" }, `${found.clusters.length > 1 ? `two concepts (polysemanticity ${fmt(found.polysemanticity)})` : "one concept"}`
-      + ` · split p ${found.split_p === null ? "–" : found.split_p.toPrecision(2)} (two concepts below 0.01)`),
+      + ` · split p ${found.split_p === null ? "–" : found.split_p.toPrecision(2)} (two concepts where p is below 0.01, each has 2 or more examples and their means differ by 0.05 or more)`),
     found.clusters.map((cluster, i) => el("div", { class: "cluster" },
       el("h4", {}, `cluster ${i + 1} · ${cluster.size} examples · `, cluster.concept
         ? el("span", {}, cluster.label ? el("b", {}, cluster.concept) : cluster.concept, ` (alignment ${fmt(cluster.alignment, 4)})`)
