@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -253,8 +254,10 @@ def audit_figure(lens: Lens, audit, thumbnails: bool = True):
     rule = audit.rule  # the verdict lines: aligned beyond the null (z), one-sided beyond the margin
     figure.add_hline(y=rule.z, line_dash="dot", line_color="gray")
     figure.add_vline(x=rule.z, line_dash="dot", line_color="gray")
+    values = [value for unit in audit.units for value in (unit.z_valid, unit.z_spur) if math.isfinite(value)]
+    reach = max([rule.z + 2 * rule.margin + 1, *values]) - rule.z  # the diagonal guides go as far as the points, no farther
     for offset in (-rule.margin, rule.margin):
-        figure.add_shape(type="line", x0=rule.z, y0=rule.z + offset, x1=rule.z + 20, y1=rule.z + 20 + offset, line={"dash": "dash", "color": "lightgray"})
+        figure.add_shape(type="line", x0=rule.z, y0=rule.z + offset, x1=rule.z + reach, y1=rule.z + reach + offset, line={"dash": "dash", "color": "lightgray"})
     figure.update_layout(
         title=f"audit of class {html.escape(audit.class_name)}",
         xaxis_title="alignment with valid concepts (z against the unit's layer)",

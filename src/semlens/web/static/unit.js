@@ -90,7 +90,8 @@ const HEATMAPS_SHOWN = 6;
       data.tied ? el("span", { class: "muted" }, " · tied: its examples are another unit's, so it is left out of search, labels and maps") : null),
     el("h2", {}, "Concept examples"), examples, heatmaps, byRelevance, full,
     el("h2", {}, "Concept clusters"), clusters,
-    el("div", { class: "grid2" }, el("div", {}, el("h2", {}, "Label and runner-ups"), candidates, el("h2", {}, "Measures"), measures),
+    el("div", { class: "grid2" }, el("div", {}, el("h2", {}, "Label and runner-ups"), candidates,
+      el("p", { class: "muted" }, "in the labelling method's order (by default also how the unit's activation follows each concept over the Lens's crops, so not by alignment alone)"), el("h2", {}, "Measures"), measures),
       el("div", {}, el("h2", {}, "Most relevant for"), classes)),
     el("h2", {}, "Most similar units"), similar,
   );
