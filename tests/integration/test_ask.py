@@ -326,6 +326,8 @@ def test_audit_of_every_class_needs_the_suspected_concept(lens_path) -> None:
     assert result.exit_code == 2 and "--all audits every class against the spurious concepts you suspect: give --spurious" in " ".join(result.output.split())
     ranked = ask("audit", lens_path, "--all", "--spurious", "stripes", "--json")
     assert [audit["class"] for audit in ranked] and all("shares" in audit for audit in ranked)
+    unused = runner.invoke(app, ["audit", str(lens_path), "--all", "--spurious", "stripes", "--class", "red", "--valid", "red"])
+    assert unused.exit_code == 2 and "it takes no --class, --valid: audit one class with --class for those" in " ".join(unused.output.split())
 
 
 def test_an_audit_of_one_class_takes_its_name_as_the_valid_concept_unless_given_one(lens_path) -> None:

@@ -108,6 +108,8 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     assert printed.exit_code == 0 and f"spurious share, as tested: {audit['spurious_share']:.1%}" in " ".join(printed.output.split())
     assert "class rise not measured" in " ".join(printed.output.split())  # the test images are green and blue only
     assert "spurious share, untested:" in " ".join(runner.invoke(app, asked).output.split())
+    own = runner.invoke(app, [*asked, "--test-data", str(setting / "others"), "--spurious-data", str(setting / "real")])  # the class's own images
+    assert own.exit_code == 0 and "--spurious-data images are labelled red: the class's own content" in " ".join(own.output.split())
     # two placements, the test images getting them in turn: the watermark units fire wherever it is pasted
     placed = ask(*asked, "--test-data", f"folder:{setting / 'others'}", "--artifact", setting / "watermark.png", "--at", "1,1;20,18", "--json")
     assert [u["unit"] for u in placed["units"] if u["verdict"] == "spurious"] == [u["unit"] for u in spurious]

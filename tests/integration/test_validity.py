@@ -84,9 +84,6 @@ def test_fallbacks_name_what_was_done_instead_of_what_was_asked() -> None:
     manifest["layers"] = {"b": {"crop": {"mode": "activation", "why": "as asked", "whole_views": [89, 100]}}}
     manifest["stages"] = {}
     assert fallbacks(manifest) == []
-    manifest["layers"]["b"]["crop"]["whole_views"] = [90, 100]  # heatmaps over the whole input: said
-    assert fallbacks(manifest) == ["layer b: 90 of 100 activation crops are the whole image: its heatmaps spread over all of it "
-                                   "(weights random or untrained, or units that see the whole input), so its concept examples are whole images"]
     manifest["relevance"] = {"targets": "labels of 2 of 3 data classes (not among the model's: building)"}
     manifest["layers"]["b"]["crop"]["whole_views"] = [0, 100]
     assert fallbacks(manifest) == ["class relevance of predicted classes where the data's labels name no class of the model: labels of 2 "

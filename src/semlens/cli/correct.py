@@ -100,7 +100,12 @@ def _show(result, summary: dict) -> None:
         for part in ("clean", "artifact", "change") for key in result.before[part]
     ]  # fmt: skip
     console.print(table(f"{result.method} correction of {result.class_name} ({summary['samples']} test images)", ("measure", "before", "after"), rows))
-    say(f"settings: {summary['settings']}; learnt in {summary['seconds']:.1f} s")
+    settings = ", ".join(f"{key} {value}" for key, value in summary["settings"].items()) if isinstance(summary["settings"], dict) else summary["settings"]
+    say(f"settings: {settings}; learnt in {summary['seconds']:.1f} s")
+    change = result.before["change"].get("class_probability")
+    if change is not None and change <= 0:
+        say(f"note: the artefact does not raise {result.class_name}'s probability on these images (change {change:.4f}): there was no "
+            "reliance on it to correct, and the correction changes the model all the same")
     if summary["saved"]:
         saved = summary["saved"]
         say(f"correction saved: {saved} (apply it: semlens test-artifact LENS --correction {saved} ...; the corrected model: --model corrected:{saved})")

@@ -50,7 +50,7 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
 
     rows = [
         (name, layer["units"], layer["inactive_units"], int(opened.arrays.tied(name).sum()), layer["output"],
-         layer.get("crop", {}).get("mode", "-"), _shift(opened.arrays.map_shift(name)), _locality(opened.arrays.map_locality(name)),
+         _crops(layer.get("crop", {})), _shift(opened.arrays.map_shift(name)), _locality(opened.arrays.map_locality(name)),
          sae_summary(opened.units.sae(name)))
         for name, layer in manifest["layers"].items()
     ]  # fmt: skip
@@ -72,6 +72,12 @@ def _locality(locality: float | None) -> str:
     if locality is None:
         return "-"
     return f"{locality:g}" + ("" if locality >= LOCAL_CONCENTRATION else " (not located)")
+
+
+def _crops(record: dict) -> str:
+    """A layer's crop mode as ``info`` shows it, with the share of its crops that are the whole image where recorded."""
+    whole, crops = record.get("whole_views", (0, 0))
+    return record.get("mode", "-") + (f" ({100 * whole / crops:.0f} % whole images)" if crops else "")
 
 
 def _shift(shift: tuple[float, float] | None) -> str:

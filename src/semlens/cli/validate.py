@@ -95,6 +95,14 @@ def audit(
     if all_classes:
         if not (spurious or spurious_image):
             raise SemlensError("--all audits every class against the spurious concepts you suspect: give --spurious (or --spurious-image)")
+        given = {"--class": class_name, "--valid": valid or valid_image, "--out": out, "--layer": layer, "--test-data": test_data,
+                 "--spurious-data": spurious_data, "--artifact": artifact, "--tint": tint, "--test-all": test_all}  # fmt: skip
+        unused = [flag for flag, value in given.items() if value]
+        if unused:
+            raise SemlensError(
+                f"--all audits each class by alignment, with its own name as the valid concept; it takes no {', '.join(unused)}: "
+                "audit one class with --class for those"
+            )
         audits = opened.audit_classes(spurious, cut, spurious_image, rule)
         if as_json:
             emit_json([result.to_dict() for result in audits])
@@ -152,6 +160,12 @@ def audit(
             say(
                 "named valid by their crop responses and aligned with the concept, firing where it is pasted and raised by it "
                 f"(both): {', '.join(result.both_by_location) or 'none'}"
+            )
+        own = result.reliance.get("class_images_with_concept")
+        if own:
+            say(
+                f"note: {own} of the {result.reliance['samples'][1]} --spurious-data images are labelled {result.class_name}: the class's own "
+                "content raises its probability there too, so the reliance reads high; give images of other classes that show the concept"
             )
         carried = " and the units it runs through" if test_all else ""
         say(f"spurious share, as tested: {result.spurious_share:.1%} of the relevance (the confirmed findings'{carried})")

@@ -304,6 +304,13 @@ class ConceptImages:
         without, labels = load_views(model, self.control)
         return without, self._with_concept(model, without), class_targets(model, self.control, labels)
 
+    def shown_classes(self, model: LoadedModel) -> torch.Tensor | None:
+        """The classes of the images that show the concept (``spurious_data``) as the model's indices; None for a
+        pasted artefact or tint, or where they are not all labelled with the model's classes."""
+        if self.artifact is not None or self.shown is None:
+            return None
+        return class_targets(model, self.shown, [self.shown.label(index) for index in range(len(self.shown))])
+
     def _with_concept(self, model: LoadedModel, without: list[Image.Image]) -> list[Image.Image]:
         if self.artifact is not None:
             return [self.placements[index % len(self.placements)].apply(view) for index, view in enumerate(without)]

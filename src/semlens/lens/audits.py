@@ -198,6 +198,9 @@ def _test_findings(lens: Lens, result: Audit, class_index: int, concept: Concept
             model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers,
             result.rule.locate_share, result.rule.locate_enough, shifts, localities,
         )
+    shown = concept.shown_classes(model)
+    if shown is not None:  # the class's own images among those that show the concept: their class raises it too
+        result.reliance["class_images_with_concept"] = int((shown == class_index).sum())
     for unit, test in zip(units, tests):
         unit.test = test
     result.revise_by_test()

@@ -270,9 +270,6 @@ def changed_settings(was: Any, now: Any, prefix: str = "") -> list[tuple[str, An
     return [change for key in {**was, **now} for change in changed_settings(was.get(key), now.get(key), f"{prefix}{'.' if prefix else ''}{key}")]
 
 
-WHOLE_VIEWS_SAID = 0.9  # a layer whose crops are whole images at least this often is said to be cut so
-
-
 def fallbacks(manifest: dict[str, Any]) -> list[str]:
     """What the build did instead of what was asked, as recorded in the manifest: crop modes other than the
     one asked for (``auto`` asks for relevance), map cells left on the even grid where their placement could
@@ -288,12 +285,6 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
         crop = layer.get("crop")
         if crop and crop["mode"] != wanted:
             found.append(f"layer {name}: {crop['mode']} crops instead of {wanted} crops ({crop['why']})")
-        whole, crops = (crop or {}).get("whole_views", (0, 0))
-        if crops and whole >= WHOLE_VIEWS_SAID * crops:
-            found.append(
-                f"layer {name}: {whole} of {crops} {crop['mode']} crops are the whole image: its heatmaps spread over all of it (weights "
-                "random or untrained, or units that see the whole input), so its concept examples are whole images"
-            )
         if layer.get("map_shift_failed"):
             found.append(f"layer {name}: map cells taken on the even grid, their placement not measured ({layer['map_shift_failed']})")
         for what, record in (("relevance crops", crop), ("relevance examples", layer.get("relevance_examples"))):

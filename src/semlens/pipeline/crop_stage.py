@@ -94,8 +94,9 @@ class CropStage:
         return plan_crops(samples, boxes, masked)
 
     def _count_whole_views(self, layer: str, boxes: torch.Tensor, stored: dict[str, torch.Tensor]) -> None:
-        """Record how many of the active units' first-rule crops are the whole view (``crop.whole_views``: [whole, all]):
-        where heatmaps spread over all of the input (random weights), crops are whole images, and the build says so."""
+        """Record how many of the active units' first-rule crops are the whole view (``crop.whole_views``: [whole, all]),
+        which ``semlens info`` shows: where heatmaps reach over all of the input (random weights, coarse maps), the
+        concept examples are whole images."""
         size, k = self.context.model.preprocessing.input_size, stored["ids"].shape[1]
         first = rule_slots(boxes, k, 0)[~stored["inactive"]]
         whole = (first == torch.tensor([0, 0, size, size])).all(dim=-1)
