@@ -169,3 +169,10 @@ def test_a_build_leaves_a_process_group_it_did_not_make(tmp_path, reference, col
     finally:
         dist.destroy_process_group()
     assert_same_lens(lens, reference)
+
+
+def test_a_shard_s_summary_says_it_is_a_shard_to_merge(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    result = CliRunner().invoke(app, run_args(colour_folder, tiny_clip_dir, tmp_path / "part.lens", "--shard", "0/2"))
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "a shard: its top-k collected, nothing embedded yet (`semlens merge OUT PARTS...`" in said and "0 distinct crops" not in said

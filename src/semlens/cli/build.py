@@ -77,7 +77,8 @@ def report_summary(summary: Any, as_json: bool) -> None:
     console.print(
         f"{summary.samples} samples"
         + (f" ({summary.failed} could not be read (broken, or under {MIN_SIDE} px a side) and {'was' if summary.failed == 1 else 'were'} skipped: listed in {summary.path}/failures.json); " if summary.failed else "; ")
-        + f"{summary.example_slots} concept examples from {summary.distinct_crops} distinct crops; "
+        + (f"{summary.example_slots} concept examples from {summary.distinct_crops} distinct crops; " if "embed" in summary.stages
+           else "a shard: its top-k collected, nothing embedded yet (`semlens merge OUT PARTS...` makes the Lens of every shard); ")
         + ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in summary.seconds.items()),
         markup=False,
     )

@@ -60,7 +60,8 @@ def relevant_classes(lens: Lens, unit: str, top: int = 5) -> list[tuple[str, int
 def relevant_units(lens: Lens, class_name: str | int, top: int = 10, layers: list[str] | None = None) -> list[RelevantUnit]:
     """The units a class relies on most, the ``top`` of each layer (of ``layers``, default all) by mean share
     of the layer's relevance over the class's samples, highest first: the reverse of ``relevant_classes``.
-    Shares are within a layer, so each layer is ranked on its own."""
+    Shares are within a layer, so each layer is ranked on its own; units with no share on any of its samples are
+    left out (a layer may list fewer)."""
     index = lens.units.class_index(class_name)
     found = []
     for layer in lens.units.checked(layers):
@@ -69,7 +70,8 @@ def relevant_units(lens: Lens, class_name: str | int, top: int = 10, layers: lis
             raise SemlensError(f"no class relevance for layer {layer}; rebuild with class relevance on")
         _seen_class(lens, index, class_name, relevance)
         mean, peak = relevance["mean_share"][:, index], relevance["max_share"][:, index]
-        order = torch.argsort(mean.nan_to_num(float("-inf")), descending=True, stable=True)[:top].tolist()
+        order = torch.argsort(mean.nan_to_num(float("-inf")), descending=True, stable=True)[:top]
+        order = order[peak[order].nan_to_num(0) > 0].tolist()  # a unit the class never gives relevance is not among them
         units = lens.units(layer)
         found += [RelevantUnit(f"{layer}/{units[row]}", layer, float(mean[row]), float(peak[row]), lens.labels.label_of(f"{layer}/{units[row]}")) for row in order]
     return found
