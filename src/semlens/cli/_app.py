@@ -139,12 +139,8 @@ def say(text: str) -> None:
 def labelled_to_show(opened: Any) -> Any:
     """The Lens labelled with the built-in vocabulary where it has no labels yet (as the explorer, the report and
     graphs label it), so that units show their concepts, not "no concept"; where it cannot be, a note says why."""
-    if opened.labels.vocabulary is not None:
-        return opened
     try:
-        if opened.embedding.embeds_text:
-            opened.label()
-        else:
+        if not opened.labels.ensure():
             errors.print("note: no labels: this Lens's foundation model embeds images only", markup=False)
     except SemlensError as error:  # on stderr: a --json answer stays JSON
         errors.print(f"note: no labels shown: {printable(str(error))}", markup=False)

@@ -454,7 +454,7 @@ def report(
     steps += (["report: comparison"] if compare else []) + ["report: map, measures and page"]
     with step_bar(steps, enabled=not as_json) as done:
         if labelling:
-            opened.label()
+            opened.labels.ensure()
             done()
         audits = []
         for name in classes:

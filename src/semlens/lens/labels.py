@@ -186,6 +186,13 @@ class LabelStore:
         stored = self.read()
         return None if stored is None else stored[0]
 
+    def ensure(self, save: bool = True) -> bool:
+        """Label with the built-in vocabulary where there are no labels yet and the space embeds texts (what the
+        explorer, the report and the commands that show labels do first); whether there are labels now."""
+        if self.vocabulary is None and self.lens.embedding.embeds_text:
+            self.lens.label(save=save)
+        return self.vocabulary is not None
+
     def of(self, layer: str) -> Labels | None:
         """The stored labels of a layer, or None before ``label`` ran."""
         self.lens.units(layer)  # a clear error for an unknown layer

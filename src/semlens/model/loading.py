@@ -32,7 +32,7 @@ from .._util.imports import call_factory, import_object, import_optional
 from .._util.seeded import seeded_weights
 from .._util.specs import SpecForm, SpecRegistry, described, in_memory_spec, register_in_memory
 from .imagenet import imagenet_classes, model_class_index
-from .logits import configured_classes, returning_logits
+from .logits import configured_classes, example_batch, returning_logits
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, preprocessing_of
 from .zoo import VARIANTS as LITE_VARIANTS
 from .zoo import efficientnet_lite
@@ -286,9 +286,8 @@ def class_mapping(model: LoadedModel, data) -> tuple[dict[int, int] | None, str]
 
 def model_outputs(model: LoadedModel) -> int:
     """How many classes the model scores (its logits' width on one example)."""
-    parameter = next(model.module.parameters(), None)
     with torch.no_grad():
-        return model.module(model.example_input().to(parameter.device if parameter is not None else "cpu")).shape[1]
+        return model.module(example_batch(model.module, model.preprocessing.input_size)).shape[1]
 
 
 def load_model(model: str | nn.Module | LoadedModel, preprocessing: Preprocessing | Any = None) -> LoadedModel:

@@ -28,10 +28,9 @@ def returning_logits(module: nn.Module, input_size: int) -> nn.Module:
     tensor; else a view of it returning the logits it holds (``logits_place``). Raises :class:`SpecError` where
     the model does not run on such a batch, or returns nothing to take as logits."""
     parameter = next(module.parameters(), None)
-    example = torch.zeros(1, 3, input_size, input_size, device=parameter.device if parameter is not None else "cpu")
     try:
         with torch.no_grad():
-            output = module(example)
+            output = module(example_batch(module, input_size))
     except (RuntimeError, TypeError, ValueError) as error:
         raise SpecError(f"model {type(module).__name__} fails on the float32 RGB batch [1, 3, {input_size}, {input_size}] semlens feeds it "
                         f"({type(error).__name__}: {error}); {_advice(parameter, error)}") from error  # fmt: skip
@@ -45,6 +44,12 @@ def returning_logits(module: nn.Module, input_size: int) -> nn.Module:
     }  # fmt: skip
     view.__class__ = type(type(module).__name__, (type(module),), members)
     return view
+
+
+def example_batch(module: nn.Module, input_size: int) -> torch.Tensor:
+    """One black float32 RGB image ``[1, 3, input_size, input_size]`` on the module's device, to run it once."""
+    parameter = next(module.parameters(), None)
+    return torch.zeros(1, 3, input_size, input_size, device=parameter.device if parameter is not None else "cpu")
 
 
 def _advice(parameter: torch.Tensor | None, error: Exception) -> str:

@@ -27,7 +27,7 @@ from ..store.files import LensStore, layer_file, safe_name
 from ..store.slots import recorded_shift, rule_slots
 from .collect import EMPTY_ID
 from .context import BuildContext
-from .crops import crop_boxes, full_boxes, pool_heatmaps, snap_boxes
+from .crops import crop_boxes, full_boxes, pool_heatmaps, snap_boxes, whole_views
 from .embed import CropTable, HeatSource, chunks, plan_crops
 
 HEAT_KEY = "heatmaps"  # metadata key of a layer's ``.crops`` file: the fingerprint its heatmaps were computed for
@@ -98,8 +98,7 @@ class CropStage:
         which ``semlens info`` shows: where heatmaps reach over all of the input (random weights, coarse maps), the
         concept examples are whole images."""
         size, k = self.context.model.preprocessing.input_size, stored["ids"].shape[1]
-        first = rule_slots(boxes, k, 0)[~stored["inactive"]]
-        whole = (first == torch.tensor([0, 0, size, size])).all(dim=-1)
+        whole = whole_views(rule_slots(boxes, k, 0)[~stored["inactive"]], size)
         self.context.manifest["layers"][layer]["crop"]["whole_views"] = [int(whole.sum()), whole.numel()]
 
     def _crop_mode(self, spec: LayerSpec, has_maps: bool) -> tuple[str, str]:

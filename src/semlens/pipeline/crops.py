@@ -239,3 +239,8 @@ def full_boxes(count: int, size: tuple[int, int]) -> torch.Tensor:
     """The whole image as a box, ``count`` times (crop mode ``none``)."""
     height, width = size
     return torch.tensor([0, 0, width, height], dtype=torch.int64).repeat(count, 1)
+
+
+def whole_views(boxes: torch.Tensor, side: int) -> torch.Tensor:
+    """Which boxes ``[..., 4]`` are the whole ``side`` x ``side`` view (``full_boxes``'s): a crop that is the model's input itself."""
+    return (boxes == torch.tensor([0, 0, side, side])).all(dim=-1)

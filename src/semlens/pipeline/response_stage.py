@@ -19,6 +19,7 @@ from ..store.files import CROPS, RESPONSES, RESPONSES_FILE, layer_file
 from ..store.slots import rule_slots
 from .collect_stage import KEPT_ACTIVATIONS
 from .context import BuildContext
+from .crops import whole_views
 from .embed import CropChunks, CropTable, chunks
 from .kept_activations import kept_layer_activations
 
@@ -97,8 +98,7 @@ class ResponseStage:
         """Count the crops ``rows`` that are whole views of samples the collect stage kept activations of, from
         those; returns which rows it counted ``[R]`` (bool). Files of other inputs are ignored (fingerprint)."""
         context = self.context
-        side = context.model.preprocessing.input_size
-        whole = (table["boxes"][rows] == torch.tensor([0, 0, side, side])).all(dim=1)
+        whole = whole_views(table["boxes"][rows], context.model.preprocessing.input_size)
         reused = torch.zeros(len(rows), dtype=torch.bool)
         for path in sorted(context.store.root.glob(f"{KEPT_ACTIVATIONS}*.safetensors")):
             found = context.store.read_checkpoint(path.name, context.stage_key("collect"))

@@ -109,9 +109,7 @@ def write_report(
     """Write the report; labels the Lens with the built-in vocabulary first if it has no labels. ``audits``
     (from ``Lens.audit``), ``comparison`` (``Lens.compare`` against the Lens called ``other_name``) and
     ``graphs`` (``Lens.attribution_graph``) each add their sections at the end."""
-    if lens.labels.vocabulary is None and lens.embedding.embeds_text:  # a space of images only: a report without labels
-        lens.label()
-    labelled = lens.labels.vocabulary is not None
+    labelled = lens.labels.ensure()  # a space of images only: a report without labels
     overview = lens.overview()
     labels = {unit: lens.labels.label_of(unit) for unit in overview.units}
     measures, least_clear, most_poly, unlabelled = {}, [], [], []

@@ -65,8 +65,7 @@ class Served:
         with self._setup:
             lens = self.lens.in_space(space)
             lens.embedding.probes  # noqa: B018 (a cached property: loads the foundation model once)
-            if lens.labels.vocabulary is None and lens.embedding.embeds_text:  # a space of images only: no labels
-                lens.label(save=False)
+            lens.labels.ensure(save=False)  # a space of images only: no labels
         return lens
 
     def remember(self, key: Hashable, compute: Callable[[], Any]) -> Any:
