@@ -342,6 +342,18 @@ def test_an_audit_of_one_class_takes_its_name_as_the_valid_concept_unless_given_
     assert refused.exit_code == 2 and "needs at least one spurious concept" in " ".join(refused.output.split())
 
 
+def test_an_audit_reads_every_layer_but_the_logits_unless_told_to(lens_path) -> None:
+    """The logits' relevance for a class lies wholly on its own unit, which would carry most of the shares."""
+    from semlens.lens.audits import logit_layers
+
+    lens = Lens.open(lens_path)
+    assert logit_layers(lens) == ["head"]
+    default, features = lens.audit("red", spurious=["stripes"]), lens.audit("red", spurious=["stripes"], layers=["features.3"])
+    assert {unit.unit.partition("/")[0] for unit in default.units} == {"features.3"} and default.shares == features.shares
+    with_logits = lens.audit("red", spurious=["stripes"], layers=["features.3", "head"])
+    assert any(unit.unit.startswith("head/") for unit in with_logits.units)
+
+
 def test_a_class_without_samples_in_the_class_relevance_data_is_refused_not_audited_empty(tmp_path, colour_folder, tiny_clip_dir) -> None:
     reds = tmp_path / "reds"
     shutil.copytree(colour_folder / "red", reds / "red")  # class relevance sees only red images

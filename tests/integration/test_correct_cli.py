@@ -55,6 +55,19 @@ def test_correct_refuses_bad_input(explorer_lenses) -> None:
         assert result.exit_code != 0 and words in result.output, result.output
 
 
+def test_exporting_weights_chooses_a_projection_they_can_hold_and_refuses_one_they_cannot_up_front(explorer_lenses, tmp_path) -> None:
+    from semlens.lens.correction import _foldable
+
+    model = load_model("py:tiny_models:tiny_cnn")
+    assert _foldable(model, ["features.4", "features.3"], [], chosen=False) == ["features.3"]  # a ReLU's output: no weight holds it
+    weights = tmp_path / "weights.safetensors"
+    refused = runner.invoke(app, ["correct", str(explorer_lenses[0]), "--class", "red", "--tint", "255,0,0", "--layer", "features.4",
+                                  "--export-weights", str(weights)])  # fmt: skip
+    assert refused.exit_code == 2 and not weights.exists(), refused.output
+    assert "the layer given cannot (features.4: it is a ReLU, not a linear map of the channels)" in refused.output
+    assert "e.g. features.0, features.3, head" in refused.output and "--method finetune" in refused.output
+
+
 def test_a_correction_beyond_the_tolerance_fails_shows_its_figures_and_writes_nothing(explorer_lenses, colour_folder, tmp_path) -> None:
     saved, weights = tmp_path / "fix.safetensors", tmp_path / "weights.safetensors"
     args = ["correct", explorer_lenses[0], "--class", "red", "--method", "finetune", "--epochs", "2", "--data", f"folder:{colour_folder}",

@@ -73,7 +73,9 @@ def test_a_comparison_is_drawn_as_overlap_tables(lens, explorer_lenses) -> None:
     page = shown(comparison)
     assert all(layer in page for layer in lens.layers + other.layers)
     assert f"{comparison.a_to_b[0][0]:.3f}" in page and f"{comparison.b_to_a[0][0]:.3f}" in page
-    assert comparison.a_to_b[-1][-1] != comparison.a_to_b[-1][-1] and "<td>-</td>" in page and "nan" not in page  # a head without valid units
+    assert "nan" not in page
+    without_valid_units = shown(Comparison(["features.3", "head"], ["head"], [[0.5], [float("nan")]], [[0.5], [float("nan")]]))
+    assert "<td>-</td>" in without_valid_units and "nan" not in without_valid_units  # a layer without valid units
     best = max(comparison.best_match.items(), key=lambda item: item[1][1])
     assert f"<td>{best[0]}</td><td>{best[1][0]}</td><td>{best[1][1]:.3f}</td>" in page
 

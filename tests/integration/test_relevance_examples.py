@@ -38,7 +38,7 @@ def brute_force_shares(folder) -> dict[str, torch.Tensor]:
     """Every sample's relevance share ``[N, C]`` per layer for its labelled class, all samples in one pass."""
     model, data = load_model("py:tiny_models:tiny_cnn"), load_data(f"folder:{folder}")
     pixels = torch.stack([model.preprocessing(data.load(index)) for index in range(len(data))])
-    mapping, _ = class_mapping(model, data)
+    mapping = class_mapping(model, data).labels
     assert mapping is not None  # the colour folder's labels are the tiny CNN's classes by index
     targets = torch.tensor([mapping[data.label(index)] for index in range(len(data))])
     relevance = RelevanceModel(model.module, pixels[:2])

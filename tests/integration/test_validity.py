@@ -84,10 +84,9 @@ def test_fallbacks_name_what_was_done_instead_of_what_was_asked() -> None:
     manifest["layers"] = {"b": {"crop": {"mode": "activation", "why": "as asked", "whole_views": [89, 100]}}}
     manifest["stages"] = {}
     assert fallbacks(manifest) == []
-    manifest["relevance"] = {"targets": "labels of 2 of 3 data classes (not among the model's: building)"}
+    manifest["relevance"] = {"targets": "labels of 2 of 3 data classes (not among the model's: building)", "warning": "its labels name no class"}
     manifest["layers"]["b"]["crop"]["whole_views"] = [0, 100]
-    assert fallbacks(manifest) == ["class relevance of predicted classes where the data's labels name no class of the model: labels of 2 "
-                                   "of 3 data classes (not among the model's: building)"]
+    assert fallbacks(manifest) == ["its labels name no class"]  # the class relevance stage's own words
 
 
 def test_heatmaps_follow_the_crop_mode_and_the_explorer_draws_them(twin_lens) -> None:

@@ -90,23 +90,21 @@ def test_units_without_examples_of_their_own_get_no_label_and_count_apart():
     assert counts == {"colors": 1, "animals": 1, "unlabelled": 0, "inactive or tied": 2}
 
 
-def test_tied_units_are_those_with_an_earlier_units_crops_and_inactive_units_never_tie():
+def test_tied_units_are_those_with_an_earlier_units_crops_in_their_layer_and_inactive_units_never_tie():
     from semlens.analysis.validity import tied_units
 
     indices = {
         "a": torch.tensor([[0, 1, 2], [2, 1, 0], [3, 4, 5], [0, 1, 2], [7, 7, 7]]),  # rows 1, 3 repeat row 0's set
-        "b": torch.tensor([[5, 4, 3], [8, 9, -1], [7, 7, 7], [6, 6, 6]]),  # row 0 repeats a/2; row 2 repeats a/4
+        "b": torch.tensor([[5, 4, 3], [8, 9, -1], [7, 7, 7], [6, 6, 6], [9, 8, -1]]),  # row 4 repeats row 1; row 0 a/2's
     }
-    inactive = {"a": torch.tensor([False, False, False, False, True]), "b": torch.tensor([False, False, False, True])}
+    inactive = {"a": torch.tensor([False, False, False, False, True]), "b": torch.tensor([False, False, False, True, False])}
     tied = tied_units(indices, inactive)
     assert tied["a"].tolist() == [False, True, False, True, False]
-    assert tied["b"].tolist() == [True, False, False, False]  # b/2's only twin (a/4) is inactive: b/2 is the first
-    brute = {}  # brute force: a unit is tied when an earlier active unit has the same set of crops
-    rows = [(layer, r) for layer in indices for r in range(len(indices[layer]))]
-    for position, (layer, r) in enumerate(rows):
-        mine = sorted(indices[layer][r].tolist())
-        earlier = [sorted(indices[l][q].tolist()) for l, q in rows[:position] if not inactive[l][q]]
-        brute.setdefault(layer, []).append(not bool(inactive[layer][r]) and mine in earlier)
+    assert tied["b"].tolist() == [False, False, False, False, True]  # a/2's crops in another layer: b/0 is a unit of its own
+    brute = {}  # brute force: a unit is tied when an earlier active unit of its layer has the same set of crops
+    for layer, index in indices.items():
+        sets = [sorted(row.tolist()) for row in index]
+        brute[layer] = [not bool(inactive[layer][r]) and sets[r] in [sets[q] for q in range(r) if not inactive[layer][q]] for r in range(len(sets))]
     assert {layer: mask.tolist() for layer, mask in tied.items()} == brute
 
 

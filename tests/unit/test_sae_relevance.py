@@ -266,7 +266,7 @@ def test_class_relevance_keeps_the_sae_error_terms_share_and_the_audit_shows_it(
 
     lens, folder = sae_lens
     model, data = lens.sources.model(), lens.sources.probe_data
-    mapping, _ = class_mapping(model, data)
+    mapping = class_mapping(model, data).labels
     inputs = torch.stack([model.preprocessing(data.load(index)) for index in range(len(data))])
     targets = torch.tensor([mapping[data.label(index)] for index in range(len(data))])
     with RelevanceModel(model.module, inputs[:2]).attributing() as modified:

@@ -27,16 +27,21 @@ def arbitrary_slots(scores: torch.Tensor) -> torch.Tensor:
 
 
 def tied_units(indices: dict[str, torch.Tensor], inactive: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per layer, True for units whose concept examples are the same crops as an earlier unit's (layers in
-    order, then rows): their theta is that unit's, so they say nothing of their own. ``indices[l]`` is the
-    crop table's ``[U, k]`` index; inactive units are neither tied nor the unit others are tied to."""
-    layers = list(indices)
-    crops = torch.cat([torch.sort(indices[layer], dim=1).values for layer in layers])  # the set, not the order
-    active = (~torch.cat([inactive[layer] for layer in layers])).nonzero().flatten()
+    """Per layer, True for units whose concept examples are the same crops as an earlier unit's of their layer:
+    their theta is that unit's, so they say nothing the layer does not say already. ``indices[l]`` is the crop
+    table's ``[U, k]`` index; inactive units are neither tied nor the unit others are tied to. Units of different
+    layers may share their crops (a class logit and a feature that drives it, both on whole images): each is a
+    unit of its own layer, audited, measured and searched with it."""
+    return {layer: _tied_within(index, inactive[layer]) for layer, index in indices.items()}
+
+
+def _tied_within(index: torch.Tensor, inactive: torch.Tensor) -> torch.Tensor:
+    crops = torch.sort(index, dim=1).values  # the set, not the order
+    active = (~inactive).nonzero().flatten()
     tied = torch.zeros(crops.shape[0], dtype=torch.bool)
     if len(active):
         _, group = torch.unique(crops[active], dim=0, return_inverse=True)
         position = torch.arange(len(active))
         first = torch.full((int(group.max()) + 1,), len(active)).scatter_reduce(0, group, position, reduce="amin")
         tied[active] = first[group] != position
-    return dict(zip(layers, torch.split(tied, [indices[layer].shape[0] for layer in layers])))
+    return tied

@@ -78,7 +78,7 @@ def correct(
     concept = None if concept_data is None else ConceptImages(opened.sources.probe_data if train is None else train, shown=user_data(concept_data))
     result = opened.correct(
         class_name, chosen, method, None if data is None else user_data(data), layer, estimator, Tuning(last, epochs, learning_rate),
-        train, concept, progress=not as_json, tolerance=tolerance, seed=seed,
+        train, concept, progress=not as_json, tolerance=tolerance, seed=seed, exportable=export_weights is not None,
     )  # fmt: skip
     saved = exported = None
     if not result.failed:

@@ -20,7 +20,7 @@ Layers = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable
 ExampleSet = typer.Option(
     "activation", "--examples", help="Whose theta: the top samples by activation (default) or by relevance (Lenses built with --relevance-examples)."
 )
-Method = typer.Option(None, "--method", "-m", help="Labelling method: responses (the default where the Lens has them, else centred), centred, alignment, clip-dissect or contrastive.")
+Method = typer.Option(None, "--method", help="Labelling method: responses (the default where the Lens has them, else centred), centred, alignment, clip-dissect or contrastive.")
 
 
 @app.command()
@@ -174,7 +174,9 @@ def show(
     lens: Path = typer.Argument(..., help="Lens directory."),
     unit: str = typer.Argument(..., help="Unit as layer/index, e.g. _fc/281."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: UNIT.png here).", callback=parent_made),
-    by: str = typer.Option("activation", "--by", help="The top samples by activation (default) or by relevance (built with --relevance-examples)."),
+    examples: str = typer.Option(
+        "activation", "--examples", "--by", help="The top samples by activation (default) or by relevance (built with --relevance-examples)."
+    ),
     trust: Trust = False,
     probe_data: ProbeData = None,
     as_json: AsJson = False,
@@ -183,16 +185,16 @@ def show(
     from ..report.figures import concept_grid
 
     opened = open_lens(lens, trust, data=probe_data)
-    examples = opened.examples.concept_examples(unit, by=by)
+    shown = opened.examples.concept_examples(unit, by=examples)
     target = out or Path(unit.replace("/", "_") + ".png")
     label = opened.labels.label_of(unit)
     title = f"{unit}" + (f"  label: {label}" if label else "")
-    grid = concept_grid([opened.examples.image(example) for example in examples], [f"{e.score:.3g}" for e in examples], title)
+    grid = concept_grid([opened.examples.image(example) for example in shown], [f"{e.score:.3g}" for e in shown], title)
     grid.save(target)
     if as_json:
-        emit_json({"unit": unit, "label": label, "png": str(target), "examples": [asdict(e) for e in examples]})
+        emit_json({"unit": unit, "label": label, "png": str(target), "examples": [asdict(e) for e in shown]})
         return
-    say(f"wrote {target} ({len(examples)} concept examples of {unit})")
+    say(f"wrote {target} ({len(shown)} concept examples of {unit})")
     say_if_left_out(opened, unit)
 
 
@@ -248,7 +250,7 @@ def dissect(
     lens: Path = typer.Argument(..., help="Lens directory (labelled with `semlens label` first)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bar chart PNG to write (default: dissect.png here).", callback=parent_made),
     space: Space = None,
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="Fail unless the stored labels were made by this method."),
+    method: Optional[str] = typer.Option(None, "--method", help="Fail unless the stored labels were made by this method."),
     as_json: AsJson = False,
 ) -> None:
     """Count units per label category per layer; table and bar chart."""

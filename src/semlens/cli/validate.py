@@ -54,7 +54,7 @@ def audit(
     z: Optional[float] = typer.Option(None, help="Robust z (against the unit's layer) above which a unit is aligned with a concept (default 3)."),
     margin: Optional[float] = typer.Option(None, help="z by which spurious must beat valid (or valid spurious) for a one-sided verdict (default 1)."),
     alignment_only: bool = typer.Option(False, "--alignment-only", help="Judge by the alignment alone, not also by each unit's best concept by its crop responses nor by whether the concept test finds the concept raising it and where it fires."),
-    layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (default: all)."),
+    layer: Optional[list[str]] = typer.Option(None, "--layer", "-l", help="Only these layers (default: all but the logits)."),
     all_classes: bool = typer.Option(False, "--all", help="Audit every class (valid concept: its own name) and rank by spurious-or-both share."),
     test_data: TestData = None,
     spurious_data: SpuriousData = None,

@@ -159,10 +159,7 @@ class ConceptProjection:
 
     def fold_refusal(self, module: nn.Module) -> str | None:
         """Why ``folded`` cannot put the projection into the layer's weights (None: it can)."""
-        layer = resolve_module(module, self.layer)
-        if not (isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and layer.groups == 1 and not self.channels_last)):
-            return f"it is a {type(layer).__name__}, not a linear map of the channels"
-        return "it has no bias to hold the constant" if layer.bias is None else None
+        return fold_refusal(module, self.layer, self.channels_last)
 
     def attach(self, module: nn.Module) -> None:
         """Hook the projection onto the layer for good (a corrected model whose weights cannot hold it); its
@@ -175,6 +172,20 @@ class ConceptProjection:
 
     def settings(self) -> dict:
         return {"layer": self.layer, "channels": len(self.direction), "channels_last": self.channels_last}
+
+
+def fold_refusal(module: nn.Module, layer: str, channels_last: bool = False) -> str | None:
+    """Why a projection of ``layer`` cannot be folded into the model's weights (None: it can): only a linear map of
+    the channels with a bias holds it (``ConceptProjection.folded``)."""
+    owner = resolve_module(module, layer)
+    if not (isinstance(owner, nn.Linear) or (isinstance(owner, nn.Conv2d) and owner.groups == 1 and not channels_last)):
+        return f"it is a {type(owner).__name__}, not a linear map of the channels"
+    return "it has no bias to hold the constant" if owner.bias is None else None
+
+
+def foldable_layers(module: nn.Module) -> list[str]:
+    """The model's layers a projection folds into (``fold_refusal`` None), in the order of the model."""
+    return [name for name, _ in module.named_modules() if name and fold_refusal(module, name) is None]
 
 
 ACCURACY_TOLERANCE = 0.02  # a projection may cost at most this much accuracy on the learning images to be chosen

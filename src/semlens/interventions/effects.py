@@ -134,7 +134,7 @@ def load_views(model: LoadedModel, data: ImageData) -> tuple[list[Image.Image], 
 
 def class_targets(model: LoadedModel, data: ImageData, labels: list[int | None]) -> torch.Tensor | None:
     """The labels as the model's class indices (None when a sample has no label or the classes do not match)."""
-    mapping, _ = class_mapping(model, data)
+    mapping = class_mapping(model, data).labels
     if mapping is None or any(mapping.get(label) is None for label in labels):
         return None
     return torch.tensor([mapping[label] for label in labels])

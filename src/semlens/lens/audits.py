@@ -122,7 +122,7 @@ def audit(
         if not lens.classes:
             raise SemlensError("an audit needs a valid concept (text or image), and this model's classes have no names to take it from: give one (valid=[...], command line: --valid)")
         valid = [lens.classes[index]]
-    chosen = lens.units.checked(layers)
+    chosen = lens.units.checked(layers) if layers else audited_layers(lens)
     missing = [layer for layer in chosen if lens.arrays.class_relevance(layer) is None]
     if missing:
         reasons = lens.manifest.get("relevance", {}).get("left_out", {})
@@ -156,6 +156,27 @@ def audit(
     if concept is not None:
         _test_findings(lens, result, index, concept, test_all, list(spurious))
     return made_by(result, lens)
+
+
+def audited_layers(lens: Lens) -> list[str]:
+    """The layers an audit reads by default: the Lens's layers but its logits (``logit_layers``), whose relevance
+    for a class lies wholly on the class's own unit: with them, that one unit would carry most of every class's
+    relevance, and the shares of the concepts below it would shrink (the world's watermark 0.30 -> 0.17)."""
+    logits = logit_layers(lens)
+    return [layer for layer in lens.layers if layer not in logits] or list(lens.layers)
+
+
+def logit_layers(lens: Lens) -> list[str]:
+    """The Lens's layers whose units are the model's logits: every class the class relevance saw gives all of the
+    layer's relevance (in absolute value) to one unit (LRP starts from the class's logit alone)."""
+    found = []
+    for layer in lens.layers:
+        relevance = lens.arrays.class_relevance(layer)
+        if relevance is not None and len(relevance["seen_classes"]):
+            shares = relevance["mean_share"][:, relevance["seen_classes"]].nan_to_num(0).abs()
+            if bool((shares.max(dim=0).values >= 0.999).all()):
+                found.append(layer)
+    return found
 
 
 def _alignments(lens: Lens, theta: torch.Tensor, concepts: list[str], images: list[str | Path], templates: str | list[str]) -> torch.Tensor:

@@ -26,6 +26,8 @@ from ..interventions.correction import (
     choose_projection,
     counterfactual_set,
     finetune,
+    fold_refusal,
+    foldable_layers,
     held_out_split,
     named_class,
 )
@@ -204,6 +206,7 @@ def correct(
     progress: bool = True,
     tolerance: float = ACCURACY_TOLERANCE,
     seed: int = 0,
+    exportable: bool = False,
 ) -> Correction:
     """Learn a correction of the class's reliance on ``artifact`` and measure the artefact test on ``data``
     before and after it.
@@ -215,12 +218,18 @@ def correct(
     ``finetune`` (``tuning``: the last modules, epochs, learning rate). ``train``: labelled images to
     learn on (default the Lens's probe data); without ``data`` half of each class's train images, drawn
     with ``seed``, are held out to test on. Learning and test images must hold the same classes. The
-    correction has ``failed`` when it costs more than ``tolerance`` of the clean test accuracy."""
+    correction has ``failed`` when it costs more than ``tolerance`` of the clean test accuracy. ``exportable``: a
+    projection is chosen among the layers whose weights can hold it (``Correction.export_weights``), refused up front
+    where none of them can."""
     if method not in METHODS:
         raise SemlensError(f"unknown correction method {method!r}; valid: {', '.join(METHODS)}")
     if not 0 <= tolerance <= 1:
         raise SemlensError(f"tolerance={tolerance} must lie between 0 and 1 (the clean accuracy a correction may cost, e.g. {ACCURACY_TOLERANCE})")
     model, index = lens.sources.model(), lens.units.class_index(class_name)
+    candidates = [layer] if layer else _projection_layers(lens)
+    last = lens.units.channels_last([name for name in candidates if name in lens.layers])
+    if method == "project" and exportable:
+        candidates = _foldable(model, candidates, last, chosen=layer is not None)
     names = lens.classes or model.classes or []
     views, targets = _labelled_views(model, train if train is not None else lens.sources.probe_data)
     if data is None:
@@ -240,8 +249,6 @@ def correct(
         else:
             without = [view for view, target in zip(views, targets.tolist()) if target != index]
             with_concept = [artifact.apply(view) for view in without]
-        candidates = [layer] if layer else _projection_layers(lens)
-        last = lens.units.channels_last([name for name in candidates if name in lens.layers])
         fix, settings["layer_trials"] = choose_projection(model, candidates, views, targets, index, artifact, (without, with_concept), estimator, last)
         settings["estimator"] = estimator
     else:
@@ -261,6 +268,21 @@ def _projection_layers(lens: Lens) -> list[str]:
     """The layers a projection is chosen among: the Lens's layers but the last (the output, when it
     reads the logits); its only layer when it has one."""
     return lens.layers[:-1] or lens.layers
+
+
+def _foldable(model: LoadedModel, candidates: list[str], channels_last: list[str], chosen: bool) -> list[str]:
+    """The ``candidates`` a projection folds into the weights of (to export them), refused where none does, with
+    the model's layers that would."""
+    refusals = {name: fold_refusal(model.module, name, name in channels_last) for name in candidates}
+    kept = [name for name in candidates if refusals[name] is None]
+    if not kept:
+        whose = "; ".join(f"{name}: {refusal}" for name, refusal in refusals.items())
+        examples = ", ".join(foldable_layers(model.module)[-3:]) or "none in this model"
+        raise SemlensError(
+            f"exporting the corrected weights needs a projection the weights can hold, and {'the layer given cannot' if chosen else 'no layer of the Lens can'} "
+            f"({whose}): give --layer a Linear or Conv2d layer with a bias (e.g. {examples}), or correct by fine-tuning (--method finetune)"
+        )
+    return kept
 
 
 def _labelled_views(model: LoadedModel, data: ImageData) -> tuple[list[Image.Image], torch.Tensor]:

@@ -20,7 +20,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -258,7 +258,15 @@ def _load_state_file(module: nn.Module, path: str, valid: str) -> None:
 register_in_memory(MODELS, "Lens.open(LENS, model=MODEL), or --model SPEC on the command line")  # listed after the loadable forms
 
 
-def class_mapping(model: LoadedModel, data) -> tuple[dict[int, int] | None, str]:
+class ClassMapping(NamedTuple):
+    """How a data set's labels name the model's classes (``class_mapping``)."""
+
+    labels: dict[int, int] | None  # data label -> model output index; None: every sample takes its predicted class
+    targets: str  # where the target classes come from, as the Lens's manifest says it
+    warning: str | None = None  # where that is not what a user would expect: said when a build ends (``fallbacks``)
+
+
+def class_mapping(model: LoadedModel, data) -> ClassMapping:
     """Data label -> model output index when the data's class names are the model's (case-insensitive; an
     ImageNet WordNet id such as a folder ``n01440764/`` names its ImageNet class: ``model_class_index``),
     or by index when the model has no names but as many outputs, or the data's labels have no names; a label
@@ -266,22 +274,30 @@ def class_mapping(model: LoadedModel, data) -> tuple[dict[int, int] | None, str]
     mapping (its samples take their predicted class); None where no label has one (use predicted classes)."""
     if data.classes is None:
         if len(data) == 0 or data.label(0) is None:
-            return None, "predicted classes (the data has no labels)"
-        return dict(enumerate(range(model_outputs(model)))), "labels (by index: the data names no classes)"
+            return ClassMapping(None, "predicted classes (the data has no labels)")
+        return ClassMapping(
+            dict(enumerate(range(model_outputs(model)))), "labels (by index: the data names no classes)",
+            "class relevance takes each label as the index of the model's output (the data names no classes): give classes= if they are not",
+        )  # fmt: skip
     if model.classes is None:
         outputs = model_outputs(model)
         if outputs == len(data.classes):
-            return dict(enumerate(range(outputs))), "labels (by index: the model has no class names)"
-        return None, f"predicted classes ({len(data.classes)} data classes, {outputs} model outputs)"
+            return ClassMapping(dict(enumerate(range(outputs))), "labels (by index: the model has no class names)")
+        return unmatched(None, f"predicted classes ({len(data.classes)} data classes, {outputs} model outputs)")
     found = {label: model_class_index(name, model.classes) for label, name in enumerate(data.classes)}
     mapping = {label: index for label, index in found.items() if index is not None}
     missing = [data.classes[label] for label, index in found.items() if index is None]
     listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     if not mapping:
-        return None, f"predicted classes (data classes not among the model's: {listed})"
+        return unmatched(None, f"predicted classes (data classes not among the model's: {listed})")
     if missing:  # the others' samples take their predicted classes
-        return mapping, f"labels of {len(mapping)} of {len(found)} data classes (not among the model's: {listed})"
-    return mapping, "labels"
+        return unmatched(mapping, f"labels of {len(mapping)} of {len(found)} data classes (not among the model's: {listed})")
+    return ClassMapping(mapping, "labels")
+
+
+def unmatched(labels: dict[int, int] | None, targets: str) -> ClassMapping:
+    """A mapping where some samples' labels name no class of the model, said as a fallback of the build."""
+    return ClassMapping(labels, targets, f"class relevance of predicted classes where the data's labels name no class of the model: {targets}")
 
 
 def model_outputs(model: LoadedModel) -> int:

@@ -295,11 +295,8 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
     skipped = manifest["stages"].get("relevance", {}).get("skipped")
     if skipped:
         found.append(f"no class relevance ({skipped}): audits and attribution graphs need it")
-    targets = manifest.get("relevance", {}).get("targets", "")
-    if ("predicted classes" in targets and "has no labels" not in targets) or targets.startswith("labels of "):
-        found.append(f"class relevance of predicted classes where the data's labels name no class of the model: {targets}")
-    if targets.startswith("labels (by index: the data names no classes)"):
-        found.append("class relevance takes each label as the index of the model's output (the data names no classes): give classes= if they are not")
+    if manifest.get("relevance", {}).get("warning"):
+        found.append(manifest["relevance"]["warning"])
     skipped = manifest["stages"].get("examples", {}).get("skipped")
     if skipped:
         found.append(f"no relevance examples ({skipped})")
