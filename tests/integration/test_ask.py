@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from semlens import BuildConfig, Lens, SemlensError, build_lens
+from semlens import BuildConfig, Lens, SemlensError, Vocabulary, build_lens
 from semlens.cli import app
 from semlens.lens.probes import probe_cache_path
 from semlens.lens.search import probe as probe_of
@@ -62,6 +62,15 @@ def test_search_ranks_units_by_alignment_and_response(lens_path, tmp_path) -> No
     custom = ask("search", lens_path, "red", "-t", "photograph of a {}", "-t", "{}", "--top", "2", "--json")
     audit = ask("search", lens_path, "red", "-t", "audit", "--top", "2", "--json")
     assert len(custom) == len(audit) == 2
+
+
+def test_a_search_no_shown_unit_aligns_with_says_so(lens_path, monkeypatch) -> None:
+    from semlens.lens.search import SearchHit, SearchResults
+
+    weak = SearchResults([SearchHit("features.3/1", "features.3", 1, -0.002, None, [])], rank="named")
+    monkeypatch.setattr(Lens, "search", lambda *args, **kwargs: weak)
+    shown = runner.invoke(app, ["search", str(lens_path), "daisy"])
+    assert shown.exit_code == 0 and "note: no unit shown aligns with 'daisy' more than with an empty prompt (best alignment -0.002)" in " ".join(shown.output.split())
 
 
 def test_search_by_both_is_the_lower_standardised_score_of_the_lenss_valid_units(lens_path) -> None:
@@ -257,6 +266,34 @@ def test_label_dissect_and_their_storage(lens_path, tmp_path) -> None:
     assert (tmp_path / "d.png").is_file()
     strict = ask("label", lens_path, "--vocabulary", vocabulary, "--threshold", "5", "--json")["layers"]
     assert all(entry["label"] is None for entry in strict["head"])  # nothing passes an alignment of 5
+
+
+def test_a_labelling_cut_short_leaves_no_labels_and_mismatched_label_files_are_refused(lens_path, tmp_path, monkeypatch) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from semlens.store.files import LensStore
+
+    copy = tmp_path / "copy.lens"
+    shutil.copytree(lens_path, copy)
+    Lens.open(copy).label(vocabulary=Vocabulary("a", ("red", "green", "blue"), ("colours",) * 3))
+
+    def killed(self, name, value):  # the process dies once the layer files are written, before labels.json
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LensStore, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        Lens.open(copy).label()  # the built-in vocabulary: other concepts under the same indices
+    monkeypatch.undo()
+    assert Lens.open(copy).labels.vocabulary is None  # no labels, rather than one vocabulary's indices read by another's
+    Lens.open(copy).label(vocabulary=Vocabulary("a", ("red", "green", "blue"), ("colours",) * 3))
+    layer_labels = copy / "layers" / "features.3.labels.safetensors"
+    save_file(load_file(str(layer_labels)), str(layer_labels), {"labelling": "another"})  # a file of another labelling
+    with pytest.raises(SemlensError, match=r"features.3.labels.safetensors is not of the labelling labels.json records .* label again"):
+        Lens.open(copy).search("red")
+    Lens.open(copy).label()
+    assert Lens.open(copy).labels.vocabulary.name == "builtin"
 
 
 def test_measures_similar_and_map(lens_path, tmp_path) -> None:

@@ -91,10 +91,17 @@ def test_reopening_gives_identical_arrays(built: Lens) -> None:
             assert torch.equal(getattr(again.arrays, name)(layer).nan_to_num(), getattr(built.arrays, name)(layer).nan_to_num()), (layer, name)
 
 
-def test_a_second_run_skips_finished_stages_and_a_changed_one_is_refused(built, colour_folder, tiny_clip_dir) -> None:
+def test_a_second_run_skips_finished_stages_and_a_changed_one_is_refused(built, colour_folder, tiny_clip_dir, capsys) -> None:
+    from semlens.cli.build import report_summary
+    from semlens.pipeline.builder import LensBuilder
+
     before = {path: path.stat().st_mtime_ns for path in built.path.rglob("*.safetensors")}
-    build_lens(config(colour_folder, tiny_clip_dir), built.path, progress=False)
+    summary = LensBuilder(config(colour_folder, tiny_clip_dir), built.path, progress=False).run()
     assert {path: path.stat().st_mtime_ns for path in built.path.rglob("*.safetensors")} == before
+    assert summary.reused == list(summary.stages)  # said, not shown as if computed now
+    report_summary(summary, as_json=False)
+    shown = capsys.readouterr()
+    assert "the Lens was complete already: nothing was computed again" in " ".join((shown.out + shown.err).split())
     with pytest.raises(StaleLensError, match=r"\(collect\.k: was 5, now 6\)"):
         build_lens(config(colour_folder, tiny_clip_dir, k=6), built.path, progress=False)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from tiny_foundation import SAVERS
-from tiny_models import TINY_PREPROCESSING, TinyCNN, colour_images
+from tiny_models import TINY_PREPROCESSING, TinyCNN, colour_images, tiny_cnn
 
 from semlens import BuildConfig, Lens, LoadedModel, Preprocessing, SemlensError, build_lens, load_data, load_foundation_model, load_model
 from semlens._util.errors import StaleLensError
@@ -51,6 +51,22 @@ def test_a_lens_from_objects_records_them_and_answers(built, images) -> None:
     assert lens.sources.probe_data.load(example.sample).tobytes() == images[example.sample].tobytes()  # the Lens holds the images
     lens.label()
     assert lens.labels.of(LAYERS[0]) is not None  # labelled in the Lens's own folder, by the foundation model it holds
+
+
+def test_a_held_model_trained_on_after_the_build_is_refused_not_used(built) -> None:
+    lens, _ = built
+    head = lens.sources.model().module.get_submodule("head")  # the user's own module's (the model is read through a view of it)
+    assert lens.explain(0).to_dict() == lens.explain(0).to_dict()  # LRP's passes leave the weights as they were
+    trained_from = head.bias.detach().clone()
+    with torch.no_grad():
+        head.bias.add_(1.0)  # the notebook's next cell trains on
+    try:
+        with pytest.raises(SemlensError, match=r"now has weights .* but this Lens was built from .*build a Lens of the model as it is now"):
+            lens.explain(0)
+    finally:
+        with torch.no_grad():
+            head.bias.copy_(trained_from)
+    assert lens.explain(0).prediction
 
 
 def test_opened_again_it_asks_for_the_objects_by_name_and_takes_them(built, foundation, tmp_path, monkeypatch) -> None:
@@ -125,6 +141,16 @@ def test_data_objects_are_identified_by_content_and_carry_class_names(tmp_path, 
     files = load_data(paths)
     assert files.load(2).tobytes() == pairs[2][0].tobytes() and files.describe(2) == "2.png"
     assert load_data(images).fingerprint() != load_data(images[:-1] + [images[0]]).fingerprint()
+
+    class Augmented(torch.utils.data.Dataset):  # a training set's random flips: another view at every read
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, index: int) -> torch.Tensor:
+            return torch.rand(3, 8, 8)
+
+    with pytest.raises(SemlensError, match=r"sample 0 of memory:Augmented is another image each time it is read \(a random transform"):
+        load_data(Augmented()).fingerprint()
 
 
 def test_a_module_without_class_names_takes_its_labelled_data_s_names_where_it_has_as_many_outputs(tmp_path, foundation) -> None:
@@ -239,6 +265,27 @@ def test_a_model_semlens_cannot_feed_is_refused_at_load_with_what_to_change() ->
     small = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.Flatten(), torch.nn.Linear(4 * 15 * 15, 3))  # 32 px only
     with pytest.raises(SemlensError, match=r"give the input size it takes with preprocessing="):
         load_model(small, Preprocessing())
+
+
+def test_a_model_object_scoring_1000_classes_takes_imagenet_s_names_unless_given_its_own() -> None:
+    with pytest.warns(UserWarning, match=r"scores 1000 classes and names none: they are taken as ImageNet's, in its order"):
+        imagenet_sized = load_model(TinyCNN(classes=1000), TINY_PREPROCESSING)
+    assert imagenet_sized.classes[281] == "tabby"  # so an audit of "tabby", "tabby cat" or n02123045 finds its output
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_model(TinyCNN(classes=1000), TINY_PREPROCESSING, classes=[f"c{i}" for i in range(1000)]).classes[281] == "c281"
+    assert load_model(tiny_cnn(), classes=["r", "g", "b"]).classes == ["r", "g", "b"]  # a LoadedModel renamed
+    with pytest.raises(SemlensError, match=r"classes= names 2 classes, but the model scores 3: give one name per output"):
+        load_model(TinyCNN(), TINY_PREPROCESSING, classes=["r", "g"])
+    with pytest.raises(SemlensError, match=r"classes= goes with a model object \(an nn.Module or a LoadedModel\)"):
+        load_model("py:tiny_models:tiny_cnn", classes=["r", "g", "b"])
+
+
+def test_a_compiled_model_is_read_as_the_module_it_compiles() -> None:
+    plain = TinyCNN()
+    compiled = load_model(torch.compile(plain), TINY_PREPROCESSING)  # compiles nothing until called
+    assert compiled.fingerprint == load_model(plain, TINY_PREPROCESSING).fingerprint
+    assert "features.3" in dict(compiled.module.named_modules()) and not any("_orig_mod" in name for name, _ in compiled.module.named_modules())
 
 
 def test_what_a_build_did_instead_of_what_was_asked_is_a_warning_in_a_notebook(tmp_path, foundation, images) -> None:

@@ -34,6 +34,7 @@ def test_search_hits_are_a_list_drawn_as_a_table_with_concept_examples(lens) -> 
     page = shown(hits)
     assert all(hit.unit in page for hit in hits) and page.count(THUMBNAIL) == 3 * 3  # three examples a unit
     assert all(f"{hit.score:.3f}" in page for hit in hits)
+    assert "score: alignment with the probe; ranked by alignment and response together" in page  # the scores need not fall
     similar = lens.search_similar(lens, hits[0].unit, top=2)
     assert isinstance(similar, SearchResults) and THUMBNAIL in shown(similar)
 

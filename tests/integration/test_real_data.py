@@ -87,6 +87,8 @@ def test_a_wordnet_id_names_its_imagenet_class_among_1000_even_where_display_nam
     assert model_class_index("n02012849", classes) == 134 and model_class_index("n03126707", classes) == 517
     assert model_class_index("n01440764", ["Tinca tinca", "goldfish"]) == 0  # by a synonym
     assert model_class_index("n01440764", ["goldfish"]) is None and model_class_index("n99999999", classes) is None
+    assert model_class_index("tabby cat", classes) == 281 and model_class_index("Scooter", classes) == classes.index("motor scooter")  # ImageNet's other names
+    assert model_class_index("tabby cat", ["tabby", "dog"]) == 0 and model_class_index("cat", classes) is None
 
 
 def test_relevant_lists_a_class_s_units_by_share_of_relevance_per_layer(wnid_lens: Lens) -> None:

@@ -63,7 +63,7 @@ def test_lenses_by_index_and_name(client) -> None:
     assert [lens["name"] for lens in lenses] == ["tiny.lens", "other.lens"]
     assert lenses[0]["layers"][0] == {"name": "features.0", "units": 8, "signed": False, "sae": None}
     assert lenses[1]["layers"][1] == {"name": "head", "units": 6, "signed": True, "sae": None}
-    assert lenses[0]["classes"] == ["red", "green", "blue"] and lenses[0]["class_relevance"]
+    assert lenses[0]["classes"] == ["red", "green", "blue"] and lenses[0]["class_relevance"] and lenses[0]["seen_classes"] == [0, 1, 2]
     assert not lenses[0]["relevance_examples"]  # built without them: the search page's choice is disabled
     assert client.get("/api/lenses/tiny.lens").json() == client.get("/api/lenses/0").json() == lenses[0]
     refused(client.get("/api/lenses/2"), 404, "0 (tiny.lens)", "1 (other.lens)")

@@ -228,6 +228,8 @@ def test_a_correction_that_costs_clean_accuracy_beyond_the_tolerance_fails_and_i
     assert not list(tmp_path.iterdir())
     kept = Correction("red", "finetune", shortcut.fingerprint, fix, before=measured(0.9), after=measured(0.885))
     assert kept.failed is None and kept.to_dict()["ok"] is True
+    assert "FAILED: clean accuracy fell from 0.987 to 0.000" in repr(broken) and "tensor" not in repr(broken)  # a notebook's one line
+    assert repr(kept).startswith("Correction(finetune of 'red': artefact effect ") and repr(kept).endswith("clean accuracy 0.900 -> 0.885; ok)")
     allowed = Correction("red", "finetune", shortcut.fingerprint, fix, before=measured(0.987), after=measured(0.0), tolerance=1.0)
     assert allowed.failed is None and allowed.save(tmp_path / "allowed.safetensors").is_file()
 

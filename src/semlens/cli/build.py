@@ -11,7 +11,7 @@ from rich.markup import escape
 from .._util.errors import SemlensError
 from ..data.base import MIN_SIDE
 from ..pipeline.config import BuildConfig
-from ._app import AsJson, Trust, app, console, emit_json, errors, friendly, table
+from ._app import AsJson, Trust, app, console, emit_json, errors, friendly, say, table
 from ._options import config_from_options, config_options
 
 
@@ -82,6 +82,10 @@ def report_summary(summary: Any, as_json: bool) -> None:
         + ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in summary.seconds.items()),
         markup=False,
     )
+    if summary.reused:
+        whole = set(summary.reused) >= set(summary.stages)
+        say("the Lens was complete already: nothing was computed again (the seconds are its build's)" if whole
+            else f"resumed: {', '.join(summary.reused)} done before (their seconds are that run's), the rest computed now")
     for fallback in summary.fallbacks:
         errors.print(f"[yellow]warning:[/] {escape(fallback)}")
     for warning in summary.unit_warnings():

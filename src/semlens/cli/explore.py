@@ -12,6 +12,7 @@ import typer
 from .._util.progress import step_bar
 from ..analysis.label import MIN_CONFIDENCE
 from ..lens.search import SearchResults
+from ..lens.sources import data_described
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, labelled_to_show, open_lens, parent_made, rounded, say, say_if_left_out, table
 from .validate import ConceptArtifact, ConceptAt, ConceptMask, ConceptTint, SpuriousData, TestAll, TestData, concept_test
 
@@ -35,7 +36,7 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
     identity = manifest["identity"]
     say(str(opened.path))
     say(f"model       {identity['model']['spec']} (weights {identity['model']['fingerprint']})")
-    say(f"data        {identity['data']['spec']} ({identity['data']['samples']} samples)")
+    say(f"data        {data_described(opened.manifest)}")
     say(f"foundation  {manifest['foundation']['spec']} (id {manifest['foundation']['id']}, dim {manifest['foundation']['dim']})")
     say(f"spaces      {', '.join(f'{space.name} ({space.spec})' + ('' if space.complete else ' (unfinished)') for space in opened.embedding.spaces)}")
     rule = identity["relevance"].get("lrp_rule", "zplus")  # as recorded: info describes even a Lens it would not explain with
@@ -129,6 +130,10 @@ def search(
     probes = " + ".join([repr(text) for text in query or []] + [path.name for path in image or []])
     title = f"units {ranked} {f'the images of {hits.concept!r} shown to the Lens (an audit pasted them)' if hits.concept else probes}"
     print_hits(hits, title, "activation AUC" if hits.rank == "model" else "alignment", as_json)
+    best = max((hit.score for hit in hits), default=None)
+    if query and not image and hits.rank != "model" and best is not None and best <= 0 and not as_json:
+        say(f"note: no unit shown aligns with {probes} more than with an empty prompt (best alignment {best:.3f}): the foundation "
+            "model may not know the concept, or no unit shows it")
 
 
 @app.command()

@@ -46,7 +46,7 @@ def audit(
     lens: Path = typer.Argument(..., help="Lens directory (built with class relevance)."),
     class_name: Optional[str] = typer.Option(None, "--class", "-c", help="Class name or index to audit."),
     valid: Optional[list[str]] = typer.Option(None, "--valid", help="A valid concept for the class (repeatable; default: the class's own name)."),
-    spurious: Optional[list[str]] = typer.Option(None, "--spurious", help="A spurious concept (repeatable)."),
+    spurious: Optional[list[str]] = typer.Option(None, "--spurious", help="A spurious concept, the one you suspect (repeatable; an audit needs one, or --spurious-image)."),
     valid_image: Optional[list[Path]] = typer.Option(None, help="Image probe of a valid concept (repeatable)."),
     spurious_image: Optional[list[Path]] = typer.Option(None, help="Image probe of a spurious concept (repeatable)."),
     config: Optional[Path] = typer.Option(None, help="TOML with class, valid, spurious, valid_images, spurious_images, cut, z, margin, by_label, by_location, by_rise, locate_share, locate_enough."),

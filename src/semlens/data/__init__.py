@@ -32,7 +32,7 @@ def _python(rest: str) -> ImageData:
     return made if isinstance(made, ImageData) else SequenceData(made, spec=f"py:{rest}")
 
 
-register_in_memory(DATASETS, "the same build_lens call, which reuses the Lens, or --probe-data FOLDER on the command line")
+register_in_memory(DATASETS, "Lens.open(LENS, data=DATA), the same build_lens call, which reuses the Lens, or --probe-data FOLDER on the command line")
 
 
 def load_data(data: str | ImageData | Sequence[Any], classes: list[str] | None = None) -> ImageData:

@@ -45,6 +45,7 @@ class MemoryData(SequenceData):
         if getattr(self.items, "fingerprint", None) is not None:
             return super().fingerprint()
         digest = hashlib.sha256(f"{len(self)}\n".encode())
+        first: tuple[int, bytes] | None = None  # the first image read, read again at the end
         for index in range(len(self)):
             image, label = self._item(index)
             digest.update(f"{label}|".encode())
@@ -54,7 +55,17 @@ class MemoryData(SequenceData):
                 continue
             try:
                 loaded = self.load(index)
-                digest.update(f"{loaded.size}|".encode() + loaded.tobytes())
+                pixels = f"{loaded.size}|".encode() + loaded.tobytes()
+                digest.update(pixels)
+                first = first or (index, pixels)
             except DataError as error:  # skipped by the build too; what it was still counts
                 digest.update(str(error).encode())
+        if first is not None:
+            again = self.load(first[0])
+            if f"{again.size}|".encode() + again.tobytes() != first[1]:
+                raise DataError(
+                    f"sample {first[0]} of {self.spec} is another image each time it is read (a random transform, such as a random "
+                    "crop or flip?): its concept examples would show other views than the model scored; give the data without "
+                    "random augmentation (semlens resizes and crops as the model's preprocessing says)"
+                )
         return digest.hexdigest()[:DIGEST_CHARS]

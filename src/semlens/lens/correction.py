@@ -110,6 +110,15 @@ class Correction:
             model.module.load_state_dict(self.fix.folded(model.module), strict=False)
         return replace(model, spec=spec)
 
+    def __repr__(self) -> str:
+        """One line a notebook shows: what was corrected, the artefact's effect and the clean accuracy before and after, and
+        whether it failed (its weights and tensors are in ``fix``)."""
+        effect, accuracy = self.to_dict()["artifact_effect"], self.to_dict()["clean_accuracy"]
+        figures = lambda pair: " -> ".join("?" if value is None else f"{value:.3f}" for value in pair)  # noqa: E731
+        verdict = f"FAILED: {self.failed}" if self.failed else "ok"
+        return (f"Correction({self.method} of {self.class_name!r}: artefact effect {figures(effect)}, clean accuracy "
+                f"{figures(accuracy)}; {verdict})")  # fmt: skip
+
     def _check_model(self, model: LoadedModel) -> None:
         if model.fingerprint != self.model:
             raise SemlensError(f"this correction was made for the model with weights {self.model}; this model has {model.fingerprint}")

@@ -89,9 +89,11 @@ def explain(
         if spec.sae:
             explainer.saes.setdefault(spec.name, spec.sae)  # loaded in place on first use, kept for the next images
     with explainer.lock:  # LRP's rules are hooks on the one model: one explanation at a time
+        lens.sources.checked(explainer.model)  # at every explanation: a notebook may train the model it holds on
         lrp = explainer.prepared(inputs)
         result = image_relevance(lrp, inputs, target, specs, explainer.saes)
         explained = [_explain_layer(lens, lrp, inputs, result, spec, top, explainer.saes) for spec in specs]
+        explainer.model.settle()  # LRP merged batch norms into the weights and restored them: the weights just checked
     names = lens.classes or explainer.model.classes
     title = names[result.target] if names else str(result.target)
     explanation = Explanation(described, title, result.target, target is None, top_classes(result.probabilities, names), explained, view)

@@ -3,6 +3,7 @@ read-only), read by search hits, maps, audits, graphs, the explorer and the repo
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ from ..store.files import layer_file
 from .label_prior import prior_sets
 
 if TYPE_CHECKING:
+    from ..store.files import LensStore
     from .lens import Lens
 
 StoredLabels = tuple[Vocabulary, dict[str, Labels]]
@@ -123,6 +125,21 @@ def _stored_vocabulary(stored: dict) -> Vocabulary:
     return Vocabulary(vocabulary["name"], tuple(vocabulary["concepts"]), tuple(vocabulary["categories"]))
 
 
+def _check_one_labelling(derived: LensStore, stored: dict, vocab: Vocabulary, arrays: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Refuse labels whose layer files are not of the labelling ``labels.json`` records (its id, where it records
+    one; concept indices within its vocabulary): one layer's concepts read by another labelling's vocabulary would
+    name the wrong concepts."""
+    for layer, stored_arrays in arrays.items():
+        name = layer_file(layer, "labels")
+        written_by = derived.read_metadata(name).get("labelling") if "labelling" in stored else None
+        concepts = stored_arrays["concepts"]
+        if written_by != stored.get("labelling") or (concepts.numel() and int(concepts.max()) >= len(vocab.concepts)):
+            raise SemlensError(
+                f"the labels stored in {derived.root} are damaged: {name} is not of the labelling labels.json records (a labelling was "
+                "cut short); label again (`semlens label LENS`, Lens.label())"
+            )
+
+
 class LabelStore:
     """A Lens's labels (``Lens.labels``): stored on disk, read once and held for this process (``Lens.label``
     replaces them), and what they say about each unit and layer."""
@@ -137,6 +154,7 @@ class LabelStore:
         if self._held is None and derived.path(LABELS).is_file():
             stored, vocab = derived.read_json(LABELS, lambda stored: (stored, _stored_vocabulary(stored)))
             arrays = {layer: derived.read_tensors(layer_file(layer, "labels")) for layer in self.lens.layers}
+            _check_one_labelling(derived, stored, vocab, arrays)
             method = stored.get("method", FALLBACK_METHOD)  # labels stored before there were methods
             min_confidence = stored.get("min_confidence", MIN_CONFIDENCE)
             self._held = (
@@ -154,17 +172,19 @@ class LabelStore:
     def replace(self, vocab: Vocabulary, results: dict[str, Labels], templates: str | list[str], save: bool) -> None:
         """Hold new labels for this process and, with ``save``, store them for the other tools."""
         if save and results:
-            derived = self.lens.embedding.derived
+            derived, labelling = self.lens.embedding.derived, uuid.uuid4().hex
+            derived.remove(LABELS)  # first: a labelling cut short leaves no labels, never one layer's labels read by another's vocabulary
             for layer, labels in results.items():
                 gate = {} if labels.alignments is None else {"alignments": labels.alignments}
                 derived.write_tensors(
-                    layer_file(layer, "labels"), {"concepts": labels.concepts, "scores": labels.scores, "confidence": labels.confidence, **gate}
-                )
+                    layer_file(layer, "labels"), {"concepts": labels.concepts, "scores": labels.scores, "confidence": labels.confidence, **gate},
+                    {"labelling": labelling},
+                )  # fmt: skip
             first = next(iter(results.values()))
             derived.write_json(
                 LABELS,
                 {"vocabulary": vocab.to_dict(), "threshold": first.threshold, "min_confidence": first.min_confidence, "templates": templates,
-                 "method": first.method},
+                 "method": first.method, "labelling": labelling},
             )  # fmt: skip
         self._held = (vocab, results)
 

@@ -38,7 +38,7 @@ class LensSources:
         data = load_data(spec)
         if data.fingerprint() != recorded["fingerprint"]:
             raise SemlensError(
-                f"the probe data {spec} is not what this Lens was built from (fingerprint {data.fingerprint()}, "
+                f"the probe data {data.spec} ({len(data)} samples) is not what this Lens was built from (fingerprint {data.fingerprint()}, "
                 f"recorded {recorded['fingerprint']}): its concept examples would show the wrong images. "
                 "Give the data the Lens was built from (data=..., --probe-data)"
             )
@@ -57,8 +57,9 @@ class LensSources:
         model = shared_foundation_model(spec)
         if model.id != recorded["id"]:
             raise SemlensError(
-                f"foundation model {spec} now loads as {model.id}, but this Lens was embedded with "
-                f"{recorded['id']}; its weights changed, so probes would not match the stored embeddings"
+                f"foundation model {f'{spec} now loads as {model.id}' if isinstance(spec, str) else model.id}, which is not the one this Lens "
+                f"was embedded with ({recorded['id']}): another model, or changed weights, whose probes would not match the stored "
+                "embeddings; give that one (foundation=..., --foundation)"
             )
         return model
 
@@ -82,14 +83,19 @@ class LensSources:
         recorded, given = self.manifest["identity"]["model"], self.access.model
         if isinstance(given, nn.Module):  # a bare module (a notebook's): with the preprocessing the Lens was built with
             given = load_model(given, Preprocessing(**self.manifest["identity"]["preprocessing"]))
-        model = load_model(given or check_spec(recorded["spec"], "model", self.trusted, "model=SPEC, --model"))
+        return self.checked(load_model(given or check_spec(recorded["spec"], "model", self.trusted, "model=SPEC, --model")))
+
+    def checked(self, model: LoadedModel) -> LoadedModel:
+        """``model`` (as ``model()`` gave it), refused where its weights are not those the Lens was built from, now: a
+        model object held since may have been trained on in place."""
+        recorded = self.manifest["identity"]["model"]
         if model.fingerprint != recorded["fingerprint"]:
             corrected = model.spec.startswith("corrected:") and not recorded["spec"].startswith("corrected:")
             raise SemlensError(
                 f"model {recorded['spec']} now has weights {model.fingerprint}, but this Lens was built from "
                 f"{recorded['fingerprint']}; tests of its findings would test another model"
                 + ("; a corrected model is one: build a Lens of it (semlens run --model SPEC), or apply the correction "
-                   "to this Lens's model with test-artifact --correction FILE" if corrected else "")
+                   "to this Lens's model with test-artifact --correction FILE" if corrected else "; build a Lens of the model as it is now")
             )  # fmt: skip
         return model
 
@@ -128,3 +134,10 @@ class LensSources:
                 raise SemlensError(f"the SAE {path} of layer {layer} is missing or not the one this Lens was built with")
             files[layer] = path
         return files
+
+
+def data_described(manifest: dict[str, Any]) -> str:
+    """The probe data as ``info`` and the report name it: its spec and samples, with those that could not be read."""
+    data, failed = manifest["identity"]["data"], manifest["stages"].get("collect", {}).get("failed", 0)
+    unread = f", {failed} of them could not be read (skipped; listed in failures.json)" if failed else ""
+    return f"{data['spec']} ({data['samples']} samples{unread})"

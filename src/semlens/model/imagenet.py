@@ -42,16 +42,27 @@ def _wnid_index() -> dict[str, int]:
     return {wnid: index for index, (wnid, _names) in enumerate(_table())}
 
 
+@lru_cache(maxsize=1)
+def _synonym_index() -> dict[str, int]:
+    """Each ImageNet name (lower case) to its class, the first where two classes share it ("crane")."""
+    found: dict[str, int] = {}
+    for index, names in enumerate(imagenet_synonyms()):
+        for name in names:
+            found.setdefault(name.lower(), index)
+    return found
+
+
 def model_class_index(name: str, classes: list[str]) -> int | None:
     """The index among a model's ``classes`` of a class named ``name`` (case-insensitive), or, where ``name``
-    is an ImageNet WordNet id (the folder names of ImageNet and its copies), of the ImageNet class it
-    names: by its position where the model has ImageNet's 1000 classes in order (ImageNet's display names
-    repeat, e.g. two "crane"s), else by any of its synonyms; None where none matches."""
+    is an ImageNet WordNet id (the folder names of ImageNet and its copies) or one of an ImageNet class's names
+    (``tabby cat`` for ``tabby``), of the ImageNet class it names: by its position where the model has ImageNet's
+    1000 classes in order (ImageNet's display names repeat, e.g. two "crane"s), else by any of its synonyms; None
+    where none matches."""
     wanted = name.strip().lower()
     lowered = [candidate.lower() for candidate in classes]
     if wanted in lowered:
         return lowered.index(wanted)
-    index = _wnid_index().get(wanted) if WNID.fullmatch(wanted) else None
+    index = _wnid_index().get(wanted) if WNID.fullmatch(wanted) else _synonym_index().get(wanted)
     if index is None:
         return None
     synonyms = [synonym.lower() for synonym in imagenet_synonyms()[index]]

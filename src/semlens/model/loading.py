@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -47,10 +46,24 @@ class LoadedModel:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     classes: list[str] | None = None
 
-    @cached_property
+    @property
     def fingerprint(self) -> str:
-        """Hash of the weights: a Lens records it to detect a changed model."""
-        return hash_module_weights(self.module)
+        """Hash of the weights as they are now: a Lens records it to detect a changed model. Hashed again only where a
+        weight changed in place, or was replaced, since (a notebook that trains the model on after building its Lens)."""
+        state = self._weights_state()
+        if self.__dict__.get("_hashed_state") != state:
+            self.__dict__["_fingerprint"], self.__dict__["_hashed_state"] = hash_module_weights(self.module), state
+        return self.__dict__["_fingerprint"]
+
+    def settle(self) -> None:
+        """Take the weights as they are now for those last hashed, without hashing them again: after passes that
+        change them in place and restore them (LRP's canonizers merge batch norms into convolutions)."""
+        if "_hashed_state" in self.__dict__:
+            self.__dict__["_hashed_state"] = self._weights_state()
+
+    def _weights_state(self) -> tuple[tuple[int, int], ...]:
+        """Each weight tensor's identity and in-place version counter: changes where a weight is changed or replaced."""
+        return tuple((id(tensor), tensor._version) for tensor in self.module.state_dict(keep_vars=True).values())
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """Zeros of the model's input shape ``[batch, 3, size, size]``, to trace or check it."""
@@ -306,31 +319,55 @@ def model_outputs(model: LoadedModel) -> int:
         return model.module(example_batch(model.module, model.preprocessing.input_size)).shape[1]
 
 
-def load_model(model: str | nn.Module | LoadedModel, preprocessing: Preprocessing | Any = None) -> LoadedModel:
+def load_model(model: str | nn.Module | LoadedModel, preprocessing: Preprocessing | Any = None, classes: list[str] | None = None) -> LoadedModel:
     """The model a spec names (see the module docstring for the forms), or a model object: a LoadedModel as it
     is, an ``nn.Module`` (put in eval mode) with ``preprocessing``, a :class:`Preprocessing` or a torchvision-style
     transform (``preprocessing_of``), or ImageNet's, said in a warning. An object whose spec semlens cannot load
-    again is recorded as ``memory:CLASS`` (a Lens then asks for the object: ``register_in_memory``)."""
+    again is recorded as ``memory:CLASS`` (a Lens then asks for the object: ``register_in_memory``). ``classes``:
+    the names of a model object's outputs, in order (else its config's, or ImageNet's for 1000 outputs)."""
     if preprocessing is not None and not isinstance(model, nn.Module):
         raise SpecError(f"preprocessing= goes with a model object (an nn.Module); {described(model)} brings its own")
+    if classes is not None and isinstance(model, str):
+        raise SpecError(f"classes= goes with a model object (an nn.Module or a LoadedModel); {described(model)} names its own")
     if isinstance(model, nn.Module):
+        if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # torch.compile's wrapper: the module it compiles is the model (its layer names, weights, hooks)
         if preprocessing is None:
             warnings.warn(
                 f"model {type(model).__name__}: no preprocessing given, so ImageNet's (resize 256, centre crop 224, ImageNet "
                 "mean and std); pass preprocessing= (a semlens.Preprocessing or a torchvision transform) if it expects other",
                 stacklevel=2,
             )
-        return module_as_loaded(model, in_memory_spec(model), preprocessing_of(preprocessing or Preprocessing()))
-    if isinstance(model, LoadedModel):
-        return model if MODELS.knows(model.spec) else replace(model, spec=in_memory_spec(model.module))
-    return MODELS.resolve(model)
+        loaded = module_as_loaded(model, in_memory_spec(model), preprocessing_of(preprocessing or Preprocessing()), classes is None)
+    elif isinstance(model, LoadedModel):
+        loaded = model if MODELS.knows(model.spec) else replace(model, spec=in_memory_spec(model.module))
+    else:
+        return MODELS.resolve(model)
+    return loaded if classes is None else named_outputs(loaded, classes)
 
 
-def module_as_loaded(module: nn.Module, spec: str, preprocessing: Preprocessing) -> LoadedModel:
+def named_outputs(model: LoadedModel, classes: list[str]) -> LoadedModel:
+    """``model`` with its outputs named ``classes``, refused where they are not as many as its outputs."""
+    names, outputs = [str(name) for name in classes], model_outputs(model)
+    if len(names) != outputs:
+        raise SpecError(f"classes= names {len(names)} classes, but the model scores {outputs}: give one name per output, in order")
+    return replace(model, classes=names)
+
+
+def module_as_loaded(module: nn.Module, spec: str, preprocessing: Preprocessing, guess_classes: bool = True) -> LoadedModel:
     """A model object in eval mode, read through its logits (``returning_logits``: a dict, tuple or transformers
-    output object gives its logits), with the class names its config carries."""
+    output object gives its logits), with the class names its config carries; without any, where it scores 1000
+    classes (``guess_classes``), ImageNet's, as torchvision's and timm's ImageNet architectures are named, said in a warning."""
     module.eval()
-    return LoadedModel(returning_logits(module, preprocessing.input_size), spec, preprocessing, configured_classes(module))
+    loaded = LoadedModel(returning_logits(module, preprocessing.input_size), spec, preprocessing, configured_classes(module))
+    if loaded.classes is None and guess_classes and model_outputs(loaded) == len(imagenet_classes()):
+        warnings.warn(
+            f"model {type(module).__name__} scores 1000 classes and names none: they are taken as ImageNet's, in its order "
+            "(tabby = 281); give classes= (load_model(model, preprocessing, classes=[...])) if they are not",
+            stacklevel=3,
+        )
+        loaded.classes = imagenet_classes()
+    return loaded
 
 
 def list_models() -> list[SpecForm[LoadedModel]]:

@@ -171,7 +171,7 @@ class LensBuilder:
                 details = "; ".join(f"{key}: was {was!r}, now {now!r}" for key, was, now in changed)
                 raise StaleLensError(
                     f"the Lens at {self.store.root} was built from other inputs ({details}). "
-                    "Use another output directory, or --overwrite to rebuild it."
+                    "Use another output directory, or rebuild it (overwrite=True; --overwrite on the command line)."
                 )
             return manifest
         if self.store.root.exists() and any(self.store.root.iterdir()):
@@ -215,6 +215,7 @@ class LensBuilder:
         """Every stage in order, each keeping freed memory for reuse and giving it back when done
         (``freed_memory_kept``: a stage's loader workers are forked from a process that holds only what it needs);
         then the summary."""
+        reused = [stage.name for stage in self.stages if self.stage_done(stage.name)]
         for stage in self.stages:
             with freed_memory_kept(), out_of_memory_advice(stage.name, self._memory_advice(stage.name)):
                 stage.run()
@@ -223,6 +224,7 @@ class LensBuilder:
         elif self.ranks.is_main:  # a shard built here: `semlens merge` may follow its specs (store.trust)
             remember_trusted(self.manifest)
         summary = self.summary()
+        summary.reused = reused
         self.ranks.finish(leave=self.joined_group)
         return summary
 

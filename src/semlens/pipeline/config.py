@@ -54,7 +54,8 @@ class BuildConfig:
     k: int = field(default=30, metadata={"flags": ("-k",), "help": "Concept examples per unit (default 30)."})
     pool: str = field(default="mean", metadata={"help": "Spatial/token pooling: mean (default) or max."})
     crop: str = field(default="auto", metadata={
-        "help": "Crop mode: auto (default: relevance where LRP supports the model and it is affordable), relevance, activation or none."
+        "help": "Crop mode: auto (default: relevance wherever LRP supports the model, else activation), relevance, activation or none. "
+                "Relevance crops take one backward pass per unit and example, the longest stage of a build on a CPU; activation crops none."
     })  # fmt: skip
     crop_threshold: float = field(default=0.01, metadata={
         "help": "Share of a heatmap's peak that a crop keeps (default 0.01, the paper's 1 % rule); 0 < t < 1."
@@ -309,6 +310,7 @@ class BuildSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)  # what was done instead of what was asked, and why
     k: int = 0  # concept examples per unit
+    reused: list[str] = field(default_factory=list)  # stages complete before this run (their seconds are an earlier run's)
 
     def unit_warnings(self) -> list[str]:
         """The layers' inactive and tied units, said as a warning each (with what would give tied units examples

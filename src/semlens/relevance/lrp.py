@@ -130,7 +130,9 @@ class RelevanceModel:
             gates = {id(gate) for canonizer in canonizers if isinstance(canonizer, FxResidualCanonizer) for gate in canonizer.traced.gates}
             unsupported = sorted({type(m).__name__ for m in without_rule.values() if type(m).__name__ not in HOLDING_MODULES and not makes_gate(m) and id(m) not in gates})
             if unsupported:
-                raise UnsupportedModelError(f"no LRP rule here for {', '.join(unsupported)}")
+                inside = "; normalisation inside the model: pass the bare network with the normalisation as its preprocessing " \
+                         "(Preprocessing(mean=..., std=...))" if any("normali" in name.lower() for name in unsupported) else ""
+                raise UnsupportedModelError(f"no LRP rule here for {', '.join(unsupported)}{inside}")
             ungated = sorted(f"{name} ({type(m).__name__})" for name, m in without_rule.items() if id(m) not in gates)
             if ungated:
                 raise UnsupportedModelError(f"no LRP rule here for {', '.join(ungated)}: a sigmoid that does not gate a product, or a softmax that does not weigh values")

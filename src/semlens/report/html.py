@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from ..lens.lens import Lens
+from ..lens.sources import data_described
 from .figures import dissection_figure, firing_picture, heat_overlay, overview_figure
 from .sections import audit_section, audit_summary, comparison_section, flagged_units, graph_section, location_words
 
@@ -131,7 +132,7 @@ def write_report(
         f"<tr><td>{key}</td><td>{html.escape(str(value))}</td></tr>"
         for key, value in [
             ("model", f"{identity['model']['spec']} (weights {identity['model']['fingerprint']})"),
-            ("data", f"{identity['data']['spec']} ({identity['data']['samples']} samples)"),
+            ("data", data_described(lens.manifest)),
             ("foundation model", lens.embedding.foundation_id),
             ("layers", ", ".join(f"{layer} ({info['units']} units)" for layer, info in lens.manifest["layers"].items())),
             (

@@ -83,7 +83,11 @@ def search_html(hits: SearchResults) -> str:
 
 
 def _ranked_note(hits: SearchResults) -> str:
-    """What ordered the hits, where it is not the probe's alignment: the model's response to concept images."""
+    """What ordered the hits: the model's response to concept images, or, where the crop responses take part, alignment
+    and response together (so that the score column, the alignment, need not fall down the table)."""
+    if hits.rank in ("named", "both") and any(hit.response is not None for hit in hits):
+        named = ", units whose best concept by their crop responses is the query first" if hits.rank == "named" else ""
+        return f"<p><small>score: alignment with the probe; ranked by alignment and response together{named} (rank={hits.rank})</small></p>"
     if hits.rank != "model":
         return ""
     shown = f" the images of {_text(repr(hits.concept))} shown to the Lens (an audit's pasted artefact)" if hits.concept else " the image probe"

@@ -117,6 +117,7 @@ class LensInfo(BaseModel):
     k: int
     layers: list[LayerInfo]
     classes: list[str]
+    seen_classes: list[int] = Field(default_factory=list, description="The classes (indices) the class-relevance data holds images of: those an audit can read.")
     labelled: bool
     label_coverage: dict[str, Any] | None = Field(
         None, description="{all, layers: {layer: ...}}, each {valid_units, labelled, coverage, median_confidence}: how many valid units show a concept (null before labelling)"

@@ -147,6 +147,7 @@ class Served:
             return {"id": self.id, "name": self.name, "model": "", "data": "", "samples": 0, "foundation": "", "k": 0, "layers": [],
                     "classes": [], "labelled": False, "class_relevance": False, "damaged": self.damaged}  # fmt: skip
         lens, identity = self.lens, self.lens.manifest["identity"]
+        relevance = lens.arrays.class_relevance(lens.layers[-1])
         return {"damaged": self.damaged,
             "id": self.id, "name": self.name,
             "model": display_spec(identity["model"]["spec"]), "data": display_spec(identity["data"]["spec"]),
@@ -155,8 +156,9 @@ class Served:
                 {"name": name, "units": info["units"], "signed": info["unit_names"] == "signed", "sae": info.get("sae")}
                 for name, info in lens.manifest["layers"].items()
             ],
-            "classes": lens.classes or [], "labelled": lens.labels.vocabulary is not None, "label_coverage": lens.labels.coverage(),
-            "class_relevance": lens.arrays.class_relevance(lens.layers[-1]) is not None,
+            "classes": lens.classes or [], "seen_classes": [] if relevance is None else relevance["seen_classes"].tolist(),
+            "labelled": lens.labels.vocabulary is not None, "label_coverage": lens.labels.coverage(),
+            "class_relevance": relevance is not None,
             "relevance_examples": lens.examples.has_relevance,
             "spaces": [space.name for space in lens.embedding.spaces if space.complete],
         }  # fmt: skip

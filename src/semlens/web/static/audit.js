@@ -2,7 +2,7 @@
 "use strict";
 
 (async () => {
-  const { el, fill, api, run, nav, currentLens, params, options, plot, preview, unitHref, unitCells, fmt, download } = Semlens;
+  const { el, fill, api, run, nav, currentLens, params, options, classOptions, plot, preview, unitHref, unitCells, fmt, download } = Semlens;
   await nav("audit");
   const lens = await run("loading…", currentLens);
   if (!lens) return;
@@ -12,7 +12,8 @@
   }
   const classSelect = document.getElementById("class"), valid = document.getElementById("valid"), spurious = document.getElementById("spurious");
   const cut = document.getElementById("cut"), exportButton = document.getElementById("export");
-  options(classSelect, lens.classes.map((name, i) => [name, `${i}: ${name}`]), params.get("class") || lens.classes[0]);
+  const classes = classOptions(lens);
+  options(classSelect, classes.values, classes.chosen);
   const lines = (text) => text.split("\n").map((line) => line.trim()).filter(Boolean);
   valid.value = params.getAll("valid").join("\n") || classSelect.value;
   spurious.value = params.getAll("spurious").join("\n");

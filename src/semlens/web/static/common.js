@@ -145,7 +145,18 @@ const Semlens = (() => {
   }
 
   function options(select, values, chosen) {
-    select.replaceChildren(...values.map(([value, text]) => el("option", { value, selected: String(value) === String(chosen) }, text)));
+    select.replaceChildren(...values.map(([value, text, disabled]) => el("option", { value, disabled, selected: String(value) === String(chosen) }, text)));
+  }
+
+  // A Lens's classes for a select, as [value, text, disabled]: those its class-relevance data holds images of first, then the
+  // others (a 1000-class model's list would start at class 0, which the data may not show); and the one to choose by default.
+  function classOptions(lens) {
+    const seen = new Set(lens.seen_classes || []);
+    const option = (i) => [lens.classes[i], `${i}: ${lens.classes[i]}`];
+    const indices = lens.classes.map((_, i) => i);
+    const first = indices.filter((i) => seen.has(i)).map(option), rest = indices.filter((i) => !seen.has(i)).map(option);
+    const values = first.length && rest.length ? [...first, ["", "── classes without probe images ──", true], ...rest] : [...first, ...rest];
+    return { values, chosen: params.get("class") || (first[0] || rest[0] || [""])[0] };
   }
 
   async function nav(active) {
@@ -176,5 +187,5 @@ const Semlens = (() => {
     api(image.src).catch((error) => status(`example images cannot be shown: ${error.message}`, true));
   }, true);
 
-  return { params, el, fill, api, status, run, lenses, currentLens, pageHref, unitHref, unitLink, thumbs, unitCells, layerTitle, fmt, splitUnit, unitApi, preview, plot, options, nav, download };
+  return { params, el, fill, api, status, run, lenses, currentLens, pageHref, unitHref, unitLink, thumbs, unitCells, layerTitle, fmt, splitUnit, unitApi, preview, plot, options, classOptions, nav, download };
 })();

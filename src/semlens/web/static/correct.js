@@ -2,7 +2,7 @@
 "use strict";
 
 (async () => {
-  const { el, fill, api, run, nav, currentLens, params, options, fmt, download } = Semlens;
+  const { el, fill, api, run, nav, currentLens, params, options, classOptions, fmt, download } = Semlens;
   await nav("correct");
   const lens = await run("loading…", currentLens);
   if (!lens) return;
@@ -11,7 +11,8 @@
     return;
   }
   const field = (id) => document.getElementById(id);
-  options(field("class"), lens.classes.map((name, i) => [name, `${i}: ${name}`]), params.get("class") || lens.classes[0]);
+  const classes = classOptions(lens);
+  options(field("class"), classes.values, classes.chosen);
   for (const layer of lens.layers) field("layer").append(el("option", { value: layer.name }, layer.name));
   let result = null;
 

@@ -3,13 +3,13 @@
 "use strict";
 
 (async () => {
-  const { el, fill, api, run, nav, currentLens, params, options, unitLink, thumbs, fmt } = Semlens;
+  const { el, fill, api, run, nav, currentLens, params, options, classOptions, unitLink, thumbs, fmt } = Semlens;
   await nav("explain");
   const lens = await run("loading…", currentLens);
   if (!lens) return;
   const file = document.getElementById("image"), sample = document.getElementById("sample"), top = document.getElementById("top");
   const classSelect = document.getElementById("class"), result = document.getElementById("result");
-  options(classSelect, [["", "the predicted class"], ...lens.classes.map((name, i) => [name, `${i}: ${name}`])], params.get("class") || "");
+  options(classSelect, [["", "the predicted class"], ...classOptions(lens).values], params.get("class") || "");
   const boxes = lens.layers.map((layer) => el("input", { type: "checkbox", value: layer.name, checked: true }));
   fill(document.getElementById("layers"), "layers: ", ...lens.layers.map((layer, i) => el("label", { class: "check" }, boxes[i], layer.name)));
   sample.value = params.get("sample") || "";

@@ -2,7 +2,7 @@
 "use strict";
 
 (async () => {
-  const { el, fill, api, run, nav, currentLens, params, options, plot, unitLink, fmt } = Semlens;
+  const { el, fill, api, run, nav, currentLens, params, options, classOptions, plot, unitLink, fmt } = Semlens;
   await nav("graph");
   const lens = await run("loading…", currentLens);
   if (!lens) return;
@@ -11,7 +11,8 @@
     return;
   }
   const classSelect = document.getElementById("class");
-  options(classSelect, lens.classes.map((name, i) => [name, `${i}: ${name}`]), params.get("class") || lens.classes[0]);
+  const classes = classOptions(lens);
+  options(classSelect, classes.values, classes.chosen);
   const boxes = lens.layers.map((layer) => el("input", { type: "checkbox", value: layer.name, checked: true }));
   fill(document.getElementById("layers"), "layers: ", ...lens.layers.map((layer, i) => el("label", { class: "check" }, boxes[i], Semlens.layerTitle(layer))));
 
