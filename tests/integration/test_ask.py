@@ -144,6 +144,9 @@ def test_search_by_the_models_response_puts_first_the_unit_a_pasted_patch_raises
     hits = lens.search(images=[tmp_path / "patch.png"], rank="model", top=3)
     assert hits[0].unit == "features.1/5" and hits[0].score == 1.0 and hits[0].response is None
     assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
+    every = {hit.unit for hit in lens.search(images=[tmp_path / "patch.png"], rank="model", top=10_000)}
+    units = [(f"{layer}/{name}", row, layer) for layer in lens.layers for row, name in enumerate(lens.units(layer))]
+    assert every == {unit for unit, row, layer in units if not lens.arrays.inactive(layer)[row]}  # tied units too: their response is their own
     assert lens.search(images=[tmp_path / "patch.png"], rank="named", top=1)[0].unit != "features.1/5"  # the foundation model's view: not first
     # an overlay (transparent parts) is ranked by the model by default where the model loads; an opaque image and
     # a Lens without its model keep "named"

@@ -188,8 +188,10 @@ def _rank_by_model(
     """The ``top`` units of ``layers`` by their activation AUC (``activation_aucs``, as the audit's concept test
     measures it) on the concept images (``_concept_views``) against the probe images they were pasted into, those of
     the ``LOCATED_AMONG`` best that fire where overlays are pasted first (``_located_first``), and before them the
-    ``detectors`` an audit's concept test found (``Audit.detectors``: search names what the audit found); units
-    without examples of their own are never ranked, ties go to the earlier layer, lower unit. Needs the model
+    ``detectors`` an audit's concept test found (``Audit.detectors``: search names what the audit found); inactive
+    units (never fired on the probe data) are never ranked, tied ones are (their response is their own, their examples
+    another unit's: on the photos' planted judge a true logo unit among them, docs/quality.md), ties in AUC go to the
+    earlier layer, lower unit. Needs the model
     (``model``, where it is loaded already); ``concept``: the name of the concept shown to the Lens whose images
     these are."""
     from ..interventions.effects import activation_aucs
@@ -204,7 +206,7 @@ def _rank_by_model(
     views = _concept_views(lens, images, model.preprocessing)
     specs = lens.sources.layer_specs(layers)
     aucs = activation_aucs(model, views.backgrounds, views.shown, list(specs.values()))
-    scores = torch.cat([aucs[layer].masked_fill(~lens.examples.valid(layer, examples), float("-inf")) for layer in layers])
+    scores = torch.cat([aucs[layer].masked_fill(lens.arrays.inactive(layer), float("-inf")) for layer in layers])
     owners = [(layer, row) for layer in layers for row in range(len(lens.units(layer)))]
     rows = top_positions(scores, min(max(top, LOCATED_AMONG), int(scores.isfinite().sum()))).tolist()
     if views.regions is not None:
