@@ -65,7 +65,7 @@ def test_exporting_weights_chooses_a_projection_they_can_hold_and_refuses_one_th
                                   "--export-weights", str(weights)])  # fmt: skip
     assert refused.exit_code == 2 and not weights.exists(), refused.output
     assert "the layer given cannot (features.4: it is a ReLU, not a linear map of the channels)" in refused.output
-    assert "e.g. features.0, features.3, head" in refused.output and "--method finetune" in refused.output
+    assert "e.g. features.0, features.3)" in refused.output and "--method finetune" in refused.output
 
 
 def test_a_correction_beyond_the_tolerance_fails_shows_its_figures_and_writes_nothing(explorer_lenses, colour_folder, tmp_path) -> None:

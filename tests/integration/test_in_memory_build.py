@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 from tiny_foundation import SAVERS
@@ -66,6 +67,13 @@ def test_a_held_model_trained_on_after_the_build_is_refused_not_used(built) -> N
     finally:
         with torch.no_grad():
             head.bias.copy_(trained_from)
+    assert lens.explain(0).prediction
+    head.bias.data = trained_from * 2  # storage swapped without an in-place op: seen too
+    try:
+        with pytest.raises(SemlensError, match=r"now has weights"):
+            lens.explain(0)
+    finally:
+        head.bias.data = trained_from
     assert lens.explain(0).prediction
 
 
@@ -271,6 +279,13 @@ def test_a_model_object_scoring_1000_classes_takes_imagenet_s_names_unless_given
     with pytest.warns(UserWarning, match=r"scores 1000 classes and names none: they are taken as ImageNet's, in its order"):
         imagenet_sized = load_model(TinyCNN(classes=1000), TINY_PREPROCESSING)
     assert imagenet_sized.classes[281] == "tabby"  # so an audit of "tabby", "tabby cat" or n02123045 finds its output
+    from semlens.model.loading import class_mapping
+
+    picture = Image.new("RGB", (32, 32))
+    numbered = class_mapping(imagenet_sized, load_data([(picture, 0)], classes=[str(i) for i in range(1000)]))
+    assert numbered.labels == dict(enumerate(range(1000))) and numbered.names[7] == "7"  # assumed names give way to the data's, by index
+    wnids = class_mapping(imagenet_sized, load_data([(picture, 0)], classes=["n02123045", "n13385216"]))
+    assert wnids.labels == {0: 281} and "not among the model's: n13385216" in wnids.targets  # where the data names ImageNet's classes
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_model(TinyCNN(classes=1000), TINY_PREPROCESSING, classes=[f"c{i}" for i in range(1000)]).classes[281] == "c281"

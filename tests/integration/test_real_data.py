@@ -63,7 +63,7 @@ def test_folders_the_model_has_no_class_of_take_predictions_and_the_others_keep_
     mixed = tmp_path / "mixed"
     shutil.copytree(wnid_folder, mixed)
     (mixed / "n01484850").rename(mixed / "building")
-    mapping, targets, warning = class_mapping(load_model("py:tiny_models:imagenet_named_cnn"), load_data(f"folder:{mixed}"))
+    mapping, targets, warning, _ = class_mapping(load_model("py:tiny_models:imagenet_named_cnn"), load_data(f"folder:{mixed}"))
     assert targets == "labels of 2 of 3 data classes (not among the model's: building)"
     assert mapping == {1: 0, 2: 1}  # folders sorted: building, n01440764 (tench), n01443537 (goldfish)
     assert warning == f"class relevance of predicted classes where the data's labels name no class of the model: {targets}"

@@ -108,6 +108,20 @@ def test_tied_units_are_those_with_an_earlier_units_crops_in_their_layer_and_ina
     assert {layer: mask.tolist() for layer, mask in tied.items()} == brute
 
 
+def test_logits_are_told_from_features_by_class_relevance_of_either_sign():
+    from semlens.lens.audits import reads_logits
+
+    seen = torch.tensor([0, 1, 2])
+    one_hot = torch.eye(3)
+    assert reads_logits(one_hot * torch.tensor([1.0, -0.2, 0.0]), one_hot, seen)  # negative logits, a mean of exactly 0
+    signed = torch.cat([one_hot, -one_hot])  # a signed layer: positive and negative parts
+    assert reads_logits(signed, signed.abs(), seen)
+    features = torch.rand(6, 3, generator=torch.Generator().manual_seed(0))
+    assert not reads_logits(features, features, seen)
+    two_units = torch.tensor([[0.5, 0.4], [0.5, 0.6]])  # a two-unit feature layer: both classes on both units
+    assert not reads_logits(two_units, two_units, torch.tensor([0, 1])) and not reads_logits(one_hot, one_hot, torch.tensor([], dtype=torch.long))
+
+
 def test_vocabularies_builtin_text_toml_json_and_errors(tmp_path):
     builtin = builtin_vocabulary()
     assert {"colors", "textures", "objects", "animals", "animal_parts", "object_parts", "scenes", "vegetation", "food"} == set(

@@ -167,16 +167,24 @@ def audited_layers(lens: Lens) -> list[str]:
 
 
 def logit_layers(lens: Lens) -> list[str]:
-    """The Lens's layers whose units are the model's logits: every class the class relevance saw gives all of the
-    layer's relevance (in absolute value) to one unit (LRP starts from the class's logit alone)."""
+    """The Lens's layers whose units are the model's logits (``reads_logits``)."""
     found = []
     for layer in lens.layers:
         relevance = lens.arrays.class_relevance(layer)
-        if relevance is not None and len(relevance["seen_classes"]):
-            shares = relevance["mean_share"][:, relevance["seen_classes"]].nan_to_num(0).abs()
-            if bool((shares.max(dim=0).values >= 0.999).all()):
-                found.append(layer)
+        if relevance is not None and reads_logits(relevance["mean_share"], relevance["max_share"], relevance["seen_classes"]):
+            found.append(layer)
     return found
+
+
+def reads_logits(mean_share: torch.Tensor, max_share: torch.Tensor, seen: torch.Tensor) -> bool:
+    """Whether a layer's class relevance (``[U, C]`` shares) is that of the model's logits: LRP starts from the class's
+    logit alone, so every class seen gives relevance to one unit (two in a signed layer: its positive and negative
+    parts), of either sign, and no unit to two classes; a layer of features shares its units among the classes."""
+    if not len(seen):
+        return False
+    given = ((mean_share[:, seen].nan_to_num(0) != 0) | (max_share[:, seen].nan_to_num(0) != 0))
+    per_class = given.sum(dim=0)
+    return bool(((per_class >= 1) & (per_class <= 2)).all() and (given.sum(dim=1) <= 1).all())
 
 
 def _alignments(lens: Lens, theta: torch.Tensor, concepts: list[str], images: list[str | Path], templates: str | list[str]) -> torch.Tensor:

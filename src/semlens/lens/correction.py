@@ -286,7 +286,8 @@ def _foldable(model: LoadedModel, candidates: list[str], channels_last: list[str
     kept = [name for name in candidates if refusals[name] is None]
     if not kept:
         whose = "; ".join(f"{name}: {refusal}" for name, refusal in refusals.items())
-        examples = ", ".join(foldable_layers(model.module)[-3:]) or "none in this model"
+        foldable = foldable_layers(model.module)
+        examples = ", ".join((foldable[:-1] or foldable)[-3:]) or "none in this model"  # before the classifier, where there are others
         raise SemlensError(
             f"exporting the corrected weights needs a projection the weights can hold, and {'the layer given cannot' if chosen else 'no layer of the Lens can'} "
             f"({whose}): give --layer a Linear or Conv2d layer with a bias (e.g. {examples}), or correct by fine-tuning (--method finetune)"

@@ -93,7 +93,6 @@ def explain(
         lrp = explainer.prepared(inputs)
         result = image_relevance(lrp, inputs, target, specs, explainer.saes)
         explained = [_explain_layer(lens, lrp, inputs, result, spec, top, explainer.saes) for spec in specs]
-        explainer.model.settle()  # LRP merged batch norms into the weights and restored them: the weights just checked
     names = lens.classes or explainer.model.classes
     title = names[result.target] if names else str(result.target)
     explanation = Explanation(described, title, result.target, target is None, top_classes(result.probabilities, names), explained, view)

@@ -26,6 +26,7 @@ class LensSources:
 
     def __init__(self, manifest: dict[str, Any], access: LensAccess, trusted: bool) -> None:
         self.manifest, self.access, self.trusted = manifest, access, trusted
+        self._held_model: LoadedModel | None = None  # a bare module given, as loaded once (its fingerprint re-hashed only where it changed)
 
     @cached_property
     def probe_data(self) -> ImageData:
@@ -82,7 +83,8 @@ class LensSources:
 
         recorded, given = self.manifest["identity"]["model"], self.access.model
         if isinstance(given, nn.Module):  # a bare module (a notebook's): with the preprocessing the Lens was built with
-            given = load_model(given, Preprocessing(**self.manifest["identity"]["preprocessing"]))
+            self._held_model = self._held_model or load_model(given, Preprocessing(**self.manifest["identity"]["preprocessing"]))
+            given = self._held_model
         return self.checked(load_model(given or check_spec(recorded["spec"], "model", self.trusted, "model=SPEC, --model")))
 
     def checked(self, model: LoadedModel) -> LoadedModel:
@@ -95,7 +97,9 @@ class LensSources:
                 f"model {recorded['spec']} now has weights {model.fingerprint}, but this Lens was built from "
                 f"{recorded['fingerprint']}; tests of its findings would test another model"
                 + ("; a corrected model is one: build a Lens of it (semlens run --model SPEC), or apply the correction "
-                   "to this Lens's model with test-artifact --correction FILE" if corrected else "; build a Lens of the model as it is now")
+                   "to this Lens's model with test-artifact --correction FILE" if corrected else
+                   "; build a Lens of the model as it is now, or give back the weights it was built from (a model run in train mode "
+                   "changes its batch-norm statistics at every pass)")
             )  # fmt: skip
         return model
 

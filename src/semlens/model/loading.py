@@ -45,25 +45,26 @@ class LoadedModel:
     spec: str
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     classes: list[str] | None = None
+    classes_assumed: bool = False  # ImageNet's, taken for a model object that scores 1000 classes and names none
 
     @property
     def fingerprint(self) -> str:
         """Hash of the weights as they are now: a Lens records it to detect a changed model. Hashed again only where a
         weight changed in place, or was replaced, since (a notebook that trains the model on after building its Lens)."""
         state = self._weights_state()
-        if self.__dict__.get("_hashed_state") != state:
-            self.__dict__["_fingerprint"], self.__dict__["_hashed_state"] = hash_module_weights(self.module), state
-        return self.__dict__["_fingerprint"]
+        if self.__dict__.get("_hashed_state") == state:
+            return self.__dict__["_fingerprint"]
+        fingerprint = hash_module_weights(self.module)
+        if self._weights_state() == state:  # kept only where nothing changed the weights while they were hashed
+            self.__dict__["_fingerprint"], self.__dict__["_hashed_state"] = fingerprint, state
+        return fingerprint
 
-    def settle(self) -> None:
-        """Take the weights as they are now for those last hashed, without hashing them again: after passes that
-        change them in place and restore them (LRP's canonizers merge batch norms into convolutions)."""
-        if "_hashed_state" in self.__dict__:
-            self.__dict__["_hashed_state"] = self._weights_state()
-
-    def _weights_state(self) -> tuple[tuple[int, int], ...]:
-        """Each weight tensor's identity and in-place version counter: changes where a weight is changed or replaced."""
-        return tuple((id(tensor), tensor._version) for tensor in self.module.state_dict(keep_vars=True).values())
+    def _weights_state(self) -> tuple[tuple[str, int, int, int], ...]:
+        """Each weight's name, identity, storage and in-place version counter: changes where a weight is changed in
+        place, replaced, or given other storage (``.data = ...``)."""
+        return tuple(
+            (name, id(tensor), tensor.data_ptr(), tensor._version) for name, tensor in self.module.state_dict(keep_vars=True).items()
+        )
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """Zeros of the model's input shape ``[batch, 3, size, size]``, to trace or check it."""
@@ -153,7 +154,7 @@ def _torchvision(rest: str) -> LoadedModel:
         classes = list(enum.meta.get("categories") or []) or None
     loaded = LoadedModel(module.eval(), f"torchvision:{rest}", preprocessing, classes)
     if classes is None and model_outputs(loaded) == 1000:  # an ImageNet architecture, as timm's are named
-        loaded.classes = imagenet_classes()
+        loaded.classes, loaded.classes_assumed = imagenet_classes(), True
     return loaded
 
 
@@ -277,6 +278,7 @@ class ClassMapping(NamedTuple):
     labels: dict[int, int] | None  # data label -> model output index; None: every sample takes its predicted class
     targets: str  # where the target classes come from, as the Lens's manifest says it
     warning: str | None = None  # where that is not what a user would expect: said when a build ends (``fallbacks``)
+    names: list[str] | None = None  # the names the model's outputs take from the data (mapped by index: its own are none)
 
 
 def class_mapping(model: LoadedModel, data) -> ClassMapping:
@@ -292,12 +294,13 @@ def class_mapping(model: LoadedModel, data) -> ClassMapping:
             dict(enumerate(range(model_outputs(model)))), "labels (by index: the data names no classes)",
             "class relevance takes each label as the index of the model's output (the data names no classes): give classes= if they are not",
         )  # fmt: skip
-    if model.classes is None:
+    found = None if model.classes is None else {label: model_class_index(name, model.classes) for label, name in enumerate(data.classes)}
+    if found is None or (model.classes_assumed and None in found.values()):  # names of its own, or only assumed ones
         outputs = model_outputs(model)
         if outputs == len(data.classes):
-            return ClassMapping(dict(enumerate(range(outputs))), "labels (by index: the model has no class names)")
-        return unmatched(None, f"predicted classes ({len(data.classes)} data classes, {outputs} model outputs)")
-    found = {label: model_class_index(name, model.classes) for label, name in enumerate(data.classes)}
+            return ClassMapping(dict(enumerate(range(outputs))), "labels (by index: the model has no class names)", names=list(data.classes))
+        if found is None:
+            return unmatched(None, f"predicted classes ({len(data.classes)} data classes, {outputs} model outputs)")
     mapping = {label: index for label, index in found.items() if index is not None}
     missing = [data.classes[label] for label, index in found.items() if index is None]
     listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -351,7 +354,7 @@ def named_outputs(model: LoadedModel, classes: list[str]) -> LoadedModel:
     names, outputs = [str(name) for name in classes], model_outputs(model)
     if len(names) != outputs:
         raise SpecError(f"classes= names {len(names)} classes, but the model scores {outputs}: give one name per output, in order")
-    return replace(model, classes=names)
+    return replace(model, classes=names, classes_assumed=False)
 
 
 def module_as_loaded(module: nn.Module, spec: str, preprocessing: Preprocessing, guess_classes: bool = True) -> LoadedModel:
@@ -366,7 +369,7 @@ def module_as_loaded(module: nn.Module, spec: str, preprocessing: Preprocessing,
             "(tabby = 281); give classes= (load_model(model, preprocessing, classes=[...])) if they are not",
             stacklevel=3,
         )
-        loaded.classes = imagenet_classes()
+        loaded.classes, loaded.classes_assumed = imagenet_classes(), True
     return loaded
 
 

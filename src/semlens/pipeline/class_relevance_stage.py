@@ -62,7 +62,7 @@ class ClassRelevanceStage:
 
         model = context.model
         data = load_data(context.config.relevance_data) if context.config.relevance_data else context.data
-        mapping, targets_from, warning = class_mapping(model, data)
+        mapping, targets_from, warning, names = class_mapping(model, data)
         left_out = {spec.name: "its SAE has no decoder (W_dec)" for spec in context.specs if spec.sae and not has_decoder(spec.sae)}
         left_out |= {
             spec.name: "relevance of a layer read channels last from a picked output is not supported"
@@ -122,12 +122,12 @@ class ClassRelevanceStage:
             write_sample_table(context.store, data, [topk.ids for topk in examples.values()], keep=True)
         if progress.unlabelled:
             targets_from += f"; {progress.unlabelled} samples without a class of the model (no class folder, or one the model has not): predicted classes"
-            warning = unmatched(mapping, targets_from).warning
+            warning = "; ".join(filter(None, [warning, unmatched(mapping, targets_from).warning]))
         context.manifest["relevance"] = {"data": data.spec, "targets": targets_from, "layers": list(stats), "example_layers": list(examples), "left_out": left_out}
         if warning:
             context.manifest["relevance"]["warning"] = warning
-        if model.classes is None and mapping is not None and data.classes is not None:  # by index: the outputs are the data's classes
-            context.manifest["model_classes"] = list(data.classes)
+        if names:  # by index: the outputs are the data's classes
+            context.manifest["model_classes"] = names
         smaller = {"images_per_pass": passes.shrunk} if passes.shrunk else {}
         if passes.memory_used:
             smaller["relevance_memory"] = passes.memory_used
