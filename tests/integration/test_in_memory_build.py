@@ -148,6 +148,9 @@ def test_data_objects_are_identified_by_content_and_carry_class_names(tmp_path, 
         image.save(paths[-1])
     files = load_data(paths)
     assert files.load(2).tobytes() == pairs[2][0].tobytes() and files.describe(2) == "2.png"
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "2.png").rename(tmp_path / "cat" / "2.png")
+    assert load_data([paths[0], tmp_path / "cat" / "2.png"]).describe(1) == "cat/2.png"  # below the folder they share
     assert load_data(images).fingerprint() != load_data(images[:-1] + [images[0]]).fingerprint()
 
     class Augmented(torch.utils.data.Dataset):  # a training set's random flips: another view at every read

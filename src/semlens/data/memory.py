@@ -4,6 +4,7 @@ recorded as ``memory:CLASS``, so a Lens built from it cannot load it again, and 
 from __future__ import annotations
 
 import hashlib
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,8 +40,22 @@ class MemoryData(SequenceData):
         return super().load(index)
 
     def describe(self, index: int) -> str:
+        """A path item by its path below the folder all the path items share (``cat/img000.jpg`` where every class
+        folder holds an ``img000.jpg``); other items as ``SequenceData`` names them."""
         image, _ = self._item(index)
-        return Path(image).name if isinstance(image, (str, Path)) else super().describe(index)
+        if not isinstance(image, (str, Path)):
+            return super().describe(index)
+        path = Path(image).expanduser()
+        return path.name if self._path_root is None else path.relative_to(self._path_root).as_posix()
+
+    @cached_property
+    def _path_root(self) -> Path | None:
+        """The deepest folder above every path item (None where there are none, or they share no folder)."""
+        paths = [str(Path(image).expanduser().parent) for image, _ in map(self._item, range(len(self))) if isinstance(image, (str, Path))]
+        try:
+            return Path(os.path.commonpath(paths)) if paths else None
+        except ValueError:  # relative and absolute paths mixed
+            return None
 
     def fingerprint(self) -> str:
         return self._fingerprint
