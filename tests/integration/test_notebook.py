@@ -43,6 +43,9 @@ def test_labels_are_drawn_per_layer_with_coverage_and_the_most_common_labels(len
     labelling = lens.label(save=False)
     page = shown(labelling)
     coverage = labelling.coverage()
+    total = coverage["all"]
+    assert repr(labelling) == (f"Labelling(vocabulary 'builtin' of {len(labelling.vocabulary.concepts)} concepts, layers {', '.join(lens.layers)}: "
+                               f"{total['labelled']} of {total['valid_units']} valid units show a concept)")  # outside a notebook
     for layer in lens.layers:
         share = coverage["layers"][layer]["coverage"]  # None: no valid unit in the layer
         assert f"<td>{layer}</td>" in page and ("<td>-</td>" if share is None else f"{share:.1%}") in page

@@ -60,6 +60,12 @@ class Labelling(HtmlResult, Mapping[str, Labels]):
     def __len__(self) -> int:
         return len(self._layers)
 
+    def __repr__(self) -> str:
+        """One line outside a notebook: the vocabulary and how many valid units show a concept."""
+        total = self.coverage()["all"]
+        return (f"Labelling(vocabulary {self.vocabulary.name!r} of {len(self.vocabulary.concepts)} concepts, layers {', '.join(self._layers)}: "
+                f"{total['labelled']} of {total['valid_units']} valid units show a concept)")  # fmt: skip
+
     def most_common(self, layer: str, top: int = 6) -> list[tuple[str, int]]:
         """The layer's most frequent labels with their unit counts."""
         labels = self._layers[layer]
