@@ -75,18 +75,22 @@ class MemoryData(SequenceData):
                 continue
             try:
                 loaded = self.load(index)
-                pixels = f"{loaded.size}|".encode() + loaded.tobytes()
+                pixels = _pixel_bytes(loaded)
                 digest.update(pixels)
                 if len(first) < REREAD:
                     first.append((index, pixels))
             except DataError as error:  # skipped by the build too; what it was still counts
                 digest.update(str(error).encode())
         for index, pixels in first:
-            again = self.load(index)
-            if f"{again.size}|".encode() + again.tobytes() != pixels:
+            if _pixel_bytes(self.load(index)) != pixels:
                 raise DataError(
                     f"sample {index} of {self.spec} is another image each time it is read (a random transform, such as a random "
                     "crop or flip?): its concept examples would show other views than the model scored; give the data without "
                     "random augmentation (semlens resizes and crops as the model's preprocessing says)"
                 )
         return digest.hexdigest()[:DIGEST_CHARS]
+
+
+def _pixel_bytes(image: Image.Image) -> bytes:
+    """An image's size and pixels, as the fingerprint reads them."""
+    return f"{image.size}|".encode() + image.tobytes()

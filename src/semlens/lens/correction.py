@@ -113,7 +113,8 @@ class Correction:
     def __repr__(self) -> str:
         """One line a notebook shows: what was corrected, the artefact's effect and the clean accuracy before and after, and
         whether it failed (its weights and tensors are in ``fix``)."""
-        effect, accuracy = self.to_dict()["artifact_effect"], self.to_dict()["clean_accuracy"]
+        summary = self.to_dict()
+        effect, accuracy = summary["artifact_effect"], summary["clean_accuracy"]
         figures = lambda pair: " -> ".join("?" if value is None else f"{value:.3f}" for value in pair)  # noqa: E731
         verdict = f"FAILED: {self.failed}" if self.failed else "ok"
         return (f"Correction({self.method} of {self.class_name!r}: artefact effect {figures(effect)}, clean accuracy "

@@ -37,9 +37,10 @@ class LensSources:
         recorded = self.manifest["identity"]["data"]
         spec = self.access.data_spec() or check_spec(recorded["spec"], "probe data", self.trusted, "data=FOLDER, --probe-data FOLDER")
         data = load_data(spec)
-        if data.fingerprint() != recorded["fingerprint"]:
+        found = data.fingerprint()
+        if found != recorded["fingerprint"]:
             raise SemlensError(
-                f"the probe data {data.spec} ({len(data)} samples) is not what this Lens was built from (fingerprint {data.fingerprint()}, "
+                f"the probe data {data.spec} ({len(data)} samples) is not what this Lens was built from (fingerprint {found}, "
                 f"recorded {recorded['fingerprint']}): its concept examples would show the wrong images. "
                 "Give the data the Lens was built from (data=..., --probe-data)"
             )

@@ -29,12 +29,11 @@ def imagenet_classes() -> list[str]:
 
 
 def find_imagenet_class(name: str) -> int:
-    """Index of the class one of whose synonyms is ``name`` (case-insensitive)."""
-    wanted = name.strip().lower()
-    for index, names in enumerate(imagenet_synonyms()):
-        if wanted in (synonym.lower() for synonym in names):
-            return index
-    raise KeyError(f"no ImageNet class is called {name!r}")
+    """Index of the class one of whose synonyms is ``name`` (case-insensitive; the first where two share it)."""
+    index = _synonym_index().get(name.strip().lower())
+    if index is None:
+        raise KeyError(f"no ImageNet class is called {name!r}")
+    return index
 
 
 @lru_cache(maxsize=1)
