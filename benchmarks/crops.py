@@ -3,11 +3,15 @@ of the whole model on the same images, at several pairs per backward pass and in
 semlens' composite (``relevance/rules.py``) and zennit's own ``EpsilonPlusFlat`` side by side.
 
 ``--model small-cnn``: four convolutions, the last one, ``relu4``, with ``--units`` channels, then a
-linear head. ``--model resnet18``: torchvision's ResNet-18 (random weights), units at ``layer4`` (512).
+linear head. ``--model resnet18``: torchvision's ResNet-18 (random weights), units at ``layer4`` (512); ``--model resnet50``: timm's
+ResNet-50 (random weights), ``layer4`` (2 048; ``--layer layer3``: 1 024), the GPU regime of issue 60. ``--profile``
+prints where one pass of the largest batch spends its time (torch.profiler).
 ``--model mobilenet``: timm's MobileNetV3-Large (random weights), units at ``blocks.4`` (112): Hardswish
 inputs, depthwise convolutions and linear bottlenecks, where semlens' convolutions take the signed rule;
 ``--rules hooks`` times semlens' composite with that rule computed by zennit's four-branch hook
-(``SignedZPlus``) instead of directly (``LeanZPlus._signed``), the same relevance.
+(``SignedZPlus``) instead of directly (``LeanZPlus._signed``), the same relevance. ``--rules semlens-exact`` times
+semlens' composite reading each convolution's branch on the host in every pass, where ``semlens`` guesses it on a GPU
+as a build does (``rules.Speculation``); on a CPU the two are the same.
 Random images; each unit's ``--samples`` examples are the images where it fires most (mean
 activation), as the collection pass picks them, and the pairs are ordered by sample as ``CropStage``
 orders them. For each input size and each ``--batches`` value B, one round times ``crp_heatmaps`` on
@@ -55,7 +59,7 @@ from zennit.composites import EpsilonPlusFlat
 from semlens._util.devices import strict_float32
 from semlens.model.units import hooks, resolve_module
 from semlens.pipeline.embed import chunks
-from semlens.relevance.lrp import RelevanceModel, _Stop, crp_heatmaps
+from semlens.relevance.lrp import ATTRIBUTED, RelevanceModel, _Stop, crp_heatmaps
 from semlens.relevance.rules import LeanZPlus, SignedZPlus
 
 
@@ -76,6 +80,12 @@ def resnet(units: int) -> nn.Module:  # noqa: ARG001 (layer4 has 512 units)
     from torchvision.models import resnet18
 
     return resnet18(num_classes=10).eval()
+
+
+def resnet50(units: int) -> nn.Module:  # noqa: ARG001 (layer4 has 2 048 units, layer3 1 024)
+    import timm
+
+    return timm.create_model("resnet50", pretrained=False).eval()
 
 
 def mobilenet(units: int) -> nn.Module:  # noqa: ARG001 (blocks.4 has 112 units)
@@ -105,8 +115,24 @@ MATH: dict[str, Callable[[], contextlib.AbstractContextManager]] = {"float32": s
 MODELS: dict[str, tuple[Callable[[int], nn.Module], str]] = {
     "small-cnn": (small_cnn, "relu4"),
     "resnet18": (resnet, "layer4"),
+    "resnet50": (resnet50, "layer4"),
     "mobilenet": (mobilenet, "blocks.4"),
 }
+
+
+@contextlib.contextmanager
+def ruled(relevance: RelevanceModel, composite, rule: str, math: str, model: nn.Module):
+    """The model under ``composite``'s rules in ``math``. semlens' passes run as a build's (``crp_heatmaps`` with the
+    model ``relevance`` attributes: guessing their branches on a GPU, ``rules.Speculation``, and releasing what the
+    rules kept after each pass); ``semlens-exact``'s read every branch on the host and keep the last pass's inputs
+    until the next replaces them, as before either."""
+    with MATH[math](), composite.context(model) as modified:
+        if rule == "semlens":
+            ATTRIBUTED[modified] = relevance
+        try:
+            yield modified
+        finally:
+            ATTRIBUTED.pop(modified, None)
 
 
 def top_samples(model: nn.Module, layer: str, images: torch.Tensor, samples: int) -> torch.Tensor:
@@ -144,6 +170,29 @@ def shared_forward_heatmaps(
     return relevance[rank, slot].sum(dim=1)
 
 
+def profile(kinds, relevance: RelevanceModel, composites, model: nn.Module, heatmaps: Callable, batch: int, size: int, device: str) -> None:
+    """Where one pass of ``batch`` pairs spends its time, per kind: the wall, the GPU's busy time, and the busiest
+    operations by GPU time (torch.profiler), so that launch-bound passes show as a GPU idle much of the wall."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    for name, rule, math in kinds:
+        with ruled(relevance, composites[rule], rule, math, model) as modified:
+            heatmaps(modified, 0, batch)
+            sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+            sync()
+            with profiler(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as run:
+                start = time.perf_counter()
+                heatmaps(modified, 0, batch)
+                sync()
+                wall = time.perf_counter() - start
+        events = run.key_averages()
+        busy = sum(event.self_device_time_total for event in events) / 1e6
+        print(f"{size:4d}  profile {name}, {batch} pairs: wall {wall * 1e3:.1f} ms, GPU busy {busy * 1e3:.1f} ms ({busy / wall:.0%}); "
+              f"{sum(event.count for event in events if event.key == 'cudaStreamSynchronize' or event.key == 'aten::item')} host syncs")  # fmt: skip
+        print(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=MODELS, default="small-cnn")
@@ -155,10 +204,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=512, help="pairs timed per setting (the first, in sample order)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds; medians are printed")
     parser.add_argument("--check", type=int, default=64, help="pairs compared across rules and with one pair per call")
-    parser.add_argument("--rules", nargs="+", choices=["semlens", "zennit", "hooks"], default=["semlens", "zennit"])
+    parser.add_argument("--rules", nargs="+", choices=["semlens", "semlens-exact", "zennit", "hooks"], default=["semlens", "zennit"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (then the regime names the GPU)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 is steadier on a shared machine")
     parser.add_argument("--math", nargs="+", choices=MATH, default=["float32"], help="float32 proper (as the build) and/or TF32 (GPUs)")
+    parser.add_argument("--layer", help="the CRP layer (default: the model's, above)")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler's busiest operations over one pass of the largest batch per kind")
     parser.add_argument("--shared", action="store_true", help="also time one shared forward per distinct sample (vmap, zennit's rules)")
     args = parser.parse_args()
     if args.check < 1:
@@ -167,6 +218,7 @@ def main() -> None:
         parser.error("--shared runs with zennit's rules: add zennit to --rules")
 
     build, layer = MODELS[args.model]
+    layer = args.layer or layer
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -190,17 +242,24 @@ def main() -> None:
         assert relevance.check().supported, relevance.check().reason
         composites = {
             "semlens": relevance.composite,
+            "semlens-exact": relevance.composite,
             "zennit": EpsilonPlusFlat(epsilon=relevance.epsilon, canonizers=relevance.composite.canonizers),
             "hooks": with_hooked_signed_rule(RelevanceModel(model, images[:2]).composite),
         }
         times: dict[tuple[str, int], list[float]] = {}
 
+        peaks: dict[tuple[str, int], float] = {}
+
         def timed(kind: str, batch: int, run: Callable[[int, int], object]) -> None:
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
             for begin, end in chunks(len(order), batch):
                 run(begin, end)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
+                peaks[kind, batch] = max(peaks.get((kind, batch), 0.0), torch.cuda.max_memory_allocated() / 2**30)
             times.setdefault((kind, batch), []).append((time.perf_counter() - start) / len(order))
 
         def heatmaps(modified: nn.Module, begin: int, end: int) -> torch.Tensor:
@@ -209,7 +268,7 @@ def main() -> None:
         check = min(args.check, len(order))
         maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for name, rule, math in kinds:
-            with MATH[math](), composites[rule].context(model) as modified:
+            with ruled(relevance, composites[rule], rule, math, model) as modified:
                 heatmaps(modified, 0, 2)  # warm-up
                 single = torch.cat([heatmaps(modified, i, i + 1) for i in range(check)])
                 maps[name] = (heatmaps(modified, 0, check), single)
@@ -218,7 +277,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for batch in args.batches:
                 for name, rule, math in kinds:
-                    with MATH[math](), composites[rule].context(model) as modified:
+                    with ruled(relevance, composites[rule], rule, math, model) as modified:
                         timed(name, batch, lambda b, e: heatmaps(modified, b, e))
                         if args.shared and rule == "zennit" and math == kinds[-1][2]:
                             timed("shared", batch, lambda b, e: shared_forward_heatmaps(modified, layer, images, samples[b:e], channels[b:e]))
@@ -232,6 +291,12 @@ def main() -> None:
                 per_pair = statistics.median(times[name, batch])
                 row += f"  {per_pair * 1e3:{len(name) + 8}.2f}  {per_pair / per_image:5.2f}"
             print(row, flush=True)
+        if peaks:
+            print(f"{size:4d}  peak GiB a pass (model and images included): " + "; ".join(
+                f"{name} " + ", ".join(f"{batch}: {peaks[name, batch]:.2f}" for batch in args.batches)
+                for name in [name for name, _, _ in kinds] + ["shared"] * args.shared))  # fmt: skip
+        if args.profile:
+            profile(kinds, relevance, composites, model, heatmaps, max(args.batches), size, args.device)
         reference = maps[kinds[-1][0]][1]
         peak = reference.abs().flatten(1).amax(1).clamp_min(1e-30)  # a unit that never fired has an all-zero map
         gaps = {

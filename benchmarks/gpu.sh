@@ -12,14 +12,16 @@
 # trained models on the CPU and on the GPU (shift), and the quality judge on two worlds with the GPU's default
 # precisions (judge), the test suite with the GPU shown to it (tests: SEMLENS_TEST_CUDA=1, so device auto takes CUDA
 # and its half precisions; tests/conftest.py), class relevance predicting its own targets (class-relevance) and the
-# embed stage's hand-over per dtype (handover); micro names the first three. Run from the repository root:
+# embed stage's hand-over per dtype (handover), and both libraries against each other in issue 60's regime with top-k
+# checked against a float32 brute force (reference: needs semanticlens 0.2.1's interpreter in REFERENCE_PYTHON; not
+# among the parts run when none is named); micro names the first three. Run from the repository root:
 #
 #   bash benchmarks/gpu.sh OUT_DIR [PART ...]        (no part named: all of them)
 #
 # Each step's output goes to OUT_DIR/<step>.log as well as to the terminal; the build's and the demo's
 # stage times and crop modes are read from their Lenses' manifest.json.
 set -uo pipefail
-out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build budget vit mobile small-gpu demo lrp swin-eva bit shift judge tests class-relevance handover micro]}
+out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [collect crops measures embedding build budget vit mobile small-gpu demo lrp swin-eva bit shift judge tests class-relevance handover reference micro]}
 shift
 parts=" ${*:-micro embedding build budget vit mobile small-gpu demo lrp swin-eva bit shift judge tests class-relevance handover} "
 [[ $parts == *" micro "* ]] && parts+=" collect crops measures "
@@ -154,6 +156,12 @@ if [[ $parts == *" tests "* ]]; then  # the expected answers are the CPU's: a fa
 fi
 if [[ $parts == *" class-relevance "* ]]; then
   step class-relevance python3 benchmarks/class_relevance.py --device cuda --images 256 --batch 64
+fi
+if [[ $parts == *" reference "* ]]; then  # issue 60's regime: both libraries, whole images and relevance crops, top-k exactness
+  # REFERENCE_PYTHON: semanticlens 0.2.1's interpreter (.venv-ref by default); REFERENCE_IMAGES: the probe set's size
+  step reference python3 benchmarks/reference.py --device cuda --exact --model timm:resnet50 --images "${REFERENCE_IMAGES:-10000}" \
+    --k 10 --batch 64 --workers 8 --repeats 1 --crops none relevance --reference-python "${REFERENCE_PYTHON:-.venv-ref/bin/python}" \
+    --workdir "$out/reference"
 fi
 if [[ $parts == *" handover "* ]]; then
   step handover python3 benchmarks/embedding.py --loader --device cuda

@@ -212,6 +212,9 @@ def run_semlens(job: dict) -> dict:
     lens = build_lens(config, Path(job["workdir"]) / f"semlens-{job['crop']}.lens", overwrite=True, progress=False)
     seconds = time.perf_counter() - started
     stages = lens.manifest["stages"]
+    parts = ", ".join(f"{name} {record.get('seconds', 0):.1f} s" + (f" ({', '.join(f'{part} {value:.1f} s' for part, value in record['parts'].items())})" if "parts" in record else "")
+                      for name, record in stages.items())  # fmt: skip
+    print(f"{job['run']} stages: {parts}", flush=True)
     results = {}
     for layer in job["layers"]:
         results[f"{layer}.ids"] = lens.arrays.samples(layer)
@@ -380,8 +383,9 @@ def run_process(command: list[str]) -> dict[str, float]:
     on other jobs sharing the machine than its wall-clock time does)."""
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     # src: the semlens of the tree this file is in (a snapshot of a commit measures that commit); benchmarks: py:reference:…
-    paths = os.pathsep.join(str(path) for path in (ROOT / "tests" / "support", ROOT / "src", ROOT / "benchmarks"))
-    subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": paths})
+    # the caller's PYTHONPATH after them: where packages were installed beside the interpreter's (a GPU machine's --target)
+    paths = os.pathsep.join([str(path) for path in (ROOT / "tests" / "support", ROOT / "src", ROOT / "benchmarks")] + [os.environ.get("PYTHONPATH", "")])
+    subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": paths.rstrip(os.pathsep)})
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"wall": wall, "cpu": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)}
 

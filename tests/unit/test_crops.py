@@ -290,6 +290,23 @@ def test_passes_on_a_gpu_are_sized_by_the_memory_a_row_takes_not_by_the_card() -
     assert [e - b for b, e, _ in roomy.parts(10, gpu.step)] == [2, 4, 4] and roomy.shrunk is None
 
 
+def test_passes_grow_at_most_fourfold_so_that_a_row_costing_more_in_larger_passes_stays_within_the_budget() -> None:
+    """On an H200 a ResNet-50's peak per row measured at 2 rows, extrapolated to 55 rows, put that pass at 13.3 GiB
+    of an 8 GiB budget: rows cost more in larger passes. Passes grow at most fourfold, each sized by the last."""
+    from semlens._util.devices import ShrinkingBatch
+
+    class CostlierInLargePasses(FakeGpu):
+        def step(self, begin: int, end: int) -> list[int]:
+            rows = end - begin
+            self.peaks.append(self.base + rows * (100 if rows <= 2 else 160))
+            return list(range(begin, end))
+
+    gpu = CostlierInLargePasses(fixed=0)
+    passes = ShrinkingBatch(128, memory=gpu.budget(9000))  # 2 rows: 100 a row, so 80 would seem to fit in 8000
+    sizes = [e - b for b, e, _ in passes.parts(200, gpu.step)]
+    assert sizes[:4] == [2, 8, 32, 50] and max(gpu.peaks) <= 9000  # 80 rows at 160 a row: 13 800
+
+
 def test_a_pass_cut_short_by_its_span_does_not_grow_the_passes_and_out_of_memory_caps_them() -> None:
     """A short last pass (its fixed cost over few rows) would size the passes too small: it only shrinks them when
     it goes over the budget. Out of memory halves the passes, and the budget never grows them past that."""
@@ -307,7 +324,7 @@ def test_a_pass_cut_short_by_its_span_does_not_grow_the_passes_and_out_of_memory
         return fussy.step(begin, end)
 
     crowded = FakeGpu(base=1600, fixed=0, per_row=10)  # the model alone nearly fills the budget: passes may grow by a quarter
-    assert [e - b for b, e, _ in ShrinkingBatch(64, memory=crowded.budget(1650)).parts(100, crowded.step)][:2] == [2, 41]
+    assert [e - b for b, e, _ in ShrinkingBatch(64, memory=crowded.budget(1650)).parts(100, crowded.step)][:4] == [2, 8, 32, 41]
     capped = ShrinkingBatch(8, memory=fussy.budget(1650))  # measured: 8 fit; 8 and 4 run out of memory; 2 stay
     assert [e - b for b, e, _ in capped.parts(11, step)] == [2, 2, 2, 2, 2, 1]
     assert capped.shrunk == {"asked": 8, "used": 2, "why": "the GPU ran out of memory"}

@@ -352,3 +352,89 @@ def test_a_build_with_an_unknown_lrp_rule_is_refused_with_the_valid_ones() -> No
     with pytest.raises(SemlensError, match="lrp_rule='epsilon' is not one of zplus, gamma"):
         BuildConfig(model="m", layers=["l"], data="d", lrp_rule="epsilon")
     assert LRP_RULE_NAMES == tuple(LRP_RULES)  # the config's names (it imports no torch) are the rules'
+
+
+def guessing_everywhere(monkeypatch) -> None:
+    """Passes guess their rules' branches on the CPU too, as on a GPU (``lrp.guesses``)."""
+    from semlens.relevance import lrp
+
+    monkeypatch.setattr(lrp, "guesses", lambda inputs: True)
+
+
+def passes(relevance: RelevanceModel, batches: list[torch.Tensor], layer: str) -> list[torch.Tensor]:
+    """CRP heatmaps of each batch, one pass each, in one ``attributing`` (as a build's layer runs its passes)."""
+    channels, signs = torch.tensor([0, 1, 2, 3]), torch.tensor([1.0, -1.0, 1.0, -1.0])
+    with relevance.attributing() as modified:
+        return [crp_heatmaps(modified, batch, layer, channels[: len(batch)], signs[: len(batch)]) for batch in batches]
+
+
+@pytest.mark.parametrize("name", ["relu-cnn", "bn-without-relu", "residual-cnn", "resnet18"])
+def test_passes_that_guess_their_branches_give_the_exact_heatmaps(name: str, monkeypatch) -> None:
+    """On a GPU a pass after the first takes each convolution's branch from the last exact pass, with no read on
+    the host (``rules.Speculation``): its heatmaps equal the exact rule's, pass after pass, and it did guess."""
+    from semlens.relevance.rules import Speculation
+
+    build, side, layers, _ = MODELS[name]
+    torch.manual_seed(0)
+    model, batches = build(), list(torch.randn(3, 4, 3, side, side))
+    relevance = RelevanceModel(model, batches[0][:2])
+    exact = passes(relevance, batches, layers[0])
+    guessed_passes = []
+    record = Speculation.record
+    monkeypatch.setattr(Speculation, "record", lambda self, rule, wrong: guessed_passes.append(rule) or record(self, rule, wrong))
+    guessing_everywhere(monkeypatch)
+    guessed = passes(relevance, batches, layers[0])
+    assert guessed_passes, "no convolution guessed its branch"
+    for ours, theirs in zip(guessed, exact):
+        assert gap(ours, theirs) <= TOLERANCE
+
+
+def identity_then_convolutions() -> nn.Module:
+    """conv2 reads the image itself (conv1 is the identity), so its input's sign is the data's; conv3 reads conv2
+    with no ReLU between, so relevance reaches conv2's negative outputs, where z⁺ and the signed rule differ."""
+    model = nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(3, 3, 1), conv2=nn.Conv2d(3, 8, 3, padding=1), conv3=nn.Conv2d(8, 8, 3, padding=1),
+            relu3=nn.ReLU(), gap=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(8, 5),
+        )  # fmt: skip
+    )
+    with torch.no_grad():
+        model.conv1.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+        model.conv1.bias.zero_()
+    return model.eval()
+
+
+def test_a_pass_whose_guess_is_wrong_is_computed_again_exactly(monkeypatch) -> None:
+    """conv2 takes the signed rule on a negative image, z⁺ on a non-negative one: a pass on the second that guessed
+    from the first is computed again, exactly, and conv2 guesses no more. Without the second computation the
+    heatmaps would be the signed rule's."""
+    from semlens.relevance.rules import Speculation
+
+    torch.manual_seed(0)
+    model = identity_then_convolutions()
+    negative, positive = -torch.rand(4, 3, 12, 12), torch.rand(4, 3, 12, 12)
+    relevance = RelevanceModel(model, positive[:2])
+    assert relevance.check().supported, relevance.check().reason
+    exact = passes(relevance, [negative, positive], "relu3")
+    guessing_everywhere(monkeypatch)
+    failed, checked = Speculation.failed, []
+    monkeypatch.setattr(Speculation, "failed", lambda self: checked.append(failed(self)) or checked[-1])
+    again = passes(relevance, [negative, positive], "relu3")
+    assert checked == [False, True]  # the first pass has nothing to guess from; the second guessed wrong
+    assert gap(again[1], exact[1]) <= TOLERANCE
+    monkeypatch.setattr(Speculation, "failed", lambda self: False)  # a guess taken on trust
+    trusted = passes(relevance, [negative, positive], "relu3")
+    assert gap(trusted[1], exact[1]) > 1e-3
+
+
+def test_a_pass_leaves_no_layer_input_held_by_the_rules() -> None:
+    """The rules keep every layer's input for their backward; after a pass they are released, or the next pass
+    would hold them beside its own (on an H200 a ResNet-50's passes peaked at 12 to 13 GiB of an 8 GiB budget,
+    whose meter counted them as the model's)."""
+    torch.manual_seed(0)
+    model, images = resnet18(num_classes=10).eval(), torch.rand(4, 3, 32, 32)
+    relevance = RelevanceModel(model, images[:2])
+    with relevance.attributing() as modified:
+        crp_heatmaps(modified, images, "layer3", torch.arange(4), torch.ones(4))
+        held = [value for hook in relevance.composite.hook_refs for value in hook.stored_tensors.values()]
+    assert held == []

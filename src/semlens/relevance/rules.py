@@ -17,7 +17,8 @@ for torch's convolutions. A build may give every convolution the generalised γ 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import reduce
 
 import torch
@@ -272,6 +273,46 @@ class SignedZPlus(BasicHook):
         return up, down
 
 
+class Speculation:
+    """Relevance passes that do not wait on the GPU. ``LeanZPlus`` reads on the host whether a convolution's input
+    has negative entries, which output channels carry relevance and whether z⁺ would lose some: four reads a
+    convolution, over 200 a ResNet-50 pass, each of which waits for the GPU, which then idles while Python catches
+    up (``benchmarks/crops.py --profile``). While a pass guesses, each convolution takes the branch it took in its
+    last exact pass, over all output channels (the others carry zeros), and records on the device whether the exact
+    rule could have taken another; ``failed`` reads those records once, at the pass's end, and the caller computes a
+    pass with a failed guess again, exactly (``lrp.crp_heatmaps``). A convolution whose guess failed is not guessed
+    again. The heatmaps equal the exact rule's to float rounding (the channels the exact rule leaves out add zeros)."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self._records: list[tuple[LeanZPlus, torch.Tensor]] = []
+
+    @contextmanager
+    def guessing(self, on: bool) -> Iterator[None]:
+        """A pass inside the block guesses where ``on`` (a GPU's passes: on a CPU the host reads cost nothing to wait
+        for); passes outside it never do."""
+        self.active, self._records = on, []
+        try:
+            yield
+        finally:
+            self.active = False
+
+    def record(self, rule: LeanZPlus, wrong: torch.Tensor) -> None:
+        """Note, on the device, whether ``rule``'s guess may be wrong in this pass."""
+        self._records.append((rule, wrong))
+
+    def failed(self) -> bool:
+        """Whether a guess of the pass that just ran may be wrong (one read of the GPU); such rules stop guessing."""
+        if not self._records:
+            return False
+        wrong = torch.stack([flag.reshape(()) for _, flag in self._records]).cpu().tolist()
+        for (rule, _), flag in zip(self._records, wrong):
+            if flag:
+                rule.guess = "exact"
+        self._records = []
+        return any(wrong)
+
+
 class LeanZPlus(_Direct, SignedZPlus):
     """The signed z⁺ rule without the discarded gradient, and, for a layer whose input is non-negative (every
     convolution of a ReLU network but the first), as zennit's ``ZPlus`` on one branch and, for a
@@ -286,13 +327,21 @@ class LeanZPlus(_Direct, SignedZPlus):
     unit, the convolution is computed for the pairs' units alone, a few channels of hundreds.
     """
 
-    def __init__(self, stabilizer: float = 1e-6) -> None:
+    def __init__(self, stabilizer: float = 1e-6, speculation: Speculation | None = None) -> None:
         super().__init__(stabilizer)
         self.positive = ClampMod(min=0.0)
+        self.speculation = speculation  # shared by the composite's convolutions
+        self.guess: str | None = None  # the branch of the last exact pass: "zplus", "signed", or "exact" (never guess)
+
+    def copy(self) -> LeanZPlus:
+        return type(self)(self.stabilizer, self.speculation)
 
     def backward(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple[torch.Tensor | None, ...]:
         input = self.stored_tensors["input"][0]
+        if self.speculation is not None and self.speculation.active and self.guess in ("zplus", "signed"):
+            return self._guessed(module, grad_input, grad_output[0], input)
         if bool(input.min() < 0):
+            self._learn("signed")
             return self._signed(module, grad_input, grad_output[0])
         input, grad = input.detach().requires_grad_(), grad_output[0]
         with self.positive(module) as positive, torch.enable_grad():
@@ -303,13 +352,39 @@ class LeanZPlus(_Direct, SignedZPlus):
                 bias = None if positive.bias is None else positive.bias[channels]
                 output, grad = module._conv_forward(input, positive.weight[channels], bias), grad[:, channels]
         if self._loses_relevance(module, input.detach(), output.detach(), grad, channels):
+            self._learn("exact")  # z⁺ or signed by what the outputs hold: read on the host every pass
             return self._signed(module, grad_input, grad_output[0])
+        self._learn("zplus")
+        return self._zplus(input, output, grad)
+
+    def _learn(self, branch: str) -> None:
+        """Keep the branch an exact pass took as the next passes' guess; a convolution that took two is not guessed."""
+        self.guess = branch if self.guess in (None, branch) else "exact"
+
+    def _zplus(self, input: torch.Tensor, output: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor]:
+        """z⁺'s relevance of ``input`` (requiring grad) from ``output`` = W⁺x + b⁺ computed of it."""
         (gradient,) = torch.autograd.grad(
             output, input, grad_outputs=grad / (output + self.stabilizer), create_graph=grad.requires_grad
         )
         return (input * gradient,)
 
-    def _signed(self, module: nn.Module, grad_input: tuple, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def _guessed(self, module: nn.Module, grad_input: tuple, grad: torch.Tensor, input: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """The branch of the last exact pass, over every channel, with no read on the host; ``speculation`` records
+        whether the exact rule could have taken another (``Speculation``)."""
+        assert self.speculation is not None
+        if self.guess == "signed":  # taken for a negative input: another branch only where none is negative
+            self.speculation.record(self, input.min() >= 0)
+            return self._signed(module, grad_input, grad, every_channel=True)
+        input = input.detach().requires_grad_()
+        with self.positive(module) as positive, torch.enable_grad():
+            output = positive.forward(input)
+        lost = torch.logical_and(output == 0, grad != 0).any()  # where _loses_relevance would look further
+        self.speculation.record(self, torch.logical_or(input.min() < 0, lost))
+        return self._zplus(input, output, grad)
+
+    def _signed(
+        self, module: nn.Module, grad_input: tuple, grad: torch.Tensor, every_channel: bool = False
+    ) -> tuple[torch.Tensor | None, ...]:
         """The signed rule. For torch's own convolutions (any groups) computed directly: the input's two signed
         parts through the clamped weights, four convolutions and one backward, where zennit's hook clamps the
         input four times and the layer's parameters once per branch (``benchmarks/crops.py --model mobilenet``
@@ -317,7 +392,7 @@ class LeanZPlus(_Direct, SignedZPlus):
         other convolution (a subclass with its own forward) takes zennit's hook (``SignedZPlus``)."""
         if not (isinstance(module, _ConvNd) and type(module).forward in TORCH_CONVOLUTIONS):
             return super().backward(module, grad_input, (grad,))
-        weight, bias, channels = module.weight, module.bias, _active_channels(module, grad)
+        weight, bias, channels = module.weight, module.bias, None if every_channel else _active_channels(module, grad)
         if channels is not None:
             weight, bias, grad = weight[channels], None if bias is None else bias[channels], grad[:, channels]
         up, down = weight.clamp(min=0), weight.clamp(max=0)
@@ -470,7 +545,8 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
         held_norms: tuple[type, ...] = (),
         gamma: float | None = None,
     ) -> None:
-        convolutions = LeanZPlus(stabilizer=stabilizer) if gamma is None else LeanGamma(gamma=gamma, stabilizer=stabilizer)
+        self.speculation = Speculation()  # the z⁺ rule's passes without reads on the host, on a GPU
+        convolutions = LeanZPlus(stabilizer, self.speculation) if gamma is None else LeanGamma(gamma=gamma, stabilizer=stabilizer)
         layer_map = [
             (nn.MultiheadAttention, None),  # zennit counts it an activation; its layers get the rules (attention.py)
             (Activation, LeanPass()),
