@@ -8,7 +8,8 @@ ResNet-50 (random weights), ``layer4`` (2 048; ``--layer layer3``: 1 024), the G
 prints where one pass of the largest batch spends its time (torch.profiler).
 ``--model mobilenet``: timm's MobileNetV3-Large (random weights), units at ``blocks.4`` (112): Hardswish
 inputs, depthwise convolutions and linear bottlenecks, where semlens' convolutions take the signed rule;
-``--rules hooks`` times semlens' composite with that rule computed by zennit's four-branch hook
+``--rules hooks`` times semlens' composite with that rule computed by zennit's four-branch hook (reading its
+branches on the host, so on a GPU compare it with ``semlens-exact``)
 (``SignedZPlus``) instead of directly (``LeanZPlus._signed``), the same relevance. ``--rules semlens-exact`` times
 semlens' composite reading each convolution's branch on the host in every pass, where ``semlens`` guesses it on a GPU
 as a build does (``rules.Speculation``); on a CPU the two are the same.
@@ -98,7 +99,7 @@ class HookedSignedZPlus(LeanZPlus):
     """semlens' convolution rule with its signed rule computed by zennit's four-branch hook, as before
     ``LeanZPlus._signed`` computed it directly."""
 
-    def _signed(self, module: nn.Module, grad_input: tuple, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def _signed(self, module: nn.Module, grad_input: tuple, grad: torch.Tensor, every_channel: bool = False) -> tuple[torch.Tensor | None, ...]:
         return SignedZPlus.backward(self, module, grad_input, (grad,))
 
 
@@ -189,7 +190,7 @@ def profile(kinds, relevance: RelevanceModel, composites, model: nn.Module, heat
         events = run.key_averages()
         busy = sum(event.self_device_time_total for event in events) / 1e6
         print(f"{size:4d}  profile {name}, {batch} pairs: wall {wall * 1e3:.1f} ms, GPU busy {busy * 1e3:.1f} ms ({busy / wall:.0%}); "
-              f"{sum(event.count for event in events if event.key == 'cudaStreamSynchronize' or event.key == 'aten::item')} host syncs")  # fmt: skip
+              f"{sum(event.count for event in events if event.key in ('aten::_local_scalar_dense', 'aten::nonzero'))} reads on the host")  # fmt: skip
         print(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
 
 

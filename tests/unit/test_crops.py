@@ -307,6 +307,18 @@ def test_passes_grow_at_most_fourfold_so_that_a_row_costing_more_in_larger_passe
     assert sizes[:4] == [2, 8, 32, 50] and max(gpu.peaks) <= 9000  # 80 rows at 160 a row: 13 800
 
 
+def test_a_budgeted_pass_releases_what_the_last_one_left_before_its_meter_reads() -> None:
+    """The rules keep the last pass's layer inputs: a budgeted pass releases them before its meter reads what the
+    model holds, or the meter would count them as the model's (the class relevance stage's passes get no other
+    release)."""
+    from semlens._util.devices import PassMemory, ShrinkingBatch
+
+    events: list[str] = []
+    memory = PassMemory(10**6, lambda: events.append("meter") or 0, lambda: 100)
+    list(ShrinkingBatch(4, lambda: events.append("release"), memory).parts(10, lambda b, e: events.append("pass")))
+    assert events == ["release", "meter", "pass"] * 3
+
+
 def test_a_pass_cut_short_by_its_span_does_not_grow_the_passes_and_out_of_memory_caps_them() -> None:
     """A short last pass (its fixed cost over few rows) would size the passes too small: it only shrinks them when
     it goes over the budget. Out of memory halves the passes, and the budget never grows them past that."""

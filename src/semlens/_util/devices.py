@@ -153,8 +153,8 @@ def relevance_pixels(device: torch.device) -> int:
 RELEVANCE_MEMORY_GIB = 8.0
 #: rows of the first relevance pass on a GPU, whose peak memory sizes the passes after it
 MEASURING_ROWS = 2
-#: the most a pass may grow over the last measured one: a ResNet-50's peak per row at 2 rows, extrapolated to 55,
-#: put that pass at 13.3 GiB of an 8 GiB budget on an H200 (docs/gpu.md); from 4 times fewer rows it errs little
+#: the most a pass may grow over the last measured one: a row may cost more in a large pass than a small one shows
+#: (the measuring pass holds 2), and an estimate from a pass 4 times smaller errs less than one from 2 rows
 GROWTH = 4
 #: the share of the GPU's free memory a budget may take where the card holds less than the budget asked
 FREE_SHARE = 0.9

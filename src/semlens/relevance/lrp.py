@@ -163,11 +163,15 @@ class RelevanceModel:
             for layer in (m for m in modified.modules() if isinstance(m, self._ruled_kinds)):  # their own rule inside them
                 running += [layer.register_forward_pre_hook(untraced.enter_ruled), layer.register_forward_hook(untraced.leave_ruled, always_call=True)]
             with hooks(running):
+                outer = ATTRIBUTED.get(modified)  # a nested attributing() of the same model gives it back on exit
                 ATTRIBUTED[modified] = self
                 try:
                     yield modified
                 finally:
-                    ATTRIBUTED.pop(modified, None)
+                    if outer is None:
+                        ATTRIBUTED.pop(modified, None)
+                    else:
+                        ATTRIBUTED[modified] = outer
 
     def release(self) -> None:
         """Drop the tensors the rules' hooks hold from the last pass: every layer's input (about 80 MB an image
@@ -310,8 +314,9 @@ def crp_heatmaps(
         attributed.release()  # the layers' inputs the rules kept: the next pass would hold them beside its own
 
 
-#: the largest pass (input values) that guesses its rules' branches: on an H200 a ResNet-50's passes of 32 and 64
-#: pairs at 224 px took 0.84 and 0.87 times the exact passes' time, one of 128 pairs 1.24 times (docs/gpu.md)
+#: the largest pass, in input values (64 images of 3 x 224 x 224), that guesses its rules' branches: on an H200 a
+#: ResNet-50's passes of 32 and 64 pairs at 224 px took 0.84 and 0.87 times the exact passes' time, one of 128 pairs
+#: 1.24 times (docs/gpu.md)
 GUESSING_VALUES = 64 * 3 * 224 * 224
 
 

@@ -281,7 +281,9 @@ class Speculation:
     last exact pass, over all output channels (the others carry zeros), and records on the device whether the exact
     rule could have taken another; ``failed`` reads those records once, at the pass's end, and the caller computes a
     pass with a failed guess again, exactly (``lrp.crp_heatmaps``). A convolution whose guess failed is not guessed
-    again. The heatmaps equal the exact rule's to float rounding (the channels the exact rule leaves out add zeros)."""
+    again. The heatmaps equal the exact rule's to float rounding (the channels the exact rule leaves out add zeros).
+    A convolution called twice in one forward has one rule: its second call may guess from its first, and a pass
+    where the two take different branches is computed again, exactly."""
 
     def __init__(self) -> None:
         self.active = False
@@ -305,7 +307,8 @@ class Speculation:
         """Whether a guess of the pass that just ran may be wrong (one read of the GPU); such rules stop guessing."""
         if not self._records:
             return False
-        wrong = torch.stack([flag.reshape(()) for _, flag in self._records]).cpu().tolist()
+        device = self._records[0][1].device  # a model across GPUs: the records gathered on one, read at once
+        wrong = torch.stack([flag.reshape(()).to(device) for _, flag in self._records]).cpu().tolist()
         for (rule, _), flag in zip(self._records, wrong):
             if flag:
                 rule.guess = "exact"
@@ -373,7 +376,7 @@ class LeanZPlus(_Direct, SignedZPlus):
         whether the exact rule could have taken another (``Speculation``)."""
         assert self.speculation is not None
         if self.guess == "signed":  # taken for a negative input: another branch only where none is negative
-            self.speculation.record(self, input.min() >= 0)
+            self.speculation.record(self, ~(input.min() < 0))  # the exact test's negation, NaN included
             return self._signed(module, grad_input, grad, every_channel=True)
         input = input.detach().requires_grad_()
         with self.positive(module) as positive, torch.enable_grad():
