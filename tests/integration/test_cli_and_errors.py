@@ -311,3 +311,18 @@ def test_tables_on_a_narrow_terminal_wrap_long_names_instead_of_cutting_them() -
     shown = narrow.export_text()
     first_column = "".join(line.split("│")[1].strip() for line in shown.splitlines() if line.startswith("│"))
     assert "…" not in shown and first_column == name
+
+
+def test_a_notebook_build_says_how_many_samples_could_not_be_read_and_why(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    """A dataset of normalised tensors fails at every sample with a clear reason, which only failures.json held: the
+    notebook gets a warning with the count and the first reason, and, where most failed, what to do."""
+    import torch
+    from PIL import Image
+
+    from semlens import build_lens
+
+    images = [(Image.open(path).convert("RGB"), 0) for path in sorted(colour_folder.rglob("*.png"))[:8]]
+    images += [(torch.randn(3, 16, 16), 0) for _ in range(12)]  # normalised: values outside [0, 1]
+    with pytest.warns(UserWarning, match=r"12 of 20 samples could not be read and were skipped \(the first: .*normalisation.*overwrite=True"):
+        build_lens(model="py:tiny_models:tiny_cnn", layers=["head"], data=images, foundation=f"hf:{tiny_clip_dir}", k=3,
+                   workers=0, out=tmp_path / "n.lens", progress=False)  # fmt: skip

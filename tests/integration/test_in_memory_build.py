@@ -408,3 +408,53 @@ def test_build_lens_needs_an_out_and_known_settings(images) -> None:
         build_lens(model=TinyCNN(), layers=LAYERS, data=images)
     with pytest.raises(SemlensError, match="unknown settings modle"):
         build_lens(modle=TinyCNN(), layers=LAYERS, data=images, out="x.lens")
+
+
+class ReusedReLU(torch.nn.Module):
+    """torchvision's ResNet blocks' habit: one ReLU module called after each convolution of the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.Conv2d(6, 4, 3, padding=1)
+        self.relu = torch.nn.ReLU()
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.relu(self.conv2(self.relu(self.conv1(x)))).mean(dim=(2, 3)))
+
+
+def test_a_layer_the_model_calls_twice_is_read_at_its_first_call_and_the_build_says_so(tmp_path, foundation, images) -> None:
+    """A reused ReLU crashed the responses stage (the intervention reader kept both calls, the build the first):
+    every reader keeps the first call, the build says which it read and what to read instead, and `semlens layers`
+    marks the module."""
+    from semlens.model.units import list_layers
+
+    with pytest.warns(UserWarning, match=r"layer relu runs more than once in a forward pass .* its first call is read"):
+        lens = build_lens(model=ReusedReLU(), preprocessing=TINY_PREPROCESSING, layers=["relu"], data=images, foundation=foundation,
+                          k=3, out=tmp_path / "reused.lens", progress=False, workers=0)  # fmt: skip
+    assert lens.arrays.theta("relu").shape[0] == 6  # conv1's six channels, the first call
+    from semlens.interventions.effects import read_units
+    from semlens.model.units import LayerSpec
+
+    scores, _ = read_units(LoadedModel(ReusedReLU(), "memory", TINY_PREPROCESSING), [torch.rand(2, 3, 16, 16)] * 2, [LayerSpec("relu")])
+    assert scores["relu"].shape == (4, 6)  # what the audit's concept test and search by the model read: the first call
+    shapes = {info.name: info.shape for info in list_layers(ReusedReLU(), torch.rand(1, 3, 16, 16))}
+    assert shapes["relu"].endswith("(runs more than once a forward: the first call is read)")
+
+
+def test_an_overlay_search_on_a_lens_opened_without_its_model_says_how_it_ranked(built, foundation) -> None:
+    """An image with transparent parts (a concept to paste) is ranked by the model's response where the model loads;
+    a Lens built from an object and opened by path has none, and the search says it ranked by name and alignment."""
+    _, out = built
+    overlay = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    overlay.paste((255, 255, 0, 255), (4, 4, 12, 12))
+    with pytest.warns(UserWarning, match="ranked by name and alignment, not by the model's response"):
+        hits = Lens.open(out, foundation=foundation).search(images=[overlay], top=3)
+    assert hits.rank == "named"
+
+
+def test_labels_from_a_list_of_concept_names(built) -> None:
+    lens, _ = built
+    labelling = lens.label(vocabulary=["red", "green", "blue"], save=False)
+    assert labelling.vocabulary.concepts == ("red", "green", "blue")

@@ -109,3 +109,21 @@ def test_a_lens_whose_images_cannot_be_read_draws_its_results_without_them(lens,
     page = shown(hits)
     assert THUMBNAIL not in page and "no concept examples shown: probe data folder:gone not found" in page
     assert all(hit.unit in page for hit in hits)
+
+
+def test_an_audit_whose_class_relies_on_the_concept_but_confirms_nothing_says_what_to_run_on_every_face() -> None:
+    """The notebook's table and the report showed "spurious 0.0 %" and stopped, where only the CLI said that testing
+    every relevant unit finds the units the reliance runs through; each shows the share as tested and that advice."""
+    from semlens.report.sections import audit_summary
+
+    flagged = AuditedUnit("layer2/6", 0.5, 0.4, 0.1, 0.2, 4.0, 5.0, "spurious")
+    flagged.test = {"confirmed": False}
+    untested = AuditedUnit("layer3/1", 0.5, 0.4, 0.1, 0.2, 4.0, 0.0, "valid")
+    reliance = {"without": 0.25, "with": 0.81, "effect": 0.56, "log_odds": 2.5, "relies": True, "samples": [16, 16], "paired": True}
+    shares = {"valid": 0.5, "spurious": 0.5, "both": 0.0, "unexpected": 0.0, "spurious_or_both": 0.5}
+    audit = Audit("cross", 0.028, ["cross"], ["watermark"], [flagged, untested], shares, reliance=reliance)
+    assert audit.advice and "test_all=True" in audit.advice
+    for page in (shown(audit), audit_summary(audit)):
+        assert "spurious share, as tested</b>: 0.0%" in page and "test every relevant unit (audit(..., test_all=True), --test-all)" in page
+    untested.test = {"confirmed": True}  # every relevant unit tested: the reliance runs through this one
+    assert audit.advice is None and audit.carriers == ["layer3/1"]

@@ -197,3 +197,11 @@ def test_slots_kept_by_chance_at_a_tied_cut_off_are_arbitrary():
         [0, 0, 0, 0, 0],
         [0, 0, 0, 0, 0],
     ]
+
+
+def test_a_vocabulary_given_as_a_list_of_names() -> None:
+    """A notebook's list of concept names is a vocabulary (category custom); a list of other things is refused."""
+    vocabulary = load_vocabulary(["cross", " logo ", "", "cross"])
+    assert vocabulary.concepts == ("cross", "logo") and vocabulary.categories == ("custom", "custom")
+    with pytest.raises(SemlensError, match="holds concept names"):
+        load_vocabulary(["cross", 3])

@@ -316,6 +316,15 @@ class Audit(HtmlResult):
         also shown to run through (zeroing one removes a share of it), which redundant detectors may not show."""
         return [unit.unit for unit in self.units if unit.test and unit.test.get("detects")]
 
+    @property
+    def advice(self) -> str | None:
+        """What to run next, where the class relies on the concept but no flagged unit is confirmed and some relevant
+        units were not tested (the default tests the flagged ones): the reliance may run through units whose examples
+        do not align with the concept, which only testing every relevant unit finds; else None."""
+        if not (self.reliance and self.reliance["relies"]) or self.confirmed or all(unit.test is not None for unit in self.units):
+            return None
+        return "the class relies on the concept, but no flagged unit is confirmed: test every relevant unit (audit(..., test_all=True), --test-all)"
+
     def to_dict(self) -> dict:
         return {
             "class": self.class_name,
@@ -336,6 +345,7 @@ class Audit(HtmlResult):
             "both_by_location": self.both_by_location,
             "carriers": self.carriers,
             "detectors": self.detectors,
+            "advice": self.advice,
             "left_out": self.left_out,
             "sae_error": self.sae_error,
             "units": [unit.__dict__ for unit in self.units],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -51,11 +52,17 @@ def builtin_vocabulary() -> Vocabulary:
     return Vocabulary.from_mapping("builtin", parse_toml(text, "the built-in vocabulary"))
 
 
-def load_vocabulary(source: str | Path | None = None) -> Vocabulary:
-    """The built-in vocabulary (``None`` or ``"builtin"``), or a file: ``.txt`` with one concept per line
-    (category ``custom``), or ``.toml`` / ``.json`` mapping category -> list of concepts."""
+def load_vocabulary(source: str | Path | Sequence[str] | None = None) -> Vocabulary:
+    """The built-in vocabulary (``None`` or ``"builtin"``), concepts given as a list of names (category ``custom``),
+    or a file: ``.txt`` with one concept per line (category ``custom``), or ``.toml`` / ``.json`` mapping category ->
+    list of concepts."""
     if source is None or str(source) == "builtin":
         return builtin_vocabulary()
+    if isinstance(source, (list, tuple)):
+        if not all(isinstance(concept, str) for concept in source):
+            raise SemlensError(f"a vocabulary given as a list holds concept names (strings), got {source!r}")
+        concepts = tuple(dict.fromkeys(concept.strip() for concept in source if concept.strip()))
+        return Vocabulary(CUSTOM, concepts, (CUSTOM,) * len(concepts))
     path = Path(source)
     if not path.is_file():
         raise SemlensError(f"vocabulary file {path} not found; give a .txt (one concept per line), .toml or .json file")

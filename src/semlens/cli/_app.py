@@ -158,7 +158,7 @@ def say_if_left_out(opened: Any, unit: str) -> None:
     if opened.arrays.inactive(layer)[row]:
         say(f"note: {unit} never fired or was constant on the probe data: its examples are arbitrary (left out of search, labels and audits)")
     elif opened.arrays.tied(layer)[row]:
-        say(f"note: {unit} has the same concept examples as an earlier unit of {layer} (tied: left out of search, labels and audits)")
+        say(f"note: {unit} has the same concept examples as an earlier unit of {layer} (tied: left out of labels, audits and search by alignment)")
 
 
 def emit_json(value: Any) -> None:

@@ -178,8 +178,8 @@ def audit(
             )
         if test_all:
             say(f"not flagged, but the reliance runs through them (the concept test alone): {', '.join(result.carriers) or 'none'}")
-        elif r["relies"] and not result.confirmed:
-            say("the class relies on the concept, but no flagged unit is confirmed: --test-all tests every relevant unit")
+        elif result.advice:
+            say(result.advice)
         if r["relies"]:
             say(f"detect the concept (raised by it more than by the class, where it is; flagged or not): {', '.join(result.detectors) or 'none'}")
     if result.small_nulls:

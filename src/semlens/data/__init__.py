@@ -32,7 +32,11 @@ def _python(rest: str) -> ImageData:
     return made if isinstance(made, ImageData) else SequenceData(made, spec=f"py:{rest}")
 
 
-register_in_memory(DATASETS, "Lens.open(LENS, data=DATA), the same build_lens call, which reuses the Lens, or --probe-data FOLDER on the command line")
+register_in_memory(
+    DATASETS,
+    "Lens.open(LENS, data=DATA), or the same build_lens call, which reuses the Lens; the explorer from Python: "
+    "semlens.web.serve([Lens.open(LENS, data=DATA)]). A folder of the same files is other data to a Lens (--probe-data)",
+)
 
 
 def load_data(data: str | ImageData | Sequence[Any], classes: list[str] | None = None) -> ImageData:

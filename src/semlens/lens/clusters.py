@@ -5,6 +5,7 @@ one unit's example embeddings to ``analysis.clusters.concept_clusters`` and the 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,7 @@ class UnitClusters:
 
 
 def concept_clusters(
-    lens: Lens, unit: str, vocabulary: Vocabulary | str | Path | None = None, examples: str = "activation"
+    lens: Lens, unit: str, vocabulary: Vocabulary | str | Path | Sequence[str] | None = None, examples: str = "activation"
 ) -> UnitClusters:
     """The groups of ``unit``'s concept examples (by ``"activation"`` or ``"relevance"``) that are distinct
     concepts (see ``analysis.clusters.concept_clusters``), each named from ``vocabulary``, else from the

@@ -4,7 +4,7 @@ read-only), read by search hits, maps, audits, graphs, the explorer and the repo
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -287,7 +287,7 @@ class LabelStore:
         owners = unit_categories(self.of(layer), self.vocabulary.categories)
         return [f"{layer}/{name}" for name, owner in zip(self.lens.units(layer), owners) if owner == category]
 
-    def vocabulary_or(self, vocabulary: Vocabulary | str | Path | None) -> Vocabulary:
+    def vocabulary_or(self, vocabulary: Vocabulary | str | Path | Sequence[str] | None) -> Vocabulary:
         """The given vocabulary, else the stored labels' one, else the built-in one."""
         if isinstance(vocabulary, Vocabulary):
             return vocabulary
@@ -298,7 +298,7 @@ class LabelStore:
 
 def label(
     lens: Lens,
-    vocabulary: Vocabulary | str | Path | None = None,
+    vocabulary: Vocabulary | str | Path | Sequence[str] | None = None,
     threshold: float | None = None,
     templates: str | list[str] = "label",
     top: int = 3,

@@ -3,6 +3,7 @@ comparison of two Lenses; the part of ``Lens`` that hands theta and probes to ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,7 +61,7 @@ def similarity(lens: Lens, unit: str, other_unit: str, other: Lens | None = None
     return float(alignment(lens.arrays.theta(layer)[row : row + 1], other.arrays.theta(other_layer)[other_row : other_row + 1], None))
 
 
-def compare(lens: Lens, other: Lens, vocabulary: Vocabulary | str | Path | None = None) -> Comparison:
+def compare(lens: Lens, other: Lens, vocabulary: Vocabulary | str | Path | Sequence[str] | None = None) -> Comparison:
     """S_{M->N} / S_{N->M} per layer pair, best matches, and shared and unique concepts (of two views
     in one space, ``Lens.in_space``, for another space: both embedded by the same foundation model; no
     concepts in a space of images only)."""

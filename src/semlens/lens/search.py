@@ -7,6 +7,7 @@ semlens.lens.index)."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
@@ -19,8 +20,8 @@ from PIL import Image
 from .._util.display import HtmlResult, made_by
 from .._util.errors import SemlensError
 from .arrays import recorded_placements
-from .index import UnitTable, open_index, probe_direction, top_positions
 from .concepts import recall
+from .index import UnitTable, open_index, probe_direction, top_positions
 from .labels import names_by_responses
 from .probes import composited, image_probe, transparent
 from .remembered import per_lens
@@ -176,8 +177,9 @@ def _default_ranking(lens: Lens, text: str | list[str] | None, images: list[Imag
         return RANKINGS[0], None
     try:
         model = lens.sources.model()
-    except SemlensError:
-        return RANKINGS[0], None  # a received Lens without its model: the foundation model's view
+    except SemlensError as error:  # a received Lens without its model, or one built from an object: the foundation model's view
+        warnings.warn(f"ranked by name and alignment, not by the model's response to the concept's images, which needs the model under study: {error}", stacklevel=3)
+        return RANKINGS[0], None
     return ("model", model) if probe_backgrounds(lens) else (RANKINGS[0], None)
 
 

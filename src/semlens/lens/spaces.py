@@ -11,28 +11,28 @@ concept examples, class relevance) is shared: ask the view any question.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import cached_property
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .._util.cache import cache_dir
 from .._util.errors import SemlensError, TextNotSupportedError
+from .._util.fingerprint import hash_json
 from ..analysis.alignment import alignment
 from ..analysis.label import label_units
 from ..analysis.spaces import SIMILARITY_UNITS, SpaceComparison, label_agreement, ranking_agreement, structure_agreement
 from ..analysis.vocabulary import Vocabulary
-from .._util.cache import cache_dir
-from .._util.fingerprint import hash_json
 from ..store.files import LensStore, space_file
 from ..store.spaces import EmbeddingSpace, space_name
 from ..store.trust import lens_key
 
 if TYPE_CHECKING:
     from ..foundation import FoundationModel
-    from .probes import ProbeEncoder
     from .lens import Lens
+    from .probes import ProbeEncoder
 
 LABEL_TOP = 3  # concepts per unit whose overlap compare_spaces reports
 
@@ -144,7 +144,7 @@ def compare_spaces(
     lens: Lens,
     a: str | None = None,
     b: str | None = None,
-    vocabulary: Vocabulary | str | Path | None = None,
+    vocabulary: Vocabulary | str | Path | Sequence[str] | None = None,
     queries: list[str] | None = None,
     top: int = 10,
     layers: list[str] | None = None,

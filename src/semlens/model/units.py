@@ -219,10 +219,12 @@ def list_layers(model: nn.Module, example: torch.Tensor, saes: dict[str, str] | 
     """Run one forward pass on ``example`` and record every module's output shape and unit count; the layers
     in ``saes`` (layer -> SAE path) count their SAE's features, checked to fit the layer."""
     infos: dict[str, LayerInfo] = {}
+    repeated: set[str] = set()
 
     def recorder(name: str, module: nn.Module):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if name in infos:  # a module called twice keeps its first output
+            if name in infos:  # a module called twice keeps its first output, as a build reads it
+                repeated.add(name)
                 return
             found = first_tensor(output)
             if found is None:
@@ -254,6 +256,8 @@ def list_layers(model: nn.Module, example: torch.Tensor, saes: dict[str, str] | 
             raise LayerError(f"layer {name!r} outputs {info.shape}: no channels to read through the SAE {path}")
         info.sae = SparseAutoencoder.load(path, info.units).describe()
         info.units = info.sae["d_sae"]
+    for name in repeated:
+        infos[name].shape += " (runs more than once a forward: the first call is read)"
     order = [name for name, _ in model.named_modules() if name in infos]
     return [infos[name] for name in order]
 

@@ -164,6 +164,7 @@ class Collector:
         self._device_type = "cpu"
         self._batch_ids: torch.Tensor | None = None
         self._seen: set[str] = set()
+        self.repeated: set[str] = set()  # layers whose module ran more than once in a forward (the first call is read)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> Collector:
@@ -178,8 +179,11 @@ class Collector:
 
     def _hook(self, name: str) -> Callable:
         def hook(module: nn.Module, _inputs: object, output: object) -> None:
-            if self._batch_ids is None or name in self._seen:
-                return  # outside update(), or a module called twice in one forward
+            if self._batch_ids is None:
+                return  # outside update()
+            if name in self._seen:  # a module called twice in one forward: its first call is read
+                self.repeated.add(name)
+                return
             self._seen.add(name)
             if name not in self.results:
                 spec = self.readers[name].spec

@@ -3,6 +3,7 @@ reports when it is done (``BuildSummary``)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -312,6 +313,16 @@ class BuildSummary:
     k: int = 0  # concept examples per unit
     reused: list[str] = field(default_factory=list)  # stages complete before this run (their seconds are an earlier run's)
 
+    def failure_warning(self) -> str | None:
+        """The samples that could not be read, said with the first one's reason (a notebook sees no failures.json;
+        a dataset of normalised tensors fails at every sample), or None where every one was read."""
+        if not self.failed:
+            return None
+        failures = json.loads((Path(self.path) / "failures.json").read_text(encoding="utf-8"))
+        first = f" (the first: {failures[0]['error']})" if failures else ""
+        most = "; the Lens shows the rest only, so fix the data and build again with overwrite=True" if 2 * self.failed > self.samples else ""
+        return f"{self.failed} of {self.samples} samples could not be read and were skipped{first}; all are listed in {self.path}/failures.json{most}"
+
     def unit_warnings(self) -> list[str]:
         """The layers' inactive and tied units, said as a warning each (with what would give tied units examples
         of their own where k is a large share of the samples)."""
@@ -327,7 +338,8 @@ class BuildSummary:
                 advice = f" (k = {self.k} of {self.samples - self.failed} samples: a smaller k or more probe images give them examples of their own)" if crowded else ""
                 found.append(
                     f"layer {layer.name}: {layer.tied_units} of {layer.units} units have the same concept examples as another unit (marked "
-                    f"tied); like inactive units they are left out of search, labels, the map, measures, audits and graphs{advice}"
+                    f"tied); like inactive units they are left out of labels, the map, measures, audits, graphs and search by "
+                    f"alignment (search by the model's response ranks them by their own){advice}"
                 )
         return found
 

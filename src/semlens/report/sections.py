@@ -71,7 +71,11 @@ def audit_summary(audit: Audit) -> str:
             f"<p><b>reliance on the concept</b>: class probability {r['without']:.3f} without, {r['with']:.3f} with "
             f"({r['effect']:+.3f}; log-odds {r['log_odds']:+.2f}: {'relies on it' if r['relies'] else 'does not rely on it'}; "
             f"{r['samples'][0]} and {r['samples'][1]} images, {'pairs' if r['paired'] else 'unpaired'})<br>"
+            f"<b>spurious share, as tested</b>: {audit.spurious_share:.1%} of the relevance (the confirmed findings'"
+            f"{' and the units the reliance runs through' if audit.carriers else ''}; the table's shares are by alignment)<br>"
             f"confirmed findings: {_names(audit.confirmed)}<br>unconfirmed: {_names(audit.unconfirmed)}"
+            + (f"<br>not flagged, but the reliance runs through them (the concept test alone): {_names(audit.carriers)}" if audit.carriers else "")
+            + (f"<br><b>{html.escape(audit.advice)}</b>" if audit.advice else "")
             + (f"<br>detect the concept (raised by it more than by the class, where it is; tested units): {_names(audit.detectors)}" if r["relies"] else "")
             + (f"<br>flagged, but not raised by the concept (verdict from the valid alignment): {_names(audit.not_raised)}" if audit.rule.by_rise else "")
             + (
