@@ -273,6 +273,22 @@ def test_errors_print_brackets_and_emoji_codes_as_written(capsys) -> None:
         interrupted()
     assert stopped.value.exit_code == 130 and "run again resumes where it stopped" in " ".join(capsys.readouterr().err.split())
 
+    @friendly
+    def worker_killed() -> None:  # as torch says it when the system kills a loader worker
+        raise RuntimeError("DataLoader worker (pid(s) 8102) exited unexpectedly")
+
+    with pytest.raises(typer.Exit) as stopped:
+        worker_killed()
+    said = " ".join(capsys.readouterr().err.split())
+    assert stopped.value.exit_code == 2 and "exited unexpectedly" in said and "run the same command again to resume" in said
+
+    @friendly
+    def other_bug() -> None:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError):  # any other error keeps its traceback
+        other_bug()
+
 
 def test_an_image_outside_every_class_folder_takes_the_predicted_class(tmp_path, colour_folder, tiny_clip_dir) -> None:
     import shutil

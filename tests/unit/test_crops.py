@@ -532,3 +532,17 @@ def test_peak_focus_of_a_token_layer_starts_at_the_units_highest_token() -> None
         inside = torch.zeros(8, 8, dtype=torch.bool)
         inside[2 * (token // 4) : 2 * (token // 4) + 2, 2 * (token % 4) : 2 * (token % 4) + 2] = True
         assert peak[row][~inside].abs().max() == 0 and peak[row][inside].min() > 0
+
+
+def test_loader_workers_leave_ctrl_c_to_the_main_process() -> None:
+    """A worker that took Ctrl-C printed its own traceback before the build said it resumes: workers ignore it."""
+    import signal
+
+    from semlens._util.devices import quiet_worker
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        quiet_worker(0)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -283,6 +284,12 @@ class ShrinkingBatch:
         if rows == planned or not within:
             self.rows = min(self.ceiling, fitting, GROWTH * rows)
             self.measured = True
+
+
+def quiet_worker(_worker: int) -> None:
+    """A data-loader worker's start (``worker_init_fn``): Ctrl-C is left to the main process, which says the build
+    resumes and shuts the workers down; a worker that took it too printed its own traceback first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def what_torch_said(error: torch.OutOfMemoryError) -> str:

@@ -116,6 +116,15 @@ def friendly(command: Callable) -> Callable:
         except KeyboardInterrupt:
             errors.print("interrupted; what was finished is kept: a build (run, embed, merge) run again resumes where it stopped", highlight=False)
             raise typer.Exit(130) from None
+        except RuntimeError as error:  # torch's words for a loader worker the system killed (out of memory, most often)
+            if "DataLoader worker" not in str(error):
+                raise
+            errors.print(
+                f"[bold red]error:[/] a data-loader worker stopped ({escape(printable(str(error)))}); what was finished is kept: "
+                "run the same command again to resume, with fewer --workers or a smaller --batch-size if memory ran short",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
+            raise typer.Exit(2) from None
 
     return wrapper
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .._util.devices import quiet_worker
 from .._util.fingerprint import hash_json
 from ..data import ImageData
 from ..data.base import DecodingDataset, collate_decoded
@@ -75,6 +76,7 @@ class BuildContext:
             num_workers=self.workers(),
             collate_fn=collate_decoded,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=quiet_worker,
         )
 
     def model_input(self, pixels: torch.Tensor) -> torch.Tensor:

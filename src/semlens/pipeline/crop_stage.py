@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .._util.devices import ShrinkingBatch, pass_memory, relevance_pixels
+from .._util.devices import ShrinkingBatch, pass_memory, quiet_worker, relevance_pixels
 from .._util.errors import SemlensError
 from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
@@ -293,6 +293,7 @@ class CropStage:
             num_workers=min(context.workers(), len(spans)),
             collate_fn=collate_decoded,
             pin_memory=context.device.type == "cuda",
+            worker_init_fn=quiet_worker,
         )  # fmt: skip
         for (begin, end), samples, (pixels, _, failed) in zip(spans, distinct, loader):
             if failed:

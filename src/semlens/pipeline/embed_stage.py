@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .._util.devices import embed_dtype
+from .._util.devices import embed_dtype, quiet_worker
 from .._util.errors import StaleLensError
 from .._util.progress import progress_bar
 from ..data import ImageData
@@ -160,7 +160,8 @@ def embed_crops(foundation: FoundationModel, table: CropTable, source: CropSourc
         foundation.dtype if in_workers else None,
     )  # fmt: skip
     loader = torch.utils.data.DataLoader(
-        crops, batch_size=None, num_workers=min(source.workers, len(pending)), pin_memory=device.type == "cuda"
+        crops, batch_size=None, num_workers=min(source.workers, len(pending)), pin_memory=device.type == "cuda",
+        worker_init_fn=quiet_worker,
     )
     total = sum(end - begin for begin, end in mine)
     with progress_bar("embed", total, source.progress, completed=total - sum(end - begin for begin, end in pending)) as advance:

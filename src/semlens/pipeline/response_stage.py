@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from .._util.devices import quiet_worker
 from .._util.progress import progress_bar
 from ..analysis.responses import ResponseMoments
 from ..interventions.effects import read_units
@@ -84,7 +85,8 @@ class ResponseStage:
             CropTable(crop_rows, {}, None, []), spans, context.data, model.preprocessing.view, partial(model_pixels, model.preprocessing), MODEL_BATCH
         )  # fmt: skip
         loader = torch.utils.data.DataLoader(
-            crops, batch_size=None, num_workers=min(context.workers(), len(spans)), pin_memory=context.device.type == "cuda"
+            crops, batch_size=None, num_workers=min(context.workers(), len(spans)), pin_memory=context.device.type == "cuda",
+            worker_init_fn=quiet_worker,
         )
         with progress_bar("crop responses", len(rows), context.progress) as advance:
             for (begin, end), pixels in zip(spans, loader):
