@@ -283,8 +283,8 @@ def test_errors_print_brackets_and_emoji_codes_as_written(capsys) -> None:
     assert stopped.value.exit_code == 2 and "exited unexpectedly" in said and "run the same command again to resume" in said
 
     @friendly
-    def other_bug() -> None:
-        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    def other_bug() -> None:  # as torch passes on an error raised inside a worker: a bug, not a killed worker
+        raise RuntimeError("Caught RuntimeError in DataLoader worker process 0.\nRuntimeError: mat1 and mat2 shapes cannot be multiplied")
 
     with pytest.raises(RuntimeError):  # any other error keeps its traceback
         other_bug()

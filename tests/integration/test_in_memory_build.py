@@ -424,23 +424,17 @@ class ReusedReLU(torch.nn.Module):
         return self.head(self.relu(self.conv2(self.relu(self.conv1(x)))).mean(dim=(2, 3)))
 
 
-def test_a_layer_the_model_calls_twice_is_read_at_its_first_call_and_the_build_says_so(tmp_path, foundation, images) -> None:
-    """A reused ReLU crashed the responses stage (the intervention reader kept both calls, the build the first):
-    every reader keeps the first call, the build says which it read and what to read instead, and `semlens layers`
-    marks the module."""
+def test_a_layer_the_model_calls_twice_is_refused_naming_its_block(tmp_path, foundation, images) -> None:
+    """A reused ReLU crashed the responses stage: the build read its first call, the intervention reader both, and
+    switching a unit off would zero it in every call. Such a layer is refused at the first batch, naming what to read
+    instead, and `semlens layers` marks it."""
     from semlens.model.units import list_layers
 
-    with pytest.warns(UserWarning, match=r"layer relu runs more than once in a forward pass .* its first call is read"):
-        lens = build_lens(model=ReusedReLU(), preprocessing=TINY_PREPROCESSING, layers=["relu"], data=images, foundation=foundation,
-                          k=3, out=tmp_path / "reused.lens", progress=False, workers=0)  # fmt: skip
-    assert lens.arrays.theta("relu").shape[0] == 6  # conv1's six channels, the first call
-    from semlens.interventions.effects import read_units
-    from semlens.model.units import LayerSpec
-
-    scores, _ = read_units(LoadedModel(ReusedReLU(), "memory", TINY_PREPROCESSING), [torch.rand(2, 3, 16, 16)] * 2, [LayerSpec("relu")])
-    assert scores["relu"].shape == (4, 6)  # what the audit's concept test and search by the model read: the first call
-    shapes = {info.name: info.shape for info in list_layers(ReusedReLU(), torch.rand(1, 3, 16, 16))}
-    assert shapes["relu"].endswith("(runs more than once a forward: the first call is read)")
+    with pytest.raises(SemlensError, match=r"layer 'relu' runs more than once in a forward pass .* read the module that calls it"):
+        build_lens(model=ReusedReLU(), preprocessing=TINY_PREPROCESSING, layers=["relu"], data=images, foundation=foundation,
+                   k=3, out=tmp_path / "reused.lens", progress=False, workers=0)  # fmt: skip
+    shapes = {info.name: (info.shape, info.units) for info in list_layers(ReusedReLU(), torch.rand(1, 3, 16, 16))}
+    assert shapes["relu"][0].endswith("(runs more than once a forward: not readable)") and shapes["relu"][1] is None
 
 
 def test_an_overlay_search_on_a_lens_opened_without_its_model_says_how_it_ranked(built, foundation) -> None:

@@ -117,7 +117,7 @@ def friendly(command: Callable) -> Callable:
             errors.print("interrupted; what was finished is kept: a build (run, embed, merge) run again resumes where it stopped", highlight=False)
             raise typer.Exit(130) from None
         except RuntimeError as error:  # torch's words for a loader worker the system killed (out of memory, most often)
-            if "DataLoader worker" not in str(error):
+            if "DataLoader worker (pid" not in str(error):  # not "Caught ... in DataLoader worker process N": a bug's own error
                 raise
             errors.print(
                 f"[bold red]error:[/] a data-loader worker stopped ({escape(printable(str(error)))}); what was finished is kept: "

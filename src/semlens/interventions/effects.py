@@ -370,13 +370,8 @@ def read_units(
     scores: dict[str, list[torch.Tensor]] = {name: [] for name in readers}
     maps: dict[str, list[torch.Tensor]] = {name: [] for name in rows}
 
-    seen: set[str] = set()  # per forward: a module the model reuses is read at its first call, as the build read it
-
     def keep(name: str):
         def hook(_module, _inputs, output) -> None:
-            if name in seen:
-                return
-            seen.add(name)
             pooled, spatial = readers[name](output)
             scores[name].append(pooled.float().cpu())
             if name in rows and spatial is not None:
@@ -387,7 +382,6 @@ def read_units(
     handles = [resolve_module(model.module, name).register_forward_hook(keep(name)) for name in readers]
     with hooks(handles):
         for pixels in batches:
-            seen.clear()
             model.module(pixels.to(device))
     return {name: torch.cat(parts) for name, parts in scores.items()}, {name: torch.cat(parts) for name, parts in maps.items() if parts}
 

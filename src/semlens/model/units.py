@@ -201,6 +201,17 @@ def refuse_unreadable_layout(spec: LayerSpec, module: nn.Module, output: torch.T
         )
 
 
+def reused_module_error(name: str) -> LayerError:
+    """The refusal of a layer whose module runs more than once in a forward pass: its output is not one map, and the
+    build's readers and the interventions' switches would each take another call of it."""
+    block = name.rpartition(".")[0]
+    instead = f"read the block {block!r}" if block else "read the module that calls it"
+    return LayerError(
+        f"layer {name!r} runs more than once in a forward pass (a module the model reuses, as torchvision's ResNet "
+        f"blocks reuse their ReLU), so its output is not one map: {instead}, or a module that runs once (see `semlens layers MODEL`)"
+    )
+
+
 @dataclass
 class LayerInfo:
     """What ``semlens layers`` shows for one module."""
@@ -223,7 +234,7 @@ def list_layers(model: nn.Module, example: torch.Tensor, saes: dict[str, str] | 
 
     def recorder(name: str, module: nn.Module):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if name in infos:  # a module called twice keeps its first output, as a build reads it
+            if name in infos:  # a module called twice: not readable (reused_module_error)
                 repeated.add(name)
                 return
             found = first_tensor(output)
@@ -257,7 +268,8 @@ def list_layers(model: nn.Module, example: torch.Tensor, saes: dict[str, str] | 
         info.sae = SparseAutoencoder.load(path, info.units).describe()
         info.units = info.sae["d_sae"]
     for name in repeated:
-        infos[name].shape += " (runs more than once a forward: the first call is read)"
+        infos[name].shape += " (runs more than once a forward: not readable)"
+        infos[name].units = None
     order = [name for name, _ in model.named_modules() if name in infos]
     return [infos[name] for name in order]
 

@@ -275,7 +275,7 @@ def changed_settings(was: Any, now: Any, prefix: str = "") -> list[tuple[str, An
 def fallbacks(manifest: dict[str, Any]) -> list[str]:
     """What the build did instead of what was asked, as recorded in the manifest: crop modes other than the
     one asked for (``auto`` asks for relevance), map cells left on the even grid where their placement could
-    not be measured, a layer whose module runs more than once a forward (its first call read), relevance passes made smaller when the GPU ran out of memory, an embedding that could not
+    not be measured, relevance passes made smaller when the GPU ran out of memory, an embedding that could not
     be compiled, a skipped class-relevance stage, labels the class relevance could not use, and k lowered to the
     number of samples."""
     asked = manifest["identity"]["embed"]["crop"]
@@ -287,12 +287,6 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
         crop = layer.get("crop")
         if crop and crop["mode"] != wanted:
             found.append(f"layer {name}: {crop['mode']} crops instead of {wanted} crops ({crop['why']})")
-        if layer.get("repeated"):
-            block = name.rpartition(".")[0] or "the module that calls it"
-            found.append(
-                f"layer {name} runs more than once in a forward pass (a module the model reuses, as torchvision's ResNet blocks "
-                f"reuse their ReLU): its first call is read, not its last; read {block} for the block's output"
-            )
         if layer.get("map_shift_failed"):
             found.append(f"layer {name}: map cells taken on the even grid, their placement not measured ({layer['map_shift_failed']})")
         for what, record in (("relevance crops", crop), ("relevance examples", layer.get("relevance_examples"))):

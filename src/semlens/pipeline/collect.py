@@ -22,7 +22,7 @@ from torch import nn
 
 from .._util.devices import strict_float32
 from .._util.errors import LayerError, SemlensError
-from ..model.units import LayerSpec, UnitReader, refuse_unreadable_layout, resolve_module, select_output
+from ..model.units import LayerSpec, UnitReader, refuse_unreadable_layout, resolve_module, reused_module_error, select_output
 
 EMPTY_ID = -1
 _ID_SPAN = 1 << 32  # sample ids must be below 2**32
@@ -164,7 +164,6 @@ class Collector:
         self._device_type = "cpu"
         self._batch_ids: torch.Tensor | None = None
         self._seen: set[str] = set()
-        self.repeated: set[str] = set()  # layers whose module ran more than once in a forward (the first call is read)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> Collector:
@@ -181,9 +180,8 @@ class Collector:
         def hook(module: nn.Module, _inputs: object, output: object) -> None:
             if self._batch_ids is None:
                 return  # outside update()
-            if name in self._seen:  # a module called twice in one forward: its first call is read
-                self.repeated.add(name)
-                return
+            if name in self._seen:
+                raise reused_module_error(name)
             self._seen.add(name)
             if name not in self.results:
                 spec = self.readers[name].spec

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict
 from itertools import chain, islice
 from typing import Any
@@ -86,8 +86,7 @@ class CollectStage:
         failures = sorted(chain.from_iterable(ranks.gather_objects(failures)))
         info = {"rescored": {"candidates_per_unit": slots, **sum_counts(ranks.gather_objects(info))}} if rescoring else {}
         seconds = time.perf_counter() - started
-        repeated = sorted(collector.repeated)
-        context.manifest = ranks.on_main(lambda: self.finish(results, failures, seconds, repeated, ranks=ranks.world, **info))
+        context.manifest = ranks.on_main(lambda: self.finish(results, failures, seconds, ranks=ranks.world, **info))
 
     def _reload(self, ids: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of the samples ``ids`` as model inputs (the float32 re-scoring of the candidates); each
@@ -99,10 +98,9 @@ class CollectStage:
                 raise DataError(f"sample {index} decoded in the collection pass but not when re-scored ({error}); is the data changing?")
             yield context.model_input(pixels), batch_ids.to(context.device)
 
-    def finish(self, results: dict[str, TopK], failures: list, seconds: float, repeated: Sequence[str] = (), **info: Any) -> dict[str, Any]:
-        """Store the stage's results (from this run, or merged from shards) and mark it done; ``repeated``: the layers
-        whose module ran more than once a forward (their first call read), which the build's fallbacks name."""
-        self._write_results(results, failures, repeated)
+    def finish(self, results: dict[str, TopK], failures: list, seconds: float, **info: Any) -> dict[str, Any]:
+        """Store the stage's results (from this run, or merged from shards) and mark it done."""
+        self._write_results(results, failures)
         for checkpoint in self.context.store.root.glob(f"{COLLECT_PARTIAL}*"):  # every rank's, of any earlier world size
             checkpoint.unlink()
         self.context.finish_stage(self.name, seconds, failed=len(failures), **info)
@@ -132,7 +130,7 @@ class CollectStage:
         failures = [tuple(item) for item in json.loads(metadata["failures"])]
         return state, int(metadata["next_index"]), failures
 
-    def _write_results(self, results: dict[str, TopK], failures: list, repeated: Sequence[str] = ()) -> None:
+    def _write_results(self, results: dict[str, TopK], failures: list) -> None:
         context = self.context
         store, data = context.store, context.data
         if len(failures) == len(context.rows):
@@ -153,7 +151,6 @@ class CollectStage:
                 "map_shape": None if topk.maps is None else list(topk.maps.shape[2:]),
                 "inactive_units": int(inactive.sum()),
                 "spec": asdict(spec),
-                **({"repeated": True} if spec.name in repeated else {}),
             }
             if topk.maps is not None:  # where the map's cells sit in the input: activation boxes and masks follow it
                 shift_images = self._shift_images() if shift_images is None else shift_images

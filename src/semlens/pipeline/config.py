@@ -318,9 +318,10 @@ class BuildSummary:
         a dataset of normalised tensors fails at every sample), or None where every one was read."""
         if not self.failed:
             return None
-        failures = json.loads((Path(self.path) / "failures.json").read_text(encoding="utf-8"))
+        listed = Path(self.path) / "failures.json"
+        failures = json.loads(listed.read_text(encoding="utf-8")) if listed.is_file() else []
         first = f" (the first: {failures[0]['error']})" if failures else ""
-        most = "; the Lens shows the rest only, so fix the data and build again with overwrite=True" if 2 * self.failed > self.samples else ""
+        most = "; the Lens shows the rest only, so fix the data and build again with overwrite=True (--overwrite)" if 2 * self.failed > self.samples else ""
         return f"{self.failed} of {self.samples} samples could not be read and were skipped{first}; all are listed in {self.path}/failures.json{most}"
 
     def unit_warnings(self) -> list[str]:
