@@ -416,23 +416,26 @@ def test_a_pass_whose_guess_is_wrong_is_computed_again_exactly(monkeypatch) -> N
     """conv2 takes the signed rule on a negative image, z⁺ on a non-negative one: a pass on the second that guessed
     from the first is computed again, exactly, and conv2 guesses no more. Without the second computation the
     heatmaps would be the signed rule's."""
+    torch.manual_seed(0)
+    positive = torch.rand(4, 3, 12, 12)
+    assert_a_wrong_guess_is_computed_again(RelevanceModel(identity_then_convolutions(), positive[:2]), [-torch.rand(4, 3, 12, 12), positive], monkeypatch)
+
+
+def assert_a_wrong_guess_is_computed_again(relevance: RelevanceModel, batches: list[torch.Tensor], monkeypatch) -> None:
+    """The second of two passes guesses wrong (its record says so) and is computed again, equal to the exact pass;
+    taken on trust it would differ."""
     from semlens.relevance.rules import Speculation
 
-    torch.manual_seed(0)
-    model = identity_then_convolutions()
-    negative, positive = -torch.rand(4, 3, 12, 12), torch.rand(4, 3, 12, 12)
-    relevance = RelevanceModel(model, positive[:2])
     assert relevance.check().supported, relevance.check().reason
-    exact = passes(relevance, [negative, positive], "relu3")
+    exact = passes(relevance, batches, "relu3")
     guessing_everywhere(monkeypatch)
     failed, checked = Speculation.failed, []
     monkeypatch.setattr(Speculation, "failed", lambda self: checked.append(failed(self)) or checked[-1])
-    again = passes(relevance, [negative, positive], "relu3")
+    again = passes(relevance, batches, "relu3")
     assert checked == [False, True]  # the first pass has nothing to guess from; the second guessed wrong
     assert gap(again[1], exact[1]) <= TOLERANCE
     monkeypatch.setattr(Speculation, "failed", lambda self: False)  # a guess taken on trust
-    trusted = passes(relevance, [negative, positive], "relu3")
-    assert gap(trusted[1], exact[1]) > 1e-3
+    assert gap(passes(relevance, batches, "relu3")[1], exact[1]) > 1e-3
 
 
 def relu_then_mixing_convolution() -> nn.Module:
@@ -456,22 +459,11 @@ def relu_then_mixing_convolution() -> nn.Module:
 def test_a_zplus_guess_on_a_pass_where_zplus_would_lose_relevance_is_computed_again(monkeypatch) -> None:
     """conv2 takes z⁺ on a positive image; on one with zeros, z⁺ loses relevance there and the exact rule turns
     signed. The pass that guessed z⁺ is computed again; taken on trust it would differ."""
-    from semlens.relevance.rules import Speculation
-
     torch.manual_seed(0)
     clean = torch.rand(4, 2, 8, 8) * 0.5 + 1.0
     holed = torch.rand(4, 2, 8, 8)
     holed[:, 0, :4] = 0.0  # conv2's first row there: -x₁ < 0, relevance reaches it, W⁺x = 0
-    relevance = RelevanceModel(relu_then_mixing_convolution(), clean[:2])
-    assert relevance.check().supported, relevance.check().reason
-    exact = passes(relevance, [clean, holed], "relu3")
-    guessing_everywhere(monkeypatch)
-    failed, checked = Speculation.failed, []
-    monkeypatch.setattr(Speculation, "failed", lambda self: checked.append(failed(self)) or checked[-1])
-    again = passes(relevance, [clean, holed], "relu3")
-    assert checked == [False, True] and gap(again[1], exact[1]) <= TOLERANCE
-    monkeypatch.setattr(Speculation, "failed", lambda self: False)
-    assert gap(passes(relevance, [clean, holed], "relu3")[1], exact[1]) > 1e-3
+    assert_a_wrong_guess_is_computed_again(RelevanceModel(relu_then_mixing_convolution(), clean[:2]), [clean, holed], monkeypatch)
 
 
 def test_a_pass_leaves_no_layer_input_held_by_the_rules() -> None:
