@@ -86,7 +86,7 @@ def report_summary(summary: Any, as_json: bool) -> None:
         whole = set(summary.reused) >= set(summary.stages)
         say("the Lens was complete already: nothing was computed again (the seconds are its build's)" if whole
             else f"resumed: {', '.join(summary.reused)} done before (their seconds are that run's), the rest computed now")
-    unread = summary.failure_warning() if 2 * summary.failed > summary.samples else None  # most unread: why, loudly
+    unread = summary.failure_warning() if summary.mostly_unread else None  # most unread: why, loudly
     for warning in [unread] * bool(unread) + summary.fallbacks + summary.unit_warnings():
         errors.print(f"[yellow]warning:[/] {escape(warning)}")
 

@@ -313,6 +313,11 @@ class BuildSummary:
     k: int = 0  # concept examples per unit
     reused: list[str] = field(default_factory=list)  # stages complete before this run (their seconds are an earlier run's)
 
+    @property
+    def mostly_unread(self) -> bool:
+        """Whether most samples could not be read: the Lens shows the rest only (a dataset of normalised tensors)."""
+        return 2 * self.failed > self.samples
+
     def failure_warning(self) -> str | None:
         """The samples that could not be read, said with the first one's reason (a notebook sees no failures.json;
         a dataset of normalised tensors fails at every sample), or None where every one was read."""
@@ -321,7 +326,7 @@ class BuildSummary:
         listed = Path(self.path) / "failures.json"
         failures = json.loads(listed.read_text(encoding="utf-8")) if listed.is_file() else []
         first = f" (the first: {failures[0]['error']})" if failures else ""
-        most = "; the Lens shows the rest only, so fix the data and build again with overwrite=True (--overwrite)" if 2 * self.failed > self.samples else ""
+        most = "; the Lens shows the rest only, so fix the data and build again with overwrite=True (--overwrite)" if self.mostly_unread else ""
         return f"{self.failed} of {self.samples} samples could not be read and were skipped{first}; all are listed in {self.path}/failures.json{most}"
 
     def unit_warnings(self) -> list[str]:
