@@ -723,9 +723,9 @@ class WindowPartition(nn.Module):
         return x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p, c)
 
 
-class Doubling(nn.Module):
+class Squaring(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(0, 2, 3, 1) * 2
+        return x.permute(0, 2, 3, 1) ** 2
 
 
 def test_modules_that_only_rearrange_their_input_need_no_rule_and_others_do() -> None:
@@ -734,11 +734,56 @@ def test_modules_that_only_rearrange_their_input_need_no_rule_and_others_do() ->
     from semlens.relevance.residual import rearranges_only
 
     assert rearranges_only(Permute([0, 2, 3, 1])) and rearranges_only(WindowPartition())
-    assert not rearranges_only(Doubling())  # computes new values
+    assert not rearranges_only(Squaring())  # computes new values
     assert not rearranges_only(nn.Linear(2, 2)) and not rearranges_only(nn.Sigmoid())  # parameters; a function
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), Doubling(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Squaring(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
     report = RelevanceModel(model, torch.rand(1, 3, 8, 8)).check()
-    assert not report.supported and report.reason == "no LRP rule here for Doubling"
+    assert not report.supported and report.reason == "no LRP rule here for Squaring"
+
+
+class Normalising(nn.Module):
+    """An input normalisation written as a module, as notebooks wrap a network: ``(x - mean) / std``."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], written: str = "operators") -> None:
+        super().__init__()
+        self.written = written
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.written == "methods":
+            return x.sub(self.mean).div(self.std)
+        if self.written == "inverted":  # dividing by the signal: not an affine map of it
+            return self.std / (x - self.mean)
+        return (x - self.mean) / self.std
+
+
+def test_a_fixed_affine_map_is_told_from_other_arithmetic() -> None:
+    from semlens.relevance.residual import fixed_affine
+
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    assert fixed_affine(Normalising(mean, std)) and fixed_affine(Normalising(mean, std, "methods"))
+    assert not fixed_affine(Normalising(mean, std, "inverted")) and not fixed_affine(Squaring())
+    assert not fixed_affine(WindowPartition()) and not fixed_affine(nn.Conv2d(3, 3, 1))  # no arithmetic; parameters
+
+
+@pytest.mark.parametrize("normalisation", ["module", "torchvision"])
+def test_a_normalisation_inside_the_model_gives_the_heatmaps_of_the_bare_network_on_normalised_inputs(normalisation: str) -> None:
+    from torchvision.transforms import Normalize
+
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    bare = residual_models.ResidualCNN().eval()
+    wrapped = nn.Sequential(Normalising(mean, std) if normalisation == "module" else Normalize(mean, std), bare).eval()
+    pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    normalised = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert RelevanceModel(wrapped, pixels).check().supported
+    channels, signs = torch.tensor([1, 4]), torch.ones(2)
+    with RelevanceModel(bare, normalised).attributing() as modified:
+        expected = crp_heatmaps(modified, normalised, "blocks.2", channels, signs)
+    with RelevanceModel(wrapped, pixels).attributing() as modified:
+        actual = crp_heatmaps(modified, pixels, "1.blocks.2", channels, signs)
+    assert expected.abs().amax() > 1e-2
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_a_softmax_over_paths_that_gates_nothing_is_refused_by_name() -> None:

@@ -30,7 +30,7 @@ from .attention import HeldAttention
 from .canonizers import UnsupportedModelError, canonizers_for, tensors_in
 from .conservation import find_leak
 from .derived_weights import DerivedWeights
-from .residual import HOLDING_MODULES, FxResidualCanonizer, UntracedOps, makes_gate, rearranges_only
+from .residual import HOLDING_MODULES, FxResidualCanonizer, UntracedOps, fixed_affine, makes_gate, rearranges_only
 from .rules import LeanEpsilonPlusFlat, Speculation, held_scale_known
 from .sae import decoded_share, unit_tensors
 
@@ -59,7 +59,7 @@ SUPPORTED_NAMES = {"Identity", "Sum"}
 #: and timm's average pools, which get the average pools' rule
 LIBRARY_PASSES = {
     "timm.": {"GELU", "GELUTanh", "QuickGELU", "Swish", "HardSwish", "Tanh", "PReLU", "LayerScale", "LayerScale2d", "Scale", "StarReLU", "SquaredReLU", "DropPath"},
-    "torchvision.": {"StochasticDepth"},
+    "torchvision.": {"StochasticDepth", "Normalize"},  # Normalize: a transform as a module, the input's normalisation
     "transformers.": {
         "GELUActivation", "GELUTanh", "PytorchGELUTanh", "NewGELUActivation", "FastGELUActivation", "QuickGELUActivation",
         "AccurateGELUActivation", "SiLUActivation", "MishActivation", "LinearActivation", "*DropPath", "*LayerScale",
@@ -131,6 +131,9 @@ class RelevanceModel:
                 self._constant_layers = {name for name, module in model.named_modules() if module in called and module not in on_path and not list(module.children())}
             ruled = passes + averages + affines + held_norms  # library modules with a rule of their own
             without_rule = {name: m for name, m in leaves_without_rule(model, ruled, on_path).items() if not rearranges_only(m)}
+            normalising = tuple({type(m) for m in without_rule.values() if fixed_affine(m)})  # (x - mean) / std as a module
+            passes, ruled = passes + normalising, ruled + normalising
+            without_rule = {name: m for name, m in without_rule.items() if not isinstance(m, normalising)}
             canonizers = canonizers_for(model, example, on_path, ruled)
             # modules that gate a product, weigh values or feed attention's held weights alone: no relevance reaches them
             gates = {id(gate) for canonizer in canonizers if isinstance(canonizer, FxResidualCanonizer) for gate in canonizer.traced.gates}

@@ -72,6 +72,10 @@ RESHAPES = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "f
 #: calls that move, select or pad a tensor's values without computing new ones: the gradient through them
 #: hands each value exactly the relevance of where it went (``rearranges_only``)
 REARRANGES = RESHAPES | {"swapaxes", "swapdims", "movedim", "unflatten", "getitem", "narrow", "chunk", "split", "roll", "pad", "cat", "stack"}
+#: elementwise arithmetic that, with the other operand fixed, is an affine map (``fixed_affine``); dividing by the
+#: signal is not
+AFFINE_STEPS = {"add", "sub", "mul", "truediv", "div", "add_", "sub_", "mul_", "div_"}
+DIVISIONS = {"truediv", "div", "div_"}
 #: reductions over dimensions, which ``Reduction`` takes over (``dim`` given as numbers, no ``dtype``)
 REDUCTIONS = {"sum", "mean"}
 #: a gate resized to its signal's map keeps gating it (GhostNetV2's DFC attention: an interpolated sigmoid)
@@ -494,6 +498,27 @@ def makes_gate(module: nn.Module) -> bool:
     """Whether ``module`` is a library's own module whose output is a gate's sigmoid or softmax (or attention's
     softmax): it needs no rule where it gates a product (``TraceResult.gates``)."""
     return _computes_with(module, GATE_FUNCTIONS | WEIGHT_FUNCTIONS, HOLDING_MODULES)
+
+
+def fixed_affine(module: nn.Module) -> bool:
+    """Whether a leaf module without parameters maps its input only through additions, subtractions,
+    multiplications and divisions by values fixed in advance (its buffers, constants), reshapes between: an input
+    normalisation written as a module, ``(x - mean) / std``. It passes relevance unchanged, so the heatmaps are
+    those of the bare network given the normalisation as its preprocessing. False where torch.fx cannot trace it."""
+    traced = None if list(module.parameters()) else _traced_alone(module)
+    if traced is None:
+        return False
+    first = next((node.target for node in traced[0].nodes if node.op == "placeholder"), None)
+    computed = _computed_nodes(traced[0], [first])
+    operations = [node for node in computed if node.op not in ("placeholder", "output")]
+
+    def fixed_step(node: fx.Node) -> bool:
+        name, operands = _op_name(node), _computed_operands(node, computed)
+        if name in RESHAPES:
+            return True
+        return name in AFFINE_STEPS and len(operands) == 1 and (name not in DIVISIONS or node.args[0] is operands[0])
+
+    return any(_op_name(node) in AFFINE_STEPS for node in operations) and all(fixed_step(node) for node in operations)
 
 
 def rearranges_only(module: nn.Module) -> bool:
