@@ -452,3 +452,30 @@ def test_labels_from_a_list_of_concept_names(built) -> None:
     lens, _ = built
     labelling = lens.label(vocabulary=["red", "green", "blue"], save=False)
     assert labelling.vocabulary.concepts == ("red", "green", "blue")
+
+
+class Normalising(torch.nn.Module):
+    """``(x - mean) / std`` from buffers: the normalisation a notebook wraps its network with."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def test_a_network_wrapped_with_its_normalisation_gets_relevance_crops_and_a_second_one_is_warned(tmp_path, foundation, images) -> None:
+    mean, std = TINY_PREPROCESSING.mean, TINY_PREPROCESSING.std
+    wrapped = torch.nn.Sequential(Normalising(mean, std), TinyCNN())
+    bare = Preprocessing(TINY_PREPROCESSING.input_size, TINY_PREPROCESSING.resize, (0.0,) * 3, (1.0,) * 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lens = build_lens(model=wrapped, preprocessing=bare, layers=["1.features.3"], data=images, foundation=foundation, k=3,
+                          out=tmp_path / "wrapped.lens", progress=False, workers=0)
+    assert lens.manifest["layers"]["1.features.3"]["crop"]["mode"] == "relevance" and lens.manifest["stages"]["relevance"]["complete"]
+    assert not [str(warning.message) for warning in caught if "normalis" in str(warning.message)]
+    with pytest.warns(UserWarning, match=r"normalises its input itself \(its first module, '0'\) and its preprocessing does too"):
+        build_lens(model=wrapped, preprocessing=TINY_PREPROCESSING, layers=["1.features.3"], data=images, foundation=foundation, k=3,
+                   out=tmp_path / "twice.lens", progress=False, workers=0, class_relevance=False)

@@ -28,7 +28,9 @@ from .._util.errors import SemlensError, StaleLensError
 from ..data import ImageData, load_data
 from ..foundation import FOUNDATION_MODELS, FoundationModel
 from ..model.loading import LoadedModel, load_model
+from ..model.logits import example_batch
 from ..model.units import LayerSpec, resolve_module
+from ..relevance.residual import normalising_module
 from ..store.files import FORMAT, FORMAT_VERSION, LensStore
 from ..store.slots import crop_rules
 from ..store.trust import LensAccess, new_build_id, remember_trusted
@@ -81,6 +83,7 @@ class LensBuilder:
         for spec in [config.foundation, *config.extra_foundations]:
             FOUNDATION_MODELS.split(spec)  # an unknown form fails now, listing the valid ones, not after the collection pass
         model: LoadedModel = load_model(given.model)
+        self.normalised_twice = second_normalisation(model)
         data: ImageData = load_data(given.data)
         if len(data) == 0:
             raise SemlensError(f"the data {config.data} has no samples: give a folder with images (or a data spec that yields some)")
@@ -185,6 +188,7 @@ class LensBuilder:
             "identity": self.identity,
             "settings": asdict(self.config),
             **({"k_asked": self.k_asked} if self.k_asked != self.config.k else {}),  # lowered to the data's size
+            **({"preprocessing_warning": self.normalised_twice} if self.normalised_twice else {}),
             "classes": self.context.data.classes,
             "model_classes": self.context.model.classes,
             "layers": {},
@@ -283,10 +287,12 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
     found = []
     if "k_asked" in manifest:
         found.append(f"k = {manifest['identity']['collect']['k']} instead of {manifest['k_asked']}: the data has only that many samples")
+    if manifest.get("preprocessing_warning"):
+        found.append(manifest["preprocessing_warning"])
     for name, layer in manifest["layers"].items():
         crop = layer.get("crop")
         if crop and crop["mode"] != wanted:
-            found.append(f"layer {name}: {crop['mode']} crops instead of {wanted} crops ({crop['why']})")
+            found.append(f"layer {name}: {examples_of(crop['mode'])} instead of {examples_of(wanted)} ({crop['why']})")
         if layer.get("map_shift_failed"):
             found.append(f"layer {name}: map cells taken on the even grid, their placement not measured ({layer['map_shift_failed']})")
         for what, record in (("relevance crops", crop), ("relevance examples", layer.get("relevance_examples"))):
@@ -303,6 +309,28 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
     if skipped:
         found.append(f"no relevance examples ({skipped})")
     return found
+
+
+def examples_of(crop_mode: str) -> str:
+    """What a crop mode embeds, in words: "relevance crops", "activation crops", "whole images" (mode none)."""
+    return "whole images" if crop_mode == "none" else f"{crop_mode} crops"
+
+
+def second_normalisation(model: LoadedModel) -> str | None:
+    """Where the model normalises its input itself (its first module ``(x - mean) / std``, as notebooks wrap a
+    network) and its preprocessing normalises it too, what to change: it would see its inputs normalised twice."""
+    preprocessing = model.preprocessing
+    if all(value == 0 for value in preprocessing.mean) and all(value == 1 for value in preprocessing.std):
+        return None
+    name = normalising_module(model.module, example_batch(model.module, preprocessing.input_size))
+    if name is None:
+        return None
+    mean, std = (tuple(round(value, 3) for value in values) for values in (preprocessing.mean, preprocessing.std))
+    return (
+        f"the model normalises its input itself (its first module, {name!r}) and its preprocessing does too (mean {mean}, "
+        f"std {std}): it sees its inputs normalised twice. Give preprocessing=Preprocessing(input_size=..., resize=..., "
+        "mean=(0, 0, 0), std=(1, 1, 1)) if that is not what it expects"
+    )
 
 
 def smaller_passes(what: str, rows: str, passes: dict[str, int] | None) -> list[str]:

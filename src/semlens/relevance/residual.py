@@ -38,6 +38,7 @@ from torch.overrides import TorchFunctionMode
 from zennit.canonizers import AttributeCanonizer
 from zennit.layer import Sum
 
+from ..model.units import hooks
 from .attention import held_weights_einsum, held_weights_product
 from .layers import Reduction, reduce_over
 from .rules import linear_map_rule, stabilize
@@ -74,8 +75,8 @@ RESHAPES = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "f
 REARRANGES = RESHAPES | {"swapaxes", "swapdims", "movedim", "unflatten", "getitem", "narrow", "chunk", "split", "roll", "pad", "cat", "stack"}
 #: elementwise arithmetic that, with the other operand fixed, is an affine map (``fixed_affine``); dividing by the
 #: signal is not
-AFFINE_STEPS = {"add", "sub", "mul", "truediv", "div", "add_", "sub_", "mul_", "div_"}
-DIVISIONS = {"truediv", "div", "div_"}
+DIVISIONS = {"truediv", "itruediv", "div", "div_"}
+AFFINE_STEPS = ADDS | SUBTRACTIONS | DIVISIONS | {"mul", "imul", "mul_"}
 #: reductions over dimensions, which ``Reduction`` takes over (``dim`` given as numbers, no ``dtype``)
 REDUCTIONS = {"sum", "mean"}
 #: a gate resized to its signal's map keeps gating it (GhostNetV2's DFC attention: an interpolated sigmoid)
@@ -519,6 +520,22 @@ def fixed_affine(module: nn.Module) -> bool:
         return name in AFFINE_STEPS and len(operands) == 1 and (name not in DIVISIONS or node.args[0] is operands[0])
 
     return any(_op_name(node) in AFFINE_STEPS for node in operations) and all(fixed_step(node) for node in operations)
+
+
+def normalising_module(module: nn.Module, example: torch.Tensor) -> str | None:
+    """The name of the first module that ``module``'s forward on ``example`` runs, where that module normalises the
+    input (torchvision's ``Normalize``, or fixed arithmetic: ``fixed_affine``); None otherwise, or where the
+    forward fails."""
+    names = {leaf: name for name, leaf in module.named_modules() if not list(leaf.children())}
+    first: list[nn.Module] = []
+    with hooks([leaf.register_forward_pre_hook(lambda leaf, _: first.append(leaf)) for leaf in names]), torch.no_grad():
+        try:
+            module(example)
+        except Exception:  # noqa: BLE001 (a forward that fails here fails at the build, with its own message)
+            return None
+    if not first or not (type(first[0]).__name__ == "Normalize" or fixed_affine(first[0])):
+        return None
+    return names[first[0]]
 
 
 def rearranges_only(module: nn.Module) -> bool:
