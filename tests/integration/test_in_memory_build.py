@@ -13,7 +13,7 @@ from PIL import Image
 import pytest
 import torch
 from tiny_foundation import SAVERS
-from tiny_models import TINY_PREPROCESSING, TinyCNN, colour_images, tiny_cnn
+from tiny_models import TINY_PREPROCESSING, Normalising, TinyCNN, colour_images, tiny_cnn
 
 from semlens import BuildConfig, Lens, LoadedModel, Preprocessing, SemlensError, build_lens, load_data, load_foundation_model, load_model
 from semlens._util.errors import StaleLensError
@@ -452,18 +452,6 @@ def test_labels_from_a_list_of_concept_names(built) -> None:
     lens, _ = built
     labelling = lens.label(vocabulary=["red", "green", "blue"], save=False)
     assert labelling.vocabulary.concepts == ("red", "green", "blue")
-
-
-class Normalising(torch.nn.Module):
-    """``(x - mean) / std`` from buffers: the normalisation a notebook wraps its network with."""
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 def test_a_network_wrapped_with_its_normalisation_gets_relevance_crops_and_a_second_one_is_warned(tmp_path, foundation, images) -> None:

@@ -144,6 +144,23 @@ def channels_last_cnn() -> LoadedModel:
     return LoadedModel(ChannelsLastCNN().eval(), "py:tiny_models:channels_last_cnn", TINY_PREPROCESSING, ["red", "green", "blue"])
 
 
+class Normalising(nn.Module):
+    """An input normalisation written as a module, as notebooks wrap a network: ``(x - mean) / std``."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], written: str = "operators") -> None:
+        super().__init__()
+        self.written = written
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.written == "methods":
+            return x.sub(self.mean).div(self.std)
+        if self.written == "inverted":  # dividing by the signal: not an affine map of it
+            return self.std / (x - self.mean)
+        return (x - self.mean) / self.std
+
+
 def colour_images(count: int, size: int = 40, seed: int = 0) -> list[tuple[Image.Image, int]]:
     """Noisy images, each dominated by one of three colours in a random square: (image, colour label)."""
     rng = np.random.default_rng(seed)

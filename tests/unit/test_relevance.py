@@ -14,6 +14,7 @@ from typing import Callable
 
 import pytest
 import residual_models
+from tiny_models import Normalising
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -739,23 +740,6 @@ def test_modules_that_only_rearrange_their_input_need_no_rule_and_others_do() ->
     model = nn.Sequential(nn.Conv2d(3, 4, 3), Squaring(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
     report = RelevanceModel(model, torch.rand(1, 3, 8, 8)).check()
     assert not report.supported and report.reason == "no LRP rule here for Squaring"
-
-
-class Normalising(nn.Module):
-    """An input normalisation written as a module, as notebooks wrap a network: ``(x - mean) / std``."""
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], written: str = "operators") -> None:
-        super().__init__()
-        self.written = written
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.written == "methods":
-            return x.sub(self.mean).div(self.std)
-        if self.written == "inverted":  # dividing by the signal: not an affine map of it
-            return self.std / (x - self.mean)
-        return (x - self.mean) / self.std
 
 
 def test_a_fixed_affine_map_is_told_from_other_arithmetic() -> None:

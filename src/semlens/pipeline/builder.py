@@ -30,7 +30,7 @@ from ..foundation import FOUNDATION_MODELS, FoundationModel
 from ..model.loading import LoadedModel, load_model
 from ..model.logits import example_batch
 from ..model.units import LayerSpec, resolve_module
-from ..relevance.residual import normalising_module
+from ..relevance.lrp import normalising_module
 from ..store.files import FORMAT, FORMAT_VERSION, LensStore
 from ..store.slots import crop_rules
 from ..store.trust import LensAccess, new_build_id, remember_trusted
@@ -83,7 +83,6 @@ class LensBuilder:
         for spec in [config.foundation, *config.extra_foundations]:
             FOUNDATION_MODELS.split(spec)  # an unknown form fails now, listing the valid ones, not after the collection pass
         model: LoadedModel = load_model(given.model)
-        self.normalised_twice = second_normalisation(model)
         data: ImageData = load_data(given.data)
         if len(data) == 0:
             raise SemlensError(f"the data {config.data} has no samples: give a folder with images (or a data spec that yields some)")
@@ -179,6 +178,7 @@ class LensBuilder:
             return manifest
         if self.store.root.exists() and any(self.store.root.iterdir()):
             raise SemlensError(f"{self.store.root} exists, is not empty and is not a Lens; choose another output directory")
+        twice = second_normalisation(self.context.model)  # checked once, for a new Lens: a resumed one has it recorded
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -188,7 +188,7 @@ class LensBuilder:
             "identity": self.identity,
             "settings": asdict(self.config),
             **({"k_asked": self.k_asked} if self.k_asked != self.config.k else {}),  # lowered to the data's size
-            **({"preprocessing_warning": self.normalised_twice} if self.normalised_twice else {}),
+            **({"preprocessing_warning": twice} if twice else {}),
             "classes": self.context.data.classes,
             "model_classes": self.context.model.classes,
             "layers": {},

@@ -57,9 +57,12 @@ SUPPORTED_NAMES = {"Identity", "Sum"}
 #: passes torch's activations: their activation classes, timm's layer scales (a product with a constant,
 #: where the ε-rule is the identity), DropPath and torchvision's StochasticDepth (the identity in eval mode);
 #: and timm's average pools, which get the average pools' rule
+#: libraries' normalisations ``(x - mean) / std`` as modules (torchvision's transform put inside a model): they pass
+#: relevance, as the modules of fixed arithmetic do (``residual.fixed_affine``), and ``normalising_module`` finds them
+NORMALISATIONS = {"torchvision.": {"Normalize"}}
 LIBRARY_PASSES = {
     "timm.": {"GELU", "GELUTanh", "QuickGELU", "Swish", "HardSwish", "Tanh", "PReLU", "LayerScale", "LayerScale2d", "Scale", "StarReLU", "SquaredReLU", "DropPath"},
-    "torchvision.": {"StochasticDepth", "Normalize"},  # Normalize: a transform as a module, the input's normalisation
+    "torchvision.": {"StochasticDepth", *NORMALISATIONS["torchvision."]},
     "transformers.": {
         "GELUActivation", "GELUTanh", "PytorchGELUTanh", "NewGELUActivation", "FastGELUActivation", "QuickGELUActivation",
         "AccurateGELUActivation", "SiLUActivation", "MishActivation", "LinearActivation", "*DropPath", "*LayerScale",
@@ -480,6 +483,22 @@ def _input_arguments(module: nn.Module, args: tuple, kwargs: dict) -> set[str] |
     variable = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     names = {name for name, value in bound.items() if any(tensor.requires_grad for tensor in tensors_in(value))}
     return None if any(signature.parameters[name].kind in variable for name in names) else names
+
+
+def normalising_module(module: nn.Module, example: torch.Tensor) -> str | None:
+    """The name of the first module that ``module``'s forward on ``example`` runs, where that module normalises the
+    input (a library's ``NORMALISATIONS``, or fixed arithmetic: ``fixed_affine``); None otherwise, or where the
+    forward fails."""
+    names = {leaf: name for name, leaf in module.named_modules() if not list(leaf.children())}
+    first: list[nn.Module] = []
+    with hooks([leaf.register_forward_pre_hook(lambda leaf, _: first.append(leaf)) for leaf in names]), torch.no_grad():
+        try:
+            module(example)
+        except Exception:  # noqa: BLE001 (a forward that fails here fails at the build, with its own message)
+            return None
+    if not first or not (library_kinds(first[0], NORMALISATIONS) or fixed_affine(first[0])):
+        return None
+    return names[first[0]]
 
 
 def library_kinds(model: nn.Module, names: dict[str, set[str]]) -> tuple[type, ...]:

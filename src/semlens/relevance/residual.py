@@ -38,7 +38,6 @@ from torch.overrides import TorchFunctionMode
 from zennit.canonizers import AttributeCanonizer
 from zennit.layer import Sum
 
-from ..model.units import hooks
 from .attention import held_weights_einsum, held_weights_product
 from .layers import Reduction, reduce_over
 from .rules import linear_map_rule, stabilize
@@ -506,12 +505,10 @@ def fixed_affine(module: nn.Module) -> bool:
     multiplications and divisions by values fixed in advance (its buffers, constants), reshapes between: an input
     normalisation written as a module, ``(x - mean) / std``. It passes relevance unchanged, so the heatmaps are
     those of the bare network given the normalisation as its preprocessing. False where torch.fx cannot trace it."""
-    traced = None if list(module.parameters()) else _traced_alone(module)
+    traced = None if list(module.parameters()) else _own_operations(module)
     if traced is None:
         return False
-    first = next((node.target for node in traced[0].nodes if node.op == "placeholder"), None)
-    computed = _computed_nodes(traced[0], [first])
-    operations = [node for node in computed if node.op not in ("placeholder", "output")]
+    operations, computed = traced
 
     def fixed_step(node: fx.Node) -> bool:
         name, operands = _op_name(node), _computed_operands(node, computed)
@@ -522,32 +519,26 @@ def fixed_affine(module: nn.Module) -> bool:
     return any(_op_name(node) in AFFINE_STEPS for node in operations) and all(fixed_step(node) for node in operations)
 
 
-def normalising_module(module: nn.Module, example: torch.Tensor) -> str | None:
-    """The name of the first module that ``module``'s forward on ``example`` runs, where that module normalises the
-    input (torchvision's ``Normalize``, or fixed arithmetic: ``fixed_affine``); None otherwise, or where the
-    forward fails."""
-    names = {leaf: name for name, leaf in module.named_modules() if not list(leaf.children())}
-    first: list[nn.Module] = []
-    with hooks([leaf.register_forward_pre_hook(lambda leaf, _: first.append(leaf)) for leaf in names]), torch.no_grad():
-        try:
-            module(example)
-        except Exception:  # noqa: BLE001 (a forward that fails here fails at the build, with its own message)
-            return None
-    if not first or not (type(first[0]).__name__ == "Normalize" or fixed_affine(first[0])):
-        return None
-    return names[first[0]]
-
-
 def rearranges_only(module: nn.Module) -> bool:
     """Whether a leaf module without parameters only moves, selects or pads its input's values
     (``REARRANGES``: torchvision's ``Permute``, MaxViT's window partitions): it needs no rule, as the gradient
     through it is exact. False where torch.fx cannot trace it (not known to rearrange only)."""
-    traced = None if list(module.parameters()) or list(module.buffers()) else _traced_alone(module)
+    traced = None if list(module.parameters()) or list(module.buffers()) else _own_operations(module)
     if traced is None:
         return False
-    first = next((node.target for node in traced[0].nodes if node.op == "placeholder"), None)  # the others may be sizes
-    operations = [node for node in _computed_nodes(traced[0], [first]) if node.op not in ("placeholder", "output")]
+    operations, _ = traced
     return bool(operations) and all(_op_name(node) in REARRANGES for node in operations)
+
+
+def _own_operations(module: nn.Module) -> tuple[list[fx.Node], set[fx.Node]] | None:
+    """The operations of ``module``'s own forward (traced alone) computed from its first argument (the others may
+    be sizes), and every node computed from it; None where torch.fx cannot trace it."""
+    traced = _traced_alone(module)
+    if traced is None:
+        return None
+    first = next((node.target for node in traced[0].nodes if node.op == "placeholder"), None)
+    computed = _computed_nodes(traced[0], [first])
+    return [node for node in computed if node.op not in ("placeholder", "output")], computed
 
 
 def _computing(module: nn.Module) -> nn.Module:
