@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +13,7 @@ from semlens._util.errors import SemlensError
 from semlens.analysis.alignment import TEMPLATES, alignment, cosine, fill, null_prompts, resolve_templates
 from semlens.analysis.compare import best_matches, concept_sets, overlap_matrices
 from semlens.analysis.label import PAPER_THRESHOLD, dissect, label_confidence, label_units
-from semlens.analysis.overview import build_overview, cluster_count
+from semlens.analysis.overview import build_overview, cluster_count, name_clusters
 from semlens.analysis.vocabulary import Vocabulary, builtin_vocabulary, load_vocabulary
 
 E = torch.eye(4)
@@ -161,20 +162,28 @@ def test_cluster_count_grows_with_units():
     assert [cluster_count(n) for n in (1, 3, 8, 200, 5000, 100000)] == [1, 2, 2, 10, 50, 160]
 
 
-def test_overview_clusters_and_names_well_separated_groups():
+def test_overview_names_clusters_by_their_units_labels_and_colours_units_by_their_category():
     torch.manual_seed(0)
     centres = torch.eye(6)[:3] * 4
     theta = torch.cat([centre + 0.05 * torch.randn(10, 6) for centre in centres])
-    concepts = torch.eye(6)[:3]
-    overview = build_overview(
-        [f"l/{i}" for i in range(30)], theta, concepts, ["red", "dog", "sky"], concepts, ["colors", "animals", "scenes"], None, clusters=3
-    )
+    # group 0: mostly "red", some "blue"; group 1: "dog" and two units without a concept; group 2: no concept at all
+    labels = ["red"] * 6 + ["blue"] * 4 + ["dog"] * 8 + [None] * 2 + [None] * 10
+    categories = ["colors"] * 10 + ["animals"] * 8 + ["unlabelled"] * 12
+    overview = build_overview([f"l/{i}" for i in range(30)], theta, labels, categories, ["colors", "animals", "unlabelled"], clusters=3)
     assert overview.xy.shape == (30, 2)
+    names = []
     for group in range(3):
         members = overview.cluster[group * 10 : (group + 1) * 10]
         assert len(set(members.tolist())) == 1  # each group is one cluster
-        assert overview.cluster_names[members[0]].startswith(["red", "dog", "sky"][group])
-    assert overview.category.tolist() == [0] * 10 + [1] * 10 + [2] * 10
+        names.append(overview.cluster_names[members[0]])
+    assert names == ["red / blue", "dog", "no concept"]
+    assert overview.category.tolist() == [0] * 10 + [1] * 8 + [2] * 12
+
+
+def test_cluster_names_that_repeat_are_numbered():
+    assignment = np.array([0, 0, 1, 1, 2])
+    assert name_clusters(assignment, 3, ["ring", "ring", "ring", None, "star"]) == ["ring", "ring #2", "star"]
+    assert name_clusters(assignment, 3, [None] * 5) == ["no concept", "no concept #2", "no concept #3"]
 
 
 def test_slots_kept_by_chance_at_a_tied_cut_off_are_arbitrary():

@@ -154,6 +154,25 @@ def test_overview_figure_of_a_lens_uses_its_categories(lenses) -> None:
     assert sum(len(trace.x) for trace in figure.data) == len(overview.units)
 
 
+def test_overview_of_a_lens_agrees_with_the_labels_users_see(lenses) -> None:
+    """Every cluster is named by the labels its units show most often and every unit is coloured by its own
+    label's category (the dissection's), whatever vocabulary labelled the Lens; not by text probes aligned with
+    the clusters' mean theta, which named every demo cluster "person / fire"."""
+    from collections import Counter
+
+    lens = Lens.open(lenses[0].path)  # labels held in this process only: the shared Lens keeps its own
+    lens.label(["red", "green", "blue", "circle", "square"], save=False)  # a vocabulary of the user's own
+    overview = lens.overview()
+    for cluster, name in enumerate(overview.cluster_names):
+        shown = Counter(lens.labels.label_of(unit) for unit, c in zip(overview.units, overview.cluster) if c == cluster)
+        shown.pop(None, None)
+        expected = " / ".join(label for label, _ in shown.most_common(2)) or "no concept"
+        assert name.split(" #")[0] == expected
+    for unit, category in zip(overview.units, overview.category.tolist()):
+        layer = unit.split("/")[0]
+        assert unit in lens.labels.category_units(layer, overview.category_names[category])
+
+
 def test_overview_png_has_a_category_legend_and_boxed_cluster_names(tmp_path, monkeypatch) -> None:
     drawn: list[Figure] = []
     save = Figure.savefig

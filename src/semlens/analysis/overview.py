@@ -1,20 +1,24 @@
 """The overview map: all units of one or more layers in 2-D (UMAP of theta), clustered and named.
 
 Clusters come from k-means on the normalised theta (k grows with the number of units, as in the
-paper's 60..160 for thousands of units); each cluster is named by the two concepts best aligned with
-its mean theta, and every unit is coloured by the category probe it aligns with best.
+paper's 60..160 for thousands of units). The names and colours come from the labels users see elsewhere: each
+cluster is named by the two labels its units show most often and each unit is coloured by its label's category
+(the dissection's). Naming clusters by the concepts best aligned with their mean theta instead disagreed with
+the units' own labels: on the demo world every cluster of circle, ring and watermark units read "person / fire"
+(text probes of hub concepts align with any mean theta), and every unit was coloured "distractors".
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .alignment import alignment
+NO_CONCEPT = "no concept"  # a cluster none of whose units shows a concept, as every face names such a unit
 
 
 @dataclass
@@ -58,19 +62,30 @@ def embed_2d(theta: torch.Tensor, seed: int = 0) -> np.ndarray:
     return reducer.fit_transform(points)
 
 
+def name_clusters(assignment: np.ndarray, k: int, labels: list[str | None]) -> list[str]:
+    """Each cluster's name: the two labels its units show most often (ties: the first unit's first), or "no concept"
+    where none shows one; a name already given to another cluster gets a number ("ring / circle #2")."""
+    names: list[str] = []
+    for cluster in range(k):
+        shown = Counter(label for label, member in zip(labels, (assignment == cluster).tolist()) if member and label is not None)
+        name = " / ".join(label for label, _ in shown.most_common(2)) or NO_CONCEPT
+        repeats = sum(given == name or given.startswith(f"{name} #") for given in names)
+        names.append(f"{name} #{repeats + 1}" if repeats else name)
+    return names
+
+
 def build_overview(
     units: list[str],
     theta: torch.Tensor,
-    concepts: torch.Tensor | None,
-    concept_names: list[str],
-    category_probes: torch.Tensor | None,
+    labels: list[str | None] | None,
+    categories: list[str] | None,
     category_names: list[str],
-    null: torch.Tensor | None,
     clusters: int | None = None,
     seed: int = 0,
 ) -> OverviewMap:
-    """Lay out, cluster, name and colour the units whose theta is given (an empty map for none); without
-    ``concepts`` (a space of images only) clusters are numbered and every unit is in one category, "units"."""
+    """Lay out, cluster, name and colour the units whose theta is given (an empty map for none) by each unit's
+    shown label (None: no concept) and its category (one of ``category_names``); without labels (a space of
+    images only) clusters are numbered and every unit is in one category, "units"."""
     from sklearn.cluster import KMeans
 
     if not units:
@@ -79,11 +94,8 @@ def build_overview(
     k = clusters or cluster_count(len(units))
     normalised = F.normalize(theta.float(), dim=-1)
     assignment = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(normalised.numpy())
-    if concepts is None or category_probes is None:
+    if labels is None or categories is None:
         names, category, category_names = [f"cluster {index + 1}" for index in range(k)], np.zeros(len(units), dtype=np.int64), ["units"]
     else:
-        means = torch.stack([normalised[torch.from_numpy(assignment == c)].mean(dim=0) for c in range(k)])
-        best = alignment(means, concepts, null).topk(min(2, len(concept_names)), dim=1).indices
-        names = [" / ".join(concept_names[i] for i in row) for row in best.tolist()]
-        category = alignment(theta, category_probes, null).argmax(dim=1).numpy()
+        names, category = name_clusters(assignment, k, labels), np.array([category_names.index(name) for name in categories], dtype=np.int64)
     return OverviewMap(units, embed_2d(theta, seed), assignment, names, category, category_names)

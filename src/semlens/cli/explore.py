@@ -301,7 +301,7 @@ def overview_map(
         emit_json({"html": str(out), "png": str(picture), **overview.to_dict()})
         return
     rows = [(name, int((overview.cluster == index).sum())) for index, name in enumerate(overview.cluster_names)]
-    console.print(table(f"{len(overview.units)} units in {len(rows)} clusters", ("cluster (two best labels)", "units"), rows))
+    console.print(table(f"{len(overview.units)} units in {len(rows)} clusters", ("cluster (its units' most common labels)", "units"), rows))
     say(f"map: {out} and {picture}")
 
 

@@ -11,7 +11,7 @@ import torch
 
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
-from ..analysis.label import label_units
+from ..analysis.label import label_units, unit_categories
 from ..analysis.vocabulary import Vocabulary
 
 if TYPE_CHECKING:
@@ -23,21 +23,23 @@ if TYPE_CHECKING:
 def overview(
     lens: Lens, layers: list[str] | None = None, clusters: int | None = None, seed: int = 0
 ) -> OverviewMap:
-    """UMAP map of the units of the given (default: all) layers, k-means clusters named by their two
-    best labels, units coloured by the category they align with best (see analysis.overview); in a space of
-    images only, clusters numbered and one colour."""
+    """UMAP map of the units of the given (default: all) layers, k-means clusters named by the two labels their
+    units show most often, units coloured by their label's category (see analysis.overview); labels the Lens with
+    the built-in vocabulary for this process where it has none. In a space of images only, clusters numbered and
+    one colour."""
     from ..analysis.overview import build_overview
 
     units, theta = lens.arrays.all_units(layers)
-    if not lens.embedding.embeds_text:  # a space of images only: clusters without concept names or categories
-        return build_overview(units, theta, None, [], None, [], None, clusters, seed)
-    vocabulary = lens.labels.vocabulary_or(None)
-    concepts = lens.embedding.probes.concepts(vocabulary.concepts, "label")
-    categories = vocabulary.category_names()
-    members = torch.tensor([categories.index(category) for category in vocabulary.categories])
-    category_probes = torch.stack([concepts[members == index].mean(dim=0) for index in range(len(categories))])
-    null = lens.embedding.probes.null("label")
-    return build_overview(units, theta, concepts, list(vocabulary.concepts), category_probes, categories, null, clusters, seed)
+    if not lens.labels.ensure(save=False):  # a space of images only: clusters without concept names or categories
+        return build_overview(units, theta, None, None, [], clusters, seed)
+    shown: dict[str, tuple[str | None, str]] = {}
+    for layer in lens.units.checked(layers):
+        owners = unit_categories(lens.labels.of(layer), lens.labels.vocabulary.categories)
+        for name, label, category in zip(lens.units(layer), lens.labels.shown(layer), owners):
+            shown[f"{layer}/{name}"] = (label, category)
+    labels, categories = [shown[unit][0] for unit in units], [shown[unit][1] for unit in units]
+    category_names = [*lens.labels.vocabulary.category_names(), "unlabelled"]
+    return build_overview(units, theta, labels, categories, category_names, clusters, seed)
 
 
 def measures(lens: Lens, layer: str, examples: str = "activation") -> dict[str, torch.Tensor]:

@@ -85,7 +85,7 @@ def dissection_png(counts: dict[str, dict[str, int]], path: str | Path) -> Path:
     bottoms = [0] * len(layers)
     for category in categories:
         values = [counts[layer][category] for layer in layers]
-        color = {"unlabelled": "lightgray", LEFT_OUT: "whitesmoke"}.get(category)
+        color = {"unlabelled": UNLABELLED_COLOUR, LEFT_OUT: "whitesmoke"}.get(category)
         axes.bar(layers, values, bottom=bottoms, label=category, color=color)
         bottoms = [bottom + value for bottom, value in zip(bottoms, values)]
     axes.set_ylabel("units")
@@ -117,8 +117,11 @@ CATEGORY_COLOURS = [
 LABEL_BOX = "rgba(255,255,255,0.8)"
 
 
-def category_colour(index: int) -> str:
-    return CATEGORY_COLOURS[index % len(CATEGORY_COLOURS)]
+UNLABELLED_COLOUR = "lightgray"  # units that show no concept, as in the dissection's bars
+
+
+def category_colour(index: int, category: str) -> str:
+    return UNLABELLED_COLOUR if category == "unlabelled" else CATEGORY_COLOURS[index % len(CATEGORY_COLOURS)]
 
 
 def _lines(*lines: str) -> str:
@@ -156,7 +159,7 @@ def overview_figure(overview, labels: dict[str, str | None] | None = None, webgl
             scatter(
                 x=overview.xy[members, 0], y=overview.xy[members, 1], mode="markers", name=html.escape(category), legendgroup=category,
                 text=hover, hoverinfo="text", customdata=[overview.units[i] for i in members],
-                marker={"size": 6, "color": category_colour(index)},
+                marker={"size": 6, "color": category_colour(index, category)},
             )
         )  # fmt: skip
     for centre, name in zip(_cluster_centres(overview), overview.cluster_names):
@@ -187,7 +190,7 @@ def overview_png(overview, path: str | Path) -> Path:
     for index, category in enumerate(overview.category_names):
         members = overview.category == index
         if members.any():
-            colour = category_colour(index)
+            colour = category_colour(index, category)
             axes.scatter(overview.xy[members, 0], overview.xy[members, 1], s=14, color=colour, label=_literal(category))
     for centre, name in zip(_cluster_centres(overview), overview.cluster_names):
         axes.annotate(

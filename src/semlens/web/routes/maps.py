@@ -24,13 +24,13 @@ def overview_map(
     lens: LensKey,
     layer: Annotated[str | None, Query(max_length=MAX_TEXT, description="Default: all layers.")] = None,
 ) -> dict[str, Any]:
-    """Positions, k-means clusters named by their two best labels, the category each unit aligns with best,
-    and the plotly figure; computed once per layer (UMAP is slow), then remembered."""
+    """Positions, k-means clusters named by their units' most common labels, each unit's label category,
+    and the plotly figure; computed once per layer and labelling method (UMAP is slow), then remembered."""
     served = explorer.get(lens)
     layers = [served.layer(layer)] if layer else None
+    opened = served.ready()
 
     def compute() -> dict[str, Any]:
-        opened = served.ready()
         overview = opened.overview(layers)
         labels = {unit: opened.labels.label_of(unit) for unit in overview.units}
         figure = overview_figure(overview, labels, webgl=len(overview.units) >= WEBGL_FROM)
@@ -41,7 +41,7 @@ def overview_map(
             "figure": plotly_json(figure),
         }
 
-    return served.remember(("map", layer), compute)
+    return served.remember(("map", layer, opened.labels.method), compute)  # names and colours follow the labels shown
 
 
 LabelMethod = Annotated[
