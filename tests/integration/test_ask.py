@@ -125,6 +125,25 @@ def test_search_puts_first_the_units_the_audit_names_by_the_query(lens_path, que
     assert lens.search(query, top=1, rank="both")[0].unit == ranked[0] != last
 
 
+def test_the_audit_names_units_as_their_labels_would_whatever_the_last_vocabulary(explorer_lenses) -> None:
+    """A unit's name by its crop responses is its label by the responses method among the audit's concepts, the
+    built-in vocabulary and the stored labels' (None where its confidence is under the labels' bar), and a labelling
+    with a vocabulary of two words no longer narrows the candidates (the verdicts moved with it)."""
+    from semlens.lens.labels import names_by_responses, naming_candidates
+
+    lens = Lens.open(explorer_lenses[0])  # labels held in this process only: the stored ones stay
+    concepts = ["red", "noise"]
+    lens.label(["fish", "dog"], save=False)
+    narrow = names_by_responses(lens, lens.layers, concepts)
+    lens.label(save=False)  # the built-in vocabulary
+    assert names_by_responses(lens, lens.layers, concepts) == narrow
+    candidates = naming_candidates(lens, concepts)
+    assert candidates[:2] == concepts and len(candidates) == len({concept.lower() for concept in candidates})
+    lens.label(candidates, method="responses", save=False)
+    assert narrow == [label for layer in lens.layers for label in lens.labels.shown(layer)]
+    assert None in narrow and any(narrow)  # some units' best concepts set them apart from nothing: unnamed
+
+
 @pytest.fixture(scope="module")
 def patch_lens_path(tmp_path_factory, colour_folder, tiny_clip_dir):
     """A Lens of the tiny CNN whose first conv's unit 5 detects white (``tiny_models.patch_cnn``; features.1/5, after its ReLU)."""

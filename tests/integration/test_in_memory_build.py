@@ -164,6 +164,23 @@ def test_data_objects_are_identified_by_content_and_carry_class_names(tmp_path, 
         load_data(Augmented()).fingerprint()
 
 
+def test_a_folder_as_typed_and_concept_images_as_lists_are_read_as_build_lens_reads_data(tmp_path) -> None:
+    """``load_data("./images")`` and ``load_data(Path)`` read the folder (own-data.md says so; it refused a bare
+    folder), and ``ConceptImages`` takes its control and shown images in every form ``build_lens`` takes data (a
+    list of paths was accepted, then failed inside the concept test with an AttributeError)."""
+    from semlens import ConceptImages
+
+    for index, (image, _) in enumerate(colour_images(4)):
+        image.save(tmp_path / f"{index}.png")
+    assert load_data(str(tmp_path)).spec == f"folder:{tmp_path}" == load_data(tmp_path).spec and len(load_data(tmp_path)) == 4
+    paths = sorted(tmp_path.glob("*.png"))
+    concept = ConceptImages(paths[:2], shown=[Image.open(path) for path in paths[2:]])
+    assert concept.control.spec == "memory:list" and concept.control.describe(1) == "1.png" and len(concept.shown) == 2
+    assert concept.views(tiny_cnn())[1][0].size == (32, 32)
+    with pytest.raises(SemlensError, match="missing does not exist or is not a directory"):
+        ConceptImages(str(tmp_path / "missing"), shown=paths)
+
+
 def test_a_module_without_class_names_takes_its_labelled_data_s_names_where_it_has_as_many_outputs(tmp_path, foundation) -> None:
     """A notebook's model has no class names; with (image, label) pairs and classes=, its outputs are the data's
     classes by index (as class relevance maps the labels), so a class can be audited by name. Where the counts

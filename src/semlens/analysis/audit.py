@@ -205,6 +205,9 @@ class Audit(HtmlResult):
     )
     reliance: dict | None = None
     cuts: dict[str, float] = field(default_factory=dict, metadata={"description": "per layer, the relevance cut its units were kept by"})
+    named_among: str | None = field(default=None, metadata={
+        "description": "besides the audit's concepts, what the units' crop responses were ranked among to name them (responses_label)"
+    })  # fmt: skip
 
     @property
     def cut_text(self) -> str:
@@ -224,6 +227,14 @@ class Audit(HtmlResult):
         """Whether the units' best concepts by their crop responses took part in the verdicts (``AlignmentRule.by_label``
         and a Lens that kept crop responses)."""
         return self.rule.by_label and any(unit.responses_label is not None for unit in self.units)
+
+    @property
+    def by_label_text(self) -> str:
+        """How the units' crop responses took part in the verdicts, as every face says it ("" where they did not)."""
+        if not self.judged_by_label:
+            return ""
+        among = f" (ranked among the audit's concepts and {self.named_among})" if self.named_among else ""
+        return f"a unit whose best concept by its crop responses{among} is an audited concept and sets it apart from its layer takes its verdict from it"
 
     @property
     def judged_by_location(self) -> bool:
@@ -348,6 +359,7 @@ class Audit(HtmlResult):
             "advice": self.advice,
             "left_out": self.left_out,
             "sae_error": self.sae_error,
+            "named_among": self.named_among,
             "units": [unit.__dict__ for unit in self.units],
         }
 

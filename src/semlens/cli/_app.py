@@ -88,10 +88,9 @@ def open_lens(
 
 def user_data(text: str):
     """The images a user names on the command line: a folder (``./images``), or a data spec (``folder:``, ``py:``, ...)."""
-    from .._util.specs import folder_or_spec
     from ..data import load_data
 
-    return load_data(folder_or_spec(text))
+    return load_data(text)
 
 
 def printable(text: str) -> str:

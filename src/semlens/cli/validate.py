@@ -127,7 +127,7 @@ def audit(
     say(
         f"aligned: z > {rule.z:g} ({result.rule.to_dict()['null']}); one-sided verdicts need a margin of {rule.margin:g}; "
         f"z_spur counts only where the unit looks (tight shift, in robust spreads, at least -{rule.margin:g})"
-        + ("; a unit whose best concept by its crop responses is an audited concept takes its verdict from it" if result.judged_by_label else "")
+        + (f"; {result.by_label_text}" if result.judged_by_label else "")
     )
     if not (valid or valid_image):
         say(f"valid concept: {', '.join(result.valid)} (the class's name; --valid gives others)")

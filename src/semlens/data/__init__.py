@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from .._util.errors import SpecError
 from .._util.imports import call_factory, import_object
-from .._util.specs import SpecForm, SpecRegistry, described, in_memory_spec, register_in_memory
+from .._util.specs import SpecForm, SpecRegistry, described, folder_or_spec, in_memory_spec, register_in_memory
 from .base import ImageData
 from .folder import FolderData
 from .memory import MemoryData
@@ -39,15 +40,15 @@ register_in_memory(
 )
 
 
-def load_data(data: str | ImageData | Sequence[Any], classes: list[str] | None = None) -> ImageData:
-    """The probe data a spec names, or data as an object: an ImageData as it is, or a sequence (a list, a torch
+def load_data(data: str | Path | ImageData | Sequence[Any], classes: list[str] | None = None) -> ImageData:
+    """The probe data a spec or a folder names, or data as an object: an ImageData as it is, or a sequence (a list, a torch
     Dataset) of images, image paths or ``(image, label)`` pairs, with ``classes`` naming the labels
     (``MemoryData``), or one array or tensor of a batch of images. An object whose spec semlens cannot load again
     is recorded as ``memory:CLASS``."""
-    if classes is not None and isinstance(data, (str, ImageData)):
+    if classes is not None and isinstance(data, (str, Path, ImageData)):
         raise SpecError(f"classes= goes with data passed as a list or dataset; {described(data)} names its own classes")
-    if isinstance(data, str):
-        return DATASETS.resolve(data)
+    if isinstance(data, (str, Path)):
+        return DATASETS.resolve(folder_or_spec(str(data)))  # a folder as typed is read as folder:PATH, as build_lens reads it
     if isinstance(data, (np.ndarray, torch.Tensor)):
         if data.ndim != 4:
             raise SpecError(f"data= as one array should be a batch of images (N x H x W x 3 or N x 3 x H x W), got shape {tuple(data.shape)}")

@@ -28,7 +28,7 @@ from PIL import Image
 
 from .._util.errors import SemlensError
 from ..analysis.audit import LOCATE_ENOUGH, LOCATE_SHARE
-from ..data import ImageData
+from ..data import ImageData, load_data
 from ..model.loading import LoadedModel, class_mapping
 from ..model.receptive import SHIFT_IMAGES, MapPlacement, measured_placement, shifted_maps
 from ..model.sae import SparseAutoencoder
@@ -280,13 +280,17 @@ class ConceptImages:
     turn), as where it sits in the data: with one placement, whether a unit of a coarse layer fires where the
     artefact is depends on where that one copy falls on its grid of cells (docs/explanation/relevance.md: "Where it fires")."""
 
-    control: ImageData
+    control: ImageData | str | Path | Sequence
     artifact: Artifact | tuple[Artifact, ...] | None = None
-    shown: ImageData | None = None
+    shown: ImageData | str | Path | Sequence | None = None
 
     def __post_init__(self) -> None:
         if (self.artifact is None) == (self.shown is None) or self.artifact == ():
             raise SemlensError("a concept test needs exactly one of: an artefact to insert into the control images, or images that show the concept")
+        # as build_lens takes data: a folder or spec, a list of images, paths or (image, label) pairs, an ImageData
+        object.__setattr__(self, "control", load_data(self.control))
+        if self.shown is not None:
+            object.__setattr__(self, "shown", load_data(self.shown))
 
     @property
     def placements(self) -> tuple[Artifact, ...]:

@@ -16,7 +16,7 @@ from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
 from .arrays import recorded_placements
 from .concepts import remember_pasted
-from .labels import names_by_responses
+from .labels import names_by_responses, naming_description
 from .search import probe_backgrounds
 from .units import named_classes
 
@@ -150,6 +150,7 @@ def audit(
     valid_names, spurious_names = list(valid) + [str(p) for p in valid_images], list(spurious) + [str(p) for p in spurious_images]
     result = audit_layers(name, arrays, valid_names, spurious_names, cut, rule)
     result.null_units = {layer: int(lens.arrays.valid(layer).sum()) for layer in chosen}
+    result.named_among = naming_description(lens) if arrays.labels is not None else None
     result.sae_error = sae_error_shares(lens, index, chosen)
     for audited in result.units:
         audited.examples = [example.source for example in lens.examples.concept_examples(audited.unit)[:3]]

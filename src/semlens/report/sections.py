@@ -90,11 +90,7 @@ def audit_summary(audit: Audit) -> str:
     if audit.small_nulls:
         rough = ", ".join(f"{layer} ({count} units)" for layer, count in audit.small_nulls.items())
         left_out += f"<p>rough z-scores: small nulls in {html.escape(rough)}</p>"
-    by_label = (
-        "; a unit whose best concept by its crop responses is one of these concepts takes its verdict from it"
-        if audit.judged_by_label
-        else ""
-    )
+    by_label = f"; {html.escape(audit.by_label_text)}" if audit.judged_by_label else ""
     return f"""<p>valid: {_names(audit.valid)}<br>spurious: {_names(audit.spurious)}<br>
 units with more than {html.escape(audit.cut_text)} of their layer's relevance: {len(audit.units)}<br>
 aligned: z &gt; {rule.z:g}, the {html.escape(rule.to_dict()["null"])}; a one-sided verdict needs a margin of {rule.margin:g}
