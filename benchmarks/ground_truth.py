@@ -108,7 +108,7 @@ from semlens.lens.lens import Lens
 from semlens.lens.search import RANKINGS
 from semlens.pipeline.crops import CROP_VIEWS, DEFAULT_CROP_RULE, RULE_SETTINGS
 from semlens.store.slots import CROP_RULES
-from semlens.world.captions import HELD_OUT
+from semlens.world.captions import HELD_OUT, world_vocabulary
 from semlens.world.demo import (
     PROBE_IMAGES,
     TEST_IMAGES,
@@ -123,7 +123,6 @@ from semlens.world.demo import (
     test_finding,
     true_concepts,
     unit_truths,
-    world_vocabulary,
 )
 from semlens.world.random_world import planted_artifact, random_worlds
 from semlens.world.render import WorldConfig, artifact_overlay, concept_scene

@@ -21,7 +21,8 @@ from semlens.analysis.labelling_methods import clip_dissect_scores
 from semlens.analysis.vocabulary import Vocabulary
 from semlens.lens.label_prior import example_prior_sets
 from semlens.lens.lens import Lens
-from semlens.world.demo import ground_truth_labels, world_vocabulary
+from semlens.world.captions import world_vocabulary
+from semlens.world.demo import ground_truth_labels
 from semlens.world.render import WorldConfig
 
 

@@ -183,15 +183,25 @@ def test_a_folder_as_typed_and_concept_images_as_lists_are_read_as_build_lens_re
 
 def test_a_module_without_class_names_takes_its_labelled_data_s_names_where_it_has_as_many_outputs(tmp_path, foundation) -> None:
     """A notebook's model has no class names; with (image, label) pairs and classes=, its outputs are the data's
-    classes by index (as class relevance maps the labels), so a class can be audited by name. Where the counts
-    differ, nothing names them."""
+    classes by index (as class relevance maps the labels), so a class can be audited by name, and the build says
+    so (the data's order may not be the model's). Where the counts differ, nothing names them."""
     pairs, names = colour_images(12), ["red", "green", "blue"]
     settings = {"preprocessing": TINY_PREPROCESSING, "layers": LAYERS, "data": pairs, "classes": names, "foundation": foundation, "k": 3, "progress": False, "workers": 0}
-    lens = build_lens(model=TinyCNN(), out=tmp_path / "named.lens", **settings)
+    with pytest.warns(UserWarning, match=r"the model names no classes: its 3 outputs take the data's class names in the data's order \(0 red, 1 green, 2 blue\)"):
+        lens = build_lens(model=TinyCNN(), out=tmp_path / "named.lens", **settings)  # said: the order may not be the model's
     assert lens.classes == names and Lens.open(tmp_path / "named.lens").classes == names
     assert lens.audit("green", spurious=["stripes"]).valid == ["green"]
     with pytest.warns(UserWarning, match=r"class relevance of predicted classes .*3 data classes, 4 model outputs"):  # and says so
         assert build_lens(model=TinyCNN(classes=4), out=tmp_path / "four.lens", **settings).classes is None
+
+
+def test_an_audit_without_class_relevance_says_why_not_that_the_class_is_unknown(tmp_path, foundation) -> None:
+    pairs, names = colour_images(6), ["red", "green", "blue"]
+    settings = {"preprocessing": TINY_PREPROCESSING, "layers": LAYERS, "data": pairs, "classes": names, "foundation": foundation, "k": 3, "progress": False, "workers": 0}
+    lens = build_lens(model=TinyCNN(), out=tmp_path / "off.lens", class_relevance=False, **settings)
+    with pytest.raises(SemlensError, match=r"built with class relevance off; build it again with it on") as raised:
+        lens.audit("green", spurious=["stripes"])
+    assert "unknown class" not in str(raised.value) and "rebuild" not in str(raised.value)
 
 
 class DictOutput(TinyCNN):

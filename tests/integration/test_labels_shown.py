@@ -42,3 +42,15 @@ def test_every_face_shows_the_stored_labels(world_lens) -> None:
     labels, valid = world_lens.labels.of(layer), world_lens.arrays.valid(layer).tolist()
     expected = [bool(ok) and float(z) >= labels.min_confidence for ok, z in zip(valid, labels.confidence[:, 0])]
     assert [label is not None for label in shown] == expected
+
+
+def test_a_lens_of_the_world_s_foundation_model_is_labelled_with_the_world_s_concepts_unless_told(world_lens) -> None:
+    """The default vocabulary is the foundation model's own where it names one: with the built-in words the world's
+    model labelled rings "mane" and "guitar", confidently. Told, the built-in vocabulary still labels."""
+    from semlens import Lens
+
+    lens = Lens.open(world_lens.path)  # labels held in this process only
+    assert lens.embedding.default_vocabulary.name == "world"
+    assert lens.label(save=False).vocabulary.name == "world" and lens.labels.vocabulary_or(None).name == "world"
+    assert lens.label("builtin", save=False).vocabulary.name == "builtin"
+    assert lens.labels.vocabulary_or(None).name == "builtin"  # the stored (held) labels' vocabulary comes first

@@ -1,5 +1,6 @@
 """Units without examples of their own (inactive or tied) are recorded at build time, counted in every
-summary and left out of search, labels, the map, measures, comparisons and exports' validity columns."""
+summary and left out of search, labels, the map, measures, comparisons and exports' validity columns; an audit
+judges a tied unit by its twin's examples and leaves out only inactive units."""
 
 from __future__ import annotations
 
@@ -62,6 +63,19 @@ def test_invalid_units_are_left_out_of_every_analysis(twin_lens, tmp_path) -> No
     expected = max(float(theta[2] @ theta[row]) for row in others)
     assert float(measured["redundancy"][2]) == pytest.approx(expected, abs=1e-5)
     assert twin not in lens.compare(lens).to_dict()["best_match"]
+
+
+def test_an_audit_judges_a_tied_unit_by_its_twin_s_examples_and_leaves_out_only_inactive_ones(twin_lens) -> None:
+    """A tied unit's examples are real (the same crops as an earlier unit's): the audit judges it by them, so that
+    the class's relevance it carries has a verdict; it stays out of the null. Inactive units are left out."""
+    lens = Lens.open(twin_lens)
+    result = lens.audit(lens.classes[0], valid=["red"], spurious=["noise"], cut=-1.0, layers=["features.3"])
+    audited = {unit.unit: unit for unit in result.units}
+    inactive = [f"features.3/{row}" for row in lens.arrays.inactive("features.3").nonzero().flatten().tolist()]
+    assert "features.3/3" in audited and "features.3/3" not in result.left_out and sorted(result.left_out) == sorted(inactive)
+    twin, original = audited["features.3/3"], audited["features.3/2"]
+    assert (twin.a_valid, twin.a_spur, twin.z_valid, twin.z_spur) == (original.a_valid, original.a_spur, original.z_valid, original.z_spur)
+    assert result.null_units == {"features.3": int(lens.arrays.valid("features.3").sum())}
 
 
 def test_fallbacks_name_what_was_done_instead_of_what_was_asked() -> None:

@@ -96,7 +96,7 @@ def test_report_with_audits_comparison_and_graphs(lenses, tmp_path) -> None:
     assert f"detect the concept (raised by it more than by the class, where it is; tested units): {unit}" in flagged
     assert f"confirmed findings: {unit}" in flagged and "concept test: confirmed (activation AUC 0.90" in flagged
     assert "its top activations at the pasted concept: IoU 0.12 (bar 0.08)" in flagged
-    assert f"left out (no examples of their own): {escaped(HOSTILE)}" in flagged
+    assert f"left out (inactive: never fired or constant on the probe data): {escaped(HOSTILE)}" in flagged
 
     comparing = page.split(f"<h2>Comparison with {escaped(HOSTILE)}</h2>")[1].split("<h2>")[0]
     assert comparing.count('"texttemplate":"%{z:.3f}"') == 2 and lens.path.name in comparing  # the two S heatmaps

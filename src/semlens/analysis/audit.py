@@ -198,7 +198,7 @@ class Audit(HtmlResult):
     units: list[AuditedUnit]
     shares: dict[str, float] = field(metadata={"description": "relevance by verdict, and spurious_or_both"})
     rule: AlignmentRule = AlignmentRule()
-    left_out: list[str] = field(default_factory=list, metadata={"description": "relevant units without examples of their own (inactive or tied)"})
+    left_out: list[str] = field(default_factory=list, metadata={"description": "relevant inactive units: they never fired or were constant on the probe data, so their examples are arbitrary"})
     null_units: dict[str, int] = field(default_factory=dict)  # per layer, the units its null is made of
     sae_error: dict[str, float] = field(
         default_factory=dict, metadata={"description": "per SAE layer, the class's mean share of its relevance carried by the SAE's error term"}
@@ -418,8 +418,8 @@ def audit_units(
 
     ``channel`` ``[U]`` names the channel of each unit: the two copies of a signed unit share their
     channel's relevance, so they are merged into one audited unit (relevance counted once; alignments:
-    the better copy's, which also names it). ``examples`` ``[U]``: False for units without examples of
-    their own (inactive, tied); they are listed as ``left_out`` instead of audited. ``shift`` ``[U]``: the
+    the better copy's, which also names it). ``examples`` ``[U]``: False for units whose examples say nothing
+    of them (inactive); they are listed as ``left_out`` instead of audited. ``shift`` ``[U]``: the
     ``tight_shift`` of each unit's best spurious probe; below ``-rule.margin`` its z_spur does not count.
     ``labels``: each unit's best concept by its crop responses (None: none); where it is one of ``valid`` or
     ``spurious`` (a merged channel: its named copy's) it decides the verdict (``verdicts``)."""
@@ -465,7 +465,9 @@ def audit_units(
 class AuditedLayers:
     """What the audit of one class reads from a Lens over the units of the audited layers, one layer after the
     other: per layer its unit count and channel count (``sizes``, ``bases``: a signed layer's two copies of a
-    channel share its relevance), per unit its name, whether it has examples of its own (``examples``), the
+    channel share its relevance), per unit its name, whether it has examples of its own (``examples``: the null's
+    members) and whether it is audited (``audited``: also a tied unit, whose examples and theta are an earlier
+    unit's; None: ``examples``), the
     class's relevance shares, and its alignments ``[U, P]`` with the valid and the spurious probes (the
     spurious ones also in the tight boxes, ``tight``, where the Lens has a tight second crop rule)."""
 
@@ -479,6 +481,7 @@ class AuditedLayers:
     a_spur: torch.Tensor
     tight: torch.Tensor | None = None
     labels: list[str | None] | None = None
+    audited: torch.Tensor | None = None
 
 
 def audit_layers(
@@ -501,7 +504,7 @@ def audit_layers(
     result = audit_units(
         class_name, layers.units, layers.max_share, layers.mean_share, layers.a_valid.amax(dim=1), a_spur.amax(dim=1),
         z_valid, z_spur, valid, spurious, torch.tensor(cuts).repeat_interleave(torch.tensor(layers.sizes)), rule, channel,
-        examples, shift, layers.labels,
+        examples if layers.audited is None else layers.audited, shift, layers.labels,
     )  # fmt: skip
     result.cut = AUDIT_CUT if cut is None else cut
     result.cuts = {unit.rpartition("/")[0]: value for unit, value in zip([layers.units[offset] for offset in offsets.tolist()], cuts)}

@@ -145,7 +145,7 @@ def say(text: str) -> None:
 
 
 def labelled_to_show(opened: Any) -> Any:
-    """The Lens labelled with the built-in vocabulary where it has no labels yet (as the explorer, the report and
+    """The Lens labelled with the default vocabulary where it has no labels yet (as the explorer, the report and
     graphs label it), so that units show their concepts, not "no concept"; where it cannot be, a note says why."""
     try:
         if not opened.labels.ensure():
@@ -166,7 +166,7 @@ def say_if_left_out(opened: Any, unit: str) -> None:
     if opened.arrays.inactive(layer)[row]:
         say(f"note: {unit} never fired or was constant on the probe data: its examples are arbitrary (left out of search, labels and audits)")
     elif opened.arrays.tied(layer)[row]:
-        say(f"note: {unit} has the same concept examples as an earlier unit of {layer} (tied: left out of labels, audits and search by alignment)")
+        say(f"note: {unit} has the same concept examples as an earlier unit of {layer} (tied: left out of labels and search by alignment; an audit judges it by them)")
 
 
 def emit_json(value: Any) -> None:

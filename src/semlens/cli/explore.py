@@ -16,7 +16,7 @@ from ..lens.sources import data_described
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, labelled_to_show, open_lens, parent_made, rounded, say, say_if_left_out, table
 from .validate import ConceptArtifact, ConceptAt, ConceptMask, ConceptTint, SpuriousData, TestAll, TestData, concept_test
 
-Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts); default built-in.")
+Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts), or builtin; default: the foundation model's own concepts where it names them (the concept world's), else builtin.")
 Layers = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable; default all).")
 ExampleSet = typer.Option(
     "activation", "--examples", help="Whose theta: the top samples by activation (default) or by relevance (Lenses built with --relevance-examples)."

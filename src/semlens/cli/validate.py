@@ -185,7 +185,7 @@ def audit(
     if result.small_nulls:
         say("rough z-scores: the null of " + ", ".join(f"{layer} has {n} units" for layer, n in result.small_nulls.items()))
     if result.left_out:
-        say(f"relevant units left out (no examples of their own): {', '.join(result.left_out)}")
+        say(f"relevant units left out (inactive: never fired or constant on the probe data): {', '.join(result.left_out)}")
     if result.sae_error:
         shares = ", ".join(f"{layer} {share:.1%}" for layer, share in result.sae_error.items())
         say(f"SAE error term (mean share of the class's relevance): {shares}")
@@ -259,7 +259,7 @@ def graph(
     as_json: AsJson = False,
 ) -> None:
     """Attribution graph of a class: concept groups per layer and the CRP relevance flowing between them
-    (labels the Lens with the built-in vocabulary first when it has no labels)."""
+    (labels the Lens with the default vocabulary first when it has no labels)."""
     from ..report.figures import graph_figure
 
     opened = labelled_to_show(open_lens(lens, trust, probe_data, foundation, model))  # unlabelled: attribution_graph says why

@@ -8,13 +8,16 @@ three small methods; batching, ``no_grad``, device placement, L2 normalisation a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Dict, Iterator, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, Sequence, TypeVar, Union
 
 import torch
 from PIL import Image
 
 from .._util.devices import convolutional, inference_dtype, one_thread, pick_device
 from .._util.errors import SemlensError, TextNotSupportedError, one_line
+
+if TYPE_CHECKING:
+    from ..analysis.vocabulary import Vocabulary
 
 T = TypeVar("T")
 Pixels = Union[torch.Tensor, Dict[str, torch.Tensor]]
@@ -37,6 +40,9 @@ class FoundationModel(ABC):
         Embedding size.
     supports_text:
         False for image-only models such as DINOv2; ``encode_texts`` then raises.
+    vocabulary:
+        The concepts the model was trained to tell apart, where it names them (a model of one domain, e.g. the
+        concept world's): what labels are made of unless told; None: the built-in vocabulary.
     dtype:
         What the weights and floating inputs are cast to: ``dtype`` if given, else
         :func:`~semlens._util.devices.inference_dtype` of the device (and, for backends that know it
@@ -47,6 +53,7 @@ class FoundationModel(ABC):
     id: str
     dim: int
     supports_text: bool = True
+    vocabulary: Vocabulary | None = None
     batch_size: int = 64
     #: whether 4-d pixel batches are handed over channels-last (see :meth:`speed_up`)
     channels_last: bool = False

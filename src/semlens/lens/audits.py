@@ -117,17 +117,15 @@ def audit(
 
     if not (spurious or spurious_images):
         raise SemlensError("an audit needs at least one spurious concept, the one you suspect (text or image)")
+    chosen = lens.units.checked(layers) if layers else audited_layers(lens)
+    missing = [layer for layer in chosen if lens.arrays.class_relevance(layer) is None]
+    if missing:  # first: without class relevance a model object has no class names either, and the class is not to blame
+        raise SemlensError(f"no class relevance for layer(s) {', '.join(missing)}: {_why_no_class_relevance(lens, missing[0])}")
     index = lens.units.class_index(class_name)
     if not (valid or valid_images):  # as audit_classes does: the class's own name is what its units should show
         if not lens.classes:
             raise SemlensError("an audit needs a valid concept (text or image), and this model's classes have no names to take it from: give one (valid=[...], command line: --valid)")
         valid = [lens.classes[index]]
-    chosen = lens.units.checked(layers) if layers else audited_layers(lens)
-    missing = [layer for layer in chosen if lens.arrays.class_relevance(layer) is None]
-    if missing:
-        reasons = lens.manifest.get("relevance", {}).get("left_out", {})
-        reason = reasons.get(missing[0]) or lens.manifest["stages"].get("relevance", {}).get("skipped", "class relevance was not computed")
-        raise SemlensError(f"no class relevance for layer(s) {', '.join(missing)} ({reason}); rebuild with class relevance on")
     _seen_class(lens, index, class_name, lens.arrays.class_relevance(chosen[-1]))
     theta = torch.cat([lens.arrays.theta(layer) for layer in chosen])
     tight = None
@@ -139,6 +137,8 @@ def audit(
         sizes=[len(lens.units(layer)) for layer in chosen],
         bases=[lens.manifest["layers"][layer]["base_units"] for layer in chosen],
         examples=torch.cat([lens.arrays.valid(layer) for layer in chosen]),
+        # a tied unit has its twin's examples and theta: audited by them (the relevance is its own), not part of the null
+        audited=torch.cat([~lens.arrays.inactive(layer) for layer in chosen]),
         max_share=torch.cat([lens.arrays.class_relevance(layer)["max_share"][:, index] for layer in chosen]),
         mean_share=torch.cat([lens.arrays.class_relevance(layer)["mean_share"][:, index] for layer in chosen]),
         a_valid=_alignments(lens, theta, list(valid), list(valid_images), templates),
@@ -157,6 +157,19 @@ def audit(
     if concept is not None:
         _test_findings(lens, result, index, concept, test_all, list(spurious))
     return made_by(result, lens)
+
+
+def _why_no_class_relevance(lens: Lens, layer: str) -> str:
+    """Why a layer has no class relevance, and what would give it some: a rebuild with it on only where it was off."""
+    left_out = lens.manifest.get("relevance", {}).get("left_out", {}).get(layer)
+    if left_out:
+        return f"{left_out}; audit the other layers (layers=[...], --layer)"
+    skipped = lens.manifest["stages"].get("relevance", {}).get("skipped")
+    if skipped:
+        return f"{skipped}; an audit needs LRP relevance (docs/lrp.md says what it supports)"
+    if not lens.manifest.get("identity", {}).get("relevance", {}).get("enabled", True):
+        return "the Lens was built with class relevance off; build it again with it on (class_relevance=True, the default; command line: drop --no-class-relevance)"
+    return "class relevance was not computed (an interrupted build?); run the same build again to finish it"
 
 
 def audited_layers(lens: Lens) -> list[str]:

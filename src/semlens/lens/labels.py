@@ -213,7 +213,7 @@ class LabelStore:
         return None if stored is None else stored[0]
 
     def ensure(self, save: bool = True) -> bool:
-        """Label with the built-in vocabulary where there are no labels yet and the space embeds texts (what the
+        """Label with the default vocabulary (``SpaceView.default_vocabulary``) where there are no labels yet and the space embeds texts (what the
         explorer, the report and the commands that show labels do first); whether there are labels now."""
         if self.vocabulary is None and self.lens.embedding.embeds_text:
             self.lens.label(save=save)
@@ -288,12 +288,10 @@ class LabelStore:
         return [f"{layer}/{name}" for name, owner in zip(self.lens.units(layer), owners) if owner == category]
 
     def vocabulary_or(self, vocabulary: Vocabulary | str | Path | Sequence[str] | None) -> Vocabulary:
-        """The given vocabulary, else the stored labels' one, else the built-in one."""
-        if isinstance(vocabulary, Vocabulary):
-            return vocabulary
-        if vocabulary is None and self.vocabulary is not None:
-            return self.vocabulary
-        return load_vocabulary(vocabulary)
+        """The given vocabulary, else the stored labels' one, else the default (``SpaceView.default_vocabulary``)."""
+        if vocabulary is None:
+            return self.vocabulary or self.lens.embedding.default_vocabulary
+        return vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
 
 
 def label(
@@ -307,7 +305,8 @@ def label(
     method: str | None = None,
     min_confidence: float = MIN_CONFIDENCE,
 ) -> Labelling:
-    """Label every unit with its best concepts by ``method`` (``analysis.labelling_methods.METHODS``; None: the
+    """Label every unit with its best concepts of ``vocabulary`` (None: ``SpaceView.default_vocabulary``, the
+    foundation model's own concepts where it names them, else the built-in vocabulary) by ``method`` (``analysis.labelling_methods.METHODS``; None: the
     default, ``responses`` where the Lens has them, else ``centred``: ``LabelStore.default_method``); stored with
     the Lens, with the method, for the other tools (``save=False``: kept in this process only).
     Each valid unit shows its best concept with its confidence (robust z against its layer's other units,
@@ -318,7 +317,7 @@ def label(
     keeps labels of its own."""
     lens.embedding.require_text("labelling")
     method = lens.labels.default_method if method is None else check_method(method)
-    vocab = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
+    vocab = lens.embedding.default_vocabulary if vocabulary is None else vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
     concepts = lens.embedding.probes.concepts(vocab.concepts, templates)
     null = lens.embedding.probes.null(templates)
     prior = prior_sets(lens) if method == "clip-dissect" else None
@@ -377,7 +376,7 @@ def names_by_responses(lens: Lens, layers: list[str], concepts: list[str]) -> li
     """Each unit's best concept by the ``responses`` labelling method among the audit's (or the search's) text
     ``concepts`` and ``naming_candidates``, where its confidence passes the bar its label would (``MIN_CONFIDENCE``),
     for the units of ``layers`` in order; None where the Lens kept no crop responses (``has_responses``): the
-    alignment rule alone judges then. The candidates hold the built-in vocabulary whatever the last ``label`` call
+    alignment rule alone judges then. The candidates hold the default vocabulary whatever the last ``label`` call
     used: with the last vocabulary alone, the same audit of a random model flagged 0 %, 61 % or 55 % of the class's
     relevance after labels with the built-in vocabulary, nine words or two, and named units whose best concept set
     them apart from nothing (confidence about 0)."""
@@ -395,10 +394,10 @@ def names_by_responses(lens: Lens, layers: list[str], concepts: list[str]) -> li
 
 
 def naming_candidates(lens: Lens, concepts: list[str]) -> list[str]:
-    """What ``names_by_responses`` ranks a unit's crop responses among: the given ``concepts``, then the built-in
-    vocabulary, then the stored labels' vocabulary (each concept once, by its lower case)."""
+    """What ``names_by_responses`` ranks a unit's crop responses among: the given ``concepts``, then the default
+    vocabulary (``SpaceView.default_vocabulary``), then the stored labels' (each concept once, by its lower case)."""
     stored = lens.labels.vocabulary
-    pool = [*concepts, *load_vocabulary(None).concepts, *(stored.concepts if stored is not None else ())]
+    pool = [*concepts, *lens.embedding.default_vocabulary.concepts, *(stored.concepts if stored is not None else ())]
     first: dict[str, str] = {}
     for concept in pool:
         first.setdefault(concept.lower(), concept)
@@ -407,8 +406,9 @@ def naming_candidates(lens: Lens, concepts: list[str]) -> list[str]:
 
 def naming_description(lens: Lens) -> str:
     """``naming_candidates`` as the faces name them, besides the audit's own concepts."""
-    builtin, stored = load_vocabulary(None), lens.labels.vocabulary
-    text = f"the built-in vocabulary ({len(builtin.concepts)} concepts)"
-    if stored is not None and stored.name != builtin.name:
+    default, stored = lens.embedding.default_vocabulary, lens.labels.vocabulary
+    owner = "the built-in vocabulary" if default.name == "builtin" else f"the foundation model's vocabulary {default.name!r}"
+    text = f"{owner} ({len(default.concepts)} concepts)"
+    if stored is not None and stored.name != default.name:
         text += f" and the labels' vocabulary {stored.name!r} ({len(stored.concepts)})"
     return text

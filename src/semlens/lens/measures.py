@@ -25,7 +25,7 @@ def overview(
 ) -> OverviewMap:
     """UMAP map of the units of the given (default: all) layers, k-means clusters named by the two labels their
     units show most often, units coloured by their label's category (see analysis.overview); labels the Lens with
-    the built-in vocabulary for this process where it has none. In a space of images only, clusters numbered and
+    the default vocabulary for this process where it has none. In a space of images only, clusters numbered and
     one colour."""
     from ..analysis.overview import build_overview
 

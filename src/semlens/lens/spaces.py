@@ -24,7 +24,7 @@ from .._util.fingerprint import hash_json
 from ..analysis.alignment import alignment
 from ..analysis.label import label_units
 from ..analysis.spaces import SIMILARITY_UNITS, SpaceComparison, label_agreement, ranking_agreement, structure_agreement
-from ..analysis.vocabulary import Vocabulary
+from ..analysis.vocabulary import Vocabulary, load_vocabulary
 from ..store.files import LensStore, space_file
 from ..store.spaces import EmbeddingSpace, space_name
 from ..store.trust import lens_key
@@ -65,6 +65,13 @@ class SpaceView:
     def foundation(self) -> FoundationModel:
         """The foundation model of this space (the user's, else the trusted recorded one; id checked)."""
         return self.lens.sources.space_foundation(self.lens.space)
+
+    @property
+    def default_vocabulary(self) -> Vocabulary:
+        """What labels are made of unless told: the foundation model's own concepts where it names them
+        (``FoundationModel.vocabulary``: a model of one domain), else the built-in vocabulary. With the concept
+        world's model, the built-in words labelled rings "mane" and "guitar", confidently."""
+        return self.foundation.vocabulary or load_vocabulary(None)
 
     @property
     def embeds_text(self) -> bool:

@@ -298,7 +298,12 @@ def class_mapping(model: LoadedModel, data) -> ClassMapping:
     if found is None or (model.classes_assumed and None in found.values()):  # names of its own, or only assumed ones
         outputs = model_outputs(model)
         if outputs == len(data.classes):
-            return ClassMapping(dict(enumerate(range(outputs))), "labels (by index: the model has no class names)", names=list(data.classes))
+            shown = ", ".join(f"{index} {name}" for index, name in enumerate(data.classes[:4])) + (", ..." if outputs > 4 else "")
+            return ClassMapping(
+                dict(enumerate(range(outputs))), "labels (by index: the model has no class names)",
+                f"the model names no classes: its {outputs} outputs take the data's class names in the data's order ({shown}); "
+                "name its outputs (load_model(module, classes=[...]), or a py: factory returning LoadedModel(..., classes)) if they are in another order", names=list(data.classes),
+            )  # fmt: skip
         if found is None:
             return unmatched(None, f"predicted classes ({len(data.classes)} data classes, {outputs} model outputs)")
     mapping = {label: index for label, index in found.items() if index is not None}

@@ -344,7 +344,7 @@ class BuildSummary:
                 advice = f" (k = {self.k} of {self.samples - self.failed} samples: a smaller k or more probe images give them examples of their own)" if crowded else ""
                 found.append(
                     f"layer {layer.name}: {layer.tied_units} of {layer.units} units have the same concept examples as another unit (marked "
-                    f"tied); like inactive units they are left out of labels, the map, measures, audits, graphs and search by "
+                    f"tied); like inactive units they are left out of labels, the map, measures, graphs and search by "
                     f"alignment (search by the model's response ranks them by their own){advice}"
                 )
         return found

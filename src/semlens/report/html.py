@@ -107,7 +107,7 @@ def write_report(
     graphs: Sequence[AttributionGraph] = (),
     other_name: str | None = None,
 ) -> Path:
-    """Write the report; labels the Lens with the built-in vocabulary first if it has no labels. ``audits``
+    """Write the report; labels the Lens with the default vocabulary first if it has no labels. ``audits``
     (from ``Lens.audit``), ``comparison`` (``Lens.compare`` against the Lens called ``other_name``) and
     ``graphs`` (``Lens.attribution_graph``) each add their sections at the end."""
     labelled = lens.labels.ensure()  # a space of images only: a report without labels

@@ -86,7 +86,7 @@ def audit_summary(audit: Audit) -> str:
             )
             + "</p>"
         )
-    left_out = f"<p>relevant units left out (no examples of their own): {_names(audit.left_out)}</p>" if audit.left_out else ""
+    left_out = f"<p>relevant units left out (inactive: never fired or constant on the probe data): {_names(audit.left_out)}</p>" if audit.left_out else ""
     if audit.small_nulls:
         rough = ", ".join(f"{layer} ({count} units)" for layer, count in audit.small_nulls.items())
         left_out += f"<p>rough z-scores: small nulls in {html.escape(rough)}</p>"

@@ -47,7 +47,7 @@ class Served:
     # -- set-up shared by request threads -------------------------------------------------------
 
     def labelled(self, space: str | None = None, method: str | None = None) -> Lens:
-        """The Lens (in embedding space ``space``) with labels: labelled with the built-in vocabulary first when it
+        """The Lens (in embedding space ``space``) with labels: labelled with the default vocabulary first when it
         has none, and labelled again (its vocabulary) when ``method`` is not the labels' method (kept in memory: a
         request never writes into a Lens)."""
         with self._setup:

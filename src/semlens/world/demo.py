@@ -18,16 +18,15 @@ import torch
 from rich.console import Console
 
 from .._util.errors import SemlensError
-from ..analysis.vocabulary import Vocabulary
 from ..lens.concepts import forget
 from ..lens.lens import Lens
 from ..model.units import LayerSpec
 from ..pipeline.builder import BuildConfig, LensBuilder
 from ..store.files import atomic_write
-from .captions import HELD_OUT
+from .captions import HELD_OUT, world_vocabulary
 from .classifier import ARCHITECTURES, architecture_of
 from .random_world import planted_artifact
-from .render import WorldConfig, WorldData, artifact_overlay, concept_family, concept_scene
+from .render import WorldConfig, WorldData, artifact_overlay, concept_scene
 from .truth import (
     AREA_FAMILIES,
     INSERTION_AUC,
@@ -53,7 +52,6 @@ PROBE_IMAGES = 1200
 TEST_IMAGES = 300
 K = 20  # concept examples per unit
 CROP = "auto"  # relevance crops where LRP supports the model (it does the world CNN)
-DISTRACTORS = ["dog", "car", "tree", "house", "person", "cloud", "fire", "wood", "metal", "flower"]
 INSERTION_IMAGES = 400  # probe images the artefact is pasted into for the causal truth (those without it)
 # the audit's concept test pastes the world's artefact as drawn in 4 images of the world, in turn: with 1, a coarse
 # layer's units fire where the artefact is or not by where one copy falls. Measured on the quality benchmark's 8
@@ -72,12 +70,6 @@ def world_layers(model: str) -> list[str]:
 def spatial_layers(lens: Lens) -> list[str]:
     """The Lens's layers with spatial maps: those that dissection, the truth and the audit read."""
     return [layer for layer in lens.layers if lens.manifest["layers"][layer]["output"] == "spatial"]
-
-
-def world_vocabulary(config: WorldConfig) -> Vocabulary:
-    """The world's concepts by family, plus distractors that never appear in it."""
-    concepts = config.concept_names()
-    return Vocabulary("world", tuple(concepts + DISTRACTORS), tuple(concept_family(c) + "s" for c in concepts) + ("distractors",) * len(DISTRACTORS))
 
 
 def run_demo(

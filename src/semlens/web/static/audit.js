@@ -34,7 +34,7 @@
       el("span", {}, `${result.units.length} units above ${cutText(result)} relevance`),
       el("span", {}, `aligned: z > ${result.rule.z} against the unit's layer; one-sided verdicts need a margin of ${result.rule.margin}`),
       result.named_among && result.units.some((unit) => unit.responses_label) ? el("span", {}, `a unit whose best concept by its crop responses (ranked among the audit's concepts and ${result.named_among}) is an audited concept and sets it apart from its layer takes its verdict from it`) : null,
-      result.left_out.length ? el("span", {}, `left out (no examples of their own): ${result.left_out.join(", ")}`) : null,
+      result.left_out.length ? el("span", {}, `left out (inactive: never fired or constant on the probe data): ${result.left_out.join(", ")}`) : null,
       Object.entries(result.sae_error).map(([layer, share]) => el("span", { class: "sae-error" }, `SAE error term (${layer}) ${(100 * share).toFixed(1)}%`)));
     const scatter = document.getElementById("scatter"), aside = document.getElementById("preview");
     await plot(scatter, result.figure);

@@ -87,7 +87,7 @@ const HEATMAPS_SHOWN = 6;
     el("p", {}, "label: ", data.label ? el("span", {}, el("b", { id: "label" }, data.label), data.label_confidence == null ? "" : ` (confidence z ${fmt(data.label_confidence, 1)})`)
         : el("i", { id: "label", class: "muted" }, "no concept (none sets this unit apart from its layer)"),
       data.inactive ? el("span", { class: "muted" }, " · inactive: its examples are arbitrary") : null,
-      data.tied ? el("span", { class: "muted" }, " · tied: its examples are another unit's, so it is left out of labels, maps and search by alignment") : null),
+      data.tied ? el("span", { class: "muted" }, " · tied: its examples are another unit's, so it is left out of labels, maps and search by alignment (an audit judges it by them)") : null),
     el("h2", {}, "Concept examples"), examples, heatmaps, byRelevance, full,
     el("h2", {}, "Concept clusters"), clusters,
     el("div", { class: "grid2" }, el("div", {}, el("h2", {}, "Label and runner-ups"), candidates,
