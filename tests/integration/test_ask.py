@@ -65,12 +65,19 @@ def test_search_ranks_units_by_alignment_and_response(lens_path, tmp_path) -> No
 
 
 def test_a_search_no_shown_unit_aligns_with_says_so(lens_path, monkeypatch) -> None:
+    """On every face: the hits themselves carry the note (``SearchResults.note``), the command line prints it and
+    a notebook shows it under the table."""
+    import html
+
+    from semlens.lens import search
     from semlens.lens.search import SearchHit, SearchResults
 
-    weak = SearchResults([SearchHit("features.3/1", "features.3", 1, -0.002, None, [])], rank="named")
-    monkeypatch.setattr(Lens, "search", lambda *args, **kwargs: weak)
+    monkeypatch.setattr(search, "_rank", lambda *args, **kwargs: SearchResults([SearchHit("features.3/1", "features.3", 1, -0.002, None, [])], rank="named"))
+    expected = "no unit shown aligns with 'daisy' more than with an empty prompt (best alignment -0.002)"
+    hits = Lens.open(lens_path).search("daisy")
+    assert hits.note.startswith(expected) and html.escape(expected) in hits._repr_html_()
     shown = runner.invoke(app, ["search", str(lens_path), "daisy"])
-    assert shown.exit_code == 0 and "note: no unit shown aligns with 'daisy' more than with an empty prompt (best alignment -0.002)" in " ".join(shown.output.split())
+    assert shown.exit_code == 0 and f"note: {expected}" in " ".join(shown.output.split())
 
 
 def test_search_by_both_is_the_lower_standardised_score_of_the_lenss_valid_units(lens_path) -> None:

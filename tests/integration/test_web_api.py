@@ -169,6 +169,9 @@ def test_search_by_text_and_image_with_layer_filter_and_bounds(client, explorer_
         forget(opened, "pasted square")
     plain = client.get("/api/lenses/0/search", params={"q": "pasted square", "top": 3})
     assert plain.headers["x-semlens-rank"] == "named" and "x-semlens-concept" not in plain.headers
+    from urllib.parse import unquote  # the hits' note (none aligns more than an empty prompt), where they have one
+
+    assert unquote(plain.headers.get("x-semlens-note", "")) == (Lens.open(explorer_lenses[0]).search("pasted square", top=3).note or "")
     not_an_image = client.post("/api/lenses/0/search/image", files={"image": ("x.png", b"not an image", "image/png")})
     refused(not_an_image, 400, "not an image")
     assert " at 0x" not in not_an_image.json()["detail"]  # no Python object's address

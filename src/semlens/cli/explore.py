@@ -130,10 +130,8 @@ def search(
     probes = " + ".join([repr(text) for text in query or []] + [path.name for path in image or []])
     title = f"units {ranked} {f'the images of {hits.concept!r} shown to the Lens (an audit pasted them)' if hits.concept else probes}"
     print_hits(hits, title, "activation AUC" if hits.rank == "model" else "alignment", as_json)
-    best = max((hit.score for hit in hits), default=None)
-    if query and not image and hits.rank != "model" and best is not None and best <= 0 and not as_json:
-        say(f"note: no unit shown aligns with {probes} more than with an empty prompt (best alignment {best:.3f}): the foundation "
-            "model may not know the concept, or no unit shows it")
+    if hits.note and not as_json:
+        say(f"note: {hits.note}")
 
 
 @app.command()

@@ -81,6 +81,7 @@ class SearchResults(HtmlResult, list):
         super().__init__(hits)
         self.by, self.rank = by, rank  # rank: the ranking that ordered them (RANKINGS; None: similarity to a unit)
         self.concept = concept  # ranked by the images of this concept shown to the Lens (semlens.lens.concepts), where a text named it
+        self.note: str | None = None  # what a reader should know of the hits as a whole (no unit aligns with the text more than with nothing)
 
     def to_dict(self) -> list[dict[str, Any]]:
         return [hit.to_dict() for hit in self]
@@ -163,7 +164,14 @@ def search(
             )
         return _rank_by_model(lens, images, lens.units.checked(layers), top, examples, model)
     probe_vector, null = probe(lens, text, images, templates)
-    return _rank(lens, probe_vector, null, lens.units.checked(layers), top, examples=examples, rank=rank, names=texts)
+    hits = _rank(lens, probe_vector, null, lens.units.checked(layers), top, examples=examples, rank=rank, names=texts)
+    best = max((hit.score for hit in hits), default=None)
+    if texts and not images and best is not None and best <= 0:
+        hits.note = (
+            f"no unit shown aligns with {' + '.join(map(repr, texts))} more than with an empty prompt (best alignment {best:.3f}): "
+            "the foundation model may not know the concept, or no unit shows it"
+        )
+    return hits
 
 
 def _default_ranking(lens: Lens, text: str | list[str] | None, images: list[Image.Image]) -> tuple[str, LoadedModel | None]:

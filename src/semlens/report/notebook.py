@@ -79,7 +79,8 @@ def search_html(hits: SearchResults) -> str:
         ]
         for hit in hits
     ]  # fmt: skip
-    return _table(header, rows) + pictures.note() + _ranked_note(hits)
+    note = f"<p><small>note: {_text(hits.note)}</small></p>" if hits.note else ""
+    return _table(header, rows) + pictures.note() + _ranked_note(hits) + note
 
 
 def _ranked_note(hits: SearchResults) -> str:

@@ -32,7 +32,8 @@ def search(
     """Units ranked by ``q``: the alignment of their theta (from their activation or relevance examples) and,
     by default, their response to it (``Lens.search``); a name of a concept the Lens was shown (an audit's pasted
     artefact), by the model's response to its images. Headers ``X-Semlens-Rank`` and ``X-Semlens-Concept`` say which
-    ranking ordered the hits (``RANKINGS``) and the shown concept's name (URL-quoted), where one did."""
+    ranking ordered the hits (``RANKINGS``) and the shown concept's name (URL-quoted), where one did; ``X-Semlens-Note``
+    what a reader should know of the hits as a whole (``SearchResults.note``, URL-quoted), where there is something."""
     served = explorer.get(lens)
     found = served.ready(space).search(q, layers=layers_of(served, layer), top=top, examples=examples, rank=rank)
     return ranked_by(response, found, hits_out(served, found, examples))
@@ -43,6 +44,8 @@ def ranked_by(response: Response, found: SearchResults, hits: list[dict[str, Any
     response.headers["X-Semlens-Rank"] = found.rank or ""
     if found.concept:
         response.headers["X-Semlens-Concept"] = quote(found.concept)
+    if found.note:  # e.g. no unit aligns with the text more than with an empty prompt
+        response.headers["X-Semlens-Note"] = quote(found.note)
     return hits
 
 

@@ -37,8 +37,8 @@
     return new URLSearchParams([["top", top.value], ...chosenSpace, ...chosenExamples, ...chosenRank, ...layers.map((layer) => ["layer", layer])]);
   }
 
-  function show(hits, what) {
-    fill(results, el("caption", {}, `units ranked by ${what}`),
+  function show(hits, what, note) {
+    fill(results, el("caption", {}, `units ranked by ${what}`, note ? el("div", { class: "muted note" }, `note: ${note}`) : null),
       el("tr", {}, ["#", "unit", "label", "examples", "layer", "score", "response"].map((name) => el("th", { title: name === "score" ? "alignment with the probe; by the model's response, its activation AUC" : "" }, name))),
       hits.map((hit, i) => el("tr", { class: "hit" }, el("td", {}, i + 1), ...unitCells(hit), el("td", {}, hit.layer),
         el("td", { class: "num alignment" }, fmt(hit.score, 4)), el("td", { class: "num response" }, hit.response === null ? "–" : fmt(hit.response, 3)))));
@@ -57,7 +57,7 @@
       const by = { "": "name, then alignment with and response to", named: "name, then alignment with and response to", both: "alignment with and response to", alignment: "alignment with" }[rank.value];
       if (hits) show(hits, shown
         ? `the model's response to the images of “${decodeURIComponent(shown)}” an audit pasted (${examples.value} examples)`
-        : `${by} “${q.value}” (${examples.value} examples)`);
+        : `${by} “${q.value}” (${examples.value} examples)`, headers["x-semlens-note"] && decodeURIComponent(headers["x-semlens-note"]));
     } else if (file.files.length) {
       const body = new FormData();
       body.append("image", file.files[0]);
