@@ -306,8 +306,12 @@ def test_a_model_semlens_cannot_feed_is_refused_at_load_with_what_to_change() ->
 
 
 def test_a_model_object_scoring_1000_classes_takes_imagenet_s_names_unless_given_its_own() -> None:
-    with pytest.warns(UserWarning, match=r"scores 1000 classes and names none: they are taken as ImageNet's, in its order"):
+    with pytest.warns(UserWarning, match=r"scores 1000 classes and names none: they are taken as ImageNet's, in its order") as said:
         imagenet_sized = load_model(TinyCNN(classes=1000), TINY_PREPROCESSING)
+    assert said[0].filename == __file__  # shown at the user's line, not inside semlens
+    with pytest.warns(UserWarning, match=r"scores 1000 classes") as said:
+        BuildConfig(model=TinyCNN(classes=1000), preprocessing=TINY_PREPROCESSING, layers=LAYERS, data=colour_images(3), foundation="conse")
+    assert said[0].filename == __file__  # also where a build's config loads the model (it pointed into config.py)
     assert imagenet_sized.classes[281] == "tabby"  # so an audit of "tabby", "tabby cat" or n02123045 finds its output
     from semlens.model.loading import class_mapping
 

@@ -3,6 +3,8 @@ themselves, and of two concepts every top example shows, the one that drives the
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -88,7 +90,11 @@ def test_the_concept_that_drives_the_unit_wins_over_one_its_examples_also_show()
 
 def test_standardised_rows_and_the_method_needs_a_lens() -> None:
     rows = standardised(torch.tensor([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]]))
-    torch.testing.assert_close(rows, torch.tensor([[-1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]))
+    spread = (2 / 3) ** 0.5  # the population deviation of 1, 2, 3
+    torch.testing.assert_close(rows, torch.tensor([[-1 / spread, 0.0, 1 / spread], [0.0, 0.0, 0.0]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one concept: zeros, without torch's "degrees of freedom <= 0" warning
+        torch.testing.assert_close(standardised(torch.tensor([[0.3], [0.7]])), torch.zeros(2, 1))
     with pytest.raises(SemlensError, match="crop responses"):
         method_scores(
             "responses",

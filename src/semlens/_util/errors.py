@@ -1,8 +1,20 @@
-"""Errors that tell the user what was wrong and what would be right.
+"""Errors and warnings that tell the user what was wrong and what would be right.
 
 The CLI prints a :class:`SemlensError` as a one-line message (no traceback): every message should
 name the bad input and list or describe the valid choices.
 """
+
+import sys
+import warnings
+
+
+def warn_caller(message: str) -> None:
+    """A warning shown at the first caller outside semlens (the user's line in a notebook or script), however deep
+    in semlens it is raised: a fixed ``stacklevel`` pointed into semlens's own config.py where a build made the model."""
+    frame, level = sys._getframe(1), 2  # stacklevel 2: the function that called warn_caller
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "semlens":  # a dataclass's __init__ too
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
 
 
 class SemlensError(Exception):

@@ -138,9 +138,10 @@ def response_scores(centred: torch.Tensor, effects: torch.Tensor) -> torch.Tenso
 
 
 def standardised(scores: torch.Tensor) -> torch.Tensor:
-    """Each row ``[U, C]`` less its mean over its standard deviation (a constant row becomes zeros)."""
+    """Each row ``[U, C]`` less its mean over its (population) standard deviation (a constant row, or a vocabulary of
+    one concept, becomes zeros: the sample deviation of one value is NaN and warns)."""
     centred = scores - scores.mean(dim=1, keepdim=True)
-    return centred / centred.std(dim=1, keepdim=True).clamp_min(1e-12)
+    return centred / centred.std(dim=1, keepdim=True, correction=0).clamp_min(1e-12)
 
 
 def centred_scores(alignments: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,6 @@ probe wherever it is. Measured on the quality benchmark's worlds (docs/quality.m
 from __future__ import annotations
 
 import bisect
-import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._util.errors import SpecError
+from .._util.errors import SpecError, warn_caller
 from .._util.fingerprint import hash_json
 from .._util.imports import import_optional
 from ..store.files import LensStore, atomic_write
@@ -311,7 +310,7 @@ def open_index(store: LensStore, table: UnitTable, fingerprint: str) -> UnitInde
     try:
         UnitIndex._faiss()
     except SpecError as error:
-        warnings.warn(f"searching {units} units by brute force: {error}", stacklevel=3)
+        warn_caller(f"searching {units} units by brute force: {error}")
         return None
     key = hash_json([fingerprint, [units, dim], "pq-fastscan-4bit"])
     if store.path(INDEX_INFO).is_file() and store.read_json(INDEX_INFO).get("fingerprint") == key:

@@ -9,7 +9,6 @@ better than the example sets', which punish a concept for being shown by many un
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .._util.cache import cache_dir
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, warn_caller
 from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
 from ..analysis.labelling_methods import random_sets
@@ -68,5 +67,5 @@ def prior_sets(lens: Lens, progress: bool = False) -> torch.Tensor:
     try:
         return random_sets(probe_prior_images(lens, progress=progress), lens.examples.k)
     except SemlensError as error:
-        warnings.warn(f"clip-dissect's prior from the Lens's example sets, as the probe images are out of reach: {error}", stacklevel=3)
+        warn_caller(f"clip-dissect's prior from the Lens's example sets, as the probe images are out of reach: {error}")
         return example_prior_sets(lens)

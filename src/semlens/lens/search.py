@@ -7,7 +7,6 @@ semlens.lens.index)."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from PIL import Image
 
 from .._util.display import HtmlResult, made_by
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, warn_caller
 from .arrays import recorded_placements
 from .concepts import recall
 from .index import UnitTable, open_index, probe_direction, top_positions
@@ -186,7 +185,7 @@ def _default_ranking(lens: Lens, text: str | list[str] | None, images: list[Imag
     try:
         model = lens.sources.model()
     except SemlensError as error:  # a received Lens without its model, or one built from an object: the foundation model's view
-        warnings.warn(f"ranked by name and alignment, not by the model's response to the concept's images, which needs the model under study: {error}", stacklevel=3)
+        warn_caller(f"ranked by name and alignment, not by the model's response to the concept's images, which needs the model under study: {error}")
         return RANKINGS[0], None
     return ("model", model) if probe_backgrounds(lens) else (RANKINGS[0], None)
 

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -24,7 +23,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import nn
 
-from .._util.errors import SpecError
+from .._util.errors import SpecError, warn_caller
 from .._util.fingerprint import hash_module_weights
 from .._util.hub import offline_unless_reachable
 from .._util.imports import call_factory, import_object, import_optional
@@ -341,10 +340,9 @@ def load_model(model: str | nn.Module | LoadedModel, preprocessing: Preprocessin
         if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
             model = model._orig_mod  # torch.compile's wrapper: the module it compiles is the model (its layer names, weights, hooks)
         if preprocessing is None:
-            warnings.warn(
+            warn_caller(
                 f"model {type(model).__name__}: no preprocessing given, so ImageNet's (resize 256, centre crop 224, ImageNet "
                 "mean and std); pass preprocessing= (a semlens.Preprocessing or a torchvision transform) if it expects other",
-                stacklevel=2,
             )
         loaded = module_as_loaded(model, in_memory_spec(model), preprocessing_of(preprocessing or Preprocessing()), classes is None)
     elif isinstance(model, LoadedModel):
@@ -369,10 +367,9 @@ def module_as_loaded(module: nn.Module, spec: str, preprocessing: Preprocessing,
     module.eval()
     loaded = LoadedModel(returning_logits(module, preprocessing.input_size), spec, preprocessing, configured_classes(module))
     if loaded.classes is None and guess_classes and model_outputs(loaded) == len(imagenet_classes()):
-        warnings.warn(
+        warn_caller(
             f"model {type(module).__name__} scores 1000 classes and names none: they are taken as ImageNet's, in its order "
             "(tabby = 281); give classes= (load_model(model, preprocessing, classes=[...])) if they are not",
-            stacklevel=3,
         )
         loaded.classes, loaded.classes_assumed = imagenet_classes(), True
     return loaded

@@ -8,8 +8,6 @@ preprocessing, so the two models always look at the same pixels.
 
 from __future__ import annotations
 
-import warnings
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .._util.errors import SpecError
+from .._util.errors import SpecError, warn_caller
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -106,11 +104,10 @@ def preprocessing_of(transform: Any) -> Preprocessing:
             "and Normalize, or semlens.Preprocessing(input_size=..., resize=..., mean=..., std=...)"
         )
     if "Resize" in steps and isinstance(steps["Resize"].size, (list, tuple)) and len(steps["Resize"].size) == 2:
-        warnings.warn(
+        warn_caller(
             f"Resize({tuple(steps['Resize'].size)}) squashes an image to that shape; semlens resizes its shorter side and crops "
             "the centre square, the same pixels only for square images: for others give Resize(side) and CenterCrop(side) if "
             "the model was trained so, or make the images square first",
-            stacklevel=3,
         )
     normalise = steps.get("Normalize")
     mean, std = (_floats(normalise.mean), _floats(normalise.std)) if normalise else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))

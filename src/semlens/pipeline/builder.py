@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import platform
-import warnings
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from .. import __version__
 from .._util.allocator import freed_memory_kept
 from .._util.devices import autocast_dtype, inference_dtype, out_of_memory_advice, pick_device
-from .._util.errors import SemlensError, StaleLensError
+from .._util.errors import SemlensError, StaleLensError, warn_caller
 from ..data import ImageData, load_data
 from ..foundation import FOUNDATION_MODELS, FoundationModel
 from ..model.loading import LoadedModel, load_model
@@ -376,7 +375,7 @@ def build_lens(
     summary = LensBuilder(config, out, overwrite=overwrite, progress=progress).run()
     failed = [line for line in [summary.failure_warning()] if line]
     for line in failed + summary.fallbacks + summary.unit_warnings():  # `semlens run` prints them; a notebook sees them as warnings
-        warnings.warn(line, stacklevel=2)
+        warn_caller(line)
     lens = Lens.open(out)
     given = {"model": config.model, "data": config.data, "foundation": config.foundation}
     objects = {name: value for name, value in given.items() if not isinstance(value, str)}
