@@ -219,7 +219,7 @@ def test_k_larger_than_the_data_is_lowered_to_it(tmp_path, colour_folder) -> Non
     config = BuildConfig(model="py:tiny_models:tiny_cnn", layers=["head"], data=f"folder:{colour_folder}", k=500)
     builder = LensBuilder(config, tmp_path / "x", progress=False)
     assert builder.config.k == 30 and builder.identity["collect"]["k"] == 30  # no slot that no sample can fill
-    assert "k = 30 instead of 500: the data has only that many samples" in builder.summary().fallbacks
+    assert "k = 30 instead of 500: the data has only 30 samples" in builder.summary().fallbacks
 
 
 def test_a_bad_foundation_spec_or_empty_data_is_refused_before_any_pass(tmp_path, colour_folder) -> None:

@@ -338,7 +338,7 @@ def test_a_compiled_model_is_read_as_the_module_it_compiles() -> None:
 
 
 def test_what_a_build_did_instead_of_what_was_asked_is_a_warning_in_a_notebook(tmp_path, foundation, images) -> None:
-    with pytest.warns(UserWarning, match=r"k = 12 instead of 30: the data has only that many samples"):
+    with pytest.warns(UserWarning, match=r"k = 12 instead of 30: the data has only 12 samples"):
         build_lens(model=TinyCNN(), preprocessing=TINY_PREPROCESSING, layers=LAYERS, data=images, foundation=foundation, out=tmp_path / "k.lens", progress=False, workers=0)
 
 

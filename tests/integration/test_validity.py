@@ -101,6 +101,9 @@ def test_fallbacks_name_what_was_done_instead_of_what_was_asked() -> None:
     manifest["relevance"] = {"targets": "labels of 2 of 3 data classes (not among the model's: building)", "warning": "its labels name no class"}
     manifest["layers"]["b"]["crop"]["whole_views"] = [0, 100]
     assert fallbacks(manifest) == ["its labels name no class"]  # the class relevance stage's own words
+    manifest["relevance"], manifest["k_asked"], manifest["identity"]["collect"] = {}, 500, {"k": 60}
+    manifest["stages"] = {"collect": {"failed": 2}}  # 60 files, 2 of them unreadable: k is 60, 58 examples at most
+    assert fallbacks(manifest) == ["k = 60 instead of 500: the data has only 60 samples, 2 of them unreadable (skipped): each unit has at most 58 examples"]
 
 
 def test_heatmaps_follow_the_crop_mode_and_the_explorer_draws_them(twin_lens) -> None:

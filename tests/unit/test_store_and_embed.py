@@ -393,3 +393,14 @@ def test_probe_cache_is_shared_per_foundation_model_and_bounded(tmp_path, monkey
     assert read_probe_cache(path, other.id) == {}  # another model's prompts are never reused
     path.write_bytes(b"not a safetensors file")
     assert read_probe_cache(path, first.foundation.id) == {}  # a damaged cache is embedded again, not an error
+
+
+def test_specs_shown_to_others_cut_local_paths_and_say_so() -> None:
+    """The explorer shows where a Lens's data was without the author's paths, and with "…/" where a path was cut:
+    ``folder:/etc`` read as ``folder:etc`` (a folder next to the server's) before."""
+    from semlens.store.trust import display_spec
+
+    assert display_spec("folder:/etc") == "folder:…/etc" and display_spec("folder:/") == "folder:/"
+    assert display_spec("folder:/home/ann/photos") == "folder:…/photos" and display_spec("hf:/home/ann/clip") == "hf:…/clip"
+    assert display_spec("folder:photos") == "folder:photos" and display_spec("hf:openai/clip-vit-base-patch32") == "hf:openai/clip-vit-base-patch32"
+    assert display_spec("world::30:probe") == "world::30:probe" and display_spec("py:pkg.mod:make") == "py:pkg.mod:make"

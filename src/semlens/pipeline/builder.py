@@ -285,7 +285,9 @@ def fallbacks(manifest: dict[str, Any]) -> list[str]:
     wanted = "relevance" if asked == "auto" else asked
     found = []
     if "k_asked" in manifest:
-        found.append(f"k = {manifest['identity']['collect']['k']} instead of {manifest['k_asked']}: the data has only that many samples")
+        k, failed = manifest["identity"]["collect"]["k"], manifest["stages"].get("collect", {}).get("failed", 0)
+        unread = f", {failed} of them unreadable (skipped): each unit has at most {max(k - failed, 0)} examples" if failed else ""
+        found.append(f"k = {k} instead of {manifest['k_asked']}: the data has only {k} samples{unread}")
     if manifest.get("preprocessing_warning"):
         found.append(manifest["preprocessing_warning"])
     for name, layer in manifest["layers"].items():

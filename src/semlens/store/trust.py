@@ -153,13 +153,19 @@ def spec_risk(spec: str) -> str | None:
 
 
 def display_spec(spec: str) -> str:
-    """``spec`` with each local path cut to its last component, for pages others may see (the explorer):
-    where a Lens was built says nothing about it, and it may say something about its author."""
+    """``spec`` with each local path cut to its last component after "…/", for pages others may see (the explorer):
+    where a Lens was built says nothing about it, and it may say something about its author. The "…/" says a path
+    was cut: ``folder:/etc`` read as ``folder:etc``, a folder next to the server's."""
     form, rest = split_spec(spec)
     if spec_risk(spec) is None or form == "py":
         return spec
-    parts = [Path(part).name if _looks_like_path(part) else part for part in ([rest] if form == "hf" else rest.split(":"))]
+    parts = [_last_component(part) if _looks_like_path(part) else part for part in ([rest] if form == "hf" else rest.split(":"))]
     return f"{form}:{':'.join(parts)}"
+
+
+def _last_component(path: str) -> str:
+    name = Path(path).name
+    return path if name == path else f"…/{name}" if name else "/"
 
 
 def check_spec(spec: str, what: str, trusted: bool, option: str) -> str:
