@@ -85,7 +85,9 @@ def test_a_tampered_lens_runs_no_code_in_any_command_or_route(built, tmp_path, m
         assert result.exit_code == 2 and "--trust" in " ".join(result.output.split()), result.output
     client = TestClient(create_app([copy]))
     unit = client.get("/api/lenses/0/layers/head/units/0/examples").json()[0]
-    for url in ("/api/lenses/0/search?q=red", unit["thumbnail"], unit["image"], "/api/lenses/0/map", "/api/lenses/0/dissect"):
+    assert unit["thumbnail"] is None and unit["image"] is None  # no URL to an image the server cannot read; asked anyway:
+    pictures = [f"/api/lenses/0/layers/head/units/0/examples/0/{kind}" for kind in ("thumbnail", "image")]
+    for url in ("/api/lenses/0/search?q=red", *pictures, "/api/lenses/0/map", "/api/lenses/0/dissect"):
         response = client.get(url)
         assert response.status_code == 400 and "trust" in response.json()["detail"], url
     assert not marker.exists()
@@ -104,6 +106,24 @@ def test_the_user_names_what_an_untrusted_lens_may_not(built, tmp_path, colour_f
     assert Lens.open(copy, trust=True).search("red", top=1)
     assert runner.invoke(app, ["trust", str(copy)]).exit_code == 0
     assert Lens.open(copy).trusted and Lens.open(copy).search("red", top=1)
+
+
+def test_a_lens_served_without_its_images_lists_their_sources_instead_of_asking_for_each(built, tmp_path, tiny_clip_dir, stranger) -> None:
+    """The explorer says once why a received Lens's example images cannot be shown and gives no image URL (every
+    thumbnail of a page was requested and failed, about 80 a page); with the data named, the URLs are back."""
+    copy = received(built, tmp_path)
+    client = TestClient(create_app([Lens.open(copy, foundation=f"hf:{tiny_clip_dir}")]))
+    info = client.get("/api/lenses").json()[0]
+    assert "probe data" in info["images"] and "--probe-data" in info["images"]  # why, and what to do
+    hits = client.get("/api/lenses/0/search", params={"q": "red", "top": 3}).json()
+    assert hits and all(hit["thumbnails"] == [] for hit in hits)
+    examples = client.get("/api/lenses/0/layers/head/units/0/examples").json()
+    assert examples and all(example["thumbnail"] is None and example["image"] is None and example["source"] for example in examples)
+    served = TestClient(create_app([Lens.open(copy, foundation=f"hf:{tiny_clip_dir}", data=str(built.parent / "missing"))]))
+    assert served.get("/api/lenses").json()[0]["images"]  # a folder that is not there: said too
+    given = TestClient(create_app([Lens.open(copy, foundation=f"hf:{tiny_clip_dir}", data=Lens.open(built).manifest["identity"]["data"]["spec"])]))
+    assert given.get("/api/lenses").json()[0]["images"] is None
+    assert all(hit["thumbnails"] for hit in given.get("/api/lenses/0/search", params={"q": "red", "top": 3}).json())
 
 
 def test_samples_json_names_no_files_that_are_shown(built, tmp_path, colour_folder) -> None:
@@ -240,7 +260,7 @@ def test_explorer_gets_write_nothing_into_a_writable_lens(built, tmp_path) -> No
         assert client.get(url).status_code == 200, url
     assert files_of(copy) == before
     served = client.get("/api/lenses").json()[0]
-    assert served["data"].startswith("folder:") and "/" not in served["data"]  # where the data lives is not shown
+    assert served["data"].startswith("folder:…/") and served["data"].count("/") == 1  # where the data lives is not shown
 
 
 def test_a_spec_hidden_behind_whitespace_is_refused_as_the_loader_would_read_it(built, tmp_path, marker, stranger) -> None:

@@ -81,12 +81,14 @@ def decode_image(data: bytes, mode: str = "RGB") -> Image.Image:
 
 
 def example_out(served: Served, unit: str, example: ConceptExample, examples: str = "activation") -> dict[str, Any]:
-    """An example of a set with its image URLs (a heatmap's where the set's crops were cut from heatmaps)."""
-    heat = served.has_heatmaps(unit, examples)
+    """An example of a set with its image URLs (a heatmap's where the set's crops were cut from heatmaps; none where
+    the probe data is out of reach: ``Served.images_missing``)."""
+    shown = not served.images_missing
+    heat = shown and served.has_heatmaps(unit, examples)
     return {
         **asdict(example), "score": finite(example.score), "box": list(example.box),
-        "thumbnail": served.example_url(unit, example.rank, examples=examples),
-        "image": served.example_url(unit, example.rank, "image", examples),
+        "thumbnail": served.example_url(unit, example.rank, examples=examples) if shown else None,
+        "image": served.example_url(unit, example.rank, "image", examples) if shown else None,
         "heatmap": served.example_url(unit, example.rank, "heatmap", examples) if heat else None,
     }  # fmt: skip
 

@@ -125,6 +125,9 @@ class LensInfo(BaseModel):
     class_relevance: bool
     relevance_examples: bool = Field(False, description="Whether its units have concept examples by relevance too (examples=relevance).")
     spaces: list[str] = Field(default_factory=list, description="Its embedding spaces, the default one first.")
+    images: str | None = Field(
+        None, description="Why its concept examples' images cannot be shown (its probe data out of reach: serve it with --probe-data, or trust it); null when they can. The pages show the examples' sources instead."
+    )
     damaged: str | None = Field(
         None, description="Why the Lens cannot answer (it could not be opened: its other fields are empty) or what was found damaged in it; null when healthy."
     )
@@ -141,7 +144,7 @@ class UnitRef(BaseModel):
     label_confidence: float | None = Field(
         None, description="Robust z of the best concept's alignment against the unit's layer: how far it sets the unit apart (labels shown from 1)."
     )
-    thumbnails: list[str]
+    thumbnails: list[str] = Field(description="URLs of its first concept examples' crops; empty where the probe data is out of reach (LensInfo.images).")
 
 
 Hit = derived(SearchHit, "Hit", base=UnitRef, drop=("unit", "layer", "index", "label", "examples"))  # UnitRef has them, thumbnails for examples
@@ -152,9 +155,9 @@ Example = derived(
     "Example",
     types={"score": float | None},  # NaN: null
     box=(list[int], Field(description="Crop box x0, y0, x1, y1 in the model's input view (the full image).")),
-    thumbnail=(str, ...),
-    image=(str, Field(description="URL of the full input view, on demand.")),
-    heatmap=(str | None, Field(description="URL of the full view with the heatmap the crop was cut from; null for whole-image crops.")),
+    thumbnail=(str | None, Field(description="URL of the crop; null where the probe data is out of reach (LensInfo.images says why).")),
+    image=(str | None, Field(description="URL of the full input view, on demand; null where the probe data is out of reach.")),
+    heatmap=(str | None, Field(description="URL of the full view with the heatmap the crop was cut from; null for whole-image crops and where the probe data is out of reach.")),
 )
 
 

@@ -104,6 +104,11 @@ const Semlens = (() => {
     return el("span", { class: "thumbs" }, urls.map((url) => el("img", { src: url, alt: title, width: 56, height: 56 })));
   }
 
+  // An example's picture, or where the probe data is out of reach (no URL: LensInfo.images says why) its source as text.
+  function picture(url, alt, source) {
+    return url ? el("img", { src: url, alt, title: source || "" }) : el("span", { class: "muted source" }, source || alt);
+  }
+
   // A UnitRef as table cells: link, label, thumbnails.
   // A layer's name, with its SAE (architecture, d_sae, k) when its units are SAE features.
   function layerTitle(layer) {
@@ -137,7 +142,7 @@ const Semlens = (() => {
     if (!previews.has(key)) previews.set(key, api(`${unitApi(lens, unit)}/examples`).catch(() => []));
     const examples = await previews.get(key);
     if (aside.querySelector("h3 a").textContent !== unit) return; // the pointer moved on
-    aside.append(el("div", {}, examples.slice(0, 9).map((example) => el("img", { src: example.thumbnail, alt: unit, title: example.source }))));
+    aside.append(el("div", {}, examples.slice(0, 9).map((example) => picture(example.thumbnail, unit, example.source))));
   }
 
   function plot(node, figure, layout = {}) {
@@ -164,7 +169,9 @@ const Semlens = (() => {
     const select = el("select", { "aria-label": "Lens", onchange: () => { location.search = `?lens=${select.value}`; } });
     document.getElementById("nav").replaceChildren(el("span", { class: "brand" }, "semlens explorer"), ...links, select);
     try {
-      options(select, (await lenses()).map((lens) => [lens.id, `${lens.id}: ${lens.name}${lens.damaged ? " (damaged)" : ""}`]), (await currentLens()).id);
+      const current = await currentLens();
+      options(select, (await lenses()).map((lens) => [lens.id, `${lens.id}: ${lens.name}${lens.damaged ? " (damaged)" : ""}`]), current.id);
+      if (current.images) status(`example images cannot be shown (their sources are listed instead): ${current.images}`, true);
     } catch (error) {
       status(error.message, true);
     }
@@ -187,5 +194,5 @@ const Semlens = (() => {
     api(image.src).catch((error) => status(`example images cannot be shown: ${error.message}`, true));
   }, true);
 
-  return { params, el, fill, api, status, run, lenses, currentLens, pageHref, unitHref, unitLink, thumbs, unitCells, layerTitle, fmt, splitUnit, unitApi, preview, plot, options, classOptions, nav, download };
+  return { params, el, fill, api, status, run, lenses, currentLens, pageHref, unitHref, unitLink, thumbs, picture, unitCells, layerTitle, fmt, splitUnit, unitApi, preview, plot, options, classOptions, nav, download };
 })();

@@ -26,7 +26,7 @@
     return el("tr", {},
       el("td", {}, el("img", { src: unit.overlay, alt: `relevance through ${unit.unit}`, width: 96, height: 96, class: "overlay" })),
       el("td", {}, unitLink(lens.id, unit.unit)), el("td", { class: "num" }, fmt(unit.share)),
-      el("td", {}, thumbs(unit.examples.map((example) => example.thumbnail), unit.unit)));
+      el("td", {}, thumbs(unit.examples.map((example) => example.thumbnail).filter(Boolean), unit.unit)));
   }
 
   function show(explained) {

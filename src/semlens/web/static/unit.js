@@ -3,7 +3,7 @@
 const HEATMAPS_SHOWN = 6;
 
 (async () => {
-  const { el, fill, api, run, nav, params, fmt, unitApi, unitCells, pageHref, thumbs } = Semlens;
+  const { el, fill, api, run, nav, params, fmt, unitApi, unitCells, pageHref, thumbs, picture } = Semlens;
   await nav("");
   const unit = params.get("unit") || "";
   const lensKey = params.get("lens") || "0";
@@ -18,6 +18,7 @@ const HEATMAPS_SHOWN = 6;
 
   const full = el("div", { id: "full" });
   function showFull(example) {
+    if (!example.image) { fill(full, el("h3", {}, `example ${example.rank}: ${example.source}`), el("p", { class: "muted" }, "its image cannot be shown: the probe data is out of reach")); return; }
     const image = el("img", { src: example.image, alt: `full image of example ${example.rank}` });
     const box = el("div", { class: "box" });
     image.addEventListener("load", () => {
@@ -31,7 +32,7 @@ const HEATMAPS_SHOWN = 6;
   }
   const gallery = (id, list, what) => el("div", { class: "examples", id }, list.map((example) =>
     el("figure", { onclick: () => showFull(example), title: "click for the full image" },
-      el("img", { src: example.thumbnail, alt: `${what} ${example.rank}` }),
+      picture(example.thumbnail, `${what} ${example.rank}`, example.source),
       el("figcaption", {}, `#${example.rank} · ${fmt(example.score, 2)} · ${example.source.split("/").pop()}`))));
   const examples = gallery("examples", data.examples, "example");
   // Where it fires, without a click: the heatmaps the first examples' crops were cut from, over their views.
@@ -61,7 +62,7 @@ const HEATMAPS_SHOWN = 6;
         : el("i", { class: "muted" }, "unnamed")),
       el("div", { class: "examples" }, cluster.examples.map((example) =>
         el("figure", { onclick: () => showFull(example), title: "click for the full image" },
-          el("img", { src: example.thumbnail, alt: `example ${example.rank}` }), el("figcaption", {}, `#${example.rank}`))))))),
+          picture(example.thumbnail, `example ${example.rank}`, example.source), el("figcaption", {}, `#${example.rank}`))))))),
   (error) => fill(clusters, el("p", { class: "muted" }, `no clusters: ${error.message}`)));
 
   const candidates = el("table", {}, el("tr", {}, el("th", {}, "concept"), el("th", { class: "num" }, "alignment"), el("th", { class: "num" }, "confidence (z)")),
