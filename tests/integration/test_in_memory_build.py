@@ -105,7 +105,7 @@ def test_opened_again_it_takes_the_bare_module_and_the_images_back(built, founda
     lens, out = built
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        again = Lens.open(out, model=TinyCNN(), data=images, foundation=foundation)
+        again = Lens.open(out, model=TinyCNN().eval(), data=images, foundation=foundation)  # in training mode: said (below)
         model = again.sources.model()
     shown = lambda preprocessing: (preprocessing.input_size, preprocessing.resize, list(preprocessing.mean), list(preprocessing.std))  # noqa: E731
     assert shown(model.preprocessing) == shown(TINY_PREPROCESSING) and model.fingerprint == lens.manifest["identity"]["model"]["fingerprint"]
@@ -179,6 +179,18 @@ def test_a_folder_as_typed_and_concept_images_as_lists_are_read_as_build_lens_re
     assert concept.views(tiny_cnn())[1][0].size == (32, 32)
     with pytest.raises(SemlensError, match="missing does not exist or is not a directory"):
         ConceptImages(str(tmp_path / "missing"), shown=paths)
+
+
+def test_a_model_in_training_mode_is_read_in_eval_mode_and_said_so() -> None:
+    """A notebook's model fresh from training (dropout on, batch norm by batch statistics) is read in eval mode and
+    left so; the warning says it, so that the next training cell does not train it in eval mode unknowingly."""
+    model = TinyCNN()
+    with pytest.warns(UserWarning, match=r"model TinyCNN was in training mode: semlens reads it in eval mode and leaves it so \(model.train\(\)") as said:
+        load_model(model, TINY_PREPROCESSING)
+    assert not model.training and said[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(model, TINY_PREPROCESSING)  # in eval mode: nothing to say
 
 
 def test_a_module_without_class_names_takes_its_labelled_data_s_names_where_it_has_as_many_outputs(tmp_path, foundation) -> None:
@@ -322,7 +334,7 @@ def test_a_model_object_scoring_1000_classes_takes_imagenet_s_names_unless_given
     assert wnids.labels == {0: 281} and "not among the model's: n13385216" in wnids.targets  # where the data names ImageNet's classes
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert load_model(TinyCNN(classes=1000), TINY_PREPROCESSING, classes=[f"c{i}" for i in range(1000)]).classes[281] == "c281"
+        assert load_model(TinyCNN(classes=1000).eval(), TINY_PREPROCESSING, classes=[f"c{i}" for i in range(1000)]).classes[281] == "c281"
     assert load_model(tiny_cnn(), classes=["r", "g", "b"]).classes == ["r", "g", "b"]  # a LoadedModel renamed
     with pytest.raises(SemlensError, match=r"classes= names 2 classes, but the model scores 3: give one name per output"):
         load_model(TinyCNN(), TINY_PREPROCESSING, classes=["r", "g"])
@@ -413,7 +425,7 @@ def test_preprocessing_from_a_torchvision_transform_or_imagenet_said_in_a_warnin
         assert preprocessing_of(transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()])).input_size == 32
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load_model(TinyCNN())
+        model = load_model(TinyCNN().eval())
     assert model.preprocessing == Preprocessing() and len(caught) == 1 and "preprocessing=" in str(caught[0].message)
 
 

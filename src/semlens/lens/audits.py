@@ -14,6 +14,7 @@ from .._util.allocator import freed_memory_kept
 from .._util.display import made_by
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
+from ..model.imagenet import readable_class
 from .arrays import recorded_placements
 from .concepts import remember_pasted
 from .labels import names_by_responses, naming_description
@@ -125,7 +126,7 @@ def audit(
     if not (valid or valid_images):  # as audit_classes does: the class's own name is what its units should show
         if not lens.classes:
             raise SemlensError("an audit needs a valid concept (text or image), and this model's classes have no names to take it from: give one (valid=[...], command line: --valid)")
-        valid = [lens.classes[index]]
+        valid = [readable_class(lens.classes[index])]
     _seen_class(lens, index, class_name, lens.arrays.class_relevance(chosen[-1]))
     theta = torch.cat([lens.arrays.theta(layer) for layer in chosen])
     tight = None
@@ -278,7 +279,7 @@ def audit_classes(
     if seen is None:
         raise SemlensError("no class relevance in this Lens; rebuild with class relevance on")
     audits = [
-        lens.audit(int(index), [lens.classes[int(index)]], spurious, [], list(spurious_images), cut, None, "audit", rule)
+        lens.audit(int(index), [readable_class(lens.classes[int(index)])], spurious, [], list(spurious_images), cut, None, "audit", rule)
         for index in seen["seen_classes"].tolist()
     ]
     return sorted(audits, key=lambda result: -result.shares["spurious_or_both"])
@@ -300,10 +301,10 @@ def attribution_graph(
         raise SemlensError("an attribution graph needs at least two layers")
     if any(lens.manifest["layers"][layer]["unit_names"] == "signed" for layer in chosen):
         raise SemlensError("attribution graphs need unsigned layers (channels or SAE features)")
-    index = lens.units.class_index(class_name)
     relevance = lens.arrays.class_relevance(chosen[-1])
-    if relevance is None:
-        raise SemlensError("no class relevance in this Lens; rebuild with class relevance on")
+    if relevance is None:  # first: without class relevance a model object has no class names either
+        raise SemlensError(f"no class relevance for layer {chosen[-1]}: {_why_no_class_relevance(lens, chosen[-1])}")
+    index = lens.units.class_index(class_name)
     seen = _seen_class(lens, index, class_name, relevance)
     weights = relevance["mean_share"][:, index].masked_fill(~lens.arrays.valid(chosen[-1]), 0.0)
     row = seen.index(index)

@@ -28,6 +28,13 @@ def imagenet_classes() -> list[str]:
     return [names[0] for names in imagenet_synonyms()]
 
 
+def readable_class(name: str) -> str:
+    """A class name as a text probe: an ImageNet WordNet id (a model that took its data's folder names) as its
+    class's display name (``n01440764`` -> ``tench``), any other name as it is."""
+    index = _wnid_index().get(name.strip().lower()) if WNID.fullmatch(name.strip().lower()) else None
+    return name if index is None else imagenet_synonyms()[index][0]
+
+
 def find_imagenet_class(name: str) -> int:
     """Index of the class one of whose synonyms is ``name`` (case-insensitive; the first where two share it)."""
     index = _synonym_index().get(name.strip().lower())

@@ -363,7 +363,14 @@ def named_outputs(model: LoadedModel, classes: list[str]) -> LoadedModel:
 def module_as_loaded(module: nn.Module, spec: str, preprocessing: Preprocessing, guess_classes: bool = True) -> LoadedModel:
     """A model object in eval mode, read through its logits (``returning_logits``: a dict, tuple or transformers
     output object gives its logits), with the class names its config carries; without any, where it scores 1000
-    classes (``guess_classes``), ImageNet's, as torchvision's and timm's ImageNet architectures are named, said in a warning."""
+    classes (``guess_classes``), ImageNet's, as torchvision's and timm's ImageNet architectures are named, said in a warning.
+    A module in training mode is put in eval mode (dropout off, batch norm by its running statistics), said too: the
+    user's object stays so after the build."""
+    if module.training:
+        warn_caller(
+            f"model {type(module).__name__} was in training mode: semlens reads it in eval mode and leaves it so "
+            "(model.train() to train it further)"
+        )
     module.eval()
     loaded = LoadedModel(returning_logits(module, preprocessing.input_size), spec, preprocessing, configured_classes(module))
     if loaded.classes is None and guess_classes and model_outputs(loaded) == len(imagenet_classes()):
