@@ -342,6 +342,23 @@ def test_measures_similar_and_map(lens_path, tmp_path) -> None:
     assert "<script" in (tmp_path / "new" / "map.html").read_text()[:5_000_000] and (tmp_path / "new" / "map.png").is_file()
 
 
+def test_compare_names_the_concepts_the_units_show_and_leaves_the_labels_shown_as_they_are(explorer_lenses) -> None:
+    """Shared and unique concepts are the labels the units show (the stored ones where they are of the vocabulary,
+    else made by the default method and gate); a raw alignment threshold named the demo world's Lenses as sharing
+    "dog", "fire" and "person". Comparing with another vocabulary holds no labels in place of the shown ones."""
+    labelled, other = Lens.open(explorer_lenses[0]), Lens.open(explorer_lenses[1])
+    shown = {label for layer in labelled.layers for label in labelled.labels.shown(layer) if label}
+    comparison = labelled.compare(labelled)
+    assert set(comparison.shared_concepts) == shown and comparison.only_a == comparison.only_b == []
+    words = ["red", "green", "blue", "stripes"]
+    before = (labelled.labels.vocabulary.name, [labelled.labels.shown(layer) for layer in labelled.layers])
+    compared = labelled.compare(other, words)
+    assert (labelled.labels.vocabulary.name, [labelled.labels.shown(layer) for layer in labelled.layers]) == before
+    fresh = Lens.open(explorer_lenses[0])
+    fresh.label(words, save=False)
+    assert set(compared.shared_concepts) | set(compared.only_a) == {label for layer in fresh.layers for label in fresh.labels.shown(layer) if label}
+
+
 def test_compare_two_lenses_and_refuse_other_foundation_models(lens_path, tmp_path, colour_folder, tiny_clip_dir) -> None:
     other = tmp_path / "other.lens"
     build_lens(

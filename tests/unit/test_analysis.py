@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from semlens._util.errors import SemlensError
 from semlens.analysis.alignment import TEMPLATES, alignment, cosine, fill, null_prompts, resolve_templates
@@ -147,8 +148,14 @@ def test_vocabularies_builtin_text_toml_json_and_errors(tmp_path):
 def test_compare_known_answers():
     a = {"x": torch.stack([E[0], E[1]])}
     b = {"y": torch.stack([E[0], (E[1] + E[2]) / math.sqrt(2)])}
-    a_to_b, b_to_a = overlap_matrices(a, b)
+    a_to_b, b_to_a, typical = overlap_matrices(a, b)
     assert a_to_b[0][0] == pytest.approx((1 + 1 / math.sqrt(2)) / 2)
+    # any unit of A with any of B: (1 + 0 + 0 + 1/sqrt 2) / 4, as the mean of the four pairs' cosines
+    pairs = [float(F.cosine_similarity(u, v, dim=0)) for u in a["x"] for v in b["y"]]
+    assert typical[0][0] == pytest.approx(sum(pairs) / 4) == pytest.approx((1 + 1 / math.sqrt(2)) / 4)
+    shared = torch.ones(1, 8) * 5  # a common direction, as ConSE and CLIP embeddings share: S near 1, and so the typical pair
+    near = overlap_matrices({"x": shared + torch.randn(6, 8) * 0.1}, {"y": shared + torch.randn(6, 8) * 0.1})
+    assert near[0][0][0] > 0.95 and near[2][0][0] > 0.95
     assert b_to_a[0][0] == pytest.approx((1 + 1 / math.sqrt(2)) / 2)
     c = {"z": torch.stack([E[0], E[0], E[3]])}
     assert overlap_matrices(a, c)[0][0][0] == pytest.approx(0.5)  # e1 found, e2 not: (1 + 0) / 2

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._util.display import HtmlResult
-from .measures import knowledge_overlap
+from .measures import knowledge_overlap, typical_similarity
 
 
 @dataclass
@@ -26,6 +26,9 @@ class Comparison(HtmlResult):
     shared_concepts: list[str] = field(default_factory=list)
     only_a: list[str] = field(default_factory=list)
     only_b: list[str] = field(default_factory=list)
+    typical: list[list[float]] = field(default_factory=list, metadata={
+        "description": "per layer pair, the mean cosine of any unit of A with any unit of B: the scale S is read against (S near it: the matches are no closer than any pair)"
+    })  # fmt: skip
 
     def to_dict(self) -> dict:
         return {
@@ -33,6 +36,7 @@ class Comparison(HtmlResult):
             "layers_b": self.layers_b,
             "s_a_to_b": self.a_to_b,
             "s_b_to_a": self.b_to_a,
+            "typical": self.typical,
             "best_match": {unit: {"unit": match, "similarity": round(score, 5)} for unit, (match, score) in self.best_match.items()},
             "shared_concepts": self.shared_concepts,
             "only_a": self.only_a,
@@ -42,11 +46,12 @@ class Comparison(HtmlResult):
 
 def overlap_matrices(
     theta_a: dict[str, torch.Tensor], theta_b: dict[str, torch.Tensor]
-) -> tuple[list[list[float]], list[list[float]]]:
-    """S_{A->B} and S_{B->A} for every (layer of A, layer of B) pair."""
+) -> tuple[list[list[float]], list[list[float]], list[list[float]]]:
+    """S_{A->B}, S_{B->A} and the typical cosine of a pair (``typical_similarity``) for every (layer of A, layer of B) pair."""
     a_to_b = [[knowledge_overlap(ta, tb)[0] for tb in theta_b.values()] for ta in theta_a.values()]
     b_to_a = [[knowledge_overlap(tb, ta)[0] for tb in theta_b.values()] for ta in theta_a.values()]
-    return a_to_b, b_to_a
+    typical = [[typical_similarity(ta, tb) for tb in theta_b.values()] for ta in theta_a.values()]
+    return a_to_b, b_to_a, typical
 
 
 def best_matches(units_a: list[str], theta_a: torch.Tensor, units_b: list[str], theta_b: torch.Tensor) -> dict[str, tuple[str, float]]:

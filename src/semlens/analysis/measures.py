@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # Similarities held at once when matching units: 2**26 float32 = 256 MiB, whatever the layer sizes.
@@ -199,6 +200,20 @@ def knowledge_overlap(theta_m: Tensor, theta_n: Tensor, chunk_rows: int | None =
     """
     index, best = _best_match(theta_m, theta_n, exclude_self=False, chunk_rows=chunk_rows)
     return best.nanmean().item(), index, best
+
+
+def typical_similarity(theta_m: Tensor, theta_n: Tensor) -> float:
+    """The mean cosine of any unit of M with any unit of N (rows without a direction left out): the scale S_{M->N}
+    and redundancy are read against. Where a foundation model puts every crop near one direction (ConSE's
+    embeddings; CLIP's share a large common part), unrelated models score S near 1, and so does this; S well
+    above it says the matches are closer than any pair. NaN where either has no unit with a direction."""
+    def mean_direction(theta: Tensor) -> Tensor | None:
+        rows = theta.float()
+        rows = F.normalize(rows[rows.isfinite().all(dim=1) & (rows.norm(dim=1) > 0)], dim=1)
+        return rows.mean(dim=0) if len(rows) else None
+
+    m, n = mean_direction(theta_m), mean_direction(theta_n)
+    return float("nan") if m is None or n is None else float(m @ n)
 
 
 @dataclass

@@ -353,8 +353,12 @@ def compare(
     if as_json:
         emit_json(comparison.to_dict())
         return
-    for title, matrix in (("S_{A->B}: how much of A's units B also has", comparison.a_to_b), ("S_{B->A}", comparison.b_to_a)):
-        rows = [(layer, *(round(value, 3) for value in row)) for layer, row in zip(comparison.layers_a, matrix)]
+    matrices = (
+        ("S_{A->B}: how much of A's units B also has", comparison.a_to_b), ("S_{B->A}", comparison.b_to_a),
+        ("typical pair: any unit of A with any unit of B (S near it: the matches are no closer than any pair)", comparison.typical),
+    )  # fmt: skip
+    for title, matrix in matrices:
+        rows = [(layer, *(rounded(value) for value in row)) for layer, row in zip(comparison.layers_a, matrix)]
         console.print(table(title, ("A \\ B", *comparison.layers_b), rows))
     for title, concepts in (("shared concepts", comparison.shared_concepts), ("only in A", comparison.only_a), ("only in B", comparison.only_b)):
         say(f"{title} ({len(concepts)}): {', '.join(concepts)}")

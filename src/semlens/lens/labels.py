@@ -318,19 +318,28 @@ def label(
     lens.embedding.require_text("labelling")
     method = lens.labels.default_method if method is None else check_method(method)
     vocab = lens.embedding.default_vocabulary if vocabulary is None else vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
+    results = labels_of(lens, vocab, method, templates, top, examples, threshold, min_confidence)
+    if examples == "activation":
+        lens.labels.replace(vocab, results, templates, save)
+    return Labelling(results, {layer: lens.units(layer) for layer in lens.layers}, vocab)
+
+
+def labels_of(
+    lens: Lens, vocab: Vocabulary, method: str, templates: str | list[str] = "label", top: int = 3, examples: str = "activation",
+    threshold: float | None = None, min_confidence: float = MIN_CONFIDENCE,
+) -> dict[str, Labels]:
+    """Each layer's labels of ``vocab`` by ``method``, as ``label`` makes them, neither stored nor held: what another
+    tool asks of a vocabulary (``compare``) leaves the labels every face shows as they are."""
     concepts = lens.embedding.probes.concepts(vocab.concepts, templates)
     null = lens.embedding.probes.null(templates)
     prior = prior_sets(lens) if method == "clip-dissect" else None
     aligned = {layer: alignment(lens.examples.theta(layer, examples), concepts, null) for layer in lens.layers}
     confidence = _label_confidence(lens, aligned, examples)
     gate = {"threshold": threshold, "min_confidence": min_confidence}
-    results = {
+    return {
         layer: label_layer(lens, layer, method, concepts, null, top, prior, examples, confidence[layer], aligned[layer], **gate)
         for layer in lens.layers
     }
-    if examples == "activation":
-        lens.labels.replace(vocab, results, templates, save)
-    return Labelling(results, {layer: lens.units(layer) for layer in lens.layers}, vocab)
 
 
 def _label_confidence(lens: Lens, aligned: dict[str, torch.Tensor], examples: str = "activation") -> dict[str, torch.Tensor]:

@@ -11,8 +11,9 @@ import torch
 
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
-from ..analysis.label import label_units, unit_categories
+from ..analysis.label import unit_categories
 from ..analysis.vocabulary import Vocabulary
+from .labels import labels_of
 
 if TYPE_CHECKING:
     from ..analysis.compare import Comparison
@@ -74,7 +75,7 @@ def compare(lens: Lens, other: Lens, vocabulary: Vocabulary | str | Path | Seque
             f"cannot compare Lenses embedded by different foundation models ({lens.embedding.foundation_id} vs "
             f"{other.embedding.foundation_id}); rebuild one of them with the other's foundation model"
         )
-    a_to_b, b_to_a = overlap_matrices(
+    a_to_b, b_to_a, typical = overlap_matrices(
         {layer: lens.arrays.theta(layer)[lens.arrays.valid(layer)] for layer in lens.layers},
         {layer: other.arrays.theta(layer)[other.arrays.valid(layer)] for layer in other.layers},
     )
@@ -85,14 +86,17 @@ def compare(lens: Lens, other: Lens, vocabulary: Vocabulary | str | Path | Seque
         vocab = lens.labels.vocabulary_or(vocabulary)
         shared, only_a, only_b = concept_sets(_concept_labels(lens, vocab), _concept_labels(other, vocab))
     matches = best_matches(units_a, theta_a, units_b, theta_b)
-    return Comparison(lens.layers, other.layers, a_to_b, b_to_a, matches, shared, only_a, only_b)
+    return Comparison(lens.layers, other.layers, a_to_b, b_to_a, matches, shared, only_a, only_b, typical)
 
 
 def _concept_labels(lens: Lens, vocabulary: Vocabulary) -> set[str]:
-    """The labels the units get from ``vocabulary`` (not stored)."""
-    concepts = lens.embedding.probes.concepts(vocabulary.concepts, "label")
+    """The concepts the units show labelled with ``vocabulary`` as every face labels them (the default method and
+    confidence gate; the stored labels where they are of this vocabulary; else made here, neither stored nor held).
+    A raw alignment threshold instead named the demo world's Lenses as sharing "dog", "fire" and "person"."""
+    stored = lens.labels.vocabulary
+    if stored is not None and stored.concepts == vocabulary.concepts and lens.labels.method == lens.labels.default_method:
+        return {label for layer in lens.layers for label in lens.labels.shown(layer) if label is not None}
     found = set()
-    for layer in lens.layers:
-        labels = label_units(lens.arrays.theta(layer), concepts, lens.embedding.probes.null("label"), valid=lens.arrays.valid(layer))
+    for labels in labels_of(lens, vocabulary, lens.labels.default_method).values():
         found |= {vocabulary.concepts[index] for index in labels.concepts[labels.labelled, 0].tolist()}
     return found

@@ -180,6 +180,7 @@ def comparison_html(comparison: Comparison) -> str:
     return (
         matrix("S(A→B): how much of what A encodes B also encodes (mean best cosine per layer pair)", comparison.a_to_b)
         + matrix("S(B→A): how much of what B encodes A also encodes", comparison.b_to_a)
+        + matrix("typical pair: the mean cosine of any unit of A with any unit of B (S near it: the matches are no closer than any pair)", comparison.typical)
         + _table(["concepts", ""], concepts)
         + f"<p>units of A matched best in B ({len(best)} of {len(comparison.best_match)})</p>"
         + _table(["unit of A", "unit of B", "cosine"], matches)

@@ -8,6 +8,7 @@ page, does).
 from __future__ import annotations
 
 import html
+import math
 from typing import TYPE_CHECKING
 
 from ..analysis.audit import VERDICTS
@@ -113,9 +114,11 @@ def audit_section(audit: Audit, figure: str, flagged_rows: str) -> str:
 def comparison_section(comparison: Comparison, name_a: str, name_b: str) -> str:
     """S_{A->B} and S_{B->A} as heatmaps, then the concepts both Lenses have and those only one has."""
     a, b = html.escape(name_a), html.escape(name_b)
+    typical = [value for row in comparison.typical for value in row if not math.isnan(value)]
+    scale = f" The typical pair (any unit of A with any unit of B) has a cosine of {min(typical):.3f} to {max(typical):.3f}: S near it says the matches are no closer than any pair." if typical else ""
     return f"""<h2>Comparison with {b}</h2>
 <p>A = {a}, B = {b}. S(A→B) is the mean, over units of A, of the best cosine similarity to a unit of B:
-how much of what A encodes B also encodes.</p>
+how much of what A encodes B also encodes.{scale}</p>
 {_plot(overlap_figure(comparison, name_a, name_b))}
 <table class="concepts">
 <tr><td>shared ({len(comparison.shared_concepts)})</td><td>{_names(comparison.shared_concepts)}</td></tr>

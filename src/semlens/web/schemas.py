@@ -271,7 +271,7 @@ CompareOut = derived(
     Comparison,
     "CompareOut",
     keys={"a_to_b": "s_a_to_b", "b_to_a": "s_b_to_a"},
-    types={"a_to_b": list[list[float | None]], "b_to_a": list[list[float | None]]},  # NaN: null
+    types={"a_to_b": list[list[float | None]], "b_to_a": list[list[float | None]], "typical": list[list[float | None]]},  # NaN: null
     drop=("best_match",),
     matches=(list[Match], Field(description="Units of A with their best match in B, most similar first.")),
     a=(int, ...),

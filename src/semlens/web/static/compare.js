@@ -25,6 +25,10 @@
     const nameA = all[result.a].name, nameB = all[result.b].name;
     heatmap(document.getElementById("ab"), `S(A→B): ${nameA} in ${nameB}`, result.s_a_to_b, result);
     heatmap(document.getElementById("ba"), `S(B→A): ${nameB} in ${nameA}`, result.s_b_to_a, result);
+    const typical = result.typical.flat().filter((value) => value !== null);
+    fill(document.getElementById("typical"), typical.length
+      ? `typical pair (any unit of A with any unit of B): ${fmt(Math.min(...typical))} to ${fmt(Math.max(...typical))} over the layer pairs; S near it says the matches are no closer than any pair (a foundation model that puts every crop near one direction)`
+      : "");
     const list = (title, concepts) => el("p", {}, el("b", {}, `${title} (${concepts.length}): `), concepts.join(", ") || "none");
     fill(document.getElementById("concepts"), el("h2", {}, "Concepts (labels)"),
       list("shared", result.shared_concepts), list(`only in A (${nameA})`, result.only_a), list(`only in B (${nameB})`, result.only_b));
