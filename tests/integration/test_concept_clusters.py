@@ -77,3 +77,15 @@ def test_the_explorer_serves_a_units_clusters_with_thumbnails(explorer_lenses) -
         assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
     missing = client.get("/api/lenses/0/layers/head/units/9/clusters")
     assert missing.status_code == 404 and "0..2" in missing.json()["detail"]
+
+
+def test_a_unit_of_one_concept_names_its_cluster_by_its_own_label(lens: Lens) -> None:
+    """One cluster is all of a unit's examples: it shows the unit's label (every face the same), where naming it by
+    the raw alignment gave a concept every crop leans to ("person" for the demo's circle, ring and watermark units)."""
+    for layer in lens.layers:
+        for name in lens.units(layer):
+            unit = f"{layer}/{name}"
+            found = lens.concept_clusters(unit)
+            if len(found.clusters) == 1 and lens.labels.candidates(unit):
+                cluster, (concept, alignment, _) = found.clusters[0], lens.labels.candidates(unit)[0]
+                assert (cluster.concept, cluster.alignment, cluster.label) == (concept, round(alignment, 5), lens.labels.label_of(unit))

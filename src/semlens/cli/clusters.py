@@ -24,7 +24,7 @@ def clusters(
     as_json: AsJson = False,
 ) -> None:
     """A unit's concept clusters: one for a monosemantic unit, two for a polysemantic one, each with its
-    examples' ranks and the concept its mean embedding aligns with best."""
+    examples' ranks and the concept that sets its mean embedding apart from the layer's units."""
     opened = open_lens(lens, trust, foundation=foundation)
     result = opened.concept_clusters(unit, str(vocabulary) if vocabulary else None, examples)
     if as_json:

@@ -1,5 +1,5 @@
 """A unit's concept clusters: the groups of its concept examples that are distinct concepts, each with its
-examples (thumbnails) and the concept its mean embedding aligns with best."""
+examples (thumbnails) and the concept that sets its mean embedding apart from the layer's units."""
 
 from __future__ import annotations
 
