@@ -361,6 +361,14 @@ def test_serve_command_binds_loopback_by_default(explorer_lenses, monkeypatch) -
     assert TestClient(app).get("/api/lenses", headers={"Host": "evil.example"}).status_code == 400  # DNS rebinding
     missing = CliRunner().invoke(cli_app, ["serve", str(explorer_lenses[0].parent / "missing.lens")])
     assert missing.exit_code == 2 and "not a Lens directory" in missing.output
+    import socket
+
+    with socket.socket() as holder:  # a port another program holds: said in words before uvicorn's raw [Errno 98]
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        busy = CliRunner().invoke(cli_app, ["serve", str(explorer_lenses[0]), "--port", str(taken)])
+    assert busy.exit_code == 2 and f"port {taken} on 127.0.0.1 is taken" in " ".join(busy.output.split()) and f"--port {taken + 1}" in busy.output
 
 
 def test_import_semlens_does_not_import_the_web_stack() -> None:

@@ -283,14 +283,18 @@ class Audit(HtmlResult):
 
     @property
     def flagged(self) -> list[AuditedUnit]:
+        """The units judged spurious or both, with their evidence (``AuditedUnit``; ``[u.unit for u in audit.flagged]``
+        for their names, which ``confirmed``, ``unconfirmed``, ``carriers`` and ``detectors`` list)."""
         return [unit for unit in self.units if unit.verdict in FLAGGED]
 
     @property
     def confirmed(self) -> list[str]:
+        """Names of the flagged units the concept test confirmed (the class relies on the concept through them)."""
         return [unit.unit for unit in self.flagged if unit.test and unit.test["confirmed"]]
 
     @property
     def unconfirmed(self) -> list[str]:
+        """Names of the flagged units the concept test tested and did not confirm."""
         return [unit.unit for unit in self.flagged if unit.test and not unit.test["confirmed"]]
 
     @property

@@ -22,12 +22,12 @@ from .._util.cache import cache_dir
 from .._util.errors import SemlensError, TextNotSupportedError
 from .._util.fingerprint import hash_json
 from ..analysis.alignment import alignment
-from ..analysis.label import label_units
 from ..analysis.spaces import SIMILARITY_UNITS, SpaceComparison, label_agreement, ranking_agreement, structure_agreement
 from ..analysis.vocabulary import Vocabulary, load_vocabulary
 from ..store.files import LensStore, space_file
 from ..store.spaces import EmbeddingSpace, space_name
 from ..store.trust import lens_key
+from .labels import labels_of
 
 if TYPE_CHECKING:
     from ..foundation import FoundationModel
@@ -174,16 +174,17 @@ def compare_spaces(
     asked = list(queries) if queries else list(vocab.concepts)
     if not asked or any(not query.strip() for query in asked):
         raise SemlensError("give at least one query, and no empty ones")
-    result.labels = label_agreement(_top_concepts(first, theta_a, vocab), _top_concepts(second, theta_b, vocab))
+    result.labels = label_agreement(_top_concepts(first, layers, vocab), _top_concepts(second, layers, vocab))
     search_a, search_b = first.arrays.all_units(layers, first.arrays.search_rule)[1], second.arrays.all_units(layers, second.arrays.search_rule)[1]
     result.search = ranking_agreement(asked, _query_scores(first, search_a, asked), _query_scores(second, search_b, asked), top)
     return result
 
 
-def _top_concepts(lens: Lens, theta: torch.Tensor, vocabulary: Vocabulary) -> torch.Tensor:
-    """Each unit's best ``LABEL_TOP`` concepts ``[U, LABEL_TOP]`` in this space, as ``label`` ranks them."""
-    concepts = lens.embedding.probes.concepts(vocabulary.concepts, "label")
-    return label_units(theta, concepts, lens.embedding.probes.null("label"), top=LABEL_TOP).concepts
+def _top_concepts(lens: Lens, layers: list[str] | None, vocabulary: Vocabulary) -> torch.Tensor:
+    """Each valid unit's best ``LABEL_TOP`` concepts ``[U, LABEL_TOP]`` in this space (``all_units``' order), as
+    ``label`` ranks them by the space's default method."""
+    found = labels_of(lens, vocabulary, lens.labels.default_method, top=LABEL_TOP)
+    return torch.cat([found[layer].concepts[lens.arrays.valid(layer)] for layer in lens.units.checked(layers)])
 
 
 def _query_scores(lens: Lens, theta: torch.Tensor, queries: list[str]) -> torch.Tensor:

@@ -5,6 +5,7 @@ FastAPI and uvicorn come with semlens; ``import semlens`` never imports them.
 
 from __future__ import annotations
 
+import socket
 import threading
 import webbrowser
 from collections.abc import Callable, Sequence
@@ -19,6 +20,20 @@ if TYPE_CHECKING:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def free_port(host: str, port: int) -> None:
+    """Refuse, in words, a port another program holds (uvicorn's own message is a raw ``[Errno 98]`` after start-up)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port left in TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise SemlensError(
+                f"port {port} on {host} is taken ({error.strerror or error}): another `semlens serve` or another program "
+                f"holds it; stop it, or give another port (--port {port + 1}; Python: port={port + 1})"
+            ) from None
+
+
 def serve(
     lenses: Sequence[Lens | str | Path], host: str = "127.0.0.1", port: int = 8000, open_browser: bool = False, say=print,
     opener: Callable[[Path], Lens] | None = None,
@@ -31,6 +46,7 @@ def serve(
         from .app import create_app
     except ModuleNotFoundError as error:
         raise SemlensError(f"`semlens serve` needs {error.name}, which semlens installs: pip install --force-reinstall semlens") from None
+    free_port(host, port)
     local = host in LOOPBACK
     app = create_app(lenses, allowed_hosts=[*LOOPBACK, "[::1]"] if local else None, **({"opener": opener} if opener else {}))
     for served in app.state.explorer.served:
