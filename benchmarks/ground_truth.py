@@ -108,7 +108,7 @@ from semlens.lens.lens import Lens
 from semlens.lens.search import RANKINGS
 from semlens.pipeline.crops import CROP_VIEWS, DEFAULT_CROP_RULE, RULE_SETTINGS
 from semlens.store.slots import CROP_RULES
-from semlens.world.captions import HELD_OUT, world_vocabulary
+from semlens.world.captions import HELD_OUT
 from semlens.world.demo import (
     PROBE_IMAGES,
     TEST_IMAGES,
@@ -128,6 +128,7 @@ from semlens.world.random_world import planted_artifact, random_worlds
 from semlens.world.render import WorldConfig, artifact_overlay, concept_scene
 from semlens.world.specs import WORLD_MODELS
 from semlens.world.truth import INSERTION_AUC, artifact_reliance
+from semlens.world.vocabulary import world_vocabulary
 
 #: per column of the summary rows: +1 higher is better, -1 lower is better; control worlds flip the audit
 #: and reliance columns (there the artefact tells nothing about the class)

@@ -21,10 +21,9 @@ from semlens.analysis.labelling_methods import clip_dissect_scores
 from semlens.analysis.vocabulary import Vocabulary
 from semlens.lens.label_prior import example_prior_sets
 from semlens.lens.lens import Lens
-from semlens.world.captions import world_vocabulary
 from semlens.world.demo import ground_truth_labels
 from semlens.world.render import WorldConfig
-
+from semlens.world.vocabulary import world_vocabulary
 
 EXAMPLE_PRIOR = "clip-dissect-examples"  # clip-dissect, its prior from the units' example sets (benchmark only)
 METHOD_KEYS = {"top1": "top1", "top3": "top3", "phi": "faithfulness_phi", "phi_true_units": "faithfulness_phi_true_units", "top1_response": "top1_response", "cosy_auc": "cosy_auc", "labelled_units": "labelled_units"}  # fmt: skip

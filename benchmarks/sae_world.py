@@ -23,9 +23,9 @@ from safetensors.torch import save_file
 from semlens import BuildConfig, build_lens, load_model
 from semlens.data import load_data
 from semlens.model.units import hooks, resolve_module
-from semlens.world.captions import world_vocabulary
-from semlens.world.demo import K, PROBE_IMAGES
+from semlens.world.demo import PROBE_IMAGES, K
 from semlens.world.render import WorldConfig
+from semlens.world.vocabulary import world_vocabulary
 
 
 def activations(layer: str, images: int) -> torch.Tensor:

@@ -14,10 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from .._util.errors import SemlensError
-from ..analysis.vocabulary import Vocabulary
-from .render import WorldConfig, WorldSample, concept_family
-
-DISTRACTORS = ["dog", "car", "tree", "house", "person", "cloud", "fire", "wood", "metal", "flower"]
+from .render import WorldSample, concept_family
 
 VIEW_RULES = {
     "crop_sides": (0.25, 0.75),  # crop side as a share of the image side
@@ -202,10 +199,3 @@ def random_box(sample: WorldSample, rng: np.random.Generator) -> tuple[int, int,
     x0 = min(max(cx - side // 2, 0), width - side)
     y0 = min(max(cy - side // 2, 0), height - side)
     return x0, y0, x0 + side, y0 + side
-
-
-def world_vocabulary(config: WorldConfig) -> Vocabulary:
-    """The world's concepts by family, plus distractors that never appear in it: what the world's foundation model
-    labels with unless told (``FoundationModel.vocabulary``) and the demo's vocabulary."""
-    concepts = config.concept_names()
-    return Vocabulary("world", tuple(concepts + DISTRACTORS), tuple(concept_family(c) + "s" for c in concepts) + ("distractors",) * len(DISTRACTORS))

@@ -23,7 +23,7 @@ from ..lens.lens import Lens
 from ..model.units import LayerSpec
 from ..pipeline.builder import BuildConfig, LensBuilder
 from ..store.files import atomic_write
-from .captions import HELD_OUT, world_vocabulary
+from .captions import HELD_OUT
 from .classifier import ARCHITECTURES, architecture_of
 from .random_world import planted_artifact
 from .render import WorldConfig, WorldData, artifact_overlay, concept_scene
@@ -44,6 +44,7 @@ from .truth import (
     shift_images,
     where_truths_part,
 )
+from .vocabulary import world_vocabulary
 
 if TYPE_CHECKING:
     from ..interventions.effects import Artifact, ConceptImages

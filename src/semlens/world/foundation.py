@@ -36,7 +36,7 @@ from .._util.progress import progress_bar
 from ..foundation.base import FoundationModel, StackedTransform
 from ..foundation.conse import load_sentence_encoder
 from ..store.files import atomic_write
-from .captions import VIEW_RULES, caption, random_box, visible_concepts, world_vocabulary
+from .captions import VIEW_RULES, caption, random_box, visible_concepts
 from .render import WORLD_MEAN, WORLD_STD, WorldConfig, render, world_preprocessing
 
 CODE_VERSION = 6  # bump when captions, views or the tower change: cached weights then retrain
@@ -228,7 +228,6 @@ class WorldFoundation(FoundationModel):
     ) -> None:
         super().__init__(device, dtype)
         self.config = config
-        self.vocabulary = world_vocabulary(config)  # the captions' concepts: a vocabulary of other words labels nonsense
         self.preprocessing = world_preprocessing(config)
         tower = ImageTower()
         tower.load_state_dict(state)

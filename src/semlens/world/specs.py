@@ -24,8 +24,11 @@ def _world_data(rest: str) -> ImageData:
 @FOUNDATION_MODELS.register("world", "world[:CONFIG]", "the concept world's image-text model (trained once, cached)")
 def _world_foundation(rest: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> FoundationModel:
     from .foundation import load_world_foundation
+    from .vocabulary import world_vocabulary
 
-    return load_world_foundation(rest or None, device=device, dtype=dtype)
+    model = load_world_foundation(rest or None, device=device, dtype=dtype)
+    model.vocabulary = world_vocabulary(model.config)  # its captions' words: the built-in ones labelled rings "mane", "guitar"
+    return model
 
 
 def _world_classifier(name: str) -> Callable[[str], LoadedModel]:
