@@ -113,7 +113,10 @@ def run_demo(
     summary["search_after_audit"] = [hit.unit for hit in lens.search(artifact, top=5)]
     summary["artifact_units"]["search_after_audit_found"] = [unit for unit in summary["search_after_audit"] if unit in true_units]
     comparison = lens.compare(clean)
-    summary["compare"] = {"s_world_to_clean": comparison.a_to_b, "only_world": comparison.only_a, "only_clean": comparison.only_b}
+    summary["compare"] = {
+        "s_world_to_clean": comparison.a_to_b, "typical": comparison.typical, "shared": comparison.shared_concepts,
+        "only_world": comparison.only_a, "only_clean": comparison.only_b,
+    }  # fmt: skip
     report = out / "report.html"
     if not report.is_file() or report.stat().st_mtime < lens.store.path("manifest.json").stat().st_mtime:
         from ..report.html import write_report
@@ -411,6 +414,10 @@ def print_summary(summary: dict, console: Console) -> None:
         )
     s = torch.tensor(summary["compare"]["s_world_to_clean"])
     console.print(f"compare with the model trained without the artefact: S_world->clean per layer {', '.join(f'{value:.2f}' for value in s.diag().tolist())}")
-    console.print(f"concepts only the artefact-trained model has: {', '.join(summary['compare']['only_world']) or 'none'}")
+    both = summary["artifact"] in summary["compare"].get("shared", [])
+    console.print(
+        f"concepts only the artefact-trained model's units show as labels: {', '.join(summary['compare']['only_world']) or 'none'}"
+        + (f" (both models' units show {summary['artifact']}: the probe images show it to the clean model too)" if both else "")
+    )
     console.print(f"report: {summary['report']}  (explore further: semlens search/show/audit on the Lens)")
     console.print(f"open the explorer: semlens serve {Path(summary['report']).parent / 'world.lens'} {Path(summary['report']).parent / 'world-clean.lens'}")
