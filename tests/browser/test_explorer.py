@@ -159,6 +159,26 @@ def test_the_unit_page_shows_relevance_examples_when_the_lens_has_them(browser, 
     assert problems == []
 
 
+def test_a_lens_served_without_its_images_says_so_once_and_lists_sources(browser, explorer_lenses, tmp_path) -> None:
+    """The probe data out of reach (a moved folder here): a banner for the visit, the examples' sources in place of
+    pictures, and not one request for an image (every thumbnail failed before, about 80 a page)."""
+    from semlens import Lens
+
+    lens, problems, asked = Lens.open(explorer_lenses[0], data=str(tmp_path / "moved")), [], []
+    with live_server(create_app([lens])) as url, local_page(browser, url, problems) as page:
+        page.on("request", lambda request: asked.append(request.url) if "/examples/" in request.url else None)
+        goto(page, url, "unit.html?lens=0&unit=features.3/1")
+        page.wait_for_selector("#unit[data-ready]")
+        assert "example images cannot be shown" in page.inner_text("#images-note") and "moved" in page.inner_text("#images-note")
+        sources = [example.source for example in lens.examples.concept_examples("features.3/1")]
+        assert page.locator("#examples img").count() == 0 and page.locator("#examples .source").all_inner_texts() == sources
+        goto(page, url, "search.html?lens=0&q=red")
+        page.wait_for_selector("#results[data-ready]")
+        assert page.locator("#results img").count() == 0 and "(no images)" in page.inner_text("#results")
+        assert page.locator("#images-note").count() == 1
+    assert asked == [] and problems == []
+
+
 def test_search_a_word_ranks_units_with_thumbnails(page, base_url, valid, explorer_lenses) -> None:
     goto(page, base_url, "search.html?lens=0")
     page.wait_for_function("document.getElementById('examples-note').textContent.length > 0")  # set once the Lens is read

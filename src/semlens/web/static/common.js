@@ -117,7 +117,8 @@ const Semlens = (() => {
   }
 
   function unitCells(ref) {
-    return [el("td", {}, unitLink(ref.lens, ref.unit)), el("td", {}, ref.label || el("i", { class: "muted" }, "no concept")), el("td", {}, thumbs(ref.thumbnails, ref.unit))];
+    const examples = ref.thumbnails.length ? thumbs(ref.thumbnails, ref.unit) : el("span", { class: "muted" }, "(no images)");
+    return [el("td", {}, unitLink(ref.lens, ref.unit)), el("td", {}, ref.label || el("i", { class: "muted" }, "no concept")), el("td", {}, examples)];
   }
 
   function fmt(value, digits = 3) {
@@ -171,7 +172,9 @@ const Semlens = (() => {
     try {
       const current = await currentLens();
       options(select, (await lenses()).map((lens) => [lens.id, `${lens.id}: ${lens.name}${lens.damaged ? " (damaged)" : ""}`]), current.id);
-      if (current.images) status(`example images cannot be shown (their sources are listed instead): ${current.images}`, true);
+      if (current.images) {  // for the whole visit: a status line is cleared by the next step that reports
+        document.getElementById("nav").after(el("p", { id: "images-note", class: "banner" }, `example images cannot be shown (their sources are listed instead): ${current.images}`));
+      }
     } catch (error) {
       status(error.message, true);
     }
