@@ -17,11 +17,12 @@ from semlens.world.render import WorldConfig
 
 @contextmanager
 def ungated():
-    """Names by crop responses without the labels' confidence bar (as before the gate)."""
+    """Names by crop responses without the labels' confidence bar (as before the gate); the stored labels are read,
+    not made, in ``scores``, so only the naming is made by the ``responses`` method here."""
     original = labels_module.label_layer
 
     def label_layer(*args, **kwargs):
-        return original(*args, **{**kwargs, "min_confidence": float("-inf")}) if kwargs.get("confidence") is not None and args[2] == "responses" else original(*args, **kwargs)
+        return original(*args, **{**kwargs, "min_confidence": float("-inf")}) if args[2] == "responses" else original(*args, **kwargs)
 
     labels_module.label_layer = label_layer
     try:

@@ -70,8 +70,9 @@ def concept_clusters(
     used = [cluster for cluster in (0, 1) if ranks[cluster]]
     vocab = None if vocabulary is None and lens.labels.vocabulary is None else lens.labels.vocabulary_or(vocabulary)
     stored = lens.labels.vocabulary
-    if len(used) == 1 and vocab is not None and stored is not None and stored.concepts == vocab.concepts and lens.labels.candidates(unit):
-        concept, score, _ = lens.labels.candidates(unit)[0]  # one concept: the unit's own label, as every face shows it
+    own = lens.labels.candidates(unit) if len(used) == 1 and vocab is not None and stored is not None and stored.concepts == vocab.concepts else []
+    if own:  # one concept: the unit's own label, as every face shows it
+        concept, score, _ = own[0]
         names = [(concept, round(score, 5), lens.labels.label_of(unit))]
     elif vocab is not None and used:
         names = _cluster_names(lens, layer, means[0, used], vocab)

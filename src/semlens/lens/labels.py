@@ -326,10 +326,11 @@ def label(
 
 def labels_of(
     lens: Lens, vocab: Vocabulary, method: str, templates: str | list[str] = "label", top: int = 3, examples: str = "activation",
-    threshold: float | None = None, min_confidence: float = MIN_CONFIDENCE,
+    threshold: float | None = None, min_confidence: float = MIN_CONFIDENCE, layers: list[str] | None = None,
 ) -> dict[str, Labels]:
-    """Each layer's labels of ``vocab`` by ``method``, as ``label`` makes them, neither stored nor held: what another
-    tool asks of a vocabulary (``compare``) leaves the labels every face shows as they are."""
+    """The labels of ``vocab`` by ``method`` of ``layers`` (default: all; confidences are measured against every
+    layer's units all the same), as ``label`` makes them, neither stored nor held: what another tool asks of a
+    vocabulary (``compare``, ``names_by_responses``) leaves the labels every face shows as they are."""
     concepts = lens.embedding.probes.concepts(vocab.concepts, templates)
     null = lens.embedding.probes.null(templates)
     prior = prior_sets(lens) if method == "clip-dissect" else None
@@ -338,7 +339,7 @@ def labels_of(
     gate = {"threshold": threshold, "min_confidence": min_confidence}
     return {
         layer: label_layer(lens, layer, method, concepts, null, top, prior, examples, confidence[layer], aligned[layer], **gate)
-        for layer in lens.layers
+        for layer in (layers or lens.layers)
     }
 
 
@@ -392,12 +393,9 @@ def names_by_responses(lens: Lens, layers: list[str], concepts: list[str]) -> li
     if not lens.arrays.has_responses or not concepts:
         return None
     candidates = naming_candidates(lens, concepts)
-    directions, null = lens.embedding.probes.concepts(candidates, "label"), lens.embedding.probes.null("label")
-    aligned = {layer: alignment(lens.examples.theta(layer, "activation"), directions, null) for layer in lens.layers}
-    confidence = _label_confidence(lens, aligned)  # against every layer, as ``label`` measures it
+    vocab = Vocabulary("candidates", tuple(candidates), ("candidates",) * len(candidates))
     found: list[str | None] = []
-    for layer in layers:
-        best = label_layer(lens, layer, "responses", directions, null, 1, None, confidence=confidence[layer], aligned=aligned[layer])
+    for best in labels_of(lens, vocab, "responses", top=1, layers=layers).values():
         found += [candidates[int(concept)] if shown else None for concept, shown in zip(best.concepts[:, 0].tolist(), best.labelled.tolist())]
     return found
 

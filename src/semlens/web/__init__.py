@@ -53,10 +53,8 @@ def serve(
         if served.damaged:
             say(f"warning: Lens {served.name} is served as damaged: {served.damaged}")
             continue
-        try:
-            served.lens.sources.probe_data  # noqa: B018 (a cached property: the thumbnails read it later)
-        except SemlensError as error:
-            say(f"note: Lens {served.name} is served without its example images: {error}")
+        if served.images_missing:  # checked once: the pages read the same answer
+            say(f"note: Lens {served.name} is served without its example images: {served.images_missing}")
     shown = "127.0.0.1" if host == "0.0.0.0" else f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     if not local:
