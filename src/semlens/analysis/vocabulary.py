@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -46,8 +47,10 @@ class Vocabulary:
         return {"name": self.name, "concepts": list(self.concepts), "categories": list(self.categories)}
 
 
+@lru_cache(maxsize=1)
 def builtin_vocabulary() -> Vocabulary:
-    """The paper-style concept set shipped with semlens (colours, textures, objects, animals, ...)."""
+    """The paper-style concept set shipped with semlens (colours, textures, objects, animals, ...); read once (it is
+    frozen): every search by name and audit ranks among it."""
     text = resources.files("semlens.assets").joinpath("vocabulary.toml").read_text(encoding="utf-8")
     return Vocabulary.from_mapping("builtin", parse_toml(text, "the built-in vocabulary"))
 
