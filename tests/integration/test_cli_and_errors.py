@@ -342,3 +342,12 @@ def test_a_notebook_build_says_how_many_samples_could_not_be_read_and_why(tmp_pa
     with pytest.warns(UserWarning, match=r"12 of 20 samples could not be read and were skipped \(the first: .*normalisation.*overwrite=True"):
         build_lens(model="py:tiny_models:tiny_cnn", layers=["head"], data=images, foundation=f"hf:{tiny_clip_dir}", k=3,
                    workers=0, out=tmp_path / "n.lens", progress=False)  # fmt: skip
+
+
+def test_help_names_values_as_the_command_line_takes_them() -> None:
+    """A flag takes no value and a repeatable option one value per use: typer 0.29 wrote ``--json <bool>`` and
+    ``--class <list[str]>``."""
+    for command in ("report", "audit", "run"):
+        shown = runner.invoke(app, [command, "--help"], terminal_width=160).output
+        assert "--json" in shown or "--overwrite" in shown
+        assert "<bool>" not in shown and "<list[" not in shown, shown

@@ -5,6 +5,8 @@ left out, as they never run), so a new upward import fails here before it tangle
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
@@ -118,3 +120,14 @@ def test_no_module_imports_itself_through_others() -> None:
 def test_the_graph_sees_imports(module: str) -> None:
     """The test above would pass on an empty graph: check it reads real edges."""
     assert import_graph()[module]
+
+
+def test_importing_semlens_leaves_the_heavy_stacks_for_when_they_are_used() -> None:
+    """``import semlens`` runs before every command's first line (``semlens --help`` too) and in every notebook: zennit
+    (which imports torchvision's models: seconds) and the optional stacks load when they are used, not with it."""
+    code = (
+        "import sys, semlens, semlens.cli; heavy = ('zennit', 'torchvision.models', 'transformers', 'open_clip', 'timm', "
+        "'sklearn', 'umap', 'fastapi', 'plotly'); print(sorted({m.split('.')[0] for m in sys.modules if m.startswith(heavy)}))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

@@ -19,13 +19,56 @@ from rich.table import Table
 
 from .._util.errors import SemlensError
 
+
 def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
     """A warning as the commands print it: one line that says what, without the source line that raised it."""
     return f"warning: {printable(str(message))}\n"
 
 
 warnings.formatwarning = one_line_warning
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Understand and validate what a model's units encode.")
+
+
+class Commands(typer.core.TyperGroup):
+    """The commands, their help written as the command line reads: typer 0.29 shows a flag's Python type
+    (``--json <bool>``, where a flag takes no value) and a repeatable option's (``<list[str]>``, where each use
+    takes one ``<str>``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for command in (self, *self.commands.values()):
+            for param in command.params:
+                written_as_the_command_line_reads(param)
+            command.get_help_option = help_option_of(command.get_help_option)
+
+
+def help_option_of(made: Callable) -> Callable:
+    """A command's ``get_help_option`` whose ``--help`` (made when help is asked) is a flag in help too."""
+
+    def get_help_option(ctx: Any) -> Any:
+        option = made(ctx)
+        return option if option is None else written_as_the_command_line_reads(option)
+
+    return get_help_option
+
+
+def written_as_the_command_line_reads(param: Any) -> Any:
+    """``param`` with its value named as the command line takes it (typer before 0.29 names it so itself)."""
+    if param.metavar is None and hasattr(param, "display_type"):
+        param.metavar = command_line_type(param)
+    return param
+
+
+def command_line_type(param: Any) -> str | None:
+    """What a value of ``param`` is called in help: nothing for a flag, one element's type for a repeatable option."""
+    if getattr(param, "is_flag", False):
+        return ""
+    if getattr(param, "multiple", False):
+        shown = param.display_type(None)
+        return f"<{shown[len('<list['):-len(']>')].lower()}>" if shown.startswith("<list[") else shown
+    return None
+
+
+app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True, help="Understand and validate what a model's units encode.")
 
 
 def _version(asked: bool) -> None:

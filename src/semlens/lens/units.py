@@ -84,7 +84,7 @@ class LensUnits:
     def lrp_rule(self) -> str:
         """The convolutions' LRP rule the Lens was built with (``BuildConfig.lrp_rule``), which its explanations
         and attribution graphs use too; a name this semlens does not know (a newer one's, or an altered Lens) is refused."""
-        from ..relevance.rules import LRP_RULE_NAMES
+        from ..relevance.choices import LRP_RULE_NAMES
 
         rule = self.lens.manifest["identity"]["relevance"].get("lrp_rule", "zplus")
         if rule not in LRP_RULE_NAMES:

@@ -29,7 +29,6 @@ from ..foundation import FOUNDATION_MODELS, FoundationModel
 from ..model.loading import LoadedModel, load_model
 from ..model.logits import example_batch
 from ..model.units import LayerSpec, resolve_module
-from ..relevance.lrp import normalising_module
 from ..store.files import FORMAT, FORMAT_VERSION, LensStore
 from ..store.slots import crop_rules
 from ..store.trust import LensAccess, new_build_id, remember_trusted
@@ -320,6 +319,8 @@ def examples_of(crop_mode: str) -> str:
 def second_normalisation(model: LoadedModel) -> str | None:
     """Where the model normalises its input itself (its first module ``(x - mean) / std``, as notebooks wrap a
     network) and its preprocessing normalises it too, what to change: it would see its inputs normalised twice."""
+    from ..relevance.lrp import normalising_module
+
     preprocessing = model.preprocessing
     if all(value == 0 for value in preprocessing.mean) and all(value == 1 for value in preprocessing.std):
         return None

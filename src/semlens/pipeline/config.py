@@ -21,7 +21,7 @@ from ..data import ImageData, load_data
 from ..foundation import FoundationModel, foundation_name, foundation_object, foundation_spec, space_name_of
 from ..model.loading import LoadedModel, load_model
 from ..model.preprocess import Preprocessing
-from ..relevance.rules import LRP_RULE_NAMES
+from ..relevance.choices import CRP_FOCUS, LRP_RULE_NAMES
 from ..store.slots import crop_rules
 from .crops import CROP_GRID, CROP_MODES, CROP_QUANTILE, CROP_VIEWS, DEFAULT_CROP_RULE
 from .parallel import Shard
@@ -143,8 +143,6 @@ class BuildConfig:
             raise SemlensError(f"crop={self.crop!r} is not one of {', '.join(CROP_MODES)}")
         if self.lrp_rule not in LRP_RULE_NAMES:
             raise SemlensError(f"lrp_rule={self.lrp_rule!r} is not one of {', '.join(LRP_RULE_NAMES)}")
-        from ..relevance.lrp import CRP_FOCUS  # where a unit's CRP heatmap starts
-
         if self.crp_focus not in CRP_FOCUS:
             raise SemlensError(f"crp_focus={self.crp_focus!r} is not one of {', '.join(CRP_FOCUS)}")
         if self.crop_rule is None:

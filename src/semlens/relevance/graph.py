@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..model.sae import SparseAutoencoder
-from .lrp import RelevanceModel, _one_hot_logit, _per_unit, unit_relevance
 from .sae import unit_tensors
+
+if TYPE_CHECKING:  # zennit, and torchvision's models with it, load when a graph is built, not with semlens
+    from .lrp import RelevanceModel
 
 UNLABELLED = "no concept"  # as every face names a unit whose best concept sets it apart from none
 GRAPH_CUT = 0.01
@@ -89,6 +92,8 @@ def conditional_relevance(
     """Relevance ``[N, U_lower]`` reaching ``lower`` when relevance at ``upper`` is masked to units ``keep``
     (a boolean ``[U_upper]``): the class logit's CRP through one group of upper units (SAE features for
     the layers in ``saes``, channels of the last dimension for those in ``channels_last``)."""
+    from .lrp import _one_hot_logit, _per_unit
+
     with unit_tensors(modified, [upper, lower], None, saes, channels_last) as reader, torch.enable_grad():
         outputs = modified(inputs.detach().clone().requires_grad_(True))
     tensor = reader.units[upper]
@@ -132,6 +137,8 @@ def build_graph(
     The relevance share of the invalid units above ``cut`` is reported per layer as ``left_out``. The units of
     the layers in ``saes`` are their SAE features, those of the layers in ``channels_last`` the last
     dimension of their maps."""
+    from .lrp import unit_relevance
+
     targets = torch.full((len(inputs),), class_index)
     graph = AttributionGraph(class_name)
     with lrp.attributing() as modified:

@@ -28,6 +28,7 @@ from ..model.sae import SparseAutoencoder
 from ..model.units import hooks, resolve_module, select_output
 from .attention import HeldAttention
 from .canonizers import UnsupportedModelError, canonizers_for, tensors_in
+from .choices import CRP_FOCUS, LRP_RULES
 from .conservation import find_leak
 from .derived_weights import DerivedWeights
 from .residual import HOLDING_MODULES, FxResidualCanonizer, UntracedOps, fixed_affine, makes_gate, rearranges_only
@@ -81,10 +82,6 @@ LIBRARY_HELD_NORMS = {"timm.": {"GlobalResponseNorm"}}
 #: distillation tokens, position embeddings): the conservation check sets them to zero, as it does biases
 ADDED_CONSTANTS = ("token", "pos_embed", "position_embedding")
 CONSERVATION_TOLERANCE = 0.05
-#: where a CRP heatmap starts within a unit's map: at every position (the unit's whole activation, the paper's
-#: CRP) or at the position of its highest activation alone (zennit-crp's receptive-field references): a unit
-#: that fires weakly on every edge of an image and most on one concept shows that concept, not all its edges
-CRP_FOCUS = ("unit", "peak")
 #: largest change of the outputs by the canonizers, relative to the largest output (float error of merged batch norms)
 FUNCTION_TOLERANCE = 1e-4
 #: or this many times the model's own float32 rounding, where that is larger (``function_tolerance``): on an H100
@@ -101,10 +98,6 @@ class _Stop(Exception):
 class SupportReport:
     supported: bool
     reason: str
-
-
-#: the rule for convolutions a build may choose (``BuildConfig.lrp_rule``), and its γ where it has one
-LRP_RULES: dict[str, float | None] = {"zplus": None, "gamma": 0.25}
 
 
 #: the models inside ``RelevanceModel.attributing()`` and the RelevanceModel whose rules they run, whose passes

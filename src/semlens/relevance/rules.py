@@ -569,7 +569,3 @@ class LeanEpsilonPlusFlat(SpecialFirstLayerMapComposite):
         first_map = [(AnyLinear, LeanFlat(stabilizer=stabilizer))]
         super().__init__(layer_map=layer_map, first_map=first_map, canonizers=canonizers)
 
-
-#: the convolutions' LRP rule a build may choose: z⁺ (signed where inputs carry both signs; the default) or
-#: the generalised γ rule (γ = 0.25; ``relevance.lrp.LRP_RULES``)
-LRP_RULE_NAMES = ("zplus", "gamma")

@@ -17,8 +17,8 @@ features' shares of ``x`` travel down.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Collection
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
