@@ -154,7 +154,13 @@ def test_existing_lens_built_from_other_inputs_is_refused_then_overwritten(tmp_p
     out = tmp_path / "o.lens"
     assert invoke(*run_args(colour_folder, tiny_clip_dir, out, "--layer", "head")).exit_code == 0
     changed = invoke(*run_args(colour_folder, tiny_clip_dir, out, "--layer", "features.3"))
-    assert_clear_error(changed, "built from other inputs", "layers: was", "--overwrite")
+    assert_clear_error(changed, "built from other inputs", "layers: was", "(--overwrite)")
+    assert "overwrite=True" not in changed.output  # each face is told in its own words
+    config = BuildConfig(model="py:tiny_models:tiny_cnn", layers=["features.3"], data=f"folder:{colour_folder}",
+                         foundation=f"hf:{tiny_clip_dir}", k=3, workers=0)  # fmt: skip
+    with pytest.raises(SemlensError, match=r"built from other inputs.*\(overwrite=True\)\.$") as refused:
+        LensBuilder(config, out, progress=False).run()
+    assert "--overwrite" not in str(refused.value)
     assert invoke(*run_args(colour_folder, tiny_clip_dir, out, "--layer", "features.3", "--overwrite")).exit_code == 0
 
 

@@ -189,7 +189,7 @@ def test_a_tower_with_transformer_blocks_gets_bfloat16_behind_convolutions_too(m
 def test_an_embedding_with_inf_or_nan_stops_the_run_with_what_to_change(monkeypatch) -> None:
     """A half precision's overflow would make every theta it enters NaN, silently: the batch is refused instead."""
     remedies = {
-        torch.float16: r"in float16: its activations passed float16's range; embed in float32 or bfloat16 \(--embed-precision",
+        torch.float16: r"in float16: its activations passed float16's range; embed in float32 or bfloat16 \(BuildConfig\(embed_precision=",
         torch.float32: "in float32: the model itself gives them in float32",
     }
     for dtype, remedy in remedies.items():

@@ -4,8 +4,35 @@ The CLI prints a :class:`SemlensError` as a one-line message (no traceback): eve
 name the bad input and list or describe the valid choices.
 """
 
+import re
 import sys
 import warnings
+
+#: what a message asks the user to pass, in both faces' words (``asked``)
+ASKED = re.compile("\x02([^\x02\x03\x04]*)\x03([^\x02\x03\x04]*)\x04")
+
+
+def asked(python: str, command_line: str) -> str:
+    """What a message asks the user to pass, in each face's words: Python reads ``python`` (``overwrite=True``), the
+    command line prints ``command_line`` (``--overwrite``); neither is shown the other's syntax."""
+    return f"\x02{python}\x03{command_line}\x04"
+
+
+def in_python(text: str) -> str:
+    """``text`` with what it asks for in Python's words."""
+    return ASKED.sub(r"\1", text)
+
+
+def on_the_command_line(text: str) -> str:
+    """``text`` with what it asks for in the command line's words."""
+    return ASKED.sub(r"\2", text)
+
+
+class SemlensWarning(UserWarning):
+    """A warning of semlens: what it asks for in Python's words, and the command line's where the CLI prints it."""
+
+    def __str__(self) -> str:
+        return in_python(super().__str__())
 
 
 def warn_caller(message: str) -> None:
@@ -14,11 +41,18 @@ def warn_caller(message: str) -> None:
     frame, level = sys._getframe(1), 2  # stacklevel 2: the function that called warn_caller
     while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "semlens":  # a dataclass's __init__ too
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, UserWarning, stacklevel=level)
+    warnings.warn(SemlensWarning(message), stacklevel=level)
 
 
 class SemlensError(Exception):
-    """Base of every error caused by the user's input or environment, not by a bug."""
+    """Base of every error caused by the user's input or environment, not by a bug; what it asks the user to pass
+    (``asked``) reads as Python's where Python shows it, and as the command line's in ``on_the_command_line()``."""
+
+    def __str__(self) -> str:
+        return in_python(super().__str__())
+
+    def on_the_command_line(self) -> str:
+        return on_the_command_line(super().__str__())
 
 
 class SpecError(SemlensError, ValueError):

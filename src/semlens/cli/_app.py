@@ -17,12 +17,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, on_the_command_line
 
 
 def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
-    """A warning as the commands print it: one line that says what, without the source line that raised it."""
-    return f"warning: {printable(str(message))}\n"
+    """A warning as the commands print it: one line that says what, in the command line's words, without the source
+    line that raised it."""
+    text = message.args[0] if isinstance(message, Warning) and message.args and isinstance(message.args[0], str) else str(message)
+    return f"warning: {printable(on_the_command_line(text))}\n"
 
 
 warnings.formatwarning = one_line_warning
@@ -153,7 +155,7 @@ def friendly(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except SemlensError as error:
-            errors.print(f"[bold red]error:[/] {escape(printable(str(error)))}", highlight=False, soft_wrap=True)
+            errors.print(f"[bold red]error:[/] {escape(printable(error.on_the_command_line()))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             errors.print("interrupted; what was finished is kept: a build (run, embed, merge) run again resumes where it stopped", highlight=False)
@@ -194,7 +196,7 @@ def labelled_to_show(opened: Any) -> Any:
         if not opened.labels.ensure():
             errors.print("note: no labels: this Lens's foundation model embeds images only", markup=False)
     except SemlensError as error:  # on stderr: a --json answer stays JSON
-        errors.print(f"note: no labels shown: {printable(str(error))}", markup=False)
+        errors.print(f"note: no labels shown: {printable(error.on_the_command_line())}", markup=False)
     return opened
 
 

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, on_the_command_line
 from ..data.base import MIN_SIDE
 from ..pipeline.config import BuildConfig
 from ._app import AsJson, Trust, app, console, emit_json, errors, friendly, say, table
@@ -88,7 +88,7 @@ def report_summary(summary: Any, as_json: bool) -> None:
             else f"resumed: {', '.join(summary.reused)} done before (their seconds are that run's), the rest computed now")
     unread = summary.failure_warning() if summary.mostly_unread else None  # most unread: why, loudly
     for warning in [unread] * bool(unread) + summary.fallbacks + summary.unit_warnings():
-        errors.print(f"[yellow]warning:[/] {escape(warning)}")
+        errors.print(f"[yellow]warning:[/] {escape(on_the_command_line(warning))}")
 
 
 @app.command()

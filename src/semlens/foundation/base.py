@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from .._util.devices import convolutional, inference_dtype, one_thread, pick_device
-from .._util.errors import SemlensError, TextNotSupportedError, one_line
+from .._util.errors import SemlensError, TextNotSupportedError, asked, one_line
 
 if TYPE_CHECKING:
     from ..analysis.vocabulary import Vocabulary
@@ -157,7 +157,7 @@ class FoundationModel(ABC):
                 "the model itself gives them in float32 (weights or inputs with inf or NaN?)"
                 if self.dtype == torch.float32
                 else f"its activations passed {dtype}'s range; embed in float32{' or bfloat16' if self.dtype == torch.float16 else ''} "
-                "(--embed-precision, or embed_precision in a config file; a build resumes from its heatmaps)"
+                f"({asked('BuildConfig(embed_precision=...)', '--embed-precision, or embed_precision in a config file')}; a build resumes from its heatmaps)"
             )
             raise SemlensError(f"foundation model {self.id} gave inf or NaN embeddings for {broken} of {len(embeddings)} {what} in {dtype}: {remedy}")
         return embeddings / embeddings.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, asked
 from .._util.progress import progress_bar
 from ..model.loading import LoadedModel
 from ..model.units import hooks, resolve_module
@@ -146,9 +146,11 @@ class ConceptProjection:
         no weights of the architecture can hold it, which is refused with what would work instead."""
         refusal = self.fold_refusal(module)
         if refusal:
+            finetune = asked("method='finetune'", "--method finetune")
             raise SemlensError(
                 f"the projection of layer {self.layer!r} cannot be folded into the model's weights ({refusal}): project a Linear "
-                "or Conv2d layer with a bias (--layer), or correct by fine-tuning (--method finetune), whose weights always export"
+                f"or Conv2d layer with a bias ({asked('layer=', '--layer')}), or correct by fine-tuning ({finetune}), "
+                "whose weights always export"
             )
         layer = resolve_module(module, self.layer)
         weight, bias = layer.weight.detach(), layer.bias.detach()

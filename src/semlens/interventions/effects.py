@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, asked
 from ..analysis.audit import LOCATE_ENOUGH, LOCATE_SHARE
 from ..data import ImageData, load_data
 from ..model.loading import LoadedModel, class_mapping
@@ -75,7 +75,7 @@ class Artifact:
         if not (0 <= x < width and 0 <= y < height):
             raise SemlensError(
                 f"the artefact's top-left corner {x},{y} lies outside the model's {width}x{height} input view; "
-                f"give a position from 0,0 to {width - 1},{height - 1} (--at X,Y)"
+                f"give a position from 0,0 to {width - 1},{height - 1} ({asked('position=(X, Y)', '--at X,Y')})"
             )
         w, h = min(self.image.width, width - x), min(self.image.height, height - y)
         artefact[y : y + h, x : x + w] = np.asarray(self.image.convert("RGB"), dtype=np.float32)[:h, :w]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 
 from .._util.allocator import freed_memory_kept
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, asked
 from ..interventions.correction import (
     ACCURACY_TOLERANCE,
     METHODS,
@@ -289,9 +289,11 @@ def _foldable(model: LoadedModel, candidates: list[str], channels_last: list[str
         whose = "; ".join(f"{name}: {refusal}" for name, refusal in refusals.items())
         foldable = foldable_layers(model.module)
         examples = ", ".join((foldable[:-1] or foldable)[-3:]) or "none in this model"  # before the classifier, where there are others
+        finetune = asked("method='finetune'", "--method finetune")
         raise SemlensError(
             f"exporting the corrected weights needs a projection the weights can hold, and {'the layer given cannot' if chosen else 'no layer of the Lens can'} "
-            f"({whose}): give --layer a Linear or Conv2d layer with a bias (e.g. {examples}), or correct by fine-tuning (--method finetune)"
+            f"({whose}): give {asked('layer', '--layer')} a Linear or Conv2d layer with a bias (e.g. {examples}), or correct by fine-tuning "
+            f"({finetune})"
         )
     return kept
 

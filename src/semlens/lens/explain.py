@@ -15,9 +15,8 @@ from PIL import Image, UnidentifiedImageError
 
 from .._util.allocator import freed_memory_kept
 from .._util.display import made_by
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, asked
 from ..data.sequence import image_object
-
 from .remembered import per_lens
 
 if TYPE_CHECKING:
@@ -109,7 +108,14 @@ def _explain_layer(
 ) -> LayerExplanation:
     """One layer's top units for and against the class on the image, with heatmaps, labels and examples,
     those for it grouped by label; for an SAE layer also its error term's share."""
-    from ..analysis.explain import LayerExplanation, channel_units, error_share, group_by_label, rank_channels, relevance_shares
+    from ..analysis.explain import (
+        LayerExplanation,
+        channel_units,
+        error_share,
+        group_by_label,
+        rank_channels,
+        relevance_shares,
+    )
     from ..relevance.explain import conditional_heatmaps
 
     layer, relevance = spec.name, result.relevance[spec.name]
@@ -147,7 +153,7 @@ def _explainable_layers(lens: Lens, layers: list[str] | None) -> list[str]:
     if not chosen:
         raise SemlensError(
             "every layer of this Lens is read through a sparse autoencoder, whose files an untrusted Lens never "
-            "reads: pass trust=True (--trust)"
+            f"reads: pass {asked('trust=True', '--trust')}"
         )
     return chosen
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._util.cache import cache_dir
-from .._util.errors import SemlensError, TextNotSupportedError
+from .._util.errors import SemlensError, TextNotSupportedError, asked
 from .._util.fingerprint import hash_json
 from ..analysis.alignment import alignment
 from ..analysis.spaces import SIMILARITY_UNITS, SpaceComparison, label_agreement, ranking_agreement, structure_agreement
@@ -84,7 +84,7 @@ class SpaceView:
             raise TextNotSupportedError(
                 f"{what} needs texts embedded, and this Lens's foundation model {self.foundation_id} embeds images only; "
                 "add a space of a text-image model to the Lens (`semlens embed LENS --foundation SPEC`, e.g. "
-                "hf:openai/clip-vit-base-patch32 or conse) and ask in it (--space NAME, Lens.in_space)"
+                f"hf:openai/clip-vit-base-patch32 or conse) and ask in it ({asked('lens.in_space(NAME)', '--space NAME')})"
             )
 
     @cached_property

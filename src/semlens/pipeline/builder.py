@@ -23,7 +23,7 @@ import torch
 from .. import __version__
 from .._util.allocator import freed_memory_kept
 from .._util.devices import autocast_dtype, inference_dtype, out_of_memory_advice, pick_device
-from .._util.errors import SemlensError, StaleLensError, warn_caller
+from .._util.errors import SemlensError, StaleLensError, asked, warn_caller
 from ..data import ImageData, load_data
 from ..foundation import FOUNDATION_MODELS, FoundationModel
 from ..model.loading import LoadedModel, load_model
@@ -171,7 +171,7 @@ class LensBuilder:
                 details = "; ".join(f"{key}: was {was!r}, now {now!r}" for key, was, now in changed)
                 raise StaleLensError(
                     f"the Lens at {self.store.root} was built from other inputs ({details}). "
-                    "Use another output directory, or rebuild it (overwrite=True; --overwrite on the command line)."
+                    f"Use another output directory, or rebuild it ({asked('overwrite=True', '--overwrite')})."
                 )
             return manifest
         if self.store.root.exists() and any(self.store.root.iterdir()):

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .._util.devices import RELEVANCE_MEMORY_GIB, check_precision
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, asked
 from .._util.specs import IN_MEMORY, described, folder_or_spec, split_spec
 from .._util.tomlfiles import read_toml
 from ..data import ImageData, load_data
@@ -324,7 +324,7 @@ class BuildSummary:
         listed = Path(self.path) / "failures.json"
         failures = json.loads(listed.read_text(encoding="utf-8")) if listed.is_file() else []
         first = f" (the first: {failures[0]['error']})" if failures else ""
-        most = "; the Lens shows the rest only, so fix the data and build again with overwrite=True (--overwrite)" if self.mostly_unread else ""
+        most = f"; the Lens shows the rest only, so fix the data and build again with {asked('overwrite=True', '--overwrite')}" if self.mostly_unread else ""
         return f"{self.failed} of {self.samples} samples could not be read and were skipped{first}; all are listed in {self.path}/failures.json{most}"
 
     def unit_warnings(self) -> list[str]:

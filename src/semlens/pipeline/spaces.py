@@ -16,9 +16,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from .._util.devices import embed_dtype, inference_dtype, pick_device
-from .._util.errors import SemlensError, StaleLensError
+from .._util.errors import SemlensError, StaleLensError, asked
 from .._util.fingerprint import hash_json
-from ..foundation import FoundationModel, foundation_name, foundation_object, foundation_spec, load_foundation_model, space_name_of
+from ..foundation import (
+    FoundationModel,
+    foundation_name,
+    foundation_object,
+    foundation_spec,
+    load_foundation_model,
+    space_name_of,
+)
 from ..model.preprocess import Preprocessing
 from ..store.files import LensStore, layer_file, space_file
 from ..store.slots import crop_rules, recorded_shift
@@ -115,7 +122,7 @@ class SpaceStage:
     def run(self) -> None:
         default = self.manifest["foundation"]["spec"]
         if self.space == space_name(default):
-            raise SemlensError(f"space name {self.space!r} is the default space's (foundation model {default}); give the new space another name (--name)")
+            raise SemlensError(f"space name {self.space!r} is the default space's (foundation model {default}); give the new space another name ({asked('name=', '--name')})")
         if self.done() and not self.overwrite:
             return
         started = time.perf_counter()
@@ -124,7 +131,7 @@ class SpaceStage:
             if record.get("complete") and not self.overwrite:
                 raise StaleLensError(
                     f"this Lens's space {self.space!r} holds {record['spec']} embedded from other inputs; choose another "
-                    "name (--name) or embed it again (--overwrite)"
+                    f"name ({asked('name=', '--name')}) or embed it again ({asked('overwrite=True', '--overwrite')})"
                 )
             self._on_main(self._forget)
         foundation = load_foundation_model(self.foundation, device=self.source.device, dtype=embed_dtype(self.precision))

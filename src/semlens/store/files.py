@@ -37,7 +37,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, asked
 from .._util.fingerprint import hash_file
 
 FORMAT = "semlens-lens"
@@ -243,7 +243,7 @@ class LensStore:
     def damaged(self, name: str, reason: str) -> DamagedLensError:
         return DamagedLensError(
             f"the Lens at {self.root} is damaged: {name}: {reason}. Copy it again from its source or rebuild it "
-            "with the same `semlens run` (--overwrite)",
+            f"with the same build ({asked('build_lens(..., overwrite=True)', 'semlens run ... --overwrite')})",
             self.root,
         )
 
@@ -324,7 +324,7 @@ class LensStore:
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise SemlensError(
-                f"the Lens at {self.root} holds files semlens does not write ({shown}); --overwrite deletes a Lens only when "
+                f"the Lens at {self.root} holds files semlens does not write ({shown}); {asked('overwrite=True', '--overwrite')} deletes a Lens only when "
                 "nothing else is in its folder, so nothing was deleted: move them out, or choose another output directory"
             )
         for entry in entries:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, asked
 
 if TYPE_CHECKING:
     from ..lens.lens import Lens
@@ -30,7 +30,7 @@ def free_port(host: str, port: int) -> None:
         except OSError as error:
             raise SemlensError(
                 f"port {port} on {host} is taken ({error.strerror or error}): another `semlens serve` or another program "
-                f"holds it; stop it, or give another port (--port {port + 1}; Python: port={port + 1})"
+                f"holds it; stop it, or give another port ({asked(f'port={port + 1}', f'--port {port + 1}')})"
             ) from None
 
 
