@@ -327,8 +327,10 @@ def test_a_labelling_cut_short_leaves_no_labels_and_mismatched_label_files_are_r
 
 def test_measures_similar_and_map(lens_path, tmp_path) -> None:
     measured = ask("measures", lens_path, "--json")
-    assert set(measured["head"]["summary"]) == {"clarity", "polysemanticity", "redundancy"}
+    assert set(measured["head"]["summary"]) == {"clarity", "polysemanticity", "redundancy", "typical"}
     assert len(measured["head"]["units"]) == 6
+    assert measured["head"]["summary"]["typical"] < measured["head"]["summary"]["redundancy"]  # the scale redundancy is read against
+    assert "typical pair" in runner.invoke(app, ["measures", str(lens_path)], terminal_width=200).output
     lens = Lens.open(lens_path)
     valid = lens.arrays.all_units()[0]  # names of the units with examples of their own
     similar = ask("similar", lens_path, valid[0], "--top", "3", "--json")

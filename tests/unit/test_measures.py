@@ -15,6 +15,7 @@ from semlens.analysis.measures import (
     polysemanticity,
     redundancy,
     similarity,
+    typical_pair,
 )
 
 NAN = float("nan")
@@ -194,6 +195,21 @@ def test_redundancy_on_hand_made_thetas():
     assert layer_redundancy(theta) == pytest.approx(3 * r / 4)  # the NaN unit is not a concept
     assert layer_redundancy(torch.cat([basis(2), 2 * basis(2)])) == pytest.approx(1.0)  # duplicates
     assert math.isnan(layer_redundancy(basis(0)))  # nothing to compare with
+
+
+def test_typical_pair_is_the_mean_cosine_with_the_other_units():
+    r = 1 / math.sqrt(2)
+    theta = torch.cat([basis(0, 1), (basis(0) + basis(1)) * r, torch.full((1, 5), NAN), -3 * basis(0)])
+    # e1: (0 + r - 1) / 3; e2: (0 + r + 0) / 3; diag: (r + r - r) / 3; NaN: none; -e1: (-1 + 0 - r) / 3
+    expected = torch.tensor([(r - 1) / 3, r / 3, r / 3, NAN, (-1 - r) / 3])
+    torch.testing.assert_close(typical_pair(theta), expected, equal_nan=True)
+    generator = torch.Generator().manual_seed(0)
+    theta = torch.randn(40, 16, generator=generator) + 3.0  # a common direction, as ConSE's and CLIP's embeddings share
+    cosines = F.normalize(theta, dim=1) @ F.normalize(theta, dim=1).T
+    brute = (cosines.sum(dim=1) - cosines.diagonal()) / 39
+    torch.testing.assert_close(typical_pair(theta), brute)
+    assert redundancy(theta).mean() > typical_pair(theta).mean() > 0.8  # near 1 both: read one against the other
+    assert typical_pair(basis(0)).isnan().all()  # nothing to compare with
 
 
 def test_knowledge_overlap_on_hand_made_thetas_both_ways():

@@ -173,6 +173,23 @@ def redundancy(theta: Tensor, chunk_rows: int | None = None) -> Tensor:
     return _best_match(theta, theta, exclude_self=True, chunk_rows=chunk_rows)[1]
 
 
+def typical_pair(theta: Tensor) -> Tensor:
+    """Each concept's mean similarity to the other concepts of the set: the scale its redundancy is read against
+    (``typical_similarity`` within one set). Redundancy near it says the unit's closest match is no closer than
+    any unit of its layer, as where a foundation model puts every crop near one direction.
+
+    Returns
+    -------
+    Tensor ``[m]``; NaN for a theta without direction or without another concept to compare with.
+    """
+    rows = theta.float()
+    usable = rows.isfinite().all(dim=1) & (rows.norm(dim=1) > 0)
+    unit = F.normalize(rows.nan_to_num(0.0), dim=1) * usable[:, None]
+    others = int(usable.sum()) - 1
+    typical = (unit @ unit.sum(dim=0) - 1.0) / max(others, 1)
+    return typical.masked_fill(~usable | (others < 1), float("nan"))
+
+
 def layer_redundancy(theta: Tensor) -> float:
     """Redundancy of a set of concepts (Eq. 9): the mean of :func:`redundancy` over units that have one."""
     return redundancy(theta).nanmean().item()
@@ -218,7 +235,8 @@ def typical_similarity(theta_m: Tensor, theta_n: Tensor) -> float:
 
 @dataclass
 class Measures:
-    """Clarity, polysemanticity and redundancy per unit of several layers (``layer -> measure -> [U]``)."""
+    """Clarity, polysemanticity and redundancy per unit of several layers (``layer -> measure -> [U]``), and each
+    unit's typical pair (``typical``), the scale its redundancy is read against."""
 
     values: dict[str, dict[str, Tensor]]
     units: dict[str, list[str]]

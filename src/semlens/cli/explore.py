@@ -313,7 +313,7 @@ def measures(
     space: Space = None,
     as_json: AsJson = False,
 ) -> None:
-    """Interpretability measures: clarity, polysemanticity, redundancy, per unit and per layer."""
+    """Interpretability measures: clarity, polysemanticity, redundancy (and its scale, the typical pair), per unit and per layer."""
     from ..analysis.measures import Measures
 
     opened = open_lens(lens, space=space)
@@ -324,10 +324,11 @@ def measures(
         return
     valid = {name: bool(opened.examples.valid(name, examples).any()) for name in chosen}
     rows = [
-        (name, *(result.summary(name)[m] for m in ("clarity", "polysemanticity", "redundancy"))) if valid[name] else (name, "no valid units", "", "")
+        (name, *(result.summary(name)[m] for m in ("clarity", "polysemanticity", "redundancy", "typical"))) if valid[name] else (name, "no valid units", "", "", "")
         for name in chosen
     ]
-    console.print(table("layer means", ("layer", "clarity", "polysemanticity", "redundancy"), rows))
+    console.print(table("layer means", ("layer", "clarity", "polysemanticity", "redundancy", "typical pair"), rows))
+    say("typical pair: the mean cosine of a unit with the layer's other units; redundancy near it says units are no closer to their nearest neighbour than to any")
     for name in (name for name in chosen if valid[name]):
         for title, measure, highest in (("least clear", "clarity", False), ("most polysemantic", "polysemanticity", True)):
             units = result.extremes(name, measure, worst, highest)

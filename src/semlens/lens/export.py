@@ -33,6 +33,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "clarity": "double",
         "polysemanticity": "double",
         "redundancy": "double",
+        "typical": "double",
     },
     "labels": {"unit": "string", "rank": "int64", "concept": "string", "alignment": "double"},
     "examples": {

@@ -45,13 +45,14 @@ def overview(
 
 def measures(lens: Lens, layer: str, examples: str = "activation") -> dict[str, torch.Tensor]:
     """Per unit: clarity, polysemanticity (Eq. 7, 10) and redundancy within the layer (Eq. 9), of the
-    activation or the relevance examples."""
-    from ..analysis.measures import clarity, polysemanticity, redundancy
+    activation or the relevance examples, and the typical similarity to the layer's other units, which
+    redundancy is read against."""
+    from ..analysis.measures import clarity, polysemanticity, redundancy, typical_pair
 
     left_out = ~lens.examples.valid(layer, examples)
     embeddings = lens.examples.embeddings(layer, examples).masked_fill(left_out[:, None, None], float("nan"))
     theta = lens.examples.theta(layer, examples).masked_fill(left_out[:, None], float("nan"))  # takes part in no unit's redundancy
-    return {"clarity": clarity(embeddings), "polysemanticity": polysemanticity(embeddings), "redundancy": redundancy(theta)}
+    return {"clarity": clarity(embeddings), "polysemanticity": polysemanticity(embeddings), "redundancy": redundancy(theta), "typical": typical_pair(theta)}
 
 
 def similarity(lens: Lens, unit: str, other_unit: str, other: Lens | None = None) -> float:

@@ -97,6 +97,13 @@ def _histograms(measures: dict[str, dict[str, list[float]]]):
     return figure
 
 
+def _redundancy_scale(measures: dict[str, dict[str, list[float]]]) -> str:
+    """Each layer's mean redundancy next to its typical pair, the scale it is read against."""
+    mean = lambda values: sum(values) / len(values) if values else float("nan")  # noqa: E731
+    layers = "; ".join(f"{layer} {mean(values['redundancy']):.3f} against {mean(values['typical']):.3f}" for layer, values in measures.items())
+    return f"Redundancy (each unit's closest other unit) against the typical pair (a unit with any other of its layer): {layers}."
+
+
 def write_report(
     lens: Lens,
     out: str | Path,
@@ -153,6 +160,7 @@ def write_report(
 {_figure_html(dissection_figure(lens.labels.dissect()), include_plotlyjs=False) if labelled else NO_TEXT}
 <h2>Interpretability measures</h2>
 {_figure_html(_histograms(measures), include_plotlyjs=False)}
+<p>{html.escape(_redundancy_scale(measures))}</p>
 <h2>Least clear units</h2>
 {_unit_rows(lens, least_clear)}
 <h2>Most polysemantic units</h2>

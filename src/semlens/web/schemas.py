@@ -193,6 +193,7 @@ class UnitPage(UnitRef):
     clarity: float | None
     polysemanticity: float | None
     redundancy: float | None
+    typical: float | None = Field(description="mean cosine with the layer's other units: the scale redundancy is read against")
     inactive: bool
     tied: bool = Field(description="its examples are the same crops as another unit's")
     examples: list[Example]

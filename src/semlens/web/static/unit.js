@@ -67,7 +67,7 @@ const HEATMAPS_SHOWN = 6;
 
   const candidates = el("table", {}, el("tr", {}, el("th", {}, "concept"), el("th", { class: "num" }, "alignment"), el("th", { class: "num" }, "confidence (z)")),
     data.candidates.map((c, i) => el("tr", {}, el("td", {}, i === 0 && data.label ? el("b", {}, c.concept) : c.concept), el("td", { class: "num" }, fmt(c.alignment, 4)), el("td", { class: "num" }, c.confidence == null ? "" : fmt(c.confidence, 2)))));
-  const measures = el("table", {}, [["clarity", data.clarity], ["polysemanticity", data.polysemanticity], ["redundancy", data.redundancy]].map(([name, value]) =>
+  const measures = el("table", {}, [["clarity", data.clarity], ["polysemanticity", data.polysemanticity], ["redundancy", data.redundancy], ["typical pair in its layer", data.typical]].map(([name, value]) =>
     el("tr", {}, el("td", {}, name), el("td", { class: "num" }, fmt(value)))));
   // An SAE feature's layer also has the SAE error term's share of each class's relevance.
   const errorTerm = data.classes.some((c) => c.sae_error !== null);
