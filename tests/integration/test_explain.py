@@ -119,7 +119,7 @@ def test_explain_command_prints_json_and_writes_overlays(planted_lens, tmp_path)
     assert refused.exit_code == 2 and "unknown class 'purple'" in refused.output
 
 
-def test_explain_says_when_only_units_without_examples_carry_a_layer(planted_lens, tmp_path, monkeypatch) -> None:
+def test_explain_says_when_only_inactive_units_carry_a_layer(planted_lens, tmp_path, monkeypatch) -> None:
     from dataclasses import replace
 
     from semlens.lens.lens import Lens
@@ -128,9 +128,9 @@ def test_explain_says_when_only_units_without_examples_carry_a_layer(planted_len
     Image.new("RGB", (32, 32), (0, 0, 255)).save(image)
     explain = Lens.explain
     emptied = lambda self, *args, **kwargs: (lambda found: replace(found, layers=[replace(layer, groups=[]) for layer in found.layers]))(explain(self, *args, **kwargs))  # noqa: E731
-    monkeypatch.setattr(Lens, "explain", emptied)  # as when the class's units are all inactive or tied
+    monkeypatch.setattr(Lens, "explain", emptied)  # as when the class's units are all inactive
     printed = runner.invoke(app, ["explain", str(planted_lens.path), str(image), "--class", "red"])
-    assert printed.exit_code == 0 and "no unit with examples of its own carries relevance here" in " ".join(printed.stdout.split())
+    assert printed.exit_code == 0 and "no active unit carries relevance here" in " ".join(printed.stdout.split())
 
 
 def test_explain_endpoints(planted_lens) -> None:

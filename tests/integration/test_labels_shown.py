@@ -41,7 +41,10 @@ def test_every_face_shows_the_stored_labels(world_lens) -> None:
     assert all(hit.label == world_lens.labels.label_of(hit.unit) for hit in hits) and any(hit.label for hit in hits)
     labels, valid = world_lens.labels.of(layer), world_lens.arrays.valid(layer).tolist()
     expected = [bool(ok) and float(z) >= labels.min_confidence for ok, z in zip(valid, labels.confidence[:, 0])]
-    assert [label is not None for label in shown] == expected
+    tied, by = world_lens.arrays.tied(layer).tolist(), world_lens.arrays.shown_by(layer).tolist()
+    expected = [expected[by[row]] if tied[row] else shows for row, shows in enumerate(expected)]  # a tied unit: its crops' unit's
+    assert any(tied) and [label is not None for label in shown] == expected
+    assert all(shown[row] == shown[by[row]] for row in range(len(shown)) if tied[row])
 
 
 def test_a_lens_of_the_world_s_foundation_model_is_labelled_with_the_world_s_concepts_unless_told(world_lens) -> None:

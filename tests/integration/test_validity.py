@@ -121,3 +121,24 @@ def test_heatmaps_follow_the_crop_mode_and_the_explorer_draws_them(twin_lens) ->
     assert whole["heatmap"] is None
     missing = client.get(whole["image"].replace("/image", "/heatmap"))
     assert missing.status_code == 404 and "whole images" in missing.json()["detail"]
+
+
+def test_a_tied_unit_shows_its_twin_s_label_and_is_explained_with_it(twin_lens, tmp_path) -> None:
+    """Explanations and graphs list a tied unit (its relevance is its own) under the label of the unit whose crops it
+    shares; only inactive units' relevance is left out. Before, a tied unit showed no concept and its share was
+    counted as left out."""
+    import shutil
+
+    path = shutil.copytree(twin_lens, tmp_path / "twin.lens")
+    lens = Lens.open(path)
+    lens.label(threshold=-1.0, min_confidence=-math.inf)
+    assert lens.arrays.shown_by("features.3")[3] == 2 and lens.arrays.shown_by("features.3")[2] == 2
+    assert lens.labels.label_of("features.3/3") == lens.labels.label_of("features.3/2") is not None
+    assert lens.labels.shown("features.3")[3] == lens.labels.shown("features.3")[2]
+    explained = lens.explain(0, layers=["features.3"], top=6).layers[0]
+    listed = {unit.unit: unit for group in explained.groups for unit in group.units}
+    assert "features.3/3" in listed and listed["features.3/3"].label == lens.labels.label_of("features.3/2")
+    inactive = [f"features.3/{row}" for row in lens.arrays.inactive("features.3").nonzero().flatten().tolist()]
+    assert inactive and not set(inactive) & set(listed)
+    everything = sum(unit.share for unit in listed.values()) - sum(unit.share for unit in explained.against) + abs(explained.left_out)
+    assert everything == pytest.approx(1.0, abs=1e-4)  # absolute shares, each unit once: the twin's is listed, not left out

@@ -8,8 +8,9 @@ reconstruct) counts in that sum with its own share. Units with a positive share 
 listed by concept; those with a negative share spoke against it and are listed apart. A signed layer's
 two copies of a channel share the channel's relevance: the
 channel is counted once, under the copy whose activations carry most of its relevance on this image
-(``i-`` where that relevance lies where the channel is negative). Units without examples of their
-own (inactive, tied) are never listed; their part of the relevance is reported as ``left_out``.
+(``i-`` where that relevance lies where the channel is negative). Inactive units (their examples are
+arbitrary) are never listed; their part of the relevance is reported as ``left_out``. A tied unit is listed
+with the crops and label of the unit whose crops it shares.
 """
 
 from __future__ import annotations
@@ -56,14 +57,14 @@ class ConceptGroup:
 @dataclass
 class LayerExplanation:
     """One layer: its concept groups (most relevant first), its total relevance for the class on this
-    image, the share carried by units without examples of their own (``left_out``), the units that spoke
+    image, the share carried by inactive units (``left_out``), the units that spoke
     against the class (``against``, most negative share first) and, for an SAE layer, the share of the SAE's
     error term (``sae_error``; None for other layers)."""
 
     layer: str
     groups: list[ConceptGroup]
     relevance: float
-    left_out: float = field(metadata={"description": "share carried by units without examples of their own (inactive, tied)"})
+    left_out: float = field(metadata={"description": "share carried by inactive units (never fired on the probe data: their examples are arbitrary)"})
     against: list[ExplainedUnit] = field(
         default_factory=list, metadata={"description": "units with the most negative shares (they spoke against the class); overlay: where"}
     )

@@ -36,12 +36,19 @@ def tied_units(indices: dict[str, torch.Tensor], inactive: dict[str, torch.Tenso
 
 
 def _tied_within(index: torch.Tensor, inactive: torch.Tensor) -> torch.Tensor:
+    first = first_with_the_same_crops(index, inactive)
+    return (first >= 0) & (first != torch.arange(len(first)))
+
+
+def first_with_the_same_crops(index: torch.Tensor, inactive: torch.Tensor) -> torch.Tensor:
+    """Per unit, the row of the earliest active unit of its layer whose examples are the same crops (its own row
+    where none is earlier; -1 for an inactive unit): the unit whose examples, theta and label a tied unit shows."""
     crops = torch.sort(index, dim=1).values  # the set, not the order
     active = (~inactive).nonzero().flatten()
-    tied = torch.zeros(crops.shape[0], dtype=torch.bool)
+    rows = torch.full((crops.shape[0],), -1, dtype=torch.long)
     if len(active):
         _, group = torch.unique(crops[active], dim=0, return_inverse=True)
         position = torch.arange(len(active))
         first = torch.full((int(group.max()) + 1,), len(active)).scatter_reduce(0, group, position, reduce="amin")
-        tied[active] = first[group] != position
-    return tied
+        rows[active] = active[first[group]]
+    return rows

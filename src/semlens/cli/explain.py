@@ -47,15 +47,15 @@ def explain(
             for unit in group.units
         ]
         title = (
-            f"{explained.layer}: the layer's relevance {explained.relevance:.4g} (shares are of it); units without examples of their own "
-            f"(inactive or tied) hold {explained.left_out:.3f} of it"
+            f"{explained.layer}: the layer's relevance {explained.relevance:.4g} (shares are of it); inactive units "
+            f"hold {explained.left_out:.3f} of it"
         )
         if explained.sae_error is not None:
             title += f", SAE error term {explained.sae_error:.3f}"
         if rows:
             console.print(table(title, ("concept", "group share", "unit", "share", "concept examples"), rows))
         else:
-            say(f"{title}: no unit with examples of its own carries relevance here (the ones that do are inactive or tied)")
+            say(f"{title}: no active unit carries relevance here (the ones that do never fired on the probe data)")
         if explained.against:
             rows = [
                 (unit.label or "(no concept)", unit.unit, round(unit.share, 4), ", ".join(e.source for e in unit.examples[:3]))

@@ -273,8 +273,8 @@ def graph(
     rows = [(edge["source"], edge["target"], round(edge["weight"], 3)) for edge in result.edges]
     console.print(table("edges (relevance flowing down)", ("from", "to", "weight"), rows))
     for name, share in result.left_out.items():
-        if share > 0:  # inactive or tied units: their examples say nothing of their own, so they are not nodes
-            say(f"layer {name}: {share:.0%} of the class's relevance there sits in inactive or tied units, left out of the graph")
+        if share > 0:  # inactive units: their examples are arbitrary, so they are not nodes
+            say(f"layer {name}: {share:.0%} of the class's relevance there sits in inactive units, left out of the graph")
     say(f"graph: {out}")
 
 

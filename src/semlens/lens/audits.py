@@ -306,7 +306,7 @@ def attribution_graph(
         raise SemlensError(f"no class relevance for layer {chosen[-1]}: {_why_no_class_relevance(lens, chosen[-1])}")
     index = lens.units.class_index(class_name)
     seen = _seen_class(lens, index, class_name, relevance)
-    weights = relevance["mean_share"][:, index].masked_fill(~lens.arrays.valid(chosen[-1]), 0.0)
+    weights = relevance["mean_share"][:, index].masked_fill(lens.arrays.inactive(chosen[-1]), 0.0)
     row = seen.index(index)
     ids = relevant_samples(relevance["top_samples"][row], relevance["top_shares"][row], weights, samples)
     model = lens.sources.model()
@@ -320,7 +320,7 @@ def attribution_graph(
     units = {layer: [f"{layer}/{name}" for name in lens.units(layer)] for layer in chosen}
     labels = {layer: lens.labels.shown(layer) for layer in chosen}
     title = lens.classes[index] if lens.classes else str(index)
-    valid = {layer: lens.arrays.valid(layer) for layer in chosen}
+    valid = {layer: ~lens.arrays.inactive(layer) for layer in chosen}  # a tied unit shows its crops' label
     saes: dict = lens.sources.sae_files(chosen)  # paths, loaded on first use
     return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid, saes, lens.units.channels_last(chosen))
 

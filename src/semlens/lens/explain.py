@@ -122,7 +122,7 @@ def _explain_layer(
     error = torch.tensor(result.errors[layer]) if layer in result.errors else None
     shares = relevance_shares(relevance, error)
     rows = channel_units(relevance, result.negative[layer], lens.manifest["layers"][layer]["unit_names"] == "signed")
-    valid = lens.arrays.valid(layer)[rows]
+    valid = ~lens.arrays.inactive(layer)[rows]  # a tied unit is listed with the crops and label it shares
     channels, against = rank_channels(shares, valid, top).tolist(), rank_channels(shares, valid, top, against=True).tolist()
     heatmaps = conditional_heatmaps(lrp, inputs, result.target, layer, channels + against, spec.pick, saes, spec.channels_last)
     units = [

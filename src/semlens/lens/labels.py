@@ -226,21 +226,28 @@ class LabelStore:
         return None if stored is None else stored[1][layer]
 
     def shown(self, layer: str) -> list[str | None]:
-        """Each unit's stored label as every face shows it: None where it shows no concept (or before ``label`` ran)."""
+        """Each unit's stored label as every face shows it: None where it shows no concept (or before ``label`` ran).
+        A tied unit shows the label of the unit whose crops it shares (its examples are those crops)."""
         labels = self.of(layer)
         if labels is None:
             return [None] * len(self.lens.units(layer))
         concepts = self.vocabulary.concepts
-        return [concepts[concept] if shown else None for concept, shown in zip(labels.concepts[:, 0].tolist(), labels.labelled.tolist())]
+        own = [concepts[concept] if shown else None for concept, shown in zip(labels.concepts[:, 0].tolist(), labels.labelled.tolist())]
+        tied = self.lens.arrays.tied(layer)
+        if not bool(tied.any()):
+            return own
+        by = self.lens.arrays.shown_by(layer).tolist()
+        return [own[by[row]] if is_tied else label for row, (label, is_tied) in enumerate(zip(own, tied.tolist()))]
 
     def label_of(self, unit: str) -> str | None:
-        """A unit's stored label, or None when it shows no concept (or before ``label`` ran); per unit, where
-        ``shown`` gives a whole layer's."""
+        """A unit's label as ``shown``, read for one unit."""
         layer, row = self.lens.units.index(unit)
         labels = self.of(layer)
-        if labels is None or not bool(labels.labelled[row]):
+        if labels is None:
             return None
-        return self.vocabulary.concepts[int(labels.concepts[row, 0])]
+        if bool(self.lens.arrays.tied(layer)[row]):
+            row = int(self.lens.arrays.shown_by(layer)[row])
+        return self.vocabulary.concepts[int(labels.concepts[row, 0])] if bool(labels.labelled[row]) else None
 
     def confidence_of(self, unit: str) -> float | None:
         """The confidence of a unit's stored label (robust z against its layer, ``analysis.label``), None before

@@ -39,7 +39,7 @@ class AttributionGraph:
     class_name: str
     nodes: list[Node] = field(default_factory=list)
     edges: list[dict] = field(default_factory=list, metadata={"description": "{source, target, weight}: relevance flowing down"})
-    left_out: dict[str, float] = field(default_factory=dict)  # per layer: share of inactive or tied units above the cut
+    left_out: dict[str, float] = field(default_factory=dict)  # per layer: share of the units not listed (inactive) above the cut
 
     def to_dict(self) -> dict:
         nodes = [node.__dict__ for node in self.nodes]
@@ -71,7 +71,7 @@ def group_units(
     valid: torch.Tensor | None = None,
 ) -> dict[str, list[int]]:
     """Indices of the units above ``cut``, grouped by label (``?`` for unlabelled), most relevant group first;
-    units not ``valid`` (no examples of their own, so no trustworthy label) are left out."""
+    units not ``valid`` (inactive: their examples are arbitrary, so is their label) are left out."""
     groups: dict[str, list[int]] = {}
     chosen = shares > cut if valid is None else (shares > cut) & valid
     for index in chosen.nonzero().flatten().tolist():

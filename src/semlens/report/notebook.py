@@ -150,7 +150,7 @@ def explanation_html(explanation: Explanation) -> str:
     for layer in explanation.layers:
         rows = [row(_text(f"{group.label or 'unlabelled'} ({group.share:.1%})"), unit) for group in layer.groups for unit in group.units]
         rows += [row(_text(f"against: {unit.label or 'unlabelled'}"), unit) for unit in layer.against]
-        notes = f"units without examples of their own: {layer.left_out:.1%}" + ("" if layer.sae_error is None else f"; SAE error term: {layer.sae_error:.1%}")
+        notes = f"inactive units: {layer.left_out:.1%}" + ("" if layer.sae_error is None else f"; SAE error term: {layer.sae_error:.1%}")
         layers.append(f"<h5>{_text(layer.layer)}</h5>{_table(header, rows)}<p><small>{notes}</small></p>")
     kind = "Predicted" if explanation.predicted else "Explained"
     prediction = ", ".join(f"{entry['class']} {entry['probability']:.1%}" for entry in explanation.prediction)

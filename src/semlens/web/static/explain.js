@@ -37,7 +37,7 @@
           el("p", {}, `explaining class `, el("b", {}, explained.class), explained.predicted ? " (predicted)" : " (given)"))),
       explained.layers.map((layer) => [
         el("h2", {}, layer.layer),
-        el("p", { class: "muted" }, `relevance ${fmt(layer.relevance, 4)} · left out (units without examples of their own) ${fmt(layer.left_out)}`,
+        el("p", { class: "muted" }, `relevance ${fmt(layer.relevance, 4)} · left out (inactive units) ${fmt(layer.left_out)}`,
           layer.sae_error === null ? null : el("span", { class: "sae-error" }, ` · SAE error term ${fmt(layer.sae_error)}`)),
         layer.groups.length ? el("table", {},
           el("tr", {}, ["concept", "share", "where", "unit", "unit share", "concept examples"].map((name) => el("th", {}, name))),
@@ -46,7 +46,7 @@
             if (i === 0) row.prepend(el("td", { rowspan: group.units.length }, group.label || el("i", { class: "muted" }, "no concept")),
               el("td", { rowspan: group.units.length, class: "num" }, fmt(group.share)));
             return row;
-          }))) : el("p", {}, el("i", { class: "muted" }, layer.left_out ? "here the class's relevance lies on units without examples of their own" : "no unit of this layer carried relevance for the class")),
+          }))) : el("p", {}, el("i", { class: "muted" }, layer.left_out ? "here the class's relevance lies on inactive units" : "no unit of this layer carried relevance for the class")),
         // Units with negative shares spoke against the class; their overlays show where.
         layer.against.length ? [el("h3", {}, `against ${explained.class}`),
           el("table", { class: "against" }, el("tr", {}, ["concept", "where", "unit", "share", "concept examples"].map((name) => el("th", {}, name))),
