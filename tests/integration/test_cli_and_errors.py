@@ -342,12 +342,18 @@ def test_a_notebook_build_says_how_many_samples_could_not_be_read_and_why(tmp_pa
     from PIL import Image
 
     from semlens import build_lens
+    from semlens._util.errors import SemlensWarning
 
     images = [(Image.open(path).convert("RGB"), 0) for path in sorted(colour_folder.rglob("*.png"))[:8]]
     images += [(torch.randn(3, 16, 16), 0) for _ in range(12)]  # normalised: values outside [0, 1]
+    settings = dict(model="py:tiny_models:tiny_cnn", layers=["head"], data=images, foundation=f"hf:{tiny_clip_dir}", k=3, workers=0)
     with pytest.warns(UserWarning, match=r"12 of 20 samples could not be read and were skipped \(the first: .*normalisation.*overwrite=True"):
-        build_lens(model="py:tiny_models:tiny_cnn", layers=["head"], data=images, foundation=f"hf:{tiny_clip_dir}", k=3,
-                   workers=0, out=tmp_path / "n.lens", progress=False)  # fmt: skip
+        build_lens(out=tmp_path / "n.lens", progress=False, **settings)
+    with warnings.catch_warnings(record=True) as caught:  # the cell run again: the Lens is reused, its notes said once
+        warnings.simplefilter("always")
+        build_lens(out=tmp_path / "n.lens", progress=False, **settings)
+    said = [str(warning.message) for warning in caught if issubclass(warning.category, SemlensWarning)]
+    assert len(said) == 1 and "was complete already" in said[0] and "12 of 20 samples could not be read" in said[0], said
 
 
 def test_help_names_values_as_the_command_line_takes_them() -> None:

@@ -377,8 +377,12 @@ def build_lens(
     config = config or BuildConfig.from_settings(settings, "build_lens got unknown settings")
     summary = LensBuilder(config, out, overwrite=overwrite, progress=progress).run()
     failed = [line for line in [summary.failure_warning()] if line]
-    for line in failed + summary.fallbacks + summary.unit_warnings():  # `semlens run` prints them; a notebook sees them as warnings
-        warn_caller(line)
+    notes = failed + summary.fallbacks + summary.unit_warnings()  # `semlens run` prints them; a notebook sees them as warnings
+    if notes and set(summary.reused) >= set(summary.stages):  # a cell run again: once, said as what the Lens holds
+        warn_caller(f"the Lens at {out} was complete already (nothing computed again); as it was built: " + "; ".join(notes))
+    else:
+        for line in notes:
+            warn_caller(line)
     lens = Lens.open(out)
     given = {"model": config.model, "data": config.data, "foundation": config.foundation}
     objects = {name: value for name, value in given.items() if not isinstance(value, str)}
