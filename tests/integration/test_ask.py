@@ -340,6 +340,9 @@ def test_measures_similar_and_map(lens_path, tmp_path) -> None:
     mapped = ask("map", lens_path, "--out", tmp_path / "new" / "map.html", "--json")  # its folder is made
     shown = runner.invoke(app, ["map", str(lens_path), "--out", str(tmp_path / "shown.html")])
     assert shown.exit_code == 0 and "map: figures" in shown.stderr and "2/2" in shown.stderr  # the steps' bar, on stderr
+    assert "made the folder" not in shown.stderr
+    made = runner.invoke(app, ["map", str(lens_path), "--out", str(tmp_path / "typo" / "deeper" / "m.html")])
+    assert made.exit_code == 0 and f"note: made the folder {tmp_path / 'typo' / 'deeper'} for m.html" in " ".join(made.stderr.split())
     assert mapped["units"] == valid and len(mapped["x"]) == len(valid)
     assert "<script" in (tmp_path / "new" / "map.html").read_text()[:5_000_000] and (tmp_path / "new" / "map.png").is_file()
 

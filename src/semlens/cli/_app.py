@@ -115,10 +115,11 @@ Space = Annotated[
 
 
 def parent_made(path: Path | None) -> Path | None:
-    """An output file's folder, made when the command starts (``--out`` callback): a missing folder must not
-    fail a long command at its last step."""
-    if path is not None:
+    """An output file's folder, made when the command starts (``--out`` callback), and said so (a mistyped path
+    shows): a missing folder must not fail a long command at its last step."""
+    if path is not None and not path.parent.is_dir():
         path.parent.mkdir(parents=True, exist_ok=True)
+        errors.print(f"note: made the folder {printable(str(path.parent))} for {printable(str(path.name))}", markup=False, highlight=False, soft_wrap=True)
     return path
 
 
