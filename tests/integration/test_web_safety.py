@@ -117,6 +117,19 @@ def test_a_link_out_of_the_lens_is_named_without_paths(lenses, tmp_path) -> None
     assert not machine_paths(response.text)
 
 
+def test_sample_names_outside_the_data_are_shown_cut(lenses, tmp_path) -> None:
+    """A tampered Lens naming ``/etc/passwd`` as its samples: nothing reads it (the image is refused) and the page
+    shows "…/passwd", as specs' paths are cut, not a path of this machine."""
+    copy = tmp_path / "renamed.lens"
+    shutil.copytree(lenses[0], copy)
+    table = json.loads((copy / "samples.json").read_text())
+    table["paths"] = ["/etc/passwd" if i % 2 else "../../etc/shadow" for i in range(len(table["paths"]))]
+    (copy / "samples.json").write_text(json.dumps(table))
+    response = TestClient(create_app([copy])).get("/api/lenses/0/layers/head/units/0/examples")
+    assert response.status_code == 200, response.text
+    assert {example["source"] for example in response.json()} <= {"…/passwd", "…/shadow"} and not machine_paths(response.text)
+
+
 def test_a_lens_this_user_may_not_read_is_one_line_in_the_explorer_and_the_cli(lenses, tmp_path, monkeypatch) -> None:
     copy = tmp_path / "private.lens"
     shutil.copytree(lenses[0], copy)

@@ -404,3 +404,14 @@ def test_specs_shown_to_others_cut_local_paths_and_say_so() -> None:
     assert display_spec("folder:/home/ann/photos") == "folder:…/photos" and display_spec("hf:/home/ann/clip") == "hf:…/clip"
     assert display_spec("folder:photos") == "folder:photos" and display_spec("hf:openai/clip-vit-base-patch32") == "hf:openai/clip-vit-base-patch32"
     assert display_spec("world::30:probe") == "world::30:probe" and display_spec("py:pkg.mod:make") == "py:pkg.mod:make"
+
+
+def test_sample_names_shown_to_others_cut_paths_outside_the_data() -> None:
+    """A tampered Lens may name ``/etc/passwd`` as a sample (nothing reads it) and a list of files names its samples
+    absolutely: the explorer shows names inside the data as they are, and cuts the others as it cuts specs."""
+    from semlens.store.trust import display_source
+
+    assert display_source("star/0001.png") == "star/0001.png" and display_source("0001") == "0001"
+    assert display_source("/etc/passwd") == "…/passwd" and display_source("../../etc/passwd") == "…/passwd"
+    assert display_source("a/../b.png") == "…/b.png" and display_source("~/x.png") == "…/x.png"
+    assert display_source("C:\\data\\x.png") == "…/x.png" and display_source("/home/ann/photos/cat.jpg") == "…/cat.jpg"

@@ -17,6 +17,7 @@ from PIL import Image
 from .._util.errors import SemlensError, one_line
 from ..lens.example_sets import EXAMPLE_SETS
 from ..lens.search import RANKINGS
+from ..store.trust import display_source
 from ..lens.examples import ConceptExample
 from .schemas import MAX_TEXT
 from .state import Explorer, Served
@@ -86,7 +87,7 @@ def example_out(served: Served, unit: str, example: ConceptExample, examples: st
     shown = not served.images_missing
     heat = shown and served.has_heatmaps(unit, examples)
     return {
-        **asdict(example), "score": finite(example.score), "box": list(example.box),
+        **asdict(example), "source": display_source(example.source), "score": finite(example.score), "box": list(example.box),
         "thumbnail": served.example_url(unit, example.rank, examples=examples) if shown else None,
         "image": served.example_url(unit, example.rank, "image", examples) if shown else None,
         "heatmap": served.example_url(unit, example.rank, "heatmap", examples) if heat else None,
