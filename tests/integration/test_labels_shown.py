@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
+from semlens.lens.labels import shown_by
 from semlens.world import demo
 from semlens.world.render import WorldConfig
 
@@ -41,7 +42,7 @@ def test_every_face_shows_the_stored_labels(world_lens) -> None:
     assert all(hit.label == world_lens.labels.label_of(hit.unit) for hit in hits) and any(hit.label for hit in hits)
     labels, valid = world_lens.labels.of(layer), world_lens.arrays.valid(layer).tolist()
     expected = [bool(ok) and float(z) >= labels.min_confidence for ok, z in zip(valid, labels.confidence[:, 0])]
-    tied, by = world_lens.arrays.tied(layer).tolist(), world_lens.arrays.shown_by(layer).tolist()
+    tied, by = world_lens.arrays.tied(layer).tolist(), shown_by(world_lens)[layer].tolist()
     expected = [expected[by[row]] if tied[row] else shows for row, shows in enumerate(expected)]  # a tied unit: its crops' unit's
     assert any(tied) and [label is not None for label in shown] == expected
     assert all(shown[row] == shown[by[row]] for row in range(len(shown)) if tied[row])

@@ -132,7 +132,9 @@ def test_a_tied_unit_shows_its_twin_s_label_and_is_explained_with_it(twin_lens, 
     path = shutil.copytree(twin_lens, tmp_path / "twin.lens")
     lens = Lens.open(path)
     lens.label(threshold=-1.0, min_confidence=-math.inf)
-    assert lens.arrays.shown_by("features.3")[3] == 2 and lens.arrays.shown_by("features.3")[2] == 2
+    from semlens.lens.labels import shown_by
+
+    assert shown_by(lens)["features.3"][3] == 2 and shown_by(lens)["features.3"][2] == 2
     assert lens.labels.label_of("features.3/3") == lens.labels.label_of("features.3/2") is not None
     assert lens.labels.shown("features.3")[3] == lens.labels.shown("features.3")[2]
     explained = lens.explain(0, layers=["features.3"], top=6).layers[0]

@@ -35,7 +35,6 @@ class LensArrays:
         #: the array files read so far, by ``layer.kind`` (a Lens-wide file by its name; another space's with its name first)
         self.files: dict[str, dict[str, torch.Tensor]] = {} if files is None else files
         self._theta: dict[tuple[str, int], torch.Tensor] = {}  # by (layer, crop rule), read or computed so far
-        self._shown_by: dict[str, torch.Tensor] = {}  # by layer, computed so far
 
     def _read_cached(self, key: str, name: str) -> dict[str, torch.Tensor]:
         """The array file ``name`` of the store, read on first use and kept under ``key``."""
@@ -100,17 +99,6 @@ class LensArrays:
         of the first crop rule, which the other questions read (search ranks the same units)."""
         stored = self.read(layer, "embed")
         return stored["tied"] if "tied" in stored and self.stored_by_rule(stored) else self._first_rule_ties[layer]
-
-    def shown_by(self, layer: str) -> torch.Tensor:
-        """Per unit, the row of the unit whose examples (and label) it shows: for a tied unit the earlier unit with
-        the same crops (by the first crop rule's boxes, as ``tied``), else its own row; -1 for an inactive unit."""
-        from ..analysis.validity import first_with_the_same_crops
-        from ..store.slots import rule_slots
-
-        if layer not in self._shown_by:
-            index = rule_slots(self.read(layer, "embed")["crop_index"], self.read(layer, "topk")["ids"].shape[1], 0)
-            self._shown_by[layer] = first_with_the_same_crops(index, self.inactive(layer))
-        return self._shown_by[layer]
 
     def stored_by_rule(self, stored: dict[str, torch.Tensor]) -> bool:
         """Whether a layer's embed file holds the first rule's ties and each rule's theta: always with one crop

@@ -35,6 +35,7 @@ from ..analysis.responses import concept_directions
 from ..analysis.vocabulary import Vocabulary, load_vocabulary
 from ..store.files import layer_file
 from .label_prior import prior_sets
+from .remembered import per_lens
 
 if TYPE_CHECKING:
     from ..store.files import LensStore
@@ -236,7 +237,7 @@ class LabelStore:
         tied = self.lens.arrays.tied(layer)
         if not bool(tied.any()):
             return own
-        by = self.lens.arrays.shown_by(layer).tolist()
+        by = shown_by(self.lens)[layer].tolist()
         return [own[by[row]] if is_tied else label for row, (label, is_tied) in enumerate(zip(own, tied.tolist()))]
 
     def label_of(self, unit: str) -> str | None:
@@ -246,7 +247,7 @@ class LabelStore:
         if labels is None:
             return None
         if bool(self.lens.arrays.tied(layer)[row]):
-            row = int(self.lens.arrays.shown_by(layer)[row])
+            row = int(shown_by(self.lens)[layer][row])
         return self.vocabulary.concepts[int(labels.concepts[row, 0])] if bool(labels.labelled[row]) else None
 
     def confidence_of(self, unit: str) -> float | None:
@@ -426,3 +427,16 @@ def naming_description(lens: Lens) -> str:
     if stored is not None and stored.name != default.name:
         text += f" and the labels' vocabulary {stored.name!r} ({len(stored.concepts)})"
     return text
+
+
+@per_lens
+def shown_by(lens: Lens) -> dict[str, torch.Tensor]:
+    """Per layer, each unit's row of the unit whose examples (and label) it shows: for a tied unit the earlier unit
+    with the same crops (by the first crop rule's boxes, as ``Lens.arrays.tied``), else its own; -1 for an inactive one."""
+    from ..analysis.validity import first_with_the_same_crops
+    from ..store.slots import rule_slots
+
+    def first_rule_crops(layer: str) -> torch.Tensor:
+        return rule_slots(lens.arrays.read(layer, "embed")["crop_index"], lens.arrays.read(layer, "topk")["ids"].shape[1], 0)
+
+    return {layer: first_with_the_same_crops(first_rule_crops(layer), lens.arrays.inactive(layer)) for layer in lens.layers}
