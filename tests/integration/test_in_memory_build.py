@@ -116,6 +116,16 @@ def test_opened_again_it_takes_the_bare_module_and_the_images_back(built, founda
         Lens.open(out, data=images[::-1]).sources.probe_data
 
 
+def test_a_model_spec_given_back_reads_the_model_with_the_lens_s_preprocessing(built, foundation, images) -> None:
+    """A ``py:`` factory returning the bare module takes ImageNet's preprocessing; given back to a Lens built with
+    another, the Lens's is used and said (its image search failed inside the location test: maps of 224 px views
+    against the Lens's 32 px ones)."""
+    lens, out = built
+    with pytest.warns(UserWarning, match=r"py:tiny_models:tiny_cnn_module: its preprocessing \(resize 256, centre crop 224.*the Lens's is used"):
+        model = Lens.open(out, model="py:tiny_models:tiny_cnn_module", data=images, foundation=foundation).sources.model()
+    assert model.preprocessing.described() == TINY_PREPROCESSING.described()
+
+
 def test_the_same_build_lens_call_reuses_the_lens_with_its_objects(built, foundation, images) -> None:
     lens, out = built
     again = build_lens(model=TinyCNN(), preprocessing=TINY_PREPROCESSING, layers=LAYERS, data=images, foundation=foundation, k=3, out=out, progress=False, workers=0)

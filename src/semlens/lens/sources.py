@@ -4,12 +4,13 @@ inert or the Lens is trusted, and each checked against the fingerprint recorded 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, warn_caller
 from .._util.specs import IN_MEMORY, split_spec
 from ..store.trust import LensAccess, UntrustedSpecError, check_spec
 
@@ -83,10 +84,18 @@ class LensSources:
         from ..model.preprocess import Preprocessing
 
         recorded, given = self.manifest["identity"]["model"], self.access.model
+        built = Preprocessing(**self.manifest["identity"]["preprocessing"])
         if isinstance(given, nn.Module):  # a bare module (a notebook's): with the preprocessing the Lens was built with
-            self._held_model = self._held_model or load_model(given, Preprocessing(**self.manifest["identity"]["preprocessing"]))
+            self._held_model = self._held_model or load_model(given, built)
             given = self._held_model
-        return self.checked(load_model(given or check_spec(recorded["spec"], "model", self.trusted, "model=SPEC, --model")))
+        model = self.checked(load_model(given or check_spec(recorded["spec"], "model", self.trusted, "model=SPEC, --model")))
+        if model.preprocessing.described() != built.described():  # a py: factory's bare module takes ImageNet's
+            warn_caller(
+                f"model {model.spec}: its preprocessing ({model.preprocessing.described()}) is not the one this Lens was built "
+                f"with ({built.described()}); the Lens's is used, as its answers read the model as it was built"
+            )
+            model = replace(model, preprocessing=built)
+        return model
 
     def checked(self, model: LoadedModel) -> LoadedModel:
         """``model`` (as ``model()`` gave it), refused where its weights are not those the Lens was built from, now: a

@@ -34,6 +34,11 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
+    def described(self) -> str:
+        """In words, for messages (three decimals: a difference below them changes no pixel of a view)."""
+        numbers = lambda values: ", ".join(f"{value:.3f}" for value in values)  # noqa: E731
+        return f"resize {self.resize}, centre crop {self.input_size}, mean {numbers(self.mean)}, std {numbers(self.std)}"
+
     def view(self, image: Image.Image) -> Image.Image:
         """The square image the model sees, before normalisation: torchvision's ``Resize(resize)`` then
         ``CenterCrop(input_size)``, pixel for pixel. Where the resized image would pass ``WHOLE_RESIZE_PIXELS``,
