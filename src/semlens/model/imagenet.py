@@ -62,8 +62,9 @@ def model_class_index(name: str, classes: list[str]) -> int | None:
     """The index among a model's ``classes`` of a class named ``name`` (case-insensitive), or, where ``name``
     is an ImageNet WordNet id (the folder names of ImageNet and its copies) or one of an ImageNet class's names
     (``tabby cat`` for ``tabby``), of the ImageNet class it names: by its position where the model has ImageNet's
-    1000 classes in order (ImageNet's display names repeat, e.g. two "crane"s), else by any of its synonyms; None
-    where none matches."""
+    1000 classes in order (ImageNet's display names repeat, e.g. two "crane"s), else by any of its synonyms or its
+    WordNet id (a model whose classes are its data's folder names: ``tench`` for ``n01440764``); None where none
+    matches."""
     wanted = name.strip().lower()
     lowered = [candidate.lower() for candidate in classes]
     if wanted in lowered:
@@ -74,4 +75,5 @@ def model_class_index(name: str, classes: list[str]) -> int | None:
     synonyms = [synonym.lower() for synonym in imagenet_synonyms()[index]]
     if len(classes) == len(_table()) and lowered[index] in synonyms:
         return index
-    return next((lowered.index(synonym) for synonym in synonyms if synonym in lowered), None)
+    wnid = _table()[index][0].lower()  # a model that took its data's folder names: called by its WordNet id
+    return next((lowered.index(synonym) for synonym in [*synonyms, wnid] if synonym in lowered), None)
