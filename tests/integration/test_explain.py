@@ -95,6 +95,7 @@ def test_a_given_class_a_sample_index_and_a_pil_image(planted_lens) -> None:
         ("watermarked.png", {"layers": ["nowhere"]}, "has no layer 'nowhere'"),
         ("watermarked.png", {"top": 0}, "top must be at least 1"),
         (999, {}, "probe sample 999 does not exist"),
+        (Image.new("RGB", (2, 2)), {}, r"image is 2x2 px: too small to show anything \(at least 4 px a side\); a build skips such an image"),
     ],
 )
 def test_bad_input_is_a_clear_error(planted_lens, image, options, message) -> None:

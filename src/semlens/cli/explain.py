@@ -48,7 +48,7 @@ def explain(
         ]
         title = (
             f"{explained.layer}: the layer's relevance {explained.relevance:.4g} (shares are of it); inactive units "
-            f"hold {explained.left_out:.3f} of it"
+            f"hold {round(explained.left_out, 3) + 0.0:.3f} of it"  # + 0.0: a share that rounds to zero is 0.000, not -0.000
         )
         if explained.sae_error is not None:
             title += f", SAE error term {explained.sae_error:.3f}"

@@ -94,10 +94,14 @@ class DecodingDataset(torch.utils.data.Dataset):
             image = self.data.load(index)
         except DataError as error:
             return index, None, str(error)
-        if min(image.size) < MIN_SIDE:
-            width, height = image.size
-            return index, None, f"{self.data.describe(index)} is {width}x{height} px: too small to show anything (at least {MIN_SIDE} px a side)"
-        return index, self.transform(image), None
+        small = too_small(image, self.data.describe(index))
+        return (index, None, small) if small else (index, self.transform(image), None)
+
+
+def too_small(image: Image.Image, described: str) -> str | None:
+    """Why ``image`` (called ``described``) shows nothing a model can be asked about, or None: under ``MIN_SIDE`` px a side."""
+    width, height = image.size
+    return f"{described} is {width}x{height} px: too small to show anything (at least {MIN_SIDE} px a side)" if min(width, height) < MIN_SIDE else None
 
 
 def collate_decoded(items: list[tuple[int, torch.Tensor | None, str | None]]):

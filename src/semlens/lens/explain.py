@@ -159,6 +159,17 @@ def _explainable_layers(lens: Lens, layers: list[str] | None) -> list[str]:
 
 
 def _explained_image(lens: Lens, image: str | Path | Image.Image | int) -> tuple[Image.Image, str]:
+    """The image to explain and how to name it, refused as a build skips it where too small to show anything."""
+    from ..data.base import too_small
+
+    decoded, name = _image_to_explain(lens, image)
+    small = too_small(decoded, name)
+    if small:
+        raise SemlensError(f"{small}; a build skips such an image")
+    return decoded, name
+
+
+def _image_to_explain(lens: Lens, image: str | Path | Image.Image | int) -> tuple[Image.Image, str]:
     """The image to explain and how to name it: a PIL image, an array or tensor, a file, or a probe sample by index."""
     if isinstance(image, Image.Image):
         return image.convert("RGB"), "image"
