@@ -148,6 +148,7 @@ def test_a_layer_that_never_fires_is_reported(tmp_path, colour_folder, tiny_clip
     text = " ".join(result.output.split())
     assert "layer features.1: 8 of 8 units never fired or were constant on this data" in text
     assert "layer head: 3 of 3 units never fired or were constant" in text  # constant downstream of the dead layer
+    assert "mean-pooled maps, so a layer read before its activation" in text and "--pool max" in text and "pool='max'" not in text
 
 
 def test_existing_lens_built_from_other_inputs_is_refused_then_overwritten(tmp_path, colour_folder, tiny_clip_dir) -> None:

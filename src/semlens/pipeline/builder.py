@@ -262,7 +262,9 @@ class LensBuilder:
             k=self.manifest["identity"]["collect"]["k"],
         )
         for name, layer in self.manifest["layers"].items():
-            summary.layers.append(LayerSummary(name, layer["units"], layer["inactive_units"], layer.get("tied_units", 0), layer["output"]))
+            summary.layers.append(
+                LayerSummary(name, layer["units"], layer["inactive_units"], layer.get("tied_units", 0), layer["output"], layer["spec"].get("pool", "mean"))
+            )
         summary.fallbacks = fallbacks(self.manifest)
         return summary
 

@@ -293,6 +293,7 @@ class LayerSummary:
     inactive_units: int
     tied_units: int
     output: str
+    pool: str = "mean"  # how a unit's map became its score
 
 
 @dataclass
@@ -335,15 +336,19 @@ class BuildSummary:
             if layer.inactive_units:
                 found.append(
                     f"layer {layer.name}: {layer.inactive_units} of {layer.units} units never fired or were constant on this data (their "
-                    "top-k scores are all equal or none is positive); their concept examples are arbitrary and marked inactive"
+                    f"top-k scores are all equal or none is positive); their concept examples are arbitrary and marked inactive"
+                    + (f"; scores are {layer.pool}-pooled maps, so a layer read before its activation (a convolution before its ReLU) "
+                       f"can score no sample above zero where it fires in places: read the activation after it, or "
+                       f"{asked('pool=' + repr('max'), '--pool max')}" if layer.pool == "mean" else "")
                 )
             if layer.tied_units:
                 crowded = self.k * 4 > self.samples - self.failed
                 advice = f" (k = {self.k} of {self.samples - self.failed} samples: a smaller k or more probe images give them examples of their own)" if crowded else ""
                 found.append(
                     f"layer {layer.name}: {layer.tied_units} of {layer.units} units have the same concept examples as another unit (marked "
-                    f"tied); like inactive units they are left out of labels, the map, measures, graphs and search by "
-                    f"alignment (search by the model's response ranks them by their own){advice}"
+                    f"tied); they show that unit's label, and are left out of the map, measures and search by alignment (audits, "
+                    f"graphs and explanations take them with their own relevance, search by the model's response by their own "
+                    f"response){advice}"
                 )
         return found
 
