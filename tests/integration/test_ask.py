@@ -275,7 +275,7 @@ def test_show_writes_a_grid_png(lens_path, tmp_path) -> None:
     assert result.exit_code == 0 and "left out of search" in " ".join(result.output.split()), result.output  # shown with a note
 
 
-def test_label_dissect_and_their_storage(lens_path, tmp_path) -> None:
+def test_label_dissect_and_their_storage(lens_path, tmp_path, monkeypatch) -> None:
     vocabulary = tmp_path / "vocab.toml"
     vocabulary.write_text('colours = ["red", "green", "blue"]\nshapes = ["square", "noise"]\n')
     labelled = ask("label", lens_path, "--vocabulary", vocabulary, "--threshold", "-1", "--min-confidence", "-100", "--json")
@@ -293,6 +293,11 @@ def test_label_dissect_and_their_storage(lens_path, tmp_path) -> None:
     assert set(dissected["counts"]["head"]) == {"colours", "shapes", "unlabelled", "inactive or tied"}
     assert dissected["counts"]["head"]["inactive or tied"] == valid.count(False)
     assert (tmp_path / "d.png").is_file()
+    monkeypatch.chdir(tmp_path)
+    assert ask("dissect", lens_path, "--json")["png"] is None and not (tmp_path / "dissect.png").exists()  # an answer, no file
+    replaced = runner.invoke(app, ["label", str(lens_path), "--json"])  # the default vocabulary, over the stored labels
+    assert replaced.exit_code == 0 and "note: these labels replace the Lens's labels from vocabulary" in " ".join(replaced.stderr.split())
+    json.loads(replaced.stdout)  # the answer stays JSON
     strict = ask("label", lens_path, "--vocabulary", vocabulary, "--threshold", "5", "--json")["layers"]
     assert all(entry["label"] is None for entry in strict["head"])  # nothing passes an alignment of 5
 

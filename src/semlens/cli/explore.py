@@ -13,7 +13,7 @@ from .._util.progress import step_bar
 from ..analysis.label import MIN_CONFIDENCE
 from ..lens.search import SearchResults
 from ..lens.sources import data_described
-from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, friendly, labelled_to_show, open_lens, parent_made, rounded, say, say_if_left_out, table
+from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, errors, friendly, labelled_to_show, open_lens, parent_made, rounded, say, say_if_left_out, table
 from .validate import ConceptArtifact, ConceptAt, ConceptMask, ConceptTint, SpuriousData, TestAll, TestData, concept_test
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts), or builtin; default: the foundation model's own concepts where it names them (the concept world's), else builtin.")
@@ -222,7 +222,14 @@ def label(
     """Label every unit with its best concept (and runner-ups) by a method; stored with the Lens (those by activation
     examples; each embedding space its own)."""
     opened = open_lens(lens, trust, foundation=foundation, space=space)
+    stored = opened.labels.vocabulary if examples == "activation" and opened.labels.read() is not None else None
     results = opened.label(str(vocabulary) if vocabulary else None, threshold, examples=examples, method=method, min_confidence=min_confidence)
+    if stored is not None and stored.name != results.vocabulary.name:  # on stderr: a --json answer stays JSON
+        errors.print(
+            f"note: these labels replace the Lens's labels from vocabulary {stored.name!r} ({len(stored.concepts)} concepts); "
+            "`semlens info` and `semlens dissect` show the stored labels without labelling again",
+            markup=False, highlight=False,
+        )
     coverage = results.coverage()
     if as_json:
         emit_json({"vocabulary": results.vocabulary.name, "method": opened.labels.method, "coverage": coverage, "layers": results.to_dict()})
@@ -251,7 +258,7 @@ def _share(coverage: dict) -> str:
 @friendly
 def dissect(
     lens: Path = typer.Argument(..., help="Lens directory (labelled with `semlens label` first)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bar chart PNG to write (default: dissect.png here).", callback=parent_made),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bar chart PNG to write (default: dissect.png here; with --json, none unless given).", callback=parent_made),
     space: Space = None,
     method: Optional[str] = typer.Option(None, "--method", help="Fail unless the stored labels were made by this method."),
     as_json: AsJson = False,
@@ -261,10 +268,10 @@ def dissect(
 
     opened = open_lens(lens, space=space)
     counts = opened.labels.dissect(method)
-    target = dissection_png(counts, out or Path("dissect.png"))
-    if as_json:
-        emit_json({"png": str(target), "method": opened.labels.method, "counts": counts})
+    if as_json:  # an answer to read: a chart only where asked for
+        emit_json({"png": str(dissection_png(counts, out)) if out else None, "method": opened.labels.method, "counts": counts})
         return
+    target = dissection_png(counts, out or Path("dissect.png"))
     categories = list(next(iter(counts.values())))
     rows = [(category, *(counts[layer][category] for layer in counts)) for category in categories]
     console.print(table(f"units per concept category (labels by {opened.labels.method})", ("category", *counts), rows))
