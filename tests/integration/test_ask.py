@@ -461,3 +461,16 @@ def test_a_class_without_samples_in_the_class_relevance_data_is_refused_not_audi
         result = runner.invoke(app, command)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert "class green has no samples in the class-relevance data" in " ".join(result.output.split()), result.output
+
+
+def test_results_read_in_a_line_or_a_few_outside_a_notebook(lens_path) -> None:
+    """In a script or a REPL a result prints what it answers, not every field of every unit (an audit's repr ran to
+    6 500 characters; a search's said nothing of how it ranked)."""
+    lens = Lens.open(lens_path)
+    found = lens.search("red", top=3)
+    shown = repr(found).splitlines()
+    assert shown[0].startswith(f"SearchResults: 3 units ranked by {found.rank}") and len(shown) == 4
+    assert all(line.startswith(f"  {hit.unit}: score ") for line, hit in zip(shown[1:], found))
+    audit = lens.audit(lens.classes[0], spurious=["noise"])
+    assert repr(audit).startswith(f"Audit(class {lens.classes[0]!r}") and "spurious share" in repr(audit) and len(repr(audit)) < 400
+    assert repr(lens.labels).startswith("LabelStore(")

@@ -340,6 +340,14 @@ class Audit(HtmlResult):
             return None
         return "the class relies on the concept, but no flagged unit is confirmed: test every relevant unit (audit(..., test_all=True), --test-all)"
 
+    def __repr__(self) -> str:
+        """Outside a notebook: the question and its answer in a line (the dataclass's repr was every unit's every field)."""
+        flagged = [unit.unit for unit in self.flagged]
+        shown = ", ".join(flagged[:5]) + (", ..." if len(flagged) > 5 else "")
+        tested = "" if self.reliance is None else f"; confirmed {len(self.confirmed)} of them"
+        return (f"Audit(class {self.class_name!r}, valid {self.valid}, spurious {self.spurious}: {len(self.units)} relevant units, "
+                f"{len(flagged)} flagged{f' ({shown})' if flagged else ''}{tested}; spurious share {self.spurious_share:.2f})")  # fmt: skip
+
     def to_dict(self) -> dict:
         return {
             "class": self.class_name,

@@ -98,6 +98,15 @@ class Explanation(HtmlResult):
     layers: list[LayerExplanation]
     view: Any = None
 
+    def __repr__(self) -> str:
+        """Outside a notebook: the class explained and each layer's leading concept (the dataclass's repr held the view)."""
+        how = "predicted" if self.predicted else "given"
+        lead = "; ".join(
+            f"{layer.layer}: {layer.groups[0].label or '(no concept)'} {layer.groups[0].share:.2f}" if layer.groups else f"{layer.layer}: -"
+            for layer in self.layers
+        )
+        return f"Explanation({self.image}: class {self.class_name!r} ({how}); leading concept per layer, with its share: {lead})"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "image": self.image,

@@ -151,6 +151,14 @@ class LabelStore:
     """A Lens's labels (``Lens.labels``): stored on disk, read once and held for this process (``Lens.label``
     replaces them), and what they say about each unit and layer."""
 
+    def __repr__(self) -> str:
+        """Outside a notebook: whose labels these are and how many units show one."""
+        if self.read() is None:
+            return "LabelStore(no labels yet: Lens.label() makes them)"
+        total = self.coverage()["all"]
+        return (f"LabelStore(vocabulary {self.vocabulary.name!r} by {self.method}: {total['labelled']} of {total['valid_units']} "
+                f"valid units show a concept)")  # fmt: skip
+
     def __init__(self, lens: Lens) -> None:
         self.lens = lens
         self._held: StoredLabels | None = None

@@ -85,6 +85,17 @@ class SearchResults(HtmlResult, list):
     def to_dict(self) -> list[dict[str, Any]]:
         return [hit.to_dict() for hit in self]
 
+    def __repr__(self) -> str:
+        """Outside a notebook: how the units were ranked, the note, and a line per unit (a list's repr was every field)."""
+        how = "by similarity to the unit" if self.rank is None else f"ranked by {self.rank}" + (f" (the images of {self.concept!r})" if self.concept else "")
+        score = "activation AUC" if self.rank == "model" else "score"
+        lines = [f"SearchResults: {len(self)} units {how}, {self.by} examples" + (f"; {self.note}" if self.note else "")]
+        lines += [
+            f"  {hit.unit}: {score} {hit.score:.4f}" + ("" if hit.response is None else f", response {hit.response:.3f}") + f", label {hit.label or '(no concept)'}"
+            for hit in self
+        ]
+        return "\n".join(lines)
+
 
 def probe(
     lens: Lens,
