@@ -91,6 +91,9 @@ def test_a_wordnet_id_names_its_imagenet_class_among_1000_even_where_display_nam
     assert model_class_index("tabby cat", ["tabby", "dog"]) == 0 and model_class_index("cat", classes) is None
     wordnet_folders = ["n01440764", "n02102040", "n02979186"]  # a model that took its data's folder names
     assert [model_class_index(name, wordnet_folders) for name in ("tench", "English springer", "cassette player", "goldfish")] == [0, 1, 2, None]
+    from semlens.model.imagenet import shown_class  # titles and tables: the id with its name
+
+    assert shown_class("n01440764") == "n01440764 (tench)" and shown_class("star") == "star"
     from semlens.model.imagenet import readable_class  # an audit's default valid concept: words, not a WordNet id
 
     assert readable_class("n01440764") == "tench" and readable_class(" N02123045") == "tabby"

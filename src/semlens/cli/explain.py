@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from .._util.errors import SemlensError
+from ..model.imagenet import shown_class
 from ._app import AsJson, Model, ProbeData, Trust, app, console, emit_json, friendly, labelled_to_show, open_lens, say, table
 
 
@@ -39,7 +40,7 @@ def explain(
         return
     odds = ", ".join(f"{entry['class']} {entry['probability']:.3f}" for entry in result.prediction)
     say(f"{result.image}: {odds}")
-    say(f"explaining class {result.class_name} ({'predicted' if result.predicted else 'given'})")
+    say(f"explaining class {shown_class(result.class_name)} ({'predicted' if result.predicted else 'given'})")
     for explained in result.layers:
         rows = [
             (group.label or "(no concept)", round(group.share, 4), unit.unit, round(unit.share, 4), ", ".join(e.source for e in unit.examples[:3]))
@@ -62,6 +63,6 @@ def explain(
                 for unit in explained.against
             ]
             columns = ("concept", "unit", "share", "concept examples")
-            console.print(table(f"{explained.layer}: against {result.class_name}", columns, rows))
+            console.print(table(f"{explained.layer}: against {shown_class(result.class_name)}", columns, rows))
     if files:
         say(f"wrote {len(files)} images to {out}")

@@ -9,6 +9,7 @@ import typer
 
 from .._util.errors import SemlensError
 from ..lens.audits import pruning_effect
+from ..model.imagenet import shown_class
 from ._app import (
     AsJson,
     Foundation,
@@ -195,7 +196,7 @@ def audit(
         for u in result.units
     ]  # fmt: skip
     columns = ("unit", "verdict", "by its responses", "relevance", "z_valid", "z_spur", "tight shift", "a_valid", "a_spur", "concept test", "examples")
-    console.print(table(f"audit of {result.class_name}", columns, rows))
+    console.print(table(f"audit of {shown_class(result.class_name)}", columns, rows))
     if page:
         say(f"scatter plot: {page}")
 
@@ -269,7 +270,7 @@ def graph(
         emit_json({**result.to_dict(), "html": str(out)})
         return
     rows = [(node.layer, node.label, round(node.relevance, 3), len(node.units)) for node in result.nodes]
-    console.print(table(f"attribution graph of {result.class_name}", ("layer", "concept", "relevance", "units"), rows))
+    console.print(table(f"attribution graph of {shown_class(result.class_name)}", ("layer", "concept", "relevance", "units"), rows))
     rows = [(edge["source"], edge["target"], round(edge["weight"], 3)) for edge in result.edges]
     console.print(table("edges (relevance flowing down)", ("from", "to", "weight"), rows))
     for name, share in result.left_out.items():

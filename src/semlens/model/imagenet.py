@@ -35,6 +35,13 @@ def readable_class(name: str) -> str:
     return name if index is None else imagenet_synonyms()[index][0]
 
 
+def shown_class(name: str) -> str:
+    """A class name as tables and titles show it: a WordNet id with its ImageNet name (``n01440764 (tench)``), so that
+    a model that took its data's folder names reads in words; any other name as it is."""
+    readable = readable_class(name)
+    return name if readable == name else f"{name} ({readable})"
+
+
 def find_imagenet_class(name: str) -> int:
     """Index of the class one of whose synonyms is ``name`` (case-insensitive; the first where two share it)."""
     index = _synonym_index().get(name.strip().lower())
