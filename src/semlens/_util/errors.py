@@ -28,11 +28,19 @@ def on_the_command_line(text: str) -> str:
     return ASKED.sub(r"\2", text)
 
 
-class SemlensWarning(UserWarning):
-    """A warning of semlens: what it asks for in Python's words, and the command line's where the CLI prints it."""
+class AskedInEachFace:
+    """A message whose ``asked`` parts read as Python's where Python shows it (``str``), and as the command line's in
+    ``on_the_command_line()``: semlens's errors and warnings."""
 
     def __str__(self) -> str:
         return in_python(super().__str__())
+
+    def on_the_command_line(self) -> str:
+        return on_the_command_line(super().__str__())
+
+
+class SemlensWarning(AskedInEachFace, UserWarning):
+    """A warning of semlens (``warn_caller``)."""
 
 
 def warn_caller(message: str) -> None:
@@ -44,15 +52,8 @@ def warn_caller(message: str) -> None:
     warnings.warn(SemlensWarning(message), stacklevel=level)
 
 
-class SemlensError(Exception):
-    """Base of every error caused by the user's input or environment, not by a bug; what it asks the user to pass
-    (``asked``) reads as Python's where Python shows it, and as the command line's in ``on_the_command_line()``."""
-
-    def __str__(self) -> str:
-        return in_python(super().__str__())
-
-    def on_the_command_line(self) -> str:
-        return on_the_command_line(super().__str__())
+class SemlensError(AskedInEachFace, Exception):
+    """Base of every error caused by the user's input or environment, not by a bug (what it asks for: ``AskedInEachFace``)."""
 
 
 class SpecError(SemlensError, ValueError):

@@ -17,14 +17,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .._util.errors import SemlensError, on_the_command_line
+from .._util.errors import AskedInEachFace, SemlensError
 
 
 def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
     """A warning as the commands print it: one line that says what, in the command line's words, without the source
     line that raised it."""
-    text = message.args[0] if isinstance(message, Warning) and message.args and isinstance(message.args[0], str) else str(message)
-    return f"warning: {printable(on_the_command_line(text))}\n"
+    text = message.on_the_command_line() if isinstance(message, AskedInEachFace) else str(message)
+    return f"warning: {printable(text)}\n"
 
 
 warnings.formatwarning = one_line_warning

@@ -222,7 +222,7 @@ def label(
     """Label every unit with its best concept (and runner-ups) by a method; stored with the Lens (those by activation
     examples; each embedding space its own)."""
     opened = open_lens(lens, trust, foundation=foundation, space=space)
-    stored = opened.labels.vocabulary if examples == "activation" and opened.labels.read() is not None else None
+    stored = opened.labels.vocabulary if examples == "activation" else None  # None before any labels
     results = opened.label(str(vocabulary) if vocabulary else None, threshold, examples=examples, method=method, min_confidence=min_confidence)
     if stored is not None and stored.name != results.vocabulary.name:  # on stderr: a --json answer stays JSON
         errors.print(

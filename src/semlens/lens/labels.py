@@ -442,9 +442,7 @@ def shown_by(lens: Lens) -> dict[str, torch.Tensor]:
     """Per layer, each unit's row of the unit whose examples (and label) it shows: for a tied unit the earlier unit
     with the same crops (by the first crop rule's boxes, as ``Lens.arrays.tied``), else its own; -1 for an inactive one."""
     from ..analysis.validity import first_with_the_same_crops
-    from ..store.slots import rule_slots
+    from ..store.slots import first_rule_crops
 
-    def first_rule_crops(layer: str) -> torch.Tensor:
-        return rule_slots(lens.arrays.read(layer, "embed")["crop_index"], lens.arrays.read(layer, "topk")["ids"].shape[1], 0)
-
-    return {layer: first_with_the_same_crops(first_rule_crops(layer), lens.arrays.inactive(layer)) for layer in lens.layers}
+    crops = first_rule_crops({layer: lens.arrays.read(layer, "embed")["crop_index"] for layer in lens.layers}, {layer: lens.arrays.read(layer, "topk") for layer in lens.layers})
+    return {layer: first_with_the_same_crops(crops[layer], lens.arrays.inactive(layer)) for layer in lens.layers}

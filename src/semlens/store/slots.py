@@ -58,8 +58,12 @@ def theta_key(rules: list[str], rule: int) -> str:
 def first_rule_ties(indices: dict[str, torch.Tensor], topk: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """``tied_units`` by the boxes of the first crop rule (what a Lens answers from; ``rule_slots``): ``indices``
     the crop table's ``[U, V·k]`` index per layer, ``topk`` each layer's top-k arrays (``ids``, ``inactive``)."""
-    first = {layer: rule_slots(index, topk[layer]["ids"].shape[1], 0) for layer, index in indices.items()}
-    return tied_units(first, {layer: topk[layer]["inactive"] for layer in indices})
+    return tied_units(first_rule_crops(indices, topk), {layer: topk[layer]["inactive"] for layer in indices})
+
+
+def first_rule_crops(indices: dict[str, torch.Tensor], topk: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Each layer's crop rows of its first crop rule ``[U, k]`` (``rule_slots``), from the arguments of ``first_rule_ties``."""
+    return {layer: rule_slots(index, topk[layer]["ids"].shape[1], 0) for layer, index in indices.items()}
 
 
 def mean_of_examples(embeddings: torch.Tensor) -> torch.Tensor:

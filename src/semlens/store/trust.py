@@ -167,9 +167,9 @@ def display_source(name: str) -> str:
     """A probe sample's name for pages others may see: a name inside the data (``star/0001.png``) as it is; an
     absolute path, or one that climbs out (``..``), cut to its last component as ``display_spec`` cuts paths (a
     list of files names them absolutely, and a tampered Lens may name ``/etc/passwd``, which nothing reads)."""
-    parts = name.replace("\\", "/").split("/")
-    outside = name.startswith(("/", "\\", "~")) or ".." in parts or (len(name) > 1 and name[1] == ":")
-    return _last_component(name.replace("\\", "/")) if outside else name
+    path = name.replace("\\", "/")
+    outside = path.startswith(("/", "~")) or ".." in path.split("/") or (len(path) > 1 and path[1] == ":")
+    return _last_component(path) if outside else name
 
 
 def _last_component(path: str) -> str:

@@ -16,9 +16,9 @@ from PIL import Image
 
 from .._util.errors import SemlensError, one_line
 from ..lens.example_sets import EXAMPLE_SETS
+from ..lens.examples import ConceptExample
 from ..lens.search import RANKINGS
 from ..store.trust import display_source
-from ..lens.examples import ConceptExample
 from .schemas import MAX_TEXT
 from .state import Explorer, Served
 
