@@ -118,6 +118,34 @@ def test_relevant_lists_a_class_s_units_by_share_of_relevance_per_layer(wnid_len
     assert unknown.exit_code == 2 and "unknown class 'n09999999'" in unknown.output
 
 
+def test_classes_named_by_wordnet_id_are_shown_with_their_names_on_every_face(wnid_folder: Path, tiny_clip_dir: Path, tmp_path: Path) -> None:
+    """A model whose classes are its data's folder names (``n01440764``): tables, reports, notebook pictures and the
+    explorer show ``n01440764 (tench)``; JSON and the explorer's values keep the id the model knows."""
+    from fastapi.testclient import TestClient
+
+    from semlens.report.notebook import audit_html
+    from semlens.web.app import create_app
+
+    config = BuildConfig(
+        model="py:tiny_models:wordnet_named_cnn", layers=["features.3", "head"], data=f"folder:{wnid_folder}",
+        foundation=f"hf:{tiny_clip_dir}", k=3, workers=0,
+    )  # fmt: skip
+    lens = build_lens(config, tmp_path / "ids.lens", progress=False)
+    assert lens.classes == list(IMAGENET_FOLDERS)
+    audit = lens.audit("n01440764", spurious=["stripes"])
+    assert audit.class_name == "n01440764" and "Audit of class n01440764 (tench)" in audit_html(audit)
+    ranked = invoke("audit", lens.path, "--all", "--spurious", "stripes")
+    assert ranked.exit_code == 0 and "(goldfish)" in ranked.output, ranked.output
+    out = tmp_path / "report.html"
+    assert invoke("report", lens.path, "--out", out, "--class", "n01440764", "--spurious", "stripes").exit_code == 0
+    assert "Audit of class n01440764 (tench)" in out.read_text()
+    client = TestClient(create_app([lens.path]))
+    info = client.get("/api/lenses/0").json()
+    assert info["classes"] == list(IMAGENET_FOLDERS) and info["class_titles"][0] == "n01440764 (tench)"
+    classes = client.get("/api/lenses/0/layers/head/units/0").json()["classes"]
+    assert classes and all(entry["title"] == f"{entry['class']} ({IMAGENET_FOLDERS[entry['class']]})" for entry in classes)
+
+
 def test_version_prints_the_package_version() -> None:
     import semlens
 

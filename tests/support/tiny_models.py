@@ -45,6 +45,11 @@ def imagenet_named_cnn() -> LoadedModel:
     return LoadedModel(TinyCNN().eval(), "py:tiny_models:imagenet_named_cnn", TINY_PREPROCESSING, list(IMAGENET_FOLDERS.values()))
 
 
+def wordnet_named_cnn() -> LoadedModel:
+    """The tiny CNN whose classes are WordNet ids: a model that took its data's ImageNet-style folder names."""
+    return LoadedModel(TinyCNN().eval(), "py:tiny_models:wordnet_named_cnn", TINY_PREPROCESSING, list(IMAGENET_FOLDERS))
+
+
 class StridedCNN(nn.Module):
     """Two 3x3 convolutions of stride 2 and padding 1 (ResNet's downsampling) over 32 px inputs: the 8 x 8 map of
     ``features.3`` has its cells 1.5 pixels up and left of the even grid (``model.receptive``)."""

@@ -62,3 +62,26 @@ def test_data_typed_as_a_folder_is_a_folder_spec_and_specs_stay_as_they_are(tmp_
     config = BuildConfig(model="m", layers=["l"], data=str(tmp_path), relevance_data="labelled")
     assert (config.data, config.relevance_data) == (f"folder:{tmp_path}", "folder:labelled")
     assert BuildConfig(model="m", layers=["l"], data="folder:x").data == "folder:x"
+
+
+def test_a_table_wider_than_the_terminal_wraps_between_words_and_keeps_every_column() -> None:
+    """`semlens info` at 80 columns folded its headers mid-word ("inactiv|e"), and least widths past the terminal's
+    width pushed its last column out of view: the widest columns give way, headers last."""
+    from rich.console import Console
+
+    from semlens.cli import _app
+
+    columns = ("layer", "units", "inactive", "tied", "output", "crops", "shift px", "locality", "sae")
+    rows = [("features.10", 64, 0, 0, "spatial", "relevance (85 % whole images)", "0,0", 20.03, "-")]
+    assert _app.column_widths([[column, *(str(row[i]) for row in rows)] for i, column in enumerate(columns)], 200) == [None] * 9
+    for width in (80, 60):
+        console = Console(width=width, record=True)
+        _app.console = console
+        try:
+            console.print(_app.table(None, columns, rows))
+        finally:
+            _app.console = Console(emoji=False)
+        lines = console.export_text().splitlines()
+        assert all(len(line) <= width for line in lines) and all(line.endswith(("┓", "┃", "┩", "│", "┘")) for line in lines)
+        if width == 80:  # room for every header's words
+            assert all(column.split()[0] in "\n".join(lines[:4]) for column in columns)

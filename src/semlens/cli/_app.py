@@ -177,12 +177,39 @@ def friendly(command: Callable) -> Callable:
 def table(title: str | None, columns: tuple[str, ...], rows: list[tuple]) -> Table:
     """A rich table; numbers are right-aligned; cell text is shown as written (no markup)."""
     numeric = [all(isinstance(row[i], (int, float)) for row in rows) and bool(rows) for i in range(len(columns))]
+    cells = [[printable(str(value)) for value in row] for row in rows]
     result = Table(title=None if title is None else escape(printable(title)))
-    for column, right in zip(columns, numeric):
-        result.add_column(escape(column), justify="right" if right else "left", overflow="fold")  # a narrow terminal wraps names, never cuts them
-    for row in rows:
-        result.add_row(*(escape(printable(str(value))) for value in row))
+    widths = column_widths([[column, *(row[i] for row in cells)] for i, column in enumerate(columns)], console.width - 3 * len(columns) - 1)
+    for column, right, width in zip(columns, numeric, widths):  # a narrow terminal wraps names, never cuts them
+        result.add_column(escape(column), justify="right" if right else "left", overflow="fold", width=width)
+    for row in cells:
+        result.add_row(*(escape(value) for value in row))
     return result
+
+
+def column_widths(columns: list[list[str]], room: int) -> list[int | None]:
+    """Each column's width where the table is wider than the terminal's ``room`` (None: it fits as it is): the
+    widest columns give way first, down to their longest word, so that headers and cells wrap between words
+    ("inactive", not "inactiv|e"); where even the words do not fit, the cells' longest words are folded first,
+    then the headers'."""
+    natural = [max((len(text) for text in texts), default=1) for texts in columns]
+    if sum(natural) <= room:
+        return [None] * len(columns)
+    longest = [max((len(word) for word in texts[0].split()), default=1) for texts in columns]
+    heads = [min(width, fitted_cap(longest, room)) for width in longest]
+    words = [max((len(word) for text in texts for word in text.split()), default=1) for texts in columns]
+    least = [max(head, min(width, fitted_cap(words, room, heads))) for width, head in zip(words, heads)]
+    cap = fitted_cap(natural, room, least)
+    return [max(low, min(width, cap)) for width, low in zip(natural, least)]
+
+
+def fitted_cap(widths: list[int], room: int, least: list[int] | None = None) -> int:
+    """The largest cap on ``widths`` (each kept at least its ``least``) whose total fits ``room``; 1 where none does."""
+    least = least or [1] * len(widths)
+    cap = max(widths, default=1)
+    while cap > 1 and sum(max(low, min(width, cap)) for width, low in zip(widths, least)) > room:
+        cap -= 1
+    return cap
 
 
 def say(text: str) -> None:

@@ -12,6 +12,7 @@ import typer
 
 from .._util.errors import SemlensError
 from ..interventions.correction import ACCURACY_TOLERANCE
+from ..model.imagenet import shown_class
 from ._app import (
     AsJson,
     Model,
@@ -99,12 +100,12 @@ def _show(result, summary: dict) -> None:
         (f"{part} {key}", *(None if values[key] is None else round(values[key], 4) for values in (result.before[part], result.after[part])))
         for part in ("clean", "artifact", "change") for key in result.before[part]
     ]  # fmt: skip
-    console.print(table(f"{result.method} correction of {result.class_name} ({summary['samples']} test images)", ("measure", "before", "after"), rows))
+    console.print(table(f"{result.method} correction of {shown_class(result.class_name)} ({summary['samples']} test images)", ("measure", "before", "after"), rows))
     settings = ", ".join(f"{key} {value}" for key, value in summary["settings"].items()) if isinstance(summary["settings"], dict) else summary["settings"]
     say(f"settings: {settings}; learnt in {summary['seconds']:.1f} s")
     change = result.before["change"].get("class_probability")
     if change is not None and change <= 0:
-        say(f"note: the artefact does not raise {result.class_name}'s probability on these images (change {change:.4f}): there was no "
+        say(f"note: the artefact does not raise {shown_class(result.class_name)}'s probability on these images (change {change:.4f}): there was no "
             "reliance on it to correct, and the correction changes the model all the same")
     if summary["saved"]:
         saved = summary["saved"]

@@ -38,7 +38,7 @@ def explain(
     if as_json:
         emit_json({**result.to_dict(), "files": files})
         return
-    odds = ", ".join(f"{entry['class']} {entry['probability']:.3f}" for entry in result.prediction)
+    odds = ", ".join(f"{shown_class(entry['class'])} {entry['probability']:.3f}" for entry in result.prediction)
     say(f"{result.image}: {odds}")
     say(f"explaining class {shown_class(result.class_name)} ({'predicted' if result.predicted else 'given'})")
     for explained in result.layers:

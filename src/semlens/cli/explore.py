@@ -13,6 +13,7 @@ from .._util.progress import step_bar
 from ..analysis.label import MIN_CONFIDENCE
 from ..lens.search import SearchResults
 from ..lens.sources import data_described
+from ..model.imagenet import shown_class
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, errors, friendly, labelled_to_show, open_lens, parent_made, rounded, say, say_if_left_out, table
 from .validate import ConceptArtifact, ConceptAt, ConceptMask, ConceptTint, SpuriousData, TestAll, TestData, concept_test
 
@@ -167,7 +168,7 @@ def relevant(
         emit_json([unit.to_dict() for unit in units])
         return
     rows = [(unit.unit, *(f"{round(share, 4) + 0.0:.4f}" for share in (unit.mean_share, unit.max_share)), unit.label or "") for unit in units]  # + 0.0: no "-0.0000"
-    name = opened.classes[opened.units.class_index(class_name)] if opened.classes else class_name
+    name = shown_class(opened.classes[opened.units.class_index(class_name)]) if opened.classes else class_name
     console.print(table(f"units most relevant for class {name}", ("unit", "mean share", "max share", "label"), rows))
 
 

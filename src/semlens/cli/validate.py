@@ -109,7 +109,7 @@ def audit(
             emit_json([result.to_dict() for result in audits])
             return
         kinds = ("valid", "spurious", "both", "unexpected", "spurious_or_both")
-        rows = [(a.class_name, len(a.units), *(round(a.shares[v], 3) for v in kinds)) for a in audits]
+        rows = [(shown_class(a.class_name), len(a.units), *(round(a.shares[v], 3) for v in kinds)) for a in audits]
         console.print(table("classes ranked by spurious-or-both share", ("class", "relevant units", *kinds), rows))
         return
     class_name = class_name or settings.get("class")

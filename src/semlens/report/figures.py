@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..analysis.label import LEFT_OUT
+from ..model.imagenet import shown_class
 
 TILE = 128
 HEAT_COLOUR = (255, 32, 0)
@@ -253,5 +254,5 @@ def graph_figure(graph):
             },
         )
     )
-    figure.update_layout(title=f"attribution graph of class {html.escape(graph.class_name)}")
+    figure.update_layout(title=f"attribution graph of class {html.escape(shown_class(graph.class_name))}")
     return figure

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..lens.lens import Lens
 from ..lens.sources import data_described
+from ..model.imagenet import shown_class
 from .figures import dissection_figure, firing_picture, heat_overlay, overview_figure
 from .sections import audit_section, audit_summary, comparison_section, flagged_units, graph_section, location_words
 
@@ -266,7 +267,7 @@ def audit_figure(lens: Lens, audit, thumbnails: bool = True):
     for offset in (-rule.margin, rule.margin):
         figure.add_shape(type="line", x0=rule.z, y0=rule.z + offset, x1=rule.z + reach, y1=rule.z + reach + offset, line={"dash": "dash", "color": "lightgray"})
     figure.update_layout(
-        title=f"audit of class {html.escape(audit.class_name)}",
+        title=f"audit of class {html.escape(shown_class(audit.class_name))}",
         xaxis_title="alignment with valid concepts (z against the unit's layer)",
         yaxis_title="alignment with spurious concepts (z)",
     )
@@ -292,9 +293,9 @@ def write_audit_html(lens: Lens, audit, out: str | Path) -> Path:
         for unit in audit.units
     )
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>audit: {html.escape(audit.class_name)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>audit: {html.escape(shown_class(audit.class_name))}</title>
 <style>{STYLE} #hovered img {{ width: 72px; margin: 2px; }} td {{ padding: 2px 10px; }}</style></head><body>
-<h1>Audit of class {html.escape(audit.class_name)}</h1>
+<h1>Audit of class {html.escape(shown_class(audit.class_name))}</h1>
 {audit_summary(audit)}
 {_figure_html(audit_figure(lens, audit), include_plotlyjs=True)}
 <div id="hovered"><i>hover a point to see the unit's concept examples</i></div>

@@ -21,6 +21,7 @@ from ..analysis.compare import Comparison
 from ..analysis.explain import ExplainedUnit, Explanation
 from ..lens.labels import Labelling
 from ..lens.search import SearchResults
+from ..model.imagenet import shown_class
 from .explain import explanation_overlays
 from .html import example_thumbnails, thumbnail
 from .sections import _names, audit_summary
@@ -131,7 +132,7 @@ def audit_html(audit: Audit) -> str:
         for unit in audit.units
     ]  # fmt: skip
     header = ["unit", "verdict", "relevance", "z valid", "z spurious", "by its responses", "concept examples"]
-    return f"<h4>Audit of class {_text(audit.class_name)}</h4>{audit_summary(audit)}{_table(header, rows)}{pictures.note()}"
+    return f"<h4>Audit of class {_text(shown_class(audit.class_name))}</h4>{audit_summary(audit)}{_table(header, rows)}{pictures.note()}"
 
 
 @renders_html(Explanation)
@@ -153,10 +154,10 @@ def explanation_html(explanation: Explanation) -> str:
         notes = f"inactive units: {layer.left_out:.1%}" + ("" if layer.sae_error is None else f"; SAE error term: {layer.sae_error:.1%}")
         layers.append(f"<h5>{_text(layer.layer)}</h5>{_table(header, rows)}<p><small>{notes}</small></p>")
     kind = "Predicted" if explanation.predicted else "Explained"
-    prediction = ", ".join(f"{entry['class']} {entry['probability']:.1%}" for entry in explanation.prediction)
+    prediction = ", ".join(f"{shown_class(entry['class'])} {entry['probability']:.1%}" for entry in explanation.prediction)
     view = "" if explanation.view is None else f'<img src="{thumbnail(explanation.view, 2 * SIZE)}">'
     return (
-        f"<h4>{kind} class {_text(explanation.class_name)} on {_text(explanation.image)}</h4>{view}"
+        f"<h4>{kind} class {_text(shown_class(explanation.class_name))} on {_text(explanation.image)}</h4>{view}"
         f"<p>most probable: {_text(prediction)}</p>{''.join(layers)}{pictures.note()}"
     )
 

@@ -12,6 +12,7 @@ import math
 from typing import TYPE_CHECKING
 
 from ..analysis.audit import VERDICTS
+from ..model.imagenet import shown_class
 from .figures import graph_figure, overlap_figure
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ aligned: z &gt; {rule.z:g}, the {html.escape(rule.to_dict()["null"])}; a one-sid
 def audit_section(audit: Audit, figure: str, flagged_rows: str) -> str:
     """One class's audit: concepts, rule, relevance by verdict, reliance, the scatter (``figure``, already
     HTML) and the flagged units with their concept examples (``flagged_rows``, already HTML)."""
-    return f"""<h2>Audit of class {html.escape(audit.class_name)}</h2>
+    return f"""<h2>Audit of class {html.escape(shown_class(audit.class_name))}</h2>
 {audit_summary(audit)}
 {figure}
 <h3>Flagged units (spurious or both)</h3>
@@ -129,7 +130,7 @@ how much of what A encodes B also encodes.{scale}</p>
 
 
 def graph_section(graph: AttributionGraph) -> str:
-    return f"<h2>Attribution graph of class {html.escape(graph.class_name)}</h2>\n{_plot(graph_figure(graph))}\n"
+    return f"<h2>Attribution graph of class {html.escape(shown_class(graph.class_name))}</h2>\n{_plot(graph_figure(graph))}\n"
 
 
 def location_words(test: dict) -> str:

@@ -117,6 +117,7 @@ class LensInfo(BaseModel):
     k: int
     layers: list[LayerInfo]
     classes: list[str]
+    class_titles: list[str] = Field(default_factory=list, description="The classes as pages show them: an ImageNet WordNet id with its name (`n01440764 (tench)`), any other name as it is.")
     seen_classes: list[int] = Field(default_factory=list, description="The classes (indices) the class-relevance data holds images of: those an audit can read.")
     labelled: bool
     label_coverage: dict[str, Any] | None = Field(
@@ -171,6 +172,7 @@ class ClassShare(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
     class_name: str = Field(alias="class")
+    title: str = Field(description="The class as pages show it: an ImageNet WordNet id with its name (`n01440764 (tench)`).")
     index: int
     max_share: float
     mean_share: float

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from .._util.errors import SemlensError
 from ..lens.examples import ConceptExample
 from ..lens.lens import Lens
+from ..model.imagenet import shown_class
 from ..store.files import LensFileError
 from ..store.trust import display_spec
 from .thumbnails import ThumbnailCache
@@ -168,7 +169,7 @@ class Served:
                 {"name": name, "units": info["units"], "signed": info["unit_names"] == "signed", "sae": info.get("sae")}
                 for name, info in lens.manifest["layers"].items()
             ],
-            "classes": lens.classes or [], "seen_classes": [] if relevance is None else relevance["seen_classes"].tolist(),
+            "classes": lens.classes or [], "class_titles": [shown_class(name) for name in lens.classes or []], "seen_classes": [] if relevance is None else relevance["seen_classes"].tolist(),
             "labelled": lens.labels.vocabulary is not None, "label_coverage": lens.labels.coverage(),
             "class_relevance": relevance is not None,
             "relevance_examples": lens.examples.has_relevance,

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from ..._util.errors import SemlensError
 from ...lens.audits import relevant_classes, sae_error_shares
+from ...model.imagenet import shown_class
 from ...store.files import LensFileError
 from ..common import IMAGE, ExampleSet, ExplorerDep, LayerName, LensKey, Rank, UnitName, example_out, finite, hits_out
 from ..schemas import Example, LensInfo, UnitPage
@@ -59,7 +60,7 @@ def unit_page(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: Unit
         else [example_out(served, name, example, "relevance") for example in by_relevance],
         "classes": [
             {
-                "class": title, "index": index, "max_share": finite(top), "mean_share": finite(mean),
+                "class": title, "title": shown_class(title), "index": index, "max_share": finite(top), "mean_share": finite(mean),
                 "sae_error": sae_error_shares(opened, index, [layer]).get(layer),
             }  # fmt: skip
             for title, index, top, mean in relevant_classes(opened, name)

@@ -158,11 +158,17 @@ const Semlens = (() => {
   // others (a 1000-class model's list would start at class 0, which the data may not show); and the one to choose by default.
   function classOptions(lens) {
     const seen = new Set(lens.seen_classes || []);
-    const option = (i) => [lens.classes[i], `${i}: ${lens.classes[i]}`];
+    const option = (i) => [lens.classes[i], `${i}: ${classTitle(lens, lens.classes[i])}`];
     const indices = lens.classes.map((_, i) => i);
     const first = indices.filter((i) => seen.has(i)).map(option), rest = indices.filter((i) => !seen.has(i)).map(option);
     const values = first.length && rest.length ? [...first, ["", "── classes without probe images ──", true], ...rest] : [...first, ...rest];
     return { values, chosen: params.get("class") || (first[0] || rest[0] || [""])[0] };
+  }
+
+  // A class as pages show it: an ImageNet WordNet id with its name (the server's class_titles), any other name as it is.
+  function classTitle(lens, name) {
+    const index = (lens.classes || []).indexOf(name);
+    return index >= 0 && lens.class_titles ? lens.class_titles[index] : String(name);
   }
 
   async function nav(active) {
@@ -197,5 +203,5 @@ const Semlens = (() => {
     api(image.src).catch((error) => status(`example images cannot be shown: ${error.message}`, true));
   }, true);
 
-  return { params, el, fill, api, status, run, lenses, currentLens, pageHref, unitHref, unitLink, thumbs, picture, unitCells, layerTitle, fmt, splitUnit, unitApi, preview, plot, options, classOptions, nav, download };
+  return { params, el, fill, api, status, run, lenses, currentLens, pageHref, unitHref, unitLink, thumbs, picture, unitCells, layerTitle, fmt, splitUnit, unitApi, preview, plot, options, classOptions, classTitle, nav, download };
 })();

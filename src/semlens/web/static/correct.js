@@ -2,7 +2,7 @@
 "use strict";
 
 (async () => {
-  const { el, fill, api, run, nav, currentLens, params, options, classOptions, fmt, download } = Semlens;
+  const { el, fill, api, run, nav, currentLens, params, options, classOptions, classTitle, fmt, download } = Semlens;
   await nav("correct");
   const lens = await run("loading…", currentLens);
   if (!lens) return;
@@ -39,7 +39,7 @@
     field("export").disabled = false;
     const settings = Object.entries(answer.settings).filter(([key]) => key !== "layer_trials").map(([key, value]) => `${key} ${JSON.stringify(value)}`);
     fill(field("summary"),
-      el("span", {}, `artefact effect on ${answer.class}: ${fmt(answer.artifact_effect[0])} → ${fmt(answer.artifact_effect[1])}`),
+      el("span", {}, `artefact effect on ${classTitle(lens, answer.class)}: ${fmt(answer.artifact_effect[0])} → ${fmt(answer.artifact_effect[1])}`),
       el("span", {}, `clean accuracy ${fmt(answer.clean_accuracy[0])} → ${fmt(answer.clean_accuracy[1])}`),
       el("span", {}, `${answer.samples} test images, learnt in ${answer.seconds} s`),
       el("span", {}, settings.join(", ")));

@@ -3,7 +3,7 @@
 "use strict";
 
 (async () => {
-  const { el, fill, api, run, nav, currentLens, params, options, classOptions, unitLink, thumbs, fmt } = Semlens;
+  const { el, fill, api, run, nav, currentLens, params, options, classOptions, classTitle, unitLink, thumbs, fmt } = Semlens;
   await nav("explain");
   const lens = await run("loading…", currentLens);
   if (!lens) return;
@@ -30,11 +30,11 @@
   }
 
   function show(explained) {
-    const odds = explained.prediction.map((entry) => `${entry.class} ${fmt(entry.probability)}`).join(" · ");
+    const odds = explained.prediction.map((entry) => `${classTitle(lens, entry.class)} ${fmt(entry.probability)}`).join(" · ");
     fill(result,
       el("div", { class: "explain-head" }, el("img", { src: explained.view, alt: explained.image, width: 192, height: 192, class: "overlay" }),
         el("div", {}, el("p", {}, explained.image), el("p", {}, `prediction: ${odds}`),
-          el("p", {}, `explaining class `, el("b", {}, explained.class), explained.predicted ? " (predicted)" : " (given)"))),
+          el("p", {}, `explaining class `, el("b", {}, classTitle(lens, explained.class)), explained.predicted ? " (predicted)" : " (given)"))),
       explained.layers.map((layer) => [
         el("h2", {}, layer.layer),
         el("p", { class: "muted" }, `relevance ${fmt(layer.relevance, 4)} · left out (inactive units) ${fmt(layer.left_out)}`,
@@ -48,7 +48,7 @@
             return row;
           }))) : el("p", {}, el("i", { class: "muted" }, layer.left_out ? "here the class's relevance lies on inactive units" : "no unit of this layer carried relevance for the class")),
         // Units with negative shares spoke against the class; their overlays show where.
-        layer.against.length ? [el("h3", {}, `against ${explained.class}`),
+        layer.against.length ? [el("h3", {}, `against ${classTitle(lens, explained.class)}`),
           el("table", { class: "against" }, el("tr", {}, ["concept", "where", "unit", "share", "concept examples"].map((name) => el("th", {}, name))),
             layer.against.map((unit) => { const row = unitRow(unit); row.prepend(el("td", {}, unit.label || el("i", { class: "muted" }, "no concept"))); return row; }))] : null,
       ]));

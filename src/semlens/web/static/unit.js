@@ -74,7 +74,7 @@ const HEATMAPS_SHOWN = 6;
   const classes = data.classes.length
     ? el("table", { id: "classes" }, el("tr", {}, el("th", {}, "class"), el("th", { class: "num" }, "max share"), el("th", { class: "num" }, "mean share"),
         errorTerm ? el("th", { class: "num", title: "the layer's share carried by the SAE error term (mean)" }, "SAE error term") : null, el("th", {}, "")),
-        data.classes.map((c) => el("tr", {}, el("td", {}, c.class), el("td", { class: "num" }, fmt(c.max_share)), el("td", { class: "num" }, fmt(c.mean_share)),
+        data.classes.map((c) => el("tr", {}, el("td", {}, c.title), el("td", { class: "num" }, fmt(c.max_share)), el("td", { class: "num" }, fmt(c.mean_share)),
           errorTerm ? el("td", { class: "num" }, fmt(c.sae_error)) : null,
           el("td", {}, el("a", { href: pageHref("audit", { class: c.class }) }, "audit"), " · ", el("a", { href: pageHref("graph", { class: c.class }) }, "graph")))))
     : el("p", { class: "muted" }, "no class relevance in this Lens");
