@@ -39,11 +39,16 @@ from dataclasses import dataclass, field
 import torch
 
 from .._util.display import HtmlResult
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, asked, in_python
 from .alignment import robust_null
 
 VERDICTS = ("valid", "spurious", "both", "unexpected")
 FLAGGED = ("spurious", "both")
+#: what ``Audit.advice`` says, in each face's words (the command line prints ``on_the_command_line`` of it)
+TEST_ALL_ADVICE = (
+    "the class relies on the concept, but no flagged unit is confirmed: test every relevant unit "
+    f"({asked('audit(..., test_all=True)', '--test-all')})"
+)
 AUDIT_CUT = 0.028  # the paper's example: units with more than 2.8 % of a layer's relevance
 #: the paper's cut holds for layers of up to this many channels; a wider layer's default cut falls in proportion,
 #: as its relevance spreads over more channels (2.8 % is 1.8 times the even share of 64 channels, and stays 1.8
@@ -338,7 +343,7 @@ class Audit(HtmlResult):
         do not align with the concept, which only testing every relevant unit finds; else None."""
         if not (self.reliance and self.reliance["relies"]) or self.confirmed or all(unit.test is not None for unit in self.units):
             return None
-        return "the class relies on the concept, but no flagged unit is confirmed: test every relevant unit (audit(..., test_all=True), --test-all)"
+        return in_python(TEST_ALL_ADVICE)
 
     def __repr__(self) -> str:
         """Outside a notebook: the question and its answer in a line (the dataclass's repr was every unit's every field)."""

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, on_the_command_line
+from ..analysis.audit import TEST_ALL_ADVICE
 from ..lens.audits import pruning_effect
 from ..model.imagenet import shown_class
 from ._app import (
@@ -180,7 +181,7 @@ def audit(
         if test_all:
             say(f"not flagged, but the reliance runs through them (the concept test alone): {', '.join(result.carriers) or 'none'}")
         elif result.advice:
-            say(result.advice)
+            say(on_the_command_line(TEST_ALL_ADVICE))
         if r["relies"]:
             say(f"detect the concept (raised by it more than by the class, where it is; flagged or not): {', '.join(result.detectors) or 'none'}")
     if result.small_nulls:

@@ -232,7 +232,7 @@ def held_out_split(targets: torch.Tensor, names: Sequence[str], seed: int = 0) -
     if scarce:
         raise SemlensError(
             f"{_named(scarce, names)} {'has' if len(scarce) == 1 else 'have'} a single labelled image; the held-out split puts half of each class's images "
-            "on each side, so each class needs at least 2 (or give the test images with --data)"
+            f"on each side, so each class needs at least 2 (or give the test images: {asked('data=...', '--data')})"
         )
     learn, test = train_test_split(range(len(targets)), test_size=0.5, random_state=seed, stratify=targets.numpy())
     return sorted(learn), sorted(test)

@@ -12,7 +12,7 @@ import torch
 
 from .._util.allocator import freed_memory_kept
 from .._util.display import made_by
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, asked
 from ..analysis.alignment import alignment
 from ..model.imagenet import readable_class
 from .arrays import recorded_placements
@@ -125,7 +125,7 @@ def audit(
     index = lens.units.class_index(class_name)
     if not (valid or valid_images):  # as audit_classes does: the class's own name is what its units should show
         if not lens.classes:
-            raise SemlensError("an audit needs a valid concept (text or image), and this model's classes have no names to take it from: give one (valid=[...], command line: --valid)")
+            raise SemlensError(f"an audit needs a valid concept (text or image), and this model's classes have no names to take it from: give one ({asked('valid=[...]', '--valid')})")
         valid = [readable_class(lens.classes[index])]
     _seen_class(lens, index, class_name, lens.arrays.class_relevance(chosen[-1]))
     theta = torch.cat([lens.arrays.theta(layer) for layer in chosen])
@@ -164,12 +164,12 @@ def _why_no_class_relevance(lens: Lens, layer: str) -> str:
     """Why a layer has no class relevance, and what would give it some: a rebuild with it on only where it was off."""
     left_out = lens.manifest.get("relevance", {}).get("left_out", {}).get(layer)
     if left_out:
-        return f"{left_out}; audit the other layers (layers=[...], --layer)"
+        return f"{left_out}; audit the other layers ({asked('layers=[...]', '--layer')})"
     skipped = lens.manifest["stages"].get("relevance", {}).get("skipped")
     if skipped:
         return f"{skipped}; an audit needs LRP relevance (docs/lrp.md says what it supports)"
     if not lens.manifest.get("identity", {}).get("relevance", {}).get("enabled", True):
-        return "the Lens was built with class relevance off; build it again with it on (class_relevance=True, the default; command line: drop --no-class-relevance)"
+        return f"the Lens was built with class relevance off; build it again with it on ({asked('class_relevance=True, the default', 'drop --no-class-relevance')})"
     return "class relevance was not computed (an interrupted build?); run the same build again to finish it"
 
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .._util.display import HtmlResult, made_by
-from .._util.errors import SemlensError, warn_caller
+from .._util.errors import SemlensError, asked, warn_caller
 from .arrays import recorded_placements
 from .concepts import recall
 from .index import UnitTable, open_index, probe_direction, top_positions
@@ -283,7 +283,7 @@ def _concept_views(lens: Lens, images: list[Image.Image], preprocessing: Preproc
     as ``probe`` pastes it for the foundation model), else the image itself."""
     backgrounds = probe_backgrounds(lens)
     if not backgrounds:
-        raise SemlensError("ranking by the model's response compares the concept images with the Lens's probe images, which cannot be read: give the probe data (probe_data=..., --probe-data)")
+        raise SemlensError(f"ranking by the model's response compares the concept images with the Lens's probe images, which cannot be read: give the probe data ({asked('data=...', '--probe-data')})")
     shown: list[Image.Image] = []
     regions: list[torch.Tensor] = []  # one per shown image where the image is an overlay
     for image in images:

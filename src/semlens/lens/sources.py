@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from .._util.errors import SemlensError, warn_caller
+from .._util.errors import SemlensError, asked, warn_caller
 from .._util.specs import IN_MEMORY, split_spec
 from ..store.trust import LensAccess, UntrustedSpecError, check_spec
 
@@ -36,14 +36,14 @@ class LensSources:
         from ..data import load_data
 
         recorded = self.manifest["identity"]["data"]
-        spec = self.access.data_spec() or check_spec(recorded["spec"], "probe data", self.trusted, "data=FOLDER, --probe-data FOLDER")
+        spec = self.access.data_spec() or check_spec(recorded["spec"], "probe data", self.trusted, asked("data=FOLDER", "--probe-data FOLDER"))
         data = load_data(spec)
         found = data.fingerprint()
         if found != recorded["fingerprint"]:
             raise SemlensError(
                 f"the probe data {data.spec} ({len(data)} samples) is not what this Lens was built from (fingerprint {found}, "
                 f"recorded {recorded['fingerprint']}): its concept examples would show the wrong images. "
-                "Give the data the Lens was built from (data=..., --probe-data)"
+                f"Give the data the Lens was built from ({asked('data=...', '--probe-data')})"
             )
         return data
 
@@ -54,7 +54,7 @@ class LensSources:
 
         recorded = self.manifest["foundation"] if space is None else self.manifest["spaces"][space]
         if space is None:
-            spec = self.access.foundation or check_spec(recorded["spec"], "foundation model", self.trusted, "foundation=SPEC, --foundation")
+            spec = self.access.foundation or check_spec(recorded["spec"], "foundation model", self.trusted, asked("foundation=SPEC", "--foundation SPEC"))
         else:
             spec = next((model for model in self.access.extra_foundations if model.id == recorded["id"]), None) or self._space_spec(space, recorded)
         model = shared_foundation_model(spec)
@@ -62,7 +62,7 @@ class LensSources:
             raise SemlensError(
                 f"foundation model {f'{spec} now loads as {model.id}' if isinstance(spec, str) else model.id}, which is not the one this Lens "
                 f"was embedded with ({recorded['id']}): another model, or changed weights, whose probes would not match the stored "
-                "embeddings; give that one (foundation=..., --foundation)"
+                f"embeddings; give that one ({asked('foundation=...', '--foundation')})"
             )
         return model
 
@@ -88,7 +88,7 @@ class LensSources:
         if isinstance(given, nn.Module):  # a bare module (a notebook's): with the preprocessing the Lens was built with
             self._held_model = self._held_model or load_model(given, built)
             given = self._held_model
-        model = self.checked(load_model(given or check_spec(recorded["spec"], "model", self.trusted, "model=SPEC, --model")))
+        model = self.checked(load_model(given or check_spec(recorded["spec"], "model", self.trusted, asked("model=SPEC", "--model SPEC"))))
         if model.preprocessing.described() != built.described():  # a py: factory's bare module takes ImageNet's
             warn_caller(
                 f"model {model.spec}: its preprocessing ({model.preprocessing.described()}) is not the one this Lens was built "
@@ -137,7 +137,7 @@ class LensSources:
             if not self.trusted:
                 raise UntrustedSpecError(
                     f"layer {layer} of this Lens is read through the SAE file {path!r}; a Lens received from someone "
-                    "else never makes semlens read files it names. If you trust it, pass trust=True (command line: --trust)"
+                    f"else never makes semlens read files it names. If you trust it, pass {asked('trust=True', '--trust')}"
                 )
             recorded = next(entry["sae"] for entry in self.manifest["identity"]["layers"] if entry["name"] == layer)
             try:

@@ -13,7 +13,7 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, asked
 from ..store.files import LensStore, layer_file
 from ..store.trust import UntrustedSpecError, is_trusted
 from .builder import LensBuilder
@@ -94,7 +94,7 @@ def merge_shards(
     if untrusted and not trust:
         raise UntrustedSpecError(
             f"merging follows the specs the shards record (model, data, foundation models), and {', '.join(untrusted)} "
-            "was not built on this machine; if you trust its builder, pass trust=True (command line: --trust)"
+            f"was not built on this machine; if you trust its builder, pass {asked('trust=True', '--trust')}"
         )
     _check_parts(stores, manifests)
     recorded = {**manifests[0]["settings"], "shard": None}

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._util.cache import cache_dir
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, asked
 from .._util.fingerprint import hash_json
 from .._util.specs import folder_or_spec, split_spec
 from .files import atomic_write
@@ -184,7 +184,7 @@ def check_spec(spec: str, what: str, trusted: bool, option: str) -> str:
         raise UntrustedSpecError(
             f"this Lens names its {what} as {spec!r}, which {risk}; a Lens this user's trust file does not list "
             f"(received from someone else, or built by an earlier semlens, which recorded fewer of its specs there) never does that "
-            f"by itself. Name the {what} yourself ({option}) or, if you trust this Lens, pass trust=True (command "
-            "line: --trust), or trust it from now on with `semlens trust LENS`"
+            f"by itself. Name the {what} yourself ({option}) or, if you trust this Lens, pass {asked('trust=True', '--trust')}, or trust "
+            "it from now on with `semlens trust LENS`"
         )
     return spec

@@ -26,7 +26,7 @@ from ..lens.lens import Lens
 from ..store.files import LensFileError
 from .routes import audit, clusters, compare, correct, explain, maps, search, spaces, units
 from .schemas import Problem
-from .state import Explorer, NotFound
+from .state import Explorer, NotFound, said
 
 STATIC = Path(__file__).parent / "static"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
@@ -106,7 +106,7 @@ def create_app(
         """The error in one line, without paths of this machine; a damaged file marks its Lens as damaged."""
         if isinstance(error, LensFileError):
             explorer.found_damaged(error)
-        return JSONResponse({"detail": explorer.public(str(error))}, status_code=404 if isinstance(error, NotFound) else 400)
+        return JSONResponse({"detail": explorer.public(said(error))}, status_code=404 if isinstance(error, NotFound) else 400)
 
     for routes in (units, clusters, search, maps, audit, compare, explain, correct, spaces):
         app.include_router(routes.router)

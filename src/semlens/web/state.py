@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .._util.errors import SemlensError
+from .._util.errors import AskedInEachFace, SemlensError
 from ..lens.examples import ConceptExample
 from ..lens.lens import Lens
 from ..model.imagenet import shown_class
@@ -78,7 +78,7 @@ class Served:
         try:
             self.lens.sources.probe_data  # noqa: B018 (loaded, checked against its fingerprint, kept)
         except SemlensError as error:
-            return str(error)
+            return said(error)
         return None
 
     def remember(self, key: Hashable, compute: Callable[[], Any]) -> Any:
@@ -114,7 +114,7 @@ class Served:
         except NotFound:
             raise
         except SemlensError as error:
-            raise NotFound(str(error)) from None
+            raise NotFound(said(error)) from None
 
     def example(self, unit: str, rank: int, examples: str = "activation") -> ConceptExample:
         """The unit's concept example of ``rank`` in a set (``activation`` or ``relevance``)."""
@@ -178,6 +178,11 @@ class Served:
         }  # fmt: skip
 
 
+def said(error: BaseException) -> str:
+    """An error as the explorer says it: what to pass in the command line's words, as `semlens serve` started it."""
+    return error.on_the_command_line() if isinstance(error, AskedInEachFace) else str(error)
+
+
 class Explorer:
     """The served Lenses, addressed by index (``0``) or directory name (``world.lens``). Each fails alone: one that
     cannot be opened (``opener`` raises a SemlensError) is served as damaged, listed with why, and its neighbours answer."""
@@ -197,7 +202,7 @@ class Explorer:
             try:
                 lens = given if isinstance(given, Lens) else opener(path)
             except SemlensError as error:
-                self.served[-1].damaged = self.public(str(error))
+                self.served[-1].damaged = self.public(said(error))
                 continue
             self.served[-1] = Served(index, name, lens, path)
         if all(served.lens is None for served in self.served):
@@ -214,7 +219,7 @@ class Explorer:
         """Mark the Lens an error was found in as damaged (the list of Lenses shows it; similar units skip it)."""
         for served in self.served:
             if served.path == error.lens:
-                served.damaged = self.public(str(error))
+                served.damaged = self.public(said(error))
 
     def get(self, key: str) -> Served:
         for served in self.served:

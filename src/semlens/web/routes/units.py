@@ -14,7 +14,7 @@ from ...model.imagenet import shown_class
 from ...store.files import LensFileError
 from ..common import IMAGE, ExampleSet, ExplorerDep, LayerName, LensKey, Rank, UnitName, example_out, finite, hits_out
 from ..schemas import Example, LensInfo, UnitPage
-from ..state import Explorer, NotFound, Served
+from ..state import Explorer, NotFound, Served, said
 from ..thumbnails import KINDS
 
 SIMILAR = 8  # similar units shown per served Lens
@@ -84,7 +84,7 @@ def similar_in(explorer: Explorer, other: Served, source: Served, unit: str) -> 
             raise
         if isinstance(error, LensFileError):
             explorer.found_damaged(error)
-        return {**entry, "note": f"this Lens cannot answer: {explorer.public(str(error))}"}
+        return {**entry, "note": f"this Lens cannot answer: {explorer.public(said(error))}"}
 
 
 @router.get(
