@@ -358,9 +358,11 @@ def test_a_notebook_build_says_how_many_samples_could_not_be_read_and_why(tmp_pa
 
 
 def test_help_names_values_as_the_command_line_takes_them() -> None:
-    """A flag takes no value and a repeatable option one value per use: typer 0.29 wrote ``--json <bool>`` and
-    ``--class <list[str]>``."""
-    for command in ("report", "audit", "run"):
+    """A flag takes no value and a repeatable option or argument one value per use: typer 0.29 wrote ``--json <bool>``,
+    ``--class <list[str]>``, ``query... <list[str]>`` and ``--top <int range> [x>=1]``."""
+    for command in ("report", "audit", "run", "search"):
         shown = runner.invoke(app, [command, "--help"], terminal_width=160).output
         assert "--json" in shown or "--overwrite" in shown
-        assert "<bool>" not in shown and "<list[" not in shown, shown
+        assert "<bool>" not in shown and "<list[" not in shown and " range>" not in shown, shown
+    shown = runner.invoke(app, ["search", "--help"], terminal_width=160).output
+    assert "query...  " in shown and "<int> [x>=1]" in shown, shown

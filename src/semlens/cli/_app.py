@@ -32,8 +32,8 @@ warnings.formatwarning = one_line_warning
 
 class Commands(typer.core.TyperGroup):
     """The commands, their help written as the command line reads: typer 0.29 shows a flag's Python type
-    (``--json <bool>``, where a flag takes no value) and a repeatable option's (``<list[str]>``, where each use
-    takes one ``<str>``)."""
+    (``--json <bool>``, where a flag takes no value), a repeatable option's or argument's (``<list[str]>``, where each
+    value is one ``<str>``) and a bounded number's as ``<int range>`` (its bounds follow in brackets)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -55,18 +55,27 @@ def help_option_of(made: Callable) -> Callable:
 
 def written_as_the_command_line_reads(param: Any) -> Any:
     """``param`` with its value named as the command line takes it (typer before 0.29 names it so itself)."""
-    if param.metavar is None and hasattr(param, "display_type"):
-        param.metavar = command_line_type(param)
+    if param.metavar is not None or not hasattr(param, "display_type"):
+        return param
+    shown = command_line_type(param)
+    if isinstance(param, typer.core.TyperArgument):  # typer shows an argument's type apart from its metavar (its name)
+        if shown is not None:
+            param.display_type_rich = lambda ctx: shown
+    else:
+        param.metavar = shown
     return param
 
 
 def command_line_type(param: Any) -> str | None:
-    """What a value of ``param`` is called in help: nothing for a flag, one element's type for a repeatable option."""
+    """What a value of ``param`` is called in help: nothing for a flag, one element's type where it takes several
+    values, a bounded number's type (``<int>``: the bounds are shown beside it); None where typer's name stands."""
     if getattr(param, "is_flag", False):
         return ""
-    if getattr(param, "multiple", False):
-        shown = param.display_type(None)
+    shown = param.display_type(None)
+    if getattr(param, "multiple", False) or param.nargs != 1:
         return f"<{shown[len('<list['):-len(']>')].lower()}>" if shown.startswith("<list[") else shown
+    if param.type_descriptor.is_ranged:
+        return f"<{param.type_descriptor.ranged_type_name}>"
     return None
 
 
