@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from semlens import load_model
@@ -159,3 +160,18 @@ def test_a_py_spec_finds_a_module_in_the_working_directory_as_python_m_would(tmp
     with pytest.raises(SpecError, match="cannot import module 'semlens_no_such_model'.*or in the working directory"):
         load_model("py:semlens_no_such_model:net")
     sys.modules.pop("semlens_cwd_model", None)
+
+
+def test_a_timm_model_object_takes_the_preprocessing_its_pretrained_cfg_names() -> None:
+    """A notebook's timm ViT normalises with mean 0.5: ImageNet's statistics would shift every view it sees."""
+    timm = pytest.importorskip("timm")
+    from semlens._util.errors import SemlensWarning
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3)
+    with pytest.warns(SemlensWarning, match="pretrained_cfg's"):
+        loaded = load_model(vit)
+    assert (loaded.preprocessing.input_size, loaded.preprocessing.mean) == (224, (0.5, 0.5, 0.5))
+    assert loaded.preprocessing.resize == round(224 / vit.pretrained_cfg["crop_pct"]) == 249
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    with pytest.warns(SemlensWarning, match="ImageNet's"):
+        assert load_model(plain).preprocessing.input_size == 224
