@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import json
 import re
 import warnings
@@ -227,6 +229,20 @@ def test_k_larger_than_the_data_is_lowered_to_it(tmp_path, colour_folder) -> Non
     builder = LensBuilder(config, tmp_path / "x", progress=False)
     assert builder.config.k == 30 and builder.identity["collect"]["k"] == 30  # no slot that no sample can fill
     assert "k = 30 instead of 500: the data has only 30 samples" in builder.summary().fallbacks
+
+
+def test_a_second_build_into_a_folder_a_build_is_writing_is_refused_until_it_ends(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    """Two builds into one folder (a notebook cell run again while a terminal build runs) would interleave their
+    files: the second is refused at once, saying why; once the first ends, or fails, the folder builds again."""
+    config = BuildConfig(model="py:tiny_models:tiny_cnn", layers=["head"], data=f"folder:{colour_folder}", foundation=f"hf:{tiny_clip_dir}", k=3, workers=0)
+    first = LensBuilder(config, tmp_path / "x", progress=False)
+    with pytest.raises(SemlensError, match="another build is writing .*x right now"):
+        LensBuilder(config, tmp_path / "x", progress=False)
+    first.run()
+    assert LensBuilder(config, tmp_path / "x", progress=False).run().reused  # the lock went with the first build
+    with pytest.raises(SemlensError, match="built from other inputs"):  # a failed start gives the lock back too
+        LensBuilder(BuildConfig(**{**asdict(config), "k": 4}), tmp_path / "x", progress=False)
+    assert LensBuilder(config, tmp_path / "x", progress=False).run().reused
 
 
 def test_a_bad_foundation_spec_or_empty_data_is_refused_before_any_pass(tmp_path, colour_folder) -> None:

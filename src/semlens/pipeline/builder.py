@@ -29,6 +29,7 @@ from ..foundation import FOUNDATION_MODELS, FoundationModel
 from ..model.loading import LoadedModel, load_model
 from ..model.logits import example_batch
 from ..model.units import LayerSpec, resolve_module
+from ..store.build_lock import BuildLock
 from ..store.files import FORMAT, FORMAT_VERSION, LensStore
 from ..store.slots import crop_rules
 from ..store.trust import LensAccess, new_build_id, remember_trusted
@@ -73,6 +74,7 @@ class LensBuilder:
         self.ranks = Ranks()
         self.store = LensStore(out)
         self.store.check_folder()  # before the model and data load: a file in the Lens's place fails at once
+        self.lock = BuildLock(self.store.root)
         device = self.ranks.place(pick_device(config.device))
         autocast = autocast_dtype(config.precision, device)
         shard = Shard.parse(config.shard) if config.shard else None
@@ -100,7 +102,13 @@ class LensBuilder:
             foundation=foundation,
         )
         self.context.identity = json.loads(json.dumps(self._identity()))  # compare as stored: tuples become lists
-        self.context.manifest = self.ranks.on_main(lambda: self._open_manifest(overwrite))
+        if self.ranks.is_main:  # rank 0 writes the Lens
+            self.lock.acquire()
+        try:
+            self.context.manifest = self.ranks.on_main(lambda: self._open_manifest(overwrite))
+        except BaseException:
+            self.lock.release()
+            raise
         self.collect_stage = CollectStage(self.context)
         self.embed_stage = EmbedStage(self.context, CropStage(self.context))
         self.stages: list[Stage] = [self.collect_stage]
@@ -218,13 +226,16 @@ class LensBuilder:
         (``freed_memory_kept``: a stage's loader workers are forked from a process that holds only what it needs);
         then the summary."""
         reused = [stage.name for stage in self.stages if self.stage_done(stage.name)]
-        for stage in self.stages:
-            with freed_memory_kept(), out_of_memory_advice(stage.name, self._memory_advice(stage.name)):
-                stage.run()
-        if self.context.shard is None and self.ranks.is_main:
-            self._seal()
-        elif self.ranks.is_main:  # a shard built here: `semlens merge` may follow its specs (store.trust)
-            remember_trusted(self.manifest)
+        try:
+            for stage in self.stages:
+                with freed_memory_kept(), out_of_memory_advice(stage.name, self._memory_advice(stage.name)):
+                    stage.run()
+            if self.context.shard is None and self.ranks.is_main:
+                self._seal()
+            elif self.ranks.is_main:  # a shard built here: `semlens merge` may follow its specs (store.trust)
+                remember_trusted(self.manifest)
+        finally:
+            self.lock.release()
         summary = self.summary()
         summary.reused = reused
         self.ranks.finish(leave=self.joined_group)
