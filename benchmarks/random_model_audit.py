@@ -2,7 +2,8 @@
 last: a new-user trial saw spurious shares 0.00, 0.61 and 0.55 for one such audit after labelling with the default
 vocabulary, nine words and two words. Builds a random CNN's Lens on the concept world's probe images (a model object,
 as from a notebook) with each offline foundation model, labels it with each vocabulary in turn and audits "star" for
-the watermark after each. Usage: ``python benchmarks/random_model_audit.py [OUT]`` (about a minute per foundation
+the watermark after each; also how many units show a label (a model that learnt nothing has no concepts to name).
+Usage: ``python benchmarks/random_model_audit.py [OUT]`` (about a minute per foundation
 model on 2 CPU cores)."""
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ def main(out: Path) -> None:
                 lens.label(vocabulary)
             audit = lens.audit("star", spurious=["watermark"])
             shown = "as built" if vocabulary is None else vocabulary if isinstance(vocabulary, str) else f"{len(vocabulary)} words"
-            print(f"{foundation}, labelled with {shown}: spurious share {audit.spurious_share:.2f}, {len(audit.flagged)} flagged")
+            lens.labels.ensure(save=False)  # as built: the default vocabulary's labels, as every face shows them
+            coverage = lens.labels.coverage()["all"]
+            print(f"{foundation}, labelled with {shown}: spurious share {audit.spurious_share:.2f}, {len(audit.flagged)} flagged; "
+                  f"labels shown on {coverage['labelled']} of {coverage['valid_units']} valid units (median confidence "
+                  f"{coverage['median_confidence'] or float('nan'):.2f})")
 
 
 if __name__ == "__main__":

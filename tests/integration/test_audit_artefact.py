@@ -139,7 +139,7 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     shown = runner.invoke(app, [str(arg) for arg in wrong] + ["--test-data", f"folder:{setting / 'others'}", "--artifact", str(setting / "watermark.png"), "--at", "1,1", "--test-all"])
     assert f"detect the concept (raised by it more than by the class, where it is; flagged or not): {', '.join(detecting)}" in " ".join(shown.output.split())
     hinted = runner.invoke(app, [str(arg) for arg in wrong] + ["--test-data", f"folder:{setting / 'others'}", "--artifact", str(setting / "watermark.png"), "--at", "1,1"])
-    assert "no flagged unit is confirmed: test every relevant unit (audit(..., test_all=True), --test-all)" in " ".join(hinted.output.split())  # without --test-all, the hint
+    assert "no flagged unit is confirmed: test every relevant unit (--test-all)" in " ".join(hinted.output.split())  # without --test-all, the hint
     # the location bar is set by every examined unit, tested or not: testing the flagged ones only gives them the same bar
     bars = {unit["unit"]: unit["test"]["located_bar"] for unit in carried["units"]}
     assert all(unit["test"]["located_bar"] == bars[unit["unit"]] for unit in spurious)

@@ -137,7 +137,7 @@ def test_analyses_take_either_example_set(built: Lens) -> None:
     assert hits and all(built.examples.valid(hit.layer, "relevance")[hit.index] for hit in hits)
     labelled = built.label(examples="relevance")
     assert set(labelled) == set(built.layers)
-    assert built.labels.vocabulary is None  # labels by relevance examples are returned, never stored
+    assert Lens.open(built.path).labels.vocabulary is None  # labels by relevance examples are returned, never stored
     with pytest.raises(SemlensError, match="activation, relevance"):
         built.examples.concept_examples("features.3/1", by="gradient")
 

@@ -69,8 +69,9 @@ def unit_rows(lens: Lens) -> list[str]:
 def test_tables_read_back_to_what_the_lens_answers(lens_path, tmp_path, format) -> None:
     lens = Lens.open(lens_path)
     result = export_lens(lens, tmp_path / "out", format)
-    assert set(result.files) == {"units", "examples", "theta_units", "theta"}  # no labels before label()
-    assert not (tmp_path / "out" / f"labels.{format}").exists()
+    # not labelled yet: the default vocabulary's labels, as every face shows them, held in memory, not stored
+    assert set(result.files) == {"units", "examples", "theta_units", "theta", "labels"}
+    assert lens.labels.vocabulary.name == lens.embedding.default_vocabulary.name and Lens.open(lens_path).labels.vocabulary is None
     assert all(path.is_file() and path.parent == result.directory for path in result.files.values())
     assert result.to_dict()["files"]["units"] == str(tmp_path.resolve() / "out" / f"units.{format}")
 
@@ -80,7 +81,7 @@ def test_tables_read_back_to_what_the_lens_answers(lens_path, tmp_path, format) 
         rows = [row for row in units if row["layer"] == layer]
         assert [row["index"] for row in rows] == list(range(len(lens.units(layer))))
         assert [row["inactive"] for row in rows] == lens.arrays.inactive(layer).tolist()
-        assert all(row["label"] is None and row["label_alignment"] is None for row in rows)
+        assert [row["label"] for row in rows] == lens.labels.shown(layer)
         for measure, values in lens.measures(layer).items():
             expected = [None if math.isnan(value) else value for value in values.tolist()]
             assert [row[measure] for row in rows] == pytest.approx(expected)

@@ -230,7 +230,7 @@ def test_the_sae_is_read_only_for_a_trusted_lens_and_only_while_unchanged(sae_le
         config.write_text(original)
     assert Lens.open(lens.path, trust=True).sources.sae_files([LAYER, "features.1"]) == {LAYER: folder}
     monkeypatch.setenv("SEMLENS_CACHE", str(tmp_path / "stranger-cache"))  # a user who did not build it
-    with pytest.raises(UntrustedSpecError, match="--trust"):
+    with pytest.raises(UntrustedSpecError, match="trust=True"):
         Lens.open(lens.path).sources.sae_files([LAYER])
 
 

@@ -111,7 +111,7 @@ def audit(
             return
         kinds = ("valid", "spurious", "both", "unexpected", "spurious_or_both")
         rows = [(shown_class(a.class_name), len(a.units), *(round(a.shares[v], 3) for v in kinds)) for a in audits]
-        console.print(table("classes ranked by spurious-or-both share", ("class", "relevant units", *kinds), rows))
+        console.print(table("classes ranked by spurious-or-both share", ("class", "relevant units", *(kind.replace("_", " ") for kind in kinds)), rows))
         return
     class_name = class_name or settings.get("class")
     if class_name is None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._util.display import HtmlResult
-from .._util.errors import SemlensError
+from .._util.errors import SemlensError, warn_caller
 from ..analysis.alignment import alignment
 from ..analysis.label import (
     MIN_CONFIDENCE,
@@ -162,6 +162,7 @@ class LabelStore:
     def __init__(self, lens: Lens) -> None:
         self.lens = lens
         self._held: StoredLabels | None = None
+        self._defaulted = False  # whether the default vocabulary's labels were tried for display (``_to_show``)
 
     def read(self) -> StoredLabels | None:
         """The labels ``Lens.label`` made in this process, else those stored with the Lens (read once), else None."""
@@ -234,9 +235,24 @@ class LabelStore:
         stored = self.read()
         return None if stored is None else stored[1][layer]
 
+    def _to_show(self) -> None:
+        """Where the Lens has no labels yet, the default vocabulary's, held in memory (nothing is written), as the
+        command line, the explorer and the report label it before they show labels: a notebook's first search showed
+        "no concept" for every unit. Where that cannot be done (a received Lens whose foundation model is not at hand),
+        labels stay unshown, said once."""
+        if self._defaulted or self._held is not None:
+            return
+        self._defaulted = True
+        try:
+            self.ensure(save=False)
+        except SemlensError as error:
+            warn_caller(f"no labels shown (label the Lens to show them): {error}")
+
     def shown(self, layer: str) -> list[str | None]:
-        """Each unit's stored label as every face shows it: None where it shows no concept (or before ``label`` ran).
-        A tied unit shows the label of the unit whose crops it shares (its examples are those crops)."""
+        """Each unit's stored label as every face shows it: None where it shows no concept. A Lens not labelled yet
+        shows the default vocabulary's labels (``_to_show``). A tied unit shows the label of the unit whose crops it
+        shares (its examples are those crops)."""
+        self._to_show()
         labels = self.of(layer)
         if labels is None:
             return [None] * len(self.lens.units(layer))
@@ -251,6 +267,7 @@ class LabelStore:
     def label_of(self, unit: str) -> str | None:
         """A unit's label as ``shown``, read for one unit."""
         layer, row = self.lens.units.index(unit)
+        self._to_show()
         labels = self.of(layer)
         if labels is None:
             return None
