@@ -104,18 +104,18 @@ class LensBuilder:
         self.context.identity = json.loads(json.dumps(self._identity()))  # compare as stored: tuples become lists
         if self.ranks.is_main:  # rank 0 writes the Lens
             self.lock.acquire()
-        try:
+        try:  # a failed start gives the folder back at once (a notebook's last traceback would hold the builder)
             self.context.manifest = self.ranks.on_main(lambda: self._open_manifest(overwrite))
+            self.collect_stage = CollectStage(self.context)
+            self.embed_stage = EmbedStage(self.context, CropStage(self.context))
+            self.stages: list[Stage] = [self.collect_stage]
+            if shard is None:  # a shard runs only the collect stage; `semlens merge` runs the others
+                spaces = [SpaceStage(self.context, crop_source(self.context), foundation, None, config.embed_precision, config.embed_batch_size)
+                          for foundation in given.extra_foundations]  # fmt: skip  (objects as given: each embeds its space)
+                self.stages += [self.embed_stage, ResponseStage(self.context), *spaces, ClassRelevanceStage(self.context), RelevanceExamplesStage(self.context)]
         except BaseException:
             self.lock.release()
             raise
-        self.collect_stage = CollectStage(self.context)
-        self.embed_stage = EmbedStage(self.context, CropStage(self.context))
-        self.stages: list[Stage] = [self.collect_stage]
-        if shard is None:  # a shard runs only the collect stage; `semlens merge` runs the others
-            spaces = [SpaceStage(self.context, crop_source(self.context), foundation, None, config.embed_precision, config.embed_batch_size)
-                      for foundation in given.extra_foundations]  # fmt: skip  (objects as given: each embeds its space)
-            self.stages += [self.embed_stage, ResponseStage(self.context), *spaces, ClassRelevanceStage(self.context), RelevanceExamplesStage(self.context)]
 
     @property
     def identity(self) -> dict[str, Any]:
