@@ -154,7 +154,7 @@ class LabelStore:
     def __repr__(self) -> str:
         """Outside a notebook: whose labels these are and how many units show one."""
         if self.read() is None:
-            return "LabelStore(no labels yet: Lens.label() makes them)"
+            return "LabelStore(no labels stored: results show the default vocabulary's; Lens.label() stores labels)"
         total = self.coverage()["all"]
         return (f"LabelStore(vocabulary {self.vocabulary.name!r} by {self.method}: {total['labelled']} of {total['valid_units']} "
                 f"valid units show a concept)")  # fmt: skip
@@ -297,9 +297,9 @@ class LabelStore:
         return [(concepts[int(c)], float(a), z) for c, a, z in zip(labels.concepts[row], labels.candidate_alignments[row], _confidences(labels, row))]
 
     def dissect(self, method: str | None = None) -> dict[str, dict[str, int]]:
-        """Units per label category per layer (from the stored labels; run ``label``
-        first); with ``method``, an error unless the stored labels were made by it (never another method's counts
-        in silence)."""
+        """Units per label category per layer (from the stored labels, else the default vocabulary's: ``_to_show``);
+        with ``method``, an error unless the labels were made by it (never another method's counts in silence)."""
+        self._to_show()
         if self.vocabulary is None:
             self.lens.embedding.require_text("dissection (it counts units by their labels)")
             raise SemlensError("this Lens has no labels yet: run `semlens label LENS` (or Lens.label()) first")
