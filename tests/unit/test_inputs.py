@@ -172,6 +172,9 @@ def test_a_timm_model_object_takes_the_preprocessing_its_pretrained_cfg_names() 
         loaded = load_model(vit)
     assert (loaded.preprocessing.input_size, loaded.preprocessing.mean) == (224, (0.5, 0.5, 0.5))
     assert loaded.preprocessing.resize == round(224 / vit.pretrained_cfg["crop_pct"]) == 249
+    small = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=64)  # its config still says 224
+    with pytest.warns(SemlensWarning, match="centre crop 64"):
+        assert load_model(small).preprocessing.input_size == 64
     plain = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     with pytest.warns(SemlensWarning, match="ImageNet's"):
         assert load_model(plain).preprocessing.input_size == 224

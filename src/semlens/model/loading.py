@@ -186,10 +186,14 @@ def timm_preprocessing(config: dict[str, Any]) -> Preprocessing:
 
 def configured_preprocessing(module: nn.Module) -> Preprocessing | None:
     """The preprocessing a model object's own config names (a timm model's ``pretrained_cfg``: a ViT at mean 0.5, a
-    ResNet at 288 px), without importing timm; None where it names none."""
+    ResNet at 288 px), without importing timm; None where it names none. A patch model made for another side
+    (``img_size=64``: its config still says 224) is viewed at the side its patch embedding takes."""
     config = getattr(module, "pretrained_cfg", None)
     if not isinstance(config, dict) or len(config.get("input_size") or ()) != 3:
         return None
+    made_for = getattr(getattr(module, "patch_embed", None), "img_size", None)
+    if isinstance(made_for, tuple) and len(made_for) == 2 and made_for[0] == made_for[1] and isinstance(made_for[0], int):
+        config = {**config, "input_size": (3, *made_for)}
     try:
         return timm_preprocessing(config)
     except (TypeError, ValueError):  # a config of another shape: ImageNet's, said
