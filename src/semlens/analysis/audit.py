@@ -44,11 +44,6 @@ from .alignment import robust_null
 
 VERDICTS = ("valid", "spurious", "both", "unexpected")
 FLAGGED = ("spurious", "both")
-#: what ``Audit.advice`` says, in each face's words (the command line prints ``on_the_command_line`` of it)
-TEST_ALL_ADVICE = (
-    "the class relies on the concept, but no flagged unit is confirmed: test every relevant unit "
-    f"({asked('audit(..., test_all=True)', '--test-all')})"
-)
 AUDIT_CUT = 0.028  # the paper's example: units with more than 2.8 % of a layer's relevance
 #: the paper's cut holds for layers of up to this many channels; a wider layer's default cut falls in proportion,
 #: as its relevance spreads over more channels (2.8 % is 1.8 times the even share of 64 channels, and stays 1.8
@@ -341,9 +336,8 @@ class Audit(HtmlResult):
         """What to run next, where the class relies on the concept but no flagged unit is confirmed and some relevant
         units were not tested (the default tests the flagged ones): the reliance may run through units whose examples
         do not align with the concept, which only testing every relevant unit finds; else None."""
-        if not (self.reliance and self.reliance["relies"]) or self.confirmed or all(unit.test is not None for unit in self.units):
-            return None
-        return in_python(TEST_ALL_ADVICE)
+        asked_for = advice_asked(self)
+        return None if asked_for is None else in_python(asked_for)
 
     def __repr__(self) -> str:
         """Outside a notebook: the question and its answer in a line (the dataclass's repr was every unit's every field)."""
@@ -526,3 +520,11 @@ def audit_layers(
     result.cut = AUDIT_CUT if cut is None else cut
     result.cuts = {unit.rpartition("/")[0]: value for unit, value in zip([layers.units[offset] for offset in offsets.tolist()], cuts)}
     return result
+
+
+def advice_asked(audit: Audit) -> str | None:
+    """``Audit.advice`` with what it asks for in each face's words (``_util.errors.asked``): the command line prints
+    ``on_the_command_line`` of it."""
+    if not (audit.reliance and audit.reliance["relies"]) or audit.confirmed or all(unit.test is not None for unit in audit.units):
+        return None
+    return f"the class relies on the concept, but no flagged unit is confirmed: test every relevant unit ({asked('audit(..., test_all=True)', '--test-all')})"

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .._util.errors import SemlensError, on_the_command_line
-from ..analysis.audit import TEST_ALL_ADVICE
+from ..analysis.audit import advice_asked
 from ..lens.audits import pruning_effect
 from ..model.imagenet import shown_class
 from ._app import (
@@ -180,8 +180,8 @@ def audit(
             )
         if test_all:
             say(f"not flagged, but the reliance runs through them (the concept test alone): {', '.join(result.carriers) or 'none'}")
-        elif result.advice:
-            say(on_the_command_line(TEST_ALL_ADVICE))
+        elif (advice := advice_asked(result)) is not None:
+            say(on_the_command_line(advice))
         if r["relies"]:
             say(f"detect the concept (raised by it more than by the class, where it is; flagged or not): {', '.join(result.detectors) or 'none'}")
     if result.small_nulls:
