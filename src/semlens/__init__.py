@@ -28,7 +28,7 @@ from .analysis.vocabulary import Vocabulary
 from .data import ImageData, list_datasets, load_data
 from .foundation import FoundationModel, list_foundation_models, load_foundation_model
 from .interventions.effects import Artifact, ConceptImages
-from .lens.audits import RelevantUnit
+from .lens.audits import RelevantUnit, RelevantUnits
 from .lens.clusters import ConceptCluster, UnitClusters
 from .lens.correction import Correction, load_correction
 from .lens.examples import ConceptExample
@@ -78,6 +78,7 @@ __all__ = [
     "Measures",
     "OverviewMap",
     "RelevantUnit",
+    "RelevantUnits",
     "SearchHit",
     "SearchResults",
     "SpaceComparison",

@@ -432,7 +432,11 @@ def test_an_audit_of_one_class_takes_its_name_as_the_valid_concept_unless_given_
     assert given.exit_code == 0 and "valid concept:" not in given.output
     assert ask("audit", lens_path, "--class", "red", "--spurious", "stripes", "--json")["valid"] == ["red"]
     refused = runner.invoke(app, ["audit", str(lens_path), "--class", "red", "--valid", "red"])
-    assert refused.exit_code == 2 and "needs at least one spurious concept" in " ".join(refused.output.split())
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "tests a concept you suspect it relies on: give one (--spurious watermark" in said
+    assert "semlens relevant LENS --class red" in said and "spurious=" not in said  # what to run first, in this face's words
+    with pytest.raises(SemlensError, match=r"spurious=\['watermark'\].*lens\.relevant_units\('red'\)"):
+        Lens.open(lens_path).audit("red")
 
 
 def test_an_audit_reads_every_layer_but_the_logits_unless_told_to(lens_path) -> None:
@@ -469,7 +473,7 @@ def test_results_read_in_a_line_or_a_few_outside_a_notebook(lens_path) -> None:
     lens = Lens.open(lens_path)
     found = lens.search("red", top=3)
     shown = repr(found).splitlines()
-    assert shown[0].startswith(f"SearchResults: 3 units ranked by {found.rank}") and len(shown) == 4
+    assert shown[0].startswith("SearchResults: 3 units ranked by alignment") and f"(rank={found.rank!r})" in shown[0] and len(shown) == 4
     assert all(line.startswith(f"  {hit.unit}: score ") for line, hit in zip(shown[1:], found))
     audit = lens.audit(lens.classes[0], spurious=["noise"])
     assert repr(audit).startswith(f"Audit(class {lens.classes[0]!r}") and "spurious share" in repr(audit) and len(repr(audit)) < 400

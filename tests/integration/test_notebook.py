@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from semlens import Comparison, Lens, SearchHit, SearchResults, SemlensError, Vocabulary
+import torch
+
+from semlens import Comparison, Lens, RelevantUnit, RelevantUnits, SearchHit, SearchResults, SemlensError, Vocabulary
 from semlens.analysis.audit import Audit, AuditedUnit
 from semlens.analysis.explain import ConceptGroup, ExplainedUnit, Explanation, LayerExplanation
 from semlens.lens.example_sets import ExampleSets
@@ -34,7 +36,7 @@ def test_search_hits_are_a_list_drawn_as_a_table_with_concept_examples(lens) -> 
     page = shown(hits)
     assert all(hit.unit in page for hit in hits) and page.count(THUMBNAIL) == 3 * 3  # three examples a unit
     assert all(f"{hit.score:.3f}" in page for hit in hits)
-    assert "score: alignment with the probe; ranked by alignment and response together" in page  # the scores need not fall
+    assert "score: alignment with the probe; ranked by alignment with the probe and response together" in page  # the scores need not fall
     similar = lens.search_similar(lens, hits[0].unit, top=2)
     assert isinstance(similar, SearchResults) and THUMBNAIL in shown(similar)
 
@@ -51,6 +53,39 @@ def test_labels_are_drawn_per_layer_with_coverage_and_the_most_common_labels(len
         assert f"<td>{layer}</td>" in page and ("<td>-</td>" if share is None else f"{share:.1%}") in page
         assert all(f"{concept} ({count})" in page for concept, count in labelling.most_common(layer))
     assert f"{coverage['all']['coverage']:.1%}" in page
+
+
+def test_a_class_s_relevant_units_are_drawn_with_shares_labels_and_concept_examples(lens) -> None:
+    """Where an audit without a suspect sends a user first: which units the class relies on, and what they show."""
+    units = lens.relevant_units("red", top=2)
+    assert isinstance(units, RelevantUnits) and isinstance(units[0], RelevantUnit) and units.class_name == "red"
+    page = shown(units)
+    assert all(unit.unit in page and f"{unit.mean_share:.1%}" in page for unit in units) and page.count(THUMBNAIL) == 3 * len(units)
+    assert "Units class red relies on most" in page and units.to_dict()[0] == units[0].to_dict()
+    shown_line = repr(units).splitlines()
+    assert shown_line[0].startswith(f"RelevantUnits: {len(units)} units class 'red' relies on most") and len(shown_line) == len(units) + 1
+
+
+def test_measures_of_every_layer_are_drawn_as_layer_means_and_the_least_clear_units(lens) -> None:
+    """``lens.measures()`` with no layer measures them all (it needed a layer and returned bare tensors)."""
+    measures = lens.measures()
+    assert list(measures.values) == lens.layers and measures.of("head")["clarity"].shape == (len(lens.units("head")),)
+    page = shown(measures)
+    for layer in lens.layers:
+        assert f"<td>{layer}</td>" in page and f"{measures.summary(layer)['clarity']:.3f}" in page
+        unit, value = measures.extremes(layer, "clarity", 1, highest=False)[0]
+        assert unit in page and f"clarity {value:.3f}" in page and _text_of(lens.labels.label_of(unit)) in page
+    assert THUMBNAIL in page and "typical pair" in page
+    assert repr(measures).splitlines()[1].startswith(f"  {lens.layers[0]}: clarity ")
+    torch.testing.assert_close(lens.measures(lens.layers[0]).of(lens.layers[0])["clarity"], measures.of(lens.layers[0])["clarity"], equal_nan=True, rtol=0, atol=0)
+    with pytest.raises(KeyError, match="measured: head"):
+        lens.measures("head").of(lens.layers[0])
+
+
+def _text_of(label: str | None) -> str:
+    import html
+
+    return html.escape(label or "(no concept)")
 
 
 def test_an_audit_is_drawn_with_its_verdict_shares_and_its_units_concept_examples(lens) -> None:

@@ -129,7 +129,7 @@ def test_relevance_examples_with_joined_rules_embed_both_boxes(built: Lens, tmp_
 
 
 def test_analyses_take_either_example_set(built: Lens) -> None:
-    measures = built.measures("features.3", examples="relevance")
+    measures = built.measures("features.3", examples="relevance").of("features.3")
     assert measures["clarity"].shape == (6,)
     valid = built.examples.valid("features.3", "relevance")
     assert torch.isnan(measures["clarity"][~valid]).all()

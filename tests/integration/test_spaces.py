@@ -156,7 +156,7 @@ def test_analyses_answer_in_the_space_asked_for(lens, siglip_dir) -> None:
     assert Lens.open(lens.path).in_space("sig").labels.of("head").concepts.tolist() == labels["head"].concepts.tolist()
     assert Lens.open(lens.path).labels.of("head").concepts.tolist() == default_labels["head"].concepts.tolist()
     assert sum(view.labels.dissect()["head"].values()) == len(lens.units("head"))
-    assert set(view.measures("head")) == {"clarity", "polysemanticity", "redundancy", "typical"}
+    assert set(view.measures("head").of("head")) == {"clarity", "polysemanticity", "redundancy", "typical"}
     assert similarity(view, "head/1", "head/1") == pytest.approx(1.0)
     assert view.search_similar(view, "head/1", top=2)[0].unit != "head/1"
     assert view.compare(view).a_to_b[0][0] == pytest.approx(1.0)  # a Lens against itself

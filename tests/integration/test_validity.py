@@ -56,7 +56,7 @@ def test_invalid_units_are_left_out_of_every_analysis(twin_lens, tmp_path) -> No
     units, theta = lens.arrays.all_units()
     assert twin not in units and len(units) == theta.shape[0] == count
     assert twin not in lens.overview().units
-    measured = lens.measures("features.3")
+    measured = lens.measures("features.3").of("features.3")
     assert all(math.isnan(float(values[3])) for values in measured.values())
     theta = torch.nn.functional.normalize(lens.arrays.theta("features.3").float(), dim=-1)
     others = [row for row in range(6) if row != 2 and bool(valid[row])]  # not its own copy, unit 3

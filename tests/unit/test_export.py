@@ -82,7 +82,7 @@ def test_tables_read_back_to_what_the_lens_answers(lens_path, tmp_path, format) 
         assert [row["index"] for row in rows] == list(range(len(lens.units(layer))))
         assert [row["inactive"] for row in rows] == lens.arrays.inactive(layer).tolist()
         assert [row["label"] for row in rows] == lens.labels.shown(layer)
-        for measure, values in lens.measures(layer).items():
+        for measure, values in lens.measures(layer).of(layer).items():
             expected = [None if math.isnan(value) else value for value in values.tolist()]
             assert [row[measure] for row in rows] == pytest.approx(expected)
 

@@ -178,3 +178,17 @@ def test_a_timm_model_object_takes_the_preprocessing_its_pretrained_cfg_names() 
     plain = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     with pytest.warns(SemlensWarning, match="ImageNet's"):
         assert load_model(plain).preprocessing.input_size == 224
+
+
+def test_a_transformers_model_object_is_viewed_at_the_side_its_config_names() -> None:
+    """A notebook's transformers ViT made for 64 px refused semlens's 224 px views ("Input image size (224*224)
+    doesn't match model (64*64)"): its config's ``image_size`` is the side, with ImageNet's mean and std, said."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from semlens._util.errors import SemlensWarning
+
+    config = ViTConfig(image_size=64, patch_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                       num_labels=2, id2label={0: "cat", 1: "dog"}, label2id={"cat": 0, "dog": 1})  # fmt: skip
+    with pytest.warns(SemlensWarning, match="its config's image_size 64 with ImageNet's mean and std"):
+        loaded = load_model(ViTForImageClassification(config))
+    assert (loaded.preprocessing.input_size, loaded.preprocessing.resize, loaded.classes) == (64, 64, ["cat", "dog"])

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._util.display import HtmlResult
+
 # Similarities held at once when matching units: 2**26 float32 = 256 MiB, whatever the layer sizes.
 _BLOCK_ELEMENTS = 2**26
 
@@ -233,13 +235,37 @@ def typical_similarity(theta_m: Tensor, theta_n: Tensor) -> float:
     return float("nan") if m is None or n is None else float(m @ n)
 
 
+#: what the typical pair is, said beside the layer means on every face
+TYPICAL_PAIR = (
+    "typical pair: the mean cosine of a unit with the layer's other units; redundancy near it says units are no closer "
+    "to their nearest neighbour than to any"
+)
+
+
 @dataclass
-class Measures:
+class Measures(HtmlResult):
     """Clarity, polysemanticity and redundancy per unit of several layers (``layer -> measure -> [U]``), and each
-    unit's typical pair (``typical``), the scale its redundancy is read against."""
+    unit's typical pair (``typical``), the scale its redundancy is read against; of the ``examples`` set
+    ("activation" or "relevance"). In a notebook: the layer means and each layer's least clear and most
+    polysemantic units."""
 
     values: dict[str, dict[str, Tensor]]
     units: dict[str, list[str]]
+    examples: str = "activation"
+
+    def of(self, layer: str) -> dict[str, Tensor]:
+        """One layer's measures, ``measure -> [U]`` in the order of its units."""
+        if layer not in self.values:
+            raise KeyError(f"no measures of layer {layer!r}; measured: {', '.join(self.values)}")
+        return self.values[layer]
+
+    def __repr__(self) -> str:
+        """Outside a notebook: a line of means per layer (the dataclass's repr printed every tensor)."""
+        lines = [f"Measures of {sum(map(len, self.units.values()))} units by their {self.examples} examples; layer means:"]
+        for layer in self.values:
+            summary = self.summary(layer)
+            lines.append(f"  {layer}: " + ", ".join(f"{measure} {value:.3f}" for measure, value in summary.items()))
+        return "\n".join(lines)
 
     def summary(self, layer: str) -> dict[str, float]:
         """Layer means, NaN (units without usable examples) left out."""

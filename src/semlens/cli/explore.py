@@ -11,6 +11,7 @@ import typer
 
 from .._util.progress import step_bar
 from ..analysis.label import MIN_CONFIDENCE
+from ..analysis.measures import TYPICAL_PAIR
 from ..lens.search import SearchResults
 from ..lens.sources import data_described
 from ..model.imagenet import shown_class
@@ -322,11 +323,9 @@ def measures(
     as_json: AsJson = False,
 ) -> None:
     """Interpretability measures: clarity, polysemanticity, redundancy (and its scale, the typical pair), per unit and per layer."""
-    from ..analysis.measures import Measures
-
     opened = open_lens(lens, space=space)
     chosen = opened.units.checked(layer or None)
-    result = Measures({name: opened.measures(name, examples) for name in chosen}, {name: opened.units(name) for name in chosen})
+    result = opened.measures(chosen, examples)
     if as_json:
         emit_json(result.to_dict())
         return
@@ -336,7 +335,7 @@ def measures(
         for name in chosen
     ]
     console.print(table("layer means", ("layer", "clarity", "polysemanticity", "redundancy", "typical pair"), rows))
-    say("typical pair: the mean cosine of a unit with the layer's other units; redundancy near it says units are no closer to their nearest neighbour than to any")
+    say(TYPICAL_PAIR)
     for name in (name for name in chosen if valid[name]):
         for title, measure, highest in (("least clear", "clarity", False), ("most polysemantic", "polysemanticity", True)):
             units = result.extremes(name, measure, worst, highest)

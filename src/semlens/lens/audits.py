@@ -4,6 +4,7 @@ probes to ``semlens.analysis`` and ``semlens.relevance``."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._util.allocator import freed_memory_kept
-from .._util.display import made_by
+from .._util.display import HtmlResult, made_by
 from .._util.errors import SemlensError, asked
 from ..analysis.alignment import alignment
 from ..model.imagenet import readable_class
@@ -44,6 +45,24 @@ class RelevantUnit:
         return asdict(self)
 
 
+class RelevantUnits(HtmlResult, list):
+    """What ``Lens.relevant_units`` returns: the ``RelevantUnit``s of one class, each layer's highest share first,
+    as a list that draws itself in a notebook (a table with the units' concept examples)."""
+
+    def __init__(self, units: list[RelevantUnit], class_name: str) -> None:
+        super().__init__(units)
+        self.class_name = class_name
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [unit.to_dict() for unit in self]
+
+    def __repr__(self) -> str:
+        """Outside a notebook: the class, then a line per unit (a list's repr was every field of every unit)."""
+        lines = [f"RelevantUnits: {len(self)} units class {self.class_name!r} relies on most, by their mean share of their layer's relevance"]
+        lines += [f"  {unit.unit}: mean share {unit.mean_share:.3f}, max {unit.max_share:.3f}, label {unit.label or '(no concept)'}" for unit in self]
+        return "\n".join(lines)
+
+
 def relevant_classes(lens: Lens, unit: str, top: int = 5) -> list[tuple[str, int, float, float]]:
     """The classes a unit matters most for, as (name, index, max share, mean share), highest mean share
     first; classes never seen in the class-relevance data are left out, and all of them without it."""
@@ -58,7 +77,7 @@ def relevant_classes(lens: Lens, unit: str, top: int = 5) -> list[tuple[str, int
     return [(names[i], i, float(relevance["max_share"][row, i]), float(mean[i])) for i in chosen]
 
 
-def relevant_units(lens: Lens, class_name: str | int, top: int = 10, layers: list[str] | None = None) -> list[RelevantUnit]:
+def relevant_units(lens: Lens, class_name: str | int, top: int = 10, layers: list[str] | None = None) -> RelevantUnits:
     """The units a class relies on most, the ``top`` of each layer (of ``layers``, default all) by mean share
     of the layer's relevance over the class's samples, highest first: the reverse of ``relevant_classes``.
     Shares are within a layer, so each layer is ranked on its own; units with no share on any of its samples are
@@ -75,7 +94,7 @@ def relevant_units(lens: Lens, class_name: str | int, top: int = 10, layers: lis
         order = order[peak[order].nan_to_num(0) > 0].tolist()  # a unit the class never gives relevance is not among them
         units = lens.units(layer)
         found += [RelevantUnit(f"{layer}/{units[row]}", layer, float(mean[row]), float(peak[row]), lens.labels.label_of(f"{layer}/{units[row]}")) for row in order]
-    return found
+    return made_by(RelevantUnits(found, lens.classes[index] if lens.classes else str(index)), lens)
 
 
 def sae_error_shares(lens: Lens, class_name: str | int, layers: list[str] | None = None) -> dict[str, float]:
@@ -117,7 +136,12 @@ def audit(
     from ..analysis.audit import AlignmentRule, AuditedLayers, audit_layers
 
     if not (spurious or spurious_images):
-        raise SemlensError("an audit needs at least one spurious concept, the one you suspect (text or image)")
+        suspect = asked("spurious=['watermark'] or spurious_images=[...]", "--spurious watermark or --spurious-image FILE")
+        relied_on = asked(f"lens.relevant_units({class_name!r})", f"semlens relevant LENS --class {shlex.quote(str(class_name))}")
+        raise SemlensError(
+            f"an audit of class {class_name!r} tests a concept you suspect it relies on: give one ({suspect}); "
+            f"to see first which units it relies on and what they show: {relied_on}"
+        )
     chosen = lens.units.checked(layers) if layers else audited_layers(lens)
     missing = [layer for layer in chosen if lens.arrays.class_relevance(layer) is None]
     if missing:  # first: without class relevance a model object has no class names either, and the class is not to blame

@@ -179,7 +179,8 @@ def _image_to_explain(lens: Lens, image: str | Path | Image.Image | int) -> tupl
         index, data = int(image), lens.sources.probe_data
         if not 0 <= index < len(data):
             raise SemlensError(f"probe sample {index} does not exist: the probe data has samples 0..{len(data) - 1}")
-        return data.load(index), f"sample {index} ({data.describe(index)})"
+        where = data.describe(index)
+        return data.load(index), where if where == f"sample {index}" else f"sample {index} ({where})"
     path = Path(image)
     if not path.is_file():
         raise SemlensError(f"no image file {path}; give an image file, a PIL image or a probe sample's index")

@@ -120,7 +120,7 @@ def _units(lens: Lens) -> Columns:
             columns["label_alignment"] += _nullable(labels.candidate_alignments[:, 0].tolist())
             columns["label_confidence"] += [None] * len(names) if labels.confidence is None else _nullable(labels.confidence[:, 0].tolist())
         columns["label"] += lens.labels.shown(layer)
-        for measure, values in lens.measures(layer).items():
+        for measure, values in lens.measures(layer).of(layer).items():
             columns[measure] += _nullable(values.tolist())
     return columns
 

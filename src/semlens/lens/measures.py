@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 
+from .._util.display import made_by
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment
 from ..analysis.label import unit_categories
@@ -17,6 +17,7 @@ from .labels import labels_of
 
 if TYPE_CHECKING:
     from ..analysis.compare import Comparison
+    from ..analysis.measures import Measures
     from ..analysis.overview import OverviewMap
     from .lens import Lens
 
@@ -43,16 +44,19 @@ def overview(
     return build_overview(units, theta, labels, categories, category_names, clusters, seed)
 
 
-def measures(lens: Lens, layer: str, examples: str = "activation") -> dict[str, torch.Tensor]:
-    """Per unit: clarity, polysemanticity (Eq. 7, 10) and redundancy within the layer (Eq. 9), of the
-    activation or the relevance examples, and the typical similarity to the layer's other units, which
-    redundancy is read against."""
-    from ..analysis.measures import clarity, polysemanticity, redundancy, typical_pair
+def measures(lens: Lens, layers: str | list[str] | None = None, examples: str = "activation") -> Measures:
+    """Per unit of the given (default: all) layers: clarity, polysemanticity (Eq. 7, 10) and redundancy within its
+    layer (Eq. 9), of the activation or the relevance examples, and the typical similarity to the layer's other
+    units, which redundancy is read against (``measures.of(layer)["clarity"]``; ``summary``, ``extremes``)."""
+    from ..analysis.measures import Measures, clarity, polysemanticity, redundancy, typical_pair
 
-    left_out = ~lens.examples.valid(layer, examples)
-    embeddings = lens.examples.embeddings(layer, examples).masked_fill(left_out[:, None, None], float("nan"))
-    theta = lens.examples.theta(layer, examples).masked_fill(left_out[:, None], float("nan"))  # takes part in no unit's redundancy
-    return {"clarity": clarity(embeddings), "polysemanticity": polysemanticity(embeddings), "redundancy": redundancy(theta), "typical": typical_pair(theta)}
+    values = {}
+    for layer in lens.units.checked([layers] if isinstance(layers, str) else layers):
+        left_out = ~lens.examples.valid(layer, examples)
+        embeddings = lens.examples.embeddings(layer, examples).masked_fill(left_out[:, None, None], float("nan"))
+        theta = lens.examples.theta(layer, examples).masked_fill(left_out[:, None], float("nan"))  # takes part in no unit's redundancy
+        values[layer] = {"clarity": clarity(embeddings), "polysemanticity": polysemanticity(embeddings), "redundancy": redundancy(theta), "typical": typical_pair(theta)}
+    return made_by(Measures(values, {layer: lens.units(layer) for layer in values}, examples), lens)
 
 
 def similarity(lens: Lens, unit: str, other_unit: str, other: Lens | None = None) -> float:

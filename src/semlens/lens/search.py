@@ -85,11 +85,23 @@ class SearchResults(HtmlResult, list):
     def to_dict(self) -> list[dict[str, Any]]:
         return [hit.to_dict() for hit in self]
 
+    def ranking(self) -> str:
+        """How the hits were ordered, in words: the first line of the repr and the note under a notebook's table."""
+        if self.rank is None:
+            return "by similarity to the unit"
+        if self.rank == "model":
+            shown = f"the images of {self.concept!r} shown to the Lens (an audit's pasted artefact)" if self.concept else "the image probe"
+            return f"by how much pasting {shown} into the Lens's probe images raises each unit in the model (score: activation AUC)"
+        if self.rank == "alignment" or all(hit.response is None for hit in self):
+            return "by alignment with the probe"
+        named = ", units whose best concept by their crop responses is the query first" if self.rank == "named" else ""
+        return f"by alignment with the probe and response together{named}"
+
     def __repr__(self) -> str:
         """Outside a notebook: how the units were ranked, the note, and a line per unit (a list's repr was every field)."""
-        how = "by similarity to the unit" if self.rank is None else f"ranked by {self.rank}" + (f" (the images of {self.concept!r})" if self.concept else "")
+        rank = "" if self.rank is None else f" (rank={self.rank!r})"
         score = "activation AUC" if self.rank == "model" else "score"
-        lines = [f"SearchResults: {len(self)} units {how}, {self.by} examples" + (f"; {self.note}" if self.note else "")]
+        lines = [f"SearchResults: {len(self)} units ranked {self.ranking()}{rank}; examples by {self.by}" + (f"; {self.note}" if self.note else "")]
         lines += [
             f"  {hit.unit}: {score} {hit.score:.4f}" + ("" if hit.response is None else f", response {hit.response:.3f}") + f", label {hit.label or '(no concept)'}"
             for hit in self

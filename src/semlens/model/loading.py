@@ -184,20 +184,27 @@ def timm_preprocessing(config: dict[str, Any]) -> Preprocessing:
     )
 
 
-def configured_preprocessing(module: nn.Module) -> Preprocessing | None:
-    """The preprocessing a model object's own config names (a timm model's ``pretrained_cfg``: a ViT at mean 0.5, a
-    ResNet at 288 px), without importing timm; None where it names none. A patch model made for another side
-    (``img_size=64``: its config still says 224) is viewed at the side its patch embedding takes."""
+def configured_preprocessing(module: nn.Module) -> tuple[Preprocessing, str] | None:
+    """The preprocessing a model object's own config names, and where it comes from; None where it names none.
+    A timm model's ``pretrained_cfg`` (a ViT at mean 0.5, a ResNet at 288 px), without importing timm: a patch
+    model made for another side (``img_size=64``: its config still says 224) is viewed at the side its patch
+    embedding takes. A transformers model's ``config.image_size`` (a ViT made for 64 px refuses 224): that side,
+    resized to it, at ImageNet's mean and std (its image processor, which holds them, is not part of the model)."""
     config = getattr(module, "pretrained_cfg", None)
-    if not isinstance(config, dict) or len(config.get("input_size") or ()) != 3:
-        return None
-    made_for = getattr(getattr(module, "patch_embed", None), "img_size", None)
-    if isinstance(made_for, tuple) and len(made_for) == 2 and made_for[0] == made_for[1] and isinstance(made_for[0], int):
-        config = {**config, "input_size": (3, *made_for)}
-    try:
-        return timm_preprocessing(config)
-    except (TypeError, ValueError):  # a config of another shape: ImageNet's, said
-        return None
+    if isinstance(config, dict) and len(config.get("input_size") or ()) == 3:
+        made_for = getattr(getattr(module, "patch_embed", None), "img_size", None)
+        if isinstance(made_for, tuple) and len(made_for) == 2 and made_for[0] == made_for[1] and isinstance(made_for[0], int):
+            config = {**config, "input_size": (3, *made_for)}
+        try:
+            return timm_preprocessing(config), "its pretrained_cfg's"
+        except (TypeError, ValueError):  # a config of another shape: ImageNet's, said
+            return None
+    side = getattr(getattr(module, "config", None), "image_size", None)
+    if isinstance(side, (list, tuple)) and len(side) == 2 and side[0] == side[1]:
+        side = side[0]
+    if isinstance(side, int) and not isinstance(side, bool) and side > 0:
+        return Preprocessing(input_size=side, resize=side), f"its config's image_size {side} with ImageNet's mean and std"
+    return None
 
 
 class ClassifierLogits(nn.Module):
@@ -360,8 +367,7 @@ def load_model(model: str | nn.Module | LoadedModel, preprocessing: Preprocessin
         if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
             model = model._orig_mod  # torch.compile's wrapper: the module it compiles is the model (its layer names, weights, hooks)
         if preprocessing is None:
-            preprocessing = configured_preprocessing(model)
-            source = "ImageNet's" if preprocessing is None else "its pretrained_cfg's"
+            preprocessing, source = configured_preprocessing(model) or (None, "ImageNet's")
             warn_caller(
                 f"model {type(model).__name__}: no preprocessing given, so {source} ({(preprocessing or Preprocessing()).described()}); "
                 "pass preprocessing= (a semlens.Preprocessing or a torchvision transform) if it expects other",

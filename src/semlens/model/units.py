@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._util.errors import LayerError
+from .._util.errors import LayerError, asked
 from .sae import SparseAutoencoder, sae_fingerprint
 
 POOLINGS = ("mean", "max")
@@ -130,7 +130,11 @@ def resolve_module(model: nn.Module, name: str) -> nn.Module:
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
     hint = f"closest: {', '.join(close)}" if close else f"for example: {', '.join(names[:8])}"
     raise LayerError(
-        f"model has no layer {name!r} ({hint}); run `semlens layers MODEL` to list all {len(names)} layers"
+        f"model has no layer {name!r} ({hint}); "
+        + asked(
+            f"semlens.list_layers(model, example_batch) lists all {len(names)} layers with their units",
+            f"run `semlens layers MODEL` to list all {len(names)} layers",
+        )
     )
 
 

@@ -123,7 +123,7 @@ def write_report(
     labels = {unit: lens.labels.label_of(unit) for unit in overview.units}
     measures, least_clear, most_poly, unlabelled = {}, [], [], []
     for layer in lens.layers:
-        values = lens.measures(layer)
+        values = lens.measures(layer).of(layer)
         units = [f"{layer}/{name}" for name in lens.units(layer)]
         measures[layer] = {name: [float(v) for v in tensor[~tensor.isnan()].tolist()] for name, tensor in values.items()}  # left-out units have none
         order = [i for i in values["clarity"].nan_to_num(float("inf")).argsort()[:worst].tolist() if not values["clarity"][i].isnan()]

@@ -1,4 +1,5 @@
-"""How results draw themselves in a notebook: search hits, labels, an audit, an explanation, a comparison.
+"""How results draw themselves in a notebook: search hits, labels, a class's relevant units, an audit, an
+explanation, measures, a comparison.
 
 Small self-contained HTML: tables, thumbnails as JPEG data URIs, no script (notebooks that do not trust a
 cell's output drop scripts anyway). Every name is escaped: units, labels, classes and concepts may come from
@@ -19,6 +20,8 @@ from .._util.errors import SemlensError
 from ..analysis.audit import Audit
 from ..analysis.compare import Comparison
 from ..analysis.explain import ExplainedUnit, Explanation
+from ..analysis.measures import TYPICAL_PAIR, Measures
+from ..lens.audits import RelevantUnits
 from ..lens.labels import Labelling
 from ..lens.search import SearchResults
 from ..model.imagenet import shown_class
@@ -85,15 +88,11 @@ def search_html(hits: SearchResults) -> str:
 
 
 def _ranked_note(hits: SearchResults) -> str:
-    """What ordered the hits: the model's response to concept images, or, where the crop responses take part, alignment
-    and response together (so that the score column, the alignment, need not fall down the table)."""
-    if hits.rank in ("named", "both") and any(hit.response is not None for hit in hits):
-        named = ", units whose best concept by their crop responses is the query first" if hits.rank == "named" else ""
-        return f"<p><small>score: alignment with the probe; ranked by alignment and response together{named} (rank={hits.rank})</small></p>"
-    if hits.rank != "model":
+    """What ordered the hits (so that the score column, the alignment, need not fall down the table)."""
+    if hits.rank is None:
         return ""
-    shown = f" the images of {_text(repr(hits.concept))} shown to the Lens (an audit's pasted artefact)" if hits.concept else " the image probe"
-    return f"<p><small>score: activation AUC, how much pasting{shown} into the Lens's probe images raises each unit in the model</small></p>"
+    score = "" if hits.rank == "model" else "score: alignment with the probe; "
+    return f"<p><small>{score}ranked {_text(hits.ranking())} (rank={hits.rank})</small></p>"
 
 
 @renders_html(Labelling)
@@ -117,6 +116,38 @@ def labelling_html(labelling: Labelling) -> str:
         f"<p>labels from the vocabulary {_text(vocabulary.name)} ({len(vocabulary.concepts)} concepts)</p>"
         + _table(header, [*rows, row("all", coverage["all"], "")])
     )
+
+
+@renders_html(RelevantUnits)
+def relevant_units_html(units: RelevantUnits) -> str:
+    """The units a class relies on, with their shares, labels and concept examples."""
+    pictures = _Examples(units)
+    rows = [
+        [_text(unit.unit), _share(unit.mean_share), _share(unit.max_share), _text(unit.label or "(no concept)"), pictures(unit.unit)]
+        for unit in units
+    ]  # fmt: skip
+    header = ["unit", "mean share", "max share", "label", "concept examples"]
+    title = f"<h4>Units class {_text(shown_class(units.class_name))} relies on most</h4>"
+    return title + _table(header, rows) + pictures.note() + "<p><small>share: of the unit's layer's relevance over the class's samples</small></p>"
+
+
+@renders_html(Measures)
+def measures_html(measures: Measures) -> str:
+    """The layer means, then each layer's least clear and most polysemantic units with their labels and concept examples."""
+    pictures, lens = _Examples(measures, measures.examples), lens_of(measures)
+    means = [[_text(layer), *(f"{value:.3f}" for value in measures.summary(layer).values())] for layer in measures.values]
+    rows = []
+    for layer in measures.values:
+        for title, measure, highest in (("least clear", "clarity", False), ("most polysemantic", "polysemanticity", True)):
+            for unit, value in measures.extremes(layer, measure, SHOWN, highest):
+                label = lens.labels.label_of(unit) if lens is not None else None
+                rows.append([_text(title), _text(unit), f"{measure} {value:.3f}", _text(label or "(no concept)"), pictures(unit)])
+    header = ["layer", "clarity", "polysemanticity", "redundancy", "typical pair"]
+    return (
+        f"<h4>Measures by the {_text(measures.examples)} examples</h4>" + _table(header, means)
+        + f"<p><small>{_text(TYPICAL_PAIR)}</small></p>"
+        + _table(["", "unit", "value", "label", "concept examples"], rows) + pictures.note()
+    )  # fmt: skip
 
 
 @renders_html(Audit)

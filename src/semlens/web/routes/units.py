@@ -42,7 +42,7 @@ def unit_page(explorer: ExplorerDep, lens: LensKey, layer: LayerName, unit: Unit
     served = explorer.get(lens)
     name, row = served.unit(layer, unit)
     opened = served.labelled()
-    measures = served.remember(("measures", layer), lambda: opened.measures(layer))
+    measures = served.remember(("measures", layer), lambda: opened.measures(layer).of(layer))
     by_relevance = served.relevance_examples(name)
     return {
         **served.ref(name),
