@@ -326,6 +326,11 @@ def test_an_image_outside_every_class_folder_takes_the_predicted_class(tmp_path,
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["relevance"]["targets"] == "labels; 1 samples without a class of the model (no class folder, or one the model has not): predicted classes"
+    first = sorted(path for path in folder.iterdir() if path.is_dir())[0]
+    first.rename(folder / "unknown")  # a class folder the model has no class of, too: the warning says each thing once
+    again = invoke(*run_args(folder, tiny_clip_dir, tmp_path / "unknown.lens", "--layer", "head"))
+    warning = json.loads((tmp_path / "unknown.lens" / "manifest.json").read_text())["relevance"]["warning"]
+    assert again.exit_code == 0 and warning.count("class relevance of predicted classes") == 1 and "not among the model's: unknown" in warning, warning
 
 
 def test_a_config_file_with_values_of_the_wrong_type_is_refused_by_name(tmp_path) -> None:

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -192,3 +193,13 @@ def test_a_transformers_model_object_is_viewed_at_the_side_its_config_names() ->
     with pytest.warns(SemlensWarning, match="its config's image_size 64 with ImageNet's mean and std"):
         loaded = load_model(ViTForImageClassification(config))
     assert (loaded.preprocessing.input_size, loaded.preprocessing.resize, loaded.classes) == (64, 64, ["cat", "dog"])
+    sys.modules["semlens_vit_factory"] = types.SimpleNamespace(net=lambda: ViTForImageClassification(config))  # the command line's py: spec
+    try:
+        with pytest.warns(SemlensWarning, match=r"py:semlens_vit_factory:net: its config's image_size 64 .*\(py:semlens_vit_factory:net:SIZE\)"):
+            assert load_model("py:semlens_vit_factory:net").preprocessing.input_size == 64
+        assert load_model("py:semlens_vit_factory:net:64").preprocessing.resize == 73  # a side given: 256/224 of it, as before
+        with pytest.raises(SpecError, match=r"give the input size it takes with preprocessing=") as refused:
+            load_model("py:semlens_vit_factory:net:32")
+        assert "after its factory in the spec (e.g. py:package.module:factory:32)" in refused.value.on_the_command_line()
+    finally:
+        sys.modules.pop("semlens_vit_factory")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._util.errors import SpecError
+from .._util.errors import SpecError, asked
 
 _DEFAULT_LABEL = re.compile(r"LABEL_\d+")  # transformers' id2label when none was given
 
@@ -58,7 +58,10 @@ def _advice(parameter: torch.Tensor | None, error: Exception) -> str:
         return f"its weights are {str(parameter.dtype).removeprefix('torch.')}: pass model.float() (a GPU build runs it in bfloat16 where that keeps answers)"
     if "channels" in str(error):
         return "semlens reads images as 3 colour channels: wrap a model made for one channel in a module that averages them first"
-    return "give the input size it takes with preprocessing= (e.g. semlens.Preprocessing(input_size=32, resize=32), or its torchvision transform)"
+    return "give the input size it takes " + asked(
+        "with preprocessing= (e.g. semlens.Preprocessing(input_size=32, resize=32), or its torchvision transform)",
+        "after its factory in the spec (e.g. py:package.module:factory:32)",
+    )
 
 
 def _forward_logits(self: nn.Module, inputs: torch.Tensor) -> torch.Tensor:

@@ -121,8 +121,10 @@ class ClassRelevanceStage:
         if examples:
             write_sample_table(context.store, data, [topk.ids for topk in examples.values()], keep=True)
         if progress.unlabelled:
+            said_before = unmatched(mapping, targets_from).warning  # the mapping's own warning, which this one extends
             targets_from += f"; {progress.unlabelled} samples without a class of the model (no class folder, or one the model has not): predicted classes"
-            warning = "; ".join(filter(None, [warning, unmatched(mapping, targets_from).warning]))
+            said = unmatched(mapping, targets_from).warning
+            warning = said if warning in (None, said_before) else f"{warning}; {said}"
         context.manifest["relevance"] = {"data": data.spec, "targets": targets_from, "layers": list(stats), "example_layers": list(examples), "left_out": left_out}
         if warning:
             context.manifest["relevance"]["warning"] = warning
