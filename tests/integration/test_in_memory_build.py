@@ -16,7 +16,7 @@ from tiny_foundation import SAVERS
 from tiny_models import TINY_PREPROCESSING, Normalising, TinyCNN, colour_images, tiny_cnn
 
 from semlens import BuildConfig, Lens, LoadedModel, Preprocessing, SemlensError, build_lens, load_data, load_foundation_model, load_model
-from semlens._util.errors import StaleLensError
+from semlens._util.errors import SemlensWarning, StaleLensError
 
 LAYERS = ["features.3"]
 
@@ -172,6 +172,32 @@ def test_data_objects_are_identified_by_content_and_carry_class_names(tmp_path, 
 
     with pytest.raises(SemlensError, match=r"sample 0 of memory:Augmented is another image each time it is read \(a random transform"):
         load_data(Augmented()).fingerprint()
+
+
+def test_an_image_folder_dataset_is_read_from_its_files_without_its_transform(tmp_path, colour_folder) -> None:
+    """A notebook's ``ImageFolder(root, transform=weights.transforms())`` yields normalised tensors, which semlens
+    refused sample by sample ("give images before normalisation"): its files are read instead, its transform left out."""
+
+    class ImageFolderLike(torch.utils.data.Dataset):  # torchvision's ImageFolder, as semlens sees it
+        def __init__(self, root: Path, transform=None) -> None:
+            self.classes = sorted(path.name for path in root.iterdir() if path.is_dir())
+            self.samples = [(str(file), label) for label, name in enumerate(self.classes) for file in sorted((root / name).iterdir())]
+            self.transform = transform
+
+        def __len__(self) -> int:
+            return len(self.samples)
+
+        def __getitem__(self, index: int):
+            return torch.full((3, 8, 8), -2.0), self.samples[index][1]  # normalised: outside [0, 1]
+
+    with pytest.warns(SemlensWarning, match=r"data ImageFolderLike: semlens reads its \d+ image files itself and leaves out its transform="):
+        data = load_data(ImageFolderLike(colour_folder, transform=lambda image: image))
+    plain = load_data(colour_folder)
+    assert data.spec == "memory:ImageFolderLike" and data.classes == plain.classes and len(data) == len(plain)
+    assert data.load(3).tobytes() == plain.load(3).tobytes() and data.label(3) == plain.label(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no transform: nothing left out, nothing said
+        assert load_data(ImageFolderLike(colour_folder)).fingerprint() == data.fingerprint()
 
 
 def test_a_folder_as_typed_and_concept_images_as_lists_are_read_as_build_lens_reads_data(tmp_path) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .._util.errors import SpecError
+from .._util.errors import SpecError, warn_caller
 from .._util.imports import call_factory, import_object
 from .._util.specs import SpecForm, SpecRegistry, described, folder_or_spec, in_memory_spec, register_in_memory
 from .base import ImageData
@@ -59,7 +59,29 @@ def load_data(data: str | Path | ImageData | Sequence[Any], classes: list[str] |
         renamed = copy.copy(data)  # the caller's object keeps its own spec
         renamed.spec = in_memory_spec(data)
         return renamed
+    files = image_files_of(data)
+    if files is not None:
+        read = MemoryData(files, classes or list(data.classes))
+        read.spec = in_memory_spec(data)
+        return read
     return MemoryData(data, classes)
+
+
+def image_files_of(data: Any) -> list[tuple[str, int]] | None:
+    """The ``(path, label)`` files of a torchvision ``ImageFolder``-like dataset (its ``samples`` and ``classes``), read
+    by semlens itself: its ``transform=`` (a model's normalisation, which semlens applies on its own, or random
+    augmentation) is left out, said in a warning. None for any other data."""
+    samples, names = getattr(data, "samples", None), getattr(data, "classes", None)
+    if not (isinstance(samples, list) and isinstance(names, (list, tuple)) and samples):
+        return None
+    if not all(isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (str, Path)) and isinstance(item[1], int) for item in samples):
+        return None
+    if getattr(data, "transform", None) is not None:
+        warn_caller(
+            f"data {type(data).__name__}: semlens reads its {len(samples)} image files itself and leaves out its transform= "
+            "(it applies the model's preprocessing to every view itself: the model's, the crops' and the explorer's)"
+        )
+    return [(str(path), label) for path, label in samples]
 
 
 def list_datasets() -> list[SpecForm[ImageData]]:

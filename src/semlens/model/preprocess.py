@@ -123,7 +123,11 @@ def _side(size: Any) -> int:
     """A Resize's or CenterCrop's size as one side: an int, ``[side]`` or a square ``(side, side)``."""
     sides = [size] if isinstance(size, int) else list(size)
     if len(set(sides)) != 1:
-        raise SpecError(f"the transform's size {tuple(sides)} is not square: semlens resizes the shorter side and crops a square centre")
+        raise SpecError(
+            f"the transform's size {tuple(sides)} is not square: semlens views images as squares (the shorter side resized, "
+            f"the centre cropped); give one side (Resize({max(sides)}), CenterCrop({max(sides)})) or "
+            f"semlens.Preprocessing(input_size={max(sides)}, resize={max(sides)}, mean=..., std=...)"
+        )
     return int(sides[0])
 
 
