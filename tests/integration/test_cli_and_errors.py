@@ -66,7 +66,7 @@ def test_config_file_with_flag_override(tmp_path, colour_folder, tiny_clip_dir) 
         f'model = "py:tiny_models:tiny_cnn"\nlayers = ["head"]\ndata = "folder:{colour_folder}"\n'
         f'foundation = "hf:{tiny_clip_dir}"\nk = 4\nworkers = 0\n'
     )
-    result = invoke("run", "--config", config, "-k", "2", "--out", tmp_path / "toml.lens", "--json", "--no-progress")
+    result = invoke("run", "--config", config, "--k", "2", "--out", tmp_path / "toml.lens", "--json", "--no-progress")  # --k as BuildConfig(k=...) names it, or -k
     assert result.exit_code == 0, result.output
     assert json.loads(invoke("info", tmp_path / "toml.lens", "--json").stdout)["identity"]["collect"]["k"] == 2
     config.write_text('model = "x"\nlayerz = ["head"]\n')

@@ -52,7 +52,7 @@ class BuildConfig:
         "help": "Foundation model spec (default conse); repeat to embed into more spaces (the first is the default).",
     })  # fmt: skip
     extra_foundations: list[str | FoundationModel | tuple] = field(default_factory=list)  # each embeds the same crops into a space of its own
-    k: int = field(default=30, metadata={"flags": ("-k",), "help": "Concept examples per unit (default 30)."})
+    k: int = field(default=30, metadata={"flags": ("-k", "--k"), "help": "Concept examples per unit (default 30)."})
     pool: str = field(default="mean", metadata={"help": "Spatial/token pooling: mean (default) or max."})
     crop: str = field(default="auto", metadata={
         "help": "Crop mode: auto (default: relevance wherever LRP supports the model, else activation), relevance, activation or none. "
