@@ -144,13 +144,14 @@ def test_resolve_module_unknown_name_lists_close_matches_and_the_layers_command(
     message = str(error.value)
     assert "'feature.0'" in message
     assert "closest: features.0" in message
-    assert "semlens layers" in message
+    assert "semlens.list_layers(model, example_batch) lists all" in message  # in Python's words where Python shows it
+    assert "run `semlens layers MODEL`" in error.value.on_the_command_line()
 
 
 def test_resolve_module_without_close_match_gives_examples_and_rejects_the_root():
     with pytest.raises(LayerError, match="for example: features, features.0"):
         resolve_module(Small(), "zzzzzz")
-    with pytest.raises(LayerError, match="semlens layers"):
+    with pytest.raises(LayerError, match=r"semlens.list_layers\(model"):
         resolve_module(Small(), "")
 
 
