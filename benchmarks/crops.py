@@ -30,10 +30,13 @@ to 3.1 at 16 and 64 pairs per pass, 3.5 at 256 (the build passes 49 at 128 px), 
 On a GPU the build computes heatmaps in float32 proper (``strict_float32``: LRP's check fails under
 TF32); ``--math float32 tf32`` times both, alternating, so the ratio says what that costs.
 
-``--shared`` also times one forward per distinct sample shared by that sample's pairs, with zennit's
-rules (semlens' ZPlus reads which channels carry relevance, a data-dependent step vmap cannot batch):
-the pairs' backward passes batched with ``torch.autograd.grad(is_grads_batched=True)`` (vmap). Its heatmaps are exact, but on a CPU vmap runs the convolutions' backward once per pair, so it
-is slower; the build keeps one forward per pair.
+``--shared`` also times one forward per distinct sample shared by that sample's pairs, two ways. With zennit's
+rules (semlens' ZPlus reads which channels carry relevance, a data-dependent step vmap cannot batch): the pairs'
+backward passes batched with ``torch.autograd.grad(is_grads_batched=True)`` (vmap). Its heatmaps are exact, but on a
+CPU vmap runs the convolutions' backward once per pair, so it is slower. With semlens' rules ("rounds"): one backward
+pass per round, round r the r-th pair of every sample, through the one forward pass (``retain_graph``); exact too,
+and on a CPU slower as well where a pass holds few distinct samples (the build's order): each backward pass costs
+a fixed overhead that one pass over all pairs pays once. The build keeps one forward per pair.
 
 Exactness: semlens' heatmaps of the first ``--check`` pairs are compared with zennit's, and the
 batched heatmaps with one pair per call (max |difference| / max |map|).
@@ -144,11 +147,9 @@ def top_samples(model: nn.Module, layer: str, images: torch.Tensor, samples: int
     return captured[0].mean(dim=(2, 3)).T.topk(samples, dim=1).indices
 
 
-def shared_forward_heatmaps(
-    modified: nn.Module, layer: str, images: torch.Tensor, samples: torch.Tensor, channels: torch.Tensor
-) -> torch.Tensor:
-    """``crp_heatmaps`` with one forward per distinct sample: round r backpropagates the r-th pair of
-    every sample, all rounds in one vmapped backward pass (``samples`` sorted)."""
+def shared_forward(modified: nn.Module, layer: str, images: torch.Tensor, samples: torch.Tensor):
+    """One forward pass per distinct sample of ``samples`` (sorted) to ``layer``: the inputs (a leaf), the layer's
+    activation, each pair's distinct sample (``slot``), its round among that sample's pairs (``rank``), the rounds."""
     distinct, slot = torch.unique_consecutive(samples, return_inverse=True)
     counts = torch.bincount(slot)
     rank = torch.arange(len(samples), device=samples.device) - (torch.cumsum(counts, 0) - counts)[slot]
@@ -164,11 +165,35 @@ def shared_forward_heatmaps(
             modified(inputs)
     except _Stop:
         pass
-    activation = captured[0]
-    initial = torch.zeros(int(counts.max()), *activation.shape, device=activation.device)
+    return inputs, captured[0], slot, rank, int(counts.max())
+
+
+def shared_forward_heatmaps(
+    modified: nn.Module, layer: str, images: torch.Tensor, samples: torch.Tensor, channels: torch.Tensor
+) -> torch.Tensor:
+    """``crp_heatmaps`` with one forward per distinct sample: round r backpropagates the r-th pair of
+    every sample, all rounds in one vmapped backward pass (``samples`` sorted)."""
+    inputs, activation, slot, rank, rounds = shared_forward(modified, layer, images, samples)
+    initial = torch.zeros(rounds, *activation.shape, device=activation.device)
     initial[rank, slot, channels] = activation[slot, channels].detach()
     (relevance,) = torch.autograd.grad(activation, inputs, grad_outputs=initial, is_grads_batched=True)
     return relevance[rank, slot].sum(dim=1)
+
+
+def rounds_heatmaps(
+    modified: nn.Module, layer: str, images: torch.Tensor, samples: torch.Tensor, channels: torch.Tensor
+) -> torch.Tensor:
+    """``crp_heatmaps`` with one forward per distinct sample and one backward pass per round: round r
+    backpropagates the r-th pair of every sample through that forward pass (``samples`` sorted)."""
+    inputs, activation, slot, rank, rounds = shared_forward(modified, layer, images, samples)
+    heat = inputs.new_empty(len(samples), *inputs.shape[2:])
+    for round in range(rounds):
+        pairs = (rank == round).nonzero().flatten()
+        start = torch.zeros_like(activation)
+        start[slot[pairs], channels[pairs]] = activation[slot[pairs], channels[pairs]].detach()
+        (relevance,) = torch.autograd.grad(activation, inputs, grad_outputs=start, retain_graph=round < rounds - 1)
+        heat[pairs] = relevance[slot[pairs]].sum(dim=1)
+    return heat.detach()
 
 
 def profile(kinds, relevance: RelevanceModel, composites, model: nn.Module, heatmaps: Callable, batch: int, size: int, device: str) -> None:
@@ -211,12 +236,12 @@ def main() -> None:
     parser.add_argument("--math", nargs="+", choices=MATH, default=["float32"], help="float32 proper (as the build) and/or TF32 (GPUs)")
     parser.add_argument("--layer", help="the CRP layer (default: the model's, above)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler's busiest operations over one pass of the largest batch per kind")
-    parser.add_argument("--shared", action="store_true", help="also time one shared forward per distinct sample (vmap, zennit's rules)")
+    parser.add_argument("--shared", action="store_true", help="also time one shared forward per distinct sample (vmap with zennit's rules; rounds with semlens')")
     args = parser.parse_args()
     if args.check < 1:
         parser.error(f"--check {args.check}: give at least 1 pair (the heatmaps are compared on those pairs)")
-    if args.shared and "zennit" not in args.rules:
-        parser.error("--shared runs with zennit's rules: add zennit to --rules")
+    if args.shared and not {"zennit", "semlens"} <= set(args.rules):
+        parser.error("--shared runs with zennit's rules (vmap) and semlens' (rounds): give both in --rules")
 
     build, layer = MODELS[args.model]
     layer = args.layer or layer
@@ -230,7 +255,7 @@ def main() -> None:
     )
     # each timed kind: (its column's name, rule, math); the last one's single-pair heatmaps are the reference
     kinds = [(f"{rule}/{math}" if len(args.math) > 1 else rule, rule, math) for rule in args.rules for math in sorted(args.math, reverse=True)]
-    print("size  pairs/pass  distinct/pass  forward ms/image" + "".join(f"  {name} ms/pair  ratio" for name, _, _ in kinds) + ("  shared ms/pair  ratio" * args.shared))
+    print("size  pairs/pass  distinct/pass  forward ms/image" + "".join(f"  {name} ms/pair  ratio" for name, _, _ in kinds) + ("  shared ms/pair  ratio  rounds ms/pair  ratio" * args.shared))
     for size in args.sizes:
         model = build(args.units).to(args.device)
         images = torch.rand(args.images, 3, size, size).to(args.device)
@@ -275,6 +300,8 @@ def main() -> None:
                 maps[name] = (heatmaps(modified, 0, check), single)
                 if args.shared and rule == "zennit" and math == kinds[-1][2]:
                     maps["shared"] = (shared_forward_heatmaps(modified, layer, images, samples[:check], channels[:check]), single)
+                if args.shared and rule == "semlens" and math == kinds[-1][2]:
+                    maps["rounds"] = (rounds_heatmaps(modified, layer, images, samples[:check], channels[:check]), single)
         for _ in range(args.repeats):
             for batch in args.batches:
                 for name, rule, math in kinds:
@@ -282,20 +309,22 @@ def main() -> None:
                         timed(name, batch, lambda b, e: heatmaps(modified, b, e))
                         if args.shared and rule == "zennit" and math == kinds[-1][2]:
                             timed("shared", batch, lambda b, e: shared_forward_heatmaps(modified, layer, images, samples[b:e], channels[b:e]))
+                        if args.shared and rule == "semlens" and math == kinds[-1][2]:
+                            timed("rounds", batch, lambda b, e: rounds_heatmaps(modified, layer, images, samples[b:e], channels[b:e]))
                 with torch.no_grad():
                     timed("forward", batch, lambda b, e: model(images[samples[b:e]]))
         for batch in args.batches:
             per_image = statistics.median(times["forward", batch])
             distinct = sum(len(torch.unique(samples[b:e])) for b, e in chunks(len(order), batch)) / len(range(0, len(order), batch))
             row = f"{size:4d}  {batch:10d}  {distinct:13.1f}  {per_image * 1e3:16.2f}"
-            for name in [name for name, _, _ in kinds] + ["shared"] * args.shared:
+            for name in [name for name, _, _ in kinds] + ["shared", "rounds"] * args.shared:
                 per_pair = statistics.median(times[name, batch])
                 row += f"  {per_pair * 1e3:{len(name) + 8}.2f}  {per_pair / per_image:5.2f}"
             print(row, flush=True)
         if peaks:
             print(f"{size:4d}  peak GiB a pass (model and images included): " + "; ".join(
                 f"{name} " + ", ".join(f"{batch}: {peaks[name, batch]:.2f}" for batch in args.batches)
-                for name in [name for name, _, _ in kinds] + ["shared"] * args.shared))  # fmt: skip
+                for name in [name for name, _, _ in kinds] + ["shared", "rounds"] * args.shared))  # fmt: skip
         if args.profile:
             profile(kinds, relevance, composites, model, heatmaps, max(args.batches), size, args.device)
         reference = maps[kinds[-1][0]][1]
@@ -304,7 +333,7 @@ def main() -> None:
             f"{rule} {kind}": float(((heat - reference).abs().flatten(1).amax(1) / peak).max())
             for rule, (batched, single) in maps.items()
             for kind, heat in (("batched", batched), ("one per call", single))
-            if rule != "shared" or kind == "batched"
+            if rule not in ("shared", "rounds") or kind == "batched"
         }
         print(f"{size:4d}  heatmaps of {check} pairs against {kinds[-1][0]}'s one pair per call: max |difference| / max |map| = "
               + ", ".join(f"{gap:.1e} {name}" for name, gap in gaps.items()))  # fmt: skip

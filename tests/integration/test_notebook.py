@@ -82,6 +82,17 @@ def test_measures_of_every_layer_are_drawn_as_layer_means_and_the_least_clear_un
         lens.measures("head").of(lens.layers[0])
 
 
+def test_the_overview_map_is_drawn_as_a_picture_with_its_clusters(lens) -> None:
+    """``lens.overview()`` in a notebook showed a dataclass with every position; now the map and its clusters."""
+    overview = lens.overview()
+    page = shown(overview)
+    assert page.startswith('<img src="data:image/png;base64,') and "units</th>" in page
+    assert all(f"<td>{_text_of(name)}</td>" in page for name in overview.cluster_names)
+    sizes = overview.cluster_sizes()
+    assert sum(count for _, count in sizes) == len(overview.units) and [count for _, count in sizes] == sorted((count for _, count in sizes), reverse=True)
+    assert repr(overview).startswith(f"OverviewMap: {len(overview.units)} units in {len(overview.cluster_names)} clusters: {sizes[0][0]} ({sizes[0][1]})")
+
+
 def _text_of(label: str | None) -> str:
     import html
 

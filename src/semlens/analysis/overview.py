@@ -18,12 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._util.display import HtmlResult
+
 NO_CONCEPT = "no concept"  # a cluster none of whose units shows a concept, as every face names such a unit
 
 
 @dataclass
-class OverviewMap:
-    """Positions, clusters and categories of units; ``units[i]`` sits at ``xy[i]``."""
+class OverviewMap(HtmlResult):
+    """Positions, clusters and categories of units; ``units[i]`` sits at ``xy[i]``. In a notebook: the map as a
+    picture, and the clusters with their units' most common labels."""
 
     units: list[str]
     xy: np.ndarray  # [n, 2]
@@ -31,6 +34,17 @@ class OverviewMap:
     cluster_names: list[str]
     category: np.ndarray  # [n] int, index into category_names
     category_names: list[str]
+
+    def cluster_sizes(self) -> list[tuple[str, int]]:
+        """Each cluster's name and how many units it holds, largest first."""
+        sizes = [(name, int((self.cluster == index).sum())) for index, name in enumerate(self.cluster_names)]
+        return sorted(sizes, key=lambda entry: -entry[1])
+
+    def __repr__(self) -> str:
+        """Outside a notebook: the units and clusters (the dataclass's repr printed every position)."""
+        shown = ", ".join(f"{name} ({count})" for name, count in self.cluster_sizes()[:8])
+        more = f", and {len(self.cluster_names) - 8} more" if len(self.cluster_names) > 8 else ""
+        return f"OverviewMap: {len(self.units)} units in {len(self.cluster_names)} clusters: {shown}{more}"
 
     def to_dict(self) -> dict:
         return {

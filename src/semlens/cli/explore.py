@@ -307,7 +307,7 @@ def overview_map(
     if as_json:
         emit_json({"html": str(out), "png": str(picture), **overview.to_dict()})
         return
-    rows = [(name, int((overview.cluster == index).sum())) for index, name in enumerate(overview.cluster_names)]
+    rows = overview.cluster_sizes()
     console.print(table(f"{len(overview.units)} units in {len(rows)} clusters", ("cluster (its units' most common labels)", "units"), rows))
     say(f"map: {out} and {picture}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -93,9 +93,9 @@ def dissection_png(counts: dict[str, dict[str, int]], path: str | Path) -> Path:
     axes.set_title("units per concept category")
     axes.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, format="png")
     plt.close(figure)
-    return Path(path)
+    return path
 
 
 def dissection_figure(counts: dict[str, dict[str, int]]):
@@ -180,8 +180,9 @@ def _literal(text: str) -> str:
     return text.replace("$", r"\$")
 
 
-def overview_png(overview, path: str | Path) -> Path:
-    """The overview map as a static picture: a legend by category, cluster names boxed at the cluster centres."""
+def overview_png(overview, path: str | Path | BinaryIO) -> str | Path | BinaryIO:
+    """The overview map as a static picture (to a file, or a notebook's buffer): a legend by category, cluster names
+    boxed at the cluster centres."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,9 +203,9 @@ def overview_png(overview, path: str | Path) -> Path:
     axes.legend(title="concept category", fontsize=8, markerscale=2, bbox_to_anchor=(1.01, 1), loc="upper left")
     axes.set_title("overview map (UMAP of unit embeddings)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, format="png")
     plt.close(figure)
-    return Path(path)
+    return path
 
 
 def overlap_figure(comparison, name_a: str, name_b: str):

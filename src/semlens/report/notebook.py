@@ -1,5 +1,5 @@
 """How results draw themselves in a notebook: search hits, labels, a class's relevant units, an audit, an
-explanation, measures, a comparison.
+explanation, measures, the overview map, a comparison.
 
 Small self-contained HTML: tables, thumbnails as JPEG data URIs, no script (notebooks that do not trust a
 cell's output drop scripts anyway). Every name is escaped: units, labels, classes and concepts may come from
@@ -21,6 +21,7 @@ from ..analysis.audit import Audit
 from ..analysis.compare import Comparison
 from ..analysis.explain import ExplainedUnit, Explanation
 from ..analysis.measures import TYPICAL_PAIR, Measures
+from ..analysis.overview import OverviewMap
 from ..lens.audits import RelevantUnits
 from ..lens.labels import Labelling
 from ..lens.search import SearchResults
@@ -148,6 +149,22 @@ def measures_html(measures: Measures) -> str:
         + f"<p><small>{_text(TYPICAL_PAIR)}</small></p>"
         + _table(["", "unit", "value", "label", "concept examples"], rows) + pictures.note()
     )  # fmt: skip
+
+
+@renders_html(OverviewMap)
+def overview_html(overview: OverviewMap) -> str:
+    """The map as a PNG (a notebook shows no script, so not the report's interactive map), then its clusters."""
+    import base64
+    import io
+
+    from .figures import overview_png
+
+    picture = base64.b64encode(overview_png(overview, io.BytesIO()).getvalue()).decode("ascii")
+    rows = [[_text(name), str(count)] for name, count in overview.cluster_sizes()]
+    return (
+        f'<img src="data:image/png;base64,{picture}" alt="overview map" style="max-width: 100%">'
+        + _table(["cluster (its units' most common labels)", "units"], rows)
+    )
 
 
 @renders_html(Audit)
