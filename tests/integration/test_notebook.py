@@ -4,6 +4,7 @@ thumbnails of their concept examples where the Lens that made them has them, eve
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -91,6 +92,24 @@ def test_the_overview_map_is_drawn_as_a_picture_with_its_clusters(lens) -> None:
     sizes = overview.cluster_sizes()
     assert sum(count for _, count in sizes) == len(overview.units) and [count for _, count in sizes] == sorted((count for _, count in sizes), reverse=True)
     assert repr(overview).startswith(f"OverviewMap: {len(overview.units)} units in {len(overview.cluster_names)} clusters: {sizes[0][0]} ({sizes[0][1]})")
+
+
+def test_an_attribution_graph_of_an_unlabelled_lens_is_drawn_with_its_groups_and_flows(explorer_lenses, tmp_path) -> None:
+    """It raised "run `semlens label LENS` first" on a Lens not labelled yet, which every other face shows with the
+    default vocabulary's labels; in a notebook it showed a dataclass listing every unit."""
+    copy = tmp_path / "unlabelled.lens"
+    shutil.copytree(explorer_lenses[0], copy)
+    for stored in copy.rglob("*labels*"):
+        stored.unlink()
+    lens = Lens.open(copy, trust=True)
+    graph = lens.attribution_graph(lens.classes[0], cut=0.0)
+    assert not list(lens.path.rglob("*labels*"))  # the labels it shows are held in memory, as every result's
+    page = shown(graph)
+    assert f"Concepts behind class {lens.classes[0]}" in page and graph.nodes and graph.edges
+    assert all(_text_of(node.label) in page and f"{node.relevance:.3f}" in page for node in graph.nodes)
+    upper, lower, weight = graph.strongest_edges(1)[0]
+    assert abs(weight) == max(abs(edge["weight"]) for edge in graph.edges) and f"{weight:.3f}" in page and THUMBNAIL in page
+    assert repr(graph).startswith(f"AttributionGraph(class {lens.classes[0]!r}: {len(graph.nodes)} concept groups")
 
 
 def _text_of(label: str | None) -> str:

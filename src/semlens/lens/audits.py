@@ -338,15 +338,15 @@ def attribution_graph(
     lrp = RelevanceModel(model.module, inputs[:2], rule=lens.units.lrp_rule)
     if not lrp.check().supported:
         raise SemlensError(f"LRP does not support this model: {lrp.check().reason}")
+    labels = {layer: lens.labels.shown(layer) for layer in chosen}  # the default vocabulary's where none are stored, as every face shows
     if lens.labels.vocabulary is None:
         lens.embedding.require_text("an attribution graph (it groups units by their labels)")
-        raise SemlensError("an attribution graph groups units by label: run `semlens label LENS` (or Lens.label()) first")
+        raise SemlensError(f"an attribution graph groups units by label, and this Lens shows none: label it first ({asked('lens.label()', 'semlens label LENS')})")
     units = {layer: [f"{layer}/{name}" for name in lens.units(layer)] for layer in chosen}
-    labels = {layer: lens.labels.shown(layer) for layer in chosen}
     title = lens.classes[index] if lens.classes else str(index)
     valid = {layer: ~lens.arrays.inactive(layer) for layer in chosen}  # a tied unit shows its crops' label
     saes: dict = lens.sources.sae_files(chosen)  # paths, loaded on first use
-    return build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid, saes, lens.units.channels_last(chosen))
+    return made_by(build_graph(lrp, inputs, index, title, chosen, units, labels, GRAPH_CUT if cut is None else cut, valid, saes, lens.units.channels_last(chosen)), lens)
 
 
 def _seen_class(lens: Lens, index: int, class_name: str | int, relevance: dict) -> list[int]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .._util.display import HtmlResult
 from ..model.sae import SparseAutoencoder
 from .sae import unit_tensors
 
@@ -35,11 +36,30 @@ class Node:
 
 
 @dataclass
-class AttributionGraph:
+class AttributionGraph(HtmlResult):
+    """The concepts behind a class: per layer, its relevant units grouped by label (``nodes``, most relevant first),
+    and the relevance flowing from each upper group down to the groups below (``edges``). In a notebook: the groups
+    per layer with their shares and the strongest flows."""
+
     class_name: str
     nodes: list[Node] = field(default_factory=list)
     edges: list[dict] = field(default_factory=list, metadata={"description": "{source, target, weight}: relevance flowing down"})
     left_out: dict[str, float] = field(default_factory=dict)  # per layer: share of the units not listed (inactive) above the cut
+
+    def strongest_edges(self, count: int = 10) -> list[tuple[Node, Node, float]]:
+        """The ``count`` heaviest flows between groups as (upper group, lower group, weight), heaviest first."""
+        nodes = {node.id: node for node in self.nodes}
+        ranked = sorted(self.edges, key=lambda edge: -abs(edge["weight"]))[:count]
+        return [(nodes[edge["source"]], nodes[edge["target"]], float(edge["weight"])) for edge in ranked]
+
+    def __repr__(self) -> str:
+        """Outside a notebook: the class and each layer's leading concept groups (the dataclass's repr listed every unit)."""
+        layers = dict.fromkeys(node.layer for node in self.nodes)
+        lead = "; ".join(
+            f"{layer}: " + ", ".join(f"{node.label} {node.relevance:.2f}" for node in [node for node in self.nodes if node.layer == layer][:3])
+            for layer in layers
+        )
+        return f"AttributionGraph(class {self.class_name!r}: {len(self.nodes)} concept groups, {len(self.edges)} flows; leading groups per layer: {lead})"
 
     def to_dict(self) -> dict:
         nodes = [node.__dict__ for node in self.nodes]

@@ -1,5 +1,5 @@
 """How results draw themselves in a notebook: search hits, labels, a class's relevant units, an audit, an
-explanation, measures, the overview map, a comparison.
+explanation, an attribution graph, measures, the overview map, a comparison.
 
 Small self-contained HTML: tables, thumbnails as JPEG data URIs, no script (notebooks that do not trust a
 cell's output drop scripts anyway). Every name is escaped: units, labels, classes and concepts may come from
@@ -23,6 +23,7 @@ from ..analysis.explain import ExplainedUnit, Explanation
 from ..analysis.measures import TYPICAL_PAIR, Measures
 from ..analysis.overview import OverviewMap
 from ..lens.audits import RelevantUnits
+from ..relevance.graph import AttributionGraph
 from ..lens.labels import Labelling
 from ..lens.search import SearchResults
 from ..model.imagenet import shown_class
@@ -165,6 +166,24 @@ def overview_html(overview: OverviewMap) -> str:
         f'<img src="data:image/png;base64,{picture}" alt="overview map" style="max-width: 100%">'
         + _table(["cluster (its units' most common labels)", "units"], rows)
     )
+
+
+@renders_html(AttributionGraph)
+def graph_html(graph: AttributionGraph) -> str:
+    """Each layer's concept groups (label, units, relevance, the first unit's concept examples), then the strongest
+    flows between them (the report and the explorer draw the graph itself, with scripts a notebook drops)."""
+    pictures = _Examples(graph)
+    rows = [
+        [_text(node.layer), _text(node.label), str(len(node.units)), f"{node.relevance:.3f}", pictures(node.units[0]) if node.units else ""]
+        for node in graph.nodes
+    ]  # fmt: skip
+    flows = [[_text(f"{upper.layer}: {upper.label}"), _text(f"{lower.layer}: {lower.label}"), f"{weight:.3f}"] for upper, lower, weight in graph.strongest_edges()]
+    return (
+        f"<h4>Concepts behind class {_text(shown_class(graph.class_name))}</h4>"
+        + _table(["layer", "concept group", "units", "relevance", "concept examples (its first unit)"], rows) + pictures.note()
+        + "<p><small>strongest flows of relevance, from a group down to one below</small></p>"
+        + _table(["from", "to", "relevance"], flows)
+    )  # fmt: skip
 
 
 @renders_html(Audit)
