@@ -35,8 +35,8 @@ rules (semlens' ZPlus reads which channels carry relevance, a data-dependent ste
 backward passes batched with ``torch.autograd.grad(is_grads_batched=True)`` (vmap). Its heatmaps are exact, but on a
 CPU vmap runs the convolutions' backward once per pair, so it is slower. With semlens' rules ("rounds"): one backward
 pass per round, round r the r-th pair of every sample, through the one forward pass (``retain_graph``); exact too,
-and on a CPU slower as well where a pass holds few distinct samples (the build's order): each backward pass costs
-a fixed overhead that one pass over all pairs pays once. The build keeps one forward per pair.
+and on a CPU slower as well, with 1.8 distinct samples a pass (the build's order) and with 25.5
+(docs/explanation/performance.md). The build keeps one forward per pair.
 
 Exactness: semlens' heatmaps of the first ``--check`` pairs are compared with zennit's, and the
 batched heatmaps with one pair per call (max |difference| / max |map|).
