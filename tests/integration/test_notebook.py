@@ -112,6 +112,17 @@ def test_an_attribution_graph_of_an_unlabelled_lens_is_drawn_with_its_groups_and
     assert repr(graph).startswith(f"AttributionGraph(class {lens.classes[0]!r}: {len(graph.nodes)} concept groups")
 
 
+def test_a_unit_s_concept_clusters_are_drawn_each_with_its_own_examples(lens) -> None:
+    """``lens.concept_clusters(unit)`` showed a dataclass listing ranks; now each cluster with its own examples."""
+    unit = lens.search("red", top=1)[0].unit
+    clusters = lens.concept_clusters(unit)
+    page = shown(clusters)
+    assert f"Concept clusters of {unit}" in page and clusters.clusters
+    assert page.count(THUMBNAIL) == sum(min(cluster.size, 6) for cluster in clusters.clusters)  # each cluster's own examples
+    assert repr(clusters).startswith(f"UnitClusters({unit}: {len(clusters.clusters)} concept cluster")
+    assert json.dumps(clusters.to_dict()) and "_lens" not in clusters.to_dict()
+
+
 def _text_of(label: str | None) -> str:
     import html
 

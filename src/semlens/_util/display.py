@@ -27,7 +27,7 @@ def renders_html(kind: type) -> Callable[[Callable[[Any], str]], Callable[[Any],
 
 def made_by(result: Result, lens: Any) -> Result:
     """``result``, remembering the Lens that made it (for its units' concept examples in its picture)."""
-    result._lens = lens
+    object.__setattr__(result, "_lens", lens)  # a frozen dataclass's too
     return result
 
 

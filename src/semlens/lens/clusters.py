@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._util.display import HtmlResult, made_by
 from ..analysis.clusters import concept_clusters as cluster_examples
 from ..analysis.alignment import alignment
 from ..analysis.label import MIN_CONFIDENCE, label_confidence, rank_concepts
@@ -40,10 +41,10 @@ class ConceptCluster:
 
 
 @dataclass(frozen=True)
-class UnitClusters:
+class UnitClusters(HtmlResult):
     """A unit's concept clusters (one for a monosemantic unit, two for a polysemantic one), largest first, and
     ``split_p``: the chance that one concept's spread splits as cleanly (two clusters only below
-    ``analysis.clusters.SPLIT_P``; None without spread)."""
+    ``analysis.clusters.SPLIT_P``; None without spread). In a notebook: each cluster with its concept examples."""
 
     unit: str
     examples: str = field(metadata={"description": "Which concept examples: by activation."})
@@ -55,6 +56,11 @@ class UnitClusters:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def __repr__(self) -> str:
+        """Outside a notebook: the unit and each cluster's size and name (the dataclass's repr listed every rank)."""
+        shown = "; ".join(f"{cluster.size} examples: {cluster.label or cluster.concept or '(unnamed)'}" for cluster in self.clusters)
+        return f"UnitClusters({self.unit}: {len(self.clusters)} concept cluster{'s' * (len(self.clusters) != 1)}; {shown})"
 
 
 def concept_clusters(
@@ -81,11 +87,11 @@ def concept_clusters(
     clusters = [ConceptCluster(ranks[cluster], len(ranks[cluster]), *name) for cluster, name in zip(used, names)]
     clusters.sort(key=lambda cluster: (-cluster.size, cluster.ranks))
     value, chance = float(polysemanticity(embeddings)[0]), float(p[0])
-    return UnitClusters(
+    return made_by(UnitClusters(
         unit, examples, None if math.isnan(value) else round(value, 5), None if math.isnan(chance) else float(f"{chance:.3g}"),
         bool(lens.examples.valid(layer, examples)[row]),
         None if vocab is None else vocab.name, clusters,
-    )  # fmt: skip
+    ), lens)  # fmt: skip
 
 
 def _cluster_names(lens: Lens, layer: str, means: torch.Tensor, vocab: Vocabulary) -> list[tuple[str, float, str | None]]:

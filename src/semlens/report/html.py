@@ -56,10 +56,13 @@ def _title(example) -> str:
     return f'title="{html.escape(example.source)} ({example.score:.3g})"'
 
 
-def example_thumbnails(lens: Lens, unit: str, shown: int = EXAMPLES_SHOWN, size: int = THUMBNAIL, by: str = "activation") -> str:
-    """``<img>`` tags of where ``unit`` fires on its first ``shown`` concept examples of the set ``by``
-    (``firing_picture``), each titled with its source and score."""
-    examples = lens.examples.concept_examples(unit, by=by)[:shown]
+def example_thumbnails(
+    lens: Lens, unit: str, shown: int = EXAMPLES_SHOWN, size: int = THUMBNAIL, by: str = "activation", ranks: Sequence[int] | None = None
+) -> str:
+    """``<img>`` tags of where ``unit`` fires on its first ``shown`` concept examples of the set ``by`` (of those of
+    ``ranks``, where given: a concept cluster's) (``firing_picture``), each titled with its source and score."""
+    examples = lens.examples.concept_examples(unit, by=by)
+    examples = [example for example in examples if ranks is None or example.rank in ranks][:shown]
     return "".join(f'<img src="{thumbnail(firing_picture(lens, unit, example, by), size)}" {_title(example)}>' for example in examples)
 
 

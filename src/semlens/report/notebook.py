@@ -1,5 +1,5 @@
 """How results draw themselves in a notebook: search hits, labels, a class's relevant units, an audit, an
-explanation, an attribution graph, measures, the overview map, a comparison.
+explanation, an attribution graph, a unit's concept clusters, measures, the overview map, a comparison.
 
 Small self-contained HTML: tables, thumbnails as JPEG data URIs, no script (notebooks that do not trust a
 cell's output drop scripts anyway). Every name is escaped: units, labels, classes and concepts may come from
@@ -23,6 +23,7 @@ from ..analysis.explain import ExplainedUnit, Explanation
 from ..analysis.measures import TYPICAL_PAIR, Measures
 from ..analysis.overview import OverviewMap
 from ..lens.audits import RelevantUnits
+from ..lens.clusters import UnitClusters
 from ..relevance.graph import AttributionGraph
 from ..lens.labels import Labelling
 from ..lens.search import SearchResults
@@ -33,6 +34,7 @@ from .sections import _names, audit_summary
 
 SIZE = 64  # px: a row of thumbnails stays one line of a table
 SHOWN = 3  # concept examples per unit
+CLUSTER_SHOWN = 6  # concept examples per cluster of a unit's examples
 MATCHES = 10  # best matches a comparison lists
 
 
@@ -58,11 +60,11 @@ class _Examples:
     def __init__(self, result: object, by: str = "activation") -> None:
         self.lens, self.by, self.missing = lens_of(result), by, None
 
-    def __call__(self, unit: str) -> str:
+    def __call__(self, unit: str, ranks: Sequence[int] | None = None, shown: int = SHOWN) -> str:
         if self.lens is None or self.missing is not None:
             return ""
         try:
-            return example_thumbnails(self.lens, unit, SHOWN, SIZE, self.by)
+            return example_thumbnails(self.lens, unit, shown, SIZE, self.by, ranks)
         except SemlensError as error:
             self.missing = str(error)
             return ""
@@ -183,6 +185,22 @@ def graph_html(graph: AttributionGraph) -> str:
         + _table(["layer", "concept group", "units", "relevance", "concept examples (its first unit)"], rows) + pictures.note()
         + "<p><small>strongest flows of relevance, from a group down to one below</small></p>"
         + _table(["from", "to", "relevance"], flows)
+    )  # fmt: skip
+
+
+@renders_html(UnitClusters)
+def unit_clusters_html(clusters: UnitClusters) -> str:
+    """Each of a unit's concept clusters: its size, its concept and label, and its own concept examples."""
+    pictures = _Examples(clusters, clusters.examples)
+    rows = [
+        [str(cluster.size), _text(cluster.concept or "-"), _text(cluster.label or "(no concept)"), pictures(clusters.unit, cluster.ranks, CLUSTER_SHOWN)]
+        for cluster in clusters.clusters
+    ]  # fmt: skip
+    split = "" if clusters.split_p is None else f"; one concept's spread splits as cleanly with chance {clusters.split_p:.3g}"
+    polysemanticity = "-" if clusters.polysemanticity is None else f"{clusters.polysemanticity:.3f}"
+    return (
+        f"<h4>Concept clusters of {_text(clusters.unit)}</h4><p>polysemanticity {polysemanticity}{split}</p>"
+        + _table(["examples", "concept", "label", "concept examples"], rows) + pictures.note()
     )  # fmt: skip
 
 
