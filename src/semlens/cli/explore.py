@@ -95,7 +95,7 @@ def print_hits(hits: SearchResults, title: str, score: str, as_json: bool) -> No
     responses = any(hit.response is not None for hit in hits)  # a column only where the Lens kept crop responses
     columns = ("#", "unit", score, *(("response",) if responses else ()), "label", "top concept examples")  # '#': the ranking's order
     rows = [
-        (position, hit.unit, round(hit.score, 4), *((rounded(hit.response),) if responses else ()), hit.label or "", ", ".join(hit.examples))
+        (position, hit.unit, round(hit.score, 4), *((rounded(hit.response),) if responses else ()), hit.label or "no concept", ", ".join(hit.examples))
         for position, hit in enumerate(hits, 1)
     ]
     console.print(table(title, columns, rows))
@@ -168,7 +168,7 @@ def relevant(
     if as_json:
         emit_json([unit.to_dict() for unit in units])
         return
-    rows = [(unit.unit, *(f"{round(share, 4) + 0.0:.4f}" for share in (unit.mean_share, unit.max_share)), unit.label or "") for unit in units]  # + 0.0: no "-0.0000"
+    rows = [(unit.unit, *(f"{round(share, 4) + 0.0:.4f}" for share in (unit.mean_share, unit.max_share)), unit.label or "no concept") for unit in units]  # + 0.0: no "-0.0000"
     name = shown_class(opened.classes[opened.units.class_index(class_name)]) if opened.classes else class_name
     console.print(table(f"units most relevant for class {name}", ("unit", "mean share", "max share", "label"), rows))
 
