@@ -110,6 +110,8 @@ def test_an_attribution_graph_of_an_unlabelled_lens_is_drawn_with_its_groups_and
     upper, lower, weight = graph.strongest_edges(1)[0]
     assert abs(weight) == max(abs(edge["weight"]) for edge in graph.edges) and f"{weight:.3f}" in page and THUMBNAIL in page
     assert repr(graph).startswith(f"AttributionGraph(class {lens.classes[0]!r}: {len(graph.nodes)} concept groups")
+    with pytest.raises(SemlensError, match=f"needs at least two layers: give two or more of {', '.join(lens.layers)}, or none for all"):
+        lens.attribution_graph(lens.classes[0], layers=["head"])
 
 
 def test_a_unit_s_concept_clusters_are_drawn_each_with_its_own_examples(lens) -> None:

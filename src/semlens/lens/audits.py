@@ -322,7 +322,9 @@ def attribution_graph(
 
     chosen = lens.units.checked(layers)
     if len(chosen) < 2:
-        raise SemlensError("an attribution graph needs at least two layers")
+        if len(lens.layers) < 2:
+            raise SemlensError(f"an attribution graph traces relevance between layers, and this Lens has one ({lens.layers[0]}): build a Lens with two or more")
+        raise SemlensError(f"an attribution graph needs at least two layers: give two or more of {', '.join(lens.layers)}, or none for all of them")
     if any(lens.manifest["layers"][layer]["unit_names"] == "signed" for layer in chosen):
         raise SemlensError("attribution graphs need unsigned layers (channels or SAE features)")
     relevance = lens.arrays.class_relevance(chosen[-1])
