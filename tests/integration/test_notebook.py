@@ -125,6 +125,16 @@ def test_a_unit_s_concept_clusters_are_drawn_each_with_its_own_examples(lens) ->
     assert json.dumps(clusters.to_dict()) and "_lens" not in clusters.to_dict()
 
 
+def test_a_dissection_is_a_dict_drawn_as_a_table_of_layers_by_categories(lens) -> None:
+    counts = lens.labels.dissect()
+    assert isinstance(counts, dict) and json.loads(json.dumps(counts)) == counts  # still the dict it was
+    page = shown(counts)
+    categories = list(counts[lens.layers[0]])
+    assert all(f"<th>{_text_of(category)}</th>" in page for category in categories) and "unlabelled" in categories
+    for layer in lens.layers:
+        assert "<tr><td>" + layer + "</td>" + "".join(f"<td>{counts[layer][category]}</td>" for category in categories) + "</tr>" in page
+
+
 def _text_of(label: str | None) -> str:
     import html
 

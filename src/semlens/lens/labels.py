@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._util.display import HtmlResult
-from .._util.errors import SemlensError, warn_caller
+from .._util.errors import SemlensError, asked, warn_caller
 from ..analysis.alignment import alignment
 from ..analysis.label import (
     MIN_CONFIDENCE,
@@ -296,20 +296,20 @@ class LabelStore:
         concepts = self.vocabulary.concepts
         return [(concepts[int(c)], float(a), z) for c, a, z in zip(labels.concepts[row], labels.candidate_alignments[row], _confidences(labels, row))]
 
-    def dissect(self, method: str | None = None) -> dict[str, dict[str, int]]:
+    def dissect(self, method: str | None = None) -> Dissection:
         """Units per label category per layer (from the stored labels, else the default vocabulary's: ``_to_show``);
         with ``method``, an error unless the labels were made by it (never another method's counts in silence)."""
         self._to_show()
         if self.vocabulary is None:
             self.lens.embedding.require_text("dissection (it counts units by their labels)")
-            raise SemlensError("this Lens has no labels yet: run `semlens label LENS` (or Lens.label()) first")
+            raise SemlensError(f"this Lens has no labels yet: label it first ({asked('lens.label()', 'semlens label LENS')})")
         if method is not None and check_method(method) != self.method:
             raise SemlensError(
-                f"this Lens's labels were made by the {self.method!r} method, not {method!r}: "
-                f"run `semlens label LENS --method {method}` (or Lens.label(method={method!r})) first"
+                f"this Lens's labels were made by the {self.method!r} method, not {method!r}: label it so first "
+                f"({asked(f'lens.label(method={method!r})', f'semlens label LENS --method {method}')})"
             )
         categories = self.vocabulary.category_names()
-        return {layer: dissect(self.of(layer), categories, self.vocabulary.categories) for layer in self.lens.layers}
+        return Dissection({layer: dissect(self.of(layer), categories, self.vocabulary.categories) for layer in self.lens.layers})
 
     def category_units(self, layer: str, category: str) -> list[str]:
         """The units behind one bar of ``dissect``: a layer's units labelled in ``category`` (or "unlabelled")."""
@@ -325,6 +325,11 @@ class LabelStore:
         if vocabulary is None:
             return self.vocabulary or self.lens.embedding.default_vocabulary
         return vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
+
+
+class Dissection(HtmlResult, dict):
+    """What ``LabelStore.dissect`` returns: per layer, how many units show a label of each concept category (and how
+    many are "unlabelled", "inactive or tied"), as a dict that draws itself in a notebook as a table of layers by categories."""
 
 
 def label(

@@ -1,5 +1,5 @@
 """How results draw themselves in a notebook: search hits, labels, a class's relevant units, an audit, an
-explanation, an attribution graph, a unit's concept clusters, measures, the overview map, a comparison.
+explanation, an attribution graph, a unit's concept clusters, measures, the overview map, a dissection, a comparison.
 
 Small self-contained HTML: tables, thumbnails as JPEG data URIs, no script (notebooks that do not trust a
 cell's output drop scripts anyway). Every name is escaped: units, labels, classes and concepts may come from
@@ -25,7 +25,7 @@ from ..analysis.overview import OverviewMap
 from ..lens.audits import RelevantUnits
 from ..lens.clusters import UnitClusters
 from ..relevance.graph import AttributionGraph
-from ..lens.labels import Labelling
+from ..lens.labels import Dissection, Labelling
 from ..lens.search import SearchResults
 from ..model.imagenet import shown_class
 from .explain import explanation_overlays
@@ -202,6 +202,15 @@ def unit_clusters_html(clusters: UnitClusters) -> str:
         f"<h4>Concept clusters of {_text(clusters.unit)}</h4><p>polysemanticity {polysemanticity}{split}</p>"
         + _table(["examples", "concept", "label", "concept examples"], rows) + pictures.note()
     )  # fmt: skip
+
+
+@renders_html(Dissection)
+def dissection_html(dissection: Dissection) -> str:
+    """Units per label category (columns) per layer (rows), in the dissection's order (the vocabulary's categories, then
+    "unlabelled" and "inactive or tied")."""
+    categories = list(next(iter(dissection.values()), {}))
+    rows = [[_text(layer), *(str(counts.get(category, 0)) for category in categories)] for layer, counts in dissection.items()]
+    return "<h4>Units per label category</h4>" + _table(["layer", *categories], rows)
 
 
 @renders_html(Audit)
