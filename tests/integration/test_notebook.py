@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -97,11 +98,7 @@ def test_the_overview_map_is_drawn_as_a_picture_with_its_clusters(lens) -> None:
 def test_an_attribution_graph_of_an_unlabelled_lens_is_drawn_with_its_groups_and_flows(explorer_lenses, tmp_path) -> None:
     """It raised "run `semlens label LENS` first" on a Lens not labelled yet, which every other face shows with the
     default vocabulary's labels; in a notebook it showed a dataclass listing every unit."""
-    copy = tmp_path / "unlabelled.lens"
-    shutil.copytree(explorer_lenses[0], copy)
-    for stored in copy.rglob("*labels*"):
-        stored.unlink()
-    lens = Lens.open(copy, trust=True)
+    lens = Lens.open(_unlabelled_copy(explorer_lenses[0], tmp_path), trust=True)
     graph = lens.attribution_graph(lens.classes[0], cut=0.0)
     assert not list(lens.path.rglob("*labels*"))  # the labels it shows are held in memory, as every result's
     page = shown(graph)
@@ -133,6 +130,25 @@ def test_a_dissection_is_a_dict_drawn_as_a_table_of_layers_by_categories(lens) -
     assert all(f"<th>{_text_of(category)}</th>" in page for category in categories) and "unlabelled" in categories
     for layer in lens.layers:
         assert "<tr><td>" + layer + "</td>" + "".join(f"<td>{counts[layer][category]}</td>" for category in categories) + "</tr>" in page
+
+
+def test_a_lens_in_a_notebook_shows_what_semlens_info_prints(lens, tmp_path) -> None:
+    page = shown(lens)
+    identity = lens.manifest["identity"]
+    assert f"<td>{_text_of(identity['model']['spec'])}</td>" in page and f"k {lens.examples.k}" in page
+    assert all(f"<tr><td>{layer}</td><td>{len(lens.units(layer))}</td>" in page for layer in lens.layers)
+    assert "valid units show a concept" in page  # labelled
+    copy = _unlabelled_copy(lens.path, tmp_path)
+    assert "none stored: the default vocabulary's are shown" in shown(Lens.open(copy))
+    assert not list(copy.rglob("*labels*"))  # drawing it labelled nothing
+
+
+def _unlabelled_copy(path: Path, folder: Path) -> Path:
+    copy = folder / "unlabelled.lens"
+    shutil.copytree(path, copy)
+    for stored in copy.rglob("*labels*"):
+        stored.unlink()
+    return copy
 
 
 def _text_of(label: str | None) -> str:

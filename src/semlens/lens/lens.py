@@ -6,6 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._util.display import HtmlResult
 from .._util.errors import SemlensError, StaleLensError
 from ..store.files import LensStore
 from ..store.layout import check_layout
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 STAGES = ("collect", "embed")
 
 
-class Lens:
+class Lens(HtmlResult):
     """A model's units embedded in a foundation model's space, with their concept examples.
 
     Units are addressed as ``"layer/index"`` (``"layer/index-"`` for the negative half of a signed

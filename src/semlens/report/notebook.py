@@ -1,5 +1,5 @@
 """How results draw themselves in a notebook: search hits, labels, a class's relevant units, an audit, an
-explanation, an attribution graph, a unit's concept clusters, measures, the overview map, a dissection, a comparison.
+explanation, an attribution graph, a unit's concept clusters, measures, the overview map, a dissection, a comparison, and the Lens itself.
 
 Small self-contained HTML: tables, thumbnails as JPEG data URIs, no script (notebooks that do not trust a
 cell's output drop scripts anyway). Every name is escaped: units, labels, classes and concepts may come from
@@ -26,6 +26,7 @@ from ..lens.audits import RelevantUnits
 from ..lens.clusters import UnitClusters
 from ..relevance.graph import AttributionGraph
 from ..lens.labels import Dissection, Labelling
+from ..lens.lens import Lens
 from ..lens.search import SearchResults
 from ..model.imagenet import shown_class
 from .explain import explanation_overlays
@@ -202,6 +203,32 @@ def unit_clusters_html(clusters: UnitClusters) -> str:
         f"<h4>Concept clusters of {_text(clusters.unit)}</h4><p>polysemanticity {polysemanticity}{split}</p>"
         + _table(["examples", "concept", "label", "concept examples"], rows) + pictures.note()
     )  # fmt: skip
+
+
+@renders_html(Lens)
+def lens_html(lens: Lens) -> str:
+    """What ``semlens info`` prints, read from the manifest (nothing computed): model, data, foundation model, k and
+    crops, labels, each layer's units, then what the build did instead of what was asked."""
+    from ..lens.sources import data_described
+    from ..pipeline.builder import fallbacks
+
+    manifest = lens.manifest
+    identity, coverage = manifest["identity"], lens.labels.coverage()
+    labels = (
+        "none stored: the default vocabulary's are shown until <code>lens.label()</code> stores some" if coverage is None
+        else _text(f"{lens.labels.vocabulary.name!r} by {lens.labels.method}: {coverage['all']['labelled']} of {coverage['all']['valid_units']} valid units show a concept")
+    )  # fmt: skip
+    facts = [
+        ("model", identity["model"]["spec"]), ("data", data_described(manifest)), ("foundation model", manifest["foundation"]["id"]),
+        ("examples", f"k {lens.examples.k}, crop {identity['embed']['crop']}"),
+    ]  # fmt: skip
+    head = "".join(f"<tr><th>{_text(name)}</th><td>{_text(value)}</td></tr>" for name, value in facts) + f"<tr><th>labels</th><td>{labels}</td></tr>"
+    rows = [
+        [_text(name), str(layer["units"]), str(layer["inactive_units"]), str(int(lens.arrays.tied(name).sum())), _text(layer["output"])]
+        for name, layer in manifest["layers"].items()
+    ]  # fmt: skip
+    notes = "".join(f"<p><small>note: {_text(note)}</small></p>" for note in fallbacks(manifest))
+    return f"<h4>Lens {_text(lens.path)}</h4><table>{head}</table>" + _table(["layer", "units", "inactive", "tied", "output"], rows) + notes
 
 
 @renders_html(Dissection)
