@@ -241,6 +241,9 @@ TYPICAL_PAIR = (
     "to their nearest neighbour than to any"
 )
 
+#: the units each face lists per layer beside the means: (title, measure, highest first)
+EXTREMES = (("least clear", "clarity", False), ("most polysemantic", "polysemanticity", True))
+
 
 @dataclass
 class Measures(HtmlResult):

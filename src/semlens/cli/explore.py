@@ -11,7 +11,7 @@ import typer
 
 from .._util.progress import step_bar
 from ..analysis.label import MIN_CONFIDENCE
-from ..analysis.measures import TYPICAL_PAIR
+from ..analysis.measures import EXTREMES, TYPICAL_PAIR
 from ..lens.search import SearchResults
 from ..lens.sources import data_described
 from ..model.imagenet import shown_class
@@ -337,7 +337,7 @@ def measures(
     console.print(table("layer means", ("layer", "clarity", "polysemanticity", "redundancy", "typical pair"), rows))
     say(TYPICAL_PAIR)
     for name in (name for name in chosen if valid[name]):
-        for title, measure, highest in (("least clear", "clarity", False), ("most polysemantic", "polysemanticity", True)):
+        for title, measure, highest in EXTREMES:
             units = result.extremes(name, measure, worst, highest)
             say(f"{name} {title}: " + ", ".join(f"{unit} ({value:.3f})" for unit, value in units))
     if not all(valid.values()):

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 from .._util.display import made_by
 from .._util.errors import SemlensError
 from ..analysis.alignment import alignment

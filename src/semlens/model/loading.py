@@ -108,10 +108,14 @@ def _python(rest: str) -> LoadedModel:
     found = import_object(target, "model")
     made = found if isinstance(found, (nn.Module, LoadedModel)) else call_factory(found, target, "model")  # a module itself, or its factory
     if isinstance(made, nn.Module):
-        configured = configured_preprocessing(made) if size is None else None
-        if configured is not None:
-            warn_caller(f"model py:{rest}: {configured[1]} preprocessing ({configured[0].described()}); give the input side after the factory (py:{rest}:SIZE) if it takes another")
-        return module_as_loaded(made, f"py:{rest}", configured[0] if configured else Preprocessing() if size is None else sized(Preprocessing(), size))
+        if size is not None:
+            preprocessing = sized(Preprocessing(), size)
+        elif (configured := configured_preprocessing(made)) is not None:
+            preprocessing, source = configured
+            warn_caller(f"model py:{rest}: {source} preprocessing ({preprocessing.described()}); give the input side after the factory (py:{rest}:SIZE) if it takes another")
+        else:
+            preprocessing = Preprocessing()
+        return module_as_loaded(made, f"py:{rest}", preprocessing)
     if not isinstance(made, LoadedModel):
         raise SpecError(f"py:{rest} returned {type(made).__name__}, not an nn.Module or semlens.LoadedModel")
     return made if size is None else replace(made, spec=f"py:{rest}", preprocessing=sized(made.preprocessing, size))

@@ -93,9 +93,9 @@ def dissection_png(counts: dict[str, dict[str, int]], path: str | Path) -> Path:
     axes.set_title("units per concept category")
     axes.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110, format="png")
+    figure.savefig(path, dpi=110)
     plt.close(figure)
-    return path
+    return Path(path)
 
 
 def dissection_figure(counts: dict[str, dict[str, int]]):

@@ -124,16 +124,12 @@ def write_report(
     labelled = lens.labels.ensure()  # a space of images only: a report without labels
     overview = lens.overview()
     labels = {unit: lens.labels.label_of(unit) for unit in overview.units}
-    measures, least_clear, most_poly, unlabelled = {}, [], [], []
+    measured, measures, least_clear, most_poly, unlabelled = lens.measures(), {}, [], [], []
     for layer in lens.layers:
-        values = lens.measures(layer).of(layer)
         units = [f"{layer}/{name}" for name in lens.units(layer)]
-        measures[layer] = {name: [float(v) for v in tensor[~tensor.isnan()].tolist()] for name, tensor in values.items()}  # left-out units have none
-        order = [i for i in values["clarity"].nan_to_num(float("inf")).argsort()[:worst].tolist() if not values["clarity"][i].isnan()]
-        least_clear += [(units[i], f"clarity {float(values['clarity'][i]):.3f}") for i in order]  # left-out units have none
-        polysemantic = values["polysemanticity"]
-        order = [i for i in polysemantic.nan_to_num(float("-inf")).argsort(descending=True)[:worst].tolist() if not polysemantic[i].isnan()]
-        most_poly += [(units[i], f"polysemanticity {float(polysemantic[i]):.3f}; {_clusters_note(lens, units[i])}") for i in order]
+        measures[layer] = {name: [float(v) for v in tensor[~tensor.isnan()].tolist()] for name, tensor in measured.of(layer).items()}  # left-out units have none
+        least_clear += [(unit, f"clarity {value:.3f}") for unit, value in measured.extremes(layer, "clarity", worst, False)]  # left-out units have none
+        most_poly += [(unit, f"polysemanticity {value:.3f}; {_clusters_note(lens, unit)}") for unit, value in measured.extremes(layer, "polysemanticity", worst, True)]
         layer_labels = lens.labels.of(layer)
         if layer_labels is not None:  # None in a space of images only
             missing = (~layer_labels.labelled & lens.arrays.valid(layer)).nonzero().flatten()[:unexpected].tolist()

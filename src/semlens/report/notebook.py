@@ -20,7 +20,7 @@ from .._util.errors import SemlensError
 from ..analysis.audit import Audit
 from ..analysis.compare import Comparison
 from ..analysis.explain import ExplainedUnit, Explanation
-from ..analysis.measures import TYPICAL_PAIR, Measures
+from ..analysis.measures import EXTREMES, TYPICAL_PAIR, Measures
 from ..analysis.overview import OverviewMap
 from ..lens.audits import RelevantUnits
 from ..lens.clusters import UnitClusters
@@ -143,7 +143,7 @@ def measures_html(measures: Measures) -> str:
     means = [[_text(layer), *(f"{value:.3f}" for value in measures.summary(layer).values())] for layer in measures.values]
     rows = []
     for layer in measures.values:
-        for title, measure, highest in (("least clear", "clarity", False), ("most polysemantic", "polysemanticity", True)):
+        for title, measure, highest in EXTREMES:
             for unit, value in measures.extremes(layer, measure, SHOWN, highest):
                 label = lens.labels.label_of(unit) if lens is not None else None
                 rows.append([_text(title), _text(unit), f"{measure} {value:.3f}", _text(label or "(no concept)"), pictures(unit)])
