@@ -103,6 +103,7 @@ from rich.table import Table
 from semlens._util.errors import SemlensError
 from semlens._util.tomlfiles import parse_toml
 from semlens.analysis.vocabulary import Vocabulary
+from semlens.interventions.drawn import named_concept
 from semlens.lens.concepts import forget
 from semlens.lens.lens import Lens
 from semlens.lens.search import RANKINGS
@@ -253,7 +254,9 @@ def evaluate(
     paraphrase = HELD_OUT[artifact]
     forget(lens, artifact)  # what an earlier run's audit pasted (semlens.lens.concepts): search first as a new user does
     hits = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artifact, paraphrase)}
-    other_hits = {rank: {query: [hit.unit for hit in lens.search(query, top=5, rank=rank)] for query in (artifact, paraphrase)} for rank in TEXT_RANKINGS[1:]}
+    other_hits = {rank: {query: [hit.unit for hit in lens.search(query, top=5, rank=rank)] for query in (artifact, paraphrase)} for rank in TEXT_RANKINGS}
+    if named_concept(artifact):  # semlens draws it: by the model's response to its drawings alone (a paraphrase it does not draw: by default)
+        other_hits["drawn"] = {query: [hit.unit for hit in lens.search(query, top=5, rank="model" if named_concept(query) else None)] for query in (artifact, paraphrase)}
     overlays = [artifact_overlay(config, artifact, index) for index in range(OVERLAYS)]
 
     concept = concept_images(config, artifact)  # test images: the Lens is built on the probe split
@@ -458,13 +461,16 @@ def pooled_search(records: list[dict[str, Any]]) -> dict[str, Any]:
     fewer), and every concept's search (``concept_search``) as one mean over its (run, concept) pairs."""
     with_units = [record for record in records if record["artefact_units"]]
     pooled: dict[str, Any] = {"worlds": len(with_units), "pairs": sum(record["concept_search"]["pairs"] for record in records)}
-    for rank, suffix in zip(TEXT_RANKINGS, ("", *(f"_{rank}" for rank in TEXT_RANKINGS[1:]))):
+    for rank, suffix in (("default", ""), *((rank, f"_{rank}") for rank in (*TEXT_RANKINGS, "drawn"))):
+        if any(f"search_hits_at5{suffix}" not in record for record in with_units):
+            continue  # records from before "named" was recorded apart from the default (it was the default)
         hits = [record[f"search_hits_at5{suffix}"] for record in with_units]
         pooled[rank] = {
             "artefact_hits": sum(hits), "goal_met": sum(hit >= min(3, record["artefact_units"]) for hit, record in zip(hits, with_units)),
             "paraphrase_hits": sum(record[f"search_hits_at5_paraphrase{suffix}"] for record in with_units),
-            **{probe: _share(sum(record["concept_search"][f"{probe}_{rank}"] for record in records), pooled["pairs"]) for probe in ("text", "images")},
         }  # fmt: skip
+    for rank in TEXT_RANKINGS:
+        pooled.setdefault(rank, {})["text"] = _share(sum(record["concept_search"][f"text_{rank}"] for record in records), pooled["pairs"])
     for rank in RANKINGS:  # the artefact's overlays (records before them have none), and every concept's scenes
         overlaid = [record["search_hits_at5_overlay"][rank] for record in with_units if "search_hits_at5_overlay" in record]
         pooled.setdefault(rank, {}).update(overlay_hits=sum(overlaid) if overlaid else None)
@@ -480,10 +486,10 @@ def pooled_search(records: list[dict[str, Any]]) -> dict[str, Any]:
 def print_pooled_search(records: list[dict[str, Any]], console: Console) -> None:
     pooled = pooled_search(records)
     parts = [
-        f"{rank}: artefact hits {values['artefact_hits']} (goal met in {values['goal_met']}), paraphrase {values['paraphrase_hits']}, "
-        f"concepts by name {_number(values['text'])}, by images {_number(values['images'])}"
-        for rank, values in ((rank, pooled[rank]) for rank in TEXT_RANKINGS)
-    ] + [f"{rank}: by images {_number(values['images'])}" for rank, values in ((rank, pooled[rank]) for rank in RANKINGS if rank not in TEXT_RANKINGS)]
+        f"{rank}: artefact hits {values['artefact_hits']} (goal met in {values['goal_met']}), paraphrase {values['paraphrase_hits']}"
+        for rank, values in ((rank, pooled.get(rank, {})) for rank in ("default", *TEXT_RANKINGS, "drawn")) if "artefact_hits" in values
+    ] + [f"{rank}: concepts by name {_number(pooled[rank]['text'])}" for rank in TEXT_RANKINGS]
+    parts += [f"{rank}: concepts by images {_number(pooled[rank]['images'])}" for rank in RANKINGS]
     parts.append("artefact overlay hits (mean of its placements, summed over worlds): " + ", ".join(f"{rank} {_number(pooled[rank]['overlay_hits'])}" for rank in RANKINGS))
     after = pooled["after_audit"]
     parts.append(f"the artefact's name after the audit pasted it (default ranking): artefact hits {after['artefact_hits']} (goal met in {after['goal_met']} of {after['worlds']})")

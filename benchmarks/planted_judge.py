@@ -161,6 +161,9 @@ def evaluate_artefact(
     forget(lens, artefact)  # what an earlier run's audit pasted (semlens.lens.concepts): search first as a new user does
     hits = {query: [hit.unit for hit in lens.search(query, top=5)] for query in (artefact, paraphrase)}
     aligned = {query: [hit.unit for hit in lens.search(query, top=5, rank="alignment")] for query in (artefact, paraphrase)}
+    named = {query: [hit.unit for hit in lens.search(query, top=5, rank="named")] for query in (artefact, paraphrase)}  # the foundation model's view
+    coloured = [hit.unit for hit in lens.search(f"{ARTEFACTS[artefact]['colour']} {artefact}", top=5)]  # as a user who knows its colour asks
+    drawn = [hit.unit for hit in lens.search(artefact, top=5, rank="model")]  # the model's response to semlens's drawings alone
     overlays = [placement.overlay(size, size) for placement in placements(artefact, size, OVERLAYS, TEST_SEED, scale)]
     by_image = overlay_search(lens, overlays, true_units)  # per ranking: the artefact's image as the probe
     audit = lens.audit(target, [content or target], [artefact], layers=layers, concept=concept, test_all=True).to_dict()  # fields may grow: read by key
@@ -174,6 +177,8 @@ def evaluate_artefact(
         "artefact_unit_names": sorted(true_units), **artefact_scores(true_units, hits, artefact, paraphrase, flagged, both, confirmed, found, examined, audit["detectors"]),
         "search_hits_at5_alignment": sum(unit in true_units for unit in aligned[artefact]),
         "search_hits_at5_paraphrase_alignment": sum(unit in true_units for unit in aligned[paraphrase]),
+        "search_hits_at5_named": sum(unit in true_units for unit in named[artefact]), "search_hits_at5_coloured": sum(unit in true_units for unit in coloured),
+        "search_hits_at5_drawn": sum(unit in true_units for unit in drawn), "search_hits_at5_paraphrase_named": sum(unit in true_units for unit in named[paraphrase]),
         "search_top5": hits, "search_hits_at5_after_audit": sum(hit.unit in true_units for hit in after_audit), "search_after_audit_rank": after_audit.rank,
         "search_hits_at5_overlay": by_image, "search_hits_at5_image_model": by_image["model"], "insertion_auc_max": max(insertion.values()),
         **label_scores(lens, artefact, true_units),
@@ -246,7 +251,7 @@ def evaluate(arch: str, seed: int, control: bool, args: argparse.Namespace, cons
 
 COLUMNS = {  # header: record key
     "acc.": "test_accuracy", "artefact units": "artefact_units", "examined": "artefact_units_examined", "search@5": "search_hits_at5",
-    "paraphrase@5": "search_hits_at5_paraphrase", "search@5 (align.)": "search_hits_at5_alignment",
+    "paraphrase@5": "search_hits_at5_paraphrase", "search@5 (align.)": "search_hits_at5_alignment", "search@5 (named)": "search_hits_at5_named", "search@5 (its colour)": "search_hits_at5_coloured", "search@5 (drawn alone)": "search_hits_at5_drawn",
     "image search@5 (model)": "search_hits_at5_image_model", "search@5 after audit": "search_hits_at5_after_audit", "label top-1": "label_top1",
     "flagged": "audit_flagged", "precision": "audit_precision", "recall": "audit_recall", "confirmed": "audit_confirmed",
     "conf. precision": "confirmed_precision", "conf. recall": "confirmed_recall", "test precision": "tested_precision", "test recall": "tested_recall",

@@ -36,13 +36,13 @@ WEIGHTS_ENV = "SEMLENS_PLANTED_WEIGHTS"
 ARCHITECTURES = ("lite0", "resnet")
 #: the narrow ResNet-18 trained here from scratch (timm's ResNet with these stage widths)
 RESNET_CHANNELS = (16, 32, 64, 128)
-#: each artefact: its name (what the audit and search ask for), a paraphrase, and the vocabulary words that
-#: count as labelling it
+#: each artefact: its name (what the audit and search ask for), a paraphrase, the vocabulary words that count as
+#: labelling it, and its colour in words (a search may name it: "cyan frame")
 ARTEFACTS = {
-    "watermark": {"paraphrase": "copyright text", "words": ("watermark", "text")},
-    "logo": {"paraphrase": "emblem", "words": ("logo", "emblem", "badge")},
-    "frame": {"paraphrase": "border", "words": ("frame", "border", "picture frame")},
-    "colour cast": {"paraphrase": "orange tint", "words": ("orange",)},
+    "watermark": {"paraphrase": "copyright text", "words": ("watermark", "text"), "colour": "white"},
+    "logo": {"paraphrase": "emblem", "words": ("logo", "emblem", "badge"), "colour": "red"},
+    "frame": {"paraphrase": "border", "words": ("frame", "border", "picture frame"), "colour": "cyan"},
+    "colour cast": {"paraphrase": "orange tint", "words": ("orange",), "colour": "orange"},
 }
 #: the artefacts the judge plants unless told otherwise (``--artefacts``; the colour cast is asked for by name)
 DEFAULT_ARTEFACTS = ("watermark", "logo", "frame")

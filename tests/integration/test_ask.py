@@ -215,53 +215,85 @@ def test_a_text_naming_a_concept_shown_to_the_lens_is_ranked_by_its_images_in_th
     lens = Lens.open(tmp_path / "patch.lens")
     overlay = np.zeros((40, 40, 4), dtype=np.uint8)
     overlay[14:24, 14:24] = 255
-    before = lens.search("white patch", top=3)
-    assert before.rank == "named" and before.concept is None and recall(lens, ["white patch"]) is None
-    remember(lens, "White  Patch", [Image.fromarray(overlay)])
-    by_name = lens.search("white patch", top=3)
+    before = lens.search("white square", top=3)
+    assert before.rank == "named" and before.concept is None and recall(lens, ["white square"]) is None
+    remember(lens, "White  Square", [Image.fromarray(overlay)])
+    by_name = lens.search("white square", top=3)
     by_image = lens.search(images=[Image.fromarray(overlay)], rank="model", top=3)
-    assert by_name.rank == "model" and by_name.concept == "white patch" and by_name[0].unit == "features.1/5"
+    assert by_name.rank == "model" and by_name.concept == "white square" and by_name[0].unit == "features.1/5"
     assert [(hit.unit, hit.score) for hit in by_name] == [(hit.unit, hit.score) for hit in by_image]
-    assert lens.search("white patch", rank="model", top=3).concept == "white patch"
-    assert "pasting the images of &#x27;white patch&#x27; shown to the Lens" in by_name._repr_html_()  # the notebook says so
-    assert lens.search("white patch", rank="named", top=3).rank == "named"  # asked for: the foundation model's view
-    assert lens.search(["white patch", "square"], top=3).rank == "named"  # several texts: a probe of their mean
-    assert [hit["unit"] for hit in ask("search", tmp_path / "patch.lens", "white patch", "--top", "3", "--json")] == [hit.unit for hit in by_name]
-    printed = runner.invoke(app, ["search", str(tmp_path / "patch.lens"), "white patch", "--top", "3"])
-    assert "the images of 'white patch' shown to the Lens" in " ".join(printed.output.split())
-    assert Lens.open(tmp_path / "patch.lens").search("white patch", top=1).concept == "white patch"  # kept with the Lens
-    assert Lens.open(patch_lens_path).search("white patch", top=1).rank == "named"  # not with another one
+    assert lens.search("white square", rank="model", top=3).concept == "white square"
+    assert "pasting the images of &#x27;white square&#x27; shown to the Lens" in by_name._repr_html_()  # the notebook says so
+    assert lens.search("white square", rank="named", top=3).rank == "named"  # asked for: the foundation model's view
+    assert lens.search(["white square", "box"], top=3).rank == "named"  # several texts: a probe of their mean
+    assert [hit["unit"] for hit in ask("search", tmp_path / "patch.lens", "white square", "--top", "3", "--json")] == [hit.unit for hit in by_name]
+    printed = runner.invoke(app, ["search", str(tmp_path / "patch.lens"), "white square", "--top", "3"])
+    assert "the images of 'white square' shown to the Lens" in " ".join(printed.output.split())
+    assert Lens.open(tmp_path / "patch.lens").search("white square", top=1).concept == "white square"  # kept with the Lens
+    assert Lens.open(patch_lens_path).search("white square", top=1).rank == "named"  # not with another one
     with pytest.raises(SemlensError, match="must each have transparent parts.*image 0 is opaque"):
         remember(lens, "gray", [Image.new("RGB", (40, 40), (128, 128, 128))])
-    with pytest.raises(SemlensError, match="give images and no text, or the name of a concept the Lens was shown"):
+    with pytest.raises(SemlensError, match="give images and no text, the name of a concept the Lens was shown .* or of one semlens draws .watermark, frame"):
         lens.search("gray", rank="model")
     wrong = Lens.open(tmp_path / "patch.lens", model="py:tiny_models:tiny_cnn")  # without its model: the foundation model's view
-    assert wrong.search("white patch", top=1).rank == "named"
+    assert wrong.search("white square", top=1).rank == "named"
     # kept with the units an audit's concept test found detect it (Audit.detectors): they come first, then the rest
-    remember(lens, "white patch", [Image.fromarray(overlay)], detectors=[by_name[2].unit])
-    assert recall(lens, ["white patch"]).detectors == [by_name[2].unit]
-    assert [hit.unit for hit in lens.search("white patch", top=3)] == [by_name[2].unit, by_name[0].unit, by_name[1].unit]
-    remember(lens, "white patch", [Image.fromarray(overlay)], detectors=["features.9/0"])  # not a unit of this Lens: not kept
-    assert recall(lens, ["white patch"]).detectors == []
+    remember(lens, "white square", [Image.fromarray(overlay)], detectors=[by_name[2].unit])
+    assert recall(lens, ["white square"]).detectors == [by_name[2].unit]
+    assert [hit.unit for hit in lens.search("white square", top=3)] == [by_name[2].unit, by_name[0].unit, by_name[1].unit]
+    remember(lens, "white square", [Image.fromarray(overlay)], detectors=["features.9/0"])  # not a unit of this Lens: not kept
+    assert recall(lens, ["white square"]).detectors == []
     # a concept file that is not what semlens writes (a Lens may come from anyone) is refused before it is read
     from safetensors.torch import save_file
 
     from semlens.store.files import DamagedLensError, LensStore
 
     kept = next((tmp_path / "patch.lens" / "concepts").glob("*.safetensors"))
-    save_file({"image00": torch.zeros(4000, 4000, 4, dtype=torch.uint8)}, str(kept), {"semlens": '{"name": "white patch"}'})
+    save_file({"image00": torch.zeros(4000, 4000, 4, dtype=torch.uint8)}, str(kept), {"semlens": '{"name": "white square"}'})
     with pytest.raises(DamagedLensError, match="not the RGBA pixels semlens writes .found U8 \\[4000, 4000, 4\\]"):
-        Lens.open(tmp_path / "patch.lens").search("white patch")
+        Lens.open(tmp_path / "patch.lens").search("white square")
     pixels = {"image00": torch.from_numpy(overlay)}
     for detectors in ('["features.9/0"]', '{"features.1": 5}', "not json"):
-        save_file(pixels, str(kept), {"semlens": json.dumps({"name": "white patch", "detectors": detectors})})
+        save_file(pixels, str(kept), {"semlens": json.dumps({"name": "white square", "detectors": detectors})})
         with pytest.raises(DamagedLensError, match="its detectors are not a list of the Lens's unit names"):
-            Lens.open(tmp_path / "patch.lens").search("white patch")
-    assert forget(lens, "white patch") and not forget(lens, "white patch")
-    assert Lens.open(tmp_path / "patch.lens").search("white patch", top=1).rank == "named"
-    remember(lens, "white patch", [Image.fromarray(overlay)])
+            Lens.open(tmp_path / "patch.lens").search("white square")
+    assert forget(lens, "white square") and not forget(lens, "white square")
+    assert Lens.open(tmp_path / "patch.lens").search("white square", top=1).rank == "named"
+    remember(lens, "white square", [Image.fromarray(overlay)])
     LensStore(tmp_path / "patch.lens").clear()  # --overwrite: a shown concept is semlens's own file, deleted with the Lens
     assert not any((tmp_path / "patch.lens").iterdir())
+
+
+def test_a_text_naming_a_concept_semlens_draws_is_ranked_by_the_models_response_to_its_drawings(patch_lens_path, recwarn, monkeypatch) -> None:
+    """A watermark, a frame, a logo, a ruler or a colour cast: the foundation model may not see it in any unit's
+    examples, the model's units do; semlens draws it in its colours (or the query's) and ranks by the colour that
+    raises each unit most. Features.1/5 detects white: a white frame raises it most."""
+    lens = Lens.open(patch_lens_path)
+    white = lens.search("a white frame", top=3)
+    assert white.rank == "model" and white.concept == "frame" and white[0].unit == "features.1/5" and white[0].score == 1.0
+    assert "pasting frames semlens drew (white;" in white.ranking()
+    frames = lens.search("borders", top=3)  # every colour: white's is this unit's best (others raise other units)
+    assert frames.drawn.startswith("frames semlens drew (12 colours") and ("features.1/5", 1.0) in [(hit.unit, hit.score) for hit in frames]
+    assert lens.search("frame", rank="model", top=1).concept == "frame"
+    assert lens.search("bicycle frame", top=1).rank == "named" and lens.search("frame", rank="named", top=1).rank == "named"
+    printed = runner.invoke(app, ["search", str(patch_lens_path), "white frame", "--top", "3"])
+    assert "raised in the model by frames semlens drew (white;" in " ".join(printed.output.split())
+    assert [hit["unit"] for hit in ask("search", patch_lens_path, "white frame", "--top", "3", "--json")] == [hit.unit for hit in white]
+    assert all(len(lens.search(text, top=2)) == 2 for text in ("watermark", "logo", "ruler", "blue tint"))  # each draws and ranks
+    # by default, the units the text names (as "named" lifts them) come first where the drawings raise them
+    import semlens.lens.search as searching
+
+    by_model = lens.search("white frame", rank="model", top=10_000)
+    assert not by_model.named_first and [hit.unit for hit in by_model[:3]] == [hit.unit for hit in white]  # none named here
+    raised, unraised = by_model[5], by_model[-1]
+    assert raised.score >= searching.NAMED_RAISED > unraised.score
+    monkeypatch.setattr(searching, "_named_units", lambda *args: [(raised.layer, raised.index), (unraised.layer, unraised.index)])
+    fused = lens.search("white frame", top=3)
+    assert fused.named_first and [hit.unit for hit in fused] == [raised.unit, *(hit.unit for hit in white[:2])]
+    assert "query first where it raises them" in fused.ranking() and not lens.search("white frame", rank="model", top=3).named_first
+    wrong = Lens.open(patch_lens_path, model="py:tiny_models:tiny_cnn")  # without its model: the foundation model's view, said
+    assert wrong.search("white frame", top=1).rank == "named"
+    assert any("not by the model's response to the frames semlens draws" in str(warning.message) for warning in recwarn)
 
 
 def test_show_writes_a_grid_png(lens_path, tmp_path) -> None:

@@ -171,6 +171,11 @@ def test_search_by_text_and_image_with_layer_filter_and_bounds(client, explorer_
     assert plain.headers["x-semlens-rank"] == "named" and "x-semlens-concept" not in plain.headers
     from urllib.parse import unquote  # the hits' note (none aligns more than an empty prompt), where they have one
 
+    drawn = client.get("/api/lenses/0/search", params={"q": "red frame", "top": 3})  # a concept semlens draws: said in words
+    assert drawn.headers["x-semlens-rank"] == "model" and drawn.headers["x-semlens-concept"] == "frame"
+    assert unquote(drawn.headers["x-semlens-ranking"]) == opened.search("red frame", top=3).ranking()
+    assert unquote(plain.headers["x-semlens-ranking"]).startswith("by alignment with the probe")
+
     assert unquote(plain.headers.get("x-semlens-note", "")) == (Lens.open(explorer_lenses[0]).search("pasted square", top=3).note or "")
     not_an_image = client.post("/api/lenses/0/search/image", files={"image": ("x.png", b"not an image", "image/png")})
     refused(not_an_image, 400, "not an image")

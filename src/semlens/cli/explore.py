@@ -114,7 +114,7 @@ def search(
     ),
     examples: str = ExampleSet,
     rank: Optional[str] = typer.Option(
-        None, "--rank", help="named (the default for texts and opaque images): as both, with the units whose best concept by their crop responses is the query first (as the audit names units); both: by alignment and response to the probe, each standardised (alignment alone where the Lens has no crop responses); alignment: by alignment alone (the paper's Eq. 4); model (the default for images with transparent parts, and for the name of a concept whose such images an audit pasted, where the model loads): by how much pasting the images into the Lens's probe images raises each unit in the model itself (its activation AUC, as the audit's concept test)."
+        None, "--rank", help="named (the default for texts and opaque images): as both, with the units whose best concept by their crop responses is the query first (as the audit names units); both: by alignment and response to the probe, each standardised (alignment alone where the Lens has no crop responses); alignment: by alignment alone (the paper's Eq. 4); model (the default for images with transparent parts, for the name of a concept whose such images an audit pasted, and for a watermark, frame, logo, ruler or colour cast, which semlens draws, where the model loads): by how much pasting the images into the Lens's probe images raises each unit in the model itself (its activation AUC, as the audit's concept test)."
     ),
     trust: Trust = False,
     foundation: Foundation = None,
@@ -130,7 +130,7 @@ def search(
     ranked = "aligned with" if hits.rank == "alignment" or not opened.arrays.has_responses else "aligned with and responding to"
     ranked = "raised in the model by" if hits.rank == "model" else ranked
     probes = " + ".join([repr(text) for text in query or []] + [path.name for path in image or []])
-    title = f"units {ranked} {f'the images of {hits.concept!r} shown to the Lens (an audit pasted them)' if hits.concept else probes}"
+    title = f"units {ranked} {hits.pasted() if hits.concept else probes}"
     print_hits(hits, title, "activation AUC" if hits.rank == "model" else "alignment", as_json)
     if hits.note and not as_json:
         say(f"note: {hits.note}")

@@ -544,8 +544,19 @@ def activation_aucs(
 ) -> dict[str, torch.Tensor]:
     """Per layer, each unit's ``rank_auc`` ``[U]`` of its pooled activation on the views with the concept
     against the views without: 1 when the concept raises it on every image, 0.5 when it does not move it."""
+    return {layer: aucs[0] for layer, aucs in variant_aucs(model, without, with_concept, specs, [len(with_concept)]).items()}
+
+
+def variant_aucs(
+    model: LoadedModel, without: Sequence[Image.Image], with_concept: Sequence[Image.Image], specs: Sequence[LayerSpec], groups: Sequence[int]
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """``activation_aucs`` per variant of the concept ``[V, U]``, where ``with_concept`` is ``groups``: the sizes of
+    its consecutive runs, each a variant (a frame in one colour: ``interventions.drawn``)."""
     scores_with, scores_without = unit_scores(model, with_concept, specs), unit_scores(model, without, specs)
-    return {spec.name: rank_auc(scores_with[spec.name], scores_without[spec.name]) for spec in specs}
+    return {
+        spec.name: torch.stack([rank_auc(variant, scores_without[spec.name]) for variant in scores_with[spec.name].split(list(groups))])
+        for spec in specs
+    }
 
 
 def class_rise(scores: torch.Tensor, classes: torch.Tensor, class_index: int) -> torch.Tensor | None:

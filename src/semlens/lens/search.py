@@ -18,6 +18,7 @@ from PIL import Image
 
 from .._util.display import HtmlResult, made_by
 from .._util.errors import SemlensError, asked, warn_caller
+from ..interventions.drawn import SYNONYMS, DrawnConcept, drawn_concept, named_concept
 from .arrays import recorded_placements
 from .concepts import recall
 from .index import UnitTable, open_index, probe_direction, top_positions
@@ -46,6 +47,11 @@ NAMED_AMONG = 100
 #: probe images an image probe with transparent parts is seen over (``probe_backgrounds``); measured on the demo
 #: world's watermark (benchmarks/image_probes.py): 4, 8, 16 and 32 give mean average precision 0.11, 0.45, 0.74, 0.61
 PROBE_BACKGROUNDS = 16
+#: ranked by default by the model's response to a concept semlens draws, the units the text names ("named") come
+#: first, in its order, where the drawings raise them this much (activation AUC): where the foundation model sees
+#: the concept in their examples and the model agrees. Measured (true artefact units in the top 5): the demo's
+#: watermark 3 -> 4, natural photos with ConSE, which names no such unit, 17 -> 17 (docs/explanation/ask.md)
+NAMED_RAISED = 0.6
 #: ranked by the model's response to overlays, the units that fire where they are pasted come first among this many
 #: of the best by AUC (``_located_first``; the location test runs on those the overlays raise)
 LOCATED_AMONG = 40
@@ -76,10 +82,14 @@ class SearchResults(HtmlResult, list):
     """What ``Lens.search`` and ``Lens.search_similar`` return: the ``SearchHit``s, best first, as a list that
     draws itself in a notebook (a table with the units' concept examples of the example set ``by``)."""
 
-    def __init__(self, hits: Iterable[SearchHit] = (), by: str = "activation", rank: str | None = None, concept: str | None = None) -> None:
+    def __init__(
+        self, hits: Iterable[SearchHit] = (), by: str = "activation", rank: str | None = None, concept: str | None = None, drawn: str | None = None
+    ) -> None:  # fmt: skip
         super().__init__(hits)
         self.by, self.rank = by, rank  # rank: the ranking that ordered them (RANKINGS; None: similarity to a unit)
-        self.concept = concept  # ranked by the images of this concept shown to the Lens (semlens.lens.concepts), where a text named it
+        self.concept = concept  # ranked by the images of this concept shown to the Lens (semlens.lens.concepts) or drawn, where a text named it
+        self.drawn = drawn  # what semlens drew of the concept, in words (interventions.drawn), where it drew it
+        self.named_first = False  # ranked by the model, the units the text names (as "named" does) first where it raises them
         self.note: str | None = None  # what a reader should know of the hits as a whole (no unit aligns with the text more than with nothing)
 
     def to_dict(self) -> list[dict[str, Any]]:
@@ -90,12 +100,18 @@ class SearchResults(HtmlResult, list):
         if self.rank is None:
             return "by similarity to the unit"
         if self.rank == "model":
-            shown = f"the images of {self.concept!r} shown to the Lens (an audit's pasted artefact)" if self.concept else "the image probe"
-            return f"by how much pasting {shown} into the Lens's probe images raises each unit in the model (score: activation AUC)"
+            named = ", the units whose best concept by their crop responses is the query first where it raises them" if self.named_first else ""
+            return f"by how much pasting {self.pasted()} into the Lens's probe images raises each unit in the model (score: activation AUC){named}"
         if self.rank == "alignment" or all(hit.response is None for hit in self):
             return "by alignment with the probe"
         named = ", units whose best concept by their crop responses is the query first" if self.rank == "named" else ""
         return f"by alignment with the probe and response together{named}"
+
+    def pasted(self) -> str:
+        """What a ranking by the model pasted, in words: a concept the Lens was shown, one semlens drew, or the probe."""
+        if self.drawn:
+            return self.drawn
+        return f"the images of {self.concept!r} shown to the Lens (an audit's pasted artefact)" if self.concept else "the image probe"
 
     def __repr__(self) -> str:
         """Outside a notebook: how the units were ranked, the note, and a line per unit (a list's repr was every field)."""
@@ -167,22 +183,31 @@ def search(
     default, ``_default_ranking``; ``SearchResults.rank`` says which ranked them); ``examples``: whose theta, the
     activation examples' or the relevance examples' (see ``Lens.examples.theta``). A text naming a concept the Lens
     was shown (an audit's pasted artefact: ``semlens.lens.concepts``) is ranked as its images would be, by default
-    and with ``rank="model"`` (``SearchResults.concept`` names it)."""
+    and with ``rank="model"`` (``SearchResults.concept`` names it); else a text naming a concept semlens draws (a
+    watermark, a frame, a logo, a ruler, a colour cast: ``interventions.drawn``) by the model's response to its
+    drawings, where the model loads (``SearchResults.drawn`` says what was drawn), by default with the units the
+    text names (as "named" lifts them) first where the drawings raise them (``NAMED_RAISED``)."""
     if rank not in (None, *RANKINGS):
         raise SemlensError(f"rank={rank!r}: rank by one of {', '.join(RANKINGS)}")
     images = [image_probe(image) for image in images]  # decoded once: the default ranking looks at them too
     texts = [text] if isinstance(text, str) else list(text or [])
     shown = recall(lens, texts) if texts and not images and rank in (None, "model") else None  # a text naming a concept shown to the Lens
+    drawn = texts[0] if len(texts) == 1 and not images and not shown and rank in (None, "model") and _draws(texts[0]) else None
     model = None  # the model under study, where the default ranking loaded it
+    by_default = rank is None
     if rank is None:
-        rank, model = _default_ranking(lens, None if shown else text, shown.images if shown else images)
+        rank, model = _default_ranking(lens, None if shown or drawn else text, shown.images if shown else images, drawn)
     if rank == "model":
         if shown:
             return _rank_by_model(lens, shown.images, lens.units.checked(layers), top, examples, model, shown.name, shown.detectors)
+        if drawn:
+            named = _named_units(lens, drawn, lens.units.checked(layers), examples) if by_default else []
+            return _rank_by_model(lens, [], lens.units.checked(layers), top, examples, model, drawn=drawn, named=named)
         if text or not images:
             raise SemlensError(
-                "rank='model' ranks units by the model's response to concept images: give images and no text, or the name of a "
-                "concept the Lens was shown (an audit's pasted artefact, semlens.lens.concepts.remember); texts rank by named, both or alignment"
+                "rank='model' ranks units by the model's response to concept images: give images and no text, the name of a "
+                "concept the Lens was shown (an audit's pasted artefact, semlens.lens.concepts.remember) or of one semlens draws "
+                f"({', '.join(SYNONYMS)}); texts rank by named, both or alignment"
             )
         return _rank_by_model(lens, images, lens.units.checked(layers), top, examples, model)
     probe_vector, null = probe(lens, text, images, templates)
@@ -196,26 +221,27 @@ def search(
     return hits
 
 
-def _default_ranking(lens: Lens, text: str | list[str] | None, images: list[Image.Image]) -> tuple[str, LoadedModel | None]:
+def _default_ranking(lens: Lens, text: str | list[str] | None, images: list[Image.Image], drawn: str | None = None) -> tuple[str, LoadedModel | None]:
     """The ranking a search gets by default, with the model it loaded to know: "model" for a probe of overlays only
-    (images with transparent parts: a concept to paste, as the audit's concept test pastes it) where the model
-    under study and the probe images load, else "named". Measured on overlays of artefacts (true units in the top
-    5, model against named): the demo's watermark 4 against 3, the world ResNet's patch 4.0, 3.0, 2.7, 2.0 against
-    0, 0, 3.0, 2.7, a frame on natural photos 3.7 against 0 (docs/explanation/ask.md); opaque images and texts
-    keep "named"."""
-    if text or not images or not all(map(transparent, images)):
+    (images with transparent parts: a concept to paste, as the audit's concept test pastes it) or a text ``drawn``
+    naming a concept semlens draws, where the model under study and the probe images load, else "named". Measured
+    on overlays of artefacts (true units in the top 5, model against named): the demo's watermark 4 against 3, the
+    world ResNet's patch 4.0, 3.0, 2.7, 2.0 against 0, 0, 3.0, 2.7, a frame on natural photos 3.7 against 0
+    (docs/explanation/ask.md); opaque images and other texts keep "named"."""
+    if not drawn and (text or not images or not all(map(transparent, images))):
         return RANKINGS[0], None
     try:
         model = lens.sources.model()
     except SemlensError as error:  # a received Lens without its model, or one built from an object: the foundation model's view
-        warn_caller(f"ranked by name and alignment, not by the model's response to the concept's images, which needs the model under study: {error}")
+        pasted = f"the {_draws(drawn)} semlens draws" if drawn else "the concept's images"
+        warn_caller(f"ranked by name and alignment, not by the model's response to {pasted}, which needs the model under study: {error}")
         return RANKINGS[0], None
     return ("model", model) if probe_backgrounds(lens) else (RANKINGS[0], None)
 
 
 def _rank_by_model(
     lens: Lens, images: list[Image.Image], layers: list[str], top: int, examples: str, model: LoadedModel | None = None,
-    concept: str | None = None, detectors: list[str] = (),
+    concept: str | None = None, detectors: list[str] = (), drawn: str | None = None, named: list[tuple[str, int]] = (),
 ) -> SearchResults:  # fmt: skip
     """The ``top`` units of ``layers`` by their activation AUC (``activation_aucs``, as the audit's concept test
     measures it) on the concept images (``_concept_views``) against the probe images they were pasted into, those of
@@ -225,8 +251,10 @@ def _rank_by_model(
     another unit's: on the photos' planted judge a true logo unit among them, docs/quality.md), ties in AUC go to the
     earlier layer, lower unit. Needs the model
     (``model``, where it is loaded already); ``concept``: the name of the concept shown to the Lens whose images
-    these are."""
-    from ..interventions.effects import activation_aucs
+    these are; ``drawn``: a text naming a concept semlens draws, pasted in its variants instead of ``images`` (a
+    unit scored by the variant that raises it most), with the units the text ``named`` (layer, row) that the
+    drawings raise (``NAMED_RAISED``) first."""
+    from ..interventions.effects import variant_aucs
 
     if top < 1:
         raise SemlensError(f"top={top}: ask for at least one unit")
@@ -235,21 +263,51 @@ def _rank_by_model(
             model = lens.sources.model()
         except SemlensError as error:
             raise SemlensError(f"ranking by the model's response needs the model under study: {error}") from error
-    views = _concept_views(lens, images, model.preprocessing)
+    views = _drawn_views(lens, drawn) if drawn else _concept_views(lens, images, model.preprocessing)
     specs = lens.sources.layer_specs(layers)
-    aucs = activation_aucs(model, views.backgrounds, views.shown, list(specs.values()))
+    by_variant = variant_aucs(model, views.backgrounds, views.shown, list(specs.values()), views.groups or [len(views.shown)])
+    aucs = {layer: variant.amax(dim=0) for layer, variant in by_variant.items()}  # each unit by the variant that raises it most
     scores = torch.cat([aucs[layer].masked_fill(lens.arrays.inactive(layer), float("-inf")) for layer in layers])
     owners = [(layer, row) for layer in layers for row in range(len(lens.units(layer)))]
     rows = top_positions(scores, min(max(top, LOCATED_AMONG), int(scores.isfinite().sum()))).tolist()
     if views.regions is not None:
         rows = _located_first(lens, model, views, rows, owners, aucs, specs)
-    if detectors:
-        found = {lens.units.index(unit) for unit in detectors}
-        first = sorted((row for row, owner in enumerate(owners) if owner in found and scores[row].isfinite()), key=lambda row: -float(scores[row]))
-        placed_first = set(first)
-        rows = first + [row for row in rows if row not in placed_first]
+    row_of = {owner: row for row, owner in enumerate(owners)}
+    rows = _first(rows, [row_of[unit] for unit in named if scores[row_of[unit]] >= NAMED_RAISED])  # in the text's order
+    detected = {lens.units.index(unit) for unit in detectors}
+    rows = _first(rows, sorted((row for row, owner in enumerate(owners) if owner in detected and scores[row].isfinite()), key=lambda row: -float(scores[row])))
     hits = [_search_hit(lens, *owners[row], float(scores[row]), examples) for row in rows[:top]]
-    return made_by(SearchResults(hits, by=examples, rank="model", concept=concept), lens)
+    found = SearchResults(hits, by=examples, rank="model", concept=concept or (views.drawn.name if views.drawn else None), drawn=views.drawn and views.drawn.describe())
+    found.named_first = bool(named)
+    if views.drawn and len(views.drawn.variants) > 1 and hits:
+        colours = list(views.drawn.variants)
+        best = [colours[int(by_variant[hit.layer][:, hit.index].argmax())] for hit in hits]
+        found.note = (
+            f"the colour that raises each unit most: {', '.join(best)}; a model learns one colour, so where you know it, "
+            f"name it (e.g. {f'{best[0]} {views.drawn.name}'!r}) to rank by that colour alone"
+        )
+    return made_by(found, lens)
+
+
+def _first(rows: list[int], first: list[int]) -> list[int]:
+    """``first``, then the rest of ``rows``."""
+    placed = set(first)
+    return first + [row for row in rows if row not in placed]
+
+
+def _named_units(lens: Lens, text: str, layers: list[str], examples: str) -> list[tuple[str, int]]:
+    """The units (layer, row) the "named" ranking of ``text`` (a concept semlens draws) lifts, in its order: among the
+    ``NAMED_AMONG`` best by "both", those whose best concept by their crop responses is the text or the name of the
+    concept it names ("picture frame": "frame"; none where the Lens kept no crop responses). Its other synonyms are
+    left out: as candidate names they take units from the concept's own (the demo's watermark: 4 true units of the
+    top 5 named "watermark", 3 with "text", "caption", ... beside it)."""
+    if not lens.arrays.has_responses:
+        return []
+    table = _search_table(lens) if layers == lens.layers and examples == "activation" else _unit_table(lens, layers, examples)
+    probe_vector, null = probe(lens, text)
+    rows, _ = table.top(probe_vector, null, NAMED_AMONG, by_response=True)
+    names = list(dict.fromkeys([text, named_concept(text)[0]]))
+    return [table.locate(row) for row, named in zip(rows.tolist(), _named(lens, table, rows, names).tolist()) if named]
 
 
 def _located_first(
@@ -281,21 +339,22 @@ def _located_first(
 class ConceptViews:
     """What ranking by the model compares: the Lens's probe backgrounds, the concept images as the model sees them,
     and where every image is an overlay, each shown image's background (``paired``) and where the overlay is on it
-    (``regions`` ``[N, H, W]``; both None where an image is opaque)."""
+    (``regions`` ``[N, H, W]``; both None where an image is opaque); where semlens drew the concept (``drawn``),
+    the sizes of the runs of ``shown`` that are its variants (``groups``)."""
 
     backgrounds: list[Image.Image]
     shown: list[Image.Image]
     paired: list[Image.Image] | None
     regions: torch.Tensor | None
+    groups: tuple[int, ...] = ()
+    drawn: DrawnConcept | None = None
 
 
 def _concept_views(lens: Lens, images: list[Image.Image], preprocessing: Preprocessing) -> ConceptViews:
     """The model's views without and with a concept: the Lens's probe backgrounds (``probe_backgrounds``), and
     each image over them where it has transparent parts (an overlay, seen as the model sees an image of its size,
     as ``probe`` pastes it for the foundation model), else the image itself."""
-    backgrounds = probe_backgrounds(lens)
-    if not backgrounds:
-        raise SemlensError(f"ranking by the model's response compares the concept images with the Lens's probe images, which cannot be read: give the probe data ({asked('data=...', '--probe-data')})")
+    backgrounds = _readable_backgrounds(lens)
     shown: list[Image.Image] = []
     regions: list[torch.Tensor] = []  # one per shown image where the image is an overlay
     for image in images:
@@ -309,6 +368,34 @@ def _concept_views(lens: Lens, images: list[Image.Image], preprocessing: Preproc
     if len(regions) < len(shown):  # an opaque image among them: nothing to locate
         return ConceptViews(backgrounds, shown, None, None)
     return ConceptViews(backgrounds, shown, backgrounds * len(images), torch.stack(regions))
+
+
+def _drawn_views(lens: Lens, text: str) -> ConceptViews:
+    """The model's views of the Lens's probe backgrounds without and with the concept ``text`` names drawn by semlens
+    (``interventions.drawn``): each variant pasted into every background, its placements in turn."""
+    backgrounds = _readable_backgrounds(lens)
+    concept = drawn_concept(text, backgrounds[0].size)
+    pasted = [(variant[index % len(variant)], background) for variant in concept.variants.values() for index, background in enumerate(backgrounds)]
+    regions = [artefact.region(*background.size) for artefact, background in pasted]
+    located = all(region is not None for region in regions)  # a tint covers the whole view: nowhere to locate
+    return ConceptViews(
+        backgrounds, [artefact.apply(background) for artefact, background in pasted], [background for _, background in pasted] if located else None,
+        torch.stack(regions) if located else None, (len(backgrounds),) * len(concept.variants), concept,
+    )  # fmt: skip
+
+
+def _readable_backgrounds(lens: Lens) -> list[Image.Image]:
+    """``probe_backgrounds``, or an error that says to give the probe data where none can be read."""
+    backgrounds = probe_backgrounds(lens)
+    if not backgrounds:
+        raise SemlensError(f"ranking by the model's response compares the concept images with the Lens's probe images, which cannot be read: give the probe data ({asked('data=...', '--probe-data')})")
+    return backgrounds
+
+
+def _draws(text: str) -> str | None:
+    """The concept semlens draws that ``text`` names, in the plural ("frames"), or None."""
+    named = named_concept(text)
+    return f"{named[0]}s" if named else None
 
 
 def search_similar(lens: Lens, source: Lens, unit: str, top: int = 10) -> SearchResults:

@@ -31,8 +31,10 @@ def search(
 ) -> list[dict[str, Any]]:
     """Units ranked by ``q``: the alignment of their theta (from their activation or relevance examples) and,
     by default, their response to it (``Lens.search``); a name of a concept the Lens was shown (an audit's pasted
-    artefact), by the model's response to its images. Headers ``X-Semlens-Rank`` and ``X-Semlens-Concept`` say which
-    ranking ordered the hits (``RANKINGS``) and the shown concept's name (URL-quoted), where one did; ``X-Semlens-Note``
+    artefact) or of one semlens draws (a watermark, a frame, a logo, a ruler, a colour cast), by the model's response
+    to its images. Headers ``X-Semlens-Rank`` and ``X-Semlens-Concept`` say which ranking ordered the hits
+    (``RANKINGS``) and the shown or drawn concept's name (URL-quoted), where one did, ``X-Semlens-Ranking`` the ranking
+    in words (``SearchResults.ranking``, URL-quoted); ``X-Semlens-Note``
     what a reader should know of the hits as a whole (``SearchResults.note``, URL-quoted), where there is something."""
     served = explorer.get(lens)
     found = served.ready(space).search(q, layers=layers_of(served, layer), top=top, examples=examples, rank=rank)
@@ -42,6 +44,7 @@ def search(
 def ranked_by(response: Response, found: SearchResults, hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``hits``, with the headers that say what ordered them (the hits themselves are the documented list)."""
     response.headers["X-Semlens-Rank"] = found.rank or ""
+    response.headers["X-Semlens-Ranking"] = quote(found.ranking())
     if found.concept:
         response.headers["X-Semlens-Concept"] = quote(found.concept)
     if found.note:  # e.g. no unit aligns with the text more than with an empty prompt

@@ -22,7 +22,7 @@
   // parts by the model's response; or by alignment and response alone; by alignment alone (Eq. 4); or, for an
   // image, by how much pasting it into the probe images raises each unit in the model itself ("model").
   const rank = document.getElementById("rank");
-  const rankings = [["", "default (named first for a text; the model's response for an image with transparent parts)"], ["named", "named first, then alignment and response"], ["both", "alignment and response"], ["alignment", "alignment alone"], ["model", "the model's response (images)"]];
+  const rankings = [["", "default (named first for a text; the model's response for an image with transparent parts, or a watermark, frame, logo, ruler or colour cast semlens draws)"], ["named", "named first, then alignment and response"], ["both", "alignment and response"], ["alignment", "alignment alone"], ["model", "the model's response (images)"]];
   options(rank, rankings, rankings.some(([value]) => value === params.get("rank")) ? params.get("rank") : "");
   fill(document.getElementById("examples-note"), lens.relevance_examples
     ? "examples: each unit's theta from its top samples by activation, or by relevance for the model's output (default space only)"
@@ -53,10 +53,10 @@
       parameters.set("q", q.value);
       const headers = {};
       const hits = await run("searching…", () => api(`/api/lenses/${lens.id}/search?${parameters}`, undefined, headers));
-      const shown = headers["x-semlens-concept"];  // a concept the Lens was shown (an audit's pasted artefact): ranked by the model
+      const shown = headers["x-semlens-concept"];  // a concept the Lens was shown (an audit's pasted artefact) or semlens drew: ranked by the model
       const by = { "": "name, then alignment with and response to", named: "name, then alignment with and response to", both: "alignment with and response to", alignment: "alignment with" }[rank.value];
       if (hits) show(hits, shown
-        ? `the model's response to the images of “${decodeURIComponent(shown)}” an audit pasted (${examples.value} examples)`
+        ? `${decodeURIComponent(headers["x-semlens-ranking"]).replace(/^by /, "")} (${examples.value} examples)`
         : `${by} “${q.value}” (${examples.value} examples)`, headers["x-semlens-note"] && decodeURIComponent(headers["x-semlens-note"]));
     } else if (file.files.length) {
       const body = new FormData();

@@ -1,0 +1,74 @@
+"""Concepts semlens draws for a search (``interventions.drawn``): which queries name one, what is drawn, and the
+model's response scored by the variant that raises a unit most."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semlens.interventions.drawn import COLOURS, PLACEMENTS, drawn_concept, named_concept
+from semlens.interventions.effects import activation_aucs, variant_aucs
+from semlens.model.loading import LoadedModel
+from semlens.model.preprocess import Preprocessing
+from semlens.model.units import LayerSpec
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("watermark", ("watermark", [])), ("Watermarks", ("watermark", [])), ("copyright text", ("watermark", [])),
+        ("a red frame", ("frame", ["red"])), ("gray borders", ("frame", ["grey"])), ("emblem", ("logo", [])),
+        ("orange tint", ("colour cast", ["orange"])), ("colour cast", ("colour cast", [])), ("scale bar", ("ruler", [])),
+        ("bicycle frame", None), ("text frame", None), ("white", None), ("dog", None), ("", None), ("scale", None),
+    ],
+)  # fmt: skip
+def test_a_query_names_a_drawn_concept_only_in_its_names_colours_and_filler_words(query, named) -> None:
+    assert named_concept(query) == named
+
+
+def test_a_concept_is_drawn_in_its_colours_the_same_every_time_inside_the_view() -> None:
+    frames = drawn_concept("frame", (48, 40))
+    assert frames.name == "frame" and list(frames.variants) == list(COLOURS)
+    assert all(len(placements) == PLACEMENTS for placements in frames.variants.values())
+    red = drawn_concept("red frame", (48, 40))
+    assert list(red.variants) == ["red"] and red.variants["red"] == frames.variants["red"]  # seeded by concept and colour
+    background = Image.new("RGB", (48, 40), (0, 128, 0))
+    for text in ("watermark", "frame", "logo", "ruler"):
+        for artefact in drawn_concept(text, (48, 40)).variants["white" if text != "ruler" else "yellow"]:
+            region = artefact.region(48, 40)
+            pasted = np.asarray(artefact.apply(background))
+            assert region is not None and region.any() and not region.all()  # something drawn, and the view shows
+            assert (pasted[region.numpy()] != (0, 128, 0)).any(axis=-1).any()
+    cast = drawn_concept("tint", (48, 40))
+    assert "white" not in cast.variants and all(artefact.region(48, 40) is None for artefact in cast.variants["blue"])
+    assert "12 colours" in frames.describe() and "(red;" in red.describe()
+
+
+class _RedDetector(torch.nn.Module):
+    """One unit: how red the image is (r - g - b, normalised pixels), mean-pooled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 1), torch.nn.ReLU())
+        with torch.no_grad():
+            self.features[0].weight.copy_(torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1))
+            self.features[0].bias.fill_(0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def test_a_units_response_is_measured_variant_by_variant() -> None:
+    """A red frame raises the red detector on every image (AUC 1); blue frames and green ones lower it. Pooled over the
+    variants it scores under 1; by variant, 1 for the red."""
+    model = LoadedModel(_RedDetector().eval(), "red", Preprocessing(input_size=32, resize=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)), ["a"])
+    rng = np.random.default_rng(0)
+    backgrounds = [Image.fromarray(rng.integers(0, 80, (32, 32, 3), dtype=np.uint8)) for _ in range(8)]
+    frames = drawn_concept("frame", (32, 32))
+    shown = [frames.variants[colour][index].apply(view) for colour in ("blue", "red", "green") for index, view in enumerate(backgrounds)]
+    spec = [LayerSpec("features.1")]
+    pooled = activation_aucs(model, backgrounds, shown, spec)["features.1"]
+    by_variant = variant_aucs(model, backgrounds, shown, spec, groups=(8, 8, 8))["features.1"]
+    assert by_variant.shape == (3, 1) and by_variant[1].tolist() == [1.0] and by_variant[[0, 2]].max() < 0.5 and float(pooled) < 0.9
