@@ -156,6 +156,10 @@ def test_the_unit_page_shows_relevance_examples_when_the_lens_has_them(browser, 
         assert page.locator("#examples").is_enabled() and page.input_value("#examples") == "relevance"
         hits = [hit.unit for hit in lens.search("red", top=20, examples="relevance")]
         assert page.locator("#results a.unit-link").all_inner_texts()[: len(hits)] == hits
+        goto(page, url, "search.html?lens=0&q=white%20frame")  # a concept semlens draws: ranked by the model, the caption says so
+        page.wait_for_selector("#results[data-ready]")
+        assert "units ranked by how much pasting frames semlens drew (white) into the Lens's probe images" in page.inner_text("#results caption")
+        assert page.locator("#results a.unit-link").all_inner_texts()[:3] == [hit.unit for hit in lens.search("white frame", top=3)]
     assert problems == []
 
 

@@ -271,13 +271,13 @@ def test_a_text_naming_a_concept_semlens_draws_is_ranked_by_the_models_response_
     lens = Lens.open(patch_lens_path)
     white = lens.search("a white frame", top=3)
     assert white.rank == "model" and white.concept == "frame" and white[0].unit == "features.1/5" and white[0].score == 1.0
-    assert "pasting frames semlens drew (white;" in white.ranking()
+    assert "pasting frames semlens drew (white)" in white.ranking()
     frames = lens.search("borders", top=3)  # every colour: white's is this unit's best (others raise other units)
     assert frames.drawn.startswith("frames semlens drew (12 colours") and ("features.1/5", 1.0) in [(hit.unit, hit.score) for hit in frames]
     assert lens.search("frame", rank="model", top=1).concept == "frame"
     assert lens.search("bicycle frame", top=1).rank == "named" and lens.search("frame", rank="named", top=1).rank == "named"
     printed = runner.invoke(app, ["search", str(patch_lens_path), "white frame", "--top", "3"])
-    assert "raised in the model by frames semlens drew (white;" in " ".join(printed.output.split())
+    assert "raised in the model by frames semlens drew (white)" in " ".join(printed.output.split())
     assert [hit["unit"] for hit in ask("search", patch_lens_path, "white frame", "--top", "3", "--json")] == [hit.unit for hit in white]
     assert all(len(lens.search(text, top=2)) == 2 for text in ("watermark", "logo", "ruler", "blue tint"))  # each draws and ranks
     # by default, the units the text names (as "named" lifts them) come first where the drawings raise them

@@ -43,7 +43,7 @@ def test_a_concept_is_drawn_in_its_colours_the_same_every_time_inside_the_view()
             assert (pasted[region.numpy()] != (0, 128, 0)).any(axis=-1).any()
     cast = drawn_concept("tint", (48, 40))
     assert "white" not in cast.variants and all(artefact.region(48, 40) is None for artefact in cast.variants["blue"])
-    assert "12 colours" in frames.describe() and "(red;" in red.describe()
+    assert "12 colours" in frames.describe() and "(red)" in red.describe()
 
 
 class _RedDetector(torch.nn.Module):

@@ -5,7 +5,7 @@ concept of a border or of text over a photo: docs/explanation/ask.md).
 
 A model learns one watermark, one frame colour, one logo; so each concept is drawn in variants (a colour each; texts,
 sizes and places within a variant), and a unit is scored by the variant that raises it most
-(``activation_aucs(..., groups=...)``). A query names a drawn concept only where every word of it is the concept's
+(``effects.variant_aucs``). A query names a drawn concept only where every word of it is the concept's
 name, a synonym, a colour or a filler word ("a red frame", "copyright text", "orange tint"); "bicycle frame" is left
 to the foundation model."""
 
@@ -45,7 +45,8 @@ DEFAULT_COLOURS = {
     "ruler": ("yellow", "white", "black", "grey"),
     "colour cast": ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink", "brown"),
 }
-#: texts a watermark is drawn with (none of them a judge's own: benchmarks/planted_photos.py, world.render)
+#: texts a watermark is drawn with (none of them a judge's own, "© stock" in benchmarks/planted_photos.py and "SAMPLE"
+#: in world.render, though "stock image" shares a word with the first)
 WATERMARK_TEXTS = ("© photo", "PREVIEW", "DRAFT", "proof", "www.photos.com", "COPY", "© 2021", "stock image")
 
 
@@ -57,10 +58,10 @@ class DrawnConcept:
     variants: dict[str, tuple[Artifact, ...]]
 
     def describe(self) -> str:
-        """In words, for a search's ranking: e.g. "frames semlens drew (12 colours)"."""
-        colours = list(self.variants)
-        drawn = colours[0] if len(colours) == 1 else f"{len(colours)} colours"
-        return f"{self.name}s semlens drew ({drawn}; each unit scored by the colour that raises it most)"
+        """In words, for a search's ranking: e.g. "frames semlens drew (12 colours; ...)", "frames semlens drew (red)"."""
+        if len(self.variants) == 1:
+            return f"{self.name}s semlens drew ({next(iter(self.variants))})"
+        return f"{self.name}s semlens drew ({len(self.variants)} colours; each unit scored by the colour that raises it most)"
 
 
 def named_concept(text: str) -> tuple[str, list[str]] | None:
