@@ -189,6 +189,7 @@ def search(
     text names (as "named" lifts them) first where the drawings raise them (``NAMED_RAISED``)."""
     if rank not in (None, *RANKINGS):
         raise SemlensError(f"rank={rank!r}: rank by one of {', '.join(RANKINGS)}")
+    chosen = lens.units.checked(layers)
     images = [image_probe(image) for image in images]  # decoded once: the default ranking looks at them too
     texts = [text] if isinstance(text, str) else list(text or [])
     shown = recall(lens, texts) if texts and not images and rank in (None, "model") else None  # a text naming a concept shown to the Lens
@@ -199,19 +200,19 @@ def search(
         rank, model = _default_ranking(lens, None if shown or drawn else text, shown.images if shown else images, drawn)
     if rank == "model":
         if shown:
-            return _rank_by_model(lens, shown.images, lens.units.checked(layers), top, examples, model, shown.name, shown.detectors)
+            return _rank_by_model(lens, shown.images, chosen, top, examples, model, shown.name, shown.detectors)
         if drawn:
-            named = _named_units(lens, drawn, lens.units.checked(layers), examples) if by_default else []
-            return _rank_by_model(lens, [], lens.units.checked(layers), top, examples, model, drawn=drawn, named=named)
+            named = _named_units(lens, drawn, chosen, examples) if by_default else []
+            return _rank_by_model(lens, [], chosen, top, examples, model, drawn=drawn, named=named)
         if text or not images:
             raise SemlensError(
                 "rank='model' ranks units by the model's response to concept images: give images and no text, the name of a "
                 "concept the Lens was shown (an audit's pasted artefact, semlens.lens.concepts.remember) or of one semlens draws "
                 f"({', '.join(SYNONYMS)}); texts rank by named, both or alignment"
             )
-        return _rank_by_model(lens, images, lens.units.checked(layers), top, examples, model)
+        return _rank_by_model(lens, images, chosen, top, examples, model)
     probe_vector, null = probe(lens, text, images, templates)
-    hits = _rank(lens, probe_vector, null, lens.units.checked(layers), top, examples=examples, rank=rank, names=texts)
+    hits = _rank(lens, probe_vector, null, chosen, top, examples=examples, rank=rank, names=texts)
     best = max((hit.score for hit in hits), default=None)
     if texts and not images and best is not None and best <= 0:
         hits.note = (
@@ -303,7 +304,7 @@ def _named_units(lens: Lens, text: str, layers: list[str], examples: str) -> lis
     top 5 named "watermark", 3 with "text", "caption", ... beside it)."""
     if not lens.arrays.has_responses:
         return []
-    table = _search_table(lens) if layers == lens.layers and examples == "activation" else _unit_table(lens, layers, examples)
+    table = _table_of(lens, layers, examples)
     probe_vector, null = probe(lens, text)
     rows, _ = table.top(probe_vector, null, NAMED_AMONG, by_response=True)
     names = list(dict.fromkeys([text, named_concept(text)[0]]))
@@ -422,7 +423,7 @@ def _rank(
     ties go to the earlier layer, lower unit."""
     if top < 1:
         raise SemlensError(f"top={top}: ask for at least one unit")
-    table = _search_table(lens) if layers == lens.layers and examples == "activation" else _unit_table(lens, layers, examples)
+    table = _table_of(lens, layers, examples)
     naming = rank == "named" and bool(names) and lens.arrays.has_responses
     rows, scores = table.top(probe, null, max(top + 1, NAMED_AMONG) if naming else top + 1, by_response=rank in ("named", "both"))
     if naming:
@@ -444,6 +445,11 @@ def _named(lens: Lens, table: UnitTable, rows: torch.Tensor, names: list[str]) -
     best = names_by_responses(lens, layers, names)
     starts = dict(zip(layers, accumulate([0] + [len(lens.units(layer)) for layer in layers])))
     return torch.tensor([best[starts[layer] + row] in names for layer, row in owners], dtype=torch.bool)
+
+
+def _table_of(lens: Lens, layers: list[str], examples: str) -> UnitTable:
+    """The stacked units of ``layers`` by ``examples``: every layer's by activation held once per Lens, else made."""
+    return _search_table(lens) if layers == lens.layers and examples == "activation" else _unit_table(lens, layers, examples)
 
 
 @per_lens
