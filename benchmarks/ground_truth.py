@@ -259,6 +259,8 @@ def evaluate(
         other_hits["drawn"] = {query: [hit.unit for hit in lens.search(query, top=5, rank="model" if named_concept(query) else None)] for query in (artifact, paraphrase)}
     overlays = [artifact_overlay(config, artifact, index) for index in range(OVERLAYS)]
 
+    drawn_audit = drawn_audit_scores(lens, target, target, artifact, spatial, true_units) if named_concept(artifact) else {}
+    forget(lens, artifact)  # the drawn audit may have kept its drawing: the audit below pastes the world's artefact
     concept = concept_images(config, artifact)  # test images: the Lens is built on the probe split
     audit = lens.audit(target, [target], [artifact], layers=spatial, concept=concept, test_all=True).to_dict()  # fields may grow: read by key
     after_audit = lens.search(artifact, top=5)  # the audit kept the artefact it pasted: its name now ranks by it in the model
@@ -293,7 +295,7 @@ def evaluate(
         **{f"search_hits_at5_{rank}": sum(unit in true_units for unit in hits_of[artifact]) for rank, hits_of in other_hits.items()},
         **{f"search_hits_at5_paraphrase_{rank}": sum(unit in true_units for unit in hits_of[paraphrase]) for rank, hits_of in other_hits.items()},
         "search_hits_at5_overlay": overlay_search(lens, overlays, true_units),
-        "search_hits_at5_after_audit": sum(hit.unit in true_units for hit in after_audit), "search_after_audit_rank": after_audit.rank,
+        "search_hits_at5_after_audit": sum(hit.unit in true_units for hit in after_audit), "search_after_audit_rank": after_audit.rank, **drawn_audit,
         "concept_search": concept_search(lens, config, truth),
         "by_dissection_alone": {"artefact_unit_names": sorted(dissected), **artefact_scores(dissected, hits, artifact, paraphrase, flagged, both, confirmed, found, examined, audit["detectors"])},
         "by_insertion_alone": {"artefact_unit_names": sorted(inserted), **artefact_scores(inserted, hits, artifact, paraphrase, flagged, both, confirmed, found, examined, audit["detectors"])},
@@ -309,6 +311,25 @@ def evaluate(
         "pruned_predicted_as_class": [pruning["artifact"]["before"]["predicted_as_class"], pruning["artifact"]["after"]["predicted_as_class"]] if pruning else None,
         "pruned_clean_accuracy": [pruning["clean"]["before"]["accuracy"], pruning["clean"]["after"]["accuracy"]] if pruning else None,
         "label_methods": methods, "probe_images": PROBE_IMAGES, "test_images": TEST_IMAGES, "seconds": round(time.perf_counter() - start, 1),
+    }  # fmt: skip
+
+
+def drawn_audit_scores(lens: Lens, target: str, content: str, artefact: str, layers: list[str], true_units: set[str]) -> dict[str, Any]:
+    """The audit a user without images of the artefact runs, at its defaults (no ``concept``: semlens tests its own
+    drawings of the artefact's name, ``audits._drawn_test``; every examined unit measured, the flagged ones switched
+    off); its detectors scored against the truth, and the search for the name after it (which names them first)."""
+    audit = lens.audit(target, [content], [artefact], layers=layers)
+    examined = {unit.unit for unit in audit.units}
+    relevant = len(true_units & examined)
+    right = len(true_units & set(audit.detectors))
+    after = lens.search(artefact, top=5)
+    reliance = audit.reliance or {}
+    return {
+        "drawn_audit_tested": audit.reliance is not None, "drawn_audit_drawn": reliance.get("drawn"), "drawn_audit_relies": reliance.get("relies"),
+        "drawn_audit_log_odds": reliance.get("log_odds"), "drawn_audit_detectors": audit.detectors, "drawn_audit_spurious_share": audit.spurious_share,
+        "drawn_audit_detected_precision": _share(right, len(audit.detectors)), "drawn_audit_detected_recall": _share(right, relevant),
+        "drawn_audit_confirmed": audit.confirmed + audit.carriers,
+        "search_hits_at5_after_drawn_audit": sum(hit.unit in true_units for hit in after),
     }  # fmt: skip
 
 
@@ -436,6 +457,9 @@ def pooled_audit(records: list[dict[str, Any]]) -> dict[str, Any]:
         "confirmed": lambda record: record["audit_confirmed_units"],
         "found by test": lambda record: record["audit_confirmed_units"] + record["audit_carriers"],  # every unit tested
         "detectors": lambda record: record.get("audit_detectors", []),  # records before them have none
+        # the audit without images of the artefact: semlens's drawings of its name (records before it have none)
+        "drawn test's detectors": lambda record: record.get("drawn_audit_detectors", []),
+        "drawn test's findings": lambda record: record.get("drawn_audit_confirmed", []),
     }
     for name, units_of in findings.items():
         units = sum(len(units_of(record)) for record in relying)
@@ -450,7 +474,7 @@ def print_pooled_audit(records: list[dict[str, Any]], console: Console) -> None:
         return
     parts = [
         f"{name} {values['units']} ({values['true']} true: precision {_number(values['precision'])}, recall {_number(values['recall'])})"
-        for name, values in ((name, pooled[name]) for name in ("flagged", "flagged or both", "confirmed", "found by test", "detectors"))
+        for name, values in ((name, pooled[name]) for name in ("flagged", "flagged or both", "confirmed", "found by test", "detectors", "drawn test's detectors", "drawn test's findings"))
     ]
     console.print(f"audit pooled over the {pooled['runs']} runs whose class relies on its artefact ({pooled['examined']} true artefact units examined): " + "; ".join(parts))
 

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from ground_truth import OVERLAYS, _number, _share, artefact_scores, overlay_search, print_pooled_audit, summary_rows, unit_tests
+from ground_truth import OVERLAYS, _number, _share, artefact_scores, drawn_audit_scores, overlay_search, print_pooled_audit, summary_rows, unit_tests
 from planted_photos import ARCHITECTURES, ARTEFACTS, DEFAULT_ARTEFACTS, STUDIED_LAYERS, WEIGHTS_ENV, Planting, photo_classes, placements, save_model, train_model, write_split
 from rich.console import Console
 from rich.table import Table
@@ -166,6 +166,8 @@ def evaluate_artefact(
     drawn = [hit.unit for hit in lens.search(artefact, top=5, rank="model")]  # the model's response to semlens's drawings alone
     overlays = [placement.overlay(size, size) for placement in placements(artefact, size, OVERLAYS, TEST_SEED, scale)]
     by_image = overlay_search(lens, overlays, true_units)  # per ranking: the artefact's image as the probe
+    drawn_audit = drawn_audit_scores(lens, target, content or target, artefact, layers, true_units)  # as a user without images audits
+    forget(lens, artefact)  # the drawn audit may have kept its drawing: the audit below pastes the planted artefact
     audit = lens.audit(target, [content or target], [artefact], layers=layers, concept=concept, test_all=True).to_dict()  # fields may grow: read by key
     after_audit = lens.search(artefact, top=5)  # the audit kept the artefact it pasted: its name now ranks by it in the model
     examined = {unit["unit"] for unit in audit["units"]}
@@ -192,8 +194,9 @@ def evaluate_artefact(
         "audit_carriers": audit["carriers"], "audit_detectors": audit["detectors"], "tested_found": len(found), "audit_reliance": audit["reliance"], "unit_tests": unit_tests(true_units, audit),
         "reliance": float(change[~own, index].mean()), "reliance_own": float(change[own, index].mean()),
         "reliance_max_other_class": max(float(change[~own, other].mean()) for other in range(change.shape[1]) if other != index),
-        "test_images": len(without), "artefact_seconds": round(time.perf_counter() - start, 1),
+        "test_images": len(without), **drawn_audit, "artefact_seconds": round(time.perf_counter() - start, 1),
     }  # fmt: skip
+
 
 
 def label_scores(lens: Lens, artefact: str, true_units: set[str]) -> dict[str, Any]:
@@ -273,7 +276,18 @@ def target_checks(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
         "detectors precision": [record["detected_precision"] >= TARGETS["audit precision"] for record in planted if record.get("detected_precision") is not None],
         "detectors recall": [record["detected_recall"] >= TARGETS["audit recall"] for record in planted if record.get("detected_recall") is not None],
         "control spurious share": [record["spurious_share"] <= TARGETS["control spurious share"] for record in records if record["control"]],
+        "control spurious share, drawn test": [
+            record["drawn_audit_spurious_share"] <= TARGETS["control spurious share"] for record in records if record["control"] and "drawn_audit_spurious_share" in record
+        ],
+        "relies by the drawn test, where by the planted artefact": [
+            bool(record["drawn_audit_relies"]) for record in planted if record["audit_relies"] and "drawn_audit_relies" in record
+        ],
+        "relies by the drawn test, controls": [bool(record["drawn_audit_relies"]) for record in records if record["control"] and "drawn_audit_relies" in record],
         "search hits": [record["search_hits_at5"] >= min(TARGETS["search hits"], record["artefact_units"]) for record in planted if record["artefact_units"]],
+        "search hits after the drawn audit": [
+            record["search_hits_at5_after_drawn_audit"] >= min(TARGETS["search hits"], record["artefact_units"])
+            for record in planted if record["artefact_units"] and "search_hits_at5_after_drawn_audit" in record
+        ],
         "search hits after the audit": [
             record["search_hits_at5_after_audit"] >= min(TARGETS["search hits"], record["artefact_units"])
             for record in planted if record["artefact_units"] and "search_hits_at5_after_audit" in record

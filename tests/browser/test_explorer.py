@@ -235,6 +235,11 @@ def test_audit_shows_the_scatter_verdicts_and_exports_json(page, base_url) -> No
     exported = json.loads(Path(download.value.path()).read_text())
     assert exported["class"] == "red" and exported["spurious"] == ["noise", "text"] and "figure" not in exported
     assert len(exported["units"]) == verdicts
+    assert "concept test" not in page.inner_text("#shares")
+    page.fill("#spurious", "frame")  # a concept semlens draws: tested on its drawings, the answer shown
+    page.click("button[type=submit]")
+    page.wait_for_function("document.querySelector('#shares').innerText.includes('concept test')")
+    assert "frames semlens drew (" in page.inner_text("#shares") and "on it (probability" in page.inner_text("#shares")
 
 
 def test_dissect_graph_compare_and_api_pages(page, base_url, valid) -> None:

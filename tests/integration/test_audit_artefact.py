@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from semlens import BuildConfig, Lens, build_lens
 from semlens.cli import app
 from semlens.interventions.effects import CONFIRM_AUC, CONFIRM_SHARE, LOCATE_IOU
+from semlens.lens.concepts import recall
 
 runner = CliRunner()
 
@@ -90,7 +91,11 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     # the audit kept the watermark it pasted: the search for "watermark" ranks by it in the model, as the test did
     shown = Lens.open(lens.path).search("watermark", layers=["features.3"], top=len(flagged) + 1)
     assert shown.rank == "model" and shown.concept == "watermark" and {hit.unit for hit in shown} == found
-    assert audit["detectors"] and {hit.unit for hit in shown[: len(audit["detectors"])]} == set(audit["detectors"])  # the units it found detect it first
+    first = Lens.open(lens.path).search("watermark", layers=["features.3"], top=len(audit["detectors"]))
+    assert audit["detectors"] and {hit.unit for hit in first} == set(audit["detectors"])  # the units it found detect it first
+    # every examined unit is measured, the unflagged ones without being switched off: detectors among them too
+    assert set(audit["detectors"]) > flagged and all(unit["test"] is not None for unit in audit["units"])
+    assert all(unit["test"]["zeroed"] == (unit["verdict"] in ("spurious", "both") or unit["contested"]) for unit in audit["units"])
     assert all(unit["tight_shift"] >= -1 for unit in spurious)  # the default Lens's share boxes hold the watermark too
     # the concept test: the class relies on the watermark, and every spurious unit carries part of it
     assert audit["reliance"]["relies"] and audit["reliance"]["effect"] > 0.5
@@ -109,7 +114,9 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     printed = runner.invoke(app, [*asked, "--test-data", str(setting / "others"), "--artifact", str(setting / "watermark.png"), "--at", "1,1"])  # a folder as typed
     assert printed.exit_code == 0 and f"spurious share, as tested: {audit['spurious_share']:.1%}" in " ".join(printed.output.split())
     assert "class rise not measured" in " ".join(printed.output.split())  # the test images are green and blue only
-    assert "spurious share, untested:" in " ".join(runner.invoke(app, asked).output.split())
+    assert "spurious share, untested:" in " ".join(runner.invoke(app, [*asked, "--no-draw"]).output.split())
+    drawn_output = " ".join(runner.invoke(app, asked).output.split())  # without images: semlens's drawings of a watermark
+    assert "concept test: watermarks semlens drew (" in drawn_output and "probe images of other classes" in drawn_output
     own = runner.invoke(app, [*asked, "--test-data", str(setting / "others"), "--spurious-data", str(setting / "real")])  # the class's own images
     assert own.exit_code == 0 and "--spurious-data images are labelled red: the class's own content" in " ".join(own.output.split())
     # two placements, the test images getting them in turn: the watermark units fire wherever it is pasted
@@ -147,6 +154,17 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     assert all(unit["test"]["class_rise"] is None for unit in carried["units"])
     untested = runner.invoke(app, [str(arg) for arg in (*wrong, "--test-all")])
     assert untested.exit_code != 0 and "--test-all runs the concept test" in untested.output
+    # without images of the concept, one semlens draws is tested on its drawings pasted into probe images of other
+    # classes (none of the class's own: they show the watermark already); no verdict falls by a drawing
+    opened = Lens.open(lens.path)
+    drawn = opened.audit("red", ["red"], ["watermark"], layers=["features.3"], cut=0.05, test_all=True)
+    by_alignment = opened.audit("red", ["red"], ["watermark"], layers=["features.3"], cut=0.05, draw=False)
+    assert by_alignment.reliance is None and drawn.reliance["drawn"].startswith("watermarks semlens drew (")
+    assert 0 < drawn.reliance["samples"][0] <= 48 and drawn.reliance["classes_from"] == "labels"
+    assert all(unit.test["class_rise"] is None for unit in drawn.units)  # no red image among them
+    assert [unit.verdict for unit in drawn.units] == [unit.verdict for unit in by_alignment.units] and not drawn.rule.by_rise
+    assert drawn.spurious_share == (drawn.confirmed_share if drawn.confirmed or drawn.carriers else by_alignment.spurious_share)
+    assert recall(opened, ["watermark"]).drawn is False  # the watermark the user's audit pasted stays what a search pastes
     # an image probe of the watermark ranks the units the text's alignment flags first (with the oracle's four dimensions and 8 units
     # in the null it stays under z 3); a generic image (noise, no watermark) flags none
     plain = setting / "plain.png"

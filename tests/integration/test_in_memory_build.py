@@ -525,6 +525,10 @@ def test_an_overlay_search_on_a_lens_opened_without_its_model_says_how_it_ranked
     with pytest.warns(UserWarning, match="ranked by name and alignment, not by the model's response"):
         hits = Lens.open(out, foundation=foundation).search(images=[overlay], top=3)
     assert hits.rank == "named"
+    # nor can its audit test a concept semlens draws on its drawings: by alignment alone, and said so
+    with pytest.warns(UserWarning, match="no concept test: testing 'frame' on the frames semlens draws needs the model under study"):
+        audit = Lens.open(out, foundation=foundation).audit(0, valid=["red"], spurious=["frame"])
+    assert audit.reliance is None and not audit.share_tested
 
 
 def test_labels_from_a_list_of_concept_names(built) -> None:

@@ -62,11 +62,17 @@ def test_the_judge_scores_a_tiny_configuration_end_to_end(judge, tiny_clip_dir, 
     assert len({record["artifact_class"] for record in records}) == 3  # each artefact on a class of its own
     for record in records:
         for key in ("artefact_unit_names", "audit_precision", "audit_recall", "spurious_share", "search_hits_at5", "search_hits_at5_paraphrase",
-                    "search_hits_at5_after_audit", "reliance", "unit_tests", "label_top1", "class_share_max"):  # fmt: skip
+                    "search_hits_at5_after_audit", "reliance", "unit_tests", "label_top1", "class_share_max",
+                    "drawn_audit_detected_precision", "search_hits_at5_after_drawn_audit"):  # fmt: skip
             assert key in record, key
         assert record["layers"] == ["layer3.1", "layer4.1"] and record["foundation"].startswith("hf:") and not record["control"]
         assert record["search_after_audit_rank"] == "model" and record["class_content"] == record["artifact_class"]  # the audit pasted it
-    assert set(judge.target_checks(records)) == {"audit precision", "audit recall", "detectors precision", "detectors recall", "control spurious share", "search hits", "search hits after the audit"}
+        assert record["drawn_audit_tested"] and record["drawn_audit_drawn"].startswith(f"{record['artifact']}s semlens drew (")  # with no images: its drawings
+    assert set(judge.target_checks(records)) == {
+        "audit precision", "audit recall", "detectors precision", "detectors recall", "control spurious share", "control spurious share, drawn test",
+        "relies by the drawn test, where by the planted artefact", "relies by the drawn test, controls", "search hits", "search hits after the drawn audit",
+        "search hits after the audit",
+    }  # fmt: skip
 
 
 def test_twins_give_each_artefacts_class_the_photo_of_a_class_without_one(judge, tmp_path, monkeypatch) -> None:

@@ -251,6 +251,12 @@ def test_audit_its_export_and_bad_requests(client) -> None:
     )
     named = client.post("/api/lenses/0/audit", json={"class": "red", "spurious": ["noise", "text"]}).json()
     assert named["valid"] == ["red"] and named["shares"] == audit["shares"]  # no valid concept: the class's own name
+    assert audit["reliance"] is None  # "noise" and "text" together: no concept semlens draws alone, no test
+    # a spurious concept semlens draws is tested on its drawings where the model loads; draw=false: not
+    drawn = client.post("/api/lenses/0/audit", json={"class": "red", "spurious": ["frame"]}).json()
+    assert drawn["reliance"]["drawn"].startswith("frames semlens drew (") and drawn["reliance"]["samples"][0] > 0
+    assert all(unit["verdict"] for unit in drawn["units"]) and isinstance(drawn["detectors"], list)
+    assert client.post("/api/lenses/0/audit", json={"class": "red", "spurious": ["frame"], "draw": False}).json()["reliance"] is None
     for bad in ({"class": "red", "valid": ["x"], "spurious": []}, {"class": "red", "valid": ["x"] * 21, "spurious": ["y"]},
                 {"class": "red", "valid": ["x"], "spurious": ["y"], "cut": 2}, {"valid": ["x"], "spurious": ["y"]},
                 {"class": "red", "valid": ["x"], "spurious": ["y"], "margin": -1}):  # fmt: skip

@@ -478,8 +478,11 @@ def test_a_unit_firing_where_the_concept_is_must_do_so_nearly_as_well_as_its_lay
     _, (_, high) = concept_tests(model, *views, 0, [detector, spread], region=region, locate_enough=0.6)
     assert high["located_bar"] == pytest.approx(0.6) and high["located"] is False
     # an untested unit of the layer sets the bar as a tested one does; without it the spread unit is its layer's best
-    _, (alone,) = concept_tests(model, *views, 0, [spread], region=region, peers=[detector], **uncapped)
+    _, (alone, peer) = concept_tests(model, *views, 0, [spread], region=region, peers=[detector], **uncapped)
     assert alone["located_bar"] == pytest.approx(LOCATE_SHARE) and alone["located"] is False
+    # the peer is measured as the tested unit is, without being switched off: it detects the watermark, unconfirmed
+    assert alone["zeroed"] and peer["zeroed"] is False and peer["located_iou"] == pytest.approx(1.0) and peer["located"]
+    assert peer["detects"] == best["detects"] and peer["detects"] and peer["drop_with"] is None and not peer["confirmed"]
     _, (unopposed,) = concept_tests(model, *views, 0, [spread], region=region, **uncapped)
     assert unopposed["located_bar"] == pytest.approx(LOCATE_SHARE * 0.5) and unopposed["located"]
     # a lower share (AlignmentRule.locate_share) lets the spread unit pass beside the detector; 0 leaves NetDissect's 0.04
@@ -488,7 +491,7 @@ def test_a_unit_firing_where_the_concept_is_must_do_so_nearly_as_well_as_its_lay
     _, (_, netdissect) = concept_tests(model, *views, 0, [detector, spread], region=region, locate_share=0.0)
     assert netdissect["located_bar"] == LOCATE_IOU and netdissect["located"]
     # a peer the concept does not raise sets no bar (the spread unit alone, the watermark pasted where neither fires)
-    _, (unraised,) = concept_tests(model, views[0], views[0], 0, [spread], region=region, peers=[detector])
+    _, (unraised, _) = concept_tests(model, views[0], views[0], 0, [spread], region=region, peers=[detector])
     assert unraised["located_bar"] == pytest.approx(LOCATE_IOU)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from semlens.interventions.drawn import COLOURS, PLACEMENTS, drawn_concept, named_concept
+from semlens.interventions.drawn import COLOURS, PLACEMENTS, drawn_concept, named_concept, strongest_variant
 from semlens.interventions.effects import activation_aucs, variant_aucs
 from semlens.model.loading import LoadedModel
 from semlens.model.preprocess import Preprocessing
@@ -72,3 +72,30 @@ def test_a_units_response_is_measured_variant_by_variant() -> None:
     pooled = activation_aucs(model, backgrounds, shown, spec)["features.1"]
     by_variant = variant_aucs(model, backgrounds, shown, spec, groups=(8, 8, 8))["features.1"]
     assert by_variant.shape == (3, 1) and by_variant[1].tolist() == [1.0] and by_variant[[0, 2]].max() < 0.5 and float(pooled) < 0.9
+
+
+class _RedClassifier(torch.nn.Module):
+    """Two classes: "plain" (logit 0) and "red" (logit: 20 x the image's mean redness, r - g - b clipped at 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.detector = _RedDetector()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = 20 * self.detector(x).mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(red), red], dim=1)
+
+
+def test_an_audit_draws_the_variant_that_raises_the_class_most() -> None:
+    """Of the twelve frame colours, the red one raises the "red" class's probability most; for the "plain" class, a
+    colour that leaves redness as it is (every colour but red and the warm ones lowers or keeps it)."""
+    model = LoadedModel(_RedClassifier().eval(), "red", Preprocessing(input_size=32, resize=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)), ["plain", "red"])
+    rng = np.random.default_rng(0)
+    views = [Image.fromarray(rng.integers(0, 80, (32, 32, 3), dtype=np.uint8)) for _ in range(8)]
+    frames = drawn_concept("frame", (32, 32))
+    colour, probabilities = strongest_variant(model, views, 1, frames)
+    assert colour == "red" and list(probabilities) == list(COLOURS)
+    assert probabilities["red"] > max(p for name, p in probabilities.items() if name != "red")
+    plain, _ = strongest_variant(model, views, 0, frames)
+    assert plain not in ("red", "orange", "pink")
+    assert strongest_variant(model, views, 1, drawn_concept("blue frame", (32, 32)))[0] == "blue"  # a named colour alone

@@ -93,7 +93,7 @@ def test_report_with_audits_comparison_and_graphs(lenses, tmp_path) -> None:
     flagged = page.split(f"<h2>Audit of class {escaped(HOSTILE)}</h2>")[1].split("<h2>")[0]
     assert "Flagged units" in flagged and unit in flagged and 'src="data:image/jpeg;base64,' in flagged
     assert "watermark &amp; &lt;b&gt;logo&lt;/b&gt;" in flagged
-    assert f"detect the concept (raised by it more than by the class, where it is; tested units): {unit}" in flagged
+    assert f"detect the concept (raised by it more than by the class, where it is; every examined unit): {unit}" in flagged
     assert f"confirmed findings: {unit}" in flagged and "concept test: confirmed (activation AUC 0.90" in flagged
     assert "its top activations at the pasted concept: IoU 0.12 (bar 0.08)" in flagged
     assert f"left out (inactive: never fired or constant on the probe data): {escaped(HOSTILE)}" in flagged
@@ -185,3 +185,19 @@ def test_overview_png_has_a_category_legend_and_boxed_cluster_names(tmp_path, mo
     assert [text.get_text() for text in axes.get_legend().get_texts()] == ["textures", "objects", "colours"]
     names = axes.texts
     assert len(names) == 3 and all(text.get_bbox_patch() is not None and text.get_fontsize() >= 10 for text in names)
+
+
+def test_an_audit_tested_on_semlens_drawings_says_so_and_keeps_the_alignment_share_where_it_confirms_none() -> None:
+    from semlens.report.sections import audit_summary
+
+    audit = hostile_audit("features.3/1")
+    audit.reliance["drawn"] = "frames semlens drew (cyan, <i>of 12</i>)"
+    shown = audit_summary(audit)
+    assert "<b>concept test</b>: frames semlens drew (cyan, &lt;i&gt;of 12&lt;/i&gt;)" in shown and audit.share_tested
+    assert "spurious share, as tested</b>: 100.0%" in shown  # it confirmed the unit: the share is the test's
+    audit.units[0].test = {**audit.units[0].test, "confirmed": False, "detects": False}
+    unconfirmed = audit_summary(audit)
+    assert not audit.share_tested and audit.spurious_share == audit.shares["spurious"] == 1.0
+    assert "spurious share, by alignment</b>: 100.0% (the test of semlens&#x27;s drawings confirmed no unit" in unconfirmed
+    del audit.reliance["drawn"]  # the user's own images: a test that confirms none leaves no spurious share
+    assert audit.share_tested and audit.spurious_share == 0.0

@@ -313,9 +313,18 @@ class Audit(HtmlResult):
         """The share of the class's relevance the audit finds on the spurious concept: with a concept test the
         confirmed findings' and carriers' (``confirmed_share``), since a flagged unit the test does not confirm (the concept
         does not raise it, zeroing it takes none of the reliance away, or the class does not rely on the concept
-        at all) carries no reliance on it; without one the "spurious" units' (``shares``)."""
-        confirmed = self.confirmed_share
-        return self.shares["spurious"] if confirmed is None else confirmed
+        at all) carries no reliance on it; without one the "spurious" units' (``shares``), as after a test of
+        semlens's drawings that confirms none (``share_tested``)."""
+        return self.confirmed_share if self.share_tested else self.shares["spurious"]
+
+    @property
+    def share_tested(self) -> bool:
+        """Whether ``spurious_share`` is the concept test's: a test of the images given, or of semlens's drawings
+        (``reliance["drawn"]``) where it confirms a unit; a drawing may differ from what the model learnt (another
+        colour, another text), so a drawn test that confirms nothing refutes nothing."""
+        if self.reliance is None:
+            return False
+        return not self.reliance.get("drawn") or bool(self.confirmed or self.carriers)
 
     @property
     def carriers(self) -> list[str]:
@@ -328,7 +337,9 @@ class Audit(HtmlResult):
         """Units the concept test finds detect the concept, flagged or not: the class relies on it, it raises them
         (AUC >= ``CONFIRM_AUC``), more than the class does and, where the test measured it, where it is. Each
         encodes the concept the class relies on; the confirmed findings and carriers are those the reliance is
-        also shown to run through (zeroing one removes a share of it), which redundant detectors may not show."""
+        also shown to run through (zeroing one removes a share of it), which redundant detectors may not show. Every
+        examined unit is measured (those the test does not switch off too), so detectors are found without
+        ``test_all``."""
         return [unit.unit for unit in self.units if unit.test and unit.test.get("detects")]
 
     @property
@@ -522,9 +533,16 @@ def audit_layers(
     return result
 
 
+#: why an audit whose test of semlens's drawings confirmed no unit keeps the alignment's spurious share (``Audit.share_tested``)
+UNCONFIRMED_BY_DRAWINGS = (
+    "the test of semlens's drawings confirmed no unit, and a drawing may differ from what the model learnt (another colour, "
+    "text or size): no flag falls by it; images of the concept as it is in the data test each finding"
+)
+
+
 def advice_asked(audit: Audit) -> str | None:
     """``Audit.advice`` with what it asks for in each face's words (``_util.errors.asked``): the command line prints
     ``on_the_command_line`` of it."""
-    if not (audit.reliance and audit.reliance["relies"]) or audit.confirmed or all(unit.test is not None for unit in audit.units):
+    if not (audit.reliance and audit.reliance["relies"]) or audit.confirmed or all(unit.test is not None and unit.test.get("zeroed", True) for unit in audit.units):
         return None
     return f"the class relies on the concept, but no flagged unit is confirmed: test every relevant unit ({asked('audit(..., test_all=True)', '--test-all')})"

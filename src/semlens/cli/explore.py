@@ -16,7 +16,7 @@ from ..lens.search import SearchResults
 from ..lens.sources import data_described
 from ..model.imagenet import shown_class
 from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, errors, friendly, labelled_to_show, open_lens, parent_made, rounded, say, say_if_left_out, table
-from .validate import ConceptArtifact, ConceptAt, ConceptMask, ConceptTint, SpuriousData, TestAll, TestData, concept_test
+from .validate import ConceptArtifact, ConceptAt, ConceptMask, ConceptTint, NoDraw, SpuriousData, TestAll, TestData, concept_test, drawable
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts), or builtin; default: the foundation model's own concepts where it names them (the concept world's), else builtin.")
 Layers = typer.Option(None, "--layer", "-l", help="Only these layers (repeatable; default all).")
@@ -445,6 +445,7 @@ def report(
     at: ConceptAt = "0,0",
     tint: ConceptTint = None,
     test_all: TestAll = False,
+    no_draw: NoDraw = False,
     compare: Optional[Path] = typer.Option(None, "--compare", help="Add a comparison with this other Lens."),
     trust: Trust = False,
     foundation: Foundation = None,
@@ -454,7 +455,8 @@ def report(
 ) -> None:
     """Write one self-contained HTML report: map, dissection, measures, least clear and unexpected units; with
     --class and --spurious, class audits (with --test-data and --artifact/--tint/--spurious-data, each with the
-    concept test, as `semlens audit`; and --graph their attribution graphs); with --compare, a comparison."""
+    concept test, as `semlens audit`, or without them on semlens's drawings of a --spurious concept it draws; and
+    --graph their attribution graphs); with --compare, a comparison."""
     from .._util.errors import SemlensError
     from ..report.html import write_report
 
@@ -462,7 +464,7 @@ def report(
     classes = class_name or []
     if classes and not spurious:
         raise SemlensError("an audit in the report needs --spurious CONCEPT (and optionally --valid)")
-    concept = concept_test(test_data, spurious_data, artifact, mask, at, tint, test_all)
+    concept = concept_test(test_data, spurious_data, artifact, mask, at, tint, test_all, drawable(spurious or [], [], no_draw))
     if concept is not None and not classes:
         raise SemlensError("the concept test runs in a class's audit: give --class and --spurious too")
     labelling = opened.labels.vocabulary is None and opened.embedding.embeds_text  # a space of images only: no labels
@@ -475,7 +477,7 @@ def report(
             done()
         audits = []
         for name in classes:
-            audits.append(opened.audit(name, valid or [], spurious, concept=concept, test_all=test_all))  # no valid concept: the class's name
+            audits.append(opened.audit(name, valid or [], spurious, concept=concept, test_all=test_all, draw=not no_draw))  # no valid concept: the class's name
             done()
         graphs = []
         for name in classes if graph else []:

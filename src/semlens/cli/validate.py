@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .._util.errors import SemlensError, on_the_command_line
-from ..analysis.audit import advice_asked
+from ..analysis.audit import UNCONFIRMED_BY_DRAWINGS, advice_asked
 from ..lens.audits import pruning_effect
 from ..model.imagenet import shown_class
 from ._app import (
@@ -38,6 +38,7 @@ ConceptMask = Annotated[Optional[Path], typer.Option("--mask", help="Mask image 
 ConceptAt = Annotated[str, typer.Option("--at", help="Top-left X,Y of the artefact in the model's input view; several placements X,Y;X,Y;... are given to the test images in turn.")]
 ConceptTint = Annotated[Optional[str], typer.Option("--tint", help="Concept test: a tint R,G,B (0.7 p + 0.3 c) as the spurious concept.")]
 TestAll = Annotated[bool, typer.Option("--test-all", help="Concept test: test every relevant unit, not only the flagged ones (finds the units the reliance runs through where no example aligns with the concept).")]
+NoDraw = Annotated[bool, typer.Option("--no-draw", help="Without --test-data: do not test a --spurious concept semlens draws (watermark, frame, logo, ruler, colour cast) on its drawings pasted into probe images.")]
 
 AUDIT_KEYS = {"class", "valid", "spurious", "valid_images", "spurious_images", "cut", "z", "margin", "by_label", "by_location", "by_rise", "locate_share", "locate_enough"}
 
@@ -65,6 +66,7 @@ def audit(
     at: ConceptAt = "0,0",
     tint: ConceptTint = None,
     test_all: TestAll = False,
+    no_draw: NoDraw = False,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML page with the scatter plot (one class).", callback=parent_made),
     trust: Trust = False,
     model: Model = None,
@@ -75,7 +77,9 @@ def audit(
 ) -> None:
     """Audit a class: are the units it relies on aligned with valid or with spurious concepts (each alignment
     judged against its layer's null)? With --test-data and --artifact/--tint/--spurious-data, also test the
-    flagged units on images and measure the class's reliance on the concept (needs the model)."""
+    flagged units on images and measure the class's reliance on the concept (needs the model); without them, a
+    --spurious concept semlens draws (a watermark, a frame, a logo, a ruler, a colour cast) is tested on its drawings
+    pasted into probe images of other classes (--no-draw: not)."""
     from ..analysis.audit import LOCATE_ENOUGH, LOCATE_SHARE, MARGIN, Z_CUT, AlignmentRule
 
     opened = open_lens(lens, trust, probe_data, foundation, model, space)
@@ -98,7 +102,7 @@ def audit(
         if not (spurious or spurious_image):
             raise SemlensError("--all audits every class against the spurious concepts you suspect: give --spurious (or --spurious-image)")
         given = {"--class": class_name, "--valid": valid or valid_image, "--out": out, "--layer": layer, "--test-data": test_data,
-                 "--spurious-data": spurious_data, "--artifact": artifact, "--tint": tint, "--test-all": test_all}  # fmt: skip
+                 "--spurious-data": spurious_data, "--artifact": artifact, "--tint": tint, "--test-all": test_all, "--no-draw": no_draw}  # fmt: skip
         unused = [flag for flag, value in given.items() if value]
         if unused:
             raise SemlensError(
@@ -116,8 +120,8 @@ def audit(
     class_name = class_name or settings.get("class")
     if class_name is None:
         raise SemlensError("give --class (or `class` in --config), or --all")
-    concept = concept_test(test_data, spurious_data, artifact, mask, at, tint, test_all)
-    result = opened.audit(class_name, valid, spurious, valid_image, spurious_image, cut, layer or None, rule=rule, concept=concept, test_all=test_all)
+    concept = concept_test(test_data, spurious_data, artifact, mask, at, tint, test_all, drawable(spurious, spurious_image, no_draw))
+    result = opened.audit(class_name, valid, spurious, valid_image, spurious_image, cut, layer or None, rule=rule, concept=concept, test_all=test_all, draw=not no_draw)
     page = None
     if out is not None:
         from ..report.html import write_audit_html
@@ -141,6 +145,8 @@ def audit(
         )
     else:
         r = result.reliance
+        if r.get("drawn"):
+            say(f"concept test: {r['drawn']} (--no-draw: none; --test-data with --artifact or --spurious-data: your own images)")
         say(
             f"reliance of {result.class_name} on the concept: probability {r['without']:.3f} without, {r['with']:.3f} with "
             f"({r['effect']:+.3f}; log-odds {r['log_odds']:+.2f}: {'relies' if r['relies'] else 'does not rely'}); "
@@ -170,7 +176,10 @@ def audit(
                 "content raises its probability there too, so the reliance reads high; give images of other classes that show the concept"
             )
         carried = " and the units it runs through" if test_all else ""
-        say(f"spurious share, as tested: {result.spurious_share:.1%} of the relevance (the confirmed findings'{carried})")
+        if result.share_tested:
+            say(f"spurious share, as tested: {result.spurious_share:.1%} of the relevance (the confirmed findings'{carried})")
+        else:
+            say(f"spurious share, by alignment: {result.spurious_share:.1%} ({UNCONFIRMED_BY_DRAWINGS})")
         if any(u.test is not None and u.test["class_rise"] is None for u in result.units):
             from ..interventions.effects import CLASS_RISE_IMAGES
 
@@ -203,13 +212,28 @@ def audit(
 
 
 def concept_test(
-    test_data: Optional[str], spurious_data: Optional[str], artifact: Optional[Path], mask: Optional[Path], at: str, tint: Optional[str], test_all: bool
-):
-    """The concept test's images the options above ask for (None: no test), checked."""
+    test_data: Optional[str], spurious_data: Optional[str], artifact: Optional[Path], mask: Optional[Path], at: str, tint: Optional[str], test_all: bool,
+    drawn: bool = False,
+):  # fmt: skip
+    """The concept test's images the options above ask for (None: no test, or the drawings of a concept semlens draws
+    where ``drawn``), checked."""
+    from ..interventions.drawn import SYNONYMS
+
     concept = _concept_images(test_data, spurious_data, _artifact(artifact, mask, at, tint, placements=True))
-    if test_all and concept is None:
-        raise SemlensError("--test-all runs the concept test: give --test-data and one of --artifact/--tint or --spurious-data")
+    if test_all and concept is None and not drawn:
+        raise SemlensError(
+            "--test-all runs the concept test: give --test-data and one of --artifact/--tint or --spurious-data, or one --spurious "
+            f"concept semlens draws ({', '.join(SYNONYMS)})"
+        )
     return concept
+
+
+def drawable(spurious: list[str], spurious_images: list, no_draw: bool) -> bool:
+    """Whether an audit without concept images tests its spurious concept on semlens's drawings (``Lens.audit``'s
+    ``draw``): one spurious text, naming a concept semlens draws."""
+    from ..interventions.drawn import named_concept
+
+    return not no_draw and len(spurious) == 1 and not spurious_images and named_concept(spurious[0]) is not None
 
 
 def _concept_images(test_data: Optional[str], spurious_data: Optional[str], artifact):
@@ -231,9 +255,11 @@ def _test_cell(test: dict | None) -> str:
 
     if test is None:
         return ""
-    verdict = "confirmed" if test["confirmed"] else "unconfirmed"
     rises = f"rise {test['concept_rise']:+.2f}" + ("" if test["class_rise"] is None else f" / class {test['class_rise']:+.2f}")
     located = "" if test["located_iou"] is None else f", at the concept {location_words(test)}"
+    if not test.get("zeroed", True):  # measured, not switched off (--test-all switches every unit off)
+        return f"{'detects' if test['detects'] else 'measured'}, not switched off (AUC {test['activation_auc']:.2f}, {rises}{located})"
+    verdict = "confirmed" if test["confirmed"] else "unconfirmed"
     return f"{verdict} (AUC {test['activation_auc']:.2f}, {rises}{located}, drop {test['drop_with']:.3f} with / {test['drop_without']:.3f} without, removes {test['reliance_removed']:+.2f})"
 
 

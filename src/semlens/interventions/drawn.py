@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .effects import Artifact
+from .effects import Artifact, class_probability
+
+if TYPE_CHECKING:
+    from ..model.loading import LoadedModel
 
 #: the palette variants are drawn in (a query's colour word keeps that colour alone)
 COLOURS = {
@@ -62,6 +66,17 @@ class DrawnConcept:
         if len(self.variants) == 1:
             return f"{self.name}s semlens drew ({next(iter(self.variants))})"
         return f"{self.name}s semlens drew ({len(self.variants)} colours; each unit scored by the colour that raises it most)"
+
+
+def strongest_variant(model: LoadedModel, views: Sequence[Image.Image], class_index: int, concept: DrawnConcept) -> tuple[str, dict[str, float]]:
+    """The variant (colour) of ``concept`` whose placements, pasted into ``views`` in turn, raise the class's mean
+    probability most, and that probability for every variant: an audit tests the drawing the class answers to, as a
+    model that relies on a frame relies on the one colour it learnt."""
+    probabilities = {
+        colour: class_probability(model, [placements[index % len(placements)].apply(view) for index, view in enumerate(views)], class_index)
+        for colour, placements in concept.variants.items()
+    }  # fmt: skip
+    return max(probabilities, key=probabilities.__getitem__), probabilities
 
 
 def named_concept(text: str) -> tuple[str, list[str]] | None:

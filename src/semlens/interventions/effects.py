@@ -450,7 +450,7 @@ def location_test(
     shifts: dict[str, tuple[float, float]] | None = None,
     localities: dict[str, float] | None = None,
 ) -> dict[str, dict[int, tuple[float, float, float, float | None]]]:
-    """Per layer with spatial maps, per row of the tested ``units``: its IoU with the concept (``located``) and the
+    """Per layer with spatial maps, per row of the tested ``units`` and of the ``peers`` the concept raises: its IoU with the concept (``located``) and the
     bar it must reach: ``share`` of the best IoU of the layer's tested units and ``peers`` that the concept raises
     (``aucs`` >= ``CONFIRM_AUC``), but no more than ``enough`` and no less than ``LOCATE_IOU``; then its precision on
     the concept and the bar that passes it instead where the concept is larger than where the unit fires
@@ -483,8 +483,7 @@ def location_test(
         bar = max(LOCATE_IOU, min(enough, share * best))
         precision_bar = max(LOCATE_PRECISION, 2 * where.share)
         placed[layer] = {}
-        for row in (unit.row for unit in units if unit.spec.name == layer):
-            index = position[row]
+        for row, index in position.items():
             placed[layer][row] = (float(where.iou[index]), bar, float(where.precision[index]), precision_bar if where.larger[index] else None)
     return placed
 
@@ -619,7 +618,9 @@ def concept_tests(
     finding is ``confirmed`` when it detects the concept and zeroing it removes at least ``CONFIRM_SHARE`` of the
     reliance; or, where the reliance is
     shared among several such detectors, when they remove that share together and it removes its part of it
-    (``removed_together``, ``together_with``: ``_confirm_shared_carriers``)."""
+    (``removed_together``, ``together_with``: ``_confirm_shared_carriers``). Returns the reliance and a test per unit
+    of ``units`` (``zeroed``), then one per peer measured the same way but not switched off (``zeroed`` False, its
+    drops None, never ``confirmed``): every examined unit that detects the concept is found at no extra pass."""
     logits_without = predict(model, without)  # once: the probability without, and the classes where unlabelled
     p_with, p_without = class_probability(model, with_concept, class_index), float(logits_without.softmax(dim=1)[:, class_index].mean())
     members = logits_without.argmax(dim=1) if classes is None else classes
@@ -640,37 +641,40 @@ def concept_tests(
     placed = {} if region is None else location_test(model, without, with_concept, region, units, peers, aucs, locate_share, locate_enough, shifts, localities)
     rises = {layer: scores_with[layer].mean(dim=0) - scores_without[layer].mean(dim=0) for layer in scores_with}
     class_rises = {layer: class_rise(scores_without[layer], members, class_index) for layer in scores_with}
+
+    def detection(unit: UnitToTest) -> dict:
+        """What the test measures of a unit without switching it off: whether the concept raises it, more than the
+        class does, where it is; ``detects`` where the class relies on the concept."""
+        layer = unit.spec.name
+        iou, bar, precision, precision_bar = placed.get(layer, {}).get(unit.row, (None, None, None, None))  # a peer not raised: not located
+        own_rise = None if class_rises[layer] is None else float(class_rises[layer][unit.row])
+        concept_rise, raised = float(rises[layer][unit.row]), float(aucs[layer][unit.row]) >= CONFIRM_AUC
+        at_concept = None if iou is None else iou >= bar or (precision_bar is not None and precision >= precision_bar)
+        over_class = own_rise is None or concept_rise >= CONCEPT_OVER_CLASS * own_rise
+        return {
+            "activation_auc": float(aucs[layer][unit.row]), "raised": raised, "concept_rise": concept_rise, "class_rise": own_rise,
+            "located_iou": iou, "located_bar": bar, "located_precision": precision, "located_precision_bar": precision_bar, "located": at_concept,
+            "detects": result["relies"] and raised and over_class and at_concept is not False,
+        }  # fmt: skip
+
     tests = []
     for unit in units:
-        layer = unit.spec.name
-        auc, concept_rise = float(aucs[layer][unit.row]), float(rises[layer][unit.row])
-        iou, bar, precision, precision_bar = placed[layer][unit.row] if layer in placed else (None, None, None, None)
-        own_rise = None if class_rises[layer] is None else float(class_rises[layer][unit.row])
-        with pruned(model, {layer: [unit.channel]}, saes, [layer] if unit.spec.channels_last else []):
+        with pruned(model, {unit.spec.name: [unit.channel]}, saes, [unit.spec.name] if unit.spec.channels_last else []):
             after_with, after_without = class_probability(model, with_concept, class_index), class_probability(model, without, class_index)
         removed = reliance - log_odds_ratio(after_with, after_without)
-        detects = own_rise is None or concept_rise >= CONCEPT_OVER_CLASS * own_rise
-        at_concept = None if iou is None else iou >= bar or (precision_bar is not None and precision >= precision_bar)
-        raised = auc >= CONFIRM_AUC
-        detector = result["relies"] and raised and detects and at_concept is not False
+        measured = detection(unit)
         tests.append({
-            "activation_auc": auc,
-            "raised": raised,
-            "concept_rise": concept_rise,
-            "class_rise": own_rise,
-            "located_iou": iou,
-            "located_bar": bar,
-            "located_precision": precision,
-            "located_precision_bar": precision_bar,
-            "located": at_concept,
+            **measured,
+            "zeroed": True,
             "drop_with": p_with - after_with,
             "drop_without": p_without - after_without,
             "reliance_removed": removed,
-            "detects": detector,
-            "confirmed": detector and removed >= CONFIRM_SHARE * reliance,
+            "confirmed": measured["detects"] and removed >= CONFIRM_SHARE * reliance,
             "removed_together": None,
             "together_with": [],
             "restored_alone": None,
         })  # fmt: skip
     _confirm_shared_carriers(model, with_concept, without, class_index, reliance, units, tests, saes)
-    return result, tests
+    # the peers, measured as the tested units are but not switched off (that takes two passes over the images a unit)
+    screened = [{**detection(unit), "zeroed": False, "drop_with": None, "drop_without": None, "reliance_removed": None, "confirmed": False} for unit in peers]
+    return result, tests + screened

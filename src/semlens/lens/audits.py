@@ -5,7 +5,7 @@ probes to ``semlens.analysis`` and ``semlens.relevance``."""
 from __future__ import annotations
 
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +13,7 @@ import torch
 
 from .._util.allocator import freed_memory_kept
 from .._util.display import HtmlResult, made_by
-from .._util.errors import SemlensError, asked
+from .._util.errors import SemlensError, asked, warn_caller
 from ..analysis.alignment import alignment
 from ..model.imagenet import readable_class
 from .arrays import recorded_placements
@@ -28,6 +28,12 @@ if TYPE_CHECKING:
     from ..interventions.effects import Artifact, ConceptImages
     from ..relevance.graph import AttributionGraph
     from .lens import Lens
+
+
+#: probe images a drawn concept test pastes semlens's drawings into (``_drawn_test``), of ``DRAWN_CANDIDATES`` spread
+#: over the probe data less the audited class's
+DRAWN_TEST_IMAGES = 48
+DRAWN_CANDIDATES = 64
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,7 @@ def audit(
     rule: AlignmentRule | None = None,
     concept: ConceptImages | None = None,
     test_all: bool = False,
+    draw: bool = True,
 ) -> Audit:
     """Audit one class (``valid`` concepts: by default the class's own name): verdicts for its relevant units (each
     alignment judged against its layer's null by ``rule``; where the Lens kept crop responses, a unit whose best concept by them is one of the audit's
@@ -132,7 +139,10 @@ def audit(
     its flag, and a contested unit, named valid by its crop responses but flagged by its alignment, that fires
     where it is and is raised by it is judged "both": ``AlignmentRule.by_rise``, ``by_location``); ``test_all`` tests every relevant unit, so that units the reliance runs through are found
     where the foundation model does not see the concept in their examples (``Audit.carriers``; one
-    more pass over the images per unit)."""
+    more pass over the images per unit). Without ``concept``, a ``spurious`` text naming a concept semlens draws (a
+    watermark, a frame, a logo, a ruler, a colour cast: ``interventions.drawn``) is tested on semlens's drawings of it
+    pasted into probe images of other classes, where the model and the probe data load (``draw=False``: not;
+    ``Audit.reliance["drawn"]`` says what was drawn: ``_drawn_test``)."""
     from ..analysis.audit import AlignmentRule, AuditedLayers, audit_layers
 
     if not (spurious or spurious_images):
@@ -179,9 +189,53 @@ def audit(
     result.sae_error = sae_error_shares(lens, index, chosen)
     for audited in result.units:
         audited.examples = [example.source for example in lens.examples.concept_examples(audited.unit)[:3]]
+    drawn = None
+    if concept is None and draw and len(spurious) == 1 and not spurious_images:
+        concept, drawn = _drawn_test(lens, index, spurious[0]) or (None, None)
     if concept is not None:
-        _test_findings(lens, result, index, concept, test_all, list(spurious))
+        if drawn:  # a drawing unlike what the model learnt raises none of its units: no verdict falls by it
+            result.rule = replace(result.rule, by_rise=False, by_location=False)
+        _test_findings(lens, result, index, concept, test_all, list(spurious), drawn)
     return made_by(result, lens)
+
+
+def _drawn_test(lens: Lens, class_index: int, text: str) -> tuple[ConceptImages, str] | None:
+    """The concept test's images for a ``text`` naming a concept semlens draws (``drawn.named_concept``), with what
+    was drawn in words: up to ``DRAWN_TEST_IMAGES`` probe images spread over the probe data, those labelled (or,
+    unlabelled, predicted) as the class left out, since the class's own images may show the concept already (the
+    model learnt it from them) and would read as images without it; pasted with the variant (colour) of the drawing
+    that raises the class's probability most (``drawn.strongest_variant``). None where ``text`` names no drawn
+    concept, or the model or the probe data cannot be read (said in a warning: the audit is by alignment alone)."""
+    from ..data.memory import MemoryData
+    from ..interventions.drawn import drawn_concept, named_concept, strongest_variant
+    from ..interventions.effects import ConceptImages, class_targets, predict
+
+    if named_concept(text) is None:
+        return None
+    try:
+        model, data = lens.sources.model(), lens.sources.probe_data
+    except SemlensError as error:  # a received Lens without its model or data: judged by alignment alone
+        warn_caller(f"no concept test: testing {text!r} on the {named_concept(text)[0]}s semlens draws needs the model under study and the probe data: {error}")
+        return None
+    candidates = []
+    for index in sorted({round(i * (len(data) - 1) / max(1, DRAWN_CANDIDATES - 1)) for i in range(DRAWN_CANDIDATES)}):
+        try:
+            candidates.append((model.preprocessing.view(data.load(index)), data.label(index)))
+        except SemlensError:
+            continue  # an undecodable sample: the others suffice
+    views = [view for view, _ in candidates]
+    labelled = class_targets(model, MemoryData(candidates, data.classes), [label for _, label in candidates]) if candidates else None
+    classes = labelled if labelled is not None else (predict(model, views).argmax(dim=1) if views else torch.empty(0))
+    kept = [candidate for candidate, of_class in zip(candidates, classes.tolist()) if of_class != class_index][:DRAWN_TEST_IMAGES]
+    if not kept:
+        warn_caller(f"no concept test of {text!r}: no probe image of another class than the audited one could be read")
+        return None
+    concept = drawn_concept(text, kept[0][0].size)
+    colour, probabilities = strongest_variant(model, [view for view, _ in kept], class_index, concept)
+    runners_up = sorted((name for name in probabilities if name != colour), key=lambda name: -probabilities[name])[:2]
+    why = "" if not runners_up else f", of {len(probabilities)} colours the one that raises the class's probability most; next {', '.join(runners_up)}"
+    said = f"{concept.name}s semlens drew ({colour}{why}) pasted into {len(kept)} probe images of other classes"
+    return ConceptImages(MemoryData(kept, data.classes), artifact=concept.variants[colour]), said
 
 
 def _why_no_class_relevance(lens: Lens, layer: str) -> str:
@@ -238,7 +292,7 @@ def _alignments(lens: Lens, theta: torch.Tensor, concepts: list[str], images: li
     return torch.cat(results, dim=1)
 
 
-def _test_findings(lens: Lens, result: Audit, class_index: int, concept: ConceptImages, test_all: bool, names: list[str]) -> None:
+def _test_findings(lens: Lens, result: Audit, class_index: int, concept: ConceptImages, test_all: bool, names: list[str], drawn: str | None = None) -> None:
     """Run the concept test on the units of ``result`` (in place; all with ``test_all``, else ``Audit.to_test``):
     the class's reliance on the concept and, per unit, whether the concept raises it (also against how much
     the class's own images do: see ``concept_tests``), whether it fires where a pasted concept is (against the
@@ -248,7 +302,8 @@ def _test_findings(lens: Lens, result: Audit, class_index: int, concept: Concept
     (``Audit.revise_by_test``). Needs the model (loaded under the Lens's trust model). A pasted artefact's placements
     are kept under the audit's spurious text where it has one (``names``; several may name other concepts than the
     one pasted), with the units the test found detect it: a search for it then names those first and ranks the
-    others as this test does (``semlens.lens.concepts``)."""
+    others as this test does (``semlens.lens.concepts``); semlens's drawings (``drawn``: what was drawn, kept in
+    ``result.reliance``) only where the test found units detect them."""
     from ..interventions.effects import concept_tests
 
     model = lens.sources.model()
@@ -261,8 +316,10 @@ def _test_findings(lens: Lens, result: Audit, class_index: int, concept: Concept
     shifts, localities = recorded_placements(lens.arrays, layers)  # else measured now
     tested = [lens.units.to_test(unit.unit, specs) for unit in units]
     tested_names = {unit.name for unit in tested}
-    # the examined units the test does not take: where the concept raises them, they set the location bar
-    peers = [] if region is None else [lens.units.to_test(unit.unit, specs) for unit in result.units if unit.unit not in tested_names]
+    # the examined units the test does not switch off: measured all the same (detectors among them), and where the
+    # concept raises them they set the location bar
+    untested = [unit for unit in result.units if unit.unit not in tested_names]
+    peers = [lens.units.to_test(unit.unit, specs) for unit in untested]
     with freed_memory_kept():  # forward passes over the test images, each unit switched off in turn
         result.reliance, tests = concept_tests(
             model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers,
@@ -271,11 +328,13 @@ def _test_findings(lens: Lens, result: Audit, class_index: int, concept: Concept
     shown = concept.shown_classes(model)
     if shown is not None:  # the class's own images among those that show the concept: their class raises it too
         result.reliance["class_images_with_concept"] = int((shown == class_index).sum())
-    for unit, test in zip(units, tests):
+    for unit, test in zip([*units, *untested], tests):
         unit.test = test
+    if drawn:
+        result.reliance["drawn"] = drawn
     result.revise_by_test()
-    if len(names) == 1:
-        remember_pasted(lens, names[0], concept.placements, without[0].size, result.detectors)
+    if len(names) == 1 and (result.detectors or not drawn):
+        remember_pasted(lens, names[0], concept.placements, without[0].size, result.detectors, drawn=bool(drawn))
 
 
 @freed_memory_kept()  # forward passes over the data, twice
@@ -295,15 +354,16 @@ def pruning_effect(
 def audit_classes(
     lens: Lens, spurious: list[str], cut: float | None = None, spurious_images: list[str | Path] = (), rule: AlignmentRule | None = None
 ) -> list[Audit]:
-    """Audit every class seen in the class-relevance data, each with its own name as the valid concept;
-    returns the audits ranked by spurious-or-both share (highest first)."""
+    """Audit every class seen in the class-relevance data, each with its own name as the valid concept, by alignment
+    (no concept test: one per class would take a pass over images per class); returns the audits ranked by
+    spurious-or-both share (highest first)."""
     if not lens.classes:
         raise SemlensError("auditing all classes needs class names (this model has none); audit one class with --valid")
     seen = lens.arrays.class_relevance(lens.layers[-1])
     if seen is None:
         raise SemlensError("no class relevance in this Lens; rebuild with class relevance on")
     audits = [
-        lens.audit(int(index), [readable_class(lens.classes[int(index)])], spurious, [], list(spurious_images), cut, None, "audit", rule)
+        lens.audit(int(index), [readable_class(lens.classes[int(index)])], spurious, [], list(spurious_images), cut, None, "audit", rule, draw=False)
         for index in seen["seen_classes"].tolist()
     ]
     return sorted(audits, key=lambda result: -result.shares["spurious_or_both"])

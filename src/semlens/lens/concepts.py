@@ -43,11 +43,13 @@ MAX_SIDE = 2048
 @dataclass(frozen=True)
 class ShownConcept:
     """A concept's name, the images with transparent parts it was shown to the Lens by and the units an audit's
-    concept test found detect it (``Audit.detectors``; none where it was shown by hand)."""
+    concept test found detect it (``Audit.detectors``; none where it was shown by hand); ``drawn``: the images are
+    semlens's drawings of the concept (an audit without images of it), not the user's."""
 
     name: str
     images: list[Image.Image]
     detectors: list[str] = field(default_factory=list)
+    drawn: bool = False
 
 
 def concept_name(text: str) -> str:
@@ -55,7 +57,7 @@ def concept_name(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def remember(lens: Lens, name: str, images: Sequence[str | Path | Image.Image], detectors: Sequence[str] = ()) -> None:
+def remember(lens: Lens, name: str, images: Sequence[str | Path | Image.Image], detectors: Sequence[str] = (), drawn: bool = False) -> None:
     """Keep ``images`` (files or images; each with transparent parts: the concept on a transparent canvas the size
     of the model's view, e.g. ``Artifact.overlay``) as what ``name`` looks like, replacing what was kept before, and
     ``detectors``: units found to detect it (an audit's), which a search for it puts first."""
@@ -74,7 +76,7 @@ def remember(lens: Lens, name: str, images: Sequence[str | Path | Image.Image], 
         )
     pixels = {f"image{index:02d}": torch.from_numpy(np.asarray(image.convert("RGBA")).copy()) for index, image in enumerate(decoded)}
     known = [unit for unit in detectors if _is_unit(lens, unit)]
-    _store(lens).write_tensors(_file(key), pixels, {"name": key, "detectors": json.dumps(known)})
+    _store(lens).write_tensors(_file(key), pixels, {"name": key, "detectors": json.dumps(known), "drawn": json.dumps(drawn)})
 
 
 def forget(lens: Lens, name: str) -> bool:
@@ -87,15 +89,17 @@ def forget(lens: Lens, name: str) -> bool:
     return True
 
 
-def remember_pasted(lens: Lens, name: str, placements: Sequence[Artifact], size: tuple[int, int], detectors: Sequence[str] = ()) -> None:
+def remember_pasted(lens: Lens, name: str, placements: Sequence[Artifact], size: tuple[int, int], detectors: Sequence[str] = (), drawn: bool = False) -> None:
     """Keep an audit's pasted artefact (its ``placements`` in views of ``size``) and the units its concept test
     found detect it under ``name``, where it leaves part of the view as it is (a whole-view image does not: a search
     has nothing to paste); a folder that cannot be written keeps nothing, as a cache would (the audit's answers do
-    not depend on it)."""
+    not depend on it). semlens's drawings (``drawn``) never replace images the user's own audit pasted."""
     overlays = [placement.overlay(*size) for placement in placements]
+    if drawn and (kept := recall(lens, [name])) is not None and not kept.drawn:
+        return
     if overlays and all(map(transparent, overlays)):
         try:
-            remember(lens, name, overlays, detectors)
+            remember(lens, name, overlays, detectors, drawn)
         except OSError:
             pass
 
@@ -122,7 +126,7 @@ def recall(lens: Lens, texts: Sequence[str]) -> ShownConcept | None:
             if dtype != "U8" or len(shape) != 3 or shape[2] != 4 or not 0 < min(shape[:2]) <= max(shape[:2]) <= MAX_SIDE:
                 raise store.damaged(name, f"its images are not the RGBA pixels semlens writes (found {dtype} {list(shape)})")
         arrays = [handle.get_tensor(array) for array in keys]
-    return ShownConcept(key, [Image.fromarray(array.numpy(), "RGBA") for array in arrays], detectors)
+    return ShownConcept(key, [Image.fromarray(array.numpy(), "RGBA") for array in arrays], detectors, metadata.get("drawn") == "true")
 
 
 def _detectors(lens: Lens, text: str) -> list[str] | None:

@@ -200,7 +200,10 @@ def search(
         rank, model = _default_ranking(lens, None if shown or drawn else text, shown.images if shown else images, drawn)
     if rank == "model":
         if shown:
-            return _rank_by_model(lens, shown.images, chosen, top, examples, model, shown.name, shown.detectors)
+            found = _rank_by_model(lens, shown.images, chosen, top, examples, model, shown.name, shown.detectors)
+            if shown.drawn:  # what an audit without images of the concept pasted: semlens's drawings of it
+                found.drawn = f"the drawings of {shown.name!r} an audit tested (semlens's, in the colour the class answered to most)"
+            return found
         if drawn:
             named = _named_units(lens, drawn, chosen, examples) if by_default else []
             return _rank_by_model(lens, [], chosen, top, examples, model, drawn=drawn, named=named)

@@ -11,7 +11,7 @@ import html
 import math
 from typing import TYPE_CHECKING
 
-from ..analysis.audit import VERDICTS
+from ..analysis.audit import UNCONFIRMED_BY_DRAWINGS, VERDICTS
 from ..model.imagenet import shown_class
 from .figures import graph_figure, overlap_figure
 
@@ -44,13 +44,19 @@ def _note(unit: AuditedUnit) -> str:
         note += f"; merged with {', '.join(unit.copies)}"
     if unit.test is not None:
         test = unit.test
+        zeroed = test.get("zeroed", True)
+        verdict = ("confirmed" if test["confirmed"] else "unconfirmed") if zeroed else ("detects it" if test["detects"] else "measured") + ", not switched off"
         note += (
-            f"; concept test: {'confirmed' if test['confirmed'] else 'unconfirmed'} (activation AUC "
+            f"; concept test: {verdict} (activation AUC "
             f"{test['activation_auc']:.2f}, raised {test['concept_rise']:+.2f} by the concept"
             + ("" if test["class_rise"] is None else f", {test['class_rise']:+.2f} by the class's own images")
             + ("" if test["located_iou"] is None else f"; its top activations at the pasted concept: {location_words(test)}")
-            + f"; zeroing it lowers the class probability by {test['drop_with']:.3f} with the concept, "
-            f"{test['drop_without']:.3f} without, and removes {test['reliance_removed']:+.2f} of the log odds ratio)"
+            + (
+                f"; zeroing it lowers the class probability by {test['drop_with']:.3f} with the concept, "
+                f"{test['drop_without']:.3f} without, and removes {test['reliance_removed']:+.2f} of the log odds ratio)"
+                if zeroed
+                else ")"
+            )
         )
     return note
 
@@ -70,15 +76,20 @@ def audit_summary(audit: Audit) -> str:
     else:
         r = audit.reliance
         tested = (
-            f"<p><b>reliance on the concept</b>: class probability {r['without']:.3f} without, {r['with']:.3f} with "
+            (f"<p><b>concept test</b>: {html.escape(r['drawn'])}</p>" if r.get("drawn") else "")
+            + f"<p><b>reliance on the concept</b>: class probability {r['without']:.3f} without, {r['with']:.3f} with "
             f"({r['effect']:+.3f}; log-odds {r['log_odds']:+.2f}: {'relies on it' if r['relies'] else 'does not rely on it'}; "
             f"{r['samples'][0]} and {r['samples'][1]} images, {'pairs' if r['paired'] else 'unpaired'})<br>"
-            f"<b>spurious share, as tested</b>: {audit.spurious_share:.1%} of the relevance (the confirmed findings'"
-            f"{' and the units the reliance runs through' if audit.carriers else ''}; the table's shares are by alignment)<br>"
-            f"confirmed findings: {_names(audit.confirmed)}<br>unconfirmed: {_names(audit.unconfirmed)}"
+            + (
+                f"<b>spurious share, as tested</b>: {audit.spurious_share:.1%} of the relevance (the confirmed findings'"
+                f"{' and the units the reliance runs through' if audit.carriers else ''}; the table's shares are by alignment)<br>"
+                if audit.share_tested
+                else f"<b>spurious share, by alignment</b>: {audit.spurious_share:.1%} ({html.escape(UNCONFIRMED_BY_DRAWINGS)})<br>"
+            )
+            + f"confirmed findings: {_names(audit.confirmed)}<br>unconfirmed: {_names(audit.unconfirmed)}"
             + (f"<br>not flagged, but the reliance runs through them (the concept test alone): {_names(audit.carriers)}" if audit.carriers else "")
             + (f"<br><b>{html.escape(audit.advice)}</b>" if audit.advice else "")
-            + (f"<br>detect the concept (raised by it more than by the class, where it is; tested units): {_names(audit.detectors)}" if r["relies"] else "")
+            + (f"<br>detect the concept (raised by it more than by the class, where it is; every examined unit): {_names(audit.detectors)}" if r["relies"] else "")
             + (f"<br>flagged, but not raised by the concept (verdict from the valid alignment): {_names(audit.not_raised)}" if audit.rule.by_rise else "")
             + (
                 f"<br>flagged, but firing away from the pasted concept (verdict from the valid alignment): {_names(audit.unlocated)}"

@@ -243,6 +243,7 @@ class AuditRequest(BaseModel):
     margin: float | None = Field(None, ge=0, le=100, description="z by which one kind must beat the other for a one-sided verdict (default 1).")
     by_label: bool = Field(True, description="Also judge each unit by its best concept by its crop responses (false: the alignment alone).")
     layers: list[Concept] | None = Field(None, max_length=64)
+    draw: bool = Field(True, description="Test one spurious concept semlens draws (watermark, frame, logo, ruler, colour cast) on its drawings pasted into probe images of other classes, where the model loads (false: the alignment alone).")
 
 
 AuditedUnit = derived(AuditedResult, "AuditedUnit", base=UnitRef, drop=("unit", "examples", "test", "verdict_before_test", "contested"))
@@ -252,8 +253,9 @@ AuditOut = derived(
     Audit,
     "AuditOut",
     keys={"class_name": "class"},
-    drop=("null_units", "reliance"),  # rule: its to_dict adds the null's name
+    drop=("null_units",),  # rule: its to_dict adds the null's name
     rule=(dict[str, Any], Field(description="{null, z, margin, by_label, by_location, by_rise, locate_share, locate_enough}: when a unit counts as aligned, the verdicts' margin, which evidence beside the alignment judges, and the location bar (a share of the layer's best, capped at an IoU that always suffices)")),
+    detectors=(list[str], Field(default_factory=list, description="units the concept test found detect the spurious concept (tested units; none without a test)")),
     figure=(dict[str, Any], ...),
 )
 

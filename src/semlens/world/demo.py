@@ -99,7 +99,7 @@ def run_demo(
     true_units = {unit for unit, concept in truth.items() if concept == artifact}
     audit = lens.audit(target, [target], [artifact], layers=spatial_layers(lens))
     spurious = [unit.unit for unit in audit.units if unit.verdict == "spurious"]
-    summary["audit"] = {"shares": audit.shares, "spurious_units": spurious, "units": len(audit.units)}
+    summary["audit"] = {"shares": audit.shares, "spurious_units": spurious, "units": len(audit.units), "drawn_test": audit.reliance, "detectors": audit.detectors}
     summary["artifact_units"] = {
         "true": sorted(true_units),
         "search_found": [unit for unit in summary["search"][artifact] if unit in true_units],
@@ -396,6 +396,12 @@ def print_summary(summary: dict, console: Console) -> None:
         f"audit of class {summary['artifact_class']}: {audit['units']} relevant units, spurious share {audit['shares']['spurious']:.2f}, "
         f"spurious units: {', '.join(audit['spurious_units']) or 'none'} ({len(found['audit_flagged'])} truly detect the {summary['artifact']})"
     )
+    drawn = audit.get("drawn_test")
+    if drawn:  # a concept semlens draws: the audit tested it on its drawings, with no images given
+        console.print(
+            f"the audit's test on {drawn['drawn']}: {summary['artifact_class']} {'relies' if drawn['relies'] else 'does not rely'} on them "
+            f"(log-odds {drawn['log_odds']:+.2f}); units they raise where they are, more than the class does: {', '.join(audit['detectors']) or 'none'}"
+        )
     console.print(
         f"search '{summary['artifact']}' again, now that the audit's test pasted it (ranked by how much it raises each unit): "
         f"{', '.join(summary['search_after_audit'])} ({len(found['search_after_audit_found'])} of them truly detect it)"

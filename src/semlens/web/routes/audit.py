@@ -20,8 +20,9 @@ router = APIRouter()
 def audit(explorer: ExplorerDep, lens: LensKey, request: AuditRequest) -> dict[str, Any]:
     """Verdicts of the class's relevant units (each alignment judged against its layer's null: aligned when
     its robust z exceeds ``z``, one-sided beyond ``margin``), its relevance by verdict ("both" also counted in
-    spurious_or_both), and the scatter (x valid, y spurious z, size relevance). The concept test needs images
-    and the model: ``semlens audit --test-data``. Export: the response itself."""
+    spurious_or_both), and the scatter (x valid, y spurious z, size relevance). With ``draw``, one spurious concept
+    semlens draws is tested on its drawings where the model loads (``reliance``, its ``drawn`` says what was drawn);
+    a test of your own images: ``semlens audit --test-data``. Export: the response itself."""
     from ...analysis.audit import MARGIN, Z_CUT, AlignmentRule
 
     served = explorer.get(lens)
@@ -34,6 +35,7 @@ def audit(explorer: ExplorerDep, lens: LensKey, request: AuditRequest) -> dict[s
         cut=request.cut,
         layers=layers_of(served, request.layers),
         rule=rule,
+        draw=request.draw,
     )
     fields = [name for name in AuditedUnit.model_fields if name not in UnitRef.model_fields]  # the audit's own
     units = [{**served.ref(unit.unit), **{key: getattr(unit, key) for key in fields}} for unit in result.units]

@@ -34,6 +34,7 @@
       el("span", {}, `${result.units.length} units above ${cutText(result)} relevance`),
       el("span", {}, `aligned: z > ${result.rule.z} against the unit's layer; one-sided verdicts need a margin of ${result.rule.margin}`),
       result.named_among && result.units.some((unit) => unit.responses_label) ? el("span", {}, `a unit whose best concept by its crop responses (ranked among the audit's concepts and ${result.named_among}) is an audited concept and sets it apart from its layer takes its verdict from it`) : null,
+      result.reliance ? el("span", { class: "reliance" }, relianceText(result)) : null,
       result.left_out.length ? el("span", {}, `left out (inactive: never fired or constant on the probe data): ${result.left_out.join(", ")}`) : null,
       Object.entries(result.sae_error).map(([layer, share]) => el("span", { class: "sae-error" }, `SAE error term (${layer}) ${(100 * share).toFixed(1)}%`)));
     const scatter = document.getElementById("scatter"), aside = document.getElementById("preview");
@@ -63,4 +64,14 @@ function cutText(result) {
   const distinct = new Set(cuts.map(([, value]) => value));
   if (distinct.size <= 1) return `${(100 * (cuts.length ? cuts[0][1] : result.cut)).toFixed(1)}%`;
   return cuts.map(([layer, value]) => `${(100 * value).toFixed(2)}% (${layer})`).join(", ");
+}
+
+// The concept test's answer, where one ran (semlens's drawings of a spurious concept it draws): what was pasted,
+// whether the class relies on it, and the units the test found detect it.
+function relianceText(result) {
+  const r = result.reliance;
+  const drawn = r.drawn ? `concept test: ${r.drawn}; ` : "concept test: ";
+  const relies = `${result.class} ${r.relies ? "relies" : "does not rely"} on it (probability ${r.without.toFixed(3)} without, ${r.with.toFixed(3)} with; log-odds ${r.log_odds >= 0 ? "+" : ""}${r.log_odds.toFixed(2)})`;
+  const detectors = r.relies ? `; units that detect it: ${result.detectors.join(", ") || "none"}` : "";
+  return drawn + relies + detectors;
 }
