@@ -161,7 +161,8 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     by_alignment = opened.audit("red", ["red"], ["watermark"], layers=["features.3"], cut=0.05, draw=False)
     assert by_alignment.reliance is None and drawn.reliance["drawn"].startswith("watermarks semlens drew (")
     assert 0 < drawn.reliance["samples"][0] <= 48 and drawn.reliance["classes_from"] == "labels"
-    assert all(unit.test["class_rise"] is None for unit in drawn.units)  # no red image among them
+    # no red image among them: the class's own images (its top samples by relevance) measure its rise of each unit alone
+    assert all(unit.test["class_rise"] is not None for unit in drawn.units)
     assert [unit.verdict for unit in drawn.units] == [unit.verdict for unit in by_alignment.units] and not drawn.rule.by_rise
     assert drawn.spurious_share == (drawn.confirmed_share if drawn.confirmed or drawn.carriers else by_alignment.spurious_share)
     assert recall(opened, ["watermark"]).drawn is False  # the watermark the user's audit pasted stays what a search pastes

@@ -654,6 +654,14 @@ def test_a_class_unit_the_concept_only_nudges_is_not_confirmed():
     # with fewer than CLASS_RISE_IMAGES of the class (here none) the class rise is not measured: the rule does not apply
     _, (_, others_only) = concept_tests(model, without, with_concept, 0, units, classes=torch.ones(24, dtype=torch.long))
     assert others_only["class_rise"] is None and others_only["confirmed"]
+    # images of the other classes alone, and the class's own apart (a drawn test's): they measure the class rise only
+    others = [index for index, label in enumerate(labels) if label != 0]
+    own = [without[index] for index, label in enumerate(labels) if label == 0]
+    apart, (kept, nudged_apart) = concept_tests(model, [without[i] for i in others], [with_concept[i] for i in others], 0, units, classes=classes[others], own=own)
+    assert apart["samples"] == [18, 18] and nudged_apart["class_rise"] == pytest.approx(red, abs=1e-3)
+    assert kept["detects"] and not nudged_apart["detects"]
+    _, (_, unmeasured) = concept_tests(model, [without[i] for i in others], [with_concept[i] for i in others], 0, units, classes=classes[others])
+    assert unmeasured["class_rise"] is None and unmeasured["detects"]  # without them: no class rise, the class unit passes
 
 
 def test_an_artefacts_overlay_laid_over_a_view_is_the_view_with_the_artefact_inserted():

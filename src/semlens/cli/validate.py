@@ -102,7 +102,7 @@ def audit(
         if not (spurious or spurious_image):
             raise SemlensError("--all audits every class against the spurious concepts you suspect: give --spurious (or --spurious-image)")
         given = {"--class": class_name, "--valid": valid or valid_image, "--out": out, "--layer": layer, "--test-data": test_data,
-                 "--spurious-data": spurious_data, "--artifact": artifact, "--tint": tint, "--test-all": test_all, "--no-draw": no_draw}  # fmt: skip
+                 "--spurious-data": spurious_data, "--artifact": artifact, "--tint": tint, "--test-all": test_all}  # fmt: skip
         unused = [flag for flag, value in given.items() if value]
         if unused:
             raise SemlensError(

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .._util.errors import DataError
+from .._util.errors import DataError, SemlensError
 
 
 HIGH_DEPTH_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": None, "F": None}
@@ -38,6 +38,23 @@ def rgb(image: Image.Image) -> Image.Image:
         values, top = values - low, max(high - low, 1e-12)
     grey = np.clip(np.round(values / top * 255), 0, 255).astype(np.uint8)
     return Image.fromarray(grey).convert("RGB")
+
+
+def spread(length: int, count: int) -> list[int]:
+    """Up to ``count`` indices spread evenly over ``range(length)``, the first and the last among them."""
+    return sorted({round(i * (length - 1) / max(1, count - 1)) for i in range(count)}) if length else []
+
+
+def decoded(data: ImageData, indices: Sequence[int], view: Callable[[Image.Image], Image.Image]) -> list[tuple[int, Image.Image]]:
+    """``(index, view(sample))`` for each of ``indices`` whose sample decodes; the others are skipped (a few images
+    of a folder, where the rest suffice)."""
+    found = []
+    for index in indices:
+        try:
+            found.append((index, view(data.load(index))))
+        except SemlensError:  # undecodable, or too small for a view
+            continue
+    return found
 
 
 class ImageData(ABC):

@@ -596,6 +596,7 @@ def concept_tests(
     locate_enough: float = LOCATE_ENOUGH,
     shifts: dict[str, tuple[float, float]] | None = None,
     localities: dict[str, float] | None = None,
+    own: Sequence[Image.Image] = (),
 ) -> tuple[dict, list[dict]]:
     """The class's reliance on the concept: its mean probability with and without the concept (``effect``:
     the difference) and their log odds ratio (``log_odds``); it ``relies`` on the concept when the concept
@@ -605,8 +606,9 @@ def concept_tests(
     with the concept than without (``drop_with``, ``drop_without``)? ``reliance_removed`` is the log odds
     ratio before minus after zeroing it. ``class_rise`` is how much more the class's own images raise the
     unit than the others do, the images without the concept taken by ``classes`` (their labels) or, without
-    labels, by the model's prediction (``result["classes_from"]``); None unless both kinds number
-    ``CLASS_RISE_IMAGES``. With ``region`` (where the concept was pasted, ``[H, W]`` in the views), ``located_iou``
+    labels, by the model's prediction (``result["classes_from"]``), and ``own``, images of the class that take part in
+    that rise alone (not in the reliance: where the images without the concept are all of other classes); None
+    unless both kinds number ``CLASS_RISE_IMAGES``. With ``region`` (where the concept was pasted, ``[H, W]`` in the views), ``located_iou``
     is the IoU of where the unit fires with it (``located``) and ``located`` whether it reaches
     ``located_bar``: ``locate_share`` of the best IoU among the units of its layer (tested or ``peers``, untested
     units that only set the bar) the concept raises, capped at ``locate_enough``, at least ``LOCATE_IOU``, or, where
@@ -640,7 +642,12 @@ def concept_tests(
     aucs = {layer: rank_auc(scores_with[layer], scores_without[layer]) for layer in scores_with}  # [U] per layer, every unit at once
     placed = {} if region is None else location_test(model, without, with_concept, region, units, peers, aucs, locate_share, locate_enough, shifts, localities)
     rises = {layer: scores_with[layer].mean(dim=0) - scores_without[layer].mean(dim=0) for layer in scores_with}
-    class_rises = {layer: class_rise(scores_without[layer], members, class_index) for layer in scores_with}
+    scores_own = unit_scores(model, own, specs) if own else {}
+    own_members = torch.cat([members, torch.full((len(own),), class_index, dtype=members.dtype)])
+    class_rises = {
+        layer: class_rise(torch.cat([scores_without[layer], scores_own[layer]]), own_members, class_index) if own else class_rise(scores_without[layer], members, class_index)
+        for layer in scores_with
+    }  # fmt: skip
 
     def detection(unit: UnitToTest) -> dict:
         """What the test measures of a unit without switching it off: whether the concept raises it, more than the

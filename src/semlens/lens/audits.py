@@ -15,6 +15,7 @@ from .._util.allocator import freed_memory_kept
 from .._util.display import HtmlResult, made_by
 from .._util.errors import SemlensError, asked, warn_caller
 from ..analysis.alignment import alignment
+from ..data.base import decoded, spread
 from ..model.imagenet import readable_class
 from .arrays import recorded_placements
 from .concepts import remember_pasted
@@ -23,9 +24,12 @@ from .search import probe_backgrounds
 from .units import named_classes
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from ..analysis.audit import AlignmentRule, Audit
     from ..data import ImageData
     from ..interventions.effects import Artifact, ConceptImages
+    from ..model.loading import LoadedModel
     from ..relevance.graph import AttributionGraph
     from .lens import Lens
 
@@ -34,6 +38,8 @@ if TYPE_CHECKING:
 #: over the probe data less the audited class's
 DRAWN_TEST_IMAGES = 48
 DRAWN_CANDIDATES = 64
+#: the class's own probe images a drawn concept test measures the class's rise of each unit on (``_class_views``)
+DRAWN_CLASS_IMAGES = 8
 
 
 @dataclass(frozen=True)
@@ -189,23 +195,27 @@ def audit(
     result.sae_error = sae_error_shares(lens, index, chosen)
     for audited in result.units:
         audited.examples = [example.source for example in lens.examples.concept_examples(audited.unit)[:3]]
-    drawn = None
+    drawn, own = None, []
     if concept is None and draw and len(spurious) == 1 and not spurious_images:
-        concept, drawn = _drawn_test(lens, index, spurious[0]) or (None, None)
+        concept, drawn, own = _drawn_test(lens, index, spurious[0], chosen[-1]) or (None, None, [])
     if concept is not None:
         if drawn:  # a drawing unlike what the model learnt raises none of its units: no verdict falls by it
             result.rule = replace(result.rule, by_rise=False, by_location=False)
-        _test_findings(lens, result, index, concept, test_all, list(spurious), drawn)
+        _test_findings(lens, result, index, concept, test_all, list(spurious), drawn, own)
     return made_by(result, lens)
 
 
-def _drawn_test(lens: Lens, class_index: int, text: str) -> tuple[ConceptImages, str] | None:
-    """The concept test's images for a ``text`` naming a concept semlens draws (``drawn.named_concept``), with what
-    was drawn in words: up to ``DRAWN_TEST_IMAGES`` probe images spread over the probe data, those labelled (or,
-    unlabelled, predicted) as the class left out, since the class's own images may show the concept already (the
-    model learnt it from them) and would read as images without it; pasted with the variant (colour) of the drawing
-    that raises the class's probability most (``drawn.strongest_variant``). None where ``text`` names no drawn
-    concept, or the model or the probe data cannot be read (said in a warning: the audit is by alignment alone)."""
+def _drawn_test(lens: Lens, class_index: int, text: str, layer: str) -> tuple[ConceptImages, str, list[Image.Image]] | None:
+    """The concept test's images for a ``text`` naming a concept semlens draws (``drawn.named_concept``), what was
+    drawn in words, and views of the class's own images: up to ``DRAWN_TEST_IMAGES`` probe images spread over the
+    probe data, those labelled (or, unlabelled, predicted) as the class left out, since the class's own images may
+    show the concept already (the model learnt it from them) and would read as images without it; pasted with the
+    variant (colour) of the drawing that raises the class's probability most (``drawn.strongest_variant``). The
+    class's own images (up to ``DRAWN_CLASS_IMAGES`` of its top samples by relevance in ``layer``) measure only
+    how much the class raises each unit, against which a detector must be raised by the drawing (``concept_tests``'
+    ``own``): a unit of the class's content that a drawing of its colour nudges is no detector of it. None where
+    ``text`` names no drawn concept, or the model or the probe data cannot be read (said in a warning: the audit is
+    by alignment alone)."""
     from ..data.memory import MemoryData
     from ..interventions.drawn import drawn_concept, named_concept, strongest_variant
     from ..interventions.effects import ConceptImages, class_targets, predict
@@ -217,12 +227,7 @@ def _drawn_test(lens: Lens, class_index: int, text: str) -> tuple[ConceptImages,
     except SemlensError as error:  # a received Lens without its model or data: judged by alignment alone
         warn_caller(f"no concept test: testing {text!r} on the {named_concept(text)[0]}s semlens draws needs the model under study and the probe data: {error}")
         return None
-    candidates = []
-    for index in sorted({round(i * (len(data) - 1) / max(1, DRAWN_CANDIDATES - 1)) for i in range(DRAWN_CANDIDATES)}):
-        try:
-            candidates.append((model.preprocessing.view(data.load(index)), data.label(index)))
-        except SemlensError:
-            continue  # an undecodable sample: the others suffice
+    candidates = [(view, data.label(index)) for index, view in decoded(data, spread(len(data), DRAWN_CANDIDATES), model.preprocessing.view)]
     views = [view for view, _ in candidates]
     labelled = class_targets(model, MemoryData(candidates, data.classes), [label for _, label in candidates]) if candidates else None
     classes = labelled if labelled is not None else (predict(model, views).argmax(dim=1) if views else torch.empty(0))
@@ -235,7 +240,16 @@ def _drawn_test(lens: Lens, class_index: int, text: str) -> tuple[ConceptImages,
     runners_up = sorted((name for name in probabilities if name != colour), key=lambda name: -probabilities[name])[:2]
     why = "" if not runners_up else f", of {len(probabilities)} colours the one that raises the class's probability most; next {', '.join(runners_up)}"
     said = f"{concept.name}s semlens drew ({colour}{why}) pasted into {len(kept)} probe images of other classes"
-    return ConceptImages(MemoryData(kept, data.classes), artifact=concept.variants[colour]), said
+    return ConceptImages(MemoryData(kept, data.classes), artifact=concept.variants[colour]), said, _class_views(lens, model, data, class_index, layer)
+
+
+def _class_views(lens: Lens, model: LoadedModel, data: ImageData, class_index: int, layer: str) -> list[Image.Image]:
+    """The model's views of up to ``DRAWN_CLASS_IMAGES`` of the class's own probe images: the samples the class's
+    relevance in ``layer`` ranks highest (class relevance keeps them per unit), spread over them."""
+    relevance = lens.arrays.class_relevance(layer)
+    row = relevance["seen_classes"].tolist().index(class_index)
+    ids = sorted({int(i) for i in relevance["top_samples"][row].flatten().tolist() if 0 <= int(i) < len(data)})
+    return [view for _, view in decoded(data, [ids[i] for i in spread(len(ids), DRAWN_CLASS_IMAGES)], model.preprocessing.view)]
 
 
 def _why_no_class_relevance(lens: Lens, layer: str) -> str:
@@ -292,7 +306,9 @@ def _alignments(lens: Lens, theta: torch.Tensor, concepts: list[str], images: li
     return torch.cat(results, dim=1)
 
 
-def _test_findings(lens: Lens, result: Audit, class_index: int, concept: ConceptImages, test_all: bool, names: list[str], drawn: str | None = None) -> None:
+def _test_findings(
+    lens: Lens, result: Audit, class_index: int, concept: ConceptImages, test_all: bool, names: list[str], drawn: str | None = None, own: list[Image.Image] = (),
+) -> None:  # fmt: skip
     """Run the concept test on the units of ``result`` (in place; all with ``test_all``, else ``Audit.to_test``):
     the class's reliance on the concept and, per unit, whether the concept raises it (also against how much
     the class's own images do: see ``concept_tests``), whether it fires where a pasted concept is (against the
@@ -303,7 +319,8 @@ def _test_findings(lens: Lens, result: Audit, class_index: int, concept: Concept
     are kept under the audit's spurious text where it has one (``names``; several may name other concepts than the
     one pasted), with the units the test found detect it: a search for it then names those first and ranks the
     others as this test does (``semlens.lens.concepts``); semlens's drawings (``drawn``: what was drawn, kept in
-    ``result.reliance``) only where the test found units detect them."""
+    ``result.reliance``) only where the test found units detect them; ``own``: views of the class's images that
+    measure only its rise (``concept_tests``)."""
     from ..interventions.effects import concept_tests
 
     model = lens.sources.model()
@@ -323,7 +340,7 @@ def _test_findings(lens: Lens, result: Audit, class_index: int, concept: Concept
     with freed_memory_kept():  # forward passes over the test images, each unit switched off in turn
         result.reliance, tests = concept_tests(
             model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers,
-            result.rule.locate_share, result.rule.locate_enough, shifts, localities,
+            result.rule.locate_share, result.rule.locate_enough, shifts, localities, own,
         )
     shown = concept.shown_classes(model)
     if shown is not None:  # the class's own images among those that show the concept: their class raises it too

@@ -18,6 +18,7 @@ from PIL import Image
 
 from .._util.display import HtmlResult, made_by
 from .._util.errors import SemlensError, asked, warn_caller
+from ..data.base import decoded, spread
 from ..interventions.drawn import SYNONYMS, DrawnConcept, drawn_concept, named_concept
 from .arrays import recorded_placements
 from .concepts import recall
@@ -160,13 +161,7 @@ def probe_backgrounds(lens: Lens) -> list[Image.Image]:
     except SemlensError:
         return []
     preprocessing = Preprocessing(**lens.manifest["identity"]["preprocessing"])
-    views = []
-    for index in sorted({round(i * (len(data) - 1) / (PROBE_BACKGROUNDS - 1)) for i in range(PROBE_BACKGROUNDS)}):
-        try:
-            views.append(preprocessing.view(data.load(index)))
-        except SemlensError:
-            continue  # an undecodable sample: the others suffice
-    return views
+    return [view for _, view in decoded(data, spread(len(data), PROBE_BACKGROUNDS), preprocessing.view)]
 
 
 def search(
