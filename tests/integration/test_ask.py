@@ -243,6 +243,19 @@ def test_a_text_naming_a_concept_shown_to_the_lens_is_ranked_by_its_images_in_th
     assert [hit.unit for hit in lens.search("white square", top=3)] == [by_name[2].unit, by_name[0].unit, by_name[1].unit]
     remember(lens, "white square", [Image.fromarray(overlay)], detectors=["features.9/0"])  # not a unit of this Lens: not kept
     assert recall(lens, ["white square"]).detectors == []
+    # semlens's drawings (a drawn audit's) never replace images the user's audit pasted, and a search says whose they are
+    from semlens.interventions.effects import Artifact
+    from semlens.lens.concepts import remember_pasted
+
+    drawing = Artifact(image=Image.new("RGBA", (6, 6), (255, 0, 0, 255)), position=(2, 2))
+    remember_pasted(lens, "white square", [drawing], (40, 40), [by_name[0].unit], drawn=True)
+    assert recall(lens, ["white square"]).drawn is False and recall(lens, ["white square"]).detectors == []
+    forget(lens, "white square")
+    remember_pasted(lens, "white square", [drawing], (40, 40), [by_name[0].unit], drawn=True)
+    assert recall(lens, ["white square"]).drawn and recall(lens, ["white square"]).detectors == [by_name[0].unit]
+    assert "the drawings of 'white square' an audit tested" in lens.search("white square", top=1).ranking()
+    remember(lens, "white square", [Image.fromarray(overlay)])  # the user's own images replace the drawings
+    assert recall(lens, ["white square"]).drawn is False
     # a concept file that is not what semlens writes (a Lens may come from anyone) is refused before it is read
     from safetensors.torch import save_file
 
