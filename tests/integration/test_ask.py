@@ -248,14 +248,18 @@ def test_a_text_naming_a_concept_shown_to_the_lens_is_ranked_by_its_images_in_th
     from semlens.lens.concepts import remember_pasted
 
     drawing = Artifact(image=Image.new("RGBA", (6, 6), (255, 0, 0, 255)), position=(2, 2))
-    remember_pasted(lens, "white square", [drawing], (40, 40), [by_name[0].unit], drawn=True)
-    assert recall(lens, ["white square"]).drawn is False and recall(lens, ["white square"]).detectors == []
-    forget(lens, "white square")
-    remember_pasted(lens, "white square", [drawing], (40, 40), [by_name[0].unit], drawn=True)
-    assert recall(lens, ["white square"]).drawn and recall(lens, ["white square"]).detectors == [by_name[0].unit]
-    assert "the drawings of 'white square' an audit tested" in lens.search("white square", top=1).ranking()
-    remember(lens, "white square", [Image.fromarray(overlay)])  # the user's own images replace the drawings
-    assert recall(lens, ["white square"]).drawn is False
+    remember(lens, "red logo", [Image.fromarray(overlay)])
+    remember_pasted(lens, "red logo", [drawing], (40, 40), [by_name[0].unit], drawn="red")
+    assert recall(lens, ["red logo"]).drawn is None and recall(lens, ["red logo"]).detectors == []
+    forget(lens, "red logo")
+    remember_pasted(lens, "red logo", [drawing], (40, 40), [by_name[1].unit], drawn="red")
+    assert recall(lens, ["red logo"]).drawn == "red" and recall(lens, ["red logo"]).detectors == [by_name[1].unit]
+    # a search for it draws the logo again in that colour (as a drawn search does), the audit's detectors first
+    again = lens.search("red logo", top=3)
+    assert again.rank == "model" and again[0].unit == by_name[1].unit and again.concept == "red logo"
+    assert "logos semlens drew (red), the colour an audit tested, the units it found detect them first" in again.ranking()
+    remember(lens, "red logo", [Image.fromarray(overlay)])  # the user's own images replace the drawings
+    assert recall(lens, ["red logo"]).drawn is None and forget(lens, "red logo")
     # a concept file that is not what semlens writes (a Lens may come from anyone) is refused before it is read
     from safetensors.torch import save_file
 
@@ -266,6 +270,9 @@ def test_a_text_naming_a_concept_shown_to_the_lens_is_ranked_by_its_images_in_th
     with pytest.raises(DamagedLensError, match="not the RGBA pixels semlens writes .found U8 \\[4000, 4000, 4\\]"):
         Lens.open(tmp_path / "patch.lens").search("white square")
     pixels = {"image00": torch.from_numpy(overlay)}
+    save_file(pixels, str(kept), {"semlens": json.dumps({"name": "white square", "drawn": "red"})})
+    with pytest.raises(DamagedLensError, match="its drawings' colour 'red' is none semlens draws of concept 'white square'"):
+        Lens.open(tmp_path / "patch.lens").search("white square")  # a colour where the name is no concept semlens draws
     for detectors in ('["features.9/0"]', '{"features.1": 5}', "not json"):
         save_file(pixels, str(kept), {"semlens": json.dumps({"name": "white square", "detectors": detectors})})
         with pytest.raises(DamagedLensError, match="its detectors are not a list of the Lens's unit names"):

@@ -165,7 +165,7 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     assert all(unit.test["class_rise"] is not None for unit in drawn.units)
     assert [unit.verdict for unit in drawn.units] == [unit.verdict for unit in by_alignment.units] and not drawn.rule.by_rise
     assert drawn.spurious_share == (drawn.confirmed_share if drawn.confirmed or drawn.carriers else by_alignment.spurious_share)
-    assert recall(opened, ["watermark"]).drawn is False  # the watermark the user's audit pasted stays what a search pastes
+    assert recall(opened, ["watermark"]).drawn is None  # the watermark the user's audit pasted stays what a search pastes
     # an image probe of the watermark ranks the units the text's alignment flags first (with the oracle's four dimensions and 8 units
     # in the null it stays under z 3); a generic image (noise, no watermark) flags none
     plain = setting / "plain.png"

@@ -450,8 +450,8 @@ def location_test(
     shifts: dict[str, tuple[float, float]] | None = None,
     localities: dict[str, float] | None = None,
 ) -> dict[str, dict[int, tuple[float, float, float, float | None]]]:
-    """Per layer with spatial maps, per row of the tested ``units`` and of the ``peers`` the concept raises: its IoU with the concept (``located``) and the
-    bar it must reach: ``share`` of the best IoU of the layer's tested units and ``peers`` that the concept raises
+    """Per layer with spatial maps, per row of the tested ``units`` and of the ``peers`` the concept raises: its IoU
+    with the concept (``located``) and the bar it must reach: ``share`` of the best IoU of the layer's tested units and ``peers`` that the concept raises
     (``aucs`` >= ``CONFIRM_AUC``), but no more than ``enough`` and no less than ``LOCATE_IOU``; then its precision on
     the concept and the bar that passes it instead where the concept is larger than where the unit fires
     (``LOCATE_PRECISION``, at least twice the concept's share of the image; None elsewhere). Maps are kept for the tested
@@ -608,8 +608,8 @@ def concept_tests(
     unit than the others do, the images without the concept taken by ``classes`` (their labels) or, without
     labels, by the model's prediction (``result["classes_from"]``), and ``own``, images of the class that take part in
     that rise alone (not in the reliance: where the images without the concept are all of other classes); None
-    unless both kinds number ``CLASS_RISE_IMAGES``. With ``region`` (where the concept was pasted, ``[H, W]`` in the views), ``located_iou``
-    is the IoU of where the unit fires with it (``located``) and ``located`` whether it reaches
+    unless both kinds number ``CLASS_RISE_IMAGES``. With ``region`` (where the concept was pasted, ``[H, W]`` in the
+    views), ``located_iou`` is the IoU of where the unit fires with it (``located``) and ``located`` whether it reaches
     ``located_bar``: ``locate_share`` of the best IoU among the units of its layer (tested or ``peers``, untested
     units that only set the bar) the concept raises, capped at ``locate_enough``, at least ``LOCATE_IOU``, or, where
     the concept is larger than where the unit fires, whether ``located_precision`` (the share of its firing cells on
@@ -644,10 +644,7 @@ def concept_tests(
     rises = {layer: scores_with[layer].mean(dim=0) - scores_without[layer].mean(dim=0) for layer in scores_with}
     scores_own = unit_scores(model, own, specs) if own else {}
     own_members = torch.cat([members, torch.full((len(own),), class_index, dtype=members.dtype)])
-    class_rises = {
-        layer: class_rise(torch.cat([scores_without[layer], scores_own[layer]]), own_members, class_index) if own else class_rise(scores_without[layer], members, class_index)
-        for layer in scores_with
-    }  # fmt: skip
+    class_rises = {layer: class_rise(torch.cat([scores_without[layer], scores_own[layer]]) if own else scores_without[layer], own_members, class_index) for layer in scores_with}
 
     def detection(unit: UnitToTest) -> dict:
         """What the test measures of a unit without switching it off: whether the concept raises it, more than the

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -195,17 +195,25 @@ def audit(
     result.sae_error = sae_error_shares(lens, index, chosen)
     for audited in result.units:
         audited.examples = [example.source for example in lens.examples.concept_examples(audited.unit)[:3]]
-    drawn, own = None, []
-    if concept is None and draw and len(spurious) == 1 and not spurious_images:
-        concept, drawn, own = _drawn_test(lens, index, spurious[0], chosen[-1]) or (None, None, [])
+    drawn = _drawn_test(lens, index, spurious[0], chosen[-1]) if concept is None and draw and len(spurious) == 1 and not spurious_images else None
+    if drawn is not None:  # a drawing unlike what the model learnt raises none of its units: no verdict falls by it
+        concept, result.rule = drawn.concept, replace(result.rule, by_rise=False, by_location=False)
     if concept is not None:
-        if drawn:  # a drawing unlike what the model learnt raises none of its units: no verdict falls by it
-            result.rule = replace(result.rule, by_rise=False, by_location=False)
-        _test_findings(lens, result, index, concept, test_all, list(spurious), drawn, own)
+        _test_findings(lens, result, index, concept, test_all, list(spurious), drawn)
     return made_by(result, lens)
 
 
-def _drawn_test(lens: Lens, class_index: int, text: str, layer: str) -> tuple[ConceptImages, str, list[Image.Image]] | None:
+class DrawnTest(NamedTuple):
+    """A concept test of semlens's drawings (``_drawn_test``): its images, what was drawn in words, views of the
+    class's own images (its rise of each unit alone) and the colour drawn."""
+
+    concept: ConceptImages
+    said: str
+    own: list[Image.Image]
+    colour: str
+
+
+def _drawn_test(lens: Lens, class_index: int, text: str, layer: str) -> DrawnTest | None:
     """The concept test's images for a ``text`` naming a concept semlens draws (``drawn.named_concept``), what was
     drawn in words, and views of the class's own images: up to ``DRAWN_TEST_IMAGES`` probe images spread over the
     probe data, those labelled (or, unlabelled, predicted) as the class left out, since the class's own images may
@@ -240,7 +248,8 @@ def _drawn_test(lens: Lens, class_index: int, text: str, layer: str) -> tuple[Co
     runners_up = sorted((name for name in probabilities if name != colour), key=lambda name: -probabilities[name])[:2]
     why = "" if not runners_up else f", of {len(probabilities)} colours the one that raises the class's probability most; next {', '.join(runners_up)}"
     said = f"{concept.name}s semlens drew ({colour}{why}) pasted into {len(kept)} probe images of other classes"
-    return ConceptImages(MemoryData(kept, data.classes), artifact=concept.variants[colour]), said, _class_views(lens, model, data, class_index, layer)
+    concept_images = ConceptImages(MemoryData(kept, data.classes), artifact=concept.variants[colour])
+    return DrawnTest(concept_images, said, _class_views(lens, model, data, class_index, layer), colour)
 
 
 def _class_views(lens: Lens, model: LoadedModel, data: ImageData, class_index: int, layer: str) -> list[Image.Image]:
@@ -307,7 +316,7 @@ def _alignments(lens: Lens, theta: torch.Tensor, concepts: list[str], images: li
 
 
 def _test_findings(
-    lens: Lens, result: Audit, class_index: int, concept: ConceptImages, test_all: bool, names: list[str], drawn: str | None = None, own: list[Image.Image] = (),
+    lens: Lens, result: Audit, class_index: int, concept: ConceptImages, test_all: bool, names: list[str], drawn: DrawnTest | None = None
 ) -> None:  # fmt: skip
     """Run the concept test on the units of ``result`` (in place; all with ``test_all``, else ``Audit.to_test``):
     the class's reliance on the concept and, per unit, whether the concept raises it (also against how much
@@ -318,9 +327,8 @@ def _test_findings(
     (``Audit.revise_by_test``). Needs the model (loaded under the Lens's trust model). A pasted artefact's placements
     are kept under the audit's spurious text where it has one (``names``; several may name other concepts than the
     one pasted), with the units the test found detect it: a search for it then names those first and ranks the
-    others as this test does (``semlens.lens.concepts``); semlens's drawings (``drawn``: what was drawn, kept in
-    ``result.reliance``) only where the test found units detect them; ``own``: views of the class's images that
-    measure only its rise (``concept_tests``)."""
+    others as this test does (``semlens.lens.concepts``); semlens's drawings (``drawn``: said in ``result.reliance``,
+    with the class's own images that measure its rise alone) only where the test found units detect them."""
     from ..interventions.effects import concept_tests
 
     model = lens.sources.model()
@@ -340,7 +348,7 @@ def _test_findings(
     with freed_memory_kept():  # forward passes over the test images, each unit switched off in turn
         result.reliance, tests = concept_tests(
             model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers,
-            result.rule.locate_share, result.rule.locate_enough, shifts, localities, own,
+            result.rule.locate_share, result.rule.locate_enough, shifts, localities, drawn.own if drawn else (),
         )
     shown = concept.shown_classes(model)
     if shown is not None:  # the class's own images among those that show the concept: their class raises it too
@@ -348,10 +356,10 @@ def _test_findings(
     for unit, test in zip([*units, *untested], tests):
         unit.test = test
     if drawn:
-        result.reliance["drawn"] = drawn
+        result.reliance["drawn"] = drawn.said
     result.revise_by_test()
     if len(names) == 1 and (result.detectors or not drawn):
-        remember_pasted(lens, names[0], concept.placements, without[0].size, result.detectors, drawn=bool(drawn))
+        remember_pasted(lens, names[0], concept.placements, without[0].size, result.detectors, drawn.colour if drawn else None)
 
 
 @freed_memory_kept()  # forward passes over the data, twice

@@ -25,6 +25,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from .._util.errors import SemlensError
+from ..interventions.drawn import COLOURS, named_concept
 from ..store.files import CONCEPTS
 from .probes import image_probe, transparent
 
@@ -43,13 +44,14 @@ MAX_SIDE = 2048
 @dataclass(frozen=True)
 class ShownConcept:
     """A concept's name, the images with transparent parts it was shown to the Lens by and the units an audit's
-    concept test found detect it (``Audit.detectors``; none where it was shown by hand); ``drawn``: the images are
-    semlens's drawings of the concept (an audit without images of it), not the user's."""
+    concept test found detect it (``Audit.detectors``; none where it was shown by hand); ``drawn``: where the images
+    are semlens's drawings of the concept (an audit without images of it), not the user's, the colour they are in
+    (``interventions.drawn.COLOURS``), which a search draws again."""
 
     name: str
     images: list[Image.Image]
     detectors: list[str] = field(default_factory=list)
-    drawn: bool = False
+    drawn: str | None = None
 
 
 def concept_name(text: str) -> str:
@@ -57,7 +59,7 @@ def concept_name(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def remember(lens: Lens, name: str, images: Sequence[str | Path | Image.Image], detectors: Sequence[str] = (), drawn: bool = False) -> None:
+def remember(lens: Lens, name: str, images: Sequence[str | Path | Image.Image], detectors: Sequence[str] = (), drawn: str | None = None) -> None:
     """Keep ``images`` (files or images; each with transparent parts: the concept on a transparent canvas the size
     of the model's view, e.g. ``Artifact.overlay``) as what ``name`` looks like, replacing what was kept before, and
     ``detectors``: units found to detect it (an audit's), which a search for it puts first."""
@@ -76,7 +78,7 @@ def remember(lens: Lens, name: str, images: Sequence[str | Path | Image.Image], 
         )
     pixels = {f"image{index:02d}": torch.from_numpy(np.asarray(image.convert("RGBA")).copy()) for index, image in enumerate(decoded)}
     known = [unit for unit in detectors if _is_unit(lens, unit)]
-    _store(lens).write_tensors(_file(key), pixels, {"name": key, "detectors": json.dumps(known), "drawn": json.dumps(drawn)})
+    _store(lens).write_tensors(_file(key), pixels, {"name": key, "detectors": json.dumps(known), "drawn": drawn or ""})
 
 
 def forget(lens: Lens, name: str) -> bool:
@@ -89,11 +91,11 @@ def forget(lens: Lens, name: str) -> bool:
     return True
 
 
-def remember_pasted(lens: Lens, name: str, placements: Sequence[Artifact], size: tuple[int, int], detectors: Sequence[str] = (), drawn: bool = False) -> None:
+def remember_pasted(lens: Lens, name: str, placements: Sequence[Artifact], size: tuple[int, int], detectors: Sequence[str] = (), drawn: str | None = None) -> None:
     """Keep an audit's pasted artefact (its ``placements`` in views of ``size``) and the units its concept test
     found detect it under ``name``, where it leaves part of the view as it is (a whole-view image does not: a search
     has nothing to paste); a folder that cannot be written keeps nothing, as a cache would (the audit's answers do
-    not depend on it). semlens's drawings (``drawn``) never replace images the user's own audit pasted."""
+    not depend on it). semlens's drawings (``drawn``: their colour) never replace images the user's own audit pasted."""
     overlays = [placement.overlay(*size) for placement in placements]
     if drawn and (kept := recall(lens, [name])) is not None and not kept.drawn:
         return
@@ -119,6 +121,9 @@ def recall(lens: Lens, texts: Sequence[str]) -> ShownConcept | None:
     detectors = _detectors(lens, metadata.get("detectors", "[]"))
     if detectors is None:
         raise store.damaged(name, "its detectors are not a list of the Lens's unit names")
+    colour = metadata.get("drawn", "")
+    if colour and (colour not in COLOURS or named_concept(key) is None):
+        raise store.damaged(name, f"its drawings' colour {colour[:40]!r} is none semlens draws of concept {key!r}")
     with store.reading(name), safe_open(str(store.path(name)), framework="pt") as handle:
         keys = sorted(handle.keys())[:MAX_IMAGES]
         for array in keys:  # checked before anything is read: a Lens may come from anyone
@@ -126,7 +131,7 @@ def recall(lens: Lens, texts: Sequence[str]) -> ShownConcept | None:
             if dtype != "U8" or len(shape) != 3 or shape[2] != 4 or not 0 < min(shape[:2]) <= max(shape[:2]) <= MAX_SIDE:
                 raise store.damaged(name, f"its images are not the RGBA pixels semlens writes (found {dtype} {list(shape)})")
         arrays = [handle.get_tensor(array) for array in keys]
-    return ShownConcept(key, [Image.fromarray(array.numpy(), "RGBA") for array in arrays], detectors, metadata.get("drawn") == "true")
+    return ShownConcept(key, [Image.fromarray(array.numpy(), "RGBA") for array in arrays], detectors, colour or None)
 
 
 def _detectors(lens: Lens, text: str) -> list[str] | None:

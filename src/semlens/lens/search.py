@@ -194,11 +194,13 @@ def search(
     if rank is None:
         rank, model = _default_ranking(lens, None if shown or drawn else text, shown.images if shown else images, drawn)
     if rank == "model":
-        if shown:
-            found = _rank_by_model(lens, shown.images, chosen, top, examples, model, shown.name, shown.detectors)
-            if shown.drawn:  # what an audit without images of the concept pasted: semlens's drawings of it
-                found.drawn = f"the drawings of {shown.name!r} an audit tested (semlens's, in the colour the class answered to most)"
+        if shown and shown.drawn:  # semlens's drawings an audit tested: drawn again in their colour, as a drawn search
+            named = _named_units(lens, shown.name, chosen, examples) if by_default else []
+            found = _rank_by_model(lens, [], chosen, top, examples, model, shown.name, shown.detectors, f"{shown.drawn} {shown.name}", named)
+            found.drawn = f"{found.drawn}, the colour an audit tested, the units it found detect them first"
             return found
+        if shown:
+            return _rank_by_model(lens, shown.images, chosen, top, examples, model, shown.name, shown.detectors)
         if drawn:
             named = _named_units(lens, drawn, chosen, examples) if by_default else []
             return _rank_by_model(lens, [], chosen, top, examples, model, drawn=drawn, named=named)
