@@ -540,6 +540,11 @@ UNCONFIRMED_BY_DRAWINGS = (
 )
 
 
+#: what a reliance on semlens's drawings does not rule out (measured: concept worlds whose classes are colours or
+#: patterns rely on drawings in them, where the planted artefact's test finds no reliance: docs/quality.md)
+DRAWN_CAVEAT = "a drawing in the class's own colour or pattern can raise it without the concept itself"
+
+
 def advice_asked(audit: Audit) -> str | None:
     """``Audit.advice`` with what it asks for in each face's words (``_util.errors.asked``): the command line prints
     ``on_the_command_line`` of it."""

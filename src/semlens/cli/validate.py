@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .._util.errors import SemlensError, on_the_command_line
-from ..analysis.audit import UNCONFIRMED_BY_DRAWINGS, advice_asked
+from ..analysis.audit import DRAWN_CAVEAT, UNCONFIRMED_BY_DRAWINGS, advice_asked
 from ..lens.audits import pruning_effect
 from ..model.imagenet import shown_class
 from ._app import (
@@ -146,7 +146,7 @@ def audit(
     else:
         r = result.reliance
         if r.get("drawn"):
-            say(f"concept test: {r['drawn']} (--no-draw: none; --test-data with --artifact or --spurious-data: your own images)")
+            say(f"concept test: {r['drawn']}; {DRAWN_CAVEAT} (--no-draw: none; --test-data with --artifact or --spurious-data: your own images)")
         say(
             f"reliance of {result.class_name} on the concept: probability {r['without']:.3f} without, {r['with']:.3f} with "
             f"({r['effect']:+.3f}; log-odds {r['log_odds']:+.2f}: {'relies' if r['relies'] else 'does not rely'}); "

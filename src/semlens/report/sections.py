@@ -11,7 +11,7 @@ import html
 import math
 from typing import TYPE_CHECKING
 
-from ..analysis.audit import UNCONFIRMED_BY_DRAWINGS, VERDICTS
+from ..analysis.audit import DRAWN_CAVEAT, UNCONFIRMED_BY_DRAWINGS, VERDICTS
 from ..model.imagenet import shown_class
 from .figures import graph_figure, overlap_figure
 
@@ -76,7 +76,7 @@ def audit_summary(audit: Audit) -> str:
     else:
         r = audit.reliance
         tested = (
-            (f"<p><b>concept test</b>: {html.escape(r['drawn'])}</p>" if r.get("drawn") else "")
+            (f"<p><b>concept test</b>: {html.escape(r['drawn'])}; {html.escape(DRAWN_CAVEAT)}</p>" if r.get("drawn") else "")
             + f"<p><b>reliance on the concept</b>: class probability {r['without']:.3f} without, {r['with']:.3f} with "
             f"({r['effect']:+.3f}; log-odds {r['log_odds']:+.2f}: {'relies on it' if r['relies'] else 'does not rely on it'}; "
             f"{r['samples'][0]} and {r['samples'][1]} images, {'pairs' if r['paired'] else 'unpaired'})<br>"
