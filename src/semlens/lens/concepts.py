@@ -62,7 +62,8 @@ def concept_name(text: str) -> str:
 def remember(lens: Lens, name: str, images: Sequence[str | Path | Image.Image], detectors: Sequence[str] = (), drawn: str | None = None) -> None:
     """Keep ``images`` (files or images; each with transparent parts: the concept on a transparent canvas the size
     of the model's view, e.g. ``Artifact.overlay``) as what ``name`` looks like, replacing what was kept before, and
-    ``detectors``: units found to detect it (an audit's), which a search for it puts first."""
+    ``detectors``: units found to detect it (an audit's), which a search for it puts first; ``drawn``: the colour of
+    semlens's drawings where these are its own (a drawn audit's), which a search draws again instead."""
     key = concept_name(name)
     if not key:
         raise SemlensError("a concept to remember needs a name (the text a search will ask for)")
@@ -122,8 +123,8 @@ def recall(lens: Lens, texts: Sequence[str]) -> ShownConcept | None:
     if detectors is None:
         raise store.damaged(name, "its detectors are not a list of the Lens's unit names")
     colour = metadata.get("drawn", "")
-    if colour and (colour not in COLOURS or named_concept(key) is None):
-        raise store.damaged(name, f"its drawings' colour {colour[:40]!r} is none semlens draws of concept {key!r}")
+    if colour and (not isinstance(colour, str) or colour not in COLOURS or named_concept(key) is None):
+        raise store.damaged(name, f"its drawings' colour {str(colour)[:40]!r} is none semlens draws of concept {key!r}")
     with store.reading(name), safe_open(str(store.path(name)), framework="pt") as handle:
         keys = sorted(handle.keys())[:MAX_IMAGES]
         for array in keys:  # checked before anything is read: a Lens may come from anyone
