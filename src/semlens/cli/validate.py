@@ -9,7 +9,7 @@ import typer
 
 from .._util.errors import SemlensError, on_the_command_line
 from ..analysis.audit import DRAWN_CAVEAT, UNCONFIRMED_BY_DRAWINGS, advice_asked
-from ..lens.audits import pruning_effect
+from ..lens.audits import drawn_spurious, pruning_effect
 from ..model.imagenet import shown_class
 from ._app import (
     AsJson,
@@ -230,10 +230,8 @@ def concept_test(
 
 def drawable(spurious: list[str], spurious_images: list, no_draw: bool) -> bool:
     """Whether an audit without concept images tests its spurious concept on semlens's drawings (``Lens.audit``'s
-    ``draw``): one spurious text, naming a concept semlens draws."""
-    from ..interventions.drawn import named_concept
-
-    return not no_draw and len(spurious) == 1 and not spurious_images and named_concept(spurious[0]) is not None
+    ``draw``, ``audits.drawn_spurious``)."""
+    return not no_draw and drawn_spurious(spurious, spurious_images)
 
 
 def _concept_images(test_data: Optional[str], spurious_data: Optional[str], artifact):

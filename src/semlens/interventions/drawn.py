@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .effects import Artifact, class_probability
+from .effects import Artifact, class_probability, pasted_in_turn
 
 if TYPE_CHECKING:
     from ..model.loading import LoadedModel
@@ -72,10 +72,7 @@ def strongest_variant(model: LoadedModel, views: Sequence[Image.Image], class_in
     """The variant (colour) of ``concept`` whose placements, pasted into ``views`` in turn, raise the class's mean
     probability most, and that probability for every variant: an audit tests the drawing the class answers to, as a
     model that relies on a frame relies on the one colour it learnt."""
-    probabilities = {
-        colour: class_probability(model, [placements[index % len(placements)].apply(view) for index, view in enumerate(views)], class_index)
-        for colour, placements in concept.variants.items()
-    }  # fmt: skip
+    probabilities = {colour: class_probability(model, pasted_in_turn(placements, views), class_index) for colour, placements in concept.variants.items()}
     return max(probabilities, key=probabilities.__getitem__), probabilities
 
 

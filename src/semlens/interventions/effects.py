@@ -317,7 +317,7 @@ class ConceptImages:
 
     def _with_concept(self, model: LoadedModel, without: list[Image.Image]) -> list[Image.Image]:
         if self.artifact is not None:
-            return [self.placements[index % len(self.placements)].apply(view) for index, view in enumerate(without)]
+            return pasted_in_turn(self.placements, without)
         return load_views(model, self.shown)[0]
 
     def region(self, views: Sequence[Image.Image]) -> torch.Tensor | None:
@@ -332,6 +332,11 @@ class ConceptImages:
         if len(regions) == 1:
             return regions[0]
         return torch.stack([regions[index % len(regions)] for index in range(len(views))])
+
+
+def pasted_in_turn(placements: Sequence[Artifact], views: Sequence[Image.Image]) -> list[Image.Image]:
+    """Each view with the next of an artefact's ``placements`` pasted in (they repeat in turn)."""
+    return [placements[index % len(placements)].apply(view) for index, view in enumerate(views)]
 
 
 @dataclass(frozen=True)
@@ -451,8 +456,9 @@ def location_test(
     localities: dict[str, float] | None = None,
 ) -> dict[str, dict[int, tuple[float, float, float, float | None]]]:
     """Per layer with spatial maps, per row of the tested ``units`` and of the ``peers`` the concept raises: its IoU
-    with the concept (``located``) and the bar it must reach: ``share`` of the best IoU of the layer's tested units and ``peers`` that the concept raises
-    (``aucs`` >= ``CONFIRM_AUC``), but no more than ``enough`` and no less than ``LOCATE_IOU``; then its precision on
+    with the concept (``located``) and the bar it must reach: ``share`` of the best IoU of the layer's tested units
+    and ``peers`` that the concept raises (``aucs`` >= ``CONFIRM_AUC``), but no more than ``enough`` and no less than
+    ``LOCATE_IOU``; then its precision on
     the concept and the bar that passes it instead where the concept is larger than where the unit fires
     (``LOCATE_PRECISION``, at least twice the concept's share of the image; None elsewhere). Maps are kept for the tested
     units and the raised peers only, and placed where their cells sit in the input: by ``shifts`` (a Lens's,

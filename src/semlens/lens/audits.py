@@ -7,7 +7,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import torch
 
@@ -195,12 +195,20 @@ def audit(
     result.sae_error = sae_error_shares(lens, index, chosen)
     for audited in result.units:
         audited.examples = [example.source for example in lens.examples.concept_examples(audited.unit)[:3]]
-    drawn = _drawn_test(lens, index, spurious[0], chosen[-1]) if concept is None and draw and len(spurious) == 1 and not spurious_images else None
+    drawn = _drawn_test(lens, index, spurious[0], chosen[-1]) if concept is None and draw and drawn_spurious(spurious, spurious_images) else None
     if drawn is not None:  # a drawing unlike what the model learnt raises none of its units: no verdict falls by it
         concept, result.rule = drawn.concept, replace(result.rule, by_rise=False, by_location=False)
     if concept is not None:
         _test_findings(lens, result, index, concept, test_all, list(spurious), drawn)
     return made_by(result, lens)
+
+
+def drawn_spurious(spurious: Sequence[str], spurious_images: Sequence) -> bool:
+    """Whether an audit given no concept images tests its spurious concept on semlens's drawings (``draw``): one
+    spurious text and no image, naming a concept semlens draws (``drawn.named_concept``)."""
+    from ..interventions.drawn import named_concept
+
+    return len(spurious) == 1 and not spurious_images and named_concept(spurious[0]) is not None
 
 
 class DrawnTest(NamedTuple):
@@ -221,15 +229,13 @@ def _drawn_test(lens: Lens, class_index: int, text: str, layer: str) -> DrawnTes
     variant (colour) of the drawing that raises the class's probability most (``drawn.strongest_variant``). The
     class's own images (up to ``DRAWN_CLASS_IMAGES`` of its top samples by relevance in ``layer``) measure only
     how much the class raises each unit, against which a detector must be raised by the drawing (``concept_tests``'
-    ``own``): a unit of the class's content that a drawing of its colour nudges is no detector of it. None where
-    ``text`` names no drawn concept, or the model or the probe data cannot be read (said in a warning: the audit is
-    by alignment alone)."""
+    ``own``): a unit of the class's content that a drawing of its colour nudges is no detector of it. ``text`` names
+    a drawn concept (``drawn_spurious``). None where the model or the probe data cannot be read (said in a warning:
+    the audit is by alignment alone)."""
     from ..data.memory import MemoryData
     from ..interventions.drawn import drawn_concept, named_concept, strongest_variant
     from ..interventions.effects import ConceptImages, class_targets, predict
 
-    if named_concept(text) is None:
-        return None
     try:
         model, data = lens.sources.model(), lens.sources.probe_data
     except SemlensError as error:  # a received Lens without its model or data: judged by alignment alone
