@@ -316,8 +316,9 @@ def evaluate(
 
 def drawn_audit_scores(lens: Lens, target: str, content: str, artefact: str, layers: list[str], true_units: set[str]) -> dict[str, Any]:
     """The audit a user without images of the artefact runs, at its defaults (no ``concept``: semlens tests its own
-    drawings of the artefact's name, ``audits._drawn_test``; every examined unit measured, the flagged ones switched
-    off); its detectors scored against the truth, and the search for the name after it (which names them first)."""
+    drawings of the artefact's name, ``audits._drawn_test``, and their pixels scattered, its shape control; every
+    examined unit measured, the flagged ones switched off); its detectors scored against the truth, and the search
+    for the name after it (which names them first)."""
     audit = lens.audit(target, [content], [artefact], layers=layers)
     examined = {unit.unit for unit in audit.units}
     relevant = len(true_units & examined)
@@ -326,7 +327,7 @@ def drawn_audit_scores(lens: Lens, target: str, content: str, artefact: str, lay
     reliance = audit.reliance or {}
     return {
         "drawn_audit_tested": audit.reliance is not None, "drawn_audit_drawn": reliance.get("drawn"), "drawn_audit_relies": reliance.get("relies"),
-        "drawn_audit_log_odds": reliance.get("log_odds"), "drawn_audit_detectors": audit.detectors, "drawn_audit_spurious_share": audit.spurious_share,
+        "drawn_audit_log_odds": reliance.get("log_odds"), "drawn_audit_log_odds_scattered": reliance.get("log_odds_scattered"), "drawn_audit_detectors": audit.detectors, "drawn_audit_spurious_share": audit.spurious_share,
         "drawn_audit_detected_precision": _share(right, len(audit.detectors)), "drawn_audit_detected_recall": _share(right, relevant),
         "drawn_audit_confirmed": audit.confirmed + audit.carriers,
         "search_hits_at5_after_drawn_audit": sum(hit.unit in true_units for hit in after),
@@ -469,6 +470,10 @@ def pooled_audit(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def print_pooled_audit(records: list[dict[str, Any]], console: Console) -> None:
+    unfounded = [record for record in records if not record["audit_relies"] and "drawn_audit_relies" in record]
+    if unfounded:  # the test of semlens's drawings where the test of the artefact itself finds no reliance
+        claimed = sum(bool(record["drawn_audit_relies"]) for record in unfounded)
+        console.print(f"the drawn test finds a reliance in {claimed} of the {len(unfounded)} runs whose artefact's own test finds none")
     pooled = pooled_audit(records)
     if not pooled["runs"]:
         return

@@ -1,15 +1,17 @@
 """Concepts semlens draws for a search (``interventions.drawn``): which queries name one, what is drawn, and the
-model's response scored by the variant that raises a unit most."""
+model's response scored by the variant that raises a unit most, and a drawing's shape control."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from semlens.interventions.drawn import COLOURS, PLACEMENTS, drawn_concept, named_concept, strongest_variant
-from semlens.interventions.effects import activation_aucs, variant_aucs
+from semlens.interventions.drawn import COLOURS, PLACEMENTS, drawn_concept, named_concept, scattered, strongest_variant
+from semlens.interventions.effects import RELIANCE_ODDS, SHAPE_ODDS, activation_aucs, concept_tests, pasted_in_turn, variant_aucs
 from semlens.model.loading import LoadedModel
 from semlens.model.preprocess import Preprocessing
 from semlens.model.units import LayerSpec
@@ -99,3 +101,61 @@ def test_an_audit_draws_the_variant_that_raises_the_class_most() -> None:
     plain, _ = strongest_variant(model, views, 0, frames)
     assert plain not in ("red", "orange", "pink")
     assert strongest_variant(model, views, 1, drawn_concept("blue frame", (32, 32)))[0] == "blue"  # a named colour alone
+
+
+def test_a_drawings_shape_control_has_its_pixels_in_other_places() -> None:
+    """The scattered frame covers as many pixels in the same colour, no longer all round the border; the same every
+    time; a colour cast, whose concept is its colour, has none."""
+    frames = drawn_concept("red frame", (64, 64)).variants["red"]
+    control = scattered(frames, (64, 64))
+    assert len(control) == len(frames) and control == scattered(frames, (64, 64))
+    for drawn, moved in zip(frames, control):
+        before, after = np.asarray(drawn.overlay(64, 64)), np.asarray(moved.overlay(64, 64))
+        assert (after[..., 3] > 0).sum() == (before[..., 3] > 0).sum()
+        assert {tuple(pixel) for pixel in after[after[..., 3] > 0][:, :3]} == {COLOURS["red"]}
+        assert (after[0, :, 3] > 0).mean() < 0.9 and (before[0, :, 3] > 0).all()  # the top row: all frame before, not after
+        assert (after[8:-8, 8:-8, 3] > 0).any()  # and some of it away from the border
+    assert scattered(drawn_concept("tint", (64, 64)).variants["red"], (64, 64)) is None
+
+
+class _RedBorderClassifier(torch.nn.Module):
+    """Two classes: "plain" (logit 0) and "framed" (logit: 8 x the mean redness of the outer 3 pixels of a 32 px view)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.detector = _RedDetector()
+        border = torch.ones(32, 32)
+        border[3:-3, 3:-3] = 0
+        self.register_buffer("border", border / border.sum())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = 8 * (self.detector(x)[:, 0] * self.border).sum(dim=(1, 2))
+        return torch.stack([torch.zeros_like(red), red], dim=1)
+
+
+@pytest.mark.parametrize(("classifier", "relies"), [(_RedClassifier, False), (_RedBorderClassifier, True)])
+def test_a_class_relies_on_a_drawing_only_where_its_shape_raises_the_class_more_than_its_pixels_scattered(classifier, relies) -> None:
+    """Red frames raise both classes. The redness classifier is raised as much by the frame's pixels scattered (the
+    same red over the same area): it answers to the colour, not to a frame. The border classifier answers to red on the
+    border, which the scattered pixels mostly leave: it relies on the frame."""
+    model = LoadedModel(classifier().eval(), "red", Preprocessing(input_size=32, resize=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)), ["plain", "red"])
+    rng = np.random.default_rng(0)
+    views = [Image.fromarray(rng.integers(0, 80, (32, 32, 3), dtype=np.uint8)) for _ in range(16)]
+    frames = drawn_concept("red frame", (32, 32)).variants["red"]
+    with_frame, with_scattered = pasted_in_turn(frames, views), pasted_in_turn(scattered(frames, (32, 32)), views)
+    reliance, tests = concept_tests(model, views, with_frame, 1, [], scattered=with_scattered)
+    assert reliance["log_odds"] >= math.log(RELIANCE_ODDS) and tests == []  # the frame raises the class either way
+    assert (reliance["log_odds_over_scattered"] >= math.log(SHAPE_ODDS)) == relies and reliance["relies"] == relies
+    assert math.isclose(reliance["log_odds"], reliance["log_odds_scattered"] + reliance["log_odds_over_scattered"], rel_tol=1e-6)
+    assert concept_tests(model, views, with_frame, 1, [])[0]["relies"]  # without the control: a reliance either way
+
+
+@pytest.mark.parametrize(
+    ("log_odds", "relies", "said"),
+    [(2.0, False, "raise the class as much or more (log-odds +3.00): it answers to the colour, not to a frame"), (2.0, True, "raise the class less: log-odds +3.00"), (0.1, False, "shape): log-odds +3.00")],
+)  # fmt: skip
+def test_an_audit_says_what_the_drawings_shape_control_found(log_odds, relies, said) -> None:
+    from semlens.lens.audits import _shape_said
+
+    assert _shape_said({"log_odds": log_odds, "relies": relies, "log_odds_scattered": 3.0}, "frame").endswith(said)
+    assert _shape_said({"log_odds": log_odds, "relies": relies}, "colour cast") == ""  # a cast has no shape control

@@ -49,6 +49,9 @@ DEFAULT_COLOURS = {
     "ruler": ("yellow", "white", "black", "grey"),
     "colour cast": ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink", "brown"),
 }
+#: a drawing's shape control (``scattered``) cuts it into tiles of 1/16 of the view's side, shuffled with this seed
+SCATTER_TILES = 16
+SCATTER_SEED = 61
 #: texts a watermark is drawn with (none of them a judge's own, "© stock" in benchmarks/planted_photos.py and "SAMPLE"
 #: in world.render, though "stock image" shares a word with the first)
 WATERMARK_TEXTS = ("© photo", "PREVIEW", "DRAFT", "proof", "www.photos.com", "COPY", "© 2021", "stock image")
@@ -74,6 +77,27 @@ def strongest_variant(model: LoadedModel, views: Sequence[Image.Image], class_in
     model that relies on a frame relies on the one colour it learnt."""
     probabilities = {colour: class_probability(model, pasted_in_turn(placements, views), class_index) for colour, placements in concept.variants.items()}
     return max(probabilities, key=probabilities.__getitem__), probabilities
+
+
+def scattered(placements: Sequence[Artifact], size: tuple[int, int]) -> tuple[Artifact, ...] | None:
+    """The shape control of a drawing: each placement's pixels in tiles (``SCATTER_TILES`` a side) shuffled over
+    the view, the same colours over the same area without the drawing's shape. A class raised by the drawing no
+    more than by this is raised by its colour (black frames over a class of black checks), not by the concept.
+    Seeded; None for a colour cast, whose concept is its colour."""
+    if any(placement.tint is not None for placement in placements):
+        return None
+    width, height = size
+    tile = max(2, min(size) // SCATTER_TILES)
+    rows, columns = -(-height // tile), -(-width // tile)
+    controls = []
+    for index, placement in enumerate(placements):
+        canvas = Image.new("RGBA", (columns * tile, rows * tile), (0, 0, 0, 0))
+        canvas.paste(placement.overlay(width, height), (0, 0))
+        tiles = np.asarray(canvas).reshape(rows, tile, columns, tile, 4).transpose(0, 2, 1, 3, 4).reshape(rows * columns, tile, tile, 4)
+        shuffled = tiles[np.random.default_rng([SCATTER_SEED, index]).permutation(len(tiles))]
+        pixels = shuffled.reshape(rows, columns, tile, tile, 4).transpose(0, 2, 1, 3, 4).reshape(rows * tile, columns * tile, 4)
+        controls.append(Artifact(image=Image.fromarray(np.ascontiguousarray(pixels[:height, :width]))))
+    return tuple(controls)
 
 
 def named_concept(text: str) -> tuple[str, list[str]] | None:

@@ -4,6 +4,7 @@ probes to ``semlens.analysis`` and ``semlens.relevance``."""
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -213,12 +214,15 @@ def drawn_spurious(spurious: Sequence[str], spurious_images: Sequence) -> bool:
 
 class DrawnTest(NamedTuple):
     """A concept test of semlens's drawings (``_drawn_test``): its images, what was drawn in words, views of the
-    class's own images (its rise of each unit alone) and the colour drawn."""
+    class's own images (its rise of each unit alone), the colour drawn, the views with its pixels scattered (its
+    shape control: ``drawn.scattered``; none for a colour cast) and the concept's name."""
 
     concept: ConceptImages
     said: str
     own: list[Image.Image]
     colour: str
+    scattered: list[Image.Image]
+    name: str
 
 
 def _drawn_test(lens: Lens, class_index: int, text: str, layer: str) -> DrawnTest | None:
@@ -233,8 +237,8 @@ def _drawn_test(lens: Lens, class_index: int, text: str, layer: str) -> DrawnTes
     a drawn concept (``drawn_spurious``). None where the model or the probe data cannot be read (said in a warning:
     the audit is by alignment alone)."""
     from ..data.memory import MemoryData
-    from ..interventions.drawn import drawn_concept, named_concept, strongest_variant
-    from ..interventions.effects import ConceptImages, class_targets, predict
+    from ..interventions.drawn import drawn_concept, named_concept, scattered, strongest_variant
+    from ..interventions.effects import ConceptImages, class_targets, pasted_in_turn, predict
 
     try:
         model, data = lens.sources.model(), lens.sources.probe_data
@@ -255,7 +259,25 @@ def _drawn_test(lens: Lens, class_index: int, text: str, layer: str) -> DrawnTes
     why = "" if not runners_up else f", of {len(probabilities)} colours the one that raises the class's probability most; next {', '.join(runners_up)}"
     said = f"{concept.name}s semlens drew ({colour}{why}) pasted into {len(kept)} probe images of other classes"
     concept_images = ConceptImages(MemoryData(kept, data.classes), artifact=concept.variants[colour])
-    return DrawnTest(concept_images, said, _class_views(lens, model, data, class_index, layer), colour)
+    control = scattered(concept.variants[colour], kept[0][0].size)
+    scattered_views = pasted_in_turn(control, [view for view, _ in kept]) if control else []
+    return DrawnTest(concept_images, said, _class_views(lens, model, data, class_index, layer), colour, scattered_views, concept.name)
+
+
+def _shape_said(reliance: dict, name: str) -> str:
+    """What a drawn test's shape control found, in words: whether the drawing's pixels scattered (the same colours
+    without its shape) raise the class as much as the drawing does (``concept_tests``' ``scattered``)."""
+    from ..interventions.effects import RELIANCE_ODDS
+
+    scattered = reliance.get("log_odds_scattered")
+    if scattered is None:
+        return ""
+    said = "; its pixels scattered (its colours without its shape)"
+    if reliance["log_odds"] < math.log(RELIANCE_ODDS):
+        return f"{said}: log-odds {scattered:+.2f}"
+    if reliance["relies"]:
+        return f"{said} raise the class less: log-odds {scattered:+.2f}"
+    return f"{said} raise the class as much or more (log-odds {scattered:+.2f}): it answers to the colour, not to a {name}"
 
 
 def _class_views(lens: Lens, model: LoadedModel, data: ImageData, class_index: int, layer: str) -> list[Image.Image]:
@@ -355,6 +377,7 @@ def _test_findings(
         result.reliance, tests = concept_tests(
             model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers,
             result.rule.locate_share, result.rule.locate_enough, shifts, localities, drawn.own if drawn else (),
+            drawn.scattered if drawn else (),
         )
     shown = concept.shown_classes(model)
     if shown is not None:  # the class's own images among those that show the concept: their class raises it too
@@ -362,7 +385,7 @@ def _test_findings(
     for unit, test in zip([*units, *untested], tests):
         unit.test = test
     if drawn:
-        result.reliance["drawn"] = drawn.said
+        result.reliance["drawn"] = drawn.said + _shape_said(result.reliance, drawn.name)
     result.revise_by_test()
     if len(names) == 1 and (result.detectors or not drawn):
         remember_pasted(lens, names[0], concept.placements, without[0].size, result.detectors, drawn.colour if drawn else None)
