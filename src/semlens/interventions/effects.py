@@ -661,7 +661,6 @@ def concept_tests(
     placed = {} if region is None else location_test(model, without, with_concept, region, units, peers, aucs, locate_share, locate_enough, shifts, localities)
     rises = {layer: scores_with[layer].mean(dim=0) - scores_without[layer].mean(dim=0) for layer in scores_with}
     scores_own = unit_scores(model, own, specs) if own else {}
-
     own_members = torch.cat([members, torch.full((len(own),), class_index, dtype=members.dtype)])
     class_rises = {layer: class_rise(torch.cat([scores_without[layer], scores_own[layer]]) if own else scores_without[layer], own_members, class_index) for layer in scores_with}
 
