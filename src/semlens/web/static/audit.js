@@ -70,7 +70,7 @@ function cutText(result) {
 // whether the class relies on it, and the units the test found detect it.
 function relianceText(result) {
   const r = result.reliance;
-  const drawn = r.drawn ? `concept test: ${r.drawn} (a drawing that looks like the class's own pattern can raise it without the concept itself); ` : "concept test: ";
+  const drawn = r.drawn ? `concept test: ${r.drawn} (a drawing that looks like the class's own objects or pattern can raise it without the concept itself); ` : "concept test: ";
   const relies = `${result.class} ${r.relies ? "relies" : "does not rely"} on it (probability ${r.without.toFixed(3)} without, ${r.with.toFixed(3)} with; log-odds ${r.log_odds >= 0 ? "+" : ""}${r.log_odds.toFixed(2)})`;
   const detectors = r.relies ? `; units that detect it: ${result.detectors.join(", ") || "none"}` : "";
   return drawn + relies + detectors;
