@@ -117,6 +117,11 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     assert "spurious share, untested:" in " ".join(runner.invoke(app, [*asked, "--no-draw"]).output.split())
     drawn_output = " ".join(runner.invoke(app, asked).output.split())  # without images: semlens's drawings of a watermark
     assert "concept test: watermarks semlens drew (" in drawn_output and "probe images of other classes" in drawn_output
+    assert "class rise not measured" not in drawn_output  # the class's own probe images measure it
+    with monkeypatch.context() as patched:  # as where the probe data holds 3 images of the class
+        patched.setattr("semlens.lens.audits.DRAWN_CLASS_IMAGES", 3)
+        few = " ".join(runner.invoke(app, asked).output.split())
+    assert "class rise not measured (the probe data holds fewer than 5 images of the class)" in few and "--test-data holds" not in few
     own = runner.invoke(app, [*asked, "--test-data", str(setting / "others"), "--spurious-data", str(setting / "real")])  # the class's own images
     assert own.exit_code == 0 and "--spurious-data images are labelled red: the class's own content" in " ".join(own.output.split())
     # two placements, the test images getting them in turn: the watermark units fire wherever it is pasted

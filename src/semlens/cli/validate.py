@@ -183,10 +183,12 @@ def audit(
         if any(u.test is not None and u.test["class_rise"] is None for u in result.units):
             from ..interventions.effects import CLASS_RISE_IMAGES
 
-            say(
-                f"class rise not measured (--test-data holds fewer than {CLASS_RISE_IMAGES} images of the class or of other classes, "
-                f"by {result.reliance['classes_from']}): a unit of the class that the concept only nudges can be confirmed too"
+            held = (
+                f"the probe data holds fewer than {CLASS_RISE_IMAGES} images of the class"  # a drawn test measures it on the class's top samples
+                if r.get("drawn")
+                else f"--test-data holds fewer than {CLASS_RISE_IMAGES} images of the class or of other classes, by {r['classes_from']}"
             )
+            say(f"class rise not measured ({held}): a unit of the class that the concept only nudges can be confirmed too")
         if test_all:
             say(f"not flagged, but the reliance runs through them (the concept test alone): {', '.join(result.carriers) or 'none'}")
         elif (advice := advice_asked(result)) is not None:
