@@ -81,7 +81,8 @@ def strongest_variant(model: LoadedModel, views: Sequence[Image.Image], class_in
 
 def scattered(placements: Sequence[Artifact], size: tuple[int, int]) -> tuple[Artifact, ...] | None:
     """The shape control of a drawing: each placement's pixels in tiles (``SCATTER_TILES`` a side) shuffled over
-    the view, the same colours over the same area without the drawing's shape. A class raised by the drawing no
+    the view, the same colours over the same area (less what a tile takes past the edge of a view whose side is no
+    multiple of the tile) without the drawing's shape. A class raised by the drawing no
     more than by this is raised by its colour (black frames over a class of black checks), not by the concept.
     Seeded; None for a colour cast, whose concept is its colour."""
     if any(placement.tint is not None for placement in placements):
