@@ -316,7 +316,7 @@ def evaluate(
 
 def drawn_audit_scores(lens: Lens, target: str, content: str, artefact: str, layers: list[str], true_units: set[str]) -> dict[str, Any]:
     """The audit a user without images of the artefact runs, at its defaults (no ``concept``: semlens tests its own
-    drawings of the artefact's name, ``audits._drawn_test``, and their pixels scattered, its shape control; every
+    drawings of the artefact's name, ``audits._drawn_test``, and their control, ``drawn.control``; every
     examined unit measured, the flagged ones switched off); its detectors scored against the truth, and the search
     for the name after it (which names them first)."""
     audit = lens.audit(target, [content], [artefact], layers=layers)
@@ -327,7 +327,7 @@ def drawn_audit_scores(lens: Lens, target: str, content: str, artefact: str, lay
     reliance = audit.reliance or {}
     return {
         "drawn_audit_tested": audit.reliance is not None, "drawn_audit_drawn": reliance.get("drawn"), "drawn_audit_relies": reliance.get("relies"),
-        "drawn_audit_log_odds": reliance.get("log_odds"), "drawn_audit_log_odds_scattered": reliance.get("log_odds_scattered"), "drawn_audit_detectors": audit.detectors, "drawn_audit_spurious_share": audit.spurious_share,
+        "drawn_audit_log_odds": reliance.get("log_odds"), "drawn_audit_log_odds_control": reliance.get("log_odds_control"), "drawn_audit_detectors": audit.detectors, "drawn_audit_spurious_share": audit.spurious_share,
         "drawn_audit_detected_precision": _share(right, len(audit.detectors)), "drawn_audit_detected_recall": _share(right, relevant),
         "drawn_audit_confirmed": audit.confirmed + audit.carriers,
         "search_hits_at5_after_drawn_audit": sum(hit.unit in true_units for hit in after),

@@ -166,10 +166,10 @@ def test_audit_flags_the_watermark_unit_and_pruning_lowers_its_effect(setting, m
     by_alignment = opened.audit("red", ["red"], ["watermark"], layers=["features.3"], cut=0.05, draw=False)
     assert by_alignment.reliance is None and drawn.reliance["drawn"].startswith("watermarks semlens drew (")
     assert 0 < drawn.reliance["samples"][0] <= 48 and drawn.reliance["classes_from"] == "labels"
-    # its shape control: the same views with the drawing's pixels scattered, said with the drawing
-    scattered = drawn.reliance["log_odds_scattered"]
-    assert drawn.reliance["log_odds"] == pytest.approx(scattered + drawn.reliance["log_odds_over_scattered"])
-    assert "its pixels scattered (its colours without its shape)" in drawn.reliance["drawn"] and f"{scattered:+.2f}" in drawn.reliance["drawn"]
+    # its control: the same views with the watermark's colour blurred where it is (no letters), said with the drawing
+    blurred = drawn.reliance["log_odds_control"]
+    assert drawn.reliance["log_odds"] == pytest.approx(blurred + drawn.reliance["log_odds_over_control"])
+    assert "its control (its colour blurred where it is, without its letters)" in drawn.reliance["drawn"] and f"{blurred:+.2f}" in drawn.reliance["drawn"]
     # no red image among them: the class's own images (its top samples by relevance) measure its rise of each unit alone
     assert all(unit.test["class_rise"] is not None for unit in drawn.units)
     assert [unit.verdict for unit in drawn.units] == [unit.verdict for unit in by_alignment.units] and not drawn.rule.by_rise

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from semlens.interventions.drawn import COLOURS, PLACEMENTS, drawn_concept, named_concept, scattered, strongest_variant
+from semlens.interventions.drawn import COLOURS, PLACEMENTS, blurred, control, drawn_concept, named_concept, scattered, strongest_variant
 from semlens.interventions.effects import RELIANCE_ODDS, SHAPE_ODDS, activation_aucs, concept_tests, pasted_in_turn, variant_aucs
 from semlens.model.loading import LoadedModel
 from semlens.model.preprocess import Preprocessing
@@ -103,19 +103,36 @@ def test_an_audit_draws_the_variant_that_raises_the_class_most() -> None:
     assert strongest_variant(model, views, 1, drawn_concept("blue frame", (32, 32)))[0] == "blue"  # a named colour alone
 
 
-def test_a_drawings_shape_control_has_its_pixels_in_other_places() -> None:
+def test_a_frames_control_has_its_pixels_in_other_places() -> None:
     """The scattered frame covers as many pixels in the same colour, no longer all round the border; the same every
-    time; a colour cast, whose concept is its colour, has none."""
+    time; a colour cast, whose concept is its colour, has no control."""
     frames = drawn_concept("red frame", (64, 64)).variants["red"]
-    control = scattered(frames, (64, 64))
-    assert len(control) == len(frames) and control == scattered(frames, (64, 64))
-    for drawn, moved in zip(frames, control):
+    control_frames = scattered(frames, (64, 64))
+    assert len(control_frames) == len(frames) and control_frames == scattered(frames, (64, 64))
+    for drawn, moved in zip(frames, control_frames):
         before, after = np.asarray(drawn.overlay(64, 64)), np.asarray(moved.overlay(64, 64))
         assert (after[..., 3] > 0).sum() == (before[..., 3] > 0).sum()
         assert {tuple(pixel) for pixel in after[after[..., 3] > 0][:, :3]} == {COLOURS["red"]}
         assert (after[0, :, 3] > 0).mean() < 0.9 and (before[0, :, 3] > 0).all()  # the top row: all frame before, not after
         assert (after[8:-8, 8:-8, 3] > 0).any()  # and some of it away from the border
-    assert scattered(drawn_concept("tint", (64, 64)).variants["red"], (64, 64)) is None
+    assert control("frame", frames, (64, 64))[0] == control_frames and "scattered" in control("frame", frames, (64, 64))[1]
+    assert control("colour cast", drawn_concept("tint", (64, 64)).variants["red"], (64, 64)) is None
+
+
+def test_a_watermarks_control_is_its_colour_blurred_where_it_is() -> None:
+    """Text is a texture of strokes that scattering keeps: a watermark's control is blurred, its colour kept (opacity
+    weighted: no dark fringe), spread about the same place."""
+    texts = drawn_concept("white watermark", (64, 64)).variants["white"]
+    assert control("watermark", texts, (64, 64))[0] == blurred(texts, (64, 64)) and "blurred" in control("watermark", texts, (64, 64))[1]
+    for text, smudge in zip(texts, blurred(texts, (64, 64))):
+        before, after = np.asarray(text.overlay(64, 64)).astype(float), np.asarray(smudge.overlay(64, 64)).astype(float)
+        # its opacity spread (what falls past the view's edge is lost), no stroke left opaque
+        assert 0.6 * before[..., 3].sum() < after[..., 3].sum() <= 1.01 * before[..., 3].sum() and after[..., 3].max() < 0.6 * before[..., 3].max()
+        seen = after[..., 3] > 8
+        assert (after[seen][:, :3] >= 235).all()  # white where it shows
+        grid = np.indices((64, 64)).reshape(2, -1)
+        centre_before, centre_after = (grid @ before[..., 3].ravel()) / before[..., 3].sum(), (grid @ after[..., 3].ravel()) / after[..., 3].sum()
+        assert np.abs(centre_after - centre_before).max() < 64 / 8  # within the blur's sigma of where the text was
 
 
 class _RedBorderClassifier(torch.nn.Module):
@@ -142,20 +159,22 @@ def test_a_class_relies_on_a_drawing_only_where_its_shape_raises_the_class_more_
     rng = np.random.default_rng(0)
     views = [Image.fromarray(rng.integers(0, 80, (32, 32, 3), dtype=np.uint8)) for _ in range(16)]
     frames = drawn_concept("red frame", (32, 32)).variants["red"]
-    with_frame, with_scattered = pasted_in_turn(frames, views), pasted_in_turn(scattered(frames, (32, 32)), views)
-    reliance, tests = concept_tests(model, views, with_frame, 1, [], scattered=with_scattered)
+    with_frame, with_scattered = pasted_in_turn(frames, views), pasted_in_turn(control("frame", frames, (32, 32))[0], views)
+    reliance, tests = concept_tests(model, views, with_frame, 1, [], control=with_scattered)
     assert reliance["log_odds"] >= math.log(RELIANCE_ODDS) and tests == []  # the frame raises the class either way
-    assert (reliance["log_odds_over_scattered"] >= math.log(SHAPE_ODDS)) == relies and reliance["relies"] == relies
-    assert math.isclose(reliance["log_odds"], reliance["log_odds_scattered"] + reliance["log_odds_over_scattered"], rel_tol=1e-6)
+    assert (reliance["log_odds_over_control"] >= math.log(SHAPE_ODDS)) == relies and reliance["relies"] == relies
+    assert math.isclose(reliance["log_odds"], reliance["log_odds_control"] + reliance["log_odds_over_control"], rel_tol=1e-6)
     assert concept_tests(model, views, with_frame, 1, [])[0]["relies"]  # without the control: a reliance either way
 
 
 @pytest.mark.parametrize(
     ("log_odds", "relies", "said"),
-    [(2.0, False, "raise the class as much or more (log-odds +3.00): it answers to the colour, not to a frame"), (2.0, True, "raise the class less: log-odds +3.00"), (0.1, False, "shape): log-odds +3.00")],
+    [(2.0, False, "raises the class as much or more (log-odds +3.00): it answers to the colour, not to a frame"), (2.0, True, "raises the class less: log-odds +3.00"), (0.1, False, "shape): log-odds +3.00")],
 )  # fmt: skip
-def test_an_audit_says_what_the_drawings_shape_control_found(log_odds, relies, said) -> None:
-    from semlens.lens.audits import _shape_said
+def test_an_audit_says_what_the_drawings_control_found(log_odds, relies, said) -> None:
+    from semlens.lens.audits import _control_said
 
-    assert _shape_said({"log_odds": log_odds, "relies": relies, "log_odds_scattered": 3.0}, "frame").endswith(said)
-    assert _shape_said({"log_odds": log_odds, "relies": relies}, "colour cast") == ""  # a cast has no shape control
+    words = "its pixels scattered, its colours without its shape"
+    found = _control_said({"log_odds": log_odds, "relies": relies, "log_odds_control": 3.0}, words, "frame")
+    assert found.startswith(f"; its control ({words})") and found.endswith(said)
+    assert _control_said({"log_odds": log_odds, "relies": relies}, "", "colour cast") == ""  # a cast has no control

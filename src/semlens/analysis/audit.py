@@ -542,7 +542,7 @@ UNCONFIRMED_BY_DRAWINGS = (
 
 #: what a reliance on semlens's drawings does not rule out (measured: concept worlds rely on drawings that share their
 #: class's look, emblems over stripes, a green emblem for a class of green objects, where the planted artefact's test
-#: finds no reliance; a class of the drawing's colour alone is told apart by its pixels scattered: docs/quality.md)
+#: finds no reliance; a class of the drawing's colour alone is told apart by its control, drawn.control: docs/quality.md)
 DRAWN_CAVEAT = "a drawing that looks like the class's own objects or pattern can raise it without the concept itself"
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .effects import Artifact, class_probability, pasted_in_turn
@@ -49,9 +50,11 @@ DEFAULT_COLOURS = {
     "ruler": ("yellow", "white", "black", "grey"),
     "colour cast": ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink", "brown"),
 }
-#: a drawing's shape control (``scattered``) cuts it into tiles of 1/16 of the view's side, shuffled with this seed
+#: a drawing's control (``control``) cuts it into tiles of 1/16 of the view's side, shuffled with this seed, or blurs it
+#: by 1/8 of the side
 SCATTER_TILES = 16
 SCATTER_SEED = 61
+BLUR_SHARE = 8
 #: texts a watermark is drawn with (none of them a judge's own, "© stock" in benchmarks/planted_photos.py and "SAMPLE"
 #: in world.render, though "stock image" shares a word with the first)
 WATERMARK_TEXTS = ("© photo", "PREVIEW", "DRAFT", "proof", "www.photos.com", "COPY", "© 2021", "stock image")
@@ -79,14 +82,25 @@ def strongest_variant(model: LoadedModel, views: Sequence[Image.Image], class_in
     return max(probabilities, key=probabilities.__getitem__), probabilities
 
 
-def scattered(placements: Sequence[Artifact], size: tuple[int, int]) -> tuple[Artifact, ...] | None:
-    """The shape control of a drawing: each placement's pixels in tiles (``SCATTER_TILES`` a side) shuffled over
-    the view, the same colours over the same area (less what a tile takes past the edge of a view whose side is no
-    multiple of the tile) without the drawing's shape. A class raised by the drawing no
-    more than by this is raised by its colour (black frames over a class of black checks), not by the concept.
-    Seeded; None for a colour cast, whose concept is its colour."""
-    if any(placement.tint is not None for placement in placements):
+def control(name: str, placements: Sequence[Artifact], size: tuple[int, int]) -> tuple[tuple[Artifact, ...], str] | None:
+    """A drawing's control and what it is in words: the same colours without what makes the drawing the concept. A
+    class the drawing raises no more than its control answers to the colour (black frames over a class of black
+    checks), not to the concept. A frame's, logo's or ruler's pixels are scattered (``scattered``: their colours and
+    edges without their shape); a watermark's colour is blurred where it is (``blurred``), as text is a texture of
+    strokes that scattered pixels keep (the demo world's "star", which relies on its watermark: log-odds 1.06 by the
+    drawn text, 2.33 by its strokes scattered, 0.08 by its colour blurred); a colour cast, whose concept is its
+    colour, has none (None)."""
+    if name == "colour cast":
         return None
+    if name == "watermark":
+        return blurred(placements, size), "its colour blurred where it is, without its letters"
+    return scattered(placements, size), "its pixels scattered, its colours without its shape"
+
+
+def scattered(placements: Sequence[Artifact], size: tuple[int, int]) -> tuple[Artifact, ...]:
+    """Each placement's pixels in tiles (``SCATTER_TILES`` a side) shuffled over the view: the same colours over the
+    same area (less what a tile takes past the edge of a view whose side is no multiple of the tile) without the
+    drawing's shape. Seeded."""
     width, height = size
     tile = max(2, min(size) // SCATTER_TILES)
     rows, columns = -(-height // tile), -(-width // tile)
@@ -99,6 +113,33 @@ def scattered(placements: Sequence[Artifact], size: tuple[int, int]) -> tuple[Ar
         pixels = shuffled.reshape(rows, columns, tile, tile, 4).transpose(0, 2, 1, 3, 4).reshape(rows * tile, columns * tile, 4)
         controls.append(Artifact(image=Image.fromarray(np.ascontiguousarray(pixels[:height, :width]))))
     return tuple(controls)
+
+
+def blurred(placements: Sequence[Artifact], size: tuple[int, int]) -> tuple[Artifact, ...]:
+    """Each placement blurred (Gaussian, sigma ``1 / BLUR_SHARE`` of the side; colours weighted by their opacity, so
+    faint edges keep the drawing's colour): its colour over about the same place, without its strokes or edges."""
+    width, height = size
+    sigma = max(1.0, min(size) / BLUR_SHARE)
+    controls = []
+    for placement in placements:
+        pixels = torch.from_numpy(np.asarray(placement.overlay(width, height), dtype=np.float32))
+        opacity = pixels[..., 3:] / 255.0
+        spread = _blur(torch.cat([pixels[..., :3] * opacity, opacity], dim=-1), sigma)
+        colours = spread[..., :3] / spread[..., 3:].clamp(min=1e-6)
+        image = torch.cat([colours, spread[..., 3:] * 255.0], dim=-1).round().clamp(0, 255).to(torch.uint8)
+        controls.append(Artifact(image=Image.fromarray(image.numpy(), "RGBA")))
+    return tuple(controls)
+
+
+def _blur(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``[H, W, C]`` blurred by a Gaussian of ``sigma`` pixels, separably; outside the view counts as transparent."""
+    reach = int(np.ceil(3 * sigma))
+    weights = torch.exp(-(torch.arange(-reach, reach + 1, dtype=torch.float32) ** 2) / (2 * sigma**2))
+    weights = (weights / weights.sum()).view(1, 1, 1, -1)
+    planes = pixels.permute(2, 0, 1).unsqueeze(1)  # [C, 1, H, W]
+    planes = torch.nn.functional.conv2d(planes, weights, padding=(0, reach))
+    planes = torch.nn.functional.conv2d(planes, weights.transpose(2, 3), padding=(reach, 0))
+    return planes.squeeze(1).permute(1, 2, 0)
 
 
 def named_concept(text: str) -> tuple[str, list[str]] | None:

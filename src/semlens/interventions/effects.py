@@ -239,8 +239,8 @@ def pruning_effect(
 # concept tests of an audit's findings
 
 RELIANCE_ODDS = 1.5  # the class relies on the concept when the concept multiplies the class's odds by 1.5 or more
-# ... and, where a shape control is given (the concept's pixels scattered: ``drawn.scattered``), when the concept
-# multiplies them by 1.1 or more over it: a class the scattered pixels raise as much answers to the colour. Measured
+# ... and, where a control is given (the concept's colours without its shape: ``drawn.control``), when the concept
+# multiplies them by 1.1 or more over it: a class the control raises as much answers to the colour. Measured
 # (docs/quality.md "The drawing's shape control"): relying planted photo runs 0.18 to 2.46 over it; concept worlds
 # where a drawing in the class's colour raised it, -5.3 to -1.0
 SHAPE_ODDS = 1.1
@@ -608,12 +608,12 @@ def concept_tests(
     shifts: dict[str, tuple[float, float]] | None = None,
     localities: dict[str, float] | None = None,
     own: Sequence[Image.Image] = (),
-    scattered: Sequence[Image.Image] = (),
+    control: Sequence[Image.Image] = (),
 ) -> tuple[dict, list[dict]]:
     """The class's reliance on the concept: its mean probability with and without the concept (``effect``:
     the difference) and their log odds ratio (``log_odds``); it ``relies`` on the concept when the concept
-    multiplies the class's odds by ``RELIANCE_ODDS`` or more (with ``scattered``, the views with the concept's
-    pixels scattered over them, also by ``SHAPE_ODDS`` over those: ``log_odds_over_scattered``). Per unit: does the concept raise its
+    multiplies the class's odds by ``RELIANCE_ODDS`` or more (with ``control``, the views with the concept's colours
+    without its shape, also by ``SHAPE_ODDS`` over those: ``log_odds_over_control``). Per unit: does the concept raise its
     activation (``activation_auc`` of its pooled activation on images with the concept against images
     without, ``raised`` where it reaches ``CONFIRM_AUC``; ``concept_rise``: the mean difference), and does zeroing it lower the class probability more
     with the concept than without (``drop_with``, ``drop_without``)? ``reliance_removed`` is the log odds
@@ -650,10 +650,10 @@ def concept_tests(
         "log_odds": reliance,
         "relies": reliance >= math.log(RELIANCE_ODDS),
     }
-    if scattered:  # the concept's shape control: the same views with its pixels scattered
-        p_scattered = class_probability(model, scattered, class_index)
-        over = log_odds_ratio(p_with, p_scattered)
-        result.update(scattered=p_scattered, log_odds_scattered=log_odds_ratio(p_scattered, p_without), log_odds_over_scattered=over)
+    if control:  # the same views with the concept's colours without its shape (``drawn.control``)
+        p_control = class_probability(model, control, class_index)
+        over = log_odds_ratio(p_with, p_control)
+        result.update(control=p_control, log_odds_control=log_odds_ratio(p_control, p_without), log_odds_over_control=over)
         result["relies"] = result["relies"] and over >= math.log(SHAPE_ODDS)
     specs = list({unit.spec.name: unit.spec for unit in [*units, *peers]}.values())
     scores_with, scores_without = unit_scores(model, with_concept, specs), unit_scores(model, without, specs)

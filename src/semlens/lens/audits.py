@@ -214,14 +214,15 @@ def drawn_spurious(spurious: Sequence[str], spurious_images: Sequence) -> bool:
 
 class DrawnTest(NamedTuple):
     """A concept test of semlens's drawings (``_drawn_test``): its images, what was drawn in words, views of the
-    class's own images (its rise of each unit alone), the colour drawn, the views with its pixels scattered (its
-    shape control: ``drawn.scattered``; none for a colour cast) and the concept's name."""
+    class's own images (its rise of each unit alone), the colour drawn, the views with its control (its colours
+    without its shape: ``drawn.control``; none for a colour cast) and that in words, and the concept's name."""
 
     concept: ConceptImages
     said: str
     own: list[Image.Image]
     colour: str
-    scattered: list[Image.Image]
+    control: list[Image.Image]
+    control_said: str
     name: str
 
 
@@ -237,7 +238,7 @@ def _drawn_test(lens: Lens, class_index: int, text: str, layer: str) -> DrawnTes
     a drawn concept (``drawn_spurious``). None where the model or the probe data cannot be read (said in a warning:
     the audit is by alignment alone)."""
     from ..data.memory import MemoryData
-    from ..interventions.drawn import drawn_concept, named_concept, scattered, strongest_variant
+    from ..interventions.drawn import control, drawn_concept, named_concept, strongest_variant
     from ..interventions.effects import ConceptImages, class_targets, pasted_in_turn, predict
 
     try:
@@ -259,25 +260,26 @@ def _drawn_test(lens: Lens, class_index: int, text: str, layer: str) -> DrawnTes
     why = "" if not runners_up else f", of {len(probabilities)} colours the one that raises the class's probability most; next {', '.join(runners_up)}"
     said = f"{concept.name}s semlens drew ({colour}{why}) pasted into {len(kept)} probe images of other classes"
     concept_images = ConceptImages(MemoryData(kept, data.classes), artifact=concept.variants[colour])
-    control = scattered(concept.variants[colour], kept[0][0].size)
-    scattered_views = pasted_in_turn(control, [view for view, _ in kept]) if control else []
-    return DrawnTest(concept_images, said, _class_views(lens, model, data, class_index, layer), colour, scattered_views, concept.name)
+    drawn_control = control(concept.name, concept.variants[colour], kept[0][0].size)
+    control_views, control_said = (pasted_in_turn(drawn_control[0], [view for view, _ in kept]), drawn_control[1]) if drawn_control else ([], "")
+    own = _class_views(lens, model, data, class_index, layer)
+    return DrawnTest(concept_images, said, own, colour, control_views, control_said, concept.name)
 
 
-def _shape_said(reliance: dict, name: str) -> str:
-    """What a drawn test's shape control found, in words: whether the drawing's pixels scattered (the same colours
-    without its shape) raise the class as much as the drawing does (``concept_tests``' ``scattered``)."""
+def _control_said(reliance: dict, control: str, name: str) -> str:
+    """What a drawn test's control (``control``, in words: ``drawn.control``) found: whether it raises the class as
+    much as the drawing does (``concept_tests``' ``control``)."""
     from ..interventions.effects import RELIANCE_ODDS
 
-    scattered = reliance.get("log_odds_scattered")
-    if scattered is None:
+    found = reliance.get("log_odds_control")
+    if found is None:
         return ""
-    said = "; its pixels scattered (its colours without its shape)"
+    said = f"; its control ({control})"
     if reliance["log_odds"] < math.log(RELIANCE_ODDS):
-        return f"{said}: log-odds {scattered:+.2f}"
+        return f"{said}: log-odds {found:+.2f}"
     if reliance["relies"]:
-        return f"{said} raise the class less: log-odds {scattered:+.2f}"
-    return f"{said} raise the class as much or more (log-odds {scattered:+.2f}): it answers to the colour, not to a {name}"
+        return f"{said} raises the class less: log-odds {found:+.2f}"
+    return f"{said} raises the class as much or more (log-odds {found:+.2f}): it answers to the colour, not to a {name}"
 
 
 def _class_views(lens: Lens, model: LoadedModel, data: ImageData, class_index: int, layer: str) -> list[Image.Image]:
@@ -377,7 +379,7 @@ def _test_findings(
         result.reliance, tests = concept_tests(
             model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers,
             result.rule.locate_share, result.rule.locate_enough, shifts, localities, drawn.own if drawn else (),
-            drawn.scattered if drawn else (),
+            drawn.control if drawn else (),
         )
     shown = concept.shown_classes(model)
     if shown is not None:  # the class's own images among those that show the concept: their class raises it too
@@ -385,7 +387,7 @@ def _test_findings(
     for unit, test in zip([*units, *untested], tests):
         unit.test = test
     if drawn:
-        result.reliance["drawn"] = drawn.said + _shape_said(result.reliance, drawn.name)
+        result.reliance["drawn"] = drawn.said + _control_said(result.reliance, drawn.control_said, drawn.name)
     result.revise_by_test()
     if len(names) == 1 and (result.detectors or not drawn):
         remember_pasted(lens, names[0], concept.placements, without[0].size, result.detectors, drawn.colour if drawn else None)
