@@ -231,7 +231,8 @@ def _drawn_test(lens: Lens, class_index: int, text: str, layer: str) -> DrawnTes
     drawn in words, and views of the class's own images: up to ``DRAWN_TEST_IMAGES`` probe images spread over the
     probe data, those labelled (or, unlabelled, predicted) as the class left out, since the class's own images may
     show the concept already (the model learnt it from them) and would read as images without it; pasted with the
-    variant (colour) of the drawing that raises the class's probability most (``drawn.strongest_variant``). The
+    variant (colour) of the drawing that raises the class's probability most (``drawn.strongest_variant``), and the
+    same views with its control (its colours without its shape: ``drawn.control``), which a reliance must beat. The
     class's own images (up to ``DRAWN_CLASS_IMAGES`` of its top samples by relevance in ``layer``) measure only
     how much the class raises each unit, against which a detector must be raised by the drawing (``concept_tests``'
     ``own``): a unit of the class's content that a drawing of its colour nudges is no detector of it. ``text`` names
