@@ -550,3 +550,21 @@ def test_a_network_wrapped_with_its_normalisation_gets_relevance_crops_and_a_sec
     with pytest.warns(UserWarning, match=r"normalises its input itself \(its first module, '0'\) and its preprocessing does too"):
         build_lens(model=wrapped, preprocessing=TINY_PREPROCESSING, layers=["1.features.3"], data=images, foundation=foundation, k=3,
                    out=tmp_path / "twice.lens", progress=False, workers=0, class_relevance=False)
+
+
+def test_a_drawn_test_views_the_probe_images_once_where_the_model_resizes_before_it_crops(tmp_path, foundation) -> None:
+    """A drawn test pastes its drawing and its control into the model's views of probe images, viewed once: a view
+    viewed again is zoomed a second time where the model resizes to more than it crops (36 then 32 px here)."""
+    from semlens.lens.audits import _drawn_test
+
+    labelled = colour_images(12)
+    data = load_data(labelled, classes=["red", "green", "blue"])
+    lens = build_lens(model=TinyCNN().eval(), preprocessing=TINY_PREPROCESSING, layers=LAYERS, data=data, foundation=foundation, k=3, out=tmp_path / "l.lens", progress=False, workers=0)
+    model = lens.sources.model()
+    assert model.preprocessing.resize != model.preprocessing.input_size
+    drawn = _drawn_test(lens, 0, "frame", LAYERS[0])
+    without, with_frame = drawn.concept.views(model)
+    others = {model.preprocessing.view(image).tobytes() for image, label in labelled if label != 0}
+    assert len(without) == len(others) and all(view.tobytes() in others for view in without)
+    assert all(view.size == without[0].size for view in with_frame)
+    assert drawn.control and all(placement.overlay(*without[0].size).size == without[0].size for placement in drawn.control)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from .._util.errors import DataError, SemlensError
+from .._util.fingerprint import hash_json
 
 
 HIGH_DEPTH_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": None, "F": None}
@@ -87,6 +88,30 @@ class ImageData(ABC):
     @abstractmethod
     def fingerprint(self) -> str:
         """Changes whenever the samples (their order, names or content) change."""
+
+
+class Subset(ImageData):
+    """Some of ``data``'s samples, by index, read from it when asked: images chosen among the probe data for a concept
+    test, which views them as it views any data (viewing the model's views again would zoom them twice)."""
+
+    def __init__(self, data: ImageData, indices: Sequence[int]) -> None:
+        self.data, self.indices = data, list(indices)
+        self.spec, self.classes = f"{data.spec} ({len(self.indices)} of its samples)", data.classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, index: int) -> Image.Image:
+        return self.data.load(self.indices[index])
+
+    def label(self, index: int) -> int | None:
+        return self.data.label(self.indices[index])
+
+    def describe(self, index: int) -> str:
+        return self.data.describe(self.indices[index])
+
+    def fingerprint(self) -> str:
+        return hash_json({"data": self.data.fingerprint(), "indices": self.indices})
 
 
 #: the smallest side an image may have: below it (a 1x1 pixel, a broken thumbnail) the model sees one

@@ -214,14 +214,15 @@ def drawn_spurious(spurious: Sequence[str], spurious_images: Sequence) -> bool:
 
 class DrawnTest(NamedTuple):
     """A concept test of semlens's drawings (``_drawn_test``): its images, what was drawn in words, views of the
-    class's own images (its rise of each unit alone), the colour drawn, the views with its control (its colours
-    without its shape: ``drawn.control``; none for a colour cast) and that in words, and the concept's name."""
+    class's own images (its rise of each unit alone), the colour drawn, its control (its colours without its shape, pasted
+    into the test's views as the drawing is: ``drawn.control``; none for a colour cast) and that in words, and the
+    concept's name."""
 
     concept: ConceptImages
     said: str
     own: list[Image.Image]
     colour: str
-    control: list[Image.Image]
+    control: tuple[Artifact, ...]
     control_said: str
     name: str
 
@@ -238,33 +239,34 @@ def _drawn_test(lens: Lens, class_index: int, text: str, layer: str) -> DrawnTes
     ``own``): a unit of the class's content that a drawing of its colour nudges is no detector of it. ``text`` names
     a drawn concept (``drawn_spurious``). None where the model or the probe data cannot be read (said in a warning:
     the audit is by alignment alone)."""
-    from ..data.memory import MemoryData
+    from ..data.base import Subset
     from ..interventions.drawn import control, drawn_concept, named_concept, strongest_variant
-    from ..interventions.effects import ConceptImages, class_targets, pasted_in_turn, predict
+    from ..interventions.effects import ConceptImages, class_targets, predict
 
     try:
         model, data = lens.sources.model(), lens.sources.probe_data
     except SemlensError as error:  # a received Lens without its model or data: judged by alignment alone
         warn_caller(f"no concept test: testing {text!r} on the {named_concept(text)[0]}s semlens draws needs the model under study and the probe data: {error}")
         return None
-    candidates = [(view, data.label(index)) for index, view in decoded(data, spread(len(data), DRAWN_CANDIDATES), model.preprocessing.view)]
-    views = [view for view, _ in candidates]
-    labelled = class_targets(model, MemoryData(candidates, data.classes), [label for _, label in candidates]) if candidates else None
+    candidates = decoded(data, spread(len(data), DRAWN_CANDIDATES), model.preprocessing.view)
+    views = [view for _, view in candidates]
+    labelled = class_targets(model, data, [data.label(index) for index, _ in candidates]) if candidates else None
     classes = labelled if labelled is not None else (predict(model, views).argmax(dim=1) if views else torch.empty(0))
     kept = [candidate for candidate, of_class in zip(candidates, classes.tolist()) if of_class != class_index][:DRAWN_TEST_IMAGES]
     if not kept:
         warn_caller(f"no concept test of {text!r}: no probe image of another class than the audited one could be read")
         return None
-    concept = drawn_concept(text, kept[0][0].size)
-    colour, probabilities = strongest_variant(model, [view for view, _ in kept], class_index, concept)
+    size = kept[0][1].size
+    concept = drawn_concept(text, size)
+    colour, probabilities = strongest_variant(model, [view for _, view in kept], class_index, concept)
     runners_up = sorted((name for name in probabilities if name != colour), key=lambda name: -probabilities[name])[:2]
     why = "" if not runners_up else f", of {len(probabilities)} colours the one that raises the class's probability most; next {', '.join(runners_up)}"
     said = f"{concept.name}s semlens drew ({colour}{why}) pasted into {len(kept)} probe images of other classes"
-    concept_images = ConceptImages(MemoryData(kept, data.classes), artifact=concept.variants[colour])
-    drawn_control = control(concept.name, concept.variants[colour], kept[0][0].size)
-    control_views, control_said = (pasted_in_turn(drawn_control[0], [view for view, _ in kept]), drawn_control[1]) if drawn_control else ([], "")
+    # the probe images themselves, which the test views as the model does (as the views above were made)
+    concept_images = ConceptImages(Subset(data, [index for index, _ in kept]), artifact=concept.variants[colour])
+    drawn_control, control_said = control(concept.name, concept.variants[colour], size) or ((), "")
     own = _class_views(lens, model, data, class_index, layer)
-    return DrawnTest(concept_images, said, own, colour, control_views, control_said, concept.name)
+    return DrawnTest(concept_images, said, own, colour, drawn_control, control_said, concept.name)
 
 
 def _control_said(reliance: dict, control: str, name: str) -> str:
@@ -360,7 +362,7 @@ def _test_findings(
     one pasted), with the units the test found detect it: a search for it then names those first and ranks the
     others as this test does (``semlens.lens.concepts``); semlens's drawings (``drawn``: said in ``result.reliance``,
     with the class's own images that measure its rise alone) only where the test found units detect them."""
-    from ..interventions.effects import concept_tests
+    from ..interventions.effects import concept_tests, pasted_in_turn
 
     model = lens.sources.model()
     without, with_concept, classes = concept.views_and_classes(model)
@@ -380,7 +382,7 @@ def _test_findings(
         result.reliance, tests = concept_tests(
             model, without, with_concept, class_index, tested, saes, concept.artifact is not None, classes, region, peers,
             result.rule.locate_share, result.rule.locate_enough, shifts, localities, drawn.own if drawn else (),
-            drawn.control if drawn else (),
+            pasted_in_turn(drawn.control, without) if drawn and drawn.control else (),
         )
     shown = concept.shown_classes(model)
     if shown is not None:  # the class's own images among those that show the concept: their class raises it too
