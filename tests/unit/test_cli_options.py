@@ -85,3 +85,25 @@ def test_a_table_wider_than_the_terminal_wraps_between_words_and_keeps_every_col
         assert all(len(line) <= width for line in lines) and all(line.endswith(("┓", "┃", "┩", "│", "┘")) for line in lines)
         if width == 80:  # room for every header's words
             assert all(column.split()[0] in "\n".join(lines[:4]) for column in columns)
+
+
+def test_a_table_too_wide_for_its_words_leaves_out_its_optional_columns_and_says_which() -> None:
+    """`semlens audit` piped (80 columns) folded its numbers over lines ("0.11|6" for 0.116) in 11 columns: the columns
+    a narrow terminal may lose go, in their order, until every word fits, and the caption names them."""
+    from rich.console import Console
+
+    from semlens.cli import _app
+
+    columns = ("unit", "verdict", "relevance", "z_valid", "z_spur", "a_valid", "a_spur", "concept test", "examples")
+    rows = [("features.14/53", "spurious", 0.116, 2.72, 10.61, -0.007, -0.001, "unconfirmed (AUC 0.72)", "probe/000411 (star), probe/000003 (star)")]
+    for width, left_out in ((80, ["a_valid", "a_spur", "examples"]), (200, [])):
+        console = Console(width=width, record=True)
+        _app.console = console
+        try:
+            console.print(_app.table("audit", columns, rows, ("a_valid", "a_spur", "examples", "z_valid")))
+        finally:
+            _app.console = Console(emoji=False)
+        text = console.export_text()
+        assert all(f" {value} " in text for value in ("features.14/53", "0.116", "10.61"))  # whole, on one line
+        assert all((f" {column} " not in text) == (column in left_out) for column in ("z_valid", "a_valid", "a_spur"))
+        assert ("left out at this width: " + ", ".join(left_out) in " ".join(text.split())) == bool(left_out)

@@ -183,16 +183,26 @@ def friendly(command: Callable) -> Callable:
     return wrapper
 
 
-def table(title: str | None, columns: tuple[str, ...], rows: list[tuple]) -> Table:
-    """A rich table; numbers are right-aligned; cell text is shown as written (no markup)."""
+def table(title: str | None, columns: tuple[str, ...], rows: list[tuple], optional: tuple[str, ...] = ()) -> Table:
+    """A rich table; numbers are right-aligned; cell text is shown as written (no markup). Where the terminal is too
+    narrow for every column's longest word (a number folded over lines reads as two), the ``optional`` columns are left
+    out in their order until the rest fit, and the caption names them."""
     numeric = [all(isinstance(row[i], (int, float)) for row in rows) and bool(rows) for i in range(len(columns))]
     cells = [[printable(str(value)) for value in row] for row in rows]
-    result = Table(title=None if title is None else escape(printable(title)))
-    widths = column_widths([[column, *(row[i] for row in cells)] for i, column in enumerate(columns)], console.width - 3 * len(columns) - 1)
-    for column, right, width in zip(columns, numeric, widths):  # a narrow terminal wraps names, never cuts them
-        result.add_column(escape(column), justify="right" if right else "left", overflow="fold", width=width)
+    texts = [[column, *(row[i] for row in cells)] for i, column in enumerate(columns)]
+    kept = list(range(len(columns)))
+    for name in optional:
+        if sum(max((len(word) for text in texts[i] for word in text.split()), default=1) for i in kept) <= console.width - 3 * len(kept) - 1:
+            break
+        kept.remove(columns.index(name))
+    left_out = [column for i, column in enumerate(columns) if i not in kept]
+    caption = f"left out at this width: {', '.join(left_out)} (a wider terminal or --json shows them)" if left_out else None
+    result = Table(title=None if title is None else escape(printable(title)), caption=caption and escape(caption))
+    widths = column_widths([texts[i] for i in kept], console.width - 3 * len(kept) - 1)
+    for i, width in zip(kept, widths):  # a narrow terminal wraps names, never cuts them
+        result.add_column(escape(columns[i]), justify="right" if numeric[i] else "left", overflow="fold", width=width)
     for row in cells:
-        result.add_row(*(escape(value) for value in row))
+        result.add_row(*(escape(row[i]) for i in kept))
     return result
 
 

@@ -208,7 +208,8 @@ def audit(
         for u in result.units
     ]  # fmt: skip
     columns = ("unit", "verdict", "by its responses", "relevance", "z_valid", "z_spur", "tight shift", "a_valid", "a_spur", "concept test", "examples")
-    console.print(table(f"audit of {shown_class(result.class_name)}", columns, rows))
+    narrow_first = ("a_valid", "a_spur", "tight shift", "examples", "z_valid", "by its responses")  # what a narrow terminal leaves out first
+    console.print(table(f"audit of {shown_class(result.class_name)}", columns, rows, narrow_first))
     if page:
         say(f"scatter plot: {page}")
 
