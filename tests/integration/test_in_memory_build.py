@@ -568,3 +568,21 @@ def test_a_drawn_test_views_the_probe_images_once_where_the_model_resizes_before
     assert len(without) == len(others) and all(view.tobytes() in others for view in without)
     assert all(view.size == without[0].size for view in with_frame)
     assert drawn.control and all(placement.overlay(*without[0].size).size == without[0].size for placement in drawn.control)
+
+
+def test_a_report_of_a_lens_whose_images_are_out_of_reach_names_their_sources(built, foundation, tiny_clip_dir, tmp_path) -> None:
+    """A Lens built from images in memory, opened by path, cannot read its examples' images again: its report (Python
+    and command line) is written all the same, naming each example's source in place of its picture, and says why."""
+    from typer.testing import CliRunner
+
+    from semlens.cli import app
+    from semlens.report.html import write_report
+
+    _, out = built
+    page = write_report(Lens.open(out, foundation=foundation), tmp_path / "report.html").read_text()
+    assert "<td>example images</td><td>not shown (their sources are named instead): this Lens was built from the data passed in memory" in page
+    assert "data:image/jpeg" not in page and "sample 0" in page
+    shown = CliRunner().invoke(app, ["report", str(out), "--foundation", f"hf:{tiny_clip_dir}", "--out", str(tmp_path / "cli.html")])
+    assert shown.exit_code == 0, shown.output
+    assert (tmp_path / "cli.html").exists() and "the report names its concept examples' sources, without their images" in " ".join(shown.output.split())
+

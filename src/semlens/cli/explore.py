@@ -15,7 +15,7 @@ from ..analysis.measures import EXTREMES, TYPICAL_PAIR
 from ..lens.search import SearchResults
 from ..lens.sources import data_described
 from ..model.imagenet import shown_class
-from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, errors, friendly, labelled_to_show, open_lens, parent_made, rounded, say, say_if_left_out, table
+from ._app import AsJson, Foundation, Model, ProbeData, Space, Trust, app, console, emit_json, errors, friendly, labelled_to_show, open_lens, parent_made, printable, rounded, say, say_if_left_out, table
 from .validate import ConceptArtifact, ConceptAt, ConceptMask, ConceptTint, NoDraw, SpuriousData, TestAll, TestData, concept_test, drawable
 
 Vocabulary = typer.Option(None, "--vocabulary", "-v", help="Concepts: .txt (one per line), .toml/.json (category -> concepts), or builtin; default: the foundation model's own concepts where it names them (the concept world's), else builtin.")
@@ -458,7 +458,7 @@ def report(
     concept test, as `semlens audit`, or without them on semlens's drawings of a --spurious concept it draws; and
     --graph their attribution graphs); with --compare, a comparison."""
     from .._util.errors import SemlensError
-    from ..report.html import write_report
+    from ..report.html import images_missing, write_report
 
     opened = open_lens(lens, trust, probe_data, foundation, model)
     classes = class_name or []
@@ -493,3 +493,5 @@ def report(
         emit_json({"html": str(target), "audits": [audit.to_dict() for audit in audits], "graphs": len(graphs), "compared_with": str(compare) if compare else None})
         return
     say(f"report: {target}")
+    if (missing := images_missing(opened)) is not None:
+        errors.print(f"note: the report names its concept examples' sources, without their images: {printable(missing.on_the_command_line())}", markup=False)

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from .._util.errors import SemlensError
 from ..lens.lens import Lens
 from ..lens.sources import data_described
 from ..model.imagenet import shown_class
@@ -66,11 +67,26 @@ def example_thumbnails(
     return "".join(f'<img src="{thumbnail(firing_picture(lens, unit, example, by), size)}" {_title(example)}>' for example in examples)
 
 
-def _unit_rows(lens: Lens, units: list[tuple[str, str]]) -> str:
+def images_missing(lens: Lens) -> SemlensError | None:
+    """Why the Lens's concept examples cannot be pictured (its probe data out of reach: data passed in memory, a moved
+    folder, a Lens from someone else opened without it), or None: pages then name the examples' sources instead."""
+    try:
+        lens.sources.probe_data  # noqa: B018 (loaded, checked against its fingerprint, kept)
+    except SemlensError as error:
+        return error
+    return None
+
+
+def _unit_rows(lens: Lens, units: list[tuple[str, str]], pictured: bool = True) -> str:
     """One line per unit: name, a note (label, measure), its first concept examples and, where the crops
-    were cut from heatmaps, the first examples' heatmaps over their full views."""
+    were cut from heatmaps, the first examples' heatmaps over their full views; the examples' sources where they
+    cannot be ``pictured``."""
     rows = []
     for unit, note in units:
+        if not pictured:
+            sources = ", ".join(example.source for example in lens.examples.concept_examples(unit)[:EXAMPLES_SHOWN])
+            rows.append(f'<div class="unit"><span class="name">{html.escape(unit)}<br><small>{html.escape(note)}</small></span><small>{html.escape(sources)}</small></div>')
+            continue
         layer, row = lens.units.index(unit)
         heatmaps = lens.arrays.heatmaps(layer)
         overlays = []
@@ -122,6 +138,8 @@ def write_report(
     (from ``Lens.audit``), ``comparison`` (``Lens.compare`` against the Lens called ``other_name``) and
     ``graphs`` (``Lens.attribution_graph``) each add their sections at the end."""
     labelled = lens.labels.ensure()  # a space of images only: a report without labels
+    unpictured = images_missing(lens)
+    pictured = unpictured is None
     overview = lens.overview()
     labels = {unit: lens.labels.label_of(unit) for unit in overview.units}
     measured, measures, least_clear, most_poly, unlabelled = lens.measures(), {}, [], [], []
@@ -147,6 +165,7 @@ def write_report(
                 ", ".join(f"{layer}: {int(lens.arrays.inactive(layer).sum())} inactive, {int(lens.arrays.tied(layer).sum())} tied" for layer in lens.layers),
             ),
             ("labels", _labels_meta(lens)),
+            *([] if pictured else [("example images", f"not shown (their sources are named instead): {unpictured}")]),
         ]
     )
     page = f"""<!DOCTYPE html>
@@ -162,12 +181,12 @@ def write_report(
 {_figure_html(_histograms(measures), include_plotlyjs=False)}
 <p>{html.escape(_redundancy_scale(measures))}</p>
 <h2>Least clear units</h2>
-{_unit_rows(lens, least_clear)}
+{_unit_rows(lens, least_clear, pictured)}
 <h2>Most polysemantic units</h2>
-{_unit_rows(lens, most_poly)}
+{_unit_rows(lens, most_poly, pictured)}
 <h2>Unexpected units (no concept sets them apart from their layer)</h2>
-{_unit_rows(lens, unlabelled) or ("<p>none: every valid unit shows a concept</p>" if labelled else NO_TEXT)}
-{_extra_sections(lens, audits, comparison, graphs, other_name)}
+{_unit_rows(lens, unlabelled, pictured) or ("<p>none: every valid unit shows a concept</p>" if labelled else NO_TEXT)}
+{_extra_sections(lens, audits, comparison, graphs, other_name, pictured)}
 </body></html>
 """
     target = Path(out)
@@ -200,12 +219,13 @@ def _extra_sections(
     comparison: Comparison | None,
     graphs: Sequence[AttributionGraph],
     other_name: str | None,
+    pictured: bool = True,
 ) -> str:
     parts = [
         audit_section(
             audit,
-            _figure_html(audit_figure(lens, audit, thumbnails=True), include_plotlyjs=False),
-            _unit_rows(lens, flagged_units(audit)),
+            _figure_html(audit_figure(lens, audit, thumbnails=pictured), include_plotlyjs=False),
+            _unit_rows(lens, flagged_units(audit), pictured),
         )
         for audit in audits
     ]
@@ -283,7 +303,10 @@ def _test_verdict(unit) -> str:
 
 
 def write_audit_html(lens: Lens, audit, out: str | Path) -> Path:
-    """A self-contained page: the audit scatter with a hover panel of concept examples, shares and the table."""
+    """A self-contained page: the audit scatter with a hover panel of concept examples (where they can be pictured:
+    ``images_missing``), shares and the table."""
+    missing = images_missing(lens)
+    pictured = missing is None
     rows = "".join(
         f"<tr><td>{html.escape(unit.unit)}</td><td>{unit.verdict}</td><td>{html.escape(unit.responses_label or '-')}</td><td>{unit.relevance:.3f}</td>"
         f"<td>{unit.z_valid:.2f}</td><td>{unit.z_spur:.2f}</td><td>{'-' if unit.tight_shift is None else f'{unit.tight_shift:.2f}'}</td>"
@@ -296,8 +319,8 @@ def write_audit_html(lens: Lens, audit, out: str | Path) -> Path:
 <style>{STYLE} #hovered img {{ width: 72px; margin: 2px; }} td {{ padding: 2px 10px; }}</style></head><body>
 <h1>Audit of class {html.escape(shown_class(audit.class_name))}</h1>
 {audit_summary(audit)}
-{_figure_html(audit_figure(lens, audit), include_plotlyjs=True)}
-<div id="hovered"><i>hover a point to see the unit's concept examples</i></div>
+{_figure_html(audit_figure(lens, audit, thumbnails=pictured), include_plotlyjs=True)}
+<div id="hovered"><i>{"hover a point to see the unit's concept examples" if pictured else html.escape(f"no concept examples shown: {missing}")}</i></div>
 <h2>Units</h2><table><tr><th>unit</th><th>verdict</th><th>by its responses</th><th>relevance</th><th>z_valid</th><th>z_spur</th><th>tight shift</th><th>a_valid</th><th>a_spur</th><th>concept test</th></tr>{rows}</table>
 {HOVER_SCRIPT}
 </body></html>

@@ -20,6 +20,7 @@ from .._util.errors import AskedInEachFace, SemlensError
 from ..lens.examples import ConceptExample
 from ..lens.lens import Lens
 from ..model.imagenet import shown_class
+from ..report.html import images_missing
 from ..store.files import LensFileError
 from ..store.trust import display_spec
 from .thumbnails import ThumbnailCache
@@ -75,11 +76,8 @@ class Served:
         """Why the concept examples' images cannot be shown (the probe data out of reach: a received Lens served
         without it, a moved folder), or None; asked once: the pages then show the examples' sources instead of
         requesting every thumbnail (about 80 failed requests a page before)."""
-        try:
-            self.lens.sources.probe_data  # noqa: B018 (loaded, checked against its fingerprint, kept)
-        except SemlensError as error:
-            return said(error)
-        return None
+        missing = images_missing(self.lens)
+        return None if missing is None else said(missing)
 
     def remember(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per key (concurrent askers wait for the first); failures are not remembered."""
