@@ -137,3 +137,18 @@ def test_units_that_never_fire_or_never_differ_are_inactive() -> None:
     assert inactive_units(scores).tolist() == [False, True, True, True, False, False]
     # one example per unit (k = 1): one score shows whether a unit fired, not whether it is constant
     assert inactive_units(scores[:, :1]).tolist() == [False, True, True, False, False, False]
+    # the scores of a vector output are its values (a logit below zero on every image still ranks them): only equal ones
+    assert inactive_units(scores, values=True).tolist() == [False, False, True, True, False, False]
+
+
+def test_a_logit_below_zero_on_every_probe_image_keeps_its_examples(tmp_path, colour_folder, tiny_clip_dir) -> None:
+    """A classifier's head scored a class below zero on every image: the build marked it inactive ("never fired"), its
+    examples arbitrary, and advised reading the activation after it or max pooling, neither of which a logit has."""
+    from semlens import BuildConfig, build_lens
+
+    config = BuildConfig(model="py:tiny_models:tiny_cnn", layers=["head"], data=f"folder:{colour_folder}", foundation=f"hf:{tiny_clip_dir}", k=3, workers=0)
+    lens = build_lens(config, tmp_path / "head.lens", progress=False)
+    scores = lens.arrays.scores("head")
+    below = (scores[:, 0] <= 0).nonzero().flatten().tolist()
+    assert below, "the tiny CNN's head should score some class below zero on every image"
+    assert not lens.arrays.inactive("head")[below].any()

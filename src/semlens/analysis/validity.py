@@ -8,12 +8,15 @@ from __future__ import annotations
 import torch
 
 
-def inactive_units(scores: torch.Tensor) -> torch.Tensor:
+def inactive_units(scores: torch.Tensor, values: bool = False) -> torch.Tensor:
     """Units whose top-k ``scores`` ``[U, k]`` never told samples apart, so that their examples are arbitrary:
-    they never fired (no positive score on any sample) or their kept scores are all equal (with k = 1 a single
-    score cannot show that: only units that never fired are inactive then)."""
+    their kept scores are all equal, or they never fired (no positive score on any sample: a rectified map that stays
+    at zero, relevance that never favours the class). Scores that are the units' ``values`` (a vector output: a logit,
+    a linear layer's neuron) rank samples whatever their sign: a logit below zero on every probe image still tells
+    them apart, so only equal scores make such a unit inactive. With k = 1 a single score cannot show that: only units
+    that never fired are inactive then."""
     constant = scores[:, 0] == scores[:, -1] if scores.shape[1] > 1 else torch.zeros_like(scores[:, 0], dtype=torch.bool)
-    return (scores[:, 0] <= 0) | constant
+    return constant if values else (scores[:, 0] <= 0) | constant
 
 
 def arbitrary_slots(scores: torch.Tensor) -> torch.Tensor:

@@ -140,7 +140,7 @@ class CollectStage:
         shift_images = None
         for spec in context.specs:
             topk = results[spec.name]
-            inactive = inactive_units(topk.scores)
+            inactive = inactive_units(topk.scores, values=topk.maps is None)  # a vector output's scores are its values
             store.write_tensors(layer_file(spec.name, "topk"), {**topk.state(), "inactive": inactive})
             base_units = topk.units // 2 if spec.signed else topk.units
             context.manifest["layers"][spec.name] = {

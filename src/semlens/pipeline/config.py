@@ -336,10 +336,10 @@ class BuildSummary:
             if layer.inactive_units:
                 found.append(
                     f"layer {layer.name}: {layer.inactive_units} of {layer.units} units never fired or were constant on this data (their "
-                    f"top-k scores are all equal or none is positive); their concept examples are arbitrary and marked inactive"
+                    f"top-k scores are all equal{'' if layer.output == 'vector' else ' or none is positive'}); their concept examples are arbitrary and marked inactive"
                     + (f"; scores are {layer.pool}-pooled maps, so a layer read before its activation (a convolution before its ReLU) "
                        f"can score no sample above zero where it fires in places: read the activation after it, or "
-                       f"{asked('pool=' + repr('max'), '--pool max')}" if layer.pool == "mean" else "")
+                       f"{asked('pool=' + repr('max'), '--pool max')}" if layer.pool == "mean" and layer.output != "vector" else "")
                 )
             if layer.tied_units:
                 crowded = self.k * 4 > self.samples - self.failed
