@@ -257,7 +257,7 @@ def test_a_text_naming_a_concept_shown_to_the_lens_is_ranked_by_its_images_in_th
     # a search for it draws the logo again in that colour (as a drawn search does), the audit's detectors first
     again = lens.search("red logo", top=3)
     assert again.rank == "model" and again[0].unit == by_name[1].unit and again.concept == "red logo"
-    assert "logos semlens drew (red), the colour an audit tested, the units it found detect them first" in again.ranking()
+    assert "logos semlens drew (red), the colour an audit tested" in again.ranking() and "; first the units an audit found detect it" in again.ranking()
     remember(lens, "red logo", [Image.fromarray(overlay)])  # the user's own images replace the drawings
     assert recall(lens, ["red logo"]).drawn is None and forget(lens, "red logo")
     # a concept file that is not what semlens writes (a Lens may come from anyone) is refused before it is read
@@ -310,7 +310,7 @@ def test_a_text_naming_a_concept_semlens_draws_is_ranked_by_the_models_response_
     monkeypatch.setattr(searching, "_named_units", lambda *args: [(raised.layer, raised.index), (unraised.layer, unraised.index)])
     fused = lens.search("white frame", top=3)
     assert fused.named_first and [hit.unit for hit in fused] == [raised.unit, *(hit.unit for hit in white[:2])]
-    assert "query first where it raises them" in fused.ranking() and not lens.search("white frame", rank="model", top=3).named_first
+    assert "the query, where it raises them" in fused.ranking() and not lens.search("white frame", rank="model", top=3).named_first
     wrong = Lens.open(patch_lens_path, model="py:tiny_models:tiny_cnn")  # without its model: the foundation model's view, said
     assert wrong.search("white frame", top=1).rank == "named"
     assert any("not by the model's response to the frames semlens draws" in str(warning.message) for warning in recwarn)

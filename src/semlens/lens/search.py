@@ -91,6 +91,8 @@ class SearchResults(HtmlResult, list):
         self.concept = concept  # ranked by the images of this concept shown to the Lens (semlens.lens.concepts) or drawn, where a text named it
         self.drawn = drawn  # what semlens drew of the concept, in words (interventions.drawn), where it drew it
         self.named_first = False  # ranked by the model, the units the text names (as "named" does) first where it raises them
+        self.located_first = False  # ranked by the model, those of the LOCATED_AMONG best that fire where the concept is pasted first
+        self.detectors_first = False  # ranked by the model, the units an audit found detect the concept first
         self.note: str | None = None  # what a reader should know of the hits as a whole (no unit aligns with the text more than with nothing)
 
     def to_dict(self) -> list[dict[str, Any]]:
@@ -101,12 +103,21 @@ class SearchResults(HtmlResult, list):
         if self.rank is None:
             return "by similarity to the unit"
         if self.rank == "model":
-            named = ", the units whose best concept by their crop responses is the query first where it raises them" if self.named_first else ""
-            return f"by how much pasting {self.pasted()} into the Lens's probe images raises each unit in the model (score: activation AUC){named}"
+            firsts = [
+                phrase
+                for phrase, applies in (
+                    ("the units an audit found detect it", self.detectors_first),
+                    ("the units whose best concept by their crop responses is the query, where it raises them", self.named_first),
+                    (f"those of the {LOCATED_AMONG} best that fire where it is pasted", self.located_first),
+                )
+                if applies
+            ]
+            first = f"; first {', then '.join(firsts)}" if firsts else ""
+            return f"by how much pasting {self.pasted()} into the Lens's probe images raises each unit in the model (score: activation AUC){first}"
         if self.rank == "alignment" or all(hit.response is None for hit in self):
             return "by alignment with the probe"
         named = ", units whose best concept by their crop responses is the query first" if self.rank == "named" else ""
-        return f"by alignment with the probe and response together{named}"
+        return f"by alignment with the probe and response together (the lesser of the two, each standardised over the units: neither column alone orders them){named}"
 
     def pasted(self) -> str:
         """What a ranking by the model pasted, in words: a concept the Lens was shown, one semlens drew, or the probe."""
@@ -197,7 +208,7 @@ def search(
         if shown and shown.drawn:  # semlens's drawings an audit tested: drawn again in their colour, as a drawn search
             named = _named_units(lens, shown.name, chosen, examples) if by_default else []
             found = _rank_by_model(lens, [], chosen, top, examples, model, shown.name, shown.detectors, f"{shown.drawn} {shown.name}", named)
-            found.drawn = f"{found.drawn}, the colour an audit tested, the units it found detect them first"
+            found.drawn = f"{found.drawn}, the colour an audit tested"
             return found
         if shown:
             return _rank_by_model(lens, shown.images, chosen, top, examples, model, shown.name, shown.detectors)
@@ -279,7 +290,7 @@ def _rank_by_model(
     rows = _first(rows, sorted((row for row, owner in enumerate(owners) if owner in detected and scores[row].isfinite()), key=lambda row: -float(scores[row])))
     hits = [_search_hit(lens, *owners[row], float(scores[row]), examples) for row in rows[:top]]
     found = SearchResults(hits, by=examples, rank="model", concept=concept or (views.drawn.name if views.drawn else None), drawn=views.drawn and views.drawn.describe())
-    found.named_first = bool(named)
+    found.named_first, found.located_first, found.detectors_first = bool(named), views.regions is not None, bool(detectors)
     if views.drawn and len(views.drawn.variants) > 1 and hits:
         colours = list(views.drawn.variants)
         best = [colours[int(by_variant[hit.layer][:, hit.index].argmax())] for hit in hits]
