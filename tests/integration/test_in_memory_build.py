@@ -586,3 +586,12 @@ def test_a_report_of_a_lens_whose_images_are_out_of_reach_names_their_sources(bu
     assert shown.exit_code == 0, shown.output
     assert (tmp_path / "cli.html").exists() and "the report names its concept examples' sources, without their images" in " ".join(shown.output.split())
 
+
+
+def test_a_model_without_class_names_on_unlabelled_data_is_said_at_the_build_and_asked_by_index(tmp_path, foundation, images) -> None:
+    """A notebook's bare module on unlabelled images: its classes are its output indices. The build says so (an audit
+    by name failed later, saying only that the model has no class names), and the audit by name says how to name them."""
+    with pytest.warns(SemlensWarning, match=r"the model names no classes and the data has no labels: its classes are its output indices \(0 to 2\)"):
+        lens = build_lens(model=TinyCNN().eval(), preprocessing=TINY_PREPROCESSING, layers=LAYERS, data=images, foundation=foundation, k=3, out=tmp_path / "l.lens", progress=False, workers=0)
+    with pytest.raises(SemlensError, match=r"this model has no class names: give its output index, or name its outputs \(load_model\(module, classes=\[...\]\)"):
+        lens.audit("star", spurious=["stripes"])

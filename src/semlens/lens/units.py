@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._util.errors import SemlensError
 from ..model.imagenet import model_class_index
+from ..model.loading import NAME_OUTPUTS
 from ..model.units import unit_names
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ class LensUnits:
                 f"{name!r} is a class of the probe data, not of the model: its images were explained by the classes the model "
                 f"predicts for them; give a class of the model{f' (the data shows {shown})' if shown else ''}"
             )
-        hint = f"e.g. {shown or ', '.join((classes or [])[:5])}" if classes else "this model has no class names"
+        hint = f"e.g. {shown or ', '.join((classes or [])[:5])}" if classes else f"this model has no class names: give its output index, or name its outputs ({NAME_OUTPUTS}) and build again"
         raise SemlensError(f"unknown class {name!r}; give a class index or a class name ({hint})")
 
     def _shown_classes(self, most: int = 8) -> str:

@@ -305,6 +305,10 @@ def _load_state_file(module: nn.Module, path: str, valid: str) -> None:
 register_in_memory(MODELS, "Lens.open(LENS, model=MODEL), or --model SPEC on the command line")  # listed after the loadable forms
 
 
+#: how a model's outputs get their class names, in a message
+NAME_OUTPUTS = "load_model(module, classes=[...]) passed as model=, or a py: factory returning LoadedModel(..., classes)"
+
+
 class ClassMapping(NamedTuple):
     """How a data set's labels name the model's classes (``class_mapping``)."""
 
@@ -322,7 +326,11 @@ def class_mapping(model: LoadedModel, data) -> ClassMapping:
     mapping (its samples take their predicted class); None where no label has one (use predicted classes)."""
     if data.classes is None:
         if len(data) == 0 or data.label(0) is None:
-            return ClassMapping(None, "predicted classes (the data has no labels)")
+            unnamed = None if model.classes is not None else (
+                f"the model names no classes and the data has no labels: its classes are its output indices (0 to {model_outputs(model) - 1}), "
+                f"and an audit or explanation takes a class by index; name its outputs ({NAME_OUTPUTS}) to ask by name"
+            )  # fmt: skip
+            return ClassMapping(None, "predicted classes (the data has no labels)", unnamed)
         return ClassMapping(
             dict(enumerate(range(model_outputs(model)))), "labels (by index: the data names no classes)",
             "class relevance takes each label as the index of the model's output (the data names no classes): give classes= if they are not",
@@ -335,7 +343,7 @@ def class_mapping(model: LoadedModel, data) -> ClassMapping:
             return ClassMapping(
                 dict(enumerate(range(outputs))), "labels (by index: the model has no class names)",
                 f"the model names no classes: its {outputs} outputs take the data's class names in the data's order ({shown}); "
-                "name its outputs (load_model(module, classes=[...]), or a py: factory returning LoadedModel(..., classes)) if they are in another order", names=list(data.classes),
+                f"name its outputs ({NAME_OUTPUTS}) if they are in another order", names=list(data.classes),
             )  # fmt: skip
         if found is None:
             return unmatched(None, f"predicted classes ({len(data.classes)} data classes, {outputs} model outputs)")
