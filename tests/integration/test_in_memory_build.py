@@ -595,3 +595,17 @@ def test_a_model_without_class_names_on_unlabelled_data_is_said_at_the_build_and
         lens = build_lens(model=TinyCNN().eval(), preprocessing=TINY_PREPROCESSING, layers=LAYERS, data=images, foundation=foundation, k=3, out=tmp_path / "l.lens", progress=False, workers=0)
     with pytest.raises(SemlensError, match=r"this model has no class names: give its output index, or name its outputs \(load_model\(module, classes=\[...\]\)"):
         lens.audit("star", spurious=["stripes"])
+
+
+def test_an_audit_whose_shares_rest_on_few_images_of_the_class_says_so_in_every_face(tmp_path, foundation) -> None:
+    """The shares of a class seen on 4 probe images (of 12) are an average over those 4: the audit counts them and says
+    so (the JSON, the notebook's table, the report's summary), as it says a small null gives rough z-scores."""
+    from semlens.analysis.audit import MIN_CLASS_IMAGES
+
+    data = load_data(colour_images(12), classes=["red", "green", "blue"])
+    lens = build_lens(model=TinyCNN().eval(), preprocessing=TINY_PREPROCESSING, layers=LAYERS, data=data, foundation=foundation, k=3, out=tmp_path / "l.lens", progress=False, workers=0)
+    audit = lens.audit("red", spurious=["stripes"], draw=False)
+    assert audit.class_images == 4 < MIN_CLASS_IMAGES
+    said = "the shares rest on 4 probe images of the class (under 10)"
+    assert audit.few_class_images.startswith(said) and audit.to_dict()["class_images"] == 4 and audit.to_dict()["few_class_images"].startswith(said)
+    assert said in audit._repr_html_()

@@ -58,6 +58,9 @@ def layer_cut(channels: int, cut: float = AUDIT_CUT) -> float:
 Z_CUT = 3.0  # robust z above which a unit counts as aligned with a probe (see docs/record.md: "The audit's z cut")
 MARGIN = 1.0  # z units by which one kind of concept must beat the other for a one-sided verdict
 MIN_NULL = 10  # a null of fewer units gives rough z-scores: the audit says so
+#: a class's relevance shares averaged over fewer of its probe images than this are said to rest on few images: a
+#: unit's share may follow those images (their backgrounds, their one view of the class) more than the class
+MIN_CLASS_IMAGES = 10
 NULL_RULE = "robust z of the alignment among the units of its layer: (a - median) / (1.4826 MAD)"
 # The concept test's location bar (``interventions.location_test``): beside NetDissect's IoU >= 0.04
 # (``interventions.LOCATE_IOU``), a tested unit must reach two thirds or more of the best IoU that a unit of
@@ -208,6 +211,7 @@ class Audit(HtmlResult):
     named_among: str | None = field(default=None, metadata={
         "description": "besides the audit's concepts, what the units' crop responses were ranked among to name them (responses_label)"
     })  # fmt: skip
+    class_images: int | None = field(default=None, metadata={"description": "the probe images of the class whose relevance the shares average"})
 
     @property
     def cut_text(self) -> str:
@@ -221,6 +225,16 @@ class Audit(HtmlResult):
     def small_nulls(self) -> dict[str, int]:
         """Layers whose null has fewer than ``MIN_NULL`` units: their z-scores are rough."""
         return {layer: count for layer, count in self.null_units.items() if count < MIN_NULL}
+
+    @property
+    def few_class_images(self) -> str | None:
+        """That the shares rest on fewer than ``MIN_CLASS_IMAGES`` probe images of the class, in words; None where not."""
+        if self.class_images is None or self.class_images >= MIN_CLASS_IMAGES:
+            return None
+        return (
+            f"the shares rest on {self.class_images} probe image{'s' if self.class_images != 1 else ''} of the class (under {MIN_CLASS_IMAGES}): "
+            "a unit's share may follow those images more than the class; more images of it make the audit firmer"
+        )
 
     @property
     def judged_by_label(self) -> bool:
@@ -367,6 +381,8 @@ class Audit(HtmlResult):
             "spurious": self.spurious,
             "rule": self.rule.to_dict(),
             "null_units": self.null_units,
+            "class_images": self.class_images,
+            "few_class_images": self.few_class_images,
             "shares": self.shares,
             "spurious_share": self.spurious_share,
             "reliance": self.reliance,

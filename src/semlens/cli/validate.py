@@ -195,6 +195,8 @@ def audit(
             say(on_the_command_line(advice))
         if r["relies"]:
             say(f"detect the concept (raised by it more than by the class, where it is; flagged or not): {', '.join(result.detectors) or 'none'}")
+    if result.few_class_images:
+        say(result.few_class_images)
     if result.small_nulls:
         say("rough z-scores: the null of " + ", ".join(f"{layer} has {n} units" for layer, n in result.small_nulls.items()))
     if result.left_out:

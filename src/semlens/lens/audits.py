@@ -192,6 +192,7 @@ def audit(
     valid_names, spurious_names = list(valid) + [str(p) for p in valid_images], list(spurious) + [str(p) for p in spurious_images]
     result = audit_layers(name, arrays, valid_names, spurious_names, cut, rule)
     result.null_units = {layer: int(lens.arrays.valid(layer).sum()) for layer in chosen}
+    result.class_images = int(lens.arrays.class_relevance(chosen[-1])["count"][index])
     result.named_among = naming_description(lens) if arrays.labels is not None else None
     result.sae_error = sae_error_shares(lens, index, chosen)
     for audited in result.units:

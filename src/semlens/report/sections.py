@@ -100,6 +100,8 @@ def audit_summary(audit: Audit) -> str:
             + "</p>"
         )
     left_out = f"<p>relevant units left out (inactive: never fired or constant on the probe data): {_names(audit.left_out)}</p>" if audit.left_out else ""
+    if audit.few_class_images:
+        left_out += f"<p>{html.escape(audit.few_class_images)}</p>"
     if audit.small_nulls:
         rough = ", ".join(f"{layer} ({count} units)" for layer, count in audit.small_nulls.items())
         left_out += f"<p>rough z-scores: small nulls in {html.escape(rough)}</p>"

@@ -256,6 +256,7 @@ AuditOut = derived(
     drop=("null_units",),  # rule: its to_dict adds the null's name
     rule=(dict[str, Any], Field(description="{null, z, margin, by_label, by_location, by_rise, locate_share, locate_enough}: when a unit counts as aligned, the verdicts' margin, which evidence beside the alignment judges, and the location bar (a share of the layer's best, capped at an IoU that always suffices)")),
     detectors=(list[str], Field(default_factory=list, description="units the concept test found detect the spurious concept (every examined unit measured; none without a test)")),
+    few_class_images=(str | None, Field(None, description="that the shares rest on few probe images of the class, in words (None: enough)")),
     figure=(dict[str, Any], ...),
 )
 

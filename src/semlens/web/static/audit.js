@@ -35,6 +35,7 @@
       el("span", {}, `aligned: z > ${result.rule.z} against the unit's layer; one-sided verdicts need a margin of ${result.rule.margin}`),
       result.named_among && result.units.some((unit) => unit.responses_label) ? el("span", {}, `a unit whose best concept by its crop responses (ranked among the audit's concepts and ${result.named_among}) is an audited concept and sets it apart from its layer takes its verdict from it`) : null,
       result.reliance ? el("span", { class: "reliance" }, relianceText(result)) : null,
+      result.few_class_images ? el("span", {}, result.few_class_images) : null,
       result.left_out.length ? el("span", {}, `left out (inactive: never fired or constant on the probe data): ${result.left_out.join(", ")}`) : null,
       Object.entries(result.sae_error).map(([layer, share]) => el("span", { class: "sae-error" }, `SAE error term (${layer}) ${(100 * share).toFixed(1)}%`)));
     const scatter = document.getElementById("scatter"), aside = document.getElementById("preview");
