@@ -93,6 +93,12 @@ def test_image_tensors_and_arrays_keep_their_values() -> None:
     assert np.asarray(to_pil(np.full((4, 4), 0.5))).max() == 128  # a float array in [0, 1]
     with pytest.raises(ValueError, match="should hold values in \\[0, 1\\].*before normalisation"):
         to_pil(torch.full((3, 4, 4), -1.8))  # an ImageNet-normalised tensor
+    # 16-bit arrays by their range (as a 16-bit PNG; they failed to decode), integers of 0 to 255 of any width as they are
+    assert np.asarray(to_pil(np.full((4, 4, 3), 65535, dtype=np.uint16))).max() == 255
+    assert np.asarray(to_pil(np.full((4, 4, 3), 32896, dtype=np.uint16))).max() == 128
+    assert np.asarray(to_pil(stored.long())).tolist() == np.asarray(to_pil(stored)).tolist()  # an int64 tensor of 0 to 255
+    with pytest.raises(ValueError, match="int32 values spanning 0 to 4095: give uint8 \\(0 to 255\\), uint16"):
+        to_pil(np.arange(4096, dtype=np.int32).reshape(64, 64))
 
 
 def test_python_model_spec_may_name_the_module_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -95,27 +95,43 @@ def image_object(image: Any, what: str) -> Image.Image:
 
 def to_pil(image: Any) -> Image.Image:
     """PIL image from a PIL image (16-bit and float ones scaled: ``base.rgb``), an ``HxWx3`` (or ``HxW``) array,
-    or a ``3xHxW`` (or ``1xHxW``) tensor: uint8 as it is (``torchvision.io.read_image``, ``PILToTensor``), float
-    in [0, 1] (``ToTensor``). A float image outside [0, 1] is refused: normalised images would be shown and
-    embedded clipped, and the model's own normalisation is applied again by semlens."""
+    or a ``3xHxW`` (or ``1xHxW``) tensor: uint8 as it is (``torchvision.io.read_image``, ``PILToTensor``), uint16 by
+    its range (as a 16-bit PNG), other integers where they hold 0 to 255, float in [0, 1] (``ToTensor``). A float
+    image outside [0, 1] is refused: normalised images would be shown and embedded clipped, and the model's own
+    normalisation is applied again by semlens."""
     if isinstance(image, Image.Image):
         return rgb(image)
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] not in (1, 3):
             raise ValueError(f"expected a 3xHxW (or 1xHxW) image tensor, got shape {tuple(image.shape)}")
         image = image.detach().cpu().expand(3, -1, -1).permute(1, 2, 0)
-        return to_pil(image.numpy() if image.dtype == torch.uint8 else image.float().numpy())
+        return to_pil(image.float().numpy() if image.is_floating_point() else image.numpy())
     if isinstance(image, np.ndarray):
-        if np.issubdtype(image.dtype, np.floating):
-            low, high = (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
-            if low < -FLOAT_SLACK or high > 1 + FLOAT_SLACK:
-                raise ValueError(
-                    f"a float image should hold values in [0, 1], this one spans {low:.3g} to {high:.3g}: give images "
-                    "before normalisation (semlens applies the model's own)"
-                )
-            image = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
-        return rgb(Image.fromarray(image))
+        return rgb(Image.fromarray(eight_bit(image)))
     raise TypeError(f"cannot turn {type(image).__name__} into an image; give PIL images, arrays or tensors")
+
+
+def eight_bit(image: np.ndarray) -> np.ndarray:
+    """An image array's values as uint8: floats from [0, 1], uint16 from its full range, other integers as they are
+    where they hold 0 to 255; anything else refused, saying which forms are read."""
+    if image.dtype == np.uint8:
+        return image
+    low, high = (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
+    if np.issubdtype(image.dtype, np.floating):
+        if low < -FLOAT_SLACK or high > 1 + FLOAT_SLACK:
+            raise ValueError(
+                f"a float image should hold values in [0, 1], this one spans {low:.3g} to {high:.3g}: give images "
+                "before normalisation (semlens applies the model's own)"
+            )
+        return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    if image.dtype == np.uint16:
+        return np.round(image.astype(np.float64) / 65535 * 255).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.integer) and low >= 0 and high <= 255:
+        return image.astype(np.uint8)
+    raise ValueError(
+        f"an image of {image.dtype} values spanning {low:.6g} to {high:.6g}: give uint8 (0 to 255), uint16 (0 to 65535), "
+        "other integers from 0 to 255, or floats in [0, 1]"
+    )
 
 
 FLOAT_SLACK = 1e-3  # float rounding around [0, 1] that is still an image in [0, 1]
