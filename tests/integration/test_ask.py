@@ -435,6 +435,8 @@ def test_compare_two_lenses_and_refuse_other_foundation_models(lens_path, tmp_pa
     valid = lens.arrays.all_units()[0]  # names of the units with examples of their own
     assert list(compared["best_match"]) == valid and set(compared["best_match"][valid[0]]) == {"unit", "similarity"}
     assert {"shared_concepts", "only_a", "only_b"} <= set(compared)
+    shown = runner.invoke(app, ["compare", str(lens_path), str(other)])  # the tables say A and B: which Lens is which
+    assert shown.exit_code == 0 and f"A:{lens_path}B:{other}" in "".join(shown.output.split())
 
     from tiny_foundation import SAVERS
 

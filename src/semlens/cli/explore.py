@@ -361,6 +361,7 @@ def compare(
     if as_json:
         emit_json(comparison.to_dict())
         return
+    say(f"A: {lens_a}\nB: {lens_b}")
     matrices = (
         ("S_{A->B}: how much of A's units B also has", comparison.a_to_b), ("S_{B->A}", comparison.b_to_a),
         ("typical pair: any unit of A with any unit of B (S near it: the matches are no closer than any pair)", comparison.typical),
