@@ -184,6 +184,9 @@ def test_search_by_the_models_response_puts_first_the_unit_a_pasted_patch_raises
     assert [hit["unit"] for hit in shown] == [hit.unit for hit in hits]
     with pytest.raises(SemlensError, match="give images and no text"):
         lens.search("white", rank="model")
+    Image.fromarray(np.zeros((40, 40, 4), dtype=np.uint8)).save(tmp_path / "nothing.png")  # pasted, it changes nothing
+    with pytest.raises(SemlensError, match="nothing.png is transparent all over: it shows nothing to search by"):
+        lens.search(images=[tmp_path / "nothing.png"])
     wrong = Lens.open(patch_lens_path, model="py:tiny_models:tiny_cnn")  # other weights: not the Lens's model
     with pytest.raises(SemlensError, match="ranking by the model's response needs the model under study: model .* now has weights"):
         wrong.search(images=[tmp_path / "patch.png"], rank="model")

@@ -96,10 +96,15 @@ class ProbeEncoder:
 
 
 def image_probe(probe: str | Path | Image.Image | np.ndarray | torch.Tensor) -> Image.Image:
-    """An image probe as an image: decoded from its file (``read_image_probe``), from an array or tensor, or as given."""
+    """An image probe as an image: decoded from its file (``read_image_probe``), from an array or tensor, or as given;
+    one wholly transparent is refused (pasted, it changes nothing: every unit would score chance)."""
     if isinstance(probe, (np.ndarray, torch.Tensor)):
         return image_object(probe, "an image probe")
-    return probe if isinstance(probe, Image.Image) else read_image_probe(probe)
+    image = probe if isinstance(probe, Image.Image) else read_image_probe(probe)
+    if transparent(image) and image.convert("RGBA").getchannel("A").getextrema()[1] == 0:
+        named = "" if isinstance(probe, Image.Image) else f" {probe}"
+        raise SemlensError(f"the image probe{named} is transparent all over: it shows nothing to search by; give an image with visible pixels")
+    return image
 
 
 def read_image_probe(path: str | Path) -> Image.Image:
