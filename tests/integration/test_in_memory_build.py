@@ -609,3 +609,18 @@ def test_an_audit_whose_shares_rest_on_few_images_of_the_class_says_so_in_every_
     said = "the shares rest on 4 probe images of the class (under 10)"
     assert audit.few_class_images.startswith(said) and audit.to_dict()["class_images"] == 4 and audit.to_dict()["few_class_images"].startswith(said)
     assert said in audit._repr_html_()
+
+
+def test_the_explorer_says_up_front_what_a_lens_built_from_objects_cannot_do_without_them(built, monkeypatch) -> None:
+    """Served by path, a Lens built from objects has neither its images nor its foundation model: `semlens serve` says
+    both when it starts (every search answered 400 before, with only the images said)."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from semlens.cli import app
+
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    _, out = built
+    shown = " ".join(CliRunner().invoke(app, ["serve", str(out), "--port", "8124"]).output.split())
+    assert "is served without its example images" in shown
+    assert "was embedded by a foundation model passed in memory" in shown and "its search by text or image, labels and comparisons need it" in shown

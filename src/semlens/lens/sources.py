@@ -47,6 +47,12 @@ class LensSources:
             )
         return data
 
+    def foundation_in_memory(self) -> str | None:
+        """Where the Lens's foundation model was passed in memory and not given again, which it was (its id); else
+        None. Asked without loading anything: a face says up front that search by text or image needs it."""
+        recorded = self.manifest["foundation"]
+        return recorded["id"] if self.access.foundation is None and split_spec(recorded["spec"])[0] == IN_MEMORY else None
+
     def space_foundation(self, space: str | None) -> FoundationModel:
         """The foundation model of an embedding space (None: the default one, which the user may name instead),
         from its recorded spec where that is inert or the Lens trusted; its id checked against the record."""

@@ -55,6 +55,12 @@ def serve(
             continue
         if served.images_missing:  # checked once: the pages read the same answer
             say(f"note: Lens {served.name} is served without its example images: {served.images_missing}")
+        if (passed := served.lens.sources.foundation_in_memory()) is not None:
+            say(
+                f"note: Lens {served.name} was embedded by a foundation model passed in memory ({passed}), which it cannot load "
+                "again: its search by text or image, labels and comparisons need it; serve it from Python with that model "
+                "(semlens.web.serve([Lens.open(LENS, foundation=MODEL)]))"
+            )
     shown = "127.0.0.1" if host == "0.0.0.0" else f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     if not local:
