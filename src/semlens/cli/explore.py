@@ -57,7 +57,7 @@ def info(lens: Path = typer.Argument(..., help="Lens directory."), as_json: AsJs
          sae_summary(opened.units.sae(name)))
         for name, layer in manifest["layers"].items()
     ]  # fmt: skip
-    console.print(table(None, ("layer", "units", "inactive", "tied", "output", "crops", "shift px", "locality", "sae"), rows, ("locality", "shift px")))
+    console.print(table(None, ("layer", "units", "inactive", "tied", "output", "crops", "shift px", "locality", "sae"), rows))
     if any(row[6] != "-" for row in rows):
         say("shift px: how far the layer's map cells sit off the even grid (rows, columns); locality: how much a cell draws on "
             "its own place ('not located': the audit's location test leaves the layer out)")  # fmt: skip
