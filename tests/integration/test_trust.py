@@ -259,6 +259,11 @@ def test_explorer_gets_write_nothing_into_a_writable_lens(built, tmp_path) -> No
     for url in ("/api/lenses/0/search?q=red", unit["examples"][0]["thumbnail"], "/api/lenses/0/dissect", "/api/lenses/0/map"):
         assert client.get(url).status_code == 200, url
     assert files_of(copy) == before
+    # nor the command line's questions, which label a Lens without labels first (they wrote labels.json into it)
+    for command in (["search", copy, "red"], ["measures", copy], ["report", copy, "--out", tmp_path / "report.html"]):
+        result = runner.invoke(app, [str(part) for part in command])
+        assert result.exit_code == 0, result.output
+    assert files_of(copy) == before
     served = client.get("/api/lenses").json()[0]
     assert served["data"].startswith("folder:…/") and served["data"].count("/") == 1  # where the data lives is not shown
 

@@ -222,9 +222,10 @@ class LabelStore:
         stored = self.read()
         return None if stored is None else stored[0]
 
-    def ensure(self, save: bool = True) -> bool:
+    def ensure(self, save: bool = False) -> bool:
         """Label with the default vocabulary (``SpaceView.default_vocabulary``) where there are no labels yet and the space embeds texts (what the
-        explorer, the report and the commands that show labels do first); whether there are labels now."""
+        explorer, the report and the commands that show labels do first), held in memory unless ``save``: asking a
+        Lens questions writes nothing into it (a received one above all); whether there are labels now."""
         if self.vocabulary is None and self.lens.embedding.embeds_text:
             self.lens.label(save=save)
         return self.vocabulary is not None
@@ -244,7 +245,7 @@ class LabelStore:
             return
         self._defaulted = True
         try:
-            self.ensure(save=False)
+            self.ensure()
         except SemlensError as error:
             warn_caller(f"no labels shown (label the Lens to show them): {error}")
 

@@ -31,7 +31,7 @@ def overview(
     from ..analysis.overview import build_overview
 
     units, theta = lens.arrays.all_units(layers)
-    if not lens.labels.ensure(save=False):  # a space of images only: clusters without concept names or categories
+    if not lens.labels.ensure():  # a space of images only: clusters without concept names or categories
         return build_overview(units, theta, None, None, [], clusters, seed)
     shown: dict[str, tuple[str | None, str]] = {}
     for layer in lens.units.checked(layers):

@@ -68,7 +68,7 @@ class Served:
         with self._setup:
             lens = self.lens.in_space(space)
             lens.embedding.probes  # noqa: B018 (a cached property: loads the foundation model once)
-            lens.labels.ensure(save=False)  # a space of images only: no labels
+            lens.labels.ensure()  # a space of images only: no labels
         return lens
 
     @cached_property
