@@ -101,6 +101,11 @@ def test_the_user_names_what_an_untrusted_lens_may_not(built, tmp_path, colour_f
     assert lens.search("red", top=3) and lens.examples.image(lens.examples.concept_examples("head/0")[0]).size[0] > 0
     result = runner.invoke(app, ["search", str(copy), "red", "--foundation", f"hf:{tiny_clip_dir}", "--json"])
     assert result.exit_code == 0, result.output
+    # a warning that quotes why the model is not followed says it in the command line's words there (it said trust=True)
+    with pytest.warns(UserWarning, match="ranked by name and alignment") as caught:
+        drawn = runner.invoke(app, ["search", str(copy), "frame", "--foundation", f"hf:{tiny_clip_dir}", "--probe-data", str(colour_folder)])
+    said = [warning.message.on_the_command_line() for warning in caught if "ranked by name" in str(warning.message)][0]
+    assert drawn.exit_code == 0 and "Name the model yourself (--model SPEC)" in said and "pass --trust" in said and "trust=True" not in said
     result = runner.invoke(app, ["show", str(copy), "head/0", "--probe-data", str(colour_folder), "-o", str(tmp_path / "u.png")])
     assert result.exit_code == 0, result.output
     assert Lens.open(copy, trust=True).search("red", top=1)

@@ -28,6 +28,12 @@ def on_the_command_line(text: str) -> str:
     return ASKED.sub(r"\2", text)
 
 
+def quoted(error: BaseException) -> str:
+    """``error``'s message to quote inside another: what it asks for kept in both faces' words (``str`` of a semlens
+    error is Python's words already, and a warning quoting it then told the command line ``trust=True``)."""
+    return Exception.__str__(error)
+
+
 class AskedInEachFace:
     """A message whose ``asked`` parts read as Python's where Python shows it (``str``), and as the command line's in
     ``on_the_command_line()``: semlens's errors and warnings."""

@@ -14,7 +14,7 @@ import torch
 
 from .._util.allocator import freed_memory_kept
 from .._util.display import HtmlResult, made_by
-from .._util.errors import SemlensError, asked, warn_caller
+from .._util.errors import SemlensError, asked, quoted, warn_caller
 from ..analysis.alignment import alignment
 from ..data.base import decoded, spread
 from ..model.imagenet import readable_class
@@ -247,7 +247,7 @@ def _drawn_test(lens: Lens, class_index: int, text: str, layer: str) -> DrawnTes
     try:
         model, data = lens.sources.model(), lens.sources.probe_data
     except SemlensError as error:  # a received Lens without its model or data: judged by alignment alone
-        warn_caller(f"no concept test: testing {text!r} on the {named_concept(text)[0]}s semlens draws needs the model under study and the probe data: {error}")
+        warn_caller(f"no concept test: testing {text!r} on the {named_concept(text)[0]}s semlens draws needs the model under study and the probe data: {quoted(error)}")
         return None
     candidates = decoded(data, spread(len(data), DRAWN_CANDIDATES), model.preprocessing.view)
     views = [view for _, view in candidates]

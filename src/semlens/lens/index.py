@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._util.errors import SpecError, warn_caller
+from .._util.errors import SpecError, quoted, warn_caller
 from .._util.fingerprint import hash_json
 from .._util.imports import import_optional
 from ..store.files import LensStore, atomic_write
@@ -310,7 +310,7 @@ def open_index(store: LensStore, table: UnitTable, fingerprint: str) -> UnitInde
     try:
         UnitIndex._faiss()
     except SpecError as error:
-        warn_caller(f"searching {units} units by brute force: {error}")
+        warn_caller(f"searching {units} units by brute force: {quoted(error)}")
         return None
     key = hash_json([fingerprint, [units, dim], "pq-fastscan-4bit"])
     if store.path(INDEX_INFO).is_file() and store.read_json(INDEX_INFO).get("fingerprint") == key:

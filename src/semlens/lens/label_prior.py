@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .._util.cache import cache_dir
-from .._util.errors import SemlensError, warn_caller
+from .._util.errors import SemlensError, quoted, warn_caller
 from .._util.fingerprint import hash_json
 from .._util.progress import progress_bar
 from ..analysis.labelling_methods import random_sets
@@ -67,5 +67,5 @@ def prior_sets(lens: Lens, progress: bool = False) -> torch.Tensor:
     try:
         return random_sets(probe_prior_images(lens, progress=progress), lens.examples.k)
     except SemlensError as error:
-        warn_caller(f"clip-dissect's prior from the Lens's example sets, as the probe images are out of reach: {error}")
+        warn_caller(f"clip-dissect's prior from the Lens's example sets, as the probe images are out of reach: {quoted(error)}")
         return example_prior_sets(lens)

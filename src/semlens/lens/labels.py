@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._util.display import HtmlResult
-from .._util.errors import SemlensError, asked, warn_caller
+from .._util.errors import SemlensError, asked, quoted, warn_caller
 from ..analysis.alignment import alignment
 from ..analysis.label import (
     MIN_CONFIDENCE,
@@ -247,7 +247,7 @@ class LabelStore:
         try:
             self.ensure()
         except SemlensError as error:
-            warn_caller(f"no labels shown (label the Lens to show them): {error}")
+            warn_caller(f"no labels shown (label the Lens to show them): {quoted(error)}")
 
     def shown(self, layer: str) -> list[str | None]:
         """Each unit's stored label as every face shows it: None where it shows no concept. A Lens not labelled yet

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .._util.display import HtmlResult, made_by
-from .._util.errors import SemlensError, asked, warn_caller
+from .._util.errors import SemlensError, asked, quoted, warn_caller
 from ..data.base import decoded, spread
 from ..interventions.drawn import SYNONYMS, DrawnConcept, drawn_concept, named_concept
 from .arrays import recorded_placements
@@ -246,7 +246,7 @@ def _default_ranking(lens: Lens, text: str | list[str] | None, images: list[Imag
         model = lens.sources.model()
     except SemlensError as error:  # a received Lens without its model, or one built from an object: the foundation model's view
         pasted = f"the {_draws(drawn)} semlens draws" if drawn else "the concept's images"
-        warn_caller(f"ranked by name and alignment, not by the model's response to {pasted}, which needs the model under study: {error}")
+        warn_caller(f"ranked by name and alignment, not by the model's response to {pasted}, which needs the model under study: {quoted(error)}")
         return RANKINGS[0], None
     return ("model", model) if probe_backgrounds(lens) else (RANKINGS[0], None)
 
@@ -274,7 +274,7 @@ def _rank_by_model(
         try:
             model = lens.sources.model()
         except SemlensError as error:
-            raise SemlensError(f"ranking by the model's response needs the model under study: {error}") from error
+            raise SemlensError(f"ranking by the model's response needs the model under study: {quoted(error)}") from error
     views = _drawn_views(lens, drawn) if drawn else _concept_views(lens, images, model.preprocessing)
     specs = lens.sources.layer_specs(layers)
     by_variant = variant_aucs(model, views.backgrounds, views.shown, list(specs.values()), views.groups or [len(views.shown)])
