@@ -217,6 +217,9 @@ def test_a_warning_is_printed_once_without_its_source_line(tmp_path, colour_fold
     text = " ".join(result.output.split())
     assert text.count("500") == 1 and "warning: k = 30 instead of 500" in text, result.output
     assert "warnings.warn" not in text and "UserWarning" not in text
+    # the closing line's seconds by stage, named as a user reads them, with where the crops' seconds went
+    assert re.search(r"collect [0-9.]+s, crops and embedding [0-9.]+s \(heatmaps [0-9.]+s, boxes [0-9.]+s, embedding [0-9.]+s\)", text), text
+    assert re.search(r"class relevance [0-9.]+s", text), text
 
 
 def test_a_module_given_twice_is_refused_with_both_specs(tmp_path, colour_folder, tiny_clip_dir) -> None:

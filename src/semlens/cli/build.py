@@ -68,6 +68,17 @@ def merge(
     report_summary(summary, as_json)
 
 
+#: the build's stages as its summary names them (the manifest's keys are shorter)
+STAGE_NAMES = {"relevance": "class relevance", "examples": "relevance examples", "embed": "crops and embedding"}
+
+
+def stage_time(stage: str, seconds: float, parts: dict[str, float]) -> str:
+    """A stage's seconds, with where they went where it recorded that ("crops and embedding 761.5s (heatmaps 715.0s,
+    ...)": relevance crops cost more than the foundation model on a CPU)."""
+    within = f" ({', '.join(f'{part} {spent:.1f}s' for part, spent in parts.items())})" if parts else ""
+    return f"{STAGE_NAMES.get(stage, stage)} {seconds:.1f}s{within}"
+
+
 def report_summary(summary: Any, as_json: bool) -> None:
     if as_json:
         emit_json(summary.to_dict())
@@ -79,7 +90,7 @@ def report_summary(summary: Any, as_json: bool) -> None:
         + (f" ({summary.failed} could not be read (broken, or under {MIN_SIDE} px a side) and {'was' if summary.failed == 1 else 'were'} skipped: listed in {summary.path}/failures.json); " if summary.failed else "; ")
         + (f"{summary.example_slots} concept examples from {summary.distinct_crops} distinct crops; " if "embed" in summary.stages
            else "a shard: its top-k collected, nothing embedded yet (`semlens merge OUT PARTS...` makes the Lens of every shard); ")
-        + ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in summary.seconds.items()),
+        + ", ".join(stage_time(stage, seconds, summary.parts.get(stage, {})) for stage, seconds in summary.seconds.items()),
         markup=False,
     )
     if summary.reused:

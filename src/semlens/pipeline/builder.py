@@ -270,6 +270,7 @@ class LensBuilder:
             distinct_crops=stages.get("embed", {}).get("distinct_crops", 0),
             stages={name: "done" if record.get("complete") else "pending" for name, record in stages.items()},
             seconds={name: record.get("seconds", 0.0) for name, record in stages.items()},
+            parts={name: record["parts"] for name, record in stages.items() if record.get("parts")},
             k=self.manifest["identity"]["collect"]["k"],
         )
         for name, layer in self.manifest["layers"].items():

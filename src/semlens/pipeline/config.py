@@ -308,6 +308,7 @@ class BuildSummary:
     distinct_crops: int = 0
     stages: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    parts: dict[str, dict[str, float]] = field(default_factory=dict)  # per stage that records them, where its seconds went
     fallbacks: list[str] = field(default_factory=list)  # what was done instead of what was asked, and why
     k: int = 0  # concept examples per unit
     reused: list[str] = field(default_factory=list)  # stages complete before this run (their seconds are an earlier run's)
