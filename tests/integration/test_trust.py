@@ -93,6 +93,21 @@ def test_a_tampered_lens_runs_no_code_in_any_command_or_route(built, tmp_path, m
     assert not marker.exists()
 
 
+def test_every_command_that_reads_labels_takes_the_foundation_model_and_trust_its_message_names(built, tmp_path, tiny_clip_dir, stranger) -> None:
+    """An untrusted Lens whose foundation model is code: each command's message names --foundation SPEC and --trust,
+    and each command takes both (dissect, relevant, similar, show and explain took neither or one; relevant needs class
+    relevance, which this Lens lacks)."""
+    copy = received(built, tmp_path, foundation="py:evil:factory")
+    commands = (["dissect", copy, "-o", tmp_path / "d.png"], ["similar", copy, "head/0"], ["show", copy, "head/0", "-o", tmp_path / "u.png"])
+    refused = " ".join(runner.invoke(app, [str(part) for part in commands[0]]).output.split())
+    assert "Name the foundation model yourself (--foundation SPEC)" in refused and "pass --trust" in refused, refused
+    for command in commands:
+        result = runner.invoke(app, [str(part) for part in (*command, "--foundation", f"hf:{tiny_clip_dir}", "--trust")])
+        assert "No such option" not in result.output and result.exit_code == 0, (command, result.output)
+    explained = runner.invoke(app, ["explain", str(copy), "0", "--foundation", f"hf:{tiny_clip_dir}", "--trust"])
+    assert "No such option" not in explained.output and explained.exit_code == 0, explained.output
+
+
 def test_the_user_names_what_an_untrusted_lens_may_not(built, tmp_path, colour_folder, tiny_clip_dir, stranger) -> None:
     copy = received(built, tmp_path)  # its specs name local folders: not followed without trust
     with pytest.raises(UntrustedSpecError, match="reads"):

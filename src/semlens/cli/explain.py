@@ -9,7 +9,7 @@ import typer
 
 from .._util.errors import SemlensError
 from ..model.imagenet import shown_class
-from ._app import AsJson, Model, ProbeData, Trust, app, console, emit_json, friendly, labelled_to_show, open_lens, say, table
+from ._app import AsJson, Foundation, Model, ProbeData, Trust, app, console, emit_json, friendly, labelled_to_show, open_lens, say, table
 
 
 @app.command()
@@ -24,6 +24,7 @@ def explain(
     trust: Trust = False,
     model: Model = None,
     probe_data: ProbeData = None,
+    foundation: Foundation = None,
     as_json: AsJson = False,
 ) -> None:
     """Explain one prediction: the model's top classes and, for the predicted (or given) class, per layer the
@@ -33,7 +34,7 @@ def explain(
 
     if out is not None and out.suffix.lower() in (".png", ".jpg", ".jpeg", ".html") and not out.is_dir():
         raise SemlensError(f"--out {out} names a folder for the input view and each unit's overlay, not a file: e.g. --out {out.with_suffix('')}")
-    result = labelled_to_show(open_lens(lens, trust, probe_data, model=model)).explain(image, class_name, layer or None, top)
+    result = labelled_to_show(open_lens(lens, trust, probe_data, foundation=foundation, model=model)).explain(image, class_name, layer or None, top)
     files = write_overlays(result, out) if out else {}
     if as_json:
         emit_json({**result.to_dict(), "files": files})

@@ -144,11 +144,13 @@ def similar(
     other: Optional[Path] = typer.Option(None, help="Search this other Lens (same foundation model) instead."),
     top: int = typer.Option(10, "--top", "-n", min=1, help="How many units to show."),
     space: Space = None,
+    trust: Trust = False,
+    foundation: Foundation = None,
     as_json: AsJson = False,
 ) -> None:
     """The units most similar to a unit (cosine of theta), in this Lens or another one."""
-    opened = open_lens(lens, space=space)
-    target = open_lens(other, space=space) if other else opened
+    opened = open_lens(lens, trust, foundation=foundation, space=space)
+    target = open_lens(other, trust, foundation=foundation, space=space) if other else opened
     print_hits(target.search_similar(opened, unit, top), f"units similar to {unit}", "similarity", as_json)
 
 
@@ -159,11 +161,13 @@ def relevant(
     class_name: str = typer.Option(..., "--class", "-c", help="Class name, WordNet id or index."),
     layer: Optional[list[str]] = Layers,
     top: int = typer.Option(10, "--top", "-n", min=1, help="How many units to show per layer."),
+    trust: Trust = False,
+    foundation: Foundation = None,
     as_json: AsJson = False,
 ) -> None:
     """The units a class relies on most, per layer: their mean and max share of the layer's relevance over the
     class's samples, and their labels (the reverse of the explorer's "most relevant for")."""
-    opened = open_lens(lens)
+    opened = open_lens(lens, trust, foundation=foundation)
     units = opened.relevant_units(class_name, top, layer or None)
     if as_json:
         emit_json([unit.to_dict() for unit in units])
@@ -184,12 +188,13 @@ def show(
     ),
     trust: Trust = False,
     probe_data: ProbeData = None,
+    foundation: Foundation = None,
     as_json: AsJson = False,
 ) -> None:
     """Write a PNG grid of a unit's concept examples (crops) with their scores."""
     from ..report.figures import concept_grid
 
-    opened = open_lens(lens, trust, data=probe_data)
+    opened = open_lens(lens, trust, data=probe_data, foundation=foundation)
     shown = opened.examples.concept_examples(unit, by=examples)
     target = out or Path(unit.replace("/", "_") + ".png")
     label = opened.labels.label_of(unit)
@@ -263,12 +268,14 @@ def dissect(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bar chart PNG to write (default: dissect.png here; with --json, none unless given).", callback=parent_made),
     space: Space = None,
     method: Optional[str] = typer.Option(None, "--method", help="Fail unless the stored labels were made by this method."),
+    trust: Trust = False,
+    foundation: Foundation = None,
     as_json: AsJson = False,
 ) -> None:
     """Count units per label category per layer; table and bar chart."""
     from ..report.figures import dissection_png
 
-    opened = open_lens(lens, space=space)
+    opened = open_lens(lens, trust, foundation=foundation, space=space)
     counts = opened.labels.dissect(method)
     if as_json:  # an answer to read: a chart only where asked for
         emit_json({"png": str(dissection_png(counts, out)) if out else None, "method": opened.labels.method, "counts": counts})
