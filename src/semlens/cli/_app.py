@@ -190,9 +190,10 @@ def table(title: str | None, columns: tuple[str, ...], rows: list[tuple], option
     numeric = [all(isinstance(row[i], (int, float)) for row in rows) and bool(rows) for i in range(len(columns))]
     cells = [[printable(str(value)) for value in row] for row in rows]
     texts = [[column, *(row[i] for row in cells)] for i, column in enumerate(columns)]
+    words = [longest_word(column) for column in texts]
     kept = list(range(len(columns)))
     for name in optional:
-        if sum(max((len(word) for text in texts[i] for word in text.split()), default=1) for i in kept) <= console.width - 3 * len(kept) - 1:
+        if sum(words[i] for i in kept) <= console.width - 3 * len(kept) - 1:
             break
         kept.remove(columns.index(name))
     left_out = [column for i, column in enumerate(columns) if i not in kept]
@@ -214,12 +215,17 @@ def column_widths(columns: list[list[str]], room: int) -> list[int | None]:
     natural = [max((len(text) for text in texts), default=1) for texts in columns]
     if sum(natural) <= room:
         return [None] * len(columns)
-    longest = [max((len(word) for word in texts[0].split()), default=1) for texts in columns]
+    longest = [longest_word(texts[:1]) for texts in columns]
     heads = [min(width, fitted_cap(longest, room)) for width in longest]
-    words = [max((len(word) for text in texts for word in text.split()), default=1) for texts in columns]
+    words = [longest_word(texts) for texts in columns]
     least = [max(head, min(width, fitted_cap(words, room, heads))) for width, head in zip(words, heads)]
     cap = fitted_cap(natural, room, least)
     return [max(low, min(width, cap)) for width, low in zip(natural, least)]
+
+
+def longest_word(texts: list[str]) -> int:
+    """The length of the longest word in ``texts`` (1 where there is none): the narrowest a column can wrap to."""
+    return max((len(word) for text in texts for word in text.split()), default=1)
 
 
 def fitted_cap(widths: list[int], room: int, least: list[int] | None = None) -> int:
